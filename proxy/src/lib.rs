@@ -1,0 +1,14 @@
+//! remora-proxy: the sidecar. Capture listeners, config model and loader, routing, telemetry.
+
+// Rules: the config model, loader, watcher and validator; and pure routing.
+pub mod route;
+pub mod rules;
+pub mod validate;
+
+// Data plane: listeners, protocol detection, upstream, admin, telemetry.
+pub mod admin;
+pub mod app_probe;
+pub mod detect;
+pub mod listen;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,1 @@
+//! remora mesh lab
