@@ -3,4 +3,6 @@
 //! `flags` (the command-line contract, shared with the webhook) → `plan` (pure: config → restore
 //! text) → `apply` (backend detection, `iptables-restore`, save of our chains).
 
+pub mod apply;
 pub mod flags;
+pub mod plan;

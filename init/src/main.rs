@@ -1,1 +1,187 @@
-fn main() {}
+//! `remora-init`: programs the sidecar's iptables capture in the pod's network namespace.
+//!
+//! Prints the flags, the decisions (IPv6, backend), the full restore text, then the rules of ours
+//! the kernel holds afterwards. Exit status 0 on success, 1 on any error (one line per error on
+//! stderr), 2 on a command-line syntax error.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use remora_init::apply::{self, Backend};
+use remora_init::flags::{Flags, Ipv6Mode};
+use remora_init::plan::{self, Family, Snapshot};
+
+fn say(msg: impl AsRef<str>) {
+    println!("remora-init: {}", msg.as_ref());
+}
+
+fn fail(msg: impl AsRef<str>) {
+    eprintln!("remora-init: error: {}", msg.as_ref());
+}
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and syntax errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(&flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(errors) => {
+            for e in errors {
+                fail(e);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: &Flags) -> Result<(), Vec<String>> {
+    let started = Instant::now();
+    say("flags:");
+    for (name, value) in flags.describe() {
+        println!("  {name} = {value:?}");
+    }
+    let cfg = flags
+        .validate_all()
+        .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    if !cfg.ignored_inbound_excludes.is_empty() {
+        say(format!(
+            "note: -d {:?} has no effect because -b is not '*' (only listed ports are captured)",
+            cfg.ignored_inbound_excludes
+        ));
+    }
+
+    let (ipv6, why6) = apply::decide_ipv6(flags.ipv6);
+    say(format!("IPv6: {why6}"));
+    let (backend, why) = apply::detect_backend(flags.iptables_mode);
+    say(format!("backend: {why}"));
+
+    let mut families = vec![Family::V4];
+    if flags.cleanup {
+        // Cleanup looks at IPv6 too unless told not to: a pod may have lost its address.
+        if flags.ipv6 != Ipv6Mode::Off {
+            families.push(Family::V6);
+        }
+    } else if ipv6 {
+        families.push(Family::V6);
+    }
+
+    // Current state and the restore text per family.
+    let mut steps: Vec<(Family, String, Snapshot)> = Vec::new();
+    let mut targets: Vec<(Family, Snapshot)> = Vec::new();
+    for family in families {
+        let current = match apply::snapshot(backend, family) {
+            Ok((s, _)) => s,
+            Err(e) if flags.cleanup && family == Family::V6 && flags.ipv6 == Ipv6Mode::Auto => {
+                say(format!("IPv6: skipped in cleanup ({e})"));
+                continue;
+            }
+            Err(e) => {
+                return Err(vec![format!(
+                    "reading the current {} rules failed: {e}",
+                    family.name()
+                )])
+            }
+        };
+        if current.is_empty() {
+            say(format!("{}: no remora rules present", family.name()));
+        } else {
+            say(format!(
+                "{}: found {} remora chains and {} remora rules in built-in chains; {}",
+                family.name(),
+                current.chains.len(),
+                current.builtin.len(),
+                if flags.cleanup {
+                    "removing them"
+                } else {
+                    "replacing them in the same transaction"
+                }
+            ));
+        }
+        let (text, target) = if flags.cleanup {
+            (plan::render_cleanup(&current), Snapshot::default())
+        } else {
+            let target = plan::plan(&cfg, family);
+            (plan::render_transition(&current, &target), target)
+        };
+        println!(
+            "--- {} restore text ({} --noflush) ---",
+            family.name(),
+            backend.restore_cmd(family)
+        );
+        print!("{text}");
+        println!("--- end ---");
+        steps.push((family, text, current));
+        targets.push((family, target));
+    }
+
+    if flags.dry_run {
+        say("dry run: nothing was changed");
+        return Ok(());
+    }
+
+    let mut log = |m: String| say(m);
+    apply::apply_all(backend, &steps, &mut log)?;
+
+    let mut warnings = 0;
+    for (family, target) in &targets {
+        let after = match apply::snapshot(backend, *family) {
+            Ok((s, _)) => s,
+            Err(e) => {
+                return Err(vec![format!(
+                    "rules were applied but reading them back failed: {e}"
+                )])
+            }
+        };
+        println!(
+            "--- {} rules of remora now installed ({} -t nat, remora only) ---",
+            family.name(),
+            backend.save_cmd(*family)
+        );
+        let lines = after.save_lines();
+        for l in &lines {
+            println!("{l}");
+        }
+        println!("--- end ---");
+        if lines == target.save_lines() {
+            say(format!(
+                "{}: installed rules match the plan ({} rules)",
+                family.name(),
+                lines.iter().filter(|l| l.starts_with("-A ")).count()
+            ));
+        } else {
+            warnings += 1;
+            say(format!(
+                "warning: {}: installed rules differ from the plan (printing differences)",
+                family.name()
+            ));
+            let want = target.save_lines();
+            for l in want.iter().filter(|l| !lines.contains(l)) {
+                println!("  planned, not installed: {l}");
+            }
+            for l in lines.iter().filter(|l| !want.contains(l)) {
+                println!("  installed, not planned: {l}");
+            }
+        }
+    }
+    let what = if flags.cleanup { "cleanup" } else { "capture" };
+    let fams: Vec<&str> = targets.iter().map(|(f, _)| f.name()).collect();
+    say(format!(
+        "done: {what} applied for {} with the {} backend in {} ms{}",
+        fams.join("+"),
+        backend_name(backend),
+        started.elapsed().as_millis(),
+        if warnings > 0 { " (with warnings)" } else { "" }
+    ));
+    Ok(())
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    b.name()
+}

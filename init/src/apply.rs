@@ -1,0 +1,335 @@
+//! The I/O shell: pick the iptables backend, read our current rules, feed restore text to
+//! `iptables-restore --noflush` (one per family), roll back on failure, read the result.
+//!
+//! Everything runs in the caller's network namespace. Programs are found on `PATH`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::flags::{IptablesMode, Ipv6Mode};
+use crate::plan::{self, Family, Snapshot};
+
+/// An iptables implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+
+    fn prefix(family: Family) -> &'static str {
+        match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    /// e.g. `ip6tables-nft-save`
+    pub fn save_cmd(self, family: Family) -> String {
+        format!("{}-{}-save", Self::prefix(family), self.name())
+    }
+
+    /// e.g. `iptables-legacy-restore`
+    pub fn restore_cmd(self, family: Family) -> String {
+        format!("{}-{}-restore", Self::prefix(family), self.name())
+    }
+
+    /// e.g. `iptables-nft` (one rule per call; used by the benchmark for comparison)
+    pub fn single_cmd(self, family: Family) -> String {
+        format!("{}-{}", Self::prefix(family), self.name())
+    }
+}
+
+/// An error of the I/O shell, one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("could not run {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn one_line(s: &str) -> String {
+    let joined: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if joined.is_empty() {
+        "(no error output)".to_string()
+    } else {
+        joined.join(" | ")
+    }
+}
+
+/// Run `cmd args` with `stdin`, return stdout.
+pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+    let full = if args.is_empty() {
+        cmd.to_string()
+    } else {
+        format!("{cmd} {}", args.join(" "))
+    };
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ApplyError::Spawn {
+            cmd: full.clone(),
+            source,
+        })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A failing write (the program exited early) shows up in its exit status below.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ApplyError::Spawn {
+            cmd: full.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(ApplyError::Failed {
+            cmd: full,
+            status: out.status.to_string(),
+            stderr: one_line(&String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+}
+
+/// Count of rules (`-A` lines) in an `iptables-save` dump.
+fn rule_count(save: &str) -> usize {
+    save.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// Choose the backend. Returns it and a sentence saying why.
+pub fn detect_backend(mode: IptablesMode) -> (Backend, String) {
+    match mode {
+        IptablesMode::Nft => return (Backend::Nft, "nft (forced by --iptables-mode nft)".into()),
+        IptablesMode::Legacy => {
+            return (
+                Backend::Legacy,
+                "legacy (forced by --iptables-mode legacy)".into(),
+            )
+        }
+        IptablesMode::Auto => {}
+    }
+    let count = |b: Backend| -> Result<usize, String> {
+        let mut n = 0;
+        for fam in [Family::V4, Family::V6] {
+            match run(&b.save_cmd(fam), &[], None) {
+                Ok(text) => n += rule_count(&text),
+                // No ip6tables in this namespace is fine; no iptables at all is not.
+                Err(e) if fam == Family::V4 => return Err(e.to_string()),
+                Err(_) => {}
+            }
+        }
+        Ok(n)
+    };
+    let nft = count(Backend::Nft);
+    let legacy = count(Backend::Legacy);
+    match (nft, legacy) {
+        (Ok(n), Ok(l)) if l > 0 && n == 0 => (
+            Backend::Legacy,
+            format!("legacy (auto: legacy holds {l} rules in this network namespace, nft none)"),
+        ),
+        (Ok(n), Ok(l)) if n > 0 && l > 0 => (
+            Backend::Nft,
+            format!("nft (auto: both hold rules here, nft {n}, legacy {l}; preferring nft)"),
+        ),
+        (Ok(n), Ok(_)) if n > 0 => (
+            Backend::Nft,
+            format!("nft (auto: nft holds {n} rules in this network namespace, legacy none)"),
+        ),
+        (Ok(_), Ok(_)) => (
+            Backend::Nft,
+            "nft (auto: no rules in either backend in this network namespace; default nft)".into(),
+        ),
+        (Ok(_), Err(e)) => (
+            Backend::Nft,
+            format!("nft (auto: legacy tools unusable: {e})"),
+        ),
+        (Err(e), Ok(_)) => (
+            Backend::Legacy,
+            format!("legacy (auto: nft tools unusable: {e})"),
+        ),
+        (Err(e), Err(_)) => (
+            Backend::Nft,
+            format!("nft (auto: neither backend's save tool works; trying nft anyway: {e})"),
+        ),
+    }
+}
+
+/// Whether this network namespace has a global-scope IPv6 address (from `/proc/net/if_inet6`).
+pub fn has_global_ipv6() -> Result<Option<String>, std::io::Error> {
+    let text = match std::fs::read_to_string("/proc/net/if_inet6") {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(global_ipv6_in(&text))
+}
+
+/// `addr ifindex prefixlen scope flags ifname`; scope 00 = global (includes ULA).
+fn global_ipv6_in(if_inet6: &str) -> Option<String> {
+    for line in if_inet6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 6 && f[3] == "00" && f[0].len() == 32 {
+            let groups: Vec<String> = (0..8).map(|i| f[0][i * 4..i * 4 + 4].to_string()).collect();
+            let text = groups.join(":");
+            let addr = text
+                .parse::<std::net::Ipv6Addr>()
+                .map(|a| a.to_string())
+                .unwrap_or(text);
+            return Some(format!("{addr} on {}", f[5]));
+        }
+    }
+    None
+}
+
+/// Decide whether to program IPv6. Returns the decision and why.
+pub fn decide_ipv6(mode: Ipv6Mode) -> (bool, String) {
+    match mode {
+        Ipv6Mode::On => (true, "on (forced by --ipv6 on)".into()),
+        Ipv6Mode::Off => (false, "off (forced by --ipv6 off)".into()),
+        Ipv6Mode::Auto => match has_global_ipv6() {
+            Ok(Some(a)) => (true, format!("on (auto: global IPv6 address {a})")),
+            Ok(None) => (
+                false,
+                "off (auto: no global IPv6 address in this pod)".into(),
+            ),
+            Err(e) => (
+                false,
+                format!("off (auto: could not read /proc/net/if_inet6: {e})"),
+            ),
+        },
+    }
+}
+
+/// Our current rules in one family's `nat` table, and the raw dump.
+pub fn snapshot(backend: Backend, family: Family) -> Result<(Snapshot, String), ApplyError> {
+    let text = run(&backend.save_cmd(family), &["-t", plan::TABLE], None)?;
+    Ok((plan::parse_save(&text), text))
+}
+
+/// Feed `text` to `<family>-<backend>-restore --noflush`.
+pub fn restore(backend: Backend, family: Family, text: &str) -> Result<(), ApplyError> {
+    run(&backend.restore_cmd(family), &["--noflush"], Some(text)).map(|_| ())
+}
+
+/// What happened to one family.
+#[derive(Debug, Clone)]
+pub struct FamilyResult {
+    pub family: Family,
+    /// The restore text that was applied (or would be).
+    pub text: String,
+}
+
+/// Apply `texts` (one per family, in order) atomically across families: each family's restore
+/// is atomic by itself; if a later family fails, the earlier ones are put back to the state in
+/// `before` (their snapshot taken before applying). Returns the error of the failed family plus
+/// any rollback errors.
+pub fn apply_all(
+    backend: Backend,
+    steps: &[(Family, String, Snapshot)],
+    log: &mut dyn FnMut(String),
+) -> Result<(), Vec<String>> {
+    for (i, (family, text, _)) in steps.iter().enumerate() {
+        if let Err(e) = restore(backend, *family, text) {
+            let mut errors = vec![format!("applying {} rules failed: {e}", family.name())];
+            log(format!(
+                "{}: nothing was changed (iptables-restore is atomic per table)",
+                family.name()
+            ));
+            for (done_family, _, before) in steps[..i].iter().rev() {
+                match rollback(backend, *done_family, before) {
+                    Ok(()) => log(format!(
+                        "{}: rolled back to its state before this run",
+                        done_family.name()
+                    )),
+                    Err(e) => errors.push(format!(
+                        "rolling back {} failed, its rules may be half-applied: {e}",
+                        done_family.name()
+                    )),
+                }
+            }
+            return Err(errors);
+        }
+        log(format!("{}: applied", family.name()));
+    }
+    Ok(())
+}
+
+/// Put one family back to `before` (our rules as they were), whatever is there now.
+pub fn rollback(backend: Backend, family: Family, before: &Snapshot) -> Result<(), ApplyError> {
+    let (now, _) = snapshot(backend, family)?;
+    let text = if before.is_empty() {
+        plan::render_cleanup(&now)
+    } else {
+        plan::render_transition(&now, before)
+    };
+    restore(backend, family, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_inet6_global_scope_detection() {
+        let text = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000001 02 40 20 80     eth0
+";
+        assert_eq!(global_ipv6_in(text), None);
+        let text2 = format!("{text}fd000213000000000000000000000002 02 40 00 80     eth0\n");
+        assert_eq!(
+            global_ipv6_in(&text2).as_deref(),
+            Some("fd00:213::2 on eth0")
+        );
+    }
+
+    #[test]
+    fn command_names() {
+        assert_eq!(Backend::Nft.save_cmd(Family::V6), "ip6tables-nft-save");
+        assert_eq!(
+            Backend::Legacy.restore_cmd(Family::V4),
+            "iptables-legacy-restore"
+        );
+        assert_eq!(Backend::Nft.single_cmd(Family::V4), "iptables-nft");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = run(
+            "sh",
+            &["-c", "echo 'line one' >&2; echo 'line two' >&2; exit 3"],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line one | line two"), "{e}");
+        let e = run("/nonexistent/remora-no-such-tool", &[], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("could not run /nonexistent/remora-no-such-tool"),
+            "{e}"
+        );
+    }
+}
