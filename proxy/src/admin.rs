@@ -1,1 +1,252 @@
-//! (in progress)
+//! Admin and status servers, on their own small tokio runtime so proxy load never stalls them:
+//! - 15020: `/stats/prometheus`, `/config_dump`, `/healthz/ready`,
+//!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes)
+//! - 15021: `/healthz/ready` (200 only once a config is loaded and the capture listeners are bound)
+//! - 15090: `/stats/prometheus`
+
+use crate::app_probe::AppProbers;
+use crate::listen::Shared;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Which endpoints a server exposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminKind {
+    /// 15020: everything.
+    Admin,
+    /// 15021: readiness only.
+    Health,
+    /// 15090: metrics only.
+    Prometheus,
+}
+
+/// What the admin servers read.
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub probers: AppProbers,
+    pub rules_dir: String,
+    pub started: Instant,
+    /// Set by the SIGTERM watcher: readiness turns 503 while draining.
+    pub draining: AtomicBool,
+    /// Cached once the capture listeners were seen bound.
+    listeners_bound: AtomicBool,
+}
+
+impl AdminState {
+    pub fn new(shared: Arc<Shared>, probers: AppProbers, rules_dir: String) -> AdminState {
+        AdminState {
+            shared,
+            probers,
+            rules_dir,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            listeners_bound: AtomicBool::new(false),
+        }
+    }
+
+    /// Are both capture listeners bound by this process?
+    pub fn listeners_bound(&self) -> bool {
+        if self.listeners_bound.load(Ordering::Relaxed) {
+            return true;
+        }
+        let s = &self.shared.settings;
+        let ok = [s.outbound_addr, s.inbound_addr]
+            .iter()
+            .all(|a| process_listens_on(a.port()));
+        if ok {
+            self.listeners_bound.store(true, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// `(ready, reason)` for `/healthz/ready`.
+    pub fn readiness(&self) -> (bool, String) {
+        if self.draining.load(Ordering::Relaxed) {
+            return (false, "draining".into());
+        }
+        let snap = self.shared.snapshot.load();
+        if snap.generation == 0 {
+            return (false, "no rule set loaded yet".into());
+        }
+        if !self.listeners_bound() {
+            return (false, "capture listeners not bound yet".into());
+        }
+        (true, format!("ready: generation {}", snap.generation))
+    }
+
+    /// The `/config_dump` document.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let snap = self.shared.snapshot.load();
+        let s = &self.shared.settings;
+        let bound = self.listeners_bound();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "generation": snap.generation,
+            "hash": snap.hash,
+            "source": snap.source,
+            "rules_dir": self.rules_dir,
+            "rules": snap.summary(),
+            "listeners": [
+                {"name": "outbound", "address": s.outbound_addr.to_string(), "bound": bound,
+                 "fixed_target": s.fixed_outbound_target.map(|a| a.to_string())},
+                {"name": "inbound", "address": s.inbound_addr.to_string(), "bound": bound,
+                 "fixed_target": s.fixed_inbound_target.map(|a| a.to_string()),
+                 "source_address": s.inbound_bind.map(|a| a.to_string())},
+            ],
+            "workload": {"name": s.workload.name, "namespace": s.workload.namespace},
+            "sniff_timeout_ms": s.sniff_timeout.as_millis() as u64,
+            "app_probes": self.probers.probes.keys().collect::<Vec<_>>(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+/// Does this process hold a listening TCP socket on `port` (IPv4 or IPv6)?
+pub fn process_listens_on(port: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let Some((_, hex_port)) = cols[1].rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(hex_port, 16) == Ok(port) {
+                inodes.insert(cols[9].to_string());
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|t| {
+                t.to_str().and_then(|s| {
+                    s.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
+                })
+            })
+            .is_some_and(|ino| inodes.contains(&ino))
+    })
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, ctype: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+fn metrics_text() -> Response<Full<Bytes>> {
+    let families = prometheus::gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(s) => text(StatusCode::OK, s, "text/plain; version=0.0.4"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
+/// Answer one admin request (pure apart from running app probes).
+pub async fn handle(state: &AdminState, kind: AdminKind, path: &str) -> Response<Full<Bytes>> {
+    let path = path.split('?').next().unwrap_or(path);
+    match (kind, path) {
+        (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => metrics_text(),
+        (AdminKind::Prometheus, "/metrics") => metrics_text(),
+        (AdminKind::Admin | AdminKind::Health, "/healthz/ready") => {
+            let (ok, why) = state.readiness();
+            let code = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(code, format!("{why}\n"), "text/plain")
+        }
+        (AdminKind::Admin, "/config_dump") => {
+            let body = serde_json::to_string_pretty(&state.config_dump()).unwrap_or_default();
+            text(StatusCode::OK, body, "application/json")
+        }
+        (AdminKind::Admin, p) if p.starts_with("/app-health/") => {
+            match state.probers.run(p).await {
+                Some(r) if r.ok => text(StatusCode::OK, format!("{}\n", r.message), "text/plain"),
+                Some(r) => {
+                    debug!(probe = p, "app probe failed: {}", r.message);
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{}\n", r.message),
+                        "text/plain",
+                    )
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no app probe registered for {p}\n"),
+                    "text/plain",
+                ),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+/// Serve `kind` on an already bound listener until the runtime stops.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, kind: AdminKind) {
+    loop {
+        let (sock, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(?kind, "admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let path = req.uri().path().to_string();
+                    Ok::<_, std::convert::Infallible>(handle(&state, kind, &path).await)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc);
+            if let Err(e) = conn.await {
+                debug!(?kind, "admin connection error: {e}");
+            }
+        });
+    }
+}
+
+/// Bind an admin listener, with a clear error naming the flag.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} listener {addr}: {e}"))
+}

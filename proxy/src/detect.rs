@@ -1,1 +1,166 @@
-//! (in progress)
+//! Protocol detection: from the rules when the destination port's protocol is known, otherwise by
+//! peeking the first bytes the client sends, with a short bounded wait. A client that sends nothing
+//! within the wait is treated as a server-first protocol (opaque TCP), so those still work.
+
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// What a connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detected {
+    /// HTTP/1.x (a method token was seen).
+    Http1,
+    /// HTTP/2 prior knowledge (the client preface was seen).
+    H2c,
+    /// Anything else: proxied as opaque bytes.
+    Tcp,
+}
+
+/// The result of looking at a prefix of the first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Is(Detected),
+    /// The bytes so far are a prefix of an HTTP method or of the h2 preface: read more.
+    NeedMore,
+}
+
+/// The HTTP/2 client connection preface.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1 method tokens we recognise, each followed by a space.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+/// Classify the first bytes of a connection (pure).
+pub fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if buf.len() >= H2_PREFACE.len() {
+            Verdict::Is(Detected::H2c)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    let mut partial = false;
+    for m in METHODS {
+        if buf.len() >= m.len() {
+            if buf.starts_with(m) {
+                return Verdict::Is(Detected::Http1);
+            }
+        } else if m.starts_with(buf) {
+            partial = true;
+        }
+    }
+    if partial {
+        Verdict::NeedMore
+    } else {
+        Verdict::Is(Detected::Tcp)
+    }
+}
+
+/// Why sniffing ended the way it did (for logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SniffEnd {
+    /// The bytes decided it.
+    Bytes,
+    /// Nothing (or an undecided prefix) arrived within the wait: server-first or slow client.
+    Timeout,
+    /// The client closed before deciding.
+    Closed,
+    /// The stream could not be inspected (not a plain TCP stream).
+    Unsupported,
+}
+
+/// Peek the first bytes of `stream` for up to `wait` and classify them. The bytes read are put
+/// back into the stream, so whoever handles it next sees the connection from its first byte.
+/// Streams that are not plain TCP streams are returned untouched as `Tcp`/`Unsupported`.
+pub async fn sniff(stream: Stream, wait: Duration) -> Result<(Stream, Detected, SniffEnd), String> {
+    if !stream.as_any().is::<L4Stream>() {
+        return Ok((stream, Detected::Tcp, SniffEnd::Unsupported));
+    }
+    let mut l4: Box<L4Stream> = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| "connection stream changed type while sniffing".to_string())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 32];
+    let (detected, end) = loop {
+        if let Verdict::Is(d) = classify(&buf) {
+            break (d, SniffEnd::Bytes);
+        }
+        let want = H2_PREFACE
+            .len()
+            .saturating_sub(buf.len())
+            .clamp(1, chunk.len());
+        // `read` is cancel-safe: on timeout no bytes were consumed.
+        match tokio::time::timeout_at(deadline, l4.read(&mut chunk[..want])).await {
+            Err(_) => break (Detected::Tcp, SniffEnd::Timeout),
+            Ok(Ok(0)) | Ok(Err(_)) => break (Detected::Tcp, SniffEnd::Closed),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    if !buf.is_empty() {
+        l4.rewind(&buf);
+    }
+    Ok((l4 as Stream, detected, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_table() {
+        let cases: &[(&[u8], Verdict)] = &[
+            (b"", Verdict::NeedMore),
+            (b"G", Verdict::NeedMore),
+            (b"GE", Verdict::NeedMore),
+            (b"GET ", Verdict::Is(Detected::Http1)),
+            (b"GET / HTTP/1.1\r\n", Verdict::Is(Detected::Http1)),
+            (b"POST /x HTTP/1.1", Verdict::Is(Detected::Http1)),
+            (b"DELETE /", Verdict::Is(Detected::Http1)),
+            (b"OPTIONS *", Verdict::Is(Detected::Http1)),
+            (b"CONNECT a:1", Verdict::Is(Detected::Http1)),
+            (b"GETX", Verdict::Is(Detected::Tcp)),
+            (b"get / HTTP/1.1", Verdict::Is(Detected::Tcp)),
+            (b"P", Verdict::NeedMore),
+            (b"PR", Verdict::NeedMore),
+            (b"PRI * HTTP/2.0", Verdict::NeedMore),
+            (H2_PREFACE, Verdict::Is(Detected::H2c)),
+            (b"PRI * HTTP/1.1", Verdict::Is(Detected::Tcp)),
+            (b"\x16\x03\x01\x02\x00", Verdict::Is(Detected::Tcp)),
+            (b"SSH-2.0-OpenSSH", Verdict::Is(Detected::Tcp)),
+            (b"*1\r\n$4\r\nPING\r\n", Verdict::Is(Detected::Tcp)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                classify(input),
+                *want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn h2_preface_longer_input_still_h2() {
+        let mut v = H2_PREFACE.to_vec();
+        v.extend_from_slice(b"\x00\x00\x12\x04");
+        assert_eq!(classify(&v), Verdict::Is(Detected::H2c));
+    }
+}

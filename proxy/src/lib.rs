@@ -8,6 +8,7 @@ pub mod validate;
 // Data plane: listeners, protocol detection, upstream, admin, telemetry.
 pub mod admin;
 pub mod app_probe;
+pub mod cli;
 pub mod detect;
 pub mod listen;
 pub mod telemetry;

@@ -1,1 +1,363 @@
-//! (in progress)
+//! The capture listeners (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006).
+//!
+//! Connections arrive through iptables REDIRECT. For each one: recover the original destination
+//! (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`), refuse loops to the proxy itself, decide the
+//! protocol (rules first, then sniffing), and hand HTTP to Pingora's HTTP proxy or copy opaque
+//! TCP bytes to the destination.
+
+use crate::detect::{self, Detected, SniffEnd};
+use crate::rules::{Protocol, SharedSnapshot};
+use crate::telemetry::{self, flags, AccessLog, Metrics, TcpLabels, TcpLogEntry, Workload};
+use crate::upstream::{self, MeshHttp};
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Which capture listener a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the app to the world (port 15001); Istio reporter `source`.
+    Outbound,
+    /// From the world to the app (port 15006); Istio reporter `destination`.
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+    pub fn reporter(self) -> &'static str {
+        match self {
+            Direction::Outbound => "source",
+            Direction::Inbound => "destination",
+        }
+    }
+}
+
+/// Settings of the data plane, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    /// How long to wait for a client's first bytes before calling it server-first (opaque TCP).
+    pub sniff_timeout: Duration,
+    /// How long to wait for the first bytes on a port the rules declare HTTP.
+    pub http_first_byte_timeout: Duration,
+    /// Source address for inbound connections to the app (127.0.0.6, which the init program's
+    /// output chain lets through without re-capture).
+    pub inbound_bind: Option<IpAddr>,
+    /// Bind 127.0.0.1 instead when binding `inbound_bind` fails (testing only).
+    pub inbound_bind_fallback: bool,
+    /// Testing/debugging hook: treat every outbound connection as if its original destination
+    /// were this address (for running without iptables). Never set in a pod.
+    pub fixed_outbound_target: Option<SocketAddr>,
+    /// Same for inbound.
+    pub fixed_inbound_target: Option<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub workload: Workload,
+    pub access_log: AccessLog,
+}
+
+/// State shared by the listeners, the HTTP proxies and the admin server.
+pub struct Shared {
+    pub settings: Settings,
+    pub snapshot: SharedSnapshot,
+}
+
+impl Shared {
+    /// The original destination of a connection on `dir`'s listener, given its socket digest.
+    pub fn original_dst(
+        &self,
+        dir: Direction,
+        digest: Option<&pingora::protocols::SocketDigest>,
+    ) -> Option<SocketAddr> {
+        let fixed = match dir {
+            Direction::Outbound => self.settings.fixed_outbound_target,
+            Direction::Inbound => self.settings.fixed_inbound_target,
+        };
+        if fixed.is_some() {
+            return fixed;
+        }
+        digest
+            .and_then(|d| d.original_dst())
+            .and_then(|a| a.as_inet())
+            .copied()
+    }
+
+    pub fn listener_addr(&self, dir: Direction) -> SocketAddr {
+        match dir {
+            Direction::Outbound => self.settings.outbound_addr,
+            Direction::Inbound => self.settings.inbound_addr,
+        }
+    }
+}
+
+/// Is `dst` the proxy's own capture listener (which would make a loop)?
+/// `local` is the address the connection was accepted on.
+pub fn is_self_destination(
+    dst: SocketAddr,
+    local: Option<SocketAddr>,
+    listeners: &[SocketAddr],
+) -> bool {
+    if Some(dst) == local {
+        return true;
+    }
+    listeners.iter().any(|l| {
+        l.port() == dst.port()
+            && (l.ip() == dst.ip()
+                || dst.ip().is_loopback()
+                || dst.ip().is_unspecified()
+                || (l.ip().is_unspecified() && local.is_some_and(|a| a.ip() == dst.ip())))
+    })
+}
+
+/// The `ServerApp` behind each capture listener.
+pub struct CaptureApp {
+    pub dir: Direction,
+    pub shared: Arc<Shared>,
+    /// HTTP/1.1 proxy (h2c off: we already know it is HTTP/1).
+    pub h1: Arc<HttpProxy<MeshHttp>>,
+    /// h2c proxy (prior knowledge: the preface was seen).
+    pub h2: Arc<HttpProxy<MeshHttp>>,
+}
+
+impl CaptureApp {
+    fn refuse(&self, reason: &'static str, detail: String) {
+        warn!(
+            listener = self.dir.as_str(),
+            reason, "refused connection: {detail}"
+        );
+        Metrics::get()
+            .refused_connections
+            .with_label_values(&[self.dir.as_str(), reason])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl ServerApp for CaptureApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let peer = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let Some(dst) = self.shared.original_dst(self.dir, digest.as_deref()) else {
+            self.refuse(
+                "no_original_dst",
+                format!("from {peer:?}: no original destination (not redirected by iptables?)"),
+            );
+            return None;
+        };
+        let s = &self.shared.settings;
+        if is_self_destination(dst, local, &[s.outbound_addr, s.inbound_addr]) {
+            self.refuse(
+                "loop",
+                format!("from {peer:?}: original destination {dst} is the proxy's own listener"),
+            );
+            return None;
+        }
+        let declared = self.shared.snapshot.load().port_protocol(dst, None);
+        let (stream, detected, how) = match declared {
+            Some(Protocol::Tcp) | Some(Protocol::Tls) => (stream, Detected::Tcp, "rules"),
+            Some(_) => match detect::sniff(stream, s.http_first_byte_timeout).await {
+                Ok((st, Detected::Tcp, SniffEnd::Timeout)) => (st, Detected::Http1, "rules"),
+                Ok((st, d, _)) => {
+                    if d == Detected::Tcp {
+                        warn!(%dst, "port declared HTTP but the client sent non-HTTP bytes; proxying as TCP");
+                    }
+                    (st, d, "rules+sniff")
+                }
+                Err(e) => {
+                    warn!(%dst, "dropping connection: {e}");
+                    return None;
+                }
+            },
+            None => match detect::sniff(stream, s.sniff_timeout).await {
+                Ok((st, d, end)) => (
+                    st,
+                    d,
+                    match end {
+                        SniffEnd::Timeout => "sniff-timeout",
+                        SniffEnd::Closed => "sniff-closed",
+                        _ => "sniff",
+                    },
+                ),
+                Err(e) => {
+                    warn!(%dst, "dropping connection: {e}");
+                    return None;
+                }
+            },
+        };
+        debug!(listener = self.dir.as_str(), %dst, ?peer, ?detected, how, "connection classified");
+        match detected {
+            Detected::Http1 | Detected::H2c => {
+                let app = if detected == Detected::H2c {
+                    &self.h2
+                } else {
+                    &self.h1
+                };
+                let mut stream = stream;
+                // Keep-alive: serve every request of this connection here (no re-sniffing).
+                loop {
+                    match app.process_new(stream, shutdown).await {
+                        Some(s) if !*shutdown.borrow() => stream = s,
+                        _ => return None,
+                    }
+                }
+            }
+            Detected::Tcp => {
+                proxy_tcp(self.dir, &self.shared, stream, dst, peer).await;
+                None
+            }
+        }
+    }
+}
+
+/// Copy bytes both ways between the downstream and the original destination.
+async fn proxy_tcp(
+    dir: Direction,
+    shared: &Shared,
+    mut down: Stream,
+    dst: SocketAddr,
+    peer: Option<SocketAddr>,
+) {
+    let s = &shared.settings;
+    let start = Instant::now();
+    let started_at = telemetry::accesslog::now_rfc3339();
+    let bind = match dir {
+        Direction::Inbound => s.inbound_bind,
+        Direction::Outbound => None,
+    };
+    let mut labels = tcp_labels(dir, s, dst);
+    let metrics = Metrics::get();
+    metrics.tcp_open(&labels);
+    let (upstream, received, sent, reason) =
+        match upstream::connect_tcp(dst, bind, s.inbound_bind_fallback, s.connect_timeout).await {
+            Ok(mut up) => {
+                let local = up.local_addr().ok();
+                let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                match r {
+                    Ok((rx, tx)) => (local, rx, tx, None),
+                    Err(e) => {
+                        labels.response_flags = flags::UPSTREAM_TERMINATION.to_string();
+                        (local, 0, 0, Some(format!("copy: {e}")))
+                    }
+                }
+            }
+            Err(e) => {
+                labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+                warn!(listener = dir.as_str(), %dst, "tcp upstream connect failed: {e}");
+                (None, 0, 0, Some(format!("connect: {e}")))
+            }
+        };
+    metrics.tcp_close(&labels, received, sent);
+    s.access_log.write(&TcpLogEntry {
+        start_time: started_at,
+        kind: "tcp",
+        direction: dir.as_str(),
+        protocol: "tcp",
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        upstream: Some(dst.to_string()),
+        original_dst: Some(dst.to_string()),
+        downstream: peer.map(|p| p.to_string()),
+        response_flags: labels.response_flags.clone(),
+        bytes_received: received,
+        bytes_sent: sent,
+        reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
+    });
+}
+
+fn tcp_labels(dir: Direction, s: &Settings, dst: SocketAddr) -> TcpLabels {
+    let (sw, sns, dw, dns) = match dir {
+        Direction::Outbound => (
+            s.workload.name.clone(),
+            s.workload.namespace.clone(),
+            "unknown".to_string(),
+            "unknown".to_string(),
+        ),
+        Direction::Inbound => (
+            "unknown".to_string(),
+            "unknown".to_string(),
+            s.workload.name.clone(),
+            s.workload.namespace.clone(),
+        ),
+    };
+    TcpLabels {
+        reporter: dir.reporter(),
+        source_workload: sw,
+        source_workload_namespace: sns,
+        destination_workload: dw,
+        destination_workload_namespace: dns,
+        destination_service: dst.to_string(),
+        response_flags: flags::NONE.to_string(),
+    }
+}
+
+/// The default inbound source address (see docs/architecture.md).
+pub const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+
+/// Log what the listeners are and how connections will be treated.
+pub fn log_listeners(s: &Settings) {
+    info!(
+        outbound = %s.outbound_addr,
+        inbound = %s.inbound_addr,
+        sniff_timeout_ms = s.sniff_timeout.as_millis() as u64,
+        inbound_source = ?s.inbound_bind,
+        fixed_outbound_target = ?s.fixed_outbound_target,
+        fixed_inbound_target = ?s.fixed_inbound_target,
+        "capture listeners configured"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_detection_table() {
+        let out: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let inb: SocketAddr = "0.0.0.0:15006".parse().unwrap();
+        let ls = [out, inb];
+        let cases: &[(&str, Option<&str>, bool)] = &[
+            ("127.0.0.1:15001", Some("127.0.0.1:15001"), true),
+            ("127.0.0.1:15001", None, true),
+            ("127.0.0.5:15006", None, true),
+            ("10.1.2.3:15006", Some("10.1.2.3:15006"), true),
+            ("10.1.2.3:15006", Some("127.0.0.1:15006"), false),
+            ("0.0.0.0:15006", None, true),
+            ("10.1.2.3:8080", Some("10.1.2.3:15006"), false),
+            ("127.0.0.1:8080", Some("127.0.0.1:15001"), false),
+            ("93.184.216.34:15001", Some("127.0.0.1:15001"), false),
+            ("[::1]:15001", None, true),
+        ];
+        for (dst, local, want) in cases {
+            let dst: SocketAddr = dst.parse().unwrap();
+            let local = local.map(|l| l.parse().unwrap());
+            assert_eq!(
+                is_self_destination(dst, local, &ls),
+                *want,
+                "{dst} {local:?}"
+            );
+        }
+    }
+}

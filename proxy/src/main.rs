@@ -1,1 +1,318 @@
-fn main() {}
+//! `remora-proxy run` (the sidecar) and `remora-proxy validate DIR` (offline rule linter).
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, RunArgs, Server};
+use pingora::services::listening::Service;
+use remora_proxy::admin::{self, AdminKind, AdminState};
+use remora_proxy::app_probe::AppProbers;
+use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
+use remora_proxy::listen::{self, CaptureApp, Direction, Settings, Shared};
+use remora_proxy::rules::{self, LoadContext, Snapshot};
+use remora_proxy::telemetry::{AccessLog, Workload};
+use remora_proxy::upstream::MeshHttp;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(v) => validate(v),
+        Command::Run(r) => match run(*r) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                eprintln!("remora-proxy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn validate(v: ValidateArgs) -> ExitCode {
+    let ctx = LoadContext {
+        namespace: v.namespace,
+        cluster_domain: v.cluster_domain,
+        pod_labels: Default::default(),
+    };
+    let report = remora_proxy::validate::run(&v.dir, &ctx);
+    print!("{report}");
+    if report.errors.is_empty() {
+        println!(
+            "ok: {} is valid ({} warning(s))",
+            v.dir.display(),
+            report.warnings.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{} error(s), {} warning(s) in {}",
+            report.errors.len(),
+            report.warnings.len(),
+            v.dir.display()
+        );
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = cli::log_filter(level).map_err(|e| anyhow!(e))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init()
+        .map_err(|e| anyhow!("logging set-up: {e}"))
+}
+
+fn load_labels(args: &Args) -> std::collections::BTreeMap<String, String> {
+    match std::fs::read_to_string(&args.pod_labels_file) {
+        Ok(text) => match cli::parse_pod_labels(&text) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(
+                    "pod labels file {}: {e}; continuing without pod labels (sourceLabels will not match)",
+                    args.pod_labels_file.display()
+                );
+                Default::default()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(
+                "pod labels file {} not present; no pod labels",
+                args.pod_labels_file.display()
+            );
+            Default::default()
+        }
+        Err(e) => {
+            warn!("pod labels file {}: {e}", args.pod_labels_file.display());
+            Default::default()
+        }
+    }
+}
+
+fn initial_snapshot(args: &Args, ctx: &LoadContext) -> Snapshot {
+    let dir = &args.rules_dir;
+    if !dir.exists() {
+        warn!(
+            "rules directory {} does not exist: running with no rules (every request goes to its original destination); it is watched and loaded when it appears",
+            dir.display()
+        );
+        let mut s = Snapshot::empty(ctx);
+        s.generation = 1;
+        s.source = format!("none:{} (missing)", dir.display());
+        return s;
+    }
+    match rules::load_dir(dir, ctx, 1) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(
+                "rules in {} rejected: {e}; not ready until a valid rule set is in place",
+                dir.display()
+            );
+            Snapshot::empty(ctx)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(&args.log_level)?;
+    let labels = load_labels(&args);
+    let ctx = LoadContext {
+        namespace: args.namespace.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        pod_labels: labels.clone(),
+    };
+    let default_probe_host = args
+        .instance_ip
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let probers = AppProbers::parse(
+        std::env::var("ISTIO_KUBE_APP_PROBERS").ok().as_deref(),
+        &default_probe_host,
+    )
+    .map_err(|e| anyhow!(e))?;
+
+    // Fail fast, with the address in the message, if a capture port is taken.
+    for (what, addr) in [
+        ("outbound", args.outbound_addr),
+        ("inbound", args.inbound_addr),
+    ] {
+        std::net::TcpListener::bind(addr).with_context(|| format!("{what} listener {addr}"))?;
+    }
+
+    let snapshot = initial_snapshot(&args, &ctx);
+    let workload = Workload::derive(
+        args.workload_name.as_deref(),
+        &labels,
+        args.pod_name.as_deref(),
+        &args.namespace,
+    );
+    let settings = Settings {
+        outbound_addr: args.outbound_addr,
+        inbound_addr: args.inbound_addr,
+        sniff_timeout: Duration::from_millis(args.sniff_timeout_ms),
+        http_first_byte_timeout: Duration::from_secs(5),
+        inbound_bind: Some(args.inbound_source),
+        inbound_bind_fallback: args.inbound_source_fallback,
+        fixed_outbound_target: args.fixed_outbound_target,
+        fixed_inbound_target: args.fixed_inbound_target,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        workload: workload.clone(),
+        access_log: if args.access_log == "off" {
+            AccessLog::Off
+        } else {
+            AccessLog::Stdout
+        },
+    };
+    if settings.fixed_outbound_target.is_some() || settings.fixed_inbound_target.is_some() {
+        warn!("TESTING MODE: fixed capture targets are set; original destinations are ignored");
+    }
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        outbound = %args.outbound_addr,
+        inbound = %args.inbound_addr,
+        admin = %args.admin_addr,
+        health = %args.health_addr,
+        prometheus = %args.prometheus_addr,
+        rules_dir = %args.rules_dir.display(),
+        generation = snapshot.generation,
+        hash = %snapshot.hash,
+        source = %snapshot.source,
+        workload = %workload.name,
+        namespace = %workload.namespace,
+        threads = args.threads,
+        drain_seconds = args.drain_seconds,
+        app_probes = probers.probes.len(),
+        "remora-proxy starting"
+    );
+    let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
+    let shared = Arc::new(Shared {
+        settings,
+        snapshot: store.clone(),
+    });
+    listen::log_listeners(&shared.settings);
+
+    // Pingora server.
+    let mut conf = ServerConf::default();
+    conf.threads = args.threads as usize;
+    conf.grace_period_seconds = Some(args.drain_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(2);
+    conf.upstream_keepalive_pool_size = 128;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let pconf = server.configuration.clone();
+    for dir in [Direction::Outbound, Direction::Inbound] {
+        let mut h1 = pingora::proxy::http_proxy(
+            &pconf,
+            MeshHttp {
+                dir,
+                shared: shared.clone(),
+            },
+        );
+        h1.server_options = Some(Default::default());
+        let mut h2 = pingora::proxy::http_proxy(
+            &pconf,
+            MeshHttp {
+                dir,
+                shared: shared.clone(),
+            },
+        );
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = true;
+        h2.server_options = Some(opts);
+        let app = CaptureApp {
+            dir,
+            shared: shared.clone(),
+            h1: Arc::new(h1),
+            h2: Arc::new(h2),
+        };
+        let mut svc = Service::new(format!("{} capture", dir.as_str()), app);
+        svc.add_tcp(&shared.listener_addr(dir).to_string());
+        server.add_service(svc);
+    }
+
+    // Admin servers and the rules watcher on their own runtime and thread.
+    let admin_state = Arc::new(AdminState::new(
+        shared.clone(),
+        probers,
+        args.rules_dir.display().to_string(),
+    ));
+    let mut phases = server.watch_execution_phase();
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let admin_args = args.clone();
+    let st = admin_state.clone();
+    std::thread::Builder::new()
+        .name("remora-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow!("admin runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut listeners = Vec::new();
+                for (what, addr, kind) in [
+                    ("admin", admin_args.admin_addr, AdminKind::Admin),
+                    ("health", admin_args.health_addr, AdminKind::Health),
+                    (
+                        "prometheus",
+                        admin_args.prometheus_addr,
+                        AdminKind::Prometheus,
+                    ),
+                ] {
+                    match admin::bind(addr, what).await {
+                        Ok(l) => listeners.push((l, kind)),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                for (l, kind) in listeners {
+                    tokio::spawn(admin::serve(l, st.clone(), kind));
+                }
+                let _watcher = rules::spawn_watcher(
+                    admin_args.rules_dir.clone(),
+                    ctx,
+                    store,
+                    Duration::from_secs(admin_args.rules_rescan_seconds),
+                );
+                let _ = tx.send(Ok(()));
+                loop {
+                    match phases.recv().await {
+                        Ok(ExecutionPhase::GracefulTerminate)
+                        | Ok(ExecutionPhase::ShutdownStarted) => {
+                            if !st.draining.swap(true, Ordering::Relaxed) {
+                                info!(
+                                    "shutdown signal: draining for up to {}s (readiness now 503)",
+                                    admin_args.drain_seconds
+                                );
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            });
+        })
+        .context("starting the admin thread")?;
+    rx.recv()
+        .map_err(|_| anyhow!("admin thread exited during start-up"))??;
+    info!("admin servers up; starting capture listeners");
+    server.run(RunArgs::default());
+    info!("remora-proxy stopped");
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Command line of `remora-proxy` (every flag also from the environment, see
+//! docs/architecture.md) and the small start-up parsers it needs.
+
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "remora-proxy",
+    version,
+    about = "remora sidecar proxy (Pingora)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: capture listeners, admin/health/metrics servers, rules watcher.
+    Run(Box<RunArgs>),
+    /// Check a rule set offline; exit 1 when it has errors.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The rules directory (as the ConfigMap is mounted).
+    pub dir: PathBuf,
+    /// Namespace for short host names.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Outbound capture listener (iptables REDIRECTs the app's outgoing TCP here).
+    #[arg(long, env = "REMORA_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    /// Inbound capture listener.
+    #[arg(long, env = "REMORA_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+    /// Admin/status server (`/stats/prometheus`, `/config_dump`, `/app-health/...`).
+    #[arg(long, env = "REMORA_ADMIN_ADDR", default_value = "0.0.0.0:15020")]
+    pub admin_addr: SocketAddr,
+    /// Health server (`/healthz/ready`).
+    #[arg(long, env = "REMORA_HEALTH_ADDR", default_value = "0.0.0.0:15021")]
+    pub health_addr: SocketAddr,
+    /// Prometheus server (`/stats/prometheus`).
+    #[arg(long, env = "REMORA_PROMETHEUS_ADDR", default_value = "0.0.0.0:15090")]
+    pub prometheus_addr: SocketAddr,
+    /// The rules directory (ConfigMap `remora-mesh-rules`).
+    #[arg(long, env = "REMORA_RULES_DIR", default_value = "/etc/remora/rules")]
+    pub rules_dir: PathBuf,
+    /// Periodic re-scan of the rules directory, seconds (in addition to file watching).
+    #[arg(long, env = "REMORA_RULES_RESCAN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub rules_rescan_seconds: u64,
+    /// Downward-API file with the pod's labels (`key="value"` per line).
+    #[arg(
+        long,
+        env = "REMORA_POD_LABELS_FILE",
+        default_value = "/etc/remora/pod/labels"
+    )]
+    pub pod_labels_file: PathBuf,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The pod IP; app probes connect here (loopback when unset).
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<IpAddr>,
+    #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Workload name for metrics (default: the pod's `app` label, else the pod name).
+    #[arg(long, env = "REMORA_WORKLOAD_NAME")]
+    pub workload_name: Option<String>,
+    /// Proxy worker threads.
+    #[arg(long, env = "REMORA_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub threads: u64,
+    /// Graceful drain on SIGTERM, seconds.
+    #[arg(long, env = "REMORA_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_seconds: u64,
+    /// trace, debug, info, warning, error, critical, off.
+    #[arg(long, env = "REMORA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// How long to wait for a client's first bytes before treating the connection as a
+    /// server-first protocol (opaque TCP), milliseconds.
+    #[arg(long, env = "REMORA_SNIFF_TIMEOUT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub sniff_timeout_ms: u64,
+    /// Upstream connect timeout, milliseconds.
+    #[arg(long, env = "REMORA_CONNECT_TIMEOUT_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=600000))]
+    pub connect_timeout_ms: u64,
+    /// Source address of inbound connections to the app (the init program exempts it).
+    #[arg(long, env = "REMORA_INBOUND_SOURCE", default_value = "127.0.0.6")]
+    pub inbound_source: IpAddr,
+    /// TESTING ONLY: when binding --inbound-source fails, use 127.0.0.1.
+    #[arg(long, env = "REMORA_INBOUND_SOURCE_FALLBACK")]
+    pub inbound_source_fallback: bool,
+    /// TESTING/DEBUGGING ONLY: treat every outbound connection as if its original destination
+    /// were ADDR (to run without iptables). Never set this in a pod.
+    #[arg(long, env = "REMORA_FIXED_OUTBOUND_TARGET", value_name = "ADDR")]
+    pub fixed_outbound_target: Option<SocketAddr>,
+    /// TESTING/DEBUGGING ONLY: the same for the inbound listener.
+    #[arg(long, env = "REMORA_FIXED_INBOUND_TARGET", value_name = "ADDR")]
+    pub fixed_inbound_target: Option<SocketAddr>,
+    /// Access log destination: stdout or off.
+    #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
+    pub access_log: String,
+}
+
+/// Map Istio's log levels (`sidecar.istio.io/logLevel`) to a tracing filter.
+pub fn log_filter(level: &str) -> Result<String, String> {
+    let l = match level.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        other => {
+            return Err(format!(
+                "--log-level/REMORA_LOG_LEVEL: {other:?} is not one of trace, debug, info, warning, error, critical, off"
+            ))
+        }
+    };
+    // Pingora logs every failed request at error level; our own access log covers those.
+    let quiet = match l {
+        "trace" | "debug" => l,
+        _ => "off",
+    };
+    Ok(format!(
+        "{l},pingora_core={quiet},pingora_proxy={quiet},pingora={quiet},h2=off,hyper=off"
+    ))
+}
+
+/// Parse the downward-API labels file (`key="value"` per line, values Go-quoted).
+pub fn parse_pod_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: {line:?} is not key=\"value\"", i + 1))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("line {}: empty label key", i + 1));
+        }
+        let v = v.trim();
+        let v = if v.starts_with('"') {
+            serde_json::from_str::<String>(v)
+                .map_err(|e| format!("line {}: label {k}: bad quoted value {v}: {e}", i + 1))?
+        } else {
+            v.to_string()
+        };
+        out.insert(k.to_string(), v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_file_kubelet_format() {
+        let l = parse_pod_labels(
+            "app=\"reviews\"\nversion=\"v2\"\n\npod-template-hash=\"5f6d\"\nx=\"a\\\"b\"\n",
+        )
+        .unwrap();
+        assert_eq!(l["app"], "reviews");
+        assert_eq!(l["version"], "v2");
+        assert_eq!(l["x"], "a\"b");
+        assert_eq!(l.len(), 4);
+        assert!(parse_pod_labels("garbage").unwrap_err().contains("line 1"));
+        assert!(parse_pod_labels("a=\"unterminated")
+            .unwrap_err()
+            .contains("label a"));
+    }
+
+    #[test]
+    fn log_levels() {
+        assert!(log_filter("warning").unwrap().starts_with("warn,"));
+        assert!(log_filter("critical").unwrap().starts_with("error,"));
+        assert!(log_filter("DEBUG")
+            .unwrap()
+            .starts_with("debug,pingora_core=debug"));
+        assert!(log_filter("loud").unwrap_err().contains("\"loud\""));
+    }
+
+    #[test]
+    fn run_defaults_are_istio_ports() {
+        let cli = Cli::try_parse_from(["remora-proxy", "run"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.outbound_addr.port(), 15001);
+        assert_eq!(r.inbound_addr.port(), 15006);
+        assert_eq!(r.admin_addr.port(), 15020);
+        assert_eq!(r.health_addr.port(), 15021);
+        assert_eq!(r.prometheus_addr.port(), 15090);
+        assert_eq!(r.threads, 2);
+        let e = Cli::try_parse_from(["remora-proxy", "run", "--threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--threads"), "{e}");
+    }
+}

@@ -1,0 +1,316 @@
+//! Istio standard metrics, registered once in prometheus's default registry.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use std::sync::OnceLock;
+
+/// Istio's request duration buckets (milliseconds).
+const DURATION_BUCKETS_MS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+/// Istio's size buckets (bytes).
+const SIZE_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
+    1000000000.0,
+];
+
+const HTTP_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+const TCP_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// The proxy's metric families.
+pub struct Metrics {
+    pub requests_total: IntCounterVec,
+    pub request_duration_ms: HistogramVec,
+    pub request_bytes: HistogramVec,
+    pub response_bytes: HistogramVec,
+    pub tcp_opened: IntCounterVec,
+    pub tcp_closed: IntCounterVec,
+    pub tcp_sent_bytes: IntCounterVec,
+    pub tcp_received_bytes: IntCounterVec,
+    /// Connections refused before proxying (loops, missing original destination), by reason.
+    pub refused_connections: IntCounterVec,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
+    // A second registration (e.g. in tests that share a process) is not an error worth failing on.
+    let _ = prometheus::register(Box::new(c.clone()));
+    c
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
+    let _ = prometheus::register(Box::new(h.clone()));
+    h
+}
+
+impl Metrics {
+    /// The process-wide metrics (registered in the default registry on first use).
+    pub fn get() -> &'static Metrics {
+        METRICS.get_or_init(|| Metrics {
+            requests_total: counter(
+                "istio_requests_total",
+                "Requests handled by the proxy",
+                HTTP_LABELS,
+            ),
+            request_duration_ms: histogram(
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds",
+                DURATION_BUCKETS_MS,
+                HTTP_LABELS,
+            ),
+            request_bytes: histogram(
+                "istio_request_bytes",
+                "Request body size in bytes",
+                SIZE_BUCKETS,
+                HTTP_LABELS,
+            ),
+            response_bytes: histogram(
+                "istio_response_bytes",
+                "Response body size in bytes",
+                SIZE_BUCKETS,
+                HTTP_LABELS,
+            ),
+            tcp_opened: counter(
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened",
+                TCP_LABELS,
+            ),
+            tcp_closed: counter(
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed",
+                TCP_LABELS,
+            ),
+            tcp_sent_bytes: counter(
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to the downstream during TCP proxying (response direction)",
+                TCP_LABELS,
+            ),
+            tcp_received_bytes: counter(
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the downstream during TCP proxying (request direction)",
+                TCP_LABELS,
+            ),
+            refused_connections: counter(
+                "remora_refused_connections_total",
+                "Connections the proxy refused before proxying, by reason",
+                &["listener", "reason"],
+            ),
+        })
+    }
+
+    /// Record one finished HTTP request.
+    pub fn record_http(&self, l: &HttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        let owned = l.values();
+        let values = refs(&owned);
+        self.requests_total.with_label_values(&values).inc();
+        self.request_duration_ms
+            .with_label_values(&values)
+            .observe(duration_ms);
+        self.request_bytes
+            .with_label_values(&values)
+            .observe(req_bytes as f64);
+        self.response_bytes
+            .with_label_values(&values)
+            .observe(resp_bytes as f64);
+    }
+
+    /// Record a TCP connection opening.
+    pub fn tcp_open(&self, l: &TcpLabels) {
+        let owned = l.values();
+        self.tcp_opened.with_label_values(&refs(&owned)).inc();
+    }
+
+    /// Record a TCP connection closing with its byte counts.
+    pub fn tcp_close(&self, l: &TcpLabels, received: u64, sent: u64) {
+        let owned = l.values();
+        let values = refs(&owned);
+        self.tcp_closed.with_label_values(&values).inc();
+        self.tcp_received_bytes
+            .with_label_values(&values)
+            .inc_by(received);
+        self.tcp_sent_bytes.with_label_values(&values).inc_by(sent);
+    }
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Split an FQDN service host into (name, namespace) the way Istio labels do
+/// (`reviews.default.svc.cluster.local` → `reviews`, `default`).
+fn service_name_ns(service: &str) -> (String, String) {
+    let host = service.split(':').next().unwrap_or(service);
+    if host.parse::<std::net::IpAddr>().is_ok() || host == "unknown" {
+        return (host.to_string(), "unknown".to_string());
+    }
+    let mut parts = host.split('.');
+    let name = parts.next().unwrap_or("unknown").to_string();
+    let ns = match (parts.next(), parts.next()) {
+        (Some(ns), Some("svc")) => ns.to_string(),
+        _ => "unknown".to_string(),
+    };
+    (name, ns)
+}
+
+/// Labels of one HTTP request.
+#[derive(Clone, Debug)]
+pub struct HttpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+}
+
+impl HttpLabels {
+    fn values(&self) -> Vec<String> {
+        let (svc_name, svc_ns) = service_name_ns(&self.destination_service);
+        vec![
+            self.reporter.to_string(),
+            self.source_workload.clone(),
+            self.source_workload_namespace.clone(),
+            self.destination_workload.clone(),
+            self.destination_workload_namespace.clone(),
+            self.destination_service.clone(),
+            svc_name,
+            svc_ns,
+            self.request_protocol.to_string(),
+            self.response_code.to_string(),
+            self.grpc_response_status.clone(),
+            self.response_flags.clone(),
+            "none".to_string(),
+        ]
+    }
+}
+
+/// Labels of one TCP connection.
+#[derive(Clone, Debug)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub response_flags: String,
+}
+
+impl TcpLabels {
+    fn values(&self) -> Vec<String> {
+        let (svc_name, svc_ns) = service_name_ns(&self.destination_service);
+        vec![
+            self.reporter.to_string(),
+            self.source_workload.clone(),
+            self.source_workload_namespace.clone(),
+            self.destination_workload.clone(),
+            self.destination_workload_namespace.clone(),
+            self.destination_service.clone(),
+            svc_name,
+            svc_ns,
+            "tcp".to_string(),
+            self.response_flags.clone(),
+            "none".to_string(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_split_fqdn() {
+        assert_eq!(
+            service_name_ns("reviews.default.svc.cluster.local"),
+            ("reviews".to_string(), "default".to_string())
+        );
+        assert_eq!(
+            service_name_ns("10.0.0.1:8080"),
+            ("10.0.0.1".to_string(), "unknown".to_string())
+        );
+        assert_eq!(
+            service_name_ns("api.example.com"),
+            ("api".to_string(), "unknown".to_string())
+        );
+    }
+
+    #[test]
+    fn http_request_lands_in_default_registry() {
+        let m = Metrics::get();
+        let l = HttpLabels {
+            reporter: "source",
+            source_workload: "unit-test-wl".into(),
+            source_workload_namespace: "ns1".into(),
+            destination_workload: "unknown".into(),
+            destination_workload_namespace: "unknown".into(),
+            destination_service: "reviews.ns1.svc.cluster.local".into(),
+            request_protocol: "http",
+            response_code: 200,
+            grpc_response_status: String::new(),
+            response_flags: "-".into(),
+        };
+        m.record_http(&l, 3.0, 10, 20);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&prometheus::gather())
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("unit-test-wl"))
+            .unwrap();
+        assert!(line.contains("reporter=\"source\""), "{line}");
+        assert!(
+            line.contains("destination_service_name=\"reviews\""),
+            "{line}"
+        );
+        assert!(line.contains("response_code=\"200\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+}
