@@ -52,7 +52,9 @@ pub enum Ipv6Mode {
     name = "remora-init",
     version,
     about = "Programs the iptables capture of a remora (Istio-compatible) sidecar, atomically and idempotently.",
-    long_about = None
+    long_about = None,
+    // Like istio-iptables (pflag), a repeated flag takes its last value.
+    args_override_self = true
 )]
 pub struct Flags {
     /// Outbound capture port of the proxy: outbound TCP is redirected here.
@@ -758,5 +760,17 @@ mod tests {
         assert_eq!(f.ipv6, Ipv6Mode::Off);
         assert_eq!(f.iptables_mode, IptablesMode::Legacy);
         assert!(f.dry_run && f.cleanup);
+    }
+
+    #[test]
+    fn repeated_flag_takes_the_last_value() {
+        let c = parse(&["-i", "*", "-i", "10.0.0.0/8", "-b", "80", "-b", "*"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.outbound,
+            OutboundCapture::Cidrs(vec!["10.0.0.0/8".parse().unwrap()])
+        );
+        assert_eq!(c.inbound, InboundCapture::AllExcept(vec![]));
     }
 }

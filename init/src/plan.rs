@@ -35,6 +35,9 @@ pub const CHAINS: [&str; 4] = [INBOUND, REDIRECT, IN_REDIRECT, OUTPUT];
 pub const CHAIN_PREFIX: &str = "REMORA_";
 /// Every rule we write carries a comment starting with this.
 pub const COMMENT_PREFIX: &str = "remora: ";
+/// Built-in chains of the `nat` table (plus FORWARD, never used by nat but harmless).
+/// Rules of ours are only ever looked for here; rules in other programs' chains are never ours.
+pub const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 /// The only table we program.
 pub const TABLE: &str = "nat";
 
@@ -199,7 +202,7 @@ pub fn parse_save(text: &str) -> Snapshot {
                     .chains
                     .push((chain.to_string(), vec![spec.to_string()])),
             }
-        } else if is_our_rule(spec) {
+        } else if BUILTIN_CHAINS.contains(&chain) && is_our_rule(spec) {
             snap.builtin.push(BuiltinRule {
                 chain: chain.to_string(),
                 position: Position::Insert(index),
@@ -660,6 +663,7 @@ mod tests {
 -A OUTPUT -m comment --comment \"someone else\" -j RETURN
 -A REMORA_INBOUND -p tcp -m comment --comment \"remora: x\" -j RETURN
 -A KUBE-X -j RETURN
+-A KUBE-X -j REMORA_INBOUND
 COMMIT
 *filter
 :REMORA_OTHER - [0:0]
