@@ -1,1 +1,21 @@
-//! placeholder
+//! remora-webhook: Istio-compatible sidecar injection.
+//!
+//! The pipeline is `decide` (inject or not, and why) → `template` (config + annotations →
+//! containers) → `patch` (JSON patch on the raw pod) → `review` (AdmissionReview in/out).
+//! Everything up to `review` is pure: plain values in, plain values out. `server` and `cli` are
+//! the thin I/O shells around it and share the same code path.
+
+pub mod annotations;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod decide;
+pub mod inject;
+pub mod metrics;
+pub mod patch;
+pub mod probes;
+pub mod review;
+pub mod server;
+pub mod template;
+pub mod tls;
+pub mod workload;

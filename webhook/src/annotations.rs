@@ -1,0 +1,532 @@
+//! Istio's pod labels and annotations: parsing and validation.
+//!
+//! A bad value denies the pod with a message naming the annotation, the value and why, so the
+//! user sees it in `kubectl apply` output instead of a pod that silently misbehaves.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+
+pub const INJECT: &str = "sidecar.istio.io/inject";
+pub const STATUS: &str = "sidecar.istio.io/status";
+pub const NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
+pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+pub const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";
+pub const PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
+pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
+pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
+pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
+pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
+pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
+pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-container";
+pub const PROM_SCRAPE: &str = "prometheus.io/scrape";
+pub const PROM_PORT: &str = "prometheus.io/port";
+pub const PROM_PATH: &str = "prometheus.io/path";
+
+/// Proxy log levels accepted by `sidecar.istio.io/logLevel` (Envoy's names).
+pub const LOG_LEVELS: &[&str] = &[
+    "trace", "debug", "info", "warning", "error", "critical", "off",
+];
+
+/// `sidecar.istio.io/inject` values (YAML booleans, as Istio reads them).
+pub fn parse_inject_value(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" | "true" | "on" => Some(true),
+        "n" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!(
+            "annotation {key}: invalid value {v:?}: must be \"true\" or \"false\""
+        )),
+    }
+}
+
+/// A comma-separated list of ports 1-65535; `*` only where `allow_star`; empty is allowed.
+pub fn parse_ports(key: &str, v: &str, allow_star: bool) -> Result<Vec<String>, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(vec![]);
+    }
+    if v == "*" {
+        if allow_star {
+            return Ok(vec!["*".to_string()]);
+        }
+        return Err(format!(
+            "annotation {key}: invalid value \"*\": a wildcard is not allowed here; list the ports"
+        ));
+    }
+    let mut out = Vec::new();
+    for item in v.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        match item.parse::<u32>() {
+            Ok(p) if (1..=65535).contains(&p) => out.push(p.to_string()),
+            Ok(p) => {
+                return Err(format!(
+                    "annotation {key}: invalid value {v:?}: port {p} is out of range 1-65535"
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "annotation {key}: invalid value {v:?}: {item:?} is not a port number"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A comma-separated list of CIDRs; `*` only where `allow_star`; empty is allowed.
+pub fn parse_cidrs(key: &str, v: &str, allow_star: bool) -> Result<Vec<String>, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(vec![]);
+    }
+    if v == "*" {
+        if allow_star {
+            return Ok(vec!["*".to_string()]);
+        }
+        return Err(format!(
+            "annotation {key}: invalid value \"*\": a wildcard is not allowed here; list the CIDRs"
+        ));
+    }
+    let mut out = Vec::new();
+    for item in v.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        if item.parse::<ipnet::IpNet>().is_err() {
+            return Err(format!(
+                "annotation {key}: invalid value {v:?}: {item:?} is not a CIDR (like 10.0.0.0/8)"
+            ));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_interfaces(key: &str, v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let ok = item.len() <= 15
+            && item
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !ok {
+            return Err(format!(
+                "annotation {key}: invalid value {v:?}: {item:?} is not a network interface name"
+            ));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses a Kubernetes resource quantity ("100m", "1.5", "128Mi", "1e3") into its value.
+pub fn parse_quantity(v: &str) -> Result<f64, String> {
+    let s = v.trim();
+    if s.is_empty() {
+        return Err("empty quantity".to_string());
+    }
+    let num_end = s
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.' || *c == '+' || *c == '-'))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    if num.is_empty() || num.starts_with('-') {
+        return Err("not a non-negative quantity like 100m, 0.5, 128Mi or 1Gi".to_string());
+    }
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "not a non-negative quantity like 100m, 0.5, 128Mi or 1Gi".to_string())?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if (e.starts_with('e') || e.starts_with('E')) && e.len() > 1 => {
+            let exp: i32 = e[1..]
+                .parse()
+                .map_err(|_| format!("unknown suffix {suffix:?}"))?;
+            10f64.powi(exp)
+        }
+        _ => {
+            return Err(format!(
+                "unknown suffix {suffix:?} (use m, k, M, G, Ki, Mi, Gi, ...)"
+            ))
+        }
+    };
+    Ok(n * mult)
+}
+
+fn parse_seconds(key: &str, v: &str, min: i64) -> Result<i64, String> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= min && n <= 3600 => Ok(n),
+        _ => Err(format!(
+            "annotation {key}: invalid value {v:?}: must be a whole number from {min} to 3600"
+        )),
+    }
+}
+
+/// How traffic is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// iptables REDIRECT (the default).
+    Redirect,
+    /// No capture: no init container.
+    None,
+}
+
+/// Everything the annotations ask of the injection, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodOptions {
+    pub native_sidecar: bool,
+    pub rewrite_probes: bool,
+    pub log_level: String,
+    pub proxy_image: Option<String>,
+    pub interception: Interception,
+    /// Resource overrides from the proxy annotations: (requests|limits, cpu|memory) → value.
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+    pub include_outbound_ip_ranges: Option<Vec<String>>,
+    pub exclude_outbound_ip_ranges: Vec<String>,
+    pub include_inbound_ports: Option<Vec<String>>,
+    pub exclude_inbound_ports: Vec<String>,
+    pub include_outbound_ports: Vec<String>,
+    pub exclude_outbound_ports: Vec<String>,
+    pub exclude_interfaces: Vec<String>,
+    pub readiness_initial_delay: Option<i64>,
+    pub readiness_period: Option<i64>,
+    pub readiness_failure_threshold: Option<i64>,
+}
+
+impl PodOptions {
+    /// Validates the pod's annotations against `cfg`; all problems are returned, each a sentence.
+    pub fn parse(ann: &BTreeMap<String, String>, cfg: &Config) -> Result<PodOptions, Vec<String>> {
+        let mut errs = Vec::new();
+        let get = |k: &str| ann.get(k).map(String::as_str);
+        let mut opts = PodOptions {
+            native_sidecar: cfg.native_sidecar,
+            rewrite_probes: cfg.rewrite_app_probes,
+            log_level: cfg.log_level.clone(),
+            proxy_image: None,
+            interception: Interception::Redirect,
+            requests: BTreeMap::new(),
+            limits: BTreeMap::new(),
+            include_outbound_ip_ranges: None,
+            exclude_outbound_ip_ranges: vec![],
+            include_inbound_ports: None,
+            exclude_inbound_ports: vec![],
+            include_outbound_ports: vec![],
+            exclude_outbound_ports: vec![],
+            exclude_interfaces: vec![],
+            readiness_initial_delay: None,
+            readiness_period: None,
+            readiness_failure_threshold: None,
+        };
+        if let Some(v) = get(NATIVE_SIDECAR) {
+            match parse_bool(NATIVE_SIDECAR, v) {
+                Ok(b) => opts.native_sidecar = b,
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(REWRITE_PROBES) {
+            match parse_bool(REWRITE_PROBES, v) {
+                Ok(b) => opts.rewrite_probes = b,
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(LOG_LEVEL) {
+            let l = v.trim().to_ascii_lowercase();
+            let l = if l == "warn" {
+                "warning".to_string()
+            } else {
+                l
+            };
+            if LOG_LEVELS.contains(&l.as_str()) {
+                opts.log_level = l;
+            } else {
+                errs.push(format!(
+                    "annotation {LOG_LEVEL}: invalid value {v:?}: must be one of {}",
+                    LOG_LEVELS.join(", ")
+                ));
+            }
+        }
+        if let Some(v) = get(PROXY_IMAGE) {
+            if v.trim().is_empty() || v.chars().any(char::is_whitespace) {
+                errs.push(format!(
+                    "annotation {PROXY_IMAGE}: invalid value {v:?}: not an image reference"
+                ));
+            } else {
+                opts.proxy_image = Some(v.to_string());
+            }
+        }
+        if let Some(v) = get(INTERCEPTION_MODE) {
+            match v.trim() {
+                "REDIRECT" => opts.interception = Interception::Redirect,
+                "NONE" => opts.interception = Interception::None,
+                "TPROXY" => errs.push(format!(
+                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: remora supports REDIRECT and NONE, not TPROXY"
+                )),
+                _ => errs.push(format!(
+                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: must be REDIRECT or NONE"
+                )),
+            }
+        }
+        for (key, kind, res) in [
+            (PROXY_CPU, "requests", "cpu"),
+            (PROXY_MEMORY, "requests", "memory"),
+            (PROXY_CPU_LIMIT, "limits", "cpu"),
+            (PROXY_MEMORY_LIMIT, "limits", "memory"),
+        ] {
+            if let Some(v) = get(key) {
+                match parse_quantity(v) {
+                    Ok(_) => {
+                        let m = if kind == "requests" {
+                            &mut opts.requests
+                        } else {
+                            &mut opts.limits
+                        };
+                        m.insert(res.to_string(), v.trim().to_string());
+                    }
+                    Err(why) => errs.push(format!("annotation {key}: invalid value {v:?}: {why}")),
+                }
+            }
+        }
+        // A request above its limit would be rejected by the API server later, less clearly.
+        for res in ["cpu", "memory"] {
+            let req = opts
+                .requests
+                .get(res)
+                .or(cfg.proxy.resources.requests.get(res));
+            let lim = opts.limits.get(res).or(cfg.proxy.resources.limits.get(res));
+            if let (Some(r), Some(l)) = (req, lim) {
+                if let (Ok(rv), Ok(lv)) = (parse_quantity(r), parse_quantity(l)) {
+                    if rv > lv {
+                        let (rk, lk) = if res == "cpu" {
+                            (PROXY_CPU, PROXY_CPU_LIMIT)
+                        } else {
+                            (PROXY_MEMORY, PROXY_MEMORY_LIMIT)
+                        };
+                        errs.push(format!(
+                            "annotation {rk}: invalid value {r:?}: the proxy {res} request is above its limit {l:?} ({lk} or the config)"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(v) = get(INCLUDE_OUTBOUND_IP_RANGES) {
+            match parse_cidrs(INCLUDE_OUTBOUND_IP_RANGES, v, true) {
+                Ok(l) => opts.include_outbound_ip_ranges = Some(l),
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(EXCLUDE_OUTBOUND_IP_RANGES) {
+            match parse_cidrs(EXCLUDE_OUTBOUND_IP_RANGES, v, false) {
+                Ok(l) => opts.exclude_outbound_ip_ranges = l,
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(INCLUDE_INBOUND_PORTS) {
+            match parse_ports(INCLUDE_INBOUND_PORTS, v, true) {
+                Ok(l) => opts.include_inbound_ports = Some(l),
+                Err(e) => errs.push(e),
+            }
+        }
+        for (key, slot) in [
+            (EXCLUDE_INBOUND_PORTS, &mut opts.exclude_inbound_ports),
+            (INCLUDE_OUTBOUND_PORTS, &mut opts.include_outbound_ports),
+            (EXCLUDE_OUTBOUND_PORTS, &mut opts.exclude_outbound_ports),
+        ] {
+            if let Some(v) = get(key) {
+                match parse_ports(key, v, false) {
+                    Ok(l) => *slot = l,
+                    Err(e) => errs.push(e),
+                }
+            }
+        }
+        if let Some(v) = get(EXCLUDE_INTERFACES) {
+            match parse_interfaces(EXCLUDE_INTERFACES, v) {
+                Ok(l) => opts.exclude_interfaces = l,
+                Err(e) => errs.push(e),
+            }
+        }
+        for (key, min, slot) in [
+            (
+                READINESS_INITIAL_DELAY,
+                0,
+                &mut opts.readiness_initial_delay,
+            ),
+            (READINESS_PERIOD, 1, &mut opts.readiness_period),
+            (
+                READINESS_FAILURE_THRESHOLD,
+                1,
+                &mut opts.readiness_failure_threshold,
+            ),
+        ] {
+            if let Some(v) = get(key) {
+                match parse_seconds(key, v, min) {
+                    Ok(n) => *slot = Some(n),
+                    Err(e) => errs.push(e),
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(opts)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
+        PodOptions::parse(&ann(pairs), &Config::default()).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_without_annotations() {
+        let o = PodOptions::parse(&ann(&[]), &Config::default()).unwrap();
+        assert!(o.native_sidecar && o.rewrite_probes);
+        assert_eq!(o.log_level, "info");
+        assert_eq!(o.interception, Interception::Redirect);
+        assert!(o.include_inbound_ports.is_none());
+    }
+
+    #[test]
+    fn ports_parse_and_reject() {
+        assert_eq!(
+            parse_ports("k", " 1, 2,3 ", false).unwrap(),
+            vec!["1", "2", "3"]
+        );
+        assert_eq!(parse_ports("k", "", false).unwrap(), Vec::<String>::new());
+        assert_eq!(parse_ports("k", "*", true).unwrap(), vec!["*"]);
+        assert!(parse_ports("k", "*", false)
+            .unwrap_err()
+            .contains("wildcard"));
+        assert!(parse_ports("k", "0", false)
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_ports("k", "65536", false)
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_ports("k", "bad", false)
+            .unwrap_err()
+            .contains("not a port"));
+    }
+
+    #[test]
+    fn bad_values_name_annotation_value_and_reason() {
+        let e = errors(&[(EXCLUDE_INBOUND_PORTS, "*")]);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains(EXCLUDE_INBOUND_PORTS) && e[0].contains("\"*\""));
+        let e = errors(&[(INCLUDE_OUTBOUND_IP_RANGES, "bad")]);
+        assert!(e[0].contains(INCLUDE_OUTBOUND_IP_RANGES) && e[0].contains("not a CIDR"));
+        let e = errors(&[(EXCLUDE_OUTBOUND_IP_RANGES, "*")]);
+        assert!(e[0].contains(EXCLUDE_OUTBOUND_IP_RANGES));
+        let e = errors(&[(PROXY_CPU, "fast"), (LOG_LEVEL, "loud")]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        let e = errors(&[(NATIVE_SIDECAR, "maybe")]);
+        assert!(e[0].contains(NATIVE_SIDECAR) && e[0].contains("maybe"));
+        let e = errors(&[(INTERCEPTION_MODE, "TPROXY")]);
+        assert!(e[0].contains("TPROXY"));
+        let e = errors(&[(EXCLUDE_INTERFACES, "eth0,this-name-is-way-too-long")]);
+        assert!(e[0].contains("interface"));
+    }
+
+    #[test]
+    fn request_above_limit_is_denied() {
+        let e = errors(&[(PROXY_CPU, "3"), (PROXY_CPU_LIMIT, "2")]);
+        assert!(e[0].contains("above its limit"), "{e:?}");
+        assert!(PodOptions::parse(
+            &ann(&[(PROXY_MEMORY, "1Gi"), (PROXY_MEMORY_LIMIT, "2Gi")]),
+            &Config::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("100m").unwrap(), 0.1);
+        assert_eq!(parse_quantity("2").unwrap(), 2.0);
+        assert_eq!(parse_quantity("1Ki").unwrap(), 1024.0);
+        assert_eq!(parse_quantity("1e3").unwrap(), 1000.0);
+        assert!(parse_quantity("-1").is_err());
+        assert!(parse_quantity("1X").is_err());
+        assert!(parse_quantity("").is_err());
+    }
+
+    #[test]
+    fn inject_values() {
+        assert_eq!(parse_inject_value("true"), Some(true));
+        assert_eq!(parse_inject_value("Yes"), Some(true));
+        assert_eq!(parse_inject_value("false"), Some(false));
+        assert_eq!(parse_inject_value("enabled"), None);
+    }
+
+    #[test]
+    fn log_level_warn_alias_and_traffic_lists() {
+        let o = PodOptions::parse(
+            &ann(&[
+                (LOG_LEVEL, "warn"),
+                (INCLUDE_INBOUND_PORTS, ""),
+                (INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/8, 192.168.0.0/16"),
+            ]),
+            &Config::default(),
+        )
+        .unwrap();
+        assert_eq!(o.log_level, "warning");
+        assert_eq!(o.include_inbound_ports, Some(vec![]));
+        assert_eq!(
+            o.include_outbound_ip_ranges,
+            Some(vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()])
+        );
+    }
+}

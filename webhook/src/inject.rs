@@ -1,0 +1,415 @@
+//! The whole injection of one pod (pure): decide → validate annotations → remove a previous
+//! injection → rewrite probes → add containers, volumes, annotations.
+
+use serde_json::{json, Map, Value};
+
+use crate::annotations::{
+    PodOptions, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER, PROM_PATH, PROM_PORT, PROM_SCRAPE,
+    STATUS,
+};
+use crate::config::Config;
+use crate::decide::{decide, string_map, Decision};
+use crate::probes::{self, PROBERS_ENV};
+use crate::template::{self, INIT_NAME, PROXY_NAME};
+
+/// What happened to a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The injected pod, the reason, and notes worth logging (probes left alone, ...).
+    Injected {
+        pod: Value,
+        reason: String,
+        notes: Vec<String>,
+    },
+    Skipped(String),
+    Denied(String),
+}
+
+impl Outcome {
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Outcome::Injected { .. } => "injected",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Denied(_) => "denied",
+        }
+    }
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Injected { reason, .. } => reason,
+            Outcome::Skipped(r) | Outcome::Denied(r) => r,
+        }
+    }
+}
+
+/// What a previous injection recorded in `sidecar.istio.io/status`.
+#[derive(Debug, Default)]
+struct Previous {
+    init: Vec<String>,
+    containers: Vec<String>,
+    volumes: Vec<String>,
+}
+
+fn names(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn previous(status: Option<&str>) -> Option<Previous> {
+    let v: Value = serde_json::from_str(status?).ok()?;
+    Some(Previous {
+        init: names(v.get("initContainers")),
+        containers: names(v.get("containers")),
+        volumes: names(v.get("volumes")),
+    })
+}
+
+/// Removes the named entries of `arr`, returning the removed ones.
+fn take_named(arr: &mut Vec<Value>, names: &[String]) -> Vec<Value> {
+    let mut removed = Vec::new();
+    arr.retain(|c| {
+        let hit = c
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| names.iter().any(|x| x == n));
+        if hit {
+            removed.push(c.clone());
+        }
+        !hit
+    });
+    removed
+}
+
+fn probers_of(containers: &[Value]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for c in containers {
+        let Some(env) = c.get("env").and_then(Value::as_array) else {
+            continue;
+        };
+        for e in env {
+            if e.get("name").and_then(Value::as_str) == Some(PROBERS_ENV) {
+                if let Some(Value::Object(m)) = e
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                {
+                    out.extend(m);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn array_at(spec: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    match spec.remove(key) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// Injects `pod` (raw JSON with `metadata` and `spec`) created in `namespace`.
+pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
+    if pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty())
+    {
+        return Outcome::Denied(
+            "pod spec.containers is missing or empty: nothing to inject beside".into(),
+        );
+    }
+    let reason = match decide(pod, namespace, cfg) {
+        Decision::Skip(r) => return Outcome::Skipped(r),
+        Decision::Inject(r) => r,
+    };
+    let annotations = string_map(pod.pointer("/metadata/annotations"));
+    let opts = match PodOptions::parse(&annotations, cfg) {
+        Ok(o) => o,
+        Err(errs) => return Outcome::Denied(errs.join("; ")),
+    };
+
+    let mut out = pod.clone();
+    let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Outcome::Denied("pod spec is not an object".into());
+    };
+    let mut containers = array_at(spec, "containers");
+    let mut inits = array_at(spec, "initContainers");
+    let mut vols = array_at(spec, "volumes");
+
+    // A previous injection (ours or Istio's) is replaced, never duplicated.
+    let prev = match previous(annotations.get(STATUS).map(String::as_str)) {
+        Some(p) => p,
+        None if annotations.contains_key(STATUS) => Previous {
+            init: vec![INIT_NAME.into(), PROXY_NAME.into()],
+            containers: vec![PROXY_NAME.into()],
+            volumes: vec![
+                template::RULES_VOLUME.into(),
+                template::PODINFO_VOLUME.into(),
+            ],
+        },
+        None => Previous::default(),
+    };
+    let mut removed = take_named(&mut inits, &prev.init);
+    removed.extend(take_named(&mut containers, &prev.containers));
+    take_named(&mut vols, &prev.volumes);
+    let reserved = [PROXY_NAME, INIT_NAME];
+    for c in containers.iter().chain(inits.iter()) {
+        if let Some(n) = c
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| reserved.contains(n))
+        {
+            return Outcome::Denied(format!(
+                "container name {n} is reserved for the injected sidecar; rename the pod's container"
+            ));
+        }
+    }
+    for v in &vols {
+        if let Some(n) = v
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| *n == template::RULES_VOLUME || *n == template::PODINFO_VOLUME)
+        {
+            return Outcome::Denied(format!(
+                "volume name {n} is reserved for the injected sidecar; rename the pod's volume"
+            ));
+        }
+    }
+    if containers.is_empty() {
+        return Outcome::Denied(
+            "pod has no containers besides a previously injected sidecar".into(),
+        );
+    }
+
+    let mut notes = Vec::new();
+    let probers = if opts.rewrite_probes {
+        let r = probes::rewrite(&mut containers, &probers_of(&removed));
+        notes.extend(r.notes);
+        r.probers
+    } else {
+        Map::new()
+    };
+    let grace = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    let init = template::init_container(cfg, &opts);
+
+    let mut status_init: Vec<&str> = Vec::new();
+    let mut status_containers: Vec<&str> = Vec::new();
+    if opts.native_sidecar {
+        let mut new_inits = vec![proxy];
+        status_init.push(PROXY_NAME);
+        if let Some(i) = init {
+            new_inits.push(i);
+            status_init.push(INIT_NAME);
+        }
+        new_inits.extend(inits);
+        inits = new_inits;
+    } else {
+        if let Some(i) = init {
+            inits.push(i);
+            status_init.push(INIT_NAME);
+        }
+        containers.push(proxy);
+        status_containers.push(PROXY_NAME);
+    }
+    let our_vols = template::volumes(cfg);
+    let vol_names: Vec<&str> = our_vols
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .collect();
+    let status = template::status(&status_init, &status_containers, &vol_names, &cfg.revision);
+    vols.extend(our_vols.iter().cloned());
+
+    let app = containers
+        .iter()
+        .find_map(|c| c.get("name").and_then(Value::as_str))
+        .map(str::to_string);
+    spec.insert("containers".into(), Value::Array(containers));
+    if !inits.is_empty() {
+        spec.insert("initContainers".into(), Value::Array(inits));
+    }
+    spec.insert("volumes".into(), Value::Array(vols));
+
+    let Some(meta) = out
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+    else {
+        return Outcome::Denied("pod is not a JSON object".into());
+    };
+    if !meta.is_object() {
+        return Outcome::Denied("pod metadata is not an object".into());
+    }
+    if !meta.get("annotations").is_some_and(Value::is_object) {
+        meta["annotations"] = json!({});
+    }
+    let ann = &mut meta["annotations"];
+    ann[STATUS] = json!(status);
+    if let Some(app) = app {
+        for key in [DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER] {
+            if ann.get(key).is_none() {
+                ann[key] = json!(app);
+            }
+        }
+    }
+    if ann.get(PROM_SCRAPE).is_none() {
+        ann[PROM_SCRAPE] = json!("true");
+        ann[PROM_PORT] = json!(template::PROM_PORT.to_string());
+        ann[PROM_PATH] = json!(template::PROM_PATH);
+    }
+    Outcome::Injected {
+        pod: out,
+        reason,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "hello", "labels": {"app": "hello"}},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [{"name": "hello", "image": "hello:1", "ports": [{"name": "http", "containerPort": 80}],
+                                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}}],
+                "volumes": [{"name": "data", "emptyDir": {}}]
+            }
+        })
+    }
+
+    fn injected(p: &Value) -> Value {
+        match inject_pod(p, "default", &Config::default()) {
+            Outcome::Injected { pod, .. } => pod,
+            other => panic!("not injected: {other:?}"),
+        }
+    }
+
+    fn names(v: &Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn native_layout() {
+        let p = injected(&hello());
+        assert_eq!(
+            names(&p["spec"]["initContainers"]),
+            ["remora-proxy", "remora-init", "setup"]
+        );
+        assert_eq!(names(&p["spec"]["containers"]), ["hello"]);
+        assert_eq!(
+            names(&p["spec"]["volumes"]),
+            ["data", "remora-rules", "remora-podinfo"]
+        );
+        let ann = &p["metadata"]["annotations"];
+        assert_eq!(ann[DEFAULT_CONTAINER], "hello");
+        assert_eq!(ann[PROM_PORT], "15090");
+        let status: Value = serde_json::from_str(ann[STATUS].as_str().unwrap()).unwrap();
+        assert_eq!(
+            status["initContainers"],
+            json!(["remora-proxy", "remora-init"])
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+            15020
+        );
+        let env = &p["spec"]["initContainers"][0]["env"];
+        let probers = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == PROBERS_ENV)
+            .unwrap();
+        let probers: Value = serde_json::from_str(probers["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            probers,
+            json!({"/app-health/hello/readyz": {"httpGet": {"path": "/ready", "port": 80}}})
+        );
+    }
+
+    #[test]
+    fn non_native_layout() {
+        let mut p = hello();
+        p["metadata"]["annotations"] = json!({"sidecar.istio.io/nativeSidecar": "false"});
+        let p = injected(&p);
+        assert_eq!(
+            names(&p["spec"]["initContainers"]),
+            ["setup", "remora-init"]
+        );
+        assert_eq!(names(&p["spec"]["containers"]), ["hello", "remora-proxy"]);
+    }
+
+    #[test]
+    fn reinjection_changes_nothing() {
+        let once = injected(&hello());
+        let twice = injected(&once);
+        assert_eq!(once, twice);
+        // Switching mode on re-injection moves the proxy, never duplicates it.
+        let mut flip = once.clone();
+        flip["metadata"]["annotations"]["sidecar.istio.io/nativeSidecar"] = json!("false");
+        let flipped = injected(&flip);
+        assert_eq!(
+            names(&flipped["spec"]["initContainers"]),
+            ["setup", "remora-init"]
+        );
+        assert_eq!(
+            names(&flipped["spec"]["containers"]),
+            ["hello", "remora-proxy"]
+        );
+        let back = injected(&flipped);
+        assert_eq!(back, flipped);
+    }
+
+    #[test]
+    fn reserved_names_are_denied() {
+        let mut p = hello();
+        p["spec"]["containers"][0]["name"] = json!("remora-proxy");
+        assert!(
+            matches!(inject_pod(&p, "default", &Config::default()), Outcome::Denied(m) if m.contains("reserved"))
+        );
+    }
+
+    #[test]
+    fn bad_annotation_denies() {
+        let mut p = hello();
+        p["metadata"]["annotations"] = json!({"traffic.sidecar.istio.io/excludeInboundPorts": "*"});
+        let o = inject_pod(&p, "default", &Config::default());
+        assert!(
+            matches!(o, Outcome::Denied(ref m) if m.contains("excludeInboundPorts")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn skip_returns_reason() {
+        let mut p = hello();
+        p["spec"]["hostNetwork"] = json!(true);
+        assert!(matches!(
+            inject_pod(&p, "default", &Config::default()),
+            Outcome::Skipped(_)
+        ));
+    }
+
+    #[test]
+    fn user_prometheus_annotations_are_kept() {
+        let mut p = hello();
+        p["metadata"]["annotations"] =
+            json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9000"});
+        let p = injected(&p);
+        assert_eq!(p["metadata"]["annotations"][PROM_PORT], "9000");
+    }
+}

@@ -1,0 +1,75 @@
+//! Prometheus metrics, registered in the default registry (`prometheus::gather()`).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, Encoder, HistogramVec, IntCounterVec,
+    TextEncoder,
+};
+
+static REVIEWS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "remora_webhook_reviews_total",
+        "Admission reviews answered, by decision (injected, skipped, denied, error).",
+        &["decision"]
+    )
+    .ok()
+});
+
+static DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "remora_webhook_review_duration_seconds",
+        "Time to answer one admission review (parse, decide, render, patch, serialize).",
+        &["decision"],
+        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]
+    )
+    .ok()
+});
+
+static RELOADS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "remora_webhook_reloads_total",
+        "Reloads of the injector config and the TLS certificate, by what and result.",
+        &["what", "result"]
+    )
+    .ok()
+});
+
+/// Records one answered review.
+pub fn review(decision: &str, seconds: f64) {
+    if let Some(c) = REVIEWS.as_ref() {
+        c.with_label_values(&[decision]).inc();
+    }
+    if let Some(h) = DURATION.as_ref() {
+        h.with_label_values(&[decision]).observe(seconds);
+    }
+}
+
+pub fn config_reloads(result: &str) {
+    if let Some(c) = RELOADS.as_ref() {
+        c.with_label_values(&["config", result]).inc();
+    }
+}
+
+pub fn cert_reloads(result: &str) {
+    if let Some(c) = RELOADS.as_ref() {
+        c.with_label_values(&["certificate", result]).inc();
+    }
+}
+
+/// Forces registration so `/metrics` lists every family from the start.
+pub fn init() {
+    LazyLock::force(&REVIEWS);
+    LazyLock::force(&DURATION);
+    LazyLock::force(&RELOADS);
+}
+
+/// The Prometheus text exposition of everything in the default registry.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let enc = TextEncoder::new();
+    if enc.encode(&prometheus::gather(), &mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

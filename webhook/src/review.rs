@@ -1,0 +1,319 @@
+//! AdmissionReview in, AdmissionReview out (`admission.k8s.io/v1`), with the patch as the
+//! documented base64 string (kube-core serializes it as a number array).
+
+use base64::Engine;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::inject::{inject_pod, Outcome};
+use crate::patch;
+
+/// The largest body the server reads (the API server's own request limit is 3 MiB).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What the per-review log line says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReviewLog {
+    pub uid: String,
+    pub namespace: String,
+    pub pod: String,
+    pub owner_kind: String,
+    /// injected, skipped, denied or error.
+    pub decision: &'static str,
+    pub reason: String,
+}
+
+/// An HTTP answer: status code, JSON or text body, and the log record.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub log: ReviewLog,
+}
+
+fn error(status: u16, msg: String, log: ReviewLog) -> Reply {
+    let log = ReviewLog {
+        decision: "error",
+        reason: msg.clone(),
+        ..log
+    };
+    Reply {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("remora-webhook: {msg}\n").into_bytes(),
+        log,
+    }
+}
+
+fn owner_kind(obj: &Value) -> String {
+    let Some(refs) = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+    else {
+        return String::new();
+    };
+    refs.iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        .or(refs.first())
+        .and_then(|r| r.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
+pub fn handle(body: &[u8], cfg: &Config) -> Reply {
+    let mut log = ReviewLog::default();
+    let raw: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return error(400, format!("body is not JSON: {e}"), log),
+    };
+    let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "AdmissionReview" {
+        return error(400, format!("kind {kind:?} is not AdmissionReview"), log);
+    }
+    if api_version != "admission.k8s.io/v1" {
+        return error(
+            400,
+            format!("apiVersion {api_version:?} is not supported; remora-webhook speaks admission.k8s.io/v1"),
+            log,
+        );
+    }
+    let Some(raw_req) = raw.get("request") else {
+        return error(400, "AdmissionReview has no request".into(), log);
+    };
+    let uid = raw_req.get("uid").and_then(Value::as_str).unwrap_or("");
+    if uid.is_empty() {
+        return error(400, "AdmissionReview request has no uid".into(), log);
+    }
+    log.uid = uid.to_string();
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
+        Ok(r) => r,
+        Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
+    };
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => return error(400, "AdmissionReview has no request".into(), log),
+    };
+    let object = raw_req.get("object").cloned().unwrap_or(Value::Null);
+    log.namespace = req
+        .namespace
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "default".to_string());
+    log.pod = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            object
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| req.name.clone());
+    log.owner_kind = owner_kind(&object);
+
+    let resp = AdmissionResponse::from(&req);
+    let (resp, patch_bytes) = if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
+        let msg = format!(
+            "remora-webhook injects Pods only; got {}/{} {}",
+            req.kind.group, req.kind.version, req.kind.kind
+        );
+        log.decision = "denied";
+        log.reason = msg.clone();
+        (resp.deny(msg), None)
+    } else if !matches!(req.operation, Operation::Create) {
+        log.decision = "skipped";
+        log.reason = format!(
+            "operation {:?}: only pod creation is injected",
+            req.operation
+        );
+        (resp, None)
+    } else if !object.is_object() {
+        let msg = "AdmissionReview request has no object (the pod)".to_string();
+        log.decision = "denied";
+        log.reason = msg.clone();
+        (resp.deny(msg), None)
+    } else {
+        let outcome = inject_pod(&object, &log.namespace, cfg);
+        log.decision = outcome.decision();
+        log.reason = outcome.reason().to_string();
+        match outcome {
+            Outcome::Injected { pod, notes, .. } => {
+                let p = patch::diff(&object, &pod);
+                let mut resp = resp;
+                if !notes.is_empty() {
+                    resp.warnings = Some(notes);
+                }
+                if p.0.is_empty() {
+                    log.reason.push_str("; nothing to change");
+                    (resp, None)
+                } else {
+                    match serde_json::to_vec(&p) {
+                        Ok(bytes) => match resp.with_patch(p) {
+                            Ok(r) => (r, Some(bytes)),
+                            Err(e) => {
+                                return error(500, format!("serializing the patch: {e}"), log)
+                            }
+                        },
+                        Err(e) => return error(500, format!("serializing the patch: {e}"), log),
+                    }
+                }
+            }
+            Outcome::Skipped(_) => (resp, None),
+            Outcome::Denied(msg) => (resp.deny(msg), None),
+        }
+    };
+    let mut out = match serde_json::to_value(resp.into_review()) {
+        Ok(v) => v,
+        Err(e) => return error(500, format!("serializing the response: {e}"), log),
+    };
+    if let Some(bytes) = patch_bytes {
+        out["response"]["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    match serde_json::to_vec(&out) {
+        Ok(body) => Reply {
+            status: 200,
+            content_type: "application/json",
+            body,
+            log,
+        },
+        Err(e) => error(500, format!("serializing the response: {e}"), log),
+    }
+}
+
+/// Wraps a pod into an AdmissionReview request (tests, benchmarks, `check-inject`).
+pub fn review_for(pod: &Value, uid: &str, namespace: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+/// Decodes the base64 patch of a response review (`None` when there is none).
+pub fn response_patch(review: &Value) -> Result<Option<json_patch::Patch>, String> {
+    let Some(p) = review.pointer("/response/patch") else {
+        return Ok(None);
+    };
+    let s = p
+        .as_str()
+        .ok_or_else(|| format!("response.patch is not a base64 string: {p}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("response.patch is not base64: {e}"))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("response.patch is not a JSON patch: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u", "controller": true}]},
+               "spec": {"containers": [{"name": "web", "image": "nginx"}]}})
+    }
+
+    fn reply(v: &Value) -> (Reply, Value) {
+        let r = handle(&serde_json::to_vec(v).unwrap(), &Config::default());
+        let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r, body)
+    }
+
+    #[test]
+    fn injects_with_base64_patch_that_applies() {
+        let p = pod();
+        let (r, body) = reply(&review_for(&p, "abc", "shop"));
+        assert_eq!(r.status, 200);
+        assert_eq!(body["response"]["uid"], "abc");
+        assert_eq!(body["response"]["allowed"], true);
+        assert_eq!(body["response"]["patchType"], "JSONPatch");
+        assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        let patch = response_patch(&body).unwrap().unwrap();
+        let mut doc = p.clone();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        assert_eq!(doc["spec"]["initContainers"][0]["name"], "remora-proxy");
+        assert_eq!(r.log.decision, "injected");
+        assert_eq!(r.log.pod, "web-");
+        assert_eq!(r.log.namespace, "shop");
+        assert_eq!(r.log.owner_kind, "ReplicaSet");
+    }
+
+    #[test]
+    fn bad_inputs_get_clear_errors() {
+        let r = handle(b"{not json", &Config::default());
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("not JSON"));
+        let mut v = review_for(&pod(), "abc", "shop");
+        v["apiVersion"] = json!("admission.k8s.io/v1beta1");
+        assert_eq!(reply(&v).0.status, 400);
+        let mut v = review_for(&pod(), "abc", "shop");
+        v["request"]["uid"] = json!("");
+        let (r, _) = reply(&v);
+        assert_eq!(r.status, 400);
+        assert!(r.log.reason.contains("uid"));
+        let mut v = review_for(&pod(), "abc", "shop");
+        v["kind"] = json!("Pod");
+        assert_eq!(reply(&v).0.status, 400);
+        let mut v = review_for(&pod(), "abc", "shop");
+        v["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let (r, body) = reply(&v);
+        assert_eq!(r.status, 200);
+        assert_eq!(body["response"]["allowed"], false);
+        assert!(body["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Pods only"));
+    }
+
+    #[test]
+    fn denial_carries_the_message() {
+        let mut p = pod();
+        p["metadata"]["annotations"] =
+            json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "bad"});
+        let (r, body) = reply(&review_for(&p, "u1", "shop"));
+        assert_eq!(r.log.decision, "denied");
+        assert_eq!(body["response"]["allowed"], false);
+        let msg = body["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("traffic.sidecar.istio.io/excludeOutboundPorts") && msg.contains("bad"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn skipped_has_no_patch() {
+        let (r, body) = reply(&review_for(&pod(), "u2", "kube-system"));
+        assert_eq!(r.log.decision, "skipped");
+        assert_eq!(body["response"]["allowed"], true);
+        assert!(body["response"].get("patch").is_none());
+    }
+}

@@ -1,0 +1,330 @@
+//! Config + annotations → the injected containers, volumes and annotations (pure).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::annotations::{Interception, PodOptions};
+use crate::config::{Config, Resources};
+use crate::probes::{PROBERS_ENV, STATUS_PORT};
+
+pub const PROXY_NAME: &str = "remora-proxy";
+pub const INIT_NAME: &str = "remora-init";
+pub const RULES_VOLUME: &str = "remora-rules";
+pub const PODINFO_VOLUME: &str = "remora-podinfo";
+pub const RULES_DIR: &str = "/etc/remora/rules";
+pub const PODINFO_DIR: &str = "/etc/remora/pod";
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+pub const HEALTH_PORT: u16 = 15021;
+pub const PROM_PORT: u16 = 15090;
+pub const PROM_PATH: &str = "/stats/prometheus";
+
+/// The `remora-init` arguments in istio-iptables form.
+pub fn init_args(cfg: &Config, o: &PodOptions) -> Vec<String> {
+    let join = |v: &[String]| v.join(",");
+    let mut d = vec![
+        PROM_PORT.to_string(),
+        HEALTH_PORT.to_string(),
+        STATUS_PORT.to_string(),
+    ];
+    for p in &o.exclude_inbound_ports {
+        if !d.contains(p) {
+            d.push(p.clone());
+        }
+    }
+    let mut args: Vec<String> = vec![
+        "-p".into(),
+        OUTBOUND_PORT.to_string(),
+        "-z".into(),
+        INBOUND_PORT.to_string(),
+        "-u".into(),
+        cfg.proxy_uid.to_string(),
+        "-m".into(),
+        "REDIRECT".into(),
+        "-i".into(),
+        o.include_outbound_ip_ranges
+            .as_deref()
+            .map(join)
+            .unwrap_or_else(|| "*".into()),
+        "-x".into(),
+        join(&o.exclude_outbound_ip_ranges),
+        "-b".into(),
+        o.include_inbound_ports
+            .as_deref()
+            .map(join)
+            .unwrap_or_else(|| "*".into()),
+        "-d".into(),
+        d.join(","),
+    ];
+    for (flag, list) in [
+        ("-q", &o.include_outbound_ports),
+        ("-o", &o.exclude_outbound_ports),
+        ("-c", &o.exclude_interfaces),
+    ] {
+        if !list.is_empty() {
+            args.push(flag.into());
+            args.push(join(list));
+        }
+    }
+    args
+}
+
+fn resources(
+    base: &Resources,
+    req: &BTreeMap<String, String>,
+    lim: &BTreeMap<String, String>,
+) -> Value {
+    let mut requests = base.requests.clone();
+    requests.extend(req.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut limits = base.limits.clone();
+    limits.extend(lim.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut out = Map::new();
+    if !requests.is_empty() {
+        out.insert("requests".into(), json!(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".into(), json!(limits));
+    }
+    Value::Object(out)
+}
+
+/// The `remora-init` container, or `None` when interception is off.
+pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
+    if o.interception == Interception::None {
+        return None;
+    }
+    Some(json!({
+        "name": INIT_NAME,
+        "image": cfg.init.image,
+        "imagePullPolicy": cfg.init.image_pull_policy,
+        "command": ["remora-init"],
+        "args": init_args(cfg, o),
+        "resources": resources(&cfg.init.resources, &BTreeMap::new(), &BTreeMap::new()),
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "privileged": false,
+            // iptables takes its lock under /run; Istio's init is not read-only either.
+            "readOnlyRootFilesystem": false,
+            "runAsGroup": 0,
+            "runAsNonRoot": false,
+            "runAsUser": 0
+        }
+    }))
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}
+
+/// The `remora-proxy` container. `probers` is the rewritten-probe map (may be empty);
+/// `grace` the pod's terminationGracePeriodSeconds when set.
+pub fn proxy_container(
+    cfg: &Config,
+    o: &PodOptions,
+    probers: &Map<String, Value>,
+    grace: Option<i64>,
+) -> Value {
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        json!({"name": "REMORA_LOG_LEVEL", "value": o.log_level}),
+    ];
+    if !probers.is_empty() {
+        env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers.clone()).to_string()}));
+    }
+    // Drain must finish before the kubelet's SIGKILL: stay a second under a short grace period.
+    if let Some(g) = grace {
+        if g < 6 {
+            env.push(json!({"name": "REMORA_DRAIN_SECONDS", "value": (g - 1).max(0).to_string()}));
+        }
+    }
+    let mut readiness = json!({
+        "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT, "scheme": "HTTP"},
+        "periodSeconds": o.readiness_period.unwrap_or(15),
+        "failureThreshold": o.readiness_failure_threshold.unwrap_or(4),
+        "timeoutSeconds": 3
+    });
+    if let Some(d) = o.readiness_initial_delay {
+        readiness["initialDelaySeconds"] = json!(d);
+    }
+    let mut c = json!({
+        "name": PROXY_NAME,
+        "image": o.proxy_image.as_deref().unwrap_or(&cfg.proxy.image),
+        "imagePullPolicy": cfg.proxy.image_pull_policy,
+        "command": ["remora-proxy"],
+        "args": ["run"],
+        "env": env,
+        "ports": [{"containerPort": PROM_PORT, "name": "http-prom", "protocol": "TCP"}],
+        "readinessProbe": readiness,
+        "startupProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT, "scheme": "HTTP"},
+            "periodSeconds": 1,
+            "failureThreshold": 600,
+            "timeoutSeconds": 3
+        },
+        "resources": resources(&cfg.proxy.resources, &o.requests, &o.limits),
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": cfg.proxy_uid,
+            "runAsNonRoot": true,
+            "runAsUser": cfg.proxy_uid
+        },
+        "volumeMounts": [
+            {"name": RULES_VOLUME, "mountPath": RULES_DIR, "readOnly": true},
+            {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": true}
+        ]
+    });
+    if o.native_sidecar {
+        c["restartPolicy"] = json!("Always");
+    }
+    c
+}
+
+/// The volumes the proxy mounts.
+pub fn volumes(cfg: &Config) -> Vec<Value> {
+    vec![
+        json!({"name": RULES_VOLUME, "configMap": {"name": cfg.rules_config_map, "optional": true}}),
+        json!({"name": PODINFO_VOLUME, "downwardAPI": {"items": [
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}
+        ]}}),
+    ]
+}
+
+/// The `sidecar.istio.io/status` value: what was injected, so re-injection can replace it.
+pub fn status(init: &[&str], containers: &[&str], volumes: &[&str], revision: &str) -> String {
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(v)
+        }
+    };
+    json!({
+        "initContainers": list(init),
+        "containers": list(containers),
+        "volumes": list(volumes),
+        "imagePullSecrets": null,
+        "revision": revision
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> PodOptions {
+        let ann = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PodOptions::parse(&ann, &Config::default()).unwrap()
+    }
+
+    #[test]
+    fn default_init_args_are_istios() {
+        let args = init_args(&Config::default(), &opts(&[]));
+        assert_eq!(
+            args,
+            [
+                "-p",
+                "15001",
+                "-z",
+                "15006",
+                "-u",
+                "1337",
+                "-m",
+                "REDIRECT",
+                "-i",
+                "*",
+                "-x",
+                "",
+                "-b",
+                "*",
+                "-d",
+                "15090,15021,15020"
+            ]
+        );
+    }
+
+    #[test]
+    fn traffic_annotations_add_flags() {
+        use crate::annotations::*;
+        let args = init_args(
+            &Config::default(),
+            &opts(&[
+                (INCLUDE_INBOUND_PORTS, "1,2,3"),
+                (EXCLUDE_INBOUND_PORTS, "4,5,6"),
+                (INCLUDE_OUTBOUND_PORTS, "80"),
+                (EXCLUDE_OUTBOUND_PORTS, "7,8,9"),
+                (INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/8"),
+                (EXCLUDE_OUTBOUND_IP_RANGES, "10.96.0.2/24"),
+                (EXCLUDE_INTERFACES, "eth1"),
+            ]),
+        );
+        let s = args.join(" ");
+        assert_eq!(
+            s,
+            "-p 15001 -z 15006 -u 1337 -m REDIRECT -i 10.0.0.0/8 -x 10.96.0.2/24 -b 1,2,3 -d 15090,15021,15020,4,5,6 -q 80 -o 7,8,9 -c eth1"
+        );
+    }
+
+    #[test]
+    fn proxy_container_shape() {
+        let c = proxy_container(&Config::default(), &opts(&[]), &Map::new(), Some(30));
+        assert_eq!(c["command"], json!(["remora-proxy"]));
+        assert_eq!(c["args"], json!(["run"]));
+        assert_eq!(c["restartPolicy"], "Always");
+        assert_eq!(c["securityContext"]["runAsUser"], 1337);
+        assert_eq!(c["startupProbe"]["httpGet"]["port"], 15021);
+        let env: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "INSTANCE_IP",
+                "SERVICE_ACCOUNT",
+                "REMORA_LOG_LEVEL"
+            ]
+        );
+        let short = proxy_container(
+            &Config::default(),
+            &opts(&[("sidecar.istio.io/nativeSidecar", "false")]),
+            &Map::new(),
+            Some(3),
+        );
+        assert!(short.get("restartPolicy").is_none());
+        assert!(short["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "REMORA_DRAIN_SECONDS" && e["value"] == "2"));
+    }
+
+    #[test]
+    fn interception_none_has_no_init() {
+        assert!(init_container(
+            &Config::default(),
+            &opts(&[("sidecar.istio.io/interceptionMode", "NONE")])
+        )
+        .is_none());
+        let c = init_container(&Config::default(), &opts(&[])).unwrap();
+        assert_eq!(
+            c["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+    }
+}

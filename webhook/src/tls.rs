@@ -1,0 +1,157 @@
+//! TLS with hot certificate reload: the server config resolves the current certificate from an
+//! `ArcSwap`, which a watcher replaces when the files change (a Secret volume update). New
+//! connections get the new certificate; a broken new pair is logged and the old one kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Installs the ring crypto provider (the workspace's rustls is ring-only). Idempotent.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads and checks a certificate chain and its key.
+pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading TLS certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "TLS certificate {}: no PEM CERTIFICATE block found",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading TLS key {}", key.display()))?;
+    CertifiedKey::from_der(certs, key_der, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        anyhow!(
+            "TLS key {} does not fit certificate {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })
+}
+
+/// The certificate currently served.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl CertResolver {
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<Self>> {
+        let pair = load_pair(cert, key)?;
+        Ok(Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(pair),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }))
+    }
+
+    /// Re-reads the files; returns whether the served certificate changed.
+    pub fn reload(&self) -> bool {
+        match load_pair(&self.cert, &self.key) {
+            Ok(pair) => {
+                if pair.cert != self.current.load().cert {
+                    self.current.store(Arc::new(pair));
+                    crate::metrics::cert_reloads("ok");
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate changed; new connections use it");
+                    return true;
+                }
+                false
+            }
+            Err(e) => {
+                crate::metrics::cert_reloads("error");
+                tracing::warn!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one");
+                false
+            }
+        }
+    }
+
+    /// Watches the directories of both files and polls every `poll` as a fallback.
+    pub fn spawn_watcher(self: &Arc<Self>, poll: Duration) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let mut watchers = Vec::new();
+        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key]
+            .iter()
+            .map(|p| {
+                p.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            })
+            .collect();
+        dirs.dedup();
+        for d in dirs {
+            watchers.push(watch_dir(&d, tx.clone()));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _keep = watchers;
+            let mut tick = tokio::time::interval(poll);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        if ev.is_none() { break; }
+                        // Writers replace cert and key one after the other; let both land.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        while rx.try_recv().is_ok() {}
+                    }
+                    _ = tick.tick() => {}
+                }
+                me.reload();
+            }
+        });
+    }
+
+    /// A rustls server config (TLS 1.2 and 1.3, h2 and http/1.1) using this resolver.
+    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<rustls::ServerConfig> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Watches `dir` (non-recursively) and sends `()` on any event. `None` when watching fails
+/// (the caller's poll still catches changes).
+pub fn watch_dir(
+    dir: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; polling only"))
+    .ok()?;
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; polling only");
+        return None;
+    }
+    Some(w)
+}
