@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::rules::Snapshot;
+use crate::rules::host::{candidates, match_score, split_authority};
+use crate::rules::{
+    HttpMatch, HttpRoute, Snapshot, StringMatch, VirtualService, WeightedDestination,
+};
 
 /// What the data plane knows about one HTTP request.
 pub struct RequestInfo<'a> {
@@ -18,6 +21,9 @@ pub struct RequestInfo<'a> {
 }
 
 /// What to do with a request.
+// The contract between the rules and the data plane fixes `Forward(Forward)` unboxed; one
+// decision is made per request and moved once, so the size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Send to an upstream.
@@ -50,6 +56,10 @@ pub struct Forward {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub policy: Policy,
+    /// `endpoints` is empty AND the destination is not what the client addressed (a route to
+    /// another host or port): connect to `host:port` through DNS, not to the original
+    /// destination. Always false when `endpoints` is non-empty.
+    pub resolve_by_dns: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -144,6 +154,1137 @@ mod opt_duration {
     }
 }
 
-pub fn route(_snap: &Snapshot, _req: &RequestInfo<'_>, _rng: &mut impl rand::Rng) -> Decision {
+/// Route one request: the most specific VirtualService for its authority, its first matching
+/// `http` route, a weighted destination; or the ServiceEntry / original destination when no
+/// VirtualService applies.
+pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
+    let (host, _) = split_authority(req.authority);
+    let cands = if host.is_empty() {
+        Vec::new()
+    } else {
+        candidates(&host, &snap.ctx.namespace, &snap.ctx.cluster_domain)
+    };
+    match best_virtual_service(snap, &cands) {
+        Some(vs) => route_virtual_service(snap, vs, req, &cands, rng),
+        None => no_virtual_service(snap, req, &host, &cands),
+    }
+}
+
+/// The most specific VirtualService for one of the candidate FQDNs (first one on a tie).
+pub fn best_virtual_service<'a>(
+    snap: &'a Snapshot,
+    cands: &[String],
+) -> Option<&'a VirtualService> {
+    let mut best: Option<(usize, &VirtualService)> = None;
+    for vs in &snap.virtual_services {
+        if vs.http.is_empty() {
+            continue; // tcp/tls-only VirtualServices do not route HTTP
+        }
+        for h in &vs.hosts {
+            for c in cands {
+                if let Some(score) = match_score(h, c) {
+                    if best.is_none_or(|(b, _)| score > b) {
+                        best = Some((score, vs));
+                    }
+                }
+            }
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
+fn split_path(path: &str) -> (&str, Option<&str>) {
+    match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    }
+}
+
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn header_value(req: &RequestInfo<'_>, name: &str) -> Option<String> {
+    match name {
+        ":authority" | "host" if !req.authority.is_empty() => {
+            return Some(req.authority.to_string())
+        }
+        ":method" => return Some(req.method.to_string()),
+        ":path" => return Some(req.path.to_string()),
+        _ => {}
+    }
+    let mut vals = req.headers.get_all(name).iter().peekable();
+    vals.peek()?;
+    let joined: Vec<String> = vals
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    Some(joined.join(","))
+}
+
+/// Does one match block hold for this request?
+pub fn match_holds(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    m: &HttpMatch,
+    req: &RequestInfo<'_>,
+) -> bool {
+    let gateways = if m.gateways.is_empty() {
+        &vs.gateways
+    } else {
+        &m.gateways
+    };
+    if !gateways.is_empty() && !gateways.iter().any(|g| g == "mesh") {
+        return false;
+    }
+    let (path, query) = split_path(req.path);
+    if let Some(u) = &m.uri {
+        if !u.matches(path, m.ignore_uri_case) {
+            return false;
+        }
+    }
+    if let Some(s) = &m.scheme {
+        if !s.matches("http", false) {
+            return false;
+        }
+    }
+    if let Some(x) = &m.method {
+        if !x.matches(req.method, false) {
+            return false;
+        }
+    }
+    if let Some(a) = &m.authority {
+        if !a.matches(req.authority, false) {
+            return false;
+        }
+    }
+    if let Some(p) = m.port {
+        if p != req.dst.port() {
+            return false;
+        }
+    }
+    for (name, sm) in &m.headers {
+        match header_value(req, name) {
+            Some(v) if sm.matches(&v, false) => {}
+            _ => return false,
+        }
+    }
+    for (name, sm) in &m.without_headers {
+        if header_value(req, name).is_some_and(|v| sm.matches(&v, false)) {
+            return false;
+        }
+    }
+    for (key, sm) in &m.query_params {
+        match query_value(query, key) {
+            Some(v) if sm.matches(v, false) => {}
+            _ => return false,
+        }
+    }
+    if !m
+        .source_labels
+        .iter()
+        .all(|(k, v)| snap.ctx.pod_labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    if let Some(ns) = &m.source_namespace {
+        if ns != &snap.ctx.namespace {
+            return false;
+        }
+    }
+    true
+}
+
+/// The first route that matches, with the match block that matched (`None` for a route
+/// without `match`).
+pub fn select_route<'a>(
+    snap: &Snapshot,
+    vs: &'a VirtualService,
+    req: &RequestInfo<'_>,
+) -> Option<(&'a HttpRoute, Option<&'a HttpMatch>)> {
+    for r in &vs.http {
+        if r.matches.is_empty() {
+            let gw = &vs.gateways;
+            if gw.is_empty() || gw.iter().any(|g| g == "mesh") {
+                return Some((r, None));
+            }
+            continue;
+        }
+        if let Some(m) = r.matches.iter().find(|m| match_holds(snap, vs, m, req)) {
+            return Some((r, Some(m)));
+        }
+    }
+    None
+}
+
+/// Weighted random choice; a single destination takes all traffic.
+pub fn pick_destination<'a>(
+    dests: &'a [WeightedDestination],
+    rng: &mut impl rand::Rng,
+) -> Option<&'a WeightedDestination> {
+    if dests.len() <= 1 {
+        return dests.first();
+    }
+    let total: u64 = dests.iter().map(|d| d.weight.unwrap_or(0) as u64).sum();
+    if total == 0 {
+        return dests.first();
+    }
+    let mut x = rng.gen_range(0..total);
+    for d in dests {
+        let w = d.weight.unwrap_or(0) as u64;
+        if x < w {
+            return Some(d);
+        }
+        x -= w;
+    }
+    dests.last()
+}
+
+fn route_name(r: &HttpRoute, m: Option<&HttpMatch>) -> Option<String> {
+    match (r.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
+        (Some(r), Some(m)) => Some(format!("{r}.{m}")),
+        (Some(r), None) => Some(r.to_string()),
+        (None, Some(m)) => Some(m.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// The path after `rewrite.uri` / `uriRegexRewrite`, as Envoy does it for Istio: a prefix
+/// match has its matched prefix replaced; an exact or regex match has the whole path replaced;
+/// a route without a uri match replaces the leading `/` (Envoy's implicit prefix match). The
+/// query string is kept.
+pub fn rewrite_path(r: &HttpRoute, m: Option<&HttpMatch>, full_path: &str) -> Option<String> {
+    let rw = r.rewrite.as_ref()?;
+    let (path, query) = split_path(full_path);
+    let new_path = if let Some((re, rep)) = &rw.uri_regex {
+        re.replace_all(path, rep.as_str()).into_owned()
+    } else {
+        let new = rw.uri.as_deref()?;
+        match m.and_then(|m| m.uri.as_ref()) {
+            Some(StringMatch::Prefix(p)) => {
+                let rest = path.get(p.len()..).unwrap_or("");
+                format!("{new}{rest}")
+            }
+            Some(StringMatch::Exact(_)) | Some(StringMatch::Regex(..)) => new.to_string(),
+            Some(StringMatch::Present) | None => {
+                let rest = path.strip_prefix('/').unwrap_or(path);
+                format!("{new}{rest}")
+            }
+        }
+    };
+    Some(match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    })
+}
+
+fn redirect_location(rd: &crate::rules::Redirect, req: &RequestInfo<'_>) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or("http");
+    let base = rd.authority.as_deref().unwrap_or(req.authority);
+    let (bare, req_port) = split_authority(base);
+    let bare = if bare.contains(':') {
+        format!("[{bare}]")
+    } else {
+        bare
+    };
+    let authority = if let Some(p) = rd.port {
+        format!("{bare}:{p}")
+    } else if rd.derive_port_from_request {
+        let (_, p) = split_authority(req.authority);
+        format!("{bare}:{}", p.unwrap_or(req.dst.port()))
+    } else if rd.authority.is_some() {
+        base.to_string()
+    } else {
+        match req_port {
+            Some(p) => format!("{bare}:{p}"),
+            None => bare,
+        }
+    };
+    let (_, query) = split_path(req.path);
+    let path = match rd.uri.as_deref() {
+        Some(u) if u.contains('?') => u.to_string(),
+        Some(u) => match query {
+            Some(q) => format!("{u}?{q}"),
+            None => u.to_string(),
+        },
+        None => req.path.to_string(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+fn concat(a: &HeaderOps, b: &HeaderOps) -> HeaderOps {
+    HeaderOps {
+        set: a.set.iter().chain(b.set.iter()).cloned().collect(),
+        add: a.add.iter().chain(b.add.iter()).cloned().collect(),
+        remove: a.remove.iter().chain(b.remove.iter()).cloned().collect(),
+    }
+}
+
+/// The service port to use for `host` when the route names none: a ServiceEntry with exactly
+/// one port, else the port the client addressed.
+fn default_port(snap: &Snapshot, host: &str, dst_port: u16) -> u16 {
+    match snap.best_service_entry(&[host.to_string()]) {
+        Some(se) if se.ports.len() == 1 && !se.ports.iter().any(|p| p.number == dst_port) => {
+            se.ports[0].number
+        }
+        _ => dst_port,
+    }
+}
+
+fn route_virtual_service(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    req: &RequestInfo<'_>,
+    cands: &[String],
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let Some((r, m)) = select_route(snap, vs, req) else {
+        return Decision::Deny {
+            status: 404,
+            reason: format!("no route of VirtualService {} matched", vs.meta.key()),
+        };
+    };
+    if let Some(rd) = &r.redirect {
+        return Decision::Redirect {
+            status: rd.code,
+            location: redirect_location(rd, req),
+        };
+    }
+    if let Some(dr) = &r.direct_response {
+        return Decision::DirectResponse {
+            status: dr.status,
+            body: dr.body.clone(),
+        };
+    }
+    let Some(wd) = pick_destination(&r.route, rng) else {
+        return Decision::Deny {
+            status: 503,
+            reason: format!(
+                "route {} of VirtualService {} has no destination",
+                r.path,
+                vs.meta.key()
+            ),
+        };
+    };
+    let d = &wd.destination;
+    let port = d
+        .port
+        .unwrap_or_else(|| default_port(snap, &d.host, req.dst.port()));
+    let subset_labels = match &d.subset {
+        None => None,
+        Some(name) => {
+            let found = snap
+                .destination_rule(&d.host)
+                .and_then(|dr| dr.subsets.iter().find(|s| &s.name == name));
+            match found {
+                Some(s) => Some(&s.labels),
+                None => {
+                    return Decision::Deny {
+                        status: 503,
+                        reason: format!(
+                            "subset {name:?} of host {} is not defined by any DestinationRule",
+                            d.host
+                        ),
+                    }
+                }
+            }
+        }
+    };
+    let endpoints = match snap.endpoints.endpoints(&d.host, port, subset_labels) {
+        Some(eps) if eps.is_empty() => {
+            return Decision::Deny {
+                status: 503,
+                reason: match &d.subset {
+                    Some(s) => format!("no endpoints for host {} subset {s:?} port {port}", d.host),
+                    None => format!("no endpoints for host {} port {port}", d.host),
+                },
+            }
+        }
+        Some(eps) => eps,
+        None => Vec::new(),
+    };
+    let addressed = cands.iter().any(|c| c == &d.host) && port == req.dst.port();
+    Decision::Forward(Forward {
+        route_name: route_name(r, m),
+        virtual_service: Some(vs.meta.key()),
+        host: d.host.clone(),
+        subset: d.subset.clone(),
+        port,
+        resolve_by_dns: endpoints.is_empty() && !addressed,
+        endpoints,
+        authority_rewrite: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
+        uri_rewrite: rewrite_path(r, m, req.path),
+        request_headers: concat(&r.headers.request, &wd.headers.request),
+        response_headers: concat(&r.headers.response, &wd.headers.response),
+        policy: r.policy.clone(),
+    })
+}
+
+fn no_virtual_service(
+    snap: &Snapshot,
+    req: &RequestInfo<'_>,
+    host: &str,
+    cands: &[String],
+) -> Decision {
+    let port = req.dst.port();
+    if let Some(se) = snap.best_service_entry(cands) {
+        // The concrete name the client used (the candidate the ServiceEntry matched).
+        let fqdn = cands
+            .iter()
+            .find(|c| se.hosts.iter().any(|h| match_score(h, c).is_some()))
+            .cloned()
+            .unwrap_or_else(|| host.to_string());
+        let endpoints = match snap.endpoints.endpoints(&fqdn, port, None) {
+            Some(eps) if eps.is_empty() => {
+                return Decision::Deny {
+                    status: 503,
+                    reason: format!("no endpoints for host {fqdn} port {port}"),
+                }
+            }
+            Some(eps) => eps,
+            None => return Decision::Passthrough,
+        };
+        return Decision::Forward(Forward {
+            route_name: None,
+            virtual_service: None,
+            host: fqdn,
+            subset: None,
+            port,
+            endpoints,
+            authority_rewrite: None,
+            uri_rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            policy: Policy::default(),
+            resolve_by_dns: false,
+        });
+    }
+    if let Some(sc) = &snap.sidecar {
+        let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
+        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+        let in_registry =
+            is_ip || host.is_empty() || cands.iter().any(|c| c.ends_with(&cluster_suffix));
+        if sc.registry_only && !in_registry {
+            return Decision::Deny {
+                status: 502,
+                reason: format!(
+                    "host {host:?} is not in the registry and Sidecar {} sets outboundTrafficPolicy REGISTRY_ONLY",
+                    sc.meta.key()
+                ),
+            };
+        }
+    }
     Decision::Passthrough
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{snapshot_from_yaml, LoadContext};
+    use rand::SeedableRng;
+
+    fn ctx() -> LoadContext {
+        LoadContext {
+            pod_labels: [("app".to_string(), "productpage".to_string())].into(),
+            ..LoadContext::default()
+        }
+    }
+
+    fn snap(yaml: &str) -> Snapshot {
+        match snapshot_from_yaml(&[("t.yaml", yaml)], &ctx(), 1) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn req_with<'a>(
+        authority: &'a str,
+        method: &'a str,
+        path: &'a str,
+        headers: &'a http::HeaderMap,
+        port: u16,
+    ) -> RequestInfo<'a> {
+        RequestInfo {
+            authority,
+            method,
+            path,
+            headers,
+            dst: SocketAddr::from(([10, 0, 0, 1], port)),
+        }
+    }
+
+    fn fwd(d: Decision) -> Forward {
+        match d {
+            Decision::Forward(f) => f,
+            other => panic!("expected Forward, got {other:?}"),
+        }
+    }
+
+    const MATCHES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api]
+  http:
+  - name: exact
+    match: [{uri: {exact: /exact}}]
+    route: [{destination: {host: exact}}]
+  - name: ci
+    match: [{uri: {prefix: /CaSe}, ignoreUriCase: true}]
+    route: [{destination: {host: ci}}]
+  - name: regex
+    match: [{uri: {regex: "/r/[0-9]+"}}]
+    route: [{destination: {host: regex}}]
+  - name: and
+    match: [{uri: {prefix: /and}, method: {exact: POST}, headers: {x-a: {exact: "1"}}}]
+    route: [{destination: {host: and}}]
+  - name: or
+    match: [{headers: {x-or: {exact: a}}}, {queryParams: {or: {exact: b}}}]
+    route: [{destination: {host: or}}]
+  - name: without
+    match: [{uri: {prefix: /without}, withoutHeaders: {x-debug: {exact: "1"}}}]
+    route: [{destination: {host: without}}]
+  - name: present
+    match: [{headers: {x-present: {}}}]
+    route: [{destination: {host: present}}]
+  - name: port
+    match: [{port: 8080}]
+    route: [{destination: {host: port}}]
+  - name: labels
+    match: [{uri: {prefix: /labels}, sourceLabels: {app: productpage}}]
+    route: [{destination: {host: labels}}]
+  - name: otherlabels
+    match: [{uri: {prefix: /other}, sourceLabels: {app: reviews}}]
+    route: [{destination: {host: otherlabels}}]
+  - name: authority
+    match: [{authority: {prefix: "api:9"}}]
+    route: [{destination: {host: authority}}]
+  - name: gw
+    match: [{uri: {prefix: /gw}, gateways: [some-gateway]}]
+    route: [{destination: {host: gw}}]
+  - name: hdrprefix
+    match: [{headers: {user-agent: {prefix: curl/}}}]
+    route: [{destination: {host: hdrprefix}}]
+  - name: default
+    route: [{destination: {host: default}}]
+"#;
+
+    #[test]
+    fn match_semantics_table() {
+        let s = snap(MATCHES);
+        // (authority, method, path, headers, dst port, expected route name)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            u16,
+            &'a str,
+        );
+        let cases: &[Case<'_>] = &[
+            ("api", "GET", "/exact", &[], 80, "exact"),
+            ("api", "GET", "/exact/no", &[], 80, "default"),
+            ("api", "GET", "/exact?x=1", &[], 80, "exact"),
+            ("api", "GET", "/case/x", &[], 80, "ci"),
+            ("api", "GET", "/CASE", &[], 80, "ci"),
+            ("api", "GET", "/r/123", &[], 80, "regex"),
+            ("api", "GET", "/r/12a", &[], 80, "default"),
+            ("api", "GET", "/x/r/1", &[], 80, "default"),
+            ("api", "POST", "/and", &[("x-a", "1")], 80, "and"),
+            ("api", "GET", "/and", &[("x-a", "1")], 80, "default"),
+            ("api", "POST", "/and", &[("x-a", "2")], 80, "default"),
+            ("api", "GET", "/", &[("x-or", "a")], 80, "or"),
+            ("api", "GET", "/?or=b", &[], 80, "or"),
+            ("api", "GET", "/?or=bb", &[], 80, "default"),
+            ("api", "GET", "/?z=1&or=b", &[], 80, "or"),
+            ("api", "GET", "/without", &[], 80, "without"),
+            ("api", "GET", "/without", &[("x-debug", "2")], 80, "without"),
+            ("api", "GET", "/without", &[("x-debug", "1")], 80, "default"),
+            ("api", "GET", "/", &[("x-present", "")], 80, "present"),
+            ("api", "GET", "/", &[], 8080, "port"),
+            ("api", "GET", "/labels", &[], 80, "labels"),
+            ("api", "GET", "/other", &[], 80, "default"),
+            ("api:9080", "GET", "/", &[], 80, "authority"),
+            (
+                "api.default.svc.cluster.local:9080",
+                "GET",
+                "/",
+                &[],
+                80,
+                "default",
+            ),
+            ("api", "GET", "/gw", &[], 80, "default"),
+            (
+                "api",
+                "GET",
+                "/",
+                &[("user-agent", "curl/8.0")],
+                80,
+                "hdrprefix",
+            ),
+            (
+                "API.default",
+                "GET",
+                "/",
+                &[("User-Agent", "CURL/8.0")],
+                80,
+                "default",
+            ),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for (authority, method, path, hdrs, port, want) in cases {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in *hdrs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let r = req_with(authority, method, path, &h, *port);
+            let f = fwd(route(&s, &r, &mut rng));
+            assert_eq!(
+                f.route_name.as_deref(),
+                Some(*want),
+                "{authority} {method} {path} {hdrs:?} {port}"
+            );
+            assert_eq!(f.virtual_service.as_deref(), Some("default/api"));
+        }
+    }
+
+    #[test]
+    fn host_selection_most_specific_wins() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild}
+spec:
+  hosts: ["*.example.com"]
+  http: [{name: wild, route: [{destination: {host: wild.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: deeper}
+spec:
+  hosts: ["*.api.example.com"]
+  http: [{name: deeper, route: [{destination: {host: deeper.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: exact}
+spec:
+  hosts: [v1.api.example.com]
+  http: [{name: exact, route: [{destination: {host: exact.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other-ns, namespace: prod}
+spec:
+  hosts: [reviews]
+  http: [{name: prod-reviews, route: [{destination: {host: reviews}}]}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cases = [
+            ("v1.api.example.com", Some("exact")),
+            ("v1.api.example.com:443", Some("exact")),
+            ("v2.api.example.com", Some("deeper")),
+            ("a.b.api.example.com", Some("deeper")),
+            ("www.example.com", Some("wild")),
+            ("example.com", None),
+            ("reviews", None),
+            ("reviews.prod", Some("prod-reviews")),
+            ("reviews.prod.svc", Some("prod-reviews")),
+            ("reviews.prod.svc.cluster.local:9080", Some("prod-reviews")),
+        ];
+        for (authority, want) in cases {
+            let d = route(&s, &req_with(authority, "GET", "/", &h, 80), &mut rng);
+            match want {
+                Some(name) => assert_eq!(fwd(d).route_name.as_deref(), Some(name), "{authority}"),
+                None => assert_eq!(d, Decision::Passthrough, "{authority}"),
+            }
+        }
+        // The prod VirtualService's short destination host resolves in *its* namespace.
+        let f = fwd(route(
+            &s,
+            &req_with("reviews.prod", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "reviews.prod.svc.cluster.local");
+        assert!(!f.resolve_by_dns, "same service and port as addressed");
+        let f = fwd(route(
+            &s,
+            &req_with("www.example.com", "GET", "/", &h, 80),
+            &mut rng,
+        ));
+        assert!(
+            f.resolve_by_dns,
+            "routed to another host without known endpoints"
+        );
+    }
+
+    #[test]
+    fn rewrite_semantics_table() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rw}
+spec:
+  hosts: [rw]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new, authority: newhost}
+    route: [{destination: {host: rw}}]
+  - match: [{uri: {exact: /exact}}]
+    rewrite: {uri: /replaced}
+    route: [{destination: {host: rw}}]
+  - match: [{uri: {prefix: /CI}, ignoreUriCase: true}]
+    rewrite: {uri: /ci}
+    route: [{destination: {host: rw}}]
+  - match: [{uri: {prefix: /rx}}]
+    rewrite: {uriRegexRewrite: {match: "^/rx/([a-z]+)/(.*)$", rewrite: "/\\2/\\1"}}
+    route: [{destination: {host: rw}}]
+  - rewrite: {uri: /v2/}
+    route: [{destination: {host: rw}}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cases = [
+            ("/old/x?q=1", Some("/new/x?q=1"), Some("newhost")),
+            ("/oldish", Some("/newish"), Some("newhost")),
+            ("/exact", Some("/replaced"), None),
+            ("/ci/a", Some("/ci/a"), None),
+            ("/Ci/b", Some("/ci/b"), None),
+            ("/rx/abc/def", Some("/def/abc"), None),
+            ("/other", Some("/v2/other"), None),
+        ];
+        for (path, uri, authority) in cases {
+            let f = fwd(route(&s, &req_with("rw", "GET", path, &h, 80), &mut rng));
+            assert_eq!(f.uri_rewrite.as_deref(), uri, "{path}");
+            assert_eq!(f.authority_rewrite.as_deref(), authority, "{path}");
+        }
+    }
+
+    #[test]
+    fn redirect_and_direct_response() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rd}
+spec:
+  hosts: [rd]
+  http:
+  - match: [{uri: {exact: /a}}]
+    redirect: {uri: /b}
+  - match: [{uri: {exact: /c}}]
+    redirect: {uri: /d, authority: other.example.com, redirectCode: 302, scheme: https}
+  - match: [{uri: {exact: /e}}]
+    redirect: {port: 8443}
+  - match: [{uri: {exact: /f}}]
+    redirect: {derivePort: FROM_REQUEST_PORT, authority: x.example.com}
+  - match: [{uri: {exact: /g}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let cases = [
+            (
+                "rd",
+                "/a?x=1",
+                Decision::Redirect {
+                    status: 301,
+                    location: "http://rd/b?x=1".into(),
+                },
+            ),
+            (
+                "rd:9080",
+                "/a",
+                Decision::Redirect {
+                    status: 301,
+                    location: "http://rd:9080/b".into(),
+                },
+            ),
+            (
+                "rd",
+                "/c",
+                Decision::Redirect {
+                    status: 302,
+                    location: "https://other.example.com/d".into(),
+                },
+            ),
+            (
+                "rd:80",
+                "/e",
+                Decision::Redirect {
+                    status: 301,
+                    location: "http://rd:8443/e".into(),
+                },
+            ),
+            (
+                "rd:9080",
+                "/f",
+                Decision::Redirect {
+                    status: 301,
+                    location: "http://x.example.com:9080/f".into(),
+                },
+            ),
+            (
+                "rd",
+                "/g",
+                Decision::DirectResponse {
+                    status: 418,
+                    body: "short and stout".into(),
+                },
+            ),
+            (
+                "rd",
+                "/zzz",
+                Decision::Deny {
+                    status: 404,
+                    reason: "no route of VirtualService default/rd matched".into(),
+                },
+            ),
+        ];
+        for (authority, path, want) in cases {
+            assert_eq!(
+                route(&s, &req_with(authority, "GET", path, &h, 80), &mut rng),
+                want,
+                "{authority}{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_policy_and_names() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: h}
+spec:
+  hosts: [h]
+  http:
+  - name: main
+    match: [{name: jason, headers: {end-user: {exact: jason}}}]
+    headers:
+      request: {set: {x-route: main}, remove: [x-internal]}
+      response: {add: {x-served-by: remora}}
+    timeout: 2s
+    retries: {attempts: 2, retryOn: "5xx"}
+    route:
+    - destination: {host: h}
+      headers: {request: {set: {x-dest: h}}}
+  - name: rest
+    route: [{destination: {host: h}}]
+"#,
+        );
+        let mut hm = http::HeaderMap::new();
+        hm.insert("end-user", http::HeaderValue::from_static("jason"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let f = fwd(route(&s, &req_with("h", "GET", "/", &hm, 80), &mut rng));
+        assert_eq!(f.route_name.as_deref(), Some("main.jason"));
+        assert_eq!(
+            f.request_headers.set,
+            vec![
+                ("x-route".to_string(), "main".to_string()),
+                ("x-dest".to_string(), "h".to_string())
+            ]
+        );
+        assert_eq!(f.request_headers.remove, vec!["x-internal".to_string()]);
+        assert_eq!(
+            f.response_headers.add,
+            vec![("x-served-by".to_string(), "remora".to_string())]
+        );
+        assert_eq!(f.policy.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(f.policy.retries.as_ref().map(|r| r.attempts), Some(2));
+        let f = fwd(route(
+            &s,
+            &req_with("h", "GET", "/", &http::HeaderMap::new(), 80),
+            &mut rng,
+        ));
+        assert_eq!(f.route_name.as_deref(), Some("rest"));
+        assert_eq!(f.policy, Policy::default());
+    }
+
+    #[test]
+    fn service_entry_endpoints_and_subsets() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.10, ports: {http: 8081}, labels: {version: v1}}
+  - {address: 127.0.0.11, ports: {http: 8082}, labels: {version: v2}, weight: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend.internal
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend.internal]
+  http:
+  - match: [{headers: {x-v: {exact: "2"}}}]
+    route: [{destination: {host: backend.internal, subset: v2}}]
+  - match: [{headers: {x-v: {exact: "3"}}}]
+    route: [{destination: {host: backend.internal, subset: v3}}]
+  - match: [{headers: {x-v: {exact: "9"}}}]
+    route: [{destination: {host: backend.internal, subset: v9}}]
+  - route: [{destination: {host: backend.internal}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: plain}
+spec:
+  hosts: [plain.internal]
+  ports: [{number: 9000, name: tcp-x}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.12}]
+"#,
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let hv = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-v", http::HeaderValue::from_static(v));
+            h
+        };
+        let h2 = hv("2");
+        let f = fwd(route(
+            &s,
+            &req_with("backend.internal", "GET", "/", &h2, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.subset.as_deref(), Some("v2"));
+        assert_eq!(f.endpoints.len(), 1);
+        assert_eq!(f.endpoints[0].addr.to_string(), "127.0.0.11:8082");
+        assert_eq!(f.endpoints[0].weight, 3);
+        let none = http::HeaderMap::new();
+        let f = fwd(route(
+            &s,
+            &req_with("backend.internal", "GET", "/", &none, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.endpoints.len(), 2);
+        let h3 = hv("3");
+        assert_eq!(
+            route(
+                &s,
+                &req_with("backend.internal", "GET", "/", &h3, 80),
+                &mut rng
+            ),
+            Decision::Deny {
+                status: 503,
+                reason: "no endpoints for host backend.internal subset \"v3\" port 80".into()
+            }
+        );
+        let h9 = hv("9");
+        assert_eq!(
+            route(
+                &s,
+                &req_with("backend.internal", "GET", "/", &h9, 80),
+                &mut rng
+            ),
+            Decision::Deny {
+                status: 503,
+                reason:
+                    "subset \"v9\" of host backend.internal is not defined by any DestinationRule"
+                        .into()
+            }
+        );
+        // No VirtualService: the ServiceEntry's endpoints for the addressed port.
+        let f = fwd(route(
+            &s,
+            &req_with("plain.internal:9000", "GET", "/", &none, 9000),
+            &mut rng,
+        ));
+        assert_eq!(f.endpoints[0].addr.to_string(), "127.0.0.12:9000");
+        assert_eq!(f.virtual_service, None);
+        // Unknown host: original destination.
+        assert_eq!(
+            route(&s, &req_with("unknown", "GET", "/", &none, 80), &mut rng),
+            Decision::Passthrough
+        );
+        assert_eq!(
+            route(&s, &req_with("", "GET", "/", &none, 80), &mut rng),
+            Decision::Passthrough
+        );
+    }
+
+    #[test]
+    fn weights_are_proportional() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: w}
+spec:
+  hosts: [w]
+  http:
+  - route:
+    - {destination: {host: w, subset: a}, weight: 70}
+    - {destination: {host: w, subset: b}, weight: 20}
+    - {destination: {host: w, subset: c}, weight: 10}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: w}
+spec:
+  host: w
+  subsets: [{name: a}, {name: b}, {name: c}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let n = 10_000;
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let f = fwd(route(&s, &req_with("w", "GET", "/", &h, 80), &mut rng));
+            *counts.entry(f.subset.unwrap_or_default()).or_insert(0u32) += 1;
+        }
+        // Binomial standard deviation sqrt(n p (1-p)); allow 4 sigma.
+        for (subset, p) in [("a", 0.7), ("b", 0.2), ("c", 0.1)] {
+            let got = counts.get(subset).copied().unwrap_or(0) as f64;
+            let mean = n as f64 * p;
+            let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!(
+                (got - mean).abs() <= 4.0 * sigma,
+                "{subset}: {got} vs {mean} ± {}",
+                4.0 * sigma
+            );
+        }
+    }
+
+    #[test]
+    fn sidecar_registry_only_and_scope() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: other}
+spec:
+  hosts: [ext.example.com]
+  ports: [{number: 80, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local}
+spec:
+  hosts: [local.example.com]
+  ports: [{number: 80, name: http}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(s.service_entries.len(), 1);
+        assert_eq!(
+            s.ignored
+                .iter()
+                .filter(|i| i.reason == "outside the Sidecar's egress hosts")
+                .count(),
+            1
+        );
+        // NONE resolution: known host, original destination.
+        assert_eq!(
+            route(
+                &s,
+                &req_with("local.example.com", "GET", "/", &h, 80),
+                &mut rng
+            ),
+            Decision::Passthrough
+        );
+        assert_eq!(
+            route(&s, &req_with("ext.example.com", "GET", "/", &h, 80), &mut rng),
+            Decision::Deny {
+                status: 502,
+                reason: "host \"ext.example.com\" is not in the registry and Sidecar default/default sets outboundTrafficPolicy REGISTRY_ONLY".into()
+            }
+        );
+        assert_eq!(
+            route(&s, &req_with("reviews", "GET", "/", &h, 80), &mut rng),
+            Decision::Passthrough
+        );
+        assert_eq!(
+            route(&s, &req_with("10.0.0.1:80", "GET", "/", &h, 80), &mut rng),
+            Decision::Passthrough
+        );
+    }
+
+    #[test]
+    fn port_protocols_from_service_entries() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec:
+  hosts: [a.example.com]
+  addresses: [127.0.0.0/24]
+  ports: [{number: 80, protocol: HTTP}, {number: 50051, name: grpc-api}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b}
+spec:
+  hosts: [b.example.com]
+  ports: [{number: 6379, name: redis}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.1.1, ports: {redis: 16379}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: c}
+spec:
+  hosts: [c.example.com]
+  ports: [{number: 8443, name: tls}]
+"#,
+        );
+        let a = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let cases = [
+            (a([127, 0, 0, 5], 80), None, Some(Protocol::Http)),
+            (a([127, 0, 0, 5], 50051), None, Some(Protocol::Grpc)),
+            (a([127, 0, 1, 1], 16379), None, Some(Protocol::Tcp)),
+            (
+                a([10, 1, 1, 1], 6379),
+                Some("b.example.com"),
+                Some(Protocol::Tcp),
+            ),
+            (a([10, 1, 1, 1], 8443), None, Some(Protocol::Tls)),
+            (a([10, 1, 1, 1], 3306), None, Some(Protocol::Tcp)),
+            (a([10, 1, 1, 1], 9999), None, None),
+            (a([10, 1, 1, 1], 80), None, None),
+        ];
+        for (dst, host, want) in cases {
+            assert_eq!(s.port_protocol(dst, host), want, "{dst} {host:?}");
+        }
+    }
+
+    use crate::rules::Protocol;
 }

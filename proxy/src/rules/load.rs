@@ -1,0 +1,319 @@
+//! Reading a rules directory (ConfigMap volume layout) and decoding its documents.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::decode::{self, DocCtx};
+use super::model::*;
+use super::sha256::Sha256;
+use super::{LoadContext, LoadError};
+
+/// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub dir: PathBuf,
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Visible entries that were not read, with the reason (directories, other extensions).
+    pub skipped: Vec<(String, String)>,
+    /// SHA-256 over the file names and contents, in name order.
+    pub hash: String,
+}
+
+fn is_rules_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")
+}
+
+/// Read the visible `*.yaml`, `*.yml` and `*.json` files of `dir`, following symlinks (the
+/// kubelet layout `DIR/name -> ..data/name`). Hidden entries (`..data`, `..2026_...`) are not
+/// read, so each key is read once.
+pub fn read_inputs(dir: &Path) -> Result<Inputs, LoadError> {
+    let whole = |reason: String| LoadError {
+        file: dir.display().to_string(),
+        document: 0,
+        field: String::new(),
+        reason,
+    };
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| whole(format!("cannot read the rules directory: {e}")))?;
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| whole(format!("cannot list the rules directory: {e}")))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    let mut hasher = Sha256::default();
+    for name in names {
+        let path = dir.join(&name);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling symlink: the kubelet is removing a key during a swap.
+                skipped.push((name, "dangling symlink".to_string()));
+                continue;
+            }
+            Err(e) => {
+                return Err(LoadError {
+                    file: name,
+                    document: 0,
+                    field: String::new(),
+                    reason: format!("cannot read: {e}"),
+                })
+            }
+        };
+        if meta.is_dir() {
+            skipped.push((name, "directory".to_string()));
+            continue;
+        }
+        if !is_rules_file(&name) {
+            skipped.push((name, "not a .yaml, .yml or .json file".to_string()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| LoadError {
+            file: name.clone(),
+            document: 0,
+            field: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&(bytes.len() as u64).to_be_bytes());
+        hasher.update(&bytes);
+        files.push((name, bytes));
+    }
+    Ok(Inputs {
+        dir: dir.to_path_buf(),
+        files,
+        skipped,
+        hash: hasher.hex(),
+    })
+}
+
+/// Everything decoded from a rule set, before visibility (exportTo, gateways, Sidecar scope)
+/// is applied.
+#[derive(Clone, Debug, Default)]
+pub struct Decoded {
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub sidecars: Vec<Sidecar>,
+    pub ignored: Vec<Ignored>,
+    pub errors: Vec<LoadError>,
+    /// Number of documents read (not counting empty ones).
+    pub documents: usize,
+}
+
+const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+
+/// Decode every document of every file; collects all errors (one per document at most).
+pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
+    let mut out = Decoded::default();
+    for (file, bytes) in &inputs.files {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                out.errors.push(LoadError {
+                    file: file.clone(),
+                    document: 0,
+                    field: String::new(),
+                    reason: format!("not UTF-8 text: {e}"),
+                });
+                continue;
+            }
+        };
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let document = i + 1;
+            let value = match Value::deserialize(doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.errors.push(LoadError {
+                        file: file.clone(),
+                        document,
+                        field: String::new(),
+                        reason: format!("invalid YAML: {e}"),
+                    });
+                    // The parser cannot resynchronise after a syntax error.
+                    break;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            out.documents += 1;
+            if let Err(fe) = decode_document(&value, file, document, ctx, &mut out) {
+                out.errors.push(LoadError {
+                    file: file.clone(),
+                    document,
+                    field: fe.field,
+                    reason: fe.reason,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn decode_document(
+    value: &Value,
+    file: &str,
+    document: usize,
+    ctx: &LoadContext,
+    out: &mut Decoded,
+) -> decode::R<()> {
+    let err = |field: &str, reason: String| decode::FieldError {
+        field: field.to_string(),
+        reason,
+    };
+    let Value::Object(obj) = value else {
+        return Err(err(
+            "",
+            "expected a Kubernetes object (a mapping with apiVersion, kind, metadata, spec)"
+                .to_string(),
+        ));
+    };
+    let s = |key: &str| -> decode::R<String> {
+        match obj.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                Err(err(key, "required field is missing or empty".to_string()))
+            }
+            Some(_) => Err(err(key, "expected a string".to_string())),
+        }
+    };
+    let api_version = s("apiVersion")?;
+    let kind = s("kind")?;
+    let md = match obj.get("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => {
+            return Err(err(
+                "metadata",
+                "required field is missing or not a mapping".to_string(),
+            ))
+        }
+    };
+    let name = match md.get("name") {
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        _ => {
+            return Err(err(
+                "metadata.name",
+                "required field is missing or empty".to_string(),
+            ))
+        }
+    };
+    let namespace = match md.get("namespace") {
+        None | Some(Value::Null) => ctx.namespace.clone(),
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        Some(_) => {
+            return Err(err(
+                "metadata.namespace",
+                "expected a non-empty string".to_string(),
+            ))
+        }
+    };
+    let ignore = |out: &mut Decoded, reason: String| {
+        out.ignored.push(Ignored {
+            file: file.to_string(),
+            document,
+            kind: kind.clone(),
+            name: format!("{namespace}/{name}"),
+            reason,
+        });
+    };
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    if group != "networking.istio.io" {
+        ignore(
+            out,
+            format!("{kind} ({api_version}) is not a networking.istio.io resource; ignored"),
+        );
+        return Ok(());
+    }
+    if !VERSIONS.contains(&version) {
+        return Err(err(
+            "apiVersion",
+            format!(
+                "unsupported version {api_version:?} (networking.istio.io/v1, v1beta1, v1alpha3)"
+            ),
+        ));
+    }
+    let meta = Meta {
+        kind: kind.clone(),
+        api_version: api_version.clone(),
+        name: name.clone(),
+        namespace: namespace.clone(),
+        file: file.to_string(),
+        document,
+    };
+    let empty = Value::Object(Default::default());
+    let spec = match obj.get("spec") {
+        None | Some(Value::Null) => &empty,
+        Some(v) => v,
+    };
+    let cx = DocCtx {
+        namespace: &namespace,
+        domain: &ctx.cluster_domain,
+    };
+    let dup = |existing: Option<&Meta>| -> decode::R<()> {
+        match existing {
+            Some(m) => Err(err(
+                "metadata.name",
+                format!(
+                    "duplicate {kind} {namespace}/{name} (first defined in {} doc {})",
+                    m.file, m.document
+                ),
+            )),
+            None => Ok(()),
+        }
+    };
+    let same = |m: &Meta| m.name == name && m.namespace == namespace;
+    match kind.as_str() {
+        "VirtualService" => {
+            dup(out
+                .virtual_services
+                .iter()
+                .map(|v| &v.meta)
+                .find(|m| same(m)))?;
+            let vs = decode::virtual_service(meta, spec, &cx)?;
+            out.virtual_services.push(vs);
+        }
+        "DestinationRule" => {
+            dup(out
+                .destination_rules
+                .iter()
+                .map(|v| &v.meta)
+                .find(|m| same(m)))?;
+            out.destination_rules
+                .push(decode::destination_rule(meta, spec, &cx)?);
+        }
+        "ServiceEntry" => {
+            dup(out
+                .service_entries
+                .iter()
+                .map(|v| &v.meta)
+                .find(|m| same(m)))?;
+            out.service_entries
+                .push(decode::service_entry(meta, spec, &cx)?);
+        }
+        "Sidecar" => {
+            dup(out.sidecars.iter().map(|v| &v.meta).find(|m| same(m)))?;
+            out.sidecars.push(decode::sidecar(meta, spec)?);
+        }
+        "Gateway" => ignore(
+            out,
+            "Gateway configures gateway proxies, not sidecars; not applied".to_string(),
+        ),
+        other => ignore(out, format!("kind {other} is not supported; ignored")),
+    }
+    Ok(())
+}

@@ -1,0 +1,511 @@
+//! The loaded, validated rule model: what `decode` builds from the YAML documents and what
+//! `route` evaluates. Host names here are already fully qualified (short names resolved in the
+//! resource's namespace), regexes compiled, durations parsed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::route::{HeaderOps, Policy};
+
+/// Where a resource came from, for messages and `/config_dump`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    pub kind: String,
+    pub api_version: String,
+    pub name: String,
+    pub namespace: String,
+    /// File name inside the rules directory.
+    pub file: String,
+    /// 1-based document index inside the file.
+    pub document: usize,
+}
+
+impl Meta {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Istio's `StringMatch` (`exact`, `prefix`, `regex`); an empty match `{}` tests presence.
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// The source as written and the compiled full-match form `^(?:src)$`.
+    Regex(String, regex::Regex),
+    /// `{}`: the value is present (any value).
+    Present,
+}
+
+impl PartialEq for StringMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StringMatch::Exact(a), StringMatch::Exact(b)) => a == b,
+            (StringMatch::Prefix(a), StringMatch::Prefix(b)) => a == b,
+            (StringMatch::Regex(a, _), StringMatch::Regex(b, _)) => a == b,
+            (StringMatch::Present, StringMatch::Present) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for StringMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match self {
+            StringMatch::Exact(v) => m.serialize_entry("exact", v)?,
+            StringMatch::Prefix(v) => m.serialize_entry("prefix", v)?,
+            StringMatch::Regex(v, _) => m.serialize_entry("regex", v)?,
+            StringMatch::Present => {}
+        }
+        m.end()
+    }
+}
+
+impl StringMatch {
+    /// Does `value` match? `ignore_case` applies to exact and prefix (Istio's `ignoreUriCase`).
+    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
+        match self {
+            StringMatch::Exact(e) => {
+                if ignore_case {
+                    e.eq_ignore_ascii_case(value)
+                } else {
+                    e == value
+                }
+            }
+            StringMatch::Prefix(p) => {
+                if ignore_case {
+                    value.len() >= p.len()
+                        && value.is_char_boundary(p.len())
+                        && value[..p.len()].eq_ignore_ascii_case(p)
+                } else {
+                    value.starts_with(p.as_str())
+                }
+            }
+            StringMatch::Regex(_, re) => re.is_match(value),
+            StringMatch::Present => true,
+        }
+    }
+}
+
+/// One `HTTPMatchRequest`: all its conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HttpMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    /// Lower-cased header names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, StringMatch)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<(String, StringMatch)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<(String, StringMatch)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_uri_case: bool,
+}
+
+impl HttpMatch {
+    /// True when the block has no condition at all (matches every request).
+    pub fn is_catch_all(&self) -> bool {
+        self.uri.is_none()
+            && self.scheme.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query_params.is_empty()
+            && self.port.is_none()
+            && self.source_labels.is_empty()
+            && self.source_namespace.is_none()
+            && self.gateways.is_empty()
+    }
+}
+
+/// A route destination (`destination`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    /// Fully qualified host.
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Request and response header operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Headers {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl Headers {
+    pub fn is_empty(&self) -> bool {
+        self == &Headers::default()
+    }
+}
+
+/// `HTTPRouteDestination`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightedDestination {
+    pub destination: Destination,
+    /// As written; `None` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+}
+
+/// `HTTPRewrite`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rewrite {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// `uriRegexRewrite`: the pattern and the replacement (Istio's `\1` already turned into `${1}`).
+    #[serde(skip)]
+    pub uri_regex: Option<(regex::Regex, String)>,
+}
+
+impl PartialEq for Rewrite {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri
+            && self.authority == other.authority
+            && self.uri_regex.as_ref().map(|(r, s)| (r.as_str(), s))
+                == other.uri_regex.as_ref().map(|(r, s)| (r.as_str(), s))
+    }
+}
+
+/// `HTTPRedirect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`.
+    pub derive_port_from_request: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// `redirectCode` (default 301).
+    pub code: u16,
+}
+
+/// `HTTPDirectResponse`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// One `HTTPRoute`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Field path of this route, e.g. `spec.http[1]`.
+    #[serde(skip)]
+    pub path: String,
+    /// `match`: ORed; empty = every request.
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<WeightedDestination>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    pub policy: Policy,
+}
+
+/// A VirtualService.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtualService {
+    pub meta: Meta,
+    /// Fully qualified (short names resolved in the VirtualService's namespace); may be wildcards.
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    pub http: Vec<HttpRoute>,
+    /// Number of `tcp` / `tls` routes (parsed, not applied: opaque traffic goes to the original
+    /// destination).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tcp_routes: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tls_routes: usize,
+    /// Whether this VirtualService applies to sidecars (`gateways` absent or contains `mesh`,
+    /// or some match names `mesh`).
+    pub applies_to_mesh: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A DestinationRule subset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A DestinationRule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestinationRule {
+    pub meta: Meta,
+    /// Fully qualified; may be a wildcard.
+    pub host: String,
+    pub subsets: Vec<Subset>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// `trafficPolicy` as written (the policies work interprets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
+}
+
+/// ServiceEntry `resolution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+}
+
+/// A ServiceEntry port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub number: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+/// A ServiceEntry endpoint (`WorkloadEntry` shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadEntry {
+    /// IP literal (STATIC) or host name / IP (DNS).
+    pub address: String,
+    /// Port name → port number.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+fn nets<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.to_string()))
+}
+
+/// A ServiceEntry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceEntry {
+    pub meta: Meta,
+    /// Fully qualified; may be wildcards.
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "nets")]
+    pub addresses: Vec<ipnet::IpNet>,
+    pub ports: Vec<ServicePort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub resolution: Resolution,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<WorkloadEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+/// One `egress[].hosts` entry: `namespace/dnsName`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressHost {
+    /// `.` already replaced by the Sidecar's namespace; `*` any; `~` none.
+    pub namespace: String,
+    /// `*`, `*.suffix` or a FQDN.
+    pub dns: String,
+}
+
+/// A Sidecar `egress` listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressListener {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub hosts: Vec<EgressHost>,
+}
+
+/// A Sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sidecar {
+    pub meta: Meta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
+    pub egress: Vec<EgressListener>,
+    /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
+    pub registry_only: bool,
+}
+
+/// A document that was read but not applied (Gateway, unknown kind, other gateways' VS).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub file: String,
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// Parse a duration as Istio/Go write them: `10s`, `0.5s`, `100ms`, `1m30s`, `2h`, `250us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    if t.starts_with('-') {
+        return Err(format!("negative duration {s:?}"));
+    }
+    let bytes = t.as_bytes();
+    let mut i = 0;
+    let mut total = 0f64;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+            i += 1;
+        }
+        let num = &t[start..i];
+        if num.is_empty() {
+            return Err(format!(
+                "invalid duration {s:?}: expected a number such as \"10s\", \"0.5s\" or \"100ms\""
+            ));
+        }
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: bad number {num:?}"))?;
+        let ustart = i;
+        while i < bytes.len() && !(bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+            i += 1;
+        }
+        let unit = &t[ustart..i];
+        let factor = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)"
+                ))
+            }
+        };
+        total += value * factor;
+    }
+    if !total.is_finite() || total > 1e10 {
+        return Err(format!("invalid duration {s:?}: too large"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("10s", Duration::from_secs(10)),
+            ("0.5s", Duration::from_millis(500)),
+            ("100ms", Duration::from_millis(100)),
+            ("1m30s", Duration::from_secs(90)),
+            ("2h", Duration::from_secs(7200)),
+            ("250us", Duration::from_micros(250)),
+            ("7s", Duration::from_secs(7)),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        let bad = [
+            ("", "empty duration"),
+            (
+                "10",
+                "invalid duration \"10\": missing unit (ns, us, ms, s, m, h)",
+            ),
+            (
+                "10sec",
+                "invalid duration \"10sec\": unknown unit \"sec\" (ns, us, ms, s, m, h)",
+            ),
+            ("-1s", "negative duration \"-1s\""),
+            (
+                "s",
+                "invalid duration \"s\": expected a number such as \"10s\", \"0.5s\" or \"100ms\"",
+            ),
+            ("1..2s", "invalid duration \"1..2s\": bad number \"1..2\""),
+        ];
+        for (s, e) in bad {
+            assert_eq!(parse_duration(s), Err(e.to_string()), "{s}");
+        }
+    }
+
+    #[test]
+    fn string_match_semantics() {
+        let re = regex::Regex::new("^(?:/api/v[0-9]+)$").unwrap();
+        let rx = StringMatch::Regex("/api/v[0-9]+".into(), re);
+        let cases: Vec<(StringMatch, &str, bool, bool)> = vec![
+            (StringMatch::Exact("/a".into()), "/a", false, true),
+            (StringMatch::Exact("/a".into()), "/A", false, false),
+            (StringMatch::Exact("/a".into()), "/A", true, true),
+            (StringMatch::Prefix("/st".into()), "/static/x", false, true),
+            (StringMatch::Prefix("/st".into()), "/STATIC", false, false),
+            (StringMatch::Prefix("/st".into()), "/STATIC", true, true),
+            (StringMatch::Prefix("/static".into()), "/st", true, false),
+            (rx.clone(), "/api/v12", false, true),
+            (rx.clone(), "/api/v12/x", false, false),
+            (rx, "x/api/v1", false, false),
+            (StringMatch::Present, "", false, true),
+        ];
+        for (m, v, ic, want) in cases {
+            assert_eq!(m.matches(v, ic), want, "{m:?} {v} {ic}");
+        }
+    }
+}

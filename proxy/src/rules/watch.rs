@@ -1,0 +1,220 @@
+//! Hot reload: watch the rules directory (the kubelet swaps a `..data` symlink) and rescan it
+//! periodically; apply a changed, valid rule set atomically; keep the last good one otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+
+use super::{load, LoadContext, LoadError, SharedSnapshot};
+
+/// The reload metrics (in prometheus' default registry).
+pub struct Metrics {
+    /// `remora_config_generation`
+    pub generation: IntGauge,
+    /// `remora_config_reloads_total`
+    pub reloads: IntCounter,
+    /// `remora_config_reload_errors_total`
+    pub reload_errors: IntCounter,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric());
+    if let Err(e) = prometheus::register(Box::new(c.clone())) {
+        tracing::warn!(metric = name, error = %e, "metric not registered");
+    }
+    c
+}
+
+fn unreachable_metric<T>() -> T {
+    // Metric names and help texts above are constants and valid; IntCounter::new only fails on
+    // an invalid name.
+    panic!("invalid constant metric definition")
+}
+
+/// The process-wide reload metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let generation = IntGauge::new(
+        "remora_config_generation",
+        "Generation of the rules snapshot in effect (0 = none loaded).",
+    )
+    .unwrap_or_else(|_| unreachable_metric());
+    if let Err(e) = prometheus::register(Box::new(generation.clone())) {
+        tracing::warn!(metric = "remora_config_generation", error = %e, "metric not registered");
+    }
+    Metrics {
+        generation,
+        reloads: counter(
+            "remora_config_reloads_total",
+            "Rules snapshots applied by the watcher.",
+        ),
+        reload_errors: counter(
+            "remora_config_reload_errors_total",
+            "Rules snapshots rejected by the watcher (invalid rule sets).",
+        ),
+    }
+});
+
+/// What one reload attempt did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The inputs hash is that of the snapshot in effect (or of the last rejected set).
+    Unchanged,
+    /// A new snapshot was stored with this generation.
+    Applied(u64),
+    /// The rule set was rejected; the old snapshot stays.
+    Rejected(Vec<LoadError>),
+}
+
+/// Watcher state between attempts.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Hash of the last rejected input set: it is not counted or logged again until it changes.
+    pub last_rejected: Option<String>,
+}
+
+/// One reload attempt (blocking: reads files, resolves DNS names).
+pub fn reload_once(
+    dir: &Path,
+    ctx: &LoadContext,
+    store: &SharedSnapshot,
+    state: &mut State,
+) -> Outcome {
+    let m = &*METRICS;
+    let inputs = match load::read_inputs(dir) {
+        Ok(i) => i,
+        Err(e) => return reject(dir, String::new(), vec![e], state),
+    };
+    let current = store.load();
+    if inputs.hash == current.hash {
+        state.last_rejected = None;
+        return Outcome::Unchanged;
+    }
+    if state.last_rejected.as_deref() == Some(inputs.hash.as_str()) {
+        return Outcome::Unchanged;
+    }
+    let generation = current.generation + 1;
+    match super::load_inputs(&inputs, ctx, generation, &super::endpoints::system_resolver) {
+        Ok(snap) => {
+            let counts = snap.counts();
+            tracing::info!(
+                generation,
+                hash = %snap.hash,
+                source = %snap.source,
+                virtual_services = counts.virtual_services,
+                http_routes = counts.http_routes,
+                destination_rules = counts.destination_rules,
+                service_entries = counts.service_entries,
+                sidecars = counts.sidecars,
+                ignored = counts.ignored,
+                "applied rules generation {generation}: {counts}"
+            );
+            for ig in &snap.ignored {
+                tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
+            }
+            store.store(Arc::new(snap));
+            m.generation.set(generation as i64);
+            m.reloads.inc();
+            state.last_rejected = None;
+            Outcome::Applied(generation)
+        }
+        Err(errs) => reject(dir, inputs.hash, errs, state),
+    }
+}
+
+fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> Outcome {
+    if !hash.is_empty() && state.last_rejected.as_deref() == Some(hash.as_str()) {
+        return Outcome::Unchanged;
+    }
+    METRICS.reload_errors.inc();
+    for e in &errs {
+        tracing::error!(
+            dir = %dir.display(),
+            file = %e.file,
+            document = e.document,
+            field = %e.field,
+            reason = %e.reason,
+            "rejected rules snapshot, keeping the previous one: {e}"
+        );
+    }
+    if !hash.is_empty() {
+        state.last_rejected = Some(hash);
+    }
+    Outcome::Rejected(errs)
+}
+
+/// Watch `dir` and rescan it every `rescan`; on a valid change store a new snapshot
+/// (generation + 1); on error keep the old one, log file/document/field/reason and count
+/// `remora_config_reload_errors_total`.
+pub fn spawn_watcher(
+    dir: PathBuf,
+    ctx: LoadContext,
+    store: SharedSnapshot,
+    rescan: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        LazyLock::force(&METRICS);
+        METRICS.generation.set(store.load().generation as i64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watcher = start_notify(&dir, tx.clone());
+        let state = Arc::new(std::sync::Mutex::new(State::default()));
+        let rescan = rescan.max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(rescan);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                got = rx.recv() => {
+                    if got.is_none() {
+                        // Cannot happen while we hold `tx`; rescans continue regardless.
+                        tokio::time::sleep(rescan).await;
+                    }
+                    // Let a burst of events (a kubelet swap is several) settle.
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            if watcher.is_none() {
+                watcher = start_notify(&dir, tx.clone());
+            }
+            let (d, c, s, st) = (dir.clone(), ctx.clone(), store.clone(), state.clone());
+            let res = tokio::task::spawn_blocking(move || {
+                let mut guard = match st.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                reload_once(&d, &c, &s, &mut guard)
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "rules reload task failed");
+            }
+        }
+    })
+}
+
+fn start_notify(
+    dir: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on periodic rescans");
+            return None;
+        }
+    };
+    match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on periodic rescans");
+            None
+        }
+    }
+}
