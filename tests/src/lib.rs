@@ -1,1 +1,12 @@
-//! remora mesh lab
+//! remora mesh lab: pods in network namespaces on a "node" bridge, Services with a kube-proxy
+//! stand-in, the real webhook, init and proxy run by a tiny kubelet, and clients for the scenario
+//! tests, the demo and the benchmarks. See docs/lab.md.
+
+pub mod admission;
+pub mod client;
+pub mod cluster;
+pub mod kubelet;
+pub mod lab;
+pub mod netns;
+
+pub use lab::{Lab, LabOptions, Pod};

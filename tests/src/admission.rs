@@ -1,0 +1,294 @@
+//! The real `remora-webhook serve`, started on 127.0.0.1 with a fresh CA and serving cert (rcgen),
+//! and a client that sends it `admission.k8s.io/v1` AdmissionReviews over HTTPS the way the
+//! kube-apiserver does, then applies the returned JSON patch.
+
+use crate::netns::Proc;
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// What the webhook answered for one pod.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub allowed: bool,
+    /// The denial message when not allowed.
+    pub message: String,
+    /// The patched object (unchanged when the webhook returned no patch).
+    pub object: serde_json::Value,
+    /// The decoded JSON patch, if any.
+    pub patch: Option<serde_json::Value>,
+}
+
+/// A running webhook (stopped on drop) and an HTTPS client trusting its CA.
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    connector: TlsConnector,
+    pub ca_pem: String,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Webhook {
+    /// Writes a CA and a serving cert for 127.0.0.1 into `dir`, starts
+    /// `<bin_dir>/remora-webhook serve` and waits (bounded) until a TLS request to `/readyz`
+    /// answers 200.
+    pub async fn start(bin_dir: &Path, dir: &Path, config: Option<&Path>) -> Result<Webhook> {
+        let bin = bin_dir.join("remora-webhook");
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it first (cargo build -p remora-webhook)",
+                bin.display()
+            );
+        }
+        std::fs::create_dir_all(dir)?;
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "remora lab CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "remora-webhook.remora-system.svc".to_string(),
+        ])?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let cert_path = dir.join("tls.crt");
+        let key_path = dir.join("tls.key");
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(tls));
+
+        let mut last_err = anyhow!("not started");
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg("serve")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--tls-cert")
+                .arg(&cert_path)
+                .arg("--tls-key")
+                .arg(&key_path);
+            if let Some(c) = config {
+                cmd.arg("--config").arg(c);
+            }
+            let proc = Proc::spawn("remora-webhook", cmd, dir.join("webhook.log"))?;
+            let mut hook = Webhook {
+                addr,
+                proc,
+                connector: connector.clone(),
+                ca_pem: ca.pem(),
+                counter: 0.into(),
+            };
+            match hook.wait_ready(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(hook),
+                Err(e) => last_err = e.context(format!("webhook log:\n{}", hook.proc.log_tail(20))),
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.proc.exited() {
+                bail!("remora-webhook exited during start-up ({st})");
+            }
+            match self.request("GET", "/readyz", Bytes::new()).await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) if Instant::now() >= deadline => {
+                    bail!(
+                        "webhook /readyz answered {code}: {}",
+                        String::from_utf8_lossy(&body)
+                    )
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e.context("webhook not ready")),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// One HTTPS request on a fresh connection; returns status and body.
+    pub async fn request(&self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| anyhow!("connect to webhook timed out"))??;
+        let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let tls = self.connector.connect(name, tcp).await?;
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .map_err(|_| anyhow!("webhook did not answer {method} {path} within 10 s"))??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Sends `pod` (a Pod object as JSON) for CREATE in `namespace` and applies the patch.
+    pub async fn admit(&self, namespace: &str, pod: &serde_json::Value) -> Result<Admission> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let uid = format!(
+            "00000000-0000-4000-8000-{:012x}",
+            std::process::id() as u64 * 1000 + n
+        );
+        let gvk = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
+        let gvr = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+                "name": pod.pointer("/metadata/name").cloned().unwrap_or(serde_json::Value::Null),
+                "namespace": namespace,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        });
+        let (status, body) = self
+            .request("POST", "/inject", Bytes::from(serde_json::to_vec(&review)?))
+            .await?;
+        if status != 200 {
+            bail!(
+                "webhook answered HTTP {status} to the AdmissionReview: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        parse_review_response(&uid, pod, &body)
+    }
+}
+
+/// Checks an AdmissionReview response (uid echoed, patch type, base64 patch) and applies its
+/// patch to `object`.
+pub fn parse_review_response(
+    uid: &str,
+    object: &serde_json::Value,
+    body: &[u8],
+) -> Result<Admission> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).context("webhook response is not JSON")?;
+    let resp = v
+        .get("response")
+        .ok_or_else(|| anyhow!("webhook response has no `response` field: {v}"))?;
+    let got_uid = resp.get("uid").and_then(|u| u.as_str()).unwrap_or_default();
+    if got_uid != uid {
+        bail!("webhook response uid {got_uid:?} does not match request uid {uid:?}");
+    }
+    let allowed = resp
+        .get("allowed")
+        .and_then(|a| a.as_bool())
+        .unwrap_or(false);
+    let message = resp
+        .pointer("/status/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let mut patched = object.clone();
+    let mut patch_value = None;
+    if let Some(p) = resp.get("patch") {
+        let b64 = p
+            .as_str()
+            .ok_or_else(|| anyhow!("response.patch is not a base64 string: {p}"))?;
+        let ptype = resp
+            .get("patchType")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
+        if ptype != "JSONPatch" {
+            bail!("response.patchType is {ptype:?}, expected \"JSONPatch\"");
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("response.patch is not valid base64")?;
+        let pv: serde_json::Value = serde_json::from_slice(&raw).context("patch is not JSON")?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(pv.clone()).context("patch is not an RFC 6902 JSON patch")?;
+        json_patch::patch(&mut patched, &patch).context("the webhook's patch does not apply")?;
+        patch_value = Some(pv);
+    }
+    Ok(Admission {
+        allowed,
+        message,
+        object: patched,
+        patch: patch_value,
+    })
+}
+
+/// Where the lab finds the programs: `REMORA_BIN_DIR`, else the target profile directory this
+/// executable was built into (`target/debug` for tests, the binary's own directory for the CLI).
+pub fn default_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("REMORA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_base64_patch_and_checks_uid() {
+        let pod = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
+        let patch =
+            serde_json::json!([{"op": "add", "path": "/metadata/labels", "value": {"a": "b"}}]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+        let body = serde_json::json!({"response": {"uid": "u1", "allowed": true, "patchType": "JSONPatch", "patch": b64}});
+        let a = parse_review_response("u1", &pod, body.to_string().as_bytes()).unwrap();
+        assert!(a.allowed);
+        assert_eq!(a.object["metadata"]["labels"]["a"], "b");
+        assert!(parse_review_response("u2", &pod, body.to_string().as_bytes()).is_err());
+        let numbers = serde_json::json!({"response": {"uid": "u1", "allowed": true, "patchType": "JSONPatch", "patch": [1, 2]}});
+        assert!(parse_review_response("u1", &pod, numbers.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn denial_carries_message() {
+        let body = serde_json::json!({"response": {"uid": "u", "allowed": false, "status": {"message": "bad port"}}});
+        let a = parse_review_response("u", &serde_json::json!({}), body.to_string().as_bytes())
+            .unwrap();
+        assert!(!a.allowed);
+        assert_eq!(a.message, "bad port");
+    }
+}

@@ -1,0 +1,910 @@
+//! The lab: a "node" (a bridge in its own network namespace, no route out), pods as network
+//! namespaces on it, Services with virtual IPs and a kube-proxy stand-in, the real webhook, and the
+//! mini kubelet. Built from Kubernetes YAML (Namespace, Service, Pod, Deployment, ConfigMap and
+//! Istio rules). Everything is torn down when the [`Lab`] is dropped.
+
+use crate::admission::{default_bin_dir, Webhook};
+use crate::client::{self, HttpReply, Sample};
+use crate::cluster::{self, Endpoint, LabelSelector, Service, ServicePort};
+use crate::kubelet::{self, PodCtx, Running};
+use crate::netns::Netns;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The ConfigMap every meshed pod mounts for its rules.
+pub const RULES_CONFIGMAP: &str = "remora-mesh-rules";
+const GENERATED_RULES_FILE: &str = "lab-services.yaml";
+
+/// How a lab is built.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Directory with `remora-webhook`, `remora-init`, `remora-proxy` and `lab-app`.
+    pub bin_dir: PathBuf,
+    /// `--config` for the webhook, if any.
+    pub webhook_config: Option<PathBuf>,
+    /// Print what the lab does, step by step.
+    pub verbose: bool,
+    /// Bound for every wait (probes, init containers, reloads).
+    pub timeout: Duration,
+    /// Keep the log directory after teardown.
+    pub keep_logs: bool,
+    /// Set to stop a long operation early (the CLI sets it on Ctrl-C).
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            bin_dir: default_bin_dir(),
+            webhook_config: None,
+            verbose: std::env::var_os("REMORA_LAB_VERBOSE").is_some(),
+            timeout: Duration::from_secs(30),
+            keep_logs: std::env::var_os("REMORA_LAB_KEEP").is_some(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// A pod the lab runs.
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    /// The object as admitted (patched by the webhook when it was called).
+    pub object: Value,
+    /// Whether the webhook was asked (namespace and object selectors matched).
+    pub reviewed: bool,
+    /// Whether a `remora-proxy` container runs in the pod.
+    pub meshed: bool,
+    pub containers: Vec<Running>,
+    pub dir: PathBuf,
+    pub netns: Netns,
+}
+
+impl Pod {
+    /// Stops the containers, apps first, native sidecars last.
+    fn stop(&mut self) {
+        while let Some(mut c) = self.containers.pop() {
+            c.proc.stop(Duration::from_secs(3));
+        }
+    }
+
+    pub fn container(&self, name: &str) -> Option<&Running> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Names of init containers and containers as the pod spec has them.
+    pub fn spec_containers(&self) -> (Vec<String>, Vec<String>) {
+        let names = |p: &str| -> Vec<String> {
+            self.object
+                .pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        };
+        (names("/spec/initContainers"), names("/spec/containers"))
+    }
+}
+
+struct Namespace {
+    labels: BTreeMap<String, String>,
+    configmaps: BTreeMap<String, PathBuf>,
+    user_rules: BTreeMap<String, String>,
+    written_rules: Option<Vec<(String, String)>>,
+}
+
+/// The running lab. Dropping it stops every process and deletes every namespace it made.
+pub struct Lab {
+    pods: Vec<Pod>,
+    webhook: Option<Webhook>,
+    node: Option<Netns>,
+    namespaces: BTreeMap<String, Namespace>,
+    services: Vec<Service>,
+    pub rt: tokio::runtime::Runtime,
+    pub opts: LabOptions,
+    pub id: String,
+    dir: Option<tempfile::TempDir>,
+    next_pod: u32,
+    selectors: (LabelSelector, LabelSelector),
+}
+
+fn labels_of(v: &Value, ptr: &str) -> BTreeMap<String, String> {
+    v.pointer(ptr)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The webhook's `namespaceSelector` and `objectSelector` from `manifests/webhook.yaml` (what
+/// decides whether the apiserver calls the webhook at all), or the same built-in defaults.
+pub fn webhook_selectors() -> (LabelSelector, LabelSelector) {
+    let builtin = || {
+        let ns = LabelSelector::from_value(&serde_json::json!({"matchExpressions": [
+            {"key": "istio-injection", "operator": "In", "values": ["enabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+             "values": ["kube-system", "kube-public", "kube-node-lease", "remora-system"]}]}))
+        .unwrap_or_default();
+        let obj = LabelSelector::from_value(&serde_json::json!({"matchExpressions": [
+            {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}))
+        .unwrap_or_default();
+        (ns, obj)
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return builtin();
+    };
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let Ok(v) = <Value as serde::Deserialize>::deserialize(doc) else {
+            continue;
+        };
+        if v.get("kind").and_then(Value::as_str) != Some("MutatingWebhookConfiguration") {
+            continue;
+        }
+        let hook = &v["webhooks"][0];
+        let ns = hook.get("namespaceSelector").map(LabelSelector::from_value);
+        let obj = hook.get("objectSelector").map(LabelSelector::from_value);
+        if let (Some(Ok(ns)), Some(Ok(obj))) = (ns, obj) {
+            return (ns, obj);
+        }
+    }
+    builtin()
+}
+
+impl Lab {
+    /// Creates the node. Pods come with [`Lab::apply`].
+    pub fn start(opts: LabOptions) -> Result<Lab> {
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!("the mesh lab needs root (it creates network namespaces and iptables rules)");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let id = format!(
+            "rl{}x{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("remora-lab-{id}-"))
+            .tempdir()?;
+        kubelet::set_mode(dir.path(), 0o755)?;
+        let mut lab = Lab {
+            pods: Vec::new(),
+            webhook: None,
+            node: None,
+            namespaces: BTreeMap::new(),
+            services: Vec::new(),
+            rt,
+            opts,
+            id,
+            dir: Some(dir),
+            next_pod: 0,
+            selectors: webhook_selectors(),
+        };
+        let node = Netns::create(&format!("{}-node", lab.id))?;
+        node.ip(&["link", "add", "br0", "type", "bridge"])?;
+        node.ip(&["addr", "add", "10.244.0.1/24", "dev", "br0"])?;
+        node.ip(&["link", "set", "br0", "up"])?;
+        lab.node = Some(node);
+        lab.say(format!(
+            "node {}-node: bridge br0 10.244.0.1/24, no route out; logs in {}",
+            lab.id,
+            lab.dir().display()
+        ));
+        Ok(lab)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/tmp"))
+    }
+
+    pub fn node(&self) -> &Netns {
+        // The node exists from start() until drop.
+        self.node.as_ref().expect("node exists while the lab runs")
+    }
+
+    fn say(&self, msg: String) {
+        if self.opts.verbose {
+            eprintln!("lab: {msg}");
+        }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.opts.cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// Creates a namespace (Kubernetes adds `kubernetes.io/metadata.name`).
+    pub fn create_namespace(&mut self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
+        let mut l: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert("kubernetes.io/metadata.name".into(), name.into());
+        if let Some(ns) = self.namespaces.get_mut(name) {
+            ns.labels = l;
+            return Ok(());
+        }
+        let cm_dir = self.dir().join("ns").join(name).join(RULES_CONFIGMAP);
+        kubelet::write_atomic_dir(&cm_dir, &[])?;
+        let mut configmaps = BTreeMap::new();
+        configmaps.insert(RULES_CONFIGMAP.to_string(), cm_dir);
+        self.namespaces.insert(
+            name.to_string(),
+            Namespace {
+                labels: l,
+                configmaps,
+                user_rules: BTreeMap::new(),
+                written_rules: None,
+            },
+        );
+        self.say(format!("namespace {name} {labels:?}"));
+        Ok(())
+    }
+
+    fn ensure_namespace(&mut self, name: &str) -> Result<()> {
+        if !self.namespaces.contains_key(name) {
+            self.create_namespace(name, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Applies multi-document Kubernetes YAML: Namespaces and Services first, then Istio rules
+    /// (into the namespace's `remora-mesh-rules` ConfigMap), then Pods and Deployments in order.
+    /// `default_ns` is used where an object names none.
+    pub fn apply(&mut self, yaml: &str, default_ns: &str) -> Result<()> {
+        let mut docs = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+            let v: Value = serde::Deserialize::deserialize(doc).context("YAML document")?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+        let kind = |v: &Value| {
+            v.get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let ns_of = |v: &Value| {
+            v.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(default_ns)
+                .to_string()
+        };
+        for v in docs.iter().filter(|v| kind(v) == "Namespace") {
+            let name = v
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("Namespace without metadata.name"))?;
+            let labels = labels_of(v, "/metadata/labels");
+            let pairs: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.create_namespace(name, &pairs)?;
+        }
+        for v in docs.iter().filter(|v| kind(v) == "Service") {
+            self.add_service(v, &ns_of(v))?;
+        }
+        let mut rules: BTreeMap<String, String> = BTreeMap::new();
+        for v in &docs {
+            match kind(v).as_str() {
+                "VirtualService" | "DestinationRule" | "ServiceEntry" | "Sidecar" => {
+                    let text = serde_yaml_ng::to_string(v)?;
+                    let e = rules.entry(ns_of(v)).or_default();
+                    if !e.is_empty() {
+                        e.push_str("---\n");
+                    }
+                    e.push_str(&text);
+                }
+                "ConfigMap"
+                    if v.pointer("/metadata/name").and_then(Value::as_str)
+                        == Some(RULES_CONFIGMAP) =>
+                {
+                    let e = rules.entry(ns_of(v)).or_default();
+                    for (_, text) in labels_of(v, "/data") {
+                        if !e.is_empty() {
+                            e.push_str("---\n");
+                        }
+                        e.push_str(&text);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ns, text) in rules {
+            self.set_rules_quiet(&ns, &[("rules.yaml", &text)])?;
+        }
+        let mut created = false;
+        for v in &docs {
+            self.check_cancel()?;
+            match kind(v).as_str() {
+                "Pod" => {
+                    self.create_pod(v.clone(), &ns_of(v))?;
+                    created = true;
+                }
+                "Deployment" => {
+                    let name = v
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| anyhow!("Deployment without metadata.name"))?;
+                    let replicas = v
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1);
+                    let template = v
+                        .pointer("/spec/template")
+                        .ok_or_else(|| anyhow!("Deployment {name}: no spec.template"))?;
+                    let hash = format!("{:x}", fnv(&template.to_string()) % 0xfffff);
+                    for _ in 0..replicas {
+                        let mut pod = serde_json::json!({
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "metadata": template.get("metadata").cloned().unwrap_or(serde_json::json!({})),
+                            "spec": template.get("spec").cloned().unwrap_or(serde_json::json!({})),
+                        });
+                        let meta = pod["metadata"]
+                            .as_object_mut()
+                            .ok_or_else(|| anyhow!("bad template metadata"))?;
+                        meta.insert("generateName".into(), format!("{name}-{hash}-").into());
+                        meta.insert("namespace".into(), ns_of(v).into());
+                        meta.insert(
+                            "ownerReferences".into(),
+                            serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                "name": format!("{name}-{hash}"), "uid": "00000000-0000-4000-8000-000000000001",
+                                "controller": true, "blockOwnerDeletion": true}]),
+                        );
+                        let labels = meta.entry("labels").or_insert(serde_json::json!({}));
+                        if let Some(l) = labels.as_object_mut() {
+                            l.insert("pod-template-hash".into(), hash.clone().into());
+                        }
+                        self.create_pod(pod, &ns_of(v))?;
+                        created = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if created {
+            self.sync_services()?;
+        }
+        Ok(())
+    }
+
+    fn add_service(&mut self, v: &Value, ns: &str) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("Service without metadata.name"))?;
+        let mut ports = Vec::new();
+        for p in v
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let port = p
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| anyhow!("Service {ns}/{name}: a port without a valid `port`"))?;
+            let target = match p.get("targetPort") {
+                None => port,
+                Some(t) => t
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| {
+                        anyhow!("Service {ns}/{name}: targetPort {t} must be a number in the lab")
+                    })?,
+            };
+            ports.push(ServicePort {
+                name: p
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                port,
+                target_port: target,
+                app_protocol: p
+                    .get("appProtocol")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        let n = self.services.len() as u32;
+        if n > 60_000 {
+            bail!("too many services");
+        }
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + n);
+        self.services
+            .retain(|s| !(s.name == name && s.namespace == ns));
+        self.services.push(Service {
+            name: name.to_string(),
+            namespace: ns.to_string(),
+            vip,
+            ports,
+            selector: labels_of(v, "/spec/selector"),
+        });
+        self.say(format!("service {ns}/{name} at {vip}"));
+        Ok(())
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn service(&self, ns: &str, name: &str) -> Result<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == name)
+            .ok_or_else(|| anyhow!("no service {ns}/{name} in the lab"))
+    }
+
+    fn endpoints(&self) -> Vec<Endpoint> {
+        self.pods
+            .iter()
+            .map(|p| Endpoint {
+                pod: p.name.clone(),
+                namespace: p.namespace.clone(),
+                ip: p.ip,
+                labels: p.labels.clone(),
+            })
+            .collect()
+    }
+
+    fn create_pod(&mut self, mut obj: Value, ns: &str) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        let ns_labels = self.namespaces[ns].labels.clone();
+        let pod_labels = labels_of(&obj, "/metadata/labels");
+        let reviewed =
+            self.selectors.0.matches(&ns_labels) && self.selectors.1.matches(&pod_labels);
+        let shown_name = obj
+            .pointer("/metadata/name")
+            .or_else(|| obj.pointer("/metadata/generateName"))
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        if reviewed {
+            if self.webhook.is_none() {
+                let dir = self.dir().join("webhook");
+                let hook = self.rt.block_on(Webhook::start(
+                    &self.opts.bin_dir,
+                    &dir,
+                    self.opts.webhook_config.as_deref(),
+                ))?;
+                self.say(format!("webhook serving on https://{}", hook.addr));
+                self.webhook = Some(hook);
+            }
+            let hook = self
+                .webhook
+                .as_ref()
+                .ok_or_else(|| anyhow!("webhook not running"))?;
+            let adm = self.rt.block_on(hook.admit(ns, &obj))?;
+            if !adm.allowed {
+                bail!("the webhook denied pod {ns}/{shown_name}: {}", adm.message);
+            }
+            obj = adm.object;
+        }
+        // The apiserver names generateName pods after admission.
+        if obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            let base = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("pod-")
+                .to_string();
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let c = b"bcdfghjklmnpqrstvwxz2456789";
+                    c[rand::random::<usize>() % c.len()] as char
+                })
+                .collect();
+            obj["metadata"]["name"] = format!("{base}{suffix}").into();
+        }
+        obj["metadata"]["namespace"] = ns.into();
+        let n = self.next_pod;
+        self.next_pod += 1;
+        obj["metadata"]["uid"] = format!("00000000-0000-4000-9000-{:012x}", n).into();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or("pod")
+            .to_string();
+        if n > 240 {
+            bail!("the lab node holds at most 240 pods");
+        }
+        let ip = Ipv4Addr::new(10, 244, 0, 10 + n as u8);
+        let netns = Netns::create(&format!("{}-p{n}", self.id))?;
+        let veth = format!("vp{n}");
+        self.node().ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        self.node()
+            .ip(&["link", "set", &veth, "master", "br0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&[
+            "route",
+            "add",
+            "10.96.0.0/16",
+            "via",
+            "10.244.0.1",
+            "dev",
+            "eth0",
+        ])?;
+        netns.write_hosts(&cluster::hosts_file(&name, ns, ip, &self.services))?;
+        // The kube-proxy stand-in, as a CNI/kube-proxy would have it before any container runs.
+        let rules = cluster::kube_proxy_rules(&self.services, &self.endpoints());
+        netns.exec_input(&["iptables-restore", "--noflush"], Some(&rules))?;
+        netns.exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-j",
+            cluster::KUBE_CHAIN,
+        ])?;
+        netns.exec(&[
+            "iptables",
+            "-t",
+            "filter",
+            "-A",
+            "OUTPUT",
+            "-j",
+            cluster::KUBE_CHAIN,
+        ])?;
+        let pod_dir = self.dir().join("pods").join(&name);
+        let configmaps = self.namespaces[ns].configmaps.clone();
+        let ctx = PodCtx {
+            name: &name,
+            namespace: ns,
+            ip,
+            netns: &netns,
+            node: self.node(),
+            dir: &pod_dir,
+            bin_dir: &self.opts.bin_dir,
+            configmaps: &configmaps,
+            timeout: self.opts.timeout,
+        };
+        let after_init = || -> Result<()> {
+            for args in cluster::jump_last_commands() {
+                let mut all = vec!["iptables"];
+                all.extend(args);
+                netns.exec(&all)?;
+            }
+            Ok(())
+        };
+        let verbose = self.opts.verbose;
+        let mut log = |m: String| {
+            if verbose {
+                eprintln!("lab: {m}");
+            }
+        };
+        let containers = kubelet::start_pod(&obj, &ctx, &after_init, &mut log)
+            .with_context(|| format!("starting pod {ns}/{name}"))?;
+        let meshed = containers.iter().any(|c| c.name == "remora-proxy");
+        self.say(format!(
+            "pod {ns}/{name} {ip} ready ({}; {})",
+            if reviewed {
+                "reviewed by the webhook"
+            } else {
+                "not sent to the webhook"
+            },
+            if meshed {
+                "with remora-proxy"
+            } else {
+                "no sidecar"
+            }
+        ));
+        self.pods.push(Pod {
+            name,
+            namespace: ns.to_string(),
+            ip,
+            labels: labels_of(&obj, "/metadata/labels"),
+            object: obj,
+            reviewed,
+            meshed,
+            containers,
+            dir: pod_dir,
+            netns,
+        });
+        Ok(())
+    }
+
+    /// Re-renders what depends on Services and ready pods: every pod's kube-proxy chain and hosts
+    /// file, and each namespace's generated ServiceEntries (waiting for meshed pods to reload).
+    pub fn sync_services(&mut self) -> Result<()> {
+        let eps = self.endpoints();
+        let rules = cluster::kube_proxy_rules(&self.services, &eps);
+        for p in &self.pods {
+            p.netns
+                .exec_input(&["iptables-restore", "--noflush"], Some(&rules))?;
+            p.netns.write_hosts(&cluster::hosts_file(
+                &p.name,
+                &p.namespace,
+                p.ip,
+                &self.services,
+            ))?;
+        }
+        let names: Vec<String> = self.namespaces.keys().cloned().collect();
+        for ns in names {
+            self.write_rules(&ns, true)?;
+        }
+        Ok(())
+    }
+
+    fn write_rules(&mut self, ns: &str, wait: bool) -> Result<()> {
+        let generated = cluster::service_entries(ns, &self.services, &self.endpoints());
+        let space = self
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| anyhow!("no namespace {ns} in the lab"))?;
+        let mut files: Vec<(String, String)> = space.user_rules.clone().into_iter().collect();
+        if !generated.is_empty() {
+            files.push((GENERATED_RULES_FILE.to_string(), generated));
+        }
+        if space.written_rules.as_ref() == Some(&files) {
+            return Ok(());
+        }
+        let before = if wait {
+            self.generations(ns)
+        } else {
+            Vec::new()
+        };
+        kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.written_rules = Some(files);
+        }
+        if wait {
+            self.wait_reloaded(ns, before)?;
+        }
+        Ok(())
+    }
+
+    fn set_rules_quiet(&mut self, ns: &str, files: &[(&str, &str)]) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.user_rules = files
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect();
+        }
+        self.write_rules(ns, true)
+    }
+
+    /// Replaces the user rules (Istio YAML) in a namespace's `remora-mesh-rules` ConfigMap with
+    /// `yaml` and waits (bounded) until every meshed pod there reports a new config generation.
+    pub fn set_rules(&mut self, ns: &str, yaml: &str) -> Result<()> {
+        self.set_rules_quiet(ns, &[("rules.yaml", yaml)])
+    }
+
+    /// The config generation each meshed pod of `ns` reports (`/config_dump`), by pod.
+    fn generations(&self, ns: &str) -> Vec<(usize, Option<u64>)> {
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.namespace == ns && p.meshed)
+            .map(|(i, p)| (i, self.config_generation(p).ok()))
+            .collect()
+    }
+
+    /// Reads `"generation"` (the first numeric field of that name anywhere) from the proxy's
+    /// `/config_dump`.
+    pub fn config_generation(&self, pod: &Pod) -> Result<u64> {
+        let r = self.http_direct(pod, 15020, "GET", "/config_dump")?;
+        if r.status != 200 {
+            bail!("/config_dump answered {}", r.status);
+        }
+        let v = r.json()?;
+        find_number(&v, "generation").ok_or_else(|| anyhow!("/config_dump has no generation field"))
+    }
+
+    fn wait_reloaded(&self, ns: &str, before: Vec<(usize, Option<u64>)>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (i, old) in before {
+            let pod = &self.pods[i];
+            match old {
+                None => std::thread::sleep(Duration::from_millis(1500)),
+                Some(old) => loop {
+                    match self.config_generation(pod) {
+                        Ok(g) if g > old => break,
+                        _ if Instant::now() >= deadline => bail!(
+                            "pod {ns}/{} did not load the new rules within 10 s (generation still {old}); proxy log:\n{}",
+                            pod.name,
+                            pod.container("remora-proxy").map(|c| c.proc.log_tail(20)).unwrap_or_default()
+                        ),
+                        _ => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// The first pod whose name starts with `prefix` (namespace-qualified `ns/prefix` allowed).
+    pub fn pod(&self, prefix: &str) -> Result<&Pod> {
+        let (ns, p) = prefix
+            .split_once('/')
+            .map(|(a, b)| (Some(a), b))
+            .unwrap_or((None, prefix));
+        self.pods
+            .iter()
+            .find(|x| x.name.starts_with(p) && ns.is_none_or(|n| n == x.namespace))
+            .ok_or_else(|| anyhow!("no pod named {prefix}* in the lab"))
+    }
+
+    /// Resolves a host (`name`, `name.ns`, FQDN, or an IP) as the pod's hosts file does.
+    pub fn resolve(&self, from: &Pod, host: &str) -> Result<Ipv4Addr> {
+        if let Ok(ip) = host.parse() {
+            return Ok(ip);
+        }
+        for s in &self.services {
+            let short = s.namespace == from.namespace && host == s.name;
+            if short
+                || host == s.fqdn()
+                || host == format!("{}.{}", s.name, s.namespace)
+                || host == format!("{}.{}.svc", s.name, s.namespace)
+            {
+                return Ok(s.vip);
+            }
+        }
+        bail!("{host} does not resolve in pod {}", from.name)
+    }
+
+    /// An HTTP request from inside `from` (as uid 0, so a meshed pod's sidecar captures it) to
+    /// `host:port` resolved through the lab's services.
+    pub fn http(
+        &self,
+        from: &Pod,
+        host: &str,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpReply> {
+        let ip = self.resolve(from, host)?;
+        let authority = if port == 80 {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        };
+        self.rt.block_on(client::http(
+            &from.netns,
+            SocketAddr::from((ip, port)),
+            &authority,
+            "GET",
+            path,
+            headers,
+            Duration::from_secs(15),
+        ))
+    }
+
+    /// A request from the node (like a kubelet probe or a scrape) to a pod's own port.
+    pub fn http_direct(&self, pod: &Pod, port: u16, method: &str, path: &str) -> Result<HttpReply> {
+        self.rt.block_on(client::http(
+            self.node(),
+            SocketAddr::from((pod.ip, port)),
+            &format!("{}:{port}", pod.ip),
+            method,
+            path,
+            &[],
+            Duration::from_secs(5),
+        ))
+    }
+
+    /// The proxy's Prometheus samples (`:15090/stats/prometheus`).
+    pub fn metrics(&self, pod: &Pod) -> Result<Vec<Sample>> {
+        let r = self.http_direct(pod, 15090, "GET", "/stats/prometheus")?;
+        if r.status != 200 {
+            bail!("{}: /stats/prometheus answered {}", pod.name, r.status);
+        }
+        Ok(client::parse_prometheus(&String::from_utf8_lossy(&r.body)))
+    }
+
+    /// `iptables-save -t nat` inside a pod.
+    pub fn nat_rules(&self, pod: &Pod) -> Result<String> {
+        pod.netns.exec(&["iptables-save", "-t", "nat"])
+    }
+
+    /// Logs of every container (last lines), for failure reports.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        if let Some(h) = &self.webhook {
+            out.push_str(&format!("--- webhook\n{}\n", h.proc.log_tail(lines)));
+        }
+        for p in &self.pods {
+            for c in &p.containers {
+                out.push_str(&format!(
+                    "--- {}/{} {}\n{}\n",
+                    p.namespace,
+                    p.name,
+                    c.name,
+                    c.proc.log_tail(lines)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Stops and deletes everything (also done on drop).
+    pub fn teardown(&mut self) {
+        for p in self.pods.iter_mut().rev() {
+            p.stop();
+        }
+        self.pods.clear();
+        self.webhook = None;
+        self.node = None;
+        if let Some(d) = self.dir.take() {
+            if self.opts.keep_logs {
+                eprintln!("lab: logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The first number stored under `key` in a JSON tree (depth-first).
+pub fn find_number(v: &Value, key: &str) -> Option<u64> {
+    match v {
+        Value::Object(m) => {
+            if let Some(n) = m.get(key).and_then(Value::as_u64) {
+                return Some(n);
+            }
+            m.values().find_map(|x| find_number(x, key))
+        }
+        Value::Array(a) => a.iter().find_map(|x| find_number(x, key)),
+        _ => None,
+    }
+}
