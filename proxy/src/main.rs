@@ -190,6 +190,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         app_probes = probers.probes.len(),
         "remora-proxy starting"
     );
+    // Register the metric families before any traffic.
+    let _ = remora_proxy::telemetry::Metrics::get();
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
     let shared = Arc::new(Shared {
         settings,
