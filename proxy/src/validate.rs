@@ -1,29 +1,48 @@
-//! `remora-proxy validate DIR`: lint a rule set offline.
+//! `remora-proxy validate DIR`: lint a rule set offline — schema errors, unknown subsets,
+//! undefined hosts, weights not summing to 100, unreachable (shadowed) routes.
 
 use std::fmt;
 use std::path::Path;
 
-use crate::rules::LoadContext;
+use crate::rules::host::match_score;
+use crate::rules::load::{self, Decoded};
+use crate::rules::{DestinationRule, LoadContext, LoadError, VirtualService};
 
 /// One finding: `FILE doc N: FIELD: reason`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub file: String,
+    /// 1-based; 0 = the whole file or directory.
     pub document: usize,
     pub field: String,
     pub reason: String,
 }
 
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} doc {}: {}: {}",
-            self.file, self.document, self.field, self.reason
-        )
+impl From<LoadError> for Finding {
+    fn from(e: LoadError) -> Self {
+        Finding {
+            file: e.file,
+            document: e.document,
+            field: e.field,
+            reason: e.reason,
+        }
     }
 }
 
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.document > 0 {
+            write!(f, " doc {}", self.document)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// The result of a validation: errors make `remora-proxy validate` exit 1.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ValidationReport {
     pub errors: Vec<Finding>,
@@ -34,8 +53,19 @@ impl ValidationReport {
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// e.g. `2 errors, 1 warning`.
+    pub fn summary_line(&self) -> String {
+        let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}",
+            plural(self.errors.len(), "error"),
+            plural(self.warnings.len(), "warning")
+        )
+    }
 }
 
+/// One line per finding: `error: ...` lines first, then `warning: ...` lines.
 impl fmt::Display for ValidationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for e in &self.errors {
@@ -48,15 +78,293 @@ impl fmt::Display for ValidationReport {
     }
 }
 
+/// Validate the rules directory `dir` as the proxy in `ctx` would load it.
 pub fn run(dir: &Path, ctx: &LoadContext) -> ValidationReport {
     let mut report = ValidationReport::default();
-    if let Err(e) = crate::rules::load_dir(dir, ctx, 0) {
-        report.errors.push(Finding {
-            file: e.file,
-            document: e.document,
-            field: e.field,
-            reason: e.reason,
-        });
+    let inputs = match load::read_inputs(dir) {
+        Ok(i) => i,
+        Err(e) => {
+            report.errors.push(e.into());
+            return report;
+        }
+    };
+    for (name, why) in &inputs.skipped {
+        if why != "directory" {
+            report.warnings.push(Finding {
+                file: name.clone(),
+                document: 0,
+                field: String::new(),
+                reason: format!("not read: {why}"),
+            });
+        }
+    }
+    let decoded = load::decode_inputs(&inputs, ctx);
+    check_decoded(decoded, ctx, &mut report);
+    report
+}
+
+/// Validate in-memory files (name, YAML text); the same checks as `run`.
+pub fn run_files(files: &[(&str, &str)], ctx: &LoadContext) -> ValidationReport {
+    let mut sorted: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let inputs = load::Inputs {
+        dir: "memory".into(),
+        files: sorted,
+        skipped: Vec::new(),
+        hash: String::new(),
+    };
+    let mut report = ValidationReport::default();
+    check_decoded(load::decode_inputs(&inputs, ctx), ctx, &mut report);
+    report
+}
+
+fn at(file: &str, document: usize, field: String, reason: String) -> Finding {
+    Finding {
+        file: file.to_string(),
+        document,
+        field,
+        reason,
+    }
+}
+
+fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationReport) {
+    report
+        .errors
+        .extend(decoded.errors.iter().cloned().map(Finding::from));
+    for ig in &decoded.ignored {
+        report.warnings.push(at(
+            &ig.file,
+            ig.document,
+            "kind".to_string(),
+            format!("{} {}: {}", ig.kind, ig.name, ig.reason),
+        ));
+    }
+    let cluster_suffix = format!(".svc.{}", ctx.cluster_domain);
+    let host_known = |h: &str| -> bool {
+        h.ends_with(&cluster_suffix)
+            || decoded
+                .service_entries
+                .iter()
+                .any(|se| se.hosts.iter().any(|p| match_score(p, h).is_some()))
+    };
+    let best_dr = |h: &str| -> Option<&DestinationRule> {
+        let mut best: Option<(usize, &DestinationRule)> = None;
+        for dr in &decoded.destination_rules {
+            if let Some(s) = match_score(&dr.host, h) {
+                if best.is_none_or(|(b, _)| s > b) {
+                    best = Some((s, dr));
+                }
+            }
+        }
+        best.map(|(_, d)| d)
+    };
+
+    for (vi, vs) in decoded.virtual_services.iter().enumerate() {
+        let (file, doc) = (&vs.meta.file, vs.meta.document);
+        if !vs.applies_to_mesh {
+            report.warnings.push(at(
+                file,
+                doc,
+                "spec.gateways".to_string(),
+                format!(
+                    "VirtualService {} is bound to gateways only (not \"mesh\"); sidecars do not apply it",
+                    vs.meta.key()
+                ),
+            ));
+        }
+        if vs.tcp_routes + vs.tls_routes > 0 {
+            report.warnings.push(at(
+                file,
+                doc,
+                if vs.tcp_routes > 0 { "spec.tcp" } else { "spec.tls" }.to_string(),
+                "tcp and tls routes are not applied (opaque traffic goes to the original destination)".to_string(),
+            ));
+        }
+        // The same host in an earlier VirtualService: only the first is used.
+        for (hi, h) in vs.hosts.iter().enumerate() {
+            if let Some(prev) = decoded.virtual_services[..vi]
+                .iter()
+                .find(|p| p.applies_to_mesh && vs.applies_to_mesh && p.hosts.contains(h))
+            {
+                report.warnings.push(at(
+                    file,
+                    doc,
+                    format!("spec.hosts[{hi}]"),
+                    format!(
+                        "host {h} is also defined by VirtualService {} ({} doc {}); only that one is used",
+                        prev.meta.key(),
+                        prev.meta.file,
+                        prev.meta.document
+                    ),
+                ));
+            }
+        }
+        check_routes(vs, report, &host_known, &best_dr);
+    }
+
+    for (i, dr) in decoded.destination_rules.iter().enumerate() {
+        if !host_known(&dr.host) && !dr.host.starts_with('*') {
+            report.warnings.push(at(
+                &dr.meta.file,
+                dr.meta.document,
+                "spec.host".to_string(),
+                format!(
+                    "host {} is not defined by any ServiceEntry and is not a cluster-local service name",
+                    dr.host
+                ),
+            ));
+        }
+        if let Some(prev) = decoded.destination_rules[..i]
+            .iter()
+            .find(|p| p.host == dr.host && p.workload_selector == dr.workload_selector)
+        {
+            report.warnings.push(at(
+                &dr.meta.file,
+                dr.meta.document,
+                "spec.host".to_string(),
+                format!(
+                    "host {} is also configured by DestinationRule {} ({} doc {}); only that one is used",
+                    dr.host,
+                    prev.meta.key(),
+                    prev.meta.file,
+                    prev.meta.document
+                ),
+            ));
+        }
     }
     report
+        .errors
+        .sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+    report
+        .warnings
+        .sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+}
+
+fn check_routes<'a>(
+    vs: &VirtualService,
+    report: &mut ValidationReport,
+    host_known: &dyn Fn(&str) -> bool,
+    best_dr: &dyn Fn(&str) -> Option<&'a DestinationRule>,
+) {
+    let (file, doc) = (&vs.meta.file, vs.meta.document);
+    for (ri, r) in vs.http.iter().enumerate() {
+        let rp = format!("spec.http[{ri}]");
+        // Destinations: hosts and subsets.
+        for (di, d) in r.route.iter().enumerate() {
+            let dp = format!("{rp}.route[{di}].destination");
+            let host = &d.destination.host;
+            if !host_known(host) {
+                report.warnings.push(at(
+                    file,
+                    doc,
+                    format!("{dp}.host"),
+                    format!(
+                        "host {host} is not defined by any ServiceEntry and is not a cluster-local service name"
+                    ),
+                ));
+            }
+            if let Some(subset) = &d.destination.subset {
+                let defined =
+                    best_dr(host).is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
+                if !defined {
+                    report.errors.push(at(
+                        file,
+                        doc,
+                        format!("{dp}.subset"),
+                        format!("subset {subset:?} is not defined by any DestinationRule for host {host}"),
+                    ));
+                }
+            }
+        }
+        // Weights.
+        if r.route.len() > 1 {
+            let total: u64 = r.route.iter().map(|d| d.weight.unwrap_or(0) as u64).sum();
+            if total != 100 {
+                report.errors.push(at(
+                    file,
+                    doc,
+                    format!("{rp}.route"),
+                    format!("weights sum to {total}, not 100"),
+                ));
+            }
+        }
+        // Reachability.
+        for (pi, prev) in vs.http[..ri].iter().enumerate() {
+            let catch_all =
+                prev.matches.is_empty() || prev.matches.iter().any(|m| m.is_catch_all());
+            if catch_all {
+                report.errors.push(at(
+                    file,
+                    doc,
+                    rp.clone(),
+                    format!("unreachable: spec.http[{pi}] before it matches every request"),
+                ));
+                break;
+            }
+        }
+        if report
+            .errors
+            .last()
+            .is_some_and(|e| e.field == rp && e.file == *file && e.document == doc)
+        {
+            continue;
+        }
+        if !r.matches.is_empty() {
+            let mut shadowed = Vec::new();
+            for (mi, m) in r.matches.iter().enumerate() {
+                let earlier = vs.http[..ri].iter().enumerate().find_map(|(pi, p)| {
+                    p.matches
+                        .iter()
+                        .position(|pm| pm == m)
+                        .map(|pmi| format!("spec.http[{pi}].match[{pmi}]"))
+                });
+                if let Some(e) = earlier {
+                    shadowed.push((mi, e));
+                }
+            }
+            if shadowed.len() == r.matches.len() {
+                let list: Vec<&str> = shadowed.iter().map(|(_, e)| e.as_str()).collect();
+                report.errors.push(at(
+                    file,
+                    doc,
+                    rp.clone(),
+                    format!(
+                        "unreachable: every match is identical to an earlier one ({})",
+                        list.join(", ")
+                    ),
+                ));
+            } else {
+                for (mi, e) in shadowed {
+                    report.warnings.push(at(
+                        file,
+                        doc,
+                        format!("{rp}.match[{mi}]"),
+                        format!("never used: identical to {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_plurals() {
+        let mut r = ValidationReport::default();
+        assert_eq!(r.summary_line(), "0 errors, 0 warnings");
+        r.errors.push(Finding {
+            file: "a".into(),
+            document: 1,
+            field: "f".into(),
+            reason: "r".into(),
+        });
+        assert_eq!(r.summary_line(), "1 error, 0 warnings");
+        assert_eq!(r.to_string(), "error: a doc 1: f: r\n");
+    }
 }
