@@ -309,6 +309,21 @@ const F_EXCLUDE_IF: &str = "-c/--istio-exclude-interfaces";
 const F_VIRT_IF: &str = "-k/--kube-virt-interfaces";
 
 impl Flags {
+    /// Parse `args` (program name first) from the command line alone, ignoring the environment
+    /// variables the flags normally fall back to. For callers that check arguments rendered for
+    /// another process (the webhook), whose own environment must not leak into the result.
+    pub fn try_parse_args_only<I, T>(args: I) -> Result<Flags, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Flags::command()
+            .mut_args(|a| a.env(None::<&'static str>))
+            .try_get_matches_from(args)?;
+        Flags::from_arg_matches(&matches)
+    }
+
     /// Check every flag; the first error found, naming flag, value and reason.
     pub fn validate(&self) -> Result<CaptureConfig, FlagError> {
         self.validate_all().map_err(|mut errors| errors.remove(0))

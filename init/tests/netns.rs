@@ -617,3 +617,24 @@ fn ipv6_cidrs_are_per_family() {
         ],
     );
 }
+
+#[test]
+fn legacy_backend_captures_the_same_way() {
+    use Side::*;
+    run_case(
+        "legacy",
+        &args(&["--iptables-mode", "legacy"]),
+        false,
+        vec![
+            inbound(Peer, ROOT, "10.213.0.2:9080"),
+            app(Peer, ROOT, "10.213.0.2:15021"),
+            outbound(Pod, ROOT, "10.213.0.1:8080"),
+            peer(PROXY, "10.213.0.1:8080"),
+            inbound(Pod, PROXY, "10.213.0.2:9080"),
+            Probe {
+                src: Some("127.0.0.6"),
+                ..app(Pod, PROXY, "10.213.0.2:9080")
+            },
+        ],
+    );
+}
