@@ -25,6 +25,9 @@ pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInbound
 pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+/// Deprecated by Istio in favour of `istio.io/reroute-virtual-interfaces`, which wins.
+pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
 pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
 pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
 pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
@@ -232,6 +235,7 @@ pub struct PodOptions {
     pub include_outbound_ports: Vec<String>,
     pub exclude_outbound_ports: Vec<String>,
     pub exclude_interfaces: Vec<String>,
+    pub virtual_interfaces: Vec<String>,
     pub readiness_initial_delay: Option<i64>,
     pub readiness_period: Option<i64>,
     pub readiness_failure_threshold: Option<i64>,
@@ -257,6 +261,7 @@ impl PodOptions {
             include_outbound_ports: vec![],
             exclude_outbound_ports: vec![],
             exclude_interfaces: vec![],
+            virtual_interfaces: vec![],
             readiness_initial_delay: None,
             readiness_period: None,
             readiness_failure_threshold: None,
@@ -331,22 +336,16 @@ impl PodOptions {
             }
         }
         // A request above its limit would be rejected by the API server later, less clearly.
-        for res in ["cpu", "memory"] {
-            let req = opts
-                .requests
-                .get(res)
-                .or(cfg.proxy.resources.requests.get(res));
-            let lim = opts.limits.get(res).or(cfg.proxy.resources.limits.get(res));
-            if let (Some(r), Some(l)) = (req, lim) {
+        // (As in Istio, any of these annotations replaces the configured resources entirely.)
+        for (res, rk, lk) in [
+            ("cpu", PROXY_CPU, PROXY_CPU_LIMIT),
+            ("memory", PROXY_MEMORY, PROXY_MEMORY_LIMIT),
+        ] {
+            if let (Some(r), Some(l)) = (opts.requests.get(res), opts.limits.get(res)) {
                 if let (Ok(rv), Ok(lv)) = (parse_quantity(r), parse_quantity(l)) {
                     if rv > lv {
-                        let (rk, lk) = if res == "cpu" {
-                            (PROXY_CPU, PROXY_CPU_LIMIT)
-                        } else {
-                            (PROXY_MEMORY, PROXY_MEMORY_LIMIT)
-                        };
                         errs.push(format!(
-                            "annotation {rk}: invalid value {r:?}: the proxy {res} request is above its limit {l:?} ({lk} or the config)"
+                            "annotation {rk}: invalid value {r:?}: the proxy {res} request is above its limit {l:?} ({lk})"
                         ));
                     }
                 }
@@ -386,6 +385,14 @@ impl PodOptions {
             match parse_interfaces(EXCLUDE_INTERFACES, v) {
                 Ok(l) => opts.exclude_interfaces = l,
                 Err(e) => errs.push(e),
+            }
+        }
+        for key in [KUBEVIRT_INTERFACES, REROUTE_VIRTUAL_INTERFACES] {
+            if let Some(v) = get(key) {
+                match parse_interfaces(key, v) {
+                    Ok(l) => opts.virtual_interfaces = l,
+                    Err(e) => errs.push(e),
+                }
             }
         }
         for (key, min, slot) in [

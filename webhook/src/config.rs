@@ -288,11 +288,16 @@ impl ConfigHandle {
             let _keep = watcher;
             let mut tick = tokio::time::interval(poll);
             tick.tick().await;
+            let mut events = true;
             loop {
                 tokio::select! {
-                    ev = rx.recv() => {
-                        if ev.is_none() { break; }
-                        // Let the kubelet finish its symlink swap.
+                    ev = rx.recv(), if events => {
+                        if ev.is_none() {
+                            // No watcher left (e.g. inotify unavailable): keep polling.
+                            events = false;
+                            continue;
+                        }
+                        // Let the writer (kubelet symlink swap, cert then key) finish.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         while rx.try_recv().is_ok() {}
                     }

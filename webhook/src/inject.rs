@@ -189,9 +189,27 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
 
     let mut notes = Vec::new();
     let probers = if opts.rewrite_probes {
-        let r = probes::rewrite(&mut containers, &probers_of(&removed));
+        let previous = probers_of(&removed);
+        let r = probes::rewrite(&mut containers, &previous);
         notes.extend(r.notes);
-        r.probers
+        let mut probers = r.probers;
+        // The pod's own native sidecars (init containers with restartPolicy Always) have probes
+        // that run for the pod's life too.
+        let mut sidecars: Vec<Value> = Vec::new();
+        let mut idx = Vec::new();
+        for (i, c) in inits.iter().enumerate() {
+            if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+                sidecars.push(c.clone());
+                idx.push(i);
+            }
+        }
+        let r = probes::rewrite(&mut sidecars, &previous);
+        notes.extend(r.notes);
+        probers.extend(r.probers);
+        for (i, c) in idx.into_iter().zip(sidecars) {
+            inits[i] = c;
+        }
+        probers
     } else {
         Map::new()
     };
@@ -200,6 +218,25 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         .and_then(Value::as_i64);
     let proxy = template::proxy_container(cfg, &opts, &probers, grace);
     let init = template::init_container(cfg, &opts);
+    if init.is_some() {
+        // The init program's own parser is the one definition of its flags: check against it.
+        let args = template::init_args(cfg, &opts);
+        let parsed = <remora_init::flags::Flags as clap::Parser>::try_parse_from(
+            std::iter::once("remora-init".to_string()).chain(args),
+        );
+        match parsed.map_err(|e| vec![e.to_string()]).and_then(|f| {
+            f.validate_all()
+                .map_err(|es| es.iter().map(ToString::to_string).collect())
+        }) {
+            Ok(_) => {}
+            Err(es) => {
+                return Outcome::Denied(format!(
+                    "the traffic annotations give remora-init arguments it rejects: {}",
+                    es.join("; ")
+                ))
+            }
+        }
+    }
 
     let mut status_init: Vec<&str> = Vec::new();
     let mut status_containers: Vec<&str> = Vec::new();

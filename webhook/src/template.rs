@@ -61,6 +61,7 @@ pub fn init_args(cfg: &Config, o: &PodOptions) -> Vec<String> {
         ("-q", &o.include_outbound_ports),
         ("-o", &o.exclude_outbound_ports),
         ("-c", &o.exclude_interfaces),
+        ("-k", &o.virtual_interfaces),
     ] {
         if !list.is_empty() {
             args.push(flag.into());
@@ -70,15 +71,17 @@ pub fn init_args(cfg: &Config, o: &PodOptions) -> Vec<String> {
     args
 }
 
+/// The configured resources, or (as in Istio) only the annotated ones when any is annotated.
 fn resources(
     base: &Resources,
     req: &BTreeMap<String, String>,
     lim: &BTreeMap<String, String>,
 ) -> Value {
-    let mut requests = base.requests.clone();
-    requests.extend(req.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut limits = base.limits.clone();
-    limits.extend(lim.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let (requests, limits) = if req.is_empty() && lim.is_empty() {
+        (base.requests.clone(), base.limits.clone())
+    } else {
+        (req.clone(), lim.clone())
+    };
     let mut out = Map::new();
     if !requests.is_empty() {
         out.insert("requests".into(), json!(requests));
@@ -300,6 +303,13 @@ mod tests {
                 "REMORA_LOG_LEVEL"
             ]
         );
+        let cpu = proxy_container(
+            &Config::default(),
+            &opts(&[("sidecar.istio.io/proxyCPU", "4")]),
+            &Map::new(),
+            None,
+        );
+        assert_eq!(cpu["resources"], json!({"requests": {"cpu": "4"}}));
         let short = proxy_container(
             &Config::default(),
             &opts(&[("sidecar.istio.io/nativeSidecar", "false")]),

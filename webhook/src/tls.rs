@@ -107,11 +107,16 @@ impl CertResolver {
             let _keep = watchers;
             let mut tick = tokio::time::interval(poll);
             tick.tick().await;
+            let mut events = true;
             loop {
                 tokio::select! {
-                    ev = rx.recv() => {
-                        if ev.is_none() { break; }
-                        // Writers replace cert and key one after the other; let both land.
+                    ev = rx.recv(), if events => {
+                        if ev.is_none() {
+                            // No watcher left (e.g. inotify unavailable): keep polling.
+                            events = false;
+                            continue;
+                        }
+                        // Let the writer (kubelet symlink swap, cert then key) finish.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         while rx.try_recv().is_ok() {}
                     }
@@ -132,6 +137,11 @@ impl CertResolver {
         .with_no_client_auth()
         .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No session resumption: a resumed session would keep the identity of the certificate
+        // it began with, so after a rotation every new connection does a full handshake with the
+        // current certificate. (The API server keeps connections alive; the cost is small.)
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(cfg)
     }
 }
