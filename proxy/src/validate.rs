@@ -300,7 +300,7 @@ fn check_routes<'a>(
                     file,
                     doc,
                     rp.clone(),
-                    format!("unreachable: spec.http[{pi}] before it matches every request"),
+                    format!("unreachable: spec.http[{pi}] matches every request before it"),
                 ));
                 break;
             }

@@ -1,0 +1,176 @@
+//! `remora-proxy validate`: good and bad rule sets with the exact report lines, Istio's
+//! Bookinfo rules in place, and the binary's exit code.
+
+use std::path::{Path, PathBuf};
+
+use remora_proxy::rules::LoadContext;
+use remora_proxy::validate::{run, run_files, ValidationReport};
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/validate")
+        .join(p)
+}
+
+fn bookinfo() -> PathBuf {
+    match std::env::var_os("REMORA_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
+    .join("anchors/istio/networking")
+}
+
+const BAD_REPORT: &str = r#"error: a-schema.yaml doc 1: spec.http[0].route[0].weight: expected an integer, found the string "100" (remove the quotes)
+error: a-schema.yaml doc 2: spec.ports[0].protocol: unknown protocol "POSTGRES" (HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP)
+error: b-subsets.yaml doc 1: spec.http[0].route[0].destination.subset: subset "v9" is not defined by any DestinationRule for host ratings.default.svc.cluster.local
+error: c-weights.yaml doc 1: spec.http[0].route: weights sum to 90, not 100
+error: d-shadowed.yaml doc 1: spec.http[2]: unreachable: every match is identical to an earlier one (spec.http[0].match[0])
+error: d-shadowed.yaml doc 1: spec.http[4]: unreachable: spec.http[3] matches every request before it
+warning: d-shadowed.yaml doc 1: spec.http[1].match[0]: never used: identical to spec.http[0].match[0]
+warning: e-hosts-and-gateways.yaml doc 1: spec.http[0].route[0].destination.host: host billing.example.org is not defined by any ServiceEntry and is not a cluster-local service name
+warning: e-hosts-and-gateways.yaml doc 2: kind: Gateway default/public: Gateway configures gateway proxies, not sidecars; not applied
+"#;
+
+#[test]
+fn good_rule_set_is_clean() {
+    let r = run(&data("good"), &LoadContext::default());
+    assert_eq!(r, ValidationReport::default(), "{r}");
+    assert!(r.is_ok());
+}
+
+#[test]
+fn bad_rule_set_exact_report() {
+    let r = run(&data("bad"), &LoadContext::default());
+    assert_eq!(r.to_string(), BAD_REPORT);
+    assert_eq!(r.summary_line(), "6 errors, 3 warnings");
+    assert!(!r.is_ok());
+}
+
+#[test]
+fn missing_directory_is_an_error() {
+    let r = run(&data("does-not-exist"), &LoadContext::default());
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(
+        r.to_string(),
+        format!(
+            "error: {}: cannot read the rules directory: No such file or directory (os error 2)\n",
+            data("does-not-exist").display()
+        )
+    );
+}
+
+fn vs(name: &str, body: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n{body}---\n")
+}
+
+#[test]
+fn single_file_findings() {
+    let cases: Vec<(String, &str)> = vec![
+        // Two VirtualServices for one host: the second is never used.
+        (
+            vs("a", "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n")
+                + &vs("b", "  hosts: [reviews.default.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]\n"),
+            "warning: t.yaml doc 2: spec.hosts[0]: host reviews.default.svc.cluster.local is also defined by VirtualService default/a (t.yaml doc 1); only that one is used\n",
+        ),
+        // A VirtualService for a gateway only.
+        (
+            vs("gw", "  hosts: [shop.example.com]\n  gateways: [public-gw]\n  http: [{route: [{destination: {host: shop}}]}]\n"),
+            "warning: t.yaml doc 1: spec.gateways: VirtualService default/gw is bound to gateways only (not \"mesh\"); sidecars do not apply it\n",
+        ),
+        // tcp routes are parsed but not applied.
+        (
+            vs("db", "  hosts: [db]\n  tcp: [{route: [{destination: {host: db}}]}]\n"),
+            "warning: t.yaml doc 1: spec.tcp: tcp and tls routes are not applied (opaque traffic goes to the original destination)\n",
+        ),
+        // Weights over 100 are as wrong as under.
+        (
+            vs("w", "  hosts: [w]\n  http: [{route: [{destination: {host: w}, weight: 60}, {destination: {host: w}, weight: 60}]}]\n"),
+            "error: t.yaml doc 1: spec.http[0].route: weights sum to 120, not 100\n",
+        ),
+        // A single destination needs no weight.
+        (vs("one", "  hosts: [one]\n  http: [{route: [{destination: {host: one}}]}]\n"), ""),
+        // A match block with no condition matches everything too.
+        (
+            vs("m", "  hosts: [m]\n  http:\n  - match: [{uri: {prefix: /a}}, {}]\n    route: [{destination: {host: m}}]\n  - match: [{uri: {prefix: /b}}]\n    route: [{destination: {host: m}}]\n"),
+            "error: t.yaml doc 1: spec.http[1]: unreachable: spec.http[0] matches every request before it\n",
+        ),
+        // Different conditions are not shadowing.
+        (
+            vs("n", "  hosts: [n]\n  http:\n  - match: [{uri: {prefix: /a}, ignoreUriCase: true}]\n    route: [{destination: {host: n}}]\n  - match: [{uri: {prefix: /a}, method: {exact: POST}}]\n    route: [{destination: {host: n}}]\n"),
+            "",
+        ),
+        // Two DestinationRules for one host.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r1}\nspec: {host: reviews}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r2}\nspec: {host: reviews.default.svc.cluster.local}\n".to_string(),
+            "warning: t.yaml doc 2: spec.host: host reviews.default.svc.cluster.local is also configured by DestinationRule default/r1 (t.yaml doc 1); only that one is used\n",
+        ),
+        // A wildcard ServiceEntry defines the hosts under it.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec: {hosts: [\"*.example.com\"], ports: [{number: 443, name: tls}]}\n---\n".to_string()
+                + &vs("x", "  hosts: [api.example.com]\n  tls: []\n  http: [{route: [{destination: {host: api.example.com}}]}]\n"),
+            "",
+        ),
+    ];
+    for (text, want) in cases {
+        let r = run_files(&[("t.yaml", &text)], &LoadContext::default());
+        assert_eq!(r.to_string(), want, "{text}");
+    }
+}
+
+#[test]
+fn bookinfo_rules_in_place() {
+    let ctx = LoadContext::default();
+    let read = |f: &str| std::fs::read_to_string(bookinfo().join(f)).unwrap();
+    // (files, exact report)
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["virtual-service-all-v1.yaml", "destination-rule-all.yaml"], String::new()),
+        (vec!["virtual-service-reviews-80-20.yaml", "destination-rule-all-mtls.yaml"], String::new()),
+        (vec!["virtual-service-reviews-jason-v2-v3.yaml", "destination-rule-reviews.yaml"], String::new()),
+        (vec!["egress-rule-google-apis.yaml"], String::new()),
+        (
+            vec!["virtual-service-reviews-v3.yaml"],
+            "error: virtual-service-reviews-v3.yaml doc 1: spec.http[0].route[0].destination.subset: subset \"v3\" is not defined by any DestinationRule for host reviews.default.svc.cluster.local\n".to_string(),
+        ),
+        (
+            vec!["fault-injection-details-v1.yaml"],
+            "error: fault-injection-details-v1.yaml doc 1: spec.http[1]: unreachable: spec.http[0] matches every request before it\n".to_string(),
+        ),
+        (
+            vec!["bookinfo-gateway.yaml"],
+            "warning: bookinfo-gateway.yaml doc 1: kind: Gateway default/bookinfo-gateway: Gateway configures gateway proxies, not sidecars; not applied\n\
+             warning: bookinfo-gateway.yaml doc 2: spec.gateways: VirtualService default/bookinfo is bound to gateways only (not \"mesh\"); sidecars do not apply it\n".to_string(),
+        ),
+    ];
+    for (files, want) in cases {
+        let texts: Vec<(&str, String)> = files.iter().map(|f| (*f, read(f))).collect();
+        let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        let r = run_files(&refs, &ctx);
+        assert_eq!(r.to_string(), want, "{files:?}");
+    }
+}
+
+#[test]
+fn binary_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_remora-proxy");
+    let out = std::process::Command::new(bin)
+        .args(["validate"])
+        .arg(data("bad"))
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(BAD_REPORT), "{stdout}");
+    let out = std::process::Command::new(bin)
+        .args(["validate"])
+        .arg(data("good"))
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
