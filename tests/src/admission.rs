@@ -166,13 +166,12 @@ impl Webhook {
         );
         let gvk = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
         let gvr = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
-        let review = serde_json::json!({
+        let mut review = serde_json::json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
                 "uid": uid,
                 "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
-                "name": pod.pointer("/metadata/name").cloned().unwrap_or(serde_json::Value::Null),
                 "namespace": namespace,
                 "operation": "CREATE",
                 "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
@@ -182,6 +181,10 @@ impl Webhook {
                 "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
             }
         });
+        // The apiserver omits `name` (omitempty) for generateName pods.
+        if let Some(name) = pod.pointer("/metadata/name") {
+            review["request"]["name"] = name.clone();
+        }
         let (status, body) = self
             .request("POST", "/inject", Bytes::from(serde_json::to_vec(&review)?))
             .await?;

@@ -866,6 +866,20 @@ impl Lab {
 
     /// Stops and deletes everything (also done on drop).
     pub fn teardown(&mut self) {
+        // Apps first, then sidecars (native sidecars stop after the app), all pods at once.
+        let mut apps: Vec<&mut crate::netns::Proc> = Vec::new();
+        let mut sidecars: Vec<&mut crate::netns::Proc> = Vec::new();
+        for p in self.pods.iter_mut() {
+            for c in p.containers.iter_mut() {
+                if c.name == "remora-proxy" {
+                    sidecars.push(&mut c.proc);
+                } else {
+                    apps.push(&mut c.proc);
+                }
+            }
+        }
+        crate::netns::stop_all(&mut apps, Duration::from_secs(2));
+        crate::netns::stop_all(&mut sidecars, Duration::from_secs(2));
         for p in self.pods.iter_mut().rev() {
             p.stop();
         }

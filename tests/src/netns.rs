@@ -134,6 +134,34 @@ impl Netns {
             .with_context(|| format!("connecting to {addr} from netns {}", self.name))
     }
 
+    /// A TCP connection made from inside this namespace by a thread running as `uid`/`gid`
+    /// (per-thread credentials via the raw syscalls, so the rest of the process is unaffected),
+    /// e.g. as the proxy's uid 1337, which capture exempts.
+    pub fn connect_as(
+        &self,
+        addr: SocketAddr,
+        uid: u32,
+        gid: u32,
+        timeout: Duration,
+    ) -> Result<TcpStream> {
+        self.enter(|| {
+            // SAFETY: raw setresgid/setresuid change only this (short-lived) thread's credentials.
+            let rc = unsafe {
+                let g = libc::syscall(libc::SYS_setresgid, gid, gid, gid);
+                if g != 0 {
+                    g
+                } else {
+                    libc::syscall(libc::SYS_setresuid, uid, uid, uid)
+                }
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            TcpStream::connect_timeout(&addr, timeout)
+        })?
+        .with_context(|| format!("connecting to {addr} as uid {uid} from netns {}", self.name))
+    }
+
     /// A listening socket bound inside this namespace.
     pub fn listen(&self, addr: SocketAddr) -> Result<TcpListener> {
         self.enter(|| TcpListener::bind(addr))?
@@ -232,6 +260,17 @@ impl Proc {
         }
     }
 
+    /// Sends SIGTERM without waiting (see [`stop_all`]).
+    pub fn terminate(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        if self.exited().is_none() {
+            let _ = kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                Signal::SIGTERM,
+            );
+        }
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
@@ -241,6 +280,21 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Stops many processes at once: SIGTERM to all, up to `grace` for all of them together, then
+/// SIGKILL to the rest.
+pub fn stop_all(procs: &mut [&mut Proc], grace: Duration) {
+    for p in procs.iter_mut() {
+        p.terminate();
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && procs.iter_mut().any(|p| p.exited().is_none()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in procs.iter_mut() {
+        p.stop(Duration::ZERO);
     }
 }
 

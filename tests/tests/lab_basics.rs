@@ -42,3 +42,121 @@ fn unmeshed_bookinfo_spreads_over_backends_through_kube_proxy() {
     assert!(rules.contains("-A OUTPUT -j KUBE-SERVICES"), "{rules}");
     assert!(rules.contains("--mode random --probability"), "{rules}");
 }
+
+/// A pod with the real remora-init capture (the webhook's args) and a capture probe on 15001
+/// running as the proxy's uid, plus a backend Service. No webhook: the spec is written by hand.
+const CAPTURE_ORDER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: backend}
+spec:
+  selector: {app: backend}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, labels: {app: backend}}
+spec:
+  containers:
+  - name: backend
+    command: ["lab-app", "http", "--service", "backend", "--port", "8080"]
+    readinessProbe: {tcpSocket: {port: 8080}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: captured, labels: {app: captured}}
+spec:
+  initContainers:
+  - name: remora-init
+    command: ["remora-init"]
+    args: ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"]
+    securityContext:
+      runAsUser: 0
+      allowPrivilegeEscalation: false
+      capabilities: {add: [NET_ADMIN, NET_RAW], drop: [ALL]}
+  containers:
+  - name: probe
+    command: ["lab-app", "orig-dst", "--port", "15001"]
+    securityContext: {runAsUser: 1337, runAsGroup: 1337}
+"#;
+
+fn read_all(mut s: std::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: backend:8080\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// kube-proxy's DNAT must come after the sidecar's capture jump in OUTPUT: the app's connection to
+/// a service IP is captured with the service IP as original destination (as in a cluster, where
+/// kube-proxy runs on the node), the proxy's own connection (uid 1337) is DNATed to a backend.
+/// Placed first, the DNAT would hide the connection from capture entirely (nat is consulted once).
+#[test]
+fn kube_proxy_dnat_runs_after_capture() {
+    let mut lab = Lab::start(LabOptions::default()).expect("lab starts");
+    lab.create_namespace("plain", &[]).unwrap();
+    lab.apply(CAPTURE_ORDER, "plain")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs(20)));
+    let pod = lab.pod("captured").unwrap();
+    let backend = lab.pod("backend").unwrap();
+    let vip = lab.service("plain", "backend").unwrap().vip;
+    let addr = std::net::SocketAddr::from((vip, 8080));
+    let t = std::time::Duration::from_secs(2);
+
+    let rules = lab.nat_rules(pod).unwrap();
+    let output: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.starts_with("-A OUTPUT"))
+        .collect();
+    assert_eq!(output.len(), 2, "{rules}");
+    assert!(
+        output[0].contains("REMORA_OUTPUT") && output[1].ends_with("-j KUBE-SERVICES"),
+        "{rules}"
+    );
+
+    let app = read_all(pod.netns.connect(addr, t).unwrap());
+    assert_eq!(
+        app.trim(),
+        format!("ORIG {vip}:8080"),
+        "the app's connection is captured first"
+    );
+    let proxy = read_all(pod.netns.connect_as(addr, 1337, 1337, t).unwrap());
+    assert!(
+        proxy.starts_with("HTTP/1.0 200")
+            && proxy.contains(&format!("\"pod\":\"{}\"", backend.name)),
+        "{proxy}"
+    );
+
+    // The wrong order, for contrast: DNAT first, capture never sees the connection.
+    pod.netns
+        .exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-D",
+            "OUTPUT",
+            "-j",
+            "KUBE-SERVICES",
+        ])
+        .unwrap();
+    pod.netns
+        .exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-I",
+            "OUTPUT",
+            "1",
+            "-j",
+            "KUBE-SERVICES",
+        ])
+        .unwrap();
+    let bypassed = read_all(pod.netns.connect(addr, t).unwrap());
+    assert!(
+        bypassed.starts_with("HTTP/1.0 200"),
+        "with DNAT first the app reaches the backend uncaptured: {bypassed}"
+    );
+}

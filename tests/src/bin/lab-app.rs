@@ -74,6 +74,8 @@ enum Mode {
     GrpcEcho,
     /// Redis-like line protocol: PING, SET k v, GET k, WHO.
     Kv,
+    /// Answers each connection with `ORIG <SO_ORIGINAL_DST>` and closes (a capture probe).
+    OrigDst,
 }
 
 struct App {
@@ -270,9 +272,9 @@ async fn handle(app: Arc<App>, req: http::Request<Incoming>) -> Result<http::Res
             }
         }
         Mode::GrpcEcho => grpc_echo(&pod, req).await?,
-        Mode::Kv => json_reply(
+        Mode::Kv | Mode::OrigDst => json_reply(
             400,
-            serde_json::json!({"error": "kv speaks a line protocol, not HTTP"}),
+            serde_json::json!({"error": "this mode does not speak HTTP"}),
         ),
     })
 }
@@ -344,6 +346,12 @@ async fn kv_conn(app: Arc<App>, stream: tokio::net::TcpStream) -> Result<()> {
     Ok(())
 }
 
+fn orig_dst(s: &tokio::net::TcpStream) -> Result<SocketAddr> {
+    let sin = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::OriginalDst)?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+}
+
 async fn serve(app: Arc<App>, port: u16) -> Result<()> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -362,6 +370,16 @@ async fn serve(app: Arc<App>, port: u16) -> Result<()> {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
+            if matches!(app.mode, Mode::OrigDst) {
+                let answer = match orig_dst(&stream) {
+                    Ok(a) => format!("ORIG {a}\n"),
+                    Err(e) => format!("ERR {e}\n"),
+                };
+                let mut stream = stream;
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             if matches!(app.mode, Mode::Kv) {
                 if let Err(e) = kv_conn(app, stream).await {
                     eprintln!("kv connection: {e:#}");
