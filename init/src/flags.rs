@@ -293,6 +293,88 @@ impl CaptureConfig {
     }
 }
 
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl CaptureConfig {
+    /// What will be captured, in plain words, one line per aspect (for the log).
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.push(match &self.inbound {
+            InboundCapture::Disabled => "inbound: nothing is captured (-b is empty)".to_string(),
+            InboundCapture::AllExcept(ex) => {
+                let mut ports: Vec<String> = ex.iter().map(u16::to_string).collect();
+                ports.push(format!("{} (tunnel)", self.inbound_tunnel_port));
+                format!(
+                    "inbound: every TCP port except {} is redirected to {}",
+                    ports.join(", "),
+                    self.inbound_capture_port
+                )
+            }
+            InboundCapture::Only(ports) => format!(
+                "inbound: TCP ports {} are redirected to {}; other ports are not captured",
+                join(ports),
+                self.inbound_capture_port
+            ),
+        });
+        let mut outbound = match &self.outbound {
+            OutboundCapture::Disabled => {
+                "outbound: no destination is captured (-i is empty)".to_string()
+            }
+            OutboundCapture::All => format!(
+                "outbound: every destination is redirected to {}",
+                self.proxy_port
+            ),
+            OutboundCapture::Cidrs(nets) => format!(
+                "outbound: destinations in {} are redirected to {}",
+                join(nets),
+                self.proxy_port
+            ),
+        };
+        outbound.push_str(", except loopback");
+        if !self.outbound_exclude.is_empty() {
+            outbound.push_str(&format!(" and {}", join(&self.outbound_exclude)));
+        }
+        out.push(outbound);
+        if !self.outbound_ports_include.is_empty() {
+            out.push(format!(
+                "outbound: TCP ports {} are always redirected to {}",
+                join(&self.outbound_ports_include),
+                self.proxy_port
+            ));
+        }
+        if !self.outbound_ports_exclude.is_empty() {
+            out.push(format!(
+                "outbound: ports {} (TCP and UDP) are never captured",
+                join(&self.outbound_ports_exclude)
+            ));
+        }
+        out.push(format!(
+            "exempt: uid {} and gid {} (the proxy), and connections from 127.0.0.6 / ::6 (the proxy forwarding inbound); the proxy calling its own pod IP is captured as inbound",
+            join(&self.proxy_uids),
+            join(&self.proxy_gids)
+        ));
+        if !self.exclude_interfaces.is_empty() {
+            out.push(format!(
+                "interfaces never captured: {}",
+                self.exclude_interfaces.join(", ")
+            ));
+        }
+        if !self.kube_virt_interfaces.is_empty() {
+            out.push(format!(
+                "virtual interfaces (their inbound is treated as outbound): {}",
+                self.kube_virt_interfaces.join(", ")
+            ));
+        }
+        out
+    }
+}
+
 const F_PROXY_PORT: &str = "-p/--envoy-port";
 const F_INBOUND_PORT: &str = "-z/--inbound-capture-port";
 const F_TUNNEL_PORT: &str = "-e/--inbound-tunnel-port";
@@ -410,35 +492,124 @@ impl Flags {
         })
     }
 
-    /// The flags as `name=value` pairs, in a fixed order, for the start-up log.
+    /// The flags as `(name, value)` pairs, in a fixed order, for the start-up log.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
+        self.entries().into_iter().map(|(n, _, v)| (n, v)).collect()
+    }
+
+    /// Parse the process's own command line (and environment), keeping where each value came
+    /// from: `(flags, lines)` where each line reads `-p/--envoy-port = "15001" (default)`,
+    /// `(command line)` or `(env ENVOY_PORT)`.
+    pub fn parse_with_sources() -> Result<(Flags, Vec<String>), clap::Error> {
+        Self::parse_with_sources_from(std::env::args_os())
+    }
+
+    /// [`Flags::parse_with_sources`] for given arguments (program name first).
+    pub fn parse_with_sources_from<I, T>(args: I) -> Result<(Flags, Vec<String>), clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Flags::command();
+        let matches = cmd.clone().try_get_matches_from(args)?;
+        let flags = Flags::from_arg_matches(&matches)?;
+        let lines = flags
+            .entries()
+            .into_iter()
+            .map(|(name, id, value)| {
+                let source = match matches.value_source(id) {
+                    Some(ValueSource::CommandLine) => "command line".to_string(),
+                    Some(ValueSource::EnvVariable) => {
+                        let env = cmd
+                            .get_arguments()
+                            .find(|a| a.get_id() == id)
+                            .and_then(|a| a.get_env())
+                            .map(|e| e.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        format!("env {env}")
+                    }
+                    Some(ValueSource::DefaultValue) => "default".to_string(),
+                    _ => "unset".to_string(),
+                };
+                format!("{name} = {value:?} ({source})")
+            })
+            .collect();
+        Ok((flags, lines))
+    }
+
+    /// (label, clap id, value) of every flag.
+    fn entries(&self) -> Vec<(&'static str, &'static str, String)> {
         vec![
-            (F_PROXY_PORT, self.proxy_port.clone()),
-            (F_INBOUND_PORT, self.inbound_capture_port.clone()),
-            (F_TUNNEL_PORT, self.inbound_tunnel_port.clone()),
-            (F_UID, self.proxy_uid.clone()),
+            (F_PROXY_PORT, "proxy_port", self.proxy_port.clone()),
+            (
+                F_INBOUND_PORT,
+                "inbound_capture_port",
+                self.inbound_capture_port.clone(),
+            ),
+            (
+                F_TUNNEL_PORT,
+                "inbound_tunnel_port",
+                self.inbound_tunnel_port.clone(),
+            ),
+            (F_UID, "proxy_uid", self.proxy_uid.clone()),
             (
                 F_GID,
+                "proxy_gid",
                 self.proxy_gid
                     .clone()
-                    .unwrap_or_else(|| format!("(unset: same as -u, {})", self.proxy_uid)),
+                    .unwrap_or_else(|| format!("same as -u: {}", self.proxy_uid)),
             ),
-            (F_MODE, self.mode.clone()),
-            (F_INCLUDE_CIDR, self.outbound_ip_ranges_include.clone()),
-            (F_EXCLUDE_CIDR, self.outbound_ip_ranges_exclude.clone()),
-            (F_INBOUND_PORTS, self.inbound_ports_include.clone()),
-            (F_INBOUND_EXCLUDE, self.inbound_ports_exclude.clone()),
-            (F_OUTBOUND_PORTS, self.outbound_ports_include.clone()),
-            (F_OUTBOUND_EXCLUDE, self.outbound_ports_exclude.clone()),
-            (F_EXCLUDE_IF, self.exclude_interfaces.clone()),
-            (F_VIRT_IF, self.kube_virt_interfaces.clone()),
-            ("-n/--dry-run", self.dry_run.to_string()),
-            ("--cleanup", self.cleanup.to_string()),
+            (F_MODE, "mode", self.mode.clone()),
+            (
+                F_INCLUDE_CIDR,
+                "outbound_ip_ranges_include",
+                self.outbound_ip_ranges_include.clone(),
+            ),
+            (
+                F_EXCLUDE_CIDR,
+                "outbound_ip_ranges_exclude",
+                self.outbound_ip_ranges_exclude.clone(),
+            ),
+            (
+                F_INBOUND_PORTS,
+                "inbound_ports_include",
+                self.inbound_ports_include.clone(),
+            ),
+            (
+                F_INBOUND_EXCLUDE,
+                "inbound_ports_exclude",
+                self.inbound_ports_exclude.clone(),
+            ),
+            (
+                F_OUTBOUND_PORTS,
+                "outbound_ports_include",
+                self.outbound_ports_include.clone(),
+            ),
+            (
+                F_OUTBOUND_EXCLUDE,
+                "outbound_ports_exclude",
+                self.outbound_ports_exclude.clone(),
+            ),
+            (
+                F_EXCLUDE_IF,
+                "exclude_interfaces",
+                self.exclude_interfaces.clone(),
+            ),
+            (
+                F_VIRT_IF,
+                "kube_virt_interfaces",
+                self.kube_virt_interfaces.clone(),
+            ),
+            ("-n/--dry-run", "dry_run", self.dry_run.to_string()),
+            ("--cleanup", "cleanup", self.cleanup.to_string()),
             (
                 "--iptables-mode",
+                "iptables_mode",
                 format!("{:?}", self.iptables_mode).to_lowercase(),
             ),
-            ("--ipv6", format!("{:?}", self.ipv6).to_lowercase()),
+            ("--ipv6", "ipv6", format!("{:?}", self.ipv6).to_lowercase()),
         ]
     }
 }
@@ -646,6 +817,47 @@ mod tests {
     }
 
     #[test]
+    fn summary_of_the_default_sidecar() {
+        assert_eq!(
+            CaptureConfig::istio_default().summary(),
+            vec![
+                "inbound: every TCP port except 15090, 15021, 15020, 15008 (tunnel) is redirected to 15006",
+                "outbound: every destination is redirected to 15001, except loopback",
+                "exempt: uid 1337 and gid 1337 (the proxy), and connections from 127.0.0.6 / ::6 (the proxy forwarding inbound); the proxy calling its own pod IP is captured as inbound",
+            ]
+        );
+        let c = parse(&[
+            "-b",
+            "80",
+            "-i",
+            "10.0.0.0/8",
+            "-x",
+            "10.1.0.0/16",
+            "-q",
+            "443",
+            "-o",
+            "53",
+            "-c",
+            "eth9",
+            "-k",
+            "vnet0",
+        ])
+        .validate()
+        .unwrap();
+        let s = c.summary().join("\n");
+        for want in [
+            "inbound: TCP ports 80 are redirected to 15006",
+            "destinations in 10.0.0.0/8 are redirected to 15001, except loopback and 10.1.0.0/16",
+            "TCP ports 443 are always redirected",
+            "ports 53 (TCP and UDP) are never captured",
+            "interfaces never captured: eth9",
+            "inbound is treated as outbound): vnet0",
+        ] {
+            assert!(s.contains(want), "{want:?} not in:\n{s}");
+        }
+    }
+
+    #[test]
     fn gid_defaults_to_uid_list() {
         let c = parse(&["-u", "3,4"]).validate().unwrap();
         assert_eq!(c.proxy_uids, vec![3, 4]);
@@ -775,6 +987,25 @@ mod tests {
         assert_eq!(f.ipv6, Ipv6Mode::Off);
         assert_eq!(f.iptables_mode, IptablesMode::Legacy);
         assert!(f.dry_run && f.cleanup);
+    }
+
+    #[test]
+    fn sources_are_reported_for_every_flag() {
+        let (flags, lines) =
+            Flags::parse_with_sources_from(["remora-init", "-p", "16001", "--cleanup"]).unwrap();
+        assert_eq!(flags.proxy_port, "16001");
+        assert_eq!(lines.len(), flags.describe().len());
+        assert!(lines.contains(&"-p/--envoy-port = \"16001\" (command line)".to_string()));
+        assert!(lines.contains(&"--cleanup = \"true\" (command line)".to_string()));
+        // Every clap id used by entries() exists (a typo would show as "unset" for set flags).
+        use clap::CommandFactory;
+        let ids: Vec<String> = Flags::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (_, id, _) in flags.entries() {
+            assert!(ids.iter().any(|i| i == id), "no clap argument {id}");
+        }
     }
 
     #[test]

@@ -4,25 +4,34 @@
 //! the kernel holds afterwards. Exit status 0 on success, 1 on any error (one line per error on
 //! stderr), 2 on a command-line syntax error.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
-
-use clap::Parser;
 
 use remora_init::apply::{self, Backend};
 use remora_init::flags::{Flags, Ipv6Mode};
 use remora_init::plan::{self, Family, Snapshot};
 
+/// One line to stdout. Write errors (a closed pipe) are ignored: logging must never abort the
+/// program between two steps of an apply.
+fn line(text: impl AsRef<str>) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", text.as_ref());
+}
+
 fn say(msg: impl AsRef<str>) {
-    println!("remora-init: {}", msg.as_ref());
+    line(format!("remora-init: {}", msg.as_ref()));
 }
 
 fn fail(msg: impl AsRef<str>) {
-    eprintln!("remora-init: error: {}", msg.as_ref());
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "remora-init: error: {}",
+        msg.as_ref()
+    );
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
+    let (flags, flag_lines) = match Flags::parse_with_sources() {
         Ok(f) => f,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and syntax errors to stderr (exit 2).
@@ -30,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(&flags) {
+    match run(&flags, &flag_lines) {
         Ok(()) => ExitCode::SUCCESS,
         Err(errors) => {
             for e in errors {
@@ -41,15 +50,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(flags: &Flags) -> Result<(), Vec<String>> {
+fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     let started = Instant::now();
     say("flags:");
-    for (name, value) in flags.describe() {
-        println!("  {name} = {value:?}");
+    for l in flag_lines {
+        line(format!("  {l}"));
     }
     let cfg = flags
         .validate_all()
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    for line in cfg.summary() {
+        say(format!("capture: {line}"));
+    }
     if !cfg.ignored_inbound_excludes.is_empty() {
         say(format!(
             "note: -d {:?} has no effect because -b is not '*' (only listed ports are captured)",
@@ -110,13 +122,13 @@ fn run(flags: &Flags) -> Result<(), Vec<String>> {
             let target = plan::plan(&cfg, family);
             (plan::render_transition(&current, &target), target)
         };
-        println!(
+        line(format!(
             "--- {} restore text ({} --noflush) ---",
             family.name(),
             backend.restore_cmd(family)
-        );
-        print!("{text}");
-        println!("--- end ---");
+        ));
+        line(text.trim_end());
+        line("--- end ---");
         steps.push((family, text, current));
         targets.push((family, target));
     }
@@ -139,16 +151,16 @@ fn run(flags: &Flags) -> Result<(), Vec<String>> {
                 )])
             }
         };
-        println!(
+        line(format!(
             "--- {} rules of remora now installed ({} -t nat, remora only) ---",
             family.name(),
             backend.save_cmd(*family)
-        );
+        ));
         let lines = after.save_lines();
         for l in &lines {
-            println!("{l}");
+            line(l);
         }
-        println!("--- end ---");
+        line("--- end ---");
         if lines == target.save_lines() {
             say(format!(
                 "{}: installed rules match the plan ({} rules)",
@@ -163,10 +175,10 @@ fn run(flags: &Flags) -> Result<(), Vec<String>> {
             ));
             let want = target.save_lines();
             for l in want.iter().filter(|l| !lines.contains(l)) {
-                println!("  planned, not installed: {l}");
+                line(format!("  planned, not installed: {l}"));
             }
             for l in lines.iter().filter(|l| !want.contains(l)) {
-                println!("  installed, not planned: {l}");
+                line(format!("  installed, not planned: {l}"));
             }
         }
     }

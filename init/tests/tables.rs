@@ -554,3 +554,26 @@ fn flags_can_come_from_istio_environment_variables() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("--to-ports 17001"));
 }
+
+#[test]
+fn a_closed_stdout_does_not_abort_the_apply() {
+    // `remora-init ... | head -1`: the log pipe closes early; the rules must still be applied
+    // completely (both families) and the exit status must say so.
+    let ns = Netns::new("epipe");
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, common::BIN])
+        .args(args_with(&["--ipv6", "on", "--iptables-mode", "nft"]))
+        .stdout(std::process::Stdio::from(write_end))
+        .status()
+        .expect("run");
+    assert!(status.success(), "{status}");
+    for tool in [V4, V6] {
+        let ours = ours_in_save(&ns.save(tool));
+        assert!(
+            ours.iter().any(|l| l.starts_with("-A OUTPUT")) && ours.len() > 20,
+            "{tool}: {ours:?}"
+        );
+    }
+}
