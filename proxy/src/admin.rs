@@ -103,6 +103,8 @@ impl AdminState {
                 {"name": "inbound", "address": s.inbound_addr.to_string(), "bound": bound,
                  "fixed_target": s.fixed_inbound_target.map(|a| a.to_string()),
                  "source_address": s.inbound_bind.map(|a| a.to_string())},
+                {"name": "outbound-ipv6", "address": s.outbound_addr6.map(|a| a.to_string()), "bound": bound && s.outbound_addr6.is_some()},
+                {"name": "inbound-ipv6", "address": s.inbound_addr6.map(|a| a.to_string()), "bound": bound && s.inbound_addr6.is_some()},
             ],
             "workload": {"name": s.workload.name, "namespace": s.workload.namespace},
             "sniff_timeout_ms": s.sniff_timeout.as_millis() as u64,

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Inbound capture listener.
     #[arg(long, env = "REMORA_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
     pub inbound_addr: SocketAddr,
+    /// IPv6 capture listeners on `[::1]:<outbound port>` and `[::]:<inbound port>` (v6-only):
+    /// auto = when the host has IPv6, on = required, off = never.
+    #[arg(long, env = "REMORA_IPV6", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub ipv6: String,
     /// Admin/status server (`/stats/prometheus`, `/config_dump`, `/app-health/...`).
     #[arg(long, env = "REMORA_ADMIN_ADDR", default_value = "0.0.0.0:15020")]
     pub admin_addr: SocketAddr,

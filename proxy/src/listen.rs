@@ -48,6 +48,9 @@ impl Direction {
 pub struct Settings {
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
+    /// IPv6 capture listeners (ip6tables REDIRECTs to `[::1]:15001` / `[::]:15006`), when enabled.
+    pub outbound_addr6: Option<SocketAddr>,
+    pub inbound_addr6: Option<SocketAddr>,
     /// How long to wait for a client's first bytes before calling it server-first (opaque TCP).
     pub sniff_timeout: Duration,
     /// How long to wait for the first bytes on a port the rules declare HTTP.
@@ -93,11 +96,21 @@ impl Shared {
             .copied()
     }
 
-    pub fn listener_addr(&self, dir: Direction) -> SocketAddr {
-        match dir {
-            Direction::Outbound => self.settings.outbound_addr,
-            Direction::Inbound => self.settings.inbound_addr,
-        }
+    /// The addresses `dir`'s listener binds (IPv4, and IPv6 when enabled).
+    pub fn listener_addrs(&self, dir: Direction) -> Vec<SocketAddr> {
+        let s = &self.settings;
+        let (v4, v6) = match dir {
+            Direction::Outbound => (s.outbound_addr, s.outbound_addr6),
+            Direction::Inbound => (s.inbound_addr, s.inbound_addr6),
+        };
+        std::iter::once(v4).chain(v6).collect()
+    }
+
+    /// Every capture listener address.
+    pub fn all_listener_addrs(&self) -> Vec<SocketAddr> {
+        let mut v = self.listener_addrs(Direction::Outbound);
+        v.extend(self.listener_addrs(Direction::Inbound));
+        v
     }
 }
 
@@ -169,7 +182,7 @@ impl ServerApp for CaptureApp {
             return None;
         };
         let s = &self.shared.settings;
-        if is_self_destination(dst, local, &[s.outbound_addr, s.inbound_addr]) {
+        if is_self_destination(dst, local, &self.shared.all_listener_addrs()) {
             self.refuse(
                 "loop",
                 format!("from {peer:?}: original destination {dst} is the proxy's own listener"),
@@ -321,6 +334,8 @@ pub fn log_listeners(s: &Settings) {
     info!(
         outbound = %s.outbound_addr,
         inbound = %s.inbound_addr,
+        outbound6 = ?s.outbound_addr6,
+        inbound6 = ?s.inbound_addr6,
         sniff_timeout_ms = s.sniff_timeout.as_millis() as u64,
         inbound_source = ?s.inbound_bind,
         fixed_outbound_target = ?s.fixed_outbound_target,

@@ -119,6 +119,41 @@ fn initial_snapshot(args: &Args, ctx: &LoadContext) -> Snapshot {
     }
 }
 
+/// The IPv6 capture listener addresses per `--ipv6`, checked by binding them once.
+fn ipv6_listeners(
+    args: &Args,
+) -> anyhow::Result<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)> {
+    use std::net::{Ipv6Addr, SocketAddr};
+    if args.ipv6 == "off" {
+        return Ok((None, None));
+    }
+    let has_v6 = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok();
+    if !has_v6 {
+        if args.ipv6 == "on" {
+            return Err(anyhow!(
+                "--ipv6=on: this host has no IPv6 loopback ([::1] cannot be bound)"
+            ));
+        }
+        info!("no IPv6 on this host: IPv4 capture listeners only");
+        return Ok((None, None));
+    }
+    let out = SocketAddr::from((Ipv6Addr::LOCALHOST, args.outbound_addr.port()));
+    let inb = SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.inbound_addr.port()));
+    for (what, addr) in [("outbound (IPv6)", out), ("inbound (IPv6)", inb)] {
+        let sock = socket2_free_bind(addr);
+        sock.with_context(|| format!("{what} listener {addr} (use --ipv6=off to skip IPv6)"))?;
+    }
+    Ok((Some(out), Some(inb)))
+}
+
+/// Bind a v6-only TCP socket once (and drop it) to check the address is usable.
+fn socket2_free_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let s = tokio::net::TcpSocket::new_v6()?;
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+        .map_err(std::io::Error::from)?;
+    s.bind(addr)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_level)?;
     let labels = load_labels(&args);
@@ -144,6 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     ] {
         std::net::TcpListener::bind(addr).with_context(|| format!("{what} listener {addr}"))?;
     }
+    let (outbound_addr6, inbound_addr6) = ipv6_listeners(&args)?;
 
     let snapshot = initial_snapshot(&args, &ctx);
     let workload = Workload::derive(
@@ -155,6 +191,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         outbound_addr: args.outbound_addr,
         inbound_addr: args.inbound_addr,
+        outbound_addr6,
+        inbound_addr6,
         sniff_timeout: Duration::from_millis(args.sniff_timeout_ms),
         http_first_byte_timeout: Duration::from_secs(5),
         inbound_bind: Some(args.inbound_source),
@@ -200,11 +238,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     listen::log_listeners(&shared.settings);
 
     // Pingora server.
-    let mut conf = ServerConf::default();
-    conf.threads = args.threads as usize;
-    conf.grace_period_seconds = Some(args.drain_seconds);
-    conf.graceful_shutdown_timeout_seconds = Some(2);
-    conf.upstream_keepalive_pool_size = 128;
+    let conf = ServerConf {
+        threads: args.threads as usize,
+        grace_period_seconds: Some(args.drain_seconds),
+        graceful_shutdown_timeout_seconds: Some(2),
+        upstream_keepalive_pool_size: 128,
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let pconf = server.configuration.clone();
@@ -234,7 +274,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             h2: Arc::new(h2),
         };
         let mut svc = Service::new(format!("{} capture", dir.as_str()), app);
-        svc.add_tcp(&shared.listener_addr(dir).to_string());
+        for addr in shared.listener_addrs(dir) {
+            if addr.is_ipv6() {
+                let mut o = pingora::listeners::TcpSocketOptions::default();
+                o.ipv6_only = Some(true);
+                svc.add_tcp_with_settings(&addr.to_string(), o);
+            } else {
+                svc.add_tcp(&addr.to_string());
+            }
+        }
         server.add_service(svc);
     }
 

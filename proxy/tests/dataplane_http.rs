@@ -205,7 +205,7 @@ fn h2c_prior_knowledge_is_proxied_as_h2() {
         .await
         .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::post(format!("http://ratings.testns:9080/h2?q=1"))
+        let req = http::Request::post("http://ratings.testns:9080/h2?q=1")
             .body(Full::new(bytes::Bytes::from_static(b"abc")))
             .unwrap();
         let resp = send.send_request(req).await.unwrap();

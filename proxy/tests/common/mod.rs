@@ -120,7 +120,12 @@ impl ProxyOpts {
 impl ProxyProc {
     pub fn start(o: ProxyOpts) -> ProxyProc {
         let p = o.ports;
-        let (outbound_ip, inbound_ip) = ("127.0.0.1", "127.0.0.1");
+        // In a namespace, bind the inbound listener on all addresses as in a pod.
+        let (outbound_ip, inbound_ip) = if o.netns.is_some() {
+            ("127.0.0.1", "0.0.0.0")
+        } else {
+            ("127.0.0.1", "127.0.0.1")
+        };
         let mut args: Vec<String> = vec![
             "run".into(),
             format!("--outbound-addr={outbound_ip}:{}", p.outbound),
@@ -135,6 +140,9 @@ impl ProxyProc {
             "--workload-name=testwl".into(),
             "--drain-seconds=1".into(),
         ];
+        if o.netns.is_none() {
+            args.push("--ipv6=off".into());
+        }
         if let Some(t) = o.fixed_outbound {
             args.push(format!("--fixed-outbound-target={t}"));
         }
@@ -381,10 +389,7 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<HttpResp> {
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(p) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
             let size_str = String::from_utf8_lossy(&rest[..p]).to_string();
             let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| bad("bad chunk size"))?;
@@ -600,6 +605,18 @@ impl NetNs {
         a.extend_from_slice(args);
         sh("ip", &a)
     }
+    /// Run blocking `f` on a fresh thread that entered this namespace, and return its result.
+    pub fn run_blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
     /// A single-threaded tokio runtime on a thread inside this namespace: every task spawned on
     /// the returned handle (and every socket it opens) lives in the namespace. Stops on drop.
     pub fn runtime(&self) -> NsRuntime {
