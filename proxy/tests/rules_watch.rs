@@ -2,7 +2,7 @@
 //! an invalid set keeps the old snapshot and is counted once; an unchanged rescan does nothing.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -11,7 +11,7 @@ use remora_proxy::rules::watch::METRICS;
 use remora_proxy::rules::{load_dir, spawn_watcher, LoadContext, SharedSnapshot, Snapshot};
 
 /// The reload metrics are process-wide: tests that read them run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn reviews(subset: &str) -> String {
     format!(
@@ -130,7 +130,7 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlink_swap_applies_a_new_generation() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
     assert_eq!(subset_of(&store.load()), "v1");
@@ -170,7 +170,7 @@ async fn symlink_swap_applies_a_new_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
     let errors = METRICS.reload_errors.get();
@@ -219,7 +219,7 @@ async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescan_without_changes_does_nothing_and_rescan_alone_finds_changes() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("r.yaml"), reviews("v1")).unwrap();
     let store = store_for(d.path());
@@ -250,7 +250,7 @@ async fn rescan_without_changes_does_nothing_and_rescan_alone_finds_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_whole_snapshots_during_swaps() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
     let task = spawn_watcher(
