@@ -221,7 +221,7 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
     if init.is_some() {
         // The init program's own parser is the one definition of its flags: check against it.
         let args = template::init_args(cfg, &opts);
-        let parsed = <remora_init::flags::Flags as clap::Parser>::try_parse_from(
+        let parsed = remora_init::flags::Flags::try_parse_args_only(
             std::iter::once("remora-init".to_string()).chain(args),
         );
         match parsed.map_err(|e| vec![e.to_string()]).and_then(|f| {
