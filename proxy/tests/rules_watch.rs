@@ -306,3 +306,35 @@ fn metrics_are_in_the_default_registry() {
         assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_directory_is_counted_once_and_loaded_when_it_appears() {
+    let _g = SERIAL.lock().await;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("rules");
+    let store: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::empty(&ctx())));
+    let errors = METRICS.reload_errors.get();
+    let task = spawn_watcher(dir.clone(), ctx(), store.clone(), Duration::from_millis(20));
+    assert!(
+        wait_for(Duration::from_secs(5), || METRICS.reload_errors.get()
+            == errors + 1)
+        .await
+        .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        METRICS.reload_errors.get(),
+        errors + 1,
+        "the same failure is counted once"
+    );
+    assert_eq!(store.load().generation, 0);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("r.yaml"), reviews("v2")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || store.load().generation == 1)
+            .await
+            .is_some()
+    );
+    assert_eq!(subset_of(&store.load()), "v2");
+    task.abort();
+}

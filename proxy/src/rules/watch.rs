@@ -84,7 +84,9 @@ pub fn reload_once(
     let m = &*METRICS;
     let inputs = match load::read_inputs(dir) {
         Ok(i) => i,
-        Err(e) => return reject(dir, String::new(), vec![e], state),
+        // Key repeated read failures (a missing directory) by their message, so each distinct
+        // failure is logged and counted once.
+        Err(e) => return reject(dir, format!("unreadable:{e}"), vec![e], state),
     };
     let current = store.load();
     if inputs.hash == current.hash {
@@ -124,7 +126,7 @@ pub fn reload_once(
 }
 
 fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> Outcome {
-    if !hash.is_empty() && state.last_rejected.as_deref() == Some(hash.as_str()) {
+    if state.last_rejected.as_deref() == Some(hash.as_str()) {
         return Outcome::Unchanged;
     }
     METRICS.reload_errors.inc();
@@ -138,9 +140,7 @@ fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> 
             "rejected rules snapshot, keeping the previous one: {e}"
         );
     }
-    if !hash.is_empty() {
-        state.last_rejected = Some(hash);
-    }
+    state.last_rejected = Some(hash);
     Outcome::Rejected(errs)
 }
 
@@ -157,7 +157,8 @@ pub fn spawn_watcher(
         LazyLock::force(&METRICS);
         METRICS.generation.set(store.load().generation as i64);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut watcher = start_notify(&dir, tx.clone());
+        let mut warned = false;
+        let mut watcher = start_notify(&dir, tx.clone(), &mut warned);
         let state = Arc::new(std::sync::Mutex::new(State::default()));
         let rescan = rescan.max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(rescan);
@@ -176,7 +177,7 @@ pub fn spawn_watcher(
                 }
             }
             if watcher.is_none() {
-                watcher = start_notify(&dir, tx.clone());
+                watcher = start_notify(&dir, tx.clone(), &mut warned);
             }
             let (d, c, s, st) = (dir.clone(), ctx.clone(), store.clone(), state.clone());
             let res = tokio::task::spawn_blocking(move || {
@@ -194,11 +195,19 @@ pub fn spawn_watcher(
     })
 }
 
+/// Start watching `dir`; the first failure is logged (later retries stay quiet until one works).
 fn start_notify(
     dir: &Path,
     tx: tokio::sync::mpsc::Sender<()>,
+    warned: &mut bool,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    let warn = |e: &notify::Error, warned: &mut bool| {
+        if !*warned {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on periodic rescans (retrying the watch at each rescan)");
+            *warned = true;
+        }
+    };
     let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
             let _ = tx.try_send(());
@@ -206,14 +215,20 @@ fn start_notify(
     }) {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on periodic rescans");
+            warn(&e, warned);
             return None;
         }
     };
     match w.watch(dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(w),
+        Ok(()) => {
+            if *warned {
+                tracing::info!(dir = %dir.display(), "watching the rules directory");
+                *warned = false;
+            }
+            Some(w)
+        }
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; relying on periodic rescans");
+            warn(&e, warned);
             None
         }
     }
