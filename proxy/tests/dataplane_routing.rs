@@ -1,0 +1,371 @@
+//! Process tests: Istio rules applied by the running proxy (ServiceEntry STATIC endpoints,
+//! DestinationRule subsets, VirtualService routes with header ops, rewrites and redirects) and
+//! hot reload through the kubelet's `..data` symlink swap under steady, bounded load.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// ServiceEntry + DestinationRule for `reviews` with endpoints v1 (port a) and v2 (port b).
+fn service(a: u16, b: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+  namespace: testns
+spec:
+  hosts: [reviews.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {a}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {b}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: testns
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"#
+    )
+}
+
+fn route_to(subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: testns
+spec:
+  hosts: [reviews]
+  http:
+  - name: to-{subset}
+    route:
+    - destination: {{host: reviews, subset: {subset}}}
+"#
+    )
+}
+
+const ORIG_DST: &str = "127.0.0.1:9080";
+
+#[test]
+fn virtual_service_routes_header_ops_rewrite_and_redirect() {
+    let rt = rt();
+    let v1 = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "v1"));
+    let v2 = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "v2"));
+    let vs = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: testns
+spec:
+  hosts: [reviews]
+  http:
+  - name: old-path
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    rewrite: {uri: /api, authority: reviews-v2.internal}
+    headers:
+      request: {set: {x-route: jason}, remove: [x-drop]}
+      response: {add: {x-served-by: remora}}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - name: default
+    route:
+    - destination: {host: reviews, subset: v1}
+"#;
+    let svc = service(v1.port(), v2.port());
+    let rules = RulesDir::new(&[("service.yaml", &svc), ("vs.yaml", vs)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(ORIG_DST.parse().unwrap());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let out = p.ports.outbound_addr();
+
+    // Default route → v1.
+    let r = http_get(out, "/reviews/1", &[("Host", "reviews:9080")]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["server"], "v1");
+
+    // Header match → v2 with rewrite and header operations.
+    let r = http_get(
+        out,
+        "/reviews/2?x=1",
+        &[
+            ("Host", "reviews:9080"),
+            ("end-user", "jason"),
+            ("x-drop", "secret"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-served-by"), Some("remora"));
+    let v = r.json();
+    assert_eq!(v["server"], "v2");
+    assert!(v["path"].as_str().unwrap().starts_with("/api"), "{v}");
+    assert_eq!(v["headers"]["host"], "reviews-v2.internal");
+    assert_eq!(v["headers"]["x-route"], "jason");
+    assert!(v["headers"].get("x-drop").is_none(), "{v}");
+    let line = p.wait_log(|l| l["path"] == "/reviews/2?x=1");
+    assert_eq!(line["route_name"], "jason");
+    assert_eq!(
+        line["virtual_service"]
+            .as_str()
+            .map(|s| s.contains("reviews")),
+        Some(true)
+    );
+    assert_eq!(line["upstream"], v2.to_string());
+    assert_eq!(
+        line["destination_service"],
+        "reviews.testns.svc.cluster.local"
+    );
+
+    // Redirect answered by the proxy itself.
+    let r = http_get(out, "/old/page", &[("Host", "reviews:9080")]).unwrap();
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap();
+    assert!(loc.ends_with("/new"), "{loc}");
+
+    // A host without a VirtualService goes to the original destination (passthrough).
+    let direct = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "direct"));
+    drop(p);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(direct);
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let r = http_get(
+        p.ports.outbound_addr(),
+        "/x",
+        &[("Host", "unknown.example:80")],
+    )
+    .unwrap();
+    assert_eq!(r.json()["server"], "direct");
+
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "istio_requests_total",
+            &["destination_service=\"unknown.example:80\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+/// Steady sequential load from `workers` client threads until `stop`, bounded by `max_each`
+/// requests per worker; records (time, server, status) of every request.
+fn load(
+    addr: SocketAddr,
+    workers: usize,
+    max_each: usize,
+    stop: Arc<AtomicBool>,
+) -> (
+    Vec<std::thread::JoinHandle<()>>,
+    Arc<Mutex<Vec<(Instant, String, u16)>>>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut hs = Vec::new();
+    for _ in 0..workers {
+        let seen = seen.clone();
+        let stop = stop.clone();
+        hs.push(std::thread::spawn(move || {
+            for _ in 0..max_each {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let (server, status) = match http_get(addr, "/load", &[("Host", "reviews:9080")]) {
+                    Ok(r) if r.status == 200 => {
+                        (r.json()["server"].as_str().unwrap_or("?").to_string(), 200)
+                    }
+                    Ok(r) => (format!("status {}: {}", r.status, r.body_text()), r.status),
+                    Err(e) => (format!("error: {e}"), 0),
+                };
+                seen.lock().unwrap().push((Instant::now(), server, status));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+    (hs, seen)
+}
+
+#[test]
+fn reload_by_data_symlink_swap_under_load_and_invalid_set_keeps_old_routing() {
+    let rt = rt();
+    let v1 = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "v1"));
+    let v2 = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "v2"));
+    let svc = service(v1.port(), v2.port());
+    let mut rules = RulesDir::new(&[("service.yaml", &svc), ("vs.yaml", &route_to("v1"))]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(ORIG_DST.parse().unwrap());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let gen0 = http_get(p.ports.admin_addr(), "/config_dump", &[])
+        .unwrap()
+        .json()["generation"]
+        .as_u64()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (workers, seen) = load(p.ports.outbound_addr(), 3, 5000, stop.clone());
+    // Let the load run on v1 first.
+    let t0 = Instant::now();
+    while seen.lock().unwrap().len() < 50 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // 1. Swap to a valid set routing to v2.
+    let swapped_at = Instant::now();
+    rules.swap(&[("service.yaml", &svc), ("vs.yaml", &route_to("v2"))]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_v2 = loop {
+        let first = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(t, s, _)| *t > swapped_at && s == "v2")
+            .map(|(t, _, _)| *t);
+        if let Some(t) = first {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v2 never seen; stderr:\n{}",
+            p.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let switch = first_v2 - swapped_at;
+    eprintln!(
+        "reload: new routing first seen {} ms after the ..data swap",
+        switch.as_millis()
+    );
+
+    // Let the load continue on v2 for a while.
+    let mark = Instant::now();
+    while seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| *t > mark)
+        .count()
+        < 50
+        && mark.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dump = http_get(p.ports.admin_addr(), "/config_dump", &[])
+        .unwrap()
+        .json();
+    let gen1 = dump["generation"].as_u64().unwrap();
+    assert_eq!(gen1, gen0 + 1, "{dump}");
+
+    // 2. Swap to an invalid set: rejected as a whole, v2 routing stays, the error is counted.
+    let errors_before = metric_value(&p.metrics(), "remora_config_reload_errors_total", &[]);
+    let bad_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: testns}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: \"80\"\n";
+    let bad_at = Instant::now();
+    rules.swap(&[("service.yaml", &svc), ("vs.yaml", bad_vs)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metric_value(&p.metrics(), "remora_config_reload_errors_total", &[]);
+        if now >= errors_before + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload error not counted; stderr:\n{}",
+            p.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err_line = p.wait_stderr("vs.yaml");
+    assert!(err_line.contains("weight"), "{err_line}");
+    // Keep load on the old (v2) routing a little longer after the rejection.
+    let mark = Instant::now();
+    while seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| *t > mark)
+        .count()
+        < 50
+        && mark.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let dump = http_get(p.ports.admin_addr(), "/config_dump", &[])
+        .unwrap()
+        .json();
+    assert_eq!(
+        dump["generation"].as_u64().unwrap(),
+        gen1,
+        "invalid set must not apply"
+    );
+
+    let seen = seen.lock().unwrap();
+    // No request failed at any point.
+    let failed: Vec<_> = seen.iter().filter(|(_, _, st)| *st != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during reload: {failed:?}"
+    );
+    // Before the swap only v1; after the invalid set only v2.
+    assert!(seen
+        .iter()
+        .filter(|(t, _, _)| *t < swapped_at)
+        .all(|(_, s, _)| s == "v1"));
+    let after_bad: Vec<_> = seen.iter().filter(|(t, _, _)| *t > bad_at).collect();
+    assert!(!after_bad.is_empty());
+    assert!(
+        after_bad.iter().all(|(_, s, _)| s == "v2"),
+        "old (v2) routing must stay"
+    );
+    // Once a request saw v2, requests that started later never see v1 again (atomic switch);
+    // allow requests already in flight at that moment (one per worker).
+    let late_v1 = seen
+        .iter()
+        .filter(|(t, s, _)| *t > first_v2 + Duration::from_millis(200) && s == "v1")
+        .count();
+    assert_eq!(late_v1, 0);
+    eprintln!(
+        "reload: {} requests, 0 failed; switch latency {} ms",
+        seen.len(),
+        switch.as_millis()
+    );
+    let m = p.metrics();
+    assert!(
+        metric_value(&m, "remora_config_reloads_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "remora_config_generation", &[]),
+        gen1 as f64
+    );
+}
