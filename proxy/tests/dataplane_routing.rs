@@ -176,6 +176,9 @@ spec:
     );
 }
 
+/// Every request of the load: when it finished, which server answered, the status.
+type Seen = Arc<Mutex<Vec<(Instant, String, u16)>>>;
+
 /// Steady sequential load from `workers` client threads until `stop`, bounded by `max_each`
 /// requests per worker; records (time, server, status) of every request.
 fn load(
@@ -183,10 +186,7 @@ fn load(
     workers: usize,
     max_each: usize,
     stop: Arc<AtomicBool>,
-) -> (
-    Vec<std::thread::JoinHandle<()>>,
-    Arc<Mutex<Vec<(Instant, String, u16)>>>,
-) {
+) -> (Vec<std::thread::JoinHandle<()>>, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut hs = Vec::new();
     for _ in 0..workers {
