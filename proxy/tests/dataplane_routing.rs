@@ -369,3 +369,38 @@ fn reload_by_data_symlink_swap_under_load_and_invalid_set_keeps_old_routing() {
         gen1 as f64
     );
 }
+
+#[test]
+fn port_declared_tcp_by_a_service_entry_is_not_sniffed() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "db"));
+    let se = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: testns}}
+spec:
+  hosts: [db.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: {}, name: tcp-db, protocol: TCP}}
+  resolution: NONE
+"#,
+        backend.port()
+    );
+    let rules = RulesDir::new(&[("db.yaml", &se)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(backend);
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    // HTTP bytes on a port the rules call TCP: proxied as opaque bytes (no HTTP handling).
+    let r = http_get(p.ports.outbound_addr(), "/as-tcp", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["server"], "db");
+    assert!(
+        r.json()["headers"].get("x-request-id").is_none(),
+        "an opaque TCP connection must not be modified"
+    );
+    let line = p.wait_log(|l| l["kind"] == "tcp");
+    assert_eq!(line["upstream"], backend.to_string());
+    assert!(p.access_log().iter().all(|l| l["kind"] != "http"));
+}
