@@ -813,9 +813,13 @@ pub fn destination_rule(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<Destinat
         if subsets.iter().any(|s| s.name == name) {
             return fail(&join(&p, "name"), format!("duplicate subset name {name:?}"));
         }
+        if let Some(tp) = get(so, "trafficPolicy") {
+            as_obj(tp, &join(&p, "trafficPolicy"))?;
+        }
         subsets.push(Subset {
             name,
             labels: str_map(so, "labels", &p)?,
+            traffic_policy: get(so, "trafficPolicy").cloned(),
         });
     }
     if let Some(tp) = get(o, "trafficPolicy") {

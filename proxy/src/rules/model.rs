@@ -272,10 +272,13 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// A DestinationRule subset.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// The subset's `trafficPolicy` as written (the policies work interprets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<serde_json::Value>,
 }
 
 /// A DestinationRule.
