@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::flags::{IptablesMode, Ipv6Mode};
+use crate::flags::{CaptureConfig, IptablesMode, Ipv6Mode, OwnerGroups};
 use crate::plan::{self, Family, Snapshot};
 
 /// An iptables implementation.
@@ -220,6 +220,64 @@ pub fn decide_ipv6(mode: Ipv6Mode) -> (bool, String) {
     }
 }
 
+/// Replace group names in the owner-group filter by their numbers (from this container's group
+/// database), as `iptables-save` prints numbers. Returns one note per resolved name, or one
+/// error line per unknown name.
+pub fn resolve_group_names(cfg: &mut CaptureConfig) -> Result<Vec<String>, Vec<String>> {
+    resolve_group_names_with(cfg, |name| {
+        nix::unistd::Group::from_name(name)
+            .map(|g| g.map(|g| g.gid.as_raw()))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// [`resolve_group_names`] with a given lookup (name → gid).
+pub fn resolve_group_names_with(
+    cfg: &mut CaptureConfig,
+    lookup: impl Fn(&str) -> Result<Option<u32>, String>,
+) -> Result<Vec<String>, Vec<String>> {
+    let (list, var) = match &mut cfg.owner_groups {
+        OwnerGroups::All => return Ok(Vec::new()),
+        OwnerGroups::Only(l) => (l, "ISTIO_OUTBOUND_OWNER_GROUPS"),
+        OwnerGroups::AllExcept(l) => (l, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+    };
+    let mut notes = Vec::new();
+    let mut errors = Vec::new();
+    let mut resolved: Vec<String> = Vec::new();
+    for g in list.iter() {
+        let number = if g.parse::<u32>().is_ok() {
+            g.clone()
+        } else {
+            match lookup(g) {
+                Ok(Some(gid)) => {
+                    notes.push(format!("group {g} is gid {gid}"));
+                    gid.to_string()
+                }
+                Ok(None) => {
+                    errors.push(format!(
+                        "invalid value {g:?} for {var}: no such group in this container's group database"
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(format!(
+                        "invalid value {g:?} for {var}: looking up the group failed: {e}"
+                    ));
+                    continue;
+                }
+            }
+        };
+        if !resolved.contains(&number) {
+            resolved.push(number);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    *list = resolved;
+    Ok(notes)
+}
+
 /// Our current rules in one family's `nat` table, and the raw dump.
 pub fn snapshot(backend: Backend, family: Family) -> Result<(Snapshot, String), ApplyError> {
     let text = run(&backend.save_cmd(family), &["-t", plan::TABLE], None)?;
@@ -301,6 +359,37 @@ fe800000000000000000000000000001 02 40 20 80     eth0
             global_ipv6_in(&text2).as_deref(),
             Some("fd00:213::2 on eth0")
         );
+    }
+
+    #[test]
+    fn group_names_become_numbers() {
+        let lookup = |n: &str| match n {
+            "java" => Ok(Some(1100)),
+            "dup" => Ok(Some(202)),
+            "broken" => Err("I/O error".to_string()),
+            _ => Ok(None),
+        };
+        let mut cfg = CaptureConfig::istio_default();
+        cfg.owner_groups = OwnerGroups::Only(vec!["java".into(), "202".into(), "dup".into()]);
+        let notes = resolve_group_names_with(&mut cfg, lookup).unwrap();
+        assert_eq!(
+            notes,
+            vec!["group java is gid 1100", "group dup is gid 202"]
+        );
+        assert_eq!(
+            cfg.owner_groups,
+            OwnerGroups::Only(vec!["1100".into(), "202".into()])
+        );
+
+        cfg.owner_groups = OwnerGroups::AllExcept(vec!["nosuch".into(), "broken".into()]);
+        let errs = resolve_group_names_with(&mut cfg, lookup).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].contains("\"nosuch\" for ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"));
+        assert!(errs[1].contains("I/O error"));
+        // The real lookup knows root.
+        cfg.owner_groups = OwnerGroups::Only(vec!["root".into()]);
+        resolve_group_names(&mut cfg).unwrap();
+        assert_eq!(cfg.owner_groups, OwnerGroups::Only(vec!["0".into()]));
     }
 
     #[test]

@@ -178,6 +178,23 @@ pub struct Flags {
     )]
     pub kube_virt_interfaces: String,
 
+    /// Only processes in one of these groups (numbers or names, comma-separated) are captured
+    /// outbound; `*` = all. Istio sets it by environment only.
+    #[arg(
+        long = "outbound-owner-groups",
+        env = "ISTIO_OUTBOUND_OWNER_GROUPS",
+        default_value = "*"
+    )]
+    pub owner_groups_include: String,
+
+    /// Processes in these groups (numbers or names) are never captured outbound.
+    #[arg(
+        long = "outbound-owner-groups-exclude",
+        env = "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        default_value = ""
+    )]
+    pub owner_groups_exclude: String,
+
     /// Print the flags, the backend and the restore text; change nothing.
     #[arg(short = 'n', long = "dry-run", env = "DRY_RUN")]
     pub dry_run: bool,
@@ -243,6 +260,18 @@ pub enum OutboundCapture {
     Cidrs(Vec<IpNet>),
 }
 
+/// Which processes' outbound traffic is captured, by group (Istio's
+/// `ISTIO_OUTBOUND_OWNER_GROUPS` / `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// Every group (`*`, the default).
+    All,
+    /// Only processes in one of these groups.
+    Only(Vec<String>),
+    /// Every group but these.
+    AllExcept(Vec<String>),
+}
+
 /// Inbound interception mode. Only REDIRECT exists for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterceptionMode {
@@ -268,6 +297,9 @@ pub struct CaptureConfig {
     pub outbound_ports_exclude: Vec<u16>,
     pub exclude_interfaces: Vec<String>,
     pub kube_virt_interfaces: Vec<String>,
+    /// Groups are numbers or names; [`crate::apply::resolve_group_names`] turns names into
+    /// numbers before planning so the plan matches what `iptables-save` prints.
+    pub owner_groups: OwnerGroups,
 }
 
 impl CaptureConfig {
@@ -289,6 +321,7 @@ impl CaptureConfig {
             outbound_ports_exclude: Vec::new(),
             exclude_interfaces: Vec::new(),
             kube_virt_interfaces: Vec::new(),
+            owner_groups: OwnerGroups::All,
         }
     }
 }
@@ -359,6 +392,17 @@ impl CaptureConfig {
             join(&self.proxy_uids),
             join(&self.proxy_gids)
         ));
+        match &self.owner_groups {
+            OwnerGroups::All => {}
+            OwnerGroups::Only(g) => out.push(format!(
+                "outbound: only processes in group {} are captured",
+                g.join(", ")
+            )),
+            OwnerGroups::AllExcept(g) => out.push(format!(
+                "outbound: processes in group {} are never captured",
+                g.join(", ")
+            )),
+        }
         if !self.exclude_interfaces.is_empty() {
             out.push(format!(
                 "interfaces never captured: {}",
@@ -389,6 +433,9 @@ const F_OUTBOUND_PORTS: &str = "-q/--istio-outbound-ports";
 const F_OUTBOUND_EXCLUDE: &str = "-o/--istio-local-outbound-ports-exclude";
 const F_EXCLUDE_IF: &str = "-c/--istio-exclude-interfaces";
 const F_VIRT_IF: &str = "-k/--kube-virt-interfaces";
+const F_GROUPS: &str = "ISTIO_OUTBOUND_OWNER_GROUPS (--outbound-owner-groups)";
+const F_GROUPS_EXCLUDE: &str =
+    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE (--outbound-owner-groups-exclude)";
 
 impl Flags {
     /// Parse `args` (program name first) from the command line alone, ignoring the environment
@@ -470,6 +517,25 @@ impl Flags {
             port_list(F_OUTBOUND_EXCLUDE, &self.outbound_ports_exclude, &mut errs);
         let exclude_interfaces = iface_list(F_EXCLUDE_IF, &self.exclude_interfaces, &mut errs);
         let kube_virt_interfaces = iface_list(F_VIRT_IF, &self.kube_virt_interfaces, &mut errs);
+        let include = self.owner_groups_include.trim();
+        let excluded = group_list(F_GROUPS_EXCLUDE, &self.owner_groups_exclude, &mut errs);
+        let owner_groups = if include == "*" || include.is_empty() {
+            if excluded.is_empty() {
+                OwnerGroups::All
+            } else {
+                OwnerGroups::AllExcept(excluded)
+            }
+        } else {
+            let included = group_list(F_GROUPS, include, &mut errs);
+            if !excluded.is_empty() {
+                errs.push(FlagError {
+                    flag: F_GROUPS,
+                    value: self.owner_groups_include.clone(),
+                    reason: "set together with ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE; use only one of them".into(),
+                });
+            }
+            OwnerGroups::Only(included)
+        };
 
         if !errs.is_empty() {
             return Err(errs);
@@ -489,6 +555,7 @@ impl Flags {
             outbound_ports_exclude,
             exclude_interfaces,
             kube_virt_interfaces,
+            owner_groups,
         })
     }
 
@@ -601,6 +668,16 @@ impl Flags {
                 F_VIRT_IF,
                 "kube_virt_interfaces",
                 self.kube_virt_interfaces.clone(),
+            ),
+            (
+                "--outbound-owner-groups",
+                "owner_groups_include",
+                self.owner_groups_include.clone(),
+            ),
+            (
+                "--outbound-owner-groups-exclude",
+                "owner_groups_exclude",
+                self.owner_groups_exclude.clone(),
             ),
             ("-n/--dry-run", "dry_run", self.dry_run.to_string()),
             ("--cleanup", "cleanup", self.cleanup.to_string()),
@@ -743,6 +820,32 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Group numbers or names (`[A-Za-z0-9._-]`, at most 32 characters, not starting with `-`).
+fn group_list(flag: &'static str, value: &str, errs: &mut Vec<FlagError>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items(value) {
+        let valid = item.len() <= 32
+            && !item.starts_with('-')
+            && item
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            errs.push(FlagError {
+                flag,
+                value: item.to_string(),
+                reason: if item == "*" {
+                    "the wildcard `*` must be the whole value, not a list item".into()
+                } else {
+                    "not a group number or name".into()
+                },
+            });
+        } else if !out.iter().any(|o| o == item) {
+            out.push(item.to_string());
+        }
+    }
+    out
+}
+
 fn iface_list(flag: &'static str, value: &str, errs: &mut Vec<FlagError>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for item in items(value) {
@@ -855,6 +958,42 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want:?} not in:\n{s}");
         }
+    }
+
+    #[test]
+    fn owner_groups() {
+        assert_eq!(
+            parse(&[]).validate().unwrap().owner_groups,
+            OwnerGroups::All
+        );
+        let c = parse(&["--outbound-owner-groups", "java,202"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.owner_groups,
+            OwnerGroups::Only(vec!["java".into(), "202".into()])
+        );
+        let c = parse(&["--outbound-owner-groups-exclude", "888,ftp"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.owner_groups,
+            OwnerGroups::AllExcept(vec!["888".into(), "ftp".into()])
+        );
+        let e = parse(&[
+            "--outbound-owner-groups",
+            "1",
+            "--outbound-owner-groups-exclude",
+            "2",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.reason.contains("only one of them"), "{e}");
+        let e = parse(&["--outbound-owner-groups-exclude", "a b"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.value, "a b");
+        assert!(e.flag.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"));
     }
 
     #[test]

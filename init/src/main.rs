@@ -56,9 +56,12 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     for l in flag_lines {
         line(format!("  {l}"));
     }
-    let cfg = flags
+    let mut cfg = flags
         .validate_all()
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    for note in apply::resolve_group_names(&mut cfg)? {
+        say(note);
+    }
     for line in cfg.summary() {
         say(format!("capture: {line}"));
     }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::flags::{CaptureConfig, InboundCapture, OutboundCapture};
+use crate::flags::{CaptureConfig, InboundCapture, OutboundCapture, OwnerGroups};
 
 /// The inbound chain (jumped to from PREROUTING).
 pub const INBOUND: &str = "REMORA_INBOUND";
@@ -223,7 +223,8 @@ struct Rule {
     proto: Option<&'static str>,
     dport: Option<(bool, u16)>,
     uid: Option<(bool, u32)>,
-    gid: Option<(bool, u32)>,
+    /// `-m owner [!] --gid-owner G`, one match each (a number or a group name).
+    gids: Vec<(bool, String)>,
     comment: String,
     target: String,
 }
@@ -264,8 +265,8 @@ impl Rule {
         self.uid = Some((neg, id));
         self
     }
-    fn gid(mut self, neg: bool, id: u32) -> Rule {
-        self.gid = Some((neg, id));
+    fn gid(mut self, neg: bool, id: impl ToString) -> Rule {
+        self.gids.push((neg, id.to_string()));
         self
     }
 
@@ -299,8 +300,8 @@ impl Rule {
         if let Some((neg, id)) = self.uid {
             let _ = write!(s, "-m owner {}--uid-owner {id} ", bang(neg));
         }
-        if let Some((neg, id)) = self.gid {
-            let _ = write!(s, "-m owner {}--gid-owner {id} ", bang(neg));
+        for (neg, id) in &self.gids {
+            let _ = write!(s, "-m owner {}--gid-owner {id} ", bang(*neg));
         }
         let _ = write!(
             s,
@@ -479,6 +480,33 @@ pub fn plan(cfg: &CaptureConfig, family: Family) -> Snapshot {
             Rule::new(format!("proxy {kind} {id} is not captured"), "RETURN"),
             false,
         ));
+    }
+    match &cfg.owner_groups {
+        OwnerGroups::All => {}
+        OwnerGroups::Only(groups) => {
+            let mut r = Rule::new(
+                format!(
+                    "processes outside group {} are not captured (owner groups)",
+                    groups.join(",")
+                ),
+                "RETURN",
+            );
+            for g in groups {
+                r = r.gid(true, g);
+            }
+            output.push(r);
+        }
+        OwnerGroups::AllExcept(groups) => {
+            for g in groups {
+                output.push(
+                    Rule::new(
+                        format!("group {g} is not captured (owner groups exclude)"),
+                        "RETURN",
+                    )
+                    .gid(false, g),
+                );
+            }
+        }
     }
     output.push(
         Rule::new(

@@ -97,6 +97,14 @@ fn our_cases() -> Vec<(&'static str, Vec<&'static str>)> {
             vec!["-i", "0.0.0.0/0", "-x", "::/0", "-b", "*"],
         ),
         (
+            "owner-groups-include",
+            with_default(&["--outbound-owner-groups", "3000,3001"]),
+        ),
+        (
+            "owner-groups-exclude",
+            with_default(&["--outbound-owner-groups-exclude", "3000,3001"]),
+        ),
+        (
             "everything",
             vec![
                 "-p",
@@ -385,7 +393,7 @@ fn istio_nat_blocks(text: &str) -> Vec<Vec<&str>> {
 fn same_rules_as_istio_goldens_for_the_cases_that_map() {
     // (Istio golden, our flags, whether Istio's case enables IPv6). Istio's base config: -b and -i
     // empty, uid = gid = 1337 (see CASES.md). Cases with DNS capture, TPROXY, drop-invalid or the
-    // env-only owner-group / loopback-CIDR settings do not map onto our flags.
+    // env-only loopback-CIDR setting do not map onto our flags.
     let cases: &[(&str, &[&str], bool)] = &[
         ("empty", &[], false),
         ("ipv6-empty-inbound-ports", &["-b", ""], true),
@@ -451,6 +459,18 @@ fn same_rules_as_istio_goldens_for_the_cases_that_map() {
         ("inbound-ports-wildcard", &["-b", "*"], false),
         ("outbound-ports-include", &["-q", "32000,31000"], false),
         ("basic-exclude-nic", &["-c", "not-istio-nic"], false),
+        // Istio sets these by environment only; group names stay names in the plan until
+        // remora-init resolves them.
+        (
+            "outbound-owner-groups",
+            &["--outbound-owner-groups", "java,202"],
+            false,
+        ),
+        (
+            "outbound-owner-groups-exclude",
+            &["--outbound-owner-groups-exclude", "888,ftp"],
+            false,
+        ),
     ];
     let dir = shared_dir().join("anchors/istio/iptables");
     let mut compared_rules = 0;

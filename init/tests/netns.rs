@@ -638,3 +638,35 @@ fn legacy_backend_captures_the_same_way() {
         ],
     );
 }
+
+#[test]
+fn owner_groups_include() {
+    use Side::*;
+    let in_group = Who { uid: 0, gid: 3000 };
+    run_case(
+        "grpincl",
+        &args(&["--outbound-owner-groups", "3000"]),
+        false,
+        vec![
+            outbound(Pod, in_group, "10.213.0.1:8080"),
+            peer(ROOT, "10.213.0.1:8080"),
+            // Inbound is not affected by owner groups.
+            inbound(Peer, ROOT, "10.213.0.2:9080"),
+        ],
+    );
+}
+
+#[test]
+fn owner_groups_exclude_by_name() {
+    use Side::*;
+    // "root" is resolved to gid 0 by remora-init before planning.
+    run_case(
+        "grpexcl",
+        &args(&["--outbound-owner-groups-exclude", "root"]),
+        false,
+        vec![
+            peer(ROOT, "10.213.0.1:8080"),
+            outbound(Pod, Who { uid: 0, gid: 3000 }, "10.213.0.1:8080"),
+        ],
+    );
+}

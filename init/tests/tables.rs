@@ -514,6 +514,7 @@ fn flags_can_come_from_istio_environment_variables() {
             ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE", "53"),
             ("ISTIO_EXCLUDE_INTERFACES", "eth9"),
             ("KUBE_VIRT_INTERFACES", "vnet0"),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "root"),
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -538,6 +539,7 @@ fn flags_can_come_from_istio_environment_variables() {
         "-p udp -m udp --dport 53",
         "-i eth9 -m comment",
         "-i vnet0 -m comment",
+        "-m owner --gid-owner 0 -m comment --comment \"remora: group 0 is not captured",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
