@@ -286,7 +286,14 @@ pub fn snapshot(backend: Backend, family: Family) -> Result<(Snapshot, String), 
 
 /// Feed `text` to `<family>-<backend>-restore --noflush`.
 pub fn restore(backend: Backend, family: Family, text: &str) -> Result<(), ApplyError> {
-    run(&backend.restore_cmd(family), &["--noflush"], Some(text)).map(|_| ())
+    // -w: wait (up to 10 s) for the xtables lock, which is shared by every network namespace
+    // on the node (legacy takes it; nft accepts and ignores the option).
+    run(
+        &backend.restore_cmd(family),
+        &["-w", "10", "--noflush"],
+        Some(text),
+    )
+    .map(|_| ())
 }
 
 /// What happened to one family.

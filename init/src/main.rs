@@ -126,7 +126,7 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
             (plan::render_transition(&current, &target), target)
         };
         line(format!(
-            "--- {} restore text ({} --noflush) ---",
+            "--- {} restore text ({} -w 10 --noflush) ---",
             family.name(),
             backend.restore_cmd(family)
         ));

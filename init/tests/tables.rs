@@ -65,7 +65,10 @@ fn add_foreign_rules(ns: &Netns, backend: &str) {
                 "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
             ],
         ] {
-            ns.must(&tool, &rule);
+            // -w: the xtables lock is shared with parallel tests in other namespaces.
+            let mut with_wait = vec!["-w"];
+            with_wait.extend_from_slice(&rule);
+            ns.must(&tool, &with_wait);
         }
     }
 }
