@@ -529,7 +529,11 @@ fn no_virtual_service(
     cands: &[String],
 ) -> Decision {
     let port = req.dst.port();
-    if let Some(se) = snap.best_service_entry(cands) {
+    let declared = |se: &crate::rules::ServiceEntry| {
+        se.ports.is_empty() || se.ports.iter().any(|p| p.number == port)
+    };
+    // A ServiceEntry only captures the ports it declares (Istio builds listeners per port).
+    if let Some(se) = snap.best_service_entry(cands).filter(|se| declared(se)) {
         // The concrete name the client used (the candidate the ServiceEntry matched).
         let fqdn = cands
             .iter()
@@ -1120,6 +1124,15 @@ spec:
         ));
         assert_eq!(f.endpoints[0].addr.to_string(), "127.0.0.12:9000");
         assert_eq!(f.virtual_service, None);
+        // A port the ServiceEntry does not declare is not captured by it.
+        assert_eq!(
+            route(
+                &s,
+                &req_with("plain.internal:9001", "GET", "/", &none, 9001),
+                &mut rng
+            ),
+            Decision::Passthrough
+        );
         // Unknown host: original destination.
         assert_eq!(
             route(&s, &req_with("unknown", "GET", "/", &none, 80), &mut rng),

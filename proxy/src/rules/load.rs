@@ -113,6 +113,11 @@ pub struct Decoded {
     pub documents: usize,
 }
 
+/// Collapse whitespace runs (newlines included) so every error stays one log line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
 /// Decode every document of every file; collects all errors (one per document at most).
@@ -140,7 +145,7 @@ pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
                         file: file.clone(),
                         document,
                         field: String::new(),
-                        reason: format!("invalid YAML: {e}"),
+                        reason: format!("invalid YAML: {}", one_line(&e.to_string())),
                     });
                     // The parser cannot resynchronise after a syntax error.
                     break;
