@@ -62,10 +62,14 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     for note in apply::resolve_group_names(&mut cfg)? {
         say(note);
     }
-    for line in cfg.summary() {
-        say(format!("capture: {line}"));
+    if flags.cleanup {
+        say("cleanup: removing every remora chain and rule (the capture flags are not used)");
+    } else {
+        for line in cfg.summary() {
+            say(format!("capture: {line}"));
+        }
     }
-    if !cfg.ignored_inbound_excludes.is_empty() {
+    if !flags.cleanup && !cfg.ignored_inbound_excludes.is_empty() {
         say(format!(
             "note: -d {:?} has no effect because -b is not '*' (only listed ports are captured)",
             cfg.ignored_inbound_excludes

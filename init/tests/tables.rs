@@ -144,7 +144,12 @@ fn idempotent_apply_and_cleanup(backend: &'static str) {
     // Cleanup removes ours and nothing else; twice is fine.
     let mut c = vec!["--cleanup"];
     c.extend_from_slice(&mode);
-    ns.init(&c);
+    let out = ns.init(&c);
+    assert!(
+        out.contains("cleanup: removing every remora chain and rule"),
+        "{out}"
+    );
+    assert!(!out.contains("capture: inbound"), "{out}");
     assert_eq!(
         whole_state(&ns, backend),
         pristine,
