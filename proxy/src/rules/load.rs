@@ -113,6 +113,59 @@ pub struct Decoded {
     pub documents: usize,
 }
 
+/// Largest rules file read (a ConfigMap holds at most 1 MiB in total).
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// Deepest flow nesting (`[`/`{`) accepted before parsing: the YAML parser takes quadratic time
+/// on very deep nesting, and the deserializer stops at 128 levels anyway.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+/// Cheap checks before the YAML parser sees a file: size and flow nesting depth (brackets inside
+/// quoted strings and comments do not count).
+fn precheck(text: &str) -> Result<(), String> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes, more than the {MAX_FILE_BYTES} bytes accepted",
+            text.len()
+        ));
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut prev = ' ';
+    let mut escaped = false;
+    for c in text.chars() {
+        if comment {
+            comment = c != '\n';
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '"' | '\'' if prev.is_whitespace() || "[{,:".contains(prev) => quote = Some(c),
+                '#' if prev.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    if max > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "invalid YAML: flow collections nested deeper than {MAX_FLOW_DEPTH} levels"
+        ));
+    }
+    Ok(())
+}
+
 /// Collapse whitespace runs (newlines included) so every error stays one log line.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -136,6 +189,15 @@ pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
                 continue;
             }
         };
+        if let Err(reason) = precheck(text) {
+            out.errors.push(LoadError {
+                file: file.clone(),
+                document: 0,
+                field: String::new(),
+                reason,
+            });
+            continue;
+        }
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let document = i + 1;
             let value = match Value::deserialize(doc) {
@@ -321,4 +383,62 @@ fn decode_document(
         other => ignore(out, format!("kind {other} is not supported; ignored")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precheck_depth_and_size() {
+        let deep = format!("spec: {}{}", "[".repeat(129), "]".repeat(129));
+        assert_eq!(
+            precheck(&deep),
+            Err("invalid YAML: flow collections nested deeper than 128 levels".to_string())
+        );
+        let ok_deep = format!("spec: {}{}", "[".repeat(128), "]".repeat(128));
+        assert_eq!(precheck(&ok_deep), Ok(()));
+        // Brackets in quoted strings, escapes and comments do not count.
+        let quoted = format!(
+            "a: \"{}\"\nb: '{}'\nc: \"\\\"{}\"\n# {}\n",
+            "[".repeat(300),
+            "{".repeat(300),
+            "[".repeat(300),
+            "[".repeat(300)
+        );
+        assert_eq!(precheck(&quoted), Ok(()));
+        assert_eq!(
+            precheck("regex: \"[0-9]{3}\"\nflow: {a: [1, {b: 2}]}\n"),
+            Ok(())
+        );
+        let big = "a".repeat(MAX_FILE_BYTES + 1);
+        assert_eq!(
+            precheck(&big),
+            Err(format!(
+                "file is {} bytes, more than the {MAX_FILE_BYTES} bytes accepted",
+                MAX_FILE_BYTES + 1
+            ))
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_a_file_error() {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: x}}\nspec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let inputs = Inputs {
+            dir: "memory".into(),
+            files: vec![("deep.yaml".into(), text.into_bytes())],
+            skipped: vec![],
+            hash: String::new(),
+        };
+        let d = decode_inputs(&inputs, &LoadContext::default());
+        let lines: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            vec!["deep.yaml: invalid YAML: flow collections nested deeper than 128 levels"]
+        );
+    }
 }
