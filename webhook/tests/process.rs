@@ -1,0 +1,301 @@
+//! The real `remora-webhook` binary: `serve` (log line, SIGTERM with a review in flight),
+//! `inject` and `check-inject` exit codes and output.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use remora_webhook::client::{client_config, Client};
+use remora_webhook::review;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_remora-webhook");
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/samples")
+}
+
+/// Kills the server if a test fails before stopping it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Served {
+    proc: Proc,
+    addr: SocketAddr,
+    cert_pem: String,
+    _dir: tempfile::TempDir,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+async fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), ck.key_pair.serialize_pem()).unwrap();
+    let addr = free_addr();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--drain-seconds",
+            "10",
+        ])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--config")
+        .arg(dir.path().join("absent.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let served = Served {
+        proc: Proc(child),
+        addr,
+        cert_pem: ck.cert.pem(),
+        _dir: dir,
+        stderr: rx,
+    };
+    let cfg = client_config(&[served.cert_pem.as_bytes()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = Client::connect(addr, "localhost", cfg.clone()).await {
+            if c.get("/readyz").await.map(|r| r.0).unwrap_or(0) == 200 {
+                return served;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let hit = pred(&l);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("log line not found; saw: {seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
+    let s = serve().await;
+    let cfg = client_config(&[s.cert_pem.as_bytes()]).unwrap();
+    let mut c = Client::connect(s.addr, "localhost", cfg.clone())
+        .await
+        .unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-6d4b-", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d4b", "uid": "x", "controller": true}]},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    let body = serde_json::to_vec(&review::review_for(&pod, "uid-log-1", "shop")).unwrap();
+    let (status, _) = c.post("/inject", Bytes::from(body)).await.unwrap();
+    assert_eq!(status, 200);
+    let lines = lines_until(&s.stderr, |l| l.contains("uid-log-1"));
+    let line: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(line["uid"], "uid-log-1");
+    assert_eq!(line["namespace"], "shop");
+    assert_eq!(line["pod"], "web-6d4b-");
+    assert_eq!(line["owner_kind"], "ReplicaSet");
+    assert_eq!(line["decision"], "injected");
+    assert!(line["reason"].as_str().unwrap().contains("default policy"));
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+
+    // A review in flight when SIGTERM arrives: headers and half the body sent before, the rest after.
+    let body = serde_json::to_vec(&review::review_for(&pod, "uid-inflight", "shop")).unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    tls.write_all(&body[..half]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = s.proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    lines_until(&s.stderr, |l| l.contains("shutting down"));
+    // New connections are refused once shutdown began.
+    assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    tls.write_all(&body[half..]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("uid-inflight"), "{text}");
+    let mut proc = s.proc;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(st) = proc.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "exit status {code:?}");
+}
+
+#[test]
+fn serve_without_cert_fails_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(dir.path().join("missing.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("missing.key"))
+        .arg("--config")
+        .arg(dir.path().join("absent.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.crt"), "{err}");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "policy: sometimes\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["inject", "-f"])
+        .arg(samples().join("bookinfo.yaml"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("sometimes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inject_cli_prints_injected_yaml_and_fails_on_denial() {
+    let out = Command::new(BIN)
+        .args(["inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = remora_webhook::cli::parse_docs(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(docs.len(), 7);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DaemonSet/node-agent skipped") && err.contains("hostNetwork"),
+        "{err}"
+    );
+    let cron = docs.iter().find(|d| d["kind"] == "CronJob").unwrap();
+    assert_eq!(
+        cron.pointer("/spec/jobTemplate/spec/template/spec/initContainers/0/name"),
+        Some(&json!("remora-proxy"))
+    );
+    // Stdin, and a denial: non-zero, message on stderr, nothing on stdout.
+    let mut child = Command::new(BIN)
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(samples().join("bad-annotations.yaml")).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Deployment/bad-ports denied") && err.contains("70000"),
+        "{err}"
+    );
+    assert!(err.contains("sidecar.istio.io/proxyMemory"), "{err}");
+}
+
+#[test]
+fn check_inject_cli_explains() {
+    let out = Command::new(BIN)
+        .args(["check-inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .args(["--namespace-labels", "istio-injection=enabled"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("StatefulSet/mongodb in namespace default: INJECTED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DaemonSet/node-logger in namespace default: NOT INJECTED (skipped)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pod label sidecar.istio.io/inject=\"false\""),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["check-inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .args(["--namespace-labels", "bad"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--namespace-labels"));
+}
