@@ -3,10 +3,12 @@
 //! tests, the demo and the benchmarks. See docs/lab.md.
 
 pub mod admission;
+pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod kubelet;
 pub mod lab;
 pub mod netns;
+pub mod table;
 
 pub use lab::{Lab, LabOptions, Pod};

@@ -1,1 +1,489 @@
-fn main() {}
+//! `remora-lab`: the mesh lab from the command line.
+//!   remora-lab up      Bookinfo in a meshed namespace; prints how to reach it; Ctrl-C tears down.
+//!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live.
+//!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use remora_e2e::table;
+use remora_e2e::{Lab, LabOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use remora_e2e::bench;
+
+const BOOKINFO: &str = include_str!("../../fixtures/bookinfo.yaml");
+
+#[derive(Parser)]
+#[command(name = "remora-lab", about = "remora's network-namespace mesh lab")]
+struct Cli {
+    /// Directory with remora-webhook, remora-init, remora-proxy and lab-app (default: this
+    /// program's own directory).
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    /// Print every lab step.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start Bookinfo in the lab and keep it running until Ctrl-C.
+    Up,
+    /// The narrated demo.
+    Demo {
+        /// Requests per measured step.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
+    /// The data-plane benchmark.
+    Bench(bench::BenchArgs),
+}
+
+static CANCEL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+extern "C" fn on_signal(_: i32) {
+    if let Some(c) = CANCEL.get() {
+        c.store(true, Ordering::Relaxed);
+    }
+}
+
+fn install_signals(flag: Arc<AtomicBool>) -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let _ = CANCEL.set(flag);
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic.
+        unsafe { sigaction(s, &act) }.context("installing the signal handler")?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let cancel = Arc::new(AtomicBool::new(false));
+    if let Err(e) = install_signals(cancel.clone()) {
+        eprintln!("remora-lab: {e:#}");
+        std::process::exit(1);
+    }
+    let mut opts = LabOptions {
+        verbose: cli.verbose,
+        cancel,
+        ..LabOptions::default()
+    };
+    if let Some(d) = cli.bin_dir {
+        opts.bin_dir = d;
+    }
+    let result = match cli.cmd {
+        Cmd::Up => up(opts),
+        Cmd::Demo { requests } => demo(opts, requests),
+        Cmd::Bench(args) => bench::run(opts, args),
+    };
+    if let Err(e) = result {
+        eprintln!("remora-lab: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn bookinfo(opts: LabOptions) -> Result<Lab> {
+    let mut lab = Lab::start(opts)?;
+    lab.create_namespace("bookinfo", &[("istio-injection", "enabled")])?;
+    lab.set_rules("bookinfo", DESTINATION_RULES)?;
+    if let Err(e) = lab.apply(BOOKINFO, "bookinfo") {
+        bail!("{e:#}\n--- container logs:\n{}", lab.logs(20));
+    }
+    Ok(lab)
+}
+
+fn up(opts: LabOptions) -> Result<()> {
+    let cancel = opts.cancel.clone();
+    let lab = bookinfo(opts)?;
+    print_pods(&lab);
+    println!("\nThe lab runs until Ctrl-C. Try, from another shell:");
+    let client = lab.pod("client")?;
+    println!(
+        "  ip netns exec {} curl -s http://productpage:9080/productpage",
+        client.netns.name()
+    );
+    println!(
+        "  ip netns exec {} iptables-save -t nat",
+        client.netns.name()
+    );
+    println!(
+        "Rules: {}/ns/bookinfo/remora-mesh-rules (edit in place; proxies reload)",
+        lab.dir().display()
+    );
+    while !cancel.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\nCtrl-C: tearing down");
+    Ok(())
+}
+
+fn print_pods(lab: &Lab) {
+    let rows: Vec<Vec<String>> = lab
+        .pods()
+        .iter()
+        .map(|p| {
+            let (init, containers) = p.spec_containers();
+            vec![
+                p.name.clone(),
+                p.ip.to_string(),
+                p.labels.get("version").cloned().unwrap_or_default(),
+                if p.meshed { "remora-proxy" } else { "none" }.to_string(),
+                format!("{}", init.len() + containers.len()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::text(&["POD", "IP", "VERSION", "SIDECAR", "CONTAINERS"], &rows)
+    );
+}
+
+const DESTINATION_RULES: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  subsets:
+  - {name: v1, labels: {version: v1}}
+"#;
+
+fn reviews_vs(http: &str) -> String {
+    format!("{DESTINATION_RULES}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+}
+
+/// Request headers of one measured run.
+type Headers = Vec<(&'static str, &'static str)>;
+
+struct Step {
+    title: &'static str,
+    rule: &'static str,
+    yaml: String,
+    runs: Vec<(&'static str, Headers, Expect)>,
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    Only(&'static str),
+    Share(&'static str, f64),
+}
+
+fn count_versions(
+    lab: &Lab,
+    n: usize,
+    headers: &[(&str, &str)],
+    cancel: &AtomicBool,
+) -> Result<BTreeMap<String, usize>> {
+    let client = lab.pod("client")?;
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let r = lab.http(client, "productpage", 9080, "/productpage", headers)?;
+        let v = r.json()?;
+        let version = v["reviews"]["version"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("error {}", v["reviews"]["status"]));
+        *seen.entry(version).or_default() += 1;
+    }
+    Ok(seen)
+}
+
+fn demo(opts: LabOptions, requests: usize) -> Result<()> {
+    let cancel = opts.cancel.clone();
+    let started = std::time::Instant::now();
+    println!("== remora demo: a service mesh on one machine, no cluster\n");
+    println!("The lab makes a \"node\" (a network namespace with a bridge and no route out) and one network");
+    println!("namespace per pod. Pods come from Kubernetes YAML. Because the namespace `bookinfo` carries the");
+    println!("label istio-injection=enabled, each pod is first sent to the real remora-webhook over HTTPS as an");
+    println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet: remora-init");
+    println!("programs iptables, remora-proxy starts as uid 1337 and must be ready before the app starts.\n");
+    let mut lab = bookinfo(opts)?;
+    println!(
+        "-- Bookinfo is running ({:.1} s):\n",
+        started.elapsed().as_secs_f64()
+    );
+    print_pods(&lab);
+
+    let pod = lab.pod("reviews-v2")?;
+    println!(
+        "\n-- What the webhook injected into {} (the YAML asked for one container):\n",
+        pod.name
+    );
+    let mut rows = Vec::new();
+    for (kind, list) in [
+        ("init", "/spec/initContainers"),
+        ("container", "/spec/containers"),
+    ] {
+        for c in pod
+            .object
+            .pointer(list)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = c["name"].as_str().unwrap_or("?");
+            let native = c["restartPolicy"] == "Always";
+            let argv: Vec<String> = ["command", "args"]
+                .iter()
+                .flat_map(|k| c[*k].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| {
+                    a.as_str().map(|s| {
+                        if s.is_empty() {
+                            "\"\"".to_string()
+                        } else {
+                            s.to_string()
+                        }
+                    })
+                })
+                .collect();
+            let mut cmd = argv.join(" ");
+            if cmd.len() > 90 {
+                cmd.truncate(87);
+                cmd.push_str("...");
+            }
+            let user = c
+                .pointer("/securityContext/runAsUser")
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "-".into());
+            let role = if native {
+                "native sidecar (init, restartPolicy Always)"
+            } else {
+                kind
+            };
+            rows.push(vec![name.to_string(), role.to_string(), user, cmd]);
+        }
+    }
+    print!(
+        "{}",
+        table::text(&["NAME", "KIND", "UID", "COMMAND"], &rows)
+    );
+
+    println!(
+        "\n-- Its iptables rules (nat table, inside the pod), as remora-init installed them:\n"
+    );
+    let nat = lab.nat_rules(pod)?;
+    for l in nat.lines().filter(|l| l.starts_with("-A")) {
+        println!("  {}", strip_comment(l));
+    }
+    println!("\nApp traffic (any uid but 1337) is redirected to the proxy on 15001, inbound to 15006; the");
+    println!("proxy's own traffic returns. KUBE-SERVICES is the lab's kube-proxy: it comes after capture.\n");
+
+    let n = requests;
+    let steps = vec![
+        Step {
+            title: "Scenario 1a: all reviews traffic to v1",
+            rule: "route: reviews v1",
+            yaml: reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"),
+            runs: vec![("everyone", vec![], Expect::Only("v1"))],
+        },
+        Step {
+            title: "Scenario 1b: user jason to v2, everyone else to v1",
+            rule: "match header end-user=jason: reviews v2; else reviews v1",
+            yaml: reviews_vs("  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n"),
+            runs: vec![
+                ("end-user: jason", vec![("end-user", "jason")], Expect::Only("v2")),
+                ("end-user: mary", vec![("end-user", "mary")], Expect::Only("v1")),
+            ],
+        },
+        Step {
+            title: "Scenario 2a: canary 80/20",
+            rule: "weights: v1 80, v2 20",
+            yaml: reviews_vs("  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 80}\n    - {destination: {host: reviews, subset: v2}, weight: 20}\n"),
+            runs: vec![("everyone", vec![], Expect::Share("v1", 0.8))],
+        },
+        Step {
+            title: "Scenario 2b: 50/50 between v1 and v3",
+            rule: "weights: v1 50, v3 50",
+            yaml: reviews_vs("  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 50}\n    - {destination: {host: reviews, subset: v3}, weight: 50}\n"),
+            runs: vec![("everyone", vec![], Expect::Share("v1", 0.5))],
+        },
+    ];
+    let mut failures = Vec::new();
+    for step in steps {
+        println!(
+            "-- {}\n   rule applied to the namespace's remora-mesh-rules ConfigMap: {}",
+            step.title, step.rule
+        );
+        lab.set_rules("bookinfo", &step.yaml)?;
+        let mut rows = Vec::new();
+        for (who, headers, expect) in &step.runs {
+            let count = if matches!(expect, Expect::Only(_)) {
+                n.min(40)
+            } else {
+                n
+            };
+            let seen = count_versions(&lab, count, headers, &cancel)?;
+            let get = |v: &str| seen.get(v).copied().unwrap_or(0);
+            let ok = match expect {
+                Expect::Only(v) => get(v) == count,
+                Expect::Share(v, p) => {
+                    let sd = (count as f64 * p * (1.0 - p)).sqrt();
+                    (get(v) as f64 - count as f64 * p).abs() <= 3.0 * sd
+                        && seen.keys().all(|k| k.starts_with('v'))
+                }
+            };
+            let others: usize = seen
+                .iter()
+                .filter(|(k, _)| !["v1", "v2", "v3"].contains(&k.as_str()))
+                .map(|(_, c)| *c)
+                .sum();
+            rows.push(vec![
+                who.to_string(),
+                count.to_string(),
+                get("v1").to_string(),
+                get("v2").to_string(),
+                get("v3").to_string(),
+                others.to_string(),
+                if ok {
+                    "as expected".into()
+                } else {
+                    "UNEXPECTED".into()
+                },
+            ]);
+            if !ok {
+                failures.push(format!("{}: {who}: {seen:?}", step.title));
+            }
+        }
+        print!(
+            "{}",
+            table::text(
+                &["REQUESTS FROM", "N", "v1", "v2", "v3", "ERRORS", "RESULT"],
+                &rows
+            )
+        );
+        println!();
+    }
+    fault_step(&mut lab, &cancel, &mut failures)?;
+    println!(
+        "-- Tearing down: stopping {} pods and deleting their namespaces",
+        lab.pods().len()
+    );
+    drop(lab);
+    println!(
+        "   done; the demo took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!(
+            "{} step(s) did not behave as expected:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    println!("\nAll steps behaved as expected.");
+    Ok(())
+}
+
+/// Scenario 3: a fixed delay for jason on ratings against a timeout on reviews, and a 50% abort.
+fn fault_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) -> Result<()> {
+    println!("-- Scenario 3: fault injection with a timeout responding");
+    println!("   rules: ratings delays jason's requests 2 s; reviews (v2) has a 0.5 s timeout;");
+    println!("   then ratings aborts 50% of requests with HTTP 503");
+    let delay = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings}}\nspec:\n  hosts: [ratings]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    fault: {{delay: {{percentage: {{value: 100}}, fixedDelay: 2s}}}}\n    route: [{{destination: {{host: ratings, subset: v1}}}}]\n  - route: [{{destination: {{host: ratings, subset: v1}}}}]\n",
+        reviews_vs("  - route: [{destination: {host: reviews, subset: v2}}]\n    timeout: 0.5s\n")
+    );
+    lab.set_rules("bookinfo", &delay)?;
+    let jason = count_versions(lab, 5, &[("end-user", "jason")], cancel)?;
+    let mary = count_versions(lab, 5, &[("end-user", "mary")], cancel)?;
+    let abort = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings}}\nspec:\n  hosts: [ratings]\n  http:\n  - fault: {{abort: {{percentage: {{value: 50}}, httpStatus: 503}}}}\n    route: [{{destination: {{host: ratings, subset: v1}}}}]\n",
+        reviews_vs("  - route: [{destination: {host: reviews, subset: v2}}]\n")
+    );
+    lab.set_rules("bookinfo", &abort)?;
+    let client = lab.pod("client")?;
+    let n = 100;
+    let mut aborted = 0;
+    for _ in 0..n {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let v = lab
+            .http(client, "productpage", 9080, "/productpage", &[])?
+            .json()?;
+        if v["reviews"]["ratings"]["status"] == 503 {
+            aborted += 1;
+        }
+    }
+    let delay_ok = jason.get("error 504") == Some(&5) && mary.get("v2") == Some(&5);
+    let abort_ok = (aborted as f64 - 50.0).abs() <= 15.0;
+    let rows = vec![
+        vec![
+            "jason (delayed 2 s, timeout 0.5 s)".into(),
+            "5".into(),
+            format!("{jason:?}"),
+            "reviews answers 504".into(),
+            ok(delay_ok),
+        ],
+        vec![
+            "mary (no delay)".into(),
+            "5".into(),
+            format!("{mary:?}"),
+            "reviews v2 answers".into(),
+            ok(delay_ok),
+        ],
+        vec![
+            "everyone, 50% abort".into(),
+            n.to_string(),
+            format!("{aborted} ratings calls aborted"),
+            "about 50".into(),
+            ok(abort_ok),
+        ],
+    ];
+    print!(
+        "{}",
+        table::text(
+            &["REQUESTS FROM", "N", "OBSERVED", "EXPECTED", "RESULT"],
+            &rows
+        )
+    );
+    println!();
+    if !delay_ok || !abort_ok {
+        failures.push(format!(
+            "Scenario 3 (fault/timeout, needs the traffic policies of issue 5): jason {jason:?}, mary {mary:?}, aborted {aborted}/{n}"
+        ));
+    }
+    Ok(())
+}
+
+fn ok(b: bool) -> String {
+    if b { "as expected" } else { "UNEXPECTED" }.to_string()
+}
+
+/// Drops the `-m comment --comment "..."` part of an iptables-save line.
+fn strip_comment(line: &str) -> String {
+    let Some(i) = line.find(" -m comment --comment ") else {
+        return line.to_string();
+    };
+    let rest = &line[i + " -m comment --comment ".len()..];
+    let after = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.find('"').map(|j| &quoted[j + 1..]).unwrap_or("")
+    } else {
+        rest.find(' ').map(|j| &rest[j..]).unwrap_or("")
+    };
+    format!("{}{}", &line[..i], after)
+}
