@@ -271,8 +271,15 @@ pub fn match_holds(
             _ => return false,
         }
     }
+    // Istio/Envoy semantics (an inverted header matcher): `{}` holds when the header is absent;
+    // any other match holds when the header is present and does not match.
     for (name, sm) in &m.without_headers {
-        if header_value(req, name).is_some_and(|v| sm.matches(&v, false)) {
+        let holds = match (header_value(req, name), sm) {
+            (None, StringMatch::Present) => true,
+            (None, _) => false,
+            (Some(v), sm) => !sm.matches(&v, false),
+        };
+        if !holds {
             return false;
         }
     }
@@ -651,6 +658,15 @@ spec:
   - name: without
     match: [{uri: {prefix: /without}, withoutHeaders: {x-debug: {exact: "1"}}}]
     route: [{destination: {host: without}}]
+  - name: absent
+    match: [{uri: {prefix: /absent}, withoutHeaders: {x-debug: {}}}]
+    route: [{destination: {host: absent}}]
+  - name: present-prefix
+    match: [{uri: {prefix: /pp}, headers: {x-pp: {prefix: ""}}}]
+    route: [{destination: {host: pp}}]
+  - name: present-star
+    match: [{uri: {prefix: /ps}, headers: {x-ps: {regex: "*"}}}]
+    route: [{destination: {host: ps}}]
   - name: present
     match: [{headers: {x-present: {}}}]
     route: [{destination: {host: present}}]
@@ -704,7 +720,21 @@ spec:
             ("api", "GET", "/?or=b", &[], 80, "or"),
             ("api", "GET", "/?or=bb", &[], 80, "default"),
             ("api", "GET", "/?z=1&or=b", &[], 80, "or"),
-            ("api", "GET", "/without", &[], 80, "without"),
+            // Envoy's inverted matcher: an absent header does not satisfy withoutHeaders.
+            ("api", "GET", "/without", &[], 80, "default"),
+            ("api", "GET", "/absent", &[], 80, "absent"),
+            ("api", "GET", "/absent", &[("x-debug", "")], 80, "default"),
+            ("api", "GET", "/pp", &[("x-pp", "")], 80, "present-prefix"),
+            ("api", "GET", "/pp", &[], 80, "default"),
+            (
+                "api",
+                "GET",
+                "/ps",
+                &[("x-ps", "anything")],
+                80,
+                "present-star",
+            ),
+            ("api", "GET", "/ps", &[], 80, "default"),
             ("api", "GET", "/without", &[("x-debug", "2")], 80, "without"),
             ("api", "GET", "/without", &[("x-debug", "1")], 80, "default"),
             ("api", "GET", "/", &[("x-present", "")], 80, "present"),

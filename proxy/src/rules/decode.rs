@@ -239,11 +239,19 @@ fn string_match(v: &Value, field: &str, allow_empty: bool) -> R<StringMatch> {
     }
     if let Some(p) = prefix {
         if p.is_empty() {
+            // Istio: an empty prefix on a header or query parameter tests presence.
+            if allow_empty {
+                return Ok(StringMatch::Present);
+            }
             return fail(&format!("{field}.prefix"), "prefix must not be empty");
         }
         return Ok(StringMatch::Prefix(p));
     }
     if let Some(r) = regex {
+        // Istio: `regex: "*"` on a header means "present" (it is not a valid regex).
+        if allow_empty && r == "*" {
+            return Ok(StringMatch::Present);
+        }
         return compile_regex(&r, &format!("{field}.regex")).map(|re| StringMatch::Regex(r, re));
     }
     if allow_empty {
