@@ -12,6 +12,13 @@ use crate::decide::{decide, string_map, Decision};
 use crate::probes::{self, PROBERS_ENV};
 use crate::template::{self, INIT_NAME, PROXY_NAME};
 
+/// Records the pod's override containers across re-injections (Istio's annotation).
+pub const OVERRIDES: &str = "proxy.istio.io/overrides";
+/// Container names whose fields override the rendered proxy.
+const PROXY_OVERRIDE_NAMES: [&str; 2] = [PROXY_NAME, "istio-proxy"];
+/// Container names whose fields override the rendered init container.
+const INIT_OVERRIDE_NAMES: [&str; 2] = [INIT_NAME, "istio-init"];
+
 /// What happened to a pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -158,16 +165,34 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
     let mut removed = take_named(&mut inits, &prev.init);
     removed.extend(take_named(&mut containers, &prev.containers));
     take_named(&mut vols, &prev.volumes);
-    let reserved = [PROXY_NAME, INIT_NAME];
-    for c in containers.iter().chain(inits.iter()) {
-        if let Some(n) = c
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| reserved.contains(n))
+    // Istio's override mechanism: a container the pod declares under the proxy's or the init's
+    // name (ours or Istio's) is merged over the rendered one. The overrides are recorded in an
+    // annotation so a re-injection (which removed the merged containers) applies them again.
+    let mut overrides = take_named(&mut containers, &PROXY_OVERRIDE_NAMES.map(String::from));
+    overrides.extend(take_named(
+        &mut inits,
+        &PROXY_OVERRIDE_NAMES.map(String::from),
+    ));
+    let mut init_overrides = take_named(&mut inits, &INIT_OVERRIDE_NAMES.map(String::from));
+    init_overrides.extend(take_named(
+        &mut containers,
+        &INIT_OVERRIDE_NAMES.map(String::from),
+    ));
+    if overrides.is_empty() && init_overrides.is_empty() {
+        if let Some(rec) = annotations
+            .get(OVERRIDES)
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
         {
-            return Outcome::Denied(format!(
-                "container name {n} is reserved for the injected sidecar; rename the pod's container"
-            ));
+            overrides = rec
+                .get("proxy")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            init_overrides = rec
+                .get("init")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
         }
     }
     for v in &vols {
@@ -216,9 +241,24 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
     let grace = spec
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
-    let proxy = template::proxy_container(cfg, &opts, &probers, grace);
-    let init = template::init_container(cfg, &opts);
-    if init.is_some() {
+    let mut proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    for o in &overrides {
+        template::apply_override(&mut proxy, o);
+    }
+    let mut init = template::init_container(cfg, &opts);
+    if let Some(i) = init.as_mut() {
+        for o in &init_overrides {
+            template::apply_override(i, o);
+        }
+    }
+    let args_overridden = init_overrides.iter().any(|o| o.get("args").is_some());
+    if args_overridden {
+        notes.push(
+            "remora-init arguments come from the pod's own init override container, unchecked"
+                .into(),
+        );
+    }
+    if init.is_some() && !args_overridden {
         // The init program's own parser is the one definition of its flags: check against it.
         let args = template::init_args(cfg, &opts);
         let parsed = remora_init::flags::Flags::try_parse_args_only(
@@ -295,6 +335,13 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
                 ann[key] = json!(app);
             }
         }
+    }
+    if overrides.is_empty() && init_overrides.is_empty() {
+        if let Some(a) = ann.as_object_mut() {
+            a.remove(OVERRIDES);
+        }
+    } else {
+        ann[OVERRIDES] = json!(json!({"proxy": overrides, "init": init_overrides}).to_string());
     }
     if ann.get(PROM_SCRAPE).is_none() {
         ann[PROM_SCRAPE] = json!("true");
@@ -412,12 +459,35 @@ mod tests {
     }
 
     #[test]
-    fn reserved_names_are_denied() {
+    fn override_containers_merge_and_survive_reinjection() {
         let mut p = hello();
-        p["spec"]["containers"][0]["name"] = json!("remora-proxy");
-        assert!(
-            matches!(inject_pod(&p, "default", &Config::default()), Outcome::Denied(m) if m.contains("reserved"))
+        p["spec"]["containers"].as_array_mut().unwrap().push(json!({
+            "name": "istio-proxy", "image": "auto",
+            "resources": {"requests": {"cpu": "123m"}},
+            "env": [{"name": "EXTRA", "value": "1"}, {"name": "REMORA_LOG_LEVEL", "value": "debug"}],
+            "securityContext": {"runAsUser": 1234}
+        }));
+        let once = injected(&p);
+        assert_eq!(names(&once["spec"]["containers"]), ["hello"]);
+        let proxy = &once["spec"]["initContainers"][0];
+        assert_eq!(proxy["name"], "remora-proxy");
+        assert_eq!(proxy["image"], Config::default().proxy.image);
+        assert_eq!(proxy["resources"]["requests"]["cpu"], "123m");
+        assert_eq!(proxy["securityContext"]["runAsUser"], 1234);
+        assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
+        let env = proxy["env"].as_array().unwrap();
+        assert!(env.iter().any(|e| e["name"] == "EXTRA"));
+        assert_eq!(
+            env.iter()
+                .filter(|e| e["name"] == "REMORA_LOG_LEVEL")
+                .count(),
+            1
         );
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "REMORA_LOG_LEVEL" && e["value"] == "debug"));
+        assert!(once["metadata"]["annotations"][OVERRIDES].is_string());
+        assert_eq!(injected(&once), once);
     }
 
     #[test]

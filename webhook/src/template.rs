@@ -190,6 +190,41 @@ pub fn proxy_container(
     c
 }
 
+/// Merges a pod-declared override container over a rendered one: objects merge key by key,
+/// lists of named items (env, ports, volumeMounts) merge by name, other lists and values replace;
+/// `name` is kept and `image: auto` ignored.
+pub fn apply_override(base: &mut Value, over: &Value) {
+    let Some(o) = over.as_object() else { return };
+    for (k, v) in o {
+        if k == "name" || (k == "image" && v == "auto") {
+            continue;
+        }
+        merge(&mut base[k.as_str()], v);
+    }
+}
+
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(b), Value::Array(o))
+            if o.iter()
+                .all(|x| x.get("name").is_some_and(Value::is_string)) =>
+        {
+            for item in o {
+                match b.iter_mut().find(|x| x.get("name") == item.get("name")) {
+                    Some(existing) => *existing = item.clone(),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
 /// The volumes the proxy mounts.
 pub fn volumes(cfg: &Config) -> Vec<Value> {
     vec![
