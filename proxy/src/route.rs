@@ -170,27 +170,13 @@ pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -
     }
 }
 
-/// The most specific VirtualService for one of the candidate FQDNs (first one on a tie).
+/// The most specific VirtualService (with `http` routes) for one of the candidate FQDNs; the
+/// first one loaded on a tie.
 pub fn best_virtual_service<'a>(
     snap: &'a Snapshot,
     cands: &[String],
 ) -> Option<&'a VirtualService> {
-    let mut best: Option<(usize, &VirtualService)> = None;
-    for vs in &snap.virtual_services {
-        if vs.http.is_empty() {
-            continue; // tcp/tls-only VirtualServices do not route HTTP
-        }
-        for h in &vs.hosts {
-            for c in cands {
-                if let Some(score) = match_score(h, c) {
-                    if best.is_none_or(|(b, _)| score > b) {
-                        best = Some((score, vs));
-                    }
-                }
-            }
-        }
-    }
-    best.map(|(_, v)| v)
+    snap.best_http_virtual_service(cands)
 }
 
 fn split_path(path: &str) -> (&str, Option<&str>) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::host::match_score;
+use super::host::HostIndex;
 use super::model::{Resolution, ServiceEntry};
 use crate::route::Endpoint;
 
@@ -67,6 +67,7 @@ struct SeService {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceEntryEndpoints {
     services: Vec<SeService>,
+    index: HostIndex,
 }
 
 impl ServiceEntryEndpoints {
@@ -126,21 +127,19 @@ impl ServiceEntryEndpoints {
                 endpoints,
             });
         }
-        ServiceEntryEndpoints { services }
+        let index = HostIndex::build(
+            services
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.hosts.iter().map(move |h| (i, h.as_str()))),
+        );
+        ServiceEntryEndpoints { services, index }
     }
 
     fn best(&self, host: &str) -> Option<&SeService> {
-        let mut best: Option<(usize, &SeService)> = None;
-        for s in &self.services {
-            for h in &s.hosts {
-                if let Some(score) = match_score(h, host) {
-                    if best.is_none_or(|(b, _)| score > b) {
-                        best = Some((score, s));
-                    }
-                }
-            }
-        }
-        best.map(|(_, s)| s)
+        self.index
+            .best(&[host.to_string()])
+            .and_then(|i| self.services.get(i))
     }
 }
 

@@ -229,3 +229,121 @@ mod tests {
         );
     }
 }
+
+/// An index of (possibly wildcard) host patterns to item positions, answering "the most
+/// specific item for these names" without scanning every item: exact names beat wildcards
+/// (the longer name wins), longer wildcard suffixes beat shorter ones, `*` comes last; on a tie
+/// the item that came first wins.
+#[derive(Clone, Debug, Default)]
+pub struct HostIndex {
+    exact: std::collections::HashMap<String, usize>,
+    /// (suffix starting with '.', item), sorted by suffix length (longest first), then item.
+    wild: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl HostIndex {
+    /// Index `(item, pattern)` pairs; items are positions in the caller's list.
+    pub fn build<'a>(pairs: impl IntoIterator<Item = (usize, &'a str)>) -> HostIndex {
+        let mut ix = HostIndex::default();
+        for (i, p) in pairs {
+            if p == "*" {
+                ix.any = Some(ix.any.map_or(i, |a| a.min(i)));
+            } else if let Some(suffix) = p.strip_prefix('*') {
+                ix.wild.push((suffix.to_string(), i));
+            } else {
+                let e = ix.exact.entry(p.to_string()).or_insert(i);
+                *e = (*e).min(i);
+            }
+        }
+        ix.wild
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        ix
+    }
+
+    /// The best item for any of `names` (concrete host names).
+    pub fn best(&self, names: &[String]) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None; // (name length, item)
+        for n in names {
+            if let Some(&i) = self.exact.get(n) {
+                let better = match best {
+                    None => true,
+                    Some((len, item)) => n.len() > len || (n.len() == len && i < item),
+                };
+                if better {
+                    best = Some((n.len(), i));
+                }
+            }
+        }
+        if let Some((_, i)) = best {
+            return Some(i);
+        }
+        for (suffix, i) in &self.wild {
+            if names
+                .iter()
+                .any(|n| n.len() > suffix.len() && n.ends_with(suffix.as_str()))
+            {
+                return Some(*i);
+            }
+        }
+        self.any
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// The index agrees with a full scan using `match_score` on a table of patterns and names.
+    #[test]
+    fn index_agrees_with_scan() {
+        let items: Vec<Vec<&str>> = vec![
+            vec!["*.example.com"],
+            vec!["a.example.com", "b.example.com"],
+            vec!["*.api.example.com"],
+            vec!["a.example.com"],
+            vec!["*"],
+            vec!["reviews.prod.svc.cluster.local"],
+            vec!["reviews.prod"],
+            vec!["*.b.api.example.com", "*.other.org"],
+            vec!["*.api.example.com"],
+        ];
+        let ix = HostIndex::build(
+            items
+                .iter()
+                .enumerate()
+                .flat_map(|(i, hs)| hs.iter().map(move |h| (i, *h))),
+        );
+        let scan = |names: &[String]| -> Option<usize> {
+            let mut best: Option<(usize, usize)> = None;
+            for (i, hs) in items.iter().enumerate() {
+                for h in hs {
+                    for n in names {
+                        if let Some(s) = match_score(h, n) {
+                            if best.is_none_or(|(b, _)| s > b) {
+                                best = Some((s, i));
+                            }
+                        }
+                    }
+                }
+            }
+            best.map(|(_, i)| i)
+        };
+        let queries: Vec<Vec<&str>> = vec![
+            vec!["a.example.com"],
+            vec!["c.example.com"],
+            vec!["x.api.example.com"],
+            vec!["x.b.api.example.com"],
+            vec!["z.other.org"],
+            vec!["nothing.net"],
+            vec!["reviews.prod.svc.cluster.local", "reviews.prod"],
+            vec!["reviews.prod.svc", "reviews.prod"],
+            vec!["example.com"],
+        ];
+        for q in queries {
+            let names: Vec<String> = q.iter().map(|s| s.to_string()).collect();
+            assert_eq!(ix.best(&names), scan(&names), "{q:?}");
+        }
+        assert_eq!(HostIndex::default().best(&["a".to_string()]), None);
+    }
+}

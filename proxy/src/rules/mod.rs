@@ -74,6 +74,17 @@ pub struct Snapshot {
     /// The files read (names inside the directory).
     pub files: Vec<String>,
     pub endpoints: Arc<dyn EndpointSource>,
+    /// Host indexes over the lists above (rebuild with `reindex` after changing the lists).
+    pub index: Indexes,
+}
+
+/// Host indexes of a snapshot's VirtualServices (those with `http` routes), ServiceEntries and
+/// DestinationRules.
+#[derive(Clone, Debug, Default)]
+pub struct Indexes {
+    pub http_virtual_services: host::HostIndex,
+    pub service_entries: host::HostIndex,
+    pub destination_rules: host::HostIndex,
 }
 
 impl fmt::Debug for Snapshot {
@@ -129,7 +140,33 @@ impl Snapshot {
             ignored: Vec::new(),
             files: Vec::new(),
             endpoints: Arc::new(ServiceEntryEndpoints::default()),
+            index: Indexes::default(),
         }
+    }
+
+    /// Rebuild the host indexes from the resource lists.
+    pub fn reindex(&mut self) {
+        self.index = Indexes {
+            http_virtual_services: host::HostIndex::build(
+                self.virtual_services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.http.is_empty())
+                    .flat_map(|(i, v)| v.hosts.iter().map(move |h| (i, h.as_str()))),
+            ),
+            service_entries: host::HostIndex::build(
+                self.service_entries
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, s)| s.hosts.iter().map(move |h| (i, h.as_str()))),
+            ),
+            destination_rules: host::HostIndex::build(
+                self.destination_rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (i, d.host.as_str())),
+            ),
+        };
     }
 
     pub fn counts(&self) -> Counts {
@@ -230,32 +267,26 @@ impl Snapshot {
 
     /// The most specific ServiceEntry for one of the candidate FQDNs.
     pub fn best_service_entry(&self, candidates: &[String]) -> Option<&ServiceEntry> {
-        let mut best: Option<(usize, &ServiceEntry)> = None;
-        for se in &self.service_entries {
-            for h in &se.hosts {
-                for c in candidates {
-                    if let Some(s) = host::match_score(h, c) {
-                        if best.is_none_or(|(b, _)| s > b) {
-                            best = Some((s, se));
-                        }
-                    }
-                }
-            }
-        }
-        best.map(|(_, s)| s)
+        self.index
+            .service_entries
+            .best(candidates)
+            .and_then(|i| self.service_entries.get(i))
     }
 
     /// The most specific DestinationRule for an FQDN.
     pub fn destination_rule(&self, fqdn: &str) -> Option<&DestinationRule> {
-        let mut best: Option<(usize, &DestinationRule)> = None;
-        for dr in &self.destination_rules {
-            if let Some(s) = host::match_score(&dr.host, fqdn) {
-                if best.is_none_or(|(b, _)| s > b) {
-                    best = Some((s, dr));
-                }
-            }
-        }
-        best.map(|(_, d)| d)
+        self.index
+            .destination_rules
+            .best(&[fqdn.to_string()])
+            .and_then(|i| self.destination_rules.get(i))
+    }
+
+    /// The most specific VirtualService with `http` routes for one of the candidate FQDNs.
+    pub fn best_http_virtual_service(&self, candidates: &[String]) -> Option<&VirtualService> {
+        self.index
+            .http_virtual_services
+            .best(candidates)
+            .and_then(|i| self.virtual_services.get(i))
     }
 }
 
@@ -460,7 +491,7 @@ pub fn build_snapshot(
         }
     }
     let endpoints = Arc::new(ServiceEntryEndpoints::new(&service_entries, resolve));
-    Snapshot {
+    let mut snap = Snapshot {
         generation,
         hash,
         source,
@@ -472,7 +503,10 @@ pub fn build_snapshot(
         ignored,
         files,
         endpoints,
-    }
+        index: Indexes::default(),
+    };
+    snap.reindex();
+    snap
 }
 
 /// Load and validate a rules directory. Errors: the first problem found (all of them are in
