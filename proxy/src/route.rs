@@ -339,7 +339,8 @@ fn route_name(r: &HttpRoute, m: Option<&HttpMatch>) -> Option<String> {
     match (r.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
         (Some(r), Some(m)) => Some(format!("{r}.{m}")),
         (Some(r), None) => Some(r.to_string()),
-        (None, Some(m)) => Some(m.to_string()),
+        // As Istio names Envoy routes: `route.Name + "." + match.Name`.
+        (None, Some(m)) => Some(format!(".{m}")),
         (None, None) => None,
     }
 }
