@@ -849,6 +849,62 @@ spec:
     }
 
     #[test]
+    fn short_names_resolve_in_the_proxy_namespace() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{name: in-default, route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: prod}
+spec:
+  hosts: [reviews]
+  http: [{name: in-prod, route: [{destination: {host: reviews}}]}]
+"#;
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for (ns, authority, want) in [
+            ("default", "reviews", "in-default"),
+            ("prod", "reviews", "in-prod"),
+            ("prod", "reviews.default", "in-default"),
+            ("default", "reviews.prod:9080", "in-prod"),
+        ] {
+            let ctx = LoadContext {
+                namespace: ns.to_string(),
+                ..LoadContext::default()
+            };
+            let s = snapshot_from_yaml(&[("t.yaml", yaml)], &ctx, 1).unwrap();
+            let f = fwd(route(
+                &s,
+                &req_with(authority, "GET", "/", &h, 9080),
+                &mut rng,
+            ));
+            assert_eq!(f.route_name.as_deref(), Some(want), "{ns} {authority}");
+            assert_eq!(
+                f.host,
+                format!("reviews.{}.svc.cluster.local", &want[3..]),
+                "{ns} {authority}"
+            );
+        }
+        // Another cluster domain.
+        let ctx = LoadContext {
+            cluster_domain: "corp.internal".to_string(),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("t.yaml", yaml)], &ctx, 1).unwrap();
+        let f = fwd(route(
+            &s,
+            &req_with("reviews", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "reviews.default.svc.corp.internal");
+    }
+
+    #[test]
     fn rewrite_semantics_table() {
         let s = snap(
             r#"
