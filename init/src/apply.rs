@@ -116,60 +116,108 @@ fn rule_count(save: &str) -> usize {
     save.lines().filter(|l| l.starts_with("-A ")).count()
 }
 
+/// The chosen backend, why, and the full dumps of the chosen backend taken while deciding (so
+/// the caller need not read the tables again).
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub backend: Backend,
+    pub reason: String,
+    /// `(family, <family>-<backend>-save output)` for the chosen backend, when read.
+    pub dumps: Vec<(Family, String)>,
+}
+
+impl Detection {
+    /// Our current rules of `family` from the dump taken during detection, if there is one.
+    pub fn snapshot(&self, family: Family) -> Option<Snapshot> {
+        self.dumps
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, text)| plan::parse_save(text))
+    }
+}
+
 /// Choose the backend. Returns it and a sentence saying why.
 pub fn detect_backend(mode: IptablesMode) -> (Backend, String) {
+    let d = detect(mode);
+    (d.backend, d.reason)
+}
+
+/// Choose the backend: forced, or (auto) the one that already holds rules in this network
+/// namespace, nft when neither or both do.
+pub fn detect(mode: IptablesMode) -> Detection {
+    let forced = |backend: Backend| Detection {
+        backend,
+        reason: format!(
+            "{} (forced by --iptables-mode {})",
+            backend.name(),
+            backend.name()
+        ),
+        dumps: Vec::new(),
+    };
     match mode {
-        IptablesMode::Nft => return (Backend::Nft, "nft (forced by --iptables-mode nft)".into()),
-        IptablesMode::Legacy => {
-            return (
-                Backend::Legacy,
-                "legacy (forced by --iptables-mode legacy)".into(),
-            )
-        }
+        IptablesMode::Nft => return forced(Backend::Nft),
+        IptablesMode::Legacy => return forced(Backend::Legacy),
         IptablesMode::Auto => {}
     }
-    let count = |b: Backend| -> Result<usize, String> {
+    type Counted = Result<(usize, Vec<(Family, String)>), String>;
+    let count = |b: Backend| -> Counted {
         let mut n = 0;
+        let mut dumps = Vec::new();
         for fam in [Family::V4, Family::V6] {
             match run(&b.save_cmd(fam), &[], None) {
-                Ok(text) => n += rule_count(&text),
+                Ok(text) => {
+                    n += rule_count(&text);
+                    dumps.push((fam, text));
+                }
                 // No ip6tables in this namespace is fine; no iptables at all is not.
                 Err(e) if fam == Family::V4 => return Err(e.to_string()),
                 Err(_) => {}
             }
         }
-        Ok(n)
+        Ok((n, dumps))
     };
     let nft = count(Backend::Nft);
     let legacy = count(Backend::Legacy);
+    let pick = |backend: Backend, reason: String, dumps: Vec<(Family, String)>| Detection {
+        backend,
+        reason,
+        dumps,
+    };
     match (nft, legacy) {
-        (Ok(n), Ok(l)) if l > 0 && n == 0 => (
+        (Ok((n, _)), Ok((l, dumps))) if l > 0 && n == 0 => pick(
             Backend::Legacy,
             format!("legacy (auto: legacy holds {l} rules in this network namespace, nft none)"),
+            dumps,
         ),
-        (Ok(n), Ok(l)) if n > 0 && l > 0 => (
+        (Ok((n, dumps)), Ok((l, _))) if n > 0 && l > 0 => pick(
             Backend::Nft,
             format!("nft (auto: both hold rules here, nft {n}, legacy {l}; preferring nft)"),
+            dumps,
         ),
-        (Ok(n), Ok(_)) if n > 0 => (
+        (Ok((n, dumps)), Ok(_)) if n > 0 => pick(
             Backend::Nft,
             format!("nft (auto: nft holds {n} rules in this network namespace, legacy none)"),
+            dumps,
         ),
-        (Ok(_), Ok(_)) => (
+        (Ok((_, dumps)), Ok(_)) => pick(
             Backend::Nft,
             "nft (auto: no rules in either backend in this network namespace; default nft)".into(),
+            dumps,
         ),
-        (Ok(_), Err(e)) => (
+        (Ok((_, dumps)), Err(e)) => pick(
             Backend::Nft,
             format!("nft (auto: legacy tools unusable: {e})"),
+            dumps,
         ),
-        (Err(e), Ok(_)) => (
+        (Err(e), Ok((_, dumps))) => pick(
             Backend::Legacy,
             format!("legacy (auto: nft tools unusable: {e})"),
+            dumps,
         ),
-        (Err(e), Err(_)) => (
+        (Err(e), Err(_)) => pick(
             Backend::Nft,
             format!("nft (auto: neither backend's save tool works; trying nft anyway: {e})"),
+            Vec::new(),
         ),
     }
 }

@@ -78,8 +78,9 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
 
     let (ipv6, why6) = apply::decide_ipv6(flags.ipv6);
     say(format!("IPv6: {why6}"));
-    let (backend, why) = apply::detect_backend(flags.iptables_mode);
-    say(format!("backend: {why}"));
+    let detection = apply::detect(flags.iptables_mode);
+    let backend = detection.backend;
+    say(format!("backend: {}", detection.reason));
 
     let mut families = vec![Family::V4];
     if flags.cleanup {
@@ -95,8 +96,13 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     let mut steps: Vec<(Family, String, Snapshot)> = Vec::new();
     let mut targets: Vec<(Family, Snapshot)> = Vec::new();
     for family in families {
-        let current = match apply::snapshot(backend, family) {
-            Ok((s, _)) => s,
+        // Reuse the dump taken while detecting the backend, if any.
+        let current = match detection
+            .snapshot(family)
+            .map(Ok)
+            .unwrap_or_else(|| apply::snapshot(backend, family).map(|(s, _)| s))
+        {
+            Ok(s) => s,
             Err(e) if flags.cleanup && family == Family::V6 && flags.ipv6 == Ipv6Mode::Auto => {
                 say(format!("IPv6: skipped in cleanup ({e})"));
                 continue;
