@@ -461,15 +461,24 @@ fn auto_backend_follows_the_rules_already_present() {
     let ns = Netns::new("legacy");
     ns.must(
         "iptables-legacy",
-        &["-t", "filter", "-A", "INPUT", "-j", "ACCEPT"],
+        &["-w", "-t", "filter", "-A", "INPUT", "-j", "ACCEPT"],
     );
     let out = ns.init(&args_with(&["--ipv6", "off"]));
     assert!(out.contains("backend: legacy (auto: legacy holds"), "{out}");
-    assert!(!ours_in_save(&ns.save("iptables-legacy-save")).is_empty());
+    let installed = ours_in_save(&ns.save("iptables-legacy-save"));
+    assert!(!installed.is_empty());
     assert!(
         ours_in_save(&ns.save(V4)).is_empty(),
         "nft was programmed too"
     );
+    // A re-run in auto mode reads the current rules from the dumps taken while detecting (all
+    // tables, not just nat) and still converges to the same rules.
+    let out = ns.init(&args_with(&["--ipv6", "off"]));
+    assert!(
+        out.contains("replacing them in the same transaction"),
+        "{out}"
+    );
+    assert_eq!(ours_in_save(&ns.save("iptables-legacy-save")), installed);
 
     // Nothing anywhere -> nft.
     let ns2 = Netns::new("fresh");
@@ -478,7 +487,19 @@ fn auto_backend_follows_the_rules_already_present() {
         out.contains("backend: nft (auto: no rules in either backend"),
         "{out}"
     );
+    let installed = whole_state(&ns2, "nft");
     assert!(!ours_in_save(&ns2.save(V4)).is_empty());
+    let out = ns2.init(&args_with(&["--ipv6", "off"]));
+    assert!(out.contains("backend: nft (auto: nft holds"), "{out}");
+    assert!(
+        out.contains("replacing them in the same transaction"),
+        "{out}"
+    );
+    assert_eq!(
+        whole_state(&ns2, "nft"),
+        installed,
+        "auto re-run changed the tables"
+    );
 }
 
 #[test]
