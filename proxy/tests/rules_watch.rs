@@ -338,3 +338,66 @@ async fn missing_directory_is_counted_once_and_loaded_when_it_appears() {
     assert_eq!(subset_of(&store.load()), "v2");
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_are_refreshed_on_rescan() {
+    use remora_proxy::rules::watch::{reload_once_with, Outcome, State};
+    use remora_proxy::rules::{load, load_inputs};
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let _g = SERIAL.lock().await;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("db.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: DNS
+",
+    )
+    .unwrap();
+    // A fake DNS: answer 0 = 127.0.0.31, 1 = 127.0.0.32, 2 = no answer (a failed lookup).
+    let answer = Arc::new(AtomicU8::new(0));
+    let a = answer.clone();
+    let fake = move |name: &str| -> Vec<std::net::IpAddr> {
+        assert_eq!(name, "db.example.com", "tests never resolve other names");
+        match a.load(Ordering::SeqCst) {
+            0 => vec!["127.0.0.31".parse().unwrap()],
+            1 => vec!["127.0.0.32".parse().unwrap()],
+            _ => vec![],
+        }
+    };
+    let inputs = load::read_inputs(d.path()).unwrap();
+    let first = load_inputs(&inputs, &ctx(), 1, &fake).unwrap();
+    let store: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+    let eps = |s: &Snapshot| -> Vec<String> {
+        s.endpoints
+            .endpoints("db.example.com", 5432, None)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    };
+    assert_eq!(eps(&store.load()), vec!["127.0.0.31:5432"]);
+    let mut state = State::default();
+    let run = |state: &mut State| reload_once_with(d.path(), &ctx(), &store, state, &fake);
+    assert_eq!(
+        run(&mut state),
+        Outcome::Unchanged,
+        "same files, same answers"
+    );
+    answer.store(1, Ordering::SeqCst);
+    assert_eq!(run(&mut state), Outcome::Applied(2));
+    let snap = store.load();
+    assert_eq!(eps(&snap), vec!["127.0.0.32:5432"]);
+    assert_eq!(snap.hash, inputs.hash, "the files did not change");
+    answer.store(2, Ordering::SeqCst);
+    assert_eq!(
+        run(&mut state),
+        Outcome::Unchanged,
+        "a failed lookup keeps the last answer"
+    );
+    assert_eq!(eps(&store.load()), vec!["127.0.0.32:5432"]);
+}

@@ -23,7 +23,7 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
 }
 
 /// A resolver for `resolution: DNS` names (host name → addresses).
-pub type Resolver = dyn Fn(&str) -> Vec<IpAddr> + Send + Sync;
+pub type Resolver<'a> = dyn Fn(&str) -> Vec<IpAddr> + Send + Sync + 'a;
 
 /// The system resolver (`getaddrinfo`: /etc/hosts, then DNS). Blocking: called while loading.
 pub fn system_resolver(name: &str) -> Vec<IpAddr> {
@@ -71,7 +71,7 @@ pub struct ServiceEntryEndpoints {
 }
 
 impl ServiceEntryEndpoints {
-    pub fn new(entries: &[ServiceEntry], resolve: &Resolver) -> Self {
+    pub fn new(entries: &[ServiceEntry], resolve: &Resolver<'_>) -> Self {
         let mut services = Vec::new();
         for se in entries {
             let mut endpoints = Vec::new();

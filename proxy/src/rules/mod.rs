@@ -76,6 +76,9 @@ pub struct Snapshot {
     pub endpoints: Arc<dyn EndpointSource>,
     /// Host indexes over the lists above (rebuild with `reindex` after changing the lists).
     pub index: Indexes,
+    /// The `resolution: DNS` names resolved while loading and their answers (the watcher
+    /// re-resolves them at each rescan and applies a new generation when they change).
+    pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// Host indexes of a snapshot's VirtualServices (those with `http` routes), ServiceEntries and
@@ -141,6 +144,7 @@ impl Snapshot {
             files: Vec::new(),
             endpoints: Arc::new(ServiceEntryEndpoints::default()),
             index: Indexes::default(),
+            dns: BTreeMap::new(),
         }
     }
 
@@ -196,6 +200,7 @@ impl Snapshot {
             "service_entries": self.service_entries,
             "sidecar": self.sidecar,
             "ignored": self.ignored,
+            "dns": self.dns,
         })
     }
 
@@ -403,7 +408,7 @@ pub fn build_snapshot(
     hash: String,
     source: String,
     files: Vec<String>,
-    resolve: &endpoints::Resolver,
+    resolve: &endpoints::Resolver<'_>,
 ) -> Snapshot {
     let mut ignored = decoded.ignored;
     let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
@@ -490,7 +495,16 @@ pub fn build_snapshot(
             destination_rules.push(dr);
         }
     }
-    let endpoints = Arc::new(ServiceEntryEndpoints::new(&service_entries, resolve));
+    let answers = std::sync::Mutex::new(BTreeMap::new());
+    let recording = |name: &str| -> Vec<std::net::IpAddr> {
+        let ips = resolve(name);
+        if let Ok(mut a) = answers.lock() {
+            a.insert(name.to_string(), ips.clone());
+        }
+        ips
+    };
+    let endpoints = Arc::new(ServiceEntryEndpoints::new(&service_entries, &recording));
+    let dns = answers.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut snap = Snapshot {
         generation,
         hash,
@@ -504,6 +518,7 @@ pub fn build_snapshot(
         files,
         endpoints,
         index: Indexes::default(),
+        dns,
     };
     snap.reindex();
     snap
@@ -530,7 +545,7 @@ pub fn load_inputs(
     inputs: &load::Inputs,
     ctx: &LoadContext,
     generation: u64,
-    resolve: &endpoints::Resolver,
+    resolve: &endpoints::Resolver<'_>,
 ) -> Result<Snapshot, Vec<LoadError>> {
     let decoded = load::decode_inputs(inputs, ctx);
     if !decoded.errors.is_empty() {

@@ -81,6 +81,19 @@ pub fn reload_once(
     store: &SharedSnapshot,
     state: &mut State,
 ) -> Outcome {
+    reload_once_with(dir, ctx, store, state, &super::endpoints::system_resolver)
+}
+
+/// `reload_once` with a given resolver for `resolution: DNS` names. When the files are
+/// unchanged, the snapshot's DNS names are resolved again; changed answers are applied as a new
+/// generation (an empty answer keeps the previous one, as Envoy keeps hosts on DNS failure).
+pub fn reload_once_with(
+    dir: &Path,
+    ctx: &LoadContext,
+    store: &SharedSnapshot,
+    state: &mut State,
+    resolve: &super::endpoints::Resolver<'_>,
+) -> Outcome {
     let m = &*METRICS;
     let inputs = match load::read_inputs(dir) {
         Ok(i) => i,
@@ -89,15 +102,36 @@ pub fn reload_once(
         Err(e) => return reject(dir, format!("unreadable:{e}"), vec![e], state),
     };
     let current = store.load();
+    // Answers to use for DNS names: fresh ones, or the previous ones when the fresh lookup
+    // returned nothing.
+    let mut changed_names = Vec::new();
+    let mut fresh = std::collections::BTreeMap::new();
     if inputs.hash == current.hash {
         state.last_rejected = None;
-        return Outcome::Unchanged;
-    }
-    if state.last_rejected.as_deref() == Some(inputs.hash.as_str()) {
+        for (name, old) in &current.dns {
+            let now = resolve(name);
+            if !now.is_empty() && &now != old {
+                changed_names.push(name.clone());
+            }
+            fresh.insert(name.clone(), if now.is_empty() { old.clone() } else { now });
+        }
+        if changed_names.is_empty() {
+            return Outcome::Unchanged;
+        }
+    } else if state.last_rejected.as_deref() == Some(inputs.hash.as_str()) {
         return Outcome::Unchanged;
     }
     let generation = current.generation + 1;
-    match super::load_inputs(&inputs, ctx, generation, &super::endpoints::system_resolver) {
+    let reuse = |name: &str| -> Vec<std::net::IpAddr> {
+        match fresh.get(name) {
+            Some(ips) => ips.clone(),
+            None => resolve(name),
+        }
+    };
+    if !changed_names.is_empty() {
+        tracing::info!(generation, names = ?changed_names, "DNS answers of ServiceEntry hosts changed");
+    }
+    match super::load_inputs(&inputs, ctx, generation, &reuse) {
         Ok(snap) => {
             let counts = snap.counts();
             tracing::info!(
