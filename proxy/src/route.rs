@@ -577,6 +577,163 @@ fn no_virtual_service(
     Decision::Passthrough
 }
 
+/// Route an opaque TCP connection (or a TLS one, when the data plane has read its SNI) by the
+/// VirtualServices' `tcp` / `tls` routes. TLS: the VirtualService whose hosts match the SNI and
+/// its first `tls` route whose `sniHosts` (and other conditions) match. TCP: the VirtualService
+/// for the host of the ServiceEntry whose `addresses` contain the destination IP, and its first
+/// matching `tcp` route. Otherwise `Passthrough` (the original destination).
+pub fn route_tcp(
+    snap: &Snapshot,
+    dst: SocketAddr,
+    sni: Option<&str>,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    if let Some(sni) = sni.filter(|s| !s.is_empty()) {
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        let cands = candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain);
+        return match best_l4(snap, &cands, true, dst, Some(&name)) {
+            Some((vs, r)) => l4_forward(snap, vs, r, dst, &cands, rng),
+            None => Decision::Passthrough,
+        };
+    }
+    // Opaque TCP: the host is known only through a ServiceEntry address (a VIP).
+    let Some(se) = snap
+        .service_entries
+        .iter()
+        .find(|se| se.addresses.iter().any(|n| n.contains(&dst.ip())))
+    else {
+        return Decision::Passthrough;
+    };
+    match best_l4(snap, &se.hosts, false, dst, None) {
+        Some((vs, r)) => l4_forward(snap, vs, r, dst, &se.hosts, rng),
+        None => Decision::Passthrough,
+    }
+}
+
+/// The most specific VirtualService with `tcp` (or `tls`) routes for the names, and its first
+/// route with a match block that holds (or without match blocks).
+fn best_l4<'a>(
+    snap: &'a Snapshot,
+    cands: &[String],
+    tls: bool,
+    dst: SocketAddr,
+    sni: Option<&str>,
+) -> Option<(&'a VirtualService, &'a crate::rules::L4Route)> {
+    let mut best: Option<(usize, &VirtualService)> = None;
+    for vs in &snap.virtual_services {
+        let routes = if tls { &vs.tls } else { &vs.tcp };
+        if routes.is_empty() {
+            continue;
+        }
+        for h in &vs.hosts {
+            for c in cands {
+                if let Some(score) = match_score(h, c) {
+                    if best.is_none_or(|(b, _)| score > b) {
+                        best = Some((score, vs));
+                    }
+                }
+            }
+        }
+    }
+    let (_, vs) = best?;
+    let routes = if tls { &vs.tls } else { &vs.tcp };
+    let mesh = |g: &[String]| g.is_empty() || g.iter().any(|x| x == "mesh");
+    let route = routes.iter().find(|r| {
+        if r.matches.is_empty() {
+            return mesh(&vs.gateways);
+        }
+        r.matches.iter().any(|m| {
+            let g = if m.gateways.is_empty() {
+                &vs.gateways
+            } else {
+                &m.gateways
+            };
+            mesh(g) && l4_match_holds(snap, m, dst, sni)
+        })
+    })?;
+    Some((vs, route))
+}
+
+/// Do the conditions of one `tcp`/`tls` match block hold for this connection?
+fn l4_match_holds(
+    snap: &Snapshot,
+    m: &crate::rules::L4Match,
+    dst: SocketAddr,
+    sni: Option<&str>,
+) -> bool {
+    m.port.is_none_or(|p| p == dst.port())
+        && (m.destination_subnets.is_empty()
+            || m.destination_subnets.iter().any(|n| n.contains(&dst.ip())))
+        && m.source_labels
+            .iter()
+            .all(|(k, v)| snap.ctx.pod_labels.get(k) == Some(v))
+        && m.source_namespace
+            .as_ref()
+            .is_none_or(|ns| ns == &snap.ctx.namespace)
+        && (m.sni_hosts.is_empty()
+            || sni.is_some_and(|s| m.sni_hosts.iter().any(|h| match_score(h, s).is_some())))
+}
+
+fn l4_forward(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    r: &crate::rules::L4Route,
+    dst: SocketAddr,
+    cands: &[String],
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let Some(wd) = pick_destination(&r.route, rng) else {
+        return Decision::Passthrough;
+    };
+    let d = &wd.destination;
+    let port = d
+        .port
+        .unwrap_or_else(|| default_port(snap, &d.host, dst.port()));
+    let subset_labels = match &d.subset {
+        None => None,
+        Some(name) => match snap
+            .destination_rule(&d.host)
+            .and_then(|dr| dr.subsets.iter().find(|s| &s.name == name))
+        {
+            Some(s) => Some(&s.labels),
+            None => {
+                return Decision::Deny {
+                    status: 503,
+                    reason: format!(
+                        "subset {name:?} of host {} is not defined by any DestinationRule",
+                        d.host
+                    ),
+                }
+            }
+        },
+    };
+    let endpoints = match snap.endpoints.endpoints(&d.host, port, subset_labels) {
+        Some(eps) if eps.is_empty() => {
+            return Decision::Deny {
+                status: 503,
+                reason: format!("no endpoints for host {} port {port}", d.host),
+            }
+        }
+        Some(eps) => eps,
+        None => Vec::new(),
+    };
+    let addressed = cands.iter().any(|c| c == &d.host) && port == dst.port();
+    Decision::Forward(Forward {
+        route_name: None,
+        virtual_service: Some(vs.meta.key()),
+        host: d.host.clone(),
+        subset: d.subset.clone(),
+        port,
+        resolve_by_dns: endpoints.is_empty() && !addressed,
+        endpoints,
+        authority_rewrite: None,
+        uri_rewrite: None,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+        policy: Policy::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1370,6 +1527,96 @@ spec:
         for (dst, host, want) in cases {
             assert_eq!(s.port_protocol(dst, host), want, "{dst} {host:?}");
         }
+    }
+
+    #[test]
+    fn tcp_and_tls_routes() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.internal]
+  addresses: [10.20.0.0/24]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.41, labels: {role: primary}}
+  - {address: 127.0.0.42, labels: {role: replica}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db.internal
+  subsets: [{name: primary, labels: {role: primary}}, {name: replica, labels: {role: replica}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.internal]
+  tcp:
+  - match: [{port: 5433}]
+    route: [{destination: {host: db.internal, subset: replica, port: {number: 5432}}}]
+  - route: [{destination: {host: db.internal, subset: primary}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls}
+spec:
+  hosts: ["*.example.com"]
+  tls:
+  - match: [{sniHosts: [api.example.com], port: 443}]
+    route: [{destination: {host: api-backend, port: {number: 8443}}}]
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: other-backend}}]
+"#,
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let a = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let f = fwd(route_tcp(&s, a([10, 20, 0, 5], 5432), None, &mut rng));
+        assert_eq!(
+            (f.host.as_str(), f.subset.as_deref(), f.port),
+            ("db.internal", Some("primary"), 5432)
+        );
+        assert_eq!(
+            f.endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect::<Vec<_>>(),
+            vec!["127.0.0.41:5432"]
+        );
+        let f = fwd(route_tcp(&s, a([10, 20, 0, 5], 5433), None, &mut rng));
+        assert_eq!((f.subset.as_deref(), f.port), (Some("replica"), 5432));
+        assert_eq!(f.endpoints[0].addr.to_string(), "127.0.0.42:5432");
+        assert_eq!(
+            route_tcp(&s, a([10, 30, 0, 5], 5432), None, &mut rng),
+            Decision::Passthrough
+        );
+        let f = fwd(route_tcp(
+            &s,
+            a([10, 1, 1, 1], 443),
+            Some("API.example.com"),
+            &mut rng,
+        ));
+        assert_eq!(
+            (f.host.as_str(), f.port),
+            ("api-backend.default.svc.cluster.local", 8443)
+        );
+        assert!(f.resolve_by_dns);
+        let f = fwd(route_tcp(
+            &s,
+            a([10, 1, 1, 1], 8443),
+            Some("api.example.com"),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "other-backend.default.svc.cluster.local");
+        assert_eq!(
+            route_tcp(&s, a([10, 1, 1, 1], 443), Some("api.other.org"), &mut rng),
+            Decision::Passthrough
+        );
     }
 
     use crate::rules::Protocol;

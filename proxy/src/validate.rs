@@ -175,14 +175,6 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ),
             ));
         }
-        if vs.tcp_routes + vs.tls_routes > 0 {
-            report.warnings.push(at(
-                file,
-                doc,
-                if vs.tcp_routes > 0 { "spec.tcp" } else { "spec.tls" }.to_string(),
-                "tcp and tls routes are not applied (opaque traffic goes to the original destination)".to_string(),
-            ));
-        }
         // The same host in an earlier VirtualService: only the first is used.
         for (hi, h) in vs.hosts.iter().enumerate() {
             if let Some(prev) = decoded.virtual_services[..vi]
@@ -250,10 +242,8 @@ fn check_routes<'a>(
     best_dr: &dyn Fn(&str) -> Option<&'a DestinationRule>,
 ) {
     let (file, doc) = (&vs.meta.file, vs.meta.document);
-    for (ri, r) in vs.http.iter().enumerate() {
-        let rp = format!("spec.http[{ri}]");
-        // Destinations: hosts and subsets.
-        for (di, d) in r.route.iter().enumerate() {
+    let mut check_destinations = |rp: &str, dests: &[crate::rules::WeightedDestination]| {
+        for (di, d) in dests.iter().enumerate() {
             let dp = format!("{rp}.route[{di}].destination");
             let host = &d.destination.host;
             if !host_known(host) {
@@ -279,9 +269,8 @@ fn check_routes<'a>(
                 }
             }
         }
-        // Weights.
-        if r.route.len() > 1 {
-            let total: u64 = r.route.iter().map(|d| d.weight.unwrap_or(0) as u64).sum();
+        if dests.len() > 1 {
+            let total: u64 = dests.iter().map(|d| d.weight.unwrap_or(0) as u64).sum();
             if total != 100 {
                 report.errors.push(at(
                     file,
@@ -291,6 +280,18 @@ fn check_routes<'a>(
                 ));
             }
         }
+    };
+    for (ri, r) in vs.tcp.iter().enumerate() {
+        check_destinations(&format!("spec.tcp[{ri}]"), &r.route);
+    }
+    for (ri, r) in vs.tls.iter().enumerate() {
+        check_destinations(&format!("spec.tls[{ri}]"), &r.route);
+    }
+    for (ri, r) in vs.http.iter().enumerate() {
+        check_destinations(&format!("spec.http[{ri}]"), &r.route);
+    }
+    for (ri, r) in vs.http.iter().enumerate() {
+        let rp = format!("spec.http[{ri}]");
         // Reachability.
         for (pi, prev) in vs.http[..ri].iter().enumerate() {
             let catch_all =

@@ -77,10 +77,14 @@ fn single_file_findings() {
             vs("gw", "  hosts: [shop.example.com]\n  gateways: [public-gw]\n  http: [{route: [{destination: {host: shop}}]}]\n"),
             "warning: t.yaml doc 1: spec.gateways: VirtualService default/gw is bound to gateways only (not \"mesh\"); sidecars do not apply it\n",
         ),
-        // tcp routes are parsed but not applied.
+        // tcp routes are checked like http routes.
         (
-            vs("db", "  hosts: [db]\n  tcp: [{route: [{destination: {host: db}}]}]\n"),
-            "warning: t.yaml doc 1: spec.tcp: tcp and tls routes are not applied (opaque traffic goes to the original destination)\n",
+            vs("db", "  hosts: [db]\n  tcp: [{route: [{destination: {host: db, subset: v1}}]}]\n"),
+            "error: t.yaml doc 1: spec.tcp[0].route[0].destination.subset: subset \"v1\" is not defined by any DestinationRule for host db.default.svc.cluster.local\n",
+        ),
+        (
+            vs("sni", "  hosts: [\"*.example.com\"]\n  tls: [{match: [{sniHosts: [a.example.com]}], route: [{destination: {host: a}, weight: 10}, {destination: {host: b}, weight: 10}]}]\n"),
+            "error: t.yaml doc 1: spec.tls[0].route: weights sum to 20, not 100\n",
         ),
         // Weights over 100 are as wrong as under.
         (
@@ -107,7 +111,7 @@ fn single_file_findings() {
         // A wildcard ServiceEntry defines the hosts under it.
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec: {hosts: [\"*.example.com\"], ports: [{number: 443, name: tls}]}\n---\n".to_string()
-                + &vs("x", "  hosts: [api.example.com]\n  tls: []\n  http: [{route: [{destination: {host: api.example.com}}]}]\n"),
+                + &vs("x", "  hosts: [api.example.com]\n  http: [{route: [{destination: {host: api.example.com}}]}]\n"),
             "",
         ),
     ];

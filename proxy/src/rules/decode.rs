@@ -747,6 +747,81 @@ fn http_route(v: &Value, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
     })
 }
 
+fn l4_route(v: &Value, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
+    let o = as_obj(v, path)?;
+    let mut matches = Vec::new();
+    for (i, m) in opt_list(o, "match", path)?.iter().enumerate() {
+        let p = format!("{path}.match[{i}]");
+        let mo = as_obj(m, &p)?;
+        let mut sni_hosts = Vec::new();
+        for (j, h) in str_list(mo, "sniHosts", &p)?.iter().enumerate() {
+            let f = format!("{p}.sniHosts[{j}]");
+            check_host(h).or_else(|e| fail(&f, e))?;
+            sni_hosts.push(h.trim_end_matches('.').to_ascii_lowercase());
+        }
+        if tls && sni_hosts.is_empty() {
+            return fail(&join(&p, "sniHosts"), "at least one SNI host is required");
+        }
+        let mut destination_subnets = Vec::new();
+        for (j, a) in str_list(mo, "destinationSubnets", &p)?.iter().enumerate() {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .or_else(|_| {
+                    fail(
+                        &format!("{p}.destinationSubnets[{j}]"),
+                        format!("{a:?} is not an IP address or CIDR"),
+                    )
+                })?;
+            destination_subnets.push(net);
+        }
+        matches.push(L4Match {
+            sni_hosts,
+            port: opt_port(mo, "port", &p)?,
+            destination_subnets,
+            source_labels: str_map(mo, "sourceLabels", &p)?,
+            source_namespace: opt_str(mo, "sourceNamespace", &p)?,
+            gateways: str_list(mo, "gateways", &p)?,
+        });
+    }
+    if tls && matches.is_empty() {
+        return fail(
+            &join(path, "match"),
+            "TLS routes need at least one match with sniHosts",
+        );
+    }
+    let mut route = Vec::new();
+    for (i, d) in opt_list(o, "route", path)?.iter().enumerate() {
+        let p = format!("{path}.route[{i}]");
+        let dobj = as_obj(d, &p)?;
+        let Some(dest) = get(dobj, "destination") else {
+            return fail(
+                &join(&p, "destination"),
+                "required field is missing or empty",
+            );
+        };
+        route.push(WeightedDestination {
+            destination: destination(dest, &join(&p, "destination"), cx)?,
+            weight: opt_int(dobj, "weight", &p, 0, i32::MAX as i64)?.map(|w| w as u32),
+            headers: Headers::default(),
+        });
+    }
+    if route.is_empty() {
+        return fail(&join(path, "route"), "at least one destination is required");
+    }
+    if route.len() > 1 && route.iter().all(|d| d.weight.unwrap_or(0) == 0) {
+        return fail(
+            &join(path, "route"),
+            "total weight is 0: set a weight on the destinations",
+        );
+    }
+    Ok(L4Route {
+        path: path.to_string(),
+        matches,
+        route,
+    })
+}
+
 pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualService> {
     let o = as_obj(spec, "spec")?;
     let raw_hosts = str_list(o, "hosts", "spec")?;
@@ -779,9 +854,15 @@ pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualSe
         }
         hosts.push(q);
     }
-    let tcp_routes = opt_list(o, "tcp", "spec")?.len();
-    let tls_routes = opt_list(o, "tls", "spec")?.len();
-    if http.is_empty() && tcp_routes == 0 && tls_routes == 0 {
+    let mut tcp = Vec::new();
+    for (i, r) in opt_list(o, "tcp", "spec")?.iter().enumerate() {
+        tcp.push(l4_route(r, &format!("spec.tcp[{i}]"), false, cx)?);
+    }
+    let mut tls = Vec::new();
+    for (i, r) in opt_list(o, "tls", "spec")?.iter().enumerate() {
+        tls.push(l4_route(r, &format!("spec.tls[{i}]"), true, cx)?);
+    }
+    if http.is_empty() && tcp.is_empty() && tls.is_empty() {
         return fail("spec", "one of http, tcp or tls routes is required");
     }
     Ok(VirtualService {
@@ -790,8 +871,8 @@ pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualSe
         gateways,
         export_to: str_list(o, "exportTo", "spec")?,
         http,
-        tcp_routes,
-        tls_routes,
+        tcp,
+        tls,
         applies_to_mesh,
     })
 }
@@ -1141,6 +1222,13 @@ mod tests {
             ("hosts: [\"a b\"]\nhttp: [{route: [{destination: {host: a}}]}]",
              "spec.hosts[0]", "invalid host \"a b\": label \"a b\" must be letters, digits or '-' (not at either end)"),
             ("hosts: a\nhttp: []", "spec.hosts", "expected a list, found a string"),
+            ("hosts: [a]\ntls: [{route: [{destination: {host: a}}]}]", "spec.tls[0].match",
+             "TLS routes need at least one match with sniHosts"),
+            ("hosts: [a]\ntls: [{match: [{port: 443}], route: [{destination: {host: a}}]}]", "spec.tls[0].match[0].sniHosts",
+             "at least one SNI host is required"),
+            ("hosts: [a]\ntcp: [{}]", "spec.tcp[0].route", "at least one destination is required"),
+            ("hosts: [a]\ntcp: [{match: [{destinationSubnets: [x]}], route: [{destination: {host: a}}]}]",
+             "spec.tcp[0].match[0].destinationSubnets[0]", "\"x\" is not an IP address or CIDR"),
         ];
         for (spec, field, reason) in cases {
             assert_eq!(

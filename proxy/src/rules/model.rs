@@ -256,19 +256,44 @@ pub struct VirtualService {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     pub http: Vec<HttpRoute>,
-    /// Number of `tcp` / `tls` routes (parsed, not applied: opaque traffic goes to the original
-    /// destination).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub tcp_routes: usize,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub tls_routes: usize,
+    /// `tcp` routes (for opaque TCP to this host; see `route::route_tcp`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<L4Route>,
+    /// `tls` routes (by SNI; see `route::route_tcp`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<L4Route>,
     /// Whether this VirtualService applies to sidecars (`gateways` absent or contains `mesh`,
     /// or some match names `mesh`).
     pub applies_to_mesh: bool,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
+/// One `L4MatchAttributes` / `TLSMatchAttributes` block: all its conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct L4Match {
+    /// `sniHosts` (TLS routes only; required there): lower-cased, may be wildcards.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "nets")]
+    pub destination_subnets: Vec<ipnet::IpNet>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+}
+
+/// A `tcp` or `tls` route.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct L4Route {
+    /// Field path, e.g. `spec.tcp[0]`.
+    #[serde(skip)]
+    pub path: String,
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<L4Match>,
+    pub route: Vec<WeightedDestination>,
 }
 
 /// A DestinationRule subset.
