@@ -500,6 +500,10 @@ fn route_virtual_service(
         None => Vec::new(),
     };
     let addressed = cands.iter().any(|c| c == &d.host) && port == req.dst.port();
+    let (request_headers, authority_rewrite) = split_authority_header(
+        concat(&r.headers.request, &wd.headers.request),
+        r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
+    );
     Decision::Forward(Forward {
         route_name: route_name(r, m),
         virtual_service: Some(vs.meta.key()),
@@ -508,12 +512,30 @@ fn route_virtual_service(
         port,
         resolve_by_dns: endpoints.is_empty() && !addressed,
         endpoints,
-        authority_rewrite: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
+        authority_rewrite,
         uri_rewrite: rewrite_path(r, m, req.path),
-        request_headers: concat(&r.headers.request, &wd.headers.request),
+        request_headers,
         response_headers: concat(&r.headers.response, &wd.headers.response),
         policy: r.policy.clone(),
     })
+}
+
+/// Istio turns a request header `set` of `host` or `:authority` into an authority rewrite
+/// (`rewrite.authority` wins when both are given); the header itself is not set.
+fn split_authority_header(
+    mut ops: HeaderOps,
+    rewrite: Option<String>,
+) -> (HeaderOps, Option<String>) {
+    let mut from_header = None;
+    ops.set.retain(|(k, v)| {
+        if k == "host" || k == ":authority" {
+            from_header = Some(v.clone());
+            false
+        } else {
+            true
+        }
+    });
+    (ops, rewrite.or(from_header))
 }
 
 fn no_virtual_service(
@@ -1194,6 +1216,37 @@ spec:
                 "{authority}{path}"
             );
         }
+    }
+
+    #[test]
+    fn host_header_set_is_an_authority_rewrite() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: h}
+spec:
+  hosts: [h, g]
+  http:
+  - match: [{authority: {prefix: h}}]
+    headers: {request: {set: {Host: upstream.example.com, x-a: "1"}}}
+    route: [{destination: {host: h}}]
+  - headers: {request: {set: {host: from-header}}}
+    rewrite: {authority: from-rewrite}
+    route: [{destination: {host: h}}]
+"#,
+        );
+        let hm = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let f = fwd(route(&s, &req_with("h", "GET", "/", &hm, 80), &mut rng));
+        assert_eq!(f.authority_rewrite.as_deref(), Some("upstream.example.com"));
+        assert_eq!(
+            f.request_headers.set,
+            vec![("x-a".to_string(), "1".to_string())]
+        );
+        let f = fwd(route(&s, &req_with("g", "GET", "/", &hm, 80), &mut rng));
+        assert_eq!(f.authority_rewrite.as_deref(), Some("from-rewrite"));
+        assert!(f.request_headers.set.is_empty());
     }
 
     #[test]

@@ -711,7 +711,11 @@ fn http_route(v: &Value, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
         mirrors: Vec::new(),
     };
     if let Some(m) = get(o, "mirror") {
-        let pct = percentage(o, "mirrorPercentage", path)?;
+        // `mirrorPercent` (an integer) is the deprecated form of `mirrorPercentage.value`.
+        let pct = match percentage(o, "mirrorPercentage", path)? {
+            Some(p) => Some(p),
+            None => opt_int(o, "mirrorPercent", path, 0, 100)?.map(|p| p as f64),
+        };
         policy
             .mirrors
             .push(mirror_target(m, &join(path, "mirror"), pct, cx)?);
