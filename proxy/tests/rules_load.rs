@@ -476,3 +476,34 @@ fn mutated_rule_sets_never_panic() {
     println!("mutations: {ok} loaded, {err} rejected");
     assert!(ok > 100 && err > 100, "{ok} {err}");
 }
+
+#[test]
+fn destination_rule_precedence_by_namespace() {
+    let d = tempfile::tempdir().unwrap();
+    let dr = |ns: &str, subset: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: {ns}}}\nspec:\n  host: reviews.prod.svc.cluster.local\n  subsets: [{{name: {subset}}}]\n---\n")
+    };
+    // File order puts the root namespace first; the proxy's namespace still wins.
+    write(
+        d.path(),
+        "a.yaml",
+        &(dr("istio-system", "root") + &dr("prod", "service") + &dr("default", "mine")),
+    );
+    let s = load_dir(d.path(), &ctx(), 1).unwrap();
+    let pick = |s: &Snapshot| {
+        s.destination_rule("reviews.prod.svc.cluster.local")
+            .unwrap()
+            .subsets[0]
+            .name
+            .clone()
+    };
+    assert_eq!(pick(&s), "mine");
+    write(
+        d.path(),
+        "a.yaml",
+        &(dr("istio-system", "root") + &dr("prod", "service")),
+    );
+    assert_eq!(pick(&load_dir(d.path(), &ctx(), 2).unwrap()), "service");
+    write(d.path(), "a.yaml", &dr("istio-system", "root"));
+    assert_eq!(pick(&load_dir(d.path(), &ctx(), 3).unwrap()), "root");
+}

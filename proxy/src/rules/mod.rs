@@ -495,6 +495,18 @@ pub fn build_snapshot(
             destination_rules.push(dr);
         }
     }
+    // Istio's DestinationRule precedence for one host: the proxy's namespace, then the
+    // service's (other namespaces), then the root namespace; file order within each.
+    let rank = |dr: &DestinationRule| -> u8 {
+        if dr.meta.namespace == ctx.namespace {
+            0
+        } else if dr.meta.namespace != ROOT_NAMESPACE {
+            1
+        } else {
+            2
+        }
+    };
+    destination_rules.sort_by_key(|dr| rank(dr));
     let answers = std::sync::Mutex::new(BTreeMap::new());
     let recording = |name: &str| -> Vec<std::net::IpAddr> {
         let ips = resolve(name);
