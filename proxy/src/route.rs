@@ -71,7 +71,9 @@ pub struct Endpoint {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderOps {
+    #[serde(serialize_with = "crate::rules::model::pairs_as_map")]
     pub set: Vec<(String, String)>,
+    #[serde(serialize_with = "crate::rules::model::pairs_as_map")]
     pub add: Vec<(String, String)>,
     pub remove: Vec<String>,
 }

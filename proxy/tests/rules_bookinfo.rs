@@ -553,3 +553,24 @@ fn every_bookinfo_file_loads_alone() {
         assert_eq!(s.hash.len(), 64);
     }
 }
+
+#[test]
+fn config_dump_keeps_istio_shapes() {
+    let s = load(&[
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "destination-rule-all.yaml",
+    ]);
+    let j = s.summary();
+    let route0 = &j["virtual_services"][0]["http"][0];
+    assert_eq!(route0["match"][0]["headers"]["end-user"]["exact"], "jason");
+    assert_eq!(route0["route"][0]["destination"]["subset"], "v2");
+    assert_eq!(
+        j["virtual_services"][0]["meta"]["file"],
+        "virtual-service-reviews-jason-v2-v3.yaml"
+    );
+    assert_eq!(
+        j["destination_rules"][1]["subsets"][2]["labels"]["version"],
+        "v3"
+    );
+    assert_eq!(j["counts"]["http_routes"], 2);
+}

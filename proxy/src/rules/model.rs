@@ -106,11 +106,11 @@ pub struct HttpMatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<StringMatch>,
     /// Lower-cased header names.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
     pub headers: Vec<(String, StringMatch)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
     pub without_headers: Vec<(String, StringMatch)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
     pub query_params: Vec<(String, StringMatch)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -122,6 +122,14 @@ pub struct HttpMatch {
     pub gateways: Vec<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ignore_uri_case: bool,
+}
+
+/// Serialize `(name, value)` pairs as a mapping, the shape Istio's YAML has.
+pub(crate) fn pairs_as_map<S: serde::Serializer, V: Serialize>(
+    v: &[(String, V)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, v)| (k, v)))
 }
 
 impl HttpMatch {
