@@ -922,3 +922,49 @@ pub fn find_number(v: &Value, key: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Namespaces left behind by labs whose process no longer exists (killed with SIGKILL, say):
+/// `(netns name, lab pid)`.
+pub fn stale_namespaces() -> Result<Vec<(String, u32)>> {
+    let list = crate::netns::run("ip", &["netns", "list"])?;
+    Ok(list
+        .lines()
+        .filter_map(|l| {
+            let name = l.split_whitespace().next()?;
+            let pid: u32 = name.strip_prefix("rl")?.split('x').next()?.parse().ok()?;
+            let rest = name.split_once('-')?.1;
+            (rest == "node" || rest.starts_with('p')).then_some(())?;
+            (!Path::new(&format!("/proc/{pid}")).exists()).then(|| (name.to_string(), pid))
+        })
+        .collect())
+}
+
+/// Removes what [`stale_namespaces`] finds: the processes still running inside each namespace
+/// (started by that dead lab) get SIGKILL, then the namespace and its `/etc/netns` entry go.
+/// Returns what was removed, one line each.
+pub fn cleanup_stale() -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (name, pid) in stale_namespaces()? {
+        let pids = crate::netns::run("ip", &["netns", "pids", &name]).unwrap_or_default();
+        let mut killed = 0;
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        crate::netns::run("ip", &["netns", "delete", &name])?;
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+        done.push(format!(
+            "{name} (lab pid {pid} is gone): {killed} processes stopped, namespace deleted"
+        ));
+    }
+    Ok(done)
+}

@@ -160,3 +160,25 @@ fn kube_proxy_dnat_runs_after_capture() {
         "with DNAT first the app reaches the backend uncaptured: {bypassed}"
     );
 }
+
+/// Namespaces of a lab whose process died are found and removed; live labs are left alone.
+#[test]
+fn stale_lab_namespaces_are_cleaned_up() {
+    let live = Lab::start(LabOptions::default()).expect("lab starts");
+    // 4194305 is above the kernel's largest possible pid (2^22), so no such process exists.
+    let dead = "rl4194305x7-node";
+    remora_e2e::netns::run("ip", &["netns", "add", dead]).unwrap();
+    let stale = remora_e2e::lab::stale_namespaces().unwrap();
+    assert!(stale.contains(&(dead.to_string(), 4194305)), "{stale:?}");
+    assert!(
+        !stale.iter().any(|(n, _)| n.starts_with(&live.id)),
+        "{stale:?}"
+    );
+    let done = remora_e2e::lab::cleanup_stale().unwrap();
+    assert!(done.iter().any(|d| d.starts_with(dead)), "{done:?}");
+    let list = remora_e2e::netns::run("ip", &["netns", "list"]).unwrap();
+    assert!(
+        !list.contains(dead) && list.contains(&format!("{}-node", live.id)),
+        "{list}"
+    );
+}

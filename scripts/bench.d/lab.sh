@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Data-plane benchmark in the mesh lab (run as root via `scripts/bench lab`): the same fixed-rate
+# load (1,000 req/s, 16 connections, 1 KiB responses, 30 s, latency corrected for coordinated
+# omission, oha) and a saturation load (64 connections) from a client pod to a server pod:
+# direct, through nginx and through HAProxy (one reverse-proxy hop in the server pod, same worker
+# count as remora-proxy), through one remora inbound hop, and through the remora sidecar pair.
+# Then the webhook and init benches. Writes the Markdown report to docs/benchmarks.md with the
+# machine and date. Bounded: 5 paths x (2 + 2 x duration) s of load, plus the other two benches.
+#
+#   LAB_BENCH_SECONDS   seconds per load run (default 30)
+#   LAB_BENCH_OTHERS    0 to skip the webhook and init benches (default 1)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bench lab: must run as root (the lab creates network namespaces)" >&2
+  exit 1
+fi
+scripts/setup nginx haproxy
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v oha >/dev/null 2>&1; then
+  echo "bench lab: installing oha (cargo install oha --locked)" >&2
+  cargo install oha --locked
+fi
+echo "bench lab: building release binaries" >&2
+cargo build -q --release --locked -p remora-webhook -p remora-init -p remora-proxy -p remora-e2e --bins
+
+secs="${LAB_BENCH_SECONDS:-30}"
+out="$(mktemp)"
+others="$(mktemp)"
+trap 'rm -f "$out" "$others"' EXIT
+target/release/remora-lab bench --duration "$secs" --oha "$(command -v oha)" --out "$out"
+
+if [ "${LAB_BENCH_OTHERS:-1}" != 0 ]; then
+  { echo "### Webhook (scripts/bench webhook)"; echo; echo '```'; bash scripts/bench.d/webhook.sh 2>&1 | tail -n 40; echo '```'; echo;
+    echo "### Init (scripts/bench init)"; echo; echo '```'; bash scripts/bench.d/init.sh 2>&1 | tail -n 40; echo '```'; } > "$others" || true
+fi
+
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+mem="$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Latest run of \`scripts/bench lab\` (the mesh lab; see docs/lab.md)."
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- Machine: ${cpu:-unknown CPU}, $(nproc) CPUs, ${mem}, $(uname -sr)"
+  echo "- Versions: $(oha --version 2>/dev/null | head -1), $(nginx -v 2>&1 | head -1), $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), remora $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo
+  echo "## Data plane: client pod → server pod"
+  echo
+  cat "$out"
+  echo
+  echo "Targets (issue 6): per hop, saturation req/s ≥ the best of nginx and HAProxy and added p99 ≤ the"
+  echo "best peer's; the sidecar pair adds ≤ 0.25 ms p99 at 1,000 req/s; RSS ≤ 15 MiB idle and ≤ 30 MiB"
+  echo "under load; ≤ 0.05 CPU-seconds per 1,000 requests per proxy. All processes share the same cores"
+  echo "(client, proxies and server), so saturation numbers are relative, not absolute."
+  echo
+  if [ -s "$others" ]; then
+    echo "## Control plane and capture"
+    echo
+    cat "$others"
+  fi
+} > docs/benchmarks.md
+echo "bench lab: report written to docs/benchmarks.md" >&2
+cat docs/benchmarks.md
