@@ -134,6 +134,9 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
     report
         .errors
         .extend(decoded.errors.iter().cloned().map(Finding::from));
+    report
+        .warnings
+        .extend(decoded.unknown_fields.iter().cloned().map(Finding::from));
     for ig in &decoded.ignored {
         report.warnings.push(at(
             &ig.file,

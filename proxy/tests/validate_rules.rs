@@ -26,9 +26,12 @@ error: b-subsets.yaml doc 1: spec.http[0].route[0].destination.subset: subset "v
 error: c-weights.yaml doc 1: spec.http[0].route: weights sum to 90, not 100
 error: d-shadowed.yaml doc 1: spec.http[2]: unreachable: every match is identical to an earlier one (spec.http[0].match[0])
 error: d-shadowed.yaml doc 1: spec.http[4]: unreachable: spec.http[3] matches every request before it
+error: f-typos.yaml doc 1: spec.http[1]: unreachable: spec.http[0] matches every request before it
 warning: d-shadowed.yaml doc 1: spec.http[1].match[0]: never used: identical to spec.http[0].match[0]
 warning: e-hosts-and-gateways.yaml doc 1: spec.http[0].route[0].destination.host: host billing.example.org is not defined by any ServiceEntry and is not a cluster-local service name
 warning: e-hosts-and-gateways.yaml doc 2: kind: Gateway default/public: Gateway configures gateway proxies, not sidecars; not applied
+warning: f-typos.yaml doc 1: spec.http[0].matches: unknown field, ignored (did you mean "match"?)
+warning: f-typos.yaml doc 1: spec.http[1].timout: unknown field, ignored (did you mean "timeout"?)
 "#;
 
 #[test]
@@ -42,7 +45,7 @@ fn good_rule_set_is_clean() {
 fn bad_rule_set_exact_report() {
     let r = run(&data("bad"), &LoadContext::default());
     assert_eq!(r.to_string(), BAD_REPORT);
-    assert_eq!(r.summary_line(), "6 errors, 3 warnings");
+    assert_eq!(r.summary_line(), "7 errors, 5 warnings");
     assert!(!r.is_ok());
 }
 

@@ -109,6 +109,8 @@ pub struct Decoded {
     pub sidecars: Vec<Sidecar>,
     pub ignored: Vec<Ignored>,
     pub errors: Vec<LoadError>,
+    /// Fields the API does not define (accepted, ignored): warnings, not errors.
+    pub unknown_fields: Vec<LoadError>,
     /// Number of documents read (not counting empty ones).
     pub documents: usize,
 }
@@ -344,6 +346,14 @@ fn decode_document(
         }
     };
     let same = |m: &Meta| m.name == name && m.namespace == namespace;
+    for u in super::schema::unknown_fields(&kind, value) {
+        out.unknown_fields.push(LoadError {
+            file: file.to_string(),
+            document,
+            reason: u.reason(),
+            field: u.field,
+        });
+    }
     match kind.as_str() {
         "VirtualService" => {
             dup(out

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod host;
 pub mod load;
 pub mod model;
+pub mod schema;
 pub mod sha256;
 pub mod watch;
 
@@ -76,6 +77,9 @@ pub struct Snapshot {
     pub endpoints: Arc<dyn EndpointSource>,
     /// Host indexes over the lists above (rebuild with `reindex` after changing the lists).
     pub index: Indexes,
+    /// Fields Istio's API does not define (likely typos), accepted and ignored; one entry
+    /// each with the file, document, field path and a suggestion.
+    pub unknown_fields: Vec<LoadError>,
     /// The `resolution: DNS` names resolved while loading and their answers (the watcher
     /// re-resolves them at each rescan and applies a new generation when they change).
     pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
@@ -144,6 +148,7 @@ impl Snapshot {
             files: Vec::new(),
             endpoints: Arc::new(ServiceEntryEndpoints::default()),
             index: Indexes::default(),
+            unknown_fields: Vec::new(),
             dns: BTreeMap::new(),
         }
     }
@@ -200,6 +205,7 @@ impl Snapshot {
             "service_entries": self.service_entries,
             "sidecar": self.sidecar,
             "ignored": self.ignored,
+            "unknown_fields": self.unknown_fields.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "dns": self.dns,
         })
     }
@@ -411,6 +417,7 @@ pub fn build_snapshot(
     resolve: &endpoints::Resolver<'_>,
 ) -> Snapshot {
     let mut ignored = decoded.ignored;
+    let unknown_fields = decoded.unknown_fields;
     let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
     for sc in &decoded.sidecars {
         if sidecar.as_ref().is_none_or(|s| s.meta != sc.meta) {
@@ -530,6 +537,7 @@ pub fn build_snapshot(
         files,
         endpoints,
         index: Indexes::default(),
+        unknown_fields,
         dns,
     };
     snap.reindex();

@@ -146,6 +146,9 @@ pub fn reload_once_with(
                 ignored = counts.ignored,
                 "applied rules generation {generation}: {counts}"
             );
+            for u in &snap.unknown_fields {
+                tracing::warn!(file = %u.file, document = u.document, field = %u.field, "{u}");
+            }
             for ig in &snap.ignored {
                 tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
             }
