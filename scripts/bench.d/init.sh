@@ -119,7 +119,7 @@ for m in "remora-init" "remora-init, auto backend" "restore only" "one command p
   read -r med min max <<< "$(echo "${times[$m]}" | stats)"
   case "$m" in
     remora-init) procs="7 (itself; 2 saves before, 2 restores, 2 saves after)" ;;
-    "remora-init, auto backend") procs="11 (the above + 4 saves to detect the backend)" ;;
+    "remora-init, auto backend") procs="9 (itself; 4 saves to detect the backend, reused as the current state; 2 restores, 2 saves after)" ;;
     "restore only") procs=2 ;;
     *) procs="$commands" ;;
   esac
