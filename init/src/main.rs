@@ -82,6 +82,15 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     let backend = detection.backend;
     say(format!("backend: {}", detection.reason));
 
+    if !ipv6 && !flags.cleanup {
+        if let Some(stale) = detection.snapshot(Family::V6).filter(|s| !s.is_empty()) {
+            say(format!(
+                "warning: IPv6 is off but ip6tables holds {} remora chains from an earlier run; they are left as they are (remove them with --cleanup)",
+                stale.chains.len()
+            ));
+        }
+    }
+
     let mut families = vec![Family::V4];
     if flags.cleanup {
         // Cleanup looks at IPv6 too unless told not to: a pod may have lost its address.

@@ -503,6 +503,27 @@ fn auto_backend_follows_the_rules_already_present() {
 }
 
 #[test]
+fn stale_ipv6_rules_are_reported_when_ipv6_is_off() {
+    let ns = Netns::new("v6stale");
+    ns.init(&args_with(&["--ipv6", "on"]));
+    let out = ns.init(&args_with(&["--ipv6", "off"]));
+    assert!(
+        out.contains("warning: IPv6 is off but ip6tables holds 4 remora chains"),
+        "{out}"
+    );
+    assert!(
+        !ours_in_save(&ns.save(V6)).is_empty(),
+        "IPv6 rules must be left alone"
+    );
+    ns.init(&["--cleanup", "--ipv6", "auto"]);
+    assert!(
+        ours_in_save(&ns.save(V6)).is_empty(),
+        "cleanup must cover IPv6"
+    );
+    assert!(ours_in_save(&ns.save(V4)).is_empty());
+}
+
+#[test]
 fn ipv6_auto_follows_the_pods_addresses() {
     let ns = Netns::new("v6auto");
     let out = ns.init(&args_with(&["--dry-run"]));
