@@ -145,6 +145,34 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} {}: {}", ig.kind, ig.name, ig.reason),
         ));
     }
+    // What a proxy in `ctx.namespace` would not apply (exportTo, Sidecar scope, selectors):
+    // build the snapshot as the proxy does (without resolving DNS names).
+    if decoded.errors.is_empty() {
+        let no_dns = |_: &str| -> Vec<std::net::IpAddr> { Vec::new() };
+        let snap = crate::rules::build_snapshot(
+            decoded.clone(),
+            ctx,
+            0,
+            String::new(),
+            String::new(),
+            Vec::new(),
+            &no_dns,
+        );
+        for ig in snap.ignored.iter().skip(decoded.ignored.len()) {
+            if ig.reason.starts_with("bound to gateways only") {
+                continue; // reported below with its field
+            }
+            report.warnings.push(at(
+                &ig.file,
+                ig.document,
+                "metadata".to_string(),
+                format!(
+                    "{} {} is not applied by proxies in namespace {}: {}",
+                    ig.kind, ig.name, ctx.namespace, ig.reason
+                ),
+            ));
+        }
+    }
     let cluster_suffix = format!(".svc.{}", ctx.cluster_domain);
     let host_known = |h: &str| -> bool {
         h.ends_with(&cluster_suffix)

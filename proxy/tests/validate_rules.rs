@@ -111,6 +111,15 @@ fn single_file_findings() {
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r1}\nspec: {host: reviews}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r2}\nspec: {host: reviews.default.svc.cluster.local}\n".to_string(),
             "warning: t.yaml doc 2: spec.host: host reviews.default.svc.cluster.local is also configured by DestinationRule default/r1 (t.yaml doc 1); only that one is used\n",
         ),
+        // Resources a proxy of this namespace would not apply.
+        (
+            vs("private", "  hosts: [p]\n  exportTo: [\".\"]\n  http: [{route: [{destination: {host: p}}]}]\n").replace("{name: private}", "{name: private, namespace: prod}")
+                + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: narrow}\nspec:\n  egress: [{hosts: [\"./*\"]}]\n---\n"
+                + &vs("far", "  hosts: [far.example.com]\n  http: [{route: [{destination: {host: far.example.com}}]}]\n").replace("{name: far}", "{name: far, namespace: other}"),
+            "warning: t.yaml doc 1: metadata: VirtualService prod/private is not applied by proxies in namespace default: not exported to this namespace (exportTo)\n\
+             warning: t.yaml doc 3: metadata: VirtualService other/far is not applied by proxies in namespace default: outside the Sidecar's egress hosts\n\
+             warning: t.yaml doc 3: spec.http[0].route[0].destination.host: host far.example.com is not defined by any ServiceEntry and is not a cluster-local service name\n",
+        ),
         // A wildcard ServiceEntry defines the hosts under it.
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec: {hosts: [\"*.example.com\"], ports: [{number: 443, name: tls}]}\n---\n".to_string()
