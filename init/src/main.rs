@@ -116,6 +116,13 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
                 say(format!("IPv6: skipped in cleanup ({e})"));
                 continue;
             }
+            Err(e) if flags.dry_run => {
+                say(format!(
+                    "{}: could not read the current rules ({e}); dry run continues as if the table held nothing of ours",
+                    family.name()
+                ));
+                Snapshot::default()
+            }
             Err(e) => {
                 return Err(vec![format!(
                     "reading the current {} rules failed: {e}",

@@ -629,3 +629,44 @@ fn a_closed_stdout_does_not_abort_the_apply() {
         );
     }
 }
+
+#[test]
+fn dry_run_works_without_iptables_tools() {
+    // E.g. previewing the rules on a workstation: no iptables on PATH. Still run inside a fresh
+    // namespace, so that even a regression could never touch the host's tables.
+    let ns = Netns::new("notools");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let ip = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("ip"))
+        .find(|p| p.is_file())
+        .expect("ip on PATH");
+    let run = |extra: &[&'static str]| {
+        std::process::Command::new(&ip)
+            .args(["netns", "exec", &ns.name, common::BIN])
+            .args(args_with(extra))
+            .env("PATH", empty.path())
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--dry-run", "--ipv6", "on"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("IPv4: could not read the current rules (could not run iptables-nft-save"),
+        "{stdout}"
+    );
+    let text = section(&stdout, "IPv6 restore text").expect("IPv6 text");
+    assert!(text.iter().any(|l| l.contains("-s ::6/128")), "{text:?}");
+    // Without --dry-run the same situation is an error, before anything else happens.
+    let out = run(&["--ipv6", "off"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "remora-init: error: reading the current IPv4 rules failed: could not run iptables-nft-save"
+    ));
+}
