@@ -761,6 +761,39 @@ COMMIT
     }
 
     #[test]
+    fn rollback_puts_builtin_rules_back_at_their_positions() {
+        // Before: our jump was 3rd in OUTPUT (after two foreign rules); now a newer plan is
+        // installed. Going back re-inserts it at 3 after removing the current one.
+        let before = Snapshot {
+            chains: vec![("REMORA_OUTPUT".into(), vec!["-j RETURN".into()])],
+            builtin: vec![BuiltinRule {
+                chain: "OUTPUT".into(),
+                position: Position::Insert(3),
+                spec: "-m comment --comment \"remora: old\" -j REMORA_OUTPUT".into(),
+            }],
+        };
+        let now = Snapshot {
+            chains: vec![
+                ("REMORA_OUTPUT".into(), vec!["-p tcp -j RETURN".into()]),
+                ("REMORA_INBOUND".into(), vec![]),
+            ],
+            builtin: vec![BuiltinRule {
+                chain: "OUTPUT".into(),
+                position: Position::Insert(3),
+                spec: "-m comment --comment \"remora: new\" -j REMORA_OUTPUT".into(),
+            }],
+        };
+        assert_eq!(
+            render_transition(&now, &before),
+            "*nat\n:REMORA_OUTPUT - [0:0]\n:REMORA_INBOUND - [0:0]\n\
+             -D OUTPUT -m comment --comment \"remora: new\" -j REMORA_OUTPUT\n\
+             -A REMORA_OUTPUT -j RETURN\n\
+             -I OUTPUT 3 -m comment --comment \"remora: old\" -j REMORA_OUTPUT\n\
+             -X REMORA_INBOUND\nCOMMIT\n"
+        );
+    }
+
+    #[test]
     fn planned_text_reparses_to_the_plan() {
         // What the plan says it will install, printed as iptables-save would, parses back to
         // the same chains (the save-form round trip the dry-run comparison relies on).

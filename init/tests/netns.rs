@@ -670,3 +670,24 @@ fn owner_groups_exclude_by_name() {
         ],
     );
 }
+
+#[test]
+fn cleanup_restores_direct_traffic() {
+    let lab = Lab::new("cleanup", false);
+    let pod = &lab.pod.name;
+    let peer_ns = &lab.peer.name;
+    let to_peer: SocketAddr = "10.213.0.1:8080".parse().expect("addr");
+    let to_pod: SocketAddr = "10.213.0.2:9080".parse().expect("addr");
+    lab.pod.init(DEFAULT_ARGS);
+    assert_eq!(probe(pod, ROOT, None, to_peer), "outbound 10.213.0.1:8080");
+    assert_eq!(
+        probe(peer_ns, ROOT, None, to_pod),
+        "inbound 10.213.0.2:9080"
+    );
+    // Applying twice changes nothing observable either.
+    lab.pod.init(DEFAULT_ARGS);
+    assert_eq!(probe(pod, ROOT, None, to_peer), "outbound 10.213.0.1:8080");
+    lab.pod.init(&["--cleanup"]);
+    assert_eq!(probe(pod, ROOT, None, to_peer), "peer 10.213.0.1:8080");
+    assert_eq!(probe(peer_ns, ROOT, None, to_pod), "app 10.213.0.2:9080");
+}
