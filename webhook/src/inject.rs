@@ -1,6 +1,9 @@
 //! The whole injection of one pod (pure): decide → validate annotations → remove a previous
 //! injection → rewrite probes → add containers, volumes, annotations.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use serde_json::{json, Map, Value};
 
 use crate::annotations::{
@@ -118,6 +121,39 @@ fn array_at(spec: &mut Map<String, Value>, key: &str) -> Vec<Value> {
         Some(Value::Array(a)) => a,
         _ => Vec::new(),
     }
+}
+
+/// Recent init argument lists and the init parser's verdict: most pods render identical
+/// arguments, and building the clap parser costs more than the rest of a review.
+static INIT_ARGS_CHECKED: LazyLock<Mutex<HashMap<Vec<String>, Result<(), String>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Parses and validates rendered `remora-init` arguments with remora-init's own flags.
+fn check_init_args(args: Vec<String>) -> Result<(), String> {
+    if let Ok(cache) = INIT_ARGS_CHECKED.lock() {
+        if let Some(r) = cache.get(&args) {
+            return r.clone();
+        }
+    }
+    let verdict = remora_init::flags::Flags::try_parse_args_only(
+        std::iter::once("remora-init".to_string()).chain(args.iter().cloned()),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|f| {
+        f.validate_all().map(|_| ()).map_err(|es| {
+            es.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    });
+    if let Ok(mut cache) = INIT_ARGS_CHECKED.lock() {
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(args, verdict.clone());
+    }
+    verdict
 }
 
 /// Injects `pod` (raw JSON with `metadata` and `spec`) created in `namespace`.
@@ -261,20 +297,10 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
     if init.is_some() && !args_overridden {
         // The init program's own parser is the one definition of its flags: check against it.
         let args = template::init_args(cfg, &opts);
-        let parsed = remora_init::flags::Flags::try_parse_args_only(
-            std::iter::once("remora-init".to_string()).chain(args),
-        );
-        match parsed.map_err(|e| vec![e.to_string()]).and_then(|f| {
-            f.validate_all()
-                .map_err(|es| es.iter().map(ToString::to_string).collect())
-        }) {
-            Ok(_) => {}
-            Err(es) => {
-                return Outcome::Denied(format!(
-                    "the traffic annotations give remora-init arguments it rejects: {}",
-                    es.join("; ")
-                ))
-            }
+        if let Err(es) = check_init_args(args) {
+            return Outcome::Denied(format!(
+                "the traffic annotations give remora-init arguments it rejects: {es}"
+            ));
         }
     }
 

@@ -67,7 +67,7 @@ fn owner_kind(obj: &Value) -> String {
 /// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
 pub fn handle(body: &[u8], cfg: &Config) -> Reply {
     let mut log = ReviewLog::default();
-    let raw: Value = match serde_json::from_slice(body) {
+    let mut raw: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return error(400, format!("body is not JSON: {e}"), log),
     };
@@ -83,7 +83,7 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
             log,
         );
     }
-    let Some(raw_req) = raw.get("request") else {
+    let Some(raw_req) = raw.get_mut("request").filter(|r| r.is_object()) else {
         return error(400, "AdmissionReview has no request".into(), log);
     };
     let uid = raw_req.get("uid").and_then(Value::as_str).unwrap_or("");
@@ -91,7 +91,15 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
         return error(400, "AdmissionReview request has no uid".into(), log);
     }
     log.uid = uid.to_string();
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
+    // The pod stays raw JSON (typed round trips drop unknown fields); the envelope is typed.
+    let object = raw_req
+        .get_mut("object")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    if let Some(old) = raw_req.get_mut("oldObject") {
+        *old = Value::Null;
+    }
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw) {
         Ok(r) => r,
         Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
     };
@@ -99,7 +107,6 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
         Ok(r) => r,
         Err(_) => return error(400, "AdmissionReview has no request".into(), log),
     };
-    let object = raw_req.get("object").cloned().unwrap_or(Value::Null);
     log.namespace = req
         .namespace
         .clone()
