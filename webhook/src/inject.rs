@@ -125,7 +125,8 @@ fn array_at(spec: &mut Map<String, Value>, key: &str) -> Vec<Value> {
 
 /// Recent init argument lists and the init parser's verdict: most pods render identical
 /// arguments, and building the clap parser costs more than the rest of a review.
-static INIT_ARGS_CHECKED: LazyLock<Mutex<HashMap<Vec<String>, Result<(), String>>>> =
+type ArgsVerdicts = HashMap<Vec<String>, Result<(), String>>;
+static INIT_ARGS_CHECKED: LazyLock<Mutex<ArgsVerdicts>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Parses and validates rendered `remora-init` arguments with remora-init's own flags.
