@@ -31,11 +31,78 @@ pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interface
 pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
 pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
 pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
+pub const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+pub const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+pub const OVERRIDES: &str = "proxy.istio.io/overrides";
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-container";
 pub const PROM_SCRAPE: &str = "prometheus.io/scrape";
 pub const PROM_PORT: &str = "prometheus.io/port";
 pub const PROM_PATH: &str = "prometheus.io/path";
+
+/// Every Istio annotation remora reads or writes.
+pub const SUPPORTED: &[&str] = &[
+    INJECT,
+    STATUS,
+    NATIVE_SIDECAR,
+    REWRITE_PROBES,
+    LOG_LEVEL,
+    PROXY_CPU,
+    PROXY_MEMORY,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_LIMIT,
+    PROXY_IMAGE,
+    INTERCEPTION_MODE,
+    INCLUDE_OUTBOUND_IP_RANGES,
+    EXCLUDE_OUTBOUND_IP_RANGES,
+    INCLUDE_INBOUND_PORTS,
+    EXCLUDE_INBOUND_PORTS,
+    INCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_INTERFACES,
+    KUBEVIRT_INTERFACES,
+    REROUTE_VIRTUAL_INTERFACES,
+    READINESS_INITIAL_DELAY,
+    READINESS_PERIOD,
+    READINESS_FAILURE_THRESHOLD,
+    USER_VOLUME,
+    USER_VOLUME_MOUNT,
+    OVERRIDES,
+];
+
+/// Istio-namespaced annotations on the pod that remora does not implement (each one a warning).
+pub fn unsupported(ann: &BTreeMap<String, String>) -> Vec<String> {
+    const PREFIXES: &[&str] = &[
+        "sidecar.istio.io/",
+        "traffic.sidecar.istio.io/",
+        "proxy.istio.io/",
+        "status.sidecar.istio.io/",
+        "readiness.status.sidecar.istio.io/",
+        "inject.istio.io/",
+    ];
+    ann.keys()
+        .filter(|k| PREFIXES.iter().any(|p| k.starts_with(p)) && !SUPPORTED.contains(&k.as_str()))
+        .map(|k| format!("annotation {k} is not supported by remora and is ignored"))
+        .collect()
+}
+
+/// A JSON object of name → object (`sidecar.istio.io/userVolume`, `userVolumeMount`).
+fn parse_named_objects(key: &str, v: &str) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let bad = |why: &str| format!("annotation {key}: invalid value {v:?}: {why}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(v).map_err(|e| bad(&format!("not JSON ({e})")))?;
+    let obj = parsed
+        .as_object()
+        .ok_or_else(|| bad("expected a JSON object of name to definition"))?;
+    let mut out = Vec::new();
+    for (name, def) in obj {
+        if !def.is_object() {
+            return Err(bad(&format!("the entry {name:?} is not an object")));
+        }
+        out.push((name.clone(), def.clone()));
+    }
+    Ok(out)
+}
 
 /// Proxy log levels accepted by `sidecar.istio.io/logLevel` (Envoy's names).
 pub const LOG_LEVELS: &[&str] = &[
@@ -236,6 +303,9 @@ pub struct PodOptions {
     pub exclude_outbound_ports: Vec<String>,
     pub exclude_interfaces: Vec<String>,
     pub virtual_interfaces: Vec<String>,
+    /// Extra volumes for the pod and mounts for the proxy (name → definition).
+    pub user_volumes: Vec<(String, serde_json::Value)>,
+    pub user_volume_mounts: Vec<(String, serde_json::Value)>,
     pub readiness_initial_delay: Option<i64>,
     pub readiness_period: Option<i64>,
     pub readiness_failure_threshold: Option<i64>,
@@ -262,6 +332,8 @@ impl PodOptions {
             exclude_outbound_ports: vec![],
             exclude_interfaces: vec![],
             virtual_interfaces: vec![],
+            user_volumes: vec![],
+            user_volume_mounts: vec![],
             readiness_initial_delay: None,
             readiness_period: None,
             readiness_failure_threshold: None,
@@ -387,6 +459,18 @@ impl PodOptions {
                 Err(e) => errs.push(e),
             }
         }
+        if let Some(v) = get(USER_VOLUME) {
+            match parse_named_objects(USER_VOLUME, v) {
+                Ok(l) => opts.user_volumes = l,
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(USER_VOLUME_MOUNT) {
+            match parse_named_objects(USER_VOLUME_MOUNT, v) {
+                Ok(l) => opts.user_volume_mounts = l,
+                Err(e) => errs.push(e),
+            }
+        }
         for key in [KUBEVIRT_INTERFACES, REROUTE_VIRTUAL_INTERFACES] {
             if let Some(v) = get(key) {
                 match parse_interfaces(key, v) {
@@ -497,6 +581,29 @@ mod tests {
             &Config::default()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn user_volumes_and_unsupported() {
+        let o = PodOptions::parse(
+            &ann(&[
+                (USER_VOLUME, r#"{"v1":{"emptyDir":{}}}"#),
+                (USER_VOLUME_MOUNT, r#"{"v1":{"mountPath":"/v1"}}"#),
+            ]),
+            &Config::default(),
+        )
+        .unwrap();
+        assert_eq!(o.user_volumes[0].0, "v1");
+        assert_eq!(o.user_volume_mounts[0].1["mountPath"], "/v1");
+        let e = errors(&[(USER_VOLUME, "[1]")]);
+        assert!(e[0].contains(USER_VOLUME), "{e:?}");
+        let w = unsupported(&ann(&[
+            ("proxy.istio.io/config", "x"),
+            (LOG_LEVEL, "info"),
+            ("example.com/x", "y"),
+        ]));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("proxy.istio.io/config"));
     }
 
     #[test]

@@ -15,8 +15,7 @@ use crate::decide::{decide, string_map, Decision};
 use crate::probes::{self, PROBERS_ENV};
 use crate::template::{self, INIT_NAME, PROXY_NAME};
 
-/// Records the pod's override containers across re-injections (Istio's annotation).
-pub const OVERRIDES: &str = "proxy.istio.io/overrides";
+pub use crate::annotations::OVERRIDES;
 /// Container names whose fields override the rendered proxy.
 const PROXY_OVERRIDE_NAMES: [&str; 2] = [PROXY_NAME, "istio-proxy"];
 /// Container names whose fields override the rendered init container.
@@ -249,7 +248,31 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         );
     }
 
-    let mut notes = Vec::new();
+    for (name, _) in &opts.user_volumes {
+        if vols
+            .iter()
+            .any(|v| v.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        {
+            return Outcome::Denied(format!(
+                "annotation {}: volume {name:?} already exists in the pod",
+                crate::annotations::USER_VOLUME
+            ));
+        }
+    }
+    for (name, _) in &opts.user_volume_mounts {
+        let known = opts.user_volumes.iter().any(|(n, _)| n == name)
+            || vols
+                .iter()
+                .any(|v| v.get("name").and_then(Value::as_str) == Some(name.as_str()));
+        if !known {
+            return Outcome::Denied(format!(
+                "annotation {}: volume {name:?} is neither a pod volume nor in {}",
+                crate::annotations::USER_VOLUME_MOUNT,
+                crate::annotations::USER_VOLUME
+            ));
+        }
+    }
+    let mut notes = crate::annotations::unsupported(&annotations);
     let probers = if opts.rewrite_probes {
         let previous = probers_of(&removed);
         let r = probes::rewrite(&mut containers, &previous);
@@ -324,7 +347,12 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         containers.push(proxy);
         status_containers.push(PROXY_NAME);
     }
-    let our_vols = template::volumes(cfg);
+    let mut our_vols = template::volumes(cfg);
+    for (name, def) in &opts.user_volumes {
+        let mut v = def.clone();
+        v["name"] = json!(name);
+        our_vols.push(v);
+    }
     let vol_names: Vec<&str> = our_vols
         .iter()
         .filter_map(|v| v.get("name").and_then(Value::as_str))

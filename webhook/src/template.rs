@@ -184,6 +184,13 @@ pub fn proxy_container(
             {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": true}
         ]
     });
+    if let Some(mounts) = c["volumeMounts"].as_array_mut() {
+        for (name, def) in &o.user_volume_mounts {
+            let mut m = def.clone();
+            m["name"] = json!(name);
+            mounts.push(m);
+        }
+    }
     if o.native_sidecar {
         c["restartPolicy"] = json!("Always");
     }

@@ -364,6 +364,41 @@ fn compare_with_istio(input: &Value, ours: &Value, golden: &Value, ctx: &str) {
             }
         }
     }
+    // User volumes and their proxy mounts (sidecar.istio.io/userVolume, userVolumeMount).
+    if let Some(g_proxy) = g_proxy {
+        let ann = input
+            .pointer("/metadata/annotations")
+            .cloned()
+            .unwrap_or(json!({}));
+        let keys = |a: &str| -> Vec<String> {
+            ann.get(a)
+                .and_then(Value::as_str)
+                .and_then(|s| serde_json::from_str::<BTreeMap<String, Value>>(s).ok())
+                .map(|m| m.into_keys().collect())
+                .unwrap_or_default()
+        };
+        let pick = |list: Option<&Value>, name: &str| -> Option<Value> {
+            list?
+                .as_array()?
+                .iter()
+                .find(|x| x["name"] == name)
+                .cloned()
+        };
+        for name in keys("sidecar.istio.io/userVolumeMount") {
+            assert_eq!(
+                pick(o_proxy.get("volumeMounts"), &name),
+                pick(g_proxy.get("volumeMounts"), &name),
+                "{ctx}: proxy mount {name}"
+            );
+        }
+        for name in keys("sidecar.istio.io/userVolume") {
+            assert_eq!(
+                pick(ours.pointer("/spec/volumes"), &name),
+                pick(golden.pointer("/spec/volumes"), &name),
+                "{ctx}: volume {name}"
+            );
+        }
+    }
     // Capture arguments: same includes and excludes (infrastructure ports aside).
     if let (Some(gi), Some(oi)) = (
         container(golden, "initContainers", "istio-init"),
