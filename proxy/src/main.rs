@@ -248,12 +248,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let pconf = server.configuration.clone();
+    let resolver = Arc::new(remora_proxy::upstream::HostResolver::default());
     for dir in [Direction::Outbound, Direction::Inbound] {
         let mut h1 = pingora::proxy::http_proxy(
             &pconf,
             MeshHttp {
                 dir,
                 shared: shared.clone(),
+                resolver: resolver.clone(),
             },
         );
         h1.server_options = Some(Default::default());
@@ -262,6 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             MeshHttp {
                 dir,
                 shared: shared.clone(),
+                resolver: resolver.clone(),
             },
         );
         let mut opts = pingora::apps::HttpServerOptions::default();

@@ -404,3 +404,38 @@ spec:
     assert_eq!(line["upstream"], backend.to_string());
     assert!(p.access_log().iter().all(|l| l["kind"] != "http"));
 }
+
+#[test]
+fn route_to_another_host_without_endpoints_does_not_reuse_the_original_destination() {
+    let rt = rt();
+    let original = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "original"));
+    // Another address than the original destination's, so reusing the original destination's IP
+    // with the route's port would miss it.
+    let other = rt.block_on(spawn_http_echo("127.0.0.2:0".parse().unwrap(), "other"));
+    // The destination host is an address literal here so no DNS lookup leaves the machine; a
+    // name would be resolved (cached 5 s) the same way.
+    let vs = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shift, namespace: testns}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: shift
+    route:
+    - destination: {{host: 127.0.0.2, port: {{number: {}}}}}
+"#,
+        other.port()
+    );
+    let rules = RulesDir::new(&[("vs.yaml", &vs)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(original);
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let r = http_get(p.ports.outbound_addr(), "/r", &[("Host", "reviews:9080")]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["server"], "other");
+    let line = p.wait_log(|l| l["path"] == "/r");
+    assert_eq!(line["route_name"], "shift");
+    assert_eq!(line["upstream"], other.to_string());
+}

@@ -89,6 +89,76 @@ struct ForwardOps {
 pub struct MeshHttp {
     pub dir: Direction,
     pub shared: Arc<Shared>,
+    pub resolver: Arc<HostResolver>,
+}
+
+/// Is `host` (a route destination FQDN) the service the request was addressed to? Then the
+/// original destination (a ClusterIP or pod IP) reaches it.
+fn same_service(snap: &crate::rules::Snapshot, authority: &str, host: &str) -> bool {
+    if authority.is_empty() {
+        return true;
+    }
+    let (name, _) = crate::rules::host::split_authority(authority);
+    if name.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    crate::rules::host::candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain)
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(host))
+}
+
+/// Resolves route destination hosts that have no known endpoints and are not the service the
+/// request was addressed to (e.g. a VirtualService sending `reviews` traffic to `ratings`), the way
+/// a pod without a mesh would: DNS, cached for a few seconds.
+#[derive(Default)]
+pub struct HostResolver {
+    cache: std::sync::Mutex<std::collections::HashMap<String, (Instant, Vec<IpAddr>)>>,
+}
+
+impl HostResolver {
+    const TTL: Duration = Duration::from_secs(5);
+
+    /// An address for `host:port`, preferring `dst`'s address family.
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        dst: SocketAddr,
+    ) -> Result<SocketAddr, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let cached = self.cache.lock().ok().and_then(|c| {
+            c.get(host)
+                .filter(|(t, _)| t.elapsed() < Self::TTL)
+                .map(|(_, ips)| ips.clone())
+        });
+        let ips = match cached {
+            Some(ips) => ips,
+            None => {
+                let lookup = tokio::net::lookup_host((host, port));
+                let ips: Vec<IpAddr> = match tokio::time::timeout(Duration::from_secs(2), lookup)
+                    .await
+                {
+                    Ok(Ok(it)) => it.map(|a| a.ip()).collect(),
+                    Ok(Err(e)) => return Err(format!("resolving route destination {host}: {e}")),
+                    Err(_) => return Err(format!("resolving route destination {host}: timed out")),
+                };
+                if let Ok(mut c) = self.cache.lock() {
+                    if c.len() > 1024 {
+                        c.clear();
+                    }
+                    c.insert(host.to_string(), (Instant::now(), ips.clone()));
+                }
+                ips
+            }
+        };
+        ips.iter()
+            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+            .or(ips.first())
+            .map(|ip| SocketAddr::new(*ip, port))
+            .ok_or_else(|| format!("route destination {host} has no addresses"))
+    }
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -270,10 +340,32 @@ impl ProxyHttp for MeshHttp {
             Decision::Forward(f) => {
                 let picked = lb::pick(&f.endpoints, &mut rand::thread_rng());
                 let port = if f.port == 0 { dst.port() } else { f.port };
-                ctx.upstream = Some(picked.unwrap_or(SocketAddr::new(dst.ip(), port)));
+                let upstream = match picked {
+                    Some(a) => Ok(a),
+                    None => {
+                        let same = same_service(&snap, &ctx.authority, &f.host);
+                        drop(snap);
+                        if same {
+                            Ok(SocketAddr::new(dst.ip(), port))
+                        } else {
+                            self.resolver.resolve(&f.host, port, dst).await
+                        }
+                    }
+                };
                 ctx.route_name = f.route_name;
                 ctx.virtual_service = f.virtual_service;
-                ctx.destination_service = f.host;
+                ctx.destination_service = f.host.clone();
+                let upstream = match upstream {
+                    Ok(a) => a,
+                    Err(e) => {
+                        ctx.flags = flags::NO_HEALTHY_UPSTREAM;
+                        ctx.error = Some(e);
+                        return self
+                            .respond_local(session, ctx, 503, &[], "no healthy upstream\n")
+                            .await;
+                    }
+                };
+                ctx.upstream = Some(upstream);
                 ctx.response_ops = f.response_headers;
                 ctx.forward = Some(ForwardOps {
                     request: f.request_headers,
