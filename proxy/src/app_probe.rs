@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -189,14 +190,10 @@ impl AppProbers {
             Ok(p) => p,
             Err(e) => return ProbeResult::fail(e),
         };
-        if h.scheme
+        let https = h
+            .scheme
             .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
-        {
-            return ProbeResult::fail(
-                "httpGet scheme HTTPS is not supported by remora-proxy yet".into(),
-            );
-        }
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"));
         let host = h.host.clone().unwrap_or_else(|| self.default_host.clone());
         let mut path = h.path.clone().unwrap_or_else(|| "/".into());
         if !path.starts_with('/') {
@@ -206,14 +203,32 @@ impl AppProbers {
             Ok(s) => s,
             Err(e) => return ProbeResult::fail(format!("connect to {host}:{port}: {e}")),
         };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                Ok(x) => x,
-                Err(e) => return ProbeResult::fail(format!("http handshake: {e}")),
+        let mut sender = if https {
+            // Like the kubelet: TLS without certificate verification.
+            let tls = match tls_connect(&host, stream).await {
+                Ok(t) => t,
+                Err(e) => return ProbeResult::fail(format!("TLS to {host}:{port}: {e}")),
             };
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+                Ok((sender, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    sender
+                }
+                Err(e) => return ProbeResult::fail(format!("http handshake: {e}")),
+            }
+        } else {
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok((sender, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    sender
+                }
+                Err(e) => return ProbeResult::fail(format!("http handshake: {e}")),
+            }
+        };
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -285,6 +300,71 @@ fn serving_status_name(s: u64) -> &'static str {
         3 => "SERVICE_UNKNOWN",
         _ => "unrecognised",
     }
+}
+
+/// Accepts any server certificate: the kubelet does not verify probe targets either.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn tls_connect(
+    host: &str,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("server name {host:?}: {e}"))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
@@ -579,5 +659,60 @@ mod tests {
         assert!(p.run("/app-health/a/startupz").await.unwrap().ok);
         assert!(!p.run("/app-health/b/livez").await.unwrap().ok);
         assert!(p.run("/app-health/c/livez").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn https_probe_does_not_verify_the_certificate_like_the_kubelet() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["app.local".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 2048];
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let status = if req.starts_with("GET /secure ") {
+                        "200 OK"
+                    } else {
+                        "500 Oops"
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let json = format!(
+            r#"{{"/app-health/a/livez": {{"httpGet": {{"path": "/secure", "port": {port}, "scheme": "HTTPS"}}}},
+               "/app-health/a/readyz": {{"httpGet": {{"path": "/other", "port": {port}, "scheme": "HTTPS"}}}},
+               "/app-health/a/startupz": {{"httpGet": {{"path": "/secure", "port": {port}, "scheme": "HTTP"}}}}}}"#
+        );
+        let p = AppProbers::parse(Some(&json), "127.0.0.1").unwrap();
+        let r = p.run("/app-health/a/livez").await.unwrap();
+        assert!(r.ok, "{r:?}");
+        let r = p.run("/app-health/a/readyz").await.unwrap();
+        assert!(!r.ok && r.message.contains("HTTP 500"), "{r:?}");
+        // Plain HTTP against a TLS port fails.
+        assert!(!p.run("/app-health/a/startupz").await.unwrap().ok);
     }
 }
