@@ -195,6 +195,19 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
         }
         best.map(|(_, d)| d)
     };
+    let best_se = |h: &str| -> Option<&crate::rules::ServiceEntry> {
+        let mut best: Option<(usize, &crate::rules::ServiceEntry)> = None;
+        for se in &decoded.service_entries {
+            for p in &se.hosts {
+                if let Some(s) = match_score(p, h) {
+                    if best.is_none_or(|(b, _)| s > b) {
+                        best = Some((s, se));
+                    }
+                }
+            }
+        }
+        best.map(|(_, s)| s)
+    };
 
     for (vi, vs) in decoded.virtual_services.iter().enumerate() {
         let (file, doc) = (&vs.meta.file, vs.meta.document);
@@ -228,10 +241,32 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ));
             }
         }
-        check_routes(vs, report, &host_known, &best_dr);
+        check_routes(vs, report, &host_known, &best_dr, &best_se);
     }
 
     for (i, dr) in decoded.destination_rules.iter().enumerate() {
+        if let Some(se) = best_se(&dr.host).filter(|se| {
+            se.resolution == crate::rules::Resolution::Static && !se.endpoints.is_empty()
+        }) {
+            for (si, sub) in dr.subsets.iter().enumerate() {
+                let selects = se
+                    .endpoints
+                    .iter()
+                    .any(|e| sub.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+                if !selects {
+                    report.warnings.push(at(
+                        &dr.meta.file,
+                        dr.meta.document,
+                        format!("spec.subsets[{si}].labels"),
+                        format!(
+                            "subset {:?} selects none of the endpoints of ServiceEntry {}",
+                            sub.name,
+                            se.meta.key()
+                        ),
+                    ));
+                }
+            }
+        }
         if !host_known(&dr.host) && !dr.host.starts_with('*') {
             report.warnings.push(at(
                 &dr.meta.file,
@@ -274,6 +309,7 @@ fn check_routes<'a>(
     report: &mut ValidationReport,
     host_known: &dyn Fn(&str) -> bool,
     best_dr: &dyn Fn(&str) -> Option<&'a DestinationRule>,
+    best_se: &dyn Fn(&str) -> Option<&'a crate::rules::ServiceEntry>,
 ) {
     let (file, doc) = (&vs.meta.file, vs.meta.document);
     let mut check_destinations = |rp: &str, dests: &[crate::rules::WeightedDestination]| {
@@ -289,6 +325,22 @@ fn check_routes<'a>(
                         "host {host} is not defined by any ServiceEntry and is not a cluster-local service name"
                     ),
                 ));
+            }
+            if let (Some(p), Some(se)) = (d.destination.port, best_se(host)) {
+                if !se.ports.is_empty() && !se.ports.iter().any(|sp| sp.number == p) {
+                    let list: Vec<String> =
+                        se.ports.iter().map(|sp| sp.number.to_string()).collect();
+                    report.warnings.push(at(
+                        file,
+                        doc,
+                        format!("{dp}.port.number"),
+                        format!(
+                            "port {p} is not a port of ServiceEntry {} ({})",
+                            se.meta.key(),
+                            list.join(", ")
+                        ),
+                    ));
+                }
             }
             if let Some(subset) = &d.destination.subset {
                 let defined =

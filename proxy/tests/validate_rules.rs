@@ -120,6 +120,14 @@ fn single_file_findings() {
              warning: t.yaml doc 3: metadata: VirtualService other/far is not applied by proxies in namespace default: outside the Sidecar's egress hosts\n\
              warning: t.yaml doc 3: spec.http[0].route[0].destination.host: host far.example.com is not defined by any ServiceEntry and is not a cluster-local service name\n",
         ),
+        // A port the ServiceEntry does not have; a subset selecting none of its endpoints.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: pay}\nspec:\n  hosts: [pay.example.com]\n  ports: [{number: 80, name: http}, {number: 443, name: https}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.9, labels: {track: stable}}]\n---\n".to_string()
+                + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pay}\nspec:\n  host: pay.example.com\n  subsets: [{name: stable, labels: {track: stable}}, {name: canary, labels: {track: canary}}]\n---\n"
+                + &vs("pay", "  hosts: [pay.example.com]\n  http: [{route: [{destination: {host: pay.example.com, subset: stable, port: {number: 8443}}}]}]\n"),
+            "warning: t.yaml doc 2: spec.subsets[1].labels: subset \"canary\" selects none of the endpoints of ServiceEntry default/pay\n\
+             warning: t.yaml doc 3: spec.http[0].route[0].destination.port.number: port 8443 is not a port of ServiceEntry default/pay (80, 443)\n",
+        ),
         // A wildcard ServiceEntry defines the hosts under it.
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec: {hosts: [\"*.example.com\"], ports: [{number: 443, name: tls}]}\n---\n".to_string()
