@@ -65,6 +65,8 @@ fn kubelet_layout_reads_each_key_once() {
     );
     write(d.path(), ".hidden.yaml", "this: is not read: at all");
     write(d.path(), "README", "not yaml: [");
+    // A key the kubelet is removing: its symlink points into the new ..data, where it is gone.
+    std::os::unix::fs::symlink("..data/removed.yaml", d.path().join("removed.yaml")).unwrap();
     let s = load_dir(d.path(), &ctx(), 3).unwrap();
     assert_eq!(s.files, vec!["reviews-dr.yml", "reviews-vs.yaml"]);
     assert_eq!(s.generation, 3);
