@@ -69,14 +69,23 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// Run `cmd args` with `stdin`, return stdout.
-pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
-    let full = if args.is_empty() {
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    if args.is_empty() {
         cmd.to_string()
     } else {
         format!("{cmd} {}", args.join(" "))
-    };
-    let mut child = Command::new(cmd)
+    }
+}
+
+/// A started program, not yet waited for.
+struct Running {
+    full: String,
+    child: Result<std::process::Child, std::io::Error>,
+}
+
+fn start(cmd: &str, args: &[&str], stdin: Option<&str>) -> Running {
+    let full = command_line(cmd, args);
+    let child = Command::new(cmd)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -85,15 +94,23 @@ pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Appl
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ApplyError::Spawn {
-            cmd: full.clone(),
-            source,
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A failing write (the program exited early) shows up in its exit status below.
-        let _ = pipe.write_all(input.as_bytes());
-    }
+        .spawn();
+    let child = child.map(|mut c| {
+        if let (Some(input), Some(mut pipe)) = (stdin, c.stdin.take()) {
+            // A failing write (the program exited early) shows up in its exit status.
+            let _ = pipe.write_all(input.as_bytes());
+        }
+        c
+    });
+    Running { full, child }
+}
+
+fn finish(r: Running) -> Result<String, ApplyError> {
+    let Running { full, child } = r;
+    let child = child.map_err(|source| ApplyError::Spawn {
+        cmd: full.clone(),
+        source,
+    })?;
     let out = child
         .wait_with_output()
         .map_err(|source| ApplyError::Spawn {
@@ -109,6 +126,20 @@ pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Appl
             stderr: one_line(&String::from_utf8_lossy(&out.stderr)),
         })
     }
+}
+
+/// Run `cmd args` with `stdin`, return stdout.
+pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+    finish(start(cmd, args, stdin))
+}
+
+/// Run read-only programs (no stdin) concurrently; results in the same order.
+pub fn run_concurrently(cmds: &[(String, Vec<&str>)]) -> Vec<Result<String, ApplyError>> {
+    let started: Vec<Running> = cmds
+        .iter()
+        .map(|(cmd, args)| start(cmd, args, None))
+        .collect();
+    started.into_iter().map(finish).collect()
 }
 
 /// Count of rules (`-A` lines) in an `iptables-save` dump.
@@ -159,19 +190,35 @@ pub fn detect(mode: IptablesMode) -> Detection {
         IptablesMode::Legacy => return forced(Backend::Legacy),
         IptablesMode::Auto => {}
     }
+    // The four dumps are read concurrently (read-only; saves take no lock).
+    let order = [
+        (Backend::Nft, Family::V4),
+        (Backend::Nft, Family::V6),
+        (Backend::Legacy, Family::V4),
+        (Backend::Legacy, Family::V6),
+    ];
+    let cmds: Vec<(String, Vec<&str>)> = order
+        .iter()
+        .map(|(b, f)| (b.save_cmd(*f), Vec::new()))
+        .collect();
+    let mut results: Vec<Option<Result<String, ApplyError>>> =
+        run_concurrently(&cmds).into_iter().map(Some).collect();
     type Counted = Result<(usize, Vec<(Family, String)>), String>;
-    let count = |b: Backend| -> Counted {
+    let mut count = |b: Backend| -> Counted {
         let mut n = 0;
         let mut dumps = Vec::new();
-        for fam in [Family::V4, Family::V6] {
-            match run(&b.save_cmd(fam), &[], None) {
-                Ok(text) => {
+        for (i, (ob, fam)) in order.iter().enumerate() {
+            if *ob != b {
+                continue;
+            }
+            match results[i].take() {
+                Some(Ok(text)) => {
                     n += rule_count(&text);
-                    dumps.push((fam, text));
+                    dumps.push((*fam, text));
                 }
                 // No ip6tables in this namespace is fine; no iptables at all is not.
-                Err(e) if fam == Family::V4 => return Err(e.to_string()),
-                Err(_) => {}
+                Some(Err(e)) if *fam == Family::V4 => return Err(e.to_string()),
+                _ => {}
             }
         }
         Ok((n, dumps))
@@ -330,6 +377,18 @@ pub fn resolve_group_names_with(
 pub fn snapshot(backend: Backend, family: Family) -> Result<(Snapshot, String), ApplyError> {
     let text = run(&backend.save_cmd(family), &["-t", plan::TABLE], None)?;
     Ok((plan::parse_save(&text), text))
+}
+
+/// Our current rules in several families, read concurrently.
+pub fn snapshots(backend: Backend, families: &[Family]) -> Vec<Result<Snapshot, ApplyError>> {
+    let cmds: Vec<(String, Vec<&str>)> = families
+        .iter()
+        .map(|f| (backend.save_cmd(*f), vec!["-t", plan::TABLE]))
+        .collect();
+    run_concurrently(&cmds)
+        .into_iter()
+        .map(|r| r.map(|text| plan::parse_save(&text)))
+        .collect()
 }
 
 /// Feed `text` to `<family>-<backend>-restore --noflush`.

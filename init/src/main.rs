@@ -104,13 +104,32 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     // Current state and the restore text per family.
     let mut steps: Vec<(Family, String, Snapshot)> = Vec::new();
     let mut targets: Vec<(Family, Snapshot)> = Vec::new();
-    for family in families {
-        // Reuse the dump taken while detecting the backend, if any.
-        let current = match detection
-            .snapshot(family)
-            .map(Ok)
-            .unwrap_or_else(|| apply::snapshot(backend, family).map(|(s, _)| s))
-        {
+    // Reuse the dumps taken while detecting the backend; otherwise read all families at once.
+    let missing: Vec<Family> = families
+        .iter()
+        .copied()
+        .filter(|f| detection.snapshot(*f).is_none())
+        .collect();
+    let mut read = apply::snapshots(backend, &missing).into_iter();
+    let currents: Vec<(Family, Result<Snapshot, apply::ApplyError>)> = families
+        .iter()
+        .map(|f| match detection.snapshot(*f) {
+            Some(s) => (*f, Ok(s)),
+            // `missing` lists exactly these families, in this order.
+            None => (
+                *f,
+                read.next().unwrap_or_else(|| {
+                    Err(apply::ApplyError::Failed {
+                        cmd: backend.save_cmd(*f),
+                        status: "not run".into(),
+                        stderr: "internal error: no result for this family".into(),
+                    })
+                }),
+            ),
+        })
+        .collect();
+    for (family, current) in currents {
+        let current = match current {
             Ok(s) => s,
             Err(e) if flags.cleanup && family == Family::V6 && flags.ipv6 == Ipv6Mode::Auto => {
                 say(format!("IPv6: skipped in cleanup ({e})"));
@@ -171,9 +190,11 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
     apply::apply_all(backend, &steps, &mut log)?;
 
     let mut warnings = 0;
-    for (family, target) in &targets {
-        let after = match apply::snapshot(backend, *family) {
-            Ok((s, _)) => s,
+    let families: Vec<Family> = targets.iter().map(|(f, _)| *f).collect();
+    let afters = apply::snapshots(backend, &families);
+    for ((family, target), after) in targets.iter().zip(afters) {
+        let after = match after {
+            Ok(s) => s,
             Err(e) => {
                 return Err(vec![format!(
                     "rules were applied but reading them back failed: {e}"
