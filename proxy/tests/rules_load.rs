@@ -509,3 +509,34 @@ fn destination_rule_precedence_by_namespace() {
     write(d.path(), "a.yaml", &dr("istio-system", "root"));
     assert_eq!(pick(&load_dir(d.path(), &ctx(), 3).unwrap()), "root");
 }
+
+/// `resolution: DNS` with the system resolver, using only a name from /etc/hosts.
+#[test]
+fn dns_endpoints_from_etc_hosts() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "se.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local}
+spec:
+  hosts: [local.example.internal]
+  ports: [{number: 8080, name: http}]
+  resolution: DNS
+  endpoints: [{address: localhost, ports: {http: 18080}}]
+",
+    );
+    let s = load_dir(d.path(), &ctx(), 1).unwrap();
+    let eps = s
+        .endpoints
+        .endpoints("local.example.internal", 8080, None)
+        .unwrap();
+    assert!(!eps.is_empty());
+    assert!(
+        eps.iter()
+            .all(|e| e.addr.ip().is_loopback() && e.addr.port() == 18080),
+        "{eps:?}"
+    );
+    assert!(s.dns.contains_key("localhost"));
+}
