@@ -464,10 +464,19 @@ fn bad_start_inputs_fail_with_one_clear_line() {
 }
 
 #[test]
-fn sigterm_drains_and_exits_zero() {
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "slow"));
     let rules = RulesDir::new(&[]);
-    let mut p = ProxyProc::start(ProxyOpts::new(rules.path()));
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(backend);
+    let mut p = ProxyProc::start(o);
     p.wait_ready();
+    // A request that is still in flight when SIGTERM arrives (the app answers after 700 ms;
+    // the drain is 1 s).
+    let out = p.ports.outbound_addr();
+    let in_flight = std::thread::spawn(move || http_get(out, "/delay/700", &[]));
+    std::thread::sleep(Duration::from_millis(200));
     let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // Readiness turns 503 during the drain, then the process exits 0.
@@ -491,4 +500,7 @@ fn sigterm_drains_and_exits_zero() {
     }
     assert!(saw_503, "readiness should report 503 while draining");
     p.wait_stderr("draining");
+    let r = in_flight.join().unwrap().expect("in-flight request");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["path"], "/delay/700");
 }
