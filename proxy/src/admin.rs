@@ -176,10 +176,35 @@ fn metrics_text() -> Response<Full<Bytes>> {
     }
 }
 
-/// Answer one admin request (pure apart from running app probes).
-pub async fn handle(state: &AdminState, kind: AdminKind, path: &str) -> Response<Full<Bytes>> {
+/// Answer one admin request (pure apart from running app probes and `/quitquitquit`).
+pub async fn handle(
+    state: &AdminState,
+    kind: AdminKind,
+    method: &http::Method,
+    peer: Option<SocketAddr>,
+    path: &str,
+) -> Response<Full<Bytes>> {
     let path = path.split('?').next().unwrap_or(path);
     match (kind, path) {
+        (AdminKind::Admin, "/quitquitquit") => {
+            // Istio's way for a Job's app to stop its sidecar: POST from inside the pod.
+            if method != http::Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain");
+            }
+            if !peer.is_some_and(|p| p.ip().is_loopback()) {
+                return text(StatusCode::FORBIDDEN, "only from localhost\n", "text/plain");
+            }
+            tracing::info!("POST /quitquitquit: shutting down gracefully");
+            let me = nix::unistd::Pid::this();
+            if let Err(e) = nix::sys::signal::kill(me, nix::sys::signal::Signal::SIGTERM) {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("signal: {e}\n"),
+                    "text/plain",
+                );
+            }
+            text(StatusCode::OK, "OK\n", "text/plain")
+        }
         (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => metrics_text(),
         (AdminKind::Prometheus, "/metrics") => metrics_text(),
         (AdminKind::Admin | AdminKind::Health, "/healthz/ready") => {
@@ -220,7 +245,7 @@ pub async fn handle(state: &AdminState, kind: AdminKind, path: &str) -> Response
 /// Serve `kind` on an already bound listener until the runtime stops.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, kind: AdminKind) {
     loop {
-        let (sock, _) = match listener.accept().await {
+        let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 warn!(?kind, "admin accept failed: {e}");
@@ -234,7 +259,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, kind: AdminKin
                 let state = state.clone();
                 async move {
                     let path = req.uri().path().to_string();
-                    Ok::<_, std::convert::Infallible>(handle(&state, kind, &path).await)
+                    let r = handle(&state, kind, req.method(), Some(peer), &path).await;
+                    Ok::<_, std::convert::Infallible>(r)
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -504,3 +504,27 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.json()["path"], "/delay/700");
 }
+
+#[test]
+fn quitquitquit_stops_the_proxy_gracefully() {
+    let rules = RulesDir::new(&[]);
+    let mut p = ProxyProc::start(ProxyOpts::new(rules.path()));
+    p.wait_ready();
+    let r = http_get(p.ports.admin_addr(), "/quitquitquit", &[]).unwrap();
+    assert_eq!(r.status, 405, "GET must not stop the proxy");
+    assert!(p.child.try_wait().unwrap().is_none());
+    let r = http_request(p.ports.admin_addr(), "POST", "/quitquitquit", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after /quitquitquit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success(), "{st}");
+}
