@@ -826,6 +826,26 @@ fn l4_route(v: &Value, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
     })
 }
 
+/// `exportTo`: `.`, `*`, `~` or namespace names (DNS-1123 labels).
+fn export_to(o: &Map<String, Value>) -> R<Vec<String>> {
+    let list = str_list(o, "exportTo", "spec")?;
+    for (i, e) in list.iter().enumerate() {
+        let label_ok = !e.is_empty()
+            && e.len() <= 63
+            && e.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !e.starts_with('-')
+            && !e.ends_with('-');
+        if !(matches!(e.as_str(), "." | "*" | "~") || label_ok) {
+            return fail(
+                &format!("spec.exportTo[{i}]"),
+                format!("{e:?} is not \".\", \"*\", \"~\" or a namespace name"),
+            );
+        }
+    }
+    Ok(list)
+}
+
 pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualService> {
     let o = as_obj(spec, "spec")?;
     let raw_hosts = str_list(o, "hosts", "spec")?;
@@ -873,7 +893,7 @@ pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualSe
         meta,
         hosts,
         gateways,
-        export_to: str_list(o, "exportTo", "spec")?,
+        export_to: export_to(o)?,
         http,
         tcp,
         tls,
@@ -922,7 +942,7 @@ pub fn destination_rule(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<Destinat
         meta,
         host,
         subsets,
-        export_to: str_list(o, "exportTo", "spec")?,
+        export_to: export_to(o)?,
         traffic_policy: get(o, "trafficPolicy").cloned(),
         workload_selector: workload_selector(o, "workloadSelector", "matchLabels")?,
     })
@@ -1084,7 +1104,7 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
         location,
         resolution,
         endpoints,
-        export_to: str_list(o, "exportTo", "spec")?,
+        export_to: export_to(o)?,
     })
 }
 
@@ -1226,6 +1246,8 @@ mod tests {
             ("hosts: [\"a b\"]\nhttp: [{route: [{destination: {host: a}}]}]",
              "spec.hosts[0]", "invalid host \"a b\": label \"a b\" must be letters, digits or '-' (not at either end)"),
             ("hosts: a\nhttp: []", "spec.hosts", "expected a list, found a string"),
+            ("hosts: [a]\nexportTo: [Prod]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
+             "\"Prod\" is not \".\", \"*\", \"~\" or a namespace name"),
             ("hosts: [a]\ntls: [{route: [{destination: {host: a}}]}]", "spec.tls[0].match",
              "TLS routes need at least one match with sniHosts"),
             ("hosts: [a]\ntls: [{match: [{port: 443}], route: [{destination: {host: a}}]}]", "spec.tls[0].match[0].sniHosts",
