@@ -246,7 +246,29 @@ impl ServerApp for CaptureApp {
     }
 }
 
-/// Copy bytes both ways between the downstream and the original destination.
+/// Where an outbound opaque TCP connection goes: when the original destination is a
+/// ServiceEntry's virtual address (`addresses`) on one of its ports and the entry has endpoints,
+/// one of them (weighted random); otherwise the original destination itself.
+pub fn tcp_target(snap: &crate::rules::Snapshot, dst: SocketAddr) -> (SocketAddr, Option<String>) {
+    for se in &snap.service_entries {
+        if !se.addresses.iter().any(|n| n.contains(&dst.ip())) {
+            continue;
+        }
+        if !se.ports.iter().any(|p| p.number == dst.port()) {
+            continue;
+        }
+        for host in &se.hosts {
+            if let Some(eps) = snap.endpoints.endpoints(host, dst.port(), None) {
+                if let Some(a) = crate::upstream::lb::pick(&eps, &mut rand::thread_rng()) {
+                    return (a, Some(host.clone()));
+                }
+            }
+        }
+    }
+    (dst, None)
+}
+
+/// Copy bytes both ways between the downstream and the destination.
 async fn proxy_tcp(
     dir: Direction,
     shared: &Shared,
@@ -261,11 +283,19 @@ async fn proxy_tcp(
         Direction::Inbound => s.inbound_bind,
         Direction::Outbound => None,
     };
+    let (target, service) = match dir {
+        Direction::Outbound => tcp_target(&shared.snapshot.load(), dst),
+        Direction::Inbound => (dst, None),
+    };
     let mut labels = tcp_labels(dir, s, dst);
+    if let Some(svc) = service {
+        labels.destination_service = svc;
+    }
     let metrics = Metrics::get();
     metrics.tcp_open(&labels);
     let (upstream, received, sent, reason) =
-        match upstream::connect_tcp(dst, bind, s.inbound_bind_fallback, s.connect_timeout).await {
+        match upstream::connect_tcp(target, bind, s.inbound_bind_fallback, s.connect_timeout).await
+        {
             Ok(mut up) => {
                 let local = up.local_addr().ok();
                 let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
@@ -279,7 +309,7 @@ async fn proxy_tcp(
             }
             Err(e) => {
                 labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
-                warn!(listener = dir.as_str(), %dst, "tcp upstream connect failed: {e}");
+                warn!(listener = dir.as_str(), %dst, %target, "tcp upstream connect failed: {e}");
                 (None, 0, 0, Some(format!("connect: {e}")))
             }
         };
@@ -290,7 +320,7 @@ async fn proxy_tcp(
         direction: dir.as_str(),
         protocol: "tcp",
         duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-        upstream: Some(dst.to_string()),
+        upstream: Some(target.to_string()),
         original_dst: Some(dst.to_string()),
         downstream: peer.map(|p| p.to_string()),
         response_flags: labels.response_flags.clone(),

@@ -439,3 +439,52 @@ spec:
     assert_eq!(line["route_name"], "shift");
     assert_eq!(line["upstream"], other.to_string());
 }
+
+#[test]
+fn tcp_to_a_service_entry_address_goes_to_its_endpoints() {
+    let rt = rt();
+    let echo = rt.block_on(spawn_tcp_echo());
+    // 127.0.0.50:7000 is the service's virtual address: nothing listens there.
+    let se = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cache, namespace: testns}}
+spec:
+  hosts: [cache.testns.svc.cluster.local]
+  addresses: [127.0.0.50/32]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: 7000, name: tcp-cache, protocol: TCP}}
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-cache: {}}}}}
+"#,
+        echo.port()
+    );
+    let rules = RulesDir::new(&[("cache.yaml", &se)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some("127.0.0.50:7000".parse().unwrap());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let mut s = std::net::TcpStream::connect(p.ports.outbound_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let mut buf = [0u8; 14];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"*1\r\n$4\r\nPING\r\n");
+    drop(s);
+    let line = p.wait_log(|l| l["kind"] == "tcp");
+    assert_eq!(line["original_dst"], "127.0.0.50:7000");
+    assert_eq!(line["upstream"], echo.to_string());
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &["destination_service=\"cache.testns.svc.cluster.local\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}
