@@ -1584,6 +1584,70 @@ spec:
         }
     }
 
+    /// A discovery source added after the ServiceEntries gives Kubernetes-style services
+    /// endpoints, and DestinationRule subsets select among them by labels.
+    #[test]
+    fn added_endpoint_source_and_subsets() {
+        #[derive(Debug)]
+        struct Pods;
+        impl crate::rules::EndpointSource for Pods {
+            fn endpoints(
+                &self,
+                host: &str,
+                port: u16,
+                subset: Option<&BTreeMap<String, String>>,
+            ) -> Option<Vec<Endpoint>> {
+                if host != "reviews.default.svc.cluster.local" {
+                    return None;
+                }
+                let pods = [
+                    ("127.0.1.1", "v1"),
+                    ("127.0.1.2", "v2"),
+                    ("127.0.1.3", "v2"),
+                ];
+                Some(
+                    pods.iter()
+                        .map(|(ip, v)| Endpoint {
+                            addr: SocketAddr::new(ip.parse().unwrap(), port),
+                            labels: [("version".to_string(), v.to_string())].into(),
+                            weight: 1,
+                        })
+                        .filter(|e| {
+                            subset.is_none_or(|s| s.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                        })
+                        .collect(),
+                )
+            }
+        }
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#,
+        )
+        .with_endpoint_source(std::sync::Arc::new(Pods));
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let f = fwd(route(
+            &s,
+            &req_with("reviews:9080", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        let addrs: Vec<String> = f.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(addrs, vec!["127.0.1.2:9080", "127.0.1.3:9080"]);
+    }
+
     #[test]
     fn tcp_and_tls_routes() {
         let s = snap(

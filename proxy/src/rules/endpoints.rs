@@ -22,6 +22,26 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
     ) -> Option<Vec<Endpoint>>;
 }
 
+/// Several sources asked in order: the first that knows a host answers (for example the
+/// ServiceEntry source, then Kubernetes discovery).
+#[derive(Debug, Default)]
+pub struct ChainedEndpoints {
+    pub sources: Vec<std::sync::Arc<dyn EndpointSource>>,
+}
+
+impl EndpointSource for ChainedEndpoints {
+    fn endpoints(
+        &self,
+        host: &str,
+        port: u16,
+        subset: Option<&BTreeMap<String, String>>,
+    ) -> Option<Vec<Endpoint>> {
+        self.sources
+            .iter()
+            .find_map(|s| s.endpoints(host, port, subset))
+    }
+}
+
 /// A resolver for `resolution: DNS` names (host name → addresses).
 pub type Resolver<'a> = dyn Fn(&str) -> Vec<IpAddr> + Send + Sync + 'a;
 
@@ -265,6 +285,39 @@ mod tests {
         let eps = src.endpoints("db.example.com", 80, None).unwrap();
         assert_eq!(eps[0].addr.to_string(), "127.0.0.9:80");
         assert_eq!(src.endpoints("a.wild.com", 80, None), None);
+    }
+
+    #[test]
+    fn chained_sources_answer_in_order() {
+        #[derive(Debug)]
+        struct Fixed(&'static str, &'static str);
+        impl EndpointSource for Fixed {
+            fn endpoints(
+                &self,
+                host: &str,
+                port: u16,
+                _: Option<&BTreeMap<String, String>>,
+            ) -> Option<Vec<Endpoint>> {
+                (host == self.0).then(|| {
+                    vec![Endpoint {
+                        addr: SocketAddr::new(self.1.parse().unwrap(), port),
+                        labels: BTreeMap::new(),
+                        weight: 1,
+                    }]
+                })
+            }
+        }
+        let chain = ChainedEndpoints {
+            sources: vec![
+                std::sync::Arc::new(Fixed("a", "127.0.0.1")),
+                std::sync::Arc::new(Fixed("a", "127.0.0.2")),
+                std::sync::Arc::new(Fixed("b", "127.0.0.3")),
+            ],
+        };
+        let ip = |h: &str| chain.endpoints(h, 80, None).map(|v| v[0].addr.to_string());
+        assert_eq!(ip("a").as_deref(), Some("127.0.0.1:80"));
+        assert_eq!(ip("b").as_deref(), Some("127.0.0.3:80"));
+        assert_eq!(ip("c"), None);
     }
 
     #[test]

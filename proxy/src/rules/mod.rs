@@ -153,6 +153,15 @@ impl Snapshot {
         }
     }
 
+    /// Add an endpoint source asked after the ServiceEntries (for example Kubernetes
+    /// discovery): hosts no ServiceEntry knows are looked up there.
+    pub fn with_endpoint_source(mut self, source: Arc<dyn EndpointSource>) -> Snapshot {
+        self.endpoints = Arc::new(endpoints::ChainedEndpoints {
+            sources: vec![self.endpoints.clone(), source],
+        });
+        self
+    }
+
     /// Rebuild the host indexes from the resource lists.
     pub fn reindex(&mut self) {
         self.index = Indexes {
