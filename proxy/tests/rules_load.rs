@@ -540,3 +540,54 @@ spec:
     );
     assert!(s.dns.contains_key("localhost"));
 }
+
+/// The output of `kubectl get virtualservices,destinationrules -o yaml` (a v1 List, with
+/// server-side fields) loads as its items.
+#[test]
+fn kubectl_list_output_loads() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "dump.yaml",
+        "apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: \"\"
+items:
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata:
+    name: reviews
+    namespace: default
+    resourceVersion: \"4242\"
+    uid: 0b0e7c9e-0000-4000-8000-000000000001
+  spec:
+    hosts: [reviews]
+    http:
+    - route:
+      - destination: {host: reviews, subset: v1}
+  status: {}
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: reviews, namespace: default}
+  spec:
+    host: reviews
+    subsets: [{name: v1, labels: {version: v1}}]
+",
+    );
+    let s = load_dir(d.path(), &ctx(), 1).unwrap();
+    assert_eq!(
+        (s.virtual_services.len(), s.destination_rules.len()),
+        (1, 1)
+    );
+    assert!(s.unknown_fields.is_empty(), "{:?}", s.unknown_fields);
+    write(
+        d.path(),
+        "dump.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: VirtualService\n  metadata: {name: x}\n  spec: {hosts: []}\n",
+    );
+    assert_eq!(
+        load_dir(d.path(), &ctx(), 2).unwrap_err().to_string(),
+        "dump.yaml doc 1: items[0].spec.hosts: at least one host is required"
+    );
+}

@@ -261,6 +261,30 @@ fn decode_document(
     };
     let api_version = s("apiVersion")?;
     let kind = s("kind")?;
+    // `kubectl get ... -o yaml` wraps several objects in a v1 List.
+    if kind == "List" && api_version == "v1" {
+        let items = match obj.get("items") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(err("items", "expected a list".to_string())),
+        };
+        for (i, item) in items.iter().enumerate() {
+            let first_note = out.unknown_fields.len();
+            let prefix = |f: &str| {
+                if f.is_empty() {
+                    format!("items[{i}]")
+                } else {
+                    format!("items[{i}].{f}")
+                }
+            };
+            let res = decode_document(item, file, document, ctx, out);
+            for n in &mut out.unknown_fields[first_note..] {
+                n.field = prefix(&n.field);
+            }
+            res.map_err(|e| err(&prefix(&e.field), e.reason))?;
+        }
+        return Ok(());
+    }
     let md = match obj.get("metadata") {
         Some(Value::Object(m)) => m,
         _ => {
