@@ -433,6 +433,9 @@ const F_OUTBOUND_PORTS: &str = "-q/--istio-outbound-ports";
 const F_OUTBOUND_EXCLUDE: &str = "-o/--istio-local-outbound-ports-exclude";
 const F_EXCLUDE_IF: &str = "-c/--istio-exclude-interfaces";
 const F_VIRT_IF: &str = "-k/--kube-virt-interfaces";
+/// The include list becomes one rule with one owner match per group; iptables-restore parses at
+/// most 255 words per rule.
+pub const MAX_INCLUDED_GROUPS: usize = 40;
 const F_GROUPS: &str = "ISTIO_OUTBOUND_OWNER_GROUPS (--outbound-owner-groups)";
 const F_GROUPS_EXCLUDE: &str =
     "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE (--outbound-owner-groups-exclude)";
@@ -527,6 +530,16 @@ impl Flags {
             }
         } else {
             let included = group_list(F_GROUPS, include, &mut errs);
+            if included.len() > MAX_INCLUDED_GROUPS {
+                errs.push(FlagError {
+                    flag: F_GROUPS,
+                    value: self.owner_groups_include.clone(),
+                    reason: format!(
+                        "{} groups given; at most {MAX_INCLUDED_GROUPS} fit in one iptables rule",
+                        included.len()
+                    ),
+                });
+            }
             if !excluded.is_empty() {
                 errs.push(FlagError {
                     flag: F_GROUPS,
@@ -989,6 +1002,11 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.reason.contains("only one of them"), "{e}");
+        let many: Vec<String> = (0..41).map(|i| (3000 + i).to_string()).collect();
+        let e = parse(&["--outbound-owner-groups", &many.join(",")])
+            .validate()
+            .unwrap_err();
+        assert!(e.reason.contains("at most 40"), "{e}");
         let e = parse(&["--outbound-owner-groups-exclude", "a b"])
             .validate()
             .unwrap_err();

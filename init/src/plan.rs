@@ -306,10 +306,24 @@ impl Rule {
         let _ = write!(
             s,
             "-m comment --comment \"{COMMENT_PREFIX}{}\" -j {}",
-            self.comment, self.target
+            clip_comment(&self.comment),
+            self.target
         );
         s
     }
+}
+
+/// The kernel keeps at most 255 bytes of a comment; longer ones end in `...`.
+fn clip_comment(text: &str) -> String {
+    const MAX: usize = 255 - COMMENT_PREFIX.len();
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// The planned rules of one family (the target state), following istio-iptables' rule order
@@ -834,6 +848,30 @@ COMMIT
                 assert!(c < j, "comment must precede the target: {line}");
             }
         }
+    }
+
+    #[test]
+    fn long_comments_are_clipped_to_the_kernel_limit() {
+        let mut cfg = CaptureConfig::istio_default();
+        let groups: Vec<String> = (0..40).map(|i| format!("group{i:03}")).collect();
+        cfg.owner_groups = crate::flags::OwnerGroups::Only(groups);
+        let lines = plan(&cfg, Family::V4).save_lines();
+        let rule = lines
+            .iter()
+            .find(|l| l.contains("processes outside group"))
+            .expect("owner-group rule");
+        let comment = rule
+            .split("--comment \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("comment");
+        assert!(comment.len() <= 255, "{} bytes", comment.len());
+        assert!(comment.ends_with("..."));
+        assert!(
+            rule.contains("--gid-owner group039"),
+            "all groups still matched"
+        );
+        assert_eq!(clip_comment("short"), "short");
     }
 
     #[test]
