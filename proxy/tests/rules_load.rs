@@ -591,3 +591,14 @@ items:
         "dump.yaml doc 1: items[0].spec.hosts: at least one host is required"
     );
 }
+
+/// Files written on Windows: a UTF-8 byte-order mark and CRLF line ends.
+#[test]
+fn byte_order_mark_and_crlf() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!("\u{feff}{}", VS_REVIEWS.replace('\n', "\r\n"));
+    write(d.path(), "win.yaml", &text);
+    let s = load_dir(d.path(), &ctx(), 1).unwrap();
+    assert_eq!(s.virtual_services[0].meta.name, "reviews");
+    assert!(s.unknown_fields.is_empty(), "{:?}", s.unknown_fields);
+}

@@ -180,7 +180,8 @@ pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
     let mut out = Decoded::default();
     for (file, bytes) in &inputs.files {
         let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t,
+            // Editors on Windows write a byte-order mark, which the YAML parser trips on.
+            Ok(t) => t.strip_prefix('\u{feff}').unwrap_or(t),
             Err(e) => {
                 out.errors.push(LoadError {
                     file: file.clone(),
