@@ -37,6 +37,17 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// "expected a string" with a hint for scalars YAML typed as numbers or booleans.
+fn not_a_string(v: &Value) -> String {
+    match v {
+        Value::Number(_) | Value::Bool(_) => format!(
+            "expected a string, found {} (write it in quotes: \"{v}\")",
+            type_name(v)
+        ),
+        other => format!("expected a string, found {}", type_name(other)),
+    }
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
@@ -67,10 +78,7 @@ fn opt_str(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<String>> {
     match get(m, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => fail(
-            &join(path, key),
-            format!("expected a string, found {}", type_name(other)),
-        ),
+        Some(other) => fail(&join(path, key), not_a_string(other)),
     }
 }
 
@@ -139,12 +147,7 @@ fn str_list(m: &Map<String, Value>, key: &str, path: &str) -> R<Vec<String>> {
     for (i, v) in opt_list(m, key, path)?.iter().enumerate() {
         match v {
             Value::String(s) => out.push(s.clone()),
-            other => {
-                return fail(
-                    &format!("{}[{i}]", join(path, key)),
-                    format!("expected a string, found {}", type_name(other)),
-                )
-            }
+            other => return fail(&format!("{}[{i}]", join(path, key)), not_a_string(other)),
         }
     }
     Ok(out)
@@ -161,12 +164,7 @@ fn str_map(m: &Map<String, Value>, key: &str, path: &str) -> R<BTreeMap<String, 
             Value::String(s) => {
                 out.insert(k.clone(), s.clone());
             }
-            other => {
-                return fail(
-                    &format!("{field}.{k}"),
-                    format!("expected a string, found {}", type_name(other)),
-                )
-            }
+            other => return fail(&format!("{field}.{k}"), not_a_string(other)),
         }
     }
     Ok(out)
@@ -195,6 +193,12 @@ fn percentage(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<f64>> {
 }
 
 fn duration(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<std::time::Duration>> {
+    if let Some(Value::Number(n)) = get(m, key) {
+        return fail(
+            &join(path, key),
+            format!("expected a duration such as \"{n}s\" or \"100ms\", found the number {n}"),
+        );
+    }
     match opt_str(m, key, path)? {
         None => Ok(None),
         Some(s) => parse_duration(&s)
@@ -1224,7 +1228,7 @@ mod tests {
             ("hosts: [a]\nhttp: [{match: [{uri: {}}], route: [{destination: {host: a}}]}]",
              "spec.http[0].match[0].uri", "one of exact, prefix or regex is required"),
             ("hosts: [a]\nhttp: [{timeout: 10, route: [{destination: {host: a}}]}]",
-             "spec.http[0].timeout", "expected a string, found a number"),
+             "spec.http[0].timeout", "expected a duration such as \"10s\" or \"100ms\", found the number 10"),
             ("hosts: [a]\nhttp: [{timeout: 10x, route: [{destination: {host: a}}]}]",
              "spec.http[0].timeout", "invalid duration \"10x\": unknown unit \"x\" (ns, us, ms, s, m, h)"),
             ("hosts: [a]\nhttp: [{redirect: {uri: /x}, rewrite: {uri: /y}}]",
