@@ -263,13 +263,19 @@ const TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
 pub struct Unknown {
     pub field: String,
     pub suggestion: Option<&'static str>,
+    /// The name is a field of the enclosing object (mis-indented YAML).
+    pub misplaced: bool,
 }
 
 impl Unknown {
     pub fn reason(&self) -> String {
-        match self.suggestion {
-            Some(s) => format!("unknown field, ignored (did you mean \"{s}\"?)"),
-            None => "unknown field, ignored".to_string(),
+        match (self.misplaced, self.suggestion) {
+            (true, _) => {
+                "unknown field here, ignored (it is a field one level up: check the indentation)"
+                    .to_string()
+            }
+            (false, Some(s)) => format!("unknown field, ignored (did you mean \"{s}\"?)"),
+            (false, None) => "unknown field, ignored".to_string(),
         }
     }
 }
@@ -293,7 +299,7 @@ pub fn unknown_fields(kind: &str, doc: &Value) -> Vec<Unknown> {
         _ => return out,
     };
     if let Some(spec) = top.get("spec") {
-        walk(spec, shape, "spec", &mut out);
+        walk(spec, shape, "spec", &[], &mut out);
     }
     out
 }
@@ -301,6 +307,7 @@ pub fn unknown_fields(kind: &str, doc: &Value) -> Vec<Unknown> {
 fn unknown(field: String, key: &str, known: &'static [&'static str]) -> Unknown {
     Unknown {
         field,
+        misplaced: false,
         suggestion: known
             .iter()
             .map(|k| {
@@ -315,28 +322,38 @@ fn unknown(field: String, key: &str, known: &'static [&'static str]) -> Unknown 
     }
 }
 
-fn walk(v: &Value, shape: Shape, path: &str, out: &mut Vec<Unknown>) {
+/// Walk `v` as `shape`; `parent` holds the known keys of the object enclosing this one (lists
+/// are transparent), to tell a mis-indented field from a misspelled one.
+fn walk(
+    v: &Value,
+    shape: Shape,
+    path: &str,
+    parent: &'static [&'static str],
+    out: &mut Vec<Unknown>,
+) {
     match (shape, v) {
         (Object(known, children), Value::Object(m)) => {
             for (k, child) in m {
                 let p = format!("{path}.{k}");
                 if !known.contains(&k.as_str()) {
-                    out.push(unknown(p, k, known));
+                    let mut u = unknown(p, k, known);
+                    u.misplaced = parent.contains(&k.as_str());
+                    out.push(u);
                     continue;
                 }
                 if let Some((_, s)) = children.iter().find(|(name, _)| name == k) {
-                    walk(child, *s, &p, out);
+                    walk(child, *s, &p, known, out);
                 }
             }
         }
         (List(s), Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, *s, &format!("{path}[{i}]"), out);
+                walk(item, *s, &format!("{path}[{i}]"), parent, out);
             }
         }
         (Map(s), Value::Object(m)) => {
             for (k, child) in m {
-                walk(child, *s, &format!("{path}.{k}"), out);
+                walk(child, *s, &format!("{path}.{k}"), &[], out);
             }
         }
         // Type mismatches are the decoder's business; `Any` is not checked.
@@ -404,6 +421,17 @@ spec:
                 ),
                 ("spec.http[1].timout".to_string(), Some("timeout")),
             ]
+        );
+        let misplaced: Value = serde_yaml_ng::from_str(
+            "spec:\n  hosts: [x]\n  http:\n  - match:\n    - uri: {prefix: /a}\n      route: [{destination: {host: x}}]\n",
+        )
+        .unwrap();
+        let u = unknown_fields("VirtualService", &misplaced);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].field, "spec.http[0].match[0].route");
+        assert_eq!(
+            u[0].reason(),
+            "unknown field here, ignored (it is a field one level up: check the indentation)"
         );
         assert_eq!(
             unknown_fields("VirtualService", &doc)[1].reason(),
