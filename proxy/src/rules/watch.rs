@@ -133,25 +133,7 @@ pub fn reload_once_with(
     }
     match super::load_inputs(&inputs, ctx, generation, &reuse) {
         Ok(snap) => {
-            let counts = snap.counts();
-            tracing::info!(
-                generation,
-                hash = %snap.hash,
-                source = %snap.source,
-                virtual_services = counts.virtual_services,
-                http_routes = counts.http_routes,
-                destination_rules = counts.destination_rules,
-                service_entries = counts.service_entries,
-                sidecars = counts.sidecars,
-                ignored = counts.ignored,
-                "applied rules generation {generation}: {counts}"
-            );
-            for u in &snap.unknown_fields {
-                tracing::warn!(file = %u.file, document = u.document, field = %u.field, "{u}");
-            }
-            for ig in &snap.ignored {
-                tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
-            }
+            log_applied(&snap);
             store.store(Arc::new(snap));
             m.generation.set(generation as i64);
             m.reloads.inc();
@@ -159,6 +141,32 @@ pub fn reload_once_with(
             Outcome::Applied(generation)
         }
         Err(errs) => reject(dir, inputs.hash, errs, state),
+    }
+}
+
+/// Log a snapshot being put in effect: generation, hash, source, rule counts, then one line per
+/// unknown field (warn) and per resource not applied (info). `main` calls it for the first
+/// snapshot; the watcher for each later one.
+pub fn log_applied(snap: &super::Snapshot) {
+    let counts = snap.counts();
+    let generation = snap.generation;
+    tracing::info!(
+        generation,
+        hash = %snap.hash,
+        source = %snap.source,
+        virtual_services = counts.virtual_services,
+        http_routes = counts.http_routes,
+        destination_rules = counts.destination_rules,
+        service_entries = counts.service_entries,
+        sidecars = counts.sidecars,
+        ignored = counts.ignored,
+        "applied rules generation {generation}: {counts}"
+    );
+    for u in &snap.unknown_fields {
+        tracing::warn!(file = %u.file, document = u.document, field = %u.field, "{u}");
+    }
+    for ig in &snap.ignored {
+        tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
 }
 
