@@ -159,7 +159,34 @@ mod opt_duration {
 /// Route one request: the most specific VirtualService for its authority, its first matching
 /// `http` route, a weighted destination; or the ServiceEntry / original destination when no
 /// VirtualService applies.
+///
+/// The path is normalized first, as Istio's default (`pathNormalization: BASE`, Envoy's
+/// `normalize_path`) does: routes match the normalized path, and a `Forward` carries it in
+/// `uri_rewrite` when it differs from what the client sent (Envoy forwards the normalized path).
 pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
+    let normalized = normalize_path(req.path);
+    if normalized != req.path {
+        let norm_req = RequestInfo {
+            authority: req.authority,
+            method: req.method,
+            path: &normalized,
+            headers: req.headers,
+            dst: req.dst,
+        };
+        return match route_normalized(snap, &norm_req, rng) {
+            Decision::Forward(mut f) => {
+                if f.uri_rewrite.is_none() {
+                    f.uri_rewrite = Some(normalized.clone());
+                }
+                Decision::Forward(f)
+            }
+            other => other,
+        };
+    }
+    route_normalized(snap, req, rng)
+}
+
+fn route_normalized(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
     let (host, _) = split_authority(req.authority);
     let cands = if host.is_empty() {
         Vec::new()
@@ -169,6 +196,75 @@ pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -
     match best_virtual_service(snap, &cands) {
         Some(vs) => route_virtual_service(snap, vs, req, &cands, rng),
         None => no_virtual_service(snap, req, &host, &cands),
+    }
+}
+
+/// RFC 3986 syntax-based normalization of the path part (the query is kept as is), as Envoy's
+/// `normalize_path`: backslashes become `/`, percent-encoded unreserved characters are decoded
+/// (`%2e` → `.`, `%41` → `A`), and `.` / `..` segments are removed. Paths that do not start
+/// with `/` (for example `*`) are returned unchanged.
+pub fn normalize_path(full: &str) -> String {
+    let (path, query) = split_path(full);
+    if !path.starts_with('/') && !path.starts_with('\\') {
+        return full.to_string();
+    }
+    // Decode unreserved characters and turn backslashes into slashes.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        if b == b'\\' {
+            decoded.push('/');
+        } else {
+            // Push the whole UTF-8 character starting here.
+            let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+            decoded.push_str(&path[i..i + ch_len]);
+            i += ch_len;
+            continue;
+        }
+        i += 1;
+    }
+    // Remove dot segments (RFC 3986 5.2.4) on '/'-separated segments.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            other => {
+                out.push(other);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut norm = String::with_capacity(decoded.len());
+    for seg in &out {
+        norm.push('/');
+        norm.push_str(seg);
+    }
+    if trailing_slash || norm.is_empty() {
+        norm.push('/');
+    }
+    match query {
+        Some(q) => format!("{norm}?{q}"),
+        None => norm,
     }
 }
 
@@ -1083,6 +1179,79 @@ spec:
             &mut rng,
         ));
         assert_eq!(f.host, "reviews.default.svc.corp.internal");
+    }
+
+    #[test]
+    fn path_normalization_table() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a//b/", "/a//b/"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/%41%62c", "/Abc"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a\\..\\b", "/b"),
+            ("/x?a=../b", "/x?a=../b"),
+            ("/a/../b?q=1", "/b?q=1"),
+            ("*", "*"),
+            ("/ünï/./x", "/ünï/x"),
+            ("/%", "/%"),
+            ("/%4", "/%4"),
+            ("/%zz", "/%zz"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_path(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn routes_match_the_normalized_path() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: n}
+spec:
+  hosts: [n]
+  http:
+  - name: admin
+    match: [{uri: {prefix: /admin}}]
+    directResponse: {status: 403}
+  - name: api
+    match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: n}}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for path in ["/api/../admin", "/api/%2e%2e/admin", "/admin"] {
+            assert_eq!(
+                route(&s, &req_with("n", "GET", path, &h, 80), &mut rng),
+                Decision::DirectResponse {
+                    status: 403,
+                    body: String::new()
+                },
+                "{path}"
+            );
+        }
+        let f = fwd(route(
+            &s,
+            &req_with("n", "GET", "/api/./v1/../v2?x=1", &h, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.uri_rewrite.as_deref(), Some("/api/v2?x=1"));
+        let f = fwd(route(
+            &s,
+            &req_with("n", "GET", "/api/v2", &h, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.uri_rewrite, None);
     }
 
     #[test]
