@@ -244,6 +244,39 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
         check_routes(vs, report, &host_known, &best_dr, &best_se);
     }
 
+    for (i, sc) in decoded.sidecars.iter().enumerate() {
+        let no_selector =
+            |s: &crate::rules::Sidecar| s.workload_selector.as_ref().is_none_or(|l| l.is_empty());
+        if no_selector(sc) {
+            if let Some(prev) = decoded.sidecars[..i]
+                .iter()
+                .find(|p| p.meta.namespace == sc.meta.namespace && no_selector(p))
+            {
+                report.warnings.push(at(
+                    &sc.meta.file,
+                    sc.meta.document,
+                    "spec.workloadSelector".to_string(),
+                    format!(
+                        "namespace {} already has a Sidecar without workloadSelector ({} in {} doc {}); only that one is used",
+                        sc.meta.namespace,
+                        prev.meta.key(),
+                        prev.meta.file,
+                        prev.meta.document
+                    ),
+                ));
+            }
+        } else if sc.meta.namespace == crate::rules::ROOT_NAMESPACE {
+            report.warnings.push(at(
+                &sc.meta.file,
+                sc.meta.document,
+                "spec.workloadSelector".to_string(),
+                format!(
+                    "a Sidecar in the root namespace {} with a workloadSelector applies only to pods of that namespace, not mesh-wide",
+                    crate::rules::ROOT_NAMESPACE
+                ),
+            ));
+        }
+    }
     for (i, dr) in decoded.destination_rules.iter().enumerate() {
         if let Some(se) = best_se(&dr.host).filter(|se| {
             se.resolution == crate::rules::Resolution::Static && !se.endpoints.is_empty()

@@ -128,6 +128,14 @@ fn single_file_findings() {
             "warning: t.yaml doc 2: spec.subsets[1].labels: subset \"canary\" selects none of the endpoints of ServiceEntry default/pay\n\
              warning: t.yaml doc 3: spec.http[0].route[0].destination.port.number: port 8443 is not a port of ServiceEntry default/pay (80, 443)\n",
         ),
+        // Two namespace-wide Sidecars; a selector on the root namespace's Sidecar.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: one}\nspec: {egress: [{hosts: [\"./*\"]}]}\n---\n".to_string()
+                + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: two}\nspec: {egress: [{hosts: [\"*/*\"]}]}\n---\n"
+                + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: root, namespace: istio-system}\nspec: {workloadSelector: {labels: {app: x}}, egress: [{hosts: [\"*/*\"]}]}\n",
+            "warning: t.yaml doc 2: spec.workloadSelector: namespace default already has a Sidecar without workloadSelector (default/one in t.yaml doc 1); only that one is used\n\
+             warning: t.yaml doc 3: spec.workloadSelector: a Sidecar in the root namespace istio-system with a workloadSelector applies only to pods of that namespace, not mesh-wide\n",
+        ),
         // A wildcard ServiceEntry defines the hosts under it.
         (
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec: {hosts: [\"*.example.com\"], ports: [{number: 443, name: tls}]}\n---\n".to_string()
