@@ -222,18 +222,19 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ),
             ));
         }
-        // The same host in an earlier VirtualService: only the first is used.
+        // The same host in an earlier VirtualService for the mesh: only the first is used
+        // (sidecars do not merge them; istioctl analyze reports IST0109 as an error).
         for (hi, h) in vs.hosts.iter().enumerate() {
             if let Some(prev) = decoded.virtual_services[..vi]
                 .iter()
                 .find(|p| p.applies_to_mesh && vs.applies_to_mesh && p.hosts.contains(h))
             {
-                report.warnings.push(at(
+                report.errors.push(at(
                     file,
                     doc,
                     format!("spec.hosts[{hi}]"),
                     format!(
-                        "host {h} is also defined by VirtualService {} ({} doc {}); only that one is used",
+                        "host {h} is also defined by VirtualService {} ({} doc {}); sidecars use only that one (IST0109)",
                         prev.meta.key(),
                         prev.meta.file,
                         prev.meta.document

@@ -69,11 +69,11 @@ fn vs(name: &str, body: &str) -> String {
 #[test]
 fn single_file_findings() {
     let cases: Vec<(String, &str)> = vec![
-        // Two VirtualServices for one host: the second is never used.
+        // Two VirtualServices for one host: sidecars do not merge them; the second is never used.
         (
             vs("a", "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n")
                 + &vs("b", "  hosts: [reviews.default.svc.cluster.local]\n  http: [{route: [{destination: {host: reviews}}]}]\n"),
-            "warning: t.yaml doc 2: spec.hosts[0]: host reviews.default.svc.cluster.local is also defined by VirtualService default/a (t.yaml doc 1); only that one is used\n",
+            "error: t.yaml doc 2: spec.hosts[0]: host reviews.default.svc.cluster.local is also defined by VirtualService default/a (t.yaml doc 1); sidecars use only that one (IST0109)\n",
         ),
         // A VirtualService for a gateway only.
         (
