@@ -159,7 +159,9 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             &no_dns,
         );
         for ig in snap.ignored.iter().skip(decoded.ignored.len()) {
-            if ig.reason.starts_with("bound to gateways only") {
+            if ig.reason.starts_with("bound to gateways only")
+                || ig.reason.starts_with("merged into")
+            {
                 continue; // reported below with its field
             }
             if ig.reason.contains("select") && ctx.pod_labels.is_empty() {
@@ -312,22 +314,53 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ),
             ));
         }
-        if let Some(prev) = decoded.destination_rules[..i]
+        // Rules of one host in one namespace are merged (as Istio does): say what of this one
+        // is dropped.
+        let earlier: Vec<&DestinationRule> = decoded.destination_rules[..i]
             .iter()
-            .find(|p| p.host == dr.host && p.workload_selector == dr.workload_selector)
-        {
-            report.warnings.push(at(
-                &dr.meta.file,
-                dr.meta.document,
-                "spec.host".to_string(),
-                format!(
-                    "host {} is also configured by DestinationRule {} ({} doc {}); only that one is used",
-                    dr.host,
-                    prev.meta.key(),
-                    prev.meta.file,
-                    prev.meta.document
-                ),
-            ));
+            .filter(|p| {
+                p.host == dr.host
+                    && p.meta.namespace == dr.meta.namespace
+                    && p.workload_selector == dr.workload_selector
+            })
+            .collect();
+        if !earlier.is_empty() {
+            if dr.traffic_policy.is_some() {
+                if let Some(tp) = earlier.iter().find(|p| p.traffic_policy.is_some()) {
+                    report.warnings.push(at(
+                        &dr.meta.file,
+                        dr.meta.document,
+                        "spec.trafficPolicy".to_string(),
+                        format!(
+                            "ignored: DestinationRule {} ({} doc {}) for the same host {} already sets trafficPolicy (the rules are merged)",
+                            tp.meta.key(),
+                            tp.meta.file,
+                            tp.meta.document,
+                            dr.host
+                        ),
+                    ));
+                }
+            }
+            for (si, sub) in dr.subsets.iter().enumerate() {
+                if let Some(def) = earlier
+                    .iter()
+                    .find(|p| p.subsets.iter().any(|s| s.name == sub.name))
+                {
+                    report.warnings.push(at(
+                        &dr.meta.file,
+                        dr.meta.document,
+                        format!("spec.subsets[{si}].name"),
+                        format!(
+                            "ignored: subset {:?} of host {} is already defined by DestinationRule {} ({} doc {})",
+                            sub.name,
+                            dr.host,
+                            def.meta.key(),
+                            def.meta.file,
+                            def.meta.document
+                        ),
+                    ));
+                }
+            }
         }
     }
     report

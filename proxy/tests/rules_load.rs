@@ -602,3 +602,54 @@ fn byte_order_mark_and_crlf() {
     assert_eq!(s.virtual_services[0].meta.name, "reviews");
     assert!(s.unknown_fields.is_empty(), "{:?}", s.unknown_fields);
 }
+
+/// DestinationRules of one host in one namespace are merged, as Istio does: subsets are
+/// added (the first definition of a name wins), the first rule's trafficPolicy stays.
+#[test]
+fn destination_rules_of_one_host_are_merged() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "a.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-base}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-canary}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets: [{name: v2, labels: {version: other}}, {name: v3, labels: {version: v3}}]
+",
+    );
+    let s = load_dir(d.path(), &ctx(), 1).unwrap();
+    assert_eq!(s.destination_rules.len(), 1);
+    let dr = &s.destination_rules[0];
+    let subsets: Vec<(String, String)> = dr
+        .subsets
+        .iter()
+        .map(|x| (x.name.clone(), x.labels["version"].clone()))
+        .collect();
+    assert_eq!(
+        subsets,
+        vec![
+            ("v1".to_string(), "v1".to_string()),
+            ("v2".to_string(), "v2".to_string()),
+            ("v3".to_string(), "v3".to_string())
+        ]
+    );
+    assert_eq!(
+        dr.traffic_policy.as_ref().unwrap()["loadBalancer"]["simple"],
+        "RANDOM"
+    );
+    assert_eq!(
+        s.ignored.iter().map(|i| i.reason.as_str()).collect::<Vec<_>>(),
+        vec!["merged into DestinationRule default/reviews-base (same host reviews.default.svc.cluster.local): subsets added: v3"]
+    );
+}

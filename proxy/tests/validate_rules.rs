@@ -106,10 +106,11 @@ fn single_file_findings() {
             vs("n", "  hosts: [n]\n  http:\n  - match: [{uri: {prefix: /a}, ignoreUriCase: true}]\n    route: [{destination: {host: n}}]\n  - match: [{uri: {prefix: /a}, method: {exact: POST}}]\n    route: [{destination: {host: n}}]\n"),
             "",
         ),
-        // Two DestinationRules for one host.
+        // Two DestinationRules for one host are merged; what the second loses is reported.
         (
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r1}\nspec: {host: reviews}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r2}\nspec: {host: reviews.default.svc.cluster.local}\n".to_string(),
-            "warning: t.yaml doc 2: spec.host: host reviews.default.svc.cluster.local is also configured by DestinationRule default/r1 (t.yaml doc 1); only that one is used\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r1}\nspec: {host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM}}, subsets: [{name: v1}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r2}\nspec: {host: reviews.default.svc.cluster.local, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}, subsets: [{name: v2}, {name: v1}]}\n".to_string(),
+            "warning: t.yaml doc 2: spec.trafficPolicy: ignored: DestinationRule default/r1 (t.yaml doc 1) for the same host reviews.default.svc.cluster.local already sets trafficPolicy (the rules are merged)\n\
+             warning: t.yaml doc 2: spec.subsets[1].name: ignored: subset \"v1\" of host reviews.default.svc.cluster.local is already defined by DestinationRule default/r1 (t.yaml doc 1)\n",
         ),
         // Resources a proxy of this namespace would not apply.
         (

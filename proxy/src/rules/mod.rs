@@ -507,6 +507,37 @@ pub fn build_snapshot(
                 &dr.meta,
                 "workloadSelector does not select this pod",
             );
+        } else if let Some(first) = destination_rules
+            .iter_mut()
+            .find(|d: &&mut DestinationRule| {
+                d.host == dr.host
+                    && d.meta.namespace == dr.meta.namespace
+                    && d.workload_selector == dr.workload_selector
+            })
+        {
+            // Istio merges DestinationRules of one host in a namespace: subsets are added (the
+            // first definition of a name wins); the first rule's trafficPolicy stays.
+            let mut added = Vec::new();
+            for sub in dr.subsets {
+                if !first.subsets.iter().any(|s| s.name == sub.name) {
+                    added.push(sub.name.clone());
+                    first.subsets.push(sub);
+                }
+            }
+            if first.traffic_policy.is_none() {
+                first.traffic_policy = dr.traffic_policy.clone();
+            }
+            let reason = format!(
+                "merged into DestinationRule {} (same host {}): subsets added: {}",
+                first.meta.key(),
+                first.host,
+                if added.is_empty() {
+                    "none".to_string()
+                } else {
+                    added.join(", ")
+                }
+            );
+            note(&mut ignored, &dr.meta, &reason);
         } else {
             destination_rules.push(dr);
         }
