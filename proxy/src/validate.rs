@@ -244,7 +244,14 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ));
             }
         }
-        check_routes(vs, report, &host_known, &best_dr, &best_se);
+        check_routes(
+            vs,
+            report,
+            &host_known,
+            &best_dr,
+            &best_se,
+            &decoded.destination_rules,
+        );
     }
 
     for (i, sc) in decoded.sidecars.iter().enumerate() {
@@ -377,6 +384,7 @@ fn check_routes<'a>(
     host_known: &dyn Fn(&str) -> bool,
     best_dr: &dyn Fn(&str) -> Option<&'a DestinationRule>,
     best_se: &dyn Fn(&str) -> Option<&'a crate::rules::ServiceEntry>,
+    all_drs: &[DestinationRule],
 ) {
     let (file, doc) = (&vs.meta.file, vs.meta.document);
     let mut check_destinations = |rp: &str, dests: &[crate::rules::WeightedDestination]| {
@@ -410,8 +418,14 @@ fn check_routes<'a>(
                 }
             }
             if let Some(subset) = &d.destination.subset {
-                let defined =
-                    best_dr(host).is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
+                // The best rule for the host, merged with the others of its host and namespace.
+                let defined = best_dr(host).is_some_and(|dr| {
+                    all_drs.iter().any(|o| {
+                        o.host == dr.host
+                            && o.meta.namespace == dr.meta.namespace
+                            && o.subsets.iter().any(|s| &s.name == subset)
+                    })
+                });
                 if !defined {
                     report.errors.push(at(
                         file,

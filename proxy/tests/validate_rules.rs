@@ -106,6 +106,12 @@ fn single_file_findings() {
             vs("n", "  hosts: [n]\n  http:\n  - match: [{uri: {prefix: /a}, ignoreUriCase: true}]\n    route: [{destination: {host: n}}]\n  - match: [{uri: {prefix: /a}, method: {exact: POST}}]\n    route: [{destination: {host: n}}]\n"),
             "",
         ),
+        // A subset defined by a second DestinationRule of the host (merged) is defined.
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: ratings, subsets: [{name: v1}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {host: ratings, subsets: [{name: v2}]}\n---\n".to_string()
+                + &vs("ratings", "  hosts: [ratings]\n  http: [{route: [{destination: {host: ratings, subset: v2}}]}]\n"),
+            "",
+        ),
         // Two DestinationRules for one host are merged; what the second loses is reported.
         (
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r1}\nspec: {host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM}}, subsets: [{name: v1}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r2}\nspec: {host: reviews.default.svc.cluster.local, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}, subsets: [{name: v2}, {name: v1}]}\n".to_string(),
