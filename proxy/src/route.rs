@@ -193,10 +193,21 @@ fn route_normalized(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand:
     } else {
         candidates(&host, &snap.ctx.namespace, &snap.ctx.cluster_domain)
     };
-    match best_virtual_service(snap, &cands) {
+    let port = req.dst.port();
+    match best_virtual_service(snap, &cands)
+        .filter(|vs| egress_allows(snap, &vs.meta, &vs.hosts, port))
+    {
         Some(vs) => route_virtual_service(snap, vs, req, &cands, rng),
         None => no_virtual_service(snap, req, &host, &cands),
     }
+}
+
+/// The Sidecar's per-port egress listeners (the load already dropped resources outside every
+/// listener).
+fn egress_allows(snap: &Snapshot, meta: &crate::rules::Meta, hosts: &[String], port: u16) -> bool {
+    snap.sidecar
+        .as_ref()
+        .is_none_or(|sc| crate::rules::in_egress_scope_on_port(sc, &meta.namespace, hosts, port))
 }
 
 /// RFC 3986 syntax-based normalization of the path part (the query is kept as is), as Envoy's
@@ -647,7 +658,10 @@ fn no_virtual_service(
         se.ports.is_empty() || se.ports.iter().any(|p| p.number == port)
     };
     // A ServiceEntry only captures the ports it declares (Istio builds listeners per port).
-    if let Some(se) = snap.best_service_entry(cands).filter(|se| declared(se)) {
+    if let Some(se) = snap
+        .best_service_entry(cands)
+        .filter(|se| declared(se) && egress_allows(snap, &se.meta, &se.hosts, port))
+    {
         // The concrete name the client used (the candidate the ServiceEntry matched).
         let fqdn = cands
             .iter()
@@ -1702,6 +1716,52 @@ spec:
             route(&s, &req_with("10.0.0.1:80", "GET", "/", &h, 80), &mut rng),
             Decision::Passthrough
         );
+    }
+
+    #[test]
+    fn sidecar_egress_listeners_per_port() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress:
+  - port: {number: 9080}
+    hosts: ["./reviews.default.svc.cluster.local"]
+  - hosts: ["./ratings.default.svc.cluster.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{name: reviews, route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http: [{name: ratings, route: [{destination: {host: ratings}}]}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let name = |d: Decision| match d {
+            Decision::Forward(f) => f.route_name,
+            _ => None,
+        };
+        let cases = [
+            ("reviews", 9080, Some("reviews")),
+            ("reviews", 8080, None),
+            ("ratings", 9080, None),
+            ("ratings", 8080, Some("ratings")),
+        ];
+        for (authority, port, want) in cases {
+            let d = route(&s, &req_with(authority, "GET", "/", &h, port), &mut rng);
+            assert_eq!(name(d).as_deref(), want, "{authority}:{port}");
+        }
     }
 
     #[test]

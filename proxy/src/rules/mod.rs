@@ -414,6 +414,29 @@ pub fn in_egress_scope(sc: &Sidecar, ns: &str, hosts: &[String]) -> bool {
     })
 }
 
+/// Is a resource (namespace, hosts) visible to traffic on `port` under the Sidecar's egress
+/// listeners? A listener with `port` applies to that port; the listener without a port to the
+/// other ports (Istio's catch-all egress listener).
+pub fn in_egress_scope_on_port(sc: &Sidecar, ns: &str, hosts: &[String], port: u16) -> bool {
+    if sc.egress.is_empty() {
+        return true;
+    }
+    let on_port: Vec<&EgressListener> = sc.egress.iter().filter(|l| l.port == Some(port)).collect();
+    let listeners: Vec<&EgressListener> = if on_port.is_empty() {
+        sc.egress.iter().filter(|l| l.port.is_none()).collect()
+    } else {
+        on_port
+    };
+    listeners.iter().flat_map(|l| l.hosts.iter()).any(|eh| {
+        let ns_ok = match eh.namespace.as_str() {
+            "*" => true,
+            "~" => false,
+            n => n == ns,
+        };
+        ns_ok && hosts.iter().any(|h| host::overlaps(&eh.dns, h))
+    })
+}
+
 /// Build the snapshot from decoded resources: apply `gateways`, `exportTo` and the Sidecar's
 /// egress scope; build the endpoint source (resolving DNS names with `resolve`).
 pub fn build_snapshot(
