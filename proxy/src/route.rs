@@ -725,7 +725,9 @@ pub fn route_tcp(
     if let Some(sni) = sni.filter(|s| !s.is_empty()) {
         let name = sni.trim_end_matches('.').to_ascii_lowercase();
         let cands = candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain);
-        return match best_l4(snap, &cands, true, dst, Some(&name)) {
+        return match best_l4(snap, &cands, true, dst, Some(&name))
+            .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, dst.port()))
+        {
             Some((vs, r)) => l4_forward(snap, vs, r, dst, &cands, rng),
             None => Decision::Passthrough,
         };
@@ -738,7 +740,9 @@ pub fn route_tcp(
     else {
         return Decision::Passthrough;
     };
-    match best_l4(snap, &se.hosts, false, dst, None) {
+    match best_l4(snap, &se.hosts, false, dst, None)
+        .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, dst.port()))
+    {
         Some((vs, r)) => l4_forward(snap, vs, r, dst, &se.hosts, rng),
         None => Decision::Passthrough,
     }
