@@ -69,6 +69,13 @@ fn kubelet_layout_reads_each_key_once() {
     std::os::unix::fs::symlink("..data/removed.yaml", d.path().join("removed.yaml")).unwrap();
     let s = load_dir(d.path(), &ctx(), 3).unwrap();
     assert_eq!(s.files, vec!["reviews-dr.yml", "reviews-vs.yaml"]);
+    assert_eq!(
+        s.summary()["skipped_files"],
+        serde_json::json!([
+            "README: not a .yaml, .yml or .json file",
+            "removed.yaml: dangling symlink"
+        ])
+    );
     assert_eq!(s.generation, 3);
     assert_eq!(s.source, format!("files:{}", d.path().display()));
     assert_eq!(s.virtual_services.len(), 1);

@@ -74,6 +74,9 @@ pub struct Snapshot {
     pub ignored: Vec<Ignored>,
     /// The files read (names inside the directory).
     pub files: Vec<String>,
+    /// Visible entries not read, with the reason (directories, other extensions, dangling
+    /// symlinks).
+    pub skipped_files: Vec<(String, String)>,
     pub endpoints: Arc<dyn EndpointSource>,
     /// Host indexes over the lists above (rebuild with `reindex` after changing the lists).
     pub index: Indexes,
@@ -146,6 +149,7 @@ impl Snapshot {
             sidecar: None,
             ignored: Vec::new(),
             files: Vec::new(),
+            skipped_files: Vec::new(),
             endpoints: Arc::new(ServiceEntryEndpoints::default()),
             index: Indexes::default(),
             unknown_fields: Vec::new(),
@@ -208,6 +212,7 @@ impl Snapshot {
             "cluster_domain": self.ctx.cluster_domain,
             "pod_labels": self.ctx.pod_labels,
             "files": self.files,
+            "skipped_files": self.skipped_files.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>(),
             "counts": self.counts(),
             "virtual_services": self.virtual_services,
             "destination_rules": self.destination_rules,
@@ -598,6 +603,7 @@ pub fn build_snapshot(
         sidecar,
         ignored,
         files,
+        skipped_files: Vec::new(),
         endpoints,
         index: Indexes::default(),
         unknown_fields,
@@ -635,7 +641,7 @@ pub fn load_inputs(
         return Err(decoded.errors);
     }
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
-    Ok(build_snapshot(
+    let mut snap = build_snapshot(
         decoded,
         ctx,
         generation,
@@ -643,7 +649,9 @@ pub fn load_inputs(
         format!("files:{}", inputs.dir.display()),
         files,
         resolve,
-    ))
+    );
+    snap.skipped_files = inputs.skipped.clone();
+    Ok(snap)
 }
 
 /// Build a snapshot from in-memory files (name, YAML text), as if they were a rules directory
