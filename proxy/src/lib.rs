@@ -11,5 +11,7 @@ pub mod app_probe;
 pub mod cli;
 pub mod detect;
 pub mod listen;
+// Traffic policies (issue 5).
+pub mod policy;
 pub mod telemetry;
 pub mod upstream;

@@ -1,0 +1,449 @@
+//! Load balancing per destination (`trafficPolicy.loadBalancer`): ROUND_ROBIN, RANDOM,
+//! LEAST_REQUEST (power of two choices on in-flight requests), PASSTHROUGH, and
+//! `consistentHash` on a header, a cookie, the source IP or a query parameter (rendezvous
+//! hashing: sticky per key, and only the keys of a removed endpoint move).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::route::Endpoint;
+
+/// What a `consistentHash` hashes on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+    QueryParameter(String),
+}
+
+/// `loadBalancer`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum LbPolicy {
+    /// Istio's default when `loadBalancer` is unset or `UNSPECIFIED`.
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+    /// Forward to the original destination the client addressed.
+    Passthrough,
+    ConsistentHash(HashKey),
+}
+
+/// Parse a `loadBalancer` object.
+pub fn parse(v: &Value, field: &str) -> Result<LbPolicy, String> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| format!("{field}: expected a mapping, got {v}"))?;
+    if let Some(s) = o.get("simple") {
+        let s = s
+            .as_str()
+            .ok_or_else(|| format!("{field}.simple: expected a string, got {s}"))?;
+        return match s {
+            "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
+            "RANDOM" => Ok(LbPolicy::Random),
+            "LEAST_REQUEST" | "LEAST_CONN" => Ok(LbPolicy::LeastRequest),
+            "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
+            "UNSPECIFIED" => Ok(LbPolicy::default()),
+            other => Err(format!(
+                "{field}.simple: {other:?} is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
+            )),
+        };
+    }
+    if let Some(ch) = o.get("consistentHash") {
+        let f = format!("{field}.consistentHash");
+        let c = ch
+            .as_object()
+            .ok_or_else(|| format!("{f}: expected a mapping, got {ch}"))?;
+        let s = |k: &str| -> Result<Option<String>, String> {
+            match c.get(k) {
+                None => Ok(None),
+                Some(Value::String(x)) if !x.is_empty() => Ok(Some(x.clone())),
+                Some(other) => Err(format!("{f}.{k}: expected a non-empty string, got {other}")),
+            }
+        };
+        if let Some(h) = s("httpHeaderName")? {
+            return Ok(LbPolicy::ConsistentHash(HashKey::Header(
+                h.to_ascii_lowercase(),
+            )));
+        }
+        if let Some(q) = s("httpQueryParameterName")? {
+            return Ok(LbPolicy::ConsistentHash(HashKey::QueryParameter(q)));
+        }
+        if let Some(cookie) = c.get("httpCookie") {
+            let name = cookie
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| format!("{f}.httpCookie.name: required"))?;
+            return Ok(LbPolicy::ConsistentHash(HashKey::Cookie(name.to_string())));
+        }
+        if c.get("useSourceIp").and_then(Value::as_bool) == Some(true) {
+            return Ok(LbPolicy::ConsistentHash(HashKey::SourceIp));
+        }
+        return Err(format!(
+            "{f}: expected one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+        ));
+    }
+    Ok(LbPolicy::default())
+}
+
+/// The request facts a hash policy may read.
+pub struct HashInput<'a> {
+    pub headers: &'a http::HeaderMap,
+    /// Path with `?query`.
+    pub path: &'a str,
+    pub source_ip: Option<IpAddr>,
+}
+
+/// The hash key value of a request; `None` when the request lacks it (then the pick is random).
+pub fn key_of(k: &HashKey, input: &HashInput<'_>) -> Option<String> {
+    match k {
+        HashKey::Header(h) => input
+            .headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        HashKey::Cookie(name) => input
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string()),
+        HashKey::SourceIp => input.source_ip.map(|ip| ip.to_string()),
+        HashKey::QueryParameter(q) => input
+            .path
+            .split_once('?')
+            .and_then(|(_, qs)| {
+                qs.split('&')
+                    .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                    .find(|(k, _)| k == q)
+            })
+            .map(|(_, v)| v.to_string()),
+    }
+}
+
+fn hash64<T: Hash + ?Sized>(a: &T, b: &SocketAddr) -> u64 {
+    // SipHash with fixed keys: stable across requests and processes.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x72656d6f7261, 0x6c62);
+    a.hash(&mut h);
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// Weighted rendezvous hashing: the endpoint with the highest `-w / ln(u)` score.
+pub fn rendezvous(key: &str, eps: &[&Endpoint]) -> Option<SocketAddr> {
+    eps.iter()
+        .map(|e| {
+            let u = ((hash64(key, &e.addr) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let w = f64::from(e.weight.max(1));
+            (-w / u.ln(), e.addr)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, a)| a)
+}
+
+/// Per-destination balancer state shared across requests: a round-robin cursor and
+/// in-flight request counts per endpoint.
+#[derive(Debug, Default)]
+pub struct Balancer {
+    pub policy: LbPolicy,
+    cursor: AtomicUsize,
+    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
+}
+
+/// Counts one in-flight request to an endpoint until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    pub fn new(policy: LbPolicy) -> Self {
+        Balancer {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    fn counter(&self, a: SocketAddr) -> Arc<AtomicU64> {
+        match self.inflight.lock() {
+            Ok(mut m) => m.entry(a).or_default().clone(),
+            Err(_) => Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// In-flight requests to `a` now.
+    pub fn in_flight(&self, a: SocketAddr) -> u64 {
+        self.counter(a).load(Ordering::Relaxed)
+    }
+
+    /// Mark a request to `a` as started; the guard ends it.
+    pub fn start(&self, a: SocketAddr) -> InFlight {
+        let c = self.counter(a);
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+
+    /// Choose an endpoint. `usable` filters out ejected endpoints and ones a retry already
+    /// tried; when it leaves none, all candidates are used (a pick is better than no pick).
+    pub fn pick(
+        &self,
+        eps: &[Endpoint],
+        usable: &dyn Fn(SocketAddr) -> bool,
+        input: Option<&HashInput<'_>>,
+        rng: &mut impl rand::Rng,
+    ) -> Option<SocketAddr> {
+        let mut cands: Vec<&Endpoint> = eps.iter().filter(|e| usable(e.addr)).collect();
+        if cands.is_empty() {
+            cands = eps.iter().collect();
+        }
+        if cands.is_empty() {
+            return None;
+        }
+        let random = |rng: &mut dyn rand::RngCore| -> SocketAddr {
+            let total: u64 = cands.iter().map(|e| u64::from(e.weight.max(1))).sum();
+            let mut x = rand::Rng::gen_range(rng, 0..total.max(1));
+            for e in &cands {
+                let w = u64::from(e.weight.max(1));
+                if x < w {
+                    return e.addr;
+                }
+                x -= w;
+            }
+            cands[cands.len() - 1].addr
+        };
+        Some(match &self.policy {
+            LbPolicy::RoundRobin => {
+                let i = self.cursor.fetch_add(1, Ordering::Relaxed);
+                cands[i % cands.len()].addr
+            }
+            LbPolicy::Random | LbPolicy::Passthrough => random(rng),
+            LbPolicy::LeastRequest => {
+                if cands.len() == 1 {
+                    cands[0].addr
+                } else {
+                    let i = rng.gen_range(0..cands.len());
+                    let mut j = rng.gen_range(0..cands.len() - 1);
+                    if j >= i {
+                        j += 1;
+                    }
+                    let (a, b) = (cands[i].addr, cands[j].addr);
+                    if self.in_flight(b) < self.in_flight(a) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }
+            LbPolicy::ConsistentHash(k) => match input.and_then(|i| key_of(k, i)) {
+                Some(key) => rendezvous(&key, &cands).unwrap_or(cands[0].addr),
+                None => random(rng),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use serde_json::json;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            labels: Default::default(),
+            weight: 0,
+        }
+    }
+
+    fn eps3() -> Vec<Endpoint> {
+        vec![ep(1), ep(2), ep(3)]
+    }
+
+    #[test]
+    fn parse_table() {
+        let ok = [
+            (json!({"simple": "ROUND_ROBIN"}), LbPolicy::RoundRobin),
+            (json!({"simple": "RANDOM"}), LbPolicy::Random),
+            (json!({"simple": "LEAST_REQUEST"}), LbPolicy::LeastRequest),
+            (json!({"simple": "PASSTHROUGH"}), LbPolicy::Passthrough),
+            (
+                json!({"consistentHash": {"httpHeaderName": "X-User"}}),
+                LbPolicy::ConsistentHash(HashKey::Header("x-user".into())),
+            ),
+            (
+                json!({"consistentHash": {"httpCookie": {"name": "s", "ttl": "0s"}}}),
+                LbPolicy::ConsistentHash(HashKey::Cookie("s".into())),
+            ),
+            (
+                json!({"consistentHash": {"useSourceIp": true}}),
+                LbPolicy::ConsistentHash(HashKey::SourceIp),
+            ),
+            (
+                json!({"consistentHash": {"httpQueryParameterName": "u"}}),
+                LbPolicy::ConsistentHash(HashKey::QueryParameter("u".into())),
+            ),
+            (json!({}), LbPolicy::LeastRequest),
+        ];
+        for (v, want) in ok {
+            assert_eq!(parse(&v, "lb"), Ok(want), "{v}");
+        }
+        assert_eq!(
+            parse(&json!({"simple": "FASTEST"}), "spec.trafficPolicy.loadBalancer"),
+            Err("spec.trafficPolicy.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH".into())
+        );
+        assert_eq!(
+            parse(
+                &json!({"consistentHash": {"httpCookie": {"ttl": "1s"}}}),
+                "lb"
+            ),
+            Err("lb.consistentHash.httpCookie.name: required".into())
+        );
+    }
+
+    #[test]
+    fn round_robin_is_exact() {
+        let b = Balancer::new(LbPolicy::RoundRobin);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut counts = [0u32; 3];
+        for _ in 0..300 {
+            let a = b.pick(&eps3(), &|_| true, None, &mut rng).unwrap();
+            counts[usize::from(a.port() - 1)] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+    }
+
+    #[test]
+    fn random_within_three_sigma() {
+        let b = Balancer::new(LbPolicy::Random);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut counts = [0f64; 3];
+        let n = 30_000f64;
+        for _ in 0..30_000 {
+            let a = b.pick(&eps3(), &|_| true, None, &mut rng).unwrap();
+            counts[usize::from(a.port() - 1)] += 1.0;
+        }
+        let sd = (n * (1.0 / 3.0) * (2.0 / 3.0)).sqrt();
+        for c in counts {
+            assert!((c - n / 3.0).abs() < 3.0 * sd, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_least_loaded() {
+        let b = Balancer::new(LbPolicy::LeastRequest);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let eps = eps3();
+        // endpoint 1 is slow: 10 requests stuck on it; endpoint 2 has 1
+        let _stuck: Vec<InFlight> = (0..10).map(|_| b.start(eps[0].addr)).collect();
+        let _one = b.start(eps[1].addr);
+        let mut counts = [0u32; 3];
+        for _ in 0..3000 {
+            let a = b.pick(&eps, &|_| true, None, &mut rng).unwrap();
+            counts[usize::from(a.port() - 1)] += 1;
+        }
+        // endpoint 1 loses every pairing; 3 wins against both others
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(counts[2] > counts[1], "{counts:?}");
+        // the guards count down
+        drop(_stuck);
+        assert_eq!(b.in_flight(eps[0].addr), 0);
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_per_key_and_spreads_keys() {
+        let eps = eps3();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (key, input_fn) in [
+            (
+                HashKey::Header("x-user".into()),
+                Box::new(|u: &str| {
+                    let mut h = http::HeaderMap::new();
+                    h.insert("x-user", u.parse().unwrap());
+                    (h, "/".to_string(), None)
+                })
+                    as Box<dyn Fn(&str) -> (http::HeaderMap, String, Option<IpAddr>)>,
+            ),
+            (
+                HashKey::Cookie("sid".into()),
+                Box::new(|u: &str| {
+                    let mut h = http::HeaderMap::new();
+                    h.insert("cookie", format!("a=1; sid={u}").parse().unwrap());
+                    (h, "/".to_string(), None)
+                }),
+            ),
+            (
+                HashKey::QueryParameter("u".into()),
+                Box::new(|u: &str| (http::HeaderMap::new(), format!("/p?x=1&u={u}"), None)),
+            ),
+            (
+                HashKey::SourceIp,
+                Box::new(|u: &str| {
+                    let n: u8 = u.trim_start_matches("user").parse().unwrap();
+                    (
+                        http::HeaderMap::new(),
+                        "/".to_string(),
+                        Some(IpAddr::from([10, 0, 0, n])),
+                    )
+                }),
+            ),
+        ] {
+            let b = Balancer::new(LbPolicy::ConsistentHash(key.clone()));
+            let mut used = std::collections::BTreeSet::new();
+            for u in 0..60 {
+                let (h, p, ip) = input_fn(&format!("user{u}"));
+                let inp = HashInput {
+                    headers: &h,
+                    path: &p,
+                    source_ip: ip,
+                };
+                assert!(key_of(&key, &inp).is_some(), "{key:?}");
+                let first = b.pick(&eps, &|_| true, Some(&inp), &mut rng).unwrap();
+                for _ in 0..20 {
+                    assert_eq!(b.pick(&eps, &|_| true, Some(&inp), &mut rng), Some(first));
+                }
+                used.insert(first);
+                // removing another endpoint does not move this key
+                let others: Vec<Endpoint> = eps
+                    .iter()
+                    .filter(|e| e.addr == first || e.addr.port() != first.port() % 3 + 1)
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    b.pick(&others, &|_| true, Some(&inp), &mut rng),
+                    Some(first)
+                );
+            }
+            assert_eq!(used.len(), 3, "{key:?}: 60 keys use all endpoints");
+        }
+    }
+
+    #[test]
+    fn usable_filter_and_fallback() {
+        let b = Balancer::new(LbPolicy::RoundRobin);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let eps = eps3();
+        for _ in 0..10 {
+            let a = b.pick(&eps, &|a| a.port() != 2, None, &mut rng).unwrap();
+            assert_ne!(a.port(), 2);
+        }
+        // nothing usable: fall back to all
+        assert!(b.pick(&eps, &|_| false, None, &mut rng).is_some());
+        assert_eq!(b.pick(&[], &|_| true, None, &mut rng), None);
+    }
+}

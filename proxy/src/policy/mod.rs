@@ -1,0 +1,443 @@
+//! Traffic policies (issue 5): the pure pieces (`retry`, `fault`, `mirror`, `cors`, `lb`,
+//! `outlier`, `limits`, `ratelimit`, `traffic`) and `Policies`, the state shared across
+//! requests: per destination (host, subset, port) its balancer, outlier detector and
+//! connection-pool counters; and the rate limiters of the `RateLimit` rules.
+
+pub mod cors;
+pub mod fault;
+pub mod lb;
+pub mod limits;
+pub mod mirror;
+pub mod outlier;
+pub mod ratelimit;
+pub mod retry;
+pub mod traffic;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::route::Endpoint;
+use crate::rules::Snapshot;
+
+/// Identity of a destination's shared state. The effective policy text is part of it, so a
+/// reload that changes a DestinationRule starts fresh state and one that does not keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DestKey {
+    host: String,
+    subset: Option<String>,
+    port: u16,
+    policy: String,
+}
+
+/// The shared state of one destination.
+#[derive(Debug)]
+pub struct Destination {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+    pub policy: traffic::TrafficPolicy,
+    /// The policy could not be interpreted; defaults apply (the message says why).
+    pub policy_error: Option<String>,
+    pub balancer: lb::Balancer,
+    pub outlier: Option<Mutex<outlier::Detector>>,
+    pub pool: limits::Pool,
+}
+
+struct Metrics {
+    ejections: prometheus::IntCounterVec,
+    overflows: prometheus::IntCounterVec,
+    rate_limited: prometheus::IntCounterVec,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+                .unwrap_or_else(|_| {
+                    // Static names and labels: this cannot fail; keep a usable fallback.
+                    prometheus::IntCounterVec::new(
+                        prometheus::Opts::new("remora_invalid", "-"),
+                        &[],
+                    )
+                    .unwrap_or_else(|_| unreachable!())
+                });
+            // Registering twice (tests in one process) is harmless: keep the first.
+            let _ = prometheus::register(Box::new(c.clone()));
+            c
+        };
+        Metrics {
+            ejections: counter(
+                "remora_outlier_ejections_total",
+                "Endpoints ejected by outlier detection",
+                &["destination_service", "reason"],
+            ),
+            overflows: counter(
+                "remora_upstream_overflow_total",
+                "Requests refused by a connectionPool limit (503 UO)",
+                &["destination_service", "limit"],
+            ),
+            rate_limited: counter(
+                "remora_rate_limited_requests_total",
+                "Requests answered 429 by a RateLimit rule",
+                &["rule"],
+            ),
+        }
+    })
+}
+
+impl Destination {
+    fn new(host: &str, subset: Option<&str>, port: u16, policy: traffic::TrafficPolicy) -> Self {
+        Destination {
+            host: host.to_string(),
+            subset: subset.map(str::to_string),
+            port,
+            balancer: lb::Balancer::new(policy.load_balancer.clone()),
+            outlier: policy
+                .outlier_detection
+                .clone()
+                .map(|c| Mutex::new(outlier::Detector::new(c, Instant::now()))),
+            pool: limits::Pool::new(policy.connection_pool.clone()),
+            policy_error: None,
+            policy,
+        }
+    }
+
+    /// Choose an endpoint: not ejected, not in `tried` (a retry goes elsewhere when it can).
+    pub fn pick(
+        &self,
+        eps: &[Endpoint],
+        tried: &[SocketAddr],
+        input: Option<&lb::HashInput<'_>>,
+        rng: &mut impl rand::Rng,
+    ) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let total = eps.len();
+        let det = self.outlier.as_ref().and_then(|m| m.lock().ok());
+        let ejected = |a: SocketAddr| det.as_ref().is_some_and(|d| d.is_ejected(a, total, now));
+        // First choice: neither ejected nor tried; then not ejected; then anything.
+        let healthy_untried = |a: SocketAddr| !ejected(a) && !tried.contains(&a);
+        if eps.iter().any(|e| healthy_untried(e.addr)) {
+            return self.balancer.pick(eps, &healthy_untried, input, rng);
+        }
+        self.balancer.pick(eps, &|a| !ejected(a), input, rng)
+    }
+
+    /// Feed one attempt's result to outlier detection (logs and counts an ejection).
+    pub fn record(&self, addr: SocketAddr, r: outlier::Observed, total: usize) {
+        let Some(m) = &self.outlier else { return };
+        let Ok(mut d) = m.lock() else { return };
+        if let Some(e) = d.record(addr, r, total, Instant::now()) {
+            tracing::warn!(
+                destination = %self.host,
+                subset = self.subset.as_deref().unwrap_or(""),
+                endpoint = %e.addr,
+                reason = e.reason,
+                ejected_for_ms = e.duration.as_millis() as u64,
+                times = e.times,
+                "outlier detection ejected an endpoint"
+            );
+            metrics()
+                .ejections
+                .with_label_values(&[&self.host, e.reason])
+                .inc();
+        }
+    }
+
+    /// Admit a request under the connection-pool limits (503 `UO` on `Err`).
+    pub async fn admit(&self) -> Result<limits::Admitted, limits::Overflow> {
+        let r = self.pool.admit().await;
+        if let Err(o) = r {
+            let limit = match o {
+                limits::Overflow::Pending => "http1MaxPendingRequests",
+                limits::Overflow::Requests => "http2MaxRequests",
+            };
+            metrics()
+                .overflows
+                .with_label_values(&[&self.host, limit])
+                .inc();
+        }
+        r
+    }
+
+    fn dump(&self) -> serde_json::Value {
+        let now = Instant::now();
+        serde_json::json!({
+            "host": self.host,
+            "subset": self.subset,
+            "port": self.port,
+            "policy": self.policy,
+            "policy_error": self.policy_error,
+            "connection_pool": self.pool.stats(),
+            "outlier_detection": self.outlier.as_ref().and_then(|m| m.lock().ok()).map(|d| {
+                serde_json::json!({"config": d.config, "endpoints": d.states(now)})
+            }),
+        })
+    }
+}
+
+/// Rate limiters of one rules-directory generation.
+#[derive(Default)]
+struct RateLimits {
+    hash: String,
+    limiters: Vec<Arc<ratelimit::Limiter>>,
+    error: Option<String>,
+}
+
+/// `x-ratelimit-*` headers.
+pub type RateHeaders = Vec<(&'static str, String)>;
+
+/// All policy state of the process.
+pub struct Policies {
+    rules_dir: Option<PathBuf>,
+    dests: Mutex<HashMap<DestKey, Arc<Destination>>>,
+    rate_limits: Mutex<RateLimits>,
+}
+
+/// Bound on remembered destinations (each distinct host/subset/port/policy is one).
+const MAX_DESTINATIONS: usize = 10_000;
+
+impl Policies {
+    /// `rules_dir`: where `RateLimit` documents are read from (the rules directory).
+    pub fn new(rules_dir: Option<PathBuf>) -> Self {
+        Policies {
+            rules_dir,
+            dests: Mutex::new(HashMap::new()),
+            rate_limits: Mutex::new(RateLimits::default()),
+        }
+    }
+
+    /// The shared state of a destination under the snapshot's DestinationRule.
+    pub fn destination(
+        &self,
+        snap: &Snapshot,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Arc<Destination> {
+        let dr = snap.destination_rule(host);
+        let raw = dr
+            .map(|d| traffic::effective_raw(d, subset, port))
+            .unwrap_or(serde_json::Value::Null);
+        let key = DestKey {
+            host: host.to_string(),
+            subset: subset.map(str::to_string),
+            port,
+            policy: raw.to_string(),
+        };
+        let Ok(mut map) = self.dests.lock() else {
+            return Arc::new(Destination::new(host, subset, port, Default::default()));
+        };
+        if let Some(d) = map.get(&key) {
+            return d.clone();
+        }
+        let (policy, err) = match dr.map(|d| traffic::resolve(d, subset, port)) {
+            None => (traffic::TrafficPolicy::default(), None),
+            Some(Ok(p)) => (p, None),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "trafficPolicy not applied; defaults used");
+                (traffic::TrafficPolicy::default(), Some(e))
+            }
+        };
+        let mut d = Destination::new(host, subset, port, policy);
+        d.policy_error = err;
+        let d = Arc::new(d);
+        if map.len() >= MAX_DESTINATIONS {
+            // Drop state no request holds any more.
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        // Older policies of the same destination are replaced.
+        map.retain(|k, _| !(k.host == key.host && k.subset == key.subset && k.port == key.port));
+        map.insert(key, d.clone());
+        d
+    }
+
+    fn refresh_rate_limits(&self, snap: &Snapshot) {
+        let Some(dir) = &self.rules_dir else { return };
+        let Ok(mut rl) = self.rate_limits.lock() else {
+            return;
+        };
+        if rl.hash == snap.hash {
+            return;
+        }
+        let mut rules = Vec::new();
+        let mut error = None;
+        match crate::rules::load::read_inputs(dir) {
+            Err(e) => error = Some(format!("{}: {}", e.file, e.reason)),
+            Ok(inputs) => {
+                for (file, bytes) in &inputs.files {
+                    let text = String::from_utf8_lossy(bytes);
+                    match ratelimit::parse_file(
+                        file,
+                        &text,
+                        &snap.ctx.namespace,
+                        &snap.ctx.cluster_domain,
+                    ) {
+                        Ok(mut v) => rules.append(&mut v),
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(e) = &error {
+            // Keep the previous limiters: the same rule as for the other kinds.
+            tracing::warn!(error = %e, "RateLimit rules rejected; the previous ones stay");
+            rl.error = error;
+            rl.hash = snap.hash.clone();
+            return;
+        }
+        let old = std::mem::take(&mut rl.limiters);
+        rl.limiters = rules
+            .into_iter()
+            .map(|r| {
+                old.iter()
+                    .find(|l| l.rule == r)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(ratelimit::Limiter::new(r)))
+            })
+            .collect();
+        if !rl.limiters.is_empty() {
+            tracing::info!(
+                count = rl.limiters.len(),
+                generation = snap.generation,
+                "RateLimit rules applied"
+            );
+        }
+        rl.error = None;
+        rl.hash = snap.hash.clone();
+    }
+
+    /// Take a token for a request to `host` by `route`. `Err` carries the 429's headers.
+    pub fn rate_limit(
+        &self,
+        snap: &Snapshot,
+        host: &str,
+        route: Option<&str>,
+    ) -> Result<RateHeaders, RateHeaders> {
+        self.refresh_rate_limits(snap);
+        let limiters: Vec<Arc<ratelimit::Limiter>> = match self.rate_limits.lock() {
+            Ok(rl) => rl
+                .limiters
+                .iter()
+                .filter(|l| l.rule.applies(host, route))
+                .cloned()
+                .collect(),
+            Err(_) => return Ok(vec![]),
+        };
+        let mut headers = Vec::new();
+        for l in limiters {
+            let t = l.take();
+            let h = l.headers(t);
+            if let ratelimit::Take::Limited { .. } = t {
+                metrics()
+                    .rate_limited
+                    .with_label_values(&[&l.rule.key])
+                    .inc();
+                return Err(h);
+            }
+            headers = h;
+        }
+        Ok(headers)
+    }
+
+    /// State for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let mut dests: Vec<serde_json::Value> = match self.dests.lock() {
+            Ok(m) => m.values().map(|d| d.dump()).collect(),
+            Err(_) => vec![],
+        };
+        dests.sort_by_key(|v| v.to_string());
+        let rl = self.rate_limits.lock().ok();
+        serde_json::json!({
+            "destinations": dests,
+            "rate_limits": rl.as_ref().map(|r| r.limiters.iter().map(|l| &l.rule).collect::<Vec<_>>()),
+            "rate_limit_error": rl.as_ref().and_then(|r| r.error.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::LoadContext;
+
+    fn snap(yaml: &str) -> Snapshot {
+        crate::rules::snapshot_from_yaml(&[("r.yaml", yaml)], &LoadContext::default(), 1)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn destination_state_is_shared_and_replaced_when_the_policy_changes() {
+        let y1 = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1}\n";
+        let s1 = snap(y1);
+        let p = Policies::new(None);
+        let host = "r.default.svc.cluster.local";
+        let a = p.destination(&s1, host, None, 80);
+        let b = p.destination(&s1, host, None, 80);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.policy.load_balancer, lb::LbPolicy::RoundRobin);
+        let ep = SocketAddr::from(([127, 0, 0, 1], 1));
+        a.record(ep, outlier::Observed::Status(503), 3);
+        let dump = p.dump();
+        let eps = &dump["destinations"][0]["outlier_detection"]["endpoints"];
+        assert_eq!(eps[0]["ejected"], true, "{dump}");
+        // a rule change starts a fresh state
+        let s2 = snap(&y1.replace("ROUND_ROBIN", "RANDOM"));
+        let c = p.destination(&s2, host, None, 80);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.policy.load_balancer, lb::LbPolicy::Random);
+        assert_eq!(p.dump()["destinations"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn pick_avoids_ejected_and_tried_endpoints() {
+        let y = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}\n";
+        let s = snap(y);
+        let p = Policies::new(None);
+        let d = p.destination(&s, "r.default.svc.cluster.local", None, 80);
+        let eps: Vec<Endpoint> = (1..=3)
+            .map(|i| Endpoint {
+                addr: SocketAddr::from(([127, 0, 0, 1], i)),
+                labels: Default::default(),
+                weight: 0,
+            })
+            .collect();
+        d.record(eps[0].addr, outlier::Observed::LocalFailure, 3);
+        let mut rng = rand::thread_rng();
+        for _ in 0..20 {
+            let a = d.pick(&eps, &[eps[1].addr], None, &mut rng).unwrap();
+            assert_eq!(a, eps[2].addr);
+        }
+        // everything healthy was tried: a healthy endpoint again rather than the ejected one
+        for _ in 0..20 {
+            let a = d
+                .pick(&eps, &[eps[1].addr, eps[2].addr], None, &mut rng)
+                .unwrap();
+            assert_ne!(a, eps[0].addr);
+        }
+    }
+
+    #[test]
+    fn rate_limits_from_the_rules_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\nmetadata: {name: rl}\nspec: {host: r, requestsPerUnit: 2, unit: HOUR}\n";
+        std::fs::write(dir.path().join("rl.yaml"), y).unwrap();
+        let s = snap("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n");
+        let p = Policies::new(Some(dir.path().to_path_buf()));
+        let host = "r.default.svc.cluster.local";
+        assert!(p.rate_limit(&s, "other.example", None).is_ok());
+        let first = p.rate_limit(&s, host, None).unwrap();
+        assert_eq!(first[1], ("x-ratelimit-remaining", "1".to_string()));
+        assert!(p.rate_limit(&s, host, None).is_ok());
+        let limited = p.rate_limit(&s, host, None).unwrap_err();
+        assert_eq!(limited[0], ("x-ratelimit-limit", "2".to_string()));
+        assert_eq!(limited[1], ("x-ratelimit-remaining", "0".to_string()));
+        assert_eq!(p.dump()["rate_limits"][0]["key"], "default/rl");
+    }
+}

@@ -1,0 +1,362 @@
+//! Local rate limiting: a token bucket per route or destination, configured by our own
+//! `RateLimit` kind (`apiVersion: remora.dev/v1alpha1`) in the rules directory:
+//!
+//! ```yaml
+//! apiVersion: remora.dev/v1alpha1
+//! kind: RateLimit
+//! metadata: {name: reviews-limit, namespace: default}
+//! spec:
+//!   host: reviews            # destination host (short names resolve in the namespace)
+//!   route: v2-route          # optional: only requests routed by this http route name
+//!   requestsPerUnit: 100     # tokens added per unit (also `requests_per_unit`)
+//!   unit: SECOND             # SECOND | MINUTE | HOUR
+//!   burst: 100               # optional: bucket size (default requestsPerUnit)
+//! ```
+//!
+//! A request finding the bucket empty is answered 429 with `x-ratelimit-limit`,
+//! `x-ratelimit-remaining: 0` and `x-ratelimit-reset` (seconds until a token is back).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const API_VERSION: &str = "remora.dev/v1alpha1";
+pub const KIND: &str = "RateLimit";
+
+/// One `RateLimit` resource.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RateLimitRule {
+    /// `namespace/name`.
+    pub key: String,
+    /// Fully qualified destination host.
+    pub host: String,
+    pub route: Option<String>,
+    pub requests_per_unit: u64,
+    #[serde(skip)]
+    pub unit: Duration,
+    pub unit_name: String,
+    pub burst: u64,
+    /// `file` doc `n`.
+    pub source: String,
+}
+
+impl RateLimitRule {
+    /// Does this rule govern a request forwarded to `host` by `route`?
+    pub fn applies(&self, host: &str, route: Option<&str>) -> bool {
+        self.host == host && self.route.as_deref().is_none_or(|r| Some(r) == route)
+    }
+}
+
+/// Parse the `RateLimit` documents of one rules file; other kinds are skipped. An invalid
+/// `RateLimit` is an error naming file, document, field, value and reason.
+pub fn parse_file(
+    file: &str,
+    text: &str,
+    default_ns: &str,
+    domain: &str,
+) -> Result<Vec<RateLimitRule>, String> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let Ok(v) = <Value as serde::Deserialize>::deserialize(doc) else {
+            // Syntax errors are reported by the rules loader.
+            continue;
+        };
+        if v.get("kind").and_then(Value::as_str) != Some(KIND) {
+            continue;
+        }
+        let at = |field: &str, msg: String| format!("{file} doc {n}: {field}: {msg}");
+        let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        if api != API_VERSION {
+            return Err(at(
+                "apiVersion",
+                format!("{api:?} is not supported for RateLimit (expected {API_VERSION:?})"),
+            ));
+        }
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("metadata.name", "required".into()))?;
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or(default_ns);
+        let spec = v
+            .get("spec")
+            .and_then(Value::as_object)
+            .ok_or_else(|| at("spec", "required mapping".into()))?;
+        let host = spec
+            .get("host")
+            .and_then(Value::as_str)
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| at("spec.host", "required string".into()))?;
+        let route = match spec.get("route") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(at("spec.route", format!("{other} is not a string"))),
+        };
+        let rpu_v = spec
+            .get("requestsPerUnit")
+            .or_else(|| spec.get("requests_per_unit"))
+            .ok_or_else(|| at("spec.requestsPerUnit", "required".into()))?;
+        let rpu = rpu_v.as_u64().filter(|x| *x > 0).ok_or_else(|| {
+            at(
+                "spec.requestsPerUnit",
+                format!("{rpu_v} is not a positive integer"),
+            )
+        })?;
+        let unit_name = spec
+            .get("unit")
+            .and_then(Value::as_str)
+            .unwrap_or("SECOND")
+            .to_ascii_uppercase();
+        let unit = match unit_name.as_str() {
+            "SECOND" => Duration::from_secs(1),
+            "MINUTE" => Duration::from_secs(60),
+            "HOUR" => Duration::from_secs(3600),
+            other => {
+                return Err(at(
+                    "spec.unit",
+                    format!("{other:?} is not SECOND, MINUTE or HOUR"),
+                ))
+            }
+        };
+        let burst = match spec.get("burst") {
+            None | Some(Value::Null) => rpu,
+            Some(b) => b
+                .as_u64()
+                .filter(|x| *x > 0)
+                .ok_or_else(|| at("spec.burst", format!("{b} is not a positive integer")))?,
+        };
+        out.push(RateLimitRule {
+            key: format!("{ns}/{name}"),
+            host: crate::rules::host::qualify(host, ns, domain),
+            route,
+            requests_per_unit: rpu,
+            unit,
+            unit_name,
+            burst,
+            source: format!("{file} doc {n}"),
+        });
+    }
+    Ok(out)
+}
+
+/// A token bucket (time passed in, so it is testable without sleeping).
+#[derive(Debug)]
+pub struct Bucket {
+    capacity: f64,
+    /// Tokens per second.
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// The answer of one `take`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Take {
+    Allowed { remaining: u64 },
+    Limited { reset: Duration },
+}
+
+impl Bucket {
+    pub fn new(capacity: u64, per_unit: u64, unit: Duration, now: Instant) -> Self {
+        let secs = unit.as_secs_f64().max(1e-9);
+        Bucket {
+            capacity: capacity.max(1) as f64,
+            rate: per_unit as f64 / secs,
+            tokens: capacity.max(1) as f64,
+            last: now,
+        }
+    }
+
+    pub fn take(&mut self, now: Instant) -> Take {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Take::Allowed {
+                remaining: self.tokens.floor() as u64,
+            }
+        } else {
+            let need = (1.0 - self.tokens) / self.rate.max(1e-12);
+            Take::Limited {
+                reset: Duration::from_secs_f64(need.min(1e9)),
+            }
+        }
+    }
+}
+
+/// A rule with its live bucket, shared across requests.
+#[derive(Debug)]
+pub struct Limiter {
+    pub rule: RateLimitRule,
+    bucket: Mutex<Bucket>,
+}
+
+impl Limiter {
+    pub fn new(rule: RateLimitRule) -> Self {
+        let b = Bucket::new(
+            rule.burst,
+            rule.requests_per_unit,
+            rule.unit,
+            Instant::now(),
+        );
+        Limiter {
+            rule,
+            bucket: Mutex::new(b),
+        }
+    }
+
+    pub fn take(&self) -> Take {
+        match self.bucket.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            // A poisoned lock means a panic elsewhere; fail open rather than reject traffic.
+            Err(_) => Take::Allowed { remaining: 0 },
+        }
+    }
+
+    /// The `x-ratelimit-*` response headers for an answer.
+    pub fn headers(&self, t: Take) -> Vec<(&'static str, String)> {
+        let (remaining, reset) = match t {
+            Take::Allowed { remaining } => (remaining, 0),
+            Take::Limited { reset } => (0, reset.as_secs_f64().ceil() as u64),
+        };
+        vec![
+            ("x-ratelimit-limit", self.rule.burst.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(3, 10, Duration::from_secs(1), t0);
+        assert_eq!(b.take(t0), Take::Allowed { remaining: 2 });
+        assert_eq!(b.take(t0), Take::Allowed { remaining: 1 });
+        assert_eq!(b.take(t0), Take::Allowed { remaining: 0 });
+        match b.take(t0) {
+            Take::Limited { reset } => {
+                assert!((reset.as_secs_f64() - 0.1).abs() < 1e-6, "{reset:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // 100 ms later exactly one token is back
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(b.take(t1), Take::Allowed { remaining: 0 });
+        assert!(matches!(b.take(t1), Take::Limited { .. }));
+        // a long idle period refills only up to the capacity
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(b.take(t2), Take::Allowed { remaining: 2 });
+    }
+
+    /// At twice the configured rate over 10 simulated seconds, about half is limited.
+    #[test]
+    fn twice_the_rate_limits_about_half() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10, 100, Duration::from_secs(1), t0);
+        let (mut ok, mut limited) = (0u32, 0u32);
+        for i in 0..2000u64 {
+            // 200 requests per second, evenly spaced
+            match b.take(t0 + Duration::from_micros(i * 5000)) {
+                Take::Allowed { .. } => ok += 1,
+                Take::Limited { .. } => limited += 1,
+            }
+        }
+        // 100/s for 10 s plus the initial burst of 10
+        assert!((1000..=1011).contains(&ok), "ok {ok} limited {limited}");
+    }
+
+    #[test]
+    fn parse_rate_limits_and_errors() {
+        let y = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec: {hosts: [r]}
+---
+apiVersion: remora.dev/v1alpha1
+kind: RateLimit
+metadata: {name: rl, namespace: prod}
+spec: {host: reviews, requestsPerUnit: 5, unit: MINUTE}
+---
+apiVersion: remora.dev/v1alpha1
+kind: RateLimit
+metadata: {name: rl2}
+spec: {host: ratings.example.com, route: r1, requests_per_unit: 7, burst: 2}
+"#;
+        let got = parse_file("a.yaml", y, "default", "cluster.local").unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].key, "prod/rl");
+        assert_eq!(got[0].host, "reviews.prod.svc.cluster.local");
+        assert_eq!(got[0].unit, Duration::from_secs(60));
+        assert_eq!(got[0].burst, 5);
+        assert_eq!(got[0].source, "a.yaml doc 2");
+        assert_eq!(got[1].key, "default/rl2");
+        assert_eq!(got[1].route.as_deref(), Some("r1"));
+        assert_eq!(got[1].burst, 2);
+        assert!(got[1].applies("ratings.example.com", Some("r1")));
+        assert!(!got[1].applies("ratings.example.com", Some("r2")));
+        assert!(got[0].applies("reviews.prod.svc.cluster.local", None));
+
+        let bad = [
+            (
+                "spec: {host: a, requestsPerUnit: 0}",
+                "f.yaml doc 1: spec.requestsPerUnit: 0 is not a positive integer",
+            ),
+            (
+                "spec: {host: a, requestsPerUnit: 1, unit: DAY}",
+                "f.yaml doc 1: spec.unit: \"DAY\" is not SECOND, MINUTE or HOUR",
+            ),
+            (
+                "spec: {requestsPerUnit: 1}",
+                "f.yaml doc 1: spec.host: required string",
+            ),
+            (
+                "spec: {host: a}",
+                "f.yaml doc 1: spec.requestsPerUnit: required",
+            ),
+        ];
+        for (spec, want) in bad {
+            let y = format!(
+                "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\nmetadata: {{name: x}}\n{spec}\n"
+            );
+            assert_eq!(
+                parse_file("f.yaml", &y, "default", "cluster.local"),
+                Err(want.to_string()),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn limiter_headers() {
+        let l = Limiter::new(RateLimitRule {
+            key: "d/x".into(),
+            host: "h".into(),
+            route: None,
+            requests_per_unit: 1,
+            unit: Duration::from_secs(3600),
+            unit_name: "HOUR".into(),
+            burst: 1,
+            source: String::new(),
+        });
+        let first = l.take();
+        assert_eq!(first, Take::Allowed { remaining: 0 });
+        let second = l.take();
+        let h = l.headers(second);
+        assert_eq!(h[0], ("x-ratelimit-limit", "1".to_string()));
+        assert_eq!(h[1], ("x-ratelimit-remaining", "0".to_string()));
+        let reset: u64 = h[2].1.parse().unwrap();
+        assert!((3590..=3600).contains(&reset), "{reset}");
+    }
+}
