@@ -264,6 +264,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, kind: AdminKin
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(sock), svc);
             if let Err(e) = conn.await {
                 debug!(?kind, "admin connection error: {e}");
