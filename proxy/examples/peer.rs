@@ -25,10 +25,12 @@ async fn main() {
         eprintln!("peer: ADDR {addr:?}: {e}");
         std::process::exit(2)
     });
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| {
-        eprintln!("peer: bind {addr}: {e}");
-        std::process::exit(1)
-    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("peer: bind {addr}: {e}");
+            std::process::exit(1)
+        });
     match mode.as_str() {
         "http" => {
             let name: &'static str = Box::leak(
@@ -42,11 +44,13 @@ async fn main() {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            bytes::Bytes::from_static(name.as_bytes()),
-                        )))
-                    });
+                    let svc = service_fn(
+                        move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from_static(name.as_bytes()),
+                            )))
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(sock), svc)
                         .await;
