@@ -58,3 +58,51 @@ pub mod flags {
     /// No healthy upstream.
     pub const NO_HEALTHY_UPSTREAM: &str = "UH";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn workload_name_precedence() {
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_string(), "reviews".to_string());
+        let w = Workload::derive(None, &labels, Some("reviews-v2-5f6d-abcde"), "ns1");
+        assert_eq!(
+            w,
+            Workload {
+                name: "reviews".into(),
+                namespace: "ns1".into()
+            }
+        );
+        labels.insert(
+            "app.kubernetes.io/name".to_string(),
+            "reviews-k8s".to_string(),
+        );
+        assert_eq!(
+            Workload::derive(None, &labels, None, "ns1").name,
+            "reviews-k8s"
+        );
+        labels.insert(
+            "service.istio.io/canonical-name".to_string(),
+            "reviews-canonical".to_string(),
+        );
+        assert_eq!(
+            Workload::derive(None, &labels, None, "ns1").name,
+            "reviews-canonical"
+        );
+        assert_eq!(
+            Workload::derive(Some("explicit"), &labels, None, "ns1").name,
+            "explicit"
+        );
+        assert_eq!(
+            Workload::derive(Some(""), &BTreeMap::new(), Some("pod-1"), "n").name,
+            "pod-1"
+        );
+        assert_eq!(
+            Workload::derive(None, &BTreeMap::new(), None, "n").name,
+            "unknown"
+        );
+    }
+}
