@@ -10,6 +10,7 @@ pub mod limits;
 pub mod mirror;
 pub mod outlier;
 pub mod ratelimit;
+pub mod request;
 pub mod retry;
 pub mod traffic;
 
