@@ -488,3 +488,39 @@ spec:
         "{m}"
     );
 }
+
+#[test]
+fn port_declared_http2_gets_an_h2c_upstream_for_an_http1_client() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "h2only"));
+    let se = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: testns}}
+spec:
+  hosts: [api.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: {}, name: http2-api, protocol: HTTP2}}
+  resolution: NONE
+"#,
+        backend.port()
+    );
+    let rules = RulesDir::new(&[("api.yaml", &se)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(backend);
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let host = format!("api:{}", backend.port());
+    let r = http_get(
+        p.ports.outbound_addr(),
+        "/v?x=1",
+        &[("Host", host.as_str())],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let v = r.json();
+    assert_eq!(v["version"], "HTTP/2.0", "{v}");
+    assert_eq!(v["path"], "/v?x=1");
+    assert_eq!(v["authority"], host.as_str(), "{v}");
+}

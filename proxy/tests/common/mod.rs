@@ -494,6 +494,17 @@ pub async fn spawn_http_echo(addr: SocketAddr, name: &'static str) -> SocketAddr
                             .map(|p| p.as_str().to_string())
                             .unwrap_or_default();
                         let version = format!("{:?}", req.version());
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get("host")
+                                    .and_then(|h| h.to_str().ok())
+                                    .map(str::to_string)
+                            })
+                            .unwrap_or_default();
                         let headers = req.headers().clone();
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
                         let len = body.map(|b| b.len()).unwrap_or(0);
@@ -501,7 +512,12 @@ pub async fn spawn_http_echo(addr: SocketAddr, name: &'static str) -> SocketAddr
                             .strip_prefix("/status/")
                             .and_then(|s| s.parse::<u16>().ok())
                             .unwrap_or(200);
-                        let text = echo_json(name, &method, &path, &version, peer, &headers, len);
+                        let mut v: serde_json::Value = serde_json::from_str(&echo_json(
+                            name, &method, &path, &version, peer, &headers, len,
+                        ))
+                        .unwrap_or_default();
+                        v["authority"] = serde_json::Value::String(authority);
+                        let text = v.to_string();
                         let resp = hyper::Response::builder()
                             .status(status)
                             .header("content-type", "application/json")
