@@ -524,3 +524,32 @@ spec:
     assert_eq!(v["path"], "/v?x=1");
     assert_eq!(v["authority"], host.as_str(), "{v}");
 }
+
+#[test]
+fn invalid_rules_at_start_keep_the_proxy_unready_until_a_valid_set_arrives() {
+    let bad_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: testns}\nspec:\n  hosts: [reviews]\n  http: 42\n";
+    let mut rules = RulesDir::new(&[("vs.yaml", bad_vs)]);
+    let mut p = ProxyProc::start(ProxyOpts::new(rules.path()));
+    p.wait_stderr("rejected");
+    // The health server comes up (bounded wait) and says why the proxy is not ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        if let Ok(r) = http_get(p.ports.health_addr(), "/healthz/ready", &[]) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "health server never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body_text().contains("no rule set loaded"),
+        "{}",
+        r.body_text()
+    );
+    rules.swap(&[("vs.yaml", &route_to("v1"))]);
+    p.wait_ready();
+    let dump = http_get(p.ports.admin_addr(), "/config_dump", &[])
+        .unwrap()
+        .json();
+    assert_eq!(dump["generation"], 1, "{dump}");
+}
