@@ -423,3 +423,43 @@ fn websocket_upgrade_echo_through_the_proxy() {
     assert_eq!(line["status"], 101);
     assert_eq!(line["authority"], "chat.testns:8080");
 }
+
+#[test]
+fn grpc_client_gets_unavailable_when_the_upstream_is_down() {
+    let rt = rt();
+    let closed = free_ports(1)[0];
+    let rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(SocketAddr::from(([127, 0, 0, 1], closed)));
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let proxy = p.ports.outbound_addr();
+    let status = rt.block_on(async move {
+        let mut g = grpc_client(proxy).await;
+        g.ready().await.unwrap();
+        g.unary(
+            Request::new(EchoMsg {
+                text: "x".into(),
+                seq: 0,
+            }),
+            http::uri::PathAndQuery::from_static("/remora.test.Echo/Unary"),
+            tonic_prost::ProstCodec::<EchoMsg, EchoMsg>::default(),
+        )
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("upstream error"), "{status:?}");
+    let line = p.wait_log(|l| l["path"] == "/remora.test.Echo/Unary");
+    assert_eq!(line["response_flags"], "UF");
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "istio_requests_total",
+            &["grpc_response_status=\"14\"", "response_flags=\"UF\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -165,6 +165,38 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The gRPC status Envoy uses for a local reply with HTTP status `code`.
+pub fn grpc_status_for_http(code: u16) -> u32 {
+    match code {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+fn grpc_error_response(code: u16, message: &str) -> Result<Box<ResponseHeader>> {
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("content-type", "application/grpc")?;
+    resp.insert_header("grpc-status", grpc_status_for_http(code).to_string())?;
+    // grpc-message is percent-encoded; keep it to safe ASCII.
+    let safe: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " -_.:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    resp.insert_header("grpc-message", safe.replace(' ', "%20"))?;
+    resp.insert_header("content-length", "0")?;
+    Ok(Box::new(resp))
+}
+
 /// A new `x-request-id` (UUID v4 form).
 pub fn new_request_id() -> String {
     let b: [u8; 16] = rand::random();
@@ -217,6 +249,14 @@ impl MeshHttp {
         extra: &[(&str, &str)],
         body: &str,
     ) -> Result<bool> {
+        if ctx.grpc && status >= 400 {
+            let mut resp = grpc_error_response(status, body.trim())?;
+            resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+            ctx.local_status = Some(200);
+            ctx.grpc_status = Some(grpc_status_for_http(status).to_string());
+            session.write_response_header(resp, true).await?;
+            return Ok(true);
+        }
         let mut resp = ResponseHeader::build(status, Some(extra.len() + 2))?;
         for (k, v) in extra {
             resp.insert_header(k.to_string(), *v)?;
@@ -548,7 +588,20 @@ impl ProxyHttp for MeshHttp {
             ctx.flags = flag;
         }
         ctx.error = Some(e.to_string());
-        if code > 0 {
+        if code > 0 && ctx.grpc && session.response_written().is_none() {
+            // gRPC clients need a gRPC status, as Envoy's local replies give them: a
+            // trailers-only response (HTTP 200) with the status mapped from the HTTP code.
+            let msg = format!("upstream error: {}", e.etype().as_str());
+            match grpc_error_response(code, &msg) {
+                Ok(resp) => {
+                    ctx.grpc_status = Some(grpc_status_for_http(code).to_string());
+                    if session.write_response_header(resp, true).await.is_err() {
+                        debug!("could not send the gRPC error response to the downstream");
+                    }
+                }
+                Err(_) => debug!("could not build the gRPC error response"),
+            }
+        } else if code > 0 {
             let body = Bytes::from(format!("upstream error: {}\n", e.etype().as_str()));
             if session.respond_error_with_body(code, body).await.is_err() {
                 debug!("could not send the error response to the downstream");
@@ -639,6 +692,32 @@ impl ProxyHttp for MeshHttp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_local_replies_map_http_status_like_envoy() {
+        let cases = [
+            (503, 14),
+            (502, 14),
+            (504, 14),
+            (429, 14),
+            (404, 12),
+            (403, 7),
+            (401, 16),
+            (400, 13),
+            (500, 2),
+        ];
+        for (http, grpc) in cases {
+            assert_eq!(grpc_status_for_http(http), grpc, "{http}");
+        }
+        let r = grpc_error_response(503, "no healthy upstream: a/b").unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.headers.get("content-type").unwrap(), "application/grpc");
+        assert_eq!(r.headers.get("grpc-status").unwrap(), "14");
+        assert_eq!(
+            r.headers.get("grpc-message").unwrap(),
+            "no%20healthy%20upstream:%20a_b"
+        );
+    }
 
     #[test]
     fn request_ids_are_uuid_v4_shaped_and_distinct() {
