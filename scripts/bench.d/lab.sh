@@ -26,6 +26,7 @@ echo "bench lab: building release binaries" >&2
 cargo build -q --release --locked -p remora-webhook -p remora-init -p remora-proxy -p remora-e2e --bins
 
 secs="${LAB_BENCH_SECONDS:-30}"
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
 out="$(mktemp)"
 others="$(mktemp)"
 trap 'rm -f "$out" "$others"' EXIT
@@ -45,6 +46,7 @@ mem="$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Machine: ${cpu:-unknown CPU}, $(nproc) CPUs, ${mem}, $(uname -sr)"
+  echo "- Load average when the lab run started: ${load} (other work on the machine shares the CPUs)"
   echo "- Versions: $(oha --version 2>/dev/null | head -1), $(nginx -v 2>&1 | head -1), $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), remora $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo
   echo "## Data plane: client pod → server pod"

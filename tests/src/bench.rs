@@ -462,7 +462,8 @@ fn render(args: &BenchArgs, rows: &[Row]) -> String {
                     .unwrap_or_else(|| "–".into()),
                 mib(r.rss_idle),
                 mib(r.rss_load),
-                format!("{:.0}", r.fixed.errors + r.sat.errors),
+                // `+ 0.0` turns an empty sum (-0.0) into 0.
+                format!("{:.0}", r.fixed.errors + r.sat.errors + 0.0),
             ]
         })
         .collect();

@@ -182,3 +182,108 @@ fn stale_lab_namespaces_are_cleaned_up() {
         "{list}"
     );
 }
+
+fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+/// A pod that cannot start makes `apply` fail with the reason; the lab still tears everything down.
+#[test]
+fn failing_init_container_is_reported_and_torn_down() {
+    let mut lab = Lab::start(LabOptions::default()).expect("lab starts");
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: broken}
+spec:
+  initContainers:
+  - {name: setup, command: ["sh", "-c", "echo cannot configure; exit 3"]}
+  containers:
+  - {name: app, command: ["lab-app", "http", "--service", "x"]}
+"#;
+    let err = format!("{:#}", lab.apply(yaml, "plain").unwrap_err());
+    assert!(
+        err.contains("init container setup of pod broken failed")
+            && err.contains("cannot configure"),
+        "{err}"
+    );
+    let node = format!("{}-node", lab.id);
+    let pod_ns = format!("{}-p0", lab.id);
+    assert!(netns_exists(&node), "the lab itself keeps running");
+    assert!(
+        !netns_exists(&pod_ns),
+        "the pod that failed is cleaned up at once"
+    );
+    let dir = lab.dir().to_path_buf();
+    drop(lab);
+    assert!(
+        !netns_exists(&node) && !netns_exists(&pod_ns),
+        "namespaces deleted"
+    );
+    assert!(!std::path::Path::new("/etc/netns").join(&pod_ns).exists());
+    assert!(!dir.exists(), "lab directory removed");
+}
+
+/// `remora-lab up` runs meshed Bookinfo until SIGINT, then tears it down and exits 0.
+#[test]
+fn lab_cli_tears_down_on_sigint() {
+    use std::io::BufRead;
+    let bin_dir = remora_e2e::admission::default_bin_dir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_remora-lab"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("up")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let node = format!("rl{pid}x0-node");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut ready = false;
+    while std::time::Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) => {
+                ready |= l.contains("runs until Ctrl-C");
+                seen.push(l);
+                if ready {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    if !ready {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "remora-lab up did not come up:\n{}\n{}",
+            seen.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("productpage-v1-") && l.contains("remora-proxy")),
+        "{seen:?}"
+    );
+    assert!(netns_exists(&node));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!netns_exists(&node), "node namespace deleted");
+    assert!(
+        !netns_exists(&format!("rl{pid}x0-p0")),
+        "pod namespace deleted"
+    );
+}
