@@ -141,6 +141,8 @@ pub struct CaptureApp {
     pub h1: Arc<HttpProxy<MeshHttp>>,
     /// h2c proxy (prior knowledge: the preface was seen).
     pub h2: Arc<HttpProxy<MeshHttp>>,
+    /// DNS for TCP routes to hosts without endpoints.
+    pub resolver: Arc<upstream::HostResolver>,
 }
 
 impl CaptureApp {
@@ -239,7 +241,7 @@ impl ServerApp for CaptureApp {
                 }
             }
             Detected::Tcp => {
-                proxy_tcp(self.dir, &self.shared, stream, dst, peer).await;
+                proxy_tcp(self.dir, &self.shared, &self.resolver, stream, dst, peer).await;
                 None
             }
         }
@@ -268,10 +270,50 @@ pub fn tcp_target(snap: &crate::rules::Snapshot, dst: SocketAddr) -> (SocketAddr
     (dst, None)
 }
 
+/// What the rules make of an outbound opaque TCP connection: `Ok((upstream, service host,
+/// route name))`, or `Err(reason)` when they forbid it.
+async fn tcp_decision(
+    shared: &Shared,
+    resolver: &upstream::HostResolver,
+    dst: SocketAddr,
+) -> Result<(SocketAddr, Option<String>, Option<String>), String> {
+    let (decision, picked) = {
+        let snap = shared.snapshot.load();
+        let mut rng = rand::thread_rng();
+        let d = crate::route::route_tcp(&snap, dst, None, &mut rng);
+        if let crate::route::Decision::Passthrough = d {
+            let (t, svc) = tcp_target(&snap, dst);
+            return Ok((t, svc, None));
+        }
+        let picked = match &d {
+            crate::route::Decision::Forward(f) => crate::upstream::lb::pick(&f.endpoints, &mut rng),
+            _ => None,
+        };
+        (d, picked)
+    };
+    match decision {
+        crate::route::Decision::Forward(f) => {
+            let port = if f.port == 0 { dst.port() } else { f.port };
+            let addr = match picked {
+                Some(a) => a,
+                None if f.resolve_by_dns => resolver.resolve(&f.host, port, dst).await?,
+                None => SocketAddr::new(dst.ip(), port),
+            };
+            Ok((addr, Some(f.host), f.route_name))
+        }
+        crate::route::Decision::Deny { reason, .. } => Err(reason),
+        crate::route::Decision::Passthrough => Ok((dst, None, None)),
+        crate::route::Decision::Redirect { .. } | crate::route::Decision::DirectResponse { .. } => {
+            Err("an HTTP-only rule matched an opaque TCP connection".to_string())
+        }
+    }
+}
+
 /// Copy bytes both ways between the downstream and the destination.
 async fn proxy_tcp(
     dir: Direction,
     shared: &Shared,
+    resolver: &upstream::HostResolver,
     mut down: Stream,
     dst: SocketAddr,
     peer: Option<SocketAddr>,
@@ -283,15 +325,43 @@ async fn proxy_tcp(
         Direction::Inbound => s.inbound_bind,
         Direction::Outbound => None,
     };
-    let (target, service) = match dir {
-        Direction::Outbound => tcp_target(&shared.snapshot.load(), dst),
-        Direction::Inbound => (dst, None),
+    let decided = match dir {
+        Direction::Outbound => tcp_decision(shared, resolver, dst).await,
+        Direction::Inbound => Ok((dst, None, None)),
     };
     let mut labels = tcp_labels(dir, s, dst);
-    if let Some(svc) = service {
-        labels.destination_service = svc;
-    }
     let metrics = Metrics::get();
+    let (target, route_name) = match decided {
+        Ok((target, service, route_name)) => {
+            if let Some(svc) = service {
+                labels.destination_service = svc;
+            }
+            (target, route_name)
+        }
+        Err(reason) => {
+            // Refused by the rules (e.g. REGISTRY_ONLY): close, count, log.
+            labels.response_flags = flags::NO_ROUTE.to_string();
+            warn!(listener = dir.as_str(), %dst, "tcp connection refused by the rules: {reason}");
+            metrics.tcp_open(&labels);
+            metrics.tcp_close(&labels, 0, 0);
+            s.access_log.write(&TcpLogEntry {
+                start_time: started_at,
+                kind: "tcp",
+                direction: dir.as_str(),
+                protocol: "tcp",
+                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+                upstream: None,
+                original_dst: Some(dst.to_string()),
+                downstream: peer.map(|p| p.to_string()),
+                route_name: None,
+                response_flags: labels.response_flags.clone(),
+                bytes_received: 0,
+                bytes_sent: 0,
+                reason: Some(reason),
+            });
+            return;
+        }
+    };
     metrics.tcp_open(&labels);
     let (upstream, received, sent, reason) =
         match upstream::connect_tcp(target, bind, s.inbound_bind_fallback, s.connect_timeout).await
@@ -323,6 +393,7 @@ async fn proxy_tcp(
         upstream: Some(target.to_string()),
         original_dst: Some(dst.to_string()),
         downstream: peer.map(|p| p.to_string()),
+        route_name,
         response_flags: labels.response_flags.clone(),
         bytes_received: received,
         bytes_sent: sent,

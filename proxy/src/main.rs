@@ -275,6 +275,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             shared: shared.clone(),
             h1: Arc::new(h1),
             h2: Arc::new(h2),
+            resolver: resolver.clone(),
         };
         let mut svc = Service::new(format!("{} capture", dir.as_str()), app);
         for addr in shared.listener_addrs(dir) {

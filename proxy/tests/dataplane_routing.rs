@@ -553,3 +553,68 @@ fn invalid_rules_at_start_keep_the_proxy_unready_until_a_valid_set_arrives() {
         .json();
     assert_eq!(dump["generation"], 1, "{dump}");
 }
+
+#[test]
+fn tcp_route_of_a_virtual_service_sends_the_connection_to_another_service() {
+    let rt = rt();
+    let a = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "cache-a"));
+    let b = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "cache-b"));
+    // Port 7000 is declared TCP, so the HTTP bytes below are opaque to the proxy and the echo
+    // server's name tells which service the connection reached.
+    let rules_text = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cache-a, namespace: testns}}
+spec:
+  hosts: [cache-a.testns.svc.cluster.local]
+  addresses: [127.0.0.50/32]
+  location: MESH_INTERNAL
+  ports: [{{number: 7000, name: tcp-cache, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-cache: {a}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cache-b, namespace: testns}}
+spec:
+  hosts: [cache-b.testns.svc.cluster.local]
+  addresses: [127.0.0.51/32]
+  location: MESH_INTERNAL
+  ports: [{{number: 7000, name: tcp-cache, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-cache: {b}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cache-shift, namespace: testns}}
+spec:
+  hosts: [cache-a.testns.svc.cluster.local]
+  tcp:
+  - match: [{{port: 7000}}]
+    route:
+    - destination: {{host: cache-b.testns.svc.cluster.local, port: {{number: 7000}}}}
+"#,
+        a = a.port(),
+        b = b.port()
+    );
+    let rules = RulesDir::new(&[("cache.yaml", &rules_text)]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some("127.0.0.50:7000".parse().unwrap());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let r = http_get(p.ports.outbound_addr(), "/tcp", &[]).unwrap();
+    assert_eq!(r.json()["server"], "cache-b", "{}", r.body_text());
+    let line = p.wait_log(|l| l["kind"] == "tcp");
+    assert_eq!(line["upstream"], b.to_string());
+    assert_eq!(line["original_dst"], "127.0.0.50:7000");
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "istio_tcp_connections_closed_total",
+            &["destination_service=\"cache-b.testns.svc.cluster.local\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -92,21 +92,6 @@ pub struct MeshHttp {
     pub resolver: Arc<HostResolver>,
 }
 
-/// Is `host` (a route destination FQDN) the service the request was addressed to? Then the
-/// original destination (a ClusterIP or pod IP) reaches it.
-fn same_service(snap: &crate::rules::Snapshot, authority: &str, host: &str) -> bool {
-    if authority.is_empty() {
-        return true;
-    }
-    let (name, _) = crate::rules::host::split_authority(authority);
-    if name.eq_ignore_ascii_case(host) {
-        return true;
-    }
-    crate::rules::host::candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain)
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(host))
-}
-
 /// Resolves route destination hosts that have no known endpoints and are not the service the
 /// request was addressed to (e.g. a VirtualService sending `reviews` traffic to `ratings`), the way
 /// a pod without a mesh would: DNS, cached for a few seconds.
@@ -383,12 +368,13 @@ impl ProxyHttp for MeshHttp {
                 let upstream = match picked {
                     Some(a) => Ok(a),
                     None => {
-                        let same = same_service(&snap, &ctx.authority, &f.host);
+                        // The rules say whether the route still points at what the client
+                        // addressed (then the original destination reaches it) or elsewhere.
                         drop(snap);
-                        if same {
-                            Ok(SocketAddr::new(dst.ip(), port))
-                        } else {
+                        if f.resolve_by_dns {
                             self.resolver.resolve(&f.host, port, dst).await
+                        } else {
+                            Ok(SocketAddr::new(dst.ip(), port))
                         }
                     }
                 };
