@@ -180,12 +180,56 @@ impl Destination {
     }
 }
 
-/// Rate limiters of one rules-directory generation.
+/// Rate limiters and CORS policies of one rules-directory generation (both read from the
+/// files themselves: the `RateLimit` kind is ours, and the rules model does not keep
+/// `corsPolicy`).
 #[derive(Default)]
 struct RateLimits {
     hash: String,
     limiters: Vec<Arc<ratelimit::Limiter>>,
     error: Option<String>,
+    /// (VirtualService `namespace/name`, route field path `spec.http[i]`) → its corsPolicy.
+    cors: HashMap<(String, String), Arc<cors::Cors>>,
+}
+
+/// The `corsPolicy` of every VirtualService http route in one file.
+fn cors_of_file(
+    file: &str,
+    text: &str,
+    default_ns: &str,
+) -> Vec<((String, String), Result<cors::Cors, String>)> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let Ok(v) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
+            continue;
+        };
+        if v.get("kind").and_then(serde_json::Value::as_str) != Some("VirtualService") {
+            continue;
+        }
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(default_ns);
+        let routes = v
+            .get("spec")
+            .and_then(|s| s.get("http"))
+            .and_then(serde_json::Value::as_array);
+        for (j, r) in routes.into_iter().flatten().enumerate() {
+            if let Some(c) = r.get("corsPolicy") {
+                let field = format!("{file} doc {} spec.http[{j}].corsPolicy", i + 1);
+                out.push((
+                    (format!("{ns}/{name}"), format!("spec.http[{j}]")),
+                    cors::parse(c, &field),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// `x-ratelimit-*` headers.
@@ -266,11 +310,20 @@ impl Policies {
         }
         let mut rules = Vec::new();
         let mut error = None;
+        let mut cors_map = HashMap::new();
         match crate::rules::load::read_inputs(dir) {
             Err(e) => error = Some(format!("{}: {}", e.file, e.reason)),
             Ok(inputs) => {
                 for (file, bytes) in &inputs.files {
                     let text = String::from_utf8_lossy(bytes);
+                    for (key, c) in cors_of_file(file, &text, &snap.ctx.namespace) {
+                        match c {
+                            Ok(c) => {
+                                cors_map.insert(key, Arc::new(c));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "corsPolicy not applied"),
+                        }
+                    }
                     match ratelimit::parse_file(
                         file,
                         &text,
@@ -311,7 +364,27 @@ impl Policies {
             );
         }
         rl.error = None;
+        rl.cors = cors_map;
         rl.hash = snap.hash.clone();
+    }
+
+    /// The `corsPolicy` of a VirtualService route (`vs`: `namespace/name`; `route_path`:
+    /// `spec.http[i]`), if it has one.
+    pub fn cors(&self, snap: &Snapshot, vs: &str, route_path: &str) -> Option<Arc<cors::Cors>> {
+        self.refresh_rate_limits(snap);
+        let rl = self.rate_limits.lock().ok()?;
+        rl.cors
+            .get(&(vs.to_string(), route_path.to_string()))
+            .cloned()
+    }
+
+    /// Does any route have a `corsPolicy`? (Cheap check before looking the route up.)
+    pub fn has_cors(&self, snap: &Snapshot) -> bool {
+        self.refresh_rate_limits(snap);
+        self.rate_limits
+            .lock()
+            .map(|rl| !rl.cors.is_empty())
+            .unwrap_or(false)
     }
 
     /// Take a token for a request to `host` by `route`. `Err` carries the 429's headers.
@@ -440,5 +513,19 @@ mod tests {
         assert_eq!(limited[0], ("x-ratelimit-limit", "2".to_string()));
         assert_eq!(limited[1], ("x-ratelimit-remaining", "0".to_string()));
         assert_eq!(p.dump()["rate_limits"][0]["key"], "default/rl");
+    }
+
+    #[test]
+    fn cors_policies_are_read_per_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: prod}\nspec:\n  hosts: [v]\n  http:\n  - route: [{destination: {host: v}}]\n  - corsPolicy: {allowOrigins: [{exact: \"https://a\"}], allowMethods: [GET]}\n    route: [{destination: {host: v}}]\n";
+        std::fs::write(dir.path().join("v.yaml"), y).unwrap();
+        let s = snap("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n");
+        let p = Policies::new(Some(dir.path().to_path_buf()));
+        assert!(p.has_cors(&s));
+        assert!(p.cors(&s, "prod/v", "spec.http[0]").is_none());
+        let c = p.cors(&s, "prod/v", "spec.http[1]").unwrap();
+        assert!(c.allows("https://a"));
+        assert_eq!(c.allow_methods, vec!["GET".to_string()]);
     }
 }
