@@ -108,7 +108,8 @@ struct Namespace {
 pub struct Lab {
     pods: Vec<Pod>,
     webhook: Option<Webhook>,
-    node: Option<Netns>,
+    /// Deleted when the lab is dropped, after the pods (fields drop after `Drop::drop`).
+    node: Netns,
     namespaces: BTreeMap<String, Namespace>,
     services: Vec<Service>,
     pub rt: tokio::runtime::Runtime,
@@ -184,10 +185,11 @@ impl Lab {
             .prefix(&format!("remora-lab-{id}-"))
             .tempdir()?;
         kubelet::set_mode(dir.path(), 0o755)?;
-        let mut lab = Lab {
+        let node = Netns::create(&format!("{id}-node"))?;
+        let lab = Lab {
             pods: Vec::new(),
             webhook: None,
-            node: None,
+            node,
             namespaces: BTreeMap::new(),
             services: Vec::new(),
             rt,
@@ -197,11 +199,10 @@ impl Lab {
             next_pod: 0,
             selectors: webhook_selectors(),
         };
-        let node = Netns::create(&format!("{}-node", lab.id))?;
-        node.ip(&["link", "add", "br0", "type", "bridge"])?;
-        node.ip(&["addr", "add", "10.244.0.1/24", "dev", "br0"])?;
-        node.ip(&["link", "set", "br0", "up"])?;
-        lab.node = Some(node);
+        lab.node.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lab.node
+            .ip(&["addr", "add", "10.244.0.1/24", "dev", "br0"])?;
+        lab.node.ip(&["link", "set", "br0", "up"])?;
         lab.say(format!(
             "node {}-node: bridge br0 10.244.0.1/24, no route out; logs in {}",
             lab.id,
@@ -218,8 +219,7 @@ impl Lab {
     }
 
     pub fn node(&self) -> &Netns {
-        // The node exists from start() until drop.
-        self.node.as_ref().expect("node exists while the lab runs")
+        &self.node
     }
 
     fn say(&self, msg: String) {
@@ -885,7 +885,6 @@ impl Lab {
         }
         self.pods.clear();
         self.webhook = None;
-        self.node = None;
         if let Some(d) = self.dir.take() {
             if self.opts.keep_logs {
                 eprintln!("lab: logs kept in {}", d.keep().display());
