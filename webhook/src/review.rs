@@ -168,14 +168,23 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
                     log.reason.push_str("; nothing to change");
                     (resp, None)
                 } else {
-                    match serde_json::to_vec(&p) {
-                        Ok(bytes) => match resp.with_patch(p) {
-                            Ok(r) => (r, Some(bytes)),
-                            Err(e) => {
-                                return error(500, format!("serializing the patch: {e}"), log)
-                            }
-                        },
-                        Err(e) => return error(500, format!("serializing the patch: {e}"), log),
+                    // `with_patch` sets patchType; the bytes it stores would serialize as a
+                    // number array (one JSON value per byte), so they are dropped here and the
+                    // documented base64 string is put in the serialized review below.
+                    match (
+                        serde_json::to_vec(&p),
+                        resp.with_patch(json_patch::Patch(Vec::new())),
+                    ) {
+                        (Ok(bytes), Ok(mut r)) => {
+                            r.patch = None;
+                            (r, Some(bytes))
+                        }
+                        (Err(e), _) => {
+                            return error(500, format!("serializing the patch: {e}"), log)
+                        }
+                        (_, Err(e)) => {
+                            return error(500, format!("serializing the patch: {e}"), log)
+                        }
                     }
                 }
             }
@@ -183,21 +192,31 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
             Outcome::Denied(msg) => (resp.deny(msg), None),
         }
     };
-    let mut out = match serde_json::to_value(resp.into_review()) {
-        Ok(v) => v,
+    // Serialized in one pass; the base64 patch goes in as the first member of "response"
+    // (TypeMeta comes first and was checked to be exactly admission.k8s.io/v1 AdmissionReview,
+    // so the first `"response":{` is the response object's opening).
+    let mut body = match serde_json::to_vec(&resp.into_review()) {
+        Ok(b) => b,
         Err(e) => return error(500, format!("serializing the response: {e}"), log),
     };
     if let Some(bytes) = patch_bytes {
-        out["response"]["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+        const KEY: &[u8] = b"\"response\":{";
+        let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) else {
+            return error(
+                500,
+                "serialized response has no response object".into(),
+                log,
+            );
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let member = format!("\"patch\":\"{b64}\",");
+        body.splice(at + KEY.len()..at + KEY.len(), member.into_bytes());
     }
-    match serde_json::to_vec(&out) {
-        Ok(body) => Reply {
-            status: 200,
-            content_type: "application/json",
-            body,
-            log,
-        },
-        Err(e) => error(500, format!("serializing the response: {e}"), log),
+    Reply {
+        status: 200,
+        content_type: "application/json",
+        body,
+        log,
     }
 }
 
