@@ -140,6 +140,26 @@ fn bookinfo_routing_rules_and_metrics() {
         BTreeMap::from([("v1".into(), 20)])
     );
 
+    // sourceLabels read from the pod's downward-API labels file (REMORA_POD_LABELS_FILE mapped
+    // into the lab): productpage's own labels select v3; a rule for another source does not match.
+    let by_source = |app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{sourceLabels: {{app: {app}, version: v1}}}}]\n    route: [{{destination: {{host: reviews, subset: v3}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"
+        )
+    };
+    lab.set_rules("bookinfo", &rules(&[&dr, &by_source("productpage")]))
+        .unwrap();
+    assert_eq!(
+        review_versions(&lab, 10, &[]),
+        BTreeMap::from([("v3".into(), 10)])
+    );
+    lab.set_rules("bookinfo", &rules(&[&dr, &by_source("someone-else")]))
+        .unwrap();
+    assert_eq!(
+        review_versions(&lab, 10, &[]),
+        BTreeMap::from([("v1".into(), 10)])
+    );
+
     // Scenario 2: weighted splits, measured.
     let n = 400;
     lab.set_rules(
