@@ -205,7 +205,7 @@ fn parse_interfaces(key: &str, v: &str) -> Result<Vec<String>, String> {
         let ok = item.len() <= 15
             && item
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c));
         if !ok {
             return Err(format!(
                 "annotation {key}: invalid value {v:?}: {item:?} is not a network interface name"

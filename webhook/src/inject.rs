@@ -557,6 +557,24 @@ mod tests {
     }
 
     #[test]
+    fn init_parser_is_the_last_word_on_capture_args() {
+        // ".." passes the annotation's character check; remora-init's own parser rejects it.
+        let mut p = hello();
+        p["metadata"]["annotations"] = json!({"traffic.sidecar.istio.io/excludeInterfaces": ".."});
+        let o = inject_pod(&p, "default", &Config::default());
+        assert!(
+            matches!(o, Outcome::Denied(ref m) if m.contains("remora-init arguments it rejects") && m.contains("-c")),
+            "{o:?}"
+        );
+        p["metadata"]["annotations"] =
+            json!({"traffic.sidecar.istio.io/excludeInterfaces": "veth+"});
+        assert!(matches!(
+            inject_pod(&p, "default", &Config::default()),
+            Outcome::Injected { .. }
+        ));
+    }
+
+    #[test]
     fn skip_returns_reason() {
         let mut p = hello();
         p["spec"]["hostNetwork"] = json!(true);
