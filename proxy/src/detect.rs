@@ -88,9 +88,14 @@ pub enum SniffEnd {
 /// Peek the first bytes of `stream` for up to `wait` and classify them. The bytes read are put
 /// back into the stream, so whoever handles it next sees the connection from its first byte.
 /// Streams that are not plain TCP streams are returned untouched as `Tcp`/`Unsupported`.
-pub async fn sniff(stream: Stream, wait: Duration) -> Result<(Stream, Detected, SniffEnd), String> {
+pub async fn sniff(stream: Stream, wait: Duration) -> Result<Sniffed, String> {
     if !stream.as_any().is::<L4Stream>() {
-        return Ok((stream, Detected::Tcp, SniffEnd::Unsupported));
+        return Ok(Sniffed {
+            stream,
+            detected: Detected::Tcp,
+            end: SniffEnd::Unsupported,
+            sni: None,
+        });
     }
     let mut l4: Box<L4Stream> = stream
         .into_any()
@@ -114,10 +119,100 @@ pub async fn sniff(stream: Stream, wait: Duration) -> Result<(Stream, Detected, 
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     };
+    // A TLS handshake record: read the whole first record (bounded) to find the SNI.
+    let mut sni = None;
+    if detected == Detected::Tcp && end == SniffEnd::Bytes && buf.first() == Some(&0x16) {
+        let mut big = [0u8; 2048];
+        loop {
+            if buf.len() >= 5 {
+                let need = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+                if buf.len() >= need.min(MAX_CLIENT_HELLO) {
+                    break;
+                }
+            }
+            match tokio::time::timeout_at(deadline, l4.read(&mut big)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&big[..n]),
+                _ => break,
+            }
+        }
+        sni = tls_sni(&buf);
+    }
     if !buf.is_empty() {
         l4.rewind(&buf);
     }
-    Ok((l4 as Stream, detected, end))
+    Ok(Sniffed {
+        stream: l4 as Stream,
+        detected,
+        end,
+        sni,
+    })
+}
+
+/// The most of a TLS ClientHello record the sniffer reads.
+const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+
+/// The outcome of [`sniff`]: the stream (with the bytes put back), what it carries, why sniffing
+/// ended, and the TLS server name when the client started a TLS handshake.
+pub struct Sniffed {
+    pub stream: Stream,
+    pub detected: Detected,
+    pub end: SniffEnd,
+    pub sni: Option<String>,
+}
+
+/// The server name (SNI) of a TLS ClientHello at the start of `b` (pure; `None` when `b` is not
+/// a complete-enough ClientHello or has no host name).
+pub fn tls_sni(b: &[u8]) -> Option<String> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    fn u16_at(b: &mut &[u8]) -> Option<usize> {
+        take(b, 2).map(|x| usize::from(u16::from_be_bytes([x[0], x[1]])))
+    }
+    let mut r = b;
+    let hdr = take(&mut r, 5)?;
+    if hdr[0] != 0x16 {
+        return None;
+    }
+    let hs = take(&mut r, 4)?;
+    if hs[0] != 0x01 {
+        return None; // not a ClientHello
+    }
+    take(&mut r, 2 + 32)?; // client_version, random
+    let sid = usize::from(*take(&mut r, 1)?.first()?);
+    take(&mut r, sid)?;
+    let cs = u16_at(&mut r)?;
+    take(&mut r, cs)?;
+    let comp = usize::from(*take(&mut r, 1)?.first()?);
+    take(&mut r, comp)?;
+    let ext_len = u16_at(&mut r)?;
+    let avail = ext_len.min(r.len());
+    let mut exts = take(&mut r, avail)?;
+    while exts.len() >= 4 {
+        let ty = u16_at(&mut exts)?;
+        let len = u16_at(&mut exts)?;
+        let mut data = take(&mut exts, len)?;
+        if ty != 0 {
+            continue;
+        }
+        let list = u16_at(&mut data)?;
+        let mut list = take(&mut data, list)?;
+        while list.len() >= 3 {
+            let name_type = *take(&mut list, 1)?.first()?;
+            let n = u16_at(&mut list)?;
+            let name = take(&mut list, n)?;
+            if name_type == 0 {
+                let s = std::str::from_utf8(name).ok()?;
+                return Some(s.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -155,6 +250,37 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// A ClientHello as rustls writes it, with SNI `Api.Example.COM`.
+    fn client_hello() -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("Api.Example.COM").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn sni_from_a_real_client_hello() {
+        let hello = client_hello();
+        assert_eq!(classify(&hello), Verdict::Is(Detected::Tcp));
+        assert_eq!(tls_sni(&hello).as_deref(), Some("api.example.com"));
+        // Truncated or non-TLS input: no name, no panic.
+        for n in [0, 1, 5, 9, 40, hello.len() / 2] {
+            assert_eq!(tls_sni(&hello[..n]), None, "{n}");
+        }
+        assert_eq!(tls_sni(b"GET / HTTP/1.1\r\n\r\n"), None);
+        let mut bad = hello.clone();
+        bad[5] = 0x02; // ServerHello
+        assert_eq!(tls_sni(&bad), None);
     }
 
     #[test]

@@ -192,38 +192,40 @@ impl ServerApp for CaptureApp {
             return None;
         }
         let declared = self.shared.snapshot.load().port_protocol(dst, None);
-        let (stream, detected, how) = match declared {
-            Some(Protocol::Tcp) | Some(Protocol::Tls) => (stream, Detected::Tcp, "rules"),
-            Some(_) => match detect::sniff(stream, s.http_first_byte_timeout).await {
-                Ok((st, Detected::Tcp, SniffEnd::Timeout)) => (st, Detected::Http1, "rules"),
-                Ok((st, d, _)) => {
-                    if d == Detected::Tcp {
+        let (wait, is_http_port) = match declared {
+            Some(Protocol::Tcp) => (None, false),
+            // TLS: look for the SNI (bounded), never for HTTP.
+            Some(Protocol::Tls) => (Some(s.sniff_timeout), false),
+            Some(_) => (Some(s.http_first_byte_timeout), true),
+            None => (Some(s.sniff_timeout), false),
+        };
+        let (stream, detected, how, sni) = match wait {
+            None => (stream, Detected::Tcp, "rules", None),
+            Some(wait) => match detect::sniff(stream, wait).await {
+                Ok(x) => {
+                    let how = match (declared, x.end) {
+                        (Some(_), _) => "rules+sniff",
+                        (None, SniffEnd::Timeout) => "sniff-timeout",
+                        (None, SniffEnd::Closed) => "sniff-closed",
+                        (None, _) => "sniff",
+                    };
+                    let detected = match (declared, x.detected, x.end) {
+                        (Some(Protocol::Tls), _, _) => Detected::Tcp,
+                        (_, Detected::Tcp, SniffEnd::Timeout) if is_http_port => Detected::Http1,
+                        (_, d, _) => d,
+                    };
+                    if is_http_port && detected == Detected::Tcp {
                         warn!(%dst, "port declared HTTP but the client sent non-HTTP bytes; proxying as TCP");
                     }
-                    (st, d, "rules+sniff")
+                    (x.stream, detected, how, x.sni)
                 }
-                Err(e) => {
-                    warn!(%dst, "dropping connection: {e}");
-                    return None;
-                }
-            },
-            None => match detect::sniff(stream, s.sniff_timeout).await {
-                Ok((st, d, end)) => (
-                    st,
-                    d,
-                    match end {
-                        SniffEnd::Timeout => "sniff-timeout",
-                        SniffEnd::Closed => "sniff-closed",
-                        _ => "sniff",
-                    },
-                ),
                 Err(e) => {
                     warn!(%dst, "dropping connection: {e}");
                     return None;
                 }
             },
         };
-        debug!(listener = self.dir.as_str(), %dst, ?peer, ?detected, how, "connection classified");
+        debug!(listener = self.dir.as_str(), %dst, ?peer, ?detected, how, ?sni, "connection classified");
         match detected {
             Detected::Http1 | Detected::H2c => {
                 let app = if detected == Detected::H2c {
@@ -241,7 +243,7 @@ impl ServerApp for CaptureApp {
                 }
             }
             Detected::Tcp => {
-                proxy_tcp(self.dir, &self.shared, &self.resolver, stream, dst, peer).await;
+                proxy_tcp(self.dir, &self.shared, &self.resolver, stream, dst, peer, sni).await;
                 None
             }
         }
@@ -276,11 +278,12 @@ async fn tcp_decision(
     shared: &Shared,
     resolver: &upstream::HostResolver,
     dst: SocketAddr,
+    sni: Option<&str>,
 ) -> Result<(SocketAddr, Option<String>, Option<String>), String> {
     let (decision, picked) = {
         let snap = shared.snapshot.load();
         let mut rng = rand::thread_rng();
-        let d = crate::route::route_tcp(&snap, dst, None, &mut rng);
+        let d = crate::route::route_tcp(&snap, dst, sni, &mut rng);
         if let crate::route::Decision::Passthrough = d {
             let (t, svc) = tcp_target(&snap, dst);
             return Ok((t, svc, None));
@@ -317,6 +320,7 @@ async fn proxy_tcp(
     mut down: Stream,
     dst: SocketAddr,
     peer: Option<SocketAddr>,
+    sni: Option<String>,
 ) {
     let s = &shared.settings;
     let start = Instant::now();
@@ -326,7 +330,7 @@ async fn proxy_tcp(
         Direction::Outbound => None,
     };
     let decided = match dir {
-        Direction::Outbound => tcp_decision(shared, resolver, dst).await,
+        Direction::Outbound => tcp_decision(shared, resolver, dst, sni.as_deref()).await,
         Direction::Inbound => Ok((dst, None, None)),
     };
     let mut labels = tcp_labels(dir, s, dst);

@@ -618,3 +618,155 @@ spec:
         "{m}"
     );
 }
+
+/// Accepts any certificate (the test only checks where the TLS connection arrives).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS server that answers every line with `NAME: LINE`.
+async fn spawn_tls_named(name: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let (r, mut w) = tokio::io::split(tls);
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if w.write_all(format!("{name}: {l}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = w.flush().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tls_is_routed_by_sni_to_the_virtual_service_destination() {
+    let rt = rt();
+    let a = rt.block_on(spawn_tls_named("tls-a"));
+    let b = rt.block_on(spawn_tls_named("tls-b"));
+    let text = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: testns}}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {a}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure-b, namespace: testns}}
+spec:
+  hosts: [secure-b.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {b}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: testns}}
+spec:
+  hosts: [secure.example.com]
+  tls:
+  - match: [{{port: 443, sniHosts: [secure.example.com]}}]
+    route:
+    - destination: {{host: secure-b.testns.svc.cluster.local, port: {{number: 443}}}}
+"#,
+        a = a.port(),
+        b = b.port()
+    );
+    let rules = RulesDir::new(&[("secure.yaml", &text)]);
+    let mut o = ProxyOpts::new(rules.path());
+    // The app dialed some address of secure.example.com on 443; nothing listens there.
+    o.fixed_outbound = Some("127.0.0.60:443".parse().unwrap());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let proxy = p.ports.outbound_addr();
+    let answer = rt.block_on(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("secure.example.com").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake through the proxy");
+        tls.write_all(b"hello\n").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(tls)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        line
+    });
+    assert_eq!(answer, "tls-b: hello\n");
+    let line = p.wait_log(|l| l["kind"] == "tcp");
+    assert_eq!(line["upstream"], b.to_string());
+}
