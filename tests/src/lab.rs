@@ -166,6 +166,25 @@ pub fn webhook_selectors() -> (LabelSelector, LabelSelector) {
     builtin()
 }
 
+/// The injector configuration the cluster install ships (`data["config.yaml"]` of the ConfigMap
+/// in `manifests/injector-config.yaml`), written into `dir` for `remora-webhook serve --config`.
+/// `None` when the manifest is not there (the webhook then uses its built-in defaults).
+pub fn injector_config(dir: &Path) -> Result<Option<PathBuf>> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/injector-config.yaml");
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return Ok(None);
+    };
+    let v: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let config = v
+        .pointer("/data/config.yaml")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("{} has no data.\"config.yaml\"", manifest.display()))?;
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config)?;
+    Ok(Some(path))
+}
+
 impl Lab {
     /// Creates the node. Pods come with [`Lab::apply`].
     pub fn start(opts: LabOptions) -> Result<Lab> {
@@ -490,10 +509,15 @@ impl Lab {
         if reviewed {
             if self.webhook.is_none() {
                 let dir = self.dir().join("webhook");
+                std::fs::create_dir_all(&dir)?;
+                let config = match &self.opts.webhook_config {
+                    Some(c) => Some(c.clone()),
+                    None => injector_config(&dir)?,
+                };
                 let hook = self.rt.block_on(Webhook::start(
                     &self.opts.bin_dir,
                     &dir,
-                    self.opts.webhook_config.as_deref(),
+                    config.as_deref(),
                 ))?;
                 self.say(format!("webhook serving on https://{}", hook.addr));
                 self.webhook = Some(hook);
