@@ -7,7 +7,6 @@ use serde_json::Value;
 
 use super::decode::{self, DocCtx};
 use super::model::*;
-use super::sha256::Sha256;
 use super::{LoadContext, LoadError};
 
 /// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
@@ -52,7 +51,6 @@ pub fn read_inputs(dir: &Path) -> Result<Inputs, LoadError> {
     names.sort();
     let mut files = Vec::new();
     let mut skipped = Vec::new();
-    let mut hasher = Sha256::default();
     for name in names {
         let path = dir.join(&name);
         let meta = match std::fs::metadata(&path) {
@@ -85,17 +83,14 @@ pub fn read_inputs(dir: &Path) -> Result<Inputs, LoadError> {
             field: String::new(),
             reason: format!("cannot read: {e}"),
         })?;
-        hasher.update(name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(&(bytes.len() as u64).to_be_bytes());
-        hasher.update(&bytes);
         files.push((name, bytes));
     }
+    let hash = super::digest::content_hash(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
     Ok(Inputs {
         dir: dir.to_path_buf(),
         files,
         skipped,
-        hash: hasher.hex(),
+        hash,
     })
 }
 

@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod decode;
+pub mod digest;
 pub mod endpoints;
 pub mod host;
 pub mod load;
 pub mod model;
 pub mod schema;
-pub mod sha256;
 pub mod watch;
 
 pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
@@ -666,18 +666,12 @@ pub fn snapshot_from_yaml(
         .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
         .collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut hasher = sha256::Sha256::default();
-    for (name, bytes) in &sorted {
-        hasher.update(name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(&(bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
-    }
+    let hash = digest::content_hash(sorted.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
     let inputs = load::Inputs {
         dir: std::path::PathBuf::from("memory"),
         files: sorted,
         skipped: Vec::new(),
-        hash: hasher.hex(),
+        hash,
     };
     load_inputs(&inputs, ctx, generation, &endpoints::system_resolver)
 }
