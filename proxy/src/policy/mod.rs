@@ -12,6 +12,7 @@ pub mod outlier;
 pub mod ratelimit;
 pub mod request;
 pub mod retry;
+pub mod tls;
 pub mod traffic;
 
 use std::collections::HashMap;
@@ -45,6 +46,9 @@ pub struct Destination {
     pub balancer: lb::Balancer,
     pub outlier: Option<Mutex<outlier::Detector>>,
     pub pool: limits::Pool,
+    /// TLS origination (`tls.mode: SIMPLE`), or why it cannot be done (then requests to the
+    /// destination fail with 503 rather than go out in plain text).
+    pub tls: Result<Option<tls::Origination>, String>,
 }
 
 struct Metrics {
@@ -102,6 +106,9 @@ impl Destination {
                 .clone()
                 .map(|c| Mutex::new(outlier::Detector::new(c, Instant::now()))),
             pool: limits::Pool::new(policy.connection_pool.clone()),
+            tls: tls::origination(&policy.tls).inspect_err(|e| {
+                tracing::warn!(destination = %host, error = %e, "TLS origination not possible");
+            }),
             policy_error: None,
             policy,
         }
@@ -173,6 +180,7 @@ impl Destination {
             "policy": self.policy,
             "policy_error": self.policy_error,
             "connection_pool": self.pool.stats(),
+            "tls_error": self.tls.as_ref().err(),
             "outlier_detection": self.outlier.as_ref().and_then(|m| m.lock().ok()).map(|d| {
                 serde_json::json!({"config": d.config, "endpoints": d.states(now)})
             }),
