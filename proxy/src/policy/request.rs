@@ -48,6 +48,8 @@ impl RequestPolicy {
         timeout: Option<Duration>,
         now: Instant,
     ) -> Self {
+        // Istio: `timeout: 0s` disables the route timeout.
+        let timeout = timeout.filter(|t| !t.is_zero());
         RequestPolicy {
             dest,
             endpoints,
@@ -244,6 +246,28 @@ mod tests {
             p.on_failure(Outcome::PerTryTimeout, true, t2),
             Verdict::Final("route timeout expired")
         );
+    }
+
+    #[test]
+    fn zero_timeouts_mean_none() {
+        let rule = RetryPolicy {
+            attempts: 1,
+            per_try_timeout: Some(Duration::ZERO),
+            retry_on: vec!["5xx".into()],
+            retry_remote_localities: None,
+        };
+        let t0 = Instant::now();
+        let p = RequestPolicy::new(
+            None,
+            vec![],
+            retry::effective(Some(&rule)),
+            "GET",
+            Some(Duration::ZERO),
+            t0,
+        );
+        assert_eq!(p.deadline, None);
+        assert!(!p.expired(t0 + Duration::from_secs(3600)));
+        assert_eq!(p.try_timeout(t0), None);
     }
 
     #[test]

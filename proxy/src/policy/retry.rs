@@ -127,7 +127,8 @@ pub fn effective(rule: Option<&RetryPolicy>) -> Retry {
             };
             Retry {
                 attempts: r.attempts,
-                per_try_timeout: r.per_try_timeout,
+                // `perTryTimeout: 0s` means no per-try timeout.
+                per_try_timeout: r.per_try_timeout.filter(|t| !t.is_zero()),
                 on,
                 explicit: true,
             }
