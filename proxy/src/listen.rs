@@ -243,7 +243,16 @@ impl ServerApp for CaptureApp {
                 }
             }
             Detected::Tcp => {
-                proxy_tcp(self.dir, &self.shared, &self.resolver, stream, dst, peer, sni).await;
+                proxy_tcp(
+                    self.dir,
+                    &self.shared,
+                    &self.resolver,
+                    stream,
+                    dst,
+                    peer,
+                    sni,
+                )
+                .await;
                 None
             }
         }
