@@ -110,6 +110,7 @@ impl AdminState {
             "sniff_timeout_ms": s.sniff_timeout.as_millis() as u64,
             "app_probes": self.probers.probes.keys().collect::<Vec<_>>(),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "policies": self.shared.policies.dump(),
         })
     }
 }

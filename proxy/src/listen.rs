@@ -74,6 +74,9 @@ pub struct Settings {
 pub struct Shared {
     pub settings: Settings,
     pub snapshot: SharedSnapshot,
+    /// Traffic-policy state shared across requests (balancers, outlier detection, pools,
+    /// rate limiters).
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 impl Shared {

@@ -234,6 +234,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
+        policies: Arc::new(remora_proxy::policy::Policies::new(Some(
+            args.rules_dir.clone(),
+        ))),
     });
     listen::log_listeners(&shared.settings);
 

@@ -57,6 +57,16 @@ pub mod flags {
     pub const NO_ROUTE: &str = "NR";
     /// No healthy upstream.
     pub const NO_HEALTHY_UPSTREAM: &str = "UH";
+    /// Upstream overflow: a connectionPool limit refused the request.
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
+    /// Upstream retry limit exceeded (the answer is the last try's).
+    pub const RETRY_LIMIT_EXCEEDED: &str = "URX";
+    /// Request delayed by fault injection.
+    pub const DELAY_INJECTED: &str = "DI";
+    /// Request aborted by fault injection.
+    pub const FAULT_INJECTED: &str = "FI";
+    /// Rate limited locally.
+    pub const RATE_LIMITED: &str = "RL";
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 pub mod lb;
 
 use crate::listen::{Direction, Shared};
+use crate::policy;
+use crate::policy::lb::HashInput;
+use crate::policy::request::{RequestPolicy, Verdict};
+use crate::policy::retry::Outcome;
 use crate::route::{self, Decision, HeaderOps, RequestInfo};
 use crate::rules::Protocol;
 use crate::telemetry::{self, flags, HttpLabels, HttpLogEntry, Metrics};
@@ -77,7 +81,30 @@ pub struct ReqCtx {
     grpc: bool,
     grpc_status: Option<String>,
     error: Option<String>,
+    /// Traffic policies of this request (outbound requests with a route decision).
+    policy: Option<RequestPolicy>,
+    /// The address to use when the destination has no endpoint list.
+    fixed_upstream: Option<SocketAddr>,
+    /// A retry was decided; `upstream_peer` picks the next endpoint.
+    retry_pending: bool,
+    /// Fault injection delayed this request (flag `DI`).
+    fault_delayed: bool,
+    /// Headers added to the response (`x-ratelimit-*`).
+    extra_response_headers: Vec<(String, String)>,
+    /// Mirror copies waiting for the request body, and the body so far.
+    mirrors: Vec<PendingMirror>,
+    mirror_body: Option<bytes::BytesMut>,
 }
+
+/// A mirror copy to send once the request body is complete.
+struct PendingMirror {
+    target: SocketAddr,
+    authority: String,
+    timeout: Duration,
+}
+
+/// Request bodies up to this size are copied to mirrors; a larger body is not mirrored.
+const MIRROR_BODY_LIMIT: usize = 64 * 1024;
 
 struct ForwardOps {
     request: HeaderOps,
@@ -182,6 +209,14 @@ fn grpc_error_response(code: u16, message: &str) -> Result<Box<ResponseHeader>> 
     Ok(Box::new(resp))
 }
 
+/// The path a mirror copy asks for: the route's rewrite, else the client's.
+fn mirror_path(ctx: &ReqCtx) -> String {
+    ctx.forward
+        .as_ref()
+        .and_then(|f| f.uri.clone())
+        .unwrap_or_else(|| ctx.path.clone())
+}
+
 /// A new `x-request-id` (UUID v4 form).
 pub fn new_request_id() -> String {
     let b: [u8; 16] = rand::random();
@@ -263,6 +298,111 @@ impl MeshHttp {
         Ok(true)
     }
 
+    /// Start the mirror copies a route asks for: at once when the request has no body, else
+    /// once the body is complete (`request_body_filter`).
+    async fn start_mirrors(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        snap: &crate::rules::Snapshot,
+        f: &route::Forward,
+        port: u16,
+        dst: SocketAddr,
+    ) {
+        let chosen: Vec<route::Mirror> =
+            policy::mirror::select(&f.policy.mirrors, &mut rand::thread_rng())
+                .into_iter()
+                .cloned()
+                .collect();
+        if chosen.is_empty() {
+            return;
+        }
+        let authority = policy::mirror::shadow_authority(
+            f.authority_rewrite.as_deref().unwrap_or(&ctx.authority),
+        );
+        let timeout = f
+            .policy
+            .timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(policy::mirror::DEFAULT_TIMEOUT);
+        let mut pending = Vec::new();
+        for m in chosen {
+            let mport = m.port.unwrap_or(port);
+            let labels = m.subset.as_ref().and_then(|s| {
+                snap.destination_rule(&m.host)
+                    .and_then(|dr| dr.subsets.iter().find(|x| &x.name == s))
+                    .map(|x| x.labels.clone())
+            });
+            let known = snap
+                .endpoints
+                .endpoints(&m.host, mport, labels.as_ref())
+                .and_then(|eps| lb::pick(&eps, &mut rand::thread_rng()));
+            let target = match known {
+                Some(a) => Ok(a),
+                None => self.resolver.resolve(&m.host, mport, dst).await,
+            };
+            match target {
+                Ok(target) => pending.push(PendingMirror {
+                    target,
+                    authority: authority.clone(),
+                    timeout,
+                }),
+                Err(e) => debug!(mirror = %m.host, "mirror target not resolved: {e}"),
+            }
+        }
+        let h2_body_pending = session.is_http2() && !session.is_body_done();
+        let req = session.req_header();
+        let has_body = req
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+            || req.headers.contains_key("transfer-encoding")
+            || h2_body_pending;
+        if has_body {
+            ctx.mirrors = pending;
+            ctx.mirror_body = Some(bytes::BytesMut::new());
+        } else {
+            let path = mirror_path(ctx);
+            for p in pending {
+                policy::mirror::spawn(policy::mirror::Copy {
+                    target: p.target,
+                    method: req.method.clone(),
+                    path: path.clone(),
+                    authority: p.authority,
+                    headers: req.headers.clone(),
+                    body: Bytes::new(),
+                    timeout: p.timeout,
+                });
+            }
+        }
+    }
+
+    /// The `corsPolicy` of the route this request takes (looked up again: the route decision
+    /// does not carry it).
+    fn route_cors(
+        &self,
+        session: &Session,
+        ctx: &ReqCtx,
+        snap: &crate::rules::Snapshot,
+        dst: SocketAddr,
+    ) -> Option<Arc<policy::cors::Cors>> {
+        let (name, _) = crate::rules::host::split_authority(&ctx.authority);
+        let cands =
+            crate::rules::host::candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain);
+        let vs = route::best_virtual_service(snap, &cands)?;
+        let info = RequestInfo {
+            authority: &ctx.authority,
+            method: &ctx.method,
+            path: &ctx.path,
+            headers: &session.req_header().headers,
+            dst,
+        };
+        let (r, _) = route::select_route(snap, vs, &info)?;
+        self.shared.policies.cors(snap, &vs.meta.key(), &r.path)
+    }
+
     fn port_protocol(&self, dst: SocketAddr, host: &str) -> Option<Protocol> {
         self.shared.snapshot.load().port_protocol(dst, Some(host))
     }
@@ -294,6 +434,13 @@ impl ProxyHttp for MeshHttp {
             grpc: false,
             grpc_status: None,
             error: None,
+            policy: None,
+            fixed_upstream: None,
+            retry_pending: false,
+            fault_delayed: false,
+            extra_response_headers: Vec::new(),
+            mirrors: Vec::new(),
+            mirror_body: None,
         }
     }
 
@@ -345,7 +492,7 @@ impl ProxyHttp for MeshHttp {
             ctx.upstream = Some(dst);
             return Ok(false);
         }
-        let snap = self.shared.snapshot.load();
+        let snap = self.shared.snapshot.load_full();
         let decision = {
             let req = session.req_header();
             let info = RequestInfo {
@@ -363,35 +510,155 @@ impl ProxyHttp for MeshHttp {
                 Ok(false)
             }
             Decision::Forward(f) => {
-                let picked = lb::pick(&f.endpoints, &mut rand::thread_rng());
                 let port = if f.port == 0 { dst.port() } else { f.port };
-                let upstream = match picked {
-                    Some(a) => Ok(a),
-                    None => {
-                        // The rules say whether the route still points at what the client
-                        // addressed (then the original destination reaches it) or elsewhere.
-                        drop(snap);
-                        if f.resolve_by_dns {
-                            self.resolver.resolve(&f.host, port, dst).await
-                        } else {
-                            Ok(SocketAddr::new(dst.ip(), port))
+                ctx.route_name = f.route_name.clone();
+                ctx.virtual_service = f.virtual_service.clone();
+                ctx.destination_service = f.host.clone();
+                let policies = self.shared.policies.clone();
+                // Local rate limit (the RateLimit kind).
+                match policies.rate_limit(&snap, &f.host, f.route_name.as_deref()) {
+                    Ok(h) => {
+                        ctx.extra_response_headers =
+                            h.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                    }
+                    Err(h) => {
+                        ctx.flags = flags::RATE_LIMITED;
+                        ctx.error = Some("local rate limit".into());
+                        let hs: Vec<(&str, &str)> =
+                            h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        return self
+                            .respond_local(session, ctx, 429, &hs, "local_rate_limited\n")
+                            .await;
+                    }
+                }
+                // CORS (before fault injection, as in Istio's filter chain).
+                if f.virtual_service.is_some() && policies.has_cors(&snap) {
+                    if let Some(c) = self.route_cors(session, ctx, &snap, dst) {
+                        match c.decide(&ctx.method, &session.req_header().headers) {
+                            policy::cors::Action::Answer { status, headers } => {
+                                let hs: Vec<(&str, &str)> = headers
+                                    .iter()
+                                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                                    .collect();
+                                return self.respond_local(session, ctx, status, &hs, "").await;
+                            }
+                            policy::cors::Action::Forward { response_headers } => {
+                                ctx.extra_response_headers.extend(response_headers);
+                            }
                         }
                     }
-                };
-                ctx.route_name = f.route_name;
-                ctx.virtual_service = f.virtual_service;
-                ctx.destination_service = f.host.clone();
-                let upstream = match upstream {
-                    Ok(a) => a,
-                    Err(e) => {
-                        ctx.flags = flags::NO_HEALTHY_UPSTREAM;
-                        ctx.error = Some(e);
+                }
+                // Fault injection, before any upstream work.
+                let inj = policy::fault::decide(f.policy.fault.as_ref(), &mut rand::thread_rng());
+                if let Some(d) = inj.delay {
+                    ctx.fault_delayed = true;
+                    tokio::time::sleep(d).await;
+                }
+                match inj.abort {
+                    Some(policy::fault::Abort::Http(status)) => {
+                        ctx.flags = flags::FAULT_INJECTED;
                         return self
-                            .respond_local(session, ctx, 503, &[], "no healthy upstream\n")
+                            .respond_local(session, ctx, status, &[], "fault filter abort\n")
+                            .await;
+                    }
+                    Some(policy::fault::Abort::Grpc(code)) => {
+                        ctx.flags = flags::FAULT_INJECTED;
+                        let c = code.to_string();
+                        ctx.grpc_status = Some(c.clone());
+                        return self
+                            .respond_local(
+                                session,
+                                ctx,
+                                200,
+                                &[
+                                    ("content-type", "application/grpc"),
+                                    ("grpc-status", &c),
+                                    ("grpc-message", "fault filter abort"),
+                                ],
+                                "",
+                            )
+                            .await;
+                    }
+                    None => {}
+                }
+                // Mirrors: copies sent without waiting; their outcome never reaches the caller.
+                self.start_mirrors(session, ctx, &snap, &f, port, dst).await;
+                // Connection-pool limits of the destination: fail fast with 503 UO.
+                let dest = policies.destination(&snap, &f.host, f.subset.as_deref(), port);
+                let admitted = match dest.admit().await {
+                    Ok(a) => a,
+                    Err(o) => {
+                        ctx.flags = flags::UPSTREAM_OVERFLOW;
+                        ctx.error = Some(o.reason().to_string());
+                        return self
+                            .respond_local(
+                                session,
+                                ctx,
+                                503,
+                                &[],
+                                "upstream connect error or disconnect/reset before headers. reset reason: overflow\n",
+                            )
                             .await;
                     }
                 };
+                // PASSTHROUGH: the address the client asked for, without load balancing.
+                let passthrough = dest.policy.load_balancer == policy::lb::LbPolicy::Passthrough;
+                let fixed = if passthrough {
+                    Some(dst)
+                } else if f.endpoints.is_empty() {
+                    // The rules say whether the route still points at what the client
+                    // addressed (then the original destination reaches it) or elsewhere.
+                    if f.resolve_by_dns {
+                        match self.resolver.resolve(&f.host, port, dst).await {
+                            Ok(a) => Some(a),
+                            Err(e) => {
+                                ctx.flags = flags::NO_HEALTHY_UPSTREAM;
+                                ctx.error = Some(e);
+                                return self
+                                    .respond_local(session, ctx, 503, &[], "no healthy upstream\n")
+                                    .await;
+                            }
+                        }
+                    } else {
+                        Some(SocketAddr::new(dst.ip(), port))
+                    }
+                } else {
+                    None
+                };
+                let retry = policy::retry::effective(f.policy.retries.as_ref());
+                if retry.attempts > 0 {
+                    session.enable_retry_buffering();
+                }
+                let endpoints = if passthrough { Vec::new() } else { f.endpoints };
+                let mut rp = RequestPolicy::new(
+                    Some(dest),
+                    endpoints,
+                    retry,
+                    &ctx.method,
+                    f.policy.timeout,
+                    Instant::now(),
+                );
+                rp.admitted = Some(admitted);
+                let picked = {
+                    let input = HashInput {
+                        headers: &session.req_header().headers,
+                        path: &ctx.path,
+                        source_ip: session
+                            .client_addr()
+                            .and_then(|a| a.as_inet())
+                            .map(|a| a.ip()),
+                    };
+                    rp.next_endpoint(fixed, Some(&input), &mut rand::thread_rng())
+                };
+                let Some(upstream) = picked else {
+                    ctx.flags = flags::NO_HEALTHY_UPSTREAM;
+                    return self
+                        .respond_local(session, ctx, 503, &[], "no healthy upstream\n")
+                        .await;
+                };
                 ctx.upstream = Some(upstream);
+                ctx.fixed_upstream = fixed;
+                ctx.policy = Some(rp);
                 ctx.response_ops = f.response_headers;
                 ctx.forward = Some(ForwardOps {
                     request: f.request_headers,
@@ -421,10 +688,55 @@ impl ProxyHttp for MeshHttp {
         session: &mut Session,
         ctx: &mut ReqCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.retry_pending {
+            ctx.retry_pending = false;
+            if let Some(rp) = ctx.policy.as_mut() {
+                let input = HashInput {
+                    headers: &session.req_header().headers,
+                    path: &ctx.path,
+                    source_ip: session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                };
+                if let Some(a) =
+                    rp.next_endpoint(ctx.fixed_upstream, Some(&input), &mut rand::thread_rng())
+                {
+                    debug!(upstream = %a, attempt = rp.attempts(), "retry goes to this endpoint");
+                    ctx.upstream = Some(a);
+                }
+            }
+        }
         let Some(addr) = ctx.upstream else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let tls = match ctx.policy.as_ref().and_then(|rp| rp.dest.as_ref()) {
+            Some(d) => d.tls.clone(),
+            None => Ok(None),
+        };
+        let mut peer = match tls {
+            Ok(None) => HttpPeer::new(addr, false, String::new()),
+            Ok(Some(t)) => {
+                // Istio: without `sni`, the request's host.
+                let sni = t
+                    .sni
+                    .clone()
+                    .unwrap_or_else(|| crate::rules::host::split_authority(&ctx.authority).0);
+                let mut p = HttpPeer::new(addr, true, sni);
+                p.options.ca = t.ca.clone();
+                if t.insecure_skip_verify {
+                    p.options.verify_cert = false;
+                    p.options.verify_hostname = false;
+                }
+                p
+            }
+            Err(e) => {
+                // Never fall back to plain text when the rules ask for TLS.
+                ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
+                ctx.error = Some(e.clone());
+                return Error::e_explain(ErrorType::ConnectError, e);
+            }
+        };
         let proto = ctx.dst.and_then(|d| self.port_protocol(d, &ctx.authority));
         ctx.upstream_h2 =
             session.is_http2() || matches!(proto, Some(Protocol::Http2) | Some(Protocol::Grpc));
@@ -435,6 +747,35 @@ impl ProxyHttp for MeshHttp {
         }
         let s = &self.shared.settings;
         peer.options.connection_timeout = Some(s.connect_timeout);
+        if let Some(rp) = &ctx.policy {
+            let now = Instant::now();
+            let mut connect = s.connect_timeout;
+            if let Some(d) = &rp.dest {
+                let cp = &d.policy.connection_pool;
+                connect = connect.min(cp.connect_timeout);
+                if let Some(t) = cp.idle_timeout {
+                    peer.options.idle_timeout = Some(t);
+                }
+                if let Some(k) = &cp.tcp_keepalive {
+                    // Unset fields keep the Linux defaults (7200 s idle, 75 s interval, 9 probes).
+                    peer.options.tcp_keepalive = Some(pingora::protocols::TcpKeepalive {
+                        idle: k.time.unwrap_or(Duration::from_secs(7200)),
+                        interval: k.interval.unwrap_or(Duration::from_secs(75)),
+                        count: k.probes.unwrap_or(9) as usize,
+                        user_timeout: Duration::ZERO,
+                    });
+                }
+            }
+            if let Some(left) = rp.remaining(now) {
+                connect = connect.min(left.max(Duration::from_millis(1)));
+            }
+            peer.options.connection_timeout = Some(connect);
+            // The route timeout and the per-try timeout bound every read and write of this try.
+            if let Some(t) = rp.try_timeout(now) {
+                peer.options.read_timeout = Some(t);
+                peer.options.write_timeout = Some(t);
+            }
+        }
         // Close idle upstream connections before typical app keep-alive timeouts (60 s+).
         peer.options.idle_timeout = Some(Duration::from_secs(30));
         if self.dir == Direction::Inbound {
@@ -503,6 +844,158 @@ impl ProxyHttp for MeshHttp {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        if let Some(buf) = ctx.mirror_body.as_mut() {
+            if let Some(b) = body.as_ref() {
+                if buf.len() + b.len() > MIRROR_BODY_LIMIT {
+                    debug!("request body above {MIRROR_BODY_LIMIT} bytes; not mirrored");
+                    ctx.mirror_body = None;
+                    ctx.mirrors.clear();
+                    return Ok(());
+                }
+                buf.extend_from_slice(b);
+            }
+            if end_of_stream {
+                let body = ctx.mirror_body.take().unwrap_or_default().freeze();
+                let path = mirror_path(ctx);
+                let req = session.req_header();
+                for p in ctx.mirrors.drain(..) {
+                    policy::mirror::spawn(policy::mirror::Copy {
+                        target: p.target,
+                        method: req.method.clone(),
+                        path: path.clone(),
+                        authority: p.authority,
+                        headers: req.headers.clone(),
+                        body: body.clone(),
+                        timeout: p.timeout,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        let Some(rp) = ctx.policy.as_mut() else {
+            return Ok(());
+        };
+        let status = upstream_response.status.as_u16();
+        let grpc = upstream_response
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u8>().ok());
+        let replayable = !session.retry_buffer_truncated();
+        match rp.on_status(status, grpc, replayable, Instant::now()) {
+            Verdict::Retry => {
+                ctx.retry_pending = true;
+                debug!(
+                    status,
+                    attempt = rp.attempts(),
+                    upstream = ?ctx.upstream,
+                    "retrying: the status is a retry condition of the route"
+                );
+                let mut e =
+                    Error::explain(ErrorType::HTTPStatus(status), "retriable upstream status");
+                e.set_retry(true);
+                Err(e)
+            }
+            Verdict::Final(why) => {
+                if why == "retries exhausted" && rp.attempts() > 1 {
+                    ctx.flags = flags::RETRY_LIMIT_EXCEEDED;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut ReqCtx,
+    ) -> Result<Option<Duration>> {
+        // The route timeout covers the whole response (not upgraded streams such as WebSocket).
+        if let Some(rp) = &ctx.policy {
+            if rp.expired(Instant::now()) && !session.was_upgraded() {
+                ctx.flags = flags::UPSTREAM_TIMEOUT;
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "route timeout expired while the response was streaming",
+                );
+            }
+        }
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut ReqCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.retry_pending {
+            // Decided in upstream_response_filter.
+            e.set_retry(true);
+            return e;
+        }
+        let replayable = !session.retry_buffer_truncated();
+        let Some(rp) = ctx.policy.as_mut() else {
+            // Pingora's default: a reused connection that failed is tried once more.
+            if !session.req_header().method.is_idempotent() || !replayable {
+                e.set_retry(false);
+            } else {
+                e.retry.decide_reuse(client_reused);
+            }
+            return e;
+        };
+        if e.esource() == &ErrorSource::Downstream {
+            e.set_retry(false);
+            return e;
+        }
+        let outcome = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::PerTryTimeout,
+            _ => Outcome::Reset,
+        };
+        let stale_pooled = client_reused
+            && outcome == Outcome::Reset
+            && session.req_header().method.is_idempotent()
+            && replayable;
+        let verdict = if stale_pooled {
+            // A kept-alive connection the server had closed: not the endpoint's failure.
+            Verdict::Retry
+        } else {
+            rp.on_failure(outcome, replayable, Instant::now())
+        };
+        match verdict {
+            Verdict::Retry => {
+                ctx.retry_pending = true;
+                debug!(error = %e, attempt = rp.attempts(), "retrying after an upstream failure");
+                e.set_retry(true);
+            }
+            Verdict::Final(why) => {
+                debug!(error = %e, "not retried: {why}");
+                e.set_retry(false);
+            }
+        }
+        e
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -510,6 +1003,9 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         apply_response_ops(upstream_response, &ctx.response_ops)?;
+        for (k, v) in &ctx.extra_response_headers {
+            upstream_response.insert_header(k.clone(), v.as_str())?;
+        }
         if let Some(g) = upstream_response
             .headers
             .get("grpc-status")
@@ -534,13 +1030,27 @@ impl ProxyHttp for MeshHttp {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut ReqCtx,
         e: Box<Error>,
     ) -> Box<Error> {
         ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
         debug!(peer = %peer, "upstream connect failed: {e}");
+        let mut e = e;
+        let replayable = !session.retry_buffer_truncated();
+        if let Some(rp) = ctx.policy.as_mut() {
+            match rp.on_failure(Outcome::ConnectFailure, replayable, Instant::now()) {
+                Verdict::Retry => {
+                    ctx.retry_pending = true;
+                    e.set_retry(true);
+                }
+                Verdict::Final(why) => {
+                    debug!("connect failure not retried: {why}");
+                    e.set_retry(false);
+                }
+            }
+        }
         e
     }
 
@@ -557,7 +1067,11 @@ impl ProxyHttp for MeshHttp {
             | ErrorType::ConnectNoRoute
             | ErrorType::ConnectError
             | ErrorType::BindError
-            | ErrorType::SocketError => (503, flags::UPSTREAM_CONNECT_FAILURE),
+            | ErrorType::SocketError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError => (503, flags::UPSTREAM_CONNECT_FAILURE),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, flags::UPSTREAM_TIMEOUT),
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, flags::UPSTREAM_TERMINATION),
@@ -609,6 +1123,11 @@ impl ProxyHttp for MeshHttp {
             ctx.error = Some(e.to_string());
         }
         let s = &self.shared.settings;
+        let response_flags = match (ctx.fault_delayed, ctx.flags) {
+            (false, f) => f.to_string(),
+            (true, flags::NONE) => flags::DELAY_INJECTED.to_string(),
+            (true, f) => format!("{},{f}", flags::DELAY_INJECTED),
+        };
         let duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
         let req_bytes = session.body_bytes_read() as u64;
         let resp_bytes = session.body_bytes_sent() as u64;
@@ -643,7 +1162,7 @@ impl ProxyHttp for MeshHttp {
             request_protocol: if ctx.grpc { "grpc" } else { "http" },
             response_code: status,
             grpc_response_status: ctx.grpc_status.clone().unwrap_or_default(),
-            response_flags: ctx.flags.to_string(),
+            response_flags: response_flags.clone(),
         };
         Metrics::get().record_http(&labels, duration_ms, req_bytes, resp_bytes);
         s.access_log.write(&HttpLogEntry {
@@ -665,7 +1184,7 @@ impl ProxyHttp for MeshHttp {
             route_name: ctx.route_name.take(),
             virtual_service: ctx.virtual_service.take(),
             destination_service: std::mem::take(&mut ctx.destination_service),
-            response_flags: ctx.flags.to_string(),
+            response_flags: response_flags.clone(),
             bytes_received: req_bytes,
             bytes_sent: resp_bytes,
             request_id: std::mem::take(&mut ctx.request_id),
