@@ -277,7 +277,6 @@ fn bookinfo_routing_rules_and_metrics() {
 
 /// Scenario 3: fault injection (delay for jason, abort 50%) with timeout and retries responding.
 #[test]
-#[ignore = "needs traffic policies (issue 5): timeout, retries and fault are parsed but not enforced yet"]
 fn fault_injection_with_timeout_and_retries() {
     let flaky = r#"
 apiVersion: v1
