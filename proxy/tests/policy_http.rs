@@ -936,3 +936,51 @@ fn tls_simple_originates_tls_to_an_external_host() {
     assert_eq!(r.status, 503, "{}", r.body_text());
     assert_eq!(m2.log("/badca")["response_flags"], "UF");
 }
+
+#[test]
+fn grpc_abort_is_a_trailers_only_grpc_status() {
+    let rt = rt();
+    let a = rt.block_on(backend("a", Mode::Ok));
+    let se = service(&[&a]).replace("name: http, protocol: HTTP", "name: grpc, protocol: GRPC");
+    let m = Mesh::start(&[
+        ("svc.yaml", &se),
+        (
+            "vs.yaml",
+            &vs("    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n"),
+        ),
+    ]);
+    let out = m.p.ports.outbound_addr();
+    let resp = rt.block_on(async move {
+        use http_body_util::Full;
+        // h2c with prior knowledge on one connection; `:authority` is the service.
+        let tcp = tokio::net::TcpStream::connect(out).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{HOST}/echo.Echo/Unary"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("14")
+    );
+    assert_eq!(a.hits(), 0);
+    let line = m.p.wait_log(|l| l["path"] == "/echo.Echo/Unary");
+    assert_eq!(line["response_flags"], "FI");
+}
