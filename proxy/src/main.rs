@@ -234,9 +234,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
-        policies: Arc::new(remora_proxy::policy::Policies::new(Some(
-            args.rules_dir.clone(),
-        ))),
+        policies: Arc::new(remora_proxy::policy::Policies::new()),
     });
     listen::log_listeners(&shared.settings);
 

@@ -17,7 +17,6 @@ pub mod traffic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -245,7 +244,6 @@ pub type RateHeaders = Vec<(&'static str, String)>;
 
 /// All policy state of the process.
 pub struct Policies {
-    rules_dir: Option<PathBuf>,
     dests: Mutex<HashMap<DestKey, Arc<Destination>>>,
     rate_limits: Mutex<RateLimits>,
 }
@@ -253,11 +251,16 @@ pub struct Policies {
 /// Bound on remembered destinations (each distinct host/subset/port/policy is one).
 const MAX_DESTINATIONS: usize = 10_000;
 
+impl Default for Policies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Policies {
-    /// `rules_dir`: where `RateLimit` documents are read from (the rules directory).
-    pub fn new(rules_dir: Option<PathBuf>) -> Self {
+    /// Empty state; destinations, limiters and CORS policies fill in from each snapshot.
+    pub fn new() -> Self {
         Policies {
-            rules_dir,
             dests: Mutex::new(HashMap::new()),
             rate_limits: Mutex::new(RateLimits::default()),
         }
@@ -309,7 +312,6 @@ impl Policies {
     }
 
     fn refresh_rate_limits(&self, snap: &Snapshot) {
-        let Some(dir) = &self.rules_dir else { return };
         let Ok(mut rl) = self.rate_limits.lock() else {
             return;
         };
@@ -319,31 +321,22 @@ impl Policies {
         let mut rules = Vec::new();
         let mut error = None;
         let mut cors_map = HashMap::new();
-        match crate::rules::load::read_inputs(dir) {
-            Err(e) => error = Some(format!("{}: {}", e.file, e.reason)),
-            Ok(inputs) => {
-                for (file, bytes) in &inputs.files {
-                    let text = String::from_utf8_lossy(bytes);
-                    for (key, c) in cors_of_file(file, &text, &snap.ctx.namespace) {
-                        match c {
-                            Ok(c) => {
-                                cors_map.insert(key, Arc::new(c));
-                            }
-                            Err(e) => tracing::warn!(error = %e, "corsPolicy not applied"),
-                        }
+        for (file, bytes) in snap.sources.iter() {
+            let text = String::from_utf8_lossy(bytes);
+            for (key, c) in cors_of_file(file, &text, &snap.ctx.namespace) {
+                match c {
+                    Ok(c) => {
+                        cors_map.insert(key, Arc::new(c));
                     }
-                    match ratelimit::parse_file(
-                        file,
-                        &text,
-                        &snap.ctx.namespace,
-                        &snap.ctx.cluster_domain,
-                    ) {
-                        Ok(mut v) => rules.append(&mut v),
-                        Err(e) => {
-                            error = Some(e);
-                            break;
-                        }
-                    }
+                    Err(e) => tracing::warn!(error = %e, "corsPolicy not applied"),
+                }
+            }
+            match ratelimit::parse_file(file, &text, &snap.ctx.namespace, &snap.ctx.cluster_domain)
+            {
+                Ok(mut v) => rules.append(&mut v),
+                Err(e) => {
+                    error = Some(e);
+                    break;
                 }
             }
         }
@@ -450,7 +443,11 @@ mod tests {
     use crate::rules::LoadContext;
 
     fn snap(yaml: &str) -> Snapshot {
-        crate::rules::snapshot_from_yaml(&[("r.yaml", yaml)], &LoadContext::default(), 1)
+        snap_of(&[("r.yaml", yaml)])
+    }
+
+    fn snap_of(files: &[(&str, &str)]) -> Snapshot {
+        crate::rules::snapshot_from_yaml(files, &LoadContext::default(), 1)
             .unwrap_or_else(|e| panic!("{e:?}"))
     }
 
@@ -458,7 +455,7 @@ mod tests {
     fn destination_state_is_shared_and_replaced_when_the_policy_changes() {
         let y1 = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1}\n";
         let s1 = snap(y1);
-        let p = Policies::new(None);
+        let p = Policies::new();
         let host = "r.default.svc.cluster.local";
         let a = p.destination(&s1, host, None, 80);
         let b = p.destination(&s1, host, None, 80);
@@ -481,7 +478,7 @@ mod tests {
     fn pick_avoids_ejected_and_tried_endpoints() {
         let y = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}\n";
         let s = snap(y);
-        let p = Policies::new(None);
+        let p = Policies::new();
         let d = p.destination(&s, "r.default.svc.cluster.local", None, 80);
         let eps: Vec<Endpoint> = (1..=3)
             .map(|i| Endpoint {
@@ -507,11 +504,12 @@ mod tests {
 
     #[test]
     fn rate_limits_from_the_rules_directory() {
-        let dir = tempfile::tempdir().unwrap();
         let y = "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\nmetadata: {name: rl}\nspec: {host: r, requestsPerUnit: 2, unit: HOUR}\n";
-        std::fs::write(dir.path().join("rl.yaml"), y).unwrap();
-        let s = snap("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n");
-        let p = Policies::new(Some(dir.path().to_path_buf()));
+        let s = snap_of(&[
+            ("dr.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n"),
+            ("rl.yaml", y),
+        ]);
+        let p = Policies::new();
         let host = "r.default.svc.cluster.local";
         assert!(p.rate_limit(&s, "other.example", None).is_ok());
         let first = p.rate_limit(&s, host, None).unwrap();
@@ -525,11 +523,9 @@ mod tests {
 
     #[test]
     fn cors_policies_are_read_per_route() {
-        let dir = tempfile::tempdir().unwrap();
         let y = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: prod}\nspec:\n  hosts: [v]\n  http:\n  - route: [{destination: {host: v}}]\n  - corsPolicy: {allowOrigins: [{exact: \"https://a\"}], allowMethods: [GET]}\n    route: [{destination: {host: v}}]\n";
-        std::fs::write(dir.path().join("v.yaml"), y).unwrap();
-        let s = snap("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n");
-        let p = Policies::new(Some(dir.path().to_path_buf()));
+        let s = snap_of(&[("v.yaml", y)]);
+        let p = Policies::new();
         assert!(p.has_cors(&s));
         assert!(p.cors(&s, "prod/v", "spec.http[0]").is_none());
         let c = p.cors(&s, "prod/v", "spec.http[1]").unwrap();

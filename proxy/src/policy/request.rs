@@ -177,7 +177,7 @@ mod tests {
     fn dest(yaml_tp: &str) -> Arc<Destination> {
         let y = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: r\n  trafficPolicy: {yaml_tp}\n");
         let s = snapshot_from_yaml(&[("r.yaml", &y)], &LoadContext::default(), 1).unwrap();
-        Policies::new(None).destination(&s, "r.default.svc.cluster.local", None, 80)
+        Policies::new().destination(&s, "r.default.svc.cluster.local", None, 80)
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct Snapshot {
     /// The `resolution: DNS` names resolved while loading and their answers (the watcher
     /// re-resolves them at each rescan and applies a new generation when they change).
     pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// The bytes of the files read, in name order: kinds and fields the model does not keep
+    /// (our `RateLimit` kind, `corsPolicy`) are read from here, never from the directory again,
+    /// so they always belong to this generation.
+    pub sources: Arc<[(String, Vec<u8>)]>,
 }
 
 /// Host indexes of a snapshot's VirtualServices (those with `http` routes), ServiceEntries and
@@ -154,6 +158,7 @@ impl Snapshot {
             index: Indexes::default(),
             unknown_fields: Vec::new(),
             dns: BTreeMap::new(),
+            sources: Arc::from(Vec::new()),
         }
     }
 
@@ -608,6 +613,7 @@ pub fn build_snapshot(
         index: Indexes::default(),
         unknown_fields,
         dns,
+        sources: Arc::from(Vec::new()),
     };
     snap.reindex();
     snap
@@ -651,6 +657,7 @@ pub fn load_inputs(
         resolve,
     );
     snap.skipped_files = inputs.skipped.clone();
+    snap.sources = Arc::from(inputs.files.clone());
     Ok(snap)
 }
 
