@@ -575,38 +575,14 @@ fn route_virtual_service(
     let port = d
         .port
         .unwrap_or_else(|| default_port(snap, &d.host, req.dst.port()));
-    let subset_labels = match &d.subset {
-        None => None,
-        Some(name) => {
-            let found = snap
-                .destination_rule(&d.host)
-                .and_then(|dr| dr.subsets.iter().find(|s| &s.name == name));
-            match found {
-                Some(s) => Some(&s.labels),
-                None => {
-                    return Decision::Deny {
-                        status: 503,
-                        reason: format!(
-                            "subset {name:?} of host {} is not defined by any DestinationRule",
-                            d.host
-                        ),
-                    }
-                }
-            }
-        }
-    };
-    let endpoints = match snap.endpoints.endpoints(&d.host, port, subset_labels) {
-        Some(eps) if eps.is_empty() => {
+    let endpoints = match destination_endpoints(snap, d, port) {
+        Ok(eps) => eps,
+        Err(reason) => {
             return Decision::Deny {
                 status: 503,
-                reason: match &d.subset {
-                    Some(s) => format!("no endpoints for host {} subset {s:?} port {port}", d.host),
-                    None => format!("no endpoints for host {} port {port}", d.host),
-                },
+                reason,
             }
         }
-        Some(eps) => eps,
-        None => Vec::new(),
     };
     let addressed = cands.iter().any(|c| c == &d.host) && port == req.dst.port();
     let (request_headers, authority_rewrite) = split_authority_header(
@@ -627,6 +603,42 @@ fn route_virtual_service(
         response_headers: concat(&r.headers.response, &wd.headers.response),
         policy: r.policy.clone(),
     })
+}
+
+/// The endpoints of a route destination: those of its host and port, narrowed to its subset's
+/// labels. Empty = no endpoint source knows the host (the caller resolves it or uses the
+/// original destination). Err: why the request is denied with 503 (a subset no DestinationRule
+/// defines, or a known host without any endpoint).
+fn destination_endpoints(
+    snap: &Snapshot,
+    d: &crate::rules::model::Destination,
+    port: u16,
+) -> Result<Vec<Endpoint>, String> {
+    let subset_labels = match &d.subset {
+        None => None,
+        Some(name) => {
+            let found = snap
+                .destination_rule(&d.host)
+                .and_then(|dr| dr.subsets.iter().find(|s| &s.name == name));
+            match found {
+                Some(s) => Some(&s.labels),
+                None => {
+                    return Err(format!(
+                        "subset {name:?} of host {} is not defined by any DestinationRule",
+                        d.host
+                    ))
+                }
+            }
+        }
+    };
+    match snap.endpoints.endpoints(&d.host, port, subset_labels) {
+        Some(eps) if eps.is_empty() => Err(match &d.subset {
+            Some(s) => format!("no endpoints for host {} subset {s:?} port {port}", d.host),
+            None => format!("no endpoints for host {} port {port}", d.host),
+        }),
+        Some(eps) => Ok(eps),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Istio turns a request header `set` of `host` or `:authority` into an authority rewrite
@@ -827,33 +839,14 @@ fn l4_forward(
     let port = d
         .port
         .unwrap_or_else(|| default_port(snap, &d.host, dst.port()));
-    let subset_labels = match &d.subset {
-        None => None,
-        Some(name) => match snap
-            .destination_rule(&d.host)
-            .and_then(|dr| dr.subsets.iter().find(|s| &s.name == name))
-        {
-            Some(s) => Some(&s.labels),
-            None => {
-                return Decision::Deny {
-                    status: 503,
-                    reason: format!(
-                        "subset {name:?} of host {} is not defined by any DestinationRule",
-                        d.host
-                    ),
-                }
-            }
-        },
-    };
-    let endpoints = match snap.endpoints.endpoints(&d.host, port, subset_labels) {
-        Some(eps) if eps.is_empty() => {
+    let endpoints = match destination_endpoints(snap, d, port) {
+        Ok(eps) => eps,
+        Err(reason) => {
             return Decision::Deny {
                 status: 503,
-                reason: format!("no endpoints for host {} port {port}", d.host),
+                reason,
             }
         }
-        Some(eps) => eps,
-        None => Vec::new(),
     };
     let addressed = cands.iter().any(|c| c == &d.host) && port == dst.port();
     Decision::Forward(Forward {
