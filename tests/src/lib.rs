@@ -3,6 +3,7 @@
 //! tests, the demo and the benchmarks. See docs/lab.md.
 
 pub mod admission;
+pub mod apiserver;
 pub mod bench;
 pub mod client;
 pub mod cluster;

@@ -1,0 +1,557 @@
+//! A recorded Kubernetes API server: the seam remora's kube-facing code is tested against.
+//!
+//! No API server can run here, so the contract tests point a real `kube::Client` (or a real
+//! remora process with `--kube-url`/`--server`) at this replayer. It serves, over plain HTTP on
+//! 127.0.0.1, responses recorded from a real cluster or written exactly to the Kubernetes API
+//! reference: objects and `List`s, `Status` failures (404 NotFound, 409 AlreadyExists/Conflict,
+//! 403 Forbidden, 410 Expired) and watch streams (`{"type": …, "object": …}` lines, BOOKMARKs,
+//! ERROR events), which may be held open and fed later with [`RecordedApi::emit`].
+//!
+//! Matching: a request matches a route when the method and path are equal and every query pair
+//! the route names is present in the request (others are ignored); among matches the route naming
+//! the most query pairs wins, so `?watch=true` routes never answer the initial list. Replies for
+//! one route are served in order and the last one repeats. Every request is recorded
+//! ([`RecordedApi::requests`]), unmatched ones are answered 404 and marked `matched: false`.
+//!
+//! A watch route whose last reply closes the stream makes a client re-watch at once, again and
+//! again: end watch sequences with a held reply (`hold: true`).
+//!
+//! Recorded files (`tests/fixtures/kube-api/**.json`):
+//! ```json
+//! {"source": "provenance note",
+//!  "exchanges": [
+//!    {"method": "GET", "path": "/api/v1/namespaces/x/secrets/y", "status": 200, "body": {…}},
+//!    {"method": "GET", "path": "/api/v1/services?watch=true", "events": [{…}], "hold": true}]}
+//! ```
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One recorded answer.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A JSON body with a status code (objects, lists, `Status` failures).
+    Json { status: u16, body: Value },
+    /// A 200 watch stream: these events, then the stream closes or (`hold`) stays open for
+    /// [`RecordedApi::emit`].
+    Watch { events: Vec<Value>, hold: bool },
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply::Json { status, body }
+    }
+
+    pub fn watch(events: Vec<Value>, hold: bool) -> Reply {
+        Reply::Watch { events, hold }
+    }
+
+    /// A `Status` failure as the API server writes it, e.g. `(409, "AlreadyExists", "…")`.
+    pub fn status(code: u16, reason: &str, message: &str) -> Reply {
+        Reply::Json {
+            status: code,
+            body: status_body(code, reason, message),
+        }
+    }
+}
+
+/// A `metav1.Status` failure object.
+pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+/// A watch event line's object.
+pub fn event(kind: &str, object: Value) -> Value {
+    json!({"type": kind, "object": object})
+}
+
+/// The ERROR event an API server sends when a watch's resourceVersion is too old (410 Expired).
+pub fn expired_event(rv: &str) -> Value {
+    event(
+        "ERROR",
+        status_body(
+            410,
+            "Expired",
+            &format!("too old resource version: {rv} (999999)"),
+        ),
+    )
+}
+
+/// A BOOKMARK event for `kind`/`api_version` at resourceVersion `rv`.
+pub fn bookmark(api_version: &str, kind: &str, rv: &str) -> Value {
+    event(
+        "BOOKMARK",
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv}}),
+    )
+}
+
+/// A request the server saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub content_type: Option<String>,
+    /// The body parsed as JSON (a JSON string when it was not JSON), `None` when empty.
+    pub body: Option<Value>,
+    pub matched: bool,
+}
+
+impl Seen {
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(p, _)| p)
+    }
+}
+
+struct Route {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    replies: VecDeque<Reply>,
+}
+
+#[derive(Default)]
+struct State {
+    routes: Vec<Route>,
+    seen: Vec<Seen>,
+    watchers: Vec<(String, mpsc::UnboundedSender<Value>)>,
+}
+
+/// A running recorded API; stops (and closes held watches) on drop.
+pub struct RecordedApi {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl RecordedApi {
+    /// Listen on 127.0.0.1 on a free port.
+    pub async fn start() -> Result<RecordedApi> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    break;
+                };
+                let st = st.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| serve(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(RecordedApi { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client for this server, default namespace `default`.
+    pub fn client(&self) -> Result<kube::Client> {
+        let uri: http::Uri = self.url().parse()?;
+        let config = kube::Config::new(uri);
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Queue `reply` for requests to `method` `path_and_query` (see the module docs).
+    pub fn on(&self, method: &str, path_and_query: &str, reply: Reply) {
+        let (path, query) = split_query(path_and_query);
+        let mut st = lock(&self.state);
+        if let Some(r) = st
+            .routes
+            .iter_mut()
+            .find(|r| r.method == method && r.path == path && r.query == query)
+        {
+            r.replies.push_back(reply);
+            return;
+        }
+        st.routes.push(Route {
+            method: method.to_string(),
+            path,
+            query,
+            replies: VecDeque::from([reply]),
+        });
+    }
+
+    /// Queue every exchange of a recorded file (format in the module docs).
+    pub fn load(&self, file: &Path) -> Result<()> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        let doc: Value =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
+        let Some(exchanges) = doc.get("exchanges").and_then(Value::as_array) else {
+            bail!("{}: no \"exchanges\" array", file.display());
+        };
+        for (i, x) in exchanges.iter().enumerate() {
+            let field = |name: &str| {
+                x.get(name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("{}: exchanges[{i}].{name} missing", file.display()))
+            };
+            let method = field("method")?;
+            let path = field("path")?;
+            let reply = if let Some(events) = x.get("events") {
+                let events = events.as_array().cloned().ok_or_else(|| {
+                    anyhow!("{}: exchanges[{i}].events is not a list", file.display())
+                })?;
+                Reply::watch(
+                    events,
+                    x.get("hold").and_then(Value::as_bool).unwrap_or(false),
+                )
+            } else {
+                let status = x.get("status").and_then(Value::as_u64).unwrap_or(200);
+                let status = u16::try_from(status)
+                    .with_context(|| format!("{}: exchanges[{i}].status", file.display()))?;
+                Reply::json(status, x.get("body").cloned().unwrap_or(Value::Null))
+            };
+            self.on(method, path, reply);
+        }
+        Ok(())
+    }
+
+    /// Send `event` to every held watch on `path` (no query); returns how many got it.
+    pub fn emit(&self, path: &str, event: Value) -> usize {
+        let mut st = lock(&self.state);
+        st.watchers.retain(|(_, tx)| !tx.is_closed());
+        st.watchers
+            .iter()
+            .filter(|(p, _)| p == path)
+            .filter(|(_, tx)| tx.send(event.clone()).is_ok())
+            .count()
+    }
+
+    /// How many watches on `path` are held open now.
+    pub fn open_watches(&self, path: &str) -> usize {
+        let mut st = lock(&self.state);
+        st.watchers.retain(|(_, tx)| !tx.is_closed());
+        st.watchers.iter().filter(|(p, _)| p == path).count()
+    }
+
+    /// Every request seen so far, in order.
+    pub fn requests(&self) -> Vec<Seen> {
+        lock(&self.state).seen.clone()
+    }
+}
+
+impl Drop for RecordedApi {
+    fn drop(&mut self) {
+        self.task.abort();
+        lock(&self.state).watchers.clear();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn split_query(path_and_query: &str) -> (String, Vec<(String, String)>) {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect();
+    pairs.sort();
+    (path.to_string(), pairs)
+}
+
+/// Percent-decoding of a query component (`%2F`, `%3D`, `+`).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn serve(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body = (!bytes.is_empty()).then(|| {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    });
+    let (path, query) = split_query(&path_and_query);
+
+    let mut st = lock(&state);
+    let best = st
+        .routes
+        .iter_mut()
+        .filter(|r| {
+            r.method == method && r.path == path && r.query.iter().all(|q| query.contains(q))
+        })
+        .max_by_key(|r| r.query.len());
+    let reply = best.map(|r| {
+        if r.replies.len() > 1 {
+            r.replies.pop_front()
+        } else {
+            r.replies.front().cloned()
+        }
+    });
+    let reply = reply.flatten();
+    st.seen.push(Seen {
+        method,
+        path_and_query: path_and_query.clone(),
+        content_type,
+        body,
+        matched: reply.is_some(),
+    });
+    let response = match reply {
+        None => json_response(
+            404,
+            &status_body(
+                404,
+                "NotFound",
+                &format!("recorded API: no recorded reply for {path_and_query}"),
+            ),
+        ),
+        Some(Reply::Json { status, body }) => json_response(status, &body),
+        Some(Reply::Watch { events, hold }) => {
+            let (tx, rx) = mpsc::unbounded_channel::<Value>();
+            for e in events {
+                let _ = tx.send(e);
+            }
+            if hold {
+                st.watchers.push((path, tx));
+            }
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                let v = rx.recv().await?;
+                let mut line = serde_json::to_vec(&v).unwrap_or_default();
+                line.push(b'\n');
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+            });
+            Response::builder()
+                .status(200)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap_or_else(|_| Response::new(empty()))
+        }
+    };
+    Ok(response)
+}
+
+fn empty() -> Body {
+    BodyExt::boxed(Full::new(Bytes::new()))
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(bytes))))
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, PostParams};
+    use kube::runtime::watcher;
+
+    fn secret(rv: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "s", "namespace": "ns", "resourceVersion": rv},
+               "data": {"k": "dg=="}})
+    }
+
+    #[tokio::test]
+    async fn replies_in_order_last_repeats_and_records_bodies() {
+        let api = RecordedApi::start().await.unwrap();
+        let path = "/api/v1/namespaces/ns/secrets/s";
+        api.on(
+            "GET",
+            path,
+            Reply::status(404, "NotFound", "secrets \"s\" not found"),
+        );
+        api.on("GET", path, Reply::json(200, secret("7")));
+        api.on(
+            "POST",
+            "/api/v1/namespaces/ns/secrets",
+            Reply::status(409, "AlreadyExists", "secrets \"s\" already exists"),
+        );
+        let secrets: Api<Secret> = Api::namespaced(api.client().unwrap(), "ns");
+        let first = secrets.get("s").await.unwrap_err();
+        assert!(
+            matches!(first, kube::Error::Api(ref s) if s.code == 404),
+            "{first:?}"
+        );
+        let mut s: Secret = serde_json::from_value(secret("")).unwrap();
+        s.metadata.resource_version = None;
+        let err = secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.reason == "AlreadyExists"),
+            "{err:?}"
+        );
+        for _ in 0..2 {
+            let got = secrets.get("s").await.unwrap();
+            assert_eq!(got.metadata.resource_version.as_deref(), Some("7"));
+        }
+        let seen = api.requests();
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|s| s.matched));
+        assert_eq!(seen[1].method, "POST");
+        assert_eq!(seen[1].body.as_ref().unwrap()["metadata"]["name"], "s");
+        // an unrecorded path is a 404 and shows as unmatched
+        assert!(secrets.get("other").await.is_err());
+        assert!(!api.requests().last().unwrap().matched);
+    }
+
+    #[tokio::test]
+    async fn watcher_lists_then_follows_held_watch_and_emitted_events() {
+        let api = RecordedApi::start().await.unwrap();
+        let cm = |name: &str, rv: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}})
+        };
+        let path = "/api/v1/namespaces/ns/configmaps";
+        api.on(
+            "GET",
+            path,
+            Reply::json(
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMapList",
+                       "metadata": {"resourceVersion": "10"}, "items": [cm("a", "9")]}),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{path}?watch=true"),
+            Reply::watch(vec![bookmark("v1", "ConfigMap", "11")], true),
+        );
+        let cms: Api<ConfigMap> = Api::namespaced(api.client().unwrap(), "ns");
+        let mut stream = watcher(cms, watcher::Config::default()).boxed();
+        let mut names = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while names.len() < 2 {
+            let ev = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .expect("watch events in time")
+                .unwrap()
+                .unwrap();
+            match ev {
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                    names.push(o.metadata.name.unwrap());
+                    if names.len() == 1 {
+                        // wait for the held watch, then push an event into it
+                        while api.open_watches(path) == 0 {
+                            tokio::select! {
+                                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                                e = stream.next() => {
+                                    if let Some(Ok(watcher::Event::Apply(o))) = e {
+                                        names.push(o.metadata.name.unwrap());
+                                    }
+                                }
+                            }
+                            assert!(tokio::time::Instant::now() < deadline);
+                        }
+                        assert_eq!(api.emit(path, event("ADDED", cm("b", "12"))), 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(names, ["a", "b"]);
+        let watch = api
+            .requests()
+            .into_iter()
+            .find(|s| s.path_and_query.contains("watch=true"))
+            .unwrap();
+        assert!(
+            watch.path_and_query.contains("resourceVersion=10"),
+            "{}",
+            watch.path_and_query
+        );
+    }
+
+    #[test]
+    fn query_matching_is_order_free_and_decoded() {
+        let (p, q) = split_query("/a?b=2&a=x%2Fy&watch=true");
+        assert_eq!(p, "/a");
+        assert_eq!(
+            q,
+            vec![
+                ("a".into(), "x/y".into()),
+                ("b".into(), "2".into()),
+                ("watch".into(), "true".into())
+            ]
+        );
+    }
+}
