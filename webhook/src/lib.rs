@@ -6,6 +6,7 @@
 //! the thin I/O shells around it and share the same code path.
 
 pub mod annotations;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod review;
 pub mod server;
 pub mod template;
 pub mod tls;
+pub mod usercli;
 pub mod workload;

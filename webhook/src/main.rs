@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use remora_webhook::{cli, config, server};
+use remora_webhook::{certs, cli, config, server};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,8 @@ enum Cmd {
         /// Longest wait for in-flight reviews on SIGTERM, in seconds.
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
+        #[command(flatten)]
+        certs: CertArgs,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
     Inject {
@@ -61,6 +63,94 @@ enum Cmd {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+}
+
+/// `serve --manage-certs`: issue and rotate the serving certificate in a Secret (no
+/// cert-manager). Without it, `--tls-cert`/`--tls-key` are served (and hot-reloaded).
+#[derive(clap::Args)]
+struct CertArgs {
+    /// Issue a CA and serving certificate, keep them in --cert-secret, write the CA into the
+    /// caBundle of --webhook-config's webhooks, rotate before expiry. --tls-cert/--tls-key are
+    /// then not read.
+    #[arg(long, env = "REMORA_MANAGE_CERTS")]
+    manage_certs: bool,
+    /// Secret holding tls.crt, tls.key, ca.crt, ca.key.
+    #[arg(
+        long,
+        env = "REMORA_CERT_SECRET",
+        default_value = "remora-webhook-certs"
+    )]
+    cert_secret: String,
+    /// Service name the API server calls (certificate SAN `<service>.<namespace>.svc`).
+    #[arg(long, env = "REMORA_SERVICE", default_value = "remora-webhook")]
+    service: String,
+    /// Namespace of the Secret and the Service.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "remora-system")]
+    namespace: String,
+    /// MutatingWebhookConfiguration whose webhooks get the CA bundle.
+    #[arg(
+        long,
+        env = "REMORA_WEBHOOK_CONFIG",
+        default_value = "remora-sidecar-injector"
+    )]
+    webhook_config: String,
+    /// Serving certificate lifetime (`90d`, `12h`, `30m`, `45s`).
+    #[arg(long, env = "REMORA_CERT_VALIDITY", default_value = "90d")]
+    cert_validity: String,
+    /// Replace the serving certificate when less than this is left.
+    #[arg(long, env = "REMORA_CERT_ROTATE_BEFORE", default_value = "30d")]
+    cert_rotate_before: String,
+    /// CA lifetime (replaced when less than --cert-validity + --cert-rotate-before is left).
+    #[arg(long, env = "REMORA_CA_VALIDITY", default_value = "3650d")]
+    ca_validity: String,
+    /// Time between checks of the Secret and the caBundle.
+    #[arg(long, env = "REMORA_CERT_CHECK_INTERVAL", default_value = "1h")]
+    cert_check_interval: String,
+    /// API server URL (tests); default: in-cluster config (service account) or kubeconfig.
+    #[arg(long, env = "REMORA_KUBE_URL")]
+    kube_url: Option<String>,
+}
+
+impl CertArgs {
+    fn options(&self) -> anyhow::Result<certs::Options> {
+        let dur = |flag: &str, v: &str| {
+            certs::issue::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+        };
+        let opts = certs::Options {
+            policy: certs::issue::Policy {
+                service: self.service.clone(),
+                namespace: self.namespace.clone(),
+                cert_validity: dur("cert-validity", &self.cert_validity)?,
+                ca_validity: dur("ca-validity", &self.ca_validity)?,
+                rotate_before: dur("cert-rotate-before", &self.cert_rotate_before)?,
+            },
+            secret: self.cert_secret.clone(),
+            webhook_config: self.webhook_config.clone(),
+            check_interval: dur("cert-check-interval", &self.cert_check_interval)?,
+            retry_interval: Duration::from_secs(2),
+        };
+        opts.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(opts)
+    }
+
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let cfg = match &self.kube_url {
+            Some(u) => {
+                let url: http::Uri = u
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--kube-url {u:?}: not a URL ({e})"))?;
+                let mut c = kube::Config::new(url);
+                c.default_namespace = self.namespace.clone();
+                c
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "--manage-certs: no Kubernetes API config (in-cluster or kubeconfig): {e}"
+                )
+            })?,
+        };
+        kube::Client::try_from(cfg).map_err(|e| anyhow::anyhow!("--manage-certs: kube client: {e}"))
+    }
 }
 
 fn init_logging(json: bool) {
@@ -107,23 +197,44 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_key,
             config,
             drain_seconds,
+            certs: cert_args,
         } => {
             init_logging(true);
             remora_webhook::tls::install_provider();
+            let cert_opts = cert_args
+                .manage_certs
+                .then(|| cert_args.options())
+                .transpose()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
                 let cfg = config::ConfigHandle::load(&config)?;
-                let running = server::start(server::ServeOptions {
+                let opts = server::ServeOptions {
                     listen,
                     cert: tls_cert,
                     key: tls_key,
                     config: cfg,
                     reload_poll: Duration::from_secs(10),
                     drain: Duration::from_secs(drain_seconds),
-                })
-                .await?;
+                };
+                let running = match cert_opts {
+                    Some(co) => {
+                        let client = cert_args.client().await?;
+                        let store = certs::store::Store::new(
+                            client,
+                            &co.policy.namespace,
+                            &co.secret,
+                            &co.webhook_config,
+                        );
+                        tracing::info!(secret = %format!("{}/{}", co.policy.namespace, co.secret),
+                            webhook_config = %co.webhook_config, server_name = %co.policy.server_name(),
+                            "managing the webhook certificate (--manage-certs)");
+                        let managed = certs::start(store, co).await?;
+                        server::start_with_resolver(opts, managed.resolver).await?
+                    }
+                    None => server::start(opts).await?,
+                };
                 shutdown_signal().await;
                 running.shutdown().await;
                 tracing::info!("stopped");

@@ -182,13 +182,33 @@ async fn serve_conn(
     }
 }
 
-/// Binds and starts serving; returns once the socket is listening.
+/// Binds and starts serving the certificate files `opts.cert`/`opts.key` (hot-reloaded);
+/// returns once the socket is listening.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     crate::tls::install_provider();
-    crate::metrics::init();
     let resolver = CertResolver::load(&opts.cert, &opts.key)?;
-    let tls = Arc::new(resolver.server_config()?);
     resolver.spawn_watcher(opts.reload_poll);
+    let what = format!("files {}", opts.cert.display());
+    start_inner(opts, resolver, what).await
+}
+
+/// Binds and starts serving whatever certificate `resolver` holds (the certificate manager of
+/// `--manage-certs` swaps it); `opts.cert` and `opts.key` are not read.
+pub async fn start_with_resolver(
+    opts: ServeOptions,
+    resolver: Arc<CertResolver>,
+) -> anyhow::Result<Running> {
+    crate::tls::install_provider();
+    start_inner(opts, resolver, "managed (Secret)".to_string()).await
+}
+
+async fn start_inner(
+    opts: ServeOptions,
+    resolver: Arc<CertResolver>,
+    cert_source: String,
+) -> anyhow::Result<Running> {
+    crate::metrics::init();
+    let tls = Arc::new(resolver.server_config()?);
     opts.config.spawn_watcher(opts.reload_poll);
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -232,7 +252,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             );
         }
     });
-    tracing::info!(listen = %addr, cert = %opts.cert.display(), "remora-webhook serving HTTPS");
+    tracing::info!(listen = %addr, cert = %cert_source, "remora-webhook serving HTTPS");
     Ok(Running {
         addr,
         stop: Some(tx),

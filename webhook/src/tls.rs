@@ -42,12 +42,13 @@ pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     })
 }
 
-/// The certificate currently served.
+/// The certificate currently served: from files (hot-reloaded on change), or set by the
+/// certificate manager (`--manage-certs`, see `crate::certs`).
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
-    cert: PathBuf,
-    key: PathBuf,
+    /// The PEM files behind `current`; `None` when the certificate manager sets it.
+    files: Option<(PathBuf, PathBuf)>,
 }
 
 impl ResolvesServerCert for CertResolver {
@@ -61,19 +62,45 @@ impl CertResolver {
         let pair = load_pair(cert, key)?;
         Ok(Arc::new(CertResolver {
             current: ArcSwap::from_pointee(pair),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            files: Some((cert.to_path_buf(), key.to_path_buf())),
         }))
     }
 
-    /// Re-reads the files; returns whether the served certificate changed.
+    /// A resolver serving `pair` until [`CertResolver::set`] replaces it (no files).
+    pub fn from_pair(pair: CertifiedKey) -> Arc<Self> {
+        Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(pair),
+            files: None,
+        })
+    }
+
+    /// Serves `pair` to new connections; returns whether the certificate changed.
+    pub fn set(&self, pair: CertifiedKey) -> bool {
+        if pair.cert == self.current.load().cert {
+            return false;
+        }
+        self.current.store(Arc::new(pair));
+        crate::metrics::cert_reloads("ok");
+        true
+    }
+
+    /// The certificate chain (DER) currently served.
+    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+
+    /// Re-reads the files; returns whether the served certificate changed. Always `false` for
+    /// a resolver without files.
     pub fn reload(&self) -> bool {
-        match load_pair(&self.cert, &self.key) {
+        let Some((cert, key)) = &self.files else {
+            return false;
+        };
+        match load_pair(cert, key) {
             Ok(pair) => {
                 if pair.cert != self.current.load().cert {
                     self.current.store(Arc::new(pair));
                     crate::metrics::cert_reloads("ok");
-                    tracing::info!(cert = %self.cert.display(), "TLS certificate changed; new connections use it");
+                    tracing::info!(cert = %cert.display(), "TLS certificate changed; new connections use it");
                     return true;
                 }
                 false
@@ -86,11 +113,15 @@ impl CertResolver {
         }
     }
 
-    /// Watches the directories of both files and polls every `poll` as a fallback.
+    /// Watches the directories of both files and polls every `poll` as a fallback. Does
+    /// nothing for a resolver without files.
     pub fn spawn_watcher(self: &Arc<Self>, poll: Duration) {
+        let Some((cert, key)) = &self.files else {
+            return;
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
         let mut watchers = Vec::new();
-        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key]
+        let mut dirs: Vec<PathBuf> = [cert, key]
             .iter()
             .map(|p| {
                 p.parent()

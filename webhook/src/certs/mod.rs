@@ -1,0 +1,445 @@
+//! `serve --manage-certs`: the webhook issues and rotates its own serving certificate, without
+//! cert-manager.
+//!
+//! The Secret (`--cert-secret`, default `remora-webhook-certs`) is the source of truth shared by
+//! all replicas. Each reconcile: `GET` it → [`issue::plan`] decides (serve it / issue a new
+//! serving certificate from the same CA / issue a new CA) → a write uses optimistic concurrency
+//! (`POST` for a missing Secret, `PUT` with the read `resourceVersion` otherwise); a 409 means
+//! another replica won, so the Secret is read again and the winner's certificates are served.
+//! Then every webhook of the MutatingWebhookConfiguration gets `ca.crt` as its `caBundle`
+//! (one JSON patch, only where it differs), and the resolver serves the certificate to new TLS
+//! connections without a restart. This repeats every `--cert-check-interval`.
+//!
+//! Modules: [`issue`] is pure (generation, validation, decisions at a given time), [`store`]
+//! holds the kube calls only.
+
+pub mod issue;
+pub mod store;
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use crate::tls::CertResolver;
+use issue::{fmt_time, Material, Plan, Policy};
+use store::{Store, Write};
+
+/// Settings of the certificate manager.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub policy: Policy,
+    /// Secret name (in `policy.namespace`).
+    pub secret: String,
+    /// MutatingWebhookConfiguration whose webhooks get the CA bundle.
+    pub webhook_config: String,
+    /// Time between reconciles.
+    pub check_interval: Duration,
+    /// Time before retrying after a failed reconcile (capped by `check_interval`).
+    pub retry_interval: Duration,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), String> {
+        self.policy.validate()?;
+        if self.secret.is_empty() {
+            return Err("--cert-secret: must not be empty".into());
+        }
+        if self.webhook_config.is_empty() {
+            return Err("--webhook-config: must not be empty".into());
+        }
+        if self.check_interval.is_zero() {
+            return Err("--cert-check-interval 0s: must be positive".into());
+        }
+        if self.check_interval >= self.policy.rotate_before {
+            return Err(format!(
+                "--cert-check-interval {}: must be shorter than --cert-rotate-before {} (else a certificate may expire between checks)",
+                issue::fmt_duration(self.check_interval),
+                issue::fmt_duration(self.policy.rotate_before)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the Secret was settled in one reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The stored certificates were valid and are served unchanged.
+    Kept,
+    /// This replica created the Secret.
+    Created,
+    /// This replica replaced the Secret's certificates (reason).
+    Replaced(String),
+    /// Another replica wrote first (409); its certificates are served.
+    LostRace,
+}
+
+/// The outcome of one reconcile.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub material: Material,
+    pub settled: Settled,
+    /// How many webhooks got a new `caBundle`, or why the bundle could not be written.
+    pub bundle: Result<usize, String>,
+}
+
+/// At most this many read-decide-write rounds per reconcile (each lost race costs one).
+const ROUNDS: usize = 4;
+
+/// One reconcile at `now`: settle the Secret, then the webhooks' `caBundle`.
+pub async fn reconcile(
+    store: &Store,
+    opts: &Options,
+    now: OffsetDateTime,
+) -> anyhow::Result<Reconciled> {
+    let what = format!("cert secret {}/{}", store.namespace, store.secret);
+    let mut lost = false;
+    let mut settled = None;
+    for _ in 0..ROUNDS {
+        let read = store
+            .read_secret()
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: reading failed: {e}"))?;
+        let planned = issue::plan(read.as_ref().map(|s| &s.data), &opts.policy, now)
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        match planned {
+            Plan::Keep {
+                material,
+                serving,
+                ca,
+            } => {
+                if lost {
+                    tracing::info!(secret = %what, valid_until = %fmt_time(serving.not_after),
+                        "lost the write race; serving the certificate the other replica stored");
+                } else {
+                    tracing::info!(secret = %what, valid_until = %fmt_time(serving.not_after),
+                        ca_valid_until = %fmt_time(ca.not_after),
+                        "{what} valid until {}, serving it", fmt_time(serving.not_after));
+                }
+                record_expiry(&material);
+                settled = Some((
+                    material,
+                    if lost {
+                        Settled::LostRace
+                    } else {
+                        Settled::Kept
+                    },
+                ));
+                break;
+            }
+            Plan::Write { material, reason } => {
+                let data = material.to_data();
+                let (w, verb) = match &read {
+                    None => (store.create_secret(data).await, "create"),
+                    Some(prev) => (store.replace_secret(prev, data).await, "update"),
+                };
+                match w.map_err(|e| anyhow::anyhow!("{what}: {verb} failed: {e}"))? {
+                    Write::Done => {
+                        let until = issue::validity_of(&material.tls_crt)
+                            .map(|v| fmt_time(v.not_after))
+                            .unwrap_or_default();
+                        tracing::info!(secret = %what, reason = %reason, valid_until = %until,
+                            "{what}: {reason}; stored ({verb}), serving it");
+                        record_expiry(&material);
+                        let s = if read.is_none() {
+                            Settled::Created
+                        } else {
+                            Settled::Replaced(reason)
+                        };
+                        settled = Some((material, s));
+                        break;
+                    }
+                    Write::Lost => {
+                        tracing::info!(secret = %what,
+                            "lost the {verb} race (409) to another replica; reading the stored certificate again");
+                        lost = true;
+                    }
+                }
+            }
+        }
+    }
+    let Some((material, settled)) = settled else {
+        return Err(anyhow::anyhow!(
+            "{what}: still losing write races after {ROUNDS} rounds; retrying later"
+        ));
+    };
+    let bundle = ensure_ca_bundle(store, material.ca_crt.as_bytes()).await;
+    match &bundle {
+        Ok(0) => {
+            tracing::debug!(config = %store.webhook_config, "caBundle already current on every webhook")
+        }
+        Ok(n) => tracing::info!(config = %store.webhook_config, webhooks = n,
+            "caBundle updated on {n} webhook(s) of MutatingWebhookConfiguration {}", store.webhook_config),
+        Err(e) => {
+            tracing::warn!(config = %store.webhook_config, error = %e, "caBundle not written")
+        }
+    }
+    Ok(Reconciled {
+        material,
+        settled,
+        bundle,
+    })
+}
+
+/// Writes `bundle` into every webhook whose `caBundle` differs; returns how many changed.
+async fn ensure_ca_bundle(store: &Store, bundle: &[u8]) -> Result<usize, String> {
+    let name = &store.webhook_config;
+    let cfg = store
+        .read_webhook_config()
+        .await
+        .map_err(|e| format!("MutatingWebhookConfiguration {name}: reading failed: {e}"))?
+        .ok_or_else(|| {
+            format!("MutatingWebhookConfiguration {name} not found (is --webhook-config right?)")
+        })?;
+    let Some((patch, n)) = ca_bundle_patch(&cfg, bundle)? else {
+        return Ok(0);
+    };
+    store
+        .patch_webhook_config(patch)
+        .await
+        .map_err(|e| format!("MutatingWebhookConfiguration {name}: patch failed: {e}"))?;
+    Ok(n)
+}
+
+/// The JSON patch that sets `caBundle` to `bundle` on every webhook where it differs (each
+/// write guarded by a `test` of the webhook's name, so a reordered list fails the patch
+/// instead of writing to the wrong entry), and how many webhooks it changes. `None` when all
+/// match; an error when the configuration has no webhooks.
+pub fn ca_bundle_patch(
+    cfg: &MutatingWebhookConfiguration,
+    bundle: &[u8],
+) -> Result<Option<(json_patch::Patch, usize)>, String> {
+    let webhooks = cfg.webhooks.as_deref().unwrap_or_default();
+    if webhooks.is_empty() {
+        return Err(format!(
+            "MutatingWebhookConfiguration {} has no webhooks",
+            cfg.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let mut ops = Vec::new();
+    let mut n = 0;
+    for (i, w) in webhooks.iter().enumerate() {
+        let current = w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
+        if current == Some(bundle) {
+            continue;
+        }
+        n += 1;
+        ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": w.name}));
+        ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": b64}));
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| format!("building the caBundle patch: {e}"))?;
+    Ok(Some((patch, n)))
+}
+
+/// The running manager: the resolver to serve from, and its background loop.
+pub struct Managed {
+    pub resolver: Arc<CertResolver>,
+    pub task: JoinHandle<()>,
+}
+
+/// Reconciles until the first success (retrying every `retry_interval`, doubling up to
+/// `check_interval`), then keeps reconciling every `check_interval` in the background,
+/// swapping the served certificate when the Secret's changes.
+pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
+    crate::tls::install_provider();
+    opts.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let mut wait = opts.retry_interval.min(opts.check_interval);
+    let first = loop {
+        match reconcile(&store, &opts, OffsetDateTime::now_utc()).await {
+            Ok(r) => {
+                record_result(&r);
+                break r;
+            }
+            Err(e) => {
+                count("error");
+                tracing::warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs_f64(),
+                    "no certificate to serve yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(opts.check_interval);
+            }
+        }
+    };
+    let key = first
+        .material
+        .certified_key()
+        .map_err(|e| anyhow::anyhow!("cert secret {}/{}: {e}", store.namespace, store.secret))?;
+    let resolver = CertResolver::from_pair(key);
+    let mut needs_retry = first.bundle.is_err();
+    let r = resolver.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let pause = if needs_retry {
+                opts.retry_interval.min(opts.check_interval)
+            } else {
+                opts.check_interval
+            };
+            tokio::time::sleep(pause).await;
+            match reconcile(&store, &opts, OffsetDateTime::now_utc()).await {
+                Ok(done) => {
+                    record_result(&done);
+                    needs_retry = done.bundle.is_err();
+                    match done.material.certified_key() {
+                        Ok(k) => {
+                            if r.set(k) {
+                                tracing::info!(
+                                    "serving certificate changed; new connections use it"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stored certificate unusable; keeping the current one")
+                        }
+                    }
+                }
+                Err(e) => {
+                    count("error");
+                    needs_retry = true;
+                    tracing::warn!(error = %format!("{e:#}"), "certificate check failed; keeping the current certificate");
+                }
+            }
+        }
+    });
+    Ok(Managed { resolver, task })
+}
+
+static RECONCILES: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "remora_webhook_cert_reconciles_total",
+        "Certificate manager reconciles (--manage-certs), by result: kept, created, replaced, lost_race, error.",
+        &["result"]
+    )
+    .ok()
+});
+
+static EXPIRY: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "remora_webhook_cert_not_after_timestamp_seconds",
+        "Expiry (Unix time) of the certificate served and of its CA (--manage-certs).",
+        &["cert"]
+    )
+    .ok()
+});
+
+fn count(result: &str) {
+    if let Some(c) = RECONCILES.as_ref() {
+        c.with_label_values(&[result]).inc();
+    }
+}
+
+fn record_result(r: &Reconciled) {
+    count(match r.settled {
+        Settled::Kept => "kept",
+        Settled::Created => "created",
+        Settled::Replaced(_) => "replaced",
+        Settled::LostRace => "lost_race",
+    });
+}
+
+fn record_expiry(m: &Material) {
+    let Some(g) = EXPIRY.as_ref() else { return };
+    if let Ok(v) = issue::validity_of(&m.tls_crt) {
+        g.with_label_values(&["serving"])
+            .set(v.not_after.unix_timestamp());
+    }
+    if let Ok(v) = issue::validity_of(&m.ca_crt) {
+        g.with_label_values(&["ca"])
+            .set(v.not_after.unix_timestamp());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, WebhookClientConfig};
+    use k8s_openapi::ByteString;
+
+    fn cfg(bundles: &[Option<&[u8]>]) -> MutatingWebhookConfiguration {
+        MutatingWebhookConfiguration {
+            metadata: kube::api::ObjectMeta {
+                name: Some("remora-sidecar-injector".into()),
+                ..Default::default()
+            },
+            webhooks: Some(
+                bundles
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| MutatingWebhook {
+                        name: format!("w{i}.remora.dev"),
+                        client_config: WebhookClientConfig {
+                            ca_bundle: b.map(|b| ByteString(b.to_vec())),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn patch_touches_only_webhooks_whose_bundle_differs() {
+        let c = cfg(&[Some(b"NEW"), None, Some(b"OLD")]);
+        let (patch, n) = ca_bundle_patch(&c, b"NEW").unwrap().unwrap();
+        assert_eq!(n, 2);
+        let v = serde_json::to_value(&patch).unwrap();
+        assert_eq!(
+            v,
+            json!([
+                {"op": "test", "path": "/webhooks/1/name", "value": "w1.remora.dev"},
+                {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": "TkVX"},
+                {"op": "test", "path": "/webhooks/2/name", "value": "w2.remora.dev"},
+                {"op": "add", "path": "/webhooks/2/clientConfig/caBundle", "value": "TkVX"},
+            ])
+        );
+        // Applying it to the object gives every webhook the bundle.
+        let mut obj = serde_json::to_value(&c).unwrap();
+        json_patch::patch(&mut obj, &patch).unwrap();
+        let after: MutatingWebhookConfiguration = serde_json::from_value(obj).unwrap();
+        assert!(ca_bundle_patch(&after, b"NEW").unwrap().is_none());
+    }
+
+    #[test]
+    fn no_webhooks_is_an_error() {
+        let c = cfg(&[]);
+        let e = ca_bundle_patch(&c, b"X").unwrap_err();
+        assert!(e.contains("remora-sidecar-injector has no webhooks"), "{e}");
+    }
+
+    #[test]
+    fn options_reject_check_interval_beyond_rotate_before() {
+        let d = Duration::from_secs(86_400);
+        let o = Options {
+            policy: Policy {
+                service: "s".into(),
+                namespace: "n".into(),
+                cert_validity: 90 * d,
+                ca_validity: 3650 * d,
+                rotate_before: 30 * d,
+            },
+            secret: "x".into(),
+            webhook_config: "y".into(),
+            check_interval: 30 * d,
+            retry_interval: Duration::from_secs(5),
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .starts_with("--cert-check-interval 30d"));
+        let ok = Options {
+            check_interval: Duration::from_secs(3600),
+            ..o
+        };
+        ok.validate().unwrap();
+    }
+}

@@ -1,0 +1,152 @@
+//! The kube calls of the certificate manager, and nothing else: read, create and replace the
+//! Secret (optimistic concurrency: a 409 is reported as a lost race, not an error), read the
+//! MutatingWebhookConfiguration and JSON-patch its `caBundle`s.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+/// A Secret as read: its data and the version a replace must name.
+#[derive(Clone, Debug)]
+pub struct StoredSecret {
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub resource_version: Option<String>,
+    object: Secret,
+}
+
+/// The result of a write that may lose to another replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// 409: another writer got there first (AlreadyExists on create, Conflict on replace).
+    Lost,
+}
+
+/// The Secret and the webhook configuration the manager looks after.
+#[derive(Clone)]
+pub struct Store {
+    secrets: Api<Secret>,
+    configs: Api<MutatingWebhookConfiguration>,
+    pub namespace: String,
+    pub secret: String,
+    pub webhook_config: String,
+}
+
+impl Store {
+    pub fn new(client: Client, namespace: &str, secret: &str, webhook_config: &str) -> Store {
+        Store {
+            secrets: Api::namespaced(client.clone(), namespace),
+            configs: Api::all(client),
+            namespace: namespace.to_string(),
+            secret: secret.to_string(),
+            webhook_config: webhook_config.to_string(),
+        }
+    }
+
+    /// `GET` the Secret; `None` on 404.
+    pub async fn read_secret(&self) -> Result<Option<StoredSecret>, kube::Error> {
+        let Some(s) = self.secrets.get_opt(&self.secret).await? else {
+            return Ok(None);
+        };
+        let data = s
+            .data
+            .as_ref()
+            .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default();
+        Ok(Some(StoredSecret {
+            data,
+            resource_version: s.metadata.resource_version.clone(),
+            object: s,
+        }))
+    }
+
+    /// `POST` a new Secret of type `kubernetes.io/tls`; `Lost` on 409 AlreadyExists.
+    pub async fn create_secret(
+        &self,
+        data: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Write, kube::Error> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.secret.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(
+                    [
+                        ("app.kubernetes.io/name", "remora-webhook"),
+                        ("app.kubernetes.io/part-of", "remora"),
+                        ("app.kubernetes.io/managed-by", "remora-webhook"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/tls".to_string()),
+            data: Some(to_bytes(data)),
+            ..Secret::default()
+        };
+        lost_on_conflict(self.secrets.create(&PostParams::default(), &secret).await)
+    }
+
+    /// `PUT` the Secret with new data, naming the resourceVersion it was read at (labels,
+    /// annotations and type are kept); `Lost` on 409 Conflict.
+    pub async fn replace_secret(
+        &self,
+        prev: &StoredSecret,
+        data: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Write, kube::Error> {
+        let mut next = prev.object.clone();
+        next.metadata.managed_fields = None;
+        next.metadata.resource_version = prev.resource_version.clone();
+        next.data = Some(to_bytes(data));
+        next.string_data = None;
+        if next.type_.is_none() {
+            next.type_ = Some("kubernetes.io/tls".to_string());
+        }
+        lost_on_conflict(
+            self.secrets
+                .replace(&self.secret, &PostParams::default(), &next)
+                .await,
+        )
+    }
+
+    /// `GET` the MutatingWebhookConfiguration; `None` on 404.
+    pub async fn read_webhook_config(
+        &self,
+    ) -> Result<Option<MutatingWebhookConfiguration>, kube::Error> {
+        self.configs.get_opt(&self.webhook_config).await
+    }
+
+    /// `PATCH` (RFC 6902 JSON patch) the MutatingWebhookConfiguration.
+    pub async fn patch_webhook_config(&self, patch: json_patch::Patch) -> Result<(), kube::Error> {
+        self.configs
+            .patch(
+                &self.webhook_config,
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+fn to_bytes(data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
+    data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()
+}
+
+fn lost_on_conflict<T>(r: Result<T, kube::Error>) -> Result<Write, kube::Error> {
+    match r {
+        Ok(_) => Ok(Write::Done),
+        Err(kube::Error::Api(s))
+            if s.code == 409 || s.reason == "AlreadyExists" || s.reason == "Conflict" =>
+        {
+            Ok(Write::Lost)
+        }
+        Err(e) => Err(e),
+    }
+}
