@@ -1,7 +1,20 @@
 //! One JSON access-log line per HTTP request and per TCP connection, on stdout.
+//!
+//! Lines are serialized on the request's thread and handed to one writer thread through a
+//! bounded queue; the writer batches whatever is queued into one buffered write and flushes as
+//! soon as the queue is empty, so an idle proxy's log is always current and a busy one makes one
+//! `write(2)` per batch instead of one per request. The request path never blocks on stdout: when
+//! the queue is full (stdout stuck, e.g. a paused log collector) the line is dropped and counted in
+//! `remora_access_log_dropped_total`.
 
 use serde::Serialize;
+use std::cell::RefCell;
 use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE_LINES: usize = 16_384;
 
 /// Where access-log lines go. `Stdout` is the product setting; `Off` disables them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,31 +24,99 @@ pub enum AccessLog {
 }
 
 impl AccessLog {
-    /// Write one line (a serialized entry) and flush, ignoring a closed stdout.
+    /// Queue one line (a serialized entry) for stdout; never blocks.
     pub fn write<T: Serialize>(&self, entry: &T) {
         if *self == AccessLog::Off {
             return;
         }
-        let Ok(line) = serde_json::to_string(entry) else {
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, entry).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        let Some(tx) = writer() else {
+            // No writer thread (could not spawn): write in place.
+            let _ = std::io::stdout().lock().write_all(&line);
             return;
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => dropped().inc(),
+        }
+    }
+}
+
+fn dropped() -> &'static prometheus::IntCounter {
+    static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
+    C.get_or_init(|| {
+        let c = prometheus::IntCounter::new(
+            "remora_access_log_dropped_total",
+            "Access-log lines dropped because stdout could not keep up.",
+        )
+        .unwrap_or_else(|e| panic!("metric remora_access_log_dropped_total definition: {e}"));
+        let _ = prometheus::register(Box::new(c.clone()));
+        c
+    })
+}
+
+fn writer() -> Option<&'static SyncSender<Vec<u8>>> {
+    static TX: OnceLock<Option<SyncSender<Vec<u8>>>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("remora-accesslog".into())
+            .spawn(move || write_loop(rx, std::io::stdout()))
+            .ok()
+            .map(|_| tx)
+    })
+    .as_ref()
+}
+
+/// Write queued lines in batches, flushing whenever the queue runs empty.
+fn write_loop<W: Write>(rx: Receiver<Vec<u8>>, out: W) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(&line);
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(&line);
+        }
         let _ = out.flush();
     }
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, without a date crate.
+/// RFC 3339 UTC timestamp with milliseconds, without a date crate. The date and time of day
+/// are formatted once per second per thread.
 pub fn now_rfc3339() -> String {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as i64;
+    let secs = now.as_secs();
     let ms = now.subsec_millis();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, format_second(secs));
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&cached.1);
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
+        out
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (civil-from-days, Howard Hinnant's algorithm).
+fn format_second(secs: u64) -> String {
+    let secs = secs as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // civil-from-days (Howard Hinnant's algorithm)
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -46,7 +127,7 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}")
 }
 
 /// An HTTP request's access-log entry.
@@ -103,6 +184,41 @@ mod tests {
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    #[test]
+    fn seconds_format_as_civil_dates() {
+        assert_eq!(format_second(0), "1970-01-01T00:00:00");
+        assert_eq!(format_second(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(format_second(1_795_320_000), "2026-11-22T04:00:00");
+        assert_eq!(format_second(4_107_542_399), "2100-02-28T23:59:59");
+    }
+
+    #[test]
+    fn writer_batches_lines_in_order_and_stops_when_senders_go() {
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Shared(buf.clone());
+        let t = std::thread::spawn(move || write_loop(rx, out));
+        for i in 0..3 {
+            tx.send(format!("{{\"n\":{i}}}\n").into_bytes()).unwrap();
+        }
+        drop(tx);
+        t.join().unwrap();
+        assert_eq!(
+            String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
+            "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"
+        );
     }
 
     #[test]
