@@ -1,6 +1,6 @@
 //! Istio standard metrics, registered once in prometheus's default registry.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::OnceLock;
 
 /// Istio's request duration buckets (milliseconds).
@@ -64,9 +64,31 @@ pub struct Metrics {
     pub tcp_received_bytes: IntCounterVec,
     /// Connections refused before proxying (loops, missing original destination), by reason.
     pub refused_connections: IntCounterVec,
+    /// Downstream connections or requests turned away by the abuse limits (`guard`), by
+    /// listener and reason.
+    pub downstream_rejected: IntCounterVec,
+    /// Downstream connections open now, by listener (the per-proxy cap counts them all).
+    pub downstream_connections: IntGaugeVec,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The four series one HTTP label set writes, looked up once per worker thread instead of
+/// hashing thirteen label values four times per request.
+struct HttpSeries {
+    requests: prometheus::IntCounter,
+    duration_ms: prometheus::Histogram,
+    request_bytes: prometheus::Histogram,
+    response_bytes: prometheus::Histogram,
+}
+
+/// Label sets cached per thread before the cache starts over (bounds memory under label churn).
+const SERIES_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<HttpLabels, HttpSeries>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
@@ -74,6 +96,13 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     // A second registration (e.g. in tests that share a process) is not an error worth failing on.
     let _ = prometheus::register(Box::new(c.clone()));
     c
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
+    let _ = prometheus::register(Box::new(g.clone()));
+    g
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
@@ -138,23 +167,44 @@ impl Metrics {
                 "Connections the proxy refused before proxying, by reason",
                 &["listener", "reason"],
             ),
+            downstream_rejected: counter(
+                "remora_downstream_rejected_total",
+                "Downstream connections or requests turned away by the abuse limits, by reason",
+                &["listener", "reason"],
+            ),
+            downstream_connections: gauge(
+                "remora_downstream_connections",
+                "Downstream connections open now",
+                &["listener"],
+            ),
         })
     }
 
     /// Record one finished HTTP request.
     pub fn record_http(&self, l: &HttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        let owned = l.values();
-        let values = refs(&owned);
-        self.requests_total.with_label_values(&values).inc();
-        self.request_duration_ms
-            .with_label_values(&values)
-            .observe(duration_ms);
-        self.request_bytes
-            .with_label_values(&values)
-            .observe(req_bytes as f64);
-        self.response_bytes
-            .with_label_values(&values)
-            .observe(resp_bytes as f64);
+        HTTP_SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !cache.contains_key(l) {
+                if cache.len() >= SERIES_CACHE_MAX {
+                    cache.clear();
+                }
+                let owned = l.values();
+                let values = refs(&owned);
+                let series = HttpSeries {
+                    requests: self.requests_total.with_label_values(&values),
+                    duration_ms: self.request_duration_ms.with_label_values(&values),
+                    request_bytes: self.request_bytes.with_label_values(&values),
+                    response_bytes: self.response_bytes.with_label_values(&values),
+                };
+                cache.insert(l.clone(), series);
+            }
+            if let Some(s) = cache.get(l) {
+                s.requests.inc();
+                s.duration_ms.observe(duration_ms);
+                s.request_bytes.observe(req_bytes as f64);
+                s.response_bytes.observe(resp_bytes as f64);
+            }
+        });
     }
 
     /// Record a TCP connection opening.
@@ -196,7 +246,7 @@ fn service_name_ns(service: &str) -> (String, String) {
 }
 
 /// Labels of one HTTP request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpLabels {
     pub reporter: &'static str,
     pub source_workload: String,
@@ -312,5 +362,27 @@ mod tests {
         );
         assert!(line.contains("response_code=\"200\""), "{line}");
         assert!(line.ends_with(" 1"), "{line}");
+
+        // The cached series keep counting, and another label set is its own series.
+        m.record_http(&l, 3.0, 10, 20);
+        let other = HttpLabels {
+            response_code: 503,
+            ..l.clone()
+        };
+        m.record_http(&other, 1.0, 0, 0);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&prometheus::gather())
+            .unwrap();
+        let count = |code: &str| {
+            text.lines()
+                .find(|x| {
+                    x.starts_with("istio_requests_total{")
+                        && x.contains("unit-test-wl")
+                        && x.contains(&format!("response_code=\"{code}\""))
+                })
+                .map(|x| x.rsplit(' ').next().unwrap().to_string())
+        };
+        assert_eq!(count("200").as_deref(), Some("2"));
+        assert_eq!(count("503").as_deref(), Some("1"));
     }
 }
