@@ -114,6 +114,9 @@ pub struct RunArgs {
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
+    /// Abuse limits and the privilege check (see `guard::LimitArgs`, docs/proxy.md "Limits").
+    #[command(flatten)]
+    pub limits: crate::guard::LimitArgs,
 }
 
 /// Map Istio's log levels (`sidecar.istio.io/logLevel`) to a tracing filter.

@@ -10,6 +10,8 @@ pub mod admin;
 pub mod app_probe;
 pub mod cli;
 pub mod detect;
+// Abuse limits and the start-up privilege check (issue 8).
+pub mod guard;
 pub mod listen;
 // Traffic policies (issue 5).
 pub mod policy;

@@ -6,11 +6,12 @@
 //! TCP bytes to the destination.
 
 use crate::detect::{self, Detected, SniffEnd};
+use crate::guard::{self, Guard, HeadRead};
 use crate::rules::{Protocol, SharedSnapshot};
 use crate::telemetry::{self, flags, AccessLog, Metrics, TcpLabels, TcpLogEntry, Workload};
 use crate::upstream::{self, MeshHttp};
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -146,6 +147,8 @@ pub struct CaptureApp {
     pub h2: Arc<HttpProxy<MeshHttp>>,
     /// DNS for TCP routes to hosts without endpoints.
     pub resolver: Arc<upstream::HostResolver>,
+    /// Abuse limits and the per-proxy connection cap (one `Guard` shared by every listener).
+    pub guard: Arc<Guard>,
 }
 
 impl CaptureApp {
@@ -168,6 +171,18 @@ impl ServerApp for CaptureApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The per-proxy connection cap comes first: nothing is read from a connection over it.
+        let Some(_slot) = self.guard.gate.try_acquire(self.dir.as_str()) else {
+            guard::record(
+                self.dir.as_str(),
+                guard::Reject::ConnectionLimit,
+                &format!(
+                    "{} downstream connections open (--max-downstream-connections); closed",
+                    self.guard.limits.max_connections
+                ),
+            );
+            return None;
+        };
         let digest = stream.get_socket_digest();
         let local = digest
             .as_ref()
@@ -230,20 +245,11 @@ impl ServerApp for CaptureApp {
         };
         debug!(listener = self.dir.as_str(), %dst, ?peer, ?detected, how, ?sni, "connection classified");
         match detected {
-            Detected::Http1 | Detected::H2c => {
-                let app = if detected == Detected::H2c {
-                    &self.h2
-                } else {
-                    &self.h1
-                };
-                let mut stream = stream;
-                // Keep-alive: serve every request of this connection here (no re-sniffing).
-                loop {
-                    match app.process_new(stream, shutdown).await {
-                        Some(s) if !*shutdown.borrow() => stream = s,
-                        _ => return None,
-                    }
-                }
+            // h2c: Pingora serves the whole connection (h2 settings carry the limits).
+            Detected::H2c => self.h2.process_new(stream, shutdown).await.and(None),
+            Detected::Http1 => {
+                self.serve_http1(stream, shutdown).await;
+                None
             }
             Detected::Tcp => {
                 proxy_tcp(
@@ -258,6 +264,53 @@ impl ServerApp for CaptureApp {
                 .await;
                 None
             }
+        }
+    }
+}
+
+impl CaptureApp {
+    /// Serve an HTTP/1 connection request by request: each request head is read under the
+    /// abuse limits (`guard::read_head`) before Pingora parses it; between requests the idle
+    /// timeout applies. This is Pingora's own keep-alive loop (`ServerApp for HttpServerApp`)
+    /// with the guard in front of every request.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let listener = self.dir.as_str();
+        let limits = &self.guard.limits;
+        let keepalive_secs = limits.idle_timeout.as_secs().max(1);
+        let mut next: Option<(Stream, Option<pingora::apps::HttpPersistentSettings>)> =
+            Some((stream, None));
+        let mut keepalive = false;
+        while let Some((stream, persisted)) = next.take() {
+            let stream = match guard::read_head(stream, limits, listener, keepalive).await {
+                HeadRead::Ready(s) => s,
+                HeadRead::Closed | HeadRead::Rejected(_) => return,
+            };
+            let mut session = pingora::protocols::http::ServerSession::new_http1(stream);
+            match persisted {
+                Some(p) => p.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(if *shutdown.borrow() {
+                        None
+                    } else {
+                        Some(keepalive_secs)
+                    });
+                    session.set_keepalive_reuses_remaining(
+                        self.h1
+                            .server_options
+                            .as_ref()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let reused = HttpServerApp::process_new_http(&self.h1, session, shutdown).await;
+            if *shutdown.borrow() {
+                return;
+            }
+            next = reused.map(|r| {
+                let (s, p) = r.consume();
+                (s, p)
+            });
+            keepalive = true;
         }
     }
 }

@@ -156,6 +156,10 @@ fn socket2_free_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_level)?;
+    // Least privilege before anything else: refuse uid 0 in a pod, drop every capability.
+    remora_proxy::guard::drop_privileges(args.limits.allow_root).map_err(|e| anyhow!(e))?;
+    let limits =
+        remora_proxy::guard::DownstreamLimits::from_args(&args.limits).map_err(|e| anyhow!(e))?;
     let labels = load_labels(&args);
     let ctx = LoadContext {
         namespace: args.namespace.clone(),
@@ -237,6 +241,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         policies: Arc::new(remora_proxy::policy::Policies::new()),
     });
     listen::log_listeners(&shared.settings);
+    let guard = Arc::new(remora_proxy::guard::Guard::new(limits));
+    guard.log();
 
     // Pingora server.
     let conf = ServerConf {
@@ -270,13 +276,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.h2c = true;
+        opts.h2_idle_timeout = Some(guard.limits.idle_timeout);
         h2.server_options = Some(opts);
+        h2.h2_options = Some(guard.limits.h2_options());
         let app = CaptureApp {
             dir,
             shared: shared.clone(),
             h1: Arc::new(h1),
             h2: Arc::new(h2),
             resolver: resolver.clone(),
+            guard: guard.clone(),
         };
         let mut svc = Service::new(format!("{} capture", dir.as_str()), app);
         for addr in shared.listener_addrs(dir) {
