@@ -104,6 +104,123 @@ fn parse_named_objects(key: &str, v: &str) -> Result<Vec<(String, serde_json::Va
     Ok(out)
 }
 
+/// The denial for `sidecar.istio.io/proxyImage` (Istio honours it; remora does not).
+pub const PROXY_IMAGE_REFUSED: &str = "annotation sidecar.istio.io/proxyImage: image choice by annotation is refused by remora; set images in the injector config";
+
+/// The settings of a `securityContext` that raise privileges above what the injector renders:
+/// added capabilities, privileged, privilege escalation, the root user (for the proxy; the init
+/// container runs as root already), an unconfined seccomp or AppArmor profile, SELinux options,
+/// an unmasked /proc.
+fn raised_privileges(sc: &serde_json::Value, proxy: bool) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !sc.is_object() {
+        return out;
+    }
+    let adds = sc
+        .pointer("/capabilities/add")
+        .is_some_and(|a| a.as_array().is_none_or(|a| !a.is_empty()));
+    if adds {
+        out.push("capabilities.add");
+    }
+    if sc.get("privileged") == Some(&serde_json::Value::Bool(true)) {
+        out.push("privileged");
+    }
+    if sc.get("allowPrivilegeEscalation") == Some(&serde_json::Value::Bool(true)) {
+        out.push("allowPrivilegeEscalation");
+    }
+    if proxy {
+        if sc.get("runAsUser").and_then(serde_json::Value::as_i64) == Some(0) {
+            out.push("runAsUser 0");
+        }
+        if sc.get("runAsGroup").and_then(serde_json::Value::as_i64) == Some(0) {
+            out.push("runAsGroup 0");
+        }
+        if sc.get("runAsNonRoot") == Some(&serde_json::Value::Bool(false)) {
+            out.push("runAsNonRoot false");
+        }
+    }
+    for (ptr, what) in [
+        ("/seccompProfile/type", "seccompProfile Unconfined"),
+        ("/appArmorProfile/type", "appArmorProfile Unconfined"),
+    ] {
+        if sc.pointer(ptr).and_then(serde_json::Value::as_str) == Some("Unconfined") {
+            out.push(what);
+        }
+    }
+    if sc.get("seLinuxOptions").is_some_and(|v| !v.is_null()) {
+        out.push("seLinuxOptions");
+    }
+    if sc
+        .get("procMount")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|m| m != "Default")
+    {
+        out.push("procMount");
+    }
+    out
+}
+
+fn shown(val: &serde_json::Value) -> String {
+    let mut s = val.to_string();
+    if s.len() > 120 {
+        let cut = (0..=117)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Checks the `proxy.istio.io/overrides` record (`{"proxy": [...], "init": [...]}`) that a
+/// previous injection wrote. It is replayed over the rendered containers when the pod declares
+/// no override containers itself, so as an annotation it must not choose an image or a command,
+/// nor raise privileges in a `securityContext` (tightening them, e.g. another non-root uid, is
+/// fine). Each problem is one error. `image: auto` (Istio's placeholder) is allowed. A record
+/// that is not JSON, or has another shape, is ignored by the injection and passes here.
+pub fn check_override_record(v: &str) -> Vec<String> {
+    let Ok(rec) = serde_json::from_str::<serde_json::Value>(v) else {
+        return Vec::new();
+    };
+    let mut errs = Vec::new();
+    for (role, container) in [("proxy", "remora-proxy"), ("init", "remora-init")] {
+        let Some(list) = rec.get(role).and_then(serde_json::Value::as_array) else {
+            continue;
+        };
+        for entry in list {
+            let mut push = |e: String| {
+                if !errs.contains(&e) {
+                    errs.push(e);
+                }
+            };
+            if let Some(img) = entry.get("image").filter(|i| !i.is_null() && *i != "auto") {
+                push(format!(
+                    "annotation {OVERRIDES}: image {} for {container}: image choice by annotation is refused by remora; set images in the injector config",
+                    shown(img)
+                ));
+            }
+            if let Some(cmd) = entry.get("command").filter(|c| !c.is_null()) {
+                push(format!(
+                    "annotation {OVERRIDES}: command {} for {container}: a command by annotation is refused by remora; the injected containers run remora-proxy and remora-init",
+                    shown(cmd)
+                ));
+            }
+            if let Some(sc) = entry.get("securityContext") {
+                let raised = raised_privileges(sc, role == "proxy");
+                if !raised.is_empty() {
+                    push(format!(
+                        "annotation {OVERRIDES}: securityContext {} for {container}: raising privileges ({}) by annotation is refused by remora",
+                        shown(sc),
+                        raised.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    errs
+}
+
 /// Proxy log levels accepted by `sidecar.istio.io/logLevel` (Envoy's names).
 pub const LOG_LEVELS: &[&str] = &[
     "trace", "debug", "info", "warning", "error", "critical", "off",
@@ -290,6 +407,8 @@ pub struct PodOptions {
     pub native_sidecar: bool,
     pub rewrite_probes: bool,
     pub log_level: String,
+    /// Always `None`: image choice by annotation (`sidecar.istio.io/proxyImage`) is refused; the
+    /// proxy image comes from the injector config.
     pub proxy_image: Option<String>,
     pub interception: Interception,
     /// Resource overrides from the proxy annotations: (requests|limits, cpu|memory) → value.
@@ -366,21 +485,20 @@ impl PodOptions {
                 ));
             }
         }
-        if let Some(v) = get(PROXY_IMAGE) {
-            if v.trim().is_empty() || v.chars().any(char::is_whitespace) {
-                errs.push(format!(
-                    "annotation {PROXY_IMAGE}: invalid value {v:?}: not an image reference"
-                ));
-            } else {
-                opts.proxy_image = Some(v.to_string());
-            }
+        if get(PROXY_IMAGE).is_some() {
+            errs.push(PROXY_IMAGE_REFUSED.to_string());
+        }
+        if let Some(v) = get(OVERRIDES) {
+            errs.extend(check_override_record(v));
         }
         if let Some(v) = get(INTERCEPTION_MODE) {
             match v.trim() {
                 "REDIRECT" => opts.interception = Interception::Redirect,
                 "NONE" => opts.interception = Interception::None,
+                // Istio's TPROXY runs the proxy with NET_ADMIN (and the init with more rules):
+                // capabilities chosen by annotation, which remora refuses.
                 "TPROXY" => errs.push(format!(
-                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: remora supports REDIRECT and NONE, not TPROXY"
+                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: remora supports REDIRECT and NONE, not TPROXY (it would give the proxy NET_ADMIN; capabilities by annotation are refused)"
                 )),
                 _ => errs.push(format!(
                     "annotation {INTERCEPTION_MODE}: invalid value {v:?}: must be REDIRECT or NONE"
@@ -461,7 +579,16 @@ impl PodOptions {
         }
         if let Some(v) = get(USER_VOLUME) {
             match parse_named_objects(USER_VOLUME, v) {
-                Ok(l) => opts.user_volumes = l,
+                Ok(l) => {
+                    for (name, def) in &l {
+                        if def.get("hostPath").is_some() {
+                            errs.push(format!(
+                                "annotation {USER_VOLUME}: volume {name:?} is a hostPath volume: host paths by annotation are refused by remora; declare the volume in the pod spec"
+                            ));
+                        }
+                    }
+                    opts.user_volumes = l;
+                }
                 Err(e) => errs.push(e),
             }
         }
@@ -570,6 +697,79 @@ mod tests {
         assert!(e[0].contains("TPROXY"));
         let e = errors(&[(EXCLUDE_INTERFACES, "eth0,this-name-is-way-too-long")]);
         assert!(e[0].contains("interface"));
+    }
+
+    #[test]
+    fn proxy_image_annotation_is_refused() {
+        for v in [
+            "evil.example/proxy:1",
+            "",
+            "ghcr.io/remora-mesh/remora-proxy:0.1.0",
+        ] {
+            let e = errors(&[(PROXY_IMAGE, v)]);
+            assert_eq!(e, vec![PROXY_IMAGE_REFUSED.to_string()], "{v:?}");
+        }
+        assert!(PROXY_IMAGE_REFUSED.contains("image choice by annotation is refused by remora"));
+        // Refused alongside other problems, each reported.
+        let e = errors(&[(PROXY_IMAGE, "x"), (LOG_LEVEL, "loud")]);
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn override_record_may_not_choose_image_command_or_privileges() {
+        let e = errors(&[(
+            OVERRIDES,
+            r#"{"proxy":[{"name":"istio-proxy","image":"evil/proxy"}],"init":[]}"#,
+        )]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains(OVERRIDES)
+                && e[0].contains("evil/proxy")
+                && e[0].contains("remora-proxy")
+                && e[0].contains("image choice by annotation is refused by remora"),
+            "{e:?}"
+        );
+        let e = errors(&[(
+            OVERRIDES,
+            r#"{"init":[{"name":"istio-init","command":["sh"],"securityContext":{"privileged":true,"capabilities":{"add":["SYS_ADMIN"]}}}]}"#,
+        )]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("command") && e[0].contains("remora-init"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].contains("securityContext") && e[1].contains("SYS_ADMIN"),
+            "{e:?}"
+        );
+        // Istio's placeholder image, resources, env and probes stay allowed.
+        let ok = r#"{"proxy":[{"name":"istio-proxy","image":"auto","resources":{"requests":{"cpu":"123m"}},"env":[{"name":"A","value":"b"}]}],"init":[{"name":"istio-init","args":["-p","15001"]}]}"#;
+        assert!(PodOptions::parse(&ann(&[(OVERRIDES, ok)]), &Config::default()).is_ok());
+        // A record the injection ignores (not JSON, other shape) is not an escalation.
+        assert!(check_override_record("not json").is_empty());
+        assert!(check_override_record(r#"{"initContainers":[{"image":"x"}]}"#).is_empty());
+        // Long values are cut in the message.
+        let long = format!(r#"{{"proxy":[{{"image":"{}"}}]}}"#, "é".repeat(200));
+        let e = check_override_record(&long);
+        assert!(e[0].contains("...") && e[0].len() < 400, "{e:?}");
+    }
+
+    #[test]
+    fn tproxy_and_host_path_volumes_are_refused() {
+        let e = errors(&[(INTERCEPTION_MODE, "TPROXY")]);
+        assert!(
+            e[0].contains("NET_ADMIN") && e[0].contains("refused"),
+            "{e:?}"
+        );
+        let e = errors(&[(
+            USER_VOLUME,
+            r#"{"root":{"hostPath":{"path":"/"}},"ok":{"emptyDir":{}}}"#,
+        )]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains(USER_VOLUME) && e[0].contains("\"root\"") && e[0].contains("hostPath"),
+            "{e:?}"
+        );
     }
 
     #[test]

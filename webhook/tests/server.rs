@@ -240,6 +240,49 @@ async fn assert_reinjection_is_noop(client: &mut Client, injected: &Value, ns: &
     assert_eq!(&twice, injected, "{ctx}: re-injection changed the pod");
 }
 
+/// Does the pod's `proxy.istio.io/overrides` record choose an image or a command, or raise the
+/// proxy's or init's privileges? (The rule of issue 8, written out independently of the webhook.)
+fn record_raises(pod: &Value) -> bool {
+    let Some(rec) = pod
+        .pointer("/metadata/annotations/proxy.istio.io~1overrides")
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    else {
+        return false;
+    };
+    ["proxy", "init"].iter().any(|role| {
+        rec[*role].as_array().into_iter().flatten().any(|c| {
+            let sc = &c["securityContext"];
+            (c.get("image").is_some_and(|i| i != "auto"))
+                || c.get("command").is_some()
+                || sc["privileged"] == true
+                || sc["allowPrivilegeEscalation"] == true
+                || sc
+                    .pointer("/capabilities/add")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+                || (*role == "proxy" && sc["runAsUser"] == 0)
+        })
+    })
+}
+
+/// Re-injecting a pod whose override record raises privileges is denied, naming the annotation.
+async fn assert_reinjection_is_refused(client: &mut Client, injected: &Value, ns: &str, ctx: &str) {
+    let again = review_pod(client, injected, ns).await;
+    assert_eq!(
+        again["response"]["allowed"], false,
+        "{ctx}: re-injection with a privileged override record was allowed: {again}"
+    );
+    let msg = again["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        msg.contains("annotation proxy.istio.io/overrides") && msg.contains("refused by remora"),
+        "{ctx}: {msg}"
+    );
+    assert!(again["response"].get("patch").is_none(), "{ctx}");
+}
+
 /// Compares our injected pod with Istio's golden pod template: decisions and structure.
 fn compare_with_istio(input: &Value, ours: &Value, golden: &Value, ctx: &str) {
     let is_ours = |n: &str| n.starts_with("remora-");
@@ -493,7 +536,14 @@ async fn check_doc(
                 if let Some(g) = golden {
                     compare_with_istio(&pod, &injected, &template_of(g), ctx);
                 }
-                assert_reinjection_is_noop(client, &injected, &ns, ctx).await;
+                if record_raises(&injected) {
+                    // The override record is an annotation: one that chooses an image or raises
+                    // privileges (here copied from the pod's own override containers) is refused
+                    // when the pod comes back without those containers.
+                    assert_reinjection_is_refused(client, &injected, &ns, ctx).await;
+                } else {
+                    assert_reinjection_is_noop(client, &injected, &ns, ctx).await;
+                }
             }
         }
     }
@@ -777,6 +827,55 @@ async fn bad_input_gets_clear_errors_and_server_keeps_serving() {
         metrics.contains("remora_webhook_review_duration_seconds_bucket"),
         "{metrics}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_choosing_images_or_privileges_are_denied() {
+    // Issue 8: annotations never choose the sidecar's image, command or privileges.
+    let c = certs();
+    let server = start(&c, ConfigHandle::fixed(Config::default())).await;
+    let mut client = connect(&server, &c).await;
+    let pod_with = |ann: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "annotations": ann},
+            "spec": {"containers": [{"name": "a", "image": "x"}]}})
+    };
+    let cases = [
+        (
+            json!({"sidecar.istio.io/proxyImage": "evil.example/proxy:1"}),
+            "annotation sidecar.istio.io/proxyImage: image choice by annotation is refused by remora; set images in the injector config",
+        ),
+        (
+            json!({"proxy.istio.io/overrides": r#"{"init":[{"name":"istio-init","image":"evil.example/init:1"}]}"#}),
+            "image choice by annotation is refused by remora",
+        ),
+        (
+            json!({"proxy.istio.io/overrides": r#"{"proxy":[{"securityContext":{"capabilities":{"add":["NET_ADMIN"]}}}]}"#}),
+            "raising privileges (capabilities.add) by annotation is refused by remora",
+        ),
+        (
+            json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+            "capabilities by annotation are refused",
+        ),
+        (
+            json!({"sidecar.istio.io/userVolume": r#"{"host":{"hostPath":{"path":"/"}}}"#}),
+            "host paths by annotation are refused by remora",
+        ),
+    ];
+    for (ann, needle) in cases {
+        let resp = review_pod(&mut client, &pod_with(ann.clone()), "default").await;
+        assert_eq!(resp["response"]["allowed"], false, "{ann}: {resp}");
+        let msg = resp["response"]["status"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{ann}: {msg}");
+        assert!(resp["response"].get("patch").is_none(), "{ann}");
+    }
+    // The same pod without the annotation is injected with the configured image.
+    let resp = review_pod(&mut client, &pod_with(json!({})), "default").await;
+    assert_eq!(resp["response"]["allowed"], true);
+    let injected = apply(&pod_with(json!({})), &resp, "plain");
+    let proxy = container(&injected, "initContainers", "remora-proxy").unwrap();
+    assert_eq!(proxy["image"], Config::default().proxy.image.as_str());
     server.shutdown().await;
 }
 
