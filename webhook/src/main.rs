@@ -37,7 +37,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
         #[command(flatten)]
-        certs: CertArgs,
+        certs: Box<CertArgs>,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
     Inject {

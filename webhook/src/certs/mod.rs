@@ -23,7 +23,8 @@ use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use serde_json::json;
-use time::OffsetDateTime;
+/// The time type of [`reconcile`] and [`issue`] (re-exported for callers and tests).
+pub use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use crate::tls::CertResolver;

@@ -1,0 +1,662 @@
+//! Contract tests of `remora-webhook serve --manage-certs` against recorded Kubernetes API
+//! responses (`tests/fixtures/kube-api/certs/`): the Secret is created, kept, raced for,
+//! rotated and repaired with the requests the API expects; the CA bundle the webhook PATCHes
+//! into the MutatingWebhookConfiguration verifies the certificate the server really serves.
+//!
+//! Status bodies, the webhook configuration and the garbage Secret are recorded files; Secrets
+//! holding certificates are built here (their keys are generated per run) in the same shape.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use remora_e2e::apiserver::{RecordedApi, Reply, Seen};
+use remora_webhook::certs::issue::{self, Material, Plan, Policy};
+use remora_webhook::certs::store::Store;
+use remora_webhook::certs::{self, OffsetDateTime, Options, Settled};
+use remora_webhook::client::{client_config, Client};
+use remora_webhook::config::{Config, ConfigHandle};
+use remora_webhook::server::{self, ServeOptions};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+const NS: &str = "remora-system";
+const SECRET: &str = "remora-webhook-certs";
+const MWC: &str = "remora-sidecar-injector";
+const SECRET_PATH: &str = "/api/v1/namespaces/remora-system/secrets/remora-webhook-certs";
+const SECRETS_PATH: &str = "/api/v1/namespaces/remora-system/secrets";
+const MWC_PATH: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/remora-sidecar-injector";
+const SERVER_NAME: &str = "remora-webhook.remora-system.svc";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kube-api/certs")
+        .join(name)
+}
+
+fn policy() -> Policy {
+    Policy {
+        service: "remora-webhook".into(),
+        namespace: NS.into(),
+        cert_validity: 90 * DAY,
+        ca_validity: 3650 * DAY,
+        rotate_before: 30 * DAY,
+    }
+}
+
+fn options(check_interval: Duration) -> Options {
+    Options {
+        policy: policy(),
+        secret: SECRET.into(),
+        webhook_config: MWC.into(),
+        check_interval,
+        retry_interval: Duration::from_millis(200),
+    }
+}
+
+/// 2026-11-22T00:00:00Z
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_795_305_600).unwrap()
+}
+
+fn issued_at(at: OffsetDateTime) -> Material {
+    match issue::plan(None, &policy(), at).unwrap() {
+        Plan::Write { material, .. } => material,
+        Plan::Keep { .. } => unreachable!("no Secret means a write"),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 string"))
+        .expect("valid base64")
+}
+
+/// A Secret as the API server returns it (core/v1), holding `m` at `rv`.
+fn secret_body(m: &Material, rv: &str) -> Value {
+    let data: serde_json::Map<String, Value> = m
+        .to_data()
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(b64(&v))))
+        .collect();
+    json!({
+        "kind": "Secret",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": SECRET,
+            "namespace": NS,
+            "uid": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "resourceVersion": rv,
+            "creationTimestamp": "2026-11-01T08:00:00Z",
+            "labels": {"app.kubernetes.io/managed-by": "remora-webhook"}
+        },
+        "type": "kubernetes.io/tls",
+        "data": data
+    })
+}
+
+/// The recorded MutatingWebhookConfiguration with `bundle` already in its webhook.
+fn mwc_with_bundle(bundle: &[u8]) -> Value {
+    let text = std::fs::read_to_string(fixture("webhook-config.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut body = doc["exchanges"][0]["body"].clone();
+    body["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(bundle));
+    body
+}
+
+fn store(api: &RecordedApi) -> Store {
+    Store::new(api.client().unwrap(), NS, SECRET, MWC)
+}
+
+/// The requests seen, as `METHOD path` lines.
+fn calls(api: &RecordedApi) -> Vec<String> {
+    api.requests()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path()))
+        .collect()
+}
+
+fn only<'a>(seen: &'a [Seen], method: &str) -> Vec<&'a Seen> {
+    seen.iter().filter(|s| s.method == method).collect()
+}
+
+/// The Material a POST or PUT body carries.
+fn material_of(body: &Value) -> Material {
+    let d = &body["data"];
+    let get = |k: &str| String::from_utf8(unb64(&d[k])).unwrap();
+    Material {
+        tls_crt: get("tls.crt"),
+        tls_key: get("tls.key"),
+        ca_crt: get("ca.crt"),
+        ca_key: get("ca.key"),
+    }
+}
+
+/// The caBundle values a PATCH body (RFC 6902) writes.
+fn patched_bundles(body: &Value) -> Vec<Vec<u8>> {
+    body.as_array()
+        .expect("a JSON patch is an array")
+        .iter()
+        .filter(|op| {
+            op["op"] == "add"
+                && op["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/clientConfig/caBundle"))
+        })
+        .map(|op| unb64(&op["value"]))
+        .collect()
+}
+
+fn first_cert(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-absent.json")).unwrap();
+    api.load(&fixture("webhook-config.json")).unwrap();
+    let created = issued_at(t0());
+    api.on(
+        "POST",
+        SECRETS_PATH,
+        Reply::json(201, secret_body(&created, "1001")),
+    );
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::Created);
+    assert_eq!(r.bundle, Ok(1));
+    assert_eq!(
+        calls(&api),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("POST {SECRETS_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("PATCH {MWC_PATH}"),
+        ]
+    );
+    let seen = api.requests();
+    assert!(seen.iter().all(|s| s.matched));
+    let post = only(&seen, "POST")[0].body.clone().unwrap();
+    assert_eq!(post["kind"], "Secret");
+    assert_eq!(post["type"], "kubernetes.io/tls");
+    assert_eq!(post["metadata"]["name"], SECRET);
+    assert_eq!(post["metadata"]["namespace"], NS);
+    assert!(post["metadata"].get("resourceVersion").is_none());
+    let stored = material_of(&post);
+    assert_eq!(stored, r.material, "serves exactly what it stored");
+
+    let patch = only(&seen, "PATCH")[0];
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    let body = patch.body.clone().unwrap();
+    assert_eq!(
+        body[0],
+        json!({"op": "test", "path": "/webhooks/0/name", "value": "sidecar-injector.remora.dev"})
+    );
+    assert_eq!(
+        patched_bundles(&body),
+        vec![stored.ca_crt.as_bytes().to_vec()]
+    );
+
+    // The patched bundle verifies the stored serving certificate for the Service's name.
+    let ca = first_cert(&stored.ca_crt);
+    let leaf = first_cert(&stored.tls_crt);
+    issue::verify_chain(&leaf, &[], &ca, SERVER_NAME, t0()).unwrap();
+}
+
+#[tokio::test]
+async fn a_valid_secret_and_current_bundle_mean_no_writes() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(t0());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "2001")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(m.ca_crt.as_bytes())),
+    );
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0() + 10 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::Kept);
+    assert_eq!(r.bundle, Ok(0));
+    assert_eq!(r.material, m);
+    assert_eq!(
+        calls(&api),
+        [format!("GET {SECRET_PATH}"), format!("GET {MWC_PATH}")]
+    );
+}
+
+#[tokio::test]
+async fn a_lost_create_race_serves_the_winners_certificate() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-absent.json")).unwrap();
+    let winner = issued_at(t0());
+    // After the 404, the next GET sees what the other replica created.
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&winner, "3001")),
+    );
+    api.load(&fixture("create-already-exists.json")).unwrap();
+    api.load(&fixture("webhook-config.json")).unwrap();
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::LostRace);
+    assert_eq!(r.material, winner);
+    assert_eq!(
+        calls(&api),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("POST {SECRETS_PATH}"),
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("PATCH {MWC_PATH}"),
+        ]
+    );
+    let seen = api.requests();
+    let lost = material_of(only(&seen, "POST")[0].body.as_ref().unwrap());
+    assert_ne!(lost, winner, "our own attempt differed");
+    let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
+    assert_eq!(
+        patched_bundles(&patch),
+        vec![winner.ca_crt.as_bytes().to_vec()],
+        "the bundle is the winner's CA, not ours"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_update_race_rereads_and_serves_the_winners_certificate() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    // Stored 70 days ago: 20 days left < 30 days rotate-before.
+    let stale = issued_at(t0() - 70 * DAY);
+    let winner = issued_at(t0());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&stale, "4001")),
+    );
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&winner, "4002")),
+    );
+    api.load(&fixture("update-conflict.json")).unwrap();
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(winner.ca_crt.as_bytes())),
+    );
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::LostRace);
+    assert_eq!(r.material, winner);
+    assert_eq!(r.bundle, Ok(0));
+    assert_eq!(
+        calls(&api),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("PUT {SECRET_PATH}"),
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+        ]
+    );
+    let seen = api.requests();
+    let put = only(&seen, "PUT")[0].body.clone().unwrap();
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "4001",
+        "the update names the version it read (optimistic concurrency)"
+    );
+}
+
+#[tokio::test]
+async fn a_serving_cert_near_expiry_is_rotated_under_the_same_ca() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let stale = issued_at(t0() - 70 * DAY);
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&stale, "5001")),
+    );
+    api.on(
+        "PUT",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&stale, "5002")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(stale.ca_crt.as_bytes())),
+    );
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    let Settled::Replaced(reason) = &r.settled else {
+        panic!("expected a replacement, got {:?}", r.settled);
+    };
+    assert!(reason.contains("within --cert-rotate-before"), "{reason}");
+    // Same CA, so the caBundle is already right: no PATCH.
+    assert_eq!(r.bundle, Ok(0));
+    assert_eq!(
+        calls(&api),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("PUT {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+        ]
+    );
+    let seen = api.requests();
+    let put = only(&seen, "PUT")[0].body.clone().unwrap();
+    assert_eq!(put["metadata"]["resourceVersion"], "5001");
+    assert_eq!(put["type"], "kubernetes.io/tls");
+    let written = material_of(&put);
+    assert_eq!(written, r.material);
+    assert_eq!(written.ca_crt, stale.ca_crt);
+    assert_eq!(written.ca_key, stale.ca_key);
+    assert_ne!(written.tls_crt, stale.tls_crt);
+    let v = issue::validity_of(&written.tls_crt).unwrap();
+    assert_eq!(v.not_after, t0() + 90 * DAY);
+    issue::verify_chain(
+        &first_cert(&written.tls_crt),
+        &[],
+        &first_cert(&stale.ca_crt),
+        SERVER_NAME,
+        t0(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_garbage_secret_is_replaced_keeping_its_metadata() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-garbage.json")).unwrap();
+    let fresh = issued_at(t0());
+    api.on(
+        "PUT",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&fresh, "901")),
+    );
+    api.load(&fixture("webhook-config.json")).unwrap();
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    let Settled::Replaced(reason) = &r.settled else {
+        panic!("expected a replacement, got {:?}", r.settled);
+    };
+    assert!(
+        reason.contains("Secret unusable (key ca.crt missing)"),
+        "{reason}"
+    );
+    assert_eq!(r.bundle, Ok(1));
+    let seen = api.requests();
+    let put = only(&seen, "PUT")[0].body.clone().unwrap();
+    assert_eq!(put["metadata"]["resourceVersion"], "900");
+    assert_eq!(put["metadata"]["labels"]["team"], "platform", "labels kept");
+    let written = material_of(&put);
+    assert_eq!(written, r.material);
+    let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
+    assert_eq!(
+        patched_bundles(&patch),
+        vec![written.ca_crt.as_bytes().to_vec()]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_webhook_configuration_is_reported_not_fatal() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(t0());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "6001")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::status(
+            404,
+            "NotFound",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io \"remora-sidecar-injector\" not found",
+        ),
+    );
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::Kept);
+    let e = r.bundle.unwrap_err();
+    assert!(e.contains("remora-sidecar-injector not found"), "{e}");
+}
+
+/// Starts the real server in process with `--manage-certs` semantics.
+async fn serve_managed(
+    api: &RecordedApi,
+    check: Duration,
+) -> (server::Running, Arc<remora_webhook::tls::CertResolver>) {
+    let managed = certs::start(store(api), options(check)).await.unwrap();
+    let resolver = managed.resolver.clone();
+    let running = server::start_with_resolver(
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: PathBuf::from("/nonexistent/tls.crt"),
+            key: PathBuf::from("/nonexistent/tls.key"),
+            config: ConfigHandle::fixed(Config::default()),
+            reload_poll: Duration::from_secs(10),
+            drain: Duration::from_secs(2),
+        },
+        managed.resolver,
+    )
+    .await
+    .unwrap();
+    (running, resolver)
+}
+
+#[tokio::test]
+async fn the_patched_ca_bundle_verifies_the_served_certificate_over_tls() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS_PATH,
+        Reply::json(201, secret_body(&issued_at(t0()), "7001")),
+    );
+    api.load(&fixture("webhook-config.json")).unwrap();
+    let (running, _) = serve_managed(&api, Duration::from_secs(3600)).await;
+
+    let seen = api.requests();
+    let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
+    let bundle = patched_bundles(&patch).remove(0);
+    let stored = material_of(only(&seen, "POST")[0].body.as_ref().unwrap());
+
+    // A client trusting only the patched bundle, verifying the Service's DNS name.
+    let cfg = client_config(&[&bundle]).unwrap();
+    let mut c = Client::connect(running.addr, SERVER_NAME, cfg.clone())
+        .await
+        .expect("handshake with the caBundle the webhook wrote");
+    assert_eq!(c.peer_cert, first_cert(&stored.tls_crt).as_ref());
+    let (status, body) = c.get("/healthz").await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    // The full name and the short ones are in the certificate; another name is not.
+    Client::connect(
+        running.addr,
+        "remora-webhook.remora-system.svc.cluster.local",
+        cfg.clone(),
+    )
+    .await
+    .unwrap();
+    let wrong_name = Client::connect(running.addr, "other.remora-system.svc", cfg).await;
+    assert!(wrong_name.is_err(), "a name outside the SANs must fail");
+
+    // A client trusting a different CA refuses the handshake.
+    let other = issued_at(OffsetDateTime::now_utc());
+    let other_cfg = client_config(&[other.ca_crt.as_bytes()]).unwrap();
+    let e = Client::connect(running.addr, SERVER_NAME, other_cfg)
+        .await
+        .err()
+        .expect("a foreign CA must not verify the served certificate");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("UnknownIssuer")
+            || msg.contains("BadSignature")
+            || msg.contains("invalid peer certificate"),
+        "{msg}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rotation_by_another_replica_is_served_without_restart() {
+    remora_webhook::tls::install_provider();
+    let now = OffsetDateTime::now_utc();
+    let api = RecordedApi::start().await.unwrap();
+    // Start with a Secret due for rotation: the server rotates it itself (same CA)...
+    let stale = issued_at(now - 70 * DAY);
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&stale, "8001")),
+    );
+    api.on(
+        "PUT",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&stale, "8002")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(stale.ca_crt.as_bytes())),
+    );
+    let (running, resolver) = serve_managed(&api, Duration::from_millis(300)).await;
+
+    // The certificate served is one the server PUT (rotated under the stale Secret's CA, which
+    // the caBundle already holds), never the stale one. (The recorded GET keeps answering the
+    // stale Secret, so later checks may rotate it again: compare with every PUT.)
+    let cfg = client_config(&[stale.ca_crt.as_bytes()]).unwrap();
+    let c = Client::connect(running.addr, SERVER_NAME, cfg.clone())
+        .await
+        .expect("the rotated certificate verifies against the unchanged caBundle");
+    assert_ne!(c.peer_cert, first_cert(&stale.tls_crt).as_ref());
+    let seen = api.requests();
+    let put_leaves: Vec<CertificateDer<'static>> = only(&seen, "PUT")
+        .iter()
+        .map(|p| {
+            let m = material_of(p.body.as_ref().unwrap());
+            assert_eq!(m.ca_crt, stale.ca_crt, "rotation keeps the CA");
+            first_cert(&m.tls_crt)
+        })
+        .collect();
+    assert!(!put_leaves.is_empty(), "start-up rotated the stale Secret");
+    assert!(
+        put_leaves
+            .iter()
+            .any(|l| l.as_ref() == c.peer_cert.as_slice()),
+        "serves a certificate it stored"
+    );
+
+    // ...then another replica rotates the CA: the next checks read the new Secret (the old CA
+    // stays in its bundle), and new connections get the new certificate.
+    let fresh = issued_at(now);
+    let next = Material {
+        ca_crt: format!("{}{}", fresh.ca_crt, stale.ca_crt),
+        ..fresh
+    };
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&next, "8003")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(stale.ca_crt.as_bytes())),
+    );
+    api.on(
+        "PATCH",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(next.ca_crt.as_bytes())),
+    );
+    let want = first_cert(&next.tls_crt);
+    let mut served = false;
+    for _ in 0..100 {
+        if resolver.current_chain().first() == Some(&want) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the stored rotation was not picked up within 10 s");
+    // The new bundle (new CA + old CA) verifies the new certificate over TLS.
+    let seen = api.requests();
+    let bundle = only(&seen, "PATCH")
+        .last()
+        .and_then(|p| patched_bundles(p.body.as_ref().unwrap()).pop())
+        .expect("the new bundle was patched in");
+    assert_eq!(bundle, next.ca_crt.as_bytes());
+    let c = Client::connect(
+        running.addr,
+        SERVER_NAME,
+        client_config(&[&bundle]).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.peer_cert, want.as_ref());
+    // The valid stored rotation is adopted, not rewritten: later checks write nothing.
+    // (Until `next` was queued, the recorded GET kept answering the stale Secret, so the
+    // server may have rotated it more than once; that is the recording, not a race.)
+    let puts_before = only(&api.requests(), "PUT").len();
+    let gets_before = api
+        .requests()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path() == SECRET_PATH)
+        .count();
+    let mut rechecked = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let gets = api
+            .requests()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path() == SECRET_PATH)
+            .count();
+        if gets >= gets_before + 2 {
+            rechecked = true;
+            break;
+        }
+    }
+    assert!(rechecked, "the manager stopped checking");
+    assert_eq!(only(&api.requests(), "PUT").len(), puts_before);
+    assert_eq!(resolver.current_chain().first(), Some(&want));
+    running.shutdown().await;
+}
