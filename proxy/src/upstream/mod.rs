@@ -1175,12 +1175,12 @@ impl ProxyHttp for MeshHttp {
             protocol,
             status,
             duration_ms,
-            upstream: ctx.upstream.map(|u| u.to_string()),
-            original_dst: ctx.dst.map(|d| d.to_string()),
+            upstream: ctx.upstream.map(telemetry::accesslog::addr_string),
+            original_dst: ctx.dst.map(telemetry::accesslog::addr_string),
             downstream: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map(|a| a.to_string()),
+                .map(|a| telemetry::accesslog::addr_string(*a)),
             route_name: ctx.route_name.take(),
             virtual_service: ctx.virtual_service.take(),
             destination_service: std::mem::take(&mut ctx.destination_service),
