@@ -633,21 +633,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'h' => 3_600,
             'm' => 60,
             's' => 1,
-            _ => return Err(format!("{text:?}: unknown unit {ch:?} (use d, h, m, s)")),
+            _ => return Err(format!("unknown unit {ch:?} (use d, h, m, s)")),
         };
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("{text:?}: a number must precede {ch:?}"))?;
+            .map_err(|_| format!("a number must precede {ch:?}"))?;
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("{text:?}: too large"))?;
+            .ok_or_else(|| "too large".to_string())?;
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!(
-            "{text:?}: number {num} has no unit (use d, h, m, s)"
-        ));
+        return Err(format!("number {num} has no unit (use d, h, m, s)"));
     }
     Ok(Duration::from_secs(total))
 }
