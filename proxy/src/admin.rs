@@ -41,6 +41,10 @@ pub struct AdminState {
     pub draining: AtomicBool,
     /// Cached once the capture listeners were seen bound.
     listeners_bound: AtomicBool,
+    /// The rules sources (files and the ConfigMap through the API), when the API is used.
+    pub rules_sources: Option<Arc<crate::discovery::rules_api::RulesSources>>,
+    /// Kubernetes endpoint discovery, when on.
+    pub discovery: Option<Arc<crate::discovery::kube::Discovery>>,
 }
 
 impl AdminState {
@@ -52,7 +56,20 @@ impl AdminState {
             started: Instant::now(),
             draining: AtomicBool::new(false),
             listeners_bound: AtomicBool::new(false),
+            rules_sources: None,
+            discovery: None,
         }
+    }
+
+    /// With the API-backed rules source and discovery (for `/config_dump`).
+    pub fn with_kube(
+        mut self,
+        rules_sources: Option<Arc<crate::discovery::rules_api::RulesSources>>,
+        discovery: Option<Arc<crate::discovery::kube::Discovery>>,
+    ) -> AdminState {
+        self.rules_sources = rules_sources;
+        self.discovery = discovery;
+        self
     }
 
     /// Are both capture listeners bound by this process?
@@ -111,6 +128,19 @@ impl AdminState {
             "app_probes": self.probers.probes.keys().collect::<Vec<_>>(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "policies": self.shared.policies.dump(),
+            "config_source": match &self.rules_sources {
+                Some(r) => r.dump(),
+                None => serde_json::json!({
+                    "source": crate::discovery::rules_api::source_kind(&snap.source),
+                    "generation": snap.generation,
+                    "hash": snap.hash,
+                    "api": {"status": "off"},
+                }),
+            },
+            "discovery": match &self.discovery {
+                Some(d) => d.dump(),
+                None => serde_json::json!({"status": "off"}),
+            },
         })
     }
 }

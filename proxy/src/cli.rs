@@ -111,12 +111,47 @@ pub struct RunArgs {
     /// TESTING/DEBUGGING ONLY: the same for the inbound listener.
     #[arg(long, env = "REMORA_FIXED_INBOUND_TARGET", value_name = "ADDR")]
     pub fixed_inbound_target: Option<SocketAddr>,
+    /// Kubernetes API for endpoint discovery and the rules ConfigMap: `auto` (in-cluster when
+    /// KUBERNETES_SERVICE_HOST is set and a service-account token is mounted, else off), `off`,
+    /// or the API server's URL (`http(s)://host:port`).
+    #[arg(long, env = "REMORA_KUBE_API", default_value = "auto")]
+    pub kube_api: String,
+    /// The rules ConfigMap in POD_NAMESPACE, watched through the API when allowed (changes
+    /// apply within a second instead of the kubelet's sync); `off` = files only.
+    #[arg(long, env = "REMORA_RULES_CONFIGMAP", default_value = "remora-mesh-rules", value_parser = parse_configmap_name)]
+    pub rules_configmap: String,
+    /// Endpoint discovery (Services, EndpointSlices, Pods) through the API: on or off.
+    #[arg(long, env = "REMORA_DISCOVERY", default_value = "on", value_parser = ["on", "off"])]
+    pub discovery: String,
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
     /// Abuse limits and the privilege check (see `guard::LimitArgs`, docs/proxy.md "Limits").
     #[command(flatten)]
     pub limits: crate::guard::LimitArgs,
+}
+
+/// `--rules-configmap`: `off` or a ConfigMap name (DNS-1123 subdomain).
+pub fn parse_configmap_name(v: &str) -> Result<String, String> {
+    if v == "off" {
+        return Ok(v.to_string());
+    }
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "{v:?} is not a ConfigMap name (lower-case letters, digits, '-' and '.', at most 253) or off"
+        ))
+    }
 }
 
 /// Map Istio's log levels (`sidecar.istio.io/logLevel`) to a tracing filter.
@@ -199,6 +234,33 @@ mod tests {
             .unwrap()
             .starts_with("debug,pingora_core=debug"));
         assert!(log_filter("loud").unwrap_err().contains("\"loud\""));
+    }
+
+    #[test]
+    fn kube_flags() {
+        let cli = Cli::try_parse_from(["remora-proxy", "run"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                r.kube_api.as_str(),
+                r.rules_configmap.as_str(),
+                r.discovery.as_str()
+            ),
+            ("auto", "remora-mesh-rules", "on")
+        );
+        let e = Cli::try_parse_from(["remora-proxy", "run", "--rules-configmap", "Bad_Name"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--rules-configmap"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"Bad_Name\" is not a ConfigMap name"),
+            "{e}"
+        );
+        assert_eq!(parse_configmap_name("off").as_deref(), Ok("off"));
+        assert!(parse_configmap_name("rules.v2").is_ok());
+        assert!(parse_configmap_name("-x").is_err());
     }
 
     #[test]

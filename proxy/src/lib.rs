@@ -10,6 +10,8 @@ pub mod admin;
 pub mod app_probe;
 pub mod cli;
 pub mod detect;
+// Kubernetes endpoint discovery and the rules ConfigMap through the API (issue 7).
+pub mod discovery;
 // Abuse limits and the start-up privilege check (issue 8).
 pub mod guard;
 pub mod listen;

@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 use remora_proxy::admin::{self, AdminKind, AdminState};
 use remora_proxy::app_probe::AppProbers;
 use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
+use remora_proxy::discovery::rules_api::RulesSources;
 use remora_proxy::listen::{self, CaptureApp, Direction, Settings, Shared};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
 use remora_proxy::telemetry::{AccessLog, Workload};
@@ -154,6 +155,81 @@ fn socket2_free_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     s.bind(addr)
 }
 
+type KubeParts = (
+    Arc<RulesSources>,
+    Option<Arc<remora_proxy::discovery::kube::Discovery>>,
+);
+
+/// The Kubernetes side (`--kube-api`): endpoint discovery and the rules ConfigMap through the
+/// API, on their own thread and runtime. Always returns the rules sources (the files' hooks);
+/// discovery only when the API is used and `--discovery on`.
+fn start_kube(
+    args: &Args,
+    ctx: &LoadContext,
+    store: rules::SharedSnapshot,
+) -> anyhow::Result<KubeParts> {
+    use remora_proxy::discovery::kube::{self as dk, ApiMode, Discovery, Timing};
+    let configmap = format!("{}/{}", args.namespace, args.rules_configmap);
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<KubeParts>>();
+    let (a, c) = (args.clone(), ctx.clone());
+    std::thread::Builder::new()
+        .name("remora-kube".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow!("kube runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let client = match dk::client_for(&a.kube_api, &a.namespace) {
+                    Ok(ApiMode::Client(client, url)) => {
+                        info!("Kubernetes API {url}: discovery {}, rules ConfigMap {}", a.discovery, if a.rules_configmap == "off" { "off (files only)".to_string() } else { format!("{configmap} watched through the API when RBAC allows") });
+                        client
+                    }
+                    Ok(ApiMode::Off(why)) => {
+                        info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
+                        let _ = tx.send(Ok((Arc::new(RulesSources::new(store, c, configmap, None)), None)));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow!(e)));
+                        return;
+                    }
+                };
+                let discovery = (a.discovery == "on")
+                    .then(|| Discovery::start(client.clone(), &c.cluster_domain, Timing::default()));
+                let sources = Arc::new(RulesSources::new(store.clone(), c, configmap, discovery.clone()));
+                // The first snapshot gets the discovered endpoints and sets the scope.
+                {
+                    use rules::watch::Hooks;
+                    let _serial = sources.lock();
+                    let snap = Arc::new(sources.prepare((*store.load_full()).clone()));
+                    store.store(snap.clone());
+                    sources.applied(&snap);
+                }
+                if a.rules_configmap != "off" {
+                    tokio::spawn(dk::watch_rules_configmap(
+                        client,
+                        a.namespace.clone(),
+                        a.rules_configmap.clone(),
+                        sources.clone(),
+                        Timing::default(),
+                    ));
+                }
+                let _ = tx.send(Ok((sources, discovery)));
+                std::future::pending::<()>().await
+            });
+        })
+        .context("starting the kube thread")?;
+    rx.recv()
+        .map_err(|_| anyhow!("kube thread exited during start-up"))?
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_level)?;
     // Least privilege before anything else: refuse uid 0 in a pod, drop every capability.
@@ -235,6 +311,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Register the metric families before any traffic.
     let _ = remora_proxy::telemetry::Metrics::get();
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
+    let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone())?;
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
@@ -301,11 +378,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Admin servers and the rules watcher on their own runtime and thread.
-    let admin_state = Arc::new(AdminState::new(
-        shared.clone(),
-        probers,
-        args.rules_dir.display().to_string(),
-    ));
+    let admin_state = Arc::new(
+        AdminState::new(
+            shared.clone(),
+            probers,
+            args.rules_dir.display().to_string(),
+        )
+        .with_kube(Some(rules_sources.clone()), discovery),
+    );
     let mut phases = server.watch_execution_phase();
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let admin_args = args.clone();
@@ -345,11 +425,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 for (l, kind) in listeners {
                     tokio::spawn(admin::serve(l, st.clone(), kind));
                 }
-                let _watcher = rules::spawn_watcher(
+                let _watcher = rules::watch::spawn_watcher_with(
                     admin_args.rules_dir.clone(),
                     ctx,
                     store,
                     Duration::from_secs(admin_args.rules_rescan_seconds),
+                    rules_sources,
                 );
                 let _ = tx.send(Ok(()));
                 loop {

@@ -74,6 +74,31 @@ pub struct State {
     pub last_rejected: Option<String>,
 }
 
+/// What other parts of the proxy plug into the file watcher: another source of rules (the rules
+/// ConfigMap read through the API) and Kubernetes discovery. The defaults do nothing.
+pub trait Hooks: Send + Sync {
+    /// Held for the whole reload: serialises every writer of the snapshot store.
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        None
+    }
+    /// `Err(reason)`: do not apply a file set with this content hash (another source holds
+    /// newer content); the reason is logged by the implementation.
+    fn admit_files(&self, _hash: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// Adjust a snapshot before it is stored (for example add the discovered endpoints).
+    fn prepare(&self, snap: super::Snapshot) -> super::Snapshot {
+        snap
+    }
+    /// Called after a snapshot was stored.
+    fn applied(&self, _snap: &super::Snapshot) {}
+}
+
+/// No hooks: the files are the only source.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
 /// One reload attempt (blocking: reads files, resolves DNS names).
 pub fn reload_once(
     dir: &Path,
@@ -94,6 +119,19 @@ pub fn reload_once_with(
     state: &mut State,
     resolve: &super::endpoints::Resolver<'_>,
 ) -> Outcome {
+    reload_once_hooked(dir, ctx, store, state, resolve, &NoHooks)
+}
+
+/// `reload_once_with` with `hooks` consulted (see `Hooks`).
+pub fn reload_once_hooked(
+    dir: &Path,
+    ctx: &LoadContext,
+    store: &SharedSnapshot,
+    state: &mut State,
+    resolve: &super::endpoints::Resolver<'_>,
+    hooks: &dyn Hooks,
+) -> Outcome {
+    let _serial = hooks.lock();
     let m = &*METRICS;
     let inputs = match load::read_inputs(dir) {
         Ok(i) => i,
@@ -118,7 +156,10 @@ pub fn reload_once_with(
         if changed_names.is_empty() {
             return Outcome::Unchanged;
         }
-    } else if state.last_rejected.as_deref() == Some(inputs.hash.as_str()) {
+    } else if state.last_rejected.as_deref() == Some(inputs.hash.as_str())
+        || hooks.admit_files(&inputs.hash).is_err()
+    {
+        // Rejected before, or another source holds newer content.
         return Outcome::Unchanged;
     }
     let generation = current.generation + 1;
@@ -133,11 +174,13 @@ pub fn reload_once_with(
     }
     match super::load_inputs(&inputs, ctx, generation, &reuse) {
         Ok(snap) => {
+            let snap = Arc::new(hooks.prepare(snap));
             log_applied(&snap);
-            store.store(Arc::new(snap));
+            store.store(snap.clone());
             m.generation.set(generation as i64);
             m.reloads.inc();
             state.last_rejected = None;
+            hooks.applied(&snap);
             Outcome::Applied(generation)
         }
         Err(errs) => reject(dir, inputs.hash, errs, state),
@@ -198,6 +241,17 @@ pub fn spawn_watcher(
     store: SharedSnapshot,
     rescan: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_watcher_with(dir, ctx, store, rescan, Arc::new(NoHooks))
+}
+
+/// `spawn_watcher` with `hooks` consulted at each reload.
+pub fn spawn_watcher_with(
+    dir: PathBuf,
+    ctx: LoadContext,
+    store: SharedSnapshot,
+    rescan: Duration,
+    hooks: Arc<dyn Hooks>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         LazyLock::force(&METRICS);
         METRICS.generation.set(store.load().generation as i64);
@@ -225,12 +279,20 @@ pub fn spawn_watcher(
                 watcher = start_notify(&dir, tx.clone(), &mut warned);
             }
             let (d, c, s, st) = (dir.clone(), ctx.clone(), store.clone(), state.clone());
+            let h = hooks.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let mut guard = match st.lock() {
                     Ok(g) => g,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                reload_once(&d, &c, &s, &mut guard)
+                reload_once_hooked(
+                    &d,
+                    &c,
+                    &s,
+                    &mut guard,
+                    &super::endpoints::system_resolver,
+                    &*h,
+                )
             })
             .await;
             if let Err(e) = res {

@@ -1,0 +1,810 @@
+//! The discovered registry: a compact copy of what routing needs from Services, EndpointSlices
+//! and Pods (ports, endpoint IPs, readiness, pod labels), and the immutable host index built
+//! from it that answers `EndpointSource` queries.
+//!
+//! Pure: the watchers (`kube.rs`) turn API objects into the plain values below and feed
+//! `Update`s in; `Index::build` turns the store into the index. Nothing here does I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::route::Endpoint;
+use crate::rules::EndpointSource;
+
+/// Pod labels, shared between pods with the same set (the pods of one ReplicaSet).
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
+}
+
+impl Key {
+    pub fn new(namespace: &str, name: &str) -> Key {
+        Key {
+            namespace: Arc::from(namespace),
+            name: Box::from(name),
+        }
+    }
+}
+
+/// A Service port: the number clients use and its name (EndpointSlice ports carry the name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SvcPort {
+    pub port: u16,
+    /// `None` for the unnamed single port.
+    pub name: Option<Box<str>>,
+}
+
+/// What routing needs of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Svc {
+    pub ports: Vec<SvcPort>,
+    /// `type: ExternalName`: not a set of endpoints (left to DNS, not indexed).
+    pub external_name: bool,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// The first address (the one kube-proxy uses).
+    pub ip: IpAddr,
+    /// Ready and not terminating (`conditions.ready` unset counts as ready, as the API says).
+    pub ready: bool,
+    /// The Pod behind it (`targetRef` of kind Pod), for subset labels.
+    pub pod: Option<Box<str>>,
+}
+
+/// What routing needs of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// Label `kubernetes.io/service-name`.
+    pub service: Box<str>,
+    /// (port name, port number); the name matches the Service port's name.
+    pub ports: Vec<(Option<Box<str>>, u16)>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// The three kinds watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Services,
+    EndpointSlices,
+    Pods,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Services => "services",
+            Kind::EndpointSlices => "endpointslices",
+            Kind::Pods => "pods",
+        }
+    }
+}
+
+/// Which objects a watch covers: one namespace or the whole cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    All,
+    Namespace(Arc<str>),
+}
+
+impl Part {
+    pub fn covers(&self, ns: &str) -> bool {
+        match self {
+            Part::All => true,
+            Part::Namespace(n) => &**n == ns,
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::All => f.write_str("all namespaces"),
+            Part::Namespace(n) => write!(f, "namespace {n}"),
+        }
+    }
+}
+
+/// A plain object as the watchers deliver it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Svc),
+    Slice(Slice),
+    /// A pod's labels.
+    Pod(BTreeMap<String, String>),
+}
+
+/// One change from a watcher of `kind` over `part`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// A (re-)list starts: buffer what follows until `InitDone`.
+    Init,
+    InitApply(Key, Object),
+    /// The list is complete: replace everything of this kind in `part` with the buffer.
+    InitDone,
+    Apply(Key, Object),
+    Delete(Key),
+}
+
+/// The mutable store, owned by the discovery task.
+#[derive(Debug, Default)]
+pub struct Store {
+    services: HashMap<Key, Svc>,
+    slices: HashMap<Key, Slice>,
+    pods: HashMap<Key, Labels>,
+    /// Buffers of lists in progress.
+    pending: HashMap<(Kind, Part), Vec<(Key, Object)>>,
+    /// Parts whose list completed at least once, per kind.
+    synced: HashSet<(Kind, Part)>,
+    /// Shared label sets (dropped when no pod uses them any more, at `gc`).
+    label_sets: HashSet<Labels>,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Apply one update of `kind` over `part`. Objects outside `part` or of another kind are
+    /// ignored (a watcher only delivers its own).
+    pub fn apply(&mut self, kind: Kind, part: &Part, update: Update) {
+        match update {
+            Update::Init => {
+                self.pending.insert((kind, part.clone()), Vec::new());
+            }
+            Update::InitApply(key, obj) => {
+                if let Some(buf) = self.pending.get_mut(&(kind, part.clone())) {
+                    buf.push((key, obj));
+                } else {
+                    // No Init seen (cannot happen with kube's watcher): apply directly.
+                    self.put(kind, key, obj);
+                }
+            }
+            Update::InitDone => {
+                let buf = self
+                    .pending
+                    .remove(&(kind, part.clone()))
+                    .unwrap_or_default();
+                self.clear(kind, part);
+                for (key, obj) in buf {
+                    if part.covers(&key.namespace) {
+                        self.put(kind, key, obj);
+                    }
+                }
+                self.synced.insert((kind, part.clone()));
+                self.gc();
+            }
+            Update::Apply(key, obj) => {
+                if part.covers(&key.namespace) {
+                    self.put(kind, key, obj);
+                }
+            }
+            Update::Delete(key) => {
+                match kind {
+                    Kind::Services => {
+                        self.services.remove(&key);
+                    }
+                    Kind::EndpointSlices => {
+                        self.slices.remove(&key);
+                    }
+                    Kind::Pods => {
+                        self.pods.remove(&key);
+                    }
+                };
+            }
+        }
+    }
+
+    fn put(&mut self, kind: Kind, key: Key, obj: Object) {
+        match (kind, obj) {
+            (Kind::Services, Object::Service(s)) => {
+                self.services.insert(key, s);
+            }
+            (Kind::EndpointSlices, Object::Slice(s)) => {
+                self.slices.insert(key, s);
+            }
+            (Kind::Pods, Object::Pod(labels)) => {
+                let shared = self.intern(labels);
+                self.pods.insert(key, shared);
+            }
+            _ => {}
+        }
+    }
+
+    fn intern(&mut self, labels: BTreeMap<String, String>) -> Labels {
+        if let Some(l) = self.label_sets.get(&labels) {
+            return l.clone();
+        }
+        let l = Arc::new(labels);
+        self.label_sets.insert(l.clone());
+        l
+    }
+
+    /// Drop label sets no pod uses any more.
+    pub fn gc(&mut self) {
+        self.label_sets.retain(|l| Arc::strong_count(l) > 1);
+    }
+
+    /// Remove everything of `kind` in `part` (and its sync mark).
+    pub fn clear(&mut self, kind: Kind, part: &Part) {
+        match kind {
+            Kind::Services => self.services.retain(|k, _| !part.covers(&k.namespace)),
+            Kind::EndpointSlices => self.slices.retain(|k, _| !part.covers(&k.namespace)),
+            Kind::Pods => self.pods.retain(|k, _| !part.covers(&k.namespace)),
+        }
+        self.synced.remove(&(kind, part.clone()));
+    }
+
+    /// Forget a part no longer watched (every kind), keeping what another part still covers.
+    pub fn drop_part(&mut self, part: &Part, still: &[Part]) {
+        let keep = |ns: &str| still.iter().any(|p| p.covers(ns));
+        self.services
+            .retain(|k, _| !part.covers(&k.namespace) || keep(&k.namespace));
+        self.slices
+            .retain(|k, _| !part.covers(&k.namespace) || keep(&k.namespace));
+        self.pods
+            .retain(|k, _| !part.covers(&k.namespace) || keep(&k.namespace));
+        for kind in [Kind::Services, Kind::EndpointSlices, Kind::Pods] {
+            self.pending.remove(&(kind, part.clone()));
+            self.synced.remove(&(kind, part.clone()));
+        }
+        self.gc();
+    }
+
+    /// Has `kind` been listed completely for the namespace (by its own watch or a cluster one)?
+    pub fn synced(&self, kind: Kind, ns: &str) -> bool {
+        self.synced.contains(&(kind, Part::All))
+            || self
+                .synced
+                .contains(&(kind, Part::Namespace(Arc::from(ns))))
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.services.len(), self.slices.len(), self.pods.len())
+    }
+
+    pub fn label_sets(&self) -> usize {
+        self.label_sets.len()
+    }
+}
+
+/// One endpoint in the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ep {
+    pub addr: SocketAddr,
+    pub labels: Option<Labels>,
+}
+
+/// A service host: its endpoints per service port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostEntry {
+    /// (service port, endpoints), sorted by port.
+    pub ports: Vec<(u16, Vec<Ep>)>,
+}
+
+/// The immutable index queried on the request path: `<svc>.<ns>.svc.<domain>` → endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    hosts: HashMap<Box<str>, HostEntry>,
+    domain: Box<str>,
+    pub services: usize,
+    pub endpoints: usize,
+}
+
+impl Index {
+    pub fn empty(domain: &str) -> Index {
+        Index {
+            domain: Box::from(domain),
+            ..Index::default()
+        }
+    }
+
+    /// Build the index from the store: every Service (not ExternalName) of a namespace whose
+    /// Services and EndpointSlices are both listed, and for which `in_scope(namespace, fqdn)`
+    /// holds; per service port the ready endpoints of its EndpointSlices on the port of the
+    /// same name (deduplicated), with their pods' labels.
+    pub fn build(store: &Store, domain: &str, in_scope: &dyn Fn(&str, &str) -> bool) -> Index {
+        // Slices per service.
+        let mut by_service: HashMap<(&str, &str), Vec<&Slice>> = HashMap::new();
+        for (k, s) in &store.slices {
+            by_service
+                .entry((&k.namespace, &s.service))
+                .or_default()
+                .push(s);
+        }
+        let mut hosts = HashMap::new();
+        let mut endpoints = 0;
+        let mut ns_ok: HashMap<&str, bool> = HashMap::new();
+        for (k, svc) in &store.services {
+            if svc.external_name {
+                continue;
+            }
+            let ok = *ns_ok.entry(&k.namespace).or_insert_with(|| {
+                store.synced(Kind::Services, &k.namespace)
+                    && store.synced(Kind::EndpointSlices, &k.namespace)
+            });
+            if !ok {
+                continue;
+            }
+            let fqdn = format!("{}.{}.svc.{domain}", k.name, k.namespace);
+            if !in_scope(&k.namespace, &fqdn) {
+                continue;
+            }
+            let slices = by_service
+                .get(&(&*k.namespace, &*k.name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let mut ports = Vec::with_capacity(svc.ports.len());
+            for sp in &svc.ports {
+                let mut eps: Vec<Ep> = Vec::new();
+                for sl in slices {
+                    let Some(&(_, target)) = sl.ports.iter().find(|(n, _)| *n == sp.name) else {
+                        continue;
+                    };
+                    for e in sl.endpoints.iter().filter(|e| e.ready) {
+                        let addr = SocketAddr::new(e.ip, target);
+                        if eps.iter().any(|x| x.addr == addr) {
+                            continue;
+                        }
+                        let labels = e.pod.as_ref().and_then(|p| {
+                            store
+                                .pods
+                                .get(&Key {
+                                    namespace: k.namespace.clone(),
+                                    name: p.clone(),
+                                })
+                                .cloned()
+                        });
+                        eps.push(Ep { addr, labels });
+                    }
+                }
+                eps.sort_by_key(|e| e.addr);
+                eps.shrink_to_fit();
+                endpoints += eps.len();
+                ports.push((sp.port, eps));
+            }
+            ports.sort_by_key(|(p, _)| *p);
+            hosts.insert(fqdn.into_boxed_str(), HostEntry { ports });
+        }
+        let services = hosts.len();
+        Index {
+            hosts,
+            domain: Box::from(domain),
+            services,
+            endpoints,
+        }
+    }
+
+    /// The entry of a host: the FQDN, or `<svc>.<ns>` / `<svc>.<ns>.svc` as a pod's resolver
+    /// completes them.
+    pub fn host(&self, host: &str) -> Option<&HostEntry> {
+        let h = host.trim_end_matches('.');
+        if let Some(e) = self.hosts.get(h) {
+            return Some(e);
+        }
+        let full = if h.ends_with(".svc") {
+            format!("{h}.{}", self.domain)
+        } else if h.matches('.').count() == 1 {
+            format!("{h}.svc.{}", self.domain)
+        } else {
+            return None;
+        };
+        self.hosts.get(full.as_str())
+    }
+
+    /// The hosts known, sorted (for `/config_dump`).
+    pub fn host_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.hosts.keys().map(|k| &**k).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The live index behind an `ArcSwap`: the `EndpointSource` for Kubernetes services.
+#[derive(Debug)]
+pub struct DiscoveredEndpoints {
+    pub index: arc_swap::ArcSwap<Index>,
+}
+
+impl DiscoveredEndpoints {
+    pub fn new(domain: &str) -> DiscoveredEndpoints {
+        DiscoveredEndpoints {
+            index: arc_swap::ArcSwap::from_pointee(Index::empty(domain)),
+        }
+    }
+}
+
+impl EndpointSource for DiscoveredEndpoints {
+    fn endpoints(
+        &self,
+        host: &str,
+        port: u16,
+        subset: Option<&BTreeMap<String, String>>,
+    ) -> Option<Vec<Endpoint>> {
+        let index = self.index.load();
+        let entry = index.host(host)?;
+        // A port the Service does not have: known host, no endpoint (Envoy has no cluster).
+        let Some((_, eps)) = entry.ports.iter().find(|(p, _)| *p == port) else {
+            return Some(Vec::new());
+        };
+        let out = eps
+            .iter()
+            .filter(|e| match subset {
+                None => true,
+                Some(sel) => e
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v))),
+            })
+            .map(|e| Endpoint {
+                addr: e.addr,
+                labels: e.labels.as_ref().map(|l| (**l).clone()).unwrap_or_default(),
+                weight: 1,
+            })
+            .collect();
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> Part {
+        Part::Namespace(Arc::from("shop"))
+    }
+
+    fn svc(ports: &[(u16, Option<&str>)]) -> Object {
+        Object::Service(Svc {
+            ports: ports
+                .iter()
+                .map(|(p, n)| SvcPort {
+                    port: *p,
+                    name: n.map(Box::from),
+                })
+                .collect(),
+            external_name: false,
+        })
+    }
+
+    fn slice(service: &str, port: (Option<&str>, u16), eps: &[(&str, bool, &str)]) -> Object {
+        Object::Slice(Slice {
+            service: Box::from(service),
+            ports: vec![(port.0.map(Box::from), port.1)],
+            endpoints: eps
+                .iter()
+                .map(|(ip, ready, pod)| SliceEndpoint {
+                    ip: ip.parse().unwrap(),
+                    ready: *ready,
+                    pod: (!pod.is_empty()).then(|| Box::from(*pod)),
+                })
+                .collect(),
+        })
+    }
+
+    fn pod(labels: &[(&str, &str)]) -> Object {
+        Object::Pod(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn listed(store: &mut Store, kind: Kind, part: &Part, objs: Vec<(&str, &str, Object)>) {
+        store.apply(kind, part, Update::Init);
+        for (n, name, o) in objs {
+            store.apply(kind, part, Update::InitApply(Key::new(n, name), o));
+        }
+        store.apply(kind, part, Update::InitDone);
+    }
+
+    fn all(_: &str, _: &str) -> bool {
+        true
+    }
+
+    fn addrs(
+        src: &DiscoveredEndpoints,
+        host: &str,
+        port: u16,
+        subset: &[(&str, &str)],
+    ) -> Option<Vec<String>> {
+        let sel: BTreeMap<String, String> = subset
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        src.endpoints(host, port, (!subset.is_empty()).then_some(&sel))
+            .map(|v| v.iter().map(|e| e.addr.to_string()).collect())
+    }
+
+    fn publish(store: &Store, scope: &dyn Fn(&str, &str) -> bool) -> DiscoveredEndpoints {
+        let d = DiscoveredEndpoints::new("cluster.local");
+        d.index
+            .store(Arc::new(Index::build(store, "cluster.local", scope)));
+        d
+    }
+
+    /// The common case: a Service, its slice (one ready, one not ready endpoint) and the pods.
+    fn reviews_store() -> Store {
+        let mut s = Store::new();
+        let p = ns();
+        listed(
+            &mut s,
+            Kind::Services,
+            &p,
+            vec![("shop", "reviews", svc(&[(9080, Some("http"))]))],
+        );
+        listed(
+            &mut s,
+            Kind::EndpointSlices,
+            &p,
+            vec![(
+                "shop",
+                "reviews-abc",
+                slice(
+                    "reviews",
+                    (Some("http"), 8080),
+                    &[
+                        ("10.0.0.1", true, "reviews-v1-x"),
+                        ("10.0.0.2", true, "reviews-v2-y"),
+                        ("10.0.0.3", false, "reviews-v2-z"),
+                    ],
+                ),
+            )],
+        );
+        listed(
+            &mut s,
+            Kind::Pods,
+            &p,
+            vec![
+                (
+                    "shop",
+                    "reviews-v1-x",
+                    pod(&[("app", "reviews"), ("version", "v1")]),
+                ),
+                (
+                    "shop",
+                    "reviews-v2-y",
+                    pod(&[("app", "reviews"), ("version", "v2")]),
+                ),
+                (
+                    "shop",
+                    "reviews-v2-z",
+                    pod(&[("app", "reviews"), ("version", "v2")]),
+                ),
+            ],
+        );
+        s
+    }
+
+    #[test]
+    fn ready_endpoints_on_the_named_target_port() {
+        let s = reviews_store();
+        let d = publish(&s, &all);
+        assert_eq!(
+            addrs(&d, "reviews.shop.svc.cluster.local", 9080, &[]),
+            Some(vec!["10.0.0.1:8080".into(), "10.0.0.2:8080".into()])
+        );
+        // Short forms as a pod's resolver completes them.
+        assert_eq!(
+            addrs(&d, "reviews.shop", 9080, &[]).map(|v| v.len()),
+            Some(2)
+        );
+        assert_eq!(
+            addrs(&d, "reviews.shop.svc", 9080, &[]).map(|v| v.len()),
+            Some(2)
+        );
+        // A port the Service does not have: known host, no endpoints.
+        assert_eq!(
+            addrs(&d, "reviews.shop.svc.cluster.local", 9999, &[]),
+            Some(vec![])
+        );
+        // Unknown hosts are left to the next source.
+        assert_eq!(addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]), None);
+        assert_eq!(addrs(&d, "reviews", 9080, &[]), None);
+        let idx = d.index.load();
+        assert_eq!((idx.services, idx.endpoints), (1, 2));
+        // Two pods share one label set.
+        assert_eq!(s.label_sets(), 2);
+    }
+
+    #[test]
+    fn subsets_select_by_pod_labels() {
+        let d = publish(&reviews_store(), &all);
+        let h = "reviews.shop.svc.cluster.local";
+        assert_eq!(
+            addrs(&d, h, 9080, &[("version", "v1")]),
+            Some(vec!["10.0.0.1:8080".into()])
+        );
+        // v2's second pod is not ready.
+        assert_eq!(
+            addrs(&d, h, 9080, &[("version", "v2")]),
+            Some(vec!["10.0.0.2:8080".into()])
+        );
+        assert_eq!(addrs(&d, h, 9080, &[("version", "v3")]), Some(vec![]));
+        let eps = d.endpoints(h, 9080, None).unwrap();
+        assert_eq!(eps[0].labels.get("version").map(String::as_str), Some("v1"));
+    }
+
+    #[test]
+    fn applies_updates_and_deletes() {
+        let mut s = reviews_store();
+        let p = ns();
+        // The not-ready endpoint becomes ready; a new slice adds one more (and repeats one).
+        s.apply(
+            Kind::EndpointSlices,
+            &p,
+            Update::Apply(
+                Key::new("shop", "reviews-abc"),
+                slice(
+                    "reviews",
+                    (Some("http"), 8080),
+                    &[
+                        ("10.0.0.1", true, "reviews-v1-x"),
+                        ("10.0.0.3", true, "reviews-v2-z"),
+                    ],
+                ),
+            ),
+        );
+        s.apply(
+            Kind::EndpointSlices,
+            &p,
+            Update::Apply(
+                Key::new("shop", "reviews-def"),
+                slice(
+                    "reviews",
+                    (Some("http"), 8080),
+                    &[("10.0.0.4", true, ""), ("10.0.0.1", true, "reviews-v1-x")],
+                ),
+            ),
+        );
+        let mut d = publish(&s, &all);
+        let h = "reviews.shop.svc.cluster.local";
+        assert_eq!(
+            addrs(&d, h, 9080, &[]),
+            Some(vec![
+                "10.0.0.1:8080".into(),
+                "10.0.0.3:8080".into(),
+                "10.0.0.4:8080".into()
+            ])
+        );
+        // An endpoint without a pod has no labels: no subset selects it.
+        assert_eq!(
+            addrs(&d, h, 9080, &[("version", "v2")]),
+            Some(vec!["10.0.0.3:8080".into()])
+        );
+        // Pod relabelled.
+        s.apply(
+            Kind::Pods,
+            &p,
+            Update::Apply(Key::new("shop", "reviews-v2-z"), pod(&[("version", "v3")])),
+        );
+        d = publish(&s, &all);
+        assert_eq!(
+            addrs(&d, h, 9080, &[("version", "v3")]),
+            Some(vec!["10.0.0.3:8080".into()])
+        );
+        // Slice deleted, then the Service.
+        s.apply(
+            Kind::EndpointSlices,
+            &p,
+            Update::Delete(Key::new("shop", "reviews-abc")),
+        );
+        d = publish(&s, &all);
+        assert_eq!(
+            addrs(&d, h, 9080, &[]),
+            Some(vec!["10.0.0.1:8080".into(), "10.0.0.4:8080".into()])
+        );
+        s.apply(
+            Kind::Services,
+            &p,
+            Update::Delete(Key::new("shop", "reviews")),
+        );
+        d = publish(&s, &all);
+        assert_eq!(addrs(&d, h, 9080, &[]), None);
+        drop(d);
+        // Deleted pods' label sets are released (once no published index holds them).
+        s.apply(
+            Kind::Pods,
+            &p,
+            Update::Delete(Key::new("shop", "reviews-v1-x")),
+        );
+        s.gc();
+        assert_eq!(s.label_sets(), 2, "v2 (one pod) and v3 remain");
+    }
+
+    #[test]
+    fn relist_replaces_atomically_at_init_done() {
+        let mut s = reviews_store();
+        let p = ns();
+        s.apply(Kind::Services, &p, Update::Init);
+        s.apply(
+            Kind::Services,
+            &p,
+            Update::InitApply(Key::new("shop", "ratings"), svc(&[(9080, Some("http"))])),
+        );
+        // Until InitDone the old content stays in effect.
+        let d = publish(&s, &all);
+        assert!(addrs(&d, "reviews.shop.svc.cluster.local", 9080, &[]).is_some());
+        assert!(addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]).is_none());
+        s.apply(Kind::Services, &p, Update::InitDone);
+        let d = publish(&s, &all);
+        // reviews was not in the new list: gone. ratings has no slices: known, no endpoints.
+        assert_eq!(addrs(&d, "reviews.shop.svc.cluster.local", 9080, &[]), None);
+        assert_eq!(
+            addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn not_indexed_until_services_and_slices_are_listed() {
+        let mut s = Store::new();
+        let p = ns();
+        listed(
+            &mut s,
+            Kind::Services,
+            &p,
+            vec![("shop", "reviews", svc(&[(80, None)]))],
+        );
+        // Without the slices listed (a 403 on endpointslices, or still listing), the host is not
+        // claimed: the proxy keeps the original destination instead of answering 503.
+        let d = publish(&s, &all);
+        assert_eq!(addrs(&d, "reviews.shop.svc.cluster.local", 80, &[]), None);
+        listed(
+            &mut s,
+            Kind::EndpointSlices,
+            &p,
+            vec![(
+                "shop",
+                "reviews-1",
+                slice("reviews", (None, 8080), &[("10.1.0.1", true, "")]),
+            )],
+        );
+        let d = publish(&s, &all);
+        assert_eq!(
+            addrs(&d, "reviews.shop.svc.cluster.local", 80, &[]),
+            Some(vec!["10.1.0.1:8080".into()])
+        );
+    }
+
+    #[test]
+    fn scope_and_external_name_and_dropped_parts() {
+        let mut s = reviews_store();
+        let p = ns();
+        s.apply(
+            Kind::Services,
+            &p,
+            Update::Apply(
+                Key::new("shop", "legacy"),
+                Object::Service(Svc {
+                    ports: vec![],
+                    external_name: true,
+                }),
+            ),
+        );
+        let only_ratings = |_: &str, h: &str| h.starts_with("ratings.");
+        let d = publish(&s, &only_ratings);
+        assert_eq!(addrs(&d, "reviews.shop.svc.cluster.local", 9080, &[]), None);
+        let d = publish(&s, &all);
+        assert_eq!(addrs(&d, "legacy.shop.svc.cluster.local", 80, &[]), None);
+        drop(d);
+        // Objects outside the watch's part are ignored.
+        s.apply(
+            Kind::Services,
+            &p,
+            Update::Apply(Key::new("other", "x"), svc(&[(80, None)])),
+        );
+        assert_eq!(s.counts().0, 2);
+        s.drop_part(&p, &[]);
+        assert_eq!(s.counts(), (0, 0, 0));
+        assert_eq!(s.label_sets(), 0);
+        assert!(!s.synced(Kind::Services, "shop"));
+    }
+}

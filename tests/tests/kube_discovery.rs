@@ -1,0 +1,578 @@
+//! Contract tests of the proxy's endpoint discovery against recorded Kubernetes API responses
+//! (`tests/fixtures/kube-api/discovery/`): lists, watch BOOKMARKs, an ERROR 410 Expired that
+//! forces a re-list, watch events applied live, 403 Forbidden; and the real `remora-proxy`
+//! process routing to an endpoint it knows only from an EndpointSlice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use remora_e2e::apiserver::{event, RecordedApi, Reply};
+use remora_proxy::discovery::kube::{Discovery, Timing, METRICS};
+use remora_proxy::discovery::Scope;
+use remora_proxy::rules::{snapshot_from_yaml, EndpointSource, LoadContext};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kube-api/discovery")
+        .join(name)
+}
+
+fn fast() -> Timing {
+    Timing {
+        debounce: Duration::from_millis(5),
+        backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        forbidden_retry: Duration::from_secs(60),
+    }
+}
+
+/// The scope of a proxy in namespace `shop` with no Sidecar: shop and remora-system.
+fn shop_scope() -> Scope {
+    let ctx = LoadContext {
+        namespace: "shop".into(),
+        ..LoadContext::default()
+    };
+    let snap = snapshot_from_yaml(&[], &ctx, 1).expect("empty rules");
+    Scope::from_snapshot(&snap, "shop")
+}
+
+fn addrs(d: &Discovery, host: &str, port: u16, subset: &[(&str, &str)]) -> Option<Vec<String>> {
+    let sel: BTreeMap<String, String> = subset
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    d.endpoints
+        .endpoints(host, port, (!subset.is_empty()).then_some(&sel))
+        .map(|v| {
+            let mut a: Vec<String> = v.iter().map(|e| e.addr.to_string()).collect();
+            a.sort();
+            a
+        })
+}
+
+/// Poll `f` every 10 ms until it holds or `limit` passes.
+async fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+
+#[tokio::test]
+async fn lists_bookmarks_a_410_relist_and_live_events() {
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("shop-relist.json")).unwrap();
+    let restarts_before = METRICS
+        .restarts
+        .with_label_values(&["endpointslices"])
+        .get();
+    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    d.set_scope(shop_scope());
+
+    // The first watch of the slices ends with ERROR 410: the re-list brings reviews-v2-d.
+    wait_for(Duration::from_secs(10), "the re-listed endpoint", || {
+        addrs(&d, REVIEWS, 9080, &[]).is_some_and(|a| a.contains(&"10.0.1.4:8080".to_string()))
+    })
+    .await;
+    // Ready endpoints on the slice's port named like the service port; the terminating one is
+    // out, and the re-list replaced the slice (10.0.1.3 gone).
+    assert_eq!(
+        addrs(&d, REVIEWS, 9080, &[]),
+        Some(vec![
+            "10.0.1.1:8080".to_string(),
+            "10.0.1.2:8080".to_string(),
+            "10.0.1.4:8080".to_string()
+        ])
+    );
+    assert_eq!(
+        addrs(&d, REVIEWS, 9080, &[("version", "v2")]),
+        Some(vec![
+            "10.0.1.2:8080".to_string(),
+            "10.0.1.4:8080".to_string()
+        ])
+    );
+    assert_eq!(
+        addrs(&d, "reviews.shop", 9080, &[]).map(|a| a.len()),
+        Some(3)
+    );
+    assert_eq!(
+        addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]),
+        Some(vec!["10.0.2.1:8080".to_string()])
+    );
+    // ExternalName services are left to DNS.
+    assert_eq!(addrs(&d, "legacy.shop.svc.cluster.local", 80, &[]), None);
+    assert!(
+        METRICS
+            .restarts
+            .with_label_values(&["endpointslices"])
+            .get()
+            > restarts_before,
+        "the 410 re-list is counted"
+    );
+
+    // What was asked: paged lists, then watches from the list's resourceVersion with
+    // bookmarks; the slices listed twice (the second after the 410).
+    let reqs = api.requests();
+    assert!(reqs.iter().all(|r| r.matched), "unmatched: {reqs:#?}");
+    let slice_path = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
+    let lists: Vec<&str> = reqs
+        .iter()
+        .filter(|r| r.path() == slice_path && !r.path_and_query.contains("watch=true"))
+        .map(|r| r.path_and_query.as_str())
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    assert!(lists[0].contains("limit=500"), "{lists:?}");
+    let watches: Vec<&str> = reqs
+        .iter()
+        .filter(|r| r.path() == slice_path && r.path_and_query.contains("watch=true"))
+        .map(|r| r.path_and_query.as_str())
+        .collect();
+    assert!(watches.len() >= 2, "{watches:?}");
+    assert!(watches[0].contains("resourceVersion=1000"), "{watches:?}");
+    assert!(
+        watches[0].contains("allowWatchBookmarks=true"),
+        "{watches:?}"
+    );
+    assert!(watches[1].contains("resourceVersion=1010"), "{watches:?}");
+    // Pods are read as metadata only.
+    assert!(reqs
+        .iter()
+        .any(|r| r.path() == "/api/v1/namespaces/shop/pods"));
+
+    // Live events on the held watches.
+    let pods = "/api/v1/namespaces/shop/pods";
+    wait_for(Duration::from_secs(5), "the pods watch", || {
+        api.open_watches(pods) > 0
+    })
+    .await;
+    let relabel = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"name": "reviews-v2-d", "namespace": "shop", "resourceVersion": "1020",
+                     "labels": {"app": "reviews", "version": "v3"}}});
+    assert_eq!(api.emit(pods, event("MODIFIED", relabel)), 1);
+    wait_for(Duration::from_secs(5), "the relabelled pod", || {
+        addrs(&d, REVIEWS, 9080, &[("version", "v3")]) == Some(vec!["10.0.1.4:8080".to_string()])
+    })
+    .await;
+    let services = "/api/v1/namespaces/shop/services";
+    wait_for(Duration::from_secs(5), "the services watch", || {
+        api.open_watches(services) > 0
+    })
+    .await;
+    let gone = json!({"kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "ratings", "namespace": "shop", "resourceVersion": "1021"},
+        "spec": {"ports": [{"name": "http", "port": 9080}]}});
+    api.emit(services, event("DELETED", gone));
+    wait_for(Duration::from_secs(5), "the deleted service", || {
+        addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]).is_none()
+    })
+    .await;
+    let st = d.status();
+    assert_eq!(st.namespaces, vec!["remora-system", "shop"]);
+    assert_eq!(
+        st.watches
+            .get("endpointslices in namespace shop")
+            .map(String::as_str),
+        Some("watching")
+    );
+    assert_eq!((st.services, st.endpoints), (1, 3));
+}
+
+#[tokio::test]
+async fn forbidden_slices_leave_services_unclaimed_and_are_not_retried_hot() {
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("shop-forbidden-slices.json")).unwrap();
+    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    d.set_scope(shop_scope());
+    wait_for(Duration::from_secs(10), "the 403", || {
+        d.status()
+            .watches
+            .get("endpointslices in namespace shop")
+            .is_some_and(|s| s == "forbidden")
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "services listed", || {
+        d.status()
+            .watches
+            .get("services in namespace shop")
+            .is_some_and(|s| s == "watching")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Services alone do not claim a host: without its endpoints the proxy would answer 503;
+    // unknown, the request keeps its original destination (kube-proxy's ClusterIP).
+    assert_eq!(addrs(&d, REVIEWS, 9080, &[]), None);
+    let lists = api
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices")
+        .count();
+    assert_eq!(lists, 1, "a 403 is retried after a minute, not in a loop");
+}
+
+#[tokio::test]
+async fn scope_change_stops_watches_and_forgets_their_services() {
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("shop-relist.json")).unwrap();
+    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    d.set_scope(shop_scope());
+    wait_for(Duration::from_secs(10), "reviews", || {
+        addrs(&d, REVIEWS, 9080, &[]).is_some()
+    })
+    .await;
+    // A Sidecar now limits egress to remora-system.
+    let ctx = LoadContext {
+        namespace: "shop".into(),
+        ..LoadContext::default()
+    };
+    let snap = snapshot_from_yaml(
+        &[(
+            "sc.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec:\n  egress:\n  - hosts: [\"remora-system/*\"]\n",
+        )],
+        &ctx,
+        2,
+    )
+    .unwrap();
+    d.set_scope(Scope::from_snapshot(&snap, "shop"));
+    wait_for(Duration::from_secs(5), "reviews forgotten", || {
+        addrs(&d, REVIEWS, 9080, &[]).is_none()
+    })
+    .await;
+    let st = d.status();
+    assert_eq!(st.namespaces, vec!["remora-system"]);
+    assert!(
+        st.watches
+            .keys()
+            .all(|k| k.ends_with("namespace remora-system")),
+        "{:?}",
+        st.watches
+    );
+    assert_eq!((st.services, st.pods, st.slices), (0, 0, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real process.
+
+mod process {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::Child;
+
+    pub struct Proc(pub Child);
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    pub fn proxy_bin() -> PathBuf {
+        let p = remora_e2e::admission::default_bin_dir().join("remora-proxy");
+        assert!(
+            p.exists(),
+            "{} is missing: run `cargo build -p remora-proxy` first (scripts/test builds everything)",
+            p.display()
+        );
+        p
+    }
+
+    pub fn free_ports(n: usize) -> Vec<u16> {
+        let ls: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 answering `body` to every request (until the test ends).
+    pub fn backend(body: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.write_all(resp.as_bytes());
+                            return;
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One HTTP/1.1 GET; (status, body).
+    pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub fn config_dump(admin: SocketAddr) -> Option<Value> {
+        let (code, body) = get(admin, "localhost", "/config_dump").ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+}
+
+const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+";
+
+fn configmap(rv: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    json!({"kind": "ConfigMap", "apiVersion": "v1",
+           "metadata": {"name": "remora-mesh-rules", "namespace": "shop", "resourceVersion": rv,
+                        "uid": "uid-rules"},
+           "data": data})
+}
+
+/// The real proxy, pointed at the recorded API: a request for `reviews` (a VirtualService
+/// routes it to the cluster service) reaches the backend whose address only an EndpointSlice
+/// names; then a ConfigMap change through the API is live in `/config_dump` (source api).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_to_an_endpoint_known_only_from_an_endpointslice() {
+    let backend = process::backend("from-the-endpointslice");
+    // The original destination (the Service's ClusterIP:port in a cluster): nothing listens
+    // there, so only discovery can make the request work.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], process::free_ports(1)[0]));
+    let api = RecordedApi::start().await.unwrap();
+    let list = |kind: &str, api_version: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "500"}, "items": items});
+    let bookmark = |api_version: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "501"}}});
+    for ns in ["shop", "remora-system"] {
+        let (svcs, slices) = if ns == "shop" {
+            (
+                vec![json!({"kind": "Service", "apiVersion": "v1",
+                    "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
+                    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                             "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 8080, "protocol": "TCP"}]}})],
+                vec![
+                    json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {"name": "reviews-1", "namespace": "shop", "resourceVersion": "401",
+                                 "labels": {"kubernetes.io/service-name": "reviews"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+                ],
+            )
+        } else {
+            (vec![], vec![])
+        };
+        let s = format!("/api/v1/namespaces/{ns}/services");
+        let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
+        let p = format!("/api/v1/namespaces/{ns}/pods");
+        api.on("GET", &s, Reply::json(200, list("ServiceList", "v1", svcs)));
+        api.on(
+            "GET",
+            &format!("{s}?watch=true"),
+            Reply::watch(vec![bookmark("v1", "Service")], true),
+        );
+        api.on(
+            "GET",
+            &e,
+            Reply::json(
+                200,
+                list("EndpointSliceList", "discovery.k8s.io/v1", slices),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{e}?watch=true"),
+            Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
+        );
+        api.on(
+            "GET",
+            &p,
+            Reply::json(
+                200,
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{p}?watch=true"),
+            Reply::watch(
+                vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
+                true,
+            ),
+        );
+    }
+    // The ConfigMap as the API serves it: the same content as the mounted files.
+    let cms = "/api/v1/namespaces/shop/configmaps";
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules"),
+        Reply::json(
+            200,
+            list(
+                "ConfigMapList",
+                "v1",
+                vec![configmap("600", &[("reviews.yaml", VS)])],
+            ),
+        ),
+    );
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules&watch=true"),
+        Reply::watch(vec![bookmark("v1", "ConfigMap")], true),
+    );
+
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("reviews.yaml"), VS).unwrap();
+    let ports = process::free_ports(5);
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let child = Command::new(process::proxy_bin())
+        .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--rules-dir")
+        .arg(rules.path())
+        .args(["--outbound-addr", &at(ports[0]).to_string()])
+        .args(["--inbound-addr", &at(ports[1]).to_string()])
+        .args(["--admin-addr", &at(ports[2]).to_string()])
+        .args(["--health-addr", &at(ports[3]).to_string()])
+        .args(["--prometheus-addr", &at(ports[4]).to_string()])
+        .args(["--fixed-outbound-target", &nowhere.to_string()])
+        .args([
+            "--ipv6",
+            "off",
+            "--access-log",
+            "off",
+            "--inbound-source-fallback",
+        ])
+        .args([
+            "--pod-labels-file",
+            "/nonexistent",
+            "--rules-rescan-seconds",
+            "1",
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("POD_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _proc = process::Proc(child);
+    let admin = at(ports[2]);
+
+    let t = Instant::now();
+    let outbound = at(ports[0]);
+    loop {
+        let r = tokio::task::spawn_blocking(move || process::get(outbound, "reviews", "/x"))
+            .await
+            .unwrap();
+        if let Ok((200, body)) = &r {
+            assert_eq!(body, "from-the-endpointslice");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "never routed through discovery; last answer {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dump = tokio::task::spawn_blocking(move || process::config_dump(admin))
+        .await
+        .unwrap()
+        .expect("config_dump");
+    assert_eq!(dump["discovery"]["hosts"][0], REVIEWS);
+    assert_eq!(dump["discovery"]["status"]["endpoints"], 1);
+    let generation = dump["generation"].as_u64().unwrap();
+    // The API's content equals the files': the source stays as it was, the API is watching.
+    assert_eq!(dump["config_source"]["api"]["status"], "watching");
+    assert_eq!(dump["config_source"]["api"]["resource_version"], "600");
+
+    // A change through the API (the mount would take a kubelet sync).
+    let v2 = VS.replace(
+        "- destination: {host: reviews}",
+        "- destination: {host: reviews}\n    headers: {request: {set: {x-rules: api}}}",
+    );
+    wait_for(Duration::from_secs(5), "the ConfigMap watch", || {
+        api.open_watches(cms) > 0
+    })
+    .await;
+    let sent = Instant::now();
+    assert_eq!(
+        api.emit(
+            cms,
+            event("MODIFIED", configmap("601", &[("reviews.yaml", &v2)]))
+        ),
+        1
+    );
+    let dump = loop {
+        let d = tokio::task::spawn_blocking(move || process::config_dump(admin))
+            .await
+            .unwrap();
+        if let Some(d) = d.filter(|d| d["config_source"]["source"] == "api") {
+            break d;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the API change never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let took = sent.elapsed();
+    println!("ConfigMap change through the API visible in /config_dump after {took:?}");
+    assert_eq!(dump["generation"].as_u64(), Some(generation + 1));
+    assert_eq!(
+        dump["config_source"]["generation"].as_u64(),
+        Some(generation + 1)
+    );
+    assert_eq!(dump["config_source"]["api"]["resource_version"], "601");
+    assert!(dump["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("api:configmap/shop/remora-mesh-rules"));
+    // The mounted files still hold the old content: they lag and are not applied (the
+    // rescan runs every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dump = tokio::task::spawn_blocking(move || process::config_dump(admin))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dump["config_source"]["source"], "api");
+    assert_eq!(dump["generation"].as_u64(), Some(generation + 1));
+}
