@@ -628,6 +628,66 @@ pub fn start_pod(
     Ok(running)
 }
 
+/// Starts some of a running pod's containers again, as a kubelet restarts containers that died
+/// (the pod's network, capture rules and completed init containers stay as they are): the named
+/// native sidecars first (probed), then the named containers (a non-native `remora-proxy` must be
+/// ready before the next), then their readiness probes. Returns them in that order.
+pub fn restart_containers(
+    pod: &Value,
+    ctx: &PodCtx,
+    names: &[&str],
+    log: &mut dyn FnMut(String),
+) -> Result<Vec<Running>> {
+    let vols = volumes(pod, ctx)?;
+    let mut out: Vec<Running> = Vec::new();
+    let wanted = |c: &Value| str_at(c, "/name").is_some_and(|n| names.contains(&n));
+    for c in pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| wanted(c) && str_at(c, "/restartPolicy") == Some("Always"))
+    {
+        let mut r = start_container(pod, c, ctx, &vols)?;
+        if let Some(p) = probe_of(c, &["startupProbe", "readinessProbe"])? {
+            wait_probe(ctx, &mut r, &p)?;
+        }
+        log(format!("{}: restarted native sidecar {}", ctx.name, r.name));
+        out.push(r);
+    }
+    let containers: Vec<&Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| wanted(c))
+        .collect();
+    let first_app = out.len();
+    for c in &containers {
+        let mut r = start_container(pod, c, ctx, &vols)?;
+        if r.name == "remora-proxy" {
+            if let Some(p) = probe_of(c, &["readinessProbe", "startupProbe"])? {
+                wait_probe(ctx, &mut r, &p)?;
+            }
+        }
+        log(format!("{}: restarted container {}", ctx.name, r.name));
+        out.push(r);
+    }
+    for (i, c) in containers.iter().enumerate() {
+        if let Some(p) = probe_of(c, &["readinessProbe"])? {
+            wait_probe(ctx, &mut out[first_app + i], &p)?;
+        }
+    }
+    if out.len() != names.len() {
+        let found: Vec<&str> = out.iter().map(|r| r.name.as_str()).collect();
+        bail!(
+            "pod {}: asked to restart {names:?}, the spec has only {found:?} of them",
+            ctx.name
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

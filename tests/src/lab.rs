@@ -888,6 +888,85 @@ impl Lab {
         out
     }
 
+    /// The lab's webhook, once a pod was sent to it.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
+    }
+
+    /// Like [`Lab::pod`], mutable (to signal or wait for a container's process).
+    pub fn pod_mut(&mut self, prefix: &str) -> Result<&mut Pod> {
+        let name = self.pod(prefix)?.name.clone();
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no pod named {prefix}* in the lab"))
+    }
+
+    /// Replaces the user rules like [`Lab::set_rules`] but does not wait for the proxies (for a
+    /// rule set they are expected to reject, which never raises their generation).
+    pub fn set_rules_nowait(&mut self, ns: &str, yaml: &str) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.user_rules = [("rules.yaml".to_string(), yaml.to_string())].into();
+        }
+        self.write_rules(ns, false)
+    }
+
+    /// Starts the named containers of a pod again after they ended (killed, or stopped by a
+    /// signal), as a kubelet restarts dead containers: same spec, same network namespace and
+    /// capture rules, no init containers. Processes still running under those names are stopped
+    /// first. Waits for their probes like [`Lab::apply`] does.
+    pub fn restart_containers(&mut self, pod_prefix: &str, names: &[&str]) -> Result<()> {
+        let idx = {
+            let name = self.pod(pod_prefix)?.name.clone();
+            self.pods
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| anyhow!("no pod named {pod_prefix}*"))?
+        };
+        for c in self.pods[idx].containers.iter_mut() {
+            if names.contains(&c.name.as_str()) {
+                c.proc.stop(Duration::from_secs(3));
+            }
+        }
+        let verbose = self.opts.verbose;
+        let mut log = |m: String| {
+            if verbose {
+                eprintln!("lab: {m}");
+            }
+        };
+        let started = {
+            let pod = &self.pods[idx];
+            let ns = pod.namespace.clone();
+            let configmaps = self
+                .namespaces
+                .get(&ns)
+                .map(|n| n.configmaps.clone())
+                .unwrap_or_default();
+            let ctx = PodCtx {
+                name: &pod.name,
+                namespace: &ns,
+                ip: pod.ip,
+                netns: &pod.netns,
+                node: self.node(),
+                dir: &pod.dir,
+                bin_dir: &self.opts.bin_dir,
+                configmaps: &configmaps,
+                timeout: self.opts.timeout,
+            };
+            kubelet::restart_containers(&pod.object, &ctx, names, &mut log)
+                .with_context(|| format!("restarting {names:?} of pod {ns}/{}", pod.name))?
+        };
+        let pod = &mut self.pods[idx];
+        for r in started {
+            match pod.containers.iter_mut().find(|c| c.name == r.name) {
+                Some(slot) => *slot = r,
+                None => pod.containers.push(r),
+            }
+        }
+        Ok(())
+    }
+
     /// Stops and deletes everything (also done on drop).
     pub fn teardown(&mut self) {
         // Apps first, then sidecars (native sidecars stop after the app), all pods at once.

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod kubelet;
 pub mod lab;
 pub mod netns;
+pub mod soak;
 pub mod table;
 
 pub use lab::{Lab, LabOptions, Pod};

@@ -69,6 +69,10 @@ enum Mode {
         /// Answer 503 to every Nth request (1 = all).
         #[arg(long)]
         fail_every: Option<u64>,
+        /// Accept fault controls (`POST /control/fault?mode=hang|503|none&seconds=N`): for the
+        /// next N seconds every other request hangs until the window ends, or is answered 503.
+        #[arg(long)]
+        control: bool,
     },
     /// gRPC echo over h2c: any method, answers the request message prefixed with the pod name.
     GrpcEcho,
@@ -83,6 +87,51 @@ struct App {
     pod: String,
     count: AtomicU64,
     kv: Mutex<HashMap<String, String>>,
+    /// The fault window set through `/control/fault` (`--control`).
+    fault: Mutex<Option<(Fault, tokio::time::Instant)>>,
+}
+
+/// A fault the `http` mode injects into its own answers while a control window is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Hang,
+    Unavailable,
+}
+
+/// Longest fault window a control request may open.
+const MAX_FAULT_SECONDS: f64 = 600.0;
+
+/// Parses `mode=…&seconds=…` of a control request: `Ok(None)` clears the fault.
+fn parse_fault(query: &str) -> std::result::Result<Option<(Fault, Duration)>, String> {
+    let mut mode = None;
+    let mut seconds = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "mode" => mode = Some(v.to_string()),
+            "seconds" => {
+                let s: f64 = v
+                    .parse()
+                    .map_err(|_| format!("seconds={v:?}: not a number"))?;
+                if !(s > 0.0 && s <= MAX_FAULT_SECONDS) {
+                    return Err(format!(
+                        "seconds={v}: must be more than 0 and at most {MAX_FAULT_SECONDS}"
+                    ));
+                }
+                seconds = Some(Duration::from_secs_f64(s));
+            }
+            other => return Err(format!("unknown parameter {other:?} (mode, seconds)")),
+        }
+    }
+    let fault = match mode.as_deref() {
+        Some("none") => return Ok(None),
+        Some("hang") => Fault::Hang,
+        Some("503") => Fault::Unavailable,
+        Some(m) => return Err(format!("mode={m:?}: expected hang, 503 or none")),
+        None => return Err("mode is required (hang, 503 or none)".to_string()),
+    };
+    let seconds = seconds.ok_or_else(|| format!("mode={fault:?} needs seconds"))?;
+    Ok(Some((fault, seconds)))
 }
 
 const FORWARD: &[&str] = &[
@@ -200,6 +249,46 @@ async fn handle(app: Arc<App>, req: http::Request<Incoming>) -> Result<http::Res
     if path == "/health" {
         return Ok(json_reply(200, serde_json::json!({"status": "ok"})));
     }
+    if let Mode::Http { control: true, .. } = &app.mode {
+        if path == "/control/fault" {
+            if req.method() != http::Method::POST {
+                return Ok(json_reply(
+                    405,
+                    serde_json::json!({"error": "use POST /control/fault?mode=hang|503|none&seconds=N"}),
+                ));
+            }
+            return Ok(match parse_fault(req.uri().query().unwrap_or("")) {
+                Err(e) => json_reply(400, serde_json::json!({"error": e})),
+                Ok(f) => {
+                    let window = f.map(|(k, d)| (k, tokio::time::Instant::now() + d));
+                    if let Ok(mut g) = app.fault.lock() {
+                        *g = window;
+                    }
+                    println!("lab-app {}: fault window set: {f:?}", app.pod);
+                    json_reply(
+                        200,
+                        serde_json::json!({"pod": app.pod, "fault": f.map(|(k, d)| (format!("{k:?}"), d.as_secs_f64()))}),
+                    )
+                }
+            });
+        }
+        let active = app
+            .fault
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .filter(|(_, until)| tokio::time::Instant::now() < *until);
+        match active {
+            Some((Fault::Hang, until)) => tokio::time::sleep_until(until).await,
+            Some((Fault::Unavailable, _)) => {
+                return Ok(json_reply(
+                    503,
+                    serde_json::json!({"pod": app.pod, "fault": "503 burst"}),
+                ))
+            }
+            None => {}
+        }
+    }
     let headers = req.headers().clone();
     let pod = app.pod.clone();
     let user = headers
@@ -253,6 +342,7 @@ async fn handle(app: Arc<App>, req: http::Request<Incoming>) -> Result<http::Res
             version,
             body_bytes,
             fail_every,
+            ..
         } => {
             if fail_every.is_some_and(|k| k > 0 && n.is_multiple_of(k)) {
                 json_reply(
@@ -412,6 +502,7 @@ fn main() {
         pod,
         count: AtomicU64::new(0),
         kv: Mutex::new(HashMap::new()),
+        fault: Mutex::new(None),
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
@@ -427,5 +518,42 @@ fn main() {
     if let Err(e) = rt.block_on(serve(app, cli.port)) {
         eprintln!("lab-app: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_controls_parse_and_validate() {
+        assert_eq!(
+            parse_fault("mode=hang&seconds=2.5"),
+            Ok(Some((Fault::Hang, Duration::from_millis(2500))))
+        );
+        assert_eq!(
+            parse_fault("seconds=1&mode=503"),
+            Ok(Some((Fault::Unavailable, Duration::from_secs(1))))
+        );
+        assert_eq!(parse_fault("mode=none"), Ok(None));
+        assert!(parse_fault("mode=hang")
+            .unwrap_err()
+            .contains("needs seconds"));
+        assert!(parse_fault("mode=slow&seconds=1")
+            .unwrap_err()
+            .contains("slow"));
+        assert!(parse_fault("mode=hang&seconds=0")
+            .unwrap_err()
+            .contains("more than 0"));
+        assert!(parse_fault("mode=hang&seconds=601")
+            .unwrap_err()
+            .contains("at most"));
+        assert!(parse_fault("mode=hang&seconds=x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_fault("mode=hang&seconds=1&x=2")
+            .unwrap_err()
+            .contains("\"x\""));
+        assert!(parse_fault("").unwrap_err().contains("mode is required"));
     }
 }

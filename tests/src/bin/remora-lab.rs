@@ -2,6 +2,7 @@
 //!   remora-lab up      Bookinfo in a meshed namespace; prints how to reach it; Ctrl-C tears down.
 //!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
+//!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,6 +44,22 @@ enum Cmd {
     },
     /// The data-plane benchmark.
     Bench(bench::BenchArgs),
+    /// The fault-injecting soak: fixed-rate load while rules reload, backends hang, fail, die
+    /// and drain, and the webhook's certificate rotates. Exits 1 when it fails.
+    Soak {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 40)]
+        rate: u32,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Where report.json, samples.csv and report.md go (default: target/soak).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Remove namespaces (and their processes) left by labs that were killed.
     Cleanup,
 }
@@ -89,12 +106,46 @@ fn main() {
         Cmd::Up => up(opts),
         Cmd::Demo { requests } => demo(opts, requests),
         Cmd::Bench(args) => bench::run(opts, args),
+        Cmd::Soak {
+            seconds,
+            rate,
+            concurrency,
+            out,
+        } => soak(opts, seconds, rate, concurrency, out),
         Cmd::Cleanup => cleanup(),
     };
     if let Err(e) = result {
         eprintln!("remora-lab: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn soak(
+    opts: LabOptions,
+    seconds: u64,
+    rate: u32,
+    concurrency: usize,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    use remora_e2e::soak;
+    let mut cfg = soak::SoakConfig::standard(seconds);
+    cfg.rate = rate;
+    cfg.concurrency = concurrency;
+    if let Some(o) = out {
+        cfg.out_dir = o;
+    }
+    let dir = cfg.out_dir.clone();
+    let report = soak::run(opts, cfg)?;
+    print!("{}", soak::render(&report));
+    println!(
+        "report: {}/report.json, samples: {}/samples.csv",
+        dir.display(),
+        dir.display()
+    );
+    if !report.passed {
+        bail!("the soak failed: {}", report.problems.join("; "));
+    }
+    Ok(())
 }
 
 fn cleanup() -> Result<()> {
