@@ -175,6 +175,11 @@ impl RulesSources {
     }
 }
 
+/// A snapshot store holding `snap` (for callers without `arc_swap` at hand).
+pub fn shared_store(snap: Snapshot) -> SharedSnapshot {
+    Arc::new(arc_swap::ArcSwap::from_pointee(snap))
+}
+
 /// `api`, `files` or `none` for a snapshot's `source` label.
 pub fn source_kind(source: &str) -> &'static str {
     if source.starts_with("api:") {
