@@ -1,5 +1,5 @@
-//! `remora`: the user CLI (check-inject against a cluster, proxy-status, analyze).
-fn main() {
-    eprintln!("remora: no subcommands yet");
-    std::process::exit(2);
+//! `remora`: the user CLI (check-inject against a cluster, proxy-status, analyze). See
+//! `remora_webhook::usercli` and docs/install.md.
+fn main() -> std::process::ExitCode {
+    remora_webhook::usercli::main()
 }

@@ -1,0 +1,641 @@
+//! Contract tests of the `remora` user CLI: the real binary (`target/<profile>/remora`, built by
+//! `cargo build -p remora-webhook --bin remora` or `scripts/test`) run with `--server` against
+//! the recorded Kubernetes API (`remora_e2e::apiserver::RecordedApi`), fixtures in
+//! `tests/fixtures/kube-api/cli/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use remora_e2e::apiserver::{RecordedApi, Reply};
+use serde_json::{json, Value};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/kube-api/cli").join(name)
+}
+
+fn remora_bin() -> PathBuf {
+    let p = remora_e2e::admission::default_bin_dir().join("remora");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first with `cargo build -p remora-webhook --bin remora` (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+    /// The stdout line that starts with `prefix` (after trimming).
+    fn line(&self, prefix: &str) -> &str {
+        self.stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}\n{}", self.all()))
+    }
+}
+
+async fn remora(api: &RecordedApi, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(remora_bin())
+            .arg("--server")
+            .arg(api.url())
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("remora finished within 60 s")
+    .expect("remora runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn api_with(file: &str) -> RecordedApi {
+    let api = RecordedApi::start().await.expect("recorded API starts");
+    api.load(&fixture(file)).expect("fixture loads");
+    api
+}
+
+fn unmatched(api: &RecordedApi) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|s| !s.matched)
+        .map(|s| format!("{} {}", s.method, s.path_and_query))
+        .collect()
+}
+
+// ---------------------------------------------------------------- check-inject
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_injected_pod_and_the_pod_that_predates_the_label() {
+    let api = api_with("check-inject.json").await;
+    let r = remora(
+        &api,
+        &["check-inject", "-n", "shop", "pod", "web-6d8f7c9b5-x2k9q"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.line("Pod/web-6d8f7c9b5-x2k9q in namespace shop:")
+            .contains(": INJECTED ("),
+        "{}",
+        r.all()
+    );
+    let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+    assert!(wh.contains(": INJECTED: called"), "{wh}");
+    assert!(wh.contains("istio-injection In [enabled]"), "{wh}");
+    assert!(wh.contains("default policy (enabled)"), "{wh}");
+    // The Secrets webhook is not about pods: not listed.
+    assert!(!r.stdout.contains("secrets-defaulter"), "{}", r.all());
+    assert!(
+        r.line("pod web-6d8f7c9b5-x2k9q:")
+            .contains("running pod is injected"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .contains("note: injector config from ConfigMap remora-system/remora-injector"),
+        "{}",
+        r.all()
+    );
+
+    let r = remora(
+        &api,
+        &["check-inject", "-n", "shop", "pod/web-6d8f7c9b5-m4tzr"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let note = r.line("pod web-6d8f7c9b5-m4tzr:");
+    assert!(note.contains("has no remora-proxy container"), "{note}");
+    assert!(note.contains("2026-11-19T16:40:00Z"), "{note}");
+    assert!(
+        note.contains("kubectl -n shop rollout restart deployment/web"),
+        "{note}"
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_deployment_lists_its_pods_and_json_output() {
+    let api = api_with("check-inject.json").await;
+    let r = remora(
+        &api,
+        &["check-inject", "-n", "shop", "deploy/web", "-o", "json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON output");
+    let c = &v[0];
+    assert_eq!(c["object"], "Deployment/web");
+    assert_eq!(c["verdict"], "INJECTED");
+    assert_eq!(c["webhooks"].as_array().map(Vec::len), Some(1), "{v:#}");
+    assert_eq!(c["webhooks"][0]["remora"], true);
+    let running: Vec<(String, bool)> = c["running"]
+        .as_array()
+        .expect("running pods")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["injected"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        running,
+        [
+            ("web-6d8f7c9b5-x2k9q".to_string(), true),
+            ("web-6d8f7c9b5-m4tzr".to_string(), false)
+        ]
+    );
+    // The pods were listed by the Deployment's selector.
+    assert!(
+        api.requests()
+            .iter()
+            .any(|s| s.path_and_query == "/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb"),
+        "{:?}",
+        api.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_not_injected_for_each_reason() {
+    let api = api_with("check-inject.json").await;
+    // (args, verdict, webhook line must contain)
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["-n", "plain", "pod", "app-1"],
+            "NOT INJECTED",
+            "NOT CALLED: namespaceSelector: namespace plain: no istio-injection label does not satisfy istio-injection In [enabled]",
+        ),
+        (
+            &["-n", "shop", "deploy/batch"],
+            "NOT INJECTED",
+            "NOT CALLED: objectSelector: pod label sidecar.istio.io/inject=false does not satisfy sidecar.istio.io/inject NotIn [false]",
+        ),
+        (
+            &["-n", "shop", "report-7f6c"],
+            "NOT INJECTED",
+            "NOT INJECTED: called",
+        ),
+        (
+            &["-n", "shop", "pod", "node-agent-9xk2p"],
+            "NOT INJECTED",
+            "injector skips: pod uses hostNetwork: true",
+        ),
+        (
+            &["-n", "legacy", "pod", "app-2"],
+            "NOT INJECTED",
+            "injector skips: namespace legacy is a system namespace, never injected",
+        ),
+        (
+            &["-n", "shop", "pod", "ports-1"],
+            "DENIED",
+            "70000",
+        ),
+    ];
+    for (args, verdict, why) in cases {
+        let mut full = vec!["check-inject"];
+        full.extend_from_slice(args);
+        let r = remora(&api, &full).await;
+        assert_eq!(r.code, 0, "{args:?}: {}", r.all());
+        let head = r.stdout.lines().next().unwrap_or("");
+        assert!(
+            head.contains(&format!(": {verdict} (")),
+            "{args:?}: want {verdict}\n{}",
+            r.all()
+        );
+        let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+        assert!(wh.contains(why), "{args:?}: want {why:?}\n{}", r.all());
+    }
+    // The annotation case names the annotation.
+    let r = remora(&api, &["check-inject", "-n", "shop", "report-7f6c"]).await;
+    assert!(
+        r.stdout
+            .contains("pod annotation sidecar.istio.io/inject=\"false\""),
+        "{}",
+        r.all()
+    );
+    // The opted-out Deployment's running pod is not injected, as expected.
+    let r = remora(&api, &["check-inject", "-n", "shop", "deployment/batch"]).await;
+    assert!(
+        r.line("pod batch-5c7d9f8b6-q8w2e:")
+            .contains("not injected, as expected"),
+        "{}",
+        r.all()
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_by_label_selector_and_other_webhooks() {
+    let api = api_with("check-inject.json").await;
+    let r = remora(&api, &["check-inject", "-n", "shop", "-l", "app=web"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let heads: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("Pod/")).collect();
+    assert_eq!(heads.len(), 2, "{}", r.all());
+
+    // Istio's injector installed too: remora shows it as called, and says it is not remora's.
+    let istio = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfigurationList",
+        "metadata": {"resourceVersion": "4000"},
+        "items": [{
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "istio-sidecar-injector", "resourceVersion": "700"},
+            "webhooks": [{
+                "name": "namespace.sidecar-injector.istio.io",
+                "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject", "port": 443}, "caBundle": "Zm9v"},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchExpressions": [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+                "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}
+            }]
+        }]
+    });
+    let api2 = api_with("check-inject.json").await;
+    // A later reply for the same route replaces the recorded list after its first use; serve it
+    // first by asking once.
+    api2.on(
+        "GET",
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+        Reply::json(200, istio),
+    );
+    let first = remora(
+        &api2,
+        &["check-inject", "-n", "shop", "web-6d8f7c9b5-x2k9q"],
+    )
+    .await;
+    assert!(first.stdout.contains("[remora]"), "{}", first.all());
+    let r = remora(
+        &api2,
+        &["check-inject", "-n", "shop", "web-6d8f7c9b5-x2k9q"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains(": NOT INJECTED ("),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains(
+            "no MutatingWebhookConfiguration calls remora's service remora-system/remora-webhook"
+        ),
+        "{}",
+        r.all()
+    );
+    let wh = r.line("webhook istio-sidecar-injector/namespace.sidecar-injector.istio.io:");
+    assert!(
+        wh.contains(": CALLED: ") && wh.contains("istio-system/istiod"),
+        "{wh}"
+    );
+    // The running pod has remora's proxy but nothing would inject it now.
+    assert!(
+        r.line("pod web-6d8f7c9b5-x2k9q:")
+            .contains("would not get it"),
+        "{}",
+        r.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_errors_are_one_clear_line() {
+    let api = api_with("check-inject.json").await;
+    let r = remora(&api, &["check-inject", "-n", "shop", "pod", "missing"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_eq!(
+        r.stderr.trim(),
+        "remora: pod \"missing\" not found in namespace shop",
+        "{}",
+        r.all()
+    );
+    let r = remora(&api, &["check-inject", "-n", "nowhere", "pod", "x"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("namespace \"nowhere\" not found"),
+        "{}",
+        r.all()
+    );
+    let r = remora(&api, &["check-inject", "-n", "shop", "svc/web"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("target: invalid value \"svc/web\""),
+        "{}",
+        r.all()
+    );
+    let r = remora(&api, &["check-inject", "-n", "shop"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("target: missing"), "{}", r.all());
+    // An API server that is not there.
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let out = tokio::process::Command::new(remora_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{gone}"),
+            "check-inject",
+            "-n",
+            "shop",
+            "x",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("remora: ") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- proxy-status
+
+/// The hash a proxy computes after the kubelet writes `cm`'s data into its rules directory:
+/// the proxy's own reader over a real directory.
+fn proxy_hash_of(cm: &Value) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (k, v) in cm["data"].as_object().expect("data") {
+        std::fs::write(dir.path().join(k), v.as_str().expect("string")).expect("write");
+    }
+    remora_proxy::rules::load::read_inputs(dir.path())
+        .expect("read")
+        .hash
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_synced_stale_unreachable() {
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("proxy-status.json")).expect("fixture"),
+    )
+    .expect("json");
+    // The fixture's "current" config_dump hash is what a real proxy computes for the ConfigMap.
+    let cm = fx["exchanges"]
+        .as_array()
+        .expect("exchanges")
+        .iter()
+        .find(|x| x["path"] == "/api/v1/namespaces/shop/configmaps/remora-mesh-rules")
+        .expect("rules ConfigMap")["body"]
+        .clone();
+    assert_eq!(
+        fx["current_hash"].as_str(),
+        Some(proxy_hash_of(&cm).as_str())
+    );
+
+    let api = api_with("proxy-status.json").await;
+    let r = remora(&api, &["proxy-status", "-n", "shop"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "NAMESPACE",
+            "GENERATION",
+            "SOURCE",
+            "PROXY",
+            "HASH",
+            "CONFIGMAP",
+            "HASH",
+            "STATUS"
+        ],
+        "{}",
+        r.all()
+    );
+    let cur = &fx["current_hash"].as_str().expect("hash")[..12];
+    let old = &fx["stale_hash"].as_str().expect("hash")[..12];
+    let row = |name: &str| -> Vec<String> {
+        r.line(name)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        row("api-0"),
+        ["api-0", "shop", "1", "files", old, cur, "STALE"]
+    );
+    assert_eq!(
+        row("cart-58c9d-7hq2w"),
+        [
+            "cart-58c9d-7hq2w",
+            "shop",
+            "-",
+            "-",
+            "-",
+            cur,
+            "UNREACHABLE"
+        ]
+    );
+    assert_eq!(
+        row("queue-0"),
+        ["queue-0", "shop", "-", "-", "-", cur, "UNREACHABLE"]
+    );
+    assert_eq!(
+        row("web-6d8f7c9b5-x2k9q"),
+        [
+            "web-6d8f7c9b5-x2k9q",
+            "shop",
+            "2",
+            "files",
+            cur,
+            cur,
+            "SYNCED"
+        ]
+    );
+    assert!(
+        !r.stdout.contains("batch"),
+        "unmeshed pods are not listed\n{}",
+        r.all()
+    );
+    assert!(
+        r.line("shop/cart-58c9d-7hq2w: UNREACHABLE:")
+            .contains("connection refused"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.line("shop/queue-0: UNREACHABLE:").contains("Pending"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.line("shop/api-0: STALE:").contains("generation 1"),
+        "{}",
+        r.all()
+    );
+    // The Pending pod's proxy was not asked; the others were, through the pods/proxy subresource.
+    let asked: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|s| s.path_and_query.ends_with("/proxy/config_dump"))
+        .map(|s| s.path_and_query)
+        .collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(
+        asked.iter().all(|p| p.contains(":15020/proxy/")),
+        "{asked:?}"
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+
+    let r = remora(&api, &["proxy-status", "-A", "-o", "json"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+    let statuses: Vec<(&str, &str)> = v
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap_or(""),
+                x["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("api-0", "STALE"),
+            ("cart-58c9d-7hq2w", "UNREACHABLE"),
+            ("queue-0", "UNREACHABLE"),
+            ("web-6d8f7c9b5-x2k9q", "SYNCED")
+        ]
+    );
+    assert_eq!(v[3]["proxy_hash"], fx["current_hash"]);
+    assert_eq!(v[3]["config_map"], "shop/remora-mesh-rules");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_shows_the_api_source() {
+    let api = api_with("proxy-status.json").await;
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("proxy-status.json")).expect("fixture"),
+    )
+    .expect("json");
+    let h = fx["current_hash"].as_str().expect("hash");
+    // A proxy that reads its rules through the API reports config_source.source = api.
+    api.on(
+        "GET",
+        "/api/v1/namespaces/shop/pods/api-0:15020/proxy/config_dump",
+        Reply::json(200, json!({
+            "version": "0.1.0", "generation": 5, "hash": h,
+            "source": "api:configmap/shop/remora-mesh-rules resourceVersion 2890",
+            "config_source": {"source": "api", "generation": 5, "hash": h, "configmap": "shop/remora-mesh-rules"}
+        })),
+    );
+    // The recorded reply is served first, then ours.
+    let _ = remora(&api, &["proxy-status", "-n", "shop"]).await;
+    let r = remora(&api, &["proxy-status", "-n", "shop"]).await;
+    let row: Vec<&str> = r.line("api-0").split_whitespace().collect();
+    assert_eq!(
+        row,
+        ["api-0", "shop", "5", "api", &h[..12], &h[..12], "SYNCED"],
+        "{}",
+        r.all()
+    );
+}
+
+// ---------------------------------------------------------------- analyze
+
+/// manifests/rules-example.yaml as the API server returns it.
+fn rules_example() -> Value {
+    let text = std::fs::read_to_string(workspace().join("manifests/rules-example.yaml"))
+        .expect("manifests/rules-example.yaml");
+    let mut v: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    v["metadata"]["uid"] = json!("6f1c3a52-0d7e-4c1b-9a55-3b8f0e2d4c11");
+    v["metadata"]["resourceVersion"] = json!("812");
+    v["metadata"]["creationTimestamp"] = json!("2026-11-20T08:00:00Z");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_clean_the_shipped_example() {
+    let api = api_with("analyze.json").await;
+    api.on(
+        "GET",
+        "/api/v1/namespaces/bookinfo/configmaps/remora-mesh-rules",
+        Reply::json(200, rules_example()),
+    );
+    let r = remora(&api, &["analyze", "-n", "bookinfo"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout,
+        "analyzed 1 ConfigMap: 0 errors, 0 warnings\n",
+        "{}",
+        r.all()
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+    // A namespace without rules.
+    let r = remora(&api, &["analyze", "-n", "empty"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.starts_with("no rules ConfigMaps found"),
+        "{}",
+        r.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_error_and_missing_host_warning() {
+    let api = api_with("analyze.json").await;
+    let r = remora(&api, &["analyze", "-n", "shop"]).await;
+    assert_eq!(r.code, 1, "errors exit 1\n{}", r.all());
+    assert!(
+        r.stdout.contains("error: ConfigMap shop/canary-rules: canary.yaml doc 1: spec.http[0].route: weights sum to 110, not 100"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("warning: ConfigMap shop/remora-mesh-rules: checkout.yaml doc 1: spec.http[0].route[0].destination.host: host payments.shop.svc.cluster.local: no Service payments in namespace shop and no ServiceEntry for it (IST0101 ReferencedResourceNotFound)"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .ends_with("analyzed 2 ConfigMaps: 1 error, 1 warning\n"),
+        "{}",
+        r.all()
+    );
+    let r = remora(&api, &["analyze", "-n", "shop", "-o", "json"]).await;
+    assert_eq!(r.code, 1);
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(
+        v["config_maps"],
+        json!(["shop/remora-mesh-rules", "shop/canary-rules"])
+    );
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}

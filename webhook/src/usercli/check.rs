@@ -1,0 +1,582 @@
+//! `remora check-inject` against a cluster (pure part): for one pod as the API server would send
+//! it, evaluate every MutatingWebhookConfiguration that intercepts pod creation exactly as the
+//! API server does (rules, namespaceSelector, objectSelector), then, for remora's own webhooks,
+//! the injector's decision (`inject::inject_pod`, the code the webhook runs).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::selector::Selector;
+use crate::config::Config;
+use crate::decide::string_map;
+use crate::inject::{inject_pod, Outcome};
+use crate::template::PROXY_NAME;
+
+/// The Service remora's webhook runs behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Default for ServiceRef {
+    fn default() -> Self {
+        ServiceRef {
+            namespace: "remora-system".into(),
+            name: "remora-webhook".into(),
+        }
+    }
+}
+
+/// What one webhook does with the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    /// remora's webhook is called and injects.
+    Injected,
+    /// remora's webhook is called and leaves the pod alone.
+    NotInjected,
+    /// remora's webhook is called and refuses the pod (pod creation fails).
+    Denied,
+    /// The API server does not call this webhook for the pod.
+    NotCalled,
+    /// Another product's webhook is called; what it does is not known here.
+    Called,
+    /// The webhook's configuration cannot be evaluated (the API server would reject it).
+    Invalid,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Injected => "INJECTED",
+            Verdict::NotInjected => "NOT INJECTED",
+            Verdict::Denied => "DENIED",
+            Verdict::NotCalled => "NOT CALLED",
+            Verdict::Called => "CALLED",
+            Verdict::Invalid => "INVALID",
+        }
+    }
+}
+
+/// One webhook's verdict and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WebhookVerdict {
+    /// `MutatingWebhookConfiguration` name.
+    pub configuration: String,
+    /// `webhooks[].name`.
+    pub webhook: String,
+    /// Points at remora's Service.
+    pub remora: bool,
+    pub verdict: Verdict,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A pod that exists, and how it compares with the verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunningPod {
+    pub name: String,
+    pub injected: bool,
+    pub note: String,
+}
+
+/// The whole answer for one pod or workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodCheck {
+    /// `Pod/web-1`, `Deployment/web`.
+    pub object: String,
+    pub namespace: String,
+    /// INJECTED, NOT INJECTED or DENIED: what happens to a pod created now.
+    pub verdict: Verdict,
+    pub summary: String,
+    pub webhooks: Vec<WebhookVerdict>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<RunningPod>,
+}
+
+/// Namespace labels as the API server sees them: the object's labels plus
+/// `kubernetes.io/metadata.name`, which the API server always sets.
+pub fn namespace_labels(ns_obj: &Value, ns: &str) -> BTreeMap<String, String> {
+    let mut l = string_map(ns_obj.pointer("/metadata/labels"));
+    l.entry("kubernetes.io/metadata.name".into())
+        .or_insert_with(|| ns.to_string());
+    l
+}
+
+fn strs(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a webhook's `rules` send `CREATE` of core/v1 `pods` to it.
+pub fn intercepts_pod_create(webhook: &Value) -> bool {
+    let Some(rules) = webhook.get("rules").and_then(Value::as_array) else {
+        return false;
+    };
+    rules.iter().any(|r| {
+        let has = |field: &str, want: &[&str]| {
+            strs(r.get(field))
+                .iter()
+                .any(|x| want.contains(&x.as_str()))
+        };
+        let scope = r.get("scope").and_then(Value::as_str).unwrap_or("*");
+        has("operations", &["CREATE", "*"])
+            && has("apiGroups", &["", "*"])
+            && has("apiVersions", &["v1", "*"])
+            && has("resources", &["pods", "*", "*/*"])
+            && (scope == "*" || scope == "Namespaced")
+    })
+}
+
+/// Where a webhook's `clientConfig` points, for messages; and whether that is remora.
+fn client_target(webhook: &Value, remora: &ServiceRef) -> (String, bool) {
+    if let Some(svc) = webhook.pointer("/clientConfig/service") {
+        let ns = svc.get("namespace").and_then(Value::as_str).unwrap_or("");
+        let name = svc.get("name").and_then(Value::as_str).unwrap_or("");
+        let is = ns == remora.namespace && name == remora.name;
+        return (format!("service {ns}/{name}"), is);
+    }
+    let url = webhook
+        .pointer("/clientConfig/url")
+        .and_then(Value::as_str)
+        .unwrap_or("(no clientConfig)");
+    (format!("url {url}"), false)
+}
+
+/// Evaluates every webhook for `pod` created in namespace `ns` (labels `ns_labels`).
+pub fn evaluate_webhooks(
+    pod: &Value,
+    ns: &str,
+    ns_labels: &BTreeMap<String, String>,
+    configurations: &[Value],
+    cfg: &Config,
+    remora: &ServiceRef,
+) -> Vec<WebhookVerdict> {
+    let pod_labels = string_map(pod.pointer("/metadata/labels"));
+    let mut out = Vec::new();
+    for mwc in configurations {
+        let cname = mwc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let Some(hooks) = mwc.get("webhooks").and_then(Value::as_array) else {
+            continue;
+        };
+        for (i, wh) in hooks.iter().enumerate() {
+            let wname = wh
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            let (target, is_remora) = client_target(wh, remora);
+            let intercepts = intercepts_pod_create(wh);
+            if !intercepts && !is_remora {
+                continue; // not about pods: irrelevant here
+            }
+            let mut v = WebhookVerdict {
+                configuration: cname.clone(),
+                webhook: wname,
+                remora: is_remora,
+                verdict: Verdict::NotCalled,
+                reason: String::new(),
+                notes: Vec::new(),
+            };
+            if is_remora {
+                let ca = wh
+                    .pointer("/clientConfig/caBundle")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if ca.is_empty() {
+                    v.notes.push("clientConfig.caBundle is empty: the API server cannot verify the webhook's certificate, so calls fail (the webhook fills it itself when run with --manage-certs)".into());
+                }
+            }
+            if let Some(mc) = wh.get("matchConditions").and_then(Value::as_array) {
+                if !mc.is_empty() {
+                    v.notes.push(format!(
+                        "{} matchConditions (CEL) are not evaluated here; they can still exclude the pod",
+                        mc.len()
+                    ));
+                }
+            }
+            if !intercepts {
+                v.reason = format!("its rules do not include CREATE of v1 pods ({target})");
+                out.push(v);
+                continue;
+            }
+            let field = |s: &str| format!("{cname}: webhooks[{i}].{s}");
+            let ns_sel =
+                match Selector::parse(wh.get("namespaceSelector"), &field("namespaceSelector")) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        v.verdict = Verdict::Invalid;
+                        v.reason = e;
+                        out.push(v);
+                        continue;
+                    }
+                };
+            let obj_sel = match Selector::parse(wh.get("objectSelector"), &field("objectSelector"))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    v.verdict = Verdict::Invalid;
+                    v.reason = e;
+                    out.push(v);
+                    continue;
+                }
+            };
+            let nm = ns_sel.evaluate(ns_labels);
+            if !nm.matched {
+                v.reason = format!("namespaceSelector: namespace {ns}: {}", nm.reason);
+                out.push(v);
+                continue;
+            }
+            let om = obj_sel.evaluate(&pod_labels);
+            if !om.matched {
+                v.reason = format!("objectSelector: pod label {}", om.reason);
+                out.push(v);
+                continue;
+            }
+            let called = format!(
+                "called (namespaceSelector {}; objectSelector {})",
+                nm.reason, om.reason
+            );
+            if !is_remora {
+                v.verdict = Verdict::Called;
+                v.reason = format!(
+                    "{called}; not remora's webhook ({target}), so its decision is not known here"
+                );
+                out.push(v);
+                continue;
+            }
+            match inject_pod(pod, ns, cfg) {
+                Outcome::Injected { reason, .. } => {
+                    v.verdict = Verdict::Injected;
+                    v.reason = format!("{called}; injector: {reason}");
+                }
+                Outcome::Skipped(reason) => {
+                    v.verdict = Verdict::NotInjected;
+                    v.reason = format!("{called}; injector skips: {reason}");
+                }
+                Outcome::Denied(reason) => {
+                    v.verdict = Verdict::Denied;
+                    v.reason = format!(
+                        "{called}; injector denies the pod, so its creation fails: {reason}"
+                    );
+                }
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Whether a pod (as it runs) carries remora's proxy.
+pub fn has_proxy(pod: &Value) -> bool {
+    ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .any(|p| {
+            pod.pointer(p).and_then(Value::as_array).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_NAME))
+            })
+        })
+}
+
+/// The overall verdict for a pod created now, from the per-webhook verdicts.
+pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, String) {
+    let ours: Vec<&WebhookVerdict> = webhooks.iter().filter(|w| w.remora).collect();
+    if ours.is_empty() {
+        return (
+            Verdict::NotInjected,
+            format!(
+                "no MutatingWebhookConfiguration calls remora's service {}/{}: nothing injects (is remora installed? kubectl apply -f manifests/install.yaml)",
+                remora.namespace, remora.name
+            ),
+        );
+    }
+    if let Some(w) = ours.iter().find(|w| w.verdict == Verdict::Denied) {
+        return (
+            Verdict::Denied,
+            format!("{}/{} denies it", w.configuration, w.webhook),
+        );
+    }
+    if let Some(w) = ours.iter().find(|w| w.verdict == Verdict::Injected) {
+        return (
+            Verdict::Injected,
+            format!("{}/{} injects it", w.configuration, w.webhook),
+        );
+    }
+    let why: Vec<String> = ours
+        .iter()
+        .map(|w| format!("{}/{}: {}", w.configuration, w.webhook, w.verdict.as_str()))
+        .collect();
+    (Verdict::NotInjected, why.join("; "))
+}
+
+/// How an existing pod compares with what would happen to it now.
+pub fn running_note(pod: &Value, verdict: Verdict, restart_hint: &str) -> RunningPod {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    let created = pod
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .unwrap_or("an unknown time");
+    let injected = has_proxy(pod);
+    let note = match (injected, verdict) {
+        (true, Verdict::Injected) => "running pod is injected (has the remora-proxy container)".to_string(),
+        (true, _) => format!(
+            "running pod has the remora-proxy container, but a pod created now would not get it; {restart_hint} to remove it"
+        ),
+        (false, Verdict::Injected) => format!(
+            "running pod has no remora-proxy container: it was created ({created}) before the namespace was labelled or the webhook installed, or while the webhook was unreachable; {restart_hint} to inject it"
+        ),
+        (false, _) => "running pod is not injected, as expected".to_string(),
+    };
+    RunningPod {
+        name,
+        injected,
+        note,
+    }
+}
+
+/// `check-inject` text: a header line with the overall verdict, one line per webhook, then one
+/// line per running pod.
+pub fn render_text(c: &PodCheck) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} in namespace {}: {} ({})",
+        c.object,
+        c.namespace,
+        c.verdict.as_str(),
+        c.summary
+    );
+    for w in &c.webhooks {
+        let tag = if w.remora { " [remora]" } else { "" };
+        let _ = writeln!(
+            out,
+            "  webhook {}/{}{tag}: {}: {}",
+            w.configuration,
+            w.webhook,
+            w.verdict.as_str(),
+            w.reason
+        );
+        for n in &w.notes {
+            let _ = writeln!(out, "    note: {n}");
+        }
+    }
+    for r in &c.running {
+        let _ = writeln!(out, "  pod {}: {}", r.name, r.note);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mwc() -> Value {
+        // The shape manifests/webhook.yaml installs.
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "remora-sidecar-injector"},
+            "webhooks": [{
+                "name": "sidecar-injector.remora.dev",
+                "clientConfig": {"service": {"name": "remora-webhook", "namespace": "remora-system", "path": "/inject"}, "caBundle": "Zm9v"},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio-injection", "operator": "In", "values": ["enabled"]},
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "remora-system"]}
+                ]},
+                "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}
+            }]
+        })
+    }
+
+    fn pod(labels: Value, annotations: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web-1", "namespace": "shop", "labels": labels, "annotations": annotations},
+               "spec": {"containers": [{"name": "web", "image": "nginx"}]}})
+    }
+
+    fn run(p: &Value, ns: &str, ns_labels: Value) -> Vec<WebhookVerdict> {
+        let nsl = namespace_labels(&json!({"metadata": {"labels": ns_labels}}), ns);
+        evaluate_webhooks(
+            p,
+            ns,
+            &nsl,
+            &[mwc()],
+            &Config::default(),
+            &ServiceRef::default(),
+        )
+    }
+
+    #[test]
+    fn injected_when_namespace_labelled() {
+        let v = run(
+            &pod(json!({"app": "web"}), json!({})),
+            "shop",
+            json!({"istio-injection": "enabled"}),
+        );
+        assert_eq!(v.len(), 1);
+        assert!(v[0].remora);
+        assert_eq!(v[0].verdict, Verdict::Injected, "{}", v[0].reason);
+        assert!(v[0].reason.contains("default policy"), "{}", v[0].reason);
+        assert!(v[0].notes.is_empty());
+    }
+
+    #[test]
+    fn namespace_selector_reason_names_the_label() {
+        let v = run(&pod(json!({}), json!({})), "shop", json!({}));
+        assert_eq!(v[0].verdict, Verdict::NotCalled);
+        assert!(
+            v[0].reason
+                .contains("no istio-injection label does not satisfy istio-injection In [enabled]"),
+            "{}",
+            v[0].reason
+        );
+        // The automatic kubernetes.io/metadata.name label keeps remora-system out.
+        let v = run(
+            &pod(json!({}), json!({})),
+            "remora-system",
+            json!({"istio-injection": "enabled"}),
+        );
+        assert_eq!(v[0].verdict, Verdict::NotCalled);
+        assert!(
+            v[0].reason
+                .contains("kubernetes.io/metadata.name=remora-system"),
+            "{}",
+            v[0].reason
+        );
+    }
+
+    #[test]
+    fn object_selector_opt_out_label() {
+        let v = run(
+            &pod(json!({"sidecar.istio.io/inject": "false"}), json!({})),
+            "shop",
+            json!({"istio-injection": "enabled"}),
+        );
+        assert_eq!(v[0].verdict, Verdict::NotCalled);
+        assert!(v[0].reason.starts_with("objectSelector"), "{}", v[0].reason);
+    }
+
+    #[test]
+    fn annotation_and_host_network_are_the_injectors_decision() {
+        let v = run(
+            &pod(json!({}), json!({"sidecar.istio.io/inject": "false"})),
+            "shop",
+            json!({"istio-injection": "enabled"}),
+        );
+        assert_eq!(v[0].verdict, Verdict::NotInjected);
+        assert!(v[0].reason.contains("annotation"), "{}", v[0].reason);
+        let mut p = pod(json!({}), json!({}));
+        p["spec"]["hostNetwork"] = json!(true);
+        let v = run(&p, "shop", json!({"istio-injection": "enabled"}));
+        assert_eq!(v[0].verdict, Verdict::NotInjected);
+        assert!(v[0].reason.contains("hostNetwork"), "{}", v[0].reason);
+        let bad = pod(
+            json!({}),
+            json!({"traffic.sidecar.istio.io/includeInboundPorts": "70000"}),
+        );
+        let v = run(&bad, "shop", json!({"istio-injection": "enabled"}));
+        assert_eq!(v[0].verdict, Verdict::Denied, "{}", v[0].reason);
+    }
+
+    #[test]
+    fn other_webhooks_and_rules() {
+        let mut other = mwc();
+        other["metadata"]["name"] = json!("istio-sidecar-injector");
+        other["webhooks"][0]["clientConfig"] =
+            json!({"service": {"name": "istiod", "namespace": "istio-system"}});
+        let mut secrets = mwc();
+        secrets["metadata"]["name"] = json!("secrets-hook");
+        secrets["webhooks"][0]["clientConfig"] = json!({"url": "https://x"});
+        secrets["webhooks"][0]["rules"][0]["resources"] = json!(["secrets"]);
+        let nsl = namespace_labels(
+            &json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+            "shop",
+        );
+        let v = evaluate_webhooks(
+            &pod(json!({}), json!({})),
+            "shop",
+            &nsl,
+            &[mwc(), other, secrets],
+            &Config::default(),
+            &ServiceRef::default(),
+        );
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[1].verdict, Verdict::Called);
+        assert!(!v[1].remora);
+        assert!(
+            v[1].reason.contains("istio-system/istiod"),
+            "{}",
+            v[1].reason
+        );
+        let (verdict, _) = overall(&v, &ServiceRef::default());
+        assert_eq!(verdict, Verdict::Injected);
+        let (verdict, why) = overall(&v[1..], &ServiceRef::default());
+        assert_eq!(verdict, Verdict::NotInjected);
+        assert!(why.contains("no MutatingWebhookConfiguration"), "{why}");
+    }
+
+    #[test]
+    fn invalid_selector_and_missing_ca_bundle() {
+        let mut m = mwc();
+        m["webhooks"][0]["namespaceSelector"] =
+            json!({"matchExpressions": [{"key": "a", "operator": "Is"}]});
+        m["webhooks"][0]["clientConfig"]["caBundle"] = json!("");
+        let nsl = namespace_labels(&json!({}), "shop");
+        let v = evaluate_webhooks(
+            &pod(json!({}), json!({})),
+            "shop",
+            &nsl,
+            &[m],
+            &Config::default(),
+            &ServiceRef::default(),
+        );
+        assert_eq!(v[0].verdict, Verdict::Invalid);
+        assert!(
+            v[0].reason
+                .contains("webhooks[0].namespaceSelector.matchExpressions[0].operator"),
+            "{}",
+            v[0].reason
+        );
+        assert!(v[0].notes[0].contains("caBundle"), "{:?}", v[0].notes);
+    }
+
+    #[test]
+    fn running_pod_notes() {
+        let mut injected = pod(json!({}), json!({}));
+        injected["spec"]["initContainers"] = json!([{"name": "remora-proxy"}]);
+        let plain = pod(json!({}), json!({}));
+        let hint = "kubectl -n shop rollout restart deployment/web";
+        assert!(running_note(&injected, Verdict::Injected, hint).injected);
+        let n = running_note(&plain, Verdict::Injected, hint);
+        assert!(!n.injected);
+        assert!(
+            n.note.contains("before the namespace was labelled") && n.note.contains(hint),
+            "{}",
+            n.note
+        );
+        let n = running_note(&injected, Verdict::NotInjected, hint);
+        assert!(n.note.contains("would not get it"), "{}", n.note);
+    }
+}

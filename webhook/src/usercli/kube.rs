@@ -1,0 +1,298 @@
+//! The only part of the user CLI that talks to the cluster: building a `kube::Client` like
+//! kubectl (kubeconfig, context, server override) and plain JSON GETs by API path. Everything
+//! else in `usercli` is pure functions over the JSON these return.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde_json::Value;
+
+/// How to reach the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Overrides the cluster URL. Without `--kubeconfig`/`--context` no credentials are sent
+    /// (the kubeconfig's user is for its own cluster, not an arbitrary URL).
+    pub server: Option<String>,
+}
+
+/// A GET that did not return an object.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: HTTP {code}: {message}")]
+    Status {
+        path: String,
+        code: u16,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Other { path: String, message: String },
+}
+
+impl GetError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            GetError::NotFound { .. } => Some(404),
+            GetError::Status { code, .. } => Some(*code),
+            GetError::Other { .. } => None,
+        }
+    }
+}
+
+/// A connected client and the namespace to use when `-n` is not given.
+pub struct Cluster {
+    pub client: kube::Client,
+    /// The same, without kube's retries of 429/503/504: for the pod proxy, where a 503 means
+    /// the proxy is unreachable and retrying only delays the answer.
+    pub once: kube::Client,
+    pub default_namespace: String,
+    pub url: String,
+}
+
+/// Builds the client: `--kubeconfig FILE` (with `--context`), else `--context` in the default
+/// kubeconfig, else `--server` alone, else `kube::Config::infer()` (KUBECONFIG, ~/.kube/config,
+/// in-cluster).
+pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Cluster> {
+    let kc_opts = kube::config::KubeConfigOptions {
+        context: opts.context.clone(),
+        ..Default::default()
+    };
+    let mut cfg = if let Some(path) = &opts.kubeconfig {
+        let kc = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("--kubeconfig {}: cannot read", path.display()))?;
+        kube::Config::from_custom_kubeconfig(kc, &kc_opts)
+            .await
+            .with_context(|| format!("--kubeconfig {}: unusable", path.display()))?
+    } else if opts.context.is_some() {
+        kube::Config::from_kubeconfig(&kc_opts)
+            .await
+            .context("--context: cannot load it from the default kubeconfig")?
+    } else if let Some(server) = &opts.server {
+        kube::Config::new(parse_server(server)?)
+    } else {
+        kube::Config::infer().await.context(
+            "no cluster configured: no KUBECONFIG, ~/.kube/config or in-cluster service account (use --kubeconfig or --server)",
+        )?
+    };
+    if let Some(server) = &opts.server {
+        cfg.cluster_url = parse_server(server)?;
+    }
+    cfg.connect_timeout = Some(Duration::from_secs(10));
+    cfg.read_timeout = Some(Duration::from_secs(30));
+    let url = cfg.cluster_url.to_string();
+    let default_namespace = cfg.default_namespace.clone();
+    let mut once_cfg = cfg.clone();
+    once_cfg.default_retry = false;
+    let client = kube::Client::try_from(cfg).context("building the Kubernetes client")?;
+    let once = kube::Client::try_from(once_cfg).context("building the Kubernetes client")?;
+    Ok(Cluster {
+        client,
+        once,
+        default_namespace,
+        url,
+    })
+}
+
+fn parse_server(s: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| anyhow!("--server: invalid value {s:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") if uri.host().is_some() => Ok(uri),
+        _ => Err(anyhow!(
+            "--server: invalid value {s:?}: must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+/// Percent-encodes a query value (label selectors contain `=`, `,`, `!`, spaces, parentheses).
+pub fn encode_query(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// GETs `path` (with query) and parses the JSON body.
+    pub async fn get(&self, path: &str) -> Result<Value, GetError> {
+        let text = self.get_text(path).await?;
+        serde_json::from_str(&text).map_err(|e| GetError::Other {
+            path: path.to_string(),
+            message: format!("response is not JSON: {e}"),
+        })
+    }
+
+    /// GETs `path` and returns the body as text.
+    pub async fn get_text(&self, path: &str) -> Result<String, GetError> {
+        self.get_text_with(&self.client, path).await
+    }
+
+    /// GETs `path` once (no retries) and returns the body as text (pod proxy answers are the
+    /// pod's own bytes).
+    pub async fn get_text_once(&self, path: &str) -> Result<String, GetError> {
+        self.get_text_with(&self.once, path).await
+    }
+
+    async fn get_text_with(&self, client: &kube::Client, path: &str) -> Result<String, GetError> {
+        let req = http::Request::get(path)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| GetError::Other {
+                path: path.to_string(),
+                message: format!("invalid request path: {e}"),
+            })?;
+        match client.request_text(req).await {
+            Ok(t) => Ok(t),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(GetError::NotFound {
+                path: path.to_string(),
+            }),
+            Err(kube::Error::Api(s)) => Err(GetError::Status {
+                path: path.to_string(),
+                code: s.code,
+                message: one_line(&s.message),
+            }),
+            Err(e) => Err(GetError::Other {
+                path: path.to_string(),
+                message: one_line(&e.to_string()),
+            }),
+        }
+    }
+
+    /// GETs an object that may be absent: `Ok(None)` on 404.
+    pub async fn get_opt(&self, path: &str) -> Result<Option<Value>, GetError> {
+        match self.get(path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(GetError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GETs a `*List` and returns its `items`.
+    pub async fn list(&self, path: &str) -> Result<Vec<Value>, GetError> {
+        let v = self.get(path).await?;
+        match v.get("items") {
+            Some(Value::Array(a)) => Ok(a.clone()),
+            Some(Value::Null) | None => Ok(Vec::new()),
+            Some(_) => Err(GetError::Other {
+                path: path.to_string(),
+                message: "items is not a list".into(),
+            }),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// API paths used by the CLI.
+pub mod paths {
+    use super::encode_query;
+
+    pub const MUTATING_WEBHOOKS: &str =
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+
+    pub fn namespace(ns: &str) -> String {
+        format!("/api/v1/namespaces/{ns}")
+    }
+    pub fn pod(ns: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{ns}/pods/{name}")
+    }
+    /// Pods of one namespace, or of all (`None`), optionally by label selector.
+    pub fn pods(ns: Option<&str>, selector: Option<&str>) -> String {
+        let base = match ns {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/pods"),
+            None => "/api/v1/pods".to_string(),
+        };
+        match selector {
+            Some(s) if !s.is_empty() => format!("{base}?labelSelector={}", encode_query(s)),
+            _ => base,
+        }
+    }
+    pub fn config_map(ns: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{ns}/configmaps/{name}")
+    }
+    pub fn config_maps(ns: Option<&str>, selector: Option<&str>) -> String {
+        let base = match ns {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/configmaps"),
+            None => "/api/v1/configmaps".to_string(),
+        };
+        match selector {
+            Some(s) if !s.is_empty() => format!("{base}?labelSelector={}", encode_query(s)),
+            _ => base,
+        }
+    }
+    pub fn services(ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/services"),
+            None => "/api/v1/services".to_string(),
+        }
+    }
+    /// The proxy's admin endpoint through the API server's pod proxy subresource.
+    pub fn config_dump(ns: &str, pod: &str, port: u16) -> String {
+        format!("/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/config_dump")
+    }
+    /// A workload by kind (`Deployment`, ...), `None` for kinds the CLI does not read.
+    pub fn workload(kind: &str, ns: &str, name: &str) -> Option<String> {
+        let (group, plural) = match kind {
+            "Deployment" => ("apis/apps/v1", "deployments"),
+            "StatefulSet" => ("apis/apps/v1", "statefulsets"),
+            "DaemonSet" => ("apis/apps/v1", "daemonsets"),
+            "ReplicaSet" => ("apis/apps/v1", "replicasets"),
+            "Job" => ("apis/batch/v1", "jobs"),
+            "CronJob" => ("apis/batch/v1", "cronjobs"),
+            "ReplicationController" => ("api/v1", "replicationcontrollers"),
+            _ => return None,
+        };
+        Some(format!("/{group}/namespaces/{ns}/{plural}/{name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_encoding_and_paths() {
+        assert_eq!(
+            encode_query("app=web,tier notin (db)"),
+            "app%3Dweb%2Ctier%20notin%20%28db%29"
+        );
+        assert_eq!(
+            paths::pods(Some("shop"), Some("app=web")),
+            "/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb"
+        );
+        assert_eq!(paths::pods(None, None), "/api/v1/pods");
+        assert_eq!(
+            paths::config_dump("shop", "web-1", 15020),
+            "/api/v1/namespaces/shop/pods/web-1:15020/proxy/config_dump"
+        );
+        assert_eq!(
+            paths::workload("CronJob", "a", "b").as_deref(),
+            Some("/apis/batch/v1/namespaces/a/cronjobs/b")
+        );
+        assert!(paths::workload("Service", "a", "b").is_none());
+    }
+
+    #[test]
+    fn server_must_be_an_http_url() {
+        assert!(parse_server("http://127.0.0.1:8080").is_ok());
+        let e = parse_server("127.0.0.1:8080").unwrap_err().to_string();
+        assert!(
+            e.contains("--server") && e.contains("127.0.0.1:8080"),
+            "{e}"
+        );
+        assert!(parse_server("ftp://x").is_err());
+    }
+}

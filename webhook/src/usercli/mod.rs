@@ -1,0 +1,674 @@
+//! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `analyze`.
+//!
+//! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
+//! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
+//! the modules `check`, `status`, `analyze`, `selector` and `table` are pure functions over the
+//! JSON the API returns, unit-tested without a cluster. Exit codes: 0 done, 1 `analyze` found
+//! errors, 2 the command could not run (bad arguments, API unreachable, object not found).
+
+pub mod analyze;
+pub mod check;
+pub mod kube;
+pub mod selector;
+pub mod status;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use serde_json::Value;
+
+use self::check::{PodCheck, ServiceRef};
+use self::kube::{paths, Cluster, ConnectOptions, GetError};
+use self::selector::Selector;
+use crate::config::Config;
+use crate::workload::{pod_from_template, template_pointer};
+
+/// The label that marks further rules ConfigMaps for `remora analyze`.
+pub const RULES_LABEL: &str = "remora.dev/rules";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "remora",
+    version,
+    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, and a linter for the rules in the cluster"
+)]
+pub struct Args {
+    /// Path of the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// The API server URL. Alone (without --kubeconfig/--context) no credentials are sent.
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Namespace (default: the kubeconfig context's namespace, else "default").
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "text")]
+    pub output: Output,
+    /// remora's own namespace (injector ConfigMap, webhook Service).
+    #[arg(long, global = true, default_value = "remora-system")]
+    pub mesh_namespace: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Which webhooks apply to a pod or workload, and why it will or will not be injected.
+    ///
+    /// TARGET: `pod NAME`, `pod/NAME`, `NAME` (a pod), or `deploy/NAME`, `sts/NAME`, `ds/NAME`,
+    /// `rs/NAME`, `job/NAME`, `cronjob/NAME` (long kind names work too); or `-l SELECTOR` for
+    /// pods by label.
+    CheckInject {
+        target: Vec<String>,
+        /// Pods matching this label selector.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// The injector's ConfigMap in the mesh namespace (key config.yaml).
+        #[arg(long, default_value = "remora-injector")]
+        injector_config: String,
+        /// The webhook's Service in the mesh namespace.
+        #[arg(long, default_value = "remora-webhook")]
+        webhook_service: String,
+    },
+    /// Per meshed pod: the proxy's rule generation and hash against its rules ConfigMap.
+    ProxyStatus {
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// The proxy's admin port (/config_dump).
+        #[arg(long, default_value_t = 15020)]
+        admin_port: u16,
+        /// Seconds to wait for each proxy.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Lint the rules ConfigMaps of the cluster against its Services.
+    Analyze {
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// The rules ConfigMap name (default: rulesConfigMap of the injector config, else
+        /// remora-mesh-rules). ConfigMaps labelled remora.dev/rules=true are analyzed too.
+        #[arg(long)]
+        config_map: Option<String>,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
+}
+
+/// The process entry: parse, run, print errors as one line, map to exit codes.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("remora: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("remora: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cluster = self::kube::connect(&ConnectOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        server: args.server.clone(),
+    })
+    .await?;
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| cluster.default_namespace.clone());
+    match &args.cmd {
+        Cmd::CheckInject {
+            target,
+            selector,
+            injector_config,
+            webhook_service,
+        } => {
+            let checks = check_inject(
+                &cluster,
+                &ns,
+                &args.mesh_namespace,
+                target,
+                selector.as_deref(),
+                injector_config,
+                webhook_service,
+            )
+            .await?;
+            match args.output {
+                Output::Json => print_json(&checks)?,
+                Output::Text => {
+                    for c in &checks {
+                        print!("{}", check::render_text(c));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ProxyStatus {
+            all_namespaces,
+            admin_port,
+            timeout,
+        } => {
+            let scope = (!all_namespaces).then_some(ns.as_str());
+            let rows = proxy_status(
+                &cluster,
+                scope,
+                &args.mesh_namespace,
+                *admin_port,
+                Duration::from_secs((*timeout).max(1)),
+            )
+            .await?;
+            match args.output {
+                Output::Json => print_json(&rows)?,
+                Output::Text => print!("{}", status::render_text(&rows)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Analyze {
+            all_namespaces,
+            config_map,
+            cluster_domain,
+        } => {
+            let scope = (!all_namespaces).then_some(ns.as_str());
+            let a = analyze(
+                &cluster,
+                scope,
+                &args.mesh_namespace,
+                config_map.as_deref(),
+                cluster_domain,
+            )
+            .await?;
+            match args.output {
+                Output::Json => print_json(&a)?,
+                Output::Text => print!("{}", analyze::render_text(&a)),
+            }
+            Ok(if a.errors() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// The injector config the webhook runs with (its ConfigMap), and a note on where it came from.
+async fn injector_config(cluster: &Cluster, mesh_ns: &str, name: &str) -> (Config, String) {
+    match cluster.get_opt(&paths::config_map(mesh_ns, name)).await {
+        Ok(Some(cm)) => match cm.pointer("/data/config.yaml").and_then(Value::as_str) {
+            Some(text) => match Config::from_yaml(text) {
+                Ok(c) => (c, format!("injector config from ConfigMap {mesh_ns}/{name}")),
+                Err(e) => (
+                    Config::default(),
+                    format!("ConfigMap {mesh_ns}/{name} config.yaml is invalid ({e:#}); evaluated with the built-in defaults"),
+                ),
+            },
+            None => (
+                Config::default(),
+                format!("ConfigMap {mesh_ns}/{name} has no config.yaml key; the webhook uses its built-in defaults"),
+            ),
+        },
+        Ok(None) => (
+            Config::default(),
+            format!("no ConfigMap {mesh_ns}/{name}; the webhook uses its built-in defaults"),
+        ),
+        Err(e) => (
+            Config::default(),
+            format!("cannot read the injector config ({e}); evaluated with the built-in defaults"),
+        ),
+    }
+}
+
+/// Maps `deploy`, `deployments`, `sts`, ... to the kind.
+pub fn kind_of(word: &str) -> Option<&'static str> {
+    Some(match word.to_ascii_lowercase().as_str() {
+        "po" | "pod" | "pods" => "Pod",
+        "deploy" | "deployment" | "deployments" => "Deployment",
+        "sts" | "statefulset" | "statefulsets" => "StatefulSet",
+        "ds" | "daemonset" | "daemonsets" => "DaemonSet",
+        "rs" | "replicaset" | "replicasets" => "ReplicaSet",
+        "job" | "jobs" => "Job",
+        "cj" | "cronjob" | "cronjobs" => "CronJob",
+        "rc" | "replicationcontroller" | "replicationcontrollers" => "ReplicationController",
+        _ => return None,
+    })
+}
+
+/// Parses the positional target into (kind, name).
+pub fn parse_target(words: &[String]) -> anyhow::Result<(&'static str, String)> {
+    let bad = |w: &str| {
+        anyhow!("target: invalid value {w:?}: expected pod NAME, NAME, or KIND/NAME with KIND one of pod, deploy, sts, ds, rs, job, cronjob, rc")
+    };
+    match words {
+        [one] => match one.split_once('/') {
+            Some((k, n)) if !n.is_empty() => Ok((kind_of(k).ok_or_else(|| bad(one))?, n.to_string())),
+            Some(_) => Err(bad(one)),
+            None => Ok(("Pod", one.clone())),
+        },
+        [k, n] if !n.contains('/') => Ok((kind_of(k).ok_or_else(|| bad(k))?, n.clone())),
+        [] => bail!("target: missing: name a pod or workload (pod NAME, deploy/NAME, ...) or give -l SELECTOR"),
+        _ => Err(bad(&words.join(" "))),
+    }
+}
+
+/// The `kubectl` command that re-creates a pod's pods (for "restart it" hints).
+fn restart_hint(pod: &Value, ns: &str) -> String {
+    let owner = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|o| {
+            o.iter()
+                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                .or(o.first())
+        });
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    match owner.map(|o| {
+        (
+            o.get("kind").and_then(Value::as_str).unwrap_or(""),
+            o.get("name").and_then(Value::as_str).unwrap_or(""),
+        )
+    }) {
+        Some(("ReplicaSet", rs)) => {
+            let hash = pod
+                .pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str);
+            match hash.and_then(|h| rs.strip_suffix(&format!("-{h}"))) {
+                Some(deploy) => {
+                    format!("re-create it: kubectl -n {ns} rollout restart deployment/{deploy}")
+                }
+                None => format!("re-create it: kubectl -n {ns} delete pod {name}"),
+            }
+        }
+        Some(("StatefulSet", o)) => {
+            format!("re-create it: kubectl -n {ns} rollout restart statefulset/{o}")
+        }
+        Some(("DaemonSet", o)) => {
+            format!("re-create it: kubectl -n {ns} rollout restart daemonset/{o}")
+        }
+        Some(_) => format!(
+            "re-create it: kubectl -n {ns} delete pod {name} (its controller makes a new one)"
+        ),
+        None => format!("re-create it: delete pod {name} and create it again"),
+    }
+}
+
+fn workload_hint(kind: &str, name: &str, ns: &str) -> String {
+    match kind {
+        "Deployment" | "StatefulSet" | "DaemonSet" => format!(
+            "re-create it: kubectl -n {ns} rollout restart {}/{name}",
+            kind.to_ascii_lowercase()
+        ),
+        _ => {
+            format!("re-create it: kubectl -n {ns} delete pod POD (its controller makes a new one)")
+        }
+    }
+}
+
+async fn check_inject(
+    cluster: &Cluster,
+    ns: &str,
+    mesh_ns: &str,
+    target: &[String],
+    label_selector: Option<&str>,
+    injector_cm: &str,
+    webhook_service: &str,
+) -> anyhow::Result<Vec<PodCheck>> {
+    let parsed = match (label_selector, target.is_empty()) {
+        (Some(_), false) => bail!("give either a target or -l SELECTOR, not both"),
+        (Some(s), true) if s.trim().is_empty() => bail!("-l: invalid value \"\": empty selector"),
+        (Some(_), true) => None,
+        (None, _) => Some(parse_target(target)?),
+    };
+    let remora = ServiceRef {
+        namespace: mesh_ns.to_string(),
+        name: webhook_service.to_string(),
+    };
+    let (cfg, cfg_note) = injector_config(cluster, mesh_ns, injector_cm).await;
+    let mwcs = cluster
+        .list(paths::MUTATING_WEBHOOKS)
+        .await
+        .context("listing MutatingWebhookConfigurations")?;
+    let ns_obj = cluster
+        .get_opt(&paths::namespace(ns))
+        .await
+        .context("reading the namespace")?
+        .ok_or_else(|| anyhow!("namespace {ns:?} not found"))?;
+    let ns_labels = check::namespace_labels(&ns_obj, ns);
+
+    let finish = |object: String, pod: &Value, running: Vec<(Value, String)>| -> PodCheck {
+        let mut webhooks = check::evaluate_webhooks(pod, ns, &ns_labels, &mwcs, &cfg, &remora);
+        for w in webhooks.iter_mut().filter(|w| w.remora) {
+            w.notes.push(cfg_note.clone());
+        }
+        let (verdict, summary) = check::overall(&webhooks, &remora);
+        let running = running
+            .iter()
+            .map(|(p, hint)| check::running_note(p, verdict, hint))
+            .collect();
+        PodCheck {
+            object,
+            namespace: ns.to_string(),
+            verdict,
+            summary,
+            webhooks,
+            running,
+        }
+    };
+
+    let mut out = Vec::new();
+    match parsed {
+        None => {
+            let sel = label_selector.unwrap_or("");
+            let pods = cluster
+                .list(&paths::pods(Some(ns), Some(sel)))
+                .await
+                .context("listing pods")?;
+            if pods.is_empty() {
+                bail!("no pods in namespace {ns} match -l {sel:?}");
+            }
+            for p in &pods {
+                let name = p
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                let hint = restart_hint(p, ns);
+                out.push(finish(format!("Pod/{name}"), p, vec![(p.clone(), hint)]));
+            }
+        }
+        Some(("Pod", name)) => {
+            let p = cluster
+                .get_opt(&paths::pod(ns, &name))
+                .await
+                .context("reading the pod")?
+                .ok_or_else(|| anyhow!("pod {name:?} not found in namespace {ns}"))?;
+            let hint = restart_hint(&p, ns);
+            out.push(finish(format!("Pod/{name}"), &p, vec![(p.clone(), hint)]));
+        }
+        Some((kind, name)) => {
+            let path = paths::workload(kind, ns, &name)
+                .ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
+            let w = cluster
+                .get_opt(&path)
+                .await
+                .with_context(|| format!("reading {kind} {name}"))?
+                .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
+            let ptr = template_pointer(kind).unwrap_or("/spec/template");
+            let template = w
+                .pointer(ptr)
+                .ok_or_else(|| anyhow!("{kind} {name} has no pod template at {ptr}"))?;
+            let pod = pod_from_template(&w, template, ns);
+            // Its running pods, by the workload's selector (CronJobs have none).
+            let mut running = Vec::new();
+            if let Some(sel) = w.pointer("/spec/selector").filter(|s| s.is_object()) {
+                let sel = Selector::parse(Some(sel), "spec.selector")
+                    .map_err(|e| anyhow!("{kind} {name}: {e}"))?;
+                if !sel.is_empty() {
+                    let pods = cluster
+                        .list(&paths::pods(Some(ns), Some(&sel.to_query())))
+                        .await
+                        .context("listing the workload's pods")?;
+                    let hint = workload_hint(kind, &name, ns);
+                    running = pods.into_iter().map(|p| (p, hint.clone())).collect();
+                }
+            }
+            out.push(finish(format!("{kind}/{name}"), &pod, running));
+        }
+    }
+    Ok(out)
+}
+
+async fn proxy_status(
+    cluster: &Cluster,
+    ns: Option<&str>,
+    mesh_ns: &str,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<Vec<status::ProxyRow>> {
+    let pods = cluster
+        .list(&paths::pods(ns, None))
+        .await
+        .context("listing pods")?;
+    let meshed: Vec<Value> = pods.into_iter().filter(check::has_proxy).collect();
+    let (cfg, _) = injector_config(cluster, mesh_ns, "remora-injector").await;
+    // The ConfigMap of each (namespace, name), read once.
+    let mut hashes: BTreeMap<(String, String), Result<String, String>> = BTreeMap::new();
+    for p in &meshed {
+        let pns = p
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = status::rules_config_map_name(p, &cfg.rules_config_map);
+        let key = (pns, name);
+        if hashes.contains_key(&key) {
+            continue;
+        }
+        let h = match cluster.get_opt(&paths::config_map(&key.0, &key.1)).await {
+            Ok(cm) => status::config_map_hash(cm.as_ref()),
+            Err(e) => Err(e.to_string()),
+        };
+        hashes.insert(key, h);
+    }
+    let dumps: Vec<(usize, Result<Value, String>)> =
+        futures::stream::iter(meshed.iter().enumerate())
+            .map(|(i, p)| async move {
+                let pns = p
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let name = p
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let running = p.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
+                if !running {
+                    return (i, Err("pod not running".to_string()));
+                }
+                let path = paths::config_dump(pns, name, port);
+                let r = match tokio::time::timeout(timeout, cluster.get_text_once(&path)).await {
+                    Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+                    Ok(Err(GetError::Status { code, message, .. })) => {
+                        Err(format!("HTTP {code}: {message}"))
+                    }
+                    Ok(Err(GetError::NotFound { .. })) => {
+                        Err("HTTP 404 (pod gone, or no admin server on the port)".to_string())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(text)) => serde_json::from_str::<Value>(&text)
+                        .map_err(|e| format!("answer is not JSON: {e}")),
+                };
+                (i, r)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    let mut by_index: BTreeMap<usize, Result<Value, String>> = dumps.into_iter().collect();
+    let mut rows = Vec::new();
+    for (i, p) in meshed.iter().enumerate() {
+        let pns = p
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = status::rules_config_map_name(p, &cfg.rules_config_map);
+        let cm_ref = format!("{pns}/{name}");
+        let hash = hashes
+            .get(&(pns, name))
+            .cloned()
+            .unwrap_or_else(|| Err("not read".to_string()));
+        let dump = by_index
+            .remove(&i)
+            .unwrap_or_else(|| Err("not fetched".to_string()));
+        rows.push(status::row(
+            p,
+            dump.as_ref().map_err(String::as_str),
+            &cm_ref,
+            hash.as_deref().map_err(String::as_str),
+        ));
+    }
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(rows)
+}
+
+async fn analyze(
+    cluster: &Cluster,
+    ns: Option<&str>,
+    mesh_ns: &str,
+    config_map: Option<&str>,
+    cluster_domain: &str,
+) -> anyhow::Result<analyze::Analysis> {
+    let name = match config_map {
+        Some(n) => n.to_string(),
+        None => {
+            injector_config(cluster, mesh_ns, "remora-injector")
+                .await
+                .0
+                .rules_config_map
+        }
+    };
+    let mut cms: Vec<Value> = Vec::new();
+    match ns {
+        Some(ns) => {
+            if let Some(cm) = cluster
+                .get_opt(&paths::config_map(ns, &name))
+                .await
+                .context("reading the rules ConfigMap")?
+            {
+                cms.push(cm);
+            }
+        }
+        None => {
+            let path = format!(
+                "{}?fieldSelector={}",
+                paths::config_maps(None, None),
+                self::kube::encode_query(&format!("metadata.name={name}"))
+            );
+            cms.extend(
+                cluster
+                    .list(&path)
+                    .await
+                    .context("listing the rules ConfigMaps")?,
+            );
+        }
+    }
+    let labelled = cluster
+        .list(&paths::config_maps(
+            ns,
+            Some(&format!("{RULES_LABEL}=true")),
+        ))
+        .await
+        .context("listing ConfigMaps labelled remora.dev/rules=true")?;
+    for cm in labelled {
+        let key = |v: &Value| {
+            (
+                v.pointer("/metadata/namespace").cloned(),
+                v.pointer("/metadata/name").cloned(),
+            )
+        };
+        if !cms.iter().any(|c| key(c) == key(&cm)) {
+            cms.push(cm);
+        }
+    }
+    // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
+    let services = match cluster.list(&paths::services(None)).await {
+        Ok(s) => s,
+        Err(e) if e.code() == Some(403) && ns.is_some() => {
+            eprintln!("remora: cannot list Services in all namespaces ({e}); checking hosts against namespace {} only", ns.unwrap_or_default());
+            cluster
+                .list(&paths::services(ns))
+                .await
+                .context("listing Services")?
+        }
+        Err(e) => return Err(anyhow!(e).context("listing Services")),
+    };
+    Ok(analyze::analyze(&cms, &services, cluster_domain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn targets() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_target(&s(&["web-1"])).unwrap(),
+            ("Pod", "web-1".into())
+        );
+        assert_eq!(
+            parse_target(&s(&["pod", "web-1"])).unwrap(),
+            ("Pod", "web-1".into())
+        );
+        assert_eq!(
+            parse_target(&s(&["deploy/web"])).unwrap(),
+            ("Deployment", "web".into())
+        );
+        assert_eq!(
+            parse_target(&s(&["StatefulSets/db"])).unwrap(),
+            ("StatefulSet", "db".into())
+        );
+        assert_eq!(
+            parse_target(&s(&["cj", "nightly"])).unwrap(),
+            ("CronJob", "nightly".into())
+        );
+        for bad in [&["svc/web"][..], &["deploy/"], &["a", "b", "c"], &[]] {
+            let e = parse_target(&s(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("target:"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn restart_hints() {
+        let p = json!({"metadata": {"name": "web-7d9-x", "labels": {"pod-template-hash": "7d9"},
+                       "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "controller": true}]}});
+        assert_eq!(
+            restart_hint(&p, "shop"),
+            "re-create it: kubectl -n shop rollout restart deployment/web"
+        );
+        let p = json!({"metadata": {"name": "db-0", "ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": true}]}});
+        assert_eq!(
+            restart_hint(&p, "shop"),
+            "re-create it: kubectl -n shop rollout restart statefulset/db"
+        );
+        let p = json!({"metadata": {"name": "solo"}});
+        assert!(restart_hint(&p, "shop").contains("delete pod solo"));
+    }
+}

@@ -1,0 +1,319 @@
+//! Kubernetes label selectors (`metav1.LabelSelector`), evaluated as the API server evaluates a
+//! webhook's `namespaceSelector` and `objectSelector`: `matchLabels` and every
+//! `matchExpressions` entry must hold; an absent or empty selector matches everything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+/// One requirement of a selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// `matchLabels` entry, or `In` with one value.
+    Equals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requirement::Equals(k, v) => write!(f, "{k}={v}"),
+            Requirement::In(k, vs) => write!(f, "{k} In [{}]", vs.join(", ")),
+            Requirement::NotIn(k, vs) => write!(f, "{k} NotIn [{}]", vs.join(", ")),
+            Requirement::Exists(k) => write!(f, "{k} Exists"),
+            Requirement::DoesNotExist(k) => write!(f, "{k} DoesNotExist"),
+        }
+    }
+}
+
+impl Requirement {
+    pub fn key(&self) -> &str {
+        match self {
+            Requirement::Equals(k, _)
+            | Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k,
+        }
+    }
+
+    /// Whether `labels` satisfy the requirement (`NotIn` holds when the label is absent, as in
+    /// Kubernetes).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+        }
+    }
+
+    /// The label as the object has it, for messages: `key=value` or `no key label`.
+    pub fn observed(&self, labels: &BTreeMap<String, String>) -> String {
+        match labels.get(self.key()) {
+            Some(v) => format!("{}={v}", self.key()),
+            None => format!("no {} label", self.key()),
+        }
+    }
+
+    /// The `kubectl -l` form of the requirement.
+    pub fn to_query(&self) -> String {
+        match self {
+            Requirement::Equals(k, v) => format!("{k}={v}"),
+            Requirement::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+            Requirement::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+            Requirement::Exists(k) => k.clone(),
+            Requirement::DoesNotExist(k) => format!("!{k}"),
+        }
+    }
+}
+
+/// A parsed selector: all requirements must hold. Empty = everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub requirements: Vec<Requirement>,
+}
+
+/// The outcome of evaluating a selector against labels, with the reason in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorMatch {
+    pub matched: bool,
+    pub reason: String,
+}
+
+fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{field}[{i}]: invalid value {x}: must be a string"))
+            })
+            .collect(),
+        Some(other) => Err(format!("{field}: invalid value {other}: must be a list")),
+    }
+}
+
+impl Selector {
+    /// Parses a `metav1.LabelSelector` (JSON); `None`/`null` is the empty selector. `field`
+    /// names the selector in errors (e.g. `webhooks[0].namespaceSelector`).
+    pub fn parse(v: Option<&Value>, field: &str) -> Result<Selector, String> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(Selector::default());
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{field}: invalid value {v}: must be an object"))?;
+        let mut reqs = Vec::new();
+        match obj.get("matchLabels") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, val) in m {
+                    let s = val.as_str().ok_or_else(|| {
+                        format!("{field}.matchLabels.{k}: invalid value {val}: must be a string")
+                    })?;
+                    reqs.push(Requirement::Equals(k.clone(), s.to_string()));
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{field}.matchLabels: invalid value {other}: must be an object"
+                ))
+            }
+        }
+        let exprs = match obj.get("matchExpressions") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                return Err(format!(
+                    "{field}.matchExpressions: invalid value {other}: must be a list"
+                ))
+            }
+        };
+        for (i, e) in exprs.iter().enumerate() {
+            let at = format!("{field}.matchExpressions[{i}]");
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| format!("{at}.key: missing or empty"))?
+                .to_string();
+            let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
+            let values = string_list(e.get("values"), &format!("{at}.values"))?;
+            let req = match op {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!(
+                        "{at}.values: operator {op} needs at least one value"
+                    ))
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(format!(
+                        "{at}.values: operator {op} takes no values, got {values:?}"
+                    ))
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(format!(
+                        "{at}.operator: invalid value {other:?}: must be In, NotIn, Exists or DoesNotExist"
+                    ))
+                }
+            };
+            reqs.push(req);
+        }
+        Ok(Selector { requirements: reqs })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    /// Evaluates against `labels`; the reason names the first requirement that fails, or all
+    /// that hold.
+    pub fn evaluate(&self, labels: &BTreeMap<String, String>) -> SelectorMatch {
+        if self.is_empty() {
+            return SelectorMatch {
+                matched: true,
+                reason: "empty selector (matches everything)".into(),
+            };
+        }
+        for r in &self.requirements {
+            if !r.matches(labels) {
+                return SelectorMatch {
+                    matched: false,
+                    reason: format!("{} does not satisfy {r}", r.observed(labels)),
+                };
+            }
+        }
+        let held: Vec<String> = self.requirements.iter().map(|r| r.to_string()).collect();
+        SelectorMatch {
+            matched: true,
+            reason: format!("matches {}", held.join(", ")),
+        }
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// The `labelSelector` query form (`a=b,c in (d),!e`).
+    pub fn to_query(&self) -> String {
+        self.requirements
+            .iter()
+            .map(Requirement::to_query)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn sel(v: Value) -> Selector {
+        Selector::parse(Some(&v), "s").unwrap()
+    }
+
+    #[test]
+    fn operators_as_kubernetes_evaluates_them() {
+        let s = sel(
+            json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x", "y"]}]}),
+        );
+        assert!(s.matches(&labels(&[("a", "y")])));
+        assert!(!s.matches(&labels(&[("a", "z")])));
+        assert!(!s.matches(&labels(&[])), "In needs the label");
+
+        let s =
+            sel(json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}));
+        assert!(
+            s.matches(&labels(&[])),
+            "NotIn holds when the label is absent"
+        );
+        assert!(s.matches(&labels(&[("a", "y")])));
+        assert!(!s.matches(&labels(&[("a", "x")])));
+
+        let s = sel(json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]}));
+        assert!(s.matches(&labels(&[("a", "")])));
+        assert!(!s.matches(&labels(&[("b", "x")])));
+
+        let s = sel(json!({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}));
+        assert!(!s.matches(&labels(&[("a", "")])));
+        assert!(s.matches(&labels(&[("b", "x")])));
+    }
+
+    #[test]
+    fn match_labels_and_expressions_are_anded() {
+        let s = sel(json!({
+            "matchLabels": {"team": "shop"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]
+        }));
+        assert!(s.matches(&labels(&[("team", "shop"), ("tier", "web")])));
+        assert!(!s.matches(&labels(&[("team", "shop"), ("tier", "db")])));
+        assert!(!s.matches(&labels(&[("tier", "web")])));
+        let m = s.evaluate(&labels(&[("team", "shop"), ("tier", "db")]));
+        assert_eq!(m.reason, "tier=db does not satisfy tier NotIn [db]");
+        let m = s.evaluate(&labels(&[("tier", "web")]));
+        assert_eq!(m.reason, "no team label does not satisfy team=shop");
+        assert_eq!(s.to_query(), "team=shop,tier notin (db)");
+    }
+
+    #[test]
+    fn absent_null_and_empty_selectors_match_everything() {
+        for s in [
+            Selector::parse(None, "s").unwrap(),
+            Selector::parse(Some(&Value::Null), "s").unwrap(),
+            sel(json!({})),
+            sel(json!({"matchLabels": {}, "matchExpressions": []})),
+        ] {
+            let m = s.evaluate(&labels(&[]));
+            assert!(m.matched);
+            assert!(m.reason.contains("empty"), "{}", m.reason);
+        }
+    }
+
+    #[test]
+    fn invalid_selectors_are_rejected_naming_the_field() {
+        let cases = [
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}),
+                "s.matchExpressions[0].values",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+                "takes no values",
+            ),
+            (
+                json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]}),
+                "s.matchExpressions[0].operator",
+            ),
+            (
+                json!({"matchExpressions": [{"operator": "Exists"}]}),
+                "s.matchExpressions[0].key",
+            ),
+            (json!({"matchLabels": {"a": 1}}), "s.matchLabels.a"),
+            (json!("x"), "must be an object"),
+        ];
+        for (v, want) in cases {
+            let err = Selector::parse(Some(&v), "s").unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! `remora proxy-status` (pure part): per meshed pod, the proxy's rule generation and content
+//! hash (from its `/config_dump`) against the hash of the rules ConfigMap it mounts, computed with
+//! the proxy's own digest over the files the kubelet would write for that ConfigMap.
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::table;
+use crate::template::RULES_VOLUME;
+
+/// Whether a proxy runs the rules in its ConfigMap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SyncStatus {
+    Synced,
+    Stale,
+    Unreachable,
+    /// The proxy answered but the ConfigMap could not be read (for example RBAC).
+    Unknown,
+}
+
+impl SyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Synced => "SYNCED",
+            SyncStatus::Stale => "STALE",
+            SyncStatus::Unreachable => "UNREACHABLE",
+            SyncStatus::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyRow {
+    pub name: String,
+    pub namespace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Where the proxy read its rules (`/config_dump` `source`), when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_hash: Option<String>,
+    /// `namespace/name` of the rules ConfigMap the pod mounts.
+    pub config_map: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_hash: Option<String>,
+    pub status: SyncStatus,
+    pub reason: String,
+}
+
+/// The rules ConfigMap a pod mounts (its `remora-rules` volume), else `default`.
+pub fn rules_config_map_name(pod: &Value, default: &str) -> String {
+    pod.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .and_then(|vols| {
+            vols.iter()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(RULES_VOLUME))
+        })
+        .and_then(|v| v.pointer("/configMap/name"))
+        .and_then(Value::as_str)
+        .unwrap_or(default)
+        .to_string()
+}
+
+/// The proxy reads visible `*.yaml`, `*.yml`, `*.json` files of its rules directory
+/// (`remora_proxy::rules::load::read_inputs`); the same filter over the ConfigMap's keys.
+fn read_by_proxy(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.')
+        && (lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json"))
+}
+
+/// The files the kubelet writes for a ConfigMap (`data` and `binaryData` keys) that the proxy
+/// reads, sorted by name. An absent ConfigMap (`None`) is the empty directory the optional volume
+/// mounts.
+pub fn config_map_files(cm: Option<&Value>) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    let Some(cm) = cm else {
+        return Ok(files);
+    };
+    if let Some(data) = cm.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("data.{k}: invalid value: must be a string"))?;
+            files.push((k.clone(), s.as_bytes().to_vec()));
+        }
+    }
+    if let Some(data) = cm.get("binaryData").and_then(Value::as_object) {
+        for (k, v) in data {
+            let bytes = v
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| format!("binaryData.{k}: invalid value: must be base64"))?;
+            files.push((k.clone(), bytes));
+        }
+    }
+    files.retain(|(k, _)| read_by_proxy(k));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
+
+/// The hash a proxy computes after loading this ConfigMap (`rules::digest::content_hash`).
+pub fn config_map_hash(cm: Option<&Value>) -> Result<String, String> {
+    let files = config_map_files(cm)?;
+    Ok(remora_proxy::rules::digest::content_hash(
+        files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    ))
+}
+
+/// Builds one row from what was fetched: the pod, its `/config_dump` (or why it could not be
+/// fetched) and its ConfigMap's hash (or why it could not be computed).
+pub fn row(
+    pod: &Value,
+    dump: Result<&Value, &str>,
+    config_map: &str,
+    cm_hash: Result<&str, &str>,
+) -> ProxyRow {
+    let s = |p: &str| {
+        pod.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let mut r = ProxyRow {
+        name: s("/metadata/name"),
+        namespace: s("/metadata/namespace"),
+        generation: None,
+        source: None,
+        proxy_hash: None,
+        config_map: config_map.to_string(),
+        config_map_hash: cm_hash.ok().map(str::to_string),
+        status: SyncStatus::Unreachable,
+        reason: String::new(),
+    };
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown");
+    if phase != "Running" {
+        r.reason = format!("pod phase is {phase}, not Running");
+        return r;
+    }
+    let dump = match dump {
+        Ok(d) => d,
+        Err(e) => {
+            r.reason = format!("cannot read the proxy's /config_dump: {e}");
+            return r;
+        }
+    };
+    r.generation = dump.get("generation").and_then(Value::as_u64);
+    // `config_source.source` (api, files, none) when the proxy reports it, else the kind part
+    // of the snapshot's `source` label (`files:/etc/remora/rules` -> files).
+    r.source = dump
+        .pointer("/config_source/source")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            dump.get("source")
+                .and_then(Value::as_str)
+                .map(|s| s.split(':').next().unwrap_or(s))
+        })
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    r.proxy_hash = dump.get("hash").and_then(Value::as_str).map(str::to_string);
+    let (Some(generation), Some(hash)) = (r.generation, r.proxy_hash.clone()) else {
+        r.reason = "/config_dump has no generation and hash: not a remora proxy?".into();
+        return r;
+    };
+    let cm_hash = match cm_hash {
+        Ok(h) => h,
+        Err(e) => {
+            r.status = SyncStatus::Unknown;
+            r.reason = format!("cannot compute the hash of ConfigMap {config_map}: {e}");
+            return r;
+        }
+    };
+    if generation == 0 {
+        r.status = SyncStatus::Stale;
+        r.reason = "the proxy has loaded no rule set yet (generation 0)".into();
+    } else if hash != cm_hash {
+        r.status = SyncStatus::Stale;
+        r.reason = format!(
+            "the proxy runs generation {generation} (hash {}), ConfigMap {config_map} has {}: the kubelet updates ConfigMap volumes within about a minute; if it stays STALE the new rules were probably rejected (kubectl logs {} -c remora-proxy -n {}; remora analyze -n {})",
+            table::short_hash(&hash),
+            table::short_hash(cm_hash),
+            r.name,
+            r.namespace,
+            r.namespace
+        );
+    } else {
+        r.status = SyncStatus::Synced;
+        r.reason = format!("generation {generation} matches ConfigMap {config_map}");
+    }
+    r
+}
+
+/// The table, then one line per pod that is not SYNCED with the reason.
+pub fn render_text(rows: &[ProxyRow]) -> String {
+    if rows.is_empty() {
+        return "no meshed pods (no pod has a remora-proxy container)\n".to_string();
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.namespace.clone(),
+                r.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                r.source.clone().unwrap_or("-".into()),
+                table::short_hash(r.proxy_hash.as_deref().unwrap_or("")),
+                table::short_hash(r.config_map_hash.as_deref().unwrap_or("")),
+                r.status.as_str().to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table::render(
+        &[
+            "NAME",
+            "NAMESPACE",
+            "GENERATION",
+            "SOURCE",
+            "PROXY HASH",
+            "CONFIGMAP HASH",
+            "STATUS",
+        ],
+        &cells,
+    );
+    for r in rows.iter().filter(|r| r.status != SyncStatus::Synced) {
+        out.push_str(&format!(
+            "{}/{}: {}: {}\n",
+            r.namespace,
+            r.name,
+            r.status.as_str(),
+            r.reason
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cm() -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "remora-mesh-rules", "namespace": "shop"},
+               "data": {"vs.yaml": "kind: VirtualService\n", "README": "not read", ".hidden.yaml": "x"},
+               "binaryData": {"dr.json": base64::engine::general_purpose::STANDARD.encode("{}")}})
+    }
+
+    #[test]
+    fn hash_equals_the_proxys_own_over_the_kubelet_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the kubelet writes for cm(): every key, hidden or not.
+        std::fs::write(dir.path().join("vs.yaml"), "kind: VirtualService\n").unwrap();
+        std::fs::write(dir.path().join("README"), "not read").unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), "x").unwrap();
+        std::fs::write(dir.path().join("dr.json"), "{}").unwrap();
+        let inputs = remora_proxy::rules::load::read_inputs(dir.path()).unwrap();
+        assert_eq!(config_map_hash(Some(&cm())).unwrap(), inputs.hash);
+        let names: Vec<String> = config_map_files(Some(&cm()))
+            .unwrap()
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        assert_eq!(names, ["dr.json", "vs.yaml"]);
+        // An absent ConfigMap is the empty directory of the optional volume.
+        let empty = tempfile::tempdir().unwrap();
+        let inputs = remora_proxy::rules::load::read_inputs(empty.path()).unwrap();
+        assert_eq!(config_map_hash(None).unwrap(), inputs.hash);
+        assert!(
+            config_map_hash(Some(&json!({"binaryData": {"a.yaml": "***"}})))
+                .unwrap_err()
+                .contains("binaryData.a.yaml")
+        );
+    }
+
+    fn pod(phase: &str) -> Value {
+        json!({"metadata": {"name": "web-1", "namespace": "shop"},
+               "spec": {"volumes": [{"name": "remora-rules", "configMap": {"name": "my-rules", "optional": true}}]},
+               "status": {"phase": phase}})
+    }
+
+    #[test]
+    fn rows_synced_stale_unreachable_unknown() {
+        assert_eq!(
+            rules_config_map_name(&pod("Running"), "remora-mesh-rules"),
+            "my-rules"
+        );
+        assert_eq!(
+            rules_config_map_name(&json!({}), "remora-mesh-rules"),
+            "remora-mesh-rules"
+        );
+        let h = config_map_hash(Some(&cm())).unwrap();
+        let dump = json!({"generation": 3, "hash": h, "source": "files:/etc/remora/rules"});
+        let r = row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h));
+        assert_eq!(r.status, SyncStatus::Synced, "{}", r.reason);
+        assert_eq!(r.generation, Some(3));
+        assert_eq!(r.source.as_deref(), Some("files"));
+        let api = json!({"generation": 4, "hash": h, "source": "api:configmap/shop/my-rules resourceVersion 41",
+                         "config_source": {"source": "api", "generation": 4, "hash": h}});
+        assert_eq!(
+            row(&pod("Running"), Ok(&api), "c", Ok(&h))
+                .source
+                .as_deref(),
+            Some("api")
+        );
+        let r = row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok("other"));
+        assert_eq!(r.status, SyncStatus::Stale);
+        assert!(r.reason.contains("generation 3"), "{}", r.reason);
+        let zero = json!({"generation": 0, "hash": ""});
+        assert_eq!(
+            row(&pod("Running"), Ok(&zero), "c", Ok(&h)).status,
+            SyncStatus::Stale
+        );
+        let r = row(
+            &pod("Running"),
+            Err("HTTP 503: connection refused"),
+            "c",
+            Ok(&h),
+        );
+        assert_eq!(r.status, SyncStatus::Unreachable);
+        assert!(r.reason.contains("connection refused"));
+        let r = row(&pod("Pending"), Ok(&dump), "c", Ok(&h));
+        assert_eq!(r.status, SyncStatus::Unreachable);
+        assert!(r.reason.contains("Pending"));
+        assert_eq!(
+            row(&pod("Running"), Ok(&dump), "c", Err("forbidden")).status,
+            SyncStatus::Unknown
+        );
+        assert_eq!(
+            row(&pod("Running"), Ok(&json!({"x": 1})), "c", Ok(&h)).status,
+            SyncStatus::Unreachable
+        );
+    }
+
+    #[test]
+    fn table_rendering() {
+        let h = "a".repeat(64);
+        let dump = json!({"generation": 12, "hash": h});
+        let rows = vec![
+            row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h)),
+            row(&pod("Running"), Err("refused"), "shop/my-rules", Ok(&h)),
+        ];
+        let text = render_text(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME    NAMESPACE   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS"
+        );
+        assert_eq!(
+            lines[1],
+            "web-1   shop        12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED"
+        );
+        assert_eq!(
+            lines[2],
+            "web-1   shop        -            -        -              aaaaaaaaaaaa     UNREACHABLE"
+        );
+        assert!(
+            lines[3].starts_with("shop/web-1: UNREACHABLE: cannot read"),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(
+            render_text(&[]),
+            "no meshed pods (no pod has a remora-proxy container)\n"
+        );
+    }
+}
