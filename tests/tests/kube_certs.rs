@@ -660,3 +660,95 @@ async fn a_rotation_by_another_replica_is_served_without_restart() {
     assert_eq!(resolver.current_chain().first(), Some(&want));
     running.shutdown().await;
 }
+
+/// The real binary: `remora-webhook serve --manage-certs --kube-url …` creates the Secret,
+/// patches the caBundle, logs its decisions, and serves a certificate that bundle verifies.
+#[tokio::test]
+async fn the_binary_with_manage_certs_serves_what_it_patched() {
+    remora_webhook::tls::install_provider();
+    let bin = remora_e2e::admission::default_bin_dir().join("remora-webhook");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p remora-webhook)",
+        bin.display()
+    );
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS_PATH,
+        Reply::json(201, secret_body(&issued_at(t0()), "9001")),
+    );
+    api.load(&fixture("webhook-config.json")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("webhook.log");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([
+        "serve",
+        "--manage-certs",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--config",
+        &dir.path().join("absent.yaml").display().to_string(),
+        "--kube-url",
+        &api.url(),
+        "--cert-check-interval",
+        "1h",
+    ])
+    .env_remove("POD_NAMESPACE")
+    .env("REMORA_LOG", "info");
+    let mut proc = remora_e2e::netns::Proc::spawn("remora-webhook", cmd, log.clone()).unwrap();
+
+    // Bounded wait for the caBundle PATCH, then for the port.
+    let mut bundle = None;
+    for _ in 0..200 {
+        if let Some(p) = only(&api.requests(), "PATCH").first() {
+            bundle = patched_bundles(p.body.as_ref().unwrap()).pop();
+            break;
+        }
+        assert!(
+            proc.exited().is_none(),
+            "exited early:\n{}",
+            proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bundle = bundle.unwrap_or_else(|| panic!("no caBundle PATCH:\n{}", proc.log_tail(20)));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = client_config(&[&bundle]).unwrap();
+    let mut client = None;
+    for _ in 0..100 {
+        match Client::connect(addr, SERVER_NAME, cfg.clone()).await {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut c = client.unwrap_or_else(|| panic!("no TLS handshake:\n{}", proc.log_tail(20)));
+    let stored = material_of(only(&api.requests(), "POST")[0].body.as_ref().unwrap());
+    assert_eq!(c.peer_cert, first_cert(&stored.tls_crt).as_ref());
+    assert_eq!(c.get("/readyz").await.unwrap().0, 200);
+    let other = issued_at(OffsetDateTime::now_utc());
+    let other_cfg = client_config(&[other.ca_crt.as_bytes()]).unwrap();
+    assert!(Client::connect(addr, SERVER_NAME, other_cfg).await.is_err());
+
+    proc.stop(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "no Secret yet: issued a new CA and serving certificate; stored (create), serving it"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("caBundle updated on 1 webhook(s) of MutatingWebhookConfiguration remora-sidecar-injector"),
+        "{text}"
+    );
+}

@@ -99,7 +99,8 @@ pub async fn reconcile(
     opts: &Options,
     now: OffsetDateTime,
 ) -> anyhow::Result<Reconciled> {
-    let what = format!("cert secret {}/{}", store.namespace, store.secret);
+    let id = format!("{}/{}", store.namespace, store.secret);
+    let what = format!("cert secret {id}");
     let mut lost = false;
     let mut settled = None;
     for _ in 0..ROUNDS {
@@ -116,10 +117,10 @@ pub async fn reconcile(
                 ca,
             } => {
                 if lost {
-                    tracing::info!(secret = %what, valid_until = %fmt_time(serving.not_after),
+                    tracing::info!(secret = %id, valid_until = %fmt_time(serving.not_after),
                         "lost the write race; serving the certificate the other replica stored");
                 } else {
-                    tracing::info!(secret = %what, valid_until = %fmt_time(serving.not_after),
+                    tracing::info!(secret = %id, valid_until = %fmt_time(serving.not_after),
                         ca_valid_until = %fmt_time(ca.not_after),
                         "{what} valid until {}, serving it", fmt_time(serving.not_after));
                 }
@@ -145,7 +146,7 @@ pub async fn reconcile(
                         let until = issue::validity_of(&material.tls_crt)
                             .map(|v| fmt_time(v.not_after))
                             .unwrap_or_default();
-                        tracing::info!(secret = %what, reason = %reason, valid_until = %until,
+                        tracing::info!(secret = %id, reason = %reason, valid_until = %until,
                             "{what}: {reason}; stored ({verb}), serving it");
                         record_expiry(&material);
                         let s = if read.is_none() {
@@ -157,7 +158,7 @@ pub async fn reconcile(
                         break;
                     }
                     Write::Lost => {
-                        tracing::info!(secret = %what,
+                        tracing::info!(secret = %id,
                             "lost the {verb} race (409) to another replica; reading the stored certificate again");
                         lost = true;
                     }
