@@ -425,6 +425,7 @@ async fn proxy_status_synced_stale_unreachable() {
         [
             "NAME",
             "NAMESPACE",
+            "VERSION",
             "GENERATION",
             "SOURCE",
             "PROXY",
@@ -446,7 +447,7 @@ async fn proxy_status_synced_stale_unreachable() {
     };
     assert_eq!(
         row("api-0"),
-        ["api-0", "shop", "1", "files", old, cur, "STALE"]
+        ["api-0", "shop", "0.1.0", "1", "files", old, cur, "STALE"]
     );
     assert_eq!(
         row("cart-58c9d-7hq2w"),
@@ -456,19 +457,21 @@ async fn proxy_status_synced_stale_unreachable() {
             "-",
             "-",
             "-",
+            "-",
             cur,
             "UNREACHABLE"
         ]
     );
     assert_eq!(
         row("queue-0"),
-        ["queue-0", "shop", "-", "-", "-", cur, "UNREACHABLE"]
+        ["queue-0", "shop", "-", "-", "-", "-", cur, "UNREACHABLE"]
     );
     assert_eq!(
         row("web-6d8f7c9b5-x2k9q"),
         [
             "web-6d8f7c9b5-x2k9q",
             "shop",
+            "0.1.0",
             "2",
             "files",
             cur,
@@ -539,19 +542,20 @@ async fn proxy_status_synced_stale_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_status_shows_the_api_source() {
+async fn proxy_status_shows_the_api_source_and_version_skew() {
     let api = api_with("proxy-status.json").await;
     let fx: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("proxy-status.json")).expect("fixture"),
     )
     .expect("json");
     let h = fx["current_hash"].as_str().expect("hash");
-    // A proxy that reads its rules through the API reports config_source.source = api.
+    // A proxy that reads its rules through the API reports config_source.source = api; this one
+    // runs a newer version than the others (mid-upgrade).
     api.on(
         "GET",
         "/api/v1/namespaces/shop/pods/api-0:15020/proxy/config_dump",
         Reply::json(200, json!({
-            "version": "0.1.0", "generation": 5, "hash": h,
+            "version": "0.2.0", "generation": 5, "hash": h,
             "source": "api:configmap/shop/remora-mesh-rules resourceVersion 2890",
             "config_source": {"source": "api", "generation": 5, "hash": h, "configmap": "shop/remora-mesh-rules"}
         })),
@@ -562,7 +566,16 @@ async fn proxy_status_shows_the_api_source() {
     let row: Vec<&str> = r.line("api-0").split_whitespace().collect();
     assert_eq!(
         row,
-        ["api-0", "shop", "5", "api", &h[..12], &h[..12], "SYNCED"],
+        [
+            "api-0",
+            "shop",
+            "0.2.0",
+            "5",
+            "api",
+            &h[..12],
+            &h[..12],
+            "SYNCED"
+        ],
         "{}",
         r.all()
     );

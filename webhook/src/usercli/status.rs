@@ -36,6 +36,9 @@ impl SyncStatus {
 pub struct ProxyRow {
     pub name: String,
     pub namespace: String,
+    /// The proxy's version (`/config_dump` `version`): skew after an upgrade shows here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     /// Where the proxy read its rules (`/config_dump` `source`), when it says.
@@ -128,6 +131,7 @@ pub fn row(
     let mut r = ProxyRow {
         name: s("/metadata/name"),
         namespace: s("/metadata/namespace"),
+        version: None,
         generation: None,
         source: None,
         proxy_hash: None,
@@ -151,6 +155,10 @@ pub fn row(
             return r;
         }
     };
+    r.version = dump
+        .get("version")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     r.generation = dump.get("generation").and_then(Value::as_u64);
     // `config_source.source` (api, files, none) when the proxy reports it, else the kind part
     // of the snapshot's `source` label (`files:/etc/remora/rules` -> files).
@@ -208,6 +216,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
             vec![
                 r.name.clone(),
                 r.namespace.clone(),
+                r.version.clone().unwrap_or("-".into()),
                 r.generation.map(|g| g.to_string()).unwrap_or("-".into()),
                 r.source.clone().unwrap_or("-".into()),
                 table::short_hash(r.proxy_hash.as_deref().unwrap_or("")),
@@ -220,6 +229,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
         &[
             "NAME",
             "NAMESPACE",
+            "VERSION",
             "GENERATION",
             "SOURCE",
             "PROXY HASH",
@@ -341,7 +351,7 @@ mod tests {
     #[test]
     fn table_rendering() {
         let h = "a".repeat(64);
-        let dump = json!({"generation": 12, "hash": h});
+        let dump = json!({"version": "0.1.0", "generation": 12, "hash": h});
         let rows = vec![
             row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h)),
             row(&pod("Running"), Err("refused"), "shop/my-rules", Ok(&h)),
@@ -350,15 +360,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME    NAMESPACE   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS"
+            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS"
         );
         assert_eq!(
             lines[1],
-            "web-1   shop        12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED"
         );
         assert_eq!(
             lines[2],
-            "web-1   shop        -            -        -              aaaaaaaaaaaa     UNREACHABLE"
+            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE"
         );
         assert!(
             lines[3].starts_with("shop/web-1: UNREACHABLE: cannot read"),
