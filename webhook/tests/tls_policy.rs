@@ -333,3 +333,37 @@ async fn openssl_client_agrees() {
     .unwrap();
     server.shutdown().await;
 }
+
+/// Certificates are checked before they are served: a key that does not belong to the
+/// certificate, or a file without a certificate, stops the start with a message naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_checked_before_use() {
+    let good = certs();
+    let other = certs();
+    let opts = |cert: PathBuf, key: PathBuf| ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert,
+        key,
+        config: ConfigHandle::fixed(Config::default()),
+        reload_poll: Duration::from_millis(500),
+        drain: Duration::from_secs(1),
+    };
+    let e = match server::start(opts(good.cert.clone(), other.key.clone())).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("a certificate with another certificate's key was served"),
+    };
+    assert!(e.contains("does not fit"), "{e}");
+    assert!(e.contains(&other.key.display().to_string()), "{e}");
+    let junk = good._dir.path().join("junk.crt");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let e = match server::start(opts(junk.clone(), good.key.clone())).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("a file without a certificate was served"),
+    };
+    assert!(e.contains(&junk.display().to_string()), "{e}");
+    // The matching pair starts.
+    let s = server::start(opts(good.cert.clone(), good.key.clone()))
+        .await
+        .unwrap();
+    s.shutdown().await;
+}
