@@ -397,6 +397,66 @@ async fn a_serving_cert_near_expiry_is_rotated_under_the_same_ca() {
 }
 
 #[tokio::test]
+async fn a_ca_near_expiry_is_rotated_and_the_bundle_keeps_the_old_ca() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    // CA issued 3540 days ago: 110 days left < 90 d validity + 30 d rotate-before.
+    let old = issued_at(t0() - 3540 * DAY);
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&old, "5501")),
+    );
+    api.on(
+        "PUT",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&old, "5502")),
+    );
+    api.load(&fixture("webhook-config.json")).unwrap();
+
+    let r = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap();
+    let Settled::Replaced(reason) = &r.settled else {
+        panic!("expected a replacement, got {:?}", r.settled);
+    };
+    assert!(reason.contains("CA expires at"), "{reason}");
+    let seen = api.requests();
+    let put = only(&seen, "PUT")[0].body.clone().unwrap();
+    assert_eq!(put["metadata"]["resourceVersion"], "5501");
+    let written = material_of(&put);
+    assert_ne!(written.ca_key, old.ca_key);
+    let bundle: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(written.ca_crt.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(bundle.len(), 2, "new CA, then the old one");
+    assert_eq!(bundle[1], first_cert(&old.ca_crt));
+    // The patched bundle verifies both the new serving certificate and the old CA's ones
+    // (still served by replicas that have not re-read the Secret).
+    let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
+    assert_eq!(
+        patched_bundles(&patch),
+        vec![written.ca_crt.as_bytes().to_vec()]
+    );
+    let new_leaf = first_cert(&written.tls_crt);
+    issue::verify_chain(&new_leaf, &[], &bundle[0], SERVER_NAME, t0()).unwrap();
+    let renewed_old = match issue::plan(Some(&old.to_data()), &policy(), t0() - 50 * DAY).unwrap() {
+        Plan::Write { material, .. } => material,
+        Plan::Keep { .. } => panic!("the old serving certificate was due"),
+    };
+    assert_eq!(renewed_old.ca_crt, old.ca_crt, "renewed under the old CA");
+    issue::verify_chain(
+        &first_cert(&renewed_old.tls_crt),
+        &[],
+        &bundle[1],
+        SERVER_NAME,
+        t0(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_garbage_secret_is_replaced_keeping_its_metadata() {
     remora_webhook::tls::install_provider();
     let api = RecordedApi::start().await.unwrap();
