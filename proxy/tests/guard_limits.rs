@@ -336,3 +336,96 @@ fn runs_without_capabilities_and_refuses_root_in_a_pod() {
     let mut p = ProxyProc::start(o);
     p.wait_ready();
 }
+
+/// h2c: the limits are the server's SETTINGS (read from the wire), an oversized header list
+/// never reaches the app, and an idle h2c connection is closed.
+#[test]
+fn h2c_settings_carry_the_limits_and_idle_connections_close() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "h2app"));
+    let rules = RulesDir::new(&[]);
+    let p = start(
+        &[
+            "--max-request-headers-kb=2",
+            "--max-request-line-kb=1",
+            "--h2-max-concurrent-streams=3",
+            "--idle-timeout-seconds=1",
+        ],
+        backend,
+        &rules,
+    );
+    let out = p.ports.outbound_addr();
+
+    // Raw preface + empty SETTINGS; the server's first frame is its SETTINGS.
+    let mut s = connect(out);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 4, "first server frame is not SETTINGS: {head:?}");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    let settings: std::collections::BTreeMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        settings.get(&3),
+        Some(&3),
+        "MAX_CONCURRENT_STREAMS: {settings:?}"
+    );
+    assert_eq!(
+        settings.get(&6),
+        Some(&2048),
+        "MAX_HEADER_LIST_SIZE: {settings:?}"
+    );
+    // Idle (no stream opened): the proxy closes the connection (bounded by the read timeout).
+    let mut rest = Vec::new();
+    let closed = s.read_to_end(&mut rest).is_ok();
+    assert!(closed, "idle h2c connection not closed");
+    drop(s);
+
+    // Through a real h2 client: a small header list passes, a 3 KiB one never reaches the app.
+    let (small, big) = rt.block_on(async move {
+        use http_body_util::{BodyExt, Empty};
+        let tcp = tokio::net::TcpStream::connect(out).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = |v: String| {
+            http::Request::get("http://app:9080/h2")
+                .header("x-pad", v)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let small = send.send_request(req("s".repeat(512))).await.unwrap();
+        let small_status = small.status().as_u16();
+        let _ = small.into_body().collect().await;
+        let big = match send.send_request(req("b".repeat(3072))).await {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(e.to_string()),
+        };
+        (small_status, big)
+    });
+    assert_eq!(small, 200);
+    match big {
+        Ok(code) => assert_eq!(code, 431, "oversized h2 header list answered {code}"),
+        Err(e) => eprintln!("oversized h2 header list refused: {e}"),
+    }
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(&m, "istio_requests_total", &["response_code=\"200\""]),
+        1.0,
+        "{m}"
+    );
+}
