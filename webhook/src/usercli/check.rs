@@ -340,10 +340,10 @@ pub fn running_note(pod: &Value, verdict: Verdict, restart_hint: &str) -> Runnin
     let note = match (injected, verdict) {
         (true, Verdict::Injected) => "running pod is injected (has the remora-proxy container)".to_string(),
         (true, _) => format!(
-            "running pod has the remora-proxy container, but a pod created now would not get it; {restart_hint} to remove it"
+            "running pod has the remora-proxy container, but a pod created now would not get it; to remove it, {restart_hint}"
         ),
         (false, Verdict::Injected) => format!(
-            "running pod has no remora-proxy container: it was created ({created}) before the namespace was labelled or the webhook installed, or while the webhook was unreachable; {restart_hint} to inject it"
+            "running pod has no remora-proxy container: it was created ({created}) before the namespace was labelled or the webhook installed, or while the webhook was unreachable; to inject it, {restart_hint}"
         ),
         (false, _) => "running pod is not injected, as expected".to_string(),
     };
