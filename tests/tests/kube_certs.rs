@@ -494,6 +494,27 @@ async fn a_garbage_secret_is_replaced_keeping_its_metadata() {
 }
 
 #[tokio::test]
+async fn a_secret_issued_by_cert_manager_is_never_overwritten() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("secret-cert-manager.json")).unwrap();
+    api.load(&fixture("webhook-config.json")).unwrap();
+    let e = certs::reconcile(&store(&api), &options(DAY), t0())
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("is issued by cert-manager (Certificate remora-webhook); not touching it"),
+        "{msg}"
+    );
+    assert_eq!(
+        calls(&api),
+        [format!("GET {SECRET_PATH}")],
+        "no write, no patch"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_webhook_configuration_is_reported_not_fatal() {
     remora_webhook::tls::install_provider();
     let api = RecordedApi::start().await.unwrap();

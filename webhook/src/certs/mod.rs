@@ -108,6 +108,15 @@ pub async fn reconcile(
             .read_secret()
             .await
             .map_err(|e| anyhow::anyhow!("{what}: reading failed: {e}"))?;
+        if let Some(cert) = read
+            .as_ref()
+            .and_then(|s| s.annotation("cert-manager.io/certificate-name"))
+        {
+            // Two writers would overwrite each other forever: refuse, loudly.
+            return Err(anyhow::anyhow!(
+                "{what} is issued by cert-manager (Certificate {cert}); not touching it: run without --manage-certs to serve the mounted Secret, or give --cert-secret another name"
+            ));
+        }
         let planned = issue::plan(read.as_ref().map(|s| &s.data), &opts.policy, now)
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         match planned {

@@ -19,6 +19,18 @@ pub struct StoredSecret {
     object: Secret,
 }
 
+impl StoredSecret {
+    /// The Secret's annotation `key`, if set.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
+}
+
 /// The result of a write that may lose to another replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Write {
