@@ -217,6 +217,8 @@ pub struct Window {
     pub note: String,
     /// Whether the step did what it should (reload applied/rejected, drain exited 0, ...).
     pub ok: bool,
+    /// For a drain: when SIGTERM was sent.
+    pub signal_s: Option<f64>,
 }
 
 /// What the scheduler does at a time (seconds since the load started).
@@ -964,7 +966,13 @@ pub struct Report {
     /// Faults by kind: (count, count ok).
     pub faults: BTreeMap<String, (u32, u32)>,
     pub windows: Vec<Window>,
+    /// Per drain: requests in flight through the draining proxy at SIGTERM that it still
+    /// answered (200 from that pod).
+    pub drain_in_flight: Vec<u64>,
     pub growth: Vec<Growth>,
+    /// RSS and fds over time of the processes that lived through the whole soak (about a dozen
+    /// points each; every sample is in samples.csv): `[t_s, rss_kb, fds, fds outside connections]`.
+    pub series: BTreeMap<String, Vec<[f64; 4]>>,
     pub outlier_ejections: f64,
     pub panics: Vec<(String, String)>,
     /// What failed, one line each; empty when the soak passed.
@@ -1092,9 +1100,16 @@ fn kill_pod(lab: &mut Lab, pod: &str) -> Result<String> {
     Ok(format!("SIGKILL to {}", names.join(", ")))
 }
 
-/// SIGTERM to a pod's proxy; waits for its exit (drain) and restarts it.
-fn drain_proxy(lab: &mut Lab, pod: &str) -> Result<String> {
+/// How long the app holds requests just before its proxy gets SIGTERM, so some are in flight
+/// through the draining proxy (shorter than the per-try timeout: they must finish there).
+const DRAIN_HOLD: Duration = Duration::from_millis(900);
+
+/// SIGTERM to a pod's proxy while its app holds a few requests (in flight); waits for the exit
+/// (drain) and restarts the proxy. Returns the note and when SIGTERM was sent.
+fn drain_proxy(lab: &mut Lab, pod: &str) -> Result<(String, Instant)> {
     use nix::sys::signal::{kill, Signal};
+    control(lab, pod, "hang", DRAIN_HOLD)?;
+    std::thread::sleep(DRAIN_HOLD * 5 / 9);
     let p = lab.pod_mut(pod)?;
     let c = p
         .containers
@@ -1112,11 +1127,36 @@ fn drain_proxy(lab: &mut Lab, pod: &str) -> Result<String> {
         bail!("{pod}: remora-proxy exited with {st} after SIGTERM (a graceful drain exits 0)");
     }
     lab.restart_containers(pod, &["remora-proxy"])?;
-    Ok(format!(
-        "SIGTERM: drained and exited 0 after {} ms; restarted and ready after {} ms",
-        drained.as_millis(),
-        t.elapsed().as_millis()
+    Ok((
+        format!(
+            "app held requests for {} ms from {} ms before SIGTERM; drained and exited 0 after {} ms; restarted and ready after {} ms",
+            DRAIN_HOLD.as_millis(),
+            (DRAIN_HOLD * 5 / 9).as_millis(),
+            drained.as_millis(),
+            t.elapsed().as_millis()
+        ),
+        t,
     ))
+}
+
+/// Requests that were in flight through `pod`'s proxy when it got SIGTERM and were answered 200
+/// by that pod (the client's proxy logged it as the upstream, no retry elsewhere).
+pub fn drained_in_flight(
+    requests: &[Request],
+    logged: &BTreeMap<String, Logged>,
+    pod_ip: &str,
+    signal_s: f64,
+) -> u64 {
+    requests
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok)
+        .filter(|r| r.start_s < signal_s && r.start_s + r.duration_ms / 1000.0 > signal_s)
+        .filter(|r| {
+            logged
+                .get(&r.id)
+                .is_some_and(|l| l.status == 200 && l.upstream.split(':').next() == Some(pod_ip))
+        })
+        .count() as u64
 }
 
 /// Runs the soak in a fresh lab and writes `report.json`, `samples.csv` and `report.md` into
@@ -1164,6 +1204,7 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
             break;
         }
         let start = Instant::now();
+        let mut signal = None;
         let (kind, target, result): (FaultKind, String, Result<String>) = match step {
             Step::Reload(i) if i == 2 => (
                 FaultKind::Reload,
@@ -1218,6 +1259,10 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
                 if let Ok(mut w) = watched.lock() {
                     *w = proxy_pids(&lab);
                 }
+                let r = r.map(|(note, at)| {
+                    signal = Some(since(at));
+                    note
+                });
                 (FaultKind::Drain, pod.to_string(), r)
             }
             Step::Rotate => (FaultKind::Rotate, "webhook".into(), rotator.rotate(&lab)),
@@ -1248,6 +1293,7 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
             end_s,
             note,
             ok,
+            signal_s: signal,
         });
         if kind == FaultKind::Kill {
             open_kill = Some(windows.len() - 1);
@@ -1347,7 +1393,21 @@ fn evaluate(
         e.0 += 1;
         e.1 += w.ok as u32;
     }
+    let mut drain_in_flight = Vec::new();
+    for w in windows.iter().filter(|w| w.kind == FaultKind::Drain) {
+        if let (Some(at), Some(ip)) = (w.signal_s, pod_ips.get(&w.target)) {
+            let n = drained_in_flight(&load.requests, logged, ip, at);
+            if n == 0 {
+                problems.push(format!(
+                    "drain of {} at {at:.1} s: no request in flight through it finished there",
+                    w.target
+                ));
+            }
+            drain_in_flight.push(n);
+        }
+    }
     let growth = growth(&samples, cfg.warmup.as_secs_f64());
+    let series = series(&samples, cfg.duration.as_secs_f64(), 12);
     if unexplained > 0 {
         problems.push(format!(
             "{unexplained} failed requests are not explained by a configured policy"
@@ -1419,12 +1479,53 @@ fn evaluate(
         latency_ms: latency,
         faults,
         windows: windows.to_vec(),
+        drain_in_flight,
         growth,
+        series,
         outlier_ejections: ejections,
         passed: problems.is_empty(),
         panics,
         problems,
     }
+}
+
+/// Up to `points` evenly spaced samples of each process incarnation that was sampled from the
+/// first seconds to the last (restarted processes are left out; they are in the CSV).
+pub fn series(samples: &[Sample], duration: f64, points: usize) -> BTreeMap<String, Vec<[f64; 4]>> {
+    let mut by: BTreeMap<(String, u32), Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        by.entry((s.process.clone(), s.pid)).or_default().push(s);
+    }
+    let mut out = BTreeMap::new();
+    for ((name, _), all) in by {
+        let (Some(a), Some(b)) = (all.first(), all.last()) else {
+            continue;
+        };
+        if a.t_s > 5.0 || b.t_s < duration - 5.0 {
+            continue;
+        }
+        let step = (b.t_s - a.t_s) / (points.max(2) - 1) as f64;
+        let mut picked: Vec<[f64; 4]> = Vec::new();
+        for k in 0..points.max(2) {
+            let t = a.t_s + step * k as f64;
+            if let Some(s) = all
+                .iter()
+                .min_by(|x, y| (x.t_s - t).abs().total_cmp(&(y.t_s - t).abs()))
+            {
+                let row = [
+                    (s.t_s * 10.0).round() / 10.0,
+                    s.rss_kb as f64,
+                    s.fds as f64,
+                    s.fds_other as f64,
+                ];
+                if picked.last() != Some(&row) {
+                    picked.push(row);
+                }
+            }
+        }
+        out.insert(name, picked);
+    }
+    out
 }
 
 /// The human summary (also `report.md`).
@@ -1454,6 +1555,10 @@ pub fn render(r: &Report) -> String {
     rows.push(vec![
         "outlier ejections (client proxy)".into(),
         format!("{}", r.outlier_ejections),
+    ]);
+    rows.push(vec![
+        "in flight at SIGTERM, answered by the draining proxy".into(),
+        format!("{:?}", r.drain_in_flight),
     ]);
     rows.push(vec!["panics in logs".into(), r.panics.len().to_string()]);
     out.push_str(&table::markdown(&["", "value"], &rows));
@@ -1485,11 +1590,16 @@ pub fn render(r: &Report) -> String {
                 format!("{} ({})", g.process, g.pid),
                 format!("{} / {} / {}", g.rss_kb[0], g.rss_kb[1], g.rss_kb[2]),
                 format!("{} / {} / {}", g.fds[0], g.fds[1], g.fds[2]),
+                format!(
+                    "{} / {} / {}",
+                    g.fds_other[0], g.fds_other[1], g.fds_other[2]
+                ),
                 if g.evaluated {
                     format!(
-                        "{:+.1} % / {:+.1} %",
+                        "{:+.1} % / {:+.1} % (all fds {:+.1} %)",
                         g.rss_growth * 100.0,
-                        g.fd_growth * 100.0
+                        g.fd_growth * 100.0,
+                        g.fd_total_growth * 100.0
                     )
                 } else {
                     format!("not judged ({} samples, {:.0} s)", g.samples, g.span_s)
@@ -1507,6 +1617,24 @@ pub fn render(r: &Report) -> String {
         ],
         &rows,
     ));
+    for (name, pts) in &r.series {
+        out.push_str(&format!("\n{name} over time:\n\n"));
+        let rows: Vec<Vec<String>> = pts
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{:.0}", p[0]),
+                    format!("{:.0}", p[1]),
+                    format!("{:.0}", p[2]),
+                    format!("{:.0}", p[3]),
+                ]
+            })
+            .collect();
+        out.push_str(&table::markdown(
+            &["t (s)", "RSS kB", "fds", "fds outside connections"],
+            &rows,
+        ));
+    }
     for p in &r.problems {
         out.push_str(&format!("\nPROBLEM: {p}"));
     }
@@ -1592,6 +1720,7 @@ mod tests {
             end_s: b,
             note: String::new(),
             ok: true,
+            signal_s: None,
         }
     }
 
@@ -1709,6 +1838,56 @@ mod tests {
         // Too short to judge.
         let g = growth(&flat[..6], 8.0);
         assert!(!g[0].evaluated && g[0].ok);
+    }
+
+    #[test]
+    fn drained_requests_are_those_spanning_the_signal_through_the_pod() {
+        let req = |id: &str, start: f64, ms: f64, outcome: Outcome| Request {
+            id: id.into(),
+            start_s: start,
+            duration_ms: ms,
+            outcome,
+        };
+        let reqs = vec![
+            req("a", 9.5, 800.0, Outcome::Ok), // spans 10.0, through the pod
+            req("b", 9.5, 300.0, Outcome::Ok), // ended before the signal
+            req("c", 9.8, 500.0, Outcome::Ok), // spans, but answered by another pod
+            req("d", 9.9, 400.0, Outcome::Status(503)), // spans, failed
+        ];
+        let log = |up: &str, st: u16| Logged {
+            status: st,
+            flags: "-".into(),
+            upstream: format!("{up}:8080"),
+        };
+        let logged: BTreeMap<String, Logged> = [
+            ("a".to_string(), log("10.244.0.11", 200)),
+            ("b".to_string(), log("10.244.0.11", 200)),
+            ("c".to_string(), log("10.244.0.12", 200)),
+            ("d".to_string(), log("10.244.0.11", 503)),
+        ]
+        .into();
+        assert_eq!(drained_in_flight(&reqs, &logged, "10.244.0.11", 10.0), 1);
+        assert_eq!(drained_in_flight(&reqs, &logged, "10.244.0.12", 10.0), 1);
+        assert_eq!(drained_in_flight(&reqs, &logged, "10.244.0.11", 20.0), 0);
+    }
+
+    #[test]
+    fn series_keeps_whole_run_processes_only() {
+        let mk = |t: f64, pid: u32| Sample {
+            t_s: t,
+            process: format!("p{pid}"),
+            pid,
+            rss_kb: 1000 + t as u64,
+            fds: 10,
+            fds_other: 5,
+        };
+        let mut all: Vec<Sample> = (0..31).map(|i| mk(i as f64 * 2.0, 1)).collect();
+        all.extend((15..31).map(|i| mk(i as f64 * 2.0, 2)));
+        let s = series(&all, 60.0, 4);
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec!["p1"]);
+        let ts: Vec<f64> = s["p1"].iter().map(|p| p[0]).collect();
+        assert_eq!(ts, vec![0.0, 20.0, 40.0, 60.0]);
+        assert_eq!(s["p1"][3][1], 1060.0);
     }
 
     #[test]

@@ -32,6 +32,11 @@ fn short_soak_with_faults() {
             .any(|w| w.kind == FaultKind::Reload && w.target.starts_with("invalid")),
         "an invalid rule set was loaded and rejected"
     );
+    // Requests in flight through the draining proxy at SIGTERM were answered there.
+    assert!(
+        !report.drain_in_flight.is_empty() && report.drain_in_flight.iter().all(|n| *n >= 1),
+        "{text}"
+    );
     // The hang and the 503 burst reached the client's proxy and were handled by outlier
     // detection, not just absorbed by chance.
     assert!(report.outlier_ejections >= 1.0, "{text}");
