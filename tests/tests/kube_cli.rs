@@ -54,11 +54,17 @@ impl Run {
 }
 
 async fn remora(api: &RecordedApi, args: &[&str]) -> Run {
+    let url = api.url();
+    let mut full = vec!["--server", url.as_str()];
+    full.extend_from_slice(args);
+    remora_args(&full).await
+}
+
+/// Runs `remora ARGS` (no `--server` added).
+async fn remora_args(args: &[&str]) -> Run {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(remora_bin())
-            .arg("--server")
-            .arg(api.url())
             .args(args)
             .env_remove("KUBECONFIG")
             .kill_on_drop(true)
@@ -650,5 +656,111 @@ async fn analyze_error_and_missing_host_warning() {
         json!(["shop/remora-mesh-rules", "shop/canary-rules"])
     );
     assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_all_namespaces() {
+    let api = api_with("analyze.json").await;
+    let r = remora(&api, &["analyze", "-A"]).await;
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .ends_with("analyzed 2 ConfigMaps: 1 error, 1 warning\n"),
+        "{}",
+        r.all()
+    );
+    let lists: Vec<String> = api
+        .requests()
+        .into_iter()
+        .map(|s| s.path_and_query)
+        .filter(|p| p.starts_with("/api/v1/configmaps?"))
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            "/api/v1/configmaps?fieldSelector=metadata.name%3Dremora-mesh-rules",
+            "/api/v1/configmaps?labelSelector=remora.dev/rules%3Dtrue"
+        ]
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
+// ---------------------------------------------------------------- kubeconfig
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_context_and_its_namespace() {
+    let api = api_with("check-inject.json").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("config");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: shop\n\
+             clusters:\n- name: recorded\n  cluster:\n    server: {}\n\
+             contexts:\n- name: shop\n  context: {{cluster: recorded, namespace: shop, user: nobody}}\n\
+             - name: plain\n  context: {{cluster: recorded, namespace: plain, user: nobody}}\n\
+             users:\n- name: nobody\n  user: {{}}\n",
+            api.url()
+        ),
+    )
+    .expect("write kubeconfig");
+    let kc = kc.to_string_lossy().into_owned();
+    // The current context's namespace is the default namespace.
+    let r = remora_args(&["--kubeconfig", &kc, "check-inject", "web-6d8f7c9b5-x2k9q"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .starts_with("Pod/web-6d8f7c9b5-x2k9q in namespace shop: INJECTED"),
+        "{}",
+        r.all()
+    );
+    // --context picks another one; -n still wins over it.
+    let r = remora_args(&[
+        "--kubeconfig",
+        &kc,
+        "--context",
+        "plain",
+        "check-inject",
+        "app-1",
+    ])
+    .await;
+    assert!(
+        r.stdout
+            .starts_with("Pod/app-1 in namespace plain: NOT INJECTED"),
+        "{}",
+        r.all()
+    );
+    let r = remora_args(&[
+        "--kubeconfig",
+        &kc,
+        "--context",
+        "plain",
+        "-n",
+        "legacy",
+        "check-inject",
+        "app-2",
+    ])
+    .await;
+    assert!(
+        r.stdout.starts_with("Pod/app-2 in namespace legacy:"),
+        "{}",
+        r.all()
+    );
+    let r = remora_args(&[
+        "--kubeconfig",
+        &kc,
+        "--context",
+        "nope",
+        "check-inject",
+        "x",
+    ])
+    .await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.starts_with("remora: --kubeconfig"), "{}", r.all());
+    let missing = dir.path().join("absent").to_string_lossy().into_owned();
+    let r = remora_args(&["--kubeconfig", &missing, "check-inject", "x"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("cannot read"), "{}", r.all());
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
