@@ -833,3 +833,48 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         "{text}"
     );
 }
+
+/// A webhook configuration that appears after the server started (install order) gets the
+/// bundle on a retry, without waiting for the next hourly check.
+#[tokio::test]
+async fn a_webhook_configuration_created_later_gets_the_bundle_on_retry() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(OffsetDateTime::now_utc());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "9501")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::status(
+            404,
+            "NotFound",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io \"remora-sidecar-injector\" not found",
+        ),
+    );
+    api.load(&fixture("webhook-config.json")).unwrap();
+    let (running, _) = serve_managed(&api, Duration::from_secs(3600)).await;
+    let mut patched = None;
+    for _ in 0..100 {
+        if let Some(p) = only(&api.requests(), "PATCH").first() {
+            patched = patched_bundles(p.body.as_ref().unwrap()).pop();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        patched.as_deref(),
+        Some(m.ca_crt.as_bytes()),
+        "no caBundle PATCH after the configuration appeared: {:?}",
+        calls(&api)
+    );
+    let gets = calls(&api)
+        .iter()
+        .filter(|c| *c == &format!("GET {MWC_PATH}"))
+        .count();
+    assert_eq!(gets, 2, "one 404, one retry");
+    running.shutdown().await;
+}

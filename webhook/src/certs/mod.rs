@@ -259,9 +259,10 @@ pub struct Managed {
     pub task: JoinHandle<()>,
 }
 
-/// Reconciles until the first success (retrying every `retry_interval`, doubling up to
-/// `check_interval`), then keeps reconciling every `check_interval` in the background,
-/// swapping the served certificate when the Secret's changes.
+/// Reconciles until the first success (retrying after `retry_interval`, doubling up to
+/// `check_interval`), then keeps reconciling every `check_interval` in the background (after a
+/// failure sooner, with the same backoff), swapping the served certificate when the Secret's
+/// changes.
 pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
     crate::tls::install_provider();
     opts.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -286,20 +287,25 @@ pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
         .certified_key()
         .map_err(|e| anyhow::anyhow!("cert secret {}/{}: {e}", store.namespace, store.secret))?;
     let resolver = CertResolver::from_pair(key);
-    let mut needs_retry = first.bundle.is_err();
+    // After a failure: retry after `retry_interval`, doubling while failures continue, never
+    // longer than `check_interval`.
+    let first_retry = opts.retry_interval.min(opts.check_interval);
+    let mut retry = first.bundle.is_err().then_some(first_retry);
     let r = resolver.clone();
     let task = tokio::spawn(async move {
         loop {
-            let pause = if needs_retry {
-                opts.retry_interval.min(opts.check_interval)
-            } else {
-                opts.check_interval
+            tokio::time::sleep(retry.unwrap_or(opts.check_interval)).await;
+            let failed = |retry: Option<Duration>| {
+                Some(retry.map_or(first_retry, |d| (d * 2).min(opts.check_interval)))
             };
-            tokio::time::sleep(pause).await;
             match reconcile(&store, &opts, OffsetDateTime::now_utc()).await {
                 Ok(done) => {
                     record_result(&done);
-                    needs_retry = done.bundle.is_err();
+                    retry = if done.bundle.is_err() {
+                        failed(retry)
+                    } else {
+                        None
+                    };
                     match done.material.certified_key() {
                         Ok(k) => {
                             if r.set(k) {
@@ -315,7 +321,7 @@ pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
                 }
                 Err(e) => {
                     count("error");
-                    needs_retry = true;
+                    retry = failed(retry);
                     tracing::warn!(error = %format!("{e:#}"), "certificate check failed; keeping the current certificate");
                 }
             }
