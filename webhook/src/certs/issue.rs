@@ -52,11 +52,13 @@ pub struct Policy {
 impl Policy {
     /// Checks that the durations allow a stable rotation; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
-        if self.service.is_empty() {
-            return Err("--service: must not be empty".into());
-        }
-        if self.namespace.is_empty() {
-            return Err("--namespace: must not be empty".into());
+        for (flag, v) in [
+            ("--service", &self.service),
+            ("--namespace", &self.namespace),
+        ] {
+            if let Err(why) = dns_label(v) {
+                return Err(format!("{flag} {v:?}: {why}"));
+            }
         }
         if self.rotate_before >= self.cert_validity {
             return Err(format!(
@@ -91,6 +93,23 @@ impl Policy {
             format!("{s}.{n}.svc.cluster.local"),
         ]
     }
+}
+
+/// Kubernetes names of Services and namespaces are RFC 1123 labels.
+fn dns_label(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() || v.len() > 63 {
+        return Err("must be 1 to 63 characters (an RFC 1123 DNS label)");
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("must hold only lowercase letters, digits and '-' (an RFC 1123 DNS label)");
+    }
+    if v.starts_with('-') || v.ends_with('-') {
+        return Err("must start and end with a letter or digit (an RFC 1123 DNS label)");
+    }
+    Ok(())
 }
 
 /// The certificates and keys a Secret holds, as PEM text.
@@ -878,6 +897,18 @@ mod tests {
         p.ca_validity = 120 * DAY;
         assert!(p.validate().unwrap_err().starts_with("--ca-validity 120d"));
         policy().validate().unwrap();
+        let mut p = policy();
+        p.service = "Remora_Webhook".into();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("--service \"Remora_Webhook\": must hold only lowercase"));
+        let mut p = policy();
+        p.namespace = String::new();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .starts_with("--namespace \"\": must be 1 to 63"));
     }
 
     #[test]
