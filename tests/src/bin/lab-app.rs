@@ -70,7 +70,8 @@ enum Mode {
         #[arg(long)]
         fail_every: Option<u64>,
         /// Accept fault controls (`POST /control/fault?mode=hang|503|none&seconds=N`): for the
-        /// next N seconds every other request hangs until the window ends, or is answered 503.
+        /// next N seconds every request but the control itself hangs until the window ends, or
+        /// is answered 503.
         #[arg(long)]
         control: bool,
     },
