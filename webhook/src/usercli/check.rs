@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::selector::Selector;
+use crate::annotations::STATUS;
 use crate::config::Config;
 use crate::decide::string_map;
 use crate::inject::{inject_pod, Outcome};
@@ -280,6 +281,47 @@ pub fn evaluate_webhooks(
         }
     }
     out
+}
+
+/// A running pod as its controller submitted it: what an earlier injection added (the
+/// containers, init containers and volumes listed in `sidecar.istio.io/status`, and that
+/// annotation) is taken out, so the verdict is about creating the pod again, not about
+/// re-injecting an injected object.
+pub fn as_created(pod: &Value) -> Value {
+    let mut p = pod.clone();
+    let Some(status) = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(STATUS))
+        .and_then(Value::as_str)
+    else {
+        return p;
+    };
+    let recorded: Value = serde_json::from_str(status).unwrap_or(Value::Null);
+    for (field, ptr) in [
+        ("initContainers", "/spec/initContainers"),
+        ("containers", "/spec/containers"),
+        ("volumes", "/spec/volumes"),
+    ] {
+        let names: Vec<&str> = recorded
+            .get(field)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(list) = p.pointer_mut(ptr).and_then(Value::as_array_mut) {
+            list.retain(|c| {
+                !c.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| names.contains(&n))
+            });
+        }
+    }
+    if let Some(a) = p
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.remove(STATUS);
+    }
+    p
 }
 
 /// Whether a pod (as it runs) carries remora's proxy.
@@ -560,6 +602,25 @@ mod tests {
             v[0].reason
         );
         assert!(v[0].notes[0].contains("caBundle"), "{:?}", v[0].notes);
+    }
+
+    #[test]
+    fn an_injected_pod_is_judged_as_created() {
+        let mut p = pod(json!({}), json!({}));
+        let (injected, _) = crate::cli::inject_docs(vec![p.clone()], "shop", &Config::default());
+        let injected = injected[0].clone();
+        assert!(has_proxy(&injected));
+        let back = as_created(&injected);
+        assert!(!has_proxy(&back));
+        assert!(back
+            .pointer("/metadata/annotations/sidecar.istio.io~1status")
+            .is_none());
+        assert_eq!(back["spec"]["containers"], p["spec"]["containers"]);
+        let v = run(&back, "shop", json!({"istio-injection": "enabled"}));
+        assert!(!v[0].reason.contains("re-injecting"), "{}", v[0].reason);
+        // A pod never injected is unchanged.
+        p["metadata"]["annotations"] = json!({"a": "b"});
+        assert_eq!(as_created(&p), p);
     }
 
     #[test]

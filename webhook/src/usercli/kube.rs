@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use serde_json::Value;
 
 /// How to reach the cluster.
@@ -63,20 +63,20 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Cluster> {
     };
     let mut cfg = if let Some(path) = &opts.kubeconfig {
         let kc = kube::config::Kubeconfig::read_from(path)
-            .with_context(|| format!("--kubeconfig {}: cannot read", path.display()))?;
+            .map_err(|e| anyhow!("--kubeconfig {}: cannot read: {e}", path.display()))?;
         kube::Config::from_custom_kubeconfig(kc, &kc_opts)
             .await
-            .with_context(|| format!("--kubeconfig {}: unusable", path.display()))?
+            .map_err(|e| anyhow!("--kubeconfig {}: unusable: {e}", path.display()))?
     } else if opts.context.is_some() {
         kube::Config::from_kubeconfig(&kc_opts)
             .await
-            .context("--context: cannot load it from the default kubeconfig")?
+            .map_err(|e| anyhow!("--context: cannot use it with the default kubeconfig: {e}"))?
     } else if let Some(server) = &opts.server {
         kube::Config::new(parse_server(server)?)
     } else {
-        kube::Config::infer().await.context(
-            "no cluster configured: no KUBECONFIG, ~/.kube/config or in-cluster service account (use --kubeconfig or --server)",
-        )?
+        kube::Config::infer().await.map_err(|e| {
+            anyhow!("no cluster configured (KUBECONFIG, ~/.kube/config, in-cluster service account): {e}; use --kubeconfig or --server")
+        })?
     };
     if let Some(server) = &opts.server {
         cfg.cluster_url = parse_server(server)?;
@@ -87,8 +87,10 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Cluster> {
     let default_namespace = cfg.default_namespace.clone();
     let mut once_cfg = cfg.clone();
     once_cfg.default_retry = false;
-    let client = kube::Client::try_from(cfg).context("building the Kubernetes client")?;
-    let once = kube::Client::try_from(once_cfg).context("building the Kubernetes client")?;
+    let client =
+        kube::Client::try_from(cfg).map_err(|e| anyhow!("building the Kubernetes client: {e}"))?;
+    let once = kube::Client::try_from(once_cfg)
+        .map_err(|e| anyhow!("building the Kubernetes client: {e}"))?;
     Ok(Cluster {
         client,
         once,

@@ -373,7 +373,8 @@ async fn check_inject(
     let ns_labels = check::namespace_labels(&ns_obj, ns);
 
     let finish = |object: String, pod: &Value, running: Vec<(Value, String)>| -> PodCheck {
-        let mut webhooks = check::evaluate_webhooks(pod, ns, &ns_labels, &mwcs, &cfg, &remora);
+        let pod = check::as_created(pod);
+        let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &cfg, &remora);
         for w in webhooks.iter_mut().filter(|w| w.remora) {
             w.notes.push(cfg_note.clone());
         }
