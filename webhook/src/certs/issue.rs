@@ -241,23 +241,29 @@ pub fn plan(
                 format!("dropped {dropped} expired or unreadable earlier CA(s) from {CA_CRT}"),
             )
         }
-        Verdict::RenewServing(why) => match issue_serving(&current, policy, now) {
-            Ok(material) => checked(
-                material,
-                policy,
-                now,
-                format!("{why}: issued a new serving certificate from the same CA"),
-            ),
-            Err(e) => {
-                let material = issue_all(policy, now, Some(&current.ca_crt))?;
+        Verdict::RenewServing(why) => {
+            let same_ca = issue_serving(&current, policy, now).and_then(|m| {
                 checked(
-                    material,
+                    m,
                     policy,
                     now,
-                    format!("{why}; the stored CA cannot sign a new one ({e}): issued a new CA and serving certificate"),
+                    format!("{why}: issued a new serving certificate from the same CA"),
                 )
+            });
+            match same_ca {
+                Ok(p) => Ok(p),
+                Err(e) => {
+                    // E.g. a CA we did not issue, whose name we cannot reproduce exactly.
+                    let material = issue_all(policy, now, Some(&current.ca_crt))?;
+                    checked(
+                        material,
+                        policy,
+                        now,
+                        format!("{why}; the stored CA cannot sign a new one ({e}): issued a new CA and serving certificate"),
+                    )
+                }
             }
-        },
+        }
         Verdict::RenewAll(why) => {
             let material = issue_all(policy, now, Some(&current.ca_crt))?;
             checked(
@@ -873,6 +879,36 @@ mod tests {
             "{reason}"
         );
         assert_eq!(fixed.ca_crt, m.ca_crt);
+    }
+
+    #[test]
+    fn a_foreign_ca_that_cannot_be_reproduced_is_replaced_not_retried_forever() {
+        let p = policy();
+        // A CA named with O and CN (ours carry only CN), and a serving cert for another name.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = ca_params("acme-ca", t0() - DAY, t0() + 3000 * DAY).unwrap();
+        ca.distinguished_name.push(DnType::OrganizationName, "acme");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["elsewhere.svc".to_string()]).unwrap();
+        leaf.not_before = t0() - DAY;
+        leaf.not_after = t0() + 90 * DAY;
+        let leaf = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+        let foreign = Material {
+            tls_crt: leaf.pem(),
+            tls_key: leaf_key.serialize_pem(),
+            ca_crt: ca_cert.pem(),
+            ca_key: ca_key.serialize_pem(),
+        };
+        let (m, reason) = write(plan(Some(&foreign.to_data()), &p, t0()).unwrap());
+        assert!(
+            reason.contains("the stored CA cannot sign a new one"),
+            "{reason}"
+        );
+        assert_ne!(m.ca_key, foreign.ca_key);
+        // The foreign CA stays in the bundle (its certificates may still be served).
+        assert_eq!(pem_certs(&m.ca_crt).unwrap().len(), 2);
+        keep(plan(Some(&m.to_data()), &p, t0()).unwrap());
     }
 
     #[test]
