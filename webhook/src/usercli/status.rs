@@ -190,8 +190,13 @@ pub fn row(
         r.reason = "the proxy has loaded no rule set yet (generation 0)".into();
     } else if hash != cm_hash {
         r.status = SyncStatus::Stale;
+        let lag = if r.source.as_deref() == Some("api") {
+            "the proxy watches the ConfigMap through the API, so a change arrives within seconds"
+        } else {
+            "the kubelet updates ConfigMap volumes within about a minute"
+        };
         r.reason = format!(
-            "the proxy runs generation {generation} (hash {}), ConfigMap {config_map} has {}: the kubelet updates ConfigMap volumes within about a minute; if it stays STALE the new rules were probably rejected (kubectl logs {} -c remora-proxy -n {}; remora analyze -n {})",
+            "the proxy runs generation {generation} (hash {}), ConfigMap {config_map} has {}: {lag}; if it stays STALE the new rules were probably rejected (kubectl logs {} -c remora-proxy -n {}; remora analyze -n {})",
             table::short_hash(&hash),
             table::short_hash(cm_hash),
             r.name,
@@ -322,6 +327,11 @@ mod tests {
         let r = row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok("other"));
         assert_eq!(r.status, SyncStatus::Stale);
         assert!(r.reason.contains("generation 3"), "{}", r.reason);
+        assert!(r.reason.contains("the kubelet updates"), "{}", r.reason);
+        let api_old = json!({"generation": 4, "hash": "0ld", "config_source": {"source": "api"}});
+        let r = row(&pod("Running"), Ok(&api_old), "c", Ok(&h));
+        assert_eq!(r.status, SyncStatus::Stale);
+        assert!(r.reason.contains("through the API"), "{}", r.reason);
         let zero = json!({"generation": 0, "hash": ""});
         assert_eq!(
             row(&pod("Running"), Ok(&zero), "c", Ok(&h)).status,
