@@ -624,6 +624,56 @@ mod tests {
     }
 
     #[test]
+    fn rules_that_send_pod_creation() {
+        let wh = |rule: Value| json!({"rules": [rule]});
+        let base = json!({"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]});
+        assert!(intercepts_pod_create(&wh(base.clone())));
+        for (field, value, want) in [
+            ("operations", json!(["*"]), true),
+            ("operations", json!(["UPDATE"]), false),
+            ("apiGroups", json!(["*"]), true),
+            ("apiGroups", json!(["apps"]), false),
+            ("apiVersions", json!(["v1beta1"]), false),
+            ("resources", json!(["*/*"]), true),
+            ("resources", json!(["pods/status"]), false),
+            ("scope", json!("Cluster"), false),
+            ("scope", json!("*"), true),
+        ] {
+            let mut r = base.clone();
+            r[field] = value.clone();
+            assert_eq!(intercepts_pod_create(&wh(r)), want, "{field}={value}");
+        }
+        assert!(!intercepts_pod_create(&json!({})));
+        // remora's webhook with rules that miss pods is listed, and says so.
+        let mut m = mwc();
+        m["webhooks"][0]["rules"][0]["operations"] = json!(["UPDATE"]);
+        m["webhooks"][0]["matchConditions"] = json!([{"name": "x", "expression": "true"}]);
+        let nsl = namespace_labels(
+            &json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+            "shop",
+        );
+        let v = evaluate_webhooks(
+            &pod(json!({}), json!({})),
+            "shop",
+            &nsl,
+            &[m],
+            &Config::default(),
+            &ServiceRef::default(),
+        );
+        assert_eq!(v[0].verdict, Verdict::NotCalled);
+        assert!(
+            v[0].reason.contains("do not include CREATE of v1 pods"),
+            "{}",
+            v[0].reason
+        );
+        assert!(
+            v[0].notes.iter().any(|n| n.contains("matchConditions")),
+            "{:?}",
+            v[0].notes
+        );
+    }
+
+    #[test]
     fn running_pod_notes() {
         let mut injected = pod(json!({}), json!({}));
         injected["spec"]["initContainers"] = json!([{"name": "remora-proxy"}]);
