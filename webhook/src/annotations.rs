@@ -82,7 +82,14 @@ pub fn unsupported(ann: &BTreeMap<String, String>) -> Vec<String> {
     ];
     ann.keys()
         .filter(|k| PREFIXES.iter().any(|p| k.starts_with(p)) && !SUPPORTED.contains(&k.as_str()))
-        .map(|k| format!("annotation {k} is not supported by remora and is ignored"))
+        // Escaped: a key is not validated by the API server until after admission, and a
+        // warning must stay one line.
+        .map(|k| {
+            format!(
+                "annotation {} is not supported by remora and is ignored",
+                k.escape_debug()
+            )
+        })
         .collect()
 }
 
@@ -326,6 +333,13 @@ fn parse_interfaces(key: &str, v: &str) -> Result<Vec<String>, String> {
         if !ok {
             return Err(format!(
                 "annotation {key}: invalid value {v:?}: {item:?} is not a network interface name"
+            ));
+        }
+        // remora-init would read it as a flag (found by fuzzing: the denial then carried
+        // clap's multi-line usage text instead of naming the annotation).
+        if item.starts_with('-') {
+            return Err(format!(
+                "annotation {key}: invalid value {v:?}: {item:?} starts with '-' (it would be read as a flag)"
             ));
         }
         out.push(item.to_string());
@@ -770,6 +784,34 @@ mod tests {
             e[0].contains(USER_VOLUME) && e[0].contains("\"root\"") && e[0].contains("hostPath"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn interface_names_starting_with_a_dash_are_denied_in_one_line() {
+        // Fuzzing regression (annotations target): "-1" reached remora-init's parser, whose
+        // rejection is multi-line clap usage text.
+        for key in [
+            EXCLUDE_INTERFACES,
+            KUBEVIRT_INTERFACES,
+            REROUTE_VIRTUAL_INTERFACES,
+        ] {
+            let e = errors(&[(key, "eth0,-1")]);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].contains(key) && e[0].contains("\"-1\" starts with '-'"),
+                "{e:?}"
+            );
+            assert!(!e[0].contains('\n'));
+        }
+        let mut p = serde_json::json!({"metadata": {"annotations": {EXCLUDE_INTERFACES: "-1"}},
+            "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        p["metadata"]["name"] = "p".into();
+        match crate::inject::inject_pod(&p, "default", &Config::default()) {
+            crate::inject::Outcome::Denied(m) => {
+                assert!(m.starts_with("annotation ") && !m.contains('\n'), "{m:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
