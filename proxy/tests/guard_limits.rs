@@ -429,3 +429,49 @@ fn h2c_settings_carry_the_limits_and_idle_connections_close() {
         "{m}"
     );
 }
+
+/// On a port the rules declare HTTP, a client that connects and sends nothing is closed without
+/// an answer once the head deadline passes, and counted; the app never sees it.
+#[test]
+fn silent_client_on_a_declared_http_port_is_closed_without_an_answer() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let rules = RulesDir::new(&[(
+        "app.yaml",
+        &format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: app
+  namespace: testns
+spec:
+  hosts: [app.example]
+  addresses: [127.0.0.1/32]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: {}, name: http, protocol: HTTP}}
+  resolution: NONE
+"#,
+            backend.port()
+        ),
+    )]);
+    let p = start(&["--request-headers-timeout-seconds=1"], backend, &rules);
+    let mut s = connect(p.ports.outbound_addr());
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let r = s.read_to_end(&mut got);
+    assert!(r.is_ok(), "not closed: {r:?}");
+    assert!(
+        got.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(rejected(&p, "header_timeout"), 1.0);
+    let m = p.metrics();
+    assert_eq!(metric_value(&m, "istio_requests_total", &[]), 0.0, "{m}");
+    assert_eq!(
+        metric_value(&m, "istio_tcp_connections_opened_total", &[]),
+        0.0,
+        "{m}"
+    );
+}
