@@ -766,3 +766,89 @@ async fn kubeconfig_context_and_its_namespace() {
     assert!(r.stderr.contains("cannot read"), "{}", r.all());
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
+
+// ---------------------------------------------------------------- https API server
+
+/// A TLS front (self-signed for 127.0.0.1) that relays to the recorded API; stops on drop.
+struct TlsFront {
+    url: String,
+    ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tls_front(api: &RecordedApi) -> TlsFront {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let backend = api.url().trim_start_matches("http://").to_string();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let backend = backend.clone();
+            conns.spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(&backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    TlsFront {
+        url: format!("https://127.0.0.1:{port}"),
+        ca_pem: ck.cert.pem(),
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_server_is_verified_against_the_given_ca() {
+    let api = api_with("check-inject.json").await;
+    let front = tls_front(&api).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &front.ca_pem).expect("write CA");
+    let ca = ca.to_string_lossy().into_owned();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--server".into(), front.url.clone()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(["check-inject", "-n", "shop", "web-6d8f7c9b5-x2k9q"].map(String::from));
+        v
+    };
+    let run = |v: Vec<String>| async move {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        remora_args(&refs).await
+    };
+    // Not trusted: one line, exit 2, and no request reached the API.
+    let r = run(args(&[])).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.all());
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    // Trusted through --certificate-authority, or not verified at all.
+    let r = run(args(&["--certificate-authority", &ca])).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains(": INJECTED ("), "{}", r.all());
+    let seen = api.requests().len();
+    assert!(seen > 0);
+    let r = run(args(&["--insecure-skip-tls-verify"])).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(api.requests().len() > seen);
+}

@@ -16,6 +16,10 @@ pub struct ConnectOptions {
     /// Overrides the cluster URL. Without `--kubeconfig`/`--context` no credentials are sent
     /// (the kubeconfig's user is for its own cluster, not an arbitrary URL).
     pub server: Option<String>,
+    /// PEM file of the CA that signed the API server's certificate (replaces the kubeconfig's).
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not verify the API server's certificate (kubectl's `--insecure-skip-tls-verify`).
+    pub insecure_skip_tls_verify: bool,
 }
 
 /// A GET that did not return an object.
@@ -81,6 +85,12 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Cluster> {
     if let Some(server) = &opts.server {
         cfg.cluster_url = parse_server(server)?;
     }
+    if let Some(ca) = &opts.certificate_authority {
+        cfg.root_cert = Some(read_ca(ca)?);
+    }
+    if opts.insecure_skip_tls_verify {
+        cfg.accept_invalid_certs = true;
+    }
     cfg.connect_timeout = Some(Duration::from_secs(10));
     cfg.read_timeout = Some(Duration::from_secs(30));
     let url = cfg.cluster_url.to_string();
@@ -97,6 +107,33 @@ pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Cluster> {
         default_namespace,
         url,
     })
+}
+
+/// The DER certificates of a PEM file, at least one.
+fn read_ca(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| {
+            anyhow!(
+                "--certificate-authority {}: cannot read: {e}",
+                path.display()
+            )
+        })?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            anyhow!(
+                "--certificate-authority {}: invalid PEM: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "--certificate-authority {}: no CERTIFICATE block in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 fn parse_server(s: &str) -> anyhow::Result<http::Uri> {
@@ -285,6 +322,23 @@ mod tests {
             Some("/apis/batch/v1/namespaces/a/cronjobs/b")
         );
         assert!(paths::workload("Service", "a", "b").is_none());
+    }
+
+    #[test]
+    fn certificate_authority_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        assert_eq!(read_ca(&good).unwrap(), vec![ca.cert.der().to_vec()]);
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = read_ca(&empty).unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        let e = read_ca(&dir.path().join("absent.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--certificate-authority"), "{e}");
     }
 
     #[test]

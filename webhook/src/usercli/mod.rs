@@ -54,6 +54,12 @@ pub struct Args {
     /// The API server URL. Alone (without --kubeconfig/--context) no credentials are sent.
     #[arg(long, global = true)]
     pub server: Option<String>,
+    /// PEM file of the CA for the API server's certificate.
+    #[arg(long, global = true)]
+    pub certificate_authority: Option<PathBuf>,
+    /// Do not verify the API server's certificate (insecure).
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
     /// Namespace (default: the kubeconfig context's namespace, else "default").
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
@@ -146,6 +152,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
         server: args.server.clone(),
+        certificate_authority: args.certificate_authority.clone(),
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
     })
     .await?;
     let ns = args
