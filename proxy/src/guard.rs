@@ -7,14 +7,15 @@
 //!   (slowloris). Violations are answered 414 / 431 / 408 with `connection: close`; a client
 //!   that sent nothing is closed without an answer. The head is then put back into the stream
 //!   and Pingora parses it as usual.
-//! * Keep-alive connections idle longer than the idle timeout are closed.
+//! * Keep-alive connections idle longer than the idle timeout are closed, and so are opaque TCP
+//!   connections on which neither side sent a byte for that long ([`copy_with_idle`]).
 //! * HTTP/2 (h2c): the concurrent-stream cap, the header-list size and the idle timeout are h2
 //!   settings handed to Pingora.
 //!
 //! Every rejection is counted in `remora_downstream_rejected_total{listener,reason}`, logged at
 //! debug, and warned about at most once per [`WARN_EVERY`].
 //!
-//! Opaque TCP is subject to the connection cap only.
+//! Opaque TCP is subject to the connection cap and the idle timeout only.
 
 use crate::telemetry::Metrics;
 use clap::Args;
@@ -55,8 +56,8 @@ pub struct LimitArgs {
     #[arg(long, env = "REMORA_REQUEST_HEADERS_TIMEOUT_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_headers_timeout_seconds: u64,
-    /// Close HTTP keep-alive and h2c connections with no request for this long, seconds
-    /// (Istio's 1 h). Opaque TCP is not affected.
+    /// Close HTTP keep-alive and h2c connections with no request, and opaque TCP connections
+    /// with no byte either way, for this long, seconds (Istio's 1 h for both).
     #[arg(long, env = "REMORA_IDLE_TIMEOUT_SECONDS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout_seconds: u64,
@@ -529,6 +530,123 @@ async fn linger(l4: &mut L4Stream) {
             _ => return,
         }
     }
+}
+
+/// Read side of one direction of an opaque TCP copy: counts bytes and records activity.
+struct Metered<'a, S> {
+    inner: &'a mut S,
+    bytes: &'a AtomicU64,
+    clock: &'a IdleClock,
+}
+
+/// The last time either side of a connection delivered bytes.
+struct IdleClock {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl IdleClock {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Metered<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.clock.touch();
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How an opaque TCP copy ended.
+#[derive(Debug)]
+pub enum CopyEnd {
+    /// Both sides finished.
+    Done,
+    /// Neither side sent a byte for the idle timeout: closed by the proxy.
+    Idle,
+    /// An I/O error on either side.
+    Error(std::io::Error),
+}
+
+/// `copy_bidirectional` between the downstream and the upstream, closed when neither side has
+/// sent anything for `idle` (Istio's TCP idle timeout). Returns how it ended and the bytes
+/// received from the downstream and sent to it, also when it ended early.
+pub async fn copy_with_idle<A, B>(down: &mut A, up: &mut B, idle: Duration) -> (CopyEnd, u64, u64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let clock = IdleClock {
+        start: tokio::time::Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+    let end = {
+        let mut d = Metered {
+            inner: down,
+            bytes: &rx,
+            clock: &clock,
+        };
+        let mut u = Metered {
+            inner: up,
+            bytes: &tx,
+            clock: &clock,
+        };
+        let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+        tokio::pin!(copy);
+        loop {
+            let deadline = clock.last() + idle;
+            tokio::select! {
+                r = &mut copy => break match r {
+                    Ok(_) => CopyEnd::Done,
+                    Err(e) => CopyEnd::Error(e),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if clock.last() + idle <= tokio::time::Instant::now() {
+                        break CopyEnd::Idle;
+                    }
+                }
+            }
+        }
+    };
+    (end, rx.load(Ordering::Relaxed), tx.load(Ordering::Relaxed))
 }
 
 /// Capabilities the process holds (hex masks from `/proc/self/status`).

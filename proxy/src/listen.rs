@@ -252,16 +252,7 @@ impl ServerApp for CaptureApp {
                 None
             }
             Detected::Tcp => {
-                proxy_tcp(
-                    self.dir,
-                    &self.shared,
-                    &self.resolver,
-                    stream,
-                    dst,
-                    peer,
-                    sni,
-                )
-                .await;
+                proxy_tcp(self, stream, dst, peer, sni).await;
                 None
             }
         }
@@ -377,16 +368,17 @@ async fn tcp_decision(
     }
 }
 
-/// Copy bytes both ways between the downstream and the destination.
+/// Copy bytes both ways between the downstream and the destination (closed when idle for
+/// `--idle-timeout-seconds`).
 async fn proxy_tcp(
-    dir: Direction,
-    shared: &Shared,
-    resolver: &upstream::HostResolver,
+    app: &CaptureApp,
     mut down: Stream,
     dst: SocketAddr,
     peer: Option<SocketAddr>,
     sni: Option<String>,
 ) {
+    let (dir, shared, resolver) = (app.dir, &*app.shared, &*app.resolver);
+    let idle = app.guard.limits.idle_timeout;
     let s = &shared.settings;
     let start = Instant::now();
     let started_at = telemetry::accesslog::now_rfc3339();
@@ -437,12 +429,22 @@ async fn proxy_tcp(
         {
             Ok(mut up) => {
                 let local = up.local_addr().ok();
-                let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                match r {
-                    Ok((rx, tx)) => (local, rx, tx, None),
-                    Err(e) => {
+                match guard::copy_with_idle(&mut down, &mut up, idle).await {
+                    (guard::CopyEnd::Done, rx, tx) => (local, rx, tx, None),
+                    (guard::CopyEnd::Idle, rx, tx) => {
+                        guard::record(
+                            dir.as_str(),
+                            guard::Reject::IdleTimeout,
+                            &format!(
+                                "opaque TCP connection to {target} idle for {}s; closed",
+                                idle.as_secs()
+                            ),
+                        );
+                        (local, rx, tx, Some(format!("idle for {}s", idle.as_secs())))
+                    }
+                    (guard::CopyEnd::Error(e), rx, tx) => {
                         labels.response_flags = flags::UPSTREAM_TERMINATION.to_string();
-                        (local, 0, 0, Some(format!("copy: {e}")))
+                        (local, rx, tx, Some(format!("copy: {e}")))
                     }
                 }
             }

@@ -475,3 +475,38 @@ spec:
         "{m}"
     );
 }
+
+/// Opaque TCP: bytes pass both ways, and a connection on which neither side sends anything for
+/// the idle timeout is closed by the proxy and counted (byte counts still recorded).
+#[test]
+fn idle_opaque_tcp_is_closed_after_the_idle_timeout() {
+    let rt = rt();
+    let echo = rt.block_on(spawn_tcp_echo());
+    let rules = RulesDir::new(&[]);
+    let p = start(&["--idle-timeout-seconds=1"], echo, &rules);
+    let mut s = connect(p.ports.outbound_addr());
+    let payload = vec![0x42u8; 3000];
+    s.write_all(&payload).unwrap();
+    let mut got = vec![0u8; payload.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, payload);
+    let mut rest = Vec::new();
+    assert!(s.read_to_end(&mut rest).is_ok(), "idle TCP not closed");
+    assert!(rest.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rejected(&p, "idle_timeout") < 1.0 {
+        assert!(Instant::now() < deadline, "idle close not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = p.metrics();
+    assert_eq!(
+        metric_value(&m, "istio_tcp_received_bytes_total", &[]),
+        3000.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "istio_tcp_connections_closed_total", &[]),
+        1.0,
+        "{m}"
+    );
+}
