@@ -99,8 +99,23 @@ pub fn run(dir: &Path, ctx: &LoadContext) -> ValidationReport {
         }
     }
     let decoded = load::decode_inputs(&inputs, ctx);
+    check_policies(&inputs.files, &decoded, ctx, &mut report);
     check_decoded(decoded, ctx, &mut report);
     report
+}
+
+/// Policy parts the loader would reject (see `policy::check`); only when the documents
+/// themselves decoded, as the loader checks them only then.
+fn check_policies(
+    files: &[(String, Vec<u8>)],
+    decoded: &Decoded,
+    ctx: &LoadContext,
+    report: &mut ValidationReport,
+) {
+    if decoded.errors.is_empty() {
+        let errors = crate::policy::check::check(files, &decoded.destination_rules, ctx);
+        report.errors.extend(errors.into_iter().map(Finding::from));
+    }
 }
 
 /// Validate in-memory files (name, YAML text); the same checks as `run`.
@@ -117,7 +132,9 @@ pub fn run_files(files: &[(&str, &str)], ctx: &LoadContext) -> ValidationReport 
         hash: String::new(),
     };
     let mut report = ValidationReport::default();
-    check_decoded(load::decode_inputs(&inputs, ctx), ctx, &mut report);
+    let decoded = load::decode_inputs(&inputs, ctx);
+    check_policies(&inputs.files, &decoded, ctx, &mut report);
+    check_decoded(decoded, ctx, &mut report);
     report
 }
 

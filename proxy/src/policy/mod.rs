@@ -3,6 +3,7 @@
 //! requests: per destination (host, subset, port) its balancer, outlier detector and
 //! connection-pool counters; and the rate limiters of the `RateLimit` rules.
 
+pub mod check;
 pub mod cors;
 pub mod fault;
 pub mod lb;

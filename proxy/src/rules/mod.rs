@@ -646,6 +646,11 @@ pub fn load_inputs(
     if !decoded.errors.is_empty() {
         return Err(decoded.errors);
     }
+    // An invalid trafficPolicy, corsPolicy or RateLimit rejects the set like any other error.
+    let policy_errors = crate::policy::check::check(&inputs.files, &decoded.destination_rules, ctx);
+    if !policy_errors.is_empty() {
+        return Err(policy_errors);
+    }
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
     let mut snap = build_snapshot(
         decoded,

@@ -1,0 +1,204 @@
+//! Load-time checks of the policy parts of a rule set: every DestinationRule `trafficPolicy`
+//! (top level, each subset, each `portLevelSettings` port), every VirtualService route's
+//! `corsPolicy`, and every `RateLimit`. A rule set with an invalid one is rejected as a whole, like
+//! any other invalid rule, so the proxy keeps its last good snapshot instead of running a
+//! half-applied policy; `remora-proxy validate` reports the same findings.
+
+use serde_json::Value;
+
+use super::{cors_of_file, ratelimit, traffic};
+use crate::rules::{DestinationRule, LoadContext, LoadError};
+
+/// The errors of the policy parts of `files` (name, bytes) whose decoded DestinationRules are
+/// `drs`; empty when every policy can be put in effect.
+pub fn check(
+    files: &[(String, Vec<u8>)],
+    drs: &[DestinationRule],
+    ctx: &LoadContext,
+) -> Vec<LoadError> {
+    let mut errors = Vec::new();
+    for dr in drs {
+        if let Err(reason) = check_destination_rule(dr) {
+            errors.push(LoadError {
+                file: dr.meta.file.clone(),
+                document: dr.meta.document,
+                field: String::new(),
+                reason,
+            });
+        }
+    }
+    for (file, bytes) in files {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            // Reported by the loader.
+            continue;
+        };
+        for ((vs, route), parsed) in cors_of_file(file, text, &ctx.namespace) {
+            if let Err(reason) = parsed {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    document: 0,
+                    field: String::new(),
+                    reason: format!(
+                        "VirtualService {vs} {route}: {}",
+                        without_file(file, &reason)
+                    ),
+                });
+            }
+        }
+        if let Err(reason) = ratelimit::parse_file(file, text, &ctx.namespace, &ctx.cluster_domain)
+        {
+            errors.push(LoadError {
+                file: file.clone(),
+                document: 0,
+                field: String::new(),
+                reason: without_file(file, &reason),
+            });
+        }
+    }
+    errors
+}
+
+/// The policy parsers start their messages with the file name, which `LoadError` prints already.
+fn without_file(file: &str, reason: &str) -> String {
+    reason
+        .strip_prefix(file)
+        .map_or(reason, |r| r.trim_start_matches([' ', ':']))
+        .to_string()
+}
+
+/// Every port a policy names in `portLevelSettings`.
+fn ports_of(tp: Option<&Value>) -> Vec<u16> {
+    tp.and_then(|t| t.get("portLevelSettings"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            e.get("port")
+                .and_then(|p| p.get("number"))
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+        })
+        .collect()
+}
+
+/// Interpret the policy of every destination the rule can govern: no subset and each subset,
+/// on any port (0: no port-level entry) and on each port with its own settings.
+fn check_destination_rule(dr: &DestinationRule) -> Result<(), String> {
+    let mut ports = vec![0u16];
+    ports.extend(ports_of(dr.traffic_policy.as_ref()));
+    for s in &dr.subsets {
+        ports.extend(ports_of(s.traffic_policy.as_ref()));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    let subsets = std::iter::once(None).chain(dr.subsets.iter().map(|s| Some(s.name.as_str())));
+    for subset in subsets {
+        for &port in &ports {
+            let mut field = format!("DestinationRule {} trafficPolicy", dr.meta.key());
+            if let Some(s) = subset {
+                field = format!(
+                    "DestinationRule {} subset {s:?} trafficPolicy",
+                    dr.meta.key()
+                );
+            }
+            if port != 0 {
+                field.push_str(&format!(" (port {port})"));
+            }
+            traffic::parse(&traffic::effective_raw(dr, subset, port), &field)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::load;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let ctx = LoadContext::default();
+        let files = vec![("rules.yaml".to_string(), yaml.as_bytes().to_vec())];
+        let inputs = load::Inputs {
+            dir: std::path::PathBuf::from("memory"),
+            files: files.clone(),
+            skipped: Vec::new(),
+            hash: String::new(),
+        };
+        let decoded = load::decode_inputs(&inputs, &ctx);
+        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+        check(&files, &decoded.destination_rules, &ctx)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                      metadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n";
+
+    #[test]
+    fn valid_policies_pass() {
+        let yaml = format!(
+            "{DR}  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    \
+             portLevelSettings:\n    - port: {{number: 9080}}\n      \
+             connectionPool: {{http: {{http1MaxPendingRequests: 10}}}}\n  \
+             subsets:\n  - name: v1\n    labels: {{version: v1}}\n    \
+             trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}\n"
+        );
+        assert_eq!(errors_of(&yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn invalid_subset_and_port_level_policies_are_named() {
+        let yaml = format!(
+            "{DR}  subsets:\n  - name: v2\n    labels: {{version: v2}}\n    \
+             trafficPolicy: {{loadBalancer: {{simple: FASTEST}}}}\n"
+        );
+        let errs = errors_of(&yaml);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("subset \"v2\""), "{errs:?}");
+        assert!(errs[0].contains("FASTEST"), "{errs:?}");
+
+        let yaml = format!(
+            "{DR}  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 9080}}\n      \
+             tls: {{mode: SOMETIMES}}\n"
+        );
+        let errs = errors_of(&yaml);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("port 9080"), "{errs:?}");
+        assert!(errs[0].contains("SOMETIMES"), "{errs:?}");
+    }
+
+    #[test]
+    fn the_loader_and_validate_reject_the_whole_set() {
+        let bad =
+            format!("{DR}  trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: -3}}}}\n");
+        let ctx = LoadContext::default();
+        let errs = crate::rules::snapshot_from_yaml(&[("a.yaml", bad.as_str())], &ctx, 1)
+            .expect_err("an invalid trafficPolicy rejects the rule set");
+        assert!(errs[0].to_string().contains("outlierDetection"), "{errs:?}");
+        let report = crate::validate::run_files(&[("a.yaml", bad.as_str())], &ctx);
+        assert!(!report.is_ok());
+        assert!(report.to_string().contains("outlierDetection"), "{report}");
+        let good =
+            format!("{DR}  trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: 3}}}}\n");
+        assert!(crate::rules::snapshot_from_yaml(&[("a.yaml", good.as_str())], &ctx, 1).is_ok());
+        assert!(crate::validate::run_files(&[("a.yaml", good.as_str())], &ctx).is_ok());
+    }
+
+    #[test]
+    fn invalid_cors_and_rate_limit_are_errors() {
+        let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+                  metadata: {name: web, namespace: default}\nspec:\n  hosts: [web]\n  http:\n  \
+                  - route:\n    - destination: {host: web}\n    \
+                  corsPolicy: {allowOrigins: [{regex: \"(\"}]}\n";
+        let errs = errors_of(vs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("default/web spec.http[0]"), "{errs:?}");
+
+        let rl = "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\n\
+                  metadata: {name: rl, namespace: default}\nspec: {}\n";
+        let errs = errors_of(rl);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0], "rules.yaml: doc 1: spec.host: required string");
+    }
+}
