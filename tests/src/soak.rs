@@ -1209,7 +1209,13 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
             Step::Reload(i) if i == 2 => (
                 FaultKind::Reload,
                 sets[i].0.to_string(),
-                reload_invalid(&mut lab, &sets[i].1),
+                // The bad set is then fixed (the next valid set): a proxy that starts while
+                // the only rule set on disk is invalid stays not ready by design, so a pod
+                // restart must not find it there.
+                reload_invalid(&mut lab, &sets[i].1).and_then(|m| {
+                    lab.set_rules(NS, &sets[0].1)
+                        .map(|_| format!("{m}; then fixed ({} applied)", sets[0].0))
+                }),
             ),
             Step::Reload(i) => (
                 FaultKind::Reload,
