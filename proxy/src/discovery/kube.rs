@@ -247,6 +247,8 @@ async fn run(
     let mut dirty = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut builds = 0u64;
+    let mut last_trim = tokio::time::Instant::now();
+    let mut trim_pending = false;
     loop {
         tokio::select! {
             changed = scope_rx.changed() => {
@@ -334,11 +336,29 @@ async fn run(
                 }
                 tracing::debug!(services = index.services, endpoints = index.endpoints, listed_services = svcs, slices, pods, "discovery index rebuilt");
                 d.endpoints.index.store(Arc::new(index));
+                trim_pending = true;
+            }
+            // Lists decode megabytes of JSON that are garbage once converted: hand the freed
+            // pages back (at most once a second, after the last rebuild too) so RSS reflects
+            // the compact store.
+            _ = tokio::time::sleep_until(last_trim + Duration::from_secs(1)), if trim_pending => {
+                release_free_memory();
+                last_trim = tokio::time::Instant::now();
+                trim_pending = false;
             }
         }
     }
     for (_, (_, task)) in watches {
         task.abort();
+    }
+}
+
+/// Return freed heap pages to the kernel (glibc keeps them per arena otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointers are passed.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Memory of remora-proxy's Kubernetes discovery (run via `scripts/bench discovery`): the release
+# proxy watches a recorded API (tests/src/bin/kube-api-fixture.rs) serving one namespace of
+# $REMORA_BENCH_SERVICES Services × $REMORA_BENCH_ENDPOINTS endpoints (one EndpointSlice per
+# Service, two ports each, pod metadata for subsets; lists paged by 500 as an API server pages
+# them), then the same proxy with the API off. Both run in a fresh network namespace (loopback
+# only, nothing leaves it). Reports VmRSS/VmHWM after the index is built, the time to build it,
+# and the difference. Target (issue 7): RSS ≤ 40 MiB with 1,000 × 10.
+#
+#   REMORA_BENCH_SERVICES   default 1000
+#   REMORA_BENCH_ENDPOINTS  default 10
+#   REMORA_BENCH_RUNS       runs per case, the median is reported (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bench discovery: must run as root (creates a network namespace)" >&2
+  exit 1
+fi
+services="${REMORA_BENCH_SERVICES:-1000}"
+endpoints="${REMORA_BENCH_ENDPOINTS:-10}"
+runs="${REMORA_BENCH_RUNS:-3}"
+
+echo "building remora-proxy (release) and kube-api-fixture..." >&2
+cargo build -q -p remora-proxy --release --locked --bin remora-proxy
+cargo build -q -p remora-e2e --locked --bin kube-api-fixture
+bin="$PWD/target/release/remora-proxy"
+fixture="$PWD/target/debug/kube-api-fixture"
+
+ns="rmp-disc-$$"
+work="$(mktemp -d)"
+chmod 755 "$work"
+mkdir -p "$work/rules"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+nsx() { ip netns exec "$ns" "$@"; }
+nsx ip link set lo up
+
+nsx "$fixture" --services "$services" --endpoints "$endpoints" --namespace bench >"$work/api.out" 2>"$work/api.err" &
+pids+=($!)
+url=""
+for _ in $(seq 100); do
+  url="$(awk '/^url / {print $2}' "$work/api.out" 2>/dev/null || true)"
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "bench discovery: kube-api-fixture did not start: $(cat "$work/api.err")" >&2; exit 1; }
+
+kib() { awk -v k="$1" "/^$1:/ {print \$2}" "/proc/$2/status"; }
+
+# One proxy run: prints "rss_kib hwm_kib sync_ms".
+run_proxy() {
+  local api="$1" start pid sync_ms=0 dump
+  start="$(date +%s%N)"
+  nsx "$bin" run --kube-api "$api" --namespace bench --rules-dir "$work/rules" \
+    --pod-labels-file /nonexistent --threads 2 --ipv6 off --access-log off \
+    --inbound-source-fallback --allow-root >/dev/null 2>"$work/proxy.err" &
+  local wrapper=$!
+  pids+=("$wrapper")
+  for _ in $(seq 600); do
+    if dump="$(nsx curl -fs http://127.0.0.1:15020/config_dump 2>/dev/null)"; then
+      if [ "$api" = off ]; then break; fi
+      if python3 -c 'import json,sys; d=json.load(sys.stdin)["discovery"]["status"]; sys.exit(0 if d["services"]=='"$services"' and d["endpoints"]=='"$((services * endpoints * 2))"' else 1)' <<<"$dump"; then
+        sync_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+        break
+      fi
+    fi
+    sleep 0.1
+  done
+  sleep 2.5 # the proxy returns freed pages to the kernel within a second of the last rebuild
+  pid="$(pgrep -P "$wrapper" | head -1 || true)"
+  [ -n "$pid" ] || pid="$wrapper"
+  echo "$(kib VmRSS "$pid") $(kib VmHWM "$pid") $sync_ms"
+  # `ip netns exec` forks: stop the proxy itself, then reap the wrapper.
+  kill "$pid" 2>/dev/null || true
+  wait "$wrapper" 2>/dev/null || true
+}
+
+median() { sort -n | sed -n "$(( (runs + 1) / 2 ))p"; }
+on=(); off=()
+for _ in $(seq "$runs"); do on+=("$(run_proxy "$url")"); off+=("$(run_proxy off)"); done
+col() { local i="$1"; shift; printf '%s\n' "$@" | awk -v i="$i" '{print $i}' | median; }
+on_rss="$(col 1 "${on[@]}")"; on_hwm="$(col 2 "${on[@]}")"; on_sync="$(col 3 "${on[@]}")"
+off_rss="$(col 1 "${off[@]}")"; off_hwm="$(col 2 "${off[@]}")"
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+echo "remora-proxy discovery: ${services} services x ${endpoints} endpoints (2 ports each: $((services * endpoints * 2)) endpoint entries, $((services * endpoints)) pods), ${runs} runs (median), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
+echo "  API on : RSS $(mib "$on_rss") MiB, peak (VmHWM) $(mib "$on_hwm") MiB, index complete after ${on_sync} ms from start"
+echo "  API off: RSS $(mib "$off_rss") MiB, peak (VmHWM) $(mib "$off_hwm") MiB"
+echo "  discovery costs $(mib $((on_rss - off_rss))) MiB RSS ($(awk -v a="$on_rss" -v b="$off_rss" 'BEGIN {printf "%.2f", a / b}')x); target RSS <= 40 MiB: $([ "$on_rss" -le $((40 * 1024)) ] && echo met || echo MISSED)"
