@@ -48,6 +48,8 @@ struct Backend {
     bodies: Mutex<Vec<Vec<u8>>>,
     hosts: Mutex<Vec<String>>,
     release: tokio::sync::Semaphore,
+    /// Requests served on each accepted connection, in accept order.
+    per_conn: Mutex<Vec<u64>>,
 }
 
 impl Backend {
@@ -74,6 +76,7 @@ async fn backend(name: &str, mode: Mode) -> Arc<Backend> {
         bodies: Mutex::new(vec![]),
         hosts: Mutex::new(vec![]),
         release: tokio::sync::Semaphore::new(0),
+        per_conn: Mutex::new(vec![]),
     });
     let b2 = b.clone();
     tokio::spawn(async move {
@@ -82,9 +85,15 @@ async fn backend(name: &str, mode: Mode) -> Arc<Backend> {
                 return;
             };
             let b = b2.clone();
+            let conn = {
+                let mut pc = b.per_conn.lock().unwrap();
+                pc.push(0);
+                pc.len() - 1
+            };
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let b = b.clone();
+                    b.per_conn.lock().unwrap()[conn] += 1;
                     async move {
                         let host = req
                             .headers()
@@ -565,6 +574,37 @@ fn connection_pool_limits_fail_fast_with_503_uo() {
         2,
         "maxConnections caps the server's concurrency"
     );
+}
+
+#[test]
+fn max_requests_per_connection_closes_upstream_connections() {
+    let rt = rt();
+    let run = |tp: Option<&str>| {
+        let b = rt.block_on(backend("a", Mode::Ok));
+        let svc = service(&[&b]);
+        let mut files = vec![("svc.yaml", svc.clone())];
+        if let Some(tp) = tp {
+            files.push(("dr.yaml", dr(tp)));
+        }
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        let m = Mesh::start(&files);
+        for i in 0..12 {
+            assert_eq!(m.get(&format!("/mrpc{i}"), &[]).status, 200);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let per_conn = b.per_conn.lock().unwrap().clone();
+        assert_eq!(per_conn.iter().sum::<u64>(), 12, "{per_conn:?}");
+        per_conn
+    };
+    // Without the limit the pool reuses connections ...
+    let free = run(None);
+    assert!(free.iter().max().unwrap() >= &3, "pooled: {free:?}");
+    // ... with it, no upstream connection carries more than 2 requests.
+    let limited = run(Some(
+        "{connectionPool: {http: {maxRequestsPerConnection: 2}}}",
+    ));
+    assert!(limited.iter().all(|&n| n <= 2), "limited: {limited:?}");
+    assert!(limited.len() >= 6, "limited: {limited:?}");
 }
 
 #[test]

@@ -94,6 +94,36 @@ pub struct ReqCtx {
     /// Mirror copies waiting for the request body, and the body so far.
     mirrors: Vec<PendingMirror>,
     mirror_body: Option<bytes::BytesMut>,
+    /// This request is the last its HTTP/1 upstream connection may carry
+    /// (`connectionPool.http.maxRequestsPerConnection`): it goes out with `Connection: close`.
+    close_upstream: bool,
+}
+
+/// Requests carried so far by each open HTTP/1 upstream connection (by socket), kept only for
+/// destinations with `maxRequestsPerConnection`. A socket number is reused only after its
+/// connection closed, and a new connection (`reused == false`) starts its count again.
+static UPSTREAM_USES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<i32, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Count one more request on upstream socket `fd` (a fresh connection when `!reused`); true when
+/// it is the connection's last one under `max` (> 0).
+fn last_request_on_connection(fd: i32, reused: bool, max: u64) -> bool {
+    let Ok(mut uses) = UPSTREAM_USES.lock() else {
+        return false;
+    };
+    let n = if reused {
+        let n = uses.entry(fd).or_insert(0);
+        *n += 1;
+        *n
+    } else {
+        uses.insert(fd, 1);
+        1
+    };
+    if n >= max {
+        uses.remove(&fd);
+        return true;
+    }
+    false
 }
 
 /// A mirror copy to send once the request body is complete.
@@ -441,6 +471,7 @@ impl ProxyHttp for MeshHttp {
             extra_response_headers: Vec::new(),
             mirrors: Vec::new(),
             mirror_body: None,
+            close_upstream: false,
         }
     }
 
@@ -788,12 +819,34 @@ impl ProxyHttp for MeshHttp {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        let max = ctx
+            .policy
+            .as_ref()
+            .and_then(|p| p.dest.as_ref())
+            .map_or(0, |d| d.policy.connection_pool.max_requests_per_connection);
+        ctx.close_upstream =
+            max > 0 && !ctx.upstream_h2 && last_request_on_connection(fd, reused, max);
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        if ctx.close_upstream {
+            upstream_request.insert_header("connection", "close")?;
+        }
         if let Some(f) = &ctx.forward {
             apply_request_ops(upstream_request, &f.request)?;
             if let Some(uri) = &f.uri {
@@ -1221,6 +1274,22 @@ mod tests {
         assert_eq!(
             r.headers.get("grpc-message").unwrap(),
             "no%20healthy%20upstream:%20a_b"
+        );
+    }
+
+    #[test]
+    fn connections_close_after_their_last_allowed_request() {
+        // fd numbers far from real ones: the table is process-wide.
+        let fd = 1_000_001;
+        let seq: Vec<bool> = [false, true, true, false, true]
+            .iter()
+            .map(|&reused| last_request_on_connection(fd, reused, 3))
+            .collect();
+        // 1st, 2nd, 3rd (last) on one connection; a new connection on the same fd starts over.
+        assert_eq!(seq, [false, false, true, false, false]);
+        assert!(
+            last_request_on_connection(fd + 1, false, 1),
+            "1 disables keep-alive"
         );
     }
 
