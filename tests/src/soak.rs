@@ -1642,7 +1642,9 @@ pub fn render(r: &Report) -> String {
         ));
     }
     for p in &r.problems {
-        out.push_str(&format!("\nPROBLEM: {p}"));
+        // The first line only (log tails are in report.json).
+        let line: String = p.lines().next().unwrap_or("").chars().take(300).collect();
+        out.push_str(&format!("\nPROBLEM: {line}"));
     }
     out.push('\n');
     out
