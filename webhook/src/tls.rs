@@ -31,6 +31,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
             cert.display()
         ));
     }
+    check_validity(&certs[0], cert, time::OffsetDateTime::now_utc())?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading TLS key {}", key.display()))?;
     CertifiedKey::from_der(certs, key_der, &rustls::crypto::ring::default_provider()).map_err(|e| {
@@ -40,6 +41,38 @@ pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
             cert.display()
         )
     })
+}
+
+/// Refuse a serving certificate outside its validity period: the API server would reject every
+/// handshake with it, so a reload keeps the previous one and a start fails with this line.
+fn check_validity(
+    leaf: &CertificateDer<'_>,
+    file: &Path,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    let (_, c) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        anyhow!(
+            "TLS certificate {}: not an X.509 certificate ({e})",
+            file.display()
+        )
+    })?;
+    let v = c.validity();
+    let (from, until) = (v.not_before.to_datetime(), v.not_after.to_datetime());
+    if now < from {
+        return Err(anyhow!(
+            "TLS certificate {}: not valid before {} (clock skew or a certificate issued for later)",
+            file.display(),
+            crate::certs::issue::fmt_time(from)
+        ));
+    }
+    if now > until {
+        return Err(anyhow!(
+            "TLS certificate {}: expired at {}",
+            file.display(),
+            crate::certs::issue::fmt_time(until)
+        ));
+    }
+    Ok(())
 }
 
 /// The certificate currently served: from files (hot-reloaded on change), or set by the
@@ -195,4 +228,40 @@ pub fn watch_dir(
         return None;
     }
     Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(from: (i32, u8, u8), until: (i32, u8, u8)) -> CertificateDer<'static> {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["remora-webhook.remora-system.svc".into()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn certificates_outside_their_validity_are_refused() {
+        let now = time::OffsetDateTime::now_utc();
+        let file = Path::new("/etc/remora/certs/tls.crt");
+        let y = now.year();
+        check_validity(&cert((y - 1, 1, 1), (y + 1, 12, 31)), file, now).unwrap();
+        let e = check_validity(&cert((y - 3, 1, 1), (y - 2, 1, 1)), file, now)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "TLS certificate /etc/remora/certs/tls.crt: expired at {}-01-01T00:00:00Z",
+                y - 2
+            )
+        );
+        let e = check_validity(&cert((y + 2, 1, 1), (y + 3, 1, 1)), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid before"), "{e}");
+    }
 }
