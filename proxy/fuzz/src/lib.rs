@@ -92,6 +92,12 @@ fn start_upstream() -> SocketAddr {
 }
 
 fn start() -> Harness {
+    // libFuzzer's main, not Rust's, runs this process, so SIGPIPE is not ignored as it is in
+    // remora-proxy: a write to a client that went away would kill the process.
+    // SAFETY: setting a signal disposition to SIG_IGN at start-up, before any other thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let upstream = start_upstream();
     let port = free_port();
     let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -266,8 +272,14 @@ pub fn check_http1_answer(input: &[u8], seen: &Seen) {
     );
 }
 
-/// After each input: the proxy still answers a well-formed request.
+/// After each input: the proxy still answers a well-formed request. One retry after 200 ms: on
+/// a loaded machine a single check has been seen to get a bare close that did not reproduce
+/// with the same input in a fresh process; a proxy that is really broken fails both.
 pub fn assert_still_serving(input: &[u8]) {
+    if harness().healthy().is_ok() {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(200));
     if let Err(e) = harness().healthy() {
         panic!(
             "the proxy stopped serving after {:?}: {e}",
