@@ -186,6 +186,23 @@ mod tests {
     }
 
     #[test]
+    fn byte_order_marks_and_syntax_errors_end_the_policy_scan() {
+        let ctx = LoadContext::default();
+        let vs = "\u{feff}apiVersion: networking.istio.io/v1\r\nkind: VirtualService\r\n\
+                  metadata: {name: web}\r\nspec: {hosts: [web], http: [{route: [{destination: {host: web}}]}]}\r\n";
+        let files = vec![("a.yaml".to_string(), vs.as_bytes().to_vec())];
+        assert!(check(&files, &[], &ctx).is_empty());
+        let broken = vec![(
+            "b.yaml".to_string(),
+            b"kind: [unclosed\n---\nkind: x\n".to_vec(),
+        )];
+        assert!(
+            check(&broken, &[], &ctx).is_empty(),
+            "syntax errors are the loader's to report"
+        );
+    }
+
+    #[test]
     fn invalid_cors_and_rate_limit_are_errors() {
         let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
                   metadata: {name: web, namespace: default}\nspec:\n  hosts: [web]\n  http:\n  \

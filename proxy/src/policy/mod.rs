@@ -207,9 +207,12 @@ fn cors_of_file(
     default_ns: &str,
 ) -> Vec<((String, String), Result<cors::Cors, String>)> {
     let mut out = Vec::new();
+    // As the loader reads it: without a byte-order mark; the parser cannot resynchronise after a
+    // syntax error (its document iterator would repeat the error forever), so stop there.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let Ok(v) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
-            continue;
+            break;
         };
         if v.get("kind").and_then(serde_json::Value::as_str) != Some("VirtualService") {
             continue;

@@ -57,11 +57,13 @@ pub fn parse_file(
     domain: &str,
 ) -> Result<Vec<RateLimitRule>, String> {
     let mut out = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
         let Ok(v) = <Value as serde::Deserialize>::deserialize(doc) else {
-            // Syntax errors are reported by the rules loader.
-            continue;
+            // Syntax errors are reported by the rules loader; the parser cannot resynchronise
+            // after one (the iterator would repeat it forever).
+            break;
         };
         if v.get("kind").and_then(Value::as_str) != Some(KIND) {
             continue;
