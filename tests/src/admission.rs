@@ -40,6 +40,37 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// A fresh CA and a serving certificate it signed, for 127.0.0.1 and the webhook's Service name.
+pub struct IssuedCert {
+    pub ca_der: Vec<u8>,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Issue a new CA named `ca_name` and a serving certificate for the lab's webhook.
+pub fn issue_serving_cert(ca_name: &str) -> Result<IssuedCert> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let params = rcgen::CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "remora-webhook.remora-system.svc".to_string(),
+    ])?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    Ok(IssuedCert {
+        ca_der: ca.der().to_vec(),
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 impl Webhook {
     /// Writes a CA and a serving cert for 127.0.0.1 into `dir`, starts
     /// `<bin_dir>/remora-webhook serve` and waits (bounded) until a TLS request to `/readyz`
@@ -53,26 +84,14 @@ impl Webhook {
             );
         }
         std::fs::create_dir_all(dir)?;
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "remora lab CA");
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(vec![
-            "127.0.0.1".to_string(),
-            "remora-webhook.remora-system.svc".to_string(),
-        ])?;
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let issued = issue_serving_cert("remora lab CA")?;
         let cert_path = dir.join("tls.crt");
         let key_path = dir.join("tls.key");
-        std::fs::write(&cert_path, cert.pem())?;
-        std::fs::write(&key_path, key.serialize_pem())?;
+        std::fs::write(&cert_path, &issued.cert_pem)?;
+        std::fs::write(&key_path, &issued.key_pem)?;
 
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone())?;
+        roots.add(issued.ca_der.clone().into())?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -100,7 +119,7 @@ impl Webhook {
                 addr,
                 proc,
                 connector: connector.clone(),
-                ca_pem: ca.pem(),
+                ca_pem: issued.ca_pem.clone(),
                 counter: 0.into(),
             };
             match hook.wait_ready(Duration::from_secs(20)).await {

@@ -840,27 +840,14 @@ impl Rotator {
         let addr = hook.addr;
         let dir = lab.dir().join("webhook");
         self.n += 1;
-        let ca_key = rcgen::KeyPair::generate()?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("remora soak CA {}", self.n),
-        );
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(vec![
-            "127.0.0.1".to_string(),
-            "remora-webhook.remora-system.svc".to_string(),
-        ])?;
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let issued = crate::admission::issue_serving_cert(&format!("remora soak CA {}", self.n))?;
         let tmp_cert = dir.join(".tls.crt.soak");
         let tmp_key = dir.join(".tls.key.soak");
-        std::fs::write(&tmp_cert, cert.pem())?;
-        std::fs::write(&tmp_key, key.serialize_pem())?;
+        std::fs::write(&tmp_cert, &issued.cert_pem)?;
+        std::fs::write(&tmp_key, &issued.key_pem)?;
         std::fs::rename(&tmp_cert, dir.join("tls.crt"))?;
         std::fs::rename(&tmp_key, dir.join("tls.key"))?;
-        let new_ca = ca.der().to_vec();
+        let new_ca = issued.ca_der;
         let started = Instant::now();
         let deadline = started + Duration::from_secs(25);
         loop {
