@@ -545,7 +545,9 @@ async fn proxy_routes_to_an_endpoint_known_only_from_an_endpointslice() {
         let d = tokio::task::spawn_blocking(move || process::config_dump(admin))
             .await
             .unwrap();
-        if let Some(d) = d.filter(|d| d["config_source"]["source"] == "api") {
+        // Wait for the next generation (the API state may show the new resourceVersion a moment
+        // before the snapshot is stored); what it holds is asserted below.
+        if let Some(d) = d.filter(|d| d["generation"].as_u64() > Some(generation)) {
             break d;
         }
         assert!(
