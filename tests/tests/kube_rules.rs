@@ -146,6 +146,19 @@ async fn api_changes_apply_at_once_a_410_relists_and_the_lagging_mount_is_not_ap
     assert_eq!(st.status, "watching");
     assert_eq!(st.resource_version.as_deref(), Some("715"));
 
+    // The re-list is applied before the watcher opens its next watch: wait for that request.
+    wait_for(
+        Duration::from_secs(10),
+        "the watch after the re-list",
+        || {
+            api.requests()
+                .iter()
+                .filter(|r| r.path_and_query.contains("watch=true"))
+                .count()
+                >= 2
+        },
+    )
+    .await;
     let reqs = api.requests();
     assert!(reqs.iter().all(|r| r.matched), "{reqs:#?}");
     assert!(
