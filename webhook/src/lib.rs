@@ -3,7 +3,8 @@
 //! The pipeline is `decide` (inject or not, and why) → `template` (config + annotations →
 //! containers) → `patch` (JSON patch on the raw pod) → `review` (AdmissionReview in/out).
 //! Everything up to `review` is pure: plain values in, plain values out. `server` and `cli` are
-//! the thin I/O shells around it and share the same code path.
+//! the thin I/O shells around it and share the same code path. `validate_rules` answers the
+//! validating webhook for rules ConfigMaps (`POST /validate`) with the proxy's own linter.
 
 pub mod annotations;
 pub mod certs;
@@ -20,4 +21,5 @@ pub mod server;
 pub mod template;
 pub mod tls;
 pub mod usercli;
+pub mod validate_rules;
 pub mod workload;

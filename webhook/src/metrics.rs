@@ -26,6 +26,25 @@ static DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
     .ok()
 });
 
+static RULES_REVIEWS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "remora_webhook_rules_reviews_total",
+        "Rules ConfigMap validations answered (POST /validate), by decision (allowed, denied, skipped, error).",
+        &["decision"]
+    )
+    .ok()
+});
+
+static RULES_DURATION: LazyLock<Option<HistogramVec>> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "remora_webhook_rules_review_duration_seconds",
+        "Time to answer one rules ConfigMap validation (parse, lint, serialize).",
+        &["decision"],
+        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 2.5]
+    )
+    .ok()
+});
+
 static RELOADS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     register_int_counter_vec!(
         "remora_webhook_reloads_total",
@@ -41,6 +60,16 @@ pub fn review(decision: &str, seconds: f64) {
         c.with_label_values(&[decision]).inc();
     }
     if let Some(h) = DURATION.as_ref() {
+        h.with_label_values(&[decision]).observe(seconds);
+    }
+}
+
+/// Records one answered rules validation.
+pub fn rules_review(decision: &str, seconds: f64) {
+    if let Some(c) = RULES_REVIEWS.as_ref() {
+        c.with_label_values(&[decision]).inc();
+    }
+    if let Some(h) = RULES_DURATION.as_ref() {
         h.with_label_values(&[decision]).observe(seconds);
     }
 }
@@ -62,6 +91,8 @@ pub fn init() {
     LazyLock::force(&REVIEWS);
     LazyLock::force(&DURATION);
     LazyLock::force(&RELOADS);
+    LazyLock::force(&RULES_REVIEWS);
+    LazyLock::force(&RULES_DURATION);
 }
 
 /// The Prometheus text exposition of everything in the default registry.

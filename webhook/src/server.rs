@@ -1,4 +1,5 @@
-//! The admission server: HTTPS only (rustls, TLS 1.2+), `POST /inject`, `/healthz`, `/readyz`,
+//! The admission server: HTTPS only (rustls, TLS 1.2+), `POST /inject` (mutating: sidecar
+//! injection), `POST /validate` (validating: rules ConfigMaps), `/healthz`, `/readyz`,
 //! `/metrics`; certificate and config hot reload; graceful shutdown (in-flight reviews finish).
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub fn router(config: ConfigHandle, ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/inject", post(inject))
         .route("/inject/{*rest}", post(inject))
+        .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -134,6 +136,64 @@ async fn inject(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
         reply.body,
     )
         .into_response()
+}
+
+/// `Some(reply)` when the request says its body is not JSON (an absent content type is accepted).
+fn not_json(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(header::CONTENT_TYPE)?;
+    let ct = ct.to_str().unwrap_or("(not text)");
+    (!ct.to_ascii_lowercase().contains("json"))
+        .then(|| format!("content-type {ct:?} is not application/json"))
+}
+
+/// The validating webhook for rules ConfigMaps (see `validate_rules`). The linter runs on the
+/// blocking pool (a 1 MiB ConfigMap must not hold up a runtime worker); a panic there would be
+/// a bug and is answered with a 500, not a dropped connection.
+async fn validate(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let start = Instant::now();
+    if let Some(msg) = not_json(&headers) {
+        tracing::warn!(decision = "error", reason = %msg, "rules review refused");
+        crate::metrics::rules_review("error", start.elapsed().as_secs_f64());
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("remora-webhook: {msg}\n"),
+        )
+            .into_response();
+    }
+    let cfg = s.config.get();
+    let answer =
+        tokio::task::spawn_blocking(move || crate::validate_rules::handle(&body, &cfg)).await;
+    let took = start.elapsed();
+    let ms = took.as_secs_f64() * 1000.0;
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(decision = "error", error = %e, duration_ms = ms, "rules review failed");
+            crate::metrics::rules_review("error", took.as_secs_f64());
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "remora-webhook: internal error while validating the rules\n",
+            )
+                .into_response();
+        }
+    };
+    crate::metrics::rules_review(a.log.decision, took.as_secs_f64());
+    let l = &a.log;
+    match l.decision {
+        "error" => {
+            tracing::warn!(uid = %l.uid, decision = l.decision, reason = %l.reason, duration_ms = ms, "rules review refused")
+        }
+        "skipped" => {
+            tracing::debug!(uid = %l.uid, configmap = %format!("{}/{}", l.namespace, l.name), operation = %l.operation,
+                decision = l.decision, reason = %l.reason, duration_ms = ms, "rules review")
+        }
+        _ => {
+            tracing::info!(uid = %l.uid, configmap = %format!("{}/{}", l.namespace, l.name), operation = %l.operation,
+                decision = l.decision, errors = l.errors, warnings = l.warnings, reason = %l.reason, duration_ms = ms, "rules review")
+        }
+    }
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, a.content_type)], a.body).into_response()
 }
 
 const PLAINTEXT_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 54\r\n\r\nremora-webhook: this port speaks HTTPS only (TLS 1.2+)\n";

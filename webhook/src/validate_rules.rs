@@ -1,0 +1,505 @@
+//! `POST /validate`: the validating admission webhook for rules ConfigMaps.
+//!
+//! A ConfigMap is a rules ConfigMap when its name is the injector config's `rulesConfigMap`
+//! (default `remora-mesh-rules`) or it carries the label `remora.dev/rules=true` (the same
+//! selection as `remora analyze`). On CREATE and UPDATE of one, its keys are linted exactly as
+//! `remora analyze` lints them ([`crate::usercli::analyze::analyze`]: the proxy's own loader,
+//! schema and policy checks from `remora_proxy::validate`), without the one check that needs the
+//! cluster's Services (IST0101, which `remora analyze` still does):
+//! * an error denies the request; `status.message` names the ConfigMap, then each finding as
+//!   `FILE doc N: FIELD: reason` (the value is in the reason), and `status.code` is 400;
+//! * an unknown field (usually a typo such as `matches:` for `match:`) is an error here: the
+//!   proxy ignores it, which silently changes routing, and Kubernetes' strict field validation
+//!   rejects unknown fields of Istio's own resources the same way;
+//! * warnings (a host no ServiceEntry defines, a key the proxy does not read, ...) allow the
+//!   request and come back as AdmissionResponse `warnings`, which kubectl prints.
+//!
+//! Anything else is allowed untouched: other ConfigMaps, DELETE and CONNECT, other kinds (a
+//! misconfigured webhook must not block writes). A body that is not an `admission.k8s.io/v1`
+//! AdmissionReview gets a 400 with one line. Pure: plain values in, plain values out.
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::StatusSummary;
+use kube::core::{DynamicObject, Status};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::usercli::analyze::{analyze, Message};
+
+/// The label that marks a ConfigMap as rules (besides the configured name).
+pub const RULES_LABEL: &str = "remora.dev/rules";
+
+/// At most this many findings are spelled out in a denial (the rest are counted), and at most
+/// this many warnings are returned: the API server and kubectl truncate long lists anyway.
+pub const MAX_LISTED: usize = 20;
+
+/// What the per-decision log line says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionLog {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub operation: String,
+    /// `allowed` (a rules ConfigMap that passed), `denied`, `skipped` (not checked) or `error`
+    /// (the review itself was malformed).
+    pub decision: &'static str,
+    pub reason: String,
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+/// The answer to one review: HTTP status (200 with a review, or 4xx/5xx with one line), body,
+/// and the log record.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub log: DecisionLog,
+}
+
+fn error(status: u16, msg: String, mut log: DecisionLog) -> Answer {
+    log.decision = "error";
+    log.reason = msg.clone();
+    Answer {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("remora-webhook: {msg}\n").into_bytes(),
+        log,
+    }
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether `cm` is a rules ConfigMap under `cfg`, and why (for the log).
+pub fn rules_selection(cm: &Value, cfg: &Config) -> Result<String, String> {
+    let name = str_at(cm, "/metadata/name").unwrap_or_default();
+    if name == cfg.rules_config_map {
+        return Ok(format!("name {name}"));
+    }
+    let label = cm
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(RULES_LABEL))
+        .and_then(Value::as_str);
+    if label == Some("true") {
+        return Ok(format!("label {RULES_LABEL}=true"));
+    }
+    Err(format!(
+        "not a rules ConfigMap (name is not {} and no label {RULES_LABEL}=true): not checked",
+        cfg.rules_config_map
+    ))
+}
+
+/// `FILE doc N: FIELD: message` (the parts a message has).
+fn locate(m: &Message) -> String {
+    let mut s = String::new();
+    if !m.file.is_empty() {
+        s.push_str(&m.file);
+        if m.document > 0 {
+            s.push_str(&format!(" doc {}", m.document));
+        }
+        s.push_str(": ");
+    }
+    if !m.field.is_empty() {
+        s.push_str(&m.field);
+        s.push_str(": ");
+    }
+    s.push_str(&m.message);
+    s
+}
+
+/// The findings of the linter on one ConfigMap, split into what denies and what warns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Lints one rules ConfigMap (`metadata.namespace` must be set) as `remora analyze` does, minus
+/// the check against the cluster's Services; unknown fields count as errors.
+pub fn lint(cm: &Value) -> Findings {
+    let domain = remora_proxy::rules::LoadContext::default().cluster_domain;
+    let analysis = analyze(std::slice::from_ref(cm), &[], &domain);
+    let mut out = Findings::default();
+    for m in &analysis.messages {
+        // "No Service X in namespace Y (IST0101 ...)": with no Services given every cluster
+        // host would be reported; the webhook does not read Services.
+        if m.message.contains("IST0101") {
+            continue;
+        }
+        if m.level == "error" {
+            out.errors.push(locate(m));
+        } else if m.message.starts_with("unknown field") {
+            // The proxy's wording says what it does ("ignored"); here the object is refused.
+            let mut m = m.clone();
+            m.message = m.message.replacen(", ignored", "", 1);
+            m.message = m.message.replacen("here, ignored", "here", 1);
+            out.errors.push(locate(&m));
+        } else {
+            out.warnings.push(locate(m));
+        }
+    }
+    out
+}
+
+/// The denial message: the ConfigMap, a count, then the findings (at most [`MAX_LISTED`]).
+pub fn denial_message(cm_key: &str, errors: &[String]) -> String {
+    let n = errors.len();
+    let mut msg = format!(
+        "ConfigMap {cm_key}: {n} invalid mesh rule{}: ",
+        if n == 1 { "" } else { "s" }
+    );
+    msg.push_str(
+        &errors
+            .iter()
+            .take(MAX_LISTED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    if n > MAX_LISTED {
+        msg.push_str(&format!(
+            "; and {} more (run `remora analyze` for all)",
+            n - MAX_LISTED
+        ));
+    }
+    msg
+}
+
+fn warnings_for(cm_key: &str, warnings: &[String]) -> Option<Vec<String>> {
+    if warnings.is_empty() {
+        return None;
+    }
+    let mut out: Vec<String> = warnings
+        .iter()
+        .take(MAX_LISTED)
+        .map(|w| format!("ConfigMap {cm_key}: {w}"))
+        .collect();
+    if warnings.len() > MAX_LISTED {
+        out.push(format!(
+            "ConfigMap {cm_key}: {} more warnings (run `remora analyze` for all)",
+            warnings.len() - MAX_LISTED
+        ));
+    }
+    Some(out)
+}
+
+/// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
+pub fn handle(body: &[u8], cfg: &Config) -> Answer {
+    let mut log = DecisionLog::default();
+    let mut raw: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return error(400, format!("body is not JSON: {e}"), log),
+    };
+    let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "AdmissionReview" {
+        return error(400, format!("kind {kind:?} is not AdmissionReview"), log);
+    }
+    if api_version != "admission.k8s.io/v1" {
+        return error(
+            400,
+            format!("apiVersion {api_version:?} is not supported; remora-webhook speaks admission.k8s.io/v1"),
+            log,
+        );
+    }
+    let Some(raw_req) = raw.get_mut("request").filter(|r| r.is_object()) else {
+        return error(400, "AdmissionReview has no request".into(), log);
+    };
+    let uid = raw_req.get("uid").and_then(Value::as_str).unwrap_or("");
+    if uid.is_empty() {
+        return error(400, "AdmissionReview request has no uid".into(), log);
+    }
+    log.uid = uid.to_string();
+    // The ConfigMap stays raw JSON (its data is what is checked); the envelope is typed.
+    let object = raw_req
+        .get_mut("object")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    if let Some(old) = raw_req.get_mut("oldObject") {
+        *old = Value::Null;
+    }
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw) {
+        Ok(r) => r,
+        Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
+    };
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => return error(400, "AdmissionReview has no request".into(), log),
+    };
+    log.namespace = req
+        .namespace
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| str_at(&object, "/metadata/namespace").map(str::to_string))
+        .unwrap_or_else(|| "default".to_string());
+    log.name = str_at(&object, "/metadata/name")
+        .map(str::to_string)
+        .unwrap_or_else(|| req.name.clone());
+    log.operation = format!("{:?}", req.operation).to_ascii_uppercase();
+    let resp = AdmissionResponse::from(&req);
+    let cm_key = format!("{}/{}", log.namespace, log.name);
+
+    let resp = if req.kind.kind != "ConfigMap" || !req.kind.group.is_empty() {
+        log.decision = "skipped";
+        log.reason = format!(
+            "remora-webhook validates ConfigMaps only; got {}/{} {}: allowed unchecked",
+            req.kind.group, req.kind.version, req.kind.kind
+        );
+        resp
+    } else if !matches!(req.operation, Operation::Create | Operation::Update) {
+        log.decision = "skipped";
+        log.reason = format!("operation {}: not checked", log.operation);
+        resp
+    } else if !object.is_object() {
+        return error(
+            400,
+            format!(
+                "AdmissionReview {} request has no object (the ConfigMap)",
+                log.operation
+            ),
+            log,
+        );
+    } else {
+        match rules_selection(&object, cfg) {
+            Err(why) => {
+                log.decision = "skipped";
+                log.reason = why;
+                resp
+            }
+            Ok(why) => {
+                let mut cm = object;
+                if let Some(md) = cm.get_mut("metadata").and_then(Value::as_object_mut) {
+                    md.insert("namespace".into(), Value::String(log.namespace.clone()));
+                }
+                let found = lint(&cm);
+                log.errors = found.errors.len();
+                log.warnings = found.warnings.len();
+                let mut resp = resp;
+                resp.warnings = warnings_for(&cm_key, &found.warnings);
+                if found.errors.is_empty() {
+                    log.decision = "allowed";
+                    log.reason = format!(
+                        "rules ConfigMap ({why}): valid, {} warning{}",
+                        log.warnings,
+                        if log.warnings == 1 { "" } else { "s" }
+                    );
+                    resp
+                } else {
+                    let msg = denial_message(&cm_key, &found.errors);
+                    log.decision = "denied";
+                    log.reason = msg.clone();
+                    resp.allowed = false;
+                    resp.result = Status {
+                        status: Some(StatusSummary::Failure),
+                        code: 400,
+                        message: msg,
+                        metadata: None,
+                        reason: "BadRequest".to_string(),
+                        details: None,
+                    };
+                    resp
+                }
+            }
+        }
+    };
+    match serde_json::to_vec(&resp.into_review()) {
+        Ok(body) => Answer {
+            status: 200,
+            content_type: "application/json",
+            body,
+            log,
+        },
+        Err(e) => error(500, format!("serializing the response: {e}"), log),
+    }
+}
+
+/// Wraps a ConfigMap into an AdmissionReview request (tests, benchmarks).
+pub fn review_for(cm: &Value, uid: &str, operation: &str) -> Value {
+    let (object, old) = if operation == "DELETE" {
+        (Value::Null, cm.clone())
+    } else {
+        (cm.clone(), Value::Null)
+    };
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "requestKind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+            "requestResource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "name": cm.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+            "namespace": cm.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default"),
+            "operation": operation,
+            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": if operation == "DELETE" { "DeleteOptions" } else if operation == "UPDATE" { "UpdateOptions" } else { "CreateOptions" }}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+";
+    const DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+";
+
+    fn cm(name: &str, data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "bookinfo"}, "data": data})
+    }
+
+    fn answer(v: &Value) -> (Answer, Value) {
+        let a = handle(&serde_json::to_vec(v).unwrap(), &Config::default());
+        let body = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        (a, body)
+    }
+
+    #[test]
+    fn selection_by_name_or_label() {
+        let cfg = Config::default();
+        assert!(rules_selection(&cm("remora-mesh-rules", json!({})), &cfg).is_ok());
+        let mut other = cm("app-config", json!({}));
+        assert!(rules_selection(&other, &cfg).is_err());
+        other["metadata"]["labels"] = json!({RULES_LABEL: "true"});
+        assert_eq!(
+            rules_selection(&other, &cfg).unwrap(),
+            "label remora.dev/rules=true"
+        );
+        other["metadata"]["labels"] = json!({RULES_LABEL: "false"});
+        assert!(rules_selection(&other, &cfg).is_err());
+        let cfg = Config {
+            rules_config_map: "mesh".into(),
+            ..Config::default()
+        };
+        assert!(rules_selection(&cm("mesh", json!({})), &cfg).is_ok());
+        assert!(rules_selection(&cm("remora-mesh-rules", json!({})), &cfg).is_err());
+    }
+
+    #[test]
+    fn valid_rules_allowed_without_cluster_service_warnings() {
+        let c = cm("remora-mesh-rules", json!({"vs.yaml": VS, "dr.yaml": DR}));
+        let (a, body) = answer(&review_for(&c, "u1", "CREATE"));
+        assert_eq!(a.status, 200);
+        assert_eq!(body["response"]["uid"], "u1");
+        assert_eq!(body["response"]["allowed"], true, "{body}");
+        assert!(body["response"].get("warnings").is_none(), "{body}");
+        assert_eq!(a.log.decision, "allowed");
+        assert_eq!(a.log.name, "remora-mesh-rules");
+        assert_eq!(a.log.namespace, "bookinfo");
+    }
+
+    #[test]
+    fn errors_deny_with_location() {
+        let bad = VS.replace("subset: v1", "subset: v9");
+        let c = cm("remora-mesh-rules", json!({"vs.yaml": bad, "dr.yaml": DR}));
+        let (a, body) = answer(&review_for(&c, "u2", "UPDATE"));
+        assert_eq!(body["response"]["allowed"], false);
+        assert_eq!(body["response"]["status"]["code"], 400);
+        let msg = body["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("ConfigMap bookinfo/remora-mesh-rules: 1 invalid mesh rule: vs.yaml doc 1: spec.http[0].route[0].destination.subset: subset \"v9\""), "{msg}");
+        assert_eq!(a.log.decision, "denied");
+        assert_eq!(a.log.operation, "UPDATE");
+    }
+
+    #[test]
+    fn unknown_field_denies_without_saying_ignored() {
+        let bad = VS.replace(
+            "  - route:",
+            "  - matches: [{uri: {prefix: /a}}]\n    route:",
+        );
+        let c = cm("remora-mesh-rules", json!({"vs.yaml": bad, "dr.yaml": DR}));
+        let (_, body) = answer(&review_for(&c, "u3", "CREATE"));
+        assert_eq!(body["response"]["allowed"], false);
+        let msg = body["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(
+                "vs.yaml doc 1: spec.http[0].matches: unknown field (did you mean \"match\"?)"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.contains("ignored"), "{msg}");
+    }
+
+    #[test]
+    fn long_lists_are_capped() {
+        let errs: Vec<String> = (0..25).map(|i| format!("e{i}")).collect();
+        let m = denial_message("ns/x", &errs);
+        assert!(
+            m.starts_with("ConfigMap ns/x: 25 invalid mesh rules: e0; e1;"),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("e19; and 5 more (run `remora analyze` for all)"),
+            "{m}"
+        );
+        let w = warnings_for("ns/x", &errs).unwrap();
+        assert_eq!(w.len(), MAX_LISTED + 1);
+        assert_eq!(w[0], "ConfigMap ns/x: e0");
+        assert!(warnings_for("ns/x", &[]).is_none());
+    }
+
+    #[test]
+    fn not_checked_cases_and_bad_reviews() {
+        let bad = cm("remora-mesh-rules", json!({"vs.yaml": "a: [b"}));
+        // DELETE of even an invalid set is allowed.
+        let (a, body) = answer(&review_for(&bad, "u4", "DELETE"));
+        assert_eq!(body["response"]["allowed"], true);
+        assert_eq!(a.log.decision, "skipped");
+        // Another kind: allowed, never blocked.
+        let mut v = review_for(&bad, "u5", "CREATE");
+        v["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let (a, body) = answer(&v);
+        assert_eq!(body["response"]["allowed"], true);
+        assert!(a.log.reason.contains("ConfigMaps only"), "{}", a.log.reason);
+        // Malformed reviews: 400 with one line.
+        for (v, want) in [
+            (
+                json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1"}),
+                "apiVersion",
+            ),
+            (
+                json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": ""}}),
+                "uid",
+            ),
+            (json!([1, 2]), "not AdmissionReview"),
+        ] {
+            let (a, _) = answer(&v);
+            assert_eq!(a.status, 400, "{v}");
+            assert!(a.log.reason.contains(want), "{}", a.log.reason);
+        }
+        let mut v = review_for(&bad, "u6", "CREATE");
+        v["request"]["object"] = Value::Null;
+        let (a, _) = answer(&v);
+        assert_eq!(a.status, 400);
+        assert!(a.log.reason.contains("no object"), "{}", a.log.reason);
+        let a = handle(b"\xff\x00garbage", &Config::default());
+        assert_eq!(a.status, 400);
+    }
+}
