@@ -208,6 +208,25 @@ impl Cluster {
         }
     }
 
+    /// A proxy's `/config_dump` at `path` (through the pods/proxy subresource, or `/config_dump`
+    /// of a client pointed at the admin port), once, within `timeout`. The error is one line:
+    /// what went wrong, as `proxy-status` and `proxy-config` print it.
+    pub async fn config_dump_at(&self, path: &str, timeout: Duration) -> Result<Value, String> {
+        match tokio::time::timeout(timeout, self.get_text_once(path)).await {
+            Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+            Ok(Err(GetError::Status { code, message, .. })) => {
+                Err(format!("HTTP {code}: {message}"))
+            }
+            Ok(Err(GetError::NotFound { .. })) => {
+                Err("HTTP 404 (pod gone, or no admin server on the port)".to_string())
+            }
+            Ok(Err(GetError::Other { message, .. })) => Err(message),
+            Ok(Ok(text)) => {
+                serde_json::from_str::<Value>(&text).map_err(|e| format!("answer is not JSON: {e}"))
+            }
+        }
+    }
+
     /// GETs an object that may be absent: `Ok(None)` on 404.
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>, GetError> {
         match self.get(path).await {

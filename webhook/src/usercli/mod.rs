@@ -1,14 +1,17 @@
-//! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `analyze`.
+//! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `proxy-config`,
+//! `analyze`.
 //!
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
-//! the modules `check`, `status`, `analyze`, `selector` and `table` are pure functions over the
+//! the modules `check`, `status`, `proxyconfig`, `analyze`, `selector` and `table` are pure
+//! functions over the
 //! JSON the API returns, unit-tested without a cluster. Exit codes: 0 done, 1 `analyze` found
 //! errors, 2 the command could not run (bad arguments, API unreachable, object not found).
 
 pub mod analyze;
 pub mod check;
 pub mod kube;
+pub mod proxyconfig;
 pub mod selector;
 pub mod status;
 pub mod table;
@@ -24,7 +27,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use self::check::{PodCheck, ServiceRef};
-use self::kube::{paths, Cluster, ConnectOptions, GetError};
+use self::kube::{paths, Cluster, ConnectOptions};
 use self::selector::Selector;
 use crate::config::Config;
 use crate::workload::{pod_from_template, template_pointer};
@@ -34,8 +37,11 @@ pub const RULES_LABEL: &str = "remora.dev/rules";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Tables and lines (`table` is the same).
+    #[value(alias = "table")]
     Text,
     Json,
+    Yaml,
 }
 
 #[derive(Parser, Debug)]
@@ -104,6 +110,42 @@ pub enum Cmd {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners (from its
+    /// /config_dump, through the API server's pods/proxy, or --admin, or --file).
+    ///
+    /// POD is `NAME` or `NAME.NAMESPACE`.
+    ProxyConfig {
+        #[arg(value_enum)]
+        view: proxyconfig::View,
+        /// The pod (`NAME` or `NAME.NAMESPACE`); not with --admin or --file.
+        #[arg(required_unless_present_any = ["admin", "file"], conflicts_with_all = ["admin", "file"])]
+        pod: Option<String>,
+        /// Read the proxy's admin port directly (HOST:PORT, e.g. after
+        /// `kubectl port-forward POD 15020`).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "file")]
+        admin: Option<String>,
+        /// Read a saved /config_dump (JSON) instead of asking a proxy.
+        #[arg(long, value_name = "CONFIG_DUMP_JSON")]
+        file: Option<PathBuf>,
+        /// Only hosts containing this text (routes, clusters, endpoints).
+        #[arg(long)]
+        fqdn: Option<String>,
+        /// Only this port (routes, clusters, endpoints, listeners).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Only this DestinationRule subset (clusters, endpoints).
+        #[arg(long)]
+        subset: Option<String>,
+        /// Only this VirtualService (NAME or NAMESPACE/NAME) or route name (routes).
+        #[arg(long)]
+        name: Option<String>,
+        /// The proxy's admin port, reached through the pods/proxy subresource.
+        #[arg(long, default_value_t = 15020, value_parser = clap::value_parser!(u16).range(1..))]
+        admin_port: u16,
+        /// Seconds to wait for the proxy.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
     /// Lint the rules ConfigMaps of the cluster against its Services.
     Analyze {
         /// All namespaces.
@@ -147,7 +189,70 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_yaml(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    print!("{}", serde_yaml_ng::to_string(v)?);
+    Ok(())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // proxy-config with --admin or --file needs no cluster (and no kubeconfig).
+    if let Cmd::ProxyConfig {
+        view,
+        pod: None,
+        admin,
+        file,
+        fqdn,
+        port,
+        subset,
+        name,
+        timeout,
+        ..
+    } = &args.cmd
+    {
+        let filters = proxyconfig::Filters {
+            fqdn: fqdn.clone(),
+            port: *port,
+            subset: subset.clone(),
+            name: name.clone(),
+        };
+        filters.check(*view).map_err(|e| anyhow!(e))?;
+        let (dump, target) = match (admin, file) {
+            (Some(a), _) => {
+                let url = proxyconfig::admin_url(a).map_err(|e| anyhow!(e))?;
+                // A plain connect first: its error says "connection refused" where the HTTP
+                // client's says only "client error (Connect)".
+                match tokio::time::timeout(
+                    Duration::from_secs(*timeout),
+                    tokio::net::TcpStream::connect(a.as_str()),
+                )
+                .await
+                {
+                    Err(_) => bail!("--admin {a}: cannot connect within {timeout}s"),
+                    Ok(Err(e)) => bail!("--admin {a}: cannot connect: {e}"),
+                    Ok(Ok(_)) => {}
+                }
+                let direct = self::kube::connect(&ConnectOptions {
+                    server: Some(url),
+                    ..Default::default()
+                })
+                .await?;
+                let dump = direct
+                    .config_dump_at("/config_dump", Duration::from_secs(*timeout))
+                    .await
+                    .map_err(|e| anyhow!("--admin {a}: cannot read /config_dump: {e}"))?;
+                (dump, a.clone())
+            }
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow!("--file {}: cannot read: {e}", f.display()))?;
+                let dump: Value = serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("--file {}: not JSON: {e}", f.display()))?;
+                (dump, f.display().to_string())
+            }
+            (None, None) => bail!("pod: missing: name a pod, or give --admin HOST:PORT or --file"),
+        };
+        return print_proxy_config(&dump, &target, *view, &filters, args.output);
+    }
     let cluster = self::kube::connect(&ConnectOptions {
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
@@ -179,6 +284,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
             match args.output {
                 Output::Json => print_json(&checks)?,
+                Output::Yaml => print_yaml(&checks)?,
                 Output::Text => {
                     for c in &checks {
                         print!("{}", check::render_text(c));
@@ -203,9 +309,42 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
             match args.output {
                 Output::Json => print_json(&rows)?,
+                Output::Yaml => print_yaml(&rows)?,
                 Output::Text => print!("{}", status::render_text(&rows)),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ProxyConfig {
+            view,
+            pod,
+            fqdn,
+            port,
+            subset,
+            name,
+            admin_port,
+            timeout,
+            ..
+        } => {
+            let filters = proxyconfig::Filters {
+                fqdn: fqdn.clone(),
+                port: *port,
+                subset: subset.clone(),
+                name: name.clone(),
+            };
+            filters.check(*view).map_err(|e| anyhow!(e))?;
+            let (pod, pod_ns) =
+                proxyconfig::split_pod(pod.as_deref().unwrap_or(""), args.namespace.as_deref())
+                    .map_err(|e| anyhow!(e))?;
+            let pns = pod_ns.unwrap_or_else(|| ns.clone());
+            let dump = pod_config_dump(
+                &cluster,
+                &pns,
+                &pod,
+                *admin_port,
+                Duration::from_secs(*timeout),
+            )
+            .await?;
+            print_proxy_config(&dump, &format!("{pns}/{pod}"), *view, &filters, args.output)
         }
         Cmd::Analyze {
             all_namespaces,
@@ -223,6 +362,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await?;
             match args.output {
                 Output::Json => print_json(&a)?,
+                Output::Yaml => print_yaml(&a)?,
                 Output::Text => print!("{}", analyze::render_text(&a)),
             }
             Ok(if a.errors() > 0 {
@@ -232,6 +372,56 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn print_proxy_config(
+    dump: &Value,
+    target: &str,
+    view: proxyconfig::View,
+    filters: &proxyconfig::Filters,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let c = proxyconfig::build(dump, target, view, filters).map_err(|e| anyhow!(e))?;
+    match output {
+        Output::Json => print_json(&c)?,
+        Output::Yaml => print_yaml(&c)?,
+        Output::Text => print!("{}", proxyconfig::render_text(&c, view)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A meshed, running pod's `/config_dump` through the API server's pods/proxy subresource; each
+/// way it can fail is one line saying what to do.
+async fn pod_config_dump(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let pod = cluster
+        .get_opt(&paths::pod(ns, name))
+        .await
+        .with_context(|| format!("reading pod {ns}/{name}"))?
+        .ok_or_else(|| anyhow!("pod {name:?} not found in namespace {ns}"))?;
+    if !check::has_proxy(&pod) {
+        bail!(
+            "pod {ns}/{name} is not meshed: it has no remora-proxy container (inject it: label namespace {ns} istio-injection=enabled and re-create the pod; remora check-inject pod {name} -n {ns} says why it was not injected)"
+        );
+    }
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown");
+    if phase != "Running" {
+        bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not serving yet (kubectl -n {ns} describe pod {name})");
+    }
+    cluster
+        .config_dump_at(&paths::config_dump(ns, name, port), timeout)
+        .await
+        .map_err(|e| {
+            anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through the API server's pods/proxy (port {port}): {e}")
+        })
 }
 
 /// The injector config the webhook runs with (its ConfigMap), and a note on where it came from.
@@ -511,19 +701,7 @@ async fn proxy_status(
                     return (i, Err("pod not running".to_string()));
                 }
                 let path = paths::config_dump(pns, name, port);
-                let r = match tokio::time::timeout(timeout, cluster.get_text_once(&path)).await {
-                    Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
-                    Ok(Err(GetError::Status { code, message, .. })) => {
-                        Err(format!("HTTP {code}: {message}"))
-                    }
-                    Ok(Err(GetError::NotFound { .. })) => {
-                        Err("HTTP 404 (pod gone, or no admin server on the port)".to_string())
-                    }
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(text)) => serde_json::from_str::<Value>(&text)
-                        .map_err(|e| format!("answer is not JSON: {e}")),
-                };
-                (i, r)
+                (i, cluster.config_dump_at(&path, timeout).await)
             })
             .buffer_unordered(8)
             .collect()
