@@ -1,10 +1,12 @@
 //! Admin and status servers, on their own small tokio runtime so proxy load never stalls them:
 //! - 15020: `/stats/prometheus`, `/config_dump`, `/healthz/ready`,
 //!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes)
-//! - 15021: `/healthz/ready` (200 only once a config is loaded and the capture listeners are bound)
+//! - 15021: `/healthz/ready` (200 only once a config is loaded, the capture listeners are bound
+//!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
 
 use crate::app_probe::AppProbers;
+use crate::discovery::ready::{GateState, ReadyGate};
 use crate::listen::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Which endpoints a server exposes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +47,10 @@ pub struct AdminState {
     pub rules_sources: Option<Arc<crate::discovery::rules_api::RulesSources>>,
     /// Kubernetes endpoint discovery, when on.
     pub discovery: Option<Arc<crate::discovery::kube::Discovery>>,
+    /// Readiness also waits for discovery's first sync (bounded); `None`: it does not.
+    pub ready_gate: Option<Arc<ReadyGate>>,
+    /// Set the first time readiness is 200 (logged once).
+    became_ready: AtomicBool,
 }
 
 impl AdminState {
@@ -58,7 +64,15 @@ impl AdminState {
             listeners_bound: AtomicBool::new(false),
             rules_sources: None,
             discovery: None,
+            ready_gate: None,
+            became_ready: AtomicBool::new(false),
         }
+    }
+
+    /// Readiness also waits for `gate` (discovery's first sync, bounded).
+    pub fn with_ready_gate(mut self, gate: Arc<ReadyGate>) -> AdminState {
+        self.ready_gate = Some(gate);
+        self
     }
 
     /// With the API-backed rules source and discovery (for `/config_dump`).
@@ -87,8 +101,11 @@ impl AdminState {
         ok
     }
 
-    /// `(ready, reason)` for `/healthz/ready`.
+    /// `(ready, reason)` for `/healthz/ready`. The first time it is ready, one info line says
+    /// after how long and what discovery's part was (synced, timeout, not waited for).
     pub fn readiness(&self) -> (bool, String) {
+        // Evaluated first so its outcome (and a timeout's warn line) comes when it happens.
+        let gate = self.ready_gate.as_ref().map(|g| (g, g.check()));
         if self.draining.load(Ordering::Relaxed) {
             return (false, "draining".into());
         }
@@ -98,6 +115,20 @@ impl AdminState {
         }
         if !self.listeners_bound() {
             return (false, "capture listeners not bound yet".into());
+        }
+        let discovery = match &gate {
+            Some((g, state @ GateState::Waiting { .. })) => {
+                return (false, format!("not ready: {}", g.describe(state)));
+            }
+            Some((g, state)) => g.describe(state),
+            None => "discovery not waited for".to_string(),
+        };
+        if !self.became_ready.swap(true, Ordering::Relaxed) {
+            info!(
+                "ready after {:.1}s: rule generation {}, capture listeners bound, {discovery}",
+                self.started.elapsed().as_secs_f64(),
+                snap.generation
+            );
         }
         (true, format!("ready: generation {}", snap.generation))
     }
@@ -137,11 +168,20 @@ impl AdminState {
                     "api": {"status": "off"},
                 }),
             },
-            "discovery": match &self.discovery {
-                Some(d) => d.dump(),
-                None => serde_json::json!({"status": "off"}),
-            },
+            "discovery": self.discovery_dump(),
         })
+    }
+
+    /// `/config_dump`'s `discovery` section: the watches and index, and what readiness waits for.
+    fn discovery_dump(&self) -> serde_json::Value {
+        let mut d = match &self.discovery {
+            Some(d) => d.dump(),
+            None => serde_json::json!({"status": "off"}),
+        };
+        if let (Some(g), Some(obj)) = (&self.ready_gate, d.as_object_mut()) {
+            obj.insert("readiness".into(), g.dump());
+        }
+        d
     }
 }
 
@@ -270,6 +310,18 @@ pub async fn handle(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+/// Evaluate readiness every `every` until it is first ready (or draining starts), so the
+/// "ready after" line and a discovery timeout's warn line come when they happen, not at the
+/// next probe.
+pub async fn watch_readiness(state: Arc<AdminState>, every: std::time::Duration) {
+    loop {
+        if state.readiness().0 || state.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

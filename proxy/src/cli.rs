@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -123,6 +124,11 @@ pub struct RunArgs {
     /// Endpoint discovery (Services, EndpointSlices, Pods) through the API: on or off.
     #[arg(long, env = "REMORA_DISCOVERY", default_value = "on", value_parser = ["on", "off"])]
     pub discovery: String,
+    /// How long readiness waits for discovery's first list of every watched kind and namespace
+    /// (and the rules ConfigMap's first answer through the API) before turning ready anyway:
+    /// `10s`, `1500ms`, `2m`, a number of seconds, or `0` = don't wait (at most 1h).
+    #[arg(long, env = "REMORA_DISCOVERY_READY_TIMEOUT", default_value = "10s", value_parser = parse_ready_timeout)]
+    pub discovery_ready_timeout: Duration,
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
@@ -152,6 +158,25 @@ pub fn parse_configmap_name(v: &str) -> Result<String, String> {
             "{v:?} is not a ConfigMap name (lower-case letters, digits, '-' and '.', at most 253) or off"
         ))
     }
+}
+
+/// `--discovery-ready-timeout`: `<n>` seconds or `<n>ms|s|m` (a whole number), at most 1h.
+pub fn parse_ready_timeout(v: &str) -> Result<Duration, String> {
+    let t = v.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let bad = || format!("{v:?} is not a duration (e.g. 10s, 1500ms, 2m, or 0 to not wait)");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if d > Duration::from_secs(3600) {
+        return Err(format!("{v:?} is longer than 1h"));
+    }
+    Ok(d)
 }
 
 /// Map Istio's log levels (`sidecar.istio.io/logLevel`) to a tracing filter.
@@ -259,8 +284,46 @@ mod tests {
             "{e}"
         );
         assert_eq!(parse_configmap_name("off").as_deref(), Ok("off"));
+        assert_eq!(r.discovery_ready_timeout, Duration::from_secs(10));
         assert!(parse_configmap_name("rules.v2").is_ok());
         assert!(parse_configmap_name("-x").is_err());
+    }
+
+    #[test]
+    fn discovery_ready_timeout() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["remora-proxy", "run"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v).map(|c| match c.command {
+                Command::Run(r) => r.discovery_ready_timeout,
+                Command::Validate(_) => panic!("run expected"),
+            })
+        };
+        assert_eq!(
+            parse(&["--discovery-ready-timeout", "0"]).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            parse(&["--discovery-ready-timeout", "1500ms"]).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse(&["--discovery-ready-timeout=2m"]).unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse(&["--discovery-ready-timeout", "30"]).unwrap(),
+            Duration::from_secs(30)
+        );
+        let e = parse(&["--discovery-ready-timeout", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--discovery-ready-timeout"), "{e}");
+        assert!(e.to_string().contains("\"soon\" is not a duration"), "{e}");
+        assert!(parse_ready_timeout("2h").is_err());
+        assert!(parse_ready_timeout("61m")
+            .unwrap_err()
+            .contains("longer than 1h"));
+        assert!(parse_ready_timeout("-1s").is_err());
+        assert!(parse_ready_timeout("1.5s").is_err());
     }
 
     #[test]

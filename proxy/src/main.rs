@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 use remora_proxy::admin::{self, AdminKind, AdminState};
 use remora_proxy::app_probe::AppProbers;
 use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
+use remora_proxy::discovery::ready::{self, ReadyGate};
 use remora_proxy::discovery::rules_api::RulesSources;
 use remora_proxy::listen::{self, CaptureApp, Direction, Settings, Shared};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
@@ -155,6 +156,28 @@ fn socket2_free_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     s.bind(addr)
 }
 
+/// Say up front what readiness will wait for, and for how long at most.
+fn log_ready_gate(gate: &ReadyGate) {
+    let awaited = gate.awaited();
+    if !awaited.watched {
+        info!(
+            "readiness does not wait for discovery: nothing is watched through the Kubernetes API"
+        );
+    } else if gate.timeout().is_zero() {
+        info!("readiness does not wait for discovery (--discovery-ready-timeout=0)");
+    } else {
+        info!(
+            "readiness waits up to {} (--discovery-ready-timeout) for discovery's first sync: {}",
+            ready::human(gate.timeout()),
+            if awaited.pending.is_empty() {
+                "already in".to_string()
+            } else {
+                awaited.pending.join("; ")
+            }
+        );
+    }
+}
+
 type KubeParts = (
     Arc<RulesSources>,
     Option<Arc<remora_proxy::discovery::kube::Discovery>>,
@@ -170,10 +193,79 @@ fn start_kube(
 ) -> anyhow::Result<KubeParts> {
     use remora_proxy::discovery::kube::{self as dk, ApiMode, Discovery, Timing};
     let configmap = format!("{}/{}", args.namespace, args.rules_configmap);
-    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<KubeParts>>();
     let (a, c) = (args.clone(), ctx.clone());
+    start_runtime_thread("kube", move |tx| async move {
+        let client = match dk::client_for(&a.kube_api, &a.namespace) {
+            Ok(ApiMode::Client(client, url)) => {
+                info!(
+                    "Kubernetes API {url}: discovery {}, rules ConfigMap {}",
+                    a.discovery,
+                    if a.rules_configmap == "off" {
+                        "off (files only)".to_string()
+                    } else {
+                        format!("{configmap} watched through the API when RBAC allows")
+                    }
+                );
+                client
+            }
+            Ok(ApiMode::Off(why)) => {
+                info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
+                let _ = tx.send(Ok((
+                    Arc::new(RulesSources::new(store, c, configmap, None)),
+                    None,
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(anyhow!(e)));
+                return;
+            }
+        };
+        let discovery = (a.discovery == "on")
+            .then(|| Discovery::start(client.clone(), &c.cluster_domain, Timing::default()));
+        let sources = Arc::new(RulesSources::new(
+            store.clone(),
+            c,
+            configmap,
+            discovery.clone(),
+        ));
+        // The first snapshot gets the discovered endpoints and sets the scope.
+        {
+            use rules::watch::Hooks;
+            let _serial = sources.lock();
+            let snap = Arc::new(sources.prepare((*store.load_full()).clone()));
+            store.store(snap.clone());
+            sources.applied(&snap);
+        }
+        if a.rules_configmap != "off" {
+            // Before the sources are handed out: readiness waits for its first answer.
+            sources.await_api_answer();
+            tokio::spawn(dk::watch_rules_configmap(
+                client,
+                a.namespace.clone(),
+                a.rules_configmap.clone(),
+                sources.clone(),
+                Timing::default(),
+            ));
+        }
+        let _ = tx.send(Ok((sources, discovery)));
+        std::future::pending::<()>().await
+    })
+}
+
+/// Start a thread `remora-<what>` with its own single-threaded tokio runtime running
+/// `body(tx)`, and wait until the body reports its start-up result on `tx` (after which it keeps
+/// running). An error building the runtime, or a body that ends without reporting, is an error
+/// naming `what`.
+fn start_runtime_thread<T, F, Fut>(what: &'static str, body: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(std::sync::mpsc::Sender<anyhow::Result<T>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<T>>();
     std::thread::Builder::new()
-        .name("remora-kube".into())
+        .name(format!("remora-{what}"))
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -181,56 +273,19 @@ fn start_kube(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow!("kube runtime: {e}")));
+                    let _ = tx.send(Err(anyhow!("{what} runtime: {e}")));
                     return;
                 }
             };
-            rt.block_on(async move {
-                let client = match dk::client_for(&a.kube_api, &a.namespace) {
-                    Ok(ApiMode::Client(client, url)) => {
-                        info!("Kubernetes API {url}: discovery {}, rules ConfigMap {}", a.discovery, if a.rules_configmap == "off" { "off (files only)".to_string() } else { format!("{configmap} watched through the API when RBAC allows") });
-                        client
-                    }
-                    Ok(ApiMode::Off(why)) => {
-                        info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
-                        let _ = tx.send(Ok((Arc::new(RulesSources::new(store, c, configmap, None)), None)));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow!(e)));
-                        return;
-                    }
-                };
-                let discovery = (a.discovery == "on")
-                    .then(|| Discovery::start(client.clone(), &c.cluster_domain, Timing::default()));
-                let sources = Arc::new(RulesSources::new(store.clone(), c, configmap, discovery.clone()));
-                // The first snapshot gets the discovered endpoints and sets the scope.
-                {
-                    use rules::watch::Hooks;
-                    let _serial = sources.lock();
-                    let snap = Arc::new(sources.prepare((*store.load_full()).clone()));
-                    store.store(snap.clone());
-                    sources.applied(&snap);
-                }
-                if a.rules_configmap != "off" {
-                    tokio::spawn(dk::watch_rules_configmap(
-                        client,
-                        a.namespace.clone(),
-                        a.rules_configmap.clone(),
-                        sources.clone(),
-                        Timing::default(),
-                    ));
-                }
-                let _ = tx.send(Ok((sources, discovery)));
-                std::future::pending::<()>().await
-            });
+            rt.block_on(body(tx));
         })
-        .context("starting the kube thread")?;
+        .with_context(|| format!("starting the {what} thread"))?;
     rx.recv()
-        .map_err(|_| anyhow!("kube thread exited during start-up"))?
+        .map_err(|_| anyhow!("{what} thread exited during start-up"))?
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     init_logging(&args.log_level)?;
     // Least privilege before anything else: refuse uid 0 in a pod, drop every capability.
     remora_proxy::guard::drop_privileges(args.limits.allow_root).map_err(|e| anyhow!(e))?;
@@ -312,6 +367,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _ = remora_proxy::telemetry::Metrics::get();
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
     let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone())?;
+    let ready_gate = Arc::new(ReadyGate::new(
+        args.discovery_ready_timeout,
+        started,
+        discovery.clone(),
+        Some(rules_sources.clone()),
+    ));
+    log_ready_gate(&ready_gate);
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
@@ -378,84 +440,71 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Admin servers and the rules watcher on their own runtime and thread.
-    let admin_state = Arc::new(
-        AdminState::new(
-            shared.clone(),
-            probers,
-            args.rules_dir.display().to_string(),
-        )
-        .with_kube(Some(rules_sources.clone()), discovery),
-    );
+    let mut admin_state = AdminState::new(
+        shared.clone(),
+        probers,
+        args.rules_dir.display().to_string(),
+    )
+    .with_kube(Some(rules_sources.clone()), discovery)
+    .with_ready_gate(ready_gate);
+    // Uptime and "ready after" count from the process's start, as the discovery timeout does.
+    admin_state.started = started;
+    let admin_state = Arc::new(admin_state);
     let mut phases = server.watch_execution_phase();
-    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let admin_args = args.clone();
     let st = admin_state.clone();
-    std::thread::Builder::new()
-        .name("remora-admin".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+    start_runtime_thread("admin", move |tx| async move {
+        let mut listeners = Vec::new();
+        for (what, addr, kind) in [
+            ("admin", admin_args.admin_addr, AdminKind::Admin),
+            ("health", admin_args.health_addr, AdminKind::Health),
+            (
+                "prometheus",
+                admin_args.prometheus_addr,
+                AdminKind::Prometheus,
+            ),
+        ] {
+            match admin::bind(addr, what).await {
+                Ok(l) => listeners.push((l, kind)),
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow!("admin runtime: {e}")));
+                    let _ = tx.send(Err(e));
                     return;
                 }
-            };
-            rt.block_on(async move {
-                let mut listeners = Vec::new();
-                for (what, addr, kind) in [
-                    ("admin", admin_args.admin_addr, AdminKind::Admin),
-                    ("health", admin_args.health_addr, AdminKind::Health),
-                    (
-                        "prometheus",
-                        admin_args.prometheus_addr,
-                        AdminKind::Prometheus,
-                    ),
-                ] {
-                    match admin::bind(addr, what).await {
-                        Ok(l) => listeners.push((l, kind)),
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
+            }
+        }
+        for (l, kind) in listeners {
+            tokio::spawn(admin::serve(l, st.clone(), kind));
+        }
+        tokio::spawn(admin::watch_readiness(
+            st.clone(),
+            Duration::from_millis(100),
+        ));
+        let _watcher = rules::watch::spawn_watcher_with(
+            admin_args.rules_dir.clone(),
+            ctx,
+            store,
+            Duration::from_secs(admin_args.rules_rescan_seconds),
+            rules_sources,
+        );
+        let _ = tx.send(Ok(()));
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::GracefulTerminate) | Ok(ExecutionPhase::ShutdownStarted) => {
+                    if !st.draining.swap(true, Ordering::Relaxed) {
+                        info!(
+                            "shutdown signal: draining for up to {}s (readiness now 503)",
+                            admin_args.drain_seconds
+                        );
                     }
                 }
-                for (l, kind) in listeners {
-                    tokio::spawn(admin::serve(l, st.clone(), kind));
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
                 }
-                let _watcher = rules::watch::spawn_watcher_with(
-                    admin_args.rules_dir.clone(),
-                    ctx,
-                    store,
-                    Duration::from_secs(admin_args.rules_rescan_seconds),
-                    rules_sources,
-                );
-                let _ = tx.send(Ok(()));
-                loop {
-                    match phases.recv().await {
-                        Ok(ExecutionPhase::GracefulTerminate)
-                        | Ok(ExecutionPhase::ShutdownStarted) => {
-                            if !st.draining.swap(true, Ordering::Relaxed) {
-                                info!(
-                                    "shutdown signal: draining for up to {}s (readiness now 503)",
-                                    admin_args.drain_seconds
-                                );
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            });
-        })
-        .context("starting the admin thread")?;
-    rx.recv()
-        .map_err(|_| anyhow!("admin thread exited during start-up"))??;
+            }
+        }
+    })?;
     info!("admin servers up; starting capture listeners");
     server.run(RunArgs::default());
     info!("remora-proxy stopped");

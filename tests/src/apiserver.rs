@@ -16,6 +16,12 @@
 //! A watch route whose last reply closes the stream makes a client re-watch at once, again and
 //! again: end watch sequences with a held reply (`hold: true`).
 //!
+//! Answers that wait: [`Reply::after`] wraps a reply so it is sent only once its [`Release`] is
+//! released ([`Release::release`]); until then the request stays unanswered, as from a slow API
+//! server, and a release that never comes is a list that never arrives. The request is recorded
+//! when it arrives. As the last reply of a route it repeats like any other (released by then,
+//! it answers at once). Code only: recorded files have no field for it.
+//!
 //! Recorded files (`tests/fixtures/kube-api/**.json`):
 //! ```json
 //! {"source": "provenance note",
@@ -49,6 +55,40 @@ pub enum Reply {
     /// A 200 watch stream: these events, then the stream closes or (`hold`) stays open for
     /// [`RecordedApi::emit`].
     Watch { events: Vec<Value>, hold: bool },
+    /// `reply`, sent once `release` is released (see the module docs).
+    After { release: Release, reply: Box<Reply> },
+}
+
+/// Holds back [`Reply::after`] answers until released; clones share the state.
+#[derive(Clone, Debug)]
+pub struct Release(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Release {
+    fn default() -> Self {
+        Release::new()
+    }
+}
+
+impl Release {
+    /// Not released yet.
+    pub fn new() -> Release {
+        Release(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// Answer every request waiting on this (and later ones at once).
+    pub fn release(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_released(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: `wait_for` only fails if it is dropped.
+        let _ = rx.wait_for(|released| *released).await;
+    }
 }
 
 impl Reply {
@@ -58,6 +98,14 @@ impl Reply {
 
     pub fn watch(events: Vec<Value>, hold: bool) -> Reply {
         Reply::Watch { events, hold }
+    }
+
+    /// `reply`, held back until `release` is released.
+    pub fn after(release: &Release, reply: Reply) -> Reply {
+        Reply::After {
+            release: release.clone(),
+            reply: Box::new(reply),
+        }
     }
 
     /// A `Status` failure as the API server writes it, e.g. `(409, "AlreadyExists", "…")`.
@@ -345,7 +393,71 @@ async fn serve(
     });
     let (path, query) = split_query(&path_and_query);
 
-    let mut st = lock(&state);
+    let mut reply = pick(
+        &state,
+        method,
+        path_and_query.clone(),
+        content_type,
+        body,
+        &path,
+        &query,
+    );
+    let response = loop {
+        break match reply {
+            Some(Reply::After {
+                release,
+                reply: inner,
+            }) => {
+                // Held back: wait (without the lock) for the release, then answer with `inner`.
+                release.wait().await;
+                reply = Some(*inner);
+                continue;
+            }
+            None => json_response(
+                404,
+                &status_body(
+                    404,
+                    "NotFound",
+                    &format!("recorded API: no recorded reply for {path_and_query}"),
+                ),
+            ),
+            Some(Reply::Json { status, body }) => json_response(status, &body),
+            Some(Reply::Watch { events, hold }) => {
+                let (tx, rx) = mpsc::unbounded_channel::<Value>();
+                for e in events {
+                    let _ = tx.send(e);
+                }
+                if hold {
+                    lock(&state).watchers.push((path, tx));
+                }
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    let v = rx.recv().await?;
+                    let mut line = serde_json::to_vec(&v).unwrap_or_default();
+                    line.push(b'\n');
+                    Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+                });
+                Response::builder()
+                    .status(200)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(BodyExt::boxed(StreamBody::new(stream)))
+                    .unwrap_or_else(|_| Response::new(empty()))
+            }
+        };
+    };
+    Ok(response)
+}
+
+/// Choose the reply for a request and record the request.
+fn pick(
+    state: &Mutex<State>,
+    method: String,
+    path_and_query: String,
+    content_type: Option<String>,
+    body: Option<Value>,
+    path: &str,
+    query: &[(String, String)],
+) -> Option<Reply> {
+    let mut st = lock(state);
     let best = st
         .routes
         .iter_mut()
@@ -368,38 +480,7 @@ async fn serve(
         body,
         matched: reply.is_some(),
     });
-    let response = match reply {
-        None => json_response(
-            404,
-            &status_body(
-                404,
-                "NotFound",
-                &format!("recorded API: no recorded reply for {path_and_query}"),
-            ),
-        ),
-        Some(Reply::Json { status, body }) => json_response(status, &body),
-        Some(Reply::Watch { events, hold }) => {
-            let (tx, rx) = mpsc::unbounded_channel::<Value>();
-            for e in events {
-                let _ = tx.send(e);
-            }
-            if hold {
-                st.watchers.push((path, tx));
-            }
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                let v = rx.recv().await?;
-                let mut line = serde_json::to_vec(&v).unwrap_or_default();
-                line.push(b'\n');
-                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
-            });
-            Response::builder()
-                .status(200)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(BodyExt::boxed(StreamBody::new(stream)))
-                .unwrap_or_else(|_| Response::new(empty()))
-        }
-    };
-    Ok(response)
+    reply
 }
 
 fn empty() -> Body {
@@ -539,6 +620,44 @@ mod tests {
             "{}",
             watch.path_and_query
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_back_reply_answers_once_released() {
+        let api = RecordedApi::start().await.unwrap();
+        let path = "/api/v1/namespaces/ns/secrets/s";
+        let release = Release::new();
+        api.on(
+            "GET",
+            path,
+            Reply::after(&release, Reply::json(200, secret("8"))),
+        );
+        let secrets: Api<Secret> = Api::namespaced(api.client().unwrap(), "ns");
+        let pending = tokio::spawn(async move { secrets.get("s").await });
+        // Recorded on arrival, still unanswered.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while api.requests().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "request never seen");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "answered before the release");
+        assert!(!release.is_released());
+        release.release();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), pending)
+            .await
+            .expect("answered after the release")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("8"));
+        // As the last reply it repeats, at once now.
+        let secrets: Api<Secret> = Api::namespaced(api.client().unwrap(), "ns");
+        let again = tokio::time::timeout(std::time::Duration::from_secs(10), secrets.get("s"))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        assert_eq!(again.metadata.resource_version.as_deref(), Some("8"));
+        assert_eq!(api.requests().len(), 2);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and the watcher of the rules ConfigMap. Everything here is I/O; the decisions are in
 //! `store.rs`, `mod.rs` (scope) and `rules_api.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -133,11 +133,34 @@ pub struct Status {
     pub index_builds: u64,
 }
 
+/// How far the watches of the current scope are, for readiness (`ready.rs`).
+#[derive(Debug, Default)]
+struct Sync {
+    /// The parts of the scope last set (`None` before the first `set_scope`).
+    parts: Option<Vec<Part>>,
+    /// Watches whose list is complete and in the published index.
+    listed: HashSet<(Kind, Part)>,
+    /// Watches the API answered 403 (they do not hold readiness).
+    forbidden: HashSet<(Kind, Part)>,
+}
+
+/// Where the watches of the current scope stand.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Watches not listed yet (and not forbidden), in scope order.
+    pub pending: Vec<(Kind, Part)>,
+    /// Watches the API refused with 403.
+    pub forbidden: Vec<(Kind, Part)>,
+    /// Watches listed.
+    pub listed: usize,
+}
+
 /// Kubernetes discovery: the live index (an `EndpointSource`) and the task that keeps it.
 pub struct Discovery {
     pub endpoints: Arc<DiscoveredEndpoints>,
     scope_tx: tokio_watch::Sender<Option<Scope>>,
     status: Mutex<Status>,
+    sync: Mutex<Sync>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -183,6 +206,7 @@ impl Discovery {
             endpoints: Arc::new(DiscoveredEndpoints::new(domain)),
             scope_tx,
             status: Mutex::new(Status::default()),
+            sync: Mutex::new(Sync::default()),
         });
         tokio::spawn(run(d.clone(), client, domain.to_string(), scope_rx, timing));
         d
@@ -190,6 +214,7 @@ impl Discovery {
 
     /// Watch what `scope` needs (no-op when it is the same).
     pub fn set_scope(&self, scope: Scope) {
+        locked(&self.sync).parts = Some(scope.parts.clone());
         self.scope_tx.send_if_modified(|cur| {
             if cur.as_ref() == Some(&scope) {
                 false
@@ -220,6 +245,37 @@ impl Discovery {
             "status": self.status(),
             "hosts": idx.host_names(),
         })
+    }
+
+    /// Which watches of the current scope have completed their first list (and are in the
+    /// index the request path reads), which the API forbade, and which are still pending.
+    /// `None` before the first scope is set.
+    pub fn sync_report(&self) -> Option<SyncReport> {
+        let s = locked(&self.sync);
+        let parts = s.parts.as_ref()?;
+        let mut r = SyncReport::default();
+        for p in parts {
+            for kind in [Kind::Services, Kind::EndpointSlices, Kind::Pods] {
+                let key = (kind, p.clone());
+                if s.listed.contains(&key) {
+                    r.listed += 1;
+                } else if s.forbidden.contains(&key) {
+                    r.forbidden.push(key);
+                } else {
+                    r.pending.push(key);
+                }
+            }
+        }
+        Some(r)
+    }
+
+    fn set_forbidden(&self, kind: Kind, part: &Part, forbidden: bool) {
+        let mut s = locked(&self.sync);
+        if forbidden {
+            s.forbidden.insert((kind, part.clone()));
+        } else {
+            s.forbidden.remove(&(kind, part.clone()));
+        }
     }
 
     fn set_watch(&self, kind: Kind, part: &Part, state: String) {
@@ -266,6 +322,7 @@ async fn run(
                         task.abort();
                     }
                     locked(&d.status).watches.remove(&format!("{} in {}", key.0.as_str(), key.1));
+                    d.set_forbidden(key.0, &key.1, false);
                     store.drop_part(&key.1, &parts);
                 }
                 for p in &parts {
@@ -336,6 +393,15 @@ async fn run(
                 }
                 tracing::debug!(services = index.services, endpoints = index.endpoints, listed_services = svcs, slices, pods, "discovery index rebuilt");
                 d.endpoints.index.store(Arc::new(index));
+                // Published after the index: a watch counts as listed for readiness once the
+                // request path can see what it listed.
+                let listed: HashSet<(Kind, Part)> = sc
+                    .parts
+                    .iter()
+                    .flat_map(|p| [Kind::Services, Kind::EndpointSlices, Kind::Pods].map(|k| (k, p.clone())))
+                    .filter(|(k, p)| store.synced_part(*k, p))
+                    .collect();
+                locked(&d.sync).listed = listed;
                 trim_pending = true;
             }
             // Lists decode megabytes of JSON that are garbage once converted: hand the freed
@@ -486,6 +552,7 @@ async fn drive<K, S>(
                 listed_once = true;
                 delay = timing.backoff;
                 last_error = None;
+                d.set_forbidden(kind, &part, false);
                 d.set_watch(kind, &part, "watching".into());
                 send(Update::InitDone).await
             }
@@ -504,6 +571,7 @@ async fn drive<K, S>(
                             forbidden_logged = true;
                         }
                         d.set_watch(kind, &part, "forbidden".into());
+                        d.set_forbidden(kind, &part, true);
                         tokio::time::sleep(timing.forbidden_retry).await;
                     }
                     Some(410) => {
@@ -661,6 +729,9 @@ pub async fn watch_rules_configmap(
                         None,
                     ),
                 }
+                // After the content is applied: readiness never sees the answer before the
+                // rules it brought.
+                sources.api_answered();
             }
             Ok(Event::Apply(cm)) => {
                 failing_since = None;
@@ -684,6 +755,7 @@ pub async fn watch_rules_configmap(
                         forbidden_logged = true;
                     }
                     sources.set_api_status("forbidden", false, Some(e.to_string()));
+                    sources.api_answered();
                     tokio::time::sleep(timing.forbidden_retry).await;
                 }
                 Some(410) => {

@@ -9,8 +9,11 @@
 //!   (discovery.k8s.io/v1) and Pods (metadata only), per namespace, feeding the store.
 //! - `rules_api`: the rules ConfigMap watched through the API and arbitrated with the mounted
 //!   files (whichever has the newer content wins).
+//! - `ready`: readiness waits, bounded by `--discovery-ready-timeout`, for the first list of
+//!   every watch and the ConfigMap's first answer.
 
 pub mod kube;
+pub mod ready;
 pub mod rules_api;
 pub mod store;
 

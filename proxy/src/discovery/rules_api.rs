@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::rules::watch::{self, Hooks, Outcome, METRICS};
@@ -54,7 +55,14 @@ pub struct RulesSources {
     pub configmap: String,
     pub discovery: Option<Arc<Discovery>>,
     api: Mutex<ApiState>,
+    /// The ConfigMap's first answer through the API, for readiness: `NOT_WATCHED`, `AWAITED`
+    /// or `ANSWERED`.
+    first_answer: AtomicU8,
 }
+
+const NOT_WATCHED: u8 = 0;
+const AWAITED: u8 = 1;
+const ANSWERED: u8 = 2;
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,7 +85,34 @@ impl RulesSources {
                 status: "off".into(),
                 ..ApiState::default()
             }),
+            first_answer: AtomicU8::new(NOT_WATCHED),
         }
+    }
+
+    /// The ConfigMap is about to be watched through the API: readiness waits for its first
+    /// answer (call before the watch starts).
+    pub fn await_api_answer(&self) {
+        let _ = self.first_answer.compare_exchange(
+            NOT_WATCHED,
+            AWAITED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// The API answered the ConfigMap's list (its content applied, absent, or 403).
+    pub fn api_answered(&self) {
+        self.first_answer.store(ANSWERED, Ordering::Release);
+    }
+
+    /// Is the ConfigMap watched through the API (`await_api_answer` was called)?
+    pub fn api_watched(&self) -> bool {
+        self.first_answer.load(Ordering::Acquire) != NOT_WATCHED
+    }
+
+    /// Is readiness waiting for the ConfigMap's first answer through the API?
+    pub fn api_answer_pending(&self) -> bool {
+        self.first_answer.load(Ordering::Acquire) == AWAITED
     }
 
     /// The label of snapshots from the API.

@@ -265,6 +265,15 @@ impl Store {
                 .contains(&(kind, Part::Namespace(Arc::from(ns))))
     }
 
+    /// Has the watch of `kind` over exactly `part` completed a list (the readiness check asks
+    /// per watch; a namespace part also counts as listed under a cluster-wide list)?
+    pub fn synced_part(&self, kind: Kind, part: &Part) -> bool {
+        match part {
+            Part::All => self.synced.contains(&(kind, Part::All)),
+            Part::Namespace(ns) => self.synced(kind, ns),
+        }
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.services.len(), self.slices.len(), self.pods.len())
     }
