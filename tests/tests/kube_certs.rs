@@ -1,7 +1,9 @@
 //! Contract tests of `remora-webhook serve --manage-certs` against recorded Kubernetes API
 //! responses (`tests/fixtures/kube-api/certs/`): the Secret is created, kept, raced for,
 //! rotated and repaired with the requests the API expects; the CA bundle the webhook PATCHes
-//! into the MutatingWebhookConfiguration verifies the certificate the server really serves.
+//! into the MutatingWebhookConfiguration and the ValidatingWebhookConfiguration (rules
+//! validation; a missing one is logged once and not fatal) verifies the certificate the server
+//! really serves.
 //!
 //! Status bodies, the webhook configuration and the garbage Secret are recorded files; Secrets
 //! holding certificates are built here (their keys are generated per run) in the same shape.
@@ -29,6 +31,9 @@ const SECRET_PATH: &str = "/api/v1/namespaces/remora-system/secrets/remora-webho
 const SECRETS_PATH: &str = "/api/v1/namespaces/remora-system/secrets";
 const MWC_PATH: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/remora-sidecar-injector";
+const VWC: &str = "remora-rules-validator";
+const VWC_PATH: &str =
+    "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/remora-rules-validator";
 const SERVER_NAME: &str = "remora-webhook.remora-system.svc";
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -112,8 +117,38 @@ fn mwc_with_bundle(bundle: &[u8]) -> Value {
     body
 }
 
+/// The recorded ValidatingWebhookConfiguration with `bundle` already in its webhook.
+fn vwc_with_bundle(bundle: &[u8]) -> Value {
+    let text = std::fs::read_to_string(fixture("validating-config.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut body = doc["exchanges"][0]["body"].clone();
+    body["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(bundle));
+    body
+}
+
+fn vwc_absent(api: &RecordedApi) {
+    api.on(
+        "GET",
+        VWC_PATH,
+        Reply::status(
+            404,
+            "NotFound",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io \"remora-rules-validator\" not found",
+        ),
+    );
+}
+
 fn store(api: &RecordedApi) -> Store {
-    Store::new(api.client().unwrap(), NS, SECRET, MWC)
+    Store::new(api.client().unwrap(), NS, SECRET, MWC, VWC)
+}
+
+/// The PATCH requests sent to `path`.
+fn patches_to(api: &RecordedApi, path: &str) -> Vec<Value> {
+    api.requests()
+        .into_iter()
+        .filter(|s| s.method == "PATCH" && s.path() == path)
+        .filter_map(|s| s.body)
+        .collect()
 }
 
 /// The requests seen, as `METHOD path` lines.
@@ -168,6 +203,7 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
     let api = RecordedApi::start().await.unwrap();
     api.load(&fixture("secret-absent.json")).unwrap();
     api.load(&fixture("webhook-config.json")).unwrap();
+    api.load(&fixture("validating-config.json")).unwrap();
     let created = issued_at(t0());
     api.on(
         "POST",
@@ -180,6 +216,7 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         .unwrap();
     assert_eq!(r.settled, Settled::Created);
     assert_eq!(r.bundle, Ok(1));
+    assert_eq!(r.validating_bundle, Ok(Some(1)));
     assert_eq!(
         calls(&api),
         [
@@ -187,6 +224,8 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
             format!("POST {SECRETS_PATH}"),
             format!("GET {MWC_PATH}"),
             format!("PATCH {MWC_PATH}"),
+            format!("GET {VWC_PATH}"),
+            format!("PATCH {VWC_PATH}"),
         ]
     );
     let seen = api.requests();
@@ -214,6 +253,39 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         patched_bundles(&body),
         vec![stored.ca_crt.as_bytes().to_vec()]
     );
+    // The ValidatingWebhookConfiguration gets the same bundle, by the same kind of patch.
+    let vpatch = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path() == VWC_PATH)
+        .unwrap();
+    assert_eq!(
+        vpatch.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    let vbody = vpatch.body.clone().unwrap();
+    assert_eq!(
+        vbody,
+        json!([
+            {"op": "test", "path": "/webhooks/0/name", "value": "rules-validator.remora.dev"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b64(stored.ca_crt.as_bytes())},
+        ])
+    );
+    // Applied to the recorded object, it yields a valid ValidatingWebhookConfiguration whose
+    // bundle is current (a second reconcile would not patch).
+    let mut recorded = vwc_with_bundle(b"");
+    recorded["webhooks"][0]["clientConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caBundle");
+    let patch: json_patch::Patch = serde_json::from_value(vbody).unwrap();
+    json_patch::patch(&mut recorded, &patch).unwrap();
+    let after: k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration =
+        serde_json::from_value(recorded).unwrap();
+    assert!(
+        certs::validating_ca_bundle_patch(&after, stored.ca_crt.as_bytes())
+            .unwrap()
+            .is_none()
+    );
 
     // The patched bundle verifies the stored serving certificate for the Service's name.
     let ca = first_cert(&stored.ca_crt);
@@ -236,16 +308,26 @@ async fn a_valid_secret_and_current_bundle_mean_no_writes() {
         MWC_PATH,
         Reply::json(200, mwc_with_bundle(m.ca_crt.as_bytes())),
     );
+    api.on(
+        "GET",
+        VWC_PATH,
+        Reply::json(200, vwc_with_bundle(m.ca_crt.as_bytes())),
+    );
 
     let r = certs::reconcile(&store(&api), &options(DAY), t0() + 10 * DAY)
         .await
         .unwrap();
     assert_eq!(r.settled, Settled::Kept);
     assert_eq!(r.bundle, Ok(0));
+    assert_eq!(r.validating_bundle, Ok(Some(0)));
     assert_eq!(r.material, m);
     assert_eq!(
         calls(&api),
-        [format!("GET {SECRET_PATH}"), format!("GET {MWC_PATH}")]
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("GET {VWC_PATH}")
+        ]
     );
 }
 
@@ -263,6 +345,7 @@ async fn a_lost_create_race_serves_the_winners_certificate() {
     );
     api.load(&fixture("create-already-exists.json")).unwrap();
     api.load(&fixture("webhook-config.json")).unwrap();
+    api.load(&fixture("validating-config.json")).unwrap();
 
     let r = certs::reconcile(&store(&api), &options(DAY), t0())
         .await
@@ -277,7 +360,14 @@ async fn a_lost_create_race_serves_the_winners_certificate() {
             format!("GET {SECRET_PATH}"),
             format!("GET {MWC_PATH}"),
             format!("PATCH {MWC_PATH}"),
+            format!("GET {VWC_PATH}"),
+            format!("PATCH {VWC_PATH}"),
         ]
+    );
+    assert_eq!(
+        patched_bundles(&patches_to(&api, VWC_PATH)[0]),
+        vec![winner.ca_crt.as_bytes().to_vec()],
+        "the validating bundle is the winner's CA too"
     );
     let seen = api.requests();
     let lost = material_of(only(&seen, "POST")[0].body.as_ref().unwrap());
@@ -313,6 +403,7 @@ async fn a_lost_update_race_rereads_and_serves_the_winners_certificate() {
         MWC_PATH,
         Reply::json(200, mwc_with_bundle(winner.ca_crt.as_bytes())),
     );
+    vwc_absent(&api);
 
     let r = certs::reconcile(&store(&api), &options(DAY), t0())
         .await
@@ -320,6 +411,8 @@ async fn a_lost_update_race_rereads_and_serves_the_winners_certificate() {
     assert_eq!(r.settled, Settled::LostRace);
     assert_eq!(r.material, winner);
     assert_eq!(r.bundle, Ok(0));
+    assert_eq!(r.validating_bundle, Ok(None), "absent: not an error");
+    assert!(!r.bundle_failed());
     assert_eq!(
         calls(&api),
         [
@@ -327,6 +420,7 @@ async fn a_lost_update_race_rereads_and_serves_the_winners_certificate() {
             format!("PUT {SECRET_PATH}"),
             format!("GET {SECRET_PATH}"),
             format!("GET {MWC_PATH}"),
+            format!("GET {VWC_PATH}"),
         ]
     );
     let seen = api.requests();
@@ -357,6 +451,11 @@ async fn a_serving_cert_near_expiry_is_rotated_under_the_same_ca() {
         MWC_PATH,
         Reply::json(200, mwc_with_bundle(stale.ca_crt.as_bytes())),
     );
+    api.on(
+        "GET",
+        VWC_PATH,
+        Reply::json(200, vwc_with_bundle(stale.ca_crt.as_bytes())),
+    );
 
     let r = certs::reconcile(&store(&api), &options(DAY), t0())
         .await
@@ -365,14 +464,16 @@ async fn a_serving_cert_near_expiry_is_rotated_under_the_same_ca() {
         panic!("expected a replacement, got {:?}", r.settled);
     };
     assert!(reason.contains("within --cert-rotate-before"), "{reason}");
-    // Same CA, so the caBundle is already right: no PATCH.
+    // Same CA, so the caBundles are already right: no PATCH.
     assert_eq!(r.bundle, Ok(0));
+    assert_eq!(r.validating_bundle, Ok(Some(0)));
     assert_eq!(
         calls(&api),
         [
             format!("GET {SECRET_PATH}"),
             format!("PUT {SECRET_PATH}"),
             format!("GET {MWC_PATH}"),
+            format!("GET {VWC_PATH}"),
         ]
     );
     let seen = api.requests();
@@ -761,6 +862,7 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         Reply::json(201, secret_body(&issued_at(t0()), "9001")),
     );
     api.load(&fixture("webhook-config.json")).unwrap();
+    api.load(&fixture("validating-config.json")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -785,11 +887,19 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
     .env("REMORA_LOG", "info");
     let mut proc = remora_e2e::netns::Proc::spawn("remora-webhook", cmd, log.clone()).unwrap();
 
-    // Bounded wait for the caBundle PATCH, then for the port.
+    // Bounded wait for the caBundle PATCHes, then for the port.
     let mut bundle = None;
     for _ in 0..200 {
-        if let Some(p) = only(&api.requests(), "PATCH").first() {
-            bundle = patched_bundles(p.body.as_ref().unwrap()).pop();
+        if let (Some(p), Some(v)) = (
+            patches_to(&api, MWC_PATH).first(),
+            patches_to(&api, VWC_PATH).first(),
+        ) {
+            bundle = patched_bundles(p).pop();
+            assert_eq!(
+                patched_bundles(v).pop(),
+                bundle,
+                "both configurations get the same bundle"
+            );
             break;
         }
         assert!(
@@ -830,6 +940,114 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
     );
     assert!(
         text.contains("caBundle updated on 1 webhook(s) of MutatingWebhookConfiguration remora-sidecar-injector"),
+        "{text}"
+    );
+    assert!(
+        text.contains("caBundle updated on 1 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
+        "{text}"
+    );
+}
+
+/// The real binary without the ValidatingWebhookConfiguration (installed later, or rules
+/// validation left out): it serves, patches the mutating one, says once that the validating one
+/// is missing (not at every check), and patches the validating one once it appears.
+#[tokio::test]
+async fn a_missing_validating_configuration_is_logged_once_and_patched_when_it_appears() {
+    remora_webhook::tls::install_provider();
+    let bin = remora_e2e::admission::default_bin_dir().join("remora-webhook");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p remora-webhook)",
+        bin.display()
+    );
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(OffsetDateTime::now_utc());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "9601")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(m.ca_crt.as_bytes())),
+    );
+    vwc_absent(&api);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("webhook.log");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([
+        "serve",
+        "--manage-certs",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--config",
+        &dir.path().join("absent.yaml").display().to_string(),
+        "--kube-url",
+        &api.url(),
+        "--cert-check-interval",
+        "1s",
+    ])
+    .env_remove("POD_NAMESPACE")
+    .env_remove("REMORA_VALIDATING_WEBHOOK_CONFIG")
+    .env("REMORA_LOG", "info");
+    let mut proc = remora_e2e::netns::Proc::spawn("remora-webhook", cmd, log.clone()).unwrap();
+    let vwc_gets = |api: &RecordedApi| {
+        calls(api)
+            .iter()
+            .filter(|c| *c == &format!("GET {VWC_PATH}"))
+            .count()
+    };
+    // Three checks (start-up and two more) see it missing.
+    for _ in 0..100 {
+        if vwc_gets(&api) >= 3 {
+            break;
+        }
+        assert!(proc.exited().is_none(), "exited:\n{}", proc.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vwc_gets(&api) >= 3, "{:?}", calls(&api));
+    // Not fatal: the server is up and serves a certificate the CA verifies.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = client_config(&[m.ca_crt.as_bytes()]).unwrap();
+    let mut c = Client::connect(addr, SERVER_NAME, cfg).await.unwrap();
+    assert_eq!(c.get("/readyz").await.unwrap().0, 200);
+    assert!(patches_to(&api, VWC_PATH).is_empty());
+
+    // It appears: the next check patches it.
+    api.load(&fixture("validating-config.json")).unwrap();
+    let mut patched = None;
+    for _ in 0..100 {
+        if let Some(p) = patches_to(&api, VWC_PATH).first() {
+            patched = patched_bundles(p).pop();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        patched.as_deref(),
+        Some(m.ca_crt.as_bytes()),
+        "{:?}",
+        calls(&api)
+    );
+    proc.stop(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let missing = text
+        .lines()
+        .filter(|l| l.contains("ValidatingWebhookConfiguration remora-rules-validator not found"))
+        .count();
+    assert_eq!(missing, 1, "logged once, not at every check:\n{text}");
+    assert!(
+        text.contains("ValidatingWebhookConfiguration remora-rules-validator exists now"),
+        "{text}"
+    );
+    assert!(
+        text.contains("caBundle updated on 1 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
         "{text}"
     );
 }

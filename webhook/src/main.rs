@@ -22,7 +22,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the mutating admission webhook over HTTPS (POST /inject).
+    /// Serve the admission webhooks over HTTPS: sidecar injection (POST /inject) and rules
+    /// ConfigMap validation (POST /validate).
     Serve {
         #[arg(long, default_value = "0.0.0.0:15017")]
         listen: SocketAddr,
@@ -70,8 +71,8 @@ enum Cmd {
 #[derive(clap::Args)]
 struct CertArgs {
     /// Issue a CA and serving certificate, keep them in --cert-secret, write the CA into the
-    /// caBundle of --webhook-config's webhooks, rotate before expiry. --tls-cert/--tls-key are
-    /// then not read.
+    /// caBundle of --webhook-config's and --validating-webhook-config's webhooks, rotate before
+    /// expiry. --tls-cert/--tls-key are then not read.
     #[arg(long, env = "REMORA_MANAGE_CERTS")]
     manage_certs: bool,
     /// Secret holding tls.crt, tls.key, ca.crt, ca.key.
@@ -94,6 +95,14 @@ struct CertArgs {
         default_value = "remora-sidecar-injector"
     )]
     webhook_config: String,
+    /// ValidatingWebhookConfiguration (rules validation, POST /validate) whose webhooks get the
+    /// CA bundle too; a missing one is logged once and not an error; empty: not managed.
+    #[arg(
+        long,
+        env = "REMORA_VALIDATING_WEBHOOK_CONFIG",
+        default_value = "remora-rules-validator"
+    )]
+    validating_webhook_config: String,
     /// Serving certificate lifetime (`90d`, `12h`, `30m`, `45s`).
     #[arg(long, env = "REMORA_CERT_VALIDITY", default_value = "90d")]
     cert_validity: String,
@@ -226,9 +235,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                             &co.policy.namespace,
                             &co.secret,
                             &co.webhook_config,
+                            &cert_args.validating_webhook_config,
                         );
                         tracing::info!(secret = %format!("{}/{}", co.policy.namespace, co.secret),
-                            webhook_config = %co.webhook_config, server_name = %co.policy.server_name(),
+                            webhook_config = %co.webhook_config,
+                            validating_webhook_config = %cert_args.validating_webhook_config, server_name = %co.policy.server_name(),
                             "managing the webhook certificate (--manage-certs)");
                         let managed = certs::start(store, co).await?;
                         server::start_with_resolver(opts, managed.resolver).await?

@@ -6,9 +6,13 @@
 //! serving certificate from the same CA / issue a new CA) → a write uses optimistic concurrency
 //! (`POST` for a missing Secret, `PUT` with the read `resourceVersion` otherwise); a 409 means
 //! another replica won, so the Secret is read again and the winner's certificates are served.
-//! Then every webhook of the MutatingWebhookConfiguration gets `ca.crt` as its `caBundle`
-//! (one JSON patch, only where it differs), and the resolver serves the certificate to new TLS
-//! connections without a restart. This repeats every `--cert-check-interval`.
+//! Then every webhook of the MutatingWebhookConfiguration (`--webhook-config`) and of the
+//! ValidatingWebhookConfiguration (`--validating-webhook-config`, rules validation) gets `ca.crt`
+//! as its `caBundle` (one JSON patch per configuration, only where it differs), and the
+//! resolver serves the certificate to new TLS connections without a restart. A missing
+//! ValidatingWebhookConfiguration is logged once and is not an error (rules validation is
+//! optional; the proxies keep their last good rules anyway). This repeats every
+//! `--cert-check-interval`.
 //!
 //! Modules: [`issue`] is pure (generation, validation, decisions at a given time), [`store`]
 //! holds the kube calls only.
@@ -16,11 +20,15 @@
 pub mod issue;
 pub mod store;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::ByteString;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
 use serde_json::json;
 /// The time type of [`reconcile`] and [`issue`] (re-exported for callers and tests).
@@ -88,6 +96,16 @@ pub struct Reconciled {
     pub settled: Settled,
     /// How many webhooks got a new `caBundle`, or why the bundle could not be written.
     pub bundle: Result<usize, String>,
+    /// The same for the ValidatingWebhookConfiguration: `Ok(None)` when it does not exist or
+    /// is not managed (empty `--validating-webhook-config`), which is not an error.
+    pub validating_bundle: Result<Option<usize>, String>,
+}
+
+impl Reconciled {
+    /// Whether a caBundle could not be written (the manager retries sooner).
+    pub fn bundle_failed(&self) -> bool {
+        self.bundle.is_err() || self.validating_bundle.is_err()
+    }
 }
 
 /// At most this many read-decide-write rounds per reconcile (each lost race costs one).
@@ -191,11 +209,53 @@ pub async fn reconcile(
             tracing::warn!(config = %store.webhook_config, error = %e, "caBundle not written")
         }
     }
+    let validating_bundle = ensure_validating_bundle(store, material.ca_crt.as_bytes()).await;
+    let vname = &store.validating_config;
+    match &validating_bundle {
+        Ok(None) | Ok(Some(0)) => {}
+        Ok(Some(n)) => tracing::info!(config = %vname, webhooks = n,
+            "caBundle updated on {n} webhook(s) of ValidatingWebhookConfiguration {vname}"),
+        Err(e) => tracing::warn!(config = %vname, error = %e, "caBundle not written"),
+    }
     Ok(Reconciled {
         material,
         settled,
         bundle,
+        validating_bundle,
     })
+}
+
+/// Writes `bundle` into the ValidatingWebhookConfiguration's webhooks where it differs;
+/// `Ok(None)` when it is not managed or does not exist (logged once until it appears).
+async fn ensure_validating_bundle(store: &Store, bundle: &[u8]) -> Result<Option<usize>, String> {
+    let name = &store.validating_config;
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let read = store
+        .read_validating_config()
+        .await
+        .map_err(|e| format!("ValidatingWebhookConfiguration {name}: reading failed: {e}"))?;
+    let Some(cfg) = read else {
+        if !store.validating_missing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(config = %name,
+                "ValidatingWebhookConfiguration {name} not found: rules ConfigMaps are not validated at apply time until it exists (its caBundle is written at the next check; is --validating-webhook-config right?)");
+        } else {
+            tracing::debug!(config = %name, "ValidatingWebhookConfiguration still not found");
+        }
+        return Ok(None);
+    };
+    if store.validating_missing.swap(false, Ordering::Relaxed) {
+        tracing::info!(config = %name, "ValidatingWebhookConfiguration {name} exists now");
+    }
+    let Some((patch, n)) = validating_ca_bundle_patch(&cfg, bundle)? else {
+        return Ok(Some(0));
+    };
+    store
+        .patch_validating_config(patch)
+        .await
+        .map_err(|e| format!("ValidatingWebhookConfiguration {name}: patch failed: {e}"))?;
+    Ok(Some(n))
 }
 
 /// Writes `bundle` into every webhook whose `caBundle` differs; returns how many changed.
@@ -226,23 +286,62 @@ pub fn ca_bundle_patch(
     cfg: &MutatingWebhookConfiguration,
     bundle: &[u8],
 ) -> Result<Option<(json_patch::Patch, usize)>, String> {
-    let webhooks = cfg.webhooks.as_deref().unwrap_or_default();
+    let hooks: Vec<(&str, Option<&ByteString>)> = cfg
+        .webhooks
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
+        .collect();
+    bundle_patch(
+        "MutatingWebhookConfiguration",
+        cfg.metadata.name.as_deref().unwrap_or_default(),
+        &hooks,
+        bundle,
+    )
+}
+
+/// [`ca_bundle_patch`] for a ValidatingWebhookConfiguration (same shape: `webhooks[i].name`,
+/// `webhooks[i].clientConfig.caBundle`).
+pub fn validating_ca_bundle_patch(
+    cfg: &ValidatingWebhookConfiguration,
+    bundle: &[u8],
+) -> Result<Option<(json_patch::Patch, usize)>, String> {
+    let hooks: Vec<(&str, Option<&ByteString>)> = cfg
+        .webhooks
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
+        .collect();
+    bundle_patch(
+        "ValidatingWebhookConfiguration",
+        cfg.metadata.name.as_deref().unwrap_or_default(),
+        &hooks,
+        bundle,
+    )
+}
+
+/// The patch over `(name, caBundle)` of each webhook of a `kind` configuration named `name`.
+fn bundle_patch(
+    kind: &str,
+    name: &str,
+    webhooks: &[(&str, Option<&ByteString>)],
+    bundle: &[u8],
+) -> Result<Option<(json_patch::Patch, usize)>, String> {
     if webhooks.is_empty() {
-        return Err(format!(
-            "MutatingWebhookConfiguration {} has no webhooks",
-            cfg.metadata.name.as_deref().unwrap_or_default()
-        ));
+        return Err(format!("{kind} {name} has no webhooks"));
     }
     let b64 = base64::engine::general_purpose::STANDARD.encode(bundle);
     let mut ops = Vec::new();
     let mut n = 0;
-    for (i, w) in webhooks.iter().enumerate() {
-        let current = w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
+    for (i, (hook, ca)) in webhooks.iter().enumerate() {
+        let current = ca.map(|b| b.0.as_slice());
         if current == Some(bundle) {
             continue;
         }
         n += 1;
-        ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": w.name}));
+        ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": hook}));
         ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": b64}));
     }
     if n == 0 {
@@ -290,7 +389,7 @@ pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
     // After a failure: retry after `retry_interval`, doubling while failures continue, never
     // longer than `check_interval`.
     let first_retry = opts.retry_interval.min(opts.check_interval);
-    let mut retry = first.bundle.is_err().then_some(first_retry);
+    let mut retry = first.bundle_failed().then_some(first_retry);
     let r = resolver.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -301,7 +400,7 @@ pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
             match reconcile(&store, &opts, OffsetDateTime::now_utc()).await {
                 Ok(done) => {
                     record_result(&done);
-                    retry = if done.bundle.is_err() {
+                    retry = if done.bundle_failed() {
                         failed(retry)
                     } else {
                         None
@@ -424,6 +523,44 @@ mod tests {
         json_patch::patch(&mut obj, &patch).unwrap();
         let after: MutatingWebhookConfiguration = serde_json::from_value(obj).unwrap();
         assert!(ca_bundle_patch(&after, b"NEW").unwrap().is_none());
+    }
+
+    #[test]
+    fn validating_patch_has_the_same_shape() {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhook;
+        let c = ValidatingWebhookConfiguration {
+            metadata: kube::api::ObjectMeta {
+                name: Some("remora-rules-validator".into()),
+                ..Default::default()
+            },
+            webhooks: Some(vec![ValidatingWebhook {
+                name: "rules-validator.remora.dev".into(),
+                client_config: WebhookClientConfig {
+                    ca_bundle: Some(ByteString(b"OLD".to_vec())),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }]),
+        };
+        let (patch, n) = validating_ca_bundle_patch(&c, b"NEW").unwrap().unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([
+                {"op": "test", "path": "/webhooks/0/name", "value": "rules-validator.remora.dev"},
+                {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "TkVX"},
+            ])
+        );
+        assert!(validating_ca_bundle_patch(&c, b"OLD").unwrap().is_none());
+        let empty = ValidatingWebhookConfiguration {
+            webhooks: None,
+            ..c
+        };
+        let e = validating_ca_bundle_patch(&empty, b"X").unwrap_err();
+        assert_eq!(
+            e,
+            "ValidatingWebhookConfiguration remora-rules-validator has no webhooks"
+        );
     }
 
     #[test]

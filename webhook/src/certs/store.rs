@@ -1,10 +1,15 @@
 //! The kube calls of the certificate manager, and nothing else: read, create and replace the
 //! Secret (optimistic concurrency: a 409 is reported as a lost race, not an error), read the
-//! MutatingWebhookConfiguration and JSON-patch its `caBundle`s.
+//! MutatingWebhookConfiguration and the ValidatingWebhookConfiguration and JSON-patch their
+//! `caBundle`s.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -39,24 +44,41 @@ pub enum Write {
     Lost,
 }
 
-/// The Secret and the webhook configuration the manager looks after.
+/// The Secret and the webhook configurations the manager looks after.
 #[derive(Clone)]
 pub struct Store {
     secrets: Api<Secret>,
     configs: Api<MutatingWebhookConfiguration>,
+    validating: Api<ValidatingWebhookConfiguration>,
     pub namespace: String,
     pub secret: String,
+    /// The MutatingWebhookConfiguration (sidecar injection).
     pub webhook_config: String,
+    /// The ValidatingWebhookConfiguration (rules validation); empty: not managed.
+    pub validating_config: String,
+    /// Set while the ValidatingWebhookConfiguration is known to be absent, so that is logged
+    /// once, not at every check (shared by clones of this store).
+    pub(crate) validating_missing: Arc<AtomicBool>,
 }
 
 impl Store {
-    pub fn new(client: Client, namespace: &str, secret: &str, webhook_config: &str) -> Store {
+    /// `validating_config` may be empty: then only the MutatingWebhookConfiguration is patched.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        secret: &str,
+        webhook_config: &str,
+        validating_config: &str,
+    ) -> Store {
         Store {
             secrets: Api::namespaced(client.clone(), namespace),
-            configs: Api::all(client),
+            configs: Api::all(client.clone()),
+            validating: Api::all(client),
             namespace: namespace.to_string(),
             secret: secret.to_string(),
             webhook_config: webhook_config.to_string(),
+            validating_config: validating_config.to_string(),
+            validating_missing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -139,6 +161,28 @@ impl Store {
         self.configs
             .patch(
                 &self.webhook_config,
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET` the ValidatingWebhookConfiguration; `None` on 404.
+    pub async fn read_validating_config(
+        &self,
+    ) -> Result<Option<ValidatingWebhookConfiguration>, kube::Error> {
+        self.validating.get_opt(&self.validating_config).await
+    }
+
+    /// `PATCH` (RFC 6902 JSON patch) the ValidatingWebhookConfiguration.
+    pub async fn patch_validating_config(
+        &self,
+        patch: json_patch::Patch,
+    ) -> Result<(), kube::Error> {
+        self.validating
+            .patch(
+                &self.validating_config,
                 &PatchParams::default(),
                 &Patch::Json::<()>(patch),
             )
