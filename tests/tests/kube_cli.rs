@@ -589,6 +589,205 @@ async fn proxy_status_shows_the_api_source_and_version_skew() {
     );
 }
 
+// ---------------------------------------------------------------- proxy-config
+
+const REVIEWS_POD: &str = "reviews-v1-5d8f9c7b4-k2x8p";
+
+/// The requests that reached the pods/proxy subresource.
+fn proxied(api: &RecordedApi) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|s| s.path_and_query.contains("/proxy/"))
+        .map(|s| s.path_and_query)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_config_reads_the_pods_proxy() {
+    let api = api_with("proxy-config.json").await;
+    // POD.NAMESPACE, as istioctl takes it.
+    let r = remora(
+        &api,
+        &["proxy-config", "routes", &format!("{REVIEWS_POD}.bookinfo")],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let jason: Vec<&str> = r
+        .line("bookinfo/reviews")
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        jason,
+        [
+            "bookinfo/reviews",
+            "reviews.bookinfo.svc.cluster.local",
+            "spec.http[0]",
+            "header end-user=jason",
+            "reviews.bookinfo.svc.cluster.local|v2",
+            "-"
+        ],
+        "{}",
+        r.all()
+    );
+    assert_eq!(
+        proxied(&api),
+        [format!(
+            "/api/v1/namespaces/bookinfo/pods/{REVIEWS_POD}:15020/proxy/config_dump"
+        )]
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+
+    // -n, filters and JSON: the reviews subsets and their DestinationRule policy.
+    let r = remora(
+        &api,
+        &[
+            "-n",
+            "bookinfo",
+            "proxy-config",
+            "clusters",
+            REVIEWS_POD,
+            "--fqdn",
+            "reviews.bookinfo",
+            "--subset",
+            "v1",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["proxy"]["target"], format!("bookinfo/{REVIEWS_POD}"));
+    assert_eq!(v["proxy"]["generation"], 1);
+    let c = v["clusters"].as_array().expect("clusters");
+    assert_eq!(c.len(), 1, "{}", r.all());
+    assert_eq!(c[0]["host"], "reviews.bookinfo.svc.cluster.local");
+    assert_eq!(c[0]["destination_rule"], "bookinfo/reviews");
+    assert_eq!(c[0]["load_balancer"], "CONSISTENT_HASH header end-user");
+    assert_eq!(
+        c[0]["connection_pool"],
+        "maxConnections 100, http1MaxPending 10, maxRequestsPerConnection 1"
+    );
+    assert!(v.get("routes").is_none(), "only the clusters view: {v}");
+
+    // `all` shows every view under a heading; --admin-port changes the proxied port.
+    api.on(
+        "GET",
+        &format!("/api/v1/namespaces/bookinfo/pods/{REVIEWS_POD}:15999/proxy/config_dump"),
+        Reply::json(
+            503,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "error trying to reach service: dial tcp 10.244.1.23:15999: connect: connection refused",
+                   "reason": "ServiceUnavailable", "code": 503}),
+        ),
+    );
+    let r = remora(
+        &api,
+        &["proxy-config", "all", REVIEWS_POD, "-n", "bookinfo"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    for heading in ["LISTENERS", "ROUTES", "CLUSTERS", "ENDPOINTS"] {
+        assert!(
+            r.stdout.lines().any(|l| l == heading),
+            "{heading}: {}",
+            r.all()
+        );
+    }
+    let r = remora(
+        &api,
+        &[
+            "proxy-config",
+            "listeners",
+            REVIEWS_POD,
+            "-n",
+            "bookinfo",
+            "--admin-port",
+            "15999",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("(port 15999)"), "{}", r.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_config_errors_are_one_clear_line() {
+    let api = api_with("proxy-config.json").await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["proxy-config", "routes", "productpage-v1-gone", "-n", "bookinfo"],
+            "remora: pod \"productpage-v1-gone\" not found in namespace bookinfo",
+        ),
+        (
+            &["proxy-config", "routes", "mysqldb-v1-0.bookinfo"],
+            "remora: pod bookinfo/mysqldb-v1-0 is not meshed: it has no remora-proxy container (inject it: label namespace bookinfo istio-injection=enabled and re-create the pod; remora check-inject pod mysqldb-v1-0 -n bookinfo says why it was not injected)",
+        ),
+        (
+            &["proxy-config", "clusters", "details-v1-7f8e9d6c5-p2r8s.bookinfo"],
+            "remora: pod bookinfo/details-v1-7f8e9d6c5-p2r8s is Pending, not Running",
+        ),
+        (
+            &["proxy-config", "endpoints", "ratings-v1-6c9b7d8f5-m7n4q.bookinfo"],
+            "remora: proxy of pod bookinfo/ratings-v1-6c9b7d8f5-m7n4q unreachable: cannot read its /config_dump through the API server's pods/proxy (port 15020): HTTP 503: error trying to reach service: dial tcp 10.244.1.31:15020: connect: connection refused",
+        ),
+        (
+            &["proxy-config", "routes", REVIEWS_POD, "-n", "bookinfo", "--subset", "v1"],
+            "remora: --subset: not a filter of the routes view (it applies to clusters and endpoints)",
+        ),
+        (
+            &["proxy-config", "clusters", REVIEWS_POD, "--name", "reviews"],
+            "remora: --name: not a filter of the clusters view",
+        ),
+        (
+            &["proxy-config", "routes", "--admin", "http://127.0.0.1:15020"],
+            "remora: --admin: invalid value \"http://127.0.0.1:15020\": expected HOST:PORT",
+        ),
+        (
+            &["proxy-config", "routes", "--file", "/nonexistent/config_dump.json"],
+            "remora: --file /nonexistent/config_dump.json: cannot read:",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = remora(&api, args).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.all());
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.all());
+        assert!(r.stderr.starts_with(want), "{args:?}: {}", r.all());
+    }
+    // Neither the unmeshed nor the Pending pod's proxy was asked.
+    let asked = proxied(&api);
+    assert!(
+        asked
+            .iter()
+            .all(|p| !p.contains("mysqldb") && !p.contains("details")),
+        "{asked:?}"
+    );
+    // Bad flag values are refused by the parser before anything is asked (clap's exit code 2).
+    for args in [
+        &["proxy-config", "routes", REVIEWS_POD, "--port", "0"][..],
+        &["proxy-config", "routes", REVIEWS_POD, "--port", "http"],
+        &["proxy-config", "route", REVIEWS_POD],
+        &["proxy-config", "routes"],
+        &[
+            "proxy-config",
+            "routes",
+            REVIEWS_POD,
+            "--admin",
+            "127.0.0.1:15020",
+        ],
+        &["proxy-config", "routes", REVIEWS_POD, "-o", "xml"],
+    ] {
+        let before = api.requests().len();
+        let r = remora(&api, args).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {}", r.all());
+        assert_eq!(api.requests().len(), before, "{args:?} asked the API");
+    }
+}
+
 // ---------------------------------------------------------------- analyze
 
 /// manifests/rules-example.yaml as the API server returns it.

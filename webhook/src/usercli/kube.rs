@@ -218,7 +218,7 @@ impl Cluster {
                 Err(format!("HTTP {code}: {message}"))
             }
             Ok(Err(GetError::NotFound { .. })) => {
-                Err("HTTP 404 (pod gone, or no admin server on the port)".to_string())
+                Err("HTTP 404: no /config_dump there (the pod is gone, or the port is not the proxy's admin port)".to_string())
             }
             Ok(Err(GetError::Other { message, .. })) => Err(message),
             Ok(Ok(text)) => {

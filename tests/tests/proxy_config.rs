@@ -1,0 +1,565 @@
+//! `remora proxy-config` against a real proxy: start `remora-proxy run` (from the build
+//! directory, as the lab does) on free loopback ports with Istio's Bookinfo rules
+//! (`$REMORA_SHARED/anchors/istio/networking/`, read in place) plus the rules below, read its
+//! `/config_dump` from the admin port, and run the real `remora proxy-config ... --admin` and
+//! `--file` against it.
+//!
+//! The same rules produced the `/config_dump` recorded in
+//! `tests/fixtures/kube-api/cli/proxy-config.json` (used by the CLI contract tests and the unit
+//! tests of `webhook/src/usercli/proxyconfig.rs`); `recorded_fixture_is_what_the_proxy_serves`
+//! fails when the proxy's dump drifts from it. Re-record with `REMORA_UPDATE_FIXTURES=1`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Our rules for the Bookinfo namespace: DestinationRules with traffic policies, a details
+/// VirtualService with rewrite, header, timeout, retries and redirect, and a STATIC ServiceEntry
+/// on loopback addresses with labelled endpoints.
+const REMORA_BOOKINFO: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    connectionPool:
+      tcp:
+        maxConnections: 100
+      http:
+        http1MaxPendingRequests: 10
+        maxRequestsPerConnection: 1
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 5s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+    trafficPolicy:
+      loadBalancer:
+        consistentHash:
+          httpHeaderName: end-user
+  - name: v2
+    labels:
+      version: v2
+  - name: v3
+    labels:
+      version: v3
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ratings
+spec:
+  host: ratings
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: details
+spec:
+  host: details
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details
+spec:
+  hosts:
+  - details
+  http:
+  - match:
+    - uri:
+        prefix: /v1/
+    rewrite:
+      uri: /
+    headers:
+      request:
+        set:
+          x-remora-route: details-v1
+    route:
+    - destination:
+        host: details
+        subset: v1
+    timeout: 3s
+    retries:
+      attempts: 2
+      perTryTimeout: 1s
+      retryOn: 5xx,connect-failure
+  - match:
+    - uri:
+        exact: /old
+    redirect:
+      uri: /v1/details
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: payments
+spec:
+  hosts:
+  - payments.internal
+  location: MESH_EXTERNAL
+  ports:
+  - number: 8080
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: 18080
+    labels:
+      version: v1
+  - address: 127.0.0.2
+    ports:
+      http: 18081
+    labels:
+      version: v2
+    weight: 20
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: payments
+spec:
+  host: payments.internal
+  trafficPolicy:
+    tls:
+      mode: SIMPLE
+      sni: payments.internal
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+"#;
+
+/// Istio's Bookinfo files used as they are.
+const ANCHORS: [&str; 2] = [
+    "virtual-service-reviews-jason-v2-v3.yaml",
+    "virtual-service-ratings-test-delay.yaml",
+];
+
+const POD: &str = "reviews-v1-5d8f9c7b4-k2x8p";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("REMORA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared"))
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = remora_e2e::admission::default_bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p remora-webhook --bin remora; cargo build -p remora-proxy --bin remora-proxy; scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The rules directory: the anchors and our file.
+fn rules_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for a in ANCHORS {
+        let src = shared().join("anchors/istio/networking").join(a);
+        let text =
+            std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        std::fs::write(dir.path().join(a), text).expect("write rules");
+    }
+    std::fs::write(dir.path().join("remora-bookinfo.yaml"), REMORA_BOOKINFO).expect("write rules");
+    dir
+}
+
+/// A running proxy, killed (and reaped) on drop even when the test fails.
+struct Proxy {
+    child: Child,
+    admin: SocketAddr,
+    health: SocketAddr,
+    _rules: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+impl Proxy {
+    /// Starts the proxy as the fixture was recorded (outbound and inbound on free loopback
+    /// ports here) and waits (bounded) until it is ready.
+    fn start() -> Proxy {
+        let rules = rules_dir();
+        let p = free_ports(5);
+        let child = Command::new(bin("remora-proxy"))
+            .args([
+                "run".to_string(),
+                format!("--outbound-addr=127.0.0.1:{}", p[0]),
+                format!("--inbound-addr=127.0.0.1:{}", p[1]),
+                format!("--admin-addr=127.0.0.1:{}", p[2]),
+                format!("--health-addr=127.0.0.1:{}", p[3]),
+                format!("--prometheus-addr=127.0.0.1:{}", p[4]),
+                format!("--rules-dir={}", rules.path().display()),
+                "--pod-labels-file=/nonexistent/remora-test-labels".into(),
+                "--namespace=bookinfo".into(),
+                format!("--pod-name={POD}"),
+                "--workload-name=reviews".into(),
+                "--ipv6=off".into(),
+                "--kube-api=off".into(),
+                "--drain-seconds=1".into(),
+            ])
+            .env_remove("REMORA_OUTBOUND_ADDR")
+            .env_remove("REMORA_INBOUND_ADDR")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn remora-proxy");
+        let mut proxy = Proxy {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], p[2])),
+            health: SocketAddr::from(([127, 0, 0, 1], p[3])),
+            _rules: rules,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = proxy.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = proxy.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("remora-proxy exited early ({st}):\n{err}");
+            }
+            if matches!(get(proxy.health, "/healthz/ready"), Ok((200, _))) {
+                return proxy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "remora-proxy not ready within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn config_dump(&self) -> Value {
+        let (status, body) = get(self.admin, "/config_dump").expect("GET /config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/config_dump is JSON")
+    }
+}
+
+fn remora(args: &[&str]) -> Output {
+    let mut child = Command::new(bin("remora"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("remora runs");
+    // Bounded: the CLI's own timeout is 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("remora {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Cells of a table line (columns are separated by at least three spaces).
+fn cols(line: &str) -> Vec<&str> {
+    line.split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn proxy_config_reads_a_running_proxy_through_its_admin_port() {
+    let proxy = Proxy::start();
+    let admin = proxy.admin.to_string();
+
+    // routes: the Bookinfo reviews VirtualService as the proxy loaded it.
+    let o = remora(&["proxy-config", "routes", "--admin", &admin]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = out.lines().map(cols).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "VIRTUAL SERVICE",
+            "HOSTS",
+            "ROUTE",
+            "MATCH",
+            "DESTINATION",
+            "POLICY"
+        ]
+    );
+    let reviews: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter(|r| r.first() == Some(&"bookinfo/reviews"))
+        .collect();
+    assert_eq!(reviews.len(), 2, "{out}");
+    assert_eq!(
+        reviews[0][1..5],
+        [
+            "reviews.bookinfo.svc.cluster.local",
+            "spec.http[0]",
+            "header end-user=jason",
+            "reviews.bookinfo.svc.cluster.local|v2"
+        ]
+    );
+    assert_eq!(
+        reviews[1][3..5],
+        ["*", "reviews.bookinfo.svc.cluster.local|v3"]
+    );
+    let ratings = rows
+        .iter()
+        .find(|r| r.first() == Some(&"bookinfo/ratings"))
+        .expect("ratings route");
+    assert_eq!(ratings[5], "fault delay 7s", "{out}");
+
+    // clusters: the reviews subsets with the DestinationRule's policy, filtered like istioctl.
+    let o = remora(&[
+        "proxy-config",
+        "clusters",
+        "--admin",
+        &admin,
+        "--fqdn",
+        "reviews",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON output");
+    assert_eq!(v["proxy"]["target"], admin.as_str());
+    assert_eq!(v["proxy"]["workload"], "bookinfo/reviews");
+    let clusters = v["clusters"].as_array().expect("clusters");
+    let subsets: Vec<&str> = clusters
+        .iter()
+        .filter_map(|c| c["subset"].as_str())
+        .collect();
+    assert_eq!(subsets, ["v1", "v2", "v3"]);
+    assert!(clusters
+        .iter()
+        .all(|c| c["host"] == "reviews.bookinfo.svc.cluster.local"
+            && c["destination_rule"] == "bookinfo/reviews"));
+    let v1 = clusters.iter().find(|c| c["subset"] == "v1").expect("v1");
+    assert_eq!(v1["load_balancer"], "CONSISTENT_HASH header end-user");
+    let v3 = clusters.iter().find(|c| c["subset"] == "v3").expect("v3");
+    assert_eq!(v3["load_balancer"], "ROUND_ROBIN");
+    assert_eq!(
+        v3["outlier_detection"],
+        "5xx x3, interval 5s, eject 30s, max 50%"
+    );
+
+    // endpoints of a subset; listeners with the addresses the proxy bound.
+    let o = remora(&[
+        "proxy-config",
+        "endpoints",
+        "--admin",
+        &admin,
+        "--subset",
+        "v2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<Vec<&str>> = out.lines().map(cols).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        lines[1][..4],
+        [
+            "payments.internal:8080",
+            "127.0.0.2:18081",
+            "version=v2",
+            "v2"
+        ]
+    );
+    let o = remora(&["proxy-config", "listeners", "--admin", &admin, "-o", "yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_yaml_ng::from_slice(&o.stdout).expect("YAML output");
+    let listeners = v["listeners"]["listeners"].as_array().expect("listeners");
+    assert_eq!(listeners.len(), 2, "{v}");
+    assert!(listeners.iter().all(|l| l["bound"] == true));
+
+    // --file on a saved dump answers the same as the live proxy.
+    let dump = proxy.config_dump();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let saved = dir.path().join("config_dump.json");
+    std::fs::write(&saved, serde_json::to_vec(&dump).expect("dump")).expect("write");
+    let live = remora(&["proxy-config", "all", "--admin", &admin, "-o", "json"]);
+    let offline = remora(&[
+        "proxy-config",
+        "all",
+        "--file",
+        saved.to_str().expect("utf-8 path"),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(live.status.code(), Some(0), "{}", text(&live));
+    assert_eq!(offline.status.code(), Some(0), "{}", text(&offline));
+    let a: Value = serde_json::from_slice(&live.stdout).expect("json");
+    let b: Value = serde_json::from_slice(&offline.stdout).expect("json");
+    for view in ["routes", "clusters", "endpoints", "listeners"] {
+        assert_eq!(a[view], b[view], "{view}");
+    }
+}
+
+#[test]
+fn proxy_config_admin_errors_are_one_line() {
+    // Nothing listens on a port we bound and released.
+    let port = free_ports(1)[0];
+    let o = remora(&[
+        "proxy-config",
+        "routes",
+        "--admin",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("remora: --admin 127.0.0.1:{port}: cannot connect")),
+        "{err}"
+    );
+    // An HTTP server that is not a remora proxy's admin port: the proxy's health port.
+    let proxy = Proxy::start();
+    let o = remora(&[
+        "proxy-config",
+        "routes",
+        "--admin",
+        &proxy.health.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read /config_dump"), "{err}");
+}
+
+/// The `/config_dump` recorded in the CLI fixture is what this proxy serves for the same rules
+/// (same content hash and the same rules, listeners aside, which name the ports).
+#[test]
+fn recorded_fixture_is_what_the_proxy_serves() {
+    let proxy = Proxy::start();
+    let live = proxy.config_dump();
+    let path = workspace().join("tests/fixtures/kube-api/cli/proxy-config.json");
+    let mut fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    let suffix = format!("/pods/{POD}:15020/proxy/config_dump");
+    let ex = fx["exchanges"]
+        .as_array_mut()
+        .expect("exchanges")
+        .iter_mut()
+        .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(&suffix)))
+        .expect("the recorded /config_dump exchange");
+    if std::env::var_os("REMORA_UPDATE_FIXTURES").is_some() {
+        // Keep the recorded listener addresses (the pod's ports), take everything else.
+        let mut body = live.clone();
+        body["listeners"] = ex["body"]["listeners"].clone();
+        ex["body"] = body;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&fx).expect("JSON") + "\n",
+        )
+        .expect("write fixture");
+        return;
+    }
+    let recorded = &ex["body"];
+    assert_eq!(live["hash"], recorded["hash"], "rule files changed");
+    for key in [
+        "virtual_services",
+        "destination_rules",
+        "service_entries",
+        "sidecar",
+        "ignored",
+        "counts",
+        "files",
+    ] {
+        assert_eq!(
+            live["rules"][key], recorded["rules"][key],
+            "rules.{key} differs from the recorded dump: re-record with REMORA_UPDATE_FIXTURES=1"
+        );
+    }
+    let names = |d: &Value| -> Vec<String> {
+        d.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        names(&live),
+        names(recorded),
+        "top-level /config_dump keys differ: re-record with REMORA_UPDATE_FIXTURES=1"
+    );
+}
