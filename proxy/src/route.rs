@@ -30,7 +30,9 @@ pub enum Decision {
     Forward(Forward),
     /// Answer with a redirect.
     Redirect { status: u16, location: String },
-    /// No VirtualService matched: the original destination as-is.
+    /// No VirtualService matched and the host is neither a ServiceEntry host nor a cluster
+    /// Service (a raw IP, an external name without ServiceEntry): the original destination
+    /// as-is, without any policy.
     Passthrough,
     /// The rules forbid this request (for example a Sidecar with `outboundTrafficPolicy:
     /// REGISTRY_ONLY` and an unknown host, or no route matched in a VirtualService):
@@ -157,8 +159,9 @@ mod opt_duration {
 }
 
 /// Route one request: the most specific VirtualService for its authority, its first matching
-/// `http` route, a weighted destination; or the ServiceEntry / original destination when no
-/// VirtualService applies.
+/// `http` route, a weighted destination; when no VirtualService applies, the host's default
+/// route (a ServiceEntry host or a cluster Service: a `Forward` without route or VirtualService
+/// name, so its DestinationRule applies) or else the original destination.
 ///
 /// The path is normalized first, as Istio's default (`pathNormalization: BASE`, Envoy's
 /// `normalize_path`) does: routes match the normalized path, and a `Forward` carries it in
@@ -659,6 +662,9 @@ fn split_authority_header(
     (ops, rewrite.or(from_header))
 }
 
+/// No VirtualService applies: Istio's default route of the host (`outbound|port||host`) when the
+/// request names a ServiceEntry host or a cluster Service, else the original destination
+/// (or 502 under `REGISTRY_ONLY` for a host outside the registry).
 fn no_virtual_service(
     snap: &Snapshot,
     req: &RequestInfo<'_>,
@@ -680,30 +686,10 @@ fn no_virtual_service(
             .find(|c| se.hosts.iter().any(|h| match_score(h, c).is_some()))
             .cloned()
             .unwrap_or_else(|| host.to_string());
-        let endpoints = match snap.endpoints.endpoints(&fqdn, port, None) {
-            Some(eps) if eps.is_empty() => {
-                return Decision::Deny {
-                    status: 503,
-                    reason: format!("no endpoints for host {fqdn} port {port}"),
-                }
-            }
-            Some(eps) => eps,
-            None => return Decision::Passthrough,
-        };
-        return Decision::Forward(Forward {
-            route_name: None,
-            virtual_service: None,
-            host: fqdn,
-            subset: None,
-            port,
-            endpoints,
-            authority_rewrite: None,
-            uri_rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-            policy: Policy::default(),
-            resolve_by_dns: false,
-        });
+        return default_route(snap, fqdn, req.dst);
+    }
+    if let Some(fqdn) = cluster_service_host(snap, host, cands, port) {
+        return default_route(snap, fqdn, req.dst);
     }
     if let Some(sc) = &snap.sidecar {
         let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
@@ -721,6 +707,90 @@ fn no_virtual_service(
         }
     }
     Decision::Passthrough
+}
+
+/// The cluster Service (`name.namespace.svc.<domain>`) a request host names, if it names one
+/// visible under the Sidecar's egress scope on `port`.
+///
+/// `reviews`, `reviews.prod.svc` and the FQDN name a Service whether or not an endpoint source
+/// knows it. `a.b` is ambiguous (Service `a` in namespace `b`, or the external name `a.b`): it
+/// names a Service only when an endpoint source knows that Service or a DestinationRule is
+/// written for exactly that FQDN (a wildcard DestinationRule such as `*.local` does not turn
+/// external names into cluster ones).
+fn cluster_service_host(
+    snap: &Snapshot,
+    host: &str,
+    cands: &[String],
+    port: u16,
+) -> Option<String> {
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let suffix = format!(".svc.{}", snap.ctx.cluster_domain);
+    let fqdn = cands.iter().find(|c| c.ends_with(&suffix))?;
+    // `name.namespace` before the suffix: a Service, not a pod name or `x.svc.<domain>`.
+    let (_, ns) = fqdn.strip_suffix(&suffix)?.split_once('.')?;
+    if ns.is_empty() || ns.contains('.') {
+        return None;
+    }
+    let written = host.trim_end_matches('.');
+    let ambiguous = written.matches('.').count() == 1;
+    if ambiguous
+        && snap.endpoints.endpoints(fqdn, port, None).is_none()
+        && snap
+            .destination_rule(fqdn)
+            .is_none_or(|dr| &dr.host != fqdn)
+    {
+        return None;
+    }
+    let visible = snap.sidecar.as_ref().is_none_or(|sc| {
+        crate::rules::in_egress_scope_on_port(sc, ns, std::slice::from_ref(fqdn), port)
+    });
+    visible.then(|| fqdn.clone())
+}
+
+/// Istio's default route of a host without VirtualService: the whole host (no subset) on the
+/// port the client addressed, its endpoints (as for a VirtualService destination), no header
+/// operations, and the default route policy (no timeout; Istio's default retries, never for a
+/// non-idempotent method). The host's DestinationRule `trafficPolicy` (with its
+/// `portLevelSettings` for this port) applies in the data plane, which looks it up by host and
+/// port exactly as for a routed destination. Without known endpoints the original destination
+/// is used; when the client addressed one of the endpoints itself (a headless Service: it
+/// resolved a pod's address), that endpoint is kept, as Istio's ORIGINAL_DST cluster does.
+fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr) -> Decision {
+    let port = dst.port();
+    let d = crate::rules::model::Destination {
+        host: fqdn,
+        subset: None,
+        port: Some(port),
+    };
+    let mut endpoints = match destination_endpoints(snap, &d, port) {
+        Ok(eps) => eps,
+        Err(reason) => {
+            return Decision::Deny {
+                status: 503,
+                reason,
+            }
+        }
+    };
+    if endpoints.iter().any(|e| e.addr == dst) {
+        endpoints.retain(|e| e.addr == dst);
+    }
+    Decision::Forward(Forward {
+        route_name: None,
+        virtual_service: None,
+        host: d.host,
+        subset: None,
+        port,
+        endpoints,
+        authority_rewrite: None,
+        uri_rewrite: None,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+        policy: Policy::default(),
+        // The client addressed this host and port: without endpoints, its original destination.
+        resolve_by_dns: false,
+    })
 }
 
 /// Route an opaque TCP connection (or a TLS one, when the data plane has read its SNI) by the
@@ -1105,7 +1175,6 @@ spec:
             ("a.b.api.example.com", Some("deeper")),
             ("www.example.com", Some("wild")),
             ("example.com", None),
-            ("reviews", None),
             ("reviews.prod", Some("prod-reviews")),
             ("reviews.prod.svc", Some("prod-reviews")),
             ("reviews.prod.svc.cluster.local:9080", Some("prod-reviews")),
@@ -1117,6 +1186,15 @@ spec:
                 None => assert_eq!(d, Decision::Passthrough, "{authority}"),
             }
         }
+        // No VirtualService in the proxy's namespace: the Service's default route (this was a
+        // Passthrough before default routes existed).
+        let f = fwd(route(
+            &s,
+            &req_with("reviews", "GET", "/", &h, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "reviews.default.svc.cluster.local");
+        assert_eq!((f.route_name, f.virtual_service), (None, None));
         // The prod VirtualService's short destination host resolves in *its* namespace.
         let f = fwd(route(
             &s,
@@ -1598,11 +1676,16 @@ spec:
             ),
             Decision::Passthrough
         );
-        // Unknown host: original destination.
-        assert_eq!(
-            route(&s, &req_with("unknown", "GET", "/", &none, 80), &mut rng),
-            Decision::Passthrough
-        );
+        // A Service no endpoint source knows: its default route to the original destination
+        // (a Passthrough before default routes existed; now its DestinationRule applies).
+        let f = fwd(route(
+            &s,
+            &req_with("unknown", "GET", "/", &none, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "unknown.default.svc.cluster.local");
+        assert!(f.endpoints.is_empty() && !f.resolve_by_dns);
+        // No host at all: original destination.
         assert_eq!(
             route(&s, &req_with("", "GET", "/", &none, 80), &mut rng),
             Decision::Passthrough
@@ -1689,15 +1772,15 @@ spec:
                 .count(),
             1
         );
-        // NONE resolution: known host, original destination.
-        assert_eq!(
-            route(
-                &s,
-                &req_with("local.example.com", "GET", "/", &h, 80),
-                &mut rng
-            ),
-            Decision::Passthrough
-        );
+        // NONE resolution: known host, its default route to the original destination (a
+        // Passthrough before default routes existed, so its DestinationRule did not apply).
+        let f = fwd(route(
+            &s,
+            &req_with("local.example.com", "GET", "/", &h, 80),
+            &mut rng,
+        ));
+        assert_eq!((f.host.as_str(), f.port), ("local.example.com", 80));
+        assert!(f.endpoints.is_empty() && !f.resolve_by_dns);
         assert_eq!(
             route(&s, &req_with("ext.example.com", "GET", "/", &h, 80), &mut rng),
             Decision::Deny {
@@ -1705,10 +1788,14 @@ spec:
                 reason: "host \"ext.example.com\" is not in the registry and Sidecar default/default sets outboundTrafficPolicy REGISTRY_ONLY".into()
             }
         );
-        assert_eq!(
-            route(&s, &req_with("reviews", "GET", "/", &h, 80), &mut rng),
-            Decision::Passthrough
-        );
+        // A Service of the proxy's namespace (inside `./*`): its default route.
+        let f = fwd(route(
+            &s,
+            &req_with("reviews", "GET", "/", &h, 80),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "reviews.default.svc.cluster.local");
+        assert_eq!(f.virtual_service, None);
         assert_eq!(
             route(&s, &req_with("10.0.0.1:80", "GET", "/", &h, 80), &mut rng),
             Decision::Passthrough
@@ -1965,4 +2052,321 @@ spec:
     }
 
     use crate::rules::Protocol;
+
+    /// Pods of Services known to Kubernetes discovery (a stand-in for the chained discovery
+    /// source): `reviews` and `ratings.prod` on service ports 9080 and 8080 (pod addresses
+    /// keep the service port), `empty` with port 9080 only and no ready pod.
+    #[derive(Debug)]
+    struct ClusterPods;
+    impl crate::rules::EndpointSource for ClusterPods {
+        fn endpoints(
+            &self,
+            host: &str,
+            port: u16,
+            subset: Option<&BTreeMap<String, String>>,
+        ) -> Option<Vec<Endpoint>> {
+            let pods: &[(&str, &str)] = match host {
+                "reviews.default.svc.cluster.local" => {
+                    &[("10.1.0.1", "v1"), ("10.1.0.2", "v2"), ("10.1.0.3", "v3")]
+                }
+                "ratings.prod.svc.cluster.local" => &[("10.2.0.1", "v1")],
+                "empty.default.svc.cluster.local" => &[],
+                _ => return None,
+            };
+            if ![9080, 8080].contains(&port) {
+                return Some(Vec::new());
+            }
+            Some(
+                pods.iter()
+                    .map(|(ip, v)| Endpoint {
+                        addr: SocketAddr::new(ip.parse().unwrap(), port),
+                        labels: [("version".to_string(), v.to_string())].into(),
+                        weight: 1,
+                    })
+                    .filter(|e| {
+                        subset.is_none_or(|s| s.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    const REVIEWS_DR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool: {tcp: {maxConnections: 7}}
+    portLevelSettings:
+    - port: {number: 8080}
+      loadBalancer: {simple: ROUND_ROBIN}
+      outlierDetection: {consecutive5xxErrors: 2}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+    fn addrs(f: &Forward) -> Vec<String> {
+        f.endpoints.iter().map(|e| e.addr.to_string()).collect()
+    }
+
+    /// A host with a DestinationRule and no VirtualService takes its default route: all the
+    /// Service's endpoints (subsets play no part), the addressed port, no route names, and the
+    /// DestinationRule's trafficPolicy for that port as the data plane looks it up.
+    #[test]
+    fn destination_rule_only_host_gets_its_default_route() {
+        let s = snap(REVIEWS_DR).with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let f = fwd(route(
+            &s,
+            &req_with("reviews:9080", "GET", "/a/../b", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "reviews.default.svc.cluster.local");
+        assert_eq!((f.subset.as_deref(), f.port), (None, 9080));
+        assert_eq!(
+            (f.route_name.as_deref(), f.virtual_service.as_deref()),
+            (None, None)
+        );
+        assert_eq!(
+            addrs(&f),
+            vec!["10.1.0.1:9080", "10.1.0.2:9080", "10.1.0.3:9080"],
+            "every pod, whatever the subsets"
+        );
+        assert!(!f.resolve_by_dns);
+        // Istio's default route: no timeout, the default retries (never a non-idempotent method).
+        assert_eq!(f.policy, Policy::default());
+        let retry = crate::policy::retry::effective(f.policy.retries.as_ref());
+        assert_eq!(retry, crate::policy::retry::istio_default());
+        assert!(!retry.explicit);
+        // The path is normalized as on every route.
+        assert_eq!(f.uri_rewrite.as_deref(), Some("/b"));
+
+        // The data plane's lookup of the destination (host, no subset, port) finds the
+        // DestinationRule's policy, port-level settings chosen by the addressed port.
+        let policies = crate::policy::Policies::new();
+        let d9080 = policies.destination(&s, &f.host, f.subset.as_deref(), f.port);
+        assert_eq!(
+            d9080.policy.load_balancer,
+            crate::policy::lb::LbPolicy::ConsistentHash(crate::policy::lb::HashKey::Header(
+                "x-user".into()
+            ))
+        );
+        assert!(d9080.policy.outlier_detection.is_none());
+        assert_eq!(d9080.policy.connection_pool.max_connections, 7);
+        let f8080 = fwd(route(
+            &s,
+            &req_with(
+                "reviews.default.svc.cluster.local:8080",
+                "GET",
+                "/",
+                &h,
+                8080,
+            ),
+            &mut rng,
+        ));
+        assert_eq!((f8080.host.as_str(), f8080.port), (f.host.as_str(), 8080));
+        assert_eq!(
+            addrs(&f8080),
+            vec!["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+        );
+        let d8080 = policies.destination(&s, &f8080.host, None, f8080.port);
+        assert_eq!(
+            d8080.policy.load_balancer,
+            crate::policy::lb::LbPolicy::RoundRobin
+        );
+        assert!(d8080.policy.outlier_detection.is_some());
+        assert_eq!(d8080.policy.connection_pool.max_connections, 7);
+
+        // A headless Service: the client addressed a pod itself; that pod is kept.
+        let mut r = req_with("reviews", "GET", "/", &h, 9080);
+        r.dst = "10.1.0.2:9080".parse().unwrap();
+        assert_eq!(addrs(&fwd(route(&s, &r, &mut rng))), vec!["10.1.0.2:9080"]);
+
+        // A Service discovery knows without a ready endpoint (or without the port): 503.
+        assert_eq!(
+            route(&s, &req_with("empty", "GET", "/", &h, 9080), &mut rng),
+            Decision::Deny {
+                status: 503,
+                reason: "no endpoints for host empty.default.svc.cluster.local port 9080".into()
+            }
+        );
+        assert_eq!(
+            route(&s, &req_with("reviews", "GET", "/", &h, 7000), &mut rng),
+            Decision::Deny {
+                status: 503,
+                reason: "no endpoints for host reviews.default.svc.cluster.local port 7000".into()
+            }
+        );
+        // A Service no source knows (no discovery): the original destination, policy applies.
+        let f = fwd(route(
+            &s,
+            &req_with("details.default.svc:9080", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "details.default.svc.cluster.local");
+        assert!(f.endpoints.is_empty() && !f.resolve_by_dns);
+    }
+
+    /// Only names of Services (or ServiceEntry hosts) get a default route: raw IPs, pod names
+    /// and external names stay Passthrough; `a.b` is a Service only when it is known.
+    #[test]
+    fn non_service_hosts_stay_passthrough() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  host: "*.local"
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 3}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details, namespace: prod}
+spec:
+  host: details.prod.svc.cluster.local
+"#,
+        )
+        .with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for authority in [
+            "10.0.0.1:80",
+            "[fd00::1]:80",
+            "",
+            // An external name, even with a wildcard DestinationRule that would match its
+            // cluster reading (`example.com.svc.cluster.local`).
+            "example.com",
+            "api.example.com",
+            // A pod's name under a headless Service, and a name without a namespace.
+            "mysql-0.mysql.prod.svc.cluster.local",
+            "x.svc.cluster.local",
+        ] {
+            assert_eq!(
+                route(&s, &req_with(authority, "GET", "/", &h, 80), &mut rng),
+                Decision::Passthrough,
+                "{authority:?}"
+            );
+        }
+        // `name.namespace` of a Service discovery knows, or one a DestinationRule names.
+        let f = fwd(route(
+            &s,
+            &req_with("ratings.prod", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "ratings.prod.svc.cluster.local");
+        assert_eq!(addrs(&f), vec!["10.2.0.1:9080"]);
+        let f = fwd(route(
+            &s,
+            &req_with("details.prod:9080", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(f.host, "details.prod.svc.cluster.local");
+        assert!(f.endpoints.is_empty());
+    }
+
+    /// REGISTRY_ONLY answers 502 for unknown external names as before; Services inside the
+    /// Sidecar's egress scope take their default route, those outside it pass through.
+    #[test]
+    fn registry_only_and_egress_scope_with_default_routes() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#,
+        )
+        .with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert!(matches!(
+            route(&s, &req_with("api.example.com", "GET", "/", &h, 80), &mut rng),
+            Decision::Deny { status: 502, .. }
+        ));
+        assert_eq!(
+            route(&s, &req_with("10.0.0.1", "GET", "/", &h, 80), &mut rng),
+            Decision::Passthrough
+        );
+        let f = fwd(route(
+            &s,
+            &req_with("reviews", "GET", "/", &h, 9080),
+            &mut rng,
+        ));
+        assert_eq!(addrs(&f).len(), 3);
+        // Outside `./*`: not this proxy's registry view; as before, not denied either.
+        assert_eq!(
+            route(
+                &s,
+                &req_with("ratings.prod", "GET", "/", &h, 9080),
+                &mut rng
+            ),
+            Decision::Passthrough
+        );
+    }
+
+    /// A ServiceEntry host without VirtualService keeps its endpoints; with `resolution: NONE`
+    /// it now takes its default route to the original destination (its DestinationRule applies).
+    #[test]
+    fn service_entry_hosts_take_their_default_route() {
+        let s = snap(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.20}, {address: 127.0.0.21}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: none}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext}
+spec:
+  host: api.example.com
+  subsets: [{name: only20, labels: {x: y}}]
+"#,
+        );
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let f = fwd(route(
+            &s,
+            &req_with("api.example.com", "GET", "/", &h, 443),
+            &mut rng,
+        ));
+        assert_eq!(addrs(&f), vec!["127.0.0.20:443", "127.0.0.21:443"]);
+        assert_eq!((f.subset, f.virtual_service), (None, None));
+        let f = fwd(route(
+            &s,
+            &req_with("db.example.com", "GET", "/", &h, 5432),
+            &mut rng,
+        ));
+        assert_eq!((f.host.as_str(), f.port), ("db.example.com", 5432));
+        assert!(f.endpoints.is_empty() && !f.resolve_by_dns);
+        // An undeclared port of the external name: not captured, Passthrough.
+        assert_eq!(
+            route(
+                &s,
+                &req_with("api.example.com", "GET", "/", &h, 80),
+                &mut rng
+            ),
+            Decision::Passthrough
+        );
+    }
 }

@@ -96,7 +96,9 @@ fn http1_outbound_passthrough_with_request_id_and_access_log() {
                 "response_code=\"200\"",
                 "source_workload=\"testwl\"",
                 "source_workload_namespace=\"testns\"",
-                "destination_service=\"reviews:9080\"",
+                // `reviews` names a Service of the proxy's namespace: its default route, so
+                // the metric names the Service (as Istio's) rather than the raw authority.
+                "destination_service=\"reviews.testns.svc.cluster.local\"",
                 "request_protocol=\"http\"",
             ]
         ),

@@ -496,9 +496,20 @@ fn gateway_rules_are_not_applied_to_sidecars() {
             ],
             "{file}"
         );
+        // No VirtualService applies: the Service's default route (no route or VirtualService
+        // name; before default routes existed this was a Passthrough).
+        let f = forward(decide(
+            &s,
+            &req("productpage").path("/productpage"),
+            &mut rng,
+        ));
         assert_eq!(
-            decide(&s, &req("productpage").path("/productpage"), &mut rng),
-            Decision::Passthrough,
+            (
+                f.host.as_str(),
+                f.route_name.as_deref(),
+                f.virtual_service.as_deref()
+            ),
+            ("productpage.default.svc.cluster.local", None, None),
             "{file}"
         );
     }
