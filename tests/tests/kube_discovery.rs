@@ -578,3 +578,244 @@ async fn proxy_routes_to_an_endpoint_known_only_from_an_endpointslice() {
     assert_eq!(dump["config_source"]["source"], "api");
     assert_eq!(dump["generation"].as_u64(), Some(generation + 1));
 }
+
+/// A DestinationRule alone (no VirtualService, no ServiceEntry) for a Service the proxy knows
+/// only from EndpointSlices: the Service's default route balances over its pods by the
+/// DestinationRule's `loadBalancer` (ROUND_ROBIN: exactly even), and once the rule changes
+/// through the API to `consistentHash` on `x-user`, each user sticks to one pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rule_alone_steers_a_discovered_service() {
+    fn get_as(addr: SocketAddr, user: &str) -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /u HTTP/1.1\r\nhost: reviews:9080\r\nx-user: {user}\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        Ok((status, body.unwrap_or_default()))
+    }
+    let dr = |lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {lb}\n"
+        )
+    };
+    let pods = [
+        process::backend("pod-a"),
+        process::backend("pod-b"),
+        process::backend("pod-c"),
+    ];
+    // The original destination (the ClusterIP): nothing listens there.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], process::free_ports(1)[0]));
+    let api = RecordedApi::start().await.unwrap();
+    let list = |kind: &str, api_version: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "500"}, "items": items});
+    let bookmark = |api_version: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "501"}}});
+    for ns in ["shop", "remora-system"] {
+        let (svcs, slices) = if ns == "shop" {
+            (
+                vec![json!({"kind": "Service", "apiVersion": "v1",
+                    "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
+                    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                             "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 9080, "protocol": "TCP"}]}})],
+                // One slice per pod (each listens on its own loopback port).
+                pods.iter()
+                    .enumerate()
+                    .map(|(i, pod)| {
+                        json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                            "metadata": {"name": format!("reviews-{i}"), "namespace": "shop",
+                                         "resourceVersion": format!("41{i}"),
+                                         "labels": {"kubernetes.io/service-name": "reviews"}},
+                            "addressType": "IPv4",
+                            "ports": [{"name": "http", "port": pod.port(), "protocol": "TCP"}],
+                            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})
+                    })
+                    .collect(),
+            )
+        } else {
+            (vec![], vec![])
+        };
+        let s = format!("/api/v1/namespaces/{ns}/services");
+        let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
+        let p = format!("/api/v1/namespaces/{ns}/pods");
+        api.on("GET", &s, Reply::json(200, list("ServiceList", "v1", svcs)));
+        api.on(
+            "GET",
+            &format!("{s}?watch=true"),
+            Reply::watch(vec![bookmark("v1", "Service")], true),
+        );
+        api.on(
+            "GET",
+            &e,
+            Reply::json(
+                200,
+                list("EndpointSliceList", "discovery.k8s.io/v1", slices),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{e}?watch=true"),
+            Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
+        );
+        api.on(
+            "GET",
+            &p,
+            Reply::json(
+                200,
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{p}?watch=true"),
+            Reply::watch(
+                vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
+                true,
+            ),
+        );
+    }
+    let round_robin = dr("{simple: ROUND_ROBIN}");
+    let cms = "/api/v1/namespaces/shop/configmaps";
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules"),
+        Reply::json(
+            200,
+            list(
+                "ConfigMapList",
+                "v1",
+                vec![configmap("600", &[("reviews.yaml", &round_robin)])],
+            ),
+        ),
+    );
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules&watch=true"),
+        Reply::watch(vec![bookmark("v1", "ConfigMap")], true),
+    );
+
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("reviews.yaml"), &round_robin).unwrap();
+    let ports = process::free_ports(5);
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let child = Command::new(process::proxy_bin())
+        .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--rules-dir")
+        .arg(rules.path())
+        .args(["--outbound-addr", &at(ports[0]).to_string()])
+        .args(["--inbound-addr", &at(ports[1]).to_string()])
+        .args(["--admin-addr", &at(ports[2]).to_string()])
+        .args(["--health-addr", &at(ports[3]).to_string()])
+        .args(["--prometheus-addr", &at(ports[4]).to_string()])
+        .args(["--fixed-outbound-target", &nowhere.to_string()])
+        .args([
+            "--ipv6",
+            "off",
+            "--access-log",
+            "off",
+            "--inbound-source-fallback",
+        ])
+        .args([
+            "--pod-labels-file",
+            "/nonexistent",
+            "--rules-rescan-seconds",
+            "1",
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("POD_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _proc = process::Proc(child);
+    let admin = at(ports[2]);
+    let outbound = at(ports[0]);
+    let ask = |user: String| async move {
+        tokio::task::spawn_blocking(move || get_as(outbound, &user))
+            .await
+            .unwrap()
+    };
+
+    // Until discovery has the pods, the request goes to the original destination (nothing).
+    let t = Instant::now();
+    loop {
+        if let Ok((200, _)) = ask("warm-up".into()).await {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the Service's pods never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ROUND_ROBIN from the DestinationRule: one user's 30 requests spread exactly evenly.
+    let mut tally: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..30 {
+        let (status, body) = ask("alice".into()).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        *tally.entry(body).or_default() += 1;
+    }
+    assert_eq!(
+        tally,
+        BTreeMap::from([
+            ("pod-a".to_string(), 10),
+            ("pod-b".to_string(), 10),
+            ("pod-c".to_string(), 10)
+        ])
+    );
+
+    // The DestinationRule changes through the API: consistentHash on the x-user header.
+    let generation = tokio::task::spawn_blocking(move || process::config_dump(admin))
+        .await
+        .unwrap()
+        .and_then(|d| d["generation"].as_u64())
+        .expect("config_dump generation");
+    wait_for(Duration::from_secs(5), "the ConfigMap watch", || {
+        api.open_watches(cms) > 0
+    })
+    .await;
+    let hashed = dr("{consistentHash: {httpHeaderName: x-user}}");
+    assert_eq!(
+        api.emit(
+            cms,
+            event("MODIFIED", configmap("601", &[("reviews.yaml", &hashed)]))
+        ),
+        1
+    );
+    let t = Instant::now();
+    loop {
+        let g = tokio::task::spawn_blocking(move || process::config_dump(admin))
+            .await
+            .unwrap()
+            .and_then(|d| d["generation"].as_u64());
+        if g > Some(generation) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the API change never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each user's 10 requests land on one pod; 20 users use more than one pod.
+    let mut used = std::collections::BTreeSet::new();
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let (status, body) = ask(user.clone()).await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            seen.insert(body);
+        }
+        assert_eq!(seen.len(), 1, "{user} went to {seen:?}");
+        used.extend(seen);
+    }
+    assert!(used.len() >= 2, "every user on one pod: {used:?}");
+}
