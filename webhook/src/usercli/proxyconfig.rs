@@ -780,7 +780,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             "original destination (resolution NONE)".to_string()
         } else {
             format!(
-                "ServiceEntry {} endpoints ({resolution}), port as requested",
+                "ServiceEntry {} endpoints ({resolution}); DestinationRule applies",
                 key_of(se)
             )
         };
@@ -788,7 +788,11 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             virtual_service: None,
             hosts,
             kind: "implicit".into(),
-            route: "-".into(),
+            route: if dest.contains("DestinationRule applies") {
+                "(default)".into()
+            } else {
+                "-".into()
+            },
             matches: if ports.is_empty() {
                 "any port".into()
             } else {
@@ -811,39 +815,49 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             .pointer("/rules/sidecar")
             .filter(|x| x.is_object());
         let domain = s(rules.dump, "/rules/cluster_domain").unwrap_or("cluster.local");
+        let implicit = |hosts: Vec<String>, matches: &str, destination: String| RouteRow {
+            virtual_service: None,
+            hosts,
+            kind: "implicit".into(),
+            route: if destination.contains("DestinationRule applies") {
+                "(default)".into()
+            } else {
+                "-".into()
+            },
+            matches: matches.into(),
+            destination,
+            policy: "-".into(),
+        };
+        let scope = match sidecar {
+            Some(sc) => format!(" (hosts under Sidecar {}'s egress)", key_of(sc)),
+            None => String::new(),
+        };
+        rows.push(implicit(
+            vec![format!("*.svc.{domain}")],
+            "a Service without VirtualService",
+            format!("the Service's endpoints (discovery), else the original destination; DestinationRule applies{scope}"),
+        ));
         match sidecar {
             Some(sc) if sc.get("registry_only").and_then(Value::as_bool) == Some(true) => {
-                rows.push(RouteRow {
-                    virtual_service: None,
-                    hosts: vec![format!("*.svc.{domain}"), "(IP addresses)".into()],
-                    kind: "implicit".into(),
-                    route: "-".into(),
-                    matches: "any other request".into(),
-                    destination: "original destination (passthrough)".into(),
-                    policy: "-".into(),
-                });
-                rows.push(RouteRow {
-                    virtual_service: None,
-                    hosts: vec!["*".into()],
-                    kind: "implicit".into(),
-                    route: "-".into(),
-                    matches: "any other host".into(),
-                    destination: format!(
+                rows.push(implicit(
+                    vec!["(IP addresses)".into()],
+                    "any other request",
+                    "original destination (passthrough)".into(),
+                ));
+                rows.push(implicit(
+                    vec!["*".into()],
+                    "any other host",
+                    format!(
                         "502 (Sidecar {} outboundTrafficPolicy REGISTRY_ONLY)",
                         key_of(sc)
                     ),
-                    policy: "-".into(),
-                });
+                ));
             }
-            _ => rows.push(RouteRow {
-                virtual_service: None,
-                hosts: vec!["*".into()],
-                kind: "implicit".into(),
-                route: "-".into(),
-                matches: "any other request".into(),
-                destination: "original destination (passthrough, ALLOW_ANY)".into(),
-                policy: "-".into(),
-            }),
+            _ => rows.push(implicit(
+                vec!["*".into()],
+                "any other host or IP",
+                "original destination (passthrough, ALLOW_ANY)".into(),
+            )),
         }
     }
     rows
@@ -1873,10 +1887,17 @@ mod tests {
         assert_eq!(implicit[0].hosts, ["payments.internal"]);
         assert_eq!(implicit[0].matches, "port 8080");
         assert!(implicit[0].destination.contains("STATIC"));
+        assert_eq!(implicit[0].route, "(default)");
+        assert_eq!(implicit[1].hosts, ["*.svc.cluster.local"]);
+        assert_eq!(implicit[1].route, "(default)");
+        assert!(implicit[1]
+            .destination
+            .starts_with("the Service's endpoints"));
         assert_eq!(
             implicit.last().unwrap().destination,
             "original destination (passthrough, ALLOW_ANY)"
         );
+        assert_eq!(implicit.last().unwrap().route, "-");
         // --name keeps one VirtualService; --port keeps routes that match any port or that one.
         let f = Filters {
             name: Some("ratings".into()),
