@@ -315,13 +315,34 @@ pub async fn handle(
 
 /// Evaluate readiness every `every` until it is first ready (or draining starts), so the
 /// "ready after" line and a discovery timeout's warn line come when they happen, not at the
-/// next probe.
+/// next probe. When readiness stopped waiting at the timeout, also say (once) when discovery's
+/// first sync does complete, checking every second.
 pub async fn watch_readiness(state: Arc<AdminState>, every: std::time::Duration) {
     loop {
-        if state.readiness().0 || state.draining.load(Ordering::Relaxed) {
+        if state.draining.load(Ordering::Relaxed) {
             return;
         }
+        if state.readiness().0 {
+            break;
+        }
         tokio::time::sleep(every).await;
+    }
+    let Some(gate) = state.ready_gate.clone() else {
+        return;
+    };
+    if !gate.timed_out() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if gate.awaited().pending.is_empty() {
+            info!(
+                "discovery: first sync complete {:.1}s after start (readiness had stopped waiting after {})",
+                state.started.elapsed().as_secs_f64(),
+                crate::discovery::ready::human(gate.timeout())
+            );
+            return;
+        }
     }
 }
 

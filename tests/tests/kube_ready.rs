@@ -422,6 +422,30 @@ async fn readiness_turns_ready_after_the_timeout_when_a_list_never_arrives() {
             .is_some_and(|w| w.contains(&json!("endpointslices in shop"))),
         "{r}"
     );
+
+    // The list arrives late: said once; readiness stays as it was decided.
+    never.release();
+    wait_for("the late sync line", || {
+        !proxy.log_lines("discovery: first sync complete").is_empty()
+    })
+    .await;
+    let late = proxy.log_lines("discovery: first sync complete");
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert!(
+        late[0].contains("(readiness had stopped waiting after 1.5s)"),
+        "{}",
+        late[0]
+    );
+    assert_eq!(
+        proxy.ready().await,
+        Some((200, "ready: generation 1".to_string()))
+    );
+    let dump = proxy.config_dump().await;
+    assert_eq!(dump["discovery"]["readiness"]["state"], "timeout");
+    assert_eq!(
+        dump["discovery"]["status"]["watches"]["endpointslices in namespace shop"],
+        "watching"
+    );
 }
 
 /// Every list answered 403 (no RBAC): nothing is waited for, the proxy is ready well before its

@@ -258,6 +258,13 @@ impl ReadyGate {
         GateState::Open(opened.clone())
     }
 
+    /// Did the gate open because `--discovery-ready-timeout` passed?
+    pub fn timed_out(&self) -> bool {
+        locked(&self.opened)
+            .as_ref()
+            .is_some_and(|o| matches!(o.why, Why::Timeout { .. }))
+    }
+
     /// The reason readiness waits, or the outcome: `discovery not synced: endpointslices in
     /// shop (2.1s of 10s)`.
     pub fn describe(&self, state: &GateState) -> String {
