@@ -1,0 +1,383 @@
+//! The rules validating webhook (`POST /validate`) over real HTTPS: the in-process server on
+//! 127.0.0.1:0 with an rcgen certificate, fed rules ConfigMaps built from Istio's Bookinfo
+//! samples (`$REMORA_SHARED/anchors/istio/networking/`, used in place) and from
+//! `manifests/rules-example.yaml`, plus broken variants of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use remora_webhook::client::{client_config, Client};
+use remora_webhook::config::{Config, ConfigHandle};
+use remora_webhook::server::{self, Running, ServeOptions};
+use remora_webhook::validate_rules::review_for;
+use serde_json::{json, Value};
+
+static UID: AtomicU64 = AtomicU64::new(0);
+
+fn uid() -> String {
+    format!(
+        "uid-{}-{}",
+        std::process::id(),
+        UID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn shared() -> PathBuf {
+    match std::env::var("REMORA_SHARED") {
+        Ok(s) if !s.is_empty() => PathBuf::from(s),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
+}
+
+fn bookinfo(file: &str) -> String {
+    let p = shared().join("anchors/istio/networking").join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    running: Running,
+    cert_pem: String,
+}
+
+async fn start(cfg: Config) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let running = server::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert,
+        key,
+        config: ConfigHandle::fixed(cfg),
+        reload_poll: Duration::from_secs(10),
+        drain: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    Server {
+        _dir: dir,
+        running,
+        cert_pem: ck.cert.pem(),
+    }
+}
+
+impl Server {
+    async fn client(&self) -> Client {
+        let cfg = client_config(&[self.cert_pem.as_bytes()]).unwrap();
+        Client::connect(self.running.addr, "localhost", cfg)
+            .await
+            .unwrap()
+    }
+
+    /// Sends `cm` in a review with `operation`; returns the `response` of the answer.
+    async fn review(&self, cm: &Value, operation: &str) -> Value {
+        let id = uid();
+        let body = serde_json::to_vec(&review_for(cm, &id, operation)).unwrap();
+        let (status, body) = self
+            .client()
+            .await
+            .post("/validate", Bytes::from(body))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], id.as_str());
+        assert!(
+            v["response"].get("patch").is_none(),
+            "a validating webhook never patches"
+        );
+        v["response"].clone()
+    }
+}
+
+fn rules_cm(ns: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "remora-mesh-rules", "namespace": ns, "uid": "0c1d2e3f"},
+           "data": data})
+}
+
+fn message(resp: &Value) -> &str {
+    resp["status"]["message"].as_str().unwrap_or("")
+}
+
+fn warnings(resp: &Value) -> Vec<String> {
+    resp["warnings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|w| w.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn counter(metrics: &str, decision: &str) -> u64 {
+    let prefix = format!("remora_webhook_rules_reviews_total{{decision=\"{decision}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const DR_ALL: &str = "destination-rule-all.yaml";
+
+/// Every Bookinfo VirtualService sample, each with the DestinationRules it routes to, is allowed
+/// with no warning (a namespace running Bookinfo applies them without noise), and so is the
+/// shipped example ConfigMap.
+#[tokio::test]
+async fn bookinfo_rules_are_allowed() {
+    let s = start(Config::default()).await;
+    let mut checked = 0;
+    let dir = shared().join("anchors/istio/networking");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // (fault-injection-details-v1.yaml is left out: its second route can never match, which
+        // the linter reports as an error, and it redefines DestinationRule details.)
+        .filter(|n| n.starts_with("virtual-service-"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    let mut failures = Vec::new();
+    for f in &files {
+        let cm = rules_cm(
+            "bookinfo",
+            json!({ f.as_str(): bookinfo(f), DR_ALL: bookinfo(DR_ALL) }),
+        );
+        let resp = s.review(&cm, "CREATE").await;
+        if resp["allowed"] != true || !warnings(&resp).is_empty() {
+            failures.push(format!("{f}: {} {:?}", message(&resp), warnings(&resp)));
+        }
+        checked += 1;
+    }
+    assert_eq!(failures, Vec::<String>::new());
+    // The example manifest's ConfigMap, exactly as shipped.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rules-example.yaml"),
+    )
+    .unwrap();
+    let example: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let resp = s.review(&example, "UPDATE").await;
+    assert_eq!(resp["allowed"], true, "{}", message(&resp));
+    assert_eq!(warnings(&resp), Vec::<String>::new());
+    assert!(checked >= 10);
+    s.running.shutdown().await;
+}
+
+/// Each broken variant is denied; the message names the ConfigMap, the key, the document, the
+/// field, the value and the reason.
+#[tokio::test]
+async fn invalid_rules_are_denied_with_key_field_and_reason() {
+    let s = start(Config::default()).await;
+    let before = counter(
+        &String::from_utf8_lossy(&s.client().await.get("/metrics").await.unwrap().1),
+        "denied",
+    );
+    let vs = bookinfo("virtual-service-reviews-90-10.yaml");
+    let dr = bookinfo(DR_ALL);
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "weights that do not sum to 100",
+            vs.replace("weight: 10", "weight: 30"),
+            vec!["reviews.yaml doc 1: spec.http[0].route: weights sum to 120, not 100"],
+        ),
+        (
+            "a regex that does not compile",
+            vs.replace(
+                "  http:\n",
+                "  http:\n  - match:\n    - uri:\n        regex: \"/api/([a-z\"\n    route:\n    - destination:\n        host: reviews\n        subset: v3\n",
+            ),
+            vec!["reviews.yaml doc 1: spec.http[0].match[0].uri.regex", "/api/([a-z"],
+        ),
+        (
+            "an unknown (misspelled) field",
+            vs.replace(
+                "  http:\n",
+                "  http:\n  - matches:\n    - headers:\n        end-user:\n          exact: jason\n    route:\n    - destination:\n        host: reviews\n        subset: v3\n",
+            ),
+            vec!["reviews.yaml doc 1: spec.http[0].matches: unknown field (did you mean \"match\"?)"],
+        ),
+        (
+            "a YAML syntax error",
+            format!("{vs}  tcp: [oops\n"),
+            vec!["reviews.yaml doc 1: invalid YAML"],
+        ),
+    ];
+    for (what, text, wants) in &cases {
+        let cm = rules_cm("bookinfo", json!({"reviews.yaml": text, DR_ALL: dr}));
+        let resp = s.review(&cm, "CREATE").await;
+        assert_eq!(resp["allowed"], false, "{what}: {resp}");
+        assert_eq!(resp["status"]["code"], 400, "{what}");
+        assert_eq!(resp["status"]["status"], "Failure", "{what}");
+        let msg = message(&resp);
+        assert!(
+            msg.starts_with("ConfigMap bookinfo/remora-mesh-rules: "),
+            "{what}: {msg}"
+        );
+        for w in wants {
+            assert!(msg.contains(w), "{what}: {msg:?} lacks {w:?}");
+        }
+        assert!(!msg.contains('\n'), "{what}: one line: {msg:?}");
+    }
+
+    // An invalid trafficPolicy in the DestinationRule (a policy the proxy's loader rejects).
+    let bad_dr = dr.replacen(
+        "spec:\n  host: productpage\n",
+        "spec:\n  host: productpage\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n",
+        1,
+    );
+    assert_ne!(bad_dr, dr, "the sample's first rule is for productpage");
+    let cm = rules_cm("bookinfo", json!({"reviews.yaml": vs, DR_ALL: bad_dr}));
+    let resp = s.review(&cm, "UPDATE").await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = message(&resp);
+    assert!(
+        msg.contains("destination-rule-all.yaml doc 1: ")
+            && msg.contains("trafficPolicy.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN"),
+        "{msg}"
+    );
+
+    // A ConfigMap selected by its label rather than its name is checked the same way.
+    let mut labelled = rules_cm("shop", json!({"vs.yaml": cases[0].1}));
+    labelled["metadata"]["name"] = json!("team-a-routes");
+    labelled["metadata"]["labels"] = json!({"remora.dev/rules": "true"});
+    let resp = s.review(&labelled, "CREATE").await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        message(&resp).starts_with("ConfigMap shop/team-a-routes: "),
+        "{}",
+        message(&resp)
+    );
+
+    let after = counter(
+        &String::from_utf8_lossy(&s.client().await.get("/metrics").await.unwrap().1),
+        "denied",
+    );
+    assert!(
+        after >= before + cases.len() as u64 + 2,
+        "{before} -> {after}"
+    );
+    s.running.shutdown().await;
+}
+
+/// Findings that are warnings (here: a destination host no ServiceEntry defines, a key the
+/// proxy does not read) allow the write and come back as `warnings`.
+#[tokio::test]
+async fn warnings_allow_and_are_returned() {
+    let s = start(Config::default()).await;
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: payments
+spec:
+  hosts:
+  - payments.example.com
+  http:
+  - route:
+    - destination:
+        host: payments.example.com
+";
+    let cm = rules_cm(
+        "shop",
+        json!({"payments.yaml": vs, "README.txt": "notes, not rules"}),
+    );
+    let resp = s.review(&cm, "CREATE").await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let w = warnings(&resp);
+    assert!(
+        w.iter().any(|w| w.starts_with("ConfigMap shop/remora-mesh-rules: payments.yaml doc 1: spec.http[0].route[0].destination.host: host payments.example.com is not defined by any ServiceEntry")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("README.txt: not read by the proxy")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    s.running.shutdown().await;
+}
+
+/// Other ConfigMaps, DELETE, and other names under a configured rules name are allowed
+/// untouched, even when their content would not pass.
+#[tokio::test]
+async fn unrelated_configmaps_and_deletes_are_allowed_untouched() {
+    let s = start(Config::default()).await;
+    let broken = json!({"rules.yaml": "a: [b"});
+    let mut app = rules_cm("shop", broken.clone());
+    app["metadata"]["name"] = json!("app-config");
+    app["metadata"]["labels"] = json!({"remora.dev/rules": "false"});
+    for (cm, op) in [
+        (&app, "CREATE"),
+        (&app, "UPDATE"),
+        (&rules_cm("shop", broken.clone()), "DELETE"),
+    ] {
+        let resp = s.review(cm, op).await;
+        assert_eq!(resp["allowed"], true, "{op}: {resp}");
+        assert!(resp.get("warnings").is_none(), "{op}: {resp}");
+        assert_eq!(message(&resp), "", "{op}");
+    }
+    s.running.shutdown().await;
+
+    // The rules name comes from the injector config.
+    let s = start(Config {
+        rules_config_map: "mesh-routes".into(),
+        ..Config::default()
+    })
+    .await;
+    let resp = s.review(&rules_cm("shop", broken.clone()), "CREATE").await;
+    assert_eq!(
+        resp["allowed"], true,
+        "remora-mesh-rules is not the rules name here"
+    );
+    let mut named = rules_cm("shop", broken);
+    named["metadata"]["name"] = json!("mesh-routes");
+    let resp = s.review(&named, "CREATE").await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        message(&resp).contains("rules.yaml doc 1: invalid YAML"),
+        "{resp}"
+    );
+    s.running.shutdown().await;
+}
+
+/// Garbage gets a clean 400 with one line, and the server keeps answering.
+#[tokio::test]
+async fn garbage_bodies_get_400_and_the_server_keeps_serving() {
+    let s = start(Config::default()).await;
+    let mut c = s.client().await;
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        b"{\"kind\": \"AdmissionReview\"".to_vec(),
+        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
+        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"x","kind":7}}"#.to_vec(),
+        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{"uid":"x"}}"#.to_vec(),
+        serde_json::to_vec(&json!({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+            "request": {"uid": "x", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+                        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+                        "operation": "CREATE", "userInfo": {}, "object": null}})).unwrap(),
+    ];
+    for b in bodies {
+        let (status, body) = c.post("/validate", Bytes::from(b.clone())).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{:?} -> {text}", String::from_utf8_lossy(&b));
+        assert!(text.starts_with("remora-webhook: "), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+    // Deeply nested JSON does not overflow the stack.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, _) = c.post("/validate", Bytes::from(deep)).await.unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = c.get("/healthz").await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    s.running.shutdown().await;
+}
