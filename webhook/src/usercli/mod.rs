@@ -48,7 +48,7 @@ pub enum Output {
 #[command(
     name = "remora",
     version,
-    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, and a linter for the rules in the cluster"
+    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, what one proxy has loaded, and a linter for the rules in the cluster"
 )]
 pub struct Args {
     /// Path of the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).

@@ -1549,6 +1549,47 @@ pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<Prox
             s(i, "/reason").unwrap_or("?")
         ));
     }
+    for u in strings(dump, "/rules/unknown_fields") {
+        notes.push(format!("unknown field, accepted and ignored: {u}"));
+    }
+    for f in strings(dump, "/rules/skipped_files") {
+        notes.push(format!("file not read: {f}"));
+    }
+    if let Some(sc) = dump.pointer("/rules/sidecar").filter(|x| x.is_object()) {
+        let egress: Vec<String> = arr(sc, "/egress")
+            .iter()
+            .map(|l| {
+                let hosts: Vec<String> = arr(l, "/hosts")
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}/{}",
+                            s(h, "/namespace").unwrap_or("?"),
+                            s(h, "/dns").unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                match port_u16(l.get("port")) {
+                    Some(p) => format!("port {p}: {}", hosts.join(",")),
+                    None => hosts.join(","),
+                }
+            })
+            .collect();
+        let mode = if sc.get("registry_only").and_then(Value::as_bool) == Some(true) {
+            "REGISTRY_ONLY"
+        } else {
+            "ALLOW_ANY"
+        };
+        notes.push(format!(
+            "Sidecar {} applies: egress {}; outboundTrafficPolicy {mode}",
+            key_of(sc),
+            if egress.is_empty() {
+                "(all hosts)".to_string()
+            } else {
+                egress.join("; ")
+            }
+        ));
+    }
     let discovery_on = dump
         .pointer("/discovery/status")
         .is_some_and(|x| x.as_str() != Some("off"));
@@ -1770,6 +1811,11 @@ pub fn render_text(c: &ProxyConfig, view: View) -> String {
 /// Splits `pod[.namespace]`: the namespace is after the last dot (namespaces have none). With
 /// `-n`, an argument whose suffix is not that namespace is a pod name with dots.
 pub fn split_pod(arg: &str, flag_ns: Option<&str>) -> Result<(String, Option<String>), String> {
+    // kubectl's `pod/NAME` form too.
+    let arg = ["pod/", "pods/", "po/"]
+        .iter()
+        .find_map(|p| arg.strip_prefix(p))
+        .unwrap_or(arg);
     if arg.is_empty() {
         return Err("pod: invalid value \"\": name a pod (POD or POD.NAMESPACE)".into());
     }
@@ -2015,6 +2061,36 @@ mod tests {
     }
 
     #[test]
+    fn port_filters() {
+        let f = Filters {
+            port: Some(8080),
+            ..Default::default()
+        };
+        let c = all(&real_dump(), &f);
+        // Clusters: the ServiceEntry port, and rows for any port (the port is not known there).
+        let clusters = c.clusters.unwrap();
+        assert!(clusters
+            .iter()
+            .all(|r| r.port == Some(8080) || r.port.is_none()));
+        assert!(clusters.iter().any(|r| r.host == "payments.internal"));
+        // Listeners: only the declared port 8080, not the server-first ports.
+        let l = c.listeners.unwrap();
+        let ports: Vec<u16> = l.ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [8080]);
+        assert!(l.listeners.is_empty());
+        // Routes: the ServiceEntry's implicit route stays; with another port it goes.
+        let routes = c.routes.unwrap();
+        assert!(routes.iter().any(|r| r.hosts == ["payments.internal"]));
+        let f = Filters {
+            port: Some(9080),
+            ..Default::default()
+        };
+        let routes = all(&real_dump(), &f).routes.unwrap();
+        assert!(!routes.iter().any(|r| r.hosts == ["payments.internal"]));
+        assert!(routes.iter().any(|r| r.virtual_service.is_some()));
+    }
+
+    #[test]
     fn text_tables() {
         let c = build(
             &real_dump(),
@@ -2134,6 +2210,12 @@ mod tests {
             .unwrap();
         assert_eq!(api.address, "-");
         assert!(c.notes.iter().any(|n| n.starts_with("ignored Gateway gw")));
+        assert!(
+            c.notes.iter().any(|n| n
+                == "Sidecar shop/default applies: egress (all hosts); outboundTrafficPolicy REGISTRY_ONLY"),
+            "{:?}",
+            c.notes
+        );
         assert!(c.notes.iter().any(|n| n.contains("discovery is on")));
     }
 
@@ -2174,7 +2256,12 @@ mod tests {
             split_pod("a.b", Some("shop")).unwrap(),
             ("a.b".into(), Some("shop".into()))
         );
+        assert_eq!(
+            split_pod("pod/web-1.shop", None).unwrap(),
+            ("web-1".into(), Some("shop".into()))
+        );
         assert!(split_pod("web.", None).is_err());
+        assert!(split_pod("pod/", None).is_err());
         assert!(split_pod("", None).is_err());
         assert_eq!(
             admin_url("127.0.0.1:15020").unwrap(),
