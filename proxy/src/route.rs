@@ -44,7 +44,10 @@ pub enum Decision {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Forward {
+    /// The `http` route's name (with its match's); `None` also for the default route.
     pub route_name: Option<String>,
+    /// `namespace/name` of the VirtualService that routed the request; `None` for the host's
+    /// default route (no VirtualService applies: a ServiceEntry host or a cluster Service).
     pub virtual_service: Option<String>,
     /// Destination host (FQDN), e.g. `reviews.default.svc.cluster.local`.
     pub host: String,
@@ -2288,7 +2291,11 @@ spec:
         let h = http::HeaderMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert!(matches!(
-            route(&s, &req_with("api.example.com", "GET", "/", &h, 80), &mut rng),
+            route(
+                &s,
+                &req_with("api.example.com", "GET", "/", &h, 80),
+                &mut rng
+            ),
             Decision::Deny { status: 502, .. }
         ));
         assert_eq!(
