@@ -229,6 +229,18 @@ async fn invalid_rules_are_denied_with_key_field_and_reason() {
         assert!(!msg.contains('\n'), "{what}: one line: {msg:?}");
     }
 
+    // Two findings in one message, exactly as docs/webhook.md and docs/install.md show it.
+    let two = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings\nspec:\n  hosts:\n  - ratings\n  http:\n  - match:\n    - uri:\n        regex: \"/api/([a-z\"\n    route:\n    - destination:\n        host: ratings\n",
+        cases[0].1
+    );
+    let cm = rules_cm("bookinfo", json!({"reviews.yaml": two, DR_ALL: dr}));
+    let resp = s.review(&cm, "CREATE").await;
+    assert_eq!(
+        message(&resp),
+        "ConfigMap bookinfo/remora-mesh-rules: 2 invalid mesh rules: reviews.yaml doc 1: spec.http[0].route: weights sum to 120, not 100; reviews.yaml doc 2: spec.http[0].match[0].uri.regex: invalid regex \"/api/([a-z\": error: unclosed character class"
+    );
+
     // An invalid trafficPolicy in the DestinationRule (a policy the proxy's loader rejects).
     let bad_dr = dr.replacen(
         "spec:\n  host: productpage\n",
