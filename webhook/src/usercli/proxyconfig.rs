@@ -1331,11 +1331,11 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
             }
         }
     }
+    let seen_by_detector: BTreeSet<&String> = health.keys().map(|(h, _)| h).collect();
+    let discovered: BTreeSet<&String> = rules.discovery_hosts.iter().collect();
     for h in &rules.discovery_hosts {
-        // Addresses the outlier detector saw for this host, else the name alone.
-        let known: Vec<(&(String, String), &String)> =
-            health.iter().filter(|((hh, _), _)| hh == h).collect();
-        if known.is_empty() {
+        // Addresses the outlier detector saw for this host (listed below), else the name alone.
+        if !seen_by_detector.contains(h) {
             rows.push(EndpointRow {
                 host: h.clone(),
                 port: None,
@@ -1365,15 +1365,16 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
         })
         .collect();
     named.extend(rules.drs.iter().map(|d| d.host.clone()));
+    let se_hosts: BTreeSet<String> = rules
+        .ses
+        .iter()
+        .flat_map(|se| strings(se, "/hosts"))
+        .collect();
     for h in named {
-        let in_se = rules
-            .ses
-            .iter()
-            .any(|se| strings(se, "/hosts").contains(&h));
-        if in_se
+        if se_hosts.contains(&h)
             || h.starts_with('*')
-            || rules.discovery_hosts.contains(&h)
-            || health.keys().any(|(hh, _)| *hh == h)
+            || discovered.contains(&h)
+            || seen_by_detector.contains(&h)
         {
             continue;
         }
@@ -1408,7 +1409,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
             subsets: Vec::new(),
             weight: None,
             health: h.clone(),
-            source: if rules.discovery_hosts.contains(host) {
+            source: if discovered.contains(host) {
                 "Kubernetes discovery (seen by the outlier detector)".into()
             } else {
                 "seen by the outlier detector".into()
