@@ -393,3 +393,136 @@ async fn garbage_bodies_get_400_and_the_server_keeps_serving() {
     assert_eq!(status, 200, "{body:?}");
     s.running.shutdown().await;
 }
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Flips, deletes, duplicates or inserts a few bytes.
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    const TOKENS: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b":",
+        b",",
+        b"\"",
+        b"-",
+        b"\n",
+        b"  ",
+        b"null",
+        b"---\n",
+        b"*",
+        b"&a",
+        b"!!binary",
+        b"\xff",
+        b"0",
+        b"-1",
+        b"1e999",
+        b"\\u0000",
+    ];
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(4) {
+            0 if !v.is_empty() => {
+                let i = at.min(v.len() - 1);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 => {
+                let end = (at + rng.below(16)).min(v.len());
+                v.drain(at..end);
+            }
+            2 => {
+                let end = (at + rng.below(64)).min(v.len());
+                let piece = v[at..end].to_vec();
+                v.splice(at..at, piece);
+            }
+            _ => {
+                let t = TOKENS[rng.below(TOKENS.len())];
+                v.splice(at..at, t.iter().copied());
+            }
+        }
+    }
+    v
+}
+
+/// Mutated reviews and mutated rule texts never panic the handler: a malformed review gets a
+/// 400 with one line; a well-formed one gets a review answer, and a denial names the ConfigMap.
+/// (Bounded: 1500 of each, seeded.)
+#[test]
+fn mutated_input_never_panics() {
+    let cfg = Config::default();
+    let rules = format!(
+        "{}---\n{}",
+        bookinfo("virtual-service-reviews-90-10.yaml"),
+        bookinfo(DR_ALL)
+    );
+    let cm = rules_cm("bookinfo", json!({ "rules.yaml": rules }));
+    let review = serde_json::to_vec(&review_for(&cm, "seed", "CREATE")).unwrap();
+    let mut rng = Rng(0x5eed_0f_7e57);
+    let (mut ok, mut bad) = (0, 0);
+    for _ in 0..1500 {
+        let body = mutate(&mut rng, &review);
+        let a = remora_webhook::validate_rules::handle(&body, &cfg);
+        match a.status {
+            200 => {
+                let v: Value = serde_json::from_slice(&a.body).unwrap();
+                assert_eq!(v["kind"], "AdmissionReview");
+                assert!(v["response"]["allowed"].is_boolean(), "{v}");
+                ok += 1;
+            }
+            400 => {
+                let text = String::from_utf8(a.body).unwrap();
+                assert!(text.starts_with("remora-webhook: "), "{text}");
+                assert_eq!(text.lines().count(), 1, "{text}");
+                bad += 1;
+            }
+            s => panic!("status {s}: {}", String::from_utf8_lossy(&a.body)),
+        }
+    }
+    assert!(
+        ok > 0 && bad > 0,
+        "both paths exercised: {ok} answered, {bad} refused"
+    );
+
+    let (mut allowed, mut denied) = (0, 0);
+    for i in 0..1500 {
+        let text = mutate(&mut rng, rules.as_bytes());
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let cm = rules_cm("bookinfo", json!({ "rules.yaml": text }));
+        let id = format!("m{i}");
+        let body = serde_json::to_vec(&review_for(&cm, &id, "UPDATE")).unwrap();
+        let a = remora_webhook::validate_rules::handle(&body, &cfg);
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["response"]["uid"], id.as_str());
+        if v["response"]["allowed"] == true {
+            allowed += 1;
+        } else {
+            let msg = message(&v["response"]);
+            assert!(
+                msg.starts_with("ConfigMap bookinfo/remora-mesh-rules: ")
+                    && msg.contains("rules.yaml"),
+                "{msg}"
+            );
+            denied += 1;
+        }
+    }
+    assert!(
+        allowed > 0 && denied > 0,
+        "{allowed} allowed, {denied} denied"
+    );
+}
