@@ -519,3 +519,87 @@ async fn without_an_api_readiness_does_not_wait() {
     assert_eq!(dump["discovery"]["status"], "off");
     assert_eq!(dump["discovery"]["readiness"]["state"], "not waiting");
 }
+
+/// `--discovery off` with the API in use: only the rules ConfigMap's first answer is awaited;
+/// no Service, EndpointSlice or Pod is ever asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_discovery_off_only_the_rules_configmap_is_awaited() {
+    let api = RecordedApi::start().await.unwrap();
+    let cm = Release::new();
+    answer_configmap(&api, Some(&cm));
+    let mut proxy = start_proxy(
+        &api.url(),
+        &["--discovery", "off", "--discovery-ready-timeout", "10m"],
+        &[],
+    );
+    let (code, body) = proxy
+        .ready_until("readiness to wait for the ConfigMap", |_, b| {
+            b.starts_with("not ready: discovery not synced: ")
+        })
+        .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with(
+            "not ready: discovery not synced: rules ConfigMap shop/remora-mesh-rules ("
+        ),
+        "{body}"
+    );
+    cm.release();
+    let (_, body) = proxy.ready_until("readiness", |code, _| code == 200).await;
+    assert_eq!(body, "ready: generation 1");
+    let dump = proxy.config_dump().await;
+    assert_eq!(dump["discovery"]["status"], "off");
+    assert_eq!(dump["discovery"]["readiness"]["state"], "synced");
+    let asked: Vec<String> = api
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .filter(|p| p != CONFIGMAPS)
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "only the ConfigMap is asked for: {asked:?}"
+    );
+}
+
+/// `--discovery-ready-timeout 0`: ready without waiting, even while a list never arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_timeout_does_not_wait() {
+    let api = RecordedApi::start().await.unwrap();
+    let never = Release::new();
+    answer_discovery(&api, Some(&never));
+    answer_configmap(&api, Some(&never));
+    let mut proxy = start_proxy(&api.url(), &["--discovery-ready-timeout", "0"], &[]);
+    let (_, body) = proxy.ready_until("readiness", |code, _| code == 200).await;
+    assert_eq!(body, "ready: generation 1");
+    let ready = proxy.log_lines("ready after");
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert!(
+        ready[0].contains("discovery not waited for (--discovery-ready-timeout=0)"),
+        "{}",
+        ready[0]
+    );
+    assert!(proxy.log_lines("--discovery-ready-timeout):").is_empty());
+    let dump = proxy.config_dump().await;
+    assert_eq!(dump["discovery"]["readiness"]["state"], "not waiting");
+}
+
+/// A bad value from the environment: the proxy exits at once with one line naming the flag,
+/// the value and the reason.
+#[test]
+fn a_bad_timeout_is_refused_naming_the_flag_and_value() {
+    let out = Command::new(proxy_bin())
+        .args(["run", "--kube-api", "off"])
+        .env("REMORA_DISCOVERY_READY_TIMEOUT", "soon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run remora-proxy");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--discovery-ready-timeout")
+            && err.contains("\"soon\" is not a duration (e.g. 10s, 1500ms, 2m, or 0 to not wait)"),
+        "{err}"
+    );
+}

@@ -135,7 +135,7 @@ pub struct Status {
 
 /// How far the watches of the current scope are, for readiness (`ready.rs`).
 #[derive(Debug, Default)]
-struct Sync {
+struct SyncState {
     /// The parts of the scope last set (`None` before the first `set_scope`).
     parts: Option<Vec<Part>>,
     /// Watches whose list is complete and in the published index.
@@ -160,7 +160,7 @@ pub struct Discovery {
     pub endpoints: Arc<DiscoveredEndpoints>,
     scope_tx: tokio_watch::Sender<Option<Scope>>,
     status: Mutex<Status>,
-    sync: Mutex<Sync>,
+    sync: Mutex<SyncState>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -206,7 +206,7 @@ impl Discovery {
             endpoints: Arc::new(DiscoveredEndpoints::new(domain)),
             scope_tx,
             status: Mutex::new(Status::default()),
-            sync: Mutex::new(Sync::default()),
+            sync: Mutex::new(SyncState::default()),
         });
         tokio::spawn(run(d.clone(), client, domain.to_string(), scope_rx, timing));
         d
