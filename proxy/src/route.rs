@@ -689,10 +689,10 @@ fn no_virtual_service(
             .find(|c| se.hosts.iter().any(|h| match_score(h, c).is_some()))
             .cloned()
             .unwrap_or_else(|| host.to_string());
-        return default_route(snap, fqdn, req.dst);
+        return default_route(snap, fqdn, req.dst, false);
     }
     if let Some(fqdn) = cluster_service_host(snap, host, cands, port) {
-        return default_route(snap, fqdn, req.dst);
+        return default_route(snap, fqdn, req.dst, true);
     }
     if let Some(sc) = &snap.sidecar {
         let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
@@ -758,9 +758,11 @@ fn cluster_service_host(
 /// non-idempotent method). The host's DestinationRule `trafficPolicy` (with its
 /// `portLevelSettings` for this port) applies in the data plane, which looks it up by host and
 /// port exactly as for a routed destination. Without known endpoints the original destination
-/// is used; when the client addressed one of the endpoints itself (a headless Service: it
-/// resolved a pod's address), that endpoint is kept, as Istio's ORIGINAL_DST cluster does.
-fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr) -> Decision {
+/// is used. For a cluster Service (`headless_aware`), when the client addressed one of the
+/// endpoints itself (a headless Service: its DNS gave a pod's address), that endpoint is kept,
+/// as Istio's ORIGINAL_DST cluster for headless Services does; a ServiceEntry host's endpoints
+/// are always balanced.
+fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr, headless_aware: bool) -> Decision {
     let port = dst.port();
     let d = crate::rules::model::Destination {
         host: fqdn,
@@ -776,7 +778,7 @@ fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr) -> Decision {
             }
         }
     };
-    if endpoints.iter().any(|e| e.addr == dst) {
+    if headless_aware && endpoints.iter().any(|e| e.addr == dst) {
         endpoints.retain(|e| e.addr == dst);
     }
     Decision::Forward(Forward {
@@ -2359,6 +2361,13 @@ spec:
         ));
         assert_eq!(addrs(&f), vec!["127.0.0.20:443", "127.0.0.21:443"]);
         assert_eq!((f.subset, f.virtual_service), (None, None));
+        // Addressed at one of its endpoints: still balanced over all (as before).
+        let mut r = req_with("api.example.com", "GET", "/", &h, 443);
+        r.dst = "127.0.0.21:443".parse().unwrap();
+        assert_eq!(
+            addrs(&fwd(route(&s, &r, &mut rng))),
+            vec!["127.0.0.20:443", "127.0.0.21:443"]
+        );
         let f = fwd(route(
             &s,
             &req_with("db.example.com", "GET", "/", &h, 5432),
