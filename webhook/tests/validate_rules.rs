@@ -526,3 +526,58 @@ fn mutated_input_never_panics() {
         "{allowed} allowed, {denied} denied"
     );
 }
+
+/// The HTTP layer in front of the handler (the router, in process): a non-JSON content type gets
+/// 415, a body over the 4 MiB limit 413, GET 405; the same review as JSON is answered.
+#[tokio::test]
+async fn http_layer_refusals() {
+    use tower::ServiceExt;
+    let app = server::router(
+        ConfigHandle::fixed(Config::default()),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    );
+    let req = |ct: &str, body: Vec<u8>| {
+        http::Request::builder()
+            .method("POST")
+            .uri("/validate")
+            .header("content-type", ct)
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    let cm = rules_cm("shop", json!({"a.yaml": "a: [b"}));
+    let review = serde_json::to_vec(&review_for(&cm, "h1", "CREATE")).unwrap();
+    let resp = app
+        .clone()
+        .oneshot(req("text/yaml", review.clone()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let resp = app
+        .clone()
+        .oneshot(req("application/json", vec![b' '; 5 * 1024 * 1024]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let resp = app
+        .clone()
+        .oneshot(
+            http::Request::builder()
+                .uri("/validate")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    // And the same review with the right content type is answered (denied: invalid YAML).
+    let resp = app
+        .oneshot(req("application/json; charset=utf-8", review))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["allowed"], false, "{v}");
+}
