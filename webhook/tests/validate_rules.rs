@@ -581,3 +581,71 @@ async fn http_layer_refusals() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["response"]["allowed"], false, "{v}");
 }
+
+/// `manifests/webhook.yaml` and the code agree: the ValidatingWebhookConfiguration calls the
+/// route this server answers, for what the handler checks (the default rules name and the label
+/// in its matchConditions), fails open, and its name is the one the Deployment passes to
+/// `--validating-webhook-config` and the one the RBAC lets it patch.
+#[test]
+fn the_manifest_matches_the_code() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook.yaml"),
+    )
+    .unwrap();
+    let docs = remora_webhook::cli::parse_docs(&text).unwrap();
+    let find = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let vwcs = find("ValidatingWebhookConfiguration");
+    assert_eq!(vwcs.len(), 1);
+    let vwc = vwcs[0];
+    let name = vwc["metadata"]["name"].as_str().unwrap();
+    assert_eq!(name, "remora-rules-validator");
+    let hooks = vwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    let w = &hooks[0];
+    assert_eq!(w["clientConfig"]["service"]["path"], "/validate");
+    assert_eq!(w["clientConfig"]["service"]["name"], "remora-webhook");
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(
+        w["rules"],
+        json!([{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["configmaps"], "scope": "Namespaced"}])
+    );
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"],
+        json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}])
+    );
+    let expr = w["matchConditions"][0]["expression"].as_str().unwrap();
+    let rules_name = Config::default().rules_config_map;
+    let label = remora_webhook::validate_rules::RULES_LABEL;
+    assert!(
+        expr.contains(&format!("object.metadata.name == '{rules_name}'")),
+        "{expr}"
+    );
+    assert!(
+        expr.contains(&format!("object.metadata.labels['{label}'] == 'true'")),
+        "{expr}"
+    );
+    // The Deployment names it, and the ClusterRole lets it get and patch exactly that one.
+    let deploy = find("Deployment")[0];
+    let args: Vec<&str> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&format!("--validating-webhook-config={name}").as_str()),
+        "{args:?}"
+    );
+    let rule = find("ClusterRole")
+        .iter()
+        .flat_map(|r| r["rules"].as_array().unwrap().iter())
+        .find(|r| r["resources"] == json!(["validatingwebhookconfigurations"]))
+        .cloned()
+        .expect("an RBAC rule for validatingwebhookconfigurations");
+    assert_eq!(rule["resourceNames"], json!([name]));
+    assert_eq!(rule["verbs"], json!(["get", "patch"]));
+}
