@@ -414,7 +414,7 @@ async fn pod_config_dump(
         .and_then(Value::as_str)
         .unwrap_or("Unknown");
     if phase != "Running" {
-        bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not serving yet (kubectl -n {ns} describe pod {name})");
+        bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not running (kubectl -n {ns} describe pod {name})");
     }
     cluster
         .config_dump_at(&paths::config_dump(ns, name, port), timeout)

@@ -656,6 +656,14 @@ fn http_destination(r: &Value) -> String {
     }
 }
 
+/// The ports a route's destinations name.
+fn dest_ports(route: &Value) -> Vec<u16> {
+    arr(route, "/route")
+        .iter()
+        .filter_map(|d| port_u16(d.pointer("/destination/port")))
+        .collect()
+}
+
 fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
     let mut rows = Vec::new();
     for vs in rules.vss {
@@ -674,11 +682,17 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                 .unwrap_or_else(|| format!("spec.http[{i}]"));
             let ms = arr(r, "/match");
             let route_ports: Vec<u16> = ms.iter().filter_map(|m| port_u16(m.get("port"))).collect();
-            if ms.is_empty() {
+            // No match, or a match block without conditions, takes every request.
+            if ms.is_empty()
+                || ms
+                    .iter()
+                    .any(|m| m.as_object().is_some_and(|o| o.keys().all(|k| k == "name")))
+            {
                 catch_all = true;
             }
             vs_rows.push((
                 route_ports,
+                dest_ports(r),
                 RouteRow {
                     virtual_service: Some(key.clone()),
                     hosts: hosts.clone(),
@@ -700,6 +714,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
         if !vs_rows.is_empty() && !catch_all {
             vs_rows.push((
                 Vec::new(),
+                Vec::new(),
                 RouteRow {
                     virtual_service: Some(key.clone()),
                     hosts: hosts.clone(),
@@ -719,6 +734,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                     .collect();
                 vs_rows.push((
                     route_ports,
+                    dest_ports(r),
                     RouteRow {
                         virtual_service: Some(key.clone()),
                         hosts: hosts.clone(),
@@ -731,7 +747,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                 ));
             }
         }
-        for (ports, row) in vs_rows {
+        for (ports, to_ports, row) in vs_rows {
             if let Some(n) = &f.name {
                 let ok = n == name || *n == key || *n == row.route;
                 if !ok {
@@ -740,8 +756,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             }
             if let Some(p) = f.port {
                 // A route is kept when it matches any port or names this one (match or destination).
-                let dest_ports = row.destination.contains(&format!(":{p}"));
-                if !(ports.is_empty() || ports.contains(&p) || dest_ports) {
+                if !(ports.is_empty() || ports.contains(&p) || to_ports.contains(&p)) {
                     continue;
                 }
             }
@@ -2186,6 +2201,15 @@ mod tests {
         assert!(routes
             .iter()
             .any(|r| r.destination.starts_with("502 (Sidecar shop/default")));
+        // --port: the tcp route names 5432 (match and destination); 543 is not 5432.
+        for (port, kept) in [(5432, true), (543, false)] {
+            let f = Filters {
+                port: Some(port),
+                ..Default::default()
+            };
+            let r = all(&dump, &f).routes.unwrap();
+            assert_eq!(r.iter().any(|r| r.kind == "tcp"), kept, "{port}");
+        }
         let clusters = c.clusters.unwrap();
         let db = clusters
             .iter()
@@ -2218,6 +2242,27 @@ mod tests {
             c.notes
         );
         assert!(c.notes.iter().any(|n| n.contains("discovery is on")));
+    }
+
+    #[test]
+    fn empty_match_block_is_a_catch_all() {
+        let vs = |m: Value| {
+            json!({"generation": 1, "hash": "h", "rules": {"virtual_services": [{
+                "meta": {"name": "web", "namespace": "shop"}, "hosts": ["web.shop.svc.cluster.local"],
+                "http": [{"match": m, "route": [{"destination": {"host": "web.shop.svc.cluster.local"}}]}],
+                "applies_to_mesh": true}]}})
+        };
+        let no_match = |d: &Value| {
+            build(d, "t", View::Routes, &Filters::default())
+                .unwrap()
+                .routes
+                .unwrap()
+                .iter()
+                .any(|r| r.matches == "(no route matched)")
+        };
+        assert!(!no_match(&vs(json!([{}]))));
+        assert!(!no_match(&vs(json!([{"name": "all"}]))));
+        assert!(no_match(&vs(json!([{"uri": {"prefix": "/a"}}]))));
     }
 
     #[test]
