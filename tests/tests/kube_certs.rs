@@ -1096,3 +1096,35 @@ async fn a_webhook_configuration_created_later_gets_the_bundle_on_retry() {
     assert_eq!(gets, 2, "one 404, one retry");
     running.shutdown().await;
 }
+
+/// The recorded ValidatingWebhookConfiguration is what the API server returns for the one in
+/// `manifests/webhook.yaml`: the same webhooks plus only server-set metadata and the
+/// `objectSelector: {}` default.
+#[test]
+fn the_validating_fixture_is_the_manifest_as_served() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook.yaml"),
+    )
+    .unwrap();
+    let manifest: Value = serde_yaml_ng::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .find(|d: &Value| d["kind"] == "ValidatingWebhookConfiguration")
+        .expect("manifests/webhook.yaml has a ValidatingWebhookConfiguration");
+    let served = vwc_with_bundle(b"");
+    let mut webhooks = served["webhooks"].clone();
+    for w in webhooks.as_array_mut().unwrap() {
+        w["clientConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("caBundle");
+        assert_eq!(w["objectSelector"], json!({}), "the API server's default");
+        w.as_object_mut().unwrap().remove("objectSelector");
+    }
+    assert_eq!(webhooks, manifest["webhooks"]);
+    assert_eq!(served["metadata"]["name"], manifest["metadata"]["name"]);
+    assert_eq!(served["metadata"]["labels"], manifest["metadata"]["labels"]);
+    assert_eq!(served["metadata"]["name"], VWC);
+    for k in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+        assert!(served["metadata"].get(k).is_some(), "server-set {k}");
+    }
+}
