@@ -14,6 +14,10 @@
 //! * warnings (a host no ServiceEntry defines, a key the proxy does not read, ...) allow the
 //!   request and come back as AdmissionResponse `warnings`, which kubectl prints.
 //!
+//! An UPDATE that leaves `data` and `binaryData` as they were (a label or annotation change) is
+//! allowed even when the rules have errors, which come back as warnings: it did not introduce
+//! them, and refusing it would block metadata edits of a set that predates the webhook.
+//!
 //! Anything else is allowed untouched: other ConfigMaps, DELETE and CONNECT, other kinds (a
 //! misconfigured webhook must not block writes). A body that is not an `admission.k8s.io/v1`
 //! AdmissionReview gets a 400 with one line. Pure: plain values in, plain values out.
@@ -146,6 +150,14 @@ pub fn lint(cm: &Value) -> Findings {
     out
 }
 
+/// Whether an update leaves what the proxy reads (`data`, `binaryData`) as it was.
+fn same_rules(old: &Value, new: &Value) -> bool {
+    let part = |v: &Value, k: &str| v.get(k).filter(|d| !d.is_null()).cloned();
+    old.is_object()
+        && part(old, "data") == part(new, "data")
+        && part(old, "binaryData") == part(new, "binaryData")
+}
+
 /// The denial message: the ConfigMap, a count, then the findings (at most [`MAX_LISTED`]).
 pub fn denial_message(cm_key: &str, errors: &[String]) -> String {
     let n = errors.len();
@@ -220,9 +232,10 @@ pub fn handle(body: &[u8], cfg: &Config) -> Answer {
         .get_mut("object")
         .map(Value::take)
         .unwrap_or(Value::Null);
-    if let Some(old) = raw_req.get_mut("oldObject") {
-        *old = Value::Null;
-    }
+    let old_object = raw_req
+        .get_mut("oldObject")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
     let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw) {
         Ok(r) => r,
         Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
@@ -281,7 +294,27 @@ pub fn handle(body: &[u8], cfg: &Config) -> Answer {
                 log.warnings = found.warnings.len();
                 let mut resp = resp;
                 resp.warnings = warnings_for(&cm_key, &found.warnings);
-                if found.errors.is_empty() {
+                let unchanged =
+                    matches!(req.operation, Operation::Update) && same_rules(&old_object, &cm);
+                if !found.errors.is_empty() && unchanged {
+                    // An update that leaves the rules as they are (a label, an annotation, an
+                    // owner reference) is not refused for errors it did not introduce; they
+                    // are returned as warnings so they stay visible.
+                    let mut all: Vec<String> = found
+                        .errors
+                        .iter()
+                        .map(|e| format!("error (rules unchanged by this update): {e}"))
+                        .collect();
+                    all.extend(found.warnings.iter().cloned());
+                    resp.warnings = warnings_for(&cm_key, &all);
+                    log.decision = "allowed";
+                    log.reason = format!(
+                        "rules ConfigMap ({why}): data unchanged by this update, so its {} existing error{} are returned as warnings, not refused",
+                        log.errors,
+                        if log.errors == 1 { "" } else { "s" }
+                    );
+                    resp
+                } else if found.errors.is_empty() {
                     log.decision = "allowed";
                     log.reason = format!(
                         "rules ConfigMap ({why}): valid, {} warning{}",
@@ -445,6 +478,33 @@ spec:
             "{msg}"
         );
         assert!(!msg.contains("ignored"), "{msg}");
+    }
+
+    #[test]
+    fn metadata_only_updates_of_invalid_rules_are_allowed_with_warnings() {
+        let bad = cm("remora-mesh-rules", json!({"vs.yaml": "a: [b"}));
+        let mut v = review_for(&bad, "u7", "UPDATE");
+        let mut labelled = bad.clone();
+        labelled["metadata"]["labels"] = json!({"team": "a"});
+        v["request"]["object"] = labelled;
+        v["request"]["oldObject"] = bad.clone();
+        let (a, body) = answer(&v);
+        assert_eq!(body["response"]["allowed"], true, "{body}");
+        assert_eq!(a.log.decision, "allowed");
+        assert!(a.log.reason.contains("data unchanged"), "{}", a.log.reason);
+        let w = body["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            w.starts_with("ConfigMap bookinfo/remora-mesh-rules: error (rules unchanged by this update): vs.yaml doc 1: invalid YAML"),
+            "{w}"
+        );
+        // Changing the data (even to other invalid data) is checked as usual.
+        let mut changed = bad.clone();
+        changed["data"]["vs.yaml"] = json!("a: [c");
+        v["request"]["object"] = changed;
+        assert_eq!(answer(&v).1["response"]["allowed"], false);
+        // CREATE never compares (there is no old object).
+        let (_, body) = answer(&review_for(&bad, "u8", "CREATE"));
+        assert_eq!(body["response"]["allowed"], false);
     }
 
     #[test]
