@@ -563,3 +563,244 @@ fn recorded_fixture_is_what_the_proxy_serves() {
         "top-level /config_dump keys differ: re-record with REMORA_UPDATE_FIXTURES=1"
     );
 }
+
+// ------------------------------------------------------------- with Kubernetes discovery
+
+/// An HTTP/1.1 server on 127.0.0.1 answering 200 to every request until the test ends.
+fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// The real proxy with endpoint discovery through the recorded API: after one request to
+/// `reviews` (known only from an EndpointSlice), `proxy-config` shows the discovered host, the
+/// endpoint the outlier detector tracks with its health, and the destination in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_config_shows_discovery_and_live_destination_state() {
+    use remora_e2e::apiserver::{RecordedApi, Reply};
+    use serde_json::json;
+
+    let backend = backend();
+    // The Service's port (the original destination): nothing listens there.
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]));
+    let api = RecordedApi::start().await.expect("recorded API");
+    let list = |kind: &str, v: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": v, "metadata": {"resourceVersion": "500"}, "items": items});
+    let bookmark = |v: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": v, "metadata": {"resourceVersion": "501"}}});
+    for ns in ["shop", "remora-system"] {
+        let (svcs, slices) = if ns == "shop" {
+            (
+                vec![json!({"kind": "Service", "apiVersion": "v1",
+                    "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
+                    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                             "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 9080, "protocol": "TCP"}]}})],
+                vec![
+                    json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {"name": "reviews-x7k2p", "namespace": "shop", "resourceVersion": "401",
+                                 "labels": {"kubernetes.io/service-name": "reviews"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+                ],
+            )
+        } else {
+            (vec![], vec![])
+        };
+        let s = format!("/api/v1/namespaces/{ns}/services");
+        let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
+        let p = format!("/api/v1/namespaces/{ns}/pods");
+        api.on("GET", &s, Reply::json(200, list("ServiceList", "v1", svcs)));
+        api.on(
+            "GET",
+            &format!("{s}?watch=true"),
+            Reply::watch(vec![bookmark("v1", "Service")], true),
+        );
+        api.on(
+            "GET",
+            &e,
+            Reply::json(
+                200,
+                list("EndpointSliceList", "discovery.k8s.io/v1", slices),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{e}?watch=true"),
+            Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
+        );
+        api.on(
+            "GET",
+            &p,
+            Reply::json(
+                200,
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{p}?watch=true"),
+            Reply::watch(
+                vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
+                true,
+            ),
+        );
+    }
+    let rules = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        rules.path().join("reviews.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 10s, baseEjectionTime: 30s}
+",
+    )
+    .expect("write rules");
+    let p = free_ports(5);
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new(bin("remora-proxy"))
+        .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .args(["--rules-configmap", "off", "--ipv6", "off"])
+        .arg(format!("--rules-dir={}", rules.path().display()))
+        .arg(format!("--outbound-addr={}", at(p[0])))
+        .arg(format!("--inbound-addr={}", at(p[1])))
+        .arg(format!("--admin-addr={}", at(p[2])))
+        .arg(format!("--health-addr={}", at(p[3])))
+        .arg(format!("--prometheus-addr={}", at(p[4])))
+        .arg(format!("--fixed-outbound-target={nowhere}"))
+        .args(["--pod-labels-file", "/nonexistent/remora-test-labels"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn remora-proxy");
+    let proxy = Proxy {
+        child,
+        admin: at(p[2]),
+        health: at(p[3]),
+        _rules: rules,
+    };
+    // One request through the outbound listener, repeated (bounded) until discovery has the
+    // endpoint: the request reaches the backend only through it.
+    let outbound = at(p[0]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect_timeout(&outbound, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<String, std::io::Error>(out)
+        })
+        .await
+        .expect("join");
+        if r.as_ref().is_ok_and(|o| o.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the discovered endpoint: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = proxy.admin.to_string();
+    let o = remora(&["proxy-config", "all", "--admin", &admin, "-o", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let host = "reviews.shop.svc.cluster.local";
+    let eps = v["endpoints"].as_array().expect("endpoints");
+    let seen = eps
+        .iter()
+        .find(|e| e["address"] == format!("127.0.0.1:{}", backend.port()))
+        .unwrap_or_else(|| panic!("no discovered endpoint in {eps:#?}"));
+    assert_eq!(seen["host"], host);
+    assert_eq!(seen["port"], nowhere.port());
+    assert_eq!(seen["health"], "HEALTHY");
+    assert_eq!(
+        seen["source"],
+        "Kubernetes discovery (seen by the outlier detector)"
+    );
+    let notes: Vec<&str> = v["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("Kubernetes discovery is on")),
+        "{notes:?}"
+    );
+    // The destination in use, on the port the client addressed, with the DestinationRule.
+    let clusters = v["clusters"].as_array().expect("clusters");
+    let used = clusters
+        .iter()
+        .find(|c| c["host"] == host && c["port"] == nowhere.port())
+        .unwrap_or_else(|| panic!("no cluster {host}:{} in {clusters:#?}", nowhere.port()));
+    assert_eq!(used["destination_rule"], "shop/reviews");
+    assert_eq!(
+        used["outlier_detection"],
+        "5xx x2, interval 10s, eject 30s, max 10%"
+    );
+    assert!(
+        used["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .any(|s| s == "in use" || s == "discovery"),
+        "{used}"
+    );
+    assert!(used["connection_pool_stats"].is_object(), "{used}");
+    // The table says the same.
+    let o = remora(&[
+        "proxy-config",
+        "endpoints",
+        "--admin",
+        &admin,
+        "--fqdn",
+        "reviews.shop",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let row = out
+        .lines()
+        .map(cols)
+        .find(|r| r.get(1) == Some(&format!("127.0.0.1:{}", backend.port()).as_str()))
+        .unwrap_or_else(|| panic!("{out}"));
+    // The Service port the client addressed, and the endpoint's own address.
+    assert_eq!(row[0], format!("{host}:{}", nowhere.port()));
+    drop(proxy);
+}

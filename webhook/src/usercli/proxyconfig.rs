@@ -1179,10 +1179,20 @@ fn subsets_of(rules: &Rules<'_>, host: &str, labels: &BTreeMap<String, String>) 
 }
 
 /// Outlier-detector state per `(host, address)`: `HEALTHY` or `EJECTED ...`.
-fn health_index(dump: &Value) -> BTreeMap<(String, String), String> {
-    let mut m = BTreeMap::new();
+/// What the outlier detector holds about one endpoint: its health, the service port and the
+/// subsets of the destinations that track it.
+struct Tracked {
+    health: String,
+    port: Option<u16>,
+    subsets: BTreeSet<String>,
+}
+
+fn health_index(dump: &Value) -> BTreeMap<(String, String), Tracked> {
+    let mut m: BTreeMap<(String, String), Tracked> = BTreeMap::new();
     for d in arr(dump, "/policies/destinations") {
         let Some(host) = s(d, "/host") else { continue };
+        let port = port_u16(d.get("port"));
+        let subset = s(d, "/subset");
         for e in arr(d, "/outlier_detection/endpoints") {
             let Some(addr) = s(e, "/address") else {
                 continue;
@@ -1202,7 +1212,18 @@ fn health_index(dump: &Value) -> BTreeMap<(String, String), String> {
             } else {
                 "HEALTHY".to_string()
             };
-            m.insert((host.to_string(), addr.to_string()), h);
+            let t = m
+                .entry((host.to_string(), addr.to_string()))
+                .or_insert_with(|| Tracked {
+                    health: h.clone(),
+                    port,
+                    subsets: BTreeSet::new(),
+                });
+            // Ejected anywhere wins over healthy elsewhere.
+            if h.starts_with("EJECTED") {
+                t.health = h;
+            }
+            t.subsets.extend(subset.map(str::to_string));
         }
     }
     m
@@ -1236,7 +1257,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
     let health_of = |host: &str, addr: &str| {
         health
             .get(&(host.to_string(), addr.to_string()))
-            .cloned()
+            .map(|t| t.health.clone())
             .unwrap_or_else(|| "-".to_string())
     };
     let fmt_addr = |ip: &str, port: u16| {
@@ -1409,19 +1430,21 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
         });
     }
     // Addresses only the outlier detector knows (discovered endpoints the proxy sent to).
-    for ((host, addr), h) in &health {
+    for ((host, addr), tracked) in &health {
         if seen.contains(&(host.clone(), addr.clone())) {
             continue;
         }
-        let port = addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let Tracked {
+            health: h,
+            port,
+            subsets,
+        } = tracked;
         rows.push(EndpointRow {
             host: host.clone(),
-            port,
+            port: *port,
             address: addr.clone(),
             labels: BTreeMap::new(),
-            subsets: Vec::new(),
+            subsets: subsets.iter().cloned().collect(),
             weight: None,
             health: h.clone(),
             source: if discovered.contains(host) {
@@ -2225,6 +2248,8 @@ mod tests {
         let eps = c.endpoints.unwrap();
         let ejected = eps.iter().find(|e| e.address == "10.0.0.7:8080").unwrap();
         assert_eq!(ejected.health, "EJECTED (12.5s left, 1 ejections)");
+        // The service port of the destination that tracks it, not the endpoint's own port.
+        assert_eq!(ejected.port, Some(80));
         assert_eq!(
             ejected.source,
             "Kubernetes discovery (seen by the outlier detector)"
