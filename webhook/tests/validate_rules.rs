@@ -649,3 +649,123 @@ fn the_manifest_matches_the_code() {
     assert_eq!(rule["resourceNames"], json!([name]));
     assert_eq!(rule["verbs"], json!(["get", "patch"]));
 }
+
+/// Kills the binary if a test fails before it is stopped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary logs one JSON line per rules decision: the ConfigMap, the operation, the
+/// decision, the counts and the reason.
+#[tokio::test]
+async fn the_binary_logs_one_line_per_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), ck.key_pair.serialize_pem()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora-webhook"))
+        .args(["serve", "--listen", &addr.to_string()])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--config")
+        .arg(dir.path().join("absent.yaml"))
+        .env("REMORA_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    let cfg = client_config(&[ck.cert.pem().as_bytes()]).unwrap();
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(c) = Client::connect(addr, "localhost", cfg.clone()).await {
+            client = Some(c);
+            break;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = client.expect("the server did not start");
+    let vs = bookinfo("virtual-service-reviews-90-10.yaml");
+    let bad = rules_cm(
+        "bookinfo",
+        json!({"reviews.yaml": vs.replace("weight: 10", "weight: 30"), DR_ALL: bookinfo(DR_ALL)}),
+    );
+    let good = rules_cm(
+        "bookinfo",
+        json!({"reviews.yaml": vs, DR_ALL: bookinfo(DR_ALL)}),
+    );
+    for (cm, op) in [(&bad, "CREATE"), (&good, "UPDATE")] {
+        let body = serde_json::to_vec(&review_for(cm, &uid(), op)).unwrap();
+        let (status, _) = c.post("/validate", Bytes::from(body)).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let (status, _) = c
+        .post("/validate", Bytes::from_static(b"nope"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    // Bounded wait for the three lines.
+    let mut lines: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("rules review"))
+            })
+            .collect();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let denied = &lines[0];
+    assert_eq!(denied["message"], "rules review");
+    assert_eq!(denied["level"], "INFO");
+    assert_eq!(denied["configmap"], "bookinfo/remora-mesh-rules");
+    assert_eq!(denied["operation"], "CREATE");
+    assert_eq!(denied["decision"], "denied");
+    assert_eq!(denied["errors"], 1);
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reviews.yaml doc 1: spec.http[0].route: weights sum to 120, not 100"),
+        "{denied}"
+    );
+    assert!(denied["duration_ms"].is_number());
+    let allowed = &lines[1];
+    assert_eq!(allowed["decision"], "allowed");
+    assert_eq!(allowed["operation"], "UPDATE");
+    assert_eq!(
+        allowed["reason"],
+        "rules ConfigMap (name remora-mesh-rules): valid, 0 warnings"
+    );
+    let refused = &lines[2];
+    assert_eq!(refused["message"], "rules review refused");
+    assert_eq!(refused["decision"], "error");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("body is not JSON"),
+        "{refused}"
+    );
+}
