@@ -775,12 +775,14 @@ spec:
         used["outlier_detection"],
         "5xx x2, interval 10s, eject 30s, max 10%"
     );
-    assert!(
-        used["sources"]
-            .as_array()
-            .expect("sources")
-            .iter()
-            .any(|s| s == "in use" || s == "discovery"),
+    assert_eq!(
+        used["sources"],
+        json!([
+            "DestinationRule shop/reviews",
+            "VirtualService shop/reviews",
+            "discovery",
+            "in use"
+        ]),
         "{used}"
     );
     assert!(used["connection_pool_stats"].is_object(), "{used}");

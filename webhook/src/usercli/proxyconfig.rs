@@ -1098,17 +1098,26 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
             live.insert(k, d.clone());
         }
     }
-    // A row for "any port" is redundant when the same host|subset has rows for known ports.
-    let with_port: BTreeSet<(String, Option<String>)> = keys
-        .keys()
-        .filter(|k| k.1.is_some())
-        .map(|k| (k.0.clone(), k.2.clone()))
-        .collect();
-    let mut rows = Vec::new();
-    for ((host, port, subset), sources) in keys {
-        if port.is_none() && with_port.contains(&(host.clone(), subset.clone())) {
+    // A row for "any port" is folded into the rows of the same host|subset with known ports
+    // (what names it names them too).
+    let any_port: Vec<Key> = keys.keys().filter(|k| k.1.is_none()).cloned().collect();
+    for k in any_port {
+        let targets: Vec<Key> = keys
+            .keys()
+            .filter(|o| o.1.is_some() && o.0 == k.0 && o.2 == k.2)
+            .cloned()
+            .collect();
+        if targets.is_empty() {
             continue;
         }
+        if let Some(srcs) = keys.remove(&k) {
+            for tk in targets {
+                keys.entry(tk).or_default().extend(srcs.iter().cloned());
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for ((host, port, subset), sources) in keys {
         if !f.host_ok(&host) || !f.port_ok(port) || !f.subset_ok(subset.as_deref()) {
             continue;
         }
