@@ -59,8 +59,8 @@ impl Scope {
             add(own_ns, "own namespace".to_string());
             add(SYSTEM_NAMESPACE, SYSTEM_NAMESPACE.to_string());
             let suffix = format!(".svc.{}", snap.ctx.cluster_domain);
-            for ns in destination_namespaces(snap, &suffix) {
-                add(&ns, "VirtualService destination".to_string());
+            for (ns, why) in destination_namespaces(snap, &suffix) {
+                add(&ns, why.to_string());
             }
             None
         } else {
@@ -123,18 +123,23 @@ impl Scope {
 }
 
 /// Namespaces of cluster-local hosts (`<svc>.<ns>.svc.<domain>`) the VirtualServices route or
-/// mirror to.
-fn destination_namespaces(snap: &Snapshot, suffix: &str) -> BTreeSet<String> {
+/// mirror to, and those DestinationRules name (a DestinationRule alone gives its host a default
+/// route whose load balancing needs the Service's endpoints), each with why.
+fn destination_namespaces(snap: &Snapshot, suffix: &str) -> BTreeSet<(String, &'static str)> {
     let mut out = BTreeSet::new();
-    let mut note = |h: &str| {
+    let mut note_as = |h: &str, why: &'static str| {
         if let Some(rest) = h.strip_suffix(suffix) {
             if let Some((name, ns)) = rest.rsplit_once('.') {
                 if !name.is_empty() && !ns.is_empty() && !name.starts_with('*') {
-                    out.insert(ns.to_string());
+                    out.insert((ns.to_string(), why));
                 }
             }
         }
     };
+    for dr in &snap.destination_rules {
+        note_as(&dr.host, "DestinationRule host");
+    }
+    let mut note = |h: &str| note_as(h, "VirtualService destination");
     for vs in &snap.virtual_services {
         for r in &vs.http {
             for d in &r.route {
@@ -187,6 +192,27 @@ mod tests {
         assert!(d.starts_with("[books, logs, remora-system, shop] ("), "{d}");
         assert!(d.contains("shop: own namespace"), "{d}");
         assert!(d.contains("books: VirtualService destination"), "{d}");
+    }
+
+    #[test]
+    fn destination_rule_hosts_are_watched_too() {
+        let snap = snapshot_from_yaml(
+            &[(
+                "dr.yaml",
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: ratings.books.svc.cluster.local\n  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: w}\nspec:\n  host: \"*.wild.svc.cluster.local\"\n",
+            )],
+            &ctx(),
+            1,
+        )
+        .unwrap();
+        let s = Scope::from_snapshot(&snap, "shop");
+        let names: Vec<&String> = s.reasons.keys().collect();
+        assert_eq!(names, ["books", "remora-system", "shop"]);
+        assert!(
+            s.describe().contains("books: DestinationRule host"),
+            "{}",
+            s.describe()
+        );
     }
 
     #[test]
