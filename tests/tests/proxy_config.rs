@@ -683,6 +683,11 @@ spec:
   host: reviews
   trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 2, interval: 10s, baseEjectionTime: 30s}
+---
+apiVersion: remora.dev/v1alpha1
+kind: RateLimit
+metadata: {name: reviews}
+spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
 ",
     )
     .expect("write rules");
@@ -786,6 +791,16 @@ spec:
         "{used}"
     );
     assert!(used["connection_pool_stats"].is_object(), "{used}");
+    // The RateLimit on the host shows on the route that sends there.
+    let routes = v["routes"].as_array().expect("routes");
+    let route = routes
+        .iter()
+        .find(|r| r["virtual_service"] == "shop/reviews")
+        .unwrap_or_else(|| panic!("{routes:#?}"));
+    assert_eq!(
+        route["policy"],
+        "ratelimit 100/MINUTE burst 10 (shop/reviews)"
+    );
     // The table says the same.
     let o = remora(&[
         "proxy-config",

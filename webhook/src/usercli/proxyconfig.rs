@@ -656,6 +656,27 @@ fn http_destination(r: &Value) -> String {
     }
 }
 
+/// The `RateLimit` rules (remora's kind, `policies.rate_limits`) for which `applies(host,
+/// route)` holds, as `ratelimit 100/minute burst 10 (ns/name)`, `; `-separated.
+fn rate_limits(dump: &Value, applies: impl Fn(&str, Option<&str>) -> bool) -> String {
+    arr(dump, "/policies/rate_limits")
+        .iter()
+        .filter(|rl| s(rl, "/host").is_some_and(|h| applies(h, s(rl, "/route"))))
+        .map(|rl| {
+            format!(
+                "ratelimit {}/{} burst {} ({})",
+                rl.get("requests_per_unit")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                s(rl, "/unit_name").unwrap_or("?"),
+                rl.get("burst").and_then(Value::as_u64).unwrap_or(0),
+                s(rl, "/key").unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The ports a route's destinations name.
 fn dest_ports(route: &Value) -> Vec<u16> {
     arr(route, "/route")
@@ -690,6 +711,27 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             {
                 catch_all = true;
             }
+            let dests: BTreeSet<&str> = arr(r, "/route")
+                .iter()
+                .filter_map(|d| s(d, "/destination/host"))
+                .collect();
+            let mut policy = policy_text(r);
+            let limits = rate_limits(rules.dump, |host, rl_route| {
+                dests.contains(host)
+                    && rl_route.is_none_or(|n| {
+                        s(r, "/name").is_some_and(|rn| n == rn || n.starts_with(&format!("{rn}.")))
+                    })
+            });
+            if !limits.is_empty() {
+                policy = if policy == "-" {
+                    limits
+                } else {
+                    format!("{policy}; {limits}")
+                };
+            }
+            if !mesh {
+                policy.push_str(" (gateways only: not applied by sidecars)");
+            }
             vs_rows.push((
                 route_ports,
                 dest_ports(r),
@@ -700,14 +742,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                     route,
                     matches: matches_text(r, http_match),
                     destination: http_destination(r),
-                    policy: if mesh {
-                        policy_text(r)
-                    } else {
-                        format!(
-                            "{} (gateways only: not applied by sidecars)",
-                            policy_text(r)
-                        )
-                    },
+                    policy,
                 },
             ));
         }
@@ -799,6 +834,9 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                 key_of(se)
             )
         };
+        let limits = rate_limits(rules.dump, |h, route| {
+            route.is_none() && hosts.iter().any(|x| x == h)
+        });
         rows.push(RouteRow {
             virtual_service: None,
             hosts,
@@ -821,7 +859,11 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                 )
             },
             destination: dest,
-            policy: "-".into(),
+            policy: if limits.is_empty() {
+                "-".into()
+            } else {
+                limits
+            },
         });
     }
     if f.fqdn.is_none() {
