@@ -751,7 +751,12 @@ async fn proxy_config_errors_are_one_clear_line() {
         ),
     ];
     for (args, want) in cases {
+        let before = api.requests().len();
         let r = remora(&api, args).await;
+        if want.starts_with("remora: --") {
+            // Flag errors come before any request.
+            assert_eq!(api.requests().len(), before, "{args:?} asked the API");
+        }
         assert_eq!(r.code, 2, "{args:?}: {}", r.all());
         assert!(r.stdout.is_empty(), "{args:?}: {}", r.all());
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.all());

@@ -195,10 +195,11 @@ fn print_yaml(v: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // proxy-config with --admin or --file needs no cluster (and no kubeconfig).
+    // proxy-config: flags are checked before anything is asked; with --admin or --file it
+    // needs no cluster (and no kubeconfig).
     if let Cmd::ProxyConfig {
         view,
-        pod: None,
+        pod,
         admin,
         file,
         fqdn,
@@ -216,42 +217,48 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             name: name.clone(),
         };
         filters.check(*view).map_err(|e| anyhow!(e))?;
-        let (dump, target) = match (admin, file) {
-            (Some(a), _) => {
-                let url = proxyconfig::admin_url(a).map_err(|e| anyhow!(e))?;
-                // A plain connect first: its error says "connection refused" where the HTTP
-                // client's says only "client error (Connect)".
-                match tokio::time::timeout(
-                    Duration::from_secs(*timeout),
-                    tokio::net::TcpStream::connect(a.as_str()),
-                )
-                .await
-                {
-                    Err(_) => bail!("--admin {a}: cannot connect within {timeout}s"),
-                    Ok(Err(e)) => bail!("--admin {a}: cannot connect: {e}"),
-                    Ok(Ok(_)) => {}
-                }
-                let direct = self::kube::connect(&ConnectOptions {
-                    server: Some(url),
-                    ..Default::default()
-                })
-                .await?;
-                let dump = direct
-                    .config_dump_at("/config_dump", Duration::from_secs(*timeout))
+        if let Some(p) = pod {
+            proxyconfig::split_pod(p, args.namespace.as_deref()).map_err(|e| anyhow!(e))?;
+        } else {
+            let (dump, target) = match (admin, file) {
+                (Some(a), _) => {
+                    let url = proxyconfig::admin_url(a).map_err(|e| anyhow!(e))?;
+                    // A plain connect first: its error says "connection refused" where the HTTP
+                    // client's says only "client error (Connect)".
+                    match tokio::time::timeout(
+                        Duration::from_secs(*timeout),
+                        tokio::net::TcpStream::connect(a.as_str()),
+                    )
                     .await
-                    .map_err(|e| anyhow!("--admin {a}: cannot read /config_dump: {e}"))?;
-                (dump, a.clone())
-            }
-            (None, Some(f)) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| anyhow!("--file {}: cannot read: {e}", f.display()))?;
-                let dump: Value = serde_json::from_str(&text)
-                    .map_err(|e| anyhow!("--file {}: not JSON: {e}", f.display()))?;
-                (dump, f.display().to_string())
-            }
-            (None, None) => bail!("pod: missing: name a pod, or give --admin HOST:PORT or --file"),
-        };
-        return print_proxy_config(&dump, &target, *view, &filters, args.output);
+                    {
+                        Err(_) => bail!("--admin {a}: cannot connect within {timeout}s"),
+                        Ok(Err(e)) => bail!("--admin {a}: cannot connect: {e}"),
+                        Ok(Ok(_)) => {}
+                    }
+                    let direct = self::kube::connect(&ConnectOptions {
+                        server: Some(url),
+                        ..Default::default()
+                    })
+                    .await?;
+                    let dump = direct
+                        .config_dump_at("/config_dump", Duration::from_secs(*timeout))
+                        .await
+                        .map_err(|e| anyhow!("--admin {a}: cannot read /config_dump: {e}"))?;
+                    (dump, a.clone())
+                }
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| anyhow!("--file {}: cannot read: {e}", f.display()))?;
+                    let dump: Value = serde_json::from_str(&text)
+                        .map_err(|e| anyhow!("--file {}: not JSON: {e}", f.display()))?;
+                    (dump, f.display().to_string())
+                }
+                (None, None) => {
+                    bail!("pod: missing: name a pod, or give --admin HOST:PORT or --file")
+                }
+            };
+            return print_proxy_config(&dump, &target, *view, &filters, args.output);
+        }
     }
     let cluster = self::kube::connect(&ConnectOptions {
         kubeconfig: args.kubeconfig.clone(),
