@@ -711,6 +711,31 @@ async fn proxy_config_reads_the_pods_proxy() {
     .await;
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("(port 15999)"), "{}", r.all());
+
+    // deploy/NAME: the first running meshed pod of the Deployment (the Pending one is skipped).
+    let r = remora(
+        &api,
+        &[
+            "proxy-config",
+            "clusters",
+            "deploy/reviews-v1.bookinfo",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["proxy"]["target"], format!("bookinfo/{REVIEWS_POD}"));
+    assert_eq!(
+        r.stderr.trim(),
+        format!("remora: Deployment bookinfo/reviews-v1: showing pod {REVIEWS_POD} (the first of 1 running meshed pods)")
+    );
+    assert!(
+        proxied(&api).iter().all(|p| !p.contains("b7w4t")),
+        "{:?}",
+        proxied(&api)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -732,6 +757,18 @@ async fn proxy_config_errors_are_one_clear_line() {
         (
             &["proxy-config", "endpoints", "ratings-v1-6c9b7d8f5-m7n4q.bookinfo"],
             "remora: proxy of pod bookinfo/ratings-v1-6c9b7d8f5-m7n4q unreachable: cannot read its /config_dump through the API server's pods/proxy (port 15020): HTTP 503: error trying to reach service: dial tcp 10.244.1.31:15020: connect: connection refused",
+        ),
+        (
+            &["proxy-config", "routes", "sts/mysqldb-v1", "-n", "bookinfo"],
+            "remora: StatefulSet bookinfo/mysqldb-v1 has no running meshed pod (1 pods match its selector app=mysqldb,version=v1;",
+        ),
+        (
+            &["proxy-config", "routes", "deploy/ratings-v2", "-n", "bookinfo"],
+            "remora: Deployment \"ratings-v2\" not found in namespace bookinfo",
+        ),
+        (
+            &["proxy-config", "routes", "svc/reviews", "-n", "bookinfo"],
+            "remora: pod: invalid value \"svc/reviews\": KIND/NAME with KIND one of",
         ),
         (
             &["proxy-config", "routes", REVIEWS_POD, "-n", "bookinfo", "--subset", "v1"],

@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         filters.check(*view).map_err(|e| anyhow!(e))?;
         if let Some(p) = pod {
-            proxyconfig::split_pod(p, args.namespace.as_deref()).map_err(|e| anyhow!(e))?;
+            proxyconfig::parse_target(p, args.namespace.as_deref()).map_err(|e| anyhow!(e))?;
         } else {
             let (dump, target) = match (admin, file) {
                 (Some(a), _) => {
@@ -339,10 +339,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
             };
             filters.check(*view).map_err(|e| anyhow!(e))?;
-            let (pod, pod_ns) =
-                proxyconfig::split_pod(pod.as_deref().unwrap_or(""), args.namespace.as_deref())
+            let target =
+                proxyconfig::parse_target(pod.as_deref().unwrap_or(""), args.namespace.as_deref())
                     .map_err(|e| anyhow!(e))?;
-            let pns = pod_ns.unwrap_or_else(|| ns.clone());
+            let pns = target.namespace.clone().unwrap_or_else(|| ns.clone());
+            let pod = match target.kind {
+                "Pod" => target.name.clone(),
+                kind => workload_pod(&cluster, &pns, kind, &target.name).await?,
+            };
             let dump = pod_config_dump(
                 &cluster,
                 &pns,
@@ -395,6 +399,52 @@ fn print_proxy_config(
         Output::Text => print!("{}", proxyconfig::render_text(&c, view)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For `deploy/NAME` and the like: the first (by name) running meshed pod of the workload,
+/// said on stderr.
+async fn workload_pod(
+    cluster: &Cluster,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let path =
+        paths::workload(kind, ns, name).ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
+    let w = cluster
+        .get_opt(&path)
+        .await
+        .with_context(|| format!("reading {kind} {ns}/{name}"))?
+        .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
+    let sel = Selector::parse(w.pointer("/spec/selector"), "spec.selector")
+        .map_err(|e| anyhow!("{kind} {ns}/{name}: {e}"))?;
+    if sel.is_empty() {
+        bail!("{kind} {ns}/{name} has no pod selector: name one of its pods");
+    }
+    let pods = cluster
+        .list(&paths::pods(Some(ns), Some(&sel.to_query())))
+        .await
+        .with_context(|| format!("listing the pods of {kind} {ns}/{name}"))?;
+    let total = pods.len();
+    let mut meshed: Vec<String> = pods
+        .iter()
+        .filter(|p| check::has_proxy(p))
+        .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
+        .filter_map(|p| {
+            p.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    meshed.sort();
+    let Some(first) = meshed.first().cloned() else {
+        bail!("{kind} {ns}/{name} has no running meshed pod ({total} pods match its selector {}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", sel.to_query(), kind.to_ascii_lowercase());
+    };
+    eprintln!(
+        "remora: {kind} {ns}/{name}: showing pod {first} (the first of {} running meshed pods)",
+        meshed.len()
+    );
+    Ok(first)
 }
 
 /// A meshed, running pod's `/config_dump` through the API server's pods/proxy subresource; each

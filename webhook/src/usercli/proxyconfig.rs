@@ -1898,14 +1898,45 @@ pub fn render_text(c: &ProxyConfig, view: View) -> String {
     out
 }
 
+/// What the positional argument names: a pod, or a workload whose pods to pick from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `Pod`, `Deployment`, `StatefulSet`, ... (see `usercli::kind_of`).
+    pub kind: &'static str,
+    pub name: String,
+    /// From `NAME.NAMESPACE`, or `-n`.
+    pub namespace: Option<String>,
+}
+
+/// Parses `[KIND/]NAME[.NAMESPACE]` (`pod/web-1`, `deploy/reviews-v1.bookinfo`, `web-1`).
+pub fn parse_target(arg: &str, flag_ns: Option<&str>) -> Result<Target, String> {
+    let (kind, rest) = match arg.split_once('/') {
+        Some((k, rest)) => match super::kind_of(k) {
+            Some(kind) => (kind, rest),
+            None => {
+                return Err(format!(
+                    "pod: invalid value {arg:?}: KIND/NAME with KIND one of pod, deploy, sts, ds, rs, job, rc"
+                ))
+            }
+        },
+        None => ("Pod", arg),
+    };
+    if kind == "CronJob" {
+        return Err(format!(
+            "pod: invalid value {arg:?}: a CronJob has no pods of its own; name its Job or a pod"
+        ));
+    }
+    let (name, namespace) = split_pod(rest, flag_ns)?;
+    Ok(Target {
+        kind,
+        name,
+        namespace,
+    })
+}
+
 /// Splits `pod[.namespace]`: the namespace is after the last dot (namespaces have none). With
 /// `-n`, an argument whose suffix is not that namespace is a pod name with dots.
 pub fn split_pod(arg: &str, flag_ns: Option<&str>) -> Result<(String, Option<String>), String> {
-    // kubectl's `pod/NAME` form too.
-    let arg = ["pod/", "pods/", "po/"]
-        .iter()
-        .find_map(|p| arg.strip_prefix(p))
-        .unwrap_or(arg);
     if arg.is_empty() {
         return Err("pod: invalid value \"\": name a pod (POD or POD.NAMESPACE)".into());
     }
@@ -2378,12 +2409,28 @@ mod tests {
             split_pod("a.b", Some("shop")).unwrap(),
             ("a.b".into(), Some("shop".into()))
         );
+        let t = |kind: &'static str, name: &str, ns: Option<&str>| Target {
+            kind,
+            name: name.into(),
+            namespace: ns.map(str::to_string),
+        };
         assert_eq!(
-            split_pod("pod/web-1.shop", None).unwrap(),
-            ("web-1".into(), Some("shop".into()))
+            parse_target("pod/web-1.shop", None).unwrap(),
+            t("Pod", "web-1", Some("shop"))
         );
+        assert_eq!(
+            parse_target("deploy/reviews-v1", Some("bookinfo")).unwrap(),
+            t("Deployment", "reviews-v1", Some("bookinfo"))
+        );
+        assert_eq!(
+            parse_target("web-1", None).unwrap(),
+            t("Pod", "web-1", None)
+        );
+        for bad in ["svc/web", "pod/", "cronjob/nightly", "web."] {
+            let e = parse_target(bad, None).unwrap_err();
+            assert!(e.starts_with("pod: invalid value"), "{bad}: {e}");
+        }
         assert!(split_pod("web.", None).is_err());
-        assert!(split_pod("pod/", None).is_err());
         assert!(split_pod("", None).is_err());
         assert_eq!(
             admin_url("127.0.0.1:15020").unwrap(),
