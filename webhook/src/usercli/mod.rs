@@ -113,11 +113,13 @@ pub enum Cmd {
     /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners (from its
     /// /config_dump, through the API server's pods/proxy, or --admin, or --file).
     ///
-    /// POD is `NAME` or `NAME.NAMESPACE`.
+    /// POD is `NAME` or `NAME.NAMESPACE`, or `KIND/NAME[.NAMESPACE]` (`deploy/reviews-v1`: the
+    /// first running meshed pod of the workload).
     ProxyConfig {
         #[arg(value_enum)]
         view: proxyconfig::View,
-        /// The pod (`NAME` or `NAME.NAMESPACE`); not with --admin or --file.
+        /// The pod (`NAME`, `NAME.NAMESPACE`, `pod/NAME`) or a workload (`deploy/NAME`, `sts/`,
+        /// `ds/`, `rs/`, `job/`, `rc/`); not with --admin or --file.
         #[arg(required_unless_present_any = ["admin", "file"], conflicts_with_all = ["admin", "file"])]
         pod: Option<String>,
         /// Read the proxy's admin port directly (HOST:PORT, e.g. after
