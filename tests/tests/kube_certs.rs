@@ -1128,3 +1128,29 @@ fn the_validating_fixture_is_the_manifest_as_served() {
         assert!(served["metadata"].get(k).is_some(), "server-set {k}");
     }
 }
+
+/// An empty `--validating-webhook-config` turns the validating caBundle off: no request for it.
+#[tokio::test]
+async fn an_empty_validating_name_is_not_managed() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(t0());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "9701")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(m.ca_crt.as_bytes())),
+    );
+    api.load(&fixture("validating-config.json")).unwrap();
+    let store = Store::new(api.client().unwrap(), NS, SECRET, MWC, "");
+    let r = certs::reconcile(&store, &options(DAY), t0()).await.unwrap();
+    assert_eq!(r.validating_bundle, Ok(None));
+    assert_eq!(
+        calls(&api),
+        [format!("GET {SECRET_PATH}"), format!("GET {MWC_PATH}")]
+    );
+}
