@@ -116,6 +116,11 @@ fn check_policies(
         let errors = crate::policy::check::check(files, &decoded.destination_rules, ctx);
         report.errors.extend(errors.into_iter().map(Finding::from));
     }
+    // Accepted but not honoured as written (ISTIO_MUTUAL is plain text, credentialName unread).
+    let warnings = crate::policy::check::warnings(&decoded.destination_rules);
+    report
+        .warnings
+        .extend(warnings.into_iter().map(Finding::from));
 }
 
 /// Validate in-memory files (name, YAML text); the same checks as `run`.

@@ -110,6 +110,140 @@ fn check_destination_rule(dr: &DestinationRule) -> Result<(), String> {
     Ok(())
 }
 
+/// One `tls` setting a DestinationRule writes: (field path, subset, port, the object).
+type TlsDecl<'a> = (String, Option<&'a str>, Option<u16>, &'a Value);
+
+fn walk_tls<'a>(
+    tp: Option<&'a Value>,
+    base: String,
+    subset: Option<&'a str>,
+    out: &mut Vec<TlsDecl<'a>>,
+) {
+    let Some(tp) = tp else { return };
+    if let Some(t) = tp.get("tls") {
+        out.push((format!("{base}.tls"), subset, None, t));
+    }
+    let pls = tp.get("portLevelSettings").and_then(Value::as_array);
+    for (i, e) in pls.into_iter().flatten().enumerate() {
+        if let Some(t) = e.get("tls") {
+            let port = e
+                .get("port")
+                .and_then(|p| p.get("number"))
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok());
+            out.push((
+                format!("{base}.portLevelSettings[{i}].tls"),
+                subset,
+                port,
+                t,
+            ));
+        }
+    }
+}
+
+/// Every place a DestinationRule writes a `tls` setting.
+fn tls_declarations(dr: &DestinationRule) -> Vec<TlsDecl<'_>> {
+    let mut out = Vec::new();
+    walk_tls(
+        dr.traffic_policy.as_ref(),
+        "spec.trafficPolicy".to_string(),
+        None,
+        &mut out,
+    );
+    for (j, s) in dr.subsets.iter().enumerate() {
+        walk_tls(
+            s.traffic_policy.as_ref(),
+            format!("spec.subsets[{j}].trafficPolicy"),
+            Some(s.name.as_str()),
+            &mut out,
+        );
+    }
+    out
+}
+
+/// The warnings about `tls` settings remora accepts but does not honour as written: one per
+/// DestinationRule/subset/port that uses `ISTIO_MUTUAL` (plain text between sidecars: remora
+/// has no mesh certificates) and one per `credentialName` (remora reads no Secrets).
+/// `remora-proxy validate`, `remora analyze` and the webhook's rules validator report them
+/// (`validate::run_files`); the proxy logs the `ISTIO_MUTUAL` ones (`note_applied`).
+pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    for dr in drs {
+        for (field, subset, port, t) in tls_declarations(dr) {
+            let Ok(ts) = traffic::parse_tls(t, &field) else {
+                continue; // an error, reported by `check`
+            };
+            let mut target = dr.host.clone();
+            if let Some(s) = subset {
+                target.push_str(&format!(" subset {s}"));
+            }
+            if let Some(p) = port {
+                target.push_str(&format!(" port {p}"));
+            }
+            let mut push = |reason: String| {
+                out.push(LoadError {
+                    file: dr.meta.file.clone(),
+                    document: dr.meta.document,
+                    field: String::new(),
+                    reason: format!("DestinationRule {}: {reason}", dr.meta.key()),
+                })
+            };
+            if ts.mode == traffic::TlsKind::IstioMutual {
+                push(format!(
+                    "{field}.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {target} goes in plain text between sidecars"
+                ));
+            }
+            if let Some(n) = &ts.credential_name {
+                let consequence = if ts.mode == traffic::TlsKind::Mutual
+                    && (ts.client_certificate.is_none() || ts.private_key.is_none())
+                {
+                    format!("; without clientCertificate and privateKey, requests to {target} fail with 503 UF")
+                } else {
+                    String::new()
+                };
+                push(format!(
+                    "{field}.credentialName {n:?}: ignored: remora does not read Kubernetes Secrets (no SDS){consequence}"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
+    static G: std::sync::OnceLock<prometheus::IntGauge> = std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        let g = prometheus::IntGauge::new(
+            "remora_tls_mesh_plaintext_destinations",
+            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL, sent in plain text between sidecars",
+        )
+        .unwrap_or_else(|_| unreachable!("static metric name and help"));
+        // Registering twice (tests in one process) is harmless: keep the first.
+        let _ = prometheus::register(Box::new(g.clone()));
+        g
+    })
+}
+
+/// Log, once per applied rule set (by content hash), one warn line per `ISTIO_MUTUAL` use, and
+/// set `remora_tls_mesh_plaintext_destinations`. Cheap when the set was already noted.
+pub fn note_applied(snap: &crate::rules::Snapshot) {
+    static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    let id = (snap.hash.clone(), snap.generation);
+    if last.as_ref() == Some(&id) {
+        return;
+    }
+    *last = Some(id);
+    let mut n = 0;
+    for w in warnings(&snap.destination_rules) {
+        if w.reason.contains(".mode ISTIO_MUTUAL:") {
+            n += 1;
+            tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
+        }
+    }
+    mesh_plaintext_gauge().set(n);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,8 +106,14 @@ impl Destination {
                 .clone()
                 .map(|c| Mutex::new(outlier::Detector::new(c, Instant::now()))),
             pool: limits::Pool::new(policy.connection_pool.clone()),
-            tls: tls::origination(&policy.tls).inspect_err(|e| {
-                tracing::warn!(destination = %host, error = %e, "TLS origination not possible");
+            tls: tls::origination(&policy.tls_settings).inspect_err(|e| {
+                tracing::warn!(
+                    destination = %host,
+                    subset = subset.unwrap_or(""),
+                    port,
+                    error = %e,
+                    "TLS origination not possible: requests to this destination fail with 503 UF: {e}"
+                );
             }),
             policy_error: None,
             policy,
@@ -180,6 +186,7 @@ impl Destination {
             "policy": self.policy,
             "policy_error": self.policy_error,
             "connection_pool": self.pool.stats(),
+            "tls": self.policy.tls_settings.summary(),
             "tls_error": self.tls.as_ref().err(),
             "outlier_detection": self.outlier.as_ref().and_then(|m| m.lock().ok()).map(|d| {
                 serde_json::json!({"config": d.config, "endpoints": d.states(now)})
@@ -278,6 +285,7 @@ impl Policies {
         subset: Option<&str>,
         port: u16,
     ) -> Arc<Destination> {
+        check::note_applied(snap);
         let dr = snap.destination_rule(host);
         let raw = dr
             .map(|d| traffic::effective_raw(d, subset, port))

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use super::{lb, limits, outlier};
 use crate::rules::DestinationRule;
 
-/// `tls.mode` to an upstream.
+/// `tls.mode` to an upstream: the summary other tools print. `TrafficPolicy::tls_settings`
+/// holds every field and is what the proxy acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum TlsMode {
     #[default]
@@ -19,8 +20,83 @@ pub enum TlsMode {
         sni: Option<String>,
         insecure_skip_verify: bool,
     },
-    /// `MUTUAL` / `ISTIO_MUTUAL` are not implemented by remora (no mesh CA yet).
+    /// `MUTUAL` or `ISTIO_MUTUAL`: a mode this summary does not describe; read
+    /// `TrafficPolicy::tls_settings` (`TlsSettings::summary`). `MUTUAL` is TLS with a client
+    /// certificate; `ISTIO_MUTUAL` is plain text between sidecars (remora has no mesh identity).
     Unsupported(String),
+}
+
+/// The `tls.mode` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum TlsKind {
+    #[default]
+    #[serde(rename = "DISABLE")]
+    Disable,
+    #[serde(rename = "SIMPLE")]
+    Simple,
+    #[serde(rename = "MUTUAL")]
+    Mutual,
+    /// Istio's mesh mTLS. remora has no mesh certificates: traffic goes in plain text between
+    /// sidecars (the linter warns; the proxy logs it).
+    #[serde(rename = "ISTIO_MUTUAL")]
+    IstioMutual,
+}
+
+/// Every field of a `tls` setting (`ClientTLSSettings`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TlsSettings {
+    pub mode: TlsKind,
+    /// `caCertificates`: PEM file; `None` = the system roots.
+    pub ca_certificates: Option<String>,
+    /// `clientCertificate` (MUTUAL): PEM file, the leaf first, then intermediates.
+    pub client_certificate: Option<String>,
+    /// `privateKey` (MUTUAL): PEM file (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<String>,
+    /// `sni`; `None` = the request's host.
+    pub sni: Option<String>,
+    /// `subjectAltNames`: when not empty, the server certificate must carry one of them (and
+    /// the hostname check against the SNI is replaced by this check, as in Istio).
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+    /// `credentialName`: a Kubernetes Secret (SDS). remora does not read it: MUTUAL then needs
+    /// the file fields; the linter warns.
+    pub credential_name: Option<String>,
+}
+
+impl TlsSettings {
+    /// One line for humans: `MUTUAL sni=a cert=/c key=/k ca=/ca san=x,y`,
+    /// `ISTIO_MUTUAL (plain text: no mesh identity)`, `SIMPLE`, `DISABLE`.
+    pub fn summary(&self) -> String {
+        let mut t = match self.mode {
+            TlsKind::Disable => return "DISABLE".to_string(),
+            TlsKind::IstioMutual => {
+                return "ISTIO_MUTUAL (plain text: no mesh identity)".to_string()
+            }
+            TlsKind::Simple => "SIMPLE".to_string(),
+            TlsKind::Mutual => "MUTUAL".to_string(),
+        };
+        if let Some(sni) = &self.sni {
+            t.push_str(&format!(" sni={sni}"));
+        }
+        if self.mode == TlsKind::Mutual {
+            if let Some(c) = &self.client_certificate {
+                t.push_str(&format!(" cert={c}"));
+            }
+            if let Some(k) = &self.private_key {
+                t.push_str(&format!(" key={k}"));
+            }
+        }
+        if let Some(ca) = &self.ca_certificates {
+            t.push_str(&format!(" ca={ca}"));
+        }
+        if !self.subject_alt_names.is_empty() {
+            t.push_str(&format!(" san={}", self.subject_alt_names.join(",")));
+        }
+        if self.insecure_skip_verify {
+            t.push_str(" insecureSkipVerify");
+        }
+        t
+    }
 }
 
 /// The interpreted policy of one destination.
@@ -31,6 +107,8 @@ pub struct TrafficPolicy {
     /// `None` = no outlier detection (Istio's default).
     pub outlier_detection: Option<outlier::OutlierConfig>,
     pub tls: TlsMode,
+    /// The whole `tls` setting (what the proxy acts on).
+    pub tls_settings: TlsSettings,
 }
 
 const FIELDS: [&str; 4] = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
@@ -88,24 +166,95 @@ pub fn parse(v: &Value, field: &str) -> Result<TrafficPolicy, String> {
         t.outlier_detection = Some(outlier::parse(x, &format!("{field}.outlierDetection"))?);
     }
     if let Some(x) = v.get("tls") {
-        let f = format!("{field}.tls");
-        let mode = x.get("mode").and_then(Value::as_str).unwrap_or("DISABLE");
-        let s = |k: &str| x.get(k).and_then(Value::as_str).map(str::to_string);
-        t.tls = match mode {
-            "DISABLE" => TlsMode::Disable,
-            "SIMPLE" => TlsMode::Simple {
-                ca_certificates: s("caCertificates"),
-                sni: s("sni"),
-                insecure_skip_verify: x.get("insecureSkipVerify").and_then(Value::as_bool)
-                    == Some(true),
+        t.tls_settings = parse_tls(x, &format!("{field}.tls"))?;
+        let ts = &t.tls_settings;
+        t.tls = match ts.mode {
+            TlsKind::Disable => TlsMode::Disable,
+            TlsKind::Simple => TlsMode::Simple {
+                ca_certificates: ts.ca_certificates.clone(),
+                sni: ts.sni.clone(),
+                insecure_skip_verify: ts.insecure_skip_verify,
             },
-            "MUTUAL" | "ISTIO_MUTUAL" => TlsMode::Unsupported(mode.to_string()),
-            other => {
-                return Err(format!(
-                    "{f}.mode: {other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
-                ))
-            }
+            TlsKind::Mutual => TlsMode::Unsupported("MUTUAL".to_string()),
+            TlsKind::IstioMutual => TlsMode::Unsupported("ISTIO_MUTUAL".to_string()),
         };
+    }
+    Ok(t)
+}
+
+/// Interpret a `tls` object (`ClientTLSSettings`); `f` names it in errors.
+pub fn parse_tls(x: &Value, f: &str) -> Result<TlsSettings, String> {
+    if !x.is_object() {
+        return Err(format!("{f}: must be an object"));
+    }
+    let s = |k: &str| -> Result<Option<String>, String> {
+        match x.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) if v.is_empty() => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v.clone())),
+            Some(other) => Err(format!("{f}.{k}: {other} is not a string")),
+        }
+    };
+    let mode = match s("mode")?.as_deref().unwrap_or("DISABLE") {
+        "DISABLE" => TlsKind::Disable,
+        "SIMPLE" => TlsKind::Simple,
+        "MUTUAL" => TlsKind::Mutual,
+        "ISTIO_MUTUAL" => TlsKind::IstioMutual,
+        other => {
+            return Err(format!(
+                "{f}.mode: {other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
+            ))
+        }
+    };
+    let insecure_skip_verify = match x.get("insecureSkipVerify") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "{f}.insecureSkipVerify: {other} is not true or false"
+            ))
+        }
+    };
+    let subject_alt_names = match x.get("subjectAltNames") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str() {
+                    Some(n) if !n.is_empty() => out.push(n.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "{f}.subjectAltNames[{i}]: {v} is not a non-empty string"
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        Some(other) => return Err(format!("{f}.subjectAltNames: {other} is not a list")),
+    };
+    let t = TlsSettings {
+        mode,
+        ca_certificates: s("caCertificates")?,
+        client_certificate: s("clientCertificate")?,
+        private_key: s("privateKey")?,
+        sni: s("sni")?,
+        subject_alt_names,
+        insecure_skip_verify,
+        credential_name: s("credentialName")?,
+    };
+    if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
+        // Istio's validation rejects this too ("client certificate required for mutual tls").
+        if t.client_certificate.is_none() {
+            return Err(format!(
+                "{f}.clientCertificate: required when mode is MUTUAL (a PEM file path)"
+            ));
+        }
+        if t.private_key.is_none() {
+            return Err(format!(
+                "{f}.privateKey: required when mode is MUTUAL (a PEM file path)"
+            ));
+        }
     }
     Ok(t)
 }
@@ -213,11 +362,81 @@ mod tests {
                 insecure_skip_verify: false
             }
         );
+        let t = parse(&json!({"tls": {"mode": "ISTIO_MUTUAL"}}), "tp").unwrap();
+        assert_eq!(t.tls, TlsMode::Unsupported("ISTIO_MUTUAL".into()));
+        assert_eq!(t.tls_settings.mode, TlsKind::IstioMutual);
         assert_eq!(
-            parse(&json!({"tls": {"mode": "ISTIO_MUTUAL"}}), "tp")
-                .unwrap()
-                .tls,
-            TlsMode::Unsupported("ISTIO_MUTUAL".into())
+            t.tls_settings.summary(),
+            "ISTIO_MUTUAL (plain text: no mesh identity)"
+        );
+        let t = parse(
+            &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
+                            "caCertificates": "/ca.pem", "sni": "a.test",
+                            "subjectAltNames": ["spiffe://td/ns/a/sa/b", "a.test"]}}),
+            "tp",
+        )
+        .unwrap();
+        assert_eq!(
+            t.tls_settings,
+            TlsSettings {
+                mode: TlsKind::Mutual,
+                ca_certificates: Some("/ca.pem".into()),
+                client_certificate: Some("/c.pem".into()),
+                private_key: Some("/k.pem".into()),
+                sni: Some("a.test".into()),
+                subject_alt_names: vec!["spiffe://td/ns/a/sa/b".into(), "a.test".into()],
+                insecure_skip_verify: false,
+                credential_name: None,
+            }
+        );
+        assert_eq!(
+            t.tls_settings.summary(),
+            "MUTUAL sni=a.test cert=/c.pem key=/k.pem ca=/ca.pem san=spiffe://td/ns/a/sa/b,a.test"
+        );
+        assert_eq!(
+            parse(
+                &json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}}),
+                "tp"
+            )
+            .unwrap_err(),
+            "tp.tls.clientCertificate: required when mode is MUTUAL (a PEM file path)"
+        );
+        assert_eq!(
+            parse(
+                &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c"}}),
+                "tp"
+            )
+            .unwrap_err(),
+            "tp.tls.privateKey: required when mode is MUTUAL (a PEM file path)"
+        );
+        // credentialName alone is accepted (Istio accepts it); the linter warns and the
+        // destination fails closed.
+        assert_eq!(
+            parse(
+                &json!({"tls": {"mode": "MUTUAL", "credentialName": "s"}}),
+                "tp"
+            )
+            .unwrap()
+            .tls_settings
+            .credential_name
+            .as_deref(),
+            Some("s")
+        );
+        assert_eq!(
+            parse(
+                &json!({"tls": {"mode": "SIMPLE", "subjectAltNames": "a"}}),
+                "tp"
+            )
+            .unwrap_err(),
+            "tp.tls.subjectAltNames: \"a\" is not a list"
+        );
+        assert_eq!(
+            parse(
+                &json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}}),
+                "tp"
+            )
+            .unwrap_err(),
+            "tp.tls.insecureSkipVerify: \"yes\" is not true or false"
         );
         assert_eq!(
             parse(&json!({"tls": {"mode": "STRICT"}}), "tp").unwrap_err(),

@@ -2,6 +2,7 @@
 //! TCP connections to upstreams (with the inbound source address).
 
 pub mod lb;
+pub mod mtls;
 
 use crate::listen::{Direction, Shared};
 use crate::policy;
@@ -745,6 +746,9 @@ impl ProxyHttp for MeshHttp {
             Some(d) => d.tls.clone(),
             None => Ok(None),
         };
+        let proto = ctx.dst.and_then(|d| self.port_protocol(d, &ctx.authority));
+        ctx.upstream_h2 =
+            session.is_http2() || matches!(proto, Some(Protocol::Http2) | Some(Protocol::Grpc));
         let mut peer = match tls {
             Ok(None) => HttpPeer::new(addr, false, String::new()),
             Ok(Some(t)) => {
@@ -753,13 +757,39 @@ impl ProxyHttp for MeshHttp {
                     .sni
                     .clone()
                     .unwrap_or_else(|| crate::rules::host::split_authority(&ctx.authority).0);
-                let mut p = HttpPeer::new(addr, true, sni);
-                p.options.ca = t.ca.clone();
-                if t.insecure_skip_verify {
-                    p.options.verify_cert = false;
-                    p.options.verify_hostname = false;
+                match &t.san_check {
+                    // `subjectAltNames`: remora runs the handshake (pingora checks the SNI only).
+                    Some(san) => {
+                        let mut connect = self.shared.settings.connect_timeout;
+                        if let Some(d) = ctx.policy.as_ref().and_then(|rp| rp.dest.as_ref()) {
+                            connect = connect.min(d.policy.connection_pool.connect_timeout);
+                        }
+                        match san.connector(&sni, ctx.upstream_h2, connect) {
+                            Ok(c) => {
+                                let mut p = HttpPeer::new(addr, false, sni);
+                                p.options.custom_l4 = Some(c);
+                                // Its own connection pool: never shared with plain-text peers.
+                                p.group_key = san.id;
+                                p
+                            }
+                            Err(e) => {
+                                ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
+                                ctx.error = Some(e.clone());
+                                return Error::e_explain(ErrorType::ConnectError, e);
+                            }
+                        }
+                    }
+                    None => {
+                        let mut p = HttpPeer::new(addr, true, sni);
+                        p.options.ca = t.ca.clone();
+                        p.client_cert_key = t.client.clone();
+                        if t.insecure_skip_verify {
+                            p.options.verify_cert = false;
+                            p.options.verify_hostname = false;
+                        }
+                        p
+                    }
                 }
-                p
             }
             Err(e) => {
                 // Never fall back to plain text when the rules ask for TLS.
@@ -768,9 +798,6 @@ impl ProxyHttp for MeshHttp {
                 return Error::e_explain(ErrorType::ConnectError, e);
             }
         };
-        let proto = ctx.dst.and_then(|d| self.port_protocol(d, &ctx.authority));
-        ctx.upstream_h2 =
-            session.is_http2() || matches!(proto, Some(Protocol::Http2) | Some(Protocol::Grpc));
         if ctx.upstream_h2 {
             peer.options.set_http_version(2, 2);
         } else {
@@ -833,8 +860,10 @@ impl ProxyHttp for MeshHttp {
             .as_ref()
             .and_then(|p| p.dest.as_ref())
             .map_or(0, |d| d.policy.connection_pool.max_requests_per_connection);
+        // A connection remora encrypts itself (`subjectAltNames`) has no descriptor (fd < 0) to
+        // count by: maxRequestsPerConnection does not apply to it.
         ctx.close_upstream =
-            max > 0 && !ctx.upstream_h2 && last_request_on_connection(fd, reused, max);
+            max > 0 && !ctx.upstream_h2 && fd >= 0 && last_request_on_connection(fd, reused, max);
         Ok(())
     }
 
