@@ -619,11 +619,30 @@ async fn proxy_config_shows_discovery_and_live_destination_state() {
                                  "labels": {"kubernetes.io/service-name": "reviews"}},
                     "addressType": "IPv4",
                     "ports": [{"name": "http", "port": backend.port(), "protocol": "TCP"}],
-                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+                    "endpoints": [
+                        {"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                         "targetRef": {"kind": "Pod", "name": "reviews-v1-abc", "namespace": "shop"}},
+                        // Terminating: not indexed, so not shown.
+                        {"addresses": ["127.0.0.3"], "conditions": {"ready": false, "terminating": true},
+                         "targetRef": {"kind": "Pod", "name": "reviews-v2-old", "namespace": "shop"}}
+                    ]}),
                 ],
             )
         } else {
             (vec![], vec![])
+        };
+        let pods = if ns == "shop" {
+            ["reviews-v1-abc", "reviews-v2-old"]
+                .iter()
+                .map(|name| {
+                    let version = if name.contains("v1") { "v1" } else { "v2" };
+                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                           "metadata": {"name": name, "namespace": "shop", "resourceVersion": "402",
+                                        "labels": {"app": "reviews", "version": version}}})
+                })
+                .collect()
+        } else {
+            vec![]
         };
         let s = format!("/api/v1/namespaces/{ns}/services");
         let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
@@ -652,7 +671,7 @@ async fn proxy_config_shows_discovery_and_live_destination_state() {
             &p,
             Reply::json(
                 200,
-                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", pods),
             ),
         );
         api.on(
@@ -683,6 +702,9 @@ spec:
   host: reviews
   trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 2, interval: 10s, baseEjectionTime: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
 ---
 apiVersion: remora.dev/v1alpha1
 kind: RateLimit
@@ -753,10 +775,14 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
     assert_eq!(seen["host"], host);
     assert_eq!(seen["port"], nowhere.port());
     assert_eq!(seen["health"], "HEALTHY");
-    assert_eq!(
-        seen["source"],
-        "Kubernetes discovery (seen by the outlier detector)"
-    );
+    // Listed from discovery's index: the pod, its labels and the subsets they select.
+    assert_eq!(seen["source"], "Kubernetes discovery");
+    assert_eq!(seen["pod"], "reviews-v1-abc");
+    assert_eq!(seen["labels"], json!({"app": "reviews", "version": "v1"}));
+    assert_eq!(seen["subsets"], json!(["v1"]));
+    // The terminating endpoint is not indexed; the host's only row is the ready one.
+    let rows_of_host: Vec<&Value> = eps.iter().filter(|e| e["host"] == host).collect();
+    assert_eq!(rows_of_host.len(), 1, "{rows_of_host:#?}");
     let notes: Vec<&str> = v["notes"]
         .as_array()
         .expect("notes")
@@ -764,11 +790,15 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        notes
-            .iter()
-            .any(|n| n.starts_with("Kubernetes discovery is on")),
-        "{notes:?}"
+        !notes.iter().any(|n| n.contains("Kubernetes discovery")),
+        "nothing left out, nothing to say: {notes:?}"
     );
+    // The dump itself: the index with its caps.
+    let dump = proxy.config_dump();
+    let idx = &dump["discovery"]["index"];
+    assert_eq!(idx["limits"]["endpoints_per_host"], 100, "{idx}");
+    assert_eq!(idx["limits"]["endpoints_total"], 5000, "{idx}");
+    assert_eq!(idx["endpoints_omitted"], 0, "{idx}");
     // The destination in use, on the port the client addressed, with the DestinationRule.
     let clusters = v["clusters"].as_array().expect("clusters");
     let used = clusters
@@ -791,6 +821,22 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
         "{used}"
     );
     assert!(used["connection_pool_stats"].is_object(), "{used}");
+    // The discovered port and its endpoints, per subset too.
+    assert_eq!(
+        used["discovery"],
+        format!("port http -> {}: 1 ready endpoint", backend.port())
+    );
+    for (subset, want) in [("v1", "1 of 1"), ("v2", "0 of 1")] {
+        let row = clusters
+            .iter()
+            .find(|c| c["host"] == host && c["subset"] == subset)
+            .unwrap_or_else(|| panic!("no cluster {host}|{subset} in {clusters:#?}"));
+        assert_eq!(row["port"], nowhere.port());
+        assert_eq!(
+            row["discovery"],
+            format!("port http -> {}: {want} ready endpoint", backend.port())
+        );
+    }
     // The RateLimit on the host shows on the route that sends there.
     let routes = v["routes"].as_array().expect("routes");
     let route = routes
@@ -819,5 +865,29 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
         .unwrap_or_else(|| panic!("{out}"));
     // The Service port the client addressed, and the endpoint's own address.
     assert_eq!(row[0], format!("{host}:{}", nowhere.port()));
+    assert!(
+        row.contains(&"v1") && out.contains("Kubernetes discovery (pod reviews-v1-abc)"),
+        "{out}"
+    );
+    // --subset v2 selects no discovered endpoint of the host; v1 selects it.
+    for (subset, shown) in [("v1", true), ("v2", false)] {
+        let o = remora(&[
+            "proxy-config",
+            "endpoints",
+            "--admin",
+            &admin,
+            "--fqdn",
+            "reviews.shop",
+            "--subset",
+            subset,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            out.contains("reviews-v1-abc"),
+            shown,
+            "--subset {subset}: {out}"
+        );
+    }
     drop(proxy);
 }

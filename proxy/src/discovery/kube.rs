@@ -17,8 +17,8 @@ use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
 use super::store::{
-    DiscoveredEndpoints, Index, Key, Kind, Object, Part, Slice, SliceEndpoint, Store, Svc, SvcPort,
-    Update,
+    DiscoveredEndpoints, DumpLimits, Index, Key, Kind, Object, Part, Slice, SliceEndpoint, Store,
+    Svc, SvcPort, Update,
 };
 use super::Scope;
 use crate::rules::endpoints::ChainedEndpoints;
@@ -238,12 +238,14 @@ impl Discovery {
         locked(&self.status).clone()
     }
 
-    /// The `/config_dump` block.
+    /// The `/config_dump` block: the status, the host names and the index itself (ports and
+    /// endpoints per host, bounded by `DumpLimits::DEFAULT`).
     pub fn dump(&self) -> serde_json::Value {
         let idx = self.endpoints.index.load();
         serde_json::json!({
             "status": self.status(),
             "hosts": idx.host_names(),
+            "index": idx.dump(DumpLimits::DEFAULT),
         })
     }
 
@@ -659,7 +661,7 @@ pub fn slice(s: &EndpointSlice) -> Option<Slice> {
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| r.name.as_deref())
-                .map(Box::from);
+                .map(Arc::from);
             Some(SliceEndpoint { ip, ready, pod })
         })
         .collect();

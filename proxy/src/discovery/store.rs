@@ -54,8 +54,8 @@ pub struct SliceEndpoint {
     pub ip: IpAddr,
     /// Ready and not terminating (`conditions.ready` unset counts as ready, as the API says).
     pub ready: bool,
-    /// The Pod behind it (`targetRef` of kind Pod), for subset labels.
-    pub pod: Option<Box<str>>,
+    /// The Pod behind it (`targetRef` of kind Pod), for subset labels (shared with the index).
+    pub pod: Option<Arc<str>>,
 }
 
 /// What routing needs of an EndpointSlice.
@@ -288,13 +288,41 @@ impl Store {
 pub struct Ep {
     pub addr: SocketAddr,
     pub labels: Option<Labels>,
+    /// The Pod behind it (same allocation as the store's).
+    pub pod: Option<Arc<str>>,
+}
+
+/// One service port of a host and its ready endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    /// The port clients use.
+    pub port: u16,
+    /// The Service port's name (`None` for the unnamed single port).
+    pub name: Option<Box<str>>,
+    /// Sorted by address; the port of each address is the target port.
+    pub endpoints: Vec<Ep>,
 }
 
 /// A service host: its endpoints per service port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostEntry {
-    /// (service port, endpoints), sorted by port.
-    pub ports: Vec<(u16, Vec<Ep>)>,
+    /// Sorted by port.
+    pub ports: Vec<PortEntry>,
+}
+
+/// Bounds of the index in `/config_dump`: endpoints listed per host and in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpLimits {
+    pub per_host: usize,
+    pub total: usize,
+}
+
+impl DumpLimits {
+    /// What `/config_dump` uses: a 1,000-service mesh stays a few hundred KiB.
+    pub const DEFAULT: DumpLimits = DumpLimits {
+        per_host: 100,
+        total: 5_000,
+    };
 }
 
 /// The immutable index queried on the request path: `<svc>.<ns>.svc.<domain>` → endpoints.
@@ -366,19 +394,27 @@ impl Index {
                                 .pods
                                 .get(&Key {
                                     namespace: k.namespace.clone(),
-                                    name: p.clone(),
+                                    name: Box::from(&**p),
                                 })
                                 .cloned()
                         });
-                        eps.push(Ep { addr, labels });
+                        eps.push(Ep {
+                            addr,
+                            labels,
+                            pod: e.pod.clone(),
+                        });
                     }
                 }
                 eps.sort_by_key(|e| e.addr);
                 eps.shrink_to_fit();
                 endpoints += eps.len();
-                ports.push((sp.port, eps));
+                ports.push(PortEntry {
+                    port: sp.port,
+                    name: sp.name.clone(),
+                    endpoints: eps,
+                });
             }
-            ports.sort_by_key(|(p, _)| *p);
+            ports.sort_by_key(|p| p.port);
             hosts.insert(fqdn.into_boxed_str(), HostEntry { ports });
         }
         let services = hosts.len();
@@ -413,6 +449,82 @@ impl Index {
         v.sort_unstable();
         v
     }
+
+    /// The index as `/config_dump` shows it, serialized straight from the index (label sets
+    /// stay shared; only the JSON is new): per host (sorted) its ports with their names, target
+    /// ports and endpoint counts, and per port the endpoints (address, pod, labels), at most
+    /// `limits.per_host` per host and `limits.total` in all, with what was left out.
+    pub fn dump(&self, limits: DumpLimits) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let mut listed_total = 0usize;
+        let mut omitted_total = 0usize;
+        let mut hosts_truncated = 0usize;
+        let mut out = Vec::with_capacity(self.hosts.len());
+        for name in self.host_names() {
+            let Some(entry) = self.hosts.get(name) else {
+                continue;
+            };
+            let mut listed_host = 0usize;
+            let mut omitted_host = 0usize;
+            let mut ports = Vec::with_capacity(entry.ports.len());
+            for p in &entry.ports {
+                let room = limits
+                    .per_host
+                    .saturating_sub(listed_host)
+                    .min(limits.total.saturating_sub(listed_total));
+                let shown = p.endpoints.len().min(room);
+                listed_host += shown;
+                listed_total += shown;
+                omitted_host += p.endpoints.len() - shown;
+                let mut targets: Vec<u16> = p.endpoints.iter().map(|e| e.addr.port()).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                let eps: Vec<Value> = p.endpoints[..shown]
+                    .iter()
+                    .map(|e| {
+                        let mut m = Map::new();
+                        m.insert("address".into(), Value::String(e.addr.to_string()));
+                        if let Some(pod) = &e.pod {
+                            m.insert("pod".into(), Value::String(pod.to_string()));
+                        }
+                        if let Some(l) = &e.labels {
+                            m.insert("labels".into(), json!(&**l));
+                        }
+                        Value::Object(m)
+                    })
+                    .collect();
+                let mut pm = Map::new();
+                pm.insert("port".into(), json!(p.port));
+                if let Some(n) = &p.name {
+                    pm.insert("name".into(), json!(&**n));
+                }
+                pm.insert("target_ports".into(), json!(targets));
+                pm.insert("endpoint_count".into(), json!(p.endpoints.len()));
+                pm.insert("endpoints".into(), Value::Array(eps));
+                ports.push(Value::Object(pm));
+            }
+            if omitted_host > 0 {
+                hosts_truncated += 1;
+            }
+            omitted_total += omitted_host;
+            out.push(json!({
+                "host": name,
+                "ports": ports,
+                "endpoints_omitted": omitted_host,
+            }));
+        }
+        json!({
+            "limits": {
+                "endpoints_per_host": limits.per_host,
+                "endpoints_total": limits.total,
+            },
+            "indexed": "ready and not terminating endpoints only, on TCP service ports",
+            "endpoints_listed": listed_total,
+            "endpoints_omitted": omitted_total,
+            "hosts_truncated": hosts_truncated,
+            "hosts": out,
+        })
+    }
 }
 
 /// The live index behind an `ArcSwap`: the `EndpointSource` for Kubernetes services.
@@ -439,10 +551,11 @@ impl EndpointSource for DiscoveredEndpoints {
         let index = self.index.load();
         let entry = index.host(host)?;
         // A port the Service does not have: known host, no endpoint (Envoy has no cluster).
-        let Some((_, eps)) = entry.ports.iter().find(|(p, _)| *p == port) else {
+        let Some(pe) = entry.ports.iter().find(|p| p.port == port) else {
             return Some(Vec::new());
         };
-        let out = eps
+        let out = pe
+            .endpoints
             .iter()
             .filter(|e| match subset {
                 None => true,
@@ -491,7 +604,7 @@ mod tests {
                 .map(|(ip, ready, pod)| SliceEndpoint {
                     ip: ip.parse().unwrap(),
                     ready: *ready,
-                    pod: (!pod.is_empty()).then(|| Box::from(*pod)),
+                    pod: (!pod.is_empty()).then(|| Arc::from(*pod)),
                 })
                 .collect(),
         })
@@ -815,5 +928,126 @@ mod tests {
         assert_eq!(s.counts(), (0, 0, 0));
         assert_eq!(s.label_sets(), 0);
         assert!(!s.synced(Kind::Services, "shop"));
+    }
+
+    #[test]
+    fn dump_shows_ports_pods_and_labels_within_the_caps() {
+        let s = reviews_store();
+        let d = publish(&s, &all);
+        let idx = d.index.load();
+        let v = idx.dump(DumpLimits::DEFAULT);
+        assert_eq!(v["limits"]["endpoints_per_host"], 100);
+        assert_eq!(v["limits"]["endpoints_total"], 5000);
+        assert_eq!(
+            (
+                v["endpoints_listed"].as_u64(),
+                v["endpoints_omitted"].as_u64()
+            ),
+            (Some(2), Some(0))
+        );
+        let h = &v["hosts"][0];
+        assert_eq!(h["host"], "reviews.shop.svc.cluster.local");
+        let p = &h["ports"][0];
+        assert_eq!(
+            (p["port"].as_u64(), p["name"].as_str()),
+            (Some(9080), Some("http"))
+        );
+        assert_eq!(p["target_ports"], serde_json::json!([8080]));
+        assert_eq!(p["endpoint_count"], 2);
+        assert_eq!(
+            p["endpoints"][0],
+            serde_json::json!({"address": "10.0.0.1:8080", "pod": "reviews-v1-x",
+                               "labels": {"app": "reviews", "version": "v1"}})
+        );
+        assert_eq!(p["endpoints"][1]["pod"], "reviews-v2-y");
+        // The not-ready pod is not indexed, so not listed.
+        assert_eq!(p["endpoints"].as_array().map(Vec::len), Some(2));
+        // The index shares the store's label sets and pod names (nothing copied).
+        let e = &idx.host("reviews.shop").unwrap().ports[0].endpoints[0];
+        assert_eq!(
+            e.labels.as_ref().map(Arc::strong_count),
+            Some(3),
+            "store set + index"
+        );
+        assert_eq!(
+            e.pod.as_ref().map(Arc::strong_count),
+            Some(2),
+            "slice + index"
+        );
+    }
+
+    #[test]
+    fn dump_caps_per_host_and_in_all() {
+        let mut s = Store::new();
+        let p = ns();
+        // Three services of 4 endpoints on two ports (4 + 4 addresses per host).
+        let names = ["a", "b", "c"];
+        listed(
+            &mut s,
+            Kind::Services,
+            &p,
+            names
+                .iter()
+                .map(|n| ("shop", *n, svc(&[(80, Some("http")), (90, Some("grpc"))])))
+                .collect(),
+        );
+        let mut slices = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let ips: Vec<String> = (1..=4).map(|k| format!("10.0.{i}.{k}")).collect();
+            let eps: Vec<(&str, bool, &str)> =
+                ips.iter().map(|ip| (ip.as_str(), true, "")).collect();
+            for (port, name) in [(8080, "http"), (9090, "grpc")] {
+                if let Object::Slice(mut sl) = slice(n, (Some(name), port), &eps) {
+                    sl.service = Box::from(*n);
+                    slices.push(("shop", format!("{n}-{name}"), Object::Slice(sl)));
+                }
+            }
+        }
+        listed(
+            &mut s,
+            Kind::EndpointSlices,
+            &p,
+            slices
+                .iter()
+                .map(|(a, b, o)| (*a, b.as_str(), o.clone()))
+                .collect(),
+        );
+        let d = publish(&s, &all);
+        let idx = d.index.load();
+        assert_eq!(idx.endpoints, 24);
+        // 5 per host, 12 in all: a gets 5 (4 on port 80, 1 on 90), b 5, c the 2 left.
+        let v = idx.dump(DumpLimits {
+            per_host: 5,
+            total: 12,
+        });
+        let listed_per_host: Vec<(usize, usize, u64)> = v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let ps = h["ports"].as_array().unwrap();
+                (
+                    ps[0]["endpoints"].as_array().unwrap().len(),
+                    ps[1]["endpoints"].as_array().unwrap().len(),
+                    h["endpoints_omitted"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(listed_per_host, vec![(4, 1, 3), (4, 1, 3), (2, 0, 6)]);
+        assert_eq!(v["endpoints_listed"], 12);
+        assert_eq!(v["endpoints_omitted"], 12);
+        assert_eq!(v["hosts_truncated"], 3);
+        // Counts stay whole where endpoints are left out.
+        assert_eq!(v["hosts"][2]["ports"][1]["endpoint_count"], 4);
+        assert_eq!(v["hosts"][2]["ports"][1]["name"], "grpc");
+        // Unbounded enough: nothing left out.
+        let v = idx.dump(DumpLimits::DEFAULT);
+        assert_eq!(
+            (
+                v["endpoints_listed"].as_u64(),
+                v["hosts_truncated"].as_u64()
+            ),
+            (Some(24), Some(0))
+        );
     }
 }

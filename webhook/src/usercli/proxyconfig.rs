@@ -10,7 +10,9 @@
 //!   the proxy's own precedence of top-level, port-level and subset settings).
 //! - **endpoints**: ServiceEntry endpoints (STATIC, and DNS names with the answers the proxy got),
 //!   their labels and the subsets they belong to, ejection state from the outlier detector, and
-//!   the hosts Kubernetes discovery knows (the dump has their names, not their addresses).
+//!   the endpoints Kubernetes discovery indexed (address, pod, labels, subsets), as far as the
+//!   proxy's dump lists them (it caps endpoints per host and in all, and says what it left out;
+//!   older proxies list host names only).
 //! - **listeners**: the capture listeners (15001 outbound, 15006 inbound) and, per outbound port
 //!   the rules declare, the protocol the proxy uses instead of sniffing.
 //!
@@ -157,6 +159,9 @@ pub struct ClusterRow {
     /// Live state, when the proxy has sent traffic there (`policies.destinations`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_pool_stats: Option<Value>,
+    /// What discovery holds for this host|port|subset: `port http -> 9080: 2 ready endpoints`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
 }
 
 /// One endpoint (or, where the dump holds no address, the host and why).
@@ -176,6 +181,9 @@ pub struct EndpointRow {
     /// `HEALTHY` / `EJECTED ...` from the outlier detector, `-` when it holds nothing.
     pub health: String,
     pub source: String,
+    /// The Pod behind a discovered endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// A capture listener.
@@ -335,6 +343,103 @@ struct Rules<'a> {
     drs: Vec<DestinationRule>,
     dr_index: HostIndex,
     discovery_hosts: Vec<String>,
+    /// The discovery index as the dump lists it (`None`: an older proxy, host names only).
+    discovered: Option<Discovered>,
+}
+
+/// `/discovery/index` of the dump.
+struct Discovered {
+    hosts: Vec<DiscHost>,
+    per_host: u64,
+    total: u64,
+    omitted: u64,
+}
+
+struct DiscHost {
+    host: String,
+    ports: Vec<DiscPort>,
+}
+
+struct DiscPort {
+    port: u16,
+    name: Option<String>,
+    targets: Vec<u16>,
+    /// Ready endpoints the proxy holds (listed or not).
+    count: u64,
+    endpoints: Vec<DiscEp>,
+}
+
+struct DiscEp {
+    address: String,
+    pod: Option<String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl DiscPort {
+    fn omitted(&self) -> u64 {
+        self.count.saturating_sub(self.endpoints.len() as u64)
+    }
+}
+
+fn discovered(dump: &Value) -> Option<Discovered> {
+    let idx = dump.pointer("/discovery/index").filter(|v| v.is_object())?;
+    let num = |p: &str| idx.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let hosts = arr(idx, "/hosts")
+        .iter()
+        .filter_map(|h| {
+            Some(DiscHost {
+                host: s(h, "/host")?.to_string(),
+                ports: arr(h, "/ports")
+                    .iter()
+                    .filter_map(|p| {
+                        let endpoints: Vec<DiscEp> = arr(p, "/endpoints")
+                            .iter()
+                            .filter_map(|e| {
+                                Some(DiscEp {
+                                    address: s(e, "/address")?.to_string(),
+                                    pod: s(e, "/pod").map(str::to_string),
+                                    labels: labels(e.get("labels")),
+                                })
+                            })
+                            .collect();
+                        Some(DiscPort {
+                            port: port_u16(p.get("port"))?,
+                            name: s(p, "/name").map(str::to_string),
+                            targets: arr(p, "/target_ports")
+                                .iter()
+                                .filter_map(|t| port_u16(Some(t)))
+                                .collect(),
+                            count: p
+                                .get("endpoint_count")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(endpoints.len() as u64),
+                            endpoints,
+                        })
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Some(Discovered {
+        hosts,
+        per_host: num("/limits/endpoints_per_host"),
+        total: num("/limits/endpoints_total"),
+        omitted: num("/endpoints_omitted"),
+    })
+}
+
+impl Discovered {
+    fn host(&self, host: &str) -> Option<&DiscHost> {
+        self.hosts.iter().find(|h| h.host == host)
+    }
+
+    /// `capped at 100 per host, 5000 in all`.
+    fn caps(&self) -> String {
+        format!(
+            "the proxy's dump lists at most {} endpoints per host and {} in all",
+            self.per_host, self.total
+        )
+    }
 }
 
 impl<'a> Rules<'a> {
@@ -353,6 +458,7 @@ impl<'a> Rules<'a> {
             drs,
             dr_index,
             discovery_hosts: strings(dump, "/discovery/hosts"),
+            discovered: discovered(dump),
         }
     }
 
@@ -1092,6 +1198,13 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
         });
         add(h, p, sub.as_deref(), src.clone());
     }
+    // The Service ports discovery holds.
+    for h in rules.discovered.iter().flat_map(|d| d.hosts.iter()) {
+        for p in &h.ports {
+            ports.entry(h.host.clone()).or_default().insert(p.port);
+            add(&h.host, Some(p.port), None, "discovery".into());
+        }
+    }
     for dr in &rules.drs {
         let src = format!("DestinationRule {}", dr.meta.key());
         let mut dr_ports: BTreeSet<u16> = ports.get(&dr.host).cloned().unwrap_or_default();
@@ -1118,6 +1231,13 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
         }
     }
     for h in &rules.discovery_hosts {
+        if rules
+            .discovered
+            .as_ref()
+            .is_some_and(|d| d.host(h).is_some())
+        {
+            continue;
+        }
         match ports.get(h) {
             Some(ps) => {
                 for p in ps {
@@ -1209,9 +1329,53 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
             tls,
             policy_error,
             connection_pool_stats: live.and_then(|d| d.get("connection_pool")).cloned(),
+            discovery: discovery_text(rules, &key),
         });
     }
     rows
+}
+
+/// What discovery holds for a host|port|subset: the port's name and target ports, and how many
+/// ready endpoints (in the subset: of those listed; `at least` when the dump left some out).
+fn discovery_text(
+    rules: &Rules<'_>,
+    key: &(String, Option<u16>, Option<String>),
+) -> Option<String> {
+    let (host, port, subset) = key;
+    let h = rules.discovered.as_ref()?.host(host)?;
+    let p = h.ports.iter().find(|p| Some(p.port) == *port)?;
+    let targets: Vec<String> = p.targets.iter().map(u16::to_string).collect();
+    let mut out = match &p.name {
+        Some(n) => format!("port {n}"),
+        None => format!("port {}", p.port),
+    };
+    if !targets.is_empty() {
+        out.push_str(&format!(" -> {}", targets.join(",")));
+    }
+    let count = match subset {
+        None => p.count.to_string(),
+        Some(sub) => {
+            let Some(sel) = rules
+                .dr_for(host)
+                .and_then(|dr| dr.subsets.iter().find(|x| &x.name == sub))
+            else {
+                return Some(out);
+            };
+            let n = p
+                .endpoints
+                .iter()
+                .filter(|e| sel.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .count();
+            if p.omitted() > 0 {
+                format!("at least {n} of {}", p.count)
+            } else {
+                format!("{n} of {}", p.count)
+            }
+        }
+    };
+    let plural = if p.count == 1 { "" } else { "s" };
+    out.push_str(&format!(": {count} ready endpoint{plural}"));
+    Some(out)
 }
 
 // ------------------------------------------------------------------------------ endpoints
@@ -1342,6 +1506,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                             subsets,
                             weight,
                             source,
+                            pod: None,
                         });
                     };
                 if eps.is_empty() {
@@ -1420,9 +1585,57 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
     }
     let seen_by_detector: BTreeSet<&String> = health.keys().map(|(h, _)| h).collect();
     let discovered: BTreeSet<&String> = rules.discovery_hosts.iter().collect();
+    // The endpoints discovery indexed, as far as the dump lists them.
+    for h in rules.discovered.iter().flat_map(|d| d.hosts.iter()) {
+        let caps = rules
+            .discovered
+            .as_ref()
+            .map(Discovered::caps)
+            .unwrap_or_default();
+        for p in &h.ports {
+            for e in &p.endpoints {
+                seen.insert((h.host.clone(), e.address.clone()));
+                rows.push(EndpointRow {
+                    host: h.host.clone(),
+                    port: Some(p.port),
+                    address: e.address.clone(),
+                    subsets: subsets_of(rules, &h.host, &e.labels),
+                    labels: e.labels.clone(),
+                    weight: None,
+                    health: health_of(&h.host, &e.address),
+                    source: "Kubernetes discovery".into(),
+                    pod: e.pod.clone(),
+                });
+            }
+            let left_out = p.omitted();
+            if p.count == 0 || left_out > 0 {
+                rows.push(EndpointRow {
+                    host: h.host.clone(),
+                    port: Some(p.port),
+                    address: "-".into(),
+                    labels: BTreeMap::new(),
+                    subsets: Vec::new(),
+                    weight: None,
+                    health: "-".into(),
+                    source: if p.count == 0 {
+                        "Kubernetes discovery (no ready endpoints: requests get 503)".into()
+                    } else {
+                        format!(
+                            "Kubernetes discovery ({left_out} more ready endpoints not listed: {caps})"
+                        )
+                    },
+                    pod: None,
+                });
+            }
+        }
+    }
     for h in &rules.discovery_hosts {
+        let indexed = rules
+            .discovered
+            .as_ref()
+            .is_some_and(|d| d.host(h).is_some());
         // Addresses the outlier detector saw for this host (listed below), else the name alone.
-        if !seen_by_detector.contains(h) {
+        if !indexed && !seen_by_detector.contains(h) {
             rows.push(EndpointRow {
                 host: h.clone(),
                 port: None,
@@ -1432,6 +1645,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                 weight: None,
                 health: "-".into(),
                 source: "Kubernetes discovery (addresses are not in /config_dump)".into(),
+                pod: None,
             });
         }
     }
@@ -1478,6 +1692,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
             } else {
                 "no ServiceEntry, discovery off: the original destination (or the host by DNS when a route points elsewhere)".into()
             },
+            pod: None,
         });
     }
     // Addresses only the outlier detector knows (discovered endpoints the proxy sent to).
@@ -1503,6 +1718,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
             } else {
                 "seen by the outlier detector".into()
             },
+            pod: None,
         });
     }
     rows.retain(|r| {
@@ -1683,11 +1899,39 @@ pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<Prox
     let discovery_on = dump
         .pointer("/discovery/status")
         .is_some_and(|x| x.as_str() != Some("off"));
-    if view.shows(View::Endpoints) && discovery_on {
-        notes.push(
-            "Kubernetes discovery is on: the dump lists the hosts it knows, not their addresses and labels"
-                .to_string(),
-        );
+    if view.shows(View::Endpoints) || view.shows(View::Clusters) {
+        match &rules.discovered {
+            Some(d) if d.omitted > 0 => {
+                let hosts: Vec<&str> = d
+                    .hosts
+                    .iter()
+                    .filter(|h| h.ports.iter().any(|p| p.omitted() > 0))
+                    .filter(|h| f.host_ok(&h.host))
+                    .map(|h| h.host.as_str())
+                    .collect();
+                if !hosts.is_empty() {
+                    const SHOWN: usize = 5;
+                    let more = hosts.len().saturating_sub(SHOWN);
+                    notes.push(format!(
+                        "Kubernetes discovery: {}; {} endpoints in all are not listed, of {}{}",
+                        d.caps(),
+                        d.omitted,
+                        hosts[..hosts.len().min(SHOWN)].join(", "),
+                        if more > 0 {
+                            format!(" and {more} more hosts")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+            Some(_) => {}
+            None if discovery_on && view.shows(View::Endpoints) => notes.push(
+                "Kubernetes discovery is on: this proxy's dump lists the hosts it knows, not their addresses and labels"
+                    .to_string(),
+            ),
+            None => {}
+        }
     }
     Ok(ProxyConfig {
         proxy,
@@ -1800,7 +2044,10 @@ pub fn render_endpoints(rows: &[EndpointRow]) -> String {
                 ),
                 or_dash(&r.subsets.join(",")),
                 r.health.clone(),
-                r.source.clone(),
+                match &r.pod {
+                    Some(p) => format!("{} (pod {p})", r.source),
+                    None => r.source.clone(),
+                },
             ]
         })
         .collect();
@@ -2349,6 +2596,183 @@ mod tests {
             c.notes
         );
         assert!(c.notes.iter().any(|n| n.contains("discovery is on")));
+    }
+
+    /// A dump with the discovery index (as `proxy/src/discovery/store.rs` `Index::dump` writes
+    /// it): pods, labels, subsets, ejection state, the caps and what they left out.
+    fn discovery_dump() -> Value {
+        json!({
+            "version": "0.1.0", "generation": 2, "hash": "abc", "source": "files:/r",
+            "rules": {
+                "cluster_domain": "cluster.local",
+                "virtual_services": [], "service_entries": [], "dns": {},
+                "destination_rules": [{
+                    "meta": {"name": "reviews", "namespace": "shop"},
+                    "host": "reviews.shop.svc.cluster.local",
+                    "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                {"name": "v2", "labels": {"version": "v2"}}]
+                }]
+            },
+            "listeners": [],
+            "policies": {"destinations": [{"host": "reviews.shop.svc.cluster.local", "subset": "v2", "port": 9080,
+                "policy": {}, "connection_pool": {"active_requests": 0},
+                "outlier_detection": {"config": {}, "endpoints": [
+                    {"address": "10.0.0.2:8080", "ejected": true, "ejected_for_ms": 3000, "ejections_total": 2}
+                ]}}]},
+            "discovery": {
+                "status": {"scope": "[shop]"},
+                "hosts": ["big.shop.svc.cluster.local", "empty.shop.svc.cluster.local", "reviews.shop.svc.cluster.local"],
+                "index": {
+                    "limits": {"endpoints_per_host": 2, "endpoints_total": 5000},
+                    "endpoints_listed": 4, "endpoints_omitted": 3, "hosts_truncated": 1,
+                    "hosts": [
+                        {"host": "big.shop.svc.cluster.local", "endpoints_omitted": 3, "ports": [
+                            {"port": 80, "target_ports": [8080], "endpoint_count": 5, "endpoints": [
+                                {"address": "10.1.0.1:8080", "pod": "big-1"},
+                                {"address": "10.1.0.2:8080", "pod": "big-2"}]}]},
+                        {"host": "empty.shop.svc.cluster.local", "endpoints_omitted": 0, "ports": [
+                            {"port": 80, "name": "http", "target_ports": [], "endpoint_count": 0, "endpoints": []}]},
+                        {"host": "reviews.shop.svc.cluster.local", "endpoints_omitted": 0, "ports": [
+                            {"port": 9080, "name": "http", "target_ports": [8080], "endpoint_count": 2, "endpoints": [
+                                {"address": "10.0.0.1:8080", "pod": "reviews-v1-x", "labels": {"app": "reviews", "version": "v1"}},
+                                {"address": "10.0.0.2:8080", "pod": "reviews-v2-y", "labels": {"app": "reviews", "version": "v2"}}]}]}
+                    ]
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn discovered_endpoints_with_pods_subsets_and_caps() {
+        let dump = discovery_dump();
+        let c = all(&dump, &Filters::default());
+        let eps = c.endpoints.as_ref().unwrap();
+        let reviews: Vec<&EndpointRow> = eps
+            .iter()
+            .filter(|e| e.host == "reviews.shop.svc.cluster.local")
+            .collect();
+        assert_eq!(reviews.len(), 2, "{reviews:#?}");
+        assert_eq!(reviews[0].address, "10.0.0.1:8080");
+        assert_eq!(reviews[0].port, Some(9080));
+        assert_eq!(reviews[0].pod.as_deref(), Some("reviews-v1-x"));
+        assert_eq!(reviews[0].subsets, ["v1"]);
+        assert_eq!(reviews[0].health, "-");
+        assert_eq!(reviews[0].source, "Kubernetes discovery");
+        // The outlier detector's state joins the discovered endpoint (no second row).
+        assert_eq!(reviews[1].subsets, ["v2"]);
+        assert_eq!(reviews[1].health, "EJECTED (3.0s left, 2 ejections)");
+        // A Service without ready endpoints, and one whose endpoints the dump capped.
+        let empty = eps
+            .iter()
+            .find(|e| e.host == "empty.shop.svc.cluster.local")
+            .unwrap();
+        assert_eq!((empty.address.as_str(), empty.port), ("-", Some(80)));
+        assert!(
+            empty.source.contains("no ready endpoints"),
+            "{}",
+            empty.source
+        );
+        let big: Vec<&EndpointRow> = eps
+            .iter()
+            .filter(|e| e.host == "big.shop.svc.cluster.local")
+            .collect();
+        assert_eq!(big.len(), 3);
+        let more = big.iter().find(|e| e.address == "-").unwrap();
+        assert!(
+            more.source
+                .contains("3 more ready endpoints not listed: the proxy's dump lists at most 2 endpoints per host and 5000 in all"),
+            "{}",
+            more.source
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n
+                    .contains("3 endpoints in all are not listed, of big.shop.svc.cluster.local")),
+            "{:?}",
+            c.notes
+        );
+        assert!(!c.notes.iter().any(|n| n.contains("not their addresses")));
+        // The table names the pod.
+        let t = render_endpoints(eps);
+        assert!(
+            t.lines().any(|l| l.contains("10.0.0.1:8080")
+                && l.contains("app=reviews,version=v1")
+                && l.contains("Kubernetes discovery (pod reviews-v1-x)")),
+            "{t}"
+        );
+        // Filters: --subset, --port, --fqdn.
+        let f = Filters {
+            subset: Some("v1".into()),
+            ..Default::default()
+        };
+        let v1 = all(&dump, &f).endpoints.unwrap();
+        assert_eq!(
+            v1.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.1:8080"]
+        );
+        let f = Filters {
+            port: Some(80),
+            ..Default::default()
+        };
+        let p80 = all(&dump, &f).endpoints.unwrap();
+        assert!(
+            p80.iter().all(|e| e.port == Some(80)) && p80.len() == 4,
+            "{p80:#?}"
+        );
+        let f = Filters {
+            fqdn: Some("reviews".into()),
+            ..Default::default()
+        };
+        let c = all(&dump, &f);
+        assert_eq!(c.endpoints.unwrap().len(), 2);
+        // The truncation note is about hosts the filter shows.
+        assert!(
+            !c.notes.iter().any(|n| n.contains("not listed")),
+            "{:?}",
+            c.notes
+        );
+    }
+
+    #[test]
+    fn clusters_get_the_discovered_ports() {
+        let c = all(&discovery_dump(), &Filters::default());
+        let cl = c.clusters.unwrap();
+        let row = |h: &str, sub: Option<&str>| {
+            cl.iter()
+                .find(|r| r.host == h && r.subset.as_deref() == sub)
+                .unwrap_or_else(|| panic!("{h} {sub:?} in {cl:#?}"))
+        };
+        let r = row("reviews.shop.svc.cluster.local", None);
+        assert_eq!(r.port, Some(9080));
+        assert_eq!(r.sources, ["DestinationRule shop/reviews", "discovery"]);
+        assert_eq!(
+            r.discovery.as_deref(),
+            Some("port http -> 8080: 2 ready endpoints")
+        );
+        // The DestinationRule's subsets on the discovered port, with their share.
+        let v1 = row("reviews.shop.svc.cluster.local", Some("v1"));
+        assert_eq!(v1.port, Some(9080));
+        assert_eq!(
+            v1.discovery.as_deref(),
+            Some("port http -> 8080: 1 of 2 ready endpoints")
+        );
+        assert_eq!(
+            row("big.shop.svc.cluster.local", None).discovery.as_deref(),
+            Some("port 80 -> 8080: 5 ready endpoints")
+        );
+        assert_eq!(
+            row("empty.shop.svc.cluster.local", None)
+                .discovery
+                .as_deref(),
+            Some("port http: 0 ready endpoints")
+        );
+        let f = Filters {
+            port: Some(80),
+            ..Default::default()
+        };
+        let c = all(&discovery_dump(), &f);
+        assert!(c.clusters.unwrap().iter().all(|r| r.port == Some(80)));
     }
 
     #[test]
