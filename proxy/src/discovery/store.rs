@@ -1050,4 +1050,80 @@ mod tests {
             (Some(24), Some(0))
         );
     }
+
+    /// 1,000 Services of 10 endpoints each (a large mesh): the dump stops at the total cap and
+    /// stays small; its size is printed for the docs (`--nocapture`).
+    #[test]
+    fn dump_of_a_large_mesh_is_bounded() {
+        let mut s = Store::new();
+        let p = ns();
+        let n = 1000;
+        let svc_names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();
+        listed(
+            &mut s,
+            Kind::Services,
+            &p,
+            svc_names
+                .iter()
+                .map(|name| ("shop", name.as_str(), svc(&[(80, Some("http"))])))
+                .collect(),
+        );
+        let mut slices = Vec::new();
+        let mut pods = Vec::new();
+        for i in 0..n {
+            let ips: Vec<String> = (0..10)
+                .map(|k| format!("10.{}.{}.{k}", i / 256, i % 256))
+                .collect();
+            let names: Vec<String> = (0..10)
+                .map(|k| format!("svc-{i:04}-7d4b9c8f6-{k:05}"))
+                .collect();
+            let eps: Vec<(&str, bool, &str)> = ips
+                .iter()
+                .zip(&names)
+                .map(|(ip, pn)| (ip.as_str(), true, pn.as_str()))
+                .collect();
+            if let Object::Slice(mut sl) = slice("x", (Some("http"), 8080), &eps) {
+                sl.service = Box::from(format!("svc-{i:04}"));
+                slices.push((format!("svc-{i:04}-abc"), Object::Slice(sl)));
+            }
+            for pn in names {
+                pods.push((
+                    pn,
+                    pod(&[("app", &format!("svc-{i:04}")), ("version", "v1")]),
+                ));
+            }
+        }
+        listed(
+            &mut s,
+            Kind::EndpointSlices,
+            &p,
+            slices
+                .iter()
+                .map(|(k, o)| ("shop", k.as_str(), o.clone()))
+                .collect(),
+        );
+        listed(
+            &mut s,
+            Kind::Pods,
+            &p,
+            pods.iter()
+                .map(|(k, o)| ("shop", k.as_str(), o.clone()))
+                .collect(),
+        );
+        let d = publish(&s, &all);
+        let idx = d.index.load();
+        assert_eq!((idx.services, idx.endpoints), (1000, 10_000));
+        let v = idx.dump(DumpLimits::DEFAULT);
+        assert_eq!(v["endpoints_listed"], 5000);
+        assert_eq!(v["endpoints_omitted"], 5000);
+        assert_eq!(v["hosts_truncated"], 500);
+        // Every host is still named, with its ports and counts.
+        assert_eq!(v["hosts"].as_array().map(Vec::len), Some(1000));
+        assert_eq!(v["hosts"][999]["ports"][0]["endpoint_count"], 10);
+        let bytes = serde_json::to_string_pretty(&v)
+            .map(|t| t.len())
+            .unwrap_or(0);
+        let compact = serde_json::to_string(&v).map(|t| t.len()).unwrap_or(0);
+        println!("dump of 1000 services x 10 endpoints: {bytes} bytes pretty, {compact} compact");
+    }
 }
