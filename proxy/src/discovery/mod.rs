@@ -3,8 +3,9 @@
 //! - `scope`: what to watch, decided from the live rules (pure): the namespaces and hosts the
 //!   Sidecar's egress scope needs (default: the pod's own namespace, `remora-system` and the
 //!   namespaces of VirtualService destinations).
-//! - `store`: a compact registry (ports, endpoint IPs, readiness, pod labels) and the immutable
-//!   host index that answers `EndpointSource` queries on the request path.
+//! - `store`: a compact registry (ports, endpoint IPs, readiness, pod names and labels) and the
+//!   immutable host index that answers `EndpointSource` queries on the request path and is
+//!   listed, capped (`DumpLimits`), in `/config_dump`.
 //! - `kube`: the seam to the API server: kube-runtime watchers for Services, EndpointSlices
 //!   (discovery.k8s.io/v1) and Pods (metadata only), per namespace, feeding the store.
 //! - `rules_api`: the rules ConfigMap watched through the API and arbitrated with the mounted
