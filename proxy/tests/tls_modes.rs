@@ -98,7 +98,7 @@ impl Pki {
 /// handshake itself) whose certificate is `api.example.test` + `SERVER_URI`, signed by the
 /// server CA, and which requires a client certificate signed by the client CA. It answers 200
 /// with `x-client-cn`: the common name of the client certificate it verified.
-async fn spawn_mtls_server(pki: &Pki) -> SocketAddr {
+async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -116,8 +116,14 @@ async fn spawn_mtls_server(pki: &Pki) -> SocketAddr {
     )
     .build()
     .unwrap();
+    static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let versions = if tls12_only {
+        TLS12
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .unwrap()
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(
@@ -200,7 +206,7 @@ fn flag(p: &ProxyProc, path: &str) -> serde_json::Value {
 fn mutual_presents_the_client_certificate_and_checks_the_server() {
     let rt = rt();
     let pki = Pki::new();
-    let port = rt.block_on(spawn_mtls_server(&pki));
+    let port = rt.block_on(spawn_mtls_server(&pki, true));
     let ca = pki.path("server-ca.pem");
     let mutual = |cert: &str, key: &str, extra: &str| {
         format!(
@@ -328,6 +334,35 @@ fn mutual_presents_the_client_certificate_and_checks_the_server() {
     );
     // Nothing reached the server in plain text: it only speaks TLS, and every success above
     // carried the client certificate's name.
+}
+
+/// With TLS 1.3 the server judges the client certificate after the client's handshake is done:
+/// a refused certificate surfaces on the first read, not at connect. Still never plain text.
+#[test]
+fn tls13_server_refusing_the_client_certificate_fails_the_request() {
+    let rt = rt();
+    let pki = Pki::new();
+    let port = rt.block_on(spawn_mtls_server(&pki, false)).port();
+    let ca = pki.path("server-ca.pem");
+    let m = |cert: &str, key: &str| {
+        format!(
+            "{{mode: MUTUAL, caCertificates: {ca}, sni: {SERVER_NAME}, clientCertificate: {}, privateKey: {}}}",
+            pki.path(cert),
+            pki.path(key)
+        )
+    };
+    let good = host_rules("good.example.test", port, &m("client.pem", "client.key"));
+    let wrong = host_rules("wrong.example.test", port, &m("wrong.pem", "wrong.key"));
+    let (p, _rules) = start(&[("a.yaml", good.as_str()), ("b.yaml", wrong.as_str())]);
+    let r = get(&p, "good.example.test", "/good13");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-client-cn"), Some("remora-client"));
+    let r = get(&p, "wrong.example.test", "/wrong13");
+    let f = flag(&p, "/wrong13");
+    println!("TLS 1.3, refused client certificate: {} {f}", r.status);
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert_eq!(f, "UC");
+    assert_ne!(r.header("x-client-cn"), Some("intruder"));
 }
 
 fn shared() -> PathBuf {
