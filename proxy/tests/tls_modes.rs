@@ -94,10 +94,10 @@ impl Pki {
     }
 }
 
-/// An HTTPS server (HTTP/1.1, rustls, TLS 1.2 so that a rejected client certificate fails the
+/// An HTTPS server (HTTP/1.1 and HTTP/2 by ALPN, rustls, TLS 1.2 so that a rejected client certificate fails the
 /// handshake itself) whose certificate is `api.example.test` + `SERVER_URI`, signed by the
 /// server CA, and which requires a client certificate signed by the client CA. It answers 200
-/// with `x-client-cn`: the common name of the client certificate it verified.
+/// with `x-client-cn`: the common name of the client certificate it verified, and `x-version`.
 async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
     use http_body_util::Full;
     use hyper::service::service_fn;
@@ -131,6 +131,8 @@ async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -153,21 +155,25 @@ async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
                         Some(cn.to_string())
                     })
                     .unwrap_or_default();
-                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let cn = cn.clone();
+                    let version = format!("{:?}", req.version());
                     async move {
                         Ok::<_, std::io::Error>(
                             hyper::Response::builder()
                                 .status(200)
                                 .header("x-client-cn", cn.as_str())
+                                .header("x-version", version)
                                 .body(Full::new(bytes::Bytes::from("mutual")))
                                 .unwrap(),
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
             });
         }
     });
@@ -363,6 +369,44 @@ fn tls13_server_refusing_the_client_certificate_fails_the_request() {
     assert_eq!(r.status, 502, "{}", r.body_text());
     assert_eq!(f, "UC");
     assert_ne!(r.header("x-client-cn"), Some("intruder"));
+}
+
+/// HTTP/2 upstream (the port's protocol is HTTP2): ALPN h2 over mutual TLS, both through
+/// pingora's connector and through remora's own handshake (`subjectAltNames`).
+#[test]
+fn mutual_tls_carries_http2_upstream() {
+    let rt = rt();
+    let pki = Pki::new();
+    let port = rt.block_on(spawn_mtls_server(&pki, false)).port();
+    let ca = pki.path("server-ca.pem");
+    let rules = |host: &str, extra: &str| {
+        host_rules(
+            host,
+            port,
+            &format!(
+                "{{mode: MUTUAL, caCertificates: {ca}, sni: {SERVER_NAME}, clientCertificate: {}, privateKey: {}{extra}}}",
+                pki.path("client.pem"),
+                pki.path("client.key")
+            ),
+        )
+        .replace("protocol: HTTP}", "protocol: HTTP2}")
+    };
+    let a = rules("native.example.test", "");
+    let b = rules(
+        "checked.example.test",
+        &format!(", subjectAltNames: [{SERVER_NAME}]"),
+    );
+    let (p, _rules) = start(&[("a.yaml", a.as_str()), ("b.yaml", b.as_str())]);
+    for (host, path) in [
+        ("native.example.test", "/h2native"),
+        ("checked.example.test", "/h2checked"),
+        ("checked.example.test", "/h2checked2"),
+    ] {
+        let r = get(&p, host, path);
+        assert_eq!(r.status, 200, "{host}: {}", r.body_text());
+        assert_eq!(r.header("x-version"), Some("HTTP/2.0"), "{host}");
+        assert_eq!(r.header("x-client-cn"), Some("remora-client"), "{host}");
+    }
 }
 
 fn shared() -> PathBuf {
