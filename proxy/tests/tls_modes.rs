@@ -99,6 +99,14 @@ impl Pki {
 /// server CA, and which requires a client certificate signed by the client CA. It answers 200
 /// with `x-client-cn`: the common name of the client certificate it verified, and `x-version`.
 async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
+    spawn_counting_server(pki, tls12_only).await.0
+}
+
+/// `spawn_mtls_server`, also returning the number of TLS connections it accepted.
+async fn spawn_counting_server(
+    pki: &Pki,
+    tls12_only: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -136,14 +144,18 @@ async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             let acceptor = acceptor.clone();
+            let count = count.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let cn = tls
                     .get_ref()
                     .1
@@ -177,7 +189,7 @@ async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// A ServiceEntry for `host` (port 9080) with one endpoint at `port` on loopback, and a
@@ -498,6 +510,50 @@ fn bookinfo_all_mtls_rules_validate_with_one_warning_per_rule() {
                 "traffic to {host}.default.svc.cluster.local goes in plain text between sidecars"
             ))),
             "{host}: {mtls:#?}"
+        );
+    }
+}
+
+/// Measurement, not a test: sequential requests through the proxy to the mutual-TLS server, by
+/// pingora's connector (connections pooled) and by remora's own handshake (`subjectAltNames`:
+/// pingora cannot match a pooled virtual socket to its peer, so every request opens a new TLS
+/// connection). Run with
+/// `cargo test -p remora-proxy --release --test tls_modes -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_mutual_tls_paths() {
+    let rt = rt();
+    let pki = Pki::new();
+    let ca = pki.path("server-ca.pem");
+    let tls = |extra: &str| {
+        format!(
+            "{{mode: MUTUAL, caCertificates: {ca}, sni: {SERVER_NAME}, clientCertificate: {}, privateKey: {}{extra}}}",
+            pki.path("client.pem"),
+            pki.path("client.key")
+        )
+    };
+    const N: usize = 300;
+    for (label, extra) in [
+        ("pingora connector (MUTUAL)", String::new()),
+        (
+            "remora handshake (MUTUAL + subjectAltNames)",
+            format!(", subjectAltNames: [{SERVER_NAME}]"),
+        ),
+    ] {
+        let (addr, accepted) = rt.block_on(spawn_counting_server(&pki, false));
+        let rules = host_rules("bench.example.test", addr.port(), &tls(&extra));
+        let (p, _rules) = start(&[("a.yaml", rules.as_str())]);
+        let t = std::time::Instant::now();
+        for i in 0..N {
+            let r = get(&p, "bench.example.test", &format!("/b{i}"));
+            assert_eq!(r.status, 200);
+        }
+        let el = t.elapsed();
+        println!(
+            "{label}: {N} sequential requests in {:.0} ms ({:.0} µs each), {} TLS connections at the server",
+            el.as_secs_f64() * 1e3,
+            el.as_secs_f64() * 1e6 / N as f64,
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
 }
