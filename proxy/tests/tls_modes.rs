@@ -448,6 +448,19 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
     assert!(text.contains(want), "{text}");
 
     let (p, _dir) = start(&[("r.yaml", rules.as_str())]);
+    // `remora-proxy validate DIR`: exit 0, the warning on stdout.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remora-proxy"))
+        .arg("validate")
+        .arg(_dir.path())
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("warning: r.yaml doc 2: {want}")),
+        "{stdout}"
+    );
     let r = get(&p, "reviews.shop.svc.cluster.local", "/plain");
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.header("x-server"), Some("plain"));
