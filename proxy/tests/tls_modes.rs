@@ -282,6 +282,18 @@ fn mutual_presents_the_client_certificate_and_checks_the_server() {
             port,
             &mutual("wrong.pem", "wrong.key", &format!(", sni: {SERVER_NAME}")),
         ),
+        // A CA that did not sign the server's certificate, but insecureSkipVerify: accepted (the
+        // client certificate is still presented).
+        host_rules(
+            "insecure.example.test",
+            port,
+            &format!(
+                "{{mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {}, insecureSkipVerify: true, subjectAltNames: [nobody.test]}}",
+                pki.path("client.pem"),
+                pki.path("client.pem"),
+                pki.path("client.key")
+            ),
+        ),
         // A key that does not belong to the certificate; a key file that is not a key; none.
         host_rules(
             "mismatch.example.test",
@@ -320,6 +332,10 @@ fn mutual_presents_the_client_certificate_and_checks_the_server() {
     assert_eq!(r.header("x-client-cn"), Some("remora-client"));
     let r = get(&p, "san.example.test", "/san2");
     assert_eq!(r.status, 200, "{}", r.body_text());
+
+    let r = get(&p, "insecure.example.test", "/insecure");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-client-cn"), Some("remora-client"));
 
     for (host, path) in [
         ("nosan.example.test", "/nosan"),
