@@ -229,11 +229,13 @@ fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
 pub fn note_applied(snap: &crate::rules::Snapshot) {
     static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
     let Ok(mut last) = LAST.lock() else { return };
-    let id = (snap.hash.clone(), snap.generation);
-    if last.as_ref() == Some(&id) {
+    if last
+        .as_ref()
+        .is_some_and(|(h, g)| *g == snap.generation && *h == snap.hash)
+    {
         return;
     }
-    *last = Some(id);
+    *last = Some((snap.hash.clone(), snap.generation));
     let mut n = 0;
     for w in warnings(&snap.destination_rules) {
         if w.reason.contains(".mode ISTIO_MUTUAL:") {
