@@ -272,6 +272,34 @@ mod tests {
                       metadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n";
 
     #[test]
+    fn istio_mutual_and_credential_name_are_warnings_per_declaration() {
+        let yaml = format!(
+            "{DR}  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL}}\n    portLevelSettings:\n    \
+             - port: {{number: 9080}}\n      tls: {{mode: ISTIO_MUTUAL}}\n  subsets:\n  \
+             - name: v1\n    labels: {{version: v1}}\n    \
+             trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: reviews-client}}}}\n  \
+             - name: v2\n    labels: {{version: v2}}\n    \
+             trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n"
+        );
+        assert_eq!(errors_of(&yaml), Vec::<String>::new());
+        let ctx = LoadContext::default();
+        let report = crate::validate::run_files(&[("rules.yaml", yaml.as_str())], &ctx);
+        assert!(report.is_ok(), "{report}");
+        let w: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+        let host = "reviews.default.svc.cluster.local";
+        let want = [
+            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} goes in plain text between sidecars"),
+            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} port 9080 goes in plain text between sidecars"),
+            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.credentialName \"reviews-client\": ignored: remora does not read Kubernetes Secrets (no SDS); without clientCertificate and privateKey, requests to {host} subset v1 fail with 503 UF"),
+            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[1].trafficPolicy.tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} subset v2 goes in plain text between sidecars"),
+        ];
+        for x in &want {
+            assert!(w.contains(x), "missing {x}\nin {w:#?}");
+        }
+        assert_eq!(w.len(), want.len(), "{w:#?}");
+    }
+
+    #[test]
     fn valid_policies_pass() {
         let yaml = format!(
             "{DR}  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    \
