@@ -1618,7 +1618,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                     weight: None,
                     health: "-".into(),
                     source: if p.count == 0 {
-                        "Kubernetes discovery (no ready endpoints: requests get 503)".into()
+                        "Kubernetes discovery (no ready endpoints)".into()
                     } else {
                         format!(
                             "Kubernetes discovery ({left_out} more ready endpoints not listed: {caps})"
@@ -1728,7 +1728,15 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                 .as_deref()
                 .is_none_or(|sub| r.subsets.iter().any(|x| x == sub))
     });
-    rows.sort_by(|a, b| (&a.host, a.port, &a.address).cmp(&(&b.host, b.port, &b.address)));
+    // Per host:port the addresses, then the rows without one (what is left out, or why none).
+    rows.sort_by(|a, b| {
+        (&a.host, a.port, a.address == "-", &a.address).cmp(&(
+            &b.host,
+            b.port,
+            b.address == "-",
+            &b.address,
+        ))
+    });
     rows
 }
 
@@ -1913,7 +1921,7 @@ pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<Prox
                     const SHOWN: usize = 5;
                     let more = hosts.len().saturating_sub(SHOWN);
                     notes.push(format!(
-                        "Kubernetes discovery: {}; {} endpoints in all are not listed, of {}{}",
+                        "Kubernetes discovery: {}; {} endpoints are not listed (hosts {}{})",
                         d.caps(),
                         d.omitted,
                         hosts[..hosts.len().min(SHOWN)].join(", "),
@@ -2685,10 +2693,9 @@ mod tests {
             more.source
         );
         assert!(
-            c.notes
-                .iter()
-                .any(|n| n
-                    .contains("3 endpoints in all are not listed, of big.shop.svc.cluster.local")),
+            c.notes.iter().any(
+                |n| n.contains("3 endpoints are not listed (hosts big.shop.svc.cluster.local)")
+            ),
             "{:?}",
             c.notes
         );
