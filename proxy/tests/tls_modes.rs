@@ -399,8 +399,8 @@ fn tls13_server_refusing_the_client_certificate_fails_the_request() {
     assert_ne!(r.header("x-client-cn"), Some("intruder"));
 }
 
-/// HTTP/2 upstream (the port's protocol is HTTP2): ALPN h2 over mutual TLS, both through
-/// pingora's connector and through remora's own handshake (`subjectAltNames`).
+/// HTTP/2 upstream (the port's protocol is HTTP2): ALPN h2 over mutual TLS, without and with
+/// `subjectAltNames` (remora's certificate check on each new connection).
 #[test]
 fn mutual_tls_carries_http2_upstream() {
     let rt = rt();
@@ -543,10 +543,9 @@ fn bookinfo_all_mtls_rules_validate_with_one_warning_per_rule() {
     }
 }
 
-/// Measurement, not a test: sequential requests through the proxy to the mutual-TLS server, by
-/// pingora's connector (connections pooled) and by remora's own handshake (`subjectAltNames`:
-/// pingora cannot match a pooled virtual socket to its peer, so every request opens a new TLS
-/// connection). Run with
+/// Measurement, not a test: sequential requests through the proxy to the mutual-TLS server,
+/// without and with `subjectAltNames` (then remora verifies each new server certificate once with
+/// a check connection of its own; pingora pools the connections in both cases). Run with
 /// `cargo test -p remora-proxy --release --test tls_modes -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -563,9 +562,9 @@ fn bench_mutual_tls_paths() {
     };
     const N: usize = 300;
     for (label, extra) in [
-        ("pingora connector (MUTUAL)", String::new()),
+        ("MUTUAL", String::new()),
         (
-            "remora handshake (MUTUAL + subjectAltNames)",
+            "MUTUAL + subjectAltNames (remora's check)",
             format!(", subjectAltNames: [{SERVER_NAME}]"),
         ),
     ] {

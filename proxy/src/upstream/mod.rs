@@ -757,39 +757,18 @@ impl ProxyHttp for MeshHttp {
                     .sni
                     .clone()
                     .unwrap_or_else(|| crate::rules::host::split_authority(&ctx.authority).0);
-                match &t.san_check {
-                    // `subjectAltNames`: remora runs the handshake (pingora checks the SNI only).
-                    Some(san) => {
-                        let mut connect = self.shared.settings.connect_timeout;
-                        if let Some(d) = ctx.policy.as_ref().and_then(|rp| rp.dest.as_ref()) {
-                            connect = connect.min(d.policy.connection_pool.connect_timeout);
-                        }
-                        match san.connector(&sni, ctx.upstream_h2, connect) {
-                            Ok(c) => {
-                                let mut p = HttpPeer::new(addr, false, sni);
-                                p.options.custom_l4 = Some(c);
-                                // Its own connection pool: never shared with plain-text peers.
-                                p.group_key = san.id;
-                                p
-                            }
-                            Err(e) => {
-                                ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
-                                ctx.error = Some(e.clone());
-                                return Error::e_explain(ErrorType::ConnectError, e);
-                            }
-                        }
-                    }
-                    None => {
-                        let mut p = HttpPeer::new(addr, true, sni);
-                        p.options.ca = t.ca.clone();
-                        p.client_cert_key = t.client.clone();
-                        if t.insecure_skip_verify {
-                            p.options.verify_cert = false;
-                            p.options.verify_hostname = false;
-                        }
-                        p
-                    }
+                let mut p = HttpPeer::new(addr, true, sni);
+                p.options.ca = t.ca.clone();
+                p.client_cert_key = t.client.clone();
+                if t.insecure_skip_verify {
+                    p.options.verify_cert = false;
+                    p.options.verify_hostname = false;
+                } else if t.san_check.is_some() {
+                    // `subjectAltNames` replaces the SNI check: pingora checks the chain, and
+                    // `connected_to_upstream` the names (see `mtls`).
+                    p.options.verify_hostname = false;
                 }
+                p
             }
             Err(e) => {
                 // Never fall back to plain text when the rules ask for TLS.
@@ -850,20 +829,48 @@ impl ProxyHttp for MeshHttp {
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        // `subjectAltNames`: a new connection's server certificate must be one remora verified.
+        let san = ctx
+            .policy
+            .as_ref()
+            .and_then(|p| p.dest.as_ref())
+            .and_then(|d| d.tls.as_ref().ok())
+            .and_then(|o| o.as_ref())
+            .and_then(|o| o.san_check.clone());
+        if let (false, Some(san)) = (reused, san) {
+            let seen = digest
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map(|s| s.cert_digest.clone())
+                .unwrap_or_default();
+            let checked = match pingora::upstreams::peer::Peer::address(peer).as_inet() {
+                Some(addr) => {
+                    let timeout = peer
+                        .options
+                        .connection_timeout
+                        .unwrap_or(self.shared.settings.connect_timeout);
+                    san.accept(*addr, &peer.sni, &seen, timeout).await
+                }
+                None => Err("not an IP endpoint".to_string()),
+            };
+            if let Err(e) = checked {
+                let e = format!("server certificate not accepted (subjectAltNames): {e}");
+                ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
+                ctx.error = Some(e.clone());
+                return Error::e_explain(ErrorType::TLSHandshakeFailure, e);
+            }
+        }
         let max = ctx
             .policy
             .as_ref()
             .and_then(|p| p.dest.as_ref())
             .map_or(0, |d| d.policy.connection_pool.max_requests_per_connection);
-        // A connection remora encrypts itself (`subjectAltNames`) has no descriptor (fd < 0) to
-        // count by: maxRequestsPerConnection does not apply to it.
         ctx.close_upstream =
-            max > 0 && !ctx.upstream_h2 && fd >= 0 && last_request_on_connection(fd, reused, max);
+            max > 0 && !ctx.upstream_h2 && last_request_on_connection(fd, reused, max);
         Ok(())
     }
 

@@ -1,32 +1,27 @@
 //! TLS origination that checks `subjectAltNames` (DestinationRule `tls`, modes SIMPLE and MUTUAL).
 //!
-//! pingora's rustls connector verifies the server certificate against the SNI only. When a
-//! destination lists `subjectAltNames`, remora does the handshake itself: the HTTP peer is a
-//! plain-text one whose L4 connector (`custom_l4`) opens TCP, runs the rustls handshake with a
-//! verifier that checks the chain (caCertificates, else the system roots) and then that the
-//! certificate carries one of the names (replacing the SNI check, as Istio does), presents the
-//! client certificate (MUTUAL), and hands pingora the encrypted stream as a virtual socket.
+//! pingora's rustls connector verifies the server certificate against the SNI only. For a
+//! destination that lists `subjectAltNames`, pingora connects with the chain check alone (the
+//! SNI check is off, as Istio replaces it by the SAN check), and each new connection is accepted
+//! only if its leaf certificate (pingora's SHA-256 digest of it) is one that remora verified
+//! itself: a check connection to the same endpoint with the same SNI, client certificate and CA,
+//! whose rustls verifier checks the chain and then that the certificate carries one of the names.
+//! Verified digests are remembered per destination, so the check costs one extra handshake per
+//! server certificate, and connections are pooled by pingora as usual.
 
-use std::net::IpAddr;
-use std::pin::Pin;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingora::connectors::L4Connect;
-use pingora::protocols::l4::socket::SocketAddr;
-use pingora::protocols::l4::stream::Stream;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
-use pingora::{Error, ErrorType, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::policy::traffic::{TlsKind, TlsSettings};
 
@@ -139,12 +134,15 @@ impl ServerCertVerifier for SanVerifier {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The rustls settings of one destination's `tls` (with `subjectAltNames`).
+/// Remembered verified certificates per destination (a server normally has one or two).
+const MAX_VERIFIED: usize = 16;
+
+/// The rustls settings of one destination's `tls` (with `subjectAltNames`), and the digests of
+/// the server certificates they accepted.
 pub struct SanTls {
-    h1: Arc<ClientConfig>,
-    h2: Arc<ClientConfig>,
-    /// Distinguishes this destination's pooled connections from any other's (pingora pools by
-    /// address, SNI and this key).
+    config: Arc<ClientConfig>,
+    verified: Mutex<VecDeque<Vec<u8>>>,
+    /// Distinguishes this destination's settings in logs.
     pub id: u64,
 }
 
@@ -205,128 +203,84 @@ impl SanTls {
             }
             _ => builder.with_no_client_auth(),
         };
-        let mut h2 = config.clone();
-        h2.alpn_protocols = vec![b"h2".to_vec()];
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(SanTls {
-            h1: Arc::new(config),
-            h2: Arc::new(h2),
+            config: Arc::new(config),
+            verified: Mutex::new(VecDeque::new()),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
-    /// The L4 connector of one upstream connection: TCP, then the handshake presenting `sni`.
-    pub fn connector(
-        &self,
-        sni: &str,
-        h2: bool,
-        timeout: Duration,
-    ) -> std::result::Result<Arc<dyn L4Connect + Send + Sync>, String> {
-        let name = ServerName::try_from(sni.to_string())
-            .map_err(|e| format!("sni {sni:?} is not a valid server name: {e}"))?;
-        Ok(Arc::new(SanConnect {
-            config: if h2 { self.h2.clone() } else { self.h1.clone() },
-            name,
-            h2,
-            timeout,
-        }))
+    fn knows(&self, digest: &[u8]) -> bool {
+        self.verified
+            .lock()
+            .map(|v| v.iter().any(|d| d.as_slice() == digest))
+            .unwrap_or(false)
     }
-}
 
-#[derive(Debug)]
-struct SanConnect {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
-    h2: bool,
-    timeout: Duration,
-}
-
-#[async_trait::async_trait]
-impl L4Connect for SanConnect {
-    async fn connect(&self, addr: &SocketAddr) -> Result<Stream> {
-        let Some(inet) = addr.as_inet().copied() else {
-            return Error::e_explain(ErrorType::ConnectError, "not an IP address");
-        };
-        let work = async {
-            let tcp = TcpStream::connect(inet).await.map_err(|e| {
-                Error::explain(
-                    ErrorType::ConnectRefused,
-                    format!("connecting to {inet}: {e}"),
-                )
-            })?;
-            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(self.name.clone(), tcp)
-                .await
-                .map_err(|e| {
-                    Error::explain(
-                        ErrorType::TLSHandshakeFailure,
-                        format!("TLS handshake with {inet}: {e}"),
-                    )
-                })?;
-            if self.h2 && tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
-                return Err(Error::explain(
-                    ErrorType::TLSHandshakeFailure,
-                    format!(
-                        "TLS handshake with {inet}: the server did not agree to HTTP/2 (ALPN h2)"
-                    ),
-                ));
+    fn remember(&self, digest: Vec<u8>) {
+        if let Ok(mut v) = self.verified.lock() {
+            if !v.contains(&digest) {
+                if v.len() >= MAX_VERIFIED {
+                    v.pop_front();
+                }
+                v.push_back(digest);
             }
-            Ok(tls)
-        };
-        let tls = match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Error::e_explain(
-                    ErrorType::ConnectTimedout,
-                    format!("TLS connection to {inet}: timeout {:?}", self.timeout),
-                )
-            }
-        };
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(TlsSocket(
-            tls,
-        )))))
-    }
-}
-
-/// An established TLS connection as pingora's virtual socket.
-#[derive(Debug)]
-struct TlsSocket(TlsStream<TcpStream>);
-
-impl VirtualSocket for TlsSocket {
-    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.0.get_ref().0.set_nodelay(true),
-            // TCP keepalive is not applied to these connections (see docs/policies.md).
-            _ => Ok(()),
         }
     }
-}
 
-impl AsyncRead for TlsSocket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsSocket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    /// Accept a new connection to `addr` whose server certificate has SHA-256 `seen` (pingora's
+    /// `SslDigest::cert_digest`) if remora's own verifier accepted that certificate: at once when
+    /// it did before, else after a check connection (TCP, handshake with SNI `sni`, close).
+    pub async fn accept(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+        seen: &[u8],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if seen.is_empty() {
+            return Err("no server certificate to check against subjectAltNames".to_string());
+        }
+        if self.knows(seen) {
+            return Ok(());
+        }
+        let name = ServerName::try_from(sni.to_string())
+            .map_err(|e| format!("sni {sni:?} is not a valid server name: {e}"))?;
+        let check = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+            let leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ring::digest::digest(&ring::digest::SHA256, c.as_ref()))
+                .map(|d| d.as_ref().to_vec());
+            let _ = tls.shutdown().await;
+            leaf.ok_or_else(|| format!("{addr} presented no certificate"))
+        };
+        let digest = match tokio::time::timeout(timeout, check).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(format!(
+                    "checking {addr}'s certificate: timeout {timeout:?}"
+                ))
+            }
+        };
+        self.remember(digest.clone());
+        if digest.as_slice() == seen {
+            Ok(())
+        } else {
+            Err(format!(
+                "{addr} presented another certificate to the check connection than to the proxied one; not accepted"
+            ))
+        }
     }
 }
 
