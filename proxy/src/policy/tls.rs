@@ -24,8 +24,10 @@ pub struct Origination {
     pub client: Option<Arc<CertKey>>,
     /// `subjectAltNames` (empty: the server certificate must match the SNI instead).
     pub subject_alt_names: Vec<String>,
-    /// The same, as rustls settings, for the connections that check `subjectAltNames` (pingora's
-    /// own TLS connector can only check the SNI): built when the destination is first used.
+    /// With `subjectAltNames` (and verification on): remora's verifier and the server
+    /// certificates it accepted; pingora then skips its SNI check and each new connection's
+    /// certificate must be one of these (`upstream::mtls`). Built when the destination is first
+    /// used.
     pub san_check: Option<Arc<crate::upstream::mtls::SanTls>>,
 }
 
