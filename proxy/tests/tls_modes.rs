@@ -99,13 +99,14 @@ impl Pki {
 /// server CA, and which requires a client certificate signed by the client CA. It answers 200
 /// with `x-client-cn`: the common name of the client certificate it verified, and `x-version`.
 async fn spawn_mtls_server(pki: &Pki, tls12_only: bool) -> SocketAddr {
-    spawn_counting_server(pki, tls12_only).await.0
+    spawn_counting_server(pki, tls12_only, true).await.0
 }
 
 /// `spawn_mtls_server`, also returning the number of TLS connections it accepted.
 async fn spawn_counting_server(
     pki: &Pki,
     tls12_only: bool,
+    require_client_cert: bool,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     use http_body_util::Full;
     use hyper::service::service_fn;
@@ -118,12 +119,14 @@ async fn spawn_counting_server(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.client_ca.0.der().clone()).unwrap();
-    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .build()
-    .unwrap();
+    );
+    if !require_client_cert {
+        builder = builder.allow_unauthenticated();
+    }
+    let client_verifier = builder.build().unwrap();
     static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
     let versions = if tls12_only {
         TLS12
@@ -437,6 +440,48 @@ fn mutual_tls_carries_http2_upstream() {
     }
 }
 
+/// SIMPLE checks `subjectAltNames` too (no client certificate; the server does not ask for one).
+#[test]
+fn simple_checks_subject_alt_names() {
+    let rt = rt();
+    let pki = Pki::new();
+    let port = rt
+        .block_on(spawn_counting_server(&pki, false, false))
+        .0
+        .port();
+    let ca = pki.path("server-ca.pem");
+    let simple =
+        |san: &str| format!("{{mode: SIMPLE, caCertificates: {ca}, subjectAltNames: [\"{san}\"]}}");
+    let ok = host_rules("ok.example.test", port, &simple(SERVER_URI));
+    let bad = host_rules(
+        "bad.example.test",
+        port,
+        &simple("spiffe://cluster.local/ns/shop/sa/other"),
+    );
+    let plain = host_rules(
+        "plain.example.test",
+        port,
+        &format!("{{mode: SIMPLE, caCertificates: {ca}}}"),
+    );
+    let (p, _rules) = start(&[
+        ("a.yaml", ok.as_str()),
+        ("b.yaml", bad.as_str()),
+        ("c.yaml", plain.as_str()),
+    ]);
+    // The SNI (ok.example.test) is not in the certificate; the URI SAN is: accepted.
+    let r = get(&p, "ok.example.test", "/simple-san");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.body_text(), "mutual");
+    assert_eq!(r.header("x-client-cn"), Some(""));
+    let r = get(&p, "bad.example.test", "/simple-badsan");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(flag(&p, "/simple-badsan"), "UF");
+    // Without subjectAltNames the SNI must match: it does not.
+    let r = get(&p, "plain.example.test", "/simple-sni");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(flag(&p, "/simple-sni"), "UF");
+}
+
 fn shared() -> PathBuf {
     match std::env::var_os("REMORA_SHARED") {
         Some(p) => PathBuf::from(p),
@@ -568,7 +613,7 @@ fn bench_mutual_tls_paths() {
             format!(", subjectAltNames: [{SERVER_NAME}]"),
         ),
     ] {
-        let (addr, accepted) = rt.block_on(spawn_counting_server(&pki, false));
+        let (addr, accepted) = rt.block_on(spawn_counting_server(&pki, false, true));
         let rules = host_rules("bench.example.test", addr.port(), &tls(&extra));
         let (p, _rules) = start(&[("a.yaml", rules.as_str())]);
         let t = std::time::Instant::now();
