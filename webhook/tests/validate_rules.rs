@@ -141,8 +141,8 @@ async fn bookinfo_rules_are_allowed() {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        // (fault-injection-details-v1.yaml is left out: its second route can never match, which
-        // the linter reports as an error, and it redefines DestinationRule details.)
+        // (fault-injection-details-v1.yaml is left out: its second route can never match, a
+        // warning, and it redefines DestinationRule details, which DR_ALL also defines.)
         .filter(|n| n.starts_with("virtual-service-"))
         .collect();
     files.sort();
