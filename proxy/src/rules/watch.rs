@@ -211,6 +211,8 @@ pub fn log_applied(snap: &super::Snapshot) {
     for ig in &snap.ignored {
         tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
+    // The ISTIO_MUTUAL warnings at apply time, not at the first request (logged once per set).
+    crate::policy::check::note_applied(snap);
 }
 
 fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> Outcome {

@@ -1108,27 +1108,12 @@ fn policy_cells(tp: &traffic::TrafficPolicy, raw: &Value) -> (String, String, St
             t.join(", ")
         }
     };
-    let tls = match &tp.tls {
-        traffic::TlsMode::Disable if raw.get("tls").is_none() => "-".to_string(),
-        traffic::TlsMode::Disable => "DISABLE".to_string(),
-        traffic::TlsMode::Simple {
-            ca_certificates,
-            sni,
-            insecure_skip_verify,
-        } => {
-            let mut t = "SIMPLE".to_string();
-            if let Some(sni) = sni {
-                t.push_str(&format!(" sni={sni}"));
-            }
-            if let Some(ca) = ca_certificates {
-                t.push_str(&format!(" ca={ca}"));
-            }
-            if *insecure_skip_verify {
-                t.push_str(" insecureSkipVerify");
-            }
-            t
-        }
-        traffic::TlsMode::Unsupported(m) => format!("{m} (not supported by remora)"),
+    // The proxy's own summary of the setting it acts on (SIMPLE, MUTUAL with its files,
+    // ISTIO_MUTUAL as plain text).
+    let tls = if raw.get("tls").is_none() {
+        "-".to_string()
+    } else {
+        tp.tls_settings.summary()
     };
     (lb, pool, outlier, tls)
 }
