@@ -64,49 +64,76 @@ fn owner_kind(obj: &Value) -> String {
         .to_string()
 }
 
-/// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
-pub fn handle(body: &[u8], cfg: &Config) -> Reply {
-    let mut log = ReviewLog::default();
+/// An AdmissionReview v1 taken apart: the typed request (without its objects) and the object and
+/// old object as raw JSON (typed round trips would drop fields our types do not know).
+pub struct Envelope {
+    pub request: AdmissionRequest<DynamicObject>,
+    pub object: Value,
+    pub old_object: Value,
+}
+
+/// Parses an AdmissionReview v1 body, for the mutating and the validating endpoints alike.
+/// `Err((uid, reason))`: one line for a 400 answer, with the request's uid when it got that far.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, (String, String)> {
+    let fail = |uid: &str, msg: String| Err((uid.to_string(), msg));
     let mut raw: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return error(400, format!("body is not JSON: {e}"), log),
+        Err(e) => return fail("", format!("body is not JSON: {e}")),
     };
     let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
     if kind != "AdmissionReview" {
-        return error(400, format!("kind {kind:?} is not AdmissionReview"), log);
+        return fail("", format!("kind {kind:?} is not AdmissionReview"));
     }
     if api_version != "admission.k8s.io/v1" {
-        return error(
-            400,
+        return fail(
+            "",
             format!("apiVersion {api_version:?} is not supported; remora-webhook speaks admission.k8s.io/v1"),
-            log,
         );
     }
     let Some(raw_req) = raw.get_mut("request").filter(|r| r.is_object()) else {
-        return error(400, "AdmissionReview has no request".into(), log);
+        return fail("", "AdmissionReview has no request".into());
     };
-    let uid = raw_req.get("uid").and_then(Value::as_str).unwrap_or("");
+    let uid = raw_req
+        .get("uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if uid.is_empty() {
-        return error(400, "AdmissionReview request has no uid".into(), log);
+        return fail("", "AdmissionReview request has no uid".into());
     }
-    log.uid = uid.to_string();
-    // The pod stays raw JSON (typed round trips drop unknown fields); the envelope is typed.
-    let object = raw_req
-        .get_mut("object")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    if let Some(old) = raw_req.get_mut("oldObject") {
-        *old = Value::Null;
-    }
+    let mut take = |k: &str| raw_req.get_mut(k).map(Value::take).unwrap_or(Value::Null);
+    let object = take("object");
+    let old_object = take("oldObject");
     let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw) {
         Ok(r) => r,
-        Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
+        Err(e) => return fail(&uid, format!("malformed AdmissionReview: {e}")),
     };
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => return error(400, "AdmissionReview has no request".into(), log),
+    match review.try_into() {
+        Ok(request) => Ok(Envelope {
+            request,
+            object,
+            old_object,
+        }),
+        Err(_) => fail(&uid, "AdmissionReview has no request".into()),
+    }
+}
+
+/// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
+pub fn handle(body: &[u8], cfg: &Config) -> Reply {
+    let mut log = ReviewLog::default();
+    let Envelope {
+        request: req,
+        object,
+        ..
+    } = match parse_envelope(body) {
+        Ok(e) => e,
+        Err((uid, msg)) => {
+            log.uid = uid;
+            return error(400, msg, log);
+        }
     };
+    log.uid = req.uid.clone();
     log.namespace = req
         .namespace
         .clone()

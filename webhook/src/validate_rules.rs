@@ -22,12 +22,13 @@
 //! misconfigured webhook must not block writes). A body that is not an `admission.k8s.io/v1`
 //! AdmissionReview gets a 400 with one line. Pure: plain values in, plain values out.
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::StatusSummary;
-use kube::core::{DynamicObject, Status};
+use kube::core::Status;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::review::{parse_envelope, Envelope};
 use crate::usercli::analyze::{analyze, Message};
 
 /// The label that marks a ConfigMap as rules (besides the configured name).
@@ -203,47 +204,19 @@ fn warnings_for(cm_key: &str, warnings: &[String]) -> Option<Vec<String>> {
 /// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
 pub fn handle(body: &[u8], cfg: &Config) -> Answer {
     let mut log = DecisionLog::default();
-    let mut raw: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return error(400, format!("body is not JSON: {e}"), log),
-    };
-    let api_version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("");
-    if kind != "AdmissionReview" {
-        return error(400, format!("kind {kind:?} is not AdmissionReview"), log);
-    }
-    if api_version != "admission.k8s.io/v1" {
-        return error(
-            400,
-            format!("apiVersion {api_version:?} is not supported; remora-webhook speaks admission.k8s.io/v1"),
-            log,
-        );
-    }
-    let Some(raw_req) = raw.get_mut("request").filter(|r| r.is_object()) else {
-        return error(400, "AdmissionReview has no request".into(), log);
-    };
-    let uid = raw_req.get("uid").and_then(Value::as_str).unwrap_or("");
-    if uid.is_empty() {
-        return error(400, "AdmissionReview request has no uid".into(), log);
-    }
-    log.uid = uid.to_string();
     // The ConfigMap stays raw JSON (its data is what is checked); the envelope is typed.
-    let object = raw_req
-        .get_mut("object")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    let old_object = raw_req
-        .get_mut("oldObject")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw) {
-        Ok(r) => r,
-        Err(e) => return error(400, format!("malformed AdmissionReview: {e}"), log),
+    let Envelope {
+        request: req,
+        object,
+        old_object,
+    } = match parse_envelope(body) {
+        Ok(e) => e,
+        Err((uid, msg)) => {
+            log.uid = uid;
+            return error(400, msg, log);
+        }
     };
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => return error(400, "AdmissionReview has no request".into(), log),
-    };
+    log.uid = req.uid.clone();
     log.namespace = req
         .namespace
         .clone()
