@@ -764,6 +764,11 @@ fn cluster_service_host(
 /// are always balanced.
 fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr, headless_aware: bool) -> Decision {
     let port = dst.port();
+    // A port the known Service does not declare: Istio has no cluster for it and the
+    // connection takes the PassthroughCluster (the original destination), not a 503.
+    if headless_aware && snap.endpoints.has_port(&fqdn, port) == Some(false) {
+        return Decision::Passthrough;
+    }
     let d = crate::rules::model::Destination {
         host: fqdn,
         subset: None,
@@ -2094,6 +2099,11 @@ spec:
                     .collect(),
             )
         }
+
+        fn has_port(&self, host: &str, port: u16) -> Option<bool> {
+            self.endpoints(host, port, None)
+                .map(|_| [9080, 8080].contains(&port))
+        }
     }
 
     const REVIEWS_DR: &str = r#"
@@ -2192,7 +2202,7 @@ spec:
         r.dst = "10.1.0.2:9080".parse().unwrap();
         assert_eq!(addrs(&fwd(route(&s, &r, &mut rng))), vec!["10.1.0.2:9080"]);
 
-        // A Service discovery knows without a ready endpoint (or without the port): 503.
+        // A Service discovery knows without a ready endpoint: 503.
         assert_eq!(
             route(&s, &req_with("empty", "GET", "/", &h, 9080), &mut rng),
             Decision::Deny {
@@ -2200,12 +2210,10 @@ spec:
                 reason: "no endpoints for host empty.default.svc.cluster.local port 9080".into()
             }
         );
+        // A port the Service does not declare: no cluster in Istio, the original destination.
         assert_eq!(
             route(&s, &req_with("reviews", "GET", "/", &h, 7000), &mut rng),
-            Decision::Deny {
-                status: 503,
-                reason: "no endpoints for host reviews.default.svc.cluster.local port 7000".into()
-            }
+            Decision::Passthrough
         );
         // A Service no source knows (no discovery): the original destination, policy applies.
         let f = fwd(route(

@@ -572,6 +572,12 @@ impl EndpointSource for DiscoveredEndpoints {
             .collect();
         Some(out)
     }
+
+    fn has_port(&self, host: &str, port: u16) -> Option<bool> {
+        let index = self.index.load();
+        let entry = index.host(host)?;
+        Some(entry.ports.iter().any(|p| p.port == port))
+    }
 }
 
 #[cfg(test)]
@@ -727,6 +733,11 @@ mod tests {
             addrs(&d, "reviews.shop.svc.cluster.local", 9999, &[]),
             Some(vec![])
         );
+        // ... which `has_port` tells from a declared port without a ready endpoint.
+        let h = "reviews.shop.svc.cluster.local";
+        assert_eq!(d.has_port(h, 9999), Some(false));
+        assert_eq!(d.has_port(h, 9080), Some(true));
+        assert_eq!(d.has_port("ratings.shop.svc.cluster.local", 9080), None);
         // Unknown hosts are left to the next source.
         assert_eq!(addrs(&d, "ratings.shop.svc.cluster.local", 9080, &[]), None);
         assert_eq!(addrs(&d, "reviews", 9080, &[]), None);

@@ -20,6 +20,14 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
         port: u16,
         subset: Option<&BTreeMap<String, String>>,
     ) -> Option<Vec<Endpoint>>;
+
+    /// Whether this source knows `host` and it has service port `port` (`None`: the host is
+    /// unknown here). Tells "no such port" (Istio has no cluster for it: the original
+    /// destination) from "no endpoint is ready" (503). By default, whether any endpoint
+    /// answers for that port.
+    fn has_port(&self, host: &str, port: u16) -> Option<bool> {
+        self.endpoints(host, port, None).map(|e| !e.is_empty())
+    }
 }
 
 /// Several sources asked in order: the first that knows a host answers (for example the
@@ -39,6 +47,10 @@ impl EndpointSource for ChainedEndpoints {
         self.sources
             .iter()
             .find_map(|s| s.endpoints(host, port, subset))
+    }
+
+    fn has_port(&self, host: &str, port: u16) -> Option<bool> {
+        self.sources.iter().find_map(|s| s.has_port(host, port))
     }
 }
 
