@@ -64,10 +64,13 @@ run_proxy() {
     --inbound-source-fallback --allow-root >/dev/null 2>"$work/proxy.err" &
   local wrapper=$!
   pids+=("$wrapper")
+  # Polls the metrics, not /config_dump: the dump now serializes the index (up to 5,000
+  # endpoints), and building it on every poll would be measured as the proxy's peak.
   for _ in $(seq 600); do
-    if dump="$(nsx curl -fs http://127.0.0.1:15020/config_dump 2>/dev/null)"; then
+    if dump="$(nsx curl -fs http://127.0.0.1:15020/stats/prometheus 2>/dev/null)"; then
       if [ "$api" = off ]; then break; fi
-      if python3 -c 'import json,sys; d=json.load(sys.stdin)["discovery"]["status"]; sys.exit(0 if d["services"]=='"$services"' and d["endpoints"]=='"$((services * endpoints * 2))"' else 1)' <<<"$dump"; then
+      if grep -qx "remora_discovery_services $services" <<<"$dump" &&
+        grep -qx "remora_discovery_endpoints $((services * endpoints * 2))" <<<"$dump"; then
         sync_ms=$(( ($(date +%s%N) - start) / 1000000 ))
         break
       fi
