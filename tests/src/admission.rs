@@ -35,11 +35,6 @@ pub struct Webhook {
     counter: std::sync::atomic::AtomicU64,
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// A fresh CA and a serving certificate it signed, for 127.0.0.1 and the webhook's Service name.
 pub struct IssuedCert {
     pub ca_der: Vec<u8>,
@@ -101,7 +96,7 @@ impl Webhook {
 
         let mut last_err = anyhow!("not started");
         for _attempt in 0..3 {
-            let port = free_port()?;
+            let port = crate::ports::free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let mut cmd = std::process::Command::new(&bin);
             cmd.arg("serve")

@@ -366,10 +366,7 @@ async fn check_inject_errors_are_one_clear_line() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("target: missing"), "{}", r.all());
     // An API server that is not there.
-    let gone = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let gone = remora_e2e::ports::free_port();
     let out = tokio::process::Command::new(remora_bin())
         .args([
             "--server",

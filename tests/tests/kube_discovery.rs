@@ -284,12 +284,7 @@ mod process {
         p
     }
 
-    pub fn free_ports(n: usize) -> Vec<u16> {
-        let ls: Vec<TcpListener> = (0..n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-    }
+    pub use remora_e2e::ports::free_ports;
 
     /// An HTTP/1.1 server on 127.0.0.1 answering `body` to every request (until the test ends).
     pub fn backend(body: &'static str) -> SocketAddr {

@@ -10,7 +10,7 @@
 //! Nothing here asserts on elapsed time: every wait polls with a generous deadline.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -131,14 +131,7 @@ fn proxy_bin() -> PathBuf {
     p
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
+use remora_e2e::ports::free_ports;
 
 /// Start the proxy in namespace `shop` with an empty rules directory, on loopback ports, its
 /// log in a file; `kube_api`: the recorded API's URL or `off`; `extra`: more flags; `env`:

@@ -213,14 +213,7 @@ impl Drop for Proxy {
     }
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
+use remora_e2e::ports::free_ports;
 
 /// A bare HTTP/1.1 GET on loopback: (status, body).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {

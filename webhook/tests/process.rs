@@ -29,9 +29,13 @@ impl Drop for Proc {
     }
 }
 
+// The workspace's test port allocator: ports outside the ephemeral range, so no parallel test's
+// client socket takes one before the webhook binds it.
+#[path = "../../tests/src/ports.rs"]
+mod ports;
+
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], ports::free_port()))
 }
 
 struct Served {

@@ -3,6 +3,10 @@
 //! samples (`$REMORA_SHARED/anchors/istio/networking/`, used in place) and from
 //! `manifests/rules-example.yaml`, plus broken variants of them.
 
+// The workspace's test port allocator (ports outside the ephemeral range).
+#[path = "../../tests/src/ports.rs"]
+mod ports;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -668,10 +672,7 @@ async fn the_binary_logs_one_line_per_decision() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
     std::fs::write(dir.path().join("tls.key"), ck.key_pair.serialize_pem()).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports::free_port()));
     let log = dir.path().join("stderr.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora-webhook"))
         .args(["serve", "--listen", &addr.to_string()])

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,13 +23,12 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// `n` distinct free loopback ports (bound together, then released).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<StdListener> = (0..n)
-        .map(|_| StdListener::bind("127.0.0.1:0").expect("bind ephemeral port"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+// Ports for the proxies these tests start: outside the kernel's ephemeral range, so no client
+// socket of a parallel test can take one between choosing it and the proxy binding it. One
+// allocator for the whole workspace's tests (remora-e2e uses the same file as `ports`).
+#[path = "../../../tests/src/ports.rs"]
+mod ports;
+pub use ports::free_ports;
 
 pub fn proxy_bin() -> &'static str {
     env!("CARGO_BIN_EXE_remora-proxy")
