@@ -363,6 +363,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         app_probes = probers.probes.len(),
         "remora-proxy starting"
     );
+    if snapshot.generation > 0 {
+        // The first set is logged like every reload: counts, unknown fields, resources not
+        // applied, ISTIO_MUTUAL warnings (once, here, not on the request path).
+        rules::watch::log_applied(&snapshot);
+    }
     // Register the metric families before any traffic.
     let _ = remora_proxy::telemetry::Metrics::get();
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));

@@ -285,7 +285,6 @@ impl Policies {
         subset: Option<&str>,
         port: u16,
     ) -> Arc<Destination> {
-        check::note_applied(snap);
         let dr = snap.destination_rule(host);
         let raw = dr
             .map(|d| traffic::effective_raw(d, subset, port))
