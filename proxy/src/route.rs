@@ -805,9 +805,11 @@ fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr, headless_aware:
 
 /// Route an opaque TCP connection (or a TLS one, when the data plane has read its SNI) by the
 /// VirtualServices' `tcp` / `tls` routes. TLS: the VirtualService whose hosts match the SNI and
-/// its first `tls` route whose `sniHosts` (and other conditions) match. TCP: the VirtualService
-/// for the host of the ServiceEntry whose `addresses` contain the destination IP, and its first
-/// matching `tcp` route. Otherwise `Passthrough` (the original destination).
+/// its first `tls` route whose `sniHosts` (and other conditions) match. TCP: the host whose
+/// virtual address the client connected to (a ServiceEntry's `addresses`, a Service's
+/// ClusterIP), its VirtualService's first matching `tcp` route, else the host's default route
+/// (its endpoints, balanced under its DestinationRule). Otherwise `Passthrough` (the original
+/// destination).
 pub fn route_tcp(
     snap: &Snapshot,
     dst: SocketAddr,
@@ -824,20 +826,53 @@ pub fn route_tcp(
             None => Decision::Passthrough,
         };
     }
-    // Opaque TCP: the host is known only through a ServiceEntry address (a VIP).
-    let Some(se) = snap
+    // Opaque TCP: the host is known by the virtual address the client connected to: a
+    // ServiceEntry's `addresses`, or a Kubernetes Service's ClusterIP (from discovery).
+    let port = dst.port();
+    if let Some(se) = snap
         .service_entries
         .iter()
         .find(|se| se.addresses.iter().any(|n| n.contains(&dst.ip())))
-    else {
+    {
+        if let Some((vs, r)) = best_l4(snap, &se.hosts, false, dst, None)
+            .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, port))
+        {
+            return l4_forward(snap, vs, r, dst, &se.hosts, rng);
+        }
+        // No tcp route: the entry's default route, on a port it declares and with endpoints
+        // (else the original destination, as before any rule).
+        let declared = se.ports.is_empty() || se.ports.iter().any(|p| p.number == port);
+        if !declared || !egress_allows(snap, &se.meta, &se.hosts, port) {
+            return Decision::Passthrough;
+        }
+        let Some(host) = se
+            .hosts
+            .iter()
+            .find(|h| snap.endpoints.has_port(h, port) == Some(true))
+        else {
+            return Decision::Passthrough;
+        };
+        return default_route(snap, host.clone(), dst, false);
+    }
+    let Some(fqdn) = snap.endpoints.host_of_ip(dst.ip()) else {
         return Decision::Passthrough;
     };
-    match best_l4(snap, &se.hosts, false, dst, None)
-        .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, dst.port()))
+    let hosts = std::slice::from_ref(&fqdn);
+    if let Some((vs, r)) = best_l4(snap, hosts, false, dst, None)
+        .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, port))
     {
-        Some((vs, r)) => l4_forward(snap, vs, r, dst, &se.hosts, rng),
-        None => Decision::Passthrough,
+        return l4_forward(snap, vs, r, dst, hosts, rng);
     }
+    let visible = snap.sidecar.as_ref().is_none_or(|sc| {
+        let ns = fqdn.split('.').nth(1).unwrap_or("");
+        crate::rules::in_egress_scope_on_port(sc, ns, hosts, port)
+    });
+    if !visible {
+        return Decision::Passthrough;
+    }
+    // The Service's default route: its endpoints balanced by the proxy under its
+    // DestinationRule (a port the Service does not declare passes through).
+    default_route(snap, fqdn, dst, true)
 }
 
 /// The most specific VirtualService with `tcp` (or `tls`) routes for the names, and its first
@@ -2104,6 +2139,92 @@ spec:
             self.endpoints(host, port, None)
                 .map(|_| [9080, 8080].contains(&port))
         }
+
+        fn host_of_ip(&self, ip: std::net::IpAddr) -> Option<String> {
+            let host = match ip.to_string().as_str() {
+                "10.96.0.10" => "reviews.default.svc.cluster.local",
+                "10.96.0.20" => "ratings.prod.svc.cluster.local",
+                _ => return None,
+            };
+            Some(host.to_string())
+        }
+    }
+
+    #[test]
+    fn opaque_tcp_to_a_cluster_ip_takes_the_service_routes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // No rules at all: the Service's default route over its pods.
+        let s = snap("").with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        let f = fwd(route_tcp(
+            &s,
+            "10.96.0.10:9080".parse().unwrap(),
+            None,
+            &mut rng,
+        ));
+        assert_eq!(
+            (f.host.as_str(), f.port),
+            ("reviews.default.svc.cluster.local", 9080)
+        );
+        assert_eq!(
+            addrs(&f),
+            vec!["10.1.0.1:9080", "10.1.0.2:9080", "10.1.0.3:9080"]
+        );
+        // A port the Service does not declare, an unknown address: the original destination.
+        let pass = |d: Decision| matches!(d, Decision::Passthrough);
+        assert!(pass(route_tcp(
+            &s,
+            "10.96.0.10:3306".parse().unwrap(),
+            None,
+            &mut rng
+        )));
+        assert!(pass(route_tcp(
+            &s,
+            "10.96.0.99:9080".parse().unwrap(),
+            None,
+            &mut rng
+        )));
+        // A VirtualService tcp route for the Service's host moves the connection.
+        let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-tcp, namespace: default}
+spec:
+  hosts: [reviews]
+  tcp:
+  - match: [{port: 9080}]
+    route: [{destination: {host: ratings.prod.svc.cluster.local, port: {number: 9080}}}]
+"#;
+        let s = snap(vs).with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        let f = fwd(route_tcp(
+            &s,
+            "10.96.0.10:9080".parse().unwrap(),
+            None,
+            &mut rng,
+        ));
+        assert_eq!(f.host, "ratings.prod.svc.cluster.local");
+        assert_eq!(f.virtual_service.as_deref(), Some("default/reviews-tcp"));
+        assert_eq!(addrs(&f), vec!["10.2.0.1:9080"]);
+        // A Sidecar whose egress does not list the namespace hides the Service.
+        let sc = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+"#;
+        let s = snap(sc).with_endpoint_source(std::sync::Arc::new(ClusterPods));
+        assert!(!pass(route_tcp(
+            &s,
+            "10.96.0.10:9080".parse().unwrap(),
+            None,
+            &mut rng
+        )));
+        assert!(pass(route_tcp(
+            &s,
+            "10.96.0.20:9080".parse().unwrap(),
+            None,
+            &mut rng
+        )));
     }
 
     const REVIEWS_DR: &str = r#"

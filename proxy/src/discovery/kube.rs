@@ -603,11 +603,25 @@ async fn drive<K, S>(
     }
 }
 
+/// `spec.clusterIPs` (or the older `spec.clusterIP`); none for a headless Service (`None`).
+fn cluster_ips(spec: Option<&k8s_openapi::api::core::v1::ServiceSpec>) -> Vec<std::net::IpAddr> {
+    let Some(spec) = spec else { return Vec::new() };
+    let listed = spec
+        .cluster_ips
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(<[String]>::to_vec)
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default();
+    listed.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
 /// A Service as routing needs it.
 pub fn service(s: &Service) -> Svc {
     let spec = s.spec.as_ref();
     Svc {
         external_name: spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName"),
+        cluster_ips: cluster_ips(spec),
         ports: spec
             .and_then(|s| s.ports.as_ref())
             .map(|ps| {
@@ -805,6 +819,28 @@ mod tests {
             }]
         );
         assert!(!s.external_name);
+        assert!(s.cluster_ips.is_empty());
+        let ips = |spec: serde_json::Value| {
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "namespace": "shop"}, "spec": spec
+            }))
+            .unwrap();
+            service(&svc).cluster_ips
+        };
+        let v4: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00::10".parse().unwrap();
+        assert_eq!(
+            ips(
+                serde_json::json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"]})
+            ),
+            vec![v4, v6]
+        );
+        assert_eq!(
+            ips(serde_json::json!({"clusterIP": "10.96.0.10"})),
+            vec![v4]
+        );
+        // Headless: no virtual address.
+        assert!(ips(serde_json::json!({"clusterIP": "None", "clusterIPs": ["None"]})).is_empty());
         let es: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "reviews-x", "namespace": "shop",
                           "labels": {"kubernetes.io/service-name": "reviews"}},

@@ -45,6 +45,9 @@ pub struct Svc {
     pub ports: Vec<SvcPort>,
     /// `type: ExternalName`: not a set of endpoints (left to DNS, not indexed).
     pub external_name: bool,
+    /// `spec.clusterIPs` (none for a headless Service): opaque TCP to one of them is traffic
+    /// to this Service (its `tcp` routes and DestinationRule apply).
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 /// One endpoint of an EndpointSlice.
@@ -329,6 +332,8 @@ impl DumpLimits {
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     hosts: HashMap<Box<str>, HostEntry>,
+    /// ClusterIP → the FQDN of its Service (indexed Services only).
+    by_cluster_ip: HashMap<IpAddr, Box<str>>,
     domain: Box<str>,
     pub services: usize,
     pub endpoints: usize,
@@ -356,6 +361,7 @@ impl Index {
                 .push(s);
         }
         let mut hosts = HashMap::new();
+        let mut by_cluster_ip = HashMap::new();
         let mut endpoints = 0;
         let mut ns_ok: HashMap<&str, bool> = HashMap::new();
         for (k, svc) in &store.services {
@@ -415,11 +421,17 @@ impl Index {
                 });
             }
             ports.sort_by_key(|p| p.port);
-            hosts.insert(fqdn.into_boxed_str(), HostEntry { ports });
+            let fqdn = fqdn.into_boxed_str();
+            for ip in &svc.cluster_ips {
+                by_cluster_ip.insert(*ip, fqdn.clone());
+            }
+            hosts.insert(fqdn, HostEntry { ports });
         }
         let services = hosts.len();
+        by_cluster_ip.shrink_to_fit();
         Index {
             hosts,
+            by_cluster_ip,
             domain: Box::from(domain),
             services,
             endpoints,
@@ -441,6 +453,11 @@ impl Index {
             return None;
         };
         self.hosts.get(full.as_str())
+    }
+
+    /// The Service FQDN whose ClusterIP is `ip`.
+    pub fn host_of_cluster_ip(&self, ip: IpAddr) -> Option<&str> {
+        self.by_cluster_ip.get(&ip).map(|h| &**h)
     }
 
     /// The hosts known, sorted (for `/config_dump`).
@@ -578,6 +595,10 @@ impl EndpointSource for DiscoveredEndpoints {
         let entry = index.host(host)?;
         Some(entry.ports.iter().any(|p| p.port == port))
     }
+
+    fn host_of_ip(&self, ip: IpAddr) -> Option<String> {
+        self.index.load().host_of_cluster_ip(ip).map(str::to_string)
+    }
 }
 
 #[cfg(test)]
@@ -598,6 +619,7 @@ mod tests {
                 })
                 .collect(),
             external_name: false,
+            cluster_ips: vec![],
         })
     }
 
@@ -745,6 +767,36 @@ mod tests {
         assert_eq!((idx.services, idx.endpoints), (1, 2));
         // Two pods share one label set.
         assert_eq!(s.label_sets(), 2);
+    }
+
+    #[test]
+    fn cluster_ips_name_their_indexed_service() {
+        let mut s = reviews_store();
+        let mut with_ip = |name: &str, ips: &[&str]| {
+            let Object::Service(mut v) = svc(&[(9080, Some("http"))]) else {
+                unreachable!()
+            };
+            v.cluster_ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+            s.apply(
+                Kind::Services,
+                &ns(),
+                Update::Apply(Key::new("shop", name), Object::Service(v)),
+            );
+        };
+        with_ip("reviews", &["10.96.0.10", "fd00::10"]);
+        with_ip("hidden", &["10.96.0.11"]);
+        let idx = Index::build(&s, "cluster.local", &|_, h| !h.starts_with("hidden."));
+        let ip = |t: &str| idx.host_of_cluster_ip(t.parse().unwrap());
+        assert_eq!(ip("10.96.0.10"), Some("reviews.shop.svc.cluster.local"));
+        assert_eq!(ip("fd00::10"), Some("reviews.shop.svc.cluster.local"));
+        assert_eq!(ip("10.96.0.11"), None, "out of scope: not indexed");
+        assert_eq!(ip("10.96.0.12"), None);
+        let live = DiscoveredEndpoints::new("cluster.local");
+        live.index.store(Arc::new(idx));
+        assert_eq!(
+            live.host_of_ip("10.96.0.10".parse().unwrap()).as_deref(),
+            Some("reviews.shop.svc.cluster.local")
+        );
     }
 
     #[test]
@@ -919,6 +971,7 @@ mod tests {
                 Object::Service(Svc {
                     ports: vec![],
                     external_name: true,
+                    cluster_ips: vec![],
                 }),
             ),
         );

@@ -140,6 +140,8 @@ pub enum Overflow {
     Pending,
     /// `http2MaxRequests` reached.
     Requests,
+    /// `tcp.maxConnections` reached by opaque TCP connections (they never wait).
+    Connections,
 }
 
 impl Overflow {
@@ -147,6 +149,7 @@ impl Overflow {
         match self {
             Overflow::Pending => "connectionPool.http.http1MaxPendingRequests reached",
             Overflow::Requests => "connectionPool.http.http2MaxRequests reached",
+            Overflow::Connections => "connectionPool.tcp.maxConnections reached",
         }
     }
 }
@@ -256,6 +259,21 @@ impl Pool {
             }),
             // The semaphore is never closed; treat it as an overflow rather than panic.
             Err(_) => Err(Overflow::Pending),
+        }
+    }
+
+    /// Admit an opaque TCP connection: it holds one of `tcp.maxConnections` while open (`None`
+    /// when unlimited). At the limit it is refused at once, as Envoy's TCP proxy does (no queue).
+    pub fn admit_connection(&self) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
+        if !self.limited() {
+            return Ok(None);
+        }
+        match self.connections.clone().try_acquire_owned() {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => {
+                self.overflows.fetch_add(1, Ordering::Relaxed);
+                Err(Overflow::Connections)
+            }
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Destination {
     /// TLS origination (`tls.mode: SIMPLE`), or why it cannot be done (then requests to the
     /// destination fail with 503 rather than go out in plain text).
     pub tls: Result<Option<tls::Origination>, String>,
+    /// The rustls client settings of `tls` for opaque TCP (built at first use).
+    tcp_tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 struct Metrics {
@@ -116,8 +118,27 @@ impl Destination {
                 );
             }),
             policy_error: None,
+            tcp_tls: OnceLock::new(),
             policy,
         }
+    }
+
+    /// TLS origination for opaque TCP to this destination (`tls.mode` SIMPLE or MUTUAL): the
+    /// client settings and the SNI (`sni`, else the host); `None` when the bytes go as they are
+    /// (no `tls`, DISABLE, ISTIO_MUTUAL); `Err` when the settings cannot be used (the
+    /// connection is then refused rather than sent in plain text).
+    pub fn tcp_tls(&self) -> Option<Result<(Arc<rustls::ClientConfig>, String), String>> {
+        let o = match &self.tls {
+            Err(e) => return Some(Err(e.clone())),
+            Ok(None) => return None,
+            Ok(Some(o)) => o,
+        };
+        let config = self
+            .tcp_tls
+            .get_or_init(|| crate::upstream::mtls::client_config(&self.policy.tls_settings, &[]))
+            .clone();
+        let sni = o.sni.clone().unwrap_or_else(|| self.host.clone());
+        Some(config.map(|c| (c, sni)))
     }
 
     /// Choose an endpoint: not ejected, not in `tried` (a retry goes elsewhere when it can).
@@ -165,16 +186,33 @@ impl Destination {
     pub async fn admit(&self) -> Result<limits::Admitted, limits::Overflow> {
         let r = self.pool.admit().await;
         if let Err(o) = r {
-            let limit = match o {
-                limits::Overflow::Pending => "http1MaxPendingRequests",
-                limits::Overflow::Requests => "http2MaxRequests",
-            };
-            metrics()
-                .overflows
-                .with_label_values(&[&self.host, limit])
-                .inc();
+            self.count_overflow(o);
         }
         r
+    }
+
+    /// Admit an opaque TCP connection under `tcp.maxConnections` (closed at once on `Err`, flag
+    /// `UO`); the permit is held while the connection is open.
+    pub fn admit_connection(
+        &self,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, limits::Overflow> {
+        let r = self.pool.admit_connection();
+        if let Err(o) = r {
+            self.count_overflow(o);
+        }
+        r
+    }
+
+    fn count_overflow(&self, o: limits::Overflow) {
+        let limit = match o {
+            limits::Overflow::Pending => "http1MaxPendingRequests",
+            limits::Overflow::Requests => "http2MaxRequests",
+            limits::Overflow::Connections => "maxConnections",
+        };
+        metrics()
+            .overflows
+            .with_label_values(&[&self.host, limit])
+            .inc();
     }
 
     fn dump(&self) -> serde_json::Value {

@@ -28,6 +28,12 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
     fn has_port(&self, host: &str, port: u16) -> Option<bool> {
         self.endpoints(host, port, None).map(|e| !e.is_empty())
     }
+
+    /// The service host whose virtual address (a Kubernetes ClusterIP) is `ip`, if this source
+    /// knows one.
+    fn host_of_ip(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
 }
 
 /// Several sources asked in order: the first that knows a host answers (for example the
@@ -51,6 +57,10 @@ impl EndpointSource for ChainedEndpoints {
 
     fn has_port(&self, host: &str, port: u16) -> Option<bool> {
         self.sources.iter().find_map(|s| s.has_port(host, port))
+    }
+
+    fn host_of_ip(&self, ip: IpAddr) -> Option<String> {
+        self.sources.iter().find_map(|s| s.host_of_ip(ip))
     }
 }
 

@@ -24,6 +24,28 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, warn};
 
+/// TLS over an opaque TCP connection (DestinationRule `tls` SIMPLE / MUTUAL), bounded by
+/// `timeout`.
+pub async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+        .map_err(|e| format!("sni {sni:?} is not a valid server name: {e}"))?;
+    match tokio::time::timeout(
+        timeout,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Err(_) => Err(format!("handshake timed out after {timeout:?}")),
+    }
+}
+
 /// Open a TCP connection to `dst`, optionally from source address `bind`.
 /// With `fallback`, a failed bind is retried from 127.0.0.1 (testing only).
 pub async fn connect_tcp(

@@ -152,10 +152,65 @@ impl std::fmt::Debug for SanTls {
     }
 }
 
-impl SanTls {
-    /// Read the CA, client certificate and key files of `t` and build the client settings.
-    pub fn new(t: &TlsSettings) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// Accepts any server certificate (`insecureSkipVerify: true`); signatures are still checked
+/// so the handshake itself is sound.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// rustls client settings for a DestinationRule `tls` (SIMPLE or MUTUAL): the CA file (or the
+/// system roots), the client certificate and key for MUTUAL, and the server check: the chain,
+/// then `subjectAltNames` when listed, else the SNI name; none with `insecureSkipVerify`.
+/// TLS 1.2 and 1.3 only; `alpn` offered as given.
+pub fn client_config(t: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = if t.insecure_skip_verify {
+        Arc::new(NoVerify(provider.clone()))
+    } else {
         let mut roots = RootCertStore::empty();
         match &t.ca_certificates {
             Some(p) => {
@@ -177,35 +232,50 @@ impl SanTls {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| format!("server certificate verifier: {e}"))?;
-        let verifier = Arc::new(SanVerifier {
-            inner,
-            names: t.subject_alt_names.clone(),
-        });
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS versions: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        let mut config = match (t.mode, &t.client_certificate, &t.private_key) {
-            (TlsKind::Mutual, Some(cert), Some(key)) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| format!("clientCertificate {cert:?}: cannot read: {e}"))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("clientCertificate {cert:?}: {e}"))?;
-                let k = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("privateKey {key:?}: cannot read: {e}"))?;
-                builder
-                    .with_client_auth_cert(chain, k)
-                    .map_err(|e| format!("privateKey {key:?} / clientCertificate {cert:?}: {e}"))?
-            }
-            (TlsKind::Mutual, _, _) => {
-                return Err("tls.mode MUTUAL needs clientCertificate and privateKey".to_string())
-            }
-            _ => builder.with_no_client_auth(),
+        if t.subject_alt_names.is_empty() {
+            inner
+        } else {
+            Arc::new(SanVerifier {
+                inner,
+                names: t.subject_alt_names.clone(),
+            })
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match (t.mode, &t.client_certificate, &t.private_key) {
+        (TlsKind::Mutual, Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("clientCertificate {cert:?}: cannot read: {e}"))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("clientCertificate {cert:?}: {e}"))?;
+            let k = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("privateKey {key:?}: cannot read: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| format!("privateKey {key:?} / clientCertificate {cert:?}: {e}"))?
+        }
+        (TlsKind::Mutual, _, _) => {
+            return Err("tls.mode MUTUAL needs clientCertificate and privateKey".to_string())
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+impl SanTls {
+    /// Read the CA, client certificate and key files of `t` and build the client settings.
+    pub fn new(t: &TlsSettings) -> Result<Self, String> {
+        let t = TlsSettings {
+            insecure_skip_verify: false,
+            ..t.clone()
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(SanTls {
-            config: Arc::new(config),
+            config: client_config(&t, &[b"http/1.1"])?,
             verified: Mutex::new(VecDeque::new()),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
