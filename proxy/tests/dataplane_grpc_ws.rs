@@ -427,10 +427,11 @@ fn websocket_upgrade_echo_through_the_proxy() {
 #[test]
 fn grpc_client_gets_unavailable_when_the_upstream_is_down() {
     let rt = rt();
-    let closed = free_ports(1)[0];
+    // nothing listens there, and the port stays bound so no other test's server can take it
+    let closed = DeadPort::new();
     let rules = RulesDir::new(&[]);
     let mut o = ProxyOpts::new(rules.path());
-    o.fixed_outbound = Some(SocketAddr::from(([127, 0, 0, 1], closed)));
+    o.fixed_outbound = Some(closed.addr());
     let mut p = ProxyProc::start(o);
     p.wait_ready();
     let proxy = p.ports.outbound_addr();

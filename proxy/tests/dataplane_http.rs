@@ -330,10 +330,11 @@ fn connection_to_the_proxy_itself_is_refused_and_counted() {
 
 #[test]
 fn upstream_down_answers_503_with_uf_flag() {
-    let closed = free_ports(1)[0];
+    // nothing listens there, and the port stays bound so no other test's server can take it
+    let closed = DeadPort::new();
     let rules = RulesDir::new(&[]);
     let mut o = ProxyOpts::new(rules.path());
-    o.fixed_outbound = Some(SocketAddr::from(([127, 0, 0, 1], closed)));
+    o.fixed_outbound = Some(closed.addr());
     let mut p = ProxyProc::start(o);
     p.wait_ready();
     let r = http_get(p.ports.outbound_addr(), "/down", &[]).unwrap();
@@ -359,7 +360,9 @@ fn admin_endpoints_content() {
     // gRPC, HTTP and TCP probes of the app; only the TCP one points at a live port.
     let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let live_port = live.local_addr().unwrap().port();
-    let dead_port = free_ports(1)[0];
+    // refused, and held bound so no other test's server can take it
+    let dead = DeadPort::new();
+    let dead_port = dead.port;
     o.env.push((
         "ISTIO_KUBE_APP_PROBERS".into(),
         format!(

@@ -88,7 +88,7 @@ fn redirect_capture_ipv4_ipv6_inbound_server_first_and_loop() {
     let mut p = ProxyProc::start(o);
 
     // Ready (polled from inside the namespace).
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(WAIT_START_S);
     loop {
         let r =
             ns.run_blocking(|| http_get("127.0.0.1:15021".parse().unwrap(), "/healthz/ready", &[]));

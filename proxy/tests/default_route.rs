@@ -130,9 +130,16 @@ fn start(files: &[(&str, &str)], target: SocketAddr) -> (ProxyProc, RulesDir) {
 }
 
 /// `n` concurrent GETs for `svc` against a holding server: how many the server saw at once,
-/// and each request's (status, path). The server releases the held ones once every request
-/// that will reach it has arrived and the others are answered.
-fn concurrent_gets(p: &ProxyProc, b: &Backend, n: usize, reach: u64) -> Vec<(u16, String)> {
+/// and each request's (status, path). The server releases the held ones once the `reach`
+/// requests that reach it at once have arrived and the others, but for `pending` queued in the
+/// proxy, are answered (refused).
+fn concurrent_gets(
+    p: &ProxyProc,
+    b: &Backend,
+    n: usize,
+    reach: u64,
+    pending: u64,
+) -> Vec<(u16, String)> {
     let out = p.ports.outbound_addr();
     let tag = unique("c");
     std::thread::scope(|s| {
@@ -145,7 +152,8 @@ fn concurrent_gets(p: &ProxyProc, b: &Backend, n: usize, reach: u64) -> Vec<(u16
                 })
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // bounded below the clients' 10 s read timeout: the held ones must be released by then
+        let deadline = Instant::now() + Duration::from_secs(9);
         let refused = || {
             p.access_log()
                 .iter()
@@ -154,7 +162,9 @@ fn concurrent_gets(p: &ProxyProc, b: &Backend, n: usize, reach: u64) -> Vec<(u16
                 })
                 .count() as u64
         };
-        while (b.hits() < reach || refused() < n as u64 - reach) && Instant::now() < deadline {
+        while (b.hits() < reach || refused() < n as u64 - reach - pending)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         b.release.add_permits(n);
@@ -168,7 +178,7 @@ fn destination_rule_alone_caps_a_service_without_virtual_service() {
     // Without a DestinationRule: the default route adds no limit; all 4 reach the server.
     let free = rt.block_on(backend(Mode::Hold));
     let (p, _rules) = start(&[], free.addr);
-    let results = concurrent_gets(&p, &free, 4, 4);
+    let results = concurrent_gets(&p, &free, 4, 4, 0);
     assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
     assert_eq!(free.max_concurrent.load(Ordering::SeqCst), 4);
     drop(p);
@@ -183,7 +193,7 @@ fn destination_rule_alone_caps_a_service_without_virtual_service() {
         )],
         held.addr,
     );
-    let results = concurrent_gets(&p, &held, 4, 1);
+    let results = concurrent_gets(&p, &held, 4, 1, 1);
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let refused: Vec<&(u16, String)> = results.iter().filter(|r| r.0 == 503).collect();
     assert_eq!((ok, refused.len()), (2, 2), "{results:?}");

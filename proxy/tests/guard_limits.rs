@@ -126,7 +126,11 @@ fn header_limits_answer_414_431_and_are_counted() {
     assert_eq!(rejected(&p, "headers_too_large"), 2.0);
 
     // The passing requests reached the app and were counted as requests, the rejected ones not.
-    let m = p.metrics();
+    let m = p.metrics_when(
+        "istio_requests_total",
+        &["response_code=\"200\"", "reporter=\"source\""],
+        3.0,
+    );
     assert_eq!(
         metric_value(
             &m,
@@ -266,7 +270,7 @@ fn connection_cap_holds_under_n_plus_5_and_recovers() {
     assert_eq!(rejected(&p, "connection_limit"), 5.0);
     // Release: the gauge drops back and a new connection is served again.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(WAIT_S);
     while metric_value(&p.metrics(), "remora_downstream_connections", &[]) != 0.0 {
         assert!(Instant::now() < deadline, "connections not released");
         std::thread::sleep(Duration::from_millis(20));
@@ -311,7 +315,7 @@ fn runs_without_capabilities_and_refuses_root_in_a_pod() {
         ("POD_NAME".into(), "reviews-1".into()),
     ];
     let mut p = ProxyProc::start(o);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(WAIT_START_S);
     let st = loop {
         if let Some(st) = p.child.try_wait().unwrap() {
             break st;
@@ -422,7 +426,7 @@ fn h2c_settings_carry_the_limits_and_idle_connections_close() {
         Ok(code) => assert_eq!(code, 431, "oversized h2 header list answered {code}"),
         Err(e) => eprintln!("oversized h2 header list refused: {e}"),
     }
-    let m = p.metrics();
+    let m = p.metrics_when("istio_requests_total", &["response_code=\"200\""], 1.0);
     assert_eq!(
         metric_value(&m, "istio_requests_total", &["response_code=\"200\""]),
         1.0,
@@ -493,12 +497,13 @@ fn idle_opaque_tcp_is_closed_after_the_idle_timeout() {
     let mut rest = Vec::new();
     assert!(s.read_to_end(&mut rest).is_ok(), "idle TCP not closed");
     assert!(rest.is_empty());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(WAIT_S);
     while rejected(&p, "idle_timeout") < 1.0 {
         assert!(Instant::now() < deadline, "idle close not counted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let m = p.metrics();
+    // the connection's TCP metrics are recorded as it ends, maybe just after the idle count
+    let m = p.metrics_when("istio_tcp_connections_closed_total", &[], 1.0);
     assert_eq!(
         metric_value(&m, "istio_tcp_received_bytes_total", &[]),
         3000.0,

@@ -97,6 +97,14 @@ fn ctx() -> LoadContext {
 }
 
 fn subset_of(s: &Snapshot) -> String {
+    match try_subset_of(s) {
+        Ok(subset) => subset,
+        Err(other) => panic!("expected Forward, got {other}"),
+    }
+}
+
+/// The subset `reviews` is forwarded to, or the other decision (as text).
+fn try_subset_of(s: &Snapshot) -> Result<String, String> {
     let h = http::HeaderMap::new();
     let info = RequestInfo {
         authority: "reviews:9080",
@@ -106,8 +114,8 @@ fn subset_of(s: &Snapshot) -> String {
         dst: ([10, 96, 0, 20], 9080).into(),
     };
     match route(s, &info, &mut rand::rngs::StdRng::seed_from_u64(1)) {
-        Decision::Forward(f) => f.subset.unwrap_or_default(),
-        other => panic!("expected Forward, got {other:?}"),
+        Decision::Forward(f) => Ok(f.subset.unwrap_or_default()),
+        other => Err(format!("{other:?}")),
     }
 }
 
@@ -115,6 +123,10 @@ fn store_for(dir: &Path) -> SharedSnapshot {
     let s = load_dir(dir, &ctx(), 1).unwrap();
     Arc::new(arc_swap::ArcSwap::from_pointee(s))
 }
+
+/// Bound of the waits for a reload: generous for a loaded CI machine, and paid only by a failing
+/// test (every wait returns as soon as its condition holds).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Wait (bounded) until `cond` holds; returns the time it took, or None.
 async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
@@ -150,17 +162,23 @@ async fn symlink_swap_applies_a_new_generation() {
     );
 
     vol.swap(&[("reviews.yaml", &reviews("v2"))]);
-    let took = wait_for(Duration::from_secs(5), || store.load().generation == 2).await;
+    let took = wait_for(WAIT, || store.load().generation == 2).await;
     println!("symlink swap → generation 2 after {took:?}");
     assert!(took.is_some(), "the swap was not applied");
     let snap = store.load();
     assert_eq!(subset_of(&snap), "v2");
+    // The watcher sets the metrics just after it stores the snapshot, on another thread: wait
+    // (bounded) for them, then check they count this one reload exactly.
+    wait_for(WAIT, || {
+        METRICS.generation.get() == 2 && METRICS.reloads.get() >= reloads + 1
+    })
+    .await;
     assert_eq!(METRICS.generation.get(), 2);
     assert_eq!(METRICS.reloads.get(), reloads + 1);
 
     // A new key appearing in a later swap is read too.
     vol.swap(&[("reviews.yaml", &reviews("v3")), ("extra.yaml", "")]);
-    let took = wait_for(Duration::from_secs(5), || store.load().generation == 3).await;
+    let took = wait_for(WAIT, || store.load().generation == 3).await;
     println!("second swap → generation 3 after {took:?}");
     assert!(took.is_some());
     assert_eq!(subset_of(&store.load()), "v3");
@@ -182,10 +200,7 @@ async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
         Duration::from_millis(50),
     );
     vol.swap(&[("reviews.yaml", INVALID)]);
-    let took = wait_for(Duration::from_secs(5), || {
-        METRICS.reload_errors.get() == errors + 1
-    })
-    .await;
+    let took = wait_for(WAIT, || METRICS.reload_errors.get() == errors + 1).await;
     assert!(took.is_some(), "the rejection was not counted");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -198,21 +213,16 @@ async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
 
     // A fixed set is applied as the next generation.
     vol.swap(&[("reviews.yaml", &reviews("v2"))]);
-    assert!(
-        wait_for(Duration::from_secs(5), || store.load().generation == 2)
-            .await
-            .is_some()
-    );
+    assert!(wait_for(WAIT, || store.load().generation == 2)
+        .await
+        .is_some());
     assert_eq!(subset_of(&store.load()), "v2");
 
     // Going back to the invalid set after a good one counts again.
     vol.swap(&[("reviews.yaml", INVALID)]);
-    assert!(
-        wait_for(Duration::from_secs(5), || METRICS.reload_errors.get()
-            == errors + 2)
+    assert!(wait_for(WAIT, || METRICS.reload_errors.get() == errors + 2)
         .await
-        .is_some()
-    );
+        .is_some());
     assert_eq!(store.load().generation, 2);
     task.abort();
 }
@@ -233,18 +243,23 @@ async fn rescan_without_changes_does_nothing_and_rescan_alone_finds_changes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.load().generation, 1);
     assert_eq!(METRICS.reloads.get(), reloads);
-    // Rewriting the same bytes is not a change.
-    std::fs::write(d.path().join("r.yaml"), reviews("v1")).unwrap();
+    // Rewriting the same bytes is not a change. The file is replaced whole (written beside the
+    // directory, renamed over it): `fs::write` truncates first, and a scan that lands between
+    // the truncation and the write sees an empty file, a real change.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("r.yaml"), reviews("v1")).unwrap();
+    std::fs::rename(scratch.path().join("r.yaml"), d.path().join("r.yaml")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.load().generation, 1);
-    // In-place edits (no symlinks) are found as well.
+    // In-place edits (no symlinks) are found as well. The truncating write may be scanned half
+    // done (an empty set applied, or a partial one rejected) before it is whole: wait for the
+    // edited content itself.
     std::fs::write(d.path().join("r.yaml"), reviews("v3")).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || store.load().generation == 2)
-            .await
-            .is_some()
-    );
-    assert_eq!(subset_of(&store.load()), "v3");
+    assert!(wait_for(WAIT, || try_subset_of(&store.load())
+        .is_ok_and(|s| s == "v3"))
+    .await
+    .is_some());
+    assert!(store.load().generation >= 2);
     task.abort();
 }
 
@@ -275,11 +290,9 @@ async fn readers_see_whole_snapshots_during_swaps() {
     for (i, subset) in ["v2", "v3", "v1", "v2"].iter().enumerate() {
         vol.swap(&[("reviews.yaml", &reviews(subset))]);
         let want = i as u64 + 2;
-        assert!(
-            wait_for(Duration::from_secs(5), || store.load().generation == want)
-                .await
-                .is_some()
-        );
+        assert!(wait_for(WAIT, || store.load().generation == want)
+            .await
+            .is_some());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = reader.join().unwrap();
@@ -315,12 +328,9 @@ async fn missing_directory_is_counted_once_and_loaded_when_it_appears() {
     let store: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::empty(&ctx())));
     let errors = METRICS.reload_errors.get();
     let task = spawn_watcher(dir.clone(), ctx(), store.clone(), Duration::from_millis(20));
-    assert!(
-        wait_for(Duration::from_secs(5), || METRICS.reload_errors.get()
-            == errors + 1)
+    assert!(wait_for(WAIT, || METRICS.reload_errors.get() == errors + 1)
         .await
-        .is_some()
-    );
+        .is_some());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         METRICS.reload_errors.get(),
@@ -328,13 +338,14 @@ async fn missing_directory_is_counted_once_and_loaded_when_it_appears() {
         "the same failure is counted once"
     );
     assert_eq!(store.load().generation, 0);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("r.yaml"), reviews("v2")).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || store.load().generation == 1)
-            .await
-            .is_some()
-    );
+    // The directory appears whole (made beside it, renamed into place): a scan between creating
+    // it and writing its file would load an empty or half-written set first.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("r.yaml"), reviews("v2")).unwrap();
+    std::fs::rename(scratch.path(), &dir).unwrap();
+    assert!(wait_for(WAIT, || store.load().generation == 1)
+        .await
+        .is_some());
     assert_eq!(subset_of(&store.load()), "v2");
     task.abort();
 }

@@ -185,7 +185,7 @@ fn max_connections_refuses_the_extra_connection_with_uo() {
     drop(held);
     p.wait_log(|l| l["kind"] == "tcp" && l["response_flags"] == "-");
     let mut ok = None;
-    for _ in 0..50 {
+    for _ in 0..200 {
         let (_s, g) = greet(&p);
         if g.is_some() {
             ok = g;
@@ -200,7 +200,9 @@ fn max_connections_refuses_the_extra_connection_with_uo() {
 fn a_refused_connect_ejects_the_endpoint() {
     let rt = rt();
     let live = rt.block_on(spawn_named("live"));
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]));
+    // nothing listens there, and the port stays bound so no other test's server can take it
+    let dead_port = DeadPort::new();
+    let dead = dead_port.addr();
     let (_d, p) = proxy(&rules(
         &[live, dead],
         "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}",

@@ -30,6 +30,46 @@ pub fn unique(prefix: &str) -> String {
 mod ports;
 pub use ports::free_ports;
 
+/// Bound of waits for a proxy process to start (ready, or its health server answering).
+pub const WAIT_START_S: u64 = 60;
+/// Bound of waits for something that normally takes milliseconds to a second or two (an
+/// access-log line, a stderr line, a rules reload, a counter): generous, since every such wait
+/// polls and returns as soon as the condition holds, so only a failing test pays it.
+pub const WAIT_S: u64 = 30;
+
+/// A loopback port on which connects are refused (RST) for as long as this value lives: a TCP
+/// socket bound to it that never listens. Holding the port bound keeps any other test or
+/// process from starting a server on it, which a port merely chosen free and released cannot
+/// promise.
+pub struct DeadPort {
+    pub port: u16,
+    _sock: std::os::fd::OwnedFd,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        for _ in 0..100 {
+            let port = free_ports(1)[0];
+            let sock = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            if bind(sock.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).is_ok() {
+                return DeadPort { port, _sock: sock };
+            }
+        }
+        panic!("no port to hold bound for refused connects");
+    }
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
 pub fn proxy_bin() -> &'static str {
     env!("CARGO_BIN_EXE_remora-proxy")
 }
@@ -202,9 +242,11 @@ impl ProxyProc {
         }
     }
 
-    /// Wait (bounded) until `/healthz/ready` answers 200 (in the root netns only).
+    /// Wait (bounded) until `/healthz/ready` answers 200 (in the root netns only). The bound is
+    /// generous: a debug build starting on a loaded 2-core CI machine can take many seconds, and
+    /// a ready proxy returns at once.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(WAIT_START_S);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("proxy exited early ({st}); stderr:\n{}", self.stderr_text());
@@ -215,7 +257,10 @@ impl ProxyProc {
                 }
             }
             if Instant::now() > deadline {
-                panic!("proxy not ready in 20 s; stderr:\n{}", self.stderr_text());
+                panic!(
+                    "proxy not ready in {WAIT_START_S} s; stderr:\n{}",
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -237,7 +282,7 @@ impl ProxyProc {
 
     /// Wait (bounded) for an access-log line matching `pred`.
     pub fn wait_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
         loop {
             if let Some(v) = self.access_log().into_iter().find(|v| pred(v)) {
                 return v;
@@ -255,7 +300,7 @@ impl ProxyProc {
 
     /// Wait (bounded) for a stderr line containing `needle`.
     pub fn wait_stderr(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
         loop {
             if let Some(l) = self
                 .stderr
@@ -280,6 +325,21 @@ impl ProxyProc {
         let r = http_get(self.ports.prometheus_addr(), "/stats/prometheus", &[]).expect("metrics");
         assert_eq!(r.status, 200);
         r.body_text()
+    }
+
+    /// The metrics text once the sample `name` with all `parts` has reached `at_least`, or after
+    /// a bounded wait (then the caller's assertion fails with the text). A request's metrics are
+    /// recorded when the proxy finishes it (with its access-log line), which can come just after
+    /// the client has its answer; callers still assert the exact value on what is returned.
+    pub fn metrics_when(&self, name: &str, parts: &[&str], at_least: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
+        loop {
+            let m = self.metrics();
+            if metric_value(&m, name, parts) >= at_least || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
