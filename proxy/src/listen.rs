@@ -375,13 +375,15 @@ async fn tcp_decision(
     let tls = match dest.tcp_tls().filter(|_| sni.is_none()) {
         None => None,
         Some(Ok(t)) => Some(t),
-        Some(Err(e)) => return Err((
-            flags::UPSTREAM_CONNECT_FAILURE,
-            format!(
+        Some(Err(e)) => {
+            return Err((
+                flags::UPSTREAM_CONNECT_FAILURE,
+                format!(
                 "TLS origination to {} not possible: {e}; refused rather than sent in plain text",
                 f.host
             ),
-        )),
+            ))
+        }
     };
     let port = if f.port == 0 { dst.port() } else { f.port };
     let target = match picked {
