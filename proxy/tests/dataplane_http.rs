@@ -480,6 +480,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // A request that is still in flight when SIGTERM arrives (the app answers after 700 ms;
     // the drain is 1 s).
     let out = p.ports.outbound_addr();
+    let sent = std::time::Instant::now();
     let in_flight = std::thread::spawn(move || http_get(out, "/delay/700", &[]));
     std::thread::sleep(Duration::from_millis(200));
     let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
@@ -508,6 +509,11 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let r = in_flight.join().unwrap().expect("in-flight request");
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.json()["path"], "/delay/700");
+    // It really was in flight: the backend held it past the SIGTERM.
+    assert!(
+        sent.elapsed() >= Duration::from_millis(700),
+        "the backend did not hold the request"
+    );
 }
 
 #[test]

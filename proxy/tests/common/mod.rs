@@ -567,6 +567,13 @@ pub async fn spawn_http_echo(addr: SocketAddr, name: &'static str) -> SocketAddr
                         let headers = req.headers().clone();
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
                         let len = body.map(|b| b.len()).unwrap_or(0);
+                        // `/delay/MS`: answer after MS milliseconds (an in-flight request).
+                        if let Some(ms) = path
+                            .strip_prefix("/delay/")
+                            .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
                         let status = path
                             .strip_prefix("/status/")
                             .and_then(|s| s.parse::<u16>().ok())
