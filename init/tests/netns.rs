@@ -213,7 +213,9 @@ fn probe(ns: &str, who: Who, src: Option<IpAddr>, dst: SocketAddr) -> String {
             Ok(fd) => fd,
             Err(e) => return format!("error: socket: {e}"),
         };
-        let t = TimeVal::new(3, 0);
+        // Every probe expects an answer (none relies on a timeout), so a generous bound costs
+        // nothing; the listener thread may be slow to be scheduled on a loaded machine.
+        let t = TimeVal::new(20, 0);
         let _ = setsockopt(&fd, sockopt::SendTimeout, &t);
         let _ = setsockopt(&fd, sockopt::ReceiveTimeout, &t);
         if let Some(src) = src {

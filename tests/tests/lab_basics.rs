@@ -82,7 +82,7 @@ spec:
 
 fn read_all(mut s: std::net::TcpStream) -> String {
     use std::io::{Read, Write};
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: backend:8080\r\n\r\n");
     let mut out = String::new();
@@ -104,7 +104,7 @@ fn kube_proxy_dnat_runs_after_capture() {
     let backend = lab.pod("backend").unwrap();
     let vip = lab.service("plain", "backend").unwrap().vip;
     let addr = std::net::SocketAddr::from((vip, 8080));
-    let t = std::time::Duration::from_secs(2);
+    let t = std::time::Duration::from_secs(10);
 
     let rules = lab.nat_rules(pod).unwrap();
     let output: Vec<&str> = rules
@@ -166,7 +166,10 @@ fn kube_proxy_dnat_runs_after_capture() {
 fn stale_lab_namespaces_are_cleaned_up() {
     let live = Lab::start(LabOptions::default()).expect("lab starts");
     // 4194305 is above the kernel's largest possible pid (2^22), so no such process exists.
-    let dead = "rl4194305x7-node";
+    // The lab number is this process's pid: a leftover of an earlier, interrupted run (another
+    // pid) cannot make the `add` fail, and is cleaned up below like any stale namespace.
+    let dead = format!("rl4194305x{}-node", std::process::id());
+    let dead = dead.as_str();
     remora_e2e::netns::run("ip", &["netns", "add", dead]).unwrap();
     let stale = remora_e2e::lab::stale_namespaces().unwrap();
     assert!(stale.contains(&(dead.to_string(), 4194305)), "{stale:?}");
@@ -242,7 +245,8 @@ fn lab_cli_tears_down_on_sigint() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Generous: the whole meshed Bookinfo starts (webhook, init, proxies) on a loaded machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let mut ready = false;
     while std::time::Instant::now() < deadline {
         match lines.next() {

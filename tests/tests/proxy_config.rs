@@ -218,7 +218,7 @@ use remora_e2e::ports::free_ports;
 /// A bare HTTP/1.1 GET on loopback: (status, body).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -272,7 +272,8 @@ impl Proxy {
             health: SocketAddr::from(([127, 0, 0, 1], p[3])),
             _rules: rules,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a debug build starting on a loaded CI machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(st)) = proxy.child.try_wait() {
                 let mut err = String::new();
@@ -286,7 +287,7 @@ impl Proxy {
             }
             assert!(
                 Instant::now() < deadline,
-                "remora-proxy not ready within 20 s"
+                "remora-proxy not ready within 60 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -567,7 +568,7 @@ fn backend() -> SocketAddr {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut s = s;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -734,11 +735,11 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
     // One request through the outbound listener, repeated (bounded) until discovery has the
     // endpoint: the request reaches the backend only through it.
     let outbound = at(p[0]);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = tokio::task::spawn_blocking(move || {
             let mut s = TcpStream::connect_timeout(&outbound, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
             s.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")?;
             let mut out = String::new();
             s.read_to_string(&mut out)?;
@@ -752,6 +753,24 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
         assert!(
             Instant::now() < deadline,
             "the request never reached the discovered endpoint: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The endpoint can route before the pods list (labels, pod names) is in: wait (bounded)
+    // until every watch has listed, so the pod and subset columns below are settled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dump = proxy.config_dump();
+        let watches = &dump["discovery"]["status"]["watches"];
+        if watches
+            .as_object()
+            .is_some_and(|w| !w.is_empty() && w.values().all(|s| s == "watching"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discovery's watches never all listed: {watches}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -87,7 +87,7 @@ async fn serve() -> Served {
         stderr: rx,
     };
     let cfg = client_config(&[served.cert_pem.as_bytes()]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut c) = Client::connect(addr, "localhost", cfg.clone()).await {
             if c.get("/readyz").await.map(|r| r.0).unwrap_or(0) == 200 {
@@ -99,9 +99,27 @@ async fn serve() -> Served {
     }
 }
 
+/// Bytes waiting unread in the receive queue of the server's end of the IPv4 loopback
+/// connection `server` ↔ `client` (from `/proc/net/tcp`); `None` if the socket is not listed.
+fn server_unread(server: SocketAddr, client: SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| {
+        field
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 || port(f[1]) != Some(server.port()) || port(f[2]) != Some(client.port()) {
+            return None;
+        }
+        u64::from_str_radix(f[4].split_once(':')?.1, 16).ok()
+    })
+}
+
 fn lines_until(rx: &std::sync::mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Vec<String> {
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => {
@@ -144,6 +162,7 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
     // A review in flight when SIGTERM arrives: headers and half the body sent before, the rest after.
     let body = serde_json::to_vec(&review::review_for(&pod, "uid-inflight", "shop")).unwrap();
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let client_addr = tcp.local_addr().unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, tcp)
@@ -157,6 +176,19 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
     let half = body.len() / 2;
     tls.write_all(&body[..half]).await.unwrap();
     tls.flush().await.unwrap();
+    // The review must be in flight when SIGTERM lands: a connection whose request head the
+    // server has not read yet counts as idle and is closed. A fixed pause is not enough on a
+    // loaded machine, so wait (bounded) until the server has taken every byte we sent off its
+    // socket (its receive queue is empty), then give it a moment to act on them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_unread(s.addr, client_addr) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never read the request head ({:?} bytes unread)",
+            server_unread(s.addr, client_addr)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = s.proc.0.id().to_string();
     assert!(Command::new("kill")
@@ -170,12 +202,12 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
     tls.write_all(&body[half..]).await.unwrap();
     tls.flush().await.unwrap();
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer)).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("uid-inflight"), "{text}");
     let mut proc = s.proc;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let code = loop {
         if let Some(st) = proc.0.try_wait().unwrap() {
             break st;

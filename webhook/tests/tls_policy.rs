@@ -51,8 +51,9 @@ async fn start(c: &Certs) -> Running {
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Generous: the server answers (or closes) at once; a loaded machine may be slow to.
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
     s
 }
 
@@ -71,11 +72,20 @@ fn read_all(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// The server's first flight (reads until 500 ms of quiet; the server waits for our next move).
+/// The server's first flight: waits (up to 30 s, for a loaded machine) for the first bytes,
+/// then reads until 500 ms of quiet (the server waits for our next move).
 fn read_some(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = s.read(&mut out).unwrap_or(0);
+    out.truncate(n);
+    if n == 0 {
+        return out;
+    }
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    read_all(s)
+    out.extend(read_all(s));
+    out
 }
 
 /// A TLS 1.2 / 1.3 client (rustls, ring) pinned to exactly `version`, trusting only `ca_pem`.
