@@ -758,23 +758,28 @@ impl Lab {
         find_number(&v, "generation").ok_or_else(|| anyhow!("/config_dump has no generation field"))
     }
 
+    /// Wait until every meshed pod of `ns` runs the rules just written: its generation rose
+    /// past the one read before the write; a pod whose proxy did not answer before (restarting)
+    /// must answer again, and then loads the files as they are now. Each pod gets its own
+    /// bound, generous for a loaded machine; it returns as soon as the pod has reloaded.
     fn wait_reloaded(&self, ns: &str, before: Vec<(usize, Option<u64>)>) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        const BOUND: Duration = Duration::from_secs(30);
         for (i, old) in before {
             let pod = &self.pods[i];
-            match old {
-                None => std::thread::sleep(Duration::from_millis(1500)),
-                Some(old) => loop {
-                    match self.config_generation(pod) {
-                        Ok(g) if g > old => break,
-                        _ if Instant::now() >= deadline => bail!(
-                            "pod {ns}/{} did not load the new rules within 10 s (generation still {old}); proxy log:\n{}",
-                            pod.name,
-                            pod.container("remora-proxy").map(|c| c.proc.log_tail(20)).unwrap_or_default()
-                        ),
-                        _ => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                },
+            let deadline = Instant::now() + BOUND;
+            loop {
+                match (self.config_generation(pod), old) {
+                    (Ok(g), Some(old)) if g > old => break,
+                    (Ok(_), None) => break,
+                    _ if Instant::now() >= deadline => bail!(
+                        "pod {ns}/{} did not load the new rules within {} s (generation before: {}); proxy log:\n{}",
+                        pod.name,
+                        BOUND.as_secs(),
+                        old.map_or("unknown".to_string(), |g| g.to_string()),
+                        pod.container("remora-proxy").map(|c| c.proc.log_tail(20)).unwrap_or_default()
+                    ),
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
             }
         }
         Ok(())
@@ -850,7 +855,7 @@ impl Lab {
             method,
             path,
             &[],
-            Duration::from_secs(5),
+            Duration::from_secs(15),
         ))
     }
 

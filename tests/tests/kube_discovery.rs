@@ -609,125 +609,22 @@ async fn destination_rule_alone_steers_a_discovered_service() {
     // The original destination (the ClusterIP): nothing listens there.
     let nowhere = SocketAddr::from(([127, 0, 0, 1], process::free_ports(1)[0]));
     let api = RecordedApi::start().await.unwrap();
-    let list = |kind: &str, api_version: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "500"}, "items": items});
-    let bookmark = |api_version: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "501"}}});
-    for ns in ["shop", "remora-system"] {
-        let (svcs, slices) = if ns == "shop" {
-            (
-                vec![json!({"kind": "Service", "apiVersion": "v1",
-                    "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
-                    "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
-                             "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 9080, "protocol": "TCP"}]}})],
-                // One slice per pod (each listens on its own loopback port).
-                pods.iter()
-                    .enumerate()
-                    .map(|(i, pod)| {
-                        json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-                            "metadata": {"name": format!("reviews-{i}"), "namespace": "shop",
-                                         "resourceVersion": format!("41{i}"),
-                                         "labels": {"kubernetes.io/service-name": "reviews"}},
-                            "addressType": "IPv4",
-                            "ports": [{"name": "http", "port": pod.port(), "protocol": "TCP"}],
-                            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})
-                    })
-                    .collect(),
-            )
-        } else {
-            (vec![], vec![])
-        };
-        let s = format!("/api/v1/namespaces/{ns}/services");
-        let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
-        let p = format!("/api/v1/namespaces/{ns}/pods");
-        api.on("GET", &s, Reply::json(200, list("ServiceList", "v1", svcs)));
-        api.on(
-            "GET",
-            &format!("{s}?watch=true"),
-            Reply::watch(vec![bookmark("v1", "Service")], true),
-        );
-        api.on(
-            "GET",
-            &e,
-            Reply::json(
-                200,
-                list("EndpointSliceList", "discovery.k8s.io/v1", slices),
-            ),
-        );
-        api.on(
-            "GET",
-            &format!("{e}?watch=true"),
-            Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
-        );
-        api.on(
-            "GET",
-            &p,
-            Reply::json(
-                200,
-                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
-            ),
-        );
-        api.on(
-            "GET",
-            &format!("{p}?watch=true"),
-            Reply::watch(
-                vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
-                true,
-            ),
-        );
-    }
+    let service = json!({"kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                 "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 9080, "protocol": "TCP"}]}});
     let round_robin = dr("{simple: ROUND_ROBIN}");
+    serve_shop(
+        &api,
+        vec![service],
+        slices_of("reviews", "http", &pods),
+        &round_robin,
+    );
     let cms = "/api/v1/namespaces/shop/configmaps";
-    api.on(
-        "GET",
-        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules"),
-        Reply::json(
-            200,
-            list(
-                "ConfigMapList",
-                "v1",
-                vec![configmap("600", &[("reviews.yaml", &round_robin)])],
-            ),
-        ),
-    );
-    api.on(
-        "GET",
-        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules&watch=true"),
-        Reply::watch(vec![bookmark("v1", "ConfigMap")], true),
-    );
-
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(rules.path().join("reviews.yaml"), &round_robin).unwrap();
-    let ports = process::free_ports(5);
+    let (_proc, ports) = start_proxy(&api, rules.path(), nowhere);
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let child = Command::new(process::proxy_bin())
-        .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
-        .arg("--rules-dir")
-        .arg(rules.path())
-        .args(["--outbound-addr", &at(ports[0]).to_string()])
-        .args(["--inbound-addr", &at(ports[1]).to_string()])
-        .args(["--admin-addr", &at(ports[2]).to_string()])
-        .args(["--health-addr", &at(ports[3]).to_string()])
-        .args(["--prometheus-addr", &at(ports[4]).to_string()])
-        .args(["--fixed-outbound-target", &nowhere.to_string()])
-        .args([
-            "--ipv6",
-            "off",
-            "--access-log",
-            "off",
-            "--inbound-source-fallback",
-        ])
-        .args([
-            "--pod-labels-file",
-            "/nonexistent",
-            "--rules-rescan-seconds",
-            "1",
-        ])
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("POD_NAME")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let _proc = process::Proc(child);
     let admin = at(ports[2]);
     let outbound = at(ports[0]);
     let ask = |user: String| async move {
@@ -825,4 +722,204 @@ async fn destination_rule_alone_steers_a_discovered_service() {
         used.extend(seen);
     }
     assert!(used.len() >= 2, "every user on one pod: {used:?}");
+}
+
+/// One EndpointSlice per pod address for Service `svc` (port name `port_name`; each pod listens
+/// on its own loopback port).
+fn slices_of(svc: &str, port_name: &str, pods: &[SocketAddr]) -> Vec<Value> {
+    pods.iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                "metadata": {"name": format!("{svc}-{i}"), "namespace": "shop",
+                             "resourceVersion": format!("41{i}"),
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "ports": [{"name": port_name, "port": pod.port(), "protocol": "TCP"}],
+                "endpoints": [{"addresses": [pod.ip().to_string()], "conditions": {"ready": true}}]})
+        })
+        .collect()
+}
+
+/// Recorded replies for a proxy in namespace `shop`: lists (then quiet watches) of these
+/// Services and EndpointSlices in `shop`, nothing in `remora-system`, no pods, and the rules
+/// ConfigMap `remora-mesh-rules` with `rules.yaml` under key `reviews.yaml`.
+fn serve_shop(api: &RecordedApi, svcs: Vec<Value>, slices: Vec<Value>, rules: &str) {
+    let list = |kind: &str, api_version: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "500"}, "items": items});
+    let bookmark = |api_version: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "501"}}});
+    let mut shop = Some((svcs, slices));
+    for ns in ["shop", "remora-system"] {
+        let (svcs, slices) = if ns == "shop" {
+            shop.take().unwrap_or_default()
+        } else {
+            (vec![], vec![])
+        };
+        let s = format!("/api/v1/namespaces/{ns}/services");
+        let e = format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices");
+        let p = format!("/api/v1/namespaces/{ns}/pods");
+        api.on("GET", &s, Reply::json(200, list("ServiceList", "v1", svcs)));
+        api.on(
+            "GET",
+            &format!("{s}?watch=true"),
+            Reply::watch(vec![bookmark("v1", "Service")], true),
+        );
+        api.on(
+            "GET",
+            &e,
+            Reply::json(
+                200,
+                list("EndpointSliceList", "discovery.k8s.io/v1", slices),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{e}?watch=true"),
+            Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
+        );
+        api.on(
+            "GET",
+            &p,
+            Reply::json(
+                200,
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+            ),
+        );
+        api.on(
+            "GET",
+            &format!("{p}?watch=true"),
+            Reply::watch(
+                vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
+                true,
+            ),
+        );
+    }
+    let cms = "/api/v1/namespaces/shop/configmaps";
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules"),
+        Reply::json(
+            200,
+            list(
+                "ConfigMapList",
+                "v1",
+                vec![configmap("600", &[("reviews.yaml", rules)])],
+            ),
+        ),
+    );
+    api.on(
+        "GET",
+        &format!("{cms}?fieldSelector=metadata.name%3Dremora-mesh-rules&watch=true"),
+        Reply::watch(vec![bookmark("v1", "ConfigMap")], true),
+    );
+}
+
+/// The real proxy in namespace `shop` against the recorded API, its outbound capture fixed on
+/// `original_dst`; its ports: outbound, inbound, admin, health, prometheus.
+fn start_proxy(
+    api: &RecordedApi,
+    rules_dir: &std::path::Path,
+    original_dst: SocketAddr,
+) -> (process::Proc, Vec<u16>) {
+    let ports = process::free_ports(5);
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let child = Command::new(process::proxy_bin())
+        .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--rules-dir")
+        .arg(rules_dir)
+        .args(["--outbound-addr", &at(ports[0]).to_string()])
+        .args(["--inbound-addr", &at(ports[1]).to_string()])
+        .args(["--admin-addr", &at(ports[2]).to_string()])
+        .args(["--health-addr", &at(ports[3]).to_string()])
+        .args(["--prometheus-addr", &at(ports[4]).to_string()])
+        .args(["--fixed-outbound-target", &original_dst.to_string()])
+        .args([
+            "--ipv6",
+            "off",
+            "--access-log",
+            "off",
+            "--inbound-source-fallback",
+        ])
+        .args([
+            "--pod-labels-file",
+            "/nonexistent",
+            "--rules-rescan-seconds",
+            "1",
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("POD_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    (process::Proc(child), ports)
+}
+
+/// Opaque TCP to a Service's ClusterIP: the proxy knows the address from the Service's
+/// `clusterIP` and sends the connection to a pod from its EndpointSlices, balanced by the
+/// DestinationRule (ROUND_ROBIN) — nothing listens on the ClusterIP itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_to_a_cluster_ip_reaches_the_service_pods() {
+    use std::io::{BufRead, BufReader};
+    // Two "database" pods that greet each connection with their name (server speaks first).
+    let pod = |name: &'static str| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                use std::io::Write;
+                let mut s = s;
+                let _ = s.write_all(format!("{name}\n").as_bytes());
+            }
+        });
+        addr
+    };
+    let pods = [pod("db-0"), pod("db-1")];
+    // The ClusterIP: an address on loopback where nothing listens.
+    let cluster_ip = SocketAddr::from(([127, 0, 0, 71], 5432));
+    let api = RecordedApi::start().await.unwrap();
+    let service = json!({"kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "db", "namespace": "shop", "resourceVersion": "400"},
+        "spec": {"type": "ClusterIP", "clusterIP": "127.0.0.71", "clusterIPs": ["127.0.0.71"],
+                 "ports": [{"name": "tcp-postgres", "port": 5432, "targetPort": 5432, "protocol": "TCP"}]}});
+    let rr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\nspec:\n  host: db\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
+    serve_shop(
+        &api,
+        vec![service],
+        slices_of("db", "tcp-postgres", &pods),
+        rr,
+    );
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("db.yaml"), rr).unwrap();
+    let (_proc, ports) = start_proxy(&api, rules.path(), cluster_ip);
+    let outbound = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let greet = move || -> Option<String> {
+        let s = std::net::TcpStream::connect_timeout(&outbound, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        (!line.is_empty()).then(|| line.trim_end().to_string())
+    };
+    // Until discovery has listed the Service, the connection goes to the ClusterIP itself
+    // (nothing there): wait for the first greeting.
+    let t = Instant::now();
+    loop {
+        if tokio::task::spawn_blocking(greet).await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t.elapsed() < PATIENCE,
+            "no pod of the Service ever answered through its ClusterIP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tally: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..10 {
+        let g = tokio::task::spawn_blocking(greet).await.unwrap();
+        *tally.entry(g.expect("a greeting")).or_default() += 1;
+    }
+    assert_eq!(
+        tally,
+        BTreeMap::from([("db-0".to_string(), 5), ("db-1".to_string(), 5)]),
+        "ROUND_ROBIN over the Service's two pods"
+    );
 }
