@@ -161,6 +161,11 @@ pub fn reload_once_hooked(
     {
         // Rejected before, or another source holds newer content.
         return Outcome::Unchanged;
+    } else if !settled(dir, &inputs.hash) {
+        // A file is being written in place (truncated, then filled): loading now could apply a
+        // half-written or empty rule set. The next event or rescan reads it again.
+        tracing::debug!(dir = %dir.display(), "rules files still changing; reading them again later");
+        return Outcome::Unchanged;
     }
     let generation = current.generation + 1;
     let reuse = |name: &str| -> Vec<std::net::IpAddr> {
@@ -213,6 +218,17 @@ pub fn log_applied(snap: &super::Snapshot) {
     }
     // The ISTIO_MUTUAL warnings at apply time, not at the first request (logged once per set).
     crate::policy::check::note_applied(snap);
+}
+
+/// How long changed files must stay the same before they are loaded. The kubelet swaps a
+/// ConfigMap volume atomically (a `..data` symlink), so this only matters for files written in
+/// place by other tools.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Do the files still hash to `hash` after [`SETTLE`]? (Called on a blocking thread.)
+fn settled(dir: &Path, hash: &str) -> bool {
+    std::thread::sleep(SETTLE);
+    load::read_inputs(dir).is_ok_and(|again| again.hash == hash)
 }
 
 fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> Outcome {
@@ -340,5 +356,24 @@ fn start_notify(
             warn(&e, warned);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_written_in_place_are_loaded_only_once_they_stop_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("rules.yaml");
+        std::fs::write(&f, "").unwrap();
+        let half = load::read_inputs(dir.path()).unwrap().hash;
+        std::fs::write(&f, "apiVersion: networking.istio.io/v1\n").unwrap();
+        let whole = load::read_inputs(dir.path()).unwrap().hash;
+        assert_ne!(half, whole);
+        // The content read first (empty, mid-write) is gone by the second read: not settled.
+        assert!(!settled(dir.path(), &half));
+        assert!(settled(dir.path(), &whole));
     }
 }
