@@ -6,6 +6,7 @@ pub mod admission;
 pub mod apiserver;
 pub mod bench;
 pub mod client;
+pub mod clitest;
 pub mod cluster;
 pub mod kubelet;
 pub mod lab;

@@ -1,5 +1,5 @@
 //! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `proxy-config`,
-//! `analyze`.
+//! `analyze`, `describe`.
 //!
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
@@ -10,6 +10,7 @@
 
 pub mod analyze;
 pub mod check;
+pub mod describe;
 pub mod kube;
 pub mod proxyconfig;
 pub mod selector;
@@ -155,6 +156,21 @@ pub enum Cmd {
         all_namespaces: bool,
         /// The rules ConfigMap name (default: rulesConfigMap of the injector config, else
         /// remora-mesh-rules). ConfigMaps labelled remora.dev/rules=true are analyzed too.
+        #[arg(long)]
+        config_map: Option<String>,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
+    /// How the mesh treats one pod: its Services and their protocols, the VirtualService routes
+    /// and DestinationRule for each, the subsets it is in, its Sidecar and capture annotations.
+    ///
+    /// TARGET: `pod NAME[.NAMESPACE]`, `NAME[.NAMESPACE]`, `pod/NAME`, or a workload
+    /// (`deploy/NAME`, `sts/`, `ds/`, `rs/`, `job/`, `rc/`: its first running meshed pod).
+    Describe {
+        /// `pod NAME[.NAMESPACE]`, `NAME[.NAMESPACE]`, `KIND/NAME[.NAMESPACE]`.
+        target: Vec<String>,
+        /// The rules ConfigMap name (default: the one the pod mounts, else rulesConfigMap of
+        /// the injector config, else remora-mesh-rules).
         #[arg(long)]
         config_map: Option<String>,
         #[arg(long, default_value = "cluster.local")]
@@ -383,6 +399,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Cmd::Describe {
+            target,
+            config_map,
+            cluster_domain,
+        } => {
+            let target = describe::parse_target(target, args.namespace.as_deref())?;
+            let d = describe::gather(
+                &cluster,
+                &target,
+                &ns,
+                &args.mesh_namespace,
+                config_map.as_deref(),
+                cluster_domain,
+            )
+            .await?;
+            match args.output {
+                Output::Json => print_json(&d)?,
+                Output::Yaml => print_yaml(&d)?,
+                Output::Text => print!("{}", describe::render_text(&d)),
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -800,6 +838,32 @@ async fn analyze(
     config_map: Option<&str>,
     cluster_domain: &str,
 ) -> anyhow::Result<analyze::Analysis> {
+    let (_, cms) = rules_config_maps(cluster, ns, mesh_ns, config_map).await?;
+    // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
+    let services = match cluster.list(&paths::services(None)).await {
+        Ok(s) => s,
+        Err(e) if e.code() == Some(403) && ns.is_some() => {
+            eprintln!("remora: cannot list Services in all namespaces ({e}); checking hosts against namespace {} only", ns.unwrap_or_default());
+            cluster
+                .list(&paths::services(ns))
+                .await
+                .context("listing Services")?
+        }
+        Err(e) => return Err(anyhow!(e).context("listing Services")),
+    };
+    Ok(analyze::analyze(&cms, &services, cluster_domain))
+}
+
+/// The rules ConfigMaps of namespace `ns` (of every namespace with `None`): the one named
+/// `config_map` (default: the injector config's `rulesConfigMap`), then those labelled
+/// remora.dev/rules=true. Returns the name looked for and the ConfigMaps found (`analyze`,
+/// `describe`).
+pub(crate) async fn rules_config_maps(
+    cluster: &Cluster,
+    ns: Option<&str>,
+    mesh_ns: &str,
+    config_map: Option<&str>,
+) -> anyhow::Result<(String, Vec<Value>)> {
     let name = match config_map {
         Some(n) => n.to_string(),
         None => {
@@ -852,19 +916,7 @@ async fn analyze(
             cms.push(cm);
         }
     }
-    // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
-    let services = match cluster.list(&paths::services(None)).await {
-        Ok(s) => s,
-        Err(e) if e.code() == Some(403) && ns.is_some() => {
-            eprintln!("remora: cannot list Services in all namespaces ({e}); checking hosts against namespace {} only", ns.unwrap_or_default());
-            cluster
-                .list(&paths::services(ns))
-                .await
-                .context("listing Services")?
-        }
-        Err(e) => return Err(anyhow!(e).context("listing Services")),
-    };
-    Ok(analyze::analyze(&cms, &services, cluster_domain))
+    Ok((name, cms))
 }
 
 #[cfg(test)]
