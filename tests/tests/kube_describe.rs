@@ -427,9 +427,8 @@ async fn describe_bookinfo_reviews_v1() {
     assert!(!r.stdout.contains("Service ratings"), "{}", r.all());
     has(
         &r,
-        "port 9080/TCP \"http\" -> targetPort 9080: remora sniffs each connection's first bytes",
+        "port 9080/TCP \"http\" -> targetPort 9080: remora: HTTP: declared by the Service's port name \"http\"",
     );
-    has(&r, "Istio would treat it as HTTP (port name \"http\")");
     // The VirtualService route, its weights, this pod's subset.
     has(&r, "VirtualService bookinfo/reviews: applies to HTTP traffic for reviews.bookinfo.svc.cluster.local");
     has(&r, "http route spec.http[0] (every request):");
@@ -505,7 +504,7 @@ async fn describe_json_output() {
     assert_eq!(svcs.len(), 1, "{v:#}");
     let s = &svcs[0];
     assert_eq!(s["host"], "reviews.bookinfo.svc.cluster.local");
-    assert_eq!(s["ports"][0]["protocol"], "sniffed");
+    assert_eq!(s["ports"][0]["protocol"], "HTTP");
     assert_eq!(s["ports"][0]["declared"], "HTTP");
     let vs = &s["virtual_services"][0];
     assert_eq!(vs["name"], "bookinfo/reviews");
@@ -560,9 +559,9 @@ async fn describe_pod_not_injected() {
         &r,
         "`remora check-inject pod mysqldb-v1-0 -n bookinfo` says why it was not injected",
     );
-    // Its Service still gets the clients' treatment; 3306 is never sniffed.
+    // Its Service still gets the clients' treatment: the port named "tcp" is opaque TCP.
     has(&r, "Service mysqldb (mysqldb.bookinfo.svc.cluster.local)");
-    has(&r, "port 3306/TCP \"tcp\" -> targetPort 3306: remora: TCP: port 3306 is one Istio never sniffs");
+    has(&r, "port 3306/TCP \"tcp\" -> targetPort 3306: remora: TCP: declared by the Service's port name \"tcp\"");
     has(
         &r,
         "note: no VirtualService for mysqldb.bookinfo.svc.cluster.local",

@@ -631,6 +631,11 @@ pub fn service(s: &Service) -> Svc {
                         Some(SvcPort {
                             port: u16::try_from(p.port).ok()?,
                             name: p.name.as_deref().filter(|n| !n.is_empty()).map(Box::from),
+                            app_protocol: p
+                                .app_protocol
+                                .as_deref()
+                                .filter(|n| !n.is_empty())
+                                .map(Box::from),
                         })
                     })
                     .collect()
@@ -815,7 +820,8 @@ mod tests {
             s.ports,
             vec![SvcPort {
                 port: 9080,
-                name: Some("http".into())
+                name: Some("http".into()),
+                app_protocol: None,
             }]
         );
         assert!(!s.external_name);

@@ -37,6 +37,8 @@ pub struct SvcPort {
     pub port: u16,
     /// `None` for the unnamed single port.
     pub name: Option<Box<str>>,
+    /// `appProtocol` (e.g. `http`, `grpc`, `kubernetes.io/h2c`).
+    pub app_protocol: Option<Box<str>>,
 }
 
 /// What routing needs of a Service.
@@ -302,6 +304,8 @@ pub struct PortEntry {
     pub port: u16,
     /// The Service port's name (`None` for the unnamed single port).
     pub name: Option<Box<str>>,
+    /// The Service port's `appProtocol`.
+    pub app_protocol: Option<Box<str>>,
     /// Sorted by address; the port of each address is the target port.
     pub endpoints: Vec<Ep>,
 }
@@ -417,6 +421,7 @@ impl Index {
                 ports.push(PortEntry {
                     port: sp.port,
                     name: sp.name.clone(),
+                    app_protocol: sp.app_protocol.clone(),
                     endpoints: eps,
                 });
             }
@@ -599,6 +604,22 @@ impl EndpointSource for DiscoveredEndpoints {
     fn host_of_ip(&self, ip: IpAddr) -> Option<String> {
         self.index.load().host_of_cluster_ip(ip).map(str::to_string)
     }
+
+    fn service_port(&self, ip: IpAddr, port: u16) -> Option<crate::rules::ServicePort> {
+        let index = self.index.load();
+        let host = index.host_of_cluster_ip(ip)?;
+        let pe = index.host(host)?.ports.iter().find(|p| p.port == port)?;
+        Some(crate::rules::ServicePort {
+            number: port,
+            protocol: pe
+                .app_protocol
+                .as_deref()
+                .and_then(crate::rules::app_protocol_name)
+                .map(str::to_string),
+            name: pe.name.as_deref().map(str::to_string),
+            target_port: None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +637,7 @@ mod tests {
                 .map(|(p, n)| SvcPort {
                     port: *p,
                     name: n.map(Box::from),
+                    app_protocol: None,
                 })
                 .collect(),
             external_name: false,
@@ -773,9 +795,11 @@ mod tests {
     fn cluster_ips_name_their_indexed_service() {
         let mut s = reviews_store();
         let mut with_ip = |name: &str, ips: &[&str]| {
-            let Object::Service(mut v) = svc(&[(9080, Some("http"))]) else {
+            let Object::Service(mut v) = svc(&[(9080, Some("web")), (9090, Some("grpc-api"))])
+            else {
                 unreachable!()
             };
+            v.ports[0].app_protocol = Some("kubernetes.io/h2c".into());
             v.cluster_ips = ips.iter().map(|i| i.parse().unwrap()).collect();
             s.apply(
                 Kind::Services,
@@ -797,6 +821,24 @@ mod tests {
             live.host_of_ip("10.96.0.10".parse().unwrap()).as_deref(),
             Some("reviews.shop.svc.cluster.local")
         );
+        // The port behind the ClusterIP, as the protocol decision reads it: appProtocol first
+        // (mapped to Istio's name), else the port name.
+        let port = |p: u16| live.service_port("10.96.0.10".parse().unwrap(), p);
+        let web = port(9080).unwrap();
+        assert_eq!(
+            (web.name.as_deref(), web.protocol.as_deref()),
+            (Some("web"), Some("HTTP2"))
+        );
+        let api = port(9090).unwrap();
+        assert_eq!(
+            (api.name.as_deref(), api.protocol.as_deref()),
+            (Some("grpc-api"), None)
+        );
+        assert_eq!(
+            crate::rules::service_port_protocol(&api),
+            Some(crate::rules::Protocol::Grpc)
+        );
+        assert!(port(9999).is_none());
     }
 
     #[test]

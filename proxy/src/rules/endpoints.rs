@@ -34,6 +34,12 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
     fn host_of_ip(&self, _ip: IpAddr) -> Option<String> {
         None
     }
+
+    /// The service port behind virtual address `ip` and `port` (a Kubernetes Service's
+    /// ClusterIP): its name and, as `protocol`, its `appProtocol` when Istio knows it.
+    fn service_port(&self, _ip: IpAddr, _port: u16) -> Option<super::model::ServicePort> {
+        None
+    }
 }
 
 /// Several sources asked in order: the first that knows a host answers (for example the
@@ -61,6 +67,10 @@ impl EndpointSource for ChainedEndpoints {
 
     fn host_of_ip(&self, ip: IpAddr) -> Option<String> {
         self.sources.iter().find_map(|s| s.host_of_ip(ip))
+    }
+
+    fn service_port(&self, ip: IpAddr, port: u16) -> Option<super::model::ServicePort> {
+        self.sources.iter().find_map(|s| s.service_port(ip, port))
     }
 }
 

@@ -268,6 +268,17 @@ impl Snapshot {
                 }
             }
         }
+        // 2b. A Kubernetes Service whose ClusterIP is the destination: its port's
+        //     `appProtocol`, else its name prefix (`http-web`, `grpc`, `tcp-db`), as Istio reads
+        //     them.
+        if let Some(proto) = self
+            .endpoints
+            .service_port(dst.ip(), port)
+            .as_ref()
+            .and_then(service_port_protocol)
+        {
+            return Some(proto);
+        }
         // 3. ServiceEntries without addresses declare the port for every address (as Istio's
         //    0.0.0.0:port listener does), when they agree.
         let mut found: Option<Protocol> = None;
@@ -332,6 +343,25 @@ pub fn service_port_protocol(p: &ServicePort) -> Option<Protocol> {
         return Some(Protocol::Grpc);
     }
     protocol_name(prefix)
+}
+
+/// A Kubernetes `appProtocol` as the protocol name Istio reads it as (`kubernetes.io/h2c` is
+/// HTTP2, `kubernetes.io/ws` HTTP, `kubernetes.io/wss` TLS); `None` when Istio does not know it
+/// (then the port name decides).
+pub fn app_protocol_name(app: &str) -> Option<&'static str> {
+    let p = match app.to_ascii_lowercase().as_str() {
+        "kubernetes.io/h2c" => Protocol::Http2,
+        "kubernetes.io/ws" => Protocol::Http,
+        "kubernetes.io/wss" => Protocol::Tls,
+        other => protocol_name(other)?,
+    };
+    Some(match p {
+        Protocol::Http => "HTTP",
+        Protocol::Http2 => "HTTP2",
+        Protocol::Grpc => "GRPC",
+        Protocol::Tcp => "TCP",
+        Protocol::Tls => "TLS",
+    })
 }
 
 fn protocol_name(s: &str) -> Option<Protocol> {
@@ -702,6 +732,17 @@ mod tests {
             name: name.map(str::to_string),
             target_port: None,
         }
+    }
+
+    #[test]
+    fn app_protocols_as_istio_reads_them() {
+        assert_eq!(app_protocol_name("kubernetes.io/h2c"), Some("HTTP2"));
+        assert_eq!(app_protocol_name("kubernetes.io/ws"), Some("HTTP"));
+        assert_eq!(app_protocol_name("kubernetes.io/wss"), Some("TLS"));
+        assert_eq!(app_protocol_name("grpc"), Some("GRPC"));
+        assert_eq!(app_protocol_name("HTTP"), Some("HTTP"));
+        assert_eq!(app_protocol_name("mysql"), Some("TCP"));
+        assert_eq!(app_protocol_name("example.com/custom"), None);
     }
 
     #[test]

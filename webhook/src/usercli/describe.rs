@@ -618,7 +618,10 @@ fn port_view(
     // Istio: appProtocol, else the port name's prefix (the rules crate's ServiceEntry logic).
     let sp = ServicePort {
         number: port,
-        protocol: app_protocol.clone(),
+        protocol: app_protocol
+            .as_deref()
+            .and_then(remora_proxy::rules::app_protocol_name)
+            .map(str::to_string),
         name: name.clone(),
         target_port: None,
     };
@@ -648,24 +651,33 @@ fn port_view(
         cluster_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         port,
     );
-    let (protocol, reason) = match snap.port_protocol(dst, Some(host)) {
-        Some(p) => {
-            let by_se = snap
-                .best_service_entry(&[host.to_string()])
-                .filter(|se| se.ports.iter().any(|sp| sp.number == port))
-                .map(|se| format!("ServiceEntry {} declares it", se.meta.key()));
-            let why = by_se.unwrap_or_else(|| {
-                if matches!(port, 25 | 53 | 3306 | 27017) {
-                    format!("port {port} is one Istio never sniffs (server-first protocol)")
-                } else {
-                    "a ServiceEntry of the rules declares the port".to_string()
-                }
-            });
+    // As the proxy decides for a connection to the ClusterIP: a ServiceEntry port of the host
+    // first, then the Service port itself (appProtocol, else the name; the proxy knows it from
+    // its Kubernetes discovery), then Istio's never-sniffed ports; else it sniffs.
+    let by_se = snap
+        .best_service_entry(&[host.to_string()])
+        .filter(|se| se.ports.iter().any(|sp| sp.number == port))
+        .map(|se| se.meta.key());
+    let (protocol, reason) = match (by_se, &declared, snap.port_protocol(dst, Some(host))) {
+        (Some(se), _, Some(p)) => (
+            protocol_name(p).to_string(),
+            format!("remora: {}: ServiceEntry {se} declares it; {istio}", protocol_name(p)),
+        ),
+        (_, Some(d), _) => (
+            d.clone(),
+            format!("remora: {d}: declared by the Service's {declared_by} (for connections to the ClusterIP, known from the proxy's Kubernetes discovery), as in Istio"),
+        ),
+        (_, None, Some(p)) => {
+            let why = if matches!(port, 25 | 53 | 3306 | 27017) {
+                format!("port {port} is one Istio never sniffs (server-first protocol)")
+            } else {
+                "a ServiceEntry of the rules declares the port".to_string()
+            };
             (protocol_name(p).to_string(), format!("remora: {}: {why}; {istio}", protocol_name(p)))
         }
-        None => (
+        (_, None, None) => (
             "sniffed".to_string(),
-            format!("remora sniffs each connection's first bytes (HTTP/1.1, h2c, else opaque TCP): Kubernetes port names and appProtocol do not set the protocol in remora, only ServiceEntry ports do; {istio}"),
+            format!("remora sniffs each connection's first bytes (HTTP/1.1, h2c, else opaque TCP): {istio}"),
         ),
     };
     Some(PortView {
@@ -1686,7 +1698,7 @@ spec:
         assert_eq!(d.services.len(), 1);
         let s = &d.services[0];
         assert_eq!(s.ports[0].declared.as_deref(), Some("HTTP"));
-        assert_eq!(s.ports[0].protocol, "sniffed");
+        assert_eq!(s.ports[0].protocol, "HTTP");
         assert_eq!(s.ports[1].protocol, "TCP");
         let vs = &s.virtual_services[0];
         assert!(vs.applies, "{vs:?}");
