@@ -318,6 +318,9 @@ struct TcpPlan {
     dest: Option<(Arc<crate::policy::Destination>, usize)>,
     /// Originate TLS (DestinationRule `tls` SIMPLE / MUTUAL): client settings and SNI.
     tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// The target is one of the destination's endpoints (outlier detection watches it), not a
+    /// DNS answer or the original destination.
+    balanced: bool,
 }
 
 impl TcpPlan {
@@ -328,6 +331,7 @@ impl TcpPlan {
             route_name: None,
             dest: None,
             tls: None,
+            balanced: false,
         }
     }
 }
@@ -386,6 +390,7 @@ async fn tcp_decision(
         }
     };
     let port = if f.port == 0 { dst.port() } else { f.port };
+    let balanced = picked.is_some();
     let target = match picked {
         Some(a) => a,
         None if f.resolve_by_dns => resolver
@@ -400,6 +405,7 @@ async fn tcp_decision(
         route_name: f.route_name,
         dest: Some((dest, f.endpoints.len())),
         tls,
+        balanced,
     })
 }
 
@@ -501,7 +507,7 @@ async fn proxy_tcp(
     metrics.tcp_open(&labels);
     let connected =
         upstream::connect_tcp(target, bind, s.inbound_bind_fallback, connect_timeout).await;
-    if let Some((d, total)) = &plan.dest {
+    if let Some((d, total)) = plan.dest.as_ref().filter(|_| plan.balanced) {
         let seen = match &connected {
             Ok(_) => crate::policy::outlier::Observed::Status(200),
             Err(_) => crate::policy::outlier::Observed::LocalFailure,
