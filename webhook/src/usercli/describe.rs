@@ -34,7 +34,6 @@ use remora_proxy::rules::{
 };
 
 use super::kube::{paths, Cluster, GetError};
-use super::selector::Selector;
 use super::status::{config_map_files, rules_config_map_name};
 use super::{check, proxyconfig};
 use crate::annotations as ann;
@@ -1504,22 +1503,7 @@ async fn workload_pod(
     kind: &str,
     name: &str,
 ) -> anyhow::Result<Value> {
-    let path =
-        paths::workload(kind, ns, name).ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
-    let w = cluster
-        .get_opt(&path)
-        .await
-        .with_context(|| format!("reading {kind} {ns}/{name}"))?
-        .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
-    let sel = Selector::parse(w.pointer("/spec/selector"), "spec.selector")
-        .map_err(|e| anyhow!("{kind} {ns}/{name}: {e}"))?;
-    if sel.is_empty() {
-        bail!("{kind} {ns}/{name} has no pod selector: name one of its pods");
-    }
-    let mut pods = cluster
-        .list(&paths::pods(Some(ns), Some(&sel.to_query())))
-        .await
-        .with_context(|| format!("listing the pods of {kind} {ns}/{name}"))?;
+    let (mut pods, sel) = super::workload_pods(cluster, ns, kind, name).await?;
     let total = pods.len();
     let rank = |p: &Value| {
         let running = s(p, "/status/phase") == Some("Running");
@@ -1530,12 +1514,10 @@ async fn workload_pod(
         )
     };
     pods.sort_by_key(rank);
-    let first = pods.into_iter().next().ok_or_else(|| {
-        anyhow!(
-            "{kind} {ns}/{name} has no pods (selector {})",
-            sel.to_query()
-        )
-    })?;
+    let first = pods
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{kind} {ns}/{name} has no pods (selector {sel})"))?;
     eprintln!(
         "remora: {kind} {ns}/{name}: describing pod {} (of {total})",
         s(&first, "/metadata/name").unwrap_or("?")

@@ -441,14 +441,13 @@ fn print_proxy_config(
     Ok(ExitCode::SUCCESS)
 }
 
-/// For `deploy/NAME` and the like: the first (by name) running meshed pod of the workload,
-/// said on stderr.
-async fn workload_pod(
+/// The pods a workload's selector matches, and that selector (as a query) for messages.
+pub(crate) async fn workload_pods(
     cluster: &Cluster,
     ns: &str,
     kind: &str,
     name: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Vec<Value>, String)> {
     let path =
         paths::workload(kind, ns, name).ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
     let w = cluster
@@ -465,6 +464,18 @@ async fn workload_pod(
         .list(&paths::pods(Some(ns), Some(&sel.to_query())))
         .await
         .with_context(|| format!("listing the pods of {kind} {ns}/{name}"))?;
+    Ok((pods, sel.to_query()))
+}
+
+/// For `deploy/NAME` and the like: the first (by name) running meshed pod of the workload,
+/// said on stderr.
+async fn workload_pod(
+    cluster: &Cluster,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let (pods, sel) = workload_pods(cluster, ns, kind, name).await?;
     let total = pods.len();
     let mut meshed: Vec<String> = pods
         .iter()
@@ -478,7 +489,7 @@ async fn workload_pod(
         .collect();
     meshed.sort();
     let Some(first) = meshed.first().cloned() else {
-        bail!("{kind} {ns}/{name} has no running meshed pod ({total} pods match its selector {}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", sel.to_query(), kind.to_ascii_lowercase());
+        bail!("{kind} {ns}/{name} has no running meshed pod ({total} pods match its selector {sel}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", kind.to_ascii_lowercase());
     };
     eprintln!(
         "remora: {kind} {ns}/{name}: showing pod {first} (the first of {} running meshed pods)",
