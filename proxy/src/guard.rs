@@ -18,6 +18,7 @@
 //! Opaque TCP is subject to the connection cap and the idle timeout only.
 
 use crate::telemetry::Metrics;
+use bytes::BufMut;
 use clap::Args;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -397,6 +398,9 @@ pub fn answer(why: Reject) -> Option<Vec<u8>> {
     )
 }
 
+/// Most bytes one read of a request head asks for.
+const READ_CHUNK: usize = 8192;
+
 /// Outcome of reading one request head.
 pub enum HeadRead {
     /// The head is complete and within the limits; the stream replays it from its first byte.
@@ -423,10 +427,13 @@ pub async fn read_head(
     let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
         return HeadRead::Closed;
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 8192];
+    // Reads go straight into the head buffer's spare capacity: no zeroed scratch buffer and no
+    // second copy per request.
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     if keepalive {
-        match tokio::time::timeout(limits.idle_timeout, l4.read(&mut chunk)).await {
+        let mut room = (&mut buf).limit(READ_CHUNK);
+        let first = tokio::time::timeout(limits.idle_timeout, l4.read_buf(&mut room)).await;
+        match first {
             Err(_) => {
                 record(
                     listener,
@@ -439,7 +446,7 @@ pub async fn read_head(
                 return HeadRead::Rejected(Reject::IdleTimeout);
             }
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
         }
     }
     let deadline = tokio::time::Instant::now() + limits.header_timeout;
@@ -455,8 +462,11 @@ pub async fn read_head(
         }
         // Never read past what could still be a legal head (+1 to see it go over).
         let room = (limits.max_head_bytes + 1).saturating_sub(buf.len());
-        let want = room.clamp(1, chunk.len());
-        match tokio::time::timeout_at(deadline, l4.read(&mut chunk[..want])).await {
+        let want = room.clamp(1, READ_CHUNK);
+        buf.reserve(want);
+        let mut into = (&mut buf).limit(want);
+        let read = tokio::time::timeout_at(deadline, l4.read_buf(&mut into)).await;
+        match read {
             Err(_) => {
                 if buf.is_empty() {
                     record(
@@ -482,7 +492,7 @@ pub async fn read_head(
                 }
                 return HeadRead::Closed;
             }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
         }
     }
     l4.rewind(&buf);
