@@ -46,6 +46,79 @@ impl AccessLog {
     }
 }
 
+impl AccessLog {
+    /// Queue an HTTP request's line; the same bytes as [`AccessLog::write`] would queue, written
+    /// without serde's machinery (this runs once per request).
+    pub fn write_http(&self, entry: &HttpLogEntry) {
+        if *self == AccessLog::Off {
+            return;
+        }
+        let mut line = Vec::with_capacity(512);
+        entry.write_json(&mut line);
+        line.push(b'\n');
+        let Some(tx) = writer() else {
+            let _ = std::io::stdout().lock().write_all(&line);
+            return;
+        };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => dropped().inc(),
+        }
+    }
+}
+
+/// A JSON string as serde_json writes it: the bytes as they are unless one needs escaping
+/// (then serde_json itself writes it).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn push_json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_json_opt_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    match a {
+        Some(std::net::SocketAddr::V4(a)) => {
+            out.push(b'"');
+            for (i, o) in a.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal_bytes(out, u64::from(*o));
+            }
+            out.push(b':');
+            push_decimal_bytes(out, u64::from(a.port()));
+            out.push(b'"');
+        }
+        Some(a) => push_json_str(out, &a.to_string()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_decimal_bytes(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 fn dropped() -> &'static prometheus::IntCounter {
     static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
     C.get_or_init(|| {
@@ -168,7 +241,7 @@ fn format_second(secs: u64) -> String {
 
 /// An HTTP request's access-log entry.
 #[derive(Debug, Serialize)]
-pub struct HttpLogEntry {
+pub struct HttpLogEntry<'a> {
     pub start_time: String,
     pub kind: &'static str,
     pub direction: &'static str,
@@ -178,18 +251,69 @@ pub struct HttpLogEntry {
     pub protocol: &'static str,
     pub status: u16,
     pub duration_ms: f64,
-    pub upstream: Option<String>,
-    pub original_dst: Option<String>,
-    pub downstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub original_dst: Option<std::net::SocketAddr>,
+    pub downstream: Option<std::net::SocketAddr>,
     pub route_name: Option<String>,
     pub virtual_service: Option<String>,
     pub destination_service: String,
-    pub response_flags: String,
+    pub response_flags: &'a str,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub request_id: String,
     pub traceparent: Option<String>,
     pub error: Option<String>,
+}
+
+impl HttpLogEntry<'_> {
+    /// The entry as one JSON object, byte for byte as `serde_json::to_writer` writes it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"start_time\":");
+        push_json_str(out, &self.start_time);
+        out.extend_from_slice(b",\"kind\":");
+        push_json_str(out, self.kind);
+        out.extend_from_slice(b",\"direction\":");
+        push_json_str(out, self.direction);
+        out.extend_from_slice(b",\"method\":");
+        push_json_str(out, &self.method);
+        out.extend_from_slice(b",\"path\":");
+        push_json_str(out, &self.path);
+        out.extend_from_slice(b",\"authority\":");
+        push_json_str(out, &self.authority);
+        out.extend_from_slice(b",\"protocol\":");
+        push_json_str(out, self.protocol);
+        out.extend_from_slice(b",\"status\":");
+        push_decimal_bytes(out, u64::from(self.status));
+        out.extend_from_slice(b",\"duration_ms\":");
+        if serde_json::to_writer(&mut *out, &self.duration_ms).is_err() {
+            out.extend_from_slice(b"null");
+        }
+        out.extend_from_slice(b",\"upstream\":");
+        push_json_opt_addr(out, self.upstream);
+        out.extend_from_slice(b",\"original_dst\":");
+        push_json_opt_addr(out, self.original_dst);
+        out.extend_from_slice(b",\"downstream\":");
+        push_json_opt_addr(out, self.downstream);
+        out.extend_from_slice(b",\"route_name\":");
+        push_json_opt_str(out, self.route_name.as_deref());
+        out.extend_from_slice(b",\"virtual_service\":");
+        push_json_opt_str(out, self.virtual_service.as_deref());
+        out.extend_from_slice(b",\"destination_service\":");
+        push_json_str(out, &self.destination_service);
+        out.extend_from_slice(b",\"response_flags\":");
+        push_json_str(out, self.response_flags);
+        out.extend_from_slice(b",\"bytes_received\":");
+        push_decimal_bytes(out, self.bytes_received);
+        out.extend_from_slice(b",\"bytes_sent\":");
+        push_decimal_bytes(out, self.bytes_sent);
+        out.extend_from_slice(b",\"request_id\":");
+        push_json_str(out, &self.request_id);
+        out.extend_from_slice(b",\"traceparent\":");
+        push_json_opt_str(out, self.traceparent.as_deref());
+        out.extend_from_slice(b",\"error\":");
+        push_json_opt_str(out, self.error.as_deref());
+        out.push(b'}');
+    }
 }
 
 /// A TCP connection's access-log entry.
@@ -270,6 +394,62 @@ mod tests {
             String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
             "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"
         );
+    }
+
+    #[test]
+    fn http_entries_write_exactly_what_serde_json_writes() {
+        let plain = HttpLogEntry {
+            start_time: now_rfc3339(),
+            kind: "http",
+            direction: "outbound",
+            method: "GET".into(),
+            path: "/a?b=c".into(),
+            authority: "reviews:9080".into(),
+            protocol: "http",
+            status: 200,
+            duration_ms: 241.500633,
+            upstream: Some("10.1.2.3:9080".parse().unwrap()),
+            original_dst: Some("127.0.0.1:0".parse().unwrap()),
+            downstream: Some("[fe80::1%2]:80".parse().unwrap()),
+            route_name: Some("main".into()),
+            virtual_service: None,
+            destination_service: "reviews.default.svc.cluster.local".into(),
+            response_flags: "-",
+            bytes_received: 0,
+            bytes_sent: u64::MAX,
+            request_id: "b57375c1-2a65-432e-91b9-deb72812aa27".into(),
+            traceparent: None,
+            error: Some("upstream \"x\"\n\\ \u{1} é \u{7f}".into()),
+        };
+        let check = |e: &HttpLogEntry| {
+            let mut mine = Vec::new();
+            e.write_json(&mut mine);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::to_string(e).unwrap()
+            );
+        };
+        check(&plain);
+        let odd = HttpLogEntry {
+            method: "G\tET".into(),
+            path: "/\u{2028}\u{0}".into(),
+            status: 0,
+            duration_ms: f64::NAN,
+            upstream: None,
+            original_dst: Some("[::1]:15001".parse().unwrap()),
+            downstream: None,
+            route_name: None,
+            virtual_service: Some("ns/\"v\"".into()),
+            response_flags: "DI,UF",
+            traceparent: Some("00-ab-cd-01".into()),
+            error: None,
+            ..plain
+        };
+        check(&odd);
+        check(&HttpLogEntry {
+            duration_ms: 0.1 + 0.2,
+            ..odd
+        });
     }
 
     #[test]

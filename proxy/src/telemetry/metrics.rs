@@ -86,8 +86,62 @@ struct HttpSeries {
 const SERIES_CACHE_MAX: usize = 4096;
 
 thread_local! {
-    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<HttpLabels, HttpSeries>> =
+    /// By [`label_hash`]: one label set per hash (a colliding set replaces it, which only costs
+    /// a lookup in the metric families).
+    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<u64, (HttpLabels, HttpSeries)>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A multiply-rotate hash over 8-byte words (the request path hashes one label set per
+/// request; SipHash over the six strings cost more than everything else in `record_http`).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn label_hash(l: &HttpLabelsRef<'_>) -> u64 {
+    let mut h = WordHasher::default();
+    std::hash::Hash::hash(l, &mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,28 +236,47 @@ impl Metrics {
 
     /// Record one finished HTTP request.
     pub fn record_http(&self, l: &HttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        self.record_http_ref(&l.as_ref(), duration_ms, req_bytes, resp_bytes);
+    }
+
+    /// Record one finished HTTP request (labels borrowed from the request's state).
+    pub fn record_http_ref(
+        &self,
+        l: &HttpLabelsRef<'_>,
+        duration_ms: f64,
+        req_bytes: u64,
+        resp_bytes: u64,
+    ) {
+        let hash = label_hash(l);
         HTTP_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if !cache.contains_key(l) {
-                if cache.len() >= SERIES_CACHE_MAX {
-                    cache.clear();
+            let hit = cache.get(&hash).filter(|(k, _)| k.as_ref() == *l);
+            let s = match hit {
+                Some((_, s)) => s,
+                None => {
+                    if cache.len() >= SERIES_CACHE_MAX {
+                        cache.clear();
+                    }
+                    let key = l.owned();
+                    let owned = key.values();
+                    let values = refs(&owned);
+                    let series = HttpSeries {
+                        requests: self.requests_total.with_label_values(&values),
+                        duration_ms: self.request_duration_ms.with_label_values(&values),
+                        request_bytes: self.request_bytes.with_label_values(&values),
+                        response_bytes: self.response_bytes.with_label_values(&values),
+                    };
+                    cache.insert(hash, (key, series));
+                    match cache.get(&hash) {
+                        Some((_, s)) => s,
+                        None => return,
+                    }
                 }
-                let owned = l.values();
-                let values = refs(&owned);
-                let series = HttpSeries {
-                    requests: self.requests_total.with_label_values(&values),
-                    duration_ms: self.request_duration_ms.with_label_values(&values),
-                    request_bytes: self.request_bytes.with_label_values(&values),
-                    response_bytes: self.response_bytes.with_label_values(&values),
-                };
-                cache.insert(l.clone(), series);
-            }
-            if let Some(s) = cache.get(l) {
-                s.requests.inc();
-                s.duration_ms.observe(duration_ms);
-                s.request_bytes.observe(req_bytes as f64);
-                s.response_bytes.observe(resp_bytes as f64);
-            }
+            };
+            s.requests.inc();
+            s.duration_ms.observe(duration_ms);
+            s.request_bytes.observe(req_bytes as f64);
+            s.response_bytes.observe(resp_bytes as f64);
         });
     }
 
@@ -260,7 +333,55 @@ pub struct HttpLabels {
     pub response_flags: String,
 }
 
+/// [`HttpLabels`] borrowed from a request's state (no copies on the request path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HttpLabelsRef<'a> {
+    pub reporter: &'static str,
+    pub source_workload: &'a str,
+    pub source_workload_namespace: &'a str,
+    pub destination_workload: &'a str,
+    pub destination_workload_namespace: &'a str,
+    pub destination_service: &'a str,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_response_status: &'a str,
+    pub response_flags: &'a str,
+}
+
+impl HttpLabelsRef<'_> {
+    fn owned(self) -> HttpLabels {
+        HttpLabels {
+            reporter: self.reporter,
+            source_workload: self.source_workload.to_string(),
+            source_workload_namespace: self.source_workload_namespace.to_string(),
+            destination_workload: self.destination_workload.to_string(),
+            destination_workload_namespace: self.destination_workload_namespace.to_string(),
+            destination_service: self.destination_service.to_string(),
+            request_protocol: self.request_protocol,
+            response_code: self.response_code,
+            grpc_response_status: self.grpc_response_status.to_string(),
+            response_flags: self.response_flags.to_string(),
+        }
+    }
+}
+
 impl HttpLabels {
+    /// The same labels, borrowed.
+    pub fn as_ref(&self) -> HttpLabelsRef<'_> {
+        HttpLabelsRef {
+            reporter: self.reporter,
+            source_workload: &self.source_workload,
+            source_workload_namespace: &self.source_workload_namespace,
+            destination_workload: &self.destination_workload,
+            destination_workload_namespace: &self.destination_workload_namespace,
+            destination_service: &self.destination_service,
+            request_protocol: self.request_protocol,
+            response_code: self.response_code,
+            grpc_response_status: &self.grpc_response_status,
+            response_flags: &self.response_flags,
+        }
+    }
+
     fn values(&self) -> Vec<String> {
         let (svc_name, svc_ns) = service_name_ns(&self.destination_service);
         vec![

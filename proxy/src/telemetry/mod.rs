@@ -7,7 +7,7 @@ pub mod accesslog;
 pub mod metrics;
 
 pub use accesslog::{AccessLog, HttpLogEntry, TcpLogEntry};
-pub use metrics::{HttpLabels, Metrics, TcpLabels};
+pub use metrics::{HttpLabels, HttpLabelsRef, Metrics, TcpLabels};
 
 /// The identity of the workload this proxy runs beside (labels `source_workload` on outbound,
 /// `destination_workload` on inbound).

@@ -11,7 +11,7 @@ use crate::policy::request::{RequestPolicy, Verdict};
 use crate::policy::retry::Outcome;
 use crate::route::{self, Decision, HeaderOps, RequestInfo};
 use crate::rules::Protocol;
-use crate::telemetry::{self, flags, HttpLabels, HttpLogEntry, Metrics};
+use crate::telemetry::{self, flags, HttpLabelsRef, HttpLogEntry, Metrics};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -1234,10 +1234,14 @@ impl ProxyHttp for MeshHttp {
             ctx.error = Some(e.to_string());
         }
         let s = &self.shared.settings;
-        let response_flags = match (ctx.fault_delayed, ctx.flags) {
-            (false, f) => f.to_string(),
-            (true, flags::NONE) => flags::DELAY_INJECTED.to_string(),
-            (true, f) => format!("{},{f}", flags::DELAY_INJECTED),
+        let delayed_flags;
+        let response_flags: &str = match (ctx.fault_delayed, ctx.flags) {
+            (false, f) => f,
+            (true, flags::NONE) => flags::DELAY_INJECTED,
+            (true, f) => {
+                delayed_flags = format!("{},{f}", flags::DELAY_INJECTED);
+                &delayed_flags
+            }
         };
         let duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0;
         let req_bytes = session.body_bytes_read() as u64;
@@ -1251,32 +1255,32 @@ impl ProxyHttp for MeshHttp {
         };
         let (sw, sns, dw, dns) = match self.dir {
             Direction::Outbound => (
-                s.workload.name.clone(),
-                s.workload.namespace.clone(),
-                "unknown".to_string(),
-                "unknown".to_string(),
+                s.workload.name.as_str(),
+                s.workload.namespace.as_str(),
+                "unknown",
+                "unknown",
             ),
             Direction::Inbound => (
-                "unknown".to_string(),
-                "unknown".to_string(),
-                s.workload.name.clone(),
-                s.workload.namespace.clone(),
+                "unknown",
+                "unknown",
+                s.workload.name.as_str(),
+                s.workload.namespace.as_str(),
             ),
         };
-        let labels = HttpLabels {
+        let labels = HttpLabelsRef {
             reporter: self.dir.reporter(),
             source_workload: sw,
             source_workload_namespace: sns,
             destination_workload: dw,
             destination_workload_namespace: dns,
-            destination_service: ctx.destination_service.clone(),
+            destination_service: &ctx.destination_service,
             request_protocol: if ctx.grpc { "grpc" } else { "http" },
             response_code: status,
-            grpc_response_status: ctx.grpc_status.clone().unwrap_or_default(),
-            response_flags: response_flags.clone(),
+            grpc_response_status: ctx.grpc_status.as_deref().unwrap_or_default(),
+            response_flags,
         };
-        Metrics::get().record_http(&labels, duration_ms, req_bytes, resp_bytes);
-        s.access_log.write(&HttpLogEntry {
+        Metrics::get().record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
+        s.access_log.write_http(&HttpLogEntry {
             start_time: std::mem::take(&mut ctx.started_at),
             kind: "http",
             direction: self.dir.as_str(),
@@ -1286,16 +1290,13 @@ impl ProxyHttp for MeshHttp {
             protocol,
             status,
             duration_ms,
-            upstream: ctx.upstream.map(telemetry::accesslog::addr_string),
-            original_dst: ctx.dst.map(telemetry::accesslog::addr_string),
-            downstream: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| telemetry::accesslog::addr_string(*a)),
+            upstream: ctx.upstream,
+            original_dst: ctx.dst,
+            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
             route_name: ctx.route_name.take(),
             virtual_service: ctx.virtual_service.take(),
             destination_service: std::mem::take(&mut ctx.destination_service),
-            response_flags: response_flags.clone(),
+            response_flags,
             bytes_received: req_bytes,
             bytes_sent: resp_bytes,
             request_id: std::mem::take(&mut ctx.request_id),
