@@ -170,6 +170,9 @@ mod opt_duration {
 /// `normalize_path`) does: routes match the normalized path, and a `Forward` carries it in
 /// `uri_rewrite` when it differs from what the client sent (Envoy forwards the normalized path).
 pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
+    if is_normal_path(req.path) {
+        return route_normalized(snap, req, rng);
+    }
     let normalized = normalize_path(req.path);
     if normalized != req.path {
         let norm_req = RequestInfo {
@@ -214,6 +217,13 @@ fn egress_allows(snap: &Snapshot, meta: &crate::rules::Meta, hosts: &[String], p
     snap.sidecar
         .as_ref()
         .is_none_or(|sc| crate::rules::in_egress_scope_on_port(sc, &meta.namespace, hosts, port))
+}
+
+/// A path `normalize_path` leaves as it is, told without building its normal form: nothing to
+/// decode (`%`), no backslash, no `.` or `..` segment (each would start with `/.`).
+fn is_normal_path(full: &str) -> bool {
+    let (path, _) = split_path(full);
+    !path.bytes().any(|b| b == b'%' || b == b'\\') && !path.contains("/.")
 }
 
 /// RFC 3986 syntax-based normalization of the path part (the query is kept as is), as Envoy's
@@ -523,7 +533,23 @@ fn redirect_location(rd: &crate::rules::Redirect, req: &RequestInfo<'_>) -> Stri
     format!("{scheme}://{authority}{path}")
 }
 
+/// `Meta::key` (`namespace/name`) without the formatter: once per routed request.
+fn meta_key(m: &crate::rules::Meta) -> String {
+    let mut k = String::with_capacity(m.namespace.len() + 1 + m.name.len());
+    k.push_str(&m.namespace);
+    k.push('/');
+    k.push_str(&m.name);
+    k
+}
+
 fn concat(a: &HeaderOps, b: &HeaderOps) -> HeaderOps {
+    let empty = |o: &HeaderOps| o.set.is_empty() && o.add.is_empty() && o.remove.is_empty();
+    if empty(b) {
+        return a.clone();
+    }
+    if empty(a) {
+        return b.clone();
+    }
     HeaderOps {
         set: a.set.iter().chain(b.set.iter()).cloned().collect(),
         add: a.add.iter().chain(b.add.iter()).cloned().collect(),
@@ -597,7 +623,7 @@ fn route_virtual_service(
     );
     Decision::Forward(Forward {
         route_name: route_name(r, m),
-        virtual_service: Some(vs.meta.key()),
+        virtual_service: Some(meta_key(&vs.meta)),
         host: d.host.clone(),
         subset: d.subset.clone(),
         port,
@@ -1341,7 +1367,27 @@ spec:
         ];
         for (input, want) in cases {
             assert_eq!(normalize_path(input), want, "{input}");
+            // The shortcut never skips a path normalization would change.
+            if is_normal_path(input) {
+                assert_eq!(input, want, "{input}");
+            }
         }
+        for p in [
+            "/",
+            "/a/b",
+            "/a//b/",
+            "/x?a=../b",
+            "*",
+            "/.well-known/x",
+            "/a.b/c.",
+        ] {
+            assert!(
+                !is_normal_path(p) || normalize_path(p) == p,
+                "{p}: {}",
+                normalize_path(p)
+            );
+        }
+        assert!(is_normal_path("/a/b?x=%2e"));
     }
 
     #[test]

@@ -226,9 +226,13 @@ impl HostResolver {
     }
 }
 
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+fn header_str(req: &RequestHeader, name: impl http::header::AsHeaderName) -> Option<&str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// Header names looked up on every request, parsed once (a `&str` name is parsed per lookup).
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The gRPC status Envoy uses for a local reply with HTTP status `code`.
 pub fn grpc_status_for_http(code: u16) -> u32 {
@@ -457,7 +461,10 @@ impl MeshHttp {
     }
 
     fn port_protocol(&self, dst: SocketAddr, host: &str) -> Option<Protocol> {
-        self.shared.snapshot.load().port_protocol(dst, Some(host))
+        let snap = self.shared.snapshot.load();
+        // The host only counts through a ServiceEntry: without any, skip deriving its names.
+        let host = (!snap.service_entries.is_empty()).then_some(host);
+        snap.port_protocol(dst, host)
     }
 }
 
@@ -499,8 +506,8 @@ impl ProxyHttp for MeshHttp {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
+        // (`started_at` is new_ctx's, a moment ago: formatting it twice cost a string per request.)
         ctx.start = Instant::now();
-        ctx.started_at = telemetry::accesslog::now_rfc3339();
         let socket = session.digest().and_then(|d| d.socket_digest.clone());
         ctx.dst = self.shared.original_dst(self.dir, socket.as_deref());
         {
@@ -515,12 +522,12 @@ impl ProxyHttp for MeshHttp {
                 .uri
                 .authority()
                 .map(|a| a.as_str().to_string())
-                .or_else(|| header_str(req, "host").map(str::to_string))
+                .or_else(|| header_str(req, &http::header::HOST).map(str::to_string))
                 .unwrap_or_default();
-            ctx.traceparent = header_str(req, "traceparent").map(str::to_string);
-            ctx.grpc =
-                header_str(req, "content-type").is_some_and(|c| c.starts_with("application/grpc"));
-            ctx.request_id = header_str(req, "x-request-id")
+            ctx.traceparent = header_str(req, &TRACEPARENT).map(str::to_string);
+            ctx.grpc = header_str(req, &http::header::CONTENT_TYPE)
+                .is_some_and(|c| c.starts_with("application/grpc"));
+            ctx.request_id = header_str(req, &X_REQUEST_ID)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .unwrap_or_default();
@@ -768,9 +775,11 @@ impl ProxyHttp for MeshHttp {
             Some(d) => d.tls.clone(),
             None => Ok(None),
         };
-        let proto = ctx.dst.and_then(|d| self.port_protocol(d, &ctx.authority));
-        ctx.upstream_h2 =
-            session.is_http2() || matches!(proto, Some(Protocol::Http2) | Some(Protocol::Grpc));
+        ctx.upstream_h2 = session.is_http2()
+            || matches!(
+                ctx.dst.and_then(|d| self.port_protocol(d, &ctx.authority)),
+                Some(Protocol::Http2) | Some(Protocol::Grpc)
+            );
         let mut peer = match tls {
             Ok(None) => HttpPeer::new(addr, false, String::new()),
             Ok(Some(t)) => {
