@@ -293,8 +293,63 @@ pub type RateHeaders = Vec<(&'static str, String)>;
 
 /// All policy state of the process.
 pub struct Policies {
-    dests: Mutex<HashMap<DestKey, Arc<Destination>>>,
+    dests: Mutex<Dests>,
     rate_limits: Mutex<RateLimits>,
+}
+
+/// The destinations' shared state, and in front of it the answers already given under one
+/// snapshot: within a snapshot the effective policy of a (host, subset, port) cannot change, so
+/// a request finds its destination without rebuilding (and serializing) the policy text.
+#[derive(Default)]
+struct Dests {
+    map: HashMap<DestKey, Arc<Destination>>,
+    /// The snapshot (`generation`, `hash`) the `front` answers belong to.
+    front_of: Option<(u64, String)>,
+    /// host → (subset, port, state) looked up under `front_of`.
+    front: HashMap<String, Vec<FrontEntry>>,
+    front_len: usize,
+}
+
+/// (subset, port, state) of one host in `Dests::front`.
+type FrontEntry = (Option<String>, u16, Arc<Destination>);
+
+impl Dests {
+    fn front_get(
+        &mut self,
+        snap: &Snapshot,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<Arc<Destination>> {
+        let current = self
+            .front_of
+            .as_ref()
+            .is_some_and(|(g, h)| *g == snap.generation && *h == snap.hash);
+        if !current {
+            self.front.clear();
+            self.front_len = 0;
+            self.front_of = Some((snap.generation, snap.hash.clone()));
+            return None;
+        }
+        self.front
+            .get(host)?
+            .iter()
+            .find(|(s, p, _)| *p == port && s.as_deref() == subset)
+            .map(|(_, _, d)| d.clone())
+    }
+
+    fn front_put(&mut self, host: &str, subset: Option<&str>, port: u16, d: &Arc<Destination>) {
+        if self.front_len >= MAX_DESTINATIONS {
+            self.front.clear();
+            self.front_len = 0;
+        }
+        self.front.entry(host.to_string()).or_default().push((
+            subset.map(str::to_string),
+            port,
+            d.clone(),
+        ));
+        self.front_len += 1;
+    }
 }
 
 /// Bound on remembered destinations (each distinct host/subset/port/policy is one).
@@ -310,7 +365,7 @@ impl Policies {
     /// Empty state; destinations, limiters and CORS policies fill in from each snapshot.
     pub fn new() -> Self {
         Policies {
-            dests: Mutex::new(HashMap::new()),
+            dests: Mutex::new(Dests::default()),
             rate_limits: Mutex::new(RateLimits::default()),
         }
     }
@@ -318,6 +373,30 @@ impl Policies {
     /// The shared state of a destination under the snapshot's DestinationRule.
     pub fn destination(
         &self,
+        snap: &Snapshot,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Arc<Destination> {
+        let Ok(mut dests) = self.dests.lock() else {
+            return Arc::new(Destination::new(host, subset, port, Default::default()));
+        };
+        if let Some(d) = dests.front_get(snap, host, subset, port) {
+            return d;
+        }
+        if dests.map.len() >= MAX_DESTINATIONS {
+            // Let the slow path drop the state no request holds any more.
+            dests.front.clear();
+            dests.front_len = 0;
+        }
+        let d = Self::destination_slow(&mut dests.map, snap, host, subset, port);
+        dests.front_put(host, subset, port, &d);
+        d
+    }
+
+    /// The state for the effective policy text: kept when a reload leaves the policy alone.
+    fn destination_slow(
+        map: &mut HashMap<DestKey, Arc<Destination>>,
         snap: &Snapshot,
         host: &str,
         subset: Option<&str>,
@@ -332,9 +411,6 @@ impl Policies {
             subset: subset.map(str::to_string),
             port,
             policy: raw.to_string(),
-        };
-        let Ok(mut map) = self.dests.lock() else {
-            return Arc::new(Destination::new(host, subset, port, Default::default()));
         };
         if let Some(d) = map.get(&key) {
             return d.clone();
@@ -473,7 +549,7 @@ impl Policies {
     /// State for `/config_dump`.
     pub fn dump(&self) -> serde_json::Value {
         let mut dests: Vec<serde_json::Value> = match self.dests.lock() {
-            Ok(m) => m.values().map(|d| d.dump()).collect(),
+            Ok(m) => m.map.values().map(|d| d.dump()).collect(),
             Err(_) => vec![],
         };
         dests.sort_by_key(|v| v.to_string());
@@ -521,6 +597,22 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.policy.load_balancer, lb::LbPolicy::Random);
         assert_eq!(p.dump()["destinations"].as_array().map(Vec::len), Some(1));
+        // a later generation with the same policy keeps the state; other ports have their own
+        let s3 = crate::rules::snapshot_from_yaml(
+            &[("r.yaml", y1.replace("ROUND_ROBIN", "RANDOM").as_str())],
+            &LoadContext::default(),
+            2,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&c, &p.destination(&s3, host, None, 80)));
+        assert!(Arc::ptr_eq(&c, &p.destination(&s3, host, None, 80)));
+        let d = p.destination(&s3, host, None, 81);
+        assert!(!Arc::ptr_eq(&c, &d));
+        assert!(Arc::ptr_eq(&d, &p.destination(&s3, host, None, 81)));
+        // back to the first rules: fresh state again, as before
+        let e = p.destination(&s1, host, None, 80);
+        assert!(!Arc::ptr_eq(&e, &a) && !Arc::ptr_eq(&e, &c));
+        assert_eq!(e.policy.load_balancer, lb::LbPolicy::RoundRobin);
     }
 
     #[test]
