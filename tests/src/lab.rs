@@ -759,23 +759,24 @@ impl Lab {
     }
 
     /// Wait until every meshed pod of `ns` runs the rules just written: its generation rose
-    /// past the one read before the write; a pod whose proxy did not answer before (restarting)
-    /// must answer again, and then loads the files as they are now. Each pod gets its own
-    /// bound, generous for a loaded machine; it returns as soon as the pod has reloaded.
+    /// past the one read before the write. A pod whose proxy did not answer before the write is
+    /// down or starting (the soak kills pods): a proxy that starts reads the files as they are
+    /// now, so there is nothing to wait for. Each pod gets its own bound, generous for a loaded
+    /// machine; it returns as soon as the pod has reloaded.
     fn wait_reloaded(&self, ns: &str, before: Vec<(usize, Option<u64>)>) -> Result<()> {
         const BOUND: Duration = Duration::from_secs(30);
         for (i, old) in before {
+            let Some(old) = old else { continue };
             let pod = &self.pods[i];
             let deadline = Instant::now() + BOUND;
             loop {
-                match (self.config_generation(pod), old) {
-                    (Ok(g), Some(old)) if g > old => break,
-                    (Ok(_), None) => break,
+                match self.config_generation(pod) {
+                    // Higher: reloaded; lower: the proxy restarted and read the files anew.
+                    Ok(g) if g != old => break,
                     _ if Instant::now() >= deadline => bail!(
-                        "pod {ns}/{} did not load the new rules within {} s (generation before: {}); proxy log:\n{}",
+                        "pod {ns}/{} did not load the new rules within {} s (generation still {old}); proxy log:\n{}",
                         pod.name,
                         BOUND.as_secs(),
-                        old.map_or("unknown".to_string(), |g| g.to_string()),
                         pod.container("remora-proxy").map(|c| c.proc.log_tail(20)).unwrap_or_default()
                     ),
                     _ => std::thread::sleep(Duration::from_millis(50)),
