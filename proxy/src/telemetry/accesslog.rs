@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
@@ -29,7 +29,7 @@ impl AccessLog {
         if *self == AccessLog::Off {
             return;
         }
-        let mut line = Vec::with_capacity(512);
+        let mut line = line_buffer();
         if serde_json::to_writer(&mut line, entry).is_err() {
             return;
         }
@@ -53,8 +53,7 @@ impl AccessLog {
         if *self == AccessLog::Off {
             return;
         }
-        // (A typical HTTP line is 500–600 bytes: one allocation, no regrowth.)
-        let mut line = Vec::with_capacity(1024);
+        let mut line = line_buffer();
         entry.write_json(&mut line);
         line.push(b'\n');
         let Some(tx) = writer() else {
@@ -168,13 +167,44 @@ fn writer() -> Option<&'static SyncSender<Vec<u8>>> {
     .as_ref()
 }
 
+/// Line buffers the writer is done with, for the next lines: a buffer allocated on a worker
+/// thread and freed on the writer's took glibc's slow paths on both sides, once per request.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Most buffers kept, and the largest one kept (a typical HTTP line is 500–600 bytes).
+const SPARE_MAX: usize = 256;
+const SPARE_LINE_MAX: usize = 4096;
+
+/// A cleared buffer for one line.
+fn line_buffer() -> Vec<u8> {
+    SPARE
+        .lock()
+        .ok()
+        .and_then(|mut s| s.pop())
+        .unwrap_or_else(|| Vec::with_capacity(1024))
+}
+
+/// Give a written line's buffer back for reuse (or free it).
+fn recycle(mut line: Vec<u8>) {
+    if line.capacity() > SPARE_LINE_MAX {
+        return;
+    }
+    line.clear();
+    if let Ok(mut s) = SPARE.lock() {
+        if s.len() < SPARE_MAX {
+            s.push(line);
+        }
+    }
+}
+
 /// Write queued lines in batches, flushing whenever the queue runs empty.
 fn write_loop<W: Write>(rx: Receiver<Vec<u8>>, out: W) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(line) = rx.recv() {
         let _ = out.write_all(&line);
+        recycle(line);
         while let Ok(line) = rx.try_recv() {
             let _ = out.write_all(&line);
+            recycle(line);
         }
         let _ = out.flush();
     }
@@ -484,6 +514,24 @@ mod tests {
             e.upstream = Some(a.parse().unwrap());
             check(&e);
         }
+    }
+
+    #[test]
+    fn line_buffers_come_back_empty_and_big_ones_are_not_kept() {
+        let mut b = line_buffer();
+        b.extend_from_slice(b"{\"x\":1}\n");
+        recycle(b);
+        for _ in 0..SPARE_MAX + 1 {
+            let b = line_buffer();
+            assert!(b.is_empty());
+            assert!(b.capacity() <= SPARE_LINE_MAX.max(1024));
+        }
+        recycle(Vec::with_capacity(SPARE_LINE_MAX + 1));
+        assert!(SPARE
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.is_empty() && b.capacity() <= SPARE_LINE_MAX));
     }
 
     #[test]
