@@ -539,3 +539,40 @@ fn quitquitquit_stops_the_proxy_gracefully() {
     };
     assert!(st.success(), "{st}");
 }
+
+/// Envoy's answers for a broken upstream, which Istio users alert on: a reply that is not HTTP
+/// is 502 `UPE`; a connection closed before any answer is 503 `UC`.
+#[test]
+fn broken_upstream_answers_are_502_upe_and_closed_ones_503_uc() {
+    // An upstream that reads the request head, then answers garbage or just closes.
+    fn spawn_broken(answer: &'static [u8]) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let mut s = s;
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = s.write_all(answer);
+            }
+        });
+        addr
+    }
+    for (answer, status, flag) in [
+        (&b"SMTP 220 not http at all\r\n\r\n"[..], 502, "UPE"),
+        (&b""[..], 503, "UC"),
+    ] {
+        let rules = RulesDir::new(&[]);
+        let mut o = ProxyOpts::new(rules.path());
+        o.fixed_outbound = Some(spawn_broken(answer));
+        let mut p = ProxyProc::start(o);
+        p.wait_ready();
+        let r = http_get(p.ports.outbound_addr(), "/broken", &[]).unwrap();
+        assert_eq!(r.status, status, "{}", r.body_text());
+        let l = p.wait_log(|l| l["path"] == "/broken");
+        assert_eq!(l["response_flags"], flag, "{l}");
+    }
+}

@@ -814,7 +814,7 @@ fn resets_and_connect_failures_are_retried_on_another_endpoint() {
     }
     assert_eq!(ok.hits(), 12);
     assert!(closing.hits() > 0);
-    // Without `reset` in retryOn, a closed connection is the answer: 502 UC.
+    // Without `reset` in retryOn, a closed connection is the answer: 503 UC, as Envoy answers.
     let m2 = Mesh::start(&[
         ("svc.yaml", &service(&[&closing])),
         (
@@ -824,7 +824,7 @@ fn resets_and_connect_failures_are_retried_on_another_endpoint() {
     ]);
     let before = closing.hits();
     let r = m2.get("/noreset", &[]);
-    assert_eq!(r.status, 502);
+    assert_eq!(r.status, 503);
     assert_eq!(m2.log("/noreset")["response_flags"], "UC");
     assert_eq!(closing.hits() - before, 1);
 }

@@ -397,7 +397,7 @@ fn tls13_server_refusing_the_client_certificate_fails_the_request() {
     let r = get(&p, "wrong.example.test", "/wrong13");
     let f = flag(&p, "/wrong13");
     println!("TLS 1.3, refused client certificate: {} {f}", r.status);
-    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert_eq!(r.status, 503, "{}", r.body_text());
     assert_eq!(f, "UC");
     assert_ne!(r.header("x-client-cn"), Some("intruder"));
 }

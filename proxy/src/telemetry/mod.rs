@@ -51,6 +51,8 @@ pub mod flags {
     pub const UPSTREAM_TIMEOUT: &str = "UT";
     /// Upstream connection termination.
     pub const UPSTREAM_TERMINATION: &str = "UC";
+    /// The upstream's response could not be parsed (HTTP/1 head, HTTP/2 frames).
+    pub const UPSTREAM_PROTOCOL_ERROR: &str = "UPE";
     /// Downstream connection termination.
     pub const DOWNSTREAM_TERMINATION: &str = "DC";
     /// No route / refused (e.g. a loop to the proxy itself).

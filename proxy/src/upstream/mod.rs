@@ -1194,7 +1194,17 @@ impl ProxyHttp for MeshHttp {
             | ErrorType::HandshakeError => (503, flags::UPSTREAM_CONNECT_FAILURE),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, flags::UPSTREAM_TIMEOUT),
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, flags::UPSTREAM_TERMINATION),
+                // Envoy's answers, which Istio users alert on: a response the upstream got
+                // wrong is 502 `UPE`; a connection it closed or reset before answering is
+                // 503 `UC` (the keep-alive race's familiar "503 UC").
+                ErrorSource::Upstream => match e.etype() {
+                    ErrorType::InvalidHTTPHeader
+                    | ErrorType::H1Error
+                    | ErrorType::H2Error
+                    | ErrorType::InvalidH2
+                    | ErrorType::H2Downgrade => (502, flags::UPSTREAM_PROTOCOL_ERROR),
+                    _ => (503, flags::UPSTREAM_TERMINATION),
+                },
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, flags::DOWNSTREAM_TERMINATION)
