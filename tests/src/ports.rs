@@ -47,7 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_distinct_outside_the_ephemeral_range_and_bindable() {
+    fn ports_are_distinct_and_outside_the_ephemeral_range() {
         let a = free_ports(50);
         let b = free_ports(50);
         let mut all: Vec<u16> = a.iter().chain(b.iter()).copied().collect();
@@ -60,7 +60,28 @@ mod tests {
                 "{p} outside {LOW}..{HIGH}"
             );
         }
-        // Handed-out ports are free: a server can bind them.
-        let _l = TcpListener::bind(("127.0.0.1", all[0])).expect("bind a handed-out port");
+        // (Each was free when handed out: `free_ports` bound it. Binding it again here would race
+        // with other test processes on the machine, so the test does not.)
+    }
+
+    #[test]
+    fn a_port_in_use_is_skipped() {
+        // Hold the next ports this process would hand out; none of them may come back.
+        let next = NEXT.load(Ordering::Relaxed);
+        let base = (std::process::id().wrapping_mul(977)) % (HIGH - LOW);
+        let held: Vec<TcpListener> = (0..20)
+            .filter_map(|i| {
+                let port = (LOW + (base + next + i) % (HIGH - LOW)) as u16;
+                TcpListener::bind(("127.0.0.1", port)).ok()
+            })
+            .collect();
+        let held_ports: Vec<u16> = held
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .collect();
+        for p in free_ports(10) {
+            assert!(!held_ports.contains(&p), "{p} is held by this test");
+        }
     }
 }
