@@ -347,7 +347,7 @@ async fn tcp_decision(
     sni: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<TcpPlan, (&'static str, String)> {
-    let (f, picked, dest) = {
+    let (f, port, picked, dest) = {
         let snap = shared.snapshot.load();
         let mut rng = rand::thread_rng();
         let f = match crate::route::route_tcp(&snap, dst, sni, &mut rng) {
@@ -373,7 +373,7 @@ async fn tcp_decision(
             source_ip: peer.map(|p| p.ip()),
         };
         let picked = dest.pick(&f.endpoints, &[], Some(&input), &mut rng);
-        (f, picked, dest)
+        (f, port, picked, dest)
     };
     // TLS passthrough (routed by SNI) is already TLS: never wrap it again.
     let tls = match dest.tcp_tls().filter(|_| sni.is_none()) {
@@ -389,7 +389,6 @@ async fn tcp_decision(
             ))
         }
     };
-    let port = if f.port == 0 { dst.port() } else { f.port };
     let balanced = picked.is_some();
     let target = match picked {
         Some(a) => a,
