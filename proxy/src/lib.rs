@@ -1,9 +1,9 @@
 //! remora-proxy: the sidecar. Capture listeners, config model and loader, routing, telemetry.
 
-// Rules: the config model, loader, watcher and validator; and pure routing.
-pub mod route;
+// The rule model, routing decisions and the linter live in `remora-model`; `rules` adds the
+// hot-reload watcher.
+pub use remora_model::{lint, route};
 pub mod rules;
-pub mod validate;
 
 // Data plane: listeners, protocol detection, upstream, admin, telemetry.
 pub mod admin;

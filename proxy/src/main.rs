@@ -41,7 +41,7 @@ fn validate(v: ValidateArgs) -> ExitCode {
         cluster_domain: v.cluster_domain,
         pod_labels: Default::default(),
     };
-    let report = remora_proxy::validate::run(&v.dir, &ctx);
+    let report = remora_model::lint::run(&v.dir, &ctx);
     print!("{report}");
     if report.errors.is_empty() {
         println!(

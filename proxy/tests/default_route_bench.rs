@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use remora_proxy::route::{route, Decision, RequestInfo};
+use remora_model::route::{route, Decision, RequestInfo};
 use remora_proxy::rules::{snapshot_from_yaml, LoadContext};
 
 fn rule_set(services: usize) -> String {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use rand::SeedableRng;
-use remora_proxy::route::{route, Decision, RequestInfo};
+use remora_model::route::{route, Decision, RequestInfo};
 use remora_proxy::rules::{snapshot_from_yaml, LoadContext};
 
 fn rule_set(services: usize) -> String {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
-use remora_proxy::route::{route, Decision, Forward, RequestInfo};
+use remora_model::route::{route, Decision, Forward, RequestInfo};
 use remora_proxy::rules::{self, load, LoadContext, Protocol, Snapshot};
 
 fn shared() -> PathBuf {

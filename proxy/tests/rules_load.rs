@@ -459,14 +459,14 @@ fn mutated_rule_sets_never_panic() {
                         "productpage",
                         "",
                     ] {
-                        let info = remora_proxy::route::RequestInfo {
+                        let info = remora_model::route::RequestInfo {
                             authority,
                             method: "GET",
                             path: "/productpage?x=1",
                             headers: &h,
                             dst: ([10, 0, 0, 1], 80).into(),
                         };
-                        let _ = remora_proxy::route::route(&s, &info, &mut rng);
+                        let _ = remora_model::route::route(&s, &info, &mut rng);
                     }
                     let _ = s.summary();
                 }
@@ -479,7 +479,7 @@ fn mutated_rule_sets_never_panic() {
                     }
                 }
             }
-            let _ = remora_proxy::validate::run_files(&[("f.yaml", &v)], &ctx());
+            let _ = remora_model::lint::run_files(&[("f.yaml", &v)], &ctx());
         }
     }
     println!("mutations: {ok} loaded, {err} rejected");

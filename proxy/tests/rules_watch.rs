@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
-use remora_proxy::route::{route, Decision, RequestInfo};
+use remora_model::route::{route, Decision, RequestInfo};
 use remora_proxy::rules::watch::METRICS;
 use remora_proxy::rules::{load_dir, spawn_watcher, LoadContext, SharedSnapshot, Snapshot};
 

@@ -502,7 +502,7 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
 
     // The linter: a warning, not an error.
     let ctx = remora_proxy::rules::LoadContext::default();
-    let report = remora_proxy::validate::run_files(&[("r.yaml", rules.as_str())], &ctx);
+    let report = remora_model::lint::run_files(&[("r.yaml", rules.as_str())], &ctx);
     assert!(report.is_ok(), "{report}");
     let text = report.to_string();
     assert_eq!(text.matches("ISTIO_MUTUAL").count(), 1, "{text}");
@@ -567,7 +567,7 @@ fn bookinfo_all_mtls_rules_validate_with_one_warning_per_rule() {
         panic!("{} is missing (set REMORA_SHARED)", path.display());
     };
     let ctx = remora_proxy::rules::LoadContext::default();
-    let report = remora_proxy::validate::run_files(&[("all-mtls.yaml", text.as_str())], &ctx);
+    let report = remora_model::lint::run_files(&[("all-mtls.yaml", text.as_str())], &ctx);
     assert!(report.is_ok(), "{report}");
     let mtls: Vec<String> = report
         .warnings

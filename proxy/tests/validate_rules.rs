@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use remora_model::lint::{run, run_files, ValidationReport};
 use remora_proxy::rules::LoadContext;
-use remora_proxy::validate::{run, run_files, ValidationReport};
 
 fn data(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -397,7 +397,7 @@ fn proxy_hash_of(cm: &Value) -> String {
     for (k, v) in cm["data"].as_object().expect("data") {
         std::fs::write(dir.path().join(k), v.as_str().expect("string")).expect("write");
     }
-    remora_proxy::rules::load::read_inputs(dir.path())
+    remora_model::rules::load::read_inputs(dir.path())
         .expect("read")
         .hash
 }

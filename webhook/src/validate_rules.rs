@@ -4,7 +4,7 @@
 //! (default `remora-mesh-rules`) or it carries the label `remora.dev/rules=true` (the same
 //! selection as `remora analyze`). On CREATE and UPDATE of one, its keys are linted exactly as
 //! `remora analyze` lints them ([`crate::usercli::analyze::analyze`]: the proxy's own loader,
-//! schema and policy checks from `remora_proxy::validate`), without the one check that needs the
+//! schema and policy checks from `remora_model::lint`), without the one check that needs the
 //! cluster's Services (IST0101, which `remora analyze` still does):
 //! * an error denies the request; `status.message` names the ConfigMap, then each finding as
 //!   `FILE doc N: FIELD: reason` (the value is in the reason), and `status.code` is 400;
@@ -127,7 +127,7 @@ pub struct Findings {
 /// Lints one rules ConfigMap (`metadata.namespace` must be set) as `remora analyze` does, minus
 /// the check against the cluster's Services; unknown fields count as errors.
 pub fn lint(cm: &Value) -> Findings {
-    let domain = remora_proxy::rules::LoadContext::default().cluster_domain;
+    let domain = remora_model::rules::LoadContext::default().cluster_domain;
     let analysis = analyze(std::slice::from_ref(cm), &[], &domain);
     let mut out = Findings::default();
     for m in &analysis.messages {

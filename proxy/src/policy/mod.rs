@@ -3,18 +3,15 @@
 //! requests: per destination (host, subset, port) its balancer, outlier detector and
 //! connection-pool counters; and the rate limiters of the `RateLimit` rules.
 
-pub mod check;
-pub mod cors;
-pub mod fault;
+pub use remora_model::policy::{cors, fault, retry, traffic};
+
 pub mod lb;
 pub mod limits;
 pub mod mirror;
 pub mod outlier;
 pub mod ratelimit;
 pub mod request;
-pub mod retry;
 pub mod tls;
-pub mod traffic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -241,51 +238,6 @@ struct RateLimits {
     hash: String,
     limiters: Vec<Arc<ratelimit::Limiter>>,
     error: Option<String>,
-    /// (VirtualService `namespace/name`, route field path `spec.http[i]`) → its corsPolicy.
-    cors: HashMap<(String, String), Arc<cors::Cors>>,
-}
-
-/// The `corsPolicy` of every VirtualService http route in one file.
-fn cors_of_file(
-    file: &str,
-    text: &str,
-    default_ns: &str,
-) -> Vec<((String, String), Result<cors::Cors, String>)> {
-    let mut out = Vec::new();
-    // As the loader reads it: without a byte-order mark; the parser cannot resynchronise after a
-    // syntax error (its document iterator would repeat the error forever), so stop there.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let Ok(v) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
-            break;
-        };
-        if v.get("kind").and_then(serde_json::Value::as_str) != Some("VirtualService") {
-            continue;
-        }
-        let meta = v.get("metadata");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
-        let ns = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(default_ns);
-        let routes = v
-            .get("spec")
-            .and_then(|s| s.get("http"))
-            .and_then(serde_json::Value::as_array);
-        for (j, r) in routes.into_iter().flatten().enumerate() {
-            if let Some(c) = r.get("corsPolicy") {
-                let field = format!("{file} doc {} spec.http[{j}].corsPolicy", i + 1);
-                out.push((
-                    (format!("{ns}/{name}"), format!("spec.http[{j}]")),
-                    cors::parse(c, &field),
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// `x-ratelimit-*` headers.
@@ -443,35 +395,9 @@ impl Policies {
         if rl.hash == snap.hash {
             return;
         }
-        let mut rules = Vec::new();
-        let mut error = None;
-        let mut cors_map = HashMap::new();
-        for (file, bytes) in snap.sources.iter() {
-            let text = String::from_utf8_lossy(bytes);
-            for (key, c) in cors_of_file(file, &text, &snap.ctx.namespace) {
-                match c {
-                    Ok(c) => {
-                        cors_map.insert(key, Arc::new(c));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "corsPolicy not applied"),
-                }
-            }
-            match ratelimit::parse_file(file, &text, &snap.ctx.namespace, &snap.ctx.cluster_domain)
-            {
-                Ok(mut v) => rules.append(&mut v),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = &error {
-            // Keep the previous limiters: the same rule as for the other kinds.
-            tracing::warn!(error = %e, "RateLimit rules rejected; the previous ones stay");
-            rl.error = error;
-            rl.hash = snap.hash.clone();
-            return;
-        }
+        // Decoded and checked with the rule set: an invalid RateLimit or corsPolicy never
+        // reaches a snapshot (the loader keeps the previous set).
+        let rules = snap.policy.rate_limits.clone();
         let old = std::mem::take(&mut rl.limiters);
         rl.limiters = rules
             .into_iter()
@@ -490,27 +416,21 @@ impl Policies {
             );
         }
         rl.error = None;
-        rl.cors = cors_map;
         rl.hash = snap.hash.clone();
     }
 
     /// The `corsPolicy` of a VirtualService route (`vs`: `namespace/name`; `route_path`:
     /// `spec.http[i]`), if it has one.
     pub fn cors(&self, snap: &Snapshot, vs: &str, route_path: &str) -> Option<Arc<cors::Cors>> {
-        self.refresh_rate_limits(snap);
-        let rl = self.rate_limits.lock().ok()?;
-        rl.cors
+        snap.policy
+            .cors
             .get(&(vs.to_string(), route_path.to_string()))
             .cloned()
     }
 
     /// Does any route have a `corsPolicy`? (Cheap check before looking the route up.)
     pub fn has_cors(&self, snap: &Snapshot) -> bool {
-        self.refresh_rate_limits(snap);
-        self.rate_limits
-            .lock()
-            .map(|rl| !rl.cors.is_empty())
-            .unwrap_or(false)
+        !snap.policy.cors.is_empty()
     }
 
     /// Take a token for a request to `host` by `route`. `Err` carries the 429's headers.

@@ -217,7 +217,7 @@ pub fn log_applied(snap: &super::Snapshot) {
         tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
     // The ISTIO_MUTUAL warnings at apply time, not at the first request (logged once per set).
-    crate::policy::check::note_applied(snap);
+    note_applied(snap);
 }
 
 /// How long changed files must stay the same before they are loaded. The kubelet swaps a
@@ -357,6 +357,42 @@ fn start_notify(
             None
         }
     }
+}
+
+fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
+    static G: std::sync::OnceLock<prometheus::IntGauge> = std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        let g = prometheus::IntGauge::new(
+            "remora_tls_mesh_plaintext_destinations",
+            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL, sent in plain text between sidecars",
+        )
+        .unwrap_or_else(|_| unreachable!("static metric name and help"));
+        // Registering twice (tests in one process) is harmless: keep the first.
+        let _ = prometheus::register(Box::new(g.clone()));
+        g
+    })
+}
+
+/// Log, once per applied rule set (by content hash), one warn line per `ISTIO_MUTUAL` use, and
+/// set `remora_tls_mesh_plaintext_destinations`. Cheap when the set was already noted.
+pub fn note_applied(snap: &crate::rules::Snapshot) {
+    static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    if last
+        .as_ref()
+        .is_some_and(|(h, g)| *g == snap.generation && *h == snap.hash)
+    {
+        return;
+    }
+    *last = Some((snap.hash.clone(), snap.generation));
+    let mut n = 0;
+    for w in remora_model::lint::policy::warnings(&snap.destination_rules) {
+        if w.reason.contains(".mode ISTIO_MUTUAL:") {
+            n += 1;
+            tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
+        }
+    }
+    mesh_plaintext_gauge().set(n);
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `remora analyze` (pure part): the proxy's rule linter (`remora_proxy::validate`) over every
+//! `remora analyze` (pure part): the proxy's rule linter (`remora_model::lint`) over every
 //! rules ConfigMap, plus the check only a cluster can answer, as `istioctl analyze` IST0101
 //! (ReferencedResourceNotFound): a VirtualService destination host or DestinationRule host that
 //! names no Service of the cluster and no ServiceEntry.
@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use remora_proxy::rules::host::{match_score, qualify};
-use remora_proxy::rules::load::{decode_inputs, Decoded, Inputs};
-use remora_proxy::rules::LoadContext;
-use remora_proxy::validate::{self, Finding};
+use remora_model::lint::{self as validate, Finding};
+use remora_model::rules::host::{match_score, qualify};
+use remora_model::rules::load::{decode_inputs, Decoded, Inputs};
+use remora_model::rules::LoadContext;
 
 use super::status::config_map_files;
 

@@ -8,7 +8,7 @@
 //!
 //! The rules are read as the proxies of the pod's namespace read them: the rules ConfigMap the
 //! pod mounts (default `remora-mesh-rules`), decoded and built into a snapshot by
-//! `remora_proxy::rules` for a client proxy of that namespace. ConfigMaps labelled
+//! `remora_model::rules` for a client proxy of that namespace. ConfigMaps labelled
 //! `remora.dev/rules=true` are staging areas that no proxy loads: they are named, not applied.
 //!
 //! [`gather`] does the API calls (through [`super::kube`]); [`build`] and [`render_text`] are
@@ -22,13 +22,13 @@ use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 
-use remora_proxy::policy::check as policy_check;
-use remora_proxy::policy::lb::{HashKey, LbPolicy};
-use remora_proxy::policy::limits::UNLIMITED;
-use remora_proxy::policy::traffic;
-use remora_proxy::rules::host::match_score;
-use remora_proxy::rules::load::{decode_inputs, Inputs};
-use remora_proxy::rules::{
+use remora_model::lint::policy as policy_check;
+use remora_model::policy::lb::{HashKey, LbPolicy};
+use remora_model::policy::limits::UNLIMITED;
+use remora_model::policy::traffic;
+use remora_model::rules::host::match_score;
+use remora_model::rules::load::{decode_inputs, Inputs};
+use remora_model::rules::{
     build_snapshot, select_sidecar, service_port_protocol, DestinationRule, LoadContext, Protocol,
     ServicePort, Snapshot, VirtualService, WeightedDestination,
 };
@@ -473,7 +473,7 @@ pub struct Rules {
     /// A client proxy's snapshot of the namespace (no workload-specific Sidecar).
     pub snapshot: Snapshot,
     /// Every decoded Sidecar (selection is per pod).
-    pub sidecars: Vec<remora_proxy::rules::Sidecar>,
+    pub sidecars: Vec<remora_model::rules::Sidecar>,
     /// Every decoded VirtualService (before visibility), to say why one is not applied.
     pub all_virtual_services: Vec<VirtualService>,
     pub ctx: LoadContext,
@@ -619,7 +619,7 @@ fn port_view(
         number: port,
         protocol: app_protocol
             .as_deref()
-            .and_then(remora_proxy::rules::app_protocol_name)
+            .and_then(remora_model::rules::app_protocol_name)
             .map(str::to_string),
         name: name.clone(),
         target_port: None,
@@ -691,8 +691,8 @@ fn port_view(
     })
 }
 
-fn string_match(m: &remora_proxy::rules::StringMatch) -> String {
-    use remora_proxy::rules::StringMatch as M;
+fn string_match(m: &remora_model::rules::StringMatch) -> String {
+    use remora_model::rules::StringMatch as M;
     match m {
         M::Exact(v) => format!("exact {v:?}"),
         M::Prefix(v) => format!("prefix {v:?}"),
@@ -701,7 +701,7 @@ fn string_match(m: &remora_proxy::rules::StringMatch) -> String {
     }
 }
 
-fn http_matches(ms: &[remora_proxy::rules::HttpMatch]) -> String {
+fn http_matches(ms: &[remora_model::rules::HttpMatch]) -> String {
     if ms.is_empty() || ms.iter().any(|m| m.is_catch_all()) {
         return "every request".to_string();
     }
@@ -747,7 +747,7 @@ fn http_matches(ms: &[remora_proxy::rules::HttpMatch]) -> String {
         .join(" or ")
 }
 
-fn l4_matches(ms: &[remora_proxy::rules::L4Match]) -> String {
+fn l4_matches(ms: &[remora_model::rules::L4Match]) -> String {
     if ms.is_empty() {
         return "every connection".to_string();
     }
@@ -979,7 +979,7 @@ fn lb_text(raw: &Value, p: &LbPolicy) -> String {
     }
 }
 
-fn pool_text(raw: &Value, p: &remora_proxy::policy::limits::PoolConfig) -> String {
+fn pool_text(raw: &Value, p: &remora_model::policy::limits::PoolConfig) -> String {
     if raw.get("connectionPool").is_none() {
         return "no limits (not set)".to_string();
     }
@@ -1022,7 +1022,7 @@ fn pool_text(raw: &Value, p: &remora_proxy::policy::limits::PoolConfig) -> Strin
     }
 }
 
-fn outlier_text(o: Option<&remora_proxy::policy::outlier::OutlierConfig>) -> String {
+fn outlier_text(o: Option<&remora_model::policy::outlier::OutlierConfig>) -> String {
     let Some(o) = o else {
         return "off (not set)".to_string();
     };

@@ -6,7 +6,7 @@
 //!   what the proxy does for hosts without a VirtualService (ServiceEntry endpoints, passthrough,
 //!   or the Sidecar's `REGISTRY_ONLY` 502).
 //! - **clusters**: every host|port|subset the rules name, with the DestinationRule that applies
-//!   and its traffic policy as the proxy interprets it (`remora_proxy::policy::traffic::resolve`,
+//!   and its traffic policy as the proxy interprets it (`remora_model::policy::traffic::resolve`,
 //!   the proxy's own precedence of top-level, port-level and subset settings).
 //! - **endpoints**: ServiceEntry endpoints (STATIC, and DNS names with the answers the proxy got),
 //!   their labels and the subsets they belong to, ejection state from the outlier detector, and
@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use remora_proxy::policy::{lb, traffic};
-use remora_proxy::rules::host::HostIndex;
-use remora_proxy::rules::model::{DestinationRule, Meta, ServicePort, Subset};
+use remora_model::policy::{lb, traffic};
+use remora_model::rules::host::HostIndex;
+use remora_model::rules::model::{DestinationRule, Meta, ServicePort, Subset};
 
 use super::table;
 
@@ -1029,7 +1029,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
 // ------------------------------------------------------------------------------ clusters
 
 fn limit(v: u64) -> Option<u64> {
-    (v != remora_proxy::policy::limits::UNLIMITED).then_some(v)
+    (v != remora_model::policy::limits::UNLIMITED).then_some(v)
 }
 
 fn lb_text(p: &lb::LbPolicy, set: bool) -> String {
@@ -1727,8 +1727,8 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
 
 // ------------------------------------------------------------------------------ listeners
 
-fn protocol_text(p: remora_proxy::rules::Protocol) -> &'static str {
-    use remora_proxy::rules::Protocol::*;
+fn protocol_text(p: remora_model::rules::Protocol) -> &'static str {
+    use remora_model::rules::Protocol::*;
     match p {
         Http => "HTTP",
         Http2 => "HTTP2",
@@ -1790,7 +1790,7 @@ fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
                 name: s(p, "/name").map(str::to_string),
                 target_port: None,
             };
-            if let Some(proto) = remora_proxy::rules::service_port_protocol(&sp) {
+            if let Some(proto) = remora_model::rules::service_port_protocol(&sp) {
                 ports
                     .entry(number)
                     .or_default()

@@ -69,7 +69,7 @@ pub fn rules_config_map_name(pod: &Value, default: &str) -> String {
 }
 
 /// The proxy reads visible `*.yaml`, `*.yml`, `*.json` files of its rules directory
-/// (`remora_proxy::rules::load::read_inputs`); the same filter over the ConfigMap's keys.
+/// (`remora_model::rules::load::read_inputs`); the same filter over the ConfigMap's keys.
 fn read_by_proxy(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     !name.starts_with('.')
@@ -109,7 +109,7 @@ pub fn config_map_files(cm: Option<&Value>) -> Result<Vec<(String, Vec<u8>)>, St
 /// The hash a proxy computes after loading this ConfigMap (`rules::digest::content_hash`).
 pub fn config_map_hash(cm: Option<&Value>) -> Result<String, String> {
     let files = config_map_files(cm)?;
-    Ok(remora_proxy::rules::digest::content_hash(
+    Ok(remora_model::rules::digest::content_hash(
         files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
     ))
 }
@@ -275,7 +275,7 @@ mod tests {
         std::fs::write(dir.path().join("README"), "not read").unwrap();
         std::fs::write(dir.path().join(".hidden.yaml"), "x").unwrap();
         std::fs::write(dir.path().join("dr.json"), "{}").unwrap();
-        let inputs = remora_proxy::rules::load::read_inputs(dir.path()).unwrap();
+        let inputs = remora_model::rules::load::read_inputs(dir.path()).unwrap();
         assert_eq!(config_map_hash(Some(&cm())).unwrap(), inputs.hash);
         let names: Vec<String> = config_map_files(Some(&cm()))
             .unwrap()
@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(names, ["dr.json", "vs.yaml"]);
         // An absent ConfigMap is the empty directory of the optional volume.
         let empty = tempfile::tempdir().unwrap();
-        let inputs = remora_proxy::rules::load::read_inputs(empty.path()).unwrap();
+        let inputs = remora_model::rules::load::read_inputs(empty.path()).unwrap();
         assert_eq!(config_map_hash(None).unwrap(), inputs.hash);
         assert!(
             config_map_hash(Some(&json!({"binaryData": {"a.yaml": "***"}})))

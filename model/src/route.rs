@@ -2330,16 +2330,18 @@ spec:
 
         // The data plane's lookup of the destination (host, no subset, port) finds the
         // DestinationRule's policy, port-level settings chosen by the addressed port.
-        let policies = crate::policy::Policies::new();
-        let d9080 = policies.destination(&s, &f.host, f.subset.as_deref(), f.port);
+        let dr = s
+            .destination_rule(&f.host)
+            .expect("reviews DestinationRule");
+        let d9080 = crate::policy::traffic::resolve(dr, f.subset.as_deref(), f.port).unwrap();
         assert_eq!(
-            d9080.policy.load_balancer,
+            d9080.load_balancer,
             crate::policy::lb::LbPolicy::ConsistentHash(crate::policy::lb::HashKey::Header(
                 "x-user".into()
             ))
         );
-        assert!(d9080.policy.outlier_detection.is_none());
-        assert_eq!(d9080.policy.connection_pool.max_connections, 7);
+        assert!(d9080.outlier_detection.is_none());
+        assert_eq!(d9080.connection_pool.max_connections, 7);
         let f8080 = fwd(route(
             &s,
             &req_with(
@@ -2356,13 +2358,10 @@ spec:
             addrs(&f8080),
             vec!["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
         );
-        let d8080 = policies.destination(&s, &f8080.host, None, f8080.port);
-        assert_eq!(
-            d8080.policy.load_balancer,
-            crate::policy::lb::LbPolicy::RoundRobin
-        );
-        assert!(d8080.policy.outlier_detection.is_some());
-        assert_eq!(d8080.policy.connection_pool.max_connections, 7);
+        let d8080 = crate::policy::traffic::resolve(dr, None, f8080.port).unwrap();
+        assert_eq!(d8080.load_balancer, crate::policy::lb::LbPolicy::RoundRobin);
+        assert!(d8080.outlier_detection.is_some());
+        assert_eq!(d8080.connection_pool.max_connections, 7);
 
         // A headless Service: the client addressed a pod itself; that pod is kept.
         let mut r = req_with("reviews", "GET", "/", &h, 9080);

@@ -1,6 +1,8 @@
 //! `remora-proxy validate DIR`: lint a rule set offline — schema errors, unknown subsets,
 //! undefined hosts, weights not summing to 100, unreachable (shadowed) routes.
 
+pub mod policy;
+
 use std::fmt;
 use std::path::Path;
 
@@ -113,11 +115,11 @@ fn check_policies(
     report: &mut ValidationReport,
 ) {
     if decoded.errors.is_empty() {
-        let errors = crate::policy::check::check(files, &decoded.destination_rules, ctx);
+        let errors = crate::lint::policy::check(files, &decoded.destination_rules, ctx);
         report.errors.extend(errors.into_iter().map(Finding::from));
     }
     // Accepted but not honoured as written (ISTIO_MUTUAL is plain text, credentialName unread).
-    let warnings = crate::policy::check::warnings(&decoded.destination_rules);
+    let warnings = crate::lint::policy::warnings(&decoded.destination_rules);
     report
         .warnings
         .extend(warnings.into_iter().map(Finding::from));

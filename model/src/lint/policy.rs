@@ -6,8 +6,11 @@
 
 use serde_json::Value;
 
-use super::{cors_of_file, ratelimit, traffic};
-use crate::rules::{DestinationRule, LoadContext, LoadError};
+use crate::policy::cors::of_file as cors_of_file;
+use crate::policy::{ratelimit, traffic};
+use std::sync::Arc;
+
+use crate::rules::{DestinationRule, LoadContext, LoadError, PolicyKinds};
 
 /// The errors of the policy parts of `files` (name, bytes) whose decoded DestinationRules are
 /// `drs`; empty when every policy can be put in effect.
@@ -16,7 +19,22 @@ pub fn check(
     drs: &[DestinationRule],
     ctx: &LoadContext,
 ) -> Vec<LoadError> {
+    match decode(files, drs, ctx) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors,
+    }
+}
+
+/// Decode the policy parts of a rule set once: every route's `corsPolicy` and every
+/// `RateLimit`, after checking every DestinationRule `trafficPolicy`. The loader keeps the
+/// result in the snapshot; the data plane never parses rule text again.
+pub fn decode(
+    files: &[(String, Vec<u8>)],
+    drs: &[DestinationRule],
+    ctx: &LoadContext,
+) -> Result<PolicyKinds, Vec<LoadError>> {
     let mut errors = Vec::new();
+    let mut kinds = PolicyKinds::default();
     for dr in drs {
         if let Err(reason) = check_destination_rule(dr) {
             errors.push(LoadError {
@@ -33,8 +51,11 @@ pub fn check(
             continue;
         };
         for ((vs, route), parsed) in cors_of_file(file, text, &ctx.namespace) {
-            if let Err(reason) = parsed {
-                errors.push(LoadError {
+            match parsed {
+                Ok(c) => {
+                    kinds.cors.insert((vs, route), Arc::new(c));
+                }
+                Err(reason) => errors.push(LoadError {
                     file: file.clone(),
                     document: 0,
                     field: String::new(),
@@ -42,20 +63,24 @@ pub fn check(
                         "VirtualService {vs} {route}: {}",
                         without_file(file, &reason)
                     ),
-                });
+                }),
             }
         }
-        if let Err(reason) = ratelimit::parse_file(file, text, &ctx.namespace, &ctx.cluster_domain)
-        {
-            errors.push(LoadError {
+        match ratelimit::parse_file(file, text, &ctx.namespace, &ctx.cluster_domain) {
+            Ok(mut rules) => kinds.rate_limits.append(&mut rules),
+            Err(reason) => errors.push(LoadError {
                 file: file.clone(),
                 document: 0,
                 field: String::new(),
                 reason: without_file(file, &reason),
-            });
+            }),
         }
     }
-    errors
+    if errors.is_empty() {
+        Ok(kinds)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The policy parsers start their messages with the file name, which `LoadError` prints already.
@@ -210,42 +235,6 @@ pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
     out
 }
 
-fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
-    static G: std::sync::OnceLock<prometheus::IntGauge> = std::sync::OnceLock::new();
-    G.get_or_init(|| {
-        let g = prometheus::IntGauge::new(
-            "remora_tls_mesh_plaintext_destinations",
-            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL, sent in plain text between sidecars",
-        )
-        .unwrap_or_else(|_| unreachable!("static metric name and help"));
-        // Registering twice (tests in one process) is harmless: keep the first.
-        let _ = prometheus::register(Box::new(g.clone()));
-        g
-    })
-}
-
-/// Log, once per applied rule set (by content hash), one warn line per `ISTIO_MUTUAL` use, and
-/// set `remora_tls_mesh_plaintext_destinations`. Cheap when the set was already noted.
-pub fn note_applied(snap: &crate::rules::Snapshot) {
-    static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else { return };
-    if last
-        .as_ref()
-        .is_some_and(|(h, g)| *g == snap.generation && *h == snap.hash)
-    {
-        return;
-    }
-    *last = Some((snap.hash.clone(), snap.generation));
-    let mut n = 0;
-    for w in warnings(&snap.destination_rules) {
-        if w.reason.contains(".mode ISTIO_MUTUAL:") {
-            n += 1;
-            tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
-        }
-    }
-    mesh_plaintext_gauge().set(n);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +272,7 @@ mod tests {
         );
         assert_eq!(errors_of(&yaml), Vec::<String>::new());
         let ctx = LoadContext::default();
-        let report = crate::validate::run_files(&[("rules.yaml", yaml.as_str())], &ctx);
+        let report = crate::lint::run_files(&[("rules.yaml", yaml.as_str())], &ctx);
         assert!(report.is_ok(), "{report}");
         let w: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
         let host = "reviews.default.svc.cluster.local";
@@ -340,13 +329,13 @@ mod tests {
         let errs = crate::rules::snapshot_from_yaml(&[("a.yaml", bad.as_str())], &ctx, 1)
             .expect_err("an invalid trafficPolicy rejects the rule set");
         assert!(errs[0].to_string().contains("outlierDetection"), "{errs:?}");
-        let report = crate::validate::run_files(&[("a.yaml", bad.as_str())], &ctx);
+        let report = crate::lint::run_files(&[("a.yaml", bad.as_str())], &ctx);
         assert!(!report.is_ok());
         assert!(report.to_string().contains("outlierDetection"), "{report}");
         let good =
             format!("{DR}  trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: 3}}}}\n");
         assert!(crate::rules::snapshot_from_yaml(&[("a.yaml", good.as_str())], &ctx, 1).is_ok());
-        assert!(crate::validate::run_files(&[("a.yaml", good.as_str())], &ctx).is_ok());
+        assert!(crate::lint::run_files(&[("a.yaml", good.as_str())], &ctx).is_ok());
     }
 
     #[test]

@@ -211,6 +211,49 @@ impl Cors {
     }
 }
 
+/// The `corsPolicy` of every VirtualService http route in one file.
+pub fn of_file(
+    file: &str,
+    text: &str,
+    default_ns: &str,
+) -> Vec<((String, String), Result<Cors, String>)> {
+    let mut out = Vec::new();
+    // As the loader reads it: without a byte-order mark; the parser cannot resynchronise after a
+    // syntax error (its document iterator would repeat the error forever), so stop there.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let Ok(v) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
+            break;
+        };
+        if v.get("kind").and_then(serde_json::Value::as_str) != Some("VirtualService") {
+            continue;
+        }
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(default_ns);
+        let routes = v
+            .get("spec")
+            .and_then(|s| s.get("http"))
+            .and_then(serde_json::Value::as_array);
+        for (j, r) in routes.into_iter().flatten().enumerate() {
+            if let Some(c) = r.get("corsPolicy") {
+                let field = format!("{file} doc {} spec.http[{j}].corsPolicy", i + 1);
+                out.push((
+                    (format!("{ns}/{name}"), format!("spec.http[{j}]")),
+                    parse(c, &field),
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,21 @@
+//! remora-model: the Istio rule model, with no runtime and no network.
+//!
+//! - `rules`: the kinds (VirtualService, DestinationRule, ServiceEntry, Sidecar, remora's
+//!   RateLimit), their decoder and the `Snapshot` one rule set becomes, with Istio's visibility
+//!   (exportTo, Sidecar scope) applied.
+//! - `route`: pure routing decisions (snapshot + request → decision).
+//! - `policy`: the traffic-policy configuration (load balancing, connection pool, outlier
+//!   detection, retries, faults, CORS, mirrors, rate limits, TLS settings) and its pure
+//!   decisions; the data plane keeps the live state (balancers, pools, limiters).
+//! - `lint`: the one rule linter that `remora-proxy validate`, the validating webhook and
+//!   `remora analyze` call.
+//!
+//! The only reads of the outside world are behind two seams the caller chooses:
+//! `rules::load::read_inputs` (a rules directory, with `std::fs`) and
+//! `rules::endpoints::Resolver` (DNS for `resolution: DNS`; `system_resolver` is the default).
+#![forbid(unsafe_code)]
+
+pub mod lint;
+pub mod policy;
+pub mod route;
+pub mod rules;

@@ -1,0 +1,15 @@
+//! Traffic-policy configuration, decoded from the rules, and the pure decisions on it: what a
+//! DestinationRule's `trafficPolicy` means for one destination (`traffic`), load-balancer
+//! choice and hashing (`lb`), connection-pool limits (`limits`), outlier detection settings
+//! (`outlier`), retries (`retry`), faults (`fault`), CORS (`cors`), mirrors (`mirror`) and
+//! remora's `RateLimit` kind (`ratelimit`). The proxy's `policy` module holds the live state.
+
+pub mod cors;
+pub mod fault;
+pub mod lb;
+pub mod limits;
+pub mod mirror;
+pub mod outlier;
+pub mod ratelimit;
+pub mod retry;
+pub mod traffic;

@@ -1,0 +1,807 @@
+//! The rules: an Istio-shaped config model (VirtualService, DestinationRule, ServiceEntry,
+//! Sidecar), its loader from a ConfigMap-style directory. The proxy adds the hot-reload watcher.
+//!
+//! `load_dir` is the only entry that reads files (and resolves `resolution: DNS` names);
+//! everything it produces is a plain value (`Snapshot`) that `crate::route::route` evaluates
+//! without I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+pub mod decode;
+pub mod digest;
+pub mod endpoints;
+pub mod host;
+pub mod load;
+pub mod model;
+pub mod schema;
+
+pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
+pub use model::*;
+
+/// Where the proxy runs: its namespace (for short names), the cluster domain and its pod labels
+/// (for `sourceLabels`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadContext {
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for LoadContext {
+    fn default() -> Self {
+        LoadContext {
+            namespace: "default".to_string(),
+            cluster_domain: "cluster.local".to_string(),
+            pod_labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The application protocol of a destination port, when the rules say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+}
+
+/// The Istio root namespace: a Sidecar without selector there is the mesh-wide default.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// One loaded, validated rule set, with visibility already applied: only the resources this
+/// proxy uses are in the lists; the rest are in `ignored` with the reason.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub generation: u64,
+    /// SHA-256 (hex) of the input files' names and contents.
+    pub hash: String,
+    /// e.g. `files:/etc/remora/rules`.
+    pub source: String,
+    pub ctx: LoadContext,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    pub service_entries: Vec<ServiceEntry>,
+    /// The Sidecar that applies to this pod, if any.
+    pub sidecar: Option<Sidecar>,
+    pub ignored: Vec<Ignored>,
+    /// The files read (names inside the directory).
+    pub files: Vec<String>,
+    /// Visible entries not read, with the reason (directories, other extensions, dangling
+    /// symlinks).
+    pub skipped_files: Vec<(String, String)>,
+    pub endpoints: Arc<dyn EndpointSource>,
+    /// Host indexes over the lists above (rebuild with `reindex` after changing the lists).
+    pub index: Indexes,
+    /// Fields Istio's API does not define (likely typos), accepted and ignored; one entry
+    /// each with the file, document, field path and a suggestion.
+    pub unknown_fields: Vec<LoadError>,
+    /// The `resolution: DNS` names resolved while loading and their answers (the watcher
+    /// re-resolves them at each rescan and applies a new generation when they change).
+    pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set.
+    pub policy: PolicyKinds,
+}
+
+/// The policy parts of a rule set that are decoded apart from the kinds' own structs: each
+/// VirtualService route's `corsPolicy` by (`namespace/name`, `spec.http[i]`), and remora's
+/// `RateLimit` kind.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyKinds {
+    pub cors: BTreeMap<(String, String), Arc<crate::policy::cors::Cors>>,
+    pub rate_limits: Vec<crate::policy::ratelimit::RateLimitRule>,
+}
+
+/// Host indexes of a snapshot's VirtualServices (those with `http` routes), ServiceEntries and
+/// DestinationRules.
+#[derive(Clone, Debug, Default)]
+pub struct Indexes {
+    pub http_virtual_services: host::HostIndex,
+    pub service_entries: host::HostIndex,
+    pub destination_rules: host::HostIndex,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("hash", &self.hash)
+            .field("source", &self.source)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+/// Rule counts of a snapshot, for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub virtual_services: usize,
+    pub http_routes: usize,
+    pub destination_rules: usize,
+    pub service_entries: usize,
+    pub sidecars: usize,
+    pub ignored: usize,
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} VirtualServices ({} http routes), {} DestinationRules, {} ServiceEntries, {} Sidecar, {} ignored",
+            self.virtual_services,
+            self.http_routes,
+            self.destination_rules,
+            self.service_entries,
+            self.sidecars,
+            self.ignored
+        )
+    }
+}
+
+impl Snapshot {
+    pub fn empty(ctx: &LoadContext) -> Snapshot {
+        Snapshot {
+            generation: 0,
+            // No input hashes to "", so the first real rule set (even an empty directory) is
+            // always applied over it.
+            hash: String::new(),
+            source: "empty".to_string(),
+            ctx: ctx.clone(),
+            virtual_services: Vec::new(),
+            destination_rules: Vec::new(),
+            service_entries: Vec::new(),
+            sidecar: None,
+            ignored: Vec::new(),
+            files: Vec::new(),
+            skipped_files: Vec::new(),
+            endpoints: Arc::new(ServiceEntryEndpoints::default()),
+            index: Indexes::default(),
+            unknown_fields: Vec::new(),
+            dns: BTreeMap::new(),
+            policy: PolicyKinds::default(),
+        }
+    }
+
+    /// Add an endpoint source asked after the ServiceEntries (for example Kubernetes
+    /// discovery): hosts no ServiceEntry knows are looked up there.
+    pub fn with_endpoint_source(mut self, source: Arc<dyn EndpointSource>) -> Snapshot {
+        self.endpoints = Arc::new(endpoints::ChainedEndpoints {
+            sources: vec![self.endpoints.clone(), source],
+        });
+        self
+    }
+
+    /// Rebuild the host indexes from the resource lists.
+    pub fn reindex(&mut self) {
+        self.index = Indexes {
+            http_virtual_services: host::HostIndex::build(
+                self.virtual_services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.http.is_empty())
+                    .flat_map(|(i, v)| v.hosts.iter().map(move |h| (i, h.as_str()))),
+            ),
+            service_entries: host::HostIndex::build(
+                self.service_entries
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, s)| s.hosts.iter().map(move |h| (i, h.as_str()))),
+            ),
+            destination_rules: host::HostIndex::build(
+                self.destination_rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (i, d.host.as_str())),
+            ),
+        };
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            virtual_services: self.virtual_services.len(),
+            http_routes: self.virtual_services.iter().map(|v| v.http.len()).sum(),
+            destination_rules: self.destination_rules.len(),
+            service_entries: self.service_entries.len(),
+            sidecars: self.sidecar.is_some() as usize,
+            ignored: self.ignored.len(),
+        }
+    }
+
+    /// For `/config_dump`: generation, hash, source and the rules in effect.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "generation": self.generation,
+            "hash": self.hash,
+            "source": self.source,
+            "namespace": self.ctx.namespace,
+            "cluster_domain": self.ctx.cluster_domain,
+            "pod_labels": self.ctx.pod_labels,
+            "files": self.files,
+            "skipped_files": self.skipped_files.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>(),
+            "counts": self.counts(),
+            "virtual_services": self.virtual_services,
+            "destination_rules": self.destination_rules,
+            "service_entries": self.service_entries,
+            "sidecar": self.sidecar,
+            "ignored": self.ignored,
+            "unknown_fields": self.unknown_fields.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "dns": self.dns,
+        })
+    }
+
+    /// The protocol of destination `dst` (and `host`, when known) according to the
+    /// ServiceEntries, or Istio's defaults for well-known server-first ports; `None` when the
+    /// rules do not say (the data plane sniffs).
+    pub fn port_protocol(&self, dst: SocketAddr, host: Option<&str>) -> Option<Protocol> {
+        let port = dst.port();
+        // 1. The host, when the caller knows it.
+        if let Some(h) = host {
+            let (name, _) = host::split_authority(h);
+            let cands = host::candidates(&name, &self.ctx.namespace, &self.ctx.cluster_domain);
+            if let Some(se) = self.best_service_entry(&cands) {
+                if let Some(p) = se.ports.iter().find(|p| p.number == port) {
+                    if let Some(proto) = service_port_protocol(p) {
+                        return Some(proto);
+                    }
+                }
+            }
+        }
+        // 2. A ServiceEntry whose addresses or endpoints contain the destination IP.
+        for se in &self.service_entries {
+            let by_addr = se.addresses.iter().any(|n| n.contains(&dst.ip()));
+            let by_ep = se.endpoints.iter().any(|e| {
+                e.address.parse::<std::net::IpAddr>().ok() == Some(dst.ip())
+                    && (e.ports.is_empty() || e.ports.values().any(|p| *p == port))
+            });
+            if by_addr || by_ep {
+                let p = se.ports.iter().find(|p| p.number == port).or_else(|| {
+                    // An endpoint port (target) maps back to its service port by name.
+                    se.endpoints
+                        .iter()
+                        .filter(|e| e.address.parse::<std::net::IpAddr>().ok() == Some(dst.ip()))
+                        .flat_map(|e| e.ports.iter())
+                        .find(|(_, p)| **p == port)
+                        .and_then(|(n, _)| se.ports.iter().find(|sp| sp.name.as_deref() == Some(n)))
+                });
+                if let Some(proto) = p.and_then(service_port_protocol) {
+                    return Some(proto);
+                }
+            }
+        }
+        // 2b. A Kubernetes Service whose ClusterIP is the destination: its port's
+        //     `appProtocol`, else its name prefix (`http-web`, `grpc`, `tcp-db`), as Istio reads
+        //     them.
+        if let Some(proto) = self
+            .endpoints
+            .service_port(dst.ip(), port)
+            .as_ref()
+            .and_then(service_port_protocol)
+        {
+            return Some(proto);
+        }
+        // 3. ServiceEntries without addresses declare the port for every address (as Istio's
+        //    0.0.0.0:port listener does), when they agree.
+        let mut found: Option<Protocol> = None;
+        for se in self
+            .service_entries
+            .iter()
+            .filter(|s| s.addresses.is_empty())
+        {
+            if let Some(p) = se.ports.iter().find(|p| p.number == port) {
+                match (found, service_port_protocol(p)) {
+                    (_, None) => {}
+                    (None, Some(x)) => found = Some(x),
+                    (Some(a), Some(b)) if a == b => {}
+                    (Some(_), Some(_)) => return None, // conflicting declarations: sniff
+                }
+            }
+        }
+        if found.is_some() {
+            return found;
+        }
+        // 4. Istio's ports known to be incompatible with sniffing (treated as TCP).
+        match port {
+            25 | 53 | 3306 | 27017 => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+
+    /// The most specific ServiceEntry for one of the candidate FQDNs.
+    pub fn best_service_entry(&self, candidates: &[String]) -> Option<&ServiceEntry> {
+        self.index
+            .service_entries
+            .best(candidates)
+            .and_then(|i| self.service_entries.get(i))
+    }
+
+    /// The most specific DestinationRule for an FQDN.
+    pub fn destination_rule(&self, fqdn: &str) -> Option<&DestinationRule> {
+        self.index
+            .destination_rules
+            .best(&[fqdn.to_string()])
+            .and_then(|i| self.destination_rules.get(i))
+    }
+
+    /// The most specific VirtualService with `http` routes for one of the candidate FQDNs.
+    pub fn best_http_virtual_service(&self, candidates: &[String]) -> Option<&VirtualService> {
+        self.index
+            .http_virtual_services
+            .best(candidates)
+            .and_then(|i| self.virtual_services.get(i))
+    }
+}
+
+/// The protocol a ServiceEntry port declares: `protocol`, else the port name's prefix
+/// (`http`, `http-*`, `http2-*`, `grpc-*`, `tcp-*`, `tls-*`, `https-*`, `mongo-*`, ...).
+pub fn service_port_protocol(p: &ServicePort) -> Option<Protocol> {
+    if let Some(proto) = &p.protocol {
+        return protocol_name(proto);
+    }
+    let name = p.name.as_deref()?;
+    let prefix = name.split('-').next().unwrap_or(name);
+    if prefix == "grpc" && name.starts_with("grpc-web") {
+        return Some(Protocol::Grpc);
+    }
+    protocol_name(prefix)
+}
+
+/// A Kubernetes `appProtocol` as the protocol name Istio reads it as (`kubernetes.io/h2c` is
+/// HTTP2, `kubernetes.io/ws` HTTP, `kubernetes.io/wss` TLS); `None` when Istio does not know it
+/// (then the port name decides).
+pub fn app_protocol_name(app: &str) -> Option<&'static str> {
+    let p = match app.to_ascii_lowercase().as_str() {
+        "kubernetes.io/h2c" => Protocol::Http2,
+        "kubernetes.io/ws" => Protocol::Http,
+        "kubernetes.io/wss" => Protocol::Tls,
+        other => protocol_name(other)?,
+    };
+    Some(match p {
+        Protocol::Http => "HTTP",
+        Protocol::Http2 => "HTTP2",
+        Protocol::Grpc => "GRPC",
+        Protocol::Tcp => "TCP",
+        Protocol::Tls => "TLS",
+    })
+}
+
+fn protocol_name(s: &str) -> Option<Protocol> {
+    match s.to_ascii_uppercase().as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTP2" => Some(Protocol::Http2),
+        "GRPC" | "GRPC-WEB" => Some(Protocol::Grpc),
+        "TCP" | "MONGO" | "MYSQL" | "REDIS" => Some(Protocol::Tcp),
+        "TLS" | "HTTPS" => Some(Protocol::Tls),
+        _ => None, // UDP and unknown: not ours to decide
+    }
+}
+
+/// Why a rule set was rejected: file, document (1-based; 0 = the whole file), field path and
+/// reason. Displays as one line: `FILE doc N: FIELD: reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: String,
+    pub document: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.document > 0 {
+            write!(f, " doc {}", self.document)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Does a resource's `exportTo` make it visible to a proxy in `proxy_ns`?
+pub fn exported_to(export_to: &[String], resource_ns: &str, proxy_ns: &str) -> bool {
+    if export_to.is_empty() {
+        return true;
+    }
+    export_to.iter().any(|e| match e.as_str() {
+        "*" => true,
+        "." => resource_ns == proxy_ns,
+        "~" => false,
+        ns => ns == proxy_ns,
+    })
+}
+
+/// The Sidecar that applies to a pod: one in the pod's namespace whose selector matches its
+/// labels, else one in the namespace without selector, else the root namespace's default.
+pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], ctx: &LoadContext) -> Option<&'a Sidecar> {
+    let in_ns = |s: &&Sidecar| s.meta.namespace == ctx.namespace;
+    sidecars
+        .iter()
+        .filter(in_ns)
+        .find(|s| {
+            s.workload_selector.as_ref().is_some_and(|sel| {
+                !sel.is_empty() && sel.iter().all(|(k, v)| ctx.pod_labels.get(k) == Some(v))
+            })
+        })
+        .or_else(|| {
+            sidecars
+                .iter()
+                .filter(in_ns)
+                .find(|s| s.workload_selector.as_ref().is_none_or(|s| s.is_empty()))
+        })
+        .or_else(|| {
+            sidecars.iter().find(|s| {
+                s.meta.namespace == ROOT_NAMESPACE
+                    && s.workload_selector.as_ref().is_none_or(|s| s.is_empty())
+            })
+        })
+}
+
+/// Is a resource (namespace, hosts) in the Sidecar's egress scope?
+pub fn in_egress_scope(sc: &Sidecar, ns: &str, hosts: &[String]) -> bool {
+    if sc.egress.is_empty() {
+        return true;
+    }
+    sc.egress.iter().flat_map(|l| l.hosts.iter()).any(|eh| {
+        let ns_ok = match eh.namespace.as_str() {
+            "*" => true,
+            "~" => false,
+            n => n == ns,
+        };
+        ns_ok && hosts.iter().any(|h| host::overlaps(&eh.dns, h))
+    })
+}
+
+/// Is a resource (namespace, hosts) visible to traffic on `port` under the Sidecar's egress
+/// listeners? A listener with `port` applies to that port; the listener without a port to the
+/// other ports (Istio's catch-all egress listener).
+pub fn in_egress_scope_on_port(sc: &Sidecar, ns: &str, hosts: &[String], port: u16) -> bool {
+    if sc.egress.is_empty() {
+        return true;
+    }
+    let on_port: Vec<&EgressListener> = sc.egress.iter().filter(|l| l.port == Some(port)).collect();
+    let listeners: Vec<&EgressListener> = if on_port.is_empty() {
+        sc.egress.iter().filter(|l| l.port.is_none()).collect()
+    } else {
+        on_port
+    };
+    listeners.iter().flat_map(|l| l.hosts.iter()).any(|eh| {
+        let ns_ok = match eh.namespace.as_str() {
+            "*" => true,
+            "~" => false,
+            n => n == ns,
+        };
+        ns_ok && hosts.iter().any(|h| host::overlaps(&eh.dns, h))
+    })
+}
+
+/// Build the snapshot from decoded resources: apply `gateways`, `exportTo` and the Sidecar's
+/// egress scope; build the endpoint source (resolving DNS names with `resolve`).
+pub fn build_snapshot(
+    decoded: load::Decoded,
+    ctx: &LoadContext,
+    generation: u64,
+    hash: String,
+    source: String,
+    files: Vec<String>,
+    resolve: &endpoints::Resolver<'_>,
+) -> Snapshot {
+    let mut ignored = decoded.ignored;
+    let unknown_fields = decoded.unknown_fields;
+    let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
+    for sc in &decoded.sidecars {
+        if sidecar.as_ref().is_none_or(|s| s.meta != sc.meta) {
+            ignored.push(Ignored {
+                file: sc.meta.file.clone(),
+                document: sc.meta.document,
+                kind: sc.meta.kind.clone(),
+                name: sc.meta.key(),
+                reason: "Sidecar does not select this pod (or another Sidecar takes precedence)"
+                    .into(),
+            });
+        }
+    }
+    let note = |ignored: &mut Vec<Ignored>, m: &Meta, reason: &str| {
+        ignored.push(Ignored {
+            file: m.file.clone(),
+            document: m.document,
+            kind: m.kind.clone(),
+            name: m.key(),
+            reason: reason.to_string(),
+        })
+    };
+    let mut virtual_services = Vec::new();
+    for vs in decoded.virtual_services {
+        if !vs.applies_to_mesh {
+            note(
+                &mut ignored,
+                &vs.meta,
+                "bound to gateways only (not \"mesh\"); not applied to sidecars",
+            );
+        } else if !exported_to(&vs.export_to, &vs.meta.namespace, &ctx.namespace) {
+            note(
+                &mut ignored,
+                &vs.meta,
+                "not exported to this namespace (exportTo)",
+            );
+        } else if sidecar
+            .as_ref()
+            .is_some_and(|sc| !in_egress_scope(sc, &vs.meta.namespace, &vs.hosts))
+        {
+            note(&mut ignored, &vs.meta, "outside the Sidecar's egress hosts");
+        } else {
+            virtual_services.push(vs);
+        }
+    }
+    let mut service_entries = Vec::new();
+    for se in decoded.service_entries {
+        if !exported_to(&se.export_to, &se.meta.namespace, &ctx.namespace) {
+            note(
+                &mut ignored,
+                &se.meta,
+                "not exported to this namespace (exportTo)",
+            );
+        } else if sidecar
+            .as_ref()
+            .is_some_and(|sc| !in_egress_scope(sc, &se.meta.namespace, &se.hosts))
+        {
+            note(&mut ignored, &se.meta, "outside the Sidecar's egress hosts");
+        } else {
+            service_entries.push(se);
+        }
+    }
+    let mut destination_rules = Vec::new();
+    for dr in decoded.destination_rules {
+        let selects = dr
+            .workload_selector
+            .as_ref()
+            .is_none_or(|sel| sel.iter().all(|(k, v)| ctx.pod_labels.get(k) == Some(v)));
+        if !exported_to(&dr.export_to, &dr.meta.namespace, &ctx.namespace) {
+            note(
+                &mut ignored,
+                &dr.meta,
+                "not exported to this namespace (exportTo)",
+            );
+        } else if !selects {
+            note(
+                &mut ignored,
+                &dr.meta,
+                "workloadSelector does not select this pod",
+            );
+        } else if let Some(first) = destination_rules
+            .iter_mut()
+            .find(|d: &&mut DestinationRule| {
+                d.host == dr.host
+                    && d.meta.namespace == dr.meta.namespace
+                    && d.workload_selector == dr.workload_selector
+            })
+        {
+            // Istio merges DestinationRules of one host in a namespace: subsets are added (the
+            // first definition of a name wins); the first rule's trafficPolicy stays.
+            let mut added = Vec::new();
+            for sub in dr.subsets {
+                if !first.subsets.iter().any(|s| s.name == sub.name) {
+                    added.push(sub.name.clone());
+                    first.subsets.push(sub);
+                }
+            }
+            if first.traffic_policy.is_none() {
+                first.traffic_policy = dr.traffic_policy.clone();
+            }
+            let reason = format!(
+                "merged into DestinationRule {} (same host {}): subsets added: {}",
+                first.meta.key(),
+                first.host,
+                if added.is_empty() {
+                    "none".to_string()
+                } else {
+                    added.join(", ")
+                }
+            );
+            note(&mut ignored, &dr.meta, &reason);
+        } else {
+            destination_rules.push(dr);
+        }
+    }
+    // Istio's DestinationRule precedence for one host: the proxy's namespace, then the
+    // service's (other namespaces), then the root namespace; file order within each.
+    let rank = |dr: &DestinationRule| -> u8 {
+        if dr.meta.namespace == ctx.namespace {
+            0
+        } else if dr.meta.namespace != ROOT_NAMESPACE {
+            1
+        } else {
+            2
+        }
+    };
+    destination_rules.sort_by_key(|dr| rank(dr));
+    let answers = std::sync::Mutex::new(BTreeMap::new());
+    let recording = |name: &str| -> Vec<std::net::IpAddr> {
+        let ips = resolve(name);
+        if let Ok(mut a) = answers.lock() {
+            a.insert(name.to_string(), ips.clone());
+        }
+        ips
+    };
+    let endpoints = Arc::new(ServiceEntryEndpoints::new(&service_entries, &recording));
+    let dns = answers.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut snap = Snapshot {
+        generation,
+        hash,
+        source,
+        ctx: ctx.clone(),
+        virtual_services,
+        destination_rules,
+        service_entries,
+        sidecar,
+        ignored,
+        files,
+        skipped_files: Vec::new(),
+        endpoints,
+        index: Indexes::default(),
+        unknown_fields,
+        dns,
+        policy: PolicyKinds::default(),
+    };
+    snap.reindex();
+    snap
+}
+
+/// Load and validate a rules directory. Errors: the first problem found (all of them are in
+/// `load_dir_all`).
+pub fn load_dir(dir: &Path, ctx: &LoadContext, generation: u64) -> Result<Snapshot, LoadError> {
+    load_dir_all(dir, ctx, generation).map_err(|mut errs| errs.remove(0))
+}
+
+/// Like `load_dir`, returning every error (never an empty list).
+pub fn load_dir_all(
+    dir: &Path,
+    ctx: &LoadContext,
+    generation: u64,
+) -> Result<Snapshot, Vec<LoadError>> {
+    let inputs = load::read_inputs(dir).map_err(|e| vec![e])?;
+    load_inputs(&inputs, ctx, generation, &endpoints::system_resolver)
+}
+
+/// Decode and build from already-read inputs.
+pub fn load_inputs(
+    inputs: &load::Inputs,
+    ctx: &LoadContext,
+    generation: u64,
+    resolve: &endpoints::Resolver<'_>,
+) -> Result<Snapshot, Vec<LoadError>> {
+    let decoded = load::decode_inputs(inputs, ctx);
+    if !decoded.errors.is_empty() {
+        return Err(decoded.errors);
+    }
+    // An invalid trafficPolicy, corsPolicy or RateLimit rejects the set like any other error.
+    let policy = crate::lint::policy::decode(&inputs.files, &decoded.destination_rules, ctx)?;
+    let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
+    let mut snap = build_snapshot(
+        decoded,
+        ctx,
+        generation,
+        inputs.hash.clone(),
+        format!("files:{}", inputs.dir.display()),
+        files,
+        resolve,
+    );
+    snap.skipped_files = inputs.skipped.clone();
+    snap.policy = policy;
+    Ok(snap)
+}
+
+/// Build a snapshot from in-memory files (name, YAML text), as if they were a rules directory
+/// `source`. For tests and tools; DNS names resolve with the system resolver.
+pub fn snapshot_from_yaml(
+    files: &[(&str, &str)],
+    ctx: &LoadContext,
+    generation: u64,
+) -> Result<Snapshot, Vec<LoadError>> {
+    let mut sorted: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let hash = digest::content_hash(sorted.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    let inputs = load::Inputs {
+        dir: std::path::PathBuf::from("memory"),
+        files: sorted,
+        skipped: Vec::new(),
+        hash,
+    };
+    load_inputs(&inputs, ctx, generation, &endpoints::system_resolver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(number: u16, protocol: Option<&str>, name: Option<&str>) -> ServicePort {
+        ServicePort {
+            number,
+            protocol: protocol.map(str::to_string),
+            name: name.map(str::to_string),
+            target_port: None,
+        }
+    }
+
+    #[test]
+    fn app_protocols_as_istio_reads_them() {
+        assert_eq!(app_protocol_name("kubernetes.io/h2c"), Some("HTTP2"));
+        assert_eq!(app_protocol_name("kubernetes.io/ws"), Some("HTTP"));
+        assert_eq!(app_protocol_name("kubernetes.io/wss"), Some("TLS"));
+        assert_eq!(app_protocol_name("grpc"), Some("GRPC"));
+        assert_eq!(app_protocol_name("HTTP"), Some("HTTP"));
+        assert_eq!(app_protocol_name("mysql"), Some("TCP"));
+        assert_eq!(app_protocol_name("example.com/custom"), None);
+    }
+
+    #[test]
+    fn service_port_protocols() {
+        let cases = [
+            (port(80, Some("HTTP"), None), Some(Protocol::Http)),
+            (port(80, Some("http2"), None), Some(Protocol::Http2)),
+            (port(80, Some("GRPC"), Some("tcp-x")), Some(Protocol::Grpc)),
+            (port(80, Some("HTTPS"), None), Some(Protocol::Tls)),
+            (port(80, Some("MONGO"), None), Some(Protocol::Tcp)),
+            (port(80, Some("UDP"), None), None),
+            (port(80, None, Some("http")), Some(Protocol::Http)),
+            (port(80, None, Some("http-web")), Some(Protocol::Http)),
+            (port(80, None, Some("http2-api")), Some(Protocol::Http2)),
+            (port(80, None, Some("grpc-web")), Some(Protocol::Grpc)),
+            (port(80, None, Some("grpc-x")), Some(Protocol::Grpc)),
+            (port(80, None, Some("tcp-db")), Some(Protocol::Tcp)),
+            (port(80, None, Some("tls-x")), Some(Protocol::Tls)),
+            (port(80, None, Some("https")), Some(Protocol::Tls)),
+            (port(80, None, Some("redis-cache")), Some(Protocol::Tcp)),
+            (port(80, None, Some("mysql")), Some(Protocol::Tcp)),
+            (port(80, None, Some("web")), None),
+            (port(80, None, Some("httpx")), None),
+            (port(80, None, None), None),
+        ];
+        for (p, want) in cases {
+            assert_eq!(service_port_protocol(&p), want, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn export_to_table() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(exported_to(&[], "a", "b"));
+        assert!(exported_to(&s(&["*"]), "a", "b"));
+        assert!(exported_to(&s(&["."]), "a", "a"));
+        assert!(!exported_to(&s(&["."]), "a", "b"));
+        assert!(exported_to(&s(&["b"]), "a", "b"));
+        assert!(!exported_to(&s(&["c"]), "a", "b"));
+        assert!(!exported_to(&s(&["~"]), "a", "a"));
+    }
+
+    #[test]
+    fn load_error_display() {
+        let e = LoadError {
+            file: "r.yaml".into(),
+            document: 2,
+            field: "spec.hosts".into(),
+            reason: "at least one host is required".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "r.yaml doc 2: spec.hosts: at least one host is required"
+        );
+        let e = LoadError {
+            file: "r.yaml".into(),
+            document: 0,
+            field: String::new(),
+            reason: "cannot read: denied".into(),
+        };
+        assert_eq!(e.to_string(), "r.yaml: cannot read: denied");
+    }
+}
