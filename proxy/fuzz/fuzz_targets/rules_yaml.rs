@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
-use remora_proxy::route::{self, RequestInfo};
-use remora_proxy::rules::{self, load::Inputs, LoadContext};
+use remora_model::route::{self, RequestInfo};
+use remora_model::rules::{self, load::Inputs, LoadContext};
 
 fn ctx() -> LoadContext {
     LoadContext {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let no_dns = |_: &str| Vec::new();
     let loaded = rules::load_inputs(&inputs, &ctx, 1, &no_dns);
     if let Ok(text) = std::str::from_utf8(data) {
-        let report = remora_proxy::validate::run_files(&[("rules.yaml", text)], &ctx);
+        let report = remora_model::lint::run_files(&[("rules.yaml", text)], &ctx);
         let _ = report.summary_line();
         // The validator is the stricter of the two (it also reports, e.g., IST0109).
         assert!(
