@@ -15,7 +15,9 @@
 //! `rules::endpoints::Resolver` (DNS for `resolution: DNS`; `system_resolver` is the default).
 #![forbid(unsafe_code)]
 
+pub mod dump;
 pub mod lint;
 pub mod policy;
 pub mod route;
 pub mod rules;
+pub mod serde_util;

@@ -67,27 +67,27 @@ pub struct Forward {
     pub resolve_by_dns: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeaderOps {
-    #[serde(serialize_with = "crate::rules::model::pairs_as_map")]
+    #[serde(with = "crate::serde_util::pairs")]
     pub set: Vec<(String, String)>,
-    #[serde(serialize_with = "crate::rules::model::pairs_as_map")]
+    #[serde(with = "crate::serde_util::pairs")]
     pub add: Vec<(String, String)>,
     pub remove: Vec<String>,
 }
 
 /// The per-route policies as parsed from the VirtualService (applied by the policies work).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// `timeout` (Istio: none by default).
-    #[serde(with = "opt_duration")]
+    #[serde(with = "crate::serde_util::opt_secs")]
     pub timeout: Option<Duration>,
     pub retries: Option<RetryPolicy>,
     pub fault: Option<FaultPolicy>,
@@ -96,10 +96,10 @@ pub struct Policy {
 }
 
 /// `retries`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RetryPolicy {
     pub attempts: u32,
-    #[serde(with = "opt_duration")]
+    #[serde(with = "crate::serde_util::opt_secs")]
     pub per_try_timeout: Option<Duration>,
     /// `retryOn`, split on commas (e.g. `5xx`, `connect-failure`, `503`).
     pub retry_on: Vec<String>,
@@ -107,21 +107,21 @@ pub struct RetryPolicy {
 }
 
 /// `fault`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FaultPolicy {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FaultDelay {
-    #[serde(with = "duration_secs")]
+    #[serde(with = "crate::serde_util::secs")]
     pub fixed_delay: Duration,
     /// 0.0 ..= 100.0 (Istio: 100 when unset).
     pub percentage: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FaultAbort {
     pub http_status: Option<u16>,
     pub grpc_status: Option<String>,
@@ -130,7 +130,7 @@ pub struct FaultAbort {
 }
 
 /// One mirror target.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Mirror {
     /// FQDN.
     pub host: String,
@@ -138,27 +138,6 @@ pub struct Mirror {
     pub port: Option<u16>,
     /// 0.0 ..= 100.0 (Istio: 100 when unset).
     pub percentage: f64,
-}
-
-mod duration_secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}s", d.as_secs_f64()))
-    }
-}
-
-mod opt_duration {
-    pub fn serialize<S: serde::Serializer>(
-        d: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&format!("{}s", d.as_secs_f64())),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 /// Route one request: the most specific VirtualService for its authority, its first matching

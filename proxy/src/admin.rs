@@ -14,6 +14,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use remora_model::dump::{
+    ApiState, ConfigDump, ConfigSourceDump, DiscoveryDump, ListenerDump, RulesDump, WorkloadDump,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,53 +137,80 @@ impl AdminState {
     }
 
     /// The `/config_dump` document.
-    pub fn config_dump(&self) -> serde_json::Value {
+    pub fn config_dump(&self) -> ConfigDump {
         let snap = self.shared.snapshot.load();
         let s = &self.shared.settings;
         let bound = self.listeners_bound();
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "generation": snap.generation,
-            "hash": snap.hash,
-            "source": snap.source,
-            "rules_dir": self.rules_dir,
-            "rules": snap.summary(),
-            "listeners": [
-                {"name": "outbound", "address": s.outbound_addr.to_string(), "bound": bound,
-                 "fixed_target": s.fixed_outbound_target.map(|a| a.to_string())},
-                {"name": "inbound", "address": s.inbound_addr.to_string(), "bound": bound,
-                 "fixed_target": s.fixed_inbound_target.map(|a| a.to_string()),
-                 "source_address": s.inbound_bind.map(|a| a.to_string())},
-                {"name": "outbound-ipv6", "address": s.outbound_addr6.map(|a| a.to_string()), "bound": bound && s.outbound_addr6.is_some()},
-                {"name": "inbound-ipv6", "address": s.inbound_addr6.map(|a| a.to_string()), "bound": bound && s.inbound_addr6.is_some()},
+        let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+        ConfigDump {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: snap.generation,
+            hash: snap.hash.clone(),
+            source: snap.source.clone(),
+            rules_dir: self.rules_dir.clone(),
+            rules: RulesDump::of(&snap),
+            listeners: vec![
+                ListenerDump {
+                    name: "outbound".into(),
+                    address: Some(s.outbound_addr.to_string()),
+                    bound,
+                    fixed_target: addr(s.fixed_outbound_target),
+                    source_address: None,
+                },
+                ListenerDump {
+                    name: "inbound".into(),
+                    address: Some(s.inbound_addr.to_string()),
+                    bound,
+                    fixed_target: addr(s.fixed_inbound_target),
+                    source_address: s.inbound_bind.map(|a| a.to_string()),
+                },
+                ListenerDump {
+                    name: "outbound-ipv6".into(),
+                    address: addr(s.outbound_addr6),
+                    bound: bound && s.outbound_addr6.is_some(),
+                    fixed_target: None,
+                    source_address: None,
+                },
+                ListenerDump {
+                    name: "inbound-ipv6".into(),
+                    address: addr(s.inbound_addr6),
+                    bound: bound && s.inbound_addr6.is_some(),
+                    fixed_target: None,
+                    source_address: None,
+                },
             ],
-            "workload": {"name": s.workload.name, "namespace": s.workload.namespace},
-            "sniff_timeout_ms": s.sniff_timeout.as_millis() as u64,
-            "app_probes": self.probers.probes.keys().collect::<Vec<_>>(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "policies": self.shared.policies.dump(),
-            "config_source": match &self.rules_sources {
-                Some(r) => r.dump(),
-                None => serde_json::json!({
-                    "source": crate::discovery::rules_api::source_kind(&snap.source),
-                    "generation": snap.generation,
-                    "hash": snap.hash,
-                    "api": {"status": "off"},
-                }),
+            workload: WorkloadDump {
+                name: s.workload.name.clone(),
+                namespace: s.workload.namespace.clone(),
             },
-            "discovery": self.discovery_dump(),
-        })
+            sniff_timeout_ms: s.sniff_timeout.as_millis() as u64,
+            app_probes: self.probers.probes.keys().cloned().collect(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            policies: self.shared.policies.dump(),
+            config_source: match &self.rules_sources {
+                Some(r) => r.dump(),
+                None => ConfigSourceDump {
+                    source: crate::discovery::rules_api::source_kind(&snap.source).to_string(),
+                    generation: snap.generation,
+                    hash: snap.hash.clone(),
+                    configmap: None,
+                    api: ApiState {
+                        status: "off".into(),
+                        ..ApiState::default()
+                    },
+                },
+            },
+            discovery: self.discovery_dump(),
+        }
     }
 
     /// `/config_dump`'s `discovery` section: the watches and index, and what readiness waits for.
-    fn discovery_dump(&self) -> serde_json::Value {
+    fn discovery_dump(&self) -> DiscoveryDump {
         let mut d = match &self.discovery {
             Some(d) => d.dump(),
-            None => serde_json::json!({"status": "off"}),
+            None => DiscoveryDump::off(),
         };
-        if let (Some(g), Some(obj)) = (&self.ready_gate, d.as_object_mut()) {
-            obj.insert("readiness".into(), g.dump());
-        }
+        d.readiness = self.ready_gate.as_ref().map(|g| g.dump());
         d
     }
 }

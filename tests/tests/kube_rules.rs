@@ -278,7 +278,7 @@ async fn forbidden_configmap_leaves_the_files_in_charge() {
         Outcome::Applied(2)
     );
     assert_eq!(subset_in_effect(&store).as_deref(), Some("v2"));
-    assert_eq!(sources.dump()["source"], "files");
+    assert_eq!(sources.dump().source, "files");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.requests().len(), 1, "a 403 is not retried in a loop");
     watcher.abort();

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::route::Endpoint;
 
 /// What a `consistentHash` hashes on.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HashKey {
     Header(String),
     Cookie(String),
@@ -20,7 +20,7 @@ pub enum HashKey {
 }
 
 /// `loadBalancer`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LbPolicy {
     /// Istio's default when `loadBalancer` is unset or `UNSPECIFIED`.
     #[default]

@@ -19,27 +19,28 @@ use serde_json::Value;
 pub const UNLIMITED: u64 = u32::MAX as u64;
 
 /// The parsed `connectionPool`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolConfig {
     pub max_connections: u64,
-    #[serde(skip)]
+    #[serde(with = "crate::serde_util::secs")]
     pub connect_timeout: Duration,
-    #[serde(skip)]
     pub tcp_keepalive: Option<TcpKeepalive>,
     pub http1_max_pending_requests: u64,
     pub http2_max_requests: u64,
     /// 0 = unlimited.
     pub max_requests_per_connection: u64,
     pub max_retries: u64,
-    #[serde(skip)]
+    #[serde(with = "crate::serde_util::opt_secs")]
     pub idle_timeout: Option<Duration>,
 }
 
 /// `tcp.tcpKeepalive`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
+    #[serde(with = "crate::serde_util::opt_secs")]
     pub time: Option<Duration>,
+    #[serde(with = "crate::serde_util::opt_secs")]
     pub interval: Option<Duration>,
 }
 

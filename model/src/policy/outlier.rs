@@ -15,21 +15,17 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The configuration.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OutlierConfig {
     /// `None` = disabled (0).
     pub consecutive_5xx: Option<u32>,
     pub consecutive_gateway: Option<u32>,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::serde_util::secs")]
     pub interval: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(with = "crate::serde_util::secs")]
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
-}
-
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{}s", d.as_secs_f64()))
 }
 
 /// Envoy's cap on one ejection.

@@ -24,7 +24,7 @@ pub const API_VERSION: &str = "remora.dev/v1alpha1";
 pub const KIND: &str = "RateLimit";
 
 /// One `RateLimit` resource.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimitRule {
     /// `namespace/name`.
     pub key: String,
@@ -32,7 +32,7 @@ pub struct RateLimitRule {
     pub host: String,
     pub route: Option<String>,
     pub requests_per_unit: u64,
-    #[serde(skip)]
+    #[serde(with = "crate::serde_util::secs")]
     pub unit: Duration,
     pub unit_name: String,
     pub burst: u64,

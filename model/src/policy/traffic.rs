@@ -10,7 +10,7 @@ use crate::rules::DestinationRule;
 
 /// `tls.mode` to an upstream: the summary other tools print. `TrafficPolicy::tls_settings`
 /// holds every field and is what the proxy acts on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TlsMode {
     #[default]
     Disable,
@@ -27,7 +27,7 @@ pub enum TlsMode {
 }
 
 /// The `tls.mode` values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TlsKind {
     #[default]
     #[serde(rename = "DISABLE")]
@@ -43,7 +43,7 @@ pub enum TlsKind {
 }
 
 /// Every field of a `tls` setting (`ClientTLSSettings`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsSettings {
     pub mode: TlsKind,
     /// `caCertificates`: PEM file; `None` = the system roots.
@@ -100,7 +100,7 @@ impl TlsSettings {
 }
 
 /// The interpreted policy of one destination.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrafficPolicy {
     pub load_balancer: lb::LbPolicy,
     pub connection_pool: limits::PoolConfig,

@@ -266,7 +266,7 @@ fn string_match(v: &Value, field: &str, allow_empty: bool) -> R<StringMatch> {
 }
 
 /// Compile an RE2-style pattern for a full match.
-fn compile_regex(src: &str, field: &str) -> R<regex::Regex> {
+pub(crate) fn compile_regex(src: &str, field: &str) -> R<regex::Regex> {
     regex::RegexBuilder::new(&format!("^(?:{src})$"))
         .size_limit(1 << 20)
         .build()

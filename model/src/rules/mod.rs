@@ -118,7 +118,7 @@ impl fmt::Debug for Snapshot {
 }
 
 /// Rule counts of a snapshot, for logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub virtual_services: usize,
     pub http_routes: usize,
@@ -212,26 +212,10 @@ impl Snapshot {
         }
     }
 
-    /// For `/config_dump`: generation, hash, source and the rules in effect.
+    /// For `/config_dump`: generation, hash, source and the rules in effect (the JSON of
+    /// `dump::RulesDump`).
     pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "generation": self.generation,
-            "hash": self.hash,
-            "source": self.source,
-            "namespace": self.ctx.namespace,
-            "cluster_domain": self.ctx.cluster_domain,
-            "pod_labels": self.ctx.pod_labels,
-            "files": self.files,
-            "skipped_files": self.skipped_files.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>(),
-            "counts": self.counts(),
-            "virtual_services": self.virtual_services,
-            "destination_rules": self.destination_rules,
-            "service_entries": self.service_entries,
-            "sidecar": self.sidecar,
-            "ignored": self.ignored,
-            "unknown_fields": self.unknown_fields.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            "dns": self.dns,
-        })
+        serde_json::to_value(crate::dump::RulesDump::of(self)).unwrap_or_default()
     }
 
     /// The protocol of destination `dst` (and `host`, when known) according to the

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::route::{HeaderOps, Policy};
 
 /// Where a resource came from, for messages and `/config_dump`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     pub kind: String,
     pub api_version: String,
@@ -66,6 +66,36 @@ impl Serialize for StringMatch {
     }
 }
 
+impl<'de> Deserialize<'de> for StringMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, String>::deserialize(d)?;
+        let mut it = m.into_iter();
+        let out = match it.next() {
+            None => StringMatch::Present,
+            Some((k, v)) => match k.as_str() {
+                "exact" => StringMatch::Exact(v),
+                "prefix" => StringMatch::Prefix(v),
+                "regex" => {
+                    let re = crate::rules::decode::compile_regex(&v, "regex")
+                        .map_err(|e| serde::de::Error::custom(e.reason))?;
+                    StringMatch::Regex(v, re)
+                }
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "{other:?} is not exact, prefix or regex"
+                    )))
+                }
+            },
+        };
+        if let Some((k, _)) = it.next() {
+            return Err(serde::de::Error::custom(format!(
+                "one of exact, prefix or regex expected, also got {k:?}"
+            )));
+        }
+        Ok(out)
+    }
+}
+
 impl StringMatch {
     /// Does `value` match? `ignore_case` applies to exact and prefix (Istio's `ignoreUriCase`).
     pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
@@ -93,43 +123,47 @@ impl StringMatch {
 }
 
 /// One `HTTPMatchRequest`: all its conditions must hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpMatch {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<StringMatch>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<StringMatch>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<StringMatch>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<StringMatch>,
     /// Lower-cased header names.
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::serde_util::pairs"
+    )]
     pub headers: Vec<(String, StringMatch)>,
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::serde_util::pairs"
+    )]
     pub without_headers: Vec<(String, StringMatch)>,
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::serde_util::pairs"
+    )]
     pub query_params: Vec<(String, StringMatch)>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_uri_case: bool,
-}
-
-/// Serialize `(name, value)` pairs as a mapping, the shape Istio's YAML has.
-pub(crate) fn pairs_as_map<S: serde::Serializer, V: Serialize>(
-    v: &[(String, V)],
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_map(v.iter().map(|(k, v)| (k, v)))
 }
 
 impl HttpMatch {
@@ -150,18 +184,18 @@ impl HttpMatch {
 }
 
 /// A route destination (`destination`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destination {
     /// Fully qualified host.
     pub host: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
 
 /// Request and response header operations.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Headers {
     pub request: HeaderOps,
     pub response: HeaderOps,
@@ -174,22 +208,22 @@ impl Headers {
 }
 
 /// `HTTPRouteDestination`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightedDestination {
     pub destination: Destination,
     /// As written; `None` when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
-    #[serde(skip_serializing_if = "Headers::is_empty")]
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
     pub headers: Headers,
 }
 
 /// `HTTPRewrite`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Rewrite {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
     /// `uriRegexRewrite`: the pattern and the replacement (Istio's `\1` already turned into `${1}`).
     #[serde(skip)]
@@ -206,69 +240,69 @@ impl PartialEq for Rewrite {
 }
 
 /// `HTTPRedirect`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redirect {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `derivePort: FROM_REQUEST_PORT`.
     pub derive_port_from_request: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
     /// `redirectCode` (default 301).
     pub code: u16,
 }
 
 /// `HTTPDirectResponse`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectResponse {
     pub status: u16,
     pub body: String,
 }
 
 /// One `HTTPRoute`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRoute {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Field path of this route, e.g. `spec.http[1]`.
     #[serde(skip)]
     pub path: String,
     /// `match`: ORed; empty = every request.
-    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpMatch>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<WeightedDestination>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
-    #[serde(skip_serializing_if = "Headers::is_empty")]
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
     pub headers: Headers,
     pub policy: Policy,
 }
 
 /// A VirtualService.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VirtualService {
     pub meta: Meta,
     /// Fully qualified (short names resolved in the VirtualService's namespace); may be wildcards.
     pub hosts: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     pub http: Vec<HttpRoute>,
     /// `tcp` routes (for opaque TCP to this host; see `route::route_tcp`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<L4Route>,
     /// `tls` routes (by SNI; see `route::route_tcp`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<L4Route>,
     /// Whether this VirtualService applies to sidecars (`gateways` absent or contains `mesh`,
     /// or some match names `mesh`).
@@ -276,62 +310,66 @@ pub struct VirtualService {
 }
 
 /// One `L4MatchAttributes` / `TLSMatchAttributes` block: all its conditions must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L4Match {
     /// `sniHosts` (TLS routes only; required there): lower-cased, may be wildcards.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sni_hosts: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "nets")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::serde_util::nets"
+    )]
     pub destination_subnets: Vec<ipnet::IpNet>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
 }
 
 /// A `tcp` or `tls` route.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct L4Route {
     /// Field path, e.g. `spec.tcp[0]`.
     #[serde(skip)]
     pub path: String,
-    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<L4Match>,
     pub route: Vec<WeightedDestination>,
 }
 
 /// A DestinationRule subset.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// The subset's `trafficPolicy` as written (the policies work interprets it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<serde_json::Value>,
 }
 
 /// A DestinationRule.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DestinationRule {
     pub meta: Meta,
     /// Fully qualified; may be a wildcard.
     pub host: String,
     pub subsets: Vec<Subset>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     /// `trafficPolicy` as written (the policies work interprets it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 /// ServiceEntry `resolution`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
     None,
@@ -341,55 +379,55 @@ pub enum Resolution {
 }
 
 /// A ServiceEntry port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     pub number: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
 }
 
 /// A ServiceEntry endpoint (`WorkloadEntry` shape).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadEntry {
     /// IP literal (STATIC) or host name / IP (DNS).
     pub address: String,
     /// Port name → port number.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, u16>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }
 
-fn nets<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|n| n.to_string()))
-}
-
 /// A ServiceEntry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub meta: Meta,
     /// Fully qualified; may be wildcards.
     pub hosts: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "nets")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::serde_util::nets"
+    )]
     pub addresses: Vec<ipnet::IpNet>,
     pub ports: Vec<ServicePort>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     pub resolution: Resolution,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<WorkloadEntry>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
 }
 
 /// One `egress[].hosts` entry: `namespace/dnsName`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressHost {
     /// `.` already replaced by the Sidecar's namespace; `*` any; `~` none.
     pub namespace: String,
@@ -398,18 +436,18 @@ pub struct EgressHost {
 }
 
 /// A Sidecar `egress` listener.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressListener {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     pub hosts: Vec<EgressHost>,
 }
 
 /// A Sidecar.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sidecar {
     pub meta: Meta,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<BTreeMap<String, String>>,
     pub egress: Vec<EgressListener>,
     /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
@@ -417,7 +455,7 @@ pub struct Sidecar {
 }
 
 /// A document that was read but not applied (Gateway, unknown kind, other gateways' VS).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ignored {
     pub file: String,
     pub document: usize,

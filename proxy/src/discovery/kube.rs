@@ -3,7 +3,7 @@
 //! and the watcher of the rules ConfigMap. Everything here is I/O; the decisions are in
 //! `store.rs`, `mod.rs` (scope) and `rules_api.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -119,19 +119,7 @@ pub fn client_for(mode: &str, namespace: &str) -> Result<ApiMode, String> {
 }
 
 /// Status for `/config_dump`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Status {
-    pub scope: String,
-    pub namespaces: Vec<String>,
-    pub services: usize,
-    pub endpoints: usize,
-    pub pods: usize,
-    pub slices: usize,
-    pub label_sets: usize,
-    /// `resource in part` → `listing`, `watching`, `forbidden`, `error: ...`.
-    pub watches: BTreeMap<String, String>,
-    pub index_builds: u64,
-}
+pub type Status = remora_model::dump::WatchStatus;
 
 /// How far the watches of the current scope are, for readiness (`ready.rs`).
 #[derive(Debug, Default)]
@@ -240,13 +228,14 @@ impl Discovery {
 
     /// The `/config_dump` block: the status, the host names and the index itself (ports and
     /// endpoints per host, bounded by `DumpLimits::DEFAULT`).
-    pub fn dump(&self) -> serde_json::Value {
+    pub fn dump(&self) -> remora_model::dump::DiscoveryDump {
         let idx = self.endpoints.index.load();
-        serde_json::json!({
-            "status": self.status(),
-            "hosts": idx.host_names(),
-            "index": idx.dump(DumpLimits::DEFAULT),
-        })
+        remora_model::dump::DiscoveryDump {
+            status: remora_model::dump::DiscoveryStatus::Running(self.status()),
+            hosts: idx.host_names().into_iter().map(str::to_string).collect(),
+            index: Some(idx.dump(DumpLimits::DEFAULT)),
+            readiness: None,
+        }
     }
 
     /// Which watches of the current scope have completed their first list (and are in the

@@ -284,30 +284,32 @@ impl ReadyGate {
     }
 
     /// The `/config_dump` block (`discovery.readiness`).
-    pub fn dump(&self) -> serde_json::Value {
+    pub fn dump(&self) -> remora_model::dump::ReadinessDump {
         let state = self.check();
         let detail = self.describe(&state);
-        let timeout = self.timeout.as_secs_f64();
+        let timeout_seconds = self.timeout.as_secs_f64();
         match state {
-            GateState::Open(o) => serde_json::json!({
-                "state": o.state(),
-                "after_seconds": o.after.as_secs_f64(),
-                "timeout_seconds": timeout,
-                "waiting_for": match &o.why {
+            GateState::Open(o) => remora_model::dump::ReadinessDump {
+                state: o.state().to_string(),
+                after_seconds: Some(o.after.as_secs_f64()),
+                elapsed_seconds: None,
+                timeout_seconds,
+                waiting_for: match &o.why {
                     Why::Timeout { pending } => pending.clone(),
                     _ => Vec::new(),
                 },
-                "detail": detail,
-            }),
+                detail,
+            },
             GateState::Waiting {
                 pending, elapsed, ..
-            } => serde_json::json!({
-                "state": "waiting",
-                "elapsed_seconds": elapsed.as_secs_f64(),
-                "timeout_seconds": timeout,
-                "waiting_for": pending,
-                "detail": detail,
-            }),
+            } => remora_model::dump::ReadinessDump {
+                state: "waiting".to_string(),
+                after_seconds: None,
+                elapsed_seconds: Some(elapsed.as_secs_f64()),
+                timeout_seconds,
+                waiting_for: pending,
+                detail,
+            },
         }
     }
 }
@@ -411,6 +413,6 @@ mod tests {
         assert_eq!(human(Duration::from_millis(1500)), "1.5s");
         // No discovery and no ConfigMap watch: open at once, and it stays open.
         assert!(gate.check().is_open());
-        assert_eq!(gate.dump()["state"], "not waiting");
+        assert_eq!(gate.dump().state, "not waiting");
     }
 }

@@ -198,15 +198,23 @@ impl RulesSources {
     }
 
     /// The `/config_dump` block: which source and generation is live, and the API side.
-    pub fn dump(&self) -> serde_json::Value {
+    pub fn dump(&self) -> remora_model::dump::ConfigSourceDump {
         let snap = self.store.load();
-        serde_json::json!({
-            "source": source_kind(&snap.source),
-            "generation": snap.generation,
-            "hash": snap.hash,
-            "configmap": self.configmap,
-            "api": self.api_state(),
-        })
+        let a = self.api_state();
+        remora_model::dump::ConfigSourceDump {
+            source: source_kind(&snap.source).to_string(),
+            generation: snap.generation,
+            hash: snap.hash.clone(),
+            configmap: Some(self.configmap.clone()),
+            api: remora_model::dump::ApiState {
+                status: a.status,
+                live: a.live,
+                hash: a.hash,
+                resource_version: a.resource_version,
+                updates: a.updates,
+                error: a.error,
+            },
+        }
     }
 }
 
@@ -412,8 +420,8 @@ mod tests {
         );
         assert_eq!(source_kind(&store.load().source), "files");
         let dump = src.dump();
-        assert_eq!(dump["source"], "files");
-        assert_eq!(dump["generation"], 3);
-        assert_eq!(dump["api"]["status"], "forbidden");
+        assert_eq!(dump.source, "files");
+        assert_eq!(dump.generation, 3);
+        assert_eq!(dump.api.status, "forbidden");
     }
 }

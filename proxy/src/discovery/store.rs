@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use remora_model::dump::{EndpointDump, HostDump, IndexDump, IndexLimits, PortDump};
+
 use crate::route::Endpoint;
 use crate::rules::EndpointSource;
 
@@ -476,8 +478,7 @@ impl Index {
     /// stay shared; only the JSON is new): per host (sorted) its ports with their names, target
     /// ports and endpoint counts, and per port the endpoints (address, pod, labels), at most
     /// `limits.per_host` per host and `limits.total` in all, with what was left out.
-    pub fn dump(&self, limits: DumpLimits) -> serde_json::Value {
-        use serde_json::{json, Map, Value};
+    pub fn dump(&self, limits: DumpLimits) -> IndexDump {
         let mut listed_total = 0usize;
         let mut omitted_total = 0usize;
         let mut hosts_truncated = 0usize;
@@ -498,54 +499,47 @@ impl Index {
                 listed_host += shown;
                 listed_total += shown;
                 omitted_host += p.endpoints.len() - shown;
-                let mut targets: Vec<u16> = p.endpoints.iter().map(|e| e.addr.port()).collect();
-                targets.sort_unstable();
-                targets.dedup();
-                let eps: Vec<Value> = p.endpoints[..shown]
+                let mut target_ports: Vec<u16> =
+                    p.endpoints.iter().map(|e| e.addr.port()).collect();
+                target_ports.sort_unstable();
+                target_ports.dedup();
+                let endpoints = p.endpoints[..shown]
                     .iter()
-                    .map(|e| {
-                        let mut m = Map::new();
-                        m.insert("address".into(), Value::String(e.addr.to_string()));
-                        if let Some(pod) = &e.pod {
-                            m.insert("pod".into(), Value::String(pod.to_string()));
-                        }
-                        if let Some(l) = &e.labels {
-                            m.insert("labels".into(), json!(&**l));
-                        }
-                        Value::Object(m)
+                    .map(|e| EndpointDump {
+                        address: e.addr.to_string(),
+                        pod: e.pod.as_ref().map(|p| p.to_string()),
+                        labels: e.labels.as_ref().map(|l| (**l).clone()),
                     })
                     .collect();
-                let mut pm = Map::new();
-                pm.insert("port".into(), json!(p.port));
-                if let Some(n) = &p.name {
-                    pm.insert("name".into(), json!(&**n));
-                }
-                pm.insert("target_ports".into(), json!(targets));
-                pm.insert("endpoint_count".into(), json!(p.endpoints.len()));
-                pm.insert("endpoints".into(), Value::Array(eps));
-                ports.push(Value::Object(pm));
+                ports.push(PortDump {
+                    port: p.port,
+                    name: p.name.as_ref().map(|n| n.to_string()),
+                    target_ports,
+                    endpoint_count: p.endpoints.len(),
+                    endpoints,
+                });
             }
             if omitted_host > 0 {
                 hosts_truncated += 1;
             }
             omitted_total += omitted_host;
-            out.push(json!({
-                "host": name,
-                "ports": ports,
-                "endpoints_omitted": omitted_host,
-            }));
+            out.push(HostDump {
+                host: name.to_string(),
+                ports,
+                endpoints_omitted: omitted_host,
+            });
         }
-        json!({
-            "limits": {
-                "endpoints_per_host": limits.per_host,
-                "endpoints_total": limits.total,
+        IndexDump {
+            limits: IndexLimits {
+                endpoints_per_host: limits.per_host,
+                endpoints_total: limits.total,
             },
-            "indexed": "ready and not terminating endpoints only, on TCP service ports",
-            "endpoints_listed": listed_total,
-            "endpoints_omitted": omitted_total,
-            "hosts_truncated": hosts_truncated,
-            "hosts": out,
-        })
+            indexed: "ready and not terminating endpoints only, on TCP service ports".into(),
+            endpoints_listed: listed_total,
+            endpoints_omitted: omitted_total,
+            hosts_truncated,
+            hosts: out,
+        }
     }
 }
 
@@ -1041,7 +1035,7 @@ mod tests {
         let s = reviews_store();
         let d = publish(&s, &all);
         let idx = d.index.load();
-        let v = idx.dump(DumpLimits::DEFAULT);
+        let v = serde_json::to_value(idx.dump(DumpLimits::DEFAULT)).unwrap();
         assert_eq!(v["limits"]["endpoints_per_host"], 100);
         assert_eq!(v["limits"]["endpoints_total"], 5000);
         assert_eq!(
@@ -1122,10 +1116,11 @@ mod tests {
         let idx = d.index.load();
         assert_eq!(idx.endpoints, 24);
         // 5 per host, 12 in all: a gets 5 (4 on port 80, 1 on 90), b 5, c the 2 left.
-        let v = idx.dump(DumpLimits {
+        let v = serde_json::to_value(idx.dump(DumpLimits {
             per_host: 5,
             total: 12,
-        });
+        }))
+        .unwrap();
         let listed_per_host: Vec<(usize, usize, u64)> = v["hosts"]
             .as_array()
             .unwrap()
@@ -1147,7 +1142,7 @@ mod tests {
         assert_eq!(v["hosts"][2]["ports"][1]["endpoint_count"], 4);
         assert_eq!(v["hosts"][2]["ports"][1]["name"], "grpc");
         // Unbounded enough: nothing left out.
-        let v = idx.dump(DumpLimits::DEFAULT);
+        let v = serde_json::to_value(idx.dump(DumpLimits::DEFAULT)).unwrap();
         assert_eq!(
             (
                 v["endpoints_listed"].as_u64(),
@@ -1219,7 +1214,7 @@ mod tests {
         let d = publish(&s, &all);
         let idx = d.index.load();
         assert_eq!((idx.services, idx.endpoints), (1000, 10_000));
-        let v = idx.dump(DumpLimits::DEFAULT);
+        let v = serde_json::to_value(idx.dump(DumpLimits::DEFAULT)).unwrap();
         assert_eq!(v["endpoints_listed"], 5000);
         assert_eq!(v["endpoints_omitted"], 5000);
         assert_eq!(v["hosts_truncated"], 500);

@@ -71,14 +71,7 @@ impl Drop for Counted {
 pub struct RetryToken(#[allow(dead_code)] Counted);
 
 /// A point-in-time view for `/config_dump` and tests.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PoolStats {
-    pub active_requests: u64,
-    pub pending_requests: u64,
-    pub connections_in_use: u64,
-    pub active_retries: u64,
-    pub overflows_total: u64,
-}
+pub use remora_model::dump::PoolStats;
 
 /// Increment `c` unless it is at `max`.
 fn try_inc(c: &Arc<AtomicU64>, max: u64) -> Option<Counted> {

@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use remora_model::dump::{DestinationDump, OutlierDump, PoliciesDump};
+
 use crate::route::Endpoint;
 use crate::rules::Snapshot;
 
@@ -212,21 +214,24 @@ impl Destination {
             .inc();
     }
 
-    fn dump(&self) -> serde_json::Value {
+    fn dump(&self) -> DestinationDump {
         let now = Instant::now();
-        serde_json::json!({
-            "host": self.host,
-            "subset": self.subset,
-            "port": self.port,
-            "policy": self.policy,
-            "policy_error": self.policy_error,
-            "connection_pool": self.pool.stats(),
-            "tls": self.policy.tls_settings.summary(),
-            "tls_error": self.tls.as_ref().err(),
-            "outlier_detection": self.outlier.as_ref().and_then(|m| m.lock().ok()).map(|d| {
-                serde_json::json!({"config": d.config, "endpoints": d.states(now)})
+        DestinationDump {
+            host: self.host.clone(),
+            subset: self.subset.clone(),
+            port: self.port,
+            policy: self.policy.clone(),
+            policy_error: self.policy_error.clone(),
+            connection_pool: self.pool.stats(),
+            tls: self.policy.tls_settings.summary(),
+            tls_error: self.tls.as_ref().err().cloned(),
+            outlier_detection: self.outlier.as_ref().and_then(|m| m.lock().ok()).map(|d| {
+                OutlierDump {
+                    config: d.config.clone(),
+                    endpoints: d.states(now),
+                }
             }),
-        })
+        }
     }
 }
 
@@ -237,7 +242,6 @@ impl Destination {
 struct RateLimits {
     hash: String,
     limiters: Vec<Arc<ratelimit::Limiter>>,
-    error: Option<String>,
 }
 
 /// `x-ratelimit-*` headers.
@@ -415,7 +419,6 @@ impl Policies {
                 "RateLimit rules applied"
             );
         }
-        rl.error = None;
         rl.hash = snap.hash.clone();
     }
 
@@ -467,18 +470,28 @@ impl Policies {
     }
 
     /// State for `/config_dump`.
-    pub fn dump(&self) -> serde_json::Value {
-        let mut dests: Vec<serde_json::Value> = match self.dests.lock() {
+    pub fn dump(&self) -> PoliciesDump {
+        let mut destinations: Vec<DestinationDump> = match self.dests.lock() {
             Ok(m) => m.map.values().map(|d| d.dump()).collect(),
             Err(_) => vec![],
         };
-        dests.sort_by_key(|v| v.to_string());
-        let rl = self.rate_limits.lock().ok();
-        serde_json::json!({
-            "destinations": dests,
-            "rate_limits": rl.as_ref().map(|r| r.limiters.iter().map(|l| &l.rule).collect::<Vec<_>>()),
-            "rate_limit_error": rl.as_ref().and_then(|r| r.error.clone()),
-        })
+        destinations.sort_by(|a, b| {
+            (&a.host, &a.subset, a.port, &a.policy_error).cmp(&(
+                &b.host,
+                &b.subset,
+                b.port,
+                &b.policy_error,
+            ))
+        });
+        let rate_limits = self
+            .rate_limits
+            .lock()
+            .map(|r| r.limiters.iter().map(|l| l.rule.clone()).collect())
+            .unwrap_or_default();
+        PoliciesDump {
+            destinations,
+            rate_limits,
+        }
     }
 }
 
@@ -509,14 +522,14 @@ mod tests {
         let ep = SocketAddr::from(([127, 0, 0, 1], 1));
         a.record(ep, outlier::Observed::Status(503), 3);
         let dump = p.dump();
-        let eps = &dump["destinations"][0]["outlier_detection"]["endpoints"];
-        assert_eq!(eps[0]["ejected"], true, "{dump}");
+        let od = dump.destinations[0].outlier_detection.as_ref();
+        assert!(od.is_some_and(|o| o.endpoints[0].ejected), "{dump:?}");
         // a rule change starts a fresh state
         let s2 = snap(&y1.replace("ROUND_ROBIN", "RANDOM"));
         let c = p.destination(&s2, host, None, 80);
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.policy.load_balancer, lb::LbPolicy::Random);
-        assert_eq!(p.dump()["destinations"].as_array().map(Vec::len), Some(1));
+        assert_eq!(p.dump().destinations.len(), 1);
         // a later generation with the same policy keeps the state; other ports have their own
         let s3 = crate::rules::snapshot_from_yaml(
             &[("r.yaml", y1.replace("ROUND_ROBIN", "RANDOM").as_str())],
@@ -579,7 +592,7 @@ mod tests {
         let limited = p.rate_limit(&s, host, None).unwrap_err();
         assert_eq!(limited[0], ("x-ratelimit-limit", "2".to_string()));
         assert_eq!(limited[1], ("x-ratelimit-remaining", "0".to_string()));
-        assert_eq!(p.dump()["rate_limits"][0]["key"], "default/rl");
+        assert_eq!(p.dump().rate_limits[0].key, "default/rl");
     }
 
     #[test]

@@ -53,17 +53,7 @@ pub struct Detector {
 }
 
 /// One endpoint's state for `/config_dump`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HostState {
-    pub address: String,
-    pub ejected: bool,
-    /// Milliseconds left in the ejection.
-    pub ejected_for_ms: u64,
-    pub consecutive_5xx: u32,
-    pub consecutive_gateway_errors: u32,
-    pub ejection_multiplier: u32,
-    pub ejections_total: u64,
-}
+pub use remora_model::dump::HostState;
 
 impl Detector {
     pub fn new(config: OutlierConfig, now: Instant) -> Self {

@@ -1,0 +1,323 @@
+//! `/config_dump`: what one proxy has loaded and what its live state is, as typed structs. The
+//! proxy serves them (`remora-proxy`'s admin port) and the CLI (`remora proxy-config`,
+//! `remora describe`, `remora proxy-status`) reads them back into the same types, so the
+//! contract between the two is checked by the compiler and by a round-trip test.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::outlier::OutlierConfig;
+use crate::policy::ratelimit::RateLimitRule;
+use crate::policy::traffic::TrafficPolicy;
+use crate::rules::{
+    Counts, DestinationRule, Ignored, ServiceEntry, Sidecar, Snapshot, VirtualService,
+};
+
+/// The whole document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDump {
+    /// The proxy's version (its crate version).
+    pub version: String,
+    pub generation: u64,
+    pub hash: String,
+    pub source: String,
+    pub rules_dir: String,
+    pub rules: RulesDump,
+    pub listeners: Vec<ListenerDump>,
+    pub workload: WorkloadDump,
+    pub sniff_timeout_ms: u64,
+    /// The app probe paths the proxy answers (`/app-health/<container>/<kind>`).
+    pub app_probes: Vec<String>,
+    pub uptime_seconds: u64,
+    pub policies: PoliciesDump,
+    pub config_source: ConfigSourceDump,
+    pub discovery: DiscoveryDump,
+}
+
+/// The rule set in effect (one snapshot).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RulesDump {
+    pub generation: u64,
+    pub hash: String,
+    pub source: String,
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub pod_labels: BTreeMap<String, String>,
+    pub files: Vec<String>,
+    /// `name: why` per entry of the rules directory that was not read.
+    pub skipped_files: Vec<String>,
+    pub counts: Counts,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub sidecar: Option<Sidecar>,
+    pub ignored: Vec<Ignored>,
+    /// One line per field Istio's API does not define (accepted and ignored).
+    pub unknown_fields: Vec<String>,
+    /// `resolution: DNS` names resolved while loading, and their answers.
+    pub dns: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl RulesDump {
+    pub fn of(snap: &Snapshot) -> RulesDump {
+        RulesDump {
+            generation: snap.generation,
+            hash: snap.hash.clone(),
+            source: snap.source.clone(),
+            namespace: snap.ctx.namespace.clone(),
+            cluster_domain: snap.ctx.cluster_domain.clone(),
+            pod_labels: snap.ctx.pod_labels.clone(),
+            files: snap.files.clone(),
+            skipped_files: snap
+                .skipped_files
+                .iter()
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect(),
+            counts: snap.counts(),
+            virtual_services: snap.virtual_services.clone(),
+            destination_rules: snap.destination_rules.clone(),
+            service_entries: snap.service_entries.clone(),
+            sidecar: snap.sidecar.clone(),
+            ignored: snap.ignored.clone(),
+            unknown_fields: snap.unknown_fields.iter().map(|e| e.to_string()).collect(),
+            dns: snap.dns.clone(),
+        }
+    }
+}
+
+/// One capture listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerDump {
+    /// `outbound`, `inbound`, `outbound-ipv6`, `inbound-ipv6`.
+    pub name: String,
+    /// `None` for an IPv6 listener that is not configured.
+    pub address: Option<String>,
+    pub bound: bool,
+    /// A fixed target instead of the original destination (tests and benchmarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_target: Option<String>,
+    /// The source address of inbound connections to the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+}
+
+/// The workload this proxy reports as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadDump {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// Live policy state: per destination used so far, and the rate limiters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoliciesDump {
+    pub destinations: Vec<DestinationDump>,
+    pub rate_limits: Vec<RateLimitRule>,
+}
+
+/// One destination (host, subset, port) with its effective policy and live counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestinationDump {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+    pub policy: TrafficPolicy,
+    /// Why the DestinationRule's policy was not applied (defaults were used), if so.
+    pub policy_error: Option<String>,
+    pub connection_pool: PoolStats,
+    /// One line: `DISABLE`, `SIMPLE sni=...`, `MUTUAL cert=... key=...`, ...
+    pub tls: String,
+    pub tls_error: Option<String>,
+    pub outlier_detection: Option<OutlierDump>,
+}
+
+/// Connection-pool counters of one destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub active_requests: u64,
+    pub pending_requests: u64,
+    pub connections_in_use: u64,
+    pub active_retries: u64,
+    pub overflows_total: u64,
+}
+
+/// Outlier detection of one destination: its settings and each endpoint's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutlierDump {
+    pub config: OutlierConfig,
+    pub endpoints: Vec<HostState>,
+}
+
+/// One endpoint's outlier-detection state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    pub address: String,
+    pub ejected: bool,
+    /// Milliseconds left in the ejection.
+    pub ejected_for_ms: u64,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    pub ejection_multiplier: u32,
+    pub ejections_total: u64,
+}
+
+/// Where the rules come from: the mounted files, or the rules ConfigMap through the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSourceDump {
+    /// `files`, `api` or `none`.
+    pub source: String,
+    pub generation: u64,
+    pub hash: String,
+    /// The ConfigMap watched through the API, when that source is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configmap: Option<String>,
+    pub api: ApiState,
+}
+
+/// The API side of the rules source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiState {
+    /// `off`, `starting`, `watching`, `not found`, `forbidden`, `unreachable`, `deleted`.
+    pub status: String,
+    /// The API's content is authoritative over the mounted files.
+    #[serde(default)]
+    pub live: bool,
+    /// Content hash and resourceVersion of the ConfigMap as the API last showed it.
+    #[serde(default)]
+    pub hash: Option<String>,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    /// Changes received through the API (applied, unchanged or rejected).
+    #[serde(default)]
+    pub updates: u64,
+    /// The last error, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Kubernetes endpoint discovery: `status` is `off` when the proxy runs without the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryDump {
+    pub status: DiscoveryStatus,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexDump>,
+    /// What readiness waits for (when the proxy waits for discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessDump>,
+}
+
+impl DiscoveryDump {
+    /// Discovery is not running.
+    pub fn off() -> DiscoveryDump {
+        DiscoveryDump {
+            status: DiscoveryStatus::Off(Off::Off),
+            hosts: Vec::new(),
+            index: None,
+            readiness: None,
+        }
+    }
+
+    /// The live status, when discovery runs.
+    pub fn running(&self) -> Option<&WatchStatus> {
+        match &self.status {
+            DiscoveryStatus::Running(s) => Some(s),
+            DiscoveryStatus::Off(_) => None,
+        }
+    }
+}
+
+/// `"off"`, or the watches' status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DiscoveryStatus {
+    Off(Off),
+    Running(WatchStatus),
+}
+
+/// The one word `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Off {
+    Off,
+}
+
+/// The discovery watches and the index sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub scope: String,
+    pub namespaces: Vec<String>,
+    pub services: usize,
+    pub endpoints: usize,
+    pub pods: usize,
+    pub slices: usize,
+    pub label_sets: usize,
+    /// `resource in part` → `listing`, `watching`, `forbidden`, `error: ...`.
+    pub watches: BTreeMap<String, String>,
+    pub index_builds: u64,
+}
+
+/// The discovered endpoint index, bounded per host and in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexDump {
+    pub limits: IndexLimits,
+    /// What the index holds (a sentence).
+    pub indexed: String,
+    pub endpoints_listed: usize,
+    pub endpoints_omitted: usize,
+    pub hosts_truncated: usize,
+    pub hosts: Vec<HostDump>,
+}
+
+/// The caps of `IndexDump`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexLimits {
+    pub endpoints_per_host: usize,
+    pub endpoints_total: usize,
+}
+
+/// One discovered host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDump {
+    pub host: String,
+    pub ports: Vec<PortDump>,
+    pub endpoints_omitted: usize,
+}
+
+/// One service port of a discovered host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortDump {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub target_ports: Vec<u16>,
+    pub endpoint_count: usize,
+    pub endpoints: Vec<EndpointDump>,
+}
+
+/// One discovered endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDump {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Readiness's wait for discovery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadinessDump {
+    /// `waiting`, or how the wait ended (`synced`, `timeout`, ...).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_seconds: Option<f64>,
+    pub timeout_seconds: f64,
+    pub waiting_for: Vec<String>,
+    pub detail: String,
+}
