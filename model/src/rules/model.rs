@@ -466,6 +466,19 @@ pub struct Ignored {
 
 /// Parse a duration as Istio/Go write them: `10s`, `0.5s`, `100ms`, `1m30s`, `2h`, `250us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_units(s, false)
+}
+
+/// Durations on command lines: Istio's grammar plus `d` (days) and a bare number of seconds
+/// (`90d`, `1d12h`, `45`).
+pub fn parse_duration_days(s: &str) -> Result<Duration, String> {
+    if let Ok(n) = s.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    parse_duration_units(s, true)
+}
+
+fn parse_duration_units(s: &str, days: bool) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("empty duration".to_string());
@@ -502,6 +515,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" if days => 86_400.0,
             "" => {
                 return Err(format!(
                     "invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"

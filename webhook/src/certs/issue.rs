@@ -637,43 +637,7 @@ pub fn fmt_duration(d: Duration) -> String {
     out
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s` or combinations (`1d12h`); a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for ch in t.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let unit = match ch {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(format!("unknown unit {ch:?} (use d, h, m, s)")),
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("a number must precede {ch:?}"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| "too large".to_string())?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(format!("number {num} has no unit (use d, h, m, s)"));
-    }
-    Ok(Duration::from_secs(total))
-}
+pub use remora_model::rules::model::parse_duration_days as parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -958,8 +922,8 @@ mod tests {
         assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("d")
             .unwrap_err()
-            .contains("number must precede"));
-        assert!(parse_duration("5d3").unwrap_err().contains("no unit"));
+            .contains("expected a number"));
+        assert!(parse_duration("5d3").unwrap_err().contains("missing unit"));
         assert_eq!(fmt_duration(DAY + Duration::from_secs(3661)), "1d1h1m1s");
         assert_eq!(fmt_time(t0()), "2026-11-22T00:00:00Z");
     }
