@@ -699,22 +699,89 @@ fn no_virtual_service(
     if let Some(fqdn) = cluster_service_host(snap, host, cands, port) {
         return default_route(snap, fqdn, req.dst, true);
     }
-    if let Some(sc) = &snap.sidecar {
+    if let Some(sc) = snap.sidecar.as_ref().filter(|sc| sc.registry_only) {
         let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
-        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-        let in_registry =
-            is_ip || host.is_empty() || cands.iter().any(|c| c.ends_with(&cluster_suffix));
-        if sc.registry_only && !in_registry {
-            return Decision::Deny {
-                status: 502,
-                reason: format!(
-                    "host {host:?} is not in the registry and Sidecar {} sets outboundTrafficPolicy REGISTRY_ONLY",
-                    sc.meta.key()
-                ),
-            };
+        // An IP literal (or no Host at all) is in the registry only when that address is: a
+        // Service's ClusterIP or a ServiceEntry's address or endpoint, as Istio's listeners
+        // and virtual hosts are per registered address.
+        let (in_registry, what) = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => (
+                address_in_registry(snap, SocketAddr::new(ip, port)),
+                format!("address {host}"),
+            ),
+            Err(_) if host.is_empty() => (
+                address_in_registry(snap, req.dst),
+                format!("a request without Host to {}", req.dst),
+            ),
+            Err(_) => (
+                cands.iter().any(|c| c.ends_with(&cluster_suffix)),
+                format!("host {host:?}"),
+            ),
+        };
+        if !in_registry {
+            return black_hole(sc, &what);
         }
     }
     Decision::Passthrough
+}
+
+/// Istio's `BlackHoleCluster`: under `REGISTRY_ONLY`, a destination outside the registry is
+/// refused (HTTP 502 with flag `NR`; an opaque TCP or TLS connection is closed).
+pub const BLACK_HOLE: &str = "BlackHoleCluster";
+
+fn black_hole(sc: &crate::rules::Sidecar, what: &str) -> Decision {
+    Decision::Deny {
+        status: 502,
+        reason: format!(
+            "{BLACK_HOLE}: {what} is not in the registry and Sidecar {} sets outboundTrafficPolicy REGISTRY_ONLY",
+            sc.meta.key()
+        ),
+    }
+}
+
+/// Is `dst` a registered address: a Kubernetes Service's ClusterIP (on a port it declares,
+/// when discovery knows the ports), a ServiceEntry's `addresses`, or a ServiceEntry
+/// endpoint's address?
+fn address_in_registry(snap: &Snapshot, dst: SocketAddr) -> bool {
+    let ip = dst.ip();
+    if snap.endpoints.service_port(ip, dst.port()).is_some()
+        || snap.endpoints.host_of_ip(ip).is_some()
+    {
+        return true;
+    }
+    snap.service_entries.iter().any(|se| {
+        se.addresses.iter().any(|n| n.contains(&ip))
+            || se
+                .endpoints
+                .iter()
+                .any(|e| e.address.parse::<std::net::IpAddr>().ok() == Some(ip))
+    })
+}
+
+/// A connection the rules leave to its original destination, unless the Sidecar sets
+/// `REGISTRY_ONLY` and neither its address nor (for TLS) its SNI is in the registry.
+fn passthrough_unless_registry_only(
+    snap: &Snapshot,
+    dst: SocketAddr,
+    sni_cands: Option<&[String]>,
+) -> Decision {
+    let Some(sc) = snap.sidecar.as_ref().filter(|sc| sc.registry_only) else {
+        return Decision::Passthrough;
+    };
+    if address_in_registry(snap, dst) {
+        return Decision::Passthrough;
+    }
+    if let Some(cands) = sni_cands {
+        let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
+        let known = snap.best_service_entry(cands).is_some()
+            || cands.iter().any(|c| c.ends_with(&cluster_suffix));
+        if known {
+            return Decision::Passthrough;
+        }
+        let sni = cands.first().map(String::as_str).unwrap_or("");
+        return black_hole(sc, &format!("TLS to {dst} with SNI {sni:?}"));
+    }
+    black_hole(sc, &format!("TCP to {dst}"))
 }
 
 /// The cluster Service (`name.namespace.svc.<domain>`) a request host names, if it names one
@@ -828,7 +895,7 @@ pub fn route_tcp(
             .filter(|(vs, _)| egress_allows(snap, &vs.meta, &vs.hosts, dst.port()))
         {
             Some((vs, r)) => l4_forward(snap, vs, r, dst, &cands, rng),
-            None => Decision::Passthrough,
+            None => passthrough_unless_registry_only(snap, dst, Some(&cands)),
         };
     }
     // Opaque TCP: the host is known by the virtual address the client connected to: a
@@ -848,19 +915,19 @@ pub fn route_tcp(
         // (else the original destination, as before any rule).
         let declared = se.ports.is_empty() || se.ports.iter().any(|p| p.number == port);
         if !declared || !egress_allows(snap, &se.meta, &se.hosts, port) {
-            return Decision::Passthrough;
+            return passthrough_unless_registry_only(snap, dst, None);
         }
         let Some(host) = se
             .hosts
             .iter()
             .find(|h| snap.endpoints.has_port(h, port) == Some(true))
         else {
-            return Decision::Passthrough;
+            return passthrough_unless_registry_only(snap, dst, None);
         };
         return default_route(snap, host.clone(), dst, false);
     }
     let Some(fqdn) = snap.endpoints.host_of_ip(dst.ip()) else {
-        return Decision::Passthrough;
+        return passthrough_unless_registry_only(snap, dst, None);
     };
     let hosts = std::slice::from_ref(&fqdn);
     if let Some((vs, r)) = best_l4(snap, hosts, false, dst, None)
@@ -873,7 +940,7 @@ pub fn route_tcp(
         crate::rules::in_egress_scope_on_port(sc, ns, hosts, port)
     });
     if !visible {
-        return Decision::Passthrough;
+        return passthrough_unless_registry_only(snap, dst, None);
     }
     // The Service's default route: its endpoints balanced by the proxy under its
     // DestinationRule (a port the Service does not declare passes through).
@@ -1806,6 +1873,81 @@ spec:
         }
     }
 
+    /// `REGISTRY_ONLY` holds for every protocol, as Istio's BlackHoleCluster does: an HTTP
+    /// request whose Host is an IP literal or empty is checked by address, opaque TCP by the
+    /// address it connected to, TLS by its SNI (or address); registered addresses (a Service's
+    /// ClusterIP, a ServiceEntry address or endpoint) and names pass.
+    #[test]
+    fn registry_only_holds_for_ip_hosts_empty_hosts_tcp_and_tls() {
+        let rules = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  addresses: [192.0.2.0/24]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls}]
+  resolution: STATIC
+  endpoints: [{address: 198.51.100.7}]
+"#;
+        let s = snap(rules);
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let black_hole =
+            |d: &Decision| matches!(d, Decision::Deny { status: 502, reason } if reason.starts_with(BLACK_HOLE));
+        let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        // HTTP with an IP literal Host: by address.
+        let mut r = req_with("203.0.113.9", "GET", "/", &h, 80);
+        r.dst = at([203, 0, 113, 9], 80);
+        let d = route(&s, &r, &mut rng);
+        assert!(black_hole(&d), "{d:?}");
+        let mut r = req_with("192.0.2.10:8080", "GET", "/", &h, 8080);
+        r.dst = at([192, 0, 2, 10], 8080);
+        assert_eq!(route(&s, &r, &mut rng), Decision::Passthrough);
+        // HTTP without Host: by the address connected to.
+        let mut r = req_with("", "GET", "/", &h, 80);
+        r.dst = at([203, 0, 113, 9], 80);
+        let d = route(&s, &r, &mut rng);
+        assert!(black_hole(&d), "{d:?}");
+        r.dst = at([198, 51, 100, 7], 80);
+        assert_eq!(route(&s, &r, &mut rng), Decision::Passthrough);
+        // Opaque TCP: by address.
+        let d = route_tcp(&s, at([203, 0, 113, 9], 5432), None, &mut rng);
+        assert!(black_hole(&d), "{d:?}");
+        let d = route_tcp(&s, at([192, 0, 2, 44], 5432), None, &mut rng);
+        assert!(!black_hole(&d), "{d:?}");
+        // TLS: by SNI, or by a registered address.
+        let d = route_tcp(&s, at([203, 0, 113, 9], 443), Some("evil.example.org"), &mut rng);
+        assert!(black_hole(&d), "{d:?}");
+        let d = route_tcp(&s, at([203, 0, 113, 9], 443), Some("api.example.com"), &mut rng);
+        assert!(!black_hole(&d), "{d:?}");
+        let d = route_tcp(&s, at([198, 51, 100, 7], 443), Some("evil.example.org"), &mut rng);
+        assert!(!black_hole(&d), "{d:?}");
+        // Without REGISTRY_ONLY everything unknown passes through.
+        let open = snap(&rules.replace("REGISTRY_ONLY", "ALLOW_ANY"));
+        let d = route_tcp(&open, at([203, 0, 113, 9], 5432), None, &mut rng);
+        assert_eq!(d, Decision::Passthrough);
+        let d = route_tcp(&open, at([203, 0, 113, 9], 443), Some("evil.example.org"), &mut rng);
+        assert_eq!(d, Decision::Passthrough);
+        let mut r = req_with("", "GET", "/", &h, 80);
+        r.dst = at([203, 0, 113, 9], 80);
+        assert_eq!(route(&open, &r, &mut rng), Decision::Passthrough);
+    }
+
     #[test]
     fn sidecar_registry_only_and_scope() {
         let s = snap(
@@ -1855,7 +1997,7 @@ spec:
             route(&s, &req_with("ext.example.com", "GET", "/", &h, 80), &mut rng),
             Decision::Deny {
                 status: 502,
-                reason: "host \"ext.example.com\" is not in the registry and Sidecar default/default sets outboundTrafficPolicy REGISTRY_ONLY".into()
+                reason: "BlackHoleCluster: host \"ext.example.com\" is not in the registry and Sidecar default/default sets outboundTrafficPolicy REGISTRY_ONLY".into()
             }
         );
         // A Service of the proxy's namespace (inside `./*`): its default route.
@@ -1866,9 +2008,13 @@ spec:
         ));
         assert_eq!(f.host, "reviews.default.svc.cluster.local");
         assert_eq!(f.virtual_service, None);
+        // An IP literal is checked by address (no Service or ServiceEntry has 10.0.0.1).
         assert_eq!(
             route(&s, &req_with("10.0.0.1:80", "GET", "/", &h, 80), &mut rng),
-            Decision::Passthrough
+            Decision::Deny {
+                status: 502,
+                reason: "BlackHoleCluster: address 10.0.0.1 is not in the registry and Sidecar default/default sets outboundTrafficPolicy REGISTRY_ONLY".into()
+            }
         );
     }
 
@@ -2453,10 +2599,11 @@ spec:
             ),
             Decision::Deny { status: 502, .. }
         ));
-        assert_eq!(
+        // An address no Service or ServiceEntry has: the black hole too.
+        assert!(matches!(
             route(&s, &req_with("10.0.0.1", "GET", "/", &h, 80), &mut rng),
-            Decision::Passthrough
-        );
+            Decision::Deny { status: 502, .. }
+        ));
         let f = fwd(route(
             &s,
             &req_with("reviews", "GET", "/", &h, 9080),
