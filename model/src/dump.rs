@@ -87,6 +87,11 @@ impl RulesDump {
     }
 }
 
+/// The rule set in effect as JSON (`RulesDump::of`), for tools and tests that read it untyped.
+pub fn summary(snap: &Snapshot) -> serde_json::Value {
+    serde_json::to_value(RulesDump::of(snap)).unwrap_or_default()
+}
+
 /// One capture listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerDump {

@@ -16,6 +16,9 @@
 #![forbid(unsafe_code)]
 
 pub mod dump;
+pub mod duration;
+pub mod host;
+pub mod kinds;
 pub mod lint;
 pub mod policy;
 pub mod route;

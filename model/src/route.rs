@@ -1,10 +1,12 @@
 //! Pure routing: a `Snapshot` and one request in, a `Decision` out. No I/O.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use crate::rules::host::{candidates, match_score, split_authority};
+pub use crate::kinds::{
+    Endpoint, FaultAbort, FaultDelay, FaultPolicy, HeaderOps, Mirror, Policy, RetryPolicy,
+};
+
+use crate::host::{candidates, match_score, split_authority};
 use crate::rules::{
     HttpMatch, HttpRoute, Snapshot, StringMatch, VirtualService, WeightedDestination,
 };
@@ -65,79 +67,6 @@ pub struct Forward {
     /// another host or port): connect to `host:port` through DNS, not to the original
     /// destination. Always false when `endpoints` is non-empty.
     pub resolve_by_dns: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub labels: BTreeMap<String, String>,
-    pub weight: u32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HeaderOps {
-    #[serde(with = "crate::serde_util::pairs")]
-    pub set: Vec<(String, String)>,
-    #[serde(with = "crate::serde_util::pairs")]
-    pub add: Vec<(String, String)>,
-    pub remove: Vec<String>,
-}
-
-/// The per-route policies as parsed from the VirtualService (applied by the policies work).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Policy {
-    /// `timeout` (Istio: none by default).
-    #[serde(with = "crate::serde_util::opt_secs")]
-    pub timeout: Option<Duration>,
-    pub retries: Option<RetryPolicy>,
-    pub fault: Option<FaultPolicy>,
-    /// `mirror` + `mirrorPercentage`, and `mirrors[]`.
-    pub mirrors: Vec<Mirror>,
-}
-
-/// `retries`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    #[serde(with = "crate::serde_util::opt_secs")]
-    pub per_try_timeout: Option<Duration>,
-    /// `retryOn`, split on commas (e.g. `5xx`, `connect-failure`, `503`).
-    pub retry_on: Vec<String>,
-    pub retry_remote_localities: Option<bool>,
-}
-
-/// `fault`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FaultPolicy {
-    pub delay: Option<FaultDelay>,
-    pub abort: Option<FaultAbort>,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FaultDelay {
-    #[serde(with = "crate::serde_util::secs")]
-    pub fixed_delay: Duration,
-    /// 0.0 ..= 100.0 (Istio: 100 when unset).
-    pub percentage: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FaultAbort {
-    pub http_status: Option<u16>,
-    pub grpc_status: Option<String>,
-    /// 0.0 ..= 100.0 (Istio: 100 when unset).
-    pub percentage: f64,
-}
-
-/// One mirror target.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Mirror {
-    /// FQDN.
-    pub host: String,
-    pub subset: Option<String>,
-    pub port: Option<u16>,
-    /// 0.0 ..= 100.0 (Istio: 100 when unset).
-    pub percentage: f64,
 }
 
 /// Route one request: the most specific VirtualService for its authority, its first matching
@@ -622,7 +551,7 @@ fn route_virtual_service(
 /// defines, or a known host without any endpoint).
 fn destination_endpoints(
     snap: &Snapshot,
-    d: &crate::rules::model::Destination,
+    d: &crate::kinds::Destination,
     port: u16,
 ) -> Result<Vec<Endpoint>, String> {
     let subset_labels = match &d.subset {
@@ -841,7 +770,7 @@ fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr, headless_aware:
     if headless_aware && snap.endpoints.has_port(&fqdn, port) == Some(false) {
         return Decision::Passthrough;
     }
-    let d = crate::rules::model::Destination {
+    let d = crate::kinds::Destination {
         host: fqdn,
         subset: None,
         port: Some(port),
@@ -1057,6 +986,8 @@ mod tests {
     use super::*;
     use crate::rules::{snapshot_from_yaml, LoadContext};
     use rand::SeedableRng;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
 
     fn ctx() -> LoadContext {
         LoadContext {
@@ -1907,8 +1838,7 @@ spec:
         let s = snap(rules);
         let h = http::HeaderMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let black_hole =
-            |d: &Decision| matches!(d, Decision::Deny { status: 502, reason } if reason.starts_with(BLACK_HOLE));
+        let black_hole = |d: &Decision| matches!(d, Decision::Deny { status: 502, reason } if reason.starts_with(BLACK_HOLE));
         let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
         // HTTP with an IP literal Host: by address.
         let mut r = req_with("203.0.113.9", "GET", "/", &h, 80);
@@ -1931,17 +1861,37 @@ spec:
         let d = route_tcp(&s, at([192, 0, 2, 44], 5432), None, &mut rng);
         assert!(!black_hole(&d), "{d:?}");
         // TLS: by SNI, or by a registered address.
-        let d = route_tcp(&s, at([203, 0, 113, 9], 443), Some("evil.example.org"), &mut rng);
+        let d = route_tcp(
+            &s,
+            at([203, 0, 113, 9], 443),
+            Some("evil.example.org"),
+            &mut rng,
+        );
         assert!(black_hole(&d), "{d:?}");
-        let d = route_tcp(&s, at([203, 0, 113, 9], 443), Some("api.example.com"), &mut rng);
+        let d = route_tcp(
+            &s,
+            at([203, 0, 113, 9], 443),
+            Some("api.example.com"),
+            &mut rng,
+        );
         assert!(!black_hole(&d), "{d:?}");
-        let d = route_tcp(&s, at([198, 51, 100, 7], 443), Some("evil.example.org"), &mut rng);
+        let d = route_tcp(
+            &s,
+            at([198, 51, 100, 7], 443),
+            Some("evil.example.org"),
+            &mut rng,
+        );
         assert!(!black_hole(&d), "{d:?}");
         // Without REGISTRY_ONLY everything unknown passes through.
         let open = snap(&rules.replace("REGISTRY_ONLY", "ALLOW_ANY"));
         let d = route_tcp(&open, at([203, 0, 113, 9], 5432), None, &mut rng);
         assert_eq!(d, Decision::Passthrough);
-        let d = route_tcp(&open, at([203, 0, 113, 9], 443), Some("evil.example.org"), &mut rng);
+        let d = route_tcp(
+            &open,
+            at([203, 0, 113, 9], 443),
+            Some("evil.example.org"),
+            &mut rng,
+        );
         assert_eq!(d, Decision::Passthrough);
         let mut r = req_with("", "GET", "/", &h, 80);
         r.dst = at([203, 0, 113, 9], 80);

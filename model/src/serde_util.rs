@@ -13,7 +13,7 @@ pub mod secs {
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = <String as serde::Deserialize>::deserialize(d)?;
-        crate::rules::model::parse_duration(&text).map_err(serde::de::Error::custom)
+        crate::kinds::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -33,7 +33,7 @@ pub mod opt_secs {
     ) -> Result<Option<Duration>, D::Error> {
         match <Option<String> as serde::Deserialize>::deserialize(d)? {
             None => Ok(None),
-            Some(text) => crate::rules::model::parse_duration(&text)
+            Some(text) => crate::kinds::parse_duration(&text)
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }

@@ -571,7 +571,7 @@ fn config_dump_keeps_istio_shapes() {
         "virtual-service-reviews-jason-v2-v3.yaml",
         "destination-rule-all.yaml",
     ]);
-    let j = s.summary();
+    let j = remora_model::dump::summary(&s);
     let route0 = &j["virtual_services"][0]["http"][0];
     assert_eq!(route0["match"][0]["headers"]["end-user"]["exact"], "jason");
     assert_eq!(route0["route"][0]["destination"]["subset"], "v2");

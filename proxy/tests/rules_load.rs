@@ -70,7 +70,7 @@ fn kubelet_layout_reads_each_key_once() {
     let s = load_dir(d.path(), &ctx(), 3).unwrap();
     assert_eq!(s.files, vec!["reviews-dr.yml", "reviews-vs.yaml"]);
     assert_eq!(
-        s.summary()["skipped_files"],
+        remora_model::dump::summary(&s)["skipped_files"],
         serde_json::json!([
             "README: not a .yaml, .yml or .json file",
             "removed.yaml: dangling symlink"
@@ -359,7 +359,7 @@ fn summary_for_config_dump() {
         &format!("{VS_REVIEWS}---\n{DR_REVIEWS}"),
     );
     let s = load_dir(d.path(), &ctx(), 9).unwrap();
-    let j = s.summary();
+    let j = remora_model::dump::summary(&s);
     assert_eq!(j["generation"], 9);
     assert_eq!(j["hash"], s.hash.as_str());
     assert_eq!(j["source"], format!("files:{}", d.path().display()));
@@ -379,7 +379,7 @@ fn summary_for_config_dump() {
         "v1"
     );
     assert_eq!(j["pod_labels"]["app"], "reviews");
-    let empty = Snapshot::empty(&ctx()).summary();
+    let empty = remora_model::dump::summary(&Snapshot::empty(&ctx()));
     assert_eq!(
         (empty["generation"].as_u64(), empty["source"].as_str()),
         (Some(0), Some("empty"))
@@ -468,7 +468,7 @@ fn mutated_rule_sets_never_panic() {
                         };
                         let _ = remora_model::route::route(&s, &info, &mut rng);
                     }
-                    let _ = s.summary();
+                    let _ = remora_model::dump::summary(&s);
                 }
                 Err(errs) => {
                     err += 1;

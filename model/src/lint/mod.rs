@@ -6,7 +6,7 @@ pub mod policy;
 use std::fmt;
 use std::path::Path;
 
-use crate::rules::host::match_score;
+use crate::host::match_score;
 use crate::rules::load::{self, Decoded};
 use crate::rules::{DestinationRule, LoadContext, LoadError, VirtualService};
 

@@ -109,8 +109,7 @@ pub fn parse(v: &Value, field: &str) -> Result<Cors, String> {
         let s = m
             .as_str()
             .ok_or_else(|| format!("{field}.maxAge: {m} is not a duration string"))?;
-        let d =
-            crate::rules::model::parse_duration(s).map_err(|e| format!("{field}.maxAge: {e}"))?;
+        let d = crate::kinds::parse_duration(s).map_err(|e| format!("{field}.maxAge: {e}"))?;
         c.max_age = Some(d.as_secs());
     }
     if let Some(b) = o.get("allowCredentials") {

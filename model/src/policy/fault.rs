@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::route::FaultPolicy;
+use crate::kinds::FaultPolicy;
 
 /// What to inject into one request.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,7 +89,7 @@ pub fn decide(fault: Option<&FaultPolicy>, rng: &mut impl rand::Rng) -> Injectio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{FaultAbort, FaultDelay};
+    use crate::kinds::{FaultAbort, FaultDelay};
     use rand::SeedableRng;
 
     #[test]

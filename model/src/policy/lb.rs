@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use crate::route::Endpoint;
+use crate::kinds::Endpoint;
 
 /// What a `consistentHash` hashes on.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

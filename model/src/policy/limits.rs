@@ -78,7 +78,7 @@ fn count(o: &serde_json::Map<String, Value>, f: &str, k: &str) -> Result<Option<
 fn dur(o: &serde_json::Map<String, Value>, f: &str, k: &str) -> Result<Option<Duration>, String> {
     match o.get(k) {
         None => Ok(None),
-        Some(Value::String(s)) => crate::rules::model::parse_duration(s)
+        Some(Value::String(s)) => crate::kinds::parse_duration(s)
             .map(Some)
             .map_err(|e| format!("{f}.{k}: {e}")),
         Some(x) => Err(format!("{f}.{k}: {x} is not a duration string")),

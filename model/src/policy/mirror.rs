@@ -1,7 +1,7 @@
 //! Mirroring: which mirrors a request is copied to, and the shadow authority
 //! (`host-shadow[:port]`, as Envoy rewrites it).
 
-use crate::route::Mirror;
+use crate::kinds::Mirror;
 
 /// `reviews:9080` → `reviews-shadow:9080`; `[::1]:80` → `[::1]-shadow:80` is not meaningful,
 /// so IP literals keep Envoy's rule too (suffix after the host part).

@@ -5,6 +5,7 @@
 //! remora's `RateLimit` kind (`ratelimit`). The proxy's `policy` module holds the live state.
 
 pub mod cors;
+pub mod decode;
 pub mod fault;
 pub mod lb;
 pub mod limits;
@@ -13,3 +14,5 @@ pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
 pub mod traffic;
+
+pub use decode::PolicyKinds;

@@ -63,7 +63,7 @@ pub fn parse(v: &Value, field: &str) -> Result<OutlierConfig, String> {
     let dur = |k: &str| -> Result<Option<Duration>, String> {
         match o.get(k) {
             None => Ok(None),
-            Some(Value::String(s)) => crate::rules::model::parse_duration(s)
+            Some(Value::String(s)) => crate::kinds::parse_duration(s)
                 .map(Some)
                 .map_err(|e| format!("{field}.{k}: {e}")),
             Some(x) => Err(format!("{field}.{k}: {x} is not a duration string")),

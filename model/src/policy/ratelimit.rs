@@ -133,7 +133,7 @@ pub fn parse_file(
         };
         out.push(RateLimitRule {
             key: format!("{ns}/{name}"),
-            host: crate::rules::host::qualify(host, ns, domain),
+            host: crate::host::qualify(host, ns, domain),
             route,
             requests_per_unit: rpu,
             unit,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::route::RetryPolicy;
+use crate::kinds::RetryPolicy;
 
 /// One retry condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

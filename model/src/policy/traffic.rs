@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::{lb, limits, outlier};
-use crate::rules::DestinationRule;
+use crate::kinds::DestinationRule;
 
 /// `tls.mode` to an upstream: the summary other tools print. `TrafficPolicy::tls_settings`
 /// holds every field and is what the proxy acts on.
@@ -277,7 +277,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::model::{Meta, Subset};
+    use crate::kinds::{Meta, Subset};
     use serde_json::json;
     use std::time::Duration;
 

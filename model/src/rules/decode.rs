@@ -6,9 +6,9 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::host::{check_host, qualify};
-use super::model::*;
-use crate::route::{FaultAbort, FaultDelay, FaultPolicy, HeaderOps, Mirror, Policy, RetryPolicy};
+use crate::host::{check_host, qualify};
+use crate::kinds::*;
+use crate::kinds::{FaultAbort, FaultDelay, FaultPolicy, HeaderOps, Mirror, Policy, RetryPolicy};
 
 /// A field-level error inside one document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,20 +267,7 @@ fn string_match(v: &Value, field: &str, allow_empty: bool) -> R<StringMatch> {
 
 /// Compile an RE2-style pattern for a full match.
 pub(crate) fn compile_regex(src: &str, field: &str) -> R<regex::Regex> {
-    regex::RegexBuilder::new(&format!("^(?:{src})$"))
-        .size_limit(1 << 20)
-        .build()
-        .or_else(|e| {
-            let msg = e.to_string();
-            let last = msg
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            fail(field, format!("invalid regex {src:?}: {last}"))
-        })
+    crate::kinds::compile_regex(src).or_else(|reason| fail(field, reason))
 }
 
 fn match_map(

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::host::HostIndex;
-use super::model::{Resolution, ServiceEntry};
-use crate::route::Endpoint;
+use crate::host::HostIndex;
+use crate::kinds::Endpoint;
+use crate::kinds::{Resolution, ServiceEntry};
 
 /// Where endpoints of a host come from.
 pub trait EndpointSource: Send + Sync + std::fmt::Debug {
@@ -37,7 +37,7 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
 
     /// The service port behind virtual address `ip` and `port` (a Kubernetes Service's
     /// ClusterIP): its name and, as `protocol`, its `appProtocol` when Istio knows it.
-    fn service_port(&self, _ip: IpAddr, _port: u16) -> Option<super::model::ServicePort> {
+    fn service_port(&self, _ip: IpAddr, _port: u16) -> Option<crate::kinds::ServicePort> {
         None
     }
 }
@@ -69,7 +69,7 @@ impl EndpointSource for ChainedEndpoints {
         self.sources.iter().find_map(|s| s.host_of_ip(ip))
     }
 
-    fn service_port(&self, ip: IpAddr, port: u16) -> Option<super::model::ServicePort> {
+    fn service_port(&self, ip: IpAddr, port: u16) -> Option<crate::kinds::ServicePort> {
         self.sources.iter().find_map(|s| s.service_port(ip, port))
     }
 }
@@ -236,7 +236,7 @@ impl EndpointSource for ServiceEntryEndpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::model::{Meta, ServicePort, WorkloadEntry};
+    use crate::kinds::{Meta, ServicePort, WorkloadEntry};
 
     fn se(hosts: &[&str], res: Resolution, eps: Vec<WorkloadEntry>) -> ServiceEntry {
         ServiceEntry {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::decode::{self, DocCtx};
-use super::model::*;
 use super::{LoadContext, LoadError};
+use crate::kinds::*;
 
 /// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
 #[derive(Clone, Debug)]

@@ -14,32 +14,14 @@ use std::sync::Arc;
 pub mod decode;
 pub mod digest;
 pub mod endpoints;
-pub mod host;
 pub mod load;
-pub mod model;
 pub mod schema;
 
+pub use crate::host;
+pub use crate::kinds as model;
+pub use crate::kinds::*;
+pub use crate::policy::PolicyKinds;
 pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
-pub use model::*;
-
-/// Where the proxy runs: its namespace (for short names), the cluster domain and its pod labels
-/// (for `sourceLabels`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadContext {
-    pub namespace: String,
-    pub cluster_domain: String,
-    pub pod_labels: BTreeMap<String, String>,
-}
-
-impl Default for LoadContext {
-    fn default() -> Self {
-        LoadContext {
-            namespace: "default".to_string(),
-            cluster_domain: "cluster.local".to_string(),
-            pod_labels: BTreeMap::new(),
-        }
-    }
-}
 
 /// The application protocol of a destination port, when the rules say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,15 +68,6 @@ pub struct Snapshot {
     pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set.
     pub policy: PolicyKinds,
-}
-
-/// The policy parts of a rule set that are decoded apart from the kinds' own structs: each
-/// VirtualService route's `corsPolicy` by (`namespace/name`, `spec.http[i]`), and remora's
-/// `RateLimit` kind.
-#[derive(Clone, Debug, Default)]
-pub struct PolicyKinds {
-    pub cors: BTreeMap<(String, String), Arc<crate::policy::cors::Cors>>,
-    pub rate_limits: Vec<crate::policy::ratelimit::RateLimitRule>,
 }
 
 /// Host indexes of a snapshot's VirtualServices (those with `http` routes), ServiceEntries and
@@ -210,12 +183,6 @@ impl Snapshot {
             sidecars: self.sidecar.is_some() as usize,
             ignored: self.ignored.len(),
         }
-    }
-
-    /// For `/config_dump`: generation, hash, source and the rules in effect (the JSON of
-    /// `dump::RulesDump`).
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::to_value(crate::dump::RulesDump::of(self)).unwrap_or_default()
     }
 
     /// The protocol of destination `dst` (and `host`, when known) according to the
@@ -361,29 +328,6 @@ fn protocol_name(s: &str) -> Option<Protocol> {
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => Some(Protocol::Tcp),
         "TLS" | "HTTPS" => Some(Protocol::Tls),
         _ => None, // UDP and unknown: not ours to decide
-    }
-}
-
-/// Why a rule set was rejected: file, document (1-based; 0 = the whole file), field path and
-/// reason. Displays as one line: `FILE doc N: FIELD: reason`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadError {
-    pub file: String,
-    pub document: usize,
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.document > 0 {
-            write!(f, " doc {}", self.document)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.reason)
     }
 }
 
@@ -666,7 +610,7 @@ pub fn load_inputs(
         return Err(decoded.errors);
     }
     // An invalid trafficPolicy, corsPolicy or RateLimit rejects the set like any other error.
-    let policy = crate::lint::policy::decode(&inputs.files, &decoded.destination_rules, ctx)?;
+    let policy = crate::policy::decode::decode(&inputs.files, &decoded.destination_rules, ctx)?;
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
     let mut snap = build_snapshot(
         decoded,

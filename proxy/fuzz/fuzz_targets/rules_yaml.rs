@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(snap) => {
-            let _ = snap.summary();
+            let _ = remora_model::dump::summary(&snap);
             let _ = snap.counts();
             let mut rng = rand::rngs::StdRng::seed_from_u64(1);
             let headers = http::HeaderMap::new();

@@ -1,13 +1,16 @@
-//! The loaded, validated rule model: what `decode` builds from the YAML documents and what
-//! `route` evaluates. Host names here are already fully qualified (short names resolved in the
+//! The Istio kinds as the model holds them: what `rules::decode` builds from the YAML documents,
+//! what `route` evaluates and what `/config_dump` carries. Host names here are already fully qualified (short names resolved in the
 //! resource's namespace), regexes compiled, durations parsed.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::{HeaderOps, Policy};
+use std::net::SocketAddr;
+
+pub use crate::duration::{parse_duration, parse_duration_days};
 
 /// Where a resource came from, for messages and `/config_dump`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,25 @@ impl Serialize for StringMatch {
     }
 }
 
+/// Compile an Istio `regex` as Envoy applies it: the whole value must match (`^(?:src)$`), with
+/// a bounded program size; the error names the pattern and the compiler's reason.
+pub fn compile_regex(src: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{src})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let msg = e.to_string();
+            let last = msg
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            format!("invalid regex {src:?}: {last}")
+        })
+}
+
 impl<'de> Deserialize<'de> for StringMatch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let m = BTreeMap::<String, String>::deserialize(d)?;
@@ -76,8 +98,7 @@ impl<'de> Deserialize<'de> for StringMatch {
                 "exact" => StringMatch::Exact(v),
                 "prefix" => StringMatch::Prefix(v),
                 "regex" => {
-                    let re = crate::rules::decode::compile_regex(&v, "regex")
-                        .map_err(|e| serde::de::Error::custom(e.reason))?;
+                    let re = compile_regex(&v).map_err(serde::de::Error::custom)?;
                     StringMatch::Regex(v, re)
                 }
                 other => {
@@ -464,116 +485,124 @@ pub struct Ignored {
     pub reason: String,
 }
 
-/// Parse a duration as Istio/Go write them: `10s`, `0.5s`, `100ms`, `1m30s`, `2h`, `250us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    parse_duration_units(s, false)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
 }
 
-/// Durations on command lines: Istio's grammar plus `d` (days) and a bare number of seconds
-/// (`90d`, `1d12h`, `45`).
-pub fn parse_duration_days(s: &str) -> Result<Duration, String> {
-    if let Ok(n) = s.trim().parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    parse_duration_units(s, true)
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeaderOps {
+    #[serde(with = "crate::serde_util::pairs")]
+    pub set: Vec<(String, String)>,
+    #[serde(with = "crate::serde_util::pairs")]
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
 }
 
-fn parse_duration_units(s: &str, days: bool) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration".to_string());
-    }
-    if t.starts_with('-') {
-        return Err(format!("negative duration {s:?}"));
-    }
-    let bytes = t.as_bytes();
-    let mut i = 0;
-    let mut total = 0f64;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
+/// The per-route policies as parsed from the VirtualService (applied by the policies work).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Policy {
+    /// `timeout` (Istio: none by default).
+    #[serde(with = "crate::serde_util::opt_secs")]
+    pub timeout: Option<Duration>,
+    pub retries: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
+    /// `mirror` + `mirrorPercentage`, and `mirrors[]`.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// `retries`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    #[serde(with = "crate::serde_util::opt_secs")]
+    pub per_try_timeout: Option<Duration>,
+    /// `retryOn`, split on commas (e.g. `5xx`, `connect-failure`, `503`).
+    pub retry_on: Vec<String>,
+    pub retry_remote_localities: Option<bool>,
+}
+
+/// `fault`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaultPolicy {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaultDelay {
+    #[serde(with = "crate::serde_util::secs")]
+    pub fixed_delay: Duration,
+    /// 0.0 ..= 100.0 (Istio: 100 when unset).
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaultAbort {
+    pub http_status: Option<u16>,
+    pub grpc_status: Option<String>,
+    /// 0.0 ..= 100.0 (Istio: 100 when unset).
+    pub percentage: f64,
+}
+
+/// One mirror target.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Mirror {
+    /// FQDN.
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    /// 0.0 ..= 100.0 (Istio: 100 when unset).
+    pub percentage: f64,
+}
+
+/// Where the proxy runs: its namespace (for short names), the cluster domain and its pod labels
+/// (for `sourceLabels`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadContext {
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for LoadContext {
+    fn default() -> Self {
+        LoadContext {
+            namespace: "default".to_string(),
+            cluster_domain: "cluster.local".to_string(),
+            pod_labels: BTreeMap::new(),
         }
-        let num = &t[start..i];
-        if num.is_empty() {
-            return Err(format!(
-                "invalid duration {s:?}: expected a number such as \"10s\", \"0.5s\" or \"100ms\""
-            ));
-        }
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: bad number {num:?}"))?;
-        let ustart = i;
-        while i < bytes.len() && !(bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
-        }
-        let unit = &t[ustart..i];
-        let factor = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" if days => 86_400.0,
-            "" => {
-                return Err(format!(
-                    "invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)"
-                ))
-            }
-        };
-        total += value * factor;
     }
-    if !total.is_finite() || total > 1e10 {
-        return Err(format!("invalid duration {s:?}: too large"));
+}
+
+/// Why a rule set was rejected: file, document (1-based; 0 = the whole file), field path and
+/// reason. Displays as one line: `FILE doc N: FIELD: reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: String,
+    pub document: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.document > 0 {
+            write!(f, " doc {}", self.document)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
     }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let ok = [
-            ("10s", Duration::from_secs(10)),
-            ("0.5s", Duration::from_millis(500)),
-            ("100ms", Duration::from_millis(100)),
-            ("1m30s", Duration::from_secs(90)),
-            ("2h", Duration::from_secs(7200)),
-            ("250us", Duration::from_micros(250)),
-            ("7s", Duration::from_secs(7)),
-        ];
-        for (s, d) in ok {
-            assert_eq!(parse_duration(s), Ok(d), "{s}");
-        }
-        let bad = [
-            ("", "empty duration"),
-            (
-                "10",
-                "invalid duration \"10\": missing unit (ns, us, ms, s, m, h)",
-            ),
-            (
-                "10sec",
-                "invalid duration \"10sec\": unknown unit \"sec\" (ns, us, ms, s, m, h)",
-            ),
-            ("-1s", "negative duration \"-1s\""),
-            (
-                "s",
-                "invalid duration \"s\": expected a number such as \"10s\", \"0.5s\" or \"100ms\"",
-            ),
-            ("1..2s", "invalid duration \"1..2s\": bad number \"1..2\""),
-        ];
-        for (s, e) in bad {
-            assert_eq!(parse_duration(s), Err(e.to_string()), "{s}");
-        }
-    }
 
     #[test]
     fn string_match_semantics() {
