@@ -3,12 +3,12 @@
 //!
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
-//! the modules `check`, `status`, `proxyconfig`, `analyze`, `selector` and `table` are pure
-//! functions over the
-//! JSON the API returns, unit-tested without a cluster. Exit codes: 0 done, 1 `analyze` found
+//! the modules `check`, `status`, `proxyconfig`, `describe` (its pure part), `selector` and
+//! `table` are pure functions over the JSON the API returns, unit-tested without a cluster; the
+//! rules linter behind `analyze` is `remora_webhook::rules_lint`, shared with the validating
+//! webhook. Exit codes: 0 done, 1 `analyze` found
 //! errors, 2 the command could not run (bad arguments, API unreachable, object not found).
 
-pub mod analyze;
 pub mod check;
 pub mod describe;
 pub mod kube;
@@ -30,11 +30,11 @@ use serde_json::Value;
 use self::check::{PodCheck, ServiceRef};
 use self::kube::{paths, Cluster, ConnectOptions};
 use self::selector::Selector;
-use crate::config::Config;
-use crate::workload::{pod_from_template, template_pointer};
+use remora_webhook::config::Config;
+use remora_webhook::rules_lint;
+use remora_webhook::workload::{pod_from_template, template_pointer};
 
-/// The label that marks further rules ConfigMaps for `remora analyze`.
-pub const RULES_LABEL: &str = "remora.dev/rules";
+pub use remora_webhook::rules_lint::RULES_LABEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -392,7 +392,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             match args.output {
                 Output::Json => print_json(&a)?,
                 Output::Yaml => print_yaml(&a)?,
-                Output::Text => print!("{}", analyze::render_text(&a)),
+                Output::Text => print!("{}", rules_lint::render_text(&a)),
             }
             Ok(if a.errors() > 0 {
                 ExitCode::from(1)
@@ -848,7 +848,7 @@ async fn analyze(
     mesh_ns: &str,
     config_map: Option<&str>,
     cluster_domain: &str,
-) -> anyhow::Result<analyze::Analysis> {
+) -> anyhow::Result<rules_lint::Analysis> {
     let (_, cms) = rules_config_maps(cluster, ns, mesh_ns, config_map).await?;
     // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
     let services = match cluster.list(&paths::services(None)).await {
@@ -862,7 +862,7 @@ async fn analyze(
         }
         Err(e) => return Err(anyhow!(e).context("listing Services")),
     };
-    Ok(analyze::analyze(&cms, &services, cluster_domain))
+    Ok(rules_lint::analyze(&cms, &services, cluster_domain))
 }
 
 /// The rules ConfigMaps of namespace `ns` (of every namespace with `None`): the one named

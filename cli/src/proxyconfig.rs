@@ -2221,7 +2221,7 @@ mod tests {
     /// recorded as the pods/proxy answer of the CLI contract fixture.
     fn real_dump() -> Value {
         let fx: Value = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/kube-api/cli/proxy-config.json"
+            "../../tests/fixtures/kube-api/cli/proxy-config.json"
         ))
         .unwrap();
         fx["exchanges"]

@@ -34,10 +34,11 @@ use remora_proxy::rules::{
 };
 
 use super::kube::{paths, Cluster, GetError};
-use super::status::{config_map_files, rules_config_map_name};
+use super::status::rules_config_map_name;
 use super::{check, proxyconfig};
-use crate::annotations as ann;
-use crate::template::{INIT_NAME, PROXY_NAME};
+use remora_webhook::annotations as ann;
+use remora_webhook::rules_lint::config_map_files;
+use remora_webhook::template::{INIT_NAME, PROXY_NAME};
 
 /// The whole report (`-o json` prints this).
 #[derive(Clone, Debug, PartialEq, Serialize)]
