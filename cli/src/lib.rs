@@ -1,5 +1,6 @@
 //! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `proxy-config`,
-//! `analyze`, `describe`.
+//! `analyze`, `describe`; and offline, on files: `inject -f` and `check-inject -f` (the
+//! webhook's own code, `remora_webhook::cli`).
 //!
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
@@ -49,7 +50,7 @@ pub enum Output {
 #[command(
     name = "remora",
     version,
-    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, what one proxy has loaded, and a linter for the rules in the cluster"
+    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, what one proxy has loaded, and a linter for the rules in the cluster; offline, the injected YAML of a file"
 )]
 pub struct Args {
     /// Path of the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
@@ -86,18 +87,41 @@ pub enum Cmd {
     ///
     /// TARGET: `pod NAME`, `pod/NAME`, `NAME` (a pod), or `deploy/NAME`, `sts/NAME`, `ds/NAME`,
     /// `rs/NAME`, `job/NAME`, `cronjob/NAME` (long kind names work too); or `-l SELECTOR` for
-    /// pods by label.
+    /// pods by label. With `-f FILE` no cluster is asked: the Pods and workloads of the file are
+    /// checked against the injector config (`--config`) and namespace labels
+    /// (`--namespace-labels`) given.
     CheckInject {
         target: Vec<String>,
         /// Pods matching this label selector.
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        /// Offline: check the Pods and workloads of this file (`-` for stdin) instead of the
+        /// cluster's.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["target", "selector"])]
+        file: Option<String>,
+        /// With -f: labels of the namespace, `k=v,k2=v2` (the webhook's namespaceSelector looks
+        /// at them).
+        #[arg(long, requires = "file")]
+        namespace_labels: Option<String>,
+        /// With -f: injector config YAML (built-in defaults when not given).
+        #[arg(long, requires = "file")]
+        config: Option<PathBuf>,
         /// The injector's ConfigMap in the mesh namespace (key config.yaml).
         #[arg(long, default_value = "remora-injector")]
         injector_config: String,
         /// The webhook's Service in the mesh namespace.
         #[arg(long, default_value = "remora-webhook")]
         webhook_service: String,
+    },
+    /// Print the injected YAML of Pods and workloads (no cluster needed). `-n` is the namespace
+    /// of objects that name none (default "default").
+    Inject {
+        /// Input file, `-` for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// Injector config YAML (built-in defaults when not given).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Per meshed pod: the proxy's rule generation and hash against its rules ConfigMap.
     ProxyStatus {
@@ -213,6 +237,33 @@ fn print_yaml(v: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // inject and check-inject -f: offline, the webhook's own code on a file (no kubeconfig).
+    let offline_ns = args.namespace.as_deref().unwrap_or("default");
+    match &args.cmd {
+        Cmd::Inject { file, config } => {
+            if args.output == Output::Json {
+                bail!("-o json: inject prints YAML");
+            }
+            return remora_webhook::cli::inject_command(file, config.as_deref(), offline_ns);
+        }
+        Cmd::CheckInject {
+            file: Some(file),
+            namespace_labels,
+            config,
+            ..
+        } => {
+            if args.output != Output::Text {
+                bail!("-o: check-inject -f prints text only");
+            }
+            return remora_webhook::cli::check_inject_command(
+                file,
+                namespace_labels.as_deref(),
+                config.as_deref(),
+                offline_ns,
+            );
+        }
+        _ => {}
+    }
     // proxy-config: flags are checked before anything is asked; with --admin or --file it
     // needs no cluster (and no kubeconfig).
     if let Cmd::ProxyConfig {
@@ -291,11 +342,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| cluster.default_namespace.clone());
     match &args.cmd {
+        Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
         Cmd::CheckInject {
             target,
             selector,
             injector_config,
             webhook_service,
+            ..
         } => {
             let checks = check_inject(
                 &cluster,
