@@ -1,5 +1,5 @@
 //! Running the `remora` user CLI binary in contract tests: the binary (`target/<profile>/remora`,
-//! built by `cargo build -p remora-webhook --bin remora` or `scripts/test`) run with `--server`
+//! built by `cargo build -p remora-cli` or `scripts/test`) run with `--server`
 //! against a [`RecordedApi`], and what it printed.
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ pub fn remora_bin() -> Result<PathBuf> {
     let p = crate::admission::default_bin_dir().join("remora");
     if !p.exists() {
         bail!(
-            "{} is missing: build it first with `cargo build -p remora-webhook --bin remora` (scripts/test does)",
+            "{} is missing: build it first with `cargo build -p remora-cli` (scripts/test does)",
             p.display()
         );
     }

@@ -1,5 +1,5 @@
 //! Contract tests of the `remora` user CLI: the real binary (`target/<profile>/remora`, built by
-//! `cargo build -p remora-webhook --bin remora` or `scripts/test`) run with `--server` against
+//! `cargo build -p remora-cli` or `scripts/test`) run with `--server` against
 //! the recorded Kubernetes API (`remora_e2e::apiserver::RecordedApi`), fixtures in
 //! `tests/fixtures/kube-api/cli/`.
 
@@ -21,13 +21,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn remora_bin() -> PathBuf {
-    let p = remora_e2e::admission::default_bin_dir().join("remora");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build -p remora-webhook --bin remora` (scripts/test does)",
-        p.display()
-    );
-    p
+    remora_e2e::clitest::remora_bin().unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Run {

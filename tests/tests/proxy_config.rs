@@ -6,7 +6,7 @@
 //!
 //! The same rules produced the `/config_dump` recorded in
 //! `tests/fixtures/kube-api/cli/proxy-config.json` (used by the CLI contract tests and the unit
-//! tests of `webhook/src/usercli/proxyconfig.rs`); `recorded_fixture_is_what_the_proxy_serves`
+//! tests of `cli/src/proxyconfig.rs`); `recorded_fixture_is_what_the_proxy_serves`
 //! fails when the proxy's dump drifts from it. Re-record with `REMORA_UPDATE_FIXTURES=1`.
 
 use std::io::{Read, Write};
@@ -179,7 +179,7 @@ fn bin(name: &str) -> PathBuf {
     let p = remora_e2e::admission::default_bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} is missing: build it first (cargo build -p remora-webhook --bin remora; cargo build -p remora-proxy --bin remora-proxy; scripts/test does)",
+        "{} is missing: build it first (cargo build -p remora-cli; cargo build -p remora-proxy --bin remora-proxy; scripts/test does)",
         p.display()
     );
     p

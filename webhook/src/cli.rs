@@ -1,9 +1,12 @@
 //! Offline `inject` and `check-inject`: the same decide/render path as the server, on YAML files
 //! holding Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs or Lists.
+//! [`inject_command`] and [`check_inject_command`] are the whole commands, run by `remora inject`
+//! and `remora check-inject -f` and by their aliases `remora-webhook inject|check-inject`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
@@ -25,6 +28,60 @@ pub fn read_input(file: &str) -> anyhow::Result<String> {
     } else {
         std::fs::read_to_string(Path::new(file)).with_context(|| format!("-f {file}: cannot read"))
     }
+}
+
+/// Loads `--config FILE` (the built-in defaults without one).
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            Config::from_file(p)?.ok_or_else(|| anyhow!("--config {}: no such file", p.display()))
+        }
+    }
+}
+
+/// `inject -f FILE [--config FILE] [-n NAMESPACE]`: prints the injected documents as YAML.
+/// Skipped pods are said on stderr; a denied one is an `error:` line on stderr, nothing is
+/// printed and the exit code is 1. `namespace` is for objects that name none.
+pub fn inject_command(
+    file: &str,
+    config: Option<&Path>,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config)?;
+    let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
+    let (docs, reports) = inject_docs(docs, namespace, &cfg);
+    let mut denied = false;
+    for r in &reports {
+        match r.decision {
+            "denied" => {
+                denied = true;
+                eprintln!("error: {} denied: {}", r.what, r.reason);
+            }
+            "skipped" => eprintln!("{} skipped: {}", r.what, r.reason),
+            _ => {}
+        }
+    }
+    if denied {
+        return Ok(ExitCode::FAILURE);
+    }
+    print!("{}", to_yaml(&docs)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check-inject -f FILE [--namespace-labels k=v,...] [--config FILE] [-n NAMESPACE]`: prints
+/// [`check_inject`]'s paragraphs.
+pub fn check_inject_command(
+    file: &str,
+    namespace_labels: Option<&str>,
+    config: Option<&Path>,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config)?;
+    let labels = namespace_labels.map(parse_labels).transpose()?;
+    let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
+    print!("{}", check_inject(&docs, namespace, labels.as_ref(), &cfg));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses a (multi-document) YAML or JSON text into JSON values; empty documents are dropped.

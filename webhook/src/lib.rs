@@ -3,8 +3,9 @@
 //! The pipeline is `decide` (inject or not, and why) → `template` (config + annotations →
 //! containers) → `patch` (JSON patch on the raw pod) → `review` (AdmissionReview in/out).
 //! Everything up to `review` is pure: plain values in, plain values out. `server` and `cli` are
-//! the thin I/O shells around it and share the same code path. `validate_rules` answers the
-//! validating webhook for rules ConfigMaps (`POST /validate`) with the proxy's own linter.
+//! the thin I/O shells around it and share the same code path (the `remora` CLI's offline
+//! `inject`/`check-inject` call `cli` too). `validate_rules` answers the validating webhook for
+//! rules ConfigMaps (`POST /validate`) with `rules_lint`, the linter `remora analyze` runs.
 
 pub mod annotations;
 pub mod certs;
@@ -17,9 +18,9 @@ pub mod metrics;
 pub mod patch;
 pub mod probes;
 pub mod review;
+pub mod rules_lint;
 pub mod server;
 pub mod template;
 pub mod tls;
-pub mod usercli;
 pub mod validate_rules;
 pub mod workload;

@@ -1,5 +1,6 @@
-//! `remora-webhook`: the admission server (`serve`) and offline injection (`inject`,
-//! `check-inject`).
+//! `remora-webhook`: the admission server (`serve`), and offline injection (`inject`,
+//! `check-inject`), kept for one release as aliases of `remora inject` and `remora check-inject
+//! -f` (the same library code, `remora_webhook::cli`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Cmd {
         certs: Box<CertArgs>,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
+    ///
+    /// Kept for one release: use `remora inject -f FILE` (same flags and output).
     Inject {
         /// Input file, `-` for stdin.
         #[arg(short = 'f', long = "filename", default_value = "-")]
@@ -53,6 +56,8 @@ enum Cmd {
         namespace: String,
     },
     /// Say whether the webhook would inject each Pod or workload, and why.
+    ///
+    /// Kept for one release: use `remora check-inject -f FILE` (same flags and output).
     CheckInject {
         #[arg(short = 'f', long = "filename", default_value = "-")]
         file: String,
@@ -175,14 +180,6 @@ fn init_logging(json: bool) {
     }
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<config::Config> {
-    match path {
-        None => Ok(config::Config::default()),
-        Some(p) => config::Config::from_file(p)?
-            .ok_or_else(|| anyhow::anyhow!("--config {}: no such file", p.display())),
-    }
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -258,26 +255,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace,
         } => {
             init_logging(false);
-            let cfg = load_config(config.as_ref())?;
-            let docs = cli::parse_docs(&cli::read_input(&file)?)
-                .map_err(|e| anyhow::anyhow!("-f {file}: {e}"))?;
-            let (docs, reports) = cli::inject_docs(docs, &namespace, &cfg);
-            let mut denied = false;
-            for r in &reports {
-                match r.decision {
-                    "denied" => {
-                        denied = true;
-                        eprintln!("error: {} denied: {}", r.what, r.reason);
-                    }
-                    "skipped" => eprintln!("{} skipped: {}", r.what, r.reason),
-                    _ => {}
-                }
-            }
-            if denied {
-                return Ok(ExitCode::FAILURE);
-            }
-            print!("{}", cli::to_yaml(&docs)?);
-            Ok(ExitCode::SUCCESS)
+            cli::inject_command(&file, config.as_deref(), &namespace)
         }
         Cmd::CheckInject {
             file,
@@ -286,18 +264,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace,
         } => {
             init_logging(false);
-            let cfg = load_config(config.as_ref())?;
-            let labels = namespace_labels
-                .as_deref()
-                .map(cli::parse_labels)
-                .transpose()?;
-            let docs = cli::parse_docs(&cli::read_input(&file)?)
-                .map_err(|e| anyhow::anyhow!("-f {file}: {e}"))?;
-            print!(
-                "{}",
-                cli::check_inject(&docs, &namespace, labels.as_ref(), &cfg)
-            );
-            Ok(ExitCode::SUCCESS)
+            cli::check_inject_command(
+                &file,
+                namespace_labels.as_deref(),
+                config.as_deref(),
+                &namespace,
+            )
         }
     }
 }

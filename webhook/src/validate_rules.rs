@@ -3,7 +3,7 @@
 //! A ConfigMap is a rules ConfigMap when its name is the injector config's `rulesConfigMap`
 //! (default `remora-mesh-rules`) or it carries the label `remora.dev/rules=true` (the same
 //! selection as `remora analyze`). On CREATE and UPDATE of one, its keys are linted exactly as
-//! `remora analyze` lints them ([`crate::usercli::analyze::analyze`]: the proxy's own loader,
+//! `remora analyze` lints them ([`crate::rules_lint::analyze`]: the proxy's own loader,
 //! schema and policy checks from `remora_model::lint`), without the one check that needs the
 //! cluster's Services (IST0101, which `remora analyze` still does):
 //! * an error denies the request; `status.message` names the ConfigMap, then each finding as
@@ -29,10 +29,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::review::{parse_envelope, Envelope};
-use crate::usercli::analyze::{analyze, Message};
-
-/// The label that marks a ConfigMap as rules (besides the configured name).
-pub const RULES_LABEL: &str = "remora.dev/rules";
+pub use crate::rules_lint::RULES_LABEL;
+use crate::rules_lint::{analyze, Message};
 
 /// At most this many findings are spelled out in a denial (the rest are counted), and at most
 /// this many warnings are returned: the API server and kubectl truncate long lists anyway.

@@ -1,14 +1,15 @@
 //! `remora`, the user CLI against a cluster: `check-inject`, `proxy-status`, `proxy-config`,
-//! `analyze`, `describe`.
+//! `analyze`, `describe`; and offline, on files: `inject -f` and `check-inject -f` (the
+//! webhook's own code, `remora_webhook::cli`).
 //!
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
-//! the modules `check`, `status`, `proxyconfig`, `analyze`, `selector` and `table` are pure
-//! functions over the
-//! JSON the API returns, unit-tested without a cluster. Exit codes: 0 done, 1 `analyze` found
+//! the modules `check`, `status`, `proxyconfig`, `describe` (its pure part), `selector` and
+//! `table` are pure functions over the JSON the API returns, unit-tested without a cluster; the
+//! rules linter behind `analyze` is `remora_webhook::rules_lint`, shared with the validating
+//! webhook. Exit codes: 0 done, 1 `analyze` found
 //! errors, 2 the command could not run (bad arguments, API unreachable, object not found).
 
-pub mod analyze;
 pub mod check;
 pub mod describe;
 pub mod kube;
@@ -16,6 +17,8 @@ pub mod proxyconfig;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod target;
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,11 +33,11 @@ use serde_json::Value;
 use self::check::{PodCheck, ServiceRef};
 use self::kube::{paths, Cluster, ConnectOptions};
 use self::selector::Selector;
-use crate::config::Config;
-use crate::workload::{pod_from_template, template_pointer};
+use remora_webhook::config::Config;
+use remora_webhook::rules_lint;
+use remora_webhook::workload::{pod_from_template, template_pointer};
 
-/// The label that marks further rules ConfigMaps for `remora analyze`.
-pub const RULES_LABEL: &str = "remora.dev/rules";
+pub use remora_webhook::rules_lint::RULES_LABEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -49,7 +52,7 @@ pub enum Output {
 #[command(
     name = "remora",
     version,
-    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, what one proxy has loaded, and a linter for the rules in the cluster"
+    about = "remora's user CLI: why a pod is or is not injected, whether proxies run the current rules, what one proxy has loaded, and a linter for the rules in the cluster; offline, the injected YAML of a file"
 )]
 pub struct Args {
     /// Path of the kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
@@ -85,19 +88,42 @@ pub enum Cmd {
     /// Which webhooks apply to a pod or workload, and why it will or will not be injected.
     ///
     /// TARGET: `pod NAME`, `pod/NAME`, `NAME` (a pod), or `deploy/NAME`, `sts/NAME`, `ds/NAME`,
-    /// `rs/NAME`, `job/NAME`, `cronjob/NAME` (long kind names work too); or `-l SELECTOR` for
-    /// pods by label.
+    /// `rs/NAME`, `job/NAME`, `cronjob/NAME` (long kind names work too), each with `.NAMESPACE`
+    /// or `-n`; or `-l SELECTOR` for pods by label. With `-f FILE` no cluster is asked: the Pods and workloads of the file are
+    /// checked against the injector config (`--config`) and namespace labels
+    /// (`--namespace-labels`) given.
     CheckInject {
         target: Vec<String>,
         /// Pods matching this label selector.
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        /// Offline: check the Pods and workloads of this file (`-` for stdin) instead of the
+        /// cluster's.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["target", "selector"])]
+        file: Option<String>,
+        /// With -f: labels of the namespace, `k=v,k2=v2` (the webhook's namespaceSelector looks
+        /// at them).
+        #[arg(long, requires = "file")]
+        namespace_labels: Option<String>,
+        /// With -f: injector config YAML (built-in defaults when not given).
+        #[arg(long, requires = "file")]
+        config: Option<PathBuf>,
         /// The injector's ConfigMap in the mesh namespace (key config.yaml).
         #[arg(long, default_value = "remora-injector")]
         injector_config: String,
         /// The webhook's Service in the mesh namespace.
         #[arg(long, default_value = "remora-webhook")]
         webhook_service: String,
+    },
+    /// Print the injected YAML of Pods and workloads (no cluster needed). `-n` is the namespace
+    /// of objects that name none (default "default").
+    Inject {
+        /// Input file, `-` for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// Injector config YAML (built-in defaults when not given).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Per meshed pod: the proxy's rule generation and hash against its rules ConfigMap.
     ProxyStatus {
@@ -213,6 +239,33 @@ fn print_yaml(v: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // inject and check-inject -f: offline, the webhook's own code on a file (no kubeconfig).
+    let offline_ns = args.namespace.as_deref().unwrap_or("default");
+    match &args.cmd {
+        Cmd::Inject { file, config } => {
+            if args.output == Output::Json {
+                bail!("-o json: inject prints YAML");
+            }
+            return remora_webhook::cli::inject_command(file, config.as_deref(), offline_ns);
+        }
+        Cmd::CheckInject {
+            file: Some(file),
+            namespace_labels,
+            config,
+            ..
+        } => {
+            if args.output != Output::Text {
+                bail!("-o: check-inject -f prints text only");
+            }
+            return remora_webhook::cli::check_inject_command(
+                file,
+                namespace_labels.as_deref(),
+                config.as_deref(),
+                offline_ns,
+            );
+        }
+        _ => {}
+    }
     // proxy-config: flags are checked before anything is asked; with --admin or --file it
     // needs no cluster (and no kubeconfig).
     if let Cmd::ProxyConfig {
@@ -236,7 +289,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         filters.check(*view).map_err(|e| anyhow!(e))?;
         if let Some(p) = pod {
-            proxyconfig::parse_target(p, args.namespace.as_deref()).map_err(|e| anyhow!(e))?;
+            target::parse(
+                std::slice::from_ref(p),
+                args.namespace.as_deref(),
+                "pod",
+                target::Kinds::Pods,
+            )
+            .map_err(|e| anyhow!(e))?;
         } else {
             let (dump, target) = match (admin, file) {
                 (Some(a), _) => {
@@ -291,17 +350,41 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| cluster.default_namespace.clone());
     match &args.cmd {
+        Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
         Cmd::CheckInject {
             target,
             selector,
             injector_config,
             webhook_service,
+            ..
         } => {
+            let parsed = match (selector.as_deref(), target.is_empty()) {
+                (Some(_), false) => bail!("give either a target or -l SELECTOR, not both"),
+                (Some(s), true) if s.trim().is_empty() => {
+                    bail!("-l: invalid value \"\": empty selector")
+                }
+                (Some(_), true) => None,
+                (None, true) => bail!("target: missing: name a pod or workload (pod NAME, deploy/NAME, ...) or give -l SELECTOR"),
+                (None, false) => Some(
+                    target::parse(
+                        target,
+                        args.namespace.as_deref(),
+                        "target",
+                        target::Kinds::Templates,
+                    )
+                    .map_err(|e| anyhow!(e))?,
+                ),
+            };
+            // NAME.NAMESPACE names the namespace.
+            let ns = parsed
+                .as_ref()
+                .and_then(|t| t.namespace.clone())
+                .unwrap_or(ns);
             let checks = check_inject(
                 &cluster,
                 &ns,
                 &args.mesh_namespace,
-                target,
+                parsed,
                 selector.as_deref(),
                 injector_config,
                 webhook_service,
@@ -357,13 +440,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
             };
             filters.check(*view).map_err(|e| anyhow!(e))?;
-            let target =
-                proxyconfig::parse_target(pod.as_deref().unwrap_or(""), args.namespace.as_deref())
-                    .map_err(|e| anyhow!(e))?;
+            let target = target::parse(
+                std::slice::from_ref(&pod.clone().unwrap_or_default()),
+                args.namespace.as_deref(),
+                "pod",
+                target::Kinds::Pods,
+            )
+            .map_err(|e| anyhow!(e))?;
             let pns = target.namespace.clone().unwrap_or_else(|| ns.clone());
             let pod = match target.kind {
                 "Pod" => target.name.clone(),
-                kind => workload_pod(&cluster, &pns, kind, &target.name).await?,
+                kind => meshed_workload_pod(&cluster, &pns, kind, &target.name).await?,
             };
             let dump = pod_config_dump(
                 &cluster,
@@ -392,7 +479,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             match args.output {
                 Output::Json => print_json(&a)?,
                 Output::Yaml => print_yaml(&a)?,
-                Output::Text => print!("{}", analyze::render_text(&a)),
+                Output::Text => print!("{}", rules_lint::render_text(&a)),
             }
             Ok(if a.errors() > 0 {
                 ExitCode::from(1)
@@ -405,7 +492,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             config_map,
             cluster_domain,
         } => {
-            let target = describe::parse_target(target, args.namespace.as_deref())?;
+            let target = target::parse(
+                target,
+                args.namespace.as_deref(),
+                "target",
+                target::Kinds::Pods,
+            )
+            .map_err(|e| anyhow!(e))?;
             let d = describe::gather(
                 &cluster,
                 &target,
@@ -441,7 +534,8 @@ fn print_proxy_config(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pods a workload's selector matches, and that selector (as a query) for messages.
+/// The pods a workload's selector matches, best first ([`target::rank_pods`]: the first stands
+/// for the workload), and that selector (as a query) for messages.
 pub(crate) async fn workload_pods(
     cluster: &Cluster,
     ns: &str,
@@ -460,42 +554,39 @@ pub(crate) async fn workload_pods(
     if sel.is_empty() {
         bail!("{kind} {ns}/{name} has no pod selector: name one of its pods");
     }
-    let pods = cluster
+    let mut pods = cluster
         .list(&paths::pods(Some(ns), Some(&sel.to_query())))
         .await
         .with_context(|| format!("listing the pods of {kind} {ns}/{name}"))?;
+    target::rank_pods(&mut pods);
     Ok((pods, sel.to_query()))
 }
 
-/// For `deploy/NAME` and the like: the first (by name) running meshed pod of the workload,
-/// said on stderr.
-async fn workload_pod(
+/// For `deploy/NAME` and the like in `proxy-config`: the first (by name) running meshed pod of
+/// the workload, said on stderr.
+async fn meshed_workload_pod(
     cluster: &Cluster,
     ns: &str,
     kind: &str,
     name: &str,
 ) -> anyhow::Result<String> {
     let (pods, sel) = workload_pods(cluster, ns, kind, name).await?;
-    let total = pods.len();
-    let mut meshed: Vec<String> = pods
+    let meshed = pods
         .iter()
-        .filter(|p| check::has_proxy(p))
-        .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
-        .filter_map(|p| {
-            p.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .collect();
-    meshed.sort();
-    let Some(first) = meshed.first().cloned() else {
-        bail!("{kind} {ns}/{name} has no running meshed pod ({total} pods match its selector {sel}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", kind.to_ascii_lowercase());
+        .take_while(|p| target::running_meshed(p))
+        .count();
+    let Some(first) = pods
+        .first()
+        .filter(|p| target::running_meshed(p))
+        .and_then(|p| p.pointer("/metadata/name"))
+        .and_then(Value::as_str)
+    else {
+        bail!("{kind} {ns}/{name} has no running meshed pod ({} pods match its selector {sel}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", pods.len(), kind.to_ascii_lowercase());
     };
     eprintln!(
-        "remora: {kind} {ns}/{name}: showing pod {first} (the first of {} running meshed pods)",
-        meshed.len()
+        "remora: {kind} {ns}/{name}: showing pod {first} (the first of {meshed} running meshed pods)"
     );
-    Ok(first)
+    Ok(first.to_string())
 }
 
 /// A meshed, running pod's `/config_dump` through the API server's pods/proxy subresource; each
@@ -559,38 +650,6 @@ async fn injector_config(cluster: &Cluster, mesh_ns: &str, name: &str) -> (Confi
     }
 }
 
-/// Maps `deploy`, `deployments`, `sts`, ... to the kind.
-pub fn kind_of(word: &str) -> Option<&'static str> {
-    Some(match word.to_ascii_lowercase().as_str() {
-        "po" | "pod" | "pods" => "Pod",
-        "deploy" | "deployment" | "deployments" => "Deployment",
-        "sts" | "statefulset" | "statefulsets" => "StatefulSet",
-        "ds" | "daemonset" | "daemonsets" => "DaemonSet",
-        "rs" | "replicaset" | "replicasets" => "ReplicaSet",
-        "job" | "jobs" => "Job",
-        "cj" | "cronjob" | "cronjobs" => "CronJob",
-        "rc" | "replicationcontroller" | "replicationcontrollers" => "ReplicationController",
-        _ => return None,
-    })
-}
-
-/// Parses the positional target into (kind, name).
-pub fn parse_target(words: &[String]) -> anyhow::Result<(&'static str, String)> {
-    let bad = |w: &str| {
-        anyhow!("target: invalid value {w:?}: expected pod NAME, NAME, or KIND/NAME with KIND one of pod, deploy, sts, ds, rs, job, cronjob, rc")
-    };
-    match words {
-        [one] => match one.split_once('/') {
-            Some((k, n)) if !n.is_empty() => Ok((kind_of(k).ok_or_else(|| bad(one))?, n.to_string())),
-            Some(_) => Err(bad(one)),
-            None => Ok(("Pod", one.clone())),
-        },
-        [k, n] if !n.contains('/') => Ok((kind_of(k).ok_or_else(|| bad(k))?, n.clone())),
-        [] => bail!("target: missing: name a pod or workload (pod NAME, deploy/NAME, ...) or give -l SELECTOR"),
-        _ => Err(bad(&words.join(" "))),
-    }
-}
-
 /// The `kubectl` command that re-creates a pod's pods (for "restart it" hints).
 fn restart_hint(pod: &Value, ns: &str) -> String {
     let owner = pod
@@ -647,21 +706,17 @@ fn workload_hint(kind: &str, name: &str, ns: &str) -> String {
     }
 }
 
+/// `check-inject TARGET` (`target`) or `-l SELECTOR` (`None`): the pods' or pod template's
+/// webhook verdicts.
 async fn check_inject(
     cluster: &Cluster,
     ns: &str,
     mesh_ns: &str,
-    target: &[String],
+    parsed: Option<target::Target>,
     label_selector: Option<&str>,
     injector_cm: &str,
     webhook_service: &str,
 ) -> anyhow::Result<Vec<PodCheck>> {
-    let parsed = match (label_selector, target.is_empty()) {
-        (Some(_), false) => bail!("give either a target or -l SELECTOR, not both"),
-        (Some(s), true) if s.trim().is_empty() => bail!("-l: invalid value \"\": empty selector"),
-        (Some(_), true) => None,
-        (None, _) => Some(parse_target(target)?),
-    };
     let remora = ServiceRef {
         namespace: mesh_ns.to_string(),
         name: webhook_service.to_string(),
@@ -719,7 +774,9 @@ async fn check_inject(
                 out.push(finish(format!("Pod/{name}"), p, vec![(p.clone(), hint)]));
             }
         }
-        Some(("Pod", name)) => {
+        Some(target::Target {
+            kind: "Pod", name, ..
+        }) => {
             let p = cluster
                 .get_opt(&paths::pod(ns, &name))
                 .await
@@ -728,7 +785,7 @@ async fn check_inject(
             let hint = restart_hint(&p, ns);
             out.push(finish(format!("Pod/{name}"), &p, vec![(p.clone(), hint)]));
         }
-        Some((kind, name)) => {
+        Some(target::Target { kind, name, .. }) => {
             let path = paths::workload(kind, ns, &name)
                 .ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
             let w = cluster
@@ -848,7 +905,7 @@ async fn analyze(
     mesh_ns: &str,
     config_map: Option<&str>,
     cluster_domain: &str,
-) -> anyhow::Result<analyze::Analysis> {
+) -> anyhow::Result<rules_lint::Analysis> {
     let (_, cms) = rules_config_maps(cluster, ns, mesh_ns, config_map).await?;
     // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
     let services = match cluster.list(&paths::services(None)).await {
@@ -862,7 +919,7 @@ async fn analyze(
         }
         Err(e) => return Err(anyhow!(e).context("listing Services")),
     };
-    Ok(analyze::analyze(&cms, &services, cluster_domain))
+    Ok(rules_lint::analyze(&cms, &services, cluster_domain))
 }
 
 /// The rules ConfigMaps of namespace `ns` (of every namespace with `None`): the one named
@@ -934,35 +991,6 @@ pub(crate) async fn rules_config_maps(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn targets() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            parse_target(&s(&["web-1"])).unwrap(),
-            ("Pod", "web-1".into())
-        );
-        assert_eq!(
-            parse_target(&s(&["pod", "web-1"])).unwrap(),
-            ("Pod", "web-1".into())
-        );
-        assert_eq!(
-            parse_target(&s(&["deploy/web"])).unwrap(),
-            ("Deployment", "web".into())
-        );
-        assert_eq!(
-            parse_target(&s(&["StatefulSets/db"])).unwrap(),
-            ("StatefulSet", "db".into())
-        );
-        assert_eq!(
-            parse_target(&s(&["cj", "nightly"])).unwrap(),
-            ("CronJob", "nightly".into())
-        );
-        for bad in [&["svc/web"][..], &["deploy/"], &["a", "b", "c"], &[]] {
-            let e = parse_target(&s(bad)).unwrap_err().to_string();
-            assert!(e.starts_with("target:"), "{bad:?}: {e}");
-        }
-    }
 
     #[test]
     fn restart_hints() {

@@ -10,11 +10,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::selector::Selector;
-use crate::annotations::STATUS;
-use crate::config::Config;
-use crate::decide::string_map;
-use crate::inject::{inject_pod, Outcome};
-use crate::template::PROXY_NAME;
+use remora_webhook::annotations::STATUS;
+use remora_webhook::config::Config;
+use remora_webhook::decide::string_map;
+use remora_webhook::inject::{inject_pod, Outcome};
+use remora_webhook::template::PROXY_NAME;
 
 /// The Service remora's webhook runs behind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -607,7 +607,8 @@ mod tests {
     #[test]
     fn an_injected_pod_is_judged_as_created() {
         let mut p = pod(json!({}), json!({}));
-        let (injected, _) = crate::cli::inject_docs(vec![p.clone()], "shop", &Config::default());
+        let (injected, _) =
+            remora_webhook::cli::inject_docs(vec![p.clone()], "shop", &Config::default());
         let injected = injected[0].clone();
         assert!(has_proxy(&injected));
         let back = as_created(&injected);

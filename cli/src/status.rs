@@ -2,12 +2,12 @@
 //! hash (from its `/config_dump`) against the hash of the rules ConfigMap it mounts, computed with
 //! the proxy's own digest over the files the kubelet would write for that ConfigMap.
 
-use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::table;
-use crate::template::RULES_VOLUME;
+use remora_webhook::rules_lint::config_map_files;
+use remora_webhook::template::RULES_VOLUME;
 
 /// Whether a proxy runs the rules in its ConfigMap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -66,44 +66,6 @@ pub fn rules_config_map_name(pod: &Value, default: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or(default)
         .to_string()
-}
-
-/// The proxy reads visible `*.yaml`, `*.yml`, `*.json` files of its rules directory
-/// (`remora_model::rules::load::read_inputs`); the same filter over the ConfigMap's keys.
-fn read_by_proxy(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !name.starts_with('.')
-        && (lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json"))
-}
-
-/// The files the kubelet writes for a ConfigMap (`data` and `binaryData` keys) that the proxy
-/// reads, sorted by name. An absent ConfigMap (`None`) is the empty directory the optional volume
-/// mounts.
-pub fn config_map_files(cm: Option<&Value>) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut files = Vec::new();
-    let Some(cm) = cm else {
-        return Ok(files);
-    };
-    if let Some(data) = cm.get("data").and_then(Value::as_object) {
-        for (k, v) in data {
-            let s = v
-                .as_str()
-                .ok_or_else(|| format!("data.{k}: invalid value: must be a string"))?;
-            files.push((k.clone(), s.as_bytes().to_vec()));
-        }
-    }
-    if let Some(data) = cm.get("binaryData").and_then(Value::as_object) {
-        for (k, v) in data {
-            let bytes = v
-                .as_str()
-                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                .ok_or_else(|| format!("binaryData.{k}: invalid value: must be base64"))?;
-            files.push((k.clone(), bytes));
-        }
-    }
-    files.retain(|(k, _)| read_by_proxy(k));
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
 }
 
 /// The hash a proxy computes after loading this ConfigMap (`rules::digest::content_hash`).
@@ -258,6 +220,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     fn cm() -> Value {

@@ -1,6 +1,6 @@
 //! The only part of the user CLI that talks to the cluster: building a `kube::Client` like
 //! kubectl (kubeconfig, context, server override) and plain JSON GETs by API path. Everything
-//! else in `usercli` is pure functions over the JSON these return.
+//! else in the CLI is pure functions over the JSON these return.
 
 use std::path::PathBuf;
 use std::time::Duration;

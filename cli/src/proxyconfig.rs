@@ -23,11 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use remora_model::policy::{lb, traffic};
+use remora_model::policy::traffic;
 use remora_model::rules::host::HostIndex;
 use remora_model::rules::model::{DestinationRule, Meta, ServicePort, Subset};
 
 use super::table;
+use super::text::{self, Match};
 
 /// Which view(s) to show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -471,18 +472,6 @@ impl<'a> Rules<'a> {
 
 // ------------------------------------------------------------------------------ routes
 
-fn string_match(v: &Value) -> String {
-    if let Some(x) = s(v, "/exact") {
-        x.to_string()
-    } else if let Some(x) = s(v, "/prefix") {
-        format!("{x}*")
-    } else if let Some(x) = s(v, "/regex") {
-        format!("~{x}")
-    } else {
-        "(present)".to_string()
-    }
-}
-
 fn kv_matches(v: &Value, field: &str, label: &str, neg: bool) -> Vec<String> {
     v.get(field)
         .and_then(Value::as_object)
@@ -490,15 +479,10 @@ fn kv_matches(v: &Value, field: &str, label: &str, neg: bool) -> Vec<String> {
             m.iter()
                 .map(|(k, m)| {
                     let op = if neg { "!=" } else { "=" };
-                    let val = string_match(m);
-                    if val == "(present)" {
-                        if neg {
-                            format!("{label} {k} absent")
-                        } else {
-                            format!("{label} {k} present")
-                        }
-                    } else {
-                        format!("{label} {k}{op}{val}")
+                    match Match::from_dump(m) {
+                        Match::Present if neg => format!("{label} {k} absent"),
+                        Match::Present => format!("{label} {k} present"),
+                        val => format!("{label} {k}{op}{val}"),
                     }
                 })
                 .collect()
@@ -522,7 +506,7 @@ fn http_match(m: &Value) -> String {
     }
     for f in ["uri", "scheme", "method", "authority"] {
         if let Some(x) = m.get(f) {
-            parts.push(format!("{f} {}", string_match(x)));
+            parts.push(format!("{f} {}", Match::from_dump(x)));
         }
     }
     parts.extend(kv_matches(m, "headers", "header", false));
@@ -1032,32 +1016,15 @@ fn limit(v: u64) -> Option<u64> {
     (v != remora_model::policy::limits::UNLIMITED).then_some(v)
 }
 
-fn lb_text(p: &lb::LbPolicy, set: bool) -> String {
-    let t = match p {
-        lb::LbPolicy::LeastRequest => "LEAST_REQUEST".to_string(),
-        lb::LbPolicy::RoundRobin => "ROUND_ROBIN".to_string(),
-        lb::LbPolicy::Random => "RANDOM".to_string(),
-        lb::LbPolicy::Passthrough => "PASSTHROUGH".to_string(),
-        lb::LbPolicy::ConsistentHash(k) => match k {
-            lb::HashKey::Header(h) => format!("CONSISTENT_HASH header {h}"),
-            lb::HashKey::Cookie(c) => format!("CONSISTENT_HASH cookie {c}"),
-            lb::HashKey::SourceIp => "CONSISTENT_HASH source IP".to_string(),
-            lb::HashKey::QueryParameter(q) => format!("CONSISTENT_HASH query {q}"),
-        },
-    };
-    if set {
-        t
-    } else {
-        format!("{t} (default)")
-    }
-}
-
 fn secs(d: std::time::Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
 fn policy_cells(tp: &traffic::TrafficPolicy, raw: &Value) -> (String, String, String, String) {
-    let lb = lb_text(&tp.load_balancer, raw.get("loadBalancer").is_some());
+    let lb = match raw.get("loadBalancer") {
+        Some(_) => text::lb(&tp.load_balancer),
+        None => format!("{} (default)", text::lb(&tp.load_balancer)),
+    };
     let c = &tp.connection_pool;
     let mut pool = Vec::new();
     if let Some(v) = limit(c.max_connections) {
@@ -2138,60 +2105,6 @@ pub fn render_text(c: &ProxyConfig, view: View) -> String {
     out
 }
 
-/// What the positional argument names: a pod, or a workload whose pods to pick from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// `Pod`, `Deployment`, `StatefulSet`, ... (see `usercli::kind_of`).
-    pub kind: &'static str,
-    pub name: String,
-    /// From `NAME.NAMESPACE`, or `-n`.
-    pub namespace: Option<String>,
-}
-
-/// Parses `[KIND/]NAME[.NAMESPACE]` (`pod/web-1`, `deploy/reviews-v1.bookinfo`, `web-1`).
-pub fn parse_target(arg: &str, flag_ns: Option<&str>) -> Result<Target, String> {
-    let (kind, rest) = match arg.split_once('/') {
-        Some((k, rest)) => match super::kind_of(k) {
-            Some(kind) => (kind, rest),
-            None => {
-                return Err(format!(
-                    "pod: invalid value {arg:?}: KIND/NAME with KIND one of pod, deploy, sts, ds, rs, job, rc"
-                ))
-            }
-        },
-        None => ("Pod", arg),
-    };
-    if kind == "CronJob" {
-        return Err(format!(
-            "pod: invalid value {arg:?}: a CronJob has no pods of its own; name its Job or a pod"
-        ));
-    }
-    let (name, namespace) = split_pod(rest, flag_ns)?;
-    Ok(Target {
-        kind,
-        name,
-        namespace,
-    })
-}
-
-/// Splits `pod[.namespace]`: the namespace is after the last dot (namespaces have none). With
-/// `-n`, an argument whose suffix is not that namespace is a pod name with dots.
-pub fn split_pod(arg: &str, flag_ns: Option<&str>) -> Result<(String, Option<String>), String> {
-    if arg.is_empty() {
-        return Err("pod: invalid value \"\": name a pod (POD or POD.NAMESPACE)".into());
-    }
-    match arg.rsplit_once('.') {
-        Some((pod, ns)) if !pod.is_empty() && !ns.is_empty() => match flag_ns {
-            Some(n) if n != ns => Ok((arg.to_string(), Some(n.to_string()))),
-            _ => Ok((pod.to_string(), Some(ns.to_string()))),
-        },
-        Some(_) => Err(format!(
-            "pod: invalid value {arg:?}: expected POD or POD.NAMESPACE"
-        )),
-        None => Ok((arg.to_string(), flag_ns.map(str::to_string))),
-    }
-}
-
 /// Validates `--admin HOST:PORT` and returns the URL of the admin server.
 pub fn admin_url(a: &str) -> Result<String, String> {
     let bad = |why: &str| format!("--admin: invalid value {a:?}: {why}");
@@ -2221,7 +2134,7 @@ mod tests {
     /// recorded as the pods/proxy answer of the CLI contract fixture.
     fn real_dump() -> Value {
         let fx: Value = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/kube-api/cli/proxy-config.json"
+            "../../tests/fixtures/kube-api/cli/proxy-config.json"
         ))
         .unwrap();
         fx["exchanges"]
@@ -2810,44 +2723,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_and_admin_arguments() {
-        assert_eq!(split_pod("web-1", None).unwrap(), ("web-1".into(), None));
-        assert_eq!(
-            split_pod("web-1.shop", None).unwrap(),
-            ("web-1".into(), Some("shop".into()))
-        );
-        assert_eq!(
-            split_pod("web-1.shop", Some("shop")).unwrap(),
-            ("web-1".into(), Some("shop".into()))
-        );
-        // With -n naming another namespace, the dots are part of the pod name.
-        assert_eq!(
-            split_pod("a.b", Some("shop")).unwrap(),
-            ("a.b".into(), Some("shop".into()))
-        );
-        let t = |kind: &'static str, name: &str, ns: Option<&str>| Target {
-            kind,
-            name: name.into(),
-            namespace: ns.map(str::to_string),
-        };
-        assert_eq!(
-            parse_target("pod/web-1.shop", None).unwrap(),
-            t("Pod", "web-1", Some("shop"))
-        );
-        assert_eq!(
-            parse_target("deploy/reviews-v1", Some("bookinfo")).unwrap(),
-            t("Deployment", "reviews-v1", Some("bookinfo"))
-        );
-        assert_eq!(
-            parse_target("web-1", None).unwrap(),
-            t("Pod", "web-1", None)
-        );
-        for bad in ["svc/web", "pod/", "cronjob/nightly", "web."] {
-            let e = parse_target(bad, None).unwrap_err();
-            assert!(e.starts_with("pod: invalid value"), "{bad}: {e}");
-        }
-        assert!(split_pod("web.", None).is_err());
-        assert!(split_pod("", None).is_err());
+    fn admin_argument() {
         assert_eq!(
             admin_url("127.0.0.1:15020").unwrap(),
             "http://127.0.0.1:15020"

@@ -18,12 +18,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use serde::Serialize;
 use serde_json::Value;
 
 use remora_model::lint::policy as policy_check;
-use remora_model::policy::lb::{HashKey, LbPolicy};
+use remora_model::policy::lb::LbPolicy;
 use remora_model::policy::limits::UNLIMITED;
 use remora_model::policy::traffic;
 use remora_model::rules::host::match_score;
@@ -33,11 +33,14 @@ use remora_model::rules::{
     ServicePort, Snapshot, VirtualService, WeightedDestination,
 };
 
+use super::check;
 use super::kube::{paths, Cluster, GetError};
-use super::status::{config_map_files, rules_config_map_name};
-use super::{check, proxyconfig};
-use crate::annotations as ann;
-use crate::template::{INIT_NAME, PROXY_NAME};
+use super::status::rules_config_map_name;
+use super::target::Target;
+use super::text::{self, Match};
+use remora_webhook::annotations as ann;
+use remora_webhook::rules_lint::config_map_files;
+use remora_webhook::template::{INIT_NAME, PROXY_NAME};
 
 /// The whole report (`-o json` prints this).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -691,16 +694,6 @@ fn port_view(
     })
 }
 
-fn string_match(m: &remora_model::rules::StringMatch) -> String {
-    use remora_model::rules::StringMatch as M;
-    match m {
-        M::Exact(v) => format!("exact {v:?}"),
-        M::Prefix(v) => format!("prefix {v:?}"),
-        M::Regex(v, _) => format!("regex {v:?}"),
-        M::Present => "present".to_string(),
-    }
-}
-
 fn http_matches(ms: &[remora_model::rules::HttpMatch]) -> String {
     if ms.is_empty() || ms.iter().any(|m| m.is_catch_all()) {
         return "every request".to_string();
@@ -709,25 +702,25 @@ fn http_matches(ms: &[remora_model::rules::HttpMatch]) -> String {
         .map(|m| {
             let mut parts = Vec::new();
             if let Some(u) = &m.uri {
-                parts.push(format!("uri {}", string_match(u)));
+                parts.push(format!("uri {:#}", Match::from(u)));
             }
             if let Some(x) = &m.method {
-                parts.push(format!("method {}", string_match(x)));
+                parts.push(format!("method {:#}", Match::from(x)));
             }
             if let Some(x) = &m.authority {
-                parts.push(format!("authority {}", string_match(x)));
+                parts.push(format!("authority {:#}", Match::from(x)));
             }
             if let Some(x) = &m.scheme {
-                parts.push(format!("scheme {}", string_match(x)));
+                parts.push(format!("scheme {:#}", Match::from(x)));
             }
             for (k, x) in &m.headers {
-                parts.push(format!("header {k} {}", string_match(x)));
+                parts.push(format!("header {k} {:#}", Match::from(x)));
             }
             for (k, x) in &m.without_headers {
-                parts.push(format!("without header {k} {}", string_match(x)));
+                parts.push(format!("without header {k} {:#}", Match::from(x)));
             }
             for (k, x) in &m.query_params {
-                parts.push(format!("query {k} {}", string_match(x)));
+                parts.push(format!("query {k} {:#}", Match::from(x)));
             }
             if let Some(p) = m.port {
                 parts.push(format!("port {p}"));
@@ -956,26 +949,10 @@ fn virtual_services_for(
 }
 
 fn lb_text(raw: &Value, p: &LbPolicy) -> String {
-    let set = raw.get("loadBalancer").is_some();
-    let t = match p {
-        LbPolicy::LeastRequest => "LEAST_REQUEST".to_string(),
-        LbPolicy::RoundRobin => "ROUND_ROBIN".to_string(),
-        LbPolicy::Random => "RANDOM".to_string(),
-        LbPolicy::Passthrough => "PASSTHROUGH".to_string(),
-        LbPolicy::ConsistentHash(k) => format!(
-            "consistent hash on {}",
-            match k {
-                HashKey::Header(h) => format!("header {h}"),
-                HashKey::Cookie(c) => format!("cookie {c}"),
-                HashKey::SourceIp => "the source IP".to_string(),
-                HashKey::QueryParameter(q) => format!("query parameter {q}"),
-            }
-        ),
-    };
-    if set {
-        t
+    if raw.get("loadBalancer").is_some() {
+        text::lb(p)
     } else {
-        format!("{t} (not set: Istio's default)")
+        format!("{} (not set: Istio's default)", text::lb(p))
     }
 }
 
@@ -1475,45 +1452,16 @@ pub fn render_text(d: &Description) -> String {
 
 // ------------------------------------------------------------------ the cluster
 
-/// `pod NAME`, `NAME`, `pod/NAME`, `deploy/NAME`, `deploy NAME` (with `.NAMESPACE`).
-pub fn parse_target(
-    words: &[String],
-    flag_ns: Option<&str>,
-) -> anyhow::Result<proxyconfig::Target> {
-    let arg = match words {
-        [one] => one.clone(),
-        [kind, name] if !name.contains('/') => format!("{kind}/{name}"),
-        [] => bail!(
-            "target: missing: name a pod (pod NAME[.NAMESPACE]) or a workload (deploy/NAME, ...)"
-        ),
-        _ => bail!(
-            "target: invalid value {:?}: expected pod NAME[.NAMESPACE] or KIND/NAME",
-            words.join(" ")
-        ),
-    };
-    proxyconfig::parse_target(&arg, flag_ns)
-        .map_err(|e| anyhow!(e.replacen("pod: ", "target: ", 1)))
-}
-
-/// For a workload: the first (by name) running meshed pod, else the first running one, else the
-/// first one; said on stderr.
+/// For a workload: its first pod as ranked by [`crate::target::rank_pods`] (running meshed, else
+/// running, else any), said on stderr.
 async fn workload_pod(
     cluster: &Cluster,
     ns: &str,
     kind: &str,
     name: &str,
 ) -> anyhow::Result<Value> {
-    let (mut pods, sel) = super::workload_pods(cluster, ns, kind, name).await?;
+    let (pods, sel) = super::workload_pods(cluster, ns, kind, name).await?;
     let total = pods.len();
-    let rank = |p: &Value| {
-        let running = s(p, "/status/phase") == Some("Running");
-        (
-            !(running && check::has_proxy(p)),
-            !running,
-            s(p, "/metadata/name").unwrap_or("").to_string(),
-        )
-    };
-    pods.sort_by_key(rank);
     let first = pods
         .into_iter()
         .next()
@@ -1538,7 +1486,7 @@ fn unreachable_or(e: GetError, url: &str) -> anyhow::Error {
 /// Reads the pod, the Services of its namespace and its rules, and builds the report.
 pub async fn gather(
     cluster: &Cluster,
-    target: &proxyconfig::Target,
+    target: &Target,
     default_ns: &str,
     mesh_ns: &str,
     config_map: Option<&str>,
@@ -1804,23 +1752,7 @@ spec:
     }
 
     #[test]
-    fn targets_and_images() {
-        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let t = parse_target(&w(&["pod", "web-1.shop"]), None).unwrap();
-        assert_eq!(
-            (t.kind, t.name.as_str(), t.namespace.as_deref()),
-            ("Pod", "web-1", Some("shop"))
-        );
-        let t = parse_target(&w(&["deploy/web"]), Some("x")).unwrap();
-        assert_eq!((t.kind, t.name.as_str()), ("Deployment", "web"));
-        assert!(parse_target(&w(&[]), None)
-            .unwrap_err()
-            .to_string()
-            .starts_with("target:"));
-        assert!(parse_target(&w(&["svc/web"]), None)
-            .unwrap_err()
-            .to_string()
-            .starts_with("target:"));
+    fn images() {
         assert_eq!(
             image_version("a.io:5000/x/y:1.2.3").as_deref(),
             Some("1.2.3")

@@ -1,11 +1,14 @@
-//! `remora analyze` (pure part): the proxy's rule linter (`remora_model::lint`) over every
-//! rules ConfigMap, plus the check only a cluster can answer, as `istioctl analyze` IST0101
+//! The rules linter shared by the validating webhook (`POST /validate`, [`crate::validate_rules`])
+//! and `remora analyze`: the proxy's rule linter (`remora_model::lint`) over every rules
+//! ConfigMap, plus the check only a cluster can answer, as `istioctl analyze` IST0101
 //! (ReferencedResourceNotFound): a VirtualService destination host or DestinationRule host that
-//! names no Service of the cluster and no ServiceEntry.
+//! names no Service of the cluster and no ServiceEntry (the webhook, which reads no Services,
+//! drops those findings).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -14,7 +17,47 @@ use remora_model::rules::host::{match_score, qualify};
 use remora_model::rules::load::{decode_inputs, Decoded, Inputs};
 use remora_model::rules::LoadContext;
 
-use super::status::config_map_files;
+/// The label that marks a ConfigMap as rules (besides the configured name): checked by the
+/// validating webhook and analyzed by `remora analyze`.
+pub const RULES_LABEL: &str = "remora.dev/rules";
+
+/// The proxy reads visible `*.yaml`, `*.yml`, `*.json` files of its rules directory
+/// (`remora_model::rules::load::read_inputs`); the same filter over the ConfigMap's keys.
+fn read_by_proxy(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.')
+        && (lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json"))
+}
+
+/// The files the kubelet writes for a ConfigMap (`data` and `binaryData` keys) that the proxy
+/// reads, sorted by name. An absent ConfigMap (`None`) is the empty directory the optional volume
+/// mounts.
+pub fn config_map_files(cm: Option<&Value>) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    let Some(cm) = cm else {
+        return Ok(files);
+    };
+    if let Some(data) = cm.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("data.{k}: invalid value: must be a string"))?;
+            files.push((k.clone(), s.as_bytes().to_vec()));
+        }
+    }
+    if let Some(data) = cm.get("binaryData").and_then(Value::as_object) {
+        for (k, v) in data {
+            let bytes = v
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| format!("binaryData.{k}: invalid value: must be base64"))?;
+            files.push((k.clone(), bytes));
+        }
+    }
+    files.retain(|(k, _)| read_by_proxy(k));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
 
 /// One finding, with the ConfigMap it is in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
