@@ -96,11 +96,11 @@ mod tests {
     fn rule_sets_validate_as_expected() {
         let sets = rule_sets();
         for (i, (name, yaml)) in sets.iter().enumerate() {
-            let ctx = remora_proxy::rules::LoadContext {
+            let ctx = remora_model::rules::LoadContext {
                 namespace: NS.into(),
                 ..Default::default()
             };
-            let r = remora_proxy::rules::snapshot_from_yaml(&[("rules.yaml", yaml)], &ctx, 1);
+            let r = remora_model::rules::snapshot_from_yaml(&[("rules.yaml", yaml)], &ctx, 1);
             assert_eq!(r.is_ok(), i != 2, "{name}: {:?}", r.err());
         }
     }
