@@ -2,30 +2,17 @@
 //! files, checked to be served (and the old CA refused) and to still admit a new pod.
 
 use super::NS;
+use crate::admission;
 use crate::lab::Lab;
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) struct Rotator {
     /// DER of the CA the webhook's certificate currently chains to.
     current_ca: Vec<u8>,
     n: u32,
-}
-
-fn tls_connector(ca_der: &[u8]) -> Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from(ca_der.to_vec()))?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
 }
 
 /// One HTTPS request to the webhook on a fresh connection trusting only `ca_der`.
@@ -36,29 +23,7 @@ async fn webhook_request(
     path: &str,
     body: Bytes,
 ) -> Result<(u16, Bytes)> {
-    let connector = tls_connector(ca_der)?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect to the webhook timed out"))??;
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .map_err(|_| anyhow!("TLS handshake with the webhook timed out"))??;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .map_err(|_| anyhow!("the webhook did not answer {method} {path} within 10 s"))??;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    admission::https_request(&admission::tls_connector(ca_der)?, addr, method, path, body).await
 }
 
 impl Rotator {
@@ -87,7 +52,7 @@ impl Rotator {
         let addr = hook.addr;
         let dir = lab.dir().join("webhook");
         self.n += 1;
-        let issued = crate::admission::issue_serving_cert(&format!("remora soak CA {}", self.n))?;
+        let issued = admission::issue_serving_cert(&format!("remora soak CA {}", self.n))?;
         let tmp_cert = dir.join(".tls.crt.soak");
         let tmp_key = dir.join(".tls.key.soak");
         std::fs::write(&tmp_cert, &issued.cert_pem)?;
@@ -136,17 +101,7 @@ impl Rotator {
                      "readinessProbe": {"tcpSocket": {"port": 8080}}}]}
         });
         let uid = format!("00000000-0000-4000-a000-{:012x}", self.n);
-        let gvk = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
-        let gvr = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
-        let review = serde_json::json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": uid, "kind": gvk, "resource": gvr, "requestKind": gvk,
-                "requestResource": gvr, "namespace": NS, "operation": "CREATE",
-                "name": pod["metadata"]["name"],
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": pod, "oldObject": null, "dryRun": false,
-                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}
-        });
+        let review = admission::admission_review(&uid, NS, &pod);
         let (status, body) = lab.rt.block_on(webhook_request(
             addr,
             &self.current_ca,
@@ -160,7 +115,7 @@ impl Rotator {
                 String::from_utf8_lossy(&body)
             );
         }
-        let adm = crate::admission::parse_review_response(&uid, &pod, &body)?;
+        let adm = admission::parse_review_response(&uid, &pod, &body)?;
         if !adm.allowed {
             bail!("admission after the rotation was denied: {}", adm.message);
         }
