@@ -6,14 +6,9 @@ use crate::lab::Lab;
 use anyhow::{anyhow, bail, Context, Result};
 use std::time::{Duration, Instant};
 
+/// The sum of the samples named `name` in `pod`'s proxy metrics now.
 pub(super) fn metric_sum(lab: &Lab, pod: &str, name: &str) -> Result<f64> {
-    let p = lab.pod(pod)?;
-    Ok(lab
-        .metrics(p)?
-        .iter()
-        .filter(|s| s.name == name)
-        .map(|s| s.value)
-        .sum())
+    Ok(crate::client::sum(&lab.metrics(lab.pod(pod)?)?, name, &[]))
 }
 
 /// The meshed pods whose proxy answers `/config_dump` now.

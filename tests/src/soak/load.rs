@@ -2,12 +2,11 @@
 //! network namespace, each request's outcome as the client saw it.
 
 use super::{SoakConfig, CLIENT_TIMEOUT, PORT};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,12 +63,7 @@ pub(super) fn spawn_load(
     let concurrency = cfg.concurrency;
     let end = t0 + cfg.duration;
     std::thread::spawn(move || -> Result<LoadResult> {
-        let file = std::fs::File::open(&netns_path)
-            .with_context(|| format!("opening {}", netns_path.display()))?;
-        // SAFETY: setns on a valid namespace fd changes only this thread's network namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
+        crate::netns::join_netns(&netns_path)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -306,7 +306,8 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
 mod tests {
     use super::*;
 
-    fn cfg(secs: u64) -> SoakConfig {
+    /// The standard configuration of `secs`, writing nowhere.
+    pub(super) fn cfg(secs: u64) -> SoakConfig {
         SoakConfig {
             out_dir: PathBuf::from("/nonexistent"),
             ..SoakConfig::standard(secs)

@@ -29,12 +29,7 @@ pub struct Sample {
 /// `VmRSS` in kB, the number of open fds, and how many of those are TCP sockets in an
 /// established connection (read from the socket tables of the process's own network namespace).
 pub fn proc_usage(pid: u32) -> Option<(u64, u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())?;
+    let rss = crate::bench::rss_kb(pid)?;
     let mut established = std::collections::HashSet::new();
     for table in ["tcp", "tcp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
@@ -134,13 +129,19 @@ pub struct Growth {
     pub ok: bool,
 }
 
-/// Per process incarnation: skips the first `warmup` of its life, needs at least 8 samples over
-/// 20 s, compares the peak of the first quarter with the peak of the last quarter.
-pub fn growth(samples: &[Sample], warmup: f64) -> Vec<Growth> {
+/// The samples of each process incarnation (name and pid), in time order.
+fn incarnations(samples: &[Sample]) -> BTreeMap<(String, u32), Vec<&Sample>> {
     let mut by: BTreeMap<(String, u32), Vec<&Sample>> = BTreeMap::new();
     for s in samples {
         by.entry((s.process.clone(), s.pid)).or_default().push(s);
     }
+    by
+}
+
+/// Per process incarnation: skips the first `warmup` of its life, needs at least 8 samples over
+/// 20 s, compares the peak of the first quarter with the peak of the last quarter.
+pub fn growth(samples: &[Sample], warmup: f64) -> Vec<Growth> {
+    let by = incarnations(samples);
     let mut out = Vec::new();
     for ((process, pid), all) in by {
         let Some(first) = all.first() else { continue };
@@ -196,10 +197,7 @@ pub fn growth(samples: &[Sample], warmup: f64) -> Vec<Growth> {
 /// Up to `points` evenly spaced samples of each process incarnation that was sampled from the
 /// first seconds to the last (restarted processes are left out; they are in the CSV).
 pub fn series(samples: &[Sample], duration: f64, points: usize) -> BTreeMap<String, Vec<[f64; 4]>> {
-    let mut by: BTreeMap<(String, u32), Vec<&Sample>> = BTreeMap::new();
-    for s in samples {
-        by.entry((s.process.clone(), s.pid)).or_default().push(s);
-    }
+    let by = incarnations(samples);
     let mut out = BTreeMap::new();
     for ((name, _), all) in by {
         let (Some(a), Some(b)) = (all.first(), all.last()) else {

@@ -86,14 +86,7 @@ pub fn schedule(cfg: &SoakConfig) -> Vec<(Duration, Step)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn cfg(secs: u64) -> SoakConfig {
-        SoakConfig {
-            out_dir: PathBuf::from("/nonexistent"),
-            ..SoakConfig::standard(secs)
-        }
-    }
+    use crate::soak::tests::cfg;
 
     #[test]
     fn schedule_fits_cycles_and_reloads() {
