@@ -85,14 +85,7 @@ impl Webhook {
         std::fs::write(&cert_path, &issued.cert_pem)?;
         std::fs::write(&key_path, &issued.key_pem)?;
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(issued.ca_der.clone().into())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(tls));
+        let connector = tls_connector(&issued.ca_der)?;
 
         let mut last_err = anyhow!("not started");
         for _attempt in 0..3 {
@@ -147,26 +140,7 @@ impl Webhook {
 
     /// One HTTPS request on a fresh connection; returns status and body.
     pub async fn request(&self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| anyhow!("connect to webhook timed out"))??;
-        let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
-        let tls = self.connector.connect(name, tcp).await?;
-        let io = hyper_util::rt::TokioIo::new(tls);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-            .await
-            .map_err(|_| anyhow!("webhook did not answer {method} {path} within 10 s"))??;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        https_request(&self.connector, self.addr, method, path, body).await
     }
 
     /// Sends `pod` (a Pod object as JSON) for CREATE in `namespace` and applies the patch.
@@ -178,27 +152,7 @@ impl Webhook {
             "00000000-0000-4000-8000-{:012x}",
             std::process::id() as u64 * 1000 + n
         );
-        let gvk = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
-        let gvr = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
-        let mut review = serde_json::json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
-                "namespace": namespace,
-                "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": pod,
-                "oldObject": null,
-                "dryRun": false,
-                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-            }
-        });
-        // The apiserver omits `name` (omitempty) for generateName pods.
-        if let Some(name) = pod.pointer("/metadata/name") {
-            review["request"]["name"] = name.clone();
-        }
+        let review = admission_review(&uid, namespace, pod);
         let (status, body) = self
             .request("POST", "/inject", Bytes::from(serde_json::to_vec(&review)?))
             .await?;
@@ -210,6 +164,78 @@ impl Webhook {
         }
         parse_review_response(&uid, pod, &body)
     }
+}
+
+/// A TLS client configuration that trusts only the CA `ca_der`.
+pub fn tls_connector(ca_der: &[u8]) -> Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(ca_der.to_vec()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(tls)))
+}
+
+/// One HTTPS request to the webhook at `addr` on a fresh connection made with `connector`
+/// (connect and TLS handshake bounded to 5 s each, the answer to 10 s); returns status and body.
+pub async fn https_request(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes)> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect to the webhook timed out"))??;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| anyhow!("TLS handshake with the webhook timed out"))??;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .map_err(|_| anyhow!("the webhook did not answer {method} {path} within 10 s"))??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// The AdmissionReview the kube-apiserver sends for a CREATE of `pod` (a Pod object as JSON) in
+/// `namespace`, as the ReplicaSet controller, with request uid `uid`.
+pub fn admission_review(uid: &str, namespace: &str, pod: &serde_json::Value) -> serde_json::Value {
+    let gvk = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
+    let gvr = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
+    let mut review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    });
+    // The apiserver omits `name` (omitempty) for generateName pods.
+    if let Some(name) = pod.pointer("/metadata/name") {
+        review["request"]["name"] = name.clone();
+    }
+    review
 }
 
 /// Checks an AdmissionReview response (uid echoed, patch type, base64 patch) and applies its

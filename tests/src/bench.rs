@@ -108,6 +108,16 @@ pub fn parse_oha(json: &str) -> Result<Load> {
     })
 }
 
+/// `VmRSS` of a process in kB (`None` when it is gone).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// CPU seconds (user+system) and RSS bytes of every process in a process group.
 pub fn group_usage(pgid: u32) -> (f64, u64) {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -138,15 +148,8 @@ pub fn group_usage(pgid: u32) -> (f64, u64) {
         let ut: f64 = f[11].parse().unwrap_or(0.0);
         let st: f64 = f[12].parse().unwrap_or(0.0);
         cpu += (ut + st) / tick;
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                rss += kb * 1024;
-            }
+        if let Some(kb) = rss_kb(pid) {
+            rss += kb * 1024;
         }
     }
     (cpu, rss)

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -112,15 +112,9 @@ impl Netns {
     /// Runs `f` on a thread that has joined this namespace.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let path = self.path();
-        let file = std::fs::File::open(&path)
-            .with_context(|| format!("opening {} (namespace gone?)", path.display()))?;
         std::thread::scope(|s| {
             s.spawn(move || {
-                // SAFETY: setns on a valid namespace fd affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(anyhow!("setns: {}", std::io::Error::last_os_error()));
-                }
+                join_netns(&path)?;
                 Ok(f())
             })
             .join()
@@ -179,6 +173,18 @@ impl Drop for Netns {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+}
+
+/// Moves the calling thread (only it) into the network namespace at `path`; sockets it creates
+/// from then on are that namespace's.
+pub fn join_netns(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening {} (namespace gone?)", path.display()))?;
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A child process of the lab, stopped (SIGTERM, then SIGKILL) when dropped.
