@@ -4,6 +4,7 @@
 //! Everything runs in the caller's network namespace. Programs are found on `PATH`.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::flags::{CaptureConfig, IptablesMode, Ipv6Mode, OwnerGroups};
@@ -269,14 +270,42 @@ pub fn detect(mode: IptablesMode) -> Detection {
     }
 }
 
-/// Whether this network namespace has a global-scope IPv6 address (from `/proc/net/if_inet6`).
-pub fn has_global_ipv6() -> Result<Option<String>, std::io::Error> {
-    let text = match std::fs::read_to_string("/proc/net/if_inet6") {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(global_ipv6_in(&text))
+/// Where the kernel lists the IPv6 addresses of this network namespace.
+pub const IF_INET6: &str = "/proc/net/if_inet6";
+
+/// What the IPv6 address list of this network namespace says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6Addresses {
+    /// A global-scope address (ULA included): `"<addr> on <interface>"`.
+    Global(String),
+    /// IPv6 is there, but no global-scope address.
+    NoGlobal,
+    /// The kernel has no IPv6 at all: the address list is absent while the rest of `/proc/net`
+    /// is there (booted with `ipv6.disable=1`, or built without IPv6). No IPv6 traffic exists.
+    NoIpv6InKernel,
+}
+
+/// Read the IPv6 address list at `path` (normally [`IF_INET6`]).
+///
+/// A missing file means "no IPv6 in this kernel" only when its folder is a readable `/proc/net`
+/// (it lists `dev`); anything else that stops the read (no `/proc` mounted, a permission
+/// refused, an I/O error) is an error: the caller cannot tell whether IPv6 traffic exists.
+pub fn ipv6_addresses_at(path: &Path) -> Result<Ipv6Addresses, std::io::Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(match global_ipv6_in(&text) {
+            Some(a) => Ipv6Addresses::Global(a),
+            None => Ipv6Addresses::NoGlobal,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let proc_net_there = path.parent().is_some_and(|dir| dir.join("dev").is_file());
+            if proc_net_there {
+                Ok(Ipv6Addresses::NoIpv6InKernel)
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `addr ifindex prefixlen scope flags ifname`; scope 00 = global (includes ULA).
@@ -296,21 +325,35 @@ fn global_ipv6_in(if_inet6: &str) -> Option<String> {
     None
 }
 
-/// Decide whether to program IPv6. Returns the decision and why.
-pub fn decide_ipv6(mode: Ipv6Mode) -> (bool, String) {
+/// Decide whether to program IPv6, from this network namespace's addresses ([`IF_INET6`]).
+/// Returns the decision and why, or one error line.
+pub fn decide_ipv6(mode: Ipv6Mode) -> Result<(bool, String), String> {
+    decide_ipv6_at(mode, Path::new(IF_INET6))
+}
+
+/// [`decide_ipv6`] reading the address list at `if_inet6`.
+///
+/// In auto mode an address list that cannot be read is an error (fail closed): turning IPv6
+/// capture off on a guess would let the pod's IPv6 traffic bypass the proxy. `--ipv6 on|off`
+/// decides without reading anything.
+pub fn decide_ipv6_at(mode: Ipv6Mode, if_inet6: &Path) -> Result<(bool, String), String> {
     match mode {
-        Ipv6Mode::On => (true, "on (forced by --ipv6 on)".into()),
-        Ipv6Mode::Off => (false, "off (forced by --ipv6 off)".into()),
-        Ipv6Mode::Auto => match has_global_ipv6() {
-            Ok(Some(a)) => (true, format!("on (auto: global IPv6 address {a})")),
-            Ok(None) => (
+        Ipv6Mode::On => Ok((true, "on (forced by --ipv6 on)".into())),
+        Ipv6Mode::Off => Ok((false, "off (forced by --ipv6 off)".into())),
+        Ipv6Mode::Auto => match ipv6_addresses_at(if_inet6) {
+            Ok(Ipv6Addresses::Global(a)) => Ok((true, format!("on (auto: global IPv6 address {a})"))),
+            Ok(Ipv6Addresses::NoGlobal) => Ok((
                 false,
                 "off (auto: no global IPv6 address in this pod)".into(),
-            ),
-            Err(e) => (
+            )),
+            Ok(Ipv6Addresses::NoIpv6InKernel) => Ok((
                 false,
-                format!("off (auto: could not read /proc/net/if_inet6: {e})"),
-            ),
+                format!("off (auto: the kernel has no IPv6: {} does not exist)", if_inet6.display()),
+            )),
+            Err(e) => Err(format!(
+                "IPv6 capture (--ipv6 auto): cannot read {}: {e}; without it remora-init cannot tell whether this pod has IPv6, and IPv6 traffic must not bypass the proxy, so nothing was changed. Set --ipv6 off (or REMORA_IPV6=off) to disable IPv6 capture explicitly, or --ipv6 on to capture IPv6 regardless",
+                if_inet6.display()
+            )),
         },
     }
 }

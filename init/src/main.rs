@@ -76,7 +76,19 @@ fn run(flags: &Flags, flag_lines: &[String]) -> Result<(), Vec<String>> {
         ));
     }
 
-    let (ipv6, why6) = apply::decide_ipv6(flags.ipv6);
+    // Decided before anything is changed: an error here leaves every table as it was.
+    let (ipv6, why6) = match apply::decide_ipv6(flags.ipv6) {
+        Ok(d) => d,
+        // Cleanup does not depend on it: it looks at IPv6 unless --ipv6 off.
+        Err(_) if flags.cleanup => (
+            false,
+            format!(
+                "{} could not be read; cleanup looks at IPv6 anyway",
+                apply::IF_INET6
+            ),
+        ),
+        Err(e) => return Err(vec![e]),
+    };
     say(format!("IPv6: {why6}"));
     let detection = apply::detect(flags.iptables_mode);
     let backend = detection.backend;

@@ -7,6 +7,7 @@
 //!   `../shared` next to the workspace): for each case that maps onto our flags, the final chain
 //!   contents Istio's restore input produces (after `-I ... 1` reordering) must equal ours rule by
 //!   rule, after renaming `ISTIO_*` to `REMORA_*` and dropping comments and implicit `-m tcp`.
+//!   Skipped, with a line saying so, where that corpus is absent (see `remora_corpus`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -243,13 +244,6 @@ fn shell_words(args: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Structural comparison with Istio's goldens.
 
-fn shared_dir() -> PathBuf {
-    match std::env::var("REMORA_SHARED") {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
 /// Split a rule into tokens, keeping a double-quoted comment as one token.
 fn tokens(spec: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -472,16 +466,12 @@ fn same_rules_as_istio_goldens_for_the_cases_that_map() {
             false,
         ),
     ];
-    let dir = shared_dir().join("anchors/istio/iptables");
+    let dir = remora_corpus::require!("iptables");
     let mut compared_rules = 0;
     for (golden, args, ipv6) in cases {
         let path = dir.join(format!("{golden}.golden"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (set REMORA_SHARED to the shared material folder)",
-                path.display()
-            )
-        });
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let blocks = istio_nat_blocks(&text);
         assert_eq!(
             blocks.len(),

@@ -543,6 +543,82 @@ fn ipv6_auto_follows_the_pods_addresses() {
     assert!(section(&out, "IPv6 restore text").is_some());
 }
 
+/// Run remora-init in `ns` with an empty /proc (its own mount namespace), so that
+/// /proc/net/if_inet6 cannot be read.
+fn init_without_proc(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut sh_args = vec![
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /proc && exec \"$0\" \"$@\"",
+        common::BIN,
+    ];
+    sh_args.extend_from_slice(args);
+    ns.exec_env("unshare", &sh_args, env)
+}
+
+#[test]
+fn an_unreadable_ipv6_address_list_fails_closed() {
+    let ns = Netns::new("v6noproc");
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "set", "v0", "up"]);
+    ns.ip(&["addr", "add", "fd00:213::2/64", "dev", "v0", "nodad"]);
+    let before = whole_state(&ns, "nft");
+    let out = init_without_proc(&ns, &args_with(&["--iptables-mode", "nft"]), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("remora-init: error: IPv6 capture (--ipv6 auto): cannot read /proc/net/if_inet6: No such file or directory"),
+        "{stderr}"
+    );
+    assert!(errors[0].contains("--ipv6 off"), "{stderr}");
+    assert_eq!(whole_state(&ns, "nft"), before, "nothing may change");
+    // The same with --dry-run: a dry run shows what a real run would do.
+    let out = init_without_proc(
+        &ns,
+        &args_with(&["--iptables-mode", "nft", "--dry-run"]),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Disabling IPv6 capture explicitly (flag or environment) needs no address list.
+    for (args, env) in [
+        (
+            args_with(&["--iptables-mode", "nft", "--ipv6", "off"]),
+            vec![],
+        ),
+        (
+            args_with(&["--iptables-mode", "nft"]),
+            vec![("REMORA_IPV6", "off")],
+        ),
+    ] {
+        let out = init_without_proc(&ns, &args, &env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("IPv6: off (forced by --ipv6 off)"),
+            "{stdout}"
+        );
+    }
+    assert!(!ours_in_save(&ns.save(V4)).is_empty());
+    assert!(ours_in_save(&ns.save(V6)).is_empty());
+    // Cleanup does not depend on the address list.
+    let out = init_without_proc(&ns, &["--cleanup", "--iptables-mode", "nft"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ours_in_save(&ns.save(V4)).is_empty());
+}
+
 #[test]
 fn flags_can_come_from_istio_environment_variables() {
     let ns = Netns::new("env");

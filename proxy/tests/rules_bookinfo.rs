@@ -1,23 +1,19 @@
 //! Routing semantics of every Istio Bookinfo rule in `$REMORA_SHARED/anchors/istio/networking/`
-//! (read in place; see that folder's SOURCE.md for provenance), table-driven.
+//! (read in place; see that folder's SOURCE.md for provenance), table-driven. Skipped without
+//! that corpus (see `remora_corpus`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rand::SeedableRng;
 use remora_model::route::{route, Decision, Forward, RequestInfo};
 use remora_proxy::rules::{self, load, LoadContext, Protocol, Snapshot};
 
-fn shared() -> PathBuf {
-    match std::env::var_os("REMORA_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
+/// Istio's Bookinfo rules; every test here starts with `remora_corpus::require!("networking")`
+/// (skipped, with a line saying so, where the corpus is absent).
 fn networking() -> PathBuf {
-    shared().join("anchors/istio/networking")
+    remora_corpus::istio_dir().join("networking")
 }
 
 /// Tests never query real DNS: names resolve to loopback addresses from this table only.
@@ -111,6 +107,7 @@ fn svc(name: &str) -> String {
 
 #[test]
 fn single_destination_rules() {
+    remora_corpus::require!("networking");
     // (files, request, expected host, expected subset)
     let cases: Vec<(&[&str], Req, &str, &str)> = vec![
         (
@@ -321,6 +318,7 @@ fn single_destination_rules() {
 
 #[test]
 fn subsets_carry_the_destination_rule_labels() {
+    remora_corpus::require!("networking");
     let s = load(&["virtual-service-all-v1.yaml", "destination-rule-all.yaml"]);
     let dr = s.destination_rule(&svc("ratings")).unwrap();
     let labels: Vec<(&str, BTreeMap<String, String>)> = dr
@@ -375,6 +373,7 @@ fn check_split(files: &[&str], want: &[(&str, f64)]) {
 
 #[test]
 fn weighted_splits_over_10000_draws() {
+    remora_corpus::require!("networking");
     check_split(
         &[
             "virtual-service-reviews-80-20.yaml",
@@ -407,6 +406,7 @@ fn weighted_splits_over_10000_draws() {
 
 #[test]
 fn same_seed_same_choices() {
+    remora_corpus::require!("networking");
     let s = load(&[
         "virtual-service-reviews-80-20.yaml",
         "destination-rule-all.yaml",
@@ -427,6 +427,7 @@ fn same_seed_same_choices() {
 
 #[test]
 fn faults_are_parsed_into_the_policy() {
+    remora_corpus::require!("networking");
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let s = load(&[
         "virtual-service-ratings-test-abort.yaml",
@@ -473,6 +474,7 @@ fn faults_are_parsed_into_the_policy() {
 
 #[test]
 fn gateway_rules_are_not_applied_to_sidecars() {
+    remora_corpus::require!("networking");
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for file in ["bookinfo-gateway.yaml", "certmanager-gateway.yaml"] {
         let s = load(&[file]);
@@ -517,6 +519,7 @@ fn gateway_rules_are_not_applied_to_sidecars() {
 
 #[test]
 fn egress_google_apis_port_rewrite_and_protocols() {
+    remora_corpus::require!("networking");
     let s = load(&["egress-rule-google-apis.yaml"]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     // Port 80 is routed to port 443 of the same host, with the DNS-resolved endpoints.
@@ -551,6 +554,7 @@ fn egress_google_apis_port_rewrite_and_protocols() {
 
 #[test]
 fn every_bookinfo_file_loads_alone() {
+    remora_corpus::require!("networking");
     let mut names: Vec<String> = std::fs::read_dir(networking())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -567,6 +571,7 @@ fn every_bookinfo_file_loads_alone() {
 
 #[test]
 fn config_dump_keeps_istio_shapes() {
+    remora_corpus::require!("networking");
     let s = load(&[
         "virtual-service-reviews-jason-v2-v3.yaml",
         "destination-rule-all.yaml",

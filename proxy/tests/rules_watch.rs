@@ -309,7 +309,7 @@ fn metrics_are_in_the_default_registry() {
     std::sync::LazyLock::force(&METRICS);
     let names: Vec<String> = prometheus::gather()
         .iter()
-        .map(|f| f.get_name().to_string())
+        .map(|f| f.name().to_string())
         .collect();
     for n in [
         "remora_config_generation",

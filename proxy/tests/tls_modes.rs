@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -482,13 +481,6 @@ fn simple_checks_subject_alt_names() {
     assert_eq!(flag(&p, "/simple-sni"), "UF");
 }
 
-fn shared() -> PathBuf {
-    match std::env::var_os("REMORA_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
 #[test]
 fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
     let rt = rt();
@@ -562,10 +554,8 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
 
 #[test]
 fn bookinfo_all_mtls_rules_validate_with_one_warning_per_rule() {
-    let path = shared().join("anchors/istio/networking/destination-rule-all-mtls.yaml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        panic!("{} is missing (set REMORA_SHARED)", path.display());
-    };
+    let path = remora_corpus::require!("networking/destination-rule-all-mtls.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
     let ctx = remora_proxy::rules::LoadContext::default();
     let report = remora_model::lint::run_files(&[("all-mtls.yaml", text.as_str())], &ctx);
     assert!(report.is_ok(), "{report}");

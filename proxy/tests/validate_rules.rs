@@ -12,14 +12,6 @@ fn data(p: &str) -> PathBuf {
         .join(p)
 }
 
-fn bookinfo() -> PathBuf {
-    match std::env::var_os("REMORA_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-    .join("anchors/istio/networking")
-}
-
 const BAD_REPORT: &str = r#"error: a-schema.yaml doc 1: spec.http[0].route[0].weight: expected an integer, found the string "100" (remove the quotes)
 error: a-schema.yaml doc 2: spec.ports[0].protocol: unknown protocol "POSTGRES" (HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP)
 error: b-subsets.yaml doc 1: spec.http[0].route[0].destination.subset: subset "v9" is not defined by any DestinationRule for host ratings.default.svc.cluster.local
@@ -158,8 +150,9 @@ fn single_file_findings() {
 
 #[test]
 fn bookinfo_rules_in_place() {
+    let bookinfo = remora_corpus::require!("networking");
     let ctx = LoadContext::default();
-    let read = |f: &str| std::fs::read_to_string(bookinfo().join(f)).unwrap();
+    let read = |f: &str| std::fs::read_to_string(bookinfo.join(f)).unwrap();
     // (files, exact report)
     let cases: Vec<(Vec<&str>, String)> = vec![
         (vec!["virtual-service-all-v1.yaml", "destination-rule-all.yaml"], String::new()),

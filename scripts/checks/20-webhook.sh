@@ -8,17 +8,26 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REMORA_SHARED="${REMORA_SHARED:-$(cd .. && pwd)/shared}"
 corpus="$REMORA_SHARED/anchors/istio/inject"
+if [ ! -d "$corpus" ]; then
+  # Same rule as the Rust tests (corpus/src/lib.rs): skip with one line, fail where required.
+  msg="Istio corpus not found at $corpus; it is Istio's own testdata (github.com/istio/istio at commit 86c9f01fd735), see docs/testing.md"
+  if [ "${REMORA_REQUIRE_CORPUS:-}" = 1 ]; then
+    echo "20-webhook: FAILED: $msg (REMORA_REQUIRE_CORPUS=1: the corpus is required here; set REMORA_SHARED)" >&2
+    exit 1
+  fi
+  echo "SKIPPED 20-webhook (Istio's injection inputs): $msg" >&2
+  corpus=""
+fi
 validate=.venv/bin/kubernetes-validate
 [ -x "$validate" ] || scripts/setup
-[ -d "$corpus" ] || { echo "20-webhook: Istio corpus not found at $corpus (set REMORA_SHARED)" >&2; exit 1; }
 cargo build -q -p remora-webhook --locked
-bin=target/debug/remora-webhook
+bin="${CARGO_TARGET_DIR:-target}/debug/remora-webhook"
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
 inputs=()
-for f in "$corpus"/*.yaml; do
+for f in ${corpus:+"$corpus"/*.yaml}; do
   # Error-only cases have no golden output: Istio expects injection to fail.
   [ -e "$f.injected" ] || { echo "20-webhook: skip (error-only) $(basename "$f")"; continue; }
   inputs+=("$f")

@@ -169,12 +169,6 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-fn shared() -> PathBuf {
-    std::env::var_os("REMORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared"))
-}
-
 fn bin(name: &str) -> PathBuf {
     let p = remora_e2e::admission::default_bin_dir().join(name);
     assert!(
@@ -185,11 +179,12 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// The rules directory: the anchors and our file.
+/// The rules directory: the anchors and our file. Tests that start a proxy first call
+/// `remora_corpus::require!("networking")` (skipped, with a line saying so, without the corpus).
 fn rules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for a in ANCHORS {
-        let src = shared().join("anchors/istio/networking").join(a);
+        let src = remora_corpus::istio_dir().join("networking").join(a);
         let text =
             std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
         std::fs::write(dir.path().join(a), text).expect("write rules");
@@ -342,6 +337,7 @@ fn cols(line: &str) -> Vec<&str> {
 
 #[test]
 fn proxy_config_reads_a_running_proxy_through_its_admin_port() {
+    remora_corpus::require!("networking");
     let proxy = Proxy::start();
     let admin = proxy.admin.to_string();
 
@@ -489,6 +485,7 @@ fn proxy_config_admin_errors_are_one_line() {
         "{err}"
     );
     // An HTTP server that is not a remora proxy's admin port: the proxy's health port.
+    remora_corpus::require!("networking");
     let proxy = Proxy::start();
     let o = remora(&[
         "proxy-config",
@@ -506,6 +503,7 @@ fn proxy_config_admin_errors_are_one_line() {
 /// (same content hash and the same rules, listeners aside, which name the ports).
 #[test]
 fn recorded_fixture_is_what_the_proxy_serves() {
+    remora_corpus::require!("networking");
     let proxy = Proxy::start();
     let live = proxy.config_dump();
     let path = workspace().join("tests/fixtures/kube-api/cli/proxy-config.json");

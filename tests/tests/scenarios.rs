@@ -6,20 +6,15 @@
 use remora_e2e::client::{sum, Sample};
 use remora_e2e::{Lab, LabOptions, Pod};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const BOOKINFO: &str = include_str!("../fixtures/bookinfo.yaml");
 const REQ: &str = "istio_requests_total";
 
-fn shared() -> PathBuf {
-    std::env::var_os("REMORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
-
+/// A file of Istio's Bookinfo rules; the tests using it start with
+/// `remora_corpus::require!("networking")` (skipped, with a line saying so, without the corpus).
 fn anchor(name: &str) -> String {
-    let p = shared().join("anchors/istio/networking").join(name);
+    let p = remora_corpus::istio_dir().join("networking").join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -105,6 +100,7 @@ fn eventually_metrics(
 
 #[test]
 fn bookinfo_routing_rules_and_metrics() {
+    remora_corpus::require!("networking");
     let dr = anchor("destination-rule-all.yaml");
     let mut lab = lab_with(&[("istio-injection", "enabled")], BOOKINFO, &dr);
 
@@ -280,6 +276,7 @@ fn bookinfo_routing_rules_and_metrics() {
 /// Scenario 3: fault injection (delay for jason, abort 50%) with timeout and retries responding.
 #[test]
 fn fault_injection_with_timeout_and_retries() {
+    remora_corpus::require!("networking");
     let flaky = r#"
 apiVersion: v1
 kind: Service

@@ -18,13 +18,6 @@ use remora_webhook::inject::{inject_pod, Outcome};
 use remora_webhook::{cli, workload};
 use serde_json::{json, Value};
 
-fn shared() -> PathBuf {
-    match std::env::var("REMORA_SHARED") {
-        Ok(s) if !s.is_empty() => PathBuf::from(s),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
 fn docs_in(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     cli::parse_docs(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -181,12 +174,7 @@ fn check_injected(input: &Value, out: &Value, cfg: &Config) -> Result<(), Vec<St
 
 #[test]
 fn every_injected_corpus_pod_is_least_privilege() {
-    let dir = shared().join("anchors/istio/inject");
-    assert!(
-        dir.is_dir(),
-        "Istio corpus not found at {} (set REMORA_SHARED)",
-        dir.display()
-    );
+    let dir = remora_corpus::require!("inject");
     let cfg = Config::default();
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -25,17 +25,6 @@ fn uid() -> String {
     )
 }
 
-fn shared() -> PathBuf {
-    match std::env::var("REMORA_SHARED") {
-        Ok(s) if !s.is_empty() => PathBuf::from(s),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
-fn corpus_dir() -> PathBuf {
-    shared().join("anchors/istio/inject")
-}
-
 fn samples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/samples")
 }
@@ -581,12 +570,7 @@ fn istio_expectation(input: &Value, golden: Option<&Value>) -> Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_corpus_over_https() {
-    let dir = corpus_dir();
-    assert!(
-        dir.is_dir(),
-        "Istio corpus not found at {} (set REMORA_SHARED)",
-        dir.display()
-    );
+    let dir = remora_corpus::require!("inject");
     let c = certs();
     let server = start(&c, ConfigHandle::fixed(Config::default())).await;
     let mut client = connect(&server, &c).await;

@@ -7,7 +7,7 @@
 #[path = "../../tests/src/ports.rs"]
 mod ports;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -28,15 +28,10 @@ fn uid() -> String {
     )
 }
 
-fn shared() -> PathBuf {
-    match std::env::var("REMORA_SHARED") {
-        Ok(s) if !s.is_empty() => PathBuf::from(s),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
-}
-
+/// A file of Istio's Bookinfo rules; the tests using it start with
+/// `remora_corpus::require!("networking")` (skipped, with a line saying so, without the corpus).
 fn bookinfo(file: &str) -> String {
-    let p = shared().join("anchors/istio/networking").join(file);
+    let p = remora_corpus::istio_dir().join("networking").join(file);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -138,9 +133,10 @@ const DR_ALL: &str = "destination-rule-all.yaml";
 /// shipped example ConfigMap.
 #[tokio::test]
 async fn bookinfo_rules_are_allowed() {
+    remora_corpus::require!("networking");
     let s = start(Config::default()).await;
     let mut checked = 0;
-    let dir = shared().join("anchors/istio/networking");
+    let dir = remora_corpus::istio_dir().join("networking");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok())
@@ -181,6 +177,7 @@ async fn bookinfo_rules_are_allowed() {
 /// field, the value and the reason.
 #[tokio::test]
 async fn invalid_rules_are_denied_with_key_field_and_reason() {
+    remora_corpus::require!("networking");
     let s = start(Config::default()).await;
     let before = counter(
         &String::from_utf8_lossy(&s.client().await.get("/metrics").await.unwrap().1),
@@ -468,6 +465,7 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 /// (Bounded: 1500 of each, seeded.)
 #[test]
 fn mutated_input_never_panics() {
+    remora_corpus::require!("networking");
     let cfg = Config::default();
     let rules = format!(
         "{}---\n{}",
@@ -668,6 +666,7 @@ impl Drop for Child {
 /// decision, the counts and the reason.
 #[tokio::test]
 async fn the_binary_logs_one_line_per_decision() {
+    remora_corpus::require!("networking");
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
