@@ -6,6 +6,8 @@
 //! the thin I/O shells around it and share the same code path. `validate_rules` answers the
 //! validating webhook for rules ConfigMaps (`POST /validate`) with the proxy's own linter.
 
+#![forbid(unsafe_code)]
+
 pub mod annotations;
 pub mod certs;
 pub mod cli;
