@@ -77,6 +77,7 @@ async fn start(c: &Certs, config: ConfigHandle) -> Running {
         config,
         reload_poll: Duration::from_millis(500),
         drain: Duration::from_secs(5),
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -765,7 +766,7 @@ async fn bad_input_gets_clear_errors_and_server_keeps_serving() {
             200,
             "Pods only",
         ),
-        ("over 4 MiB", vec![b' '; 4 * 1024 * 1024 + 10], 413, ""),
+        ("over 1 MiB", vec![b' '; 1024 * 1024 + 10], 413, ""),
     ];
     for (what, body, status, needle) in cases {
         let (got, answer) = client
