@@ -660,6 +660,7 @@ async fn serve_managed(
             config: ConfigHandle::fixed(Config::default()),
             reload_poll: Duration::from_secs(10),
             drain: Duration::from_secs(2),
+            limits: Default::default(),
         },
         managed.resolver,
     )

@@ -187,33 +187,76 @@ fn shown(val: &serde_json::Value) -> String {
 /// fine). Each problem is one error. `image: auto` (Istio's placeholder) is allowed. A record
 /// that is not JSON, or has another shape, is ignored by the injection and passes here.
 pub fn check_override_record(v: &str) -> Vec<String> {
+    check_override_record_in(v, None, None)
+}
+
+/// Whether `base` already holds every setting of `over`, as the override merge would write it
+/// (objects key by key, anything else whole; a setting absent from `base` counts as null).
+fn covers(base: Option<&serde_json::Value>, over: &serde_json::Value) -> bool {
+    match (base, over) {
+        (Some(serde_json::Value::Object(b)), serde_json::Value::Object(o)) => {
+            o.iter().all(|(k, v)| covers(b.get(k), v))
+        }
+        (None, serde_json::Value::Null) => true,
+        (Some(b), o) => b == o,
+        (None, _) => false,
+    }
+}
+
+/// [`check_override_record`] for a pod a previous injection left behind: `proxy` and `init` are
+/// the injected containers still in its spec (named in `sidecar.istio.io/status`). A setting of
+/// the record that the container already carries in the spec is not refused: the record only
+/// replays what the pod spec shows in the open (the first injection merged it from a container
+/// the pod declared itself, which is allowed), and the same pod without the annotation would
+/// keep it too, since those containers are what the spec declares. So re-injecting our own output
+/// is accepted and changes nothing. A record that adds anything the containers do not already
+/// have is checked as usual.
+pub fn check_override_record_in(
+    v: &str,
+    proxy: Option<&serde_json::Value>,
+    init: Option<&serde_json::Value>,
+) -> Vec<String> {
     let Ok(rec) = serde_json::from_str::<serde_json::Value>(v) else {
         return Vec::new();
     };
     let mut errs = Vec::new();
-    for (role, container) in [("proxy", "remora-proxy"), ("init", "remora-init")] {
+    for (role, container, previous) in [
+        ("proxy", "remora-proxy", proxy),
+        ("init", "remora-init", init),
+    ] {
         let Some(list) = rec.get(role).and_then(serde_json::Value::as_array) else {
             continue;
         };
+        let shown_in_spec =
+            |key: &str, val: &serde_json::Value| previous.is_some_and(|c| covers(c.get(key), val));
         for entry in list {
             let mut push = |e: String| {
                 if !errs.contains(&e) {
                     errs.push(e);
                 }
             };
-            if let Some(img) = entry.get("image").filter(|i| !i.is_null() && *i != "auto") {
+            if let Some(img) = entry
+                .get("image")
+                .filter(|i| !i.is_null() && *i != "auto" && !shown_in_spec("image", i))
+            {
                 push(format!(
                     "annotation {OVERRIDES}: image {} for {container}: image choice by annotation is refused by remora; set images in the injector config",
                     shown(img)
                 ));
             }
-            if let Some(cmd) = entry.get("command").filter(|c| !c.is_null()) {
+            if let Some(cmd) = entry
+                .get("command")
+                .filter(|c| !c.is_null() && !shown_in_spec("command", c))
+            {
                 push(format!(
                     "annotation {OVERRIDES}: command {} for {container}: a command by annotation is refused by remora; the injected containers run remora-proxy and remora-init",
                     shown(cmd)
                 ));
             }
-            if let Some(sc) = entry.get("securityContext") {
+            if let Some(sc) = entry
+                .get("securityContext")
+                .filter(|sc| !shown_in_spec("securityContext", sc))
+            {
                 let raised = raised_privileges(sc, role == "proxy");
                 if !raised.is_empty() {
                     push(format!(
@@ -447,6 +490,17 @@ pub struct PodOptions {
 impl PodOptions {
     /// Validates the pod's annotations against `cfg`; all problems are returned, each a sentence.
     pub fn parse(ann: &BTreeMap<String, String>, cfg: &Config) -> Result<PodOptions, Vec<String>> {
+        Self::parse_reinjected(ann, cfg, None, None)
+    }
+
+    /// [`PodOptions::parse`] for a pod that a previous injection left with the containers
+    /// `proxy` and `init` (see [`check_override_record_in`]).
+    pub fn parse_reinjected(
+        ann: &BTreeMap<String, String>,
+        cfg: &Config,
+        proxy: Option<&serde_json::Value>,
+        init: Option<&serde_json::Value>,
+    ) -> Result<PodOptions, Vec<String>> {
         let mut errs = Vec::new();
         let get = |k: &str| ann.get(k).map(String::as_str);
         let mut opts = PodOptions {
@@ -503,7 +557,7 @@ impl PodOptions {
             errs.push(PROXY_IMAGE_REFUSED.to_string());
         }
         if let Some(v) = get(OVERRIDES) {
-            errs.extend(check_override_record(v));
+            errs.extend(check_override_record_in(v, proxy, init));
         }
         if let Some(v) = get(INTERCEPTION_MODE) {
             match v.trim() {

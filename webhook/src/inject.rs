@@ -78,6 +78,23 @@ fn previous(status: Option<&str>) -> Option<Previous> {
     })
 }
 
+/// The container `name` that a previous injection (`prev`, from the status annotation) put in the
+/// pod and that is still there.
+fn previous_container<'a>(pod: &'a Value, prev: &Previous, name: &str) -> Option<&'a Value> {
+    [
+        ("initContainers", &prev.init),
+        ("containers", &prev.containers),
+    ]
+    .into_iter()
+    .filter(|(_, names)| names.iter().any(|n| n == name))
+    .find_map(|(list, _)| {
+        pod.pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+    })
+}
+
 /// Removes the named entries of `arr`, returning the removed ones.
 fn take_named(arr: &mut Vec<Value>, names: &[String]) -> Vec<Value> {
     let mut removed = Vec::new();
@@ -172,19 +189,6 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         Decision::Inject(r) => r,
     };
     let annotations = string_map(pod.pointer("/metadata/annotations"));
-    let opts = match PodOptions::parse(&annotations, cfg) {
-        Ok(o) => o,
-        Err(errs) => return Outcome::Denied(errs.join("; ")),
-    };
-
-    let mut out = pod.clone();
-    let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) else {
-        return Outcome::Denied("pod spec is not an object".into());
-    };
-    let mut containers = array_at(spec, "containers");
-    let mut inits = array_at(spec, "initContainers");
-    let mut vols = array_at(spec, "volumes");
-
     // A previous injection (ours or Istio's) is replaced, never duplicated.
     let prev = match previous(annotations.get(STATUS).map(String::as_str)) {
         Some(p) => p,
@@ -198,6 +202,29 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         },
         None => Previous::default(),
     };
+    let opts = match PodOptions::parse_reinjected(
+        &annotations,
+        cfg,
+        previous_container(pod, &prev, PROXY_NAME),
+        previous_container(pod, &prev, INIT_NAME),
+    ) {
+        Ok(o) => o,
+        Err(errs) => return Outcome::Denied(errs.join("; ")),
+    };
+    // A seccomp profile the pod chooses for all its containers applies to ours too; without one
+    // they get the container runtime's default profile.
+    let pod_seccomp = pod
+        .pointer("/spec/securityContext/seccompProfile")
+        .is_some_and(|p| !p.is_null());
+
+    let mut out = pod.clone();
+    let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Outcome::Denied("pod spec is not an object".into());
+    };
+    let mut containers = array_at(spec, "containers");
+    let mut inits = array_at(spec, "initContainers");
+    let mut vols = array_at(spec, "volumes");
+
     let mut removed = take_named(&mut inits, &prev.init);
     removed.extend(take_named(&mut containers, &prev.containers));
     take_named(&mut vols, &prev.volumes);
@@ -302,11 +329,17 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
     let mut proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    if !pod_seccomp {
+        template::default_seccomp(&mut proxy);
+    }
     for o in &overrides {
         template::apply_override(&mut proxy, o);
     }
     let mut init = template::init_container(cfg, &opts);
     if let Some(i) = init.as_mut() {
+        if !pod_seccomp {
+            template::default_seccomp(i);
+        }
         for o in &init_overrides {
             template::apply_override(i, o);
         }

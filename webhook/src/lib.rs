@@ -7,6 +7,8 @@
 //! `inject`/`check-inject` call `cli` too). `validate_rules` answers the validating webhook for
 //! rules ConfigMaps (`POST /validate`) with `rules_lint`, the linter `remora analyze` runs.
 
+#![forbid(unsafe_code)]
+
 pub mod annotations;
 pub mod certs;
 pub mod cli;

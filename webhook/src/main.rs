@@ -2,6 +2,8 @@
 //! `check-inject`), kept for one release as aliases of `remora inject` and `remora check-inject
 //! -f` (the same library code, `remora_webhook::cli`).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,8 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
         #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
         certs: Box<CertArgs>,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
@@ -69,6 +73,56 @@ enum Cmd {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+}
+
+/// `serve`: what one client may hold of the server (see `server::Limits`).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Seconds for the TLS handshake plus the first request head.
+    #[arg(long, env = "REMORA_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 5)]
+    header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay without a request in flight before it is closed.
+    #[arg(long, env = "REMORA_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    idle_timeout_seconds: u64,
+    /// Seconds for one whole request (body and answer); then 408.
+    #[arg(long, env = "REMORA_REVIEW_TIMEOUT_SECONDS", default_value_t = 10)]
+    review_timeout_seconds: u64,
+    /// Open connections at most (past it the longest-idle connection is closed).
+    #[arg(long, env = "REMORA_MAX_CONNECTIONS", default_value_t = 512)]
+    max_connections: usize,
+    /// Pod reviews in progress at once; past it 429 with Retry-After.
+    #[arg(long, env = "REMORA_MAX_CONCURRENT_REVIEWS", default_value_t = 32)]
+    max_concurrent_reviews: usize,
+    /// Rules ConfigMap reviews (POST /validate) in progress at once; past it 429.
+    #[arg(long, env = "REMORA_MAX_CONCURRENT_RULES_REVIEWS", default_value_t = 4)]
+    max_concurrent_rules_reviews: usize,
+    /// HTTP/2 streams per connection.
+    #[arg(long, env = "REMORA_H2_MAX_CONCURRENT_STREAMS", default_value_t = 8)]
+    h2_max_concurrent_streams: u32,
+    /// Largest POST /inject body in bytes; larger is 413.
+    #[arg(long, env = "REMORA_MAX_BODY_BYTES", default_value_t = remora_webhook::review::MAX_BODY)]
+    max_body_bytes: usize,
+    /// Largest POST /validate body in bytes; larger is 413.
+    #[arg(long, env = "REMORA_MAX_RULES_BODY_BYTES", default_value_t = remora_webhook::review::MAX_RULES_BODY)]
+    max_rules_body_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<server::Limits> {
+        let l = server::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            review_timeout: Duration::from_secs(self.review_timeout_seconds),
+            max_connections: self.max_connections,
+            max_concurrent_reviews: self.max_concurrent_reviews,
+            max_concurrent_rules_reviews: self.max_concurrent_rules_reviews,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            max_body: self.max_body_bytes,
+            max_rules_body: self.max_rules_body_bytes,
+        };
+        l.validate().map_err(anyhow::Error::msg)?;
+        Ok(l)
+    }
 }
 
 /// `serve --manage-certs`: issue and rotate the serving certificate in a Secret (no
@@ -203,8 +257,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_key,
             config,
             drain_seconds,
+            limits,
             certs: cert_args,
         } => {
+            let limits = limits.limits()?;
             init_logging(true);
             remora_webhook::tls::install_provider();
             let cert_opts = cert_args
@@ -223,6 +279,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     config: cfg,
                     reload_poll: Duration::from_secs(10),
                     drain: Duration::from_secs(drain_seconds),
+                    limits,
                 };
                 let running = match cert_opts {
                     Some(co) => {

@@ -54,6 +54,22 @@ static RELOADS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     .ok()
 });
 
+static REFUSED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "remora_webhook_refused_total",
+        "Requests and connections refused or closed by the server's limits, by reason (busy: 429 past --max-concurrent-reviews; body: over the body limit; timeout: review not done within --review-timeout-seconds; header_timeout: no complete request head in time; idle: idle connection closed; evicted: closed to make room past --max-connections; connections: refused, --max-connections all busy).",
+        &["reason"]
+    )
+    .ok()
+});
+
+/// Records one request or connection refused by a server limit.
+pub fn refused(reason: &str) {
+    if let Some(c) = REFUSED.as_ref() {
+        c.with_label_values(&[reason]).inc();
+    }
+}
+
 /// Records one answered review.
 pub fn review(decision: &str, seconds: f64) {
     if let Some(c) = REVIEWS.as_ref() {
@@ -93,6 +109,7 @@ pub fn init() {
     LazyLock::force(&RELOADS);
     LazyLock::force(&RULES_REVIEWS);
     LazyLock::force(&RULES_DURATION);
+    LazyLock::force(&REFUSED);
 }
 
 /// The Prometheus text exposition of everything in the default registry.

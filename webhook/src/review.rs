@@ -10,8 +10,19 @@ use crate::config::Config;
 use crate::inject::{inject_pod, Outcome};
 use crate::patch;
 
-/// The largest body the server reads (the API server's own request limit is 3 MiB).
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The default largest `POST /inject` body (`--max-body-bytes`). A pod review is the pod once
+/// (CREATE has no oldObject) plus about 1 KB of envelope: a typical Deployment pod makes a 3 KB
+/// review, and one with a dozen containers and long env lists stays under 100 KB. 1 MiB is over
+/// 300 times the typical review, and it bounds what concurrent reviews can hold in memory
+/// (`--max-concurrent-reviews` × this, 32 MiB by default, against the webhook's 128 Mi limit).
+/// Pods larger than this are refused with 413; etcd stores objects up to 1.5 MiB by default, so
+/// a cluster with pods that large can raise it to 2 MiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The default largest `POST /validate` body (`--max-rules-body-bytes`): a ConfigMap UPDATE
+/// review carries the new and the old object, each up to 1 MiB of data (JSON-escaped, a little
+/// more), so 3 MiB, the API server's own request body limit.
+pub const MAX_RULES_BODY: usize = 3 * 1024 * 1024;
 
 /// What the per-review log line says.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -197,6 +197,16 @@ pub fn proxy_container(
     c
 }
 
+/// Gives an injected container `securityContext.seccompProfile: RuntimeDefault` unless it has a
+/// profile already (callers skip this when the pod sets `spec.securityContext.seccompProfile`,
+/// which then applies to every container; an override container's own profile is merged after).
+pub fn default_seccomp(c: &mut Value) {
+    if let Some(sc) = c.get_mut("securityContext").and_then(Value::as_object_mut) {
+        sc.entry("seccompProfile")
+            .or_insert_with(|| json!({"type": "RuntimeDefault"}));
+    }
+}
+
 /// Merges a pod-declared override container over a rendered one: objects merge key by key,
 /// lists of named items (env, ports, volumeMounts) merge by name, other lists and values replace;
 /// `name` is kept and `image: auto` ignored.

@@ -16,6 +16,8 @@ use remora_webhook::{cli, review, workload};
 use serde_json::{json, Value};
 
 static UID: AtomicU64 = AtomicU64::new(0);
+/// Injected pods whose override record raises privileges (the corpus's proxy-override case).
+static RAISING_RECORDS: AtomicU64 = AtomicU64::new(0);
 
 fn uid() -> String {
     format!(
@@ -64,6 +66,7 @@ async fn start(c: &Certs, config: ConfigHandle) -> Running {
         config,
         reload_poll: Duration::from_millis(500),
         drain: Duration::from_secs(5),
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -253,23 +256,6 @@ fn record_raises(pod: &Value) -> bool {
                 || (*role == "proxy" && sc["runAsUser"] == 0)
         })
     })
-}
-
-/// Re-injecting a pod whose override record raises privileges is denied, naming the annotation.
-async fn assert_reinjection_is_refused(client: &mut Client, injected: &Value, ns: &str, ctx: &str) {
-    let again = review_pod(client, injected, ns).await;
-    assert_eq!(
-        again["response"]["allowed"], false,
-        "{ctx}: re-injection with a privileged override record was allowed: {again}"
-    );
-    let msg = again["response"]["status"]["message"]
-        .as_str()
-        .unwrap_or("");
-    assert!(
-        msg.contains("annotation proxy.istio.io/overrides") && msg.contains("refused by remora"),
-        "{ctx}: {msg}"
-    );
-    assert!(again["response"].get("patch").is_none(), "{ctx}");
 }
 
 /// Compares our injected pod with Istio's golden pod template: decisions and structure.
@@ -525,13 +511,12 @@ async fn check_doc(
                 if let Some(g) = golden {
                     compare_with_istio(&pod, &injected, &template_of(g), ctx);
                 }
+                // Any output of ours comes back unchanged (reinvocationPolicy: IfNeeded), also
+                // when its override record raises privileges: the containers in the spec
+                // already carry them.
+                assert_reinjection_is_noop(client, &injected, &ns, ctx).await;
                 if record_raises(&injected) {
-                    // The override record is an annotation: one that chooses an image or raises
-                    // privileges (here copied from the pod's own override containers) is refused
-                    // when the pod comes back without those containers.
-                    assert_reinjection_is_refused(client, &injected, &ns, ctx).await;
-                } else {
-                    assert_reinjection_is_noop(client, &injected, &ns, ctx).await;
+                    RAISING_RECORDS.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -608,6 +593,10 @@ async fn istio_corpus_over_https() {
     assert_eq!(counts.get("denied"), Some(&3));
     assert!(counts.get("skipped").copied().unwrap_or(0) >= 3);
     assert!(counts.get("injected").copied().unwrap_or(0) >= 31);
+    assert!(
+        RAISING_RECORDS.load(Ordering::Relaxed) >= 1,
+        "no corpus pod with a privilege-raising override record was re-injected"
+    );
     server.shutdown().await;
 }
 
@@ -761,7 +750,7 @@ async fn bad_input_gets_clear_errors_and_server_keeps_serving() {
             200,
             "Pods only",
         ),
-        ("over 4 MiB", vec![b' '; 4 * 1024 * 1024 + 10], 413, ""),
+        ("over 1 MiB", vec![b' '; 1024 * 1024 + 10], 413, ""),
     ];
     for (what, body, status, needle) in cases {
         let (got, answer) = client

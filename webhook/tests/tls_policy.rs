@@ -44,6 +44,7 @@ async fn start(c: &Certs) -> Running {
         config: ConfigHandle::fixed(Config::default()),
         reload_poll: Duration::from_millis(500),
         drain: Duration::from_secs(1),
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -357,6 +358,7 @@ async fn certificates_are_checked_before_use() {
         config: ConfigHandle::fixed(Config::default()),
         reload_poll: Duration::from_millis(500),
         drain: Duration::from_secs(1),
+        limits: Default::default(),
     };
     let e = match server::start(opts(good.cert.clone(), other.key.clone())).await {
         Err(e) => format!("{e:#}"),

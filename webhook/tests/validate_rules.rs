@@ -55,6 +55,7 @@ async fn start(cfg: Config) -> Server {
         config: ConfigHandle::fixed(cfg),
         reload_poll: Duration::from_secs(10),
         drain: Duration::from_secs(5),
+        limits: Default::default(),
     })
     .await
     .unwrap();
@@ -530,7 +531,7 @@ fn mutated_input_never_panics() {
 }
 
 /// The HTTP layer in front of the handler (the router, in process): a non-JSON content type gets
-/// 415, a body over the 4 MiB limit 413, GET 405; the same review as JSON is answered.
+/// 415, a body over the 3 MiB limit 413, GET 405; the same review as JSON is answered.
 #[tokio::test]
 async fn http_layer_refusals() {
     use tower::ServiceExt;
