@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::annotations::{parse_quantity, LOG_LEVELS};
+use crate::values::{parse_quantity, LOG_LEVELS};
 
 /// Whether pods without an explicit `sidecar.istio.io/inject` are injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,4 +25,5 @@ pub mod server;
 pub mod template;
 pub mod tls;
 pub mod validate_rules;
+pub mod values;
 pub mod workload;
