@@ -10,12 +10,14 @@ pub mod admin;
 pub mod app_probe;
 pub mod cli;
 pub mod detect;
-// Kubernetes endpoint discovery and the rules ConfigMap through the API (issue 7).
+// Kubernetes endpoint discovery and the rules ConfigMap through the API.
 pub mod discovery;
-// Abuse limits and the start-up privilege check (issue 8).
+// Abuse limits and the start-up privilege check.
 pub mod guard;
 pub mod listen;
-// Traffic policies (issue 5).
+// Traffic policies.
 pub mod policy;
+// What the listeners, the HTTP proxies and the admin server share.
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

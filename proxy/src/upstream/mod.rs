@@ -4,13 +4,13 @@
 pub mod lb;
 pub mod mtls;
 
-use crate::listen::{Direction, Shared};
 use crate::policy;
 use crate::policy::lb::HashInput;
 use crate::policy::request::{RequestPolicy, Verdict};
 use crate::policy::retry::Outcome;
 use crate::route::{self, Decision, HeaderOps, RequestInfo};
 use crate::rules::Protocol;
+use crate::state::{Direction, Shared};
 use crate::telemetry::{self, flags, HttpLabelsRef, HttpLogEntry, Metrics};
 use async_trait::async_trait;
 use bytes::Bytes;
