@@ -1,7 +1,6 @@
 //! Upstream side: the Pingora `ProxyHttp` that applies routing decisions, endpoint choice and
 //! TCP connections to upstreams (with the inbound source address).
 
-pub mod lb;
 pub mod mtls;
 
 use crate::policy;
@@ -393,7 +392,7 @@ impl MeshHttp {
             let known = snap
                 .endpoints
                 .endpoints(&m.host, mport, labels.as_ref())
-                .and_then(|eps| lb::pick(&eps, &mut rand::thread_rng()));
+                .and_then(|eps| policy::lb::weighted_pick(&eps, &mut rand::thread_rng()));
             let target = match known {
                 Some(a) => Ok(a),
                 None => self.resolver.resolve(&m.host, mport, dst).await,
