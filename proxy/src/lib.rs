@@ -14,6 +14,8 @@ pub mod detect;
 pub mod discovery;
 // Abuse limits and the start-up privilege check.
 pub mod guard;
+// The HTTP side: Pingora's `ProxyHttp` and the steps of a request.
+pub mod http;
 pub mod listen;
 // Traffic policies.
 pub mod policy;

@@ -7,10 +7,11 @@
 
 use crate::detect::{self, Detected, SniffEnd};
 use crate::guard::{self, Guard, HeadRead};
+use crate::http::MeshHttp;
 use crate::rules::Protocol;
 use crate::state::{Direction, Settings, Shared};
 use crate::telemetry::{self, flags, Metrics, TcpLabels, TcpLogEntry};
-use crate::upstream::{self, MeshHttp};
+use crate::upstream;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
