@@ -1,5 +1,9 @@
 //! remora-proxy: the sidecar. Capture listeners, config model and loader, routing, telemetry.
 
+// No unsafe code, but for one call into the C library that has no safe wrapper (malloc_trim in
+// `discovery::kube`), allowed there alone.
+#![deny(unsafe_code)]
+
 // The rule model, routing decisions and the linter live in `remora-model`; `rules` adds the
 // hot-reload watcher.
 pub use remora_model::{lint, route};
@@ -21,5 +25,7 @@ pub mod listen;
 pub mod policy;
 // What the listeners, the HTTP proxies and the admin server share.
 pub mod state;
+// Opaque TCP: decision, connection and byte copy.
+pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

@@ -1,5 +1,7 @@
 //! `remora-proxy run` (the sidecar) and `remora-proxy validate DIR` (offline rule linter).
 
+#![forbid(unsafe_code)]
+
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
