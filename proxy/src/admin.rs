@@ -7,7 +7,7 @@
 
 use crate::app_probe::AppProbers;
 use crate::discovery::ready::{GateState, ReadyGate};
-use crate::listen::Shared;
+use crate::state::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

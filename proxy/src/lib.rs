@@ -1,5 +1,9 @@
 //! remora-proxy: the sidecar. Capture listeners, config model and loader, routing, telemetry.
 
+// No unsafe code, but for one call into the C library that has no safe wrapper (malloc_trim in
+// `discovery::kube`), allowed there alone.
+#![deny(unsafe_code)]
+
 // The rule model, routing decisions and the linter live in `remora-model`; `rules` adds the
 // hot-reload watcher.
 pub use remora_model::{lint, route};
@@ -10,12 +14,18 @@ pub mod admin;
 pub mod app_probe;
 pub mod cli;
 pub mod detect;
-// Kubernetes endpoint discovery and the rules ConfigMap through the API (issue 7).
+// Kubernetes endpoint discovery and the rules ConfigMap through the API.
 pub mod discovery;
-// Abuse limits and the start-up privilege check (issue 8).
+// Abuse limits and the start-up privilege check.
 pub mod guard;
+// The HTTP side: Pingora's `ProxyHttp` and the steps of a request.
+pub mod http;
 pub mod listen;
-// Traffic policies (issue 5).
+// Traffic policies.
 pub mod policy;
+// What the listeners, the HTTP proxies and the admin server share.
+pub mod state;
+// Opaque TCP: decision, connection and byte copy.
+pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

@@ -1,5 +1,7 @@
 //! `remora-proxy run` (the sidecar) and `remora-proxy validate DIR` (offline rule linter).
 
+#![forbid(unsafe_code)]
+
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
@@ -10,10 +12,11 @@ use remora_proxy::app_probe::AppProbers;
 use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
 use remora_proxy::discovery::ready::{self, ReadyGate};
 use remora_proxy::discovery::rules_api::RulesSources;
-use remora_proxy::listen::{self, CaptureApp, Direction, Settings, Shared};
+use remora_proxy::http::MeshHttp;
+use remora_proxy::listen::{self, CaptureApp};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
+use remora_proxy::state::{Direction, Settings, Shared};
 use remora_proxy::telemetry::{AccessLog, Workload};
-use remora_proxy::upstream::MeshHttp;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! `consistentHash` on a header, a cookie, the source IP or a query parameter (rendezvous
 //! hashing: sticky per key, and only the keys of a removed endpoint move).
 
+use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
@@ -128,6 +129,31 @@ pub fn key_of(k: &HashKey, input: &HashInput<'_>) -> Option<String> {
     }
 }
 
+/// Weighted random choice of an endpoint (a weight of 0 counts as 1, like an unset weight);
+/// `None` when there are no candidates. A single candidate is taken without drawing.
+pub fn weighted_pick<E: Borrow<Endpoint>>(
+    endpoints: &[E],
+    rng: &mut (impl rand::Rng + ?Sized),
+) -> Option<SocketAddr> {
+    match endpoints {
+        [] => None,
+        [only] => Some(only.borrow().addr),
+        _ => {
+            let weight = |e: &E| u64::from(e.borrow().weight.max(1));
+            let total: u64 = endpoints.iter().map(weight).sum();
+            let mut x = rng.gen_range(0..total);
+            for e in endpoints {
+                let w = weight(e);
+                if x < w {
+                    return Some(e.borrow().addr);
+                }
+                x -= w;
+            }
+            endpoints.last().map(|e| e.borrow().addr)
+        }
+    }
+}
+
 fn hash64<T: Hash + ?Sized>(a: &T, b: &SocketAddr) -> u64 {
     // SipHash with fixed keys: stable across requests and processes.
     #[allow(deprecated)]
@@ -152,7 +178,50 @@ pub fn rendezvous(key: &str, eps: &[&Endpoint]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
     use serde_json::json;
+
+    fn ep(port: u16, weight: u32) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            labels: Default::default(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn weighted_pick_empty_and_single() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(weighted_pick::<Endpoint>(&[], &mut rng), None);
+        assert_eq!(weighted_pick(&[ep(1, 0)], &mut rng), Some(ep(1, 0).addr));
+    }
+
+    #[test]
+    fn weights_shape_the_distribution() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let eps = [ep(1, 90), ep(2, 10), ep(3, 0)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            let a = weighted_pick(&eps, &mut rng).unwrap();
+            assert_eq!(
+                weighted_pick(
+                    &refs,
+                    &mut rand::rngs::StdRng::seed_from_u64(u64::from(a.port()))
+                ),
+                weighted_pick(
+                    &eps,
+                    &mut rand::rngs::StdRng::seed_from_u64(u64::from(a.port()))
+                ),
+                "owned and borrowed candidates pick alike"
+            );
+            counts[(a.port() - 1) as usize] += 1;
+        }
+        // expected 8911 / 990 / 99 of 10000 (weights 90, 10, 1)
+        assert!((8600..9200).contains(&counts[0]), "{counts:?}");
+        assert!((800..1200).contains(&counts[1]), "{counts:?}");
+        assert!((40..200).contains(&counts[2]), "{counts:?}");
+    }
 
     #[test]
     fn parse_table() {

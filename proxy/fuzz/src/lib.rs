@@ -15,10 +15,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use remora_proxy::guard::{DownstreamLimits, Guard};
-use remora_proxy::listen::{CaptureApp, Direction, Settings, Shared};
+use remora_proxy::listen::CaptureApp;
+use remora_proxy::state::{Direction, Settings, Shared};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
 use remora_proxy::telemetry::{AccessLog, Workload};
-use remora_proxy::upstream::{HostResolver, MeshHttp};
+use remora_proxy::http::MeshHttp;
+use remora_proxy::upstream::HostResolver;
 
 /// The longest a fuzz exchange waits for the proxy's answer or close.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);

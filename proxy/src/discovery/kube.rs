@@ -411,6 +411,8 @@ async fn run(
 }
 
 /// Return freed heap pages to the kernel (glibc keeps them per arena otherwise).
+// malloc_trim(3) has no safe wrapper in libc or nix: the one unsafe call of the crate.
+#[allow(unsafe_code)]
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; no pointers are passed.

@@ -74,27 +74,15 @@ impl Balancer {
         if cands.is_empty() {
             return None;
         }
-        let random = |rng: &mut dyn rand::RngCore| -> SocketAddr {
-            let total: u64 = cands.iter().map(|e| u64::from(e.weight.max(1))).sum();
-            let mut x = rand::Rng::gen_range(rng, 0..total.max(1));
-            for e in &cands {
-                let w = u64::from(e.weight.max(1));
-                if x < w {
-                    return e.addr;
-                }
-                x -= w;
-            }
-            cands[cands.len() - 1].addr
-        };
-        Some(match &self.policy {
+        match &self.policy {
             LbPolicy::RoundRobin => {
                 let i = self.cursor.fetch_add(1, Ordering::Relaxed);
-                cands[i % cands.len()].addr
+                Some(cands[i % cands.len()].addr)
             }
-            LbPolicy::Random | LbPolicy::Passthrough => random(rng),
+            LbPolicy::Random | LbPolicy::Passthrough => weighted_pick(&cands, rng),
             LbPolicy::LeastRequest => {
                 if cands.len() == 1 {
-                    cands[0].addr
+                    Some(cands[0].addr)
                 } else {
                     let i = rng.gen_range(0..cands.len());
                     let mut j = rng.gen_range(0..cands.len() - 1);
@@ -102,18 +90,18 @@ impl Balancer {
                         j += 1;
                     }
                     let (a, b) = (cands[i].addr, cands[j].addr);
-                    if self.in_flight(b) < self.in_flight(a) {
+                    Some(if self.in_flight(b) < self.in_flight(a) {
                         b
                     } else {
                         a
-                    }
+                    })
                 }
             }
             LbPolicy::ConsistentHash(k) => match input.and_then(|i| key_of(k, i)) {
-                Some(key) => rendezvous(&key, &cands).unwrap_or(cands[0].addr),
-                None => random(rng),
+                Some(key) => rendezvous(&key, &cands).or(Some(cands[0].addr)),
+                None => weighted_pick(&cands, rng),
             },
-        })
+        }
     }
 }
 

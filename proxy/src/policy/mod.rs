@@ -1,4 +1,4 @@
-//! Traffic policies (issue 5): the pure pieces (`retry`, `fault`, `mirror`, `cors`, `lb`,
+//! Traffic policies: the pure pieces (`retry`, `fault`, `mirror`, `cors`, `lb`,
 //! `outlier`, `limits`, `ratelimit`, `traffic`) and `Policies`, the state shared across
 //! requests: per destination (host, subset, port) its balancer, outlier detector and
 //! connection-pool counters; and the rate limiters of the `RateLimit` rules.

@@ -81,7 +81,7 @@ impl RequestPolicy {
     ) -> Option<SocketAddr> {
         let picked = match (&self.dest, self.endpoints.is_empty()) {
             (Some(d), false) => d.pick(&self.endpoints, &self.tried, input, rng),
-            (None, false) => super::super::upstream::lb::pick(&self.endpoints, rng),
+            (None, false) => super::lb::weighted_pick(&self.endpoints, rng),
             (_, true) => fixed,
         }?;
         self.inflight = self.dest.as_ref().map(|d| d.balancer.start(picked));

@@ -23,7 +23,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::policy::traffic::{TlsKind, TlsSettings};
+use remora_model::policy::traffic::{TlsKind, TlsSettings};
 
 /// Does one of the certificate's subject alternative names equal one of `wanted`? DNS names
 /// compare case-insensitively and a certificate's `*.example.com` covers one label; URIs

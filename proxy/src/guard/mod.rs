@@ -1,0 +1,58 @@
+//! Abuse limits on the downstream side of the capture listeners, and the start-up privilege
+//! drop.
+//!
+//! * [`gate`]: a per-proxy cap on open downstream connections.
+//! * [`head`]: HTTP/1 request heads read under size, count and time limits (slowloris), and
+//!   the idle timeout between kept-alive requests.
+//! * [`limits`]: the flags that set the limits, validated.
+//! * [`reject`]: why a connection or request is turned away; every rejection is counted and
+//!   logged.
+//! * [`privileges`]: refuse uid 0 in a pod, give up every capability.
+//!
+//! HTTP/2 (h2c): the concurrent-stream cap, the header-list size and the idle timeout are h2
+//! settings handed to Pingora. Opaque TCP is subject to the connection cap and the idle timeout
+//! only (`tcp::copy`).
+
+pub mod gate;
+pub mod head;
+pub mod limits;
+pub mod privileges;
+pub mod reject;
+
+pub use gate::{ConnectionGate, ConnectionSlot};
+pub use head::{read_head, Head, HeadRead, HeadScanner};
+pub use limits::{DownstreamLimits, LimitArgs};
+pub use privileges::drop_privileges;
+pub use reject::{record, Reject};
+
+use std::sync::Arc;
+use tracing::info;
+
+/// Limits plus the connection gate, shared by all capture listeners of a proxy.
+#[derive(Debug)]
+pub struct Guard {
+    pub limits: DownstreamLimits,
+    pub gate: Arc<ConnectionGate>,
+}
+
+impl Guard {
+    pub fn new(limits: DownstreamLimits) -> Guard {
+        let gate = ConnectionGate::new(limits.max_connections);
+        Guard { limits, gate }
+    }
+
+    /// Log the limits in force.
+    pub fn log(&self) {
+        let l = &self.limits;
+        info!(
+            max_request_headers_bytes = l.max_head_bytes,
+            max_request_headers = l.max_headers,
+            max_request_line_bytes = l.max_request_line,
+            request_headers_timeout_s = l.header_timeout.as_secs(),
+            idle_timeout_s = l.idle_timeout.as_secs(),
+            max_downstream_connections = l.max_connections,
+            h2_max_concurrent_streams = l.h2_max_concurrent_streams,
+            "downstream limits"
+        );
+    }
+}

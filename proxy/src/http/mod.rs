@@ -1,0 +1,390 @@
+//! The HTTP side of the capture listeners: Pingora's `ProxyHttp` for one direction. Each step
+//! of a request is a function of its own module; this impl only puts them in order.
+//!
+//! An outbound request is routed by the rules, then goes through the rate limit
+//! ([`ratelimit`]), CORS ([`cors`]), fault injection ([`fault`]), mirroring ([`mirror`]), pool
+//! admission ([`admission`]) and the endpoint pick ([`pick`]); its upstream peer is built by
+//! [`peer`] and the request rewritten by [`rewrite`]; failures are retried by [`retry`] and
+//! answered by [`failure`]; [`log`] records it. An inbound request goes to the original
+//! destination unchanged.
+
+mod admission;
+mod cors;
+mod failure;
+mod fault;
+mod grpc_status;
+mod local_reply;
+mod log;
+mod max_requests;
+mod mirror;
+mod peer;
+mod pick;
+mod ratelimit;
+mod request_id;
+mod retry;
+mod rewrite;
+
+use crate::policy::request::RequestPolicy;
+use crate::route::{self, Decision, Forward, HeaderOps, RequestInfo};
+use crate::rules::Snapshot;
+use crate::state::{Direction, Shared};
+use crate::telemetry::{self, flags};
+use crate::upstream::HostResolver;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-request state.
+pub struct ReqCtx {
+    start: Instant,
+    started_at: String,
+    dst: Option<SocketAddr>,
+    upstream: Option<SocketAddr>,
+    upstream_h2: bool,
+    authority: String,
+    method: String,
+    path: String,
+    request_id: String,
+    traceparent: Option<String>,
+    route_name: Option<String>,
+    virtual_service: Option<String>,
+    destination_service: String,
+    forward: Option<ForwardOps>,
+    response_ops: HeaderOps,
+    flags: &'static str,
+    local_status: Option<u16>,
+    grpc: bool,
+    grpc_status: Option<String>,
+    error: Option<String>,
+    /// Traffic policies of this request (outbound requests with a route decision).
+    policy: Option<RequestPolicy>,
+    /// The address to use when the destination has no endpoint list.
+    fixed_upstream: Option<SocketAddr>,
+    /// A retry was decided; `upstream_peer` picks the next endpoint.
+    retry_pending: bool,
+    /// Fault injection delayed this request (flag `DI`).
+    fault_delayed: bool,
+    /// Headers added to the response (`x-ratelimit-*`, CORS).
+    extra_response_headers: Vec<(String, String)>,
+    /// Mirror copies waiting for the request body, and the body so far.
+    mirrors: Vec<mirror::PendingMirror>,
+    mirror_body: Option<bytes::BytesMut>,
+    /// This request is the last its HTTP/1 upstream connection may carry
+    /// (`connectionPool.http.maxRequestsPerConnection`): it goes out with `Connection: close`.
+    close_upstream: bool,
+}
+
+/// The route's changes to the upstream request.
+struct ForwardOps {
+    request: HeaderOps,
+    authority: Option<String>,
+    uri: Option<String>,
+}
+
+/// The `ProxyHttp` for one capture direction.
+pub struct MeshHttp {
+    pub dir: Direction,
+    pub shared: Arc<Shared>,
+    pub resolver: Arc<HostResolver>,
+}
+
+fn header_str(req: &RequestHeader, name: impl http::header::AsHeaderName) -> Option<&str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parsed once (a `&str` name is parsed per lookup).
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The request facts every later step reads.
+fn note_request(req: &RequestHeader, ctx: &mut ReqCtx) {
+    ctx.method = req.method.as_str().to_string();
+    ctx.path = req
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    ctx.authority = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| header_str(req, &http::header::HOST).map(str::to_string))
+        .unwrap_or_default();
+    ctx.traceparent = header_str(req, &TRACEPARENT).map(str::to_string);
+    ctx.grpc = header_str(req, &http::header::CONTENT_TYPE)
+        .is_some_and(|c| c.starts_with("application/grpc"));
+}
+
+impl MeshHttp {
+    /// A request the rules forward: the request steps in order, each of which may answer it
+    /// (`Ok(true)`, as `request_filter` returns it).
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        snap: &Snapshot,
+        mut f: Forward,
+        dst: SocketAddr,
+    ) -> Result<bool> {
+        let port = if f.port == 0 { dst.port() } else { f.port };
+        ctx.route_name = f.route_name.clone();
+        ctx.virtual_service = f.virtual_service.clone();
+        ctx.destination_service = f.host.clone();
+        let policies = &self.shared.policies;
+        if ratelimit::check(session, ctx, policies, snap, &f).await? {
+            return Ok(true);
+        }
+        if cors::apply(session, ctx, policies, snap, &f, dst).await? {
+            return Ok(true);
+        }
+        if fault::inject(session, ctx, &f).await? {
+            return Ok(true);
+        }
+        mirror::start(session, ctx, &self.resolver, snap, &f, port, dst).await;
+        let dest = policies.destination(snap, &f.host, f.subset.as_deref(), port);
+        let Some(admitted) = admission::admit(session, ctx, &dest).await? else {
+            return Ok(true);
+        };
+        if pick::first(
+            session,
+            ctx,
+            &self.resolver,
+            dest,
+            admitted,
+            &mut f,
+            port,
+            dst,
+        )
+        .await?
+        {
+            return Ok(true);
+        }
+        ctx.response_ops = f.response_headers;
+        ctx.forward = Some(ForwardOps {
+            request: f.request_headers,
+            authority: f.authority_rewrite,
+            uri: f.uri_rewrite,
+        });
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for MeshHttp {
+    type CTX = ReqCtx;
+
+    fn new_ctx(&self) -> ReqCtx {
+        ReqCtx {
+            start: Instant::now(),
+            started_at: telemetry::accesslog::now_rfc3339(),
+            dst: None,
+            upstream: None,
+            upstream_h2: false,
+            authority: String::new(),
+            method: String::new(),
+            path: String::new(),
+            request_id: String::new(),
+            traceparent: None,
+            route_name: None,
+            virtual_service: None,
+            destination_service: String::new(),
+            forward: None,
+            response_ops: HeaderOps::default(),
+            flags: flags::NONE,
+            local_status: None,
+            grpc: false,
+            grpc_status: None,
+            error: None,
+            policy: None,
+            fixed_upstream: None,
+            retry_pending: false,
+            fault_delayed: false,
+            extra_response_headers: Vec::new(),
+            mirrors: Vec::new(),
+            mirror_body: None,
+            close_upstream: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
+        // (`started_at` is new_ctx's, a moment ago: formatting it twice cost a string per request.)
+        ctx.start = Instant::now();
+        let socket = session.digest().and_then(|d| d.socket_digest.clone());
+        ctx.dst = self.shared.original_dst(self.dir, socket.as_deref());
+        note_request(session.req_header(), ctx);
+        request_id::ensure(session, ctx)?;
+        let Some(dst) = ctx.dst else {
+            ctx.flags = flags::NO_ROUTE;
+            return local_reply::send(session, ctx, 503, &[], "no original destination\n").await;
+        };
+        ctx.destination_service = if ctx.authority.is_empty() {
+            dst.to_string()
+        } else {
+            ctx.authority.clone()
+        };
+        if self.dir == Direction::Inbound {
+            ctx.upstream = Some(dst);
+            return Ok(false);
+        }
+        let snap = self.shared.snapshot.load_full();
+        let decision = {
+            let req = session.req_header();
+            let info = RequestInfo {
+                authority: &ctx.authority,
+                method: &ctx.method,
+                path: &ctx.path,
+                headers: &req.headers,
+                dst,
+            };
+            route::route(&snap, &info, &mut rand::thread_rng())
+        };
+        match decision {
+            Decision::Passthrough => {
+                ctx.upstream = Some(dst);
+                Ok(false)
+            }
+            Decision::Forward(f) => self.forward(session, ctx, &snap, f, dst).await,
+            Decision::Redirect { status, location } => {
+                local_reply::send(session, ctx, status, &[("location", &location)], "").await
+            }
+            Decision::Deny { status, reason } => {
+                ctx.flags = flags::NO_ROUTE;
+                ctx.error = Some(reason.clone());
+                local_reply::send(session, ctx, status, &[], &format!("{reason}\n")).await
+            }
+            Decision::DirectResponse { status, body } => {
+                local_reply::send(session, ctx, status, &[], &body).await
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+    ) -> Result<Box<HttpPeer>> {
+        pick::on_retry(session, ctx);
+        peer::build(session, ctx, self.dir, &self.shared)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        let connect_timeout = self.shared.settings.connect_timeout;
+        peer::check_new_connection(reused, peer, digest, ctx, connect_timeout).await?;
+        let max = ctx
+            .policy
+            .as_ref()
+            .and_then(|p| p.dest.as_ref())
+            .map_or(0, |d| d.policy.connection_pool.max_requests_per_connection);
+        ctx.close_upstream = max > 0
+            && !ctx.upstream_h2
+            && max_requests::last_request_on_connection(fd, reused, max);
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        rewrite::upstream_request(upstream_request, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        mirror::on_body(session, ctx, body, end_of_stream);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        retry::on_status(session, upstream_response, ctx)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut ReqCtx,
+    ) -> Result<Option<Duration>> {
+        retry::check_route_timeout(session, ctx)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut ReqCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        retry::on_proxy_error(peer, session, e, ctx, client_reused)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        rewrite::response(upstream_response, ctx)?;
+        grpc_status::note_upstream(ctx, &upstream_response.headers);
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        grpc_status::note_upstream(ctx, trailers);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut ReqCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        retry::on_connect_failure(session, peer, ctx, e)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut ReqCtx,
+    ) -> FailToProxy {
+        failure::answer(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
+        log::record(self.dir, &self.shared.settings, session, e, ctx);
+    }
+}

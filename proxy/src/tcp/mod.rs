@@ -1,0 +1,302 @@
+//! Opaque TCP: where a connection that is not HTTP goes (outbound: the rules' `tcp`/`tls`
+//! routes and the destination's DestinationRule; inbound: the original destination), the
+//! connection to it (with TLS origination when the rules ask), the byte copy ([`copy`]), and
+//! its metrics and access-log line.
+
+pub mod copy;
+
+pub use copy::{copy_with_idle, CopyEnd};
+
+use crate::guard;
+use crate::state::{Direction, Settings, Shared};
+use crate::telemetry::{self, flags, Metrics, TcpLabels, TcpLogEntry};
+use crate::upstream::{self, HostResolver};
+use pingora::protocols::Stream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Where an opaque TCP connection goes and under which policy.
+struct TcpPlan {
+    target: SocketAddr,
+    /// The service host the rules chose (metrics label).
+    service: Option<String>,
+    route_name: Option<String>,
+    /// The host's shared state under its DestinationRule (load balancing already applied),
+    /// and how many endpoints it had: connection limits, connect timeout, outlier detection,
+    /// TLS origination.
+    dest: Option<(Arc<crate::policy::Destination>, usize)>,
+    /// Originate TLS (DestinationRule `tls` SIMPLE / MUTUAL): client settings and SNI.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// The target is one of the destination's endpoints (outlier detection watches it), not a
+    /// DNS answer or the original destination.
+    balanced: bool,
+}
+
+impl TcpPlan {
+    fn direct(dst: SocketAddr) -> TcpPlan {
+        TcpPlan {
+            target: dst,
+            service: None,
+            route_name: None,
+            dest: None,
+            tls: None,
+            balanced: false,
+        }
+    }
+}
+
+/// What the rules make of an outbound opaque TCP connection, or `Err((flag, reason))` when they
+/// forbid it. A host chosen by a `tcp`/`tls` route or by its default route (a ServiceEntry
+/// address, a Service's ClusterIP) gets its DestinationRule: the endpoint is picked by its load
+/// balancer (consistent hashing by source IP), skipping ejected ones.
+async fn tcp_decision(
+    shared: &Shared,
+    resolver: &HostResolver,
+    dst: SocketAddr,
+    sni: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<TcpPlan, (&'static str, String)> {
+    let (f, port, picked, dest) = {
+        let snap = shared.snapshot.load();
+        let mut rng = rand::thread_rng();
+        let f = match crate::route::route_tcp(&snap, dst, sni, &mut rng) {
+            crate::route::Decision::Forward(f) => f,
+            crate::route::Decision::Passthrough => return Ok(TcpPlan::direct(dst)),
+            crate::route::Decision::Deny { reason, .. } => return Err((flags::NO_ROUTE, reason)),
+            crate::route::Decision::Redirect { .. }
+            | crate::route::Decision::DirectResponse { .. } => {
+                return Err((
+                    flags::NO_ROUTE,
+                    "an HTTP-only rule matched an opaque TCP connection".to_string(),
+                ))
+            }
+        };
+        let port = if f.port == 0 { dst.port() } else { f.port };
+        let dest = shared
+            .policies
+            .destination(&snap, &f.host, f.subset.as_deref(), port);
+        let headers = http::HeaderMap::new();
+        let input = crate::policy::lb::HashInput {
+            headers: &headers,
+            path: "",
+            source_ip: peer.map(|p| p.ip()),
+        };
+        let picked = dest.pick(&f.endpoints, &[], Some(&input), &mut rng);
+        (f, port, picked, dest)
+    };
+    // TLS passthrough (routed by SNI) is already TLS: never wrap it again.
+    let tls = match dest.tcp_tls().filter(|_| sni.is_none()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            return Err((
+                flags::UPSTREAM_CONNECT_FAILURE,
+                format!(
+                "TLS origination to {} not possible: {e}; refused rather than sent in plain text",
+                f.host
+            ),
+            ))
+        }
+    };
+    let balanced = picked.is_some();
+    let target = match picked {
+        Some(a) => a,
+        None if f.resolve_by_dns => resolver
+            .resolve(&f.host, port, dst)
+            .await
+            .map_err(|e| (flags::NO_ROUTE, e))?,
+        None => SocketAddr::new(dst.ip(), port),
+    };
+    Ok(TcpPlan {
+        target,
+        service: Some(f.host),
+        route_name: f.route_name,
+        dest: Some((dest, f.endpoints.len())),
+        tls,
+        balanced,
+    })
+}
+
+/// How a copy ended, as the access log and metrics report it.
+fn copy_outcome(
+    dir: Direction,
+    target: SocketAddr,
+    idle: Duration,
+    labels: &mut TcpLabels,
+    end: (CopyEnd, u64, u64),
+) -> (u64, u64, Option<String>) {
+    match end {
+        (CopyEnd::Done, rx, tx) => (rx, tx, None),
+        (CopyEnd::Idle, rx, tx) => {
+            guard::record(
+                dir.as_str(),
+                guard::Reject::IdleTimeout,
+                &format!(
+                    "opaque TCP connection to {target} idle for {}s; closed",
+                    idle.as_secs()
+                ),
+            );
+            (rx, tx, Some(format!("idle for {}s", idle.as_secs())))
+        }
+        (CopyEnd::Error(e), rx, tx) => {
+            labels.response_flags = flags::UPSTREAM_TERMINATION.to_string();
+            (rx, tx, Some(format!("copy: {e}")))
+        }
+    }
+}
+
+/// Copy bytes both ways between the downstream and the destination (closed when idle for
+/// `--idle-timeout-seconds`).
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy(
+    dir: Direction,
+    shared: &Shared,
+    resolver: &HostResolver,
+    idle: Duration,
+    mut down: Stream,
+    dst: SocketAddr,
+    peer: Option<SocketAddr>,
+    sni: Option<String>,
+) {
+    let s = &shared.settings;
+    let start = Instant::now();
+    let started_at = telemetry::accesslog::now_rfc3339();
+    let bind = match dir {
+        Direction::Inbound => s.inbound_bind,
+        Direction::Outbound => None,
+    };
+    let decided = match dir {
+        Direction::Outbound => tcp_decision(shared, resolver, dst, sni.as_deref(), peer).await,
+        Direction::Inbound => Ok(TcpPlan::direct(dst)),
+    };
+    let mut labels = tcp_labels(dir, s, dst);
+    let metrics = Metrics::get();
+    let refuse = |labels: &mut TcpLabels, flag: &str, reason: String| {
+        // Refused by the rules (e.g. REGISTRY_ONLY) or a connection limit: close, count, log.
+        labels.response_flags = flag.to_string();
+        warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
+        metrics.tcp_open(labels);
+        metrics.tcp_close(labels, 0, 0);
+        s.access_log.write(&TcpLogEntry {
+            start_time: started_at.clone(),
+            kind: "tcp",
+            direction: dir.as_str(),
+            protocol: "tcp",
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+            upstream: None,
+            original_dst: Some(dst.to_string()),
+            downstream: peer.map(|p| p.to_string()),
+            route_name: None,
+            response_flags: labels.response_flags.clone(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            reason: Some(reason),
+        });
+    };
+    let plan = match decided {
+        Ok(plan) => plan,
+        Err((flag, reason)) => return refuse(&mut labels, flag, reason),
+    };
+    if let Some(svc) = &plan.service {
+        labels.destination_service = svc.clone();
+    }
+    let target = plan.target;
+    // `connectionPool.tcp.maxConnections`: held until the connection ends.
+    let _slot = match plan.dest.as_ref().map(|(d, _)| d.admit_connection()) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(permit))) => Some(permit),
+        Some(Err(o)) => {
+            let reason = format!("{} for {}", o.reason(), labels.destination_service);
+            return refuse(&mut labels, flags::UPSTREAM_OVERFLOW, reason);
+        }
+    };
+    let connect_timeout = plan.dest.as_ref().map_or(s.connect_timeout, |(d, _)| {
+        s.connect_timeout
+            .min(d.policy.connection_pool.connect_timeout)
+    });
+    metrics.tcp_open(&labels);
+    let connected =
+        upstream::connect_tcp(target, bind, s.inbound_bind_fallback, connect_timeout).await;
+    if let Some((d, total)) = plan.dest.as_ref().filter(|_| plan.balanced) {
+        let seen = match &connected {
+            Ok(_) => crate::policy::outlier::Observed::Status(200),
+            Err(_) => crate::policy::outlier::Observed::LocalFailure,
+        };
+        d.record(target, seen, *total);
+    }
+    let (upstream, received, sent, reason) = match connected {
+        Ok(mut up) => {
+            let local = up.local_addr().ok();
+            match &plan.tls {
+                None => {
+                    let end = copy_with_idle(&mut down, &mut up, idle).await;
+                    let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                    (local, rx, tx, why)
+                }
+                Some((config, sni)) => {
+                    match upstream::tls_connect(config.clone(), sni, up, connect_timeout).await {
+                        Ok(mut tls) => {
+                            let end = copy_with_idle(&mut down, &mut tls, idle).await;
+                            let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                            (local, rx, tx, why)
+                        }
+                        Err(e) => {
+                            labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+                            warn!(listener = dir.as_str(), %dst, %target, "tcp upstream TLS handshake failed: {e}");
+                            (local, 0, 0, Some(format!("tls: {e}")))
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+            warn!(listener = dir.as_str(), %dst, %target, "tcp upstream connect failed: {e}");
+            (None, 0, 0, Some(format!("connect: {e}")))
+        }
+    };
+    metrics.tcp_close(&labels, received, sent);
+    s.access_log.write(&TcpLogEntry {
+        start_time: started_at,
+        kind: "tcp",
+        direction: dir.as_str(),
+        protocol: "tcp",
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        upstream: Some(target.to_string()),
+        original_dst: Some(dst.to_string()),
+        downstream: peer.map(|p| p.to_string()),
+        route_name: plan.route_name,
+        response_flags: labels.response_flags.clone(),
+        bytes_received: received,
+        bytes_sent: sent,
+        reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
+    });
+}
+
+fn tcp_labels(dir: Direction, s: &Settings, dst: SocketAddr) -> TcpLabels {
+    let (sw, sns, dw, dns) = match dir {
+        Direction::Outbound => (
+            s.workload.name.clone(),
+            s.workload.namespace.clone(),
+            "unknown".to_string(),
+            "unknown".to_string(),
+        ),
+        Direction::Inbound => (
+            "unknown".to_string(),
+            "unknown".to_string(),
+            s.workload.name.clone(),
+            s.workload.namespace.clone(),
+        ),
+    };
+    TcpLabels {
+        reporter: dir.reporter(),
+        source_workload: sw,
+        source_workload_namespace: sns,
+        destination_workload: dw,
+        destination_workload_namespace: dns,
+        destination_service: dst.to_string(),
+        response_flags: flags::NONE.to_string(),
+    }
+}
