@@ -15,7 +15,7 @@ pub enum DumpError {
     /// It could not be fetched (the proxy is unreachable, or answered with an error).
     Fetch(String),
     /// The answer has no `generation` and `hash`: not a remora proxy's admin port.
-    NotRemora { who: String },
+    NotRemora { target: String },
     /// A remora proxy's dump that does not read as this CLI's `ConfigDump` (version skew).
     Unreadable {
         who: String,
@@ -31,9 +31,9 @@ impl fmt::Display for DumpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DumpError::Fetch(e) => f.write_str(e),
-            DumpError::NotRemora { who } => write!(
+            DumpError::NotRemora { target } => write!(
                 f,
-                "{who}: the answer is not a remora proxy's /config_dump (no generation and hash)"
+                "{target}: the answer is not a remora proxy's /config_dump (no generation and hash)"
             ),
             DumpError::Unreadable {
                 who, path, reason, ..
@@ -84,12 +84,13 @@ impl Header {
     }
 }
 
-/// Reads a `/config_dump` answer as `ConfigDump`. `who` names the proxy in messages
-/// (`proxy shop/web-1`, `proxy at 127.0.0.1:15020`).
-pub fn read(v: &Value, who: &str) -> Result<ConfigDump, DumpError> {
+/// Reads a `/config_dump` answer as `ConfigDump`. `target` is where it came from (`shop/web-1`,
+/// `127.0.0.1:15020`, a file) and `who` names the proxy (`proxy shop/web-1`, `proxy at
+/// 127.0.0.1:15020`).
+pub fn read(v: &Value, target: &str, who: &str) -> Result<ConfigDump, DumpError> {
     let Ok(header) = Header::deserialize(v) else {
         return Err(DumpError::NotRemora {
-            who: who.to_string(),
+            target: target.to_string(),
         });
     };
     serde_path_to_error::deserialize(v).map_err(|e| DumpError::Unreadable {
@@ -107,15 +108,15 @@ mod tests {
 
     #[test]
     fn unreadable_dumps_name_the_proxy_and_the_field() {
-        let e = read(&json!({"x": 1}), "proxy shop/web").unwrap_err();
+        let e = read(&json!({"x": 1}), "shop/web", "proxy shop/web").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "proxy shop/web: the answer is not a remora proxy's /config_dump (no generation and hash)"
+            "shop/web: the answer is not a remora proxy's /config_dump (no generation and hash)"
         );
         // An older proxy: identity, but no rules listing.
         let old = json!({"version": "0.0.9", "generation": 2, "hash": "abc", "source": "files:/r",
                          "rules_dir": "/r", "rules": {"generation": 2}});
-        let e = read(&old, "proxy shop/web").unwrap_err();
+        let e = read(&old, "shop/web", "proxy shop/web").unwrap_err();
         let DumpError::Unreadable { path, header, .. } = &e else {
             panic!("{e:?}")
         };

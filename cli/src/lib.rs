@@ -322,15 +322,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         .config_dump_at("/config_dump", Duration::from_secs(*timeout))
                         .await
                         .map_err(|e| anyhow!("--admin {a}: cannot read /config_dump: {e}"))?;
-                    (dump::read(&dump, &format!("proxy at {a}"))?, a.clone())
+                    (dump::read(&dump, a, &format!("proxy at {a}"))?, a.clone())
                 }
                 (None, Some(f)) => {
                     let text = std::fs::read_to_string(f)
                         .map_err(|e| anyhow!("--file {}: cannot read: {e}", f.display()))?;
                     let dump: Value = serde_json::from_str(&text)
                         .map_err(|e| anyhow!("--file {}: not JSON: {e}", f.display()))?;
-                    let who = format!("--file {}: the proxy that wrote it", f.display());
-                    (dump::read(&dump, &who)?, f.display().to_string())
+                    let target = f.display().to_string();
+                    let who = format!("the proxy that wrote {target}");
+                    (dump::read(&dump, &target, &who)?, target)
                 }
                 (None, None) => {
                     bail!("pod: missing: name a pod, or give --admin HOST:PORT or --file")
@@ -623,7 +624,11 @@ async fn pod_config_dump(
         .map_err(|e| {
             anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through the API server's pods/proxy (port {port}): {e}")
         })?;
-    Ok(dump::read(&dump, &format!("proxy {ns}/{name}"))?)
+    Ok(dump::read(
+        &dump,
+        &format!("{ns}/{name}"),
+        &format!("proxy {ns}/{name}"),
+    )?)
 }
 
 /// The injector config the webhook runs with (its ConfigMap), and a note on where it came from.
@@ -873,7 +878,9 @@ async fn proxy_status(
                 }
                 let path = paths::config_dump(pns, name, port);
                 let read = match cluster.config_dump_at(&path, timeout).await {
-                    Ok(v) => dump::read(&v, &format!("proxy {pns}/{name}")),
+                    Ok(v) => {
+                        dump::read(&v, &format!("{pns}/{name}"), &format!("proxy {pns}/{name}"))
+                    }
                     Err(e) => Err(dump::DumpError::Fetch(e)),
                 };
                 (i, read)

@@ -1907,7 +1907,12 @@ mod tests {
     /// A `/config_dump` the real proxy wrote (Bookinfo rules plus policies and a ServiceEntry),
     /// recorded as the pods/proxy answer of the CLI contract fixture.
     fn real_dump() -> ConfigDump {
-        crate::dump::read(&real_dump_json(), "proxy bookinfo/reviews").unwrap()
+        crate::dump::read(
+            &real_dump_json(),
+            "bookinfo/reviews",
+            "proxy bookinfo/reviews",
+        )
+        .unwrap()
     }
 
     fn real_dump_json() -> Value {
@@ -2656,7 +2661,7 @@ spec:
 
     #[test]
     fn bad_input_and_flags() {
-        let e = crate::dump::read(&json!({"x": 1}), "shop/web")
+        let e = crate::dump::read(&json!({"x": 1}), "shop/web", "proxy shop/web")
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a remora proxy's /config_dump"), "{e}");

@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(
             row(
                 &pod("Running"),
-                Err(&read(&json!({"x": 1}), "proxy shop/web-1").unwrap_err()),
+                Err(&read(&json!({"x": 1}), "shop/web-1", "proxy shop/web-1").unwrap_err()),
                 "c",
                 Ok(&h)
             )
@@ -383,7 +383,7 @@ mod tests {
                          "rules_dir": "/r", "rules": {"generation": 3}});
         let r = row(
             &pod("Running"),
-            Err(&read(&old, "proxy shop/web-1").unwrap_err()),
+            Err(&read(&old, "shop/web-1", "proxy shop/web-1").unwrap_err()),
             "c",
             Ok(&h),
         );
