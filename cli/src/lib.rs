@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod describe;
+pub mod dump;
 pub mod kube;
 pub mod proxyconfig;
 pub mod selector;
@@ -321,14 +322,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         .config_dump_at("/config_dump", Duration::from_secs(*timeout))
                         .await
                         .map_err(|e| anyhow!("--admin {a}: cannot read /config_dump: {e}"))?;
-                    (dump, a.clone())
+                    (dump::read(&dump, a, &format!("proxy at {a}"))?, a.clone())
                 }
                 (None, Some(f)) => {
                     let text = std::fs::read_to_string(f)
                         .map_err(|e| anyhow!("--file {}: cannot read: {e}", f.display()))?;
                     let dump: Value = serde_json::from_str(&text)
                         .map_err(|e| anyhow!("--file {}: not JSON: {e}", f.display()))?;
-                    (dump, f.display().to_string())
+                    let target = f.display().to_string();
+                    let who = format!("the proxy that wrote {target}");
+                    (dump::read(&dump, &target, &who)?, target)
                 }
                 (None, None) => {
                     bail!("pod: missing: name a pod, or give --admin HOST:PORT or --file")
@@ -519,7 +522,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn print_proxy_config(
-    dump: &Value,
+    dump: &dump::ConfigDump,
     target: &str,
     view: proxyconfig::View,
     filters: &proxyconfig::Filters,
@@ -597,7 +600,7 @@ async fn pod_config_dump(
     name: &str,
     port: u16,
     timeout: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<dump::ConfigDump> {
     let pod = cluster
         .get_opt(&paths::pod(ns, name))
         .await
@@ -615,12 +618,17 @@ async fn pod_config_dump(
     if phase != "Running" {
         bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not running (kubectl -n {ns} describe pod {name})");
     }
-    cluster
+    let dump = cluster
         .config_dump_at(&paths::config_dump(ns, name, port), timeout)
         .await
         .map_err(|e| {
             anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through the API server's pods/proxy (port {port}): {e}")
-        })
+        })?;
+    Ok(dump::read(
+        &dump,
+        &format!("{ns}/{name}"),
+        &format!("proxy {ns}/{name}"),
+    )?)
 }
 
 /// The injector config the webhook runs with (its ConfigMap), and a note on where it came from.
@@ -850,7 +858,7 @@ async fn proxy_status(
         };
         hashes.insert(key, h);
     }
-    let dumps: Vec<(usize, Result<Value, String>)> =
+    let dumps: Vec<(usize, Result<dump::ConfigDump, dump::DumpError>)> =
         futures::stream::iter(meshed.iter().enumerate())
             .map(|(i, p)| async move {
                 let pns = p
@@ -863,15 +871,25 @@ async fn proxy_status(
                     .unwrap_or("");
                 let running = p.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
                 if !running {
-                    return (i, Err("pod not running".to_string()));
+                    return (
+                        i,
+                        Err(dump::DumpError::Fetch("pod not running".to_string())),
+                    );
                 }
                 let path = paths::config_dump(pns, name, port);
-                (i, cluster.config_dump_at(&path, timeout).await)
+                let read = match cluster.config_dump_at(&path, timeout).await {
+                    Ok(v) => {
+                        dump::read(&v, &format!("{pns}/{name}"), &format!("proxy {pns}/{name}"))
+                    }
+                    Err(e) => Err(dump::DumpError::Fetch(e)),
+                };
+                (i, read)
             })
             .buffer_unordered(8)
             .collect()
             .await;
-    let mut by_index: BTreeMap<usize, Result<Value, String>> = dumps.into_iter().collect();
+    let mut by_index: BTreeMap<usize, Result<dump::ConfigDump, dump::DumpError>> =
+        dumps.into_iter().collect();
     let mut rows = Vec::new();
     for (i, p) in meshed.iter().enumerate() {
         let pns = p
@@ -887,10 +905,10 @@ async fn proxy_status(
             .unwrap_or_else(|| Err("not read".to_string()));
         let dump = by_index
             .remove(&i)
-            .unwrap_or_else(|| Err("not fetched".to_string()));
+            .unwrap_or_else(|| Err(dump::DumpError::Fetch("not fetched".to_string())));
         rows.push(status::row(
             p,
-            dump.as_ref().map_err(String::as_str),
+            dump.as_ref(),
             &cm_ref,
             hash.as_deref().map_err(String::as_str),
         ));

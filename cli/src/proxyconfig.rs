@@ -23,9 +23,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
+use remora_model::dump::{
+    ConfigDump, DestinationDump, EndpointDump, HostDump, IndexDump, PoolStats, PortDump,
+};
 use remora_model::policy::traffic;
 use remora_model::rules::host::HostIndex;
-use remora_model::rules::model::{DestinationRule, Meta, ServicePort, Subset};
+use remora_model::rules::model::{
+    Destination, DestinationRule, Headers, HttpMatch, HttpRoute, L4Match, Meta, Resolution,
+    ServiceEntry, StringMatch, VirtualService, WeightedDestination,
+};
 
 use super::table;
 use super::text::{self, Match};
@@ -159,7 +165,7 @@ pub struct ClusterRow {
     pub policy_error: Option<String>,
     /// Live state, when the proxy has sent traffic there (`policies.destinations`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub connection_pool_stats: Option<Value>,
+    pub connection_pool_stats: Option<PoolStats>,
     /// What discovery holds for this host|port|subset: `port http -> 9080: 2 ready endpoints`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
@@ -232,238 +238,87 @@ pub struct ProxyConfig {
 
 // ------------------------------------------------------------------------------ reading
 
-fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
-    v.pointer(p).and_then(Value::as_str)
+fn key_of(m: &Meta) -> String {
+    m.key()
 }
 
-fn arr<'a>(v: &'a Value, p: &str) -> &'a [Value] {
-    v.pointer(p)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-}
-
-fn strings(v: &Value, p: &str) -> Vec<String> {
-    arr(v, p)
-        .iter()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
-fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn key_of(v: &Value) -> String {
-    format!(
-        "{}/{}",
-        s(v, "/meta/namespace").unwrap_or("?"),
-        s(v, "/meta/name").unwrap_or("?")
-    )
-}
-
-fn port_u16(v: Option<&Value>) -> Option<u16> {
-    v.and_then(Value::as_u64)
-        .and_then(|n| u16::try_from(n).ok())
-}
-
-/// Checks that `dump` is a remora proxy's `/config_dump` and reads its identity.
-pub fn proxy_info(dump: &Value, target: &str) -> Result<ProxyInfo, String> {
-    let (Some(generation), Some(hash)) = (
-        dump.get("generation").and_then(Value::as_u64),
-        dump.get("hash").and_then(Value::as_str),
-    ) else {
-        return Err(format!(
-            "{target}: the answer is not a remora proxy's /config_dump (no generation and hash)"
-        ));
-    };
-    if !dump.get("rules").is_some_and(Value::is_object) {
-        return Err(format!(
-            "{target}: the /config_dump has no \"rules\" object (a proxy older than this CLI?)"
-        ));
+/// Istio's name for a ServiceEntry `resolution` (as the dump writes it).
+fn resolution_text(r: Resolution) -> &'static str {
+    match r {
+        Resolution::None => "NONE",
+        Resolution::Static => "STATIC",
+        Resolution::Dns => "DNS",
+        Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
     }
-    let workload = match (s(dump, "/workload/namespace"), s(dump, "/workload/name")) {
-        (Some(ns), Some(n)) if !n.is_empty() => Some(format!("{ns}/{n}")),
-        _ => None,
-    };
-    Ok(ProxyInfo {
-        target: target.to_string(),
-        version: s(dump, "/version").map(str::to_string),
-        generation,
-        hash: hash.to_string(),
-        source: s(dump, "/source").unwrap_or("").to_string(),
-        workload,
-    })
 }
 
-/// A DestinationRule of the dump as the proxy's model, so the proxy's own policy resolution
-/// applies to it.
-fn destination_rule(v: &Value) -> DestinationRule {
-    let m = |p: &str| s(v, p).unwrap_or("").to_string();
-    DestinationRule {
-        meta: Meta {
-            kind: "DestinationRule".into(),
-            api_version: m("/meta/api_version"),
-            name: m("/meta/name"),
-            namespace: m("/meta/namespace"),
-            file: m("/meta/file"),
-            document: v
-                .pointer("/meta/document")
-                .and_then(Value::as_u64)
-                .unwrap_or(0) as usize,
-        },
-        host: m("/host"),
-        subsets: arr(v, "/subsets")
-            .iter()
-            .map(|x| Subset {
-                name: s(x, "/name").unwrap_or("").to_string(),
-                labels: labels(x.get("labels")),
-                traffic_policy: x.get("traffic_policy").filter(|t| !t.is_null()).cloned(),
-            })
-            .collect(),
-        export_to: strings(v, "/export_to"),
-        traffic_policy: v.get("traffic_policy").filter(|t| !t.is_null()).cloned(),
-        workload_selector: v
-            .get("workload_selector")
-            .filter(|w| w.is_object())
-            .map(|w| labels(Some(w))),
+/// A duration as the dump writes it (`1.5s`).
+fn secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// The identity of the proxy that served `dump`.
+pub fn proxy_info(dump: &ConfigDump, target: &str) -> ProxyInfo {
+    let w = &dump.workload;
+    ProxyInfo {
+        target: target.to_string(),
+        version: Some(dump.version.clone()),
+        generation: dump.generation,
+        hash: dump.hash.clone(),
+        source: dump.source.clone(),
+        workload: (!w.name.is_empty()).then(|| format!("{}/{}", w.namespace, w.name)),
     }
 }
 
 /// The parts of the rules the views share.
 struct Rules<'a> {
-    dump: &'a Value,
-    vss: &'a [Value],
-    ses: &'a [Value],
-    drs: Vec<DestinationRule>,
+    dump: &'a ConfigDump,
+    vss: &'a [VirtualService],
+    ses: &'a [ServiceEntry],
+    drs: &'a [DestinationRule],
     dr_index: HostIndex,
-    discovery_hosts: Vec<String>,
-    /// The discovery index as the dump lists it (`None`: an older proxy, host names only).
-    discovered: Option<Discovered>,
+    discovery_hosts: &'a [String],
+    /// The discovery index as the dump lists it (`None`: discovery off, or host names only).
+    discovered: Option<&'a IndexDump>,
 }
 
-/// `/discovery/index` of the dump.
-struct Discovered {
-    hosts: Vec<DiscHost>,
-    per_host: u64,
-    total: u64,
-    omitted: u64,
+/// Ready endpoints a port holds that the dump does not list.
+fn omitted(p: &PortDump) -> u64 {
+    (p.endpoint_count as u64).saturating_sub(p.endpoints.len() as u64)
 }
 
-struct DiscHost {
-    host: String,
-    ports: Vec<DiscPort>,
+fn disc_host<'a>(d: &'a IndexDump, host: &str) -> Option<&'a HostDump> {
+    d.hosts.iter().find(|h| h.host == host)
 }
 
-struct DiscPort {
-    port: u16,
-    name: Option<String>,
-    targets: Vec<u16>,
-    /// Ready endpoints the proxy holds (listed or not).
-    count: u64,
-    endpoints: Vec<DiscEp>,
+/// `the proxy's dump lists at most 100 endpoints per host and 5000 in all`.
+fn caps(d: &IndexDump) -> String {
+    format!(
+        "the proxy's dump lists at most {} endpoints per host and {} in all",
+        d.limits.endpoints_per_host, d.limits.endpoints_total
+    )
 }
 
-struct DiscEp {
-    address: String,
-    pod: Option<String>,
-    labels: BTreeMap<String, String>,
-}
-
-impl DiscPort {
-    fn omitted(&self) -> u64 {
-        self.count.saturating_sub(self.endpoints.len() as u64)
-    }
-}
-
-fn discovered(dump: &Value) -> Option<Discovered> {
-    let idx = dump.pointer("/discovery/index").filter(|v| v.is_object())?;
-    let num = |p: &str| idx.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-    let hosts = arr(idx, "/hosts")
-        .iter()
-        .filter_map(|h| {
-            Some(DiscHost {
-                host: s(h, "/host")?.to_string(),
-                ports: arr(h, "/ports")
-                    .iter()
-                    .filter_map(|p| {
-                        let endpoints: Vec<DiscEp> = arr(p, "/endpoints")
-                            .iter()
-                            .filter_map(|e| {
-                                Some(DiscEp {
-                                    address: s(e, "/address")?.to_string(),
-                                    pod: s(e, "/pod").map(str::to_string),
-                                    labels: labels(e.get("labels")),
-                                })
-                            })
-                            .collect();
-                        Some(DiscPort {
-                            port: port_u16(p.get("port"))?,
-                            name: s(p, "/name").map(str::to_string),
-                            targets: arr(p, "/target_ports")
-                                .iter()
-                                .filter_map(|t| port_u16(Some(t)))
-                                .collect(),
-                            count: p
-                                .get("endpoint_count")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(endpoints.len() as u64),
-                            endpoints,
-                        })
-                    })
-                    .collect(),
-            })
-        })
-        .collect();
-    Some(Discovered {
-        hosts,
-        per_host: num("/limits/endpoints_per_host"),
-        total: num("/limits/endpoints_total"),
-        omitted: num("/endpoints_omitted"),
-    })
-}
-
-impl Discovered {
-    fn host(&self, host: &str) -> Option<&DiscHost> {
-        self.hosts.iter().find(|h| h.host == host)
-    }
-
-    /// `capped at 100 per host, 5000 in all`.
-    fn caps(&self) -> String {
-        format!(
-            "the proxy's dump lists at most {} endpoints per host and {} in all",
-            self.per_host, self.total
-        )
-    }
+fn ep_labels(e: &EndpointDump) -> BTreeMap<String, String> {
+    e.labels.clone().unwrap_or_default()
 }
 
 impl<'a> Rules<'a> {
-    fn new(dump: &'a Value) -> Rules<'a> {
-        let vss = arr(dump, "/rules/virtual_services");
-        let ses = arr(dump, "/rules/service_entries");
-        let drs: Vec<DestinationRule> = arr(dump, "/rules/destination_rules")
-            .iter()
-            .map(destination_rule)
-            .collect();
+    fn new(dump: &'a ConfigDump) -> Rules<'a> {
+        let drs = dump.rules.destination_rules.as_slice();
         let dr_index = HostIndex::build(drs.iter().enumerate().map(|(i, d)| (i, d.host.as_str())));
         Rules {
             dump,
-            vss,
-            ses,
+            vss: &dump.rules.virtual_services,
+            ses: &dump.rules.service_entries,
             drs,
             dr_index,
-            discovery_hosts: strings(dump, "/discovery/hosts"),
-            discovered: discovered(dump),
+            discovery_hosts: &dump.discovery.hosts,
+            discovered: dump.discovery.index.as_ref(),
         }
     }
 
-    fn dr_for(&self, host: &str) -> Option<&DestinationRule> {
+    fn dr_for(&self, host: &str) -> Option<&'a DestinationRule> {
         self.dr_index
             .best(&[host.to_string()])
             .and_then(|i| self.drs.get(i))
@@ -472,60 +327,61 @@ impl<'a> Rules<'a> {
 
 // ------------------------------------------------------------------------------ routes
 
-fn kv_matches(v: &Value, field: &str, label: &str, neg: bool) -> Vec<String> {
-    v.get(field)
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, m)| {
-                    let op = if neg { "!=" } else { "=" };
-                    match Match::from_dump(m) {
-                        Match::Present if neg => format!("{label} {k} absent"),
-                        Match::Present => format!("{label} {k} present"),
-                        val => format!("{label} {k}{op}{val}"),
-                    }
-                })
-                .collect()
+/// Header and query matches, by name (the order the dump's JSON object had).
+fn kv_matches(v: &[(String, StringMatch)], label: &str, neg: bool) -> Vec<String> {
+    let mut v: Vec<&(String, StringMatch)> = v.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter()
+        .map(|(k, m)| {
+            let op = if neg { "!=" } else { "=" };
+            match Match::from(m) {
+                Match::Present if neg => format!("{label} {k} absent"),
+                Match::Present => format!("{label} {k} present"),
+                val => format!("{label} {k}{op}{val}"),
+            }
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-fn map_text(v: Option<&Value>) -> String {
-    labels(v)
-        .iter()
+fn map_text(m: &BTreeMap<String, String>) -> String {
+    m.iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
 /// One `HTTPMatchRequest` as `uri /api* AND header end-user=jason`.
-fn http_match(m: &Value) -> String {
+fn http_match(m: &HttpMatch) -> String {
     let mut parts = Vec::new();
-    if let Some(n) = s(m, "/name") {
+    if let Some(n) = &m.name {
         parts.push(format!("[{n}]"));
     }
-    for f in ["uri", "scheme", "method", "authority"] {
-        if let Some(x) = m.get(f) {
-            parts.push(format!("{f} {}", Match::from_dump(x)));
+    for (f, x) in [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(x) = x {
+            parts.push(format!("{f} {}", Match::from(x)));
         }
     }
-    parts.extend(kv_matches(m, "headers", "header", false));
-    parts.extend(kv_matches(m, "without_headers", "header", true));
-    parts.extend(kv_matches(m, "query_params", "query", false));
-    if let Some(p) = port_u16(m.get("port")) {
+    parts.extend(kv_matches(&m.headers, "header", false));
+    parts.extend(kv_matches(&m.without_headers, "header", true));
+    parts.extend(kv_matches(&m.query_params, "query", false));
+    if let Some(p) = m.port {
         parts.push(format!("port {p}"));
     }
-    if m.get("source_labels").is_some() {
-        parts.push(format!("sourceLabels {}", map_text(m.get("source_labels"))));
+    if !m.source_labels.is_empty() {
+        parts.push(format!("sourceLabels {}", map_text(&m.source_labels)));
     }
-    if let Some(n) = s(m, "/source_namespace") {
+    if let Some(n) = &m.source_namespace {
         parts.push(format!("sourceNamespace {n}"));
     }
-    let gws = strings(m, "/gateways");
-    if !gws.is_empty() {
-        parts.push(format!("gateways {}", gws.join(",")));
+    if !m.gateways.is_empty() {
+        parts.push(format!("gateways {}", m.gateways.join(",")));
     }
-    if m.get("ignore_uri_case").and_then(Value::as_bool) == Some(true) {
+    if m.ignore_uri_case {
         parts.push("(uri ignores case)".into());
     }
     if parts.is_empty() {
@@ -535,23 +391,26 @@ fn http_match(m: &Value) -> String {
     }
 }
 
-fn l4_match(m: &Value) -> String {
+fn l4_match(m: &L4Match) -> String {
     let mut parts = Vec::new();
-    let sni = strings(m, "/sni_hosts");
-    if !sni.is_empty() {
-        parts.push(format!("sni {}", sni.join(",")));
+    if !m.sni_hosts.is_empty() {
+        parts.push(format!("sni {}", m.sni_hosts.join(",")));
     }
-    if let Some(p) = port_u16(m.get("port")) {
+    if let Some(p) = m.port {
         parts.push(format!("port {p}"));
     }
-    let nets = strings(m, "/destination_subnets");
-    if !nets.is_empty() {
+    if !m.destination_subnets.is_empty() {
+        let nets: Vec<String> = m
+            .destination_subnets
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         parts.push(format!("destinationSubnets {}", nets.join(",")));
     }
-    if m.get("source_labels").is_some() {
-        parts.push(format!("sourceLabels {}", map_text(m.get("source_labels"))));
+    if !m.source_labels.is_empty() {
+        parts.push(format!("sourceLabels {}", map_text(&m.source_labels)));
     }
-    if let Some(n) = s(m, "/source_namespace") {
+    if let Some(n) = &m.source_namespace {
         parts.push(format!("sourceNamespace {n}"));
     }
     if parts.is_empty() {
@@ -561,8 +420,7 @@ fn l4_match(m: &Value) -> String {
     }
 }
 
-fn matches_text(route: &Value, one: fn(&Value) -> String) -> String {
-    let ms = arr(route, "/match");
+fn matches_text<M>(ms: &[M], one: fn(&M) -> String) -> String {
     if ms.is_empty() {
         "*".into()
     } else {
@@ -571,24 +429,23 @@ fn matches_text(route: &Value, one: fn(&Value) -> String) -> String {
 }
 
 /// `host|subset:port` as one destination cell part.
-fn destination_text(d: &Value) -> String {
-    let mut t = s(d, "/host").unwrap_or("?").to_string();
-    if let Some(p) = port_u16(d.get("port")) {
+fn destination_text(d: &Destination) -> String {
+    let mut t = d.host.clone();
+    if let Some(p) = d.port {
         t.push_str(&format!(":{p}"));
     }
-    if let Some(sub) = s(d, "/subset") {
+    if let Some(sub) = &d.subset {
         t.push_str(&format!("|{sub}"));
     }
     t
 }
 
-fn weighted(route: &Value) -> String {
-    let ds = arr(route, "/route");
-    let weights_given = ds.iter().any(|d| d.get("weight").is_some());
+fn weighted(ds: &[WeightedDestination]) -> String {
+    let weights_given = ds.iter().any(|d| d.weight.is_some());
     ds.iter()
         .map(|d| {
-            let mut t = destination_text(d.get("destination").unwrap_or(&Value::Null));
-            match d.get("weight").and_then(Value::as_u64) {
+            let mut t = destination_text(&d.destination);
+            match d.weight {
                 Some(w) => t.push_str(&format!(" {w}%")),
                 None if ds.len() == 1 && !weights_given => {}
                 None => t.push_str(" 0%"),
@@ -599,43 +456,37 @@ fn weighted(route: &Value) -> String {
         .join(", ")
 }
 
-fn pct(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_f64) {
-        Some(p) if p >= 100.0 => String::new(),
-        Some(p) => format!(" {p}%"),
-        None => String::new(),
+fn pct(p: f64) -> String {
+    if p >= 100.0 {
+        String::new()
+    } else {
+        format!(" {p}%")
     }
 }
 
-fn header_ops_count(h: Option<&Value>) -> usize {
-    let Some(h) = h else { return 0 };
-    ["request", "response"]
+/// Header operations, as the dump's JSON counts them (`set` and `add` by header name).
+fn header_ops_count(h: &Headers) -> usize {
+    let distinct = |ops: &[(String, String)]| {
+        ops.iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    [&h.request, &h.response]
         .iter()
-        .map(|side| {
-            ["set", "add"]
-                .iter()
-                .map(|op| {
-                    h.pointer(&format!("/{side}/{op}"))
-                        .and_then(Value::as_object)
-                        .map_or(0, |m| m.len())
-                })
-                .sum::<usize>()
-                + h.pointer(&format!("/{side}/remove"))
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len)
-        })
+        .map(|o| distinct(&o.set) + distinct(&o.add) + o.remove.len())
         .sum()
 }
 
 /// The route policy in one cell: rewrite, fault, timeout, retries, mirrors, header operations.
-fn policy_text(r: &Value) -> String {
+fn policy_text(r: &HttpRoute) -> String {
     let mut parts = Vec::new();
-    if let Some(rw) = r.get("rewrite").filter(|x| x.is_object()) {
+    if let Some(rw) = &r.rewrite {
         let mut t = Vec::new();
-        if let Some(u) = s(rw, "/uri") {
+        if let Some(u) = &rw.uri {
             t.push(format!("uri={u}"));
         }
-        if let Some(a) = s(rw, "/authority") {
+        if let Some(a) = &rw.authority {
             t.push(format!("authority={a}"));
         }
         if t.is_empty() {
@@ -644,60 +495,55 @@ fn policy_text(r: &Value) -> String {
         }
         parts.push(format!("rewrite {}", t.join(" ")));
     }
-    let p = r.get("policy").unwrap_or(&Value::Null);
-    if let Some(f) = p.get("fault").filter(|x| x.is_object()) {
-        if let Some(d) = f.get("delay").filter(|x| x.is_object()) {
+    let p = &r.policy;
+    if let Some(f) = &p.fault {
+        if let Some(d) = &f.delay {
             parts.push(format!(
                 "fault delay {}{}",
-                s(d, "/fixed_delay").unwrap_or("?"),
-                pct(d.get("percentage"))
+                secs(d.fixed_delay),
+                pct(d.percentage)
             ));
         }
-        if let Some(a) = f.get("abort").filter(|x| x.is_object()) {
-            let what = match (
-                a.get("http_status").and_then(Value::as_u64),
-                s(a, "/grpc_status"),
-            ) {
+        if let Some(a) = &f.abort {
+            let what = match (a.http_status, &a.grpc_status) {
                 (Some(c), _) => c.to_string(),
                 (None, Some(g)) => format!("grpc {g}"),
                 _ => "?".into(),
             };
-            parts.push(format!("fault abort {what}{}", pct(a.get("percentage"))));
+            parts.push(format!("fault abort {what}{}", pct(a.percentage)));
         }
     }
-    if let Some(t) = s(p, "/timeout") {
-        parts.push(format!("timeout {t}"));
+    if let Some(t) = p.timeout {
+        parts.push(format!("timeout {}", secs(t)));
     }
-    if let Some(rt) = p.get("retries").filter(|x| x.is_object()) {
-        let attempts = rt.get("attempts").and_then(Value::as_u64).unwrap_or(0);
-        let mut t = if attempts == 0 {
+    if let Some(rt) = &p.retries {
+        let mut t = if rt.attempts == 0 {
             "retries off".to_string()
         } else {
-            format!("retries {attempts}")
+            format!("retries {}", rt.attempts)
         };
-        if attempts > 0 {
-            if let Some(pt) = s(rt, "/per_try_timeout") {
-                t.push_str(&format!(" x {pt}"));
+        if rt.attempts > 0 {
+            if let Some(pt) = rt.per_try_timeout {
+                t.push_str(&format!(" x {}", secs(pt)));
             }
-            let on = strings(rt, "/retry_on");
-            if !on.is_empty() {
-                t.push_str(&format!(" on {}", on.join(",")));
+            if !rt.retry_on.is_empty() {
+                t.push_str(&format!(" on {}", rt.retry_on.join(",")));
             }
         }
         parts.push(t);
     }
-    for m in arr(p, "/mirrors") {
-        let mut t = format!("mirror {}", s(m, "/host").unwrap_or("?"));
-        if let Some(sub) = s(m, "/subset") {
+    for m in &p.mirrors {
+        let mut t = format!("mirror {}", m.host);
+        if let Some(sub) = &m.subset {
             t.push_str(&format!("|{sub}"));
         }
-        t.push_str(&pct(m.get("percentage")));
+        t.push_str(&pct(m.percentage));
         parts.push(t);
     }
-    let n = header_ops_count(r.get("headers"))
-        + arr(r, "/route")
+    let n = header_ops_count(&r.headers)
+        + r.route
             .iter()
-            .map(|d| header_ops_count(d.get("headers")))
+            .map(|d| header_ops_count(&d.headers))
             .sum::<usize>();
     if n > 0 {
         parts.push(format!("{n} header ops"));
@@ -709,36 +555,30 @@ fn policy_text(r: &Value) -> String {
     }
 }
 
-fn http_destination(r: &Value) -> String {
-    if let Some(rd) = r.get("redirect").filter(|x| x.is_object()) {
-        let mut t = format!(
-            "redirect {}",
-            rd.get("code").and_then(Value::as_u64).unwrap_or(301)
-        );
-        if let Some(x) = s(rd, "/scheme") {
+fn http_destination(r: &HttpRoute) -> String {
+    if let Some(rd) = &r.redirect {
+        let mut t = format!("redirect {}", rd.code);
+        if let Some(x) = &rd.scheme {
             t.push_str(&format!(" scheme={x}"));
         }
-        if let Some(x) = s(rd, "/authority") {
+        if let Some(x) = &rd.authority {
             t.push_str(&format!(" authority={x}"));
         }
-        if let Some(x) = port_u16(rd.get("port")) {
+        if let Some(x) = rd.port {
             t.push_str(&format!(" port={x}"));
         }
-        if rd.get("derive_port_from_request").and_then(Value::as_bool) == Some(true) {
+        if rd.derive_port_from_request {
             t.push_str(" port=(request's)");
         }
-        if let Some(x) = s(rd, "/uri") {
+        if let Some(x) = &rd.uri {
             t.push_str(&format!(" uri={x}"));
         }
         return t;
     }
-    if let Some(dr) = r.get("direct_response").filter(|x| x.is_object()) {
-        return format!(
-            "direct response {}",
-            dr.get("status").and_then(Value::as_u64).unwrap_or(0)
-        );
+    if let Some(dr) = &r.direct_response {
+        return format!("direct response {}", dr.status);
     }
-    let w = weighted(r);
+    let w = weighted(&r.route);
     if w.is_empty() {
         "(no destination: 503)".into()
     } else {
@@ -748,19 +588,15 @@ fn http_destination(r: &Value) -> String {
 
 /// The `RateLimit` rules (remora's kind, `policies.rate_limits`) for which `applies(host,
 /// route)` holds, as `ratelimit 100/minute burst 10 (ns/name)`, `; `-separated.
-fn rate_limits(dump: &Value, applies: impl Fn(&str, Option<&str>) -> bool) -> String {
-    arr(dump, "/policies/rate_limits")
+fn rate_limits(dump: &ConfigDump, applies: impl Fn(&str, Option<&str>) -> bool) -> String {
+    dump.policies
+        .rate_limits
         .iter()
-        .filter(|rl| s(rl, "/host").is_some_and(|h| applies(h, s(rl, "/route"))))
+        .filter(|rl| applies(&rl.host, rl.route.as_deref()))
         .map(|rl| {
             format!(
                 "ratelimit {}/{} burst {} ({})",
-                rl.get("requests_per_unit")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-                s(rl, "/unit_name").unwrap_or("?"),
-                rl.get("burst").and_then(Value::as_u64).unwrap_or(0),
-                s(rl, "/key").unwrap_or("?")
+                rl.requests_per_unit, rl.unit_name, rl.burst, rl.key
             )
         })
         .collect::<Vec<_>>()
@@ -768,48 +604,48 @@ fn rate_limits(dump: &Value, applies: impl Fn(&str, Option<&str>) -> bool) -> St
 }
 
 /// The ports a route's destinations name.
-fn dest_ports(route: &Value) -> Vec<u16> {
-    arr(route, "/route")
-        .iter()
-        .filter_map(|d| port_u16(d.pointer("/destination/port")))
-        .collect()
+fn dest_ports(route: &[WeightedDestination]) -> Vec<u16> {
+    route.iter().filter_map(|d| d.destination.port).collect()
+}
+
+/// A match block without conditions (at most a name) takes every request.
+fn unconditional(m: &HttpMatch) -> bool {
+    // `ignoreUriCase` alone counts as a condition, as it did when this read the dump's JSON.
+    m.is_catch_all() && !m.ignore_uri_case
 }
 
 fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
     let mut rows = Vec::new();
     for vs in rules.vss {
-        let key = key_of(vs);
-        let name = s(vs, "/meta/name").unwrap_or("");
-        let hosts = strings(vs, "/hosts");
+        let key = key_of(&vs.meta);
+        let name = vs.meta.name.as_str();
+        let hosts = vs.hosts.clone();
         if !f.hosts_ok(&hosts) {
             continue;
         }
-        let mesh = vs.get("applies_to_mesh").and_then(Value::as_bool) != Some(false);
+        let mesh = vs.applies_to_mesh;
         let mut vs_rows = Vec::new();
         let mut catch_all = false;
-        for (i, r) in arr(vs, "/http").iter().enumerate() {
-            let route = s(r, "/name")
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("spec.http[{i}]"));
-            let ms = arr(r, "/match");
-            let route_ports: Vec<u16> = ms.iter().filter_map(|m| port_u16(m.get("port"))).collect();
+        for (i, r) in vs.http.iter().enumerate() {
+            let route = r.name.clone().unwrap_or_else(|| format!("spec.http[{i}]"));
+            let ms = &r.matches;
+            let route_ports: Vec<u16> = ms.iter().filter_map(|m| m.port).collect();
             // No match, or a match block without conditions, takes every request.
-            if ms.is_empty()
-                || ms
-                    .iter()
-                    .any(|m| m.as_object().is_some_and(|o| o.keys().all(|k| k == "name")))
-            {
+            if ms.is_empty() || ms.iter().any(unconditional) {
                 catch_all = true;
             }
-            let dests: BTreeSet<&str> = arr(r, "/route")
+            let dests: BTreeSet<&str> = r
+                .route
                 .iter()
-                .filter_map(|d| s(d, "/destination/host"))
+                .map(|d| d.destination.host.as_str())
                 .collect();
             let mut policy = policy_text(r);
             let limits = rate_limits(rules.dump, |host, rl_route| {
                 dests.contains(host)
                     && rl_route.is_none_or(|n| {
-                        s(r, "/name").is_some_and(|rn| n == rn || n.starts_with(&format!("{rn}.")))
+                        r.name
+                            .as_deref()
+                            .is_some_and(|rn| n == rn || n.starts_with(&format!("{rn}.")))
                     })
             });
             if !limits.is_empty() {
@@ -824,13 +660,13 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             }
             vs_rows.push((
                 route_ports,
-                dest_ports(r),
+                dest_ports(&r.route),
                 RouteRow {
                     virtual_service: Some(key.clone()),
                     hosts: hosts.clone(),
                     kind: "http".into(),
                     route,
-                    matches: matches_text(r, http_match),
+                    matches: matches_text(&r.matches, http_match),
                     destination: http_destination(r),
                     policy,
                 },
@@ -851,22 +687,19 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                 },
             ));
         }
-        for kind in ["tcp", "tls"] {
-            for (i, r) in arr(vs, &format!("/{kind}")).iter().enumerate() {
-                let route_ports: Vec<u16> = arr(r, "/match")
-                    .iter()
-                    .filter_map(|m| port_u16(m.get("port")))
-                    .collect();
+        for (kind, routes) in [("tcp", &vs.tcp), ("tls", &vs.tls)] {
+            for (i, r) in routes.iter().enumerate() {
+                let route_ports: Vec<u16> = r.matches.iter().filter_map(|m| m.port).collect();
                 vs_rows.push((
                     route_ports,
-                    dest_ports(r),
+                    dest_ports(&r.route),
                     RouteRow {
                         virtual_service: Some(key.clone()),
                         hosts: hosts.clone(),
                         kind: kind.into(),
                         route: format!("spec.{kind}[{i}]"),
-                        matches: matches_text(r, l4_match),
-                        destination: weighted(r),
+                        matches: matches_text(&r.matches, l4_match),
+                        destination: weighted(&r.route),
                         policy: "-".into(),
                     },
                 ));
@@ -892,36 +725,35 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
         return rows;
     }
     // Hosts without a VirtualService: ServiceEntries route to their endpoints.
-    let with_vs: BTreeSet<String> = rules
+    let with_vs: BTreeSet<&String> = rules
         .vss
         .iter()
-        .filter(|v| !arr(v, "/http").is_empty())
-        .flat_map(|v| strings(v, "/hosts"))
+        .filter(|v| !v.http.is_empty())
+        .flat_map(|v| v.hosts.iter())
         .collect();
     for se in rules.ses {
-        let hosts: Vec<String> = strings(se, "/hosts")
-            .into_iter()
+        let hosts: Vec<String> = se
+            .hosts
+            .iter()
             .filter(|h| !with_vs.contains(h))
+            .cloned()
             .collect();
         if hosts.is_empty() || !f.hosts_ok(&hosts) {
             continue;
         }
-        let ports: Vec<u16> = arr(se, "/ports")
-            .iter()
-            .filter_map(|p| port_u16(p.get("number")))
-            .collect();
+        let ports: Vec<u16> = se.ports.iter().map(|p| p.number).collect();
         if let Some(p) = f.port {
             if !ports.is_empty() && !ports.contains(&p) {
                 continue;
             }
         }
-        let resolution = s(se, "/resolution").unwrap_or("NONE");
-        let dest = if resolution == "NONE" && arr(se, "/endpoints").is_empty() {
+        let resolution = resolution_text(se.resolution);
+        let dest = if se.resolution == Resolution::None && se.endpoints.is_empty() {
             "original destination (resolution NONE)".to_string()
         } else {
             format!(
                 "ServiceEntry {} endpoints ({resolution}); DestinationRule applies",
-                key_of(se)
+                key_of(&se.meta)
             )
         };
         let limits = rate_limits(rules.dump, |h, route| {
@@ -957,11 +789,8 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
         });
     }
     if f.fqdn.is_none() {
-        let sidecar = rules
-            .dump
-            .pointer("/rules/sidecar")
-            .filter(|x| x.is_object());
-        let domain = s(rules.dump, "/rules/cluster_domain").unwrap_or("cluster.local");
+        let sidecar = rules.dump.rules.sidecar.as_ref();
+        let domain = rules.dump.rules.cluster_domain.as_str();
         let implicit = |hosts: Vec<String>, matches: &str, destination: String| RouteRow {
             virtual_service: None,
             hosts,
@@ -976,7 +805,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             policy: "-".into(),
         };
         let scope = match sidecar {
-            Some(sc) => format!(" (hosts under Sidecar {}'s egress)", key_of(sc)),
+            Some(sc) => format!(" (hosts under Sidecar {}'s egress)", key_of(&sc.meta)),
             None => String::new(),
         };
         rows.push(implicit(
@@ -985,7 +814,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             format!("the Service's endpoints (discovery), else the original destination; DestinationRule applies{scope}"),
         ));
         match sidecar {
-            Some(sc) if sc.get("registry_only").and_then(Value::as_bool) == Some(true) => {
+            Some(sc) if sc.registry_only => {
                 rows.push(implicit(
                     vec!["(IP addresses)".into()],
                     "any other request",
@@ -996,7 +825,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                     "any other host",
                     format!(
                         "502 (Sidecar {} outboundTrafficPolicy REGISTRY_ONLY)",
-                        key_of(sc)
+                        key_of(&sc.meta)
                     ),
                 ));
             }
@@ -1009,15 +838,10 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
     }
     rows
 }
-
 // ------------------------------------------------------------------------------ clusters
 
 fn limit(v: u64) -> Option<u64> {
     (v != remora_model::policy::limits::UNLIMITED).then_some(v)
-}
-
-fn secs(d: std::time::Duration) -> String {
-    format!("{}s", d.as_secs_f64())
 }
 
 fn policy_cells(tp: &traffic::TrafficPolicy, raw: &Value) -> (String, String, String, String) {
@@ -1096,43 +920,35 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
     // The ports known for each host.
     let mut ports: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     for se in rules.ses {
-        let src = format!("ServiceEntry {}", key_of(se));
-        for h in strings(se, "/hosts") {
-            for p in arr(se, "/ports") {
-                if let Some(n) = port_u16(p.get("number")) {
-                    ports.entry(h.clone()).or_default().insert(n);
-                    add(&h, Some(n), None, src.clone());
-                }
+        let src = format!("ServiceEntry {}", key_of(&se.meta));
+        for h in &se.hosts {
+            for p in &se.ports {
+                ports.entry(h.clone()).or_default().insert(p.number);
+                add(h, Some(p.number), None, src.clone());
             }
         }
     }
     let mut dests: Vec<(String, Option<u16>, Option<String>, String)> = Vec::new();
     for vs in rules.vss {
-        let src = format!("VirtualService {}", key_of(vs));
-        for kind in ["/http", "/tcp", "/tls"] {
-            for r in arr(vs, kind) {
-                for d in arr(r, "/route") {
-                    let d = d.get("destination").unwrap_or(&Value::Null);
-                    if let Some(h) = s(d, "/host") {
-                        dests.push((
-                            h.to_string(),
-                            port_u16(d.get("port")),
-                            s(d, "/subset").map(str::to_string),
-                            src.clone(),
-                        ));
-                    }
-                }
-                for m in arr(r, "/policy/mirrors") {
-                    if let Some(h) = s(m, "/host") {
-                        dests.push((
-                            h.to_string(),
-                            port_u16(m.get("port")),
-                            s(m, "/subset").map(str::to_string),
-                            format!("{src} (mirror)"),
-                        ));
-                    }
-                }
+        let src = format!("VirtualService {}", key_of(&vs.meta));
+        let routes = vs
+            .http
+            .iter()
+            .map(|r| &r.route)
+            .chain(vs.tcp.iter().chain(&vs.tls).map(|r| &r.route));
+        for route in routes {
+            for d in route {
+                let d = &d.destination;
+                dests.push((d.host.clone(), d.port, d.subset.clone(), src.clone()));
             }
+        }
+        for m in vs.http.iter().flat_map(|r| &r.policy.mirrors) {
+            dests.push((
+                m.host.clone(),
+                m.port,
+                m.subset.clone(),
+                format!("{src} (mirror)"),
+            ));
         }
     }
     for (h, p, _, _) in &dests {
@@ -1157,16 +973,21 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
             add(&h.host, Some(p.port), None, "discovery".into());
         }
     }
-    for dr in &rules.drs {
+    for dr in rules.drs {
         let src = format!("DestinationRule {}", dr.meta.key());
         let mut dr_ports: BTreeSet<u16> = ports.get(&dr.host).cloned().unwrap_or_default();
         let tps = std::iter::once(dr.traffic_policy.as_ref())
             .chain(dr.subsets.iter().map(|s| s.traffic_policy.as_ref()))
             .flatten();
+        // `trafficPolicy` is Istio's JSON as written (the model keeps it raw).
         for tp in tps {
-            for e in arr(tp, "/portLevelSettings") {
-                if let Some(n) = port_u16(e.pointer("/port/number")) {
-                    dr_ports.insert(n);
+            let entries = tp.get("portLevelSettings").and_then(Value::as_array);
+            for e in entries.into_iter().flatten() {
+                let number = e.get("port").and_then(|p| p.get("number"));
+                if let Some(n) = number.and_then(Value::as_u64) {
+                    if let Ok(n) = u16::try_from(n) {
+                        dr_ports.insert(n);
+                    }
                 }
             }
         }
@@ -1182,12 +1003,8 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
             }
         }
     }
-    for h in &rules.discovery_hosts {
-        if rules
-            .discovered
-            .as_ref()
-            .is_some_and(|d| d.host(h).is_some())
-        {
+    for h in rules.discovery_hosts {
+        if rules.discovered.is_some_and(|d| disc_host(d, h).is_some()) {
             continue;
         }
         match ports.get(h) {
@@ -1200,17 +1017,11 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
         }
     }
     // Live state of destinations the proxy has sent to.
-    let mut live: BTreeMap<Key, Value> = BTreeMap::new();
-    for d in arr(rules.dump, "/policies/destinations") {
-        if let Some(h) = s(d, "/host") {
-            let k: Key = (
-                h.to_string(),
-                port_u16(d.get("port")),
-                s(d, "/subset").map(str::to_string),
-            );
-            add(&k.0, k.1, k.2.as_deref(), "in use".into());
-            live.insert(k, d.clone());
-        }
+    let mut live: BTreeMap<Key, &DestinationDump> = BTreeMap::new();
+    for d in &rules.dump.policies.destinations {
+        let k: Key = (d.host.clone(), Some(d.port), d.subset.clone());
+        add(&k.0, k.1, k.2.as_deref(), "in use".into());
+        live.insert(k, d);
     }
     // A row for "any port" is folded into the rows of the same host|subset with known ports
     // (what names it names them too).
@@ -1280,7 +1091,7 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
             outlier_detection,
             tls,
             policy_error,
-            connection_pool_stats: live.and_then(|d| d.get("connection_pool")).cloned(),
+            connection_pool_stats: live.map(|d| d.connection_pool.clone()),
             discovery: discovery_text(rules, &key),
         });
     }
@@ -1294,9 +1105,9 @@ fn discovery_text(
     key: &(String, Option<u16>, Option<String>),
 ) -> Option<String> {
     let (host, port, subset) = key;
-    let h = rules.discovered.as_ref()?.host(host)?;
+    let h = disc_host(rules.discovered?, host)?;
     let p = h.ports.iter().find(|p| Some(p.port) == *port)?;
-    let targets: Vec<String> = p.targets.iter().map(u16::to_string).collect();
+    let targets: Vec<String> = p.target_ports.iter().map(u16::to_string).collect();
     let mut out = match &p.name {
         Some(n) => format!("port {n}"),
         None => format!("port {}", p.port),
@@ -1305,7 +1116,7 @@ fn discovery_text(
         out.push_str(&format!(" -> {}", targets.join(",")));
     }
     let count = match subset {
-        None => p.count.to_string(),
+        None => p.endpoint_count.to_string(),
         Some(sub) => {
             let Some(sel) = rules
                 .dr_for(host)
@@ -1316,16 +1127,19 @@ fn discovery_text(
             let n = p
                 .endpoints
                 .iter()
-                .filter(|e| sel.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .filter(|e| {
+                    let labels = ep_labels(e);
+                    sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
                 .count();
-            if p.omitted() > 0 {
-                format!("at least {n} of {}", p.count)
+            if omitted(p) > 0 {
+                format!("at least {n} of {}", p.endpoint_count)
             } else {
-                format!("{n} of {}", p.count)
+                format!("{n} of {}", p.endpoint_count)
             }
         }
     };
-    let plural = if p.count == 1 { "" } else { "s" };
+    let plural = if p.endpoint_count == 1 { "" } else { "s" };
     out.push_str(&format!(": {count} ready endpoint{plural}"));
     Some(out)
 }
@@ -1354,22 +1168,18 @@ struct Tracked {
     subsets: BTreeSet<String>,
 }
 
-fn health_index(dump: &Value) -> BTreeMap<(String, String), Tracked> {
+fn health_index(dump: &ConfigDump) -> BTreeMap<(String, String), Tracked> {
     let mut m: BTreeMap<(String, String), Tracked> = BTreeMap::new();
-    for d in arr(dump, "/policies/destinations") {
-        let Some(host) = s(d, "/host") else { continue };
-        let port = port_u16(d.get("port"));
-        let subset = s(d, "/subset");
-        for e in arr(d, "/outlier_detection/endpoints") {
-            let Some(addr) = s(e, "/address") else {
-                continue;
-            };
-            let total = e
-                .get("ejections_total")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let h = if e.get("ejected").and_then(Value::as_bool) == Some(true) {
-                let ms = e.get("ejected_for_ms").and_then(Value::as_u64).unwrap_or(0);
+    for d in &dump.policies.destinations {
+        let host = d.host.as_str();
+        let port = Some(d.port);
+        let subset = d.subset.as_deref();
+        let endpoints = d.outlier_detection.iter().flat_map(|o| &o.endpoints);
+        for e in endpoints {
+            let addr = e.address.as_str();
+            let total = e.ejections_total;
+            let h = if e.ejected {
+                let ms = e.ejected_for_ms;
                 format!(
                     "EJECTED ({:.1}s left, {total} ejections)",
                     ms as f64 / 1000.0
@@ -1398,27 +1208,13 @@ fn health_index(dump: &Value) -> BTreeMap<(String, String), Tracked> {
 
 fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
     let health = health_index(rules.dump);
-    let dns: BTreeMap<String, Vec<String>> = rules
+    let dns: BTreeMap<&String, Vec<String>> = rules
         .dump
-        .pointer("/rules/dns")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|x| x.as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        .rules
+        .dns
+        .iter()
+        .map(|(k, ips)| (k, ips.iter().map(|ip| ip.to_string()).collect()))
+        .collect();
     let mut rows: Vec<EndpointRow> = Vec::new();
     let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
     let health_of = |host: &str, addr: &str| {
@@ -1435,24 +1231,22 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
         }
     };
     for se in rules.ses {
-        let key = key_of(se);
-        let resolution = s(se, "/resolution").unwrap_or("NONE");
-        let eps = arr(se, "/endpoints");
-        for host in strings(se, "/hosts") {
-            for sp in arr(se, "/ports") {
-                let Some(number) = port_u16(sp.get("number")) else {
-                    continue;
-                };
-                let pname = s(sp, "/name");
-                let target = port_u16(sp.get("target_port")).unwrap_or(number);
+        let key = key_of(&se.meta);
+        let resolution = resolution_text(se.resolution);
+        let eps = &se.endpoints;
+        for host in &se.hosts {
+            for sp in &se.ports {
+                let number = sp.number;
+                let pname = sp.name.as_deref();
+                let target = sp.target_port.unwrap_or(number);
                 let mut push =
                     |address: String, labels: BTreeMap<String, String>, weight, source| {
-                        let subsets = subsets_of(rules, &host, &labels);
+                        let subsets = subsets_of(rules, host, &labels);
                         seen.insert((host.clone(), address.clone()));
                         rows.push(EndpointRow {
                             host: host.clone(),
                             port: Some(number),
-                            health: health_of(&host, &address),
+                            health: health_of(host, &address),
                             address,
                             labels,
                             subsets,
@@ -1495,15 +1289,12 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                     continue;
                 }
                 for e in eps {
-                    let addr = s(e, "/address").unwrap_or("?");
+                    let addr = e.address.as_str();
                     let port = pname
-                        .and_then(|n| port_u16(e.pointer(&format!("/ports/{n}"))))
+                        .and_then(|n| e.ports.get(n).copied())
                         .unwrap_or(target);
-                    let l = labels(e.get("labels"));
-                    let w = e
-                        .get("weight")
-                        .and_then(Value::as_u64)
-                        .and_then(|w| u32::try_from(w).ok());
+                    let l = e.labels.clone();
+                    let w = e.weight;
                     if addr.parse::<std::net::IpAddr>().is_ok() {
                         push(
                             fmt_addr(addr, port),
@@ -1512,7 +1303,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                             format!("ServiceEntry {key} ({resolution})"),
                         );
                     } else {
-                        match dns.get(addr) {
+                        match dns.get(&addr.to_string()) {
                             Some(ips) if !ips.is_empty() => {
                                 for ip in ips {
                                     push(
@@ -1539,28 +1330,25 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
     let discovered: BTreeSet<&String> = rules.discovery_hosts.iter().collect();
     // The endpoints discovery indexed, as far as the dump lists them.
     for h in rules.discovered.iter().flat_map(|d| d.hosts.iter()) {
-        let caps = rules
-            .discovered
-            .as_ref()
-            .map(Discovered::caps)
-            .unwrap_or_default();
+        let caps = rules.discovered.map(caps).unwrap_or_default();
         for p in &h.ports {
             for e in &p.endpoints {
                 seen.insert((h.host.clone(), e.address.clone()));
+                let labels = ep_labels(e);
                 rows.push(EndpointRow {
                     host: h.host.clone(),
                     port: Some(p.port),
                     address: e.address.clone(),
-                    subsets: subsets_of(rules, &h.host, &e.labels),
-                    labels: e.labels.clone(),
+                    subsets: subsets_of(rules, &h.host, &labels),
+                    labels,
                     weight: None,
                     health: health_of(&h.host, &e.address),
                     source: "Kubernetes discovery".into(),
                     pod: e.pod.clone(),
                 });
             }
-            let left_out = p.omitted();
-            if p.count == 0 || left_out > 0 {
+            let left_out = omitted(p);
+            if p.endpoint_count == 0 || left_out > 0 {
                 rows.push(EndpointRow {
                     host: h.host.clone(),
                     port: Some(p.port),
@@ -1569,7 +1357,7 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
                     subsets: Vec::new(),
                     weight: None,
                     health: "-".into(),
-                    source: if p.count == 0 {
+                    source: if p.endpoint_count == 0 {
                         "Kubernetes discovery (no ready endpoints)".into()
                     } else {
                         format!(
@@ -1581,11 +1369,8 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
             }
         }
     }
-    for h in &rules.discovery_hosts {
-        let indexed = rules
-            .discovered
-            .as_ref()
-            .is_some_and(|d| d.host(h).is_some());
+    for h in rules.discovery_hosts {
+        let indexed = rules.discovered.is_some_and(|d| disc_host(d, h).is_some());
         // Addresses the outlier detector saw for this host (listed below), else the name alone.
         if !indexed && !seen_by_detector.contains(h) {
             rows.push(EndpointRow {
@@ -1602,26 +1387,24 @@ fn endpoint_rows(rules: &Rules<'_>, f: &Filters) -> Vec<EndpointRow> {
         }
     }
     // Hosts the rules route to (or set a policy for) that no endpoint source knows.
-    let discovery_on = rules
-        .dump
-        .pointer("/discovery/status")
-        .is_some_and(|x| x.as_str() != Some("off"));
+    let discovery_on = rules.dump.discovery.running().is_some();
     let mut named: BTreeSet<String> = rules
         .vss
         .iter()
         .flat_map(|vs| {
-            ["/http", "/tcp", "/tls"]
-                .into_iter()
-                .flat_map(move |k| arr(vs, k))
-                .flat_map(|r| arr(r, "/route"))
-                .filter_map(|d| s(d, "/destination/host").map(str::to_string))
+            vs.http
+                .iter()
+                .map(|r| &r.route)
+                .chain(vs.tcp.iter().chain(&vs.tls).map(|r| &r.route))
+                .flatten()
+                .map(|d| d.destination.host.clone())
         })
         .collect();
     named.extend(rules.drs.iter().map(|d| d.host.clone()));
     let se_hosts: BTreeSet<String> = rules
         .ses
         .iter()
-        .flat_map(|se| strings(se, "/hosts"))
+        .flat_map(|se| se.hosts.iter().cloned())
         .collect();
     for h in named {
         if se_hosts.contains(&h)
@@ -1707,14 +1490,14 @@ fn protocol_text(p: remora_model::rules::Protocol) -> &'static str {
 
 fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
     let mut out = Listeners {
-        sniff_timeout_ms: rules.dump.get("sniff_timeout_ms").and_then(Value::as_u64),
+        sniff_timeout_ms: Some(rules.dump.sniff_timeout_ms),
         ..Default::default()
     };
-    for l in arr(rules.dump, "/listeners") {
-        let Some(address) = s(l, "/address") else {
+    for l in &rules.dump.listeners {
+        let Some(address) = l.address.as_deref() else {
             continue; // e.g. IPv6 listeners turned off
         };
-        let name = s(l, "/name").unwrap_or("?").to_string();
+        let name = l.name.clone();
         let port = address
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok());
@@ -1727,11 +1510,11 @@ fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
         } else {
             "outbound: the app's connections, redirected by iptables (remora-init -p)"
         };
-        let destination = match (s(l, "/fixed_target"), inbound) {
+        let destination = match (&l.fixed_target, inbound) {
             (Some(t), _) => format!("fixed target {t}"),
             (None, true) => format!(
                 "the app at the original destination, from {}",
-                s(l, "/source_address").unwrap_or("127.0.0.6")
+                l.source_address.as_deref().unwrap_or("127.0.0.6")
             ),
             (None, false) => {
                 "the original destination, routed by the rules (see routes)".to_string()
@@ -1740,33 +1523,24 @@ fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
         out.listeners.push(ListenerRow {
             name,
             address: address.to_string(),
-            bound: l.get("bound").and_then(Value::as_bool) == Some(true),
+            bound: l.bound,
             handles: handles.to_string(),
             destination,
         });
     }
     let mut ports: BTreeMap<u16, BTreeMap<&'static str, Vec<String>>> = BTreeMap::new();
     for se in rules.ses {
-        for p in arr(se, "/ports") {
-            let Some(number) = port_u16(p.get("number")) else {
-                continue;
-            };
-            let sp = ServicePort {
-                number,
-                protocol: s(p, "/protocol").map(str::to_string),
-                name: s(p, "/name").map(str::to_string),
-                target_port: None,
-            };
-            if let Some(proto) = remora_model::rules::service_port_protocol(&sp) {
+        for sp in &se.ports {
+            if let Some(proto) = remora_model::rules::service_port_protocol(sp) {
                 ports
-                    .entry(number)
+                    .entry(sp.number)
                     .or_default()
                     .entry(protocol_text(proto))
                     .or_default()
                     .push(format!(
                         "ServiceEntry {} ({})",
-                        key_of(se),
-                        strings(se, "/hosts").join(",")
+                        key_of(&se.meta),
+                        se.hosts.join(",")
                     ));
             }
         }
@@ -1797,58 +1571,55 @@ fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
 // ------------------------------------------------------------------------------ entry
 
 /// Builds the requested view(s) from a `/config_dump`. `target` names where it came from.
-pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<ProxyConfig, String> {
+pub fn build(
+    dump: &ConfigDump,
+    target: &str,
+    view: View,
+    f: &Filters,
+) -> Result<ProxyConfig, String> {
     f.check(view)?;
-    let proxy = proxy_info(dump, target)?;
+    let proxy = proxy_info(dump, target);
     let rules = Rules::new(dump);
     let mut notes = Vec::new();
     if proxy.generation == 0 {
         notes.push("the proxy has loaded no rule set yet (generation 0)".to_string());
     }
-    for i in arr(dump, "/rules/ignored") {
+    for i in &dump.rules.ignored {
         notes.push(format!(
             "ignored {} {} ({} doc {}): {}",
-            s(i, "/kind").unwrap_or("?"),
-            s(i, "/name").unwrap_or("?"),
-            s(i, "/file").unwrap_or("?"),
-            i.get("document").and_then(Value::as_u64).unwrap_or(0),
-            s(i, "/reason").unwrap_or("?")
+            i.kind, i.name, i.file, i.document, i.reason
         ));
     }
-    for u in strings(dump, "/rules/unknown_fields") {
+    for u in &dump.rules.unknown_fields {
         notes.push(format!("unknown field, accepted and ignored: {u}"));
     }
-    for f in strings(dump, "/rules/skipped_files") {
+    for f in &dump.rules.skipped_files {
         notes.push(format!("file not read: {f}"));
     }
-    if let Some(sc) = dump.pointer("/rules/sidecar").filter(|x| x.is_object()) {
-        let egress: Vec<String> = arr(sc, "/egress")
+    if let Some(sc) = &dump.rules.sidecar {
+        let egress: Vec<String> = sc
+            .egress
             .iter()
             .map(|l| {
-                let hosts: Vec<String> = arr(l, "/hosts")
+                let hosts: Vec<String> = l
+                    .hosts
                     .iter()
-                    .map(|h| {
-                        format!(
-                            "{}/{}",
-                            s(h, "/namespace").unwrap_or("?"),
-                            s(h, "/dns").unwrap_or("?")
-                        )
-                    })
+                    .map(|h| format!("{}/{}", h.namespace, h.dns))
                     .collect();
-                match port_u16(l.get("port")) {
+                match l.port {
                     Some(p) => format!("port {p}: {}", hosts.join(",")),
                     None => hosts.join(","),
                 }
             })
             .collect();
-        let mode = if sc.get("registry_only").and_then(Value::as_bool) == Some(true) {
+        let mode = if sc.registry_only {
             "REGISTRY_ONLY"
         } else {
             "ALLOW_ANY"
         };
         notes.push(format!(
             "Sidecar {} applies: egress {}; outboundTrafficPolicy {mode}",
-            key_of(sc),
+            key_of(&sc.meta),
             if egress.is_empty() {
                 "(all hosts)".to_string()
             } else {
@@ -1856,16 +1627,14 @@ pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<Prox
             }
         ));
     }
-    let discovery_on = dump
-        .pointer("/discovery/status")
-        .is_some_and(|x| x.as_str() != Some("off"));
+    let discovery_on = dump.discovery.running().is_some();
     if view.shows(View::Endpoints) || view.shows(View::Clusters) {
-        match &rules.discovered {
-            Some(d) if d.omitted > 0 => {
+        match rules.discovered {
+            Some(d) if d.endpoints_omitted > 0 => {
                 let hosts: Vec<&str> = d
                     .hosts
                     .iter()
-                    .filter(|h| h.ports.iter().any(|p| p.omitted() > 0))
+                    .filter(|h| h.ports.iter().any(|p| omitted(p) > 0))
                     .filter(|h| f.host_ok(&h.host))
                     .map(|h| h.host.as_str())
                     .collect();
@@ -1874,8 +1643,8 @@ pub fn build(dump: &Value, target: &str, view: View, f: &Filters) -> Result<Prox
                     let more = hosts.len().saturating_sub(SHOWN);
                     notes.push(format!(
                         "Kubernetes discovery: {}; {} endpoints are not listed (hosts {}{})",
-                        d.caps(),
-                        d.omitted,
+                        caps(d),
+                        d.endpoints_omitted,
                         hosts[..hosts.len().min(SHOWN)].join(", "),
                         if more > 0 {
                             format!(" and {more} more hosts")
@@ -2128,11 +1897,25 @@ pub fn admin_url(a: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use remora_model::dump::{
+        ApiState, ConfigSourceDump, DiscoveryDump, DiscoveryStatus, HostState, IndexLimits,
+        OutlierDump, PoliciesDump, RulesDump, WatchStatus, WorkloadDump,
+    };
+    use remora_model::rules::{snapshot_from_yaml, Ignored, LoadContext};
     use serde_json::json;
 
     /// A `/config_dump` the real proxy wrote (Bookinfo rules plus policies and a ServiceEntry),
     /// recorded as the pods/proxy answer of the CLI contract fixture.
-    fn real_dump() -> Value {
+    fn real_dump() -> ConfigDump {
+        crate::dump::read(
+            &real_dump_json(),
+            "bookinfo/reviews",
+            "proxy bookinfo/reviews",
+        )
+        .unwrap()
+    }
+
+    fn real_dump_json() -> Value {
         let fx: Value = serde_json::from_str(include_str!(
             "../../tests/fixtures/kube-api/cli/proxy-config.json"
         ))
@@ -2151,8 +1934,70 @@ mod tests {
             .clone()
     }
 
-    fn all(dump: &Value, f: &Filters) -> ProxyConfig {
+    fn all(dump: &ConfigDump, f: &Filters) -> ProxyConfig {
         build(dump, "bookinfo/reviews", View::All, f).unwrap()
+    }
+
+    /// A complete dump of a proxy in namespace `shop` that loaded `files` (name, YAML), built
+    /// from the proxy's own types; the tests then set the live parts (policies, discovery).
+    fn dump_of(generation: u64, files: &[(&str, &str)]) -> ConfigDump {
+        let ctx = LoadContext {
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        let snap = snapshot_from_yaml(files, &ctx, generation).unwrap();
+        let rules = RulesDump::of(&snap);
+        ConfigDump {
+            version: "0.1.0".into(),
+            generation,
+            hash: rules.hash.clone(),
+            source: rules.source.clone(),
+            rules_dir: "/etc/remora/rules".into(),
+            rules,
+            listeners: Vec::new(),
+            workload: WorkloadDump {
+                name: "web".into(),
+                namespace: "shop".into(),
+            },
+            sniff_timeout_ms: 5000,
+            app_probes: Vec::new(),
+            uptime_seconds: 60,
+            policies: PoliciesDump::default(),
+            config_source: ConfigSourceDump {
+                source: "files".into(),
+                generation,
+                hash: snap.hash.clone(),
+                configmap: None,
+                api: ApiState {
+                    status: "off".into(),
+                    ..Default::default()
+                },
+            },
+            discovery: DiscoveryDump::off(),
+        }
+    }
+
+    /// A destination the proxy has sent to, with the outlier detector's endpoints.
+    fn destination(
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        endpoints: Vec<HostState>,
+    ) -> DestinationDump {
+        DestinationDump {
+            host: host.into(),
+            subset: subset.map(str::to_string),
+            port,
+            policy: traffic::TrafficPolicy::default(),
+            policy_error: None,
+            connection_pool: PoolStats::default(),
+            tls: "DISABLE".into(),
+            tls_error: None,
+            outlier_detection: Some(OutlierDump {
+                config: Default::default(),
+                endpoints,
+            }),
+        }
     }
 
     #[test]
@@ -2424,30 +2269,65 @@ mod tests {
     #[test]
     fn synthetic_edge_cases() {
         // REGISTRY_ONLY, a tcp route, outlier state, discovery, an unknown subset, ignored docs.
-        let dump = json!({
-            "version": "0.1.0", "generation": 4, "hash": "abc", "source": "files:/r",
-            "rules": {
-                "cluster_domain": "cluster.local",
-                "virtual_services": [{
-                    "meta": {"name": "db", "namespace": "shop"},
-                    "hosts": ["db.shop.svc.cluster.local"], "http": [],
-                    "tcp": [{"match": [{"port": 5432}], "route": [{"destination": {"host": "db.shop.svc.cluster.local", "subset": "primary", "port": 5432}}]}],
-                    "applies_to_mesh": true
-                }],
-                "destination_rules": [], "service_entries": [],
-                "sidecar": {"meta": {"name": "default", "namespace": "shop"}, "egress": [], "registry_only": true},
-                "ignored": [{"file": "gw.yaml", "document": 1, "kind": "Gateway", "name": "gw", "reason": "gateways are not served by sidecars"}],
-                "dns": {}
-            },
-            "listeners": [], "sniff_timeout_ms": 200,
-            "policies": {"destinations": [{"host": "web.shop.svc.cluster.local", "subset": null, "port": 80,
-                "policy": {}, "connection_pool": {"active_requests": 1},
-                "outlier_detection": {"config": {}, "endpoints": [
-                    {"address": "10.0.0.7:8080", "ejected": true, "ejected_for_ms": 12500, "consecutive_5xx": 0, "consecutive_gateway_errors": 0, "ejection_multiplier": 1, "ejections_total": 1},
-                    {"address": "10.0.0.8:8080", "ejected": false, "ejected_for_ms": 0, "consecutive_5xx": 1, "consecutive_gateway_errors": 0, "ejection_multiplier": 0, "ejections_total": 0}
-                ]}}]},
-            "discovery": {"status": {"state": "synced"}, "hosts": ["web.shop.svc.cluster.local", "api.shop.svc.cluster.local"]}
+        let mut dump = dump_of(
+            4,
+            &[(
+                "rules.yaml",
+                "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 5432}]
+    route: [{destination: {host: db, subset: primary, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+            )],
+        );
+        dump.rules.ignored.push(Ignored {
+            file: "gw.yaml".into(),
+            document: 1,
+            kind: "Gateway".into(),
+            name: "gw".into(),
+            reason: "gateways are not served by sidecars".into(),
         });
+        dump.sniff_timeout_ms = 200;
+        let endpoint = |address: &str, ejected: bool, ms: u64, c5xx: u32, total: u64| HostState {
+            address: address.into(),
+            ejected,
+            ejected_for_ms: ms,
+            consecutive_5xx: c5xx,
+            consecutive_gateway_errors: 0,
+            ejection_multiplier: u32::from(ejected),
+            ejections_total: total,
+        };
+        dump.policies.destinations.push(destination(
+            "web.shop.svc.cluster.local",
+            None,
+            80,
+            vec![
+                endpoint("10.0.0.7:8080", true, 12500, 0, 1),
+                endpoint("10.0.0.8:8080", false, 0, 1, 0),
+            ],
+        ));
+        dump.policies.destinations[0]
+            .connection_pool
+            .active_requests = 1;
+        dump.discovery = DiscoveryDump {
+            status: DiscoveryStatus::Running(WatchStatus::default()),
+            hosts: vec![
+                "web.shop.svc.cluster.local".into(),
+                "api.shop.svc.cluster.local".into(),
+            ],
+            index: None,
+            readiness: None,
+        };
         let c = all(&dump, &Filters::default());
         let routes = c.routes.unwrap();
         assert_eq!(routes[0].kind, "tcp");
@@ -2506,46 +2386,116 @@ mod tests {
 
     /// A dump with the discovery index (as `proxy/src/discovery/store.rs` `Index::dump` writes
     /// it): pods, labels, subsets, ejection state, the caps and what they left out.
-    fn discovery_dump() -> Value {
-        json!({
-            "version": "0.1.0", "generation": 2, "hash": "abc", "source": "files:/r",
-            "rules": {
-                "cluster_domain": "cluster.local",
-                "virtual_services": [], "service_entries": [], "dns": {},
-                "destination_rules": [{
-                    "meta": {"name": "reviews", "namespace": "shop"},
-                    "host": "reviews.shop.svc.cluster.local",
-                    "subsets": [{"name": "v1", "labels": {"version": "v1"}},
-                                {"name": "v2", "labels": {"version": "v2"}}]
-                }]
-            },
-            "listeners": [],
-            "policies": {"destinations": [{"host": "reviews.shop.svc.cluster.local", "subset": "v2", "port": 9080,
-                "policy": {}, "connection_pool": {"active_requests": 0},
-                "outlier_detection": {"config": {}, "endpoints": [
-                    {"address": "10.0.0.2:8080", "ejected": true, "ejected_for_ms": 3000, "ejections_total": 2}
-                ]}}]},
-            "discovery": {
-                "status": {"scope": "[shop]"},
-                "hosts": ["big.shop.svc.cluster.local", "empty.shop.svc.cluster.local", "reviews.shop.svc.cluster.local"],
-                "index": {
-                    "limits": {"endpoints_per_host": 2, "endpoints_total": 5000},
-                    "endpoints_listed": 4, "endpoints_omitted": 3, "hosts_truncated": 1,
-                    "hosts": [
-                        {"host": "big.shop.svc.cluster.local", "endpoints_omitted": 3, "ports": [
-                            {"port": 80, "target_ports": [8080], "endpoint_count": 5, "endpoints": [
-                                {"address": "10.1.0.1:8080", "pod": "big-1"},
-                                {"address": "10.1.0.2:8080", "pod": "big-2"}]}]},
-                        {"host": "empty.shop.svc.cluster.local", "endpoints_omitted": 0, "ports": [
-                            {"port": 80, "name": "http", "target_ports": [], "endpoint_count": 0, "endpoints": []}]},
-                        {"host": "reviews.shop.svc.cluster.local", "endpoints_omitted": 0, "ports": [
-                            {"port": 9080, "name": "http", "target_ports": [8080], "endpoint_count": 2, "endpoints": [
-                                {"address": "10.0.0.1:8080", "pod": "reviews-v1-x", "labels": {"app": "reviews", "version": "v1"}},
-                                {"address": "10.0.0.2:8080", "pod": "reviews-v2-y", "labels": {"app": "reviews", "version": "v2"}}]}]}
-                    ]
-                }
-            }
-        })
+    fn discovery_dump() -> ConfigDump {
+        let mut dump = dump_of(
+            2,
+            &[(
+                "rules.yaml",
+                "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+",
+            )],
+        );
+        dump.policies.destinations.push(destination(
+            "reviews.shop.svc.cluster.local",
+            Some("v2"),
+            9080,
+            vec![HostState {
+                address: "10.0.0.2:8080".into(),
+                ejected: true,
+                ejected_for_ms: 3000,
+                consecutive_5xx: 0,
+                consecutive_gateway_errors: 0,
+                ejection_multiplier: 1,
+                ejections_total: 2,
+            }],
+        ));
+        let ep = |address: &str, pod: &str, version: Option<&str>| EndpointDump {
+            address: address.into(),
+            pod: Some(pod.into()),
+            labels: version.map(|v| {
+                [("app", "reviews"), ("version", v)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+        };
+        let port = |port: u16, name: Option<&str>, targets: Vec<u16>, count: usize, eps| PortDump {
+            port,
+            name: name.map(str::to_string),
+            target_ports: targets,
+            endpoint_count: count,
+            endpoints: eps,
+        };
+        let host = |host: &str, omitted: usize, ports| HostDump {
+            host: host.into(),
+            ports,
+            endpoints_omitted: omitted,
+        };
+        dump.discovery = DiscoveryDump {
+            status: DiscoveryStatus::Running(WatchStatus {
+                scope: "[shop]".into(),
+                ..Default::default()
+            }),
+            hosts: vec![
+                "big.shop.svc.cluster.local".into(),
+                "empty.shop.svc.cluster.local".into(),
+                "reviews.shop.svc.cluster.local".into(),
+            ],
+            index: Some(IndexDump {
+                limits: IndexLimits {
+                    endpoints_per_host: 2,
+                    endpoints_total: 5000,
+                },
+                indexed: "3 hosts".into(),
+                endpoints_listed: 4,
+                endpoints_omitted: 3,
+                hosts_truncated: 1,
+                hosts: vec![
+                    host(
+                        "big.shop.svc.cluster.local",
+                        3,
+                        vec![port(
+                            80,
+                            None,
+                            vec![8080],
+                            5,
+                            vec![
+                                ep("10.1.0.1:8080", "big-1", None),
+                                ep("10.1.0.2:8080", "big-2", None),
+                            ],
+                        )],
+                    ),
+                    host(
+                        "empty.shop.svc.cluster.local",
+                        0,
+                        vec![port(80, Some("http"), vec![], 0, vec![])],
+                    ),
+                    host(
+                        "reviews.shop.svc.cluster.local",
+                        0,
+                        vec![port(
+                            9080,
+                            Some("http"),
+                            vec![8080],
+                            2,
+                            vec![
+                                ep("10.0.0.1:8080", "reviews-v1-x", Some("v1")),
+                                ep("10.0.0.2:8080", "reviews-v2-y", Some("v2")),
+                            ],
+                        )],
+                    ),
+                ],
+            }),
+            readiness: None,
+        };
+        dump
     }
 
     #[test]
@@ -2682,13 +2632,21 @@ mod tests {
 
     #[test]
     fn empty_match_block_is_a_catch_all() {
-        let vs = |m: Value| {
-            json!({"generation": 1, "hash": "h", "rules": {"virtual_services": [{
-                "meta": {"name": "web", "namespace": "shop"}, "hosts": ["web.shop.svc.cluster.local"],
-                "http": [{"match": m, "route": [{"destination": {"host": "web.shop.svc.cluster.local"}}]}],
-                "applies_to_mesh": true}]}})
+        let vs = |m: &str| {
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: [web]
+  http:
+  - match: {m}
+    route: [{{destination: {{host: web}}}}]
+"
+            );
+            dump_of(1, &[("vs.yaml", &yaml)])
         };
-        let no_match = |d: &Value| {
+        let no_match = |d: &ConfigDump| {
             build(d, "t", View::Routes, &Filters::default())
                 .unwrap()
                 .routes
@@ -2696,14 +2654,16 @@ mod tests {
                 .iter()
                 .any(|r| r.matches == "(no route matched)")
         };
-        assert!(!no_match(&vs(json!([{}]))));
-        assert!(!no_match(&vs(json!([{"name": "all"}]))));
-        assert!(no_match(&vs(json!([{"uri": {"prefix": "/a"}}]))));
+        assert!(!no_match(&vs("[{}]")));
+        assert!(!no_match(&vs("[{name: all}]")));
+        assert!(no_match(&vs("[{uri: {prefix: /a}}]")));
     }
 
     #[test]
     fn bad_input_and_flags() {
-        let e = build(&json!({"x": 1}), "shop/web", View::All, &Filters::default()).unwrap_err();
+        let e = crate::dump::read(&json!({"x": 1}), "shop/web", "proxy shop/web")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a remora proxy's /config_dump"), "{e}");
         let f = Filters {
             subset: Some("v1".into()),

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::dump::{ConfigDump, DumpError, Header};
 use super::table;
 use remora_webhook::rules_lint::config_map_files;
 use remora_webhook::template::RULES_VOLUME;
@@ -80,7 +81,7 @@ pub fn config_map_hash(cm: Option<&Value>) -> Result<String, String> {
 /// fetched) and its ConfigMap's hash (or why it could not be computed).
 pub fn row(
     pod: &Value,
-    dump: Result<&Value, &str>,
+    dump: Result<&ConfigDump, &DumpError>,
     config_map: &str,
     cm_hash: Result<&str, &str>,
 ) -> ProxyRow {
@@ -110,35 +111,39 @@ pub fn row(
         r.reason = format!("pod phase is {phase}, not Running");
         return r;
     }
-    let dump = match dump {
-        Ok(d) => d,
-        Err(e) => {
+    // `proxy-status` needs only the header: a proxy of another version, whose dump this CLI
+    // cannot read as a whole, is still compared (the reason says what it could not read).
+    let (dump, unreadable) = match dump {
+        Ok(d) => (Header::of(d), None),
+        Err(e @ DumpError::Unreadable { header, .. }) => {
+            (header.as_ref().clone(), Some(e.to_string()))
+        }
+        Err(DumpError::Fetch(e)) => {
             r.reason = format!("cannot read the proxy's /config_dump: {e}");
             return r;
         }
+        Err(DumpError::NotRemora { .. }) => {
+            r.reason = "/config_dump has no generation and hash: not a remora proxy?".into();
+            return r;
+        }
     };
-    r.version = dump
-        .get("version")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    r.generation = dump.get("generation").and_then(Value::as_u64);
+    r.version = dump.version.clone();
     // `config_source.source` (api, files, none) when the proxy reports it, else the kind part
     // of the snapshot's `source` label (`files:/etc/remora/rules` -> files).
     r.source = dump
-        .pointer("/config_source/source")
-        .and_then(Value::as_str)
+        .config_source
+        .as_deref()
+        .filter(|s| !s.is_empty())
         .or_else(|| {
-            dump.get("source")
-                .and_then(Value::as_str)
+            dump.source
+                .as_deref()
                 .map(|s| s.split(':').next().unwrap_or(s))
         })
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    r.proxy_hash = dump.get("hash").and_then(Value::as_str).map(str::to_string);
-    let (Some(generation), Some(hash)) = (r.generation, r.proxy_hash.clone()) else {
-        r.reason = "/config_dump has no generation and hash: not a remora proxy?".into();
-        return r;
-    };
+    let (generation, hash) = (dump.generation, dump.hash.clone());
+    r.generation = Some(generation);
+    r.proxy_hash = Some(hash.clone());
     let cm_hash = match cm_hash {
         Ok(h) => h,
         Err(e) => {
@@ -168,6 +173,9 @@ pub fn row(
     } else {
         r.status = SyncStatus::Synced;
         r.reason = format!("generation {generation} matches ConfigMap {config_map}");
+    }
+    if let Some(u) = unreadable {
+        r.reason = format!("{}; {u}", r.reason);
     }
     r
 }
@@ -220,8 +228,48 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dump::read;
     use base64::Engine as _;
+    use remora_model::dump::{
+        ApiState, ConfigSourceDump, DiscoveryDump, PoliciesDump, RulesDump, WorkloadDump,
+    };
+    use remora_model::rules::{snapshot_from_yaml, LoadContext};
     use serde_json::json;
+
+    /// A complete dump (the proxy's own types) at `generation` and `hash`, its rules read from
+    /// `source` (`files:...` or `api:...`), `config_source.source` as given (empty: not said).
+    fn dump_at(generation: u64, hash: &str, source: &str, config_source: &str) -> ConfigDump {
+        let snap = snapshot_from_yaml(&[], &LoadContext::default(), generation).unwrap();
+        ConfigDump {
+            version: "0.1.0".into(),
+            generation,
+            hash: hash.into(),
+            source: source.into(),
+            rules_dir: "/etc/remora/rules".into(),
+            rules: RulesDump::of(&snap),
+            listeners: Vec::new(),
+            workload: WorkloadDump {
+                name: "web-1".into(),
+                namespace: "shop".into(),
+            },
+            sniff_timeout_ms: 5000,
+            app_probes: Vec::new(),
+            uptime_seconds: 60,
+            policies: PoliciesDump::default(),
+            config_source: ConfigSourceDump {
+                source: config_source.into(),
+                generation,
+                hash: hash.into(),
+                configmap: None,
+                api: ApiState::default(),
+            },
+            discovery: DiscoveryDump::off(),
+        }
+    }
+
+    fn fetch(e: &str) -> DumpError {
+        DumpError::Fetch(e.into())
+    }
 
     fn cm() -> Value {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -274,13 +322,17 @@ mod tests {
             "remora-mesh-rules"
         );
         let h = config_map_hash(Some(&cm())).unwrap();
-        let dump = json!({"generation": 3, "hash": h, "source": "files:/etc/remora/rules"});
+        let dump = dump_at(3, &h, "files:/etc/remora/rules", "");
         let r = row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h));
         assert_eq!(r.status, SyncStatus::Synced, "{}", r.reason);
         assert_eq!(r.generation, Some(3));
         assert_eq!(r.source.as_deref(), Some("files"));
-        let api = json!({"generation": 4, "hash": h, "source": "api:configmap/shop/my-rules resourceVersion 41",
-                         "config_source": {"source": "api", "generation": 4, "hash": h}});
+        let api = dump_at(
+            4,
+            &h,
+            "api:configmap/shop/my-rules resourceVersion 41",
+            "api",
+        );
         assert_eq!(
             row(&pod("Running"), Ok(&api), "c", Ok(&h))
                 .source
@@ -291,18 +343,18 @@ mod tests {
         assert_eq!(r.status, SyncStatus::Stale);
         assert!(r.reason.contains("generation 3"), "{}", r.reason);
         assert!(r.reason.contains("the kubelet updates"), "{}", r.reason);
-        let api_old = json!({"generation": 4, "hash": "0ld", "config_source": {"source": "api"}});
+        let api_old = dump_at(4, "0ld", "", "api");
         let r = row(&pod("Running"), Ok(&api_old), "c", Ok(&h));
         assert_eq!(r.status, SyncStatus::Stale);
         assert!(r.reason.contains("through the API"), "{}", r.reason);
-        let zero = json!({"generation": 0, "hash": ""});
+        let zero = dump_at(0, "", "", "");
         assert_eq!(
             row(&pod("Running"), Ok(&zero), "c", Ok(&h)).status,
             SyncStatus::Stale
         );
         let r = row(
             &pod("Running"),
-            Err("HTTP 503: connection refused"),
+            Err(&fetch("HTTP 503: connection refused")),
             "c",
             Ok(&h),
         );
@@ -316,18 +368,49 @@ mod tests {
             SyncStatus::Unknown
         );
         assert_eq!(
-            row(&pod("Running"), Ok(&json!({"x": 1})), "c", Ok(&h)).status,
+            row(
+                &pod("Running"),
+                Err(&read(&json!({"x": 1}), "shop/web-1", "proxy shop/web-1").unwrap_err()),
+                "c",
+                Ok(&h)
+            )
+            .status,
             SyncStatus::Unreachable
+        );
+        // A proxy of another version: compared by its header; the reason names the field this
+        // CLI cannot read.
+        let old = json!({"version": "0.0.9", "generation": 3, "hash": h, "source": "files:/r",
+                         "rules_dir": "/r", "rules": {"generation": 3}});
+        let r = row(
+            &pod("Running"),
+            Err(&read(&old, "shop/web-1", "proxy shop/web-1").unwrap_err()),
+            "c",
+            Ok(&h),
+        );
+        assert_eq!(r.status, SyncStatus::Synced, "{}", r.reason);
+        assert_eq!(r.version.as_deref(), Some("0.0.9"));
+        assert_eq!(r.source.as_deref(), Some("files"));
+        assert!(
+            r.reason.ends_with(
+                "; proxy shop/web-1 serves a config dump this CLI cannot read: rules: missing field `hash`"
+            ),
+            "{}",
+            r.reason
         );
     }
 
     #[test]
     fn table_rendering() {
         let h = "a".repeat(64);
-        let dump = json!({"version": "0.1.0", "generation": 12, "hash": h});
+        let dump = dump_at(12, &h, "", "");
         let rows = vec![
             row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h)),
-            row(&pod("Running"), Err("refused"), "shop/my-rules", Ok(&h)),
+            row(
+                &pod("Running"),
+                Err(&fetch("refused")),
+                "shop/my-rules",
+                Ok(&h),
+            ),
         ];
         let text = render_text(&rows);
         let lines: Vec<&str> = text.lines().collect();
