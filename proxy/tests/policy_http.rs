@@ -1,4 +1,4 @@
-//! Process tests of the traffic policies (issue 5): a real `remora-proxy run` on loopback in
+//! Process tests of the traffic policies: a real `remora-proxy run` on loopback in
 //! front of real HTTP servers whose behaviour each test controls (failing, hanging, closing,
 //! slow, holding requests), asserting what the client sees, what the servers saw, and the
 //! access-log response flag.

@@ -5,7 +5,7 @@
 # Service, two ports each, pod metadata for subsets; lists paged by 500 as an API server pages
 # them), then the same proxy with the API off. Both run in a fresh network namespace (loopback
 # only, nothing leaves it). Reports VmRSS/VmHWM after the index is built, the time to build it,
-# and the difference. Target (issue 7): RSS ≤ 40 MiB with 1,000 × 10.
+# and the difference. Target: RSS ≤ 40 MiB with 1,000 × 10.
 #
 #   REMORA_BENCH_SERVICES   default 1000
 #   REMORA_BENCH_ENDPOINTS  default 10

@@ -53,7 +53,7 @@ mem="$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo
   cat "$out"
   echo
-  echo "Targets (issue 6): per hop, saturation req/s ≥ the best of nginx and HAProxy and added p99 ≤ the"
+  echo "Targets: per hop, saturation req/s ≥ the best of nginx and HAProxy and added p99 ≤ the"
   echo "best peer's; the sidecar pair adds ≤ 0.25 ms p99 at 1,000 req/s; RSS ≤ 15 MiB idle and ≤ 30 MiB"
   echo "under load; ≤ 0.05 CPU-seconds per 1,000 requests per proxy. All processes share the same cores"
   echo "(client, proxies and server), so saturation numbers are relative, not absolute."

@@ -1,4 +1,4 @@
-//! Mesh scenarios (issue 6) in the lab: Bookinfo-like services in a namespace labelled
+//! Mesh scenarios in the lab: Bookinfo-like services in a namespace labelled
 //! `istio-injection=enabled`, injected by the real webhook, captured by the real remora-init,
 //! routed by the real remora-proxy with rules adapted from Istio's Bookinfo samples
 //! (`$REMORA_SHARED/anchors/istio/networking/`, read in place).

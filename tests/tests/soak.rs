@@ -1,4 +1,4 @@
-//! The short soak (issue 8): 60 seconds of fixed-rate load through the sidecars while the rules
+//! The short soak: 60 seconds of fixed-rate load through the sidecars while the rules
 //! reload (an invalid set among them), a backend hangs and answers 503 bursts, a backend pod is
 //! killed and restarted, a backend's proxy drains on SIGTERM and restarts, and the webhook's
 //! certificate rotates. `scripts/soak` runs the long version. Needs root; see docs/reliability.md.

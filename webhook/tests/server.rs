@@ -233,7 +233,7 @@ async fn assert_reinjection_is_noop(client: &mut Client, injected: &Value, ns: &
 }
 
 /// Does the pod's `proxy.istio.io/overrides` record choose an image or a command, or raise the
-/// proxy's or init's privileges? (The rule of issue 8, written out independently of the webhook.)
+/// proxy's or init's privileges? (The rule written out independently of the webhook.)
 fn record_raises(pod: &Value) -> bool {
     let Some(rec) = pod
         .pointer("/metadata/annotations/proxy.istio.io~1overrides")

@@ -529,7 +529,7 @@ fn fault_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) ->
     println!();
     if !delay_ok || !abort_ok {
         failures.push(format!(
-            "Scenario 3 (fault/timeout, needs the traffic policies of issue 5): jason {jason:?}, mary {mary:?}, aborted {aborted}/{n}"
+            "Scenario 3 (fault/timeout): jason {jason:?}, mary {mary:?}, aborted {aborted}/{n}"
         ));
     }
     Ok(())
