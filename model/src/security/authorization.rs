@@ -799,3 +799,6 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
     }
     go(&pat, &segs)
 }
+
+#[cfg(test)]
+mod tests;

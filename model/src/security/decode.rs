@@ -363,6 +363,7 @@ mod tests {
         let v: Value = serde_json::json!({"ipBlock": ["1.2.3.4"], "ports": ["80"]});
         let (t, unknown) = spec::<T>(&v).unwrap();
         assert_eq!(t.ports, vec![PortString(80)]);
+        assert!(t.ip_blocks.is_empty());
         assert_eq!(
             unknown,
             vec![UnknownField {
