@@ -800,5 +800,3 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
     go(&pat, &segs)
 }
 
-#[cfg(test)]
-mod tests;

@@ -24,6 +24,17 @@ pub enum MtlsMode {
     Strict,
 }
 
+impl std::fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        })
+    }
+}
+
 impl MtlsMode {
     /// Does this mode accept plain-text connections?
     pub fn allows_plain_text(self) -> bool {

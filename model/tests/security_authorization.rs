@@ -1,9 +1,11 @@
 //! Istio's documented AuthorizationPolicy examples as tables, and Istio's own authz builder
 //! inputs (`$REMORA_SHARED/anchors/istio/authz/{http,tcp}/*-in.yaml`).
 
-use super::*;
-use crate::kinds::LoadContext;
-use crate::rules::snapshot_from_yaml;
+use remora_model::kinds::LoadContext;
+use remora_model::rules::snapshot_from_yaml;
+use remora_model::security::authorization::*;
+use remora_model::security::RuleRef;
+use serde_json::Value;
 
 fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
     let ctx = LoadContext {
@@ -459,4 +461,196 @@ fn istio_authz_corpus_decisions() {
     let ps = load("http/dry-run-mix-in.yaml");
     assert!(evaluate(&ps, &http("GET", "/another")).is_allow());
     assert!(!evaluate(&ps, &http("GET", "/allow")).is_allow());
+}
+
+/// The loader keeps the policies that apply to the pod (mesh, namespace, its labels) and
+/// lists the others as ignored with the reason; counts and the typed dump include them.
+#[test]
+fn loader_scope_counts_and_dump() {
+    let ctx = LoadContext {
+        namespace: "foo".into(),
+        pod_labels: [("app".to_string(), "httpbin".to_string())].into(),
+        ..Default::default()
+    };
+    let yaml = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: wl, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  portLevelMtls: {\"8080\": {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-app, namespace: foo}
+spec: {selector: {matchLabels: {app: ratings}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-ns, namespace: bar}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-wide}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    jwksUri: https://issuer.example/jwks
+    fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+";
+    let s = snapshot_from_yaml(&[("sec.yaml", yaml)], &ctx, 1).unwrap();
+    let c = s.counts();
+    assert_eq!(
+        (
+            c.peer_authentications,
+            c.authorization_policies,
+            c.request_authentications,
+            c.ignored
+        ),
+        (2, 1, 1, 2)
+    );
+    let ignored: Vec<String> = s
+        .ignored
+        .iter()
+        .map(|i| format!("{} {}: {}", i.kind, i.name, i.reason))
+        .collect();
+    assert_eq!(
+        ignored,
+        vec![
+            "AuthorizationPolicy foo/other-app: does not apply to this pod: selector does not select this pod (label app=ratings is \"httpbin\" here)",
+            "AuthorizationPolicy bar/other-ns: does not apply to this pod: in namespace bar, not this pod's namespace (foo) nor the root namespace (istio-system)",
+        ]
+    );
+    assert_eq!(s.authorization_policies[0].meta.key(), "foo/ns-wide");
+    let d = s.mtls_mode(8080);
+    assert_eq!(
+        (d.mode.to_string(), d.policy.as_deref(), d.port_level),
+        ("DISABLE".to_string(), Some("foo/wl"), true)
+    );
+    let d = s.mtls_mode(80);
+    assert_eq!(
+        (d.mode.to_string(), d.policy.as_deref()),
+        ("STRICT".to_string(), Some("istio-system/mesh"))
+    );
+    // The typed dump round-trips.
+    let dump = remora_model::dump::RulesDump::of(&s);
+    let text = serde_json::to_string(&dump).unwrap();
+    let back: remora_model::dump::RulesDump = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, dump);
+    assert_eq!(
+        serde_json::to_value(&back.request_authentications[0].spec).unwrap(),
+        serde_json::json!({"jwtRules": [{
+            "issuer": "https://issuer.example",
+            "jwksUri": "https://issuer.example/jwks",
+            "fromHeaders": [{"name": "x-jwt", "prefix": "Bearer "}],
+            "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+            "forwardOriginalToken": false
+        }]})
+    );
+}
+
+#[test]
+fn request_authentication_errors() {
+    let ctx = LoadContext::default();
+    let check = |rules: &str| -> String {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: r}}\nspec:\n  jwtRules:\n{rules}"
+        );
+        match snapshot_from_yaml(&[("r.yaml", &yaml)], &ctx, 1) {
+            Ok(_) => String::new(),
+            Err(e) => e[0].to_string(),
+        }
+    };
+    assert_eq!(check("  - issuer: a\n    jwksUri: https://a/jwks\n    fromParams: [token]\n    fromCookies: [session]\n    forwardOriginalToken: true\n    outputPayloadToHeader: x-payload\n    timeout: 5s\n    presence: REQUIRED\n"), "");
+    assert_eq!(
+        check("  - jwksUri: https://a/jwks\n"),
+        "r.yaml doc 1: spec.jwtRules[0].issuer: issuer must be set"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    jwksUri: ftp://a/jwks\n"),
+        "r.yaml doc 1: spec.jwtRules[0].jwksUri: \"ftp://a/jwks\": url must have scheme http:// or https:// (at most 2048 characters)"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    jwksUri: https://a/jwks\n    jwks: '{}'\n"),
+        "r.yaml doc 1: spec.jwtRules[0]: only one of jwks or jwksUri can be set"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    fromHeaders: [{prefix: x}]\n"),
+        "r.yaml doc 1: spec.jwtRules[0].fromHeaders[0].name: required field is missing or empty"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    outputClaimToHeaders: [{header: 'x y', claim: sub}]\n"),
+        "r.yaml doc 1: spec.jwtRules[0].outputClaimToHeaders[0].header: \"x y\": a header name of letters, digits, '-' and '_' is required"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    audiences: ['']\n"),
+        "r.yaml doc 1: spec.jwtRules[0].audiences[0]: empty value not allowed"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    presence: MAYBE\n"),
+        "r.yaml doc 1: spec.jwtRules[0].presence: unknown variant `MAYBE`, expected `OPTIONAL` or `REQUIRED`"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    forwardOriginalToken: yes please\n"),
+        "r.yaml doc 1: spec.jwtRules[0].forwardOriginalToken: invalid type: string \"yes please\", expected a boolean"
+    );
+    assert_eq!(
+        check("  - issuer: a\n    timeout: 0s\n"),
+        "r.yaml doc 1: spec.jwtRules[0].timeout: \"0s\": must be a valid duration greater than 1ms"
+    );
+}
+
+#[test]
+fn security_versions() {
+    let ctx = LoadContext::default();
+    let e = snapshot_from_yaml(
+        &[(
+            "r.yaml",
+            "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: r}\n",
+        )],
+        &ctx,
+        1,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "r.yaml doc 1: apiVersion: unsupported version \"security.istio.io/v1alpha1\" (security.istio.io/v1, v1beta1)"
+    );
+    let e = snapshot_from_yaml(
+        &[(
+            "r.yaml",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: r}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: r}\n",
+        )],
+        &ctx,
+        1,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "r.yaml doc 2: metadata.name: duplicate PeerAuthentication default/r (first defined in r.yaml doc 1)"
+    );
+}
+
+#[test]
+fn port_level_mtls_with_unquoted_port() {
+    let ctx = LoadContext {
+        namespace: "foo".into(),
+        pod_labels: [("app".to_string(), "a".to_string())].into(),
+        ..Default::default()
+    };
+    let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {app: a}}\n  portLevelMtls:\n    8080: {mode: STRICT}\n";
+    let s = snapshot_from_yaml(&[("p.yaml", yaml)], &ctx, 1).unwrap_or_else(|e| panic!("{}", e[0]));
+    assert_eq!(s.mtls_mode(8080).mode.to_string(), "STRICT");
 }
