@@ -54,12 +54,13 @@ pub struct RulesDump {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecar: Option<Sidecar>,
-    /// The `security.istio.io` policies that apply to this pod (decoded; not enforced yet).
-    #[serde(default)]
+    /// The `security.istio.io` policies that apply to this pod (decoded; not enforced yet);
+    /// written only when present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization_policies: Vec<AuthorizationPolicy>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_authentications: Vec<RequestAuthentication>,
     pub ignored: Vec<Ignored>,
     /// One line per field Istio's API does not define (accepted and ignored).

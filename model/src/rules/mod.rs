@@ -101,13 +101,19 @@ pub struct Counts {
     pub destination_rules: usize,
     pub service_entries: usize,
     pub sidecars: usize,
-    #[serde(default)]
+    /// The security kinds are written only when present, so a dump without them reads as
+    /// before.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub peer_authentications: usize,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub authorization_policies: usize,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub request_authentications: usize,
     pub ignored: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl fmt::Display for Counts {
