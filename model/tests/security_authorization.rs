@@ -53,7 +53,11 @@ fn jwt(claims: Value) -> Option<JwtAuth> {
         ),
         audiences: claims["aud"]
             .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default(),
         presenter: claims["azp"].as_str().map(String::from),
         claims,
@@ -187,9 +191,9 @@ fn verdicts_name_the_policy_and_rule() {
 
 #[test]
 fn dry_run_policies_are_not_enforced() {
-    let ps = policies(&format!(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: foo, annotations: {{istio.io/dry-run: \"true\"}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
-    ));
+    let ps = policies(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n",
+    );
     assert!(ps[0].dry_run);
     assert!(evaluate(&ps, &http("GET", "/")).is_allow());
     assert!(!evaluate_dry_run(&ps, &http("GET", "/")).unwrap().is_allow());
@@ -318,7 +322,10 @@ fn decoder_errors_name_field_value_and_reason() {
         assert_eq!(check(spec), want, "{spec}");
     }
     let e = check("apiVersion: x\n");
-    assert_eq!(e, "", "a repeated apiVersion key is the YAML parser's business");
+    assert_eq!(
+        e, "",
+        "a repeated apiVersion key is the YAML parser's business"
+    );
 }
 
 #[test]
@@ -398,7 +405,10 @@ fn istio_authz_corpus() {
             let res = snapshot_from_yaml(&[(rel.as_str(), text.as_str())], &ctx, 1);
             match (res, refused.iter().find(|(n, _)| *n == rel)) {
                 (Ok(s), None) => {
-                    assert!(!s.authorization_policies.is_empty(), "{rel}: nothing applied");
+                    assert!(
+                        !s.authorization_policies.is_empty(),
+                        "{rel}: nothing applied"
+                    );
                     assert!(s.unknown_fields.is_empty(), "{rel}: {:?}", s.unknown_fields);
                     // Evaluating never panics, for HTTP and TCP.
                     let _ = evaluate(&s.authorization_policies, &http("GET", "/exact"));

@@ -545,7 +545,6 @@ fn check_routes<'a>(
     }
 }
 
-
 /// Security policies that do not do what they say for the pod of the snapshot: principal or
 /// namespace rules where the effective PeerAuthentication accepts plain text (a plain-text
 /// peer has no principal, so such an ALLOW rule never matches it and such a DENY rule never

@@ -442,12 +442,7 @@ fn decode_document(
 
 /// Decode one `security.istio.io` document into `out` (typed, with serde; unknown fields as
 /// warnings with a suggestion).
-fn decode_security(
-    meta: Meta,
-    spec: &Value,
-    dry_run: bool,
-    out: &mut Decoded,
-) -> decode::R<()> {
+fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -> decode::R<()> {
     let to_field = |e: SpecError| decode::FieldError {
         field: e.field,
         reason: e.reason,
@@ -493,14 +488,22 @@ fn decode_security(
             out.peer_authentications.push(p);
         }
         "AuthorizationPolicy" => {
-            dup(out.authorization_policies.iter().map(|p| &p.meta).find(same))?;
+            dup(out
+                .authorization_policies
+                .iter()
+                .map(|p| &p.meta)
+                .find(same))?;
             let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
             note(out, unknown);
             let p = AuthorizationPolicy::new(meta.clone(), s, dry_run).map_err(to_field)?;
             out.authorization_policies.push(p);
         }
         "RequestAuthentication" => {
-            dup(out.request_authentications.iter().map(|p| &p.meta).find(same))?;
+            dup(out
+                .request_authentications
+                .iter()
+                .map(|p| &p.meta)
+                .find(same))?;
             let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
             note(out, unknown);
             let p = RequestAuthentication::new(meta.clone(), s).map_err(to_field)?;

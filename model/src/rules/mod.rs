@@ -581,7 +581,9 @@ pub fn build_snapshot(
     };
     destination_rules.sort_by_key(|dr| rank(dr));
     // Security policies: Istio's scope for this pod (mesh-wide, its namespace, its labels).
-    let scoped = |ignored: &mut Vec<Ignored>, m: &Meta, ok: Result<crate::security::Scope, String>| match ok {
+    let scoped = |ignored: &mut Vec<Ignored>,
+                  m: &Meta,
+                  ok: Result<crate::security::Scope, String>| match ok {
         Ok(_) => true,
         Err(why) => {
             note(ignored, m, &format!("does not apply to this pod: {why}"));

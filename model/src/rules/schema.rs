@@ -315,16 +315,16 @@ fn unknown(field: String, key: &str, known: &'static [&'static str]) -> Unknown 
 /// The known name closest to `key`, if it is close enough to be a likely typo.
 pub fn suggestion(key: &str, known: &'static [&'static str]) -> Option<&'static str> {
     known
-            .iter()
-            .map(|k| {
-                (
-                    edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
-                    *k,
-                )
-            })
-            .filter(|(d, k)| *d <= 2.min(k.len() / 2) || k.eq_ignore_ascii_case(key))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| k)
+        .iter()
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(d, k)| *d <= 2.min(k.len() / 2) || k.eq_ignore_ascii_case(key))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// Walk `v` as `shape`; `parent` holds the known keys of the object enclosing this one (lists

@@ -208,9 +208,7 @@ pub fn parse_key(key: &str) -> Result<Key, String> {
             Some(name) if !name.is_empty() && !name.contains(['[', ']']) => {
                 Ok(Key::Header(name.to_ascii_lowercase()))
             }
-            _ => Err(format!(
-                "{key:?}: expected request.headers[<header name>]"
-            )),
+            _ => Err(format!("{key:?}: expected request.headers[<header name>]")),
         };
     }
     if let Some(rest) = key.strip_prefix("request.auth.claims") {
@@ -357,7 +355,10 @@ pub fn validate(spec: &AuthorizationPolicySpec) -> Result<(), SpecError> {
             if c.values.is_empty() && c.not_values.is_empty() {
                 return Err(SpecError::new(
                     p,
-                    format!("at least one of values or notValues must be set for key {}", c.key),
+                    format!(
+                        "at least one of values or notValues must be set for key {}",
+                        c.key
+                    ),
                 ));
             }
             for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
@@ -492,7 +493,10 @@ pub fn evaluate_dry_run(policies: &[AuthorizationPolicy], req: &Request) -> Opti
         .then(|| decide(policies.iter().filter(|p| p.dry_run), req))
 }
 
-fn decide<'a>(policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone, req: &Request) -> Verdict {
+fn decide<'a>(
+    policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone,
+    req: &Request,
+) -> Verdict {
     let matching = |action: Action| {
         policies
             .clone()
@@ -538,17 +542,25 @@ fn decide<'a>(policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone, r
 /// Does the rule use a field that exists only for HTTP (request principals, hosts, methods,
 /// paths, `request.*` conditions)?
 pub fn uses_http_only_fields(rule: &Rule) -> bool {
-    let from = rule.from.iter().flatten().filter_map(|f| f.source.as_ref()).any(|s| {
-        !s.request_principals.is_empty() || !s.not_request_principals.is_empty()
-    });
-    let to = rule.to.iter().flatten().filter_map(|t| t.operation.as_ref()).any(|o| {
-        !o.hosts.is_empty()
-            || !o.not_hosts.is_empty()
-            || !o.methods.is_empty()
-            || !o.not_methods.is_empty()
-            || !o.paths.is_empty()
-            || !o.not_paths.is_empty()
-    });
+    let from = rule
+        .from
+        .iter()
+        .flatten()
+        .filter_map(|f| f.source.as_ref())
+        .any(|s| !s.request_principals.is_empty() || !s.not_request_principals.is_empty());
+    let to = rule
+        .to
+        .iter()
+        .flatten()
+        .filter_map(|t| t.operation.as_ref())
+        .any(|o| {
+            !o.hosts.is_empty()
+                || !o.not_hosts.is_empty()
+                || !o.methods.is_empty()
+                || !o.not_methods.is_empty()
+                || !o.paths.is_empty()
+                || !o.not_paths.is_empty()
+        });
     from || to || rule.when.iter().any(|c| c.key.starts_with("request."))
 }
 
@@ -607,12 +619,17 @@ fn principal_pattern(p: &str) -> &str {
 fn source_matches(s: &Source, policy_ns: &str, req: &Request) -> bool {
     let principal = req.principal();
     let ns = req.source_namespace();
-    let in_principal = |pat: &String| Some(principal.is_some_and(|p| string_match(principal_pattern(pat), p)));
+    let in_principal =
+        |pat: &String| Some(principal.is_some_and(|p| string_match(principal_pattern(pat), p)));
     let in_ns = |pat: &String| Some(ns.is_some_and(|n| string_match(pat, n)));
     let in_ip = |ip: Option<IpAddr>| move |b: &IpBlock| Some(ip.is_some_and(|ip| b.contains(ip)));
     let request_principal = |pat: &String| -> Option<bool> {
         let http = req.http.as_ref()?;
-        Some(http.auth.as_ref().is_some_and(|a| string_match(pat, &a.principal)))
+        Some(
+            http.auth
+                .as_ref()
+                .is_some_and(|a| string_match(pat, &a.principal)),
+        )
     };
     let service_account = |sa: &String| {
         let (sa_ns, name) = sa.split_once('/').unwrap_or((policy_ns, sa.as_str()));
@@ -625,11 +642,23 @@ fn source_matches(s: &Source, policy_ns: &str, req: &Request) -> bool {
         Some(principal.is_some_and(|p| p.split_once('/').is_some_and(|(d, _)| string_match(td, d))))
     };
     field(&s.principals, &s.not_principals, in_principal)
-        && field(&s.request_principals, &s.not_request_principals, request_principal)
+        && field(
+            &s.request_principals,
+            &s.not_request_principals,
+            request_principal,
+        )
         && field(&s.namespaces, &s.not_namespaces, in_ns)
         && field(&s.ip_blocks, &s.not_ip_blocks, in_ip(req.source_ip))
-        && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, in_ip(req.remote()))
-        && field(&s.service_accounts, &s.not_service_accounts, service_account)
+        && field(
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            in_ip(req.remote()),
+        )
+        && field(
+            &s.service_accounts,
+            &s.not_service_accounts,
+            service_account,
+        )
         && field(&s.trust_domains, &s.not_trust_domains, trust_domain)
 }
 
@@ -689,7 +718,9 @@ fn condition_matches(c: &Condition, req: &Request) -> bool {
             Key::Plain("remote.ip") => ip_in(req.remote(), v),
             Key::Plain("destination.ip") => ip_in(req.destination_ip, v),
             Key::Plain("destination.port") => parse_port(v).ok() == Some(req.destination_port),
-            Key::Plain("source.namespace") => req.source_namespace().is_some_and(|n| string_match(v, n)),
+            Key::Plain("source.namespace") => {
+                req.source_namespace().is_some_and(|n| string_match(v, n))
+            }
             Key::Plain("source.principal") => req
                 .principal()
                 .is_some_and(|p| string_match(principal_pattern(v), p)),
@@ -788,9 +819,8 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
     fn go(pat: &[&str], segs: &[&str]) -> bool {
         match pat.split_first() {
             None => segs.is_empty(),
-            Some((&"{**}", rest)) => (0..=segs.len()).any(|k| {
-                segs[..k].iter().all(|s| !s.is_empty()) && go(rest, &segs[k..])
-            }),
+            Some((&"{**}", rest)) => (0..=segs.len())
+                .any(|k| segs[..k].iter().all(|s| !s.is_empty()) && go(rest, &segs[k..])),
             Some((&"{*}", rest)) => {
                 segs.first().is_some_and(|s| !s.is_empty()) && go(rest, &segs[1..])
             }
@@ -799,4 +829,3 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
     }
     go(&pat, &segs)
 }
-

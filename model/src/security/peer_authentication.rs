@@ -229,18 +229,97 @@ mod tests {
             "root-wl",
             "selector: {matchLabels: {app: a}}\nmtls: {mode: DISABLE}",
         );
-        let cases: Vec<(&str, Vec<&PeerAuthentication>, u16, MtlsMode, Option<&str>, bool)> = vec![
+        /// (case, policies, port, mode, deciding policy, from portLevelMtls)
+        type Case<'a> = (
+            &'a str,
+            Vec<&'a PeerAuthentication>,
+            u16,
+            MtlsMode,
+            Option<&'a str>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
             ("nothing: PERMISSIVE", vec![], 80, Permissive, None, false),
-            ("mesh STRICT", vec![&mesh_strict], 80, Strict, Some("istio-system/mesh"), false),
-            ("mesh UNSET: default", vec![&mesh_unset], 80, Permissive, None, false),
-            ("namespace over mesh", vec![&mesh_strict, &ns_permissive], 80, Permissive, Some("foo/ns"), false),
-            ("namespace UNSET inherits mesh", vec![&mesh_strict, &ns_unset], 80, Strict, Some("istio-system/mesh"), false),
-            ("workload over namespace", vec![&mesh_strict, &ns_permissive, &wl_disable], 80, Disable, Some("foo/wl"), false),
-            ("workload UNSET inherits, port override", vec![&mesh_strict, &wl_ports], 8080, Disable, Some("foo/wl"), true),
-            ("port UNSET keeps inherited", vec![&mesh_strict, &wl_ports], 9090, Strict, Some("istio-system/mesh"), false),
-            ("port STRICT", vec![&ns_permissive, &wl_ports], 9443, Strict, Some("foo/wl"), true),
-            ("other port inherits", vec![&ns_permissive, &wl_ports], 80, Permissive, Some("foo/ns"), false),
-            ("root-namespace selector not used for mTLS", vec![&mesh_strict, &root_selector], 80, Strict, Some("istio-system/mesh"), false),
+            (
+                "mesh STRICT",
+                vec![&mesh_strict],
+                80,
+                Strict,
+                Some("istio-system/mesh"),
+                false,
+            ),
+            (
+                "mesh UNSET: default",
+                vec![&mesh_unset],
+                80,
+                Permissive,
+                None,
+                false,
+            ),
+            (
+                "namespace over mesh",
+                vec![&mesh_strict, &ns_permissive],
+                80,
+                Permissive,
+                Some("foo/ns"),
+                false,
+            ),
+            (
+                "namespace UNSET inherits mesh",
+                vec![&mesh_strict, &ns_unset],
+                80,
+                Strict,
+                Some("istio-system/mesh"),
+                false,
+            ),
+            (
+                "workload over namespace",
+                vec![&mesh_strict, &ns_permissive, &wl_disable],
+                80,
+                Disable,
+                Some("foo/wl"),
+                false,
+            ),
+            (
+                "workload UNSET inherits, port override",
+                vec![&mesh_strict, &wl_ports],
+                8080,
+                Disable,
+                Some("foo/wl"),
+                true,
+            ),
+            (
+                "port UNSET keeps inherited",
+                vec![&mesh_strict, &wl_ports],
+                9090,
+                Strict,
+                Some("istio-system/mesh"),
+                false,
+            ),
+            (
+                "port STRICT",
+                vec![&ns_permissive, &wl_ports],
+                9443,
+                Strict,
+                Some("foo/wl"),
+                true,
+            ),
+            (
+                "other port inherits",
+                vec![&ns_permissive, &wl_ports],
+                80,
+                Permissive,
+                Some("foo/ns"),
+                false,
+            ),
+            (
+                "root-namespace selector not used for mTLS",
+                vec![&mesh_strict, &root_selector],
+                80,
+                Strict,
+                Some("istio-system/mesh"),
+                false,
+            ),
         ];
         for (name, pols, port, mode, policy, port_level) in cases {
             let pols: Vec<PeerAuthentication> = pols.into_iter().cloned().collect();
@@ -259,7 +338,10 @@ mod tests {
             let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
             match super::super::decode::spec::<PeerAuthenticationSpec>(&v) {
                 Err(e) => e.to_string(),
-                Ok((s, _)) => validate(&s).map_err(|e| e.to_string()).err().unwrap_or_default(),
+                Ok((s, _)) => validate(&s)
+                    .map_err(|e| e.to_string())
+                    .err()
+                    .unwrap_or_default(),
             }
         };
         assert_eq!(

@@ -115,8 +115,7 @@ impl RequestAuthentication {
 
 fn header_name_ok(h: &str) -> bool {
     !h.is_empty()
-        && h
-            .chars()
+        && h.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
@@ -141,11 +140,18 @@ pub fn validate(spec: &RequestAuthenticationSpec) -> Result<(), SpecError> {
         no_empty(&format!("{p}.audiences"), &r.audiences)?;
         no_empty(&format!("{p}.fromParams"), &r.from_params)?;
         no_empty(&format!("{p}.fromCookies"), &r.from_cookies)?;
-        no_empty(&format!("{p}.spaceDelimitedClaims"), &r.space_delimited_claims)?;
-        let set = [r.jwks.is_some(), r.jwks_uri.is_some(), r.jwks_uri_snake.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        no_empty(
+            &format!("{p}.spaceDelimitedClaims"),
+            &r.space_delimited_claims,
+        )?;
+        let set = [
+            r.jwks.is_some(),
+            r.jwks_uri.is_some(),
+            r.jwks_uri_snake.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set > 1 {
             return Err(SpecError::new(
                 p.clone(),
@@ -185,7 +191,10 @@ pub fn validate(spec: &RequestAuthenticationSpec) -> Result<(), SpecError> {
             if !header_name_ok(&c.header) {
                 return Err(SpecError::new(
                     format!("{f}.header"),
-                    format!("{:?}: a header name of letters, digits, '-' and '_' is required", c.header),
+                    format!(
+                        "{:?}: a header name of letters, digits, '-' and '_' is required",
+                        c.header
+                    ),
                 ));
             }
             if c.claim.is_empty() {
@@ -210,7 +219,12 @@ pub fn validate(spec: &RequestAuthenticationSpec) -> Result<(), SpecError> {
                         format!("{t:?}: must be a valid duration greater than 1ms"),
                     ))
                 }
-                Err(e) => return Err(SpecError::new(format!("{p}.timeout"), format!("{t:?}: {e}"))),
+                Err(e) => {
+                    return Err(SpecError::new(
+                        format!("{p}.timeout"),
+                        format!("{t:?}: {e}"),
+                    ))
+                }
             }
         }
     }
