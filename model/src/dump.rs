@@ -14,6 +14,7 @@ use crate::policy::traffic::TrafficPolicy;
 use crate::rules::{
     Counts, DestinationRule, Ignored, ServiceEntry, Sidecar, Snapshot, VirtualService,
 };
+use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// The whole document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,14 @@ pub struct RulesDump {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecar: Option<Sidecar>,
+    /// The `security.istio.io` policies that apply to this pod (decoded; not enforced yet);
+    /// written only when present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<PeerAuthentication>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_authentications: Vec<RequestAuthentication>,
     pub ignored: Vec<Ignored>,
     /// One line per field Istio's API does not define (accepted and ignored).
     pub unknown_fields: Vec<String>,
@@ -80,6 +89,9 @@ impl RulesDump {
             destination_rules: snap.destination_rules.clone(),
             service_entries: snap.service_entries.clone(),
             sidecar: snap.sidecar.clone(),
+            peer_authentications: snap.peer_authentications.clone(),
+            authorization_policies: snap.authorization_policies.clone(),
+            request_authentications: snap.request_authentications.clone(),
             ignored: snap.ignored.clone(),
             unknown_fields: snap.unknown_fields.iter().map(|e| e.to_string()).collect(),
             dns: snap.dns.clone(),

@@ -558,6 +558,10 @@ pub struct Mirror {
     pub percentage: f64,
 }
 
+/// The Istio root namespace: a Sidecar, PeerAuthentication, AuthorizationPolicy or
+/// RequestAuthentication without selector there is the mesh-wide default.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
 /// Where the proxy runs: its namespace (for short names), the cluster domain and its pod labels
 /// (for `sourceLabels`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,6 +7,9 @@
 //! - `policy`: the traffic-policy configuration (load balancing, connection pool, outlier
 //!   detection, retries, faults, CORS, mirrors, rate limits, TLS settings) and its pure
 //!   decisions; the data plane keeps the live state (balancers, pools, limiters).
+//! - `security`: Istio's `security.istio.io` kinds (PeerAuthentication, AuthorizationPolicy,
+//!   RequestAuthentication), typed and validated, with their pure decisions (the effective mTLS
+//!   mode of a port, the authorization verdict of a request); not enforced by the proxy yet.
 //! - `lint`: the one rule linter that `remora-proxy validate`, the validating webhook and
 //!   `remora analyze` call.
 //!
@@ -23,4 +26,5 @@ pub mod lint;
 pub mod policy;
 pub mod route;
 pub mod rules;
+pub mod security;
 pub mod serde_util;

@@ -122,9 +122,10 @@ spec: {{}}
             c.virtual_services,
             c.destination_rules,
             c.service_entries,
+            c.authorization_policies,
             c.ignored
         ),
-        (1, 1, 1, 3)
+        (1, 1, 1, 1, 2)
     );
     assert_eq!(s.service_entries[0].meta.namespace, "other");
     // A comment before the first `---` is not a document; the empty one between `---`s is.
@@ -142,7 +143,6 @@ spec: {{}}
     assert_eq!(
         ignored,
         vec![
-            "all.yaml doc 5 AuthorizationPolicy default/deny: AuthorizationPolicy (security.istio.io/v1) is not a networking.istio.io resource; ignored",
             "all.yaml doc 6 EnvoyFilter default/ef: kind EnvoyFilter is not supported; ignored",
             "all.yaml doc 7 Gateway default/gw: Gateway configures gateway proxies, not sidecars; not applied",
         ]

@@ -201,6 +201,7 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                 ),
             ));
         }
+        security_warnings(&snap, report);
     }
     let cluster_suffix = format!(".svc.{}", ctx.cluster_domain);
     let host_known = |h: &str| -> bool {
@@ -544,6 +545,93 @@ fn check_routes<'a>(
     }
 }
 
+/// Security policies that do not do what they say for the pod of the snapshot: principal or
+/// namespace rules where the effective PeerAuthentication accepts plain text (a plain-text
+/// peer has no principal, so such an ALLOW rule never matches it and such a DENY rule never
+/// stops it), and several PeerAuthentications at one level (Istio uses the oldest; remora,
+/// without creation times, the first in file order).
+fn security_warnings(snap: &crate::rules::Snapshot, report: &mut ValidationReport) {
+    use crate::security::authorization::Action;
+    use crate::security::Scope;
+    for p in &snap.authorization_policies {
+        for (i, rule) in p.spec.rules.iter().enumerate() {
+            let sources: Vec<_> = rule
+                .from
+                .iter()
+                .flatten()
+                .filter_map(|f| f.source.as_ref())
+                .collect();
+            let by_identity = sources.iter().any(|s| {
+                !s.principals.is_empty()
+                    || !s.namespaces.is_empty()
+                    || !s.service_accounts.is_empty()
+                    || !s.trust_domains.is_empty()
+            }) || rule
+                .when
+                .iter()
+                .any(|c| c.key == "source.principal" || c.key == "source.namespace");
+            if !by_identity {
+                continue;
+            }
+            let ports: Vec<u16> = rule
+                .to
+                .iter()
+                .flatten()
+                .filter_map(|t| t.operation.as_ref())
+                .flat_map(|o| o.ports.iter().map(|p| p.0))
+                .collect();
+            let ports = if ports.is_empty() { vec![0] } else { ports };
+            let Some(d) = ports
+                .iter()
+                .map(|port| snap.mtls_mode(*port))
+                .find(|d| d.mode.allows_plain_text())
+            else {
+                continue;
+            };
+            let by = match &d.policy {
+                Some(pa) => format!("PeerAuthentication {pa}"),
+                None => "no PeerAuthentication: Istio's default".to_string(),
+            };
+            let effect = if p.spec.action == Action::Allow {
+                "plain-text requests are denied by it"
+            } else {
+                "plain-text requests are not stopped by it"
+            };
+            report.warnings.push(at(
+                &p.meta.file,
+                p.meta.document,
+                format!("spec.rules[{i}]"),
+                format!(
+                    "principal rules cannot match plain-text traffic: AuthorizationPolicy {} uses principals or namespaces, and the mTLS mode here is {} ({by}); {effect}",
+                    p.meta.key(),
+                    d.mode
+                ),
+            ));
+        }
+    }
+    for scope in [Scope::Mesh, Scope::Namespace, Scope::Workload] {
+        let at_level: Vec<_> = snap
+            .peer_authentications
+            .iter()
+            .filter(|p| p.scope == scope)
+            .collect();
+        for extra in at_level.iter().skip(1) {
+            report.warnings.push(at(
+                &extra.meta.file,
+                extra.meta.document,
+                "metadata".to_string(),
+                format!(
+                    "PeerAuthentication {} is not used: {} ({} doc {}) applies at the same level ({scope:?}) first",
+                    extra.meta.key(),
+                    at_level[0].meta.key(),
+                    at_level[0].meta.file,
+                    at_level[0].meta.document
+                ),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +648,31 @@ mod tests {
         });
         assert_eq!(r.summary_line(), "1 error, 0 warnings");
         assert_eq!(r.to_string(), "error: a doc 1: f: r\n");
+    }
+
+    #[test]
+    fn security_findings() {
+        let ctx = LoadContext {
+            namespace: "foo".into(),
+            ..Default::default()
+        };
+        let ap = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ap, namespace: foo}\nspec:\n  rules: [{from: [{source: {namespaces: [bar]}}]}]\n";
+        let r = run_files(&[("a.yaml", ap)], &ctx);
+        assert_eq!(
+            r.to_string(),
+            "warning: a.yaml doc 1: spec.rules[0]: principal rules cannot match plain-text traffic: AuthorizationPolicy foo/ap uses principals or namespaces, and the mTLS mode here is PERMISSIVE (no PeerAuthentication: Istio's default); plain-text requests are denied by it\n"
+        );
+        let strict = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: again, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+        let r = run_files(&[("a.yaml", ap), ("pa.yaml", strict)], &ctx);
+        assert_eq!(
+            r.to_string(),
+            "warning: pa.yaml doc 2: metadata: PeerAuthentication istio-system/again is not used: istio-system/default (pa.yaml doc 1) applies at the same level (Mesh) first\n"
+        );
+        let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}\n";
+        let r = run_files(&[("p.yaml", bad)], &ctx);
+        assert_eq!(
+            r.to_string(),
+            "error: p.yaml doc 1: spec.mtls.mode: unknown variant `strict`, expected one of `UNSET`, `DISABLE`, `PERMISSIVE`, `STRICT`\n"
+        );
     }
 }

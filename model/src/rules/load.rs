@@ -8,6 +8,9 @@ use serde_json::Value;
 use super::decode::{self, DocCtx};
 use super::{LoadContext, LoadError};
 use crate::kinds::*;
+use crate::security::{
+    self, decode::SpecError, AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
+};
 
 /// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
 #[derive(Clone, Debug)]
@@ -102,6 +105,10 @@ pub struct Decoded {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecars: Vec<Sidecar>,
+    /// The `security.istio.io` kinds, all of them (their scope is applied by `build_snapshot`).
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub request_authentications: Vec<RequestAuthentication>,
     pub ignored: Vec<Ignored>,
     pub errors: Vec<LoadError>,
     /// Fields the API does not define (accepted, ignored): warnings, not errors.
@@ -169,6 +176,7 @@ fn one_line(s: &str) -> String {
 }
 
 const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 /// Decode every document of every file; collects all errors (one per document at most).
 pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
@@ -321,14 +329,23 @@ fn decode_document(
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
-    if group != "networking.istio.io" {
+    let is_security = group == "security.istio.io";
+    if group != "networking.istio.io" && !is_security {
         ignore(
             out,
-            format!("{kind} ({api_version}) is not a networking.istio.io resource; ignored"),
+            format!(
+                "{kind} ({api_version}) is not a networking.istio.io or security.istio.io resource; ignored"
+            ),
         );
         return Ok(());
     }
-    if !VERSIONS.contains(&version) {
+    if is_security && !SECURITY_VERSIONS.contains(&version) {
+        return Err(err(
+            "apiVersion",
+            format!("unsupported version {api_version:?} (security.istio.io/v1, v1beta1)"),
+        ));
+    }
+    if !is_security && !VERSIONS.contains(&version) {
         return Err(err(
             "apiVersion",
             format!(
@@ -374,6 +391,14 @@ fn decode_document(
             field: u.field,
         });
     }
+    if is_security {
+        let dry_run = md
+            .get("annotations")
+            .and_then(|a| a.get("istio.io/dry-run"))
+            .and_then(Value::as_str)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        return decode_security(meta, spec, dry_run, out);
+    }
     match kind.as_str() {
         "VirtualService" => {
             dup(out
@@ -411,6 +436,86 @@ fn decode_document(
             "Gateway configures gateway proxies, not sidecars; not applied".to_string(),
         ),
         other => ignore(out, format!("kind {other} is not supported; ignored")),
+    }
+    Ok(())
+}
+
+/// Decode one `security.istio.io` document into `out` (typed, with serde; unknown fields as
+/// warnings with a suggestion).
+fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -> decode::R<()> {
+    let to_field = |e: SpecError| decode::FieldError {
+        field: e.field,
+        reason: e.reason,
+    };
+    let dup = |existing: Option<&Meta>| -> decode::R<()> {
+        match existing {
+            Some(m) => Err(decode::FieldError {
+                field: "metadata.name".to_string(),
+                reason: format!(
+                    "duplicate {} {} (first defined in {} doc {})",
+                    meta.kind,
+                    meta.key(),
+                    m.file,
+                    m.document
+                ),
+            }),
+            None => Ok(()),
+        }
+    };
+    let same = |m: &&Meta| m.name == meta.name && m.namespace == meta.namespace;
+    let note = |out: &mut Decoded, unknown: Vec<security::decode::UnknownField>| {
+        for u in unknown {
+            let reason = super::schema::Unknown {
+                suggestion: super::schema::suggestion(&u.key, security::decode::FIELD_NAMES),
+                field: u.field.clone(),
+                misplaced: false,
+            }
+            .reason();
+            out.unknown_fields.push(LoadError {
+                file: meta.file.clone(),
+                document: meta.document,
+                field: u.field,
+                reason,
+            });
+        }
+    };
+    match meta.kind.as_str() {
+        "PeerAuthentication" => {
+            dup(out.peer_authentications.iter().map(|p| &p.meta).find(same))?;
+            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
+            note(out, unknown);
+            let p = PeerAuthentication::new(meta.clone(), s).map_err(to_field)?;
+            out.peer_authentications.push(p);
+        }
+        "AuthorizationPolicy" => {
+            dup(out
+                .authorization_policies
+                .iter()
+                .map(|p| &p.meta)
+                .find(same))?;
+            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
+            note(out, unknown);
+            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run).map_err(to_field)?;
+            out.authorization_policies.push(p);
+        }
+        "RequestAuthentication" => {
+            dup(out
+                .request_authentications
+                .iter()
+                .map(|p| &p.meta)
+                .find(same))?;
+            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
+            note(out, unknown);
+            let p = RequestAuthentication::new(meta.clone(), s).map_err(to_field)?;
+            out.request_authentications.push(p);
+        }
+        other => out.ignored.push(Ignored {
+            file: meta.file.clone(),
+            document: meta.document,
+            kind: other.to_string(),
+            name: meta.key(),
+            reason: format!("kind {other} is not supported; ignored"),
+        }),
     }
     Ok(())
 }

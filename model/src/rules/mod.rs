@@ -21,6 +21,7 @@ pub use crate::host;
 pub use crate::kinds as model;
 pub use crate::kinds::*;
 pub use crate::policy::PolicyKinds;
+pub use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
 
 /// The application protocol of a destination port, when the rules say it.
@@ -32,9 +33,6 @@ pub enum Protocol {
     Tcp,
     Tls,
 }
-
-/// The Istio root namespace: a Sidecar without selector there is the mesh-wide default.
-pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// One loaded, validated rule set, with visibility already applied: only the resources this
 /// proxy uses are in the lists; the rest are in `ignored` with the reason.
@@ -51,6 +49,11 @@ pub struct Snapshot {
     pub service_entries: Vec<ServiceEntry>,
     /// The Sidecar that applies to this pod, if any.
     pub sidecar: Option<Sidecar>,
+    /// The `security.istio.io` policies that apply to this pod (mesh-wide, namespace-wide or
+    /// selecting its labels), in file order. Decoded and validated; not enforced yet.
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub request_authentications: Vec<RequestAuthentication>,
     pub ignored: Vec<Ignored>,
     /// The files read (names inside the directory).
     pub files: Vec<String>,
@@ -98,19 +101,34 @@ pub struct Counts {
     pub destination_rules: usize,
     pub service_entries: usize,
     pub sidecars: usize,
+    /// The security kinds are written only when present, so a dump without them reads as
+    /// before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peer_authentications: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub authorization_policies: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub request_authentications: usize,
     pub ignored: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} VirtualServices ({} http routes), {} DestinationRules, {} ServiceEntries, {} Sidecar, {} ignored",
+            "{} VirtualServices ({} http routes), {} DestinationRules, {} ServiceEntries, {} Sidecar, {} PeerAuthentications, {} AuthorizationPolicies, {} RequestAuthentications, {} ignored",
             self.virtual_services,
             self.http_routes,
             self.destination_rules,
             self.service_entries,
             self.sidecars,
+            self.peer_authentications,
+            self.authorization_policies,
+            self.request_authentications,
             self.ignored
         )
     }
@@ -129,6 +147,9 @@ impl Snapshot {
             destination_rules: Vec::new(),
             service_entries: Vec::new(),
             sidecar: None,
+            peer_authentications: Vec::new(),
+            authorization_policies: Vec::new(),
+            request_authentications: Vec::new(),
             ignored: Vec::new(),
             files: Vec::new(),
             skipped_files: Vec::new(),
@@ -181,8 +202,17 @@ impl Snapshot {
             destination_rules: self.destination_rules.len(),
             service_entries: self.service_entries.len(),
             sidecars: self.sidecar.is_some() as usize,
+            peer_authentications: self.peer_authentications.len(),
+            authorization_policies: self.authorization_policies.len(),
+            request_authentications: self.request_authentications.len(),
             ignored: self.ignored.len(),
         }
+    }
+
+    /// The effective mTLS mode of inbound `port` for this pod, and the PeerAuthentication
+    /// that decided it (`crate::security::mtls_mode`).
+    pub fn mtls_mode(&self, port: u16) -> crate::security::MtlsDecision {
+        crate::security::mtls_mode(&self.peer_authentications, port)
     }
 
     /// The protocol of destination `dst` (and `host`, when known) according to the
@@ -550,6 +580,40 @@ pub fn build_snapshot(
         }
     };
     destination_rules.sort_by_key(|dr| rank(dr));
+    // Security policies: Istio's scope for this pod (mesh-wide, its namespace, its labels).
+    let scoped = |ignored: &mut Vec<Ignored>,
+                  m: &Meta,
+                  ok: Result<crate::security::Scope, String>| match ok {
+        Ok(_) => true,
+        Err(why) => {
+            note(ignored, m, &format!("does not apply to this pod: {why}"));
+            false
+        }
+    };
+    let peer_authentications: Vec<PeerAuthentication> = decoded
+        .peer_authentications
+        .into_iter()
+        .filter(|p| {
+            let ok = crate::security::applies(&p.meta.namespace, p.spec.selector.as_ref(), ctx);
+            scoped(&mut ignored, &p.meta, ok)
+        })
+        .collect();
+    let authorization_policies: Vec<AuthorizationPolicy> = decoded
+        .authorization_policies
+        .into_iter()
+        .filter(|p| {
+            let ok = crate::security::applies(&p.meta.namespace, p.spec.selector.as_ref(), ctx);
+            scoped(&mut ignored, &p.meta, ok)
+        })
+        .collect();
+    let request_authentications: Vec<RequestAuthentication> = decoded
+        .request_authentications
+        .into_iter()
+        .filter(|p| {
+            let ok = crate::security::applies(&p.meta.namespace, p.spec.selector.as_ref(), ctx);
+            scoped(&mut ignored, &p.meta, ok)
+        })
+        .collect();
     let answers = std::sync::Mutex::new(BTreeMap::new());
     let recording = |name: &str| -> Vec<std::net::IpAddr> {
         let ips = resolve(name);
@@ -569,6 +633,9 @@ pub fn build_snapshot(
         destination_rules,
         service_entries,
         sidecar,
+        peer_authentications,
+        authorization_policies,
+        request_authentications,
         ignored,
         files,
         skipped_files: Vec::new(),

@@ -308,18 +308,23 @@ fn unknown(field: String, key: &str, known: &'static [&'static str]) -> Unknown 
     Unknown {
         field,
         misplaced: false,
-        suggestion: known
-            .iter()
-            .map(|k| {
-                (
-                    edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
-                    *k,
-                )
-            })
-            .filter(|(d, k)| *d <= 2.min(k.len() / 2) || k.eq_ignore_ascii_case(key))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| k),
+        suggestion: suggestion(key, known),
     }
+}
+
+/// The known name closest to `key`, if it is close enough to be a likely typo.
+pub fn suggestion(key: &str, known: &'static [&'static str]) -> Option<&'static str> {
+    known
+        .iter()
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(d, k)| *d <= 2.min(k.len() / 2) || k.eq_ignore_ascii_case(key))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// Walk `v` as `shape`; `parent` holds the known keys of the object enclosing this one (lists

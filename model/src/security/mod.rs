@@ -1,0 +1,164 @@
+//! Istio's `security.istio.io` kinds — PeerAuthentication, AuthorizationPolicy and
+//! RequestAuthentication (`v1` and `v1beta1`) — decoded with serde, validated as Istio's API
+//! server and istiod validate them, scoped to one pod as istiod scopes them, and evaluated as
+//! pure functions (`mtls_mode`, `authorization::evaluate`).
+//!
+//! Nothing here is enforced by the proxy yet: these are the decisions the data plane will call.
+//!
+//! Layering: this module sits between `kinds` and `rules` (the rules' `Snapshot` holds the
+//! policies that apply to its pod); it imports nothing from `rules`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kinds::{LoadContext, ROOT_NAMESPACE};
+
+pub mod authorization;
+pub mod decode;
+pub mod peer_authentication;
+pub mod request_authentication;
+
+pub use authorization::{evaluate, AuthorizationPolicy, Request, Verdict};
+pub use peer_authentication::{mtls_mode, MtlsDecision, MtlsMode, PeerAuthentication};
+pub use request_authentication::RequestAuthentication;
+
+/// `spec.selector` of the three kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Which workloads a security policy applies to (Istio's three levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// In the root namespace without selector: every workload of the mesh.
+    Mesh,
+    /// Without selector: every workload of its namespace.
+    Namespace,
+    /// With `selector.matchLabels`: the workloads with those labels.
+    Workload,
+}
+
+/// The level of a policy from its namespace and selector.
+pub fn scope_of(namespace: &str, selector: Option<&WorkloadSelector>) -> Scope {
+    match selector {
+        Some(s) if !s.match_labels.is_empty() => Scope::Workload,
+        _ if namespace == ROOT_NAMESPACE => Scope::Mesh,
+        _ => Scope::Namespace,
+    }
+}
+
+/// Does a policy of `namespace` with `selector` apply to the pod of `ctx`? As istiod selects
+/// them: a policy in the pod's namespace, or in the root namespace (for every namespace), whose
+/// `matchLabels` (if any) are a subset of the pod's labels. `Err` says why not.
+pub fn applies(
+    namespace: &str,
+    selector: Option<&WorkloadSelector>,
+    ctx: &LoadContext,
+) -> Result<Scope, String> {
+    if namespace != ctx.namespace && namespace != ROOT_NAMESPACE {
+        return Err(format!(
+            "in namespace {namespace}, not this pod's namespace ({}) nor the root namespace ({ROOT_NAMESPACE})",
+            ctx.namespace
+        ));
+    }
+    let scope = scope_of(namespace, selector);
+    if let Some(s) = selector {
+        if let Some((k, v)) = s
+            .match_labels
+            .iter()
+            .find(|(k, v)| ctx.pod_labels.get(*k) != Some(*v))
+        {
+            return Err(format!(
+                "selector does not select this pod (label {k}={v} {})",
+                match ctx.pod_labels.get(k) {
+                    Some(have) => format!("is {have:?} here"),
+                    None => "is not set here".to_string(),
+                }
+            ));
+        }
+    }
+    Ok(scope)
+}
+
+/// `namespace/name` and the rule index, naming what decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// `namespace/name` of the policy.
+    pub policy: String,
+    /// Index in `spec.rules`.
+    pub rule: usize,
+}
+
+/// Istio's string match for authorization values: `*` (any value, present), `prefix*`,
+/// `*suffix`, else exact.
+pub fn string_match(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return value.ends_with(suffix);
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return value.starts_with(prefix);
+    }
+    pattern == value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_matching() {
+        for (p, v, want) in [
+            ("*", "", true),
+            ("*", "x", true),
+            ("abc", "abc", true),
+            ("abc", "abcd", false),
+            ("ab*", "abcd", true),
+            ("ab*", "a", false),
+            ("*cd", "abcd", true),
+            ("*cd", "abc", false),
+        ] {
+            assert_eq!(string_match(p, v), want, "{p} {v}");
+        }
+    }
+
+    #[test]
+    fn scopes_and_selection() {
+        let ctx = LoadContext {
+            namespace: "foo".into(),
+            pod_labels: [("app".to_string(), "httpbin".to_string())].into(),
+            ..Default::default()
+        };
+        let sel = |k: &str, v: &str| WorkloadSelector {
+            match_labels: [(k.to_string(), v.to_string())].into(),
+        };
+        assert_eq!(applies("foo", None, &ctx), Ok(Scope::Namespace));
+        assert_eq!(applies(ROOT_NAMESPACE, None, &ctx), Ok(Scope::Mesh));
+        assert_eq!(
+            applies("foo", Some(&sel("app", "httpbin")), &ctx),
+            Ok(Scope::Workload)
+        );
+        // A root-namespace policy with a selector selects pods of every namespace.
+        assert_eq!(
+            applies(ROOT_NAMESPACE, Some(&sel("app", "httpbin")), &ctx),
+            Ok(Scope::Workload)
+        );
+        assert_eq!(
+            applies("foo", Some(&sel("app", "other")), &ctx),
+            Err("selector does not select this pod (label app=other is \"httpbin\" here)".into())
+        );
+        assert!(applies("bar", None, &ctx).is_err());
+        // An empty selector is namespace-wide.
+        assert_eq!(
+            applies("foo", Some(&WorkloadSelector::default()), &ctx),
+            Ok(Scope::Namespace)
+        );
+    }
+}
