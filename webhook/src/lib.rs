@@ -7,6 +7,7 @@
 //! validating webhook for rules ConfigMaps (`POST /validate`) with the proxy's own linter.
 
 pub mod annotations;
+pub mod ca;
 pub mod certs;
 pub mod cli;
 pub mod client;
