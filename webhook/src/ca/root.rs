@@ -3,7 +3,7 @@
 //!
 //! Both Secrets use Istio's plug-in key names:
 //! - `ca-cert.pem`: the signing CA certificate (the root itself, or the user's intermediate);
-//! - `ca-key.pem`: its private key (PKCS#8 `BEGIN PRIVATE KEY`, or SEC1 `BEGIN EC PRIVATE KEY`);
+//! - `ca-key.pem`: its private key (PKCS#8, `BEGIN PRIVATE KEY`);
 //! - `root-cert.pem`: the root of trust (what workloads trust);
 //! - `cert-chain.pem` (optional): the chain from `ca-cert.pem` up to the root; sent after each
 //!   leaf (certificates equal to the root are left out: the root is always sent last).
@@ -160,7 +160,7 @@ pub fn load(
         return Err(format!("{CA_CERT}: expired at {}", fmt_time(until)));
     }
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-        format!("{CA_KEY}: not a usable private key ({e}; PKCS#8 or SEC1 ECDSA keys are read)")
+        format!("{CA_KEY}: not a usable private key ({e}); PKCS#8 (BEGIN PRIVATE KEY) is read: convert with `openssl pkcs8 -topk8 -nocrypt`")
     })?;
     if key.public_key_der() != ca.public_key().raw {
         return Err(format!(
