@@ -254,9 +254,11 @@ impl RecordedApi {
     fn route(&self, method: &str, path_and_query: &str, body: Option<Value>, reply: Reply) {
         let (path, query) = split_query(path_and_query);
         let mut st = lock(&self.state);
-        if let Some(r) = st.routes.iter_mut().find(|r| {
-            r.method == method && r.path == path && r.query == query && r.body == body
-        }) {
+        if let Some(r) = st
+            .routes
+            .iter_mut()
+            .find(|r| r.method == method && r.path == path && r.query == query && r.body == body)
+        {
             r.replies.push_back(reply);
             return;
         }
@@ -482,8 +484,7 @@ fn pick(
             r.method == method
                 && r.path == path
                 && r.query.iter().all(|q| query.contains(q))
-                && r
-                    .body
+                && r.body
                     .as_ref()
                     .is_none_or(|want| body.as_ref().is_some_and(|got| contains(got, want)))
         })
@@ -710,14 +711,20 @@ mod tests {
             async move {
                 let req = http::Request::post(path)
                     .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&json!({"spec": {"token": token, "audiences": ["x"]}})).unwrap())
+                    .body(
+                        serde_json::to_vec(&json!({"spec": {"token": token, "audiences": ["x"]}}))
+                            .unwrap(),
+                    )
                     .unwrap();
                 client.request::<Value>(req).await.unwrap()["who"].clone()
             }
         };
         assert_eq!(post("a").await, "a");
         assert_eq!(post("b").await, "anyone");
-        assert!(contains(&json!({"a": {"b": 1, "c": 2}}), &json!({"a": {"b": 1}})));
+        assert!(contains(
+            &json!({"a": {"b": 1, "c": 2}}),
+            &json!({"a": {"b": 1}})
+        ));
         assert!(!contains(&json!({"a": {"b": 1}}), &json!({"a": {"b": 2}})));
         assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})));
     }

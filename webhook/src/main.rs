@@ -139,7 +139,11 @@ struct CaArgs {
     #[arg(long, env = "REMORA_CA_MAX_CERT_TTL", default_value = "24h")]
     ca_max_cert_ttl: String,
     /// Namespace of the root Secret, the plug-in Secret `cacerts` and the CA's Service.
-    #[arg(long, env = "REMORA_CA_SECRET_NAMESPACE", default_value = "remora-system")]
+    #[arg(
+        long,
+        env = "REMORA_CA_SECRET_NAMESPACE",
+        default_value = "remora-system"
+    )]
     ca_secret_namespace: String,
     /// Secret holding the generated root (created on first start).
     #[arg(long, env = "REMORA_CA_SECRET_NAME", default_value = "remora-ca")]

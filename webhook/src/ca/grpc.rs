@@ -317,6 +317,9 @@ pub async fn serve(
                 continue;
             }
         };
+        // gRPC answers are small frames written separately (headers, message, trailers): send
+        // them at once instead of waiting on Nagle and the peer's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             tracing::warn!(peer = %peer, "CA listener: {} connections open; closing a new one", limits.max_connections);
             drop(tcp);
