@@ -93,6 +93,7 @@ impl Webhook {
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let mut cmd = std::process::Command::new(&bin);
             cmd.arg("serve")
+                .args(["--ca-addr", "off"])
                 .arg("--listen")
                 .arg(addr.to_string())
                 .arg("--tls-cert")

@@ -9,8 +9,12 @@
 //!
 //! Matching: a request matches a route when the method and path are equal and every query pair
 //! the route names is present in the request (others are ignored); among matches the route naming
-//! the most query pairs wins, so `?watch=true` routes never answer the initial list. Replies for
-//! one route are served in order and the last one repeats. Every request is recorded
+//! the most query pairs wins, so `?watch=true` routes never answer the initial list. A route may
+//! also name a JSON body it matches ([`RecordedApi::on_body`], `"match_body"` in files): the
+//! request body must contain it (objects: these keys with matching values, recursively; other
+//! values: equal), and a matching body route wins over routes without one (so one POST path can
+//! answer different TokenReviews by token). Replies for one route are served in order and the
+//! last one repeats. Every request is recorded
 //! ([`RecordedApi::requests`]), unmatched ones are answered 404 and marked `matched: false`.
 //!
 //! A watch route whose last reply closes the stream makes a client re-watch at once, again and
@@ -27,7 +31,9 @@
 //! {"source": "provenance note",
 //!  "exchanges": [
 //!    {"method": "GET", "path": "/api/v1/namespaces/x/secrets/y", "status": 200, "body": {…}},
-//!    {"method": "GET", "path": "/api/v1/services?watch=true", "events": [{…}], "hold": true}]}
+//!    {"method": "GET", "path": "/api/v1/services?watch=true", "events": [{…}], "hold": true},
+//!    {"method": "POST", "path": "/apis/authentication.k8s.io/v1/tokenreviews",
+//!     "match_body": {"spec": {"token": "…"}}, "status": 201, "body": {…}}]}
 //! ```
 
 use std::collections::VecDeque;
@@ -178,6 +184,8 @@ struct Route {
     method: String,
     path: String,
     query: Vec<(String, String)>,
+    /// The request body must contain this ([`contains`]); `None`: any body.
+    body: Option<Value>,
     replies: VecDeque<Reply>,
 }
 
@@ -234,12 +242,22 @@ impl RecordedApi {
 
     /// Queue `reply` for requests to `method` `path_and_query` (see the module docs).
     pub fn on(&self, method: &str, path_and_query: &str, reply: Reply) {
+        self.route(method, path_and_query, None, reply);
+    }
+
+    /// Queue `reply` for requests to `method` `path_and_query` whose JSON body contains
+    /// `body` (see the module docs).
+    pub fn on_body(&self, method: &str, path_and_query: &str, body: Value, reply: Reply) {
+        self.route(method, path_and_query, Some(body), reply);
+    }
+
+    fn route(&self, method: &str, path_and_query: &str, body: Option<Value>, reply: Reply) {
         let (path, query) = split_query(path_and_query);
         let mut st = lock(&self.state);
         if let Some(r) = st
             .routes
             .iter_mut()
-            .find(|r| r.method == method && r.path == path && r.query == query)
+            .find(|r| r.method == method && r.path == path && r.query == query && r.body == body)
         {
             r.replies.push_back(reply);
             return;
@@ -248,6 +266,7 @@ impl RecordedApi {
             method: method.to_string(),
             path,
             query,
+            body,
             replies: VecDeque::from([reply]),
         });
     }
@@ -283,7 +302,7 @@ impl RecordedApi {
                     .with_context(|| format!("{}: exchanges[{i}].status", file.display()))?;
                 Reply::json(status, x.get("body").cloned().unwrap_or(Value::Null))
             };
-            self.on(method, path, reply);
+            self.route(method, path, x.get("match_body").cloned(), reply);
         }
         Ok(())
     }
@@ -462,9 +481,14 @@ fn pick(
         .routes
         .iter_mut()
         .filter(|r| {
-            r.method == method && r.path == path && r.query.iter().all(|q| query.contains(q))
+            r.method == method
+                && r.path == path
+                && r.query.iter().all(|q| query.contains(q))
+                && r.body
+                    .as_ref()
+                    .is_none_or(|want| body.as_ref().is_some_and(|got| contains(got, want)))
         })
-        .max_by_key(|r| r.query.len());
+        .max_by_key(|r| (r.body.is_some(), r.query.len()));
     let reply = best.map(|r| {
         if r.replies.len() > 1 {
             r.replies.pop_front()
@@ -481,6 +505,16 @@ fn pick(
         matched: reply.is_some(),
     });
     reply
+}
+
+/// Whether `got` contains `want`: objects by key, recursively; anything else by equality.
+pub fn contains(got: &Value, want: &Value) -> bool {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| g.get(k).is_some_and(|gv| contains(gv, wv))),
+        _ => got == want,
+    }
 }
 
 fn empty() -> Body {
@@ -658,6 +692,41 @@ mod tests {
             .unwrap();
         assert_eq!(again.metadata.resource_version.as_deref(), Some("8"));
         assert_eq!(api.requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn body_routes_answer_by_body_and_win_over_plain_ones() {
+        let api = RecordedApi::start().await.unwrap();
+        let path = "/apis/authentication.k8s.io/v1/tokenreviews";
+        api.on("POST", path, Reply::json(201, json!({"who": "anyone"})));
+        api.on_body(
+            "POST",
+            path,
+            json!({"spec": {"token": "a"}}),
+            Reply::json(201, json!({"who": "a"})),
+        );
+        let client = api.client().unwrap();
+        let post = |token: &'static str| {
+            let client = client.clone();
+            async move {
+                let req = http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(
+                        serde_json::to_vec(&json!({"spec": {"token": token, "audiences": ["x"]}}))
+                            .unwrap(),
+                    )
+                    .unwrap();
+                client.request::<Value>(req).await.unwrap()["who"].clone()
+            }
+        };
+        assert_eq!(post("a").await, "a");
+        assert_eq!(post("b").await, "anyone");
+        assert!(contains(
+            &json!({"a": {"b": 1, "c": 2}}),
+            &json!({"a": {"b": 1}})
+        ));
+        assert!(!contains(&json!({"a": {"b": 1}}), &json!({"a": {"b": 2}})));
+        assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})));
     }
 
     #[test]

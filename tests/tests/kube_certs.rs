@@ -880,6 +880,8 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
     let mut cmd = std::process::Command::new(&bin);
     cmd.args([
         "serve",
+        "--ca-addr",
+        "off",
         "--manage-certs",
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -990,6 +992,8 @@ async fn a_missing_validating_configuration_is_logged_once_and_patched_when_it_a
     let mut cmd = std::process::Command::new(&bin);
     cmd.args([
         "serve",
+        "--ca-addr",
+        "off",
         "--manage-certs",
         "--listen",
         &format!("127.0.0.1:{port}"),

@@ -137,7 +137,7 @@ async fn start_server(bin: &PathBuf) -> anyhow::Result<Server> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let child = Command::new(bin)
-        .args(["serve", "--listen", &addr.to_string()])
+        .args(["serve", "--ca-addr", "off", "--listen", &addr.to_string()])
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")

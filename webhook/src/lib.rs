@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+pub mod ca;
 pub mod certs;
 pub mod cli;
 pub mod client;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use remora_webhook::{certs, cli, config, server};
+use remora_webhook::{ca, certs, cli, config, server};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,8 @@ enum Cmd {
         limits: LimitArgs,
         #[command(flatten)]
         certs: Box<CertArgs>,
+        #[command(flatten)]
+        ca: Box<CaArgs>,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
     ///
@@ -179,6 +181,76 @@ struct CertArgs {
     kube_url: Option<String>,
 }
 
+/// The mesh CA: Istio's certificate service (`istio.v1.auth.IstioCertificateService`) for
+/// workload certificates, on its own TLS port.
+#[derive(clap::Args)]
+struct CaArgs {
+    /// Address of the mesh CA's gRPC (TLS) listener; `off` disables the CA.
+    #[arg(long, env = "REMORA_CA_ADDR", default_value = "0.0.0.0:15012")]
+    ca_addr: String,
+    /// SPIFFE trust domain of the identities issued (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, env = "REMORA_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Audience the callers' service-account tokens must be issued for (checked by TokenReview).
+    #[arg(long, env = "REMORA_CA_TOKEN_AUDIENCE", default_value = "remora-ca")]
+    ca_token_audience: String,
+    /// Longest workload certificate lifetime; longer requests are cut to it (`24h`, `90m`, `7d`).
+    #[arg(long, env = "REMORA_CA_MAX_CERT_TTL", default_value = "24h")]
+    ca_max_cert_ttl: String,
+    /// Namespace of the root Secret, the plug-in Secret `cacerts` and the CA's Service.
+    #[arg(
+        long,
+        env = "REMORA_CA_SECRET_NAMESPACE",
+        default_value = "remora-system"
+    )]
+    ca_secret_namespace: String,
+    /// Secret holding the generated root (created on first start).
+    #[arg(long, env = "REMORA_CA_SECRET_NAME", default_value = "remora-ca")]
+    ca_secret_name: String,
+    /// The CA's Service: its serving certificate names `<service>.<namespace>.svc`.
+    #[arg(long, env = "REMORA_CA_SERVICE", default_value = "remora-ca")]
+    ca_service: String,
+    /// Time between passes publishing the root to meshed namespaces.
+    #[arg(long, env = "REMORA_CA_PUBLISH_INTERVAL", default_value = "60s")]
+    ca_publish_interval: String,
+}
+
+impl CaArgs {
+    /// `None` when `--ca-addr off`.
+    fn options(&self) -> anyhow::Result<Option<ca::Options>> {
+        if self.ca_addr == "off" {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self.ca_addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--ca-addr {:?}: not an address (IP:PORT, e.g. 0.0.0.0:15012) or `off`",
+                self.ca_addr
+            )
+        })?;
+        let dur = |flag: &str, v: &str| {
+            certs::issue::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+        };
+        let opts = ca::Options {
+            addr,
+            trust_domain: self.trust_domain.clone(),
+            audience: self.ca_token_audience.clone(),
+            max_ttl: dur("ca-max-cert-ttl", &self.ca_max_cert_ttl)?,
+            namespace: self.ca_secret_namespace.clone(),
+            secret: self.ca_secret_name.clone(),
+            service: self.ca_service.clone(),
+            publish_interval: dur("ca-publish-interval", &self.ca_publish_interval)?,
+        };
+        if opts.publish_interval < Duration::from_secs(1) {
+            return Err(anyhow::anyhow!(
+                "--ca-publish-interval {:?}: must be at least 1s",
+                self.ca_publish_interval
+            ));
+        }
+        opts.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(opts))
+    }
+}
+
 impl CertArgs {
     fn options(&self) -> anyhow::Result<certs::Options> {
         let dur = |flag: &str, v: &str| {
@@ -201,7 +273,8 @@ impl CertArgs {
         Ok(opts)
     }
 
-    async fn client(&self) -> anyhow::Result<kube::Client> {
+    /// A kube client for `who` (named in errors: `--manage-certs`, the mesh CA).
+    async fn client(&self, who: &str) -> anyhow::Result<kube::Client> {
         let cfg = match &self.kube_url {
             Some(u) => {
                 let url: http::Uri = u
@@ -212,12 +285,10 @@ impl CertArgs {
                 c
             }
             None => kube::Config::infer().await.map_err(|e| {
-                anyhow::anyhow!(
-                    "--manage-certs: no Kubernetes API config (in-cluster or kubeconfig): {e}"
-                )
+                anyhow::anyhow!("{who}: no Kubernetes API config (in-cluster or kubeconfig): {e}")
             })?,
         };
-        kube::Client::try_from(cfg).map_err(|e| anyhow::anyhow!("--manage-certs: kube client: {e}"))
+        kube::Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{who}: kube client: {e}"))
     }
 }
 
@@ -259,6 +330,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             drain_seconds,
             limits,
             certs: cert_args,
+            ca: ca_args,
         } => {
             let limits = limits.limits()?;
             init_logging(true);
@@ -267,6 +339,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .manage_certs
                 .then(|| cert_args.options())
                 .transpose()?;
+            let ca_opts = ca_args.options()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -283,7 +356,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 };
                 let running = match cert_opts {
                     Some(co) => {
-                        let client = cert_args.client().await?;
+                        let client = cert_args.client("--manage-certs").await?;
                         let store = certs::store::Store::new(
                             client,
                             &co.policy.namespace,
@@ -300,7 +373,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     None => server::start(opts).await?,
                 };
+                let mesh_ca = match ca_opts {
+                    Some(o) => {
+                        let client = cert_args
+                            .client("mesh CA (--ca-addr off disables it)")
+                            .await?;
+                        Some(ca::start(client, o).await?)
+                    }
+                    None => {
+                        tracing::info!("mesh CA disabled (--ca-addr off)");
+                        None
+                    }
+                };
                 shutdown_signal().await;
+                if let Some(c) = mesh_ca {
+                    c.shutdown();
+                }
                 running.shutdown().await;
                 tracing::info!("stopped");
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)

@@ -55,6 +55,8 @@ async fn serve() -> Served {
     let mut child = Command::new(BIN)
         .args([
             "serve",
+            "--ca-addr",
+            "off",
             "--listen",
             &addr.to_string(),
             "--drain-seconds",
@@ -225,7 +227,7 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
 fn serve_without_cert_fails_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--ca-addr", "off", "--listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(dir.path().join("missing.crt"))
         .arg("--tls-key")

@@ -675,7 +675,7 @@ async fn the_binary_logs_one_line_per_decision() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports::free_port()));
     let log = dir.path().join("stderr.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora-webhook"))
-        .args(["serve", "--listen", &addr.to_string()])
+        .args(["serve", "--ca-addr", "off", "--listen", &addr.to_string()])
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")

@@ -195,7 +195,7 @@ fn to_bytes(data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
     data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()
 }
 
-fn lost_on_conflict<T>(r: Result<T, kube::Error>) -> Result<Write, kube::Error> {
+pub(crate) fn lost_on_conflict<T>(r: Result<T, kube::Error>) -> Result<Write, kube::Error> {
     match r {
         Ok(_) => Ok(Write::Done),
         Err(kube::Error::Api(s))

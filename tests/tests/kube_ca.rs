@@ -1,0 +1,640 @@
+//! Contract tests of the mesh CA in the real `remora-webhook serve` process against recorded
+//! Kubernetes API answers (`tests/fixtures/kube-api/ca/`): a real tonic gRPC client over TLS,
+//! trusting the root the CA published, sends real CSRs (rcgen, P-256) to
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`. A valid token gets a chain for
+//! exactly its SPIFFE identity; wrong audience, expired token, another namespace's identity, no
+//! token and a DNS SAN are refused with the reason in the gRPC message, a log line and a metric.
+//! Two processes starting against one API settle on one root (the 409 path); a plug-in
+//! `cacerts` wins over a generated root.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use remora_e2e::apiserver::{RecordedApi, Reply};
+use remora_e2e::netns::Proc;
+use remora_webhook::ca::grpc::{IstioCertificateRequest, IstioCertificateResponse};
+use remora_webhook::ca::sign;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+use tonic::Code;
+
+const NS: &str = "remora-system";
+const SECRETS: &str = "/api/v1/namespaces/remora-system/secrets";
+const ROOT_SECRET: &str = "/api/v1/namespaces/remora-system/secrets/remora-ca";
+const PLUGIN_SECRET: &str = "/api/v1/namespaces/remora-system/secrets/cacerts";
+const DEFAULT_CMS: &str = "/api/v1/namespaces/default/configmaps";
+const OTHER_CM: &str = "/api/v1/namespaces/other/configmaps/remora-ca-root-cert";
+const TOKENREVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+const CA_NAME: &str = "remora-ca.remora-system.svc";
+const HTTPBIN: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
+const POD: &str = "httpbin-7d9c5b8f6-x2k4q";
+/// The cap the processes run with (`--ca-max-cert-ttl 12h`).
+const CAP: Duration = Duration::from_secs(12 * 3600);
+/// Bound of every wait for something that takes a second or two on an idle machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kube-api/ca")
+        .join(name)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(v: &Value) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 string"))
+        .expect("valid base64");
+    String::from_utf8(bytes).unwrap()
+}
+
+/// A Secret as the API server returns it, holding `data` (PEM texts).
+fn secret_body(name: &str, data: &[(&str, String)], rv: &str) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(b64(v.as_bytes()))))
+        .collect();
+    json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": rv,
+                     "uid": "6f1e2d3c-4b5a-4969-8877-665544332211",
+                     "creationTimestamp": "2026-11-22T08:00:00Z"},
+        "type": "Opaque",
+        "data": data
+    })
+}
+
+/// The recorded API with the token reviews and the root publication loaded.
+async fn api() -> RecordedApi {
+    let api = RecordedApi::start().await.unwrap();
+    api.load(&fixture("tokenreviews.json")).unwrap();
+    api.load(&fixture("root-publication.json")).unwrap();
+    api
+}
+
+/// A running `remora-webhook serve` with the CA on; stopped on drop.
+struct CaProc {
+    proc: Proc,
+    ca: std::net::SocketAddr,
+    web: std::net::SocketAddr,
+    web_ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CaProc {
+    fn start(api: &RecordedApi) -> CaProc {
+        let bin = remora_e2e::admission::default_bin_dir().join("remora-webhook");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build -p remora-webhook)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // The admission listener's own certificate (for /metrics), from files.
+        let web_cert = remora_e2e::admission::issue_serving_cert("kube_ca webhook CA").unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &web_cert.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &web_cert.key_pem).unwrap();
+        let ports = remora_e2e::ports::free_ports(2);
+        let ca: std::net::SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let web: std::net::SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("serve")
+            .args(["--listen", &web.to_string(), "--ca-addr", &ca.to_string()])
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .arg("--config")
+            .arg(dir.path().join("absent.yaml"))
+            .args(["--kube-url", &api.url(), "--ca-max-cert-ttl", "12h"])
+            .env_remove("POD_NAMESPACE")
+            .env("REMORA_LOG", "info");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REMORA_CA") || k == "REMORA_TRUST_DOMAIN" {
+                cmd.env_remove(k);
+            }
+        }
+        let proc = Proc::spawn("remora-webhook", cmd, dir.path().join("webhook.log")).unwrap();
+        CaProc {
+            proc,
+            ca,
+            web,
+            web_ca_pem: web_cert.ca_pem,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds, failing with the log when the process exits.
+    async fn wait_for(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !cond() {
+            assert!(
+                self.proc.exited().is_none(),
+                "exited while waiting for {what}:\n{}",
+                self.proc.log_tail(30)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {PATIENCE:?}:\n{}",
+                self.proc.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A gRPC client trusting `root_pem`, connected (retrying while the CA comes up).
+    async fn client(&mut self, root_pem: &str) -> CaClient {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match CaClient::connect(self.ca, root_pem).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        self.proc.exited().is_none(),
+                        "exited:\n{}",
+                        self.proc.log_tail(30)
+                    );
+                    assert!(
+                        Instant::now() < deadline,
+                        "no gRPC connection to the CA: {e:#}\n{}",
+                        self.proc.log_tail(30)
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn metrics(&self) -> Vec<remora_e2e::client::Sample> {
+        let cfg = remora_webhook::client::client_config(&[self.web_ca_pem.as_bytes()]).unwrap();
+        let mut c = remora_webhook::client::Client::connect(
+            self.web,
+            "remora-webhook.remora-system.svc",
+            cfg,
+        )
+        .await
+        .unwrap();
+        let (code, body) = c.get("/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        remora_e2e::client::parse_prometheus(&String::from_utf8_lossy(&body))
+    }
+
+    /// Stops the process and returns its log lines as JSON objects.
+    fn stop_and_log(&mut self) -> Vec<Value> {
+        self.proc.stop(Duration::from_secs(10));
+        std::fs::read_to_string(&self.proc.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A tonic client of the CA over TLS (rustls, ring), trusting one root, verifying the name
+/// `remora-ca.remora-system.svc`.
+struct CaClient {
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+}
+
+impl CaClient {
+    async fn connect(addr: std::net::SocketAddr, root_pem: &str) -> anyhow::Result<CaClient> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+            roots.add(c?)?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let service = tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let name = rustls_pki_types::ServerName::try_from(CA_NAME).unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        let channel = tokio::time::timeout(
+            Duration::from_secs(10),
+            tonic::transport::Endpoint::from_static("http://remora-ca.remora-system.svc:15012")
+                .connect_with_connector(service),
+        )
+        .await??;
+        Ok(CaClient {
+            grpc: tonic::client::Grpc::new(channel),
+        })
+    }
+
+    async fn create(
+        &mut self,
+        token: Option<&str>,
+        csr: &str,
+        validity_seconds: i64,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr.to_string(),
+            validity_duration: validity_seconds,
+            metadata: None,
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req.set_timeout(Duration::from_secs(20));
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path = http::uri::PathAndQuery::from_static(
+            "/istio.v1.auth.IstioCertificateService/CreateCertificate",
+        );
+        let codec =
+            tonic_prost::ProstCodec::<IstioCertificateRequest, IstioCertificateResponse>::default();
+        self.grpc
+            .unary(req, path, codec)
+            .await
+            .map(|r| r.into_inner().cert_chain)
+    }
+}
+
+/// A P-256 CSR as an Istio agent makes it: no subject, the SANs given (URIs for `spiffe://`,
+/// DNS names otherwise).
+fn csr(sans: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names = sans
+        .iter()
+        .map(|s| {
+            if s.starts_with("spiffe://") {
+                rcgen::SanType::URI(s.to_string().try_into().unwrap())
+            } else {
+                rcgen::SanType::DnsName(s.to_string().try_into().unwrap())
+            }
+        })
+        .collect();
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn posts_to(api: &RecordedApi, path: &str) -> Vec<Value> {
+    api.requests()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.path() == path)
+        .filter_map(|s| s.body)
+        .collect()
+}
+
+fn puts_to(api: &RecordedApi, path: &str) -> Vec<Value> {
+    api.requests()
+        .into_iter()
+        .filter(|s| s.method == "PUT" && s.path() == path)
+        .filter_map(|s| s.body)
+        .collect()
+}
+
+fn der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// Checks an issued chain: leaf for exactly `identity`, lifetime ≤ `cap` (= `want` seconds),
+/// the root last, verifying against `root_pem`.
+fn check_chain(chain: &[String], identity: &str, want_seconds: i64, root_pem: &str) {
+    assert_eq!(chain.last().map(String::as_str), Some(root_pem));
+    let leaf_der = der(&chain[0]);
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der.as_ref()).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap().value;
+    assert_eq!(
+        san.general_names,
+        vec![x509_parser::extensions::GeneralName::URI(identity)]
+    );
+    assert!(!leaf.is_ca());
+    let v = leaf.validity();
+    let life = (v.not_after.to_datetime() - v.not_before.to_datetime()).whole_seconds();
+    assert_eq!(life, want_seconds);
+    assert!(life <= CAP.as_secs() as i64);
+    sign::verify(
+        chain,
+        &der(root_pem),
+        remora_webhook::certs::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+}
+
+fn gauge(samples: &[remora_e2e::client::Sample], name: &str, filter: &[(&str, &str)]) -> f64 {
+    remora_e2e::client::sum(samples, name, filter)
+}
+
+#[tokio::test]
+async fn issues_the_token_identity_and_refuses_everything_else() {
+    remora_webhook::tls::install_provider();
+    let api = api().await;
+    api.load(&fixture("secrets-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS,
+        Reply::json(201, secret_body("remora-ca", &[], "90100")),
+    );
+    let mut ca = CaProc::start(&api);
+
+    // The root is generated, stored, and published to both meshed namespaces.
+    ca.wait_for("root publication", || {
+        !posts_to(&api, DEFAULT_CMS).is_empty() && !puts_to(&api, OTHER_CM).is_empty()
+    })
+    .await;
+    let stored = posts_to(&api, SECRETS);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["metadata"]["name"], "remora-ca");
+    let root = unb64(&stored[0]["data"]["root-cert.pem"]);
+    assert_eq!(unb64(&stored[0]["data"]["ca-cert.pem"]), root);
+    assert!(unb64(&stored[0]["data"]["ca-key.pem"]).contains("PRIVATE KEY"));
+    let published = &posts_to(&api, DEFAULT_CMS)[0];
+    assert_eq!(published["metadata"]["name"], "remora-ca-root-cert");
+    assert_eq!(published["data"]["root-cert.pem"], root.as_str());
+    let replaced = &puts_to(&api, OTHER_CM)[0];
+    assert_eq!(replaced["metadata"]["resourceVersion"], "4711");
+    assert_eq!(replaced["data"]["root-cert.pem"], root.as_str());
+
+    // A client trusting only the published root.
+    let mut client = ca.client(&root).await;
+    let chain = client
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 48 * 3600)
+        .await
+        .unwrap_or_else(|s| panic!("refused: {s:?}\n{}", ca.proc.log_tail(20)));
+    assert_eq!(chain.len(), 2, "leaf, root");
+    check_chain(&chain, HTTPBIN, CAP.as_secs() as i64, &root);
+    // No validity asked: the default (24h) cut to the cap.
+    let chain = client
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    check_chain(&chain, HTTPBIN, CAP.as_secs() as i64, &root);
+    let chain = client
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 3600)
+        .await
+        .unwrap();
+    check_chain(&chain, HTTPBIN, 3600, &root);
+    // Every TokenReview named the CA's audience.
+    for r in posts_to(&api, TOKENREVIEWS) {
+        assert_eq!(r["spec"]["audiences"], json!(["remora-ca"]), "{r}");
+    }
+
+    let refusals: Vec<(&str, Option<&str>, String, Code, &str)> = vec![
+        ("wrong audience", Some("tok-wrong-audience"), csr(&[HTTPBIN]), Code::Unauthenticated,
+         "token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences [\"remora-ca\"]"),
+        ("expired", Some("tok-expired"), csr(&[HTTPBIN]), Code::Unauthenticated, "service account token has expired"),
+        ("another namespace's identity", Some("tok-other-ns"), csr(&[HTTPBIN]), Code::PermissionDenied,
+         "asks for \"spiffe://cluster.local/ns/default/sa/httpbin\", but the token's identity is spiffe://cluster.local/ns/other/sa/sleep"),
+        ("no token", None, csr(&[HTTPBIN]), Code::Unauthenticated, "no authorization header"),
+        ("DNS SAN", Some("tok-httpbin"), csr(&[HTTPBIN, "httpbin.default.svc"]), Code::InvalidArgument,
+         "names DNS name \"httpbin.default.svc\""),
+    ];
+    let reasons = [
+        "token_rejected",
+        "token_rejected",
+        "identity_mismatch",
+        "unauthenticated",
+        "dns_san",
+    ];
+    for ((what, token, csr, code, want), reason) in refusals.into_iter().zip(reasons) {
+        let s = client.create(token, &csr, 0).await.expect_err(what);
+        assert_eq!(s.code(), code, "{what}: {s:?}");
+        assert!(s.message().contains(want), "{what}: {}", s.message());
+        assert!(
+            s.message().ends_with(&format!("(reason: {reason})")),
+            "{what}: {}",
+            s.message()
+        );
+    }
+
+    // Latency of a whole CreateCertificate (TokenReview to the recorded API included).
+    let n = 50;
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = csr(&[HTTPBIN]);
+        let t = Instant::now();
+        client.create(Some("tok-httpbin"), &c, 0).await.unwrap();
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let m = ca.metrics().await;
+    let issued = gauge(&m, "remora_ca_certificates_issued_total", &[]);
+    assert_eq!(issued, 3.0 + n as f64);
+    for (reason, want) in [
+        ("token_rejected", 2.0),
+        ("identity_mismatch", 1.0),
+        ("unauthenticated", 1.0),
+        ("dns_san", 1.0),
+        ("ca_requested", 0.0),
+    ] {
+        assert_eq!(
+            gauge(
+                &m,
+                "remora_ca_requests_refused_total",
+                &[("reason", reason)]
+            ),
+            want,
+            "{reason}"
+        );
+    }
+    let count = gauge(&m, "remora_ca_sign_seconds_count", &[]);
+    let sum = gauge(&m, "remora_ca_sign_seconds_sum", &[]);
+    assert_eq!(count, issued);
+    println!(
+        "measured: CreateCertificate over TLS/gRPC (TokenReview to the recorded API included), {n} sequential: p50 {:?}, p90 {:?}, max {:?}; sign only (remora_ca_sign_seconds): mean {:.0} µs over {count} certificates",
+        took[n / 2],
+        took[n * 9 / 10],
+        took[n - 1],
+        sum / count * 1e6
+    );
+
+    // One log line per issuance and per refusal, with the identity, pod, serial and expiry.
+    let log = ca.stop_and_log();
+    let issued_lines: Vec<&Value> = log
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("certificate issued for "))
+        })
+        .collect();
+    assert_eq!(issued_lines.len(), 3 + n);
+    let l = issued_lines[0];
+    assert_eq!(l["namespace"], "default");
+    assert_eq!(l["service_account"], "httpbin");
+    assert_eq!(l["pod"], POD);
+    assert_eq!(l["identity"], HTTPBIN);
+    assert!(l["serial"].as_str().is_some_and(|s| s.len() == 32), "{l}");
+    assert!(
+        l["not_after"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{l}"
+    );
+    let refused: Vec<&Value> = log
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("certificate refused: "))
+        })
+        .collect();
+    let got: Vec<&str> = refused
+        .iter()
+        .filter_map(|l| l["reason"].as_str())
+        .collect();
+    assert_eq!(got, reasons);
+    assert_eq!(refused[2]["namespace"], "other");
+    assert_eq!(refused[2]["service_account"], "sleep");
+    assert_eq!(refused[2]["pod"], "sleep-5c7f9d8b4-q9wzl");
+    assert!(log.iter().any(|l| l["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("mesh CA: no root yet: generated an ECDSA P-256 root"))));
+}
+
+/// Two replicas start against one API: the first creates the Secret, the second's create is
+/// answered 409 AlreadyExists and it signs with the winner's root.
+#[tokio::test]
+async fn two_replicas_settle_on_one_root() {
+    remora_webhook::tls::install_provider();
+    let api = api().await;
+    api.load(&fixture("secrets-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS,
+        Reply::json(201, secret_body("remora-ca", &[], "90100")),
+    );
+    api.on(
+        "POST",
+        SECRETS,
+        Reply::status(409, "AlreadyExists", "secrets \"remora-ca\" already exists"),
+    );
+    let mut a = CaProc::start(&api);
+    a.wait_for("the first replica's Secret", || {
+        !posts_to(&api, SECRETS).is_empty()
+    })
+    .await;
+    let winner = &posts_to(&api, SECRETS)[0]["data"];
+    let root = unb64(&winner["root-cert.pem"]);
+    let data = [
+        ("ca-cert.pem", unb64(&winner["ca-cert.pem"])),
+        ("ca-key.pem", unb64(&winner["ca-key.pem"])),
+        ("root-cert.pem", root.clone()),
+    ];
+    // From now on the Secret exists (after one more 404: the second replica's first read).
+    api.on(
+        "GET",
+        ROOT_SECRET,
+        Reply::json(200, secret_body("remora-ca", &data, "90101")),
+    );
+
+    let mut b = CaProc::start(&api);
+    b.wait_for("the second replica's lost create", || {
+        posts_to(&api, SECRETS).len() >= 2
+    })
+    .await;
+    // Both serve (their TLS certificates chain to the one root) and sign with it.
+    for p in [&mut a, &mut b] {
+        let mut c = p.client(&root).await;
+        let chain = c
+            .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 600)
+            .await
+            .unwrap();
+        check_chain(&chain, HTTPBIN, 600, &root);
+    }
+    let log_b = b.stop_and_log();
+    assert!(
+        log_b
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with(
+                "mesh CA: lost the create race (409) for Secret remora-system/remora-ca"
+            ))),
+        "{log_b:?}"
+    );
+    assert!(log_b.iter().any(|l| l["message"]
+        .as_str()
+        .is_some_and(|m| m == "mesh CA: using the root in Secret remora-system/remora-ca")));
+    a.stop_and_log();
+    // Both published the same root.
+    for p in posts_to(&api, DEFAULT_CMS) {
+        assert_eq!(p["data"]["root-cert.pem"], root.as_str());
+    }
+}
+
+/// The user's intermediate from Istio's plug-in Secret `cacerts` wins: nothing is generated,
+/// chains are leaf, intermediate, root, and the plug-in root is published.
+#[tokio::test]
+async fn a_plug_in_cacerts_wins() {
+    remora_webhook::tls::install_provider();
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let mut rp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    rp.distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp Root CA");
+    rp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rp.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let root = rp.self_signed(&root_key).unwrap();
+    let int_key = rcgen::KeyPair::generate().unwrap();
+    let mut ip = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ip.distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp mesh intermediate");
+    ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ip.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let int = ip.signed_by(&int_key, &root, &root_key).unwrap();
+    let api = api().await;
+    api.on(
+        "GET",
+        PLUGIN_SECRET,
+        Reply::json(
+            200,
+            secret_body(
+                "cacerts",
+                &[
+                    ("ca-cert.pem", int.pem()),
+                    ("ca-key.pem", int_key.serialize_pem()),
+                    ("root-cert.pem", root.pem()),
+                    ("cert-chain.pem", format!("{}{}", int.pem(), root.pem())),
+                ],
+                "77",
+            ),
+        ),
+    );
+    let mut ca = CaProc::start(&api);
+    ca.wait_for("root publication", || {
+        !posts_to(&api, DEFAULT_CMS).is_empty()
+    })
+    .await;
+    assert_eq!(
+        posts_to(&api, DEFAULT_CMS)[0]["data"]["root-cert.pem"],
+        root.pem().as_str()
+    );
+    let mut c = ca.client(&root.pem()).await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+    assert_eq!(chain[1], int.pem());
+    check_chain(&chain, HTTPBIN, CAP.as_secs() as i64, &root.pem());
+    let log = ca.stop_and_log();
+    assert!(posts_to(&api, SECRETS).is_empty(), "nothing generated");
+    assert!(
+        !api.requests().iter().any(|s| s.path() == ROOT_SECRET),
+        "the generated root's Secret is not even read"
+    );
+    assert!(log.iter().any(|l| l["message"].as_str().is_some_and(|m| m
+        .starts_with("mesh CA: using the plug-in CA from Secret remora-system/cacerts (it wins"))));
+}

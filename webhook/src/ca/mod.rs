@@ -1,0 +1,411 @@
+//! The mesh CA: workload identity certificates, Istio-compatible (the first slice: the CA
+//! server; the sidecar side is not built yet).
+//!
+//! `remora-webhook serve` runs it on its own TLS port (`--ca-addr`, default `0.0.0.0:15012`):
+//! Istio's `istio.v1.auth.IstioCertificateService/CreateCertificate` over gRPC ([`grpc`]). A
+//! caller sends a CSR with `authorization: Bearer <projected service-account token>`; the token
+//! is checked by the API server with a TokenReview for the CA's audience ([`authn`]), and the
+//! CSR is signed only for that service account's SPIFFE identity ([`sign`], pure rules).
+//!
+//! The root of trust ([`root`]): the user's plug-in CA in Secret `cacerts` (Istio's format)
+//! when present, else a root generated on first start and kept in Secret `remora-ca`, created
+//! race-safely (create; on 409 read the winner's), so every replica signs with the same root.
+//! [`publish`] writes the root into ConfigMap `remora-ca-root-cert` of every meshed namespace.
+
+pub mod authn;
+pub mod grpc;
+pub mod publish;
+pub mod root;
+pub mod sign;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use crate::certs::store::{lost_on_conflict, Write};
+use root::Origin;
+
+/// The plug-in CA Secret's name (Istio's).
+pub const PLUGIN_SECRET: &str = "cacerts";
+
+/// Settings of the CA.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub addr: SocketAddr,
+    pub trust_domain: String,
+    /// Audience the callers' tokens must be issued for.
+    pub audience: String,
+    /// Longest certificate lifetime issued (and the default one, when shorter than 24 h).
+    pub max_ttl: Duration,
+    /// Namespace of the root Secret, the plug-in Secret and the CA's Service.
+    pub namespace: String,
+    /// The generated root's Secret.
+    pub secret: String,
+    /// The CA's Service name: its serving certificate names `<service>.<namespace>.svc` etc.
+    pub service: String,
+    /// Time between root publication passes.
+    pub publish_interval: Duration,
+}
+
+/// Lifetime of a certificate when the request names none (capped by `max_ttl`).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of `--ca-max-cert-ttl`.
+const MIN_TTL: Duration = Duration::from_secs(600);
+const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// The CA's own serving certificate: lifetime and re-issue interval.
+const SERVING_TTL: Duration = Duration::from_secs(7 * 86_400);
+const SERVING_RENEW: Duration = Duration::from_secs(86_400);
+
+impl Options {
+    /// Checks every setting; the error is one line naming the flag, the value and the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        let td = &self.trust_domain;
+        if td.is_empty()
+            || td.len() > 255
+            || !td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            })
+        {
+            return Err(format!(
+                "--trust-domain {td:?}: a SPIFFE trust domain is 1-255 of lowercase letters, digits, '.', '-', '_'"
+            ));
+        }
+        let aud = &self.audience;
+        if aud.is_empty()
+            || aud.len() > 256
+            || aud.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "--ca-token-audience {aud:?}: must be 1-256 characters without spaces"
+            ));
+        }
+        if self.max_ttl < MIN_TTL || self.max_ttl > MAX_TTL {
+            return Err(format!(
+                "--ca-max-cert-ttl {}: must be between {} and {}",
+                crate::certs::issue::fmt_duration(self.max_ttl),
+                crate::certs::issue::fmt_duration(MIN_TTL),
+                crate::certs::issue::fmt_duration(MAX_TTL)
+            ));
+        }
+        for (flag, v) in [
+            ("--ca-secret-namespace", &self.namespace),
+            ("--ca-secret-name", &self.secret),
+            ("--ca-service", &self.service),
+        ] {
+            if v.is_empty()
+                || v.len() > 63
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || v.starts_with('-')
+                || v.ends_with('-')
+            {
+                return Err(format!(
+                    "{flag} {v:?}: must be a DNS label (lowercase letters, digits, '-', at most 63)"
+                ));
+            }
+        }
+        if self.secret == PLUGIN_SECRET {
+            return Err(format!(
+                "--ca-secret-name {PLUGIN_SECRET}: that name is the plug-in CA Secret; pick another"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The signing policy.
+    pub fn policy(&self) -> sign::Policy {
+        sign::Policy {
+            trust_domain: self.trust_domain.clone(),
+            max_ttl: self.max_ttl,
+            default_ttl: DEFAULT_TTL.min(self.max_ttl),
+        }
+    }
+
+    /// DNS names of the CA's serving certificate.
+    pub fn dns_names(&self) -> Vec<String> {
+        let (s, n) = (&self.service, &self.namespace);
+        vec![
+            format!("{s}.{n}.svc"),
+            s.clone(),
+            format!("{s}.{n}"),
+            format!("{s}.{n}.svc.cluster.local"),
+        ]
+    }
+}
+
+/// Prometheus metrics of the CA, in the process's default registry.
+pub mod metrics {
+    use std::sync::LazyLock;
+
+    use prometheus::{
+        register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+        IntCounterVec,
+    };
+
+    use super::sign::Reason;
+
+    static ISSUED: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
+        register_int_counter!(
+            "remora_ca_certificates_issued_total",
+            "Workload certificates issued by the mesh CA."
+        )
+        .ok()
+    });
+
+    static REFUSED: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+        register_int_counter_vec!(
+            "remora_ca_requests_refused_total",
+            "Certificate requests refused by the mesh CA, by reason.",
+            &["reason"]
+        )
+        .ok()
+    });
+
+    static SIGN: LazyLock<Option<Histogram>> = LazyLock::new(|| {
+        register_histogram!(
+            "remora_ca_sign_seconds",
+            "Time to check a CSR and sign its certificate (not the TokenReview).",
+            vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]
+        )
+        .ok()
+    });
+
+    /// Registers every family, with each refusal reason at 0.
+    pub fn init() {
+        LazyLock::force(&ISSUED);
+        LazyLock::force(&SIGN);
+        if let Some(r) = REFUSED.as_ref() {
+            for reason in Reason::ALL {
+                r.with_label_values(&[reason.label()]);
+            }
+        }
+    }
+
+    pub fn issued(seconds: f64) {
+        if let Some(c) = ISSUED.as_ref() {
+            c.inc();
+        }
+        if let Some(h) = SIGN.as_ref() {
+            h.observe(seconds);
+        }
+    }
+
+    pub fn refused(reason: Reason) {
+        if let Some(c) = REFUSED.as_ref() {
+            c.with_label_values(&[reason.label()]).inc();
+        }
+    }
+}
+
+/// At most this many read-decide-write rounds when settling the root (each lost race costs one).
+const ROUNDS: usize = 4;
+
+fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .as_ref()
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Settles the root of trust: the plug-in `cacerts` Secret when it exists (it wins), else the
+/// generated root in `opts.secret`, generated and created now when missing (a lost create
+/// race reads the winner's). A Secret that exists but does not hold a usable CA is an error,
+/// never overwritten.
+pub async fn load_authority(client: &Client, opts: &Options) -> anyhow::Result<root::Authority> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    let ns = &opts.namespace;
+    let plug_id = format!("{ns}/{PLUGIN_SECRET}");
+    let own_id = format!("{ns}/{}", opts.secret);
+    for _ in 0..ROUNDS {
+        let now = OffsetDateTime::now_utc();
+        if let Some(s) = secrets
+            .get_opt(PLUGIN_SECRET)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading Secret {plug_id}: {e}"))?
+        {
+            let a = root::load(&data_of(&s), Origin::PlugIn(plug_id.clone()), now)
+                .map_err(|e| anyhow::anyhow!("plug-in CA Secret {plug_id}: {e}"))?;
+            tracing::info!(secret = %plug_id, ca_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
+                intermediates = a.intermediates.len(),
+                "mesh CA: using the plug-in CA from Secret {plug_id} (it wins over a generated root in {own_id})");
+            return Ok(a);
+        }
+        if let Some(s) = secrets
+            .get_opt(&opts.secret)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading Secret {own_id}: {e}"))?
+        {
+            let a =
+                root::load(&data_of(&s), Origin::Generated(own_id.clone()), now).map_err(|e| {
+                    anyhow::anyhow!("root Secret {own_id}: {e} (not overwritten: fix or delete it)")
+                })?;
+            tracing::info!(secret = %own_id, root_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
+                "mesh CA: using the root in Secret {own_id}");
+            return Ok(a);
+        }
+        let data = root::generate(now, root::ROOT_VALIDITY, &opts.trust_domain)
+            .map_err(|e| anyhow::anyhow!("mesh CA: {e}"))?;
+        let a = root::load(&data, Origin::Generated(own_id.clone()), now)
+            .map_err(|e| anyhow::anyhow!("mesh CA: the generated root is unusable: {e}"))?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(opts.secret.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(
+                    [
+                        ("app.kubernetes.io/name", "remora-ca"),
+                        ("app.kubernetes.io/part-of", "remora"),
+                        ("app.kubernetes.io/managed-by", "remora-webhook"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            ..Secret::default()
+        };
+        match lost_on_conflict(secrets.create(&PostParams::default(), &secret).await)
+            .map_err(|e| anyhow::anyhow!("creating Secret {own_id}: {e}"))?
+        {
+            Write::Done => {
+                tracing::info!(secret = %own_id, root_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
+                    "mesh CA: no root yet: generated an ECDSA P-256 root and stored it in Secret {own_id}");
+                return Ok(a);
+            }
+            Write::Lost => {
+                tracing::info!(secret = %own_id,
+                    "mesh CA: lost the create race (409) for Secret {own_id}; reading the winner's root");
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "Secret {own_id}: still losing create races after {ROUNDS} rounds"
+    ))
+}
+
+/// The running CA.
+pub struct Running {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `opts.addr` now (a bad address is an error here), then in the background: settles the
+/// root (retrying with backoff while the API server or the Secret is not usable), publishes it,
+/// and serves. Requests are accepted only once the root is loaded.
+pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
+    opts.validate().map_err(|e| anyhow::anyhow!(e))?;
+    metrics::init();
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--ca-addr {}: cannot listen: {e}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %addr, trust_domain = %opts.trust_domain, audience = %opts.audience,
+        max_cert_ttl = %crate::certs::issue::fmt_duration(opts.max_ttl),
+        "mesh CA listening on {addr}; loading the root of trust");
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        let authority = loop {
+            match load_authority(&client, &opts).await {
+                Ok(a) => break Arc::new(a),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_seconds = backoff.as_secs(),
+                        "mesh CA: root of trust not loaded; not serving yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let names = opts.dns_names();
+        let resolver = match serving_key(&authority, &names) {
+            Ok(k) => crate::tls::CertResolver::from_pair(k),
+            Err(e) => {
+                tracing::error!(error = %e, "mesh CA: cannot issue its own serving certificate; not serving");
+                return;
+            }
+        };
+        let tls = match grpc::tls_config(resolver.clone()) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "mesh CA: TLS config; not serving");
+                return;
+            }
+        };
+        // Re-issue the serving certificate well before it expires.
+        let renew_authority = authority.clone();
+        let renew_names = names.clone();
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SERVING_RENEW).await;
+                match serving_key(&renew_authority, &renew_names) {
+                    Ok(k) => {
+                        resolver.set(k);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mesh CA: serving certificate renewal failed; keeping the current one")
+                    }
+                }
+            }
+        });
+        let publisher = tokio::spawn(publish::run(
+            client.clone(),
+            authority.root_pem.clone(),
+            opts.publish_interval,
+        ));
+        let authn = authn::Authenticator::new(client, &opts.audience, Duration::from_secs(10));
+        let limits = grpc::Limits::default();
+        let ca = Arc::new(grpc::Ca::new(
+            authority.clone(),
+            authn,
+            opts.policy(),
+            limits.clone(),
+        ));
+        tracing::info!(addr = %addr, origin = %authority.origin, server_name = %names[0],
+            "mesh CA serving istio.v1.auth.IstioCertificateService on {addr}");
+        // Aborting this task drops the guards, which end the helpers.
+        let _guards = (AbortOnDrop(renew), AbortOnDrop(publisher));
+        grpc::serve(listener, tls, grpc::CaService::new(ca), limits).await;
+    });
+    Ok(Running { addr, task })
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn serving_key(
+    a: &root::Authority,
+    names: &[String],
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let (chain, key) = sign::serving(a, names, SERVING_TTL, OffsetDateTime::now_utc())?;
+    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    rustls::sign::CertifiedKey::from_der(chain, key_der, &rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("serving key: {e}"))
+}
