@@ -199,8 +199,13 @@ pub async fn proxy(
         Ok(plan) => plan,
         Err((flag, reason)) => return refuse(&mut labels, flag, reason),
     };
-    if let Some(svc) = &plan.service {
-        labels.destination_service = svc.clone();
+    match &plan.service {
+        Some(svc) => labels.destination_service = svc.clone(),
+        // Left to its original destination: Istio's PassthroughCluster, whatever the address.
+        None if dir == Direction::Outbound => {
+            labels.destination_service = telemetry::PASSTHROUGH.to_string()
+        }
+        None => {}
     }
     let target = plan.target;
     // `connectionPool.tcp.maxConnections`: held until the connection ends.
