@@ -294,6 +294,9 @@ impl ProxyHttp for MeshHttp {
             }
             Decision::Deny { status, reason } => {
                 ctx.flags = flags::NO_ROUTE;
+                if reason.starts_with(route::BLACK_HOLE) {
+                    ctx.destination_service = Cow::Borrowed(route::BLACK_HOLE);
+                }
                 ctx.error = Some(reason.clone());
                 local_reply::send(session, ctx, status, &[], &format!("{reason}\n")).await
             }

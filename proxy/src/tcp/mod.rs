@@ -197,7 +197,13 @@ pub async fn proxy(
     };
     let plan = match decided {
         Ok(plan) => plan,
-        Err((flag, reason)) => return refuse(&mut labels, flag, reason),
+        Err((flag, reason)) => {
+            // Istio's BlackHoleCluster (REGISTRY_ONLY): the label names it, not the address.
+            if reason.starts_with(crate::route::BLACK_HOLE) {
+                labels.destination_service = crate::route::BLACK_HOLE.to_string();
+            }
+            return refuse(&mut labels, flag, reason);
+        }
     };
     match &plan.service {
         Some(svc) => labels.destination_service = svc.clone(),
