@@ -166,14 +166,14 @@ spec:
 
     let m = p.metrics_when(
         "istio_requests_total",
-        &["destination_service=\"unknown.example:80\""],
+        &["destination_service=\"PassthroughCluster\""],
         1.0,
     );
     assert_eq!(
         metric_value(
             &m,
             "istio_requests_total",
-            &["destination_service=\"unknown.example:80\""]
+            &["destination_service=\"PassthroughCluster\""]
         ),
         1.0,
         "{m}"

@@ -254,7 +254,8 @@ fn default_route_retries_like_istio_and_never_a_post() {
     assert_eq!(r.status, 503);
     assert_eq!(failing.hits(), 5, "passthrough: one try");
     let l = p.wait_log(|l| l["path"] == "/by-ip");
-    assert_eq!(l["destination_service"], target.as_str(), "{l}");
+    assert_eq!(l["destination_service"], "PassthroughCluster", "{l}");
+    assert_eq!(l["authority"], target.as_str(), "{l}");
     assert_eq!(
         failing.methods.lock().unwrap().as_slice(),
         ["GET", "GET", "GET", "POST", "GET"]

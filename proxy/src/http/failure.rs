@@ -1,7 +1,7 @@
 //! What an upstream failure is answered with: Envoy's status and response flag for each kind of
 //! failure, and for gRPC requests a trailers-only response carrying the mapped gRPC status.
 
-use super::grpc_status::{grpc_error_response, grpc_status_for_http};
+use super::grpc_status::{code_label, grpc_error_response, grpc_status_for_http};
 use super::ReqCtx;
 use crate::telemetry::flags;
 use bytes::Bytes;
@@ -55,7 +55,7 @@ pub(super) async fn answer(session: &mut Session, e: &Error, ctx: &mut ReqCtx) -
         let msg = format!("upstream error: {}", e.etype().as_str());
         match grpc_error_response(code, &msg) {
             Ok(resp) => {
-                ctx.grpc_status = Some(grpc_status_for_http(code).to_string());
+                ctx.grpc_status = code_label(grpc_status_for_http(code));
                 if session.write_response_header(resp, true).await.is_err() {
                     debug!("could not send the gRPC error response to the downstream");
                 }

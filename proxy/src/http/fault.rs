@@ -1,7 +1,7 @@
 //! Fault injection (a route's `fault`): delay the request, or abort it with an HTTP or gRPC
 //! status, before any upstream work.
 
-use super::{local_reply, ReqCtx};
+use super::{grpc_status, local_reply, ReqCtx};
 use crate::policy;
 use crate::route::Forward;
 use crate::telemetry::flags;
@@ -23,7 +23,7 @@ pub(super) async fn inject(session: &mut Session, ctx: &mut ReqCtx, f: &Forward)
         Some(policy::fault::Abort::Grpc(code)) => {
             ctx.flags = flags::FAULT_INJECTED;
             let c = code.to_string();
-            ctx.grpc_status = Some(c.clone());
+            ctx.grpc_status = grpc_status::code_label(code.into());
             local_reply::send(
                 session,
                 ctx,

@@ -39,16 +39,39 @@ pub(super) fn grpc_error_response(code: u16, message: &str) -> Result<Box<Respon
     Ok(Box::new(resp))
 }
 
-/// Remember the `grpc-status` of an upstream's response headers or trailers.
+/// The gRPC status codes as label values (`0`..=`16`).
+const CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// The label value of gRPC status `code`, if it is one (`0`..=`16`).
+pub fn code_label(code: u32) -> Option<&'static str> {
+    CODES.get(code as usize).copied()
+}
+
+/// Remember the `grpc-status` of an upstream's response headers or trailers, when it is a
+/// gRPC status code: metrics label it, and a value the upstream made up (`999`, `abc`) would
+/// be a new series per value. Anything else leaves the status unknown (empty).
 pub(super) fn note_upstream(ctx: &mut ReqCtx, headers: &http::HeaderMap) {
-    if let Some(g) = headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
-        ctx.grpc_status = Some(g.to_string());
+    if let Some(g) = headers.get("grpc-status") {
+        ctx.grpc_status = std::str::from_utf8(g.as_bytes())
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .and_then(code_label);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_grpc_codes_are_labels() {
+        assert_eq!(code_label(0), Some("0"));
+        assert_eq!(code_label(16), Some("16"));
+        assert_eq!(code_label(17), None);
+        assert_eq!(code_label(999), None);
+    }
 
     #[test]
     fn grpc_local_replies_map_http_status_like_envoy() {

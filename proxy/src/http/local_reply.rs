@@ -2,7 +2,7 @@
 //! abort, overflow, no route, redirects, direct responses): plain text, or a gRPC status for
 //! gRPC requests.
 
-use super::grpc_status::{grpc_error_response, grpc_status_for_http};
+use super::grpc_status::{code_label, grpc_error_response, grpc_status_for_http};
 use super::ReqCtx;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -23,7 +23,7 @@ pub(super) async fn send(
         let mut resp = grpc_error_response(status, body.trim())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         ctx.local_status = Some(200);
-        ctx.grpc_status = Some(grpc_status_for_http(status).to_string());
+        ctx.grpc_status = code_label(grpc_status_for_http(status));
         session.write_response_header(resp, true).await?;
         return Ok(true);
     }

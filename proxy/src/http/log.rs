@@ -64,7 +64,7 @@ pub(super) fn record(
         destination_service: &ctx.destination_service,
         request_protocol: if ctx.grpc { "grpc" } else { "http" },
         response_code: status,
-        grpc_response_status: ctx.grpc_status.as_deref().unwrap_or_default(),
+        grpc_response_status: ctx.grpc_status.unwrap_or_default(),
         response_flags,
     };
     Metrics::get().record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);

@@ -36,6 +36,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,13 +55,16 @@ pub struct ReqCtx {
     traceparent: Option<String>,
     route_name: Option<String>,
     virtual_service: Option<String>,
-    destination_service: String,
+    /// The service label of metrics and the access log: from the rules, discovery or the
+    /// workload's identity, never the raw Host (see [`log`]).
+    destination_service: Cow<'static, str>,
     forward: Option<ForwardOps>,
     response_ops: HeaderOps,
     flags: &'static str,
     local_status: Option<u16>,
     grpc: bool,
-    grpc_status: Option<String>,
+    /// A gRPC status code (`0`..=`16`) as its label value.
+    grpc_status: Option<&'static str>,
     error: Option<String>,
     /// Traffic policies of this request (outbound requests with a route decision).
     policy: Option<RequestPolicy>,
@@ -120,6 +124,43 @@ fn note_request(req: &RequestHeader, ctx: &mut ReqCtx) {
         .is_some_and(|c| c.starts_with("application/grpc"));
 }
 
+/// The service an inbound request names, as metrics label it: the request's Host when it names
+/// a service known to configuration or discovery (this workload's own Service
+/// `<workload>.<namespace>.svc.<domain>`, the Service whose ClusterIP the request came to, a
+/// host discovery knows, a ServiceEntry host), else `unknown`. Never the raw Host: a client
+/// could make up one per request, and each would be a new series.
+fn inbound_service(
+    snap: &Snapshot,
+    s: &crate::state::Settings,
+    authority: &str,
+    dst: SocketAddr,
+) -> Cow<'static, str> {
+    let unknown = Cow::Borrowed(telemetry::UNKNOWN);
+    let (host, _) = remora_model::host::split_authority(authority);
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return unknown;
+    }
+    let (ns, domain) = (&snap.ctx.namespace, &snap.ctx.cluster_domain);
+    let own = |c: &str| {
+        c.strip_suffix(domain.as_str())
+            .and_then(|c| c.strip_suffix(".svc."))
+            .and_then(|c| c.strip_suffix(ns.as_str()))
+            .and_then(|c| c.strip_suffix('.'))
+            == Some(s.workload.name.as_str())
+    };
+    let cands = remora_model::host::candidates(&host, ns, domain);
+    let by_ip = snap.endpoints.host_of_ip(dst.ip());
+    cands
+        .into_iter()
+        .find(|c| {
+            own(c)
+                || by_ip.as_deref() == Some(c.as_str())
+                || snap.endpoints.has_port(c, dst.port()).is_some()
+                || snap.best_service_entry(std::slice::from_ref(c)).is_some()
+        })
+        .map_or(unknown, Cow::Owned)
+}
+
 impl MeshHttp {
     /// A request the rules forward: the request steps in order, each of which may answer it
     /// (`Ok(true)`, as `request_filter` returns it).
@@ -134,7 +175,7 @@ impl MeshHttp {
         let port = if f.port == 0 { dst.port() } else { f.port };
         ctx.route_name = f.route_name.clone();
         ctx.virtual_service = f.virtual_service.clone();
-        ctx.destination_service = f.host.clone();
+        ctx.destination_service = Cow::Owned(f.host.clone());
         let policies = &self.shared.policies;
         if ratelimit::check(session, ctx, policies, snap, &f).await? {
             return Ok(true);
@@ -192,7 +233,7 @@ impl ProxyHttp for MeshHttp {
             traceparent: None,
             route_name: None,
             virtual_service: None,
-            destination_service: String::new(),
+            destination_service: Cow::Borrowed(telemetry::UNKNOWN),
             forward: None,
             response_ops: HeaderOps::default(),
             flags: flags::NONE,
@@ -222,13 +263,11 @@ impl ProxyHttp for MeshHttp {
             ctx.flags = flags::NO_ROUTE;
             return local_reply::send(session, ctx, 503, &[], "no original destination\n").await;
         };
-        ctx.destination_service = if ctx.authority.is_empty() {
-            dst.to_string()
-        } else {
-            ctx.authority.clone()
-        };
         if self.dir == Direction::Inbound {
             ctx.upstream = Some(dst);
+            let snap = self.shared.snapshot.load();
+            ctx.destination_service =
+                inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
             return Ok(false);
         }
         let snap = self.shared.snapshot.load_full();
@@ -246,6 +285,7 @@ impl ProxyHttp for MeshHttp {
         match decision {
             Decision::Passthrough => {
                 ctx.upstream = Some(dst);
+                ctx.destination_service = Cow::Borrowed(telemetry::PASSTHROUGH);
                 Ok(false)
             }
             Decision::Forward(f) => self.forward(session, ctx, &snap, f, dst).await,
@@ -254,6 +294,9 @@ impl ProxyHttp for MeshHttp {
             }
             Decision::Deny { status, reason } => {
                 ctx.flags = flags::NO_ROUTE;
+                if reason.starts_with(route::BLACK_HOLE) {
+                    ctx.destination_service = Cow::Borrowed(route::BLACK_HOLE);
+                }
                 ctx.error = Some(reason.clone());
                 local_reply::send(session, ctx, status, &[], &format!("{reason}\n")).await
             }

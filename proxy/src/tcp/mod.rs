@@ -197,10 +197,21 @@ pub async fn proxy(
     };
     let plan = match decided {
         Ok(plan) => plan,
-        Err((flag, reason)) => return refuse(&mut labels, flag, reason),
+        Err((flag, reason)) => {
+            // Istio's BlackHoleCluster (REGISTRY_ONLY): the label names it, not the address.
+            if reason.starts_with(crate::route::BLACK_HOLE) {
+                labels.destination_service = crate::route::BLACK_HOLE.to_string();
+            }
+            return refuse(&mut labels, flag, reason);
+        }
     };
-    if let Some(svc) = &plan.service {
-        labels.destination_service = svc.clone();
+    match &plan.service {
+        Some(svc) => labels.destination_service = svc.clone(),
+        // Left to its original destination: Istio's PassthroughCluster, whatever the address.
+        None if dir == Direction::Outbound => {
+            labels.destination_service = telemetry::PASSTHROUGH.to_string()
+        }
+        None => {}
     }
     let target = plan.target;
     // `connectionPool.tcp.maxConnections`: held until the connection ends.

@@ -309,7 +309,7 @@ pub struct HttpLogEntry<'a> {
     pub downstream: Option<std::net::SocketAddr>,
     pub route_name: Option<String>,
     pub virtual_service: Option<String>,
-    pub destination_service: String,
+    pub destination_service: std::borrow::Cow<'static, str>,
     pub response_flags: &'a str,
     pub bytes_received: u64,
     pub bytes_sent: u64,

@@ -69,6 +69,61 @@ pub struct Metrics {
     pub downstream_rejected: IntCounterVec,
     /// Downstream connections open now, by listener (the per-proxy cap counts them all).
     pub downstream_connections: IntGaugeVec,
+    /// Label sets not registered because their family reached the series cap, by family.
+    pub series_dropped: IntCounterVec,
+    /// The HTTP families' label sets (they share them) under the cap.
+    http_gate: SeriesGate,
+    /// The TCP families' label sets under the cap.
+    tcp_gate: SeriesGate,
+    /// `series_dropped` of each HTTP and TCP family, resolved once.
+    http_dropped: [prometheus::IntCounter; 4],
+    tcp_dropped: [prometheus::IntCounter; 4],
+}
+
+/// The default of `REMORA_METRIC_SERIES_MAX`: series per metric family.
+pub const DEFAULT_SERIES_MAX: usize = 10_000;
+
+/// The cap on series per metric family (`REMORA_METRIC_SERIES_MAX`, default
+/// [`DEFAULT_SERIES_MAX`]), read once.
+fn series_max() -> usize {
+    std::env::var("REMORA_METRIC_SERIES_MAX")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_SERIES_MAX)
+}
+
+/// The label sets registered in a group of metric families that share them, up to a cap.
+///
+/// Label values come from configuration and identity, so the cap is a backstop: it is only
+/// consulted when a label set is new to the asking thread's cache (HTTP) or once per TCP
+/// connection event, never per request on a label set already seen. The set holds the label
+/// sets' 64-bit hashes (two sets colliding count once, which can only let the family pass the
+/// cap by the odd series).
+struct SeriesGate {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl SeriesGate {
+    fn new(max: usize) -> SeriesGate {
+        SeriesGate {
+            max,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// May the label set hashing to `hash` have series (already registered, or room for it)?
+    fn admit(&self, hash: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&hash) {
+            return true;
+        }
+        if seen.len() >= self.max {
+            return false;
+        }
+        seen.insert(hash);
+        true
+    }
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -88,7 +143,8 @@ const SERIES_CACHE_MAX: usize = 4096;
 thread_local! {
     /// By [`label_hash`]: one label set per hash (a colliding set replaces it, which only costs
     /// a lookup in the metric families).
-    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<u64, (HttpLabels, HttpSeries)>> =
+    /// `None`: the series cap refused the label set (its requests only count as dropped).
+    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<u64, (HttpLabels, Option<HttpSeries>)>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
@@ -172,65 +228,90 @@ fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> Histog
 impl Metrics {
     /// The process-wide metrics (registered in the default registry on first use).
     pub fn get() -> &'static Metrics {
-        METRICS.get_or_init(|| Metrics {
-            requests_total: counter(
-                "istio_requests_total",
-                "Requests handled by the proxy",
-                HTTP_LABELS,
-            ),
-            request_duration_ms: histogram(
-                "istio_request_duration_milliseconds",
-                "Request duration in milliseconds",
-                DURATION_BUCKETS_MS,
-                HTTP_LABELS,
-            ),
-            request_bytes: histogram(
-                "istio_request_bytes",
-                "Request body size in bytes",
-                SIZE_BUCKETS,
-                HTTP_LABELS,
-            ),
-            response_bytes: histogram(
-                "istio_response_bytes",
-                "Response body size in bytes",
-                SIZE_BUCKETS,
-                HTTP_LABELS,
-            ),
-            tcp_opened: counter(
-                "istio_tcp_connections_opened_total",
-                "TCP connections opened",
-                TCP_LABELS,
-            ),
-            tcp_closed: counter(
-                "istio_tcp_connections_closed_total",
-                "TCP connections closed",
-                TCP_LABELS,
-            ),
-            tcp_sent_bytes: counter(
-                "istio_tcp_sent_bytes_total",
-                "Bytes sent to the downstream during TCP proxying (response direction)",
-                TCP_LABELS,
-            ),
-            tcp_received_bytes: counter(
-                "istio_tcp_received_bytes_total",
-                "Bytes received from the downstream during TCP proxying (request direction)",
-                TCP_LABELS,
-            ),
-            refused_connections: counter(
-                "remora_refused_connections_total",
-                "Connections the proxy refused before proxying, by reason",
-                &["listener", "reason"],
-            ),
-            downstream_rejected: counter(
-                "remora_downstream_rejected_total",
-                "Downstream connections or requests turned away by the abuse limits, by reason",
-                &["listener", "reason"],
-            ),
-            downstream_connections: gauge(
-                "remora_downstream_connections",
-                "Downstream connections open now",
-                &["listener"],
-            ),
+        METRICS.get_or_init(|| {
+            let series_dropped = counter(
+                "remora_metric_series_dropped_total",
+                "Label sets not registered because their metric family reached the series cap \
+                 (REMORA_METRIC_SERIES_MAX), by family",
+                &["metric"],
+            );
+            let dropped = |names: [&str; 4]| names.map(|n| series_dropped.with_label_values(&[n]));
+            let max = series_max();
+            Metrics {
+                http_dropped: dropped([
+                    "istio_requests_total",
+                    "istio_request_duration_milliseconds",
+                    "istio_request_bytes",
+                    "istio_response_bytes",
+                ]),
+                tcp_dropped: dropped([
+                    "istio_tcp_connections_opened_total",
+                    "istio_tcp_connections_closed_total",
+                    "istio_tcp_sent_bytes_total",
+                    "istio_tcp_received_bytes_total",
+                ]),
+                series_dropped,
+                http_gate: SeriesGate::new(max),
+                tcp_gate: SeriesGate::new(max),
+                requests_total: counter(
+                    "istio_requests_total",
+                    "Requests handled by the proxy",
+                    HTTP_LABELS,
+                ),
+                request_duration_ms: histogram(
+                    "istio_request_duration_milliseconds",
+                    "Request duration in milliseconds",
+                    DURATION_BUCKETS_MS,
+                    HTTP_LABELS,
+                ),
+                request_bytes: histogram(
+                    "istio_request_bytes",
+                    "Request body size in bytes",
+                    SIZE_BUCKETS,
+                    HTTP_LABELS,
+                ),
+                response_bytes: histogram(
+                    "istio_response_bytes",
+                    "Response body size in bytes",
+                    SIZE_BUCKETS,
+                    HTTP_LABELS,
+                ),
+                tcp_opened: counter(
+                    "istio_tcp_connections_opened_total",
+                    "TCP connections opened",
+                    TCP_LABELS,
+                ),
+                tcp_closed: counter(
+                    "istio_tcp_connections_closed_total",
+                    "TCP connections closed",
+                    TCP_LABELS,
+                ),
+                tcp_sent_bytes: counter(
+                    "istio_tcp_sent_bytes_total",
+                    "Bytes sent to the downstream during TCP proxying (response direction)",
+                    TCP_LABELS,
+                ),
+                tcp_received_bytes: counter(
+                    "istio_tcp_received_bytes_total",
+                    "Bytes received from the downstream during TCP proxying (request direction)",
+                    TCP_LABELS,
+                ),
+                refused_connections: counter(
+                    "remora_refused_connections_total",
+                    "Connections the proxy refused before proxying, by reason",
+                    &["listener", "reason"],
+                ),
+                downstream_rejected: counter(
+                    "remora_downstream_rejected_total",
+                    "Downstream connections or requests turned away by the abuse limits, by reason",
+                    &["listener", "reason"],
+                ),
+                downstream_connections: gauge(
+                    "remora_downstream_connections",
+                    "Downstream connections open now",
+                    &["listener"],
+                ),
+            }
         })
     }
 
@@ -240,6 +321,9 @@ impl Metrics {
     }
 
     /// Record one finished HTTP request (labels borrowed from the request's state).
+    ///
+    /// The common path is a thread-local lookup by a cheap hash: no lock, no allocation. Only
+    /// a label set new to this thread takes the series cap's lock (and allocates its key).
     pub fn record_http_ref(
         &self,
         l: &HttpLabelsRef<'_>,
@@ -258,20 +342,28 @@ impl Metrics {
                         cache.clear();
                     }
                     let key = l.owned();
-                    let owned = key.values();
-                    let values = refs(&owned);
-                    let series = HttpSeries {
-                        requests: self.requests_total.with_label_values(&values),
-                        duration_ms: self.request_duration_ms.with_label_values(&values),
-                        request_bytes: self.request_bytes.with_label_values(&values),
-                        response_bytes: self.response_bytes.with_label_values(&values),
-                    };
+                    let series = self.http_gate.admit(hash).then(|| {
+                        let owned = key.values();
+                        let values = refs(&owned);
+                        HttpSeries {
+                            requests: self.requests_total.with_label_values(&values),
+                            duration_ms: self.request_duration_ms.with_label_values(&values),
+                            request_bytes: self.request_bytes.with_label_values(&values),
+                            response_bytes: self.response_bytes.with_label_values(&values),
+                        }
+                    });
                     cache.insert(hash, (key, series));
                     match cache.get(&hash) {
                         Some((_, s)) => s,
                         None => return,
                     }
                 }
+            };
+            let Some(s) = s else {
+                for d in &self.http_dropped {
+                    d.inc();
+                }
+                return;
             };
             s.requests.inc();
             s.duration_ms.observe(duration_ms);
@@ -281,14 +373,32 @@ impl Metrics {
     }
 
     /// Record a TCP connection opening.
+    ///
+    /// Once per connection event (not per request): the series cap's lock is taken here.
     pub fn tcp_open(&self, l: &TcpLabels) {
         let owned = l.values();
+        if !self.tcp_admit(&owned) {
+            self.tcp_dropped[0].inc();
+            return;
+        }
         self.tcp_opened.with_label_values(&refs(&owned)).inc();
+    }
+
+    fn tcp_admit(&self, values: &[String]) -> bool {
+        let mut h = WordHasher::default();
+        std::hash::Hash::hash(values, &mut h);
+        self.tcp_gate.admit(std::hash::Hasher::finish(&h))
     }
 
     /// Record a TCP connection closing with its byte counts.
     pub fn tcp_close(&self, l: &TcpLabels, received: u64, sent: u64) {
         let owned = l.values();
+        if !self.tcp_admit(&owned) {
+            for d in &self.tcp_dropped[1..] {
+                d.inc();
+            }
+            return;
+        }
         let values = refs(&owned);
         self.tcp_closed.with_label_values(&values).inc();
         self.tcp_received_bytes

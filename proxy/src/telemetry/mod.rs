@@ -9,6 +9,13 @@ pub mod metrics;
 pub use accesslog::{AccessLog, HttpLogEntry, TcpLogEntry};
 pub use metrics::{HttpLabels, HttpLabelsRef, Metrics, TcpLabels};
 
+/// `destination_service` of a request or connection the rules leave to its original
+/// destination (Istio's `PassthroughCluster`).
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+
+/// A label value that is not known (no service the configuration or discovery knows).
+pub const UNKNOWN: &str = "unknown";
+
 /// The identity of the workload this proxy runs beside (labels `source_workload` on outbound,
 /// `destination_workload` on inbound).
 #[derive(Clone, Debug, PartialEq, Eq)]
