@@ -6,7 +6,7 @@
 //! TCP bytes to the destination.
 
 use crate::detect::{self, Detected, SniffEnd};
-use crate::guard::{self, Guard, HeadRead};
+use crate::guard::{self, Guard, HeadRead, Reject};
 use crate::http::MeshHttp;
 use crate::rules::Protocol;
 use crate::state::{Direction, Settings, Shared};
@@ -20,6 +20,8 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 use tracing::{debug, info, warn};
 
@@ -124,7 +126,7 @@ impl ServerApp for CaptureApp {
         };
         let (stream, detected, how, sni) = match wait {
             None => (stream, Detected::Tcp, "rules", None),
-            Some(wait) => match detect::sniff(stream, wait).await {
+            Some(wait) => match detect::sniff(stream, wait, is_http_port).await {
                 Ok(x) => {
                     let how = match (declared, x.end) {
                         (Some(_), _) => "rules+sniff",
@@ -138,7 +140,24 @@ impl ServerApp for CaptureApp {
                         (_, d, _) => d,
                     };
                     if is_http_port && detected == Detected::Tcp {
-                        warn!(%dst, "port declared HTTP but the client sent non-HTTP bytes; proxying as TCP");
+                        // A port the rules declare HTTP speaks HTTP: never bypass the HTTP
+                        // limits and policies as raw TCP.
+                        if x.end == SniffEnd::Bytes {
+                            guard::record(
+                                self.dir.as_str(),
+                                Reject::NotHttp,
+                                &format!("from {peer:?} to {dst}: port declared HTTP, the client sent non-HTTP bytes"),
+                            );
+                            let mut s = x.stream;
+                            if let Some(a) = guard::reject::answer(Reject::NotHttp) {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                    let _ = s.write_all(&a).await;
+                                    let _ = s.shutdown().await;
+                                })
+                                .await;
+                            }
+                        }
+                        return None;
                     }
                     (x.stream, detected, how, x.sni)
                 }

@@ -22,6 +22,9 @@ pub enum Reject {
     HeaderTimeout,
     /// A keep-alive connection idle for longer than the idle timeout: closed.
     IdleTimeout,
+    /// Bytes that are neither an HTTP/1 request nor the h2 preface on a port the rules declare
+    /// HTTP: 400, never forwarded.
+    NotHttp,
 }
 
 impl Reject {
@@ -34,6 +37,7 @@ impl Reject {
             Reject::TooManyHeaders => "too_many_headers",
             Reject::HeaderTimeout => "header_timeout",
             Reject::IdleTimeout => "idle_timeout",
+            Reject::NotHttp => "not_http",
         }
     }
 
@@ -45,6 +49,7 @@ impl Reject {
                 Some((431, "Request Header Fields Too Large"))
             }
             Reject::HeaderTimeout => Some((408, "Request Timeout")),
+            Reject::NotHttp => Some((400, "Bad Request")),
             Reject::ConnectionLimit | Reject::IdleTimeout => None,
         }
     }
