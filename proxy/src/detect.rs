@@ -123,11 +123,7 @@ pub fn classify_declared_http(buf: &[u8]) -> Verdict {
 /// [`classify_declared_http`] when `declared_http`, else [`classify`]). The bytes read are put
 /// back into the stream, so whoever handles it next sees the connection from its first byte.
 /// Streams that are not plain TCP streams are returned untouched as `Tcp`/`Unsupported`.
-pub async fn sniff(
-    stream: Stream,
-    wait: Duration,
-    declared_http: bool,
-) -> Result<Sniffed, String> {
+pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Result<Sniffed, String> {
     if !stream.as_any().is::<L4Stream>() {
         return Ok(Sniffed {
             stream,
@@ -318,9 +314,17 @@ mod tests {
             (b"hello\r\n", is(Tcp)),
             (b"\x00\x01garbage", is(Tcp)),
         ] {
-            assert_eq!(classify_declared_http(b), v, "{:?}", String::from_utf8_lossy(b));
+            assert_eq!(
+                classify_declared_http(b),
+                v,
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
         }
-        assert_eq!(classify_declared_http(&[b'A'; MAX_METHOD_LEN]), Verdict::NeedMore);
+        assert_eq!(
+            classify_declared_http(&[b'A'; MAX_METHOD_LEN]),
+            Verdict::NeedMore
+        );
         assert_eq!(
             classify_declared_http(&[b'A'; MAX_METHOD_LEN + 1]),
             Verdict::Is(Tcp)

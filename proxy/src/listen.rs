@@ -6,6 +6,7 @@
 //! TCP bytes to the destination.
 
 use crate::detect::{self, Detected, SniffEnd};
+use crate::guard::stream_idle::StreamIdleApp;
 use crate::guard::{self, Guard, HeadRead, Reject};
 use crate::http::MeshHttp;
 use crate::rules::Protocol;
@@ -14,7 +15,7 @@ use crate::tcp;
 use crate::telemetry::Metrics;
 use crate::upstream;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -48,13 +49,14 @@ pub fn is_self_destination(
 pub struct CaptureApp {
     pub dir: Direction,
     pub shared: Arc<Shared>,
-    /// HTTP/1.1 proxy (h2c off: we already know it is HTTP/1).
-    pub h1: Arc<HttpProxy<MeshHttp>>,
-    /// h2c proxy (prior knowledge: the preface was seen).
-    pub h2: Arc<HttpProxy<MeshHttp>>,
+    /// HTTP/1.1 proxy (h2c off: we already know it is HTTP/1), each request under the stream
+    /// idle and downstream write timeouts.
+    pub h1: Arc<StreamIdleApp<HttpProxy<MeshHttp>>>,
+    /// h2c proxy (prior knowledge: the preface was seen), each stream under the same timeouts.
+    pub h2: Arc<StreamIdleApp<HttpProxy<MeshHttp>>>,
     /// DNS for TCP routes to hosts without endpoints.
     pub resolver: Arc<upstream::HostResolver>,
-    /// Abuse limits and the per-proxy connection cap (one `Guard` shared by every listener).
+    /// Abuse limits and the connection caps (one `Guard` shared by every listener).
     pub guard: Arc<Guard>,
 }
 
@@ -78,14 +80,15 @@ impl ServerApp for CaptureApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // The per-proxy connection cap comes first: nothing is read from a connection over it.
-        let Some(_slot) = self.guard.gate.try_acquire(self.dir.as_str()) else {
+        // This listener's connection cap comes first: nothing is read from a connection over it.
+        let listener = self.dir.as_str();
+        let Some(_slot) = self.guard.gate(listener).try_acquire(listener) else {
             guard::record(
-                self.dir.as_str(),
+                listener,
                 guard::Reject::ConnectionLimit,
                 &format!(
-                    "{} downstream connections open (--max-downstream-connections); closed",
-                    self.guard.limits.max_connections
+                    "{} {listener} connections open (--max-{listener}-connections); closed",
+                    self.guard.limits.max_connections(listener)
                 ),
             );
             return None;
@@ -222,13 +225,14 @@ impl CaptureApp {
                     });
                     session.set_keepalive_reuses_remaining(
                         self.h1
+                            .inner
                             .server_options
                             .as_ref()
                             .and_then(|o| o.keepalive_request_limit),
                     );
                 }
             }
-            let reused = HttpServerApp::process_new_http(&self.h1, session, shutdown).await;
+            let reused = self.h1.process(session, shutdown).await;
             if *shutdown.borrow() {
                 return;
             }

@@ -22,6 +22,9 @@ pub enum Reject {
     HeaderTimeout,
     /// A keep-alive connection idle for longer than the idle timeout: closed.
     IdleTimeout,
+    /// An HTTP/1 request or h2 stream on which nothing moved for the stream idle timeout: h2
+    /// stream reset, HTTP/1 connection closed.
+    StreamIdleTimeout,
     /// Bytes that are neither an HTTP/1 request nor the h2 preface on a port the rules declare
     /// HTTP: 400, never forwarded.
     NotHttp,
@@ -38,6 +41,7 @@ impl Reject {
             Reject::HeaderTimeout => "header_timeout",
             Reject::IdleTimeout => "idle_timeout",
             Reject::NotHttp => "not_http",
+            Reject::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
 
@@ -50,7 +54,7 @@ impl Reject {
             }
             Reject::HeaderTimeout => Some((408, "Request Timeout")),
             Reject::NotHttp => Some((400, "Bad Request")),
-            Reject::ConnectionLimit | Reject::IdleTimeout => None,
+            Reject::ConnectionLimit | Reject::IdleTimeout | Reject::StreamIdleTimeout => None,
         }
     }
 }
