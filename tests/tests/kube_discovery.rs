@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use remora_e2e::apiserver::{event, RecordedApi, Reply};
+use remora_model::rules::{snapshot_from_yaml, EndpointSource, LoadContext};
 use remora_proxy::discovery::kube::{Discovery, Timing, METRICS};
 use remora_proxy::discovery::Scope;
-use remora_model::rules::{snapshot_from_yaml, EndpointSource, LoadContext};
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> PathBuf {
