@@ -85,10 +85,45 @@ pub enum SniffEnd {
     Unsupported,
 }
 
-/// Peek the first bytes of `stream` for up to `wait` and classify them. The bytes read are put
+/// The longest method token accepted on a port declared HTTP.
+pub const MAX_METHOD_LEN: usize = 64;
+
+/// An RFC 9110 `tchar` (a method is a token).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Classify the first bytes on a port the rules declare HTTP (pure): the h2 preface is h2c,
+/// any token method followed by a space is HTTP/1 (WebDAV's `PROPFIND`, custom methods), and
+/// anything else is not HTTP (`Tcp`), which the caller answers with 400 instead of proxying.
+pub fn classify_declared_http(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if buf.len() >= H2_PREFACE.len() {
+            Verdict::Is(Detected::H2c)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b' ' && i > 0 {
+            return Verdict::Is(Detected::Http1);
+        }
+        if !is_tchar(b) || i >= MAX_METHOD_LEN {
+            return Verdict::Is(Detected::Tcp);
+        }
+    }
+    Verdict::NeedMore
+}
+
+/// Peek the first bytes of `stream` for up to `wait` and classify them (with
+/// [`classify_declared_http`] when `declared_http`, else [`classify`]). The bytes read are put
 /// back into the stream, so whoever handles it next sees the connection from its first byte.
 /// Streams that are not plain TCP streams are returned untouched as `Tcp`/`Unsupported`.
-pub async fn sniff(stream: Stream, wait: Duration) -> Result<Sniffed, String> {
+pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Result<Sniffed, String> {
     if !stream.as_any().is::<L4Stream>() {
         return Ok(Sniffed {
             stream,
@@ -105,7 +140,12 @@ pub async fn sniff(stream: Stream, wait: Duration) -> Result<Sniffed, String> {
     let mut buf = Vec::with_capacity(H2_PREFACE.len());
     let mut chunk = [0u8; 32];
     let (detected, end) = loop {
-        if let Verdict::Is(d) = classify(&buf) {
+        let verdict = if declared_http {
+            classify_declared_http(&buf)
+        } else {
+            classify(&buf)
+        };
+        if let Verdict::Is(d) = verdict {
             break (d, SniffEnd::Bytes);
         }
         let want = H2_PREFACE
@@ -121,7 +161,11 @@ pub async fn sniff(stream: Stream, wait: Duration) -> Result<Sniffed, String> {
     };
     // A TLS handshake record: read the whole first record (bounded) to find the SNI.
     let mut sni = None;
-    if detected == Detected::Tcp && end == SniffEnd::Bytes && buf.first() == Some(&0x16) {
+    if !declared_http
+        && detected == Detected::Tcp
+        && end == SniffEnd::Bytes
+        && buf.first() == Some(&0x16)
+    {
         let mut big = [0u8; 2048];
         loop {
             if buf.len() >= 5 {
@@ -253,6 +297,42 @@ mod tests {
     }
 
     /// A ClientHello as rustls writes it, with SNI `Api.Example.COM`.
+    #[test]
+    fn declared_http_takes_any_token_method() {
+        use Detected::*;
+        let is = |d| Verdict::Is(d);
+        for (b, v) in [
+            (&b"PROPFIND / HTTP/1.1\r\n"[..], is(Http1)),
+            (b"X-CUSTOM_M /a HTTP/1.1\r\n", is(Http1)),
+            (b"GET / HTTP/1.1\r\n", is(Http1)),
+            (b"PROPF", Verdict::NeedMore),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", is(H2c)),
+            (b"PRI * HT", Verdict::NeedMore),
+            (b"PRIX / HTTP/1.1", is(Http1)),
+            (b"\x16\x03\x01\x00", is(Tcp)),
+            (b" GET /", is(Tcp)),
+            (b"hello\r\n", is(Tcp)),
+            (b"\x00\x01garbage", is(Tcp)),
+        ] {
+            assert_eq!(
+                classify_declared_http(b),
+                v,
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        assert_eq!(
+            classify_declared_http(&[b'A'; MAX_METHOD_LEN]),
+            Verdict::NeedMore
+        );
+        assert_eq!(
+            classify_declared_http(&[b'A'; MAX_METHOD_LEN + 1]),
+            Verdict::Is(Tcp)
+        );
+        // Undeclared ports keep the short list: PROPFIND is opaque TCP there.
+        assert_eq!(classify(b"PROPFIND / HTTP/1.1\r\n"), is(Tcp));
+    }
+
     fn client_hello() -> Vec<u8> {
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),

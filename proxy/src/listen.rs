@@ -6,7 +6,8 @@
 //! TCP bytes to the destination.
 
 use crate::detect::{self, Detected, SniffEnd};
-use crate::guard::{self, Guard, HeadRead};
+use crate::guard::stream_idle::StreamIdleApp;
+use crate::guard::{self, Guard, HeadRead, Reject};
 use crate::http::MeshHttp;
 use crate::rules::Protocol;
 use crate::state::{Direction, Settings, Shared};
@@ -14,12 +15,14 @@ use crate::tcp;
 use crate::telemetry::Metrics;
 use crate::upstream;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 use tracing::{debug, info, warn};
 
@@ -46,13 +49,14 @@ pub fn is_self_destination(
 pub struct CaptureApp {
     pub dir: Direction,
     pub shared: Arc<Shared>,
-    /// HTTP/1.1 proxy (h2c off: we already know it is HTTP/1).
-    pub h1: Arc<HttpProxy<MeshHttp>>,
-    /// h2c proxy (prior knowledge: the preface was seen).
-    pub h2: Arc<HttpProxy<MeshHttp>>,
+    /// HTTP/1.1 proxy (h2c off: we already know it is HTTP/1), each request under the stream
+    /// idle and downstream write timeouts.
+    pub h1: Arc<StreamIdleApp<HttpProxy<MeshHttp>>>,
+    /// h2c proxy (prior knowledge: the preface was seen), each stream under the same timeouts.
+    pub h2: Arc<StreamIdleApp<HttpProxy<MeshHttp>>>,
     /// DNS for TCP routes to hosts without endpoints.
     pub resolver: Arc<upstream::HostResolver>,
-    /// Abuse limits and the per-proxy connection cap (one `Guard` shared by every listener).
+    /// Abuse limits and the connection caps (one `Guard` shared by every listener).
     pub guard: Arc<Guard>,
 }
 
@@ -76,14 +80,15 @@ impl ServerApp for CaptureApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // The per-proxy connection cap comes first: nothing is read from a connection over it.
-        let Some(_slot) = self.guard.gate.try_acquire(self.dir.as_str()) else {
+        // This listener's connection cap comes first: nothing is read from a connection over it.
+        let listener = self.dir.as_str();
+        let Some(_slot) = self.guard.gate(listener).try_acquire(listener) else {
             guard::record(
-                self.dir.as_str(),
+                listener,
                 guard::Reject::ConnectionLimit,
                 &format!(
-                    "{} downstream connections open (--max-downstream-connections); closed",
-                    self.guard.limits.max_connections
+                    "{} {listener} connections open (--max-{listener}-connections); closed",
+                    self.guard.limits.max_connections(listener)
                 ),
             );
             return None;
@@ -124,7 +129,7 @@ impl ServerApp for CaptureApp {
         };
         let (stream, detected, how, sni) = match wait {
             None => (stream, Detected::Tcp, "rules", None),
-            Some(wait) => match detect::sniff(stream, wait).await {
+            Some(wait) => match detect::sniff(stream, wait, is_http_port).await {
                 Ok(x) => {
                     let how = match (declared, x.end) {
                         (Some(_), _) => "rules+sniff",
@@ -138,7 +143,24 @@ impl ServerApp for CaptureApp {
                         (_, d, _) => d,
                     };
                     if is_http_port && detected == Detected::Tcp {
-                        warn!(%dst, "port declared HTTP but the client sent non-HTTP bytes; proxying as TCP");
+                        // A port the rules declare HTTP speaks HTTP: never bypass the HTTP
+                        // limits and policies as raw TCP.
+                        if x.end == SniffEnd::Bytes {
+                            guard::record(
+                                self.dir.as_str(),
+                                Reject::NotHttp,
+                                &format!("from {peer:?} to {dst}: port declared HTTP, the client sent non-HTTP bytes"),
+                            );
+                            let mut s = x.stream;
+                            if let Some(a) = guard::reject::answer(Reject::NotHttp) {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                    let _ = s.write_all(&a).await;
+                                    let _ = s.shutdown().await;
+                                })
+                                .await;
+                            }
+                        }
+                        return None;
                     }
                     (x.stream, detected, how, x.sni)
                 }
@@ -203,13 +225,14 @@ impl CaptureApp {
                     });
                     session.set_keepalive_reuses_remaining(
                         self.h1
+                            .inner
                             .server_options
                             .as_ref()
                             .and_then(|o| o.keepalive_request_limit),
                     );
                 }
             }
-            let reused = HttpServerApp::process_new_http(&self.h1, session, shutdown).await;
+            let reused = self.h1.process(session, shutdown).await;
             if *shutdown.borrow() {
                 return;
             }

@@ -12,6 +12,7 @@ use remora_proxy::app_probe::AppProbers;
 use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
 use remora_proxy::discovery::ready::{self, ReadyGate};
 use remora_proxy::discovery::rules_api::RulesSources;
+use remora_proxy::guard::stream_idle::StreamIdleApp;
 use remora_proxy::http::MeshHttp;
 use remora_proxy::listen::{self, CaptureApp};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
@@ -338,6 +339,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         fixed_outbound_target: args.fixed_outbound_target,
         fixed_inbound_target: args.fixed_inbound_target,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        inbound_upstream_read_timeout: limits.inbound_upstream_read_timeout,
         workload: workload.clone(),
         access_log: if args.access_log == "off" {
             AccessLog::Off
@@ -426,11 +428,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         opts.h2_idle_timeout = Some(guard.limits.idle_timeout);
         h2.server_options = Some(opts);
         h2.h2_options = Some(guard.limits.h2_options());
+        let timeouts = |inner| {
+            Arc::new(StreamIdleApp {
+                inner: Arc::new(inner),
+                listener: dir.as_str(),
+                stream_idle: guard.limits.stream_idle_timeout,
+                write_timeout: guard.limits.downstream_write_timeout,
+            })
+        };
         let app = CaptureApp {
             dir,
             shared: shared.clone(),
-            h1: Arc::new(h1),
-            h2: Arc::new(h2),
+            h1: timeouts(h1),
+            h2: timeouts(h2),
             resolver: resolver.clone(),
             guard: guard.clone(),
         };

@@ -55,6 +55,9 @@ pub struct Settings {
     /// Same for inbound.
     pub fixed_inbound_target: Option<SocketAddr>,
     pub connect_timeout: Duration,
+    /// Default per-read (and per-write) timeout towards the app on inbound requests, when no
+    /// route timeout sets one (`--inbound-upstream-read-timeout-seconds`).
+    pub inbound_upstream_read_timeout: Duration,
     pub workload: Workload,
     pub access_log: AccessLog,
 }

@@ -1,11 +1,11 @@
-//! The per-proxy cap on open downstream connections (all capture listeners together): a
-//! connection over the cap is closed at once, before anything is read.
+//! The cap on open downstream connections of one capture listener (inbound and outbound each
+//! have their own): a connection over the cap is closed at once, before anything is read.
 
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The per-proxy cap on open downstream connections.
+/// The cap on open downstream connections of one capture listener.
 #[derive(Debug)]
 pub struct ConnectionGate {
     open: AtomicUsize,

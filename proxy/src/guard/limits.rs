@@ -38,11 +38,38 @@ pub struct LimitArgs {
     #[arg(long, env = "REMORA_IDLE_TIMEOUT_SECONDS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout_seconds: u64,
-    /// Most open downstream connections per proxy (all capture listeners, HTTP and TCP); a
-    /// connection over the cap is closed at once.
-    #[arg(long, env = "REMORA_MAX_DOWNSTREAM_CONNECTIONS", default_value_t = 10000,
+    /// Most open downstream connections on the inbound capture listener (15006: remote peers);
+    /// a connection over the cap is closed at once. A separate cap from the outbound one, so
+    /// remote peers cannot use up the pod's own outbound capacity. Default 10000.
+    #[arg(long, env = "REMORA_MAX_INBOUND_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_downstream_connections: u64,
+    pub max_inbound_connections: Option<u64>,
+    /// Most open downstream connections on the outbound capture listener (15001: the pod's own
+    /// app); a connection over the cap is closed at once. Default 10000.
+    #[arg(long, env = "REMORA_MAX_OUTBOUND_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_outbound_connections: Option<u64>,
+    /// Older form: the cap for each listener whose own flag is not given (it used to be one
+    /// cap shared by both listeners).
+    #[arg(long, env = "REMORA_MAX_DOWNSTREAM_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_downstream_connections: Option<u64>,
+    /// Close an HTTP request (an HTTP/1 request or an HTTP/2 stream) on which nothing moved
+    /// either way for this long, seconds: HTTP/2 streams are reset, HTTP/1 connections closed.
+    /// Envoy's `stream_idle_timeout` default (5 min).
+    #[arg(long, env = "REMORA_STREAM_IDLE_TIMEOUT_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub stream_idle_timeout_seconds: u64,
+    /// Longest wait for one write to a downstream client to go through, seconds: a client that
+    /// stops reading a response is disconnected after it.
+    #[arg(long, env = "REMORA_DOWNSTREAM_WRITE_TIMEOUT_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub downstream_write_timeout_seconds: u64,
+    /// Longest wait for one read from (or write to) the app on an inbound request, seconds,
+    /// unless a route timeout sets one: a stuck app does not hold a request forever.
+    #[arg(long, env = "REMORA_INBOUND_UPSTREAM_READ_TIMEOUT_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub inbound_upstream_read_timeout_seconds: u64,
     /// Most concurrent streams on one HTTP/2 downstream connection (h2 SETTINGS).
     #[arg(long, env = "REMORA_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10000))]
@@ -61,9 +88,21 @@ pub struct DownstreamLimits {
     pub max_request_line: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
-    pub max_connections: usize,
+    /// Connection cap of the inbound capture listener.
+    pub max_inbound_connections: usize,
+    /// Connection cap of the outbound capture listener.
+    pub max_outbound_connections: usize,
     pub h2_max_concurrent_streams: u32,
+    /// Per request (HTTP/1) or stream (HTTP/2): close after this long with nothing moving.
+    pub stream_idle_timeout: Duration,
+    /// Per write to a downstream client.
+    pub downstream_write_timeout: Duration,
+    /// Per read from the app on an inbound request (a route timeout replaces it).
+    pub inbound_upstream_read_timeout: Duration,
 }
+
+/// The default cap of each capture listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for DownstreamLimits {
     fn default() -> Self {
@@ -73,8 +112,12 @@ impl Default for DownstreamLimits {
             max_request_line: 16 * 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
-            max_connections: 10_000,
+            max_inbound_connections: DEFAULT_MAX_CONNECTIONS,
+            max_outbound_connections: DEFAULT_MAX_CONNECTIONS,
             h2_max_concurrent_streams: 100,
+            stream_idle_timeout: Duration::from_secs(300),
+            downstream_write_timeout: Duration::from_secs(300),
+            inbound_upstream_read_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -99,14 +142,32 @@ impl DownstreamLimits {
             max_request_line: kb(a.max_request_line_kb, "--max-request-line-kb")?,
             header_timeout: Duration::from_secs(a.request_headers_timeout_seconds),
             idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
-            max_connections: usize::try_from(a.max_downstream_connections).map_err(|_| {
-                format!(
-                    "--max-downstream-connections: {}",
-                    a.max_downstream_connections
-                )
-            })?,
+            max_inbound_connections: cap(
+                a.max_inbound_connections,
+                a.max_downstream_connections,
+                "--max-inbound-connections",
+            )?,
+            max_outbound_connections: cap(
+                a.max_outbound_connections,
+                a.max_downstream_connections,
+                "--max-outbound-connections",
+            )?,
             h2_max_concurrent_streams: a.h2_max_concurrent_streams,
+            stream_idle_timeout: Duration::from_secs(a.stream_idle_timeout_seconds),
+            downstream_write_timeout: Duration::from_secs(a.downstream_write_timeout_seconds),
+            inbound_upstream_read_timeout: Duration::from_secs(
+                a.inbound_upstream_read_timeout_seconds,
+            ),
         })
+    }
+
+    /// The connection cap of a capture listener (`"inbound"` or `"outbound"`).
+    pub fn max_connections(&self, listener: &str) -> usize {
+        if listener == "inbound" {
+            self.max_inbound_connections
+        } else {
+            self.max_outbound_connections
+        }
     }
 
     /// The h2 settings for downstream h2c connections (Pingora's bounded defaults, with ours).
@@ -115,6 +176,14 @@ impl DownstreamLimits {
         o.max_concurrent_streams(self.h2_max_concurrent_streams);
         o.max_header_list_size(u32::try_from(self.max_head_bytes).unwrap_or(u32::MAX));
         o
+    }
+}
+
+/// A listener's cap: its own flag, else the older shared flag, else the default.
+fn cap(own: Option<u64>, shared: Option<u64>, flag: &str) -> Result<usize, String> {
+    match own.or(shared) {
+        None => Ok(DEFAULT_MAX_CONNECTIONS),
+        Some(v) => usize::try_from(v).map_err(|_| format!("{flag}: {v}")),
     }
 }
 
@@ -147,5 +216,33 @@ mod tests {
             .to_string();
         assert!(e.contains("--max-request-headers"), "{e}");
         assert!(T::try_parse_from(["t", "--max-downstream-connections=0"]).is_err());
+        assert!(T::try_parse_from(["t", "--max-inbound-connections=0"]).is_err());
+        // Separate caps; the older flag sets each one not given on its own.
+        let l = |args: &[&str]| {
+            let mut v = vec!["t"];
+            v.extend_from_slice(args);
+            DownstreamLimits::from_args(&T::try_parse_from(v).unwrap().l).unwrap()
+        };
+        let d = l(&[]);
+        assert_eq!(
+            (d.max_inbound_connections, d.max_outbound_connections),
+            (10_000, 10_000)
+        );
+        let d = l(&["--max-inbound-connections=5"]);
+        assert_eq!(
+            (d.max_inbound_connections, d.max_outbound_connections),
+            (5, 10_000)
+        );
+        let d = l(&[
+            "--max-downstream-connections=7",
+            "--max-outbound-connections=9",
+        ]);
+        assert_eq!(
+            (d.max_inbound_connections, d.max_outbound_connections),
+            (7, 9)
+        );
+        assert_eq!(d.max_connections("inbound"), 7);
+        assert_eq!(d.max_connections("outbound"), 9);
+        assert_eq!(d.stream_idle_timeout, Duration::from_secs(300));
     }
 }

@@ -22,6 +22,12 @@ pub enum Reject {
     HeaderTimeout,
     /// A keep-alive connection idle for longer than the idle timeout: closed.
     IdleTimeout,
+    /// An HTTP/1 request or h2 stream on which nothing moved for the stream idle timeout: h2
+    /// stream reset, HTTP/1 connection closed.
+    StreamIdleTimeout,
+    /// Bytes that are neither an HTTP/1 request nor the h2 preface on a port the rules declare
+    /// HTTP: 400, never forwarded.
+    NotHttp,
 }
 
 impl Reject {
@@ -34,6 +40,8 @@ impl Reject {
             Reject::TooManyHeaders => "too_many_headers",
             Reject::HeaderTimeout => "header_timeout",
             Reject::IdleTimeout => "idle_timeout",
+            Reject::NotHttp => "not_http",
+            Reject::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
 
@@ -45,7 +53,8 @@ impl Reject {
                 Some((431, "Request Header Fields Too Large"))
             }
             Reject::HeaderTimeout => Some((408, "Request Timeout")),
-            Reject::ConnectionLimit | Reject::IdleTimeout => None,
+            Reject::NotHttp => Some((400, "Bad Request")),
+            Reject::ConnectionLimit | Reject::IdleTimeout | Reject::StreamIdleTimeout => None,
         }
     }
 }

@@ -24,6 +24,7 @@ mod request_id;
 mod retry;
 mod rewrite;
 
+use crate::guard::stream_idle;
 use crate::policy::request::RequestPolicy;
 use crate::route::{self, Decision, Forward, HeaderOps, RequestInfo};
 use crate::rules::Snapshot;
@@ -255,6 +256,7 @@ impl ProxyHttp for MeshHttp {
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
         // (`started_at` is new_ctx's, a moment ago: formatting it twice cost a string per request.)
         ctx.start = Instant::now();
+        stream_idle::touch();
         let socket = session.digest().and_then(|d| d.socket_digest.clone());
         ctx.dst = self.shared.original_dst(self.dir, socket.as_deref());
         note_request(session.req_header(), ctx);
@@ -353,6 +355,7 @@ impl ProxyHttp for MeshHttp {
         end_of_stream: bool,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        stream_idle::touch();
         mirror::on_body(session, ctx, body, end_of_stream);
         Ok(())
     }
@@ -363,6 +366,7 @@ impl ProxyHttp for MeshHttp {
         upstream_response: &mut ResponseHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        stream_idle::touch();
         retry::on_status(session, upstream_response, ctx)
     }
 
@@ -373,6 +377,7 @@ impl ProxyHttp for MeshHttp {
         _end_of_stream: bool,
         ctx: &mut ReqCtx,
     ) -> Result<Option<Duration>> {
+        stream_idle::touch();
         retry::check_route_timeout(session, ctx)
     }
 

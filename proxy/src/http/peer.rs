@@ -99,6 +99,11 @@ pub(super) fn build(
     // Close idle upstream connections before typical app keep-alive timeouts (60 s+).
     peer.options.idle_timeout = Some(Duration::from_secs(30));
     if dir == Direction::Inbound {
+        // A stuck app must not hold an inbound request forever: a default per-read/write
+        // timeout when no route timeout set one.
+        let t = s.inbound_upstream_read_timeout;
+        peer.options.read_timeout.get_or_insert(t);
+        peer.options.write_timeout.get_or_insert(t);
         if let Some(ip) = s.inbound_bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
             let mut bind = pingora::connectors::l4::BindTo::default();
             bind.addr = Some(SocketAddr::new(ip, 0));
