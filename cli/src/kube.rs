@@ -218,7 +218,7 @@ impl Cluster {
                 Err(format!("HTTP {code}: {message}"))
             }
             Ok(Err(GetError::NotFound { .. })) => {
-                Err("HTTP 404: no /config_dump there (the pod is gone, the port is not the proxy's admin port, or the proxy serves /config_dump on 127.0.0.1 only, which the API server's pods/proxy cannot reach: kubectl port-forward POD 15020 and --admin 127.0.0.1:15020)".to_string())
+                Err("HTTP 404: no /config_dump there (the pod is gone, or the port is not the proxy's admin port)".to_string())
             }
             Ok(Err(GetError::Other { message, .. })) => Err(message),
             Ok(Ok(text)) => {

@@ -1,9 +1,6 @@
 //! Admin and status servers, on their own small tokio runtime so proxy load never stalls them:
-//! - 15020: `/stats/prometheus`, `/healthz/ready`,
-//!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes) on every
-//!   address; `/config_dump` and `/quitquitquit` only on a connection made to a loopback address
-//!   (127.0.0.1 or ::1 inside the pod, as Envoy keeps its admin port on localhost): anything
-//!   else gets 404, so another pod cannot read the rules, endpoints and probe definitions
+//! - 15020: `/stats/prometheus`, `/config_dump`, `/healthz/ready`,
+//!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes)
 //! - 15021: `/healthz/ready` (200 only once a config is loaded, the capture listeners are bound
 //!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
@@ -280,35 +277,15 @@ fn metrics_text() -> Response<Full<Bytes>> {
     }
 }
 
-/// Paths served on every address of the admin port (15020): readiness, the app's probes (the
-/// kubelet calls them on the pod IP) and the merged metrics. Everything else there is admin-only.
-pub fn public_admin_path(path: &str) -> bool {
-    matches!(path, "/healthz/ready" | "/stats/prometheus") || path.starts_with("/app-health/")
-}
-
-/// Was the connection made to a loopback address (from inside the pod)?
-pub fn is_local(local: SocketAddr) -> bool {
-    local.ip().to_canonical().is_loopback()
-}
-
-/// Answer one admin request (pure apart from running app probes and `/quitquitquit`). `local`
-/// is the address the connection was made to: admin-only paths answer only on loopback.
+/// Answer one admin request (pure apart from running app probes and `/quitquitquit`).
 pub async fn handle(
     state: &AdminState,
     kind: AdminKind,
     method: &http::Method,
     peer: Option<SocketAddr>,
-    local: Option<SocketAddr>,
     path: &str,
 ) -> Response<Full<Bytes>> {
     let path = path.split('?').next().unwrap_or(path);
-    if kind == AdminKind::Admin && !public_admin_path(path) && !local.is_some_and(is_local) {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found (admin endpoints answer on 127.0.0.1 inside the pod only)\n",
-            "text/plain",
-        );
-    }
     match (kind, path) {
         (AdminKind::Admin, "/quitquitquit") => {
             // Istio's way for a Job's app to stop its sidecar: POST from inside the pod.
@@ -410,14 +387,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, kind: AdminKin
                 continue;
             }
         };
-        let local = sock.local_addr().ok();
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move {
                     let path = req.uri().path().to_string();
-                    let r = handle(&state, kind, req.method(), Some(peer), local, &path).await;
+                    let r = handle(&state, kind, req.method(), Some(peer), &path).await;
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
@@ -437,34 +413,4 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("{what} listener {addr}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admin_only_paths_need_a_loopback_connection() {
-        for p in [
-            "/healthz/ready",
-            "/stats/prometheus",
-            "/app-health/web/readyz",
-        ] {
-            assert!(public_admin_path(p), "{p}");
-        }
-        for p in [
-            "/config_dump",
-            "/quitquitquit",
-            "/",
-            "/stats",
-            "/app-healthx",
-        ] {
-            assert!(!public_admin_path(p), "{p}");
-        }
-        assert!(is_local("127.0.0.1:15020".parse().unwrap()));
-        assert!(is_local("[::1]:15020".parse().unwrap()));
-        assert!(is_local("[::ffff:127.0.0.1]:15020".parse().unwrap()));
-        assert!(!is_local("10.244.1.7:15020".parse().unwrap()));
-        assert!(!is_local("[::ffff:10.244.1.7]:15020".parse().unwrap()));
-    }
 }

@@ -750,7 +750,7 @@ impl Lab {
     /// Reads `"generation"` (the first numeric field of that name anywhere) from the proxy's
     /// `/config_dump`.
     pub fn config_generation(&self, pod: &Pod) -> Result<u64> {
-        let r = self.http_local(pod, 15020, "GET", "/config_dump")?;
+        let r = self.http_direct(pod, 15020, "GET", "/config_dump")?;
         if r.status != 200 {
             bail!("/config_dump answered {}", r.status);
         }
@@ -853,20 +853,6 @@ impl Lab {
             self.node(),
             SocketAddr::from((pod.ip, port)),
             &format!("{}:{port}", pod.ip),
-            method,
-            path,
-            &[],
-            Duration::from_secs(15),
-        ))
-    }
-
-    /// A request from inside the pod to its own loopback (`127.0.0.1:port`), the way the
-    /// proxy's admin-only endpoints (`/config_dump`) are reached.
-    pub fn http_local(&self, pod: &Pod, port: u16, method: &str, path: &str) -> Result<HttpReply> {
-        self.rt.block_on(client::http(
-            &pod.netns,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            &format!("127.0.0.1:{port}"),
             method,
             path,
             &[],

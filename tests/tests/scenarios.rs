@@ -114,26 +114,6 @@ fn bookinfo_routing_rules_and_metrics() {
         );
     }
 
-    // The admin port keeps its admin data on loopback: from the node (another network
-    // namespace) /config_dump on the pod IP is 404 while readiness, the app's rewritten probe and
-    // the merged metrics answer; inside the pod on 127.0.0.1 /config_dump answers.
-    let page = must(&lab, lab.pod("productpage"));
-    for (port, path, want) in [
-        (15020, "/config_dump", 404),
-        (15020, "/quitquitquit", 404),
-        (15021, "/healthz/ready", 200),
-        (15020, "/healthz/ready", 200),
-        (15020, "/app-health/productpage/readyz", 200),
-        (15020, "/stats/prometheus", 200),
-        (15090, "/stats/prometheus", 200),
-    ] {
-        let r = must(&lab, lab.http_direct(page, port, "GET", path));
-        assert_eq!(r.status, want, "pod IP :{port}{path}");
-    }
-    let r = must(&lab, lab.http_local(page, 15020, "GET", "/config_dump"));
-    assert_eq!(r.status, 200, "127.0.0.1:15020/config_dump inside the pod");
-    assert!(must(&lab, r.json()).get("generation").is_some());
-
     // Scenario 1: everything to v1, then jason to v2.
     lab.set_rules(
         "bookinfo",
