@@ -753,10 +753,15 @@ async fn bad_input_gets_clear_errors_and_server_keeps_serving() {
         ("over 1 MiB", vec![b' '; 1024 * 1024 + 10], 413, ""),
     ];
     for (what, body, status, needle) in cases {
-        let (got, answer) = client
-            .post("/inject", Bytes::from(body))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let answer = client.post("/inject", Bytes::from(body)).await;
+        if status == 413 && answer.is_err() {
+            // The server refuses a declared-oversized body before reading it and closes the
+            // connection; a client still writing may see the close instead of the 413. Either
+            // way nothing was reviewed; the server must keep serving (checked below).
+            client = connect(&server, &c).await;
+            continue;
+        }
+        let (got, answer) = answer.unwrap_or_else(|e| panic!("{what}: {e}"));
         let text = String::from_utf8_lossy(&answer);
         assert_eq!(got, status, "{what}: {text}");
         assert!(text.contains(needle), "{what}: {text}");
