@@ -805,7 +805,15 @@ fn bad_limit_flags_fail_with_one_line() {
         ),
     ] {
         let out = Command::new(BIN)
-            .args(["serve", "--ca-addr", "off", "--listen", "127.0.0.1:1", flag, value])
+            .args([
+                "serve",
+                "--ca-addr",
+                "off",
+                "--listen",
+                "127.0.0.1:1",
+                flag,
+                value,
+            ])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag}");
