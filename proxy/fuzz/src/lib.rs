@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
+use remora_proxy::guard::stream_idle::StreamIdleApp;
 use remora_proxy::guard::{DownstreamLimits, Guard};
 use remora_proxy::listen::CaptureApp;
 use remora_proxy::state::{Direction, Settings, Shared};
@@ -117,6 +118,7 @@ fn start() -> Harness {
         fixed_outbound_target: Some(upstream),
         fixed_inbound_target: Some(upstream),
         connect_timeout: Duration::from_secs(1),
+        inbound_upstream_read_timeout: Duration::from_secs(5),
         workload: Workload::derive(Some("fuzz"), &Default::default(), None, "default"),
         access_log: AccessLog::Off,
     };
@@ -158,11 +160,19 @@ fn start() -> Harness {
     opts.h2_idle_timeout = Some(guard.limits.idle_timeout);
     h2.server_options = Some(opts);
     h2.h2_options = Some(guard.limits.h2_options());
+    let timeouts = |inner| {
+        Arc::new(StreamIdleApp {
+            inner: Arc::new(inner),
+            listener: dir.as_str(),
+            stream_idle: guard.limits.stream_idle_timeout,
+            write_timeout: guard.limits.downstream_write_timeout,
+        })
+    };
     let app = CaptureApp {
         dir,
         shared: shared.clone(),
-        h1: Arc::new(h1),
-        h2: Arc::new(h2),
+        h1: timeouts(h1),
+        h2: timeouts(h2),
         resolver: resolver.clone(),
         guard,
     };
