@@ -629,7 +629,6 @@ fn no_virtual_service(
         return default_route(snap, fqdn, req.dst, true);
     }
     if let Some(sc) = snap.sidecar.as_ref().filter(|sc| sc.registry_only) {
-        let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
         // An IP literal (or no Host at all) is in the registry only when that address is: a
         // Service's ClusterIP or a ServiceEntry's address or endpoint, as Istio's listeners
         // and virtual hosts are per registered address.
@@ -643,7 +642,7 @@ fn no_virtual_service(
                 format!("a request without Host to {}", req.dst),
             ),
             Err(_) => (
-                cands.iter().any(|c| c.ends_with(&cluster_suffix)),
+                names_a_cluster_service(snap, cands),
                 format!("host {host:?}"),
             ),
         };
@@ -687,6 +686,13 @@ fn address_in_registry(snap: &Snapshot, dst: SocketAddr) -> bool {
     })
 }
 
+/// Does one of the candidate FQDNs name a cluster Service (`*.svc.<domain>`)? (Not checked
+/// against the discovered Services.)
+fn names_a_cluster_service(snap: &Snapshot, cands: &[String]) -> bool {
+    let suffix = format!(".svc.{}", snap.ctx.cluster_domain);
+    cands.iter().any(|c| c.ends_with(&suffix))
+}
+
 /// A connection the rules leave to its original destination, unless the Sidecar sets
 /// `REGISTRY_ONLY` and neither its address nor (for TLS) its SNI is in the registry.
 fn passthrough_unless_registry_only(
@@ -701,9 +707,8 @@ fn passthrough_unless_registry_only(
         return Decision::Passthrough;
     }
     if let Some(cands) = sni_cands {
-        let cluster_suffix = format!(".svc.{}", snap.ctx.cluster_domain);
-        let known = snap.best_service_entry(cands).is_some()
-            || cands.iter().any(|c| c.ends_with(&cluster_suffix));
+        let known =
+            snap.best_service_entry(cands).is_some() || names_a_cluster_service(snap, cands);
         if known {
             return Decision::Passthrough;
         }

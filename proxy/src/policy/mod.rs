@@ -235,9 +235,8 @@ impl Destination {
     }
 }
 
-/// Rate limiters and CORS policies of one rules-directory generation (both read from the
-/// files themselves: the `RateLimit` kind is ours, and the rules model does not keep
-/// `corsPolicy`).
+/// The live rate limiters of the snapshot `hash` (the rules come decoded in
+/// `Snapshot::policy`; a limiter whose rule did not change keeps its bucket across reloads).
 #[derive(Default)]
 struct RateLimits {
     hash: String,
