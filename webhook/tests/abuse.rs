@@ -744,11 +744,12 @@ async fn small_limits_are_enforced() {
         .unwrap();
     let h = read_head(&mut c, Duration::from_secs(10)).await.unwrap();
     assert_eq!(status_of(&h), 413, "{h}");
-    let (status, text) = api
-        .post("/inject", Bytes::from(vec![b' '; 65537]))
-        .await
-        .unwrap();
-    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&text));
+    // With the body sent, the client may meet the server's close (it refuses before reading)
+    // instead of reading the 413; anything else (a review) is a failure.
+    match api.post("/inject", Bytes::from(vec![b' '; 65537])).await {
+        Ok((status, text)) => assert_eq!(status, 413, "{}", String::from_utf8_lossy(&text)),
+        Err(e) => assert!(format!("{e:#}").contains("sending"), "{e:#}"),
+    }
     let mut api = Client::connect(s.addr, "localhost", s.tls.clone())
         .await
         .unwrap();
