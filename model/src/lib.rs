@@ -10,6 +10,7 @@
 //! - `security`: Istio's `security.istio.io` kinds (PeerAuthentication, AuthorizationPolicy,
 //!   RequestAuthentication), typed and validated, with their pure decisions (the effective mTLS
 //!   mode of a port, the authorization verdict of a request); not enforced by the proxy yet.
+//! - `ca_api`: the wire messages of Istio's certificate service (the CA and the sidecar's client).
 //! - `lint`: the one rule linter that `remora-proxy validate`, the validating webhook and
 //!   `remora analyze` call.
 //!
@@ -18,6 +19,7 @@
 //! `rules::endpoints::Resolver` (DNS for `resolution: DNS`; `system_resolver` is the default).
 #![forbid(unsafe_code)]
 
+pub mod ca_api;
 pub mod dump;
 pub mod duration;
 pub mod host;

@@ -1,5 +1,5 @@
 //! Istio's certificate service, `istio.v1.auth.IstioCertificateService/CreateCertificate`, on
-//! its own TLS listener. The two messages are written out with prost's derive (no protoc); the
+//! its own TLS listener. The two messages are the model's (`remora_model::ca_api`); the
 //! service is tonic's codegen-free server API (`Grpc::unary` with the prost codec), served by
 //! hyper's HTTP/2 on our own rustls accept loop, which bounds connections, handshakes, streams
 //! and headers.
@@ -20,30 +20,9 @@ use super::authn::{bearer, Authenticator};
 use super::root::Authority;
 use super::sign::{self, Policy, Reason, Refusal};
 
-/// `istio.v1.auth.IstioCertificateRequest`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateRequest {
-    /// PEM-encoded certificate request.
-    #[prost(string, tag = "1")]
-    pub csr: String,
-    /// Requested lifetime in seconds (≤ 0: the CA's default).
-    #[prost(int64, tag = "3")]
-    pub validity_duration: i64,
-    /// Optional metadata (Istio sends e.g. the cluster ID); not read yet.
-    #[prost(message, optional, tag = "4")]
-    pub metadata: Option<prost_types::Struct>,
-}
-
-/// `istio.v1.auth.IstioCertificateResponse`
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct IstioCertificateResponse {
-    /// Leaf first, then intermediates, the root last; PEM each.
-    #[prost(string, repeated, tag = "1")]
-    pub cert_chain: Vec<String>,
-}
-
-pub const SERVICE: &str = "istio.v1.auth.IstioCertificateService";
-pub const CREATE_CERTIFICATE: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+pub use remora_model::ca_api::{
+    IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE, SERVICE,
+};
 
 /// Bounds of the listener.
 #[derive(Clone, Debug)]
