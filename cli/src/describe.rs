@@ -1024,8 +1024,8 @@ fn outlier_text(o: Option<&remora_model::policy::outlier::OutlierConfig>) -> Str
 
 fn tls_text(raw: &Value, t: &traffic::TlsSettings) -> String {
     match t.mode {
-        traffic::TlsKind::IstioMutual => "ISTIO_MUTUAL: plain text between sidecars — remora has no mesh identity (no CA, no certificates), so this traffic is NOT encrypted".to_string(),
-        traffic::TlsKind::Disable if raw.get("tls").is_none() => "DISABLE (not set): plain text".to_string(),
+        traffic::TlsKind::IstioMutual => "ISTIO_MUTUAL: mutual TLS between sidecars with the workload certificates (plain text only from a sidecar without a workload identity)".to_string(),
+        traffic::TlsKind::Disable if raw.get("tls").is_none() => "not set: automatic mutual TLS to endpoints with a sidecar (security.istio.io/tlsMode=istio), plain text to others".to_string(),
         _ => t.summary(),
     }
 }
@@ -1661,7 +1661,12 @@ spec:
             "{}",
             pol.outlier_detection
         );
-        assert!(pol.tls.contains("ISTIO_MUTUAL: plain text"), "{}", pol.tls);
+        assert!(
+            pol.tls
+                .contains("ISTIO_MUTUAL: mutual TLS between sidecars"),
+            "{}",
+            pol.tls
+        );
         // The workload's Sidecar beats the namespace default.
         assert_eq!(d.sidecar.name.as_deref(), Some("shop/reviews"));
         assert!(d

@@ -1974,6 +1974,7 @@ mod tests {
                 },
             },
             discovery: DiscoveryDump::off(),
+            identity: None,
         }
     }
 

@@ -264,6 +264,7 @@ mod tests {
                 api: ApiState::default(),
             },
             discovery: DiscoveryDump::off(),
+            identity: None,
         }
     }
 

@@ -46,6 +46,9 @@ mod tests {
         // field 1 (string): tag 0x0a; field 3 (varint): tag 0x18.
         assert_eq!(bytes[0], 0x0a);
         assert!(bytes.windows(1).any(|w| w[0] == 0x18));
-        assert_eq!(IstioCertificateRequest::decode(bytes.as_slice()).unwrap(), r);
+        assert_eq!(
+            IstioCertificateRequest::decode(bytes.as_slice()).unwrap(),
+            r
+        );
     }
 }

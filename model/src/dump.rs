@@ -35,6 +35,43 @@ pub struct ConfigDump {
     pub policies: PoliciesDump,
     pub config_source: ConfigSourceDump,
     pub discovery: DiscoveryDump,
+    /// The workload certificate (`None`: the proxy has no workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityDump>,
+}
+
+/// The workload identity and its certificate (`remora proxy-config secret`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdentityDump {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub spiffe_id: String,
+    pub ca_address: String,
+    pub trust_domain: String,
+    /// `valid`, `waiting` (none issued yet) or `expired`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
+    /// Negative once expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal_in_seconds: Option<i64>,
+    pub requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The certificate chain, leaf first, PEM each (public material only).
+    #[serde(default)]
+    pub chain_pem: Vec<String>,
+    /// The trusted roots, PEM.
+    #[serde(default)]
+    pub roots_pem: String,
+    /// Inbound mTLS connections open now.
+    pub inbound_mtls_connections: usize,
 }
 
 /// The rule set in effect (one snapshot).
@@ -54,8 +91,8 @@ pub struct RulesDump {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecar: Option<Sidecar>,
-    /// The `security.istio.io` policies that apply to this pod (decoded; not enforced yet);
-    /// written only when present.
+    /// The `security.istio.io` policies that apply to this pod (PeerAuthentication is enforced;
+    /// authorization is decoded, not enforced yet); written only when present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

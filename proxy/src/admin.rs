@@ -119,6 +119,9 @@ impl AdminState {
         if !self.listeners_bound() {
             return (false, "capture listeners not bound yet".into());
         }
+        if let Some(why) = self.shared.identity.as_ref().and_then(|i| i.waiting_for()) {
+            return (false, format!("not ready: {why}"));
+        }
         let discovery = match &gate {
             Some((g, state @ GateState::Waiting { .. })) => {
                 return (false, format!("not ready: {}", g.describe(state)));
@@ -186,7 +189,19 @@ impl AdminState {
             sniff_timeout_ms: s.sniff_timeout.as_millis() as u64,
             app_probes: self.probers.probes.keys().cloned().collect(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            policies: self.shared.policies.dump(),
+            policies: {
+                let mut p = self.shared.policies.dump();
+                if self.shared.identity.is_none() {
+                    for d in &mut p.destinations {
+                        if d.policy.tls_settings.mode
+                            == remora_model::policy::traffic::TlsKind::IstioMutual
+                        {
+                            d.tls = "ISTIO_MUTUAL (plain text: no workload identity)".to_string();
+                        }
+                    }
+                }
+                p
+            },
             config_source: match &self.rules_sources {
                 Some(r) => r.dump(),
                 None => ConfigSourceDump {
@@ -201,6 +216,11 @@ impl AdminState {
                 },
             },
             discovery: self.discovery_dump(),
+            identity: self
+                .shared
+                .identity
+                .as_ref()
+                .map(|i| i.dump(self.shared.peers.len())),
         }
     }
 

@@ -135,6 +135,131 @@ pub struct RunArgs {
     /// Abuse limits and the privilege check (see `guard::LimitArgs`, docs/proxy.md "Limits").
     #[command(flatten)]
     pub limits: crate::guard::LimitArgs,
+    /// The workload identity: where the certificate comes from (docs/security.md).
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// `--ca-address` and the other settings of the workload certificate.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IdentityArgs {
+    /// The mesh CA that issues the workload certificate (`host:port`, Istio's certificate
+    /// service over TLS), or `off`: no workload identity, no mTLS between sidecars.
+    #[arg(long, env = "REMORA_CA_ADDRESS", default_value = "off")]
+    pub ca_address: String,
+    /// The name the CA's serving certificate must carry (default: the host of --ca-address).
+    #[arg(long, env = "REMORA_CA_SERVER_NAME")]
+    pub ca_server_name: Option<String>,
+    /// The mesh root certificate(s), PEM (the CA is verified with it, and so are peers).
+    #[arg(
+        long,
+        env = "REMORA_CA_ROOT_FILE",
+        default_value = "/var/run/secrets/remora/ca/root-cert.pem"
+    )]
+    pub ca_root_file: std::path::PathBuf,
+    /// The projected service-account token the CA authenticates the pod by.
+    #[arg(
+        long,
+        env = "REMORA_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/remora-ca-token"
+    )]
+    pub ca_token_file: std::path::PathBuf,
+    /// The trust domain of SPIFFE ids (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, env = "REMORA_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The pod's service account (the injector sets it from the pod spec).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Lifetime asked of the CA for each certificate (`24h`, `2m`, `90s`; 1m to 90d).
+    #[arg(long, env = "REMORA_CERT_TTL", default_value = "24h", value_parser = parse_cert_ttl)]
+    pub cert_ttl: Duration,
+    /// Renew once this fraction of the certificate's lifetime has passed (0.1 to 0.9; jitter
+    /// of 5 % of the lifetime either way).
+    #[arg(long, env = "REMORA_CERT_ROTATE_AT", default_value_t = 0.5, value_parser = parse_rotate_at)]
+    pub cert_rotate_at: f64,
+}
+
+/// `--cert-ttl`: a duration from one minute to 90 days.
+pub fn parse_cert_ttl(v: &str) -> Result<Duration, String> {
+    let d = remora_model::duration::parse_duration_days(v)
+        .map_err(|e| format!("{v:?} is not a duration: {e}"))?;
+    if d < Duration::from_secs(60) || d > Duration::from_secs(90 * 86_400) {
+        return Err(format!("{v:?} is outside 1m to 90d"));
+    }
+    Ok(d)
+}
+
+/// `--cert-rotate-at`: a fraction from 0.1 to 0.9.
+pub fn parse_rotate_at(v: &str) -> Result<f64, String> {
+    let f: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a number"))?;
+    if !(0.1..=0.9).contains(&f) {
+        return Err(format!("{v:?} is outside 0.1 to 0.9"));
+    }
+    Ok(f)
+}
+
+impl IdentityArgs {
+    /// The identity settings, or `None` for `--ca-address off`; an error names the flag.
+    pub fn config(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<crate::identity::IdentityConfig>, String> {
+        let addr = self.ca_address.trim();
+        if addr.is_empty() || addr == "off" {
+            return Ok(None);
+        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(format!("--ca-address {addr:?}: not host:port or off"));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("--ca-address {addr:?}: not host:port or off"));
+        }
+        let server_name = self
+            .ca_server_name
+            .clone()
+            .unwrap_or_else(|| host.to_string());
+        if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(format!(
+                "--ca-server-name {server_name:?}: not a DNS name or IP address"
+            ));
+        }
+        let dns_label = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 253
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        if !dns_label(&self.trust_domain) {
+            return Err(format!(
+                "--trust-domain {:?}: not a DNS name (lower-case letters, digits, '-', '.')",
+                self.trust_domain
+            ));
+        }
+        if !dns_label(&self.service_account) {
+            return Err(format!(
+                "SERVICE_ACCOUNT {:?}: not a Kubernetes service-account name",
+                self.service_account
+            ));
+        }
+        Ok(Some(crate::identity::IdentityConfig {
+            ca: crate::identity::ca_client::Endpoint {
+                address: addr.to_string(),
+                server_name,
+                timeout: Duration::from_secs(10),
+            },
+            root_file: self.ca_root_file.clone(),
+            token_file: self.ca_token_file.clone(),
+            trust_domain: self.trust_domain.clone(),
+            namespace: namespace.to_string(),
+            service_account: self.service_account.clone(),
+            cert_ttl: self.cert_ttl,
+            rotate_at: self.cert_rotate_at,
+        }))
+    }
 }
 
 /// `--rules-configmap`: `off` or a ConfigMap name (DNS-1123 subdomain).

@@ -130,6 +130,7 @@ pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Resul
             detected: Detected::Tcp,
             end: SniffEnd::Unsupported,
             sni: None,
+            alpn: Vec::new(),
         });
     }
     let mut l4: Box<L4Stream> = stream
@@ -161,11 +162,10 @@ pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Resul
     };
     // A TLS handshake record: read the whole first record (bounded) to find the SNI.
     let mut sni = None;
-    if !declared_http
-        && detected == Detected::Tcp
-        && end == SniffEnd::Bytes
-        && buf.first() == Some(&0x16)
-    {
+    let mut alpn = Vec::new();
+    // Also on a port declared HTTP: a sidecar's mTLS arrives there as TLS, and the caller
+    // decides by the ALPN values offered.
+    if detected == Detected::Tcp && end == SniffEnd::Bytes && buf.first() == Some(&0x16) {
         let mut big = [0u8; 2048];
         loop {
             if buf.len() >= 5 {
@@ -180,6 +180,7 @@ pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Resul
             }
         }
         sni = tls_sni(&buf);
+        alpn = tls_alpn(&buf);
     }
     if !buf.is_empty() {
         l4.rewind(&buf);
@@ -189,6 +190,7 @@ pub async fn sniff(stream: Stream, wait: Duration, declared_http: bool) -> Resul
         detected,
         end,
         sni,
+        alpn,
     })
 }
 
@@ -202,22 +204,71 @@ pub struct Sniffed {
     pub detected: Detected,
     pub end: SniffEnd,
     pub sni: Option<String>,
+    /// The ALPN protocols the ClientHello offered (empty when not TLS).
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// The server name (SNI) of a TLS ClientHello at the start of `b` (pure; `None` when `b` is not
 /// a complete-enough ClientHello or has no host name).
 pub fn tls_sni(b: &[u8]) -> Option<String> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
+    let data = hello_extensions(b)?
+        .into_iter()
+        .find_map(|(ty, d)| (ty == 0).then_some(d))?;
+    let mut data = data;
+    let list = u16_at(&mut data)?;
+    let mut list = take(&mut data, list)?;
+    while list.len() >= 3 {
+        let name_type = *take(&mut list, 1)?.first()?;
+        let n = u16_at(&mut list)?;
+        let name = take(&mut list, n)?;
+        if name_type == 0 {
+            let s = std::str::from_utf8(name).ok()?;
+            return Some(s.trim_end_matches('.').to_ascii_lowercase());
         }
-        let (h, t) = b.split_at(n);
-        *b = t;
-        Some(h)
     }
-    fn u16_at(b: &mut &[u8]) -> Option<usize> {
-        take(b, 2).map(|x| usize::from(u16::from_be_bytes([x[0], x[1]])))
+    None
+}
+
+/// The ALPN protocols a TLS ClientHello at the start of `b` offers, in its order (pure; empty
+/// when there are none or `b` is not a ClientHello).
+pub fn tls_alpn(b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(mut data) =
+        hello_extensions(b).and_then(|e| e.into_iter().find_map(|(ty, d)| (ty == 16).then_some(d)))
+    else {
+        return out;
+    };
+    let Some(len) = u16_at(&mut data) else {
+        return out;
+    };
+    let Some(mut list) = take(&mut data, len) else {
+        return out;
+    };
+    while let Some(n) = take(&mut list, 1).and_then(|x| x.first().copied()) {
+        match take(&mut list, usize::from(n)) {
+            Some(p) => out.push(p.to_vec()),
+            None => break,
+        }
     }
+    out
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (h, t) = b.split_at(n);
+    *b = t;
+    Some(h)
+}
+
+fn u16_at(b: &mut &[u8]) -> Option<usize> {
+    take(b, 2).map(|x| usize::from(u16::from_be_bytes([x[0], x[1]])))
+}
+
+/// The extensions (type, data) of a TLS ClientHello at the start of `b`, as far as `b` holds
+/// them.
+fn hello_extensions(b: &[u8]) -> Option<Vec<(u16, &[u8])>> {
     let mut r = b;
     let hdr = take(&mut r, 5)?;
     if hdr[0] != 0x16 {
@@ -237,26 +288,16 @@ pub fn tls_sni(b: &[u8]) -> Option<String> {
     let ext_len = u16_at(&mut r)?;
     let avail = ext_len.min(r.len());
     let mut exts = take(&mut r, avail)?;
+    let mut out = Vec::new();
     while exts.len() >= 4 {
-        let ty = u16_at(&mut exts)?;
+        let ty = u16_at(&mut exts)? as u16;
         let len = u16_at(&mut exts)?;
-        let mut data = take(&mut exts, len)?;
-        if ty != 0 {
-            continue;
-        }
-        let list = u16_at(&mut data)?;
-        let mut list = take(&mut data, list)?;
-        while list.len() >= 3 {
-            let name_type = *take(&mut list, 1)?.first()?;
-            let n = u16_at(&mut list)?;
-            let name = take(&mut list, n)?;
-            if name_type == 0 {
-                let s = std::str::from_utf8(name).ok()?;
-                return Some(s.trim_end_matches('.').to_ascii_lowercase());
-            }
-        }
+        let Some(data) = take(&mut exts, len) else {
+            break;
+        };
+        out.push((ty, data));
     }
-    None
+    Some(out)
 }
 
 #[cfg(test)]
@@ -334,18 +375,42 @@ mod tests {
     }
 
     fn client_hello() -> Vec<u8> {
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        client_hello_alpn(&[])
+    }
+
+    fn client_hello_alpn(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         let name = rustls::pki_types::ServerName::try_from("Api.Example.COM").unwrap();
         let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn alpn_from_a_real_client_hello() {
+        let hello = client_hello_alpn(&[b"istio-peer-exchange", b"istio-h2", b"istio"]);
+        assert_eq!(
+            tls_alpn(&hello),
+            vec![
+                b"istio-peer-exchange".to_vec(),
+                b"istio-h2".to_vec(),
+                b"istio".to_vec()
+            ]
+        );
+        assert_eq!(tls_sni(&hello).as_deref(), Some("api.example.com"));
+        assert!(tls_alpn(&client_hello()).is_empty());
+        assert!(tls_alpn(b"GET / HTTP/1.1\r\n\r\n").is_empty());
+        for n in 0..hello.len() {
+            let _ = tls_alpn(&hello[..n]);
+        }
     }
 
     #[test]

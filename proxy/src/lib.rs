@@ -20,7 +20,9 @@ pub mod discovery;
 pub mod guard;
 // The HTTP side: Pingora's `ProxyHttp` and the steps of a request.
 pub mod http;
+pub mod identity;
 pub mod listen;
+pub mod mtls;
 // Traffic policies.
 pub mod policy;
 // What the listeners, the HTTP proxies and the admin server share.

@@ -111,7 +111,6 @@ impl ServerApp for CaptureApp {
             );
             return None;
         };
-        let s = &self.shared.settings;
         if is_self_destination(dst, local, &self.shared.all_listener_addrs()) {
             self.refuse(
                 "loop",
@@ -119,56 +118,24 @@ impl ServerApp for CaptureApp {
             );
             return None;
         }
-        let declared = self.shared.snapshot.load().port_protocol(dst, None);
-        let (wait, is_http_port) = match declared {
-            Some(Protocol::Tcp) => (None, false),
-            // TLS: look for the SNI (bounded), never for HTTP.
-            Some(Protocol::Tls) => (Some(s.sniff_timeout), false),
-            Some(_) => (Some(s.http_first_byte_timeout), true),
-            None => (Some(s.sniff_timeout), false),
-        };
-        let (stream, detected, how, sni) = match wait {
-            None => (stream, Detected::Tcp, "rules", None),
-            Some(wait) => match detect::sniff(stream, wait, is_http_port).await {
-                Ok(x) => {
-                    let how = match (declared, x.end) {
-                        (Some(_), _) => "rules+sniff",
-                        (None, SniffEnd::Timeout) => "sniff-timeout",
-                        (None, SniffEnd::Closed) => "sniff-closed",
-                        (None, _) => "sniff",
-                    };
-                    let detected = match (declared, x.detected, x.end) {
-                        (Some(Protocol::Tls), _, _) => Detected::Tcp,
-                        (_, Detected::Tcp, SniffEnd::Timeout) if is_http_port => Detected::Http1,
-                        (_, d, _) => d,
-                    };
-                    if is_http_port && detected == Detected::Tcp {
-                        // A port the rules declare HTTP speaks HTTP: never bypass the HTTP
-                        // limits and policies as raw TCP.
-                        if x.end == SniffEnd::Bytes {
-                            guard::record(
-                                self.dir.as_str(),
-                                Reject::NotHttp,
-                                &format!("from {peer:?} to {dst}: port declared HTTP, the client sent non-HTTP bytes"),
-                            );
-                            let mut s = x.stream;
-                            if let Some(a) = guard::reject::answer(Reject::NotHttp) {
-                                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                                    let _ = s.write_all(&a).await;
-                                    let _ = s.shutdown().await;
-                                })
-                                .await;
-                            }
-                        }
-                        return None;
-                    }
-                    (x.stream, detected, how, x.sni)
-                }
-                Err(e) => {
-                    warn!(%dst, "dropping connection: {e}");
-                    return None;
-                }
-            },
+        let Classified {
+            stream,
+            detected,
+            how,
+            sni,
+            alpn,
+        } = self.classify(stream, dst, peer).await?;
+        // Inbound: a sidecar's mTLS is terminated here, and PeerAuthentication applies.
+        let (stream, detected, how, sni) = if self.dir == Direction::Inbound {
+            match self
+                .inbound_security(stream, detected, how, sni, &alpn, dst, peer)
+                .await
+            {
+                Some(x) => x,
+                None => return None,
+            }
+        } else {
+            (stream, detected, how, sni)
         };
         debug!(listener = self.dir.as_str(), %dst, ?peer, ?detected, how, ?sni, "connection classified");
         match detected {
@@ -194,6 +161,167 @@ impl ServerApp for CaptureApp {
                 None
             }
         }
+    }
+}
+
+/// A connection after protocol detection.
+struct Classified {
+    stream: Stream,
+    detected: Detected,
+    how: &'static str,
+    sni: Option<String>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl CaptureApp {
+    /// Decide what `stream` (to `dst`) carries: the rules first, then its first bytes. `None`
+    /// when it was refused (a port declared HTTP that got other bytes) or could not be read.
+    async fn classify(
+        &self,
+        stream: Stream,
+        dst: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> Option<Classified> {
+        let s = &self.shared.settings;
+        let declared = self.shared.snapshot.load().port_protocol(dst, None);
+        // Inbound with a workload identity, a port declared TCP is still looked at (bounded):
+        // a sidecar's mTLS arrives there as TLS, to be terminated.
+        let mesh_inbound = self.dir == Direction::Inbound && self.shared.identity.is_some();
+        let (wait, is_http_port) = match declared {
+            Some(Protocol::Tcp) if mesh_inbound => (Some(s.sniff_timeout), false),
+            Some(Protocol::Tcp) => (None, false),
+            // TLS: look for the SNI (bounded), never for HTTP.
+            Some(Protocol::Tls) => (Some(s.sniff_timeout), false),
+            Some(_) => (Some(s.http_first_byte_timeout), true),
+            None => (Some(s.sniff_timeout), false),
+        };
+        let (stream, detected, how, sni, alpn) = match wait {
+            None => (stream, Detected::Tcp, "rules", None, Vec::new()),
+            Some(wait) => match detect::sniff(stream, wait, is_http_port).await {
+                Ok(x) => {
+                    let how = match (declared, x.end) {
+                        (Some(_), _) => "rules+sniff",
+                        (None, SniffEnd::Timeout) => "sniff-timeout",
+                        (None, SniffEnd::Closed) => "sniff-closed",
+                        (None, _) => "sniff",
+                    };
+                    let detected = match (declared, x.detected, x.end) {
+                        (Some(Protocol::Tls | Protocol::Tcp), _, _) => Detected::Tcp,
+                        (_, Detected::Tcp, SniffEnd::Timeout) if is_http_port => Detected::Http1,
+                        (_, d, _) => d,
+                    };
+                    let mesh_tls = self.dir == Direction::Inbound
+                        && x.alpn
+                            .iter()
+                            .any(|a| crate::identity::material::is_mesh_alpn(a));
+                    if is_http_port && detected == Detected::Tcp && !mesh_tls {
+                        // A port the rules declare HTTP speaks HTTP: never bypass the HTTP
+                        // limits and policies as raw TCP.
+                        if x.end == SniffEnd::Bytes {
+                            guard::record(
+                                self.dir.as_str(),
+                                Reject::NotHttp,
+                                &format!("from {peer:?} to {dst}: port declared HTTP, the client sent non-HTTP bytes"),
+                            );
+                            let mut s = x.stream;
+                            if let Some(a) = guard::reject::answer(Reject::NotHttp) {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                    let _ = s.write_all(&a).await;
+                                    let _ = s.shutdown().await;
+                                })
+                                .await;
+                            }
+                        }
+                        return None;
+                    }
+                    (x.stream, detected, how, x.sni, x.alpn)
+                }
+                Err(e) => {
+                    warn!(%dst, "dropping connection: {e}");
+                    return None;
+                }
+            },
+        };
+        Some(Classified {
+            stream,
+            detected,
+            how,
+            sni,
+            alpn,
+        })
+    }
+
+    /// Inbound mTLS and PeerAuthentication: terminate a sidecar's TLS (Istio's ALPN values)
+    /// and classify what it carries; refuse plain text where the mode is `STRICT`. `None` when
+    /// the connection was refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn inbound_security(
+        &self,
+        stream: Stream,
+        detected: Detected,
+        how: &'static str,
+        sni: Option<String>,
+        alpn: &[Vec<u8>],
+        dst: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> Option<(Stream, Detected, &'static str, Option<String>)> {
+        let mesh_tls = alpn
+            .iter()
+            .any(|a| crate::identity::material::is_mesh_alpn(a));
+        let mode = self.shared.snapshot.load().mtls_mode(dst.port());
+        let identity = self.shared.identity.as_ref();
+        if !mesh_tls {
+            if mode.mode == remora_model::security::MtlsMode::Strict {
+                self.refuse(
+                    "mtls_required",
+                    format!(
+                        "from {peer:?} to {dst}: plain text refused, PeerAuthentication {} requires mutual TLS (STRICT){}",
+                        mode.policy.as_deref().unwrap_or("?"),
+                        if identity.is_none() { "; this proxy has no workload identity (--ca-address off)" } else { "" }
+                    ),
+                );
+                return None;
+            }
+            return Some((stream, detected, how, sni));
+        }
+        let Some(identity) = identity else {
+            // No identity: the bytes go to the app as they are (as before mTLS existed).
+            return Some((stream, detected, how, sni));
+        };
+        let Some(material) = identity.current() else {
+            self.refuse(
+                "mtls_no_certificate",
+                format!("from {peer:?} to {dst}: a sidecar's mTLS, but this proxy has no workload certificate yet"),
+            );
+            return None;
+        };
+        let timeout = self
+            .shared
+            .settings
+            .connect_timeout
+            .min(Duration::from_secs(10));
+        let (tls, info) = match crate::mtls::inbound::terminate(
+            stream,
+            &material,
+            &identity.config.trust_domain,
+            &self.shared.peers,
+            timeout,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                Metrics::get()
+                    .mtls_failures
+                    .with_label_values(&["inbound", "handshake"])
+                    .inc();
+                self.refuse("mtls_handshake", format!("from {peer:?} to {dst}: {e}"));
+                return None;
+            }
+        };
+        debug!(%dst, ?peer, principal = %info.principal, tls = info.tls_version, alpn = ?info.alpn, "mTLS from a sidecar terminated");
+        let c = self.classify(Box::new(tls), dst, peer).await?;
+        Some((c.stream, c.detected, "mtls+sniff", c.sni))
     }
 }
 

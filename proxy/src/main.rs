@@ -368,6 +368,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         app_probes = probers.probes.len(),
         "remora-proxy starting"
     );
+    rules::watch::set_mesh_identity(
+        args.identity.ca_address.trim() != "off" && !args.identity.ca_address.trim().is_empty(),
+    );
     if snapshot.generation > 0 {
         // The first set is logged like every reload: counts, unknown fields, resources not
         // applied, ISTIO_MUTUAL warnings (once, here, not on the request path).
@@ -384,10 +387,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(rules_sources.clone()),
     ));
     log_ready_gate(&ready_gate);
+    let identity = args
+        .identity
+        .config(&args.namespace)
+        .map_err(|e| anyhow!(e))?
+        .map(|c| Arc::new(remora_proxy::identity::Identity::new(c)));
+    match &identity {
+        Some(id) => info!(
+            identity = %id.config.spiffe_id(),
+            ca = %id.config.ca.address,
+            cert_ttl_s = id.config.cert_ttl.as_secs(),
+            "workload identity on: mTLS to sidecar endpoints and ISTIO_MUTUAL destinations, mTLS from sidecars terminated; ready once the CA issued the certificate"
+        ),
+        None => info!(
+            "workload identity off (--ca-address off): no mTLS between sidecars; ISTIO_MUTUAL destinations get plain text"
+        ),
+    }
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
         policies: Arc::new(remora_proxy::policy::Policies::new()),
+        identity: identity.clone(),
+        peers: Default::default(),
     });
     listen::log_listeners(&shared.settings);
     let guard = Arc::new(remora_proxy::guard::Guard::new(limits));
@@ -492,6 +513,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         for (l, kind) in listeners {
             tokio::spawn(admin::serve(l, st.clone(), kind));
+        }
+        if let Some(id) = identity {
+            tokio::spawn(id.run());
         }
         tokio::spawn(admin::watch_readiness(
             st.clone(),

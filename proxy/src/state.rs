@@ -1,6 +1,7 @@
 //! The state every part of the data plane reads: which listener a connection came in on
 //! (`Direction`), the settings fixed at start-up (`Settings`), and what the listeners, the HTTP
-//! proxies and the admin server share (`Shared`: settings, rule snapshot, policy state).
+//! proxies and the admin server share (`Shared`: settings, rule snapshot, policy state, the
+//! workload identity and the peers of inbound mTLS connections).
 
 use crate::rules::SharedSnapshot;
 use crate::telemetry::{AccessLog, Workload};
@@ -69,6 +70,10 @@ pub struct Shared {
     /// Traffic-policy state shared across requests (balancers, outlier detection, pools,
     /// rate limiters).
     pub policies: Arc<crate::policy::Policies>,
+    /// The workload certificate and its renewal (`None`: `--ca-address off`, no mesh mTLS).
+    pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The identities of the inbound mTLS connections open now.
+    pub peers: Arc<crate::mtls::inbound::Peers>,
 }
 
 impl Shared {

@@ -482,7 +482,7 @@ fn simple_checks_subject_alt_names() {
 }
 
 #[test]
-fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
+fn istio_mutual_without_identity_is_plain_text_and_says_so() {
     let rt = rt();
     let echo = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "plain"));
     let rules = format!(
@@ -490,18 +490,17 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
          apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  host: reviews.shop.svc.cluster.local\n  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL}}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n",
         echo.port()
     );
-    let want = "DestinationRule shop/reviews: spec.trafficPolicy.tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to reviews.shop.svc.cluster.local goes in plain text between sidecars";
+    let want = "DestinationRule shop/reviews: spec.trafficPolicy.tls.mode ISTIO_MUTUAL: this proxy has no workload identity (--ca-address off); traffic to reviews.shop.svc.cluster.local goes in plain text between sidecars";
 
-    // The linter: a warning, not an error.
+    // The linter: ISTIO_MUTUAL is mesh mTLS, nothing to warn about offline.
     let ctx = remora_proxy::rules::LoadContext::default();
     let report = remora_model::lint::run_files(&[("r.yaml", rules.as_str())], &ctx);
     assert!(report.is_ok(), "{report}");
     let text = report.to_string();
-    assert_eq!(text.matches("ISTIO_MUTUAL").count(), 1, "{text}");
-    assert!(text.contains(want), "{text}");
+    assert_eq!(text.matches("ISTIO_MUTUAL").count(), 0, "{text}");
 
     let (p, _dir) = start(&[("r.yaml", rules.as_str())]);
-    // `remora-proxy validate DIR`: exit 0, the warning on stdout.
+    // `remora-proxy validate DIR`: exit 0, no warning.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_remora-proxy"))
         .arg("validate")
         .arg(_dir.path())
@@ -510,10 +509,7 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains(&format!("warning: r.yaml doc 2: {want}")),
-        "{stdout}"
-    );
+    assert!(!stdout.contains("ISTIO_MUTUAL"), "{stdout}");
     let r = get(&p, "reviews.shop.svc.cluster.local", "/plain");
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.header("x-server"), Some("plain"));
@@ -540,7 +536,7 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
         })
         .unwrap_or_else(|| panic!("{dests:#}"));
     assert_eq!(
-        d["tls"], "ISTIO_MUTUAL (plain text: no mesh identity)",
+        d["tls"], "ISTIO_MUTUAL (plain text: no workload identity)",
         "{d:#}"
     );
     assert_eq!(d["tls_error"], serde_json::Value::Null, "{d:#}");
@@ -553,24 +549,29 @@ fn istio_mutual_is_plain_text_between_sidecars_and_says_so() {
 }
 
 #[test]
-fn bookinfo_all_mtls_rules_validate_with_one_warning_per_rule() {
+fn bookinfo_all_mtls_rules_validate_without_warnings() {
     let path = remora_corpus::require!("networking/destination-rule-all-mtls.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let ctx = remora_proxy::rules::LoadContext::default();
     let report = remora_model::lint::run_files(&[("all-mtls.yaml", text.as_str())], &ctx);
     assert!(report.is_ok(), "{report}");
-    let mtls: Vec<String> = report
-        .warnings
-        .iter()
-        .map(ToString::to_string)
-        .filter(|w| w.contains("ISTIO_MUTUAL"))
-        .collect();
+    assert!(report.warnings.is_empty(), "{report}");
+    // A proxy without a workload identity would send each in plain text, and says so per rule.
     let rules = text.matches("kind: DestinationRule").count();
     assert!(rules >= 4, "{rules}");
+    let inputs = remora_model::rules::load::Inputs {
+        dir: std::path::PathBuf::from("memory"),
+        files: vec![("all-mtls.yaml".to_string(), text.into_bytes())],
+        skipped: Vec::new(),
+        hash: String::new(),
+    };
+    let decoded = remora_model::rules::load::decode_inputs(&inputs, &ctx);
+    let mtls =
+        remora_model::lint::policy::istio_mutual_without_identity(&decoded.destination_rules);
     assert_eq!(mtls.len(), rules, "{mtls:#?}");
     for host in ["productpage", "reviews", "ratings", "details"] {
         assert!(
-            mtls.iter().any(|w| w.contains(&format!(
+            mtls.iter().any(|w| w.to_string().contains(&format!(
                 "traffic to {host}.default.svc.cluster.local goes in plain text between sidecars"
             ))),
             "{host}: {mtls:#?}"

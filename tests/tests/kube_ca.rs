@@ -638,3 +638,434 @@ async fn a_plug_in_cacerts_wins() {
     assert!(log.iter().any(|l| l["message"].as_str().is_some_and(|m| m
         .starts_with("mesh CA: using the plug-in CA from Secret remora-system/cacerts (it wins"))));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The sidecars the CA serves: two real `remora-proxy` processes get their workload certificates
+// from this CA (tokens answered by the recorded TokenReviews) and talk mTLS to each other.
+
+/// A `remora-proxy run` on loopback ports; stopped on drop.
+struct Sidecar {
+    proc: Proc,
+    outbound: std::net::SocketAddr,
+    inbound: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    health: std::net::SocketAddr,
+    prometheus: std::net::SocketAddr,
+}
+
+impl Sidecar {
+    /// Identity `namespace`/`service_account` with `token`; `fixed_inbound`: the app.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        name: &str,
+        dir: &Path,
+        ca: std::net::SocketAddr,
+        namespace: &str,
+        service_account: &str,
+        token: &str,
+        rules: &str,
+        fixed: (&str, std::net::SocketAddr),
+        extra: &[&str],
+    ) -> Sidecar {
+        let bin = remora_e2e::admission::default_bin_dir().join("remora-proxy");
+        assert!(bin.exists(), "{} is missing: build it first", bin.display());
+        let d = dir.join(name);
+        std::fs::create_dir_all(d.join("rules")).unwrap();
+        std::fs::write(d.join("rules/rules.yaml"), rules).unwrap();
+        std::fs::write(d.join("token"), token).unwrap();
+        let p = remora_e2e::ports::free_ports(5);
+        let a = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("run")
+            .arg(format!("--outbound-addr={}", a(p[0])))
+            .arg(format!("--inbound-addr={}", a(p[1])))
+            .arg(format!("--admin-addr={}", a(p[2])))
+            .arg(format!("--health-addr={}", a(p[3])))
+            .arg(format!("--prometheus-addr={}", a(p[4])))
+            .arg(format!("--rules-dir={}", d.join("rules").display()))
+            .args(["--rules-rescan-seconds=1", "--ipv6=off", "--kube-api=off"])
+            .arg("--pod-labels-file=/nonexistent/remora-test-labels")
+            .arg(format!("--namespace={namespace}"))
+            .arg(format!("--workload-name={name}"))
+            .args(["--drain-seconds=1", "--inbound-source-fallback"])
+            .arg(format!("--{}={}", fixed.0, fixed.1))
+            .arg(format!("--ca-address={ca}"))
+            .arg(format!("--ca-server-name={CA_NAME}"))
+            .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
+            .arg(format!("--ca-token-file={}", d.join("token").display()))
+            .args(extra)
+            .env("SERVICE_ACCOUNT", service_account)
+            .env("POD_NAMESPACE", namespace);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REMORA_") {
+                cmd.env_remove(k);
+            }
+        }
+        let proc = Proc::spawn(name, cmd, d.join("proxy.log")).unwrap();
+        Sidecar {
+            proc,
+            outbound: a(p[0]),
+            inbound: a(p[1]),
+            admin: a(p[2]),
+            health: a(p[3]),
+            prometheus: a(p[4]),
+        }
+    }
+
+    /// Waits (bounded) for `/healthz/ready` to answer 200; returns the bodies seen meanwhile.
+    async fn ready(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        loop {
+            if let Ok((code, body)) = get(self.health, "x", "/healthz/ready").await {
+                if code == 200 {
+                    return seen;
+                }
+                if seen.last() != Some(&body) {
+                    seen.push(body);
+                }
+            }
+            assert!(
+                self.proc.exited().is_none(),
+                "{} exited:\n{}",
+                self.proc.name,
+                self.proc.log_tail(40)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {PATIENCE:?} ({seen:?}):\n{}",
+                self.proc.name,
+                self.proc.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self) -> Vec<remora_e2e::client::Sample> {
+        let (code, body) = get(self.prometheus, "x", "/stats/prometheus")
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        remora_e2e::client::parse_prometheus(&body)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.proc.stop(Duration::from_secs(5));
+    }
+}
+
+/// One plain HTTP/1.1 GET to `addr` with `Host: host`: (status, body).
+async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {path} via {addr} timed out"))?
+}
+
+const SLEEP: &str = "spiffe://cluster.local/ns/other/sa/sleep";
+
+/// The server's rules: PeerAuthentication for its namespace.
+fn server_rules(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: default}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+    )
+}
+
+/// The client's rules: the server as a mesh endpoint (`security.istio.io/tlsMode: istio`).
+fn client_rules(server_inbound: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: httpbin, namespace: other}}\nspec:\n  hosts: [httpbin.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{{number: 8000, name: http, protocol: HTTP}}, {{number: 8001, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {p}, tcp: {p}}}\n    labels: {{app: httpbin, security.istio.io/tlsMode: istio}}\n",
+        p = server_inbound.port()
+    )
+}
+
+/// The CA, an app, its sidecar (default/httpbin, PeerAuthentication `mode`) and a client
+/// sidecar (other/sleep) that knows the server as a mesh endpoint; both ready. `extra`: flags
+/// for both sidecars.
+struct Pair {
+    ca: CaProc,
+    _api: RecordedApi,
+    app: Proc,
+    server: Sidecar,
+    client: Sidecar,
+    root: String,
+    dir: tempfile::TempDir,
+    /// What the server's readiness said while it waited.
+    server_waits: Vec<String>,
+}
+
+async fn pair(mode: &str, extra: &[&str]) -> Pair {
+    remora_webhook::tls::install_provider();
+    let api = api().await;
+    api.load(&fixture("secrets-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS,
+        Reply::json(201, secret_body("remora-ca", &[], "90100")),
+    );
+    let mut ca = CaProc::start(&api);
+    ca.wait_for("the root stored", || !posts_to(&api, SECRETS).is_empty())
+        .await;
+    let root = unb64(&posts_to(&api, SECRETS)[0]["data"]["root-cert.pem"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.pem"), &root).unwrap();
+
+    // The app behind the server sidecar.
+    let app_port = remora_e2e::ports::free_port();
+    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], app_port));
+    let mut app_cmd =
+        std::process::Command::new(remora_e2e::admission::default_bin_dir().join("lab-app"));
+    app_cmd.args([
+        "--port",
+        &app_port.to_string(),
+        "http",
+        "--service",
+        "httpbin",
+    ]);
+    let app = Proc::spawn("lab-app", app_cmd, dir.path().join("app.log")).unwrap();
+
+    // The client reaches the server through its outbound listener (the original destination
+    // fixed to the server's inbound listener).
+    let mut server = Sidecar::start(
+        "httpbin",
+        dir.path(),
+        ca.ca,
+        "default",
+        "httpbin",
+        "tok-httpbin",
+        &server_rules(mode),
+        ("fixed-inbound-target", app_addr),
+        extra,
+    );
+    let server_waits = server.ready().await;
+    let mut client = Sidecar::start(
+        "sleep",
+        dir.path(),
+        ca.ca,
+        "other",
+        "sleep",
+        "tok-other-ns",
+        &client_rules(server.inbound),
+        ("fixed-outbound-target", server.inbound),
+        extra,
+    );
+    client.ready().await;
+    Pair {
+        ca,
+        _api: api,
+        app,
+        server,
+        client,
+        root,
+        dir,
+        server_waits,
+    }
+}
+
+#[tokio::test]
+async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
+    let Pair {
+        mut ca,
+        _api,
+        mut app,
+        server,
+        client,
+        root,
+        dir,
+        server_waits: waits,
+    } = pair("STRICT", &[]).await;
+    // Readiness waited for the certificate, and said so (when it was slow enough to be seen).
+    for w in &waits {
+        assert!(
+            w.contains("certificate") || w.contains("rule set") || w.contains("listeners"),
+            "{w}"
+        );
+    }
+
+    // Through the client sidecar: 200 from the app, over mTLS.
+    let host = "httpbin.default.svc.cluster.local:8000";
+    for i in 0..5 {
+        let (code, body) = get(client.outbound, host, &format!("/get/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}\n{}\n{}", client.log(), server.log());
+        assert!(body.contains("httpbin"), "{body}");
+    }
+    // Straight to the server's inbound listener in plain text: STRICT refuses it.
+    let plain = get(server.inbound, host, "/plain").await;
+    assert!(plain.is_err(), "{plain:?}");
+    assert!(
+        server
+            .log()
+            .contains("PeerAuthentication default/default requires mutual TLS (STRICT)"),
+        "{}",
+        server.log()
+    );
+    // The server saw the client's identity: metrics and access log.
+    let m = server.metrics().await;
+    let mtls = remora_e2e::client::sum(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert_eq!(mtls, 5.0, "{m:?}");
+    let refused = remora_e2e::client::sum(
+        &m,
+        "remora_refused_connections_total",
+        &[("reason", "mtls_required")],
+    );
+    assert!(refused >= 1.0, "{m:?}");
+    let principal_lines = server
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"peer_principal\":\"{SLEEP}\"")))
+        .count();
+    assert_eq!(principal_lines, 5, "{}", server.log());
+    let cm = client.metrics().await;
+    assert_eq!(
+        remora_e2e::client::sum(
+            &cm,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("connection_security_policy", "mutual_tls")
+            ],
+        ),
+        5.0
+    );
+    let exp = remora_e2e::client::sum(&cm, "remora_workload_cert_expiry_seconds", &[]);
+    assert!(exp > 3600.0, "{exp}");
+    // The identity in the dump (what `remora proxy-config secret` shows).
+    let (code, dump) = get(client.admin, "x", "/config_dump").await.unwrap();
+    assert_eq!(code, 200);
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["identity"]["spiffe_id"], SLEEP);
+    assert_eq!(dump["identity"]["state"], "valid");
+    let chain: Vec<String> = serde_json::from_value(dump["identity"]["chain_pem"].clone()).unwrap();
+    // Asked for 24 h, capped by the CA at 12 h.
+    check_chain(&chain, SLEEP, CAP.as_secs() as i64, &root);
+    // A host the client's rules do not know goes out as it came (plain text, passthrough):
+    // STRICT refuses it, and the client answers 503.
+    let (code, body) = get(client.outbound, "unknown.example", "/passthrough")
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "{body}");
+
+    // PERMISSIVE takes plain text too.
+    std::fs::write(
+        dir.path().join("httpbin/rules/rules.yaml"),
+        server_rules("PERMISSIVE"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((200, _)) = get(server.inbound, host, "/plain").await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+    drop(server);
+    app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}
+
+/// Two-minute certificates renewed at a tenth of their life: requests keep flowing across the
+/// renewals, none fails, and both sides end on new certificates.
+#[tokio::test]
+async fn short_certificates_rotate_under_load_without_a_failed_request() {
+    let Pair {
+        mut ca,
+        _api,
+        mut app,
+        server,
+        client,
+        dir: _dir,
+        ..
+    } = pair("STRICT", &["--cert-ttl=2m", "--cert-rotate-at=0.1"]).await;
+    let serial = |dump: &str| -> String {
+        let v: Value = serde_json::from_str(dump).unwrap();
+        v["identity"]["serial"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (_, d) = get(client.admin, "x", "/config_dump").await.unwrap();
+    let first_client = serial(&d);
+    let (_, d) = get(server.admin, "x", "/config_dump").await.unwrap();
+    let first_server = serial(&d);
+    assert!(!first_client.is_empty() && !first_server.is_empty());
+    // The CA backdates a minute, so a 2-minute certificate has a minute ahead: renewal comes 3
+    // to 9 s after issuance. Load for up to 40 s (bounded in count too) until both sides have
+    // renewed and a few more requests went through.
+    let host = "httpbin.default.svc.cluster.local:8000";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut ok, mut failed, mut after) = (0u32, Vec::new(), 0u32);
+    for i in 0..4000u32 {
+        match get(client.outbound, host, &format!("/r/{i}")).await {
+            Ok((200, _)) => ok += 1,
+            other => failed.push(format!("{i}: {other:?}")),
+        }
+        if i % 20 == 0 {
+            let (_, c) = get(client.admin, "x", "/config_dump").await.unwrap();
+            let (_, s) = get(server.admin, "x", "/config_dump").await.unwrap();
+            if serial(&c) != first_client && serial(&s) != first_server {
+                after += 1;
+                if after > 5 {
+                    break;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        after > 5,
+        "no renewal on both sides within 40 s ({ok} requests)\n{}\n{}",
+        client.log(),
+        server.log()
+    );
+    let issued = |log: &str| log.matches("workload certificate issued by the CA").count();
+    // Renewed, and not in a loop: a handful of issuances in the test's seconds.
+    for (who, log) in [("client", client.log()), ("server", server.log())] {
+        let n = issued(&log);
+        assert!((2..=8).contains(&n), "{who}: {n} issuances\n{log}");
+    }
+    drop(client);
+    drop(server);
+    app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}

@@ -451,7 +451,10 @@ async fn describe_bookinfo_reviews_v1() {
         &r,
         "load balancer: LEAST_REQUEST (not set: Istio's default)",
     );
-    has(&r, "TLS: ISTIO_MUTUAL: plain text between sidecars");
+    has(
+        &r,
+        "TLS: ISTIO_MUTUAL: mutual TLS between sidecars with the workload certificates",
+    );
     has(&r, "subset v1 (version=v1)  <- this pod");
     has(&r, "subset v2 (version=v2)\n");
     // The Sidecar and the annotation.

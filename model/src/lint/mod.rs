@@ -118,7 +118,7 @@ fn check_policies(
         let errors = crate::lint::policy::check(files, &decoded.destination_rules, ctx);
         report.errors.extend(errors.into_iter().map(Finding::from));
     }
-    // Accepted but not honoured as written (ISTIO_MUTUAL is plain text, credentialName unread).
+    // Accepted but not honoured as written (credentialName unread).
     let warnings = crate::lint::policy::warnings(&decoded.destination_rules);
     report
         .warnings

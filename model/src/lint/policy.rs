@@ -74,13 +74,12 @@ fn tls_declarations(dr: &DestinationRule) -> Vec<TlsDecl<'_>> {
     out
 }
 
-/// The warnings about `tls` settings remora accepts but does not honour as written: one per
-/// DestinationRule/subset/port that uses `ISTIO_MUTUAL` (plain text between sidecars: remora
-/// has no mesh certificates) and one per `credentialName` (remora reads no Secrets).
-/// `remora-proxy validate`, `remora analyze` and the webhook's rules validator report them
-/// (`validate::run_files`); the proxy logs the `ISTIO_MUTUAL` ones (`note_applied`).
-pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
-    let mut out = Vec::new();
+/// Every `tls` setting of the DestinationRules that parses: the rule, the setting's field path,
+/// what it applies to (`host`, ` subset s`, ` port p`) and the settings.
+fn each_tls(
+    drs: &[DestinationRule],
+    mut f: impl FnMut(&DestinationRule, &str, &str, &traffic::TlsSettings),
+) {
     for dr in drs {
         for (field, subset, port, t) in tls_declarations(dr) {
             let Ok(ts) = traffic::parse_tls(t, &field) else {
@@ -93,33 +92,56 @@ pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
             if let Some(p) = port {
                 target.push_str(&format!(" port {p}"));
             }
-            let mut push = |reason: String| {
-                out.push(LoadError {
-                    file: dr.meta.file.clone(),
-                    document: dr.meta.document,
-                    field: String::new(),
-                    reason: format!("DestinationRule {}: {reason}", dr.meta.key()),
-                })
-            };
-            if ts.mode == traffic::TlsKind::IstioMutual {
-                push(format!(
-                    "{field}.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {target} goes in plain text between sidecars"
-                ));
-            }
-            if let Some(n) = &ts.credential_name {
-                let consequence = if ts.mode == traffic::TlsKind::Mutual
-                    && (ts.client_certificate.is_none() || ts.private_key.is_none())
-                {
-                    format!("; without clientCertificate and privateKey, requests to {target} fail with 503 UF")
-                } else {
-                    String::new()
-                };
-                push(format!(
-                    "{field}.credentialName {n:?}: ignored: remora does not read Kubernetes Secrets (no SDS){consequence}"
-                ));
-            }
+            f(dr, &field, &target, &ts);
         }
     }
+}
+
+fn finding(dr: &DestinationRule, reason: String) -> LoadError {
+    LoadError {
+        file: dr.meta.file.clone(),
+        document: dr.meta.document,
+        field: String::new(),
+        reason: format!("DestinationRule {}: {reason}", dr.meta.key()),
+    }
+}
+
+/// The warnings about `tls` settings remora accepts but does not honour as written: one per
+/// `credentialName` (the sidecar reads no Secrets). `remora-proxy validate`, `remora analyze`
+/// and the webhook's rules validator report them (`validate::run_files`).
+pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    each_tls(drs, |dr, field, target, ts| {
+        if let Some(n) = &ts.credential_name {
+            let consequence = if ts.mode == traffic::TlsKind::Mutual
+                && (ts.client_certificate.is_none() || ts.private_key.is_none())
+            {
+                format!("; without clientCertificate and privateKey, requests to {target} fail with 503 UF")
+            } else {
+                String::new()
+            };
+            out.push(finding(
+                dr,
+                format!("{field}.credentialName {n:?}: ignored: remora does not read Kubernetes Secrets (no SDS){consequence}"),
+            ));
+        }
+    });
+    out
+}
+
+/// One finding per DestinationRule/subset/port that uses `ISTIO_MUTUAL`, for a proxy that has
+/// no workload identity (`--ca-address off`): there such traffic goes in plain text, and the
+/// proxy says so.
+pub fn istio_mutual_without_identity(drs: &[DestinationRule]) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    each_tls(drs, |dr, field, target, ts| {
+        if ts.mode == traffic::TlsKind::IstioMutual {
+            out.push(finding(
+                dr,
+                format!("{field}.mode ISTIO_MUTUAL: this proxy has no workload identity (--ca-address off); traffic to {target} goes in plain text between sidecars"),
+            ));
+        }
+    });
     out
 }
 
@@ -149,7 +171,7 @@ mod tests {
                       metadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n";
 
     #[test]
-    fn istio_mutual_and_credential_name_are_warnings_per_declaration() {
+    fn credential_name_is_a_warning_and_istio_mutual_a_finding_only_without_identity() {
         let yaml = format!(
             "{DR}  trafficPolicy:\n    tls: {{mode: ISTIO_MUTUAL}}\n    portLevelSettings:\n    \
              - port: {{number: 9080}}\n      tls: {{mode: ISTIO_MUTUAL}}\n  subsets:\n  \
@@ -164,16 +186,33 @@ mod tests {
         assert!(report.is_ok(), "{report}");
         let w: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
         let host = "reviews.default.svc.cluster.local";
-        let want = [
-            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} goes in plain text between sidecars"),
-            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} port 9080 goes in plain text between sidecars"),
-            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.credentialName \"reviews-client\": ignored: remora does not read Kubernetes Secrets (no SDS); without clientCertificate and privateKey, requests to {host} subset v1 fail with 503 UF"),
-            format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[1].trafficPolicy.tls.mode ISTIO_MUTUAL: remora has no mesh certificates; traffic to {host} subset v2 goes in plain text between sidecars"),
-        ];
-        for x in &want {
-            assert!(w.contains(x), "missing {x}\nin {w:#?}");
-        }
-        assert_eq!(w.len(), want.len(), "{w:#?}");
+        // ISTIO_MUTUAL is mesh mTLS now: the offline linter says nothing of it.
+        assert_eq!(
+            w,
+            vec![format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.tls.credentialName \"reviews-client\": ignored: remora does not read Kubernetes Secrets (no SDS); without clientCertificate and privateKey, requests to {host} subset v1 fail with 503 UF")]
+        );
+        // A proxy without a workload identity says, per declaration, that it sends plain text.
+        let files = vec![("rules.yaml".to_string(), yaml.as_bytes().to_vec())];
+        let inputs = load::Inputs {
+            dir: std::path::PathBuf::from("memory"),
+            files,
+            skipped: Vec::new(),
+            hash: String::new(),
+        };
+        let decoded = load::decode_inputs(&inputs, &ctx);
+        let got: Vec<String> = istio_mutual_without_identity(&decoded.destination_rules)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let tail = "this proxy has no workload identity (--ca-address off); traffic to";
+        assert_eq!(
+            got,
+            vec![
+                format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.tls.mode ISTIO_MUTUAL: {tail} {host} goes in plain text between sidecars"),
+                format!("rules.yaml doc 1: DestinationRule default/reviews: spec.trafficPolicy.portLevelSettings[0].tls.mode ISTIO_MUTUAL: {tail} {host} port 9080 goes in plain text between sidecars"),
+                format!("rules.yaml doc 1: DestinationRule default/reviews: spec.subsets[1].trafficPolicy.tls.mode ISTIO_MUTUAL: {tail} {host} subset v2 goes in plain text between sidecars"),
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub enum TlsMode {
     },
     /// `MUTUAL` or `ISTIO_MUTUAL`: a mode this summary does not describe; read
     /// `TrafficPolicy::tls_settings` (`TlsSettings::summary`). `MUTUAL` is TLS with a client
-    /// certificate; `ISTIO_MUTUAL` is plain text between sidecars (remora has no mesh identity).
+    /// certificate; `ISTIO_MUTUAL` is mTLS between sidecars with the workload certificates.
     Unsupported(String),
 }
 
@@ -36,8 +36,8 @@ pub enum TlsKind {
     Simple,
     #[serde(rename = "MUTUAL")]
     Mutual,
-    /// Istio's mesh mTLS. remora has no mesh certificates: traffic goes in plain text between
-    /// sidecars (the linter warns; the proxy logs it).
+    /// Istio's mesh mTLS with the workload certificates (plain text, with a warning, when the
+    /// proxy has no workload identity).
     #[serde(rename = "ISTIO_MUTUAL")]
     IstioMutual,
 }
@@ -65,13 +65,11 @@ pub struct TlsSettings {
 
 impl TlsSettings {
     /// One line for humans: `MUTUAL sni=a cert=/c key=/k ca=/ca san=x,y`,
-    /// `ISTIO_MUTUAL (plain text: no mesh identity)`, `SIMPLE`, `DISABLE`.
+    /// `ISTIO_MUTUAL (mesh mTLS)`, `SIMPLE`, `DISABLE`.
     pub fn summary(&self) -> String {
         let mut t = match self.mode {
             TlsKind::Disable => return "DISABLE".to_string(),
-            TlsKind::IstioMutual => {
-                return "ISTIO_MUTUAL (plain text: no mesh identity)".to_string()
-            }
+            TlsKind::IstioMutual => return "ISTIO_MUTUAL (mesh mTLS)".to_string(),
             TlsKind::Simple => "SIMPLE".to_string(),
             TlsKind::Mutual => "MUTUAL".to_string(),
         };
@@ -109,6 +107,10 @@ pub struct TrafficPolicy {
     pub tls: TlsMode,
     /// The whole `tls` setting (what the proxy acts on).
     pub tls_settings: TlsSettings,
+    /// A `tls` setting applies (then it decides, even `DISABLE`; without one, the proxy's
+    /// automatic mTLS to sidecar endpoints does).
+    #[serde(default)]
+    pub tls_set: bool,
 }
 
 const FIELDS: [&str; 4] = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
@@ -167,6 +169,7 @@ pub fn parse(v: &Value, field: &str) -> Result<TrafficPolicy, String> {
     }
     if let Some(x) = v.get("tls") {
         t.tls_settings = parse_tls(x, &format!("{field}.tls"))?;
+        t.tls_set = true;
         let ts = &t.tls_settings;
         t.tls = match ts.mode {
             TlsKind::Disable => TlsMode::Disable,
@@ -365,10 +368,7 @@ mod tests {
         let t = parse(&json!({"tls": {"mode": "ISTIO_MUTUAL"}}), "tp").unwrap();
         assert_eq!(t.tls, TlsMode::Unsupported("ISTIO_MUTUAL".into()));
         assert_eq!(t.tls_settings.mode, TlsKind::IstioMutual);
-        assert_eq!(
-            t.tls_settings.summary(),
-            "ISTIO_MUTUAL (plain text: no mesh identity)"
-        );
+        assert_eq!(t.tls_settings.summary(), "ISTIO_MUTUAL (mesh mTLS)");
         let t = parse(
             &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
                             "caCertificates": "/ca.pem", "sni": "a.test",

@@ -129,6 +129,8 @@ fn start() -> Harness {
         settings,
         snapshot: store,
         policies: Arc::new(remora_proxy::policy::Policies::new()),
+        identity: None,
+        peers: Default::default(),
     });
     let limits = DownstreamLimits {
         header_timeout: Duration::from_secs(2),

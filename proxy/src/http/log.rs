@@ -55,6 +55,11 @@ pub(super) fn record(
             s.workload.namespace.as_str(),
         ),
     };
+    let security = if ctx.mesh_upstream || ctx.peer_identity.is_some() {
+        "mutual_tls"
+    } else {
+        "none"
+    };
     let labels = HttpLabelsRef {
         reporter: dir.reporter(),
         source_workload: sw,
@@ -66,6 +71,7 @@ pub(super) fn record(
         response_code: status,
         grpc_response_status: ctx.grpc_status.unwrap_or_default(),
         response_flags,
+        connection_security_policy: security,
     };
     Metrics::get().record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
     s.access_log.write_http(&HttpLogEntry {
@@ -90,5 +96,8 @@ pub(super) fn record(
         request_id: std::mem::take(&mut ctx.request_id),
         traceparent: ctx.traceparent.take(),
         error: ctx.error.take(),
+        connection_security_policy: security,
+        peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
+        tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
     });
 }

@@ -49,6 +49,10 @@ pub struct ReqCtx {
     dst: Option<SocketAddr>,
     upstream: Option<SocketAddr>,
     upstream_h2: bool,
+    /// The upstream connection is mesh mTLS (outbound).
+    mesh_upstream: bool,
+    /// The client's identity, when it came over mesh mTLS (inbound).
+    peer_identity: Option<std::sync::Arc<crate::mtls::inbound::PeerInfo>>,
     authority: String,
     method: String,
     path: String,
@@ -227,6 +231,8 @@ impl ProxyHttp for MeshHttp {
             dst: None,
             upstream: None,
             upstream_h2: false,
+            mesh_upstream: false,
+            peer_identity: None,
             authority: String::new(),
             method: String::new(),
             path: String::new(),
@@ -259,6 +265,13 @@ impl ProxyHttp for MeshHttp {
         stream_idle::touch();
         let socket = session.digest().and_then(|d| d.socket_digest.clone());
         ctx.dst = self.shared.original_dst(self.dir, socket.as_deref());
+        if self.dir == Direction::Inbound && self.shared.identity.is_some() {
+            ctx.peer_identity = socket
+                .as_ref()
+                .and_then(|d| d.peer_addr())
+                .and_then(|a| a.as_inet())
+                .and_then(|a| self.shared.peers.get(*a));
+        }
         note_request(session.req_header(), ctx);
         request_id::ensure(session, ctx)?;
         let Some(dst) = ctx.dst else {

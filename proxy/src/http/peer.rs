@@ -32,9 +32,22 @@ pub(super) fn build(
                 .and_then(|d| port_protocol(shared, d, &ctx.authority)),
             Some(Protocol::Http2) | Some(Protocol::Grpc)
         );
-    let mut peer = match tls {
-        Ok(None) => HttpPeer::new(addr, false, String::new()),
-        Ok(Some(t)) => {
+    let mesh = match dir {
+        Direction::Outbound => mesh_connect(ctx, shared, addr),
+        Direction::Inbound => None,
+    };
+    ctx.mesh_upstream = mesh.is_some();
+    let mut peer = match (tls, mesh) {
+        (_, Some(m)) => {
+            // Mesh mTLS: remora's own handshake (Istio ALPN, SPIFFE check) under a plain
+            // Pingora peer; its pool group keeps these apart from plain connections.
+            let mut p = HttpPeer::new(addr, false, String::new());
+            p.group_key = m.group_key();
+            p.options.custom_l4 = Some(std::sync::Arc::new(m));
+            p
+        }
+        (Ok(None), None) => HttpPeer::new(addr, false, String::new()),
+        (Ok(Some(t)), None) => {
             // Istio: without `sni`, the request's host.
             let sni = t
                 .sni
@@ -53,7 +66,7 @@ pub(super) fn build(
             }
             p
         }
-        Err(e) => {
+        (Err(e), None) => {
             // Never fall back to plain text when the rules ask for TLS.
             ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
             ctx.error = Some(e.clone());
@@ -111,6 +124,46 @@ pub(super) fn build(
         }
     }
     Ok(Box::new(peer))
+}
+
+/// Mesh mTLS to `addr`, when the decision (`mtls::decide`) says so: the DestinationRule's
+/// `tls` if it has one, else whether the endpoint has a sidecar.
+fn mesh_connect(
+    ctx: &ReqCtx,
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Option<crate::mtls::outbound::MeshConnect> {
+    let identity = shared.identity.as_ref();
+    let rp = ctx.policy.as_ref()?;
+    let dest = rp.dest.as_ref()?;
+    let meshed = rp
+        .endpoints
+        .iter()
+        .find(|e| e.addr == addr)
+        .is_some_and(|e| crate::mtls::endpoint_meshed(&e.labels));
+    let tp = &dest.policy;
+    let (how, why) =
+        crate::mtls::decide(tp.tls_set, tp.tls_settings.mode, meshed, identity.is_some());
+    tracing::trace!(%addr, host = %dest.host, ?how, why, "upstream security");
+    if how != crate::mtls::Upstream::Mesh {
+        return None;
+    }
+    let domain = shared.snapshot.load().ctx.cluster_domain.clone();
+    Some(crate::mtls::outbound::MeshConnect {
+        identity: identity?.clone(),
+        what: if ctx.upstream_h2 {
+            crate::identity::Carried::H2
+        } else {
+            crate::identity::Carried::Http1
+        },
+        expect: crate::mtls::outbound::Expect::new(
+            &dest.host,
+            dest.port,
+            dest.subset.as_deref(),
+            &domain,
+        ),
+        timeout: shared.settings.connect_timeout,
+    })
 }
 
 /// What the rules declare for the original destination `dst` (an h2 upstream for `http2` and

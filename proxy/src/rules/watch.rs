@@ -216,7 +216,7 @@ pub fn log_applied(snap: &super::Snapshot) {
     for ig in &snap.ignored {
         tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
-    // The ISTIO_MUTUAL warnings at apply time, not at the first request (logged once per set).
+    // Without a workload identity, the ISTIO_MUTUAL warnings at apply time (once per set).
     note_applied(snap);
 }
 
@@ -364,7 +364,7 @@ fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
     G.get_or_init(|| {
         let g = prometheus::IntGauge::new(
             "remora_tls_mesh_plaintext_destinations",
-            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL, sent in plain text between sidecars",
+            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL sent in plain text between sidecars, because the proxy has no workload identity",
         )
         .unwrap_or_else(|_| unreachable!("static metric name and help"));
         // Registering twice (tests in one process) is harmless: keep the first.
@@ -373,8 +373,18 @@ fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
     })
 }
 
-/// Log, once per applied rule set (by content hash), one warn line per `ISTIO_MUTUAL` use, and
-/// set `remora_tls_mesh_plaintext_destinations`. Cheap when the set was already noted.
+/// Does the proxy have a workload identity (`--ca-address`)? Set once by `main` before the
+/// first rule set is logged; then `ISTIO_MUTUAL` is real mTLS and not warned about.
+static MESH_IDENTITY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say whether the proxy has a workload identity (start-up, before `log_applied`).
+pub fn set_mesh_identity(on: bool) {
+    MESH_IDENTITY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Without a workload identity: log, once per applied rule set (by content hash), one warn
+/// line per `ISTIO_MUTUAL` use, and set `remora_tls_mesh_plaintext_destinations`. Cheap when
+/// the set was already noted.
 pub fn note_applied(snap: &crate::rules::Snapshot) {
     static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
     let Ok(mut last) = LAST.lock() else { return };
@@ -385,12 +395,14 @@ pub fn note_applied(snap: &crate::rules::Snapshot) {
         return;
     }
     *last = Some((snap.hash.clone(), snap.generation));
+    if MESH_IDENTITY.load(std::sync::atomic::Ordering::Relaxed) {
+        mesh_plaintext_gauge().set(0);
+        return;
+    }
     let mut n = 0;
-    for w in remora_model::lint::policy::warnings(&snap.destination_rules) {
-        if w.reason.contains(".mode ISTIO_MUTUAL:") {
-            n += 1;
-            tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
-        }
+    for w in remora_model::lint::policy::istio_mutual_without_identity(&snap.destination_rules) {
+        n += 1;
+        tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
     }
     mesh_plaintext_gauge().set(n);
 }

@@ -32,6 +32,8 @@ struct TcpPlan {
     /// The target is one of the destination's endpoints (outlier detection watches it), not a
     /// DNS answer or the original destination.
     balanced: bool,
+    /// Mesh mTLS to the target (`mtls::decide`): what the server's identity must be.
+    mesh: Option<crate::mtls::outbound::Expect>,
 }
 
 impl TcpPlan {
@@ -43,6 +45,7 @@ impl TcpPlan {
             dest: None,
             tls: None,
             balanced: false,
+            mesh: None,
         }
     }
 }
@@ -58,7 +61,7 @@ async fn tcp_decision(
     sni: Option<&str>,
     peer: Option<SocketAddr>,
 ) -> Result<TcpPlan, (&'static str, String)> {
-    let (f, port, picked, dest) = {
+    let (f, port, picked, dest, domain) = {
         let snap = shared.snapshot.load();
         let mut rng = rand::thread_rng();
         let f = match crate::route::route_tcp(&snap, dst, sni, &mut rng) {
@@ -84,8 +87,23 @@ async fn tcp_decision(
             source_ip: peer.map(|p| p.ip()),
         };
         let picked = dest.pick(&f.endpoints, &[], Some(&input), &mut rng);
-        (f, port, picked, dest)
+        (f, port, picked, dest, snap.ctx.cluster_domain.clone())
     };
+    // Mesh mTLS: the DestinationRule's `tls`, else whether the endpoint has a sidecar. Never
+    // for TLS routed by SNI (the app's own TLS goes through as it is).
+    let meshed = picked.is_some_and(|a| {
+        f.endpoints
+            .iter()
+            .any(|e| e.addr == a && crate::mtls::endpoint_meshed(&e.labels))
+    });
+    let (how, _why) = crate::mtls::decide(
+        dest.policy.tls_set,
+        dest.policy.tls_settings.mode,
+        meshed,
+        shared.identity.is_some(),
+    );
+    let mesh = (how == crate::mtls::Upstream::Mesh && sni.is_none())
+        .then(|| crate::mtls::outbound::Expect::new(&f.host, port, f.subset.as_deref(), &domain));
     // TLS passthrough (routed by SNI) is already TLS: never wrap it again.
     let tls = match dest.tcp_tls().filter(|_| sni.is_none()) {
         None => None,
@@ -116,6 +134,7 @@ async fn tcp_decision(
         dest: Some((dest, f.endpoints.len())),
         tls,
         balanced,
+        mesh,
     })
 }
 
@@ -172,6 +191,16 @@ pub async fn proxy(
         Direction::Inbound => Ok(TcpPlan::direct(dst)),
     };
     let mut labels = tcp_labels(dir, s, dst);
+    // Inbound over mesh mTLS: the client's identity (the listener terminated its TLS).
+    let peer_principal = match (dir, peer) {
+        (Direction::Inbound, Some(p)) if shared.identity.is_some() => {
+            shared.peers.get(p).map(|i| i.principal.clone())
+        }
+        _ => None,
+    };
+    if peer_principal.is_some() {
+        labels.connection_security_policy = "mutual_tls";
+    }
     let metrics = Metrics::get();
     let refuse = |labels: &mut TcpLabels, flag: &str, reason: String| {
         // Refused by the rules (e.g. REGISTRY_ONLY) or a connection limit: close, count, log.
@@ -193,6 +222,8 @@ pub async fn proxy(
             bytes_received: 0,
             bytes_sent: 0,
             reason: Some(reason),
+            connection_security_policy: labels.connection_security_policy,
+            peer_principal: peer_principal.clone(),
         });
     };
     let plan = match decided {
@@ -237,7 +268,42 @@ pub async fn proxy(
         };
         d.record(target, seen, *total);
     }
+    if plan.mesh.is_some() {
+        labels.connection_security_policy = "mutual_tls";
+    }
     let (upstream, received, sent, reason) = match connected {
+        Ok(up) if plan.mesh.is_some() => {
+            let local = up.local_addr().ok();
+            let handshake = match (shared.identity.as_ref(), plan.mesh.as_ref()) {
+                (Some(identity), Some(expect)) => {
+                    crate::mtls::outbound::handshake(
+                        identity,
+                        crate::identity::Carried::Tcp,
+                        expect,
+                        up,
+                        connect_timeout,
+                    )
+                    .await
+                }
+                _ => Err("no workload identity".to_string()),
+            };
+            match handshake {
+                Ok((mut tls, _server)) => {
+                    let end = copy_with_idle(&mut down, &mut tls, idle).await;
+                    let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                    (local, rx, tx, why)
+                }
+                Err(e) => {
+                    labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+                    metrics
+                        .mtls_failures
+                        .with_label_values(&["outbound", "handshake"])
+                        .inc();
+                    warn!(listener = dir.as_str(), %dst, %target, "tcp upstream mTLS failed: {e}");
+                    (local, 0, 0, Some(format!("mtls: {e}")))
+                }
+            }
+        }
         Ok(mut up) => {
             let local = up.local_addr().ok();
             match &plan.tls {
@@ -283,6 +349,8 @@ pub async fn proxy(
         bytes_received: received,
         bytes_sent: sent,
         reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
+        connection_security_policy: labels.connection_security_policy,
+        peer_principal,
     });
 }
 
@@ -309,5 +377,6 @@ fn tcp_labels(dir: Direction, s: &Settings, dst: SocketAddr) -> TcpLabels {
         destination_workload_namespace: dns,
         destination_service: dst.to_string(),
         response_flags: flags::NONE.to_string(),
+        connection_security_policy: "none",
     }
 }

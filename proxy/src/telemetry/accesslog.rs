@@ -316,6 +316,12 @@ pub struct HttpLogEntry<'a> {
     pub request_id: String,
     pub traceparent: Option<String>,
     pub error: Option<String>,
+    /// `mutual_tls` when the connection to the peer sidecar was mTLS, else `none`.
+    pub connection_security_policy: &'static str,
+    /// The client's SPIFFE id (inbound mTLS).
+    pub peer_principal: Option<&'a str>,
+    /// The TLS version of the inbound mTLS connection.
+    pub tls_version: Option<&'static str>,
 }
 
 impl HttpLogEntry<'_> {
@@ -365,6 +371,12 @@ impl HttpLogEntry<'_> {
         push_json_opt_str(out, self.traceparent.as_deref());
         out.extend_from_slice(b",\"error\":");
         push_json_opt_str(out, self.error.as_deref());
+        out.extend_from_slice(b",\"connection_security_policy\":");
+        push_json_str(out, self.connection_security_policy);
+        out.extend_from_slice(b",\"peer_principal\":");
+        push_json_opt_str(out, self.peer_principal);
+        out.extend_from_slice(b",\"tls_version\":");
+        push_json_opt_str(out, self.tls_version);
         out.push(b'}');
     }
 }
@@ -385,6 +397,10 @@ pub struct TcpLogEntry {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub reason: Option<String>,
+    /// `mutual_tls` when the connection to the peer sidecar was mTLS, else `none`.
+    pub connection_security_policy: &'static str,
+    /// The client's SPIFFE id (inbound mTLS).
+    pub peer_principal: Option<String>,
 }
 
 #[cfg(test)]
@@ -473,6 +489,9 @@ mod tests {
             request_id: "b57375c1-2a65-432e-91b9-deb72812aa27".into(),
             traceparent: None,
             error: Some("upstream \"x\"\n\\ \u{1} é \u{7f}".into()),
+            connection_security_policy: "none",
+            peer_principal: None,
+            tls_version: None,
         };
         let check = |e: &HttpLogEntry| {
             let mut mine = Vec::new();
@@ -496,6 +515,9 @@ mod tests {
             response_flags: "DI,UF",
             traceparent: Some("00-ab-cd-01".into()),
             error: None,
+            connection_security_policy: "mutual_tls",
+            peer_principal: Some("spiffe://cluster.local/ns/shop/sa/\"web\""),
+            tls_version: Some("TLSv1_3"),
             ..plain
         };
         check(&odd);
@@ -550,6 +572,8 @@ mod tests {
             bytes_received: 3,
             bytes_sent: 4,
             reason: None,
+            connection_security_policy: "mutual_tls",
+            peer_principal: Some("spiffe://cluster.local/ns/a/sa/b".into()),
         };
         let s = serde_json::to_string(&e).unwrap();
         assert!(!s.contains('\n'));

@@ -1,6 +1,6 @@
 //! Istio standard metrics, registered once in prometheus's default registry.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::OnceLock;
 
 /// Istio's request duration buckets (milliseconds).
@@ -71,6 +71,12 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// Label sets not registered because their family reached the series cap, by family.
     pub series_dropped: IntCounterVec,
+    /// Seconds of validity left on the workload certificate (negative once expired).
+    pub cert_expiry_seconds: Gauge,
+    /// Certificate requests to the CA, by result (`issued`, `failed`).
+    pub cert_requests: IntCounterVec,
+    /// Connections between sidecars whose mutual TLS failed, by direction and reason.
+    pub mtls_failures: IntCounterVec,
     /// The HTTP families' label sets (they share them) under the cap.
     http_gate: SeriesGate,
     /// The TCP families' label sets under the cap.
@@ -311,6 +317,25 @@ impl Metrics {
                     "Downstream connections open now",
                     &["listener"],
                 ),
+                cert_expiry_seconds: {
+                    let g = Gauge::new(
+                        "remora_workload_cert_expiry_seconds",
+                        "Seconds of validity left on the workload certificate (negative once expired)",
+                    )
+                    .unwrap_or_else(|e| panic!("metric remora_workload_cert_expiry_seconds definition: {e}"));
+                    let _ = prometheus::register(Box::new(g.clone()));
+                    g
+                },
+                cert_requests: counter(
+                    "remora_workload_cert_requests_total",
+                    "Workload certificate requests to the CA, by result",
+                    &["result"],
+                ),
+                mtls_failures: counter(
+                    "remora_mtls_failures_total",
+                    "Connections between sidecars whose mutual TLS failed, by direction and reason",
+                    &["direction", "reason"],
+                ),
             }
         })
     }
@@ -441,6 +466,8 @@ pub struct HttpLabels {
     pub response_code: u16,
     pub grpc_response_status: String,
     pub response_flags: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
 }
 
 /// [`HttpLabels`] borrowed from a request's state (no copies on the request path).
@@ -456,6 +483,8 @@ pub struct HttpLabelsRef<'a> {
     pub response_code: u16,
     pub grpc_response_status: &'a str,
     pub response_flags: &'a str,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
 }
 
 impl HttpLabelsRef<'_> {
@@ -471,6 +500,7 @@ impl HttpLabelsRef<'_> {
             response_code: self.response_code,
             grpc_response_status: self.grpc_response_status.to_string(),
             response_flags: self.response_flags.to_string(),
+            connection_security_policy: self.connection_security_policy,
         }
     }
 }
@@ -489,6 +519,7 @@ impl HttpLabels {
             response_code: self.response_code,
             grpc_response_status: &self.grpc_response_status,
             response_flags: &self.response_flags,
+            connection_security_policy: self.connection_security_policy,
         }
     }
 
@@ -507,7 +538,7 @@ impl HttpLabels {
             self.response_code.to_string(),
             self.grpc_response_status.clone(),
             self.response_flags.clone(),
-            "none".to_string(),
+            self.connection_security_policy.to_string(),
         ]
     }
 }
@@ -522,6 +553,8 @@ pub struct TcpLabels {
     pub destination_workload_namespace: String,
     pub destination_service: String,
     pub response_flags: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
 }
 
 impl TcpLabels {
@@ -538,7 +571,7 @@ impl TcpLabels {
             svc_ns,
             "tcp".to_string(),
             self.response_flags.clone(),
-            "none".to_string(),
+            self.connection_security_policy.to_string(),
         ]
     }
 }
@@ -577,6 +610,7 @@ mod tests {
             response_code: 200,
             grpc_response_status: String::new(),
             response_flags: "-".into(),
+            connection_security_policy: "none",
         };
         m.record_http(&l, 3.0, 10, 20);
         let text = prometheus::TextEncoder::new()

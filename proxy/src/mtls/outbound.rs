@@ -1,0 +1,210 @@
+//! Outbound mutual TLS between sidecars: connect, hand the server the workload certificate
+//! with Istio's ALPN values, verify the server's chain against the mesh roots and its SPIFFE
+//! id against the destination (trust domain, and the Service's namespace when the host is a
+//! cluster Service). For HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4
+//! connect whose stream is the decrypted TLS), so Pingora pools these connections like any
+//! other; opaque TCP uses `connect` directly.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::{Error, ErrorType, Result};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::identity::material::{check_peer_id, spiffe_of};
+use crate::identity::{Carried, Identity};
+
+/// What a mesh connection to one destination must be.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Expect {
+    /// The destination's namespace, when the host is a cluster Service.
+    pub namespace: Option<String>,
+    /// Istio's SNI for the destination: `outbound_.<port>_.<subset>_.<host>`.
+    pub sni: String,
+}
+
+impl Expect {
+    /// For `host:port` (subset optional), `cluster_domain` naming cluster Services.
+    pub fn new(host: &str, port: u16, subset: Option<&str>, cluster_domain: &str) -> Expect {
+        Expect {
+            namespace: service_namespace(host, cluster_domain),
+            sni: format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or("")),
+        }
+    }
+}
+
+/// The namespace of `<svc>.<ns>.svc.<cluster domain>`.
+pub fn service_namespace(host: &str, cluster_domain: &str) -> Option<String> {
+    let suffix = format!(".svc.{cluster_domain}");
+    let rest = host.strip_suffix(&suffix)?;
+    let (_, ns) = rest.rsplit_once('.')?;
+    (!ns.is_empty()).then(|| ns.to_string())
+}
+
+/// Connect to `addr` and do the mTLS handshake; the server's identity is returned.
+pub async fn connect(
+    identity: &Identity,
+    what: Carried,
+    expect: &Expect,
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+    if identity.current().is_none() {
+        return Err(no_certificate(identity));
+    }
+    let tcp = crate::upstream::connect_tcp(addr, bind, false, timeout)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    handshake(identity, what, expect, tcp, timeout).await
+}
+
+fn no_certificate(identity: &Identity) -> String {
+    format!(
+        "mutual TLS needs the workload certificate, which the CA at {} has not issued yet",
+        identity.config.ca.address
+    )
+}
+
+/// The mTLS handshake on a connected `tcp`; the server's identity is returned.
+pub async fn handshake(
+    identity: &Identity,
+    what: Carried,
+    expect: &Expect,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+    let Some(material) = identity.current() else {
+        return Err(no_certificate(identity));
+    };
+    let addr = tcp
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "the server".to_string());
+    let name = ServerName::try_from(expect.sni.clone())
+        .map_err(|e| format!("SNI {:?}: {e}", expect.sni))?;
+    let connector = tokio_rustls::TlsConnector::from(material.client(what));
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(format!("mTLS handshake with {addr}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "mTLS handshake with {addr} timed out after {timeout:?}"
+            ))
+        }
+    };
+    let server_id = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| spiffe_of(c.as_ref()))
+        .ok_or_else(|| format!("{addr} presented no SPIFFE id"))?;
+    check_peer_id(
+        &server_id,
+        &identity.config.trust_domain,
+        expect.namespace.as_deref(),
+    )
+    .map_err(|e| format!("server {addr}: {e}"))?;
+    Ok((tls, server_id))
+}
+
+/// Pingora's custom L4 connect for a mesh destination (one per request's peer).
+#[derive(Clone)]
+pub struct MeshConnect {
+    pub identity: Arc<Identity>,
+    pub what: Carried,
+    pub expect: Expect,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for MeshConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConnect")
+            .field("what", &self.what)
+            .field("expect", &self.expect)
+            .finish()
+    }
+}
+
+impl MeshConnect {
+    /// The pool group of these connections: never shared with plain ones to the same address,
+    /// nor between destinations that expect different identities or carry other protocols.
+    pub fn group_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        "remora-mesh-mtls".hash(&mut h);
+        self.expect.hash(&mut h);
+        (self.what as u8).hash(&mut h);
+        h.finish() | 1
+    }
+}
+
+#[async_trait]
+impl pingora::connectors::L4Connect for MeshConnect {
+    async fn connect(&self, addr: &PSocketAddr) -> Result<L4Stream> {
+        let Some(inet) = addr.as_inet().copied() else {
+            return Error::e_explain(ErrorType::ConnectError, "mesh mTLS needs an IP address");
+        };
+        match connect(
+            &self.identity,
+            self.what,
+            &self.expect,
+            inet,
+            None,
+            self.timeout,
+        )
+        .await
+        {
+            Ok((tls, _server)) => {
+                let digest = super::socket::digest_for_tcp(tls.get_ref().0);
+                Ok(super::socket::into_stream(tls, None, Some(digest)))
+            }
+            Err(e) => {
+                crate::telemetry::Metrics::get()
+                    .mtls_failures
+                    .with_label_values(&["outbound", "handshake"])
+                    .inc();
+                Error::e_explain(ErrorType::ConnectError, e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_namespace_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("reviews.bookinfo.svc.cluster.local", Some("bookinfo")),
+            ("a.b.c.svc.cluster.local", Some("c")),
+            ("reviews.svc.cluster.local", None),
+            ("api.example.com", None),
+            ("reviews.bookinfo.svc.other.local", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                service_namespace(host, "cluster.local").as_deref(),
+                *want,
+                "{host}"
+            );
+        }
+        let e = Expect::new(
+            "reviews.bookinfo.svc.cluster.local",
+            9080,
+            Some("v2"),
+            "cluster.local",
+        );
+        assert_eq!(
+            e.sni,
+            "outbound_.9080_.v2_.reviews.bookinfo.svc.cluster.local"
+        );
+    }
+}
