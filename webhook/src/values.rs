@@ -1,5 +1,6 @@
 //! Value vocabularies shared by the injector's configuration and the pod annotations: proxy log
-//! levels and Kubernetes resource quantities.
+//! levels and Kubernetes resource quantities; and by the injector's identity settings and the
+//! mesh CA's flags: trust domains, token audiences, `HOST:PORT`.
 
 /// Proxy log levels accepted by `sidecar.istio.io/logLevel` (Envoy's names).
 pub const LOG_LEVELS: &[&str] = &[
