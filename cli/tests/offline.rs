@@ -53,6 +53,62 @@ fn inject_prints_the_libraries_yaml() {
         err.contains("DaemonSet/node-agent skipped") && err.contains("hostNetwork"),
         "{err}"
     );
+    // The workload identity parts (on by default): Istio's label on the pod template, the CA
+    // token and root volumes, the proxy's CA settings.
+    let printed = cli::parse_docs(&text(&out.stdout)).unwrap();
+    let sts = printed
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("the StatefulSet");
+    let t = &sts["spec"]["template"];
+    assert_eq!(
+        t["metadata"]["labels"]["security.istio.io/tlsMode"], "istio",
+        "{t}"
+    );
+    let vols = t["spec"]["volumes"].as_array().unwrap();
+    let vol = |n: &str| vols.iter().find(|v| v["name"] == n).cloned();
+    assert_eq!(
+        vol("remora-ca-token").unwrap()["projected"]["sources"][0]["serviceAccountToken"]
+            ["audience"],
+        "remora-ca"
+    );
+    assert_eq!(
+        vol("remora-ca-root").unwrap()["configMap"]["name"],
+        "remora-ca-root-cert"
+    );
+    let proxy = &t["spec"]["initContainers"][0];
+    assert_eq!(proxy["name"], "remora-proxy");
+    assert!(
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "REMORA_CA_ADDRESS"
+                && e["value"] == "remora-ca.remora-system.svc:15012"),
+        "{proxy}"
+    );
+    // ... and with identity turned off in the config file, none of them.
+    let dir = tempfile::tempdir().unwrap();
+    let off = dir.path().join("injector.yaml");
+    std::fs::write(&off, "identity:\n  caAddress: \"off\"\n").unwrap();
+    let out = remora(
+        &[
+            "inject",
+            "-f",
+            f.to_str().unwrap(),
+            "-n",
+            "shop",
+            "--config",
+            off.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(printed.contains("remora-proxy"), "{printed}");
+    for absent in ["tlsMode", "remora-ca", "REMORA_CA", "serviceAccountToken"] {
+        assert!(!printed.contains(absent), "{absent}:\n{printed}");
+    }
 
     // A denial from stdin: exit 1, the reason on stderr, nothing on stdout.
     let bad = std::fs::read(sample("bad-annotations.yaml")).unwrap();

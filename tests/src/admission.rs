@@ -68,9 +68,14 @@ pub fn issue_serving_cert(ca_name: &str) -> Result<IssuedCert> {
 
 impl Webhook {
     /// Writes a CA and a serving cert for 127.0.0.1 into `dir`, starts
-    /// `<bin_dir>/remora-webhook serve` and waits (bounded) until a TLS request to `/readyz`
-    /// answers 200.
-    pub async fn start(bin_dir: &Path, dir: &Path, config: Option<&Path>) -> Result<Webhook> {
+    /// `<bin_dir>/remora-webhook serve` (no mesh CA; `--inject-ca-address` the given address,
+    /// `off` for `None`) and waits (bounded) until a TLS request to `/readyz` answers 200.
+    pub async fn start(
+        bin_dir: &Path,
+        dir: &Path,
+        config: Option<&Path>,
+        inject_ca_address: Option<&str>,
+    ) -> Result<Webhook> {
         let bin = bin_dir.join("remora-webhook");
         if !bin.exists() {
             bail!(
@@ -94,6 +99,7 @@ impl Webhook {
             let mut cmd = std::process::Command::new(&bin);
             cmd.arg("serve")
                 .args(["--ca-addr", "off"])
+                .args(["--inject-ca-address", inject_ca_address.unwrap_or("off")])
                 .arg("--listen")
                 .arg(addr.to_string())
                 .arg("--tls-cert")

@@ -400,14 +400,63 @@ fn volumes(pod: &Value, ctx: &PodCtx) -> Result<BTreeMap<String, PathBuf>> {
                 files.push((path, field_ref(pod, ctx.ip, field)?));
             }
             write_atomic_dir(&dir, &files)?;
+        } else if let Some(sources) = v.pointer("/projected/sources").and_then(Value::as_array) {
+            // Projected volumes: service-account tokens are written (a lab token, see
+            // `lab_token`); other sources are not supported and say so.
+            let mut files = Vec::new();
+            for src in sources {
+                let Some(sat) = src.get("serviceAccountToken") else {
+                    bail!("volume {name}: projected source {src} is not supported by the lab kubelet (serviceAccountToken only)");
+                };
+                let path = str_at(sat, "/path")
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| anyhow!("volume {name}: serviceAccountToken without a path"))?;
+                let audience = str_at(sat, "/audience").unwrap_or("https://kubernetes.default.svc");
+                let seconds = sat
+                    .get("expirationSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3600);
+                files.push((path.to_string(), lab_token(pod, ctx, audience, seconds)));
+            }
+            write_atomic_dir(&dir, &files)?;
         } else {
-            // emptyDir, secrets, projected tokens: an empty directory the container may use.
+            // emptyDir, secrets: an empty directory the container may use.
             std::fs::create_dir_all(&dir)?;
             set_mode(&dir, 0o777)?;
         }
         out.insert(name.to_string(), dir);
     }
     Ok(out)
+}
+
+/// The lab's stand-in for a projected service-account token: JWT-shaped with the claims the
+/// kubelet's token carries (audience, `system:serviceaccount:<ns>:<sa>`, pod, expiry) but
+/// unsigned (`alg: none`): the lab has no API server, and no API server accepts it.
+pub fn lab_token(pod: &Value, ctx: &PodCtx, audience: &str, seconds: u64) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let sa = str_at(pod, "/spec/serviceAccountName").unwrap_or("default");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let claims = serde_json::json!({
+        "aud": [audience],
+        "iss": "remora-lab",
+        "sub": format!("system:serviceaccount:{}:{sa}", ctx.namespace),
+        "iat": now,
+        "exp": now + seconds,
+        "kubernetes.io": {
+            "namespace": ctx.namespace,
+            "serviceaccount": {"name": sa},
+            "pod": {"name": ctx.name}
+        }
+    });
+    format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    )
 }
 
 /// `(mountPath, lab dir)` pairs of one container, longest mount path first.
@@ -449,6 +498,14 @@ pub fn map_path(path: &str, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
 const PATH_ENV: &[(&str, &str)] = &[
     ("REMORA_RULES_DIR", "/etc/remora/rules"),
     ("REMORA_POD_LABELS_FILE", "/etc/remora/pod/labels"),
+    (
+        "REMORA_CA_ROOT_FILE",
+        "/var/run/secrets/remora/ca/root-cert.pem",
+    ),
+    (
+        "REMORA_CA_TOKEN_FILE",
+        "/var/run/secrets/tokens/remora-ca-token",
+    ),
 ];
 
 fn start_container(

@@ -21,6 +21,8 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The ConfigMap every meshed pod mounts for its rules.
 pub const RULES_CONFIGMAP: &str = "remora-mesh-rules";
+/// The mesh root every meshed namespace gets (what the mesh CA publishes in a cluster).
+pub const CA_ROOT_CONFIGMAP: &str = remora_webhook::ca::publish::CONFIGMAP;
 const GENERATED_RULES_FILE: &str = "lab-services.yaml";
 
 /// How a lab is built.
@@ -38,6 +40,10 @@ pub struct LabOptions {
     pub keep_logs: bool,
     /// Set to stop a long operation early (the CLI sets it on Ctrl-C).
     pub cancel: Arc<AtomicBool>,
+    /// The webhook's `--inject-ca-address`: by default the install's CA address, so pods get
+    /// the identity parts a cluster install injects (the lab runs no CA: nothing answers there);
+    /// `None` injects no identity.
+    pub inject_ca_address: Option<String>,
 }
 
 impl Default for LabOptions {
@@ -49,6 +55,7 @@ impl Default for LabOptions {
             timeout: Duration::from_secs(30),
             keep_logs: std::env::var_os("REMORA_LAB_KEEP").is_some(),
             cancel: Arc::new(AtomicBool::new(false)),
+            inject_ca_address: Some(remora_webhook::config::DEFAULT_CA_ADDRESS.to_string()),
         }
     }
 }
@@ -118,6 +125,19 @@ pub struct Lab {
     dir: Option<tempfile::TempDir>,
     next_pod: u32,
     selectors: (LabelSelector, LabelSelector),
+    /// The lab's mesh root (PEM), published to meshed namespaces as the CA would.
+    ca_root_pem: String,
+}
+
+/// A self-signed root for the lab's `remora-ca-root-cert` ConfigMaps (no CA signs with it).
+fn lab_root_pem() -> Result<String> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "cluster.local");
+    Ok(params.self_signed(&key)?.pem())
 }
 
 fn labels_of(v: &Value, ptr: &str) -> BTreeMap<String, String> {
@@ -217,6 +237,7 @@ impl Lab {
             dir: Some(dir),
             next_pod: 0,
             selectors: webhook_selectors(),
+            ca_root_pem: lab_root_pem()?,
         };
         lab.node.ip(&["link", "add", "br0", "type", "bridge"])?;
         lab.node
@@ -263,7 +284,7 @@ impl Lab {
         l.insert("kubernetes.io/metadata.name".into(), name.into());
         if let Some(ns) = self.namespaces.get_mut(name) {
             ns.labels = l;
-            return Ok(());
+            return self.publish_root(name);
         }
         let cm_dir = self.dir().join("ns").join(name).join(RULES_CONFIGMAP);
         kubelet::write_atomic_dir(&cm_dir, &[])?;
@@ -279,6 +300,26 @@ impl Lab {
             },
         );
         self.say(format!("namespace {name} {labels:?}"));
+        self.publish_root(name)
+    }
+
+    /// Publishes the lab's root as ConfigMap `remora-ca-root-cert` (key `root-cert.pem`) in
+    /// `name` when it is meshed (`istio-injection=enabled`), as the mesh CA does in a cluster.
+    fn publish_root(&mut self, name: &str) -> Result<()> {
+        let dir = self.dir().join("ns").join(name).join(CA_ROOT_CONFIGMAP);
+        let pem = self.ca_root_pem.clone();
+        let Some(ns) = self.namespaces.get_mut(name) else {
+            return Ok(());
+        };
+        let meshed = ns.labels.get("istio-injection").map(String::as_str) == Some("enabled");
+        if !meshed || ns.configmaps.contains_key(CA_ROOT_CONFIGMAP) {
+            return Ok(());
+        }
+        kubelet::write_atomic_dir(&dir, &[(remora_webhook::ca::publish::KEY.to_string(), pem)])?;
+        ns.configmaps.insert(CA_ROOT_CONFIGMAP.to_string(), dir);
+        self.say(format!(
+            "namespace {name}: ConfigMap {CA_ROOT_CONFIGMAP} published"
+        ));
         Ok(())
     }
 
@@ -518,6 +559,7 @@ impl Lab {
                     &self.opts.bin_dir,
                     &dir,
                     config.as_deref(),
+                    self.opts.inject_ca_address.as_deref(),
                 ))?;
                 self.say(format!("webhook serving on https://{}", hook.addr));
                 self.webhook = Some(hook);

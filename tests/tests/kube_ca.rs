@@ -115,7 +115,10 @@ impl CaProc {
             .env_remove("POD_NAMESPACE")
             .env("REMORA_LOG", "info");
         for (k, _) in std::env::vars() {
-            if k.starts_with("REMORA_CA") || k == "REMORA_TRUST_DOMAIN" {
+            if k.starts_with("REMORA_CA")
+                || k == "REMORA_TRUST_DOMAIN"
+                || k == "REMORA_INJECT_CA_ADDRESS"
+            {
                 cmd.env_remove(k);
             }
         }
@@ -182,6 +185,35 @@ impl CaProc {
         let (code, body) = c.get("/metrics").await.unwrap();
         assert_eq!(code, 200);
         remora_e2e::client::parse_prometheus(&String::from_utf8_lossy(&body))
+    }
+
+    /// A pod of namespace `default` as this process's injector patches it.
+    async fn injected(&self) -> Value {
+        let cfg = remora_webhook::client::client_config(&[self.web_ca_pem.as_bytes()]).unwrap();
+        let mut c = remora_webhook::client::Client::connect(
+            self.web,
+            "remora-webhook.remora-system.svc",
+            cfg,
+        )
+        .await
+        .unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "httpbin-", "labels": {"app": "httpbin"}},
+            "spec": {"serviceAccountName": "httpbin", "containers": [{"name": "httpbin", "image": "httpbin"}]}});
+        let review = remora_webhook::review::review_for(&pod, "uid-ca", "default");
+        let (code, body) = c
+            .post(
+                "/inject",
+                bytes::Bytes::from(serde_json::to_vec(&review).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let patch = remora_webhook::review::response_patch(&v).unwrap().unwrap();
+        let mut out = pod;
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
     }
 
     /// Stops the process and returns its log lines as JSON objects.
@@ -388,6 +420,39 @@ async fn issues_the_token_identity_and_refuses_everything_else() {
     for r in posts_to(&api, TOKENREVIEWS) {
         assert_eq!(r["spec"]["audiences"], json!(["remora-ca"]), "{r}");
     }
+    // The injector of the same process gives proxies exactly what this CA wants: its address
+    // (the name its certificate carries, the port it listens on), a token for the audience its
+    // TokenReviews name, the trust domain it signs.
+    let pod = ca.injected().await;
+    let proxy = &pod["spec"]["initContainers"][0];
+    let env = |name: &str| {
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        env("REMORA_CA_ADDRESS"),
+        Some(json!(format!("{CA_NAME}:{}", ca.ca.port())))
+    );
+    assert_eq!(env("REMORA_TRUST_DOMAIN"), Some(json!("cluster.local")));
+    assert!(HTTPBIN.starts_with("spiffe://cluster.local/"));
+    let token = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "remora-ca-token")
+        .expect("the token volume");
+    assert_eq!(
+        json!([token["projected"]["sources"][0]["serviceAccountToken"]["audience"]]),
+        posts_to(&api, TOKENREVIEWS)[0]["spec"]["audiences"]
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["security.istio.io/tlsMode"],
+        "istio"
+    );
 
     let refusals: Vec<(&str, Option<&str>, String, Code, &str)> = vec![
         ("wrong audience", Some("tok-wrong-audience"), csr(&[HTTPBIN]), Code::Unauthenticated,

@@ -186,6 +186,9 @@ fn inject_doc(doc: &mut Value, default_ns: &str, cfg: &Config, reports: &mut Vec
                 .pointer("/metadata/annotations")
                 .cloned()
                 .unwrap_or_else(|| json!({}));
+            if let Some(labels) = injected.pointer("/metadata/labels") {
+                t["metadata"]["labels"] = labels.clone();
+            }
             t["spec"] = injected.get("spec").cloned().unwrap_or_else(|| json!({}));
         }
     }

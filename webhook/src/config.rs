@@ -1,7 +1,10 @@
-//! The injector configuration: images, resources, ports, uid, native mode, policy.
+//! The injector configuration: images, resources, ports, uid, native mode, policy, and the
+//! workload identity settings given to the proxy.
 //!
 //! Read from a YAML file (mounted from a ConfigMap) and reloaded when it changes. Every field has a
-//! built-in default, so a missing file or an empty one means "the defaults".
+//! built-in default, so a missing file or an empty one means "the defaults". The `identity`
+//! fields the file leaves unset come from `serve`'s CA flags ([`IdentityDefaults`]), or, for the
+//! offline commands, from the built-in defaults.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,19 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::values::{parse_quantity, LOG_LEVELS};
+use crate::values::{
+    check_audience, check_host_port, check_trust_domain, parse_quantity, HOST_PORT_EXAMPLE,
+    LOG_LEVELS,
+};
+
+/// The CA address injected by default: the mesh CA's Service in the install.
+pub const DEFAULT_CA_ADDRESS: &str = "remora-ca.remora-system.svc:15012";
+/// The audience of the injected token by default (the CA's `--ca-token-audience`).
+pub const DEFAULT_CA_AUDIENCE: &str = "remora-ca";
+/// The trust domain injected by default (the CA's `--trust-domain`).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// The `identity.caAddress` (and `REMORA_CA_ADDRESS`) value meaning "no identity".
+pub const OFF: &str = "off";
 
 /// Whether pods without an explicit `sidecar.istio.io/inject` are injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +64,54 @@ fn default_pull_policy() -> String {
     "IfNotPresent".to_string()
 }
 
+/// The `identity` section of the config file: what the proxy is told about its workload identity.
+/// Every field is optional; an unset one takes `serve`'s flag (or the built-in default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityConfig {
+    /// `HOST:PORT` of the mesh CA the proxy calls, or `off`: inject no identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_address: Option<String>,
+    /// Audience of the projected service-account token (the CA checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// SPIFFE trust domain of the proxy's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+}
+
+/// The identity settings one injection renders (identity injection is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub ca_address: String,
+    pub audience: String,
+    pub trust_domain: String,
+}
+
+/// What `serve`'s CA flags say about the injected identity: the values for the `identity`
+/// fields the config file leaves unset, and whether the mesh CA runs in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityDefaults {
+    /// `HOST:PORT`, or `off`.
+    pub ca_address: String,
+    pub audience: String,
+    pub trust_domain: String,
+    /// The mesh CA runs in this process and `ca_address` names it: a config file that sends
+    /// proxies to it with another audience or trust domain than it checks is refused.
+    pub local_ca: bool,
+}
+
+impl Default for IdentityDefaults {
+    fn default() -> Self {
+        IdentityDefaults {
+            ca_address: DEFAULT_CA_ADDRESS.to_string(),
+            audience: DEFAULT_CA_AUDIENCE.to_string(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            local_ca: false,
+        }
+    }
+}
+
 /// The whole injector configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -73,6 +136,8 @@ pub struct Config {
     pub init: ContainerConfig,
     /// Value of the `revision` field in `sidecar.istio.io/status`.
     pub revision: String,
+    /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
+    pub identity: IdentityConfig,
 }
 
 impl Default for Config {
@@ -121,6 +186,7 @@ impl Default for Config {
                 resources: init_resources,
             },
             revision: "default".to_string(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -176,6 +242,26 @@ impl Config {
         if self.rules_config_map.is_empty() || self.mesh_namespace.is_empty() {
             bail!("config fields rulesConfigMap and meshNamespace must not be empty");
         }
+        let id = &self.identity;
+        if let Some(a) = &id.ca_address {
+            if a != OFF {
+                check_host_port(a).map_err(|why| {
+                    anyhow::anyhow!(
+                        "config field identity.caAddress: invalid value {a:?}: {why}: expected {HOST_PORT_EXAMPLE} or off"
+                    )
+                })?;
+            }
+        }
+        if let Some(a) = &id.audience {
+            check_audience(a).map_err(|why| {
+                anyhow::anyhow!("config field identity.audience: invalid value {a:?}: {why}")
+            })?;
+        }
+        if let Some(t) = &id.trust_domain {
+            check_trust_domain(t).map_err(|why| {
+                anyhow::anyhow!("config field identity.trustDomain: invalid value {t:?}: {why}")
+            })?;
+        }
         for (name, res) in [
             ("proxy", &self.proxy.resources),
             ("init", &self.init.resources),
@@ -191,6 +277,59 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The identity to inject, or `None` when identity injection is off (`identity.caAddress:
+    /// off`). Unset fields are the built-in defaults (a config loaded by `serve` has them filled
+    /// from its flags already, see [`Config::with_identity_defaults`]).
+    pub fn identity(&self) -> Option<Identity> {
+        let id = &self.identity;
+        let ca_address = id.ca_address.as_deref().unwrap_or(DEFAULT_CA_ADDRESS);
+        if ca_address == OFF {
+            return None;
+        }
+        Some(Identity {
+            ca_address: ca_address.to_string(),
+            audience: id
+                .audience
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CA_AUDIENCE.to_string()),
+            trust_domain: id
+                .trust_domain
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+        })
+    }
+
+    /// Fills the `identity` fields the file left unset from `d` (`serve`'s flags). When the
+    /// proxies are sent to the CA of this process, an audience or trust domain other than the
+    /// one it checks is an error naming the field (its tokens or CSRs would all be refused).
+    pub fn with_identity_defaults(mut self, d: &IdentityDefaults) -> anyhow::Result<Config> {
+        let id = &mut self.identity;
+        let to_local_ca = d.local_ca
+            && d.ca_address != OFF
+            && id.ca_address.as_deref().is_none_or(|a| a == d.ca_address);
+        if to_local_ca {
+            if let Some(a) = id.audience.as_ref().filter(|a| **a != d.audience) {
+                bail!(
+                    "config field identity.audience: invalid value {a:?}: the mesh CA of this process ({}) accepts tokens for --ca-token-audience {:?} only",
+                    d.ca_address,
+                    d.audience
+                );
+            }
+            if let Some(t) = id.trust_domain.as_ref().filter(|t| **t != d.trust_domain) {
+                bail!(
+                    "config field identity.trustDomain: invalid value {t:?}: the mesh CA of this process ({}) signs identities in --trust-domain {:?} only",
+                    d.ca_address,
+                    d.trust_domain
+                );
+            }
+        }
+        id.ca_address.get_or_insert_with(|| d.ca_address.clone());
+        id.audience.get_or_insert_with(|| d.audience.clone());
+        id.trust_domain
+            .get_or_insert_with(|| d.trust_domain.clone());
+        Ok(self)
     }
 
     /// Whether pods in `namespace` are never injected, and why.
@@ -214,6 +353,8 @@ impl Config {
 pub struct ConfigHandle {
     current: Arc<ArcSwap<Config>>,
     path: Option<PathBuf>,
+    /// What fills the file's unset `identity` fields, at load and at every reload.
+    identity: IdentityDefaults,
 }
 
 impl ConfigHandle {
@@ -222,11 +363,18 @@ impl ConfigHandle {
         ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: None,
+            identity: IdentityDefaults::default(),
         }
     }
 
     /// Loads `path` (defaults when it does not exist); fails on an invalid file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with(path, IdentityDefaults::default())
+    }
+
+    /// [`ConfigHandle::load`], with the file's unset `identity` fields taken from `identity`
+    /// (`serve`'s CA flags), now and at every reload.
+    pub fn load_with(path: &Path, identity: IdentityDefaults) -> anyhow::Result<Self> {
         let cfg = match Config::from_file(path)? {
             Some(cfg) => {
                 tracing::info!(path = %path.display(), "loaded injector config");
@@ -237,9 +385,13 @@ impl ConfigHandle {
                 Config::default()
             }
         };
+        let cfg = cfg
+            .with_identity_defaults(&identity)
+            .with_context(|| format!("config file {}", path.display()))?;
         Ok(ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: Some(path.to_path_buf()),
+            identity,
         })
     }
 
@@ -252,9 +404,13 @@ impl ConfigHandle {
         let Some(path) = &self.path else {
             return false;
         };
-        match Config::from_file(path) {
+        let read = Config::from_file(path).and_then(|new| {
+            new.unwrap_or_default()
+                .with_identity_defaults(&self.identity)
+                .with_context(|| format!("config file {}", path.display()))
+        });
+        match read {
             Ok(new) => {
-                let new = new.unwrap_or_default();
                 if *self.current.load_full() != new {
                     self.current.store(Arc::new(new));
                     crate::metrics::config_reloads("ok");
@@ -354,6 +510,139 @@ mod tests {
     fn bad_log_level_is_rejected() {
         let err = Config::from_yaml("logLevel: loud\n").unwrap_err();
         assert!(format!("{err:#}").contains("logLevel"));
+    }
+
+    #[test]
+    fn identity_defaults_and_off() {
+        let id = Config::default().identity().unwrap();
+        assert_eq!(id.ca_address, "remora-ca.remora-system.svc:15012");
+        assert_eq!(id.audience, "remora-ca");
+        assert_eq!(id.trust_domain, "cluster.local");
+        let cfg = Config::from_yaml(
+            "identity:\n  caAddress: ca.example.com:443\n  audience: mesh\n  trustDomain: example.org\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.identity(),
+            Some(Identity {
+                ca_address: "ca.example.com:443".into(),
+                audience: "mesh".into(),
+                trust_domain: "example.org".into()
+            })
+        );
+        let off = Config::from_yaml("identity: {caAddress: \"off\"}\n").unwrap();
+        assert_eq!(off.identity(), None);
+    }
+
+    #[test]
+    fn bad_identity_values_are_rejected_naming_field() {
+        for (yaml, want) in [
+            (
+                "identity: {caAddress: remora-ca}",
+                r#"config field identity.caAddress: invalid value "remora-ca": no port: expected HOST:PORT (e.g. remora-ca.remora-system.svc:15012) or off"#,
+            ),
+            (
+                "identity: {caAddress: \"auto\"}",
+                r#"identity.caAddress: invalid value "auto": no port"#,
+            ),
+            (
+                "identity: {audience: \"a b\"}",
+                r#"config field identity.audience: invalid value "a b": must be 1-256 characters without spaces"#,
+            ),
+            (
+                "identity: {trustDomain: Example.org}",
+                r#"config field identity.trustDomain: invalid value "Example.org": a SPIFFE trust domain"#,
+            ),
+            ("identity: {caAdress: x:1}", "unknown field `caAdress`"),
+        ] {
+            let err = format!("{:#}", Config::from_yaml(yaml).unwrap_err());
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_fill_what_the_file_leaves_unset() {
+        let flags = IdentityDefaults {
+            ca_address: "remora-ca.mesh.svc:15012".into(),
+            audience: "aud".into(),
+            trust_domain: "td.example".into(),
+            local_ca: true,
+        };
+        let filled = Config::default().with_identity_defaults(&flags).unwrap();
+        assert_eq!(
+            filled.identity(),
+            Some(Identity {
+                ca_address: "remora-ca.mesh.svc:15012".into(),
+                audience: "aud".into(),
+                trust_domain: "td.example".into()
+            })
+        );
+        // The CA in this process checks one audience and signs one trust domain.
+        let other_td = Config::from_yaml("identity: {trustDomain: other.example}")
+            .unwrap()
+            .with_identity_defaults(&flags)
+            .unwrap_err();
+        assert!(
+            format!("{other_td:#}").contains(
+                r#"config field identity.trustDomain: invalid value "other.example": the mesh CA of this process (remora-ca.mesh.svc:15012) signs identities in --trust-domain "td.example" only"#
+            ),
+            "{other_td:#}"
+        );
+        let other_aud = Config::from_yaml("identity: {audience: x}")
+            .unwrap()
+            .with_identity_defaults(&flags)
+            .unwrap_err();
+        assert!(
+            format!("{other_aud:#}").contains("identity.audience"),
+            "{other_aud:#}"
+        );
+        // ... unless the file sends proxies to another CA.
+        let elsewhere = Config::from_yaml(
+            "identity: {caAddress: \"ca.example.com:443\", trustDomain: other.example}",
+        )
+        .unwrap()
+        .with_identity_defaults(&flags)
+        .unwrap();
+        assert_eq!(elsewhere.identity().unwrap().trust_domain, "other.example");
+        assert_eq!(elsewhere.identity().unwrap().audience, "aud");
+        // Flags that say "no identity" (--ca-addr off): the file may still name a CA.
+        let off = IdentityDefaults {
+            ca_address: OFF.into(),
+            local_ca: false,
+            ..flags.clone()
+        };
+        assert_eq!(
+            Config::default()
+                .with_identity_defaults(&off)
+                .unwrap()
+                .identity(),
+            None
+        );
+        let named = Config::from_yaml("identity: {caAddress: \"10.0.0.7:15012\"}")
+            .unwrap()
+            .with_identity_defaults(&off)
+            .unwrap();
+        assert_eq!(named.identity().unwrap().ca_address, "10.0.0.7:15012");
+    }
+
+    #[test]
+    fn reload_fills_identity_from_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "policy: enabled\n").unwrap();
+        let flags = IdentityDefaults {
+            ca_address: OFF.into(),
+            local_ca: false,
+            ..IdentityDefaults::default()
+        };
+        let h = ConfigHandle::load_with(&path, flags).unwrap();
+        assert_eq!(h.get().identity(), None);
+        std::fs::write(&path, "identity: {caAddress: \"ca.example.com:443\"}\n").unwrap();
+        assert!(h.reload());
+        assert_eq!(h.get().identity().unwrap().ca_address, "ca.example.com:443");
+        std::fs::write(&path, "policy: disabled\n").unwrap();
+        assert!(h.reload());
+        assert_eq!(h.get().identity(), None, "unset again: the flags' off");
     }
 
     #[test]

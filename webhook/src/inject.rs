@@ -195,10 +195,7 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         None if annotations.contains_key(STATUS) => Previous {
             init: vec![INIT_NAME.into(), PROXY_NAME.into()],
             containers: vec![PROXY_NAME.into()],
-            volumes: vec![
-                template::RULES_VOLUME.into(),
-                template::PODINFO_VOLUME.into(),
-            ],
+            volumes: template::VOLUME_NAMES.map(String::from).to_vec(),
         },
         None => Previous::default(),
     };
@@ -262,7 +259,7 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         if let Some(n) = v
             .get("name")
             .and_then(Value::as_str)
-            .filter(|n| *n == template::RULES_VOLUME || *n == template::PODINFO_VOLUME)
+            .filter(|n| template::VOLUME_NAMES.contains(n))
         {
             return Outcome::Denied(format!(
                 "volume name {n} is reserved for the injected sidecar; rename the pod's volume"
@@ -412,6 +409,19 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
     if !meta.is_object() {
         return Outcome::Denied("pod metadata is not an object".into());
     }
+    // Istio's label telling clients the pod has a sidecar with a mesh identity; a value the pod
+    // sets itself is kept (Istio's template does the same).
+    if cfg.identity().is_some()
+        && meta
+            .get("labels")
+            .and_then(|l| l.get(template::TLS_MODE_LABEL))
+            .is_none()
+    {
+        if !meta.get("labels").is_some_and(Value::is_object) {
+            meta["labels"] = json!({});
+        }
+        meta["labels"][template::TLS_MODE_LABEL] = json!(template::TLS_MODE_ISTIO);
+    }
     if !meta.get("annotations").is_some_and(Value::is_object) {
         meta["annotations"] = json!({});
     }
@@ -485,7 +495,17 @@ mod tests {
         assert_eq!(names(&p["spec"]["containers"]), ["hello"]);
         assert_eq!(
             names(&p["spec"]["volumes"]),
-            ["data", "remora-rules", "remora-podinfo"]
+            [
+                "data",
+                "remora-rules",
+                "remora-podinfo",
+                "remora-ca-token",
+                "remora-ca-root"
+            ]
+        );
+        assert_eq!(
+            p["metadata"]["labels"],
+            json!({"app": "hello", "security.istio.io/tlsMode": "istio"})
         );
         let ann = &p["metadata"]["annotations"];
         assert_eq!(ann[DEFAULT_CONTAINER], "hello");
@@ -511,6 +531,63 @@ mod tests {
             probers,
             json!({"/app-health/hello/readyz": {"httpGet": {"path": "/ready", "port": 80}}})
         );
+    }
+
+    #[test]
+    fn tls_mode_label_keeps_the_pods_own_value_and_is_absent_without_identity() {
+        let mut p = hello();
+        p["metadata"]["labels"]["security.istio.io/tlsMode"] = json!("disabled");
+        let once = injected(&p);
+        assert_eq!(
+            once["metadata"]["labels"]["security.istio.io/tlsMode"],
+            "disabled"
+        );
+        assert_eq!(injected(&once), once);
+        // No labels at all: the label map is created.
+        let mut bare = hello();
+        bare["metadata"].as_object_mut().unwrap().remove("labels");
+        assert_eq!(
+            injected(&bare)["metadata"]["labels"],
+            json!({"security.istio.io/tlsMode": "istio"})
+        );
+
+        let mut cfg = Config::default();
+        cfg.identity.ca_address = Some("off".into());
+        let Outcome::Injected { pod: off, .. } = inject_pod(&bare, "default", &cfg) else {
+            panic!("not injected");
+        };
+        assert!(off["metadata"].get("labels").is_none(), "{off}");
+        assert_eq!(
+            names(&off["spec"]["volumes"]),
+            ["data", "remora-rules", "remora-podinfo"]
+        );
+        // Turning identity off later: re-injection takes the token and root volumes away (the
+        // status names them); a label already on the pod stays, like any pod label.
+        let Outcome::Injected { pod: later, .. } = inject_pod(&injected(&bare), "default", &cfg)
+        else {
+            panic!("not injected");
+        };
+        assert_eq!(
+            names(&later["spec"]["volumes"]),
+            ["data", "remora-rules", "remora-podinfo"]
+        );
+        assert_eq!(
+            later["metadata"]["labels"]["security.istio.io/tlsMode"],
+            "istio"
+        );
+    }
+
+    #[test]
+    fn identity_volume_names_are_reserved() {
+        for name in ["remora-ca-token", "remora-ca-root"] {
+            let mut p = hello();
+            p["spec"]["volumes"] = json!([{"name": name, "emptyDir": {}}]);
+            let o = inject_pod(&p, "default", &Config::default());
+            assert!(
+                matches!(o, Outcome::Denied(ref m) if m.contains(name) && m.contains("reserved")),
+                "{o:?}"
+            );
+        }
     }
 
     #[test]

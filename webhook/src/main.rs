@@ -213,6 +213,13 @@ struct CaArgs {
     /// Time between passes publishing the root to meshed namespaces.
     #[arg(long, env = "REMORA_CA_PUBLISH_INTERVAL", default_value = "60s")]
     ca_publish_interval: String,
+    /// The CA address injected proxies call (their `REMORA_CA_ADDRESS`; with it they get the
+    /// token and root volumes): `auto` = this process's CA,
+    /// `<--ca-service>.<--ca-secret-namespace>.svc:<port of --ca-addr>`, and no identity when
+    /// `--ca-addr off`; `off` = inject no identity; `HOST:PORT` = that CA, also with
+    /// `--ca-addr off`. The injector config's `identity.caAddress` wins over it.
+    #[arg(long, env = "REMORA_INJECT_CA_ADDRESS", default_value = "auto")]
+    inject_ca_address: String,
 }
 
 impl CaArgs {
@@ -248,6 +255,56 @@ impl CaArgs {
         }
         opts.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(Some(opts))
+    }
+}
+
+impl CaArgs {
+    /// What the injector gives proxies for their identity, unless its config file says
+    /// otherwise (checked after [`CaArgs::options`], which checks the CA's own flags).
+    fn identity_defaults(&self) -> anyhow::Result<config::IdentityDefaults> {
+        let local_ca = self.ca_addr != config::OFF;
+        let ca_address = match self.inject_ca_address.as_str() {
+            "auto" if !local_ca => config::OFF.to_string(),
+            "auto" => {
+                let port = self
+                    .ca_addr
+                    .parse::<SocketAddr>()
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--ca-addr {:?}: not an address (IP:PORT, e.g. 0.0.0.0:15012) or `off`",
+                            self.ca_addr
+                        )
+                    })?
+                    .port();
+                format!(
+                    "{}.{}.svc:{port}",
+                    self.ca_service, self.ca_secret_namespace
+                )
+            }
+            "off" => config::OFF.to_string(),
+            a => {
+                remora_webhook::values::check_host_port(a).map_err(|why| {
+                    anyhow::anyhow!(
+                        "--inject-ca-address {a:?}: {why}: expected auto, off or {}",
+                        remora_webhook::values::HOST_PORT_EXAMPLE
+                    )
+                })?;
+                a.to_string()
+            }
+        };
+        if ca_address != config::OFF {
+            let (td, aud) = (&self.trust_domain, &self.ca_token_audience);
+            remora_webhook::values::check_trust_domain(td)
+                .map_err(|why| anyhow::anyhow!("--trust-domain {td:?}: {why}"))?;
+            remora_webhook::values::check_audience(aud)
+                .map_err(|why| anyhow::anyhow!("--ca-token-audience {aud:?}: {why}"))?;
+        }
+        Ok(config::IdentityDefaults {
+            local_ca: local_ca && self.inject_ca_address == "auto",
+            ca_address,
+            audience: self.ca_token_audience.clone(),
+            trust_domain: self.trust_domain.clone(),
+        })
     }
 }
 
@@ -340,11 +397,21 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .then(|| cert_args.options())
                 .transpose()?;
             let ca_opts = ca_args.options()?;
+            let identity = ca_args.identity_defaults()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let cfg = config::ConfigHandle::load(&config)?;
+                let cfg = config::ConfigHandle::load_with(&config, identity)?;
+                match cfg.get().identity() {
+                    Some(id) => tracing::info!(ca_address = %id.ca_address, audience = %id.audience,
+                        trust_domain = %id.trust_domain,
+                        "injecting workload identity: proxies get a token for {} and the root, and call {}",
+                        id.audience, id.ca_address),
+                    None => tracing::info!(
+                        "not injecting workload identity: the injected CA address is off (--ca-addr off with --inject-ca-address auto, --inject-ca-address off, or identity.caAddress: off in the config file)"
+                    ),
+                }
                 let opts = server::ServeOptions {
                     listen,
                     cert: tls_cert,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::annotations::{Interception, PodOptions};
+use crate::ca::publish::{CONFIGMAP as CA_ROOT_CONFIGMAP, KEY as CA_ROOT_KEY};
 use crate::config::{Config, Resources};
 use crate::probes::{PROBERS_ENV, STATUS_PORT};
 
@@ -19,6 +20,26 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const HEALTH_PORT: u16 = 15021;
 pub const PROM_PORT: u16 = 15090;
 pub const PROM_PATH: &str = "/stats/prometheus";
+/// The projected service-account token the proxy shows the mesh CA.
+pub const CA_TOKEN_VOLUME: &str = "remora-ca-token";
+pub const CA_TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The token's file name in [`CA_TOKEN_DIR`].
+pub const CA_TOKEN_FILE: &str = "remora-ca-token";
+/// The token's lifetime asked of the kubelet (which refreshes it at 80 % of it), as Istio's.
+pub const CA_TOKEN_EXPIRATION_SECONDS: i64 = 43_200;
+/// The mesh root published in every meshed namespace (ConfigMap `remora-ca-root-cert`).
+pub const CA_ROOT_VOLUME: &str = "remora-ca-root";
+pub const CA_ROOT_DIR: &str = "/var/run/secrets/remora/ca";
+/// Istio's pod label saying the pod's sidecar takes Istio mutual TLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub const TLS_MODE_ISTIO: &str = "istio";
+/// Every volume name the injector may add.
+pub const VOLUME_NAMES: [&str; 4] = [
+    RULES_VOLUME,
+    PODINFO_VOLUME,
+    CA_TOKEN_VOLUME,
+    CA_ROOT_VOLUME,
+];
 
 /// The `remora-init` arguments in istio-iptables form.
 pub fn init_args(cfg: &Config, o: &PodOptions) -> Vec<String> {
@@ -136,6 +157,23 @@ pub fn proxy_container(
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         json!({"name": "REMORA_LOG_LEVEL", "value": o.log_level}),
     ];
+    let identity = cfg.identity();
+    if let Some(id) = &identity {
+        for (name, value) in [
+            ("REMORA_CA_ADDRESS", id.ca_address.clone()),
+            (
+                "REMORA_CA_ROOT_FILE",
+                format!("{CA_ROOT_DIR}/{CA_ROOT_KEY}"),
+            ),
+            (
+                "REMORA_CA_TOKEN_FILE",
+                format!("{CA_TOKEN_DIR}/{CA_TOKEN_FILE}"),
+            ),
+            ("REMORA_TRUST_DOMAIN", id.trust_domain.clone()),
+        ] {
+            env.push(json!({"name": name, "value": value}));
+        }
+    }
     if !probers.is_empty() {
         env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers.clone()).to_string()}));
     }
@@ -185,6 +223,13 @@ pub fn proxy_container(
         ]
     });
     if let Some(mounts) = c["volumeMounts"].as_array_mut() {
+        if identity.is_some() {
+            mounts.push(
+                json!({"name": CA_TOKEN_VOLUME, "mountPath": CA_TOKEN_DIR, "readOnly": true}),
+            );
+            mounts
+                .push(json!({"name": CA_ROOT_VOLUME, "mountPath": CA_ROOT_DIR, "readOnly": true}));
+        }
         for (name, def) in &o.user_volume_mounts {
             let mut m = def.clone();
             m["name"] = json!(name);
@@ -242,14 +287,27 @@ fn merge(base: &mut Value, over: &Value) {
     }
 }
 
-/// The volumes the proxy mounts.
+/// The volumes the proxy mounts. With identity: the projected token for the CA's audience and
+/// the root ConfigMap, which is not optional (as Istio's `istio-ca-root-cert`): the kubelet
+/// holds the pod until the mesh CA has published it in the namespace.
 pub fn volumes(cfg: &Config) -> Vec<Value> {
-    vec![
+    let mut v = vec![
         json!({"name": RULES_VOLUME, "configMap": {"name": cfg.rules_config_map, "optional": true}}),
         json!({"name": PODINFO_VOLUME, "downwardAPI": {"items": [
             {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}
         ]}}),
-    ]
+    ];
+    if let Some(id) = cfg.identity() {
+        v.push(json!({"name": CA_TOKEN_VOLUME, "projected": {"sources": [
+            {"serviceAccountToken": {
+                "audience": id.audience,
+                "expirationSeconds": CA_TOKEN_EXPIRATION_SECONDS,
+                "path": CA_TOKEN_FILE
+            }}
+        ]}}));
+        v.push(json!({"name": CA_ROOT_VOLUME, "configMap": {"name": CA_ROOT_CONFIGMAP}}));
+    }
+    v
 }
 
 /// The `sidecar.istio.io/status` value: what was injected, so re-injection can replace it.
@@ -352,7 +410,11 @@ mod tests {
                 "POD_NAMESPACE",
                 "INSTANCE_IP",
                 "SERVICE_ACCOUNT",
-                "REMORA_LOG_LEVEL"
+                "REMORA_LOG_LEVEL",
+                "REMORA_CA_ADDRESS",
+                "REMORA_CA_ROOT_FILE",
+                "REMORA_CA_TOKEN_FILE",
+                "REMORA_TRUST_DOMAIN"
             ]
         );
         let cpu = proxy_container(
@@ -374,6 +436,74 @@ mod tests {
             .unwrap()
             .iter()
             .any(|e| e["name"] == "REMORA_DRAIN_SECONDS" && e["value"] == "2"));
+    }
+
+    #[test]
+    fn identity_parts_follow_the_config() {
+        let env = |c: &Value| -> Vec<(String, String)> {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e["name"].as_str().unwrap().starts_with("REMORA_CA")
+                        || e["name"] == "REMORA_TRUST_DOMAIN"
+                })
+                .map(|e| {
+                    (
+                        e["name"].as_str().unwrap().into(),
+                        e["value"].as_str().unwrap().into(),
+                    )
+                })
+                .collect()
+        };
+        let mut cfg = Config::default();
+        cfg.identity.ca_address = Some("ca.example.com:443".into());
+        cfg.identity.audience = Some("mesh-ca".into());
+        cfg.identity.trust_domain = Some("example.org".into());
+        let c = proxy_container(&cfg, &opts(&[]), &Map::new(), None);
+        assert_eq!(
+            env(&c),
+            [
+                ("REMORA_CA_ADDRESS".into(), "ca.example.com:443".into()),
+                (
+                    "REMORA_CA_ROOT_FILE".into(),
+                    "/var/run/secrets/remora/ca/root-cert.pem".into()
+                ),
+                (
+                    "REMORA_CA_TOKEN_FILE".into(),
+                    "/var/run/secrets/tokens/remora-ca-token".into()
+                ),
+                ("REMORA_TRUST_DOMAIN".into(), "example.org".into()),
+            ]
+        );
+        assert_eq!(
+            c["volumeMounts"],
+            json!([
+                {"name": "remora-rules", "mountPath": "/etc/remora/rules", "readOnly": true},
+                {"name": "remora-podinfo", "mountPath": "/etc/remora/pod", "readOnly": true},
+                {"name": "remora-ca-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true},
+                {"name": "remora-ca-root", "mountPath": "/var/run/secrets/remora/ca", "readOnly": true}
+            ])
+        );
+        let v = volumes(&cfg);
+        assert_eq!(
+            v[2],
+            json!({"name": "remora-ca-token", "projected": {"sources": [{"serviceAccountToken":
+                {"audience": "mesh-ca", "expirationSeconds": 43200, "path": "remora-ca-token"}}]}})
+        );
+        assert_eq!(
+            v[3],
+            json!({"name": "remora-ca-root", "configMap": {"name": "remora-ca-root-cert"}})
+        );
+
+        cfg.identity.ca_address = Some("off".into());
+        let c = proxy_container(&cfg, &opts(&[]), &Map::new(), None);
+        assert!(env(&c).is_empty(), "{:?}", env(&c));
+        assert_eq!(c["volumeMounts"].as_array().unwrap().len(), 2);
+        let vols = volumes(&cfg);
+        let names: Vec<&str> = vols.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["remora-rules", "remora-podinfo"]);
     }
 
     #[test]

@@ -70,6 +70,12 @@ async fn serve(extra: &[&str]) -> Served {
             "--drain-seconds",
             "1",
         ])
+        // Without its CA the server injects no identity unless told where the CA is: tell it
+        // what `Config::default()` injects, so its output and the library's are the same pods.
+        .args([
+            "--inject-ca-address",
+            remora_webhook::config::DEFAULT_CA_ADDRESS,
+        ])
         .args(extra)
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))

@@ -47,6 +47,11 @@ struct Served {
 }
 
 async fn serve() -> Served {
+    serve_with(&[]).await
+}
+
+/// `serve --ca-addr off` on a free port with a self-signed certificate, plus `extra` flags.
+async fn serve_with(extra: &[&str]) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("tls.crt"), ck.cert.pem()).unwrap();
@@ -68,6 +73,10 @@ async fn serve() -> Served {
         .arg(dir.path().join("tls.key"))
         .arg("--config")
         .arg(dir.path().join("absent.yaml"))
+        .args(extra)
+        .env_remove("REMORA_INJECT_CA_ADDRESS")
+        .env_remove("REMORA_TRUST_DOMAIN")
+        .env_remove("REMORA_CA_TOKEN_AUDIENCE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -336,4 +345,138 @@ fn check_inject_cli_explains() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--namespace-labels"));
+}
+
+/// The proxy container of one review's patched pod.
+async fn injected_proxy(s: &Served, uid: &str) -> Value {
+    let cfg = client_config(&[s.cert_pem.as_bytes()]).unwrap();
+    let mut c = Client::connect(s.addr, "localhost", cfg).await.unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    let body = serde_json::to_vec(&review::review_for(&pod, uid, "shop")).unwrap();
+    let (status, answer) = c.post("/inject", Bytes::from(body)).await.unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    let patch = review::response_patch(&v).unwrap().unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    let mut proxy = out["spec"]["initContainers"][0].clone();
+    assert_eq!(proxy["name"], "remora-proxy");
+    // Carry what the pod level says about identity along, for the asserts.
+    proxy["x-pod-volumes"] = out["spec"]["volumes"].clone();
+    proxy["x-pod-labels"] = out["metadata"]["labels"].clone();
+    proxy
+}
+
+fn env_of<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| &e["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_off_means_no_identity_unless_an_address_is_given() {
+    // --ca-addr off and --inject-ca-address auto (the default): nothing about identity.
+    let s = serve().await;
+    lines_until(&s.stderr, |l| l.contains("not injecting workload identity"));
+    let proxy = injected_proxy(&s, "uid-off").await;
+    assert_eq!(env_of(&proxy, "REMORA_CA_ADDRESS"), None);
+    assert_eq!(proxy["x-pod-labels"], json!({"app": "web"}));
+    assert_eq!(proxy["x-pod-volumes"].as_array().unwrap().len(), 2);
+    drop(s);
+
+    // An explicit address (a CA run elsewhere), with the trust domain and audience flags.
+    let s = serve_with(&[
+        "--inject-ca-address",
+        "ca.mesh.example:443",
+        "--trust-domain",
+        "example.org",
+        "--ca-token-audience",
+        "mesh-ca",
+    ])
+    .await;
+    lines_until(&s.stderr, |l| {
+        l.contains("injecting workload identity") && l.contains("ca.mesh.example:443")
+    });
+    let proxy = injected_proxy(&s, "uid-on").await;
+    assert_eq!(
+        env_of(&proxy, "REMORA_CA_ADDRESS"),
+        Some(&json!("ca.mesh.example:443"))
+    );
+    assert_eq!(
+        env_of(&proxy, "REMORA_TRUST_DOMAIN"),
+        Some(&json!("example.org"))
+    );
+    assert_eq!(
+        proxy["x-pod-labels"]["security.istio.io/tlsMode"],
+        json!("istio")
+    );
+    let token = proxy["x-pod-volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "remora-ca-token")
+        .expect("the token volume");
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "mesh-ca"
+    );
+}
+
+#[test]
+fn bad_identity_settings_fail_with_one_line_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_cfg = dir.path().join("bad-identity.yaml");
+    std::fs::write(
+        &bad_cfg,
+        "identity:\n  caAddress: remora-ca.remora-system.svc\n",
+    )
+    .unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--inject-ca-address", "remora-ca"],
+            r#"remora-webhook: --inject-ca-address "remora-ca": no port: expected auto, off or HOST:PORT (e.g. remora-ca.remora-system.svc:15012)"#,
+        ),
+        (
+            &["--inject-ca-address", "https://ca:443"],
+            r#"remora-webhook: --inject-ca-address "https://ca:443": host "https://ca" is not a DNS name or an IP address"#,
+        ),
+        (
+            &[
+                "--inject-ca-address",
+                "ca:443",
+                "--trust-domain",
+                "Example.org",
+            ],
+            r#"remora-webhook: --trust-domain "Example.org": a SPIFFE trust domain"#,
+        ),
+        (
+            &["--inject-ca-address", "ca:443", "--ca-token-audience", ""],
+            r#"remora-webhook: --ca-token-audience "": must be 1-256 characters without spaces"#,
+        ),
+        (
+            &["--config", bad_cfg.to_str().unwrap()],
+            r#"config field identity.caAddress: invalid value "remora-ca.remora-system.svc": no port"#,
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--ca-addr", "off", "--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--config") {
+            cmd.arg("--config").arg(dir.path().join("absent.yaml"));
+        }
+        let out = cmd
+            .args(args)
+            .env_remove("REMORA_INJECT_CA_ADDRESS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.contains(want), "{args:?}: {err}");
+    }
 }

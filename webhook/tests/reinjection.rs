@@ -85,7 +85,18 @@ fn reinjection_is_noop(out: &Value, ns: &str, cfg: &Config) -> Result<(), String
 
 #[test]
 fn reinjecting_any_output_is_a_noop() {
-    let cfg = Config::default();
+    reinjecting_any_output_is_a_noop_with(&Config::default());
+}
+
+/// The same without workload identity (no token and root volumes, no tlsMode label).
+#[test]
+fn reinjecting_any_output_is_a_noop_without_identity() {
+    let cfg = Config::from_yaml("identity: {caAddress: \"off\"}\n").unwrap();
+    assert!(cfg.identity().is_none());
+    reinjecting_any_output_is_a_noop_with(&cfg);
+}
+
+fn reinjecting_any_output_is_a_noop_with(cfg: &Config) {
     let corpus = shared().join("anchors/istio/inject");
     assert!(
         corpus.is_dir(),
@@ -101,11 +112,11 @@ fn reinjecting_any_output_is_a_noop() {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         for (i, doc) in docs_in(file).iter().enumerate() {
             for (pod, ns) in pods_of(doc) {
-                let Outcome::Injected { pod: out, .. } = inject_pod(&pod, &ns, &cfg) else {
+                let Outcome::Injected { pod: out, .. } = inject_pod(&pod, &ns, cfg) else {
                     continue;
                 };
                 checked += 1;
-                if let Err(e) = reinjection_is_noop(&out, &ns, &cfg) {
+                if let Err(e) = reinjection_is_noop(&out, &ns, cfg) {
                     failures.push(format!("{name} doc {i}: {e}"));
                 }
             }

@@ -382,6 +382,40 @@ fn compare_with_istio(input: &Value, ours: &Value, golden: &Value, ctx: &str) {
             }
         }
     }
+    // The CA token: Istio's istio-token shape (lifetime, mount path), our name and audience.
+    if let Some(g_proxy) = g_proxy {
+        let vol = |p: &Value, name: &str| -> Value {
+            p.pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .and_then(|v| v.iter().find(|x| x["name"] == name))
+                .cloned()
+                .unwrap_or_else(|| panic!("{ctx}: no volume {name}"))
+        };
+        let mount = |c: &Value, name: &str| -> Value {
+            c["volumeMounts"]
+                .as_array()
+                .and_then(|v| v.iter().find(|x| x["name"] == name))
+                .map(|m| m["mountPath"].clone())
+                .unwrap_or_else(|| panic!("{ctx}: no mount {name}"))
+        };
+        let (g_tok, o_tok) = (vol(golden, "istio-token"), vol(ours, "remora-ca-token"));
+        let sat = "/projected/sources/0/serviceAccountToken";
+        assert_eq!(
+            o_tok.pointer(&format!("{sat}/expirationSeconds")),
+            g_tok.pointer(&format!("{sat}/expirationSeconds")),
+            "{ctx}: token lifetime differs from Istio's"
+        );
+        assert_eq!(
+            o_tok.pointer(&format!("{sat}/audience")),
+            Some(&json!("remora-ca")),
+            "{ctx}"
+        );
+        assert_eq!(
+            mount(o_proxy, "remora-ca-token"),
+            mount(g_proxy, "istio-token"),
+            "{ctx}: token mount path differs from Istio's"
+        );
+    }
     // User volumes and their proxy mounts (sidecar.istio.io/userVolume, userVolumeMount).
     if let Some(g_proxy) = g_proxy {
         let ann = input
@@ -510,6 +544,13 @@ async fn check_doc(
                 check_init_args(&injected, ctx);
                 if let Some(g) = golden {
                     compare_with_istio(&pod, &injected, &template_of(g), ctx);
+                    // Istio's label for a pod whose sidecar has a mesh identity (on in the
+                    // default config).
+                    assert_eq!(
+                        injected.pointer(TLS_MODE),
+                        istio_tls_mode(g),
+                        "{ctx}: label security.istio.io/tlsMode differs from Istio"
+                    );
                 }
                 // Any output of ours comes back unchanged (reinvocationPolicy: IfNeeded), also
                 // when its override record raises privileges: the containers in the spec
@@ -522,6 +563,20 @@ async fn check_doc(
         }
     }
     n
+}
+
+const TLS_MODE: &str = "/metadata/labels/security.istio.io~1tlsMode";
+
+/// The `security.istio.io/tlsMode` label of Istio's golden: on the pod template, or, for a
+/// CronJob, where Istio's offline injection writes the pod's labels (the jobTemplate's metadata).
+fn istio_tls_mode(golden: &Value) -> Option<&Value> {
+    let t = golden
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(workload::template_pointer)?;
+    golden
+        .pointer(&format!("{t}{TLS_MODE}"))
+        .or_else(|| golden.pointer(&format!("/spec/jobTemplate{TLS_MODE}")))
 }
 
 fn docs_in(path: &Path) -> Vec<Value> {

@@ -68,25 +68,11 @@ impl Options {
     /// Checks every setting; the error is one line naming the flag, the value and the reason.
     pub fn validate(&self) -> Result<(), String> {
         let td = &self.trust_domain;
-        if td.is_empty()
-            || td.len() > 255
-            || !td.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-            })
-        {
-            return Err(format!(
-                "--trust-domain {td:?}: a SPIFFE trust domain is 1-255 of lowercase letters, digits, '.', '-', '_'"
-            ));
-        }
+        crate::values::check_trust_domain(td)
+            .map_err(|why| format!("--trust-domain {td:?}: {why}"))?;
         let aud = &self.audience;
-        if aud.is_empty()
-            || aud.len() > 256
-            || aud.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!(
-                "--ca-token-audience {aud:?}: must be 1-256 characters without spaces"
-            ));
-        }
+        crate::values::check_audience(aud)
+            .map_err(|why| format!("--ca-token-audience {aud:?}: {why}"))?;
         if self.max_ttl < MIN_TTL || self.max_ttl > MAX_TTL {
             return Err(format!(
                 "--ca-max-cert-ttl {}: must be between {} and {}",
