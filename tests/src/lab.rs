@@ -40,9 +40,9 @@ pub struct LabOptions {
     pub keep_logs: bool,
     /// Set to stop a long operation early (the CLI sets it on Ctrl-C).
     pub cancel: Arc<AtomicBool>,
-    /// The webhook's `--inject-ca-address`: by default the install's CA address, so pods get
-    /// the identity parts a cluster install injects (the lab runs no CA: nothing answers there);
-    /// `None` injects no identity.
+    /// The webhook's `--inject-ca-address`: `None` (the default) injects no identity, as the
+    /// lab runs no CA yet; `Some(address)` injects what a cluster install injects (the proxies
+    /// then wait, unready, for a certificate from that address).
     pub inject_ca_address: Option<String>,
 }
 
@@ -55,7 +55,7 @@ impl Default for LabOptions {
             timeout: Duration::from_secs(30),
             keep_logs: std::env::var_os("REMORA_LAB_KEEP").is_some(),
             cancel: Arc::new(AtomicBool::new(false)),
-            inject_ca_address: Some(remora_webhook::config::DEFAULT_CA_ADDRESS.to_string()),
+            inject_ca_address: None,
         }
     }
 }

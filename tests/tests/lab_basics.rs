@@ -2,6 +2,7 @@
 
 use remora_e2e::{Lab, LabOptions};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 const BOOKINFO: &str = include_str!("../fixtures/bookinfo.yaml");
 
@@ -257,83 +258,28 @@ fn proxy_env(pod: &remora_e2e::lab::Pod) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Reads `path` as the proxy's uid would.
-fn read_as_proxy(path: &str) -> String {
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=1337",
-            "--regid=1337",
-            "--clear-groups",
-            "cat",
-            path,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "uid 1337 cannot read {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// What the webhook injects for workload identity runs: the kubelet stand-in writes the
-/// projected token and mounts the root the namespace was given, and the proxy's
-/// `REMORA_CA_*` settings point at files its uid can read.
+/// What the webhook injects for workload identity runs as injected: with no CA answering at
+/// the install's address, the proxy gets no certificate and the pod never turns ready.
 #[test]
-fn injected_identity_reaches_the_proxy_as_files() {
-    let mut lab = Lab::start(LabOptions::default()).expect("lab starts");
+fn injected_identity_without_a_ca_keeps_the_pod_unready() {
+    let mut lab = Lab::start(LabOptions {
+        inject_ca_address: Some(remora_webhook::config::DEFAULT_CA_ADDRESS.to_string()),
+        timeout: Duration::from_secs(8),
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
     lab.create_namespace("shop", &[("istio-injection", "enabled")])
         .unwrap();
-    lab.apply(IDENTITY_POD, "shop")
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs(20)));
-    let pod = lab.pod("shop/web").unwrap();
-    assert!(pod.reviewed && pod.meshed);
-    assert_eq!(
-        pod.object["metadata"]["labels"]["security.istio.io/tlsMode"],
-        "istio"
-    );
-    let env = proxy_env(pod);
-    assert_eq!(
-        env.get("REMORA_CA_ADDRESS").map(String::as_str),
-        Some("remora-ca.remora-system.svc:15012")
-    );
-    assert_eq!(
-        env.get("REMORA_TRUST_DOMAIN").map(String::as_str),
-        Some("cluster.local")
-    );
-    assert_eq!(
-        env.get("SERVICE_ACCOUNT").map(String::as_str),
-        Some("web-sa")
-    );
-    let root_file = &env["REMORA_CA_ROOT_FILE"];
-    let token_file = &env["REMORA_CA_TOKEN_FILE"];
-    // The lab points the in-container paths at its directories.
+    // No CA answers at the install's address in the lab: the proxy never gets its certificate
+    // and stays unready, saying what it waits for.
+    let err = lab.apply(IDENTITY_POD, "shop").unwrap_err();
+    let text = format!("{err:#}\n{}", lab.logs(40));
+    assert!(text.contains("/healthz/ready answered 503"), "{text}");
     assert!(
-        root_file.starts_with(lab.dir().to_str().unwrap()),
-        "{root_file}"
+        text.contains("no workload certificate yet")
+            && text.contains("remora-ca.remora-system.svc:15012"),
+        "{text}"
     );
-    assert!(root_file.ends_with("/root-cert.pem"), "{root_file}");
-    assert!(token_file.ends_with("/remora-ca-token"), "{token_file}");
-    let root = read_as_proxy(root_file);
-    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
-    let token = read_as_proxy(token_file);
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "JWT-shaped: {token}");
-    use base64::Engine as _;
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(parts[1])
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(claims["aud"], serde_json::json!(["remora-ca"]));
-    assert_eq!(claims["sub"], "system:serviceaccount:shop:web-sa");
-    let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
-    assert_eq!(life, 43_200);
-    // The proxy and the app run as before.
-    let r = lab.http(pod, "web", 8080, "/", &[]).unwrap();
-    assert_eq!(r.status, 200);
 }
 
 /// With identity injection off the pod gets none of it, and runs the same.
