@@ -61,6 +61,41 @@ pub struct Header {
     /// `config_source.source`: `files`, `api` or `none` (proxies that report it).
     #[serde(default, deserialize_with = "config_source")]
     pub config_source: Option<String>,
+    /// The workload certificate's state (proxies with a workload identity).
+    #[serde(default)]
+    pub identity: Option<CertState>,
+}
+
+/// What `proxy-status` reads of a proxy's workload certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct CertState {
+    /// `valid`, `waiting` or `expired`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub expires_in_seconds: Option<i64>,
+}
+
+impl CertState {
+    /// The CERT column: `23h59m`, `WAITING`, `EXPIRED`.
+    pub fn column(&self) -> String {
+        match (self.state.as_str(), self.expires_in_seconds) {
+            ("valid", Some(s)) if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+            ("valid", Some(s)) => format!("{}m{:02}s", s / 60, s % 60),
+            ("expired", _) => "EXPIRED".into(),
+            _ => "WAITING".into(),
+        }
+    }
+
+    /// Why the certificate needs attention: expired, never issued, or under an hour left.
+    pub fn warning(&self) -> Option<String> {
+        match (self.state.as_str(), self.expires_in_seconds) {
+            ("expired", _) => Some("workload certificate EXPIRED: the proxy is unready and its mTLS fails until the CA issues a new one (remora proxy-config secret shows the last error)".into()),
+            ("valid", Some(s)) if s < 3600 => Some(format!("workload certificate expires in {}m{:02}s and was not renewed yet (remora proxy-config secret shows the last error)", s / 60, s % 60)),
+            ("valid", _) => None,
+            _ => Some("no workload certificate issued yet: the proxy is unready (remora proxy-config secret shows the last error)".into()),
+        }
+    }
 }
 
 fn config_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -80,6 +115,10 @@ impl Header {
             hash: d.hash.clone(),
             source: Some(d.source.clone()),
             config_source: Some(d.config_source.source.clone()),
+            identity: d.identity.as_ref().map(|i| CertState {
+                state: i.state.clone(),
+                expires_in_seconds: i.expires_in_seconds,
+            }),
         }
     }
 }

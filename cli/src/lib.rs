@@ -15,6 +15,7 @@ pub mod describe;
 pub mod dump;
 pub mod kube;
 pub mod proxyconfig;
+pub mod secret;
 pub mod selector;
 pub mod status;
 pub mod table;
@@ -138,7 +139,8 @@ pub enum Cmd {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
-    /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners (from its
+    /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners, its workload
+    /// certificate (`secret`) (from its
     /// /config_dump, through the API server's pods/proxy, or --admin, or --file).
     ///
     /// POD is `NAME` or `NAME.NAMESPACE`, or `KIND/NAME[.NAMESPACE]` (`deploy/reviews-v1`: the

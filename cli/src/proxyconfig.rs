@@ -43,6 +43,8 @@ pub enum View {
     Clusters,
     Endpoints,
     Listeners,
+    /// The workload certificate and the trusted roots (`istioctl proxy-config secret`).
+    Secret,
     All,
 }
 
@@ -231,6 +233,8 @@ pub struct ProxyConfig {
     pub endpoints: Option<Vec<EndpointRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Listeners>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<super::secret::SecretView>,
     /// Resources the proxy read but does not apply, and other remarks (one line each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -1672,8 +1676,25 @@ pub fn build(
         listeners: view
             .shows(View::Listeners)
             .then(|| listeners_view(&rules, f)),
+        secret: match (view.shows(View::Secret), &dump.identity) {
+            (true, Some(id)) => Some(super::secret::view(id, unix_now())),
+            (true, None) if view == View::Secret => {
+                return Err(
+                    "this proxy has no workload identity (started with --ca-address off): no certificate to show"
+                        .to_string(),
+                )
+            }
+            _ => None,
+        },
         notes,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn port_text(p: Option<u16>) -> String {
@@ -1867,6 +1888,9 @@ pub fn render_text(c: &ProxyConfig, view: View) -> String {
     }
     if let Some(r) = &c.endpoints {
         section("ENDPOINTS", render_endpoints(r));
+    }
+    if let Some(v) = &c.secret {
+        section("SECRETS", super::secret::render(v));
     }
     for n in &c.notes {
         out.push_str(&format!("note: {n}\n"));

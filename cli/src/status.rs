@@ -53,6 +53,12 @@ pub struct ProxyRow {
     pub config_map_hash: Option<String>,
     pub status: SyncStatus,
     pub reason: String,
+    /// The workload certificate: time left, `WAITING` or `EXPIRED` (`None`: no identity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Why the certificate needs attention, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_warning: Option<String>,
 }
 
 /// The rules ConfigMap a pod mounts (its `remora-rules` volume), else `default`.
@@ -102,6 +108,8 @@ pub fn row(
         config_map_hash: cm_hash.ok().map(str::to_string),
         status: SyncStatus::Unreachable,
         reason: String::new(),
+        cert: None,
+        cert_warning: None,
     };
     let phase = pod
         .pointer("/status/phase")
@@ -128,6 +136,8 @@ pub fn row(
         }
     };
     r.version = dump.version.clone();
+    r.cert = dump.identity.as_ref().map(|c| c.column());
+    r.cert_warning = dump.identity.as_ref().and_then(|c| c.warning());
     // `config_source.source` (api, files, none) when the proxy reports it, else the kind part
     // of the snapshot's `source` label (`files:/etc/remora/rules` -> files).
     r.source = dump
@@ -197,6 +207,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
                 table::short_hash(r.proxy_hash.as_deref().unwrap_or("")),
                 table::short_hash(r.config_map_hash.as_deref().unwrap_or("")),
                 r.status.as_str().to_string(),
+                r.cert.clone().unwrap_or("-".into()),
             ]
         })
         .collect();
@@ -210,6 +221,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
             "PROXY HASH",
             "CONFIGMAP HASH",
             "STATUS",
+            "CERT",
         ],
         &cells,
     );
@@ -221,6 +233,11 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
             r.status.as_str(),
             r.reason
         ));
+    }
+    for r in rows {
+        if let Some(w) = &r.cert_warning {
+            out.push_str(&format!("{}/{}: {w}\n", r.namespace, r.name));
+        }
     }
     out
 }
@@ -404,6 +421,12 @@ mod tests {
     fn table_rendering() {
         let h = "a".repeat(64);
         let dump = dump_at(12, &h, "", "");
+        let mut expiring = dump_at(12, &h, "", "");
+        expiring.identity = Some(remora_model::dump::IdentityDump {
+            state: "valid".into(),
+            expires_in_seconds: Some(1_500),
+            ..Default::default()
+        });
         let rows = vec![
             row(&pod("Running"), Ok(&dump), "shop/my-rules", Ok(&h)),
             row(
@@ -412,29 +435,54 @@ mod tests {
                 "shop/my-rules",
                 Ok(&h),
             ),
+            row(&pod("Running"), Ok(&expiring), "shop/my-rules", Ok(&h)),
         ];
         let text = render_text(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS"
+            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS        CERT"
         );
         assert_eq!(
             lines[1],
-            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        -"
         );
         assert_eq!(
             lines[2],
-            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE"
+            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE   -"
+        );
+        assert_eq!(
+            lines[3],
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        25m00s"
         );
         assert!(
-            lines[3].starts_with("shop/web-1: UNREACHABLE: cannot read"),
+            lines[4].starts_with("shop/web-1: UNREACHABLE: cannot read"),
             "{}",
-            lines[3]
+            lines[4]
+        );
+        assert_eq!(
+            lines[5],
+            "shop/web-1: workload certificate expires in 25m00s and was not renewed yet (remora proxy-config secret shows the last error)"
         );
         assert_eq!(
             render_text(&[]),
             "no meshed pods (no pod has a remora-proxy container)\n"
         );
+        let c = |state: &str, left: Option<i64>| crate::dump::CertState {
+            state: state.into(),
+            expires_in_seconds: left,
+        };
+        assert_eq!(c("valid", Some(86_000)).column(), "23h53m");
+        assert_eq!(c("valid", Some(86_000)).warning(), None);
+        assert_eq!(c("expired", Some(-5)).column(), "EXPIRED");
+        assert!(c("expired", Some(-5))
+            .warning()
+            .unwrap()
+            .starts_with("workload certificate EXPIRED"));
+        assert_eq!(c("waiting", None).column(), "WAITING");
+        assert!(c("waiting", None)
+            .warning()
+            .unwrap()
+            .starts_with("no workload certificate issued yet"));
     }
 }

@@ -1032,6 +1032,37 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
     let chain: Vec<String> = serde_json::from_value(dump["identity"]["chain_pem"].clone()).unwrap();
     // Asked for 24 h, capped by the CA at 12 h.
     check_chain(&chain, SLEEP, CAP.as_secs() as i64, &root);
+    // `remora proxy-config secret`, as istioctl shows it.
+    let out = std::process::Command::new(remora_e2e::admission::default_bin_dir().join("remora"))
+        .args([
+            "proxy-config",
+            "secret",
+            "--admin",
+            &client.admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serial = dump["identity"]["serial"].as_str().unwrap();
+    let default_row = text
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        default_row.contains("Cert Chain") && default_row.contains("ACTIVE"),
+        "{text}"
+    );
+    assert!(default_row.contains(serial), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ROOTCA ")), "{text}");
+    assert!(
+        text.contains(&format!("identity {SLEEP} from the CA at {}", ca.ca)),
+        "{text}"
+    );
     // A host the client's rules do not know goes out as it came (plain text, passthrough):
     // STRICT refuses it, and the client answers 503.
     let (code, body) = get(client.outbound, "unknown.example", "/passthrough")
