@@ -231,8 +231,11 @@ impl Identity {
                     wait
                 }
             };
-            // The remaining-lifetime gauge follows the clock while waiting.
+            // The remaining-lifetime gauge follows the clock while waiting, and a change of the
+            // root file (the kubelet updates the root ConfigMap's volume when the CA publishes
+            // a new root) renews at once, so peers and the CA are verified with the new roots.
             let until = tokio::time::Instant::now() + wait;
+            let roots_then = std::fs::read(&self.config.root_file).ok();
             loop {
                 if let Some(m) = self.last() {
                     metrics
@@ -245,6 +248,14 @@ impl Identity {
                     break;
                 }
                 tokio::time::sleep_until(tick).await;
+                let roots_now = std::fs::read(&self.config.root_file).ok();
+                if failures == 0 && roots_now.is_some() && roots_now != roots_then {
+                    info!(
+                        "the root certificate file {} changed: renewing the workload certificate now",
+                        self.config.root_file.display()
+                    );
+                    break;
+                }
             }
         }
     }
