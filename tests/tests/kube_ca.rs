@@ -849,10 +849,12 @@ async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> anyhow::Resu
 
 const SLEEP: &str = "spiffe://cluster.local/ns/other/sa/sleep";
 
-/// The server's rules: PeerAuthentication for its namespace.
+/// The server's rules: PeerAuthentication for its namespace, and an AuthorizationPolicy that
+/// lets only the client's identity read `/get/*` (and anyone `/plain`).
 fn server_rules(mode: &str) -> String {
     format!(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: default}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: default}}\nspec:\n  mtls: {{mode: {mode}}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: httpbin, namespace: default}}\nspec:\n  rules:\n  - from:\n    - source: {{principals: [cluster.local/ns/other/sa/sleep]}}\n    to:\n    - operation: {{paths: [/get/*]}}\n  - to:\n    - operation: {{paths: [/plain]}}\n"
     )
 }
 
@@ -976,6 +978,9 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
         assert_eq!(code, 200, "{body}\n{}\n{}", client.log(), server.log());
         assert!(body.contains("httpbin"), "{body}");
     }
+    // The same identity, a path its AuthorizationPolicy does not allow: Istio's 403.
+    let (code, body) = get(client.outbound, host, "/other").await.unwrap();
+    assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
     // Straight to the server's inbound listener in plain text: STRICT refuses it.
     let plain = get(server.inbound, host, "/plain").await;
     assert!(plain.is_err(), "{plain:?}");
@@ -996,7 +1001,7 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
             ("connection_security_policy", "mutual_tls"),
         ],
     );
-    assert_eq!(mtls, 5.0, "{m:?}");
+    assert_eq!(mtls, 6.0, "{m:?}");
     let refused = remora_e2e::client::sum(
         &m,
         "remora_refused_connections_total",
@@ -1008,7 +1013,7 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
         .lines()
         .filter(|l| l.contains(&format!("\"peer_principal\":\"{SLEEP}\"")))
         .count();
-    assert_eq!(principal_lines, 5, "{}", server.log());
+    assert_eq!(principal_lines, 6, "{}", server.log());
     let cm = client.metrics().await;
     assert_eq!(
         remora_e2e::client::sum(
@@ -1019,7 +1024,7 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
                 ("connection_security_policy", "mutual_tls")
             ],
         ),
-        5.0
+        6.0
     );
     let exp = remora_e2e::client::sum(&cm, "remora_workload_cert_expiry_seconds", &[]);
     assert!(exp > 3600.0, "{exp}");
@@ -1122,7 +1127,7 @@ async fn short_certificates_rotate_under_load_without_a_failed_request() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let (mut ok, mut failed, mut after) = (0u32, Vec::new(), 0u32);
     for i in 0..4000u32 {
-        match get(client.outbound, host, &format!("/r/{i}")).await {
+        match get(client.outbound, host, &format!("/get/r{i}")).await {
             Ok((200, _)) => ok += 1,
             other => failed.push(format!("{i}: {other:?}")),
         }

@@ -9,6 +9,7 @@
 //! destination unchanged.
 
 mod admission;
+pub mod authz;
 mod cors;
 mod failure;
 mod fault;
@@ -283,7 +284,7 @@ impl ProxyHttp for MeshHttp {
             let snap = self.shared.snapshot.load();
             ctx.destination_service =
                 inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
-            return Ok(false);
+            return authz::check(session, ctx, &snap, dst).await;
         }
         let snap = self.shared.snapshot.load_full();
         let decision = {

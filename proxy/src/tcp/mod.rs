@@ -226,6 +226,20 @@ pub async fn proxy(
             peer_principal: peer_principal.clone(),
         });
     };
+    // Inbound: AuthorizationPolicy on what a TCP connection shows (peer identity, addresses).
+    let decided = match (dir, decided) {
+        (Direction::Inbound, Ok(plan)) => {
+            let snap = shared.snapshot.load();
+            match crate::http::authz::check_tcp(&snap, peer_principal.as_deref(), peer, dst) {
+                Some(why) => {
+                    metrics.authz_denied.with_label_values(&["tcp"]).inc();
+                    Err((flags::NONE, format!("connection {why}")))
+                }
+                None => Ok(plan),
+            }
+        }
+        (_, d) => d,
+    };
     let plan = match decided {
         Ok(plan) => plan,
         Err((flag, reason)) => {

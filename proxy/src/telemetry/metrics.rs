@@ -77,6 +77,8 @@ pub struct Metrics {
     pub cert_requests: IntCounterVec,
     /// Connections between sidecars whose mutual TLS failed, by direction and reason.
     pub mtls_failures: IntCounterVec,
+    /// Inbound requests (`http`) and connections (`tcp`) denied by AuthorizationPolicy.
+    pub authz_denied: IntCounterVec,
     /// The HTTP families' label sets (they share them) under the cap.
     http_gate: SeriesGate,
     /// The TCP families' label sets under the cap.
@@ -330,6 +332,11 @@ impl Metrics {
                     "remora_workload_cert_requests_total",
                     "Workload certificate requests to the CA, by result",
                     &["result"],
+                ),
+                authz_denied: counter(
+                    "remora_authz_denied_total",
+                    "Inbound requests and connections denied by AuthorizationPolicy, by kind",
+                    &["kind"],
                 ),
                 mtls_failures: counter(
                     "remora_mtls_failures_total",
