@@ -51,7 +51,8 @@ fn deny_then_allow_as_istio_orders_them() {
         "spec:\n  action: ALLOW\n  rules:\n  - to:\n    - operation: {methods: [GET, HEAD], paths: [\"/api/*\", \"/admin/*\"]}\n  - when:\n    - key: request.headers[x-team]\n      values: [ops]",
     );
     let (p, _dir) = start(backend, &rules);
-    let cases: &[(&str, &str, &[(&str, &str)], u16)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
         ("GET", "/api/items", &[], 200),
         ("HEAD", "/api/items", &[], 200),
         // ALLOW policies apply and none matches.
