@@ -1,11 +1,14 @@
 //! The only part of the user CLI that talks to the cluster: building a `kube::Client` like
-//! kubectl (kubeconfig, context, server override) and plain JSON GETs by API path. Everything
-//! else in the CLI is pure functions over the JSON these return.
+//! kubectl (kubeconfig, context, server override) and GETs by API path, read into
+//! k8s-openapi's typed objects ([`Cluster::get_opt_as`], [`Cluster::list_as`]) or, where the
+//! injector must see an object exactly as the API server sent it, raw JSON ([`Cluster::get_opt`],
+//! [`Cluster::list`]). Everything else in the CLI is pure functions over what these return.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// How to reach the cluster.
@@ -236,6 +239,30 @@ impl Cluster {
         }
     }
 
+    /// GETs an object that may be absent (`Ok(None)` on 404) as the typed `K`.
+    pub async fn get_opt_as<K>(&self, path: &str) -> Result<Option<K>, GetError>
+    where
+        K: k8s_openapi::Resource + DeserializeOwned,
+    {
+        match self.get_opt(path).await? {
+            Some(v) => typed(v, path, None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// GETs a `*List` and returns its `items` as the typed `K`.
+    pub async fn list_as<K>(&self, path: &str) -> Result<Vec<K>, GetError>
+    where
+        K: k8s_openapi::Resource + DeserializeOwned,
+    {
+        self.list(path)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| typed(v, path, Some(i)))
+            .collect()
+    }
+
     /// GETs a `*List` and returns its `items`.
     pub async fn list(&self, path: &str) -> Result<Vec<Value>, GetError> {
         let v = self.get(path).await?;
@@ -248,6 +275,20 @@ impl Cluster {
             }),
         }
     }
+}
+
+/// Reads `v` (the object at `path`, or its list's item `item`) as the typed `K`.
+pub fn typed<K>(v: Value, path: &str, item: Option<usize>) -> Result<K, GetError>
+where
+    K: k8s_openapi::Resource + DeserializeOwned,
+{
+    serde_json::from_value(v).map_err(|e| GetError::Other {
+        path: path.to_string(),
+        message: match item {
+            Some(i) => format!("items[{i}] is not a valid {}: {e}", K::KIND),
+            None => format!("response is not a valid {}: {e}", K::KIND),
+        },
+    })
 }
 
 fn one_line(s: &str) -> String {
