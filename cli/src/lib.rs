@@ -136,7 +136,8 @@ pub enum Cmd {
         /// All namespaces.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// The proxy's admin port (/config_dump).
+        /// The proxy's admin port (/config_dump), reached through a port-forward
+        /// (pods/portforward).
         #[arg(long, default_value_t = 15020)]
         admin_port: u16,
         /// Seconds to wait for each proxy.
@@ -144,7 +145,7 @@ pub enum Cmd {
         timeout: u64,
     },
     /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners (from its
-    /// /config_dump, through the API server's pods/proxy, or --admin, or --file).
+    /// /config_dump, through a port-forward to its admin port, or --admin, or --file).
     ///
     /// POD is `NAME` or `NAME.NAMESPACE`, or `KIND/NAME[.NAMESPACE]` (`deploy/reviews-v1`: the
     /// first running meshed pod of the workload).
@@ -174,7 +175,7 @@ pub enum Cmd {
         /// Only this VirtualService (NAME or NAMESPACE/NAME) or route name (routes).
         #[arg(long)]
         name: Option<String>,
-        /// The proxy's admin port, reached through the pods/proxy subresource.
+        /// The proxy's admin port, reached through a port-forward (pods/portforward).
         #[arg(long, default_value_t = 15020, value_parser = clap::value_parser!(u16).range(1..))]
         admin_port: u16,
         /// Seconds to wait for the proxy.
@@ -611,8 +612,8 @@ async fn meshed_workload_pod(
     Ok(first.to_string())
 }
 
-/// A meshed, running pod's `/config_dump` through the API server's pods/proxy subresource; each
-/// way it can fail is one line saying what to do.
+/// A meshed, running pod's `/config_dump` through a port-forward to its admin port (the API
+/// server's pods/portforward subresource); each way it can fail is one line saying what to do.
 async fn pod_config_dump(
     cluster: &Cluster,
     ns: &str,
@@ -635,10 +636,10 @@ async fn pod_config_dump(
         bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not running (kubectl -n {ns} describe pod {name})");
     }
     let dump = cluster
-        .config_dump_at(&paths::config_dump(ns, name, port), timeout)
+        .pod_config_dump(ns, name, port, timeout)
         .await
         .map_err(|e| {
-            anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through the API server's pods/proxy (port {port}): {e}")
+            anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through a port-forward to its admin port {port}: {e}")
         })?;
     Ok(dump::read(
         &dump,
@@ -877,8 +878,7 @@ async fn proxy_status(
                         Err(dump::DumpError::Fetch("pod not running".to_string())),
                     );
                 }
-                let path = paths::config_dump(pns, name, port);
-                let read = match cluster.config_dump_at(&path, timeout).await {
+                let read = match cluster.pod_config_dump(pns, name, port, timeout).await {
                     Ok(v) => {
                         dump::read(&v, &format!("{pns}/{name}"), &format!("proxy {pns}/{name}"))
                     }
