@@ -329,6 +329,7 @@ async fn admin_get_forwarded(
     port: u16,
     path: &str,
 ) -> Result<(u16, bytes::Bytes), String> {
+    use futures::FutureExt;
     use http_body_util::BodyExt;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(client.clone(), ns);
@@ -368,18 +369,40 @@ async fn admin_get_forwarded(
             .map_err(|e| format!("HTTP over the port-forward: reading the answer: {e}"))?
             .to_bytes();
         conn.abort();
-        Ok((status, body))
+        Ok::<_, String>((status, body))
     };
     tokio::pin!(exchange);
-    // The kubelet's error (it could not connect to the port) comes before the stream closes,
-    // so it is looked at first; without one the exchange's own result stands.
-    let result = tokio::select! {
-        biased;
-        error = kubelet_error => match error {
-            Some(e) => Err(format!("the kubelet could not forward port {port}: {}", one_line(&e))),
-            None => exchange.await,
-        },
-        r = &mut exchange => r,
+    let mut kubelet_error = kubelet_error.fuse();
+    let mut kubelet_done = false;
+    let kubelet = |e: &str| format!("the kubelet could not forward port {port}: {}", one_line(e));
+    // The kubelet's error (it could not connect to the port) comes just before it closes the
+    // stream; it says more than the closed stream, so it is looked at first, and waited for a
+    // moment when the stream closed first.
+    let result = loop {
+        tokio::select! {
+            biased;
+            e = &mut kubelet_error, if !kubelet_done => match e {
+                Some(e) => break Err(kubelet(&e)),
+                None => kubelet_done = true,
+            },
+            r = &mut exchange => break match r {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    let late = if kubelet_done {
+                        None
+                    } else {
+                        tokio::time::timeout(Duration::from_millis(500), &mut kubelet_error)
+                            .await
+                            .ok()
+                            .flatten()
+                    };
+                    Err(match late {
+                        Some(k) => kubelet(&k),
+                        None => format!("{e} (the port-forward closed without a reason from the kubelet: is port {port} open in the pod?)"),
+                    })
+                }
+            },
+        }
     };
     forward.abort();
     result

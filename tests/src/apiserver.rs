@@ -28,9 +28,10 @@
 //! channel is the port number, 2 bytes little-endian. What the pod's port is: a real address
 //! ([`PodPort::Connect`], optionally dialled from inside a network namespace, as the kubelet dials
 //! `localhost:PORT` inside the pod), recorded HTTP answers ([`PodPort::Http`]), or a port the
-//! kubelet cannot reach ([`PodPort::Refused`]: its message on the error channel). When the pod's
-//! side closes, the WebSocket is closed (v4 has no per-stream close). A request without the
-//! upgrade is answered 400, as by the API server; one port per request.
+//! kubelet cannot reach ([`PodPort::Refused`]: its message on the error channel, sent once the
+//! client's first bytes are in or after a second, then the close). When the pod's side closes,
+//! the WebSocket is closed (v4 has no per-stream close). A request without the upgrade is
+//! answered 400, as by the API server; one port per request.
 //!
 //! Answers that wait: [`Reply::after`] wraps a reply so it is sent only once its [`Release`] is
 //! released ([`Release::release`]); until then the request stays unanswered, as from a slow API
@@ -693,6 +694,20 @@ where
     let io = match dial(pod, port, target).await {
         Ok(io) => io,
         Err(message) => {
+            // As from a kubelet whose dial took a moment: the client's first bytes, if it sends
+            // any within a second, come in before the error, and the error before the close. (A
+            // client that writes after the close was sent may lose the error: kube's client
+            // then ends the port-forward at its failed write.)
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Binary(b) if b.len() > 1 && b[0] == 0 => break,
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
             let _ = ws.send(frame(1, message.as_bytes())).await;
             let _ = ws.close(None).await;
             return;
