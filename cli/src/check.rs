@@ -2,17 +2,24 @@
 //! it, evaluate every MutatingWebhookConfiguration that intercepts pod creation exactly as the
 //! API server does (rules, namespaceSelector, objectSelector), then, for remora's own webhooks,
 //! the injector's decision (`inject::inject_pod`, the code the webhook runs).
+//!
+//! The webhook configurations, namespaces and running pods are k8s-openapi's typed objects. The
+//! pod handed to the injector stays raw JSON: the webhook receives the pod as the API server
+//! serializes it, unknown fields included, and its decision is judged on that same object.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::objects;
 use super::selector::Selector;
 use remora_webhook::annotations::STATUS;
 use remora_webhook::config::Config;
-use remora_webhook::decide::string_map;
 use remora_webhook::inject::{inject_pod, Outcome};
 use remora_webhook::template::PROXY_NAME;
 
@@ -102,85 +109,70 @@ pub struct PodCheck {
 
 /// Namespace labels as the API server sees them: the object's labels plus
 /// `kubernetes.io/metadata.name`, which the API server always sets.
-pub fn namespace_labels(ns_obj: &Value, ns: &str) -> BTreeMap<String, String> {
-    let mut l = string_map(ns_obj.pointer("/metadata/labels"));
+pub fn namespace_labels(ns_obj: &Namespace, ns: &str) -> BTreeMap<String, String> {
+    let mut l = objects::labels(&ns_obj.metadata);
     l.entry("kubernetes.io/metadata.name".into())
         .or_insert_with(|| ns.to_string());
     l
 }
 
-fn strs(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Whether a webhook's `rules` send `CREATE` of core/v1 `pods` to it.
-pub fn intercepts_pod_create(webhook: &Value) -> bool {
-    let Some(rules) = webhook.get("rules").and_then(Value::as_array) else {
+pub fn intercepts_pod_create(webhook: &MutatingWebhook) -> bool {
+    let Some(rules) = &webhook.rules else {
         return false;
     };
     rules.iter().any(|r| {
-        let has = |field: &str, want: &[&str]| {
-            strs(r.get(field))
-                .iter()
-                .any(|x| want.contains(&x.as_str()))
+        let has = |field: &Option<Vec<String>>, want: &[&str]| {
+            field.iter().flatten().any(|x| want.contains(&x.as_str()))
         };
-        let scope = r.get("scope").and_then(Value::as_str).unwrap_or("*");
-        has("operations", &["CREATE", "*"])
-            && has("apiGroups", &["", "*"])
-            && has("apiVersions", &["v1", "*"])
-            && has("resources", &["pods", "*", "*/*"])
+        let scope = r.scope.as_deref().unwrap_or("*");
+        has(&r.operations, &["CREATE", "*"])
+            && has(&r.api_groups, &["", "*"])
+            && has(&r.api_versions, &["v1", "*"])
+            && has(&r.resources, &["pods", "*", "*/*"])
             && (scope == "*" || scope == "Namespaced")
     })
 }
 
 /// Where a webhook's `clientConfig` points, for messages; and whether that is remora.
-fn client_target(webhook: &Value, remora: &ServiceRef) -> (String, bool) {
-    if let Some(svc) = webhook.pointer("/clientConfig/service") {
-        let ns = svc.get("namespace").and_then(Value::as_str).unwrap_or("");
-        let name = svc.get("name").and_then(Value::as_str).unwrap_or("");
+fn client_target(webhook: &MutatingWebhook, remora: &ServiceRef) -> (String, bool) {
+    let cc = &webhook.client_config;
+    if let Some(svc) = &cc.service {
+        let (ns, name) = (svc.namespace.as_str(), svc.name.as_str());
         let is = ns == remora.namespace && name == remora.name;
         return (format!("service {ns}/{name}"), is);
     }
-    let url = webhook
-        .pointer("/clientConfig/url")
-        .and_then(Value::as_str)
-        .unwrap_or("(no clientConfig)");
+    let url = cc.url.as_deref().unwrap_or("(no clientConfig)");
     (format!("url {url}"), false)
 }
 
-/// Evaluates every webhook for `pod` created in namespace `ns` (labels `ns_labels`).
+/// The labels of a pod as the injector receives it (raw, see the module docs).
+pub fn raw_pod_labels(pod: &Value) -> BTreeMap<String, String> {
+    pod.get("metadata")
+        .and_then(|m| serde_json::from_value::<ObjectMeta>(m.clone()).ok())
+        .map(|m| objects::labels(&m))
+        .unwrap_or_default()
+}
+
+/// Evaluates every webhook for `pod` (raw, as the webhook would receive it) created in
+/// namespace `ns` (labels `ns_labels`).
 pub fn evaluate_webhooks(
     pod: &Value,
     ns: &str,
     ns_labels: &BTreeMap<String, String>,
-    configurations: &[Value],
+    configurations: &[MutatingWebhookConfiguration],
     cfg: &Config,
     remora: &ServiceRef,
 ) -> Vec<WebhookVerdict> {
-    let pod_labels = string_map(pod.pointer("/metadata/labels"));
+    let pod_labels = raw_pod_labels(pod);
     let mut out = Vec::new();
     for mwc in configurations {
-        let cname = mwc
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        let Some(hooks) = mwc.get("webhooks").and_then(Value::as_array) else {
+        let cname = objects::name(&mwc.metadata).unwrap_or("?").to_string();
+        let Some(hooks) = &mwc.webhooks else {
             continue;
         };
         for (i, wh) in hooks.iter().enumerate() {
-            let wname = wh
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
+            let wname = if wh.name.is_empty() { "?" } else { &wh.name }.to_string();
             let (target, is_remora) = client_target(wh, remora);
             let intercepts = intercepts_pod_create(wh);
             if !intercepts && !is_remora {
@@ -194,16 +186,15 @@ pub fn evaluate_webhooks(
                 reason: String::new(),
                 notes: Vec::new(),
             };
-            if is_remora {
-                let ca = wh
-                    .pointer("/clientConfig/caBundle")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if ca.is_empty() {
-                    v.notes.push("clientConfig.caBundle is empty: the API server cannot verify the webhook's certificate, so calls fail (the webhook fills it itself when run with --manage-certs)".into());
-                }
+            let no_ca = wh
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .is_none_or(|ca| ca.0.is_empty());
+            if is_remora && no_ca {
+                v.notes.push("clientConfig.caBundle is empty: the API server cannot verify the webhook's certificate, so calls fail (the webhook fills it itself when run with --manage-certs)".into());
             }
-            if let Some(mc) = wh.get("matchConditions").and_then(Value::as_array) {
+            if let Some(mc) = &wh.match_conditions {
                 if !mc.is_empty() {
                     v.notes.push(format!(
                         "{} matchConditions (CEL) are not evaluated here; they can still exclude the pod",
@@ -217,18 +208,10 @@ pub fn evaluate_webhooks(
                 continue;
             }
             let field = |s: &str| format!("{cname}: webhooks[{i}].{s}");
-            let ns_sel =
-                match Selector::parse(wh.get("namespaceSelector"), &field("namespaceSelector")) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        v.verdict = Verdict::Invalid;
-                        v.reason = e;
-                        out.push(v);
-                        continue;
-                    }
-                };
-            let obj_sel = match Selector::parse(wh.get("objectSelector"), &field("objectSelector"))
-            {
+            let ns_sel = match Selector::parse(
+                wh.namespace_selector.as_ref(),
+                &field("namespaceSelector"),
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     v.verdict = Verdict::Invalid;
@@ -237,6 +220,16 @@ pub fn evaluate_webhooks(
                     continue;
                 }
             };
+            let obj_sel =
+                match Selector::parse(wh.object_selector.as_ref(), &field("objectSelector")) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        v.verdict = Verdict::Invalid;
+                        v.reason = e;
+                        out.push(v);
+                        continue;
+                    }
+                };
             let nm = ns_sel.evaluate(ns_labels);
             if !nm.matched {
                 v.reason = format!("namespaceSelector: namespace {ns}: {}", nm.reason);
@@ -286,7 +279,8 @@ pub fn evaluate_webhooks(
 /// A running pod as its controller submitted it: what an earlier injection added (the
 /// containers, init containers and volumes listed in `sidecar.istio.io/status`, and that
 /// annotation) is taken out, so the verdict is about creating the pod again, not about
-/// re-injecting an injected object.
+/// re-injecting an injected object. Raw JSON in and out: the result goes to the injector, which
+/// sees pods as the API server sends them (see the module docs).
 pub fn as_created(pod: &Value) -> Value {
     let mut p = pod.clone();
     let Some(status) = pod
@@ -325,15 +319,8 @@ pub fn as_created(pod: &Value) -> Value {
 }
 
 /// Whether a pod (as it runs) carries remora's proxy.
-pub fn has_proxy(pod: &Value) -> bool {
-    ["/spec/containers", "/spec/initContainers"]
-        .iter()
-        .any(|p| {
-            pod.pointer(p).and_then(Value::as_array).is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_NAME))
-            })
-        })
+pub fn has_proxy(pod: &Pod) -> bool {
+    objects::containers(pod).any(|(c, _)| c.name == PROXY_NAME)
 }
 
 /// The overall verdict for a pod created now, from the per-webhook verdicts.
@@ -368,16 +355,14 @@ pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, St
 }
 
 /// How an existing pod compares with what would happen to it now.
-pub fn running_note(pod: &Value, verdict: Verdict, restart_hint: &str) -> RunningPod {
-    let name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_string();
+pub fn running_note(pod: &Pod, verdict: Verdict, restart_hint: &str) -> RunningPod {
+    let name = objects::name(&pod.metadata).unwrap_or("?").to_string();
     let created = pod
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-        .unwrap_or("an unknown time");
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(objects::timestamp)
+        .unwrap_or_else(|| "an unknown time".to_string());
     let injected = has_proxy(pod);
     let note = match (injected, verdict) {
         (true, Verdict::Injected) => "running pod is injected (has the remora-proxy container)".to_string(),
@@ -433,6 +418,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
     fn mwc() -> Value {
         // The shape manifests/webhook.yaml installs.
         json!({
@@ -459,12 +448,12 @@ mod tests {
     }
 
     fn run(p: &Value, ns: &str, ns_labels: Value) -> Vec<WebhookVerdict> {
-        let nsl = namespace_labels(&json!({"metadata": {"labels": ns_labels}}), ns);
+        let nsl = namespace_labels(&typed(json!({"metadata": {"labels": ns_labels}})), ns);
         evaluate_webhooks(
             p,
             ns,
             &nsl,
-            &[mwc()],
+            &[typed(mwc())],
             &Config::default(),
             &ServiceRef::default(),
         )
@@ -553,14 +542,14 @@ mod tests {
         secrets["webhooks"][0]["clientConfig"] = json!({"url": "https://x"});
         secrets["webhooks"][0]["rules"][0]["resources"] = json!(["secrets"]);
         let nsl = namespace_labels(
-            &json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+            &typed(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
             "shop",
         );
         let v = evaluate_webhooks(
             &pod(json!({}), json!({})),
             "shop",
             &nsl,
-            &[mwc(), other, secrets],
+            &[typed(mwc()), typed(other), typed(secrets)],
             &Config::default(),
             &ServiceRef::default(),
         );
@@ -585,12 +574,12 @@ mod tests {
         m["webhooks"][0]["namespaceSelector"] =
             json!({"matchExpressions": [{"key": "a", "operator": "Is"}]});
         m["webhooks"][0]["clientConfig"]["caBundle"] = json!("");
-        let nsl = namespace_labels(&json!({}), "shop");
+        let nsl = namespace_labels(&Namespace::default(), "shop");
         let v = evaluate_webhooks(
             &pod(json!({}), json!({})),
             "shop",
             &nsl,
-            &[m],
+            &[typed(m)],
             &Config::default(),
             &ServiceRef::default(),
         );
@@ -610,9 +599,9 @@ mod tests {
         let (injected, _) =
             remora_webhook::cli::inject_docs(vec![p.clone()], "shop", &Config::default());
         let injected = injected[0].clone();
-        assert!(has_proxy(&injected));
+        assert!(has_proxy(&typed(injected.clone())));
         let back = as_created(&injected);
-        assert!(!has_proxy(&back));
+        assert!(!has_proxy(&typed(back.clone())));
         assert!(back
             .pointer("/metadata/annotations/sidecar.istio.io~1status")
             .is_none());
@@ -626,7 +615,7 @@ mod tests {
 
     #[test]
     fn rules_that_send_pod_creation() {
-        let wh = |rule: Value| json!({"rules": [rule]});
+        let wh = |rule: Value| typed::<MutatingWebhook>(json!({"rules": [rule]}));
         let base = json!({"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]});
         assert!(intercepts_pod_create(&wh(base.clone())));
         for (field, value, want) in [
@@ -644,20 +633,20 @@ mod tests {
             r[field] = value.clone();
             assert_eq!(intercepts_pod_create(&wh(r)), want, "{field}={value}");
         }
-        assert!(!intercepts_pod_create(&json!({})));
+        assert!(!intercepts_pod_create(&MutatingWebhook::default()));
         // remora's webhook with rules that miss pods is listed, and says so.
         let mut m = mwc();
         m["webhooks"][0]["rules"][0]["operations"] = json!(["UPDATE"]);
         m["webhooks"][0]["matchConditions"] = json!([{"name": "x", "expression": "true"}]);
         let nsl = namespace_labels(
-            &json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+            &typed(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
             "shop",
         );
         let v = evaluate_webhooks(
             &pod(json!({}), json!({})),
             "shop",
             &nsl,
-            &[m],
+            &[typed(m)],
             &Config::default(),
             &ServiceRef::default(),
         );
@@ -678,13 +667,18 @@ mod tests {
     fn running_pod_notes() {
         let mut injected = pod(json!({}), json!({}));
         injected["spec"]["initContainers"] = json!([{"name": "remora-proxy"}]);
-        let plain = pod(json!({}), json!({}));
+        let mut plain = pod(json!({}), json!({}));
+        plain["metadata"]["creationTimestamp"] = json!("2024-05-01T10:00:00Z");
+        let plain: Pod = typed(plain);
+        let injected: Pod = typed(injected);
         let hint = "kubectl -n shop rollout restart deployment/web";
         assert!(running_note(&injected, Verdict::Injected, hint).injected);
         let n = running_note(&plain, Verdict::Injected, hint);
         assert!(!n.injected);
         assert!(
-            n.note.contains("before the namespace was labelled") && n.note.contains(hint),
+            n.note.contains(
+                "it was created (2024-05-01T10:00:00Z) before the namespace was labelled"
+            ) && n.note.contains(hint),
             "{}",
             n.note
         );

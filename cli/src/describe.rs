@@ -12,13 +12,16 @@
 //! `remora.dev/rules=true` are staging areas that no proxy loads: they are named, not applied.
 //!
 //! [`gather`] does the API calls (through [`super::kube`]); [`build`] and [`render_text`] are
-//! pure functions over the JSON, unit-tested without a cluster.
+//! pure functions over the typed objects, unit-tested without a cluster.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, Context};
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -35,11 +38,11 @@ use remora_model::rules::{
 
 use super::check;
 use super::kube::{paths, Cluster, GetError};
-use super::status::rules_config_map_name;
+use super::objects;
+use super::status::{rules_config_map_name, rules_files};
 use super::target::Target;
 use super::text::{self, Match};
 use remora_webhook::annotations as ann;
-use remora_webhook::rules_lint::config_map_files;
 use remora_webhook::template::{INIT_NAME, PROXY_NAME};
 
 /// The whole report (`-o json` prints this).
@@ -226,21 +229,7 @@ pub struct AnnotationNote {
     pub meaning: String,
 }
 
-// ------------------------------------------------------------------ small JSON helpers
-
-fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(Value::as_str)
-}
-
-fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+// ------------------------------------------------------------------ small helpers
 
 fn join_labels(m: &BTreeMap<String, String>) -> String {
     if m.is_empty() {
@@ -268,15 +257,12 @@ fn protocol_name(p: Protocol) -> &'static str {
 
 // ------------------------------------------------------------------ the pod
 
-fn workload_of(pod: &Value) -> Workload {
-    let owners = pod
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array);
-    let owner = owners.and_then(|o| {
-        o.iter()
-            .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-            .or(o.first())
-    });
+fn workload_of(pod: &Pod) -> Workload {
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()));
     let Some(owner) = owner else {
         return Workload {
             kind: String::new(),
@@ -284,10 +270,12 @@ fn workload_of(pod: &Value) -> Workload {
             reason: "no ownerReferences: a bare pod".to_string(),
         };
     };
-    let kind = s(owner, "/kind").unwrap_or("?");
-    let name = s(owner, "/name").unwrap_or("?");
+    let or_unknown = |v: &str| if v.is_empty() { "?" } else { v }.to_string();
+    let (kind, name) = (or_unknown(&owner.kind), or_unknown(&owner.name));
+    let (kind, name) = (kind.as_str(), name.as_str());
     if kind == "ReplicaSet" {
-        if let Some(hash) = s(pod, "/metadata/labels/pod-template-hash") {
+        let labels = pod.metadata.labels.as_ref();
+        if let Some(hash) = labels.and_then(|l| l.get("pod-template-hash")) {
             if let Some(deploy) = name.strip_suffix(&format!("-{hash}")) {
                 return Workload {
                     kind: "Deployment".to_string(),
@@ -306,16 +294,8 @@ fn workload_of(pod: &Value) -> Workload {
     }
 }
 
-fn proxy_container(pod: &Value) -> Option<(&Value, bool)> {
-    for (ptr, init) in [("/spec/containers", false), ("/spec/initContainers", true)] {
-        if let Some(c) = pod.pointer(ptr).and_then(Value::as_array).and_then(|cs| {
-            cs.iter()
-                .find(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_NAME))
-        }) {
-            return Some((c, init));
-        }
-    }
-    None
+fn proxy_container(pod: &Pod) -> Option<(&Container, bool)> {
+    objects::containers(pod).find(|(c, _)| c.name == PROXY_NAME)
 }
 
 /// The tag of an image reference (`repo/name:tag`, not a registry port), without a digest.
@@ -327,27 +307,12 @@ fn image_version(image: &str) -> Option<String> {
 
 /// The capture the pod's `remora-init` container sets up, parsed and validated by remora-init's
 /// own flags (`CaptureConfig::summary`).
-fn capture_of(pod: &Value) -> Vec<String> {
-    let Some(init) = pod
-        .pointer("/spec/initContainers")
-        .and_then(Value::as_array)
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.get("name").and_then(Value::as_str) == Some(INIT_NAME))
-        })
+fn capture_of(pod: &Pod) -> Vec<String> {
+    let Some((init, _)) = objects::containers(pod).find(|(c, init)| *init && c.name == INIT_NAME)
     else {
         return Vec::new();
     };
-    let args: Vec<String> = init
-        .get("args")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let args: Vec<String> = init.args.clone().unwrap_or_default();
     let parsed = remora_init::flags::Flags::try_parse_args_only(
         std::iter::once(INIT_NAME.to_string()).chain(args),
     )
@@ -362,10 +327,10 @@ fn capture_of(pod: &Value) -> Vec<String> {
     }
 }
 
-fn injection_of(pod: &Value, name: &str, ns: &str) -> Injection {
+fn injection_of(pod: &Pod, name: &str, ns: &str) -> Injection {
     match proxy_container(pod) {
         Some((c, init)) if check::has_proxy(pod) => {
-            let image = s(c, "/image").map(str::to_string);
+            let image = c.image.clone();
             let version = image.as_deref().and_then(image_version);
             let how = if init {
                 "as a native sidecar (an init container with restartPolicy Always)"
@@ -455,8 +420,8 @@ fn annotation_meaning(key: &str, v: &str) -> Option<String> {
     Some(m)
 }
 
-fn annotations_of(pod: &Value) -> Vec<AnnotationNote> {
-    string_map(pod.pointer("/metadata/annotations"))
+fn annotations_of(pod: &Pod) -> Vec<AnnotationNote> {
+    objects::annotations(&pod.metadata)
         .into_iter()
         .filter_map(|(k, v)| {
             annotation_meaning(&k, &v).map(|meaning| AnnotationNote {
@@ -496,20 +461,20 @@ fn no_dns(_: &str) -> Vec<IpAddr> {
 
 /// Decodes the ConfigMap named `primary` among `cms` (the shared finder's result) with the
 /// proxy's loader.
-pub fn load_rules(cms: &[Value], ns: &str, primary: &str, cluster_domain: &str) -> Rules {
+pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &str) -> Rules {
     let key = format!("{ns}/{primary}");
     let cm = cms.iter().find(|c| {
-        s(c, "/metadata/name") == Some(primary)
-            && s(c, "/metadata/namespace").is_none_or(|n| n == ns)
+        objects::name(&c.metadata) == Some(primary)
+            && objects::namespace(&c.metadata).is_none_or(|n| n == ns)
     });
     let staged: Vec<String> = cms
         .iter()
-        .filter(|c| s(c, "/metadata/name") != Some(primary))
+        .filter(|c| objects::name(&c.metadata) != Some(primary))
         .map(|c| {
             format!(
                 "{}/{}",
-                s(c, "/metadata/namespace").unwrap_or(ns),
-                s(c, "/metadata/name").unwrap_or("?")
+                objects::namespace(&c.metadata).unwrap_or(ns),
+                objects::name(&c.metadata).unwrap_or("?")
             )
         })
         .collect();
@@ -519,7 +484,7 @@ pub fn load_rules(cms: &[Value], ns: &str, primary: &str, cluster_domain: &str) 
         pod_labels: BTreeMap::new(),
     };
     let mut errors = Vec::new();
-    let files = match config_map_files(cm) {
+    let files = match rules_files(cm) {
         Ok(f) => f,
         Err(e) => {
             errors.push(e);
@@ -589,34 +554,20 @@ pub fn load_rules(cms: &[Value], ns: &str, primary: &str, cluster_domain: &str) 
 // ------------------------------------------------------------------ Services
 
 fn port_view(
-    p: &Value,
+    p: &corev1::ServicePort,
     host: &str,
     cluster_ip: Option<IpAddr>,
     snap: &Snapshot,
 ) -> Option<PortView> {
-    let port = p
-        .get("port")
-        .and_then(Value::as_u64)
-        .and_then(|n| u16::try_from(n).ok())?;
-    let name = p
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-    let transport = p
-        .get("protocol")
-        .and_then(Value::as_str)
-        .unwrap_or("TCP")
-        .to_string();
-    let target_port = match p.get("targetPort") {
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) => s.clone(),
-        _ => port.to_string(),
+    let port = u16::try_from(p.port).ok()?;
+    let name = p.name.clone().filter(|n| !n.is_empty());
+    let transport = p.protocol.clone().unwrap_or_else(|| "TCP".to_string());
+    let target_port = match &p.target_port {
+        Some(IntOrString::Int(n)) => n.to_string(),
+        Some(IntOrString::String(s)) => s.clone(),
+        None => port.to_string(),
     };
-    let app_protocol = p
-        .get("appProtocol")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let app_protocol = p.app_protocol.clone();
     // Istio: appProtocol, else the port name's prefix (the rules crate's ServiceEntry logic).
     let sp = ServicePort {
         number: port,
@@ -1134,27 +1085,29 @@ fn dr_view(
 
 fn services_of(
     pod_labels: &BTreeMap<String, String>,
-    services: &[Value],
+    services: &[Service],
     rules: &Rules,
 ) -> Vec<ServiceView> {
     let mut out = Vec::new();
     for svc in services {
-        let sel = string_map(svc.pointer("/spec/selector"));
+        let spec = svc.spec.as_ref();
+        let sel = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
         if sel.is_empty() || !subset_of(&sel, pod_labels) {
             continue;
         }
-        if s(svc, "/spec/type") == Some("ExternalName") {
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             continue;
         }
-        let name = s(svc, "/metadata/name").unwrap_or("?").to_string();
-        let ns = s(svc, "/metadata/namespace")
+        let name = objects::name(&svc.metadata).unwrap_or("?").to_string();
+        let ns = objects::namespace(&svc.metadata)
             .unwrap_or(&rules.ctx.namespace)
             .to_string();
         let host = format!("{name}.{ns}.svc.{}", rules.ctx.cluster_domain);
-        let cluster_ip = s(svc, "/spec/clusterIP").and_then(|ip| ip.parse::<IpAddr>().ok());
-        let ports: Vec<PortView> = svc
-            .pointer("/spec/ports")
-            .and_then(Value::as_array)
+        let cluster_ip = spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let ports: Vec<PortView> = spec
+            .and_then(|s| s.ports.as_ref())
             .map(|ps| {
                 ps.iter()
                     .filter_map(|p| port_view(p, &host, cluster_ip, &rules.snapshot))
@@ -1253,12 +1206,12 @@ fn sidecar_of(rules: &Rules, pod_labels: &BTreeMap<String, String>) -> SidecarVi
 }
 
 /// The report, from the pod, the Services of its namespace and the rules (pure).
-pub fn build(pod: &Value, services: &[Value], rules: &Rules) -> Description {
-    let name = s(pod, "/metadata/name").unwrap_or("?").to_string();
-    let ns = s(pod, "/metadata/namespace")
+pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
+    let name = objects::name(&pod.metadata).unwrap_or("?").to_string();
+    let ns = objects::namespace(&pod.metadata)
         .unwrap_or(&rules.ctx.namespace)
         .to_string();
-    let labels = string_map(pod.pointer("/metadata/labels"));
+    let labels = objects::labels(&pod.metadata);
     let injection = injection_of(pod, &name, &ns);
     let services_v = services_of(&labels, services, rules);
     let mut notes = Vec::new();
@@ -1274,7 +1227,7 @@ pub fn build(pod: &Value, services: &[Value], rules: &Rules) -> Description {
     Description {
         pod: name,
         namespace: ns,
-        phase: s(pod, "/status/phase").map(str::to_string),
+        phase: objects::phase(pod).map(str::to_string),
         workload: workload_of(pod),
         labels: labels.clone(),
         injection,
@@ -1454,12 +1407,7 @@ pub fn render_text(d: &Description) -> String {
 
 /// For a workload: its first pod as ranked by [`crate::target::rank_pods`] (running meshed, else
 /// running, else any), said on stderr.
-async fn workload_pod(
-    cluster: &Cluster,
-    ns: &str,
-    kind: &str,
-    name: &str,
-) -> anyhow::Result<Value> {
+async fn workload_pod(cluster: &Cluster, ns: &str, kind: &str, name: &str) -> anyhow::Result<Pod> {
     let (pods, sel) = super::workload_pods(cluster, ns, kind, name).await?;
     let total = pods.len();
     let first = pods
@@ -1468,7 +1416,7 @@ async fn workload_pod(
         .ok_or_else(|| anyhow!("{kind} {ns}/{name} has no pods (selector {sel})"))?;
     eprintln!(
         "remora: {kind} {ns}/{name}: describing pod {} (of {total})",
-        s(&first, "/metadata/name").unwrap_or("?")
+        objects::name(&first.metadata).unwrap_or("?")
     );
     Ok(first)
 }
@@ -1498,7 +1446,7 @@ pub async fn gather(
         .unwrap_or_else(|| default_ns.to_string());
     let pod = match target.kind {
         "Pod" => cluster
-            .get_opt(&paths::pod(&ns, &target.name))
+            .get_opt_as::<Pod>(&paths::pod(&ns, &target.name))
             .await
             .map_err(|e| unreachable_or(e, &cluster.url))
             .with_context(|| format!("reading pod {ns}/{}", target.name))?
@@ -1513,7 +1461,7 @@ pub async fn gather(
     let (primary, cms) =
         super::rules_config_maps(cluster, Some(&ns), mesh_ns, wanted.as_deref()).await?;
     let services = cluster
-        .list(&paths::services(Some(&ns)))
+        .list_as::<Service>(&paths::services(Some(&ns)))
         .await
         .context("listing Services")?;
     let rules = load_rules(&cms, &ns, &primary, cluster_domain);
@@ -1577,26 +1525,32 @@ spec:
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 "#;
 
-    fn cm(data: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "remora-mesh-rules", "namespace": "shop"}, "data": data})
+    fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
     }
 
-    fn pod(labels: Value, meshed: bool, annotations: Value) -> Value {
+    fn cm(data: Value) -> ConfigMap {
+        typed(json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "remora-mesh-rules", "namespace": "shop"}, "data": data}))
+    }
+
+    fn pod(labels: Value, meshed: bool, annotations: Value) -> Pod {
         let mut containers = vec![json!({"name": "app", "image": "app:1"})];
         if meshed {
             containers.push(json!({"name": "remora-proxy", "image": "registry.local:5000/remora/remora-proxy:0.2.1"}));
         }
-        json!({"apiVersion": "v1", "kind": "Pod",
+        typed(json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "reviews-v1-abc-x", "namespace": "shop", "labels": labels,
                             "annotations": annotations,
                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v1-abc", "uid": "u", "controller": true}]},
-               "spec": {"containers": containers}, "status": {"phase": "Running"}})
+               "spec": {"containers": containers}, "status": {"phase": "Running"}}))
     }
 
-    fn svc(name: &str, selector: Value, ports: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-               "spec": {"selector": selector, "clusterIP": "10.96.0.10", "ports": ports}})
+    fn svc(name: &str, selector: Value, ports: Value) -> Service {
+        typed(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"selector": selector, "clusterIP": "10.96.0.10", "ports": ports}}),
+        )
     }
 
     #[test]

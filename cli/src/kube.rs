@@ -1,11 +1,14 @@
 //! The only part of the user CLI that talks to the cluster: building a `kube::Client` like
-//! kubectl (kubeconfig, context, server override) and plain JSON GETs by API path. Everything
-//! else in the CLI is pure functions over the JSON these return.
+//! kubectl (kubeconfig, context, server override) and GETs by API path, read into
+//! k8s-openapi's typed objects ([`Cluster::get_opt_as`], [`Cluster::list_as`]) or, where the
+//! injector must see an object exactly as the API server sent it, raw JSON ([`Cluster::get_opt`],
+//! [`Cluster::list`]). Everything else in the CLI is pure functions over what these return.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// How to reach the cluster.
@@ -50,8 +53,8 @@ impl GetError {
 /// A connected client and the namespace to use when `-n` is not given.
 pub struct Cluster {
     pub client: kube::Client,
-    /// The same, without kube's retries of 429/503/504: for the pod proxy, where a 503 means
-    /// the proxy is unreachable and retrying only delays the answer.
+    /// The same, without kube's retries of 429/503/504: for port-forwards and `--admin`, where
+    /// a failure means the proxy is unreachable and retrying only delays the answer.
     pub once: kube::Client,
     pub default_namespace: String,
     pub url: String,
@@ -177,8 +180,7 @@ impl Cluster {
         self.get_text_with(&self.client, path).await
     }
 
-    /// GETs `path` once (no retries) and returns the body as text (pod proxy answers are the
-    /// pod's own bytes).
+    /// GETs `path` once (no retries) and returns the body as text (the proxy's own bytes).
     pub async fn get_text_once(&self, path: &str) -> Result<String, GetError> {
         self.get_text_with(&self.once, path).await
     }
@@ -208,9 +210,8 @@ impl Cluster {
         }
     }
 
-    /// A proxy's `/config_dump` at `path` (through the pods/proxy subresource, or `/config_dump`
-    /// of a client pointed at the admin port), once, within `timeout`. The error is one line:
-    /// what went wrong, as `proxy-status` and `proxy-config` print it.
+    /// A proxy's `/config_dump` at `path` of a client pointed at its admin port (`--admin`), once,
+    /// within `timeout`. The error is one line: what went wrong, as `proxy-config` prints it.
     pub async fn config_dump_at(&self, path: &str, timeout: Duration) -> Result<Value, String> {
         match tokio::time::timeout(timeout, self.get_text_once(path)).await {
             Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
@@ -227,6 +228,37 @@ impl Cluster {
         }
     }
 
+    /// The `/config_dump` of the proxy of pod `ns/name`, read from its admin `port` through a
+    /// port-forward (the API server's `pods/portforward`, what `kubectl port-forward` uses; the
+    /// kubelet connects to `localhost:PORT` inside the pod, the only peer the admin port gives
+    /// `/config_dump` to), once, within `timeout`. The error is one line: what went wrong, as
+    /// `proxy-status` and `proxy-config` print it.
+    pub async fn pod_config_dump(
+        &self,
+        ns: &str,
+        name: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let (status, body) = tokio::time::timeout(
+            timeout,
+            admin_get_forwarded(&self.once, ns, name, port, "/config_dump"),
+        )
+        .await
+        .map_err(|_| format!("no answer within {}s", timeout.as_secs()))??;
+        match status {
+            200 => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| format!("answer is not JSON: {e}")),
+            404 => Err(format!(
+                "HTTP 404: no /config_dump there (port {port} is not the proxy's admin port)"
+            )),
+            code => Err(format!(
+                "HTTP {code}: {}",
+                one_line(String::from_utf8_lossy(&body).lines().next().unwrap_or(""))
+            )),
+        }
+    }
+
     /// GETs an object that may be absent: `Ok(None)` on 404.
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>, GetError> {
         match self.get(path).await {
@@ -234,6 +266,30 @@ impl Cluster {
             Err(GetError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// GETs an object that may be absent (`Ok(None)` on 404) as the typed `K`.
+    pub async fn get_opt_as<K>(&self, path: &str) -> Result<Option<K>, GetError>
+    where
+        K: k8s_openapi::Resource + DeserializeOwned,
+    {
+        match self.get_opt(path).await? {
+            Some(v) => typed(v, path, None).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// GETs a `*List` and returns its `items` as the typed `K`.
+    pub async fn list_as<K>(&self, path: &str) -> Result<Vec<K>, GetError>
+    where
+        K: k8s_openapi::Resource + DeserializeOwned,
+    {
+        self.list(path)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| typed(v, path, Some(i)))
+            .collect()
     }
 
     /// GETs a `*List` and returns its `items`.
@@ -248,6 +304,108 @@ impl Cluster {
             }),
         }
     }
+}
+
+/// Reads `v` (the object at `path`, or its list's item `item`) as the typed `K`.
+pub fn typed<K>(v: Value, path: &str, item: Option<usize>) -> Result<K, GetError>
+where
+    K: k8s_openapi::Resource + DeserializeOwned,
+{
+    serde_json::from_value(v).map_err(|e| GetError::Other {
+        path: path.to_string(),
+        message: match item {
+            Some(i) => format!("items[{i}] is not a valid {}: {e}", K::KIND),
+            None => format!("response is not a valid {}: {e}", K::KIND),
+        },
+    })
+}
+
+/// `GET path` on `port` of pod `ns/name` through a port-forward: the status and body, or one
+/// line saying what failed (the API server's refusal, the kubelet's error, the connection).
+async fn admin_get_forwarded(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+) -> Result<(u16, bytes::Bytes), String> {
+    use futures::FutureExt;
+    use http_body_util::BodyExt;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), ns);
+    let mut forward = pods.portforward(name, &[port]).await.map_err(|e| match e {
+        kube::Error::Api(s) => format!(
+            "port-forward refused: HTTP {}: {}",
+            s.code,
+            one_line(&s.message)
+        ),
+        e => format!("port-forward failed: {}", one_line(&e.to_string())),
+    })?;
+    let (Some(stream), Some(kubelet_error)) = (forward.take_stream(port), forward.take_error(port))
+    else {
+        forward.abort();
+        return Err(format!("port-forward failed: no stream for port {port}"));
+    };
+    let exchange = async {
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP over the port-forward: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, format!("localhost:{port}"))
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("invalid request path {path:?}: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP over the port-forward: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("HTTP over the port-forward: reading the answer: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, String>((status, body))
+    };
+    tokio::pin!(exchange);
+    let mut kubelet_error = kubelet_error.fuse();
+    let mut kubelet_done = false;
+    let kubelet = |e: &str| format!("the kubelet could not forward port {port}: {}", one_line(e));
+    // The kubelet's error (it could not connect to the port) comes just before it closes the
+    // stream; it says more than the closed stream, so it is looked at first, and waited for a
+    // moment when the stream closed first.
+    let result = loop {
+        tokio::select! {
+            biased;
+            e = &mut kubelet_error, if !kubelet_done => match e {
+                Some(e) => break Err(kubelet(&e)),
+                None => kubelet_done = true,
+            },
+            r = &mut exchange => break match r {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    let late = if kubelet_done {
+                        None
+                    } else {
+                        tokio::time::timeout(Duration::from_millis(500), &mut kubelet_error)
+                            .await
+                            .ok()
+                            .flatten()
+                    };
+                    Err(match late {
+                        Some(k) => kubelet(&k),
+                        None => format!("{e} (the port-forward closed without a reason from the kubelet: is port {port} open in the pod?)"),
+                    })
+                }
+            },
+        }
+    };
+    forward.abort();
+    result
 }
 
 fn one_line(s: &str) -> String {
@@ -297,10 +455,6 @@ pub mod paths {
             None => "/api/v1/services".to_string(),
         }
     }
-    /// The proxy's admin endpoint through the API server's pod proxy subresource.
-    pub fn config_dump(ns: &str, pod: &str, port: u16) -> String {
-        format!("/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/config_dump")
-    }
     /// A workload by kind (`Deployment`, ...), `None` for kinds the CLI does not read.
     pub fn workload(kind: &str, ns: &str, name: &str) -> Option<String> {
         let (group, plural) = match kind {
@@ -332,10 +486,6 @@ mod tests {
             "/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb"
         );
         assert_eq!(paths::pods(None, None), "/api/v1/pods");
-        assert_eq!(
-            paths::config_dump("shop", "web-1", 15020),
-            "/api/v1/namespaces/shop/pods/web-1:15020/proxy/config_dump"
-        );
         assert_eq!(
             paths::workload("CronJob", "a", "b").as_deref(),
             Some("/apis/batch/v1/namespaces/a/cronjobs/b")

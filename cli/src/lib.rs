@@ -5,15 +5,17 @@
 //! Like kubectl it reads the kubeconfig (`--kubeconfig`, `--context`, `KUBECONFIG`,
 //! `~/.kube/config`, in-cluster) or talks to `--server URL`. The API calls are all in [`kube`];
 //! the modules `check`, `status`, `proxyconfig`, `describe` (its pure part), `selector` and
-//! `table` are pure functions over the JSON the API returns, unit-tested without a cluster; the
-//! rules linter behind `analyze` is `remora_webhook::rules_lint`, shared with the validating
-//! webhook. Exit codes: 0 done, 1 `analyze` found
-//! errors, 2 the command could not run (bad arguments, API unreachable, object not found).
+//! `table` are pure functions over the typed objects the API returns (k8s-openapi's, see
+//! [`objects`]), unit-tested without a cluster; the rules linter behind `analyze` is
+//! `remora_webhook::rules_lint`, shared with the validating webhook. Exit codes: 0 done, 1
+//! `analyze` found errors, 2 the command could not run (bad arguments, API unreachable, object
+//! not found).
 
 pub mod check;
 pub mod describe;
 pub mod dump;
 pub mod kube;
+pub mod objects;
 pub mod proxyconfig;
 pub mod secret;
 pub mod selector;
@@ -30,10 +32,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use serde_json::Value;
 
 use self::check::{PodCheck, ServiceRef};
 use self::kube::{paths, Cluster, ConnectOptions};
+use self::objects::Workload;
 use self::selector::Selector;
 use remora_webhook::config::Config;
 use remora_webhook::rules_lint;
@@ -132,7 +137,8 @@ pub enum Cmd {
         /// All namespaces.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// The proxy's admin port (/config_dump).
+        /// The proxy's admin port (/config_dump), reached through a port-forward
+        /// (pods/portforward).
         #[arg(long, default_value_t = 15020)]
         admin_port: u16,
         /// Seconds to wait for each proxy.
@@ -140,8 +146,8 @@ pub enum Cmd {
         timeout: u64,
     },
     /// What one pod's proxy has loaded: routes, clusters, endpoints, listeners, its workload
-    /// certificate (`secret`) (from its
-    /// /config_dump, through the API server's pods/proxy, or --admin, or --file).
+    /// certificate (`secret`) (from its /config_dump, through a port-forward to its admin port,
+    /// or --admin, or --file).
     ///
     /// POD is `NAME` or `NAME.NAMESPACE`, or `KIND/NAME[.NAMESPACE]` (`deploy/reviews-v1`: the
     /// first running meshed pod of the workload).
@@ -171,7 +177,7 @@ pub enum Cmd {
         /// Only this VirtualService (NAME or NAMESPACE/NAME) or route name (routes).
         #[arg(long)]
         name: Option<String>,
-        /// The proxy's admin port, reached through the pods/proxy subresource.
+        /// The proxy's admin port, reached through a port-forward (pods/portforward).
         #[arg(long, default_value_t = 15020, value_parser = clap::value_parser!(u16).range(1..))]
         admin_port: u16,
         /// Seconds to wait for the proxy.
@@ -546,25 +552,40 @@ pub(crate) async fn workload_pods(
     ns: &str,
     kind: &str,
     name: &str,
-) -> anyhow::Result<(Vec<Value>, String)> {
-    let path =
-        paths::workload(kind, ns, name).ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
-    let w = cluster
-        .get_opt(&path)
-        .await
-        .with_context(|| format!("reading {kind} {ns}/{name}"))?
-        .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
-    let sel = Selector::parse(w.pointer("/spec/selector"), "spec.selector")
+) -> anyhow::Result<(Vec<Pod>, String)> {
+    let (_, w) = read_workload(cluster, ns, kind, name, &format!("{kind} {ns}/{name}")).await?;
+    let sel = Selector::parse(w.selector().as_ref(), "spec.selector")
         .map_err(|e| anyhow!("{kind} {ns}/{name}: {e}"))?;
     if sel.is_empty() {
         bail!("{kind} {ns}/{name} has no pod selector: name one of its pods");
     }
     let mut pods = cluster
-        .list(&paths::pods(Some(ns), Some(&sel.to_query())))
+        .list_as::<Pod>(&paths::pods(Some(ns), Some(&sel.to_query())))
         .await
         .with_context(|| format!("listing the pods of {kind} {ns}/{name}"))?;
     target::rank_pods(&mut pods);
     Ok((pods, sel.to_query()))
+}
+
+/// A workload by kind, as the API server sent it (its pod template goes to the injector, which
+/// sees objects with their unknown fields, see `check`) and typed; `who` names it in errors.
+async fn read_workload(
+    cluster: &Cluster,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    who: &str,
+) -> anyhow::Result<(Value, Workload)> {
+    let path =
+        paths::workload(kind, ns, name).ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
+    let raw = cluster
+        .get_opt(&path)
+        .await
+        .with_context(|| format!("reading {who}"))?
+        .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
+    let typed = Workload::from_value(kind, raw.clone())
+        .map_err(|e| anyhow!("reading {who}: {path}: {e}"))?;
+    Ok((raw, typed))
 }
 
 /// For `deploy/NAME` and the like in `proxy-config`: the first (by name) running meshed pod of
@@ -583,8 +604,7 @@ async fn meshed_workload_pod(
     let Some(first) = pods
         .first()
         .filter(|p| target::running_meshed(p))
-        .and_then(|p| p.pointer("/metadata/name"))
-        .and_then(Value::as_str)
+        .and_then(|p| objects::name(&p.metadata))
     else {
         bail!("{kind} {ns}/{name} has no running meshed pod ({} pods match its selector {sel}; remora check-inject {}/{name} -n {ns} says whether they would be injected)", pods.len(), kind.to_ascii_lowercase());
     };
@@ -594,8 +614,8 @@ async fn meshed_workload_pod(
     Ok(first.to_string())
 }
 
-/// A meshed, running pod's `/config_dump` through the API server's pods/proxy subresource; each
-/// way it can fail is one line saying what to do.
+/// A meshed, running pod's `/config_dump` through a port-forward to its admin port (the API
+/// server's pods/portforward subresource); each way it can fail is one line saying what to do.
 async fn pod_config_dump(
     cluster: &Cluster,
     ns: &str,
@@ -604,7 +624,7 @@ async fn pod_config_dump(
     timeout: Duration,
 ) -> anyhow::Result<dump::ConfigDump> {
     let pod = cluster
-        .get_opt(&paths::pod(ns, name))
+        .get_opt_as::<Pod>(&paths::pod(ns, name))
         .await
         .with_context(|| format!("reading pod {ns}/{name}"))?
         .ok_or_else(|| anyhow!("pod {name:?} not found in namespace {ns}"))?;
@@ -613,18 +633,15 @@ async fn pod_config_dump(
             "pod {ns}/{name} is not meshed: it has no remora-proxy container (inject it: label namespace {ns} istio-injection=enabled and re-create the pod; remora check-inject pod {name} -n {ns} says why it was not injected)"
         );
     }
-    let phase = pod
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("Unknown");
+    let phase = objects::phase(&pod).unwrap_or("Unknown");
     if phase != "Running" {
         bail!("pod {ns}/{name} is {phase}, not Running: its proxy is not running (kubectl -n {ns} describe pod {name})");
     }
     let dump = cluster
-        .config_dump_at(&paths::config_dump(ns, name, port), timeout)
+        .pod_config_dump(ns, name, port, timeout)
         .await
         .map_err(|e| {
-            anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through the API server's pods/proxy (port {port}): {e}")
+            anyhow!("proxy of pod {ns}/{name} unreachable: cannot read its /config_dump through a port-forward to its admin port {port}: {e}")
         })?;
     Ok(dump::read(
         &dump,
@@ -635,8 +652,11 @@ async fn pod_config_dump(
 
 /// The injector config the webhook runs with (its ConfigMap), and a note on where it came from.
 async fn injector_config(cluster: &Cluster, mesh_ns: &str, name: &str) -> (Config, String) {
-    match cluster.get_opt(&paths::config_map(mesh_ns, name)).await {
-        Ok(Some(cm)) => match cm.pointer("/data/config.yaml").and_then(Value::as_str) {
+    match cluster
+        .get_opt_as::<ConfigMap>(&paths::config_map(mesh_ns, name))
+        .await
+    {
+        Ok(Some(cm)) => match cm.data.as_ref().and_then(|d| d.get("config.yaml")) {
             Some(text) => match Config::from_yaml(text) {
                 Ok(c) => (c, format!("injector config from ConfigMap {mesh_ns}/{name}")),
                 Err(e) => (
@@ -661,29 +681,20 @@ async fn injector_config(cluster: &Cluster, mesh_ns: &str, name: &str) -> (Confi
 }
 
 /// The `kubectl` command that re-creates a pod's pods (for "restart it" hints).
-fn restart_hint(pod: &Value, ns: &str) -> String {
+fn restart_hint(pod: &Pod, ns: &str) -> String {
     let owner = pod
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|o| {
-            o.iter()
-                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-                .or(o.first())
-        });
-    let name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("?");
-    match owner.map(|o| {
-        (
-            o.get("kind").and_then(Value::as_str).unwrap_or(""),
-            o.get("name").and_then(Value::as_str).unwrap_or(""),
-        )
-    }) {
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()));
+    let name = objects::name(&pod.metadata).unwrap_or("?");
+    match owner.map(|o| (o.kind.as_str(), o.name.as_str())) {
         Some(("ReplicaSet", rs)) => {
             let hash = pod
-                .pointer("/metadata/labels/pod-template-hash")
-                .and_then(Value::as_str);
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
             match hash.and_then(|h| rs.strip_suffix(&format!("-{h}"))) {
                 Some(deploy) => {
                     format!("re-create it: kubectl -n {ns} rollout restart deployment/{deploy}")
@@ -733,17 +744,18 @@ async fn check_inject(
     };
     let (cfg, cfg_note) = injector_config(cluster, mesh_ns, injector_cm).await;
     let mwcs = cluster
-        .list(paths::MUTATING_WEBHOOKS)
+        .list_as::<MutatingWebhookConfiguration>(paths::MUTATING_WEBHOOKS)
         .await
         .context("listing MutatingWebhookConfigurations")?;
     let ns_obj = cluster
-        .get_opt(&paths::namespace(ns))
+        .get_opt_as::<Namespace>(&paths::namespace(ns))
         .await
         .context("reading the namespace")?
         .ok_or_else(|| anyhow!("namespace {ns:?} not found"))?;
     let ns_labels = check::namespace_labels(&ns_obj, ns);
 
-    let finish = |object: String, pod: &Value, running: Vec<(Value, String)>| -> PodCheck {
+    // `pod` is raw: the object the injector is asked about (see `check`).
+    let finish = |object: String, pod: &Value, running: Vec<(Pod, String)>| -> PodCheck {
         let pod = check::as_created(pod);
         let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &cfg, &remora);
         for w in webhooks.iter_mut().filter(|w| w.remora) {
@@ -768,54 +780,49 @@ async fn check_inject(
     match parsed {
         None => {
             let sel = label_selector.unwrap_or("");
-            let pods = cluster
-                .list(&paths::pods(Some(ns), Some(sel)))
-                .await
-                .context("listing pods")?;
-            if pods.is_empty() {
+            let path = paths::pods(Some(ns), Some(sel));
+            let raws = cluster.list(&path).await.context("listing pods")?;
+            if raws.is_empty() {
                 bail!("no pods in namespace {ns} match -l {sel:?}");
             }
-            for p in &pods {
-                let name = p
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                let hint = restart_hint(p, ns);
-                out.push(finish(format!("Pod/{name}"), p, vec![(p.clone(), hint)]));
+            for (i, raw) in raws.iter().enumerate() {
+                let p: Pod =
+                    self::kube::typed(raw.clone(), &path, Some(i)).context("listing pods")?;
+                let name = objects::name(&p.metadata).unwrap_or("?");
+                let hint = restart_hint(&p, ns);
+                out.push(finish(format!("Pod/{name}"), raw, vec![(p.clone(), hint)]));
             }
         }
         Some(target::Target {
             kind: "Pod", name, ..
         }) => {
-            let p = cluster
-                .get_opt(&paths::pod(ns, &name))
+            let path = paths::pod(ns, &name);
+            let raw = cluster
+                .get_opt(&path)
                 .await
                 .context("reading the pod")?
                 .ok_or_else(|| anyhow!("pod {name:?} not found in namespace {ns}"))?;
+            let p: Pod = self::kube::typed(raw.clone(), &path, None).context("reading the pod")?;
             let hint = restart_hint(&p, ns);
-            out.push(finish(format!("Pod/{name}"), &p, vec![(p.clone(), hint)]));
+            out.push(finish(format!("Pod/{name}"), &raw, vec![(p, hint)]));
         }
         Some(target::Target { kind, name, .. }) => {
-            let path = paths::workload(kind, ns, &name)
-                .ok_or_else(|| anyhow!("kind {kind} is not supported"))?;
-            let w = cluster
-                .get_opt(&path)
-                .await
-                .with_context(|| format!("reading {kind} {name}"))?
-                .ok_or_else(|| anyhow!("{kind} {name:?} not found in namespace {ns}"))?;
+            let (raw, w) =
+                read_workload(cluster, ns, kind, &name, &format!("{kind} {name}")).await?;
+            // The pod template stays raw: the pod built from it goes to the injector.
             let ptr = template_pointer(kind).unwrap_or("/spec/template");
-            let template = w
+            let template = raw
                 .pointer(ptr)
                 .ok_or_else(|| anyhow!("{kind} {name} has no pod template at {ptr}"))?;
-            let pod = pod_from_template(&w, template, ns);
+            let pod = pod_from_template(&raw, template, ns);
             // Its running pods, by the workload's selector (CronJobs have none).
             let mut running = Vec::new();
-            if let Some(sel) = w.pointer("/spec/selector").filter(|s| s.is_object()) {
-                let sel = Selector::parse(Some(sel), "spec.selector")
+            if let Some(sel) = w.selector() {
+                let sel = Selector::parse(Some(&sel), "spec.selector")
                     .map_err(|e| anyhow!("{kind} {name}: {e}"))?;
                 if !sel.is_empty() {
                     let pods = cluster
-                        .list(&paths::pods(Some(ns), Some(&sel.to_query())))
+                        .list_as::<Pod>(&paths::pods(Some(ns), Some(&sel.to_query())))
                         .await
                         .context("listing the workload's pods")?;
                     let hint = workload_hint(kind, &name, ns);
@@ -836,17 +843,15 @@ async fn proxy_status(
     timeout: Duration,
 ) -> anyhow::Result<Vec<status::ProxyRow>> {
     let pods = cluster
-        .list(&paths::pods(ns, None))
+        .list_as::<Pod>(&paths::pods(ns, None))
         .await
         .context("listing pods")?;
-    let meshed: Vec<Value> = pods.into_iter().filter(check::has_proxy).collect();
+    let meshed: Vec<Pod> = pods.into_iter().filter(check::has_proxy).collect();
     let (cfg, _) = injector_config(cluster, mesh_ns, "remora-injector").await;
     // The ConfigMap of each (namespace, name), read once.
     let mut hashes: BTreeMap<(String, String), Result<String, String>> = BTreeMap::new();
     for p in &meshed {
-        let pns = p
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
+        let pns = objects::namespace(&p.metadata)
             .unwrap_or("default")
             .to_string();
         let name = status::rules_config_map_name(p, &cfg.rules_config_map);
@@ -854,7 +859,10 @@ async fn proxy_status(
         if hashes.contains_key(&key) {
             continue;
         }
-        let h = match cluster.get_opt(&paths::config_map(&key.0, &key.1)).await {
+        let h = match cluster
+            .get_opt_as::<ConfigMap>(&paths::config_map(&key.0, &key.1))
+            .await
+        {
             Ok(cm) => status::config_map_hash(cm.as_ref()),
             Err(e) => Err(e.to_string()),
         };
@@ -863,23 +871,16 @@ async fn proxy_status(
     let dumps: Vec<(usize, Result<dump::ConfigDump, dump::DumpError>)> =
         futures::stream::iter(meshed.iter().enumerate())
             .map(|(i, p)| async move {
-                let pns = p
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let name = p
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let running = p.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
+                let pns = objects::namespace(&p.metadata).unwrap_or("default");
+                let name = objects::name(&p.metadata).unwrap_or("");
+                let running = objects::phase(p) == Some("Running");
                 if !running {
                     return (
                         i,
                         Err(dump::DumpError::Fetch("pod not running".to_string())),
                     );
                 }
-                let path = paths::config_dump(pns, name, port);
-                let read = match cluster.config_dump_at(&path, timeout).await {
+                let read = match cluster.pod_config_dump(pns, name, port, timeout).await {
                     Ok(v) => {
                         dump::read(&v, &format!("{pns}/{name}"), &format!("proxy {pns}/{name}"))
                     }
@@ -894,9 +895,7 @@ async fn proxy_status(
         dumps.into_iter().collect();
     let mut rows = Vec::new();
     for (i, p) in meshed.iter().enumerate() {
-        let pns = p
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
+        let pns = objects::namespace(&p.metadata)
             .unwrap_or("default")
             .to_string();
         let name = status::rules_config_map_name(p, &cfg.rules_config_map);
@@ -928,17 +927,29 @@ async fn analyze(
 ) -> anyhow::Result<rules_lint::Analysis> {
     let (_, cms) = rules_config_maps(cluster, ns, mesh_ns, config_map).await?;
     // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
-    let services = match cluster.list(&paths::services(None)).await {
+    let services = match cluster.list_as::<Service>(&paths::services(None)).await {
         Ok(s) => s,
         Err(e) if e.code() == Some(403) && ns.is_some() => {
             eprintln!("remora: cannot list Services in all namespaces ({e}); checking hosts against namespace {} only", ns.unwrap_or_default());
             cluster
-                .list(&paths::services(ns))
+                .list_as::<Service>(&paths::services(ns))
                 .await
                 .context("listing Services")?
         }
         Err(e) => return Err(anyhow!(e).context("listing Services")),
     };
+    // The linter is shared with the validating webhook, which reads objects as raw JSON.
+    let raw = |v: Result<Vec<Value>, serde_json::Error>, what: &str| {
+        v.map_err(|e| anyhow!("cannot serialize the {what}: {e}"))
+    };
+    let cms = raw(
+        cms.iter().map(serde_json::to_value).collect(),
+        "rules ConfigMaps",
+    )?;
+    let services = raw(
+        services.iter().map(serde_json::to_value).collect(),
+        "Services",
+    )?;
     Ok(rules_lint::analyze(&cms, &services, cluster_domain))
 }
 
@@ -951,7 +962,7 @@ pub(crate) async fn rules_config_maps(
     ns: Option<&str>,
     mesh_ns: &str,
     config_map: Option<&str>,
-) -> anyhow::Result<(String, Vec<Value>)> {
+) -> anyhow::Result<(String, Vec<ConfigMap>)> {
     let name = match config_map {
         Some(n) => n.to_string(),
         None => {
@@ -961,11 +972,11 @@ pub(crate) async fn rules_config_maps(
                 .rules_config_map
         }
     };
-    let mut cms: Vec<Value> = Vec::new();
+    let mut cms: Vec<ConfigMap> = Vec::new();
     match ns {
         Some(ns) => {
             if let Some(cm) = cluster
-                .get_opt(&paths::config_map(ns, &name))
+                .get_opt_as::<ConfigMap>(&paths::config_map(ns, &name))
                 .await
                 .context("reading the rules ConfigMap")?
             {
@@ -980,26 +991,21 @@ pub(crate) async fn rules_config_maps(
             );
             cms.extend(
                 cluster
-                    .list(&path)
+                    .list_as::<ConfigMap>(&path)
                     .await
                     .context("listing the rules ConfigMaps")?,
             );
         }
     }
     let labelled = cluster
-        .list(&paths::config_maps(
+        .list_as::<ConfigMap>(&paths::config_maps(
             ns,
             Some(&format!("{RULES_LABEL}=true")),
         ))
         .await
         .context("listing ConfigMaps labelled remora.dev/rules=true")?;
     for cm in labelled {
-        let key = |v: &Value| {
-            (
-                v.pointer("/metadata/namespace").cloned(),
-                v.pointer("/metadata/name").cloned(),
-            )
-        };
+        let key = |c: &ConfigMap| (c.metadata.namespace.clone(), c.metadata.name.clone());
         if !cms.iter().any(|c| key(c) == key(&cm)) {
             cms.push(cm);
         }
@@ -1014,18 +1020,23 @@ mod tests {
 
     #[test]
     fn restart_hints() {
-        let p = json!({"metadata": {"name": "web-7d9-x", "labels": {"pod-template-hash": "7d9"},
-                       "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "controller": true}]}});
+        let pod = |v: Value| serde_json::from_value::<Pod>(v).unwrap();
+        let p = pod(
+            json!({"metadata": {"name": "web-7d9-x", "labels": {"pod-template-hash": "7d9"},
+                       "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9", "controller": true}]}}),
+        );
         assert_eq!(
             restart_hint(&p, "shop"),
             "re-create it: kubectl -n shop rollout restart deployment/web"
         );
-        let p = json!({"metadata": {"name": "db-0", "ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": true}]}});
+        let p = pod(
+            json!({"metadata": {"name": "db-0", "ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": true}]}}),
+        );
         assert_eq!(
             restart_hint(&p, "shop"),
             "re-create it: kubectl -n shop rollout restart statefulset/db"
         );
-        let p = json!({"metadata": {"name": "solo"}});
+        let p = pod(json!({"metadata": {"name": "solo"}}));
         assert!(restart_hint(&p, "shop").contains("delete pod solo"));
     }
 }

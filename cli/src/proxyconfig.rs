@@ -1929,7 +1929,7 @@ mod tests {
     use serde_json::json;
 
     /// A `/config_dump` the real proxy wrote (Bookinfo rules plus policies and a ServiceEntry),
-    /// recorded as the pods/proxy answer of the CLI contract fixture.
+    /// recorded as the admin port's answer (through pods/portforward) in the CLI contract fixture.
     fn real_dump() -> ConfigDump {
         crate::dump::read(
             &real_dump_json(),
@@ -1952,9 +1952,9 @@ mod tests {
                 e["path"]
                     .as_str()
                     .unwrap()
-                    .ends_with("/reviews-v1-5d8f9c7b4-k2x8p:15020/proxy/config_dump")
+                    .ends_with("/reviews-v1-5d8f9c7b4-k2x8p/portforward?ports=15020")
             })
-            .unwrap()["body"]
+            .unwrap()["port_forward"]["http"]["/config_dump"]["body"]
             .clone()
     }
 

@@ -2,10 +2,11 @@
 //! hash (from its `/config_dump`) against the hash of the rules ConfigMap it mounts, computed with
 //! the proxy's own digest over the files the kubelet would write for that ConfigMap.
 
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::dump::{ConfigDump, DumpError, Header};
+use super::objects;
 use super::table;
 use remora_webhook::rules_lint::config_map_files;
 use remora_webhook::template::RULES_VOLUME;
@@ -62,22 +63,31 @@ pub struct ProxyRow {
 }
 
 /// The rules ConfigMap a pod mounts (its `remora-rules` volume), else `default`.
-pub fn rules_config_map_name(pod: &Value, default: &str) -> String {
-    pod.pointer("/spec/volumes")
-        .and_then(Value::as_array)
-        .and_then(|vols| {
-            vols.iter()
-                .find(|v| v.get("name").and_then(Value::as_str) == Some(RULES_VOLUME))
-        })
-        .and_then(|v| v.pointer("/configMap/name"))
-        .and_then(Value::as_str)
+pub fn rules_config_map_name(pod: &Pod, default: &str) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|vols| vols.iter().find(|v| v.name == RULES_VOLUME))
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.as_str())
+        .filter(|n| !n.is_empty())
         .unwrap_or(default)
         .to_string()
 }
 
+/// The files of a rules ConfigMap as the proxy reads them (`rules_lint::config_map_files`,
+/// shared with the validating webhook, which reads ConfigMaps as raw JSON).
+pub fn rules_files(cm: Option<&ConfigMap>) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let raw = cm
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| format!("cannot serialize the ConfigMap: {e}"))?;
+    config_map_files(raw.as_ref())
+}
+
 /// The hash a proxy computes after loading this ConfigMap (`rules::digest::content_hash`).
-pub fn config_map_hash(cm: Option<&Value>) -> Result<String, String> {
-    let files = config_map_files(cm)?;
+pub fn config_map_hash(cm: Option<&ConfigMap>) -> Result<String, String> {
+    let files = rules_files(cm)?;
     Ok(remora_model::rules::digest::content_hash(
         files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
     ))
@@ -86,20 +96,14 @@ pub fn config_map_hash(cm: Option<&Value>) -> Result<String, String> {
 /// Builds one row from what was fetched: the pod, its `/config_dump` (or why it could not be
 /// fetched) and its ConfigMap's hash (or why it could not be computed).
 pub fn row(
-    pod: &Value,
+    pod: &Pod,
     dump: Result<&ConfigDump, &DumpError>,
     config_map: &str,
     cm_hash: Result<&str, &str>,
 ) -> ProxyRow {
-    let s = |p: &str| {
-        pod.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
-    };
     let mut r = ProxyRow {
-        name: s("/metadata/name"),
-        namespace: s("/metadata/namespace"),
+        name: objects::name(&pod.metadata).unwrap_or("?").to_string(),
+        namespace: objects::namespace(&pod.metadata).unwrap_or("?").to_string(),
         version: None,
         generation: None,
         source: None,
@@ -111,10 +115,7 @@ pub fn row(
         cert: None,
         cert_warning: None,
     };
-    let phase = pod
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("Unknown");
+    let phase = objects::phase(pod).unwrap_or("Unknown");
     if phase != "Running" {
         r.reason = format!("pod phase is {phase}, not Running");
         return r;
@@ -289,11 +290,12 @@ mod tests {
         DumpError::Fetch(e.into())
     }
 
-    fn cm() -> Value {
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
+    fn cm() -> ConfigMap {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "remora-mesh-rules", "namespace": "shop"},
                "data": {"vs.yaml": "kind: VirtualService\n", "README": "not read", ".hidden.yaml": "x"},
-               "binaryData": {"dr.json": base64::engine::general_purpose::STANDARD.encode("{}")}})
+               "binaryData": {"dr.json": base64::engine::general_purpose::STANDARD.encode("{}")}}))
+        .unwrap()
     }
 
     #[test]
@@ -306,7 +308,7 @@ mod tests {
         std::fs::write(dir.path().join("dr.json"), "{}").unwrap();
         let inputs = remora_model::rules::load::read_inputs(dir.path()).unwrap();
         assert_eq!(config_map_hash(Some(&cm())).unwrap(), inputs.hash);
-        let names: Vec<String> = config_map_files(Some(&cm()))
+        let names: Vec<String> = rules_files(Some(&cm()))
             .unwrap()
             .into_iter()
             .map(|f| f.0)
@@ -316,17 +318,23 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let inputs = remora_model::rules::load::read_inputs(empty.path()).unwrap();
         assert_eq!(config_map_hash(None).unwrap(), inputs.hash);
+        // Invalid base64 in binaryData is refused by the typed ConfigMap already; the
+        // shared reader names the key of a value it cannot read.
         assert!(
-            config_map_hash(Some(&json!({"binaryData": {"a.yaml": "***"}})))
+            serde_json::from_value::<ConfigMap>(json!({"binaryData": {"a.yaml": "***"}})).is_err()
+        );
+        assert!(
+            config_map_files(Some(&json!({"binaryData": {"a.yaml": "***"}})))
                 .unwrap_err()
                 .contains("binaryData.a.yaml")
         );
     }
 
-    fn pod(phase: &str) -> Value {
-        json!({"metadata": {"name": "web-1", "namespace": "shop"},
-               "spec": {"volumes": [{"name": "remora-rules", "configMap": {"name": "my-rules", "optional": true}}]},
-               "status": {"phase": phase}})
+    fn pod(phase: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "shop"},
+               "spec": {"containers": [], "volumes": [{"name": "remora-rules", "configMap": {"name": "my-rules", "optional": true}}]},
+               "status": {"phase": phase}}))
+        .unwrap()
     }
 
     #[test]
@@ -336,7 +344,7 @@ mod tests {
             "my-rules"
         );
         assert_eq!(
-            rules_config_map_name(&json!({}), "remora-mesh-rules"),
+            rules_config_map_name(&Pod::default(), "remora-mesh-rules"),
             "remora-mesh-rules"
         );
         let h = config_map_hash(Some(&cm())).unwrap();

@@ -3,9 +3,9 @@
 //! `pod web-1`), each optionally `NAME.NAMESPACE`, else the namespace of `-n`. And which pod of a
 //! workload stands for it.
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::Pod;
 
-use crate::check;
+use crate::{check, objects};
 
 /// A pod, or a workload whose pods to pick from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,25 +119,22 @@ pub fn split_namespace(
 }
 
 /// Whether the pod runs and has the proxy.
-pub fn running_meshed(p: &Value) -> bool {
+pub fn running_meshed(p: &Pod) -> bool {
     running(p) && check::has_proxy(p)
 }
 
-fn running(p: &Value) -> bool {
-    p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+fn running(p: &Pod) -> bool {
+    objects::phase(p) == Some("Running")
 }
 
 /// Orders a workload's pods best first, the first standing for the workload: running meshed
 /// pods, then running ones, then the rest; by name within each.
-pub fn rank_pods(pods: &mut [Value]) {
+pub fn rank_pods(pods: &mut [Pod]) {
     pods.sort_by_cached_key(|p| {
         (
             !running_meshed(p),
             !running(p),
-            p.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            objects::name(&p.metadata).unwrap_or("").to_string(),
         )
     });
 }
@@ -245,8 +242,11 @@ mod tests {
                 inits.push(json!({"name": "remora-proxy", "restartPolicy": "Always"}));
                 containers.push(json!({"name": "remora-proxy"}));
             }
-            json!({"metadata": {"name": name}, "status": {"phase": phase},
-                   "spec": {"containers": containers, "initContainers": inits}})
+            serde_json::from_value::<Pod>(
+                json!({"metadata": {"name": name}, "status": {"phase": phase},
+                   "spec": {"containers": containers, "initContainers": inits}}),
+            )
+            .unwrap()
         };
         let mut pods = vec![
             pod("a", "Pending", true),
@@ -257,7 +257,7 @@ mod tests {
         rank_pods(&mut pods);
         let names: Vec<&str> = pods
             .iter()
-            .map(|p| p["metadata"]["name"].as_str().unwrap())
+            .map(|p| p.metadata.name.as_deref().unwrap())
             .collect();
         assert_eq!(names, ["c", "d", "b", "a"]);
         assert!(running_meshed(&pods[0]) && !running_meshed(&pods[2]));

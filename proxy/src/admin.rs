@@ -1,6 +1,10 @@
 //! Admin and status servers, on their own small tokio runtime so proxy load never stalls them:
 //! - 15020: `/stats/prometheus`, `/config_dump`, `/healthz/ready`,
-//!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes)
+//!   `/app-health/<container>/{livez,readyz,startupz}` (the app's original probes). It listens on
+//!   the pod IP because the kubelet's rewritten probes come there; `/config_dump` (the whole
+//!   configuration) and `/quitquitquit` answer loopback peers only: the pod itself, and a
+//!   port-forward (the kubelet connects to `localhost` inside the pod), which is how
+//!   `remora proxy-config` and `proxy-status` reach it.
 //! - 15021: `/healthz/ready` (200 only once a config is loaded, the capture listeners are bound
 //!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
@@ -312,7 +316,7 @@ pub async fn handle(
             if method != http::Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain");
             }
-            if !peer.is_some_and(|p| p.ip().is_loopback()) {
+            if !from_pod_itself(state, peer) {
                 return text(StatusCode::FORBIDDEN, "only from localhost\n", "text/plain");
             }
             tracing::info!("POST /quitquitquit: shutting down gracefully");
@@ -338,6 +342,13 @@ pub async fn handle(
             text(code, format!("{why}\n"), "text/plain")
         }
         (AdminKind::Admin, "/config_dump") => {
+            if !from_pod_itself(state, peer) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "only from localhost: use a port-forward (remora proxy-config POD, or kubectl port-forward POD 15020)\n",
+                    "text/plain",
+                );
+            }
             let body = serde_json::to_string_pretty(&state.config_dump()).unwrap_or_default();
             text(StatusCode::OK, body, "application/json")
         }
@@ -361,6 +372,17 @@ pub async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
     }
+}
+
+/// Whether the peer is the pod itself (or a port-forward into it): a loopback address (IPv4
+/// mapped into IPv6 included) other than the source of the proxy's own inbound connections
+/// (127.0.0.6), which carries remote clients' connections should a pod capture this port.
+fn from_pod_itself(state: &AdminState, peer: Option<SocketAddr>) -> bool {
+    let inbound = state.shared.settings.inbound_bind;
+    peer.is_some_and(|p| {
+        let ip = p.ip().to_canonical();
+        ip.is_loopback() && Some(ip) != inbound
+    })
 }
 
 /// Evaluate readiness every `every` until it is first ready (or draining starts), so the

@@ -435,6 +435,27 @@ fn admin_endpoints_content() {
             .status,
         404
     );
+    // The configuration goes to the pod itself only: not to the proxy's own inbound source
+    // address (127.0.0.6), which carries other pods' connections should the port be captured.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut s = rt
+        .block_on(async {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.bind("127.0.0.6:0".parse().unwrap())?;
+            s.connect(p.ports.admin_addr()).await?.into_std()
+        })
+        .unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /config_dump HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("only from localhost"), "{answer}");
     drop(live);
 }
 

@@ -20,6 +20,19 @@
 //! A watch route whose last reply closes the stream makes a client re-watch at once, again and
 //! again: end watch sequences with a held reply (`hold: true`).
 //!
+//! Port-forwards: a route to `/api/v1/namespaces/NS/pods/NAME/portforward?ports=PORT` whose reply
+//! is [`Reply::PortForward`] answers as the API server and kubelet do for `kubectl port-forward`
+//! over WebSocket: the upgrade (`101`, subprotocol `v4.channel.k8s.io`, the only one offered by
+//! kube's client that the kubelet's port-forward speaks), then binary frames whose first byte is
+//! the channel: 0 carries the port's data both ways, 1 the kubelet's error; the first frame on each
+//! channel is the port number, 2 bytes little-endian. What the pod's port is: a real address
+//! ([`PodPort::Connect`], optionally dialled from inside a network namespace, as the kubelet dials
+//! `localhost:PORT` inside the pod), recorded HTTP answers ([`PodPort::Http`]), or a port the
+//! kubelet cannot reach ([`PodPort::Refused`]: its message on the error channel, sent once the
+//! client's first bytes are in or after a second, then the close). When the pod's side closes,
+//! the WebSocket is closed (v4 has no per-stream close). A request without the upgrade is
+//! answered 400, as by the API server; one port per request.
+//!
 //! Answers that wait: [`Reply::after`] wraps a reply so it is sent only once its [`Release`] is
 //! released ([`Release::release`]); until then the request stays unanswered, as from a slow API
 //! server, and a release that never comes is a list that never arrives. The request is recorded
@@ -33,25 +46,34 @@
 //!    {"method": "GET", "path": "/api/v1/namespaces/x/secrets/y", "status": 200, "body": {…}},
 //!    {"method": "GET", "path": "/api/v1/services?watch=true", "events": [{…}], "hold": true},
 //!    {"method": "POST", "path": "/apis/authentication.k8s.io/v1/tokenreviews",
-//!     "match_body": {"spec": {"token": "…"}}, "status": 201, "body": {…}}]}
+//!     "match_body": {"spec": {"token": "…"}}, "status": 201, "body": {…}},
+//!    {"method": "GET", "path": "/api/v1/namespaces/x/pods/p/portforward?ports=15020",
+//!     "port_forward": {"http": {"/config_dump": {"status": 200, "body": {…}}}}},
+//!    {"method": "GET", "path": "/api/v1/namespaces/x/pods/q/portforward?ports=15020",
+//!     "port_forward": {"refused": "error forwarding port 15020 to pod …"}}]}
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// One recorded answer.
 #[derive(Clone, Debug)]
@@ -63,6 +85,24 @@ pub enum Reply {
     Watch { events: Vec<Value>, hold: bool },
     /// `reply`, sent once `release` is released (see the module docs).
     After { release: Release, reply: Box<Reply> },
+    /// A `pods/portforward` upgrade to this pod port (see the module docs).
+    PortForward(PodPort),
+}
+
+/// What a pod's port is, for a port-forward to it.
+#[derive(Clone, Debug)]
+pub enum PodPort {
+    /// The forwarded bytes go to and from `addr`, dialled from inside the network namespace at
+    /// `netns` when given (a lab pod's `localhost:PORT`, as the kubelet dials it).
+    Connect {
+        addr: SocketAddr,
+        netns: Option<PathBuf>,
+    },
+    /// An HTTP/1.1 server answering `GET PATH` (query ignored) with the recorded status and JSON
+    /// body; 404 for other paths.
+    Http(BTreeMap<String, (u16, Value)>),
+    /// The kubelet cannot connect to the port: this message on the error channel, then the close.
+    Refused(String),
 }
 
 /// Holds back [`Reply::after`] answers until released; clones share the state.
@@ -112,6 +152,11 @@ impl Reply {
             release: release.clone(),
             reply: Box::new(reply),
         }
+    }
+
+    /// A port-forward to `port` (see the module docs).
+    pub fn port_forward(port: PodPort) -> Reply {
+        Reply::PortForward(port)
     }
 
     /// A `Status` failure as the API server writes it, e.g. `(409, "AlreadyExists", "…")`.
@@ -221,6 +266,7 @@ impl RecordedApi {
                     let svc = hyper::service::service_fn(move |req| serve(st.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -288,23 +334,37 @@ impl RecordedApi {
             };
             let method = field("method")?;
             let path = field("path")?;
-            let reply = if let Some(events) = x.get("events") {
-                let events = events.as_array().cloned().ok_or_else(|| {
-                    anyhow!("{}: exchanges[{i}].events is not a list", file.display())
-                })?;
-                Reply::watch(
-                    events,
-                    x.get("hold").and_then(Value::as_bool).unwrap_or(false),
-                )
-            } else {
-                let status = x.get("status").and_then(Value::as_u64).unwrap_or(200);
-                let status = u16::try_from(status)
-                    .with_context(|| format!("{}: exchanges[{i}].status", file.display()))?;
-                Reply::json(status, x.get("body").cloned().unwrap_or(Value::Null))
-            };
+            let reply =
+                if let Some(pf) = x.get("port_forward") {
+                    Reply::PortForward(pod_port_of(pf).with_context(|| {
+                        format!("{}: exchanges[{i}].port_forward", file.display())
+                    })?)
+                } else if let Some(events) = x.get("events") {
+                    let events = events.as_array().cloned().ok_or_else(|| {
+                        anyhow!("{}: exchanges[{i}].events is not a list", file.display())
+                    })?;
+                    Reply::watch(
+                        events,
+                        x.get("hold").and_then(Value::as_bool).unwrap_or(false),
+                    )
+                } else {
+                    let status = x.get("status").and_then(Value::as_u64).unwrap_or(200);
+                    let status = u16::try_from(status)
+                        .with_context(|| format!("{}: exchanges[{i}].status", file.display()))?;
+                    Reply::json(status, x.get("body").cloned().unwrap_or(Value::Null))
+                };
             self.route(method, path, x.get("match_body").cloned(), reply);
         }
         Ok(())
+    }
+
+    /// Answer port-forwards to `port` of pod `ns`/`pod` with `target`.
+    pub fn on_port_forward(&self, ns: &str, pod: &str, port: u16, target: PodPort) {
+        self.on(
+            "GET",
+            &format!("/api/v1/namespaces/{ns}/pods/{pod}/portforward?ports={port}"),
+            Reply::PortForward(target),
+        );
     }
 
     /// Send `event` to every held watch on `path` (no query); returns how many got it.
@@ -388,7 +448,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 async fn serve(
     state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path_and_query = req
@@ -400,6 +460,7 @@ async fn serve(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let mut upgrade = websocket_upgrade(&mut req);
     let bytes = req
         .into_body()
         .collect()
@@ -441,6 +502,7 @@ async fn serve(
                 ),
             ),
             Some(Reply::Json { status, body }) => json_response(status, &body),
+            Some(Reply::PortForward(port)) => port_forward(upgrade.take(), &path, &query, port),
             Some(Reply::Watch { events, hold }) => {
                 let (tx, rx) = mpsc::unbounded_channel::<Value>();
                 for e in events {
@@ -515,6 +577,252 @@ pub fn contains(got: &Value, want: &Value) -> bool {
             .all(|(k, wv)| g.get(k).is_some_and(|gv| contains(gv, wv))),
         _ => got == want,
     }
+}
+
+/// A WebSocket upgrade request: its key, the subprotocols it offers, the pending upgrade.
+struct Upgrade {
+    key: String,
+    protocols: Vec<String>,
+    on: hyper::upgrade::OnUpgrade,
+}
+
+fn websocket_upgrade(req: &mut Request<Incoming>) -> Option<Upgrade> {
+    let header = |name: http::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let wants = header(http::header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && header(http::header::CONNECTION).is_some_and(|c| {
+            c.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let key = header(http::header::SEC_WEBSOCKET_KEY).filter(|_| wants)?;
+    let protocols = header(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .map(|p| p.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_default();
+    Some(Upgrade {
+        key,
+        protocols,
+        on: hyper::upgrade::on(req),
+    })
+}
+
+/// The only port-forward subprotocol of kube's client that the kubelet speaks.
+const PORT_FORWARD_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// Answers a `pods/portforward` request: the upgrade, then the session on its own task.
+fn port_forward(
+    upgrade: Option<Upgrade>,
+    path: &str,
+    query: &[(String, String)],
+    target: PodPort,
+) -> Response<Body> {
+    let bad = |message: &str| json_response(400, &status_body(400, "BadRequest", message));
+    let Some(upgrade) = upgrade else {
+        return bad("Upgrade request required");
+    };
+    let ports: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "ports")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    let port = match ports[..] {
+        [one] => match one.trim().parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return bad(&format!("invalid port {one:?}")),
+        },
+        _ => return bad("the recorded API forwards exactly one port per request"),
+    };
+    if !upgrade.protocols.iter().any(|p| p == PORT_FORWARD_PROTOCOL) {
+        return bad(&format!(
+            "requested protocol(s) are not supported: {:?}; supports {PORT_FORWARD_PROTOCOL}",
+            upgrade.protocols
+        ));
+    }
+    let pod = path
+        .strip_suffix("/portforward")
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or("")
+        .to_string();
+    let accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let on = upgrade.on;
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on.await {
+            let ws = WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            port_forward_session(ws, &pod, port, target).await;
+        }
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, PORT_FORWARD_PROTOCOL)
+        .body(empty())
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+/// The pod's side of a forwarded port.
+trait PodIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PodIo for T {}
+
+/// One port-forward, in the v4 channel protocol (see the module docs).
+async fn port_forward_session<S>(mut ws: WebSocketStream<S>, pod: &str, port: u16, target: PodPort)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = |channel: u8, data: &[u8]| {
+        let mut f = Vec::with_capacity(data.len() + 1);
+        f.push(channel);
+        f.extend_from_slice(data);
+        Message::Binary(Bytes::from(f))
+    };
+    // The first frame of each channel (data 0, error 1) names the port.
+    for ch in [0, 1] {
+        if ws.send(frame(ch, &port.to_le_bytes())).await.is_err() {
+            return;
+        }
+    }
+    let io = match dial(pod, port, target).await {
+        Ok(io) => io,
+        Err(message) => {
+            // As from a kubelet whose dial took a moment: the client's first bytes, if it sends
+            // any within a second, come in before the error, and the error before the close. (A
+            // client that writes after the close was sent may lose the error: kube's client
+            // then ends the port-forward at its failed write.)
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Binary(b) if b.len() > 1 && b[0] == 0 => break,
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            let _ = ws.send(frame(1, message.as_bytes())).await;
+            let _ = ws.close(None).await;
+            return;
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) if b.len() > 1 && b[0] == 0 => {
+                    if wr.write_all(&b[1..]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws.send(frame(0, &buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+    // Let the client's close frame arrive (bounded), so the connection ends cleanly.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// Connects to the pod's port, or says why the kubelet could not.
+async fn dial(pod: &str, port: u16, target: PodPort) -> Result<Box<dyn PodIo>, String> {
+    let refused = |e: &dyn std::fmt::Display| {
+        format!("error forwarding port {port} to pod {pod}, uid : failed to connect to localhost:{port} inside the pod's network namespace: {e}")
+    };
+    match target {
+        PodPort::Refused(message) => Err(message),
+        PodPort::Connect { addr, netns } => {
+            // A thread of its own: one that joined a namespace must not serve other tasks.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let r = (|| {
+                    if let Some(path) = &netns {
+                        crate::netns::join_netns(path).map_err(|e| format!("{e:#}"))?;
+                    }
+                    let s = std::net::TcpStream::connect_timeout(
+                        &addr,
+                        std::time::Duration::from_secs(5),
+                    )
+                    .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+                    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(s)
+                })();
+                let _ = tx.send(r);
+            });
+            let s = rx
+                .await
+                .map_err(|_| refused(&"the dialling thread ended"))?
+                .map_err(|e| refused(&e))?;
+            let s = tokio::net::TcpStream::from_std(s).map_err(|e| refused(&e))?;
+            Ok(Box::new(s))
+        }
+        PodPort::Http(answers) => {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let answers = Arc::new(answers);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answers = answers.clone();
+                    async move {
+                        let reply = match answers.get(req.uri().path()) {
+                            Some((status, body)) => json_response(*status, body),
+                            None => Response::builder()
+                                .status(404)
+                                .body(BodyExt::boxed(Full::new(Bytes::from_static(
+                                    b"not found\n",
+                                ))))
+                                .unwrap_or_else(|_| Response::new(empty())),
+                        };
+                        Ok::<_, Infallible>(reply)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(theirs), svc)
+                    .await;
+            });
+            Ok(Box::new(ours))
+        }
+    }
+}
+
+/// A recorded file's `port_forward` (see the module docs).
+fn pod_port_of(v: &Value) -> Result<PodPort> {
+    if let Some(m) = v.get("refused") {
+        let m = m.as_str().ok_or_else(|| anyhow!("refused: not a string"))?;
+        return Ok(PodPort::Refused(m.to_string()));
+    }
+    let Some(http) = v.get("http").and_then(Value::as_object) else {
+        bail!("neither \"http\" (an object of paths) nor \"refused\" (the kubelet's error)");
+    };
+    let mut answers = BTreeMap::new();
+    for (path, a) in http {
+        let status = a.get("status").and_then(Value::as_u64).unwrap_or(200);
+        let status = u16::try_from(status).with_context(|| format!("http.{path}.status"))?;
+        answers.insert(
+            path.clone(),
+            (status, a.get("body").cloned().unwrap_or(Value::Null)),
+        );
+    }
+    Ok(PodPort::Http(answers))
 }
 
 fn empty() -> Body {
@@ -727,6 +1035,89 @@ mod tests {
         ));
         assert!(!contains(&json!({"a": {"b": 1}}), &json!({"a": {"b": 2}})));
         assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})));
+    }
+
+    /// kube's own port-forward client against the recorded API: the v4 channels to a real
+    /// port, the kubelet's error, recorded HTTP answers, a missing pod and a plain GET.
+    #[tokio::test]
+    async fn port_forward_speaks_the_v4_channel_protocol_kube_expects() {
+        use k8s_openapi::api::core::v1::Pod;
+        let api = RecordedApi::start().await.unwrap();
+        // The pod's port: reads a line, answers it upper-cased, closes.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut got = Vec::new();
+                let mut b = [0u8; 64];
+                while !got.ends_with(b"\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(&got.to_ascii_uppercase()).await;
+            }
+        });
+        api.on_port_forward("ns", "p", 15020, PodPort::Connect { addr, netns: None });
+        api.on_port_forward("ns", "q", 15020, PodPort::Refused("dial: refused".into()));
+        api.on_port_forward(
+            "ns",
+            "h",
+            15020,
+            PodPort::Http([("/config_dump".to_string(), (200, json!({"generation": 3})))].into()),
+        );
+        let pods: Api<Pod> = Api::namespaced(api.client().unwrap(), "ns");
+
+        let mut pf = pods.portforward("p", &[15020]).await.unwrap();
+        let mut s = pf.take_stream(15020).unwrap();
+        s.write_all(b"hello\n").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the pod side's close ends the stream")
+            .unwrap();
+        assert_eq!(out, b"HELLO\n");
+
+        let mut pf = pods.portforward("q", &[15020]).await.unwrap();
+        let err = pf.take_error(15020).unwrap().await;
+        assert_eq!(err.as_deref(), Some("dial: refused"));
+
+        let mut pf = pods.portforward("h", &[15020]).await.unwrap();
+        let mut s = pf.take_stream(15020).unwrap();
+        s.write_all(b"GET /config_dump HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with(r#"{"generation":3}"#), "{out}");
+
+        // No route: the API server's 404 Status, before any upgrade.
+        let e = pods.portforward("gone", &[15020]).await.err().expect("404");
+        assert!(
+            matches!(e, kube::Error::Api(ref s) if s.code == 404),
+            "{e:?}"
+        );
+        // Without the upgrade: 400, as the API server answers.
+        let req = http::Request::get("/api/v1/namespaces/ns/pods/h/portforward?ports=15020")
+            .body(Vec::new())
+            .unwrap();
+        let e = api.client().unwrap().request_text(req).await.unwrap_err();
+        assert!(
+            matches!(e, kube::Error::Api(ref s) if s.code == 400),
+            "{e:?}"
+        );
+        let seen: Vec<String> = api
+            .requests()
+            .iter()
+            .map(|s| s.path().to_string())
+            .collect();
+        assert!(seen.iter().all(|p| p.ends_with("/portforward")), "{seen:?}");
     }
 
     #[test]

@@ -790,9 +790,9 @@ impl Lab {
     }
 
     /// Reads `"generation"` (the first numeric field of that name anywhere) from the proxy's
-    /// `/config_dump`.
+    /// `/config_dump`, asked from inside the pod (the admin port gives it to loopback peers only).
     pub fn config_generation(&self, pod: &Pod) -> Result<u64> {
-        let r = self.http_direct(pod, 15020, "GET", "/config_dump")?;
+        let r = self.http_in_pod(pod, 15020, "GET", "/config_dump")?;
         if r.status != 200 {
             bail!("/config_dump answered {}", r.status);
         }
@@ -895,6 +895,20 @@ impl Lab {
             self.node(),
             SocketAddr::from((pod.ip, port)),
             &format!("{}:{port}", pod.ip),
+            method,
+            path,
+            &[],
+            Duration::from_secs(15),
+        ))
+    }
+
+    /// A request to `127.0.0.1:port` from inside the pod's network namespace (as the pod itself,
+    /// or a port-forward, reaches its own ports).
+    pub fn http_in_pod(&self, pod: &Pod, port: u16, method: &str, path: &str) -> Result<HttpReply> {
+        self.rt.block_on(client::http(
+            &pod.netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            &format!("localhost:{port}"),
             method,
             path,
             &[],

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use remora_e2e::apiserver::{RecordedApi, Reply};
+use remora_e2e::apiserver::{PodPort, RecordedApi, Reply};
 use serde_json::{json, Value};
 
 fn workspace() -> PathBuf {
@@ -431,7 +431,8 @@ async fn proxy_status_synced_stale_unreachable() {
             "HASH",
             "CONFIGMAP",
             "HASH",
-            "STATUS"
+            "STATUS",
+            "CERT"
         ],
         "{}",
         r.all()
@@ -446,7 +447,7 @@ async fn proxy_status_synced_stale_unreachable() {
     };
     assert_eq!(
         row("api-0"),
-        ["api-0", "shop", "0.1.0", "1", "files", old, cur, "STALE"]
+        ["api-0", "shop", "0.1.0", "1", "files", old, cur, "STALE", "-"]
     );
     assert_eq!(
         row("cart-58c9d-7hq2w"),
@@ -458,12 +459,23 @@ async fn proxy_status_synced_stale_unreachable() {
             "-",
             "-",
             cur,
-            "UNREACHABLE"
+            "UNREACHABLE",
+            "-"
         ]
     );
     assert_eq!(
         row("queue-0"),
-        ["queue-0", "shop", "-", "-", "-", "-", cur, "UNREACHABLE"]
+        [
+            "queue-0",
+            "shop",
+            "-",
+            "-",
+            "-",
+            "-",
+            cur,
+            "UNREACHABLE",
+            "-"
+        ]
     );
     assert_eq!(
         row("web-6d8f7c9b5-x2k9q"),
@@ -475,7 +487,8 @@ async fn proxy_status_synced_stale_unreachable() {
             "files",
             cur,
             cur,
-            "SYNCED"
+            "SYNCED",
+            "-"
         ]
     );
     assert!(
@@ -499,16 +512,17 @@ async fn proxy_status_synced_stale_unreachable() {
         "{}",
         r.all()
     );
-    // The Pending pod's proxy was not asked; the others were, through the pods/proxy subresource.
+    // The Pending pod's proxy was not asked; the others were, through a port-forward to their
+    // admin port (the pods/portforward subresource).
     let asked: Vec<String> = api
         .requests()
         .into_iter()
-        .filter(|s| s.path_and_query.ends_with("/proxy/config_dump"))
+        .filter(|s| s.path().ends_with("/portforward"))
         .map(|s| s.path_and_query)
         .collect();
     assert_eq!(asked.len(), 3, "{asked:?}");
     assert!(
-        asked.iter().all(|p| p.contains(":15020/proxy/")),
+        asked.iter().all(|p| p.ends_with("?&ports=15020")),
         "{asked:?}"
     );
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
@@ -550,14 +564,24 @@ async fn proxy_status_shows_the_api_source_and_version_skew() {
     let h = fx["current_hash"].as_str().expect("hash");
     // A proxy that reads its rules through the API reports config_source.source = api; this one
     // runs a newer version than the others (mid-upgrade).
-    api.on(
-        "GET",
-        "/api/v1/namespaces/shop/pods/api-0:15020/proxy/config_dump",
-        Reply::json(200, json!({
-            "version": "0.2.0", "generation": 5, "hash": h,
-            "source": "api:configmap/shop/remora-mesh-rules resourceVersion 2890",
-            "config_source": {"source": "api", "generation": 5, "hash": h, "configmap": "shop/remora-mesh-rules"}
-        })),
+    api.on_port_forward(
+        "shop",
+        "api-0",
+        15020,
+        PodPort::Http(
+            [(
+                "/config_dump".to_string(),
+                (
+                    200,
+                    json!({
+                        "version": "0.2.0", "generation": 5, "hash": h,
+                        "source": "api:configmap/shop/remora-mesh-rules resourceVersion 2890",
+                        "config_source": {"source": "api", "generation": 5, "hash": h, "configmap": "shop/remora-mesh-rules"}
+                    }),
+                ),
+            )]
+            .into(),
+        ),
     );
     // The recorded reply is served first, then ours.
     let _ = remora(&api, &["proxy-status", "-n", "shop"]).await;
@@ -573,7 +597,8 @@ async fn proxy_status_shows_the_api_source_and_version_skew() {
             "api",
             &h[..12],
             &h[..12],
-            "SYNCED"
+            "SYNCED",
+            "-"
         ],
         "{}",
         r.all()
@@ -584,17 +609,17 @@ async fn proxy_status_shows_the_api_source_and_version_skew() {
 
 const REVIEWS_POD: &str = "reviews-v1-5d8f9c7b4-k2x8p";
 
-/// The requests that reached the pods/proxy subresource.
+/// The port-forwards asked for (pods/portforward), without the query.
 fn proxied(api: &RecordedApi) -> Vec<String> {
     api.requests()
         .into_iter()
-        .filter(|s| s.path_and_query.contains("/proxy/"))
-        .map(|s| s.path_and_query)
+        .filter(|s| s.path().ends_with("/portforward"))
+        .map(|s| s.path().to_string())
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_config_reads_the_pods_proxy() {
+async fn proxy_config_reads_the_admin_port_through_a_port_forward() {
     let api = api_with("proxy-config.json").await;
     // POD.NAMESPACE, as istioctl takes it.
     let r = remora(
@@ -625,8 +650,15 @@ async fn proxy_config_reads_the_pods_proxy() {
     assert_eq!(
         proxied(&api),
         [format!(
-            "/api/v1/namespaces/bookinfo/pods/{REVIEWS_POD}:15020/proxy/config_dump"
+            "/api/v1/namespaces/bookinfo/pods/{REVIEWS_POD}/portforward"
         )]
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|s| s.path_and_query.ends_with("/portforward?&ports=15020")),
+        "{:?}",
+        api.requests()
     );
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 
@@ -663,16 +695,12 @@ async fn proxy_config_reads_the_pods_proxy() {
     );
     assert!(v.get("routes").is_none(), "only the clusters view: {v}");
 
-    // `all` shows every view under a heading; --admin-port changes the proxied port.
-    api.on(
-        "GET",
-        &format!("/api/v1/namespaces/bookinfo/pods/{REVIEWS_POD}:15999/proxy/config_dump"),
-        Reply::json(
-            503,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": "error trying to reach service: dial tcp 10.244.1.23:15999: connect: connection refused",
-                   "reason": "ServiceUnavailable", "code": 503}),
-        ),
+    // `all` shows every view under a heading; --admin-port changes the forwarded port.
+    api.on_port_forward(
+        "bookinfo",
+        REVIEWS_POD,
+        15999,
+        PodPort::Refused("error forwarding port 15999 to pod 3f1c2a9e, uid : failed to connect to localhost:15999 inside namespace \"3f1c2a9e\", IPv4: dial tcp4 127.0.0.1:15999: connect: connection refused".into()),
     );
     let r = remora(
         &api,
@@ -701,7 +729,11 @@ async fn proxy_config_reads_the_pods_proxy() {
     )
     .await;
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("(port 15999)"), "{}", r.all());
+    assert!(
+        r.stderr.contains("through a port-forward to its admin port 15999: the kubelet could not forward port 15999: error forwarding port 15999"),
+        "{}",
+        r.all()
+    );
 
     // deploy/NAME: the first running meshed pod of the Deployment (the Pending one is skipped).
     let r = remora(
@@ -747,7 +779,7 @@ async fn proxy_config_errors_are_one_clear_line() {
         ),
         (
             &["proxy-config", "endpoints", "ratings-v1-6c9b7d8f5-m7n4q.bookinfo"],
-            "remora: proxy of pod bookinfo/ratings-v1-6c9b7d8f5-m7n4q unreachable: cannot read its /config_dump through the API server's pods/proxy (port 15020): HTTP 503: error trying to reach service: dial tcp 10.244.1.31:15020: connect: connection refused",
+            "remora: proxy of pod bookinfo/ratings-v1-6c9b7d8f5-m7n4q unreachable: cannot read its /config_dump through a port-forward to its admin port 15020: the kubelet could not forward port 15020: error forwarding port 15020 to pod ",
         ),
         (
             &["proxy-config", "routes", "sts/mysqldb-v1", "-n", "bookinfo"],

@@ -499,6 +499,71 @@ fn proxy_config_admin_errors_are_one_line() {
     assert!(err.contains("cannot read /config_dump"), "{err}");
 }
 
+/// `remora proxy-config POD` reaches the proxy through the API server's port-forward (the
+/// recorded API forwarding to the proxy's admin port, as the kubelet does) and shows what
+/// `--admin` shows.
+#[test]
+fn proxy_config_through_the_api_servers_port_forward() {
+    use remora_e2e::apiserver::{PodPort, RecordedApi, Reply};
+    use serde_json::json;
+
+    remora_corpus::require!("networking");
+    let proxy = Proxy::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = rt.block_on(RecordedApi::start()).expect("recorded API");
+    api.on(
+        "GET",
+        &format!("/api/v1/namespaces/bookinfo/pods/{POD}"),
+        Reply::json(
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": POD, "namespace": "bookinfo"},
+                   "spec": {"initContainers": [{"name": "remora-proxy", "restartPolicy": "Always"}],
+                            "containers": [{"name": "reviews"}]},
+                   "status": {"phase": "Running"}}),
+        ),
+    );
+    api.on_port_forward(
+        "bookinfo",
+        POD,
+        15020,
+        PodPort::Connect {
+            addr: proxy.admin,
+            netns: None,
+        },
+    );
+    let url = api.url();
+    let pod = format!("{POD}.bookinfo");
+    let forwarded = remora(&["--server", &url, "proxy-config", "all", &pod, "-o", "json"]);
+    assert_eq!(forwarded.status.code(), Some(0), "{}", text(&forwarded));
+    let admin = proxy.admin.to_string();
+    let direct = remora(&["proxy-config", "all", "--admin", &admin, "-o", "json"]);
+    assert_eq!(direct.status.code(), Some(0), "{}", text(&direct));
+    let a: Value = serde_json::from_slice(&forwarded.stdout).expect("json");
+    let b: Value = serde_json::from_slice(&direct.stdout).expect("json");
+    assert_eq!(a["proxy"]["target"], format!("bookinfo/{POD}"));
+    for view in ["routes", "clusters", "endpoints", "listeners"] {
+        assert_eq!(a[view], b[view], "{view}");
+    }
+    let forwards: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|s| s.path().ends_with("/portforward"))
+        .map(|s| format!("{} {}", s.path_and_query, s.matched))
+        .collect();
+    assert_eq!(
+        forwards,
+        [format!(
+            "/api/v1/namespaces/bookinfo/pods/{POD}/portforward?&ports=15020 true"
+        )]
+    );
+    drop(api);
+}
+
 /// The `/config_dump` recorded in the CLI fixture is what this proxy serves for the same rules
 /// (same content hash and the same rules, listeners aside, which name the ports).
 #[test]
@@ -509,13 +574,15 @@ fn recorded_fixture_is_what_the_proxy_serves() {
     let path = workspace().join("tests/fixtures/kube-api/cli/proxy-config.json");
     let mut fx: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
-    let suffix = format!("/pods/{POD}:15020/proxy/config_dump");
+    let suffix = format!("/pods/{POD}/portforward?ports=15020");
     let ex = fx["exchanges"]
         .as_array_mut()
         .expect("exchanges")
         .iter_mut()
         .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(&suffix)))
-        .expect("the recorded /config_dump exchange");
+        .expect("the recorded port-forward to the admin port")
+        .pointer_mut("/port_forward/http/~1config_dump")
+        .expect("the recorded /config_dump answer");
     if std::env::var_os("REMORA_UPDATE_FIXTURES").is_some() {
         // Keep the recorded listener addresses (the pod's ports), take everything else.
         let mut body = live.clone();

@@ -736,3 +736,121 @@ spec:
         }
     });
 }
+
+/// The admin port as the injected pod runs it (the proxy's defaults): on the pod IP, where the
+/// kubelet's rewritten probes come (the pod became ready through them), it answers the app
+/// probe, readiness and metrics but refuses `/config_dump`; from the pod's own loopback it
+/// serves it, and `remora proxy-config` / `proxy-status` read it through the recorded API's
+/// port-forward, which dials `localhost:15020` inside the pod as the kubelet does.
+#[test]
+fn admin_config_dump_only_from_inside_the_pod_and_through_a_port_forward() {
+    use remora_e2e::apiserver::{PodPort, RecordedApi, Reply};
+    use serde_json::json;
+
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - {name: web, command: ["lab-app", "http", "--service", "web", "--port", "8080"], readinessProbe: {tcpSocket: {port: 8080}}}
+"#;
+    let lab = lab_with(&[("istio-injection", "enabled")], yaml, "");
+    let web = lab.pod("web").unwrap();
+    assert!(web.meshed, "the webhook injected the pod");
+    let probe = web.object["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "web"))
+        .map(|c| c["readinessProbe"]["httpGet"].clone())
+        .expect("the web container");
+    assert_eq!(probe["port"], 15020, "rewritten to the admin port: {probe}");
+
+    // From the node: not loopback.
+    let r = must(&lab, lab.http_direct(web, 15020, "GET", "/config_dump"));
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 403, "{body}");
+    assert!(body.starts_with("only from localhost"), "{body}");
+    assert!(!body.contains("generation"), "{body}");
+    let path = probe["path"].as_str().expect("probe path");
+    let r = must(&lab, lab.http_direct(web, 15020, "GET", path));
+    assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    for (port, path) in [(15021, "/healthz/ready"), (15090, "/stats/prometheus")] {
+        let r = must(&lab, lab.http_direct(web, port, "GET", path));
+        assert_eq!(r.status, 200, "{port}{path}");
+    }
+    // From inside the pod.
+    let r = must(&lab, lab.http_in_pod(web, 15020, "GET", "/config_dump"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let generation = must(&lab, lab.config_generation(web));
+    assert!(generation >= 1, "{generation}");
+
+    // The CLI, through the recorded API: the pod as admitted, and its admin port forwarded into
+    // the pod's network namespace.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = rt.block_on(RecordedApi::start()).expect("recorded API");
+    let mut pod = web.object.clone();
+    pod["metadata"]["name"] = json!("web");
+    pod["metadata"]["namespace"] = json!("bookinfo");
+    pod["status"] = json!({"phase": "Running", "podIP": web.ip.to_string()});
+    api.on(
+        "GET",
+        "/api/v1/namespaces/bookinfo/pods/web",
+        Reply::json(200, pod.clone()),
+    );
+    api.on(
+        "GET",
+        "/api/v1/namespaces/bookinfo/pods",
+        Reply::json(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod]}),
+        ),
+    );
+    api.on_port_forward(
+        "bookinfo",
+        "web",
+        15020,
+        PodPort::Connect {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 15020)),
+            netns: Some(web.netns.path()),
+        },
+    );
+    let cli = |args: &[&str]| {
+        rt.block_on(remora_e2e::clitest::remora(&api, args))
+            .expect("remora runs")
+    };
+    let r = cli(&["proxy-config", "listeners", "web.bookinfo", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["proxy"]["target"], "bookinfo/web", "{v}");
+    assert_eq!(v["proxy"]["generation"], generation, "{v}");
+    let listeners = v["listeners"]["listeners"].as_array().expect("listeners");
+    assert!(
+        !listeners.is_empty() && listeners.iter().all(|l| l["bound"] == true),
+        "{v}"
+    );
+    // proxy-status reads it the same way (the rules ConfigMap is not recorded: no hash to
+    // compare, but the proxy's generation and hash are there).
+    let r = cli(&["proxy-status", "-n", "bookinfo", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(rows[0]["name"], "web", "{rows}");
+    assert_eq!(rows[0]["generation"], generation, "{rows}");
+    assert!(rows[0]["proxy_hash"].is_string(), "{rows}");
+    let forwards = api
+        .requests()
+        .iter()
+        .filter(|s| s.path() == "/api/v1/namespaces/bookinfo/pods/web/portforward" && s.matched)
+        .count();
+    assert_eq!(forwards, 2, "{:?}", api.requests());
+}
