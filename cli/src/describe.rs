@@ -535,7 +535,7 @@ pub fn load_rules(cms: &[Value], ns: &str, primary: &str, cluster_domain: &str) 
     let decoded = decode_inputs(&inputs, &ctx);
     errors.extend(decoded.errors.iter().map(|e| e.to_string()));
     errors.extend(
-        policy_check::check(&files, &decoded.destination_rules, &ctx)
+        policy_check::check(&files, &ctx)
             .iter()
             .map(|e| e.to_string()),
     );

@@ -1,5 +1,6 @@
 //! Serde helpers shared by the model kinds and the config dump: durations as Istio writes them
-//! (`"1.5s"`), `(name, value)` pairs as a mapping in document order, and CIDRs as strings.
+//! (`"1.5s"`), `(name, value)` pairs as a mapping in document order, CIDRs as strings, and
+//! configuration types kept interpreted but written in Istio's shape (`IstioShape`, `istio`).
 //! Each is written once and used in both directions, so what the proxy serves is what the CLI
 //! reads back.
 
@@ -91,5 +92,35 @@ pub mod nets {
             .iter()
             .map(|t| t.parse().map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+/// A configuration type that rules write in Istio's shape `Spec` (a DestinationRule's
+/// `loadBalancer`, `connectionPool`, ...): read by decoding `Spec` and interpreting it
+/// (`from_spec`, whose error says what is wrong), written back as `Spec` (`to_spec`), so that
+/// `from_spec(to_spec(x)) == x`.
+pub trait IstioShape: Sized {
+    type Spec: serde::Serialize + serde::de::DeserializeOwned;
+    fn from_spec(spec: Self::Spec) -> Result<Self, String>;
+    fn to_spec(&self) -> Self::Spec;
+}
+
+/// `Option<T>` ↔ `T`'s Istio shape (`#[serde(default, with = "crate::serde_util::istio")]`).
+pub mod istio {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::IstioShape;
+
+    pub fn serialize<T: IstioShape, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(T::to_spec).serialize(s)
+    }
+
+    pub fn deserialize<'de, T: IstioShape, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<T::Spec>::deserialize(d)?
+            .map(T::from_spec)
+            .transpose()
+            .map_err(serde::de::Error::custom)
     }
 }

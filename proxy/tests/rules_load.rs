@@ -191,7 +191,7 @@ fn load_errors_have_exact_messages() {
         ),
         (
             vec![("r.yaml", VS_REVIEWS.replace("hosts: [reviews]", "hosts: [reviews]\n  exportTo: .").to_string())],
-            "r.yaml doc 1: spec.exportTo: expected a list, found a string".to_string(),
+            "r.yaml doc 1: spec.exportTo: expected a list, found the string \".\"".to_string(),
         ),
     ];
     for (files, want) in cases {
@@ -649,8 +649,8 @@ spec:
         ]
     );
     assert_eq!(
-        dr.traffic_policy.as_ref().unwrap()["loadBalancer"]["simple"],
-        "RANDOM"
+        dr.traffic_policy.as_ref().unwrap().load_balancer,
+        Some(remora_model::policy::lb::LbPolicy::Random)
     );
     assert_eq!(
         s.ignored.iter().map(|i| i.reason.as_str()).collect::<Vec<_>>(),

@@ -1,53 +1,44 @@
-//! Load-time checks of the policy parts of a rule set: every DestinationRule `trafficPolicy`
-//! (top level, each subset, each `portLevelSettings` port), every VirtualService route's
-//! `corsPolicy`, and every `RateLimit`. A rule set with an invalid one is rejected as a whole, like
-//! any other invalid rule, so the proxy keeps its last good snapshot instead of running a
-//! half-applied policy; `remora-proxy validate` reports the same findings.
+//! Load-time checks of the policy parts of a rule set decoded apart from the kinds: every
+//! VirtualService route's `corsPolicy` and every `RateLimit`. A rule set with an invalid one is
+//! rejected as a whole, like any other invalid rule, so the proxy keeps its last good snapshot
+//! instead of running a half-applied policy; `remora-proxy validate` reports the same findings.
+//! (A DestinationRule's `trafficPolicy` is checked when the rule is decoded.) Also the warnings
+//! about `tls` settings remora accepts but does not honour as written.
 
-use serde_json::Value;
-
-use crate::policy::traffic;
+use crate::policy::traffic::{self, TlsSettings, TrafficPolicySpec};
 
 use crate::rules::{DestinationRule, LoadContext, LoadError};
 
-/// The errors of the policy parts of `files` (name, bytes) whose decoded DestinationRules are
-/// `drs`; empty when every policy can be put in effect.
-pub fn check(
-    files: &[(String, Vec<u8>)],
-    drs: &[DestinationRule],
-    ctx: &LoadContext,
-) -> Vec<LoadError> {
-    match crate::policy::decode::decode(files, drs, ctx) {
+/// The errors of the policy parts of `files` (name, bytes) that are decoded apart from the
+/// kinds (`corsPolicy`, `RateLimit`); empty when every policy can be put in effect. (A
+/// DestinationRule's `trafficPolicy` is checked when its rule is decoded, so its errors are the
+/// loader's.)
+pub fn check(files: &[(String, Vec<u8>)], ctx: &LoadContext) -> Vec<LoadError> {
+    match crate::policy::decode::decode(files, ctx) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
     }
 }
 
-/// One `tls` setting a DestinationRule writes: (field path, subset, port, the object).
-type TlsDecl<'a> = (String, Option<&'a str>, Option<u16>, &'a Value);
+/// One `tls` setting a DestinationRule writes: (field path, subset, port, the setting).
+type TlsDecl<'a> = (String, Option<&'a str>, Option<u16>, &'a TlsSettings);
 
 fn walk_tls<'a>(
-    tp: Option<&'a Value>,
+    tp: Option<&'a TrafficPolicySpec>,
     base: String,
     subset: Option<&'a str>,
     out: &mut Vec<TlsDecl<'a>>,
 ) {
     let Some(tp) = tp else { return };
-    if let Some(t) = tp.get("tls") {
+    if let Some(t) = &tp.tls {
         out.push((format!("{base}.tls"), subset, None, t));
     }
-    let pls = tp.get("portLevelSettings").and_then(Value::as_array);
-    for (i, e) in pls.into_iter().flatten().enumerate() {
-        if let Some(t) = e.get("tls") {
-            let port = e
-                .get("port")
-                .and_then(|p| p.get("number"))
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok());
+    for (i, e) in tp.port_level_settings.iter().enumerate() {
+        if let Some(t) = &e.tls {
             out.push((
                 format!("{base}.portLevelSettings[{i}].tls"),
                 subset,
-                port,
+                e.port_number(),
                 t,
             ));
         }
@@ -82,10 +73,7 @@ fn tls_declarations(dr: &DestinationRule) -> Vec<TlsDecl<'_>> {
 pub fn warnings(drs: &[DestinationRule]) -> Vec<LoadError> {
     let mut out = Vec::new();
     for dr in drs {
-        for (field, subset, port, t) in tls_declarations(dr) {
-            let Ok(ts) = traffic::parse_tls(t, &field) else {
-                continue; // an error, reported by `check`
-            };
+        for (field, subset, port, ts) in tls_declarations(dr) {
             let mut target = dr.host.clone();
             if let Some(s) = subset {
                 target.push_str(&format!(" subset {s}"));
@@ -128,6 +116,7 @@ mod tests {
     use super::*;
     use crate::rules::load;
 
+    /// The loader's errors and the policy check's, as the linter reports them.
     fn errors_of(yaml: &str) -> Vec<String> {
         let ctx = LoadContext::default();
         let files = vec![("rules.yaml".to_string(), yaml.as_bytes().to_vec())];
@@ -138,9 +127,10 @@ mod tests {
             hash: String::new(),
         };
         let decoded = load::decode_inputs(&inputs, &ctx);
-        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
-        check(&files, &decoded.destination_rules, &ctx)
+        decoded
+            .errors
             .iter()
+            .chain(check(&files, &ctx).iter())
             .map(ToString::to_string)
             .collect()
     }
@@ -194,19 +184,20 @@ mod tests {
             "{DR}  subsets:\n  - name: v2\n    labels: {{version: v2}}\n    \
              trafficPolicy: {{loadBalancer: {{simple: FASTEST}}}}\n"
         );
-        let errs = errors_of(&yaml);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("subset \"v2\""), "{errs:?}");
-        assert!(errs[0].contains("FASTEST"), "{errs:?}");
+        // The decoder names the subset and the port-level entry by their field path.
+        assert_eq!(
+            errors_of(&yaml),
+            vec!["rules.yaml doc 1: spec.subsets[0].trafficPolicy.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"]
+        );
 
         let yaml = format!(
             "{DR}  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 9080}}\n      \
              tls: {{mode: SOMETIMES}}\n"
         );
-        let errs = errors_of(&yaml);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("port 9080"), "{errs:?}");
-        assert!(errs[0].contains("SOMETIMES"), "{errs:?}");
+        assert_eq!(
+            errors_of(&yaml),
+            vec!["rules.yaml doc 1: spec.trafficPolicy.portLevelSettings[0].tls.mode: \"SOMETIMES\" is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"]
+        );
     }
 
     #[test]
@@ -216,7 +207,10 @@ mod tests {
         let ctx = LoadContext::default();
         let errs = crate::rules::snapshot_from_yaml(&[("a.yaml", bad.as_str())], &ctx, 1)
             .expect_err("an invalid trafficPolicy rejects the rule set");
-        assert!(errs[0].to_string().contains("outlierDetection"), "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "a.yaml doc 1: spec.trafficPolicy.outlierDetection.consecutive5xxErrors: -3 is not a non-negative integer"
+        );
         let report = crate::lint::run_files(&[("a.yaml", bad.as_str())], &ctx);
         assert!(!report.is_ok());
         assert!(report.to_string().contains("outlierDetection"), "{report}");
@@ -232,13 +226,13 @@ mod tests {
         let vs = "\u{feff}apiVersion: networking.istio.io/v1\r\nkind: VirtualService\r\n\
                   metadata: {name: web}\r\nspec: {hosts: [web], http: [{route: [{destination: {host: web}}]}]}\r\n";
         let files = vec![("a.yaml".to_string(), vs.as_bytes().to_vec())];
-        assert!(check(&files, &[], &ctx).is_empty());
+        assert!(check(&files, &ctx).is_empty());
         let broken = vec![(
             "b.yaml".to_string(),
             b"kind: [unclosed\n---\nkind: x\n".to_vec(),
         )];
         assert!(
-            check(&broken, &[], &ctx).is_empty(),
+            check(&broken, &ctx).is_empty(),
             "syntax errors are the loader's to report"
         );
     }

@@ -1,12 +1,181 @@
-//! A DestinationRule's `trafficPolicy`, resolved for one destination (host, subset, port):
-//! the top-level policy, overridden field by field (`loadBalancer`, `connectionPool`,
-//! `outlierDetection`, `tls`) by the matching `portLevelSettings` entry, then by the subset's
-//! policy and its own `portLevelSettings` (Istio's precedence).
+//! The DestinationRule kind and its `trafficPolicy`, decoded once with the rule: each setting
+//! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`) is interpreted into its
+//! configuration type while decoding (`TrafficPolicySpec`; errors and unknown fields name the
+//! field path), and written back in Istio's shape for `/config_dump`. `resolve` gives the policy
+//! of one destination (host, subset, port): the top-level policy, overridden field by field by
+//! the matching `portLevelSettings` entry, then by the subset's policy and its own
+//! `portLevelSettings` (Istio's precedence).
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{lb, limits, outlier};
-use crate::kinds::DestinationRule;
+use crate::kinds::Meta;
+use crate::serde_util::IstioShape;
+
+/// A DestinationRule subset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The subset's `trafficPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// A DestinationRule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestinationRule {
+    pub meta: Meta,
+    /// Fully qualified; may be a wildcard.
+    pub host: String,
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// `trafficPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
+}
+
+/// A `trafficPolicy` (a DestinationRule's or a subset's), each setting already interpreted;
+/// read and written in Istio's shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub load_balancer: Option<lb::LbPolicy>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub connection_pool: Option<limits::PoolConfig>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub outlier_detection: Option<outlier::OutlierConfig>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub tls: Option<TlsSettings>,
+    /// Overrides per destination port (the first entry for a port is used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Istio's PROXY protocol, tunnelling and retry budget: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Value>,
+}
+
+/// One `portLevelSettings` entry: the settings of `trafficPolicy` for one destination port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub load_balancer: Option<lb::LbPolicy>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub connection_pool: Option<limits::PoolConfig>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub outlier_detection: Option<outlier::OutlierConfig>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_util::istio"
+    )]
+    pub tls: Option<TlsSettings>,
+}
+
+/// `port` of a `portLevelSettings` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u16>,
+}
+
+impl PortTrafficPolicy {
+    /// The port this entry is for.
+    pub fn port_number(&self) -> Option<u16> {
+        self.port.and_then(|p| p.number)
+    }
+}
+
+impl TrafficPolicySpec {
+    /// Every port named in `portLevelSettings`.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.port_level_settings
+            .iter()
+            .filter_map(PortTrafficPolicy::port_number)
+    }
+
+    /// Overlay this policy (and its `portLevelSettings` entry for `port`) onto `into`, field by
+    /// field.
+    fn overlay(&self, into: &mut TrafficPolicySpec, port: u16) {
+        let mut set = |lb: &Option<lb::LbPolicy>,
+                       pool: &Option<limits::PoolConfig>,
+                       od: &Option<outlier::OutlierConfig>,
+                       tls: &Option<TlsSettings>| {
+            if lb.is_some() {
+                into.load_balancer.clone_from(lb);
+            }
+            if pool.is_some() {
+                into.connection_pool.clone_from(pool);
+            }
+            if od.is_some() {
+                into.outlier_detection.clone_from(od);
+            }
+            if tls.is_some() {
+                into.tls.clone_from(tls);
+            }
+        };
+        set(
+            &self.load_balancer,
+            &self.connection_pool,
+            &self.outlier_detection,
+            &self.tls,
+        );
+        let entry = self
+            .port_level_settings
+            .iter()
+            .find(|e| e.port_number() == Some(port));
+        if let Some(e) = entry {
+            set(
+                &e.load_balancer,
+                &e.connection_pool,
+                &e.outlier_detection,
+                &e.tls,
+            );
+        }
+    }
+}
 
 /// `tls.mode` to an upstream: the summary other tools print. `TrafficPolicy::tls_settings`
 /// holds every field and is what the proxy acts on.
@@ -27,7 +196,7 @@ pub enum TlsMode {
 }
 
 /// The `tls.mode` values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum TlsKind {
     #[default]
     #[serde(rename = "DISABLE")]
@@ -40,6 +209,19 @@ pub enum TlsKind {
     /// sidecars (the linter warns; the proxy logs it).
     #[serde(rename = "ISTIO_MUTUAL")]
     IstioMutual,
+}
+
+const TLS_MODES: [(&str, TlsKind); 4] = [
+    ("DISABLE", TlsKind::Disable),
+    ("SIMPLE", TlsKind::Simple),
+    ("MUTUAL", TlsKind::Mutual),
+    ("ISTIO_MUTUAL", TlsKind::IstioMutual),
+];
+
+impl<'de> Deserialize<'de> for TlsKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::typed::one_of(d, &TLS_MODES, "DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL")
+    }
 }
 
 /// Every field of a `tls` setting (`ClientTLSSettings`).
@@ -99,6 +281,83 @@ impl TlsSettings {
     }
 }
 
+/// `tls` as Istio writes it (`ClientTLSSettings`); `TlsSettings` is what it means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// A certificate revocation list: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<Value>,
+}
+
+impl IstioShape for TlsSettings {
+    type Spec = ClientTlsSpec;
+
+    /// An empty string is an unset field; `MUTUAL` needs its certificate and key files unless
+    /// `credentialName` is set (Istio's validation: "client certificate required for mutual
+    /// tls").
+    fn from_spec(spec: ClientTlsSpec) -> Result<TlsSettings, String> {
+        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+        if let Some(i) = spec.subject_alt_names.iter().position(String::is_empty) {
+            return Err(format!("subjectAltNames[{i}] must not be empty"));
+        }
+        let t = TlsSettings {
+            mode: spec.mode.unwrap_or_default(),
+            ca_certificates: set(spec.ca_certificates),
+            client_certificate: set(spec.client_certificate),
+            private_key: set(spec.private_key),
+            sni: set(spec.sni),
+            subject_alt_names: spec.subject_alt_names,
+            insecure_skip_verify: spec.insecure_skip_verify.unwrap_or(false),
+            credential_name: set(spec.credential_name),
+        };
+        if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
+            if t.client_certificate.is_none() {
+                return Err(
+                    "clientCertificate is required when mode is MUTUAL (a PEM file path)"
+                        .to_string(),
+                );
+            }
+            if t.private_key.is_none() {
+                return Err(
+                    "privateKey is required when mode is MUTUAL (a PEM file path)".to_string(),
+                );
+            }
+        }
+        Ok(t)
+    }
+
+    fn to_spec(&self) -> ClientTlsSpec {
+        ClientTlsSpec {
+            mode: Some(self.mode),
+            client_certificate: self.client_certificate.clone(),
+            private_key: self.private_key.clone(),
+            ca_certificates: self.ca_certificates.clone(),
+            credential_name: self.credential_name.clone(),
+            subject_alt_names: self.subject_alt_names.clone(),
+            sni: self.sni.clone(),
+            insecure_skip_verify: self.insecure_skip_verify.then_some(true),
+            ca_crl: None,
+        }
+    }
+}
+
 /// The interpreted policy of one destination.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrafficPolicy {
@@ -111,175 +370,72 @@ pub struct TrafficPolicy {
     pub tls_settings: TlsSettings,
 }
 
-const FIELDS: [&str; 4] = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
-
-fn port_of(entry: &Value) -> Option<u16> {
-    entry
-        .get("port")
-        .and_then(|p| p.get("number"))
-        .and_then(Value::as_u64)
-        .and_then(|n| u16::try_from(n).ok())
-}
-
-/// Overlay `tp` (and its `portLevelSettings` entry for `port`) onto `into`.
-fn overlay(into: &mut Map<String, Value>, tp: &Value, port: u16) {
-    for f in FIELDS {
-        if let Some(v) = tp.get(f) {
-            into.insert(f.to_string(), v.clone());
-        }
-    }
-    if let Some(pls) = tp.get("portLevelSettings").and_then(Value::as_array) {
-        if let Some(e) = pls.iter().find(|e| port_of(e) == Some(port)) {
-            for f in FIELDS {
-                if let Some(v) = e.get(f) {
-                    into.insert(f.to_string(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The effective raw policy object for a destination.
-pub fn effective_raw(dr: &DestinationRule, subset: Option<&str>, port: u16) -> Value {
-    let mut m = Map::new();
+/// The settings in effect for a destination: the rule's, overridden by the matching
+/// `portLevelSettings` entry, then by the subset's policy and its entry (only the four
+/// settings; `portLevelSettings` and the settings remora does not apply are left empty).
+pub fn effective(dr: &DestinationRule, subset: Option<&str>, port: u16) -> TrafficPolicySpec {
+    let mut out = TrafficPolicySpec::default();
     if let Some(tp) = &dr.traffic_policy {
-        overlay(&mut m, tp, port);
+        tp.overlay(&mut out, port);
     }
     if let Some(s) = subset.and_then(|n| dr.subsets.iter().find(|s| s.name == n)) {
         if let Some(tp) = &s.traffic_policy {
-            overlay(&mut m, tp, port);
+            tp.overlay(&mut out, port);
         }
     }
-    Value::Object(m)
+    out
 }
 
-/// Interpret a raw (effective) policy; `field` names it in errors.
-pub fn parse(v: &Value, field: &str) -> Result<TrafficPolicy, String> {
-    let mut t = TrafficPolicy::default();
-    if let Some(x) = v.get("loadBalancer") {
-        t.load_balancer = lb::parse(x, &format!("{field}.loadBalancer"))?;
-    }
-    if let Some(x) = v.get("connectionPool") {
-        t.connection_pool = limits::parse(x, &format!("{field}.connectionPool"))?;
-    }
-    if let Some(x) = v.get("outlierDetection") {
-        t.outlier_detection = Some(outlier::parse(x, &format!("{field}.outlierDetection"))?);
-    }
-    if let Some(x) = v.get("tls") {
-        t.tls_settings = parse_tls(x, &format!("{field}.tls"))?;
-        let ts = &t.tls_settings;
-        t.tls = match ts.mode {
+/// `effective` in Istio's shape (`{"loadBalancer": {...}, "tls": {...}}`, only the settings that
+/// are set): what tools show, and what identifies the policy of a destination.
+pub fn effective_raw(dr: &DestinationRule, subset: Option<&str>, port: u16) -> Value {
+    serde_json::to_value(effective(dr, subset, port)).unwrap_or_default()
+}
+
+impl From<TrafficPolicySpec> for TrafficPolicy {
+    /// The settings of an effective policy, with Istio's defaults for those not set.
+    fn from(spec: TrafficPolicySpec) -> TrafficPolicy {
+        let tls_settings = spec.tls.unwrap_or_default();
+        let tls = match tls_settings.mode {
             TlsKind::Disable => TlsMode::Disable,
             TlsKind::Simple => TlsMode::Simple {
-                ca_certificates: ts.ca_certificates.clone(),
-                sni: ts.sni.clone(),
-                insecure_skip_verify: ts.insecure_skip_verify,
+                ca_certificates: tls_settings.ca_certificates.clone(),
+                sni: tls_settings.sni.clone(),
+                insecure_skip_verify: tls_settings.insecure_skip_verify,
             },
             TlsKind::Mutual => TlsMode::Unsupported("MUTUAL".to_string()),
             TlsKind::IstioMutual => TlsMode::Unsupported("ISTIO_MUTUAL".to_string()),
         };
+        TrafficPolicy {
+            load_balancer: spec.load_balancer.unwrap_or_default(),
+            connection_pool: spec.connection_pool.unwrap_or_default(),
+            outlier_detection: spec.outlier_detection,
+            tls,
+            tls_settings,
+        }
     }
-    Ok(t)
 }
 
-/// Interpret a `tls` object (`ClientTLSSettings`); `f` names it in errors.
-pub fn parse_tls(x: &Value, f: &str) -> Result<TlsSettings, String> {
-    if !x.is_object() {
-        return Err(format!("{f}: must be an object"));
-    }
-    let s = |k: &str| -> Result<Option<String>, String> {
-        match x.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) if v.is_empty() => Ok(None),
-            Some(Value::String(v)) => Ok(Some(v.clone())),
-            Some(other) => Err(format!("{f}.{k}: {other} is not a string")),
-        }
-    };
-    let mode = match s("mode")?.as_deref().unwrap_or("DISABLE") {
-        "DISABLE" => TlsKind::Disable,
-        "SIMPLE" => TlsKind::Simple,
-        "MUTUAL" => TlsKind::Mutual,
-        "ISTIO_MUTUAL" => TlsKind::IstioMutual,
-        other => {
-            return Err(format!(
-                "{f}.mode: {other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
-            ))
-        }
-    };
-    let insecure_skip_verify = match x.get("insecureSkipVerify") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(format!(
-                "{f}.insecureSkipVerify: {other} is not true or false"
-            ))
-        }
-    };
-    let subject_alt_names = match x.get("subjectAltNames") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => {
-            let mut out = Vec::new();
-            for (i, v) in a.iter().enumerate() {
-                match v.as_str() {
-                    Some(n) if !n.is_empty() => out.push(n.to_string()),
-                    _ => {
-                        return Err(format!(
-                            "{f}.subjectAltNames[{i}]: {v} is not a non-empty string"
-                        ))
-                    }
-                }
-            }
-            out
-        }
-        Some(other) => return Err(format!("{f}.subjectAltNames: {other} is not a list")),
-    };
-    let t = TlsSettings {
-        mode,
-        ca_certificates: s("caCertificates")?,
-        client_certificate: s("clientCertificate")?,
-        private_key: s("privateKey")?,
-        sni: s("sni")?,
-        subject_alt_names,
-        insecure_skip_verify,
-        credential_name: s("credentialName")?,
-    };
-    if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
-        // Istio's validation rejects this too ("client certificate required for mutual tls").
-        if t.client_certificate.is_none() {
-            return Err(format!(
-                "{f}.clientCertificate: required when mode is MUTUAL (a PEM file path)"
-            ));
-        }
-        if t.private_key.is_none() {
-            return Err(format!(
-                "{f}.privateKey: required when mode is MUTUAL (a PEM file path)"
-            ));
-        }
-    }
-    Ok(t)
-}
-
-/// Resolve and interpret the policy of a destination under a DestinationRule.
+/// The policy of a destination under a DestinationRule. Every setting was checked when the
+/// rule was decoded (by the loader, or when a `/config_dump` is read back), so this is always
+/// `Ok`; the `Result` keeps the callers' fallback to the defaults.
 pub fn resolve(
     dr: &DestinationRule,
     subset: Option<&str>,
     port: u16,
 ) -> Result<TrafficPolicy, String> {
-    let field = format!(
-        "DestinationRule {} ({} doc {}) trafficPolicy",
-        dr.meta.key(),
-        dr.meta.file,
-        dr.meta.document
-    );
-    parse(&effective_raw(dr, subset, port), &field)
+    Ok(effective(dr, subset, port).into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::{Meta, Subset};
     use serde_json::json;
     use std::time::Duration;
+
+    fn tp(v: Value) -> TrafficPolicySpec {
+        crate::typed::decode::<TrafficPolicySpec>(&v, "tp", &mut Vec::new()).unwrap()
+    }
 
     fn dr(top: Value, subset_tp: Value) -> DestinationRule {
         DestinationRule {
@@ -295,12 +451,18 @@ mod tests {
             subsets: vec![Subset {
                 name: "v2".into(),
                 labels: Default::default(),
-                traffic_policy: Some(subset_tp),
+                traffic_policy: Some(tp(subset_tp)),
             }],
             export_to: vec![],
-            traffic_policy: Some(top),
+            traffic_policy: Some(tp(top)),
             workload_selector: None,
         }
+    }
+
+    fn parse(v: Value) -> Result<TrafficPolicy, String> {
+        crate::typed::decode::<TrafficPolicySpec>(&v, "tp", &mut Vec::new())
+            .map(TrafficPolicy::from)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -345,13 +507,28 @@ mod tests {
                 .connect_timeout,
             Duration::from_secs(10)
         );
+        assert_eq!(
+            effective_raw(&d, Some("v2"), 9081),
+            json!({"loadBalancer": {"consistentHash": {"useSourceIp": true}},
+                   "connectionPool": {"tcp": {"maxConnections": 1}},
+                   "outlierDetection": {"consecutive5xxErrors": 7, "interval": "10s",
+                                        "baseEjectionTime": "30s", "maxEjectionPercent": 10,
+                                        "minHealthPercent": 0}})
+        );
+        assert_eq!(
+            d.traffic_policy
+                .as_ref()
+                .unwrap()
+                .ports()
+                .collect::<Vec<_>>(),
+            vec![9080]
+        );
     }
 
     #[test]
     fn tls_modes_and_errors() {
         let t = parse(
-            &json!({"tls": {"mode": "SIMPLE", "sni": "api.example.com", "caCertificates": "/etc/ca.pem"}}),
-            "tp",
+            json!({"tls": {"mode": "SIMPLE", "sni": "api.example.com", "caCertificates": "/etc/ca.pem"}}),
         )
         .unwrap();
         assert_eq!(
@@ -362,7 +539,7 @@ mod tests {
                 insecure_skip_verify: false
             }
         );
-        let t = parse(&json!({"tls": {"mode": "ISTIO_MUTUAL"}}), "tp").unwrap();
+        let t = parse(json!({"tls": {"mode": "ISTIO_MUTUAL"}})).unwrap();
         assert_eq!(t.tls, TlsMode::Unsupported("ISTIO_MUTUAL".into()));
         assert_eq!(t.tls_settings.mode, TlsKind::IstioMutual);
         assert_eq!(
@@ -370,10 +547,9 @@ mod tests {
             "ISTIO_MUTUAL (plain text: no mesh identity)"
         );
         let t = parse(
-            &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
+            json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
                             "caCertificates": "/ca.pem", "sni": "a.test",
                             "subjectAltNames": ["spiffe://td/ns/a/sa/b", "a.test"]}}),
-            "tp",
         )
         .unwrap();
         assert_eq!(
@@ -393,59 +569,69 @@ mod tests {
             t.tls_settings.summary(),
             "MUTUAL sni=a.test cert=/c.pem key=/k.pem ca=/ca.pem san=spiffe://td/ns/a/sa/b,a.test"
         );
+        // Written back in Istio's shape, it reads the same.
+        let back = serde_json::to_value(t.tls_settings.to_spec()).unwrap();
+        assert_eq!(parse(json!({ "tls": back })).unwrap(), t);
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.clientCertificate: required when mode is MUTUAL (a PEM file path)"
+            parse(json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}})).unwrap_err(),
+            "tp.tls: clientCertificate is required when mode is MUTUAL (a PEM file path)"
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.privateKey: required when mode is MUTUAL (a PEM file path)"
+            parse(json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c"}})).unwrap_err(),
+            "tp.tls: privateKey is required when mode is MUTUAL (a PEM file path)"
         );
         // credentialName alone is accepted (Istio accepts it); the linter warns and the
         // destination fails closed.
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "credentialName": "s"}}),
-                "tp"
-            )
-            .unwrap()
-            .tls_settings
-            .credential_name
-            .as_deref(),
+            parse(json!({"tls": {"mode": "MUTUAL", "credentialName": "s"}}))
+                .unwrap()
+                .tls_settings
+                .credential_name
+                .as_deref(),
             Some("s")
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "SIMPLE", "subjectAltNames": "a"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.subjectAltNames: \"a\" is not a list"
+            parse(json!({"tls": {"mode": "SIMPLE", "subjectAltNames": "a"}})).unwrap_err(),
+            "tp.tls.subjectAltNames: expected a list, found the string \"a\""
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.insecureSkipVerify: \"yes\" is not true or false"
+            parse(json!({"tls": {"mode": "SIMPLE", "subjectAltNames": ["a", ""]}})).unwrap_err(),
+            "tp.tls: subjectAltNames[1] must not be empty"
         );
         assert_eq!(
-            parse(&json!({"tls": {"mode": "STRICT"}}), "tp").unwrap_err(),
+            parse(json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}})).unwrap_err(),
+            "tp.tls.insecureSkipVerify: expected true or false, found the string \"yes\""
+        );
+        assert_eq!(
+            parse(json!({"tls": {"mode": "STRICT"}})).unwrap_err(),
             "tp.tls.mode: \"STRICT\" is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
         );
-        let d = dr(json!({"loadBalancer": {"simple": "NOPE"}}), json!({}));
         assert_eq!(
-            resolve(&d, None, 80).unwrap_err(),
-            "DestinationRule default/r (r.yaml doc 1) trafficPolicy.loadBalancer.simple: \"NOPE\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
+            parse(json!({"portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "NOPE"}}]}))
+                .unwrap_err(),
+            "tp.portLevelSettings[0].loadBalancer.simple: \"NOPE\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
+        );
+    }
+
+    #[test]
+    fn dump_shape_round_trips() {
+        let d = dr(
+            json!({"loadBalancer": {"simple": "LEAST_CONN", "localityLbSetting": {"enabled": true}},
+                   "tls": {"mode": "SIMPLE", "sni": "x"},
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3}}}],
+                   "tunnel": {"protocol": "CONNECT"}}),
+            json!({}),
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        let back: DestinationRule = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["traffic_policy"],
+            json!({"loadBalancer": {"simple": "LEAST_REQUEST"},
+                   "tls": {"mode": "SIMPLE", "sni": "x"},
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3}}}],
+                   "tunnel": {"protocol": "CONNECT"}})
         );
     }
 }

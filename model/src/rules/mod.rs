@@ -1,5 +1,7 @@
 //! The rules: an Istio-shaped config model (VirtualService, DestinationRule, ServiceEntry,
 //! Sidecar), its loader from a ConfigMap-style directory. The proxy adds the hot-reload watcher.
+//! `model` is every kind in one place (`crate::kinds` and the DestinationRule of
+//! `crate::policy::traffic`).
 //!
 //! `load_dir` is the only entry that reads files (and resolves `resolution: DNS` names);
 //! everything it produces is a plain value (`Snapshot`) that `crate::route::route` evaluates
@@ -15,14 +17,19 @@ pub mod decode;
 pub mod digest;
 pub mod endpoints;
 pub mod load;
-pub mod schema;
 
 pub use crate::host;
-pub use crate::kinds as model;
 pub use crate::kinds::*;
+pub use crate::policy::traffic::{DestinationRule, Subset};
 pub use crate::policy::PolicyKinds;
 pub use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
+
+/// The kinds as the model holds them.
+pub mod model {
+    pub use crate::kinds::*;
+    pub use crate::policy::traffic::{DestinationRule, Subset};
+}
 
 /// The application protocol of a destination port, when the rules say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -676,8 +683,8 @@ pub fn load_inputs(
     if !decoded.errors.is_empty() {
         return Err(decoded.errors);
     }
-    // An invalid trafficPolicy, corsPolicy or RateLimit rejects the set like any other error.
-    let policy = crate::policy::decode::decode(&inputs.files, &decoded.destination_rules, ctx)?;
+    // An invalid corsPolicy or RateLimit rejects the set like any other error.
+    let policy = crate::policy::decode::decode(&inputs.files, ctx)?;
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
     let mut snap = build_snapshot(
         decoded,
