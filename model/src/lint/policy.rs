@@ -1,20 +1,20 @@
 //! Load-time checks of the policy parts of a rule set decoded apart from the kinds: every
-//! VirtualService route's `corsPolicy` and every `RateLimit`. A rule set with an invalid one is
-//! rejected as a whole, like any other invalid rule, so the proxy keeps its last good snapshot
-//! instead of running a half-applied policy; `remora-proxy validate` reports the same findings.
-//! (A DestinationRule's `trafficPolicy` is checked when the rule is decoded.) Also the warnings
-//! about `tls` settings remora accepts but does not honour as written.
+//! `RateLimit`. A rule set with an invalid one is rejected as a whole, like any other invalid
+//! rule, so the proxy keeps its last good snapshot instead of running a half-applied policy;
+//! `remora-proxy validate` reports the same findings. (A DestinationRule's `trafficPolicy` and
+//! a route's `corsPolicy` are checked when their rule is decoded.) Also the warnings about
+//! `tls` settings remora accepts but does not honour as written.
 
 use crate::policy::traffic::{self, TlsSettings, TrafficPolicySpec};
 
 use crate::rules::{DestinationRule, LoadContext, LoadError};
 
-/// The errors of the policy parts of `files` (name, bytes) that are decoded apart from the
-/// kinds (`corsPolicy`, `RateLimit`); empty when every policy can be put in effect. (A
-/// DestinationRule's `trafficPolicy` is checked when its rule is decoded, so its errors are the
-/// loader's.)
+/// The errors of the policy parts of `files` (name, bytes) decoded apart from the kinds (every
+/// `RateLimit`); empty when every one can be put in effect. (A DestinationRule's
+/// `trafficPolicy` and a route's `corsPolicy` are checked when their rule is decoded, so their
+/// errors are the loader's.)
 pub fn check(files: &[(String, Vec<u8>)], ctx: &LoadContext) -> Vec<LoadError> {
-    match crate::policy::decode::decode(files, ctx) {
+    match crate::policy::decode::rate_limits(files, ctx) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
     }
@@ -243,9 +243,11 @@ mod tests {
                   metadata: {name: web, namespace: default}\nspec:\n  hosts: [web]\n  http:\n  \
                   - route:\n    - destination: {host: web}\n    \
                   corsPolicy: {allowOrigins: [{regex: \"(\"}]}\n";
-        let errs = errors_of(vs);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("default/web spec.http[0]"), "{errs:?}");
+        // Decoded with its VirtualService: the error names the document and the field path.
+        assert_eq!(
+            errors_of(vs),
+            vec!["rules.yaml doc 1: spec.http[0].corsPolicy.allowOrigins[0].regex: invalid regex \"(\": error: unclosed group"]
+        );
 
         let rl = "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\n\
                   metadata: {name: rl, namespace: default}\nspec: {}\n";

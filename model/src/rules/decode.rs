@@ -4,7 +4,7 @@
 //! reports the fields they do not define as warnings. Istio's checks across fields, host
 //! qualification and regex compilation then run on the typed value, naming the field path the
 //! same way. A DestinationRule's `trafficPolicy` is decoded in the same pass, into
-//! `policy::traffic::TrafficPolicySpec`.
+//! `policy::traffic::TrafficPolicySpec`, and a route's `corsPolicy` into `policy::cors::Cors`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::host::{check_host, qualify};
 use crate::kinds::*;
+use crate::policy::cors::{Cors, CorsSpec};
 use crate::policy::traffic::{DestinationRule, Subset, TrafficPolicySpec};
 pub use crate::typed::{fail, FieldError, Unknown, R};
 use crate::typed::{Dur, Int, Percent, Port};
@@ -147,9 +148,7 @@ struct HttpRouteSpec {
     mirror_percentage: Option<PercentSpec>,
     /// The deprecated integer form of `mirrorPercentage.value`.
     mirror_percent: Option<Int<0, 100>>,
-    /// Decoded by `policy::cors`.
-    #[allow(dead_code)]
-    cors_policy: Option<Value>,
+    cors_policy: Option<CorsSpec>,
     headers: Option<HeadersSpec>,
 }
 
@@ -695,7 +694,8 @@ fn weighted(
     })
 }
 
-fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
+/// A route and its `corsPolicy`.
+fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<(HttpRoute, Option<Cors>)> {
     if r.delegate.is_some() {
         return fail(
             &join(path, "delegate"),
@@ -783,7 +783,7 @@ fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
             cx,
         )?);
     }
-    Ok(HttpRoute {
+    let route = HttpRoute {
         name: r.name,
         path: path.to_string(),
         matches,
@@ -793,7 +793,12 @@ fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
         rewrite,
         headers: headers(r.headers, path)?,
         policy,
-    })
+    };
+    let cors = r
+        .cors_policy
+        .map(|c| Cors::from_spec(c, &join(path, "corsPolicy")))
+        .transpose()?;
+    Ok((route, cors))
 }
 
 fn l4_route(r: L4RouteSpec, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
@@ -886,20 +891,26 @@ fn export_to(list: Vec<String>) -> R<Vec<String>> {
     Ok(list)
 }
 
-/// Decode a VirtualService's `spec`; the unknown fields are added to `unknown`.
+/// Decode a VirtualService's `spec`: the kind and the `corsPolicy` of its routes (by route
+/// path, `spec.http[i]`); the unknown fields are added to `unknown`.
 pub fn virtual_service(
     meta: Meta,
     spec: &Value,
     cx: &DocCtx<'_>,
     unknown: &mut Vec<Unknown>,
-) -> R<VirtualService> {
+) -> R<(VirtualService, Vec<(String, Cors)>)> {
     let s = crate::typed::decode::<VirtualServiceSpec>(spec, "spec", unknown)?;
     if s.hosts.is_empty() {
         return fail("spec.hosts", "at least one host is required");
     }
     let mut http = Vec::new();
+    let mut cors = Vec::new();
     for (i, r) in s.http.into_iter().enumerate() {
-        http.push(http_route(r, &format!("spec.http[{i}]"), cx)?);
+        let (route, c) = http_route(r, &format!("spec.http[{i}]"), cx)?;
+        if let Some(c) = c {
+            cors.push((route.path.clone(), c));
+        }
+        http.push(route);
     }
     let gw_mesh = |g: &[String]| g.is_empty() || g.iter().any(|g| g == "mesh");
     let applies_to_mesh = gw_mesh(&s.gateways)
@@ -943,7 +954,7 @@ pub fn virtual_service(
         tls,
         applies_to_mesh,
     };
-    Ok(vs)
+    Ok((vs, cors))
 }
 
 // ------------------------------------------------------------------------------ DestinationRule
@@ -1477,7 +1488,7 @@ http:
 "#;
         let v: Value = serde_yaml_ng::from_str(spec).unwrap();
         let mut unknown = Vec::new();
-        let vs = virtual_service(meta(), &v, &cx(), &mut unknown).unwrap();
+        let (vs, _) = virtual_service(meta(), &v, &cx(), &mut unknown).unwrap();
         assert_eq!(unknown, vec![]);
         assert_eq!(
             vs.hosts,
@@ -1561,6 +1572,7 @@ frobnicate: true
         .unwrap();
         let mut unknown = Vec::new();
         virtual_service(meta(), &spec, &cx(), &mut unknown).unwrap();
+        assert_eq!(unknown.len(), 7, "{unknown:?}");
         let got: Vec<(String, Option<&str>)> = unknown
             .iter()
             .map(|u| (u.field.clone(), u.suggestion))
@@ -1576,6 +1588,8 @@ frobnicate: true
                     Some("subset")
                 ),
                 ("spec.http[0].route[0].wieght".to_string(), Some("weight")),
+                // corsPolicy is typed like the rest of the route.
+                ("spec.http[1].corsPolicy.anything".to_string(), None),
                 (
                     "spec.http[1].match[0].headers.end-user.exactly".to_string(),
                     Some("exact")

@@ -2,7 +2,9 @@
 //! envelope (`apiVersion`, `kind`, `metadata`, a `v1 List`) here, each kind's `spec` by
 //! `decode` (networking) or `crate::security` (security), all with the one typed decoder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -10,6 +12,7 @@ use serde_json::Value;
 use super::decode::{self, DocCtx};
 use super::{DestinationRule, LoadContext, LoadError};
 use crate::kinds::*;
+use crate::policy::cors::Cors;
 use crate::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
@@ -113,6 +116,8 @@ pub struct Decoded {
     pub errors: Vec<LoadError>,
     /// Fields the API does not define (accepted, ignored): warnings, not errors.
     pub unknown_fields: Vec<LoadError>,
+    /// Every VirtualService route's `corsPolicy`, by (`namespace/name`, `spec.http[i]`).
+    pub cors: BTreeMap<(String, String), Arc<Cors>>,
     /// Number of documents read (not counting empty ones).
     pub documents: usize,
 }
@@ -445,7 +450,10 @@ fn decode_object(
                 .iter()
                 .map(|v| &v.meta)
                 .find(|m| same(m)))?;
-            let vs = decode::virtual_service(meta, spec, &cx, unknown)?;
+            let (vs, cors) = decode::virtual_service(meta, spec, &cx, unknown)?;
+            for (route, c) in cors {
+                out.cors.insert((vs.meta.key(), route), Arc::new(c));
+            }
             out.virtual_services.push(vs);
         }
         "DestinationRule" => {

@@ -76,7 +76,8 @@ pub struct Snapshot {
     /// The `resolution: DNS` names resolved while loading and their answers (the watcher
     /// re-resolves them at each rescan and applies a new generation when they change).
     pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
-    /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set.
+    /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set
+    /// (`build_snapshot` keeps the routes' CORS policies, `load_inputs` adds the rate limits).
     pub policy: PolicyKinds,
 }
 
@@ -460,6 +461,7 @@ pub fn build_snapshot(
 ) -> Snapshot {
     let mut ignored = decoded.ignored;
     let unknown_fields = decoded.unknown_fields;
+    let cors = decoded.cors;
     let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
     for sc in &decoded.sidecars {
         if sidecar.as_ref().is_none_or(|s| s.meta != sc.meta) {
@@ -650,7 +652,10 @@ pub fn build_snapshot(
         index: Indexes::default(),
         unknown_fields,
         dns,
-        policy: PolicyKinds::default(),
+        policy: PolicyKinds {
+            cors,
+            rate_limits: Vec::new(),
+        },
     };
     snap.reindex();
     snap
@@ -683,8 +688,8 @@ pub fn load_inputs(
     if !decoded.errors.is_empty() {
         return Err(decoded.errors);
     }
-    // An invalid corsPolicy or RateLimit rejects the set like any other error.
-    let policy = crate::policy::decode::decode(&inputs.files, ctx)?;
+    // An invalid RateLimit rejects the set like any other error.
+    let rate_limits = crate::policy::decode::rate_limits(&inputs.files, ctx)?;
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
     let mut snap = build_snapshot(
         decoded,
@@ -696,7 +701,7 @@ pub fn load_inputs(
         resolve,
     );
     snap.skipped_files = inputs.skipped.clone();
-    snap.policy = policy;
+    snap.policy.rate_limits = rate_limits;
     Ok(snap)
 }
 
