@@ -1,6 +1,6 @@
 //! Serde helpers shared by the model kinds and the config dump: durations as Istio writes them
 //! (`"1.5s"`), `(name, value)` pairs as a mapping in document order, CIDRs as strings, and
-//! configuration types kept interpreted but written in Istio's shape (`IstioShape`, `istio`).
+//! settings kept as written in Istio's shape next to what they mean (`Setting`).
 //! Each is written once and used in both directions, so what the proxy serves is what the CLI
 //! reads back.
 
@@ -96,31 +96,39 @@ pub mod nets {
 }
 
 /// A configuration type that rules write in Istio's shape `Spec` (a DestinationRule's
-/// `loadBalancer`, `connectionPool`, ...): read by decoding `Spec` and interpreting it
-/// (`from_spec`, whose error says what is wrong), written back as `Spec` (`to_spec`), so that
-/// `from_spec(to_spec(x)) == x`.
+/// `loadBalancer`, `connectionPool`, ...), interpreted by `from_spec`, whose error says what is
+/// wrong.
 pub trait IstioShape: Sized {
-    type Spec: serde::Serialize + serde::de::DeserializeOwned;
-    fn from_spec(spec: Self::Spec) -> Result<Self, String>;
-    fn to_spec(&self) -> Self::Spec;
+    type Spec: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + std::fmt::Debug;
+    fn from_spec(spec: &Self::Spec) -> Result<Self, String>;
 }
 
-/// `Option<T>` ↔ `T`'s Istio shape (`#[serde(default, with = "crate::serde_util::istio")]`).
-pub mod istio {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// A setting as written (Istio's shape, typed) and what it means (`value`), decoded together:
+/// reading it decodes `spec` and interprets it at once, so an invalid setting is an error of
+/// the document that holds it; writing it writes `spec` (what `/config_dump` shows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting<T: IstioShape> {
+    pub spec: T::Spec,
+    pub value: T,
+}
 
-    use super::IstioShape;
-
-    pub fn serialize<T: IstioShape, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().map(T::to_spec).serialize(s)
+impl<T: IstioShape> Setting<T> {
+    /// Interpret `spec`.
+    pub fn new(spec: T::Spec) -> Result<Setting<T>, String> {
+        let value = T::from_spec(&spec)?;
+        Ok(Setting { spec, value })
     }
+}
 
-    pub fn deserialize<'de, T: IstioShape, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<T>, D::Error> {
-        Option::<T::Spec>::deserialize(d)?
-            .map(T::from_spec)
-            .transpose()
-            .map_err(serde::de::Error::custom)
+impl<T: IstioShape> serde::Serialize for Setting<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.spec, s)
+    }
+}
+
+impl<'de, T: IstioShape> serde::Deserialize<'de> for Setting<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = <T::Spec as serde::Deserialize>::deserialize(d)?;
+        Setting::new(spec).map_err(serde::de::Error::custom)
     }
 }

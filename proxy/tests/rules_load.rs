@@ -648,9 +648,10 @@ spec:
             ("v3".to_string(), "v3".to_string())
         ]
     );
+    let lb = dr.traffic_policy.as_ref().unwrap().load_balancer.as_ref();
     assert_eq!(
-        dr.traffic_policy.as_ref().unwrap().load_balancer,
-        Some(remora_model::policy::lb::LbPolicy::Random)
+        lb.map(|s| &s.value),
+        Some(&remora_model::policy::lb::LbPolicy::Random)
     );
     assert_eq!(
         s.ignored.iter().map(|i| i.reason.as_str()).collect::<Vec<_>>(),

@@ -31,7 +31,7 @@ fn walk_tls<'a>(
 ) {
     let Some(tp) = tp else { return };
     if let Some(t) = &tp.tls {
-        out.push((format!("{base}.tls"), subset, None, t));
+        out.push((format!("{base}.tls"), subset, None, &t.value));
     }
     for (i, e) in tp.port_level_settings.iter().enumerate() {
         if let Some(t) = &e.tls {
@@ -39,7 +39,7 @@ fn walk_tls<'a>(
                 format!("{base}.portLevelSettings[{i}].tls"),
                 subset,
                 e.port_number(),
-                t,
+                &t.value,
             ));
         }
     }

@@ -1,10 +1,10 @@
 //! The DestinationRule kind and its `trafficPolicy`, decoded once with the rule: each setting
-//! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`) is interpreted into its
-//! configuration type while decoding (`TrafficPolicySpec`; errors and unknown fields name the
-//! field path), and written back in Istio's shape for `/config_dump`. `resolve` gives the policy
-//! of one destination (host, subset, port): the top-level policy, overridden field by field by
-//! the matching `portLevelSettings` entry, then by the subset's policy and its own
-//! `portLevelSettings` (Istio's precedence).
+//! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`) is kept as written and
+//! interpreted into its configuration type while decoding (`TrafficPolicySpec`, whose settings
+//! are `serde_util::Setting`s; errors and unknown fields name the field path); `/config_dump`
+//! shows them as written. `resolve` gives the policy of one destination (host, subset, port):
+//! the top-level policy, overridden field by field by the matching `portLevelSettings` entry,
+//! then by the subset's policy and its own `portLevelSettings` (Istio's precedence).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{lb, limits, outlier};
 use crate::kinds::Meta;
-use crate::serde_util::IstioShape;
+use crate::serde_util::{IstioShape, Setting};
 
 /// A DestinationRule subset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,35 +41,19 @@ pub struct DestinationRule {
     pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
-/// A `trafficPolicy` (a DestinationRule's or a subset's), each setting already interpreted;
-/// read and written in Istio's shape.
+/// A `trafficPolicy` (a DestinationRule's or a subset's): each setting as written and what it
+/// means, interpreted when the rule is decoded; read and written in Istio's shape.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub load_balancer: Option<lb::LbPolicy>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub connection_pool: Option<limits::PoolConfig>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub outlier_detection: Option<outlier::OutlierConfig>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub tls: Option<TlsSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<Setting<lb::LbPolicy>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Setting<limits::PoolConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Setting<outlier::OutlierConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Setting<TlsSettings>>,
     /// Overrides per destination port (the first entry for a port is used).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
@@ -88,30 +72,14 @@ pub struct TrafficPolicySpec {
 pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<PortSelector>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub load_balancer: Option<lb::LbPolicy>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub connection_pool: Option<limits::PoolConfig>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub outlier_detection: Option<outlier::OutlierConfig>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::serde_util::istio"
-    )]
-    pub tls: Option<TlsSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<Setting<lb::LbPolicy>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Setting<limits::PoolConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Setting<outlier::OutlierConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Setting<TlsSettings>>,
 }
 
 /// `port` of a `portLevelSettings` entry.
@@ -139,10 +107,10 @@ impl TrafficPolicySpec {
     /// Overlay this policy (and its `portLevelSettings` entry for `port`) onto `into`, field by
     /// field.
     fn overlay(&self, into: &mut TrafficPolicySpec, port: u16) {
-        let mut set = |lb: &Option<lb::LbPolicy>,
-                       pool: &Option<limits::PoolConfig>,
-                       od: &Option<outlier::OutlierConfig>,
-                       tls: &Option<TlsSettings>| {
+        let mut set = |lb: &Option<Setting<lb::LbPolicy>>,
+                       pool: &Option<Setting<limits::PoolConfig>>,
+                       od: &Option<Setting<outlier::OutlierConfig>>,
+                       tls: &Option<Setting<TlsSettings>>| {
             if lb.is_some() {
                 into.load_balancer.clone_from(lb);
             }
@@ -312,20 +280,20 @@ impl IstioShape for TlsSettings {
     /// An empty string is an unset field; `MUTUAL` needs its certificate and key files unless
     /// `credentialName` is set (Istio's validation: "client certificate required for mutual
     /// tls").
-    fn from_spec(spec: ClientTlsSpec) -> Result<TlsSettings, String> {
-        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    fn from_spec(spec: &ClientTlsSpec) -> Result<TlsSettings, String> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         if let Some(i) = spec.subject_alt_names.iter().position(String::is_empty) {
             return Err(format!("subjectAltNames[{i}] must not be empty"));
         }
         let t = TlsSettings {
             mode: spec.mode.unwrap_or_default(),
-            ca_certificates: set(spec.ca_certificates),
-            client_certificate: set(spec.client_certificate),
-            private_key: set(spec.private_key),
-            sni: set(spec.sni),
-            subject_alt_names: spec.subject_alt_names,
+            ca_certificates: set(&spec.ca_certificates),
+            client_certificate: set(&spec.client_certificate),
+            private_key: set(&spec.private_key),
+            sni: set(&spec.sni),
+            subject_alt_names: spec.subject_alt_names.clone(),
             insecure_skip_verify: spec.insecure_skip_verify.unwrap_or(false),
-            credential_name: set(spec.credential_name),
+            credential_name: set(&spec.credential_name),
         };
         if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
             if t.client_certificate.is_none() {
@@ -341,20 +309,6 @@ impl IstioShape for TlsSettings {
             }
         }
         Ok(t)
-    }
-
-    fn to_spec(&self) -> ClientTlsSpec {
-        ClientTlsSpec {
-            mode: Some(self.mode),
-            client_certificate: self.client_certificate.clone(),
-            private_key: self.private_key.clone(),
-            ca_certificates: self.ca_certificates.clone(),
-            credential_name: self.credential_name.clone(),
-            subject_alt_names: self.subject_alt_names.clone(),
-            sni: self.sni.clone(),
-            insecure_skip_verify: self.insecure_skip_verify.then_some(true),
-            ca_crl: None,
-        }
     }
 }
 
@@ -395,7 +349,7 @@ pub fn effective_raw(dr: &DestinationRule, subset: Option<&str>, port: u16) -> V
 impl From<TrafficPolicySpec> for TrafficPolicy {
     /// The settings of an effective policy, with Istio's defaults for those not set.
     fn from(spec: TrafficPolicySpec) -> TrafficPolicy {
-        let tls_settings = spec.tls.unwrap_or_default();
+        let tls_settings = spec.tls.map(|s| s.value).unwrap_or_default();
         let tls = match tls_settings.mode {
             TlsKind::Disable => TlsMode::Disable,
             TlsKind::Simple => TlsMode::Simple {
@@ -407,9 +361,9 @@ impl From<TrafficPolicySpec> for TrafficPolicy {
             TlsKind::IstioMutual => TlsMode::Unsupported("ISTIO_MUTUAL".to_string()),
         };
         TrafficPolicy {
-            load_balancer: spec.load_balancer.unwrap_or_default(),
-            connection_pool: spec.connection_pool.unwrap_or_default(),
-            outlier_detection: spec.outlier_detection,
+            load_balancer: spec.load_balancer.map(|s| s.value).unwrap_or_default(),
+            connection_pool: spec.connection_pool.map(|s| s.value).unwrap_or_default(),
+            outlier_detection: spec.outlier_detection.map(|s| s.value),
             tls,
             tls_settings,
         }
@@ -511,9 +465,7 @@ mod tests {
             effective_raw(&d, Some("v2"), 9081),
             json!({"loadBalancer": {"consistentHash": {"useSourceIp": true}},
                    "connectionPool": {"tcp": {"maxConnections": 1}},
-                   "outlierDetection": {"consecutive5xxErrors": 7, "interval": "10s",
-                                        "baseEjectionTime": "30s", "maxEjectionPercent": 10,
-                                        "minHealthPercent": 0}})
+                   "outlierDetection": {"consecutive5xxErrors": 7}})
         );
         assert_eq!(
             d.traffic_policy
@@ -569,9 +521,6 @@ mod tests {
             t.tls_settings.summary(),
             "MUTUAL sni=a.test cert=/c.pem key=/k.pem ca=/ca.pem san=spiffe://td/ns/a/sa/b,a.test"
         );
-        // Written back in Istio's shape, it reads the same.
-        let back = serde_json::to_value(t.tls_settings.to_spec()).unwrap();
-        assert_eq!(parse(json!({ "tls": back })).unwrap(), t);
         assert_eq!(
             parse(json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}})).unwrap_err(),
             "tp.tls: clientCertificate is required when mode is MUTUAL (a PEM file path)"
@@ -618,7 +567,7 @@ mod tests {
         let d = dr(
             json!({"loadBalancer": {"simple": "LEAST_CONN", "localityLbSetting": {"enabled": true}},
                    "tls": {"mode": "SIMPLE", "sni": "x"},
-                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3}}}],
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3, "idleTimeout": "1m30s"}}}],
                    "tunnel": {"protocol": "CONNECT"}}),
             json!({}),
         );
@@ -626,11 +575,12 @@ mod tests {
         let back: DestinationRule = serde_json::from_str(&text).unwrap();
         assert_eq!(back, d);
         let v: Value = serde_json::from_str(&text).unwrap();
+        // As written (durations in seconds).
         assert_eq!(
             v["traffic_policy"],
-            json!({"loadBalancer": {"simple": "LEAST_REQUEST"},
+            json!({"loadBalancer": {"simple": "LEAST_CONN", "localityLbSetting": {"enabled": true}},
                    "tls": {"mode": "SIMPLE", "sni": "x"},
-                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3}}}],
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3, "idleTimeout": "90s"}}}],
                    "tunnel": {"protocol": "CONNECT"}})
         );
     }

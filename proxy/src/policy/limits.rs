@@ -193,7 +193,7 @@ mod tests {
     fn parse(v: &serde_json::Value, field: &str) -> Result<PoolConfig, String> {
         remora_model::typed::decode::<ConnectionPoolSpec>(v, field, &mut Vec::new())
             .map_err(|e| e.to_string())
-            .and_then(PoolConfig::from_spec)
+            .and_then(|spec| PoolConfig::from_spec(&spec))
     }
 
     #[test]
