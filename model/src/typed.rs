@@ -678,7 +678,7 @@ impl<'de> Deserialize<'de> for Dur {
                 Err(V::number(n))
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<Dur, E> {
-                Err(V::number(n))
+                Err(V::number(number(n)))
             }
             fn visit_bool<E: de::Error>(self, b: bool) -> Result<Dur, E> {
                 Err(V::other(&b.to_string()))
@@ -739,11 +739,25 @@ pub fn one_of<'de, D: Deserializer<'de>, T: Copy>(
     listed: &str,
 ) -> Result<T, D::Error> {
     let s = String::deserialize(d)?;
+    pick(&s, names, listed).map_err(de::Error::custom)
+}
+
+/// The value `s` names among `names`, or the error `one_of` gives.
+pub fn pick<T: Copy>(s: &str, names: &[(&str, T)], listed: &str) -> Result<T, String> {
     names
         .iter()
         .find(|(n, _)| *n == s)
         .map(|(_, t)| *t)
-        .ok_or_else(|| de::Error::custom(format!("{s:?} is not {listed}")))
+        .ok_or_else(|| format!("{s:?} is not {listed}"))
+}
+
+/// A number as a message shows it (`1.5`, `1e99`).
+fn number(f: f64) -> String {
+    if f.abs() >= 1e16 {
+        format!("{f:e}")
+    } else {
+        f.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -790,6 +804,7 @@ mod tests {
             (json!({"items": [{"weight": "5"}]}), "spec.items[0].weight: expected an integer, found the string \"5\" (remove the quotes)"),
             (json!({"items": [{"weight": 1.5}]}), "spec.items[0].weight: expected an integer, found 1.5"),
             (json!({"timeout": 10}), "spec.timeout: expected a duration such as \"10s\" or \"100ms\", found the number 10"),
+            (json!({"timeout": 1e99}), "spec.timeout: expected a duration such as \"1e99s\" or \"100ms\", found the number 1e99"),
             (json!({"timeout": "10x"}), "spec.timeout: invalid duration \"10x\": unknown unit \"x\" (ns, us, ms, s, m, h)"),
             (json!({"count": -1}), "spec.count: -1 is not a non-negative integer"),
             (json!({"count": 5000000000u64}), "spec.count: 5000000000 is out of range 0..=4294967295"),

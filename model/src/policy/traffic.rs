@@ -186,9 +186,21 @@ const TLS_MODES: [(&str, TlsKind); 4] = [
     ("ISTIO_MUTUAL", TlsKind::IstioMutual),
 ];
 
+const TLS_LISTED: &str = "DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL";
+
 impl<'de> Deserialize<'de> for TlsKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::typed::one_of(d, &TLS_MODES, "DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL")
+        crate::typed::one_of(d, &TLS_MODES, TLS_LISTED)
+    }
+}
+
+/// `tls.mode`: an empty string is unset (DISABLE), like the other fields of `tls`.
+fn tls_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TlsKind>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(s) if !s.is_empty() => crate::typed::pick(&s, &TLS_MODES, TLS_LISTED)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        _ => Ok(None),
     }
 }
 
@@ -253,7 +265,11 @@ impl TlsSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientTlsSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tls_mode"
+    )]
     pub mode: Option<TlsKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
@@ -550,6 +566,12 @@ mod tests {
         assert_eq!(
             parse(json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}})).unwrap_err(),
             "tp.tls.insecureSkipVerify: expected true or false, found the string \"yes\""
+        );
+        assert_eq!(
+            parse(json!({"tls": {"mode": "", "sni": ""}}))
+                .unwrap()
+                .tls_settings,
+            TlsSettings::default()
         );
         assert_eq!(
             parse(json!({"tls": {"mode": "STRICT"}})).unwrap_err(),
