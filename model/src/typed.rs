@@ -287,16 +287,16 @@ impl<'a> Node<'a> {
         max: i64,
         v: V,
     ) -> Result<V::Value, serde_json::Error> {
-        match self.v {
-            // Beyond i64: let the visitor (or `Int`) say what range it wants.
-            Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_some() && max == i64::MAX => {
-                v.visit_u64(n.as_u64().unwrap_or_default())
-            }
-            _ => {
-                let n = self.integer(i128::from(min), i128::from(max))?;
-                v.visit_i64(i64::try_from(n).map_err(|e| custom(e.to_string()))?)
+        // Beyond i64: let the visitor (`Int`) say what range it wants.
+        if max == i64::MAX {
+            if let Value::Number(n) = self.v {
+                if let (None, Some(u)) = (n.as_i64(), n.as_u64()) {
+                    return v.visit_u64(u);
+                }
             }
         }
+        let n = self.integer(i128::from(min), i128::from(max))?;
+        v.visit_i64(i64::try_from(n).map_err(|e| custom(e.to_string()))?)
     }
 
     fn seq<V: Visitor<'a>>(self, v: V) -> Result<V::Value, serde_json::Error> {
@@ -802,6 +802,7 @@ mod tests {
             (json!({"hosts": [1]}), "spec.hosts[0]: expected a string, found the number 1 (write it in quotes: \"1\")"),
             (json!({"items": [{}, {"weight": 101}]}), "spec.items[1].weight: 101 is out of range 0..=100"),
             (json!({"items": [{"weight": "5"}]}), "spec.items[0].weight: expected an integer, found the string \"5\" (remove the quotes)"),
+            (json!({"items": [{"weight": u64::MAX}]}), "spec.items[0].weight: 18446744073709551615 is out of range 0..=100"),
             (json!({"items": [{"weight": 1.5}]}), "spec.items[0].weight: expected an integer, found 1.5"),
             (json!({"timeout": 10}), "spec.timeout: expected a duration such as \"10s\" or \"100ms\", found the number 10"),
             (json!({"timeout": 1e99}), "spec.timeout: expected a duration such as \"1e99s\" or \"100ms\", found the number 1e99"),
