@@ -500,7 +500,7 @@ pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &s
     let decoded = decode_inputs(&inputs, &ctx);
     errors.extend(decoded.errors.iter().map(|e| e.to_string()));
     errors.extend(
-        policy_check::check(&files, &decoded.destination_rules, &ctx)
+        policy_check::check(&files, &ctx)
             .iter()
             .map(|e| e.to_string()),
     );

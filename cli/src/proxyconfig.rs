@@ -983,17 +983,8 @@ fn cluster_rows(rules: &Rules<'_>, f: &Filters) -> Vec<ClusterRow> {
         let tps = std::iter::once(dr.traffic_policy.as_ref())
             .chain(dr.subsets.iter().map(|s| s.traffic_policy.as_ref()))
             .flatten();
-        // `trafficPolicy` is Istio's JSON as written (the model keeps it raw).
         for tp in tps {
-            let entries = tp.get("portLevelSettings").and_then(Value::as_array);
-            for e in entries.into_iter().flatten() {
-                let number = e.get("port").and_then(|p| p.get("number"));
-                if let Some(n) = number.and_then(Value::as_u64) {
-                    if let Ok(n) = u16::try_from(n) {
-                        dr_ports.insert(n);
-                    }
-                }
-            }
+            dr_ports.extend(tp.ports());
         }
         let port_list: Vec<Option<u16>> = if dr_ports.is_empty() {
             vec![None]

@@ -1,6 +1,8 @@
 //! The Istio kinds as the model holds them: what `rules::decode` builds from the YAML documents,
-//! what `route` evaluates and what `/config_dump` carries. Host names here are already fully qualified (short names resolved in the
-//! resource's namespace), regexes compiled, durations parsed.
+//! what `route` evaluates and what `/config_dump` carries. Host names here are already fully
+//! qualified (short names resolved in the resource's namespace), regexes compiled, durations
+//! parsed. The DestinationRule, whose `trafficPolicy` is policy configuration, is in
+//! `policy::traffic` (this module sits below `policy`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -361,32 +363,6 @@ pub struct L4Route {
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<L4Match>,
     pub route: Vec<WeightedDestination>,
-}
-
-/// A DestinationRule subset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Subset {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// The subset's `trafficPolicy` as written (the policies work interprets it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<serde_json::Value>,
-}
-
-/// A DestinationRule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DestinationRule {
-    pub meta: Meta,
-    /// Fully qualified; may be a wildcard.
-    pub host: String,
-    pub subsets: Vec<Subset>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub export_to: Vec<String>,
-    /// `trafficPolicy` as written (the policies work interprets it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 /// ServiceEntry `resolution`.

@@ -3,6 +3,8 @@
 //! - `rules`: the kinds (VirtualService, DestinationRule, ServiceEntry, Sidecar, remora's
 //!   RateLimit), their decoder and the `Snapshot` one rule set becomes, with Istio's visibility
 //!   (exportTo, Sidecar scope) applied.
+//! - `typed`: the one typed decoder every kind's `spec` goes through (field-path errors, unknown
+//!   fields as warnings).
 //! - `route`: pure routing decisions (snapshot + request → decision).
 //! - `policy`: the traffic-policy configuration (load balancing, connection pool, outlier
 //!   detection, retries, faults, CORS, mirrors, rate limits, TLS settings) and its pure
@@ -30,3 +32,4 @@ pub mod route;
 pub mod rules;
 pub mod security;
 pub mod serde_util;
+pub mod typed;

@@ -1,5 +1,6 @@
 //! Serde helpers shared by the model kinds and the config dump: durations as Istio writes them
-//! (`"1.5s"`), `(name, value)` pairs as a mapping in document order, and CIDRs as strings.
+//! (`"1.5s"`), `(name, value)` pairs as a mapping in document order, CIDRs as strings, and
+//! settings kept as written in Istio's shape next to what they mean (`Setting`).
 //! Each is written once and used in both directions, so what the proxy serves is what the CLI
 //! reads back.
 
@@ -91,5 +92,43 @@ pub mod nets {
             .iter()
             .map(|t| t.parse().map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+/// A configuration type that rules write in Istio's shape `Spec` (a DestinationRule's
+/// `loadBalancer`, `connectionPool`, ...), interpreted by `from_spec`, whose error says what is
+/// wrong.
+pub trait IstioShape: Sized {
+    type Spec: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + std::fmt::Debug;
+    fn from_spec(spec: &Self::Spec) -> Result<Self, String>;
+}
+
+/// A setting as written (Istio's shape, typed) and what it means (`value`), decoded together:
+/// reading it decodes `spec` and interprets it at once, so an invalid setting is an error of
+/// the document that holds it; writing it writes `spec` (what `/config_dump` shows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting<T: IstioShape> {
+    pub spec: T::Spec,
+    pub value: T,
+}
+
+impl<T: IstioShape> Setting<T> {
+    /// Interpret `spec`.
+    pub fn new(spec: T::Spec) -> Result<Setting<T>, String> {
+        let value = T::from_spec(&spec)?;
+        Ok(Setting { spec, value })
+    }
+}
+
+impl<T: IstioShape> serde::Serialize for Setting<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.spec, s)
+    }
+}
+
+impl<'de, T: IstioShape> serde::Deserialize<'de> for Setting<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = <T::Spec as serde::Deserialize>::deserialize(d)?;
+        Setting::new(spec).map_err(serde::de::Error::custom)
     }
 }

@@ -311,7 +311,7 @@ fn decoder_errors_name_field_value_and_reason() {
         ),
         (
             "spec:\n  rules: {from: []}\n",
-            "p.yaml doc 1: spec.rules: invalid type: mapping, expected a list",
+            "p.yaml doc 1: spec.rules: expected a list, found a mapping",
         ),
         (
             "spec:\n  selector: {matchLabels: {\"app*\": x}}\n",
@@ -614,7 +614,7 @@ fn request_authentication_errors() {
     );
     assert_eq!(
         check("  - issuer: a\n    forwardOriginalToken: yes please\n"),
-        "r.yaml doc 1: spec.jwtRules[0].forwardOriginalToken: invalid type: string \"yes please\", expected a boolean"
+        "r.yaml doc 1: spec.jwtRules[0].forwardOriginalToken: expected true or false, found the string \"yes please\""
     );
     assert_eq!(
         check("  - issuer: a\n    timeout: 0s\n"),

@@ -536,9 +536,10 @@ fn egress_google_apis_port_rewrite_and_protocols() {
         }
     );
     let dr = s.destination_rule("www.googleapis.com").unwrap();
+    let pls = &dr.traffic_policy.as_ref().unwrap().port_level_settings[0];
     assert_eq!(
-        dr.traffic_policy.as_ref().unwrap()["portLevelSettings"][0]["tls"]["mode"],
-        "SIMPLE"
+        pls.tls.as_ref().map(|t| t.value.mode),
+        Some(remora_model::policy::traffic::TlsKind::Simple)
     );
     let dst = |p| SocketAddr::from(([127, 0, 0, 77], p));
     assert_eq!(

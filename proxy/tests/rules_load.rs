@@ -191,7 +191,7 @@ fn load_errors_have_exact_messages() {
         ),
         (
             vec![("r.yaml", VS_REVIEWS.replace("hosts: [reviews]", "hosts: [reviews]\n  exportTo: .").to_string())],
-            "r.yaml doc 1: spec.exportTo: expected a list, found a string".to_string(),
+            "r.yaml doc 1: spec.exportTo: expected a list, found the string \".\"".to_string(),
         ),
     ];
     for (files, want) in cases {
@@ -648,9 +648,10 @@ spec:
             ("v3".to_string(), "v3".to_string())
         ]
     );
+    let lb = dr.traffic_policy.as_ref().unwrap().load_balancer.as_ref();
     assert_eq!(
-        dr.traffic_policy.as_ref().unwrap()["loadBalancer"]["simple"],
-        "RANDOM"
+        lb.map(|s| &s.value),
+        Some(&remora_model::policy::lb::LbPolicy::Random)
     );
     assert_eq!(
         s.ignored.iter().map(|i| i.reason.as_str()).collect::<Vec<_>>(),

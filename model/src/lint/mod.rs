@@ -115,7 +115,7 @@ fn check_policies(
     report: &mut ValidationReport,
 ) {
     if decoded.errors.is_empty() {
-        let errors = crate::lint::policy::check(files, &decoded.destination_rules, ctx);
+        let errors = crate::lint::policy::check(files, ctx);
         report.errors.extend(errors.into_iter().map(Finding::from));
     }
     // Accepted but not honoured as written (credentialName unread).

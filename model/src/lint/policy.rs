@@ -1,54 +1,45 @@
-//! Load-time checks of the policy parts of a rule set: every DestinationRule `trafficPolicy`
-//! (top level, each subset, each `portLevelSettings` port), every VirtualService route's
-//! `corsPolicy`, and every `RateLimit`. A rule set with an invalid one is rejected as a whole, like
-//! any other invalid rule, so the proxy keeps its last good snapshot instead of running a
-//! half-applied policy; `remora-proxy validate` reports the same findings.
+//! Load-time checks of the policy parts of a rule set decoded apart from the kinds: every
+//! `RateLimit`. A rule set with an invalid one is rejected as a whole, like any other invalid
+//! rule, so the proxy keeps its last good snapshot instead of running a half-applied policy;
+//! `remora-proxy validate` reports the same findings. (A DestinationRule's `trafficPolicy` and
+//! a route's `corsPolicy` are checked when their rule is decoded.) Also the warnings about
+//! `tls` settings remora accepts but does not honour as written.
 
-use serde_json::Value;
-
-use crate::policy::traffic;
+use crate::policy::traffic::{self, TlsSettings, TrafficPolicySpec};
 
 use crate::rules::{DestinationRule, LoadContext, LoadError};
 
-/// The errors of the policy parts of `files` (name, bytes) whose decoded DestinationRules are
-/// `drs`; empty when every policy can be put in effect.
-pub fn check(
-    files: &[(String, Vec<u8>)],
-    drs: &[DestinationRule],
-    ctx: &LoadContext,
-) -> Vec<LoadError> {
-    match crate::policy::decode::decode(files, drs, ctx) {
+/// The errors of the policy parts of `files` (name, bytes) decoded apart from the kinds (every
+/// `RateLimit`); empty when every one can be put in effect. (A DestinationRule's
+/// `trafficPolicy` and a route's `corsPolicy` are checked when their rule is decoded, so their
+/// errors are the loader's.)
+pub fn check(files: &[(String, Vec<u8>)], ctx: &LoadContext) -> Vec<LoadError> {
+    match crate::policy::decode::rate_limits(files, ctx) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
     }
 }
 
-/// One `tls` setting a DestinationRule writes: (field path, subset, port, the object).
-type TlsDecl<'a> = (String, Option<&'a str>, Option<u16>, &'a Value);
+/// One `tls` setting a DestinationRule writes: (field path, subset, port, the setting).
+type TlsDecl<'a> = (String, Option<&'a str>, Option<u16>, &'a TlsSettings);
 
 fn walk_tls<'a>(
-    tp: Option<&'a Value>,
+    tp: Option<&'a TrafficPolicySpec>,
     base: String,
     subset: Option<&'a str>,
     out: &mut Vec<TlsDecl<'a>>,
 ) {
     let Some(tp) = tp else { return };
-    if let Some(t) = tp.get("tls") {
-        out.push((format!("{base}.tls"), subset, None, t));
+    if let Some(t) = &tp.tls {
+        out.push((format!("{base}.tls"), subset, None, &t.value));
     }
-    let pls = tp.get("portLevelSettings").and_then(Value::as_array);
-    for (i, e) in pls.into_iter().flatten().enumerate() {
-        if let Some(t) = e.get("tls") {
-            let port = e
-                .get("port")
-                .and_then(|p| p.get("number"))
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok());
+    for (i, e) in tp.port_level_settings.iter().enumerate() {
+        if let Some(t) = &e.tls {
             out.push((
                 format!("{base}.portLevelSettings[{i}].tls"),
                 subset,
-                port,
-                t,
+                e.port_number(),
+                &t.value,
             ));
         }
     }
@@ -81,10 +72,7 @@ fn each_tls(
     mut f: impl FnMut(&DestinationRule, &str, &str, &traffic::TlsSettings),
 ) {
     for dr in drs {
-        for (field, subset, port, t) in tls_declarations(dr) {
-            let Ok(ts) = traffic::parse_tls(t, &field) else {
-                continue; // an error, reported by `check`
-            };
+        for (field, subset, port, ts) in tls_declarations(dr) {
             let mut target = dr.host.clone();
             if let Some(s) = subset {
                 target.push_str(&format!(" subset {s}"));
@@ -150,6 +138,7 @@ mod tests {
     use super::*;
     use crate::rules::load;
 
+    /// The loader's errors and the policy check's, as the linter reports them.
     fn errors_of(yaml: &str) -> Vec<String> {
         let ctx = LoadContext::default();
         let files = vec![("rules.yaml".to_string(), yaml.as_bytes().to_vec())];
@@ -160,9 +149,10 @@ mod tests {
             hash: String::new(),
         };
         let decoded = load::decode_inputs(&inputs, &ctx);
-        assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
-        check(&files, &decoded.destination_rules, &ctx)
+        decoded
+            .errors
             .iter()
+            .chain(check(&files, &ctx).iter())
             .map(ToString::to_string)
             .collect()
     }
@@ -233,19 +223,20 @@ mod tests {
             "{DR}  subsets:\n  - name: v2\n    labels: {{version: v2}}\n    \
              trafficPolicy: {{loadBalancer: {{simple: FASTEST}}}}\n"
         );
-        let errs = errors_of(&yaml);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("subset \"v2\""), "{errs:?}");
-        assert!(errs[0].contains("FASTEST"), "{errs:?}");
+        // The decoder names the subset and the port-level entry by their field path.
+        assert_eq!(
+            errors_of(&yaml),
+            vec!["rules.yaml doc 1: spec.subsets[0].trafficPolicy.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"]
+        );
 
         let yaml = format!(
             "{DR}  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 9080}}\n      \
              tls: {{mode: SOMETIMES}}\n"
         );
-        let errs = errors_of(&yaml);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("port 9080"), "{errs:?}");
-        assert!(errs[0].contains("SOMETIMES"), "{errs:?}");
+        assert_eq!(
+            errors_of(&yaml),
+            vec!["rules.yaml doc 1: spec.trafficPolicy.portLevelSettings[0].tls.mode: \"SOMETIMES\" is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"]
+        );
     }
 
     #[test]
@@ -255,7 +246,10 @@ mod tests {
         let ctx = LoadContext::default();
         let errs = crate::rules::snapshot_from_yaml(&[("a.yaml", bad.as_str())], &ctx, 1)
             .expect_err("an invalid trafficPolicy rejects the rule set");
-        assert!(errs[0].to_string().contains("outlierDetection"), "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "a.yaml doc 1: spec.trafficPolicy.outlierDetection.consecutive5xxErrors: -3 is not a non-negative integer"
+        );
         let report = crate::lint::run_files(&[("a.yaml", bad.as_str())], &ctx);
         assert!(!report.is_ok());
         assert!(report.to_string().contains("outlierDetection"), "{report}");
@@ -271,13 +265,13 @@ mod tests {
         let vs = "\u{feff}apiVersion: networking.istio.io/v1\r\nkind: VirtualService\r\n\
                   metadata: {name: web}\r\nspec: {hosts: [web], http: [{route: [{destination: {host: web}}]}]}\r\n";
         let files = vec![("a.yaml".to_string(), vs.as_bytes().to_vec())];
-        assert!(check(&files, &[], &ctx).is_empty());
+        assert!(check(&files, &ctx).is_empty());
         let broken = vec![(
             "b.yaml".to_string(),
             b"kind: [unclosed\n---\nkind: x\n".to_vec(),
         )];
         assert!(
-            check(&broken, &[], &ctx).is_empty(),
+            check(&broken, &ctx).is_empty(),
             "syntax errors are the loader's to report"
         );
     }
@@ -288,9 +282,11 @@ mod tests {
                   metadata: {name: web, namespace: default}\nspec:\n  hosts: [web]\n  http:\n  \
                   - route:\n    - destination: {host: web}\n    \
                   corsPolicy: {allowOrigins: [{regex: \"(\"}]}\n";
-        let errs = errors_of(vs);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("default/web spec.http[0]"), "{errs:?}");
+        // Decoded with its VirtualService: the error names the document and the field path.
+        assert_eq!(
+            errors_of(vs),
+            vec!["rules.yaml doc 1: spec.http[0].corsPolicy.allowOrigins[0].regex: invalid regex \"(\": error: unclosed group"]
+        );
 
         let rl = "apiVersion: remora.dev/v1alpha1\nkind: RateLimit\n\
                   metadata: {name: rl, namespace: default}\nspec: {}\n";

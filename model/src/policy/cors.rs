@@ -6,8 +6,13 @@
 //!   FORWARD`, the default) or answered 200 without CORS headers (`IGNORE`);
 //! - any other request from an allowed origin is forwarded and its response gets
 //!   `access-control-allow-origin`, `-allow-credentials` and `-expose-headers`.
+//!
+//! `CorsSpec` is Istio's shape, decoded with the VirtualService (`rules::decode`); `Cors` is
+//! what it means.
 
-use serde_json::Value;
+use serde::Deserialize;
+
+use crate::typed::{Dur, FieldError};
 
 /// An origin condition (`allowOrigins[]` StringMatch; the deprecated `allowOrigin[]` strings
 /// are exact matches, `*` any).
@@ -44,89 +49,85 @@ pub struct Cors {
     pub ignore_unmatched_preflights: bool,
 }
 
-fn strings(o: &serde_json::Map<String, Value>, f: &str, k: &str) -> Result<Vec<String>, String> {
-    match o.get(k) {
-        None => Ok(vec![]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("{f}.{k}[{i}]: {x} is not a string"))
-            })
-            .collect(),
-        Some(x) => Err(format!("{f}.{k}: expected a list of strings, got {x}")),
-    }
+/// `corsPolicy` as Istio writes it (decoded with its VirtualService); `Cors` is what it means.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsSpec {
+    /// The deprecated exact origins (`*`: any).
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_origins: Vec<OriginSpec>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<Dur>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
-/// Parse a `corsPolicy` object.
-pub fn parse(v: &Value, field: &str) -> Result<Cors, String> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| format!("{field}: expected a mapping, got {v}"))?;
-    let mut c = Cors::default();
-    for s in strings(o, field, "allowOrigin")? {
-        c.origins.push(if s == "*" {
-            OriginMatch::Any
-        } else {
-            OriginMatch::Exact(s)
-        });
-    }
-    if let Some(list) = o.get("allowOrigins") {
-        let arr = list
-            .as_array()
-            .ok_or_else(|| format!("{field}.allowOrigins: expected a list, got {list}"))?;
-        for (i, m) in arr.iter().enumerate() {
-            let f = format!("{field}.allowOrigins[{i}]");
-            let mo = m
-                .as_object()
-                .ok_or_else(|| format!("{f}: expected a mapping, got {m}"))?;
-            let get = |k: &str| mo.get(k).and_then(Value::as_str);
-            let om = if let Some(e) = get("exact") {
+/// One `allowOrigins` entry (a `StringMatch`).
+#[derive(Debug, Default, Deserialize)]
+pub struct OriginSpec {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+impl Cors {
+    /// Interpret a `corsPolicy` found at `path` (e.g. `spec.http[0].corsPolicy`).
+    pub fn from_spec(spec: CorsSpec, path: &str) -> Result<Cors, FieldError> {
+        let mut c = Cors::default();
+        for s in spec.allow_origin {
+            c.origins.push(if s == "*" {
+                OriginMatch::Any
+            } else {
+                OriginMatch::Exact(s)
+            });
+        }
+        for (i, m) in spec.allow_origins.into_iter().enumerate() {
+            let f = format!("{path}.allowOrigins[{i}]");
+            let om = if let Some(e) = m.exact {
                 if e == "*" {
                     OriginMatch::Any
                 } else {
-                    OriginMatch::Exact(e.to_string())
+                    OriginMatch::Exact(e)
                 }
-            } else if let Some(p) = get("prefix") {
-                OriginMatch::Prefix(p.to_string())
-            } else if let Some(r) = get("regex") {
+            } else if let Some(p) = m.prefix {
+                OriginMatch::Prefix(p)
+            } else if let Some(r) = m.regex {
                 OriginMatch::Regex(
-                    regex::Regex::new(&format!("^(?:{r})$"))
-                        .map_err(|e| format!("{f}.regex: {r:?} is not a valid regex: {e}"))?,
+                    crate::kinds::compile_regex(&r)
+                        .map_err(|e| FieldError::new(format!("{f}.regex"), e))?,
                 )
             } else {
-                return Err(format!("{f}: expected exact, prefix or regex"));
+                return Err(FieldError::new(
+                    f,
+                    "one of exact, prefix or regex is required",
+                ));
             };
             c.origins.push(om);
         }
-    }
-    c.allow_methods = strings(o, field, "allowMethods")?;
-    c.allow_headers = strings(o, field, "allowHeaders")?;
-    c.expose_headers = strings(o, field, "exposeHeaders")?;
-    if let Some(m) = o.get("maxAge") {
-        let s = m
-            .as_str()
-            .ok_or_else(|| format!("{field}.maxAge: {m} is not a duration string"))?;
-        let d = crate::kinds::parse_duration(s).map_err(|e| format!("{field}.maxAge: {e}"))?;
-        c.max_age = Some(d.as_secs());
-    }
-    if let Some(b) = o.get("allowCredentials") {
-        c.allow_credentials = b
-            .as_bool()
-            .ok_or_else(|| format!("{field}.allowCredentials: {b} is not true or false"))?;
-    }
-    match o.get("unmatchedPreflights").and_then(Value::as_str) {
-        None | Some("FORWARD") | Some("UNSPECIFIED") => {}
-        Some("IGNORE") => c.ignore_unmatched_preflights = true,
-        Some(other) => {
-            return Err(format!(
-                "{field}.unmatchedPreflights: {other:?} is not FORWARD or IGNORE"
-            ))
+        c.allow_methods = spec.allow_methods;
+        c.allow_headers = spec.allow_headers;
+        c.expose_headers = spec.expose_headers;
+        c.max_age = spec.max_age.map(|d| d.0.as_secs());
+        c.allow_credentials = spec.allow_credentials.unwrap_or(false);
+        match spec.unmatched_preflights.as_deref() {
+            None | Some("FORWARD") | Some("UNSPECIFIED") => {}
+            Some("IGNORE") => c.ignore_unmatched_preflights = true,
+            Some(other) => {
+                return Err(FieldError::new(
+                    format!("{path}.unmatchedPreflights"),
+                    format!("{other:?} is not FORWARD or IGNORE"),
+                ))
+            }
         }
+        Ok(c)
     }
-    Ok(c)
 }
 
 /// What to do with a request under a CORS policy.
@@ -210,49 +211,6 @@ impl Cors {
     }
 }
 
-/// The `corsPolicy` of every VirtualService http route in one file.
-pub fn of_file(
-    file: &str,
-    text: &str,
-    default_ns: &str,
-) -> Vec<((String, String), Result<Cors, String>)> {
-    let mut out = Vec::new();
-    // As the loader reads it: without a byte-order mark; the parser cannot resynchronise after a
-    // syntax error (its document iterator would repeat the error forever), so stop there.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let Ok(v) = <serde_json::Value as serde::Deserialize>::deserialize(doc) else {
-            break;
-        };
-        if v.get("kind").and_then(serde_json::Value::as_str) != Some("VirtualService") {
-            continue;
-        }
-        let meta = v.get("metadata");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
-        let ns = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(default_ns);
-        let routes = v
-            .get("spec")
-            .and_then(|s| s.get("http"))
-            .and_then(serde_json::Value::as_array);
-        for (j, r) in routes.into_iter().flatten().enumerate() {
-            if let Some(c) = r.get("corsPolicy") {
-                let field = format!("{file} doc {} spec.http[{j}].corsPolicy", i + 1);
-                out.push((
-                    (format!("{ns}/{name}"), format!("spec.http[{j}]")),
-                    parse(c, &field),
-                ));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +225,13 @@ mod tests {
             );
         }
         h
+    }
+
+    /// A `corsPolicy` at `field`, decoded as the rules loader decodes it.
+    fn parse(v: &serde_json::Value, field: &str) -> Result<Cors, String> {
+        crate::typed::decode::<CorsSpec>(v, field, &mut Vec::new())
+            .and_then(|spec| Cors::from_spec(spec, field))
+            .map_err(|e| e.to_string())
     }
 
     fn policy() -> Cors {
@@ -377,7 +342,15 @@ mod tests {
         );
         assert_eq!(
             parse(&json!({"allowCredentials": "yes"}), "c").unwrap_err(),
-            "c.allowCredentials: \"yes\" is not true or false"
+            "c.allowCredentials: expected true or false, found the string \"yes\""
+        );
+        assert_eq!(
+            parse(&json!({"allowOrigins": [{}]}), "c").unwrap_err(),
+            "c.allowOrigins[0]: one of exact, prefix or regex is required"
+        );
+        assert_eq!(
+            parse(&json!({"allowOrigins": [{"regex": "("}]}), "c").unwrap_err(),
+            "c.allowOrigins[0].regex: invalid regex \"(\": error: unclosed group"
         );
         assert_eq!(
             parse(&json!({"unmatchedPreflights": "DROP"}), "c").unwrap_err(),

@@ -1,15 +1,18 @@
 //! Load balancing per destination (`trafficPolicy.loadBalancer`): ROUND_ROBIN, RANDOM,
 //! LEAST_REQUEST (power of two choices on in-flight requests), PASSTHROUGH, and
 //! `consistentHash` on a header, a cookie, the source IP or a query parameter (rendezvous
-//! hashing: sticky per key, and only the keys of a removed endpoint move).
+//! hashing: sticky per key, and only the keys of a removed endpoint move). `LoadBalancerSpec`
+//! is Istio's shape, decoded with the rule; `LbPolicy` is what it means.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::kinds::Endpoint;
+use crate::serde_util::IstioShape;
 
 /// What a `consistentHash` hashes on.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,62 +36,143 @@ pub enum LbPolicy {
     ConsistentHash(HashKey),
 }
 
-/// Parse a `loadBalancer` object.
-pub fn parse(v: &Value, field: &str) -> Result<LbPolicy, String> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| format!("{field}: expected a mapping, got {v}"))?;
-    if let Some(s) = o.get("simple") {
-        let s = s
-            .as_str()
-            .ok_or_else(|| format!("{field}.simple: expected a string, got {s}"))?;
-        return match s {
-            "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
-            "RANDOM" => Ok(LbPolicy::Random),
-            "LEAST_REQUEST" | "LEAST_CONN" => Ok(LbPolicy::LeastRequest),
-            "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
-            "UNSPECIFIED" => Ok(LbPolicy::default()),
-            other => Err(format!(
-                "{field}.simple: {other:?} is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
-            )),
-        };
+/// `loadBalancer` as Istio writes it; `LbPolicy` is what it means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<SimpleLb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashSpec>,
+    /// Istio's locality, warm-up and utilization settings: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_secs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_utilization: Option<Value>,
+}
+
+/// `loadBalancer.simple`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimpleLb {
+    Unspecified,
+    LeastConn,
+    Random,
+    Passthrough,
+    RoundRobin,
+    LeastRequest,
+}
+
+const SIMPLE: [(&str, SimpleLb); 6] = [
+    ("UNSPECIFIED", SimpleLb::Unspecified),
+    ("LEAST_CONN", SimpleLb::LeastConn),
+    ("RANDOM", SimpleLb::Random),
+    ("PASSTHROUGH", SimpleLb::Passthrough),
+    ("ROUND_ROBIN", SimpleLb::RoundRobin),
+    ("LEAST_REQUEST", SimpleLb::LeastRequest),
+];
+
+impl<'de> Deserialize<'de> for SimpleLb {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::typed::one_of(
+            d,
+            &SIMPLE,
+            "ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH",
+        )
     }
-    if let Some(ch) = o.get("consistentHash") {
-        let f = format!("{field}.consistentHash");
-        let c = ch
-            .as_object()
-            .ok_or_else(|| format!("{f}: expected a mapping, got {ch}"))?;
-        let s = |k: &str| -> Result<Option<String>, String> {
-            match c.get(k) {
-                None => Ok(None),
-                Some(Value::String(x)) if !x.is_empty() => Ok(Some(x.clone())),
-                Some(other) => Err(format!("{f}.{k}: expected a non-empty string, got {other}")),
-            }
+}
+
+impl Serialize for SimpleLb {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let name = SIMPLE
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or("UNSPECIFIED", |(n, _)| n);
+        s.serialize_str(name)
+    }
+}
+
+/// `loadBalancer.consistentHash`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookieSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    /// Envoy's ring settings: accepted, not applied (remora hashes by rendezvous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<Value>,
+}
+
+/// `consistentHash.httpCookie`: the cookie is read, never generated, so only `name` is used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookieSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Value>,
+}
+
+impl IstioShape for LbPolicy {
+    type Spec = LoadBalancerSpec;
+
+    /// `simple` wins over `consistentHash`; of the hash keys the first set of
+    /// `httpHeaderName`, `httpQueryParameterName`, `httpCookie`, `useSourceIp` is used.
+    fn from_spec(spec: &LoadBalancerSpec) -> Result<LbPolicy, String> {
+        if let Some(s) = spec.simple {
+            return Ok(match s {
+                SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+                SimpleLb::Random => LbPolicy::Random,
+                SimpleLb::LeastRequest | SimpleLb::LeastConn => LbPolicy::LeastRequest,
+                SimpleLb::Passthrough => LbPolicy::Passthrough,
+                SimpleLb::Unspecified => LbPolicy::default(),
+            });
+        }
+        let Some(c) = &spec.consistent_hash else {
+            return Ok(LbPolicy::default());
         };
-        if let Some(h) = s("httpHeaderName")? {
+        let named = |v: &Option<String>, k: &str| match v {
+            Some(x) if x.is_empty() => Err(format!("consistentHash.{k} must not be empty")),
+            v => Ok(v.clone()),
+        };
+        if let Some(h) = named(&c.http_header_name, "httpHeaderName")? {
             return Ok(LbPolicy::ConsistentHash(HashKey::Header(
                 h.to_ascii_lowercase(),
             )));
         }
-        if let Some(q) = s("httpQueryParameterName")? {
+        if let Some(q) = named(&c.http_query_parameter_name, "httpQueryParameterName")? {
             return Ok(LbPolicy::ConsistentHash(HashKey::QueryParameter(q)));
         }
-        if let Some(cookie) = c.get("httpCookie") {
-            let name = cookie
-                .get("name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| format!("{f}.httpCookie.name: required"))?;
-            return Ok(LbPolicy::ConsistentHash(HashKey::Cookie(name.to_string())));
+        if let Some(cookie) = &c.http_cookie {
+            return match cookie.name.as_ref().filter(|n| !n.is_empty()) {
+                Some(n) => Ok(LbPolicy::ConsistentHash(HashKey::Cookie(n.clone()))),
+                None => Err("consistentHash.httpCookie.name is required".to_string()),
+            };
         }
-        if c.get("useSourceIp").and_then(Value::as_bool) == Some(true) {
+        if c.use_source_ip == Some(true) {
             return Ok(LbPolicy::ConsistentHash(HashKey::SourceIp));
         }
-        return Err(format!(
-            "{f}: expected one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
-        ));
+        Err("consistentHash: one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName is required".to_string())
     }
-    Ok(LbPolicy::default())
 }
 
 /// The request facts a hash policy may read.
@@ -223,12 +307,25 @@ mod tests {
         assert!((40..200).contains(&counts[2]), "{counts:?}");
     }
 
+    /// `loadBalancer` decoded as the loader does, at path `lb`.
+    fn parse(v: Value) -> Result<LbPolicy, String> {
+        let tp = json!({ "loadBalancer": v });
+        crate::typed::decode::<crate::policy::traffic::TrafficPolicySpec>(
+            &tp,
+            "tp",
+            &mut Vec::new(),
+        )
+        .map(|t| t.load_balancer.map(|s| s.value).unwrap_or_default())
+        .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn parse_table() {
         let ok = [
             (json!({"simple": "ROUND_ROBIN"}), LbPolicy::RoundRobin),
             (json!({"simple": "RANDOM"}), LbPolicy::Random),
             (json!({"simple": "LEAST_REQUEST"}), LbPolicy::LeastRequest),
+            (json!({"simple": "LEAST_CONN"}), LbPolicy::LeastRequest),
             (json!({"simple": "PASSTHROUGH"}), LbPolicy::Passthrough),
             (
                 json!({"consistentHash": {"httpHeaderName": "X-User"}}),
@@ -249,18 +346,27 @@ mod tests {
             (json!({}), LbPolicy::LeastRequest),
         ];
         for (v, want) in ok {
-            assert_eq!(parse(&v, "lb"), Ok(want), "{v}");
+            assert_eq!(parse(v.clone()), Ok(want), "{v}");
         }
         assert_eq!(
-            parse(&json!({"simple": "FASTEST"}), "spec.trafficPolicy.loadBalancer"),
-            Err("spec.trafficPolicy.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH".into())
+            parse(json!({"simple": "FASTEST"})),
+            Err("tp.loadBalancer.simple: \"FASTEST\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH".into())
         );
         assert_eq!(
-            parse(
-                &json!({"consistentHash": {"httpCookie": {"ttl": "1s"}}}),
-                "lb"
-            ),
-            Err("lb.consistentHash.httpCookie.name: required".into())
+            parse(json!({"consistentHash": {"httpCookie": {"ttl": "1s"}}})),
+            Err("tp.loadBalancer: consistentHash.httpCookie.name is required".into())
+        );
+        assert_eq!(
+            parse(json!({"consistentHash": {"httpHeaderName": ""}})),
+            Err("tp.loadBalancer: consistentHash.httpHeaderName must not be empty".into())
+        );
+        assert_eq!(
+            parse(json!({"consistentHash": {}})),
+            Err("tp.loadBalancer: consistentHash: one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName is required".into())
+        );
+        assert_eq!(
+            parse(json!("ROUND_ROBIN")),
+            Err("tp.loadBalancer: expected a mapping, found the string \"ROUND_ROBIN\"".into())
         );
     }
 }

@@ -9,10 +9,17 @@
 //! - at most `maxEjectionPercent` of the endpoints are out at once (at least one may be);
 //! - when fewer than `minHealthPercent` of the endpoints are healthy, ejections are ignored and
 //!   every endpoint takes traffic.
+//!
+//! `OutlierDetectionSpec` is Istio's shape, decoded with the rule; `OutlierConfig` is what it
+//! means.
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::serde_util::IstioShape;
+use crate::typed::{Dur, Int};
 
 /// The configuration.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -44,60 +51,66 @@ impl Default for OutlierConfig {
     }
 }
 
-/// Parse an `outlierDetection` object; errors name the field.
-pub fn parse(v: &Value, field: &str) -> Result<OutlierConfig, String> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| format!("{field}: expected a mapping, got {v}"))?;
-    let mut c = OutlierConfig::default();
-    let count = |k: &str| -> Result<Option<u32>, String> {
-        match o.get(k) {
-            None => Ok(None),
-            Some(x) => x
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| format!("{field}.{k}: {x} is not a non-negative integer")),
+/// `outlierDetection` as Istio writes it; `OutlierConfig` is what it means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    #[serde(
+        rename = "consecutive5xxErrors",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// The deprecated name of `consecutiveGatewayErrors` (Istio < 1.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<Int<0, 100>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<Int<0, 100>>,
+    /// Local-origin failures are counted with the others: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection_http_error_codes: Option<Value>,
+}
+
+impl IstioShape for OutlierConfig {
+    type Spec = OutlierDetectionSpec;
+
+    fn from_spec(spec: &OutlierDetectionSpec) -> Result<OutlierConfig, String> {
+        let mut c = OutlierConfig::default();
+        if let Some(n) = spec.consecutive_5xx_errors {
+            c.consecutive_5xx = (n > 0).then_some(n);
         }
-    };
-    let dur = |k: &str| -> Result<Option<Duration>, String> {
-        match o.get(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => crate::kinds::parse_duration(s)
-                .map(Some)
-                .map_err(|e| format!("{field}.{k}: {e}")),
-            Some(x) => Err(format!("{field}.{k}: {x} is not a duration string")),
+        if let Some(n) = spec.consecutive_gateway_errors.or(spec.consecutive_errors) {
+            c.consecutive_gateway = (n > 0).then_some(n);
         }
-    };
-    let pct = |k: &str| -> Result<Option<u32>, String> {
-        match count(k)? {
-            Some(p) if p > 100 => Err(format!("{field}.{k}: {p} is above 100")),
-            p => Ok(p),
+        if let Some(d) = spec.interval {
+            if d.0.is_zero() {
+                return Err("interval must be above 0".to_string());
+            }
+            c.interval = d.0;
         }
-    };
-    // `consecutiveErrors` is the deprecated name of consecutiveGatewayErrors (Istio < 1.6).
-    if let Some(n) = count("consecutive5xxErrors")? {
-        c.consecutive_5xx = (n > 0).then_some(n);
-    }
-    if let Some(n) = count("consecutiveGatewayErrors")?.or(count("consecutiveErrors")?) {
-        c.consecutive_gateway = (n > 0).then_some(n);
-    }
-    if let Some(d) = dur("interval")? {
-        if d.is_zero() {
-            return Err(format!("{field}.interval: must be above 0"));
+        if let Some(d) = spec.base_ejection_time {
+            c.base_ejection_time = d.0;
         }
-        c.interval = d;
+        if let Some(p) = spec.max_ejection_percent {
+            c.max_ejection_percent = p.as_u32();
+        }
+        if let Some(p) = spec.min_health_percent {
+            c.min_health_percent = p.as_u32();
+        }
+        Ok(c)
     }
-    if let Some(d) = dur("baseEjectionTime")? {
-        c.base_ejection_time = d;
-    }
-    if let Some(p) = pct("maxEjectionPercent")? {
-        c.max_ejection_percent = p;
-    }
-    if let Some(p) = pct("minHealthPercent")? {
-        c.min_health_percent = p;
-    }
-    Ok(c)
 }
 
 #[cfg(test)]
@@ -105,12 +118,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(v: Value) -> Result<OutlierConfig, String> {
+        let tp = json!({ "outlierDetection": v });
+        crate::typed::decode::<crate::policy::traffic::TrafficPolicySpec>(&tp, "x", &mut Vec::new())
+            .map(|t| t.outlier_detection.map(|s| s.value).unwrap_or_default())
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn parse_fields_defaults_and_errors() {
         let c = parse(
-            &json!({"consecutive5xxErrors": 3, "interval": "5s", "baseEjectionTime": "1m",
+            json!({"consecutive5xxErrors": 3, "interval": "5s", "baseEjectionTime": "1m",
                     "maxEjectionPercent": 50, "minHealthPercent": 20, "consecutiveGatewayErrors": 2}),
-            "od",
         )
         .unwrap();
         assert_eq!(c.consecutive_5xx, Some(3));
@@ -118,24 +137,30 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.base_ejection_time, Duration::from_secs(60));
         assert_eq!((c.max_ejection_percent, c.min_health_percent), (50, 20));
-        assert_eq!(parse(&json!({}), "od").unwrap(), OutlierConfig::default());
+        assert_eq!(parse(json!({})).unwrap(), OutlierConfig::default());
+        let off = parse(json!({"consecutive5xxErrors": 0})).unwrap();
+        assert_eq!(off.consecutive_5xx, None);
         assert_eq!(
-            parse(&json!({"consecutive5xxErrors": 0}), "od")
+            parse(json!({"consecutiveErrors": 4}))
                 .unwrap()
-                .consecutive_5xx,
-            None
+                .consecutive_gateway,
+            Some(4)
         );
         assert_eq!(
-            parse(&json!({"maxEjectionPercent": 101}), "x.outlierDetection"),
-            Err("x.outlierDetection.maxEjectionPercent: 101 is above 100".into())
+            parse(json!({"maxEjectionPercent": 101})),
+            Err("x.outlierDetection.maxEjectionPercent: 101 is out of range 0..=100".into())
         );
         assert_eq!(
-            parse(&json!({"interval": "5"}), "od"),
-            Err("od.interval: invalid duration \"5\": missing unit (ns, us, ms, s, m, h)".into())
+            parse(json!({"interval": "5"})),
+            Err("x.outlierDetection.interval: invalid duration \"5\": missing unit (ns, us, ms, s, m, h)".into())
         );
         assert_eq!(
-            parse(&json!({"consecutive5xxErrors": -1}), "od"),
-            Err("od.consecutive5xxErrors: -1 is not a non-negative integer".into())
+            parse(json!({"interval": "0s"})),
+            Err("x.outlierDetection: interval must be above 0".into())
+        );
+        assert_eq!(
+            parse(json!({"consecutive5xxErrors": -1})),
+            Err("x.outlierDetection.consecutive5xxErrors: -1 is not a non-negative integer".into())
         );
     }
 }

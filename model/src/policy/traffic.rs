@@ -1,12 +1,149 @@
-//! A DestinationRule's `trafficPolicy`, resolved for one destination (host, subset, port):
-//! the top-level policy, overridden field by field (`loadBalancer`, `connectionPool`,
-//! `outlierDetection`, `tls`) by the matching `portLevelSettings` entry, then by the subset's
-//! policy and its own `portLevelSettings` (Istio's precedence).
+//! The DestinationRule kind and its `trafficPolicy`, decoded once with the rule: each setting
+//! (`loadBalancer`, `connectionPool`, `outlierDetection`, `tls`) is kept as written and
+//! interpreted into its configuration type while decoding (`TrafficPolicySpec`, whose settings
+//! are `serde_util::Setting`s; errors and unknown fields name the field path); `/config_dump`
+//! shows them as written. `resolve` gives the policy of one destination (host, subset, port):
+//! the top-level policy, overridden field by field by the matching `portLevelSettings` entry,
+//! then by the subset's policy and its own `portLevelSettings` (Istio's precedence).
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{lb, limits, outlier};
-use crate::kinds::DestinationRule;
+use crate::kinds::Meta;
+use crate::serde_util::{IstioShape, Setting};
+
+/// A DestinationRule subset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The subset's `trafficPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// A DestinationRule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestinationRule {
+    pub meta: Meta,
+    /// Fully qualified; may be a wildcard.
+    pub host: String,
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// `trafficPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
+}
+
+/// A `trafficPolicy` (a DestinationRule's or a subset's): each setting as written and what it
+/// means, interpreted when the rule is decoded; read and written in Istio's shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<Setting<lb::LbPolicy>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Setting<limits::PoolConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Setting<outlier::OutlierConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Setting<TlsSettings>>,
+    /// Overrides per destination port (the first entry for a port is used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Istio's PROXY protocol, tunnelling and retry budget: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Value>,
+}
+
+/// One `portLevelSettings` entry: the settings of `trafficPolicy` for one destination port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<Setting<lb::LbPolicy>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Setting<limits::PoolConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Setting<outlier::OutlierConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Setting<TlsSettings>>,
+}
+
+/// `port` of a `portLevelSettings` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u16>,
+}
+
+impl PortTrafficPolicy {
+    /// The port this entry is for.
+    pub fn port_number(&self) -> Option<u16> {
+        self.port.and_then(|p| p.number)
+    }
+}
+
+impl TrafficPolicySpec {
+    /// Every port named in `portLevelSettings`.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.port_level_settings
+            .iter()
+            .filter_map(PortTrafficPolicy::port_number)
+    }
+
+    /// Overlay this policy (and its `portLevelSettings` entry for `port`) onto `into`, field by
+    /// field.
+    fn overlay(&self, into: &mut TrafficPolicySpec, port: u16) {
+        let mut set = |lb: &Option<Setting<lb::LbPolicy>>,
+                       pool: &Option<Setting<limits::PoolConfig>>,
+                       od: &Option<Setting<outlier::OutlierConfig>>,
+                       tls: &Option<Setting<TlsSettings>>| {
+            if lb.is_some() {
+                into.load_balancer.clone_from(lb);
+            }
+            if pool.is_some() {
+                into.connection_pool.clone_from(pool);
+            }
+            if od.is_some() {
+                into.outlier_detection.clone_from(od);
+            }
+            if tls.is_some() {
+                into.tls.clone_from(tls);
+            }
+        };
+        set(
+            &self.load_balancer,
+            &self.connection_pool,
+            &self.outlier_detection,
+            &self.tls,
+        );
+        let entry = self
+            .port_level_settings
+            .iter()
+            .find(|e| e.port_number() == Some(port));
+        if let Some(e) = entry {
+            set(
+                &e.load_balancer,
+                &e.connection_pool,
+                &e.outlier_detection,
+                &e.tls,
+            );
+        }
+    }
+}
 
 /// `tls.mode` to an upstream: the summary other tools print. `TrafficPolicy::tls_settings`
 /// holds every field and is what the proxy acts on.
@@ -27,7 +164,7 @@ pub enum TlsMode {
 }
 
 /// The `tls.mode` values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum TlsKind {
     #[default]
     #[serde(rename = "DISABLE")]
@@ -40,6 +177,31 @@ pub enum TlsKind {
     /// proxy has no workload identity).
     #[serde(rename = "ISTIO_MUTUAL")]
     IstioMutual,
+}
+
+const TLS_MODES: [(&str, TlsKind); 4] = [
+    ("DISABLE", TlsKind::Disable),
+    ("SIMPLE", TlsKind::Simple),
+    ("MUTUAL", TlsKind::Mutual),
+    ("ISTIO_MUTUAL", TlsKind::IstioMutual),
+];
+
+const TLS_LISTED: &str = "DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL";
+
+impl<'de> Deserialize<'de> for TlsKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::typed::one_of(d, &TLS_MODES, TLS_LISTED)
+    }
+}
+
+/// `tls.mode`: an empty string is unset (DISABLE), like the other fields of `tls`.
+fn tls_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TlsKind>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(s) if !s.is_empty() => crate::typed::pick(&s, &TLS_MODES, TLS_LISTED)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        _ => Ok(None),
+    }
 }
 
 /// Every field of a `tls` setting (`ClientTLSSettings`).
@@ -97,6 +259,73 @@ impl TlsSettings {
     }
 }
 
+/// `tls` as Istio writes it (`ClientTLSSettings`); `TlsSettings` is what it means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSpec {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tls_mode"
+    )]
+    pub mode: Option<TlsKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// A certificate revocation list: accepted, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<Value>,
+}
+
+impl IstioShape for TlsSettings {
+    type Spec = ClientTlsSpec;
+
+    /// An empty string is an unset field; `MUTUAL` needs its certificate and key files unless
+    /// `credentialName` is set (Istio's validation: "client certificate required for mutual
+    /// tls").
+    fn from_spec(spec: &ClientTlsSpec) -> Result<TlsSettings, String> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        if let Some(i) = spec.subject_alt_names.iter().position(String::is_empty) {
+            return Err(format!("subjectAltNames[{i}] must not be empty"));
+        }
+        let t = TlsSettings {
+            mode: spec.mode.unwrap_or_default(),
+            ca_certificates: set(&spec.ca_certificates),
+            client_certificate: set(&spec.client_certificate),
+            private_key: set(&spec.private_key),
+            sni: set(&spec.sni),
+            subject_alt_names: spec.subject_alt_names.clone(),
+            insecure_skip_verify: spec.insecure_skip_verify.unwrap_or(false),
+            credential_name: set(&spec.credential_name),
+        };
+        if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
+            if t.client_certificate.is_none() {
+                return Err(
+                    "clientCertificate is required when mode is MUTUAL (a PEM file path)"
+                        .to_string(),
+                );
+            }
+            if t.private_key.is_none() {
+                return Err(
+                    "privateKey is required when mode is MUTUAL (a PEM file path)".to_string(),
+                );
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// The interpreted policy of one destination.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrafficPolicy {
@@ -113,176 +342,74 @@ pub struct TrafficPolicy {
     pub tls_set: bool,
 }
 
-const FIELDS: [&str; 4] = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
-
-fn port_of(entry: &Value) -> Option<u16> {
-    entry
-        .get("port")
-        .and_then(|p| p.get("number"))
-        .and_then(Value::as_u64)
-        .and_then(|n| u16::try_from(n).ok())
-}
-
-/// Overlay `tp` (and its `portLevelSettings` entry for `port`) onto `into`.
-fn overlay(into: &mut Map<String, Value>, tp: &Value, port: u16) {
-    for f in FIELDS {
-        if let Some(v) = tp.get(f) {
-            into.insert(f.to_string(), v.clone());
-        }
-    }
-    if let Some(pls) = tp.get("portLevelSettings").and_then(Value::as_array) {
-        if let Some(e) = pls.iter().find(|e| port_of(e) == Some(port)) {
-            for f in FIELDS {
-                if let Some(v) = e.get(f) {
-                    into.insert(f.to_string(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The effective raw policy object for a destination.
-pub fn effective_raw(dr: &DestinationRule, subset: Option<&str>, port: u16) -> Value {
-    let mut m = Map::new();
+/// The settings in effect for a destination: the rule's, overridden by the matching
+/// `portLevelSettings` entry, then by the subset's policy and its entry (only the four
+/// settings; `portLevelSettings` and the settings remora does not apply are left empty).
+pub fn effective(dr: &DestinationRule, subset: Option<&str>, port: u16) -> TrafficPolicySpec {
+    let mut out = TrafficPolicySpec::default();
     if let Some(tp) = &dr.traffic_policy {
-        overlay(&mut m, tp, port);
+        tp.overlay(&mut out, port);
     }
     if let Some(s) = subset.and_then(|n| dr.subsets.iter().find(|s| s.name == n)) {
         if let Some(tp) = &s.traffic_policy {
-            overlay(&mut m, tp, port);
+            tp.overlay(&mut out, port);
         }
     }
-    Value::Object(m)
+    out
 }
 
-/// Interpret a raw (effective) policy; `field` names it in errors.
-pub fn parse(v: &Value, field: &str) -> Result<TrafficPolicy, String> {
-    let mut t = TrafficPolicy::default();
-    if let Some(x) = v.get("loadBalancer") {
-        t.load_balancer = lb::parse(x, &format!("{field}.loadBalancer"))?;
-    }
-    if let Some(x) = v.get("connectionPool") {
-        t.connection_pool = limits::parse(x, &format!("{field}.connectionPool"))?;
-    }
-    if let Some(x) = v.get("outlierDetection") {
-        t.outlier_detection = Some(outlier::parse(x, &format!("{field}.outlierDetection"))?);
-    }
-    if let Some(x) = v.get("tls") {
-        t.tls_settings = parse_tls(x, &format!("{field}.tls"))?;
-        t.tls_set = true;
-        let ts = &t.tls_settings;
-        t.tls = match ts.mode {
+/// `effective` in Istio's shape (`{"loadBalancer": {...}, "tls": {...}}`, only the settings that
+/// are set): what tools show, and what identifies the policy of a destination.
+pub fn effective_raw(dr: &DestinationRule, subset: Option<&str>, port: u16) -> Value {
+    serde_json::to_value(effective(dr, subset, port)).unwrap_or_default()
+}
+
+impl From<TrafficPolicySpec> for TrafficPolicy {
+    /// The settings of an effective policy, with Istio's defaults for those not set.
+    fn from(spec: TrafficPolicySpec) -> TrafficPolicy {
+        let tls_set = spec.tls.is_some();
+        let tls_settings = spec.tls.map(|s| s.value).unwrap_or_default();
+        let tls = match tls_settings.mode {
             TlsKind::Disable => TlsMode::Disable,
             TlsKind::Simple => TlsMode::Simple {
-                ca_certificates: ts.ca_certificates.clone(),
-                sni: ts.sni.clone(),
-                insecure_skip_verify: ts.insecure_skip_verify,
+                ca_certificates: tls_settings.ca_certificates.clone(),
+                sni: tls_settings.sni.clone(),
+                insecure_skip_verify: tls_settings.insecure_skip_verify,
             },
             TlsKind::Mutual => TlsMode::Unsupported("MUTUAL".to_string()),
             TlsKind::IstioMutual => TlsMode::Unsupported("ISTIO_MUTUAL".to_string()),
         };
+        TrafficPolicy {
+            load_balancer: spec.load_balancer.map(|s| s.value).unwrap_or_default(),
+            connection_pool: spec.connection_pool.map(|s| s.value).unwrap_or_default(),
+            outlier_detection: spec.outlier_detection.map(|s| s.value),
+            tls,
+            tls_settings,
+            tls_set,
+        }
     }
-    Ok(t)
 }
 
-/// Interpret a `tls` object (`ClientTLSSettings`); `f` names it in errors.
-pub fn parse_tls(x: &Value, f: &str) -> Result<TlsSettings, String> {
-    if !x.is_object() {
-        return Err(format!("{f}: must be an object"));
-    }
-    let s = |k: &str| -> Result<Option<String>, String> {
-        match x.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) if v.is_empty() => Ok(None),
-            Some(Value::String(v)) => Ok(Some(v.clone())),
-            Some(other) => Err(format!("{f}.{k}: {other} is not a string")),
-        }
-    };
-    let mode = match s("mode")?.as_deref().unwrap_or("DISABLE") {
-        "DISABLE" => TlsKind::Disable,
-        "SIMPLE" => TlsKind::Simple,
-        "MUTUAL" => TlsKind::Mutual,
-        "ISTIO_MUTUAL" => TlsKind::IstioMutual,
-        other => {
-            return Err(format!(
-                "{f}.mode: {other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
-            ))
-        }
-    };
-    let insecure_skip_verify = match x.get("insecureSkipVerify") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(format!(
-                "{f}.insecureSkipVerify: {other} is not true or false"
-            ))
-        }
-    };
-    let subject_alt_names = match x.get("subjectAltNames") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => {
-            let mut out = Vec::new();
-            for (i, v) in a.iter().enumerate() {
-                match v.as_str() {
-                    Some(n) if !n.is_empty() => out.push(n.to_string()),
-                    _ => {
-                        return Err(format!(
-                            "{f}.subjectAltNames[{i}]: {v} is not a non-empty string"
-                        ))
-                    }
-                }
-            }
-            out
-        }
-        Some(other) => return Err(format!("{f}.subjectAltNames: {other} is not a list")),
-    };
-    let t = TlsSettings {
-        mode,
-        ca_certificates: s("caCertificates")?,
-        client_certificate: s("clientCertificate")?,
-        private_key: s("privateKey")?,
-        sni: s("sni")?,
-        subject_alt_names,
-        insecure_skip_verify,
-        credential_name: s("credentialName")?,
-    };
-    if t.mode == TlsKind::Mutual && t.credential_name.is_none() {
-        // Istio's validation rejects this too ("client certificate required for mutual tls").
-        if t.client_certificate.is_none() {
-            return Err(format!(
-                "{f}.clientCertificate: required when mode is MUTUAL (a PEM file path)"
-            ));
-        }
-        if t.private_key.is_none() {
-            return Err(format!(
-                "{f}.privateKey: required when mode is MUTUAL (a PEM file path)"
-            ));
-        }
-    }
-    Ok(t)
-}
-
-/// Resolve and interpret the policy of a destination under a DestinationRule.
+/// The policy of a destination under a DestinationRule. Every setting was checked when the
+/// rule was decoded (by the loader, or when a `/config_dump` is read back), so this is always
+/// `Ok`; the `Result` keeps the callers' fallback to the defaults.
 pub fn resolve(
     dr: &DestinationRule,
     subset: Option<&str>,
     port: u16,
 ) -> Result<TrafficPolicy, String> {
-    let field = format!(
-        "DestinationRule {} ({} doc {}) trafficPolicy",
-        dr.meta.key(),
-        dr.meta.file,
-        dr.meta.document
-    );
-    parse(&effective_raw(dr, subset, port), &field)
+    Ok(effective(dr, subset, port).into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::{Meta, Subset};
     use serde_json::json;
     use std::time::Duration;
+
+    fn tp(v: Value) -> TrafficPolicySpec {
+        crate::typed::decode::<TrafficPolicySpec>(&v, "tp", &mut Vec::new()).unwrap()
+    }
 
     fn dr(top: Value, subset_tp: Value) -> DestinationRule {
         DestinationRule {
@@ -298,12 +425,18 @@ mod tests {
             subsets: vec![Subset {
                 name: "v2".into(),
                 labels: Default::default(),
-                traffic_policy: Some(subset_tp),
+                traffic_policy: Some(tp(subset_tp)),
             }],
             export_to: vec![],
-            traffic_policy: Some(top),
+            traffic_policy: Some(tp(top)),
             workload_selector: None,
         }
+    }
+
+    fn parse(v: Value) -> Result<TrafficPolicy, String> {
+        crate::typed::decode::<TrafficPolicySpec>(&v, "tp", &mut Vec::new())
+            .map(TrafficPolicy::from)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -348,13 +481,26 @@ mod tests {
                 .connect_timeout,
             Duration::from_secs(10)
         );
+        assert_eq!(
+            effective_raw(&d, Some("v2"), 9081),
+            json!({"loadBalancer": {"consistentHash": {"useSourceIp": true}},
+                   "connectionPool": {"tcp": {"maxConnections": 1}},
+                   "outlierDetection": {"consecutive5xxErrors": 7}})
+        );
+        assert_eq!(
+            d.traffic_policy
+                .as_ref()
+                .unwrap()
+                .ports()
+                .collect::<Vec<_>>(),
+            vec![9080]
+        );
     }
 
     #[test]
     fn tls_modes_and_errors() {
         let t = parse(
-            &json!({"tls": {"mode": "SIMPLE", "sni": "api.example.com", "caCertificates": "/etc/ca.pem"}}),
-            "tp",
+            json!({"tls": {"mode": "SIMPLE", "sni": "api.example.com", "caCertificates": "/etc/ca.pem"}}),
         )
         .unwrap();
         assert_eq!(
@@ -365,15 +511,14 @@ mod tests {
                 insecure_skip_verify: false
             }
         );
-        let t = parse(&json!({"tls": {"mode": "ISTIO_MUTUAL"}}), "tp").unwrap();
+        let t = parse(json!({"tls": {"mode": "ISTIO_MUTUAL"}})).unwrap();
         assert_eq!(t.tls, TlsMode::Unsupported("ISTIO_MUTUAL".into()));
         assert_eq!(t.tls_settings.mode, TlsKind::IstioMutual);
         assert_eq!(t.tls_settings.summary(), "ISTIO_MUTUAL (mesh mTLS)");
         let t = parse(
-            &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
+            json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
                             "caCertificates": "/ca.pem", "sni": "a.test",
                             "subjectAltNames": ["spiffe://td/ns/a/sa/b", "a.test"]}}),
-            "tp",
         )
         .unwrap();
         assert_eq!(
@@ -394,58 +539,72 @@ mod tests {
             "MUTUAL sni=a.test cert=/c.pem key=/k.pem ca=/ca.pem san=spiffe://td/ns/a/sa/b,a.test"
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.clientCertificate: required when mode is MUTUAL (a PEM file path)"
+            parse(json!({"tls": {"mode": "MUTUAL", "privateKey": "/k"}})).unwrap_err(),
+            "tp.tls: clientCertificate is required when mode is MUTUAL (a PEM file path)"
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.privateKey: required when mode is MUTUAL (a PEM file path)"
+            parse(json!({"tls": {"mode": "MUTUAL", "clientCertificate": "/c"}})).unwrap_err(),
+            "tp.tls: privateKey is required when mode is MUTUAL (a PEM file path)"
         );
         // credentialName alone is accepted (Istio accepts it); the linter warns and the
         // destination fails closed.
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "MUTUAL", "credentialName": "s"}}),
-                "tp"
-            )
-            .unwrap()
-            .tls_settings
-            .credential_name
-            .as_deref(),
+            parse(json!({"tls": {"mode": "MUTUAL", "credentialName": "s"}}))
+                .unwrap()
+                .tls_settings
+                .credential_name
+                .as_deref(),
             Some("s")
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "SIMPLE", "subjectAltNames": "a"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.subjectAltNames: \"a\" is not a list"
+            parse(json!({"tls": {"mode": "SIMPLE", "subjectAltNames": "a"}})).unwrap_err(),
+            "tp.tls.subjectAltNames: expected a list, found the string \"a\""
         );
         assert_eq!(
-            parse(
-                &json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}}),
-                "tp"
-            )
-            .unwrap_err(),
-            "tp.tls.insecureSkipVerify: \"yes\" is not true or false"
+            parse(json!({"tls": {"mode": "SIMPLE", "subjectAltNames": ["a", ""]}})).unwrap_err(),
+            "tp.tls: subjectAltNames[1] must not be empty"
         );
         assert_eq!(
-            parse(&json!({"tls": {"mode": "STRICT"}}), "tp").unwrap_err(),
+            parse(json!({"tls": {"mode": "SIMPLE", "insecureSkipVerify": "yes"}})).unwrap_err(),
+            "tp.tls.insecureSkipVerify: expected true or false, found the string \"yes\""
+        );
+        assert_eq!(
+            parse(json!({"tls": {"mode": "", "sni": ""}}))
+                .unwrap()
+                .tls_settings,
+            TlsSettings::default()
+        );
+        assert_eq!(
+            parse(json!({"tls": {"mode": "STRICT"}})).unwrap_err(),
             "tp.tls.mode: \"STRICT\" is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
         );
-        let d = dr(json!({"loadBalancer": {"simple": "NOPE"}}), json!({}));
         assert_eq!(
-            resolve(&d, None, 80).unwrap_err(),
-            "DestinationRule default/r (r.yaml doc 1) trafficPolicy.loadBalancer.simple: \"NOPE\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
+            parse(json!({"portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "NOPE"}}]}))
+                .unwrap_err(),
+            "tp.portLevelSettings[0].loadBalancer.simple: \"NOPE\" is not ROUND_ROBIN, RANDOM, LEAST_REQUEST or PASSTHROUGH"
+        );
+    }
+
+    #[test]
+    fn dump_shape_round_trips() {
+        let d = dr(
+            json!({"loadBalancer": {"simple": "LEAST_CONN", "localityLbSetting": {"enabled": true}},
+                   "tls": {"mode": "SIMPLE", "sni": "x"},
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3, "idleTimeout": "1m30s"}}}],
+                   "tunnel": {"protocol": "CONNECT"}}),
+            json!({}),
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        let back: DestinationRule = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        // As written (durations in seconds).
+        assert_eq!(
+            v["traffic_policy"],
+            json!({"loadBalancer": {"simple": "LEAST_CONN", "localityLbSetting": {"enabled": true}},
+                   "tls": {"mode": "SIMPLE", "sni": "x"},
+                   "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 3, "idleTimeout": "90s"}}}],
+                   "tunnel": {"protocol": "CONNECT"}})
         );
     }
 }

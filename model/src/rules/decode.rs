@@ -1,211 +1,23 @@
-//! Decode one YAML document (as a JSON value) into the model, validating every field we
-//! implement and naming the field path on error. Unknown fields are accepted and ignored.
+//! Decode the `spec` of the networking kinds (VirtualService, DestinationRule, ServiceEntry,
+//! Sidecar) into the model. Each kind's shape is a set of typed serde structs below, carrying
+//! Istio's field names once; `crate::typed::decode` reads them with field-path errors and
+//! reports the fields they do not define as warnings. Istio's checks across fields, host
+//! qualification and regex compilation then run on the typed value, naming the field path the
+//! same way. A DestinationRule's `trafficPolicy` is decoded in the same pass, into
+//! `policy::traffic::TrafficPolicySpec`, and a route's `corsPolicy` into `policy::cors::Cors`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::host::{check_host, qualify};
 use crate::kinds::*;
-use crate::kinds::{FaultAbort, FaultDelay, FaultPolicy, HeaderOps, Mirror, Policy, RetryPolicy};
-
-/// A field-level error inside one document.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-pub type R<T> = Result<T, FieldError>;
-
-fn fail<T>(field: &str, reason: impl Into<String>) -> R<T> {
-    Err(FieldError {
-        field: field.to_string(),
-        reason: reason.into(),
-    })
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
-
-/// "expected a string" with a hint for scalars YAML typed as numbers or booleans.
-fn not_a_string(v: &Value) -> String {
-    match v {
-        Value::Number(_) | Value::Bool(_) => format!(
-            "expected a string, found {} (write it in quotes: \"{v}\")",
-            type_name(v)
-        ),
-        other => format!("expected a string, found {}", type_name(other)),
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-fn as_obj<'a>(v: &'a Value, path: &str) -> R<&'a Map<String, Value>> {
-    match v {
-        Value::Object(m) => Ok(m),
-        other => fail(
-            path,
-            format!("expected a mapping, found {}", type_name(other)),
-        ),
-    }
-}
-
-/// A present, non-null field.
-fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    match m.get(key) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v),
-    }
-}
-
-fn opt_str(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<String>> {
-    match get(m, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => fail(&join(path, key), not_a_string(other)),
-    }
-}
-
-fn req_str(m: &Map<String, Value>, key: &str, path: &str) -> R<String> {
-    match opt_str(m, key, path)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => fail(&join(path, key), "required field is missing or empty"),
-    }
-}
-
-fn opt_bool(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<bool>> {
-    match get(m, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => fail(
-            &join(path, key),
-            format!("expected true or false, found {}", type_name(other)),
-        ),
-    }
-}
-
-fn opt_int(m: &Map<String, Value>, key: &str, path: &str, min: i64, max: i64) -> R<Option<i64>> {
-    let field = join(path, key);
-    match get(m, key) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) if i >= min && i <= max => Ok(Some(i)),
-            Some(i) => fail(&field, format!("{i} is out of range {min}..={max}")),
-            None => fail(&field, format!("expected an integer, found {n}")),
-        },
-        Some(Value::String(s)) => match s.parse::<i64>() {
-            // Kubernetes accepts int-or-string in a few places; be exact about what is wrong.
-            Ok(_) => fail(
-                &field,
-                format!("expected an integer, found the string {s:?} (remove the quotes)"),
-            ),
-            Err(_) => fail(
-                &field,
-                format!("expected an integer, found the string {s:?}"),
-            ),
-        },
-        Some(other) => fail(
-            &field,
-            format!("expected an integer, found {}", type_name(other)),
-        ),
-    }
-}
-
-fn opt_port(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<u16>> {
-    Ok(opt_int(m, key, path, 1, 65535)?.map(|p| p as u16))
-}
-
-fn opt_list<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<&'a [Value]> {
-    match get(m, key) {
-        None => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a.as_slice()),
-        Some(other) => fail(
-            &join(path, key),
-            format!("expected a list, found {}", type_name(other)),
-        ),
-    }
-}
-
-fn str_list(m: &Map<String, Value>, key: &str, path: &str) -> R<Vec<String>> {
-    let mut out = Vec::new();
-    for (i, v) in opt_list(m, key, path)?.iter().enumerate() {
-        match v {
-            Value::String(s) => out.push(s.clone()),
-            other => return fail(&format!("{}[{i}]", join(path, key)), not_a_string(other)),
-        }
-    }
-    Ok(out)
-}
-
-fn str_map(m: &Map<String, Value>, key: &str, path: &str) -> R<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let Some(v) = get(m, key) else {
-        return Ok(out);
-    };
-    let field = join(path, key);
-    for (k, v) in as_obj(v, &field)? {
-        match v {
-            Value::String(s) => {
-                out.insert(k.clone(), s.clone());
-            }
-            other => return fail(&format!("{field}.{k}"), not_a_string(other)),
-        }
-    }
-    Ok(out)
-}
-
-fn percentage(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<f64>> {
-    let Some(v) = get(m, key) else {
-        return Ok(None);
-    };
-    let field = join(path, key);
-    let o = as_obj(v, &field)?;
-    match get(o, "value") {
-        None => Ok(Some(0.0)),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if (0.0..=100.0).contains(&f) => Ok(Some(f)),
-            _ => fail(
-                &format!("{field}.value"),
-                format!("{n} is out of range 0..=100"),
-            ),
-        },
-        Some(other) => fail(
-            &format!("{field}.value"),
-            format!("expected a number, found {}", type_name(other)),
-        ),
-    }
-}
-
-fn duration(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<std::time::Duration>> {
-    if let Some(Value::Number(n)) = get(m, key) {
-        return fail(
-            &join(path, key),
-            format!("expected a duration such as \"{n}s\" or \"100ms\", found the number {n}"),
-        );
-    }
-    match opt_str(m, key, path)? {
-        None => Ok(None),
-        Some(s) => parse_duration(&s)
-            .map(Some)
-            .or_else(|e| fail(&join(path, key), e)),
-    }
-}
+use crate::policy::cors::{Cors, CorsSpec};
+use crate::policy::traffic::{DestinationRule, Subset, TrafficPolicySpec};
+pub use crate::typed::{fail, FieldError, Unknown, R};
+use crate::typed::{Dur, Int, Percent, Port};
 
 /// The context one document is decoded in.
 pub struct DocCtx<'a> {
@@ -228,35 +40,309 @@ impl DocCtx<'_> {
     }
 }
 
+fn join(path: &str, key: &str) -> String {
+    format!("{path}.{key}")
+}
+
+/// A string field that must be set and not empty.
+fn required(v: Option<String>, field: &str) -> R<String> {
+    match v {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => fail(field, "required field is missing or empty"),
+    }
+}
+
+// ------------------------------------------------------------------------------ shared shapes
+
+/// `StringMatch`: one of `exact`, `prefix`, `regex`.
+#[derive(Deserialize)]
+struct StringMatchSpec {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+/// Istio's `Percent`: `{value: 0..=100}` (an absent value is 0).
+#[derive(Deserialize)]
+struct PercentSpec {
+    value: Option<Percent>,
+}
+
+impl PercentSpec {
+    fn get(&self) -> f64 {
+        self.value.map_or(0.0, |p| p.0)
+    }
+}
+
+/// `PortSelector`.
+#[derive(Deserialize)]
+struct PortSelectorSpec {
+    number: Option<Port>,
+}
+
+/// `Destination`.
+#[derive(Deserialize)]
+struct DestinationSpec {
+    host: Option<String>,
+    subset: Option<String>,
+    port: Option<PortSelectorSpec>,
+}
+
+/// `HeaderOperations`.
+#[derive(Deserialize)]
+struct HeaderOpsSpec {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `Headers`.
+#[derive(Deserialize)]
+struct HeadersSpec {
+    request: Option<HeaderOpsSpec>,
+    response: Option<HeaderOpsSpec>,
+}
+
+// ------------------------------------------------------------------------------ VirtualService
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VirtualServiceSpec {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+    #[serde(default)]
+    http: Vec<HttpRouteSpec>,
+    #[serde(default)]
+    tls: Vec<L4RouteSpec>,
+    #[serde(default)]
+    tcp: Vec<L4RouteSpec>,
+    #[serde(default)]
+    export_to: Vec<String>,
+}
+
+/// `HTTPRoute`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteSpec {
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    matches: Vec<HttpMatchSpec>,
+    #[serde(default)]
+    route: Vec<HttpRouteDestinationSpec>,
+    redirect: Option<RedirectSpec>,
+    direct_response: Option<DirectResponseSpec>,
+    /// Refused: delegate VirtualServices are not supported.
+    delegate: Option<Value>,
+    rewrite: Option<RewriteSpec>,
+    timeout: Option<Dur>,
+    retries: Option<RetriesSpec>,
+    fault: Option<FaultSpec>,
+    mirror: Option<DestinationSpec>,
+    #[serde(default)]
+    mirrors: Vec<MirrorSpec>,
+    mirror_percentage: Option<PercentSpec>,
+    /// The deprecated integer form of `mirrorPercentage.value`.
+    mirror_percent: Option<Int<0, 100>>,
+    cors_policy: Option<CorsSpec>,
+    headers: Option<HeadersSpec>,
+}
+
+/// `HTTPMatchRequest`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpMatchSpec {
+    name: Option<String>,
+    uri: Option<StringMatchSpec>,
+    scheme: Option<StringMatchSpec>,
+    method: Option<StringMatchSpec>,
+    authority: Option<StringMatchSpec>,
+    /// `null` or `{}` for a name: the header is present.
+    #[serde(default)]
+    headers: BTreeMap<String, Option<StringMatchSpec>>,
+    #[serde(default)]
+    without_headers: BTreeMap<String, Option<StringMatchSpec>>,
+    #[serde(default)]
+    query_params: BTreeMap<String, Option<StringMatchSpec>>,
+    port: Option<Port>,
+    #[serde(default)]
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+    ignore_uri_case: Option<bool>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    stat_prefix: Option<Value>,
+}
+
+/// `HTTPRouteDestination`.
+#[derive(Deserialize)]
+struct HttpRouteDestinationSpec {
+    destination: Option<DestinationSpec>,
+    weight: Option<Int<0, 2147483647>>,
+    headers: Option<HeadersSpec>,
+}
+
+/// `HTTPRedirect`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedirectSpec {
+    uri: Option<String>,
+    authority: Option<String>,
+    port: Option<Port>,
+    derive_port: Option<String>,
+    scheme: Option<String>,
+    redirect_code: Option<Int<300, 399>>,
+}
+
+/// `HTTPDirectResponse`.
+#[derive(Deserialize)]
+struct DirectResponseSpec {
+    status: Option<Int<200, 599>>,
+    body: Option<BodySpec>,
+}
+
+/// `HTTPBody`.
+#[derive(Deserialize)]
+struct BodySpec {
+    string: Option<String>,
+    /// Refused: use `string`.
+    bytes: Option<Value>,
+}
+
+/// `HTTPRewrite`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RewriteSpec {
+    uri: Option<String>,
+    authority: Option<String>,
+    uri_regex_rewrite: Option<RegexRewriteSpec>,
+}
+
+/// `RegexRewrite`.
+#[derive(Deserialize)]
+struct RegexRewriteSpec {
+    #[serde(rename = "match")]
+    pattern: Option<String>,
+    rewrite: Option<String>,
+}
+
+/// `HTTPRetry`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetriesSpec {
+    attempts: Option<Int<0, 1000>>,
+    per_try_timeout: Option<Dur>,
+    retry_on: Option<String>,
+    retry_remote_localities: Option<bool>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    retry_ignore_previous_hosts: Option<Value>,
+    #[allow(dead_code)]
+    backoff: Option<Value>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Deserialize)]
+struct FaultSpec {
+    delay: Option<DelaySpec>,
+    abort: Option<AbortSpec>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DelaySpec {
+    fixed_delay: Option<Dur>,
+    percentage: Option<PercentSpec>,
+    /// The deprecated integer form of `percentage.value`.
+    percent: Option<Int<0, 100>>,
+    /// Refused: use `fixedDelay`.
+    exponential_delay: Option<Value>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AbortSpec {
+    http_status: Option<Int<200, 599>>,
+    grpc_status: Option<String>,
+    /// Refused: use `httpStatus` or `grpcStatus`.
+    http2_error: Option<Value>,
+    percentage: Option<PercentSpec>,
+    /// The deprecated integer form of `percentage.value`.
+    percent: Option<Int<0, 100>>,
+}
+
+/// `HTTPMirrorPolicy`.
+#[derive(Deserialize)]
+struct MirrorSpec {
+    destination: Option<DestinationSpec>,
+    percentage: Option<PercentSpec>,
+}
+
+/// A `tcp` or `tls` route (`TCPRoute`, `TLSRoute`).
+#[derive(Deserialize)]
+struct L4RouteSpec {
+    #[serde(rename = "match", default)]
+    matches: Vec<L4MatchSpec>,
+    #[serde(default)]
+    route: Vec<RouteDestinationSpec>,
+}
+
+/// `L4MatchAttributes` / `TLSMatchAttributes`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct L4MatchSpec {
+    #[serde(default)]
+    sni_hosts: Vec<String>,
+    #[serde(default)]
+    destination_subnets: Vec<String>,
+    port: Option<Port>,
+    #[serde(default)]
+    source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    gateways: Vec<String>,
+    source_namespace: Option<String>,
+}
+
+/// `RouteDestination`.
+#[derive(Deserialize)]
+struct RouteDestinationSpec {
+    destination: Option<DestinationSpec>,
+    weight: Option<Int<0, 2147483647>>,
+}
+
 /// `StringMatch`. `allow_empty`: `{}` means "present" (headers, query parameters).
-fn string_match(v: &Value, field: &str, allow_empty: bool) -> R<StringMatch> {
-    let o = as_obj(v, field)?;
-    let exact = opt_str(o, "exact", field)?;
-    let prefix = opt_str(o, "prefix", field)?;
-    let regex = opt_str(o, "regex", field)?;
-    let set = exact.is_some() as u8 + prefix.is_some() as u8 + regex.is_some() as u8;
+fn string_match(sm: StringMatchSpec, field: &str, allow_empty: bool) -> R<StringMatch> {
+    let set = sm.exact.is_some() as u8 + sm.prefix.is_some() as u8 + sm.regex.is_some() as u8;
     if set > 1 {
         return fail(field, "only one of exact, prefix or regex may be set");
     }
-    if let Some(e) = exact {
+    if let Some(e) = sm.exact {
         return Ok(StringMatch::Exact(e));
     }
-    if let Some(p) = prefix {
+    if let Some(p) = sm.prefix {
         if p.is_empty() {
             // Istio: an empty prefix on a header or query parameter tests presence.
             if allow_empty {
                 return Ok(StringMatch::Present);
             }
-            return fail(&format!("{field}.prefix"), "prefix must not be empty");
+            return fail(&join(field, "prefix"), "prefix must not be empty");
         }
         return Ok(StringMatch::Prefix(p));
     }
-    if let Some(r) = regex {
+    if let Some(r) = sm.regex {
         // Istio: `regex: "*"` on a header means "present" (it is not a valid regex).
         if allow_empty && r == "*" {
             return Ok(StringMatch::Present);
         }
-        return compile_regex(&r, &format!("{field}.regex")).map(|re| StringMatch::Regex(r, re));
+        return compile_regex(&r, &join(field, "regex")).map(|re| StringMatch::Regex(r, re));
     }
     if allow_empty {
         Ok(StringMatch::Present)
@@ -270,33 +356,32 @@ pub(crate) fn compile_regex(src: &str, field: &str) -> R<regex::Regex> {
     crate::kinds::compile_regex(src).or_else(|reason| fail(field, reason))
 }
 
+fn opt_match(sm: Option<StringMatchSpec>, field: &str) -> R<Option<StringMatch>> {
+    sm.map(|sm| string_match(sm, field, false)).transpose()
+}
+
+/// `headers`, `withoutHeaders` (names lower-cased and checked) or `queryParams`.
 fn match_map(
-    m: &Map<String, Value>,
-    key: &str,
-    path: &str,
-    lower: bool,
+    m: BTreeMap<String, Option<StringMatchSpec>>,
+    field: &str,
+    header: bool,
 ) -> R<Vec<(String, StringMatch)>> {
     let mut out = Vec::new();
-    let Some(v) = get(m, key) else {
-        return Ok(out);
-    };
-    let field = join(path, key);
-    for (name, sm) in as_obj(v, &field)? {
+    for (name, sm) in m {
         if name.is_empty() {
-            return fail(&field, "name must not be empty");
+            return fail(field, "name must not be empty");
         }
-        let f = format!("{field}.{name}");
-        let sm = if sm.is_null() {
-            StringMatch::Present
-        } else {
-            string_match(sm, &f, true)?
+        let f = join(field, &name);
+        let sm = match sm {
+            None => StringMatch::Present,
+            Some(sm) => string_match(sm, &f, true)?,
         };
-        let name = if lower {
+        let name = if header {
             name.to_ascii_lowercase()
         } else {
-            name.clone()
+            name
         };
-        if lower && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if header && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return fail(&f, format!("{name:?} is not a valid HTTP header name"));
         }
         out.push((name, sm));
@@ -304,47 +389,38 @@ fn match_map(
     Ok(out)
 }
 
-fn http_match(v: &Value, path: &str) -> R<HttpMatch> {
-    let o = as_obj(v, path)?;
-    let opt_sm = |key: &str| -> R<Option<StringMatch>> {
-        match get(o, key) {
-            None => Ok(None),
-            Some(v) => string_match(v, &join(path, key), false).map(Some),
-        }
-    };
-    let gateways = str_list(o, "gateways", path)?;
+fn http_match(m: HttpMatchSpec, path: &str) -> R<HttpMatch> {
     Ok(HttpMatch {
-        name: opt_str(o, "name", path)?,
-        uri: opt_sm("uri")?,
-        scheme: opt_sm("scheme")?,
-        method: opt_sm("method")?,
-        authority: opt_sm("authority")?,
-        headers: match_map(o, "headers", path, true)?,
-        without_headers: match_map(o, "withoutHeaders", path, true)?,
-        query_params: match_map(o, "queryParams", path, false)?,
-        port: opt_port(o, "port", path)?,
-        source_labels: str_map(o, "sourceLabels", path)?,
-        source_namespace: opt_str(o, "sourceNamespace", path)?,
-        gateways,
-        ignore_uri_case: opt_bool(o, "ignoreUriCase", path)?.unwrap_or(false),
+        uri: opt_match(m.uri, &join(path, "uri"))?,
+        scheme: opt_match(m.scheme, &join(path, "scheme"))?,
+        method: opt_match(m.method, &join(path, "method"))?,
+        authority: opt_match(m.authority, &join(path, "authority"))?,
+        headers: match_map(m.headers, &join(path, "headers"), true)?,
+        without_headers: match_map(m.without_headers, &join(path, "withoutHeaders"), true)?,
+        query_params: match_map(m.query_params, &join(path, "queryParams"), false)?,
+        name: m.name,
+        port: m.port.map(Int::as_u16),
+        source_labels: m.source_labels,
+        source_namespace: m.source_namespace,
+        gateways: m.gateways,
+        ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
     })
 }
 
-fn header_ops(v: Option<&Value>, path: &str) -> R<HeaderOps> {
-    let Some(v) = v else {
+fn header_ops(ops: Option<HeaderOpsSpec>, path: &str) -> R<HeaderOps> {
+    let Some(o) = ops else {
         return Ok(HeaderOps::default());
     };
-    let o = as_obj(v, path)?;
     let check = |name: &str, field: &str| -> R<()> {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return fail(field, format!("{name:?} is not a valid HTTP header name"));
         }
         Ok(())
     };
-    let mut ops = HeaderOps::default();
-    for (key, dst) in [("set", &mut ops.set), ("add", &mut ops.add)] {
-        for (k, val) in str_map(o, key, path)? {
-            let f = format!("{}.{k}", join(path, key));
+    let mut out = HeaderOps::default();
+    for (key, map, dst) in [("set", o.set, &mut out.set), ("add", o.add, &mut out.add)] {
+        for (k, val) in map {
+            let f = format!("{path}.{key}.{k}");
             check(&k, &f)?;
             if http::HeaderValue::from_str(&val).is_err() {
                 return fail(&f, format!("{val:?} is not a valid HTTP header value"));
@@ -352,42 +428,38 @@ fn header_ops(v: Option<&Value>, path: &str) -> R<HeaderOps> {
             dst.push((k.to_ascii_lowercase(), val));
         }
     }
-    for (i, k) in str_list(o, "remove", path)?.into_iter().enumerate() {
-        check(&k, &format!("{}[{i}]", join(path, "remove")))?;
-        ops.remove.push(k.to_ascii_lowercase());
+    for (i, k) in o.remove.into_iter().enumerate() {
+        check(&k, &format!("{path}.remove[{i}]"))?;
+        out.remove.push(k.to_ascii_lowercase());
     }
-    Ok(ops)
+    Ok(out)
 }
 
-fn headers(o: &Map<String, Value>, path: &str) -> R<Headers> {
-    let Some(v) = get(o, "headers") else {
+fn headers(h: Option<HeadersSpec>, path: &str) -> R<Headers> {
+    let Some(h) = h else {
         return Ok(Headers::default());
     };
     let field = join(path, "headers");
-    let h = as_obj(v, &field)?;
     Ok(Headers {
-        request: header_ops(get(h, "request"), &join(&field, "request"))?,
-        response: header_ops(get(h, "response"), &join(&field, "response"))?,
+        request: header_ops(h.request, &join(&field, "request"))?,
+        response: header_ops(h.response, &join(&field, "response"))?,
     })
 }
 
-fn destination(v: &Value, path: &str, cx: &DocCtx<'_>) -> R<Destination> {
-    let o = as_obj(v, path)?;
-    let raw = req_str(o, "host", path)?;
+fn destination(d: Option<DestinationSpec>, path: &str, cx: &DocCtx<'_>) -> R<Destination> {
+    let Some(d) = d else {
+        return fail(path, "required field is missing or empty");
+    };
+    let raw = required(d.host, &join(path, "host"))?;
     let host = cx.host(&raw, &join(path, "host"), false)?;
-    let subset = opt_str(o, "subset", path)?;
-    if subset.as_deref() == Some("") {
+    if d.subset.as_deref() == Some("") {
         return fail(&join(path, "subset"), "subset must not be empty");
     }
-    let port = match get(o, "port") {
-        None => None,
-        Some(p) => opt_port(
-            as_obj(p, &join(path, "port"))?,
-            "number",
-            &join(path, "port"),
-        )?,
-    };
-    Ok(Destination { host, subset, port })
+    Ok(Destination {
+        host,
+        subset: d.subset,
+        port: d.port.and_then(|p| p.number).map(Int::as_u16),
+    })
 }
 
 const RETRY_ON: &[&str] = &[
@@ -409,12 +481,9 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-fn retries(v: &Value, path: &str) -> R<RetryPolicy> {
-    let o = as_obj(v, path)?;
-    let attempts = opt_int(o, "attempts", path, 0, 1000)?.unwrap_or(0) as u32;
-    let per_try_timeout = duration(o, "perTryTimeout", path)?;
+fn retries(r: RetriesSpec, path: &str) -> R<RetryPolicy> {
     let mut retry_on = Vec::new();
-    if let Some(s) = opt_str(o, "retryOn", path)? {
+    if let Some(s) = r.retry_on {
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let is_code = p.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
             if !is_code && !RETRY_ON.contains(&p) {
@@ -427,77 +496,77 @@ fn retries(v: &Value, path: &str) -> R<RetryPolicy> {
         }
     }
     Ok(RetryPolicy {
-        attempts,
-        per_try_timeout,
+        attempts: r.attempts.map_or(0, Int::as_u32),
+        per_try_timeout: r.per_try_timeout.map(|d| d.0),
         retry_on,
-        retry_remote_localities: opt_bool(o, "retryRemoteLocalities", path)?,
+        retry_remote_localities: r.retry_remote_localities,
     })
 }
 
 /// `percentage.value`, or the deprecated integer `percent`; 100 when neither is set.
-fn fault_percentage(o: &Map<String, Value>, path: &str) -> R<f64> {
-    if let Some(p) = percentage(o, "percentage", path)? {
-        return Ok(p);
+fn fault_percentage(percentage: Option<PercentSpec>, percent: Option<Int<0, 100>>) -> f64 {
+    match (percentage, percent) {
+        (Some(p), _) => p.get(),
+        (None, Some(p)) => p.0 as f64,
+        (None, None) => 100.0,
     }
-    Ok(opt_int(o, "percent", path, 0, 100)?
-        .map(|p| p as f64)
-        .unwrap_or(100.0))
 }
 
-fn fault(v: &Value, path: &str) -> R<FaultPolicy> {
-    let o = as_obj(v, path)?;
-    let mut f = FaultPolicy::default();
-    if let Some(d) = get(o, "delay") {
+fn fault(f: FaultSpec, path: &str) -> R<FaultPolicy> {
+    let mut out = FaultPolicy::default();
+    if let Some(d) = f.delay {
         let p = join(path, "delay");
-        let d = as_obj(d, &p)?;
-        if get(d, "exponentialDelay").is_some() {
+        if d.exponential_delay.is_some() {
             return fail(
                 &join(&p, "exponentialDelay"),
                 "exponentialDelay is not supported; use fixedDelay",
             );
         }
-        let Some(fixed) = duration(d, "fixedDelay", &p)? else {
+        let Some(fixed) = d.fixed_delay else {
             return fail(
                 &join(&p, "fixedDelay"),
                 "required field is missing or empty",
             );
         };
-        f.delay = Some(FaultDelay {
-            fixed_delay: fixed,
-            percentage: fault_percentage(d, &p)?,
+        out.delay = Some(FaultDelay {
+            fixed_delay: fixed.0,
+            percentage: fault_percentage(d.percentage, d.percent),
         });
     }
-    if let Some(a) = get(o, "abort") {
+    if let Some(a) = f.abort {
         let p = join(path, "abort");
-        let a = as_obj(a, &p)?;
-        let http_status = opt_int(a, "httpStatus", &p, 200, 599)?.map(|s| s as u16);
-        let grpc_status = opt_str(a, "grpcStatus", &p)?;
-        if get(a, "http2Error").is_some() {
+        if a.http2_error.is_some() {
             return fail(
                 &join(&p, "http2Error"),
                 "http2Error is not supported; use httpStatus or grpcStatus",
             );
         }
-        if http_status.is_none() && grpc_status.is_none() {
+        let http_status = a.http_status.map(Int::as_u16);
+        if http_status.is_none() && a.grpc_status.is_none() {
             return fail(&p, "one of httpStatus or grpcStatus is required");
         }
-        if http_status.is_some() && grpc_status.is_some() {
+        if http_status.is_some() && a.grpc_status.is_some() {
             return fail(&p, "only one of httpStatus or grpcStatus may be set");
         }
-        f.abort = Some(FaultAbort {
+        out.abort = Some(FaultAbort {
             http_status,
-            grpc_status,
-            percentage: fault_percentage(a, &p)?,
+            grpc_status: a.grpc_status,
+            percentage: fault_percentage(a.percentage, a.percent),
         });
     }
-    if f.delay.is_none() && f.abort.is_none() {
+    if out.delay.is_none() && out.abort.is_none() {
         return fail(path, "one of delay or abort is required");
     }
-    Ok(f)
+    Ok(out)
 }
 
-fn mirror_target(v: &Value, path: &str, pct: Option<f64>, cx: &DocCtx<'_>) -> R<Mirror> {
-    let d = destination(v, path, cx)?;
+fn mirror_target(
+    d: Option<DestinationSpec>,
+    path: &str,
+    pct: Option<f64>,
+    cx: &DocCtx<'_>,
+) -> R<Mirror> {
+    let d = destination(d, path, cx)?;
     Ok(Mirror {
         host: d.host,
         subset: d.subset,
@@ -506,15 +575,11 @@ fn mirror_target(v: &Value, path: &str, pct: Option<f64>, cx: &DocCtx<'_>) -> R<
     })
 }
 
-fn rewrite(v: &Value, path: &str) -> R<Rewrite> {
-    let o = as_obj(v, path)?;
-    let uri = opt_str(o, "uri", path)?;
-    let authority = opt_str(o, "authority", path)?;
+fn rewrite(r: RewriteSpec, path: &str) -> R<Rewrite> {
     let mut uri_regex = None;
-    if let Some(rr) = get(o, "uriRegexRewrite") {
+    if let Some(rr) = r.uri_regex_rewrite {
         let p = join(path, "uriRegexRewrite");
-        let rr = as_obj(rr, &p)?;
-        let m = req_str(rr, "match", &p)?;
+        let m = required(rr.pattern, &join(&p, "match"))?;
         let re = regex::RegexBuilder::new(&m)
             .size_limit(1 << 20)
             .build()
@@ -529,23 +594,15 @@ fn rewrite(v: &Value, path: &str) -> R<Rewrite> {
                     .to_string();
                 fail(&join(&p, "match"), format!("invalid regex {m:?}: {last}"))
             })?;
-        let rw = opt_str(rr, "rewrite", &p)?.unwrap_or_default();
-        uri_regex = Some((re, istio_replacement(&rw)));
+        uri_regex = Some((re, istio_replacement(&rr.rewrite.unwrap_or_default())));
     }
-    if uri.is_some() && uri_regex.is_some() {
+    if r.uri.is_some() && uri_regex.is_some() {
         return fail(path, "only one of uri or uriRegexRewrite may be set");
     }
-    if uri.as_deref() == Some("") {
-        // Istio treats an empty rewrite as unset.
-        return Ok(Rewrite {
-            uri: None,
-            authority,
-            uri_regex,
-        });
-    }
     Ok(Rewrite {
-        uri,
-        authority,
+        // Istio treats an empty rewrite as unset.
+        uri: r.uri.filter(|u| !u.is_empty()),
+        authority: r.authority,
         uri_regex,
     })
 }
@@ -571,11 +628,8 @@ fn istio_replacement(s: &str) -> String {
     out
 }
 
-fn redirect(v: &Value, path: &str) -> R<Redirect> {
-    let o = as_obj(v, path)?;
-    let port = opt_port(o, "port", path)?;
-    let derive = opt_str(o, "derivePort", path)?;
-    let derive_port_from_request = match derive.as_deref() {
+fn redirect(r: RedirectSpec, path: &str) -> R<Redirect> {
+    let derive_port_from_request = match r.derive_port.as_deref() {
         None | Some("FROM_PROTOCOL_DEFAULT") => false,
         Some("FROM_REQUEST_PORT") => true,
         Some(other) => {
@@ -585,12 +639,10 @@ fn redirect(v: &Value, path: &str) -> R<Redirect> {
             )
         }
     };
-    if port.is_some() && derive.is_some() {
+    if r.port.is_some() && r.derive_port.is_some() {
         return fail(path, "only one of port or derivePort may be set");
     }
-    let code = opt_int(o, "redirectCode", path, 300, 399)?.unwrap_or(301) as u16;
-    let scheme = opt_str(o, "scheme", path)?;
-    if let Some(s) = &scheme {
+    if let Some(s) = &r.scheme {
         if s != "http" && s != "https" {
             return fail(
                 &join(path, "scheme"),
@@ -599,74 +651,78 @@ fn redirect(v: &Value, path: &str) -> R<Redirect> {
         }
     }
     Ok(Redirect {
-        uri: opt_str(o, "uri", path)?,
-        authority: opt_str(o, "authority", path)?,
-        port,
+        uri: r.uri,
+        authority: r.authority,
+        port: r.port.map(Int::as_u16),
         derive_port_from_request,
-        scheme,
-        code,
+        scheme: r.scheme,
+        code: r.redirect_code.map_or(301, Int::as_u16),
     })
 }
 
-fn direct_response(v: &Value, path: &str) -> R<DirectResponse> {
-    let o = as_obj(v, path)?;
-    let Some(status) = opt_int(o, "status", path, 200, 599)? else {
+fn direct_response(d: DirectResponseSpec, path: &str) -> R<DirectResponse> {
+    let Some(status) = d.status else {
         return fail(&join(path, "status"), "required field is missing or empty");
     };
     let mut body = String::new();
-    if let Some(b) = get(o, "body") {
-        let p = join(path, "body");
-        let b = as_obj(b, &p)?;
-        if get(b, "bytes").is_some() {
+    if let Some(b) = d.body {
+        if b.bytes.is_some() {
             return fail(
-                &join(&p, "bytes"),
+                &join(path, "body.bytes"),
                 "body.bytes is not supported; use body.string",
             );
         }
-        body = opt_str(b, "string", &p)?.unwrap_or_default();
+        body = b.string.unwrap_or_default();
     }
     Ok(DirectResponse {
-        status: status as u16,
+        status: status.as_u16(),
         body,
     })
 }
 
-fn http_route(v: &Value, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
-    let o = as_obj(v, path)?;
-    if get(o, "delegate").is_some() {
+fn weighted(
+    d: Option<DestinationSpec>,
+    weight: Option<Int<0, 2147483647>>,
+    headers: Headers,
+    path: &str,
+    cx: &DocCtx<'_>,
+) -> R<WeightedDestination> {
+    Ok(WeightedDestination {
+        destination: destination(d, &join(path, "destination"), cx)?,
+        weight: weight.map(Int::as_u32),
+        headers,
+    })
+}
+
+/// A route and its `corsPolicy`.
+fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<(HttpRoute, Option<Cors>)> {
+    if r.delegate.is_some() {
         return fail(
             &join(path, "delegate"),
             "delegate VirtualServices are not supported",
         );
     }
     let mut matches = Vec::new();
-    for (i, m) in opt_list(o, "match", path)?.iter().enumerate() {
+    for (i, m) in r.matches.into_iter().enumerate() {
         matches.push(http_match(m, &format!("{path}.match[{i}]"))?);
     }
     let mut route = Vec::new();
-    for (i, d) in opt_list(o, "route", path)?.iter().enumerate() {
+    for (i, d) in r.route.into_iter().enumerate() {
         let p = format!("{path}.route[{i}]");
-        let dobj = as_obj(d, &p)?;
-        let Some(dest) = get(dobj, "destination") else {
-            return fail(
-                &join(&p, "destination"),
-                "required field is missing or empty",
-            );
-        };
-        route.push(WeightedDestination {
-            destination: destination(dest, &join(&p, "destination"), cx)?,
-            weight: opt_int(dobj, "weight", &p, 0, i32::MAX as i64)?.map(|w| w as u32),
-            headers: headers(dobj, &p)?,
-        });
+        let h = headers(d.headers, &p)?;
+        route.push(weighted(d.destination, d.weight, h, &p, cx)?);
     }
-    let redirect = get(o, "redirect")
-        .map(|r| redirect(r, &join(path, "redirect")))
+    let redirect = r
+        .redirect
+        .map(|x| redirect(x, &join(path, "redirect")))
         .transpose()?;
-    let direct_response = get(o, "directResponse")
-        .map(|r| direct_response(r, &join(path, "directResponse")))
+    let direct_response = r
+        .direct_response
+        .map(|x| direct_response(x, &join(path, "directResponse")))
         .transpose()?;
-    let rewrite = get(o, "rewrite")
-        .map(|r| rewrite(r, &join(path, "rewrite")))
+    let rewrite = r
+        .rewrite
+        .map(|x| rewrite(x, &join(path, "rewrite")))
         .transpose()?;
     let actions =
         !route.is_empty() as u8 + redirect.is_some() as u8 + direct_response.is_some() as u8;
@@ -692,91 +748,88 @@ fn http_route(v: &Value, path: &str, cx: &DocCtx<'_>) -> R<HttpRoute> {
         }
     }
     let mut policy = Policy {
-        timeout: duration(o, "timeout", path)?,
-        retries: get(o, "retries")
-            .map(|r| retries(r, &join(path, "retries")))
+        timeout: r.timeout.map(|d| d.0),
+        retries: r
+            .retries
+            .map(|x| retries(x, &join(path, "retries")))
             .transpose()?,
-        fault: get(o, "fault")
-            .map(|f| fault(f, &join(path, "fault")))
+        fault: r
+            .fault
+            .map(|x| fault(x, &join(path, "fault")))
             .transpose()?,
         mirrors: Vec::new(),
     };
-    if let Some(m) = get(o, "mirror") {
+    let single = r.mirror.is_some();
+    if let Some(m) = r.mirror {
         // `mirrorPercent` (an integer) is the deprecated form of `mirrorPercentage.value`.
-        let pct = match percentage(o, "mirrorPercentage", path)? {
-            Some(p) => Some(p),
-            None => opt_int(o, "mirrorPercent", path, 0, 100)?.map(|p| p as f64),
+        let pct = match (&r.mirror_percentage, r.mirror_percent) {
+            (Some(p), _) => Some(p.get()),
+            (None, p) => p.map(|p| p.0 as f64),
         };
         policy
             .mirrors
-            .push(mirror_target(m, &join(path, "mirror"), pct, cx)?);
+            .push(mirror_target(Some(m), &join(path, "mirror"), pct, cx)?);
     }
-    let mirrors = opt_list(o, "mirrors", path)?;
-    if !mirrors.is_empty() && get(o, "mirror").is_some() {
+    if !r.mirrors.is_empty() && single {
         return fail(path, "only one of mirror or mirrors may be set");
     }
-    for (i, m) in mirrors.iter().enumerate() {
+    for (i, m) in r.mirrors.into_iter().enumerate() {
         let p = format!("{path}.mirrors[{i}]");
-        let mo = as_obj(m, &p)?;
-        let Some(d) = get(mo, "destination") else {
-            return fail(
-                &join(&p, "destination"),
-                "required field is missing or empty",
-            );
-        };
-        let pct = percentage(mo, "percentage", &p)?;
-        policy
-            .mirrors
-            .push(mirror_target(d, &join(&p, "destination"), pct, cx)?);
+        let pct = m.percentage.as_ref().map(PercentSpec::get);
+        policy.mirrors.push(mirror_target(
+            m.destination,
+            &join(&p, "destination"),
+            pct,
+            cx,
+        )?);
     }
-    Ok(HttpRoute {
-        name: opt_str(o, "name", path)?,
+    let route = HttpRoute {
+        name: r.name,
         path: path.to_string(),
         matches,
         route,
         redirect,
         direct_response,
         rewrite,
-        headers: headers(o, path)?,
+        headers: headers(r.headers, path)?,
         policy,
-    })
+    };
+    let cors = r
+        .cors_policy
+        .map(|c| Cors::from_spec(c, &join(path, "corsPolicy")))
+        .transpose()?;
+    Ok((route, cors))
 }
 
-fn l4_route(v: &Value, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
-    let o = as_obj(v, path)?;
+fn l4_route(r: L4RouteSpec, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
     let mut matches = Vec::new();
-    for (i, m) in opt_list(o, "match", path)?.iter().enumerate() {
+    for (i, m) in r.matches.into_iter().enumerate() {
         let p = format!("{path}.match[{i}]");
-        let mo = as_obj(m, &p)?;
         let mut sni_hosts = Vec::new();
-        for (j, h) in str_list(mo, "sniHosts", &p)?.iter().enumerate() {
-            let f = format!("{p}.sniHosts[{j}]");
-            check_host(h).or_else(|e| fail(&f, e))?;
+        for (j, h) in m.sni_hosts.iter().enumerate() {
+            check_host(h).or_else(|e| fail(&format!("{p}.sniHosts[{j}]"), e))?;
             sni_hosts.push(h.trim_end_matches('.').to_ascii_lowercase());
         }
         if tls && sni_hosts.is_empty() {
             return fail(&join(&p, "sniHosts"), "at least one SNI host is required");
         }
         let mut destination_subnets = Vec::new();
-        for (j, a) in str_list(mo, "destinationSubnets", &p)?.iter().enumerate() {
-            let net = a
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| a.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .or_else(|_| {
-                    fail(
-                        &format!("{p}.destinationSubnets[{j}]"),
-                        format!("{a:?} is not an IP address or CIDR"),
-                    )
-                })?;
+        for (j, a) in m.destination_subnets.iter().enumerate() {
+            let net = parse_net(a).ok_or_else(|| {
+                FieldError::new(
+                    format!("{p}.destinationSubnets[{j}]"),
+                    format!("{a:?} is not an IP address or CIDR"),
+                )
+            })?;
             destination_subnets.push(net);
         }
         matches.push(L4Match {
             sni_hosts,
-            port: opt_port(mo, "port", &p)?,
+            port: m.port.map(Int::as_u16),
             destination_subnets,
-            source_labels: str_map(mo, "sourceLabels", &p)?,
-            source_namespace: opt_str(mo, "sourceNamespace", &p)?,
-            gateways: str_list(mo, "gateways", &p)?,
+            source_labels: m.source_labels,
+            source_namespace: m.source_namespace,
+            gateways: m.gateways,
         });
     }
     if tls && matches.is_empty() {
@@ -786,20 +839,15 @@ fn l4_route(v: &Value, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
         );
     }
     let mut route = Vec::new();
-    for (i, d) in opt_list(o, "route", path)?.iter().enumerate() {
+    for (i, d) in r.route.into_iter().enumerate() {
         let p = format!("{path}.route[{i}]");
-        let dobj = as_obj(d, &p)?;
-        let Some(dest) = get(dobj, "destination") else {
-            return fail(
-                &join(&p, "destination"),
-                "required field is missing or empty",
-            );
-        };
-        route.push(WeightedDestination {
-            destination: destination(dest, &join(&p, "destination"), cx)?,
-            weight: opt_int(dobj, "weight", &p, 0, i32::MAX as i64)?.map(|w| w as u32),
-            headers: Headers::default(),
-        });
+        route.push(weighted(
+            d.destination,
+            d.weight,
+            Headers::default(),
+            &p,
+            cx,
+        )?);
     }
     if route.is_empty() {
         return fail(&join(path, "route"), "at least one destination is required");
@@ -817,9 +865,15 @@ fn l4_route(v: &Value, path: &str, tls: bool, cx: &DocCtx<'_>) -> R<L4Route> {
     })
 }
 
+/// An IP address or CIDR.
+fn parse_net(a: &str) -> Option<ipnet::IpNet> {
+    a.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| a.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 /// `exportTo`: `.`, `*`, `~` or namespace names (DNS-1123 labels).
-fn export_to(o: &Map<String, Value>) -> R<Vec<String>> {
-    let list = str_list(o, "exportTo", "spec")?;
+fn export_to(list: Vec<String>) -> R<Vec<String>> {
     for (i, e) in list.iter().enumerate() {
         let label_ok = !e.is_empty()
             && e.len() <= 63
@@ -837,27 +891,37 @@ fn export_to(o: &Map<String, Value>) -> R<Vec<String>> {
     Ok(list)
 }
 
-pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualService> {
-    let o = as_obj(spec, "spec")?;
-    let raw_hosts = str_list(o, "hosts", "spec")?;
-    if raw_hosts.is_empty() {
+/// Decode a VirtualService's `spec`: the kind and the `corsPolicy` of its routes (by route
+/// path, `spec.http[i]`); the unknown fields are added to `unknown`.
+pub fn virtual_service(
+    meta: Meta,
+    spec: &Value,
+    cx: &DocCtx<'_>,
+    unknown: &mut Vec<Unknown>,
+) -> R<(VirtualService, Vec<(String, Cors)>)> {
+    let s = crate::typed::decode::<VirtualServiceSpec>(spec, "spec", unknown)?;
+    if s.hosts.is_empty() {
         return fail("spec.hosts", "at least one host is required");
     }
-    let gateways = str_list(o, "gateways", "spec")?;
-    let mut hosts = Vec::new();
     let mut http = Vec::new();
-    for (i, r) in opt_list(o, "http", "spec")?.iter().enumerate() {
-        http.push(http_route(r, &format!("spec.http[{i}]"), cx)?);
+    let mut cors = Vec::new();
+    for (i, r) in s.http.into_iter().enumerate() {
+        let (route, c) = http_route(r, &format!("spec.http[{i}]"), cx)?;
+        if let Some(c) = c {
+            cors.push((route.path.clone(), c));
+        }
+        http.push(route);
     }
     let gw_mesh = |g: &[String]| g.is_empty() || g.iter().any(|g| g == "mesh");
-    let applies_to_mesh = gw_mesh(&gateways)
+    let applies_to_mesh = gw_mesh(&s.gateways)
         || http
             .iter()
             .flat_map(|r| r.matches.iter())
             .any(|m| m.gateways.iter().any(|g| g == "mesh"));
-    for (i, h) in raw_hosts.iter().enumerate() {
+    let mut hosts = Vec::new();
+    for (i, h) in s.hosts.iter().enumerate() {
         let field = format!("spec.hosts[{i}]");
-        if h == "*" && gw_mesh(&gateways) {
+        if h == "*" && gw_mesh(&s.gateways) {
             return fail(
                 &field,
                 "wildcard host \"*\" is not allowed for VirtualServices bound to the mesh",
@@ -870,86 +934,165 @@ pub fn virtual_service(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<VirtualSe
         hosts.push(q);
     }
     let mut tcp = Vec::new();
-    for (i, r) in opt_list(o, "tcp", "spec")?.iter().enumerate() {
+    for (i, r) in s.tcp.into_iter().enumerate() {
         tcp.push(l4_route(r, &format!("spec.tcp[{i}]"), false, cx)?);
     }
     let mut tls = Vec::new();
-    for (i, r) in opt_list(o, "tls", "spec")?.iter().enumerate() {
+    for (i, r) in s.tls.into_iter().enumerate() {
         tls.push(l4_route(r, &format!("spec.tls[{i}]"), true, cx)?);
     }
     if http.is_empty() && tcp.is_empty() && tls.is_empty() {
         return fail("spec", "one of http, tcp or tls routes is required");
     }
-    Ok(VirtualService {
+    let vs = VirtualService {
         meta,
         hosts,
-        gateways,
-        export_to: export_to(o)?,
+        gateways: s.gateways,
+        export_to: export_to(s.export_to)?,
         http,
         tcp,
         tls,
         applies_to_mesh,
-    })
-}
-
-fn workload_selector(
-    o: &Map<String, Value>,
-    key: &str,
-    inner: &str,
-) -> R<Option<BTreeMap<String, String>>> {
-    let Some(ws) = get(o, key) else {
-        return Ok(None);
     };
-    let p = format!("spec.{key}");
-    let wo = as_obj(ws, &p)?;
-    Ok(Some(str_map(wo, inner, &p)?))
+    Ok((vs, cors))
 }
 
-pub fn destination_rule(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<DestinationRule> {
-    let o = as_obj(spec, "spec")?;
-    let raw = req_str(o, "host", "spec")?;
+// ------------------------------------------------------------------------------ DestinationRule
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DestinationRuleSpec {
+    host: Option<String>,
+    traffic_policy: Option<TrafficPolicySpec>,
+    #[serde(default)]
+    subsets: Vec<SubsetSpec>,
+    #[serde(default)]
+    export_to: Vec<String>,
+    workload_selector: Option<MatchLabelsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubsetSpec {
+    name: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// `WorkloadSelector` of a DestinationRule.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MatchLabelsSpec {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+}
+
+/// Decode a DestinationRule's `spec` (its `trafficPolicy` included); the unknown fields are
+/// added to `unknown`.
+pub fn destination_rule(
+    meta: Meta,
+    spec: &Value,
+    cx: &DocCtx<'_>,
+    unknown: &mut Vec<Unknown>,
+) -> R<DestinationRule> {
+    let s = crate::typed::decode::<DestinationRuleSpec>(spec, "spec", unknown)?;
+    let raw = required(s.host, "spec.host")?;
     let host = cx.host(&raw, "spec.host", true)?;
     let mut subsets: Vec<Subset> = Vec::new();
-    for (i, s) in opt_list(o, "subsets", "spec")?.iter().enumerate() {
+    for (i, sub) in s.subsets.into_iter().enumerate() {
         let p = format!("spec.subsets[{i}]");
-        let so = as_obj(s, &p)?;
-        let name = req_str(so, "name", &p)?;
+        let name = required(sub.name, &join(&p, "name"))?;
         if subsets.iter().any(|s| s.name == name) {
             return fail(&join(&p, "name"), format!("duplicate subset name {name:?}"));
         }
-        if let Some(tp) = get(so, "trafficPolicy") {
-            as_obj(tp, &join(&p, "trafficPolicy"))?;
-        }
         subsets.push(Subset {
             name,
-            labels: str_map(so, "labels", &p)?,
-            traffic_policy: get(so, "trafficPolicy").cloned(),
+            labels: sub.labels,
+            traffic_policy: sub.traffic_policy,
         });
     }
-    if let Some(tp) = get(o, "trafficPolicy") {
-        as_obj(tp, "spec.trafficPolicy")?;
-    }
-    Ok(DestinationRule {
+    let dr = DestinationRule {
         meta,
         host,
         subsets,
-        export_to: export_to(o)?,
-        traffic_policy: get(o, "trafficPolicy").cloned(),
-        workload_selector: workload_selector(o, "workloadSelector", "matchLabels")?,
-    })
+        export_to: export_to(s.export_to)?,
+        traffic_policy: s.traffic_policy,
+        workload_selector: s.workload_selector.map(|w| w.match_labels),
+    };
+    Ok(dr)
+}
+
+// ------------------------------------------------------------------------------ ServiceEntry
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceEntrySpec {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    ports: Vec<ServicePortSpec>,
+    location: Option<String>,
+    resolution: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<WorkloadEntrySpec>,
+    /// Refused: WorkloadEntry selection is not supported.
+    workload_selector: Option<Value>,
+    #[serde(default)]
+    export_to: Vec<String>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    subject_alt_names: Option<Value>,
+}
+
+/// `ServicePort`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServicePortSpec {
+    number: Option<Port>,
+    protocol: Option<String>,
+    name: Option<String>,
+    target_port: Option<Port>,
+}
+
+/// `WorkloadEntry`, as a ServiceEntry endpoint.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadEntrySpec {
+    address: Option<String>,
+    /// Port name → port number (`null`: no port).
+    #[serde(default)]
+    ports: BTreeMap<String, Option<Port>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    network: Option<Value>,
+    #[allow(dead_code)]
+    locality: Option<Value>,
+    weight: Option<Int<0, 4294967295>>,
+    #[allow(dead_code)]
+    service_account: Option<Value>,
 }
 
 const PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP",
 ];
 
-pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntry> {
-    let o = as_obj(spec, "spec")?;
-    let raw_hosts = str_list(o, "hosts", "spec")?;
-    if raw_hosts.is_empty() {
+/// Decode a ServiceEntry's `spec`; the unknown fields are added to `unknown`.
+pub fn service_entry(
+    meta: Meta,
+    spec: &Value,
+    cx: &DocCtx<'_>,
+    unknown: &mut Vec<Unknown>,
+) -> R<ServiceEntry> {
+    let s = crate::typed::decode::<ServiceEntrySpec>(spec, "spec", unknown)?;
+    if s.hosts.is_empty() {
         return fail("spec.hosts", "at least one host is required");
     }
-    let resolution = match opt_str(o, "resolution", "spec")?.as_deref() {
+    let resolution = match s.resolution.as_deref() {
         None | Some("NONE") => Resolution::None,
         Some("STATIC") => Resolution::Static,
         Some("DNS") => Resolution::Dns,
@@ -962,7 +1105,7 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
         }
     };
     let mut hosts = Vec::new();
-    for (i, h) in raw_hosts.iter().enumerate() {
+    for (i, h) in s.hosts.iter().enumerate() {
         let field = format!("spec.hosts[{i}]");
         if h == "*" {
             return fail(
@@ -983,30 +1126,22 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
         hosts.push(q);
     }
     let mut addresses = Vec::new();
-    for (i, a) in str_list(o, "addresses", "spec")?.iter().enumerate() {
-        let net = match a.parse::<ipnet::IpNet>() {
-            Ok(n) => n,
-            Err(_) => match a.parse::<IpAddr>() {
-                Ok(ip) => ipnet::IpNet::from(ip),
-                Err(_) => {
-                    return fail(
-                        &format!("spec.addresses[{i}]"),
-                        format!("{a:?} is not an IP address or CIDR"),
-                    )
-                }
-            },
+    for (i, a) in s.addresses.iter().enumerate() {
+        let Some(net) = parse_net(a) else {
+            return fail(
+                &format!("spec.addresses[{i}]"),
+                format!("{a:?} is not an IP address or CIDR"),
+            );
         };
         addresses.push(net);
     }
     let mut ports: Vec<ServicePort> = Vec::new();
-    for (i, p) in opt_list(o, "ports", "spec")?.iter().enumerate() {
+    for (i, p) in s.ports.into_iter().enumerate() {
         let f = format!("spec.ports[{i}]");
-        let po = as_obj(p, &f)?;
-        let Some(number) = opt_port(po, "number", &f)? else {
+        let Some(number) = p.number.map(Int::as_u16) else {
             return fail(&join(&f, "number"), "required field is missing or empty");
         };
-        let protocol = opt_str(po, "protocol", &f)?;
-        if let Some(proto) = &protocol {
+        if let Some(proto) = &p.protocol {
             if !PROTOCOLS.contains(&proto.to_ascii_uppercase().as_str()) {
                 return fail(
                     &join(&f, "protocol"),
@@ -1014,28 +1149,25 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
                 );
             }
         }
-        let name = opt_str(po, "name", &f)?;
         if ports.iter().any(|q| q.number == number) {
             return fail(&join(&f, "number"), format!("duplicate port {number}"));
         }
-        if name.is_some() && ports.iter().any(|q| q.name == name) {
-            return fail(
-                &join(&f, "name"),
-                format!("duplicate port name {:?}", name.unwrap_or_default()),
-            );
+        if let Some(name) = &p.name {
+            if ports.iter().any(|q| q.name.as_ref() == Some(name)) {
+                return fail(&join(&f, "name"), format!("duplicate port name {name:?}"));
+            }
         }
         ports.push(ServicePort {
             number,
-            protocol,
-            name,
-            target_port: opt_port(po, "targetPort", &f)?,
+            protocol: p.protocol,
+            name: p.name,
+            target_port: p.target_port.map(Int::as_u16),
         });
     }
     let mut endpoints = Vec::new();
-    for (i, e) in opt_list(o, "endpoints", "spec")?.iter().enumerate() {
+    for (i, e) in s.endpoints.into_iter().enumerate() {
         let f = format!("spec.endpoints[{i}]");
-        let eo = as_obj(e, &f)?;
-        let address = req_str(eo, "address", &f)?;
+        let address = required(e.address, &join(&f, "address"))?;
         match resolution {
             Resolution::Static => {
                 if address.parse::<IpAddr>().is_err() {
@@ -1054,26 +1186,18 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
                 return fail(&f, "endpoints need resolution STATIC or DNS, not NONE");
             }
         }
-        let mut eports = BTreeMap::new();
-        if let Some(pm) = get(eo, "ports") {
-            let pf = join(&f, "ports");
-            for (k, v) in as_obj(pm, &pf)? {
-                let mut single = Map::new();
-                single.insert(k.clone(), v.clone());
-                if let Some(p) = opt_port(&single, k, &pf)? {
-                    eports.insert(k.clone(), p);
-                }
-            }
-        }
         endpoints.push(WorkloadEntry {
             address,
-            ports: eports,
-            labels: str_map(eo, "labels", &f)?,
-            weight: opt_int(eo, "weight", &f, 0, u32::MAX as i64)?.map(|w| w as u32),
+            ports: e
+                .ports
+                .into_iter()
+                .filter_map(|(k, p)| p.map(|p| (k, p.as_u16())))
+                .collect(),
+            labels: e.labels,
+            weight: e.weight.map(Int::as_u32),
         });
     }
-    let location = opt_str(o, "location", "spec")?;
-    if let Some(l) = &location {
+    if let Some(l) = &s.location {
         if l != "MESH_EXTERNAL" && l != "MESH_INTERNAL" {
             return fail(
                 "spec.location",
@@ -1081,52 +1205,106 @@ pub fn service_entry(meta: Meta, spec: &Value, cx: &DocCtx<'_>) -> R<ServiceEntr
             );
         }
     }
-    if get(o, "workloadSelector").is_some() {
+    if s.workload_selector.is_some() {
         return fail(
             "spec.workloadSelector",
             "workloadSelector (WorkloadEntry selection) is not supported; list endpoints instead",
         );
     }
-    Ok(ServiceEntry {
+    let se = ServiceEntry {
         meta,
         hosts,
         addresses,
         ports,
-        location,
+        location: s.location,
         resolution,
         endpoints,
-        export_to: export_to(o)?,
-    })
+        export_to: export_to(s.export_to)?,
+    };
+    Ok(se)
 }
 
-pub fn sidecar(meta: Meta, spec: &Value) -> R<Sidecar> {
-    let o = as_obj(spec, "spec")?;
+// ------------------------------------------------------------------------------ Sidecar
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SidecarSpec {
+    workload_selector: Option<LabelsSpec>,
+    /// Accepted, not applied (the proxy's inbound side is not configured by a Sidecar).
+    #[allow(dead_code)]
+    ingress: Option<Value>,
+    #[serde(default)]
+    egress: Vec<EgressSpec>,
+    #[allow(dead_code)]
+    inbound_connection_pool: Option<Value>,
+    outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+}
+
+/// `WorkloadSelector` of a Sidecar.
+#[derive(Deserialize)]
+struct LabelsSpec {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// `IstioEgressListener`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EgressSpec {
+    port: Option<SidecarPortSpec>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    bind: Option<Value>,
+    #[allow(dead_code)]
+    capture_mode: Option<Value>,
+    #[serde(default)]
+    hosts: Vec<String>,
+}
+
+/// `SidecarPort`: only `number` is used.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct SidecarPortSpec {
+    number: Option<Port>,
+    name: Option<Value>,
+    protocol: Option<Value>,
+    target_port: Option<Value>,
+}
+
+/// `OutboundTrafficPolicy`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutboundTrafficPolicySpec {
+    mode: Option<String>,
+    /// Accepted, not applied.
+    #[allow(dead_code)]
+    egress_proxy: Option<Value>,
+}
+
+/// Decode a Sidecar's `spec`; the unknown fields are added to `unknown`.
+pub fn sidecar(meta: Meta, spec: &Value, unknown: &mut Vec<Unknown>) -> R<Sidecar> {
+    let s = crate::typed::decode::<SidecarSpec>(spec, "spec", unknown)?;
     let mut egress = Vec::new();
-    for (i, e) in opt_list(o, "egress", "spec")?.iter().enumerate() {
+    for (i, e) in s.egress.into_iter().enumerate() {
         let f = format!("spec.egress[{i}]");
-        let eo = as_obj(e, &f)?;
-        let port = match get(eo, "port") {
-            None => None,
-            Some(p) => opt_port(as_obj(p, &join(&f, "port"))?, "number", &join(&f, "port"))?,
-        };
-        let raw = str_list(eo, "hosts", &f)?;
-        if raw.is_empty() {
+        if e.hosts.is_empty() {
             return fail(&join(&f, "hosts"), "at least one host is required");
         }
         let mut hosts = Vec::new();
-        for (j, h) in raw.iter().enumerate() {
+        for (j, h) in e.hosts.iter().enumerate() {
             let hf = format!("{f}.hosts[{j}]");
-            let Some((ns, dns)) = h.split_once('/') else {
-                return fail(
+            let shape = || {
+                fail(
                     &hf,
                     format!("{h:?} must be namespace/dnsName (e.g. \"./*\", \"istio-system/*\")"),
-                );
+                )
+            };
+            let Some((ns, dns)) = h.split_once('/') else {
+                return shape();
             };
             if ns.is_empty() || dns.is_empty() {
-                return fail(
-                    &hf,
-                    format!("{h:?} must be namespace/dnsName (e.g. \"./*\", \"istio-system/*\")"),
-                );
+                return shape();
             }
             check_host(dns).or_else(|e| fail(&hf, e))?;
             let namespace = if ns == "." {
@@ -1139,29 +1317,29 @@ pub fn sidecar(meta: Meta, spec: &Value) -> R<Sidecar> {
                 dns: dns.trim_end_matches('.').to_ascii_lowercase(),
             });
         }
-        egress.push(EgressListener { port, hosts });
+        egress.push(EgressListener {
+            port: e.port.and_then(|p| p.number).map(Int::as_u16),
+            hosts,
+        });
     }
-    let mut registry_only = false;
-    if let Some(otp) = get(o, "outboundTrafficPolicy") {
-        let p = "spec.outboundTrafficPolicy";
-        let oo = as_obj(otp, p)?;
-        registry_only = match opt_str(oo, "mode", p)?.as_deref() {
-            None | Some("ALLOW_ANY") => false,
-            Some("REGISTRY_ONLY") => true,
-            Some(other) => {
-                return fail(
-                    &join(p, "mode"),
-                    format!("unknown mode {other:?} (ALLOW_ANY, REGISTRY_ONLY)"),
-                )
-            }
-        };
-    }
-    Ok(Sidecar {
-        workload_selector: workload_selector(o, "workloadSelector", "labels")?,
+    let mode = s.outbound_traffic_policy.and_then(|o| o.mode);
+    let registry_only = match mode.as_deref() {
+        None | Some("ALLOW_ANY") => false,
+        Some("REGISTRY_ONLY") => true,
+        Some(other) => {
+            return fail(
+                "spec.outboundTrafficPolicy.mode",
+                format!("unknown mode {other:?} (ALLOW_ANY, REGISTRY_ONLY)"),
+            )
+        }
+    };
+    let sc = Sidecar {
+        workload_selector: s.workload_selector.map(|w| w.labels),
         meta,
         egress,
         registry_only,
-    })
+    };
+    Ok(sc)
 }
 
 #[cfg(test)]
@@ -1188,7 +1366,7 @@ mod tests {
 
     fn vs_err(spec: &str) -> (String, String) {
         let v: Value = serde_yaml_ng::from_str(spec).unwrap();
-        let e = virtual_service(meta(), &v, &cx()).unwrap_err();
+        let e = virtual_service(meta(), &v, &cx(), &mut Vec::new()).unwrap_err();
         (e.field, e.reason)
     }
 
@@ -1236,7 +1414,8 @@ mod tests {
              "spec.http[0].match[0].headers.bad header", "\"bad header\" is not a valid HTTP header name"),
             ("hosts: [\"a b\"]\nhttp: [{route: [{destination: {host: a}}]}]",
              "spec.hosts[0]", "invalid host \"a b\": label \"a b\" must be letters, digits or '-' (not at either end)"),
-            ("hosts: a\nhttp: []", "spec.hosts", "expected a list, found a string"),
+            // The value found is named (it was "found a string").
+            ("hosts: a\nhttp: []", "spec.hosts", "expected a list, found the string \"a\""),
             ("hosts: [a]\nexportTo: [Prod]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
              "\"Prod\" is not \".\", \"*\", \"~\" or a namespace name"),
             ("hosts: [a]\ntls: [{route: [{destination: {host: a}}]}]", "spec.tls[0].match",
@@ -1246,6 +1425,23 @@ mod tests {
             ("hosts: [a]\ntcp: [{}]", "spec.tcp[0].route", "at least one destination is required"),
             ("hosts: [a]\ntcp: [{match: [{destinationSubnets: [x]}], route: [{destination: {host: a}}]}]",
              "spec.tcp[0].match[0].destinationSubnets[0]", "\"x\" is not an IP address or CIDR"),
+            ("hosts: [a]\nhttp: [{route: [{destination: {host: a, port: {number: \"80\"}}}]}]",
+             "spec.http[0].route[0].destination.port.number", "expected an integer, found the string \"80\" (remove the quotes)"),
+            ("hosts: [a]\nhttp: [{match: [{ignoreUriCase: \"yes\"}], route: [{destination: {host: a}}]}]",
+             "spec.http[0].match[0].ignoreUriCase", "expected true or false, found the string \"yes\""),
+            ("hosts: [a]\nhttp: [{name: 5, route: [{destination: {host: a}}]}]",
+             "spec.http[0].name", "expected a string, found the number 5 (write it in quotes: \"5\")"),
+            ("hosts: [a]\nhttp: [{headers: {request: {set: {x-a: [1]}}}, route: [{destination: {host: a}}]}]",
+             "spec.http[0].headers.request.set.x-a", "expected a string, found a list"),
+            ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], fault: {delay: {percent: 5}}}]",
+             "spec.http[0].fault.delay.fixedDelay", "required field is missing or empty"),
+            ("hosts: [a]\nhttp: [{directResponse: {status: 200, body: {bytes: eA==}}}]",
+             "spec.http[0].directResponse.body.bytes", "body.bytes is not supported; use body.string"),
+            ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], mirror: {host: b}, mirrors: [{destination: {host: c}}]}]",
+             "spec.http[0]", "only one of mirror or mirrors may be set"),
+            ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], rewrite: {uriRegexRewrite: {match: \"(\"}}}]",
+             "spec.http[0].rewrite.uriRegexRewrite.match", "invalid regex \"(\": error: unclosed group"),
+            ("[]", "spec", "expected a mapping, found a list"),
         ];
         for (spec, field, reason) in cases {
             assert_eq!(
@@ -1291,7 +1487,9 @@ http:
     weight: 20
 "#;
         let v: Value = serde_yaml_ng::from_str(spec).unwrap();
-        let vs = virtual_service(meta(), &v, &cx()).unwrap();
+        let mut unknown = Vec::new();
+        let (vs, _) = virtual_service(meta(), &v, &cx(), &mut unknown).unwrap();
+        assert_eq!(unknown, vec![]);
         assert_eq!(
             vs.hosts,
             vec!["reviews.default.svc.cluster.local", "*.example.com"]
@@ -1357,6 +1555,113 @@ http:
     }
 
     #[test]
+    fn typos_are_found_with_suggestions() {
+        let spec: Value = serde_yaml_ng::from_str(
+            r#"
+hosts: [x]
+http:
+- matches: [{uri: {prefix: /}}]
+  route: [{destination: {host: x, subst: v1}, wieght: 10}]
+- match: [{headers: {end-user: {exactly: jason}}, ignoreUriCase: true}]
+  route: [{destination: {host: x}}]
+  corsPolicy: {anything: goes}
+  timout: 1s
+frobnicate: true
+"#,
+        )
+        .unwrap();
+        let mut unknown = Vec::new();
+        virtual_service(meta(), &spec, &cx(), &mut unknown).unwrap();
+        assert_eq!(unknown.len(), 7, "{unknown:?}");
+        let got: Vec<(String, Option<&str>)> = unknown
+            .iter()
+            .map(|u| (u.field.clone(), u.suggestion))
+            .collect();
+        assert_eq!(
+            got,
+            // Keys come in name order (the JSON map is sorted).
+            vec![
+                ("spec.frobnicate".to_string(), None),
+                ("spec.http[0].matches".to_string(), Some("match")),
+                (
+                    "spec.http[0].route[0].destination.subst".to_string(),
+                    Some("subset")
+                ),
+                ("spec.http[0].route[0].wieght".to_string(), Some("weight")),
+                // corsPolicy is typed like the rest of the route.
+                ("spec.http[1].corsPolicy.anything".to_string(), None),
+                (
+                    "spec.http[1].match[0].headers.end-user.exactly".to_string(),
+                    Some("exact")
+                ),
+                ("spec.http[1].timout".to_string(), Some("timeout")),
+            ]
+        );
+        assert_eq!(
+            unknown[1].reason(),
+            "unknown field, ignored (did you mean \"match\"?)"
+        );
+        let misplaced: Value = serde_yaml_ng::from_str(
+            "hosts: [x]\nhttp:\n- match:\n  - uri: {prefix: /a}\n    route: [{destination: {host: x}}]\n  route: [{destination: {host: x}}]\n",
+        )
+        .unwrap();
+        let mut u = Vec::new();
+        virtual_service(meta(), &misplaced, &cx(), &mut u).unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].field, "spec.http[0].match[0].route");
+        assert_eq!(
+            u[0].reason(),
+            "unknown field here, ignored (it is a field one level up: check the indentation)"
+        );
+        // A DestinationRule's trafficPolicy is checked too.
+        let dr: Value = serde_yaml_ng::from_str(
+            "host: x\ntrafficPolicy:\n  loadBalancer: {simpel: RANDOM}\n  portLevelSettings: [{port: {number: 80}, tls: {mod: SIMPLE}}]\n",
+        )
+        .unwrap();
+        let mut u = Vec::new();
+        destination_rule(meta(), &dr, &cx(), &mut u).unwrap();
+        let got: Vec<(String, String)> = u.iter().map(|u| (u.field.clone(), u.reason())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "spec.trafficPolicy.loadBalancer.simpel".to_string(),
+                    "unknown field, ignored (did you mean \"simple\"?)".to_string()
+                ),
+                (
+                    "spec.trafficPolicy.portLevelSettings[0].tls.mod".to_string(),
+                    "unknown field, ignored (did you mean \"mode\"?)".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bookinfo_shapes_are_known() {
+        let Some(dir) = remora_corpus::istio("networking") else {
+            return;
+        };
+        let ctx = crate::kinds::LoadContext::default();
+        let (mut vss, mut drs) = (0, 0);
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            // One file at a time: the samples are alternatives (the same names again).
+            let name = e.file_name().to_string_lossy().to_string();
+            let inputs = crate::rules::load::Inputs {
+                dir: "istio".into(),
+                files: vec![(name, std::fs::read(e.path()).unwrap())],
+                skipped: Vec::new(),
+                hash: String::new(),
+            };
+            let d = crate::rules::load::decode_inputs(&inputs, &ctx);
+            assert_eq!(d.errors, vec![], "{:?}", e.path());
+            assert_eq!(d.unknown_fields, vec![], "{:?}", e.path());
+            vss += d.virtual_services.len();
+            drs += d.destination_rules.len();
+        }
+        assert!(vss > 10 && drs > 4, "{vss} {drs}");
+    }
+
+    #[test]
     fn replacement_syntax() {
         assert_eq!(istio_replacement("/v\\1/\\2"), "/v${1}/${2}");
         assert_eq!(istio_replacement("/a$b"), "/a$$b");
@@ -1366,7 +1671,7 @@ http:
     fn service_entry_and_sidecar_errors() {
         let se = |s: &str| {
             let v: Value = serde_yaml_ng::from_str(s).unwrap();
-            service_entry(meta(), &v, &cx())
+            service_entry(meta(), &v, &cx(), &mut Vec::new())
                 .map(|_| ())
                 .map_err(|e| (e.field, e.reason))
         };
@@ -1377,18 +1682,21 @@ http:
             ("hosts: [a.com]\nports: [{number: 80, protocol: HTTPX}]", "spec.ports[0].protocol",
              "unknown protocol \"HTTPX\" (HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP)"),
             ("hosts: [a.com]\nports: [{name: http}]", "spec.ports[0].number", "required field is missing or empty"),
+            ("hosts: [a.com]\nports: [{number: 80, name: a}, {number: 81, name: a}]", "spec.ports[1].name", "duplicate port name \"a\""),
             ("hosts: [a.com]\nresolution: STATIC\nendpoints: [{address: foo.com}]", "spec.endpoints[0].address",
              "\"foo.com\" is not an IP address (resolution STATIC needs IP endpoints)"),
             ("hosts: [a.com]\nendpoints: [{address: 1.2.3.4}]", "spec.endpoints[0]", "endpoints need resolution STATIC or DNS, not NONE"),
             ("hosts: [a.com]\naddresses: [nope]", "spec.addresses[0]", "\"nope\" is not an IP address or CIDR"),
             ("hosts: [a.com]\nresolution: STATIC\nendpoints: [{address: 1.2.3.4, ports: {http: 0}}]", "spec.endpoints[0].ports.http", "0 is out of range 1..=65535"),
+            ("hosts: [a.com]\nworkloadSelector: {labels: {app: a}}", "spec.workloadSelector",
+             "workloadSelector (WorkloadEntry selection) is not supported; list endpoints instead"),
         ];
         for (s, f, r) in cases {
             assert_eq!(se(s), Err((f.to_string(), r.to_string())), "{s}");
         }
         let sc = |s: &str| {
             let v: Value = serde_yaml_ng::from_str(s).unwrap();
-            sidecar(meta(), &v).map_err(|e| (e.field, e.reason))
+            sidecar(meta(), &v, &mut Vec::new()).map_err(|e| (e.field, e.reason))
         };
         assert_eq!(
             sc("egress: [{hosts: [foo]}]").unwrap_err(),
@@ -1397,8 +1705,16 @@ http:
                 "\"foo\" must be namespace/dnsName (e.g. \"./*\", \"istio-system/*\")".to_string()
             )
         );
-        let ok = sc("egress: [{hosts: [\"./*\", \"istio-system/*\"]}]\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}").unwrap();
+        assert_eq!(
+            sc("outboundTrafficPolicy: {mode: CLOSED}").unwrap_err(),
+            (
+                "spec.outboundTrafficPolicy.mode".to_string(),
+                "unknown mode \"CLOSED\" (ALLOW_ANY, REGISTRY_ONLY)".to_string()
+            )
+        );
+        let ok = sc("egress: [{port: {number: 9080, name: http}, hosts: [\"./*\", \"istio-system/*\"]}]\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}").unwrap();
         assert!(ok.registry_only);
+        assert_eq!(ok.egress[0].port, Some(9080));
         assert_eq!(
             ok.egress[0].hosts[0],
             EgressHost {

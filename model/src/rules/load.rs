@@ -1,16 +1,19 @@
-//! Reading a rules directory (ConfigMap volume layout) and decoding its documents.
+//! Reading a rules directory (ConfigMap volume layout) and decoding its documents: the
+//! envelope (`apiVersion`, `kind`, `metadata`, a `v1 List`) here, each kind's `spec` by
+//! `decode` (networking) or `crate::security` (security), all with the one typed decoder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::decode::{self, DocCtx};
-use super::{LoadContext, LoadError};
+use super::{DestinationRule, LoadContext, LoadError};
 use crate::kinds::*;
-use crate::security::{
-    self, decode::SpecError, AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
-};
+use crate::policy::cors::Cors;
+use crate::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// The raw inputs of a rule set: the visible files (name, bytes) and their content hash.
 #[derive(Clone, Debug)]
@@ -113,6 +116,8 @@ pub struct Decoded {
     pub errors: Vec<LoadError>,
     /// Fields the API does not define (accepted, ignored): warnings, not errors.
     pub unknown_fields: Vec<LoadError>,
+    /// Every VirtualService route's `corsPolicy`, by (`namespace/name`, `spec.http[i]`).
+    pub cors: BTreeMap<(String, String), Arc<Cors>>,
     /// Number of documents read (not counting empty ones).
     pub documents: usize,
 }
@@ -236,6 +241,36 @@ pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
     out
 }
 
+/// `apiVersion` and `kind`, read first to tell a `v1 List` from an object.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    api_version: Option<Value>,
+    kind: Option<Value>,
+}
+
+/// A `v1 List` (`kubectl get ... -o yaml` wraps several objects in one).
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    items: Vec<Value>,
+}
+
+/// A Kubernetes object: its `spec` is decoded by its kind; `metadata` is read for `name`,
+/// `namespace` and the dry-run annotation (its other fields are the API server's).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Object {
+    api_version: Option<Value>,
+    kind: Option<Value>,
+    metadata: Option<Value>,
+    spec: Option<Value>,
+    status: Option<Value>,
+}
+
+/// Decode one document into `out`; the fields it has that the API does not define go to
+/// `out.unknown_fields` (warnings), those met before an error included.
 fn decode_document(
     value: &Value,
     file: &str,
@@ -243,36 +278,53 @@ fn decode_document(
     ctx: &LoadContext,
     out: &mut Decoded,
 ) -> decode::R<()> {
+    let mut unknown = Vec::new();
+    let res = decode_object(value, file, document, ctx, out, &mut unknown);
+    for u in unknown {
+        out.unknown_fields.push(LoadError {
+            file: file.to_string(),
+            document,
+            reason: u.reason(),
+            field: u.field,
+        });
+    }
+    res
+}
+
+fn decode_object(
+    value: &Value,
+    file: &str,
+    document: usize,
+    ctx: &LoadContext,
+    out: &mut Decoded,
+    unknown: &mut Vec<decode::Unknown>,
+) -> decode::R<()> {
     let err = |field: &str, reason: String| decode::FieldError {
         field: field.to_string(),
         reason,
     };
-    let Value::Object(obj) = value else {
+    if !value.is_object() {
         return Err(err(
             "",
             "expected a Kubernetes object (a mapping with apiVersion, kind, metadata, spec)"
                 .to_string(),
         ));
-    };
-    let s = |key: &str| -> decode::R<String> {
-        match obj.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+    }
+    let type_meta: TypeMeta = crate::typed::decode(value, "", &mut Vec::new())?;
+    let s = |v: Option<Value>, key: &str| -> decode::R<String> {
+        match v {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 Err(err(key, "required field is missing or empty".to_string()))
             }
             Some(_) => Err(err(key, "expected a string".to_string())),
         }
     };
-    let api_version = s("apiVersion")?;
-    let kind = s("kind")?;
-    // `kubectl get ... -o yaml` wraps several objects in a v1 List.
+    let api_version = s(type_meta.api_version, "apiVersion")?;
+    let kind = s(type_meta.kind, "kind")?;
     if kind == "List" && api_version == "v1" {
-        let items = match obj.get("items") {
-            None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(err("items", "expected a list".to_string())),
-        };
-        for (i, item) in items.iter().enumerate() {
+        let list: List = crate::typed::decode(value, "", &mut Vec::new())?;
+        for (i, item) in list.items.iter().enumerate() {
             let first_note = out.unknown_fields.len();
             let prefix = |f: &str| {
                 if f.is_empty() {
@@ -289,7 +341,8 @@ fn decode_document(
         }
         return Ok(());
     }
-    let md = match obj.get("metadata") {
+    let object: Object = crate::typed::decode(value, "", unknown)?;
+    let md = match &object.metadata {
         Some(Value::Object(m)) => m,
         _ => {
             return Err(err(
@@ -331,6 +384,8 @@ fn decode_document(
         .unwrap_or(("", api_version.as_str()));
     let is_security = group == "security.istio.io";
     if group != "networking.istio.io" && !is_security {
+        // Another API's object: its fields are not ours to check.
+        unknown.clear();
         ignore(
             out,
             format!(
@@ -362,10 +417,7 @@ fn decode_document(
         document,
     };
     let empty = Value::Object(Default::default());
-    let spec = match obj.get("spec") {
-        None | Some(Value::Null) => &empty,
-        Some(v) => v,
-    };
+    let spec = object.spec.as_ref().unwrap_or(&empty);
     let cx = DocCtx {
         namespace: &namespace,
         domain: &ctx.cluster_domain,
@@ -383,21 +435,13 @@ fn decode_document(
         }
     };
     let same = |m: &Meta| m.name == name && m.namespace == namespace;
-    for u in super::schema::unknown_fields(&kind, value) {
-        out.unknown_fields.push(LoadError {
-            file: file.to_string(),
-            document,
-            reason: u.reason(),
-            field: u.field,
-        });
-    }
     if is_security {
         let dry_run = md
             .get("annotations")
             .and_then(|a| a.get("istio.io/dry-run"))
             .and_then(Value::as_str)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        return decode_security(meta, spec, dry_run, out);
+        return decode_security(meta, spec, dry_run, out, unknown);
     }
     match kind.as_str() {
         "VirtualService" => {
@@ -406,7 +450,10 @@ fn decode_document(
                 .iter()
                 .map(|v| &v.meta)
                 .find(|m| same(m)))?;
-            let vs = decode::virtual_service(meta, spec, &cx)?;
+            let (vs, cors) = decode::virtual_service(meta, spec, &cx, unknown)?;
+            for (route, c) in cors {
+                out.cors.insert((vs.meta.key(), route), Arc::new(c));
+            }
             out.virtual_services.push(vs);
         }
         "DestinationRule" => {
@@ -416,7 +463,7 @@ fn decode_document(
                 .map(|v| &v.meta)
                 .find(|m| same(m)))?;
             out.destination_rules
-                .push(decode::destination_rule(meta, spec, &cx)?);
+                .push(decode::destination_rule(meta, spec, &cx, unknown)?);
         }
         "ServiceEntry" => {
             dup(out
@@ -425,11 +472,11 @@ fn decode_document(
                 .map(|v| &v.meta)
                 .find(|m| same(m)))?;
             out.service_entries
-                .push(decode::service_entry(meta, spec, &cx)?);
+                .push(decode::service_entry(meta, spec, &cx, unknown)?);
         }
         "Sidecar" => {
             dup(out.sidecars.iter().map(|v| &v.meta).find(|m| same(m)))?;
-            out.sidecars.push(decode::sidecar(meta, spec)?);
+            out.sidecars.push(decode::sidecar(meta, spec, unknown)?);
         }
         "Gateway" => ignore(
             out,
@@ -440,13 +487,15 @@ fn decode_document(
     Ok(())
 }
 
-/// Decode one `security.istio.io` document into `out` (typed, with serde; unknown fields as
-/// warnings with a suggestion).
-fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -> decode::R<()> {
-    let to_field = |e: SpecError| decode::FieldError {
-        field: e.field,
-        reason: e.reason,
-    };
+/// Decode one `security.istio.io` document into `out` (typed, with serde; unknown fields into
+/// `unknown`).
+fn decode_security(
+    meta: Meta,
+    spec: &Value,
+    dry_run: bool,
+    out: &mut Decoded,
+    unknown: &mut Vec<decode::Unknown>,
+) -> decode::R<()> {
     let dup = |existing: Option<&Meta>| -> decode::R<()> {
         match existing {
             Some(m) => Err(decode::FieldError {
@@ -463,28 +512,11 @@ fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -
         }
     };
     let same = |m: &&Meta| m.name == meta.name && m.namespace == meta.namespace;
-    let note = |out: &mut Decoded, unknown: Vec<security::decode::UnknownField>| {
-        for u in unknown {
-            let reason = super::schema::Unknown {
-                suggestion: super::schema::suggestion(&u.key, security::decode::FIELD_NAMES),
-                field: u.field.clone(),
-                misplaced: false,
-            }
-            .reason();
-            out.unknown_fields.push(LoadError {
-                file: meta.file.clone(),
-                document: meta.document,
-                field: u.field,
-                reason,
-            });
-        }
-    };
     match meta.kind.as_str() {
         "PeerAuthentication" => {
             dup(out.peer_authentications.iter().map(|p| &p.meta).find(same))?;
-            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
-            note(out, unknown);
-            let p = PeerAuthentication::new(meta.clone(), s).map_err(to_field)?;
+            let s = security::decode::spec(spec, unknown)?;
+            let p = PeerAuthentication::new(meta.clone(), s)?;
             out.peer_authentications.push(p);
         }
         "AuthorizationPolicy" => {
@@ -493,9 +525,8 @@ fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -
                 .iter()
                 .map(|p| &p.meta)
                 .find(same))?;
-            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
-            note(out, unknown);
-            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run).map_err(to_field)?;
+            let s = security::decode::spec(spec, unknown)?;
+            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run)?;
             out.authorization_policies.push(p);
         }
         "RequestAuthentication" => {
@@ -504,9 +535,8 @@ fn decode_security(meta: Meta, spec: &Value, dry_run: bool, out: &mut Decoded) -
                 .iter()
                 .map(|p| &p.meta)
                 .find(same))?;
-            let (s, unknown) = security::decode::spec(spec).map_err(to_field)?;
-            note(out, unknown);
-            let p = RequestAuthentication::new(meta.clone(), s).map_err(to_field)?;
+            let s = security::decode::spec(spec, unknown)?;
+            let p = RequestAuthentication::new(meta.clone(), s)?;
             out.request_authentications.push(p);
         }
         other => out.ignored.push(Ignored {

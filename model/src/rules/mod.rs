@@ -1,5 +1,7 @@
 //! The rules: an Istio-shaped config model (VirtualService, DestinationRule, ServiceEntry,
 //! Sidecar), its loader from a ConfigMap-style directory. The proxy adds the hot-reload watcher.
+//! `model` is every kind in one place (`crate::kinds` and the DestinationRule of
+//! `crate::policy::traffic`).
 //!
 //! `load_dir` is the only entry that reads files (and resolves `resolution: DNS` names);
 //! everything it produces is a plain value (`Snapshot`) that `crate::route::route` evaluates
@@ -15,14 +17,19 @@ pub mod decode;
 pub mod digest;
 pub mod endpoints;
 pub mod load;
-pub mod schema;
 
 pub use crate::host;
-pub use crate::kinds as model;
 pub use crate::kinds::*;
+pub use crate::policy::traffic::{DestinationRule, Subset};
 pub use crate::policy::PolicyKinds;
 pub use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use endpoints::{EndpointSource, ServiceEntryEndpoints};
+
+/// The kinds as the model holds them.
+pub mod model {
+    pub use crate::kinds::*;
+    pub use crate::policy::traffic::{DestinationRule, Subset};
+}
 
 /// The application protocol of a destination port, when the rules say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +76,8 @@ pub struct Snapshot {
     /// The `resolution: DNS` names resolved while loading and their answers (the watcher
     /// re-resolves them at each rescan and applies a new generation when they change).
     pub dns: BTreeMap<String, Vec<std::net::IpAddr>>,
-    /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set.
+    /// Every route's `corsPolicy` and every `RateLimit`, decoded once with the rest of the set
+    /// (`build_snapshot` keeps the routes' CORS policies, `load_inputs` adds the rate limits).
     pub policy: PolicyKinds,
 }
 
@@ -453,6 +461,7 @@ pub fn build_snapshot(
 ) -> Snapshot {
     let mut ignored = decoded.ignored;
     let unknown_fields = decoded.unknown_fields;
+    let cors = decoded.cors;
     let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
     for sc in &decoded.sidecars {
         if sidecar.as_ref().is_none_or(|s| s.meta != sc.meta) {
@@ -643,7 +652,10 @@ pub fn build_snapshot(
         index: Indexes::default(),
         unknown_fields,
         dns,
-        policy: PolicyKinds::default(),
+        policy: PolicyKinds {
+            cors,
+            rate_limits: Vec::new(),
+        },
     };
     snap.reindex();
     snap
@@ -676,8 +688,8 @@ pub fn load_inputs(
     if !decoded.errors.is_empty() {
         return Err(decoded.errors);
     }
-    // An invalid trafficPolicy, corsPolicy or RateLimit rejects the set like any other error.
-    let policy = crate::policy::decode::decode(&inputs.files, &decoded.destination_rules, ctx)?;
+    // An invalid RateLimit rejects the set like any other error.
+    let rate_limits = crate::policy::decode::rate_limits(&inputs.files, ctx)?;
     let files = inputs.files.iter().map(|(n, _)| n.clone()).collect();
     let mut snap = build_snapshot(
         decoded,
@@ -689,7 +701,7 @@ pub fn load_inputs(
         resolve,
     );
     snap.skipped_files = inputs.skipped.clone();
-    snap.policy = policy;
+    snap.policy.rate_limits = rate_limits;
     Ok(snap)
 }
 

@@ -1,8 +1,9 @@
-//! Typed decoding of the security kinds' `spec` with serde: `serde_path_to_error` names the
-//! field of a type error (`spec.rules[0].from[0].source.ipBlocks[1]`), `serde_ignored` lists
-//! the fields the API does not define (warnings, like the networking kinds' unknown fields).
-//! Checks serde cannot express (Istio's validation) run after decoding and name field, value
-//! and reason the same way.
+//! Typed decoding of the security kinds' `spec` with the crate's one decoder
+//! (`crate::typed`): it names the field of a type error
+//! (`spec.rules[0].from[0].source.ipBlocks[1]`) and lists the fields the API does not define
+//! (warnings, like the networking kinds' unknown fields). The value types of these kinds
+//! (`IpBlock`, `PortString`) and Istio's checks serde cannot express are here; they name field,
+//! value and reason the same way.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -12,167 +13,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// A field and why it is wrong; `field` is a path from the document (`spec.mtls.mode`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpecError {
-    pub field: String,
-    pub reason: String,
-}
+pub use crate::typed::FieldError as SpecError;
+use crate::typed::Unknown;
 
-impl SpecError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
-        SpecError {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// A field the API does not define: its path and its own name (for a suggestion).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownField {
-    pub field: String,
-    pub key: String,
-}
-
-/// Every field name of the three kinds' specs, for "did you mean" suggestions.
-pub const FIELD_NAMES: &[&str] = &[
-    // shared
-    "selector",
-    "matchLabels",
-    "targetRef",
-    "targetRefs",
-    "group",
-    "kind",
-    "name",
-    "namespace",
-    // PeerAuthentication
-    "mtls",
-    "mode",
-    "portLevelMtls",
-    // AuthorizationPolicy
-    "action",
-    "provider",
-    "rules",
-    "from",
-    "to",
-    "when",
-    "source",
-    "operation",
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-    "serviceAccounts",
-    "notServiceAccounts",
-    "trustDomains",
-    "notTrustDomains",
-    "hosts",
-    "notHosts",
-    "ports",
-    "notPorts",
-    "methods",
-    "notMethods",
-    "paths",
-    "notPaths",
-    "key",
-    "values",
-    "notValues",
-    // RequestAuthentication
-    "jwtRules",
-    "issuer",
-    "audiences",
-    "jwks",
-    "jwksUri",
-    "jwks_uri",
-    "fromHeaders",
-    "prefix",
-    "fromParams",
-    "fromCookies",
-    "outputPayloadToHeader",
-    "outputClaimToHeaders",
-    "header",
-    "claim",
-    "forwardOriginalToken",
-    "presence",
-    "spaceDelimitedClaims",
-    "timeout",
-];
-
-/// Decode `spec` (at path `spec`) as `T`: the first type error with its field path, else the
-/// value and the unknown fields met on the way.
-pub fn spec<T: DeserializeOwned>(spec: &Value) -> Result<(T, Vec<UnknownField>), SpecError> {
-    let mut unknown = Vec::new();
-    let mut note = |path: serde_ignored::Path<'_>| {
-        let (field, key) = ignored_path(&path);
-        unknown.push(UnknownField {
-            field: format!("spec{field}"),
-            key,
-        });
-    };
-    let de = serde_ignored::Deserializer::new(spec, &mut note);
-    let value: Result<T, _> = serde_path_to_error::deserialize(de);
-    match value {
-        Ok(v) => Ok((v, unknown)),
-        Err(e) => {
-            let mut field = "spec".to_string();
-            for seg in e.path().iter() {
-                match seg {
-                    serde_path_to_error::Segment::Seq { index } => {
-                        field.push_str(&format!("[{index}]"))
-                    }
-                    serde_path_to_error::Segment::Map { key } => {
-                        field.push('.');
-                        field.push_str(key);
-                    }
-                    serde_path_to_error::Segment::Enum { variant } => {
-                        field.push('.');
-                        field.push_str(variant);
-                    }
-                    serde_path_to_error::Segment::Unknown => field.push_str(".?"),
-                }
-            }
-            Err(SpecError::new(field, friendly(&e.into_inner().to_string())))
-        }
-    }
-}
-
-/// `serde_ignored`'s path as `.a[0].b` and the last key.
-fn ignored_path(p: &serde_ignored::Path<'_>) -> (String, String) {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => (String::new(), String::new()),
-        Path::Seq { parent, index } => {
-            let (s, k) = ignored_path(parent);
-            (format!("{s}[{index}]"), k)
-        }
-        Path::Map { parent, key } => {
-            let (s, _) = ignored_path(parent);
-            (format!("{s}.{key}"), key.to_string())
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => ignored_path(parent),
-    }
-}
-
-/// serde's messages with Rust words replaced by YAML ones.
-fn friendly(msg: &str) -> String {
-    msg.replace("invalid type: map", "invalid type: mapping")
-        .replace("invalid type: sequence", "invalid type: list")
-        .replace("a sequence", "a list")
-        .replace("struct ", "")
+/// Decode `spec` (at path `spec`) as `T` with the crate's one typed decoder
+/// (`crate::typed::decode`): the value, or the first type error with its field path; the
+/// unknown fields met on the way are added to `unknown`.
+pub fn spec<T: DeserializeOwned>(spec: &Value, unknown: &mut Vec<Unknown>) -> Result<T, SpecError> {
+    crate::typed::decode(spec, "spec", unknown)
 }
 
 /// One entry of `ipBlocks`, `notIpBlocks`, `remoteIpBlocks`, `notRemoteIpBlocks` or an IP
@@ -341,8 +189,12 @@ mod tests {
 
     #[test]
     fn paths_of_errors_and_unknown_fields() {
+        let spec = |v: &Value| {
+            let mut unknown = Vec::new();
+            super::spec::<T>(v, &mut unknown).map(|t| (t, unknown))
+        };
         let v: Value = serde_json::json!({"ipBlocks": ["1.2.3.4", "1.2.3.0/33"]});
-        let e = spec::<T>(&v).unwrap_err();
+        let e = spec(&v).unwrap_err();
         assert_eq!(e.field, "spec.ipBlocks[1]");
         assert!(
             e.reason
@@ -350,25 +202,26 @@ mod tests {
             "{e}"
         );
         let v: Value = serde_json::json!({"ports": ["80", "70000"]});
-        let e = spec::<T>(&v).unwrap_err();
+        let e = spec(&v).unwrap_err();
         assert_eq!(
             e.to_string(),
             "spec.ports[1]: invalid port \"70000\": 70000 is out of range (1 to 65535)"
         );
         let v: Value = serde_json::json!({"ports": [80]});
         assert_eq!(
-            spec::<T>(&v).unwrap_err().to_string(),
+            spec(&v).unwrap_err().to_string(),
             "spec.ports[0]: expected a string, found the number 80 (quote it: \"80\")"
         );
         let v: Value = serde_json::json!({"ipBlock": ["1.2.3.4"], "ports": ["80"]});
-        let (t, unknown) = spec::<T>(&v).unwrap();
+        let (t, unknown) = spec(&v).unwrap();
         assert_eq!(t.ports, vec![PortString(80)]);
         assert!(t.ip_blocks.is_empty());
         assert_eq!(
             unknown,
-            vec![UnknownField {
+            vec![Unknown {
                 field: "spec.ipBlock".into(),
-                key: "ipBlock".into()
+                suggestion: Some("ipBlocks"),
+                misplaced: false,
             }]
         );
     }

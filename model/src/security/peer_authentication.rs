@@ -194,7 +194,8 @@ mod tests {
 
     fn pa(ns: &str, name: &str, yaml: &str) -> PeerAuthentication {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
-        let (spec, unknown) = super::super::decode::spec::<PeerAuthenticationSpec>(&v).unwrap();
+        let mut unknown = Vec::new();
+        let spec = super::super::decode::spec::<PeerAuthenticationSpec>(&v, &mut unknown).unwrap();
         assert!(unknown.is_empty(), "{unknown:?}");
         let meta = Meta {
             kind: "PeerAuthentication".into(),
@@ -336,9 +337,9 @@ mod tests {
     fn validation_errors() {
         let check = |yaml: &str| -> String {
             let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
-            match super::super::decode::spec::<PeerAuthenticationSpec>(&v) {
+            match super::super::decode::spec::<PeerAuthenticationSpec>(&v, &mut Vec::new()) {
                 Err(e) => e.to_string(),
-                Ok((s, _)) => validate(&s)
+                Ok(s) => validate(&s)
                     .map_err(|e| e.to_string())
                     .err()
                     .unwrap_or_default(),

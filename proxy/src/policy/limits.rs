@@ -185,8 +185,16 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use remora_model::serde_util::IstioShape;
     use serde_json::json;
     use std::time::Duration;
+
+    /// A `connectionPool` at `field`, decoded as the rules loader decodes it.
+    fn parse(v: &serde_json::Value, field: &str) -> Result<PoolConfig, String> {
+        remora_model::typed::decode::<ConnectionPoolSpec>(v, field, &mut Vec::new())
+            .map_err(|e| e.to_string())
+            .and_then(|spec| PoolConfig::from_spec(&spec))
+    }
 
     #[test]
     fn parse_fields_and_errors() {
@@ -222,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             parse(&json!({"tcp": {"maxConnections": "2"}}), "spec.trafficPolicy.connectionPool"),
-            Err("spec.trafficPolicy.connectionPool.tcp.maxConnections: \"2\" is not a non-negative integer".into())
+            Err("spec.trafficPolicy.connectionPool.tcp.maxConnections: expected an integer, found the string \"2\" (remove the quotes)".into())
         );
         assert_eq!(
             parse(&json!({"tcp": {"connectTimeout": "1 second"}}), "cp"),
