@@ -10,6 +10,7 @@ pub mod clitest;
 pub mod cluster;
 pub mod kubelet;
 pub mod lab;
+pub mod labapi;
 pub mod netns;
 pub mod ports;
 pub mod soak;
