@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod apiserver;
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod clitest;
 pub mod cluster;
