@@ -132,6 +132,7 @@ pub struct Packet {
     pub dst: SocketAddrV4,
     pub seq: u32,
     pub syn: bool,
+    pub ack: bool,
     pub payload: Vec<u8>,
 }
 
@@ -212,6 +213,7 @@ fn ipv4_tcp(ip: &[u8]) -> Option<Packet> {
         dst: SocketAddrV4::new(dst, dport),
         seq,
         syn: flags & 0x02 != 0,
+        ack: flags & 0x10 != 0,
         payload: tcp.get(off..)?.to_vec(),
     })
 }
@@ -223,6 +225,8 @@ pub struct Stream {
     pub to: SocketAddrV4,
     /// The connection's SYN was captured (the stream is whole from its first byte).
     pub syn: bool,
+    /// This direction opened the connection (its SYN had no ACK): `from` is the client.
+    pub client: bool,
     /// A hole in the sequence space: the bytes stop at the first one.
     pub gap: bool,
     pub bytes: Vec<u8>,
@@ -234,6 +238,7 @@ pub fn streams(packets: &[Packet]) -> Vec<Stream> {
     struct Acc {
         base: Option<u32>,
         syn: bool,
+        client: bool,
         segs: Vec<(u32, Vec<u8>)>,
     }
     let finish = |from, to, a: Acc| -> Stream {
@@ -263,6 +268,7 @@ pub fn streams(packets: &[Packet]) -> Vec<Stream> {
             from,
             to,
             syn: a.syn,
+            client: a.client,
             gap,
             bytes,
         }
@@ -287,6 +293,7 @@ pub fn streams(packets: &[Packet]) -> Vec<Stream> {
                     Acc {
                         base: Some(p.seq.wrapping_add(1)),
                         syn: true,
+                        client: !p.ack,
                         segs: Vec::new(),
                     },
                 ),
@@ -299,6 +306,7 @@ pub fn streams(packets: &[Packet]) -> Vec<Stream> {
                 Acc {
                     base: None,
                     syn: false,
+                    client: false,
                     segs: Vec::new(),
                 },
             )
@@ -419,6 +427,8 @@ pub struct Flow {
     pub from: SocketAddrV4,
     pub to: SocketAddrV4,
     pub syn: bool,
+    /// `from` opened the connection (see [`Stream::client`]).
+    pub client: bool,
     pub gap: bool,
     pub bytes: usize,
     pub carries: Carries,
@@ -450,6 +460,7 @@ impl Flow {
             from: s.from,
             to: s.to,
             syn: s.syn,
+            client: s.client,
             gap: s.gap,
             bytes: s.bytes.len(),
             carries,
@@ -483,6 +494,60 @@ impl Flow {
     }
 }
 
+/// The connections one client address opened to one server address and port, summed over the
+/// client-to-server streams whose opening was captured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hop {
+    pub from: Option<Ipv4Addr>,
+    pub to: Option<SocketAddrV4>,
+    pub connections: usize,
+    /// Connections whose client stream is TLS, and those whose ClientHello offers Istio's ALPN.
+    pub tls: usize,
+    pub istio_alpn: usize,
+    /// The ALPN values the first ClientHello offered.
+    pub alpn: Option<Vec<String>>,
+    pub application_data_records: usize,
+    /// Plain-text HTTP request lines sent.
+    pub http_requests: Vec<String>,
+}
+
+/// [`Hop`]s of `flows`, in order of first connection.
+pub fn hops(flows: &[Flow]) -> Vec<Hop> {
+    let mut out: Vec<Hop> = Vec::new();
+    for f in flows.iter().filter(|f| f.client) {
+        let i = match out
+            .iter()
+            .position(|h| h.from == Some(*f.from.ip()) && h.to == Some(f.to))
+        {
+            Some(i) => i,
+            None => {
+                out.push(Hop {
+                    from: Some(*f.from.ip()),
+                    to: Some(f.to),
+                    ..Hop::default()
+                });
+                out.len() - 1
+            }
+        };
+        let h = &mut out[i];
+        h.connections += 1;
+        if f.is_tls() {
+            h.tls += 1;
+        }
+        if let Some(a) = f.alpn_offered() {
+            if offers_istio_alpn(a) {
+                h.istio_alpn += 1;
+            }
+            if h.alpn.is_none() {
+                h.alpn = Some(a.to_vec());
+            }
+        }
+        h.application_data_records += f.application_data_records();
+        h.http_requests.extend(f.http_requests.iter().cloned());
+    }
+    out
+}
+
 /// Does `alpn` (a ClientHello's offer) carry one of the values Istio's sidecars offer between
 /// sidecars for HTTP or TCP (`istio-http/1.1`, `istio-http/1.0`, `istio-h2`, `istio`)?
 pub fn offers_istio_alpn(alpn: &[String]) -> bool {
@@ -495,6 +560,16 @@ mod tests {
     use super::*;
 
     fn frame(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+        frame_flags(src, dst, seq, if syn { 0x02 } else { 0x18 }, payload)
+    }
+
+    fn frame_flags(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let total = 20 + 20 + payload.len();
@@ -518,20 +593,7 @@ mod tests {
         tcp.extend_from_slice(&src.port().to_be_bytes());
         tcp.extend_from_slice(&dst.port().to_be_bytes());
         tcp.extend_from_slice(&seq.to_be_bytes());
-        tcp.extend_from_slice(&[
-            0,
-            0,
-            0,
-            0,
-            0x50,
-            if syn { 0x02 } else { 0x18 },
-            0xff,
-            0xff,
-            0,
-            0,
-            0,
-            0,
-        ]);
+        tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
         f.extend(ip);
         f.extend(tcp);
         f.extend_from_slice(payload);
@@ -606,6 +668,7 @@ mod tests {
         let plain = b"GET /productpage HTTP/1.1\r\nhost: productpage\r\n\r\n";
         let frames = vec![
             frame(a, b, isn, true, &[]),
+            frame_flags(b, a, 4999, 0x12, &[]),
             frame(a, b, isn + 1 + 30, false, p2),
             frame(a, b, isn + 1, false, p1),
             frame(a, b, isn + 1, false, p1),
@@ -614,11 +677,14 @@ mod tests {
             frame(c, b, 78, false, plain),
         ];
         let packets = parse_pcap(&pcap(&frames)).unwrap();
-        assert_eq!(packets.len(), 7);
+        assert_eq!(packets.len(), 8);
         let flows: Vec<Flow> = streams(&packets).into_iter().map(Flow::of).collect();
         assert_eq!(flows.len(), 3);
         let ab = &flows[0];
-        assert_eq!((ab.from, ab.to, ab.syn, ab.gap), (a, b, true, false));
+        assert_eq!(
+            (ab.from, ab.to, ab.syn, ab.client, ab.gap),
+            (a, b, true, true, false)
+        );
         assert_eq!(ab.bytes, tls.len());
         assert_eq!(
             ab.alpn_offered().unwrap(),
@@ -628,13 +694,31 @@ mod tests {
         assert_eq!(ab.application_data_records(), 1);
         assert!(ab.http_requests.is_empty());
         let ba = &flows[1];
-        assert!(ba.is_tls() && !ba.syn && ba.alpn_offered().is_none());
+        assert!(ba.is_tls() && ba.syn && !ba.client && ba.alpn_offered().is_none());
         let cb = &flows[2];
         assert_eq!(
             cb.carries,
             Carries::Plain {
                 http_requests: vec!["GET /productpage HTTP/1.1".into()]
             }
+        );
+        // Per hop: the client streams only.
+        let hs = hops(&flows);
+        assert_eq!(hs.len(), 2, "{hs:?}");
+        assert_eq!(
+            (
+                hs[0].from,
+                hs[0].to,
+                hs[0].connections,
+                hs[0].tls,
+                hs[0].istio_alpn
+            ),
+            (Some(*a.ip()), Some(b), 1, 1, 1)
+        );
+        assert_eq!(hs[0].application_data_records, 1);
+        assert_eq!(
+            (hs[1].tls, hs[1].http_requests.clone()),
+            (0, vec!["GET /productpage HTTP/1.1".to_string()])
         );
         // A hole stops the stream there.
         let holed = parse_pcap(&pcap(&[

@@ -867,7 +867,7 @@ spec:
             "not TLS between meshed pods: {f:?}\n{}",
             show(&between_meshed)
         );
-        if f.syn && f.to.port() == 9080 {
+        if f.client {
             let alpn = f
                 .alpn_offered()
                 .unwrap_or_else(|| panic!("no ClientHello: {f:?}"));
