@@ -602,9 +602,7 @@ mod tests {
 
     fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
         let mut b = Vec::new();
-        for x in [0xa1b2c3d4u32] {
-            b.extend_from_slice(&x.to_le_bytes());
-        }
+        b.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
         b.extend_from_slice(&2u16.to_le_bytes());
         b.extend_from_slice(&4u16.to_le_bytes());
         b.extend_from_slice(&[0; 8]);
