@@ -1,8 +1,10 @@
-//! The real `remora-webhook serve`, started on 127.0.0.1 with a fresh CA and serving cert (rcgen),
-//! and a client that sends it `admission.k8s.io/v1` AdmissionReviews over HTTPS the way the
-//! kube-apiserver does, then applies the returned JSON patch.
+//! The real `remora-webhook serve`, the lab's control plane: started in the node's network
+//! namespace with a fresh CA and serving cert (rcgen) for its admission listener on 127.0.0.1,
+//! its mesh CA on every address of the node (pods reach it on the bridge), backed by the lab's
+//! Kubernetes API; and a client that sends it `admission.k8s.io/v1` AdmissionReviews over HTTPS
+//! the way the kube-apiserver does, then applies the returned JSON patch.
 
-use crate::netns::Proc;
+use crate::netns::{Netns, Proc};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -26,9 +28,29 @@ pub struct Admission {
     pub patch: Option<serde_json::Value>,
 }
 
+/// The admission listener's port inside the node's namespace (the lab's own, so always free).
+pub const WEBHOOK_PORT: u16 = 15017;
+/// The mesh CA's port (the install's).
+pub const CA_PORT: u16 = 15012;
+/// Time between the CA's root publication passes in the lab (the install's default is 60 s):
+/// a namespace labelled for injection gets the root within a second.
+pub const LAB_PUBLISH_INTERVAL: &str = "1s";
+
+/// Where the lab runs the control plane.
+pub struct ControlPlane<'a> {
+    /// The node's namespace: `remora-webhook serve` runs there (`ip netns exec`), so its
+    /// listeners are the node's.
+    pub netns: &'a Netns,
+    /// The Kubernetes API (`--kube-url`), reachable inside `netns`.
+    pub kube_url: String,
+}
+
 /// A running webhook (stopped on drop) and an HTTPS client trusting its CA.
 pub struct Webhook {
+    /// The admission listener, inside [`Webhook::netns`].
     pub addr: SocketAddr,
+    /// The network namespace the webhook runs in (`/run/netns/<node>`).
+    pub netns: PathBuf,
     pub proc: Proc,
     connector: TlsConnector,
     pub ca_pem: String,
@@ -68,13 +90,17 @@ pub fn issue_serving_cert(ca_name: &str) -> Result<IssuedCert> {
 
 impl Webhook {
     /// Writes a CA and a serving cert for 127.0.0.1 into `dir`, starts
-    /// `<bin_dir>/remora-webhook serve` (no mesh CA; `--inject-ca-address` the given address,
-    /// `off` for `None`) and waits (bounded) until a TLS request to `/readyz` answers 200.
+    /// `<bin_dir>/remora-webhook serve` in `plane.netns` with its admission listener on
+    /// 127.0.0.1:[`WEBHOOK_PORT`], the mesh CA on 0.0.0.0:[`CA_PORT`] backed by
+    /// `plane.kube_url`, and `--inject-ca-address` as given (`off` for `None`), and waits
+    /// (bounded) until a TLS request to `/readyz` answers 200. The CA becomes ready by itself
+    /// once it has stored its root through the API.
     pub async fn start(
         bin_dir: &Path,
         dir: &Path,
         config: Option<&Path>,
         inject_ca_address: Option<&str>,
+        plane: &ControlPlane<'_>,
     ) -> Result<Webhook> {
         let bin = bin_dir.join("remora-webhook");
         if !bin.exists() {
@@ -91,38 +117,48 @@ impl Webhook {
         std::fs::write(&key_path, &issued.key_pem)?;
 
         let connector = tls_connector(&issued.ca_der)?;
-
-        let mut last_err = anyhow!("not started");
-        for _attempt in 0..3 {
-            let port = crate::ports::free_port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut cmd = std::process::Command::new(&bin);
-            cmd.arg("serve")
-                .args(["--ca-addr", "off"])
-                .args(["--inject-ca-address", inject_ca_address.unwrap_or("off")])
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--tls-cert")
-                .arg(&cert_path)
-                .arg("--tls-key")
-                .arg(&key_path);
-            if let Some(c) = config {
-                cmd.arg("--config").arg(c);
-            }
-            let proc = Proc::spawn("remora-webhook", cmd, dir.join("webhook.log"))?;
-            let mut hook = Webhook {
-                addr,
-                proc,
-                connector: connector.clone(),
-                ca_pem: issued.ca_pem.clone(),
-                counter: 0.into(),
-            };
-            match hook.wait_ready(Duration::from_secs(20)).await {
-                Ok(()) => return Ok(hook),
-                Err(e) => last_err = e.context(format!("webhook log:\n{}", hook.proc.log_tail(20))),
+        let addr: SocketAddr = ([127, 0, 0, 1], WEBHOOK_PORT).into();
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", plane.netns.name()])
+            .arg(&bin)
+            .arg("serve")
+            .args(["--ca-addr", &format!("0.0.0.0:{CA_PORT}")])
+            .args(["--kube-url", &plane.kube_url])
+            .args(["--ca-publish-interval", LAB_PUBLISH_INTERVAL])
+            .args(["--inject-ca-address", inject_ca_address.unwrap_or("off")])
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--tls-cert")
+            .arg(&cert_path)
+            .arg("--tls-key")
+            .arg(&key_path);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        // Only the flags above decide: settings of the environment the lab runs in do not.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REMORA_CA")
+                || k == "REMORA_TRUST_DOMAIN"
+                || k == "REMORA_INJECT_CA_ADDRESS"
+                || k == "REMORA_KUBE_URL"
+                || k == "POD_NAMESPACE"
+            {
+                cmd.env_remove(k);
             }
         }
-        Err(last_err)
+        let proc = Proc::spawn("remora-webhook", cmd, dir.join("webhook.log"))?;
+        let mut hook = Webhook {
+            addr,
+            netns: plane.netns.path(),
+            proc,
+            connector,
+            ca_pem: issued.ca_pem,
+            counter: 0.into(),
+        };
+        match hook.wait_ready(Duration::from_secs(20)).await {
+            Ok(()) => Ok(hook),
+            Err(e) => Err(e.context(format!("webhook log:\n{}", hook.proc.log_tail(20)))),
+        }
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -147,7 +183,15 @@ impl Webhook {
 
     /// One HTTPS request on a fresh connection; returns status and body.
     pub async fn request(&self, method: &str, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
-        https_request(&self.connector, self.addr, method, path, body).await
+        https_request(
+            &self.connector,
+            Some(&self.netns),
+            self.addr,
+            method,
+            path,
+            body,
+        )
+        .await
     }
 
     /// Sends `pod` (a Pod object as JSON) for CREATE in `namespace` and applies the patch.
@@ -185,18 +229,49 @@ pub fn tls_connector(ca_der: &[u8]) -> Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(tls)))
 }
 
-/// One HTTPS request to the webhook at `addr` on a fresh connection made with `connector`
-/// (connect and TLS handshake bounded to 5 s each, the answer to 10 s); returns status and body.
+/// A TCP connection to `addr` made inside the network namespace at `netns` (`None`: this
+/// process's own), bounded to `limit`. The socket is made on a short-lived thread that joined
+/// the namespace (never a pooled thread: it stays in the namespace it joined).
+pub async fn connect_in(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream> {
+    let Some(ns) = netns else {
+        return tokio::time::timeout(limit, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connect to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"));
+    };
+    let ns = ns.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = crate::netns::join_netns(&ns).and_then(|()| {
+            let s = std::net::TcpStream::connect_timeout(&addr, limit)
+                .with_context(|| format!("connecting to {addr} in {}", ns.display()))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        });
+        let _ = tx.send(r);
+    });
+    let std_stream = rx
+        .await
+        .map_err(|_| anyhow!("the connecting thread ended"))??;
+    Ok(TcpStream::from_std(std_stream)?)
+}
+
+/// One HTTPS request to the webhook at `addr` (inside the namespace `netns`, `None`: this
+/// process's) on a fresh connection made with `connector` (connect and TLS handshake bounded
+/// to 5 s each, the answer to 10 s); returns status and body.
 pub async fn https_request(
     connector: &TlsConnector,
+    netns: Option<&Path>,
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Bytes,
 ) -> Result<(u16, Bytes)> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect to the webhook timed out"))??;
+    let tcp = connect_in(netns, addr, Duration::from_secs(5)).await?;
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
         .await

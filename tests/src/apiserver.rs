@@ -33,6 +33,10 @@
 //! the WebSocket is closed (v4 has no per-stream close). A request without the upgrade is
 //! answered 400, as by the API server; one port per request.
 //!
+//! Answers computed from the request: [`RecordedApi::fallback`] installs a function asked for
+//! every request no route matches (the mesh lab's API stand-in, `labapi`, keeps objects and
+//! checks tokens this way); what it returns is answered like a route's reply, `None` is the 404.
+//!
 //! Answers that wait: [`Reply::after`] wraps a reply so it is sent only once its [`Release`] is
 //! released ([`Release::release`]); until then the request stays unanswered, as from a slow API
 //! server, and a release that never comes is a list that never arrives. The request is recorded
@@ -223,6 +227,11 @@ impl Seen {
             .split_once('?')
             .map_or(self.path_and_query.as_str(), |(p, _)| p)
     }
+
+    /// The query's pairs, percent-decoded, sorted.
+    pub fn query(&self) -> Vec<(String, String)> {
+        split_query(&self.path_and_query).1
+    }
 }
 
 struct Route {
@@ -234,11 +243,15 @@ struct Route {
     replies: VecDeque<Reply>,
 }
 
+/// Computes the answer to a request no route matched (see [`RecordedApi::fallback`]).
+pub type Fallback = Arc<dyn Fn(&Seen) -> Option<Reply> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     routes: Vec<Route>,
     seen: Vec<Seen>,
     watchers: Vec<(String, mpsc::UnboundedSender<Value>)>,
+    fallback: Option<Fallback>,
 }
 
 /// A running recorded API; stops (and closes held watches) on drop.
@@ -251,7 +264,17 @@ pub struct RecordedApi {
 impl RecordedApi {
     /// Listen on 127.0.0.1 on a free port.
     pub async fn start() -> Result<RecordedApi> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        RecordedApi::run(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Serve on a socket bound elsewhere, e.g. inside a network namespace (`Netns::listen`).
+    /// Call from within a Tokio runtime.
+    pub fn start_on(listener: std::net::TcpListener) -> Result<RecordedApi> {
+        listener.set_nonblocking(true)?;
+        RecordedApi::run(TcpListener::from_std(listener)?)
+    }
+
+    fn run(listener: TcpListener) -> Result<RecordedApi> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
@@ -315,6 +338,12 @@ impl RecordedApi {
             body,
             replies: VecDeque::from([reply]),
         });
+    }
+
+    /// Answer requests that no route matches with `f` (its `None`: the 404). `f` runs outside
+    /// the server's lock, once per request; the request is recorded as matched when it answers.
+    pub fn fallback(&self, f: Fallback) {
+        lock(&self.state).fallback = Some(f);
     }
 
     /// Queue every exchange of a recorded file (format in the module docs).
@@ -528,7 +557,7 @@ async fn serve(
     Ok(response)
 }
 
-/// Choose the reply for a request and record the request.
+/// Choose the reply for a request (a route's, else the fallback's) and record the request.
 fn pick(
     state: &Mutex<State>,
     method: String,
@@ -538,34 +567,43 @@ fn pick(
     path: &str,
     query: &[(String, String)],
 ) -> Option<Reply> {
-    let mut st = lock(state);
-    let best = st
-        .routes
-        .iter_mut()
-        .filter(|r| {
-            r.method == method
-                && r.path == path
-                && r.query.iter().all(|q| query.contains(q))
-                && r.body
-                    .as_ref()
-                    .is_none_or(|want| body.as_ref().is_some_and(|got| contains(got, want)))
-        })
-        .max_by_key(|r| (r.body.is_some(), r.query.len()));
-    let reply = best.map(|r| {
-        if r.replies.len() > 1 {
-            r.replies.pop_front()
-        } else {
-            r.replies.front().cloned()
-        }
-    });
-    let reply = reply.flatten();
-    st.seen.push(Seen {
+    let (reply, fallback) = {
+        let mut st = lock(state);
+        let best = st
+            .routes
+            .iter_mut()
+            .filter(|r| {
+                r.method == method
+                    && r.path == path
+                    && r.query.iter().all(|q| query.contains(q))
+                    && r.body
+                        .as_ref()
+                        .is_none_or(|want| body.as_ref().is_some_and(|got| contains(got, want)))
+            })
+            .max_by_key(|r| (r.body.is_some(), r.query.len()));
+        let reply = best.and_then(|r| {
+            if r.replies.len() > 1 {
+                r.replies.pop_front()
+            } else {
+                r.replies.front().cloned()
+            }
+        });
+        (reply, st.fallback.clone())
+    };
+    let mut seen = Seen {
         method,
-        path_and_query: path_and_query.clone(),
+        path_and_query,
         content_type,
         body,
-        matched: reply.is_some(),
-    });
+        matched: false,
+    };
+    let reply = match (reply, fallback) {
+        (Some(r), _) => Some(r),
+        (None, Some(f)) => f(&seen),
+        (None, None) => None,
+    };
+    seen.matched = reply.is_some();
+    lock(state).seen.push(seen);
     reply
 }
 
@@ -1118,6 +1156,42 @@ mod tests {
             .map(|s| s.path().to_string())
             .collect();
         assert!(seen.iter().all(|p| p.ends_with("/portforward")), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn the_fallback_answers_what_no_route_matches() {
+        let api = RecordedApi::start().await.unwrap();
+        let path = "/api/v1/namespaces/ns/secrets/s";
+        api.on("GET", path, Reply::json(200, secret("1")));
+        api.fallback(Arc::new(|seen: &Seen| {
+            (seen.path() == "/api/v1/namespaces/ns/secrets/computed").then(|| {
+                let rv = seen
+                    .query()
+                    .into_iter()
+                    .find(|(k, _)| k == "rv")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                Reply::json(200, secret(&rv))
+            })
+        }));
+        let client = api.client().unwrap();
+        let get = |p: &'static str| {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get(p).body(Vec::new()).unwrap();
+                client.request::<Value>(req).await
+            }
+        };
+        // A route still wins; the fallback computes the rest; its None is the 404.
+        let routed = get(path).await.unwrap();
+        assert_eq!(routed["metadata"]["resourceVersion"], "1");
+        let computed = get("/api/v1/namespaces/ns/secrets/computed?rv=a%2Fb")
+            .await
+            .unwrap();
+        assert_eq!(computed["metadata"]["resourceVersion"], "a/b");
+        assert!(get("/api/v1/namespaces/ns/secrets/other").await.is_err());
+        let matched: Vec<bool> = api.requests().iter().map(|s| s.matched).collect();
+        assert_eq!(matched, [true, true, false]);
     }
 
     #[test]

@@ -146,6 +146,12 @@ pub fn hosts_file(pod: &str, pod_ns: &str, pod_ip: Ipv4Addr, services: &[Service
     out
 }
 
+/// The hosts-file line for a Service of the control plane that runs on the node (the mesh CA):
+/// its names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`) at the node's address.
+pub fn node_service_hosts(node_ip: Ipv4Addr, name: &str, namespace: &str) -> String {
+    format!("{node_ip}\t{name}.{namespace}.svc.cluster.local {name}.{namespace}.svc {name}.{namespace}\n")
+}
+
 /// ServiceEntries for the services of one namespace, with their ready endpoints and labels: what a
 /// control plane would derive from Services and Pods (the proxy's endpoint source in this
 /// version is ServiceEntry).

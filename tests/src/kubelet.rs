@@ -30,6 +30,8 @@ pub struct PodCtx<'a> {
     pub configmaps: &'a BTreeMap<String, PathBuf>,
     /// How long to wait for a probe or an init container.
     pub timeout: Duration,
+    /// The key projected service-account tokens are signed with (the lab's API checks them).
+    pub token_key: &'a [u8],
 }
 
 /// A container the kubelet started and keeps running.
@@ -429,12 +431,11 @@ fn volumes(pod: &Value, ctx: &PodCtx) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// The lab's stand-in for a projected service-account token: JWT-shaped with the claims the
-/// kubelet's token carries (audience, `system:serviceaccount:<ns>:<sa>`, pod, expiry) but
-/// unsigned (`alg: none`): the lab has no API server, and no API server accepts it.
+/// The lab's projected service-account token: a JWT with the claims of the kubelet's token
+/// (audience, issuer, `system:serviceaccount:<ns>:<sa>`, the pod's name and uid, expiry, a
+/// `jti`), signed HS256 with the lab's key, which the lab's API stand-in verifies when asked
+/// for a TokenReview (`labapi`).
 pub fn lab_token(pod: &Value, ctx: &PodCtx, audience: &str, seconds: u64) -> String {
-    use base64::Engine as _;
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let sa = str_at(pod, "/spec/serviceAccountName").unwrap_or("default");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -442,21 +443,20 @@ pub fn lab_token(pod: &Value, ctx: &PodCtx, audience: &str, seconds: u64) -> Str
         .unwrap_or_default();
     let claims = serde_json::json!({
         "aud": [audience],
-        "iss": "remora-lab",
+        "iss": crate::labapi::TOKEN_ISSUER,
         "sub": format!("system:serviceaccount:{}:{sa}", ctx.namespace),
         "iat": now,
+        "nbf": now,
         "exp": now + seconds,
+        "jti": format!("{:032x}", rand::random::<u128>()),
         "kubernetes.io": {
             "namespace": ctx.namespace,
+            "node": {"name": crate::labapi::NODE_NAME},
             "serviceaccount": {"name": sa},
-            "pod": {"name": ctx.name}
+            "pod": {"name": ctx.name, "uid": str_at(pod, "/metadata/uid").unwrap_or_default()}
         }
     });
-    format!(
-        "{}.{}.",
-        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
-        b64(&claims)
-    )
+    crate::labapi::issue_token(ctx.token_key, &claims)
 }
 
 /// `(mountPath, lab dir)` pairs of one container, longest mount path first.

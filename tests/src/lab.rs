@@ -1,12 +1,14 @@
 //! The lab: a "node" (a bridge in its own network namespace, no route out), pods as network
-//! namespaces on it, Services with virtual IPs and a kube-proxy stand-in, the real webhook, and the
-//! mini kubelet. Built from Kubernetes YAML (Namespace, Service, Pod, Deployment, ConfigMap and
-//! Istio rules). Everything is torn down when the [`Lab`] is dropped.
+//! namespaces on it, Services with virtual IPs and a kube-proxy stand-in, the control plane (the
+//! real webhook with its mesh CA, on the node, backed by the lab's Kubernetes API stand-in), and
+//! the mini kubelet. Built from Kubernetes YAML (Namespace, Service, Pod, Deployment, ConfigMap
+//! and Istio rules). Everything is torn down when the [`Lab`] is dropped.
 
-use crate::admission::{default_bin_dir, Webhook};
+use crate::admission::{default_bin_dir, ControlPlane, Webhook};
 use crate::client::{self, HttpReply, Sample};
 use crate::cluster::{self, Endpoint, LabelSelector, Service, ServicePort};
 use crate::kubelet::{self, PodCtx, Running};
+use crate::labapi::LabApi;
 use crate::netns::Netns;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -21,8 +23,13 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The ConfigMap every meshed pod mounts for its rules.
 pub const RULES_CONFIGMAP: &str = "remora-mesh-rules";
-/// The mesh root every meshed namespace gets (what the mesh CA publishes in a cluster).
+/// The mesh root every meshed namespace gets: the control plane's CA publishes it.
 pub const CA_ROOT_CONFIGMAP: &str = remora_webhook::ca::publish::CONFIGMAP;
+/// The node's address on the bridge: the control plane (webhook and mesh CA) listens there.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The CA's Service (`--ca-service`, `--ca-secret-namespace`; the install's): its names resolve
+/// to [`NODE_IP`] in every pod.
+pub const CA_SERVICE: (&str, &str) = ("remora-ca", "remora-system");
 const GENERATED_RULES_FILE: &str = "lab-services.yaml";
 
 /// How a lab is built.
@@ -40,9 +47,10 @@ pub struct LabOptions {
     pub keep_logs: bool,
     /// Set to stop a long operation early (the CLI sets it on Ctrl-C).
     pub cancel: Arc<AtomicBool>,
-    /// The webhook's `--inject-ca-address`: `None` (the default) injects no identity, as the
-    /// lab runs no CA yet; `Some(address)` injects what a cluster install injects (the proxies
-    /// then wait, unready, for a certificate from that address).
+    /// The webhook's `--inject-ca-address`: `auto` (the default, as the install) sends the
+    /// proxies to the lab's own CA (`remora-ca.remora-system.svc:15012`); `Some("HOST:PORT")`
+    /// sends them elsewhere (they wait, unready, until that CA answers); `None` is `off`: no
+    /// identity is injected (the CA still runs).
     pub inject_ca_address: Option<String>,
 }
 
@@ -55,7 +63,7 @@ impl Default for LabOptions {
             timeout: Duration::from_secs(30),
             keep_logs: std::env::var_os("REMORA_LAB_KEEP").is_some(),
             cancel: Arc::new(AtomicBool::new(false)),
-            inject_ca_address: None,
+            inject_ca_address: Some("auto".to_string()),
         }
     }
 }
@@ -115,6 +123,8 @@ struct Namespace {
 pub struct Lab {
     pods: Vec<Pod>,
     webhook: Option<Webhook>,
+    /// The Kubernetes API the control plane uses (listening in the node's namespace).
+    api: LabApi,
     /// Deleted when the lab is dropped, after the pods (fields drop after `Drop::drop`).
     node: Netns,
     namespaces: BTreeMap<String, Namespace>,
@@ -125,19 +135,20 @@ pub struct Lab {
     dir: Option<tempfile::TempDir>,
     next_pod: u32,
     selectors: (LabelSelector, LabelSelector),
-    /// The lab's mesh root (PEM), published to meshed namespaces as the CA would.
-    ca_root_pem: String,
+    /// The key the kubelet stand-in signs projected tokens with (the API checks them).
+    token_key: Vec<u8>,
 }
 
-/// A self-signed root for the lab's `remora-ca-root-cert` ConfigMaps (no CA signs with it).
-fn lab_root_pem() -> Result<String> {
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "cluster.local");
-    Ok(params.self_signed(&key)?.pem())
+/// A pod's `/etc/hosts`: itself, the Services, and the CA's Service names on the node (where
+/// the lab's control plane runs).
+fn pod_hosts(pod: &str, ns: &str, ip: Ipv4Addr, services: &[Service]) -> String {
+    let mut text = cluster::hosts_file(pod, ns, ip, services);
+    text.push_str(&cluster::node_service_hosts(
+        NODE_IP,
+        CA_SERVICE.0,
+        CA_SERVICE.1,
+    ));
+    text
 }
 
 fn labels_of(v: &Value, ptr: &str) -> BTreeMap<String, String> {
@@ -225,9 +236,14 @@ impl Lab {
             .tempdir()?;
         kubelet::set_mode(dir.path(), 0o755)?;
         let node = Netns::create(&format!("{id}-node"))?;
+        let api = LabApi::start(&rt, &node, &dir.path().join("ns"))?;
+        // The install's namespace: the CA keeps its root Secret there.
+        api.set_namespace(CA_SERVICE.1, &BTreeMap::new());
+        let token_key = api.token_key();
         let lab = Lab {
             pods: Vec::new(),
             webhook: None,
+            api,
             node,
             namespaces: BTreeMap::new(),
             services: Vec::new(),
@@ -237,11 +253,11 @@ impl Lab {
             dir: Some(dir),
             next_pod: 0,
             selectors: webhook_selectors(),
-            ca_root_pem: lab_root_pem()?,
+            token_key,
         };
         lab.node.ip(&["link", "add", "br0", "type", "bridge"])?;
         lab.node
-            .ip(&["addr", "add", "10.244.0.1/24", "dev", "br0"])?;
+            .ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "br0"])?;
         lab.node.ip(&["link", "set", "br0", "up"])?;
         lab.say(format!(
             "node {}-node: bridge br0 10.244.0.1/24, no route out; logs in {}",
@@ -260,6 +276,11 @@ impl Lab {
 
     pub fn node(&self) -> &Netns {
         &self.node
+    }
+
+    /// The Kubernetes API the control plane uses (its objects, the requests it saw).
+    pub fn api(&self) -> &LabApi {
+        &self.api
     }
 
     fn say(&self, msg: String) {
@@ -282,9 +303,10 @@ impl Lab {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         l.insert("kubernetes.io/metadata.name".into(), name.into());
+        self.api.set_namespace(name, &l);
         if let Some(ns) = self.namespaces.get_mut(name) {
             ns.labels = l;
-            return self.publish_root(name);
+            return Ok(());
         }
         let cm_dir = self.dir().join("ns").join(name).join(RULES_CONFIGMAP);
         kubelet::write_atomic_dir(&cm_dir, &[])?;
@@ -300,27 +322,64 @@ impl Lab {
             },
         );
         self.say(format!("namespace {name} {labels:?}"));
-        self.publish_root(name)
+        Ok(())
     }
 
-    /// Publishes the lab's root as ConfigMap `remora-ca-root-cert` (key `root-cert.pem`) in
-    /// `name` when it is meshed (`istio-injection=enabled`), as the mesh CA does in a cluster.
-    fn publish_root(&mut self, name: &str) -> Result<()> {
-        let dir = self.dir().join("ns").join(name).join(CA_ROOT_CONFIGMAP);
-        let pem = self.ca_root_pem.clone();
-        let Some(ns) = self.namespaces.get_mut(name) else {
-            return Ok(());
-        };
-        let meshed = ns.labels.get("istio-injection").map(String::as_str) == Some("enabled");
-        if !meshed || ns.configmaps.contains_key(CA_ROOT_CONFIGMAP) {
-            return Ok(());
+    /// The ConfigMaps pods of `ns` mount: the lab's own (the rules) and those written through
+    /// the API (the CA's root).
+    fn configmaps_of(&self, ns: &str) -> BTreeMap<String, PathBuf> {
+        let mut all = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.configmaps.clone())
+            .unwrap_or_default();
+        for (name, dir) in self.api.configmap_dirs(ns) {
+            all.entry(name).or_insert(dir);
         }
-        kubelet::write_atomic_dir(&dir, &[(remora_webhook::ca::publish::KEY.to_string(), pem)])?;
-        ns.configmaps.insert(CA_ROOT_CONFIGMAP.to_string(), dir);
-        self.say(format!(
-            "namespace {name}: ConfigMap {CA_ROOT_CONFIGMAP} published"
-        ));
-        Ok(())
+        all
+    }
+
+    /// [`Lab::configmaps_of`], once every ConfigMap volume of `pod` that is not optional
+    /// exists: a kubelet keeps such a pod waiting (ContainerCreating) until the ConfigMap
+    /// appears, e.g. until the CA has published its root to a newly labelled namespace.
+    /// Bounded by the lab's timeout.
+    fn wait_configmaps(&self, ns: &str, pod: &Value) -> Result<BTreeMap<String, PathBuf>> {
+        let wanted: Vec<String> = pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.pointer("/configMap/optional").and_then(Value::as_bool) != Some(true))
+            .filter_map(|v| v.pointer("/configMap/name").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        let started = Instant::now();
+        loop {
+            let all = self.configmaps_of(ns);
+            let missing: Vec<&String> = wanted.iter().filter(|w| !all.contains_key(*w)).collect();
+            if missing.is_empty() {
+                if !wanted.is_empty() && started.elapsed() > Duration::from_millis(100) {
+                    self.say(format!(
+                        "namespace {ns}: waited {} ms for ConfigMap(s) {wanted:?}",
+                        started.elapsed().as_millis()
+                    ));
+                }
+                return Ok(all);
+            }
+            if started.elapsed() >= self.opts.timeout {
+                let hook = self
+                    .webhook
+                    .as_ref()
+                    .map(|h| h.proc.log_tail(15))
+                    .unwrap_or_else(|| "(the control plane is not running)".into());
+                bail!(
+                    "ConfigMap(s) {missing:?} still missing in namespace {ns} after {:?} (the mesh CA publishes {CA_ROOT_CONFIGMAP} to namespaces labelled istio-injection=enabled); webhook log:\n{hook}",
+                    self.opts.timeout
+                );
+            }
+            self.check_cancel()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn ensure_namespace(&mut self, name: &str) -> Result<()> {
@@ -371,7 +430,13 @@ impl Lab {
         let mut rules: BTreeMap<String, String> = BTreeMap::new();
         for v in &docs {
             match kind(v).as_str() {
-                "VirtualService" | "DestinationRule" | "ServiceEntry" | "Sidecar" => {
+                "VirtualService"
+                | "DestinationRule"
+                | "ServiceEntry"
+                | "Sidecar"
+                | "PeerAuthentication"
+                | "AuthorizationPolicy"
+                | "RequestAuthentication" => {
                     let text = serde_yaml_ng::to_string(v)?;
                     let e = rules.entry(ns_of(v)).or_default();
                     if !e.is_empty() {
@@ -555,13 +620,23 @@ impl Lab {
                     Some(c) => Some(c.clone()),
                     None => injector_config(&dir)?,
                 };
+                let plane = ControlPlane {
+                    netns: &self.node,
+                    kube_url: self.api.url(),
+                };
                 let hook = self.rt.block_on(Webhook::start(
                     &self.opts.bin_dir,
                     &dir,
                     config.as_deref(),
                     self.opts.inject_ca_address.as_deref(),
+                    &plane,
                 ))?;
-                self.say(format!("webhook serving on https://{}", hook.addr));
+                self.say(format!(
+                    "control plane on the node: webhook https://{}, mesh CA {NODE_IP}:{} (API {})",
+                    hook.addr,
+                    crate::admission::CA_PORT,
+                    self.api.url()
+                ));
                 self.webhook = Some(hook);
             }
             let hook = self
@@ -632,7 +707,7 @@ impl Lab {
             "dev",
             "eth0",
         ])?;
-        netns.write_hosts(&cluster::hosts_file(&name, ns, ip, &self.services))?;
+        netns.write_hosts(&pod_hosts(&name, ns, ip, &self.services))?;
         // The kube-proxy stand-in, as a CNI/kube-proxy would have it before any container runs.
         let rules = cluster::kube_proxy_rules(&self.services, &self.endpoints());
         netns.exec_input(&["iptables-restore", "--noflush"], Some(&rules))?;
@@ -655,7 +730,13 @@ impl Lab {
             cluster::KUBE_CHAIN,
         ])?;
         let pod_dir = self.dir().join("pods").join(&name);
-        let configmaps = self.namespaces[ns].configmaps.clone();
+        let configmaps = self.wait_configmaps(ns, &obj)?;
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // The pod exists from here on: its tokens are good for TokenReviews.
+        self.api.add_pod(ns, &name, &uid);
         let ctx = PodCtx {
             name: &name,
             namespace: ns,
@@ -666,6 +747,7 @@ impl Lab {
             bin_dir: &self.opts.bin_dir,
             configmaps: &configmaps,
             timeout: self.opts.timeout,
+            token_key: &self.token_key,
         };
         let after_init = || -> Result<()> {
             for args in cluster::jump_last_commands() {
@@ -681,8 +763,13 @@ impl Lab {
                 eprintln!("lab: {m}");
             }
         };
-        let containers = kubelet::start_pod(&obj, &ctx, &after_init, &mut log)
-            .with_context(|| format!("starting pod {ns}/{name}"))?;
+        let containers = match kubelet::start_pod(&obj, &ctx, &after_init, &mut log) {
+            Ok(c) => c,
+            Err(e) => {
+                self.api.remove_pod(&uid);
+                return Err(e.context(format!("starting pod {ns}/{name}")));
+            }
+        };
         let meshed = containers.iter().any(|c| c.name == "remora-proxy");
         self.say(format!(
             "pod {ns}/{name} {ip} ready ({}; {})",
@@ -720,12 +807,8 @@ impl Lab {
         for p in &self.pods {
             p.netns
                 .exec_input(&["iptables-restore", "--noflush"], Some(&rules))?;
-            p.netns.write_hosts(&cluster::hosts_file(
-                &p.name,
-                &p.namespace,
-                p.ip,
-                &self.services,
-            ))?;
+            p.netns
+                .write_hosts(&pod_hosts(&p.name, &p.namespace, p.ip, &self.services))?;
         }
         let names: Vec<String> = self.namespaces.keys().cloned().collect();
         for ns in names {
@@ -1000,11 +1083,7 @@ impl Lab {
         let started = {
             let pod = &self.pods[idx];
             let ns = pod.namespace.clone();
-            let configmaps = self
-                .namespaces
-                .get(&ns)
-                .map(|n| n.configmaps.clone())
-                .unwrap_or_default();
+            let configmaps = self.configmaps_of(&ns);
             let ctx = PodCtx {
                 name: &pod.name,
                 namespace: &ns,
@@ -1015,6 +1094,7 @@ impl Lab {
                 bin_dir: &self.opts.bin_dir,
                 configmaps: &configmaps,
                 timeout: self.opts.timeout,
+                token_key: &self.token_key,
             };
             kubelet::restart_containers(&pod.object, &ctx, names, &mut log)
                 .with_context(|| format!("restarting {names:?} of pod {ns}/{}", pod.name))?

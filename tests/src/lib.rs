@@ -5,11 +5,13 @@
 pub mod admission;
 pub mod apiserver;
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod clitest;
 pub mod cluster;
 pub mod kubelet;
 pub mod lab;
+pub mod labapi;
 pub mod netns;
 pub mod ports;
 pub mod soak;

@@ -258,26 +258,170 @@ fn proxy_env(pod: &remora_e2e::lab::Pod) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// What the webhook injects for workload identity runs as injected: with no CA answering at
-/// the install's address, the proxy gets no certificate and the pod never turns ready.
+/// Reads `path` as the proxy's uid would.
+fn read_as_proxy(path: &str) -> String {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            "cat",
+            path,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uid 1337 cannot read {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Workload identity runs as a cluster install runs it: the lab's control plane (the webhook
+/// with its mesh CA on the node) stores its root in Secret remora-system/remora-ca through the
+/// lab's API and publishes it to the meshed namespace; the kubelet stand-in mounts that root
+/// and writes the projected token, both readable by the proxy's uid; the proxy resolves the
+/// injected CA address, gets its token reviewed and holds a certificate for its service
+/// account; the app answers.
 #[test]
-fn injected_identity_without_a_ca_keeps_the_pod_unready() {
+fn injected_identity_gets_a_certificate_from_the_labs_ca() {
+    let mut lab = Lab::start(LabOptions::default()).expect("lab starts");
+    lab.create_namespace("shop", &[("istio-injection", "enabled")])
+        .unwrap();
+    lab.apply(IDENTITY_POD, "shop")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs(20)));
+    let pod = lab.pod("shop/web").unwrap();
+    assert!(pod.reviewed && pod.meshed);
+    assert_eq!(
+        pod.object["metadata"]["labels"]["security.istio.io/tlsMode"],
+        "istio"
+    );
+    let env = proxy_env(pod);
+    assert_eq!(
+        env.get("REMORA_CA_ADDRESS").map(String::as_str),
+        Some("remora-ca.remora-system.svc:15012")
+    );
+    assert_eq!(
+        env.get("REMORA_TRUST_DOMAIN").map(String::as_str),
+        Some("cluster.local")
+    );
+    assert_eq!(
+        env.get("SERVICE_ACCOUNT").map(String::as_str),
+        Some("web-sa")
+    );
+    let root_file = &env["REMORA_CA_ROOT_FILE"];
+    let token_file = &env["REMORA_CA_TOKEN_FILE"];
+    // The lab points the in-container paths at its directories.
+    assert!(
+        root_file.starts_with(lab.dir().to_str().unwrap()),
+        "{root_file}"
+    );
+    assert!(root_file.ends_with("/root-cert.pem"), "{root_file}");
+    assert!(token_file.ends_with("/remora-ca-token"), "{token_file}");
+
+    // The root the pod mounts is the CA's: the one it stored in its Secret and published.
+    let root = read_as_proxy(root_file);
+    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
+    let secret = lab
+        .api()
+        .object("secrets", "remora-system", "remora-ca")
+        .expect("the CA stored its root Secret through the lab's API");
+    use base64::Engine as _;
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["root-cert.pem"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(root.as_bytes(), stored.as_slice());
+    let cm = lab
+        .api()
+        .object("configmaps", "shop", "remora-ca-root-cert")
+        .expect("the CA published the root to the namespace");
+    assert_eq!(cm["data"]["root-cert.pem"].as_str(), Some(root.as_str()));
+    assert!(
+        lab.api()
+            .object("configmaps", "default", "remora-ca-root-cert")
+            .is_none(),
+        "only meshed namespaces get the root"
+    );
+
+    // The projected token: a JWT for the CA's audience, bound to the pod, 12 h.
+    let token = read_as_proxy(token_file);
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "JWT-shaped: {token}");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], serde_json::json!(["remora-ca"]));
+    assert_eq!(claims["sub"], "system:serviceaccount:shop:web-sa");
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "web");
+    let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(life, 43_200);
+
+    // The proxy is ready with its certificate (the lab waited for its readiness).
+    let dump = lab.http_in_pod(pod, 15020, "GET", "/config_dump").unwrap();
+    assert_eq!(dump.status, 200);
+    let id = &dump.json().unwrap()["identity"];
+    assert_eq!(
+        id["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/web-sa",
+        "{id}"
+    );
+    assert_eq!(id["state"], "valid", "{id}");
+    assert_eq!(id["ca_address"], "remora-ca.remora-system.svc:15012");
+    let chain: Vec<String> = serde_json::from_value(id["chain_pem"].clone()).unwrap();
+    assert_eq!(
+        chain.last().map(|c| c.trim()),
+        Some(root.trim()),
+        "the chain ends in the CA's root"
+    );
+    assert!(id["expires_in_seconds"].as_i64().unwrap() > 3600, "{id}");
+
+    // The CA asked the API about this very token, for its audience, and was told yes.
+    let reviews: Vec<_> = lab
+        .api()
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/apis/authentication.k8s.io/v1/tokenreviews")
+        .collect();
+    assert!(!reviews.is_empty());
+    let body = reviews[0].body.as_ref().unwrap();
+    assert_eq!(
+        body["spec"]["token"].as_str().map(str::trim),
+        Some(token.trim())
+    );
+    assert_eq!(body["spec"]["audiences"], serde_json::json!(["remora-ca"]));
+    let log = std::fs::read_to_string(&lab.webhook().unwrap().proc.log).unwrap();
+    assert!(
+        log.contains("certificate issued for spiffe://cluster.local/ns/shop/sa/web-sa")
+            && log.contains("\"pod\":\"web\""),
+        "{log}"
+    );
+
+    // The app answers through its sidecar.
+    let r = lab.http(pod, "web", 8080, "/", &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// Proxies sent to a CA that does not answer (an address nothing in the lab resolves) get no
+/// certificate, and the pod never turns ready: the proxy says what it waits for.
+#[test]
+fn identity_from_an_unreachable_ca_keeps_the_pod_unready() {
     let mut lab = Lab::start(LabOptions {
-        inject_ca_address: Some(remora_webhook::config::DEFAULT_CA_ADDRESS.to_string()),
+        inject_ca_address: Some("remora-ca.elsewhere.svc:15012".to_string()),
         timeout: Duration::from_secs(8),
         ..LabOptions::default()
     })
     .expect("lab starts");
     lab.create_namespace("shop", &[("istio-injection", "enabled")])
         .unwrap();
-    // No CA answers at the install's address in the lab: the proxy never gets its certificate
-    // and stays unready, saying what it waits for.
     let err = lab.apply(IDENTITY_POD, "shop").unwrap_err();
     let text = format!("{err:#}\n{}", lab.logs(40));
     assert!(text.contains("/healthz/ready answered 503"), "{text}");
     assert!(
         text.contains("no workload certificate yet")
-            && text.contains("remora-ca.remora-system.svc:15012"),
+            && text.contains("remora-ca.elsewhere.svc:15012"),
         "{text}"
     );
 }

@@ -854,3 +854,286 @@ spec:
         .count();
     assert_eq!(forwards, 2, "{:?}", api.requests());
 }
+
+/// The access-log lines of a pod's sidecar (JSON objects, one per line of its log).
+fn access_log(pod: &Pod) -> Vec<serde_json::Value> {
+    let proxy = pod.container("remora-proxy").expect("a sidecar");
+    std::fs::read_to_string(&proxy.proc.log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("direction").is_some() && v.get("status").is_some())
+        .collect()
+}
+
+/// Waits (bounded) until `pod`'s access log holds `want` inbound lines whose peer principal is
+/// `principal`; returns how many it saw.
+fn eventually_principals(pod: &Pod, principal: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = access_log(pod)
+            .iter()
+            .filter(|v| v["direction"] == "inbound" && v["peer_principal"] == principal)
+            .count();
+        if n == want || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const PEER_AUTHENTICATION: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: bookinfo}\nspec:\n  mtls: {mode: MODE}\n";
+
+/// Scenario 8: mutual TLS between sidecars, proven on the wire. The lab's control plane (the
+/// webhook's mesh CA) gives every sidecar its identity; tcpdump on the node's bridge during
+/// Bookinfo requests sees every hop between meshed pods (client → productpage → details,
+/// reviews → ratings) as TLS records whose ClientHello offers Istio's ALPN values, and no
+/// plain-text HTTP between them, while an unmeshed client's request shows up in plain text.
+/// With a STRICT PeerAuthentication the unmeshed clients (a namespace without injection, a pod
+/// that opted out) are refused and meshed traffic goes on; PERMISSIVE lets them in again. The
+/// destination sidecars count `connection_security_policy="mutual_tls"` and log the source's
+/// SPIFFE principal.
+#[test]
+fn mutual_tls_between_sidecars_on_the_wire() {
+    let unmeshed = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old-client, namespace: legacy, labels: {app: old-client}}
+spec:
+  containers:
+  - {name: old, command: ["lab-app", "http", "--service", "old-client", "--port", "8080"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: optout, labels: {app: optout}, annotations: {sidecar.istio.io/inject: "false"}}
+spec:
+  containers:
+  - {name: optout, command: ["lab-app", "http", "--service", "optout", "--port", "8080"]}
+"#;
+    let mut lab = lab_with(
+        &[("istio-injection", "enabled")],
+        &format!("{BOOKINFO}\n---\n{unmeshed}"),
+        "",
+    );
+    let ip_of = |n: &str| lab.pod(n).unwrap().ip;
+    let (client_ip, pp_ip, details_ip, ratings_ip, old_ip) = (
+        ip_of("bookinfo/client"),
+        ip_of("productpage"),
+        ip_of("details"),
+        ip_of("ratings"),
+        ip_of("legacy/old-client"),
+    );
+    let meshed: Vec<std::net::Ipv4Addr> = lab
+        .pods()
+        .iter()
+        .filter(|p| p.meshed)
+        .map(|p| p.ip)
+        .collect();
+    assert_eq!(meshed.len(), 7, "Bookinfo and its client are meshed");
+    assert!(!lab.pod("optout").unwrap().meshed && !lab.pod("legacy/old-client").unwrap().meshed);
+    let reviews_ip = |v: &str| ip_of(&format!("reviews-{v}"));
+    let pp = lab.pod("productpage").unwrap();
+    let pp0 = must(&lab, lab.metrics(pp));
+    let details0 = must(&lab, lab.metrics(lab.pod("details").unwrap()));
+
+    // On the wire: meshed requests, then one from the unmeshed namespace (PERMISSIVE, the
+    // default: plain text is let in, and the capture must show it).
+    let capture = must(
+        &lab,
+        remora_e2e::capture::Capture::start(lab.node(), "br0", lab.dir(), "mtls"),
+    );
+    let n = 12;
+    let seen = review_versions(&lab, n, &[]);
+    let old = lab.pod("legacy/old-client").unwrap();
+    let r = must(
+        &lab,
+        lab.http(old, "productpage.bookinfo", 9080, "/productpage", &[]),
+    );
+    assert_eq!(r.status, 200, "PERMISSIVE lets the unmeshed client in");
+    let captured = must(&lab, capture.stop());
+    assert!(
+        captured.dropped.unwrap_or(0) == 0,
+        "tcpdump dropped packets: {}",
+        captured.log
+    );
+    let flows = captured.flows();
+    let between_meshed: Vec<_> = flows
+        .iter()
+        .filter(|f| meshed.contains(f.from.ip()) && meshed.contains(f.to.ip()))
+        .collect();
+    let show = |fs: &[&remora_e2e::capture::Flow]| {
+        fs.iter()
+            .map(|f| format!("{} -> {} {} bytes: {:?}", f.from, f.to, f.bytes, f.carries))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        !between_meshed.is_empty(),
+        "no traffic between meshed pods captured"
+    );
+    for f in &between_meshed {
+        assert!(
+            f.http_requests.is_empty(),
+            "plain-text HTTP between meshed pods: {f:?}"
+        );
+        assert!(
+            f.bytes == 0 || f.is_tls(),
+            "not TLS between meshed pods: {f:?}\n{}",
+            show(&between_meshed)
+        );
+        if f.client {
+            let alpn = f
+                .alpn_offered()
+                .unwrap_or_else(|| panic!("no ClientHello: {f:?}"));
+            assert!(
+                remora_e2e::capture::offers_istio_alpn(alpn),
+                "ClientHello without Istio's ALPN: {alpn:?}"
+            );
+        }
+    }
+    let app_data: usize = between_meshed
+        .iter()
+        .map(|f| f.application_data_records())
+        .sum();
+    assert!(
+        app_data >= 2 * n,
+        "{app_data} application-data records\n{}",
+        show(&between_meshed)
+    );
+    // Every hop is there, as mTLS with Istio's ALPN.
+    let mut hops = vec![
+        ("client → productpage", client_ip, pp_ip),
+        ("productpage → details", pp_ip, details_ip),
+    ];
+    let mut reviews_hops = Vec::new();
+    for v in ["v1", "v2", "v3"] {
+        if seen.contains_key(v) {
+            reviews_hops.push(("productpage → reviews", pp_ip, reviews_ip(v)));
+            if v != "v1" {
+                reviews_hops.push(("reviews → ratings", reviews_ip(v), ratings_ip));
+            }
+        }
+    }
+    assert!(!reviews_hops.is_empty(), "{seen:?}");
+    hops.extend(reviews_hops);
+    for (what, from, to) in hops {
+        assert!(
+            between_meshed.iter().any(|f| *f.from.ip() == from
+                && *f.to.ip() == to
+                && f.alpn_offered()
+                    .is_some_and(remora_e2e::capture::offers_istio_alpn)),
+            "{what} ({from} → {to}): no mTLS connection seen\n{}",
+            show(&between_meshed)
+        );
+    }
+    // The control: the unmeshed client's request is on the wire in plain text.
+    assert!(
+        flows.iter().any(|f| *f.from.ip() == old_ip
+            && *f.to.ip() == pp_ip
+            && f.http_requests
+                .iter()
+                .any(|l| l == "GET /productpage HTTP/1.1")),
+        "the unmeshed request was not seen in plain text: {:?}",
+        flows
+            .iter()
+            .filter(|f| *f.from.ip() == old_ip)
+            .collect::<Vec<_>>()
+    );
+
+    // STRICT: unmeshed clients are refused, meshed ones go on.
+    lab.set_rules("bookinfo", &PEER_AUTHENTICATION.replace("MODE", "STRICT"))
+        .unwrap();
+    let pp = lab.pod("productpage").unwrap();
+    let refused0 = sum(
+        &must(&lab, lab.metrics(pp)),
+        "remora_refused_connections_total",
+        &[("reason", "mtls_required")],
+    );
+    for from in ["legacy/old-client", "optout"] {
+        let p = lab.pod(from).unwrap();
+        let r = lab.http(p, "productpage.bookinfo", 9080, "/productpage", &[]);
+        assert!(r.is_err(), "{from} under STRICT: {:?}", r.map(|x| x.status));
+    }
+    let client = lab.pod("bookinfo/client").unwrap();
+    let r = must(
+        &lab,
+        lab.http(client, "productpage", 9080, "/productpage", &[]),
+    );
+    assert_eq!(r.status, 200, "meshed traffic under STRICT");
+    let refused = sum(
+        &must(&lab, lab.metrics(pp)),
+        "remora_refused_connections_total",
+        &[("reason", "mtls_required")],
+    ) - refused0;
+    assert!(
+        refused >= 2.0,
+        "{refused} refusals counted for 2 plain-text clients"
+    );
+
+    // PERMISSIVE lets them in again.
+    lab.set_rules(
+        "bookinfo",
+        &PEER_AUTHENTICATION.replace("MODE", "PERMISSIVE"),
+    )
+    .unwrap();
+    for from in ["legacy/old-client", "optout"] {
+        let p = lab.pod(from).unwrap();
+        let r = must(
+            &lab,
+            lab.http(p, "productpage.bookinfo", 9080, "/productpage", &[]),
+        );
+        assert_eq!(r.status, 200, "{from} under PERMISSIVE");
+    }
+
+    // The destinations counted mTLS and logged who called: productpage served n + 1 meshed and
+    // 3 plain requests; details was called once per productpage request, always over mTLS.
+    let (pp, details) = (lab.pod("productpage").unwrap(), lab.pod("details").unwrap());
+    let all = (n + 4) as f64;
+    let mtls = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let plain = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "none"),
+    ];
+    eventually_metrics(&lab, &[pp, details], |now| {
+        let d = |i: usize, before: &[Sample], f: &[(&str, &str)]| {
+            sum(&now[i], REQ, f) - sum(before, REQ, f)
+        };
+        let got = (
+            d(0, &pp0, &mtls),
+            d(0, &pp0, &plain),
+            d(1, &details0, &mtls),
+            d(1, &details0, &plain),
+        );
+        let want = ((n + 1) as f64, 3.0, all, 0.0);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("(productpage mutual_tls, none; details mutual_tls, none): counted {got:?}, sent {want:?}"))
+        }
+    });
+    let client_id = "spiffe://cluster.local/ns/bookinfo/sa/client";
+    let pp_id = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage";
+    assert_eq!(eventually_principals(pp, client_id, n + 1), n + 1);
+    assert_eq!(eventually_principals(details, pp_id, n + 4), n + 4);
+    // (The sidecar's own app-health probes of productpage's /health are inbound lines too.)
+    let plain_lines: Vec<_> = access_log(pp)
+        .into_iter()
+        .filter(|v| {
+            v["direction"] == "inbound"
+                && v["path"] == "/productpage"
+                && v["peer_principal"].is_null()
+        })
+        .collect();
+    assert_eq!(
+        plain_lines.len(),
+        3,
+        "the plain-text requests have no principal: {plain_lines:#?}"
+    );
+}

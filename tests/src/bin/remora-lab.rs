@@ -1,6 +1,7 @@
 //! `remora-lab`: the mesh lab from the command line.
 //!   remora-lab up      Bookinfo in a meshed namespace; prints how to reach it; Ctrl-C tears down.
-//!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live.
+//!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live,
+//!                      mutual TLS on the wire.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
 //!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
 
@@ -285,7 +286,8 @@ fn demo(opts: LabOptions, requests: usize) -> Result<()> {
     println!("namespace per pod. Pods come from Kubernetes YAML. Because the namespace `bookinfo` carries the");
     println!("label istio-injection=enabled, each pod is first sent to the real remora-webhook over HTTPS as an");
     println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet: remora-init");
-    println!("programs iptables, remora-proxy starts as uid 1337 and must be ready before the app starts.\n");
+    println!("programs iptables, remora-proxy starts as uid 1337 and must be ready (holding its certificate from");
+    println!("the mesh CA that remora-webhook runs on the node) before the app starts.\n");
     let mut lab = bookinfo(opts)?;
     println!(
         "-- Bookinfo is running ({:.1} s):\n",
@@ -443,6 +445,7 @@ fn demo(opts: LabOptions, requests: usize) -> Result<()> {
         println!();
     }
     fault_step(&mut lab, &cancel, &mut failures)?;
+    mtls_step(&mut lab, &cancel, &mut failures)?;
     println!(
         "-- Tearing down: stopping {} pods and deleting their namespaces",
         lab.pods().len()
@@ -530,6 +533,262 @@ fn fault_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) ->
     if !delay_ok || !abort_ok {
         failures.push(format!(
             "Scenario 3 (fault/timeout): jason {jason:?}, mary {mary:?}, aborted {aborted}/{n}"
+        ));
+    }
+    Ok(())
+}
+
+/// A pod without a sidecar: its namespace is not labelled for injection.
+const OLD_CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: old-client, labels: {app: old-client}}
+spec:
+  containers:
+  - {name: old-client, command: ["lab-app", "http", "--service", "old-client", "--port", "8080"]}
+"#;
+
+fn peer_authentication(mode: &str) -> String {
+    format!("{DESTINATION_RULES}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default}}\nspec:\n  mtls: {{mode: {mode}}}\n")
+}
+
+/// `istio_requests_total` at a pod's sidecar as destination, by `connection_security_policy`
+/// (`mutual_tls`, `none`), and its refusals for want of mTLS.
+fn mtls_counts(lab: &Lab, pod: &str) -> Result<(f64, f64, f64)> {
+    use remora_e2e::client::sum;
+    let m = lab.metrics(lab.pod(pod)?)?;
+    let req = |policy: &str| {
+        sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", policy),
+            ],
+        )
+    };
+    Ok((
+        req("mutual_tls"),
+        req("none"),
+        sum(
+            &m,
+            "remora_refused_connections_total",
+            &[("reason", "mtls_required")],
+        ),
+    ))
+}
+
+/// Scenario 4: every sidecar's identity from the control plane's CA; tcpdump on the node's
+/// bridge shows the hops between sidecars as TLS and an unmeshed caller in plain text;
+/// PeerAuthentication STRICT refuses the unmeshed caller, PERMISSIVE lets it in.
+fn mtls_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) -> Result<()> {
+    use remora_e2e::capture::{hops, Capture};
+    println!("-- Scenario 4: mutual TLS between sidecars");
+    println!("   The control plane (remora-webhook, on the node) runs the mesh CA. Each sidecar showed it the");
+    println!("   service-account token its pod was given, the CA had the token checked (a TokenReview) and");
+    println!("   signed a certificate naming that service account, and nothing else:\n");
+    let mut rows = Vec::new();
+    let mut ids_ok = true;
+    for p in lab.pods().iter().filter(|p| p.meshed) {
+        let dump = lab.http_in_pod(p, 15020, "GET", "/config_dump")?.json()?;
+        let id = &dump["identity"];
+        let sa = p.object["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let want = format!("spiffe://cluster.local/ns/{}/sa/{sa}", p.namespace);
+        let good = id["spiffe_id"] == want.as_str() && id["state"] == "valid";
+        ids_ok &= good;
+        let hours = id["expires_in_seconds"].as_i64().unwrap_or(0) as f64 / 3600.0;
+        rows.push(vec![
+            p.name.clone(),
+            id["spiffe_id"].as_str().unwrap_or("none").to_string(),
+            format!(
+                "{} (expires in {hours:.1} h)",
+                id["state"].as_str().unwrap_or("?")
+            ),
+            ok(good),
+        ]);
+    }
+    print!(
+        "{}",
+        table::text(&["POD", "IDENTITY", "CERTIFICATE", "RESULT"], &rows)
+    );
+    if !ids_ok {
+        failures.push("Scenario 4: a sidecar lacks its certificate".into());
+    }
+
+    lab.create_namespace("legacy", &[])?;
+    if let Err(e) = lab.apply(OLD_CLIENT, "legacy") {
+        bail!("{e:#}\n--- container logs:\n{}", lab.logs(20));
+    }
+    lab.set_rules("bookinfo", DESTINATION_RULES)?;
+    let pp0 = mtls_counts(lab, "productpage")?;
+    let n = 10;
+    println!("\n   tcpdump on the node's bridge (every packet between pods crosses it) while the client asks");
+    println!("   for /productpage {n} times, and a pod without a sidecar (namespace legacy, not labelled for");
+    println!("   injection) asks once:\n");
+    let capture = Capture::start(lab.node(), "br0", lab.dir(), "demo-mtls")?;
+    let client = lab.pod("bookinfo/client")?;
+    for _ in 0..n {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        lab.http(client, "productpage", 9080, "/productpage", &[])?;
+    }
+    let old = lab.pod("legacy/old-client")?;
+    let permissive = lab
+        .http(old, "productpage.bookinfo", 9080, "/productpage", &[])
+        .map(|r| r.status);
+    let captured = capture.stop()?;
+    let node = remora_e2e::lab::NODE_IP;
+    let pod_of = |ip: std::net::Ipv4Addr| lab.pods().iter().find(|p| p.ip == ip);
+    let mut rows = Vec::new();
+    let mut plain_between_meshed = 0;
+    for h in hops(&captured.flows()) {
+        let (Some(from), Some(to)) = (h.from, h.to) else {
+            continue;
+        };
+        if from == node || *to.ip() == node {
+            continue; // the kubelet's probes, scrapes, the sidecars' calls to the CA
+        }
+        let (Some(src), Some(dst)) = (pod_of(from), pod_of(*to.ip())) else {
+            continue;
+        };
+        let wire = if h.tls == h.connections {
+            format!(
+                "TLS (ALPN {}), {} encrypted records",
+                h.alpn.clone().unwrap_or_default().join(","),
+                h.application_data_records
+            )
+        } else if let Some(line) = h.http_requests.first() {
+            format!("plain text: {line}")
+        } else {
+            "plain text".to_string()
+        };
+        let expected = if src.meshed && dst.meshed {
+            plain_between_meshed += h.http_requests.len();
+            h.tls == h.connections && h.istio_alpn == h.connections && h.http_requests.is_empty()
+        } else {
+            !src.meshed && h.tls == 0
+        };
+        if !expected {
+            failures.push(format!("Scenario 4: {} -> {}: {wire}", src.name, dst.name));
+        }
+        rows.push(vec![
+            format!("{}/{}", src.namespace, src.name),
+            format!("{}:{}", dst.name, to.port()),
+            h.connections.to_string(),
+            wire,
+            ok(expected),
+        ]);
+    }
+    print!(
+        "{}",
+        table::text(
+            &["FROM", "TO", "CONNECTIONS", "ON THE WIRE", "RESULT"],
+            &rows
+        )
+    );
+    println!("   Plain-text HTTP requests seen between pods with sidecars: {plain_between_meshed}");
+    if rows.is_empty() {
+        failures.push("Scenario 4: the capture saw no traffic between pods".into());
+    }
+
+    println!("\n   PeerAuthentication decides what the bookinfo sidecars accept (rule in remora-mesh-rules):\n");
+    let show = |r: &Result<u16>| match r {
+        Ok(code) => format!("HTTP {code}"),
+        Err(_) => "refused (connection closed)".to_string(),
+    };
+    let mut rows = vec![vec![
+        "PERMISSIVE (no rule: Istio's default)".to_string(),
+        "legacy/old-client (no sidecar)".to_string(),
+        show(&permissive),
+        "HTTP 200, in plain text".to_string(),
+        ok(matches!(permissive, Ok(200))),
+    ]];
+    lab.set_rules("bookinfo", &peer_authentication("STRICT"))?;
+    let old = lab.pod("legacy/old-client")?;
+    let strict_old = lab
+        .http(old, "productpage.bookinfo", 9080, "/productpage", &[])
+        .map(|r| r.status);
+    let client = lab.pod("bookinfo/client")?;
+    let strict_client = lab
+        .http(client, "productpage", 9080, "/productpage", &[])
+        .map(|r| r.status);
+    rows.push(vec![
+        "STRICT".into(),
+        "legacy/old-client (no sidecar)".into(),
+        show(&strict_old),
+        "refused".into(),
+        ok(strict_old.is_err()),
+    ]);
+    rows.push(vec![
+        "STRICT".into(),
+        "bookinfo/client (sidecar)".into(),
+        show(&strict_client),
+        "HTTP 200, over mTLS".into(),
+        ok(matches!(strict_client, Ok(200))),
+    ]);
+    lab.set_rules("bookinfo", &peer_authentication("PERMISSIVE"))?;
+    let old = lab.pod("legacy/old-client")?;
+    let permissive_again = lab
+        .http(old, "productpage.bookinfo", 9080, "/productpage", &[])
+        .map(|r| r.status);
+    rows.push(vec![
+        "PERMISSIVE".into(),
+        "legacy/old-client (no sidecar)".into(),
+        show(&permissive_again),
+        "HTTP 200".into(),
+        ok(matches!(permissive_again, Ok(200))),
+    ]);
+    print!(
+        "{}",
+        table::text(&["MODE", "FROM", "OBSERVED", "EXPECTED", "RESULT"], &rows)
+    );
+    if !(matches!(permissive, Ok(200))
+        && strict_old.is_err()
+        && matches!(strict_client, Ok(200))
+        && matches!(permissive_again, Ok(200)))
+    {
+        failures.push(format!(
+            "Scenario 4 (PeerAuthentication): PERMISSIVE {}, STRICT unmeshed {}, STRICT meshed {}, PERMISSIVE again {}",
+            show(&permissive),
+            show(&strict_old),
+            show(&strict_client),
+            show(&permissive_again)
+        ));
+    }
+
+    // What productpage's sidecar saw (telemetry lands a moment after the answer).
+    let want = ((n + 1) as f64, 2.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mtls, plain, refused) = loop {
+        let now = mtls_counts(lab, "productpage")?;
+        let d = (now.0 - pp0.0, now.1 - pp0.1, now.2 - pp0.2);
+        if (d.0, d.1) == want || std::time::Instant::now() >= deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pp = lab.pod("productpage")?;
+    let principal = pp
+        .container("remora-proxy")
+        .and_then(|c| std::fs::read_to_string(&c.proc.log).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["direction"] == "inbound" && v["path"] == "/productpage")
+        .filter_map(|v| v["peer_principal"].as_str().map(str::to_string))
+        .next_back()
+        .unwrap_or_else(|| "none".into());
+    println!("\n   productpage's sidecar, as destination, counted {mtls} requests with");
+    println!("   connection_security_policy=\"mutual_tls\" and {plain} without (istio_requests_total), refused {refused}");
+    println!("   plain-text connection(s) under STRICT (remora_refused_connections_total, reason mtls_required),");
+    println!("   and its access log names the caller: \"peer_principal\": \"{principal}\"\n");
+    let client_id = "spiffe://cluster.local/ns/bookinfo/sa/client";
+    if (mtls, plain) != want || refused < 1.0 || principal != client_id {
+        failures.push(format!(
+            "Scenario 4 (telemetry): mutual_tls {mtls}, none {plain} (want {want:?}), refused {refused}, principal {principal}"
         ));
     }
     Ok(())

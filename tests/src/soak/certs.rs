@@ -7,6 +7,7 @@ use crate::lab::Lab;
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub(super) struct Rotator {
@@ -15,15 +16,25 @@ pub(super) struct Rotator {
     n: u32,
 }
 
-/// One HTTPS request to the webhook on a fresh connection trusting only `ca_der`.
+/// One HTTPS request to the webhook (at `addr` in the namespace `netns`) on a fresh connection
+/// trusting only `ca_der`.
 async fn webhook_request(
+    netns: &Path,
     addr: SocketAddr,
     ca_der: &[u8],
     method: &str,
     path: &str,
     body: Bytes,
 ) -> Result<(u16, Bytes)> {
-    admission::https_request(&admission::tls_connector(ca_der)?, addr, method, path, body).await
+    admission::https_request(
+        &admission::tls_connector(ca_der)?,
+        Some(netns),
+        addr,
+        method,
+        path,
+        body,
+    )
+    .await
 }
 
 impl Rotator {
@@ -64,6 +75,7 @@ impl Rotator {
         let deadline = started + Duration::from_secs(25);
         loop {
             let r = lab.rt.block_on(webhook_request(
+                &hook.netns,
                 addr,
                 &new_ca,
                 "GET",
@@ -82,6 +94,7 @@ impl Rotator {
         }
         let switched = started.elapsed();
         if let Ok((code, _)) = lab.rt.block_on(webhook_request(
+            &hook.netns,
             addr,
             &self.current_ca,
             "GET",
@@ -103,6 +116,7 @@ impl Rotator {
         let uid = format!("00000000-0000-4000-a000-{:012x}", self.n);
         let review = admission::admission_review(&uid, NS, &pod);
         let (status, body) = lab.rt.block_on(webhook_request(
+            &hook.netns,
             addr,
             &self.current_ca,
             "POST",
