@@ -80,7 +80,7 @@ fn each_tls(
             if let Some(p) = port {
                 target.push_str(&format!(" port {p}"));
             }
-            f(dr, &field, &target, &ts);
+            f(dr, &field, &target, ts);
         }
     }
 }
