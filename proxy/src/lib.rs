@@ -21,6 +21,8 @@ pub mod guard;
 // The HTTP side: Pingora's `ProxyHttp` and the steps of a request.
 pub mod http;
 pub mod identity;
+// RequestAuthentication: JWT decisions and the JWKS cache.
+pub mod jwt;
 pub mod listen;
 pub mod mtls;
 // Traffic policies.
