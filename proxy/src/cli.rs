@@ -132,6 +132,13 @@ pub struct RunArgs {
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
+    /// How often the keys of a RequestAuthentication's `jwksUri` are fetched again (Istio: 20m);
+    /// `1s` to `24h`.
+    #[arg(long, env = "REMORA_JWKS_REFRESH_INTERVAL", default_value = "20m", value_parser = parse_jwks_refresh)]
+    pub jwks_refresh_interval: Duration,
+    /// Extra trusted roots (PEM) for HTTPS `jwksUri` servers, besides the system's.
+    #[arg(long, env = "REMORA_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Abuse limits and the privilege check (see `guard::LimitArgs`, docs/proxy.md "Limits").
     #[command(flatten)]
     pub limits: crate::guard::LimitArgs,
@@ -185,6 +192,16 @@ pub fn parse_cert_ttl(v: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{v:?} is not a duration: {e}"))?;
     if d < Duration::from_secs(60) || d > Duration::from_secs(90 * 86_400) {
         return Err(format!("{v:?} is outside 1m to 90d"));
+    }
+    Ok(d)
+}
+
+/// `--jwks-refresh-interval`: an Istio duration from one second to a day.
+pub fn parse_jwks_refresh(v: &str) -> Result<Duration, String> {
+    let d = remora_model::duration::parse_duration(v)
+        .map_err(|e| format!("{v:?} is not a duration: {e}"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+        return Err(format!("{v:?} is outside 1s to 24h"));
     }
     Ok(d)
 }
@@ -463,6 +480,13 @@ mod tests {
         assert_eq!(r.health_addr.port(), 15021);
         assert_eq!(r.prometheus_addr.port(), 15090);
         assert_eq!(r.threads, 2);
+        assert_eq!(r.jwks_refresh_interval, Duration::from_secs(1200));
+        assert_eq!(r.jwks_ca_file, None);
+        assert_eq!(parse_jwks_refresh("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_jwks_refresh("500ms")
+            .unwrap_err()
+            .contains("outside 1s to 24h"));
+        assert!(parse_jwks_refresh("soon").is_err());
         let e = Cli::try_parse_from(["remora-proxy", "run", "--threads", "0"]).unwrap_err();
         assert!(e.to_string().contains("--threads"), "{e}");
     }

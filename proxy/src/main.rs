@@ -378,6 +378,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     // Register the metric families before any traffic.
     let _ = remora_proxy::telemetry::Metrics::get();
+    if let Some(p) = &args.jwks_ca_file {
+        let n = remora_proxy::jwt::jwks::check_extra_roots(p).map_err(|e| anyhow!(e))?;
+        info!(file = %p.display(), certificates = n, "jwksUri servers: the system roots and those of --jwks-ca-file");
+    }
+    let jwks_settings = remora_proxy::jwt::jwks::JwksSettings {
+        refresh: args.jwks_refresh_interval,
+        extra_roots: args.jwks_ca_file.clone(),
+    };
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
     let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone())?;
     let ready_gate = Arc::new(ReadyGate::new(
@@ -409,6 +417,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         policies: Arc::new(remora_proxy::policy::Policies::new()),
         identity: identity.clone(),
         peers: Default::default(),
+        jwt: Arc::new(remora_proxy::jwt::JwtState::new(jwks_settings)),
     });
     listen::log_listeners(&shared.settings);
     let guard = Arc::new(remora_proxy::guard::Guard::new(limits));

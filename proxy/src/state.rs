@@ -74,6 +74,8 @@ pub struct Shared {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The identities of the inbound mTLS connections open now.
     pub peers: Arc<crate::mtls::inbound::Peers>,
+    /// RequestAuthentication: the compiled rules and the JWKS cache.
+    pub jwt: Arc<crate::jwt::JwtState>,
 }
 
 impl Shared {

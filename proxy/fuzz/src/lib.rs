@@ -131,6 +131,7 @@ fn start() -> Harness {
         policies: Arc::new(remora_proxy::policy::Policies::new()),
         identity: None,
         peers: Default::default(),
+        jwt: Default::default(),
     });
     let limits = DownstreamLimits {
         header_timeout: Duration::from_secs(2),

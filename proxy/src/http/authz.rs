@@ -1,7 +1,7 @@
 //! Inbound authorization: the AuthorizationPolicies that apply to this workload, decided by the
 //! model's `security::evaluate` (Istio's order: DENY, then ALLOW) on what the sidecar knows of
 //! the request — the client's SPIFFE id from mTLS, its address, the destination port, the host,
-//! method, path and headers. A denial is Istio's answer: 403 `RBAC: access denied` (gRPC:
+//! method, path and headers, and the verified JWT of RequestAuthentication (`http::jwt`). A denial is Istio's answer: 403 `RBAC: access denied` (gRPC:
 //! PERMISSION_DENIED), and the access log's `error` names the policy and rule that decided.
 //! Dry-run policies (`istio.io/dry-run`) are evaluated too and only logged.
 
@@ -9,25 +9,27 @@ use std::net::SocketAddr;
 
 use pingora::proxy::Session;
 use pingora::Result;
-use remora_model::security::authorization::{evaluate_dry_run, HttpRequest};
+use remora_model::security::authorization::{evaluate_dry_run, HttpRequest, JwtAuth};
 use remora_model::security::{evaluate, Request, Verdict};
 use tracing::info;
 
 use super::{local_reply, ReqCtx};
 use crate::rules::Snapshot;
 
-/// Decide the request; `Ok(true)` when it was denied (and answered).
+/// Decide the request; `Ok(true)` when it was denied (and answered). `auth`: the verified
+/// JWT's facts from RequestAuthentication (`http::jwt`), if the request carried one.
 pub(super) async fn check(
     session: &mut Session,
     ctx: &mut ReqCtx,
     snap: &Snapshot,
     dst: SocketAddr,
+    auth: Option<JwtAuth>,
 ) -> Result<bool> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
         return Ok(false);
     }
-    let req = request(session, ctx, dst);
+    let req = request(session, ctx, dst, auth);
     if let Some(shadow) = evaluate_dry_run(policies, &req) {
         info!(
             path = %ctx.path,
@@ -49,6 +51,11 @@ pub(super) async fn check(
                 method = %ctx.method,
                 path = %ctx.path,
                 principal = req.source_principal.as_deref().unwrap_or("none (plain text)"),
+                request_principal = req
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.auth.as_ref())
+                    .map_or("none (no JWT)", |a| a.principal.as_str()),
                 source = ?req.source_ip,
                 "request denied: {why}"
             );
@@ -63,7 +70,7 @@ pub(super) async fn check(
 }
 
 /// What the sidecar knows of the request, as the model's input.
-fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr) -> Request {
+fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr, auth: Option<JwtAuth>) -> Request {
     let headers = session
         .req_header()
         .headers
@@ -85,7 +92,7 @@ fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr) -> Request {
             method: ctx.method.clone(),
             path: ctx.path.clone(),
             headers,
-            auth: None,
+            auth,
         }),
     }
 }

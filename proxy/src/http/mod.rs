@@ -5,8 +5,9 @@
 //! ([`ratelimit`]), CORS ([`cors`]), fault injection ([`fault`]), mirroring ([`mirror`]), pool
 //! admission ([`admission`]) and the endpoint pick ([`pick`]); its upstream peer is built by
 //! [`peer`] and the request rewritten by [`rewrite`]; failures are retried by [`retry`] and
-//! answered by [`failure`]; [`log`] records it. An inbound request goes to the original
-//! destination unchanged.
+//! answered by [`failure`]; [`log`] records it. An inbound request goes through
+//! RequestAuthentication ([`jwt`]) and AuthorizationPolicy ([`authz`]), then to the original
+//! destination.
 
 mod admission;
 pub mod authz;
@@ -14,6 +15,7 @@ mod cors;
 mod failure;
 mod fault;
 mod grpc_status;
+mod jwt;
 mod local_reply;
 mod log;
 mod max_requests;
@@ -284,7 +286,11 @@ impl ProxyHttp for MeshHttp {
             let snap = self.shared.snapshot.load();
             ctx.destination_service =
                 inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
-            return authz::check(session, ctx, &snap, dst).await;
+            let auth = match jwt::check(session, ctx, &snap, &self.shared.jwt).await? {
+                jwt::Step::Answered => return Ok(true),
+                jwt::Step::Continue(auth) => auth,
+            };
+            return authz::check(session, ctx, &snap, dst, auth).await;
         }
         let snap = self.shared.snapshot.load_full();
         let decision = {

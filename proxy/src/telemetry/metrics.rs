@@ -79,6 +79,9 @@ pub struct Metrics {
     pub mtls_failures: IntCounterVec,
     /// Inbound requests (`http`) and connections (`tcp`) denied by AuthorizationPolicy.
     pub authz_denied: IntCounterVec,
+    /// Inbound requests refused by RequestAuthentication (an invalid JWT), by reason (the
+    /// fixed set `jwt::authn::REASONS`).
+    pub jwt_rejected: IntCounterVec,
     /// The HTTP families' label sets (they share them) under the cap.
     http_gate: SeriesGate,
     /// The TCP families' label sets under the cap.
@@ -337,6 +340,11 @@ impl Metrics {
                     "remora_authz_denied_total",
                     "Inbound requests and connections denied by AuthorizationPolicy, by kind",
                     &["kind"],
+                ),
+                jwt_rejected: counter(
+                    "remora_jwt_rejected_total",
+                    "Inbound requests refused by RequestAuthentication (an invalid JWT), by reason",
+                    &["reason"],
                 ),
                 mtls_failures: counter(
                     "remora_mtls_failures_total",
