@@ -463,7 +463,7 @@ fn jwks_uri_over_https_cached_refreshed_and_failing() {
     let demo = bearer(&s.demo);
 
     // Fetched once, then served from the cache.
-    let (p, _dir) = start(backend, &rules_for(&uri), &[ca_flag.clone()]);
+    let (p, _dir) = start(backend, &rules_for(&uri), std::slice::from_ref(&ca_flag));
     for _ in 0..5 {
         let r = get(&p, "/", &[("authorization", &demo)]);
         assert_eq!(r.status, 200, "{}", r.body_text());

@@ -900,8 +900,9 @@ pub fn decide(authn: &Authn, checked: Vec<Checked>, keys: &dyn Fn(usize) -> Keys
     if checked.is_empty() {
         return Outcome::NoToken;
     }
-    // Per token: the rule that verified it, or the failure (with details).
-    let results: Vec<(&Checked, Result<(&Jwt, usize), (Failure, Option<String>)>)> = checked
+    /// Per token: the verified token and its rule, or the failure and its details.
+    type Verdict<'a> = Result<(&'a Jwt, usize), (Failure, Option<String>)>;
+    let results: Vec<(&Checked, Verdict)> = checked
         .iter()
         .map(|c| {
             let r = match (&c.state, c.rule) {

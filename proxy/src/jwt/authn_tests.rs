@@ -805,3 +805,39 @@ fn requests_decided_as_istio_requires() {
         ("A/alice", vec!["authorization".to_string()])
     );
 }
+
+#[test]
+fn reasons_are_a_fixed_set() {
+    use Failure::*;
+    let all = [
+        BadFormat,
+        HeaderBadBase64,
+        HeaderBadJson,
+        HeaderBadAlg,
+        AlgNotSupported,
+        HeaderBadKid,
+        PayloadBadBase64,
+        PayloadBadJson,
+        IssNotString,
+        SubNotString,
+        IatBad,
+        NbfBad,
+        ExpBad,
+        AudBad,
+        SignatureBadBase64,
+        UnknownIssuer,
+        NotYetValid,
+        Expired,
+        AudienceNotAllowed,
+        NoMatchingKey,
+        VerificationFails,
+        JwksFetchFailed,
+        JwksInvalid,
+    ];
+    for f in all {
+        assert!(REASONS.contains(&f.reason()), "{f:?}");
+        assert!(!f.message().is_empty(), "{f:?}");
+    }
+    let used: BTreeSet<&str> = all.iter().map(|f| f.reason()).collect();
+    assert_eq!(used.len(), REASONS.len(), "every listed reason is used");
+}
