@@ -91,8 +91,8 @@ pub struct RulesDump {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecar: Option<Sidecar>,
-    /// The `security.istio.io` policies that apply to this pod (PeerAuthentication is enforced;
-    /// authorization is decoded, not enforced yet); written only when present.
+    /// The `security.istio.io` policies that apply to this pod (the proxy enforces all three);
+    /// written only when present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

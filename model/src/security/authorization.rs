@@ -384,7 +384,8 @@ pub fn validate(spec: &AuthorizationPolicySpec) -> Result<(), SpecError> {
 // ---------------------------------------------------------------------------------------------
 // Evaluation
 
-/// A verified JWT's facts (`request.auth.*`), as RequestAuthentication will provide them.
+/// A verified JWT's facts (`request.auth.*`), as the proxy's RequestAuthentication step
+/// provides them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JwtAuth {
     /// `iss/sub`.

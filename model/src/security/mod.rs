@@ -3,7 +3,9 @@
 //! server and istiod validate them, scoped to one pod as istiod scopes them, and evaluated as
 //! pure functions (`mtls_mode`, `authorization::evaluate`).
 //!
-//! Nothing here is enforced by the proxy yet: these are the decisions the data plane will call.
+//! The proxy enforces them: PeerAuthentication on its inbound listener, AuthorizationPolicy on
+//! inbound requests and connections, and RequestAuthentication, whose JWT checks are the
+//! proxy's own (`remora-proxy`'s `jwt` module) and give `authorization::JwtAuth`.
 //!
 //! Layering: this module sits between `kinds` and `rules` (the rules' `Snapshot` holds the
 //! policies that apply to its pod); it imports nothing from `rules`.

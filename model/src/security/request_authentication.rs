@@ -1,5 +1,5 @@
 //! RequestAuthentication: which JWTs a workload accepts. Decoded and validated here; the
-//! tokens themselves are verified by the data plane (not yet).
+//! tokens themselves are verified by the data plane (`remora-proxy`'s `jwt` module).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
