@@ -11,7 +11,7 @@
 //!   decisions; the data plane keeps the live state (balancers, pools, limiters).
 //! - `security`: Istio's `security.istio.io` kinds (PeerAuthentication, AuthorizationPolicy,
 //!   RequestAuthentication), typed and validated, with their pure decisions (the effective mTLS
-//!   mode of a port, the authorization verdict of a request); not enforced by the proxy yet.
+//!   mode of a port, the authorization verdict of a request), which the proxy enforces.
 //! - `ca_api`: the wire messages of Istio's certificate service (the CA and the sidecar's client).
 //! - `lint`: the one rule linter that `remora-proxy validate`, the validating webhook and
 //!   `remora analyze` call.

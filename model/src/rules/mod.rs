@@ -57,7 +57,8 @@ pub struct Snapshot {
     /// The Sidecar that applies to this pod, if any.
     pub sidecar: Option<Sidecar>,
     /// The `security.istio.io` policies that apply to this pod (mesh-wide, namespace-wide or
-    /// selecting its labels), in file order. Decoded and validated; not enforced yet.
+    /// selecting its labels), in file order. The proxy enforces PeerAuthentication and
+    /// AuthorizationPolicy; RequestAuthentication is decoded and validated only.
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,

@@ -3,7 +3,8 @@
 //! server and istiod validate them, scoped to one pod as istiod scopes them, and evaluated as
 //! pure functions (`mtls_mode`, `authorization::evaluate`).
 //!
-//! Nothing here is enforced by the proxy yet: these are the decisions the data plane will call.
+//! The proxy enforces these decisions: the mTLS mode on its inbound listener, the
+//! authorization verdict on each inbound request and connection.
 //!
 //! Layering: this module sits between `kinds` and `rules` (the rules' `Snapshot` holds the
 //! policies that apply to its pod); it imports nothing from `rules`.
