@@ -1204,7 +1204,8 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
         "default",
         "httpbin",
         "tok-httpbin",
-        &server_rules("STRICT"),
+        // PeerAuthentication only: the HTTP app's AuthorizationPolicy (paths) would deny TCP.
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n",
         ("fixed-inbound-target", app_addr),
         &[],
     );
