@@ -371,19 +371,31 @@ mod tests {
         let cfg = |args: &[&str]| {
             let mut v = vec!["t"];
             v.extend_from_slice(args);
-            T::try_parse_from(v).map_err(|e| e.to_string())?.id.config("shop")
+            T::try_parse_from(v)
+                .map_err(|e| e.to_string())?
+                .id
+                .config("shop")
         };
         assert!(cfg(&[]).unwrap().is_none(), "off by default");
-        let c = cfg(&["--ca-address", "remora-ca.remora-system.svc:15012", "--trust-domain", "corp_x.local"])
-            .unwrap()
-            .unwrap();
+        let c = cfg(&[
+            "--ca-address",
+            "remora-ca.remora-system.svc:15012",
+            "--trust-domain",
+            "corp_x.local",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(c.ca.server_name, "remora-ca.remora-system.svc");
         assert_eq!(c.namespace, "shop");
-        assert!(cfg(&["--ca-address", "nohost"]).unwrap_err().starts_with("--ca-address \"nohost\""));
-        assert!(cfg(&["--ca-address", "h:0"]).is_err());
-        assert!(cfg(&["--ca-address", "h:1", "--trust-domain", "Bad Domain"])
+        assert!(cfg(&["--ca-address", "nohost"])
             .unwrap_err()
-            .starts_with("--trust-domain \"Bad Domain\""));
+            .starts_with("--ca-address \"nohost\""));
+        assert!(cfg(&["--ca-address", "h:0"]).is_err());
+        assert!(
+            cfg(&["--ca-address", "h:1", "--trust-domain", "Bad Domain"])
+                .unwrap_err()
+                .starts_with("--trust-domain \"Bad Domain\"")
+        );
         assert!(cfg(&["--cert-ttl", "10s"]).is_err());
         assert!(cfg(&["--cert-rotate-at", "0.95"]).is_err());
     }

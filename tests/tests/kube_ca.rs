@@ -1230,24 +1230,27 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
     client.ready().await;
 
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let tcp = tokio::net::TcpStream::connect(client.outbound).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
     let (r, mut w) = tcp.into_split();
     let mut lines = BufReader::new(r).lines();
-    let mut ask = |q: &'static str| {
-        let w = &mut w;
-        let lines = &mut lines;
-        async move {
-            w.write_all(format!("{q}\r\n").as_bytes()).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-                .await
-                .expect("an answer within 10 s")
-                .unwrap()
-                .unwrap_or_default()
-        }
-    };
-    assert_eq!(ask("PING").await, "+PONG", "{}\n{}", client.log(), server.log());
-    assert_eq!(ask("SET k v").await, "+OK");
-    assert_eq!(ask("GET k").await, "+v");
+    async fn ask(
+        w: &mut tokio::net::tcp::OwnedWriteHalf,
+        lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+        q: &str,
+    ) -> String {
+        w.write_all(format!("{q}\r\n").as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap()
+            .unwrap_or_default()
+    }
+    let pong = ask(&mut w, &mut lines, "PING").await;
+    assert_eq!(pong, "+PONG", "{}\n{}", client.log(), server.log());
+    assert_eq!(ask(&mut w, &mut lines, "SET k v").await, "+OK");
+    assert_eq!(ask(&mut w, &mut lines, "GET k").await, "$v");
     drop(w);
     drop(lines);
     // The connection's end is recorded on both sides (bounded wait).
@@ -1257,7 +1260,10 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
         let closed = remora_e2e::client::sum(
             &m,
             "istio_tcp_connections_closed_total",
-            &[("reporter", "destination"), ("connection_security_policy", "mutual_tls")],
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
         );
         if closed >= 1.0 {
             break;
@@ -1270,15 +1276,16 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
         remora_e2e::client::sum(
             &m,
             "istio_tcp_connections_opened_total",
-            &[("reporter", "source"), ("connection_security_policy", "mutual_tls")],
+            &[
+                ("reporter", "source"),
+                ("connection_security_policy", "mutual_tls")
+            ],
         ) >= 1.0,
         "{m:?}"
     );
     assert!(
-        server
-            .log()
-            .lines()
-            .any(|l| l.contains("\"kind\":\"tcp\"") && l.contains(&format!("\"peer_principal\":\"{SLEEP}\""))),
+        server.log().lines().any(|l| l.contains("\"kind\":\"tcp\"")
+            && l.contains(&format!("\"peer_principal\":\"{SLEEP}\""))),
         "{}",
         server.log()
     );
