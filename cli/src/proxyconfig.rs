@@ -904,7 +904,7 @@ fn policy_cells(tp: &traffic::TrafficPolicy, raw: &Value) -> (String, String, St
         }
     };
     // The proxy's own summary of the setting it acts on (SIMPLE, MUTUAL with its files,
-    // ISTIO_MUTUAL as plain text).
+    // ISTIO_MUTUAL); `-` without a setting (then automatic mTLS to endpoints with a sidecar).
     let tls = if raw.get("tls").is_none() {
         "-".to_string()
     } else {

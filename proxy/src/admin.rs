@@ -194,14 +194,14 @@ impl AdminState {
             app_probes: self.probers.probes.keys().cloned().collect(),
             uptime_seconds: self.started.elapsed().as_secs(),
             policies: {
+                // What the proxy does with each destination's `tls`, which depends on whether it
+                // has a workload identity.
                 let mut p = self.shared.policies.dump();
-                if self.shared.identity.is_none() {
-                    for d in &mut p.destinations {
-                        if d.policy.tls_settings.mode
-                            == remora_model::policy::traffic::TlsKind::IstioMutual
-                        {
-                            d.tls = "ISTIO_MUTUAL (plain text: no workload identity)".to_string();
-                        }
+                let identity = self.shared.identity.is_some();
+                for d in &mut p.destinations {
+                    let mode = d.policy.tls_settings.mode;
+                    if let Some(t) = mesh_tls_summary(d.policy.tls_set, mode, identity) {
+                        d.tls = t.to_string();
                     }
                 }
                 p
@@ -236,6 +236,25 @@ impl AdminState {
         };
         d.readiness = self.ready_gate.as_ref().map(|g| g.dump());
         d
+    }
+}
+
+/// `/config_dump`'s word for a destination's TLS where the mesh's mTLS decides: no `tls`
+/// setting (automatic mTLS to endpoints with a sidecar), or `ISTIO_MUTUAL`; each depends on
+/// whether the proxy has a workload identity. `None`: the setting's own summary stands.
+pub fn mesh_tls_summary(
+    tls_set: bool,
+    mode: remora_model::policy::traffic::TlsKind,
+    identity: bool,
+) -> Option<&'static str> {
+    use remora_model::policy::traffic::TlsKind;
+    match (tls_set, mode, identity) {
+        (false, _, true) => Some("not set: automatic mTLS to endpoints with a sidecar"),
+        (false, _, false) => Some("not set: plain text (no workload identity)"),
+        (true, TlsKind::IstioMutual, false) => {
+            Some("ISTIO_MUTUAL (plain text: no workload identity)")
+        }
+        _ => None,
     }
 }
 

@@ -244,19 +244,21 @@ impl IdentityArgs {
                 "--ca-server-name {server_name:?}: not a DNS name or IP address"
             ));
         }
-        let dns_label = |v: &str| {
+        let name_of = |v: &str, extra: u8| {
             !v.is_empty()
                 && v.len() <= 253
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b) || b == extra
+                })
         };
-        if !dns_label(&self.trust_domain) {
+        // SPIFFE trust domains also allow '_'; service-account names are DNS subdomains.
+        if !name_of(&self.trust_domain, b'_') {
             return Err(format!(
-                "--trust-domain {:?}: not a DNS name (lower-case letters, digits, '-', '.')",
+                "--trust-domain {:?}: not a SPIFFE trust domain (lower-case letters, digits, '-', '.', '_')",
                 self.trust_domain
             ));
         }
-        if !dns_label(&self.service_account) {
+        if !name_of(&self.service_account, b'-') {
             return Err(format!(
                 "SERVICE_ACCOUNT {:?}: not a Kubernetes service-account name",
                 self.service_account
@@ -375,6 +377,46 @@ pub fn parse_pod_labels(text: &str) -> Result<BTreeMap<String, String>, String> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_settings_are_checked_with_the_flag_named() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            id: super::IdentityArgs,
+        }
+        let cfg = |args: &[&str]| {
+            let mut v = vec!["t"];
+            v.extend_from_slice(args);
+            T::try_parse_from(v)
+                .map_err(|e| e.to_string())?
+                .id
+                .config("shop")
+        };
+        assert!(cfg(&[]).unwrap().is_none(), "off by default");
+        let c = cfg(&[
+            "--ca-address",
+            "remora-ca.remora-system.svc:15012",
+            "--trust-domain",
+            "corp_x.local",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.ca.server_name, "remora-ca.remora-system.svc");
+        assert_eq!(c.namespace, "shop");
+        assert!(cfg(&["--ca-address", "nohost"])
+            .unwrap_err()
+            .starts_with("--ca-address \"nohost\""));
+        assert!(cfg(&["--ca-address", "h:0"]).is_err());
+        assert!(
+            cfg(&["--ca-address", "h:1", "--trust-domain", "Bad Domain"])
+                .unwrap_err()
+                .starts_with("--trust-domain \"Bad Domain\"")
+        );
+        assert!(cfg(&["--cert-ttl", "10s"]).is_err());
+        assert!(cfg(&["--cert-rotate-at", "0.95"]).is_err());
+    }
+
     use super::*;
 
     #[test]

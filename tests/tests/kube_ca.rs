@@ -1170,3 +1170,127 @@ async fn short_certificates_rotate_under_load_without_a_failed_request() {
     app.stop(Duration::from_secs(2));
     ca.stop_and_log();
 }
+
+/// Opaque TCP between sidecars goes over mTLS too: a line protocol (not HTTP) through the
+/// client's outbound listener to a ServiceEntry endpoint with a sidecar; the server sidecar
+/// terminates the mTLS, classifies the bytes as TCP and counts the connection `mutual_tls`
+/// with the client's principal in its access log.
+#[tokio::test]
+async fn opaque_tcp_between_sidecars_is_mutual_tls() {
+    remora_webhook::tls::install_provider();
+    let api = api().await;
+    api.load(&fixture("secrets-absent.json")).unwrap();
+    api.on(
+        "POST",
+        SECRETS,
+        Reply::json(201, secret_body("remora-ca", &[], "90100")),
+    );
+    let mut ca = CaProc::start(&api);
+    ca.wait_for("the root stored", || !posts_to(&api, SECRETS).is_empty())
+        .await;
+    let root = unb64(&posts_to(&api, SECRETS)[0]["data"]["root-cert.pem"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.pem"), &root).unwrap();
+    let app_port = remora_e2e::ports::free_port();
+    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], app_port));
+    let mut app_cmd =
+        std::process::Command::new(remora_e2e::admission::default_bin_dir().join("lab-app"));
+    app_cmd.args(["--port", &app_port.to_string(), "kv"]);
+    let mut app = Proc::spawn("lab-app", app_cmd, dir.path().join("app.log")).unwrap();
+    let mut server = Sidecar::start(
+        "kv",
+        dir.path(),
+        ca.ca,
+        "default",
+        "httpbin",
+        "tok-httpbin",
+        // PeerAuthentication only: the HTTP app's AuthorizationPolicy (paths) would deny TCP.
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n",
+        ("fixed-inbound-target", app_addr),
+        &[],
+    );
+    server.ready().await;
+    // The client's rules: a TCP ServiceEntry at the server sidecar's inbound address (the
+    // client's original destination), its endpoint labelled as having a sidecar.
+    let p = server.inbound.port();
+    let rules = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: kv, namespace: other}}\nspec:\n  hosts: [kv.default.svc.cluster.local]\n  addresses: [127.0.0.1/32]\n  location: MESH_INTERNAL\n  ports: [{{number: {p}, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    labels: {{app: kv, security.istio.io/tlsMode: istio}}\n"
+    );
+    let mut client = Sidecar::start(
+        "sleep",
+        dir.path(),
+        ca.ca,
+        "other",
+        "sleep",
+        "tok-other-ns",
+        &rules,
+        ("fixed-outbound-target", server.inbound),
+        &[],
+    );
+    client.ready().await;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let tcp = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
+    let (r, mut w) = tcp.into_split();
+    let mut lines = BufReader::new(r).lines();
+    async fn ask(
+        w: &mut tokio::net::tcp::OwnedWriteHalf,
+        lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+        q: &str,
+    ) -> String {
+        w.write_all(format!("{q}\r\n").as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap()
+            .unwrap_or_default()
+    }
+    let pong = ask(&mut w, &mut lines, "PING").await;
+    assert_eq!(pong, "+PONG", "{}\n{}", client.log(), server.log());
+    assert_eq!(ask(&mut w, &mut lines, "SET k v").await, "+OK");
+    assert_eq!(ask(&mut w, &mut lines, "GET k").await, "$v");
+    drop(w);
+    drop(lines);
+    // The connection's end is recorded on both sides (bounded wait).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let m = server.metrics().await;
+        let closed = remora_e2e::client::sum(
+            &m,
+            "istio_tcp_connections_closed_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        );
+        if closed >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m:?}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = client.metrics().await;
+    assert!(
+        remora_e2e::client::sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("connection_security_policy", "mutual_tls")
+            ],
+        ) >= 1.0,
+        "{m:?}"
+    );
+    assert!(
+        server.log().lines().any(|l| l.contains("\"kind\":\"tcp\"")
+            && l.contains(&format!("\"peer_principal\":\"{SLEEP}\""))),
+        "{}",
+        server.log()
+    );
+    drop(client);
+    drop(server);
+    app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}

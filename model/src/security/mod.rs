@@ -3,9 +3,10 @@
 //! server and istiod validate them, scoped to one pod as istiod scopes them, and evaluated as
 //! pure functions (`mtls_mode`, `authorization::evaluate`).
 //!
-//! The proxy enforces them: PeerAuthentication on its inbound listener, AuthorizationPolicy on
-//! inbound requests and connections, and RequestAuthentication, whose JWT checks are the
-//! proxy's own (`remora-proxy`'s `jwt` module) and give `authorization::JwtAuth`.
+//! The proxy enforces these decisions: the mTLS mode on its inbound listener, the
+//! authorization verdict on each inbound request and connection. RequestAuthentication's JWT
+//! checks are the proxy's own (`remora-proxy`'s `jwt` module); they give
+//! `authorization::JwtAuth`.
 //!
 //! Layering: this module sits between `kinds` and `rules` (the rules' `Snapshot` holds the
 //! policies that apply to its pod); it imports nothing from `rules`.

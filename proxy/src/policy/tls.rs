@@ -1,7 +1,7 @@
 //! TLS origination to an upstream (`trafficPolicy.tls.mode: SIMPLE` and `MUTUAL`): the SNI to
 //! present, the CA certificates to verify the server with (a PEM file, else the system roots),
 //! the client certificate and key (`MUTUAL`), and the `subjectAltNames` the server certificate
-//! must carry. `ISTIO_MUTUAL` is plain text: remora has no mesh identity (see `docs/policies.md`).
+//! must carry. `ISTIO_MUTUAL` is not origination: it is the mesh's own mTLS (`crate::mtls`).
 
 use std::sync::Arc;
 
@@ -138,8 +138,8 @@ pub fn load_client(cert: &str, key: &str) -> Result<Arc<CertKey>, String> {
         .map_err(|_| format!("clientCertificate {cert:?}: could not be parsed"))
 }
 
-/// The origination a `tls` setting asks for: `Ok(None)` for plain text (`DISABLE`, and
-/// `ISTIO_MUTUAL`, which is plain text between sidecars until remora has a mesh identity).
+/// The origination a `tls` setting asks for: `Ok(None)` for none (`DISABLE`, and
+/// `ISTIO_MUTUAL`, which `crate::mtls` does with the workload certificate).
 /// `Err` = the destination cannot be reached safely: its requests fail with 503 `UF`.
 pub fn origination(t: &TlsSettings) -> Result<Option<Origination>, String> {
     match t.mode {
@@ -214,7 +214,7 @@ mod tests {
             .unwrap_err()
             .contains("cannot read"));
         assert!(origination(&TlsSettings::default()).unwrap().is_none());
-        // ISTIO_MUTUAL: plain text (no mesh identity).
+        // ISTIO_MUTUAL: no origination here (the mesh mTLS of `crate::mtls`).
         let istio = TlsSettings {
             mode: TlsKind::IstioMutual,
             ..Default::default()

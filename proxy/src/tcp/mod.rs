@@ -272,6 +272,9 @@ pub async fn proxy(
         s.connect_timeout
             .min(d.policy.connection_pool.connect_timeout)
     });
+    if plan.mesh.is_some() {
+        labels.connection_security_policy = "mutual_tls";
+    }
     metrics.tcp_open(&labels);
     let connected =
         upstream::connect_tcp(target, bind, s.inbound_bind_fallback, connect_timeout).await;
@@ -281,9 +284,6 @@ pub async fn proxy(
             Err(_) => crate::policy::outlier::Observed::LocalFailure,
         };
         d.record(target, seen, *total);
-    }
-    if plan.mesh.is_some() {
-        labels.connection_security_policy = "mutual_tls";
     }
     let (upstream, received, sent, reason) = match connected {
         Ok(up) if plan.mesh.is_some() => {
