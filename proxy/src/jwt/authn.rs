@@ -932,19 +932,15 @@ pub fn decide(authn: &Authn, checked: Vec<Checked>, keys: &dyn Fn(usize) -> Keys
     };
     let passed = all_ok || one_rule().is_some();
     if !passed {
-        let (c, r) = results
-            .iter()
-            .find(|(_, r)| r.is_err())
-            .expect("a failure when not all passed");
-        let Err((failure, detail)) = r else {
-            unreachable!()
-        };
-        return Outcome::Rejected {
-            failure: *failure,
-            rule: c.rule,
-            location: c.found.location,
-            detail: detail.clone(),
-        };
+        // Not all passed, so one failed: the first failure decides.
+        if let Some((c, Err((failure, detail)))) = results.iter().find(|(_, r)| r.is_err()) {
+            return Outcome::Rejected {
+                failure: *failure,
+                rule: c.rule,
+                location: c.found.location,
+                detail: detail.clone(),
+            };
+        }
     }
     let mut auth = None;
     let mut remove = Vec::new();
@@ -969,10 +965,10 @@ pub fn decide(authn: &Authn, checked: Vec<Checked>, keys: &dyn Fn(usize) -> Keys
     }
     remove.sort();
     remove.dedup();
-    Outcome::Verified {
-        auth: auth.expect("a verified token when passed"),
-        remove,
-        set,
+    match auth {
+        Some(auth) => Outcome::Verified { auth, remove, set },
+        // Passed with tokens means one verified; never without one.
+        None => Outcome::NoToken,
     }
 }
 

@@ -184,9 +184,8 @@ impl Jwks {
         {
             let mut st = lock(&entry.state);
             st.last_used = Some(now);
-            match plan(&st, now, self.settings.refresh) {
-                Plan::UseKeys { refresh } => {
-                    let keys = st.keys.clone().expect("keys when UseKeys");
+            match (plan(&st, now, self.settings.refresh), st.keys.clone()) {
+                (Plan::UseKeys { refresh }, Some(keys)) => {
                     if refresh {
                         st.refreshing = true;
                         let (me, entry, uri) = (self.clone(), entry.clone(), uri.to_string());
@@ -194,8 +193,8 @@ impl Jwks {
                     }
                     return Ok(keys);
                 }
-                Plan::FailFast => return Err(last_error(&st)),
-                Plan::FetchNow => {}
+                (Plan::FailFast, _) => return Err(last_error(&st)),
+                _ => {}
             }
         }
         // The first fetch: one at a time; who waited takes the result of the one before.
@@ -204,10 +203,13 @@ impl Jwks {
         };
         {
             let st = lock(&entry.state);
-            match plan(&st, Instant::now(), self.settings.refresh) {
-                Plan::UseKeys { .. } => return Ok(st.keys.clone().expect("keys")),
-                Plan::FailFast => return Err(last_error(&st)),
-                Plan::FetchNow => {}
+            match (
+                plan(&st, Instant::now(), self.settings.refresh),
+                st.keys.clone(),
+            ) {
+                (Plan::UseKeys { .. }, Some(keys)) => return Ok(keys),
+                (Plan::FailFast, _) => return Err(last_error(&st)),
+                _ => {}
             }
         }
         let result = self.fetch_logged(uri, timeout, false).await;
