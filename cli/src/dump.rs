@@ -80,8 +80,7 @@ impl CertState {
     /// The CERT column: `23h59m`, `WAITING`, `EXPIRED`.
     pub fn column(&self) -> String {
         match (self.state.as_str(), self.expires_in_seconds) {
-            ("valid", Some(s)) if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-            ("valid", Some(s)) => format!("{}m{:02}s", s / 60, s % 60),
+            ("valid", Some(s)) => super::text::short_duration(s),
             ("expired", _) => "EXPIRED".into(),
             _ => "WAITING".into(),
         }
@@ -91,7 +90,7 @@ impl CertState {
     pub fn warning(&self) -> Option<String> {
         match (self.state.as_str(), self.expires_in_seconds) {
             ("expired", _) => Some("workload certificate EXPIRED: the proxy is unready and its mTLS fails until the CA issues a new one (remora proxy-config secret shows the last error)".into()),
-            ("valid", Some(s)) if s < 3600 => Some(format!("workload certificate expires in {}m{:02}s and was not renewed yet (remora proxy-config secret shows the last error)", s / 60, s % 60)),
+            ("valid", Some(s)) if s < 3600 => Some(format!("workload certificate expires in {} and was not renewed yet (remora proxy-config secret shows the last error)", super::text::short_duration(s))),
             ("valid", _) => None,
             _ => Some("no workload certificate issued yet: the proxy is unready (remora proxy-config secret shows the last error)".into()),
         }

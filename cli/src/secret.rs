@@ -5,7 +5,7 @@
 use remora_model::dump::IdentityDump;
 use serde::Serialize;
 
-use super::table;
+use super::{table, text};
 
 /// One certificate the proxy holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -71,8 +71,8 @@ pub fn view(id: &IdentityDump, now: i64) -> SecretView {
         )),
         (Some(e), Some(n)) => notes.push(format!(
             "expires in {}, renewal in {}",
-            human(e),
-            human(n.max(0))
+            text::short_duration(e),
+            text::short_duration(n.max(0))
         )),
         _ => notes.push("no certificate issued yet".into()),
     }
@@ -150,29 +150,18 @@ fn certs(pem: &str) -> Vec<Cert> {
 
 /// `2026-12-07T04:02:10Z` from Unix seconds.
 fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-/// `23h59m`, `59m`, `42s`.
-fn human(secs: i64) -> String {
-    match secs {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
+    let Ok(t) = remora_webhook::certs::OffsetDateTime::from_unix_timestamp(secs as i64) else {
+        return secs.to_string();
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]

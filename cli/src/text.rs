@@ -1,5 +1,5 @@
-//! Text shared by the renderers of `proxy-config` and `describe`: a load balancer policy and a
-//! string match, each written one way.
+//! Text shared by the renderers of `proxy-config`, `proxy-status` and `describe`: a load balancer
+//! policy, a string match and a time left, each written one way.
 
 use std::fmt;
 
@@ -111,5 +111,14 @@ mod tests {
             lb(&LbPolicy::ConsistentHash(HashKey::SourceIp)),
             "CONSISTENT_HASH source IP"
         );
+    }
+}
+
+/// A time left, short: `23h53m`, `25m00s`, `42s`.
+pub fn short_duration(secs: i64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
     }
 }
