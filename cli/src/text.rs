@@ -80,6 +80,15 @@ impl fmt::Display for Match<'_> {
     }
 }
 
+/// A time left, short: `23h53m`, `25m00s`, `42s`.
+pub fn short_duration(secs: i64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,14 +120,5 @@ mod tests {
             lb(&LbPolicy::ConsistentHash(HashKey::SourceIp)),
             "CONSISTENT_HASH source IP"
         );
-    }
-}
-
-/// A time left, short: `23h53m`, `25m00s`, `42s`.
-pub fn short_duration(secs: i64) -> String {
-    match secs {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
     }
 }
