@@ -881,7 +881,9 @@ struct Pair {
     server_waits: Vec<String>,
 }
 
-async fn pair(mode: &str, extra: &[&str]) -> Pair {
+/// The recorded API with the CA's answers, a running CA that has stored its root, the root, and
+/// a directory holding it as `root.pem` (what the sidecars mount).
+async fn ca_with_root() -> (RecordedApi, CaProc, String, tempfile::TempDir) {
     remora_webhook::tls::install_provider();
     let api = api().await;
     api.load(&fixture("secrets-absent.json")).unwrap();
@@ -896,20 +898,23 @@ async fn pair(mode: &str, extra: &[&str]) -> Pair {
     let root = unb64(&posts_to(&api, SECRETS)[0]["data"]["root-cert.pem"]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("root.pem"), &root).unwrap();
+    (api, ca, root, dir)
+}
 
-    // The app behind the server sidecar.
-    let app_port = remora_e2e::ports::free_port();
-    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], app_port));
-    let mut app_cmd =
+/// A `lab-app` on a free loopback port with `mode` (e.g. `http --service x`, `kv`).
+fn start_app(dir: &Path, mode: &[&str]) -> (Proc, std::net::SocketAddr) {
+    let port = remora_e2e::ports::free_port();
+    let mut cmd =
         std::process::Command::new(remora_e2e::admission::default_bin_dir().join("lab-app"));
-    app_cmd.args([
-        "--port",
-        &app_port.to_string(),
-        "http",
-        "--service",
-        "httpbin",
-    ]);
-    let app = Proc::spawn("lab-app", app_cmd, dir.path().join("app.log")).unwrap();
+    cmd.arg("--port").arg(port.to_string()).args(mode);
+    let app = Proc::spawn("lab-app", cmd, dir.join("app.log")).unwrap();
+    (app, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+async fn pair(mode: &str, extra: &[&str]) -> Pair {
+    let (api, ca, root, dir) = ca_with_root().await;
+    // The app behind the server sidecar.
+    let (app, app_addr) = start_app(dir.path(), &["http", "--service", "httpbin"]);
 
     // The client reaches the server through its outbound listener (the original destination
     // fixed to the server's inbound listener).
@@ -1177,26 +1182,8 @@ async fn short_certificates_rotate_under_load_without_a_failed_request() {
 /// with the client's principal in its access log.
 #[tokio::test]
 async fn opaque_tcp_between_sidecars_is_mutual_tls() {
-    remora_webhook::tls::install_provider();
-    let api = api().await;
-    api.load(&fixture("secrets-absent.json")).unwrap();
-    api.on(
-        "POST",
-        SECRETS,
-        Reply::json(201, secret_body("remora-ca", &[], "90100")),
-    );
-    let mut ca = CaProc::start(&api);
-    ca.wait_for("the root stored", || !posts_to(&api, SECRETS).is_empty())
-        .await;
-    let root = unb64(&posts_to(&api, SECRETS)[0]["data"]["root-cert.pem"]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("root.pem"), &root).unwrap();
-    let app_port = remora_e2e::ports::free_port();
-    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], app_port));
-    let mut app_cmd =
-        std::process::Command::new(remora_e2e::admission::default_bin_dir().join("lab-app"));
-    app_cmd.args(["--port", &app_port.to_string(), "kv"]);
-    let mut app = Proc::spawn("lab-app", app_cmd, dir.path().join("app.log")).unwrap();
+    let (_api, mut ca, _root, dir) = ca_with_root().await;
+    let (mut app, app_addr) = start_app(dir.path(), &["kv"]);
     let mut server = Sidecar::start(
         "kv",
         dir.path(),
