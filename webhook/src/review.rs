@@ -46,6 +46,19 @@ pub struct Reply {
 }
 
 fn error(status: u16, msg: String, log: ReviewLog) -> Reply {
+    // One line whatever the request carried: values quoted from it may hold line breaks.
+    let msg = if msg.contains(|c: char| c.is_control()) {
+        msg.chars()
+            .map(|c| match c {
+                '\n' => "\\n".to_string(),
+                '\r' => "\\r".to_string(),
+                c if c.is_control() => c.escape_unicode().to_string(),
+                c => c.to_string(),
+            })
+            .collect()
+    } else {
+        msg
+    };
     let log = ReviewLog {
         decision: "error",
         reason: msg.clone(),
@@ -299,6 +312,19 @@ pub fn response_patch(review: &Value) -> Result<Option<json_patch::Patch>, Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_quoting_a_line_break_stays_one_line() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"default","operation":"C\nX:\r y","object":{}}}"#;
+        let r = super::handle(body, &crate::config::Config::default());
+        assert_eq!(r.status, 400);
+        let text = String::from_utf8(r.body).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+        assert!(
+            text.ends_with('\n') && text.contains("C\\nX:\\r y"),
+            "{text:?}"
+        );
+    }
+
     use super::*;
 
     fn pod() -> Value {
