@@ -17,6 +17,7 @@ pub mod dump;
 pub mod kube;
 pub mod objects;
 pub mod proxyconfig;
+pub mod rules;
 pub mod secret;
 pub mod selector;
 pub mod status;
@@ -184,6 +185,11 @@ pub enum Cmd {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
         timeout: u64,
     },
+    /// The rules ConfigMaps the rules controller writes (`render`: offline, from files).
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
     /// Lint the rules ConfigMaps of the cluster against its Services.
     Analyze {
         /// All namespaces.
@@ -208,6 +214,22 @@ pub enum Cmd {
         /// the injector config, else remora-mesh-rules).
         #[arg(long)]
         config_map: Option<String>,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCmd {
+    /// Print the `remora-mesh-rules` ConfigMap the rules controller would write for namespace
+    /// `-n` from the Istio objects in files (no cluster needed): the objects visible there by
+    /// Istio's rules (exportTo, the root namespace, Sidecar egress hosts), each with a comment
+    /// saying why; objects left out are listed on stderr with the reason. Objects naming no
+    /// namespace are in `-n`'s.
+    Render {
+        /// Files or directories (their *.yaml, *.yml, *.json), `-` for stdin; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
@@ -272,6 +294,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.as_deref(),
                 offline_ns,
             );
+        }
+        Cmd::Rules {
+            cmd:
+                RulesCmd::Render {
+                    files,
+                    cluster_domain,
+                },
+        } => {
+            if args.output != Output::Yaml && args.output != Output::Text {
+                bail!("-o: rules render prints YAML");
+            }
+            print!(
+                "{}",
+                rules::render_command(files, args.namespace.as_deref(), cluster_domain)?
+            );
+            return Ok(ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -362,6 +400,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| cluster.default_namespace.clone());
     match &args.cmd {
         Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
+        Cmd::Rules { .. } => unreachable!("rules render runs offline, above"),
         Cmd::CheckInject {
             target,
             selector,

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca_api;
+pub mod compile;
 pub mod dump;
 pub mod duration;
 pub mod host;

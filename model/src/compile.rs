@@ -1,0 +1,861 @@
+//! The rules controller's pure half: which Istio objects of the cluster a namespace's
+//! `remora-mesh-rules` ConfigMap holds, and its exact content.
+//!
+//! The controller (in the control plane) and `remora rules render` (offline) both call this, so
+//! the two cannot disagree. Steps:
+//!
+//! 1. [`check`] each object once, alone, as the proxy's loader would decode it: an object the
+//!    loader would reject is [`Invalid`] (it is left out of every ConfigMap, so one bad object
+//!    never makes proxies reject the whole set and keep stale rules); a kind the sidecar does not
+//!    apply is left out with its reason.
+//! 2. [`render`] one namespace from the checked objects by Istio's visibility rules:
+//!    - VirtualService, DestinationRule, ServiceEntry: where `exportTo` exports them (none given:
+//!      every namespace, the mesh default), and, from other namespaces, only when one of the
+//!      namespace's `Sidecar`s (or the root namespace's default Sidecar) has them in its egress
+//!      hosts — a Sidecar without egress listeners admits everything;
+//!    - PeerAuthentication, AuthorizationPolicy, RequestAuthentication: the namespace's own, and
+//!      the root namespace's (mesh-wide) in every namespace;
+//!    - Sidecar: the namespace's own, and the root namespace's selector-less default;
+//!    - Gateway and remora's RateLimit: the namespace's own.
+//!
+//! Output is deterministic: one key per object, `NAMESPACE.kind.NAME.yaml`, sorted; each value
+//! is a comment saying why the object is there, then the object with only what the proxy reads
+//! (`apiVersion`, `kind`, `metadata` name, namespace and annotations, `spec`), keys sorted. So
+//! unchanged inputs give byte-identical data and the controller writes nothing. A ConfigMap
+//! whose data would exceed Kubernetes' 1 MiB is refused ([`TooLarge`]) naming its largest
+//! objects. The rendered set is decoded again as a whole before it is returned, so the
+//! controller never writes a set the proxy would reject.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::kinds::{LoadContext, Sidecar, ROOT_NAMESPACE};
+use crate::rules::{exported_to, in_egress_scope, load};
+
+/// The ConfigMap every namespace's proxies read.
+pub const CONFIGMAP: &str = "remora-mesh-rules";
+/// The label (and value) marking a ConfigMap as the controller's: one without it is the user's
+/// and is never overwritten.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "remora-rules-controller");
+/// Kubernetes refuses a ConfigMap whose data (keys and values) exceeds 1 MiB.
+pub const MAX_DATA_BYTES: usize = 1 << 20;
+/// The longest ConfigMap key Kubernetes accepts.
+const MAX_KEY: usize = 253;
+/// Annotations never copied: the API server's own bookkeeping, as large as the object.
+const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// An object's identity: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Where a checked object may be seen (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+enum Reach {
+    Exported {
+        export_to: Vec<String>,
+        /// Its hosts, fully qualified, for the Sidecar egress scope.
+        hosts: Vec<String>,
+    },
+    /// A Sidecar (decoded, for its egress hosts).
+    Sidecar(Box<Sidecar>),
+    /// Its namespace, and every namespace when in the root namespace.
+    NamespaceOrRoot,
+    /// Its namespace only.
+    Namespace,
+}
+
+/// An object that passed [`check`]: its rendered document and where it may be seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checked {
+    pub id: ObjectRef,
+    /// The document written into the ConfigMap (without the comment line).
+    pub document: String,
+    /// What the loader warns about this object alone (accepted, applied as it says).
+    pub warnings: Vec<String>,
+    reach: Reach,
+}
+
+/// Why an object is left out of every ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// `None` when the object has no usable kind, namespace or name.
+    pub id: Option<ObjectRef>,
+    pub reason: String,
+    /// An unsupported kind (ignored, not an error in the user's object).
+    pub unsupported: bool,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{id}: {}", self.reason),
+            None => write!(f, "{}", self.reason),
+        }
+    }
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// The object as the ConfigMap carries it: `apiVersion`, `kind`, `metadata` (name, namespace,
+/// annotations but the dropped ones), `spec`.
+fn trimmed(v: &Value, id: &ObjectRef, api_version: &str) -> Value {
+    let mut md = Map::new();
+    md.insert("name".into(), Value::String(id.name.clone()));
+    md.insert("namespace".into(), Value::String(id.namespace.clone()));
+    if let Some(Value::Object(ann)) = v.pointer("/metadata/annotations") {
+        let kept: Map<String, Value> = ann
+            .iter()
+            .filter(|(k, _)| !DROPPED_ANNOTATIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !kept.is_empty() {
+            md.insert("annotations".into(), Value::Object(kept));
+        }
+    }
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version.to_string()));
+    out.insert("kind".into(), Value::String(id.kind.clone()));
+    out.insert("metadata".into(), Value::Object(md));
+    if let Some(spec) = v.get("spec") {
+        out.insert("spec".into(), spec.clone());
+    }
+    Value::Object(out)
+}
+
+fn ctx_for(namespace: &str, cluster_domain: &str) -> LoadContext {
+    LoadContext {
+        namespace: namespace.to_string(),
+        cluster_domain: cluster_domain.to_string(),
+        pod_labels: BTreeMap::new(),
+    }
+}
+
+fn inputs_of(files: Vec<(String, Vec<u8>)>) -> load::Inputs {
+    load::Inputs {
+        dir: "controller".into(),
+        files,
+        skipped: Vec::new(),
+        hash: String::new(),
+    }
+}
+
+/// Check one cluster object (as the API returns it) alone, as the proxy's loader decodes it.
+pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
+    let invalid = |id: Option<ObjectRef>, reason: String| Invalid {
+        id,
+        reason,
+        unsupported: false,
+    };
+    let (Some(api_version), Some(kind)) = (str_at(v, "apiVersion"), str_at(v, "kind")) else {
+        return Err(invalid(None, "apiVersion or kind is missing".into()));
+    };
+    let md = v.get("metadata").unwrap_or(&Value::Null);
+    let (Some(namespace), Some(name)) = (str_at(md, "namespace"), str_at(md, "name")) else {
+        return Err(invalid(
+            None,
+            format!("{kind}: metadata.namespace or metadata.name is missing"),
+        ));
+    };
+    let id = ObjectRef {
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let known = matches!(
+        (group, kind),
+        ("networking.istio.io", "VirtualService")
+            | ("networking.istio.io", "DestinationRule")
+            | ("networking.istio.io", "ServiceEntry")
+            | ("networking.istio.io", "Sidecar")
+            | ("networking.istio.io", "Gateway")
+            | ("security.istio.io", "PeerAuthentication")
+            | ("security.istio.io", "AuthorizationPolicy")
+            | ("security.istio.io", "RequestAuthentication")
+            | ("remora.dev", "RateLimit")
+    );
+    if !known {
+        return Err(Invalid {
+            id: Some(id),
+            reason: format!("{api_version} {kind} is not applied by sidecars; left out"),
+            unsupported: true,
+        });
+    }
+    let object = trimmed(v, &id, api_version);
+    let document = match serde_yaml_ng::to_string(&object) {
+        Ok(d) => d,
+        Err(e) => return Err(invalid(Some(id), format!("cannot be written as YAML: {e}"))),
+    };
+    let ctx = ctx_for(namespace, cluster_domain);
+    let file = key_for(&id);
+    let inputs = inputs_of(vec![(file.clone(), document.clone().into_bytes())]);
+    let decoded = load::decode_inputs(&inputs, &ctx);
+    if let Some(e) = decoded.errors.first() {
+        let field = if e.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.field)
+        };
+        return Err(invalid(Some(id), format!("{field}{}", e.reason)));
+    }
+    if let Err(errors) = crate::policy::decode::rate_limits(&inputs.files, &ctx) {
+        let reason = errors
+            .first()
+            .map(|e| format!("{}: {}", e.field, e.reason))
+            .unwrap_or_default();
+        return Err(invalid(Some(id), reason));
+    }
+    let warnings = decoded
+        .unknown_fields
+        .iter()
+        .map(|w| format!("{}: {}", w.field, w.reason))
+        .collect();
+    let reach = match kind {
+        "VirtualService" => {
+            let vs = decoded.virtual_services.into_iter().next();
+            let (export_to, hosts) = vs.map(|v| (v.export_to, v.hosts)).unwrap_or_default();
+            Reach::Exported { export_to, hosts }
+        }
+        "DestinationRule" => {
+            let dr = decoded.destination_rules.into_iter().next();
+            let (export_to, hosts) = dr.map(|d| (d.export_to, vec![d.host])).unwrap_or_default();
+            Reach::Exported { export_to, hosts }
+        }
+        "ServiceEntry" => {
+            let se = decoded.service_entries.into_iter().next();
+            let (export_to, hosts) = se.map(|s| (s.export_to, s.hosts)).unwrap_or_default();
+            Reach::Exported { export_to, hosts }
+        }
+        "Sidecar" => match decoded.sidecars.into_iter().next() {
+            Some(sc) => Reach::Sidecar(Box::new(sc)),
+            None => return Err(invalid(Some(id), "not decoded as a Sidecar".into())),
+        },
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+            Reach::NamespaceOrRoot
+        }
+        _ => Reach::Namespace,
+    };
+    Ok(Checked {
+        id,
+        document,
+        warnings,
+        reach,
+    })
+}
+
+/// The ConfigMap key of an object: `NAMESPACE.kind.NAME.yaml` (a hash replaces the name when
+/// that would pass Kubernetes' 253 characters).
+pub fn key_for(id: &ObjectRef) -> String {
+    let key = format!(
+        "{}.{}.{}.yaml",
+        id.namespace,
+        id.kind.to_ascii_lowercase(),
+        id.name
+    );
+    if key.len() <= MAX_KEY {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.name.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}.{}.{hex}.yaml",
+        id.namespace,
+        id.kind.to_ascii_lowercase()
+    )
+}
+
+/// Settings of a render.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Mesh-wide objects live here (Istio's root namespace).
+    pub root_namespace: String,
+    pub cluster_domain: String,
+    pub max_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            root_namespace: ROOT_NAMESPACE.to_string(),
+            cluster_domain: "cluster.local".to_string(),
+            max_bytes: MAX_DATA_BYTES,
+        }
+    }
+}
+
+/// One object in a rendered ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Included {
+    pub id: ObjectRef,
+    pub key: String,
+    pub why: String,
+    /// Bytes of its key and value.
+    pub bytes: usize,
+}
+
+/// A namespace's rendered ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub namespace: String,
+    /// Key → value, sorted.
+    pub data: BTreeMap<String, String>,
+    pub included: Vec<Included>,
+    /// Objects another namespace's view could hold that this one does not, and why (only those
+    /// left out by `exportTo` or a Sidecar's egress hosts; other namespaces' private kinds are
+    /// not listed).
+    pub excluded: Vec<(ObjectRef, String)>,
+    /// Total bytes of keys and values.
+    pub bytes: usize,
+}
+
+/// A ConfigMap that would pass the size limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TooLarge {
+    pub namespace: String,
+    pub bytes: usize,
+    pub limit: usize,
+    /// The largest objects, largest first (at most five).
+    pub largest: Vec<(ObjectRef, usize)>,
+}
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let largest: Vec<String> = self
+            .largest
+            .iter()
+            .map(|(id, b)| format!("{id} ({b} bytes)"))
+            .collect();
+        write!(
+            f,
+            "the rules for namespace {} are {} bytes, more than the {} bytes a ConfigMap holds; not written (largest: {})",
+            self.namespace,
+            self.bytes,
+            self.limit,
+            largest.join(", ")
+        )
+    }
+}
+
+/// Why a render produced no ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenderError {
+    TooLarge(TooLarge),
+    /// The objects, each valid alone, are rejected together (the proxy would keep stale rules).
+    Rejected {
+        namespace: String,
+        reason: String,
+    },
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenderError::TooLarge(t) => t.fmt(f),
+            RenderError::Rejected { namespace, reason } => write!(
+                f,
+                "the rules for namespace {namespace} would be rejected by its proxies: {reason}; not written"
+            ),
+        }
+    }
+}
+
+/// The Sidecars that scope what `namespace` sees: its own, else the root namespace's default.
+fn scoping_sidecars<'a>(objects: &'a [Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
+    let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&'a Sidecar> {
+        objects
+            .iter()
+            .filter_map(|o| match &o.reach {
+                Reach::Sidecar(sc) if f(sc) => Some(sc.as_ref()),
+                _ => None,
+            })
+            .collect()
+    };
+    let own = sidecars(&|sc| sc.meta.namespace == namespace);
+    if !own.is_empty() {
+        return own;
+    }
+    sidecars(&|sc| {
+        sc.meta.namespace == root && sc.workload_selector.as_ref().is_none_or(|s| s.is_empty())
+    })
+}
+
+/// Why `o` is in `namespace`'s ConfigMap, or `Err(why not)` when it is left out for a reason
+/// worth telling, `Err("")` when it simply belongs elsewhere.
+fn reason(
+    o: &Checked,
+    namespace: &str,
+    root: &str,
+    sidecars: &[&Sidecar],
+) -> Result<String, String> {
+    let own = o.id.namespace == namespace;
+    match &o.reach {
+        Reach::Namespace if own => Ok("in this namespace".into()),
+        Reach::Namespace => Err(String::new()),
+        Reach::NamespaceOrRoot if own => Ok("in this namespace".into()),
+        Reach::NamespaceOrRoot if o.id.namespace == root => {
+            Ok(format!("mesh-wide: in the root namespace {root}"))
+        }
+        Reach::NamespaceOrRoot => Err(String::new()),
+        Reach::Sidecar(_) if own => Ok("in this namespace".into()),
+        Reach::Sidecar(sc)
+            if o.id.namespace == root
+                && sc.workload_selector.as_ref().is_none_or(|s| s.is_empty()) =>
+        {
+            Ok(format!(
+                "the mesh's default Sidecar: in the root namespace {root}, no workloadSelector"
+            ))
+        }
+        Reach::Sidecar(_) => Err(String::new()),
+        Reach::Exported { export_to, hosts } => {
+            if !exported_to(export_to, &o.id.namespace, namespace) {
+                return Err(format!(
+                    "not exported to {namespace} (exportTo: {})",
+                    export_to.join(", ")
+                ));
+            }
+            if !own
+                && !sidecars.is_empty()
+                && !sidecars
+                    .iter()
+                    .any(|sc| in_egress_scope(sc, &o.id.namespace, hosts))
+            {
+                return Err(format!(
+                    "outside the egress hosts of every Sidecar that applies in {namespace}"
+                ));
+            }
+            let export = if export_to.is_empty() {
+                "no exportTo: exported to every namespace".to_string()
+            } else {
+                format!("exportTo: {}", export_to.join(", "))
+            };
+            Ok(if own {
+                format!("in this namespace ({export})")
+            } else {
+                format!("from namespace {} ({export})", o.id.namespace)
+            })
+        }
+    }
+}
+
+/// Render `namespace`'s ConfigMap from checked objects (any order).
+pub fn render(
+    objects: &[Checked],
+    namespace: &str,
+    settings: &Settings,
+) -> Result<Rendered, RenderError> {
+    let root = settings.root_namespace.as_str();
+    let sidecars = scoping_sidecars(objects, namespace, root);
+    let mut data = BTreeMap::new();
+    let mut included = Vec::new();
+    let mut excluded = Vec::new();
+    let mut bytes = 0usize;
+    for o in objects {
+        match reason(o, namespace, root, &sidecars) {
+            Ok(why) => {
+                let key = key_for(&o.id);
+                let value = format!("# {}: {why}\n{}", o.id, o.document);
+                let size = key.len() + value.len();
+                bytes += size;
+                included.push(Included {
+                    id: o.id.clone(),
+                    key: key.clone(),
+                    why,
+                    bytes: size,
+                });
+                data.insert(key, value);
+            }
+            Err(why) if !why.is_empty() => excluded.push((o.id.clone(), why)),
+            Err(_) => {}
+        }
+    }
+    included.sort_by(|a, b| a.key.cmp(&b.key));
+    excluded.sort();
+    if bytes > settings.max_bytes {
+        let mut largest: Vec<(ObjectRef, usize)> =
+            included.iter().map(|i| (i.id.clone(), i.bytes)).collect();
+        largest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        largest.truncate(5);
+        return Err(RenderError::TooLarge(TooLarge {
+            namespace: namespace.to_string(),
+            bytes,
+            limit: settings.max_bytes,
+            largest,
+        }));
+    }
+    // The whole set as the proxy decodes it (two objects can clash only together).
+    let ctx = ctx_for(namespace, &settings.cluster_domain);
+    let inputs = inputs_of(
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect(),
+    );
+    let decoded = load::decode_inputs(&inputs, &ctx);
+    let rate_limits = crate::policy::decode::rate_limits(&inputs.files, &ctx);
+    let first = decoded
+        .errors
+        .first()
+        .cloned()
+        .or_else(|| rate_limits.err().and_then(|e| e.into_iter().next()));
+    if let Some(e) = first {
+        return Err(RenderError::Rejected {
+            namespace: namespace.to_string(),
+            reason: e.to_string(),
+        });
+    }
+    Ok(Rendered {
+        namespace: namespace.to_string(),
+        data,
+        included,
+        excluded,
+        bytes,
+    })
+}
+
+impl Rendered {
+    /// The ConfigMap object (labelled as the controller's).
+    pub fn configmap(&self) -> Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": CONFIGMAP,
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1, "app.kubernetes.io/part-of": "remora"},
+            },
+            "data": self.data,
+        })
+    }
+}
+
+/// Is this ConfigMap (its `metadata.labels`) the controller's?
+pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(kind: &str, ns: &str, name: &str, spec: Value) -> Value {
+        let group = match kind {
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+                "security.istio.io/v1"
+            }
+            "RateLimit" => "remora.dev/v1alpha1",
+            _ => "networking.istio.io/v1",
+        };
+        json!({"apiVersion": group, "kind": kind,
+               "metadata": {"name": name, "namespace": ns, "resourceVersion": "7",
+                            "uid": "u", "annotations": {
+                                "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                                "note": "kept"}},
+               "spec": spec, "status": {"x": 1}})
+    }
+
+    fn checked(objs: &[Value]) -> Vec<Checked> {
+        objs.iter()
+            .map(|o| check(o, "cluster.local").expect("valid object"))
+            .collect()
+    }
+
+    fn keys(r: &Rendered) -> Vec<&str> {
+        r.data.keys().map(String::as_str).collect()
+    }
+
+    fn vs(ns: &str, name: &str, host: &str, export: Option<Value>) -> Value {
+        let mut spec =
+            json!({"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]});
+        if let Some(e) = export {
+            spec["exportTo"] = e;
+        }
+        obj("VirtualService", ns, name, spec)
+    }
+
+    fn dr(ns: &str, name: &str, host: &str, export: Option<Value>) -> Value {
+        let mut spec =
+            json!({"host": host, "subsets": [{"name": "v1", "labels": {"version": "v1"}}]});
+        if let Some(e) = export {
+            spec["exportTo"] = e;
+        }
+        obj("DestinationRule", ns, name, spec)
+    }
+
+    #[test]
+    fn export_to_table() {
+        let objs = checked(&[
+            dr("bookinfo", "all", "reviews", None),
+            dr("bookinfo", "star", "ratings", Some(json!(["*"]))),
+            dr("bookinfo", "dot", "details", Some(json!(["."]))),
+            dr("bookinfo", "none", "productpage", Some(json!(["~"]))),
+            dr("bookinfo", "named", "mongo", Some(json!(["frontend"]))),
+        ]);
+        let s = Settings::default();
+        let cases = [
+            ("bookinfo", vec!["all", "dot", "star"]),
+            ("frontend", vec!["all", "named", "star"]),
+            ("other", vec!["all", "star"]),
+        ];
+        for (ns, want) in cases {
+            let r = render(&objs, ns, &s).expect("renders");
+            let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
+            assert_eq!(got, want, "namespace {ns}");
+        }
+        let r = render(&objs, "other", &s).expect("renders");
+        assert!(r
+            .excluded
+            .iter()
+            .any(|(id, why)| id.name == "none" && why.contains("not exported to other")));
+    }
+
+    #[test]
+    fn security_kinds_are_the_namespace_own_and_the_root_namespace() {
+        let pa = |ns: &str, name: &str| {
+            obj(
+                "PeerAuthentication",
+                ns,
+                name,
+                json!({"mtls": {"mode": "STRICT"}}),
+            )
+        };
+        let objs = checked(&[
+            pa("istio-system", "mesh"),
+            pa("shop", "shop"),
+            pa("bank", "bank"),
+        ]);
+        let r = render(&objs, "shop", &Settings::default()).expect("renders");
+        assert_eq!(
+            keys(&r),
+            [
+                "istio-system.peerauthentication.mesh.yaml",
+                "shop.peerauthentication.shop.yaml"
+            ]
+        );
+        assert!(r.data["istio-system.peerauthentication.mesh.yaml"]
+            .starts_with("# PeerAuthentication istio-system/mesh: mesh-wide: in the root namespace istio-system\n"));
+        // Another root namespace setting moves what is mesh-wide.
+        let s = Settings {
+            root_namespace: "bank".into(),
+            ..Settings::default()
+        };
+        let r = render(&objs, "shop", &s).expect("renders");
+        assert_eq!(
+            keys(&r),
+            [
+                "bank.peerauthentication.bank.yaml",
+                "shop.peerauthentication.shop.yaml"
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecar_egress_hosts_scope_other_namespaces_objects() {
+        let sidecar = |ns: &str, name: &str, hosts: Value| {
+            obj("Sidecar", ns, name, json!({"egress": [{"hosts": hosts}]}))
+        };
+        let mut objs = checked(&[
+            dr("bookinfo", "reviews", "reviews", None),
+            dr("payments", "pay", "pay", None),
+            vs("frontend", "own", "web", None),
+            sidecar("frontend", "default", json!(["./*", "bookinfo/*"])),
+        ]);
+        let r = render(&objs, "frontend", &Settings::default()).expect("renders");
+        let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
+        assert_eq!(got, ["reviews", "default", "own"]);
+        assert!(r.excluded.iter().any(|(id, why)| id.name == "pay"
+            && why == "outside the egress hosts of every Sidecar that applies in frontend"));
+        // Without the namespace's own Sidecar the root default scopes it.
+        objs.retain(|o| o.id.kind != "Sidecar");
+        objs.extend(checked(&[sidecar(
+            "istio-system",
+            "default",
+            json!(["payments/*"]),
+        )]));
+        let r = render(&objs, "frontend", &Settings::default()).expect("renders");
+        let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
+        assert_eq!(got, ["own", "default", "pay"]);
+        // A Sidecar with no egress listeners admits everything.
+        objs.retain(|o| o.id.kind != "Sidecar");
+        objs.extend(checked(&[obj("Sidecar", "frontend", "open", json!({}))]));
+        let r = render(&objs, "frontend", &Settings::default()).expect("renders");
+        assert_eq!(r.included.len(), 4);
+    }
+
+    #[test]
+    fn own_namespace_kinds_stay_home() {
+        let objs = checked(&[
+            obj(
+                "RateLimit",
+                "shop",
+                "rl",
+                json!({"host": "cart", "requestsPerUnit": 10, "unit": "SECOND"}),
+            ),
+            obj(
+                "Gateway",
+                "shop",
+                "gw",
+                json!({"selector": {"istio": "ingressgateway"},
+                       "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            ),
+            obj("Sidecar", "shop", "sc", json!({})),
+        ]);
+        assert_eq!(
+            render(&objs, "shop", &Settings::default())
+                .expect("renders")
+                .included
+                .len(),
+            3
+        );
+        let other = render(&objs, "bank", &Settings::default()).expect("renders");
+        assert!(other.data.is_empty() && other.excluded.is_empty());
+    }
+
+    #[test]
+    fn documents_keep_only_what_the_proxy_reads_and_are_deterministic() {
+        let a = checked(&[vs("shop", "cart", "cart", None)]);
+        let d = &a[0].document;
+        assert!(d.contains("note: kept"), "{d}");
+        for gone in ["last-applied", "resourceVersion", "uid", "status"] {
+            assert!(!d.contains(gone), "{gone} in {d}");
+        }
+        // Key order in the input does not change the output.
+        let mut reordered = vs("shop", "cart", "cart", None);
+        let spec = reordered["spec"].take();
+        reordered.as_object_mut().expect("map").remove("spec");
+        reordered["spec"] = spec;
+        assert_eq!(checked(&[reordered])[0].document, *d);
+        // The whole ConfigMap is byte-identical from objects in any order.
+        let objs = checked(&[vs("shop", "a", "a", None), dr("shop", "b", "b", None)]);
+        let mut rev = objs.clone();
+        rev.reverse();
+        assert_eq!(
+            render(&objs, "shop", &Settings::default()),
+            render(&rev, "shop", &Settings::default())
+        );
+        // What it renders loads in the proxy's loader as the same objects.
+        let r = render(&objs, "shop", &Settings::default()).expect("renders");
+        let files: Vec<(&str, &str)> = r
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let snap = crate::rules::snapshot_from_yaml(&files, &ctx_for("shop", "cluster.local"), 1)
+            .expect("the proxy loads it");
+        assert_eq!(snap.files.len(), 2);
+    }
+
+    #[test]
+    fn invalid_and_unsupported_objects_are_left_out_with_the_reason() {
+        let bad = obj(
+            "VirtualService",
+            "shop",
+            "bad",
+            json!({"hosts": ["a"], "http": [{"timeout": "soon"}]}),
+        );
+        let e = check(&bad, "cluster.local").expect_err("invalid");
+        assert!(!e.unsupported);
+        assert!(
+            e.to_string()
+                .starts_with("VirtualService shop/bad: spec.http[0].timeout"),
+            "{e}"
+        );
+        let we = json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                        "metadata": {"name": "w", "namespace": "shop"}, "spec": {}});
+        let e = check(&we, "cluster.local").expect_err("unsupported");
+        assert!(e.unsupported, "{e}");
+        let nameless =
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {}});
+        assert!(check(&nameless, "cluster.local").is_err());
+    }
+
+    #[test]
+    fn a_configmap_over_the_limit_is_refused_naming_the_largest() {
+        let objs = checked(&[
+            vs("shop", "small", "small", None),
+            obj(
+                "VirtualService",
+                "shop",
+                "big",
+                json!({"hosts": ["big"],
+                "http": (0..200).map(|i| json!({"name": format!("r{i}"), "match": [{"uri": {"prefix": format!("/p{i}")}}],
+                                                 "route": [{"destination": {"host": "big"}}]})).collect::<Vec<_>>()}),
+            ),
+        ]);
+        let s = Settings {
+            max_bytes: 4096,
+            ..Settings::default()
+        };
+        match render(&objs, "shop", &s) {
+            Err(RenderError::TooLarge(t)) => {
+                assert_eq!(t.largest[0].0.name, "big");
+                assert!(t.bytes > 4096);
+                assert!(t.to_string().contains("VirtualService shop/big"), "{t}");
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_set_the_loader_would_reject_is_not_rendered() {
+        // Each object passed `check` alone; the whole set is decoded again before it is
+        // returned, so a set the proxy would reject is never written. (A document that did not
+        // pass `check` stands in for a clash only visible together.)
+        let mut objs = checked(&[vs("shop", "a", "a", None)]);
+        objs.push(Checked {
+            id: ObjectRef {
+                kind: "VirtualService".into(),
+                namespace: "shop".into(),
+                name: "broken".into(),
+            },
+            document: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: broken, namespace: shop}\nspec: {hosts: 5}\n".into(),
+            warnings: Vec::new(),
+            reach: Reach::Namespace,
+        });
+        match render(&objs, "shop", &Settings::default()) {
+            Err(e @ RenderError::Rejected { .. }) => {
+                assert!(
+                    e.to_string().contains("shop.virtualservice.broken.yaml"),
+                    "{e}"
+                )
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        objs.pop();
+        assert!(render(&objs, "shop", &Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn long_names_get_a_hashed_key() {
+        let id = ObjectRef {
+            kind: "VirtualService".into(),
+            namespace: "n".repeat(63),
+            name: "x".repeat(253),
+        };
+        let k = key_for(&id);
+        assert!(k.len() <= 253 && k.ends_with(".yaml"), "{k}");
+        assert_ne!(
+            k,
+            key_for(&ObjectRef {
+                name: "y".repeat(253),
+                ..id.clone()
+            })
+        );
+    }
+}
