@@ -254,6 +254,23 @@ struct State {
     fallback: Option<Fallback>,
 }
 
+/// Emits events to a [`RecordedApi`]'s held watches ([`RecordedApi::emitter`]).
+#[derive(Clone)]
+pub struct Emitter(Arc<Mutex<State>>);
+
+impl Emitter {
+    /// Send `event` to every held watch on `path` (no query); returns how many got it.
+    pub fn emit(&self, path: &str, event: Value) -> usize {
+        let mut st = lock(&self.0);
+        st.watchers.retain(|(_, tx)| !tx.is_closed());
+        st.watchers
+            .iter()
+            .filter(|(p, _)| p == path)
+            .filter(|(_, tx)| tx.send(event.clone()).is_ok())
+            .count()
+    }
+}
+
 /// A running recorded API; stops (and closes held watches) on drop.
 pub struct RecordedApi {
     addr: SocketAddr,
@@ -398,13 +415,12 @@ impl RecordedApi {
 
     /// Send `event` to every held watch on `path` (no query); returns how many got it.
     pub fn emit(&self, path: &str, event: Value) -> usize {
-        let mut st = lock(&self.state);
-        st.watchers.retain(|(_, tx)| !tx.is_closed());
-        st.watchers
-            .iter()
-            .filter(|(p, _)| p == path)
-            .filter(|(_, tx)| tx.send(event.clone()).is_ok())
-            .count()
+        self.emitter().emit(path, event)
+    }
+
+    /// A handle that emits to this server's held watches, for a fallback that changes objects.
+    pub fn emitter(&self) -> Emitter {
+        Emitter(self.state.clone())
     }
 
     /// How many watches on `path` are held open now.

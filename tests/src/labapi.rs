@@ -18,9 +18,21 @@
 //!   is also written into the lab directory in the kubelet's atomic layout, where pods of its
 //!   namespace mount it (as a kubelet syncs ConfigMap volumes).
 //!
+//! - **Namespaced objects of other APIs** (`/apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME]`:
+//!   Istio's kinds, Leases, Events…) of the groups the lab serves ([`ClusterState::served`],
+//!   answered at `GET /apis/GROUP` as an `APIGroup`): get, list (one namespace or all: `GET
+//!   /apis/GROUP/VERSION/PLURAL`), create, replace (409 on a stale `resourceVersion`), delete;
+//!   one store per group and plural whatever the version asked, each object answered with the
+//!   `apiVersion` of the request.
+//! - **Watches** (`?watch=true`) of namespaces and of those objects (all namespaces): a held
+//!   stream replaying the changes after the `resourceVersion` asked (the last 1,000 are kept),
+//!   then each change as it happens. A change made between a watch's answer and the server
+//!   holding its stream is not delivered (a fixture's simplification: tests write after the
+//!   watch is open, see [`LabApi::open_watches`]).
+//!
 //! Everything else is 404. [`answer`] is the whole behaviour; [`LabApi`] runs it.
 
-use crate::apiserver::{status_body, RecordedApi, Reply, Seen};
+use crate::apiserver::{status_body, Emitter, RecordedApi, Reply, Seen};
 use crate::netns::Netns;
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -124,7 +136,16 @@ pub struct ClusterState {
     token_key: Vec<u8>,
     /// ConfigMaps written through the API go to `<dir>/<namespace>/<name>`.
     dir: PathBuf,
+    /// API group → versions served (best first).
+    pub served: BTreeMap<String, Vec<String>>,
+    /// Recent changes: (resourceVersion, watch path without version, event), for replays.
+    log: std::collections::VecDeque<(u64, String, Value)>,
+    /// Changes not yet sent to held watches: (watch path without version, event).
+    pending: Vec<(String, Value)>,
 }
+
+/// Changes kept for watch replays.
+const LOG_MAX: usize = 1000;
 
 impl ClusterState {
     pub fn new(token_key: Vec<u8>, dir: PathBuf) -> ClusterState {
@@ -135,7 +156,36 @@ impl ClusterState {
             rv: 1000,
             token_key,
             dir,
+            served: [
+                ("networking.istio.io", &["v1", "v1beta1", "v1alpha3"][..]),
+                ("security.istio.io", &["v1", "v1beta1"][..]),
+                ("remora.dev", &["v1alpha1"][..]),
+                ("coordination.k8s.io", &["v1"][..]),
+                ("events.k8s.io", &["v1"][..]),
+            ]
+            .into_iter()
+            .map(|(g, v)| (g.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+            log: std::collections::VecDeque::new(),
+            pending: Vec::new(),
         }
+    }
+
+    /// Record a change for watches on `watch` (the all-namespaces path; for objects of other
+    /// APIs, `GROUP/PLURAL`).
+    fn changed(&mut self, watch: &str, kind: &str, object: &Value) {
+        let rv = self.rv;
+        let event = json!({"type": kind, "object": object});
+        self.log.push_back((rv, watch.to_string(), event.clone()));
+        while self.log.len() > LOG_MAX {
+            self.log.pop_front();
+        }
+        self.pending.push((watch.to_string(), event));
+    }
+
+    /// The changes to send to held watches since the last call: (watch key, event).
+    pub fn take_pending(&mut self) -> Vec<(String, Value)> {
+        std::mem::take(&mut self.pending)
     }
 
     fn next_rv(&mut self) -> String {
@@ -148,13 +198,17 @@ impl ClusterState {
         let mut labels = labels.clone();
         labels.insert("kubernetes.io/metadata.name".into(), name.into());
         let rv = self.next_rv();
-        self.namespaces.insert(
-            name.to_string(),
-            json!({"apiVersion": "v1", "kind": "Namespace",
-                   "metadata": {"name": name, "uid": uid_of(&format!("ns/{name}")),
-                                "resourceVersion": rv, "labels": labels},
-                   "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
-        );
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "uid": uid_of(&format!("ns/{name}")),
+                            "resourceVersion": rv, "labels": labels},
+               "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let kind = if self.namespaces.contains_key(name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.changed("namespaces", kind, &ns);
+        self.namespaces.insert(name.to_string(), ns);
     }
 
     pub fn add_pod(&mut self, namespace: &str, name: &str, uid: &str) {
@@ -277,6 +331,23 @@ pub fn answer(st: &mut ClusterState, req: &Seen, now: u64) -> Option<Reply> {
                 .unwrap_or(true))
     };
     let bad = |e: String| status(400, "BadRequest", &e);
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if let ("GET", ["api", "v1", "namespaces"]) = (method, segs.as_slice()) {
+        if watching {
+            return Some(replay(st, "namespaces", &query, None));
+        }
+    }
+    if let Some(reply) = other_api(
+        st,
+        method,
+        &segs,
+        &query,
+        watching,
+        req.body.as_ref(),
+        &select,
+    ) {
+        return Some(reply);
+    }
     match (method, segs.as_slice()) {
         ("GET", ["api", "v1", "namespaces"]) => {
             let mut items = Vec::new();
@@ -314,6 +385,197 @@ pub fn answer(st: &mut ClusterState, req: &Seen, now: u64) -> Option<Reply> {
         }
         _ => None,
     }
+}
+
+/// A held watch on `watch` replaying the logged changes after the `resourceVersion` asked,
+/// each object given `api_version` when named.
+fn replay(
+    st: &ClusterState,
+    watch: &str,
+    query: &BTreeMap<String, String>,
+    api_version: Option<&str>,
+) -> Reply {
+    let after: u64 = query
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(st.rv);
+    let events = st
+        .log
+        .iter()
+        .filter(|(rv, w, _)| *rv > after && w == watch)
+        .map(|(_, _, e)| with_version(e.clone(), api_version))
+        .collect();
+    Reply::watch(events, true)
+}
+
+/// A watch event (or object) with its object's `apiVersion` set.
+fn with_version(mut v: Value, api_version: Option<&str>) -> Value {
+    if let Some(av) = api_version {
+        let obj = if v.get("object").is_some() {
+            v.get_mut("object")
+        } else {
+            Some(&mut v)
+        };
+        if let Some(m) = obj.and_then(Value::as_object_mut) {
+            m.insert("apiVersion".into(), av.into());
+        }
+    }
+    v
+}
+
+/// Objects of other APIs (`/apis/GROUP...`): `None` when the path is not one.
+fn other_api(
+    st: &mut ClusterState,
+    method: &str,
+    segs: &[&str],
+    query: &BTreeMap<String, String>,
+    watching: bool,
+    body: Option<&Value>,
+    select: &dyn Fn(&Value) -> Result<bool, String>,
+) -> Option<Reply> {
+    let ["apis", group, rest @ ..] = segs else {
+        return None;
+    };
+    let Some(versions) = st.served.get(*group).cloned() else {
+        return Some(status(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource (group {group})"),
+        ));
+    };
+    if rest.is_empty() && method == "GET" {
+        let vs: Vec<Value> = versions
+            .iter()
+            .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+            .collect();
+        return Some(Reply::json(
+            200,
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                   "versions": vs, "preferredVersion": vs[0]}),
+        ));
+    }
+    let (version, ns, plural, name) = match rest {
+        [v, plural] => (*v, None, *plural, None),
+        [v, "namespaces", ns, plural] => (*v, Some(*ns), *plural, None),
+        [v, "namespaces", ns, plural, name] => (*v, Some(*ns), *plural, Some(*name)),
+        _ => return None,
+    };
+    if !versions.iter().any(|v| v == version) {
+        return Some(status(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource ({group}/{version})"),
+        ));
+    }
+    let api_version = format!("{group}/{version}");
+    let store = format!("{group}/{plural}");
+    match (method, ns, name) {
+        ("GET", _, None) if watching => Some(replay(st, &store, query, Some(&api_version))),
+        ("GET", ns, None) => {
+            let mut items = Vec::new();
+            for ((r, n, _), o) in &st.objects {
+                if *r != store || ns.is_some_and(|want| want != n) {
+                    continue;
+                }
+                match select(o) {
+                    Ok(true) => {
+                        let mut o = o.clone();
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("kind");
+                            m.remove("apiVersion");
+                        }
+                        items.push(o)
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Some(status(400, "BadRequest", &e)),
+                }
+            }
+            Some(Reply::json(
+                200,
+                json!({"kind": "List", "apiVersion": api_version,
+                       "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+            ))
+        }
+        ("GET", Some(ns), Some(name)) => {
+            let key = (store, ns.to_string(), name.to_string());
+            Some(match st.objects.get(&key) {
+                Some(o) => Reply::json(200, with_version(o.clone(), Some(&api_version))),
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("{plural}.{group} \"{name}\" not found"),
+                ),
+            })
+        }
+        ("POST", Some(ns), None) => Some(write_other(st, &store, &api_version, ns, None, body)),
+        ("PUT", Some(ns), Some(name)) => {
+            Some(write_other(st, &store, &api_version, ns, Some(name), body))
+        }
+        ("DELETE", Some(ns), Some(name)) => {
+            let key = (store.clone(), ns.to_string(), name.to_string());
+            Some(match st.objects.remove(&key) {
+                Some(o) => {
+                    st.next_rv();
+                    st.changed(&store, "DELETED", &o);
+                    Reply::json(200, with_version(o, Some(&api_version)))
+                }
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("{plural}.{group} \"{name}\" not found"),
+                ),
+            })
+        }
+        _ => Some(status(
+            405,
+            "MethodNotAllowed",
+            "not served by the lab's API",
+        )),
+    }
+}
+
+/// Create (`name` None) or replace an object of another API in store `store`.
+fn write_other(
+    st: &mut ClusterState,
+    store: &str,
+    api_version: &str,
+    ns: &str,
+    name: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
+    let existed = body
+        .and_then(|b| b.pointer("/metadata/name"))
+        .and_then(Value::as_str)
+        .is_some_and(|n| {
+            st.objects
+                .contains_key(&(store.to_string(), ns.to_string(), n.to_string()))
+        });
+    let reply = write(st, store, ns, name, body);
+    if let Reply::Json {
+        status: code @ (200 | 201),
+        body: obj,
+    } = &reply
+    {
+        let mut obj = obj.clone();
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), api_version.into());
+            let kind = body
+                .and_then(|b| b.get("kind"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            m.insert("kind".into(), kind);
+        }
+        if let Some(n) = obj.pointer("/metadata/name").and_then(Value::as_str) {
+            st.objects.insert(
+                (store.to_string(), ns.to_string(), n.to_string()),
+                obj.clone(),
+            );
+        }
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        st.changed(store, kind, &obj);
+        return Reply::json(*code, obj);
+    }
+    reply
 }
 
 fn list_objects(
@@ -422,11 +684,12 @@ fn write(
         }
     };
     let rv = st.next_rv();
-    let kind = if res == "configmaps" {
-        "ConfigMap"
-    } else {
-        "Secret"
-    };
+    let kind = match res {
+        "configmaps" => "ConfigMap",
+        "secrets" => "Secret",
+        _ => obj.get("kind").and_then(Value::as_str).unwrap_or("Object"),
+    }
+    .to_string();
     if !obj.get("data").is_none_or(Value::is_object) {
         return status(
             422,
@@ -436,7 +699,9 @@ fn write(
     }
     if let Some(m) = obj.as_object_mut() {
         m.insert("kind".into(), kind.into());
-        m.insert("apiVersion".into(), "v1".into());
+        if !res.contains('/') {
+            m.insert("apiVersion".into(), "v1".into());
+        }
     }
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("namespace".into(), ns.into());
@@ -595,6 +860,32 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
+/// Send `pending` changes to the held watches: namespaces on `/api/v1/namespaces`, objects
+/// of other APIs on `/apis/GROUP/VERSION/PLURAL` for every version served, each object
+/// answered with that version.
+fn deliver(
+    emitter: &Emitter,
+    served: &BTreeMap<String, Vec<String>>,
+    pending: Vec<(String, Value)>,
+) {
+    for (watch, event) in pending {
+        if watch == "namespaces" {
+            emitter.emit("/api/v1/namespaces", event);
+            continue;
+        }
+        let Some((group, plural)) = watch.split_once('/') else {
+            continue;
+        };
+        for v in served.get(group).into_iter().flatten() {
+            let av = format!("{group}/{v}");
+            emitter.emit(
+                &format!("/apis/{av}/{plural}"),
+                with_version(event.clone(), Some(&av)),
+            );
+        }
+    }
+}
+
 /// The running API (stopped on drop) and the state it answers from.
 pub struct LabApi {
     api: RecordedApi,
@@ -614,16 +905,168 @@ impl LabApi {
             let _in_rt = rt.enter();
             RecordedApi::start_on(listener)?
         };
+        Ok(LabApi::serve(api, addr, dir))
+    }
+
+    /// The same API on 127.0.0.1 (a free port) of the caller's namespace, for contract tests
+    /// of the control plane's kube calls. Call from within a Tokio runtime.
+    pub fn start_local(dir: &Path) -> Result<LabApi> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let api = RecordedApi::start_on(listener)?;
+        Ok(LabApi::serve(api, addr, dir))
+    }
+
+    fn serve(api: RecordedApi, addr: SocketAddr, dir: &Path) -> LabApi {
         let key: [u8; 32] = rand::random();
         let state = Arc::new(Mutex::new(ClusterState::new(
             key.to_vec(),
             dir.to_path_buf(),
         )));
         let st = state.clone();
+        let emitter = api.emitter();
         api.fallback(Arc::new(move |req: &Seen| {
-            answer(&mut lock(&st), req, unix_now())
+            let (reply, pending, served) = {
+                let mut s = lock(&st);
+                let reply = answer(&mut s, req, unix_now());
+                (reply, s.take_pending(), s.served.clone())
+            };
+            deliver(&emitter, &served, pending);
+            reply
         }));
-        Ok(LabApi { api, state, addr })
+        LabApi { api, state, addr }
+    }
+
+    /// Send the state's pending changes to the held watches.
+    fn flush(&self) {
+        let (pending, served) = {
+            let mut s = lock(&self.state);
+            (s.take_pending(), s.served.clone())
+        };
+        deliver(&self.api.emitter(), &served, pending);
+    }
+
+    /// How many watches on `path` (no query) are held open.
+    pub fn open_watches(&self, path: &str) -> usize {
+        self.api.open_watches(path)
+    }
+
+    /// Create or replace an object of another API (as `kubectl apply` would), e.g. an Istio
+    /// kind; `plural` is its resource name. Panics on a refusal (a test's own mistake).
+    pub fn apply(&self, api_version: &str, plural: &str, object: Value) -> Value {
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let base = format!("/apis/{api_version}/namespaces/{ns}/{plural}");
+        let exists = {
+            let s = lock(&self.state);
+            let group = api_version.split('/').next().unwrap_or_default();
+            s.objects
+                .contains_key(&(format!("{group}/{plural}"), ns.clone(), name.clone()))
+        };
+        let (method, pq) = if exists {
+            ("PUT", format!("{base}/{name}"))
+        } else {
+            ("POST", base)
+        };
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: method.into(),
+                path_and_query: pq.clone(),
+                content_type: Some("application/json".into()),
+                body: Some(object),
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        match reply {
+            Some(Reply::Json {
+                status: 200 | 201,
+                body,
+            }) => body,
+            other => panic!("lab API: {method} {pq}: {other:?}"),
+        }
+    }
+
+    /// Delete an object of another API.
+    pub fn delete(&self, api_version: &str, plural: &str, namespace: &str, name: &str) {
+        let pq = format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}");
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: "DELETE".into(),
+                path_and_query: pq.clone(),
+                content_type: None,
+                body: None,
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        assert!(
+            matches!(reply, Some(Reply::Json { status: 200, .. })),
+            "lab API: DELETE {pq}: {reply:?}"
+        );
+    }
+
+    /// Create a ConfigMap as a user would (no controller label unless given).
+    pub fn create_configmap(&self, namespace: &str, object: Value) -> Value {
+        let pq = format!("/api/v1/namespaces/{namespace}/configmaps");
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: "POST".into(),
+                path_and_query: pq.clone(),
+                content_type: Some("application/json".into()),
+                body: Some(object),
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        match reply {
+            Some(Reply::Json { status: 201, body }) => body,
+            other => panic!("lab API: POST {pq}: {other:?}"),
+        }
+    }
+
+    /// Every object in `store` (`configmaps`, `secrets`, or `GROUP/PLURAL`), in key order.
+    pub fn objects(&self, store: &str) -> Vec<Value> {
+        lock(&self.state)
+            .objects
+            .iter()
+            .filter(|((r, _, _), _)| r == store)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// End every held watch on `path` with an ERROR 410 Expired, as an API server does when
+    /// the watch's resourceVersion is too old; returns how many watches got it.
+    pub fn expire_watches(&self, path: &str) -> usize {
+        let rv = lock(&self.state).rv.to_string();
+        self.api.emit(path, crate::apiserver::expired_event(&rv))
+    }
+
+    /// Change the groups the API serves (e.g. drop one to stand for CRDs not installed).
+    pub fn set_served(&self, group: &str, versions: &[&str]) {
+        let mut s = lock(&self.state);
+        if versions.is_empty() {
+            s.served.remove(group);
+        } else {
+            s.served.insert(
+                group.to_string(),
+                versions.iter().map(|v| v.to_string()).collect(),
+            );
+        }
     }
 
     /// The URL the control plane uses (`--kube-url`), valid inside the node's namespace.
@@ -638,6 +1081,7 @@ impl LabApi {
 
     pub fn set_namespace(&self, name: &str, labels: &BTreeMap<String, String>) {
         lock(&self.state).set_namespace(name, labels);
+        self.flush();
     }
 
     pub fn add_pod(&self, namespace: &str, name: &str, uid: &str) {

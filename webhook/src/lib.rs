@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod patch;
 pub mod probes;
 pub mod review;
+pub mod rules_controller;
 pub mod rules_lint;
 pub mod server;
 pub mod template;

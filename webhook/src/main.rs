@@ -46,6 +46,8 @@ enum Cmd {
         certs: Box<CertArgs>,
         #[command(flatten)]
         ca: Box<CaArgs>,
+        #[command(flatten)]
+        rules: Box<RulesArgs>,
     },
     /// Print the injected YAML of Pods and workloads (no cluster needed).
     ///
@@ -179,6 +181,73 @@ struct CertArgs {
     /// API server URL (tests); default: in-cluster config (service account) or kubeconfig.
     #[arg(long, env = "REMORA_KUBE_URL")]
     kube_url: Option<String>,
+}
+
+/// The rules controller: Istio objects applied in the cluster compiled into every meshed
+/// namespace's `remora-mesh-rules` ConfigMap.
+#[derive(clap::Args)]
+struct RulesArgs {
+    /// `on` runs the rules controller (leader-elected with a Lease in the pod's namespace).
+    #[arg(long, env = "REMORA_RULES_CONTROLLER", default_value = "off", value_parser = ["on", "off"])]
+    rules_controller: String,
+    /// Name of the Lease that elects the one replica writing ConfigMaps.
+    #[arg(
+        long,
+        env = "REMORA_RULES_LEASE",
+        default_value = "remora-rules-controller"
+    )]
+    rules_lease: String,
+    /// This replica's name in the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    rules_identity: Option<String>,
+    /// Changes arriving within this window are applied together (at most 1s).
+    #[arg(long, env = "REMORA_RULES_DEBOUNCE", default_value = "100ms")]
+    rules_debounce: String,
+    /// The cluster's DNS domain (short host names in rules are qualified with it).
+    #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl RulesArgs {
+    /// `None` when `--rules-controller off`.
+    fn options(
+        &self,
+        namespace: &str,
+    ) -> anyhow::Result<Option<remora_webhook::rules_controller::Options>> {
+        if self.rules_controller == "off" {
+            return Ok(None);
+        }
+        let identity = match &self.rules_identity {
+            Some(i) if !i.trim().is_empty() => i.trim().to_string(),
+            _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("remora-webhook-{}", std::process::id())),
+        };
+        let mut o = remora_webhook::rules_controller::Options::new(namespace, &identity);
+        o.lease = self.rules_lease.clone();
+        o.debounce = parse_short_duration(&self.rules_debounce)
+            .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
+        o.settings.cluster_domain = self.cluster_domain.clone();
+        o.validate()
+            .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
+        Ok(Some(o))
+    }
+}
+
+/// `250ms`, `1s`: milliseconds or seconds.
+fn parse_short_duration(v: &str) -> Result<Duration, String> {
+    let (n, unit) = match v.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => match v.strip_suffix('s') {
+            Some(n) => (n, 1000),
+            None => return Err("expected a duration like 100ms or 1s".into()),
+        },
+    };
+    n.parse::<u64>()
+        .map(|n| Duration::from_millis(n * unit))
+        .map_err(|_| "expected a duration like 100ms or 1s".into())
 }
 
 /// The mesh CA: Istio's certificate service (`istio.v1.auth.IstioCertificateService`) for
@@ -388,8 +457,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             limits,
             certs: cert_args,
             ca: ca_args,
+            rules,
         } => {
             let limits = limits.limits()?;
+            let rules_opts = rules.options(&cert_args.namespace)?;
             init_logging(true);
             remora_webhook::tls::install_provider();
             let cert_opts = cert_args
@@ -452,7 +523,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                         None
                     }
                 };
+                let rules_ctl = match rules_opts {
+                    Some(o) => {
+                        let client = cert_args
+                            .client("rules controller (--rules-controller off disables it)")
+                            .await?;
+                        Some(remora_webhook::rules_controller::start(client, o))
+                    }
+                    None => {
+                        tracing::info!("rules controller off (--rules-controller on compiles Istio objects into the rules ConfigMaps)");
+                        None
+                    }
+                };
                 shutdown_signal().await;
+                if let Some(r) = rules_ctl {
+                    r.shutdown().await;
+                }
                 if let Some(c) = mesh_ca {
                     c.shutdown();
                 }

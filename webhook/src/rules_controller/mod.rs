@@ -1,0 +1,811 @@
+//! The rules controller (Pilot's job, the ConfigMap way): Istio objects applied with `kubectl`
+//! (or Argo CD, Flux, …) are compiled into each meshed namespace's `remora-mesh-rules`
+//! ConfigMap, which its sidecars already read (mounted, and through the API when allowed).
+//!
+//! - One replica leads ([`lease`]); the others wait and take over when its Lease expires.
+//! - The leader watches every kind proxies apply ([`KINDS`], each at the best version its CRD
+//!   serves: `v1`, else `v1beta1`, else `v1alpha3`) in all namespaces, and the namespaces (their
+//!   labels say which are meshed). Each object is checked once when it changes
+//!   (`remora_model::compile::check`); an invalid one is left out with an Event on it and a log
+//!   line, so it never makes proxies keep stale rules.
+//! - Changes are batched: the first change starts a short window (`debounce`), then every
+//!   meshed namespace is rendered (`remora_model::compile::render`, Istio's visibility rules)
+//!   and its ConfigMap written only when its data differs ([`plan`]). A ConfigMap without the
+//!   controller's label is the user's and is left alone (logged and an Event, once); one over
+//!   1 MiB, or a set its proxies would reject, is not written (logged, Event on the namespace,
+//!   metric).
+//! - Nothing is written before every kind's first list is in, so a restart never writes a
+//!   ConfigMap from half the objects. The ConfigMaps are re-listed every `resync` (an edit by
+//!   hand is put back).
+//! - A watch that the API server expires (410) is re-listed by kube's watcher.
+
+pub mod lease;
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use kube::api::{ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use prometheus::{
+    register_histogram, register_int_counter_vec, register_int_gauge, Histogram, IntCounterVec,
+    IntGauge,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use remora_model::compile::{self, ObjectRef, RenderError, Settings, CONFIGMAP, MANAGED_BY};
+
+use plan::{Action, Existing, World};
+
+/// A kind the controller watches.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Versions tried, best first.
+    pub versions: &'static [&'static str],
+}
+
+const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY: &[&str] = &["v1", "v1beta1"];
+
+/// Every kind sidecars apply (Gateway too: gateway proxies read the same ConfigMap).
+pub const KINDS: &[Kind] = &[
+    Kind {
+        group: "networking.istio.io",
+        kind: "VirtualService",
+        plural: "virtualservices",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
+        kind: "DestinationRule",
+        plural: "destinationrules",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
+        kind: "ServiceEntry",
+        plural: "serviceentries",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
+        kind: "Sidecar",
+        plural: "sidecars",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
+        kind: "Gateway",
+        plural: "gateways",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "security.istio.io",
+        kind: "PeerAuthentication",
+        plural: "peerauthentications",
+        versions: SECURITY,
+    },
+    Kind {
+        group: "security.istio.io",
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+        versions: SECURITY,
+    },
+    Kind {
+        group: "security.istio.io",
+        kind: "RequestAuthentication",
+        plural: "requestauthentications",
+        versions: SECURITY,
+    },
+    Kind {
+        group: "remora.dev",
+        kind: "RateLimit",
+        plural: "ratelimits",
+        versions: &["v1alpha1"],
+    },
+];
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace of the Lease (the control plane's).
+    pub namespace: String,
+    pub lease: String,
+    /// This replica's name in the Lease (the pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+    /// Between election rounds while another replica leads.
+    pub retry_every: Duration,
+    /// Changes arriving within this window are applied together.
+    pub debounce: Duration,
+    /// Re-list the rules ConfigMaps this often.
+    pub resync: Duration,
+    /// Between checks for an API group whose CRDs are not installed.
+    pub missing_group_retry: Duration,
+    pub settings: Settings,
+}
+
+impl Options {
+    pub fn new(namespace: &str, identity: &str) -> Options {
+        Options {
+            namespace: namespace.to_string(),
+            lease: "remora-rules-controller".to_string(),
+            identity: identity.to_string(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            retry_every: Duration::from_secs(2),
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(60),
+            missing_group_retry: Duration::from_secs(30),
+            settings: Settings::default(),
+        }
+    }
+
+    /// One line naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renew_every.is_zero() || self.renew_every * 2 > self.lease_duration {
+            return Err(format!(
+                "lease renewal every {:?} must be more than zero and at most half the lease duration {:?}",
+                self.renew_every, self.lease_duration
+            ));
+        }
+        if self.debounce > Duration::from_secs(1) {
+            return Err(format!(
+                "debounce {:?}: at most 1s (changes must reach proxies within a second)",
+                self.debounce
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Metrics {
+    leader: Option<IntGauge>,
+    writes: Option<IntCounterVec>,
+    refused: Option<IntCounterVec>,
+    invalid: Option<IntGauge>,
+    sync: Option<Histogram>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    leader: register_int_gauge!(
+        "remora_rules_controller_leader",
+        "1 while this replica leads the rules controller (holds its Lease)."
+    )
+    .ok(),
+    writes: register_int_counter_vec!(
+        "remora_rules_controller_writes_total",
+        "Rules ConfigMap writes, by result (created, updated, conflict, error).",
+        &["result"]
+    )
+    .ok(),
+    refused: register_int_counter_vec!(
+        "remora_rules_controller_refused_total",
+        "Namespace renders not written, by reason (too_large, rejected, user_owned).",
+        &["reason"]
+    )
+    .ok(),
+    invalid: register_int_gauge!(
+        "remora_rules_controller_invalid_objects",
+        "Istio objects left out of every ConfigMap because they are invalid."
+    )
+    .ok(),
+    sync: register_histogram!(
+        "remora_rules_controller_sync_seconds",
+        "Time from the first change of a batch to its last ConfigMap write.",
+        vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .ok(),
+});
+
+/// The running controller; stopped on [`Running::shutdown`].
+pub struct Running {
+    task: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stop, giving the Lease up when held.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Start the controller (election, then the leader's work) in the background.
+pub fn start(client: Client, opts: Options) -> Running {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run(client, opts, stopped));
+    Running { task, stop }
+}
+
+async fn run(client: Client, opts: Options, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let elector = lease::Elector::new(
+        client.clone(),
+        &opts.namespace,
+        &opts.lease,
+        &opts.identity,
+        opts.lease_duration,
+    );
+    tracing::info!(lease = %format!("{}/{}", opts.namespace, opts.lease), identity = %opts.identity,
+        "rules controller: starting; compiling Istio objects into remora-mesh-rules ConfigMaps while holding the lease");
+    let mut last_follow = None;
+    loop {
+        match elector.round().await {
+            Ok(lease::Round::Leading) => {
+                tracing::info!(identity = %opts.identity, "rules controller: leading (lease acquired)");
+                last_follow = None;
+                if let Some(m) = &METRICS.leader {
+                    m.set(1);
+                }
+                let stop = lead(&client, &opts, &elector, &mut stopped).await;
+                if let Some(m) = &METRICS.leader {
+                    m.set(0);
+                }
+                if stop {
+                    elector.release().await;
+                    tracing::info!("rules controller: stopped, lease released");
+                    return;
+                }
+            }
+            Ok(lease::Round::Following(holder)) => {
+                if last_follow.as_ref() != Some(&holder) {
+                    tracing::info!(leader = %holder, "rules controller: standing by, another replica holds the lease");
+                    last_follow = Some(holder);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rules controller: lease round failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.retry_every) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// What the watchers report.
+enum Change {
+    /// A kind's (or the namespaces', `kind` "Namespace") full list: replaces what was known.
+    Replace(&'static str, Vec<Value>),
+    Upsert(&'static str, Value),
+    Delete(&'static str, Value),
+}
+
+/// Lead until the Lease is lost (false) or the process stops (true).
+async fn lead(
+    client: &Client,
+    opts: &Options,
+    elector: &lease::Elector,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let (tx, mut rx) = mpsc::channel::<Change>(1024);
+    let mut watchers = tokio::task::JoinSet::new();
+    for k in KINDS {
+        watchers.spawn(watch_kind(
+            client.clone(),
+            *k,
+            tx.clone(),
+            opts.missing_group_retry,
+        ));
+    }
+    watchers.spawn(watch_namespaces(client.clone(), tx.clone()));
+    drop(tx);
+    let mut ctl = Controller::new(client.clone(), opts);
+    let mut synced: BTreeSet<&'static str> = BTreeSet::new();
+    let all = KINDS.len() + 1;
+    let mut renew = tokio::time::interval(opts.renew_every);
+    renew.tick().await;
+    let mut resync = tokio::time::interval(opts.resync);
+    let mut batch_start: Option<Instant> = None;
+    let lost = loop {
+        let deadline = batch_start.map(|s| tokio::time::Instant::from_std(s + opts.debounce));
+        tokio::select! {
+            ch = rx.recv() => {
+                let Some(ch) = ch else { break false };
+                if let Change::Replace(k, _) = &ch {
+                    synced.insert(k);
+                }
+                ctl.apply(ch);
+                batch_start.get_or_insert_with(Instant::now);
+            }
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() && synced.len() == all => {
+                let started = batch_start.take();
+                ctl.reconcile().await;
+                if let (Some(s), Some(h)) = (started, &METRICS.sync) {
+                    h.observe(s.elapsed().as_secs_f64());
+                }
+            }
+            _ = resync.tick() => {
+                if ctl.relist_configmaps().await {
+                    batch_start.get_or_insert_with(Instant::now);
+                }
+            }
+            _ = renew.tick() => {
+                match elector.round().await {
+                    Ok(lease::Round::Leading) => {}
+                    Ok(lease::Round::Following(h)) => {
+                        tracing::warn!(leader = %h, "rules controller: lost the lease; stopping writes");
+                        break false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rules controller: cannot renew the lease; stopping writes until it is held again");
+                        break false;
+                    }
+                }
+            }
+            _ = stopped.changed() => break true,
+        }
+    };
+    watchers.abort_all();
+    lost
+}
+
+/// The API resource of `k` at `version`.
+fn resource(k: &Kind, version: &str) -> ApiResource {
+    ApiResource {
+        group: k.group.to_string(),
+        version: version.to_string(),
+        api_version: format!("{}/{version}", k.group),
+        kind: k.kind.to_string(),
+        plural: k.plural.to_string(),
+    }
+}
+
+/// The best version of `k` the API serves, `None` when its group is not installed.
+async fn served_version(client: &Client, k: &Kind) -> Result<Option<&'static str>, kube::Error> {
+    let req = http::Request::get(format!("/apis/{}", k.group))
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    match client
+        .request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup>(req)
+        .await
+    {
+        Ok(g) => Ok(k
+            .versions
+            .iter()
+            .copied()
+            .find(|v| g.versions.iter().any(|gv| gv.version == *v))),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Watch one kind in all namespaces; report lists and changes to `tx`.
+async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
+    let version = loop {
+        match served_version(&client, &k).await {
+            Ok(Some(v)) => break v,
+            Ok(None) => {
+                tracing::warn!(kind = k.kind, group = k.group,
+                    "rules controller: the API serves no {} ({} {:?}): its CRD is not installed; treated as none, checked again every {:?}",
+                    k.kind, k.group, k.versions, retry);
+            }
+            Err(e) => {
+                tracing::warn!(kind = k.kind, error = %e, "rules controller: cannot read API group {}; retrying", k.group)
+            }
+        }
+        // None known meanwhile: the other kinds are not held back.
+        if tx.send(Change::Replace(k.kind, Vec::new())).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(retry).await;
+    };
+    let ar = resource(&k, version);
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let typed = |o: DynamicObject| -> Value {
+        let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+        if let Some(m) = v.as_object_mut() {
+            m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+            m.insert("kind".into(), Value::String(ar.kind.clone()));
+        }
+        v
+    };
+    forward(watcher(api, watcher::Config::default()), k.kind, tx, typed).await;
+}
+
+async fn watch_namespaces(client: Client, tx: mpsc::Sender<Change>) {
+    let api: Api<Namespace> = Api::all(client);
+    let value = |n: Namespace| serde_json::to_value(&n).unwrap_or(Value::Null);
+    forward(
+        watcher(api, watcher::Config::default()),
+        "Namespace",
+        tx,
+        value,
+    )
+    .await;
+}
+
+/// Turn a kube watcher stream into [`Change`]s (its errors are logged once per message; kube's
+/// watcher re-lists after an expired watch).
+async fn forward<K, S>(
+    stream: S,
+    kind: &'static str,
+    tx: mpsc::Sender<Change>,
+    to_value: impl Fn(K) -> Value,
+) where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    use kube::runtime::WatchStreamExt;
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    let mut init: Vec<Value> = Vec::new();
+    let mut last_error = None;
+    while let Some(ev) = stream.next().await {
+        let change = match ev {
+            Ok(watcher::Event::Init) => {
+                init.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                init.push(to_value(o));
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                last_error = None;
+                Change::Replace(kind, std::mem::take(&mut init))
+            }
+            Ok(watcher::Event::Apply(o)) => Change::Upsert(kind, to_value(o)),
+            Ok(watcher::Event::Delete(o)) => Change::Delete(kind, to_value(o)),
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(kind, error = %msg, "rules controller: watch failed; retrying with backoff");
+                    last_error = Some(msg);
+                }
+                continue;
+            }
+        };
+        if tx.send(change).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn labels_of(v: &Value) -> BTreeMap<String, String> {
+    v.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn name_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn key_of(kind: &str, v: &Value) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        kind: kind.to_string(),
+        namespace: v.pointer("/metadata/namespace")?.as_str()?.to_string(),
+        name: name_of(v)?,
+    })
+}
+
+/// The leader's state and its writes.
+struct Controller {
+    client: Client,
+    settings: Settings,
+    world: World,
+    /// The ConfigMaps were listed at least once.
+    listed: bool,
+    /// Objects' identity for Events: key → (apiVersion, uid, resourceVersion).
+    refs: BTreeMap<ObjectRef, (String, Option<String>, Option<String>)>,
+    /// What was already reported (Events and log lines), so each is said once: key → reason.
+    reported: BTreeMap<String, String>,
+    recorder: Recorder,
+}
+
+impl Controller {
+    fn new(client: Client, opts: &Options) -> Controller {
+        let reporter = Reporter {
+            controller: "remora-rules-controller".into(),
+            instance: Some(opts.identity.clone()),
+        };
+        Controller {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings: opts.settings.clone(),
+            world: World::default(),
+            listed: false,
+            refs: BTreeMap::new(),
+            reported: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, ch: Change) {
+        let domain = self.settings.cluster_domain.clone();
+        match ch {
+            Change::Replace("Namespace", list) => {
+                self.world.namespaces = list
+                    .iter()
+                    .filter_map(|n| Some((name_of(n)?, labels_of(n))))
+                    .collect();
+            }
+            Change::Upsert("Namespace", n) => {
+                if let Some(name) = name_of(&n) {
+                    self.world.namespaces.insert(name, labels_of(&n));
+                }
+            }
+            Change::Delete("Namespace", n) => {
+                if let Some(name) = name_of(&n) {
+                    self.world.namespaces.remove(&name);
+                    self.world.configmaps.remove(&name);
+                }
+            }
+            Change::Replace(kind, list) => {
+                self.world.objects.retain(|k, _| k.kind != kind);
+                self.refs.retain(|k, _| k.kind != kind);
+                for v in list {
+                    self.upsert(kind, &v, &domain);
+                }
+            }
+            Change::Upsert(kind, v) => self.upsert(kind, &v, &domain),
+            Change::Delete(kind, v) => {
+                if let Some(k) = key_of(kind, &v) {
+                    self.world.objects.remove(&k);
+                    self.refs.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, kind: &str, v: &Value, domain: &str) {
+        let Some(key) = key_of(kind, v) else { return };
+        let meta = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+        self.refs.insert(
+            key.clone(),
+            (
+                meta("/apiVersion").unwrap_or_default(),
+                meta("/metadata/uid"),
+                meta("/metadata/resourceVersion"),
+            ),
+        );
+        self.world.objects.insert(key, compile::check(v, domain));
+    }
+
+    /// Re-list the rules ConfigMaps; true when what is known changed.
+    async fn relist_configmaps(&mut self) -> bool {
+        let api: Api<ConfigMap> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("metadata.name={CONFIGMAP}"));
+        match api.list(&lp).await {
+            Ok(list) => {
+                let fresh: BTreeMap<String, Existing> = list
+                    .items
+                    .iter()
+                    .filter_map(|cm| Some((cm.metadata.namespace.clone()?, existing(cm))))
+                    .collect();
+                let changed = fresh != self.world.configmaps;
+                self.world.configmaps = fresh;
+                self.listed = true;
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rules controller: cannot list the {CONFIGMAP} ConfigMaps; retrying at the next resync");
+                false
+            }
+        }
+    }
+
+    /// Say `what` once for `key` (a log line, and an Event on `about` when given).
+    async fn report(
+        &mut self,
+        key: String,
+        what: String,
+        about: Option<ObjectReference>,
+        reason: &str,
+    ) {
+        if self.reported.get(&key) == Some(&what) {
+            return;
+        }
+        tracing::warn!(object = %key, "rules controller: {what}");
+        if let Some(r) = about {
+            let ev = KubeEvent {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(what.chars().take(1000).collect()),
+                action: "Compile".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &r).await {
+                tracing::debug!(error = %e, "rules controller: cannot record an Event");
+            }
+        }
+        self.reported.insert(key, what);
+    }
+
+    fn object_ref(&self, id: &ObjectRef) -> ObjectReference {
+        let (api_version, uid, rv) = self.refs.get(id).cloned().unwrap_or_default();
+        ObjectReference {
+            api_version: Some(api_version),
+            kind: Some(id.kind.clone()),
+            name: Some(id.name.clone()),
+            namespace: Some(id.namespace.clone()),
+            uid,
+            resource_version: rv,
+            ..ObjectReference::default()
+        }
+    }
+
+    /// Render every meshed namespace and write what changed.
+    async fn reconcile(&mut self) {
+        if !self.listed {
+            self.relist_configmaps().await;
+            if !self.listed {
+                // Without knowing what exists, a write could overwrite a user's ConfigMap.
+                return;
+            }
+        }
+        // Invalid objects: said once per reason.
+        let invalid: Vec<(ObjectRef, String)> = plan::invalid(&self.world)
+            .into_iter()
+            .filter_map(|e| Some((e.id.clone()?, e.reason.clone())))
+            .collect();
+        if let Some(g) = &METRICS.invalid {
+            g.set(i64::try_from(invalid.len()).unwrap_or(i64::MAX));
+        }
+        let current: BTreeSet<String> = invalid.iter().map(|(id, _)| id.to_string()).collect();
+        for (id, reason) in invalid {
+            let r = self.object_ref(&id);
+            self.report(
+                id.to_string(),
+                format!("{id} is left out of every {CONFIGMAP} ConfigMap: {reason}"),
+                Some(r),
+                "InvalidRule",
+            )
+            .await;
+        }
+        // Forget fixed objects, so a later error is said again.
+        self.reported
+            .retain(|k, _| k.starts_with("namespace ") || current.contains(k));
+        let steps = plan::plan(&self.world, &self.settings);
+        for step in steps {
+            let ns = step.namespace.clone();
+            match step.action {
+                Action::Keep => {}
+                Action::UserOwned => {
+                    if let Some(c) = &METRICS.refused {
+                        c.with_label_values(&["user_owned"]).inc();
+                    }
+                    let about = ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("ConfigMap".into()),
+                        name: Some(CONFIGMAP.into()),
+                        namespace: Some(ns.clone()),
+                        ..ObjectReference::default()
+                    };
+                    self.report(
+                        format!("namespace {ns}"),
+                        format!("ConfigMap {ns}/{CONFIGMAP} has no {}={} label: it is the user's and is not overwritten; Istio objects applied in the cluster do not reach {ns} until it is deleted or labelled", MANAGED_BY.0, MANAGED_BY.1),
+                        Some(about),
+                        "UserOwnedConfigMap",
+                    )
+                    .await;
+                }
+                Action::Refused(e) => {
+                    let reason = match &e {
+                        RenderError::TooLarge(_) => "too_large",
+                        RenderError::Rejected { .. } => "rejected",
+                    };
+                    if let Some(c) = &METRICS.refused {
+                        c.with_label_values(&[reason]).inc();
+                    }
+                    let about = ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Namespace".into()),
+                        name: Some(ns.clone()),
+                        ..ObjectReference::default()
+                    };
+                    self.report(
+                        format!("namespace {ns}"),
+                        e.to_string(),
+                        Some(about),
+                        "RulesNotWritten",
+                    )
+                    .await;
+                }
+                Action::Create(data) => self.write(&ns, data, None, step.objects).await,
+                Action::Update {
+                    data,
+                    resource_version,
+                } => {
+                    self.write(&ns, data, Some(resource_version), step.objects)
+                        .await
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &mut self,
+        ns: &str,
+        data: BTreeMap<String, String>,
+        update: Option<Option<String>>,
+        objects: usize,
+    ) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let labels: BTreeMap<String, String> = [
+            (MANAGED_BY.0, MANAGED_BY.1),
+            ("app.kubernetes.io/part-of", "remora"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(CONFIGMAP.to_string()),
+                namespace: Some(ns.to_string()),
+                labels: Some(labels),
+                resource_version: update.clone().flatten(),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        let pp = PostParams::default();
+        let (res, verb) = match update {
+            None => (api.create(&pp, &cm).await, "created"),
+            Some(_) => (api.replace(CONFIGMAP, &pp, &cm).await, "updated"),
+        };
+        let count = |r: &str| {
+            if let Some(c) = &METRICS.writes {
+                c.with_label_values(&[r]).inc();
+            }
+        };
+        match res {
+            Ok(written) => {
+                count(verb);
+                tracing::info!(namespace = %ns, objects, "rules controller: {verb} ConfigMap {ns}/{CONFIGMAP} ({objects} objects)");
+                self.world
+                    .configmaps
+                    .insert(ns.to_string(), existing(&written));
+                self.reported.remove(&format!("namespace {ns}"));
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Someone wrote it meanwhile: read it back; the next batch decides again.
+                count("conflict");
+                tracing::info!(namespace = %ns, "rules controller: ConfigMap {ns}/{CONFIGMAP} changed meanwhile ({}); re-reading it", s.message);
+                match api.get_opt(CONFIGMAP).await {
+                    Ok(Some(cm)) => {
+                        self.world.configmaps.insert(ns.to_string(), existing(&cm));
+                    }
+                    Ok(None) => {
+                        self.world.configmaps.remove(ns);
+                    }
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot read ConfigMap {ns}/{CONFIGMAP}")
+                    }
+                }
+            }
+            Err(e) => {
+                count("error");
+                tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot write ConfigMap {ns}/{CONFIGMAP}; retrying at the next change or resync");
+                // Forget it, so the next resync re-reads what is there.
+                self.world.configmaps.remove(ns);
+            }
+        }
+    }
+}
+
+fn existing(cm: &ConfigMap) -> Existing {
+    Existing {
+        managed: compile::is_managed(cm.metadata.labels.as_ref()),
+        data: cm.data.clone().unwrap_or_default(),
+        resource_version: cm.metadata.resource_version.clone(),
+    }
+}

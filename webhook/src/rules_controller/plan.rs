@@ -1,0 +1,234 @@
+//! The controller's decisions, pure: what it knows of the cluster ([`World`]: the Istio objects
+//! checked once each, the namespaces and their labels, the rules ConfigMaps as last seen) and
+//! what to do in each meshed namespace ([`plan`]). The I/O is in `mod.rs`.
+
+use std::collections::BTreeMap;
+
+use remora_model::compile::{self, Checked, Invalid, ObjectRef, RenderError, Settings};
+
+/// An object's place in the cache: kind, namespace, name.
+pub type Key = ObjectRef;
+
+/// The rules ConfigMap of a namespace as last seen or written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Existing {
+    /// Carries the controller's `managed-by` label.
+    pub managed: bool,
+    pub data: BTreeMap<String, String>,
+    pub resource_version: Option<String>,
+}
+
+/// What the controller knows.
+#[derive(Default)]
+pub struct World {
+    pub objects: BTreeMap<Key, Result<Checked, Invalid>>,
+    /// Namespace → labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Namespace → its rules ConfigMap (absent: none exists).
+    pub configmaps: BTreeMap<String, Existing>,
+}
+
+/// Is a namespace in the mesh? Istio's labels: `istio-injection=enabled`, or an `istio.io/rev`
+/// label (a revision) while `istio-injection` does not say `disabled`.
+pub fn meshed(labels: &BTreeMap<String, String>) -> bool {
+    match labels.get("istio-injection").map(String::as_str) {
+        Some("enabled") => true,
+        Some(_) => false,
+        None => labels.contains_key("istio.io/rev"),
+    }
+}
+
+/// What to do in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Create(BTreeMap<String, String>),
+    /// Replace the data of the controller's ConfigMap (at this resourceVersion).
+    Update {
+        data: BTreeMap<String, String>,
+        resource_version: Option<String>,
+    },
+    /// Nothing changed.
+    Keep,
+    /// The ConfigMap is the user's (no controller label): left alone.
+    UserOwned,
+    /// Not written: too large, or a set its proxies would reject.
+    Refused(RenderError),
+}
+
+/// One namespace's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub namespace: String,
+    pub action: Action,
+    /// Objects in the rendered ConfigMap.
+    pub objects: usize,
+}
+
+/// The plan for every meshed namespace, in name order.
+pub fn plan(world: &World, settings: &Settings) -> Vec<Step> {
+    let checked: Vec<Checked> = world
+        .objects
+        .values()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let mut steps = Vec::new();
+    for (ns, labels) in &world.namespaces {
+        if !meshed(labels) {
+            continue;
+        }
+        let existing = world.configmaps.get(ns);
+        let (action, objects) = match compile::render(&checked, ns, settings) {
+            Err(e) => (Action::Refused(e), 0),
+            Ok(r) => {
+                let n = r.included.len();
+                let action = match existing {
+                    None => Action::Create(r.data),
+                    Some(e) if !e.managed => Action::UserOwned,
+                    Some(e) if e.data == r.data => Action::Keep,
+                    Some(e) => Action::Update {
+                        data: r.data,
+                        resource_version: e.resource_version.clone(),
+                    },
+                };
+                (action, n)
+            }
+        };
+        steps.push(Step {
+            namespace: ns.clone(),
+            action,
+            objects,
+        });
+    }
+    steps
+}
+
+/// The objects that failed their check (not the unsupported kinds), for Events and logs.
+pub fn invalid(world: &World) -> Vec<&Invalid> {
+    world
+        .objects
+        .values()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|e| !e.unsupported)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn world() -> World {
+        let mut w = World::default();
+        let dr = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+                        "spec": {"host": "reviews"}});
+        let c = compile::check(&dr, "cluster.local");
+        w.objects
+            .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
+        for (ns, l) in [
+            ("bookinfo", labels(&[("istio-injection", "enabled")])),
+            ("frontend", labels(&[("istio.io/rev", "b")])),
+            (
+                "off",
+                labels(&[("istio-injection", "disabled"), ("istio.io/rev", "b")]),
+            ),
+            ("plain", labels(&[])),
+        ] {
+            w.namespaces.insert(ns.to_string(), l);
+        }
+        w
+    }
+
+    #[test]
+    fn meshed_namespaces_by_istio_labels() {
+        let cases = [
+            (vec![("istio-injection", "enabled")], true),
+            (vec![("istio.io/rev", "canary")], true),
+            (
+                vec![("istio-injection", "disabled"), ("istio.io/rev", "x")],
+                false,
+            ),
+            (vec![("istio-injection", "Enabled")], false),
+            (vec![], false),
+        ];
+        for (l, want) in cases {
+            assert_eq!(meshed(&labels(&l)), want, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn create_keep_update_and_user_owned() {
+        let mut w = world();
+        let s = Settings::default();
+        let steps = plan(&w, &s);
+        let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
+        assert_eq!(names, ["bookinfo", "frontend"]);
+        let Action::Create(data) = &steps[0].action else {
+            panic!("expected Create, got {:?}", steps[0].action)
+        };
+        assert_eq!(steps[0].objects, 1);
+        // As written: nothing to do.
+        w.configmaps.insert(
+            "bookinfo".into(),
+            Existing {
+                managed: true,
+                data: data.clone(),
+                resource_version: Some("5".into()),
+            },
+        );
+        // Someone else's ConfigMap in frontend.
+        w.configmaps.insert(
+            "frontend".into(),
+            Existing {
+                managed: false,
+                data: BTreeMap::new(),
+                resource_version: Some("9".into()),
+            },
+        );
+        let steps = plan(&w, &s);
+        assert_eq!(steps[0].action, Action::Keep);
+        assert_eq!(steps[1].action, Action::UserOwned);
+        // An edit of the controller's ConfigMap by hand is put back.
+        if let Some(e) = w.configmaps.get_mut("bookinfo") {
+            e.data.insert("extra.yaml".into(), "{}".into());
+        }
+        match &plan(&w, &s)[0].action {
+            Action::Update {
+                data: d,
+                resource_version,
+            } => {
+                assert_eq!(d, data);
+                assert_eq!(resource_version.as_deref(), Some("5"));
+            }
+            other => panic!("expected Update, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_objects_are_listed_and_left_out() {
+        let mut w = world();
+        let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": "bad", "namespace": "bookinfo"},
+                         "spec": {"hosts": ["a"], "http": [{"timeout": "x"}]}});
+        let r = compile::check(&bad, "cluster.local");
+        let key = ObjectRef {
+            kind: "VirtualService".into(),
+            namespace: "bookinfo".into(),
+            name: "bad".into(),
+        };
+        w.objects.insert(key, r);
+        let inv = invalid(&w);
+        assert_eq!(inv.len(), 1);
+        assert!(inv[0]
+            .to_string()
+            .starts_with("VirtualService bookinfo/bad: spec.http[0].timeout"));
+        assert_eq!(plan(&w, &Settings::default())[0].objects, 1);
+    }
+}
