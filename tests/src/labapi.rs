@@ -1039,6 +1039,33 @@ impl LabApi {
         }
     }
 
+    /// Replace a ConfigMap as a user would (`kubectl replace`; its resourceVersion, if given,
+    /// must be current).
+    pub fn replace_configmap(&self, namespace: &str, object: Value) -> Value {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let pq = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: "PUT".into(),
+                path_and_query: pq.clone(),
+                content_type: Some("application/json".into()),
+                body: Some(object),
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        match reply {
+            Some(Reply::Json { status: 200, body }) => body,
+            other => panic!("lab API: PUT {pq}: {other:?}"),
+        }
+    }
+
     /// Every object in `store` (`configmaps`, `secrets`, or `GROUP/PLURAL`), in key order.
     pub fn objects(&self, store: &str) -> Vec<Value> {
         lock(&self.state)

@@ -262,6 +262,45 @@ async fn objects_reach_the_namespaces_that_see_them() {
         (rv(&api, "frontend"), rv(&api, "bookinfo")),
         (rv_front, rv_book)
     );
+    // An edit by hand of the controller's ConfigMap, then a change: the controller's write
+    // meets a newer resourceVersion (409), re-reads and writes again; the hand edit is gone.
+    let puts = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PUT"
+                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
+            })
+            .count()
+    };
+    let puts_before = puts();
+    let mut edited = api
+        .object("configmaps", "frontend", "remora-mesh-rules")
+        .expect("cm");
+    edited["data"]["by-hand.yaml"] = json!("# edited\n");
+    api.replace_configmap("frontend", edited);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1", "v2", "v3"], None),
+    );
+    until(
+        "the write after a conflict",
+        Duration::from_secs(10),
+        || {
+            api.object("configmaps", "frontend", "remora-mesh-rules")
+                .is_some_and(|cm| {
+                    cm["data"].get("by-hand.yaml").is_none()
+                        && cm["data"]["bookinfo.destinationrule.reviews.yaml"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("name: v3"))
+                })
+        },
+    )
+    .await;
+    // The controller's two writes: the stale one (409) and the retry (the hand edit went
+    // around the recorded server, so it is not among its requests).
+    assert_eq!(puts() - puts_before, 2);
     // A watch the API server expires is re-listed, and later changes still arrive.
     let lists_before = list_requests(&api, "/apis/networking.istio.io/v1/destinationrules");
     assert!(api.expire_watches("/apis/networking.istio.io/v1/destinationrules") >= 1);

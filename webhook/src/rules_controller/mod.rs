@@ -307,9 +307,16 @@ async fn lead(
     let mut renew = tokio::time::interval(opts.renew_every);
     renew.tick().await;
     let mut resync = tokio::time::interval(opts.resync);
+    // When the current batch began (its first change), and when failed writes are retried.
     let mut batch_start: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
     let lost = loop {
-        let deadline = batch_start.map(|s| tokio::time::Instant::from_std(s + opts.debounce));
+        let deadline = batch_start
+            .map(|s| s + opts.debounce)
+            .into_iter()
+            .chain(retry_at)
+            .min()
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             ch = rx.recv() => {
                 let Some(ch) = ch else { break false };
@@ -321,7 +328,11 @@ async fn lead(
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() && synced.len() == all => {
                 let started = batch_start.take();
-                ctl.reconcile().await;
+                retry_at = None;
+                if ctl.reconcile().await {
+                    // A write failed or raced: try those namespaces again in a second.
+                    retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
                 if let (Some(s), Some(h)) = (started, &METRICS.sync) {
                     h.observe(s.elapsed().as_secs_f64());
                 }
@@ -504,6 +515,8 @@ struct Controller {
     world: World,
     /// The ConfigMaps were listed at least once.
     listed: bool,
+    /// Namespaces whose ConfigMap may have to change (`None`: all of them).
+    dirty: Option<BTreeSet<String>>,
     /// Objects' identity for Events: key → (apiVersion, uid, resourceVersion).
     refs: BTreeMap<ObjectRef, (String, Option<String>, Option<String>)>,
     /// What was already reported (Events and log lines), so each is said once: key → reason.
@@ -523,8 +536,38 @@ impl Controller {
             settings: opts.settings.clone(),
             world: World::default(),
             listed: false,
+            dirty: None,
             refs: BTreeMap::new(),
             reported: BTreeMap::new(),
+        }
+    }
+
+    /// Mark every namespace for the next reconcile.
+    fn dirty_all(&mut self) {
+        self.dirty = None;
+    }
+
+    /// Mark one namespace for the next reconcile.
+    fn dirty_ns(&mut self, ns: &str) {
+        if let Some(d) = &mut self.dirty {
+            d.insert(ns.to_string());
+        }
+    }
+
+    /// Mark what a change of the object `key` (before and after) can affect.
+    fn dirty_object(
+        &mut self,
+        key: &ObjectRef,
+        after: Option<&Result<compile::Checked, compile::Invalid>>,
+    ) {
+        let local = |r: Option<&Result<compile::Checked, compile::Invalid>>| match r {
+            None | Some(Err(_)) => true,
+            Some(Ok(c)) => c.only_in_own_namespace(&self.settings),
+        };
+        if local(self.world.objects.get(key)) && local(after) {
+            self.dirty_ns(&key.namespace);
+        } else {
+            self.dirty_all();
         }
     }
 
@@ -532,6 +575,7 @@ impl Controller {
         let domain = self.settings.cluster_domain.clone();
         match ch {
             Change::Replace("Namespace", list) => {
+                self.dirty_all();
                 self.world.namespaces = list
                     .iter()
                     .filter_map(|n| Some((name_of(n)?, labels_of(n))))
@@ -539,16 +583,19 @@ impl Controller {
             }
             Change::Upsert("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
+                    self.dirty_ns(&name);
                     self.world.namespaces.insert(name, labels_of(&n));
                 }
             }
             Change::Delete("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
+                    self.dirty_ns(&name);
                     self.world.namespaces.remove(&name);
                     self.world.configmaps.remove(&name);
                 }
             }
             Change::Replace(kind, list) => {
+                self.dirty_all();
                 self.world.objects.retain(|k, _| k.kind != kind);
                 self.refs.retain(|k, _| k.kind != kind);
                 for v in list {
@@ -558,6 +605,7 @@ impl Controller {
             Change::Upsert(kind, v) => self.upsert(kind, &v, &domain),
             Change::Delete(kind, v) => {
                 if let Some(k) = key_of(kind, &v) {
+                    self.dirty_object(&k, None);
                     self.world.objects.remove(&k);
                     self.refs.remove(&k);
                 }
@@ -576,7 +624,9 @@ impl Controller {
                 meta("/metadata/resourceVersion"),
             ),
         );
-        self.world.objects.insert(key, compile::check(v, domain));
+        let checked = compile::check(v, domain);
+        self.dirty_object(&key, Some(&checked));
+        self.world.objects.insert(key, checked);
     }
 
     /// Re-list the rules ConfigMaps; true when what is known changed.
@@ -590,7 +640,16 @@ impl Controller {
                     .iter()
                     .filter_map(|cm| Some((cm.metadata.namespace.clone()?, existing(cm))))
                     .collect();
-                let changed = fresh != self.world.configmaps;
+                let changed: Vec<String> = fresh
+                    .keys()
+                    .chain(self.world.configmaps.keys())
+                    .filter(|ns| fresh.get(*ns) != self.world.configmaps.get(*ns))
+                    .cloned()
+                    .collect();
+                for ns in &changed {
+                    self.dirty_ns(ns);
+                }
+                let changed = !changed.is_empty();
                 self.world.configmaps = fresh;
                 self.listed = true;
                 changed
@@ -642,13 +701,14 @@ impl Controller {
         }
     }
 
-    /// Render every meshed namespace and write what changed.
-    async fn reconcile(&mut self) {
+    /// Render the meshed namespaces that may have changed and write what did; true when some
+    /// namespaces are left to retry.
+    async fn reconcile(&mut self) -> bool {
         if !self.listed {
             self.relist_configmaps().await;
             if !self.listed {
                 // Without knowing what exists, a write could overwrite a user's ConfigMap.
-                return;
+                return true;
             }
         }
         // Invalid objects: said once per reason.
@@ -673,7 +733,8 @@ impl Controller {
         // Forget fixed objects, so a later error is said again.
         self.reported
             .retain(|k, _| k.starts_with("namespace ") || current.contains(k));
-        let steps = plan::plan(&self.world, &self.settings);
+        let dirty = self.dirty.replace(BTreeSet::new());
+        let steps = plan::plan(&self.world, &self.settings, dirty.as_ref());
         for step in steps {
             let ns = step.namespace.clone();
             match step.action {
@@ -729,6 +790,7 @@ impl Controller {
                 }
             }
         }
+        self.dirty.as_ref().is_some_and(|d| !d.is_empty())
     }
 
     async fn write(
@@ -791,12 +853,14 @@ impl Controller {
                         tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot read ConfigMap {ns}/{CONFIGMAP}")
                     }
                 }
+                self.dirty_ns(ns);
             }
             Err(e) => {
                 count("error");
                 tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot write ConfigMap {ns}/{CONFIGMAP}; retrying at the next change or resync");
-                // Forget it, so the next resync re-reads what is there.
+                // Forget it, so the next resync re-reads what is there; retried meanwhile.
                 self.world.configmaps.remove(ns);
+                self.dirty_ns(ns);
             }
         }
     }

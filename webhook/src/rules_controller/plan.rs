@@ -2,7 +2,7 @@
 //! checked once each, the namespaces and their labels, the rules ConfigMaps as last seen) and
 //! what to do in each meshed namespace ([`plan`]). The I/O is in `mod.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use remora_model::compile::{self, Checked, Invalid, ObjectRef, RenderError, Settings};
 
@@ -64,8 +64,10 @@ pub struct Step {
     pub objects: usize,
 }
 
-/// The plan for every meshed namespace, in name order.
-pub fn plan(world: &World, settings: &Settings) -> Vec<Step> {
+/// The plan for the meshed namespaces (those in `only` when given), in name order. Each
+/// namespace is selected cheaply and compared with its ConfigMap; only a set to be written is
+/// decoded as a whole (`compile::verify`).
+pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>) -> Vec<Step> {
     let checked: Vec<Checked> = world
         .objects
         .values()
@@ -73,21 +75,26 @@ pub fn plan(world: &World, settings: &Settings) -> Vec<Step> {
         .collect();
     let mut steps = Vec::new();
     for (ns, labels) in &world.namespaces {
-        if !meshed(labels) {
+        if !meshed(labels) || only.is_some_and(|o| !o.contains(ns)) {
             continue;
         }
         let existing = world.configmaps.get(ns);
-        let (action, objects) = match compile::render(&checked, ns, settings) {
+        let (action, objects) = match compile::select(&checked, ns, settings) {
             Err(e) => (Action::Refused(e), 0),
             Ok(r) => {
                 let n = r.included.len();
                 let action = match existing {
-                    None => Action::Create(r.data),
                     Some(e) if !e.managed => Action::UserOwned,
                     Some(e) if e.data == r.data => Action::Keep,
-                    Some(e) => Action::Update {
-                        data: r.data,
-                        resource_version: e.resource_version.clone(),
+                    _ => match compile::verify(&r, settings) {
+                        Err(e) => Action::Refused(e),
+                        Ok(()) => match existing {
+                            None => Action::Create(r.data),
+                            Some(e) => Action::Update {
+                                data: r.data,
+                                resource_version: e.resource_version.clone(),
+                            },
+                        },
                     },
                 };
                 (action, n)
@@ -167,7 +174,7 @@ mod tests {
     fn create_keep_update_and_user_owned() {
         let mut w = world();
         let s = Settings::default();
-        let steps = plan(&w, &s);
+        let steps = plan(&w, &s, None);
         let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
         assert_eq!(names, ["bookinfo", "frontend"]);
         let Action::Create(data) = &steps[0].action else {
@@ -192,14 +199,14 @@ mod tests {
                 resource_version: Some("9".into()),
             },
         );
-        let steps = plan(&w, &s);
+        let steps = plan(&w, &s, None);
         assert_eq!(steps[0].action, Action::Keep);
         assert_eq!(steps[1].action, Action::UserOwned);
         // An edit of the controller's ConfigMap by hand is put back.
         if let Some(e) = w.configmaps.get_mut("bookinfo") {
             e.data.insert("extra.yaml".into(), "{}".into());
         }
-        match &plan(&w, &s)[0].action {
+        match &plan(&w, &s, None)[0].action {
             Action::Update {
                 data: d,
                 resource_version,
@@ -209,6 +216,15 @@ mod tests {
             }
             other => panic!("expected Update, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_namespaces_asked() {
+        let w = world();
+        let only: BTreeSet<String> = ["frontend".to_string()].into();
+        let steps = plan(&w, &Settings::default(), Some(&only));
+        let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
+        assert_eq!(names, ["frontend"]);
     }
 
     #[test]
@@ -229,6 +245,6 @@ mod tests {
         assert!(inv[0]
             .to_string()
             .starts_with("VirtualService bookinfo/bad: spec.http[0].timeout"));
-        assert_eq!(plan(&w, &Settings::default())[0].objects, 1);
+        assert_eq!(plan(&w, &Settings::default(), None)[0].objects, 1);
     }
 }
