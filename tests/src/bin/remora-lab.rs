@@ -3,6 +3,7 @@
 //!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live,
 //!                      mutual TLS on the wire.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
+//!   remora-lab bench-controller  the rules controller at scale (scripts/bench controller).
 //!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// The data-plane benchmark.
     Bench(bench::BenchArgs),
+    /// The rules controller at scale (the real control plane against the lab's API).
+    BenchController(remora_e2e::controller_bench::Args),
     /// The fault-injecting soak: fixed-rate load while rules reload, backends hang, fail, die
     /// and drain, and the webhook's certificate rotates. Exits 1 when it fails.
     Soak {
@@ -107,6 +110,7 @@ fn main() {
         Cmd::Up => up(opts),
         Cmd::Demo { requests } => demo(opts, requests),
         Cmd::Bench(args) => bench::run(opts, args),
+        Cmd::BenchController(args) => remora_e2e::controller_bench::run(&opts.bin_dir, args),
         Cmd::Soak {
             seconds,
             rate,
