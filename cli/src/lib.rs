@@ -233,6 +233,17 @@ pub enum RulesCmd {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Print, as a ConfigMap to keep by hand, what the Istio objects in the cluster give
+    /// namespace `-n` (the same selection `render` and the rules controller make). The
+    /// ConfigMap carries no controller label, so the rules controller leaves it alone once it is
+    /// applied. Objects left out are listed on stderr.
+    Import {
+        /// The ConfigMap's name.
+        #[arg(long, default_value = "remora-mesh-rules")]
+        name: String,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
 }
 
 /// The process entry: parse, run, print errors as one line, map to exit codes.
@@ -400,7 +411,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| cluster.default_namespace.clone());
     match &args.cmd {
         Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
-        Cmd::Rules { .. } => unreachable!("rules render runs offline, above"),
+        Cmd::Rules {
+            cmd: RulesCmd::Render { .. },
+        } => unreachable!("rules render runs offline, above"),
+        Cmd::Rules {
+            cmd:
+                RulesCmd::Import {
+                    name,
+                    cluster_domain,
+                },
+        } => {
+            if args.output != Output::Yaml && args.output != Output::Text {
+                bail!("-o: rules import prints YAML");
+            }
+            let objects = list_istio_objects(&cluster, None).await?;
+            let (text, notes) = rules::import(&objects, &ns, name, cluster_domain)?;
+            for n in notes {
+                eprintln!("{n}");
+            }
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::CheckInject {
             target,
             selector,
@@ -1004,52 +1035,7 @@ async fn controller_findings(
     cms: &[Value],
     cluster_domain: &str,
 ) -> anyhow::Result<Vec<rules_lint::Message>> {
-    let mut objects = Vec::new();
-    // The versions each group serves (a group whose CRDs are not installed: none).
-    let mut served: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for k in remora_webhook::rules_controller::KINDS {
-        if !served.contains_key(k.group) {
-            let versions = match cluster.get_opt(&format!("/apis/{}", k.group)).await {
-                Ok(Some(g)) => g["versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v["version"].as_str().map(str::to_string))
-                    .collect(),
-                Ok(None) => Vec::new(),
-                Err(e) => return Err(anyhow!(e).context(format!("reading API group {}", k.group))),
-            };
-            served.insert(k.group, versions);
-        }
-        let Some(v) = k
-            .versions
-            .iter()
-            .find(|v| served[k.group].iter().any(|s| s == *v))
-        else {
-            continue;
-        };
-        let api_version = format!("{}/{v}", k.group);
-        let all = format!("/apis/{api_version}/{}", k.plural);
-        let listed = match cluster.list(&all).await {
-            Err(e) if e.code() == Some(403) && ns.is_some() => {
-                let one = format!(
-                    "/apis/{api_version}/namespaces/{}/{}",
-                    ns.unwrap_or_default(),
-                    k.plural
-                );
-                cluster.list(&one).await
-            }
-            other => other,
-        };
-        let items = listed.map_err(|e| anyhow!(e).context(format!("listing {}", k.plural)))?;
-        objects.extend(items.into_iter().map(|mut o| {
-            if let Some(m) = o.as_object_mut() {
-                m.insert("apiVersion".into(), api_version.clone().into());
-                m.insert("kind".into(), k.kind.into());
-            }
-            o
-        }));
-    }
+    let objects = list_istio_objects(cluster, ns).await?;
     let namespaces: Vec<(String, BTreeMap<String, String>)> =
         match cluster.list_as::<Namespace>("/api/v1/namespaces").await {
             Ok(list) => list
@@ -1100,6 +1086,59 @@ async fn controller_findings(
         ns,
         cluster_domain,
     ))
+}
+
+/// Every object of the kinds the rules controller watches (each at the best version its API
+/// group serves; a group whose CRDs are not installed has none), with `apiVersion` and `kind`
+/// set; all namespaces, or `ns` when listing all is forbidden.
+async fn list_istio_objects(cluster: &Cluster, ns: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    // The versions each group serves (a group whose CRDs are not installed: none).
+    let mut served: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for k in remora_webhook::rules_controller::KINDS {
+        if !served.contains_key(k.group) {
+            let versions = match cluster.get_opt(&format!("/apis/{}", k.group)).await {
+                Ok(Some(g)) => g["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["version"].as_str().map(str::to_string))
+                    .collect(),
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(anyhow!(e).context(format!("reading API group {}", k.group))),
+            };
+            served.insert(k.group, versions);
+        }
+        let Some(v) = k
+            .versions
+            .iter()
+            .find(|v| served[k.group].iter().any(|s| s == *v))
+        else {
+            continue;
+        };
+        let api_version = format!("{}/{v}", k.group);
+        let all = format!("/apis/{api_version}/{}", k.plural);
+        let listed = match cluster.list(&all).await {
+            Err(e) if e.code() == Some(403) && ns.is_some() => {
+                let one = format!(
+                    "/apis/{api_version}/namespaces/{}/{}",
+                    ns.unwrap_or_default(),
+                    k.plural
+                );
+                cluster.list(&one).await
+            }
+            other => other,
+        };
+        let items = listed.map_err(|e| anyhow!(e).context(format!("listing {}", k.plural)))?;
+        objects.extend(items.into_iter().map(|mut o| {
+            if let Some(m) = o.as_object_mut() {
+                m.insert("apiVersion".into(), api_version.clone().into());
+                m.insert("kind".into(), k.kind.into());
+            }
+            o
+        }));
+    }
+    Ok(objects)
 }
 
 /// The rules ConfigMaps of namespace `ns` (of every namespace with `None`): the one named

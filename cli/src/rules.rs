@@ -171,6 +171,44 @@ pub fn render_command(
     Ok(serde_yaml_ng::to_string(&out.configmap)?)
 }
 
+/// `remora rules import`: the ConfigMap (YAML) `namespace` gets from the cluster's `objects`,
+/// named `name` and without the controller's label (the user's from then on), and lines for
+/// stderr.
+pub fn import(
+    objects: &[Value],
+    namespace: &str,
+    name: &str,
+    cluster_domain: &str,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let mut checked = Vec::new();
+    let mut notes = Vec::new();
+    for v in objects {
+        match compile::check(v, cluster_domain) {
+            Ok(c) => checked.push(c),
+            Err(e) if e.unsupported => {}
+            Err(e) => notes.push(format!("left out (invalid): {e}")),
+        }
+    }
+    let settings = Settings {
+        cluster_domain: cluster_domain.to_string(),
+        ..Settings::default()
+    };
+    let rendered =
+        compile::render(&checked, namespace, &settings).map_err(|e| anyhow::anyhow!(e))?;
+    let mut cm = rendered.configmap();
+    cm["metadata"] = serde_json::json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {"app.kubernetes.io/part-of": "remora"},
+    });
+    notes.push(format!(
+        "{} objects visible in {namespace}; the ConfigMap has no {} label, so the rules controller will not overwrite it",
+        rendered.included.len(),
+        compile::MANAGED_BY.0
+    ));
+    Ok((serde_yaml_ng::to_string(&cm)?, notes))
+}
+
 /// A rules ConfigMap as `analyze` sees it.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigMapView {
@@ -385,6 +423,30 @@ spec: {host: details, exportTo: ["."]}
                 .starts_with("differs from what the rules controller writes"),
             "{}",
             f[1].message
+        );
+    }
+
+    #[test]
+    fn import_is_the_render_without_the_controller_label() {
+        let (text, notes) =
+            import(&cluster_objects(), "frontend", "my-rules", "cluster.local").expect("imports");
+        let cm: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        assert_eq!(cm["metadata"]["name"], "my-rules");
+        assert_eq!(cm["metadata"]["namespace"], "frontend");
+        assert!(cm["metadata"]["labels"]
+            .get("app.kubernetes.io/managed-by")
+            .is_none());
+        let keys: Vec<&String> = cm["data"].as_object().expect("data").keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "bookinfo.destinationrule.reviews.yaml",
+                "frontend.virtualservice.reviews.yaml"
+            ]
+        );
+        assert!(
+            notes[0].starts_with("left out (invalid): VirtualService frontend/broken"),
+            "{notes:?}"
         );
     }
 

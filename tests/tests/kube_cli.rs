@@ -978,6 +978,28 @@ async fn analyze_istio_objects_for_the_rules_controller() {
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
 
+/// `rules import`: the namespace's objects from the cluster as a ConfigMap to keep by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_import_prints_a_users_configmap() {
+    let api = api_with("analyze-istio-objects.json").await;
+    let r = remora(&api, &["rules", "import", "-n", "shop"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let cm: Value = serde_yaml_ng::from_str(&r.stdout).expect("YAML");
+    assert_eq!(cm["metadata"]["name"], "remora-mesh-rules");
+    assert!(cm["metadata"]["labels"]
+        .get("app.kubernetes.io/managed-by")
+        .is_none());
+    let keys: Vec<&String> = cm["data"].as_object().expect("data").keys().collect();
+    assert_eq!(keys, ["shop.destinationrule.cart.yaml"]);
+    assert!(
+        r.stderr
+            .contains("left out (invalid): VirtualService shop/cart-timeout: spec.http[0].timeout"),
+        "{}",
+        r.all()
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
 // ---------------------------------------------------------------- kubeconfig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -873,3 +873,68 @@ fn existing(cm: &ConfigMap) -> Existing {
         resource_version: cm.metadata.resource_version.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `manifests/istio-crds.yaml` defines exactly the kinds the controller watches, each with
+    /// the versions it tries, one storage version, and the same plural.
+    #[test]
+    fn the_shipped_crds_are_the_watched_kinds() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/istio-crds.yaml");
+        let text = std::fs::read_to_string(&path).expect("manifests/istio-crds.yaml");
+        let mut found = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            if v.is_null() {
+                continue;
+            }
+            assert_eq!(v["kind"], "CustomResourceDefinition");
+            let spec = &v["spec"];
+            let versions: Vec<&str> = spec["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .filter_map(|v| v["name"].as_str())
+                .collect();
+            let storage = spec["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .filter(|v| v["storage"] == true)
+                .count();
+            assert_eq!(storage, 1, "{}", v["metadata"]["name"]);
+            assert_eq!(
+                v["metadata"]["name"].as_str(),
+                Some(
+                    format!(
+                        "{}.{}",
+                        spec["names"]["plural"].as_str().unwrap_or(""),
+                        spec["group"].as_str().unwrap_or("")
+                    )
+                    .as_str()
+                )
+            );
+            found.push((
+                spec["group"].as_str().unwrap_or("").to_string(),
+                spec["names"]["kind"].as_str().unwrap_or("").to_string(),
+                spec["names"]["plural"].as_str().unwrap_or("").to_string(),
+                versions.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ));
+        }
+        let want: Vec<(String, String, String, Vec<String>)> = KINDS
+            .iter()
+            .map(|k| {
+                (
+                    k.group.to_string(),
+                    k.kind.to_string(),
+                    k.plural.to_string(),
+                    k.versions.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(found, want);
+    }
+}
