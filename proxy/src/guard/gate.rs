@@ -74,12 +74,15 @@ mod tests {
     fn gate_caps_and_releases() {
         let m = crate::telemetry::Metrics::new(10).unwrap();
         let g = ConnectionGate::new(2, m.downstream_connections.clone());
+        let open = |l: &str| m.downstream_connections.with_label_values(&[l]).get();
         let a = g.try_acquire("outbound").unwrap();
         let b = g.try_acquire("inbound").unwrap();
         assert!(g.try_acquire("outbound").is_none());
         assert_eq!(g.open(), 2);
+        assert_eq!((open("outbound"), open("inbound")), (1, 1));
         drop(a);
         assert_eq!(g.open(), 1);
+        assert_eq!(open("outbound"), 0);
         let c = g.try_acquire("outbound");
         assert!(c.is_some());
         drop((b, c));

@@ -187,5 +187,14 @@ mod tests {
             "{seen}"
         );
         assert!(seen.contains("x-test: 1"), "{seen}");
+        // The result is counted in the handle the copy was given.
+        let sent = metrics.mirror_requests.with_label_values(&["sent"]);
+        for _ in 0..250 {
+            if sent.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(sent.get(), 1);
     }
 }

@@ -569,6 +569,14 @@ mod tests {
         assert_eq!(limited[0], ("x-ratelimit-limit", "2".to_string()));
         assert_eq!(limited[1], ("x-ratelimit-remaining", "0".to_string()));
         assert_eq!(p.dump().rate_limits[0].key, "default/rl");
+        // Counted in the handle the policies were given.
+        assert_eq!(
+            p.metrics
+                .rate_limited
+                .with_label_values(&["default/rl"])
+                .get(),
+            1
+        );
     }
 
     #[test]

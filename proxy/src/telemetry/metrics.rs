@@ -879,12 +879,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn http_request_lands_in_the_handles_registry() {
-        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
-        let l = HttpLabels {
+    fn labels(workload: &str) -> HttpLabels {
+        HttpLabels {
             reporter: "source",
-            source_workload: "unit-test-wl".into(),
+            source_workload: workload.into(),
             source_workload_namespace: "ns1".into(),
             destination_workload: "unknown".into(),
             destination_workload_namespace: "unknown".into(),
@@ -894,11 +892,28 @@ mod tests {
             grpc_response_status: String::new(),
             response_flags: "-".into(),
             connection_security_policy: "none",
-        };
+        }
+    }
+
+    /// `istio_requests_total` of `workload` and `code` in the handle's text.
+    fn requests(m: &Metrics, workload: &str, code: &str) -> Option<String> {
+        m.text()
+            .unwrap()
+            .lines()
+            .find(|x| {
+                x.starts_with("istio_requests_total{")
+                    && x.contains(&format!("source_workload=\"{workload}\""))
+                    && x.contains(&format!("response_code=\"{code}\""))
+            })
+            .map(|x| x.rsplit(' ').next().unwrap().to_string())
+    }
+
+    #[test]
+    fn http_request_lands_in_the_handles_registry() {
+        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let l = labels("unit-test-wl");
         m.record_http(&l, 3.0, 10, 20);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&m.registry().gather())
-            .unwrap();
+        let text = m.text().unwrap();
         let line = text
             .lines()
             .find(|l| l.starts_with("istio_requests_total{") && l.contains("unit-test-wl"))
@@ -918,19 +933,72 @@ mod tests {
             ..l.clone()
         };
         m.record_http(&other, 1.0, 0, 0);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&m.registry().gather())
-            .unwrap();
-        let count = |code: &str| {
-            text.lines()
-                .find(|x| {
-                    x.starts_with("istio_requests_total{")
-                        && x.contains("unit-test-wl")
-                        && x.contains(&format!("response_code=\"{code}\""))
-                })
-                .map(|x| x.rsplit(' ').next().unwrap().to_string())
-        };
-        assert_eq!(count("200").as_deref(), Some("2"));
-        assert_eq!(count("503").as_deref(), Some("1"));
+        assert_eq!(requests(&m, "unit-test-wl", "200").as_deref(), Some("2"));
+        assert_eq!(requests(&m, "unit-test-wl", "503").as_deref(), Some("1"));
+        // Nothing went to prometheus' default registry.
+        assert!(prometheus::gather()
+            .iter()
+            .all(|f| f.name() != "istio_requests_total"));
+    }
+
+    #[test]
+    fn two_handles_on_one_thread_count_apart() {
+        let a = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let b = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let l = labels("two-handles");
+        a.record_http(&l, 1.0, 0, 0);
+        a.record_http(&l, 1.0, 0, 0);
+        b.record_http(&l, 1.0, 0, 0);
+        assert_eq!(requests(&a, "two-handles", "200").as_deref(), Some("2"));
+        assert_eq!(requests(&b, "two-handles", "200").as_deref(), Some("1"));
+        // A handle whose cap is reached drops the label set; the other still counts it.
+        let capped = Metrics::new(0).unwrap();
+        capped.record_http(&l, 1.0, 0, 0);
+        a.record_http(&l, 1.0, 0, 0);
+        assert_eq!(requests(&capped, "two-handles", "200"), None);
+        assert_eq!(requests(&a, "two-handles", "200").as_deref(), Some("3"));
+        assert!(capped
+            .text()
+            .unwrap()
+            .contains("remora_metric_series_dropped_total{metric=\"istio_requests_total\"} 1"));
+    }
+
+    #[test]
+    fn families_without_labels_appear_once_their_part_runs() {
+        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let text = m.text().unwrap();
+        assert!(
+            text.contains("remora_workload_cert_expiry_seconds 0"),
+            "{text}"
+        );
+        for late in [
+            "remora_config_generation",
+            "remora_discovery_services",
+            "remora_access_log_dropped_total",
+            "remora_tls_mesh_plaintext_destinations",
+        ] {
+            assert!(!text.contains(late), "{late} before its first use:\n{text}");
+        }
+        m.rules().generation.set(3);
+        m.discovery();
+        m.access_log_dropped();
+        m.access_log_dropped().inc();
+        let text = m.text().unwrap();
+        for (line, help) in [
+            (
+                "remora_config_generation 3",
+                "# HELP remora_config_generation Generation of the rules snapshot in effect (0 = none loaded).",
+            ),
+            ("remora_config_reloads_total 0", "# TYPE remora_config_reloads_total counter"),
+            ("remora_discovery_services 0", "# TYPE remora_discovery_services gauge"),
+            ("remora_access_log_dropped_total 1", "# TYPE remora_access_log_dropped_total counter"),
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+            assert!(text.contains(help), "{help}:\n{text}");
+        }
+        assert!(
+            !text.contains("remora_tls_mesh_plaintext_destinations"),
+            "{text}"
+        );
     }
 }
