@@ -7,6 +7,7 @@
 //! timeout and the HTTP/1 body read timeout are Pingora's own session settings, set here too.
 
 use crate::guard::{record, Reject};
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::H2Options;
@@ -89,6 +90,8 @@ pub fn set_session_timeouts(session: &mut ServerSession, stream_idle: Duration, 
 pub struct StreamIdleApp<A> {
     pub inner: Arc<A>,
     pub listener: &'static str,
+    /// Where a request reset for idleness is counted.
+    pub metrics: Arc<Metrics>,
     pub stream_idle: Duration,
     pub write_timeout: Duration,
 }
@@ -110,6 +113,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> StreamIdleApp<A> {
             Ok(r) => r,
             Err(()) => {
                 record(
+                    &self.metrics,
                     self.listener,
                     Reject::StreamIdleTimeout,
                     &format!(
