@@ -393,7 +393,7 @@ impl fmt::Display for RenderError {
 }
 
 /// The Sidecars that scope what `namespace` sees: its own, else the root namespace's default.
-fn scoping_sidecars<'a>(objects: &'a [Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
+fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
     let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&'a Sidecar> {
         objects
             .iter()
@@ -476,7 +476,8 @@ pub fn render(
     namespace: &str,
     settings: &Settings,
 ) -> Result<Rendered, RenderError> {
-    let r = select(objects, namespace, settings)?;
+    let refs: Vec<&Checked> = objects.iter().collect();
+    let r = select(&refs, namespace, settings)?;
     verify(&r, settings)?;
     Ok(r)
 }
@@ -484,7 +485,7 @@ pub fn render(
 /// [`render`] without [`verify`] (cheap: no decoding), for a caller that compares the result
 /// with what is written and verifies only what it writes.
 pub fn select(
-    objects: &[Checked],
+    objects: &[&Checked],
     namespace: &str,
     settings: &Settings,
 ) -> Result<Rendered, RenderError> {

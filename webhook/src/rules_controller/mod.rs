@@ -23,7 +23,7 @@ pub mod lease;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -558,9 +558,9 @@ impl Controller {
     fn dirty_object(
         &mut self,
         key: &ObjectRef,
-        after: Option<&Result<compile::Checked, compile::Invalid>>,
+        after: Option<&Result<Arc<compile::Checked>, compile::Invalid>>,
     ) {
-        let local = |r: Option<&Result<compile::Checked, compile::Invalid>>| match r {
+        let local = |r: Option<&Result<Arc<compile::Checked>, compile::Invalid>>| match r {
             None | Some(Err(_)) => true,
             Some(Ok(c)) => c.only_in_own_namespace(&self.settings),
         };
@@ -624,7 +624,7 @@ impl Controller {
                 meta("/metadata/resourceVersion"),
             ),
         );
-        let checked = compile::check(v, domain);
+        let checked = compile::check(v, domain).map(Arc::new);
         self.dirty_object(&key, Some(&checked));
         self.world.objects.insert(key, checked);
     }
@@ -734,8 +734,11 @@ impl Controller {
         self.reported
             .retain(|k, _| k.starts_with("namespace ") || current.contains(k));
         let dirty = self.dirty.replace(BTreeSet::new());
-        let steps = plan::plan(&self.world, &self.settings, dirty.as_ref());
-        for step in steps {
+        // One namespace at a time: planned, then written, so the first write does not wait
+        // for every namespace's render.
+        let idx = plan::index(&self.world, &self.settings);
+        for ns in plan::namespaces(&self.world, dirty.as_ref()) {
+            let step = plan::step(&self.world, &idx, &self.settings, &ns);
             let ns = step.namespace.clone();
             match step.action {
                 Action::Keep => {}

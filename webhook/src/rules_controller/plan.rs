@@ -3,6 +3,7 @@
 //! what to do in each meshed namespace ([`plan`]). The I/O is in `mod.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use remora_model::compile::{self, Checked, Invalid, ObjectRef, RenderError, Settings};
 
@@ -21,11 +22,38 @@ pub struct Existing {
 /// What the controller knows.
 #[derive(Default)]
 pub struct World {
-    pub objects: BTreeMap<Key, Result<Checked, Invalid>>,
+    /// Each object as checked once (shared with the [`Index`] of a reconcile).
+    pub objects: BTreeMap<Key, Result<Arc<Checked>, Invalid>>,
     /// Namespace → labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Namespace → its rules ConfigMap (absent: none exists).
     pub configmaps: BTreeMap<String, Existing>,
+}
+
+/// The valid objects, split by reach: those only their own namespace can see, by namespace,
+/// and the others (exported, mesh-wide), which every namespace's render goes through.
+pub struct Index {
+    pub global: Vec<Arc<Checked>>,
+    pub by_namespace: BTreeMap<String, Vec<Arc<Checked>>>,
+}
+
+/// Index the valid objects of `world`.
+pub fn index(world: &World, settings: &Settings) -> Index {
+    let mut idx = Index {
+        global: Vec::new(),
+        by_namespace: BTreeMap::new(),
+    };
+    for c in world.objects.values().filter_map(|r| r.as_ref().ok()) {
+        if c.only_in_own_namespace(settings) {
+            idx.by_namespace
+                .entry(c.id.namespace.clone())
+                .or_default()
+                .push(c.clone());
+        } else {
+            idx.global.push(c.clone());
+        }
+    }
+    idx
 }
 
 /// Is a namespace in the mesh? Istio's labels: `istio-injection=enabled`, or an `istio.io/rev`
@@ -64,49 +92,59 @@ pub struct Step {
     pub objects: usize,
 }
 
-/// The plan for the meshed namespaces (those in `only` when given), in name order. Each
-/// namespace is selected cheaply and compared with its ConfigMap; only a set to be written is
-/// decoded as a whole (`compile::verify`).
-pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>) -> Vec<Step> {
-    let checked: Vec<Checked> = world
-        .objects
-        .values()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
-    let mut steps = Vec::new();
-    for (ns, labels) in &world.namespaces {
-        if !meshed(labels) || only.is_some_and(|o| !o.contains(ns)) {
-            continue;
-        }
-        let existing = world.configmaps.get(ns);
-        let (action, objects) = match compile::select(&checked, ns, settings) {
-            Err(e) => (Action::Refused(e), 0),
-            Ok(r) => {
-                let n = r.included.len();
-                let action = match existing {
-                    Some(e) if !e.managed => Action::UserOwned,
-                    Some(e) if e.data == r.data => Action::Keep,
-                    _ => match compile::verify(&r, settings) {
-                        Err(e) => Action::Refused(e),
-                        Ok(()) => match existing {
-                            None => Action::Create(r.data),
-                            Some(e) => Action::Update {
-                                data: r.data,
-                                resource_version: e.resource_version.clone(),
-                            },
+/// The namespaces to plan: meshed, and in `only` when given; in name order.
+pub fn namespaces(world: &World, only: Option<&BTreeSet<String>>) -> Vec<String> {
+    world
+        .namespaces
+        .iter()
+        .filter(|(ns, labels)| meshed(labels) && only.is_none_or(|o| o.contains(*ns)))
+        .map(|(ns, _)| ns.clone())
+        .collect()
+}
+
+/// The step for one namespace: selected cheaply from `idx` and compared with its ConfigMap;
+/// only a set to be written is decoded as a whole (`compile::verify`).
+pub fn step(world: &World, idx: &Index, settings: &Settings, ns: &str) -> Step {
+    let mut objs: Vec<&Checked> = idx.global.iter().map(|c| c.as_ref()).collect();
+    if let Some(own) = idx.by_namespace.get(ns) {
+        objs.extend(own.iter().map(|c| c.as_ref()));
+    }
+    let existing = world.configmaps.get(ns);
+    let (action, objects) = match compile::select(&objs, ns, settings) {
+        Err(e) => (Action::Refused(e), 0),
+        Ok(r) => {
+            let n = r.included.len();
+            let action = match existing {
+                Some(e) if !e.managed => Action::UserOwned,
+                Some(e) if e.data == r.data => Action::Keep,
+                _ => match compile::verify(&r, settings) {
+                    Err(e) => Action::Refused(e),
+                    Ok(()) => match existing {
+                        None => Action::Create(r.data),
+                        Some(e) => Action::Update {
+                            data: r.data,
+                            resource_version: e.resource_version.clone(),
                         },
                     },
-                };
-                (action, n)
-            }
-        };
-        steps.push(Step {
-            namespace: ns.clone(),
-            action,
-            objects,
-        });
+                },
+            };
+            (action, n)
+        }
+    };
+    Step {
+        namespace: ns.to_string(),
+        action,
+        objects,
     }
-    steps
+}
+
+/// The plan for the meshed namespaces (those in `only` when given), in name order.
+pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>) -> Vec<Step> {
+    let idx = index(world, settings);
+    namespaces(world, only)
+        .iter()
+        .map(|ns| step(world, &idx, settings, ns))
+        .collect()
 }
 
 /// The objects that failed their check (not the unsupported kinds), for Events and logs.
@@ -136,7 +174,7 @@ mod tests {
         let dr = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                         "metadata": {"name": "reviews", "namespace": "bookinfo"},
                         "spec": {"host": "reviews"}});
-        let c = compile::check(&dr, "cluster.local");
+        let c = compile::check(&dr, "cluster.local").map(Arc::new);
         w.objects
             .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
         for (ns, l) in [
@@ -218,6 +256,50 @@ mod tests {
         }
     }
 
+    /// The index (objects only their namespace sees apart) gives every namespace what a render
+    /// over all objects gives it.
+    #[test]
+    fn the_index_renders_what_all_objects_render() {
+        let mut w = world();
+        let objs = [
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                   "metadata": {"name": "private", "namespace": "bookinfo"},
+                   "spec": {"host": "details", "exportTo": ["."]}}),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "to-bookinfo", "namespace": "frontend"},
+                   "spec": {"hosts": ["frontend-only"], "exportTo": ["bookinfo"],
+                            "http": [{"route": [{"destination": {"host": "a"}}]}]}}),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                   "metadata": {"name": "default", "namespace": "frontend"},
+                   "spec": {"egress": [{"hosts": ["./*", "istio-system/*"]}]}}),
+            json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                   "metadata": {"name": "default", "namespace": "istio-system"},
+                   "spec": {"mtls": {"mode": "STRICT"}}}),
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": "deny", "namespace": "frontend"}, "spec": {}}),
+        ];
+        for o in objs {
+            let c = compile::check(&o, "cluster.local").map(Arc::new);
+            w.objects
+                .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
+        }
+        let s = Settings::default();
+        let all: Vec<Checked> = w
+            .objects
+            .values()
+            .filter_map(|r| r.as_ref().ok().map(|c| c.as_ref().clone()))
+            .collect();
+        let idx = index(&w, &s);
+        assert!(!idx.global.is_empty() && idx.by_namespace.contains_key("frontend"));
+        for ns in ["bookinfo", "frontend"] {
+            let want = compile::render(&all, ns, &s).expect("renders").data;
+            match step(&w, &idx, &s, ns).action {
+                Action::Create(data) => assert_eq!(data, want, "{ns}"),
+                other => panic!("{ns}: expected Create, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn only_the_namespaces_asked() {
         let w = world();
@@ -233,7 +315,7 @@ mod tests {
         let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                          "metadata": {"name": "bad", "namespace": "bookinfo"},
                          "spec": {"hosts": ["a"], "http": [{"timeout": "x"}]}});
-        let r = compile::check(&bad, "cluster.local");
+        let r = compile::check(&bad, "cluster.local").map(Arc::new);
         let key = ObjectRef {
             kind: "VirtualService".into(),
             namespace: "bookinfo".into(),
