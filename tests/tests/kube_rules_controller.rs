@@ -434,3 +434,102 @@ async fn too_large_is_refused_and_a_missing_group_holds_nothing_back() {
     );
     ctl.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_conditions_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = LabApi::start_local(dir.path()).expect("api");
+    setup(&api);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1"], None),
+    );
+    // istiod's own condition, written through the status subresource.
+    api.patch_status(
+        NET,
+        "destinationrules",
+        "bookinfo",
+        "reviews",
+        json!({"status": {"conditions": [{"type": "Reconciled", "status": "True", "message": "istiod"}]}}),
+    );
+    api.apply(
+        NET,
+        "virtualservices",
+        vs(
+            "bookinfo",
+            "broken",
+            json!({"hosts": ["x"], "http": [{"timeout": "soon"}]}),
+        ),
+    );
+    let mut o = options("replica-a");
+    o.status = true;
+    let ctl = rules_controller::start(client(&api), o);
+    let ours = |kind: &str, name: &str| -> Option<Value> {
+        api.object(kind, "bookinfo", name).and_then(|o| {
+            o["status"]["conditions"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "remora.dev/Compiled")
+                    .cloned()
+            })
+        })
+    };
+    until("both conditions", Duration::from_secs(20), || {
+        ours("networking.istio.io/destinationrules", "reviews").is_some()
+            && ours("networking.istio.io/virtualservices", "broken").is_some()
+    })
+    .await;
+    let good = ours("networking.istio.io/destinationrules", "reviews").expect("condition");
+    assert_eq!(good["status"], "True");
+    assert_eq!(good["observedGeneration"], 1);
+    assert!(good["lastTransitionTime"].is_string(), "{good}");
+    let bad = ours("networking.istio.io/virtualservices", "broken").expect("condition");
+    assert_eq!(bad["status"], "False");
+    assert_eq!(bad["reason"], "Invalid");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("spec.http[0].timeout"),
+        "{bad}"
+    );
+    // Istio's own condition is kept.
+    let dr_now = api
+        .object(
+            "networking.istio.io/destinationrules",
+            "bookinfo",
+            "reviews",
+        )
+        .expect("dr");
+    assert!(
+        dr_now["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "Reconciled" && c["message"] == "istiod")),
+        "{dr_now}"
+    );
+    // A spec change: a new generation, a new condition; then quiet (no status write loop).
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1", "v2"], None),
+    );
+    until("generation 2", Duration::from_secs(10), || {
+        ours("networking.istio.io/destinationrules", "reviews")
+            .is_some_and(|c| c["observedGeneration"] == 2)
+    })
+    .await;
+    let patches = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path().ends_with("/status"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = patches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(patches(), settled, "status writes keep coming");
+    assert_eq!(settled, 3, "one per object, one for the new generation");
+    ctl.shutdown().await;
+}

@@ -133,6 +133,9 @@ pub struct Options {
     pub resync: Duration,
     /// Between checks for an API group whose CRDs are not installed.
     pub missing_group_retry: Duration,
+    /// Write a `remora.dev/Compiled` condition into each object's status (opt-in, as Istio's
+    /// `PILOT_ENABLE_STATUS`).
+    pub status: bool,
     pub settings: Settings,
 }
 
@@ -148,6 +151,7 @@ impl Options {
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(60),
             missing_group_retry: Duration::from_secs(30),
+            status: false,
             settings: Settings::default(),
         }
     }
@@ -517,8 +521,10 @@ struct Controller {
     listed: bool,
     /// Namespaces whose ConfigMap may have to change (`None`: all of them).
     dirty: Option<BTreeSet<String>>,
-    /// Objects' identity for Events: key → (apiVersion, uid, resourceVersion).
-    refs: BTreeMap<ObjectRef, (String, Option<String>, Option<String>)>,
+    /// Objects' identity (for Events and status writes).
+    refs: BTreeMap<ObjectRef, Ref>,
+    /// Write status conditions.
+    status: bool,
     /// What was already reported (Events and log lines), so each is said once: key → reason.
     reported: BTreeMap<String, String>,
     recorder: Recorder,
@@ -538,6 +544,7 @@ impl Controller {
             listed: false,
             dirty: None,
             refs: BTreeMap::new(),
+            status: opts.status,
             reported: BTreeMap::new(),
         }
     }
@@ -564,7 +571,17 @@ impl Controller {
             None | Some(Err(_)) => true,
             Some(Ok(c)) => c.only_in_own_namespace(&self.settings),
         };
-        if local(self.world.objects.get(key)) && local(after) {
+        let before = self.world.objects.get(key);
+        let unchanged = match (before, after) {
+            (Some(Ok(a)), Some(Ok(b))) => a.document == b.document,
+            (Some(Err(a)), Some(Err(b))) => a == b,
+            _ => false,
+        };
+        if unchanged {
+            // A status or metadata write: no ConfigMap changes.
+            return;
+        }
+        if local(before) && local(after) {
             self.dirty_ns(&key.namespace);
         } else {
             self.dirty_all();
@@ -618,11 +635,17 @@ impl Controller {
         let meta = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
         self.refs.insert(
             key.clone(),
-            (
-                meta("/apiVersion").unwrap_or_default(),
-                meta("/metadata/uid"),
-                meta("/metadata/resourceVersion"),
-            ),
+            Ref {
+                api_version: meta("/apiVersion").unwrap_or_default(),
+                uid: meta("/metadata/uid"),
+                resource_version: meta("/metadata/resourceVersion"),
+                generation: v.pointer("/metadata/generation").and_then(Value::as_i64),
+                conditions: v
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
         );
         let checked = compile::check(v, domain).map(Arc::new);
         self.dirty_object(&key, Some(&checked));
@@ -689,7 +712,8 @@ impl Controller {
     }
 
     fn object_ref(&self, id: &ObjectRef) -> ObjectReference {
-        let (api_version, uid, rv) = self.refs.get(id).cloned().unwrap_or_default();
+        let r = self.refs.get(id).cloned().unwrap_or_default();
+        let (api_version, uid, rv) = (r.api_version, r.uid, r.resource_version);
         ObjectReference {
             api_version: Some(api_version),
             kind: Some(id.kind.clone()),
@@ -793,7 +817,8 @@ impl Controller {
                 }
             }
         }
-        self.dirty.as_ref().is_some_and(|d| !d.is_empty())
+        let statuses_left = self.status && self.write_statuses().await;
+        statuses_left || self.dirty.as_ref().is_some_and(|d| !d.is_empty())
     }
 
     async fn write(
@@ -866,6 +891,87 @@ impl Controller {
                 self.dirty_ns(ns);
             }
         }
+    }
+}
+
+/// What the controller keeps of an object besides its check.
+#[derive(Clone, Debug, Default)]
+struct Ref {
+    api_version: String,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    /// Its `status.conditions` as last seen.
+    conditions: Vec<Value>,
+}
+
+/// Most status writes in one reconcile (the rest follow a second later).
+const MAX_STATUS_WRITES: usize = 50;
+
+impl Controller {
+    /// Write our condition into the objects whose status does not carry it as it should;
+    /// true when some are left for later.
+    async fn write_statuses(&mut self) -> bool {
+        let mut todo = Vec::new();
+        for (key, result) in &self.world.objects {
+            let Some(r) = self.refs.get(key) else {
+                continue;
+            };
+            let mut ours = plan::condition(result, r.generation);
+            if let Some(list) = plan::conditions_to_write(&r.conditions, &ours) {
+                let now = k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+                ours["lastTransitionTime"] = Value::String(now.to_string());
+                let list: Vec<Value> = list
+                    .into_iter()
+                    .map(|c| {
+                        if plan::same_condition(&c, &ours) {
+                            ours.clone()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                todo.push((key.clone(), r.clone(), list));
+            }
+        }
+        let more = todo.len() > MAX_STATUS_WRITES;
+        for (key, r, list) in todo.into_iter().take(MAX_STATUS_WRITES) {
+            let Some(k) = KINDS.iter().find(|k| k.kind == key.kind) else {
+                continue;
+            };
+            let version = r.api_version.rsplit('/').next().unwrap_or("v1").to_string();
+            let ar = resource(k, &version);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": r.resource_version},
+                "status": {"conditions": list},
+            });
+            match api
+                .patch_status(
+                    &key.name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(o) => {
+                    if let Some(r) = self.refs.get_mut(&key) {
+                        r.resource_version = o.metadata.resource_version.clone();
+                        r.conditions = list;
+                    }
+                }
+                // Changed meanwhile: its watch event brings the new version; tried again then.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "rules controller: cannot write the status of {key}");
+                    return true;
+                }
+            }
+        }
+        more
     }
 }
 

@@ -147,6 +147,59 @@ pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>)
         .collect()
 }
 
+/// The condition type the controller writes into an object's `status.conditions` (opt-in); its
+/// own type, so conditions Istio's control plane writes next to it are left as they are.
+pub const CONDITION: &str = "remora.dev/Compiled";
+
+/// Our condition for an object at `generation`: `True` when the rules controller compiles it,
+/// `False` with the reason when it leaves it out. `lastTransitionTime` is the caller's.
+pub fn condition(
+    result: &Result<Arc<Checked>, Invalid>,
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let (status, reason, message) = match result {
+        Ok(_) => (
+            "True",
+            "Compiled",
+            "compiled into the remora-mesh-rules ConfigMap of every meshed namespace that sees it"
+                .to_string(),
+        ),
+        Err(e) => ("False", "Invalid", e.reason.clone()),
+    };
+    let mut c = serde_json::json!({"type": CONDITION, "status": status, "reason": reason, "message": message});
+    if let Some(g) = generation {
+        c["observedGeneration"] = g.into();
+    }
+    c
+}
+
+/// The same condition, whatever its `lastTransitionTime`?
+pub fn same_condition(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    ["type", "status", "reason", "message", "observedGeneration"]
+        .iter()
+        .all(|k| a.get(*k) == b.get(*k))
+}
+
+/// The `status.conditions` to write: `current` with ours replaced by `ours`; `None` when ours
+/// is already there as it should be.
+pub fn conditions_to_write(
+    current: &[serde_json::Value],
+    ours: &serde_json::Value,
+) -> Option<Vec<serde_json::Value>> {
+    if current.iter().any(|c| {
+        c.get("type").and_then(|t| t.as_str()) == Some(CONDITION) && same_condition(c, ours)
+    }) {
+        return None;
+    }
+    let mut out: Vec<serde_json::Value> = current
+        .iter()
+        .filter(|c| c.get("type").and_then(|t| t.as_str()) != Some(CONDITION))
+        .cloned()
+        .collect();
+    out.push(ours.clone());
+    Some(out)
+}
+
 /// The objects that failed their check (not the unsupported kinds), for Events and logs.
 pub fn invalid(world: &World) -> Vec<&Invalid> {
     world
@@ -298,6 +351,40 @@ mod tests {
                 other => panic!("{ns}: expected Create, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn status_conditions_keep_others_and_change_only_when_ours_does() {
+        let ok = compile::check(
+            &json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                    "metadata": {"name": "s", "namespace": "a"}, "spec": {}}),
+            "cluster.local",
+        )
+        .map(Arc::new);
+        let ours = condition(&ok, Some(3));
+        assert_eq!(ours["status"], "True");
+        assert_eq!(ours["observedGeneration"], 3);
+        let istio = json!({"type": "Reconciled", "status": "True", "message": "istiod"});
+        let first = conditions_to_write(&[istio.clone()], &ours).expect("written");
+        assert_eq!(first, vec![istio.clone(), ours.clone()]);
+        // Already there (another lastTransitionTime): nothing to write.
+        let mut stamped = ours.clone();
+        stamped["lastTransitionTime"] = json!("2026-12-07T08:00:00Z");
+        assert_eq!(
+            conditions_to_write(&[istio.clone(), stamped.clone()], &ours),
+            None
+        );
+        // A new generation, now invalid: replaced, Istio's kept.
+        let bad: Result<Arc<Checked>, Invalid> = Err(Invalid {
+            id: None,
+            reason: "spec.x: bad".into(),
+            unsupported: false,
+        });
+        let now = condition(&bad, Some(4));
+        let next = conditions_to_write(&[istio.clone(), stamped], &now).expect("written");
+        assert_eq!(next, vec![istio, now.clone()]);
+        assert_eq!(now["status"], "False");
+        assert_eq!(now["message"], "spec.x: bad");
     }
 
     #[test]
