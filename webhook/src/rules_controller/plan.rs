@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(ours["status"], "True");
         assert_eq!(ours["observedGeneration"], 3);
         let istio = json!({"type": "Reconciled", "status": "True", "message": "istiod"});
-        let first = conditions_to_write(&[istio.clone()], &ours).expect("written");
+        let first = conditions_to_write(std::slice::from_ref(&istio), &ours).expect("written");
         assert_eq!(first, vec![istio.clone(), ours.clone()]);
         // Already there (another lastTransitionTime): nothing to write.
         let mut stamped = ours.clone();
