@@ -533,3 +533,83 @@ async fn status_conditions_when_asked() {
     assert_eq!(settled, 3, "one per object, one for the new generation");
     ctl.shutdown().await;
 }
+
+/// A Sidecar's egress hosts keep other namespaces' objects out of its namespace's ConfigMap;
+/// changes arriving together are written together (one batch, not one write per change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_scope_and_batched_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = LabApi::start_local(dir.path()).expect("api");
+    setup(&api);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1"], None),
+    );
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("legacy", "old", "old", &["v1"], None),
+    );
+    api.apply(
+        NET,
+        "sidecars",
+        json!({"apiVersion": NET, "kind": "Sidecar",
+               "metadata": {"name": "default", "namespace": "frontend"},
+               "spec": {"egress": [{"hosts": ["./*", "bookinfo/*"]}]}}),
+    );
+    let ctl = rules_controller::start(client(&api), options("replica-a"));
+    until("frontend's ConfigMap", Duration::from_secs(20), || {
+        keys(&api, "frontend").is_some()
+    })
+    .await;
+    assert_eq!(
+        keys(&api, "frontend").expect("frontend"),
+        [
+            "bookinfo.destinationrule.reviews.yaml",
+            "frontend.sidecar.default.yaml"
+        ],
+        "legacy's DestinationRule is outside frontend's Sidecar egress hosts"
+    );
+    // bookinfo has no Sidecar: it sees legacy's.
+    assert!(keys(&api, "bookinfo")
+        .expect("bookinfo")
+        .contains(&"legacy.destinationrule.old.yaml".to_string()));
+    // Five changes at once: one batch.
+    let puts = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PUT"
+                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
+            })
+            .count()
+    };
+    let before = puts();
+    for i in 2..=6 {
+        let subsets: Vec<String> = (1..=i).map(|n| format!("v{n}")).collect();
+        let refs: Vec<&str> = subsets.iter().map(String::as_str).collect();
+        api.apply(
+            NET,
+            "destinationrules",
+            dr("bookinfo", "reviews", "reviews", &refs, None),
+        );
+    }
+    until("the last change", Duration::from_secs(10), || {
+        api.object("configmaps", "frontend", "remora-mesh-rules")
+            .and_then(|cm| {
+                cm["data"]["bookinfo.destinationrule.reviews.yaml"]
+                    .as_str()
+                    .map(|t| t.contains("name: v6"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = puts() - before;
+    assert!(
+        (1..=2).contains(&writes),
+        "{writes} writes for five changes made together"
+    );
+    ctl.shutdown().await;
+}
