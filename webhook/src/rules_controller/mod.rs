@@ -348,7 +348,9 @@ async fn lead(
             }
             _ = renew.tick() => {
                 match elector.round().await {
-                    Ok(lease::Round::Leading) => {}
+                    Ok(lease::Round::Leading) => {
+                        ctl.lease_valid_until = Instant::now() + opts.lease_duration / 2;
+                    }
                     Ok(lease::Round::Following(h)) => {
                         tracing::warn!(leader = %h, "rules controller: lost the lease; stopping writes");
                         break false;
@@ -525,6 +527,9 @@ struct Controller {
     refs: BTreeMap<ObjectRef, Ref>,
     /// Write status conditions.
     status: bool,
+    /// Until when the Lease surely is ours (renewed at the last election round, minus a margin):
+    /// past it, nothing is written (another replica may lead by then).
+    lease_valid_until: Instant,
     /// What was already reported (Events and log lines), so each is said once: key → reason.
     reported: BTreeMap<String, String>,
     recorder: Recorder,
@@ -545,6 +550,7 @@ impl Controller {
             dirty: None,
             refs: BTreeMap::new(),
             status: opts.status,
+            lease_valid_until: Instant::now() + opts.lease_duration / 2,
             reported: BTreeMap::new(),
         }
     }
@@ -828,6 +834,11 @@ impl Controller {
         update: Option<Option<String>>,
         objects: usize,
     ) {
+        if Instant::now() > self.lease_valid_until {
+            // A long batch outlived the last renewal: renew first, then write.
+            self.dirty_ns(ns);
+            return;
+        }
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let labels: BTreeMap<String, String> = [
             (MANAGED_BY.0, MANAGED_BY.1),
@@ -912,6 +923,9 @@ impl Controller {
     /// Write our condition into the objects whose status does not carry it as it should;
     /// true when some are left for later.
     async fn write_statuses(&mut self) -> bool {
+        if Instant::now() > self.lease_valid_until {
+            return true;
+        }
         let mut todo = Vec::new();
         for (key, result) in &self.world.objects {
             let Some(r) = self.refs.get(key) else {
