@@ -314,7 +314,7 @@ async fn lead(
     // When the current batch began (its first change), and when failed writes are retried.
     let mut batch_start: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
-    let lost = loop {
+    let stopping = loop {
         let deadline = batch_start
             .map(|s| s + opts.debounce)
             .into_iter()
@@ -365,7 +365,7 @@ async fn lead(
         }
     };
     watchers.abort_all();
-    lost
+    stopping
 }
 
 /// The API resource of `k` at `version`.
