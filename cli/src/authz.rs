@@ -745,14 +745,15 @@ spec: {mtls: {mode: STRICT}}
     fn args(pairs: &[(&str, &str)]) -> RequestArgs {
         let mut a = RequestArgs::default();
         for (k, v) in pairs {
-            let v = Some(v.to_string());
+            let text = v.to_string();
+            let v = Some(text.clone());
             match *k {
                 "method" => a.method = v,
                 "path" => a.path = v,
                 "host" => a.host = v,
                 "principal" => a.principal = v,
                 "source-ip" => a.source_ip = v,
-                "header" => a.headers.push(v.unwrap_or_default()),
+                "header" => a.headers.push(text),
                 "request-principal" => a.request_principal = v,
                 _ => panic!("{k}"),
             }

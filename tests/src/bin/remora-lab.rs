@@ -822,7 +822,17 @@ fn authz_step(lab: &mut Lab, failures: &mut Vec<String>) -> Result<()> {
     println!("   sample JWKS, and DENYs /secure* to requests without a valid one\n");
     lab.set_rules("bookinfo", &authz_rules(&jwks))?;
     let forged = forge(&token);
-    let cases: [(&str, &str, &str, Option<&str>, &str, u16, &str); 5] = [
+    // (from, to, path, token, what the token is, status, body)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: [Case; 5] = [
         ("reviews-v2", "ratings", "/ratings/0", None, "-", 200, ""),
         (
             "productpage",
