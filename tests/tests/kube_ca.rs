@@ -1371,22 +1371,27 @@ async fn requests_between_sidecars_reuse_mutual_tls_connections() {
     const N: usize = 30;
     let host = "httpbin.default.svc.cluster.local:8000";
     let logs = || format!("{}\n{}\n{}", client.log(), other.log(), server.log());
+    // The time of each of sleep's requests, per protocol (a new connection to its sidecar
+    // included).
+    let mut took: Vec<(&str, Vec<Duration>)> = Vec::new();
     for proto in ["h1", "h2"] {
+        let mut times = Vec::with_capacity(N);
         for i in 0..N {
-            let (a, b) = if proto == "h1" {
-                (
-                    get(client.outbound, host, &format!("/get/{proto}-sleep-{i}")).await,
-                    get(other.outbound, host, &format!("/get/{proto}-httpbin-{i}")).await,
-                )
-            } else {
-                (
-                    get_h2(client.outbound, host, &format!("/get/{proto}-sleep-{i}")).await,
-                    get_h2(other.outbound, host, &format!("/get/{proto}-httpbin-{i}")).await,
-                )
+            let get_as = |sidecar: &Sidecar, who: &str| {
+                let (addr, path) = (sidecar.outbound, format!("/get/{proto}-{who}-{i}"));
+                async move {
+                    if proto == "h1" {
+                        get(addr, host, &path).await
+                    } else {
+                        get_h2(addr, host, &path).await
+                    }
+                }
             };
-            let (code, body) = a.unwrap();
+            let t = Instant::now();
+            let (code, body) = get_as(&client, "sleep").await.unwrap();
+            times.push(t.elapsed());
             assert_eq!(code, 200, "{proto} {i}: {body}\n{}", logs());
-            let (code, body) = b.unwrap();
+            let (code, body) = get_as(&other, "httpbin").await.unwrap();
             assert_eq!(
                 (code, body.as_str()),
                 (403, "RBAC: access denied"),
@@ -1394,6 +1399,8 @@ async fn requests_between_sidecars_reuse_mutual_tls_connections() {
                 logs()
             );
         }
+        times.sort();
+        took.push((proto, times));
     }
 
     let lines = inbound_requests(&server, 4 * N).await;
@@ -1437,6 +1444,13 @@ async fn requests_between_sidecars_reuse_mutual_tls_connections() {
     println!(
         "measured: {N} requests each, mTLS connections the server sidecar accepted: {counts:?}"
     );
+    for (proto, t) in &took {
+        println!(
+            "measured: sleep's {proto} requests through both sidecars (debug build, each on a new connection to the client sidecar): p50 {:?}, max {:?}",
+            t[N / 2],
+            t[N - 1]
+        );
+    }
     assert_eq!(conns.len(), 4, "{conns:?}");
     for ((proto, who), c) in &conns {
         // Sequential requests: one connection, give or take a request that came in while the
