@@ -22,7 +22,10 @@
 //! their `MeshConnect`, whose pool group also names the endpoint, the expected identity, the
 //! protocol and the client certificate; plain-text peers use the endpoint's own address and
 //! never share a group with them. Pingora's other check of a pooled connection is unchanged: a
-//! connection that reads end-of-file or unexpected bytes is not handed out.
+//! connection that reads end-of-file or unexpected bytes is not handed out. The 0.0.0.0 case is
+//! Pingora's behaviour, not its documented interface: should an upgrade change it, connections
+//! would silently stop being reused (never be shared wrongly), which the tests below and
+//! `tests/tests/kube_ca.rs` (connections per request at the server sidecar) report.
 //!
 //! Hot path (hand-written, why): every byte between sidecars crosses the pair once more. The
 //! copy is tokio's `copy_bidirectional` (8 KiB buffers each way, the write side flushed whenever
