@@ -303,7 +303,11 @@ impl CaClient {
 /// A P-256 CSR as an Istio agent makes it: no subject, the SANs given (URIs for `spiffe://`,
 /// DNS names otherwise).
 fn csr(sans: &[&str]) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
+    csr_with(&rcgen::KeyPair::generate().unwrap(), sans)
+}
+
+/// `csr` for the key `key`.
+fn csr_with(key: &rcgen::KeyPair, sans: &[&str]) -> String {
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.subject_alt_names = sans
@@ -316,7 +320,7 @@ fn csr(sans: &[&str]) -> String {
             }
         })
         .collect();
-    p.serialize_request(&key).unwrap().pem().unwrap()
+    p.serialize_request(key).unwrap().pem().unwrap()
 }
 
 fn posts_to(api: &RecordedApi, path: &str) -> Vec<Value> {
@@ -847,6 +851,34 @@ async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> anyhow::Resu
         .map_err(|_| anyhow::anyhow!("GET {path} via {addr} timed out"))?
 }
 
+/// One HTTP/2 GET (prior knowledge, h2c) to `addr` on a new connection: (status, body).
+async fn get_h2(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(format!("http://{host}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("h2 GET {path} via {addr} timed out"))?
+}
+
 const SLEEP: &str = "spiffe://cluster.local/ns/other/sa/sleep";
 
 /// The server's rules: PeerAuthentication for its namespace, and an AuthorizationPolicy that
@@ -1279,5 +1311,356 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
     drop(client);
     drop(server);
     app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}
+
+/// The server sidecar's access-log lines of inbound HTTP requests, once there are `n` of them
+/// (bounded wait: the log is written by a task of its own).
+async fn inbound_requests(server: &Sidecar, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines: Vec<Value> = server
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["kind"] == "http" && v["direction"] == "inbound")
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} access-log lines\n{}",
+            lines.len(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// HTTP requests between sidecars reuse the mTLS connections, HTTP/1.1 and HTTP/2 alike, and
+/// every request on a reused connection carries that connection's client identity. Two client
+/// sidecars with different identities (other/sleep, default/httpbin) send interleaved requests,
+/// each on a new connection to their sidecar; the server sidecar's access log names, per
+/// request, the connection it came on (`downstream`, the client sidecar's address) and the
+/// client's SPIFFE id, which its AuthorizationPolicy acts on (sleep may read `/get/*`, httpbin
+/// may not).
+#[tokio::test]
+async fn requests_between_sidecars_reuse_mutual_tls_connections() {
+    let Pair {
+        mut ca,
+        _api,
+        mut app,
+        server,
+        client,
+        dir,
+        ..
+    } = pair("STRICT", &[]).await;
+    let mut other = Sidecar::start(
+        "curl",
+        dir.path(),
+        ca.ca,
+        "default",
+        "httpbin",
+        "tok-httpbin",
+        &client_rules(server.inbound),
+        ("fixed-outbound-target", server.inbound),
+        &[],
+    );
+    other.ready().await;
+    const N: usize = 30;
+    let host = "httpbin.default.svc.cluster.local:8000";
+    let logs = || format!("{}\n{}\n{}", client.log(), other.log(), server.log());
+    // The time of each of sleep's requests, per protocol (a new connection to its sidecar
+    // included).
+    let mut took: Vec<(&str, Vec<Duration>)> = Vec::new();
+    for proto in ["h1", "h2"] {
+        let mut times = Vec::with_capacity(N);
+        for i in 0..N {
+            let get_as = |sidecar: &Sidecar, who: &str| {
+                let (addr, path) = (sidecar.outbound, format!("/get/{proto}-{who}-{i}"));
+                async move {
+                    if proto == "h1" {
+                        get(addr, host, &path).await
+                    } else {
+                        get_h2(addr, host, &path).await
+                    }
+                }
+            };
+            let t = Instant::now();
+            let (code, body) = get_as(&client, "sleep").await.unwrap();
+            times.push(t.elapsed());
+            assert_eq!(code, 200, "{proto} {i}: {body}\n{}", logs());
+            let (code, body) = get_as(&other, "httpbin").await.unwrap();
+            assert_eq!(
+                (code, body.as_str()),
+                (403, "RBAC: access denied"),
+                "{proto} {i}\n{}",
+                logs()
+            );
+        }
+        times.sort();
+        took.push((proto, times));
+    }
+
+    let lines = inbound_requests(&server, 4 * N).await;
+    assert_eq!(lines.len(), 4 * N);
+    // (protocol, client) -> the connections its requests came on.
+    let mut conns: std::collections::BTreeMap<(String, &str), std::collections::BTreeSet<String>> =
+        Default::default();
+    // connection -> the identities seen on it.
+    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for l in &lines {
+        let path = l["path"].as_str().unwrap_or_default();
+        let (proto, who) = path
+            .strip_prefix("/get/")
+            .and_then(|p| p.split_once('-'))
+            .map(|(proto, rest)| (proto, rest.split('-').next().unwrap_or_default()))
+            .unwrap_or_else(|| panic!("{l}"));
+        let want = if who == "sleep" { SLEEP } else { HTTPBIN };
+        assert_eq!(l["peer_principal"], want, "{l}");
+        assert_eq!(l["connection_security_policy"], "mutual_tls", "{l}");
+        let protocol = if proto == "h1" { "http" } else { "http2" };
+        assert_eq!(l["protocol"], protocol, "{l}");
+        let conn = l["downstream"].as_str().unwrap_or_default().to_string();
+        conns
+            .entry((
+                proto.to_string(),
+                if who == "sleep" { "sleep" } else { "httpbin" },
+            ))
+            .or_default()
+            .insert(conn.clone());
+        ids.entry(conn).or_default().insert(want.to_string());
+    }
+    // Never two identities on one connection.
+    for (conn, who) in &ids {
+        assert_eq!(who.len(), 1, "{conn}: {who:?}");
+    }
+    let counts: Vec<String> = conns
+        .iter()
+        .map(|((proto, who), c)| format!("{proto} {who}: {} connections", c.len()))
+        .collect();
+    println!(
+        "measured: {N} requests each, mTLS connections the server sidecar accepted: {counts:?}"
+    );
+    for (proto, t) in &took {
+        println!(
+            "measured: sleep's {proto} requests through both sidecars (debug build, each on a new connection to the client sidecar): p50 {:?}, max {:?}",
+            t[N / 2],
+            t[N - 1]
+        );
+    }
+    assert_eq!(conns.len(), 4, "{conns:?}");
+    for ((proto, who), c) in &conns {
+        // Sequential requests: one connection, give or take a request that came in while the
+        // previous one's connection was on its way back to the pool.
+        assert!(
+            c.len() <= N / 10,
+            "{proto} {who}: {} connections for {N} requests: {c:?}",
+            c.len()
+        );
+    }
+    let m = server.metrics().await;
+    assert_eq!(
+        remora_e2e::client::sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ),
+        (4 * N) as f64
+    );
+    drop(other);
+    drop(client);
+    drop(server);
+    app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}
+
+/// A server sidecar's mTLS, as the stand-in below sees each connection: the client
+/// certificate's serial, the SNI and the ALPN value agreed.
+#[derive(Clone, Debug)]
+struct SeenConnection {
+    serial: String,
+    sni: Option<String>,
+    alpn: Option<String>,
+}
+
+/// A stand-in for a server sidecar, to see what the client sidecar presents: it terminates
+/// mTLS with a certificate the CA issued for default/httpbin, requires a client certificate from
+/// the mesh root, agrees on Istio's ALPN values, records each connection, and answers every
+/// HTTP/1.1 request 200 with the number of the connection it came on.
+async fn stand_in_server(
+    ca: &mut CaProc,
+    root: &str,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<SeenConnection>>>,
+) {
+    use rustls_pki_types::PrivateKeyDer;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut c = ca.client(root).await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr_with(&key, &[HTTPBIN]), 3600)
+        .await
+        .unwrap();
+    let certs: Vec<CertificateDer<'static>> = chain.iter().map(|p| der(p)).collect();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(root)).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    cfg.alpn_protocols = vec![b"istio-http/1.1".to_vec(), b"istio".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let conn = tls.get_ref().1;
+            let leaf = conn.peer_certificates().unwrap()[0].clone();
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+            let n = {
+                let mut s = record.lock().unwrap();
+                s.push(SeenConnection {
+                    serial: cert.raw_serial_as_string().replace(':', ""),
+                    sni: conn.server_name().map(str::to_string),
+                    alpn: conn
+                        .alpn_protocol()
+                        .map(|a| String::from_utf8_lossy(a).into_owned()),
+                });
+                s.len() - 1
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(n.to_string())),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// After the client sidecar's certificate rotates, its requests go on new connections that
+/// present the new certificate (the old connections are not handed out again); before, they
+/// share a connection. Two-minute certificates renewed at a tenth of their life (a renewal
+/// every few seconds); the server is a stand-in that records the certificate of each connection.
+#[tokio::test]
+async fn after_a_rotation_new_connections_present_the_new_certificate() {
+    let (_api, mut ca, root, dir) = ca_with_root().await;
+    let (addr, seen) = stand_in_server(&mut ca, &root).await;
+    let mut client = Sidecar::start(
+        "sleep",
+        dir.path(),
+        ca.ca,
+        "other",
+        "sleep",
+        "tok-other-ns",
+        &client_rules(addr),
+        ("fixed-outbound-target", addr),
+        &["--cert-ttl=2m", "--cert-rotate-at=0.1"],
+    );
+    client.ready().await;
+    let serial = |dump: &str| -> String {
+        let v: Value = serde_json::from_str(dump).unwrap();
+        v["identity"]["serial"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    let host = "httpbin.default.svc.cluster.local:8000";
+    // The client's serials in the order they appeared; per request: the serial current just
+    // before it was sent, and the connection it went on.
+    let mut serials: Vec<String> = Vec::new();
+    let mut sent: Vec<(usize, usize)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut after = 0;
+    for i in 0..2000 {
+        let (_, d) = get(client.admin, "x", "/config_dump").await.unwrap();
+        let s = serial(&d);
+        if serials.last() != Some(&s) {
+            serials.push(s);
+        }
+        let (code, body) = get(client.outbound, host, &format!("/r{i}")).await.unwrap();
+        assert_eq!(code, 200, "{body}\n{}", client.log());
+        sent.push((serials.len() - 1, body.trim().parse().unwrap()));
+        if serials.len() > 1 {
+            after += 1;
+            if after >= 20 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation within 40 s ({serials:?})\n{}",
+            client.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    // Istio's SNI (the port is the original destination's) and ALPN value.
+    let sni = format!(
+        "outbound_.{}_._.httpbin.default.svc.cluster.local",
+        addr.port()
+    );
+    for c in &seen {
+        assert_eq!(c.sni.as_deref(), Some(sni.as_str()));
+        assert_eq!(c.alpn.as_deref(), Some("istio-http/1.1"));
+    }
+    for (n, (current, conn)) in sent.iter().enumerate() {
+        let presented = &seen[*conn].serial;
+        let at = serials
+            .iter()
+            .position(|s| s == presented)
+            .unwrap_or_else(|| {
+                panic!("request {n}: serial {presented} never current ({serials:?})")
+            });
+        // The certificate of the connection is the one current when the request was sent, or
+        // a newer one (a renewal between the dump and the request).
+        assert!(
+            at >= *current,
+            "request {n} went on connection {conn} with the old certificate {presented} ({serials:?})"
+        );
+    }
+    let requests = sent.len();
+    println!(
+        "measured: {requests} requests, {} serials, {} mTLS connections",
+        serials.len(),
+        seen.len()
+    );
+    // One connection per certificate, give or take a request that came in while the previous
+    // one's connection was on its way back to the pool.
+    assert!(
+        seen.len() <= 2 * serials.len() + 2,
+        "{} connections for {requests} requests and {} certificates",
+        seen.len(),
+        serials.len()
+    );
+    drop(client);
     ca.stop_and_log();
 }

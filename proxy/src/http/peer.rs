@@ -40,8 +40,14 @@ pub(super) fn build(
     let mut peer = match (tls, mesh) {
         (_, Some(m)) => {
             // Mesh mTLS: remora's own handshake (Istio ALPN, SPIFFE check) under a plain
-            // Pingora peer; its pool group keeps these apart from plain connections.
-            let mut p = HttpPeer::new(addr, false, String::new());
+            // Pingora peer whose address is a stand-in so that Pingora pools the connections
+            // (`mtls::relay`); the pool group names the endpoint and keeps these apart from
+            // plain connections.
+            let mut p = HttpPeer::new(
+                crate::mtls::relay::peer_addr(addr.port()),
+                false,
+                String::new(),
+            );
             p.group_key = m.group_key();
             p.options.custom_l4 = Some(std::sync::Arc::new(m));
             p
@@ -149,8 +155,11 @@ fn mesh_connect(
         return None;
     }
     let domain = shared.snapshot.load().ctx.cluster_domain.clone();
+    let identity = identity?;
     Some(crate::mtls::outbound::MeshConnect {
-        identity: identity?.clone(),
+        identity: identity.clone(),
+        material: identity.current(),
+        addr,
         what: if ctx.upstream_h2 {
             crate::identity::Carried::H2
         } else {

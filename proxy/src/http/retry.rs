@@ -65,6 +65,15 @@ pub(super) fn check_route_timeout(session: &Session, ctx: &mut ReqCtx) -> Result
     Ok(None)
 }
 
+/// The peer for messages: a mesh peer's address is a stand-in (`mtls::relay`), so the endpoint
+/// is named instead.
+fn peer_name(peer: &HttpPeer, ctx: &ReqCtx) -> String {
+    match (ctx.mesh_upstream, ctx.upstream) {
+        (true, Some(a)) => format!("{a} (mesh mTLS)"),
+        _ => peer.to_string(),
+    }
+}
+
 /// Connecting to the upstream failed: retry it when the route allows.
 pub(super) fn on_connect_failure(
     session: &mut Session,
@@ -73,7 +82,7 @@ pub(super) fn on_connect_failure(
     e: Box<Error>,
 ) -> Box<Error> {
     ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
-    debug!(peer = %peer, "upstream connect failed: {e}");
+    debug!(peer = %peer_name(peer, ctx), "upstream connect failed: {e}");
     let mut e = e;
     let replayable = !session.retry_buffer_truncated();
     if let Some(rp) = ctx.policy.as_mut() {
@@ -100,7 +109,7 @@ pub(super) fn on_proxy_error(
     ctx: &mut ReqCtx,
     client_reused: bool,
 ) -> Box<Error> {
-    let mut e = e.more_context(format!("Peer: {peer}"));
+    let mut e = e.more_context(format!("Peer: {}", peer_name(peer, ctx)));
     if ctx.retry_pending {
         // Decided in upstream_response_filter.
         e.set_retry(true);

@@ -48,11 +48,12 @@ impl Peers {
 
     fn insert(self: &Arc<Self>, client: SocketAddr, info: Arc<PeerInfo>) -> PeerEntry {
         if let Ok(mut m) = self.map.lock() {
-            m.insert(client, info);
+            m.insert(client, info.clone());
         }
         PeerEntry {
             peers: self.clone(),
             client,
+            info,
         }
     }
 }
@@ -61,12 +62,19 @@ impl Peers {
 pub struct PeerEntry {
     peers: Arc<Peers>,
     client: SocketAddr,
+    info: Arc<PeerInfo>,
 }
 
 impl Drop for PeerEntry {
     fn drop(&mut self) {
         if let Ok(mut m) = self.peers.map.lock() {
-            m.remove(&self.client);
+            // Only this connection's own entry: a newer connection from the same address (the
+            // port reused) keeps its identity.
+            if m.get(&self.client)
+                .is_some_and(|i| Arc::ptr_eq(i, &self.info))
+            {
+                m.remove(&self.client);
+            }
         }
     }
 }
@@ -119,4 +127,33 @@ pub async fn terminate(
     let entry = client.map(|c| peers.insert(c, info.clone()));
     let digest = super::socket::digest_of(fd, digest.as_deref());
     Ok((super::socket::into_stream(tls, entry, Some(digest)), info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(principal: &str) -> Arc<PeerInfo> {
+        Arc::new(PeerInfo {
+            principal: principal.to_string(),
+            tls_version: "TLSv1_3",
+            alpn: None,
+        })
+    }
+
+    #[test]
+    fn a_closing_connection_leaves_a_newer_one_from_its_address_alone() {
+        let peers = Arc::new(Peers::default());
+        let client: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let old = peers.insert(client, info("spiffe://cluster.local/ns/a/sa/old"));
+        // The port reused by a new connection before the old one's end was noticed.
+        let new = peers.insert(client, info("spiffe://cluster.local/ns/b/sa/new"));
+        drop(old);
+        assert_eq!(
+            peers.get(client).map(|p| p.principal.clone()).as_deref(),
+            Some("spiffe://cluster.local/ns/b/sa/new")
+        );
+        drop(new);
+        assert!(peers.is_empty());
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! - `decide` (here, pure): does a connection to an upstream go as mesh mTLS?
 //! - `outbound`: originate it (Pingora's custom connect for HTTP, a direct call for TCP).
+//! - `relay`: an outbound mTLS connection handed to Pingora so that Pingora pools it.
 //! - `inbound`: terminate it on the capture listener, and remember the client's identity.
-//! - `socket`: a TLS stream handed to Pingora as a plain stream.
+//! - `socket`: a terminated inbound TLS stream handed to Pingora as a plain stream.
 
 pub mod inbound;
 pub mod outbound;
+pub mod relay;
 pub mod socket;
 
 use remora_model::policy::traffic::TlsKind;

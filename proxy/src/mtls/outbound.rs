@@ -2,22 +2,22 @@
 //! with Istio's ALPN values, verify the server's chain against the mesh roots and its SPIFFE
 //! id against the destination (trust domain, and the Service's namespace when the host is a
 //! cluster Service). For HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4
-//! connect whose stream is the decrypted TLS), so Pingora pools these connections like any
-//! other; opaque TCP uses `connect` directly.
+//! connect whose stream Pingora gets through `relay`), so Pingora pools these connections like
+//! plain-text ones, in pool groups of their own; opaque TCP uses `handshake` directly.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::identity::material::{check_peer_id, spiffe_of};
-use crate::identity::{Carried, Identity};
+use crate::identity::{Carried, Identity, Material};
 
 /// What a mesh connection to one destination must be.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,24 +46,6 @@ pub fn service_namespace(host: &str, cluster_domain: &str) -> Option<String> {
     (!ns.is_empty()).then(|| ns.to_string())
 }
 
-/// Connect to `addr` and do the mTLS handshake; the server's identity is returned.
-pub async fn connect(
-    identity: &Identity,
-    what: Carried,
-    expect: &Expect,
-    addr: SocketAddr,
-    bind: Option<IpAddr>,
-    timeout: Duration,
-) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
-    if identity.current().is_none() {
-        return Err(no_certificate(identity));
-    }
-    let tcp = crate::upstream::connect_tcp(addr, bind, false, timeout)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    handshake(identity, what, expect, tcp, timeout).await
-}
-
 fn no_certificate(identity: &Identity) -> String {
     format!(
         "mutual TLS needs the workload certificate, which the CA at {} has not issued yet",
@@ -71,7 +53,8 @@ fn no_certificate(identity: &Identity) -> String {
     )
 }
 
-/// The mTLS handshake on a connected `tcp`; the server's identity is returned.
+/// The mTLS handshake on a connected `tcp` with the current workload certificate; the server's
+/// identity is returned.
 pub async fn handshake(
     identity: &Identity,
     what: Carried,
@@ -82,6 +65,27 @@ pub async fn handshake(
     let Some(material) = identity.current() else {
         return Err(no_certificate(identity));
     };
+    handshake_with(
+        &material,
+        &identity.config.trust_domain,
+        what,
+        expect,
+        tcp,
+        timeout,
+    )
+    .await
+}
+
+/// The mTLS handshake on a connected `tcp` presenting `material`'s certificate; the server must
+/// be of `trust_domain` (and of the expected namespace). The server's identity is returned.
+pub async fn handshake_with(
+    material: &Material,
+    trust_domain: &str,
+    what: Carried,
+    expect: &Expect,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
     let addr = tcp
         .peer_addr()
         .map(|a| a.to_string())
@@ -105,12 +109,8 @@ pub async fn handshake(
         .and_then(|c| c.first())
         .and_then(|c| spiffe_of(c.as_ref()))
         .ok_or_else(|| format!("{addr} presented no SPIFFE id"))?;
-    check_peer_id(
-        &server_id,
-        &identity.config.trust_domain,
-        expect.namespace.as_deref(),
-    )
-    .map_err(|e| format!("server {addr}: {e}"))?;
+    check_peer_id(&server_id, trust_domain, expect.namespace.as_deref())
+        .map_err(|e| format!("server {addr}: {e}"))?;
     Ok((tls, server_id))
 }
 
@@ -118,8 +118,15 @@ pub async fn handshake(
 #[derive(Clone)]
 pub struct MeshConnect {
     pub identity: Arc<Identity>,
+    /// The certificate new connections present: the current one when the request's peer was
+    /// built (`None`: none issued yet, and the connect fails). Its serial is part of the pool
+    /// group, so once the certificate rotates, requests open connections with the new one and
+    /// the old connections idle out.
+    pub material: Option<Arc<Material>>,
     pub what: Carried,
     pub expect: Expect,
+    /// The endpoint. The peer's own address is `relay::peer_addr`'s stand-in.
+    pub addr: SocketAddr,
     pub timeout: Duration,
     /// Where a failed handshake is counted (`remora_mtls_failures_total`).
     pub metrics: Arc<crate::telemetry::Metrics>,
@@ -128,45 +135,60 @@ pub struct MeshConnect {
 impl std::fmt::Debug for MeshConnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshConnect")
+            .field("addr", &self.addr)
             .field("what", &self.what)
             .field("expect", &self.expect)
+            .field("serial", &self.material.as_ref().map(|m| &m.serial))
             .finish()
     }
 }
 
 impl MeshConnect {
-    /// The pool group of these connections: never shared with plain ones to the same address,
-    /// nor between destinations that expect different identities or carry other protocols.
+    /// The pool group of these connections: never shared with plain ones, nor between
+    /// endpoints, destinations that expect different identities, protocols carried or client
+    /// certificates.
     pub fn group_key(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         "remora-mesh-mtls".hash(&mut h);
+        self.addr.hash(&mut h);
         self.expect.hash(&mut h);
         (self.what as u8).hash(&mut h);
+        self.material.as_ref().map(|m| &m.serial).hash(&mut h);
         h.finish() | 1
+    }
+
+    async fn connect_tls(
+        &self,
+    ) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let Some(material) = &self.material else {
+            return Err(no_certificate(&self.identity));
+        };
+        let tcp = crate::upstream::connect_tcp(self.addr, None, false, self.timeout)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let trust_domain = &self.identity.config.trust_domain;
+        let (tls, _server) = handshake_with(
+            material,
+            trust_domain,
+            self.what,
+            &self.expect,
+            tcp,
+            self.timeout,
+        )
+        .await?;
+        Ok(tls)
     }
 }
 
 #[async_trait]
 impl pingora::connectors::L4Connect for MeshConnect {
-    async fn connect(&self, addr: &PSocketAddr) -> Result<L4Stream> {
-        let Some(inet) = addr.as_inet().copied() else {
-            return Error::e_explain(ErrorType::ConnectError, "mesh mTLS needs an IP address");
-        };
-        match connect(
-            &self.identity,
-            self.what,
-            &self.expect,
-            inet,
-            None,
-            self.timeout,
-        )
-        .await
-        {
-            Ok((tls, _server)) => {
-                let digest = super::socket::digest_for_tcp(tls.get_ref().0);
-                Ok(super::socket::into_stream(tls, None, Some(digest)))
-            }
+    /// `_peer_addr` is the stand-in address of mesh peers; the endpoint is `self.addr`.
+    async fn connect(&self, _peer_addr: &PSocketAddr) -> Result<L4Stream> {
+        match self.connect_tls().await {
+            Ok(tls) => super::relay::into_stream(tls).or_err_with(ErrorType::ConnectError, || {
+                format!("mesh mTLS to {}: no socket pair", self.addr)
+            }),
             Err(e) => {
                 self.metrics
                     .mtls_failures

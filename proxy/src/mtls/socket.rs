@@ -1,13 +1,14 @@
-//! A TLS connection handed to Pingora as a plain stream: Pingora's "virtual socket" carries the
-//! decrypted bytes, so the HTTP proxy, the head limits and the sniffer work on it unchanged,
-//! while the socket digest (original destination, addresses) still comes from the TCP socket
-//! underneath. The socket also holds the inbound peer-table entry, so a connection's peer
-//! identity is forgotten when the connection closes.
+//! A terminated inbound TLS connection handed to Pingora as a plain stream: Pingora's "virtual
+//! socket" carries the decrypted bytes, so the HTTP proxy, the head limits and the sniffer work
+//! on it unchanged, while the socket digest (original destination, addresses) still comes from
+//! the TCP socket underneath. The socket also holds the inbound peer-table entry, so a
+//! connection's peer identity is forgotten when the connection closes. (A virtual socket has no
+//! file descriptor, which Pingora needs only to pool upstream connections: outbound mTLS goes
+//! through `relay` instead.)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::protocols::{GetSocketDigest, SocketDigest};
@@ -15,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::inbound::PeerEntry;
 
-/// A TLS stream (client or server side) as Pingora's virtual socket.
+/// A TLS stream as Pingora's virtual socket.
 pub struct TlsSocket<S> {
     inner: S,
     _peer: Option<PeerEntry>,
@@ -97,17 +98,5 @@ pub fn digest_of(fd: i32, from: Option<&SocketDigest>) -> SocketDigest {
         let _ = d.local_addr.set(from.local_addr().cloned());
         let _ = d.original_dst.set(from.original_dst().cloned());
     }
-    d
-}
-
-/// A digest for an outbound socket: addresses known from the TCP stream.
-pub fn digest_for_tcp(tcp: &tokio::net::TcpStream) -> SocketDigest {
-    use std::os::unix::io::AsRawFd;
-    let d = SocketDigest::from_raw_fd(tcp.as_raw_fd());
-    let _ = d.peer_addr.set(tcp.peer_addr().ok().map(PSocketAddr::Inet));
-    let _ = d
-        .local_addr
-        .set(tcp.local_addr().ok().map(PSocketAddr::Inet));
-    let _ = d.original_dst.set(None);
     d
 }
