@@ -116,6 +116,10 @@ pub enum Cmd {
         /// With -f: injector config YAML (built-in defaults when not given).
         #[arg(long, requires = "file")]
         config: Option<PathBuf>,
+        /// With -f: an installed revision (repeat for several; default: the config's, else
+        /// default): their webhook entries' selectors decide which injector is called.
+        #[arg(long = "revision", requires = "file")]
+        revisions: Vec<String>,
         /// The injector's ConfigMap in the mesh namespace (key config.yaml).
         #[arg(long, default_value = "remora-injector")]
         injector_config: String,
@@ -132,6 +136,14 @@ pub enum Cmd {
         /// Injector config YAML (built-in defaults when not given).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
+        /// Labels of the namespace, `k=v,k2=v2`: the webhook entries' selectors pick the
+        /// revision, and pods no entry selects are left unchanged (not given: the first revision
+        /// is assumed to be called).
+        #[arg(long)]
+        namespace_labels: Option<String>,
     },
     /// Per meshed pod: the proxy's rule generation and hash against its rules ConfigMap.
     ProxyStatus {
@@ -273,16 +285,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // inject and check-inject -f: offline, the webhook's own code on a file (no kubeconfig).
     let offline_ns = args.namespace.as_deref().unwrap_or("default");
     match &args.cmd {
-        Cmd::Inject { file, config } => {
+        Cmd::Inject {
+            file,
+            config,
+            revisions,
+            namespace_labels,
+        } => {
             if args.output == Output::Json {
                 bail!("-o json: inject prints YAML");
             }
-            return remora_webhook::cli::inject_command(file, config.as_deref(), offline_ns);
+            return remora_webhook::cli::inject_command(
+                file,
+                config.as_deref(),
+                offline_ns,
+                revisions,
+                namespace_labels.as_deref(),
+            );
         }
         Cmd::CheckInject {
             file: Some(file),
             namespace_labels,
             config,
+            revisions,
             ..
         } => {
             if args.output != Output::Text {
@@ -293,6 +317,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 namespace_labels.as_deref(),
                 config.as_deref(),
                 offline_ns,
+                revisions,
             );
         }
         Cmd::Rules {

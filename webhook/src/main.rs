@@ -37,6 +37,10 @@ enum Cmd {
         /// Injector config YAML (reloaded on change; built-in defaults when absent).
         #[arg(long, default_value = "/etc/remora/inject/config.yaml")]
         config: PathBuf,
+        /// This injector's revision: it injects only pods its revision's webhook entries send
+        /// (`/inject/rev/<revision>/<entry>`), and names it in `sidecar.istio.io/status`.
+        #[arg(long, env = "REMORA_REVISION", default_value = "default")]
+        revision: String,
         /// Longest wait for in-flight reviews on SIGTERM, in seconds.
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
@@ -62,6 +66,12 @@ enum Cmd {
         /// Namespace for objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
+        /// Labels of the namespace, `k=v,k2=v2`: pods no webhook entry selects are left alone.
+        #[arg(long)]
+        namespace_labels: Option<String>,
     },
     /// Say whether the webhook would inject each Pod or workload, and why.
     ///
@@ -76,6 +86,9 @@ enum Cmd {
         config: Option<PathBuf>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
     },
 }
 
@@ -453,12 +466,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             config,
+            revision,
             drain_seconds,
             limits,
             certs: cert_args,
             ca: ca_args,
             rules,
         } => {
+            remora_webhook::selectors::check_revision(&revision)
+                .map_err(|why| anyhow::anyhow!("--revision {revision:?}: {why}"))?;
             let limits = limits.limits()?;
             let rules_opts = rules.options(&cert_args.namespace)?;
             init_logging(true);
@@ -473,7 +489,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let cfg = config::ConfigHandle::load_with(&config, identity)?;
+                let cfg = config::ConfigHandle::load_for(&config, identity, &revision)?;
+                tracing::info!(revision = %revision,
+                    "injector revision {revision}: injecting pods sent by the entries of MutatingWebhookConfiguration {} (path /inject/rev/{revision}/<entry>); pods sent for another revision are not injected",
+                    remora_webhook::selectors::revision_name(remora_webhook::selectors::WEBHOOK_CONFIG, &revision));
                 match cfg.get().identity() {
                     Some(id) => tracing::info!(ca_address = %id.ca_address, audience = %id.audience,
                         trust_domain = %id.trust_domain,
@@ -551,15 +570,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
             config,
             namespace,
+            revisions,
+            namespace_labels,
         } => {
             init_logging(false);
-            cli::inject_command(&file, config.as_deref(), &namespace)
+            cli::inject_command(
+                &file,
+                config.as_deref(),
+                &namespace,
+                &revisions,
+                namespace_labels.as_deref(),
+            )
         }
         Cmd::CheckInject {
             file,
             namespace_labels,
             config,
             namespace,
+            revisions,
         } => {
             init_logging(false);
             cli::check_inject_command(
@@ -567,6 +595,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 namespace_labels.as_deref(),
                 config.as_deref(),
                 &namespace,
+                &revisions,
             )
         }
     }
