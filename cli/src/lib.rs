@@ -120,10 +120,11 @@ pub enum Cmd {
         /// default): their webhook entries' selectors decide which injector is called.
         #[arg(long = "revision", requires = "file")]
         revisions: Vec<String>,
-        /// The injector's ConfigMap in the mesh namespace (key config.yaml).
+        /// The default revision's injector ConfigMap in the mesh namespace (key config.yaml);
+        /// revision R's is NAME-R.
         #[arg(long, default_value = "remora-injector")]
         injector_config: String,
-        /// The webhook's Service in the mesh namespace.
+        /// The default revision's webhook Service in the mesh namespace; revision R's is NAME-R.
         #[arg(long, default_value = "remora-webhook")]
         webhook_service: String,
     },
@@ -806,11 +807,26 @@ async fn check_inject(
         namespace: mesh_ns.to_string(),
         name: webhook_service.to_string(),
     };
-    let (cfg, cfg_note) = injector_config(cluster, mesh_ns, injector_cm).await;
     let mwcs = cluster
         .list_as::<MutatingWebhookConfiguration>(paths::MUTATING_WEBHOOKS)
         .await
         .context("listing MutatingWebhookConfigurations")?;
+    // Each revision's injector reads its own ConfigMap (`<name>-<revision>` but for default).
+    let mut configs = BTreeMap::new();
+    let mut notes = BTreeMap::new();
+    for rev in check::remora_revisions(&mwcs, &remora) {
+        let name = remora_webhook::selectors::revision_name(injector_cm, &rev);
+        let (cfg, note) = injector_config(cluster, mesh_ns, &name).await;
+        let (cfg, note) = match cfg.with_revision(&rev) {
+            Ok(c) => (c, note),
+            Err(e) => (
+                Config::default().with_revision(&rev)?,
+                format!("ConfigMap {mesh_ns}/{name}: {e:#}; the injector refuses it (evaluated with the built-in defaults)"),
+            ),
+        };
+        configs.insert(rev.clone(), cfg);
+        notes.insert(rev, note);
+    }
     let ns_obj = cluster
         .get_opt_as::<Namespace>(&paths::namespace(ns))
         .await
@@ -821,9 +837,15 @@ async fn check_inject(
     // `pod` is raw: the object the injector is asked about (see `check`).
     let finish = |object: String, pod: &Value, running: Vec<(Pod, String)>| -> PodCheck {
         let pod = check::as_created(pod);
-        let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &cfg, &remora);
-        for w in webhooks.iter_mut().filter(|w| w.remora) {
-            w.notes.push(cfg_note.clone());
+        let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &configs, &remora);
+        // Where the injector's config came from, for the entries that call it.
+        for w in webhooks
+            .iter_mut()
+            .filter(|w| w.verdict != check::Verdict::NotCalled)
+        {
+            if let Some(note) = w.revision.as_ref().and_then(|r| notes.get(r)) {
+                w.notes.push(note.clone());
+            }
         }
         let (verdict, summary) = check::overall(&webhooks, &remora);
         let running = running
