@@ -105,7 +105,8 @@ async fn check_inject_injected_pod_and_the_pod_that_predates_the_label() {
         "{}",
         r.all()
     );
-    let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+    let wh =
+        r.line("webhook remora-sidecar-injector/namespace.sidecar-injector.remora.dev [remora]:");
     assert!(wh.contains(": INJECTED: called"), "{wh}");
     assert!(wh.contains("istio-injection In [enabled]"), "{wh}");
     assert!(wh.contains("default policy (enabled)"), "{wh}");
@@ -155,8 +156,27 @@ async fn check_inject_deployment_lists_its_pods_and_json_output() {
     let c = &v[0];
     assert_eq!(c["object"], "Deployment/web");
     assert_eq!(c["verdict"], "INJECTED");
-    assert_eq!(c["webhooks"].as_array().map(Vec::len), Some(1), "{v:#}");
-    assert_eq!(c["webhooks"][0]["remora"], true);
+    // The default revision's four entries (Istio's layout); only the namespace entry is called.
+    assert_eq!(c["webhooks"].as_array().map(Vec::len), Some(4), "{v:#}");
+    assert!(
+        c["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["remora"] == true && w["revision"] == "default"),
+        "{v:#}"
+    );
+    let called: Vec<&Value> = c["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["verdict"] != "NOT_CALLED")
+        .collect();
+    assert_eq!(called.len(), 1, "{v:#}");
+    assert_eq!(
+        called[0]["webhook"],
+        "namespace.sidecar-injector.remora.dev"
+    );
     let running: Vec<(String, bool)> = c["running"]
         .as_array()
         .expect("running pods")
@@ -232,7 +252,9 @@ async fn check_inject_not_injected_for_each_reason() {
             "{args:?}: want {verdict}\n{}",
             r.all()
         );
-        let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+        let wh = r.line(
+            "webhook remora-sidecar-injector/namespace.sidecar-injector.remora.dev [remora]:",
+        );
         assert!(wh.contains(why), "{args:?}: want {why:?}\n{}", r.all());
     }
     // The annotation case names the annotation.

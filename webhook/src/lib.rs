@@ -7,7 +7,8 @@
 //! `inject`/`check-inject` call `cli` too). `validate_rules` answers the validating webhook for
 //! rules ConfigMaps (`POST /validate`) with `rules_lint`, the linter `remora analyze` runs.
 //! `selectors` is the one definition of the injector's webhook entries per revision (Istio's
-//! layout), evaluated with `label_selector` as the API server evaluates them.
+//! layout), evaluated with `label_selector` as the API server evaluates them; `manifest` renders
+//! another revision's install from the default revision's.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod decide;
 pub mod inject;
 pub mod label_selector;
+pub mod manifest;
 pub mod metrics;
 pub mod patch;
 pub mod probes;

@@ -1,6 +1,7 @@
-//! `remora-webhook`: the admission server (`serve`), and offline injection (`inject`,
-//! `check-inject`), kept for one release as aliases of `remora inject` and `remora check-inject
-//! -f` (the same library code, `remora_webhook::cli`).
+//! `remora-webhook`: the admission server (`serve`), a revision's install manifest
+//! (`manifest`), and offline injection (`inject`, `check-inject`), kept for one release as
+//! aliases of `remora inject` and `remora check-inject -f` (the same library code,
+//! `remora_webhook::cli`).
 
 #![forbid(unsafe_code)]
 
@@ -89,6 +90,20 @@ enum Cmd {
         /// An installed revision (repeat for several; default: the config's, else default).
         #[arg(long = "revision")]
         revisions: Vec<String>,
+    },
+    /// Print the install of a revision, rendered from the default revision's install.yaml:
+    /// the revision's own objects (Deployment, Services, webhook configurations, injector
+    /// config, RBAC for them) named `<name>-<revision>`, and the shared ones.
+    Manifest {
+        /// The default revision's install manifest (manifests/install.yaml), `-` for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// The revision to render.
+        #[arg(long)]
+        revision: String,
+        /// Only the revision's own objects (e.g. to delete a revision: `| kubectl delete -f -`).
+        #[arg(long)]
+        revision_only: bool,
     },
 }
 
@@ -598,6 +613,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &revisions,
             )
         }
+        Cmd::Manifest {
+            file,
+            revision,
+            revision_only,
+        } => remora_webhook::manifest::manifest_command(&file, &revision, revision_only),
     }
 }
 
