@@ -401,7 +401,7 @@ impl Lab {
                     .map(|h| h.proc.log_tail(15))
                     .unwrap_or_else(|| "(the control plane is not running)".into());
                 bail!(
-                    "ConfigMap(s) {missing:?} still missing in namespace {ns} after {:?} (the mesh CA publishes {CA_ROOT_CONFIGMAP} to namespaces labelled istio-injection=enabled); webhook log:\n{hook}",
+                    "ConfigMap(s) {missing:?} still missing in namespace {ns} after {:?} (the mesh CA publishes {CA_ROOT_CONFIGMAP} to the namespaces a webhook entry may inject: labelled istio-injection=enabled or istio.io/rev, or unlabelled); webhook log:\n{hook}",
                     self.opts.timeout
                 );
             }
