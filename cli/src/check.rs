@@ -285,7 +285,7 @@ pub fn evaluate_webhooks(
             }
             let om = obj_sel.evaluate(&pod_labels);
             if !om.matched {
-                v.reason = format!("objectSelector: pod label {}", om.reason);
+                v.reason = format!("objectSelector: pod: {}", om.reason);
                 out.push(v);
                 continue;
             }
@@ -464,6 +464,15 @@ pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, St
             ),
         );
     }
+    if ours.iter().all(|w| w.verdict == Verdict::NotCalled) {
+        return (
+            Verdict::NotInjected,
+            format!(
+                "none of remora's {} webhook entries is called for it",
+                ours.len()
+            ),
+        );
+    }
     let why: Vec<String> = ours
         .iter()
         .map(|w| format!("{}/{}: {}", w.configuration, w.webhook, w.verdict.as_str()))
@@ -625,7 +634,12 @@ mod tests {
             json!({"istio-injection": "enabled"}),
         );
         assert_eq!(v[0].verdict, Verdict::NotCalled);
-        assert!(v[0].reason.starts_with("objectSelector"), "{}", v[0].reason);
+        assert!(
+            v[0].reason
+                .starts_with("objectSelector: pod: sidecar.istio.io/inject=false does not satisfy"),
+            "{}",
+            v[0].reason
+        );
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn check_inject_not_injected_for_each_reason() {
         (
             &["-n", "shop", "deploy/batch"],
             "NOT INJECTED",
-            "NOT CALLED: objectSelector: pod label sidecar.istio.io/inject=false does not satisfy sidecar.istio.io/inject NotIn [false]",
+            "NOT CALLED: objectSelector: pod: sidecar.istio.io/inject=false does not satisfy sidecar.istio.io/inject NotIn [false]",
         ),
         (
             &["-n", "shop", "report-7f6c"],
@@ -258,6 +258,14 @@ async fn check_inject_not_injected_for_each_reason() {
         assert!(wh.contains(why), "{args:?}: want {why:?}\n{}", r.all());
     }
     // The annotation case names the annotation.
+    // No entry called at all: said once in the summary.
+    let r = remora(&api, &["check-inject", "-n", "plain", "pod", "app-1"]).await;
+    assert!(
+        r.stdout
+            .starts_with("Pod/app-1 in namespace plain: NOT INJECTED (none of remora's 4 webhook entries is called for it)"),
+        "{}",
+        r.all()
+    );
     let r = remora(&api, &["check-inject", "-n", "shop", "report-7f6c"]).await;
     assert!(
         r.stdout
