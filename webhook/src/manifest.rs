@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use serde_json::{json, Value};
 
-use crate::cli::{parse_docs, read_input, to_yaml};
+use crate::cli::{parse_docs, read_input};
 use crate::config::Config;
 use crate::selectors::{
     check_revision, revision_name, webhooks, INJECTOR_CONFIGMAP, REVISION_LABEL, WEBHOOK_CONFIG,
@@ -259,6 +259,20 @@ pub fn render(install: &[Value], rev: &str, revision_only: bool) -> Result<Vec<V
     Ok(out)
 }
 
+/// The documents as a YAML stream of JSON documents: every string is quoted, so a YAML 1.1
+/// reader (kubectl's) cannot take a value such as `on` for a boolean.
+pub fn to_stream(docs: &[Value]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_json::to_string_pretty(d)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// `manifest -f FILE --revision R [--revision-only]`: prints the install of revision `R`.
 pub fn manifest_command(file: &str, rev: &str, revision_only: bool) -> anyhow::Result<ExitCode> {
     let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
@@ -270,7 +284,7 @@ pub fn manifest_command(file: &str, rev: &str, revision_only: bool) -> anyhow::R
     };
     print!(
         "# remora revision {rev}: {what}, rendered by `remora-webhook manifest --revision {rev}` from {file}\n{}",
-        to_yaml(&out)?
+        to_stream(&out)?
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -301,6 +315,18 @@ mod tests {
                 json!("--revision=b")
             ]
         );
+    }
+
+    #[test]
+    fn the_stream_quotes_every_string() {
+        let docs = vec![
+            json!({"kind": "A", "env": [{"name": "X", "value": "on"}]}),
+            json!({"kind": "B"}),
+        ];
+        let text = to_stream(&docs).unwrap();
+        assert!(text.contains("\"value\": \"on\""), "{text}");
+        assert_eq!(text.matches("\n---\n").count(), 1, "{text}");
+        assert_eq!(parse_docs(&text).unwrap(), docs);
     }
 
     #[test]
