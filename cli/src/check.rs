@@ -551,7 +551,9 @@ mod tests {
     }
 
     fn mwc() -> Value {
-        // The shape manifests/webhook.yaml installs.
+        // A configuration from before revisions (one entry calling /inject), as
+        // manifests/webhook.yaml installed it then; the injector takes it as the default
+        // revision's namespace entry.
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
