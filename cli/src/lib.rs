@@ -246,6 +246,17 @@ pub enum RulesCmd {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Print, as a ConfigMap to keep by hand, what the Istio objects in the cluster give
+    /// namespace `-n` (the same selection `render` and the rules controller make). The
+    /// ConfigMap carries no controller label, so the rules controller leaves it alone once it is
+    /// applied. Objects left out are listed on stderr.
+    Import {
+        /// The ConfigMap's name.
+        #[arg(long, default_value = "remora-mesh-rules")]
+        name: String,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
 }
 
 /// The process entry: parse, run, print errors as one line, map to exit codes.
@@ -426,7 +437,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| cluster.default_namespace.clone());
     match &args.cmd {
         Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
-        Cmd::Rules { .. } => unreachable!("rules render runs offline, above"),
+        Cmd::Rules {
+            cmd: RulesCmd::Render { .. },
+        } => unreachable!("rules render runs offline, above"),
+        Cmd::Rules {
+            cmd:
+                RulesCmd::Import {
+                    name,
+                    cluster_domain,
+                },
+        } => {
+            if args.output != Output::Yaml && args.output != Output::Text {
+                bail!("-o: rules import prints YAML");
+            }
+            let objects = list_istio_objects(&cluster, None).await?;
+            let (text, notes) = rules::import(&objects, &ns, name, cluster_domain)?;
+            for n in notes {
+                eprintln!("{n}");
+            }
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::CheckInject {
             target,
             selector,
@@ -1036,7 +1067,125 @@ async fn analyze(
         services.iter().map(serde_json::to_value).collect(),
         "Services",
     )?;
-    Ok(rules_lint::analyze(&cms, &services, cluster_domain))
+    let mut a = rules_lint::analyze(&cms, &services, cluster_domain);
+    a.messages
+        .extend(controller_findings(cluster, ns, &cms, cluster_domain).await?);
+    Ok(a)
+}
+
+/// The rules controller's findings for `analyze` (see `rules::findings`): the Istio objects of
+/// every kind it watches (a kind whose CRD is not installed has none), the namespaces' labels,
+/// the rules ConfigMaps.
+async fn controller_findings(
+    cluster: &Cluster,
+    ns: Option<&str>,
+    cms: &[Value],
+    cluster_domain: &str,
+) -> anyhow::Result<Vec<rules_lint::Message>> {
+    let objects = list_istio_objects(cluster, ns).await?;
+    let namespaces: Vec<(String, BTreeMap<String, String>)> =
+        match cluster.list_as::<Namespace>("/api/v1/namespaces").await {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|n| Some((n.metadata.name?, n.metadata.labels.unwrap_or_default())))
+                .collect(),
+            Err(e) if e.code() == Some(403) && ns.is_some() => {
+                let name = ns.unwrap_or_default();
+                match cluster
+                    .get_opt_as::<Namespace>(&paths::namespace(name))
+                    .await
+                    .context("reading the namespace")?
+                {
+                    Some(n) => vec![(name.to_string(), n.metadata.labels.unwrap_or_default())],
+                    None => Vec::new(),
+                }
+            }
+            Err(e) => return Err(anyhow!(e).context("listing namespaces")),
+        };
+    let views: BTreeMap<String, rules::ConfigMapView> = cms
+        .iter()
+        .filter(|cm| {
+            cm.pointer("/metadata/name").and_then(Value::as_str)
+                == Some(remora_model::compile::CONFIGMAP)
+        })
+        .filter_map(|cm| {
+            let ns = cm.pointer("/metadata/namespace")?.as_str()?.to_string();
+            let labels: Option<BTreeMap<String, String>> = cm
+                .pointer("/metadata/labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok());
+            let data: BTreeMap<String, String> = cm
+                .get("data")
+                .and_then(|d| serde_json::from_value(d.clone()).ok())
+                .unwrap_or_default();
+            Some((
+                ns,
+                rules::ConfigMapView {
+                    managed: remora_model::compile::is_managed(labels.as_ref()),
+                    data,
+                },
+            ))
+        })
+        .collect();
+    Ok(rules::findings(
+        &objects,
+        &namespaces,
+        &views,
+        ns,
+        cluster_domain,
+    ))
+}
+
+/// Every object of the kinds the rules controller watches (each at the best version its API
+/// group serves; a group whose CRDs are not installed has none), with `apiVersion` and `kind`
+/// set; all namespaces, or `ns` when listing all is forbidden.
+async fn list_istio_objects(cluster: &Cluster, ns: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    // The versions each group serves (a group whose CRDs are not installed: none).
+    let mut served: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for k in remora_webhook::rules_controller::KINDS {
+        if !served.contains_key(k.group) {
+            let versions = match cluster.get_opt(&format!("/apis/{}", k.group)).await {
+                Ok(Some(g)) => g["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["version"].as_str().map(str::to_string))
+                    .collect(),
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(anyhow!(e).context(format!("reading API group {}", k.group))),
+            };
+            served.insert(k.group, versions);
+        }
+        let Some(v) = k
+            .versions
+            .iter()
+            .find(|v| served[k.group].iter().any(|s| s == *v))
+        else {
+            continue;
+        };
+        let api_version = format!("{}/{v}", k.group);
+        let all = format!("/apis/{api_version}/{}", k.plural);
+        let listed = match cluster.list(&all).await {
+            Err(e) if e.code() == Some(403) && ns.is_some() => {
+                let one = format!(
+                    "/apis/{api_version}/namespaces/{}/{}",
+                    ns.unwrap_or_default(),
+                    k.plural
+                );
+                cluster.list(&one).await
+            }
+            other => other,
+        };
+        let items = listed.map_err(|e| anyhow!(e).context(format!("listing {}", k.plural)))?;
+        objects.extend(items.into_iter().map(|mut o| {
+            if let Some(m) = o.as_object_mut() {
+                m.insert("apiVersion".into(), api_version.clone().into());
+                m.insert("kind".into(), k.kind.into());
+            }
+            o
+        }));
+    }
+    Ok(objects)
 }
 
 /// The rules ConfigMaps of namespace `ns` (of every namespace with `None`): the one named

@@ -1,7 +1,10 @@
-//! `remora rules render`: offline, the `remora-mesh-rules` ConfigMap the rules controller would
-//! write for one namespace from Istio objects in files (the controller's own code,
-//! `remora_model::compile`), each object with a comment saying why it is there; objects left out
-//! are listed on stderr with the reason.
+//! The rules controller's views in the CLI (its own code, `remora_model::compile`):
+//! - `remora rules render`: offline, the `remora-mesh-rules` ConfigMap the controller would
+//!   write for one namespace from Istio objects in files, each object with a comment saying why
+//!   it is there; objects left out are listed on stderr with the reason;
+//! - [`findings`], for `remora analyze`: Istio objects in the cluster the controller leaves out,
+//!   and meshed namespaces whose ConfigMap does not hold what the controller would write (the
+//!   user's own ConfigMap, one over 1 MiB, one not written yet).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +13,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use remora_model::compile::{self, Settings};
+use remora_model::compile::{self, RenderError, Settings};
+use remora_webhook::rules_controller::plan::meshed;
+use remora_webhook::rules_lint::Message;
 
 /// Most files read from one directory argument.
 const MAX_FILES: usize = 10_000;
@@ -166,6 +171,148 @@ pub fn render_command(
     Ok(serde_yaml_ng::to_string(&out.configmap)?)
 }
 
+/// `remora rules import`: the ConfigMap (YAML) `namespace` gets from the cluster's `objects`,
+/// named `name` and without the controller's label (the user's from then on), and lines for
+/// stderr.
+pub fn import(
+    objects: &[Value],
+    namespace: &str,
+    name: &str,
+    cluster_domain: &str,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let mut checked = Vec::new();
+    let mut notes = Vec::new();
+    for v in objects {
+        match compile::check(v, cluster_domain) {
+            Ok(c) => checked.push(c),
+            Err(e) if e.unsupported => {}
+            Err(e) => notes.push(format!("left out (invalid): {e}")),
+        }
+    }
+    let settings = Settings {
+        cluster_domain: cluster_domain.to_string(),
+        ..Settings::default()
+    };
+    let rendered =
+        compile::render(&checked, namespace, &settings).map_err(|e| anyhow::anyhow!(e))?;
+    let mut cm = rendered.configmap();
+    cm["metadata"] = serde_json::json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {"app.kubernetes.io/part-of": "remora"},
+    });
+    notes.push(format!(
+        "{} objects visible in {namespace}; the ConfigMap has no {} label, so the rules controller will not overwrite it",
+        rendered.included.len(),
+        compile::MANAGED_BY.0
+    ));
+    Ok((serde_yaml_ng::to_string(&cm)?, notes))
+}
+
+/// A rules ConfigMap as `analyze` sees it.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigMapView {
+    pub managed: bool,
+    pub data: BTreeMap<String, String>,
+}
+
+fn message(level: &'static str, config_map: String, object: String, text: String) -> Message {
+    Message {
+        level,
+        config_map,
+        object,
+        file: String::new(),
+        document: 0,
+        field: String::new(),
+        message: text,
+    }
+}
+
+/// What `remora analyze` says about the cluster's Istio objects (`objects`, as listed, with
+/// `apiVersion` and `kind`) and the rules ConfigMaps (`configmaps`, by namespace) of the meshed
+/// namespaces among `namespaces` (name, labels) in `scope` (all when `None`).
+pub fn findings(
+    objects: &[Value],
+    namespaces: &[(String, BTreeMap<String, String>)],
+    configmaps: &BTreeMap<String, ConfigMapView>,
+    scope: Option<&str>,
+    cluster_domain: &str,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut checked = Vec::new();
+    for v in objects {
+        match compile::check(v, cluster_domain) {
+            Ok(c) => checked.push(c),
+            Err(e) if e.unsupported => {}
+            Err(e) => {
+                let Some(id) = e.id.clone() else { continue };
+                if scope.is_some_and(|s| s != id.namespace) {
+                    continue;
+                }
+                out.push(message(
+                    "error",
+                    String::new(),
+                    id.to_string(),
+                    format!(
+                        "left out of every {} ConfigMap by the rules controller: {}",
+                        compile::CONFIGMAP,
+                        e.reason
+                    ),
+                ));
+            }
+        }
+    }
+    let settings = Settings {
+        cluster_domain: cluster_domain.to_string(),
+        ..Settings::default()
+    };
+    for (ns, labels) in namespaces {
+        if !meshed(labels) || scope.is_some_and(|s| s != ns) {
+            continue;
+        }
+        let cm_key = format!("{ns}/{}", compile::CONFIGMAP);
+        let existing = configmaps.get(ns);
+        match compile::render(&checked, ns, &settings) {
+            Err(e @ (RenderError::TooLarge(_) | RenderError::Rejected { .. })) => {
+                out.push(message("error", cm_key, String::new(), e.to_string()))
+            }
+            Ok(r) if r.included.is_empty() => {}
+            Ok(r) => {
+                let n = r.included.len();
+                let first: Vec<String> = r
+                    .included
+                    .iter()
+                    .take(3)
+                    .map(|i| i.id.to_string())
+                    .collect();
+                let objects = format!(
+                    "Istio objects visible in {ns} ({n}: {}{})",
+                    first.join(", "),
+                    if n > 3 { ", …" } else { "" }
+                );
+                let text = match existing {
+                    None => Some(format!(
+                        "missing: the {objects} do not reach its proxies; is the rules controller running (remora-webhook --rules-controller on)?"
+                    )),
+                    Some(c) if !c.managed => Some(format!(
+                        "the user's own (no label {}={}): the rules controller does not overwrite it, so the {objects} do not reach its proxies; delete it to let the controller write it",
+                        compile::MANAGED_BY.0,
+                        compile::MANAGED_BY.1
+                    )),
+                    Some(c) if c.data != r.data => Some(format!(
+                        "differs from what the rules controller writes for the {objects}: the controller is not running or has not caught up (see the remora-webhook log)"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(t) = text {
+                    out.push(message("warning", cm_key, String::new(), t));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +342,113 @@ kind: DestinationRule
 metadata: {name: private, namespace: bookinfo}
 spec: {host: details, exportTo: ["."]}
 "#;
+
+    fn cluster_objects() -> Vec<Value> {
+        objects_of("objects.yaml", OBJECTS, "frontend").expect("objects")
+    }
+
+    #[test]
+    fn analyze_findings_for_objects_and_configmaps() {
+        let ns = |name: &str, meshed: bool| {
+            let mut l = BTreeMap::new();
+            if meshed {
+                l.insert("istio-injection".to_string(), "enabled".to_string());
+            }
+            (name.to_string(), l)
+        };
+        let namespaces = [
+            ns("bookinfo", true),
+            ns("frontend", true),
+            ns("plain", false),
+        ];
+        let objects = cluster_objects();
+        // bookinfo: the user's own ConfigMap; frontend: none.
+        let mut cms = BTreeMap::new();
+        cms.insert("bookinfo".to_string(), ConfigMapView::default());
+        let f = findings(&objects, &namespaces, &cms, None, "cluster.local");
+        let lines: Vec<String> = f
+            .iter()
+            .map(|m| format!("{} [{}|{}] {}", m.level, m.config_map, m.object, m.message))
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("error [|VirtualService frontend/broken] left out of every remora-mesh-rules ConfigMap by the rules controller: spec.http[0].timeout"), "{}", lines[0]);
+        assert!(lines[1].starts_with("warning [bookinfo/remora-mesh-rules|] the user's own (no label app.kubernetes.io/managed-by=remora-rules-controller)"), "{}", lines[1]);
+        assert!(lines[2].starts_with("warning [frontend/remora-mesh-rules|] missing: the Istio objects visible in frontend (2: DestinationRule bookinfo/reviews, VirtualService frontend/reviews)"), "{}", lines[2]);
+        // Written as the controller would: only frontend's invalid object is left to say;
+        // scoped to frontend, the other namespaces' findings are not shown.
+        let rendered = render(
+            &[("o.yaml".into(), OBJECTS.into())],
+            "frontend",
+            "cluster.local",
+        )
+        .expect("renders");
+        let data: BTreeMap<String, String> =
+            serde_json::from_value(rendered.configmap["data"].clone()).expect("data");
+        cms.insert(
+            "frontend".to_string(),
+            ConfigMapView {
+                managed: true,
+                data: data.clone(),
+            },
+        );
+        let f = findings(
+            &objects,
+            &namespaces,
+            &cms,
+            Some("frontend"),
+            "cluster.local",
+        );
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].object, "VirtualService frontend/broken");
+        // Stale: the controller has not caught up.
+        let mut stale = data;
+        stale.pop_first();
+        cms.insert(
+            "frontend".to_string(),
+            ConfigMapView {
+                managed: true,
+                data: stale,
+            },
+        );
+        let f = findings(
+            &objects,
+            &namespaces,
+            &cms,
+            Some("frontend"),
+            "cluster.local",
+        );
+        assert_eq!(f.len(), 2);
+        assert!(
+            f[1].message
+                .starts_with("differs from what the rules controller writes"),
+            "{}",
+            f[1].message
+        );
+    }
+
+    #[test]
+    fn import_is_the_render_without_the_controller_label() {
+        let (text, notes) =
+            import(&cluster_objects(), "frontend", "my-rules", "cluster.local").expect("imports");
+        let cm: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        assert_eq!(cm["metadata"]["name"], "my-rules");
+        assert_eq!(cm["metadata"]["namespace"], "frontend");
+        assert!(cm["metadata"]["labels"]
+            .get("app.kubernetes.io/managed-by")
+            .is_none());
+        let keys: Vec<&String> = cm["data"].as_object().expect("data").keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "bookinfo.destinationrule.reviews.yaml",
+                "frontend.virtualservice.reviews.yaml"
+            ]
+        );
+        assert!(
+            notes[0].starts_with("left out (invalid): VirtualService frontend/broken"),
+            "{notes:?}"
+        );
+    }
 
     #[test]
     fn renders_the_namespace_view_with_reasons_and_notes() {

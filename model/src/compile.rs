@@ -87,6 +87,22 @@ pub struct Checked {
     reach: Reach,
 }
 
+impl Checked {
+    /// Can this object be seen only in its own namespace (so a change of it changes only that
+    /// namespace's ConfigMap)? Sidecars scope what other namespaces see only in their own
+    /// namespace or, in the root namespace, everywhere.
+    pub fn only_in_own_namespace(&self, settings: &Settings) -> bool {
+        let in_root = self.id.namespace == settings.root_namespace;
+        match &self.reach {
+            Reach::Namespace => true,
+            Reach::NamespaceOrRoot | Reach::Sidecar(_) => !in_root,
+            Reach::Exported { export_to, .. } => {
+                !export_to.is_empty() && export_to.iter().all(|e| e == "." || e == "~")
+            }
+        }
+    }
+}
+
 /// Why an object is left out of every ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
@@ -377,7 +393,7 @@ impl fmt::Display for RenderError {
 }
 
 /// The Sidecars that scope what `namespace` sees: its own, else the root namespace's default.
-fn scoping_sidecars<'a>(objects: &'a [Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
+fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
     let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&'a Sidecar> {
         objects
             .iter()
@@ -454,9 +470,22 @@ fn reason(
     }
 }
 
-/// Render `namespace`'s ConfigMap from checked objects (any order).
+/// Render `namespace`'s ConfigMap from checked objects (any order), and [`verify`] it.
 pub fn render(
     objects: &[Checked],
+    namespace: &str,
+    settings: &Settings,
+) -> Result<Rendered, RenderError> {
+    let refs: Vec<&Checked> = objects.iter().collect();
+    let r = select(&refs, namespace, settings)?;
+    verify(&r, settings)?;
+    Ok(r)
+}
+
+/// [`render`] without [`verify`] (cheap: no decoding), for a caller that compares the result
+/// with what is written and verifies only what it writes.
+pub fn select(
+    objects: &[&Checked],
     namespace: &str,
     settings: &Settings,
 ) -> Result<Rendered, RenderError> {
@@ -499,10 +528,23 @@ pub fn render(
             largest,
         }));
     }
-    // The whole set as the proxy decodes it (two objects can clash only together).
+    Ok(Rendered {
+        namespace: namespace.to_string(),
+        data,
+        included,
+        excluded,
+        bytes,
+    })
+}
+
+/// Decode a rendered set as a whole, as its proxies will (two objects, each valid alone, could
+/// clash only together): a set they would reject is refused.
+pub fn verify(r: &Rendered, settings: &Settings) -> Result<(), RenderError> {
+    let namespace = r.namespace.as_str();
     let ctx = ctx_for(namespace, &settings.cluster_domain);
     let inputs = inputs_of(
-        data.iter()
+        r.data
+            .iter()
             .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
             .collect(),
     );
@@ -519,13 +561,7 @@ pub fn render(
             reason: e.to_string(),
         });
     }
-    Ok(Rendered {
-        namespace: namespace.to_string(),
-        data,
-        included,
-        excluded,
-        bytes,
-    })
+    Ok(())
 }
 
 impl Rendered {

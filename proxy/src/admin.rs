@@ -8,6 +8,8 @@
 //! - 15021: `/healthz/ready` (200 only once a config is loaded, the capture listeners are bound
 //!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
+//!
+//! `/stats/prometheus` serializes the proxy's metrics handle (`Shared::metrics`).
 
 use crate::app_probe::AppProbers;
 use crate::discovery::ready::{GateState, ReadyGate};
@@ -308,9 +310,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>, ctype: &'static str) -> Resp
     r
 }
 
-fn metrics_text() -> Response<Full<Bytes>> {
-    let families = prometheus::gather();
-    match prometheus::TextEncoder::new().encode_to_string(&families) {
+/// The proxy's metrics handle in Prometheus' text format.
+fn metrics_text(metrics: &crate::telemetry::Metrics) -> Response<Full<Bytes>> {
+    match metrics.text() {
         Ok(s) => text(StatusCode::OK, s, "text/plain; version=0.0.4"),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -349,8 +351,10 @@ pub async fn handle(
             }
             text(StatusCode::OK, "OK\n", "text/plain")
         }
-        (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => metrics_text(),
-        (AdminKind::Prometheus, "/metrics") => metrics_text(),
+        (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => {
+            metrics_text(&state.shared.metrics)
+        }
+        (AdminKind::Prometheus, "/metrics") => metrics_text(&state.shared.metrics),
         (AdminKind::Admin | AdminKind::Health, "/healthz/ready") => {
             let (ok, why) = state.readiness();
             let code = if ok {

@@ -12,7 +12,6 @@ use crate::http::MeshHttp;
 use crate::rules::Protocol;
 use crate::state::{Direction, Settings, Shared};
 use crate::tcp;
-use crate::telemetry::Metrics;
 use crate::upstream;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -66,7 +65,8 @@ impl CaptureApp {
             listener = self.dir.as_str(),
             reason, "refused connection: {detail}"
         );
-        Metrics::get()
+        self.shared
+            .metrics
             .refused_connections
             .with_label_values(&[self.dir.as_str(), reason])
             .inc();
@@ -84,6 +84,7 @@ impl ServerApp for CaptureApp {
         let listener = self.dir.as_str();
         let Some(_slot) = self.guard.gate(listener).try_acquire(listener) else {
             guard::record(
+                &self.shared.metrics,
                 listener,
                 guard::Reject::ConnectionLimit,
                 &format!(
@@ -219,6 +220,7 @@ impl CaptureApp {
                         // limits and policies as raw TCP.
                         if x.end == SniffEnd::Bytes {
                             guard::record(
+                                &self.shared.metrics,
                                 self.dir.as_str(),
                                 Reject::NotHttp,
                                 &format!("from {peer:?} to {dst}: port declared HTTP, the client sent non-HTTP bytes"),
@@ -311,7 +313,8 @@ impl CaptureApp {
         {
             Ok(x) => x,
             Err(e) => {
-                Metrics::get()
+                self.shared
+                    .metrics
                     .mtls_failures
                     .with_label_values(&["inbound", "handshake"])
                     .inc();
@@ -338,10 +341,13 @@ impl CaptureApp {
             Some((stream, None));
         let mut keepalive = false;
         while let Some((stream, persisted)) = next.take() {
-            let stream = match guard::read_head(stream, limits, listener, keepalive).await {
-                HeadRead::Ready(s) => s,
-                HeadRead::Closed | HeadRead::Rejected(_) => return,
-            };
+            let stream =
+                match guard::read_head(stream, limits, &self.shared.metrics, listener, keepalive)
+                    .await
+                {
+                    HeadRead::Ready(s) => s,
+                    HeadRead::Closed | HeadRead::Rejected(_) => return,
+                };
             let mut session = pingora::protocols::http::ServerSession::new_http1(stream);
             match persisted {
                 Some(p) => p.apply_to_session(&mut session),

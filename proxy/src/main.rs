@@ -17,7 +17,7 @@ use remora_proxy::http::MeshHttp;
 use remora_proxy::listen::{self, CaptureApp};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
 use remora_proxy::state::{Direction, Settings, Shared};
-use remora_proxy::telemetry::{AccessLog, Workload};
+use remora_proxy::telemetry::{AccessLog, Metrics, Workload};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -188,12 +188,13 @@ type KubeParts = (
 );
 
 /// The Kubernetes side (`--kube-api`): endpoint discovery and the rules ConfigMap through the
-/// API, on their own thread and runtime. Always returns the rules sources (the files' hooks);
-/// discovery only when the API is used and `--discovery on`.
+/// API, on their own thread and runtime, counting in `metrics`. Always returns the rules sources
+/// (the files' hooks); discovery only when the API is used and `--discovery on`.
 fn start_kube(
     args: &Args,
     ctx: &LoadContext,
     store: rules::SharedSnapshot,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<KubeParts> {
     use remora_proxy::discovery::kube::{self as dk, ApiMode, Discovery, Timing};
     let configmap = format!("{}/{}", args.namespace, args.rules_configmap);
@@ -215,7 +216,7 @@ fn start_kube(
             Ok(ApiMode::Off(why)) => {
                 info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
                 let _ = tx.send(Ok((
-                    Arc::new(RulesSources::new(store, c, configmap, None)),
+                    Arc::new(RulesSources::new(store, c, configmap, None, metrics)),
                     None,
                 )));
                 return;
@@ -225,13 +226,20 @@ fn start_kube(
                 return;
             }
         };
-        let discovery = (a.discovery == "on")
-            .then(|| Discovery::start(client.clone(), &c.cluster_domain, Timing::default()));
+        let discovery = (a.discovery == "on").then(|| {
+            Discovery::start(
+                client.clone(),
+                &c.cluster_domain,
+                Timing::default(),
+                metrics.clone(),
+            )
+        });
         let sources = Arc::new(RulesSources::new(
             store.clone(),
             c,
             configmap,
             discovery.clone(),
+            metrics,
         ));
         // The first snapshot gets the discovered endpoints and sets the scope.
         {
@@ -368,16 +376,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         app_probes = probers.probes.len(),
         "remora-proxy starting"
     );
+    // The one metrics handle: every family registered in its own registry before any traffic,
+    // handed to everything that counts (through `Shared`, or explicitly).
+    let metrics = Arc::new(
+        Metrics::new(remora_proxy::telemetry::metrics::series_max_from_env())
+            .context("metric definitions")?,
+    );
     rules::watch::set_mesh_identity(
         args.identity.ca_address.trim() != "off" && !args.identity.ca_address.trim().is_empty(),
     );
     if snapshot.generation > 0 {
         // The first set is logged like every reload: counts, unknown fields, resources not
         // applied, ISTIO_MUTUAL warnings (once, here, not on the request path).
-        rules::watch::log_applied(&snapshot);
+        rules::watch::log_applied(&snapshot, &metrics);
     }
-    // Register the metric families before any traffic.
-    let _ = remora_proxy::telemetry::Metrics::get();
     if let Some(p) = &args.jwks_ca_file {
         let n = remora_proxy::jwt::jwks::check_extra_roots(p).map_err(|e| anyhow!(e))?;
         info!(file = %p.display(), certificates = n, "jwksUri servers: the system roots and those of --jwks-ca-file");
@@ -387,7 +399,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         extra_roots: args.jwks_ca_file.clone(),
     };
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
-    let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone())?;
+    let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone(), metrics.clone())?;
     let ready_gate = Arc::new(ReadyGate::new(
         args.discovery_ready_timeout,
         started,
@@ -414,13 +426,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),
-        policies: Arc::new(remora_proxy::policy::Policies::new()),
+        policies: Arc::new(remora_proxy::policy::Policies::new(metrics.clone())),
         identity: identity.clone(),
         peers: Default::default(),
         jwt: Arc::new(remora_proxy::jwt::JwtState::new(jwks_settings)),
+        metrics: metrics.clone(),
     });
     listen::log_listeners(&shared.settings);
-    let guard = Arc::new(remora_proxy::guard::Guard::new(limits));
+    let guard = Arc::new(remora_proxy::guard::Guard::new(limits, &metrics));
     guard.log();
 
     // Pingora server.
@@ -462,6 +475,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Arc::new(StreamIdleApp {
                 inner: Arc::new(inner),
                 listener: dir.as_str(),
+                metrics: metrics.clone(),
                 stream_idle: guard.limits.stream_idle_timeout,
                 write_timeout: guard.limits.downstream_write_timeout,
             })
@@ -524,7 +538,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(admin::serve(l, st.clone(), kind));
         }
         if let Some(id) = identity {
-            tokio::spawn(id.run());
+            tokio::spawn(id.run(metrics.clone()));
         }
         tokio::spawn(admin::watch_readiness(
             st.clone(),
@@ -535,6 +549,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ctx,
             store,
             Duration::from_secs(admin_args.rules_rescan_seconds),
+            metrics,
             rules_sources,
         );
         let _ = tx.send(Ok(()));

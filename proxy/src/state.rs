@@ -1,10 +1,10 @@
 //! The state every part of the data plane reads: which listener a connection came in on
 //! (`Direction`), the settings fixed at start-up (`Settings`), and what the listeners, the HTTP
 //! proxies and the admin server share (`Shared`: settings, rule snapshot, policy state, the
-//! workload identity and the peers of inbound mTLS connections).
+//! workload identity, the peers of inbound mTLS connections and the metrics handle).
 
 use crate::rules::SharedSnapshot;
-use crate::telemetry::{AccessLog, Workload};
+use crate::telemetry::{AccessLog, Metrics, Workload};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +76,8 @@ pub struct Shared {
     pub peers: Arc<crate::mtls::inbound::Peers>,
     /// RequestAuthentication: the compiled rules and the JWKS cache.
     pub jwt: Arc<crate::jwt::JwtState>,
+    /// The proxy's metrics (what `/stats/prometheus` serves), created at start-up.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {

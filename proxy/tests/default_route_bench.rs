@@ -86,7 +86,8 @@ fn default_route_cost() {
         n,
         || matches!(route(&snap, &routed, &mut rng), Decision::Forward(f) if f.virtual_service.is_some()),
     );
-    let policies = remora_proxy::policy::Policies::new();
+    let metrics = remora_proxy::telemetry::Metrics::new(100).unwrap();
+    let policies = remora_proxy::policy::Policies::new(std::sync::Arc::new(metrics));
     let l = per_call(n, || {
         policies
             .destination(&snap, "svc999.default.svc.cluster.local", None, 9080)

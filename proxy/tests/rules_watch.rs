@@ -1,5 +1,6 @@
 //! Hot reload: a kubelet-style `..data` symlink swap in a temp dir is picked up by the watcher;
 //! an invalid set keeps the old snapshot and is counted once; an unchanged rescan does nothing.
+//! Each test counts in a metrics handle of its own, so they run in parallel.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use remora_model::route::{route, Decision, RequestInfo};
-use remora_proxy::rules::watch::METRICS;
 use remora_proxy::rules::{load_dir, spawn_watcher, LoadContext, SharedSnapshot, Snapshot};
+use remora_proxy::telemetry::Metrics;
 
-/// The reload metrics are process-wide: tests that read them run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// A metrics handle of the test's own.
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new(100).unwrap())
+}
 
 fn reviews(subset: &str) -> String {
     format!(
@@ -142,17 +145,17 @@ async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlink_swap_applies_a_new_generation() {
-    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
     assert_eq!(subset_of(&store.load()), "v1");
-    let reloads = METRICS.reloads.get();
+    let m = metrics();
     // Rescans every hour: only the directory watch can pick the change up quickly.
     let task = spawn_watcher(
         vol.path().to_path_buf(),
         ctx(),
         store.clone(),
         Duration::from_secs(3600),
+        m.clone(),
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -169,12 +172,13 @@ async fn symlink_swap_applies_a_new_generation() {
     assert_eq!(subset_of(&snap), "v2");
     // The watcher sets the metrics just after it stores the snapshot, on another thread: wait
     // (bounded) for them, then check they count this one reload exactly.
+    let rules = m.rules();
     wait_for(WAIT, || {
-        METRICS.generation.get() == 2 && METRICS.reloads.get() > reloads
+        rules.generation.get() == 2 && rules.reloads.get() > 0
     })
     .await;
-    assert_eq!(METRICS.generation.get(), 2);
-    assert_eq!(METRICS.reloads.get(), reloads + 1);
+    assert_eq!(rules.generation.get(), 2);
+    assert_eq!(rules.reloads.get(), 1);
 
     // A new key appearing in a later swap is read too.
     vol.swap(&[("reviews.yaml", &reviews("v3")), ("extra.yaml", "")]);
@@ -188,26 +192,23 @@ async fn symlink_swap_applies_a_new_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
-    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
-    let errors = METRICS.reload_errors.get();
+    let m = metrics();
+    let errors = &m.rules().reload_errors;
     // Short rescans: the same invalid content is seen many times but counted once.
     let task = spawn_watcher(
         vol.path().to_path_buf(),
         ctx(),
         store.clone(),
         Duration::from_millis(50),
+        m.clone(),
     );
     vol.swap(&[("reviews.yaml", INVALID)]);
-    let took = wait_for(WAIT, || METRICS.reload_errors.get() == errors + 1).await;
+    let took = wait_for(WAIT, || errors.get() == 1).await;
     assert!(took.is_some(), "the rejection was not counted");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        METRICS.reload_errors.get(),
-        errors + 1,
-        "counted once per distinct rule set"
-    );
+    assert_eq!(errors.get(), 1, "counted once per distinct rule set");
     let snap = store.load();
     assert_eq!((snap.generation, subset_of(&snap)), (1, "v1".to_string()));
 
@@ -220,29 +221,27 @@ async fn invalid_set_keeps_the_old_snapshot_and_is_counted_once() {
 
     // Going back to the invalid set after a good one counts again.
     vol.swap(&[("reviews.yaml", INVALID)]);
-    assert!(wait_for(WAIT, || METRICS.reload_errors.get() == errors + 2)
-        .await
-        .is_some());
+    assert!(wait_for(WAIT, || errors.get() == 2).await.is_some());
     assert_eq!(store.load().generation, 2);
     task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescan_without_changes_does_nothing_and_rescan_alone_finds_changes() {
-    let _g = SERIAL.lock().await;
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("r.yaml"), reviews("v1")).unwrap();
     let store = store_for(d.path());
-    let reloads = METRICS.reloads.get();
+    let m = metrics();
     let task = spawn_watcher(
         d.path().to_path_buf(),
         ctx(),
         store.clone(),
         Duration::from_millis(20),
+        m.clone(),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.load().generation, 1);
-    assert_eq!(METRICS.reloads.get(), reloads);
+    assert_eq!(m.rules().reloads.get(), 0);
     // Rewriting the same bytes is not a change. The file is replaced whole (written beside the
     // directory, renamed over it): `fs::write` truncates first, and a scan that lands between
     // the truncation and the write sees an empty file, a real change.
@@ -265,7 +264,6 @@ async fn rescan_without_changes_does_nothing_and_rescan_alone_finds_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_whole_snapshots_during_swaps() {
-    let _g = SERIAL.lock().await;
     let mut vol = Volume::new(&[("reviews.yaml", &reviews("v1"))]);
     let store = store_for(vol.path());
     let task = spawn_watcher(
@@ -273,6 +271,7 @@ async fn readers_see_whole_snapshots_during_swaps() {
         ctx(),
         store.clone(),
         Duration::from_millis(50),
+        metrics(),
     );
     let reader_store = store.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -304,13 +303,35 @@ async fn readers_see_whole_snapshots_during_swaps() {
     task.abort();
 }
 
-#[test]
-fn metrics_are_in_the_default_registry() {
-    std::sync::LazyLock::force(&METRICS);
-    let names: Vec<String> = prometheus::gather()
-        .iter()
-        .map(|f| f.name().to_string())
-        .collect();
+#[tokio::test]
+async fn metrics_are_in_the_handles_registry_once_the_watcher_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let m = metrics();
+    let names = |m: &Metrics| -> Vec<String> {
+        m.registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    };
+    assert!(
+        !names(&m).iter().any(|n| n.starts_with("remora_config_")),
+        "{:?}",
+        names(&m)
+    );
+    let store = store_for(d.path());
+    let task = spawn_watcher(
+        d.path().to_path_buf(),
+        ctx(),
+        store,
+        Duration::from_secs(3600),
+        m.clone(),
+    );
+    assert!(wait_for(WAIT, || m.rules().generation.get() == 1)
+        .await
+        .is_some());
+    task.abort();
+    let names = names(&m);
     for n in [
         "remora_config_generation",
         "remora_config_reloads_total",
@@ -322,21 +343,21 @@ fn metrics_are_in_the_default_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_directory_is_counted_once_and_loaded_when_it_appears() {
-    let _g = SERIAL.lock().await;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("rules");
     let store: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::empty(&ctx())));
-    let errors = METRICS.reload_errors.get();
-    let task = spawn_watcher(dir.clone(), ctx(), store.clone(), Duration::from_millis(20));
-    assert!(wait_for(WAIT, || METRICS.reload_errors.get() == errors + 1)
-        .await
-        .is_some());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        METRICS.reload_errors.get(),
-        errors + 1,
-        "the same failure is counted once"
+    let m = metrics();
+    let errors = &m.rules().reload_errors;
+    let task = spawn_watcher(
+        dir.clone(),
+        ctx(),
+        store.clone(),
+        Duration::from_millis(20),
+        m.clone(),
     );
+    assert!(wait_for(WAIT, || errors.get() == 1).await.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(errors.get(), 1, "the same failure is counted once");
     assert_eq!(store.load().generation, 0);
     // The directory appears whole (made beside it, renamed into place): a scan between creating
     // it and writing its file would load an empty or half-written set first.
@@ -355,7 +376,6 @@ async fn dns_answers_are_refreshed_on_rescan() {
     use remora_proxy::rules::watch::{reload_once_with, Outcome, State};
     use remora_proxy::rules::{load, load_inputs};
     use std::sync::atomic::{AtomicU8, Ordering};
-    let _g = SERIAL.lock().await;
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
         d.path().join("db.yaml"),
@@ -393,7 +413,8 @@ spec:
     };
     assert_eq!(eps(&store.load()), vec!["127.0.0.31:5432"]);
     let mut state = State::default();
-    let run = |state: &mut State| reload_once_with(d.path(), &ctx(), &store, state, &fake);
+    let m = metrics();
+    let run = |state: &mut State| reload_once_with(d.path(), &ctx(), &store, state, &m, &fake);
     assert_eq!(
         run(&mut state),
         Outcome::Unchanged,

@@ -101,6 +101,7 @@ impl Webhook {
         config: Option<&Path>,
         inject_ca_address: Option<&str>,
         plane: &ControlPlane<'_>,
+        rules_controller: bool,
     ) -> Result<Webhook> {
         let bin = bin_dir.join("remora-webhook");
         if !bin.exists() {
@@ -134,6 +135,10 @@ impl Webhook {
             .arg(&key_path);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
+        }
+        if rules_controller {
+            cmd.args(["--rules-controller", "on", "--rules-debounce", "100ms"])
+                .args(["--rules-identity", "lab-control-plane"]);
         }
         // Only the flags above decide: settings of the environment the lab runs in do not.
         for (k, _) in std::env::vars() {

@@ -52,6 +52,11 @@ pub struct LabOptions {
     /// sends them elsewhere (they wait, unready, until that CA answers); `None` is `off`: no
     /// identity is injected (the CA still runs).
     pub inject_ca_address: Option<String>,
+    /// Run the control plane's rules controller: Istio objects given to [`Lab::apply`] and
+    /// [`Lab::set_rules`] (and the lab's Services, as ServiceEntries) go to the lab's API as
+    /// objects, and the controller writes each namespace's `remora-mesh-rules` ConfigMap, as
+    /// with `kubectl apply` in a cluster. Off: the lab writes those ConfigMaps itself.
+    pub rules_controller: bool,
 }
 
 impl Default for LabOptions {
@@ -64,6 +69,7 @@ impl Default for LabOptions {
             keep_logs: std::env::var_os("REMORA_LAB_KEEP").is_some(),
             cancel: Arc::new(AtomicBool::new(false)),
             inject_ca_address: Some("auto".to_string()),
+            rules_controller: false,
         }
     }
 }
@@ -117,6 +123,9 @@ struct Namespace {
     configmaps: BTreeMap<String, PathBuf>,
     user_rules: BTreeMap<String, String>,
     written_rules: Option<Vec<(String, String)>>,
+    /// With the rules controller: the objects the lab applied in this namespace
+    /// (apiVersion, plural, name).
+    applied: std::collections::BTreeSet<(String, String, String)>,
 }
 
 /// The running lab. Dropping it stops every process and deletes every namespace it made.
@@ -347,6 +356,7 @@ impl Lab {
                 configmaps,
                 user_rules: BTreeMap::new(),
                 written_rules: None,
+                applied: Default::default(),
             },
         );
         self.say(format!("namespace {name} {labels:?}"));
@@ -628,6 +638,45 @@ impl Lab {
             .collect()
     }
 
+    /// Start the control plane (webhook, mesh CA, rules controller when asked) on the node,
+    /// once.
+    fn ensure_control_plane(&mut self) -> Result<()> {
+        if self.webhook.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir().join("webhook");
+        std::fs::create_dir_all(&dir)?;
+        let config = match &self.opts.webhook_config {
+            Some(c) => Some(c.clone()),
+            None => injector_config(&dir)?,
+        };
+        let plane = ControlPlane {
+            netns: &self.node,
+            kube_url: self.api.url(),
+        };
+        let hook = self.rt.block_on(Webhook::start(
+            &self.opts.bin_dir,
+            &dir,
+            config.as_deref(),
+            self.opts.inject_ca_address.as_deref(),
+            &plane,
+            self.opts.rules_controller,
+        ))?;
+        self.say(format!(
+            "control plane on the node: webhook https://{}, mesh CA {NODE_IP}:{}{} (API {})",
+            hook.addr,
+            crate::admission::CA_PORT,
+            if self.opts.rules_controller {
+                ", rules controller"
+            } else {
+                ""
+            },
+            self.api.url()
+        ));
+        self.webhook = Some(hook);
+        Ok(())
+    }
+
     fn create_pod(&mut self, mut obj: Value, ns: &str) -> Result<()> {
         self.ensure_namespace(ns)?;
         let ns_labels = self.namespaces[ns].labels.clone();
@@ -645,32 +694,7 @@ impl Lab {
             .unwrap_or("?")
             .to_string();
         if let Some(path) = entry {
-            if self.webhook.is_none() {
-                let dir = self.dir().join("webhook");
-                std::fs::create_dir_all(&dir)?;
-                let config = match &self.opts.webhook_config {
-                    Some(c) => Some(c.clone()),
-                    None => injector_config(&dir)?,
-                };
-                let plane = ControlPlane {
-                    netns: &self.node,
-                    kube_url: self.api.url(),
-                };
-                let hook = self.rt.block_on(Webhook::start(
-                    &self.opts.bin_dir,
-                    &dir,
-                    config.as_deref(),
-                    self.opts.inject_ca_address.as_deref(),
-                    &plane,
-                ))?;
-                self.say(format!(
-                    "control plane on the node: webhook https://{}, mesh CA {NODE_IP}:{} (API {})",
-                    hook.addr,
-                    crate::admission::CA_PORT,
-                    self.api.url()
-                ));
-                self.webhook = Some(hook);
-            }
+            self.ensure_control_plane()?;
             let hook = self
                 .webhook
                 .as_ref()
@@ -867,12 +891,69 @@ impl Lab {
         } else {
             Vec::new()
         };
-        kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
+        if self.opts.rules_controller {
+            self.apply_objects(ns, &files)?;
+        } else {
+            kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
+        }
         if let Some(space) = self.namespaces.get_mut(ns) {
             space.written_rules = Some(files);
         }
         if wait {
             self.wait_reloaded(ns, before)?;
+        }
+        Ok(())
+    }
+
+    /// With the rules controller: make the objects of `files` (YAML) the namespace's objects in
+    /// the API (created or replaced; those applied before and no longer given deleted).
+    fn apply_objects(&mut self, ns: &str, files: &[(String, String)]) -> Result<()> {
+        self.ensure_control_plane()?;
+        let mut now = std::collections::BTreeSet::new();
+        for (file, text) in files {
+            for doc in serde_yaml_ng::Deserializer::from_str(text) {
+                let mut v: Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("rules file {file}"))?;
+                if v.is_null() {
+                    continue;
+                }
+                let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let api_version = v
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let plural = remora_webhook::rules_controller::KINDS
+                    .iter()
+                    .find(|k| k.kind == kind)
+                    .map(|k| k.plural)
+                    .ok_or_else(|| anyhow!("rules file {file}: kind {kind:?} is not one the rules controller watches"))?;
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("rules file {file}: {kind} without metadata.name"))?
+                    .to_string();
+                if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    md.insert("namespace".into(), ns.into());
+                }
+                self.api.apply(&api_version, plural, v);
+                now.insert((api_version, plural.to_string(), name));
+            }
+        }
+        let before = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.applied.clone())
+            .unwrap_or_default();
+        for (av, plural, name) in before.difference(&now) {
+            self.api.delete(av, plural, ns, name);
+        }
+        self.say(format!(
+            "namespace {ns}: {} rule objects applied through the API (the rules controller writes {RULES_CONFIGMAP})",
+            now.len()
+        ));
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.applied = now;
         }
         Ok(())
     }

@@ -454,6 +454,16 @@ fn other_api(
                    "versions": vs, "preferredVersion": vs[0]}),
         ));
     }
+    if let ("PATCH", [v, "namespaces", ns, plural, name, "status"]) = (method, rest) {
+        if !versions.iter().any(|x| x == v) {
+            return Some(status(
+                404,
+                "NotFound",
+                &format!("{group}/{v} is not served"),
+            ));
+        }
+        return Some(patch_status(st, group, v, ns, plural, name, body));
+    }
     let (version, ns, plural, name) = match rest {
         [v, plural] => (*v, None, *plural, None),
         [v, "namespaces", ns, plural] => (*v, Some(*ns), *plural, None),
@@ -534,6 +544,60 @@ fn other_api(
     }
 }
 
+/// A JSON merge patch (RFC 7386) of an object's `status` subresource: only `status` changes;
+/// a `metadata.resourceVersion` in the patch must be current (409 otherwise).
+fn patch_status(
+    st: &mut ClusterState,
+    group: &str,
+    version: &str,
+    ns: &str,
+    plural: &str,
+    name: &str,
+    body: Option<&Value>,
+) -> Reply {
+    let key = (
+        format!("{group}/{plural}"),
+        ns.to_string(),
+        name.to_string(),
+    );
+    let Some(mut obj) = st.objects.get(&key).cloned() else {
+        return status(
+            404,
+            "NotFound",
+            &format!("{plural}.{group} \"{name}\" not found"),
+        );
+    };
+    let Some(patch) = body.filter(|b| b.is_object()) else {
+        return status(400, "BadRequest", "the patch is not a JSON object");
+    };
+    if let Some(want) = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            != Some(want)
+        {
+            return status(
+                409,
+                "Conflict",
+                &format!("Operation cannot be fulfilled on {plural}.{group} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+            );
+        }
+    }
+    if let Some(new_status) = patch.get("status") {
+        let mut merged = obj.get("status").cloned().unwrap_or(json!({}));
+        json_patch::merge(&mut merged, new_status);
+        obj["status"] = merged;
+    }
+    let rv = st.next_rv();
+    obj["metadata"]["resourceVersion"] = rv.into();
+    st.objects.insert(key, obj.clone());
+    st.changed(&format!("{group}/{plural}"), "MODIFIED", &obj);
+    Reply::json(200, with_version(obj, Some(&format!("{group}/{version}"))))
+}
+
 /// Create (`name` None) or replace an object of another API in store `store`.
 fn write_other(
     st: &mut ClusterState,
@@ -543,13 +607,15 @@ fn write_other(
     name: Option<&str>,
     body: Option<&Value>,
 ) -> Reply {
-    let existed = body
+    let old = body
         .and_then(|b| b.pointer("/metadata/name"))
         .and_then(Value::as_str)
-        .is_some_and(|n| {
+        .and_then(|n| {
             st.objects
-                .contains_key(&(store.to_string(), ns.to_string(), n.to_string()))
+                .get(&(store.to_string(), ns.to_string(), n.to_string()))
+                .cloned()
         });
+    let existed = old.is_some();
     let reply = write(st, store, ns, name, body);
     if let Reply::Json {
         status: code @ (200 | 201),
@@ -557,6 +623,31 @@ fn write_other(
     } = &reply
     {
         let mut obj = obj.clone();
+        // As with a status subresource: a write keeps the status; `generation` counts spec
+        // changes.
+        let generation = match &old {
+            None => 1,
+            Some(o) => {
+                let g = o
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if o.get("spec") == obj.get("spec") {
+                    g
+                } else {
+                    g + 1
+                }
+            }
+        };
+        obj["metadata"]["generation"] = generation.into();
+        match old.as_ref().and_then(|o| o.get("status")) {
+            Some(status) => obj["status"] = status.clone(),
+            None => {
+                if let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
         if let Some(m) = obj.as_object_mut() {
             m.insert("apiVersion".into(), api_version.into());
             let kind = body
@@ -997,6 +1088,34 @@ impl LabApi {
         }
     }
 
+    /// Merge-patch an object's `status` subresource (as a controller such as istiod does).
+    pub fn patch_status(
+        &self,
+        api_version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        patch: Value,
+    ) -> Value {
+        let pq = format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}/status");
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: "PATCH".into(),
+                path_and_query: pq.clone(),
+                content_type: Some("application/merge-patch+json".into()),
+                body: Some(patch),
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        match reply {
+            Some(Reply::Json { status: 200, body }) => body,
+            other => panic!("lab API: PATCH {pq}: {other:?}"),
+        }
+    }
+
     /// Delete an object of another API.
     pub fn delete(&self, api_version: &str, plural: &str, namespace: &str, name: &str) {
         let pq = format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}");
@@ -1036,6 +1155,33 @@ impl LabApi {
         match reply {
             Some(Reply::Json { status: 201, body }) => body,
             other => panic!("lab API: POST {pq}: {other:?}"),
+        }
+    }
+
+    /// Replace a ConfigMap as a user would (`kubectl replace`; its resourceVersion, if given,
+    /// must be current).
+    pub fn replace_configmap(&self, namespace: &str, object: Value) -> Value {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let pq = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: "PUT".into(),
+                path_and_query: pq.clone(),
+                content_type: Some("application/json".into()),
+                body: Some(object),
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        match reply {
+            Some(Reply::Json { status: 200, body }) => body,
+            other => panic!("lab API: PUT {pq}: {other:?}"),
         }
     }
 

@@ -123,12 +123,14 @@ fn mwc_with_bundle(bundle: &[u8]) -> Value {
     body
 }
 
-/// The recorded ValidatingWebhookConfiguration with `bundle` already in its webhook.
+/// The recorded ValidatingWebhookConfiguration with `bundle` already in its webhooks.
 fn vwc_with_bundle(bundle: &[u8]) -> Value {
     let text = std::fs::read_to_string(fixture("validating-config.json")).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut body = doc["exchanges"][0]["body"].clone();
-    body["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(bundle));
+    for w in body["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"]["caBundle"] = json!(b64(bundle));
+    }
     body
 }
 
@@ -222,7 +224,8 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         .unwrap();
     assert_eq!(r.settled, Settled::Created);
     assert_eq!(r.bundle, Ok(4), "the four entries");
-    assert_eq!(r.validating_bundle, Ok(Some(1)));
+    // Both of its webhooks: rules ConfigMaps and Istio objects.
+    assert_eq!(r.validating_bundle, Ok(Some(2)));
     assert_eq!(
         calls(&api),
         [
@@ -291,6 +294,8 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         json!([
             {"op": "test", "path": "/webhooks/0/name", "value": "rules-validator.remora.dev"},
             {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b64(stored.ca_crt.as_bytes())},
+            {"op": "test", "path": "/webhooks/1/name", "value": "istio-objects.remora.dev"},
+            {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": b64(stored.ca_crt.as_bytes())},
         ])
     );
     // Applied to the recorded object, it yields a valid ValidatingWebhookConfiguration whose
@@ -389,7 +394,7 @@ async fn a_lost_create_race_serves_the_winners_certificate() {
     );
     assert_eq!(
         patched_bundles(&patches_to(&api, VWC_PATH)[0]),
-        vec![winner.ca_crt.as_bytes().to_vec()],
+        vec![winner.ca_crt.as_bytes().to_vec(); 2],
         "the validating bundle is the winner's CA too"
     );
     let seen = api.requests();
@@ -974,7 +979,7 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         "{text}"
     );
     assert!(
-        text.contains("caBundle updated on 1 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
+        text.contains("caBundle updated on 2 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
         "{text}"
     );
 }
@@ -1094,7 +1099,7 @@ async fn a_missing_validating_configuration_is_logged_once_and_patched_when_it_a
         "{text}"
     );
     assert!(
-        text.contains("caBundle updated on 1 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
+        text.contains("caBundle updated on 2 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
         "{text}"
     );
 }

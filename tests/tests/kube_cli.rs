@@ -1096,6 +1096,54 @@ async fn analyze_all_namespaces() {
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
 
+/// With Istio's CRDs installed: an object the rules controller leaves out is an error naming
+/// it, and a user's own rules ConfigMap that keeps visible objects from the proxies a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_istio_objects_for_the_rules_controller() {
+    let api = api_with("analyze-istio-objects.json").await;
+    let r = remora(&api, &["analyze", "-n", "shop"]).await;
+    assert_eq!(r.code, 1, "errors exit 1\n{}", r.all());
+    assert!(
+        r.stdout.contains("error: VirtualService shop/cart-timeout: left out of every remora-mesh-rules ConfigMap by the rules controller: spec.http[0].timeout: "),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("warning: ConfigMap shop/remora-mesh-rules: the user's own (no label app.kubernetes.io/managed-by=remora-rules-controller): the rules controller does not overwrite it, so the Istio objects visible in shop (1: DestinationRule shop/cart) do not reach its proxies"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout
+            .ends_with("analyzed 2 ConfigMaps: 2 errors, 2 warnings\n"),
+        "{}",
+        r.all()
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
+/// `rules import`: the namespace's objects from the cluster as a ConfigMap to keep by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_import_prints_a_users_configmap() {
+    let api = api_with("analyze-istio-objects.json").await;
+    let r = remora(&api, &["rules", "import", "-n", "shop"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let cm: Value = serde_yaml_ng::from_str(&r.stdout).expect("YAML");
+    assert_eq!(cm["metadata"]["name"], "remora-mesh-rules");
+    assert!(cm["metadata"]["labels"]
+        .get("app.kubernetes.io/managed-by")
+        .is_none());
+    let keys: Vec<&String> = cm["data"].as_object().expect("data").keys().collect();
+    assert_eq!(keys, ["shop.destinationrule.cart.yaml"]);
+    assert!(
+        r.stderr
+            .contains("left out (invalid): VirtualService shop/cart-timeout: spec.http[0].timeout"),
+        "{}",
+        r.all()
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
 // ---------------------------------------------------------------- kubeconfig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use remora_e2e::apiserver::{event, RecordedApi, Reply};
 use remora_model::rules::{snapshot_from_yaml, EndpointSource, LoadContext};
-use remora_proxy::discovery::kube::{Discovery, Timing, METRICS};
+use remora_proxy::discovery::kube::{Discovery, Timing};
 use remora_proxy::discovery::Scope;
+use remora_proxy::telemetry::Metrics;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> PathBuf {
@@ -65,6 +67,11 @@ async fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 
+/// A metrics handle of the test's own.
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new(100).unwrap())
+}
+
 /// How long a wait for something that normally takes milliseconds may take on a slow, loaded CI
 /// machine (waits poll and end as soon as the condition holds).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -73,11 +80,14 @@ const PATIENCE: Duration = Duration::from_secs(60);
 async fn lists_bookmarks_a_410_relist_and_live_events() {
     let api = RecordedApi::start().await.unwrap();
     api.load(&fixture("shop-relist.json")).unwrap();
-    let restarts_before = METRICS
-        .restarts
-        .with_label_values(&["endpointslices"])
-        .get();
-    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    // The test's own metrics handle: nothing else counts in it.
+    let metrics = metrics();
+    let d = Discovery::start(
+        api.client().unwrap(),
+        "cluster.local",
+        fast(),
+        metrics.clone(),
+    );
     d.set_scope(shop_scope());
 
     // The first watch of the slices ends with ERROR 410: the re-list brings reviews-v2-d.
@@ -113,11 +123,12 @@ async fn lists_bookmarks_a_410_relist_and_live_events() {
     // ExternalName services are left to DNS.
     assert_eq!(addrs(&d, "legacy.shop.svc.cluster.local", 80, &[]), None);
     assert!(
-        METRICS
+        metrics
+            .discovery()
             .restarts
             .with_label_values(&["endpointslices"])
             .get()
-            > restarts_before,
+            > 0,
         "the 410 re-list is counted"
     );
 
@@ -189,7 +200,7 @@ async fn lists_bookmarks_a_410_relist_and_live_events() {
 async fn forbidden_slices_leave_services_unclaimed_and_are_not_retried_hot() {
     let api = RecordedApi::start().await.unwrap();
     api.load(&fixture("shop-forbidden-slices.json")).unwrap();
-    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast(), metrics());
     d.set_scope(shop_scope());
     wait_for(PATIENCE, "the 403", || {
         d.status()
@@ -221,7 +232,7 @@ async fn forbidden_slices_leave_services_unclaimed_and_are_not_retried_hot() {
 async fn scope_change_stops_watches_and_forgets_their_services() {
     let api = RecordedApi::start().await.unwrap();
     api.load(&fixture("shop-relist.json")).unwrap();
-    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast());
+    let d = Discovery::start(api.client().unwrap(), "cluster.local", fast(), metrics());
     d.set_scope(shop_scope());
     wait_for(PATIENCE, "reviews", || {
         addrs(&d, REVIEWS, 9080, &[]).is_some()

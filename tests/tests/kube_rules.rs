@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use remora_e2e::apiserver::{event, RecordedApi};
 use remora_proxy::discovery::kube::{watch_rules_configmap, Timing};
 use remora_proxy::discovery::rules_api::{shared_store, source_kind, RulesSources};
-use remora_proxy::rules::watch::{reload_once_hooked, Outcome, State, METRICS};
+use remora_proxy::rules::watch::{reload_once_hooked, Outcome, State};
 use remora_proxy::rules::{load_dir, LoadContext, SharedSnapshot};
+use remora_proxy::telemetry::Metrics;
 use serde_json::{json, Value};
 
 const CM_PATH: &str = "/api/v1/namespaces/shop/configmaps";
@@ -102,6 +103,7 @@ fn setup(subset_on_disk: &str) -> (tempfile::TempDir, SharedSnapshot, Arc<RulesS
         ctx(),
         "shop/remora-mesh-rules".into(),
         None,
+        Arc::new(Metrics::new(100).unwrap()),
     ));
     (dir, store, sources)
 }
@@ -179,14 +181,24 @@ async fn api_changes_apply_at_once_a_410_relists_and_the_lagging_mount_is_not_ap
     let mut state = State::default();
     let no_dns = |_: &str| Vec::new();
     assert_eq!(
-        reload_once_hooked(dir.path(), &ctx(), &store, &mut state, &no_dns, &*sources),
+        reload_once_hooked(
+            dir.path(),
+            &ctx(),
+            &store,
+            &mut state,
+            &sources.metrics,
+            &no_dns,
+            &*sources,
+        ),
         Outcome::Unchanged
     );
     assert_eq!(store.load().generation, 3);
 
     // Live events on the held watch. An invalid content: rejected, counted, last good kept.
     wait_for(PATIENCE, "the held watch", || api.open_watches(CM_PATH) > 0).await;
-    let errors = METRICS.reload_errors.get();
+    // The test's own metrics handle: nothing else counts in it.
+    let errors = &sources.metrics.rules().reload_errors;
+    assert_eq!(errors.get(), 0);
     let (_, dr) = fixture_docs();
     api.emit(
         CM_PATH,
@@ -201,11 +213,10 @@ async fn api_changes_apply_at_once_a_410_relists_and_the_lagging_mount_is_not_ap
     // The resourceVersion and the error count are two updates: wait for both (the count never
     // rising still fails, after the wait).
     wait_for(PATIENCE, "the rejection", || {
-        sources.api_state().resource_version.as_deref() == Some("730")
-            && METRICS.reload_errors.get() > errors
+        sources.api_state().resource_version.as_deref() == Some("730") && errors.get() > 0
     })
     .await;
-    assert!(METRICS.reload_errors.get() > errors);
+    assert_eq!(errors.get(), 1);
     assert_eq!(store.load().generation, 3);
     assert_eq!(subset_in_effect(&store).as_deref(), Some("v3"));
 
@@ -227,7 +238,15 @@ async fn api_changes_apply_at_once_a_410_relists_and_the_lagging_mount_is_not_ap
     assert_eq!(source_kind(&store.load().source), "api");
     // The mount has the same content now: same hash, nothing to do, the source stays api.
     assert_eq!(
-        reload_once_hooked(dir.path(), &ctx(), &store, &mut state, &no_dns, &*sources),
+        reload_once_hooked(
+            dir.path(),
+            &ctx(),
+            &store,
+            &mut state,
+            &sources.metrics,
+            &no_dns,
+            &*sources,
+        ),
         Outcome::Unchanged
     );
     assert_eq!(
@@ -242,7 +261,15 @@ async fn api_changes_apply_at_once_a_410_relists_and_the_lagging_mount_is_not_ap
     assert_eq!(store.load().generation, 4);
     mount(dir.path(), "v2");
     assert_eq!(
-        reload_once_hooked(dir.path(), &ctx(), &store, &mut state, &no_dns, &*sources),
+        reload_once_hooked(
+            dir.path(),
+            &ctx(),
+            &store,
+            &mut state,
+            &sources.metrics,
+            &no_dns,
+            &*sources,
+        ),
         Outcome::Applied(5)
     );
     assert_eq!(source_kind(&store.load().source), "files");
@@ -274,7 +301,15 @@ async fn forbidden_configmap_leaves_the_files_in_charge() {
     let mut state = State::default();
     let no_dns = |_: &str| Vec::new();
     assert_eq!(
-        reload_once_hooked(dir.path(), &ctx(), &store, &mut state, &no_dns, &*sources),
+        reload_once_hooked(
+            dir.path(),
+            &ctx(),
+            &store,
+            &mut state,
+            &sources.metrics,
+            &no_dns,
+            &*sources,
+        ),
         Outcome::Applied(2)
     );
     assert_eq!(subset_in_effect(&store).as_deref(), Some("v2"));
@@ -304,7 +339,15 @@ async fn absent_configmap_leaves_the_files_in_charge() {
     let mut state = State::default();
     let no_dns = |_: &str| Vec::new();
     assert_eq!(
-        reload_once_hooked(dir.path(), &ctx(), &store, &mut state, &no_dns, &*sources),
+        reload_once_hooked(
+            dir.path(),
+            &ctx(),
+            &store,
+            &mut state,
+            &sources.metrics,
+            &no_dns,
+            &*sources,
+        ),
         Outcome::Applied(2)
     );
     // Created later: the API's content takes over.

@@ -262,6 +262,45 @@ async fn objects_reach_the_namespaces_that_see_them() {
         (rv(&api, "frontend"), rv(&api, "bookinfo")),
         (rv_front, rv_book)
     );
+    // An edit by hand of the controller's ConfigMap, then a change: the controller's write
+    // meets a newer resourceVersion (409), re-reads and writes again; the hand edit is gone.
+    let puts = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PUT"
+                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
+            })
+            .count()
+    };
+    let puts_before = puts();
+    let mut edited = api
+        .object("configmaps", "frontend", "remora-mesh-rules")
+        .expect("cm");
+    edited["data"]["by-hand.yaml"] = json!("# edited\n");
+    api.replace_configmap("frontend", edited);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1", "v2", "v3"], None),
+    );
+    until(
+        "the write after a conflict",
+        Duration::from_secs(10),
+        || {
+            api.object("configmaps", "frontend", "remora-mesh-rules")
+                .is_some_and(|cm| {
+                    cm["data"].get("by-hand.yaml").is_none()
+                        && cm["data"]["bookinfo.destinationrule.reviews.yaml"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("name: v3"))
+                })
+        },
+    )
+    .await;
+    // The controller's two writes: the stale one (409) and the retry (the hand edit went
+    // around the recorded server, so it is not among its requests).
+    assert_eq!(puts() - puts_before, 2);
     // A watch the API server expires is re-listed, and later changes still arrive.
     let lists_before = list_requests(&api, "/apis/networking.istio.io/v1/destinationrules");
     assert!(api.expire_watches("/apis/networking.istio.io/v1/destinationrules") >= 1);
@@ -392,6 +431,185 @@ async fn too_large_is_refused_and_a_missing_group_holds_nothing_back() {
     assert!(
         keys(&api, "bookinfo").is_none(),
         "an oversized ConfigMap was written"
+    );
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_conditions_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = LabApi::start_local(dir.path()).expect("api");
+    setup(&api);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1"], None),
+    );
+    // istiod's own condition, written through the status subresource.
+    api.patch_status(
+        NET,
+        "destinationrules",
+        "bookinfo",
+        "reviews",
+        json!({"status": {"conditions": [{"type": "Reconciled", "status": "True", "message": "istiod"}]}}),
+    );
+    api.apply(
+        NET,
+        "virtualservices",
+        vs(
+            "bookinfo",
+            "broken",
+            json!({"hosts": ["x"], "http": [{"timeout": "soon"}]}),
+        ),
+    );
+    let mut o = options("replica-a");
+    o.status = true;
+    let ctl = rules_controller::start(client(&api), o);
+    let ours = |kind: &str, name: &str| -> Option<Value> {
+        api.object(kind, "bookinfo", name).and_then(|o| {
+            o["status"]["conditions"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "remora.dev/Compiled")
+                    .cloned()
+            })
+        })
+    };
+    until("both conditions", Duration::from_secs(20), || {
+        ours("networking.istio.io/destinationrules", "reviews").is_some()
+            && ours("networking.istio.io/virtualservices", "broken").is_some()
+    })
+    .await;
+    let good = ours("networking.istio.io/destinationrules", "reviews").expect("condition");
+    assert_eq!(good["status"], "True");
+    assert_eq!(good["observedGeneration"], 1);
+    assert!(good["lastTransitionTime"].is_string(), "{good}");
+    let bad = ours("networking.istio.io/virtualservices", "broken").expect("condition");
+    assert_eq!(bad["status"], "False");
+    assert_eq!(bad["reason"], "Invalid");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("spec.http[0].timeout"),
+        "{bad}"
+    );
+    // Istio's own condition is kept.
+    let dr_now = api
+        .object(
+            "networking.istio.io/destinationrules",
+            "bookinfo",
+            "reviews",
+        )
+        .expect("dr");
+    assert!(
+        dr_now["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "Reconciled" && c["message"] == "istiod")),
+        "{dr_now}"
+    );
+    // A spec change: a new generation, a new condition; then quiet (no status write loop).
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1", "v2"], None),
+    );
+    until("generation 2", Duration::from_secs(10), || {
+        ours("networking.istio.io/destinationrules", "reviews")
+            .is_some_and(|c| c["observedGeneration"] == 2)
+    })
+    .await;
+    let patches = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path().ends_with("/status"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = patches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(patches(), settled, "status writes keep coming");
+    assert_eq!(settled, 3, "one per object, one for the new generation");
+    ctl.shutdown().await;
+}
+
+/// A Sidecar's egress hosts keep other namespaces' objects out of its namespace's ConfigMap;
+/// changes arriving together are written together (one batch, not one write per change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_scope_and_batched_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = LabApi::start_local(dir.path()).expect("api");
+    setup(&api);
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("bookinfo", "reviews", "reviews", &["v1"], None),
+    );
+    api.apply(
+        NET,
+        "destinationrules",
+        dr("legacy", "old", "old", &["v1"], None),
+    );
+    api.apply(
+        NET,
+        "sidecars",
+        json!({"apiVersion": NET, "kind": "Sidecar",
+               "metadata": {"name": "default", "namespace": "frontend"},
+               "spec": {"egress": [{"hosts": ["./*", "bookinfo/*"]}]}}),
+    );
+    let ctl = rules_controller::start(client(&api), options("replica-a"));
+    until("frontend's ConfigMap", Duration::from_secs(20), || {
+        keys(&api, "frontend").is_some()
+    })
+    .await;
+    assert_eq!(
+        keys(&api, "frontend").expect("frontend"),
+        [
+            "bookinfo.destinationrule.reviews.yaml",
+            "frontend.sidecar.default.yaml"
+        ],
+        "legacy's DestinationRule is outside frontend's Sidecar egress hosts"
+    );
+    // bookinfo has no Sidecar: it sees legacy's.
+    assert!(keys(&api, "bookinfo")
+        .expect("bookinfo")
+        .contains(&"legacy.destinationrule.old.yaml".to_string()));
+    // Five changes at once: one batch.
+    let puts = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PUT"
+                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
+            })
+            .count()
+    };
+    let before = puts();
+    for i in 2..=6 {
+        let subsets: Vec<String> = (1..=i).map(|n| format!("v{n}")).collect();
+        let refs: Vec<&str> = subsets.iter().map(String::as_str).collect();
+        api.apply(
+            NET,
+            "destinationrules",
+            dr("bookinfo", "reviews", "reviews", &refs, None),
+        );
+    }
+    until("the last change", Duration::from_secs(10), || {
+        api.object("configmaps", "frontend", "remora-mesh-rules")
+            .and_then(|cm| {
+                cm["data"]["bookinfo.destinationrule.reviews.yaml"]
+                    .as_str()
+                    .map(|t| t.contains("name: v6"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = puts() - before;
+    assert!(
+        (1..=2).contains(&writes),
+        "{writes} writes for five changes made together"
     );
     ctl.shutdown().await;
 }

@@ -231,6 +231,10 @@ struct RulesArgs {
     /// Changes arriving within this window are applied together (at most 1s).
     #[arg(long, env = "REMORA_RULES_DEBOUNCE", default_value = "100ms")]
     rules_debounce: String,
+    /// `on` writes a `remora.dev/Compiled` condition into each Istio object's status (True, or
+    /// False with the reason it is left out), as Istio's PILOT_ENABLE_STATUS does.
+    #[arg(long, env = "REMORA_RULES_STATUS", default_value = "off", value_parser = ["on", "off"])]
+    rules_status: String,
     /// The cluster's DNS domain (short host names in rules are qualified with it).
     #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -258,6 +262,7 @@ impl RulesArgs {
         o.debounce = parse_short_duration(&self.rules_debounce)
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
         o.settings.cluster_domain = self.cluster_domain.clone();
+        o.status = self.rules_status == "on";
         o.validate()
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
         Ok(Some(o))

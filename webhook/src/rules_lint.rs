@@ -64,8 +64,13 @@ pub fn config_map_files(cm: Option<&Value>) -> Result<Vec<(String, Vec<u8>)>, St
 pub struct Message {
     /// `error` or `warning`.
     pub level: &'static str,
-    /// `namespace/name` of the ConfigMap.
+    /// `namespace/name` of the ConfigMap (empty for a finding about an Istio object).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub config_map: String,
+    /// `Kind namespace/name` of an Istio object in the cluster the finding is about (empty for
+    /// a finding about a ConfigMap's content).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub object: String,
     pub file: String,
     #[serde(skip_serializing_if = "is_zero")]
     pub document: usize,
@@ -132,6 +137,7 @@ pub fn analyze(config_maps: &[Value], services: &[Value], cluster_domain: &str) 
             out.messages.push(Message {
                 level,
                 config_map: key.clone(),
+                object: String::new(),
                 file: f.file,
                 document: f.document,
                 field: f.field,
@@ -237,6 +243,7 @@ pub fn analyze(config_maps: &[Value], services: &[Value], cluster_domain: &str) 
             out.messages.push(Message {
                 level: "warning",
                 config_map: d.key.clone(),
+                object: String::new(),
                 file: file.to_string(),
                 document,
                 field,
@@ -294,7 +301,7 @@ fn path_or(path: &str, kind: &str, i: usize) -> String {
 /// One line per message (errors first), then a summary line.
 pub fn render_text(a: &Analysis) -> String {
     let mut out = String::new();
-    if a.config_maps.is_empty() {
+    if a.config_maps.is_empty() && a.messages.is_empty() {
         out.push_str(
             "no rules ConfigMaps found (remora-mesh-rules, or label remora.dev/rules=true)\n",
         );
@@ -302,7 +309,11 @@ pub fn render_text(a: &Analysis) -> String {
     }
     for level in ["error", "warning"] {
         for m in a.messages.iter().filter(|m| m.level == level) {
-            let _ = write!(out, "{level}: ConfigMap {}: ", m.config_map);
+            if m.config_map.is_empty() {
+                let _ = write!(out, "{level}: {}: ", m.object);
+            } else {
+                let _ = write!(out, "{level}: ConfigMap {}: ", m.config_map);
+            }
             if !m.file.is_empty() {
                 out.push_str(&m.file);
                 if m.document > 0 {

@@ -228,7 +228,18 @@ pub fn handle(body: &[u8], cfg: &Config) -> Answer {
     let resp = AdmissionResponse::from(&req);
     let cm_key = format!("{}/{}", log.namespace, log.name);
 
-    let resp = if req.kind.kind != "ConfigMap" || !req.kind.group.is_empty() {
+    let istio_kind = crate::rules_controller::KINDS
+        .iter()
+        .any(|k| k.group == req.kind.group && k.kind == req.kind.kind);
+    let resp = if istio_kind {
+        if !matches!(req.operation, Operation::Create | Operation::Update) || !object.is_object() {
+            log.decision = "skipped";
+            log.reason = format!("operation {}: not checked", log.operation);
+            resp
+        } else {
+            istio_object(resp, object, &mut log)
+        }
+    } else if req.kind.kind != "ConfigMap" || !req.kind.group.is_empty() {
         log.decision = "skipped";
         log.reason = format!(
             "remora-webhook validates ConfigMaps only; got {}/{} {}: allowed unchecked",
@@ -320,6 +331,54 @@ pub fn handle(body: &[u8], cfg: &Config) -> Answer {
         },
         Err(e) => error(500, format!("serializing the response: {e}"), log),
     }
+}
+
+/// An Istio object (a kind the rules controller compiles) is never refused — Istio may share
+/// the cluster and accept what remora does not — but what the rules controller would leave out,
+/// and fields remora ignores, come back as warnings, which kubectl prints.
+fn istio_object(
+    mut resp: AdmissionResponse,
+    mut object: Value,
+    log: &mut DecisionLog,
+) -> AdmissionResponse {
+    if let Some(md) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        md.insert("namespace".into(), Value::String(log.namespace.clone()));
+    }
+    let id = format!(
+        "{} {}/{}",
+        str_at(&object, "/kind").unwrap_or("?"),
+        log.namespace,
+        log.name
+    );
+    let mut warnings = Vec::new();
+    match remora_model::compile::check(&object, "cluster.local") {
+        Ok(c) => {
+            warnings.extend(c.warnings.iter().map(|w| format!("remora: {id}: {w}")));
+            log.decision = "allowed";
+            log.reason = format!(
+                "{id}: the rules controller applies it; {} warning{}",
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" }
+            );
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "remora: {id} is left out of every remora-mesh-rules ConfigMap by the rules controller (remora's sidecars do not apply it): {}",
+                e.reason
+            ));
+            log.decision = "allowed";
+            log.reason = format!(
+                "{id}: allowed with a warning (remora never refuses Istio objects): {}",
+                e.reason
+            );
+        }
+    }
+    warnings.truncate(MAX_LISTED);
+    log.warnings = warnings.len();
+    if !warnings.is_empty() {
+        resp.warnings = Some(warnings);
+    }
+    resp
 }
 
 /// Wraps a ConfigMap into an AdmissionReview request (tests, benchmarks).
@@ -494,6 +553,39 @@ spec:
         assert_eq!(w.len(), MAX_LISTED + 1);
         assert_eq!(w[0], "ConfigMap ns/x: e0");
         assert!(warnings_for("ns/x", &[]).is_none());
+    }
+
+    #[test]
+    fn istio_objects_are_allowed_with_what_remora_leaves_out_as_warnings() {
+        let review = |obj: &Value, op: &str| {
+            let mut r = review_for(obj, "u1", op);
+            r["request"]["kind"] =
+                json!({"group": "networking.istio.io", "version": "v1", "kind": "VirtualService"});
+            r["request"]["resource"] = json!({"group": "networking.istio.io", "version": "v1", "resource": "virtualservices"});
+            r
+        };
+        let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": "r", "namespace": "shop"},
+                         "spec": {"hosts": ["r"], "http": [{"timeout": "soon"}]}});
+        let (a, v) = answer(&review(&bad, "CREATE"));
+        assert_eq!(a.status, 200);
+        assert_eq!(v["response"]["allowed"], true);
+        let w = v["response"]["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            w.starts_with("remora: VirtualService shop/r is left out of every remora-mesh-rules ConfigMap by the rules controller (remora's sidecars do not apply it): spec.http[0].timeout"),
+            "{w}"
+        );
+        assert_eq!(a.log.decision, "allowed");
+        let good = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                          "metadata": {"name": "r", "namespace": "shop"},
+                          "spec": {"hosts": ["r"], "htp": [], "http": [{"route": [{"destination": {"host": "r"}}]}]}});
+        let (_, v) = answer(&review(&good, "UPDATE"));
+        assert_eq!(v["response"]["allowed"], true);
+        let w = v["response"]["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            w.starts_with("remora: VirtualService shop/r: spec.htp"),
+            "{w}"
+        );
     }
 
     #[test]

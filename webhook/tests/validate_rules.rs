@@ -603,7 +603,31 @@ fn the_manifest_matches_the_code() {
     let name = vwc["metadata"]["name"].as_str().unwrap();
     assert_eq!(name, "remora-rules-validator");
     let hooks = vwc["webhooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks.len(), 2);
+    // The second: every kind the rules controller compiles, failing open, never refused.
+    let istio = &hooks[1];
+    assert_eq!(istio["clientConfig"]["service"]["path"], "/validate");
+    assert_eq!(istio["failurePolicy"], "Ignore");
+    let mut covered: Vec<(String, String)> = istio["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let g = r["apiGroups"][0].as_str().unwrap().to_string();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| (g.clone(), p.as_str().unwrap().to_string()))
+        })
+        .collect();
+    covered.sort();
+    let mut kinds: Vec<(String, String)> = remora_webhook::rules_controller::KINDS
+        .iter()
+        .map(|k| (k.group.to_string(), k.plural.to_string()))
+        .collect();
+    kinds.sort();
+    assert_eq!(covered, kinds);
     let w = &hooks[0];
     assert_eq!(w["clientConfig"]["service"]["path"], "/validate");
     assert_eq!(w["clientConfig"]["service"]["name"], "remora-webhook");

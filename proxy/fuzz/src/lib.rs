@@ -19,7 +19,7 @@ use remora_proxy::guard::{DownstreamLimits, Guard};
 use remora_proxy::listen::CaptureApp;
 use remora_proxy::state::{Direction, Settings, Shared};
 use remora_proxy::rules::{self, LoadContext, Snapshot};
-use remora_proxy::telemetry::{AccessLog, Workload};
+use remora_proxy::telemetry::{AccessLog, Metrics, Workload};
 use remora_proxy::http::MeshHttp;
 use remora_proxy::upstream::HostResolver;
 
@@ -125,20 +125,25 @@ fn start() -> Harness {
     let mut snap = Snapshot::empty(&ctx);
     snap.generation = 1;
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let metrics = Arc::new(
+        Metrics::new(remora_proxy::telemetry::metrics::DEFAULT_SERIES_MAX)
+            .expect("metric definitions"),
+    );
     let shared = Arc::new(Shared {
         settings,
         snapshot: store,
-        policies: Arc::new(remora_proxy::policy::Policies::new()),
+        policies: Arc::new(remora_proxy::policy::Policies::new(metrics.clone())),
         identity: None,
         peers: Default::default(),
         jwt: Default::default(),
+        metrics: metrics.clone(),
     });
     let limits = DownstreamLimits {
         header_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(5),
         ..DownstreamLimits::default()
     };
-    let guard = Arc::new(Guard::new(limits));
+    let guard = Arc::new(Guard::new(limits, &metrics));
     let conf = ServerConf {
         threads: 1,
         grace_period_seconds: Some(1),
@@ -167,6 +172,7 @@ fn start() -> Harness {
         Arc::new(StreamIdleApp {
             inner: Arc::new(inner),
             listener: dir.as_str(),
+            metrics: metrics.clone(),
             stream_idle: guard.limits.stream_idle_timeout,
             write_timeout: guard.limits.downstream_write_timeout,
         })

@@ -1,10 +1,11 @@
 //! The seam to the Kubernetes API: kube-runtime watchers for Services, EndpointSlices
 //! (discovery.k8s.io/v1) and Pods (metadata only) per watched namespace, feeding the store;
 //! and the watcher of the rules ConfigMap. Everything here is I/O; the decisions are in
-//! `store.rs`, `mod.rs` (scope) and `rules_api.rs`.
+//! `store.rs`, `mod.rs` (scope) and `rules_api.rs`. The index's size and the watch restarts are
+//! counted in the metrics handle discovery is started with (`Metrics::discovery`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,7 +14,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::ResourceExt;
-use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
 use super::store::{
@@ -23,53 +23,7 @@ use super::store::{
 use super::Scope;
 use crate::rules::endpoints::ChainedEndpoints;
 use crate::rules::Snapshot;
-
-/// Discovery metrics (prometheus default registry).
-pub struct Metrics {
-    /// `remora_discovery_services`
-    pub services: IntGauge,
-    /// `remora_discovery_endpoints`
-    pub endpoints: IntGauge,
-    /// `remora_discovery_watch_restarts_total{resource}`: re-lists after the first list (410
-    /// Gone, a broken watch) and failed list/watch calls.
-    pub restarts: IntCounterVec,
-}
-
-fn register<T: prometheus::core::Collector + Clone + 'static>(c: T, name: &str) -> T {
-    if let Err(e) = prometheus::register(Box::new(c.clone())) {
-        tracing::warn!(metric = name, error = %e, "metric not registered");
-    }
-    c
-}
-
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    // Constant, valid definitions: `new` only fails on invalid names.
-    let gauge = |name: &str, help: &str| match IntGauge::new(name, help) {
-        Ok(g) => register(g, name),
-        Err(e) => panic!("metric {name}: {e}"),
-    };
-    let restarts = match IntCounterVec::new(
-        prometheus::Opts::new(
-            "remora_discovery_watch_restarts_total",
-            "Kubernetes watches restarted (re-list after 410 Gone or a failed watch, failed list calls).",
-        ),
-        &["resource"],
-    ) {
-        Ok(c) => register(c, "remora_discovery_watch_restarts_total"),
-        Err(e) => panic!("metric remora_discovery_watch_restarts_total: {e}"),
-    };
-    Metrics {
-        services: gauge(
-            "remora_discovery_services",
-            "Kubernetes services in the discovery index (in the Sidecar's scope).",
-        ),
-        endpoints: gauge(
-            "remora_discovery_endpoints",
-            "Ready endpoints (service port x address) in the discovery index.",
-        ),
-        restarts,
-    }
-});
+use crate::telemetry::Metrics;
 
 /// How the proxy reaches the API server (`--kube-api`).
 pub enum ApiMode {
@@ -149,6 +103,8 @@ pub struct Discovery {
     scope_tx: tokio_watch::Sender<Option<Scope>>,
     status: Mutex<Status>,
     sync: Mutex<SyncState>,
+    /// Where the index's size and the watch restarts are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -185,16 +141,22 @@ impl Default for Timing {
 }
 
 impl Discovery {
-    /// Start the discovery task on the current tokio runtime. Nothing is watched until the
-    /// first `set_scope`.
-    pub fn start(client: kube::Client, domain: &str, timing: Timing) -> Arc<Discovery> {
-        LazyLock::force(&METRICS);
+    /// Start the discovery task on the current tokio runtime, counting in `metrics` (its
+    /// discovery families are registered now). Nothing is watched until the first `set_scope`.
+    pub fn start(
+        client: kube::Client,
+        domain: &str,
+        timing: Timing,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Discovery> {
+        metrics.discovery();
         let (scope_tx, scope_rx) = tokio_watch::channel(None);
         let d = Arc::new(Discovery {
             endpoints: Arc::new(DiscoveredEndpoints::new(domain)),
             scope_tx,
             status: Mutex::new(Status::default()),
             sync: Mutex::new(SyncState::default()),
+            metrics,
         });
         tokio::spawn(run(d.clone(), client, domain.to_string(), scope_rx, timing));
         d
@@ -371,8 +333,9 @@ async fn run(
                 let index = Index::build(&store, &domain, &allows);
                 builds += 1;
                 let (svcs, slices, pods) = store.counts();
-                METRICS.services.set(index.services as i64);
-                METRICS.endpoints.set(index.endpoints as i64);
+                let m = d.metrics.discovery();
+                m.services.set(index.services as i64);
+                m.endpoints.set(index.endpoints as i64);
                 {
                     let mut st = locked(&d.status);
                     st.services = index.services;
@@ -526,7 +489,11 @@ async fn drive<K, S>(
         let ok = match item {
             Ok(Event::Init) => {
                 if listed_once {
-                    METRICS.restarts.with_label_values(&[what]).inc();
+                    d.metrics
+                        .discovery()
+                        .restarts
+                        .with_label_values(&[what])
+                        .inc();
                     tracing::info!("discovery: re-listing {what} in {part}");
                 }
                 count = 0;
@@ -574,7 +541,11 @@ async fn drive<K, S>(
                         );
                     }
                     _ => {
-                        METRICS.restarts.with_label_values(&[what]).inc();
+                        d.metrics
+                            .discovery()
+                            .restarts
+                            .with_label_values(&[what])
+                            .inc();
                         let msg = e.to_string();
                         if last_error.as_deref() != Some(msg.as_str()) {
                             tracing::warn!("discovery: {what} in {part}: {msg}; retrying in {} ms (backing off to {} s)", delay.as_millis(), timing.max_backoff.as_secs());

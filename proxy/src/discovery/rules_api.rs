@@ -4,7 +4,8 @@
 //! proxy may read the ConfigMap through the API, it watches it (a `fieldSelector` on
 //! `metadata.name`, so RBAC can be limited to that one name) and applies each change through the
 //! same decode/validate/build path as the files; an invalid content keeps the last good rules
-//! and counts `remora_config_reload_errors_total`.
+//! and counts `remora_config_reload_errors_total` (in the proxy's metrics handle, as the file
+//! watcher does).
 //!
 //! Arbitration ("the newer content wins"): the kubelet copies the mount from the API, so while
 //! the API watch is live the API's content is at least as new as the files. Then a file set
@@ -17,8 +18,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::rules::watch::{self, Hooks, Outcome, METRICS};
+use crate::rules::watch::{self, Hooks, Outcome};
 use crate::rules::{self, load, LoadContext, SharedSnapshot, Snapshot};
+use crate::telemetry::Metrics;
 
 use super::kube::Discovery;
 use super::Scope;
@@ -54,6 +56,8 @@ pub struct RulesSources {
     /// `namespace/name` of the ConfigMap.
     pub configmap: String,
     pub discovery: Option<Arc<Discovery>>,
+    /// Where applied and rejected rule sets are counted (`Metrics::rules`).
+    pub metrics: Arc<Metrics>,
     api: Mutex<ApiState>,
     /// The ConfigMap's first answer through the API, for readiness: `NOT_WATCHED`, `AWAITED`
     /// or `ANSWERED`.
@@ -74,6 +78,7 @@ impl RulesSources {
         ctx: LoadContext,
         configmap: String,
         discovery: Option<Arc<Discovery>>,
+        metrics: Arc<Metrics>,
     ) -> RulesSources {
         RulesSources {
             lock: Mutex::new(()),
@@ -81,6 +86,7 @@ impl RulesSources {
             ctx,
             configmap,
             discovery,
+            metrics,
             api: Mutex::new(ApiState {
                 status: "off".into(),
                 ..ApiState::default()
@@ -168,16 +174,17 @@ impl RulesSources {
             Ok(mut snap) => {
                 snap.source = self.api_source(rv);
                 let snap = Arc::new(self.prepare(snap));
-                watch::log_applied(&snap);
+                watch::log_applied(&snap, &self.metrics);
                 self.store.store(snap.clone());
-                METRICS.generation.set(generation as i64);
-                METRICS.reloads.inc();
+                let m = self.metrics.rules();
+                m.generation.set(generation as i64);
+                m.reloads.inc();
                 locked(&self.api).last_rejected = None;
                 self.applied(&snap);
                 Outcome::Applied(generation)
             }
             Err(errs) => {
-                METRICS.reload_errors.inc();
+                self.metrics.rules().reload_errors.inc();
                 for e in &errs {
                     tracing::error!(
                         configmap = %self.configmap,
@@ -365,7 +372,9 @@ mod tests {
             ctx.clone(),
             "default/remora-mesh-rules".into(),
             None,
+            Arc::new(Metrics::new(100).unwrap()),
         );
+        let m = src.metrics.clone();
         let mut state = State::default();
 
         // The API shows a newer content: applied at once, source api.
@@ -387,19 +396,18 @@ mod tests {
         );
         // The files still hold v1: lagging, not applied.
         assert_eq!(
-            reload_once_hooked(d.path(), &ctx, &store, &mut state, &no_dns, &src),
+            reload_once_hooked(d.path(), &ctx, &store, &mut state, &m, &no_dns, &src),
             Outcome::Unchanged
         );
         assert_eq!(store.load().generation, 2);
         // The kubelet catches up: same hash, nothing changes, the source stays api.
         std::fs::write(d.path().join("r.yaml"), vs("v2")).unwrap();
         assert_eq!(
-            reload_once_hooked(d.path(), &ctx, &store, &mut state, &no_dns, &src),
+            reload_once_hooked(d.path(), &ctx, &store, &mut state, &m, &no_dns, &src),
             Outcome::Unchanged
         );
         assert_eq!(source_kind(&store.load().source), "api");
         // Invalid content through the API: rejected, last good kept, counted once.
-        let errors = METRICS.reload_errors.get();
         let bad: BTreeMap<String, String> = [("r.yaml".to_string(), "kind: [".to_string())].into();
         assert!(matches!(
             src.apply_configmap(&bad, &[], "42", &no_dns),
@@ -409,13 +417,14 @@ mod tests {
             src.apply_configmap(&bad, &[], "42", &no_dns),
             Outcome::Unchanged
         );
-        assert!(METRICS.reload_errors.get() > errors);
+        assert_eq!(m.rules().reload_errors.get(), 1);
+        assert_eq!(m.rules().generation.get(), 2);
         assert_eq!(store.load().generation, 2);
         // The API becomes unavailable (403): the files are applied again.
         src.set_api_status("forbidden", false, Some("403".into()));
         std::fs::write(d.path().join("r.yaml"), vs("v3")).unwrap();
         assert_eq!(
-            reload_once_hooked(d.path(), &ctx, &store, &mut state, &no_dns, &src),
+            reload_once_hooked(d.path(), &ctx, &store, &mut state, &m, &no_dns, &src),
             Outcome::Applied(3)
         );
         assert_eq!(source_kind(&store.load().source), "files");

@@ -1,7 +1,8 @@
 //! The cap on open downstream connections of one capture listener (inbound and outbound each
-//! have their own): a connection over the cap is closed at once, before anything is read.
+//! have their own): a connection over the cap is closed at once, before anything is read. The
+//! connections open now are the gauge `remora_downstream_connections{listener}`.
 
-use crate::telemetry::Metrics;
+use prometheus::IntGaugeVec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use std::sync::Arc;
 pub struct ConnectionGate {
     open: AtomicUsize,
     max: usize,
+    /// `remora_downstream_connections` of the proxy's metrics handle.
+    connections: IntGaugeVec,
 }
 
 /// A held slot of the [`ConnectionGate`]; released (and the gauge lowered) on drop.
@@ -20,10 +23,12 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionGate {
-    pub fn new(max: usize) -> Arc<ConnectionGate> {
+    /// A gate for `max` connections, counting the open ones in `connections` (by listener).
+    pub fn new(max: usize, connections: IntGaugeVec) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             open: AtomicUsize::new(0),
             max,
+            connections,
         })
     }
 
@@ -38,10 +43,7 @@ impl ConnectionGate {
         if !taken {
             return None;
         }
-        Metrics::get()
-            .downstream_connections
-            .with_label_values(&[listener])
-            .inc();
+        self.connections.with_label_values(&[listener]).inc();
         Some(ConnectionSlot {
             gate: self.clone(),
             listener,
@@ -57,8 +59,8 @@ impl ConnectionGate {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.gate.open.fetch_sub(1, Ordering::AcqRel);
-        Metrics::get()
-            .downstream_connections
+        self.gate
+            .connections
             .with_label_values(&[self.listener])
             .dec();
     }
@@ -70,13 +72,17 @@ mod tests {
 
     #[test]
     fn gate_caps_and_releases() {
-        let g = ConnectionGate::new(2);
+        let m = crate::telemetry::Metrics::new(10).unwrap();
+        let g = ConnectionGate::new(2, m.downstream_connections.clone());
+        let open = |l: &str| m.downstream_connections.with_label_values(&[l]).get();
         let a = g.try_acquire("outbound").unwrap();
         let b = g.try_acquire("inbound").unwrap();
         assert!(g.try_acquire("outbound").is_none());
         assert_eq!(g.open(), 2);
+        assert_eq!((open("outbound"), open("inbound")), (1, 1));
         drop(a);
         assert_eq!(g.open(), 1);
+        assert_eq!(open("outbound"), 0);
         let c = g.try_acquire("outbound");
         assert!(c.is_some());
         drop((b, c));

@@ -6,6 +6,7 @@
 
 use super::limits::DownstreamLimits;
 use super::reject::{answer, record, Reject};
+use crate::telemetry::Metrics;
 use bytes::BufMut;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -107,6 +108,7 @@ pub enum HeadRead {
 pub async fn read_head(
     stream: Stream,
     limits: &DownstreamLimits,
+    metrics: &Metrics,
     listener: &'static str,
     keepalive: bool,
 ) -> HeadRead {
@@ -125,6 +127,7 @@ pub async fn read_head(
         match first {
             Err(_) => {
                 record(
+                    metrics,
                     listener,
                     Reject::IdleTimeout,
                     &format!(
@@ -144,7 +147,7 @@ pub async fn read_head(
         match scan.feed(&buf, limits) {
             Head::Complete(_) => break,
             Head::Over(why) => {
-                reject(&mut l4, listener, why, buf.len()).await;
+                reject(&mut l4, metrics, listener, why, buf.len()).await;
                 return HeadRead::Rejected(why);
             }
             Head::Partial => {}
@@ -159,6 +162,7 @@ pub async fn read_head(
             Err(_) => {
                 if buf.is_empty() {
                     record(
+                        metrics,
                         listener,
                         Reject::HeaderTimeout,
                         &format!(
@@ -167,7 +171,7 @@ pub async fn read_head(
                         ),
                     );
                 } else {
-                    reject(&mut l4, listener, Reject::HeaderTimeout, buf.len()).await;
+                    reject(&mut l4, metrics, listener, Reject::HeaderTimeout, buf.len()).await;
                 }
                 return HeadRead::Rejected(Reject::HeaderTimeout);
             }
@@ -188,8 +192,15 @@ pub async fn read_head(
     HeadRead::Ready(l4 as Stream)
 }
 
-async fn reject(l4: &mut L4Stream, listener: &'static str, why: Reject, read: usize) {
+async fn reject(
+    l4: &mut L4Stream,
+    metrics: &Metrics,
+    listener: &'static str,
+    why: Reject,
+    read: usize,
+) {
     record(
+        metrics,
         listener,
         why,
         &format!("{} after {read} bytes of request head", why.as_str()),

@@ -41,9 +41,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(limits: DownstreamLimits) -> Guard {
-        let inbound_gate = ConnectionGate::new(limits.max_inbound_connections);
-        let outbound_gate = ConnectionGate::new(limits.max_outbound_connections);
+    /// The limits and a gate per capture listener, counting open connections in `metrics`.
+    pub fn new(limits: DownstreamLimits, metrics: &crate::telemetry::Metrics) -> Guard {
+        let connections = &metrics.downstream_connections;
+        let inbound_gate = ConnectionGate::new(limits.max_inbound_connections, connections.clone());
+        let outbound_gate =
+            ConnectionGate::new(limits.max_outbound_connections, connections.clone());
         Guard {
             limits,
             inbound_gate,

@@ -65,8 +65,8 @@ static LAST_WARN_S: AtomicU64 = AtomicU64::new(0);
 static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
 
 /// Count a rejection, log it at debug, and warn at most once per [`WARN_EVERY`].
-pub fn record(listener: &'static str, why: Reject, detail: &str) {
-    Metrics::get()
+pub fn record(metrics: &Metrics, listener: &'static str, why: Reject, detail: &str) {
+    metrics
         .downstream_rejected
         .with_label_values(&[listener, why.as_str()])
         .inc();

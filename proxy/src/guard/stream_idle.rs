@@ -7,6 +7,7 @@
 //! timeout and the HTTP/1 body read timeout are Pingora's own session settings, set here too.
 
 use crate::guard::{record, Reject};
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::H2Options;
@@ -18,28 +19,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// When a request last saw activity.
-#[derive(Debug)]
+/// Activity on a request: a counter its filters bump (no clock read on the request path; a
+/// clock read per head and body chunk cost more than the rest of the timeout).
+#[derive(Debug, Default)]
 pub struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    moves: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
     }
 }
 
@@ -52,20 +45,34 @@ pub fn touch() {
     let _ = ACTIVITY.try_with(|a| a.touch());
 }
 
-/// Run `fut` (one request), ending it with `Err(())` once nothing moved for `idle`.
+/// Checks per timeout: the request is ended after `idle` without activity, at most a quarter
+/// of it later (activity is noticed at the next check, not timed).
+const CHECKS: u32 = 4;
+
+/// Run `fut` (one request), ending it with `Err(())` once nothing moved for `idle` (checked
+/// every quarter of it, so between `idle` and 1¼ × `idle` after the last activity).
 pub async fn run<F: Future>(idle: Duration, fut: F) -> Result<F::Output, ()> {
-    let act = Arc::new(Activity::new());
+    let act = Arc::new(Activity::default());
     let watch = act.clone();
     let fut = ACTIVITY.scope(act, fut);
     tokio::pin!(fut);
+    let step = idle / CHECKS;
+    let (mut seen, mut quiet) = (watch.moves(), 0u32);
+    let mut next = Instant::now() + step;
     loop {
-        let deadline = watch.last() + idle;
         tokio::select! {
             out = &mut fut => return Ok(out),
-            _ = tokio::time::sleep_until(deadline) => {
-                if watch.last() + idle <= Instant::now() {
-                    return Err(());
+            _ = tokio::time::sleep_until(next) => {
+                let now = watch.moves();
+                if now == seen {
+                    quiet += 1;
+                    if quiet >= CHECKS {
+                        return Err(());
+                    }
+                } else {
+                    (seen, quiet) = (now, 0);
                 }
+                next += step;
             }
         }
     }
@@ -83,6 +90,8 @@ pub fn set_session_timeouts(session: &mut ServerSession, stream_idle: Duration, 
 pub struct StreamIdleApp<A> {
     pub inner: Arc<A>,
     pub listener: &'static str,
+    /// Where a request reset for idleness is counted.
+    pub metrics: Arc<Metrics>,
     pub stream_idle: Duration,
     pub write_timeout: Duration,
 }
@@ -104,6 +113,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> StreamIdleApp<A> {
             Ok(r) => r,
             Err(()) => {
                 record(
+                    &self.metrics,
                     self.listener,
                     Reject::StreamIdleTimeout,
                     &format!(

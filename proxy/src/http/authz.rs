@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::{local_reply, ReqCtx};
 use crate::rules::Snapshot;
+use crate::telemetry::Metrics;
 
 /// Decide the request; `Ok(true)` when it was denied (and answered). `auth`: the verified
 /// JWT's facts from RequestAuthentication (`http::jwt`), if the request carried one.
@@ -24,6 +25,7 @@ pub(super) async fn check(
     snap: &Snapshot,
     dst: SocketAddr,
     auth: Option<JwtAuth>,
+    metrics: &Metrics,
 ) -> Result<bool> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
@@ -59,10 +61,7 @@ pub(super) async fn check(
                 source = ?req.source_ip,
                 "request denied: {why}"
             );
-            crate::telemetry::Metrics::get()
-                .authz_denied
-                .with_label_values(&["http"])
-                .inc();
+            metrics.authz_denied.with_label_values(&["http"]).inc();
             ctx.error = Some(istio_details(&verdict));
             local_reply::send(session, ctx, 403, &[], "RBAC: access denied").await
         }

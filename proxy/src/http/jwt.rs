@@ -19,6 +19,7 @@ use super::{local_reply, ReqCtx};
 use crate::jwt::authn::{self, Authn, Failure, KeyError, KeySource, Outcome};
 use crate::jwt::JwtState;
 use crate::rules::Snapshot;
+use crate::telemetry::Metrics;
 
 /// What the step decided.
 pub(super) enum Step {
@@ -34,6 +35,7 @@ pub(super) async fn check(
     ctx: &mut ReqCtx,
     snap: &Snapshot,
     state: &JwtState,
+    metrics: &Metrics,
 ) -> Result<Step> {
     if snap.request_authentications.is_empty() {
         return Ok(Step::Continue(None));
@@ -87,7 +89,10 @@ pub(super) async fn check(
             location,
             detail,
         } => {
-            reject(session, ctx, &authn, failure, rule, location, detail).await?;
+            reject(
+                session, ctx, metrics, &authn, failure, rule, location, detail,
+            )
+            .await?;
             Ok(Step::Answered)
         }
     }
@@ -120,10 +125,12 @@ async fn rule_keys(authn: &Authn, i: usize, state: &JwtState) -> authn::Keys {
     }
 }
 
-/// Log, count and answer a refusal.
+/// Log, count (in `metrics`) and answer a refusal.
+#[allow(clippy::too_many_arguments)]
 async fn reject(
     session: &mut Session,
     ctx: &mut ReqCtx,
+    metrics: &Metrics,
     authn: &Authn,
     failure: Failure,
     rule: Option<usize>,
@@ -143,7 +150,7 @@ async fn reject(
         "request rejected: JWT from {from} refused by {whose}: {}{detail}",
         failure.message()
     );
-    crate::telemetry::Metrics::get()
+    metrics
         .jwt_rejected
         .with_label_values(&[failure.reason()])
         .inc();

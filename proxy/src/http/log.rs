@@ -6,10 +6,12 @@ use crate::telemetry::{flags, HttpLabelsRef, HttpLogEntry, Metrics};
 use pingora::proxy::Session;
 use pingora::Error;
 
-/// Record the finished request `ctx` (failed with `e`, if it did).
+/// Record the finished request `ctx` (failed with `e`, if it did) in `metrics` and the access
+/// log.
 pub(super) fn record(
     dir: Direction,
     s: &Settings,
+    metrics: &Metrics,
     session: &Session,
     e: Option<&Error>,
     ctx: &mut ReqCtx,
@@ -73,31 +75,34 @@ pub(super) fn record(
         response_flags,
         connection_security_policy: security,
     };
-    Metrics::get().record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
-    s.access_log.write_http(&HttpLogEntry {
-        start_time: std::mem::take(&mut ctx.started_at),
-        kind: "http",
-        direction: dir.as_str(),
-        method: std::mem::take(&mut ctx.method),
-        path: std::mem::take(&mut ctx.path),
-        authority: std::mem::take(&mut ctx.authority),
-        protocol,
-        status,
-        duration_ms,
-        upstream: ctx.upstream,
-        original_dst: ctx.dst,
-        downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
-        route_name: ctx.route_name.take(),
-        virtual_service: ctx.virtual_service.take(),
-        destination_service: std::mem::take(&mut ctx.destination_service),
-        response_flags,
-        bytes_received: req_bytes,
-        bytes_sent: resp_bytes,
-        request_id: std::mem::take(&mut ctx.request_id),
-        traceparent: ctx.traceparent.take(),
-        error: ctx.error.take(),
-        connection_security_policy: security,
-        peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
-        tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
-    });
+    metrics.record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
+    s.access_log.write_http(
+        metrics,
+        &HttpLogEntry {
+            start_time: std::mem::take(&mut ctx.started_at),
+            kind: "http",
+            direction: dir.as_str(),
+            method: std::mem::take(&mut ctx.method),
+            path: std::mem::take(&mut ctx.path),
+            authority: std::mem::take(&mut ctx.authority),
+            protocol,
+            status,
+            duration_ms,
+            upstream: ctx.upstream,
+            original_dst: ctx.dst,
+            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            route_name: ctx.route_name.take(),
+            virtual_service: ctx.virtual_service.take(),
+            destination_service: std::mem::take(&mut ctx.destination_service),
+            response_flags,
+            bytes_received: req_bytes,
+            bytes_sent: resp_bytes,
+            request_id: std::mem::take(&mut ctx.request_id),
+            traceparent: ctx.traceparent.take(),
+            error: ctx.error.take(),
+            connection_security_policy: security,
+            peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
+            tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
+        },
+    );
 }

@@ -2,11 +2,11 @@
 //! never reaches the caller. A request without a body is copied at once; one with a body once
 //! the body is complete, and not at all when the body is larger than [`MIRROR_BODY_LIMIT`].
 
-use super::ReqCtx;
+use super::{MeshHttp, ReqCtx};
 use crate::policy;
 use crate::route::{self, Forward};
 use crate::rules::Snapshot;
-use crate::upstream::HostResolver;
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::net::SocketAddr;
@@ -24,11 +24,12 @@ pub(super) struct PendingMirror {
 }
 
 /// Start the mirror copies the route asks for: at once when the request has no body, else once
-/// the body is complete ([`on_body`]).
+/// the body is complete ([`on_body`]). `http`: the proxy the request came to (its resolver for
+/// mirror hosts without endpoints, its metrics for the copies' results).
 pub(super) async fn start(
     session: &mut Session,
     ctx: &mut ReqCtx,
-    resolver: &HostResolver,
+    http: &MeshHttp,
     snap: &Snapshot,
     f: &Forward,
     port: u16,
@@ -63,7 +64,7 @@ pub(super) async fn start(
             .and_then(|eps| policy::lb::weighted_pick(&eps, &mut rand::thread_rng()));
         let target = match known {
             Some(a) => Ok(a),
-            None => resolver.resolve(&m.host, mport, dst).await,
+            None => http.resolver.resolve(&m.host, mport, dst).await,
         };
         match target {
             Ok(target) => pending.push(PendingMirror {
@@ -89,27 +90,32 @@ pub(super) async fn start(
         ctx.mirror_body = Some(bytes::BytesMut::new());
     } else {
         let path = mirror_path(ctx);
+        let metrics = &http.shared.metrics;
         for p in pending {
-            policy::mirror::spawn(policy::mirror::Copy {
-                target: p.target,
-                method: req.method.clone(),
-                path: path.clone(),
-                authority: p.authority,
-                headers: req.headers.clone(),
-                body: Bytes::new(),
-                timeout: p.timeout,
-            });
+            policy::mirror::spawn(
+                metrics,
+                policy::mirror::Copy {
+                    target: p.target,
+                    method: req.method.clone(),
+                    path: path.clone(),
+                    authority: p.authority,
+                    headers: req.headers.clone(),
+                    body: Bytes::new(),
+                    timeout: p.timeout,
+                },
+            );
         }
     }
 }
 
 /// Collect a chunk of the request body for the waiting mirror copies, and send them once the
-/// body is complete.
+/// body is complete (their results counted in `metrics`).
 pub(super) fn on_body(
     session: &Session,
     ctx: &mut ReqCtx,
     body: &Option<Bytes>,
     end_of_stream: bool,
+    metrics: &Metrics,
 ) {
     let Some(buf) = ctx.mirror_body.as_mut() else {
         return;
@@ -128,15 +134,18 @@ pub(super) fn on_body(
         let path = mirror_path(ctx);
         let req = session.req_header();
         for p in ctx.mirrors.drain(..) {
-            policy::mirror::spawn(policy::mirror::Copy {
-                target: p.target,
-                method: req.method.clone(),
-                path: path.clone(),
-                authority: p.authority,
-                headers: req.headers.clone(),
-                body: body.clone(),
-                timeout: p.timeout,
-            });
+            policy::mirror::spawn(
+                metrics,
+                policy::mirror::Copy {
+                    target: p.target,
+                    method: req.method.clone(),
+                    path: path.clone(),
+                    authority: p.authority,
+                    headers: req.headers.clone(),
+                    body: body.clone(),
+                    timeout: p.timeout,
+                },
+            );
         }
     }
 }

@@ -194,7 +194,7 @@ impl MeshHttp {
         if fault::inject(session, ctx, &f).await? {
             return Ok(true);
         }
-        mirror::start(session, ctx, &self.resolver, snap, &f, port, dst).await;
+        mirror::start(session, ctx, self, snap, &f, port, dst).await;
         let dest = policies.destination(snap, &f.host, f.subset.as_deref(), port);
         let Some(admitted) = admission::admit(session, ctx, &dest).await? else {
             return Ok(true);
@@ -286,11 +286,12 @@ impl ProxyHttp for MeshHttp {
             let snap = self.shared.snapshot.load();
             ctx.destination_service =
                 inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
-            let auth = match jwt::check(session, ctx, &snap, &self.shared.jwt).await? {
+            let metrics = &self.shared.metrics;
+            let auth = match jwt::check(session, ctx, &snap, &self.shared.jwt, metrics).await? {
                 jwt::Step::Answered => return Ok(true),
                 jwt::Step::Continue(auth) => auth,
             };
-            return authz::check(session, ctx, &snap, dst, auth).await;
+            return authz::check(session, ctx, &snap, dst, auth, metrics).await;
         }
         let snap = self.shared.snapshot.load_full();
         let decision = {
@@ -376,7 +377,7 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         stream_idle::touch();
-        mirror::on_body(session, ctx, body, end_of_stream);
+        mirror::on_body(session, ctx, body, end_of_stream, &self.shared.metrics);
         Ok(())
     }
 
@@ -453,6 +454,13 @@ impl ProxyHttp for MeshHttp {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
-        log::record(self.dir, &self.shared.settings, session, e, ctx);
+        log::record(
+            self.dir,
+            &self.shared.settings,
+            &self.shared.metrics,
+            session,
+            e,
+            ctx,
+        );
     }
 }

@@ -163,6 +163,7 @@ fn mesh_connect(
             &domain,
         ),
         timeout: shared.settings.connect_timeout,
+        metrics: shared.metrics.clone(),
     })
 }
 

@@ -174,9 +174,9 @@ impl Identity {
     }
 
     /// Keep a valid certificate: request one now, then renew on schedule, retrying with
-    /// backoff while the CA fails. Runs until the process ends.
-    pub async fn run(self: Arc<Self>) {
-        let metrics = crate::telemetry::Metrics::get();
+    /// backoff while the CA fails; count the requests and keep the remaining-lifetime gauge in
+    /// `metrics`. Runs until the process ends.
+    pub async fn run(self: Arc<Self>, metrics: Arc<crate::telemetry::Metrics>) {
         let mut failures: u32 = 0;
         loop {
             let attempt = self.renew_once().await;

@@ -121,6 +121,8 @@ pub struct MeshConnect {
     pub what: Carried,
     pub expect: Expect,
     pub timeout: Duration,
+    /// Where a failed handshake is counted (`remora_mtls_failures_total`).
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl std::fmt::Debug for MeshConnect {
@@ -166,7 +168,7 @@ impl pingora::connectors::L4Connect for MeshConnect {
                 Ok(super::socket::into_stream(tls, None, Some(digest)))
             }
             Err(e) => {
-                crate::telemetry::Metrics::get()
+                self.metrics
                     .mtls_failures
                     .with_label_values(&["outbound", "handshake"])
                     .inc();

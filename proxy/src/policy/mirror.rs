@@ -1,7 +1,10 @@
-//! Mirroring: which mirrors a request is copied to, and the shadow authority
-//! (`host-shadow[:port]`, as Envoy rewrites it).
+//! Mirroring: which mirrors a request is copied to, the shadow authority
+//! (`host-shadow[:port]`, as Envoy rewrites it), and the sender of the copies (one HTTP client
+//! and in-flight bound per process; each copy's result counted in the metrics handle it is given).
 
 pub use remora_model::policy::mirror::*;
+
+use crate::telemetry::Metrics;
 
 /// Mirrors in flight at once; beyond it a copy is dropped (the caller never waits).
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -30,22 +33,6 @@ fn client() -> &'static (Client, std::sync::Arc<tokio::sync::Semaphore>) {
     })
 }
 
-fn mirror_counter() -> &'static prometheus::IntCounterVec {
-    static M: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let c = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "remora_mirror_requests_total",
-                "Mirrored request copies by result (sent, failed, timeout, dropped)",
-            ),
-            &["result"],
-        )
-        .unwrap_or_else(|_| unreachable!("static metric definition"));
-        let _ = prometheus::register(Box::new(c.clone()));
-        c
-    })
-}
-
 /// A request copy to send.
 pub struct Copy {
     pub target: std::net::SocketAddr,
@@ -59,12 +46,14 @@ pub struct Copy {
     pub timeout: std::time::Duration,
 }
 
-/// Send a copy without waiting for it: the caller's request never sees its outcome. Must be
-/// called inside a tokio runtime. Returns false when the copy was dropped (too many in flight).
-pub fn spawn(copy: Copy) -> bool {
+/// Send a copy without waiting for it: the caller's request never sees its outcome, which is
+/// counted in `metrics` (`remora_mirror_requests_total{result}`). Must be called inside a tokio
+/// runtime. Returns false when the copy was dropped (too many in flight).
+pub fn spawn(metrics: &Metrics, copy: Copy) -> bool {
     let (client, sem) = client();
+    let results = metrics.mirror_requests.clone();
     let Ok(permit) = sem.clone().try_acquire_owned() else {
-        mirror_counter().with_label_values(&["dropped"]).inc();
+        results.with_label_values(&["dropped"]).inc();
         tracing::debug!(target = %copy.target, "mirror copy dropped: too many in flight");
         return false;
     };
@@ -79,7 +68,7 @@ pub fn spawn(copy: Copy) -> bool {
         {
             Ok(r) => r,
             Err(e) => {
-                mirror_counter().with_label_values(&["failed"]).inc();
+                results.with_label_values(&["failed"]).inc();
                 tracing::debug!("mirror copy not built: {e}");
                 return;
             }
@@ -107,7 +96,7 @@ pub fn spawn(copy: Copy) -> bool {
             }
             Err(_) => "timeout",
         };
-        mirror_counter().with_label_values(&[result]).inc();
+        results.with_label_values(&[result]).inc();
     });
     true
 }
@@ -175,15 +164,19 @@ mod tests {
         });
         let mut headers = http::HeaderMap::new();
         headers.insert("x-test", "1".parse().unwrap());
-        assert!(spawn(Copy {
-            target: addr,
-            method: http::Method::POST,
-            path: "/p?q=1".into(),
-            authority: shadow_authority("svc:80"),
-            headers,
-            body: bytes::Bytes::from_static(b"hello"),
-            timeout: std::time::Duration::from_secs(5),
-        }));
+        let metrics = Metrics::new(10).unwrap();
+        assert!(spawn(
+            &metrics,
+            Copy {
+                target: addr,
+                method: http::Method::POST,
+                path: "/p?q=1".into(),
+                authority: shadow_authority("svc:80"),
+                headers,
+                body: bytes::Bytes::from_static(b"hello"),
+                timeout: std::time::Duration::from_secs(5),
+            }
+        ));
         let seen = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
@@ -194,5 +187,14 @@ mod tests {
             "{seen}"
         );
         assert!(seen.contains("x-test: 1"), "{seen}");
+        // The result is counted in the handle the copy was given.
+        let sent = metrics.mirror_requests.with_label_values(&["sent"]);
+        for _ in 0..250 {
+            if sent.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(sent.get(), 1);
     }
 }

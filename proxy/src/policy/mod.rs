@@ -1,7 +1,8 @@
 //! Traffic policies: the pure pieces (`retry`, `fault`, `mirror`, `cors`, `lb`,
 //! `outlier`, `limits`, `ratelimit`, `traffic`) and `Policies`, the state shared across
 //! requests: per destination (host, subset, port) its balancer, outlier detector and
-//! connection-pool counters; and the rate limiters of the `RateLimit` rules.
+//! connection-pool counters; and the rate limiters of the `RateLimit` rules. Ejections, pool
+//! overflows and rate-limited requests are counted in the metrics handle `Policies` is given.
 
 pub use remora_model::policy::{cors, fault, retry, traffic};
 
@@ -22,6 +23,7 @@ use remora_model::dump::{DestinationDump, OutlierDump, PoliciesDump};
 
 use crate::route::Endpoint;
 use crate::rules::Snapshot;
+use crate::telemetry::Metrics;
 
 /// Identity of a destination's shared state. The effective policy text is part of it, so a
 /// reload that changes a DestinationRule starts fresh state and one that does not keeps it.
@@ -50,53 +52,18 @@ pub struct Destination {
     pub tls: Result<Option<tls::Origination>, String>,
     /// The rustls client settings of `tls` for opaque TCP (built at first use).
     tcp_tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
-}
-
-struct Metrics {
-    ejections: prometheus::IntCounterVec,
-    overflows: prometheus::IntCounterVec,
-    rate_limited: prometheus::IntCounterVec,
-}
-
-fn metrics() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(|| {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
-                .unwrap_or_else(|_| {
-                    // Static names and labels: this cannot fail; keep a usable fallback.
-                    prometheus::IntCounterVec::new(
-                        prometheus::Opts::new("remora_invalid", "-"),
-                        &[],
-                    )
-                    .unwrap_or_else(|_| unreachable!())
-                });
-            // Registering twice (tests in one process) is harmless: keep the first.
-            let _ = prometheus::register(Box::new(c.clone()));
-            c
-        };
-        Metrics {
-            ejections: counter(
-                "remora_outlier_ejections_total",
-                "Endpoints ejected by outlier detection",
-                &["destination_service", "reason"],
-            ),
-            overflows: counter(
-                "remora_upstream_overflow_total",
-                "Requests refused by a connectionPool limit (503 UO)",
-                &["destination_service", "limit"],
-            ),
-            rate_limited: counter(
-                "remora_rate_limited_requests_total",
-                "Requests answered 429 by a RateLimit rule",
-                &["rule"],
-            ),
-        }
-    })
+    /// Where ejections and pool overflows are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Destination {
-    fn new(host: &str, subset: Option<&str>, port: u16, policy: traffic::TrafficPolicy) -> Self {
+    fn new(
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        policy: traffic::TrafficPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Destination {
             host: host.to_string(),
             subset: subset.map(str::to_string),
@@ -119,6 +86,7 @@ impl Destination {
             policy_error: None,
             tcp_tls: OnceLock::new(),
             policy,
+            metrics,
         }
     }
 
@@ -174,8 +142,8 @@ impl Destination {
                 times = e.times,
                 "outlier detection ejected an endpoint"
             );
-            metrics()
-                .ejections
+            self.metrics
+                .outlier_ejections
                 .with_label_values(&[&self.host, e.reason])
                 .inc();
         }
@@ -208,8 +176,8 @@ impl Destination {
             limits::Overflow::Requests => "http2MaxRequests",
             limits::Overflow::Connections => "maxConnections",
         };
-        metrics()
-            .overflows
+        self.metrics
+            .upstream_overflows
             .with_label_values(&[&self.host, limit])
             .inc();
     }
@@ -246,10 +214,12 @@ struct RateLimits {
 /// `x-ratelimit-*` headers.
 pub type RateHeaders = Vec<(&'static str, String)>;
 
-/// All policy state of the process.
+/// All policy state of the proxy.
 pub struct Policies {
     dests: Mutex<Dests>,
     rate_limits: Mutex<RateLimits>,
+    /// Where the destinations and rate limiters count (the proxy's metrics handle).
+    metrics: Arc<Metrics>,
 }
 
 /// The destinations' shared state, and in front of it the answers already given under one
@@ -310,18 +280,14 @@ impl Dests {
 /// Bound on remembered destinations (each distinct host/subset/port/policy is one).
 const MAX_DESTINATIONS: usize = 10_000;
 
-impl Default for Policies {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Policies {
     /// Empty state; destinations, limiters and CORS policies fill in from each snapshot.
-    pub fn new() -> Self {
+    /// Ejections, overflows and rate-limited requests count in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Policies {
             dests: Mutex::new(Dests::default()),
             rate_limits: Mutex::new(RateLimits::default()),
+            metrics,
         }
     }
 
@@ -334,7 +300,13 @@ impl Policies {
         port: u16,
     ) -> Arc<Destination> {
         let Ok(mut dests) = self.dests.lock() else {
-            return Arc::new(Destination::new(host, subset, port, Default::default()));
+            return Arc::new(Destination::new(
+                host,
+                subset,
+                port,
+                Default::default(),
+                self.metrics.clone(),
+            ));
         };
         if let Some(d) = dests.front_get(snap, host, subset, port) {
             return d;
@@ -344,13 +316,14 @@ impl Policies {
             dests.front.clear();
             dests.front_len = 0;
         }
-        let d = Self::destination_slow(&mut dests.map, snap, host, subset, port);
+        let d = self.destination_slow(&mut dests.map, snap, host, subset, port);
         dests.front_put(host, subset, port, &d);
         d
     }
 
     /// The state for the effective policy text: kept when a reload leaves the policy alone.
     fn destination_slow(
+        &self,
         map: &mut HashMap<DestKey, Arc<Destination>>,
         snap: &Snapshot,
         host: &str,
@@ -378,7 +351,7 @@ impl Policies {
                 (traffic::TrafficPolicy::default(), Some(e))
             }
         };
-        let mut d = Destination::new(host, subset, port, policy);
+        let mut d = Destination::new(host, subset, port, policy, self.metrics.clone());
         d.policy_error = err;
         let d = Arc::new(d);
         if map.len() >= MAX_DESTINATIONS {
@@ -457,7 +430,7 @@ impl Policies {
             let t = l.take();
             let h = l.headers(t);
             if let ratelimit::Take::Limited { .. } = t {
-                metrics()
+                self.metrics
                     .rate_limited
                     .with_label_values(&[&l.rule.key])
                     .inc();
@@ -503,6 +476,10 @@ mod tests {
         snap_of(&[("r.yaml", yaml)])
     }
 
+    fn test_metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(100).unwrap())
+    }
+
     fn snap_of(files: &[(&str, &str)]) -> Snapshot {
         crate::rules::snapshot_from_yaml(files, &LoadContext::default(), 1)
             .unwrap_or_else(|e| panic!("{e:?}"))
@@ -512,7 +489,7 @@ mod tests {
     fn destination_state_is_shared_and_replaced_when_the_policy_changes() {
         let y1 = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1}\n";
         let s1 = snap(y1);
-        let p = Policies::new();
+        let p = Policies::new(test_metrics());
         let host = "r.default.svc.cluster.local";
         let a = p.destination(&s1, host, None, 80);
         let b = p.destination(&s1, host, None, 80);
@@ -551,7 +528,7 @@ mod tests {
     fn pick_avoids_ejected_and_tried_endpoints() {
         let y = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}\n";
         let s = snap(y);
-        let p = Policies::new();
+        let p = Policies::new(test_metrics());
         let d = p.destination(&s, "r.default.svc.cluster.local", None, 80);
         let eps: Vec<Endpoint> = (1..=3)
             .map(|i| Endpoint {
@@ -582,7 +559,7 @@ mod tests {
             ("dr.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n"),
             ("rl.yaml", y),
         ]);
-        let p = Policies::new();
+        let p = Policies::new(test_metrics());
         let host = "r.default.svc.cluster.local";
         assert!(p.rate_limit(&s, "other.example", None).is_ok());
         let first = p.rate_limit(&s, host, None).unwrap();
@@ -592,13 +569,21 @@ mod tests {
         assert_eq!(limited[0], ("x-ratelimit-limit", "2".to_string()));
         assert_eq!(limited[1], ("x-ratelimit-remaining", "0".to_string()));
         assert_eq!(p.dump().rate_limits[0].key, "default/rl");
+        // Counted in the handle the policies were given.
+        assert_eq!(
+            p.metrics
+                .rate_limited
+                .with_label_values(&["default/rl"])
+                .get(),
+            1
+        );
     }
 
     #[test]
     fn cors_policies_are_read_per_route() {
         let y = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: prod}\nspec:\n  hosts: [v]\n  http:\n  - route: [{destination: {host: v}}]\n  - corsPolicy: {allowOrigins: [{exact: \"https://a\"}], allowMethods: [GET]}\n    route: [{destination: {host: v}}]\n";
         let s = snap_of(&[("v.yaml", y)]);
-        let p = Policies::new();
+        let p = Policies::new(test_metrics());
         assert!(p.has_cors(&s));
         assert!(p.cors(&s, "prod/v", "spec.http[0]").is_none());
         let c = p.cors(&s, "prod/v", "spec.http[1]").unwrap();

@@ -177,7 +177,8 @@ mod tests {
     fn dest(yaml_tp: &str) -> Arc<Destination> {
         let y = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: r\n  trafficPolicy: {yaml_tp}\n");
         let s = snapshot_from_yaml(&[("r.yaml", &y)], &LoadContext::default(), 1).unwrap();
-        Policies::new().destination(&s, "r.default.svc.cluster.local", None, 80)
+        let metrics = Arc::new(crate::telemetry::Metrics::new(100).unwrap());
+        Policies::new(metrics).destination(&s, "r.default.svc.cluster.local", None, 80)
     }
 
     #[test]

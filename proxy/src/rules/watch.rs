@@ -1,60 +1,13 @@
 //! Hot reload: watch the rules directory (the kubelet swaps a `..data` symlink) and rescan it
 //! periodically; apply a changed, valid rule set atomically; keep the last good one otherwise.
+//! Reloads are counted in the metrics handle the caller passes (`Metrics::rules`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge};
-
 use super::{load, LoadContext, LoadError, SharedSnapshot};
-
-/// The reload metrics (in prometheus' default registry).
-pub struct Metrics {
-    /// `remora_config_generation`
-    pub generation: IntGauge,
-    /// `remora_config_reloads_total`
-    pub reloads: IntCounter,
-    /// `remora_config_reload_errors_total`
-    pub reload_errors: IntCounter,
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric());
-    if let Err(e) = prometheus::register(Box::new(c.clone())) {
-        tracing::warn!(metric = name, error = %e, "metric not registered");
-    }
-    c
-}
-
-fn unreachable_metric<T>() -> T {
-    // Metric names and help texts above are constants and valid; IntCounter::new only fails on
-    // an invalid name.
-    panic!("invalid constant metric definition")
-}
-
-/// The process-wide reload metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let generation = IntGauge::new(
-        "remora_config_generation",
-        "Generation of the rules snapshot in effect (0 = none loaded).",
-    )
-    .unwrap_or_else(|_| unreachable_metric());
-    if let Err(e) = prometheus::register(Box::new(generation.clone())) {
-        tracing::warn!(metric = "remora_config_generation", error = %e, "metric not registered");
-    }
-    Metrics {
-        generation,
-        reloads: counter(
-            "remora_config_reloads_total",
-            "Rules snapshots applied by the watcher.",
-        ),
-        reload_errors: counter(
-            "remora_config_reload_errors_total",
-            "Rules snapshots rejected by the watcher (invalid rule sets).",
-        ),
-    }
-});
+use crate::telemetry::Metrics;
 
 /// What one reload attempt did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,14 +52,22 @@ pub trait Hooks: Send + Sync {
 pub struct NoHooks;
 impl Hooks for NoHooks {}
 
-/// One reload attempt (blocking: reads files, resolves DNS names).
+/// One reload attempt (blocking: reads files, resolves DNS names), counted in `metrics`.
 pub fn reload_once(
     dir: &Path,
     ctx: &LoadContext,
     store: &SharedSnapshot,
     state: &mut State,
+    metrics: &Metrics,
 ) -> Outcome {
-    reload_once_with(dir, ctx, store, state, &super::endpoints::system_resolver)
+    reload_once_with(
+        dir,
+        ctx,
+        store,
+        state,
+        metrics,
+        &super::endpoints::system_resolver,
+    )
 }
 
 /// `reload_once` with a given resolver for `resolution: DNS` names. When the files are
@@ -117,9 +78,10 @@ pub fn reload_once_with(
     ctx: &LoadContext,
     store: &SharedSnapshot,
     state: &mut State,
+    metrics: &Metrics,
     resolve: &super::endpoints::Resolver<'_>,
 ) -> Outcome {
-    reload_once_hooked(dir, ctx, store, state, resolve, &NoHooks)
+    reload_once_hooked(dir, ctx, store, state, metrics, resolve, &NoHooks)
 }
 
 /// `reload_once_with` with `hooks` consulted (see `Hooks`).
@@ -128,16 +90,17 @@ pub fn reload_once_hooked(
     ctx: &LoadContext,
     store: &SharedSnapshot,
     state: &mut State,
+    metrics: &Metrics,
     resolve: &super::endpoints::Resolver<'_>,
     hooks: &dyn Hooks,
 ) -> Outcome {
     let _serial = hooks.lock();
-    let m = &*METRICS;
+    let m = metrics.rules();
     let inputs = match load::read_inputs(dir) {
         Ok(i) => i,
         // Key repeated read failures (a missing directory) by their message, so each distinct
         // failure is logged and counted once.
-        Err(e) => return reject(dir, format!("unreadable:{e}"), vec![e], state),
+        Err(e) => return reject(dir, format!("unreadable:{e}"), vec![e], state, metrics),
     };
     let current = store.load();
     // Answers to use for DNS names: fresh ones, or the previous ones when the fresh lookup
@@ -180,7 +143,7 @@ pub fn reload_once_hooked(
     match super::load_inputs(&inputs, ctx, generation, &reuse) {
         Ok(snap) => {
             let snap = Arc::new(hooks.prepare(snap));
-            log_applied(&snap);
+            log_applied(&snap, metrics);
             store.store(snap.clone());
             m.generation.set(generation as i64);
             m.reloads.inc();
@@ -188,14 +151,15 @@ pub fn reload_once_hooked(
             hooks.applied(&snap);
             Outcome::Applied(generation)
         }
-        Err(errs) => reject(dir, inputs.hash, errs, state),
+        Err(errs) => reject(dir, inputs.hash, errs, state, metrics),
     }
 }
 
 /// Log a snapshot being put in effect: generation, hash, source, rule counts, then one line per
 /// unknown field (warn) and per resource not applied (info). `main` calls it for the first
-/// snapshot; the watcher for each later one.
-pub fn log_applied(snap: &super::Snapshot) {
+/// snapshot; the watcher for each later one. `metrics`: where the snapshot is noted
+/// ([`note_applied`]).
+pub fn log_applied(snap: &super::Snapshot, metrics: &Metrics) {
     let counts = snap.counts();
     let generation = snap.generation;
     tracing::info!(
@@ -217,7 +181,7 @@ pub fn log_applied(snap: &super::Snapshot) {
         tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
     // Without a workload identity, the ISTIO_MUTUAL warnings at apply time (once per set).
-    note_applied(snap);
+    note_applied(snap, metrics);
 }
 
 /// How long changed files must stay the same before they are loaded. The kubelet swaps a
@@ -231,11 +195,17 @@ fn settled(dir: &Path, hash: &str) -> bool {
     load::read_inputs(dir).is_ok_and(|again| again.hash == hash)
 }
 
-fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> Outcome {
+fn reject(
+    dir: &Path,
+    hash: String,
+    errs: Vec<LoadError>,
+    state: &mut State,
+    metrics: &Metrics,
+) -> Outcome {
     if state.last_rejected.as_deref() == Some(hash.as_str()) {
         return Outcome::Unchanged;
     }
-    METRICS.reload_errors.inc();
+    metrics.rules().reload_errors.inc();
     for e in &errs {
         tracing::error!(
             dir = %dir.display(),
@@ -252,14 +222,15 @@ fn reject(dir: &Path, hash: String, errs: Vec<LoadError>, state: &mut State) -> 
 
 /// Watch `dir` and rescan it every `rescan`; on a valid change store a new snapshot
 /// (generation + 1); on error keep the old one, log file/document/field/reason and count
-/// `remora_config_reload_errors_total`.
+/// `remora_config_reload_errors_total` (in `metrics`, as every reload).
 pub fn spawn_watcher(
     dir: PathBuf,
     ctx: LoadContext,
     store: SharedSnapshot,
     rescan: Duration,
+    metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_watcher_with(dir, ctx, store, rescan, Arc::new(NoHooks))
+    spawn_watcher_with(dir, ctx, store, rescan, metrics, Arc::new(NoHooks))
 }
 
 /// `spawn_watcher` with `hooks` consulted at each reload.
@@ -268,11 +239,14 @@ pub fn spawn_watcher_with(
     ctx: LoadContext,
     store: SharedSnapshot,
     rescan: Duration,
+    metrics: Arc<Metrics>,
     hooks: Arc<dyn Hooks>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        LazyLock::force(&METRICS);
-        METRICS.generation.set(store.load().generation as i64);
+        metrics
+            .rules()
+            .generation
+            .set(store.load().generation as i64);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut warned = false;
         let mut watcher = start_notify(&dir, tx.clone(), &mut warned);
@@ -297,7 +271,7 @@ pub fn spawn_watcher_with(
                 watcher = start_notify(&dir, tx.clone(), &mut warned);
             }
             let (d, c, s, st) = (dir.clone(), ctx.clone(), store.clone(), state.clone());
-            let h = hooks.clone();
+            let (h, m) = (hooks.clone(), metrics.clone());
             let res = tokio::task::spawn_blocking(move || {
                 let mut guard = match st.lock() {
                     Ok(g) => g,
@@ -308,6 +282,7 @@ pub fn spawn_watcher_with(
                     &c,
                     &s,
                     &mut guard,
+                    &m,
                     &super::endpoints::system_resolver,
                     &*h,
                 )
@@ -359,20 +334,6 @@ fn start_notify(
     }
 }
 
-fn mesh_plaintext_gauge() -> &'static prometheus::IntGauge {
-    static G: std::sync::OnceLock<prometheus::IntGauge> = std::sync::OnceLock::new();
-    G.get_or_init(|| {
-        let g = prometheus::IntGauge::new(
-            "remora_tls_mesh_plaintext_destinations",
-            "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL sent in plain text between sidecars, because the proxy has no workload identity",
-        )
-        .unwrap_or_else(|_| unreachable!("static metric name and help"));
-        // Registering twice (tests in one process) is harmless: keep the first.
-        let _ = prometheus::register(Box::new(g.clone()));
-        g
-    })
-}
-
 /// Does the proxy have a workload identity (`--ca-address`)? Set once by `main` before the
 /// first rule set is logged; then `ISTIO_MUTUAL` is real mTLS and not warned about.
 static MESH_IDENTITY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -383,11 +344,13 @@ pub fn set_mesh_identity(on: bool) {
 }
 
 /// Without a workload identity: log, once per applied rule set (by content hash), one warn
-/// line per `ISTIO_MUTUAL` use, and set `remora_tls_mesh_plaintext_destinations`. Cheap when
-/// the set was already noted.
-pub fn note_applied(snap: &crate::rules::Snapshot) {
-    static LAST: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else { return };
+/// line per `ISTIO_MUTUAL` use, and set `remora_tls_mesh_plaintext_destinations` of `metrics`
+/// (which remembers the set last noted). Cheap when the set was already noted.
+pub fn note_applied(snap: &crate::rules::Snapshot, metrics: &Metrics) {
+    let plaintext = metrics.mesh_plaintext();
+    let Ok(mut last) = plaintext.noted.lock() else {
+        return;
+    };
     if last
         .as_ref()
         .is_some_and(|(h, g)| *g == snap.generation && *h == snap.hash)
@@ -396,7 +359,7 @@ pub fn note_applied(snap: &crate::rules::Snapshot) {
     }
     *last = Some((snap.hash.clone(), snap.generation));
     if MESH_IDENTITY.load(std::sync::atomic::Ordering::Relaxed) {
-        mesh_plaintext_gauge().set(0);
+        plaintext.gauge.set(0);
         return;
     }
     let mut n = 0;
@@ -404,7 +367,7 @@ pub fn note_applied(snap: &crate::rules::Snapshot) {
         n += 1;
         tracing::warn!(file = %w.file, document = w.document, generation = snap.generation, "{}", w.reason);
     }
-    mesh_plaintext_gauge().set(n);
+    plaintext.gauge.set(n);
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ async fn tcp_decision(
 
 /// How a copy ended, as the access log and metrics report it.
 fn copy_outcome(
+    metrics: &Metrics,
     dir: Direction,
     target: SocketAddr,
     idle: Duration,
@@ -150,6 +151,7 @@ fn copy_outcome(
         (CopyEnd::Done, rx, tx) => (rx, tx, None),
         (CopyEnd::Idle, rx, tx) => {
             guard::record(
+                metrics,
                 dir.as_str(),
                 guard::Reject::IdleTimeout,
                 &format!(
@@ -201,30 +203,33 @@ pub async fn proxy(
     if peer_principal.is_some() {
         labels.connection_security_policy = "mutual_tls";
     }
-    let metrics = Metrics::get();
+    let metrics = &*shared.metrics;
     let refuse = |labels: &mut TcpLabels, flag: &str, reason: String| {
         // Refused by the rules (e.g. REGISTRY_ONLY) or a connection limit: close, count, log.
         labels.response_flags = flag.to_string();
         warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
         metrics.tcp_open(labels);
         metrics.tcp_close(labels, 0, 0);
-        s.access_log.write(&TcpLogEntry {
-            start_time: started_at.clone(),
-            kind: "tcp",
-            direction: dir.as_str(),
-            protocol: "tcp",
-            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-            upstream: None,
-            original_dst: Some(dst.to_string()),
-            downstream: peer.map(|p| p.to_string()),
-            route_name: None,
-            response_flags: labels.response_flags.clone(),
-            bytes_received: 0,
-            bytes_sent: 0,
-            reason: Some(reason),
-            connection_security_policy: labels.connection_security_policy,
-            peer_principal: peer_principal.clone(),
-        });
+        s.access_log.write(
+            metrics,
+            &TcpLogEntry {
+                start_time: started_at.clone(),
+                kind: "tcp",
+                direction: dir.as_str(),
+                protocol: "tcp",
+                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+                upstream: None,
+                original_dst: Some(dst.to_string()),
+                downstream: peer.map(|p| p.to_string()),
+                route_name: None,
+                response_flags: labels.response_flags.clone(),
+                bytes_received: 0,
+                bytes_sent: 0,
+                reason: Some(reason),
+                connection_security_policy: labels.connection_security_policy,
+                peer_principal: peer_principal.clone(),
+            },
+        );
     };
     // Inbound: AuthorizationPolicy on what a TCP connection shows (peer identity, addresses).
     let decided = match (dir, decided) {
@@ -304,7 +309,7 @@ pub async fn proxy(
             match handshake {
                 Ok((mut tls, _server)) => {
                     let end = copy_with_idle(&mut down, &mut tls, idle).await;
-                    let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                    let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
                     (local, rx, tx, why)
                 }
                 Err(e) => {
@@ -323,14 +328,15 @@ pub async fn proxy(
             match &plan.tls {
                 None => {
                     let end = copy_with_idle(&mut down, &mut up, idle).await;
-                    let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                    let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
                     (local, rx, tx, why)
                 }
                 Some((config, sni)) => {
                     match upstream::tls_connect(config.clone(), sni, up, connect_timeout).await {
                         Ok(mut tls) => {
                             let end = copy_with_idle(&mut down, &mut tls, idle).await;
-                            let (rx, tx, why) = copy_outcome(dir, target, idle, &mut labels, end);
+                            let (rx, tx, why) =
+                                copy_outcome(metrics, dir, target, idle, &mut labels, end);
                             (local, rx, tx, why)
                         }
                         Err(e) => {
@@ -349,23 +355,26 @@ pub async fn proxy(
         }
     };
     metrics.tcp_close(&labels, received, sent);
-    s.access_log.write(&TcpLogEntry {
-        start_time: started_at,
-        kind: "tcp",
-        direction: dir.as_str(),
-        protocol: "tcp",
-        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-        upstream: Some(target.to_string()),
-        original_dst: Some(dst.to_string()),
-        downstream: peer.map(|p| p.to_string()),
-        route_name: plan.route_name,
-        response_flags: labels.response_flags.clone(),
-        bytes_received: received,
-        bytes_sent: sent,
-        reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
-        connection_security_policy: labels.connection_security_policy,
-        peer_principal,
-    });
+    s.access_log.write(
+        metrics,
+        &TcpLogEntry {
+            start_time: started_at,
+            kind: "tcp",
+            direction: dir.as_str(),
+            protocol: "tcp",
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+            upstream: Some(target.to_string()),
+            original_dst: Some(dst.to_string()),
+            downstream: peer.map(|p| p.to_string()),
+            route_name: plan.route_name,
+            response_flags: labels.response_flags.clone(),
+            bytes_received: received,
+            bytes_sent: sent,
+            reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
+            connection_security_policy: labels.connection_security_policy,
+            peer_principal,
+        },
+    );
 }
 
 fn tcp_labels(dir: Direction, s: &Settings, dst: SocketAddr) -> TcpLabels {

@@ -5,13 +5,18 @@
 //! soon as the queue is empty, so an idle proxy's log is always current and a busy one makes one
 //! `write(2)` per batch instead of one per request. The request path never blocks on stdout: when
 //! the queue is full (stdout stuck, e.g. a paused log collector) the line is dropped and counted in
-//! `remora_access_log_dropped_total`.
+//! `remora_access_log_dropped_total` of the proxy's metrics handle (passed to each write).
+//!
+//! The writer thread and its queue are the process's (stdout is): one per process, started at the
+//! first line.
 
 use serde::Serialize;
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
+
+use super::Metrics;
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
@@ -24,8 +29,9 @@ pub enum AccessLog {
 }
 
 impl AccessLog {
-    /// Queue one line (a serialized entry) for stdout; never blocks.
-    pub fn write<T: Serialize>(&self, entry: &T) {
+    /// Queue one line (a serialized entry) for stdout; never blocks. A dropped line counts in
+    /// `metrics`.
+    pub fn write<T: Serialize>(&self, metrics: &Metrics, entry: &T) {
         if *self == AccessLog::Off {
             return;
         }
@@ -41,7 +47,9 @@ impl AccessLog {
         };
         match tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => dropped().inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                metrics.access_log_dropped().inc()
+            }
         }
     }
 }
@@ -49,7 +57,7 @@ impl AccessLog {
 impl AccessLog {
     /// Queue an HTTP request's line; the same bytes as [`AccessLog::write`] would queue, written
     /// without serde's machinery (this runs once per request).
-    pub fn write_http(&self, entry: &HttpLogEntry) {
+    pub fn write_http(&self, metrics: &Metrics, entry: &HttpLogEntry) {
         if *self == AccessLog::Off {
             return;
         }
@@ -62,7 +70,9 @@ impl AccessLog {
         };
         match tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => dropped().inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                metrics.access_log_dropped().inc()
+            }
         }
     }
 }
@@ -139,19 +149,6 @@ fn push_decimal_bytes(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-fn dropped() -> &'static prometheus::IntCounter {
-    static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
-    C.get_or_init(|| {
-        let c = prometheus::IntCounter::new(
-            "remora_access_log_dropped_total",
-            "Access-log lines dropped because stdout could not keep up.",
-        )
-        .unwrap_or_else(|e| panic!("metric remora_access_log_dropped_total definition: {e}"));
-        let _ = prometheus::register(Box::new(c.clone()));
-        c
-    })
 }
 
 fn writer() -> Option<&'static SyncSender<Vec<u8>>> {

@@ -1,7 +1,20 @@
-//! Istio standard metrics, registered once in prometheus's default registry.
+//! The proxy's metrics: one [`Metrics`] handle, created at start-up, owning its own prometheus
+//! [`Registry`] and every metric family the proxy exports (Istio's standard families and the
+//! proxy's own `remora_*` ones). The admin server's `/stats/prometheus` serializes that
+//! registry ([`Metrics::text`]); the parts of the proxy that count something are handed the
+//! handle (through `state::Shared`, or explicitly where they are not given `Shared`).
+//!
+//! No count here is process-global (the only statics are the counter that numbers handles and
+//! the per-thread HTTP series caches, whose entries carry their handle's number), so two proxies
+//! (or two tests) in one process count apart.
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
-use std::sync::OnceLock;
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 
 /// Istio's request duration buckets (milliseconds).
 const DURATION_BUCKETS_MS: &[f64] = &[
@@ -52,8 +65,12 @@ const TCP_LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
-/// The proxy's metric families.
+/// The proxy's metrics handle: its registry and every metric family. Created once at start-up
+/// ([`Metrics::new`]) and shared as an `Arc`.
 pub struct Metrics {
+    /// Tells handles apart in the per-thread HTTP series caches.
+    id: u64,
+    registry: Registry,
     pub requests_total: IntCounterVec,
     pub request_duration_ms: HistogramVec,
     pub request_bytes: HistogramVec,
@@ -82,21 +99,118 @@ pub struct Metrics {
     /// Inbound requests refused by RequestAuthentication (an invalid JWT), by reason (the
     /// fixed set `jwt::authn::REASONS`).
     pub jwt_rejected: IntCounterVec,
+    /// Endpoints ejected by outlier detection, by destination and reason (`policy`).
+    pub outlier_ejections: IntCounterVec,
+    /// Requests (and TCP connections) refused by a connectionPool limit, by destination and
+    /// limit (`policy`).
+    pub upstream_overflows: IntCounterVec,
+    /// Requests answered 429 by a RateLimit rule, by rule (`policy`).
+    pub rate_limited: IntCounterVec,
+    /// Mirrored request copies by result (`policy::mirror`).
+    pub mirror_requests: IntCounterVec,
+    /// The rules watcher's families (registered when first used).
+    rules: OnFirstUse<RulesMetrics>,
+    /// Kubernetes discovery's families (registered when discovery starts).
+    discovery: OnFirstUse<DiscoveryMetrics>,
+    /// Access-log lines dropped (registered at the first drop).
+    access_log_dropped: OnFirstUse<IntCounter>,
+    /// `ISTIO_MUTUAL` settings sent in plain text (registered when a rule set is first noted).
+    mesh_plaintext: OnFirstUse<MeshPlaintext>,
     /// The HTTP families' label sets (they share them) under the cap.
     http_gate: SeriesGate,
     /// The TCP families' label sets under the cap.
     tcp_gate: SeriesGate,
     /// `series_dropped` of each HTTP and TCP family, resolved once.
-    http_dropped: [prometheus::IntCounter; 4],
-    tcp_dropped: [prometheus::IntCounter; 4],
+    http_dropped: [IntCounter; 4],
+    tcp_dropped: [IntCounter; 4],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rules watcher's metrics (`rules::watch`, and the rules ConfigMap through the API).
+#[derive(Debug)]
+pub struct RulesMetrics {
+    /// `remora_config_generation`
+    pub generation: IntGauge,
+    /// `remora_config_reloads_total`
+    pub reloads: IntCounter,
+    /// `remora_config_reload_errors_total`
+    pub reload_errors: IntCounter,
+}
+
+/// Kubernetes discovery's metrics (`discovery::kube`).
+#[derive(Debug)]
+pub struct DiscoveryMetrics {
+    /// `remora_discovery_services`
+    pub services: IntGauge,
+    /// `remora_discovery_endpoints`
+    pub endpoints: IntGauge,
+    /// `remora_discovery_watch_restarts_total{resource}`: re-lists after the first list (410
+    /// Gone, a broken watch) and failed list/watch calls.
+    pub restarts: IntCounterVec,
+}
+
+/// `remora_tls_mesh_plaintext_destinations`, and the rule set it was last set from (the
+/// gauge and its warn lines follow each applied rule set once: `rules::watch::note_applied`).
+#[derive(Debug)]
+pub struct MeshPlaintext {
+    pub gauge: IntGauge,
+    /// (hash, generation) of the rule set last noted.
+    pub noted: Mutex<Option<(String, u64)>>,
+}
+
+/// Families registered in the handle's registry on first use instead of at start-up. A family
+/// without labels is exported (at 0) from the moment it is registered; these only appear in
+/// `/stats/prometheus` once their part of the proxy runs (the rules watcher, discovery) or once
+/// they have something to say (a dropped access-log line, a noted rule set).
+struct OnFirstUse<T> {
+    families: T,
+    registry: Registry,
+    collectors: fn(&T) -> Vec<Box<dyn Collector>>,
+    registered: Once,
+}
+
+impl<T> OnFirstUse<T> {
+    fn new(
+        registry: &Registry,
+        families: T,
+        collectors: fn(&T) -> Vec<Box<dyn Collector>>,
+    ) -> Self {
+        OnFirstUse {
+            families,
+            registry: registry.clone(),
+            collectors,
+            registered: Once::new(),
+        }
+    }
+
+    /// The families, registered if they were not yet.
+    fn get(&self) -> &T {
+        self.registered.call_once(|| {
+            for c in (self.collectors)(&self.families) {
+                // Only a second family of the same name fails, and every name is registered
+                // once per handle.
+                if let Err(e) = self.registry.register(c) {
+                    tracing::warn!(error = %e, "metric not registered");
+                }
+            }
+        });
+        &self.families
+    }
 }
 
 /// The default of `REMORA_METRIC_SERIES_MAX`: series per metric family.
 pub const DEFAULT_SERIES_MAX: usize = 10_000;
 
-/// The cap on series per metric family (`REMORA_METRIC_SERIES_MAX`, default
-/// [`DEFAULT_SERIES_MAX`]), read once.
-fn series_max() -> usize {
+/// The cap on series per metric family from `REMORA_METRIC_SERIES_MAX` (default
+/// [`DEFAULT_SERIES_MAX`]); read by start-up.
+pub fn series_max_from_env() -> usize {
     std::env::var("REMORA_METRIC_SERIES_MAX")
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -112,14 +226,14 @@ fn series_max() -> usize {
 /// cap by the odd series).
 struct SeriesGate {
     max: usize,
-    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+    seen: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl SeriesGate {
     fn new(max: usize) -> SeriesGate {
         SeriesGate {
             max,
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            seen: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -137,8 +251,6 @@ impl SeriesGate {
     }
 }
 
-static METRICS: OnceLock<Metrics> = OnceLock::new();
-
 /// The four series one HTTP label set writes, looked up once per worker thread instead of
 /// hashing thirteen label values four times per request.
 struct HttpSeries {
@@ -148,16 +260,24 @@ struct HttpSeries {
     response_bytes: prometheus::Histogram,
 }
 
+/// One label set in a thread's cache: the handle it belongs to ([`Metrics::id`]), the labels,
+/// and its series (`None`: the series cap refused the label set; its requests only count as
+/// dropped).
+type CachedSeries = (u64, HttpLabels, Option<HttpSeries>);
+
 /// Label sets cached per thread before the cache starts over (bounds memory under label churn).
 const SERIES_CACHE_MAX: usize = 4096;
 
 thread_local! {
-    /// By [`label_hash`]: one label set per hash (a colliding set replaces it, which only costs
-    /// a lookup in the metric families).
-    /// `None`: the series cap refused the label set (its requests only count as dropped).
-    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<u64, (HttpLabels, Option<HttpSeries>)>> =
+    /// By [`label_hash`] (which covers the handle's id): one label set per hash (a colliding
+    /// set replaces it, which only costs a lookup in the metric families). The entry's handle
+    /// id is checked on every hit, so handles in one process never share series.
+    static HTTP_SERIES: std::cell::RefCell<std::collections::HashMap<u64, CachedSeries>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
+
+/// Ids of the handles: each handle's own, never reused in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A multiply-rotate hash over 8-byte words (the request path hashes one label set per
 /// request; SipHash over the six strings cost more than everything else in `record_http`).
@@ -205,154 +325,300 @@ impl std::hash::Hasher for WordHasher {
     }
 }
 
-fn label_hash(l: &HttpLabelsRef<'_>) -> u64 {
+/// The hash of an HTTP label set of the handle `id`.
+fn label_hash(id: u64, l: &HttpLabelsRef<'_>) -> u64 {
     let mut h = WordHasher::default();
+    h.mix(id);
     std::hash::Hash::hash(l, &mut h);
     std::hash::Hasher::finish(&h)
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
-    // A second registration (e.g. in tests that share a process) is not an error worth failing on.
-    let _ = prometheus::register(Box::new(c.clone()));
-    c
+fn counter(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
-    let _ = prometheus::register(Box::new(g.clone()));
-    g
+fn gauge(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
-fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
     let h = HistogramVec::new(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,
-    )
-    .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
-    let _ = prometheus::register(Box::new(h.clone()));
-    h
+    )?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 impl Metrics {
-    /// The process-wide metrics (registered in the default registry on first use).
-    pub fn get() -> &'static Metrics {
-        METRICS.get_or_init(|| {
-            let series_dropped = counter(
-                "remora_metric_series_dropped_total",
-                "Label sets not registered because their metric family reached the series cap \
-                 (REMORA_METRIC_SERIES_MAX), by family",
-                &["metric"],
-            );
-            let dropped = |names: [&str; 4]| names.map(|n| series_dropped.with_label_values(&[n]));
-            let max = series_max();
-            Metrics {
-                http_dropped: dropped([
-                    "istio_requests_total",
-                    "istio_request_duration_milliseconds",
-                    "istio_request_bytes",
-                    "istio_response_bytes",
-                ]),
-                tcp_dropped: dropped([
-                    "istio_tcp_connections_opened_total",
-                    "istio_tcp_connections_closed_total",
-                    "istio_tcp_sent_bytes_total",
-                    "istio_tcp_received_bytes_total",
-                ]),
-                series_dropped,
-                http_gate: SeriesGate::new(max),
-                tcp_gate: SeriesGate::new(max),
-                requests_total: counter(
-                    "istio_requests_total",
-                    "Requests handled by the proxy",
-                    HTTP_LABELS,
+    /// A handle with its own registry and every family; HTTP and TCP label sets capped at
+    /// `series_max` per family ([`series_max_from_env`] in the proxy). `Err` only for an
+    /// invalid metric definition (they are constants).
+    pub fn new(series_max: usize) -> prometheus::Result<Metrics> {
+        let reg = Registry::new();
+        let series_dropped = counter(
+            &reg,
+            "remora_metric_series_dropped_total",
+            "Label sets not registered because their metric family reached the series cap \
+             (REMORA_METRIC_SERIES_MAX), by family",
+            &["metric"],
+        )?;
+        let dropped = |names: [&str; 4]| names.map(|n| series_dropped.with_label_values(&[n]));
+        let rules = RulesMetrics {
+            generation: IntGauge::new(
+                "remora_config_generation",
+                "Generation of the rules snapshot in effect (0 = none loaded).",
+            )?,
+            reloads: IntCounter::new(
+                "remora_config_reloads_total",
+                "Rules snapshots applied by the watcher.",
+            )?,
+            reload_errors: IntCounter::new(
+                "remora_config_reload_errors_total",
+                "Rules snapshots rejected by the watcher (invalid rule sets).",
+            )?,
+        };
+        let discovery = DiscoveryMetrics {
+            services: IntGauge::new(
+                "remora_discovery_services",
+                "Kubernetes services in the discovery index (in the Sidecar's scope).",
+            )?,
+            endpoints: IntGauge::new(
+                "remora_discovery_endpoints",
+                "Ready endpoints (service port x address) in the discovery index.",
+            )?,
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "remora_discovery_watch_restarts_total",
+                    "Kubernetes watches restarted (re-list after 410 Gone or a failed watch, failed list calls).",
                 ),
-                request_duration_ms: histogram(
-                    "istio_request_duration_milliseconds",
-                    "Request duration in milliseconds",
-                    DURATION_BUCKETS_MS,
-                    HTTP_LABELS,
-                ),
-                request_bytes: histogram(
-                    "istio_request_bytes",
-                    "Request body size in bytes",
-                    SIZE_BUCKETS,
-                    HTTP_LABELS,
-                ),
-                response_bytes: histogram(
-                    "istio_response_bytes",
-                    "Response body size in bytes",
-                    SIZE_BUCKETS,
-                    HTTP_LABELS,
-                ),
-                tcp_opened: counter(
-                    "istio_tcp_connections_opened_total",
-                    "TCP connections opened",
-                    TCP_LABELS,
-                ),
-                tcp_closed: counter(
-                    "istio_tcp_connections_closed_total",
-                    "TCP connections closed",
-                    TCP_LABELS,
-                ),
-                tcp_sent_bytes: counter(
-                    "istio_tcp_sent_bytes_total",
-                    "Bytes sent to the downstream during TCP proxying (response direction)",
-                    TCP_LABELS,
-                ),
-                tcp_received_bytes: counter(
-                    "istio_tcp_received_bytes_total",
-                    "Bytes received from the downstream during TCP proxying (request direction)",
-                    TCP_LABELS,
-                ),
-                refused_connections: counter(
-                    "remora_refused_connections_total",
-                    "Connections the proxy refused before proxying, by reason",
-                    &["listener", "reason"],
-                ),
-                downstream_rejected: counter(
-                    "remora_downstream_rejected_total",
-                    "Downstream connections or requests turned away by the abuse limits, by reason",
-                    &["listener", "reason"],
-                ),
-                downstream_connections: gauge(
-                    "remora_downstream_connections",
-                    "Downstream connections open now",
-                    &["listener"],
-                ),
-                cert_expiry_seconds: {
-                    let g = Gauge::new(
-                        "remora_workload_cert_expiry_seconds",
-                        "Seconds of validity left on the workload certificate (negative once expired)",
-                    )
-                    .unwrap_or_else(|e| panic!("metric remora_workload_cert_expiry_seconds definition: {e}"));
-                    let _ = prometheus::register(Box::new(g.clone()));
-                    g
-                },
-                cert_requests: counter(
-                    "remora_workload_cert_requests_total",
-                    "Workload certificate requests to the CA, by result",
-                    &["result"],
-                ),
-                authz_denied: counter(
-                    "remora_authz_denied_total",
-                    "Inbound requests and connections denied by AuthorizationPolicy, by kind",
-                    &["kind"],
-                ),
-                jwt_rejected: counter(
-                    "remora_jwt_rejected_total",
-                    "Inbound requests refused by RequestAuthentication (an invalid JWT), by reason",
-                    &["reason"],
-                ),
-                mtls_failures: counter(
-                    "remora_mtls_failures_total",
-                    "Connections between sidecars whose mutual TLS failed, by direction and reason",
-                    &["direction", "reason"],
-                ),
-            }
+                &["resource"],
+            )?,
+        };
+        let mesh_plaintext = MeshPlaintext {
+            gauge: IntGauge::new(
+                "remora_tls_mesh_plaintext_destinations",
+                "DestinationRule tls settings (per rule, subset and port) with mode ISTIO_MUTUAL sent in plain text between sidecars, because the proxy has no workload identity",
+            )?,
+            noted: Mutex::new(None),
+        };
+        let access_log_dropped = IntCounter::new(
+            "remora_access_log_dropped_total",
+            "Access-log lines dropped because stdout could not keep up.",
+        )?;
+        let cert_expiry_seconds = Gauge::new(
+            "remora_workload_cert_expiry_seconds",
+            "Seconds of validity left on the workload certificate (negative once expired)",
+        )?;
+        reg.register(Box::new(cert_expiry_seconds.clone()))?;
+        Ok(Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            http_dropped: dropped([
+                "istio_requests_total",
+                "istio_request_duration_milliseconds",
+                "istio_request_bytes",
+                "istio_response_bytes",
+            ]),
+            tcp_dropped: dropped([
+                "istio_tcp_connections_opened_total",
+                "istio_tcp_connections_closed_total",
+                "istio_tcp_sent_bytes_total",
+                "istio_tcp_received_bytes_total",
+            ]),
+            series_dropped,
+            http_gate: SeriesGate::new(series_max),
+            tcp_gate: SeriesGate::new(series_max),
+            requests_total: counter(
+                &reg,
+                "istio_requests_total",
+                "Requests handled by the proxy",
+                HTTP_LABELS,
+            )?,
+            request_duration_ms: histogram(
+                &reg,
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds",
+                DURATION_BUCKETS_MS,
+                HTTP_LABELS,
+            )?,
+            request_bytes: histogram(
+                &reg,
+                "istio_request_bytes",
+                "Request body size in bytes",
+                SIZE_BUCKETS,
+                HTTP_LABELS,
+            )?,
+            response_bytes: histogram(
+                &reg,
+                "istio_response_bytes",
+                "Response body size in bytes",
+                SIZE_BUCKETS,
+                HTTP_LABELS,
+            )?,
+            tcp_opened: counter(
+                &reg,
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened",
+                TCP_LABELS,
+            )?,
+            tcp_closed: counter(
+                &reg,
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed",
+                TCP_LABELS,
+            )?,
+            tcp_sent_bytes: counter(
+                &reg,
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to the downstream during TCP proxying (response direction)",
+                TCP_LABELS,
+            )?,
+            tcp_received_bytes: counter(
+                &reg,
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the downstream during TCP proxying (request direction)",
+                TCP_LABELS,
+            )?,
+            refused_connections: counter(
+                &reg,
+                "remora_refused_connections_total",
+                "Connections the proxy refused before proxying, by reason",
+                &["listener", "reason"],
+            )?,
+            downstream_rejected: counter(
+                &reg,
+                "remora_downstream_rejected_total",
+                "Downstream connections or requests turned away by the abuse limits, by reason",
+                &["listener", "reason"],
+            )?,
+            downstream_connections: gauge(
+                &reg,
+                "remora_downstream_connections",
+                "Downstream connections open now",
+                &["listener"],
+            )?,
+            cert_expiry_seconds,
+            cert_requests: counter(
+                &reg,
+                "remora_workload_cert_requests_total",
+                "Workload certificate requests to the CA, by result",
+                &["result"],
+            )?,
+            authz_denied: counter(
+                &reg,
+                "remora_authz_denied_total",
+                "Inbound requests and connections denied by AuthorizationPolicy, by kind",
+                &["kind"],
+            )?,
+            jwt_rejected: counter(
+                &reg,
+                "remora_jwt_rejected_total",
+                "Inbound requests refused by RequestAuthentication (an invalid JWT), by reason",
+                &["reason"],
+            )?,
+            mtls_failures: counter(
+                &reg,
+                "remora_mtls_failures_total",
+                "Connections between sidecars whose mutual TLS failed, by direction and reason",
+                &["direction", "reason"],
+            )?,
+            outlier_ejections: counter(
+                &reg,
+                "remora_outlier_ejections_total",
+                "Endpoints ejected by outlier detection",
+                &["destination_service", "reason"],
+            )?,
+            upstream_overflows: counter(
+                &reg,
+                "remora_upstream_overflow_total",
+                "Requests refused by a connectionPool limit (503 UO)",
+                &["destination_service", "limit"],
+            )?,
+            rate_limited: counter(
+                &reg,
+                "remora_rate_limited_requests_total",
+                "Requests answered 429 by a RateLimit rule",
+                &["rule"],
+            )?,
+            mirror_requests: counter(
+                &reg,
+                "remora_mirror_requests_total",
+                "Mirrored request copies by result (sent, failed, timeout, dropped)",
+                &["result"],
+            )?,
+            rules: OnFirstUse::new(&reg, rules, |r| {
+                vec![
+                    Box::new(r.generation.clone()),
+                    Box::new(r.reloads.clone()),
+                    Box::new(r.reload_errors.clone()),
+                ]
+            }),
+            discovery: OnFirstUse::new(&reg, discovery, |d| {
+                vec![
+                    Box::new(d.services.clone()),
+                    Box::new(d.endpoints.clone()),
+                    Box::new(d.restarts.clone()),
+                ]
+            }),
+            access_log_dropped: OnFirstUse::new(&reg, access_log_dropped, |c| {
+                vec![Box::new(c.clone())]
+            }),
+            mesh_plaintext: OnFirstUse::new(&reg, mesh_plaintext, |m| {
+                vec![Box::new(m.gauge.clone())]
+            }),
+            registry: reg,
         })
+    }
+
+    /// The registry every family of this handle is in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The registry in Prometheus' text format (what `/stats/prometheus` serves).
+    pub fn text(&self) -> prometheus::Result<String> {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather())
+    }
+
+    /// The rules watcher's families (registered at the first call: the watcher's start).
+    pub fn rules(&self) -> &RulesMetrics {
+        self.rules.get()
+    }
+
+    /// Kubernetes discovery's families (registered at the first call: discovery's start).
+    pub fn discovery(&self) -> &DiscoveryMetrics {
+        self.discovery.get()
+    }
+
+    /// `remora_access_log_dropped_total` (registered at the first dropped line).
+    pub fn access_log_dropped(&self) -> &IntCounter {
+        self.access_log_dropped.get()
+    }
+
+    /// `remora_tls_mesh_plaintext_destinations` and the rule set it follows (registered when
+    /// the first rule set is noted).
+    pub fn mesh_plaintext(&self) -> &MeshPlaintext {
+        self.mesh_plaintext.get()
     }
 
     /// Record one finished HTTP request.
@@ -371,12 +637,14 @@ impl Metrics {
         req_bytes: u64,
         resp_bytes: u64,
     ) {
-        let hash = label_hash(l);
+        let hash = label_hash(self.id, l);
         HTTP_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let hit = cache.get(&hash).filter(|(k, _)| k.as_ref() == *l);
+            let hit = cache
+                .get(&hash)
+                .filter(|(id, k, _)| *id == self.id && k.as_ref() == *l);
             let s = match hit {
-                Some((_, s)) => s,
+                Some((_, _, s)) => s,
                 None => {
                     if cache.len() >= SERIES_CACHE_MAX {
                         cache.clear();
@@ -392,9 +660,9 @@ impl Metrics {
                             response_bytes: self.response_bytes.with_label_values(&values),
                         }
                     });
-                    cache.insert(hash, (key, series));
+                    cache.insert(hash, (self.id, key, series));
                     match cache.get(&hash) {
-                        Some((_, s)) => s,
+                        Some((_, _, s)) => s,
                         None => return,
                     }
                 }
@@ -611,12 +879,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn http_request_lands_in_default_registry() {
-        let m = Metrics::get();
-        let l = HttpLabels {
+    fn labels(workload: &str) -> HttpLabels {
+        HttpLabels {
             reporter: "source",
-            source_workload: "unit-test-wl".into(),
+            source_workload: workload.into(),
             source_workload_namespace: "ns1".into(),
             destination_workload: "unknown".into(),
             destination_workload_namespace: "unknown".into(),
@@ -626,11 +892,28 @@ mod tests {
             grpc_response_status: String::new(),
             response_flags: "-".into(),
             connection_security_policy: "none",
-        };
+        }
+    }
+
+    /// `istio_requests_total` of `workload` and `code` in the handle's text.
+    fn requests(m: &Metrics, workload: &str, code: &str) -> Option<String> {
+        m.text()
+            .unwrap()
+            .lines()
+            .find(|x| {
+                x.starts_with("istio_requests_total{")
+                    && x.contains(&format!("source_workload=\"{workload}\""))
+                    && x.contains(&format!("response_code=\"{code}\""))
+            })
+            .map(|x| x.rsplit(' ').next().unwrap().to_string())
+    }
+
+    #[test]
+    fn http_request_lands_in_the_handles_registry() {
+        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let l = labels("unit-test-wl");
         m.record_http(&l, 3.0, 10, 20);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&prometheus::gather())
-            .unwrap();
+        let text = m.text().unwrap();
         let line = text
             .lines()
             .find(|l| l.starts_with("istio_requests_total{") && l.contains("unit-test-wl"))
@@ -650,19 +933,72 @@ mod tests {
             ..l.clone()
         };
         m.record_http(&other, 1.0, 0, 0);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&prometheus::gather())
-            .unwrap();
-        let count = |code: &str| {
-            text.lines()
-                .find(|x| {
-                    x.starts_with("istio_requests_total{")
-                        && x.contains("unit-test-wl")
-                        && x.contains(&format!("response_code=\"{code}\""))
-                })
-                .map(|x| x.rsplit(' ').next().unwrap().to_string())
-        };
-        assert_eq!(count("200").as_deref(), Some("2"));
-        assert_eq!(count("503").as_deref(), Some("1"));
+        assert_eq!(requests(&m, "unit-test-wl", "200").as_deref(), Some("2"));
+        assert_eq!(requests(&m, "unit-test-wl", "503").as_deref(), Some("1"));
+        // Nothing went to prometheus' default registry.
+        assert!(prometheus::gather()
+            .iter()
+            .all(|f| f.name() != "istio_requests_total"));
+    }
+
+    #[test]
+    fn two_handles_on_one_thread_count_apart() {
+        let a = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let b = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let l = labels("two-handles");
+        a.record_http(&l, 1.0, 0, 0);
+        a.record_http(&l, 1.0, 0, 0);
+        b.record_http(&l, 1.0, 0, 0);
+        assert_eq!(requests(&a, "two-handles", "200").as_deref(), Some("2"));
+        assert_eq!(requests(&b, "two-handles", "200").as_deref(), Some("1"));
+        // A handle whose cap is reached drops the label set; the other still counts it.
+        let capped = Metrics::new(0).unwrap();
+        capped.record_http(&l, 1.0, 0, 0);
+        a.record_http(&l, 1.0, 0, 0);
+        assert_eq!(requests(&capped, "two-handles", "200"), None);
+        assert_eq!(requests(&a, "two-handles", "200").as_deref(), Some("3"));
+        assert!(capped
+            .text()
+            .unwrap()
+            .contains("remora_metric_series_dropped_total{metric=\"istio_requests_total\"} 1"));
+    }
+
+    #[test]
+    fn families_without_labels_appear_once_their_part_runs() {
+        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let text = m.text().unwrap();
+        assert!(
+            text.contains("remora_workload_cert_expiry_seconds 0"),
+            "{text}"
+        );
+        for late in [
+            "remora_config_generation",
+            "remora_discovery_services",
+            "remora_access_log_dropped_total",
+            "remora_tls_mesh_plaintext_destinations",
+        ] {
+            assert!(!text.contains(late), "{late} before its first use:\n{text}");
+        }
+        m.rules().generation.set(3);
+        m.discovery();
+        m.access_log_dropped();
+        m.access_log_dropped().inc();
+        let text = m.text().unwrap();
+        for (line, help) in [
+            (
+                "remora_config_generation 3",
+                "# HELP remora_config_generation Generation of the rules snapshot in effect (0 = none loaded).",
+            ),
+            ("remora_config_reloads_total 0", "# TYPE remora_config_reloads_total counter"),
+            ("remora_discovery_services 0", "# TYPE remora_discovery_services gauge"),
+            ("remora_access_log_dropped_total 1", "# TYPE remora_access_log_dropped_total counter"),
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+            assert!(text.contains(help), "{help}:\n{text}");
+        }
+        assert!(
+            !text.contains("remora_tls_mesh_plaintext_destinations"),
+            "{text}"
+        );
     }
 }

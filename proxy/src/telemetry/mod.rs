@@ -1,4 +1,5 @@
-//! Telemetry: Istio's standard metrics (in prometheus's default registry) and JSON access logs.
+//! Telemetry: the proxy's metrics (Istio's standard families and the proxy's own, in one
+//! [`Metrics`] handle with its own registry, created at start-up) and JSON access logs.
 //!
 //! The metric names and label names are Istio's, so Kiali and the Istio Grafana dashboards work
 //! unchanged. `reporter` is `source` on the outbound side and `destination` on the inbound side.
@@ -7,7 +8,9 @@ pub mod accesslog;
 pub mod metrics;
 
 pub use accesslog::{AccessLog, HttpLogEntry, TcpLogEntry};
-pub use metrics::{HttpLabels, HttpLabelsRef, Metrics, TcpLabels};
+pub use metrics::{
+    DiscoveryMetrics, HttpLabels, HttpLabelsRef, MeshPlaintext, Metrics, RulesMetrics, TcpLabels,
+};
 
 /// `destination_service` of a request or connection the rules leave to its original
 /// destination (Istio's `PassthroughCluster`).

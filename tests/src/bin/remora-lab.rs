@@ -3,6 +3,7 @@
 //!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live,
 //!                      mutual TLS on the wire.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
+//!   remora-lab bench-controller  the rules controller at scale (scripts/bench controller).
 //!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// The data-plane benchmark.
     Bench(bench::BenchArgs),
+    /// The rules controller at scale (the real control plane against the lab's API).
+    BenchController(remora_e2e::controller_bench::Args),
     /// The fault-injecting soak: fixed-rate load while rules reload, backends hang, fail, die
     /// and drain, and the webhook's certificate rotates. Exits 1 when it fails.
     Soak {
@@ -107,6 +110,7 @@ fn main() {
         Cmd::Up => up(opts),
         Cmd::Demo { requests } => demo(opts, requests),
         Cmd::Bench(args) => bench::run(opts, args),
+        Cmd::BenchController(args) => remora_e2e::controller_bench::run(&opts.bin_dir, args),
         Cmd::Soak {
             seconds,
             rate,
@@ -278,7 +282,10 @@ fn count_versions(
     Ok(seen)
 }
 
-fn demo(opts: LabOptions, requests: usize) -> Result<()> {
+fn demo(mut opts: LabOptions, requests: usize) -> Result<()> {
+    // Rules are applied as Istio objects, as with `kubectl apply`: the control plane's rules
+    // controller compiles them into the namespace's remora-mesh-rules ConfigMap.
+    opts.rules_controller = true;
     let cancel = opts.cancel.clone();
     let started = std::time::Instant::now();
     println!("== remora demo: a service mesh on one machine, no cluster\n");
@@ -287,7 +294,9 @@ fn demo(opts: LabOptions, requests: usize) -> Result<()> {
     println!("label istio-injection=enabled, each pod is first sent to the real remora-webhook over HTTPS as an");
     println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet: remora-init");
     println!("programs iptables, remora-proxy starts as uid 1337 and must be ready (holding its certificate from");
-    println!("the mesh CA that remora-webhook runs on the node) before the app starts.\n");
+    println!("the mesh CA that remora-webhook runs on the node) before the app starts. Istio rules are applied");
+    println!("as objects, as `kubectl apply` does; the rules controller in remora-webhook compiles them into the");
+    println!("namespace's remora-mesh-rules ConfigMap, which every sidecar there reloads.\n");
     let mut lab = bookinfo(opts)?;
     println!(
         "-- Bookinfo is running ({:.1} s):\n",
@@ -392,10 +401,15 @@ fn demo(opts: LabOptions, requests: usize) -> Result<()> {
     let mut failures = Vec::new();
     for step in steps {
         println!(
-            "-- {}\n   rule applied to the namespace's remora-mesh-rules ConfigMap: {}",
+            "-- {}\n   rule applied as objects: {}",
             step.title, step.rule
         );
+        let applied = std::time::Instant::now();
         lab.set_rules("bookinfo", &step.yaml)?;
+        println!(
+            "   the rules controller wrote remora-mesh-rules; every bookinfo sidecar had reloaded {} ms after the apply",
+            applied.elapsed().as_millis()
+        );
         let mut rows = Vec::new();
         for (who, headers, expect) in &step.runs {
             let count = if matches!(expect, Expect::Only(_)) {
@@ -694,7 +708,7 @@ fn mtls_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) -> 
         failures.push("Scenario 4: the capture saw no traffic between pods".into());
     }
 
-    println!("\n   PeerAuthentication decides what the bookinfo sidecars accept (rule in remora-mesh-rules):\n");
+    println!("\n   PeerAuthentication decides what the bookinfo sidecars accept (applied as an object):\n");
     let show = |r: &Result<u16>| match r {
         Ok(code) => format!("HTTP {code}"),
         Err(_) => "refused (connection closed)".to_string(),

@@ -23,7 +23,7 @@ pub mod lease;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -133,6 +133,9 @@ pub struct Options {
     pub resync: Duration,
     /// Between checks for an API group whose CRDs are not installed.
     pub missing_group_retry: Duration,
+    /// Write a `remora.dev/Compiled` condition into each object's status (opt-in, as Istio's
+    /// `PILOT_ENABLE_STATUS`).
+    pub status: bool,
     pub settings: Settings,
 }
 
@@ -148,6 +151,7 @@ impl Options {
             debounce: Duration::from_millis(100),
             resync: Duration::from_secs(60),
             missing_group_retry: Duration::from_secs(30),
+            status: false,
             settings: Settings::default(),
         }
     }
@@ -307,9 +311,16 @@ async fn lead(
     let mut renew = tokio::time::interval(opts.renew_every);
     renew.tick().await;
     let mut resync = tokio::time::interval(opts.resync);
+    // When the current batch began (its first change), and when failed writes are retried.
     let mut batch_start: Option<Instant> = None;
-    let lost = loop {
-        let deadline = batch_start.map(|s| tokio::time::Instant::from_std(s + opts.debounce));
+    let mut retry_at: Option<Instant> = None;
+    let stopping = loop {
+        let deadline = batch_start
+            .map(|s| s + opts.debounce)
+            .into_iter()
+            .chain(retry_at)
+            .min()
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             ch = rx.recv() => {
                 let Some(ch) = ch else { break false };
@@ -321,7 +332,11 @@ async fn lead(
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() && synced.len() == all => {
                 let started = batch_start.take();
-                ctl.reconcile().await;
+                retry_at = None;
+                if ctl.reconcile().await {
+                    // A write failed or raced: try those namespaces again in a second.
+                    retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
                 if let (Some(s), Some(h)) = (started, &METRICS.sync) {
                     h.observe(s.elapsed().as_secs_f64());
                 }
@@ -333,7 +348,9 @@ async fn lead(
             }
             _ = renew.tick() => {
                 match elector.round().await {
-                    Ok(lease::Round::Leading) => {}
+                    Ok(lease::Round::Leading) => {
+                        ctl.lease_valid_until = Instant::now() + opts.lease_duration / 2;
+                    }
                     Ok(lease::Round::Following(h)) => {
                         tracing::warn!(leader = %h, "rules controller: lost the lease; stopping writes");
                         break false;
@@ -348,7 +365,7 @@ async fn lead(
         }
     };
     watchers.abort_all();
-    lost
+    stopping
 }
 
 /// The API resource of `k` at `version`.
@@ -504,8 +521,15 @@ struct Controller {
     world: World,
     /// The ConfigMaps were listed at least once.
     listed: bool,
-    /// Objects' identity for Events: key → (apiVersion, uid, resourceVersion).
-    refs: BTreeMap<ObjectRef, (String, Option<String>, Option<String>)>,
+    /// Namespaces whose ConfigMap may have to change (`None`: all of them).
+    dirty: Option<BTreeSet<String>>,
+    /// Objects' identity (for Events and status writes).
+    refs: BTreeMap<ObjectRef, Ref>,
+    /// Write status conditions.
+    status: bool,
+    /// Until when the Lease surely is ours (renewed at the last election round, minus a margin):
+    /// past it, nothing is written (another replica may lead by then).
+    lease_valid_until: Instant,
     /// What was already reported (Events and log lines), so each is said once: key → reason.
     reported: BTreeMap<String, String>,
     recorder: Recorder,
@@ -523,8 +547,50 @@ impl Controller {
             settings: opts.settings.clone(),
             world: World::default(),
             listed: false,
+            dirty: None,
             refs: BTreeMap::new(),
+            status: opts.status,
+            lease_valid_until: Instant::now() + opts.lease_duration / 2,
             reported: BTreeMap::new(),
+        }
+    }
+
+    /// Mark every namespace for the next reconcile.
+    fn dirty_all(&mut self) {
+        self.dirty = None;
+    }
+
+    /// Mark one namespace for the next reconcile.
+    fn dirty_ns(&mut self, ns: &str) {
+        if let Some(d) = &mut self.dirty {
+            d.insert(ns.to_string());
+        }
+    }
+
+    /// Mark what a change of the object `key` (before and after) can affect.
+    fn dirty_object(
+        &mut self,
+        key: &ObjectRef,
+        after: Option<&Result<Arc<compile::Checked>, compile::Invalid>>,
+    ) {
+        let local = |r: Option<&Result<Arc<compile::Checked>, compile::Invalid>>| match r {
+            None | Some(Err(_)) => true,
+            Some(Ok(c)) => c.only_in_own_namespace(&self.settings),
+        };
+        let before = self.world.objects.get(key);
+        let unchanged = match (before, after) {
+            (Some(Ok(a)), Some(Ok(b))) => a.document == b.document,
+            (Some(Err(a)), Some(Err(b))) => a == b,
+            _ => false,
+        };
+        if unchanged {
+            // A status or metadata write: no ConfigMap changes.
+            return;
+        }
+        if local(before) && local(after) {
+            self.dirty_ns(&key.namespace);
+        } else {
+            self.dirty_all();
         }
     }
 
@@ -532,6 +598,7 @@ impl Controller {
         let domain = self.settings.cluster_domain.clone();
         match ch {
             Change::Replace("Namespace", list) => {
+                self.dirty_all();
                 self.world.namespaces = list
                     .iter()
                     .filter_map(|n| Some((name_of(n)?, labels_of(n))))
@@ -539,16 +606,19 @@ impl Controller {
             }
             Change::Upsert("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
+                    self.dirty_ns(&name);
                     self.world.namespaces.insert(name, labels_of(&n));
                 }
             }
             Change::Delete("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
+                    self.dirty_ns(&name);
                     self.world.namespaces.remove(&name);
                     self.world.configmaps.remove(&name);
                 }
             }
             Change::Replace(kind, list) => {
+                self.dirty_all();
                 self.world.objects.retain(|k, _| k.kind != kind);
                 self.refs.retain(|k, _| k.kind != kind);
                 for v in list {
@@ -558,6 +628,7 @@ impl Controller {
             Change::Upsert(kind, v) => self.upsert(kind, &v, &domain),
             Change::Delete(kind, v) => {
                 if let Some(k) = key_of(kind, &v) {
+                    self.dirty_object(&k, None);
                     self.world.objects.remove(&k);
                     self.refs.remove(&k);
                 }
@@ -570,13 +641,21 @@ impl Controller {
         let meta = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
         self.refs.insert(
             key.clone(),
-            (
-                meta("/apiVersion").unwrap_or_default(),
-                meta("/metadata/uid"),
-                meta("/metadata/resourceVersion"),
-            ),
+            Ref {
+                api_version: meta("/apiVersion").unwrap_or_default(),
+                uid: meta("/metadata/uid"),
+                resource_version: meta("/metadata/resourceVersion"),
+                generation: v.pointer("/metadata/generation").and_then(Value::as_i64),
+                conditions: v
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
         );
-        self.world.objects.insert(key, compile::check(v, domain));
+        let checked = compile::check(v, domain).map(Arc::new);
+        self.dirty_object(&key, Some(&checked));
+        self.world.objects.insert(key, checked);
     }
 
     /// Re-list the rules ConfigMaps; true when what is known changed.
@@ -590,7 +669,16 @@ impl Controller {
                     .iter()
                     .filter_map(|cm| Some((cm.metadata.namespace.clone()?, existing(cm))))
                     .collect();
-                let changed = fresh != self.world.configmaps;
+                let changed: Vec<String> = fresh
+                    .keys()
+                    .chain(self.world.configmaps.keys())
+                    .filter(|ns| fresh.get(*ns) != self.world.configmaps.get(*ns))
+                    .cloned()
+                    .collect();
+                for ns in &changed {
+                    self.dirty_ns(ns);
+                }
+                let changed = !changed.is_empty();
                 self.world.configmaps = fresh;
                 self.listed = true;
                 changed
@@ -630,7 +718,8 @@ impl Controller {
     }
 
     fn object_ref(&self, id: &ObjectRef) -> ObjectReference {
-        let (api_version, uid, rv) = self.refs.get(id).cloned().unwrap_or_default();
+        let r = self.refs.get(id).cloned().unwrap_or_default();
+        let (api_version, uid, rv) = (r.api_version, r.uid, r.resource_version);
         ObjectReference {
             api_version: Some(api_version),
             kind: Some(id.kind.clone()),
@@ -642,13 +731,14 @@ impl Controller {
         }
     }
 
-    /// Render every meshed namespace and write what changed.
-    async fn reconcile(&mut self) {
+    /// Render the meshed namespaces that may have changed and write what did; true when some
+    /// namespaces are left to retry.
+    async fn reconcile(&mut self) -> bool {
         if !self.listed {
             self.relist_configmaps().await;
             if !self.listed {
                 // Without knowing what exists, a write could overwrite a user's ConfigMap.
-                return;
+                return true;
             }
         }
         // Invalid objects: said once per reason.
@@ -673,8 +763,12 @@ impl Controller {
         // Forget fixed objects, so a later error is said again.
         self.reported
             .retain(|k, _| k.starts_with("namespace ") || current.contains(k));
-        let steps = plan::plan(&self.world, &self.settings);
-        for step in steps {
+        let dirty = self.dirty.replace(BTreeSet::new());
+        // One namespace at a time: planned, then written, so the first write does not wait
+        // for every namespace's render.
+        let idx = plan::index(&self.world, &self.settings);
+        for ns in plan::namespaces(&self.world, dirty.as_ref()) {
+            let step = plan::step(&self.world, &idx, &self.settings, &ns);
             let ns = step.namespace.clone();
             match step.action {
                 Action::Keep => {}
@@ -729,6 +823,8 @@ impl Controller {
                 }
             }
         }
+        let statuses_left = self.status && self.write_statuses().await;
+        statuses_left || self.dirty.as_ref().is_some_and(|d| !d.is_empty())
     }
 
     async fn write(
@@ -738,6 +834,11 @@ impl Controller {
         update: Option<Option<String>>,
         objects: usize,
     ) {
+        if Instant::now() > self.lease_valid_until {
+            // A long batch outlived the last renewal: renew first, then write.
+            self.dirty_ns(ns);
+            return;
+        }
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let labels: BTreeMap<String, String> = [
             (MANAGED_BY.0, MANAGED_BY.1),
@@ -791,14 +892,100 @@ impl Controller {
                         tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot read ConfigMap {ns}/{CONFIGMAP}")
                     }
                 }
+                self.dirty_ns(ns);
             }
             Err(e) => {
                 count("error");
                 tracing::warn!(namespace = %ns, error = %e, "rules controller: cannot write ConfigMap {ns}/{CONFIGMAP}; retrying at the next change or resync");
-                // Forget it, so the next resync re-reads what is there.
+                // Forget it, so the next resync re-reads what is there; retried meanwhile.
                 self.world.configmaps.remove(ns);
+                self.dirty_ns(ns);
             }
         }
+    }
+}
+
+/// What the controller keeps of an object besides its check.
+#[derive(Clone, Debug, Default)]
+struct Ref {
+    api_version: String,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    /// Its `status.conditions` as last seen.
+    conditions: Vec<Value>,
+}
+
+/// Most status writes in one reconcile (the rest follow a second later).
+const MAX_STATUS_WRITES: usize = 50;
+
+impl Controller {
+    /// Write our condition into the objects whose status does not carry it as it should;
+    /// true when some are left for later.
+    async fn write_statuses(&mut self) -> bool {
+        if Instant::now() > self.lease_valid_until {
+            return true;
+        }
+        let mut todo = Vec::new();
+        for (key, result) in &self.world.objects {
+            let Some(r) = self.refs.get(key) else {
+                continue;
+            };
+            let mut ours = plan::condition(result, r.generation);
+            if let Some(list) = plan::conditions_to_write(&r.conditions, &ours) {
+                let now = k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+                ours["lastTransitionTime"] = Value::String(now.to_string());
+                let list: Vec<Value> = list
+                    .into_iter()
+                    .map(|c| {
+                        if plan::same_condition(&c, &ours) {
+                            ours.clone()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                todo.push((key.clone(), r.clone(), list));
+            }
+        }
+        let more = todo.len() > MAX_STATUS_WRITES;
+        for (key, r, list) in todo.into_iter().take(MAX_STATUS_WRITES) {
+            let Some(k) = KINDS.iter().find(|k| k.kind == key.kind) else {
+                continue;
+            };
+            let version = r.api_version.rsplit('/').next().unwrap_or("v1").to_string();
+            let ar = resource(k, &version);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": r.resource_version},
+                "status": {"conditions": list},
+            });
+            match api
+                .patch_status(
+                    &key.name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(o) => {
+                    if let Some(r) = self.refs.get_mut(&key) {
+                        r.resource_version = o.metadata.resource_version.clone();
+                        r.conditions = list;
+                    }
+                }
+                // Changed meanwhile: its watch event brings the new version; tried again then.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "rules controller: cannot write the status of {key}");
+                    return true;
+                }
+            }
+        }
+        more
     }
 }
 
@@ -807,5 +994,70 @@ fn existing(cm: &ConfigMap) -> Existing {
         managed: compile::is_managed(cm.metadata.labels.as_ref()),
         data: cm.data.clone().unwrap_or_default(),
         resource_version: cm.metadata.resource_version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `manifests/istio-crds.yaml` defines exactly the kinds the controller watches, each with
+    /// the versions it tries, one storage version, and the same plural.
+    #[test]
+    fn the_shipped_crds_are_the_watched_kinds() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/istio-crds.yaml");
+        let text = std::fs::read_to_string(&path).expect("manifests/istio-crds.yaml");
+        let mut found = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            if v.is_null() {
+                continue;
+            }
+            assert_eq!(v["kind"], "CustomResourceDefinition");
+            let spec = &v["spec"];
+            let versions: Vec<&str> = spec["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .filter_map(|v| v["name"].as_str())
+                .collect();
+            let storage = spec["versions"]
+                .as_array()
+                .expect("versions")
+                .iter()
+                .filter(|v| v["storage"] == true)
+                .count();
+            assert_eq!(storage, 1, "{}", v["metadata"]["name"]);
+            assert_eq!(
+                v["metadata"]["name"].as_str(),
+                Some(
+                    format!(
+                        "{}.{}",
+                        spec["names"]["plural"].as_str().unwrap_or(""),
+                        spec["group"].as_str().unwrap_or("")
+                    )
+                    .as_str()
+                )
+            );
+            found.push((
+                spec["group"].as_str().unwrap_or("").to_string(),
+                spec["names"]["kind"].as_str().unwrap_or("").to_string(),
+                spec["names"]["plural"].as_str().unwrap_or("").to_string(),
+                versions.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ));
+        }
+        let want: Vec<(String, String, String, Vec<String>)> = KINDS
+            .iter()
+            .map(|k| {
+                (
+                    k.group.to_string(),
+                    k.kind.to_string(),
+                    k.plural.to_string(),
+                    k.versions.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(found, want);
     }
 }

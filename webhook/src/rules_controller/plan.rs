@@ -2,7 +2,8 @@
 //! checked once each, the namespaces and their labels, the rules ConfigMaps as last seen) and
 //! what to do in each meshed namespace ([`plan`]). The I/O is in `mod.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use remora_model::compile::{self, Checked, Invalid, ObjectRef, RenderError, Settings};
 
@@ -21,11 +22,38 @@ pub struct Existing {
 /// What the controller knows.
 #[derive(Default)]
 pub struct World {
-    pub objects: BTreeMap<Key, Result<Checked, Invalid>>,
+    /// Each object as checked once (shared with the [`Index`] of a reconcile).
+    pub objects: BTreeMap<Key, Result<Arc<Checked>, Invalid>>,
     /// Namespace → labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Namespace → its rules ConfigMap (absent: none exists).
     pub configmaps: BTreeMap<String, Existing>,
+}
+
+/// The valid objects, split by reach: those only their own namespace can see, by namespace,
+/// and the others (exported, mesh-wide), which every namespace's render goes through.
+pub struct Index {
+    pub global: Vec<Arc<Checked>>,
+    pub by_namespace: BTreeMap<String, Vec<Arc<Checked>>>,
+}
+
+/// Index the valid objects of `world`.
+pub fn index(world: &World, settings: &Settings) -> Index {
+    let mut idx = Index {
+        global: Vec::new(),
+        by_namespace: BTreeMap::new(),
+    };
+    for c in world.objects.values().filter_map(|r| r.as_ref().ok()) {
+        if c.only_in_own_namespace(settings) {
+            idx.by_namespace
+                .entry(c.id.namespace.clone())
+                .or_default()
+                .push(c.clone());
+        } else {
+            idx.global.push(c.clone());
+        }
+    }
+    idx
 }
 
 /// Is a namespace in the mesh? Istio's labels: `istio-injection=enabled`, or an `istio.io/rev`
@@ -64,42 +92,112 @@ pub struct Step {
     pub objects: usize,
 }
 
-/// The plan for every meshed namespace, in name order.
-pub fn plan(world: &World, settings: &Settings) -> Vec<Step> {
-    let checked: Vec<Checked> = world
-        .objects
-        .values()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
-    let mut steps = Vec::new();
-    for (ns, labels) in &world.namespaces {
-        if !meshed(labels) {
-            continue;
-        }
-        let existing = world.configmaps.get(ns);
-        let (action, objects) = match compile::render(&checked, ns, settings) {
-            Err(e) => (Action::Refused(e), 0),
-            Ok(r) => {
-                let n = r.included.len();
-                let action = match existing {
-                    None => Action::Create(r.data),
-                    Some(e) if !e.managed => Action::UserOwned,
-                    Some(e) if e.data == r.data => Action::Keep,
-                    Some(e) => Action::Update {
-                        data: r.data,
-                        resource_version: e.resource_version.clone(),
-                    },
-                };
-                (action, n)
-            }
-        };
-        steps.push(Step {
-            namespace: ns.clone(),
-            action,
-            objects,
-        });
+/// The namespaces to plan: meshed, and in `only` when given; in name order.
+pub fn namespaces(world: &World, only: Option<&BTreeSet<String>>) -> Vec<String> {
+    world
+        .namespaces
+        .iter()
+        .filter(|(ns, labels)| meshed(labels) && only.is_none_or(|o| o.contains(*ns)))
+        .map(|(ns, _)| ns.clone())
+        .collect()
+}
+
+/// The step for one namespace: selected cheaply from `idx` and compared with its ConfigMap;
+/// only a set to be written is decoded as a whole (`compile::verify`).
+pub fn step(world: &World, idx: &Index, settings: &Settings, ns: &str) -> Step {
+    let mut objs: Vec<&Checked> = idx.global.iter().map(|c| c.as_ref()).collect();
+    if let Some(own) = idx.by_namespace.get(ns) {
+        objs.extend(own.iter().map(|c| c.as_ref()));
     }
-    steps
+    let existing = world.configmaps.get(ns);
+    let (action, objects) = match compile::select(&objs, ns, settings) {
+        Err(e) => (Action::Refused(e), 0),
+        Ok(r) => {
+            let n = r.included.len();
+            let action = match existing {
+                Some(e) if !e.managed => Action::UserOwned,
+                Some(e) if e.data == r.data => Action::Keep,
+                _ => match compile::verify(&r, settings) {
+                    Err(e) => Action::Refused(e),
+                    Ok(()) => match existing {
+                        None => Action::Create(r.data),
+                        Some(e) => Action::Update {
+                            data: r.data,
+                            resource_version: e.resource_version.clone(),
+                        },
+                    },
+                },
+            };
+            (action, n)
+        }
+    };
+    Step {
+        namespace: ns.to_string(),
+        action,
+        objects,
+    }
+}
+
+/// The plan for the meshed namespaces (those in `only` when given), in name order.
+pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>) -> Vec<Step> {
+    let idx = index(world, settings);
+    namespaces(world, only)
+        .iter()
+        .map(|ns| step(world, &idx, settings, ns))
+        .collect()
+}
+
+/// The condition type the controller writes into an object's `status.conditions` (opt-in); its
+/// own type, so conditions Istio's control plane writes next to it are left as they are.
+pub const CONDITION: &str = "remora.dev/Compiled";
+
+/// Our condition for an object at `generation`: `True` when the rules controller compiles it,
+/// `False` with the reason when it leaves it out. `lastTransitionTime` is the caller's.
+pub fn condition(
+    result: &Result<Arc<Checked>, Invalid>,
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let (status, reason, message) = match result {
+        Ok(_) => (
+            "True",
+            "Compiled",
+            "compiled into the remora-mesh-rules ConfigMap of every meshed namespace that sees it"
+                .to_string(),
+        ),
+        Err(e) => ("False", "Invalid", e.reason.clone()),
+    };
+    let mut c = serde_json::json!({"type": CONDITION, "status": status, "reason": reason, "message": message});
+    if let Some(g) = generation {
+        c["observedGeneration"] = g.into();
+    }
+    c
+}
+
+/// The same condition, whatever its `lastTransitionTime`?
+pub fn same_condition(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    ["type", "status", "reason", "message", "observedGeneration"]
+        .iter()
+        .all(|k| a.get(*k) == b.get(*k))
+}
+
+/// The `status.conditions` to write: `current` with ours replaced by `ours`; `None` when ours
+/// is already there as it should be.
+pub fn conditions_to_write(
+    current: &[serde_json::Value],
+    ours: &serde_json::Value,
+) -> Option<Vec<serde_json::Value>> {
+    if current.iter().any(|c| {
+        c.get("type").and_then(|t| t.as_str()) == Some(CONDITION) && same_condition(c, ours)
+    }) {
+        return None;
+    }
+    let mut out: Vec<serde_json::Value> = current
+        .iter()
+        .filter(|c| c.get("type").and_then(|t| t.as_str()) != Some(CONDITION))
+        .cloned()
+        .collect();
+    out.push(ours.clone());
+    Some(out)
 }
 
 /// The objects that failed their check (not the unsupported kinds), for Events and logs.
@@ -129,7 +227,7 @@ mod tests {
         let dr = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                         "metadata": {"name": "reviews", "namespace": "bookinfo"},
                         "spec": {"host": "reviews"}});
-        let c = compile::check(&dr, "cluster.local");
+        let c = compile::check(&dr, "cluster.local").map(Arc::new);
         w.objects
             .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
         for (ns, l) in [
@@ -167,7 +265,7 @@ mod tests {
     fn create_keep_update_and_user_owned() {
         let mut w = world();
         let s = Settings::default();
-        let steps = plan(&w, &s);
+        let steps = plan(&w, &s, None);
         let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
         assert_eq!(names, ["bookinfo", "frontend"]);
         let Action::Create(data) = &steps[0].action else {
@@ -192,14 +290,14 @@ mod tests {
                 resource_version: Some("9".into()),
             },
         );
-        let steps = plan(&w, &s);
+        let steps = plan(&w, &s, None);
         assert_eq!(steps[0].action, Action::Keep);
         assert_eq!(steps[1].action, Action::UserOwned);
         // An edit of the controller's ConfigMap by hand is put back.
         if let Some(e) = w.configmaps.get_mut("bookinfo") {
             e.data.insert("extra.yaml".into(), "{}".into());
         }
-        match &plan(&w, &s)[0].action {
+        match &plan(&w, &s, None)[0].action {
             Action::Update {
                 data: d,
                 resource_version,
@@ -211,13 +309,100 @@ mod tests {
         }
     }
 
+    /// The index (objects only their namespace sees apart) gives every namespace what a render
+    /// over all objects gives it.
+    #[test]
+    fn the_index_renders_what_all_objects_render() {
+        let mut w = world();
+        let objs = [
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                   "metadata": {"name": "private", "namespace": "bookinfo"},
+                   "spec": {"host": "details", "exportTo": ["."]}}),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "to-bookinfo", "namespace": "frontend"},
+                   "spec": {"hosts": ["frontend-only"], "exportTo": ["bookinfo"],
+                            "http": [{"route": [{"destination": {"host": "a"}}]}]}}),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                   "metadata": {"name": "default", "namespace": "frontend"},
+                   "spec": {"egress": [{"hosts": ["./*", "istio-system/*"]}]}}),
+            json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                   "metadata": {"name": "default", "namespace": "istio-system"},
+                   "spec": {"mtls": {"mode": "STRICT"}}}),
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": "deny", "namespace": "frontend"}, "spec": {}}),
+        ];
+        for o in objs {
+            let c = compile::check(&o, "cluster.local").map(Arc::new);
+            w.objects
+                .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
+        }
+        let s = Settings::default();
+        let all: Vec<Checked> = w
+            .objects
+            .values()
+            .filter_map(|r| r.as_ref().ok().map(|c| c.as_ref().clone()))
+            .collect();
+        let idx = index(&w, &s);
+        assert!(!idx.global.is_empty() && idx.by_namespace.contains_key("frontend"));
+        for ns in ["bookinfo", "frontend"] {
+            let want = compile::render(&all, ns, &s).expect("renders").data;
+            match step(&w, &idx, &s, ns).action {
+                Action::Create(data) => assert_eq!(data, want, "{ns}"),
+                other => panic!("{ns}: expected Create, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn status_conditions_keep_others_and_change_only_when_ours_does() {
+        let ok = compile::check(
+            &json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                    "metadata": {"name": "s", "namespace": "a"}, "spec": {}}),
+            "cluster.local",
+        )
+        .map(Arc::new);
+        let ours = condition(&ok, Some(3));
+        assert_eq!(ours["status"], "True");
+        assert_eq!(ours["observedGeneration"], 3);
+        let istio = json!({"type": "Reconciled", "status": "True", "message": "istiod"});
+        let first = conditions_to_write(std::slice::from_ref(&istio), &ours).expect("written");
+        assert_eq!(first, vec![istio.clone(), ours.clone()]);
+        // Already there (another lastTransitionTime): nothing to write.
+        let mut stamped = ours.clone();
+        stamped["lastTransitionTime"] = json!("2026-12-07T08:00:00Z");
+        assert_eq!(
+            conditions_to_write(&[istio.clone(), stamped.clone()], &ours),
+            None
+        );
+        // A new generation, now invalid: replaced, Istio's kept.
+        let bad: Result<Arc<Checked>, Invalid> = Err(Invalid {
+            id: None,
+            reason: "spec.x: bad".into(),
+            unsupported: false,
+        });
+        let now = condition(&bad, Some(4));
+        let next = conditions_to_write(&[istio.clone(), stamped], &now).expect("written");
+        assert_eq!(next, vec![istio, now.clone()]);
+        assert_eq!(now["status"], "False");
+        assert_eq!(now["message"], "spec.x: bad");
+    }
+
+    #[test]
+    fn only_the_namespaces_asked() {
+        let w = world();
+        let only: BTreeSet<String> = ["frontend".to_string()].into();
+        let steps = plan(&w, &Settings::default(), Some(&only));
+        let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
+        assert_eq!(names, ["frontend"]);
+    }
+
     #[test]
     fn invalid_objects_are_listed_and_left_out() {
         let mut w = world();
         let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                          "metadata": {"name": "bad", "namespace": "bookinfo"},
                          "spec": {"hosts": ["a"], "http": [{"timeout": "x"}]}});
-        let r = compile::check(&bad, "cluster.local");
+        let r = compile::check(&bad, "cluster.local").map(Arc::new);
         let key = ObjectRef {
             kind: "VirtualService".into(),
             namespace: "bookinfo".into(),
@@ -229,6 +414,6 @@ mod tests {
         assert!(inv[0]
             .to_string()
             .starts_with("VirtualService bookinfo/bad: spec.http[0].timeout"));
-        assert_eq!(plan(&w, &Settings::default())[0].objects, 1);
+        assert_eq!(plan(&w, &Settings::default(), None)[0].objects, 1);
     }
 }
