@@ -58,6 +58,9 @@ pub struct Description {
     pub rules: RulesSource,
     pub services: Vec<ServiceView>,
     pub sidecar: SidecarView,
+    /// The AuthorizationPolicies, RequestAuthentications and PeerAuthentications of the rules,
+    /// and whether each selects the pod.
+    pub security: super::authz::SecurityView,
     pub annotations: Vec<AnnotationNote>,
     pub notes: Vec<String>,
 }
@@ -444,6 +447,10 @@ pub struct Rules {
     pub sidecars: Vec<remora_model::rules::Sidecar>,
     /// Every decoded VirtualService (before visibility), to say why one is not applied.
     pub all_virtual_services: Vec<VirtualService>,
+    /// Every decoded security policy (selection is per pod).
+    pub peer_authentications: Vec<remora_model::security::PeerAuthentication>,
+    pub authorization_policies: Vec<remora_model::security::AuthorizationPolicy>,
+    pub request_authentications: Vec<remora_model::security::RequestAuthentication>,
     pub ctx: LoadContext,
 }
 
@@ -506,6 +513,9 @@ pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &s
     );
     let sidecars = decoded.sidecars.clone();
     let all_virtual_services = decoded.virtual_services.clone();
+    let peer_authentications = decoded.peer_authentications.clone();
+    let authorization_policies = decoded.authorization_policies.clone();
+    let request_authentications = decoded.request_authentications.clone();
     let (n_dr, n_se) = (
         decoded.destination_rules.len(),
         decoded.service_entries.len(),
@@ -547,6 +557,9 @@ pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &s
         snapshot,
         sidecars,
         all_virtual_services,
+        peer_authentications,
+        authorization_policies,
+        request_authentications,
         ctx,
     }
 }
@@ -1221,6 +1234,13 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         ));
     }
     let annotations = annotations_of(pod);
+    let security = super::authz::selection(
+        &ns,
+        &labels,
+        &rules.peer_authentications,
+        &rules.authorization_policies,
+        &rules.request_authentications,
+    );
     if !annotations.is_empty() {
         notes.push("annotations take effect when the pod is created (injection); changing them on a running pod changes nothing until it is re-created".to_string());
     }
@@ -1234,6 +1254,7 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         rules: rules.source.clone(),
         services: services_v,
         sidecar: sidecar_of(rules, &labels),
+        security,
         annotations,
         notes,
     }
@@ -1387,6 +1408,7 @@ pub fn render_text(d: &Description) -> String {
         "  outboundTrafficPolicy: {}",
         d.sidecar.outbound_traffic_policy
     );
+    o.push_str(&super::authz::render_selection(&d.security));
     if !d.annotations.is_empty() {
         let _ = writeln!(o, "Annotations:");
         for a in &d.annotations {

@@ -11,6 +11,7 @@
 //! `analyze` found errors, 2 the command could not run (bad arguments, API unreachable, object
 //! not found).
 
+pub mod authz;
 pub mod check;
 pub mod describe;
 pub mod dump;
@@ -197,6 +198,9 @@ pub enum Cmd {
         /// Seconds to wait for the proxy.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
         timeout: u64,
+        /// The request the authz view decides (with --port).
+        #[command(flatten)]
+        request: authz::RequestArgs,
     },
     /// The rules ConfigMaps the rules controller writes (`render`: offline, from files).
     Rules {
@@ -362,6 +366,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         subset,
         name,
         timeout,
+        request,
         ..
     } = &args.cmd
     {
@@ -370,6 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             port: *port,
             subset: subset.clone(),
             name: name.clone(),
+            request: authz_request(request, *view, *port)?,
         };
         filters.check(*view).map_err(|e| anyhow!(e))?;
         if let Some(p) = pod {
@@ -538,6 +544,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             name,
             admin_port,
             timeout,
+            request,
             ..
         } => {
             let filters = proxyconfig::Filters {
@@ -545,6 +552,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 port: *port,
                 subset: subset.clone(),
                 name: name.clone(),
+                request: authz_request(request, *view, *port)?,
             };
             filters.check(*view).map_err(|e| anyhow!(e))?;
             let target = target::parse(
@@ -623,6 +631,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn authz_request(
+    r: &authz::RequestArgs,
+    view: proxyconfig::View,
+    port: Option<u16>,
+) -> anyhow::Result<Option<authz::CheckRequest>> {
+    let name = format!("{view:?}").to_ascii_lowercase();
+    authz::check_request(r, view == proxyconfig::View::Authz, &name, port).map_err(|e| anyhow!(e))
 }
 
 fn print_proxy_config(

@@ -45,12 +45,16 @@ pub enum View {
     Listeners,
     /// The workload certificate and the trusted roots (`istioctl proxy-config secret`).
     Secret,
+    /// The AuthorizationPolicies, RequestAuthentications and PeerAuthentications the proxy
+    /// enforces and, for a request given by flags, the decision (`istioctl x authz check`);
+    /// not part of `all`.
+    Authz,
     All,
 }
 
 impl View {
     fn shows(self, v: View) -> bool {
-        self == View::All || self == v
+        (self == View::All && v != View::Authz) || self == v
     }
 }
 
@@ -62,6 +66,8 @@ pub struct Filters {
     pub subset: Option<String>,
     /// Routes: the VirtualService name (`name` or `namespace/name`) or the route's name.
     pub name: Option<String>,
+    /// Authz: the request to decide (`authz::check_request`).
+    pub request: Option<super::authz::CheckRequest>,
 }
 
 impl Filters {
@@ -82,6 +88,19 @@ impl Filters {
                 "--subset: not a filter of the {} view (it applies to clusters and endpoints)",
                 name(view)
             ));
+        }
+        if view == View::Authz {
+            for (flag, set) in [
+                ("--fqdn", self.fqdn.is_some()),
+                ("--subset", self.subset.is_some()),
+                ("--name", self.name.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{flag}: not a filter of the authz view (it takes --port and the request flags)"
+                    ));
+                }
+            }
         }
         if self.name.is_some() && !matches!(view, View::Routes | View::All) {
             return Err(format!(
@@ -235,6 +254,8 @@ pub struct ProxyConfig {
     pub listeners: Option<Listeners>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<super::secret::SecretView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<super::authz::AuthzView>,
     /// Resources the proxy read but does not apply, and other remarks (one line each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -1677,6 +1698,7 @@ pub fn build(
             }
             _ => None,
         },
+        authz: (view == View::Authz).then(|| super::authz::view(dump, f.request.as_ref())),
         notes,
     })
 }
@@ -1883,6 +1905,9 @@ pub fn render_text(c: &ProxyConfig, view: View) -> String {
     if let Some(v) = &c.secret {
         section("SECRETS", super::secret::render(v));
     }
+    if let Some(v) = &c.authz {
+        section("AUTHORIZATION", super::authz::render(v));
+    }
     for n in &c.notes {
         out.push_str(&format!("note: {n}\n"));
     }
@@ -1969,6 +1994,7 @@ mod tests {
             source: rules.source.clone(),
             rules_dir: "/etc/remora/rules".into(),
             rules,
+            num_trusted_proxies: 0,
             listeners: Vec::new(),
             workload: WorkloadDump {
                 name: "web".into(),

@@ -265,6 +265,7 @@ mod tests {
             source: source.into(),
             rules_dir: "/etc/remora/rules".into(),
             rules: RulesDump::of(&snap),
+            num_trusted_proxies: 0,
             listeners: Vec::new(),
             workload: WorkloadDump {
                 name: "web-1".into(),

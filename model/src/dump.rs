@@ -35,9 +35,17 @@ pub struct ConfigDump {
     pub policies: PoliciesDump,
     pub config_source: ConfigSourceDump,
     pub discovery: DiscoveryDump,
+    /// Istio's `numTrustedProxies` as the proxy runs with it: which `X-Forwarded-For` entry
+    /// is `remote.ip` (`security::authorization::remote_ip_from_xff`); written when not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_trusted_proxies: u32,
     /// The workload certificate (`None`: the proxy has no workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityDump>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The workload identity and its certificate (`remora proxy-config secret`).

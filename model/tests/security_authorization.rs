@@ -664,3 +664,98 @@ fn port_level_mtls_with_unquoted_port() {
     let s = snapshot_from_yaml(&[("p.yaml", yaml)], &ctx, 1).unwrap_or_else(|e| panic!("{}", e[0]));
     assert_eq!(s.mtls_mode(8080).mode.to_string(), "STRICT");
 }
+
+#[test]
+fn remote_ip_from_x_forwarded_for() {
+    let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    // (X-Forwarded-For values, numTrustedProxies, remote.ip; None: the peer's address).
+    type Case<'a> = (&'a [&'a str], u32, Option<std::net::IpAddr>);
+    let cases: &[Case] = &[
+        (&[], 0, None),
+        (&["203.0.113.7"], 0, ip("203.0.113.7")),
+        // The rightmost entry with the default: the one the last hop appended.
+        (&["198.51.100.1, 203.0.113.7"], 0, ip("203.0.113.7")),
+        (&["198.51.100.1, 203.0.113.7"], 1, ip("198.51.100.1")),
+        (&["198.51.100.1,203.0.113.7"], 2, None),
+        // Several headers are one list, in order.
+        (
+            &["198.51.100.1", "203.0.113.7, 192.0.2.9"],
+            2,
+            ip("198.51.100.1"),
+        ),
+        (&["2001:db8::1"], 0, ip("2001:db8::1")),
+        // Not an address (a port, a name, empty): the peer's address.
+        (&["203.0.113.7:4000"], 0, None),
+        (&["unknown"], 0, None),
+        (&["198.51.100.1, "], 0, None),
+    ];
+    for (xff, n, want) in cases {
+        assert_eq!(
+            remote_ip_from_xff(xff.iter().copied(), *n),
+            *want,
+            "{xff:?} numTrustedProxies {n}"
+        );
+    }
+    // remoteIpBlocks and remote.ip read it; ipBlocks and source.ip keep the peer's address.
+    let spec = "spec: {rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]}";
+    let cond = "spec: {rules: [{when: [{key: remote.ip, values: [203.0.113.7]}]}]}";
+    let peer = "spec: {rules: [{from: [{source: {ipBlocks: [203.0.113.0/24]}}]}]}";
+    let mut req = http("GET", "/");
+    assert!(!allowed(spec, &req), "no XFF: the peer 10.0.0.5");
+    req.remote_ip = remote_ip_from_xff(["198.51.100.1, 203.0.113.7"], 0);
+    assert!(allowed(spec, &req));
+    assert!(allowed(cond, &req));
+    assert!(!allowed(peer, &req));
+    req.remote_ip = remote_ip_from_xff(["198.51.100.1, 203.0.113.7"], 1);
+    assert!(!allowed(spec, &req));
+}
+
+#[test]
+fn verdict_wording() {
+    let r = |p: &str, i| RuleRef {
+        policy: p.into(),
+        rule: i,
+    };
+    let cases = [
+        (
+            Verdict::Deny {
+                policy: "shop/deny-admin".into(),
+                rule: Some(1),
+                audit: vec![],
+            },
+            "denied by DENY policy shop/deny-admin rule 1",
+        ),
+        (
+            Verdict::Deny {
+                policy: "shop/a, shop/b".into(),
+                rule: None,
+                audit: vec![],
+            },
+            "denied: ALLOW policies shop/a, shop/b apply and none matched",
+        ),
+        (
+            Verdict::Allow {
+                by: Some(r("shop/allow-get", 0)),
+                audit: vec![],
+            },
+            "allowed by ALLOW policy shop/allow-get rule 0",
+        ),
+        (
+            Verdict::Allow {
+                by: None,
+                audit: vec![],
+            },
+            "allowed (no ALLOW policy applies)",
+        ),
+        (
+            Verdict::Allow {
+                by: None,
+                audit: vec![r("shop/audit", 0), r("shop/audit", 2)],
+            },
+            "allowed (no ALLOW policy applies); AUDIT rules matched: shop/audit rule 0, shop/audit rule 2",
+        ),
+    ];
+    for (v, want) in cases {
+        assert_eq!(v.describe(), want);
+    }
+}

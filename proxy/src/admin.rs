@@ -158,6 +158,7 @@ impl AdminState {
             source: snap.source.clone(),
             rules_dir: self.rules_dir.clone(),
             rules: RulesDump::of(&snap),
+            num_trusted_proxies: s.num_trusted_proxies,
             listeners: vec![
                 ListenerDump {
                     name: "outbound".into(),

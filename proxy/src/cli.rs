@@ -136,6 +136,11 @@ pub struct RunArgs {
     /// `1s` to `24h`.
     #[arg(long, env = "REMORA_JWKS_REFRESH_INTERVAL", default_value = "20m", value_parser = parse_jwks_refresh)]
     pub jwks_refresh_interval: Duration,
+    /// Istio's `numTrustedProxies` (`gatewayTopology`): AuthorizationPolicy's `remote.ip` and
+    /// `remoteIpBlocks` are the entry of `X-Forwarded-For` this many places left of the last
+    /// one (0: the last entry); without such an entry, the peer's address. At most 64.
+    #[arg(long, env = "REMORA_NUM_TRUSTED_PROXIES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub num_trusted_proxies: u32,
     /// Extra trusted roots (PEM) for HTTPS `jwksUri` servers, besides the system's.
     #[arg(long, env = "REMORA_JWKS_CA_FILE")]
     pub jwks_ca_file: Option<PathBuf>,

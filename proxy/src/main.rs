@@ -354,6 +354,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             AccessLog::Stdout
         },
+        num_trusted_proxies: args.num_trusted_proxies,
     };
     if settings.fixed_outbound_target.is_some() || settings.fixed_inbound_target.is_some() {
         warn!("TESTING MODE: fixed capture targets are set; original destinations are ignored");

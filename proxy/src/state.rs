@@ -61,6 +61,9 @@ pub struct Settings {
     pub inbound_upstream_read_timeout: Duration,
     pub workload: Workload,
     pub access_log: AccessLog,
+    /// Istio's `numTrustedProxies`: which `X-Forwarded-For` entry is `remote.ip` for
+    /// AuthorizationPolicy (`--num-trusted-proxies`).
+    pub num_trusted_proxies: u32,
 }
 
 /// State shared by the listeners, the HTTP proxies and the admin server.

@@ -138,3 +138,56 @@ fn dry_run_policies_only_log() {
     assert_eq!(status(&p, "GET", "/x", &[]).0, 200);
     p.wait_stderr("dry-run authorization: denied by DENY policy testns/would-deny rule 0");
 }
+
+/// `remoteIpBlocks` and `remote.ip` read `X-Forwarded-For` as Envoy does on Istio's sidecar
+/// inbound listener: the last entry by default, the one `--num-trusted-proxies` places before
+/// it otherwise, the peer's address without such an entry; `ipBlocks` keeps the peer's address.
+#[test]
+fn remote_ip_from_x_forwarded_for() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let rules = policy(
+        "allow-office",
+        "spec:\n  rules:\n  - from:\n    - source: {remoteIpBlocks: [203.0.113.0/24]}\n  - to:\n    - operation: {paths: [/peer]}\n    when:\n    - key: remote.ip\n      values: [127.0.0.1]",
+    );
+    let (p, _dir) = start(backend, &rules);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        (
+            "/",
+            &[("x-forwarded-for", "198.51.100.1, 203.0.113.7")],
+            200,
+        ),
+        (
+            "/",
+            &[("x-forwarded-for", "203.0.113.7, 198.51.100.1")],
+            403,
+        ),
+        ("/", &[], 403),
+        ("/", &[("x-forwarded-for", "not-an-ip")], 403),
+        // Without XFF, remote.ip is the peer's address.
+        ("/peer", &[], 200),
+        ("/peer", &[("x-forwarded-for", "198.51.100.1")], 403),
+    ];
+    for (path, headers, want) in cases {
+        let (got, body) = status(&p, "GET", path, headers);
+        assert_eq!(got, *want, "{path} {headers:?}: {body}");
+    }
+    drop(p);
+    let dir = RulesDir::new(&[("authz.yaml", &rules)]);
+    let mut o = ProxyOpts::new(dir.path());
+    o.fixed_inbound = Some(backend);
+    o.extra_args.push("--inbound-source-fallback".into());
+    o.extra_args.push("--num-trusted-proxies=1".into());
+    let mut p = ProxyProc::start(o);
+    p.wait_ready();
+    let (got, _) = status(
+        &p,
+        "GET",
+        "/",
+        &[("x-forwarded-for", "203.0.113.7, 198.51.100.1")],
+    );
+    assert_eq!(got, 200, "numTrustedProxies 1: the entry before the last");
+    let (got, _) = status(&p, "GET", "/", &[("x-forwarded-for", "203.0.113.7")]);
+    assert_eq!(got, 403, "too few entries: the peer's address");
+}

@@ -366,6 +366,19 @@ async fn spawn_jwks_server(
     status: Arc<AtomicU16>,
     hits: Arc<AtomicUsize>,
 ) -> (SocketAddr, String) {
+    let body = bytes::Bytes::from(body);
+    spawn_https_server(Arc::new(move |_path: &str| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        (status.load(Ordering::SeqCst), body.clone())
+    }))
+    .await
+}
+
+/// What the test HTTPS server answers for a path: status and body.
+type Handler = Arc<dyn Fn(&str) -> (u16, bytes::Bytes) + Send + Sync>;
+
+/// The HTTPS server of [`spawn_jwks_server`], answering each request with `handler(path)`.
+async fn spawn_https_server(handler: Handler) -> (SocketAddr, String) {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -396,21 +409,18 @@ async fn spawn_jwks_server(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let body = bytes::Bytes::from(body);
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = l.accept().await else {
                 return;
             };
-            let (acceptor, body, status, hits) =
-                (acceptor.clone(), body.clone(), status.clone(), hits.clone());
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(sock).await else {
                     return;
                 };
-                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    let (body, status) = (body.clone(), status.load(Ordering::SeqCst));
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (status, body) = handler(req.uri().path());
                     async move {
                         Ok::<_, std::io::Error>(
                             hyper::Response::builder()
@@ -540,4 +550,137 @@ fn jwks_uri_over_https_cached_refreshed_and_failing() {
         );
     }
     status.store(200, Ordering::SeqCst);
+}
+
+/// A rule with only `issuer`: the keys come from the issuer's OpenID discovery document and its
+/// `jwks_uri`, on a local HTTPS server; cached, refreshed keeping the last good keys, and
+/// refused while nothing could be fetched.
+#[test]
+fn jwks_from_openid_discovery() {
+    let Some(s) = Samples::load() else { return };
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let me = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+    let discovery_status = Arc::new(AtomicU16::new(200));
+    let jwks_uri_scheme = Arc::new(std::sync::Mutex::new("https"));
+    let hits = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let handler: Handler = {
+        let (me, st, scheme, hits, jwks) = (
+            me.clone(),
+            discovery_status.clone(),
+            jwks_uri_scheme.clone(),
+            hits.clone(),
+            s.jwks.clone(),
+        );
+        Arc::new(move |path: &str| {
+            hits.lock().unwrap().push(path.to_string());
+            let addr = me.get().copied().unwrap();
+            match path {
+                "/idp/.well-known/openid-configuration" => {
+                    let scheme = *scheme.lock().unwrap();
+                    let doc = json!({
+                        "issuer": format!("https://{addr}/idp"),
+                        "jwks_uri": format!("{scheme}://{addr}/idp/keys"),
+                    });
+                    (st.load(Ordering::SeqCst), doc.to_string().into())
+                }
+                "/idp/keys" => (200, jwks.clone().into()),
+                _ => (404, "not found".into()),
+            }
+        })
+    };
+    let (addr, ca_pem) = rt.block_on(spawn_https_server(handler));
+    me.set(addr).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("jwks-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let ca_flag = format!("--jwks-ca-file={}", ca_file.display());
+    let issuer = format!("https://{addr}/idp");
+    let rules = doc(
+        "RequestAuthentication",
+        "jwt-discovery",
+        &format!("  jwtRules:\n  - issuer: {issuer}\n    timeout: 2s"),
+    ) + &doc(
+        "AuthorizationPolicy",
+        "require-jwt",
+        &format!("  rules:\n  - from:\n    - source: {{requestPrincipals: [\"{issuer}/alice\"]}}"),
+    );
+    let exp = now() + 3600;
+    let token = bearer(&s.mint(json!({"iss": issuer, "sub": "alice", "exp": exp}), None));
+    // Signed by Istio's key but for another subject, and one with a forged signature.
+    let bob = bearer(&s.mint(json!({"iss": issuer, "sub": "bob", "exp": exp}), None));
+    let forged = {
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let sig = parts[2].clone();
+        parts[2] = format!(
+            "{}{}",
+            if sig.starts_with('A') { "B" } else { "A" },
+            &sig[1..]
+        );
+        parts.join(".")
+    };
+    let discovery = format!("https://{addr}/idp/.well-known/openid-configuration");
+
+    let (p, _dir) = start(
+        backend,
+        &rules,
+        &[ca_flag.clone(), "--jwks-refresh-interval=1s".into()],
+    );
+    for _ in 0..3 {
+        let r = get(&p, "/", &[("authorization", &token)]);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    assert_eq!(
+        *hits.lock().unwrap(),
+        ["/idp/.well-known/openid-configuration", "/idp/keys"],
+        "one discovery and one JWKS fetch for three requests"
+    );
+    p.wait_stderr(&format!("JWKS fetched from {discovery} (OpenID discovery)"));
+    assert_eq!(get(&p, "/", &[("authorization", &bob)]).status, 403);
+    let r = get(&p, "/", &[("authorization", &forged)]);
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (401, "Jwt verification fails")
+    );
+    // A failed refresh (the discovery document answers 500) keeps the keys.
+    discovery_status.store(500, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(get(&p, "/", &[("authorization", &token)]).status, 200);
+    p.wait_stderr(&format!(
+        "JWKS refresh from {discovery} (OpenID discovery) failed, keeping the keys fetched before: HTTP status 500"
+    ));
+    assert_eq!(get(&p, "/", &[("authorization", &token)]).status, 200);
+    drop(p);
+
+    // Nothing fetched yet: a failing discovery document, a plain-HTTP jwks_uri, an issuer that
+    // is not an https:// URL.
+    let cases: [(u16, &str, String, &str); 3] = [
+        (500, "https", issuer.clone(), "HTTP status 500"),
+        (200, "http", issuer.clone(), "is not an https:// URL"),
+        (
+            200,
+            "https",
+            "testing@secure.istio.io".into(),
+            "is not an https:// URL to read an OpenID discovery document from",
+        ),
+    ];
+    for (status, scheme, iss, why) in cases {
+        discovery_status.store(status, Ordering::SeqCst);
+        *jwks_uri_scheme.lock().unwrap() = scheme;
+        let rules = doc(
+            "RequestAuthentication",
+            "jwt-discovery",
+            &format!("  jwtRules:\n  - issuer: {iss}"),
+        );
+        let t = bearer(&s.mint(json!({"iss": iss, "sub": "alice", "exp": exp}), None));
+        let (p, _d) = start(backend, &rules, std::slice::from_ref(&ca_flag));
+        let r = get(&p, "/", &[("authorization", &t)]);
+        assert_eq!(
+            (r.status, r.body_text().as_str()),
+            (401, "Jwks remote fetch is failed"),
+            "{iss} {status} {scheme}"
+        );
+        let line = p.wait_stderr("refused by RequestAuthentication testns/jwt-discovery issuer");
+        assert!(line.contains(why), "{line}");
+    }
 }

@@ -15,6 +15,7 @@ pub mod lab;
 pub mod labapi;
 pub mod netns;
 pub mod ports;
+pub mod security;
 pub mod soak;
 pub mod table;
 

@@ -968,3 +968,202 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
     }
     drop(proxy);
 }
+
+// ------------------------------------------------------------- authorization
+
+/// `remora proxy-config authz` against a real proxy with AuthorizationPolicies: for each
+/// request, the decision the CLI prints (from the proxy's `/config_dump`, through the model's
+/// verdict) is what the proxy does with that request on its inbound listener; `--file` on the
+/// saved dump says the same.
+#[test]
+fn proxy_config_authz_agrees_with_the_proxy() {
+    const AUTHZ: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: bookinfo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-reads, namespace: bookinfo}
+spec:
+  rules:
+  - to: [{operation: {methods: [GET], paths: ["/api/*"]}}]
+  - from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]
+  - when: [{key: "request.headers[x-team]", values: [ops]}]
+"#;
+    let rules = tempfile::tempdir().expect("temp dir");
+    std::fs::write(rules.path().join("authz.yaml"), AUTHZ).expect("write rules");
+    let app = backend();
+    let p = free_ports(5);
+    let inbound = SocketAddr::from(([127, 0, 0, 1], p[1]));
+    let child = Command::new(bin("remora-proxy"))
+        .args([
+            "run".to_string(),
+            format!("--outbound-addr=127.0.0.1:{}", p[0]),
+            format!("--inbound-addr={inbound}"),
+            format!("--admin-addr=127.0.0.1:{}", p[2]),
+            format!("--health-addr=127.0.0.1:{}", p[3]),
+            format!("--prometheus-addr=127.0.0.1:{}", p[4]),
+            format!("--rules-dir={}", rules.path().display()),
+            format!("--fixed-inbound-target={app}"),
+            "--inbound-source-fallback".into(),
+            "--pod-labels-file=/nonexistent/remora-test-labels".into(),
+            "--namespace=bookinfo".into(),
+            format!("--pod-name={POD}"),
+            "--ipv6=off".into(),
+            "--kube-api=off".into(),
+            "--ca-address=off".into(),
+            "--drain-seconds=1".into(),
+        ])
+        .env_remove("REMORA_OUTBOUND_ADDR")
+        .env_remove("REMORA_INBOUND_ADDR")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn remora-proxy");
+    let proxy = Proxy {
+        child,
+        admin: SocketAddr::from(([127, 0, 0, 1], p[2])),
+        health: SocketAddr::from(([127, 0, 0, 1], p[3])),
+        _rules: rules,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(get(proxy.health, "/healthz/ready"), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "remora-proxy not ready within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin = proxy.admin.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let saved = dir.path().join("config_dump.json");
+    std::fs::write(
+        &saved,
+        serde_json::to_vec(&proxy.config_dump()).expect("dump"),
+    )
+    .expect("write");
+    let saved = saved.to_str().expect("utf-8 path").to_string();
+
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "GET",
+            "/api/items",
+            &[],
+            "allowed by ALLOW policy bookinfo/allow-reads rule 0",
+        ),
+        (
+            "POST",
+            "/api/items",
+            &[],
+            "denied: ALLOW policies bookinfo/allow-reads apply and none matched",
+        ),
+        (
+            "GET",
+            "/api/../admin/x",
+            &[],
+            "denied by DENY policy bookinfo/deny-admin rule 0",
+        ),
+        (
+            "POST",
+            "/other",
+            &[("x-team", "ops")],
+            "allowed by ALLOW policy bookinfo/allow-reads rule 2",
+        ),
+        (
+            "POST",
+            "/other",
+            &[("x-forwarded-for", "198.51.100.1, 203.0.113.7")],
+            "allowed by ALLOW policy bookinfo/allow-reads rule 1",
+        ),
+        (
+            "POST",
+            "/other",
+            &[("x-forwarded-for", "203.0.113.7, 198.51.100.1")],
+            "denied: ALLOW policies bookinfo/allow-reads apply and none matched",
+        ),
+    ];
+    for (method, path, headers, reason) in cases {
+        let mut args = vec![
+            "proxy-config".to_string(),
+            "authz".into(),
+            "--method".into(),
+            method.to_string(),
+            "--path".into(),
+            path.to_string(),
+            "--source-ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            app.port().to_string(),
+        ];
+        for (k, v) in headers.iter() {
+            args.push("--header".into());
+            args.push(format!("{k}={v}"));
+        }
+        let mut outs = Vec::new();
+        for source in [["--admin", admin.as_str()], ["--file", saved.as_str()]] {
+            let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+            a.extend(source);
+            let o = remora(&a);
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+            outs.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        assert_eq!(outs[0], outs[1], "--admin and --file");
+        let line = outs[0]
+            .lines()
+            .find(|l| l.starts_with("decision: "))
+            .unwrap_or_else(|| panic!("no decision line:\n{}", outs[0]));
+        assert!(line.contains(reason), "{method} {path} {headers:?}: {line}");
+        let denied = line.starts_with("decision: DENY");
+        // The proxy's answer to the same request.
+        let mut s = TcpStream::connect_timeout(&inbound, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\ncontent-length: 0\r\n");
+        for (k, v) in headers.iter() {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let status = raw.split_whitespace().nth(1).unwrap_or("");
+        assert_eq!(
+            status == "403",
+            denied,
+            "{method} {path} {headers:?}: the CLI says {line:?}, the proxy answered {raw:?}"
+        );
+        if !denied {
+            assert_eq!(status, "200", "{raw}");
+        }
+    }
+    // -o json carries the verdict.
+    let o = remora(&[
+        "proxy-config",
+        "authz",
+        "--file",
+        &saved,
+        "--path",
+        "/admin",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["authz"]["check"]["decision"], "DENY", "{v}");
+    assert_eq!(
+        v["authz"]["check"]["verdict"]["policy"], "bookinfo/deny-admin",
+        "{v}"
+    );
+    // A request flag on another view is one line naming it.
+    let o = remora(&["proxy-config", "routes", "--file", &saved, "--path", "/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "remora: --path: not a filter of the routes view (it describes a request for the authz view)"
+    );
+}

@@ -474,6 +474,63 @@ impl Verdict {
     pub fn is_allow(&self) -> bool {
         matches!(self, Verdict::Allow { .. })
     }
+
+    /// The decision in words, as the proxy logs it and the CLI prints it: `denied by DENY
+    /// policy shop/deny-admin rule 0`, `allowed by ALLOW policy shop/a rule 1`, `denied: ALLOW
+    /// policies shop/a apply and none matched`, `allowed (no ALLOW policy applies)`.
+    pub fn describe(&self) -> String {
+        let audit_text = |audit: &[RuleRef]| {
+            audit
+                .iter()
+                .map(|r| format!("{} rule {}", r.policy, r.rule))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Verdict::Allow { by: Some(r), .. } => {
+                format!("allowed by ALLOW policy {} rule {}", r.policy, r.rule)
+            }
+            Verdict::Allow { by: None, audit } if !audit.is_empty() => format!(
+                "allowed (no ALLOW policy applies); AUDIT rules matched: {}",
+                audit_text(audit)
+            ),
+            Verdict::Allow { by: None, .. } => "allowed (no ALLOW policy applies)".to_string(),
+            Verdict::Deny {
+                policy,
+                rule: Some(i),
+                ..
+            } => format!("denied by DENY policy {policy} rule {i}"),
+            Verdict::Deny {
+                policy, rule: None, ..
+            } => format!("denied: ALLOW policies {policy} apply and none matched"),
+        }
+    }
+
+    /// The AUDIT rules that matched.
+    pub fn audit(&self) -> &[RuleRef] {
+        match self {
+            Verdict::Allow { audit, .. } | Verdict::Deny { audit, .. } => audit,
+        }
+    }
+}
+
+/// `remote.ip` and `remoteIpBlocks` as Envoy computes them on Istio's sidecar inbound listener
+/// (`use_remote_address: false`, `xff_num_trusted_hops` = `num_trusted_proxies`): the entries
+/// of every `X-Forwarded-For` value, in order, counted from the right — the last one with the
+/// default 0, the one before it with 1, and so on. `None` (the peer's address stands) when the
+/// header is absent, has too few entries, or that entry is not an IP address.
+pub fn remote_ip_from_xff<'a>(
+    xff: impl IntoIterator<Item = &'a str>,
+    num_trusted_proxies: u32,
+) -> Option<IpAddr> {
+    let entries: Vec<&str> = xff
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let skip = usize::try_from(num_trusted_proxies).ok()?;
+    let i = entries.len().checked_sub(skip.checked_add(1)?)?;
+    entries[i].parse().ok()
 }
 
 /// Evaluate `req` against the enforced (not dry-run) policies that apply to the workload, in

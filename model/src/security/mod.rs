@@ -88,6 +88,34 @@ pub fn applies(
     Ok(scope)
 }
 
+/// Why a policy that [`applies`] to a pod applies, in words: `mesh-wide (root namespace
+/// istio-system, no selector)`, `namespace-wide (namespace shop, no selector)`, `selector
+/// app=reviews matches the pod's labels` (with ` (from the root namespace, for every
+/// namespace)` for a root-namespace policy with a selector).
+pub fn why_applies(namespace: &str, selector: Option<&WorkloadSelector>) -> String {
+    match scope_of(namespace, selector) {
+        Scope::Mesh => format!("mesh-wide (root namespace {ROOT_NAMESPACE}, no selector)"),
+        Scope::Namespace => format!("namespace-wide (namespace {namespace}, no selector)"),
+        Scope::Workload => {
+            let labels = selector
+                .map(|s| {
+                    s.match_labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let root = if namespace == ROOT_NAMESPACE {
+                " (from the root namespace, for every namespace)"
+            } else {
+                ""
+            };
+            format!("selector {labels} matches the pod's labels{root}")
+        }
+    }
+}
+
 /// `namespace/name` and the rule index, naming what decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
@@ -158,6 +186,22 @@ mod tests {
             Err("selector does not select this pod (label app=other is \"httpbin\" here)".into())
         );
         assert!(applies("bar", None, &ctx).is_err());
+        assert_eq!(
+            why_applies("foo", Some(&sel("app", "httpbin"))),
+            "selector app=httpbin matches the pod's labels"
+        );
+        assert_eq!(
+            why_applies(ROOT_NAMESPACE, Some(&sel("app", "httpbin"))),
+            "selector app=httpbin matches the pod's labels (from the root namespace, for every namespace)"
+        );
+        assert_eq!(
+            why_applies(ROOT_NAMESPACE, None),
+            "mesh-wide (root namespace istio-system, no selector)"
+        );
+        assert_eq!(
+            why_applies("foo", Some(&WorkloadSelector::default())),
+            "namespace-wide (namespace foo, no selector)"
+        );
         // An empty selector is namespace-wide.
         assert_eq!(
             applies("foo", Some(&WorkloadSelector::default()), &ctx),

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 
 use pingora::proxy::Session;
 use pingora::Result;
-use remora_model::security::authorization::{evaluate_dry_run, HttpRequest, JwtAuth};
+use remora_model::security::authorization::{
+    evaluate_dry_run, remote_ip_from_xff, HttpRequest, JwtAuth,
+};
 use remora_model::security::{evaluate, Request, Verdict};
 use tracing::info;
 
@@ -26,12 +28,13 @@ pub(super) async fn check(
     dst: SocketAddr,
     auth: Option<JwtAuth>,
     metrics: &Metrics,
+    num_trusted_proxies: u32,
 ) -> Result<bool> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
         return Ok(false);
     }
-    let req = request(session, ctx, dst, auth);
+    let req = request(session, ctx, dst, auth, num_trusted_proxies);
     if let Some(shadow) = evaluate_dry_run(policies, &req) {
         info!(
             path = %ctx.path,
@@ -59,6 +62,7 @@ pub(super) async fn check(
                     .and_then(|h| h.auth.as_ref())
                     .map_or("none (no JWT)", |a| a.principal.as_str()),
                 source = ?req.source_ip,
+                remote = ?req.remote_ip,
                 "request denied: {why}"
             );
             metrics.authz_denied.with_label_values(&["http"]).inc();
@@ -68,11 +72,24 @@ pub(super) async fn check(
     }
 }
 
-/// What the sidecar knows of the request, as the model's input.
-fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr, auth: Option<JwtAuth>) -> Request {
-    let headers = session
-        .req_header()
-        .headers
+/// What the sidecar knows of the request, as the model's input. `remote.ip` comes from
+/// `X-Forwarded-For` as Envoy reads it on Istio's sidecar inbound listener
+/// (`remote_ip_from_xff`).
+fn request(
+    session: &Session,
+    ctx: &ReqCtx,
+    dst: SocketAddr,
+    auth: Option<JwtAuth>,
+    num_trusted_proxies: u32,
+) -> Request {
+    let head = &session.req_header().headers;
+    let remote_ip = remote_ip_from_xff(
+        head.get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        num_trusted_proxies,
+    );
+    let headers = head
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
@@ -82,7 +99,7 @@ fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr, auth: Option<JwtAut
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip()),
-        remote_ip: None,
+        remote_ip,
         destination_ip: Some(dst.ip()),
         destination_port: dst.port(),
         sni: None,
@@ -97,30 +114,10 @@ fn request(session: &Session, ctx: &ReqCtx, dst: SocketAddr, auth: Option<JwtAut
 }
 
 /// `denied by DENY policy shop/deny-admin rule 0`, `allowed by ALLOW policy …`, or
-/// `denied: ALLOW policies shop/a apply and none matched`.
+/// `denied: ALLOW policies shop/a apply and none matched` (the model's wording, which
+/// `remora proxy-config authz` prints too).
 pub fn describe(v: &Verdict) -> String {
-    match v {
-        Verdict::Allow { by: Some(r), .. } => {
-            format!("allowed by ALLOW policy {} rule {}", r.policy, r.rule)
-        }
-        Verdict::Allow { by: None, audit } if !audit.is_empty() => format!(
-            "allowed (no ALLOW policy applies); AUDIT rules matched: {}",
-            audit
-                .iter()
-                .map(|r| format!("{} rule {}", r.policy, r.rule))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Verdict::Allow { by: None, .. } => "allowed (no ALLOW policy applies)".to_string(),
-        Verdict::Deny {
-            policy,
-            rule: Some(i),
-            ..
-        } => format!("denied by DENY policy {policy} rule {i}"),
-        Verdict::Deny {
-            policy, rule: None, ..
-        } => format!("denied: ALLOW policies {policy} apply and none matched"),
-    }
+    v.describe()
 }
 
 /// Envoy's response-code details for an RBAC denial, as Istio users grep for them.

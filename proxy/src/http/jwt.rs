@@ -17,6 +17,7 @@ use tracing::info;
 
 use super::{local_reply, ReqCtx};
 use crate::jwt::authn::{self, Authn, Failure, KeyError, KeySource, Outcome};
+use crate::jwt::jwks::Target;
 use crate::jwt::JwtState;
 use crate::rules::Snapshot;
 use crate::telemetry::Metrics;
@@ -107,22 +108,24 @@ async fn rule_keys(authn: &Authn, i: usize, state: &JwtState) -> authn::Keys {
             failure: Failure::JwksInvalid,
             detail: format!("its inline jwks is not usable: {e}"),
         }),
-        KeySource::None => Err(KeyError {
-            failure: Failure::JwksInvalid,
-            detail: "the rule has neither jwks nor jwksUri (OpenID discovery is not supported)"
-                .into(),
+        KeySource::Discovery(Err(e)) => Err(KeyError {
+            failure: Failure::JwksFetchFailed,
+            detail: e.clone(),
         }),
-        KeySource::Uri(uri) => {
-            state
-                .jwks
-                .get(uri, rule.fetch_timeout)
-                .await
-                .map_err(|e| KeyError {
-                    failure: Failure::JwksFetchFailed,
-                    detail: format!("the JWKS could not be fetched from {uri}: {e}"),
-                })
-        }
+        KeySource::Uri(uri) => fetched(state, Target::Jwks(uri.clone()), rule).await,
+        KeySource::Discovery(Ok(url)) => fetched(state, Target::Discovery(url.clone()), rule).await,
     }
+}
+
+async fn fetched(state: &JwtState, target: Target, rule: &authn::Rule) -> authn::Keys {
+    state
+        .jwks
+        .get(&target, rule.fetch_timeout)
+        .await
+        .map_err(|e| KeyError {
+            failure: Failure::JwksFetchFailed,
+            detail: format!("the JWKS could not be fetched from {target}: {e}"),
+        })
 }
 
 /// Log, count (in `metrics`) and answer a refusal.

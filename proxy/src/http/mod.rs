@@ -291,7 +291,16 @@ impl ProxyHttp for MeshHttp {
                 jwt::Step::Answered => return Ok(true),
                 jwt::Step::Continue(auth) => auth,
             };
-            return authz::check(session, ctx, &snap, dst, auth, metrics).await;
+            return authz::check(
+                session,
+                ctx,
+                &snap,
+                dst,
+                auth,
+                metrics,
+                self.shared.settings.num_trusted_proxies,
+            )
+            .await;
         }
         let snap = self.shared.snapshot.load_full();
         let decision = {

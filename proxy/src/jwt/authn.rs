@@ -88,9 +88,9 @@ pub enum KeySource {
     Inline(Result<Arc<KeySet>, String>),
     /// `jwksUri`: fetched and cached by `jwt::jwks`.
     Uri(String),
-    /// Neither is set (Istio then fetches the issuer's OpenID discovery document: not done
-    /// here, every token of the issuer fails).
-    None,
+    /// Neither is set: the issuer's OpenID discovery document (its URL, or why the issuer has
+    /// none), fetched and cached by `jwt::jwks`.
+    Discovery(Result<String, String>),
 }
 
 /// One `jwtRules[]` entry, ready for requests.
@@ -149,7 +149,7 @@ impl Authn {
                 let keys = match (&r.jwks, r.jwks_url()) {
                     (Some(j), _) => KeySource::Inline(KeySet::parse(j).map(Arc::new)),
                     (None, Some(u)) => KeySource::Uri(u.to_string()),
-                    (None, None) => KeySource::None,
+                    (None, None) => KeySource::Discovery(super::jwks::discovery_url(&r.issuer)),
                 };
                 let fetch_timeout = r
                     .timeout

@@ -1,4 +1,7 @@
-//! The keys of `jwksUri`: fetched over HTTPS (or HTTP, which Istio allows too), cached per URI,
+//! The keys of `jwksUri`, and of rules with neither `jwks` nor `jwksUri` through the issuer's
+//! OpenID discovery document (`<issuer>/.well-known/openid-configuration`, whose `jwks_uri` is
+//! then fetched; both HTTPS, as OpenID Connect Discovery requires): fetched over HTTPS (or HTTP
+//! for `jwksUri`, which Istio allows too), cached per URI (per issuer for discovery),
 //! refreshed in the background (every 20 minutes by default, as istiod refreshes them), with a
 //! bounded number of URIs, a bounded fetch time (the rule's `timeout`, 5 s by default) and a
 //! bounded body. A failed refresh keeps the last good keys and logs why; until a first fetch
@@ -48,6 +51,54 @@ impl Default for JwksSettings {
             refresh: DEFAULT_REFRESH,
             extra_roots: None,
         }
+    }
+}
+
+/// What a cache entry fetches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A `jwksUri`.
+    Jwks(String),
+    /// The URL of an issuer's OpenID discovery document; its `jwks_uri` has the keys.
+    Discovery(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Jwks(u) => f.write_str(u),
+            Target::Discovery(u) => write!(f, "{u} (OpenID discovery)"),
+        }
+    }
+}
+
+/// The OpenID discovery document of `issuer`: `<issuer>/.well-known/openid-configuration`
+/// (Istio's resolver trims a trailing `/` first); `Err` when the issuer is not an `https://`
+/// URL (OpenID Connect Discovery requires one).
+pub fn discovery_url(issuer: &str) -> Result<String, String> {
+    let base = issuer.trim_end_matches('/');
+    let ok = base
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ']));
+    if !ok {
+        return Err(format!(
+            "the rule has neither jwks nor jwksUri, and its issuer {issuer:?} is not an https:// URL to read an OpenID discovery document from"
+        ));
+    }
+    Ok(format!("{base}/.well-known/openid-configuration"))
+}
+
+/// The `jwks_uri` of an OpenID discovery document (JSON); it must be `https://`.
+pub fn jwks_uri_of(discovery: &str) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(discovery)
+        .map_err(|e| format!("the discovery document is not JSON: {e}"))?;
+    match v.get("jwks_uri") {
+        Some(serde_json::Value::String(u)) if u.starts_with("https://") => Ok(u.clone()),
+        Some(serde_json::Value::String(u)) => Err(format!(
+            "the discovery document's jwks_uri {u:?} is not an https:// URL"
+        )),
+        Some(_) => Err("the discovery document's jwks_uri is not a string".into()),
+        None => Err("the discovery document has no jwks_uri".into()),
     }
 }
 
@@ -127,7 +178,7 @@ struct Entry {
 /// The JWKS cache of the process.
 pub struct Jwks {
     settings: JwksSettings,
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    entries: Mutex<HashMap<Target, Arc<Entry>>>,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
@@ -150,9 +201,9 @@ impl Jwks {
         }
     }
 
-    fn entry(&self, uri: &str) -> Arc<Entry> {
+    fn entry(&self, target: &Target) -> Arc<Entry> {
         let mut entries = lock(&self.entries);
-        if let Some(e) = entries.get(uri) {
+        if let Some(e) = entries.get(target) {
             return e.clone();
         }
         if entries.len() >= MAX_URIS {
@@ -168,18 +219,18 @@ impl Jwks {
             state: Mutex::new(EntryState::default()),
             fetching: tokio::sync::Mutex::new(()),
         });
-        entries.insert(uri.to_string(), e.clone());
+        entries.insert(target.clone(), e.clone());
         e
     }
 
-    /// The keys of `uri`: cached, or fetched now (bounded by `timeout`). `Err` says why there
-    /// are none.
+    /// The keys of `target`: cached, or fetched now (bounded by `timeout`, both steps of a
+    /// discovery together). `Err` says why there are none.
     pub async fn get(
         self: &Arc<Self>,
-        uri: &str,
+        target: &Target,
         timeout: Duration,
     ) -> Result<Arc<KeySet>, String> {
-        let entry = self.entry(uri);
+        let entry = self.entry(target);
         let now = Instant::now();
         {
             let mut st = lock(&entry.state);
@@ -188,8 +239,8 @@ impl Jwks {
                 (Plan::UseKeys { refresh }, Some(keys)) => {
                     if refresh {
                         st.refreshing = true;
-                        let (me, entry, uri) = (self.clone(), entry.clone(), uri.to_string());
-                        tokio::spawn(async move { me.refresh(&entry, &uri, timeout).await });
+                        let (me, entry, target) = (self.clone(), entry.clone(), target.clone());
+                        tokio::spawn(async move { me.refresh(&entry, &target, timeout).await });
                     }
                     return Ok(keys);
                 }
@@ -199,7 +250,7 @@ impl Jwks {
         }
         // The first fetch: one at a time; who waited takes the result of the one before.
         let Ok(_guard) = tokio::time::timeout(timeout, entry.fetching.lock()).await else {
-            return Err(format!("waited {timeout:?} for another fetch of {uri}"));
+            return Err(format!("waited {timeout:?} for another fetch of {target}"));
         };
         {
             let st = lock(&entry.state);
@@ -212,7 +263,7 @@ impl Jwks {
                 _ => {}
             }
         }
-        let result = self.fetch_logged(uri, timeout, false).await;
+        let result = self.fetch_logged(target, timeout, false).await;
         let mut st = lock(&entry.state);
         record(
             &mut st,
@@ -223,8 +274,8 @@ impl Jwks {
         result
     }
 
-    async fn refresh(&self, entry: &Entry, uri: &str, timeout: Duration) {
-        let result = self.fetch_logged(uri, timeout, true).await;
+    async fn refresh(&self, entry: &Entry, target: &Target, timeout: Duration) {
+        let result = self.fetch_logged(target, timeout, true).await;
         let mut st = lock(&entry.state);
         record(&mut st, result, Instant::now(), self.settings.refresh);
     }
@@ -232,28 +283,43 @@ impl Jwks {
     /// Fetch and log the outcome (never the keys themselves).
     async fn fetch_logged(
         &self,
-        uri: &str,
+        target: &Target,
         timeout: Duration,
         have_keys: bool,
     ) -> Result<Arc<KeySet>, String> {
         let started = Instant::now();
-        let r = match tokio::time::timeout(timeout, self.fetch(uri)).await {
+        let uri = target.to_string();
+        let fetch = async {
+            match target {
+                Target::Jwks(u) => KeySet::parse(&self.fetch_text(u).await?),
+                Target::Discovery(u) => {
+                    let doc = self.fetch_text(u).await?;
+                    let jwks = jwks_uri_of(&doc)?;
+                    let text = self
+                        .fetch_text(&jwks)
+                        .await
+                        .map_err(|e| format!("its jwks_uri {jwks}: {e}"))?;
+                    KeySet::parse(&text).map_err(|e| format!("its jwks_uri {jwks}: {e}"))
+                }
+            }
+        };
+        let r = match tokio::time::timeout(timeout, fetch).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         match &r {
             Ok(keys) => info!(
-                uri,
+                uri = %uri,
                 keys = keys.len(),
                 skipped_keys = keys.skipped,
                 millis = started.elapsed().as_millis() as u64,
                 "JWKS fetched from {uri}"
             ),
             Err(e) if have_keys => warn!(
-                uri,
+                uri = %uri,
                 "JWKS refresh from {uri} failed, keeping the keys fetched before: {e}"
             ),
-            Err(e) => warn!(uri, "JWKS could not be fetched from {uri}: {e}"),
+            Err(e) => warn!(uri = %uri, "JWKS could not be fetched from {uri}: {e}"),
         }
         r.map(Arc::new)
     }
@@ -264,7 +330,8 @@ impl Jwks {
             .clone()
     }
 
-    async fn fetch(&self, uri: &str) -> Result<KeySet, String> {
+    /// One bounded GET: status 200, at most `MAX_BODY_BYTES` of UTF-8.
+    async fn fetch_text(&self, uri: &str) -> Result<String, String> {
         let u: http::Uri = uri.parse().map_err(|e| format!("not a URL: {e}"))?;
         let https = match u.scheme_str() {
             Some("https") => true,
@@ -328,8 +395,7 @@ impl Jwks {
                 .await
                 .map_err(|e| format!("body (at most {MAX_BODY_BYTES} bytes): {e}"))?
                 .to_bytes();
-            let text = std::str::from_utf8(&body).map_err(|_| "body is not UTF-8".to_string())?;
-            KeySet::parse(text)
+            String::from_utf8(body.to_vec()).map_err(|_| "body is not UTF-8".to_string())
         }
         .await;
         driver.abort();
@@ -494,10 +560,62 @@ mod tests {
     }
 
     #[test]
+    fn discovery_documents() {
+        assert_eq!(
+            discovery_url("https://idp.example/").as_deref(),
+            Ok("https://idp.example/.well-known/openid-configuration")
+        );
+        assert_eq!(
+            discovery_url("https://idp.example/realms/a").as_deref(),
+            Ok("https://idp.example/realms/a/.well-known/openid-configuration")
+        );
+        for bad in [
+            "testing@secure.istio.io",
+            "http://idp.example",
+            "https://",
+            "",
+        ] {
+            let e = discovery_url(bad).unwrap_err();
+            assert!(e.contains("is not an https:// URL"), "{bad}: {e}");
+        }
+        let cases = [
+            (
+                r#"{"issuer":"https://i","jwks_uri":"https://i/keys"}"#,
+                Ok("https://i/keys".to_string()),
+            ),
+            (
+                r#"{"jwks_uri":"http://i/keys"}"#,
+                Err(
+                    "the discovery document's jwks_uri \"http://i/keys\" is not an https:// URL"
+                        .to_string(),
+                ),
+            ),
+            (
+                r#"{"jwks_uri":7}"#,
+                Err("the discovery document's jwks_uri is not a string".to_string()),
+            ),
+            (
+                r#"{"issuer":"https://i"}"#,
+                Err("the discovery document has no jwks_uri".to_string()),
+            ),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(jwks_uri_of(doc), want, "{doc}");
+        }
+        assert!(jwks_uri_of("<html>")
+            .unwrap_err()
+            .starts_with("the discovery document is not JSON"));
+        assert_eq!(
+            Target::Discovery("https://i/.well-known/openid-configuration".into()).to_string(),
+            "https://i/.well-known/openid-configuration (OpenID discovery)"
+        );
+    }
+
+    #[test]
     fn the_cache_is_bounded() {
         let j = Jwks::default();
         for i in 0..MAX_URIS + 10 {
-            let e = j.entry(&format!("https://idp.example/{i}"));
+            let e = j.entry(&Target::Jwks(format!("https://idp.example/{i}")));
             lock(&e.state).last_used = Some(Instant::now());
         }
         assert_eq!(lock(&j.entries).len(), MAX_URIS);

@@ -36,12 +36,18 @@ impl JwtState {
         }
         let a = Arc::new(authn::Authn::compile(&snap.request_authentications));
         for r in &a.rules {
-            if let authn::KeySource::Inline(Err(e)) = &r.keys {
-                tracing::warn!(
+            match &r.keys {
+                authn::KeySource::Inline(Err(e)) => tracing::warn!(
                     "RequestAuthentication {}: issuer {:?}: jwks is not usable, every token of this issuer is rejected: {e}",
                     r.policy,
                     r.issuer
-                );
+                ),
+                authn::KeySource::Discovery(Err(e)) => tracing::warn!(
+                    "RequestAuthentication {}: issuer {:?}: every token of this issuer is rejected: {e}",
+                    r.policy,
+                    r.issuer
+                ),
+                _ => {}
             }
         }
         *c = Some((snap.generation, a.clone()));
