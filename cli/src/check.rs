@@ -20,14 +20,30 @@ use super::objects;
 use super::selector::Selector;
 use remora_webhook::annotations::STATUS;
 use remora_webhook::config::Config;
-use remora_webhook::inject::{inject_pod, Outcome};
+use remora_webhook::inject::{inject_pod_as, Outcome};
+use remora_webhook::selectors::{check_revision, Selection, DEFAULT_REVISION, REV_LABEL};
 use remora_webhook::template::PROXY_NAME;
 
-/// The Service remora's webhook runs behind.
+/// The Service remora's webhook runs behind: `name` for the default revision, `name-<revision>`
+/// for another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceRef {
     pub namespace: String,
     pub name: String,
+}
+
+impl ServiceRef {
+    /// The revision whose injector runs behind Service `ns/name`, when it is one of remora's.
+    pub fn revision_of(&self, ns: &str, name: &str) -> Option<String> {
+        if ns != self.namespace {
+            return None;
+        }
+        if name == self.name {
+            return Some(DEFAULT_REVISION.to_string());
+        }
+        let rev = name.strip_prefix(&self.name)?.strip_prefix('-')?;
+        check_revision(rev).ok().map(|()| rev.to_string())
+    }
 }
 
 impl Default for ServiceRef {
@@ -79,6 +95,9 @@ pub struct WebhookVerdict {
     pub webhook: String,
     /// Points at remora's Service.
     pub remora: bool,
+    /// remora's: the revision of the injector behind its Service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub verdict: Verdict,
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,16 +153,36 @@ pub fn intercepts_pod_create(webhook: &MutatingWebhook) -> bool {
     })
 }
 
-/// Where a webhook's `clientConfig` points, for messages; and whether that is remora.
-fn client_target(webhook: &MutatingWebhook, remora: &ServiceRef) -> (String, bool) {
+/// Where a webhook's `clientConfig` points, for messages; and, when that is remora's Service,
+/// the revision of the injector behind it.
+fn client_target(webhook: &MutatingWebhook, remora: &ServiceRef) -> (String, Option<String>) {
     let cc = &webhook.client_config;
     if let Some(svc) = &cc.service {
         let (ns, name) = (svc.namespace.as_str(), svc.name.as_str());
-        let is = ns == remora.namespace && name == remora.name;
-        return (format!("service {ns}/{name}"), is);
+        return (format!("service {ns}/{name}"), remora.revision_of(ns, name));
     }
     let url = cc.url.as_deref().unwrap_or("(no clientConfig)");
-    (format!("url {url}"), false)
+    (format!("url {url}"), None)
+}
+
+/// The revisions whose injectors the configurations call (their Services are remora's).
+pub fn remora_revisions(
+    configurations: &[MutatingWebhookConfiguration],
+    remora: &ServiceRef,
+) -> Vec<String> {
+    let mut out: Vec<String> = configurations
+        .iter()
+        .flat_map(|m| m.webhooks.iter().flatten())
+        .filter_map(|w| client_target(w, remora).1)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Istio's sidecar injector webhooks (`*sidecar-injector.istio.io`).
+fn is_istio_injector(w: &WebhookVerdict) -> bool {
+    !w.remora && w.webhook.ends_with("sidecar-injector.istio.io")
 }
 
 /// The labels of a pod as the injector receives it (raw, see the module docs).
@@ -155,25 +194,32 @@ pub fn raw_pod_labels(pod: &Value) -> BTreeMap<String, String> {
 }
 
 /// Evaluates every webhook for `pod` (raw, as the webhook would receive it) created in
-/// namespace `ns` (labels `ns_labels`).
+/// namespace `ns` (labels `ns_labels`). `configs` are the injector configs of remora's revisions
+/// (a revision without one: the built-in defaults). Configurations are evaluated in the order the
+/// API server calls them, by name.
 pub fn evaluate_webhooks(
     pod: &Value,
     ns: &str,
     ns_labels: &BTreeMap<String, String>,
     configurations: &[MutatingWebhookConfiguration],
-    cfg: &Config,
+    configs: &BTreeMap<String, Config>,
     remora: &ServiceRef,
 ) -> Vec<WebhookVerdict> {
     let pod_labels = raw_pod_labels(pod);
     let mut out = Vec::new();
-    for mwc in configurations {
+    let mut ordered: Vec<&MutatingWebhookConfiguration> = configurations.iter().collect();
+    ordered.sort_by(|a, b| objects::name(&a.metadata).cmp(&objects::name(&b.metadata)));
+    // The selections of remora's webhooks that are called, to judge Istio's injector after.
+    let mut ours: Vec<(usize, Option<Selection>)> = Vec::new();
+    for mwc in ordered {
         let cname = objects::name(&mwc.metadata).unwrap_or("?").to_string();
         let Some(hooks) = &mwc.webhooks else {
             continue;
         };
         for (i, wh) in hooks.iter().enumerate() {
             let wname = if wh.name.is_empty() { "?" } else { &wh.name }.to_string();
-            let (target, is_remora) = client_target(wh, remora);
+            let (target, revision) = client_target(wh, remora);
+            let is_remora = revision.is_some();
             let intercepts = intercepts_pod_create(wh);
             if !intercepts && !is_remora {
                 continue; // not about pods: irrelevant here
@@ -182,6 +228,7 @@ pub fn evaluate_webhooks(
                 configuration: cname.clone(),
                 webhook: wname,
                 remora: is_remora,
+                revision: revision.clone(),
                 verdict: Verdict::NotCalled,
                 reason: String::new(),
                 notes: Vec::new(),
@@ -238,7 +285,7 @@ pub fn evaluate_webhooks(
             }
             let om = obj_sel.evaluate(&pod_labels);
             if !om.matched {
-                v.reason = format!("objectSelector: pod label {}", om.reason);
+                v.reason = format!("objectSelector: pod: {}", om.reason);
                 out.push(v);
                 continue;
             }
@@ -246,22 +293,53 @@ pub fn evaluate_webhooks(
                 "called (namespaceSelector {}; objectSelector {})",
                 nm.reason, om.reason
             );
-            if !is_remora {
+            let Some(rev) = revision else {
                 v.verdict = Verdict::Called;
                 v.reason = format!(
                     "{called}; not remora's webhook ({target}), so its decision is not known here"
                 );
                 out.push(v);
                 continue;
-            }
-            match inject_pod(pod, ns, cfg) {
+            };
+            // The entry's path names the revision and entry it stands for; the injector behind
+            // the Service checks them (as the webhook does with the request path).
+            let path = wh
+                .client_config
+                .service
+                .as_ref()
+                .and_then(|s| s.path.as_deref())
+                .unwrap_or("/");
+            let selection = match Selection::from_path(path) {
+                Ok(s) => s,
+                Err(why) => {
+                    v.verdict = Verdict::NotInjected;
+                    v.reason = format!("{called}; injector skips: not injecting: {why}");
+                    ours.push((out.len(), None));
+                    out.push(v);
+                    continue;
+                }
+            };
+            let cfg = match configs.get(&rev) {
+                Some(c) => c.clone(),
+                None => match Config::default().with_revision(&rev) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        v.verdict = Verdict::Invalid;
+                        v.reason = format!("{target}: {e:#}");
+                        out.push(v);
+                        continue;
+                    }
+                },
+            };
+            ours.push((out.len(), Some(selection.clone())));
+            match inject_pod_as(pod, ns, &cfg, &selection) {
                 Outcome::Injected { reason, .. } => {
                     v.verdict = Verdict::Injected;
-                    v.reason = format!("{called}; injector: {reason}");
+                    v.reason = format!("{called}; injector (revision {rev}): {reason}");
                 }
                 Outcome::Skipped(reason) => {
                     v.verdict = Verdict::NotInjected;
-                    v.reason = format!("{called}; injector skips: {reason}");
+                    v.reason = format!("{called}; injector (revision {rev}) skips: {reason}");
                 }
                 Outcome::Denied(reason) => {
                     v.verdict = Verdict::Denied;
@@ -273,7 +351,37 @@ pub fn evaluate_webhooks(
             out.push(v);
         }
     }
+    istio_first(&mut out, &ours, ns);
     out
+}
+
+/// Istio's injector called before remora's (configurations are called in name order) injects
+/// the pod first, and remora's injector leaves a pod Istio injected alone unless the namespace is
+/// moved to remora. Istio's own decision is not known here, so this says "when it injects".
+fn istio_first(out: &mut [WebhookVerdict], called: &[(usize, Option<Selection>)], ns: &str) {
+    for (i, sel) in called {
+        let Some(istio) = out[..*i]
+            .iter()
+            .find(|w| is_istio_injector(w) && w.verdict == Verdict::Called)
+            .map(|w| format!("{}/{}", w.configuration, w.webhook))
+        else {
+            continue;
+        };
+        let v = &mut out[*i];
+        if sel.as_ref().is_some_and(Selection::namespace_moved) {
+            v.notes.push(format!(
+                "Istio's webhook {istio} is called first (the API server calls configurations in name order): it injects too, and this injector replaces its sidecar (the namespace is moved to remora); a remora revision named as one of Istio's revisions or tags makes both inject"
+            ));
+            continue;
+        }
+        if v.verdict == Verdict::Injected {
+            v.verdict = Verdict::NotInjected;
+            v.reason = format!(
+                "{}; but Istio's webhook {istio} is called first (the API server calls configurations in name order), and a pod it injects is left alone by this injector: namespace {ns} is not moved to remora (label it {REV_LABEL}=<a remora revision other than {DEFAULT_REVISION}>)",
+                v.reason
+            );
+        }
+    }
 }
 
 /// A running pod as its controller submitted it: what an earlier injection added (the
@@ -330,8 +438,8 @@ pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, St
         return (
             Verdict::NotInjected,
             format!(
-                "no MutatingWebhookConfiguration calls remora's service {}/{}: nothing injects (is remora installed? kubectl apply -f manifests/install.yaml)",
-                remora.namespace, remora.name
+                "no MutatingWebhookConfiguration calls remora's service {}/{} (or {}-<revision>): nothing injects (is remora installed? kubectl apply -f manifests/install.yaml)",
+                remora.namespace, remora.name, remora.name
             ),
         );
     }
@@ -345,6 +453,24 @@ pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, St
         return (
             Verdict::Injected,
             format!("{}/{} injects it", w.configuration, w.webhook),
+        );
+    }
+    if let Some(w) = ours.iter().find(|w| w.verdict == Verdict::NotInjected) {
+        return (
+            Verdict::NotInjected,
+            format!(
+                "{}/{} is called and does not inject it",
+                w.configuration, w.webhook
+            ),
+        );
+    }
+    if ours.iter().all(|w| w.verdict == Verdict::NotCalled) {
+        return (
+            Verdict::NotInjected,
+            format!(
+                "none of remora's {} webhook entries is called for it",
+                ours.len()
+            ),
         );
     }
     let why: Vec<String> = ours
@@ -418,12 +544,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use remora_webhook::selectors::mutating_webhook_configuration;
+
     fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
         serde_json::from_value(v).unwrap()
     }
 
     fn mwc() -> Value {
-        // The shape manifests/webhook.yaml installs.
+        // A configuration from before revisions (one entry calling /inject), as
+        // manifests/webhook.yaml installed it then; the injector takes it as the default
+        // revision's namespace entry.
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
@@ -454,7 +584,7 @@ mod tests {
             ns,
             &nsl,
             &[typed(mwc())],
-            &Config::default(),
+            &BTreeMap::new(),
             &ServiceRef::default(),
         )
     }
@@ -506,7 +636,12 @@ mod tests {
             json!({"istio-injection": "enabled"}),
         );
         assert_eq!(v[0].verdict, Verdict::NotCalled);
-        assert!(v[0].reason.starts_with("objectSelector"), "{}", v[0].reason);
+        assert!(
+            v[0].reason
+                .starts_with("objectSelector: pod: sidecar.istio.io/inject=false does not satisfy"),
+            "{}",
+            v[0].reason
+        );
     }
 
     #[test]
@@ -550,20 +685,21 @@ mod tests {
             "shop",
             &nsl,
             &[typed(mwc()), typed(other), typed(secrets)],
-            &Config::default(),
+            &BTreeMap::new(),
             &ServiceRef::default(),
         );
+        // In the API server's order, by configuration name.
         assert_eq!(v.len(), 2, "{v:?}");
-        assert_eq!(v[1].verdict, Verdict::Called);
-        assert!(!v[1].remora);
+        assert_eq!(v[0].verdict, Verdict::Called);
+        assert!(!v[0].remora);
         assert!(
-            v[1].reason.contains("istio-system/istiod"),
+            v[0].reason.contains("istio-system/istiod"),
             "{}",
-            v[1].reason
+            v[0].reason
         );
         let (verdict, _) = overall(&v, &ServiceRef::default());
         assert_eq!(verdict, Verdict::Injected);
-        let (verdict, why) = overall(&v[1..], &ServiceRef::default());
+        let (verdict, why) = overall(&v[..1], &ServiceRef::default());
         assert_eq!(verdict, Verdict::NotInjected);
         assert!(why.contains("no MutatingWebhookConfiguration"), "{why}");
     }
@@ -580,7 +716,7 @@ mod tests {
             "shop",
             &nsl,
             &[typed(m)],
-            &Config::default(),
+            &BTreeMap::new(),
             &ServiceRef::default(),
         );
         assert_eq!(v[0].verdict, Verdict::Invalid);
@@ -647,7 +783,7 @@ mod tests {
             "shop",
             &nsl,
             &[typed(m)],
-            &Config::default(),
+            &BTreeMap::new(),
             &ServiceRef::default(),
         );
         assert_eq!(v[0].verdict, Verdict::NotCalled);
@@ -684,5 +820,223 @@ mod tests {
         );
         let n = running_note(&injected, Verdict::NotInjected, hint);
         assert!(n.note.contains("would not get it"), "{}", n.note);
+    }
+
+    /// The shipped configurations of two revisions (the definition's), with a caBundle.
+    fn revisions() -> Vec<MutatingWebhookConfiguration> {
+        ["default", "b"]
+            .iter()
+            .map(|r| {
+                let mut m = mutating_webhook_configuration(r);
+                for w in m["webhooks"].as_array_mut().unwrap() {
+                    w["clientConfig"]["caBundle"] = json!("Zm9v");
+                }
+                typed(m)
+            })
+            .collect()
+    }
+
+    fn eval(
+        mwcs: &[MutatingWebhookConfiguration],
+        p: &Value,
+        ns_labels: Value,
+    ) -> Vec<WebhookVerdict> {
+        let nsl = namespace_labels(&typed(json!({"metadata": {"labels": ns_labels}})), "shop");
+        let mut configs = BTreeMap::new();
+        configs.insert(
+            "b".to_string(),
+            Config::default().with_revision("b").unwrap(),
+        );
+        evaluate_webhooks(p, "shop", &nsl, mwcs, &configs, &ServiceRef::default())
+    }
+
+    fn the<'a>(v: &'a [WebhookVerdict], configuration: &str, webhook: &str) -> &'a WebhookVerdict {
+        v.iter()
+            .find(|w| w.configuration == configuration && w.webhook == webhook)
+            .unwrap_or_else(|| panic!("no {configuration}/{webhook}: {v:?}"))
+    }
+
+    #[test]
+    fn each_revisions_entries_and_injector() {
+        let mwcs = revisions();
+        let plain = pod(json!({}), json!({}));
+        // (namespace labels, pod labels, the configuration and entry that injects)
+        for (ns_l, pod_l, cfg, entry) in [
+            (
+                json!({"istio-injection": "enabled"}),
+                json!({}),
+                "remora-sidecar-injector",
+                "namespace",
+            ),
+            (
+                json!({"istio.io/rev": "b"}),
+                json!({}),
+                "remora-sidecar-injector-b",
+                "rev.namespace",
+            ),
+            (
+                json!({}),
+                json!({"istio.io/rev": "b"}),
+                "remora-sidecar-injector-b",
+                "rev.object",
+            ),
+            (
+                json!({}),
+                json!({"sidecar.istio.io/inject": "true"}),
+                "remora-sidecar-injector",
+                "object",
+            ),
+            (
+                json!({"istio.io/rev": "default"}),
+                json!({"istio.io/rev": "b"}),
+                "remora-sidecar-injector",
+                "rev.namespace",
+            ),
+        ] {
+            let p = pod(pod_l.clone(), json!({}));
+            let v = eval(&mwcs, &p, ns_l.clone());
+            let ctx = format!("ns {ns_l} pod {pod_l}: {v:#?}");
+            assert_eq!(v.len(), 6, "{ctx}");
+            let hook = format!("{entry}.sidecar-injector.remora.dev");
+            let w = the(&v, cfg, &hook);
+            assert_eq!(w.verdict, Verdict::Injected, "{ctx}");
+            let rev = if cfg.ends_with("-b") { "b" } else { "default" };
+            assert_eq!(w.revision.as_deref(), Some(rev), "{ctx}");
+            assert!(
+                w.reason.contains(&format!("injector (revision {rev})")),
+                "{ctx}"
+            );
+            // Every other entry is not called: the entries exclude each other.
+            assert_eq!(
+                v.iter().filter(|w| w.verdict == Verdict::NotCalled).count(),
+                5,
+                "{ctx}"
+            );
+            let (verdict, summary) = overall(&v, &ServiceRef::default());
+            assert_eq!(verdict, Verdict::Injected, "{ctx}");
+            assert_eq!(summary, format!("{cfg}/{hook} injects it"));
+        }
+        let v = eval(&mwcs, &plain, json!({"istio.io/rev": "c"}));
+        assert!(v.iter().all(|w| w.verdict == Verdict::NotCalled), "{v:#?}");
+        assert!(
+            the(
+                &v,
+                "remora-sidecar-injector-b",
+                "rev.namespace.sidecar-injector.remora.dev"
+            )
+            .reason
+            .contains("istio.io/rev=c does not satisfy istio.io/rev In [b]"),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn a_revisions_entry_calling_another_revisions_service_does_not_inject() {
+        let mut b = mutating_webhook_configuration("b");
+        for w in b["webhooks"].as_array_mut().unwrap() {
+            w["clientConfig"]["service"]["name"] = json!("remora-webhook");
+        }
+        let v = eval(
+            &[typed(b)],
+            &pod(json!({}), json!({})),
+            json!({"istio.io/rev": "b"}),
+        );
+        let w = the(
+            &v,
+            "remora-sidecar-injector-b",
+            "rev.namespace.sidecar-injector.remora.dev",
+        );
+        assert_eq!(w.verdict, Verdict::NotInjected);
+        assert_eq!(w.revision.as_deref(), Some("default"));
+        assert!(
+            w.reason.contains("but this injector is revision default"),
+            "{}",
+            w.reason
+        );
+        let (verdict, summary) = overall(&v, &ServiceRef::default());
+        assert_eq!(verdict, Verdict::NotInjected);
+        assert!(
+            summary.contains("is called and does not inject it"),
+            "{summary}"
+        );
+        // Only remora's own Services (NAME, NAME-<revision>) count as remora.
+        let r = ServiceRef::default();
+        assert_eq!(
+            r.revision_of("remora-system", "remora-webhook-b")
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            r.revision_of("remora-system", "remora-webhook"),
+            Some("default".into())
+        );
+        assert_eq!(r.revision_of("istio-system", "remora-webhook"), None);
+        assert_eq!(r.revision_of("remora-system", "remora-webhookb"), None);
+        assert_eq!(r.revision_of("remora-system", "remora-webhook-B"), None);
+    }
+
+    /// Istio's own injector, installed too, is called first (its configuration's name sorts
+    /// first); remora's injector leaves the pod it injects alone unless the namespace is moved.
+    #[test]
+    fn istios_injector_called_first() {
+        let istio = typed::<MutatingWebhookConfiguration>(json!({
+            "metadata": {"name": "istio-sidecar-injector"},
+            "webhooks": [{
+                "name": "namespace.sidecar-injector.istio.io",
+                "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject"}},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchExpressions": [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+                "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}
+            }, {
+                "name": "rev.namespace.sidecar-injector.istio.io",
+                "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/inject"}},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio.io/rev", "operator": "In", "values": ["b"]},
+                    {"key": "istio-injection", "operator": "DoesNotExist"}]}
+            }]
+        }));
+        // remora's configurations listed first: the API server's order is by name regardless.
+        let mut mwcs = revisions();
+        mwcs.push(istio);
+        let p = pod(json!({}), json!({}));
+        let v = eval(&mwcs, &p, json!({"istio-injection": "enabled"}));
+        assert_eq!(
+            v[0].configuration, "istio-sidecar-injector",
+            "evaluated in name order"
+        );
+        assert_eq!(v[0].verdict, Verdict::Called);
+        let w = the(
+            &v,
+            "remora-sidecar-injector",
+            "namespace.sidecar-injector.remora.dev",
+        );
+        assert_eq!(w.verdict, Verdict::NotInjected, "{}", w.reason);
+        assert!(
+            w.reason.contains("but Istio's webhook istio-sidecar-injector/namespace.sidecar-injector.istio.io is called first")
+                && w.reason.contains("namespace shop is not moved to remora"),
+            "{}",
+            w.reason
+        );
+        assert_eq!(overall(&v, &ServiceRef::default()).0, Verdict::NotInjected);
+        // The namespace moved to remora revision b: Istio's webhook is not called, b injects.
+        let v = eval(&mwcs[..2], &p, json!({"istio.io/rev": "b"}));
+        assert_eq!(overall(&v, &ServiceRef::default()).0, Verdict::Injected);
+        // An Istio revision of the same name: both are called, remora replaces Istio's sidecar
+        // and says so.
+        let v = eval(&mwcs, &p, json!({"istio.io/rev": "b"}));
+        let w = the(
+            &v,
+            "remora-sidecar-injector-b",
+            "rev.namespace.sidecar-injector.remora.dev",
+        );
+        assert_eq!(w.verdict, Verdict::Injected, "{}", w.reason);
+        assert!(
+            w.notes
+                .iter()
+                .any(|n| n.contains("this injector replaces its sidecar")),
+            "{:?}",
+            w.notes
+        );
     }
 }

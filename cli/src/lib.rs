@@ -117,10 +117,15 @@ pub enum Cmd {
         /// With -f: injector config YAML (built-in defaults when not given).
         #[arg(long, requires = "file")]
         config: Option<PathBuf>,
-        /// The injector's ConfigMap in the mesh namespace (key config.yaml).
+        /// With -f: an installed revision (repeat for several; default: the config's, else
+        /// default): their webhook entries' selectors decide which injector is called.
+        #[arg(long = "revision", requires = "file")]
+        revisions: Vec<String>,
+        /// The default revision's injector ConfigMap in the mesh namespace (key config.yaml);
+        /// revision R's is NAME-R.
         #[arg(long, default_value = "remora-injector")]
         injector_config: String,
-        /// The webhook's Service in the mesh namespace.
+        /// The default revision's webhook Service in the mesh namespace; revision R's is NAME-R.
         #[arg(long, default_value = "remora-webhook")]
         webhook_service: String,
     },
@@ -133,6 +138,14 @@ pub enum Cmd {
         /// Injector config YAML (built-in defaults when not given).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
+        /// Labels of the namespace, `k=v,k2=v2`: the webhook entries' selectors pick the
+        /// revision, and pods no entry selects are left unchanged (not given: the first revision
+        /// is assumed to be called).
+        #[arg(long)]
+        namespace_labels: Option<String>,
     },
     /// Per meshed pod: the proxy's rule generation and hash against its rules ConfigMap.
     ProxyStatus {
@@ -288,16 +301,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // inject and check-inject -f: offline, the webhook's own code on a file (no kubeconfig).
     let offline_ns = args.namespace.as_deref().unwrap_or("default");
     match &args.cmd {
-        Cmd::Inject { file, config } => {
+        Cmd::Inject {
+            file,
+            config,
+            revisions,
+            namespace_labels,
+        } => {
             if args.output == Output::Json {
                 bail!("-o json: inject prints YAML");
             }
-            return remora_webhook::cli::inject_command(file, config.as_deref(), offline_ns);
+            return remora_webhook::cli::inject_command(
+                file,
+                config.as_deref(),
+                offline_ns,
+                revisions,
+                namespace_labels.as_deref(),
+            );
         }
         Cmd::CheckInject {
             file: Some(file),
             namespace_labels,
             config,
+            revisions,
             ..
         } => {
             if args.output != Output::Text {
@@ -308,6 +333,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 namespace_labels.as_deref(),
                 config.as_deref(),
                 offline_ns,
+                revisions,
             );
         }
         Cmd::Rules {
@@ -829,11 +855,26 @@ async fn check_inject(
         namespace: mesh_ns.to_string(),
         name: webhook_service.to_string(),
     };
-    let (cfg, cfg_note) = injector_config(cluster, mesh_ns, injector_cm).await;
     let mwcs = cluster
         .list_as::<MutatingWebhookConfiguration>(paths::MUTATING_WEBHOOKS)
         .await
         .context("listing MutatingWebhookConfigurations")?;
+    // Each revision's injector reads its own ConfigMap (`<name>-<revision>` but for default).
+    let mut configs = BTreeMap::new();
+    let mut notes = BTreeMap::new();
+    for rev in check::remora_revisions(&mwcs, &remora) {
+        let name = remora_webhook::selectors::revision_name(injector_cm, &rev);
+        let (cfg, note) = injector_config(cluster, mesh_ns, &name).await;
+        let (cfg, note) = match cfg.with_revision(&rev) {
+            Ok(c) => (c, note),
+            Err(e) => (
+                Config::default().with_revision(&rev)?,
+                format!("ConfigMap {mesh_ns}/{name}: {e:#}; the injector refuses it (evaluated with the built-in defaults)"),
+            ),
+        };
+        configs.insert(rev.clone(), cfg);
+        notes.insert(rev, note);
+    }
     let ns_obj = cluster
         .get_opt_as::<Namespace>(&paths::namespace(ns))
         .await
@@ -844,9 +885,15 @@ async fn check_inject(
     // `pod` is raw: the object the injector is asked about (see `check`).
     let finish = |object: String, pod: &Value, running: Vec<(Pod, String)>| -> PodCheck {
         let pod = check::as_created(pod);
-        let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &cfg, &remora);
-        for w in webhooks.iter_mut().filter(|w| w.remora) {
-            w.notes.push(cfg_note.clone());
+        let mut webhooks = check::evaluate_webhooks(&pod, ns, &ns_labels, &mwcs, &configs, &remora);
+        // Where the injector's config came from, for the entries that call it.
+        for w in webhooks
+            .iter_mut()
+            .filter(|w| w.verdict != check::Verdict::NotCalled)
+        {
+            if let Some(note) = w.revision.as_ref().and_then(|r| notes.get(r)) {
+                w.notes.push(note.clone());
+            }
         }
         let (verdict, summary) = check::overall(&webhooks, &remora);
         let running = running

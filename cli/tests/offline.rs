@@ -155,7 +155,8 @@ fn check_inject_file_prints_the_libraries_text() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let docs = cli::parse_docs(&std::fs::read_to_string(&f).unwrap()).unwrap();
     let labels = cli::parse_labels("istio-injection=enabled").unwrap();
-    let want = cli::check_inject(&docs, "default", Some(&labels), &Config::default());
+    let offline = cli::Offline::new(&Config::default(), &[], Some(labels)).unwrap();
+    let want = cli::check_inject(&docs, "default", &offline);
     assert_eq!(text(&out.stdout), want);
     assert!(
         want.contains("StatefulSet/mongodb in namespace default: INJECTED"),
@@ -180,6 +181,7 @@ fn check_inject_file_prints_the_libraries_text() {
         &["check-inject", "-f", "x.yaml", "deploy/web"][..],
         &["check-inject", "-f", "x.yaml", "-l", "app=web"],
         &["check-inject", "deploy/web", "--namespace-labels", "a=b"],
+        &["check-inject", "deploy/web", "--revision", "b"],
     ] {
         let out = remora(args, None);
         assert_eq!(
@@ -190,4 +192,148 @@ fn check_inject_file_prints_the_libraries_text() {
         );
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+}
+
+/// A namespace labelled `istio.io/rev`, a pod labelled `istio.io/rev`, and a pod opting in with
+/// the label `sidecar.istio.io/inject=true` from an unlabelled namespace, as Istio's selectors
+/// treat them, for the revisions given.
+const REVISIONED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: nginx}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: canary-1, labels: {istio.io/rev: b}}
+spec: {containers: [{name: web, image: nginx}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-1, labels: {sidecar.istio.io/inject: "true"}}
+spec: {containers: [{name: web, image: nginx}]}
+"#;
+
+#[test]
+fn check_inject_file_with_revisions_and_pod_opt_in() {
+    let check = |labels: &str, revs: &[&str]| {
+        let mut args = vec![
+            "check-inject",
+            "-f",
+            "-",
+            "-n",
+            "shop",
+            "--namespace-labels",
+            labels,
+        ];
+        for r in revs {
+            args.extend(["--revision", r]);
+        }
+        let out = remora(&args, Some(REVISIONED.as_bytes()));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The namespace labelled for revision b: every pod goes to b's entry.
+    let t = check("istio.io/rev=b", &["default", "b"]);
+    for what in ["Deployment/web", "Pod/canary-1", "Pod/opted-1"] {
+        assert!(
+            t.contains(&format!("{what} in namespace shop: INJECTED\n  webhook: remora-sidecar-injector-b/rev.namespace.sidecar-injector.remora.dev (revision b): namespace label istio.io/rev=b")),
+            "{what}:\n{t}"
+        );
+    }
+    // An unlabelled namespace: the pods' own labels.
+    let t = check("", &["default", "b"]);
+    assert!(
+        t.contains("Deployment/web in namespace shop: NOT INJECTED\n  why: the namespace has no istio-injection=enabled or istio.io/rev label and the pod no istio.io/rev or sidecar.istio.io/inject=true label"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Pod/canary-1 in namespace shop: INJECTED\n  webhook: remora-sidecar-injector-b/rev.object.sidecar-injector.remora.dev (revision b): pod label istio.io/rev=b"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Pod/opted-1 in namespace shop: INJECTED\n  webhook: remora-sidecar-injector/object.sidecar-injector.remora.dev (revision default): pod label sidecar.istio.io/inject=true"),
+        "{t}"
+    );
+    // Revision b not installed: its pod has no webhook.
+    let t = check("", &[]);
+    assert!(
+        t.contains("Pod/canary-1 in namespace shop: NOT INJECTED\n  why: pod label istio.io/rev=b names no installed remora revision (installed: default)"),
+        "{t}"
+    );
+    // istio-injection=disabled wins.
+    let t = check("istio-injection=disabled,istio.io/rev=b", &["default", "b"]);
+    assert_eq!(
+        t.matches("NOT INJECTED\n  why: namespace label istio-injection=disabled")
+            .count(),
+        3,
+        "{t}"
+    );
+}
+
+/// A manifest Istio injected (`istioctl kube-inject`): left alone unless the namespace is moved
+/// to remora (labelled with a remora revision other than default).
+#[test]
+fn inject_leaves_istios_injection_alone_unless_the_namespace_moved() {
+    let istio = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  annotations:
+    sidecar.istio.io/status: '{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}'
+spec:
+  initContainers:
+  - {name: istio-init, image: docker.io/istio/proxyv2:1.28.0}
+  - {name: istio-proxy, image: docker.io/istio/proxyv2:1.28.0, restartPolicy: Always}
+  containers: [{name: web, image: nginx}]
+  volumes: [{name: istio-envoy, emptyDir: {}}]
+"#;
+    let out = remora(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "-n",
+            "shop",
+            "--namespace-labels",
+            "istio-injection=enabled",
+        ],
+        Some(istio.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        cli::parse_docs(&text(&out.stdout)).unwrap(),
+        cli::parse_docs(istio).unwrap(),
+        "printed unchanged"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "Pod/web-1 skipped: already injected by Istio (istio-proxy container, sidecar.istio.io/status annotation): left alone, namespace shop is not moved to remora (label it istio.io/rev=<a remora revision other than default> to move it)\n"
+    );
+    let out = remora(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "-n",
+            "shop",
+            "--namespace-labels",
+            "istio.io/rev=b",
+            "--revision",
+            "b",
+        ],
+        Some(istio.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("name: remora-proxy") && !printed.contains("istio-proxy"),
+        "{printed}"
+    );
+    assert!(printed.contains(r#""revision":"b""#), "{printed}");
 }

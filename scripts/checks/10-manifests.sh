@@ -8,10 +8,16 @@ scripts/render-install --check
 echo "manifests: $(ls manifests/*.yaml | wc -l) files valid for Kubernetes 1.37 (strict)"
 
 # The injector ConfigMap's config.yaml must be a config the webhook accepts.
-cfg=$(mktemp); trap 'rm -f "$cfg"' EXIT
+bin="${CARGO_TARGET_DIR:-target}/debug/remora-webhook"
+cfg=$(mktemp); rev=$(mktemp); trap 'rm -f "$cfg" "$rev"' EXIT
 .venv/bin/python3 -c 'import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["config.yaml"])' manifests/injector-config.yaml > "$cfg"
 echo 'apiVersion: v1
 kind: Pod
 metadata: {name: probe, namespace: default}
-spec: {containers: [{name: app, image: app}]}' | target/debug/remora-webhook inject --config "$cfg" -f - > /dev/null
+spec: {containers: [{name: app, image: app}]}' | "$bin" inject --config "$cfg" -f - > /dev/null
 echo "manifests: injector-config.yaml's config.yaml is accepted by remora-webhook"
+
+# Another revision's install, as `remora-webhook manifest` renders it, is valid too.
+"$bin" manifest -f manifests/install.yaml --revision canary > "$rev"
+.venv/bin/kubernetes-validate --strict --quiet -k 1.37.0 "$rev"
+echo "manifests: revision canary rendered by remora-webhook manifest is valid for Kubernetes 1.37 (strict)"

@@ -201,6 +201,17 @@ impl Webhook {
 
     /// Sends `pod` (a Pod object as JSON) for CREATE in `namespace` and applies the patch.
     pub async fn admit(&self, namespace: &str, pod: &serde_json::Value) -> Result<Admission> {
+        self.admit_at(namespace, pod, "/inject").await
+    }
+
+    /// [`Webhook::admit`] at `path`, the one the webhook configuration's entry calls
+    /// (`/inject/rev/<revision>/<entry>`).
+    pub async fn admit_at(
+        &self,
+        namespace: &str,
+        pod: &serde_json::Value,
+        path: &str,
+    ) -> Result<Admission> {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -210,7 +221,7 @@ impl Webhook {
         );
         let review = admission_review(&uid, namespace, pod);
         let (status, body) = self
-            .request("POST", "/inject", Bytes::from(serde_json::to_vec(&review)?))
+            .request("POST", path, Bytes::from(serde_json::to_vec(&review)?))
             .await?;
         if status != 200 {
             bail!(

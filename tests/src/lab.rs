@@ -143,7 +143,7 @@ pub struct Lab {
     pub id: String,
     dir: Option<tempfile::TempDir>,
     next_pod: u32,
-    selectors: (LabelSelector, LabelSelector),
+    selectors: Vec<WebhookEntry>,
     /// The key the kubelet stand-in signs projected tokens with (the API checks them).
     token_key: Vec<u8>,
 }
@@ -171,9 +171,18 @@ fn labels_of(v: &Value, ptr: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The webhook's `namespaceSelector` and `objectSelector` from `manifests/webhook.yaml` (what
-/// decides whether the apiserver calls the webhook at all), or the same built-in defaults.
-pub fn webhook_selectors() -> (LabelSelector, LabelSelector) {
+/// One entry of the webhook configuration: its selectors and the path it calls.
+#[derive(Debug, Clone)]
+pub struct WebhookEntry {
+    pub namespace: LabelSelector,
+    pub object: LabelSelector,
+    pub path: String,
+}
+
+/// The entries of the MutatingWebhookConfiguration in `manifests/webhook.yaml` (which decide
+/// whether the apiserver calls the webhook at all, and at which path), or, without it, one entry
+/// selecting namespaces labelled `istio-injection=enabled` at `/inject`.
+pub fn webhook_selectors() -> Vec<WebhookEntry> {
     let builtin = || {
         let ns = LabelSelector::from_value(&serde_json::json!({"matchExpressions": [
             {"key": "istio-injection", "operator": "In", "values": ["enabled"]},
@@ -183,7 +192,11 @@ pub fn webhook_selectors() -> (LabelSelector, LabelSelector) {
         let obj = LabelSelector::from_value(&serde_json::json!({"matchExpressions": [
             {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}))
         .unwrap_or_default();
-        (ns, obj)
+        vec![WebhookEntry {
+            namespace: ns,
+            object: obj,
+            path: "/inject".into(),
+        }]
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook.yaml");
     let Ok(text) = std::fs::read_to_string(&path) else {
@@ -196,11 +209,26 @@ pub fn webhook_selectors() -> (LabelSelector, LabelSelector) {
         if v.get("kind").and_then(Value::as_str) != Some("MutatingWebhookConfiguration") {
             continue;
         }
-        let hook = &v["webhooks"][0];
-        let ns = hook.get("namespaceSelector").map(LabelSelector::from_value);
-        let obj = hook.get("objectSelector").map(LabelSelector::from_value);
-        if let (Some(Ok(ns)), Some(Ok(obj))) = (ns, obj) {
-            return (ns, obj);
+        let entries: Vec<WebhookEntry> = v["webhooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|hook| {
+                let ns = hook.get("namespaceSelector").map(LabelSelector::from_value);
+                let obj = hook.get("objectSelector").map(LabelSelector::from_value);
+                let path = hook.pointer("/clientConfig/service/path")?.as_str()?;
+                match (ns, obj) {
+                    (Some(Ok(namespace)), Some(Ok(object))) => Some(WebhookEntry {
+                        namespace,
+                        object,
+                        path: path.to_string(),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect();
+        if !entries.is_empty() {
+            return entries;
         }
     }
     builtin()
@@ -383,7 +411,7 @@ impl Lab {
                     .map(|h| h.proc.log_tail(15))
                     .unwrap_or_else(|| "(the control plane is not running)".into());
                 bail!(
-                    "ConfigMap(s) {missing:?} still missing in namespace {ns} after {:?} (the mesh CA publishes {CA_ROOT_CONFIGMAP} to namespaces labelled istio-injection=enabled); webhook log:\n{hook}",
+                    "ConfigMap(s) {missing:?} still missing in namespace {ns} after {:?} (the mesh CA publishes {CA_ROOT_CONFIGMAP} to the namespaces a webhook entry may inject: labelled istio-injection=enabled or istio.io/rev, or unlabelled); webhook log:\n{hook}",
                     self.opts.timeout
                 );
             }
@@ -653,21 +681,25 @@ impl Lab {
         self.ensure_namespace(ns)?;
         let ns_labels = self.namespaces[ns].labels.clone();
         let pod_labels = labels_of(&obj, "/metadata/labels");
-        let reviewed =
-            self.selectors.0.matches(&ns_labels) && self.selectors.1.matches(&pod_labels);
+        let entry = self
+            .selectors
+            .iter()
+            .find(|e| e.namespace.matches(&ns_labels) && e.object.matches(&pod_labels))
+            .map(|e| e.path.clone());
+        let reviewed = entry.is_some();
         let shown_name = obj
             .pointer("/metadata/name")
             .or_else(|| obj.pointer("/metadata/generateName"))
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_string();
-        if reviewed {
+        if let Some(path) = entry {
             self.ensure_control_plane()?;
             let hook = self
                 .webhook
                 .as_ref()
                 .ok_or_else(|| anyhow!("webhook not running"))?;
-            let adm = self.rt.block_on(hook.admit(ns, &obj))?;
+            let adm = self.rt.block_on(hook.admit_at(ns, &obj, &path))?;
             if !adm.allowed {
                 bail!("the webhook denied pod {ns}/{shown_name}: {}", adm.message);
             }

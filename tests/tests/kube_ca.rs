@@ -383,11 +383,28 @@ async fn issues_the_token_identity_and_refuses_everything_else() {
     );
     let mut ca = CaProc::start(&api);
 
-    // The root is generated, stored, and published to both meshed namespaces.
+    // The root is generated, stored, and published to every namespace a revision's webhook
+    // entry may inject: labelled istio-injection=enabled (default, other), labelled with a
+    // revision (canary), unlabelled (plain: a pod may opt in); not to off
+    // (istio-injection=disabled) nor to kube-system.
+    let (canary, plain) = (
+        "/api/v1/namespaces/canary/configmaps",
+        "/api/v1/namespaces/plain/configmaps",
+    );
     ca.wait_for("root publication", || {
-        !posts_to(&api, DEFAULT_CMS).is_empty() && !puts_to(&api, OTHER_CM).is_empty()
+        !posts_to(&api, DEFAULT_CMS).is_empty()
+            && !puts_to(&api, OTHER_CM).is_empty()
+            && !posts_to(&api, canary).is_empty()
+            && !posts_to(&api, plain).is_empty()
     })
     .await;
+    for never in ["/api/v1/namespaces/off/", "/api/v1/namespaces/kube-system/"] {
+        assert!(
+            !api.requests().iter().any(|s| s.path().starts_with(never)),
+            "{never}: {:?}",
+            api.requests()
+        );
+    }
     let stored = posts_to(&api, SECRETS);
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["metadata"]["name"], "remora-ca");
@@ -400,6 +417,10 @@ async fn issues_the_token_identity_and_refuses_everything_else() {
     let replaced = &puts_to(&api, OTHER_CM)[0];
     assert_eq!(replaced["metadata"]["resourceVersion"], "4711");
     assert_eq!(replaced["data"]["root-cert.pem"], root.as_str());
+    assert_eq!(
+        posts_to(&api, canary)[0]["data"]["root-cert.pem"],
+        root.as_str()
+    );
 
     // A client trusting only the published root.
     let mut client = ca.client(&root).await;

@@ -111,12 +111,15 @@ fn secret_body(m: &Material, rv: &str) -> Value {
     })
 }
 
-/// The recorded MutatingWebhookConfiguration with `bundle` already in its webhook.
+/// The recorded MutatingWebhookConfiguration with `bundle` already in its webhooks (the four
+/// entries of the shipped default revision).
 fn mwc_with_bundle(bundle: &[u8]) -> Value {
     let text = std::fs::read_to_string(fixture("webhook-config.json")).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut body = doc["exchanges"][0]["body"].clone();
-    body["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(bundle));
+    for w in body["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"]["caBundle"] = json!(b64(bundle));
+    }
     body
 }
 
@@ -220,7 +223,7 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         .await
         .unwrap();
     assert_eq!(r.settled, Settled::Created);
-    assert_eq!(r.bundle, Ok(1));
+    assert_eq!(r.bundle, Ok(4), "the four entries");
     // Both of its webhooks: rules ConfigMaps and Istio objects.
     assert_eq!(r.validating_bundle, Ok(Some(2)));
     assert_eq!(
@@ -251,13 +254,30 @@ async fn first_start_creates_the_secret_and_patches_the_ca_bundle() {
         Some("application/json-patch+json")
     );
     let body = patch.body.clone().unwrap();
+    // Every entry of the configuration, each after a test of its name.
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["op"] == "test")
+        .map(|op| op["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "rev.namespace.sidecar-injector.remora.dev",
+            "rev.object.sidecar-injector.remora.dev",
+            "namespace.sidecar-injector.remora.dev",
+            "object.sidecar-injector.remora.dev"
+        ]
+    );
     assert_eq!(
         body[0],
-        json!({"op": "test", "path": "/webhooks/0/name", "value": "sidecar-injector.remora.dev"})
+        json!({"op": "test", "path": "/webhooks/0/name", "value": "rev.namespace.sidecar-injector.remora.dev"})
     );
     assert_eq!(
         patched_bundles(&body),
-        vec![stored.ca_crt.as_bytes().to_vec()]
+        vec![stored.ca_crt.as_bytes().to_vec(); 4]
     );
     // The ValidatingWebhookConfiguration gets the same bundle, by the same kind of patch.
     let vpatch = seen
@@ -383,7 +403,7 @@ async fn a_lost_create_race_serves_the_winners_certificate() {
     let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
     assert_eq!(
         patched_bundles(&patch),
-        vec![winner.ca_crt.as_bytes().to_vec()],
+        vec![winner.ca_crt.as_bytes().to_vec(); 4],
         "the bundle is the winner's CA, not ours"
     );
 }
@@ -546,7 +566,7 @@ async fn a_ca_near_expiry_is_rotated_and_the_bundle_keeps_the_old_ca() {
     let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
     assert_eq!(
         patched_bundles(&patch),
-        vec![written.ca_crt.as_bytes().to_vec()]
+        vec![written.ca_crt.as_bytes().to_vec(); 4]
     );
     let new_leaf = first_cert(&written.tls_crt);
     issue::verify_chain(&new_leaf, &[], &bundle[0], SERVER_NAME, t0()).unwrap();
@@ -588,7 +608,7 @@ async fn a_garbage_secret_is_replaced_keeping_its_metadata() {
         reason.contains("Secret unusable (key ca.crt missing)"),
         "{reason}"
     );
-    assert_eq!(r.bundle, Ok(1));
+    assert_eq!(r.bundle, Ok(4));
     let seen = api.requests();
     let put = only(&seen, "PUT")[0].body.clone().unwrap();
     assert_eq!(put["metadata"]["resourceVersion"], "900");
@@ -598,7 +618,7 @@ async fn a_garbage_secret_is_replaced_keeping_its_metadata() {
     let patch = only(&seen, "PATCH")[0].body.clone().unwrap();
     assert_eq!(
         patched_bundles(&patch),
-        vec![written.ca_crt.as_bytes().to_vec()]
+        vec![written.ca_crt.as_bytes().to_vec(); 4]
     );
 }
 
@@ -955,7 +975,7 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         "{text}"
     );
     assert!(
-        text.contains("caBundle updated on 1 webhook(s) of MutatingWebhookConfiguration remora-sidecar-injector"),
+        text.contains("caBundle updated on 4 webhook(s) of MutatingWebhookConfiguration remora-sidecar-injector"),
         "{text}"
     );
     assert!(

@@ -105,7 +105,8 @@ async fn check_inject_injected_pod_and_the_pod_that_predates_the_label() {
         "{}",
         r.all()
     );
-    let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+    let wh =
+        r.line("webhook remora-sidecar-injector/namespace.sidecar-injector.remora.dev [remora]:");
     assert!(wh.contains(": INJECTED: called"), "{wh}");
     assert!(wh.contains("istio-injection In [enabled]"), "{wh}");
     assert!(wh.contains("default policy (enabled)"), "{wh}");
@@ -155,8 +156,27 @@ async fn check_inject_deployment_lists_its_pods_and_json_output() {
     let c = &v[0];
     assert_eq!(c["object"], "Deployment/web");
     assert_eq!(c["verdict"], "INJECTED");
-    assert_eq!(c["webhooks"].as_array().map(Vec::len), Some(1), "{v:#}");
-    assert_eq!(c["webhooks"][0]["remora"], true);
+    // The default revision's four entries (Istio's layout); only the namespace entry is called.
+    assert_eq!(c["webhooks"].as_array().map(Vec::len), Some(4), "{v:#}");
+    assert!(
+        c["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["remora"] == true && w["revision"] == "default"),
+        "{v:#}"
+    );
+    let called: Vec<&Value> = c["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["verdict"] != "NOT_CALLED")
+        .collect();
+    assert_eq!(called.len(), 1, "{v:#}");
+    assert_eq!(
+        called[0]["webhook"],
+        "namespace.sidecar-injector.remora.dev"
+    );
     let running: Vec<(String, bool)> = c["running"]
         .as_array()
         .expect("running pods")
@@ -198,7 +218,7 @@ async fn check_inject_not_injected_for_each_reason() {
         (
             &["-n", "shop", "deploy/batch"],
             "NOT INJECTED",
-            "NOT CALLED: objectSelector: pod label sidecar.istio.io/inject=false does not satisfy sidecar.istio.io/inject NotIn [false]",
+            "NOT CALLED: objectSelector: pod: sidecar.istio.io/inject=false does not satisfy sidecar.istio.io/inject NotIn [false]",
         ),
         (
             &["-n", "shop", "report-7f6c"],
@@ -208,12 +228,12 @@ async fn check_inject_not_injected_for_each_reason() {
         (
             &["-n", "shop", "pod", "node-agent-9xk2p"],
             "NOT INJECTED",
-            "injector skips: pod uses hostNetwork: true",
+            "injector (revision default) skips: pod uses hostNetwork: true",
         ),
         (
             &["-n", "legacy", "pod", "app-2"],
             "NOT INJECTED",
-            "injector skips: namespace legacy is a system namespace, never injected",
+            "injector (revision default) skips: namespace legacy is a system namespace, never injected",
         ),
         (
             &["-n", "shop", "pod", "ports-1"],
@@ -232,10 +252,20 @@ async fn check_inject_not_injected_for_each_reason() {
             "{args:?}: want {verdict}\n{}",
             r.all()
         );
-        let wh = r.line("webhook remora-sidecar-injector/sidecar-injector.remora.dev [remora]:");
+        let wh = r.line(
+            "webhook remora-sidecar-injector/namespace.sidecar-injector.remora.dev [remora]:",
+        );
         assert!(wh.contains(why), "{args:?}: want {why:?}\n{}", r.all());
     }
     // The annotation case names the annotation.
+    // No entry called at all: said once in the summary.
+    let r = remora(&api, &["check-inject", "-n", "plain", "pod", "app-1"]).await;
+    assert!(
+        r.stdout
+            .starts_with("Pod/app-1 in namespace plain: NOT INJECTED (none of remora's 4 webhook entries is called for it)"),
+        "{}",
+        r.all()
+    );
     let r = remora(&api, &["check-inject", "-n", "shop", "report-7f6c"]).await;
     assert!(
         r.stdout
@@ -380,6 +410,120 @@ async fn check_inject_errors_are_one_clear_line() {
         err.starts_with("remora: ") && err.trim().lines().count() == 1,
         "{err}"
     );
+}
+
+/// Two revisions and Istio's own injector in one cluster (fixture
+/// `check-inject-revisions.json`): each revision's entries are evaluated with that revision's
+/// injector config, and a pod Istio's injector (called first) injects is left alone by remora.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_inject_with_revisions_next_to_istio() {
+    let api = api_with("check-inject-revisions.json").await;
+    // canary is labelled istio.io/rev=b: revision b's entry, b's injector and config.
+    let r = remora(&api, &["check-inject", "-n", "canary", "pod", "web-2"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.starts_with("Pod/web-2 in namespace canary: INJECTED (remora-sidecar-injector-b/rev.namespace.sidecar-injector.remora.dev injects it)"),
+        "{}",
+        r.all()
+    );
+    let wh = r.line(
+        "webhook remora-sidecar-injector-b/rev.namespace.sidecar-injector.remora.dev [remora]:",
+    );
+    assert!(
+        wh.contains("istio.io/rev In [b]") && wh.contains("injector (revision b):"),
+        "{wh}"
+    );
+    assert!(
+        r.stdout
+            .contains("note: injector config from ConfigMap remora-system/remora-injector-b"),
+        "{}",
+        r.all()
+    );
+    // Istio's entries for its default revision are not called for istio.io/rev=b.
+    let istio = r.line("webhook istio-sidecar-injector/rev.namespace.sidecar-injector.istio.io:");
+    assert!(istio.contains(": NOT CALLED: namespaceSelector: namespace canary: istio.io/rev=b does not satisfy istio.io/rev In [default]"), "{istio}");
+    assert!(
+        r.line("pod web-2:").contains("running pod is injected"),
+        "{}",
+        r.all()
+    );
+
+    // shop is labelled istio-injection=enabled, which Istio's injector selects too and is called
+    // first: remora's default revision leaves the pod it injects alone.
+    let r = remora(&api, &["check-inject", "-n", "shop", "pod", "web-1"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.starts_with("Pod/web-1 in namespace shop: NOT INJECTED (remora-sidecar-injector/namespace.sidecar-injector.remora.dev is called and does not inject it)"),
+        "{}",
+        r.all()
+    );
+    let lines: Vec<&str> = r
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("webhook "))
+        .collect();
+    assert!(
+        lines[0].starts_with("webhook istio-sidecar-injector/"),
+        "in the API server's order: {lines:?}"
+    );
+    let wh =
+        r.line("webhook remora-sidecar-injector/namespace.sidecar-injector.remora.dev [remora]:");
+    assert!(
+        wh.contains(": NOT INJECTED: called")
+            && wh.contains("but Istio's webhook istio-sidecar-injector/namespace.sidecar-injector.istio.io is called first")
+            && wh.contains("namespace shop is not moved to remora"),
+        "{wh}"
+    );
+    assert!(
+        r.line("pod web-1:").contains("not injected, as expected"),
+        "{}",
+        r.all()
+    );
+
+    // plain is unlabelled; the pod opts in with sidecar.istio.io/inject=true: Istio's object
+    // entry and remora's default revision's object entry are both called, Istio's first.
+    let r = remora(
+        &api,
+        &[
+            "check-inject",
+            "-n",
+            "plain",
+            "pod",
+            "opted-1",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: Value = serde_json::from_str(&r.stdout).expect("JSON output");
+    let hooks = v[0]["webhooks"].as_array().expect("webhooks");
+    let called: Vec<(String, String)> = hooks
+        .iter()
+        .filter(|w| w["verdict"] != "NOT_CALLED")
+        .map(|w| {
+            (
+                w["webhook"].as_str().unwrap_or("").to_string(),
+                w["verdict"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        called,
+        [
+            (
+                "object.sidecar-injector.istio.io".to_string(),
+                "CALLED".to_string()
+            ),
+            (
+                "object.sidecar-injector.remora.dev".to_string(),
+                "NOT_INJECTED".to_string()
+            )
+        ],
+        "{v:#}"
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
 
 // ---------------------------------------------------------------- proxy-status

@@ -280,7 +280,8 @@ fn read_as_proxy(path: &str) -> String {
 
 /// Workload identity runs as a cluster install runs it: the lab's control plane (the webhook
 /// with its mesh CA on the node) stores its root in Secret remora-system/remora-ca through the
-/// lab's API and publishes it to the meshed namespace; the kubelet stand-in mounts that root
+/// lab's API and publishes it to the namespaces a webhook entry may inject (not to one labelled
+/// istio-injection=disabled); the kubelet stand-in mounts that root
 /// and writes the projected token, both readable by the proxy's uid; the proxy resolves the
 /// injected CA address, gets its token reviewed and holds a certificate for its service
 /// account; the app answers.
@@ -288,6 +289,10 @@ fn read_as_proxy(path: &str) -> String {
 fn injected_identity_gets_a_certificate_from_the_labs_ca() {
     let mut lab = Lab::start(LabOptions::default()).expect("lab starts");
     lab.create_namespace("shop", &[("istio-injection", "enabled")])
+        .unwrap();
+    // Before the webhook (and its CA) starts: its first publication pass sees both.
+    lab.create_namespace("plain", &[]).unwrap();
+    lab.create_namespace("off", &[("istio-injection", "disabled")])
         .unwrap();
     lab.apply(IDENTITY_POD, "shop")
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs(20)));
@@ -337,11 +342,21 @@ fn injected_identity_gets_a_certificate_from_the_labs_ca() {
         .object("configmaps", "shop", "remora-ca-root-cert")
         .expect("the CA published the root to the namespace");
     assert_eq!(cm["data"]["root-cert.pem"].as_str(), Some(root.as_str()));
+    // An unlabelled namespace gets it too (a pod there may opt in with its own labels), one
+    // labelled istio-injection=disabled does not.
+    assert_eq!(
+        lab.api()
+            .object("configmaps", "plain", "remora-ca-root-cert")
+            .expect("the CA published the root to the unlabelled namespace")["data"]
+            ["root-cert.pem"]
+            .as_str(),
+        Some(root.as_str())
+    );
     assert!(
         lab.api()
-            .object("configmaps", "default", "remora-ca-root-cert")
+            .object("configmaps", "off", "remora-ca-root-cert")
             .is_none(),
-        "only meshed namespaces get the root"
+        "a namespace labelled istio-injection=disabled gets no root"
     );
 
     // The projected token: a JWT for the CA's audience, bound to the pod, 12 h.

@@ -13,9 +13,96 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::decide::{namespace_selected, string_map};
-use crate::inject::{inject_pod, Outcome};
+use crate::decide::string_map;
+use crate::inject::{inject_pod_as, Outcome};
+use crate::selectors::{check_revision, select, Entry, Selection, Source, DEFAULT_REVISION};
 use crate::workload::{describe, pod_from_template, template_pointer};
+
+/// What the offline commands know of the cluster: the installed revisions' injectors and, when
+/// given (`--namespace-labels`), the namespace's labels. With them the webhook entries' selectors
+/// decide which revision's injector is called (`selectors::select`), as the API server does.
+#[derive(Clone, Debug)]
+pub struct Offline {
+    /// One injector config per installed revision (`--revision`), in the order given.
+    pub injectors: Vec<Config>,
+    /// The namespace's labels; `None`: not given, the first revision is assumed to be called.
+    pub ns_labels: Option<BTreeMap<String, String>>,
+}
+
+impl Offline {
+    /// `cfg` for each of `revisions` (none given: the config's own revision, `default` unless
+    /// the file names one). A revision name that is not valid, or a config file naming another
+    /// revision, is an error naming the flag or field.
+    pub fn new(
+        cfg: &Config,
+        revisions: &[String],
+        ns_labels: Option<BTreeMap<String, String>>,
+    ) -> anyhow::Result<Offline> {
+        let own = [cfg.revision().to_string()];
+        let revisions = if revisions.is_empty() {
+            &own[..]
+        } else {
+            revisions
+        };
+        let mut injectors: Vec<Config> = Vec::new();
+        for r in revisions {
+            check_revision(r).map_err(|why| anyhow!("--revision {r:?}: {why}"))?;
+            if injectors.iter().any(|c| c.revision() == r) {
+                bail!("--revision {r:?}: given twice");
+            }
+            injectors.push(cfg.clone().with_revision(r)?);
+        }
+        Ok(Offline {
+            injectors,
+            ns_labels,
+        })
+    }
+
+    /// One revision's injector, the namespace labels not known (what `inject_docs` assumes).
+    pub fn assumed(cfg: &Config) -> Offline {
+        Offline {
+            injectors: vec![cfg.clone()],
+            ns_labels: None,
+        }
+    }
+
+    fn revisions(&self) -> Vec<String> {
+        self.injectors
+            .iter()
+            .map(|c| c.revision().to_string())
+            .collect()
+    }
+
+    /// The entry called for a pod labelled `pod_labels` in `namespace`, and the injector of its
+    /// revision; or why no entry is called.
+    pub fn selection(
+        &self,
+        namespace: &str,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> Result<(Selection, &Config), String> {
+        let sel = match &self.ns_labels {
+            Some(l) => select(namespace, l, pod_labels, &self.revisions())?,
+            None => {
+                let Some(first) = self.injectors.first() else {
+                    return Err("no revision installed".into());
+                };
+                let rev = first.revision();
+                let entry = if rev == DEFAULT_REVISION {
+                    Entry::Namespace
+                } else {
+                    Entry::RevNamespace
+                };
+                Selection::new(rev, entry, Source::Assumed)
+            }
+        };
+        let cfg = self
+            .injectors
+            .iter()
+            .find(|c| c.revision() == sel.revision)
+            .ok_or_else(|| format!("revision {} is not installed", sel.revision))?;
+        Ok((sel, cfg))
+    }
+}
 
 /// Reads `-f FILE` (or stdin for `-`).
 pub fn read_input(file: &str) -> anyhow::Result<String> {
@@ -40,17 +127,23 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
-/// `inject -f FILE [--config FILE] [-n NAMESPACE]`: prints the injected documents as YAML.
-/// Skipped pods are said on stderr; a denied one is an `error:` line on stderr, nothing is
-/// printed and the exit code is 1. `namespace` is for objects that name none.
+/// `inject -f FILE [--config FILE] [-n NAMESPACE] [--revision R]... [--namespace-labels
+/// k=v,...]`: prints the injected documents as YAML. Skipped pods (and pods no webhook entry is
+/// called for, when the namespace labels are given) are said on stderr; a denied one is an
+/// `error:` line on stderr, nothing is printed and the exit code is 1. `namespace` is for
+/// objects that name none.
 pub fn inject_command(
     file: &str,
     config: Option<&Path>,
     namespace: &str,
+    revisions: &[String],
+    namespace_labels: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = load_config(config)?;
+    let labels = namespace_labels.map(parse_labels).transpose()?;
+    let offline = Offline::new(&cfg, revisions, labels)?;
     let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
-    let (docs, reports) = inject_docs(docs, namespace, &cfg);
+    let (docs, reports) = inject_docs_with(docs, namespace, &offline);
     let mut denied = false;
     for r in &reports {
         match r.decision {
@@ -69,18 +162,20 @@ pub fn inject_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `check-inject -f FILE [--namespace-labels k=v,...] [--config FILE] [-n NAMESPACE]`: prints
-/// [`check_inject`]'s paragraphs.
+/// `check-inject -f FILE [--namespace-labels k=v,...] [--config FILE] [-n NAMESPACE]
+/// [--revision R]...`: prints [`check_inject`]'s paragraphs.
 pub fn check_inject_command(
     file: &str,
     namespace_labels: Option<&str>,
     config: Option<&Path>,
     namespace: &str,
+    revisions: &[String],
 ) -> anyhow::Result<ExitCode> {
     let cfg = load_config(config)?;
     let labels = namespace_labels.map(parse_labels).transpose()?;
+    let offline = Offline::new(&cfg, revisions, labels)?;
     let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
-    print!("{}", check_inject(&docs, namespace, labels.as_ref(), &cfg));
+    print!("{}", check_inject(&docs, namespace, &offline));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,8 +227,17 @@ fn namespace_of(doc: &Value, default_ns: &str) -> String {
         .to_string()
 }
 
+/// The labels of the pod a document makes (its pod template's, or its own for a Pod).
+fn pod_labels_of(doc: &Value, ptr: &str) -> BTreeMap<String, String> {
+    if ptr.is_empty() {
+        string_map(doc.pointer("/metadata/labels"))
+    } else {
+        string_map(doc.pointer(&format!("{ptr}/metadata/labels")))
+    }
+}
+
 /// Injects one document in place (Lists recursively); other kinds are left unchanged.
-fn inject_doc(doc: &mut Value, default_ns: &str, cfg: &Config, reports: &mut Vec<DocReport>) {
+fn inject_doc(doc: &mut Value, default_ns: &str, offline: &Offline, reports: &mut Vec<DocReport>) {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
@@ -142,7 +246,7 @@ fn inject_doc(doc: &mut Value, default_ns: &str, cfg: &Config, reports: &mut Vec
     if kind == "List" || kind.ends_with("List") {
         if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
             for item in items {
-                inject_doc(item, default_ns, cfg, reports);
+                inject_doc(item, default_ns, offline, reports);
             }
         }
         return;
@@ -168,7 +272,10 @@ fn inject_doc(doc: &mut Value, default_ns: &str, cfg: &Config, reports: &mut Vec
             }
         }
     };
-    let outcome = inject_pod(&pod, &ns, cfg);
+    let outcome = match offline.selection(&ns, &pod_labels_of(doc, ptr)) {
+        Ok((sel, cfg)) => inject_pod_as(&pod, &ns, cfg, &sel),
+        Err(why) => Outcome::Skipped(why),
+    };
     reports.push(DocReport {
         what,
         namespace: ns,
@@ -194,15 +301,26 @@ fn inject_doc(doc: &mut Value, default_ns: &str, cfg: &Config, reports: &mut Vec
     }
 }
 
-/// Injects every pod-bearing document; returns the documents and one report per pod template.
+/// Injects every pod-bearing document as `cfg`'s revision's injector, assumed called (the
+/// namespace labels not known); returns the documents and one report per pod template.
 pub fn inject_docs(
-    mut docs: Vec<Value>,
+    docs: Vec<Value>,
     default_ns: &str,
     cfg: &Config,
 ) -> (Vec<Value>, Vec<DocReport>) {
+    inject_docs_with(docs, default_ns, &Offline::assumed(cfg))
+}
+
+/// Injects every pod-bearing document as the webhook entry `offline` selects for it would;
+/// returns the documents and one report per pod template.
+pub fn inject_docs_with(
+    mut docs: Vec<Value>,
+    default_ns: &str,
+    offline: &Offline,
+) -> (Vec<Value>, Vec<DocReport>) {
     let mut reports = Vec::new();
     for d in docs.iter_mut() {
-        inject_doc(d, default_ns, cfg, &mut reports);
+        inject_doc(d, default_ns, offline, &mut reports);
     }
     (docs, reports)
 }
@@ -222,13 +340,9 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// `check-inject`: one paragraph per pod-bearing document saying what the webhook would do.
-pub fn check_inject(
-    docs: &[Value],
-    default_ns: &str,
-    ns_labels: Option<&BTreeMap<String, String>>,
-    cfg: &Config,
-) -> String {
+/// `check-inject`: one paragraph per pod-bearing document saying which webhook entry is called
+/// and what the injector of its revision does.
+pub fn check_inject(docs: &[Value], default_ns: &str, offline: &Offline) -> String {
     let mut out = String::new();
     let mut any = false;
     for doc in docs {
@@ -248,22 +362,15 @@ pub fn check_inject(
             any = true;
             let ns = namespace_of(d, default_ns);
             let what = describe(d);
-            let pod_labels = string_map(
-                d.pointer(&format!("{ptr}/metadata/labels"))
-                    .or_else(|| d.pointer("/metadata/labels")),
-            );
-            let selected = match ns_labels {
-                Some(l) => namespace_selected(l, &pod_labels),
-                None => Ok("namespace labels not given (--namespace-labels); assuming the webhook is called".into()),
-            };
-            match selected {
+            match offline.selection(&ns, &pod_labels_of(d, ptr)) {
                 Err(why) => {
                     out.push_str(&format!(
                         "{what} in namespace {ns}: NOT INJECTED\n  why: {why}\n"
                     ));
                 }
-                Ok(sel) => {
-                    let (_, reports) = inject_docs(vec![d.clone()], default_ns, cfg);
+                Ok((sel, _)) => {
+                    let sel = sel.why();
+                    let (_, reports) = inject_docs_with(vec![d.clone()], default_ns, offline);
                     for r in reports {
                         let verdict = match r.decision {
                             "injected" => "INJECTED",
@@ -338,25 +445,117 @@ spec:
         assert_eq!(parse_docs(&yaml).unwrap(), out);
     }
 
+    fn offline(revisions: &[&str], labels: &str) -> Offline {
+        let revs: Vec<String> = revisions.iter().map(|s| s.to_string()).collect();
+        Offline::new(
+            &Config::default(),
+            &revs,
+            Some(parse_labels(labels).unwrap()),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn check_inject_reports_namespace_and_decision() {
         let docs = parse_docs(MULTI).unwrap();
-        let labels = parse_labels("istio-injection=enabled").unwrap();
-        let text = check_inject(&docs, "default", Some(&labels), &Config::default());
+        let text = check_inject(&docs, "default", &offline(&[], "istio-injection=enabled"));
         assert!(
-            text.contains("CronJob/nightly in namespace default: INJECTED"),
+            text.contains("CronJob/nightly in namespace default: INJECTED\n  webhook: remora-sidecar-injector/namespace.sidecar-injector.remora.dev (revision default): namespace label istio-injection=enabled\n"),
             "{text}"
         );
         assert!(
             text.contains("Deployment/bad in namespace default: DENIED"),
             "{text}"
         );
-        let none = parse_labels("").unwrap();
-        let text = check_inject(&docs, "default", Some(&none), &Config::default());
+        let text = check_inject(&docs, "default", &offline(&[], ""));
         assert!(
-            text.contains("CronJob/nightly in namespace default: NOT INJECTED"),
+            text.contains("CronJob/nightly in namespace default: NOT INJECTED\n  why: the namespace has no istio-injection=enabled or istio.io/rev label"),
             "{text}"
         );
         assert!(parse_labels("novalue").is_err());
+    }
+
+    const OPTED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web, sidecar.istio.io/inject: "true"}
+    spec:
+      containers: [{name: web, image: nginx}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: canary-1, namespace: shop, labels: {istio.io/rev: b}}
+spec:
+  containers: [{name: web, image: nginx}]
+"#;
+
+    /// Istio's selectors offline: `istio.io/rev` on the namespace or the pod picks that
+    /// revision, a pod label `sidecar.istio.io/inject=true` opts a pod of an unlabelled
+    /// namespace into the default revision.
+    #[test]
+    fn check_inject_with_revisions_and_pod_opt_in() {
+        let docs = parse_docs(OPTED).unwrap();
+        let text = check_inject(&docs, "default", &offline(&["default", "b"], ""));
+        assert!(
+            text.contains("Deployment/web in namespace shop: INJECTED\n  webhook: remora-sidecar-injector/object.sidecar-injector.remora.dev (revision default): pod label sidecar.istio.io/inject=true"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Pod/canary-1 in namespace shop: INJECTED\n  webhook: remora-sidecar-injector-b/rev.object.sidecar-injector.remora.dev (revision b): pod label istio.io/rev=b"),
+            "{text}"
+        );
+        // Only b installed: the opted-in pod has no webhook.
+        let text = check_inject(&docs, "default", &offline(&["b"], ""));
+        assert!(
+            text.contains("Deployment/web in namespace shop: NOT INJECTED\n  why: pod label sidecar.istio.io/inject=true selects the default revision, which is not among the installed revisions (b)"),
+            "{text}"
+        );
+        // The namespace's istio.io/rev wins over the pod's.
+        let text = check_inject(
+            &docs,
+            "default",
+            &offline(&["default", "b"], "istio.io/rev=default"),
+        );
+        assert!(
+            text.contains("Pod/canary-1 in namespace shop: INJECTED\n  webhook: remora-sidecar-injector/rev.namespace.sidecar-injector.remora.dev (revision default): namespace label istio.io/rev=default"),
+            "{text}"
+        );
+        // The injector's status names the revision that injected.
+        let (out, reports) = inject_docs_with(docs, "default", &offline(&["default", "b"], ""));
+        assert_eq!(reports[1].decision, "injected");
+        let status: Value = serde_json::from_str(
+            out[1]["metadata"]["annotations"]["sidecar.istio.io/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["revision"], "b");
+    }
+
+    #[test]
+    fn offline_revisions_are_checked() {
+        let cfg = Config::default();
+        let e = Offline::new(&cfg, &["B".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--revision \"B\": must be lowercase"), "{e}");
+        let e = Offline::new(&cfg, &["b".into(), "b".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--revision \"b\": given twice");
+        let named = Config::from_yaml("revision: b\n").unwrap();
+        assert_eq!(Offline::new(&named, &[], None).unwrap().revisions(), ["b"]);
+        let e = Offline::new(&named, &["default".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config field revision: invalid value \"b\""),
+            "{e}"
+        );
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::selectors::{check_revision, DEFAULT_REVISION};
 use crate::values::{
     check_audience, check_host_port, check_trust_domain, parse_quantity, HOST_PORT_EXAMPLE,
     LOG_LEVELS,
@@ -134,8 +135,11 @@ pub struct Config {
     pub log_level: String,
     pub proxy: ContainerConfig,
     pub init: ContainerConfig,
-    /// Value of the `revision` field in `sidecar.istio.io/status`.
-    pub revision: String,
+    /// The injector's revision (its `--revision`, `REMORA_REVISION`): it injects only pods its
+    /// revision's webhook entries select, and writes it into `sidecar.istio.io/status`. In a file
+    /// it may be left out; if given it must equal the injector's (see [`Config::with_revision`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
 }
@@ -185,7 +189,7 @@ impl Default for Config {
                 image_pull_policy: default_pull_policy(),
                 resources: init_resources,
             },
-            revision: "default".to_string(),
+            revision: None,
             identity: IdentityConfig::default(),
         }
     }
@@ -242,6 +246,11 @@ impl Config {
         if self.rules_config_map.is_empty() || self.mesh_namespace.is_empty() {
             bail!("config fields rulesConfigMap and meshNamespace must not be empty");
         }
+        if let Some(r) = &self.revision {
+            check_revision(r).map_err(|why| {
+                anyhow::anyhow!("config field revision: invalid value {r:?}: {why}")
+            })?;
+        }
         let id = &self.identity;
         if let Some(a) = &id.ca_address {
             if a != OFF {
@@ -277,6 +286,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The injector's revision (`default` unless set).
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or(DEFAULT_REVISION)
+    }
+
+    /// Sets the injector's revision (`--revision`). A file that names another revision is an
+    /// error naming the field: its values were meant for another revision's injector.
+    pub fn with_revision(mut self, revision: &str) -> anyhow::Result<Config> {
+        check_revision(revision)
+            .map_err(|why| anyhow::anyhow!("--revision {revision:?}: {why}"))?;
+        if let Some(r) = self.revision.as_ref().filter(|r| *r != revision) {
+            bail!(
+                "config field revision: invalid value {r:?}: this injector is revision {revision:?} (--revision, REMORA_REVISION); leave the field out or set it to {revision:?}"
+            );
+        }
+        self.revision = Some(revision.to_string());
+        Ok(self)
     }
 
     /// The identity to inject, or `None` when identity injection is off (`identity.caAddress:
@@ -355,15 +383,19 @@ pub struct ConfigHandle {
     path: Option<PathBuf>,
     /// What fills the file's unset `identity` fields, at load and at every reload.
     identity: IdentityDefaults,
+    /// The injector's revision (`--revision`), checked against the file at every reload.
+    revision: String,
 }
 
 impl ConfigHandle {
     /// A handle with fixed contents (tests, CLI).
     pub fn fixed(cfg: Config) -> Self {
+        let revision = cfg.revision().to_string();
         ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: None,
             identity: IdentityDefaults::default(),
+            revision,
         }
     }
 
@@ -375,6 +407,16 @@ impl ConfigHandle {
     /// [`ConfigHandle::load`], with the file's unset `identity` fields taken from `identity`
     /// (`serve`'s CA flags), now and at every reload.
     pub fn load_with(path: &Path, identity: IdentityDefaults) -> anyhow::Result<Self> {
+        Self::load_for(path, identity, DEFAULT_REVISION)
+    }
+
+    /// [`ConfigHandle::load_with`] for the injector of `revision` (`--revision`): a file naming
+    /// another revision is refused, at start and at every reload.
+    pub fn load_for(
+        path: &Path,
+        identity: IdentityDefaults,
+        revision: &str,
+    ) -> anyhow::Result<Self> {
         let cfg = match Config::from_file(path)? {
             Some(cfg) => {
                 tracing::info!(path = %path.display(), "loaded injector config");
@@ -387,11 +429,13 @@ impl ConfigHandle {
         };
         let cfg = cfg
             .with_identity_defaults(&identity)
+            .and_then(|c| c.with_revision(revision))
             .with_context(|| format!("config file {}", path.display()))?;
         Ok(ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: Some(path.to_path_buf()),
             identity,
+            revision: revision.to_string(),
         })
     }
 
@@ -407,6 +451,7 @@ impl ConfigHandle {
         let read = Config::from_file(path).and_then(|new| {
             new.unwrap_or_default()
                 .with_identity_defaults(&self.identity)
+                .and_then(|c| c.with_revision(&self.revision))
                 .with_context(|| format!("config file {}", path.display()))
         });
         match read {
@@ -666,5 +711,59 @@ mod tests {
         std::fs::write(&path, "policy: enabled\n").unwrap();
         assert!(h.reload());
         assert_eq!(h.get().policy, Policy::Enabled);
+    }
+
+    #[test]
+    fn the_revision_is_the_injectors_and_a_file_may_only_agree() {
+        assert_eq!(Config::default().revision(), "default");
+        let c = Config::default().with_revision("canary").unwrap();
+        assert_eq!(c.revision(), "canary");
+        let c = Config::from_yaml("revision: canary\n").unwrap();
+        assert_eq!(
+            c.clone().with_revision("canary").unwrap().revision(),
+            "canary"
+        );
+        let e = c.with_revision("default").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config field revision: invalid value \"canary\": this injector is revision \"default\" (--revision, REMORA_REVISION); leave the field out or set it to \"default\""
+        );
+        let e = Config::from_yaml("revision: Canary\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("config field revision: invalid value \"Canary\""),
+            "{e:#}"
+        );
+        let e = Config::default()
+            .with_revision("a_b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--revision \"a_b\": must be lowercase"),
+            "{e}"
+        );
+
+        // serve: at start and at every reload.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "revision: b\n").unwrap();
+        let e = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains("this injector is revision \"a\""),
+            "{e:#}"
+        );
+        std::fs::write(&path, "policy: enabled\n").unwrap();
+        let h = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a").unwrap();
+        assert_eq!(h.get().revision(), "a");
+        std::fs::write(&path, "revision: b\npolicy: disabled\n").unwrap();
+        assert!(!h.reload());
+        assert_eq!(h.get().policy, Policy::Enabled);
+        std::fs::write(&path, "revision: a\npolicy: disabled\n").unwrap();
+        assert!(h.reload());
+        assert_eq!(
+            (h.get().revision(), h.get().policy),
+            ("a", Policy::Disabled)
+        );
     }
 }

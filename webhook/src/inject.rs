@@ -13,6 +13,7 @@ use crate::annotations::{
 use crate::config::Config;
 use crate::decide::{decide, string_map, Decision};
 use crate::probes::{self, PROBERS_ENV};
+use crate::selectors::Selection;
 use crate::template::{self, INIT_NAME, PROXY_NAME};
 
 pub use crate::annotations::OVERRIDES;
@@ -173,8 +174,16 @@ fn check_init_args(args: Vec<String>) -> Result<(), String> {
     verdict
 }
 
-/// Injects `pod` (raw JSON with `metadata` and `spec`) created in `namespace`.
+/// Injects `pod` (raw JSON with `metadata` and `spec`) created in `namespace`, as a webhook
+/// configuration from before revisions sends it (path `/inject`: the default revision's
+/// `namespace.` entry, see [`Selection::legacy`]).
 pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
+    inject_pod_as(pod, namespace, cfg, &Selection::legacy())
+}
+
+/// Injects `pod` (raw JSON with `metadata` and `spec`) created in `namespace`, sent by the
+/// webhook entry `sel` names.
+pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection) -> Outcome {
     if pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -184,7 +193,7 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
             "pod spec.containers is missing or empty: nothing to inject beside".into(),
         );
     }
-    let reason = match decide(pod, namespace, cfg) {
+    let reason = match decide(pod, namespace, cfg, sel) {
         Decision::Skip(r) => return Outcome::Skipped(r),
         Decision::Inject(r) => r,
     };
@@ -387,7 +396,7 @@ pub fn inject_pod(pod: &Value, namespace: &str, cfg: &Config) -> Outcome {
         .iter()
         .filter_map(|v| v.get("name").and_then(Value::as_str))
         .collect();
-    let status = template::status(&status_init, &status_containers, &vol_names, &cfg.revision);
+    let status = template::status(&status_init, &status_containers, &vol_names, cfg.revision());
     vols.extend(our_vols.iter().cloned());
 
     let app = containers

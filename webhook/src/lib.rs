@@ -6,6 +6,9 @@
 //! the thin I/O shells around it and share the same code path (the `remora` CLI's offline
 //! `inject`/`check-inject` call `cli` too). `validate_rules` answers the validating webhook for
 //! rules ConfigMaps (`POST /validate`) with `rules_lint`, the linter `remora analyze` runs.
+//! `selectors` is the one definition of the injector's webhook entries per revision (Istio's
+//! layout), evaluated with `label_selector` as the API server evaluates them; `manifest` renders
+//! another revision's install from the default revision's.
 
 #![forbid(unsafe_code)]
 
@@ -17,12 +20,15 @@ pub mod client;
 pub mod config;
 pub mod decide;
 pub mod inject;
+pub mod label_selector;
+pub mod manifest;
 pub mod metrics;
 pub mod patch;
 pub mod probes;
 pub mod review;
 pub mod rules_controller;
 pub mod rules_lint;
+pub mod selectors;
 pub mod server;
 pub mod template;
 pub mod tls;

@@ -1,6 +1,7 @@
-//! `remora-webhook`: the admission server (`serve`), and offline injection (`inject`,
-//! `check-inject`), kept for one release as aliases of `remora inject` and `remora check-inject
-//! -f` (the same library code, `remora_webhook::cli`).
+//! `remora-webhook`: the admission server (`serve`), a revision's install manifest
+//! (`manifest`), and offline injection (`inject`, `check-inject`), kept for one release as
+//! aliases of `remora inject` and `remora check-inject -f` (the same library code,
+//! `remora_webhook::cli`).
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,10 @@ enum Cmd {
         /// Injector config YAML (reloaded on change; built-in defaults when absent).
         #[arg(long, default_value = "/etc/remora/inject/config.yaml")]
         config: PathBuf,
+        /// This injector's revision: it injects only pods its revision's webhook entries send
+        /// (`/inject/rev/<revision>/<entry>`), and names it in `sidecar.istio.io/status`.
+        #[arg(long, env = "REMORA_REVISION", default_value = "default")]
+        revision: String,
         /// Longest wait for in-flight reviews on SIGTERM, in seconds.
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
@@ -62,6 +67,12 @@ enum Cmd {
         /// Namespace for objects that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
+        /// Labels of the namespace, `k=v,k2=v2`: pods no webhook entry selects are left alone.
+        #[arg(long)]
+        namespace_labels: Option<String>,
     },
     /// Say whether the webhook would inject each Pod or workload, and why.
     ///
@@ -76,6 +87,23 @@ enum Cmd {
         config: Option<PathBuf>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// An installed revision (repeat for several; default: the config's, else default).
+        #[arg(long = "revision")]
+        revisions: Vec<String>,
+    },
+    /// Print the install of a revision, rendered from the default revision's install.yaml:
+    /// the revision's own objects (Deployment, Services, webhook configurations, injector
+    /// config, RBAC for them) named `<name>-<revision>`, and the shared ones.
+    Manifest {
+        /// The default revision's install manifest (manifests/install.yaml), `-` for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// The revision to render.
+        #[arg(long)]
+        revision: String,
+        /// Only the revision's own objects (e.g. to delete a revision: `| kubectl delete -f -`).
+        #[arg(long)]
+        revision_only: bool,
     },
 }
 
@@ -458,12 +486,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             config,
+            revision,
             drain_seconds,
             limits,
             certs: cert_args,
             ca: ca_args,
             rules,
         } => {
+            remora_webhook::selectors::check_revision(&revision)
+                .map_err(|why| anyhow::anyhow!("--revision {revision:?}: {why}"))?;
             let limits = limits.limits()?;
             let rules_opts = rules.options(&cert_args.namespace)?;
             init_logging(true);
@@ -478,7 +509,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let cfg = config::ConfigHandle::load_with(&config, identity)?;
+                let cfg = config::ConfigHandle::load_for(&config, identity, &revision)?;
+                tracing::info!(revision = %revision,
+                    "injector revision {revision}: injecting pods sent by the entries of MutatingWebhookConfiguration {} (path /inject/rev/{revision}/<entry>); pods sent for another revision are not injected",
+                    remora_webhook::selectors::revision_name(remora_webhook::selectors::WEBHOOK_CONFIG, &revision));
                 match cfg.get().identity() {
                     Some(id) => tracing::info!(ca_address = %id.ca_address, audience = %id.audience,
                         trust_domain = %id.trust_domain,
@@ -556,15 +590,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
             config,
             namespace,
+            revisions,
+            namespace_labels,
         } => {
             init_logging(false);
-            cli::inject_command(&file, config.as_deref(), &namespace)
+            cli::inject_command(
+                &file,
+                config.as_deref(),
+                &namespace,
+                &revisions,
+                namespace_labels.as_deref(),
+            )
         }
         Cmd::CheckInject {
             file,
             namespace_labels,
             config,
             namespace,
+            revisions,
         } => {
             init_logging(false);
             cli::check_inject_command(
@@ -572,8 +615,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 namespace_labels.as_deref(),
                 config.as_deref(),
                 &namespace,
+                &revisions,
             )
         }
+        Cmd::Manifest {
+            file,
+            revision,
+            revision_only,
+        } => remora_webhook::manifest::manifest_command(&file, &revision, revision_only),
     }
 }
 

@@ -7,8 +7,9 @@ use kube::core::DynamicObject;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::inject::{inject_pod, Outcome};
+use crate::inject::{inject_pod_as, Outcome};
 use crate::patch;
+use crate::selectors::{Selection, INJECT_PATH};
 
 /// The default largest `POST /inject` body (`--max-body-bytes`). A pod review is the pod once
 /// (CREATE has no oldObject) plus about 1 KB of envelope: a typical Deployment pod makes a 3 KB
@@ -34,6 +35,11 @@ pub struct ReviewLog {
     /// injected, skipped, denied or error.
     pub decision: &'static str,
     pub reason: String,
+    /// The injector's revision.
+    pub revision: String,
+    /// Which webhook entry sent the pod, and what selects it (or why the request path names
+    /// none).
+    pub selection: String,
 }
 
 /// An HTTP answer: status code, JSON or text body, and the log record.
@@ -143,9 +149,24 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, (String, String)> {
     }
 }
 
-/// Answers one AdmissionReview body. Never panics; malformed input gets a 400 with one line.
+/// Answers one AdmissionReview body posted to `/inject` (see [`handle_at`]).
 pub fn handle(body: &[u8], cfg: &Config) -> Reply {
-    let mut log = ReviewLog::default();
+    handle_at(body, cfg, INJECT_PATH)
+}
+
+/// Answers one AdmissionReview body posted to `path`, which names the webhook entry that sent
+/// it (`/inject/rev/<revision>/<entry>`; `/inject` for a configuration from before revisions).
+/// Never panics; malformed input gets a 400 with one line.
+pub fn handle_at(body: &[u8], cfg: &Config, path: &str) -> Reply {
+    let mut log = ReviewLog {
+        revision: cfg.revision().to_string(),
+        ..ReviewLog::default()
+    };
+    let selection = Selection::from_path(path);
+    log.selection = match &selection {
+        Ok(s) => s.why(),
+        Err(e) => e.clone(),
+    };
     let Envelope {
         request: req,
         object,
@@ -205,7 +226,10 @@ pub fn handle(body: &[u8], cfg: &Config) -> Reply {
         log.reason = msg.clone();
         (resp.deny(msg), None)
     } else {
-        let outcome = inject_pod(&object, &log.namespace, cfg);
+        let outcome = match &selection {
+            Ok(sel) => inject_pod_as(&object, &log.namespace, cfg, sel),
+            Err(why) => Outcome::Skipped(format!("not injecting: {why}")),
+        };
         log.decision = outcome.decision();
         log.reason = outcome.reason().to_string();
         match outcome {
@@ -396,6 +420,127 @@ mod tests {
         assert!(
             msg.contains("traffic.sidecar.istio.io/excludeOutboundPorts") && msg.contains("bad"),
             "{msg}"
+        );
+    }
+
+    /// A pod Istio injected (Istio's status annotation, `istio-init` and `istio-proxy`).
+    fn istio_pod() -> Value {
+        let mut p = pod();
+        p["metadata"]["annotations"] = json!({"sidecar.istio.io/status": r#"{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["workload-socket","istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#});
+        p["spec"]["initContainers"] = json!([
+            {"name": "istio-init", "image": "docker.io/istio/proxyv2:1.28.0"},
+            {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0", "restartPolicy": "Always"}
+        ]);
+        p["spec"]["volumes"] = json!([{"name": "istio-envoy", "emptyDir": {}}]);
+        p
+    }
+
+    fn reply_at(v: &Value, cfg: &Config, path: &str) -> (Reply, Value) {
+        let r = handle_at(&serde_json::to_vec(v).unwrap(), cfg, path);
+        let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r, body)
+    }
+
+    #[test]
+    fn a_pod_istio_injected_is_left_alone_unless_the_namespace_moved() {
+        let p = istio_pod();
+        // Namespace labelled istio-injection=enabled (Istio's label too), default revision.
+        for path in [
+            "/inject/rev/default/namespace",
+            "/inject",
+            "/inject/rev/default/rev.namespace",
+        ] {
+            let (r, body) = reply_at(&review_for(&p, "u", "shop"), &Config::default(), path);
+            assert_eq!(r.status, 200);
+            assert_eq!(body["response"]["allowed"], true, "{path}");
+            assert!(body["response"].get("patch").is_none(), "{path}: {body}");
+            assert!(
+                body["response"].get("patchType").is_none(),
+                "{path}: {body}"
+            );
+            assert_eq!(r.log.decision, "skipped", "{path}");
+            assert_eq!(
+                r.log.reason,
+                "already injected by Istio (istio-proxy container, sidecar.istio.io/status annotation): left alone, namespace shop is not moved to remora (label it istio.io/rev=<a remora revision other than default> to move it)",
+                "{path}"
+            );
+            assert_eq!(r.log.revision, "default");
+        }
+        let (r, _) = reply_at(
+            &review_for(&p, "u", "shop"),
+            &Config::default(),
+            "/inject/rev/default/namespace",
+        );
+        assert_eq!(
+            r.log.selection,
+            "remora-sidecar-injector/namespace.sidecar-injector.remora.dev (revision default): namespace label istio-injection=enabled"
+        );
+        // The namespace moved to remora (istio.io/rev=b, b a remora revision): re-injected in
+        // place, Istio's containers and volumes replaced by ours.
+        let cfg = Config::default().with_revision("b").unwrap();
+        let (r, body) = reply_at(
+            &review_for(&p, "u", "shop"),
+            &cfg,
+            "/inject/rev/b/rev.namespace",
+        );
+        assert_eq!(r.log.decision, "injected", "{}", r.log.reason);
+        assert!(
+            r.log.reason.contains("its sidecar is replaced"),
+            "{}",
+            r.log.reason
+        );
+        let mut doc = p.clone();
+        json_patch::patch(&mut doc, &response_patch(&body).unwrap().unwrap()).unwrap();
+        let names = |list: &str| -> Vec<String> {
+            doc["spec"][list]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c["name"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(names("initContainers"), ["remora-proxy", "remora-init"]);
+        assert!(!names("volumes").contains(&"istio-envoy".to_string()));
+        let status: Value = serde_json::from_str(
+            doc["metadata"]["annotations"]["sidecar.istio.io/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["revision"], "b");
+    }
+
+    #[test]
+    fn an_injector_injects_only_for_its_revision_and_names_it() {
+        let b = Config::default().with_revision("b").unwrap();
+        // The default revision's entry calls revision b's Service: misconfigured, not injected.
+        let (r, body) = reply_at(
+            &review_for(&pod(), "u", "shop"),
+            &b,
+            "/inject/rev/default/namespace",
+        );
+        assert_eq!(r.log.decision, "skipped");
+        assert!(body["response"].get("patch").is_none());
+        assert!(r.log.reason.starts_with("sent by namespace.sidecar-injector.remora.dev of revision default, but this injector is revision b"), "{}", r.log.reason);
+        assert_eq!(r.log.revision, "b");
+        // Its own entry: injected, and the log says which entry and why.
+        let mut p = pod();
+        p["metadata"]["labels"] = json!({"istio.io/rev": "b"});
+        let (r, _) = reply_at(&review_for(&p, "u", "shop"), &b, "/inject/rev/b/rev.object");
+        assert_eq!(r.log.decision, "injected", "{}", r.log.reason);
+        assert_eq!(r.log.selection, "remora-sidecar-injector-b/rev.object.sidecar-injector.remora.dev (revision b): pod label istio.io/rev=b (the namespace has neither istio-injection nor istio.io/rev)");
+        // A path that names no entry: not injected, the log names the path.
+        let (r, body) = reply_at(&review_for(&pod(), "u", "shop"), &b, "/inject/rev/b");
+        assert_eq!((r.status, r.log.decision), (200, "skipped"));
+        assert_eq!(body["response"]["allowed"], true);
+        assert!(
+            r.log
+                .reason
+                .contains("request path \"/inject/rev/b\": no entry"),
+            "{}",
+            r.log.reason
         );
     }
 

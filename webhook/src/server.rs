@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -203,7 +203,9 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-async fn inject(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /inject` and `/inject/rev/<revision>/<entry>`: the path names the webhook entry that
+/// sent the pod (see `selectors`).
+async fn inject(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let start = Instant::now();
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
@@ -221,7 +223,7 @@ async fn inject(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
         }
     }
     let cfg = s.config.get();
-    let reply = review::handle(&body, &cfg);
+    let reply = review::handle_at(&body, &cfg, uri.path());
     let took = start.elapsed();
     crate::metrics::review(reply.log.decision, took.as_secs_f64());
     let l = &reply.log;
@@ -230,6 +232,7 @@ async fn inject(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
         tracing::warn!(uid = %l.uid, decision = l.decision, reason = %l.reason, duration_ms = ms, "review refused");
     } else {
         tracing::info!(uid = %l.uid, namespace = %l.namespace, pod = %l.pod, owner_kind = %l.owner_kind,
+            revision = %l.revision, selection = %l.selection,
             decision = l.decision, reason = %l.reason, duration_ms = ms, "review");
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

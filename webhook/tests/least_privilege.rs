@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use remora_webhook::config::Config;
-use remora_webhook::inject::{inject_pod, Outcome};
+use remora_webhook::inject::{inject_pod, inject_pod_as, Outcome};
+use remora_webhook::selectors::{Entry, Selection, Source};
 use remora_webhook::{cli, workload};
 use serde_json::{json, Value};
 
@@ -175,7 +176,10 @@ fn check_injected(input: &Value, out: &Value, cfg: &Config) -> Result<(), Vec<St
 #[test]
 fn every_injected_corpus_pod_is_least_privilege() {
     let dir = remora_corpus::require!("inject");
-    let cfg = Config::default();
+    // As the injector of revision canary in a namespace moved to remora (istio.io/rev=canary),
+    // so the corpus pod Istio already injected is re-injected too.
+    let cfg = Config::default().with_revision("canary").unwrap();
+    let moved = Selection::new("canary", Entry::RevNamespace, Source::Path);
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -187,7 +191,8 @@ fn every_injected_corpus_pod_is_least_privilege() {
         let name = input.file_name().unwrap().to_string_lossy().to_string();
         for (i, doc) in docs_in(input).iter().enumerate() {
             for (pod, ns) in pods_of(doc) {
-                let Outcome::Injected { pod: out, .. } = inject_pod(&pod, &ns, &cfg) else {
+                let Outcome::Injected { pod: out, .. } = inject_pod_as(&pod, &ns, &cfg, &moved)
+                else {
                     continue;
                 };
                 injected += 1;

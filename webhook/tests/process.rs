@@ -329,12 +329,9 @@ fn check_inject_cli_explains() {
         text.contains("StatefulSet/mongodb in namespace default: INJECTED"),
         "{text}"
     );
+    // Its pod label sidecar.istio.io/inject=false keeps it away from every entry.
     assert!(
-        text.contains("DaemonSet/node-logger in namespace default: NOT INJECTED (skipped)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("pod label sidecar.istio.io/inject=\"false\""),
+        text.contains("DaemonSet/node-logger in namespace default: NOT INJECTED\n  why: pod label sidecar.istio.io/inject=false: every entry's objectSelector excludes the pod"),
         "{text}"
     );
     let out = Command::new(BIN)
@@ -345,6 +342,46 @@ fn check_inject_cli_explains() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--namespace-labels"));
+    // Revisions: the namespace's istio.io/rev picks revision canary's entry, when installed.
+    let out = Command::new(BIN)
+        .args(["check-inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .args(["--namespace-labels", "istio.io/rev=canary"])
+        .args(["--revision", "default", "--revision", "canary"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("StatefulSet/mongodb in namespace default: INJECTED\n  webhook: remora-sidecar-injector-canary/rev.namespace.sidecar-injector.remora.dev (revision canary): namespace label istio.io/rev=canary"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["check-inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .args(["--namespace-labels", "istio.io/rev=canary"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("StatefulSet/mongodb in namespace default: NOT INJECTED\n  why: namespace label istio.io/rev=canary names no installed remora revision (installed: default)"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["check-inject", "-f"])
+        .arg(samples().join("kinds.yaml"))
+        .args(["--revision", "Canary"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "remora-webhook: --revision \"Canary\": must be lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. canary, 1-2-0)\n"
+    );
 }
 
 /// The proxy container of one review's patched pod.

@@ -79,9 +79,19 @@ async fn connect(r: &Running, c: &Certs) -> Client {
 
 /// Sends one pod in a review; returns the response review.
 async fn review_pod(client: &mut Client, pod: &Value, ns: &str) -> Value {
+    review_pod_at(client, pod, ns, "/inject").await
+}
+
+/// The shipped default revision's entry for namespaces labelled `istio-injection=enabled`.
+const NAMESPACE_ENTRY: &str = "/inject/rev/default/namespace";
+/// Revision canary's entry for namespaces labelled `istio.io/rev=canary`: moved to remora.
+const MOVED_ENTRY: &str = "/inject/rev/canary/rev.namespace";
+
+/// [`review_pod`] at `path` (which names the webhook entry that sends the pod).
+async fn review_pod_at(client: &mut Client, pod: &Value, ns: &str, path: &str) -> Value {
     let id = uid();
     let body = serde_json::to_vec(&review::review_for(pod, &id, ns)).unwrap();
-    let (status, body) = client.post("/inject", Bytes::from(body)).await.unwrap();
+    let (status, body) = client.post(path, Bytes::from(body)).await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["response"]["uid"], id.as_str());
@@ -222,8 +232,14 @@ fn apply(pod: &Value, resp: &Value, ctx: &str) -> Value {
 }
 
 /// Re-injecting an injected pod must change nothing.
-async fn assert_reinjection_is_noop(client: &mut Client, injected: &Value, ns: &str, ctx: &str) {
-    let again = review_pod(client, injected, ns).await;
+async fn assert_reinjection_is_noop(
+    client: &mut Client,
+    injected: &Value,
+    ns: &str,
+    path: &str,
+    ctx: &str,
+) {
+    let again = review_pod_at(client, injected, ns, path).await;
     assert_eq!(
         again["response"]["allowed"], true,
         "{ctx}: re-injection: {again}"
@@ -488,6 +504,7 @@ enum Expect {
 
 async fn check_doc(
     client: &mut Client,
+    path: &str,
     doc: &Value,
     expect: Expect,
     golden: Option<&Value>,
@@ -496,7 +513,7 @@ async fn check_doc(
     let mut n = 0;
     for (pod, ns) in pods_of(doc) {
         n += 1;
-        let resp = review_pod(client, &pod, &ns).await;
+        let resp = review_pod_at(client, &pod, &ns, path).await;
         let allowed = resp["response"]["allowed"].as_bool().unwrap();
         match expect {
             Expect::Denied => {
@@ -555,7 +572,7 @@ async fn check_doc(
                 // Any output of ours comes back unchanged (reinvocationPolicy: IfNeeded), also
                 // when its override record raises privileges: the containers in the spec
                 // already carry them.
-                assert_reinjection_is_noop(client, &injected, &ns, ctx).await;
+                assert_reinjection_is_noop(client, &injected, &ns, path, ctx).await;
                 if record_raises(&injected) {
                     RAISING_RECORDS.fetch_add(1, Ordering::Relaxed);
                 }
@@ -608,11 +625,14 @@ fn istio_expectation(input: &Value, golden: Option<&Value>) -> Expect {
     }
 }
 
+/// Istio's corpus through revision canary's injector in a namespace moved to remora
+/// (`istio.io/rev=canary`), so that its already injected input is re-injected as Istio does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_corpus_over_https() {
     let dir = remora_corpus::require!("inject");
     let c = certs();
-    let server = start(&c, ConfigHandle::fixed(Config::default())).await;
+    let canary = Config::default().with_revision("canary").unwrap();
+    let server = start(&c, ConfigHandle::fixed(canary)).await;
     let mut client = connect(&server, &c).await;
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -630,7 +650,7 @@ async fn istio_corpus_over_https() {
             let golden = goldens.as_ref().and_then(|g| g.get(i));
             let expect = istio_expectation(doc, golden);
             let ctx = format!("{name} doc {i} ({expect:?})");
-            let n = check_doc(&mut client, doc, expect, golden, &ctx).await;
+            let n = check_doc(&mut client, MOVED_ENTRY, doc, expect, golden, &ctx).await;
             *counts
                 .entry(match expect {
                     Expect::Injected => "injected",
@@ -652,6 +672,53 @@ async fn istio_corpus_over_https() {
         RAISING_RECORDS.load(Ordering::Relaxed) >= 1,
         "no corpus pod with a privilege-raising override record was re-injected"
     );
+    server.shutdown().await;
+}
+
+/// A pod Istio injected (the corpus's `merge-probers.yaml`) sent by the default revision's
+/// entries, whose labels Istio's own injector selects too: left alone, no patch. Sent for a
+/// namespace moved to remora: re-injected, Istio's sidecar replaced by ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_istio_injected_is_left_alone_unless_moved() {
+    let dir = remora_corpus::require!("inject");
+    let doc = docs_in(&dir.join("merge-probers.yaml")).remove(0);
+    let (pod, ns) = pods_of(&doc).remove(0);
+    assert!(
+        has_istio_sidecar(&pod),
+        "the input carries Istio's injection"
+    );
+    let c = certs();
+    let server = start(&c, ConfigHandle::fixed(Config::default())).await;
+    let mut client = connect(&server, &c).await;
+    for path in [
+        "/inject",
+        NAMESPACE_ENTRY,
+        "/inject/rev/default/rev.namespace",
+        "/inject/rev/default/object",
+    ] {
+        let mut p = pod.clone();
+        if path.ends_with("/object") {
+            p["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true");
+        }
+        let resp = review_pod_at(&mut client, &p, &ns, path).await;
+        assert_eq!(resp["response"]["allowed"], true, "{path}: {resp}");
+        assert!(resp["response"].get("patch").is_none(), "{path}: {resp}");
+    }
+    server.shutdown().await;
+
+    let canary = Config::default().with_revision("canary").unwrap();
+    let server = start(&c, ConfigHandle::fixed(canary)).await;
+    let mut client = connect(&server, &c).await;
+    let resp = review_pod_at(&mut client, &pod, &ns, MOVED_ENTRY).await;
+    let out = apply(&pod, &resp, "moved");
+    assert!(!has_istio_sidecar(&out), "Istio's sidecar replaced");
+    assert!(
+        container(&out, "containers", "remora-proxy").is_some()
+            || container(&out, "initContainers", "remora-proxy").is_some()
+    );
+    // Revision default's entry at revision canary's injector: not its revision, left alone.
+    let resp = review_pod_at(&mut client, &pod, &ns, NAMESPACE_ENTRY).await;
+    assert!(resp["response"].get("patch").is_none(), "{resp}");
     server.shutdown().await;
 }
 
@@ -684,7 +751,7 @@ async fn bookinfo_samples_over_https() {
                 other => panic!("unknown expectation {other}"),
             };
             let ctx = format!("{} doc {i} ({expect:?})", f.display());
-            seen += check_doc(&mut client, doc, expect, None, &ctx).await;
+            seen += check_doc(&mut client, NAMESPACE_ENTRY, doc, expect, None, &ctx).await;
         }
     }
     assert!(seen >= 14, "only {seen} sample pods");

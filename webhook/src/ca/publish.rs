@@ -1,12 +1,16 @@
-//! Publishes the root certificate to every meshed namespace (label `istio-injection=enabled`)
-//! as ConfigMap `remora-ca-root-cert`, key `root-cert.pem` (Istio's `istio-ca-root-cert`
-//! shape), so workloads can trust the CA before they hold a certificate.
+//! Publishes the root certificate as ConfigMap `remora-ca-root-cert`, key `root-cert.pem`
+//! (Istio's `istio-ca-root-cert` shape), so workloads can trust the CA before they hold a
+//! certificate, to every namespace whose pods some revision's webhook entry may inject
+//! ([`wanted`]: `selectors::namespace_may_be_selected`): labelled `istio-injection=enabled`,
+//! labelled `istio.io/rev`, or unlabelled (a pod there may opt in with its own labels). Not to
+//! namespaces labelled `istio-injection` otherwise (`disabled`), nor to the system namespaces
+//! and the mesh's own. The root is the same for every revision.
 //!
-//! One pass is two list calls (the meshed namespaces; the ConfigMaps of that name in every
-//! namespace, by field selector) and then one write per namespace whose ConfigMap is missing or
+//! One pass is two list calls (the namespaces; the ConfigMaps of that name in every namespace,
+//! by field selector) and then one write per wanted namespace whose ConfigMap is missing or
 //! different, at most [`MAX_WRITES`] writes per pass (the rest wait for the next pass). A pass
 //! runs at start and then every interval; a failed write is logged and retried next pass.
-//! The decision ([`plan`]) is pure.
+//! The decisions ([`wanted`], [`plan`]) are pure.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +21,6 @@ use kube::{Api, Client};
 
 pub const CONFIGMAP: &str = "remora-ca-root-cert";
 pub const KEY: &str = "root-cert.pem";
-pub const SELECTOR: &str = "istio-injection=enabled";
 /// Most writes in one pass.
 pub const MAX_WRITES: usize = 100;
 /// Items per list page, and most pages read per list.
@@ -31,6 +34,13 @@ pub enum Action {
     /// The ConfigMap exists with another (or no) `root-cert.pem`.
     Update,
     Keep,
+}
+
+/// Whether namespace `ns` gets the root: some revision's webhook entry may inject its pods.
+pub fn wanted(ns: &Namespace) -> Option<&str> {
+    let name = ns.metadata.name.as_deref()?;
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    crate::selectors::namespace_may_be_selected(name, &labels).then_some(name)
 }
 
 /// The action for a namespace whose ConfigMap is `existing`.
@@ -113,12 +123,16 @@ where
     Ok(out)
 }
 
-/// One pass: every meshed namespace gets the root.
+/// One pass: every wanted namespace gets the root.
 pub async fn pass(client: &Client, root_pem: &str) -> Result<Pass, String> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let meshed = list_all(&namespaces, ListParams::default().labels(SELECTOR))
+    let meshed: Vec<String> = list_all(&namespaces, ListParams::default())
         .await
-        .map_err(|e| format!("listing namespaces labelled {SELECTOR}: {e}"))?;
+        .map_err(|e| format!("listing namespaces: {e}"))?
+        .iter()
+        .filter_map(wanted)
+        .map(str::to_string)
+        .collect();
     let all_cms: Api<ConfigMap> = Api::all(client.clone());
     let existing: BTreeMap<String, ConfigMap> = list_all(
         &all_cms,
@@ -134,10 +148,7 @@ pub async fn pass(client: &Client, root_pem: &str) -> Result<Pass, String> {
         ..Pass::default()
     };
     let mut writes = 0;
-    for ns in meshed {
-        let Some(name) = ns.metadata.name else {
-            continue;
-        };
+    for name in meshed {
         let current = existing.get(&name);
         let action = plan(current, root_pem);
         if action == Action::Keep {
@@ -199,7 +210,7 @@ pub async fn run(client: Client, root_pem: String, interval: Duration) {
                 } else {
                     tracing::debug!(
                         namespaces = p.namespaces,
-                        "root certificate current in every meshed namespace"
+                        "root certificate current in every namespace a webhook entry may inject"
                     );
                 }
             }
@@ -245,6 +256,43 @@ mod tests {
         for (existing, want) in rows {
             assert_eq!(plan(existing.as_ref(), root), want, "{existing:?}");
         }
+    }
+
+    #[test]
+    fn wanted_namespaces() {
+        let ns = |name: &str, labels: &[(&str, &str)]| Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        for (n, labels, want) in [
+            ("shop", &[("istio-injection", "enabled")][..], true),
+            ("canary", &[("istio.io/rev", "b")][..], true),
+            ("plain", &[][..], true),
+            ("off", &[("istio-injection", "disabled")][..], false),
+            (
+                "off-rev",
+                &[("istio-injection", "disabled"), ("istio.io/rev", "b")][..],
+                false,
+            ),
+            ("kube-system", &[][..], false),
+            (
+                "remora-system",
+                &[("istio-injection", "disabled")][..],
+                false,
+            ),
+        ] {
+            assert_eq!(wanted(&ns(n, labels)).is_some(), want, "{n}");
+        }
+        assert_eq!(wanted(&Namespace::default()), None);
     }
 
     #[test]
