@@ -1323,12 +1323,15 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
         ) >= 1.0,
         "{m:?}"
     );
-    assert!(
-        server.log().lines().any(|l| l.contains("\"kind\":\"tcp\"")
-            && l.contains(&format!("\"peer_principal\":\"{SLEEP}\""))),
-        "{}",
-        server.log()
-    );
+    // The access log is written by a thread of its own, a moment after the metric (bounded
+    // wait).
+    let deadline = Instant::now() + PATIENCE;
+    while !server.log().lines().any(|l| {
+        l.contains("\"kind\":\"tcp\"") && l.contains(&format!("\"peer_principal\":\"{SLEEP}\""))
+    }) {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(client);
     drop(server);
     app.stop(Duration::from_secs(2));
