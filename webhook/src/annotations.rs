@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-pub use crate::values::{parse_quantity, LOG_LEVELS};
+pub use crate::values::{parse_quantity, INJECT, LOG_LEVELS};
 
-pub const INJECT: &str = "sidecar.istio.io/inject";
 pub const STATUS: &str = "sidecar.istio.io/status";
 pub const NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
 pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";

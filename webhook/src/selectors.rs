@@ -28,7 +28,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
-use crate::annotations::INJECT;
+use crate::values::INJECT;
 use crate::label_selector::{Requirement, Selector};
 
 /// Istio's namespace label: `enabled` selects the default revision.

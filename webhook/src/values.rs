@@ -2,6 +2,10 @@
 //! levels and Kubernetes resource quantities; and by the injector's identity settings and the
 //! mesh CA's flags: trust domains, token audiences, `HOST:PORT`.
 
+/// The pod label (and annotation) that opts a pod in or out of injection, read by the injector
+/// and by the webhook entries' selectors.
+pub const INJECT: &str = "sidecar.istio.io/inject";
+
 /// Proxy log levels accepted by `sidecar.istio.io/logLevel` (Envoy's names).
 pub const LOG_LEVELS: &[&str] = &[
     "trace", "debug", "info", "warning", "error", "critical", "off",
