@@ -28,8 +28,8 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
-use crate::values::INJECT;
 use crate::label_selector::{Requirement, Selector};
+use crate::values::INJECT;
 
 /// Istio's namespace label: `enabled` selects the default revision.
 pub const INJECTION_LABEL: &str = "istio-injection";
