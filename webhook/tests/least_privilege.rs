@@ -356,3 +356,37 @@ fn webhook_deployment_is_non_root_read_only_without_capabilities() {
     }
     assert_ne!(spec["hostNetwork"], true);
 }
+
+/// Where NetworkPolicy is enforced, the webhook's pods admit exactly the ports their containers
+/// serve: the admission webhooks and the mesh CA the sidecars call (without 15012 no sidecar
+/// would get a certificate).
+#[test]
+fn the_network_policy_admits_the_webhook_and_the_ca() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook.yaml");
+    let docs = docs_in(&path);
+    let np = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy in manifests/webhook.yaml");
+    let mut allowed: Vec<i64> = np["spec"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    allowed.sort();
+    let dep = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment in manifests/webhook.yaml");
+    let mut served: Vec<i64> = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["containerPort"].as_i64())
+        .collect();
+    served.sort();
+    assert_eq!(allowed, served);
+    assert!(allowed.contains(&15012), "{allowed:?}");
+}

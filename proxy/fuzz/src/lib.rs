@@ -121,6 +121,7 @@ fn start() -> Harness {
         inbound_upstream_read_timeout: Duration::from_secs(5),
         workload: Workload::derive(Some("fuzz"), &Default::default(), None, "default"),
         access_log: AccessLog::Off,
+        num_trusted_proxies: 0,
     };
     let mut snap = Snapshot::empty(&ctx);
     snap.generation = 1;
