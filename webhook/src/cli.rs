@@ -197,16 +197,93 @@ pub fn parse_docs(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Serializes documents as multi-document YAML.
+/// Serializes documents as multi-document YAML that YAML 1.1 readers (kubectl's) read back as
+/// the same strings (see [`quote_yaml11_booleans`]).
 pub fn to_yaml(docs: &[Value]) -> anyhow::Result<String> {
     let mut out = String::new();
     for (i, d) in docs.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml_ng::to_string(d).context("writing YAML")?);
+        let text = serde_yaml_ng::to_string(d).context("writing YAML")?;
+        out.push_str(&quote_yaml11_booleans(&text));
     }
     Ok(out)
+}
+
+/// Plain scalars that YAML 1.1 (kubectl's parser) reads as booleans, though YAML 1.2 (ours)
+/// reads them as strings.
+const YAML11_BOOLEANS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Quote the plain keys and values of `yaml` (as serde_yaml_ng writes it: one key or item per
+/// line, block scalars indented under their key) that a YAML 1.1 reader would take for booleans:
+/// an env value `"on"` written as `value: on` is the boolean `true` to kubectl, which then refuses
+/// the object. Block scalar contents and quoted scalars are left as they are.
+pub fn quote_yaml11_booleans(yaml: &str) -> String {
+    let quote = |s: &str| {
+        if YAML11_BOOLEANS.contains(&s) {
+            format!("'{s}'")
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = String::with_capacity(yaml.len() + 16);
+    // Inside a block scalar: lines indented more than this belong to it.
+    let mut block: Option<usize> = None;
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let indent = body.len() - body.trim_start().len();
+        if let Some(b) = block {
+            if body.trim().is_empty() || indent > b {
+                out.push_str(line);
+                continue;
+            }
+            block = None;
+        }
+        // Sequence markers first: `- - key: value`.
+        let mut rest = &body[indent..];
+        let mut prefix = body[..indent].to_string();
+        while let Some(r) = rest.strip_prefix("- ") {
+            prefix.push_str("- ");
+            rest = r;
+        }
+        let key_indent = prefix.len();
+        let rebuilt = if rest.starts_with('\'') || rest.starts_with('"') {
+            // A quoted key or value: left as it is.
+            None
+        } else if let Some((key, value)) = rest.split_once(": ") {
+            if value.starts_with('|') || value.starts_with('>') {
+                block = Some(key_indent);
+            }
+            Some(format!("{prefix}{}: {}", quote(key), quote(value)))
+        } else if let Some(key) = rest.strip_suffix(':') {
+            Some(format!("{prefix}{}:", quote(key)))
+        } else if rest == "|"
+            || rest.starts_with("|-")
+            || rest.starts_with("|+")
+            || rest.starts_with('>')
+        {
+            block = Some(key_indent.saturating_sub(2));
+            None
+        } else if prefix.ends_with("- ") {
+            Some(format!("{prefix}{}", quote(rest)))
+        } else {
+            None
+        };
+        match rebuilt {
+            Some(r) => {
+                out.push_str(&r);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// The result of one pod-bearing document.
@@ -390,6 +467,51 @@ pub fn check_inject(docs: &[Value], default_ns: &str, offline: &Offline) -> Stri
         out.push_str("no Pod or workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) in the input\n");
     }
     out
+}
+
+#[cfg(test)]
+mod yaml11_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml_1_1_booleans_are_quoted_and_nothing_else_changes() {
+        let doc = json!({
+            "env": [{"name": "A", "value": "on"}, {"name": "B", "value": "yes"},
+                    {"name": "C", "value": "N"}, {"name": "D", "value": "onward"},
+                    {"name": "E", "value": "true"}, {"name": "F", "value": "a: on"}],
+            "labels": {"on": "off", "plain": "value"},
+            "list": ["y", "x", ["no", "maybe"]],
+            "block": "line one\non\n  yes: no\n",
+            "nested": {"deeper": {"flag": "OFF"}},
+        });
+        let text = to_yaml(std::slice::from_ref(&doc)).unwrap();
+        // Read back (YAML 1.2): the same document.
+        let back: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, doc, "{text}");
+        // No plain YAML 1.1 boolean left outside the block scalar.
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("block:") {
+                in_block = true;
+                continue;
+            }
+            if in_block && line.starts_with("  ") && !line.starts_with("  - ") {
+                continue;
+            }
+            in_block = false;
+            for token in line.split([' ', ':', '-']).filter(|t| !t.is_empty()) {
+                assert!(
+                    !YAML11_BOOLEANS.contains(&token),
+                    "{token:?} plain in {line:?}\n{text}"
+                );
+            }
+        }
+        assert!(text.contains("value: 'on'"), "{text}");
+        assert!(text.contains("'on': 'off'"), "{text}");
+        // The block scalar's lines are as written.
+        assert!(text.contains("\n  on\n    yes: no\n"), "{text}");
+    }
 }
 
 #[cfg(test)]
