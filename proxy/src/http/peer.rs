@@ -115,8 +115,11 @@ pub(super) fn build(
             peer.options.write_timeout = Some(t);
         }
     }
-    // Close idle upstream connections before typical app keep-alive timeouts (60 s+).
-    peer.options.idle_timeout = Some(Duration::from_secs(30));
+    // Close idle upstream connections before typical app keep-alive timeouts (60 s+), unless
+    // the DestinationRule's `http.idleTimeout` says otherwise.
+    peer.options
+        .idle_timeout
+        .get_or_insert(Duration::from_secs(30));
     if dir == Direction::Inbound {
         // A stuck app must not hold an inbound request forever: a default per-read/write
         // timeout when no route timeout set one.
