@@ -445,7 +445,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Inject { .. } => unreachable!("inject runs offline, above"),
         Cmd::Rules {
             cmd: RulesCmd::Render { .. },
-        } => unreachable!("rules render runs offline, above"),
+        } => bail!("rules render runs offline and is answered before a cluster is asked"),
         Cmd::Rules {
             cmd:
                 RulesCmd::Import {
@@ -1173,11 +1173,7 @@ async fn list_istio_objects(cluster: &Cluster, ns: Option<&str>) -> anyhow::Resu
             };
             served.insert(k.group, versions);
         }
-        let Some(v) = k
-            .versions
-            .iter()
-            .find(|v| served[k.group].iter().any(|s| s == *v))
-        else {
+        let Some(v) = k.best_version(served[k.group].iter().map(String::as_str)) else {
             continue;
         };
         let api_version = format!("{}/{v}", k.group);

@@ -451,7 +451,7 @@ fn other_api(
         return Some(Reply::json(
             200,
             json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
-                   "versions": vs, "preferredVersion": vs[0]}),
+                   "versions": vs, "preferredVersion": vs.first()}),
         ));
     }
     if let ("PATCH", [v, "namespaces", ns, plural, name, "status"]) = (method, rest) {
@@ -1037,6 +1037,30 @@ impl LabApi {
         deliver(&self.api.emitter(), &served, pending);
     }
 
+    /// Answer one request as the server would (no HTTP: the test's own writes), then send
+    /// the changes it made to the held watches.
+    fn call(
+        &self,
+        method: &str,
+        pq: &str,
+        content_type: Option<&str>,
+        body: Option<Value>,
+    ) -> Option<Reply> {
+        let reply = answer(
+            &mut lock(&self.state),
+            &Seen {
+                method: method.into(),
+                path_and_query: pq.to_string(),
+                content_type: content_type.map(str::to_string),
+                body,
+                matched: true,
+            },
+            unix_now(),
+        );
+        self.flush();
+        reply
+    }
+
     /// How many watches on `path` (no query) are held open.
     pub fn open_watches(&self, path: &str) -> usize {
         self.api.open_watches(path)
@@ -1067,18 +1091,7 @@ impl LabApi {
         } else {
             ("POST", base)
         };
-        let reply = answer(
-            &mut lock(&self.state),
-            &Seen {
-                method: method.into(),
-                path_and_query: pq.clone(),
-                content_type: Some("application/json".into()),
-                body: Some(object),
-                matched: true,
-            },
-            unix_now(),
-        );
-        self.flush();
+        let reply = self.call(method, &pq, Some("application/json"), Some(object));
         match reply {
             Some(Reply::Json {
                 status: 200 | 201,
@@ -1098,18 +1111,12 @@ impl LabApi {
         patch: Value,
     ) -> Value {
         let pq = format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}/status");
-        let reply = answer(
-            &mut lock(&self.state),
-            &Seen {
-                method: "PATCH".into(),
-                path_and_query: pq.clone(),
-                content_type: Some("application/merge-patch+json".into()),
-                body: Some(patch),
-                matched: true,
-            },
-            unix_now(),
+        let reply = self.call(
+            "PATCH",
+            &pq,
+            Some("application/merge-patch+json"),
+            Some(patch),
         );
-        self.flush();
         match reply {
             Some(Reply::Json { status: 200, body }) => body,
             other => panic!("lab API: PATCH {pq}: {other:?}"),
@@ -1119,18 +1126,7 @@ impl LabApi {
     /// Delete an object of another API.
     pub fn delete(&self, api_version: &str, plural: &str, namespace: &str, name: &str) {
         let pq = format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}");
-        let reply = answer(
-            &mut lock(&self.state),
-            &Seen {
-                method: "DELETE".into(),
-                path_and_query: pq.clone(),
-                content_type: None,
-                body: None,
-                matched: true,
-            },
-            unix_now(),
-        );
-        self.flush();
+        let reply = self.call("DELETE", &pq, None, None);
         assert!(
             matches!(reply, Some(Reply::Json { status: 200, .. })),
             "lab API: DELETE {pq}: {reply:?}"
@@ -1140,18 +1136,7 @@ impl LabApi {
     /// Create a ConfigMap as a user would (no controller label unless given).
     pub fn create_configmap(&self, namespace: &str, object: Value) -> Value {
         let pq = format!("/api/v1/namespaces/{namespace}/configmaps");
-        let reply = answer(
-            &mut lock(&self.state),
-            &Seen {
-                method: "POST".into(),
-                path_and_query: pq.clone(),
-                content_type: Some("application/json".into()),
-                body: Some(object),
-                matched: true,
-            },
-            unix_now(),
-        );
-        self.flush();
+        let reply = self.call("POST", &pq, Some("application/json"), Some(object));
         match reply {
             Some(Reply::Json { status: 201, body }) => body,
             other => panic!("lab API: POST {pq}: {other:?}"),
@@ -1167,18 +1152,7 @@ impl LabApi {
             .unwrap_or_default()
             .to_string();
         let pq = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
-        let reply = answer(
-            &mut lock(&self.state),
-            &Seen {
-                method: "PUT".into(),
-                path_and_query: pq.clone(),
-                content_type: Some("application/json".into()),
-                body: Some(object),
-                matched: true,
-            },
-            unix_now(),
-        );
-        self.flush();
+        let reply = self.call("PUT", &pq, Some("application/json"), Some(object));
         match reply {
             Some(Reply::Json { status: 200, body }) => body,
             other => panic!("lab API: PUT {pq}: {other:?}"),

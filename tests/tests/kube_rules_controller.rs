@@ -87,6 +87,15 @@ async fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// How many times the controller replaced `ns`'s rules ConfigMap through the API.
+fn configmap_writes(api: &LabApi, ns: &str) -> usize {
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/remora-mesh-rules");
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path() == path)
+        .count()
+}
+
 fn lease_holder(api: &LabApi) -> Option<String> {
     api.object(
         "coordination.k8s.io/leases",
@@ -264,15 +273,7 @@ async fn objects_reach_the_namespaces_that_see_them() {
     );
     // An edit by hand of the controller's ConfigMap, then a change: the controller's write
     // meets a newer resourceVersion (409), re-reads and writes again; the hand edit is gone.
-    let puts = || {
-        api.requests()
-            .iter()
-            .filter(|r| {
-                r.method == "PUT"
-                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
-            })
-            .count()
-    };
+    let puts = || configmap_writes(&api, "frontend");
     let puts_before = puts();
     let mut edited = api
         .object("configmaps", "frontend", "remora-mesh-rules")
@@ -576,15 +577,7 @@ async fn sidecar_scope_and_batched_changes() {
         .expect("bookinfo")
         .contains(&"legacy.destinationrule.old.yaml".to_string()));
     // Five changes at once: one batch.
-    let puts = || {
-        api.requests()
-            .iter()
-            .filter(|r| {
-                r.method == "PUT"
-                    && r.path() == "/api/v1/namespaces/frontend/configmaps/remora-mesh-rules"
-            })
-            .count()
-    };
+    let puts = || configmap_writes(&api, "frontend");
     let before = puts();
     for i in 2..=6 {
         let subsets: Vec<String> = (1..=i).map(|n| format!("v{n}")).collect();

@@ -54,6 +54,20 @@ pub struct Kind {
     pub versions: &'static [&'static str],
 }
 
+impl Kind {
+    /// The best of this kind's versions among those its API group serves (`served`: the
+    /// group's `APIGroup.versions[].version`); `None` when it serves none of them.
+    pub fn best_version<'a>(
+        &self,
+        served: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Option<&'static str> {
+        self.versions
+            .iter()
+            .copied()
+            .find(|v| served.clone().into_iter().any(|s| s == *v))
+    }
+}
+
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
 
@@ -388,11 +402,7 @@ async fn served_version(client: &Client, k: &Kind) -> Result<Option<&'static str
         .request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup>(req)
         .await
     {
-        Ok(g) => Ok(k
-            .versions
-            .iter()
-            .copied()
-            .find(|v| g.versions.iter().any(|gv| gv.version == *v))),
+        Ok(g) => Ok(k.best_version(g.versions.iter().map(|gv| gv.version.as_str()))),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e),
     }
@@ -1000,6 +1010,14 @@ fn existing(cm: &ConfigMap) -> Existing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_version_prefers_the_kinds_order_among_the_served() {
+        let vs = KINDS[0];
+        assert_eq!(vs.best_version(["v1beta1", "v1"]), Some("v1"));
+        assert_eq!(vs.best_version(["v1alpha3", "v1beta1"]), Some("v1beta1"));
+        assert_eq!(vs.best_version(["v2"]), None);
+    }
 
     /// `manifests/istio-crds.yaml` defines exactly the kinds the controller watches, each with
     /// the versions it tries, one storage version, and the same plural.
