@@ -170,24 +170,28 @@ impl RequestArgs {
 
 impl CheckRequest {
     /// The model's input, `remote.ip` computed from `x-forwarded-for` as the proxy does.
-    pub fn to_model(&self, num_trusted_proxies: u32) -> Request {
+    pub fn to_model(&self, num_trusted_proxies: u32) -> Request<'_> {
         let xff = self
             .headers
             .iter()
             .filter(|(n, _)| n == "x-forwarded-for")
             .map(|(_, v)| v.as_str());
         Request {
-            source_principal: self.principal.clone(),
+            source_principal: self.principal.as_deref(),
             source_ip: self.source_ip,
             remote_ip: remote_ip_from_xff(xff, num_trusted_proxies),
             destination_ip: None,
             destination_port: self.port,
             sni: None,
             http: Some(HttpRequest {
-                host: self.host.clone(),
-                method: self.method.clone(),
-                path: self.path.clone(),
-                headers: self.headers.clone(),
+                host: &self.host,
+                method: &self.method,
+                path: &self.path,
+                headers: self
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect(),
                 auth: self.request_principal.as_ref().map(|p| JwtAuth {
                     principal: p.clone(),
                     audiences: Vec::new(),

@@ -19,16 +19,16 @@ fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
     }
 }
 
-fn http(method: &str, path: &str) -> Request {
+fn http<'a>(method: &'a str, path: &'a str) -> Request<'a> {
     Request {
-        source_principal: Some("cluster.local/ns/default/sa/sleep".into()),
+        source_principal: Some("cluster.local/ns/default/sa/sleep"),
         source_ip: Some("10.0.0.5".parse().unwrap()),
         destination_ip: Some("10.0.1.1".parse().unwrap()),
         destination_port: 8000,
         http: Some(HttpRequest {
-            host: "httpbin.foo:8000".into(),
-            method: method.into(),
-            path: path.into(),
+            host: "httpbin.foo:8000",
+            method,
+            path,
             headers: vec![],
             auth: None,
         }),
@@ -36,7 +36,7 @@ fn http(method: &str, path: &str) -> Request {
     }
 }
 
-fn tcp(port: u16) -> Request {
+fn tcp(port: u16) -> Request<'static> {
     Request {
         http: None,
         destination_port: port,
@@ -76,9 +76,9 @@ fn documented_examples() {
     let mut plain = http("GET", "/info");
     plain.source_principal = None;
     let mut from_test = http("GET", "/info");
-    from_test.source_principal = Some("spiffe://cluster.local/ns/test/sa/x".into());
+    from_test.source_principal = Some("spiffe://cluster.local/ns/test/sa/x");
     let mut header = http("GET", "/");
-    header.http.as_mut().unwrap().headers = vec![("Version".into(), "v1".into())];
+    header.http.as_mut().unwrap().headers = vec![("Version", "v1")];
     let tcp8000 = tcp(8000);
     let mut jwt_req = http("GET", "/");
     jwt_req.http.as_mut().unwrap().auth = jwt(serde_json::json!({
@@ -443,8 +443,8 @@ fn istio_authz_corpus_decisions() {
             .unwrap()
             .authorization_policies
     };
-    let with = |principal: &str| Request {
-        source_principal: Some(principal.to_string()),
+    let with = |principal: &'static str| Request {
+        source_principal: Some(principal),
         ..http("GET", "/")
     };
     // deny-and-allow: principal "deny" denied, "allow" allowed, others denied.
@@ -457,7 +457,7 @@ fn istio_authz_corpus_decisions() {
     // tcp/allow-only-http: every rule has HTTP-only fields, so TCP is denied.
     let ps = load("tcp/allow-only-http-in.yaml");
     let mut r = tcp(80);
-    r.source_principal = Some("cluster.local/ns/ns-1/sa/x".into());
+    r.source_principal = Some("cluster.local/ns/ns-1/sa/x");
     assert!(!evaluate(&ps, &r).is_allow());
     // tcp/allow-both-http-tcp: rule[3] (namespace ns-1, port 80) allows TCP on 80 only.
     let ps = load("tcp/allow-both-http-tcp-in.yaml");
@@ -757,5 +757,51 @@ fn verdict_wording() {
     ];
     for (v, want) in cases {
         assert_eq!(v.describe(), want);
+    }
+}
+
+/// `reads` tells the HTTP layer which request parts to copy; a wrong `false` would make header
+/// and remote-address rules silently never match.
+#[test]
+fn reads_names_what_rules_use() {
+    let r = |spec: &str| reads(&policies(&format!("{HEAD}{spec}")));
+    assert_eq!(r("spec: {}\n"), Reads::default());
+    assert_eq!(
+        r("spec:\n  rules:\n  - to: [{operation: {paths: [/a]}}]\n"),
+        Reads::default()
+    );
+    assert_eq!(
+        r("spec:\n  rules:\n  - when: [{key: \"request.headers[x-a]\", values: [b]}]\n"),
+        Reads {
+            headers: true,
+            remote_ip: false
+        }
+    );
+    assert_eq!(
+        r("spec:\n  rules:\n  - from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]\n"),
+        Reads {
+            headers: false,
+            remote_ip: true
+        }
+    );
+    assert_eq!(
+        r("spec:\n  rules:\n  - from: [{source: {notRemoteIpBlocks: [10.0.0.0/8]}}]\n  - when: [{key: remote.ip, values: [10.0.0.1]}]\n"),
+        Reads { headers: false, remote_ip: true }
+    );
+}
+
+/// Hosts match without regard to case, with or without the port the client sent.
+#[test]
+fn hosts_ignore_case_and_port() {
+    let spec = "spec:\n  rules:\n  - to: [{operation: {hosts: [\"*.Foo\"]}}]\n";
+    for (host, want) in [
+        ("httpbin.foo:8000", true),
+        ("HTTPBIN.FOO", true),
+        ("httpbin.bar:8000", false),
+        ("[::1]:8000", false),
+    ] {
+        let mut req = http("GET", "/");
+        req.http.as_mut().unwrap().host = host;
+        assert_eq!(allowed(spec, &req), want, "{host}");
     }
 }

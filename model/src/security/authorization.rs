@@ -1,6 +1,8 @@
 //! AuthorizationPolicy: the typed policy, Istio's validation and the pure evaluation of a
 //! request against the policies that apply to a workload.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -397,25 +399,25 @@ pub struct JwtAuth {
     pub claims: Value,
 }
 
-/// What the HTTP layer knows of a request.
+/// What the HTTP layer knows of a request, borrowed from it (nothing is copied per request).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct HttpRequest {
+pub struct HttpRequest<'a> {
     /// The `Host`/`:authority`, port included if sent.
-    pub host: String,
-    pub method: String,
+    pub host: &'a str,
+    pub method: &'a str,
     /// The path as received (query included); matched after normalization.
-    pub path: String,
-    /// Header names in any case.
-    pub headers: Vec<(String, String)>,
+    pub path: &'a str,
+    /// Header names in any case; only filled when a rule reads headers (`reads`).
+    pub headers: Vec<(&'a str, &'a str)>,
     pub auth: Option<JwtAuth>,
 }
 
 /// What the sidecar knows of an inbound connection or request.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Request {
+pub struct Request<'a> {
     /// The peer's identity from its mTLS certificate (`cluster.local/ns/foo/sa/bar`, with or
     /// without `spiffe://`); `None` for plain text.
-    pub source_principal: Option<String>,
+    pub source_principal: Option<&'a str>,
     /// The peer's address (`source.ip`, `ipBlocks`).
     pub source_ip: Option<IpAddr>,
     /// The original client (`remote.ip`, `remoteIpBlocks`: X-Forwarded-For / PROXY protocol);
@@ -425,14 +427,13 @@ pub struct Request {
     pub destination_port: u16,
     pub sni: Option<String>,
     /// `None`: opaque TCP.
-    pub http: Option<HttpRequest>,
+    pub http: Option<HttpRequest<'a>>,
 }
 
-impl Request {
+impl Request<'_> {
     /// The principal without `spiffe://`.
     pub fn principal(&self) -> Option<&str> {
         self.source_principal
-            .as_deref()
             .map(|p| p.strip_prefix("spiffe://").unwrap_or(p))
     }
 
@@ -551,10 +552,61 @@ pub fn evaluate_dry_run(policies: &[AuthorizationPolicy], req: &Request) -> Opti
         .then(|| decide(policies.iter().filter(|p| p.dry_run), req))
 }
 
+/// What rules compare against, derived from the request once for all of them and only when a
+/// rule asks: the normalized path and the host without its port. (Computing them per rule made
+/// ten rules cost as much as the rest of the request; see docs/benchmarks.md.)
+struct Facts<'a> {
+    req: &'a Request<'a>,
+    path: OnceCell<Option<Cow<'a, str>>>,
+}
+
+impl<'a> Facts<'a> {
+    fn new(req: &'a Request<'a>) -> Self {
+        Facts {
+            req,
+            path: OnceCell::new(),
+        }
+    }
+
+    fn path(&self) -> Option<&str> {
+        self.path
+            .get_or_init(|| self.req.http.as_ref().map(|h| normal_path(h.path)))
+            .as_deref()
+    }
+}
+
+/// `normalize_path`, borrowing when the path is already normal (the common case): it starts
+/// with `/` and has nothing to decode (`%`), no backslash and no `.`/`..` segment.
+fn normal_path(raw: &str) -> Cow<'_, str> {
+    let p = raw.split(['?', '#']).next().unwrap_or("");
+    if p.starts_with('/') && !p.bytes().any(|b| b == b'%' || b == b'\\') && !p.contains("/.") {
+        Cow::Borrowed(p)
+    } else {
+        Cow::Owned(normalize_path(raw))
+    }
+}
+
+/// The host of a `Host`/`:authority` without its port, borrowed (case is ignored where it is
+/// compared): `[::1]:80` → `::1`, `a.b:80` → `a.b`, a bare IPv6 address as it is.
+fn bare_host(authority: &str) -> &str {
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        if let Some(end) = rest.find(']') {
+            return &rest[..end];
+        }
+    }
+    match a.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => a,
+    }
+}
+
 fn decide<'a>(
     policies: impl Iterator<Item = &'a AuthorizationPolicy> + Clone,
     req: &Request,
 ) -> Verdict {
+    let facts = Facts::new(req);
+    let facts = &facts;
     let matching = |action: Action| {
         policies
             .clone()
@@ -564,7 +616,7 @@ fn decide<'a>(
                     .rules
                     .iter()
                     .enumerate()
-                    .filter(move |(_, r)| rule_matches(r, p, req))
+                    .filter(move |(_, r)| rule_matches(r, p, facts))
                     .map(move |(i, _)| RuleRef {
                         policy: p.meta.key(),
                         rule: i,
@@ -579,22 +631,49 @@ fn decide<'a>(
             audit,
         };
     }
-    let allow: Vec<String> = policies
-        .clone()
-        .filter(|p| p.spec.action == Action::Allow)
-        .map(|p| p.meta.key())
-        .collect();
-    if allow.is_empty() {
+    let allow = policies.clone().filter(|p| p.spec.action == Action::Allow);
+    if allow.clone().next().is_none() {
         return Verdict::Allow { by: None, audit };
     }
     match matching(Action::Allow).next() {
         Some(r) => Verdict::Allow { by: Some(r), audit },
         None => Verdict::Deny {
-            policy: allow.join(", "),
+            policy: allow.map(|p| p.meta.key()).collect::<Vec<_>>().join(", "),
             rule: None,
             audit,
         },
     }
+}
+
+/// What of the request the rules of these policies read beyond the connection and the
+/// request line, so the HTTP layer copies only that into the `Request`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// A `when: request.headers[...]` condition.
+    pub headers: bool,
+    /// `remoteIpBlocks`/`notRemoteIpBlocks` or a `remote.ip` condition (from
+    /// `X-Forwarded-For`).
+    pub remote_ip: bool,
+}
+
+/// `Reads` of these policies (plain loops: this runs on every request that a policy selects).
+pub fn reads(policies: &[AuthorizationPolicy]) -> Reads {
+    let mut r = Reads::default();
+    for p in policies {
+        for rule in &p.spec.rules {
+            for c in &rule.when {
+                r.headers |= c.key.starts_with("request.headers");
+                r.remote_ip |= c.key == "remote.ip";
+            }
+            for f in rule.from.iter().flatten() {
+                if let Some(s) = &f.source {
+                    r.remote_ip |=
+                        !s.remote_ip_blocks.is_empty() || !s.not_remote_ip_blocks.is_empty();
+                }
+            }
+        }
+    }
+    r
 }
 
 /// Does the rule use a field that exists only for HTTP (request principals, hosts, methods,
@@ -630,7 +709,8 @@ pub fn uses_http_only_fields(rule: &Rule) -> bool {
 /// the rest of the rule still applies — "effectively resulting in a wider deny or audit policy
 /// (i.e. more likely to deny or audit a request)". So `methods: [GET]` alone in a DENY rule
 /// denies every TCP connection, and in an ALLOW rule allows none.
-fn rule_matches(rule: &Rule, policy: &AuthorizationPolicy, req: &Request) -> bool {
+fn rule_matches(rule: &Rule, policy: &AuthorizationPolicy, facts: &Facts) -> bool {
+    let req = facts.req;
     if req.http.is_none() && policy.spec.action == Action::Allow && uses_http_only_fields(rule) {
         return false;
     }
@@ -642,7 +722,7 @@ fn rule_matches(rule: &Rule, policy: &AuthorizationPolicy, req: &Request) -> boo
     let to_ok = rule.to.as_ref().is_none_or(|to| {
         to.iter()
             .filter_map(|t| t.operation.as_ref())
-            .any(|o| operation_matches(o, req))
+            .any(|o| operation_matches(o, facts))
     });
     from_ok && to_ok && rule.when.iter().all(|c| condition_matches(c, req))
 }
@@ -720,16 +800,15 @@ fn source_matches(s: &Source, policy_ns: &str, req: &Request) -> bool {
         && field(&s.trust_domains, &s.not_trust_domains, trust_domain)
 }
 
-fn operation_matches(o: &Operation, req: &Request) -> bool {
+fn operation_matches(o: &Operation, facts: &Facts) -> bool {
+    let req = facts.req;
     let http = req.http.as_ref();
     let host = |pat: &String| -> Option<bool> {
-        let h = http?.host.to_ascii_lowercase();
-        let pat = pat.to_ascii_lowercase();
-        let bare = crate::host::split_authority(&h).0;
-        Some(string_match(&pat, &h) || string_match(&pat, &bare))
+        let h = &http?.host;
+        Some(string_match_ignore_case(pat, h) || string_match_ignore_case(pat, bare_host(h)))
     };
-    let method = |m: &String| Some(string_match(m, &http?.method));
-    let path = |p: &String| Some(path_match(p, &normalize_path(&http?.path)));
+    let method = |m: &String| Some(string_match(m, http?.method));
+    let path = |p: &String| Some(path_match(p, facts.path()?));
     let port = |p: &PortString| Some(p.0 == req.destination_port);
     field(&o.hosts, &o.not_hosts, host)
         && field(&o.methods, &o.not_methods, method)
@@ -738,8 +817,18 @@ fn operation_matches(o: &Operation, req: &Request) -> bool {
 }
 
 fn condition_matches(c: &Condition, req: &Request) -> bool {
-    let Ok(key) = parse_key(&c.key) else {
-        return false; // refused at load
+    // Header conditions, the common kind, are matched without parsing the key into an owned
+    // name.
+    let header = c
+        .key
+        .strip_prefix("request.headers[")
+        .and_then(|r| r.strip_suffix(']'));
+    let key = match header {
+        Some(_) => None,
+        None => match parse_key(&c.key) {
+            Ok(k) => Some(k),
+            Err(_) => return false, // refused at load
+        },
     };
     let http = req.http.as_ref();
     let auth = http.and_then(|h| h.auth.as_ref());
@@ -747,7 +836,16 @@ fn condition_matches(c: &Condition, req: &Request) -> bool {
         ip.is_some_and(|ip| IpBlock::parse(v).is_ok_and(|b| b.contains(ip)))
     };
     let test = |v: &String| -> Option<bool> {
-        Some(match &key {
+        if let Some(name) = header {
+            let h = http?;
+            return Some(
+                h.headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .any(|(_, hv)| string_match(v, hv)),
+            );
+        }
+        Some(match key.as_ref()? {
             Key::Header(name) => {
                 let h = http?;
                 h.headers
@@ -787,6 +885,21 @@ fn condition_matches(c: &Condition, req: &Request) -> bool {
         })
     };
     field(&c.values, &c.not_values, test)
+}
+
+/// Istio's string match with ASCII case ignored (hosts), without allocating.
+fn string_match_ignore_case(pattern: &str, value: &str) -> bool {
+    let (p, v) = (pattern.as_bytes(), value.as_bytes());
+    if p == b"*" {
+        return true;
+    }
+    if let Some(suffix) = p.strip_prefix(b"*") {
+        return v.len() >= suffix.len() && v[v.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+    }
+    if let Some(prefix) = p.strip_suffix(b"*") {
+        return v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix);
+    }
+    p.eq_ignore_ascii_case(v)
 }
 
 /// A claim by its path (`[a][b]` is claim `b` inside the object claim `a`): a string matches
@@ -869,7 +982,7 @@ pub fn normalize_path(raw: &str) -> String {
 /// Istio's path match: `*`, `prefix*`, `*suffix`, exact, and path templates where `{*}`
 /// matches one segment and `{**}` any number of segments (zero included).
 pub fn path_match(pattern: &str, path: &str) -> bool {
-    if !pattern.contains("{*}") && !pattern.contains("{**}") {
+    if !pattern.contains('{') || (!pattern.contains("{*}") && !pattern.contains("{**}")) {
         return string_match(pattern, path);
     }
     let pat: Vec<&str> = pattern.split('/').collect();
@@ -886,4 +999,75 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
         }
     }
     go(&pat, &segs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowing fast path never disagrees with the full normalization.
+    #[test]
+    fn normal_path_agrees_with_normalize_path() {
+        for raw in [
+            "/",
+            "",
+            "/a",
+            "/a/b",
+            "/a/b/",
+            "//a",
+            "/a?x=1",
+            "/a#f",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/a/.b",
+            "/a%2Fb",
+            "/a%62",
+            "/a\\b",
+            "a/b",
+            "*",
+            "/é/ü",
+            "/a/b?x=/../y",
+        ] {
+            assert_eq!(normal_path(raw), normalize_path(raw), "{raw:?}");
+        }
+        assert!(matches!(normal_path("/a/b?q"), Cow::Borrowed("/a/b")));
+    }
+
+    #[test]
+    fn bare_hosts() {
+        for (authority, want) in [
+            ("reviews", "reviews"),
+            ("reviews:9080", "reviews"),
+            ("Reviews.Shop:80", "Reviews.Shop"),
+            ("[::1]:80", "::1"),
+            ("[fe80::1]", "fe80::1"),
+            ("fe80::1", "fe80::1"),
+            ("host:notaport", "host:notaport"),
+            (" a.b:1 ", "a.b"),
+        ] {
+            assert_eq!(bare_host(authority), want, "{authority:?}");
+        }
+    }
+
+    #[test]
+    fn case_insensitive_string_match() {
+        for (pattern, value, want) in [
+            ("*", "", true),
+            ("Reviews.shop", "reviews.SHOP", true),
+            ("*.SHOP", "reviews.shop", true),
+            ("*.shop", "shop", false),
+            ("REV*", "reviews", true),
+            ("rev*", "re", false),
+            ("reviews", "reviews2", false),
+            ("*é", "xÉ", false),
+        ] {
+            assert_eq!(
+                string_match_ignore_case(pattern, value),
+                want,
+                "{pattern} {value}"
+            );
+        }
+    }
 }

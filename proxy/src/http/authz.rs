@@ -7,10 +7,12 @@
 
 use std::net::SocketAddr;
 
+use http::HeaderName;
+
 use pingora::proxy::Session;
 use pingora::Result;
 use remora_model::security::authorization::{
-    evaluate_dry_run, remote_ip_from_xff, HttpRequest, JwtAuth,
+    evaluate_dry_run, reads, remote_ip_from_xff, HttpRequest, JwtAuth,
 };
 use remora_model::security::{evaluate, Request, Verdict};
 use tracing::info;
@@ -18,6 +20,8 @@ use tracing::info;
 use super::{local_reply, ReqCtx};
 use crate::rules::Snapshot;
 use crate::telemetry::Metrics;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Decide the request; `Ok(true)` when it was denied (and answered). `auth`: the verified
 /// JWT's facts from RequestAuthentication (`http::jwt`), if the request carried one.
@@ -34,7 +38,25 @@ pub(super) async fn check(
     if policies.is_empty() {
         return Ok(false);
     }
-    let req = request(session, ctx, dst, auth, num_trusted_proxies);
+    if !decide(session, ctx, snap, dst, auth, num_trusted_proxies) {
+        return Ok(false);
+    }
+    // Denied (and logged): the request borrowed the session, which now answers.
+    metrics.authz_denied.with_label_values(&["http"]).inc();
+    local_reply::send(session, ctx, 403, &[], "RBAC: access denied").await
+}
+
+/// Evaluate and log; `true` when denied (`ctx.error` then holds Envoy's details).
+fn decide(
+    session: &Session,
+    ctx: &mut ReqCtx,
+    snap: &Snapshot,
+    dst: SocketAddr,
+    auth: Option<JwtAuth>,
+    num_trusted_proxies: u32,
+) -> bool {
+    let policies = &snap.authorization_policies;
+    let req = request(session, ctx, snap, dst, auth, num_trusted_proxies);
     if let Some(shadow) = evaluate_dry_run(policies, &req) {
         info!(
             path = %ctx.path,
@@ -47,15 +69,15 @@ pub(super) async fn check(
     match &verdict {
         Verdict::Allow { audit, .. } if !audit.is_empty() => {
             info!(path = %ctx.path, principal = ?req.source_principal, "authorization AUDIT: {}", describe(&verdict));
-            Ok(false)
+            false
         }
-        Verdict::Allow { .. } => Ok(false),
+        Verdict::Allow { .. } => false,
         Verdict::Deny { .. } => {
             let why = describe(&verdict);
             info!(
                 method = %ctx.method,
                 path = %ctx.path,
-                principal = req.source_principal.as_deref().unwrap_or("none (plain text)"),
+                principal = req.source_principal.unwrap_or("none (plain text)"),
                 request_principal = req
                     .http
                     .as_ref()
@@ -65,9 +87,9 @@ pub(super) async fn check(
                 remote = ?req.remote_ip,
                 "request denied: {why}"
             );
-            metrics.authz_denied.with_label_values(&["http"]).inc();
+            drop(req);
             ctx.error = Some(istio_details(&verdict));
-            local_reply::send(session, ctx, 403, &[], "RBAC: access denied").await
+            true
         }
     }
 }
@@ -75,26 +97,36 @@ pub(super) async fn check(
 /// What the sidecar knows of the request, as the model's input. `remote.ip` comes from
 /// `X-Forwarded-For` as Envoy reads it on Istio's sidecar inbound listener
 /// (`remote_ip_from_xff`).
-fn request(
-    session: &Session,
-    ctx: &ReqCtx,
+fn request<'a>(
+    session: &'a Session,
+    ctx: &'a ReqCtx,
+    snap: &Snapshot,
     dst: SocketAddr,
     auth: Option<JwtAuth>,
     num_trusted_proxies: u32,
-) -> Request {
+) -> Request<'a> {
     let head = &session.req_header().headers;
-    let remote_ip = remote_ip_from_xff(
-        head.get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        num_trusted_proxies,
-    );
-    let headers = head
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
+    // Only what a rule will read is derived and copied.
+    let reads = reads(&snap.authorization_policies);
+    let remote_ip = if reads.remote_ip {
+        remote_ip_from_xff(
+            head.get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            num_trusted_proxies,
+        )
+    } else {
+        None
+    };
+    let headers = if reads.headers {
+        head.iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Request {
-        source_principal: ctx.peer_identity.as_ref().map(|p| p.principal.clone()),
+        source_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
         source_ip: session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -104,9 +136,9 @@ fn request(
         destination_port: dst.port(),
         sni: None,
         http: Some(HttpRequest {
-            host: ctx.authority.clone(),
-            method: ctx.method.clone(),
-            path: ctx.path.clone(),
+            host: &ctx.authority,
+            method: &ctx.method,
+            path: &ctx.path,
             headers,
             auth,
         }),
@@ -147,7 +179,7 @@ pub fn check_tcp(
         return None;
     }
     let req = Request {
-        source_principal: principal.map(str::to_string),
+        source_principal: principal,
         source_ip: source.map(|a| a.ip()),
         remote_ip: None,
         destination_ip: Some(dst.ip()),
