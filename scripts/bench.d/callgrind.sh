@@ -13,8 +13,15 @@
 # rules rescan would otherwise count as request work); the difference is divided by wrk's
 # completed requests. Cases: no rules (passthrough: the client's Host is the peer's address),
 # one VirtualService for `reviews` (Host `reviews`), the same plus a DestinationRule
-# (loadBalancer, connectionPool, outlierDetection). A run with non-2xx answers or socket errors
-# fails instead of printing a number.
+# (loadBalancer, connectionPool, outlierDetection). Inbound cases (the inbound listener, 15006,
+# to the same peer; the pod's labels are `app=bench`): `in` no rules; `in+other` an
+# AuthorizationPolicy of ten rules that selects another workload (`app=other`), so no policy
+# selects this one; `in+authz` the same ten-rule ALLOW policy selecting this workload, the rule
+# that allows the request last, so every request evaluates all ten. For the inbound cases the
+# instructions spent inside the authorization decision (`http::authz::decide`, inclusive: the
+# request's attributes, the evaluation, the log) are printed per request as well; it is not
+# called at all when no policy selects the workload. A run with non-2xx answers or socket errors fails instead of
+# printing a number.
 #
 #   PROXY_BIN               default ${CARGO_TARGET_DIR:-target}/release/remora-proxy, built first
 #                           when no PROXY_BIN is given (only flags that d949c51 already had are used)
@@ -22,7 +29,8 @@
 #                           examples/peer, built when missing)
 #   REMORA_BENCH_SECONDS    load window, and the idle window (default 20)
 #   REMORA_BENCH_RUNS       runs per case; every run and the median are printed (default 2)
-#   REMORA_BENCH_CASES      which cases, space-separated (default "none vs vs+dr")
+#   REMORA_BENCH_CASES      which cases, space-separated (default "none vs vs+dr"; the
+#                           authorization set is "in in+other in+authz")
 #   REMORA_BENCH_KEEP       a directory to copy the callgrind dumps into (for callgrind_annotate;
 #                           `.1` is the load window, `.2` the idle window)
 set -euo pipefail
@@ -113,16 +121,44 @@ spec:
     loadBalancer: {simple: ROUND_ROBIN}
     connectionPool: {tcp: {maxConnections: 100}, http: {http1MaxPendingRequests: 100}}
     outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}'
+# authz APP: an ALLOW policy of ten rules for workloads labelled app=APP; only the tenth allows
+# wrk's GET / (the others name other methods, paths, ports, headers, namespaces or addresses).
+authz() {
+  cat <<EOF
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  selector: {matchLabels: {app: $1}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [POST, PUT], paths: [/api/*]}}]
+  - to: [{operation: {paths: [/admin, /admin/*]}}]
+  - to: [{operation: {methods: [DELETE]}}]
+  - to: [{operation: {ports: ["9090"]}}]
+  - to: [{operation: {paths: ["*.json"], methods: [GET]}}]
+  - from: [{source: {namespaces: [prod, staging]}}]
+  - from: [{source: {ipBlocks: [10.20.0.0/16]}}]
+  - when: [{key: "request.headers[x-tenant]", values: [gold, silver]}]
+  - to: [{operation: {hosts: [reviews.example.com], paths: [/reviews/*]}}]
+  - to: [{operation: {methods: [GET, HEAD], paths: [/, /healthz]}}]
+EOF
+}
 for c in "${cases[@]}"; do
   mkdir -p "$work/rules-$c"
   case "$c" in
     none) ;;
     vs) printf '%s\n' "$VS" >"$work/rules-$c/vs.yaml" ;;
     vs+dr) printf '%s\n' "$VS" >"$work/rules-$c/vs.yaml"; printf '%s\n' "$DR" >"$work/rules-$c/dr.yaml" ;;
-    *) echo "bench callgrind: unknown case '$c' (have: none vs vs+dr)" >&2; exit 2 ;;
+    in) ;;
+    in+other) authz other >"$work/rules-$c/authz.yaml" ;;
+    in+authz) authz bench >"$work/rules-$c/authz.yaml" ;;
+    *) echo "bench callgrind: unknown case '$c' (have: none vs vs+dr in in+other in+authz)" >&2; exit 2 ;;
   esac
   chmod -R a+rX "$work/rules-$c"
 done
+echo 'app="bench"' >"$work/labels"
+chmod 644 "$work/labels"
 
 for _ in $(seq 50); do
   nsx curl -fsS -m 1 -o /dev/null http://127.0.0.1:8080/ 2>/dev/null && break
@@ -135,9 +171,10 @@ ir() { awk '/^summary:/ {print $2; exit}' "$1"; }
 # valgrind's gdbserver FIFOs live in $work (not in TMPDIR, which may differ between the two).
 cgctl() { nsx timeout 60 callgrind_control --vgdb-prefix="$work/vgdb" "$@" >>"$work/cgctl.log" 2>&1; }
 
-# wrk SECONDS HOST OUT: keep-alive load through the outbound listener; fails on non-2xx/errors.
+# wrk SECONDS HOST OUT PORT: keep-alive load through the proxy's listener on PORT (15001
+# outbound, 15006 inbound); fails on non-2xx/errors.
 wrk_run() {
-  nsx timeout $(($1 + 60)) wrk -t1 -c4 -d"$1s" -H "Host: $2" http://127.0.0.1:15001/ >"$3"
+  nsx timeout $(($1 + 60)) wrk -t1 -c4 -d"$1s" -H "Host: $2" "http://127.0.0.1:$4/" >"$3"
   if grep -q 'Non-2xx or 3xx responses\|Socket errors' "$3"; then
     echo "bench callgrind: wrk saw errors:" >&2
     cat "$3" >&2
@@ -147,14 +184,18 @@ wrk_run() {
 
 # measure CASE HOST RUN: appends "CASE RUN requests instructions" to $work/results.
 measure() {
-  local name="$1" host="$2" run="$3" out="$work/cg-$1-$3"
+  local name="$1" host="$2" run="$3" out="$work/cg-$1-$3" port=15001
+  local extra=(--pod-labels-file /nonexistent)
+  case "$name" in
+    in*) port=15006; extra=(--pod-labels-file "$work/labels" --fixed-inbound-target 127.0.0.1:8080) ;;
+  esac
   mkdir -p "$out"
   # The shell writes its pid and execs env, then valgrind: that pid is the proxy under callgrind.
   # The environment is emptied so REMORA_* or Kubernetes variables of the caller do not count.
   nsx timeout -k 10 $((4 * secs + 600)) sh -c 'echo $$ >"$0"; exec "$@"' "$out/pid" \
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     valgrind --tool=callgrind --vgdb-prefix="$work/vgdb" --callgrind-out-file="$out/cg.%p" \
-    "$bin" run --rules-dir "$work/rules-$name" --pod-labels-file /nonexistent --kube-api off \
+    "$bin" run --rules-dir "$work/rules-$name" "${extra[@]}" --kube-api off \
     --threads 1 --ipv6 off --drain-seconds 0 --namespace default \
     --fixed-outbound-target 127.0.0.1:8080 --access-log stdout \
     >/dev/null 2>"$out/proxy.err" &
@@ -166,14 +207,19 @@ measure() {
     kill -0 "$wrapper" 2>/dev/null || break
     sleep 0.2
   done
-  if ! body="$(nsx curl -fsS -m 10 -H "Host: $host" http://127.0.0.1:15001/)" || [ "$body" != bench ]; then
+  if ! body="$(nsx curl -fsS -m 10 -H "Host: $host" "http://127.0.0.1:$port/")" || [ "$body" != bench ]; then
     echo "bench callgrind: $name: no answer from the peer through the proxy (got '${body:-}'); proxy log:" >&2
     tail -20 "$out/proxy.err" >&2
     return 1
   fi
-  wrk_run 2 "$host" "$out/warmup.txt"
+  if grep -q 'rules.*rejected' "$out/proxy.err"; then
+    echo "bench callgrind: $name: the proxy rejected the case's rules:" >&2
+    grep 'rejected' "$out/proxy.err" | head -3 >&2
+    return 1
+  fi
+  wrk_run 2 "$host" "$out/warmup.txt" "$port"
   cgctl -z "$vpid"
-  wrk_run "$secs" "$host" "$out/wrk.txt"
+  wrk_run "$secs" "$host" "$out/wrk.txt" "$port"
   cgctl --dump=load "$vpid"
   sleep "$secs"
   cgctl --dump=idle "$vpid"
@@ -198,12 +244,22 @@ measure() {
   fi
   echo "$name run $run: $reqs requests, load $load, idle $idle, $(( (load - idle) / reqs )) instructions/request" >&2
   echo "$name $run $reqs $((load - idle))" >>"$work/results"
+  case "$name" in
+    in*)
+      # Inclusive instructions under the authorization decision.
+      local check
+      check="$(callgrind_annotate --inclusive=yes --threshold=100 "$out/cg.$vpid.1" 2>/dev/null |
+        awk '/remora_proxy::http::authz::decide / { gsub(",", "", $1); if ($1 + 0 > max) max = $1 + 0 } END { print max + 0 }')"
+      echo "$name run $run: authorization decision $((check / reqs)) instructions/request (inclusive)" >&2
+      echo "$name $run $reqs $check" >>"$work/authz"
+      ;;
+  esac
 }
 
 echo "binary: $bin ($("$bin" --version 2>/dev/null | head -1 || true))" >&2
 for run in $(seq "$runs"); do
   for c in "${cases[@]}"; do
-    case "$c" in none) host=127.0.0.1:8080 ;; *) host=reviews ;; esac
+    case "$c" in none | in*) host=127.0.0.1:8080 ;; *) host=reviews ;; esac
     measure "$c" "$host" "$run"
   done
 done
@@ -225,3 +281,39 @@ for c in "${cases[@]}"; do
       printf "| %s | %s | %s | %d | %.1f %% |\n", c, reqs, each, med, 100 * (s[n] - s[1]) / med
     }' "$work/results"
 done
+if [ -s "$work/authz" ]; then
+  echo
+  echo "| inbound case | inside the authorization decision, instructions / request (each run) | median | share of the request (median) |"
+  echo "|---|---|---|---|"
+  for c in "${cases[@]}"; do
+    case "$c" in in*) ;; *) continue ;; esac
+    awk -v c="$c" 'FNR == NR { if ($1 == c) { m++; t[m] = int($4 / $3) } next }
+      $1 == c {
+        n++; ipr[n] = int($4 / $3); s[n] = ipr[n]
+        each = each (n > 1 ? ", " : "") ipr[n]
+      }
+      END {
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (s[j] < s[i]) { x = s[i]; s[i] = s[j]; s[j] = x }
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (t[j] < t[i]) { x = t[i]; t[i] = t[j]; t[j] = x }
+        med = (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
+        tot = (m % 2) ? t[(m + 1) / 2] : (t[m / 2] + t[m / 2 + 1]) / 2
+        printf "| %s | %s | %d | %.2f %% |\n", c, each, med, tot ? 100 * med / tot : 0
+      }' "$work/results" "$work/authz"
+  done
+fi
+# The authorization targets: no selecting policy moves nothing measurable (within 1 %), ten
+# rules cost at most 5 % (medians of the whole request against `in`).
+med() { awk -v c="$1" '$1 == c { n++; s[n] = int($4 / $3) } END {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (s[j] < s[i]) { t = s[i]; s[i] = s[j]; s[j] = t }
+    if (n) print (n % 2) ? s[(n + 1) / 2] : int((s[n / 2] + s[n / 2 + 1]) / 2) }' "$work/results"; }
+base="$(med in)"
+if [ -n "$base" ]; then
+  for c in in+other in+authz; do
+    m="$(med "$c")"
+    [ -n "$m" ] || continue
+    limit=5; [ "$c" = in+other ] && limit=1
+    awk -v c="$c" -v m="$m" -v b="$base" -v l="$limit" 'BEGIN {
+      d = 100 * (m - b) / b
+      printf "target %s: at most +%d %% against no rules: %+.1f %%, %s\n", c, l, d, (d <= l ? "met" : "NOT MET") }'
+  done
+fi
