@@ -88,6 +88,11 @@ struct CaProc {
 
 impl CaProc {
     fn start(api: &RecordedApi) -> CaProc {
+        CaProc::start_with(api, &[])
+    }
+
+    /// With extra `serve` flags.
+    fn start_with(api: &RecordedApi, extra: &[&str]) -> CaProc {
         let bin = remora_e2e::admission::default_bin_dir().join("remora-webhook");
         assert!(
             bin.exists(),
@@ -112,6 +117,7 @@ impl CaProc {
             .arg("--config")
             .arg(dir.path().join("absent.yaml"))
             .args(["--kube-url", &api.url(), "--ca-max-cert-ttl", "12h"])
+            .args(extra)
             .env_remove("POD_NAMESPACE")
             .env("REMORA_LOG", "info");
         for (k, _) in std::env::vars() {
@@ -727,6 +733,179 @@ async fn a_plug_in_cacerts_wins() {
     );
     assert!(log.iter().any(|l| l["message"].as_str().is_some_and(|m| m
         .starts_with("mesh CA: using the plug-in CA from Secret remora-system/cacerts (it wins"))));
+}
+
+/// A CA certificate named `cn`: self-signed (`issuer: None`, a root) or signed by `issuer`.
+fn ca_cert(
+    cn: &str,
+    issuer: Option<(&rcgen::Certificate, &rcgen::KeyPair)>,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let cert = match issuer {
+        None => p.self_signed(&key).unwrap(),
+        Some((c, k)) => p.signed_by(&key, c, k).unwrap(),
+    };
+    (cert, key)
+}
+
+/// Root rotation as Istio documents it for plug-in CAs, while the CA runs: `cacerts` first
+/// trusts the old and the new root (a bundle in `root-cert.pem`), then signs with the new
+/// intermediate, then trusts the new root alone. Each step is taken at the next pass without a
+/// restart: the published roots, the chains issued and the CA's own serving certificate follow.
+/// A broken Secret in between leaves the current CA signing, with the reason in the log.
+#[tokio::test]
+async fn the_plug_in_root_rotates_while_the_ca_runs() {
+    remora_webhook::tls::install_provider();
+    let (root_a, root_a_key) = ca_cert("Example Old Root", None);
+    let (int_a, int_a_key) = ca_cert("Example Old Intermediate", Some((&root_a, &root_a_key)));
+    let (root_b, root_b_key) = ca_cert("Example New Root", None);
+    let (int_b, int_b_key) = ca_cert("Example New Intermediate", Some((&root_b, &root_b_key)));
+    let bundle = format!("{}{}", root_a.pem(), root_b.pem());
+    let api = api().await;
+    let set = |int: &rcgen::Certificate, key: &rcgen::KeyPair, roots: &str, rv: &str| {
+        api.on(
+            "GET",
+            PLUGIN_SECRET,
+            Reply::json(
+                200,
+                secret_body(
+                    "cacerts",
+                    &[
+                        ("ca-cert.pem", int.pem()),
+                        ("ca-key.pem", key.serialize_pem()),
+                        ("root-cert.pem", roots.to_string()),
+                    ],
+                    rv,
+                ),
+            ),
+        );
+    };
+    let reads = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path() == PLUGIN_SECRET)
+            .count()
+    };
+    let published = || {
+        posts_to(&api, DEFAULT_CMS)
+            .last()
+            .and_then(|c| c["data"]["root-cert.pem"].as_str().map(String::from))
+    };
+    set(&int_a, &int_a_key, &root_a.pem(), "1");
+    let mut ca = CaProc::start_with(&api, &["--ca-publish-interval", "1s"]);
+    ca.wait_for("the old root published", || {
+        published() == Some(root_a.pem())
+    })
+    .await;
+    let mut c = ca.client(&root_a.pem()).await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain[1], int_a.pem());
+    check_chain(&chain, HTTPBIN, CAP.as_secs() as i64, &root_a.pem());
+
+    // 1. Both roots trusted, still signing with the old intermediate.
+    set(&int_a, &int_a_key, &bundle, "2");
+    ca.wait_for("the bundle published", || {
+        published().as_deref() == Some(bundle.as_str())
+    })
+    .await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain[1], int_a.pem());
+    assert_eq!(chain.last(), Some(&bundle), "the bundle ends the chain");
+    sign::verify(
+        &chain,
+        &der(&root_a.pem()),
+        remora_webhook::certs::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+
+    // A broken Secret (the new key with the old certificate) is not taken.
+    set(&int_a, &int_b_key, &bundle, "3");
+    let before = reads();
+    ca.wait_for("two more reads of cacerts", || reads() >= before + 2)
+        .await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain[1], int_a.pem(), "the current CA still signs");
+
+    // 2. The new intermediate signs; both roots still trusted. A client trusting the bundle
+    // reaches the CA, whose serving certificate now comes from the new intermediate.
+    set(&int_b, &int_b_key, &bundle, "4");
+    let deadline = Instant::now() + PATIENCE;
+    let chain = loop {
+        let chain = c
+            .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+            .await
+            .unwrap();
+        if chain[1] == int_b.pem() {
+            break chain;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still signing with the old intermediate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(chain.last(), Some(&bundle));
+    sign::verify(
+        &chain,
+        &der(&root_b.pem()),
+        remora_webhook::certs::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    assert!(
+        sign::verify(
+            &chain,
+            &der(&root_a.pem()),
+            remora_webhook::certs::OffsetDateTime::now_utc()
+        )
+        .is_err(),
+        "a new chain leads to the new root only"
+    );
+
+    // 3. The old root retired.
+    set(&int_b, &int_b_key, &root_b.pem(), "5");
+    ca.wait_for("the new root alone published", || {
+        published() == Some(root_b.pem())
+    })
+    .await;
+    let mut only_new = ca.client(&root_b.pem()).await;
+    let chain = only_new
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain[1], int_b.pem());
+    check_chain(&chain, HTTPBIN, CAP.as_secs() as i64, &root_b.pem());
+
+    let log = ca.stop_and_log();
+    let messages: Vec<&str> = log.iter().filter_map(|l| l["message"].as_str()).collect();
+    let changed = messages
+        .iter()
+        .filter(|m| m.starts_with("mesh CA: the root Secret changed (plug-in CA in Secret remora-system/cacerts); now signing with it"))
+        .count();
+    assert_eq!(changed, 3, "{messages:#?}");
+    assert!(
+        log.iter().any(|l| l["message"]
+            == "mesh CA: the root Secret changed but does not hold a usable CA; keeping the current one"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("ca-key.pem: does not belong to ca-cert.pem"))),
+        "{messages:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -312,7 +312,8 @@ struct CaArgs {
     /// The CA's Service: its serving certificate names `<service>.<namespace>.svc`.
     #[arg(long, env = "REMORA_CA_SERVICE", default_value = "remora-ca")]
     ca_service: String,
-    /// Time between passes publishing the root to meshed namespaces.
+    /// Time between passes publishing the root to meshed namespaces (the root Secret is re-read
+    /// before each: a rotation is taken then).
     #[arg(long, env = "REMORA_CA_PUBLISH_INTERVAL", default_value = "60s")]
     ca_publish_interval: String,
     /// The CA address injected proxies call (their `REMORA_CA_ADDRESS`; with it they get the

@@ -17,7 +17,6 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 use super::authn::{bearer, Authenticator};
-use super::root::Authority;
 use super::sign::{self, Policy, Reason, Refusal};
 
 pub use remora_model::ca_api::{
@@ -56,7 +55,8 @@ impl Default for Limits {
 
 /// The CA as the service sees it.
 pub struct Ca {
-    pub authority: Arc<Authority>,
+    /// The signing CA in use (replaced when the root Secret changes).
+    pub authority: super::Current,
     pub authn: Authenticator,
     pub policy: Policy,
     slots: Semaphore,
@@ -65,7 +65,7 @@ pub struct Ca {
 
 impl Ca {
     pub fn new(
-        authority: Arc<Authority>,
+        authority: super::Current,
         authn: Authenticator,
         policy: Policy,
         limits: Limits,
@@ -105,9 +105,10 @@ impl Ca {
         let uri = id.spiffe(&self.policy.trust_domain);
         let ttl = self.policy.ttl(req.validity_duration);
         let started = Instant::now();
+        let authority = self.authority.get();
         let issued = sign::check_csr(&req.csr, &uri).and_then(|checked| {
             sign::issue(
-                &self.authority,
+                &authority,
                 checked,
                 &uri,
                 ttl,

@@ -1,5 +1,5 @@
-//! The mesh CA: workload identity certificates, Istio-compatible (the first slice: the CA
-//! server; the sidecar side is not built yet).
+//! The mesh CA: workload identity certificates, Istio-compatible (the sidecar's side is
+//! `remora-proxy`'s `identity` module).
 //!
 //! `remora-webhook serve` runs it on its own TLS port (`--ca-addr`, default `0.0.0.0:15012`):
 //! Istio's `istio.v1.auth.IstioCertificateService/CreateCertificate` over gRPC ([`grpc`]). A
@@ -11,6 +11,12 @@
 //! when present, else a root generated on first start and kept in Secret `remora-ca`, created
 //! race-safely (create; on 409 read the winner's), so every replica signs with the same root.
 //! [`publish`] writes the root into ConfigMap `remora-ca-root-cert` of every meshed namespace.
+//!
+//! Root rotation: before every publication pass the root Secrets are read again; when their data
+//! changed and the new CA loads (a `root-cert.pem` bundle of the old and the new root, then the
+//! new signing CA, then the new root alone: Istio's procedure for plug-in CAs), it replaces the
+//! one in use — new certificates, the serving certificate and the published roots follow — and a
+//! Secret that does not load leaves the current CA in place, with the reason in the log.
 
 pub mod authn;
 pub mod grpc;
@@ -20,7 +26,7 @@ pub mod sign;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -192,6 +198,116 @@ pub mod metrics {
     }
 }
 
+/// The signing CA in use, shared by the service, the publisher and the serving certificate;
+/// replaced as a whole when the root Secret changes.
+#[derive(Clone, Debug)]
+pub struct Current(Arc<RwLock<Arc<root::Authority>>>);
+
+impl Current {
+    pub fn new(a: root::Authority) -> Current {
+        Current(Arc::new(RwLock::new(Arc::new(a))))
+    }
+
+    pub fn get(&self) -> Arc<root::Authority> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, a: Arc<root::Authority>) {
+        match self.0.write() {
+            Ok(mut g) => *g = a,
+            Err(p) => *p.into_inner() = a,
+        }
+    }
+}
+
+/// The data of the Secret that decides the CA now: `cacerts` when it exists, else the
+/// generated root's Secret; `None` when neither exists.
+async fn secret_in_force(client: &Client, opts: &Options) -> Result<Loaded, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    let ns = &opts.namespace;
+    for (name, origin) in [
+        (
+            PLUGIN_SECRET,
+            Origin::PlugIn(format!("{ns}/{PLUGIN_SECRET}")),
+        ),
+        (
+            opts.secret.as_str(),
+            Origin::Generated(format!("{ns}/{}", opts.secret)),
+        ),
+    ] {
+        match secrets.get_opt(name).await {
+            Ok(Some(s)) => return Ok(Some((origin, data_of(&s)))),
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading Secret {ns}/{name}: {e}")),
+        }
+    }
+    Ok(None)
+}
+
+/// The origin and data of the Secret a CA was loaded from; `None`: no Secret.
+pub type Loaded = Option<(Origin, BTreeMap<String, Vec<u8>>)>;
+
+/// What a reload pass concluded (pure, for the log and the tests).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The Secret's data is what is in use.
+    Unchanged,
+    /// A new CA replaced the one in use.
+    Replaced,
+    /// The Secret changed but does not load (or is gone): the current CA stays.
+    Kept(String),
+}
+
+/// Reads the Secret in force and replaces `current` when its data changed (against `last`, the
+/// data in use) and loads. Logs what it decided.
+pub async fn reload(
+    client: &Client,
+    opts: &Options,
+    current: &Current,
+    last: &mut Loaded,
+) -> Reload {
+    let found = match secret_in_force(client, opts).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "mesh CA: could not re-read the root Secret; keeping the current CA");
+            return Reload::Kept(e);
+        }
+    };
+    if found.is_none() && last.is_none() {
+        return Reload::Unchanged;
+    }
+    if found == *last {
+        return Reload::Unchanged;
+    }
+    let Some((origin, data)) = found else {
+        let why = "neither Secret exists any more".to_string();
+        tracing::warn!(reason = %why, "mesh CA: the root Secret is gone; keeping the current CA (it is not generated again while running)");
+        *last = None;
+        return Reload::Kept(why);
+    };
+    match root::load(&data, origin.clone(), OffsetDateTime::now_utc()) {
+        Ok(a) => {
+            let before = current.get();
+            tracing::info!(origin = %a.origin, roots = a.roots, ca_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
+                root_changed = (a.root_pem != before.root_pem), signing_ca_changed = (a.intermediates != before.intermediates || a.root_der != before.root_der),
+                dropped = ?a.dropped,
+                "mesh CA: the root Secret changed ({origin}); now signing with it and trusting {} root(s)", a.roots);
+            current.set(Arc::new(a));
+            *last = Some((origin, data));
+            Reload::Replaced
+        }
+        Err(e) => {
+            tracing::error!(error = %e, origin = %origin,
+                "mesh CA: the root Secret changed but does not hold a usable CA; keeping the current one");
+            *last = Some((origin, data));
+            Reload::Kept(e)
+        }
+    }
+}
+
 /// At most this many read-decide-write rounds when settling the root (each lost race costs one).
 const ROUNDS: usize = 4;
 
@@ -206,7 +322,11 @@ fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 /// generated root in `opts.secret`, generated and created now when missing (a lost create
 /// race reads the winner's). A Secret that exists but does not hold a usable CA is an error,
 /// never overwritten.
-pub async fn load_authority(client: &Client, opts: &Options) -> anyhow::Result<root::Authority> {
+/// The Secret's origin and data are returned with the CA (what `reload` compares against).
+pub async fn load_authority(
+    client: &Client,
+    opts: &Options,
+) -> anyhow::Result<(root::Authority, Loaded)> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let ns = &opts.namespace;
     let plug_id = format!("{ns}/{PLUGIN_SECRET}");
@@ -218,25 +338,26 @@ pub async fn load_authority(client: &Client, opts: &Options) -> anyhow::Result<r
             .await
             .map_err(|e| anyhow::anyhow!("reading Secret {plug_id}: {e}"))?
         {
-            let a = root::load(&data_of(&s), Origin::PlugIn(plug_id.clone()), now)
+            let data = data_of(&s);
+            let a = root::load(&data, Origin::PlugIn(plug_id.clone()), now)
                 .map_err(|e| anyhow::anyhow!("plug-in CA Secret {plug_id}: {e}"))?;
             tracing::info!(secret = %plug_id, ca_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
                 intermediates = a.intermediates.len(),
                 "mesh CA: using the plug-in CA from Secret {plug_id} (it wins over a generated root in {own_id})");
-            return Ok(a);
+            return Ok((a, Some((Origin::PlugIn(plug_id), data))));
         }
         if let Some(s) = secrets
             .get_opt(&opts.secret)
             .await
             .map_err(|e| anyhow::anyhow!("reading Secret {own_id}: {e}"))?
         {
-            let a =
-                root::load(&data_of(&s), Origin::Generated(own_id.clone()), now).map_err(|e| {
-                    anyhow::anyhow!("root Secret {own_id}: {e} (not overwritten: fix or delete it)")
-                })?;
+            let data = data_of(&s);
+            let a = root::load(&data, Origin::Generated(own_id.clone()), now).map_err(|e| {
+                anyhow::anyhow!("root Secret {own_id}: {e} (not overwritten: fix or delete it)")
+            })?;
             tracing::info!(secret = %own_id, root_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
                 "mesh CA: using the root in Secret {own_id}");
-            return Ok(a);
+            return Ok((a, Some((Origin::Generated(own_id), data))));
         }
         let data = root::generate(now, root::ROOT_VALIDITY, &opts.trust_domain)
             .map_err(|e| anyhow::anyhow!("mesh CA: {e}"))?;
@@ -259,7 +380,11 @@ pub async fn load_authority(client: &Client, opts: &Options) -> anyhow::Result<r
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
             ..Secret::default()
         };
         match lost_on_conflict(secrets.create(&PostParams::default(), &secret).await)
@@ -268,7 +393,7 @@ pub async fn load_authority(client: &Client, opts: &Options) -> anyhow::Result<r
             Write::Done => {
                 tracing::info!(secret = %own_id, root_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
                     "mesh CA: no root yet: generated an ECDSA P-256 root and stored it in Secret {own_id}");
-                return Ok(a);
+                return Ok((a, Some((Origin::Generated(own_id), data))));
             }
             Write::Lost => {
                 tracing::info!(secret = %own_id,
@@ -314,9 +439,9 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
         "mesh CA listening on {addr}; loading the root of trust");
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
-        let authority = loop {
+        let (authority, mut loaded) = loop {
             match load_authority(&client, &opts).await {
-                Ok(a) => break Arc::new(a),
+                Ok((a, l)) => break (Current::new(a), l),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), retry_in_seconds = backoff.as_secs(),
                         "mesh CA: root of trust not loaded; not serving yet");
@@ -326,7 +451,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             }
         };
         let names = opts.dns_names();
-        let resolver = match serving_key(&authority, &names) {
+        let resolver = match serving_key(&authority.get(), &names) {
             Ok(k) => crate::tls::CertResolver::from_pair(k),
             Err(e) => {
                 tracing::error!(error = %e, "mesh CA: cannot issue its own serving certificate; not serving");
@@ -341,26 +466,40 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             }
         };
         // Re-issue the serving certificate well before it expires.
-        let renew_authority = authority.clone();
-        let renew_names = names.clone();
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SERVING_RENEW).await;
-                match serving_key(&renew_authority, &renew_names) {
-                    Ok(k) => {
-                        resolver.set(k);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mesh CA: serving certificate renewal failed; keeping the current one")
+        let reissue = {
+            let (current, names, resolver) = (authority.clone(), names.clone(), resolver.clone());
+            move || match serving_key(&current.get(), &names) {
+                Ok(k) => {
+                    resolver.set(k);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mesh CA: serving certificate renewal failed; keeping the current one")
+                }
+            }
+        };
+        let renew = tokio::spawn({
+            let reissue = reissue.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(SERVING_RENEW).await;
+                    reissue();
+                }
+            }
+        });
+        // Publish the roots, then every interval: re-read the root Secret (a rotation replaces
+        // the CA and its serving certificate) and publish again.
+        let publisher = tokio::spawn({
+            let (client, current, opts) = (client.clone(), authority.clone(), opts.clone());
+            async move {
+                loop {
+                    publish::pass_and_log(&client, &current.get().root_pem).await;
+                    tokio::time::sleep(opts.publish_interval).await;
+                    if reload(&client, &opts, &current, &mut loaded).await == Reload::Replaced {
+                        reissue();
                     }
                 }
             }
         });
-        let publisher = tokio::spawn(publish::run(
-            client.clone(),
-            authority.root_pem.clone(),
-            opts.publish_interval,
-        ));
         let authn = authn::Authenticator::new(client, &opts.audience, Duration::from_secs(10));
         let limits = grpc::Limits::default();
         let ca = Arc::new(grpc::Ca::new(
@@ -369,7 +508,7 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             opts.policy(),
             limits.clone(),
         ));
-        tracing::info!(addr = %addr, origin = %authority.origin, server_name = %names[0],
+        tracing::info!(addr = %addr, origin = %authority.get().origin, server_name = %names[0],
             "mesh CA serving istio.v1.auth.IstioCertificateService on {addr}");
         // Aborting this task drops the guards, which end the helpers.
         let _guards = (AbortOnDrop(renew), AbortOnDrop(publisher));

@@ -13,7 +13,6 @@
 //! The decisions ([`wanted`], [`plan`]) are pure.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ListParams, ObjectMeta, PostParams};
@@ -190,10 +189,10 @@ pub async fn pass(client: &Client, root_pem: &str) -> Result<Pass, String> {
     Ok(done)
 }
 
-/// A pass now, then every `interval`, forever.
-pub async fn run(client: Client, root_pem: String, interval: Duration) {
-    loop {
-        match pass(&client, &root_pem).await {
+/// One pass, its outcome logged.
+pub async fn pass_and_log(client: &Client, root_pem: &str) {
+    {
+        match pass(client, root_pem).await {
             Ok(p) => {
                 let level_info =
                     p.created + p.updated > 0 || !p.failed.is_empty() || p.deferred > 0;
@@ -218,7 +217,6 @@ pub async fn run(client: Client, root_pem: String, interval: Duration) {
                 tracing::warn!(error = %e, "root certificate publication pass failed; retrying next pass")
             }
         }
-        tokio::time::sleep(interval).await;
     }
 }
 

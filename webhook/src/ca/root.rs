@@ -4,7 +4,9 @@
 //! Both Secrets use Istio's plug-in key names:
 //! - `ca-cert.pem`: the signing CA certificate (the root itself, or the user's intermediate);
 //! - `ca-key.pem`: its private key (PKCS#8, `BEGIN PRIVATE KEY`);
-//! - `root-cert.pem`: the root of trust (what workloads trust);
+//! - `root-cert.pem`: the roots of trust (what workloads trust): one root, or during a root
+//!   rotation a bundle of the old and the new root (Istio's procedure for plug-in CAs), all
+//!   published and trusted together; `ca-cert.pem` must chain to one of them;
 //! - `cert-chain.pem` (optional): the chain from `ca-cert.pem` up to the root; sent after each
 //!   leaf (certificates equal to the root are left out: the root is always sent last).
 
@@ -58,9 +60,15 @@ pub struct Authority {
     /// PEM of each certificate sent between the leaf and the root (`ca-cert.pem` first), empty
     /// when the root signs.
     pub intermediates: Vec<String>,
-    /// The root of trust, PEM (one certificate).
+    /// The roots of trust, PEM, in `root-cert.pem`'s order: what is published to the
+    /// namespaces and sent last in every chain.
     pub root_pem: String,
+    /// The root `ca-cert.pem` chains to (the anchor of what this CA signs).
     pub root_der: CertificateDer<'static>,
+    /// How many roots `root_pem` holds.
+    pub roots: usize,
+    /// Roots of `root-cert.pem` left out of the bundle (expired, not a CA), each with why.
+    pub dropped: Vec<String>,
     pub origin: Origin,
 }
 
@@ -168,26 +176,40 @@ pub fn load(
         ));
     }
 
-    let roots = pem_certs(&root_text).map_err(|e| format!("{ROOT_CERT}: {e}"))?;
-    if roots.len() != 1 {
+    // The roots of trust: every usable CA certificate of root-cert.pem (a rotation bundle holds
+    // the old and the new root); unusable ones are left out, named in `dropped`.
+    let mut roots: Vec<CertificateDer<'static>> = Vec::new();
+    let mut dropped = Vec::new();
+    for (i, der) in pem_certs(&root_text)
+        .map_err(|e| format!("{ROOT_CERT}: {e}"))?
+        .into_iter()
+        .enumerate()
+    {
+        let n = i + 1;
+        let (_, root) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("{ROOT_CERT}: certificate {n}: not an X.509 certificate ({e})"))?;
+        let subject = root.subject().to_string();
+        if !root.is_ca() {
+            dropped.push(format!("certificate {n} ({subject}): not a CA certificate"));
+        } else if now >= root.validity().not_after.to_datetime() {
+            dropped.push(format!(
+                "certificate {n} ({subject}): expired at {}",
+                fmt_time(root.validity().not_after.to_datetime())
+            ));
+        } else if !roots.contains(&der) {
+            roots.push(der);
+        }
+    }
+    if roots.is_empty() {
         return Err(format!(
-            "{ROOT_CERT}: {} certificates; exactly one root is supported (root rotation is not built yet)",
-            roots.len()
+            "{ROOT_CERT}: no usable root certificate ({})",
+            if dropped.is_empty() {
+                "none found".to_string()
+            } else {
+                dropped.join("; ")
+            }
         ));
     }
-    let root_der = roots[0].clone();
-    let (_, root) = x509_parser::parse_x509_certificate(root_der.as_ref())
-        .map_err(|e| format!("{ROOT_CERT}: not an X.509 certificate ({e})"))?;
-    if !root.is_ca() {
-        return Err(format!("{ROOT_CERT}: not a CA certificate"));
-    }
-    if now >= root.validity().not_after.to_datetime() {
-        return Err(format!(
-            "{ROOT_CERT}: expired at {}",
-            fmt_time(root.validity().not_after.to_datetime())
-        ));
-    }
-
     // Between the leaf and the root: ca-cert.pem (unless it is the root), then the chain
     // without duplicates and without the root.
     let mut between: Vec<CertificateDer<'static>> = Vec::new();
@@ -197,7 +219,7 @@ pub fn load(
         pem_certs(&chain_text).map_err(|e| format!("{CERT_CHAIN}: {e}"))?
     };
     for c in std::iter::once(ca_der.clone()).chain(chain) {
-        if c != root_der && !between.contains(&c) {
+        if !roots.contains(&c) && !between.contains(&c) {
             between.push(c);
         }
     }
@@ -207,20 +229,39 @@ pub fn load(
     let issuer = params
         .self_signed(&key)
         .map_err(|e| format!("{CA_CERT}: rcgen cannot sign with it ({e})"))?;
-    let authority = Authority {
+    let mut authority = Authority {
         issuer,
         key,
         ca_not_after: until,
         intermediates,
-        root_pem: pem_of(&root_der),
-        root_der,
+        root_pem: roots.iter().map(pem_of).collect(),
+        root_der: roots[0].clone(),
+        roots: roots.len(),
+        dropped,
         origin,
     };
-    // The proof: a certificate it signs verifies against the root as a workload's would.
-    let probe = crate::ca::sign::probe(&authority, now)
-        .map_err(|e| format!("{CA_CERT}: a test certificate it signed {e}"))?;
-    drop(probe);
-    Ok(authority)
+    // The proof: a certificate it signs verifies against one of the roots as a workload's
+    // would; that root is the anchor.
+    let mut failures = Vec::new();
+    for (i, root) in roots.iter().enumerate() {
+        authority.root_der = root.clone();
+        match crate::ca::sign::probe(&authority, now) {
+            Ok(_) => return Ok(authority),
+            Err(e) => failures.push(format!("root {}: {e}", i + 1)),
+        }
+    }
+    Err(if roots.len() == 1 {
+        format!(
+            "{CA_CERT}: a test certificate it signed {}",
+            failures.join("; ").trim_start_matches("root 1: ")
+        )
+    } else {
+        format!(
+            "{CA_CERT}: a test certificate it signed verifies against none of the {} roots of {ROOT_CERT} ({})",
+            roots.len(),
+            failures.join("; ")
+        )
+    })
 }
 
 /// The authority shared by the service, or `None` until the root is loaded.

@@ -793,6 +793,90 @@ mod tests {
         );
     }
 
+    /// Root rotation: `root-cert.pem` may hold the old and the new root; the CA signs with
+    /// whichever `ca-cert.pem` chains to, publishes both, and a leaf of either verifies against
+    /// the bundle. Unusable roots are left out with the reason; a bundle without the signing
+    /// CA's root is refused.
+    #[test]
+    fn a_root_bundle_during_rotation() {
+        let at = now();
+        let old = authority();
+        let new = authority();
+        let bundle = format!("{}{}", old.root_pem, new.root_pem);
+        // Still signing with the old root, trusting both.
+        let mut data = root::generate(at, root::ROOT_VALIDITY, "cluster.local").unwrap();
+        let old_data = data.clone();
+        data.insert(root::ROOT_CERT.into(), bundle.clone().into_bytes());
+        let e = root::load(&data, Origin::PlugIn("x".into()), at).unwrap_err();
+        assert!(
+            e.starts_with("ca-cert.pem: a test certificate it signed verifies against none of the 2 roots of root-cert.pem"),
+            "{e}"
+        );
+        let mut with_own = old_data.clone();
+        let own_root = String::from_utf8(old_data[root::ROOT_CERT].clone()).unwrap();
+        with_own.insert(
+            root::ROOT_CERT.into(),
+            format!("{}{own_root}", new.root_pem).into_bytes(),
+        );
+        let a = root::load(&with_own, Origin::PlugIn("x".into()), at).unwrap();
+        assert_eq!(a.roots, 2);
+        assert_eq!(
+            a.root_pem,
+            format!("{}{own_root}", new.root_pem),
+            "both published, in order"
+        );
+        assert_eq!(
+            a.root_der,
+            root::certs_of(&own_root)[0],
+            "the anchor is the signing root"
+        );
+        assert!(
+            a.intermediates.is_empty(),
+            "no root is sent as an intermediate"
+        );
+        let issued = probe(&a, at).unwrap();
+        assert_eq!(
+            issued.chain.last().unwrap(),
+            &a.root_pem,
+            "the bundle ends the chain"
+        );
+        verify(&issued.chain, &a.root_der, at).unwrap();
+        // A leaf of the other root verifies against that root of the bundle.
+        let other = probe(&new, at).unwrap();
+        verify(&other.chain, &root::certs_of(&new.root_pem)[0], at).unwrap();
+
+        // An expired root in the bundle is left out, named.
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Old Expired Root");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.not_before = at - Duration::from_secs(7200);
+        p.not_after = at - Duration::from_secs(3600);
+        let expired = p.self_signed(&key).unwrap();
+        let mut with_expired = old_data.clone();
+        with_expired.insert(
+            root::ROOT_CERT.into(),
+            format!("{}{own_root}", expired.pem()).into_bytes(),
+        );
+        let a = root::load(&with_expired, Origin::PlugIn("x".into()), at).unwrap();
+        assert_eq!(a.roots, 1);
+        assert_eq!(a.root_pem, own_root);
+        assert_eq!(a.dropped.len(), 1);
+        assert!(
+            a.dropped[0].starts_with("certificate 1 (CN=Old Expired Root): expired at"),
+            "{:?}",
+            a.dropped
+        );
+        let mut only_expired = old_data;
+        only_expired.insert(root::ROOT_CERT.into(), expired.pem().into_bytes());
+        let e = root::load(&only_expired, Origin::PlugIn("x".into()), at).unwrap_err();
+        assert!(
+            e.starts_with("root-cert.pem: no usable root certificate (certificate 1"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn every_reason_has_a_distinct_label() {
         let mut labels: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
