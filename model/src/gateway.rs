@@ -1,0 +1,1355 @@
+//! Istio's `Gateway` kind (`networking.istio.io`) and the gateway proxy's pure decisions: which
+//! Gateways select a gateway pod, on which port each server listens and whether it terminates
+//! TLS (the plan), which server a host or SNI reaches, and which gateway-bound VirtualService
+//! route applies to a request. No I/O: the proxy (`remora-proxy gateway`) binds the ports,
+//! reads the certificates and serves what the plan says.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::host::{check_host, match_score, split_authority};
+use crate::route::{self, Decision, RequestInfo, Via};
+use crate::rules::{Meta, Snapshot, VirtualService};
+use crate::typed::{fail, pick, Port, Unknown, R};
+
+// ------------------------------------------------------------------------------------ the kind
+
+/// One `Gateway` object, decoded and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gateway {
+    pub meta: Meta,
+    /// `spec.selector`: the labels a gateway pod must carry (all of them).
+    pub selector: BTreeMap<String, String>,
+    pub servers: Vec<Server>,
+}
+
+/// One entry of `spec.servers`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    /// Its index in `spec.servers` (for messages: `spec.servers[i]`).
+    pub index: usize,
+    pub name: Option<String>,
+    /// `port.number`: the gateway Service's port.
+    pub port: u16,
+    pub port_name: String,
+    pub protocol: ServerProtocol,
+    pub hosts: Vec<ServerHost>,
+    /// `bind`: the address to listen on (default: all addresses).
+    pub bind: Option<String>,
+    pub tls: Option<ServerTls>,
+}
+
+/// `port.protocol` of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerProtocol {
+    Http,
+    Https,
+    Http2,
+    Grpc,
+    Tls,
+    Tcp,
+}
+
+impl ServerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerProtocol::Http => "HTTP",
+            ServerProtocol::Https => "HTTPS",
+            ServerProtocol::Http2 => "HTTP2",
+            ServerProtocol::Grpc => "GRPC",
+            ServerProtocol::Tls => "TLS",
+            ServerProtocol::Tcp => "TCP",
+        }
+    }
+}
+
+/// One of a server's `hosts`: `[namespace/]dnsName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHost {
+    /// Which VirtualServices may bind to this host, by their namespace.
+    pub namespace: HostNamespace,
+    /// `*`, `*.example.com` or `example.com` (lower case).
+    pub host: String,
+}
+
+/// The namespace part of a server host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostNamespace {
+    /// No namespace or `*/`: VirtualServices of any namespace.
+    Any,
+    /// `./`: the Gateway's own namespace.
+    Gateway,
+    /// `ns/`: that namespace only.
+    Named(String),
+}
+
+/// `tls` of a server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerTls {
+    pub https_redirect: bool,
+    /// `None` when `mode` is not set (Istio's default is PASSTHROUGH; only an HTTP server with
+    /// `httpsRedirect` alone leaves it unset in practice).
+    pub mode: Option<TlsMode>,
+    pub credential_name: Option<String>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+}
+
+/// `tls.mode` of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Passthrough,
+    Simple,
+    Mutual,
+    AutoPassthrough,
+    IstioMutual,
+    OptionalMutual,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Passthrough => "PASSTHROUGH",
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+            TlsMode::AutoPassthrough => "AUTO_PASSTHROUGH",
+            TlsMode::IstioMutual => "ISTIO_MUTUAL",
+            TlsMode::OptionalMutual => "OPTIONAL_MUTUAL",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewaySpec {
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default)]
+    servers: Vec<ServerSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerSpec {
+    port: Option<PortSpec>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    bind: Option<String>,
+    tls: Option<TlsSpec>,
+    name: Option<String>,
+    default_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PortSpec {
+    number: Option<Port>,
+    protocol: Option<String>,
+    name: Option<String>,
+    target_port: Option<Port>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TlsSpec {
+    #[serde(default)]
+    https_redirect: bool,
+    mode: Option<String>,
+    credential_name: Option<String>,
+    #[serde(default)]
+    credential_names: Vec<String>,
+    server_certificate: Option<String>,
+    private_key: Option<String>,
+    ca_certificates: Option<String>,
+    ca_crl: Option<String>,
+    #[serde(default)]
+    subject_alt_names: Vec<String>,
+    #[serde(default)]
+    verify_certificate_spki: Vec<String>,
+    #[serde(default)]
+    verify_certificate_hash: Vec<String>,
+    min_protocol_version: Option<String>,
+    max_protocol_version: Option<String>,
+    #[serde(default)]
+    cipher_suites: Vec<String>,
+}
+
+const PROTOCOLS: &[(&str, ServerProtocol)] = &[
+    ("HTTP", ServerProtocol::Http),
+    ("HTTPS", ServerProtocol::Https),
+    ("HTTP2", ServerProtocol::Http2),
+    ("GRPC", ServerProtocol::Grpc),
+    ("TLS", ServerProtocol::Tls),
+    ("TCP", ServerProtocol::Tcp),
+];
+
+const MODES: &[(&str, TlsMode)] = &[
+    ("PASSTHROUGH", TlsMode::Passthrough),
+    ("SIMPLE", TlsMode::Simple),
+    ("MUTUAL", TlsMode::Mutual),
+    ("AUTO_PASSTHROUGH", TlsMode::AutoPassthrough),
+    ("ISTIO_MUTUAL", TlsMode::IstioMutual),
+    ("OPTIONAL_MUTUAL", TlsMode::OptionalMutual),
+];
+
+const TLS_VERSIONS: &[(&str, ())] = &[
+    ("TLS_AUTO", ()),
+    ("TLSV1_0", ()),
+    ("TLSV1_1", ()),
+    ("TLSV1_2", ()),
+    ("TLSV1_3", ()),
+];
+
+/// Decode and check a Gateway's `spec` (Istio's validation: a port, a protocol and at least
+/// one host per server; TLS settings for HTTPS and TLS servers; certificates for SIMPLE and
+/// MUTUAL). Unknown fields are added to `unknown`.
+pub fn decode(meta: Meta, spec: &Value, unknown: &mut Vec<Unknown>) -> R<Gateway> {
+    let s = crate::typed::decode::<GatewaySpec>(spec, "spec", unknown)?;
+    if s.servers.is_empty() {
+        return fail("spec.servers", "at least one server is required");
+    }
+    for (k, v) in &s.selector {
+        if k.is_empty() {
+            return fail("spec.selector", format!("empty label key (value {v:?})"));
+        }
+    }
+    let mut servers = Vec::new();
+    for (i, sv) in s.servers.into_iter().enumerate() {
+        servers.push(server(i, sv)?);
+    }
+    Ok(Gateway {
+        meta,
+        selector: s.selector,
+        servers,
+    })
+}
+
+fn server(index: usize, s: ServerSpec) -> R<Server> {
+    let at = format!("spec.servers[{index}]");
+    let Some(port) = s.port else {
+        return fail(&format!("{at}.port"), "required field is missing");
+    };
+    let Some(number) = port.number else {
+        return fail(&format!("{at}.port.number"), "required field is missing");
+    };
+    let protocol = match port.protocol.as_deref() {
+        None | Some("") => return fail(&format!("{at}.port.protocol"), "required field is missing"),
+        Some(p) => pick(
+            &p.to_ascii_uppercase(),
+            PROTOCOLS,
+            "HTTP, HTTPS, HTTP2, GRPC, TLS or TCP (other protocols are not served by remora's gateway)",
+        )
+        .map_err(|e| crate::typed::FieldError::new(format!("{at}.port.protocol"), e))?,
+    };
+    if port.target_port.is_some() {
+        return fail(
+            &format!("{at}.port.targetPort"),
+            "not supported (deprecated in Istio); the listening port comes from --gateway-port-map",
+        );
+    }
+    if s.hosts.is_empty() {
+        return fail(&format!("{at}.hosts"), "at least one host is required");
+    }
+    let mut hosts = Vec::new();
+    for (j, h) in s.hosts.iter().enumerate() {
+        hosts.push(server_host(h, &format!("{at}.hosts[{j}]"))?);
+    }
+    if let Some(b) = &s.bind {
+        if b.parse::<std::net::IpAddr>().is_err() {
+            return fail(
+                &format!("{at}.bind"),
+                format!("{b:?} is not an IP address (unix sockets are not supported)"),
+            );
+        }
+    }
+    if s.default_endpoint.is_some() {
+        return fail(
+            &format!("{at}.defaultEndpoint"),
+            "not supported (a sidecar ingress setting, not a gateway's)",
+        );
+    }
+    let tls = match s.tls {
+        None => None,
+        Some(t) => Some(server_tls(t, &format!("{at}.tls"))?),
+    };
+    let terminates = matches!(protocol, ServerProtocol::Https | ServerProtocol::Tls);
+    if terminates && tls.as_ref().and_then(|t| t.mode).is_none() {
+        return fail(
+            &format!("{at}.tls"),
+            format!(
+                "a {} server needs tls with a mode (SIMPLE, MUTUAL, PASSTHROUGH, ...)",
+                protocol.as_str()
+            ),
+        );
+    }
+    if !terminates {
+        if let Some(t) = tls.as_ref().filter(|t| !t.https_redirect) {
+            if let Some(m) = t.mode {
+                return fail(
+                    &format!("{at}.tls.mode"),
+                    format!(
+                        "{} on a {} server: TLS termination needs protocol HTTPS or TLS (an HTTP server takes tls only for httpsRedirect)",
+                        m.as_str(),
+                        protocol.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    Ok(Server {
+        index,
+        name: s.name,
+        port: number.as_u16(),
+        port_name: port.name.unwrap_or_default(),
+        protocol,
+        hosts,
+        bind: s.bind,
+        tls,
+    })
+}
+
+/// One `hosts` entry: `[namespace/]host`, the namespace `*`, `.` or a name.
+pub fn server_host(raw: &str, field: &str) -> R<ServerHost> {
+    let (ns, host) = match raw.split_once('/') {
+        Some((ns, h)) => (Some(ns), h),
+        None => (None, raw),
+    };
+    let namespace = match ns {
+        None | Some("*") => HostNamespace::Any,
+        Some(".") => HostNamespace::Gateway,
+        Some("") => return fail(field, format!("{raw:?}: empty namespace before '/'")),
+        Some("~") => {
+            return fail(
+                field,
+                format!("{raw:?}: the namespace \"~\" is for Sidecars, not Gateways"),
+            )
+        }
+        Some(n) => {
+            if !n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return fail(field, format!("{raw:?}: {n:?} is not a namespace name"));
+            }
+            HostNamespace::Named(n.to_string())
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if let Err(e) = check_host(&host) {
+        return fail(field, format!("{raw:?}: {e}"));
+    }
+    Ok(ServerHost { namespace, host })
+}
+
+fn server_tls(t: TlsSpec, at: &str) -> R<ServerTls> {
+    let f = |k: &str| format!("{at}.{k}");
+    let mode = match t.mode.as_deref() {
+        None | Some("") => None,
+        Some(m) => Some(
+            pick(
+                m,
+                MODES,
+                "PASSTHROUGH, SIMPLE, MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL or OPTIONAL_MUTUAL",
+            )
+            .map_err(|e| crate::typed::FieldError::new(f("mode"), e))?,
+        ),
+    };
+    for (k, v) in [
+        ("minProtocolVersion", &t.min_protocol_version),
+        ("maxProtocolVersion", &t.max_protocol_version),
+    ] {
+        if let Some(v) = v {
+            pick(
+                v,
+                TLS_VERSIONS,
+                "TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or TLSV1_3",
+            )
+            .map_err(|e| crate::typed::FieldError::new(f(k), e))?;
+        }
+    }
+    if !t.credential_names.is_empty() {
+        return fail(
+            &f("credentialNames"),
+            "not supported yet (use credentialName)",
+        );
+    }
+    for (k, set) in [
+        ("caCrl", t.ca_crl.is_some()),
+        (
+            "verifyCertificateSpki",
+            !t.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !t.verify_certificate_hash.is_empty(),
+        ),
+    ] {
+        if set {
+            return fail(&f(k), "not supported yet");
+        }
+    }
+    let empty = |o: &Option<String>| o.as_deref().is_none_or(str::is_empty);
+    if matches!(
+        mode,
+        Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual)
+    ) && empty(&t.credential_name)
+        && (empty(&t.server_certificate) || empty(&t.private_key))
+    {
+        return fail(
+            &f("credentialName"),
+            format!(
+                "{} needs credentialName, or serverCertificate and privateKey",
+                mode.map_or("", TlsMode::as_str)
+            ),
+        );
+    }
+    if matches!(mode, Some(TlsMode::Mutual | TlsMode::OptionalMutual))
+        && empty(&t.credential_name)
+        && empty(&t.ca_certificates)
+    {
+        return fail(
+            &f("caCertificates"),
+            "MUTUAL needs caCertificates when no credentialName is given",
+        );
+    }
+    Ok(ServerTls {
+        https_redirect: t.https_redirect,
+        mode,
+        credential_name: t.credential_name.filter(|s| !s.is_empty()),
+        server_certificate: t.server_certificate.filter(|s| !s.is_empty()),
+        private_key: t.private_key.filter(|s| !s.is_empty()),
+        ca_certificates: t.ca_certificates.filter(|s| !s.is_empty()),
+        subject_alt_names: t.subject_alt_names,
+        min_protocol_version: t.min_protocol_version,
+        max_protocol_version: t.max_protocol_version,
+        cipher_suites: t.cipher_suites,
+    })
+}
+
+// ------------------------------------------------------------------------------- selection
+
+/// Does `gw` select a pod with these labels? Every selector label must be on the pod. An empty
+/// selector selects no gateway pod here (Istio would apply it to every gateway; remora asks for
+/// an explicit selector so that a Gateway never lands on a gateway by accident).
+pub fn selects(gw: &Gateway, pod_labels: &BTreeMap<String, String>) -> bool {
+    !gw.selector.is_empty()
+        && gw
+            .selector
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v))
+}
+
+/// A VirtualService's reference to a Gateway, as `namespace/name`: `ns/name` as written, a
+/// short `name` in the VirtualService's namespace, and Istio's older `name.ns[.svc.domain]`
+/// form. `None` for the reserved `mesh`.
+pub fn gateway_ref(vs_namespace: &str, reference: &str) -> Option<String> {
+    if reference == "mesh" {
+        return None;
+    }
+    if let Some((ns, name)) = reference.split_once('/') {
+        return Some(format!("{ns}/{name}"));
+    }
+    match reference.split_once('.') {
+        Some((name, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(rest);
+            Some(format!("{ns}/{name}"))
+        }
+        None => Some(format!("{vs_namespace}/{reference}")),
+    }
+}
+
+/// Is a list of `gateways` (of a VirtualService in `vs_namespace`, or of one of its matches)
+/// bound to one of `gateways` (`namespace/name`)?
+pub fn bound_to(vs_namespace: &str, refs: &[String], gateways: &[String]) -> bool {
+    refs.iter()
+        .filter_map(|r| gateway_ref(vs_namespace, r))
+        .any(|r| gateways.contains(&r))
+}
+
+impl ServerHost {
+    /// May a VirtualService of `vs_namespace` bind this server host (on a Gateway of
+    /// `gateway_namespace`)?
+    pub fn admits_namespace(&self, gateway_namespace: &str, vs_namespace: &str) -> bool {
+        match &self.namespace {
+            HostNamespace::Any => true,
+            HostNamespace::Gateway => vs_namespace == gateway_namespace,
+            HostNamespace::Named(n) => n == vs_namespace,
+        }
+    }
+
+    /// How well this server host matches a concrete request host (or SNI); `None`: no match.
+    pub fn score(&self, host: &str) -> Option<usize> {
+        match_score(&self.host, host)
+    }
+}
+
+// ------------------------------------------------------------------------------------- plan
+
+/// Gateway Service ports and the ports the proxy listens on (`--gateway-port-map`). A port not
+/// in the map is listened on as its own number (Istio does the same for a Gateway port that is
+/// no Service port: Bookinfo's Gateway says 8080, the Service's target port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMap(pub BTreeMap<u16, u16>);
+
+impl Default for PortMap {
+    /// 80→8080 and 443→8443: no privileged port, no capability.
+    fn default() -> Self {
+        PortMap(BTreeMap::from([(80, 8080), (443, 8443)]))
+    }
+}
+
+impl PortMap {
+    /// Parse `80=8080,443=8443` (empty: no mapping).
+    pub fn parse(text: &str) -> Result<PortMap, String> {
+        let mut m = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((a, b)) = part.split_once('=') else {
+                return Err(format!(
+                    "{part:?} is not SERVICE_PORT=LISTEN_PORT (e.g. 80=8080)"
+                ));
+            };
+            let port = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{part:?}: {s:?} is not a port number (1-65535)"))
+            };
+            let (a, b) = (port(a)?, port(b)?);
+            if m.insert(a, b).is_some() {
+                return Err(format!("{part:?}: port {a} is mapped twice"));
+            }
+        }
+        Ok(PortMap(m))
+    }
+
+    /// The port the proxy listens on for Gateway port `number`.
+    pub fn listen_port(&self, number: u16) -> u16 {
+        self.0.get(&number).copied().unwrap_or(number)
+    }
+}
+
+/// A server of a selected Gateway, with where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoundServer {
+    /// `namespace/name` of its Gateway.
+    pub gateway: String,
+    pub gateway_namespace: String,
+    pub server: Server,
+}
+
+impl BoundServer {
+    /// `Gateway ns/name spec.servers[i]`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "Gateway {} spec.servers[{}]",
+            self.gateway, self.server.index
+        )
+    }
+}
+
+/// What a listening port does with its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain HTTP/1.1 and h2c (servers HTTP, HTTP2, GRPC).
+    Http,
+    /// TLS terminated with the server's certificate (HTTPS `SIMPLE`), then HTTP.
+    HttpsSimple,
+}
+
+/// One listening port of the gateway and the servers it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    /// The port the proxy listens on.
+    pub port: u16,
+    /// The Gateway port (Service port) of its first server.
+    pub gateway_port: u16,
+    /// `bind` of its servers (`None`: all addresses).
+    pub bind: Option<String>,
+    pub kind: ListenerKind,
+    pub servers: Vec<BoundServer>,
+}
+
+/// The gateway's listeners and the servers left out, each with one line saying why.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub listeners: Vec<Listener>,
+    pub not_served: Vec<String>,
+    /// `namespace/name` of the selected Gateways.
+    pub gateways: Vec<String>,
+}
+
+impl Plan {
+    /// The listener on port `port`.
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+}
+
+/// The kind of listener a server needs, or why it is not served yet.
+fn kind_of(s: &Server) -> Result<ListenerKind, String> {
+    match (s.protocol, s.tls.as_ref().and_then(|t| t.mode)) {
+        (ServerProtocol::Http | ServerProtocol::Http2 | ServerProtocol::Grpc, _) => {
+            Ok(ListenerKind::Http)
+        }
+        (ServerProtocol::Https, Some(TlsMode::Simple)) => Ok(ListenerKind::HttpsSimple),
+        (ServerProtocol::Https, Some(m)) => Err(format!(
+            "HTTPS with tls.mode {} is not served yet (SIMPLE is)",
+            m.as_str()
+        )),
+        (p, _) => Err(format!(
+            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS SIMPLE are)",
+            p.as_str()
+        )),
+    }
+}
+
+/// Plan the listeners of a gateway pod with `pod_labels`: the Gateways that select it (in
+/// order), their servers grouped by listening port. Servers on one port must agree on plain
+/// HTTP or TLS termination and on `bind`; a server that does not is left out with the reason,
+/// as is a server of a kind not served yet.
+pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: &PortMap) -> Plan {
+    let mut out = Plan::default();
+    for gw in gateways.iter().filter(|g| selects(g, pod_labels)) {
+        out.gateways.push(gw.meta.key());
+        for s in &gw.servers {
+            let bound = BoundServer {
+                gateway: gw.meta.key(),
+                gateway_namespace: gw.meta.namespace.clone(),
+                server: s.clone(),
+            };
+            let kind = match kind_of(s) {
+                Ok(k) => k,
+                Err(why) => {
+                    out.not_served
+                        .push(format!("{} (port {}): {why}", bound.describe(), s.port));
+                    continue;
+                }
+            };
+            let port = ports.listen_port(s.port);
+            match out.listeners.iter_mut().find(|l| l.port == port) {
+                None => out.listeners.push(Listener {
+                    port,
+                    gateway_port: s.port,
+                    bind: s.bind.clone(),
+                    kind,
+                    servers: vec![bound],
+                }),
+                Some(l) if l.kind != kind || l.bind != s.bind => {
+                    let first = &l.servers[0];
+                    out.not_served.push(format!(
+                        "{} (port {}, listening on {port}): conflicts with {} there ({} against {}{}); left out",
+                        bound.describe(),
+                        s.port,
+                        first.describe(),
+                        s.protocol.as_str(),
+                        first.server.protocol.as_str(),
+                        if l.bind != s.bind { ", another bind address" } else { "" },
+                    ));
+                }
+                Some(l) => l.servers.push(bound),
+            }
+        }
+    }
+    out.listeners.sort_by_key(|l| l.port);
+    out
+}
+
+/// The server of `listener` for a request host or SNI name: the most specific host match; the
+/// first server on a tie. Without a name (no SNI), the first server.
+pub fn server_for<'a>(listener: &'a Listener, name: Option<&str>) -> Option<&'a BoundServer> {
+    let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+        return listener.servers.first();
+    };
+    let mut best: Option<(usize, &BoundServer)> = None;
+    for b in &listener.servers {
+        if let Some(score) = b.server.hosts.iter().filter_map(|h| h.score(&name)).max() {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, b));
+            }
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+// ---------------------------------------------------------------------------------- routing
+
+/// The VirtualService for a request host on `servers` (those of one listener): bound to one of
+/// their Gateways (at the top or in a match) through a server host that matches the request
+/// host and admits the VirtualService's namespace (`ns/host`, `./host`, `*/host`), with a host
+/// of its own that matches the request host; the most specific match wins, the first loaded
+/// on a tie.
+pub fn virtual_service_for<'a>(
+    snap: &'a Snapshot,
+    servers: &[&BoundServer],
+    host: &str,
+) -> Option<&'a VirtualService> {
+    let mut best: Option<(usize, &VirtualService)> = None;
+    for vs in &snap.gateway_virtual_services {
+        let ns = vs.meta.namespace.as_str();
+        let bound = servers.iter().any(|b| {
+            let gw = std::slice::from_ref(&b.gateway);
+            let names_it = bound_to(ns, &vs.gateways, gw)
+                || vs
+                    .http
+                    .iter()
+                    .flat_map(|r| r.matches.iter())
+                    .any(|m| bound_to(ns, &m.gateways, gw));
+            names_it
+                && b.server.hosts.iter().any(|sh| {
+                    sh.admits_namespace(&b.gateway_namespace, ns) && sh.score(host).is_some()
+                })
+        });
+        if !bound {
+            continue;
+        }
+        if let Some(score) = vs.hosts.iter().filter_map(|h| match_score(h, host)).max() {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, vs));
+            }
+        }
+    }
+    best.map(|(_, vs)| vs)
+}
+
+/// Route one request that arrived on `listener` (`tls`: over TLS the gateway terminated):
+/// the servers whose hosts match the request's Host; an HTTP server with `tls.httpsRedirect`
+/// answers 301 to `https://` (plain text only); then the gateway-bound VirtualService for the
+/// host and its first matching route, exactly as the sidecar routes (weights, redirects,
+/// rewrites, header operations, policies). No server or VirtualService for the host: 404.
+/// A `Forward` never asks for the original destination: with no endpoint list the destination
+/// host is resolved by DNS.
+pub fn route(
+    snap: &Snapshot,
+    listener: &Listener,
+    req: &RequestInfo<'_>,
+    tls: bool,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let (host, _) = split_authority(req.authority);
+    let servers: Vec<&BoundServer> = listener
+        .servers
+        .iter()
+        .filter(|b| b.server.hosts.iter().any(|h| h.score(&host).is_some()))
+        .collect();
+    if servers.is_empty() {
+        return Decision::Deny {
+            status: 404,
+            reason: format!(
+                "no Gateway server on port {} has host {host:?}",
+                listener.gateway_port
+            ),
+        };
+    }
+    if !tls {
+        if let Some(best) = server_for(listener, Some(&host)) {
+            if best.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+                let bare = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                return Decision::Redirect {
+                    status: 301,
+                    location: format!("https://{bare}{}", req.path),
+                };
+            }
+        }
+    }
+    let Some(vs) = virtual_service_for(snap, &servers, &host) else {
+        return Decision::Deny {
+            status: 404,
+            reason: format!(
+                "no VirtualService bound to {} has host {host:?}",
+                servers
+                    .iter()
+                    .map(|b| format!("Gateway {}", b.gateway))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    };
+    let gateways: Vec<String> = servers.iter().map(|b| b.gateway.clone()).collect();
+    let scheme = if tls { "https" } else { "http" };
+    route::route_bound(snap, vs, req, Via::Gateways(&gateways, scheme), rng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{snapshot_from_yaml, LoadContext};
+    use rand::SeedableRng;
+    use std::net::SocketAddr;
+
+    fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ctx() -> LoadContext {
+        LoadContext {
+            namespace: "istio-system".into(),
+            pod_labels: labels(&[("istio", "ingressgateway"), ("app", "istio-ingressgateway")]),
+            ..LoadContext::default()
+        }
+    }
+
+    fn snap(yaml: &str) -> Snapshot {
+        match snapshot_from_yaml(&[("t.yaml", yaml)], &ctx(), 1) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn gw_yaml(name: &str, ns: &str, servers: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}\n"
+        )
+    }
+
+    /// A Gateway spec's decode result: `Ok(())` or `field: reason`.
+    fn check(spec: &str) -> Result<Gateway, String> {
+        let v: Value = serde_yaml_ng::from_str(spec).unwrap();
+        let meta = Meta {
+            kind: "Gateway".into(),
+            api_version: "networking.istio.io/v1".into(),
+            name: "g".into(),
+            namespace: "ns".into(),
+            file: "f".into(),
+            document: 1,
+        };
+        decode(meta, &v, &mut Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decode_checks_name_the_field_and_value() {
+        let http = "port: {number: 80, name: http, protocol: HTTP}\n  hosts: ['*']";
+        let cases: &[(&str, Result<(), &str>)] = &[
+            (&format!("selector: {{istio: ingressgateway}}\nservers:\n- {http}"), Ok(())),
+            ("selector: {a: b}", Err("spec.servers: at least one server is required")),
+            (
+                "servers: [{hosts: ['*']}]",
+                Err("spec.servers[0].port: required field is missing"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x}, hosts: ['*']}]",
+                Err("spec.servers[0].port.protocol: required field is missing"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: MONGO}, hosts: ['*']}]",
+                Err("spec.servers[0].port.protocol: \"MONGO\" is not HTTP, HTTPS, HTTP2, GRPC, TLS or TCP"),
+            ),
+            (
+                "servers: [{port: {number: 0, name: x, protocol: HTTP}, hosts: ['*']}]",
+                Err("spec.servers[0].port.number"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}}]",
+                Err("spec.servers[0].hosts: at least one host is required"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['a/b/c']}]",
+                Err("spec.servers[0].hosts[0]: \"a/b/c\""),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['~/a.com']}]",
+                Err("spec.servers[0].hosts[0]: \"~/a.com\": the namespace \"~\" is for Sidecars"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*']}]",
+                Err("spec.servers[0].tls: a HTTPS server needs tls with a mode"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE}}]",
+                Err("spec.servers[0].tls.credentialName: SIMPLE needs credentialName, or serverCertificate and privateKey"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: simple, credentialName: c}}]",
+                Err("spec.servers[0].tls.mode: \"simple\" is not PASSTHROUGH, SIMPLE"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c, privateKey: /k}}]",
+                Err("spec.servers[0].tls.caCertificates: MUTUAL needs caCertificates"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV9}}]",
+                Err("spec.servers[0].tls.minProtocolVersion: \"TLSV9\" is not TLS_AUTO"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]",
+                Err("spec.servers[0].tls.mode: SIMPLE on a HTTP server"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['*'], tls: {httpsRedirect: true}}]",
+                Ok(()),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: http}, hosts: ['*'], bind: /var/run/x.sock}]",
+                Err("spec.servers[0].bind: \"/var/run/x.sock\" is not an IP address"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP, targetPort: 8080}, hosts: ['*']}]",
+                Err("spec.servers[0].port.targetPort: not supported"),
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = check(spec);
+            match (want, &got) {
+                (Ok(()), Ok(_)) => {}
+                (Err(w), Err(g)) => assert!(g.starts_with(w), "{spec}\n got {g}\nwant {w}"),
+                _ => panic!("{spec}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn server_hosts_namespace_form() {
+        let cases: &[(&str, HostNamespace, &str)] = &[
+            ("*", HostNamespace::Any, "*"),
+            ("*/bookinfo.com", HostNamespace::Any, "bookinfo.com"),
+            ("./*.Example.com", HostNamespace::Gateway, "*.example.com"),
+            (
+                "shop/shop.example.com.",
+                HostNamespace::Named("shop".into()),
+                "shop.example.com",
+            ),
+        ];
+        for (raw, ns, host) in cases {
+            let h = server_host(raw, "h").unwrap();
+            assert_eq!((&h.namespace, h.host.as_str()), (ns, *host), "{raw}");
+        }
+        let h = server_host("shop/*", "h").unwrap();
+        assert!(h.admits_namespace("istio-system", "shop"));
+        assert!(!h.admits_namespace("istio-system", "other"));
+        let h = server_host("./*", "h").unwrap();
+        assert!(h.admits_namespace("istio-system", "istio-system"));
+        assert!(!h.admits_namespace("istio-system", "shop"));
+        assert!(server_host("*/*", "h").unwrap().admits_namespace("a", "b"));
+    }
+
+    #[test]
+    fn gateway_references() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (
+                "bookinfo",
+                "bookinfo-gateway",
+                Some("bookinfo/bookinfo-gateway"),
+            ),
+            ("bookinfo", "istio-system/gw", Some("istio-system/gw")),
+            (
+                "bookinfo",
+                "gw.istio-system.svc.cluster.local",
+                Some("istio-system/gw"),
+            ),
+            ("bookinfo", "mesh", None),
+        ];
+        for (ns, r, want) in cases {
+            assert_eq!(gateway_ref(ns, r).as_deref(), *want, "{ns} {r}");
+        }
+        let gws = ["bookinfo/bookinfo-gateway".to_string()];
+        assert!(bound_to("bookinfo", &["bookinfo-gateway".into()], &gws));
+        assert!(!bound_to("other", &["bookinfo-gateway".into()], &gws));
+        assert!(!bound_to("bookinfo", &["mesh".into()], &gws));
+        assert!(!bound_to("bookinfo", &[], &gws));
+    }
+
+    #[test]
+    fn selector_and_port_map() {
+        let g = check("selector: {istio: ingressgateway}\nservers: [{port: {number: 80, name: h, protocol: HTTP}, hosts: ['*']}]").unwrap();
+        assert!(selects(
+            &g,
+            &labels(&[("istio", "ingressgateway"), ("x", "y")])
+        ));
+        assert!(!selects(&g, &labels(&[("istio", "egressgateway")])));
+        assert!(!selects(&g, &labels(&[])));
+        let empty = check("servers: [{port: {number: 80, name: h, protocol: HTTP}, hosts: ['*']}]")
+            .unwrap();
+        assert!(!selects(&empty, &labels(&[("istio", "ingressgateway")])));
+
+        let m = PortMap::default();
+        assert_eq!(
+            (m.listen_port(80), m.listen_port(443), m.listen_port(8080)),
+            (8080, 8443, 8080)
+        );
+        assert_eq!(PortMap::parse("80=8080, 443=8443").unwrap(), m);
+        assert_eq!(PortMap::parse("").unwrap(), PortMap(BTreeMap::new()));
+        for (bad, why) in [
+            ("80", "\"80\" is not SERVICE_PORT=LISTEN_PORT"),
+            ("80=0", "\"80=0\": \"0\" is not a port number"),
+            ("80=x", "\"80=x\": \"x\" is not a port number"),
+            ("80=1,80=2", "\"80=2\": port 80 is mapped twice"),
+        ] {
+            assert_eq!(
+                PortMap::parse(bad).unwrap_err().split(" (").next(),
+                why.split(" (").next(),
+                "{bad}"
+            );
+        }
+    }
+
+    const HTTPS: &str = "  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['*.example.com']\n    tls: {mode: SIMPLE, credentialName: example-cert}";
+
+    #[test]
+    fn plan_groups_servers_by_listening_port() {
+        let yaml = [
+            gw_yaml("a", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n{HTTPS}\n  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [other.com]\n    tls: {{mode: SIMPLE, credentialName: other-cert}}")),
+            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: MUTUAL, credentialName: c}"),
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n".to_string(),
+        ]
+        .join("---\n");
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.gateways, ["istio-system/a", "shop/b"]);
+        let ports: Vec<(u16, u16, ListenerKind, usize)> = p
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.gateway_port, l.kind, l.servers.len()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                // 80 (mapped) and 8080 (unmapped) land on one port.
+                (8080, 80, ListenerKind::Http, 2),
+                (8443, 443, ListenerKind::HttpsSimple, 2),
+            ]
+        );
+        let not: Vec<&str> = p.not_served.iter().map(String::as_str).collect();
+        assert_eq!(
+            not,
+            [
+                "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
+                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS SIMPLE are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode MUTUAL is not served yet (SIMPLE is)",
+            ]
+        );
+        let https = p.listener(8443).unwrap();
+        let name = |n: Option<&str>| server_for(https, n).map(|b| b.server.index);
+        assert_eq!(name(Some("www.example.com")), Some(1));
+        assert_eq!(name(Some("OTHER.com.")), Some(2));
+        assert_eq!(name(Some("nowhere.org")), None);
+        assert_eq!(name(None), Some(1));
+    }
+
+    fn request<'a>(authority: &'a str, path: &'a str, h: &'a http::HeaderMap) -> RequestInfo<'a> {
+        RequestInfo {
+            authority,
+            method: "GET",
+            path,
+            headers: h,
+            dst: SocketAddr::from(([10, 0, 0, 9], 8080)),
+        }
+    }
+
+    /// What a request becomes: `forward host:port`, `redirect 301 URL` or `deny 404`.
+    fn outcome(s: &Snapshot, l: &Listener, authority: &str, path: &str, tls: bool) -> String {
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        match route(s, l, &request(authority, path, &h), tls, &mut rng) {
+            Decision::Forward(f) => format!(
+                "forward {}:{}{}{}",
+                f.host,
+                f.port,
+                if f.resolve_by_dns { " dns" } else { "" },
+                f.uri_rewrite.map(|u| format!(" {u}")).unwrap_or_default()
+            ),
+            Decision::Redirect { status, location } => format!("redirect {status} {location}"),
+            Decision::Deny { status, .. } => format!("deny {status}"),
+            Decision::DirectResponse { status, .. } => format!("direct {status}"),
+            Decision::Passthrough => "passthrough".into(),
+        }
+    }
+
+    /// Istio's Bookinfo gateway (samples/bookinfo/networking/bookinfo-gateway.yaml, in the
+    /// shape of the corpus file), in namespace `default`.
+    const BOOKINFO: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+";
+
+    #[test]
+    fn bookinfo_routes_at_the_gateway() {
+        let s = snap(BOOKINFO);
+        // Sidecars do not apply the gateway-only VirtualService; the gateway does.
+        assert!(s.virtual_services.is_empty());
+        assert_eq!(s.gateway_virtual_services.len(), 1);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let l = p.listener(8080).unwrap();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "bookinfo.example",
+                "/productpage",
+                "forward productpage.default.svc.cluster.local:9080 dns",
+            ),
+            (
+                "1.2.3.4:8080",
+                "/static/x.css",
+                "forward productpage.default.svc.cluster.local:9080 dns",
+            ),
+            (
+                "bookinfo.example",
+                "/static/../productpage",
+                "forward productpage.default.svc.cluster.local:9080 dns /productpage",
+            ),
+            ("bookinfo.example", "/other", "deny 404"),
+            ("bookinfo.example", "/", "deny 404"),
+        ];
+        for (authority, path, want) in cases {
+            assert_eq!(
+                outcome(&s, l, authority, path, false),
+                *want,
+                "{authority}{path}"
+            );
+        }
+        // Another pod's labels select nothing.
+        let none = plan(
+            &s.gateways,
+            &labels(&[("istio", "egressgateway")]),
+            &PortMap::default(),
+        );
+        assert!(none.listeners.is_empty());
+    }
+
+    #[test]
+    fn hosts_namespaces_wildcards_redirects_and_match_gateways() {
+        let yaml = [
+            gw_yaml("gw", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [shop/shop.example.com, '*/www.example.com', './admin.example.com', '*/*.wild.org']\n  - port: {{number: 80, name: http-redirect, protocol: HTTP}}\n    hosts: [secure.example.com]\n    tls: {{httpsRedirect: true}}\n{HTTPS}")),
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com, www.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: shop, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: intruder, namespace: other}
+spec:
+  hosts: [shop.example.com, admin.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: evil, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: istio-system}
+spec:
+  hosts: [admin.example.com, '*.example.com']
+  gateways: [gw, mesh]
+  http:
+  - match: [{uri: {prefix: /mesh-only}, gateways: [mesh]}]
+    route: [{destination: {host: mesh-only, port: {number: 80}}}]
+  - match: [{uri: {prefix: /tls-only}, scheme: {exact: https}}]
+    route: [{destination: {host: tls-only, port: {number: 80}}}]
+  - route: [{destination: {host: admin, port: {number: 8000}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: w}
+spec:
+  hosts: ['*.wild.org', exact.wild.org]
+  http:
+  - match: [{gateways: [istio-system/gw], uri: {prefix: /}}]
+    route: [{destination: {host: wild, port: {number: 80}}}]
+"
+            .to_string(),
+        ]
+        .join("---\n");
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let http = p.listener(8080).unwrap();
+        let https = p.listener(8443).unwrap();
+        let cases: &[(&Listener, &str, &str, bool, &str)] = &[
+            // `shop/` admits only VirtualServices of namespace shop: the intruder is not bound.
+            (
+                http,
+                "shop.example.com",
+                "/",
+                false,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+            (
+                http,
+                "www.example.com:80",
+                "/a",
+                false,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+            // `./`: only the Gateway's namespace.
+            (
+                http,
+                "admin.example.com",
+                "/",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            // A match bound to mesh only is skipped at the gateway; scheme matches http here.
+            (
+                http,
+                "admin.example.com",
+                "/mesh-only",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            (
+                http,
+                "admin.example.com",
+                "/tls-only",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            // Wildcard server host, a VirtualService bound by its match's gateways; the exact
+            // VirtualService host is more specific than the wildcard.
+            (
+                http,
+                "a.wild.org",
+                "/x",
+                false,
+                "forward wild.w.svc.cluster.local:80 dns",
+            ),
+            (
+                http,
+                "exact.wild.org",
+                "/x",
+                false,
+                "forward wild.w.svc.cluster.local:80 dns",
+            ),
+            (http, "wild.org", "/x", false, "deny 404"),
+            // No server has the host.
+            (http, "unknown.com", "/", false, "deny 404"),
+            // httpsRedirect on the server of the host.
+            (
+                http,
+                "secure.example.com:80",
+                "/a?b=1",
+                false,
+                "redirect 301 https://secure.example.com/a?b=1",
+            ),
+            // HTTPS: `*.example.com` server; the admin VirtualService's wildcard host.
+            (
+                https,
+                "api.example.com",
+                "/tls-only/x",
+                true,
+                "forward tls-only.istio-system.svc.cluster.local:80 dns",
+            ),
+            (
+                https,
+                "api.example.com",
+                "/",
+                true,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            (
+                https,
+                "shop.example.com",
+                "/",
+                true,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+        ];
+        for (l, authority, path, tls, want) in cases {
+            assert_eq!(
+                outcome(&s, l, authority, path, *tls),
+                *want,
+                "{authority}{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_and_exported_to() {
+        let yaml = gw_yaml(
+            "gw",
+            "istio-system",
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']",
+        ) + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: split, namespace: istio-system}
+spec:
+  hosts: [split.example.com]
+  gateways: [gw]
+  http:
+  - route:
+    - {destination: {host: a, port: {number: 80}}, weight: 80}
+    - {destination: {host: b, port: {number: 80}}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: shop}
+spec:
+  hosts: [private.example.com]
+  gateways: [istio-system/gw]
+  exportTo: ['.']
+  http:
+  - route: [{destination: {host: p, port: {number: 80}}}]
+";
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let l = p.listener(8080).unwrap();
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut a = 0;
+        for _ in 0..1000 {
+            if let Decision::Forward(f) = route(
+                &s,
+                l,
+                &request("split.example.com", "/", &h),
+                false,
+                &mut rng,
+            ) {
+                a += usize::from(f.host.starts_with("a."));
+            }
+        }
+        assert!((750..850).contains(&a), "{a} of 1000 to a");
+        // exportTo '.' in namespace shop: not visible to the gateway in istio-system.
+        assert_eq!(
+            outcome(&s, l, "private.example.com", "/", false),
+            "deny 404"
+        );
+    }
+
+    #[test]
+    fn invalid_gateways_do_not_reject_the_set() {
+        let yaml = gw_yaml(
+            "bad",
+            "istio-system",
+            "  - port: {number: 80, name: http, protocol: UDP}\n    hosts: ['*']",
+        ) + "---\n"
+            + BOOKINFO;
+        let s = snap(&yaml);
+        assert_eq!(s.gateways.len(), 1);
+        assert_eq!(s.gateway_errors.len(), 1);
+        let e = &s.gateway_errors[0];
+        assert_eq!(e.field, "spec.servers[0].port.protocol");
+        assert!(e.reason.starts_with("\"UDP\" is not HTTP"), "{}", e.reason);
+    }
+}
