@@ -37,7 +37,7 @@ impl Via<'_> {
     fn binds(&self, vs_namespace: &str, gateways: &[String]) -> bool {
         match self {
             Via::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
-            Via::Gateways(gws, _) => crate::gateway::bound_to(vs_namespace, gateways, gws),
+            Via::Gateways(gws, _) => bound_to(vs_namespace, gateways, gws),
         }
     }
 
@@ -47,6 +47,33 @@ impl Via<'_> {
             Via::Gateways(_, scheme) => scheme,
         }
     }
+}
+
+/// A VirtualService's reference to a Gateway, as `namespace/name`: `ns/name` as written, a
+/// short `name` in the VirtualService's namespace, and Istio's older `name.ns[.svc.domain]`
+/// form. `None` for the reserved `mesh`.
+pub fn gateway_ref(vs_namespace: &str, reference: &str) -> Option<String> {
+    if reference == "mesh" {
+        return None;
+    }
+    if let Some((ns, name)) = reference.split_once('/') {
+        return Some(format!("{ns}/{name}"));
+    }
+    match reference.split_once('.') {
+        Some((name, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(rest);
+            Some(format!("{ns}/{name}"))
+        }
+        None => Some(format!("{vs_namespace}/{reference}")),
+    }
+}
+
+/// Is a list of `gateways` (of a VirtualService in `vs_namespace`, or of one of its matches)
+/// bound to one of `gateways` (`namespace/name`)?
+pub fn bound_to(vs_namespace: &str, refs: &[String], gateways: &[String]) -> bool {
+    refs.iter()
+        .filter_map(|r| gateway_ref(vs_namespace, r))
+        .any(|r| gateways.contains(&r))
 }
 
 /// What to do with a request.

@@ -113,7 +113,7 @@ pub struct Decoded {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
     /// `Gateway` objects (for gateway proxies; sidecars list them as not applied).
-    pub gateways: Vec<crate::gateway::Gateway>,
+    pub gateways: Vec<crate::rules::gateway::Gateway>,
     /// Gateways that failed their checks: not applied by gateway proxies, and no error for
     /// sidecars (which do not apply Gateways at all).
     pub gateway_errors: Vec<LoadError>,
@@ -486,7 +486,7 @@ fn decode_object(
         "Gateway" => {
             dup(out.gateways.iter().map(|g| &g.meta).find(|m| same(m)))?;
             let mut notes = Vec::new();
-            match crate::gateway::decode(meta, spec, &mut notes) {
+            match crate::rules::gateway::decode(meta, spec, &mut notes) {
                 Ok(g) => {
                     unknown.append(&mut notes);
                     out.gateways.push(g);

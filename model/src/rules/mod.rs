@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub mod decode;
 pub mod digest;
 pub mod endpoints;
+pub mod gateway;
 pub mod load;
 
 pub use crate::host;
@@ -63,7 +64,7 @@ pub struct Snapshot {
     pub request_authentications: Vec<RequestAuthentication>,
     /// Every valid `Gateway` in the set (a gateway proxy picks those selecting it; sidecars
     /// list them in `ignored`), and the invalid ones with the reason.
-    pub gateways: Vec<crate::gateway::Gateway>,
+    pub gateways: Vec<gateway::Gateway>,
     pub gateway_errors: Vec<LoadError>,
     /// VirtualServices bound to a gateway (by `gateways` or a match's `gateways`), exported to
     /// this namespace, for a gateway proxy. Those also bound to `mesh` are in
