@@ -532,7 +532,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     let gateway_ports = match gateway {
         None => None,
         Some(flags) => Some(
-            remora_proxy::gateway::add_services(
+            remora_proxy::gateway_listen::add_services(
                 &mut server,
                 &pconf,
                 shared.clone(),
