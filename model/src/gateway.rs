@@ -98,8 +98,9 @@ impl BoundServer {
 pub enum ListenerKind {
     /// Plain HTTP/1.1 and h2c (servers HTTP, HTTP2, GRPC).
     Http,
-    /// TLS terminated with the server's certificate (HTTPS `SIMPLE`), then HTTP.
-    HttpsSimple,
+    /// TLS terminated with the certificate of the server the SNI names (HTTPS `SIMPLE`,
+    /// `MUTUAL`, `OPTIONAL_MUTUAL`), then HTTP.
+    Https,
 }
 
 /// One listening port of the gateway and the servers it serves.
@@ -137,13 +138,16 @@ fn kind_of(s: &Server) -> Result<ListenerKind, String> {
         (ServerProtocol::Http | ServerProtocol::Http2 | ServerProtocol::Grpc, _) => {
             Ok(ListenerKind::Http)
         }
-        (ServerProtocol::Https, Some(TlsMode::Simple)) => Ok(ListenerKind::HttpsSimple),
+        (
+            ServerProtocol::Https,
+            Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
+        ) => Ok(ListenerKind::Https),
         (ServerProtocol::Https, Some(m)) => Err(format!(
-            "HTTPS with tls.mode {} is not served yet (SIMPLE is)",
+            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
             m.as_str()
         )),
         (p, _) => Err(format!(
-            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS SIMPLE are)",
+            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
             p.as_str()
         )),
     }
@@ -540,7 +544,7 @@ mod tests {
     fn plan_groups_servers_by_listening_port() {
         let yaml = [
             gw_yaml("a", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n{HTTPS}\n  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [other.com]\n    tls: {{mode: SIMPLE, credentialName: other-cert}}")),
-            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: MUTUAL, credentialName: c}"),
+            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [mtls.shop.com]\n    tls: {mode: MUTUAL, credentialName: c}"),
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n".to_string(),
         ]
         .join("---\n");
@@ -557,7 +561,7 @@ mod tests {
             [
                 // 80 (mapped) and 8080 (unmapped) land on one port.
                 (8080, 80, ListenerKind::Http, 2),
-                (8443, 443, ListenerKind::HttpsSimple, 2),
+                (8443, 443, ListenerKind::Https, 3),
             ]
         );
         let not: Vec<&str> = p.not_served.iter().map(String::as_str).collect();
@@ -565,8 +569,8 @@ mod tests {
             not,
             [
                 "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
-                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS SIMPLE are)",
-                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode MUTUAL is not served yet (SIMPLE is)",
+                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
             ]
         );
         let https = p.listener(8443).unwrap();
@@ -574,6 +578,7 @@ mod tests {
         assert_eq!(name(Some("www.example.com")), Some(1));
         assert_eq!(name(Some("OTHER.com.")), Some(2));
         assert_eq!(name(Some("nowhere.org")), None);
+        assert_eq!(name(Some("mtls.shop.com")), Some(4));
         assert_eq!(name(None), Some(1));
     }
 

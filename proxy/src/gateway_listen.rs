@@ -1,5 +1,5 @@
 //! The listening side of `remora-proxy gateway`: one Pingora service per gateway port, TLS
-//! termination for HTTPS `SIMPLE` listeners (the configuration of the current plan,
+//! termination on HTTPS ports (the SNI picks the server and its settings in the current plan,
 //! [`crate::gateway`]), then the sidecar's HTTP serving ([`CaptureApp`]'s HTTP/1 and h2c) with
 //! [`MeshHttp`] routing through the [`GatewayRouter`].
 
@@ -21,7 +21,7 @@ use remora_model::gateway::ListenerKind;
 use tracing::{debug, info};
 
 use crate::detect::{self, Detected, SniffEnd};
-use crate::gateway::{GatewayFlags, GatewayRouter};
+use crate::gateway::{GatewayFlags, GatewayRouter, TlsListener};
 use crate::guard::stream_idle::StreamIdleApp;
 use crate::guard::{self, Guard};
 use crate::http::MeshHttp;
@@ -41,21 +41,57 @@ pub struct GatewayApp {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GatewayApp {
-    async fn terminate(
-        &self,
-        stream: Stream,
-        cfg: Arc<rustls::ServerConfig>,
-    ) -> Result<Stream, String> {
+    /// Terminate TLS on `stream`: the ClientHello's SNI picks the server of `tls` and its
+    /// configuration; a client certificate is checked against the server's `subjectAltNames`
+    /// when it lists any.
+    async fn terminate(&self, stream: Stream, tls: &TlsListener) -> Result<Stream, String> {
         let digest = stream.get_socket_digest();
         let fd = stream
             .as_any()
             .downcast_ref::<L4Stream>()
             .map(|s| s.as_raw_fd())
             .unwrap_or(-1);
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        let handshake = async {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await
+                    .map_err(|e| format!("ClientHello: {e}"))?;
+            let sni = start.client_hello().server_name().map(str::to_string);
+            let Some((server, cfg)) = tls.config_for(sni.as_deref()) else {
+                return Err(format!(
+                    "no server with a certificate for SNI {sni:?} on this port"
+                ));
+            };
+            let stream = start
+                .into_stream(cfg)
+                .await
+                .map_err(|e| format!("handshake (SNI {sni:?}): {e}"))?;
+            let wanted = server
+                .server
+                .tls
+                .as_ref()
+                .map(|t| t.subject_alt_names.as_slice())
+                .unwrap_or_default();
+            if !wanted.is_empty() {
+                if let Some(leaf) = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    if !crate::upstream::mtls::cert_has_san(leaf.as_ref(), wanted)? {
+                        return Err(format!(
+                            "{}: the client certificate has none of the subjectAltNames {wanted:?}",
+                            server.describe()
+                        ));
+                    }
+                }
+            }
+            Ok(stream)
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(format!("handshake: {e}")),
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err(format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}")),
         };
         let digest = crate::mtls::socket::digest_of(fd, digest.as_deref());
@@ -102,10 +138,9 @@ impl ServerApp for GatewayApp {
         };
         let stream = match l.kind {
             ListenerKind::Http => stream,
-            ListenerKind::HttpsSimple => {
-                // No configuration: every server of the port is down (logged with the plan).
-                let cfg = planned.tls.get(&self.port)?;
-                match self.terminate(stream, cfg.clone()).await {
+            ListenerKind::Https => {
+                let tls = planned.tls.get(&self.port)?;
+                match self.terminate(stream, tls).await {
                     Ok(s) => s,
                     Err(e) => {
                         debug!(port = self.port, ?peer, "TLS: {e}");

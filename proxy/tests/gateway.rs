@@ -1,7 +1,8 @@
 //! Process tests of `remora-proxy gateway`: Istio's Bookinfo Gateway and VirtualService
 //! (`samples/bookinfo/networking/bookinfo-gateway.yaml`, read in place from the corpus) served
 //! over a real socket to a real backend; HTTPS `SIMPLE` with two certificates chosen by SNI
-//! (made with rcgen, one per Secret layout), checked with a real TLS client; `httpsRedirect`.
+//! (made with rcgen, one per Secret layout), MUTUAL with client certificates, a Secret rotated
+//! as the kubelet does it, all checked with a real TLS client; `httpsRedirect`.
 
 mod common;
 
@@ -153,25 +154,66 @@ fn cert(name: &str) -> (String, String) {
     (c.cert.pem(), c.key_pair.serialize_pem())
 }
 
-/// One HTTPS GET through a real TLS client trusting `root`, with `sni`; the response and the
-/// DER of the certificate the server showed.
-fn https_get(addr: SocketAddr, sni: &str, root: &str, path: &str) -> (HttpResp, Vec<u8>) {
+/// A CA and client certificates it signed, one per name: the CA's PEM, and each certificate's
+/// PEM with its key's.
+fn client_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let leaves = names
+        .iter()
+        .map(|name| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            (leaf.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca.pem(), leaves)
+}
+
+/// One HTTPS GET through a real TLS client trusting `root`, with `sni` and optionally a client
+/// certificate (PEM certificate, PEM key): the response and the DER of the certificate the
+/// server showed, or what failed.
+fn https_try(
+    addr: SocketAddr,
+    sni: &str,
+    root: &str,
+    path: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(HttpResp, Vec<u8>), String> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
-    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
@@ -179,12 +221,21 @@ fn https_get(addr: SocketAddr, sni: &str, root: &str, path: &str) -> (HttpResp, 
         tls,
         "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
     // A close without close_notify is fine here: the response is complete.
-    let _ = tls.read_to_end(&mut raw);
-    let shown = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
-    (parse_response(&raw).unwrap(), shown)
+    let read = tls.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return Err(format!("no response: {read:?}"));
+    }
+    let shown = conn.peer_certificates().ok_or("no server certificate")?[0]
+        .as_ref()
+        .to_vec();
+    Ok((parse_response(&raw).map_err(|e| e.to_string())?, shown))
+}
+
+fn https_get(addr: SocketAddr, sni: &str, root: &str, path: &str) -> (HttpResp, Vec<u8>) {
+    https_try(addr, sni, root, path, None).unwrap_or_else(|e| panic!("https://{sni}{path}: {e}"))
 }
 
 fn der(pem: &str) -> Vec<u8> {
@@ -195,20 +246,55 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// A Secret volume as the kubelet writes it: files in `..<version>/`, `..data` pointing there,
+/// each name a symlink into `..data`; a new version swaps `..data` at once.
+fn secret_volume(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let v = format!("..v{version}");
+    std::fs::create_dir(dir.join(&v)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&v).join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&v, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
 #[test]
-fn https_simple_by_sni_and_https_redirect() {
+fn https_by_sni_mutual_rotation_and_https_redirect() {
     let rt = rt();
     let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "web"));
     let creds = tempfile::tempdir().unwrap();
     let (secure_crt, secure_key) = cert("secure.example.com");
     let (other_crt, other_key) = cert("other.example.com");
-    // The kubernetes.io/tls layout and Istio's generic one.
-    std::fs::create_dir(creds.path().join("secure-cert")).unwrap();
-    std::fs::write(creds.path().join("secure-cert/tls.crt"), &secure_crt).unwrap();
-    std::fs::write(creds.path().join("secure-cert/tls.key"), &secure_key).unwrap();
+    let (mtls_crt, mtls_key) = cert("mtls.example.com");
+    let (client_ca_pem, clients) = client_ca(&["client.example.com", "unlisted.example.com"]);
+    let (_, strangers) = client_ca(&["client.example.com"]);
+    // The kubernetes.io/tls layout (as the kubelet mounts it) and Istio's generic one.
+    let secure = creds.path().join("secure-cert");
+    secret_volume(
+        &secure,
+        1,
+        &[("tls.crt", &secure_crt), ("tls.key", &secure_key)],
+    );
     std::fs::create_dir(creds.path().join("other-cert")).unwrap();
     std::fs::write(creds.path().join("other-cert/cert"), &other_crt).unwrap();
     std::fs::write(creds.path().join("other-cert/key"), &other_key).unwrap();
+    secret_volume(
+        &creds.path().join("mtls-cert"),
+        1,
+        &[
+            ("tls.crt", &mtls_crt),
+            ("tls.key", &mtls_key),
+            ("ca.crt", &client_ca_pem),
+        ],
+    );
     let rules = RulesDir::new(&[
         (
             "gateway.yaml",
@@ -226,16 +312,19 @@ spec:
     tls: {mode: SIMPLE, credentialName: secure-cert}
   - port: {number: 443, name: https-other, protocol: HTTPS}
     hosts: [other.example.com]
-    tls: {mode: SIMPLE, credentialName: other-cert}
+    tls: {mode: SIMPLE, credentialName: other-cert, minProtocolVersion: TLSV1_3}
   - port: {number: 443, name: https-missing, protocol: HTTPS}
     hosts: [missing.example.com]
     tls: {mode: SIMPLE, credentialName: no-such-secret}
+  - port: {number: 443, name: https-mtls, protocol: HTTPS}
+    hosts: [mtls.example.com]
+    tls: {mode: MUTUAL, credentialName: mtls-cert, subjectAltNames: [client.example.com]}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: web, namespace: testns}
 spec:
-  hosts: [secure.example.com, other.example.com]
+  hosts: [secure.example.com, other.example.com, mtls.example.com]
   gateways: [web-gateway]
   http:
   - match: [{uri: {prefix: /only-https}, scheme: {exact: https}}]
@@ -256,7 +345,7 @@ spec:
         )],
     );
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], https_port));
-    let roots = format!("{secure_crt}{other_crt}");
+    let roots = format!("{secure_crt}{other_crt}{mtls_crt}");
 
     let (r, shown) = https_get(tls_addr, "secure.example.com", &roots, "/only-https/a");
     assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
@@ -274,7 +363,21 @@ spec:
     assert_eq!(r.json()["path"], "/b");
 
     // The server whose Secret is missing is down, with one line naming it; the others serve.
-    gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): certificate not loaded, this server is down: credentialName \"no-such-secret\"");
+    gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");
+    assert!(https_try(tls_addr, "missing.example.com", &roots, "/", None).is_err());
+
+    // MUTUAL: a client certificate from the Secret's ca.crt with the listed SAN is accepted;
+    // none, one from another CA, or one without the SAN is refused.
+    let pair = |p: &(String, String)| Some((p.0.clone(), p.1.clone()));
+    let get = |client: Option<(String, String)>| {
+        let c = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        https_try(tls_addr, "mtls.example.com", &roots, "/m", c)
+    };
+    let (r, _) = get(pair(&clients[0])).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(get(None).is_err(), "no client certificate");
+    assert!(get(pair(&strangers[0])).is_err(), "another CA");
+    assert!(get(pair(&clients[1])).is_err(), "a SAN not listed");
 
     // Plain HTTP on the redirecting server: 301 to https.
     let r = http_get(
@@ -288,4 +391,25 @@ spec:
         r.header("location"),
         Some("https://secure.example.com/only-https/a?x=1")
     );
+
+    // The Secret rotated as the kubelet does it: new handshakes get the new certificate, and
+    // no request fails meanwhile.
+    let (new_crt, new_key) = cert("secure.example.com");
+    secret_volume(&secure, 2, &[("tls.crt", &new_crt), ("tls.key", &new_key)]);
+    let roots = format!("{roots}{new_crt}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_S);
+    loop {
+        let (r, shown) = https_get(tls_addr, "secure.example.com", &roots, "/rotating");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        if shown == der(&new_crt) {
+            break;
+        }
+        assert_eq!(shown, der(&secure_crt));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate was not served; stderr:\n{}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -1,24 +1,27 @@
 //! `remora-proxy gateway`: the proxy as Istio's ingress gateway. No capture: it listens on the
 //! ports of the `Gateway` servers that select its pod (`--pod-labels-file`), each Gateway port
-//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS `SIMPLE`
-//! servers (certificates from `--gateway-credentials-dir`), and routes HTTP by the
+//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS servers
+//! (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`; certificates from `--gateway-credentials-dir`,
+//! [`certs`]), and routes HTTP by the
 //! VirtualServices bound to those Gateways, through the sidecar's request steps
 //! ([`crate::http::MeshHttp`] with a [`GatewayRouter`]), as an outbound request (`reporter`
 //! `source`).
 //!
 //! The decisions are the model's (`remora_model::gateway`): which servers, on which port,
-//! which VirtualService and route. The plan follows the rules: it is made again from each new
-//! snapshot (at the first connection after a change). Listening ports are bound at start-up.
+//! which VirtualService and route. The plan follows the rules and the certificate files: it is
+//! made again from each new snapshot, and when a file a TLS server reads has changed (at the
+//! first connection or request after the change). Listening ports are bound at start-up.
 
 pub mod certs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use remora_model::gateway::{self as model, ListenerKind, Plan, PortMap};
+use remora_model::gateway::{self as model, BoundServer, Listener, ListenerKind, Plan, PortMap};
 use remora_model::route::{Decision, RequestInfo};
 use tracing::{info, warn};
 
@@ -46,13 +49,77 @@ pub struct GatewayFlags {
     pub gateway_credentials_dir: PathBuf,
 }
 
-/// The plan made from one snapshot, with the TLS settings of its listeners.
+/// The plan made from one snapshot, with the TLS settings of its servers.
 pub struct Planned {
     snapshot: Arc<Snapshot>,
     pub plan: Plan,
-    /// The TLS settings of each TLS listener (by listening port) whose configuration could be
-    /// made.
-    pub tls: BTreeMap<u16, Arc<rustls::ServerConfig>>,
+    /// The TLS listeners, by listening port.
+    pub tls: BTreeMap<u16, TlsListener>,
+    /// The certificate files the TLS settings came from (or would come from), as they were:
+    /// when one changes, the plan is made again.
+    stamps: Vec<(PathBuf, Option<Stamp>)>,
+    /// When the files were last looked at.
+    checked: Mutex<Instant>,
+}
+
+/// What identifies a file's content cheaply: its inode and modification time (a kubelet
+/// Secret update swaps the `..data` symlink: new files, new inodes).
+type Stamp = (u64, Option<SystemTime>);
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.ino(), m.modified().ok()))
+}
+
+/// How often the certificate files are looked at (on a connection or request, not by a timer).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl Planned {
+    /// The configuration this plan has for the same server (same Gateway, same entry of
+    /// `spec.servers`, same TLS settings) on listening port `port`.
+    fn config_of(&self, port: u16, server: &BoundServer) -> Option<Arc<rustls::ServerConfig>> {
+        let t = self.tls.get(&port)?;
+        let i = t.listener.servers.iter().position(|b| b == server)?;
+        t.configs.get(i).cloned().flatten()
+    }
+
+    /// Are the certificate files still those the plan read? Looked at once a second at most.
+    fn files_unchanged(&self) -> bool {
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return true;
+        };
+        if checked.elapsed() < CERT_CHECK_EVERY {
+            return true;
+        }
+        *checked = Instant::now();
+        self.stamps.iter().all(|(p, s)| stamp(p) == *s)
+    }
+}
+
+/// A TLS listener: one rustls configuration per server (`None`: that server is down).
+pub struct TlsListener {
+    pub listener: Listener,
+    pub configs: Vec<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl TlsListener {
+    /// The server an SNI name reaches and its configuration (`None`: no server has that name,
+    /// or its certificate is missing).
+    pub fn config_for(
+        &self,
+        sni: Option<&str>,
+    ) -> Option<(&BoundServer, Arc<rustls::ServerConfig>)> {
+        let chosen = model::server_for(&self.listener, sni)?;
+        let i = self
+            .listener
+            .servers
+            .iter()
+            .position(|b| std::ptr::eq(b, chosen))?;
+        let cfg = self.configs.get(i).cloned().flatten()?;
+        Some((chosen, cfg))
+    }
 }
 
 /// The gateway's routing state: its pod labels and flags, and the plan of the current rules.
@@ -98,28 +165,38 @@ impl GatewayRouter {
             .unwrap_or_default()
     }
 
-    /// The plan of the current rules (made again when the snapshot changed).
+    /// The plan of the current rules (made again when the snapshot or a certificate file
+    /// changed).
     pub fn current(&self) -> Arc<Planned> {
         let snap = self.shared.snapshot.load_full();
         if let Some(p) = self.current.load_full() {
-            if Arc::ptr_eq(&p.snapshot, &snap) {
+            if Arc::ptr_eq(&p.snapshot, &snap) && p.files_unchanged() {
                 return p;
             }
         }
         let _one = self.building.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = self.current.load_full() {
             if Arc::ptr_eq(&p.snapshot, &snap) {
-                return p;
+                // Made by another caller meanwhile, or only the files changed.
+                if p.checked
+                    .lock()
+                    .is_ok_and(|c| c.elapsed() < CERT_CHECK_EVERY)
+                    && p.stamps.iter().all(|(f, s)| stamp(f) == *s)
+                {
+                    return p;
+                }
+                info!("gateway certificate files changed: reading them again");
             }
         }
-        let p = Arc::new(self.build(snap));
+        let previous = self.current.load_full();
+        let p = Arc::new(self.build(snap, previous.as_deref()));
         self.current.store(Some(p.clone()));
         p
     }
 
     /// Plan the listeners of `snap`, read the TLS servers' certificates, and log what is served
     /// and what is not (one line each).
-    fn build(&self, snap: Arc<Snapshot>) -> Planned {
+    fn build(&self, snap: Arc<Snapshot>, previous: Option<&Planned>) -> Planned {
         for e in &snap.gateway_errors {
             warn!(
                 file = %e.file,
@@ -144,6 +221,7 @@ impl GatewayRouter {
         }
         let bound = self.bound.lock().map(|b| b.clone()).unwrap_or_default();
         let mut tls = BTreeMap::new();
+        let mut stamps = Vec::new();
         for l in &plan.listeners {
             let hosts: Vec<String> = l
                 .servers
@@ -166,60 +244,58 @@ impl GatewayRouter {
                 ?hosts,
                 "gateway listener"
             );
-            if l.kind != ListenerKind::HttpsSimple {
+            if l.kind != ListenerKind::Https {
                 continue;
             }
+            let dir = &self.flags.gateway_credentials_dir;
+            let mut configs = Vec::new();
             for b in &l.servers {
-                let Some(t) = &b.server.tls else { continue };
-                let unapplied: Vec<&str> = [
-                    ("minProtocolVersion", t.min_protocol_version.is_some()),
-                    ("maxProtocolVersion", t.max_protocol_version.is_some()),
-                    ("cipherSuites", !t.cipher_suites.is_empty()),
-                    ("subjectAltNames", !t.subject_alt_names.is_empty()),
-                ]
-                .iter()
-                .filter(|(_, set)| *set)
-                .map(|(k, _)| *k)
-                .collect();
-                if !unapplied.is_empty() {
+                let t = b.server.tls.clone().unwrap_or_default();
+                stamps.extend(certs::watched(dir, &t).into_iter().map(|p| {
+                    let s = stamp(&p);
+                    (p, s)
+                }));
+                if !t.cipher_suites.is_empty() {
                     warn!(
-                        "{}: tls.{} not applied yet (TLS 1.2 and 1.3 with rustls' default cipher suites)",
-                        b.describe(),
-                        unapplied.join(", tls.")
+                        "{}: tls.cipherSuites not applied yet (rustls' default suites)",
+                        b.describe()
                     );
                 }
+                let cfg = match certs::files_for(dir, &t).and_then(|f| certs::server_config(&t, &f))
+                {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        // A Secret caught mid-update keeps the settings read before, if any.
+                        let before = previous.and_then(|p| p.config_of(l.port, b));
+                        warn!(
+                            "{} (port {}): TLS settings not loaded, {}: {e}",
+                            b.describe(),
+                            b.server.port,
+                            if before.is_some() {
+                                "keeping those read before"
+                            } else {
+                                "this server is down"
+                            }
+                        );
+                        before
+                    }
+                };
+                configs.push(cfg);
             }
-            let keys = l
-                .servers
-                .iter()
-                .map(|b| {
-                    let tls = b.server.tls.clone().unwrap_or_default();
-                    certs::files_for(&self.flags.gateway_credentials_dir, &tls)
-                        .and_then(|(c, k)| certs::load(&c, &k))
-                        .map_err(|e| {
-                            warn!(
-                                "{} (port {}): certificate not loaded, this server is down: {e}",
-                                b.describe(),
-                                b.server.port
-                            )
-                        })
-                        .ok()
-                })
-                .collect();
-            match certs::server_config(certs::SniResolver {
-                listener: l.clone(),
-                keys,
-            }) {
-                Ok(cfg) => {
-                    tls.insert(l.port, cfg);
-                }
-                Err(e) => warn!(port = l.port, "TLS listener down: {e}"),
-            }
+            tls.insert(
+                l.port,
+                TlsListener {
+                    listener: l.clone(),
+                    configs,
+                },
+            );
         }
         Planned {
             snapshot: snap,
             plan,
             tls,
+            stamps,
+            checked: Mutex::new(Instant::now()),
         }
     }
 
@@ -240,7 +316,7 @@ impl GatewayRouter {
             headers: info.headers,
             dst: SocketAddr::new(info.dst.ip(), l.gateway_port),
         };
-        let tls = l.kind == ListenerKind::HttpsSimple;
+        let tls = l.kind == ListenerKind::Https;
         model::route(snap, l, &req, tls, &mut rand::thread_rng())
     }
 }
