@@ -362,6 +362,51 @@ spec:
     assert_eq!(shown, der(&other_crt), "the other.example.com certificate");
     assert_eq!(r.json()["path"], "/b");
 
+    // HTTP/2 over TLS (ALPN h2).
+    let h2_roots = roots.clone();
+    let (status, alpn, h2_path) = rt.block_on(async move {
+        use http_body_util::{BodyExt, Empty};
+        use rustls::pki_types::pem::PemObject;
+        let mut store = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(h2_roots.as_bytes()) {
+            store.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("secure.example.com").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("https://secure.example.com/h2")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, alpn, v["path"].clone())
+    });
+    assert_eq!((status, alpn.as_deref()), (200, Some(&b"h2"[..])));
+    assert_eq!(h2_path, "/h2");
+    let line = gw.wait_log(|l| l["path"] == "/h2");
+    assert_eq!(line["protocol"], "http2", "{line}");
+
     // The server whose Secret is missing is down, with one line naming it; the others serve.
     gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");
     assert!(https_try(tls_addr, "missing.example.com", &roots, "/", None).is_err());
