@@ -267,7 +267,8 @@ pub fn virtual_service_for<'a>(
 /// host and its first matching route, exactly as the sidecar routes (weights, redirects,
 /// rewrites, header operations, policies). No server or VirtualService for the host: 404.
 /// A `Forward` never asks for the original destination: with no endpoint list the destination
-/// host is resolved by DNS.
+/// host is resolved by DNS. The request's destination port is the Gateway port (what a match's
+/// `port` and a destination without a port see), whatever port the proxy listens on.
 pub fn route(
     snap: &Snapshot,
     listener: &Listener,
@@ -275,6 +276,13 @@ pub fn route(
     tls: bool,
     rng: &mut impl rand::Rng,
 ) -> Decision {
+    let req = &RequestInfo {
+        authority: req.authority,
+        method: req.method,
+        path: req.path,
+        headers: req.headers,
+        dst: std::net::SocketAddr::new(req.dst.ip(), listener.gateway_port),
+    };
     let (host, _) = split_authority(req.authority);
     let servers: Vec<&BoundServer> = listener
         .servers
@@ -879,6 +887,80 @@ spec:
             outcome(&s, l, "private.example.com", "/", false),
             "deny 404"
         );
+    }
+
+    /// Istio's egress gateway pattern (its "Egress Gateways" task, HTTP): sidecars send
+    /// `edition.cnn.com` to the egress gateway, which sends it on to the external host.
+    #[test]
+    fn egress_gateway_pattern() {
+        let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http-port, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 151.101.1.67}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [edition.cnn.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 80}}
+  - match: [{gateways: [istio-egressgateway], port: 80}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 80}}
+";
+        let egress = LoadContext {
+            namespace: "istio-system".into(),
+            pod_labels: labels(&[("istio", "egressgateway")]),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("t.yaml", yaml)], &egress, 1).unwrap();
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.gateways, ["default/istio-egressgateway"]);
+        let l = p.listener(8080).unwrap();
+        assert_eq!(
+            outcome(&s, l, "edition.cnn.com", "/politics", false),
+            "forward edition.cnn.com:80"
+        );
+        assert_eq!(outcome(&s, l, "other.com", "/", false), "deny 404");
+        // A sidecar (namespace default) sends the same request to the egress gateway.
+        let sidecar = LoadContext {
+            namespace: "default".into(),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("t.yaml", yaml)], &sidecar, 1).unwrap();
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let req = RequestInfo {
+            authority: "edition.cnn.com",
+            method: "GET",
+            path: "/politics",
+            headers: &h,
+            dst: SocketAddr::from(([151, 101, 1, 67], 80)),
+        };
+        match crate::route::route(&s, &req, &mut rng) {
+            Decision::Forward(f) => assert_eq!(
+                (f.host.as_str(), f.port),
+                ("istio-egressgateway.istio-system.svc.cluster.local", 80)
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

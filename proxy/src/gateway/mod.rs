@@ -300,7 +300,7 @@ impl GatewayRouter {
     }
 
     /// Route a request that arrived on the gateway's port `info.dst.port()`: the model's
-    /// decision for that listener, with the Gateway port as the request's destination port.
+    /// decision for that listener.
     pub fn route(&self, snap: &Snapshot, info: &RequestInfo<'_>) -> Decision {
         let planned = self.current();
         let Some(l) = planned.plan.listener(info.dst.port()) else {
@@ -309,15 +309,8 @@ impl GatewayRouter {
                 reason: format!("no Gateway server on port {}", info.dst.port()),
             };
         };
-        let req = RequestInfo {
-            authority: info.authority,
-            method: info.method,
-            path: info.path,
-            headers: info.headers,
-            dst: SocketAddr::new(info.dst.ip(), l.gateway_port),
-        };
         let tls = l.kind == ListenerKind::Https;
-        model::route(snap, l, &req, tls, &mut rand::thread_rng())
+        model::route(snap, l, info, tls, &mut rand::thread_rng())
     }
 }
 
