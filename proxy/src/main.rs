@@ -403,6 +403,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         Metrics::new(remora_proxy::telemetry::metrics::series_max_from_env())
             .context("metric definitions")?,
     );
+    rules::watch::set_gateway_mode(gateway.is_some());
     rules::watch::set_mesh_identity(
         args.identity.ca_address.trim() != "off" && !args.identity.ca_address.trim().is_empty(),
     );

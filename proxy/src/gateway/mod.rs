@@ -321,3 +321,36 @@ pub fn local_addr(digest: Option<&pingora::protocols::SocketDigest>) -> Option<S
         .and_then(|a| a.as_inet())
         .copied()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<super::GatewayFlags, String> {
+        let mut v = vec!["remora-proxy", "gateway"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).map_err(|e| e.to_string())?.command {
+            Command::Gateway(g) => Ok(g.gateway),
+            _ => Err("not the gateway".into()),
+        }
+    }
+
+    #[test]
+    fn flags_and_their_errors() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(
+            d.gateway_port_map,
+            remora_model::gateway::PortMap::default()
+        );
+        assert_eq!(d.gateway_address.to_string(), "0.0.0.0");
+        let m = parse(&["--gateway-port-map", "8080=18080,443=18443"]).unwrap();
+        assert_eq!(m.gateway_port_map.listen_port(8080), 18080);
+        assert_eq!(m.gateway_port_map.listen_port(80), 80);
+        let e = parse(&["--gateway-port-map", "80"]).unwrap_err();
+        assert!(e.contains("--gateway-port-map"), "{e}");
+        assert!(e.contains("\"80\" is not SERVICE_PORT=LISTEN_PORT"), "{e}");
+        let e = parse(&["--gateway-address", "everywhere"]).unwrap_err();
+        assert!(e.contains("--gateway-address"), "{e}");
+    }
+}
