@@ -267,7 +267,7 @@ pub fn virtual_service_for<'a>(
 /// host and its first matching route, exactly as the sidecar routes (weights, redirects,
 /// rewrites, header operations, policies). No server or VirtualService for the host: 404.
 /// A `Forward` never asks for the original destination: with no endpoint list the destination
-/// host is resolved by DNS. The request's destination port is the Gateway port (what a match's
+/// host is resolved by DNS; it sets `x-forwarded-proto` to the client's scheme. The request's destination port is the Gateway port (what a match's
 /// `port` and a destination without a port see), whatever port the proxy listens on.
 pub fn route(
     snap: &Snapshot,
@@ -328,7 +328,17 @@ pub fn route(
     };
     let gateways: Vec<String> = servers.iter().map(|b| b.gateway.clone()).collect();
     let scheme = if tls { "https" } else { "http" };
-    route::route_bound(snap, vs, req, Via::Gateways(&gateways, scheme), rng)
+    match route::route_bound(snap, vs, req, Via::Gateways(&gateways, scheme), rng) {
+        // As Envoy at Istio's gateways (the edge): `x-forwarded-proto` is the client's scheme,
+        // whatever the client sent; the route's own header operations come after it.
+        Decision::Forward(mut f) => {
+            f.request_headers
+                .set
+                .insert(0, ("x-forwarded-proto".to_string(), scheme.to_string()));
+            Decision::Forward(f)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -677,6 +687,16 @@ spec:
                 *want,
                 "{authority}{path}"
             );
+        }
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let req = request("bookinfo.example", "/productpage", &h);
+        match route(&s, l, &req, false, &mut rng) {
+            Decision::Forward(f) => assert_eq!(
+                f.request_headers.set,
+                [("x-forwarded-proto".to_string(), "http".to_string())]
+            ),
+            other => panic!("{other:?}"),
         }
         // Another pod's labels select nothing.
         let none = plan(

@@ -359,6 +359,7 @@ spec:
         "the secure.example.com certificate"
     );
     assert_eq!(r.json()["server"], "web");
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
     assert_eq!(r.header("x-matched"), Some("https"));
 
     let (r, shown) = https_get(tls_addr, "other.example.com", &roots, "/b");
