@@ -261,6 +261,33 @@ pub fn virtual_service_for<'a>(
     best.map(|(_, vs)| vs)
 }
 
+/// The headers a gateway sets on a request it forwards, as Envoy does at the edge
+/// (`use_remote_address`): `x-forwarded-proto` is the client's scheme, and the client's
+/// address is appended to `x-forwarded-for` (the list it sent, if any, kept before it).
+pub fn forwarded(
+    headers: &http::HeaderMap,
+    scheme: &str,
+    client: Option<std::net::IpAddr>,
+) -> Vec<(String, String)> {
+    let mut out = vec![("x-forwarded-proto".to_string(), scheme.to_string())];
+    if let Some(ip) = client {
+        let sent: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let xff = if sent.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", sent.join(", "))
+        };
+        out.push(("x-forwarded-for".to_string(), xff));
+    }
+    out
+}
+
 /// Route one request that arrived on `listener` (`tls`: over TLS the gateway terminated):
 /// the servers whose hosts match the request's Host; an HTTP server with `tls.httpsRedirect`
 /// answers 301 to `https://` (plain text only); then the gateway-bound VirtualService for the
@@ -274,6 +301,7 @@ pub fn route(
     listener: &Listener,
     req: &RequestInfo<'_>,
     tls: bool,
+    client: Option<std::net::IpAddr>,
     rng: &mut impl rand::Rng,
 ) -> Decision {
     let req = &RequestInfo {
@@ -332,9 +360,9 @@ pub fn route(
         // As Envoy at Istio's gateways (the edge): `x-forwarded-proto` is the client's scheme,
         // whatever the client sent; the route's own header operations come after it.
         Decision::Forward(mut f) => {
-            f.request_headers
-                .set
-                .insert(0, ("x-forwarded-proto".to_string(), scheme.to_string()));
+            let mut set = forwarded(req.headers, scheme, client);
+            set.append(&mut f.request_headers.set);
+            f.request_headers.set = set;
             Decision::Forward(f)
         }
         other => other,
@@ -614,7 +642,7 @@ mod tests {
     fn outcome(s: &Snapshot, l: &Listener, authority: &str, path: &str, tls: bool) -> String {
         let h = http::HeaderMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        match route(s, l, &request(authority, path, &h), tls, &mut rng) {
+        match route(s, l, &request(authority, path, &h), tls, None, &mut rng) {
             Decision::Forward(f) => format!(
                 "forward {}:{}{}{}",
                 f.host,
@@ -691,13 +719,30 @@ spec:
         let h = http::HeaderMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let req = request("bookinfo.example", "/productpage", &h);
-        match route(&s, l, &req, false, &mut rng) {
+        let client = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+        match route(&s, l, &req, false, client, &mut rng) {
             Decision::Forward(f) => assert_eq!(
                 f.request_headers.set,
-                [("x-forwarded-proto".to_string(), "http".to_string())]
+                [
+                    ("x-forwarded-proto".to_string(), "http".to_string()),
+                    ("x-forwarded-for".to_string(), "203.0.113.7".to_string())
+                ]
             ),
             other => panic!("{other:?}"),
         }
+        let mut sent = http::HeaderMap::new();
+        sent.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        sent.append("x-forwarded-for", "10.2.2.2, 10.3.3.3".parse().unwrap());
+        assert_eq!(
+            forwarded(&sent, "https", client),
+            [
+                ("x-forwarded-proto".to_string(), "https".to_string()),
+                (
+                    "x-forwarded-for".to_string(),
+                    "10.1.1.1, 10.2.2.2, 10.3.3.3, 203.0.113.7".to_string()
+                )
+            ]
+        );
         // Another pod's labels select nothing.
         let none = plan(
             &s.gateways,
@@ -896,6 +941,7 @@ spec:
                 l,
                 &request("split.example.com", "/", &h),
                 false,
+                None,
                 &mut rng,
             ) {
                 a += usize::from(f.host.starts_with("a."));

@@ -360,6 +360,7 @@ spec:
     );
     assert_eq!(r.json()["server"], "web");
     assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(r.header("x-matched"), Some("https"));
 
     let (r, shown) = https_get(tls_addr, "other.example.com", &roots, "/b");

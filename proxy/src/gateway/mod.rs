@@ -299,9 +299,14 @@ impl GatewayRouter {
         }
     }
 
-    /// Route a request that arrived on the gateway's port `info.dst.port()`: the model's
-    /// decision for that listener.
-    pub fn route(&self, snap: &Snapshot, info: &RequestInfo<'_>) -> Decision {
+    /// Route a request from `client` that arrived on the gateway's port `info.dst.port()`: the
+    /// model's decision for that listener.
+    pub fn route(
+        &self,
+        snap: &Snapshot,
+        info: &RequestInfo<'_>,
+        client: Option<IpAddr>,
+    ) -> Decision {
         let planned = self.current();
         let Some(l) = planned.plan.listener(info.dst.port()) else {
             return Decision::Deny {
@@ -310,8 +315,16 @@ impl GatewayRouter {
             };
         };
         let tls = l.kind == ListenerKind::Https;
-        model::route(snap, l, info, tls, &mut rand::thread_rng())
+        model::route(snap, l, info, tls, client, &mut rand::thread_rng())
     }
+}
+
+/// The client's address of a gateway connection.
+pub fn peer_ip(digest: Option<&pingora::protocols::SocketDigest>) -> Option<IpAddr> {
+    digest
+        .and_then(|d| d.peer_addr())
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// The address a gateway connection came to (the gateway's listening address and port).

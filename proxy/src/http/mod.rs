@@ -319,7 +319,7 @@ impl ProxyHttp for MeshHttp {
                 dst,
             };
             match &self.gateway {
-                Some(g) => g.route(&snap, &info),
+                Some(g) => g.route(&snap, &info, crate::gateway::peer_ip(socket.as_deref())),
                 None => route::route(&snap, &info, &mut rand::thread_rng()),
             }
         };
