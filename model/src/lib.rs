@@ -26,6 +26,7 @@ pub mod ca_api;
 pub mod compile;
 pub mod dump;
 pub mod duration;
+pub mod gateway;
 pub mod host;
 pub mod kinds;
 pub mod lint;

@@ -22,6 +22,60 @@ pub struct RequestInfo<'a> {
     pub dst: SocketAddr,
 }
 
+/// Which proxy a request goes through, for the `gateways` of a VirtualService and of its
+/// matches: a sidecar (`mesh`), or a gateway serving these Gateways (`namespace/name`) with the
+/// request's scheme (`http`, or `https` after the gateway terminated TLS).
+#[derive(Clone, Copy, Debug)]
+pub enum Via<'a> {
+    Mesh,
+    Gateways(&'a [String], &'a str),
+}
+
+impl Via<'_> {
+    /// Does a `gateways` list (of a VirtualService in `vs_namespace`, or of one of its
+    /// matches; empty = the VirtualService's own) bind this proxy?
+    fn binds(&self, vs_namespace: &str, gateways: &[String]) -> bool {
+        match self {
+            Via::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
+            Via::Gateways(gws, _) => bound_to(vs_namespace, gateways, gws),
+        }
+    }
+
+    fn scheme(&self) -> &str {
+        match self {
+            Via::Mesh => "http",
+            Via::Gateways(_, scheme) => scheme,
+        }
+    }
+}
+
+/// A VirtualService's reference to a Gateway, as `namespace/name`: `ns/name` as written, a
+/// short `name` in the VirtualService's namespace, and Istio's older `name.ns[.svc.domain]`
+/// form. `None` for the reserved `mesh`.
+pub fn gateway_ref(vs_namespace: &str, reference: &str) -> Option<String> {
+    if reference == "mesh" {
+        return None;
+    }
+    if let Some((ns, name)) = reference.split_once('/') {
+        return Some(format!("{ns}/{name}"));
+    }
+    match reference.split_once('.') {
+        Some((name, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(rest);
+            Some(format!("{ns}/{name}"))
+        }
+        None => Some(format!("{vs_namespace}/{reference}")),
+    }
+}
+
+/// Is a list of `gateways` (of a VirtualService in `vs_namespace`, or of one of its matches)
+/// bound to one of `gateways` (`namespace/name`)?
+pub fn bound_to(vs_namespace: &str, refs: &[String], gateways: &[String]) -> bool {
+    refs.iter()
+        .filter_map(|r| gateway_ref(vs_namespace, r))
+        .any(|r| gateways.contains(&r))
+}
+
 /// What to do with a request.
 // The contract between the rules and the data plane fixes `Forward(Forward)` unboxed; one
 // decision is made per request and moved once, so the size does not matter.
@@ -78,8 +132,32 @@ pub struct Forward {
 /// `normalize_path`) does: routes match the normalized path, and a `Forward` carries it in
 /// `uri_rewrite` when it differs from what the client sent (Envoy forwards the normalized path).
 pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
+    normalized(req, |req| route_normalized(snap, req, rng))
+}
+
+/// Route a request through `via` by one given VirtualService (a gateway's choice): its first
+/// matching `http` route, as [`route`] does, on the normalized path. The destination is never
+/// "what the client addressed": with no endpoint list it is resolved by DNS.
+pub fn route_bound(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    req: &RequestInfo<'_>,
+    via: Via<'_>,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    normalized(req, |req| {
+        route_virtual_service(snap, vs, req, &[], via, rng)
+    })
+}
+
+/// Decide on the normalized path; a `Forward` carries it in `uri_rewrite` when it differs from
+/// what the client sent.
+fn normalized(
+    req: &RequestInfo<'_>,
+    decide: impl FnOnce(&RequestInfo<'_>) -> Decision,
+) -> Decision {
     if is_normal_path(req.path) {
-        return route_normalized(snap, req, rng);
+        return decide(req);
     }
     let normalized = normalize_path(req.path);
     if normalized != req.path {
@@ -90,7 +168,7 @@ pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -
             headers: req.headers,
             dst: req.dst,
         };
-        return match route_normalized(snap, &norm_req, rng) {
+        return match decide(&norm_req) {
             Decision::Forward(mut f) => {
                 if f.uri_rewrite.is_none() {
                     f.uri_rewrite = Some(normalized.clone());
@@ -100,7 +178,7 @@ pub fn route(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -
             other => other,
         };
     }
-    route_normalized(snap, req, rng)
+    decide(req)
 }
 
 fn route_normalized(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand::Rng) -> Decision {
@@ -114,7 +192,7 @@ fn route_normalized(snap: &Snapshot, req: &RequestInfo<'_>, rng: &mut impl rand:
     match best_virtual_service(snap, &cands)
         .filter(|vs| egress_allows(snap, &vs.meta, &vs.hosts, port))
     {
-        Some(vs) => route_virtual_service(snap, vs, req, &cands, rng),
+        Some(vs) => route_virtual_service(snap, vs, req, &cands, Via::Mesh, rng),
         None => no_virtual_service(snap, req, &host, &cands),
     }
 }
@@ -250,12 +328,23 @@ pub fn match_holds(
     m: &HttpMatch,
     req: &RequestInfo<'_>,
 ) -> bool {
+    match_holds_via(snap, vs, m, req, Via::Mesh)
+}
+
+/// [`match_holds`] for a request through `via` (a sidecar or a gateway).
+pub fn match_holds_via(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    m: &HttpMatch,
+    req: &RequestInfo<'_>,
+    via: Via<'_>,
+) -> bool {
     let gateways = if m.gateways.is_empty() {
         &vs.gateways
     } else {
         &m.gateways
     };
-    if !gateways.is_empty() && !gateways.iter().any(|g| g == "mesh") {
+    if !via.binds(&vs.meta.namespace, gateways) {
         return false;
     }
     let (path, query) = split_path(req.path);
@@ -265,7 +354,7 @@ pub fn match_holds(
         }
     }
     if let Some(s) = &m.scheme {
-        if !s.matches("http", false) {
+        if !s.matches(via.scheme(), false) {
             return false;
         }
     }
@@ -330,15 +419,28 @@ pub fn select_route<'a>(
     vs: &'a VirtualService,
     req: &RequestInfo<'_>,
 ) -> Option<(&'a HttpRoute, Option<&'a HttpMatch>)> {
+    select_route_via(snap, vs, req, Via::Mesh)
+}
+
+/// [`select_route`] for a request through `via` (a sidecar or a gateway).
+pub fn select_route_via<'a>(
+    snap: &Snapshot,
+    vs: &'a VirtualService,
+    req: &RequestInfo<'_>,
+    via: Via<'_>,
+) -> Option<(&'a HttpRoute, Option<&'a HttpMatch>)> {
     for r in &vs.http {
         if r.matches.is_empty() {
-            let gw = &vs.gateways;
-            if gw.is_empty() || gw.iter().any(|g| g == "mesh") {
+            if via.binds(&vs.meta.namespace, &vs.gateways) {
                 return Some((r, None));
             }
             continue;
         }
-        if let Some(m) = r.matches.iter().find(|m| match_holds(snap, vs, m, req)) {
+        if let Some(m) = r
+            .matches
+            .iter()
+            .find(|m| match_holds_via(snap, vs, m, req, via))
+        {
             return Some((r, Some(m)));
         }
     }
@@ -481,9 +583,10 @@ fn route_virtual_service(
     vs: &VirtualService,
     req: &RequestInfo<'_>,
     cands: &[String],
+    via: Via<'_>,
     rng: &mut impl rand::Rng,
 ) -> Decision {
-    let Some((r, m)) = select_route(snap, vs, req) else {
+    let Some((r, m)) = select_route_via(snap, vs, req, via) else {
         return Decision::Deny {
             status: 404,
             reason: format!("no route of VirtualService {} matched", vs.meta.key()),

@@ -60,6 +60,8 @@ pub struct AdminState {
     pub ready_gate: Option<Arc<ReadyGate>>,
     /// Set the first time readiness is 200 (logged once).
     became_ready: AtomicBool,
+    /// A gateway's listening ports, which readiness waits for instead of the capture ports.
+    pub gateway_ports: Option<Vec<u16>>,
 }
 
 impl AdminState {
@@ -75,6 +77,7 @@ impl AdminState {
             discovery: None,
             ready_gate: None,
             became_ready: AtomicBool::new(false),
+            gateway_ports: None,
         }
     }
 
@@ -101,9 +104,12 @@ impl AdminState {
             return true;
         }
         let s = &self.shared.settings;
-        let ok = [s.outbound_addr, s.inbound_addr]
-            .iter()
-            .all(|a| process_listens_on(a.port()));
+        let ok = match &self.gateway_ports {
+            Some(ports) => ports.iter().all(|p| process_listens_on(*p)),
+            None => [s.outbound_addr, s.inbound_addr]
+                .iter()
+                .all(|a| process_listens_on(a.port())),
+        };
         if ok {
             self.listeners_bound.store(true, Ordering::Relaxed);
         }

@@ -24,6 +24,18 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Check a rule set offline; exit 1 when it has errors.
     Validate(ValidateArgs),
+    /// Run as an ingress gateway: no capture; listen on the ports of the Gateways that select
+    /// this pod's labels and route by the VirtualServices bound to them (docs/gateways.md).
+    Gateway(Box<GatewayArgs>),
+}
+
+/// `remora-proxy gateway`: `run`'s flags and the gateway's own.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub gateway: crate::gateway::GatewayFlags,
 }
 
 #[derive(Debug, Args)]
@@ -485,7 +497,7 @@ mod tests {
             v.extend_from_slice(args);
             Cli::try_parse_from(v).map(|c| match c.command {
                 Command::Run(r) => r.discovery_ready_timeout,
-                Command::Validate(_) => panic!("run expected"),
+                _ => panic!("run expected"),
             })
         };
         assert_eq!(

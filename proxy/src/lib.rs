@@ -16,6 +16,8 @@ pub mod cli;
 pub mod detect;
 // Kubernetes endpoint discovery and the rules ConfigMap through the API.
 pub mod discovery;
+pub mod gateway;
+pub mod gateway_listen;
 // Abuse limits and the start-up privilege check.
 pub mod guard;
 // The HTTP side: Pingora's `ProxyHttp` and the steps of a request.

@@ -333,7 +333,7 @@ impl CaptureApp {
     /// abuse limits (`guard::read_head`) before Pingora parses it; between requests the idle
     /// timeout applies. This is Pingora's own keep-alive loop (`ServerApp for HttpServerApp`)
     /// with the guard in front of every request.
-    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+    pub(crate) async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let listener = self.dir.as_str();
         let limits = &self.guard.limits;
         let keepalive_secs = limits.idle_timeout.as_secs().max(1);

@@ -1,4 +1,5 @@
-//! `remora-proxy run` (the sidecar) and `remora-proxy validate DIR` (offline rule linter).
+//! `remora-proxy run` (the sidecar), `remora-proxy gateway` (the ingress gateway) and
+//! `remora-proxy validate DIR` (offline rule linter).
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ use remora_proxy::app_probe::AppProbers;
 use remora_proxy::cli::{self, Cli, Command, RunArgs as Args, ValidateArgs};
 use remora_proxy::discovery::ready::{self, ReadyGate};
 use remora_proxy::discovery::rules_api::RulesSources;
+use remora_proxy::gateway::GatewayFlags;
 use remora_proxy::guard::stream_idle::StreamIdleApp;
 use remora_proxy::http::MeshHttp;
 use remora_proxy::listen::{self, CaptureApp};
@@ -28,14 +30,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(v) => validate(v),
-        Command::Run(r) => match run(*r) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("{e:#}");
-                eprintln!("remora-proxy: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Run(r) => exit(run(*r, None)),
+        Command::Gateway(g) => {
+            let g = *g;
+            exit(run(g.run, Some(g.gateway)))
+        }
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("remora-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -296,7 +306,9 @@ where
         .map_err(|_| anyhow!("{what} thread exited during start-up"))?
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// The sidecar (`gateway: None`) or the gateway (its flags): the same proxy, with capture
+/// listeners or with the Gateways' ports.
+fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     init_logging(&args.log_level)?;
     // Least privilege before anything else: refuse uid 0 in a pod, drop every capability.
@@ -320,13 +332,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))?;
 
     // Fail fast, with the address in the message, if a capture port is taken.
-    for (what, addr) in [
-        ("outbound", args.outbound_addr),
-        ("inbound", args.inbound_addr),
-    ] {
+    let capture = if gateway.is_some() {
+        vec![]
+    } else {
+        vec![
+            ("outbound", args.outbound_addr),
+            ("inbound", args.inbound_addr),
+        ]
+    };
+    for (what, addr) in capture {
         std::net::TcpListener::bind(addr).with_context(|| format!("{what} listener {addr}"))?;
     }
-    let (outbound_addr6, inbound_addr6) = ipv6_listeners(&args)?;
+    let (outbound_addr6, inbound_addr6) = match gateway {
+        Some(_) => (None, None),
+        None => ipv6_listeners(&args)?,
+    };
 
     let snapshot = initial_snapshot(&args, &ctx);
     let workload = Workload::derive(
@@ -383,6 +403,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Metrics::new(remora_proxy::telemetry::metrics::series_max_from_env())
             .context("metric definitions")?,
     );
+    rules::watch::set_gateway_mode(gateway.is_some());
     rules::watch::set_mesh_identity(
         args.identity.ca_address.trim() != "off" && !args.identity.ca_address.trim().is_empty(),
     );
@@ -433,7 +454,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         jwt: Arc::new(remora_proxy::jwt::JwtState::new(jwks_settings)),
         metrics: metrics.clone(),
     });
-    listen::log_listeners(&shared.settings);
+    if gateway.is_none() {
+        listen::log_listeners(&shared.settings);
+    }
     let guard = Arc::new(remora_proxy::guard::Guard::new(limits, &metrics));
     guard.log();
 
@@ -449,13 +472,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     server.bootstrap();
     let pconf = server.configuration.clone();
     let resolver = Arc::new(remora_proxy::upstream::HostResolver::default());
-    for dir in [Direction::Outbound, Direction::Inbound] {
+    let capture_dirs = match gateway {
+        Some(_) => vec![],
+        None => vec![Direction::Outbound, Direction::Inbound],
+    };
+    for dir in capture_dirs {
         let mut h1 = pingora::proxy::http_proxy(
             &pconf,
             MeshHttp {
                 dir,
                 shared: shared.clone(),
                 resolver: resolver.clone(),
+                gateway: None,
             },
         );
         h1.server_options = Some(Default::default());
@@ -465,6 +493,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 dir,
                 shared: shared.clone(),
                 resolver: resolver.clone(),
+                gateway: None,
             },
         );
         let mut opts = pingora::apps::HttpServerOptions::default();
@@ -501,6 +530,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         server.add_service(svc);
     }
+    let gateway_ports = match gateway {
+        None => None,
+        Some(flags) => Some(
+            remora_proxy::gateway_listen::add_services(
+                &mut server,
+                &pconf,
+                shared.clone(),
+                resolver.clone(),
+                guard.clone(),
+                flags,
+                labels.clone(),
+            )?
+            .ports(),
+        ),
+    };
 
     // Admin servers and the rules watcher on their own runtime and thread.
     let mut admin_state = AdminState::new(
@@ -512,6 +556,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     .with_ready_gate(ready_gate);
     // Uptime and "ready after" count from the process's start, as the discovery timeout does.
     admin_state.started = started;
+    admin_state.gateway_ports = gateway_ports;
     let admin_state = Arc::new(admin_state);
     let mut phases = server.watch_execution_phase();
     let admin_args = args.clone();

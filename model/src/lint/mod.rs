@@ -169,6 +169,15 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} {}: {}", ig.kind, ig.name, ig.reason),
         ));
     }
+    // A Gateway is never an error for sidecars; remora's gateway leaves an invalid one out.
+    for e in &decoded.gateway_errors {
+        report.warnings.push(at(
+            &e.file,
+            e.document,
+            e.field.clone(),
+            format!("{} (the gateway leaves this Gateway out)", e.reason),
+        ));
+    }
     // What a proxy in `ctx.namespace` would not apply (exportTo, Sidecar scope, selectors):
     // build the snapshot as the proxy does (without resolving DNS names).
     if decoded.errors.is_empty() {
@@ -673,6 +682,17 @@ mod tests {
         assert_eq!(
             r.to_string(),
             "error: p.yaml doc 1: spec.mtls.mode: unknown variant `strict`, expected one of `UNSET`, `DISABLE`, `PERMISSIVE`, `STRICT`\n"
+        );
+    }
+
+    #[test]
+    fn an_invalid_gateway_is_a_warning() {
+        let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE}}]\n";
+        let r = run_files(&[("g.yaml", gw)], &LoadContext::default());
+        assert!(r.errors.is_empty(), "{r}");
+        assert!(
+            r.to_string().contains("warning: g.yaml doc 1: spec.servers[0].tls.credentialName: SIMPLE needs credentialName, or serverCertificate and privateKey (the gateway leaves this Gateway out)"),
+            "{r}"
         );
     }
 }

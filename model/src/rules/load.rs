@@ -112,6 +112,11 @@ pub struct Decoded {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    /// `Gateway` objects (for gateway proxies; sidecars list them as not applied).
+    pub gateways: Vec<crate::rules::gateway::Gateway>,
+    /// Gateways that failed their checks: not applied by gateway proxies, and no error for
+    /// sidecars (which do not apply Gateways at all).
+    pub gateway_errors: Vec<LoadError>,
     pub ignored: Vec<Ignored>,
     pub errors: Vec<LoadError>,
     /// Fields the API does not define (accepted, ignored): warnings, not errors.
@@ -478,10 +483,26 @@ fn decode_object(
             dup(out.sidecars.iter().map(|v| &v.meta).find(|m| same(m)))?;
             out.sidecars.push(decode::sidecar(meta, spec, unknown)?);
         }
-        "Gateway" => ignore(
-            out,
-            "Gateway configures gateway proxies, not sidecars; not applied".to_string(),
-        ),
+        "Gateway" => {
+            dup(out.gateways.iter().map(|g| &g.meta).find(|m| same(m)))?;
+            let mut notes = Vec::new();
+            match crate::rules::gateway::decode(meta, spec, &mut notes) {
+                Ok(g) => {
+                    unknown.append(&mut notes);
+                    out.gateways.push(g);
+                }
+                Err(e) => out.gateway_errors.push(LoadError {
+                    file: file.to_string(),
+                    document,
+                    field: e.field,
+                    reason: e.reason,
+                }),
+            }
+            ignore(
+                out,
+                "Gateway configures gateway proxies, not sidecars; not applied".to_string(),
+            )
+        }
         other => ignore(out, format!("kind {other} is not supported; ignored")),
     }
     Ok(())

@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub mod decode;
 pub mod digest;
 pub mod endpoints;
+pub mod gateway;
 pub mod load;
 
 pub use crate::host;
@@ -61,6 +62,14 @@ pub struct Snapshot {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    /// Every valid `Gateway` in the set (a gateway proxy picks those selecting it; sidecars
+    /// list them in `ignored`), and the invalid ones with the reason.
+    pub gateways: Vec<gateway::Gateway>,
+    pub gateway_errors: Vec<LoadError>,
+    /// VirtualServices bound to a gateway (by `gateways` or a match's `gateways`), exported to
+    /// this namespace, for a gateway proxy. Those also bound to `mesh` are in
+    /// `virtual_services` too.
+    pub gateway_virtual_services: Vec<VirtualService>,
     pub ignored: Vec<Ignored>,
     /// The files read (names inside the directory).
     pub files: Vec<String>,
@@ -158,6 +167,9 @@ impl Snapshot {
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
+            gateways: Vec::new(),
+            gateway_errors: Vec::new(),
+            gateway_virtual_services: Vec::new(),
             ignored: Vec::new(),
             files: Vec::new(),
             skipped_files: Vec::new(),
@@ -485,7 +497,19 @@ pub fn build_snapshot(
         })
     };
     let mut virtual_services = Vec::new();
+    let mut gateway_virtual_services = Vec::new();
     for vs in decoded.virtual_services {
+        let to_gateway = |g: &[String]| g.iter().any(|g| g != "mesh");
+        if (to_gateway(&vs.gateways)
+            || vs
+                .http
+                .iter()
+                .flat_map(|r| r.matches.iter())
+                .any(|m| to_gateway(&m.gateways)))
+            && exported_to(&vs.export_to, &vs.meta.namespace, &ctx.namespace)
+        {
+            gateway_virtual_services.push(vs.clone());
+        }
         if !vs.applies_to_mesh {
             note(
                 &mut ignored,
@@ -645,6 +669,9 @@ pub fn build_snapshot(
         peer_authentications,
         authorization_policies,
         request_authentications,
+        gateways: decoded.gateways,
+        gateway_errors: decoded.gateway_errors,
+        gateway_virtual_services,
         ignored,
         files,
         skipped_files: Vec::new(),

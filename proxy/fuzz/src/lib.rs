@@ -160,6 +160,7 @@ fn start() -> Harness {
         dir,
         shared: shared.clone(),
         resolver: resolver.clone(),
+        gateway: None,
     };
     let mut h1 = pingora::proxy::http_proxy(&pconf, mesh());
     h1.server_options = Some(Default::default());

@@ -104,6 +104,9 @@ pub struct MeshHttp {
     pub dir: Direction,
     pub shared: Arc<Shared>,
     pub resolver: Arc<HostResolver>,
+    /// Set in `remora-proxy gateway`: requests are routed by the Gateways' servers and the
+    /// VirtualServices bound to them, and their destination is the gateway's own port.
+    pub gateway: Option<Arc<crate::gateway::GatewayRouter>>,
 }
 
 fn header_str(req: &RequestHeader, name: impl http::header::AsHeaderName) -> Option<&str> {
@@ -267,7 +270,10 @@ impl ProxyHttp for MeshHttp {
         ctx.start = Instant::now();
         stream_idle::touch();
         let socket = session.digest().and_then(|d| d.socket_digest.clone());
-        ctx.dst = self.shared.original_dst(self.dir, socket.as_deref());
+        ctx.dst = match &self.gateway {
+            Some(_) => crate::gateway::local_addr(socket.as_deref()),
+            None => self.shared.original_dst(self.dir, socket.as_deref()),
+        };
         if self.dir == Direction::Inbound && self.shared.identity.is_some() {
             ctx.peer_identity = socket
                 .as_ref()
@@ -312,7 +318,10 @@ impl ProxyHttp for MeshHttp {
                 headers: &req.headers,
                 dst,
             };
-            route::route(&snap, &info, &mut rand::thread_rng())
+            match &self.gateway {
+                Some(g) => g.route(&snap, &info, crate::gateway::peer_ip(socket.as_deref())),
+                None => route::route(&snap, &info, &mut rand::thread_rng()),
+            }
         };
         match decision {
             Decision::Passthrough => {

@@ -177,7 +177,12 @@ pub fn log_applied(snap: &super::Snapshot, metrics: &Metrics) {
     for u in &snap.unknown_fields {
         tracing::warn!(file = %u.file, document = u.document, field = %u.field, "{u}");
     }
+    let gateway = GATEWAY_MODE.load(std::sync::atomic::Ordering::Relaxed);
     for ig in &snap.ignored {
+        // A gateway applies what sidecars leave out for it (it logs its own plan).
+        if gateway && (ig.kind == "Gateway" || ig.reason.starts_with("bound to gateways only")) {
+            continue;
+        }
         tracing::info!(file = %ig.file, document = ig.document, kind = %ig.kind, name = %ig.name, "not applied: {}", ig.reason);
     }
     // Without a workload identity, the ISTIO_MUTUAL warnings at apply time (once per set).
@@ -337,6 +342,14 @@ fn start_notify(
 /// Does the proxy have a workload identity (`--ca-address`)? Set once by `main` before the
 /// first rule set is logged; then `ISTIO_MUTUAL` is real mTLS and not warned about.
 static MESH_IDENTITY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+static GATEWAY_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say whether the proxy runs as a gateway (start-up, before `log_applied`): then Gateways and
+/// gateway-bound VirtualServices are not logged as not applied.
+pub fn set_gateway_mode(on: bool) {
+    GATEWAY_MODE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Say whether the proxy has a workload identity (start-up, before `log_applied`).
 pub fn set_mesh_identity(on: bool) {

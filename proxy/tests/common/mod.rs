@@ -121,7 +121,7 @@ pub struct ProxyProc {
     pub rules_dir: PathBuf,
 }
 
-fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+pub fn pump(r: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { return };

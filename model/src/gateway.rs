@@ -1,0 +1,1047 @@
+//! The gateway proxy's pure decisions on Istio's `Gateway` kind (`crate::rules::gateway`): which
+//! Gateways select a gateway pod, on which port each server listens and whether it terminates
+//! TLS (the plan), which server a host or SNI reaches, and which gateway-bound VirtualService
+//! route applies to a request. No I/O: the proxy (`remora-proxy gateway`) binds the ports,
+//! reads the certificates and serves what the plan says.
+
+use std::collections::BTreeMap;
+
+use crate::host::{match_score, split_authority};
+use crate::route::{self, Decision, RequestInfo, Via};
+pub use crate::route::{bound_to, gateway_ref};
+pub use crate::rules::gateway::{
+    decode, server_host, Gateway, HostNamespace, Server, ServerHost, ServerProtocol, ServerTls,
+    TlsMode,
+};
+use crate::rules::{Snapshot, VirtualService};
+
+// ------------------------------------------------------------------------------- selection
+
+/// Does `gw` select a pod with these labels? Every selector label must be on the pod. An empty
+/// selector selects no gateway pod here (Istio would apply it to every gateway; remora asks for
+/// an explicit selector so that a Gateway never lands on a gateway by accident).
+pub fn selects(gw: &Gateway, pod_labels: &BTreeMap<String, String>) -> bool {
+    !gw.selector.is_empty()
+        && gw
+            .selector
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v))
+}
+
+// ------------------------------------------------------------------------------------- plan
+
+/// Gateway Service ports and the ports the proxy listens on (`--gateway-port-map`). A port not
+/// in the map is listened on as its own number (Istio does the same for a Gateway port that is
+/// no Service port: Bookinfo's Gateway says 8080, the Service's target port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMap(pub BTreeMap<u16, u16>);
+
+impl Default for PortMap {
+    /// 80→8080 and 443→8443: no privileged port, no capability.
+    fn default() -> Self {
+        PortMap(BTreeMap::from([(80, 8080), (443, 8443)]))
+    }
+}
+
+impl PortMap {
+    /// Parse `80=8080,443=8443` (empty: no mapping).
+    pub fn parse(text: &str) -> Result<PortMap, String> {
+        let mut m = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((a, b)) = part.split_once('=') else {
+                return Err(format!(
+                    "{part:?} is not SERVICE_PORT=LISTEN_PORT (e.g. 80=8080)"
+                ));
+            };
+            let port = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{part:?}: {s:?} is not a port number (1-65535)"))
+            };
+            let (a, b) = (port(a)?, port(b)?);
+            if m.insert(a, b).is_some() {
+                return Err(format!("{part:?}: port {a} is mapped twice"));
+            }
+        }
+        Ok(PortMap(m))
+    }
+
+    /// The port the proxy listens on for Gateway port `number`.
+    pub fn listen_port(&self, number: u16) -> u16 {
+        self.0.get(&number).copied().unwrap_or(number)
+    }
+}
+
+/// A server of a selected Gateway, with where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoundServer {
+    /// `namespace/name` of its Gateway.
+    pub gateway: String,
+    pub gateway_namespace: String,
+    pub server: Server,
+}
+
+impl BoundServer {
+    /// `Gateway ns/name spec.servers[i]`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "Gateway {} spec.servers[{}]",
+            self.gateway, self.server.index
+        )
+    }
+}
+
+/// What a listening port does with its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain HTTP/1.1 and h2c (servers HTTP, HTTP2, GRPC).
+    Http,
+    /// TLS terminated with the certificate of the server the SNI names (HTTPS `SIMPLE`,
+    /// `MUTUAL`, `OPTIONAL_MUTUAL`), then HTTP.
+    Https,
+}
+
+/// One listening port of the gateway and the servers it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    /// The port the proxy listens on.
+    pub port: u16,
+    /// The Gateway port (Service port) of its first server.
+    pub gateway_port: u16,
+    /// `bind` of its servers (`None`: all addresses).
+    pub bind: Option<String>,
+    pub kind: ListenerKind,
+    pub servers: Vec<BoundServer>,
+}
+
+/// The gateway's listeners and the servers left out, each with one line saying why.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub listeners: Vec<Listener>,
+    pub not_served: Vec<String>,
+    /// `namespace/name` of the selected Gateways.
+    pub gateways: Vec<String>,
+}
+
+impl Plan {
+    /// The listener on port `port`.
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+}
+
+/// The kind of listener a server needs, or why it is not served yet.
+fn kind_of(s: &Server) -> Result<ListenerKind, String> {
+    match (s.protocol, s.tls.as_ref().and_then(|t| t.mode)) {
+        (ServerProtocol::Http | ServerProtocol::Http2 | ServerProtocol::Grpc, _) => {
+            Ok(ListenerKind::Http)
+        }
+        (
+            ServerProtocol::Https,
+            Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
+        ) => Ok(ListenerKind::Https),
+        (ServerProtocol::Https, Some(m)) => Err(format!(
+            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+            m.as_str()
+        )),
+        (p, _) => Err(format!(
+            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
+            p.as_str()
+        )),
+    }
+}
+
+/// Plan the listeners of a gateway pod with `pod_labels`: the Gateways that select it (in
+/// order), their servers grouped by listening port. Servers on one port must agree on plain
+/// HTTP or TLS termination and on `bind`; a server that does not is left out with the reason,
+/// as is a server of a kind not served yet.
+pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: &PortMap) -> Plan {
+    let mut out = Plan::default();
+    for gw in gateways.iter().filter(|g| selects(g, pod_labels)) {
+        out.gateways.push(gw.meta.key());
+        for s in &gw.servers {
+            let bound = BoundServer {
+                gateway: gw.meta.key(),
+                gateway_namespace: gw.meta.namespace.clone(),
+                server: s.clone(),
+            };
+            let kind = match kind_of(s) {
+                Ok(k) => k,
+                Err(why) => {
+                    out.not_served
+                        .push(format!("{} (port {}): {why}", bound.describe(), s.port));
+                    continue;
+                }
+            };
+            let port = ports.listen_port(s.port);
+            match out.listeners.iter_mut().find(|l| l.port == port) {
+                None => out.listeners.push(Listener {
+                    port,
+                    gateway_port: s.port,
+                    bind: s.bind.clone(),
+                    kind,
+                    servers: vec![bound],
+                }),
+                Some(l) if l.kind != kind || l.bind != s.bind => {
+                    let first = &l.servers[0];
+                    out.not_served.push(format!(
+                        "{} (port {}, listening on {port}): conflicts with {} there ({} against {}{}); left out",
+                        bound.describe(),
+                        s.port,
+                        first.describe(),
+                        s.protocol.as_str(),
+                        first.server.protocol.as_str(),
+                        if l.bind != s.bind { ", another bind address" } else { "" },
+                    ));
+                }
+                Some(l) => l.servers.push(bound),
+            }
+        }
+    }
+    out.listeners.sort_by_key(|l| l.port);
+    out
+}
+
+/// The server of `listener` for a request host or SNI name: the most specific host match; the
+/// first server on a tie. Without a name (no SNI), the first server.
+pub fn server_for<'a>(listener: &'a Listener, name: Option<&str>) -> Option<&'a BoundServer> {
+    let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+        return listener.servers.first();
+    };
+    let mut best: Option<(usize, &BoundServer)> = None;
+    for b in &listener.servers {
+        if let Some(score) = b.server.hosts.iter().filter_map(|h| h.score(&name)).max() {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, b));
+            }
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+// ---------------------------------------------------------------------------------- routing
+
+/// The VirtualService for a request host on `servers` (those of one listener): bound to one of
+/// their Gateways (at the top or in a match) through a server host that matches the request
+/// host and admits the VirtualService's namespace (`ns/host`, `./host`, `*/host`), with a host
+/// of its own that matches the request host; the most specific match wins, the first loaded
+/// on a tie.
+pub fn virtual_service_for<'a>(
+    snap: &'a Snapshot,
+    servers: &[&BoundServer],
+    host: &str,
+) -> Option<&'a VirtualService> {
+    let mut best: Option<(usize, &VirtualService)> = None;
+    for vs in &snap.gateway_virtual_services {
+        let ns = vs.meta.namespace.as_str();
+        let bound = servers.iter().any(|b| {
+            let gw = std::slice::from_ref(&b.gateway);
+            let names_it = bound_to(ns, &vs.gateways, gw)
+                || vs
+                    .http
+                    .iter()
+                    .flat_map(|r| r.matches.iter())
+                    .any(|m| bound_to(ns, &m.gateways, gw));
+            names_it
+                && b.server.hosts.iter().any(|sh| {
+                    sh.admits_namespace(&b.gateway_namespace, ns) && sh.score(host).is_some()
+                })
+        });
+        if !bound {
+            continue;
+        }
+        if let Some(score) = vs.hosts.iter().filter_map(|h| match_score(h, host)).max() {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, vs));
+            }
+        }
+    }
+    best.map(|(_, vs)| vs)
+}
+
+/// The headers a gateway sets on a request it forwards, as Envoy does at the edge
+/// (`use_remote_address`): `x-forwarded-proto` is the client's scheme, and the client's
+/// address is appended to `x-forwarded-for` (the list it sent, if any, kept before it).
+pub fn forwarded(
+    headers: &http::HeaderMap,
+    scheme: &str,
+    client: Option<std::net::IpAddr>,
+) -> Vec<(String, String)> {
+    let mut out = vec![("x-forwarded-proto".to_string(), scheme.to_string())];
+    if let Some(ip) = client {
+        let sent: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let xff = if sent.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", sent.join(", "))
+        };
+        out.push(("x-forwarded-for".to_string(), xff));
+    }
+    out
+}
+
+/// Route one request that arrived on `listener` (`tls`: over TLS the gateway terminated):
+/// the servers whose hosts match the request's Host; an HTTP server with `tls.httpsRedirect`
+/// answers 301 to `https://` (plain text only); then the gateway-bound VirtualService for the
+/// host and its first matching route, exactly as the sidecar routes (weights, redirects,
+/// rewrites, header operations, policies). No server or VirtualService for the host: 404.
+/// A `Forward` never asks for the original destination: with no endpoint list the destination
+/// host is resolved by DNS; it sets `x-forwarded-proto` to the client's scheme. The request's destination port is the Gateway port (what a match's
+/// `port` and a destination without a port see), whatever port the proxy listens on.
+pub fn route(
+    snap: &Snapshot,
+    listener: &Listener,
+    req: &RequestInfo<'_>,
+    tls: bool,
+    client: Option<std::net::IpAddr>,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let req = &RequestInfo {
+        authority: req.authority,
+        method: req.method,
+        path: req.path,
+        headers: req.headers,
+        dst: std::net::SocketAddr::new(req.dst.ip(), listener.gateway_port),
+    };
+    let (host, _) = split_authority(req.authority);
+    let servers: Vec<&BoundServer> = listener
+        .servers
+        .iter()
+        .filter(|b| b.server.hosts.iter().any(|h| h.score(&host).is_some()))
+        .collect();
+    if servers.is_empty() {
+        return Decision::Deny {
+            status: 404,
+            reason: format!(
+                "no Gateway server on port {} has host {host:?}",
+                listener.gateway_port
+            ),
+        };
+    }
+    if !tls {
+        if let Some(best) = server_for(listener, Some(&host)) {
+            if best.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+                let bare = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                return Decision::Redirect {
+                    status: 301,
+                    location: format!("https://{bare}{}", req.path),
+                };
+            }
+        }
+    }
+    let Some(vs) = virtual_service_for(snap, &servers, &host) else {
+        return Decision::Deny {
+            status: 404,
+            reason: format!(
+                "no VirtualService bound to {} has host {host:?}",
+                servers
+                    .iter()
+                    .map(|b| format!("Gateway {}", b.gateway))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    };
+    let gateways: Vec<String> = servers.iter().map(|b| b.gateway.clone()).collect();
+    let scheme = if tls { "https" } else { "http" };
+    match route::route_bound(snap, vs, req, Via::Gateways(&gateways, scheme), rng) {
+        // As Envoy at Istio's gateways (the edge): `x-forwarded-proto` is the client's scheme,
+        // whatever the client sent; the route's own header operations come after it.
+        Decision::Forward(mut f) => {
+            let mut set = forwarded(req.headers, scheme, client);
+            set.append(&mut f.request_headers.set);
+            f.request_headers.set = set;
+            Decision::Forward(f)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{snapshot_from_yaml, LoadContext, Meta};
+    use rand::SeedableRng;
+    use serde_json::Value;
+    use std::net::SocketAddr;
+
+    fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ctx() -> LoadContext {
+        LoadContext {
+            namespace: "istio-system".into(),
+            pod_labels: labels(&[("istio", "ingressgateway"), ("app", "istio-ingressgateway")]),
+            ..LoadContext::default()
+        }
+    }
+
+    fn snap(yaml: &str) -> Snapshot {
+        match snapshot_from_yaml(&[("t.yaml", yaml)], &ctx(), 1) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn gw_yaml(name: &str, ns: &str, servers: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}\n"
+        )
+    }
+
+    /// A Gateway spec's decode result: `Ok(())` or `field: reason`.
+    fn check(spec: &str) -> Result<Gateway, String> {
+        let v: Value = serde_yaml_ng::from_str(spec).unwrap();
+        let meta = Meta {
+            kind: "Gateway".into(),
+            api_version: "networking.istio.io/v1".into(),
+            name: "g".into(),
+            namespace: "ns".into(),
+            file: "f".into(),
+            document: 1,
+        };
+        decode(meta, &v, &mut Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decode_checks_name_the_field_and_value() {
+        let http = "port: {number: 80, name: http, protocol: HTTP}\n  hosts: ['*']";
+        let cases: &[(&str, Result<(), &str>)] = &[
+            (&format!("selector: {{istio: ingressgateway}}\nservers:\n- {http}"), Ok(())),
+            ("selector: {a: b}", Err("spec.servers: at least one server is required")),
+            (
+                "servers: [{hosts: ['*']}]",
+                Err("spec.servers[0].port: required field is missing"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x}, hosts: ['*']}]",
+                Err("spec.servers[0].port.protocol: required field is missing"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: MONGO}, hosts: ['*']}]",
+                Err("spec.servers[0].port.protocol: \"MONGO\" is not HTTP, HTTPS, HTTP2, GRPC, TLS or TCP"),
+            ),
+            (
+                "servers: [{port: {number: 0, name: x, protocol: HTTP}, hosts: ['*']}]",
+                Err("spec.servers[0].port.number"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}}]",
+                Err("spec.servers[0].hosts: at least one host is required"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['a/b/c']}]",
+                Err("spec.servers[0].hosts[0]: \"a/b/c\""),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['~/a.com']}]",
+                Err("spec.servers[0].hosts[0]: \"~/a.com\": the namespace \"~\" is for Sidecars"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*']}]",
+                Err("spec.servers[0].tls: a HTTPS server needs tls with a mode"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE}}]",
+                Err("spec.servers[0].tls.credentialName: SIMPLE needs credentialName, or serverCertificate and privateKey"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: simple, credentialName: c}}]",
+                Err("spec.servers[0].tls.mode: \"simple\" is not PASSTHROUGH, SIMPLE"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c, privateKey: /k}}]",
+                Err("spec.servers[0].tls.caCertificates: MUTUAL needs caCertificates"),
+            ),
+            (
+                "servers: [{port: {number: 443, name: x, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV9}}]",
+                Err("spec.servers[0].tls.minProtocolVersion: \"TLSV9\" is not TLS_AUTO"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}]",
+                Err("spec.servers[0].tls.mode: SIMPLE on a HTTP server"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP}, hosts: ['*'], tls: {httpsRedirect: true}}]",
+                Ok(()),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: http}, hosts: ['*'], bind: /var/run/x.sock}]",
+                Err("spec.servers[0].bind: \"/var/run/x.sock\" is not an IP address"),
+            ),
+            (
+                "servers: [{port: {number: 80, name: x, protocol: HTTP, targetPort: 8080}, hosts: ['*']}]",
+                Err("spec.servers[0].port.targetPort: not supported"),
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = check(spec);
+            match (want, &got) {
+                (Ok(()), Ok(_)) => {}
+                (Err(w), Err(g)) => assert!(g.starts_with(w), "{spec}\n got {g}\nwant {w}"),
+                _ => panic!("{spec}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn server_hosts_namespace_form() {
+        let cases: &[(&str, HostNamespace, &str)] = &[
+            ("*", HostNamespace::Any, "*"),
+            ("*/bookinfo.com", HostNamespace::Any, "bookinfo.com"),
+            ("./*.Example.com", HostNamespace::Gateway, "*.example.com"),
+            (
+                "shop/shop.example.com.",
+                HostNamespace::Named("shop".into()),
+                "shop.example.com",
+            ),
+        ];
+        for (raw, ns, host) in cases {
+            let h = server_host(raw, "h").unwrap();
+            assert_eq!((&h.namespace, h.host.as_str()), (ns, *host), "{raw}");
+        }
+        let h = server_host("shop/*", "h").unwrap();
+        assert!(h.admits_namespace("istio-system", "shop"));
+        assert!(!h.admits_namespace("istio-system", "other"));
+        let h = server_host("./*", "h").unwrap();
+        assert!(h.admits_namespace("istio-system", "istio-system"));
+        assert!(!h.admits_namespace("istio-system", "shop"));
+        assert!(server_host("*/*", "h").unwrap().admits_namespace("a", "b"));
+    }
+
+    #[test]
+    fn gateway_references() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (
+                "bookinfo",
+                "bookinfo-gateway",
+                Some("bookinfo/bookinfo-gateway"),
+            ),
+            ("bookinfo", "istio-system/gw", Some("istio-system/gw")),
+            (
+                "bookinfo",
+                "gw.istio-system.svc.cluster.local",
+                Some("istio-system/gw"),
+            ),
+            ("bookinfo", "mesh", None),
+        ];
+        for (ns, r, want) in cases {
+            assert_eq!(gateway_ref(ns, r).as_deref(), *want, "{ns} {r}");
+        }
+        let gws = ["bookinfo/bookinfo-gateway".to_string()];
+        assert!(bound_to("bookinfo", &["bookinfo-gateway".into()], &gws));
+        assert!(!bound_to("other", &["bookinfo-gateway".into()], &gws));
+        assert!(!bound_to("bookinfo", &["mesh".into()], &gws));
+        assert!(!bound_to("bookinfo", &[], &gws));
+    }
+
+    #[test]
+    fn selector_and_port_map() {
+        let g = check("selector: {istio: ingressgateway}\nservers: [{port: {number: 80, name: h, protocol: HTTP}, hosts: ['*']}]").unwrap();
+        assert!(selects(
+            &g,
+            &labels(&[("istio", "ingressgateway"), ("x", "y")])
+        ));
+        assert!(!selects(&g, &labels(&[("istio", "egressgateway")])));
+        assert!(!selects(&g, &labels(&[])));
+        let empty = check("servers: [{port: {number: 80, name: h, protocol: HTTP}, hosts: ['*']}]")
+            .unwrap();
+        assert!(!selects(&empty, &labels(&[("istio", "ingressgateway")])));
+
+        let m = PortMap::default();
+        assert_eq!(
+            (m.listen_port(80), m.listen_port(443), m.listen_port(8080)),
+            (8080, 8443, 8080)
+        );
+        assert_eq!(PortMap::parse("80=8080, 443=8443").unwrap(), m);
+        assert_eq!(PortMap::parse("").unwrap(), PortMap(BTreeMap::new()));
+        for (bad, why) in [
+            ("80", "\"80\" is not SERVICE_PORT=LISTEN_PORT"),
+            ("80=0", "\"80=0\": \"0\" is not a port number"),
+            ("80=x", "\"80=x\": \"x\" is not a port number"),
+            ("80=1,80=2", "\"80=2\": port 80 is mapped twice"),
+        ] {
+            assert_eq!(
+                PortMap::parse(bad).unwrap_err().split(" (").next(),
+                why.split(" (").next(),
+                "{bad}"
+            );
+        }
+    }
+
+    const HTTPS: &str = "  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['*.example.com']\n    tls: {mode: SIMPLE, credentialName: example-cert}";
+
+    #[test]
+    fn plan_groups_servers_by_listening_port() {
+        let yaml = [
+            gw_yaml("a", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n{HTTPS}\n  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [other.com]\n    tls: {{mode: SIMPLE, credentialName: other-cert}}")),
+            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [mtls.shop.com]\n    tls: {mode: MUTUAL, credentialName: c}"),
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n".to_string(),
+        ]
+        .join("---\n");
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.gateways, ["istio-system/a", "shop/b"]);
+        let ports: Vec<(u16, u16, ListenerKind, usize)> = p
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.gateway_port, l.kind, l.servers.len()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                // 80 (mapped) and 8080 (unmapped) land on one port.
+                (8080, 80, ListenerKind::Http, 2),
+                (8443, 443, ListenerKind::Https, 3),
+            ]
+        );
+        let not: Vec<&str> = p.not_served.iter().map(String::as_str).collect();
+        assert_eq!(
+            not,
+            [
+                "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
+                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+            ]
+        );
+        let https = p.listener(8443).unwrap();
+        let name = |n: Option<&str>| server_for(https, n).map(|b| b.server.index);
+        assert_eq!(name(Some("www.example.com")), Some(1));
+        assert_eq!(name(Some("OTHER.com.")), Some(2));
+        assert_eq!(name(Some("nowhere.org")), None);
+        assert_eq!(name(Some("mtls.shop.com")), Some(4));
+        assert_eq!(name(None), Some(1));
+    }
+
+    fn request<'a>(authority: &'a str, path: &'a str, h: &'a http::HeaderMap) -> RequestInfo<'a> {
+        RequestInfo {
+            authority,
+            method: "GET",
+            path,
+            headers: h,
+            dst: SocketAddr::from(([10, 0, 0, 9], 8080)),
+        }
+    }
+
+    /// What a request becomes: `forward host:port`, `redirect 301 URL` or `deny 404`.
+    fn outcome(s: &Snapshot, l: &Listener, authority: &str, path: &str, tls: bool) -> String {
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        match route(s, l, &request(authority, path, &h), tls, None, &mut rng) {
+            Decision::Forward(f) => format!(
+                "forward {}:{}{}{}",
+                f.host,
+                f.port,
+                if f.resolve_by_dns { " dns" } else { "" },
+                f.uri_rewrite.map(|u| format!(" {u}")).unwrap_or_default()
+            ),
+            Decision::Redirect { status, location } => format!("redirect {status} {location}"),
+            Decision::Deny { status, .. } => format!("deny {status}"),
+            Decision::DirectResponse { status, .. } => format!("direct {status}"),
+            Decision::Passthrough => "passthrough".into(),
+        }
+    }
+
+    /// Istio's Bookinfo gateway (samples/bookinfo/networking/bookinfo-gateway.yaml, in the
+    /// shape of the corpus file), in namespace `default`.
+    const BOOKINFO: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+";
+
+    #[test]
+    fn bookinfo_routes_at_the_gateway() {
+        let s = snap(BOOKINFO);
+        // Sidecars do not apply the gateway-only VirtualService; the gateway does.
+        assert!(s.virtual_services.is_empty());
+        assert_eq!(s.gateway_virtual_services.len(), 1);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let l = p.listener(8080).unwrap();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "bookinfo.example",
+                "/productpage",
+                "forward productpage.default.svc.cluster.local:9080 dns",
+            ),
+            (
+                "1.2.3.4:8080",
+                "/static/x.css",
+                "forward productpage.default.svc.cluster.local:9080 dns",
+            ),
+            (
+                "bookinfo.example",
+                "/static/../productpage",
+                "forward productpage.default.svc.cluster.local:9080 dns /productpage",
+            ),
+            ("bookinfo.example", "/other", "deny 404"),
+            ("bookinfo.example", "/", "deny 404"),
+        ];
+        for (authority, path, want) in cases {
+            assert_eq!(
+                outcome(&s, l, authority, path, false),
+                *want,
+                "{authority}{path}"
+            );
+        }
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let req = request("bookinfo.example", "/productpage", &h);
+        let client = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+        match route(&s, l, &req, false, client, &mut rng) {
+            Decision::Forward(f) => assert_eq!(
+                f.request_headers.set,
+                [
+                    ("x-forwarded-proto".to_string(), "http".to_string()),
+                    ("x-forwarded-for".to_string(), "203.0.113.7".to_string())
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut sent = http::HeaderMap::new();
+        sent.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        sent.append("x-forwarded-for", "10.2.2.2, 10.3.3.3".parse().unwrap());
+        assert_eq!(
+            forwarded(&sent, "https", client),
+            [
+                ("x-forwarded-proto".to_string(), "https".to_string()),
+                (
+                    "x-forwarded-for".to_string(),
+                    "10.1.1.1, 10.2.2.2, 10.3.3.3, 203.0.113.7".to_string()
+                )
+            ]
+        );
+        // Another pod's labels select nothing.
+        let none = plan(
+            &s.gateways,
+            &labels(&[("istio", "egressgateway")]),
+            &PortMap::default(),
+        );
+        assert!(none.listeners.is_empty());
+    }
+
+    #[test]
+    fn hosts_namespaces_wildcards_redirects_and_match_gateways() {
+        let yaml = [
+            gw_yaml("gw", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [shop/shop.example.com, '*/www.example.com', './admin.example.com', '*/*.wild.org']\n  - port: {{number: 80, name: http-redirect, protocol: HTTP}}\n    hosts: [secure.example.com]\n    tls: {{httpsRedirect: true}}\n{HTTPS}")),
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com, www.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: shop, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: intruder, namespace: other}
+spec:
+  hosts: [shop.example.com, admin.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: evil, port: {number: 80}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: istio-system}
+spec:
+  hosts: [admin.example.com, '*.example.com']
+  gateways: [gw, mesh]
+  http:
+  - match: [{uri: {prefix: /mesh-only}, gateways: [mesh]}]
+    route: [{destination: {host: mesh-only, port: {number: 80}}}]
+  - match: [{uri: {prefix: /tls-only}, scheme: {exact: https}}]
+    route: [{destination: {host: tls-only, port: {number: 80}}}]
+  - route: [{destination: {host: admin, port: {number: 8000}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: w}
+spec:
+  hosts: ['*.wild.org', exact.wild.org]
+  http:
+  - match: [{gateways: [istio-system/gw], uri: {prefix: /}}]
+    route: [{destination: {host: wild, port: {number: 80}}}]
+"
+            .to_string(),
+        ]
+        .join("---\n");
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let http = p.listener(8080).unwrap();
+        let https = p.listener(8443).unwrap();
+        let cases: &[(&Listener, &str, &str, bool, &str)] = &[
+            // `shop/` admits only VirtualServices of namespace shop: the intruder is not bound.
+            (
+                http,
+                "shop.example.com",
+                "/",
+                false,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+            (
+                http,
+                "www.example.com:80",
+                "/a",
+                false,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+            // `./`: only the Gateway's namespace.
+            (
+                http,
+                "admin.example.com",
+                "/",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            // A match bound to mesh only is skipped at the gateway; scheme matches http here.
+            (
+                http,
+                "admin.example.com",
+                "/mesh-only",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            (
+                http,
+                "admin.example.com",
+                "/tls-only",
+                false,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            // Wildcard server host, a VirtualService bound by its match's gateways; the exact
+            // VirtualService host is more specific than the wildcard.
+            (
+                http,
+                "a.wild.org",
+                "/x",
+                false,
+                "forward wild.w.svc.cluster.local:80 dns",
+            ),
+            (
+                http,
+                "exact.wild.org",
+                "/x",
+                false,
+                "forward wild.w.svc.cluster.local:80 dns",
+            ),
+            (http, "wild.org", "/x", false, "deny 404"),
+            // No server has the host.
+            (http, "unknown.com", "/", false, "deny 404"),
+            // httpsRedirect on the server of the host.
+            (
+                http,
+                "secure.example.com:80",
+                "/a?b=1",
+                false,
+                "redirect 301 https://secure.example.com/a?b=1",
+            ),
+            // HTTPS: `*.example.com` server; the admin VirtualService's wildcard host.
+            (
+                https,
+                "api.example.com",
+                "/tls-only/x",
+                true,
+                "forward tls-only.istio-system.svc.cluster.local:80 dns",
+            ),
+            (
+                https,
+                "api.example.com",
+                "/",
+                true,
+                "forward admin.istio-system.svc.cluster.local:8000 dns",
+            ),
+            (
+                https,
+                "shop.example.com",
+                "/",
+                true,
+                "forward shop.shop.svc.cluster.local:80 dns",
+            ),
+        ];
+        for (l, authority, path, tls, want) in cases {
+            assert_eq!(
+                outcome(&s, l, authority, path, *tls),
+                *want,
+                "{authority}{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_and_exported_to() {
+        let yaml = gw_yaml(
+            "gw",
+            "istio-system",
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']",
+        ) + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: split, namespace: istio-system}
+spec:
+  hosts: [split.example.com]
+  gateways: [gw]
+  http:
+  - route:
+    - {destination: {host: a, port: {number: 80}}, weight: 80}
+    - {destination: {host: b, port: {number: 80}}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: shop}
+spec:
+  hosts: [private.example.com]
+  gateways: [istio-system/gw]
+  exportTo: ['.']
+  http:
+  - route: [{destination: {host: p, port: {number: 80}}}]
+";
+        let s = snap(&yaml);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        let l = p.listener(8080).unwrap();
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut a = 0;
+        for _ in 0..1000 {
+            if let Decision::Forward(f) = route(
+                &s,
+                l,
+                &request("split.example.com", "/", &h),
+                false,
+                None,
+                &mut rng,
+            ) {
+                a += usize::from(f.host.starts_with("a."));
+            }
+        }
+        assert!((750..850).contains(&a), "{a} of 1000 to a");
+        // exportTo '.' in namespace shop: not visible to the gateway in istio-system.
+        assert_eq!(
+            outcome(&s, l, "private.example.com", "/", false),
+            "deny 404"
+        );
+    }
+
+    /// Istio's egress gateway pattern (its "Egress Gateways" task, HTTP): sidecars send
+    /// `edition.cnn.com` to the egress gateway, which sends it on to the external host.
+    #[test]
+    fn egress_gateway_pattern() {
+        let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http-port, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 151.101.1.67}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [edition.cnn.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway, namespace: default}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 80}}
+  - match: [{gateways: [istio-egressgateway], port: 80}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 80}}
+";
+        let egress = LoadContext {
+            namespace: "istio-system".into(),
+            pod_labels: labels(&[("istio", "egressgateway")]),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("t.yaml", yaml)], &egress, 1).unwrap();
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.gateways, ["default/istio-egressgateway"]);
+        let l = p.listener(8080).unwrap();
+        assert_eq!(
+            outcome(&s, l, "edition.cnn.com", "/politics", false),
+            "forward edition.cnn.com:80"
+        );
+        assert_eq!(outcome(&s, l, "other.com", "/", false), "deny 404");
+        // A sidecar (namespace default) sends the same request to the egress gateway.
+        let sidecar = LoadContext {
+            namespace: "default".into(),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("t.yaml", yaml)], &sidecar, 1).unwrap();
+        let h = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let req = RequestInfo {
+            authority: "edition.cnn.com",
+            method: "GET",
+            path: "/politics",
+            headers: &h,
+            dst: SocketAddr::from(([151, 101, 1, 67], 80)),
+        };
+        match crate::route::route(&s, &req, &mut rng) {
+            Decision::Forward(f) => assert_eq!(
+                (f.host.as_str(), f.port),
+                ("istio-egressgateway.istio-system.svc.cluster.local", 80)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_gateways_do_not_reject_the_set() {
+        let yaml = gw_yaml(
+            "bad",
+            "istio-system",
+            "  - port: {number: 80, name: http, protocol: UDP}\n    hosts: ['*']",
+        ) + "---\n"
+            + BOOKINFO;
+        let s = snap(&yaml);
+        assert_eq!(s.gateways.len(), 1);
+        assert_eq!(s.gateway_errors.len(), 1);
+        let e = &s.gateway_errors[0];
+        assert_eq!(e.field, "spec.servers[0].port.protocol");
+        assert!(e.reason.starts_with("\"UDP\" is not HTTP"), "{}", e.reason);
+    }
+}

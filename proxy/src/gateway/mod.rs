@@ -1,0 +1,369 @@
+//! `remora-proxy gateway`: the proxy as Istio's ingress gateway. No capture: it listens on the
+//! ports of the `Gateway` servers that select its pod (`--pod-labels-file`), each Gateway port
+//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS servers
+//! (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`; certificates from `--gateway-credentials-dir`,
+//! [`certs`]), and routes HTTP by the
+//! VirtualServices bound to those Gateways, through the sidecar's request steps
+//! ([`crate::http::MeshHttp`] with a [`GatewayRouter`]), as an outbound request (`reporter`
+//! `source`).
+//!
+//! The decisions are the model's (`remora_model::gateway`): which servers, on which port,
+//! which VirtualService and route. The plan follows the rules and the certificate files: it is
+//! made again from each new snapshot, and when a file a TLS server reads has changed (at the
+//! first connection or request after the change). Listening ports are bound at start-up.
+
+pub mod certs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use remora_model::gateway::{self as model, BoundServer, Listener, ListenerKind, Plan, PortMap};
+use remora_model::route::{Decision, RequestInfo};
+use tracing::{info, warn};
+
+use crate::rules::Snapshot;
+use crate::state::Shared;
+
+/// The gateway's own flags (the others are `run`'s).
+#[derive(clap::Args, Clone, Debug)]
+pub struct GatewayFlags {
+    /// Gateway ports (the gateway Service's ports) and the ports the proxy listens on for
+    /// them: `SERVICE_PORT=LISTEN_PORT`, comma-separated. A Gateway port not listed is
+    /// listened on as its own number.
+    #[arg(long, env = "REMORA_GATEWAY_PORT_MAP", default_value = "80=8080,443=8443", value_parser = PortMap::parse)]
+    pub gateway_port_map: PortMap,
+    /// The address of the servers without `bind`.
+    #[arg(long, env = "REMORA_GATEWAY_ADDRESS", default_value = "0.0.0.0")]
+    pub gateway_address: IpAddr,
+    /// Mounted Secrets for `tls.credentialName`: `<dir>/<credentialName>/` holding `tls.crt`
+    /// and `tls.key` (or Istio's `cert` and `key`).
+    #[arg(
+        long,
+        env = "REMORA_GATEWAY_CREDENTIALS_DIR",
+        default_value = "/etc/remora/gateway-credentials"
+    )]
+    pub gateway_credentials_dir: PathBuf,
+}
+
+/// The plan made from one snapshot, with the TLS settings of its servers.
+pub struct Planned {
+    snapshot: Arc<Snapshot>,
+    pub plan: Plan,
+    /// The TLS listeners, by listening port.
+    pub tls: BTreeMap<u16, TlsListener>,
+    /// The certificate files the TLS settings came from (or would come from), as they were:
+    /// when one changes, the plan is made again.
+    stamps: Vec<(PathBuf, Option<Stamp>)>,
+    /// When the files were last looked at.
+    checked: Mutex<Instant>,
+}
+
+/// What identifies a file's content cheaply: its inode and modification time (a kubelet
+/// Secret update swaps the `..data` symlink: new files, new inodes).
+type Stamp = (u64, Option<SystemTime>);
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.ino(), m.modified().ok()))
+}
+
+/// How often the certificate files are looked at (on a connection or request, not by a timer).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl Planned {
+    /// The configuration this plan has for the same server (same Gateway, same entry of
+    /// `spec.servers`, same TLS settings) on listening port `port`.
+    fn config_of(&self, port: u16, server: &BoundServer) -> Option<Arc<rustls::ServerConfig>> {
+        let t = self.tls.get(&port)?;
+        let i = t.listener.servers.iter().position(|b| b == server)?;
+        t.configs.get(i).cloned().flatten()
+    }
+
+    /// Are the certificate files still those the plan read? Looked at once a second at most.
+    fn files_unchanged(&self) -> bool {
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return true;
+        };
+        if checked.elapsed() < CERT_CHECK_EVERY {
+            return true;
+        }
+        *checked = Instant::now();
+        self.stamps.iter().all(|(p, s)| stamp(p) == *s)
+    }
+}
+
+/// A TLS listener: one rustls configuration per server (`None`: that server is down).
+pub struct TlsListener {
+    pub listener: Listener,
+    pub configs: Vec<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl TlsListener {
+    /// The server an SNI name reaches and its configuration (`None`: no server has that name,
+    /// or its certificate is missing).
+    pub fn config_for(
+        &self,
+        sni: Option<&str>,
+    ) -> Option<(&BoundServer, Arc<rustls::ServerConfig>)> {
+        let chosen = model::server_for(&self.listener, sni)?;
+        let i = self
+            .listener
+            .servers
+            .iter()
+            .position(|b| std::ptr::eq(b, chosen))?;
+        let cfg = self.configs.get(i).cloned().flatten()?;
+        Some((chosen, cfg))
+    }
+}
+
+/// The gateway's routing state: its pod labels and flags, and the plan of the current rules.
+pub struct GatewayRouter {
+    pub shared: Arc<Shared>,
+    labels: BTreeMap<String, String>,
+    pub flags: GatewayFlags,
+    /// The ports bound at start-up.
+    bound: Mutex<BTreeSet<u16>>,
+    current: ArcSwapOption<Planned>,
+    /// One plan is made at a time (and logged once).
+    building: Mutex<()>,
+}
+
+impl GatewayRouter {
+    pub fn new(
+        shared: Arc<Shared>,
+        labels: BTreeMap<String, String>,
+        flags: GatewayFlags,
+    ) -> GatewayRouter {
+        GatewayRouter {
+            shared,
+            labels,
+            flags,
+            bound: Mutex::new(BTreeSet::new()),
+            current: ArcSwapOption::const_empty(),
+            building: Mutex::new(()),
+        }
+    }
+
+    /// Record the ports bound at start-up.
+    pub fn set_bound(&self, ports: BTreeSet<u16>) {
+        if let Ok(mut b) = self.bound.lock() {
+            *b = ports;
+        }
+    }
+
+    /// The ports bound at start-up.
+    pub fn ports(&self) -> Vec<u16> {
+        self.bound
+            .lock()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The plan of the current rules (made again when the snapshot or a certificate file
+    /// changed).
+    pub fn current(&self) -> Arc<Planned> {
+        let snap = self.shared.snapshot.load_full();
+        if let Some(p) = self.current.load_full() {
+            if Arc::ptr_eq(&p.snapshot, &snap) && p.files_unchanged() {
+                return p;
+            }
+        }
+        let _one = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = self.current.load_full() {
+            if Arc::ptr_eq(&p.snapshot, &snap) {
+                // Made by another caller meanwhile, or only the files changed.
+                if p.checked
+                    .lock()
+                    .is_ok_and(|c| c.elapsed() < CERT_CHECK_EVERY)
+                    && p.stamps.iter().all(|(f, s)| stamp(f) == *s)
+                {
+                    return p;
+                }
+                info!("gateway certificate files changed: reading them again");
+            }
+        }
+        let previous = self.current.load_full();
+        let p = Arc::new(self.build(snap, previous.as_deref()));
+        self.current.store(Some(p.clone()));
+        p
+    }
+
+    /// Plan the listeners of `snap`, read the TLS servers' certificates, and log what is served
+    /// and what is not (one line each).
+    fn build(&self, snap: Arc<Snapshot>, previous: Option<&Planned>) -> Planned {
+        for e in &snap.gateway_errors {
+            warn!(
+                file = %e.file,
+                document = e.document,
+                "Gateway not applied: {}: {}",
+                e.field,
+                e.reason
+            );
+        }
+        let plan = model::plan(&snap.gateways, &self.labels, &self.flags.gateway_port_map);
+        if plan.gateways.is_empty() {
+            warn!(
+                labels = ?self.labels,
+                gateways = snap.gateways.len(),
+                "no Gateway selects this gateway's pod labels: nothing is served"
+            );
+        } else {
+            info!(gateways = ?plan.gateways, generation = snap.generation, "Gateways selected");
+        }
+        for why in &plan.not_served {
+            warn!("not served: {why}");
+        }
+        let bound = self.bound.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut tls = BTreeMap::new();
+        let mut stamps = Vec::new();
+        for l in &plan.listeners {
+            let hosts: Vec<String> = l
+                .servers
+                .iter()
+                .flat_map(|b| b.server.hosts.iter().map(|h| h.host.clone()))
+                .collect();
+            if !bound.is_empty() && !bound.contains(&l.port) {
+                warn!(
+                    port = l.port,
+                    gateway_port = l.gateway_port,
+                    "a Gateway server needs port {} which was not bound at start-up (ports are bound when the gateway starts): restart the gateway to serve it",
+                    l.port
+                );
+                continue;
+            }
+            info!(
+                port = l.port,
+                gateway_port = l.gateway_port,
+                kind = ?l.kind,
+                ?hosts,
+                "gateway listener"
+            );
+            if l.kind != ListenerKind::Https {
+                continue;
+            }
+            let dir = &self.flags.gateway_credentials_dir;
+            let mut configs = Vec::new();
+            for b in &l.servers {
+                let t = b.server.tls.clone().unwrap_or_default();
+                stamps.extend(certs::watched(dir, &t).into_iter().map(|p| {
+                    let s = stamp(&p);
+                    (p, s)
+                }));
+                if !t.cipher_suites.is_empty() {
+                    warn!(
+                        "{}: tls.cipherSuites not applied yet (rustls' default suites)",
+                        b.describe()
+                    );
+                }
+                let cfg = match certs::files_for(dir, &t).and_then(|f| certs::server_config(&t, &f))
+                {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        // A Secret caught mid-update keeps the settings read before, if any.
+                        let before = previous.and_then(|p| p.config_of(l.port, b));
+                        warn!(
+                            "{} (port {}): TLS settings not loaded, {}: {e}",
+                            b.describe(),
+                            b.server.port,
+                            if before.is_some() {
+                                "keeping those read before"
+                            } else {
+                                "this server is down"
+                            }
+                        );
+                        before
+                    }
+                };
+                configs.push(cfg);
+            }
+            tls.insert(
+                l.port,
+                TlsListener {
+                    listener: l.clone(),
+                    configs,
+                },
+            );
+        }
+        Planned {
+            snapshot: snap,
+            plan,
+            tls,
+            stamps,
+            checked: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Route a request from `client` that arrived on the gateway's port `info.dst.port()`: the
+    /// model's decision for that listener.
+    pub fn route(
+        &self,
+        snap: &Snapshot,
+        info: &RequestInfo<'_>,
+        client: Option<IpAddr>,
+    ) -> Decision {
+        let planned = self.current();
+        let Some(l) = planned.plan.listener(info.dst.port()) else {
+            return Decision::Deny {
+                status: 404,
+                reason: format!("no Gateway server on port {}", info.dst.port()),
+            };
+        };
+        let tls = l.kind == ListenerKind::Https;
+        model::route(snap, l, info, tls, client, &mut rand::thread_rng())
+    }
+}
+
+/// The client's address of a gateway connection.
+pub fn peer_ip(digest: Option<&pingora::protocols::SocketDigest>) -> Option<IpAddr> {
+    digest
+        .and_then(|d| d.peer_addr())
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// The address a gateway connection came to (the gateway's listening address and port).
+pub fn local_addr(digest: Option<&pingora::protocols::SocketDigest>) -> Option<SocketAddr> {
+    digest
+        .and_then(|d| d.local_addr())
+        .and_then(|a| a.as_inet())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<super::GatewayFlags, String> {
+        let mut v = vec!["remora-proxy", "gateway"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).map_err(|e| e.to_string())?.command {
+            Command::Gateway(g) => Ok(g.gateway),
+            _ => Err("not the gateway".into()),
+        }
+    }
+
+    #[test]
+    fn flags_and_their_errors() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(
+            d.gateway_port_map,
+            remora_model::gateway::PortMap::default()
+        );
+        assert_eq!(d.gateway_address.to_string(), "0.0.0.0");
+        let m = parse(&["--gateway-port-map", "8080=18080,443=18443"]).unwrap();
+        assert_eq!(m.gateway_port_map.listen_port(8080), 18080);
+        assert_eq!(m.gateway_port_map.listen_port(80), 80);
+        let e = parse(&["--gateway-port-map", "80"]).unwrap_err();
+        assert!(e.contains("--gateway-port-map"), "{e}");
+        assert!(e.contains("\"80\" is not SERVICE_PORT=LISTEN_PORT"), "{e}");
+        let e = parse(&["--gateway-address", "everywhere"]).unwrap_err();
+        assert!(e.contains("--gateway-address"), "{e}");
+    }
+}

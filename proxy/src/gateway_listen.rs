@@ -1,0 +1,260 @@
+//! The listening side of `remora-proxy gateway`: one Pingora service per gateway port, TLS
+//! termination on HTTPS ports (the SNI picks the server and its settings in the current plan,
+//! [`crate::gateway`]), then the sidecar's HTTP serving ([`CaptureApp`]'s HTTP/1 and h2c) with
+//! [`MeshHttp`] routing through the [`GatewayRouter`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::listening::Service;
+use remora_model::gateway::ListenerKind;
+use tracing::{debug, info};
+
+use crate::detect::{self, Detected, SniffEnd};
+use crate::gateway::{GatewayFlags, GatewayRouter, TlsListener};
+use crate::guard::stream_idle::StreamIdleApp;
+use crate::guard::{self, Guard};
+use crate::http::MeshHttp;
+use crate::listen::CaptureApp;
+use crate::state::{Direction, Shared};
+use crate::upstream::HostResolver;
+
+/// The `ServerApp` of one gateway port.
+pub struct GatewayApp {
+    port: u16,
+    router: Arc<GatewayRouter>,
+    /// The sidecar's HTTP serving (head limits, keep-alive, h2c) for the gateway's streams.
+    http: Arc<CaptureApp>,
+}
+
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl GatewayApp {
+    /// Terminate TLS on `stream`: the ClientHello's SNI picks the server of `tls` and its
+    /// configuration; a client certificate is checked against the server's `subjectAltNames`
+    /// when it lists any.
+    async fn terminate(&self, stream: Stream, tls: &TlsListener) -> Result<Stream, String> {
+        let digest = stream.get_socket_digest();
+        let fd = stream
+            .as_any()
+            .downcast_ref::<L4Stream>()
+            .map(|s| s.as_raw_fd())
+            .unwrap_or(-1);
+        let handshake = async {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await
+                    .map_err(|e| format!("ClientHello: {e}"))?;
+            let sni = start.client_hello().server_name().map(str::to_string);
+            let Some((server, cfg)) = tls.config_for(sni.as_deref()) else {
+                return Err(format!(
+                    "no server with a certificate for SNI {sni:?} on this port"
+                ));
+            };
+            let stream = start
+                .into_stream(cfg)
+                .await
+                .map_err(|e| format!("handshake (SNI {sni:?}): {e}"))?;
+            let wanted = server
+                .server
+                .tls
+                .as_ref()
+                .map(|t| t.subject_alt_names.as_slice())
+                .unwrap_or_default();
+            if !wanted.is_empty() {
+                if let Some(leaf) = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    if !crate::upstream::mtls::cert_has_san(leaf.as_ref(), wanted)? {
+                        return Err(format!(
+                            "{}: the client certificate has none of the subjectAltNames {wanted:?}",
+                            server.describe()
+                        ));
+                    }
+                }
+            }
+            Ok(stream)
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}")),
+        };
+        let digest = crate::mtls::socket::digest_of(fd, digest.as_deref());
+        Ok(Box::new(crate::mtls::socket::into_stream(
+            tls,
+            None,
+            Some(digest),
+        )))
+    }
+}
+
+#[async_trait]
+impl ServerApp for GatewayApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let listener = Direction::Outbound.as_str();
+        let guard = &self.http.guard;
+        let Some(_slot) = guard.gate(listener).try_acquire(listener) else {
+            guard::record(
+                &self.router.shared.metrics,
+                listener,
+                guard::Reject::ConnectionLimit,
+                &format!(
+                    "{} gateway connections open (--max-outbound-connections); closed",
+                    guard.limits.max_connections(listener)
+                ),
+            );
+            return None;
+        };
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let planned = self.router.current();
+        let Some(l) = planned.plan.listener(self.port) else {
+            debug!(
+                port = self.port,
+                ?peer,
+                "no Gateway server on this port: closed"
+            );
+            return None;
+        };
+        let stream = match l.kind {
+            ListenerKind::Http => stream,
+            ListenerKind::Https => {
+                let tls = planned.tls.get(&self.port)?;
+                match self.terminate(stream, tls).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(port = self.port, ?peer, "TLS: {e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        let wait = self.router.shared.settings.http_first_byte_timeout;
+        let sniffed = match detect::sniff(stream, wait, true).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(port = self.port, ?peer, "{e}");
+                return None;
+            }
+        };
+        match (sniffed.detected, sniffed.end) {
+            (Detected::H2c, _) => self
+                .http
+                .h2
+                .process_new(sniffed.stream, shutdown)
+                .await
+                .and(None),
+            (Detected::Http1, _) | (Detected::Tcp, SniffEnd::Timeout) => {
+                self.http.serve_http1(sniffed.stream, shutdown).await;
+                None
+            }
+            (Detected::Tcp, _) => {
+                debug!(port = self.port, ?peer, "not HTTP: closed");
+                None
+            }
+        }
+    }
+}
+
+/// Add the gateway's listening services to `server`: one per port the plan of the first rules
+/// needs and per listening port of `--gateway-port-map`, each checked free first (an error
+/// names the port).
+pub fn add_services(
+    server: &mut Server,
+    conf: &Arc<ServerConf>,
+    shared: Arc<Shared>,
+    resolver: Arc<HostResolver>,
+    guard: Arc<Guard>,
+    flags: GatewayFlags,
+    labels: BTreeMap<String, String>,
+) -> anyhow::Result<Arc<GatewayRouter>> {
+    let router = Arc::new(GatewayRouter::new(shared.clone(), labels, flags.clone()));
+    let first = router.current();
+    let mut ports: BTreeMap<u16, IpAddr> = flags
+        .gateway_port_map
+        .0
+        .values()
+        .map(|p| (*p, flags.gateway_address))
+        .collect();
+    for l in &first.plan.listeners {
+        let ip = l
+            .bind
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(flags.gateway_address);
+        ports.insert(l.port, ip);
+    }
+    let proxy = |h2c: bool| {
+        let mut p = pingora::proxy::http_proxy(
+            conf,
+            MeshHttp {
+                dir: Direction::Outbound,
+                shared: shared.clone(),
+                resolver: resolver.clone(),
+                gateway: Some(router.clone()),
+            },
+        );
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        if h2c {
+            opts.h2c = true;
+            opts.h2_idle_timeout = Some(guard.limits.idle_timeout);
+            p.h2_options = Some(guard.limits.h2_options());
+        }
+        p.server_options = Some(opts);
+        Arc::new(StreamIdleApp {
+            inner: Arc::new(p),
+            listener: Direction::Outbound.as_str(),
+            metrics: shared.metrics.clone(),
+            stream_idle: guard.limits.stream_idle_timeout,
+            write_timeout: guard.limits.downstream_write_timeout,
+        })
+    };
+    let http = Arc::new(CaptureApp {
+        dir: Direction::Outbound,
+        shared: shared.clone(),
+        h1: proxy(false),
+        h2: proxy(true),
+        resolver: resolver.clone(),
+        guard: guard.clone(),
+    });
+    for (port, ip) in &ports {
+        let addr = SocketAddr::new(*ip, *port);
+        std::net::TcpListener::bind(addr).with_context(|| format!("gateway listener {addr}"))?;
+        let app = GatewayApp {
+            port: *port,
+            router: router.clone(),
+            http: http.clone(),
+        };
+        let mut svc = Service::new(format!("gateway {port}"), app);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    router.set_bound(ports.keys().copied().collect());
+    info!(
+        ports = ?ports.keys().collect::<Vec<_>>(),
+        port_map = ?flags.gateway_port_map.0,
+        credentials = %flags.gateway_credentials_dir.display(),
+        "gateway ports bound"
+    );
+    Ok(router)
+}

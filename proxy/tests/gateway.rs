@@ -1,0 +1,466 @@
+//! Process tests of `remora-proxy gateway`: Istio's Bookinfo Gateway and VirtualService
+//! (`samples/bookinfo/networking/bookinfo-gateway.yaml`, read in place from the corpus) served
+//! over a real socket to a real backend; HTTPS `SIMPLE` with two certificates chosen by SNI
+//! (made with rcgen, one per Secret layout), MUTUAL with client certificates, a Secret rotated
+//! as the kubelet does it, all checked with a real TLS client; `httpsRedirect`.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `remora-proxy gateway` with the pod labels of Istio's ingress gateway, its Gateway ports
+/// mapped to `map` (`SERVICE=LISTEN,...`) on 127.0.0.1; admin ports from `ports`.
+fn start_gateway(rules: &Path, map: &str, extra: &[String]) -> (ProxyProc, tempfile::TempDir) {
+    let pod = tempfile::tempdir().unwrap();
+    let labels = pod.path().join("labels");
+    std::fs::write(
+        &labels,
+        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
+    )
+    .unwrap();
+    let p = Ports::free();
+    let mut cmd = Command::new(proxy_bin());
+    cmd.args([
+        "gateway".to_string(),
+        format!("--admin-addr=127.0.0.1:{}", p.admin),
+        format!("--health-addr=127.0.0.1:{}", p.health),
+        format!("--prometheus-addr=127.0.0.1:{}", p.prometheus),
+        format!("--rules-dir={}", rules.display()),
+        "--rules-rescan-seconds=1".into(),
+        format!("--pod-labels-file={}", labels.display()),
+        "--namespace=testns".into(),
+        "--drain-seconds=1".into(),
+        "--kube-api=off".into(),
+        "--gateway-address=127.0.0.1".into(),
+        format!("--gateway-port-map={map}"),
+    ])
+    .args(extra);
+    for k in [
+        "REMORA_LOG_LEVEL",
+        "REMORA_GATEWAY_PORT_MAP",
+        "POD_NAMESPACE",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn remora-proxy gateway");
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    pump(child.stdout.take().unwrap(), stdout.clone());
+    pump(child.stderr.take().unwrap(), stderr.clone());
+    let mut proc = ProxyProc {
+        child,
+        ports: p,
+        stdout,
+        stderr,
+        rules_dir: rules.to_path_buf(),
+    };
+    proc.wait_ready();
+    (proc, pod)
+}
+
+/// A ServiceEntry giving `host` (in testns) one endpoint: the backend at `addr`.
+fn endpoint(name: &str, port: u16, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: testns}}
+spec:
+  hosts: [{name}.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+",
+        addr.port()
+    )
+}
+
+#[test]
+fn bookinfo_gateway_routes_productpage_and_404s_the_rest() {
+    let file = remora_corpus::require!("networking/bookinfo-gateway.yaml");
+    let bookinfo = std::fs::read_to_string(file).unwrap();
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo(
+        "127.0.0.1:0".parse().unwrap(),
+        "productpage",
+    ));
+    let rules = RulesDir::new(&[
+        ("bookinfo-gateway.yaml", &bookinfo),
+        ("productpage.yaml", &endpoint("productpage", 9080, backend)),
+    ]);
+    // Bookinfo's Gateway port is 8080 (no Service port of the default map): listened on as
+    // mapped here, a free port.
+    let [http_port, https_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("8080={http_port},443={https_port}"),
+        &[],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+
+    let r = http_get(addr, "/productpage", &[("host", "bookinfo.example.com")]).unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    let seen = r.json();
+    assert_eq!(seen["server"], "productpage");
+    assert_eq!(seen["path"], "/productpage");
+    let r = http_get(addr, "/static/app.css?v=1", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["path"], "/static/app.css?v=1");
+
+    // Not one of the VirtualService's matches: Istio's 404 (no route).
+    let r = http_get(addr, "/admin", &[("host", "bookinfo.example.com")]).unwrap();
+    assert_eq!(r.status, 404, "{}", r.body_text());
+
+    // The sidecar's access log and metrics, reporter "source".
+    let line = gw.wait_log(|v| v["path"] == "/productpage");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["virtual_service"], "testns/bookinfo", "{line}");
+    let m = gw.metrics_when(
+        "istio_requests_total",
+        &[
+            "reporter=\"source\"",
+            "destination_service=\"productpage.testns.svc.cluster.local\"",
+            "response_code=\"200\"",
+        ],
+        2.0,
+    );
+    assert!(
+        m.contains("source_workload=\"istio-ingressgateway\""),
+        "{m}"
+    );
+    let log = gw.stderr_text();
+    assert!(
+        log.contains("Gateways selected gateways=[\"testns/bookinfo-gateway\"]"),
+        "{log}"
+    );
+    // What sidecars leave out is not reported as not applied by the gateway.
+    assert!(!log.contains("not applied"), "{log}");
+}
+
+/// A self-signed certificate for `name`, PEM (certificate, key).
+fn cert(name: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+/// A CA and client certificates it signed, one per name: the CA's PEM, and each certificate's
+/// PEM with its key's.
+fn client_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let leaves = names
+        .iter()
+        .map(|name| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            (leaf.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca.pem(), leaves)
+}
+
+/// One HTTPS GET through a real TLS client trusting `root`, with `sni` and optionally a client
+/// certificate (PEM certificate, PEM key): the response and the DER of the certificate the
+/// server showed, or what failed.
+fn https_try(
+    addr: SocketAddr,
+    sni: &str,
+    root: &str,
+    path: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(HttpResp, Vec<u8>), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    // A close without close_notify is fine here: the response is complete.
+    let read = tls.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return Err(format!("no response: {read:?}"));
+    }
+    let shown = conn.peer_certificates().ok_or("no server certificate")?[0]
+        .as_ref()
+        .to_vec();
+    Ok((parse_response(&raw).map_err(|e| e.to_string())?, shown))
+}
+
+fn https_get(addr: SocketAddr, sni: &str, root: &str, path: &str) -> (HttpResp, Vec<u8>) {
+    https_try(addr, sni, root, path, None).unwrap_or_else(|e| panic!("https://{sni}{path}: {e}"))
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// A Secret volume as the kubelet writes it: files in `..<version>/`, `..data` pointing there,
+/// each name a symlink into `..data`; a new version swaps `..data` at once.
+fn secret_volume(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let v = format!("..v{version}");
+    std::fs::create_dir(dir.join(&v)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&v).join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&v, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[test]
+fn https_by_sni_mutual_rotation_and_https_redirect() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "web"));
+    let creds = tempfile::tempdir().unwrap();
+    let (secure_crt, secure_key) = cert("secure.example.com");
+    let (other_crt, other_key) = cert("other.example.com");
+    let (mtls_crt, mtls_key) = cert("mtls.example.com");
+    let (client_ca_pem, clients) = client_ca(&["client.example.com", "unlisted.example.com"]);
+    let (_, strangers) = client_ca(&["client.example.com"]);
+    // The kubernetes.io/tls layout (as the kubelet mounts it) and Istio's generic one.
+    let secure = creds.path().join("secure-cert");
+    secret_volume(
+        &secure,
+        1,
+        &[("tls.crt", &secure_crt), ("tls.key", &secure_key)],
+    );
+    std::fs::create_dir(creds.path().join("other-cert")).unwrap();
+    std::fs::write(creds.path().join("other-cert/cert"), &other_crt).unwrap();
+    std::fs::write(creds.path().join("other-cert/key"), &other_key).unwrap();
+    secret_volume(
+        &creds.path().join("mtls-cert"),
+        1,
+        &[
+            ("tls.crt", &mtls_crt),
+            ("tls.key", &mtls_key),
+            ("ca.crt", &client_ca_pem),
+        ],
+    );
+    let rules = RulesDir::new(&[
+        (
+            "gateway.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web-gateway, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [secure.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https-secure, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, credentialName: secure-cert}
+  - port: {number: 443, name: https-other, protocol: HTTPS}
+    hosts: [other.example.com]
+    tls: {mode: SIMPLE, credentialName: other-cert, minProtocolVersion: TLSV1_3}
+  - port: {number: 443, name: https-missing, protocol: HTTPS}
+    hosts: [missing.example.com]
+    tls: {mode: SIMPLE, credentialName: no-such-secret}
+  - port: {number: 443, name: https-mtls, protocol: HTTPS}
+    hosts: [mtls.example.com]
+    tls: {mode: MUTUAL, credentialName: mtls-cert, subjectAltNames: [client.example.com]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: testns}
+spec:
+  hosts: [secure.example.com, other.example.com, mtls.example.com]
+  gateways: [web-gateway]
+  http:
+  - match: [{uri: {prefix: /only-https}, scheme: {exact: https}}]
+    route: [{destination: {host: web, port: {number: 8000}}}]
+    headers: {response: {set: {x-matched: https}}}
+  - route: [{destination: {host: web, port: {number: 8000}}}]
+",
+        ),
+        ("web.yaml", &endpoint("web", 8000, backend)),
+    ]);
+    let [http_port, https_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={http_port},443={https_port}"),
+        &[format!(
+            "--gateway-credentials-dir={}",
+            creds.path().display()
+        )],
+    );
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], https_port));
+    let roots = format!("{secure_crt}{other_crt}{mtls_crt}");
+
+    let (r, shown) = https_get(tls_addr, "secure.example.com", &roots, "/only-https/a");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    assert_eq!(
+        shown,
+        der(&secure_crt),
+        "the secure.example.com certificate"
+    );
+    assert_eq!(r.json()["server"], "web");
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(r.header("x-matched"), Some("https"));
+
+    let (r, shown) = https_get(tls_addr, "other.example.com", &roots, "/b");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(shown, der(&other_crt), "the other.example.com certificate");
+    assert_eq!(r.json()["path"], "/b");
+
+    // HTTP/2 over TLS (ALPN h2).
+    let h2_roots = roots.clone();
+    let (status, alpn, h2_path) = rt.block_on(async move {
+        use http_body_util::{BodyExt, Empty};
+        use rustls::pki_types::pem::PemObject;
+        let mut store = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(h2_roots.as_bytes()) {
+            store.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("secure.example.com").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("https://secure.example.com/h2")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, alpn, v["path"].clone())
+    });
+    assert_eq!((status, alpn.as_deref()), (200, Some(&b"h2"[..])));
+    assert_eq!(h2_path, "/h2");
+    let line = gw.wait_log(|l| l["path"] == "/h2");
+    assert_eq!(line["protocol"], "http2", "{line}");
+
+    // The server whose Secret is missing is down, with one line naming it; the others serve.
+    gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");
+    assert!(https_try(tls_addr, "missing.example.com", &roots, "/", None).is_err());
+
+    // MUTUAL: a client certificate from the Secret's ca.crt with the listed SAN is accepted;
+    // none, one from another CA, or one without the SAN is refused.
+    let pair = |p: &(String, String)| Some((p.0.clone(), p.1.clone()));
+    let get = |client: Option<(String, String)>| {
+        let c = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        https_try(tls_addr, "mtls.example.com", &roots, "/m", c)
+    };
+    let (r, _) = get(pair(&clients[0])).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(get(None).is_err(), "no client certificate");
+    assert!(get(pair(&strangers[0])).is_err(), "another CA");
+    assert!(get(pair(&clients[1])).is_err(), "a SAN not listed");
+
+    // Plain HTTP on the redirecting server: 301 to https.
+    let r = http_get(
+        SocketAddr::from(([127, 0, 0, 1], http_port)),
+        "/only-https/a?x=1",
+        &[("host", "secure.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 301, "{}", r.body_text());
+    assert_eq!(
+        r.header("location"),
+        Some("https://secure.example.com/only-https/a?x=1")
+    );
+
+    // The Secret rotated as the kubelet does it: new handshakes get the new certificate, and
+    // no request fails meanwhile.
+    let (new_crt, new_key) = cert("secure.example.com");
+    secret_volume(&secure, 2, &[("tls.crt", &new_crt), ("tls.key", &new_key)]);
+    let roots = format!("{roots}{new_crt}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_S);
+    loop {
+        let (r, shown) = https_get(tls_addr, "secure.example.com", &roots, "/rotating");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        if shown == der(&new_crt) {
+            break;
+        }
+        assert_eq!(shown, der(&secure_crt));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate was not served; stderr:\n{}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
