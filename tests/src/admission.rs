@@ -43,6 +43,8 @@ pub struct ControlPlane<'a> {
     pub netns: &'a Netns,
     /// The Kubernetes API (`--kube-url`), reachable inside `netns`.
     pub kube_url: String,
+    /// `--ca-max-cert-ttl` when set (the soak's short-lived workload certificates).
+    pub ca_max_cert_ttl: Option<String>,
 }
 
 /// A running webhook (stopped on drop) and an HTTPS client trusting its CA.
@@ -55,6 +57,23 @@ pub struct Webhook {
     connector: TlsConnector,
     pub ca_pem: String,
     counter: std::sync::atomic::AtomicU64,
+    /// `ip` and its arguments, to start the same process again (`restart`).
+    argv: Vec<std::ffi::OsString>,
+}
+
+/// Only the lab's flags decide: settings of the environment the lab runs in do not.
+fn clean_env(mut cmd: std::process::Command) -> std::process::Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REMORA_CA")
+            || k == "REMORA_TRUST_DOMAIN"
+            || k == "REMORA_INJECT_CA_ADDRESS"
+            || k == "REMORA_KUBE_URL"
+            || k == "POD_NAMESPACE"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// A fresh CA and a serving certificate it signed, for 127.0.0.1 and the webhook's Service name.
@@ -140,18 +159,13 @@ impl Webhook {
             cmd.args(["--rules-controller", "on", "--rules-debounce", "100ms"])
                 .args(["--rules-identity", "lab-control-plane"]);
         }
-        // Only the flags above decide: settings of the environment the lab runs in do not.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("REMORA_CA")
-                || k == "REMORA_TRUST_DOMAIN"
-                || k == "REMORA_INJECT_CA_ADDRESS"
-                || k == "REMORA_KUBE_URL"
-                || k == "POD_NAMESPACE"
-            {
-                cmd.env_remove(k);
-            }
+        if let Some(ttl) = &plane.ca_max_cert_ttl {
+            cmd.args(["--ca-max-cert-ttl", ttl]);
         }
-        let proc = Proc::spawn("remora-webhook", cmd, dir.join("webhook.log"))?;
+        let argv: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
+            .chain(cmd.get_args().map(|a| a.to_owned()))
+            .collect();
+        let proc = Proc::spawn("remora-webhook", clean_env(cmd), dir.join("webhook.log"))?;
         let mut hook = Webhook {
             addr,
             netns: plane.netns.path(),
@@ -159,10 +173,31 @@ impl Webhook {
             connector,
             ca_pem: issued.ca_pem,
             counter: 0.into(),
+            argv,
         };
         match hook.wait_ready(Duration::from_secs(20)).await {
             Ok(()) => Ok(hook),
             Err(e) => Err(e.context(format!("webhook log:\n{}", hook.proc.log_tail(20)))),
+        }
+    }
+
+    /// Stops the process (SIGTERM, as a rollout does), keeps it down for `down`, starts the same
+    /// command again (the certificate files as they are now; the mesh CA reads its root back
+    /// from the API) and waits until it is ready. Returns how long it was not serving.
+    pub async fn restart(&mut self, down: Duration) -> Result<Duration> {
+        let stopped = Instant::now();
+        self.proc.stop(Duration::from_secs(10));
+        tokio::time::sleep(down).await;
+        let (program, args) = self
+            .argv
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("no command to restart"))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        self.proc = Proc::spawn("remora-webhook", clean_env(cmd), self.proc.log.clone())?;
+        match self.wait_ready(Duration::from_secs(20)).await {
+            Ok(()) => Ok(stopped.elapsed()),
+            Err(e) => Err(e.context(format!("webhook log:\n{}", self.proc.log_tail(20)))),
         }
     }
 

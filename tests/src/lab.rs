@@ -57,6 +57,9 @@ pub struct LabOptions {
     /// objects, and the controller writes each namespace's `remora-mesh-rules` ConfigMap, as
     /// with `kubectl apply` in a cluster. Off: the lab writes those ConfigMaps itself.
     pub rules_controller: bool,
+    /// The mesh CA's `--ca-max-cert-ttl` (`None`: its default, 24 h): short-lived workload
+    /// certificates that the proxies renew while the lab runs.
+    pub ca_max_cert_ttl: Option<String>,
 }
 
 impl Default for LabOptions {
@@ -70,6 +73,7 @@ impl Default for LabOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             inject_ca_address: Some("auto".to_string()),
             rules_controller: false,
+            ca_max_cert_ttl: None,
         }
     }
 }
@@ -653,6 +657,7 @@ impl Lab {
         let plane = ControlPlane {
             netns: &self.node,
             kube_url: self.api.url(),
+            ca_max_cert_ttl: self.opts.ca_max_cert_ttl.clone(),
         };
         let hook = self.rt.block_on(Webhook::start(
             &self.opts.bin_dir,
@@ -1149,6 +1154,16 @@ impl Lab {
     /// The lab's webhook, once a pod was sent to it.
     pub fn webhook(&self) -> Option<&Webhook> {
         self.webhook.as_ref()
+    }
+
+    /// Restarts the control plane (webhook, mesh CA, rules controller) as a rollout would,
+    /// down for `down`; returns how long it did not serve.
+    pub fn restart_control_plane(&mut self, down: Duration) -> Result<Duration> {
+        let hook = self
+            .webhook
+            .as_mut()
+            .ok_or_else(|| anyhow!("the lab has no control plane yet (no pod was injected)"))?;
+        self.rt.block_on(hook.restart(down))
     }
 
     /// Like [`Lab::pod`], mutable (to signal or wait for a container's process).

@@ -1,7 +1,9 @@
 //! The short soak: 60 seconds of fixed-rate load through the sidecars while the rules
 //! reload (an invalid set among them), a backend hangs and answers 503 bursts, a backend pod is
-//! killed and restarted, a backend's proxy drains on SIGTERM and restarts, and the webhook's
-//! certificate rotates. `scripts/soak` runs the long version. Needs root; see docs/reliability.md.
+//! killed and restarted, a backend's proxy drains on SIGTERM and restarts, the control plane
+//! (webhook and mesh CA) restarts while the sidecars talk mTLS with one-minute workload
+//! certificates they renew, and the webhook's certificate rotates. `scripts/soak` runs the long
+//! version. Needs root; see docs/reliability.md.
 
 use remora_e2e::soak::{self, FaultKind, Outcome, SoakConfig};
 use remora_e2e::LabOptions;
@@ -21,7 +23,15 @@ fn short_soak_with_faults() {
     assert_eq!(report.unexplained, 0, "{text}");
     // Every kind of fault ran and did what it should (invalid sets rejected, drain exit 0,
     // rotation served and admitted).
-    for kind in ["Reload", "Hang", "Burst503", "Kill", "Drain", "Rotate"] {
+    for kind in [
+        "Reload",
+        "Hang",
+        "Burst503",
+        "Kill",
+        "Drain",
+        "Rotate",
+        "CaRestart",
+    ] {
         let (n, ok) = report.faults.get(kind).copied().unwrap_or_default();
         assert!(n >= 1 && ok == n, "{kind}: {ok} of {n} as expected\n{text}");
     }
@@ -32,6 +42,8 @@ fn short_soak_with_faults() {
             .any(|w| w.kind == FaultKind::Reload && w.target.starts_with("invalid")),
         "an invalid rule set was loaded and rejected"
     );
+    // The client's one-minute certificate was renewed, across the CA restart.
+    assert!(report.client_certificates >= 2.0, "{text}");
     // Requests in flight through the draining proxy at SIGTERM were answered there.
     assert!(
         !report.drain_in_flight.is_empty() && report.drain_in_flight.iter().all(|n| *n >= 1),

@@ -52,6 +52,12 @@ const PER_TRY_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The load generator's own bound per request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the control plane stays down in a CA restart.
+const CA_DOWN: Duration = Duration::from_secs(2);
+/// The workload certificates' lifetime in the soak (`--ca-max-cert-ttl`, unless the lab
+/// options set one): proxies renew at half the validity ahead, so every proxy renews within
+/// about a minute, and again and again in a long soak, across the CA restarts.
+const CERT_TTL: Duration = Duration::from_secs(60);
 
 /// Backends: two in subset v1, one (alone) in subset v2.
 const B1: &str = "backend-v1-a";
@@ -120,8 +126,11 @@ pub fn default_out_dir() -> PathBuf {
 
 /// Runs the soak in a fresh lab and writes `report.json`, `samples.csv` and `report.md` into
 /// `cfg.out_dir`. The report says whether it passed; `Err` only when the soak could not run.
-pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
+pub fn run(mut opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
     cfg.validate()?;
+    if opts.ca_max_cert_ttl.is_none() {
+        opts.ca_max_cert_ttl = Some(format!("{}s", CERT_TTL.as_secs()));
+    }
     let cancel = opts.cancel.clone();
     let mut lab = Lab::start(opts)?;
     lab.create_namespace(NS, &[("istio-injection", "enabled")])?;
@@ -231,6 +240,13 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
                 (FaultKind::Drain, pod.to_string(), r)
             }
             Step::Rotate => (FaultKind::Rotate, "webhook".into(), rotator.rotate(&lab)),
+            Step::CaRestart => (
+                FaultKind::CaRestart,
+                "control plane".into(),
+                lab.restart_control_plane(CA_DOWN).map(|d| {
+                    format!("webhook and mesh CA stopped, down {CA_DOWN:?}, serving again after {:.1} s", d.as_secs_f64())
+                }),
+            ),
         };
         let ok = result.is_ok();
         let note = match result {
@@ -276,6 +292,11 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
         .map_err(|_| anyhow!("the sampler thread panicked"))?;
     let ejections =
         metric_sum(&lab, "client", "remora_outlier_ejections_total")? - ejections_before;
+    let certificates = crate::client::sum(
+        &lab.metrics(lab.pod("client")?)?,
+        "remora_workload_cert_requests_total",
+        &[("result", "issued")],
+    );
 
     // Let the access log reach the file, then read it.
     std::thread::sleep(Duration::from_millis(300));
@@ -287,7 +308,7 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
     let logged = access_log(&String::from_utf8_lossy(&std::fs::read(&client_log)?));
     let panics = panics_in(lab.dir());
 
-    let report = evaluate(
+    let mut report = evaluate(
         &cfg,
         load,
         &windows,
@@ -298,6 +319,17 @@ pub fn run(opts: LabOptions, cfg: SoakConfig) -> Result<Report> {
         panics,
         problems,
     );
+    // The client's proxy lives through the whole soak: its certificate (issued before the
+    // load) must have been renewed at least once, whatever the CA restarts did.
+    report.client_certificates = certificates;
+    if cfg.duration >= CERT_TTL && certificates < 2.0 {
+        report.problems.push(format!(
+            "the client's proxy got {certificates} workload certificate(s): no renewal of its {}-second certificate in {} s",
+            CERT_TTL.as_secs(),
+            cfg.duration.as_secs()
+        ));
+        report.passed = false;
+    }
     write_outputs(&cfg.out_dir, &report, &samples)?;
     Ok(report)
 }

@@ -42,6 +42,10 @@ pub struct Report {
     /// points each; every sample is in samples.csv): `[t_s, rss_kb, fds, fds outside connections]`.
     pub series: BTreeMap<String, Vec<[f64; 4]>>,
     pub outlier_ejections: f64,
+    /// Workload certificates the client's proxy got from the mesh CA during its life (the first
+    /// and every renewal of the short-lived certificates, across CA restarts).
+    #[serde(default)]
+    pub client_certificates: f64,
     pub panics: Vec<(String, String)>,
     /// What failed, one line each; empty when the soak passed.
     pub problems: Vec<String>,
@@ -166,6 +170,7 @@ pub(super) fn evaluate(
         FaultKind::Kill,
         FaultKind::Drain,
         FaultKind::Rotate,
+        FaultKind::CaRestart,
     ] {
         if !windows.iter().any(|w| w.kind == kind) {
             problems.push(format!("no {kind:?} fault ran"));
@@ -202,6 +207,7 @@ pub(super) fn evaluate(
         growth,
         series,
         outlier_ejections: ejections,
+        client_certificates: 0.0,
         passed: problems.is_empty(),
         panics,
         problems,
@@ -235,6 +241,10 @@ pub fn render(r: &Report) -> String {
     rows.push(vec![
         "outlier ejections (client proxy)".into(),
         format!("{}", r.outlier_ejections),
+    ]);
+    rows.push(vec![
+        "workload certificates issued to the client proxy (first + renewals)".into(),
+        format!("{}", r.client_certificates),
     ]);
     rows.push(vec![
         "in flight at SIGTERM, answered by the draining proxy".into(),

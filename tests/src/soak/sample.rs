@@ -20,27 +20,20 @@ pub struct Sample {
     pub rss_kb: u64,
     /// All open fds.
     pub fds: u64,
-    /// Open fds that are not an established TCP connection (listeners, files, pipes, epoll, and
-    /// any socket whose connection ended but was never closed): what a leak grows. The total
-    /// also follows the number of live connections, which moves with the load.
+    /// Open fds that are not an established TCP connection nor a connected Unix stream socket
+    /// (the socket pairs that carry pooled mTLS connections between sidecars): listeners,
+    /// files, pipes, epoll, and any socket whose connection ended but was never closed — what a
+    /// leak grows. The total also follows the number of live connections, which moves with the
+    /// load (and, with mTLS, with each certificate renewal, whose new connections pool apart).
     pub fds_other: u64,
 }
 
 /// `VmRSS` in kB, the number of open fds, and how many of those are TCP sockets in an
-/// established connection (read from the socket tables of the process's own network namespace).
+/// established connection or connected Unix stream sockets (read from the socket tables of the
+/// process's own network namespace).
 pub fn proc_usage(pid: u32) -> Option<(u64, u64, u64)> {
     let rss = crate::bench::rss_kb(pid)?;
-    let mut established = std::collections::HashSet::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st ... uid timeout inode: state 01 is ESTABLISHED.
-            if f.len() > 9 && f[3] == "01" {
-                established.insert(f[9].to_string());
-            }
-        }
-    }
+    let established = connected_inodes(pid);
     let mut fds = 0;
     let mut in_conns = 0;
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
@@ -55,6 +48,32 @@ pub fn proc_usage(pid: u32) -> Option<(u64, u64, u64)> {
         }
     }
     Some((rss, fds, in_conns))
+}
+
+/// Socket inodes of established TCP connections and connected Unix stream sockets in `pid`'s
+/// network namespace.
+fn connected_inodes(pid: u32) -> std::collections::HashSet<String> {
+    let mut established = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st ... uid timeout inode: state 01 is ESTABLISHED.
+            if f.len() > 9 && f[3] == "01" {
+                established.insert(f[9].to_string());
+            }
+        }
+    }
+    let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    for line in unix.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Num RefCount Protocol Flags Type St Inode [Path]: type 0001 is a stream socket,
+        // state 03 connected.
+        if f.len() > 6 && f[4] == "0001" && f[5] == "03" {
+            established.insert(f[6].to_string());
+        }
+    }
+    established
 }
 
 pub(super) type Watched = Arc<Mutex<Vec<(String, u32)>>>;
@@ -296,6 +315,19 @@ mod tests {
         );
         assert!(fds >= 3, "stdin, stdout, stderr at least: {fds}");
         assert!(proc_usage(u32::MAX).is_none());
+        // Both ends of a connected Unix stream pair count as connections, not as other fds.
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let inodes = connected_inodes(std::process::id());
+        for fd in [a.as_raw_fd(), b.as_raw_fd()] {
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+            let inode = link
+                .to_string_lossy()
+                .trim_start_matches("socket:[")
+                .trim_end_matches(']')
+                .to_string();
+            assert!(inodes.contains(&inode), "{link:?} not among {inodes:?}");
+        }
         // A connection to ourselves: at least its two established ends are counted, and they
         // are fds. (Other tests of this binary open and close sockets concurrently, so only
         // lower bounds hold, not before/after differences.)

@@ -22,6 +22,9 @@ pub enum FaultKind {
     Drain,
     /// The webhook's certificate is rotated: must cause no failure, admissions continue.
     Rotate,
+    /// The control plane (webhook and mesh CA) is stopped and started again while the proxies
+    /// renew short-lived workload certificates: must cause no failure.
+    CaRestart,
 }
 
 /// One fault as it happened.
@@ -50,6 +53,7 @@ pub enum Step {
     Restart(&'static str),
     Drain(&'static str),
     Rotate,
+    CaRestart,
 }
 
 /// The schedule: reloads every `reload_every` from 2 s on, and fault cycles from the end of the
@@ -72,6 +76,7 @@ pub fn schedule(cfg: &SoakConfig) -> Vec<(Duration, Step)> {
         out.push((at(14), Step::Kill(B3)));
         out.push((at(18), Step::Restart(B3)));
         out.push((at(23), Step::Drain(B1)));
+        out.push((at(29), Step::CaRestart));
         out.push((at(33), Step::Rotate));
         c += cfg.cycle;
     }
@@ -101,5 +106,16 @@ mod tests {
         assert!(s.iter().all(|(t, _)| *t < Duration::from_secs(60)));
         let long = schedule(&cfg(600));
         assert_eq!(long.iter().filter(|(_, x)| *x == Step::Rotate).count(), 14);
+        assert_eq!(
+            long.iter().filter(|(_, x)| *x == Step::CaRestart).count(),
+            14
+        );
+        let first = |step: Step| s.iter().find(|(_, x)| *x == step).map(|(t, _)| *t);
+        let ca = first(Step::CaRestart).unwrap();
+        assert!(
+            first(Step::Restart(crate::soak::B3)).unwrap() < ca
+                && ca < first(Step::Rotate).unwrap(),
+            "the CA restarts after the killed pod is back and before the webhook rotation"
+        );
     }
 }

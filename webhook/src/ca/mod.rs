@@ -64,7 +64,7 @@ pub struct Options {
 /// Lifetime of a certificate when the request names none (capped by `max_ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Bounds of `--ca-max-cert-ttl`.
-const MIN_TTL: Duration = Duration::from_secs(600);
+const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 /// The CA's own serving certificate: lifetime and re-issue interval.
 const SERVING_TTL: Duration = Duration::from_secs(7 * 86_400);

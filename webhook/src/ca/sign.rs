@@ -369,7 +369,9 @@ fn leaf_params(
         .try_into()
         .map_err(|e| internal(format!("identity {uri}: not an IA5 string ({e})")))?;
     p.subject_alt_names = vec![SanType::URI(ia5)];
-    p.not_before = now - BACKDATE;
+    // Backdated for nodes whose clock is a little behind: a minute, or a quarter of the
+    // lifetime when that is shorter (a one-minute certificate must still be valid ahead).
+    p.not_before = now - BACKDATE.min(ttl / 4);
     p.not_after = std::cmp::min(p.not_before + ttl, a.ca_not_after);
     if p.not_after <= now {
         return Err(internal(format!(
@@ -680,6 +682,26 @@ mod tests {
         assert!(verify(&issued.chain, &other.root_der, at).is_err());
         // An RSA CSR would be signed the same way; rcgen with ring cannot generate RSA keys,
         // so RSA is covered by the key checks' code path only.
+    }
+
+    /// Certificates are backdated a minute, or a quarter of their lifetime when shorter: a
+    /// one-minute certificate is valid 45 s ahead, not expired on arrival.
+    #[test]
+    fn short_lifetimes_are_backdated_less() {
+        let a = authority();
+        let at = now().replace_nanosecond(0).unwrap();
+        for (ttl, back) in [
+            (Duration::from_secs(60), 15),
+            (Duration::from_secs(120), 30),
+            (Duration::from_secs(240), 60),
+            (2 * H, 60),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let checked = check_csr(&csr_with(&key, &[ID], |_| {}), ID).unwrap();
+            let issued = issue(&a, checked, ID, ttl, at).unwrap();
+            assert_eq!(issued.not_before, at - Duration::from_secs(back), "{ttl:?}");
+            assert_eq!(issued.not_after - issued.not_before, ttl, "{ttl:?}");
+        }
     }
 
     #[test]
