@@ -619,6 +619,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     })?;
     info!("admin servers up; starting capture listeners");
     server.run(RunArgs::default());
+    remora_proxy::telemetry::accesslog::flush(Duration::from_secs(2));
     info!("remora-proxy stopped");
     Ok(())
 }

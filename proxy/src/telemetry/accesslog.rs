@@ -1,11 +1,16 @@
 //! One JSON access-log line per HTTP request and per TCP connection, on stdout.
 //!
 //! Lines are serialized on the request's thread and handed to one writer thread through a
-//! bounded queue; the writer batches whatever is queued into one buffered write and flushes as
-//! soon as the queue is empty, so an idle proxy's log is always current and a busy one makes one
-//! `write(2)` per batch instead of one per request. The request path never blocks on stdout: when
-//! the queue is full (stdout stuck, e.g. a paused log collector) the line is dropped and counted in
-//! `remora_access_log_dropped_total` of the proxy's metrics handle (passed to each write).
+//! bounded queue; the writer batches whatever is queued into one buffered write. The request path
+//! never blocks on stdout: when the queue is full (stdout stuck, e.g. a paused log collector) the
+//! line is dropped and counted in `remora_access_log_dropped_total` of the proxy's metrics handle
+//! (passed to each write).
+//!
+//! The request path does not wake the writer either, while there is traffic: the writer drains
+//! the queue every [`POLL`] (a line is on stdout within that), and only after [`IDLE_ROUNDS`]
+//! empty rounds does it block on the queue, so that an idle proxy does not wake up. Waking a
+//! blocked thread from every request cost a `futex(2)` pair and the channel's waker lock per
+//! request (docs/benchmarks.md). [`flush`] writes what is queued now (at shutdown).
 //!
 //! The writer thread and its queue are the process's (stdout is): one per process, started at the
 //! first line.
@@ -13,13 +18,19 @@
 use serde::Serialize;
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 use super::Metrics;
 
-/// Lines that may wait for the writer before new ones are dropped.
+/// Lines that may wait for the writer before new ones are dropped (at [`POLL`], 800 k lines per
+/// second).
 const QUEUE_LINES: usize = 16_384;
+/// How often a busy writer drains the queue.
+const POLL: Duration = Duration::from_millis(20);
+/// Empty rounds (of [`POLL`]) before the writer blocks on the queue until the next line.
+const IDLE_ROUNDS: u32 = 5;
 
 /// Where access-log lines go. `Stdout` is the product setting; `Off` disables them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,18 +204,80 @@ fn recycle(mut line: Vec<u8>) {
     }
 }
 
-/// Write queued lines in batches, flushing whenever the queue runs empty.
+/// Flush requests answered by the writer (an empty line in the queue asks for one).
+static FLUSHED: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Write every line queued so far to stdout, waiting at most `limit` for the writer; the proxy
+/// calls it when it stops, so that the last requests' lines are not lost.
+pub fn flush(limit: Duration) {
+    let Some(tx) = writer() else { return };
+    let (count, done) = &FLUSHED;
+    let Ok(mut n) = count.lock() else { return };
+    let want = *n + 1;
+    if tx.try_send(Vec::new()).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + limit;
+    while *n < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        n = match done.wait_timeout(n, left) {
+            Ok((g, _)) => g,
+            Err(_) => return,
+        };
+    }
+}
+
+/// Write queued lines in batches: every [`POLL`] while lines come, blocking on the queue after
+/// [`IDLE_ROUNDS`] empty rounds. An empty line is a flush request ([`flush`]). Ends when every
+/// sender is gone.
 fn write_loop<W: Write>(rx: Receiver<Vec<u8>>, out: W) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        recycle(line);
+    let mut idle = 0u32;
+    loop {
+        let first = if idle >= IDLE_ROUNDS {
+            match rx.recv() {
+                Ok(line) => line,
+                Err(_) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(line) => line,
+                Err(TryRecvError::Empty) => {
+                    idle += 1;
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        };
+        idle = 0;
+        let mut flushes = 0u64;
+        let mut take = |line: Vec<u8>| {
+            if line.is_empty() {
+                flushes += 1;
+            } else {
+                let _ = out.write_all(&line);
+                recycle(line);
+            }
+        };
+        take(first);
         while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(&line);
-            recycle(line);
+            take(line);
         }
         let _ = out.flush();
+        if flushes > 0 {
+            let (count, done) = &FLUSHED;
+            if let Ok(mut n) = count.lock() {
+                *n += flushes;
+            }
+            done.notify_all();
+        }
+        std::thread::sleep(POLL);
     }
+    let _ = out.flush();
 }
 
 /// `ip:port` (`[ip6]:port`) as `SocketAddr`'s `Display` writes it, without the formatter's
@@ -460,6 +533,46 @@ mod tests {
             String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
             "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"
         );
+    }
+
+    /// A flush request (an empty line) is answered after the lines queued before it are
+    /// written, and is not written itself; a busy writer drains within a few polls without
+    /// anyone waking it.
+    #[test]
+    fn flush_requests_are_answered_after_earlier_lines() {
+        let (tx, rx) = sync_channel::<Vec<u8>>(64);
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let t = std::thread::spawn({
+            let out = Shared(buf.clone());
+            move || write_loop(rx, out)
+        });
+        let before = *FLUSHED.0.lock().unwrap();
+        for i in 0..10 {
+            tx.send(format!("{i}\n").into_bytes()).unwrap();
+        }
+        tx.send(Vec::new()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while *FLUSHED.0.lock().unwrap() == before {
+            assert!(std::time::Instant::now() < deadline, "no flush answer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let written = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            written,
+            (0..10).map(|i| format!("{i}\n")).collect::<String>()
+        );
+        drop(tx);
+        t.join().unwrap();
     }
 
     #[test]
