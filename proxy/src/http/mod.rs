@@ -472,13 +472,6 @@ impl ProxyHttp for MeshHttp {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
-        log::record(
-            self.dir,
-            &self.shared.settings,
-            &self.shared.metrics,
-            session,
-            e,
-            ctx,
-        );
+        log::record(self.dir, &self.shared, session, e, ctx);
     }
 }
