@@ -451,11 +451,15 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     // The workload's labels in metrics: its pod labels, SPIFFE id and cluster.
     let own_principal = identity.as_ref().map(|id| id.config.spiffe_id());
     let settings = Settings {
-        workload: settings.workload.clone().with_identity(
-            &labels,
-            own_principal.as_deref(),
-            &args.cluster_id,
-        ),
+        workload: settings
+            .workload
+            .clone()
+            .with_identity(&labels, own_principal.as_deref(), &args.cluster_id)
+            .with_exchange(
+                args.pod_name.as_deref().unwrap_or(&settings.workload.name),
+                &default_probe_host,
+                &args.cluster_domain,
+            ),
         ..settings
     };
     let shared = Arc::new(Shared {

@@ -29,8 +29,9 @@ fn peer_labels(dir: Direction, shared: &Shared, session: &Session, ctx: &ReqCtx)
                         Arc::new(peer_of(&PeerFacts {
                             principal: Some(&info.principal),
                             pod: pod().as_deref(),
+                            exchanged: ctx.exchanged.as_deref(),
+                            endpoint_labels: None,
                             cluster,
-                            ..Default::default()
                         }))
                     })
                     .clone();
@@ -66,7 +67,7 @@ fn peer_labels(dir: Direction, shared: &Shared, session: &Session, ctx: &ReqCtx)
             Arc::new(peer_of(&PeerFacts {
                 principal: principal.as_deref(),
                 pod: pod.as_deref(),
-                exchanged: None,
+                exchanged: ctx.exchanged.as_deref(),
                 endpoint_labels,
                 cluster,
             }))

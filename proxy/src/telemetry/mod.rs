@@ -5,6 +5,7 @@
 //! unchanged. `reporter` is `source` on the outbound side and `destination` on the inbound side.
 
 pub mod accesslog;
+pub mod exchange;
 pub mod metrics;
 pub mod peer;
 
@@ -31,6 +32,10 @@ pub struct Workload {
     pub plain: std::sync::Arc<Peer>,
     /// Its labels on a mutual-TLS hop (its SPIFFE id as principal, when it has one).
     pub mtls: std::sync::Arc<Peer>,
+    /// Its `x-envoy-peer-metadata` and `-id` values for Istio's metadata exchange (empty: none
+    /// sent).
+    pub metadata: String,
+    pub metadata_id: String,
 }
 
 impl Workload {
@@ -62,6 +67,8 @@ impl Workload {
             namespace: namespace.to_string(),
             mtls: plain.clone(),
             plain,
+            metadata: String::new(),
+            metadata_id: String::new(),
         }
     }
 
@@ -78,6 +85,15 @@ impl Workload {
         Workload {
             plain: std::sync::Arc::new(plain),
             mtls: std::sync::Arc::new(mtls),
+            ..self
+        }
+    }
+
+    /// The same workload with its metadata-exchange values, for the pod `pod_name` at `ip`.
+    pub fn with_exchange(self, pod_name: &str, ip: &str, cluster_domain: &str) -> Workload {
+        Workload {
+            metadata: exchange::encode(&self.plain, pod_name),
+            metadata_id: exchange::encode_id(ip, pod_name, &self.namespace, cluster_domain),
             ..self
         }
     }
