@@ -205,6 +205,22 @@ spec:
     );
     // The Deployment's own labels and selector are not the pod's: untouched.
     assert_eq!(d["metadata"]["labels"], json!({"team": "a"}));
+    // The sidecar names its workload after the Deployment (as `istioctl kube-inject` does);
+    // the template gets no owner of its own.
+    let proxy = d["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(d["spec"]["template"]["spec"]["containers"].as_array())
+        .flatten()
+        .find(|c| c["name"] == "remora-proxy")
+        .unwrap();
+    assert_eq!(
+        named(&proxy["env"], "ISTIO_META_WORKLOAD_NAME").unwrap()["value"],
+        "web"
+    );
+    assert!(d["spec"]["template"]["metadata"]
+        .get("ownerReferences")
+        .is_none());
     assert_eq!(
         d["spec"]["selector"],
         json!({"matchLabels": {"app": "web"}})
