@@ -36,3 +36,4 @@ pub mod rules;
 pub mod security;
 pub mod serde_util;
 pub mod typed;
+pub mod workload;

@@ -92,9 +92,15 @@ pub struct RunArgs {
     pub instance_ip: Option<IpAddr>,
     #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Workload name for metrics (default: the pod's `app` label, else the pod name).
+    /// Workload name for metrics (default: `ISTIO_META_WORKLOAD_NAME`, which the injector sets
+    /// from the pod's controller; else the pod's canonical-name or `app` label, else the pod
+    /// name).
     #[arg(long, env = "REMORA_WORKLOAD_NAME")]
     pub workload_name: Option<String>,
+    /// The cluster id in metrics (`source_cluster`, `destination_cluster`), Istio's
+    /// `ISTIO_META_CLUSTER_ID`.
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// Proxy worker threads.
     #[arg(long, env = "REMORA_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub threads: u64,

@@ -349,8 +349,11 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     };
 
     let snapshot = initial_snapshot(&args, &ctx);
+    let istio_workload_name = std::env::var("ISTIO_META_WORKLOAD_NAME").ok();
     let workload = Workload::derive(
-        args.workload_name.as_deref(),
+        args.workload_name
+            .as_deref()
+            .or(istio_workload_name.as_deref()),
         &labels,
         args.pod_name.as_deref(),
         &args.namespace,
@@ -445,6 +448,20 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
             "workload identity off (--ca-address off): no mTLS between sidecars; ISTIO_MUTUAL destinations get plain text"
         ),
     }
+    // The workload's labels in metrics: its pod labels, SPIFFE id and cluster.
+    let own_principal = identity.as_ref().map(|id| id.config.spiffe_id());
+    let settings = Settings {
+        workload: settings
+            .workload
+            .clone()
+            .with_identity(&labels, own_principal.as_deref(), &args.cluster_id)
+            .with_exchange(
+                args.pod_name.as_deref().unwrap_or(&settings.workload.name),
+                &default_probe_host,
+                &args.cluster_domain,
+            ),
+        ..settings
+    };
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),

@@ -285,6 +285,14 @@ fn grpc_unary_and_bidi_streaming_through_the_proxy() {
     let line = p.wait_log(|v| v["path"] == "/remora.test.Echo/Chat");
     assert_eq!(line["protocol"], "grpc");
     assert_eq!(line["status"], 200);
+    // Each call is recorded when its stream ends, not in call order: wait (bounded) for all.
+    for code in ["0", "5"] {
+        p.metrics_when(
+            "istio_requests_total",
+            &[&format!("grpc_response_status=\"{code}\"")],
+            1.0,
+        );
+    }
     let m = p.metrics();
     assert_eq!(
         metric_value(

@@ -1408,6 +1408,118 @@ async fn short_certificates_rotate_under_load_without_a_failed_request() {
     ca.stop_and_log();
 }
 
+/// The labels of the one `name` series at a sidecar whose labels include `filter` (the test
+/// fails if there is not exactly one).
+fn one_series(
+    m: &[remora_e2e::client::Sample],
+    name: &str,
+    filter: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, String> {
+    let found: Vec<_> = m
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            filter
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {filter:?}: {found:#?}");
+    found[0].labels.clone()
+}
+
+/// Both sides of a request between two sidecars over mTLS name each other with Istio's labels:
+/// the server (reporter `destination`) names the client by its certificate (principal,
+/// namespace) and what it said of itself in the metadata exchange (workload), and itself fully;
+/// the client (reporter `source`) names the server by the SPIFFE id its certificate proved, the
+/// server's answer in the exchange and the endpoint's labels in the rules, and itself fully.
+#[tokio::test]
+async fn metrics_name_both_sides_of_a_mutual_tls_request() {
+    let Pair {
+        mut ca,
+        _api,
+        mut app,
+        server,
+        client,
+        ..
+    } = pair("STRICT", &[]).await;
+    let host = "httpbin.default.svc.cluster.local:8000";
+    for i in 0..3 {
+        let (code, body) = get(client.outbound, host, &format!("/get/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}\n{}\n{}", client.log(), server.log());
+    }
+    let want_server = [
+        ("reporter", "destination"),
+        ("response_code", "200"),
+        ("source_principal", SLEEP),
+        ("source_workload_namespace", "other"),
+        // What the client sidecar said of itself (Istio's metadata exchange, over mTLS).
+        ("source_workload", "sleep"),
+        ("source_canonical_service", "sleep"),
+        ("source_canonical_revision", "latest"),
+        ("source_cluster", "Kubernetes"),
+        ("destination_workload", "httpbin"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", HTTPBIN),
+        ("destination_canonical_service", "httpbin"),
+        ("destination_canonical_revision", "latest"),
+        ("destination_cluster", "Kubernetes"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let m = server.metrics().await;
+    let l = one_series(&m, "istio_requests_total", &want_server);
+    assert_eq!(
+        remora_e2e::client::sum(&m, "istio_requests_total", &want_server),
+        3.0,
+        "{l:?}"
+    );
+    for family in [
+        "istio_request_duration_milliseconds_count",
+        "istio_request_bytes_count",
+        "istio_response_bytes_count",
+    ] {
+        assert_eq!(
+            remora_e2e::client::sum(&m, family, &want_server),
+            3.0,
+            "{family}"
+        );
+    }
+    let want_client = [
+        ("reporter", "source"),
+        ("response_code", "200"),
+        ("source_workload", "sleep"),
+        ("source_workload_namespace", "other"),
+        ("source_principal", SLEEP),
+        ("source_canonical_service", "sleep"),
+        ("source_canonical_revision", "latest"),
+        ("source_cluster", "Kubernetes"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", HTTPBIN),
+        // What the server sidecar answered of itself (the metadata exchange).
+        ("destination_workload", "httpbin"),
+        ("destination_canonical_revision", "latest"),
+        // The endpoint's labels in the client's rules (a ServiceEntry): `app: httpbin`.
+        ("destination_app", "httpbin"),
+        ("destination_canonical_service", "httpbin"),
+        ("destination_cluster", "Kubernetes"),
+        ("destination_service", "httpbin.default.svc.cluster.local"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let cm = client.metrics().await;
+    let l = one_series(&cm, "istio_requests_total", &want_client);
+    assert_eq!(
+        remora_e2e::client::sum(&cm, "istio_requests_total", &want_client),
+        3.0,
+        "{l:?}"
+    );
+    drop(client);
+    drop(server);
+    app.stop(Duration::from_secs(2));
+    ca.stop_and_log();
+}
+
 /// Opaque TCP between sidecars goes over mTLS too: a line protocol (not HTTP) through the
 /// client's outbound listener to a ServiceEntry endpoint with a sidecar; the server sidecar
 /// terminates the mTLS, classifies the bytes as TCP and counts the connection `mutual_tls`
@@ -1501,6 +1613,35 @@ async fn opaque_tcp_between_sidecars_is_mutual_tls() {
             ],
         ) >= 1.0,
         "{m:?}"
+    );
+    // Both sides named with Istio's labels: the client by its certificate at the server, the
+    // server by the identity its certificate proved and its endpoint's labels at the client.
+    let sm = server.metrics().await;
+    one_series(
+        &sm,
+        "istio_tcp_connections_closed_total",
+        &[
+            ("reporter", "destination"),
+            ("source_principal", SLEEP),
+            ("source_workload_namespace", "other"),
+            ("destination_workload", "kv"),
+            ("destination_principal", HTTPBIN),
+            ("destination_canonical_service", "kv"),
+            ("request_protocol", "tcp"),
+        ],
+    );
+    one_series(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("source_workload", "sleep"),
+            ("source_principal", SLEEP),
+            ("destination_principal", HTTPBIN),
+            ("destination_workload_namespace", "default"),
+            ("destination_app", "kv"),
+            ("destination_service", "kv.default.svc.cluster.local"),
+        ],
     );
     // The access log is written by a thread of its own, a moment after the metric (bounded
     // wait).

@@ -756,6 +756,18 @@ fn slices_of(svc: &str, port_name: &str, pods: &[SocketAddr]) -> Vec<Value> {
 /// Services and EndpointSlices in `shop`, nothing in `remora-system`, no pods, and the rules
 /// ConfigMap `remora-mesh-rules` with `rules.yaml` under key `reviews.yaml`.
 fn serve_shop(api: &RecordedApi, svcs: Vec<Value>, slices: Vec<Value>, rules: &str) {
+    serve_shop_with_pods(api, svcs, slices, vec![], rules)
+}
+
+/// `serve_shop`, with these pods' metadata in `shop`.
+fn serve_shop_with_pods(
+    api: &RecordedApi,
+    svcs: Vec<Value>,
+    slices: Vec<Value>,
+    pods: Vec<Value>,
+    rules: &str,
+) {
+    let mut shop_pods = Some(pods);
     let list = |kind: &str, api_version: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "500"}, "items": items});
     let bookmark = |api_version: &str, kind: &str| json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "501"}}});
     let mut shop = Some((svcs, slices));
@@ -787,12 +799,17 @@ fn serve_shop(api: &RecordedApi, svcs: Vec<Value>, slices: Vec<Value>, rules: &s
             &format!("{e}?watch=true"),
             Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
         );
+        let pods = if ns == "shop" {
+            shop_pods.take().unwrap_or_default()
+        } else {
+            vec![]
+        };
         api.on(
             "GET",
             &p,
             Reply::json(
                 200,
-                list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+                list("PartialObjectMetadataList", "meta.k8s.io/v1", pods),
             ),
         );
         api.on(
@@ -831,6 +848,16 @@ fn start_proxy(
     rules_dir: &std::path::Path,
     original_dst: SocketAddr,
 ) -> (process::Proc, Vec<u16>) {
+    start_proxy_with(api, rules_dir, original_dst, &[])
+}
+
+/// `start_proxy` with `extra` flags.
+fn start_proxy_with(
+    api: &RecordedApi,
+    rules_dir: &std::path::Path,
+    original_dst: SocketAddr,
+    extra: &[&str],
+) -> (process::Proc, Vec<u16>) {
     let ports = process::free_ports(5);
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let child = Command::new(process::proxy_bin())
@@ -856,13 +883,119 @@ fn start_proxy(
             "--rules-rescan-seconds",
             "1",
         ])
+        .args(extra)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("POD_NAME")
+        .env_remove("ISTIO_META_WORKLOAD_NAME")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     (process::Proc(child), ports)
+}
+
+/// The metrics' peer labels from discovery: a pod known from the Service's EndpointSlice
+/// (`targetRef`) and its metadata (labels, its ReplicaSet) names the destination of a request to
+/// it and the source of a request from its address, its Deployment as the workload; in plain
+/// text, so the principals stay `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_name_discovered_pods_by_their_deployment() {
+    let pod = process::backend("reviews-v2");
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], process::free_ports(1)[0]));
+    let api = RecordedApi::start().await.unwrap();
+    let service = json!({"kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "400"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                 "ports": [{"name": "http", "port": nowhere.port(), "targetPort": 9080, "protocol": "TCP"}]}});
+    let mut slices = slices_of("reviews", "http", &[pod]);
+    slices[0]["endpoints"][0]["targetRef"] =
+        json!({"kind": "Pod", "name": "reviews-v2-5f6d8c9b7-abcde", "namespace": "shop"});
+    let meta = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"name": "reviews-v2-5f6d8c9b7-abcde", "generateName": "reviews-v2-5f6d8c9b7-",
+                     "namespace": "shop", "resourceVersion": "420",
+                     "labels": {"app": "reviews", "version": "v2", "pod-template-hash": "5f6d8c9b7"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": "reviews-v2-5f6d8c9b7", "uid": "u1", "controller": true}]}});
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n";
+    serve_shop_with_pods(&api, vec![service], slices, vec![meta], dr);
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("reviews.yaml"), dr).unwrap();
+    // Inbound requests come from 127.0.0.1, the pod's address in the EndpointSlice.
+    let app = process::backend("the app");
+    let inbound_target = format!("--fixed-inbound-target={app}");
+    let (_proc, ports) = start_proxy_with(
+        &api,
+        rules.path(),
+        nowhere,
+        &["--workload-name=productpage-v1", &inbound_target],
+    );
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let (outbound, inbound, prometheus) = (at(ports[0]), at(ports[1]), at(ports[4]));
+    let metrics = move || {
+        process::get(prometheus, "x", "/stats/prometheus")
+            .map(|(_, b)| remora_e2e::client::parse_prometheus(&b))
+            .unwrap_or_default()
+    };
+    let want_dst = [
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("source_workload_namespace", "shop"),
+        ("destination_workload", "reviews-v2"),
+        ("destination_workload_namespace", "shop"),
+        ("destination_app", "reviews"),
+        ("destination_version", "v2"),
+        ("destination_canonical_service", "reviews"),
+        ("destination_canonical_revision", "v2"),
+        ("destination_cluster", "Kubernetes"),
+        ("destination_principal", "unknown"),
+        ("destination_service", REVIEWS),
+        ("connection_security_policy", "unknown"),
+    ];
+    // Until discovery has the pod, the request goes to the original destination (nothing).
+    let t = Instant::now();
+    loop {
+        let r = tokio::task::spawn_blocking(move || process::get(outbound, "reviews", "/x"))
+            .await
+            .unwrap();
+        if let Ok((200, body)) = &r {
+            assert_eq!(body, "reviews-v2");
+            let m = tokio::task::spawn_blocking(metrics).await.unwrap();
+            // The pod's metadata may come a moment after its EndpointSlice.
+            if remora_e2e::client::sum(&m, "istio_requests_total", &want_dst) >= 1.0 {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < PATIENCE,
+            "never named the discovered pod; last answer {r:?}\n{:#?}",
+            tokio::task::spawn_blocking(metrics).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = tokio::task::spawn_blocking(move || process::get(inbound, "x", "/in"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "the app"));
+    let m = tokio::task::spawn_blocking(metrics).await.unwrap();
+    let want_src = [
+        ("reporter", "destination"),
+        ("source_workload", "reviews-v2"),
+        ("source_workload_namespace", "shop"),
+        ("source_app", "reviews"),
+        ("source_version", "v2"),
+        ("source_canonical_service", "reviews"),
+        ("source_canonical_revision", "v2"),
+        ("source_cluster", "Kubernetes"),
+        ("source_principal", "unknown"),
+        ("destination_workload", "productpage-v1"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(
+        remora_e2e::client::sum(&m, "istio_requests_total", &want_src),
+        1.0,
+        "{m:#?}"
+    );
 }
 
 /// Opaque TCP to a Service's ClusterIP: the proxy knows the address from the Service's

@@ -455,9 +455,11 @@ fn without_identity_nothing_of_it_is_injected() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs(20)));
     let pod = lab.pod("shop/web").unwrap();
     assert!(pod.reviewed && pod.meshed);
+    // No `security.istio.io/tlsMode`; Istio's canonical-service labels are there regardless.
     assert_eq!(
         pod.object["metadata"]["labels"],
-        serde_json::json!({"app": "web"})
+        serde_json::json!({"app": "web", "service.istio.io/canonical-name": "web",
+                           "service.istio.io/canonical-revision": "latest"})
     );
     let vols: Vec<&str> = pod.object["spec"]["volumes"]
         .as_array()

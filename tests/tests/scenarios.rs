@@ -1136,6 +1136,82 @@ spec:
         3,
         "the plain-text requests have no principal: {plain_lines:#?}"
     );
+
+    // Kiali's graph from the metrics: each hop names its workloads (Deployments, not their
+    // ReplicaSets), apps, versions and principals on both reporters, with no `unknown` among
+    // meshed pods: productpage-v1 → the reviews versions it reached (its outbound), reviews-v2
+    // and -v3 → ratings-v1 (ratings' inbound), and every mTLS caller named.
+    let ratings = lab.pod("ratings").unwrap();
+    let reviews_id = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews";
+    eventually_metrics(&lab, &[pp, details, ratings], |now| {
+        let mut missing = Vec::new();
+        for v in seen.keys().map(String::as_str) {
+            let reviews = format!("reviews-{v}");
+            let edge = [
+                ("reporter", "source"),
+                ("source_workload", "productpage-v1"),
+                ("source_workload_namespace", "bookinfo"),
+                ("source_app", "productpage"),
+                ("source_version", "v1"),
+                ("source_principal", pp_id),
+                ("destination_workload", reviews.as_str()),
+                ("destination_workload_namespace", "bookinfo"),
+                ("destination_app", "reviews"),
+                ("destination_version", v),
+                ("destination_canonical_service", "reviews"),
+                ("destination_canonical_revision", v),
+                ("destination_principal", reviews_id),
+                ("connection_security_policy", "mutual_tls"),
+            ];
+            if sum(&now[0], REQ, &edge) < 1.0 {
+                missing.push(format!("productpage-v1 → reviews-{v}"));
+            }
+            if v == "v1" {
+                continue;
+            }
+            let edge = [
+                ("reporter", "destination"),
+                ("source_workload", reviews.as_str()),
+                ("source_app", "reviews"),
+                ("source_version", v),
+                ("source_principal", reviews_id),
+                ("destination_workload", "ratings-v1"),
+                ("destination_app", "ratings"),
+                ("destination_canonical_revision", "v1"),
+                ("connection_security_policy", "mutual_tls"),
+            ];
+            if sum(&now[2], REQ, &edge) < 1.0 {
+                missing.push(format!("reviews-{v} → ratings-v1"));
+            }
+        }
+        // (Plain-text callers outside the mesh — the unmeshed pods, the node's probes — are
+        // `unknown`, as in Istio.)
+        for (i, who) in ["productpage", "details", "ratings"].iter().enumerate() {
+            let unknown = sum(
+                &now[i],
+                REQ,
+                &[
+                    ("reporter", "destination"),
+                    ("source_workload", "unknown"),
+                    ("connection_security_policy", "mutual_tls"),
+                ],
+            );
+            if unknown > 0.0 {
+                missing.push(format!("{unknown} mTLS requests to {who} from `unknown`"));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            let series: Vec<_> = now
+                .iter()
+                .flatten()
+                .filter(|s| s.name == REQ)
+                .map(|s| format!("{:?} {}", s.labels, s.value))
+                .collect();
+            Err(format!("edges missing: {missing:?}\n{}", series.join("\n")))
+        }
+    });
 }
 
 /// Reviews versions seen over `n` requests from `from` straight to the reviews Service.

@@ -15,6 +15,10 @@ use crate::decide::{decide, string_map, Decision};
 use crate::probes::{self, PROBERS_ENV};
 use crate::selectors::Selection;
 use crate::template::{self, INIT_NAME, PROXY_NAME};
+use remora_model::workload::{
+    canonical_revision, canonical_service, workload_of, Owner, CANONICAL_NAME_LABEL,
+    CANONICAL_REVISION_LABEL,
+};
 
 pub use crate::annotations::OVERRIDES;
 /// Container names whose fields override the rendered proxy.
@@ -49,6 +53,38 @@ impl Outcome {
             Outcome::Skipped(r) | Outcome::Denied(r) => r,
         }
     }
+}
+
+/// The pod's workload name as Istio's injector derives it for `ISTIO_META_WORKLOAD_NAME`: its
+/// controller's (a Deployment's rather than its ReplicaSet's, a CronJob's rather than its
+/// Job's), else its own name; `None` for a pod with neither (a `generateName` without owner).
+fn workload_name(
+    pod: &Value,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    let meta = pod.get("metadata");
+    let text = |key: &str| {
+        meta.and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let owner = meta
+        .and_then(|m| m.get("ownerReferences"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .map(|o| Owner {
+            kind: o.get("kind").and_then(Value::as_str).unwrap_or(""),
+            name: o.get("name").and_then(Value::as_str).unwrap_or(""),
+        });
+    let (_, name) = workload_of(
+        text("name"),
+        !text("generateName").is_empty(),
+        owner,
+        labels,
+    );
+    (!name.is_empty()).then_some(name)
 }
 
 /// What a previous injection recorded in `sidecar.istio.io/status`.
@@ -335,6 +371,11 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
     let mut proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    let pod_labels = string_map(pod.pointer("/metadata/labels"));
+    let workload = workload_name(pod, &pod_labels);
+    if let Some(w) = &workload {
+        template::set_env(&mut proxy, template::WORKLOAD_NAME_ENV, w);
+    }
     if !pod_seccomp {
         template::default_seccomp(&mut proxy);
     }
@@ -431,6 +472,32 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
         }
         meta["labels"][template::TLS_MODE_LABEL] = json!(template::TLS_MODE_ISTIO);
     }
+    // Istio's canonical service labels, from the app's own labels when the pod has none.
+    let canonical = [
+        (
+            CANONICAL_NAME_LABEL,
+            Some(canonical_service(
+                &pod_labels,
+                workload.as_deref().unwrap_or(""),
+            )),
+        ),
+        (
+            CANONICAL_REVISION_LABEL,
+            Some(canonical_revision(&pod_labels)),
+        ),
+    ];
+    for (key, value) in canonical {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if pod_labels.contains_key(key) {
+            continue;
+        }
+        if !meta.get("labels").is_some_and(Value::is_object) {
+            meta["labels"] = json!({});
+        }
+        meta["labels"][key] = json!(value);
+    }
     if !meta.get("annotations").is_some_and(Value::is_object) {
         meta["annotations"] = json!({});
     }
@@ -514,7 +581,9 @@ mod tests {
         );
         assert_eq!(
             p["metadata"]["labels"],
-            json!({"app": "hello", "security.istio.io/tlsMode": "istio"})
+            json!({"app": "hello", "security.istio.io/tlsMode": "istio",
+                   "service.istio.io/canonical-name": "hello",
+                   "service.istio.io/canonical-revision": "latest"})
         );
         let ann = &p["metadata"]["annotations"];
         assert_eq!(ann[DEFAULT_CONTAINER], "hello");
@@ -542,6 +611,82 @@ mod tests {
         );
     }
 
+    /// The proxy's `ISTIO_META_WORKLOAD_NAME` of a pod, if it has one.
+    fn workload_env(p: &Value) -> Option<String> {
+        ["containers", "initContainers"]
+            .iter()
+            .filter_map(|l| p["spec"][l].as_array())
+            .flatten()
+            .filter(|c| c["name"] == PROXY_NAME)
+            .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+            .find(|e| e["name"] == template::WORKLOAD_NAME_ENV)
+            .and_then(|e| e["value"].as_str().map(str::to_string))
+    }
+
+    #[test]
+    fn workload_name_and_canonical_labels_as_istio_sets_them() {
+        let rs_owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                               "name": "reviews-v2-5f6d8c9b7", "controller": true}]);
+        for (meta, want_wl, want_labels) in [
+            // A Deployment's pod (generated name, a ReplicaSet whose name ends in the hash).
+            (
+                json!({"generateName": "reviews-v2-5f6d8c9b7-", "ownerReferences": rs_owner,
+                       "labels": {"app": "reviews", "version": "v2", "pod-template-hash": "5f6d8c9b7"}}),
+                Some("reviews-v2"),
+                ("reviews", "v2"),
+            ),
+            // A CronJob's Job's pod; `app.kubernetes.io/*` labels.
+            (
+                json!({"generateName": "backup-28901234-", "ownerReferences":
+                       [{"kind": "Job", "name": "backup-28901234", "controller": true}],
+                       "labels": {"app.kubernetes.io/name": "backup", "app.kubernetes.io/version": "1.2"}}),
+                Some("backup"),
+                ("backup", "1.2"),
+            ),
+            // A StatefulSet's pod, no app label: the workload names the canonical service.
+            (
+                json!({"generateName": "db-", "name": "db-0", "ownerReferences":
+                       [{"kind": "StatefulSet", "name": "db", "controller": true}]}),
+                Some("db"),
+                ("db", "latest"),
+            ),
+            // The pod's own canonical labels are kept.
+            (
+                json!({"name": "solo", "labels": {"service.istio.io/canonical-name": "mine",
+                       "service.istio.io/canonical-revision": "r1", "app": "other"}}),
+                Some("solo"),
+                ("mine", "r1"),
+            ),
+        ] {
+            let mut p = hello();
+            p["metadata"] = meta.clone();
+            let out = injected(&p);
+            assert_eq!(workload_env(&out).as_deref(), want_wl, "{meta}");
+            let l = &out["metadata"]["labels"];
+            assert_eq!(
+                (
+                    l["service.istio.io/canonical-name"].as_str(),
+                    l["service.istio.io/canonical-revision"].as_str()
+                ),
+                (Some(want_labels.0), Some(want_labels.1)),
+                "{meta}"
+            );
+            // Re-injection changes nothing.
+            assert_eq!(injected(&out), out, "{meta}");
+        }
+        // A bare pod with only a generated name: no workload to name (the proxy falls back to
+        // its labels and pod name), and so no canonical name, but a revision.
+        let mut p = hello();
+        p["metadata"] = json!({"generateName": "job-"});
+        let out = injected(&p);
+        assert_eq!(workload_env(&out), None);
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"security.istio.io/tlsMode": "istio",
+                   "service.istio.io/canonical-revision": "latest"})
+        );
+    }
+
     #[test]
     fn tls_mode_label_keeps_the_pods_own_value_and_is_absent_without_identity() {
         let mut p = hello();
@@ -557,7 +702,9 @@ mod tests {
         bare["metadata"].as_object_mut().unwrap().remove("labels");
         assert_eq!(
             injected(&bare)["metadata"]["labels"],
-            json!({"security.istio.io/tlsMode": "istio"})
+            json!({"security.istio.io/tlsMode": "istio",
+                   "service.istio.io/canonical-name": "hello",
+                   "service.istio.io/canonical-revision": "latest"})
         );
 
         let mut cfg = Config::default();
@@ -565,7 +712,11 @@ mod tests {
         let Outcome::Injected { pod: off, .. } = inject_pod(&bare, "default", &cfg) else {
             panic!("not injected");
         };
-        assert!(off["metadata"].get("labels").is_none(), "{off}");
+        assert_eq!(
+            off["metadata"]["labels"].get("security.istio.io/tlsMode"),
+            None,
+            "{off}"
+        );
         assert_eq!(
             names(&off["spec"]["volumes"]),
             ["data", "remora-rules", "remora-podinfo"]

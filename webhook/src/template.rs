@@ -138,6 +138,20 @@ pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
     }))
 }
 
+/// Istio's variable naming the pod's workload (its controller) to the sidecar, for metrics.
+pub const WORKLOAD_NAME_ENV: &str = "ISTIO_META_WORKLOAD_NAME";
+
+/// Sets `name=value` in a container's `env` (replacing a variable of that name).
+pub fn set_env(c: &mut Value, name: &str, value: &str) {
+    if !c.get("env").is_some_and(Value::is_array) {
+        c["env"] = json!([]);
+    }
+    if let Some(env) = c["env"].as_array_mut() {
+        env.retain(|e| e.get("name").and_then(Value::as_str) != Some(name));
+        env.push(json!({"name": name, "value": value}));
+    }
+}
+
 fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
 }

@@ -32,7 +32,9 @@ pub fn describe(doc: &Value) -> String {
     format!("{kind}/{name}")
 }
 
-/// The Pod the API server would create from a workload's template (what the webhook sees).
+/// The Pod the API server would create from a workload's template (what the webhook sees),
+/// owned by the workload (as `remora inject -f` names it: Istio's `kube-inject` takes the
+/// workload's name too).
 pub fn pod_from_template(doc: &Value, template: &Value, namespace: &str) -> Value {
     let name = doc
         .pointer("/metadata/name")
@@ -45,6 +47,9 @@ pub fn pod_from_template(doc: &Value, template: &Value, namespace: &str) -> Valu
         .unwrap_or_else(|| json!({}));
     meta["generateName"] = json!(format!("{name}-"));
     meta["namespace"] = json!(namespace);
+    if let Some(kind) = doc.get("kind").and_then(Value::as_str) {
+        meta["ownerReferences"] = json!([{"kind": kind, "name": name, "controller": true}]);
+    }
     if let Some(m) = meta.as_object_mut() {
         m.remove("name");
     }
@@ -76,6 +81,10 @@ mod tests {
         assert_eq!(p["metadata"]["generateName"], "web-");
         assert_eq!(p["metadata"]["namespace"], "shop");
         assert_eq!(p["metadata"]["labels"]["app"], "web");
+        assert_eq!(
+            p["metadata"]["ownerReferences"],
+            json!([{"kind": "Deployment", "name": "web", "controller": true}])
+        );
         assert_eq!(describe(&d), "Deployment/web");
     }
 }

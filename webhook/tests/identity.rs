@@ -149,7 +149,12 @@ fn identity_off_injects_none_of_it() {
     ] {
         assert!(!text.contains(absent), "{absent} in the patch: {text}");
     }
-    assert_eq!(out["metadata"]["labels"], json!({"app": "web"}));
+    // Istio's canonical service labels are there, identity or not.
+    assert_eq!(
+        out["metadata"]["labels"],
+        json!({"app": "web", "service.istio.io/canonical-name": "web",
+               "service.istio.io/canonical-revision": "latest"})
+    );
     let vols: Vec<&str> = out["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -194,10 +199,28 @@ spec:
     let d = &out[0];
     assert_eq!(
         d["spec"]["template"]["metadata"]["labels"],
-        json!({"app": "web", "security.istio.io/tlsMode": "istio"})
+        json!({"app": "web", "security.istio.io/tlsMode": "istio",
+               "service.istio.io/canonical-name": "web",
+               "service.istio.io/canonical-revision": "latest"})
     );
     // The Deployment's own labels and selector are not the pod's: untouched.
     assert_eq!(d["metadata"]["labels"], json!({"team": "a"}));
+    // The sidecar names its workload after the Deployment (as `istioctl kube-inject` does);
+    // the template gets no owner of its own.
+    let proxy = d["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(d["spec"]["template"]["spec"]["containers"].as_array())
+        .flatten()
+        .find(|c| c["name"] == "remora-proxy")
+        .unwrap();
+    assert_eq!(
+        named(&proxy["env"], "ISTIO_META_WORKLOAD_NAME").unwrap()["value"],
+        "web"
+    );
+    assert!(d["spec"]["template"]["metadata"]
+        .get("ownerReferences")
+        .is_none());
     assert_eq!(
         d["spec"]["selector"],
         json!({"matchLabels": {"app": "web"}})

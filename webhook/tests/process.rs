@@ -422,7 +422,11 @@ async fn ca_off_means_no_identity_unless_an_address_is_given() {
     lines_until(&s.stderr, |l| l.contains("not injecting workload identity"));
     let proxy = injected_proxy(&s, "uid-off").await;
     assert_eq!(env_of(&proxy, "REMORA_CA_ADDRESS"), None);
-    assert_eq!(proxy["x-pod-labels"], json!({"app": "web"}));
+    assert_eq!(
+        proxy["x-pod-labels"],
+        json!({"app": "web", "service.istio.io/canonical-name": "web",
+               "service.istio.io/canonical-revision": "latest"})
+    );
     assert_eq!(proxy["x-pod-volumes"].as_array().unwrap().len(), 2);
     drop(s);
 

@@ -40,6 +40,21 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
     fn service_port(&self, _ip: IpAddr, _port: u16) -> Option<crate::kinds::ServicePort> {
         None
     }
+
+    /// The pod whose address is `ip`, if this source knows one (for the peer's labels in
+    /// metrics).
+    fn pod_of_ip(&self, _ip: IpAddr) -> Option<std::sync::Arc<PodIdentity>> {
+        None
+    }
+}
+
+/// What discovery knows of a pod: enough to name it in metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: std::sync::Arc<str>,
+    /// The workload (`crate::workload::workload_of`): a Deployment's name, not its ReplicaSet's.
+    pub workload: std::sync::Arc<str>,
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 /// Several sources asked in order: the first that knows a host answers (for example the
@@ -71,6 +86,10 @@ impl EndpointSource for ChainedEndpoints {
 
     fn service_port(&self, ip: IpAddr, port: u16) -> Option<crate::kinds::ServicePort> {
         self.sources.iter().find_map(|s| s.service_port(ip, port))
+    }
+
+    fn pod_of_ip(&self, ip: IpAddr) -> Option<std::sync::Arc<PodIdentity>> {
+        self.sources.iter().find_map(|s| s.pod_of_ip(ip))
     }
 }
 

@@ -445,11 +445,30 @@ async fn watch_kind(
                 tx,
                 timing,
                 s,
-                |p: &kube::core::PartialObjectMeta<Pod>| Some(Object::Pod(p.labels().clone())),
+                |p: &kube::core::PartialObjectMeta<Pod>| Some(pod_object(p)),
             )
             .await
         }
     }
+}
+
+/// A pod's labels and its workload name (its controller, as Istio names it).
+fn pod_object(p: &kube::core::PartialObjectMeta<Pod>) -> Object {
+    let m = &p.metadata;
+    let labels = p.labels().clone();
+    let owner = m
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| remora_model::workload::Owner {
+            kind: &o.kind,
+            name: &o.name,
+        });
+    let generated = m.generate_name.as_deref().is_some_and(|g| !g.is_empty());
+    let name = m.name.as_deref().unwrap_or("");
+    let (_, workload) = remora_model::workload::workload_of(name, generated, owner, &labels);
+    Object::Pod(labels, workload.into_boxed_str())
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> Key {

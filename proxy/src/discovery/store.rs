@@ -13,6 +13,7 @@ use remora_model::dump::{EndpointDump, HostDump, IndexDump, IndexLimits, PortDum
 
 use crate::route::Endpoint;
 use crate::rules::EndpointSource;
+use remora_model::rules::endpoints::PodIdentity;
 
 /// Pod labels, shared between pods with the same set (the pods of one ReplicaSet).
 pub type Labels = Arc<BTreeMap<String, String>>;
@@ -123,8 +124,8 @@ impl std::fmt::Display for Part {
 pub enum Object {
     Service(Svc),
     Slice(Slice),
-    /// A pod's labels.
-    Pod(BTreeMap<String, String>),
+    /// A pod's labels and workload name (`remora_model::workload::workload_of`).
+    Pod(BTreeMap<String, String>, Box<str>),
 }
 
 /// One change from a watcher of `kind` over `part`.
@@ -144,7 +145,8 @@ pub enum Update {
 pub struct Store {
     services: HashMap<Key, Svc>,
     slices: HashMap<Key, Slice>,
-    pods: HashMap<Key, Labels>,
+    /// Each pod's labels and workload name.
+    pods: HashMap<Key, (Labels, Arc<str>)>,
     /// Buffers of lists in progress.
     pending: HashMap<(Kind, Part), Vec<(Key, Object)>>,
     /// Parts whose list completed at least once, per kind.
@@ -216,9 +218,9 @@ impl Store {
             (Kind::EndpointSlices, Object::Slice(s)) => {
                 self.slices.insert(key, s);
             }
-            (Kind::Pods, Object::Pod(labels)) => {
+            (Kind::Pods, Object::Pod(labels, workload)) => {
                 let shared = self.intern(labels);
-                self.pods.insert(key, shared);
+                self.pods.insert(key, (shared, Arc::from(workload)));
             }
             _ => {}
         }
@@ -338,6 +340,9 @@ impl DumpLimits {
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     hosts: HashMap<Box<str>, HostEntry>,
+    /// Endpoint address → its pod (every EndpointSlice endpoint whose pod is known, ready or
+    /// not: a pod sends traffic before it is ready).
+    by_ip: HashMap<IpAddr, Arc<PodIdentity>>,
     /// ClusterIP → the FQDN of its Service (indexed Services only).
     by_cluster_ip: HashMap<IpAddr, Box<str>>,
     domain: Box<str>,
@@ -408,7 +413,7 @@ impl Index {
                                     namespace: k.namespace.clone(),
                                     name: Box::from(&**p),
                                 })
-                                .cloned()
+                                .map(|(l, _)| l.clone())
                         });
                         eps.push(Ep {
                             addr,
@@ -438,6 +443,7 @@ impl Index {
         by_cluster_ip.shrink_to_fit();
         Index {
             hosts,
+            by_ip: pods_by_ip(store),
             by_cluster_ip,
             domain: Box::from(domain),
             services,
@@ -460,6 +466,11 @@ impl Index {
             return None;
         };
         self.hosts.get(full.as_str())
+    }
+
+    /// The pod at `ip` (an EndpointSlice endpoint whose pod discovery knows).
+    pub fn pod_of_ip(&self, ip: IpAddr) -> Option<&Arc<PodIdentity>> {
+        self.by_ip.get(&ip)
     }
 
     /// The Service FQDN whose ClusterIP is `ip`.
@@ -543,6 +554,36 @@ impl Index {
     }
 }
 
+/// Every EndpointSlice endpoint's pod, by address (the first slice naming an address wins; a
+/// pod has one address).
+fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Arc<PodIdentity>> {
+    let mut out = HashMap::new();
+    for (k, sl) in &store.slices {
+        for e in &sl.endpoints {
+            let Some(pod) = &e.pod else { continue };
+            if out.contains_key(&e.ip) {
+                continue;
+            }
+            let key = Key {
+                namespace: k.namespace.clone(),
+                name: Box::from(&**pod),
+            };
+            if let Some((labels, workload)) = store.pods.get(&key) {
+                out.insert(
+                    e.ip,
+                    Arc::new(PodIdentity {
+                        namespace: k.namespace.clone(),
+                        workload: workload.clone(),
+                        labels: labels.clone(),
+                    }),
+                );
+            }
+        }
+    }
+    out.shrink_to_fit();
+    out
+}
+
 /// The live index behind an `ArcSwap`: the `EndpointSource` for Kubernetes services.
 #[derive(Debug)]
 pub struct DiscoveredEndpoints {
@@ -597,6 +638,10 @@ impl EndpointSource for DiscoveredEndpoints {
 
     fn host_of_ip(&self, ip: IpAddr) -> Option<String> {
         self.index.load().host_of_cluster_ip(ip).map(str::to_string)
+    }
+
+    fn pod_of_ip(&self, ip: IpAddr) -> Option<Arc<PodIdentity>> {
+        self.index.load().pod_of_ip(ip).cloned()
     }
 
     fn service_port(&self, ip: IpAddr, port: u16) -> Option<crate::rules::ServicePort> {
@@ -654,13 +699,15 @@ mod tests {
         })
     }
 
+    /// A pod with `labels`, of the workload `<app>-<version>` (its Deployment).
     fn pod(labels: &[(&str, &str)]) -> Object {
-        Object::Pod(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let workload = format!("{}-{}", get("app"), get("version"));
+        Object::Pod(labels, workload.into_boxed_str())
     }
 
     fn listed(store: &mut Store, kind: Kind, part: &Part, objs: Vec<(&str, &str, Object)>) {
@@ -747,6 +794,20 @@ mod tests {
             ],
         );
         s
+    }
+
+    #[test]
+    fn pods_by_address_name_their_workload_ready_or_not() {
+        let s = reviews_store();
+        let d = publish(&s, &all);
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        let v1 = d.pod_of_ip(ip("10.0.0.1")).unwrap();
+        assert_eq!((&*v1.namespace, &*v1.workload), ("shop", "reviews-v1"));
+        assert_eq!(v1.labels.get("version").map(String::as_str), Some("v1"));
+        // Not ready (still sending traffic, e.g. while starting): known too.
+        let z = d.pod_of_ip(ip("10.0.0.3")).unwrap();
+        assert_eq!(&*z.workload, "reviews-v2");
+        assert_eq!(d.pod_of_ip(ip("10.0.0.9")), None);
     }
 
     #[test]
@@ -1014,6 +1075,7 @@ mod tests {
         let only_ratings = |_: &str, h: &str| h.starts_with("ratings.");
         let d = publish(&s, &only_ratings);
         assert_eq!(addrs(&d, "reviews.shop.svc.cluster.local", 9080, &[]), None);
+        drop(d);
         let d = publish(&s, &all);
         assert_eq!(addrs(&d, "legacy.shop.svc.cluster.local", 80, &[]), None);
         drop(d);
@@ -1066,8 +1128,8 @@ mod tests {
         let e = &idx.host("reviews.shop").unwrap().ports[0].endpoints[0];
         assert_eq!(
             e.labels.as_ref().map(Arc::strong_count),
-            Some(3),
-            "store set + index"
+            Some(4),
+            "store set + index's endpoint + index's pod by address"
         );
         assert_eq!(
             e.pod.as_ref().map(Arc::strong_count),

@@ -1,21 +1,90 @@
 //! What each HTTP request leaves behind: the Istio standard metrics and the access-log line.
 
 use super::ReqCtx;
-use crate::state::{Direction, Settings};
-use crate::telemetry::{flags, HttpLabelsRef, HttpLogEntry, Metrics};
+use crate::state::{Direction, Shared};
+use crate::telemetry::peer::{peer_of, security_policy, PeerFacts};
+use crate::telemetry::{flags, HttpLabelsRef, HttpLogEntry, Peer};
 use pingora::proxy::Session;
 use pingora::Error;
+use std::sync::Arc;
 
-/// Record the finished request `ctx` (failed with `e`, if it did) in `metrics` and the access
+/// The other side's labels: inbound, the client (its mTLS principal, its pod by address,
+/// decided once per mTLS connection); outbound, the endpoint the request went to (the server's
+/// SPIFFE id over mTLS, its pod by address, its labels in the rules). `unknown` (without an
+/// allocation) when nothing is known.
+fn peer_labels(dir: Direction, shared: &Shared, session: &Session, ctx: &ReqCtx) -> Arc<Peer> {
+    let snap = shared.snapshot.load();
+    let cluster = &shared.settings.workload.plain.cluster;
+    match dir {
+        Direction::Inbound => {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let pod = || ip.and_then(|ip| snap.endpoints.pod_of_ip(ip));
+            if let Some(info) = &ctx.peer_identity {
+                return info
+                    .labels
+                    .get_or_init(|| {
+                        Arc::new(peer_of(&PeerFacts {
+                            principal: Some(&info.principal),
+                            pod: pod().as_deref(),
+                            exchanged: ctx.exchanged.as_deref(),
+                            endpoint_labels: None,
+                            cluster,
+                        }))
+                    })
+                    .clone();
+            }
+            match pod() {
+                None => Peer::unknown(),
+                Some(p) => Arc::new(peer_of(&PeerFacts {
+                    pod: Some(&p),
+                    cluster,
+                    ..Default::default()
+                })),
+            }
+        }
+        Direction::Outbound => {
+            let Some(addr) = ctx.upstream else {
+                return Peer::unknown();
+            };
+            let principal = shared
+                .identity
+                .as_ref()
+                .filter(|_| ctx.mesh_upstream)
+                .and_then(|id| id.servers.get(addr));
+            let pod = snap.endpoints.pod_of_ip(addr.ip());
+            let endpoint_labels = ctx
+                .policy
+                .as_ref()
+                .and_then(|rp| rp.endpoints.iter().find(|e| e.addr == addr))
+                .map(|e| &e.labels)
+                .filter(|l| !l.is_empty());
+            if principal.is_none() && pod.is_none() && endpoint_labels.is_none() {
+                return Peer::unknown();
+            }
+            Arc::new(peer_of(&PeerFacts {
+                principal: principal.as_deref(),
+                pod: pod.as_deref(),
+                exchanged: ctx.exchanged.as_deref(),
+                endpoint_labels,
+                cluster,
+            }))
+        }
+    }
+}
+
+/// Record the finished request `ctx` (failed with `e`, if it did) in the metrics and the access
 /// log.
 pub(super) fn record(
     dir: Direction,
-    s: &Settings,
-    metrics: &Metrics,
+    shared: &Shared,
     session: &Session,
     e: Option<&Error>,
     ctx: &mut ReqCtx,
 ) {
+    let (s, metrics) = (&shared.settings, &*shared.metrics);
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
@@ -43,31 +112,18 @@ pub(super) fn record(
     } else {
         "http"
     };
-    let (sw, sns, dw, dns) = match dir {
-        Direction::Outbound => (
-            s.workload.name.as_str(),
-            s.workload.namespace.as_str(),
-            "unknown",
-            "unknown",
-        ),
-        Direction::Inbound => (
-            "unknown",
-            "unknown",
-            s.workload.name.as_str(),
-            s.workload.namespace.as_str(),
-        ),
-    };
-    let security = if ctx.mesh_upstream || ctx.peer_identity.is_some() {
-        "mutual_tls"
-    } else {
-        "none"
+    let mutual_tls = ctx.mesh_upstream || ctx.peer_identity.is_some();
+    let security = security_policy(dir == Direction::Inbound, mutual_tls);
+    let me = s.workload.labels(mutual_tls);
+    let peer = peer_labels(dir, shared, session, ctx);
+    let (source, destination) = match dir {
+        Direction::Outbound => (me, &peer),
+        Direction::Inbound => (&peer, me),
     };
     let labels = HttpLabelsRef {
         reporter: dir.reporter(),
-        source_workload: sw,
-        source_workload_namespace: sns,
-        destination_workload: dw,
-        destination_workload_namespace: dns,
+        source,
+        destination,
         destination_service: &ctx.destination_service,
         request_protocol: if ctx.grpc { "grpc" } else { "http" },
         response_code: status,
@@ -100,7 +156,8 @@ pub(super) fn record(
             request_id: std::mem::take(&mut ctx.request_id),
             traceparent: ctx.traceparent.take(),
             error: ctx.error.take(),
-            connection_security_policy: security,
+            // The log says what the hop was (`none`: plain text), on both sides.
+            connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
             peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
             tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
         },

@@ -12,6 +12,7 @@
 mod admission;
 pub mod authz;
 mod cors;
+mod exchange;
 mod failure;
 mod fault;
 mod grpc_status;
@@ -56,6 +57,8 @@ pub struct ReqCtx {
     mesh_upstream: bool,
     /// The client's identity, when it came over mesh mTLS (inbound).
     peer_identity: Option<std::sync::Arc<crate::mtls::inbound::PeerInfo>>,
+    /// What the peer sidecar said of itself in Istio's metadata exchange (over mesh mTLS only).
+    exchanged: Option<Arc<telemetry::Peer>>,
     authority: String,
     method: String,
     path: String,
@@ -239,6 +242,7 @@ impl ProxyHttp for MeshHttp {
             upstream_h2: false,
             mesh_upstream: false,
             peer_identity: None,
+            exchanged: None,
             authority: String::new(),
             method: String::new(),
             path: String::new(),
@@ -282,6 +286,7 @@ impl ProxyHttp for MeshHttp {
                 .and_then(|a| self.shared.peers.get(*a));
         }
         note_request(session.req_header(), ctx);
+        exchange::on_request(self.dir, session.req_header(), ctx);
         request_id::ensure(session, ctx)?;
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;
@@ -384,7 +389,13 @@ impl ProxyHttp for MeshHttp {
         upstream_request: &mut RequestHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
-        rewrite::upstream_request(upstream_request, ctx)
+        rewrite::upstream_request(upstream_request, ctx)?;
+        exchange::on_upstream_request(
+            self.dir,
+            upstream_request,
+            ctx,
+            &self.shared.settings.workload,
+        )
     }
 
     async fn request_body_filter(
@@ -438,6 +449,12 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         rewrite::response(upstream_response, ctx)?;
+        exchange::on_response(
+            self.dir,
+            upstream_response,
+            ctx,
+            &self.shared.settings.workload,
+        )?;
         grpc_status::note_upstream(ctx, &upstream_response.headers);
         Ok(())
     }
@@ -472,13 +489,6 @@ impl ProxyHttp for MeshHttp {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
-        log::record(
-            self.dir,
-            &self.shared.settings,
-            &self.shared.metrics,
-            session,
-            e,
-            ctx,
-        );
+        log::record(self.dir, &self.shared, session, e, ctx);
     }
 }

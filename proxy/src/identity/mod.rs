@@ -60,6 +60,9 @@ pub struct Identity {
     pub config: IdentityConfig,
     current: ArcSwapOption<Material>,
     status: Mutex<Status>,
+    /// The SPIFFE ids outbound mTLS servers presented, by endpoint (for the metrics'
+    /// `destination_principal` of requests on pooled connections).
+    pub servers: crate::mtls::outbound::ServerIds,
 }
 
 impl Identity {
@@ -68,6 +71,7 @@ impl Identity {
             config,
             current: ArcSwapOption::empty(),
             status: Mutex::new(Status::default()),
+            servers: Default::default(),
         }
     }
 

@@ -25,6 +25,9 @@ pub struct PeerInfo {
     pub tls_version: &'static str,
     /// The ALPN value agreed.
     pub alpn: Option<String>,
+    /// The client's labels in metrics, decided at the connection's first request
+    /// (`telemetry::peer::peer_of`) and kept for its life.
+    pub labels: std::sync::OnceLock<Arc<crate::telemetry::Peer>>,
 }
 
 /// The identities of the inbound mTLS connections open now, by client address.
@@ -123,6 +126,7 @@ pub async fn terminate(
         alpn: conn
             .alpn_protocol()
             .map(|a| String::from_utf8_lossy(a).into_owned()),
+        labels: Default::default(),
     });
     let entry = client.map(|c| peers.insert(c, info.clone()));
     let digest = super::socket::digest_of(fd, digest.as_deref());
@@ -138,6 +142,7 @@ mod tests {
             principal: principal.to_string(),
             tls_version: "TLSv1_3",
             alpn: None,
+            labels: Default::default(),
         })
     }
 

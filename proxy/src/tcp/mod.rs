@@ -34,6 +34,8 @@ struct TcpPlan {
     balanced: bool,
     /// Mesh mTLS to the target (`mtls::decide`): what the server's identity must be.
     mesh: Option<crate::mtls::outbound::Expect>,
+    /// The target endpoint's labels in the rules (for the destination's labels in metrics).
+    endpoint_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl TcpPlan {
@@ -46,6 +48,7 @@ impl TcpPlan {
             tls: None,
             balanced: false,
             mesh: None,
+            endpoint_labels: None,
         }
     }
 }
@@ -119,6 +122,10 @@ async fn tcp_decision(
         }
     };
     let balanced = picked.is_some();
+    let endpoint_labels = picked
+        .and_then(|a| f.endpoints.iter().find(|e| e.addr == a))
+        .map(|e| e.labels.clone())
+        .filter(|l| !l.is_empty());
     let target = match picked {
         Some(a) => a,
         None if f.resolve_by_dns => resolver
@@ -135,6 +142,7 @@ async fn tcp_decision(
         tls,
         balanced,
         mesh,
+        endpoint_labels,
     })
 }
 
@@ -192,17 +200,18 @@ pub async fn proxy(
         Direction::Outbound => tcp_decision(shared, resolver, dst, sni.as_deref(), peer).await,
         Direction::Inbound => Ok(TcpPlan::direct(dst)),
     };
-    let mut labels = tcp_labels(dir, s, dst);
     // Inbound over mesh mTLS: the client's identity (the listener terminated its TLS).
-    let peer_principal = match (dir, peer) {
-        (Direction::Inbound, Some(p)) if shared.identity.is_some() => {
-            shared.peers.get(p).map(|i| i.principal.clone())
-        }
+    let peer_info = match (dir, peer) {
+        (Direction::Inbound, Some(p)) if shared.identity.is_some() => shared.peers.get(p),
         _ => None,
     };
-    if peer_principal.is_some() {
-        labels.connection_security_policy = "mutual_tls";
-    }
+    let peer_principal = peer_info.as_ref().map(|i| i.principal.clone());
+    // The other side as far as known now: inbound, the client; outbound, not chosen yet.
+    let other = match dir {
+        Direction::Inbound => tcp_peer(shared, peer, peer_info.as_deref(), None, None),
+        Direction::Outbound => telemetry::Peer::unknown(),
+    };
+    let mut labels = tcp_labels(dir, s, dst, other, peer_info.is_some());
     let metrics = &*shared.metrics;
     let refuse = |labels: &mut TcpLabels, flag: &str, reason: String| {
         // Refused by the rules (e.g. REGISTRY_ONLY) or a connection limit: close, count, log.
@@ -226,7 +235,7 @@ pub async fn proxy(
                 bytes_received: 0,
                 bytes_sent: 0,
                 reason: Some(reason),
-                connection_security_policy: labels.connection_security_policy,
+                connection_security_policy: hop_security(labels.connection_security_policy),
                 peer_principal: peer_principal.clone(),
             },
         );
@@ -277,10 +286,6 @@ pub async fn proxy(
         s.connect_timeout
             .min(d.policy.connection_pool.connect_timeout)
     });
-    if plan.mesh.is_some() {
-        labels.connection_security_policy = "mutual_tls";
-    }
-    metrics.tcp_open(&labels);
     let connected =
         upstream::connect_tcp(target, bind, s.inbound_bind_fallback, connect_timeout).await;
     if let Some((d, total)) = plan.dest.as_ref().filter(|_| plan.balanced) {
@@ -290,69 +295,87 @@ pub async fn proxy(
         };
         d.record(target, seen, *total);
     }
-    let (upstream, received, sent, reason) = match connected {
-        Ok(up) if plan.mesh.is_some() => {
+    // The upstream stream (after mesh mTLS or TLS origination), the server's SPIFFE id (mesh
+    // mTLS), or why there is none.
+    let (up, server_id, local) = match connected {
+        Ok(up) => {
             let local = up.local_addr().ok();
-            let handshake = match (shared.identity.as_ref(), plan.mesh.as_ref()) {
-                (Some(identity), Some(expect)) => {
-                    crate::mtls::outbound::handshake(
-                        identity,
-                        crate::identity::Carried::Tcp,
-                        expect,
-                        up,
-                        connect_timeout,
-                    )
-                    .await
-                }
-                _ => Err("no workload identity".to_string()),
-            };
-            match handshake {
-                Ok((mut tls, _server)) => {
-                    let end = copy_with_idle(&mut down, &mut tls, idle).await;
-                    let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
-                    (local, rx, tx, why)
-                }
-                Err(e) => {
-                    labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
-                    metrics
-                        .mtls_failures
-                        .with_label_values(&["outbound", "handshake"])
-                        .inc();
-                    warn!(listener = dir.as_str(), %dst, %target, "tcp upstream mTLS failed: {e}");
-                    (local, 0, 0, Some(format!("mtls: {e}")))
-                }
-            }
-        }
-        Ok(mut up) => {
-            let local = up.local_addr().ok();
-            match &plan.tls {
-                None => {
-                    let end = copy_with_idle(&mut down, &mut up, idle).await;
-                    let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
-                    (local, rx, tx, why)
-                }
-                Some((config, sni)) => {
-                    match upstream::tls_connect(config.clone(), sni, up, connect_timeout).await {
-                        Ok(mut tls) => {
-                            let end = copy_with_idle(&mut down, &mut tls, idle).await;
-                            let (rx, tx, why) =
-                                copy_outcome(metrics, dir, target, idle, &mut labels, end);
-                            (local, rx, tx, why)
+            match (&plan.mesh, &plan.tls) {
+                (Some(expect), _) => {
+                    let handshake = match shared.identity.as_ref() {
+                        Some(identity) => {
+                            crate::mtls::outbound::handshake(
+                                identity,
+                                crate::identity::Carried::Tcp,
+                                expect,
+                                up,
+                                connect_timeout,
+                            )
+                            .await
+                        }
+                        None => Err("no workload identity".to_string()),
+                    };
+                    match handshake {
+                        Ok((tls, server)) => {
+                            (Ok(Upstream::Tls(Box::new(tls))), Some(server), local)
                         }
                         Err(e) => {
-                            labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+                            metrics
+                                .mtls_failures
+                                .with_label_values(&["outbound", "handshake"])
+                                .inc();
+                            warn!(listener = dir.as_str(), %dst, %target, "tcp upstream mTLS failed: {e}");
+                            (Err(format!("mtls: {e}")), None, local)
+                        }
+                    }
+                }
+                (None, None) => (Ok(Upstream::Plain(up)), None, local),
+                (None, Some((config, sni))) => {
+                    match upstream::tls_connect(config.clone(), sni, up, connect_timeout).await {
+                        Ok(tls) => (Ok(Upstream::Tls(Box::new(tls))), None, local),
+                        Err(e) => {
                             warn!(listener = dir.as_str(), %dst, %target, "tcp upstream TLS handshake failed: {e}");
-                            (local, 0, 0, Some(format!("tls: {e}")))
+                            (Err(format!("tls: {e}")), None, local)
                         }
                     }
                 }
             }
         }
         Err(e) => {
-            labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
             warn!(listener = dir.as_str(), %dst, %target, "tcp upstream connect failed: {e}");
-            (None, 0, 0, Some(format!("connect: {e}")))
+            (Err(format!("connect: {e}")), None, None)
         }
+    };
+    if dir == Direction::Outbound {
+        // The destination: the endpoint connected to, and over mesh mTLS the identity its
+        // certificate proved.
+        let mutual_tls = plan.mesh.is_some();
+        labels.destination = tcp_peer(
+            shared,
+            Some(target),
+            None,
+            server_id.as_deref(),
+            plan.endpoint_labels.as_ref(),
+        );
+        labels.source = s.workload.labels(mutual_tls).clone();
+        labels.connection_security_policy = telemetry::peer::security_policy(false, mutual_tls);
+    }
+    if up.is_err() {
+        labels.response_flags = flags::UPSTREAM_CONNECT_FAILURE.to_string();
+    }
+    metrics.tcp_open(&labels);
+    let (upstream, received, sent, reason) = match up {
+        Ok(Upstream::Tls(mut tls)) => {
+            let end = copy_with_idle(&mut down, &mut tls, idle).await;
+            let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
+            (local, rx, tx, why)
+        }
+        Ok(Upstream::Plain(mut up)) => {
+            let end = copy_with_idle(&mut down, &mut up, idle).await;
+            let (rx, tx, why) = copy_outcome(metrics, dir, target, idle, &mut labels, end);
+            (local, rx, tx, why)
+        }
+        Err(why) => (local, 0, 0, Some(why)),
     };
     metrics.tcp_close(&labels, received, sent);
     s.access_log.write(
@@ -371,35 +394,83 @@ pub async fn proxy(
             bytes_received: received,
             bytes_sent: sent,
             reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
-            connection_security_policy: labels.connection_security_policy,
+            connection_security_policy: hop_security(labels.connection_security_policy),
             peer_principal,
         },
     );
 }
 
-fn tcp_labels(dir: Direction, s: &Settings, dst: SocketAddr) -> TcpLabels {
-    let (sw, sns, dw, dns) = match dir {
-        Direction::Outbound => (
-            s.workload.name.clone(),
-            s.workload.namespace.clone(),
-            "unknown".to_string(),
-            "unknown".to_string(),
-        ),
-        Direction::Inbound => (
-            "unknown".to_string(),
-            "unknown".to_string(),
-            s.workload.name.clone(),
-            s.workload.namespace.clone(),
-        ),
+/// What the access log says of the hop: `mutual_tls` or `none` (plain text), on both sides.
+fn hop_security(policy: &'static str) -> &'static str {
+    if policy == "mutual_tls" {
+        policy
+    } else {
+        "none"
+    }
+}
+
+/// A connected upstream: TLS (mesh mTLS or origination) or plain.
+enum Upstream {
+    /// Boxed: a TLS stream is a kilobyte, a TCP stream a few words.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Plain(tokio::net::TcpStream),
+}
+
+/// The other side's labels of a TCP connection: inbound, the client at `addr` (its mTLS
+/// identity `info`, decided once per connection); outbound, the endpoint `addr` (the server's
+/// SPIFFE id `server` over mesh mTLS, the endpoint's labels in the rules). Its pod by address
+/// from discovery either way.
+fn tcp_peer(
+    shared: &Shared,
+    addr: Option<SocketAddr>,
+    info: Option<&crate::mtls::inbound::PeerInfo>,
+    server: Option<&str>,
+    endpoint_labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Arc<telemetry::Peer> {
+    let snap = shared.snapshot.load();
+    let pod = addr.and_then(|a| snap.endpoints.pod_of_ip(a.ip()));
+    let facts = |principal| telemetry::peer::PeerFacts {
+        principal,
+        pod: pod.as_deref(),
+        exchanged: None,
+        endpoint_labels,
+        cluster: &shared.settings.workload.plain.cluster,
+    };
+    if let Some(info) = info {
+        let f = facts(Some(&info.principal));
+        return info
+            .labels
+            .get_or_init(|| Arc::new(telemetry::peer::peer_of(&f)))
+            .clone();
+    }
+    if server.is_none() && pod.is_none() && endpoint_labels.is_none() {
+        return telemetry::Peer::unknown();
+    }
+    Arc::new(telemetry::peer::peer_of(&facts(server)))
+}
+
+/// The labels of a connection on `dir` to `dst`, `other` being the other side.
+fn tcp_labels(
+    dir: Direction,
+    s: &Settings,
+    dst: SocketAddr,
+    other: Arc<telemetry::Peer>,
+    mutual_tls: bool,
+) -> TcpLabels {
+    let me = s.workload.labels(mutual_tls).clone();
+    let (source, destination) = match dir {
+        Direction::Outbound => (me, other),
+        Direction::Inbound => (other, me),
     };
     TcpLabels {
         reporter: dir.reporter(),
-        source_workload: sw,
-        source_workload_namespace: sns,
-        destination_workload: dw,
-        destination_workload_namespace: dns,
+        source,
+        destination,
         destination_service: dst.to_string(),
         response_flags: flags::NONE.to_string(),
-        connection_security_policy: "none",
+        connection_security_policy: telemetry::peer::security_policy(
+            dir == Direction::Inbound,
+            mutual_tls,
+        ),
     }
 }

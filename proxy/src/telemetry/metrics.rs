@@ -8,13 +8,14 @@
 //! the per-thread HTTP series caches, whose entries carry their handle's number), so two proxies
 //! (or two tests) in one process count apart.
 
+use super::Peer;
 use prometheus::core::Collector;
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 
 /// Istio's request duration buckets (milliseconds).
 const DURATION_BUCKETS_MS: &[f64] = &[
@@ -35,12 +36,25 @@ const SIZE_BUCKETS: &[f64] = &[
     1000000000.0,
 ];
 
+/// Istio's standard labels of the HTTP families, in the order [`HttpLabels::values`] gives them.
 const HTTP_LABELS: &[&str] = &[
     "reporter",
     "source_workload",
     "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -51,12 +65,25 @@ const HTTP_LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
+/// Istio's standard labels of the TCP families, in the order [`TcpLabels::values`] gives them.
 const TCP_LABELS: &[&str] = &[
     "reporter",
     "source_workload",
     "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -64,6 +91,22 @@ const TCP_LABELS: &[&str] = &[
     "response_flags",
     "connection_security_policy",
 ];
+
+/// A side's eight identity labels, in the families' order.
+fn push_peer(out: &mut Vec<String>, p: &Peer) {
+    for v in [
+        &p.workload,
+        &p.namespace,
+        &p.principal,
+        &p.app,
+        &p.version,
+        &p.canonical_service,
+        &p.canonical_revision,
+        &p.cluster,
+    ] {
+        out.push(v.to_string());
+    }
+}
 
 /// The proxy's metrics handle: its registry and every metric family. Created once at start-up
 /// ([`Metrics::new`]) and shared as an `Arc`.
@@ -740,16 +783,14 @@ fn service_name_ns(service: &str) -> (String, String) {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpLabels {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
     pub destination_service: String,
     pub request_protocol: &'static str,
     pub response_code: u16,
     pub grpc_response_status: String,
     pub response_flags: String,
-    /// `mutual_tls` or `none`.
+    /// `mutual_tls`, `none` or `unknown` (`peer::security_policy`).
     pub connection_security_policy: &'static str,
 }
 
@@ -757,16 +798,14 @@ pub struct HttpLabels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HttpLabelsRef<'a> {
     pub reporter: &'static str,
-    pub source_workload: &'a str,
-    pub source_workload_namespace: &'a str,
-    pub destination_workload: &'a str,
-    pub destination_workload_namespace: &'a str,
+    pub source: &'a Arc<Peer>,
+    pub destination: &'a Arc<Peer>,
     pub destination_service: &'a str,
     pub request_protocol: &'static str,
     pub response_code: u16,
     pub grpc_response_status: &'a str,
     pub response_flags: &'a str,
-    /// `mutual_tls` or `none`.
+    /// `mutual_tls`, `none` or `unknown` (`peer::security_policy`).
     pub connection_security_policy: &'static str,
 }
 
@@ -774,10 +813,8 @@ impl HttpLabelsRef<'_> {
     fn owned(self) -> HttpLabels {
         HttpLabels {
             reporter: self.reporter,
-            source_workload: self.source_workload.to_string(),
-            source_workload_namespace: self.source_workload_namespace.to_string(),
-            destination_workload: self.destination_workload.to_string(),
-            destination_workload_namespace: self.destination_workload_namespace.to_string(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
             destination_service: self.destination_service.to_string(),
             request_protocol: self.request_protocol,
             response_code: self.response_code,
@@ -793,10 +830,8 @@ impl HttpLabels {
     pub fn as_ref(&self) -> HttpLabelsRef<'_> {
         HttpLabelsRef {
             reporter: self.reporter,
-            source_workload: &self.source_workload,
-            source_workload_namespace: &self.source_workload_namespace,
-            destination_workload: &self.destination_workload,
-            destination_workload_namespace: &self.destination_workload_namespace,
+            source: &self.source,
+            destination: &self.destination,
             destination_service: &self.destination_service,
             request_protocol: self.request_protocol,
             response_code: self.response_code,
@@ -808,12 +843,11 @@ impl HttpLabels {
 
     fn values(&self) -> Vec<String> {
         let (svc_name, svc_ns) = service_name_ns(&self.destination_service);
-        vec![
-            self.reporter.to_string(),
-            self.source_workload.clone(),
-            self.source_workload_namespace.clone(),
-            self.destination_workload.clone(),
-            self.destination_workload_namespace.clone(),
+        let mut v = Vec::with_capacity(HTTP_LABELS.len());
+        v.push(self.reporter.to_string());
+        push_peer(&mut v, &self.source);
+        push_peer(&mut v, &self.destination);
+        v.extend([
             self.destination_service.clone(),
             svc_name,
             svc_ns,
@@ -822,7 +856,8 @@ impl HttpLabels {
             self.grpc_response_status.clone(),
             self.response_flags.clone(),
             self.connection_security_policy.to_string(),
-        ]
+        ]);
+        v
     }
 }
 
@@ -830,32 +865,30 @@ impl HttpLabels {
 #[derive(Clone, Debug)]
 pub struct TcpLabels {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
     pub destination_service: String,
     pub response_flags: String,
-    /// `mutual_tls` or `none`.
+    /// `mutual_tls`, `none` or `unknown` (`peer::security_policy`).
     pub connection_security_policy: &'static str,
 }
 
 impl TcpLabels {
     fn values(&self) -> Vec<String> {
         let (svc_name, svc_ns) = service_name_ns(&self.destination_service);
-        vec![
-            self.reporter.to_string(),
-            self.source_workload.clone(),
-            self.source_workload_namespace.clone(),
-            self.destination_workload.clone(),
-            self.destination_workload_namespace.clone(),
+        let mut v = Vec::with_capacity(TCP_LABELS.len());
+        v.push(self.reporter.to_string());
+        push_peer(&mut v, &self.source);
+        push_peer(&mut v, &self.destination);
+        v.extend([
             self.destination_service.clone(),
             svc_name,
             svc_ns,
             "tcp".to_string(),
             self.response_flags.clone(),
             self.connection_security_policy.to_string(),
-        ]
+        ]);
+        v
     }
 }
 
@@ -882,10 +915,14 @@ mod tests {
     fn labels(workload: &str) -> HttpLabels {
         HttpLabels {
             reporter: "source",
-            source_workload: workload.into(),
-            source_workload_namespace: "ns1".into(),
-            destination_workload: "unknown".into(),
-            destination_workload_namespace: "unknown".into(),
+            source: Arc::new(crate::telemetry::peer::own(
+                workload,
+                "ns1",
+                &Default::default(),
+                "unknown",
+                "Kubernetes",
+            )),
+            destination: Peer::unknown(),
             destination_service: "reviews.ns1.svc.cluster.local".into(),
             request_protocol: "http",
             response_code: 200,
@@ -939,6 +976,94 @@ mod tests {
         assert!(prometheus::gather()
             .iter()
             .all(|f| f.name() != "istio_requests_total"));
+    }
+
+    #[test]
+    fn every_family_carries_istios_full_label_set() {
+        let m = Metrics::new(DEFAULT_SERIES_MAX).unwrap();
+        let mut l = labels("full-set");
+        l.destination = Arc::new(crate::telemetry::peer::own(
+            "reviews-v2",
+            "ns1",
+            &[("app", "reviews"), ("version", "v2")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            "spiffe://cluster.local/ns/ns1/sa/reviews",
+            "Kubernetes",
+        ));
+        m.record_http(&l, 1.0, 0, 0);
+        m.tcp_open(&TcpLabels {
+            reporter: "destination",
+            source: l.source.clone(),
+            destination: l.destination.clone(),
+            destination_service: "reviews.ns1.svc.cluster.local".into(),
+            response_flags: "-".into(),
+            connection_security_policy: "mutual_tls",
+        });
+        let text = m.text().unwrap();
+        let side = [
+            "workload",
+            "workload_namespace",
+            "principal",
+            "app",
+            "version",
+            "canonical_service",
+            "canonical_revision",
+            "cluster",
+        ];
+        let mut want: Vec<String> = vec!["reporter".into()];
+        for s in ["source", "destination"] {
+            want.extend(side.iter().map(|f| format!("{s}_{f}")));
+        }
+        want.extend(
+            [
+                "destination_service",
+                "destination_service_name",
+                "destination_service_namespace",
+                "request_protocol",
+                "response_flags",
+                "connection_security_policy",
+            ]
+            .map(String::from),
+        );
+        let names = |line: &str| -> Vec<String> {
+            let inner = &line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()];
+            let mut v: Vec<String> = inner
+                .split("\",")
+                .map(|kv| kv.split('=').next().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let line = |family: &str| {
+            text.lines()
+                .find(|x| x.starts_with(&format!("{family}{{")))
+                .unwrap_or_else(|| panic!("{family}:\n{text}"))
+                .to_string()
+        };
+        let mut tcp = want.clone();
+        tcp.sort();
+        assert_eq!(names(&line("istio_tcp_connections_opened_total")), tcp);
+        let mut http = want;
+        http.extend(["response_code".into(), "grpc_response_status".into()]);
+        http.sort();
+        let req = line("istio_requests_total");
+        assert_eq!(names(&req), http);
+        for v in [
+            "destination_workload=\"reviews-v2\"",
+            "destination_app=\"reviews\"",
+            "destination_version=\"v2\"",
+            "destination_canonical_revision=\"v2\"",
+            "destination_principal=\"spiffe://cluster.local/ns/ns1/sa/reviews\"",
+            "destination_cluster=\"Kubernetes\"",
+            "source_workload=\"full-set\"",
+            "source_canonical_service=\"full-set\"",
+            "source_canonical_revision=\"latest\"",
+            "source_principal=\"unknown\"",
+        ] {
+            assert!(req.contains(v), "{v}: {req}");
+        }
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! unchanged. `reporter` is `source` on the outbound side and `destination` on the inbound side.
 
 pub mod accesslog;
+pub mod exchange;
 pub mod metrics;
+pub mod peer;
 
 pub use accesslog::{AccessLog, HttpLogEntry, TcpLogEntry};
 pub use metrics::{
     DiscoveryMetrics, HttpLabels, HttpLabelsRef, MeshPlaintext, Metrics, RulesMetrics, TcpLabels,
 };
+pub use peer::Peer;
 
 /// `destination_service` of a request or connection the rules leave to its original
 /// destination (Istio's `PassthroughCluster`).
@@ -19,12 +22,20 @@ pub const PASSTHROUGH: &str = "PassthroughCluster";
 /// A label value that is not known (no service the configuration or discovery knows).
 pub const UNKNOWN: &str = "unknown";
 
-/// The identity of the workload this proxy runs beside (labels `source_workload` on outbound,
-/// `destination_workload` on inbound).
+/// The identity of the workload this proxy runs beside (labels `source_*` on outbound,
+/// `destination_*` on inbound).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
     pub name: String,
     pub namespace: String,
+    /// Its labels on a hop in plain text (principal `unknown`).
+    pub plain: std::sync::Arc<Peer>,
+    /// Its labels on a mutual-TLS hop (its SPIFFE id as principal, when it has one).
+    pub mtls: std::sync::Arc<Peer>,
+    /// Its `x-envoy-peer-metadata` and `-id` values for Istio's metadata exchange (empty: none
+    /// sent).
+    pub metadata: String,
+    pub metadata_id: String,
 }
 
 impl Workload {
@@ -44,9 +55,55 @@ impl Workload {
             .or_else(|| labels.get("app").cloned())
             .or_else(|| pod_name.filter(|s| !s.is_empty()).map(str::to_string))
             .unwrap_or_else(|| "unknown".to_string());
+        let plain = std::sync::Arc::new(peer::own(
+            &name,
+            namespace,
+            labels,
+            UNKNOWN,
+            peer::DEFAULT_CLUSTER,
+        ));
         Workload {
             name,
             namespace: namespace.to_string(),
+            mtls: plain.clone(),
+            plain,
+            metadata: String::new(),
+            metadata_id: String::new(),
+        }
+    }
+
+    /// The same workload with its pod labels, SPIFFE id (`None`: no workload identity) and
+    /// cluster id in its metric labels.
+    pub fn with_identity(
+        self,
+        labels: &std::collections::BTreeMap<String, String>,
+        principal: Option<&str>,
+        cluster: &str,
+    ) -> Workload {
+        let plain = peer::own(&self.name, &self.namespace, labels, UNKNOWN, cluster);
+        let mtls = principal.map_or_else(|| plain.clone(), |p| plain.with_principal(p));
+        Workload {
+            plain: std::sync::Arc::new(plain),
+            mtls: std::sync::Arc::new(mtls),
+            ..self
+        }
+    }
+
+    /// The same workload with its metadata-exchange values, for the pod `pod_name` at `ip`.
+    pub fn with_exchange(self, pod_name: &str, ip: &str, cluster_domain: &str) -> Workload {
+        Workload {
+            metadata: exchange::encode(&self.plain, pod_name),
+            metadata_id: exchange::encode_id(ip, pod_name, &self.namespace, cluster_domain),
+            ..self
+        }
+    }
+
+    /// Its labels on a hop over mutual TLS or not.
+    pub fn labels(&self, mutual_tls: bool) -> &std::sync::Arc<Peer> {
+        if mutual_tls {
+            &self.mtls
+        } else {
+            &self.plain
         }
     }
 }
@@ -91,13 +148,7 @@ mod tests {
         let mut labels = BTreeMap::new();
         labels.insert("app".to_string(), "reviews".to_string());
         let w = Workload::derive(None, &labels, Some("reviews-v2-5f6d-abcde"), "ns1");
-        assert_eq!(
-            w,
-            Workload {
-                name: "reviews".into(),
-                namespace: "ns1".into()
-            }
-        );
+        assert_eq!((w.name.as_str(), w.namespace.as_str()), ("reviews", "ns1"));
         labels.insert(
             "app.kubernetes.io/name".to_string(),
             "reviews-k8s".to_string(),
