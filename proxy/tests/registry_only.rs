@@ -191,16 +191,23 @@ fn registry_only_black_holes_http_tcp_and_tls() {
             "{name}: {m}"
         );
     }
-    let blocked: Vec<_> = p
-        .access_log()
-        .into_iter()
-        .filter(|l| {
-            l["kind"] == "tcp"
-                && l["response_flags"] == "NR"
-                && l["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("BlackHoleCluster"))
-        })
-        .collect();
+    // Lines reach stdout in the writer's next batch (within about 20 ms): wait, bounded.
+    let blocked = || -> Vec<_> {
+        p.access_log()
+            .into_iter()
+            .filter(|l| {
+                l["kind"] == "tcp"
+                    && l["response_flags"] == "NR"
+                    && l["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("BlackHoleCluster"))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while blocked().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let blocked = blocked();
     assert_eq!(blocked.len(), 2, "{blocked:?}");
 }
