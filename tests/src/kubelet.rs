@@ -493,6 +493,38 @@ pub fn map_path(path: &str, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
     })
 }
 
+/// The program an image of remora's runs when a container names no `command`: the `ENTRYPOINT`
+/// of the Dockerfile stage named after the image (`ghcr.io/remora-mesh/remora-proxy:TAG` → stage
+/// `proxy`), as its file name (the lab's bin directory is first on PATH).
+pub fn image_entrypoint(image: &str) -> Option<String> {
+    let repo = image.rsplit('/').next()?;
+    let repo = repo.split([':', '@']).next()?;
+    let stage = repo.strip_prefix("remora-")?;
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
+    let text = std::fs::read_to_string(dockerfile).ok()?;
+    entrypoint_of_stage(&text, stage)
+}
+
+fn entrypoint_of_stage(dockerfile: &str, stage: &str) -> Option<String> {
+    let mut current = None::<String>;
+    for line in dockerfile.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let words: Vec<&str> = from.split_whitespace().collect();
+            current = match words.as_slice() {
+                [_, kw, name] if kw.eq_ignore_ascii_case("AS") => Some(name.to_string()),
+                _ => None,
+            };
+        } else if let Some(ep) = line.strip_prefix("ENTRYPOINT ") {
+            if current.as_deref() == Some(stage) {
+                let argv: Vec<String> = serde_json::from_str(ep).ok()?;
+                let first = argv.first()?;
+                return Some(first.rsplit('/').next().unwrap_or(first).to_string());
+            }
+        }
+    }
+    None
+}
+
 /// Path-valued settings of our programs with their in-container defaults (docs/architecture.md);
 /// the lab points them at the directories "mounted" there.
 const PATH_ENV: &[(&str, &str)] = &[
@@ -529,6 +561,15 @@ fn start_container(
         }
     }
     let mut argv: Vec<String> = Vec::new();
+    if c.get("command").is_none() {
+        // The image's ENTRYPOINT, as a container runtime takes it: known for remora's own
+        // images (from the Dockerfile), by the program's name (the bin directory is on PATH).
+        let image = str_at(c, "/image").unwrap_or_default();
+        let entrypoint = image_entrypoint(image).ok_or_else(|| {
+            anyhow!("container {name} has no command and image {image:?} is not one of remora's (the lab runs commands from the spec, not images)")
+        })?;
+        argv.push(entrypoint);
+    }
     for part in ["command", "args"] {
         for a in c.get(part).and_then(Value::as_array).into_iter().flatten() {
             let a = a
@@ -537,7 +578,7 @@ fn start_container(
             argv.push(expand(a, &env));
         }
     }
-    if c.get("command").is_none() || argv.is_empty() {
+    if argv.is_empty() {
         bail!("container {name} has no command: the lab runs commands from the spec, not images");
     }
     // Arguments naming a mounted path are pointed at the lab directory as well.
@@ -748,6 +789,23 @@ pub fn restart_containers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_of_remora_run_their_dockerfile_entrypoint() {
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-proxy:0.1.0").as_deref(),
+            Some("remora-proxy")
+        );
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-webhook:0.1.0").as_deref(),
+            Some("remora-webhook")
+        );
+        assert_eq!(image_entrypoint("docker.io/library/nginx:1"), None);
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-nothing:1"),
+            None
+        );
+    }
 
     #[test]
     fn env_resolves_downward_api_and_expands() {

@@ -31,6 +31,10 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// to [`NODE_IP`] in every pod.
 pub const CA_SERVICE: (&str, &str) = ("remora-ca", "remora-system");
 const GENERATED_RULES_FILE: &str = "lab-services.yaml";
+/// The namespace `manifests/gateway.yaml` installs the ingress gateway in.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+/// The ingress gateway's Service (and Deployment) in `manifests/gateway.yaml`.
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
 
 /// How a lab is built.
 #[derive(Debug, Clone)]
@@ -476,6 +480,7 @@ impl Lab {
                 | "DestinationRule"
                 | "ServiceEntry"
                 | "Sidecar"
+                | "Gateway"
                 | "PeerAuthentication"
                 | "AuthorizationPolicy"
                 | "RequestAuthentication" => {
@@ -640,6 +645,32 @@ impl Lab {
                 labels: p.labels.clone(),
             })
             .collect()
+    }
+
+    /// The ingress gateway as `manifests/gateway.yaml` ships it, applied unchanged: its
+    /// Deployment's pod (the container's command is the image's entrypoint, `remora-proxy`,
+    /// with the manifest's `args` and env, as uid 1337; not injected, so no capture) and its
+    /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled` — with the rules
+    /// controller on, that label makes it write the namespace's `remora-mesh-rules` with what a
+    /// gateway sees (every namespace's Gateways, what is exported to it).
+    pub fn start_gateway(&mut self) -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let label = remora_model::compile::GATEWAY_LABEL;
+        let mut labels: Vec<(String, String)> = self
+            .namespaces
+            .get(GATEWAY_NAMESPACE)
+            .map(|n| n.labels.clone().into_iter().collect())
+            .unwrap_or_default();
+        labels.retain(|(k, _)| k != label.0 && k != "kubernetes.io/metadata.name");
+        labels.push((label.0.to_string(), label.1.to_string()));
+        let pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.create_namespace(GATEWAY_NAMESPACE, &pairs)?;
+        self.apply(&text, GATEWAY_NAMESPACE)
     }
 
     /// Start the control plane (webhook, mesh CA, rules controller when asked) on the node,

@@ -4,6 +4,7 @@
 //! (`$REMORA_SHARED/anchors/istio/networking/`, read in place).
 
 use remora_e2e::client::{sum, Sample};
+use remora_e2e::ingress;
 use remora_e2e::{Lab, LabOptions, Pod};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -1343,4 +1344,104 @@ fn authorization_and_jwt_between_pods() {
     );
     assert_eq!(get("bookinfo/client", "details", "/secure/x", &[]).0, 403);
     assert_eq!(get("bookinfo/client", "details", "/details/0", &[]).0, 200);
+}
+
+/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied unchanged (its pod runs
+/// the Deployment's container — `remora-proxy gateway`, uid 1337, not injected, no capture),
+/// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied as objects in `bookinfo`; the
+/// rules controller writes `istio-system`'s ConfigMap (the namespace is labelled
+/// `remora.dev/gateway=enabled`) with bookinfo's Gateway, the VirtualService bound to it and the
+/// Services' entries. A client outside the mesh gets the product page through the gateway,
+/// built by productpage from reviews v3 and ratings; an unmatched path is the gateway's 404.
+#[test]
+fn bookinfo_through_the_ingress_gateway() {
+    remora_corpus::require!("networking");
+    let mut lab = Lab::start(LabOptions {
+        rules_controller: true,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    lab.create_namespace("bookinfo", &[("istio-injection", "enabled")])
+        .unwrap();
+    let r = lab.apply(BOOKINFO, "bookinfo");
+    must(&lab, r);
+    let bound = rules(&[
+        &anchor("destination-rule-all.yaml"),
+        &anchor("virtual-service-reviews-v3.yaml"),
+        &anchor("bookinfo-gateway.yaml"),
+    ]);
+    let r = lab.apply(&bound, "bookinfo");
+    must(&lab, r);
+    let r = lab.start_gateway();
+    must(&lab, r);
+    let r = lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE);
+    must(&lab, r);
+    let gw = lab.pod("istio-system/istio-ingressgateway").unwrap();
+    assert!(!gw.reviewed && !gw.meshed, "the gateway is not injected");
+    let (_, containers) = gw.spec_containers();
+    assert_eq!(containers, ["istio-proxy"]);
+    assert!(
+        !must(&lab, lab.nat_rules(gw)).contains("REMORA"),
+        "no capture in the gateway's pod"
+    );
+    assert!(!lab.pod("outside/visitor").unwrap().meshed);
+
+    // The controller writes istio-system's ConfigMap a moment after the objects exist and the
+    // gateway reloads it: bounded wait for the first page.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no product page through the gateway within 30 s (last {} {:?})\n--- logs:\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            lab.logs(25)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cm = lab
+        .api()
+        .object("configmaps", "istio-system", "remora-mesh-rules")
+        .expect("the controller wrote istio-system's rules");
+    let keys: Vec<String> = cm["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    for k in [
+        "bookinfo.gateway.bookinfo-gateway.yaml",
+        "bookinfo.virtualservice.bookinfo.yaml",
+    ] {
+        assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
+    }
+    for _ in 0..10 {
+        let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        let v = r.json().unwrap();
+        assert_eq!(
+            ingress::page_chain(&v),
+            "productpage v1 ← reviews v3 ← ratings v1",
+            "{v}"
+        );
+        assert_eq!(v["details"]["service"], "details", "{v}");
+    }
+    let r = must(&lab, ingress::get(&lab, "visitor", "/admin"));
+    assert_eq!(r.status, 404, "{:?}", String::from_utf8_lossy(&r.body));
+    // The gateway counted the pages as the source of the requests.
+    let gw = lab.pod("istio-system/istio-ingressgateway").unwrap();
+    eventually_metrics(&lab, &[gw], |m| {
+        let n = sum(
+            &m[0],
+            REQ,
+            &[("reporter", "source"), ("response_code", "200")],
+        );
+        if n >= 11.0 {
+            Ok(())
+        } else {
+            Err(format!("gateway counted {n} pages, want at least 11"))
+        }
+    });
 }

@@ -1,0 +1,53 @@
+//! The ingress gateway in the lab, shared by the scenario (`tests/tests/scenarios.rs`) and the
+//! demo (`remora-lab demo`): Istio's `bookinfo-gateway.yaml` from the corpus, a client pod
+//! outside the mesh, and requests to the gateway's Service.
+
+use crate::client::HttpReply;
+use crate::lab::{Lab, GATEWAY_NAMESPACE, GATEWAY_SERVICE};
+use anyhow::Result;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// The namespace of the client outside the mesh (no injection label).
+pub const OUTSIDE_NAMESPACE: &str = "outside";
+
+/// A plain pod (no sidecar: its namespace is not labelled) to call the gateway from.
+pub const VISITOR: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: visitor, labels: {app: visitor}}\nspec:\n  containers:\n  - name: visitor\n    image: lab/lab-app:latest\n    command: [lab-app]\n    args: [http, --service, visitor, --port, \"9080\"]\n    readinessProbe: {tcpSocket: {port: 9080}}\n";
+
+/// A file of Istio's Bookinfo samples (`<shared>/anchors/istio/networking/NAME`: `$REMORA_SHARED`,
+/// else `shared/` next to the checkout); `None` when absent.
+pub fn bookinfo_sample(name: &str) -> Option<String> {
+    let shared = match std::env::var_os("REMORA_SHARED") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    };
+    std::fs::read_to_string(shared.join("anchors/istio/networking").join(name)).ok()
+}
+
+/// The host the gateway's Service is reached by from another namespace.
+pub fn gateway_host() -> String {
+    format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}")
+}
+
+/// `GET path` from pod `from` to the gateway's Service port 80 (the gateway listens on 8080).
+pub fn get(lab: &Lab, from: &str, path: &str) -> Result<HttpReply> {
+    let p = lab.pod(from)?;
+    lab.http(p, &gateway_host(), 80, path, &[])
+}
+
+/// Who built a product page: `productpage v1 ← reviews v3 ← ratings v1` (`?` for a missing
+/// part), from the lab app's JSON.
+pub fn page_chain(v: &Value) -> String {
+    let part = |v: &Value| {
+        format!(
+            "{} {}",
+            v["service"].as_str().unwrap_or("?"),
+            v["version"].as_str().unwrap_or("?")
+        )
+    };
+    let mut chain = vec![part(v), part(&v["reviews"])];
+    if v["reviews"].get("ratings").is_some() {
+        chain.push(part(&v["reviews"]["ratings"]));
+    }
+    chain.join(" ← ")
+}
