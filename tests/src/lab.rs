@@ -11,6 +11,8 @@ use crate::kubelet::{self, PodCtx, Running};
 use crate::labapi::LabApi;
 use crate::netns::Netns;
 use anyhow::{anyhow, bail, Context, Result};
+use remora_model::compile::View;
+use remora_webhook::rules_controller::plan::view as rules_view;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -131,6 +133,9 @@ struct Namespace {
     configmaps: BTreeMap<String, PathBuf>,
     user_rules: BTreeMap<String, String>,
     written_rules: Option<Vec<(String, String)>>,
+    /// Without the rules controller, in a namespace that runs a gateway: the gateway's view
+    /// the lab last wrote into its ConfigMap.
+    written_view: Option<Vec<(String, String)>>,
     /// With the rules controller: the objects the lab applied in this namespace
     /// (apiVersion, plural, name).
     applied: std::collections::BTreeSet<(String, String, String)>,
@@ -364,6 +369,7 @@ impl Lab {
                 configmaps,
                 user_rules: BTreeMap::new(),
                 written_rules: None,
+                written_view: None,
                 applied: Default::default(),
             },
         );
@@ -650,9 +656,9 @@ impl Lab {
     /// The ingress gateway as `manifests/gateway.yaml` ships it, applied unchanged: its
     /// Deployment's pod (the container's command is the image's entrypoint, `remora-proxy`,
     /// with the manifest's `args` and env, as uid 1337; not injected, so no capture) and its
-    /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled` — with the rules
-    /// controller on, that label makes it write the namespace's `remora-mesh-rules` with what a
-    /// gateway sees (every namespace's Gateways, what is exported to it).
+    /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled`: that label makes
+    /// the rules controller (or, without it, the lab) write the namespace's `remora-mesh-rules`
+    /// with what a gateway sees (every namespace's Gateways, what is exported to it).
     pub fn start_gateway(&mut self) -> Result<()> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
         let text = std::fs::read_to_string(&path)
@@ -927,16 +933,69 @@ impl Lab {
         } else {
             Vec::new()
         };
+        let gateway_only = rules_view(&space.labels) == Some(View::Gateway);
         if self.opts.rules_controller {
             self.apply_objects(ns, &files)?;
-        } else {
+        } else if !gateway_only {
             kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
         }
         if let Some(space) = self.namespaces.get_mut(ns) {
             space.written_rules = Some(files);
         }
+        if !self.opts.rules_controller {
+            self.write_gateway_views()?;
+        }
         if wait {
             self.wait_reloaded(ns, before)?;
+        }
+        Ok(())
+    }
+
+    /// Without the rules controller the lab stands in for it where a gateway runs: a namespace
+    /// labelled `remora.dev/gateway=enabled` (and not meshed) gets in its ConfigMap the
+    /// gateway's view of every namespace's rules (`remora_model::compile::render_view`), as the
+    /// controller writes it; objects the controller would leave out (invalid) are left out.
+    fn write_gateway_views(&mut self) -> Result<()> {
+        let gateways: Vec<String> = self
+            .namespaces
+            .iter()
+            .filter(|(_, n)| rules_view(&n.labels) == Some(View::Gateway))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if gateways.is_empty() {
+            return Ok(());
+        }
+        let mut checked = Vec::new();
+        for (ns, space) in &self.namespaces {
+            for (file, text) in space.written_rules.iter().flatten() {
+                for doc in serde_yaml_ng::Deserializer::from_str(text) {
+                    let mut v: Value = serde::Deserialize::deserialize(doc)
+                        .with_context(|| format!("namespace {ns}: rules file {file}"))?;
+                    if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        md.entry("namespace").or_insert_with(|| ns.clone().into());
+                    }
+                    if let Ok(c) = remora_model::compile::check(&v, "cluster.local") {
+                        checked.push(c);
+                    }
+                }
+            }
+        }
+        for g in gateways {
+            let view = remora_model::compile::render_view(
+                &checked,
+                &g,
+                &remora_model::compile::Settings::default(),
+                View::Gateway,
+            )
+            .map_err(|e| anyhow!("the gateway's rules for namespace {g}: {e}"))?;
+            let files: Vec<(String, String)> = view.data.into_iter().collect();
+            let Some(space) = self.namespaces.get_mut(&g) else {
+                continue;
+            };
+            if space.written_view.as_ref() != Some(&files) {
+                kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
+                space.written_view = Some(files);
+            }
         }
         Ok(())
     }

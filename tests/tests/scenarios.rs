@@ -1348,16 +1348,28 @@ fn authorization_and_jwt_between_pods() {
 
 /// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied unchanged (its pod runs
 /// the Deployment's container — `remora-proxy gateway`, uid 1337, not injected, no capture),
-/// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied as objects in `bookinfo`; the
-/// rules controller writes `istio-system`'s ConfigMap (the namespace is labelled
-/// `remora.dev/gateway=enabled`) with bookinfo's Gateway, the VirtualService bound to it and the
-/// Services' entries. A client outside the mesh gets the product page through the gateway,
-/// built by productpage from reviews v3 and ratings; an unmatched path is the gateway's 404.
+/// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied in `bookinfo`; `istio-system`
+/// (labelled `remora.dev/gateway=enabled`) gets in its ConfigMap bookinfo's Gateway, the
+/// VirtualService bound to it and the Services' entries — written by the rules controller from
+/// objects, as `kubectl apply` does. A client outside the mesh gets the product page through the
+/// gateway, built by productpage from reviews v3 and ratings; an unmatched path is the
+/// gateway's 404.
 #[test]
 fn bookinfo_through_the_ingress_gateway() {
+    gateway_scenario(true);
+}
+
+/// The same without the rules controller: the lab writes the gateway namespace's ConfigMap with
+/// the gateway's view (`remora_model::compile::render_view`), as `remora-lab up` runs it.
+#[test]
+fn bookinfo_through_the_ingress_gateway_without_the_controller() {
+    gateway_scenario(false);
+}
+
+fn gateway_scenario(rules_controller: bool) {
     remora_corpus::require!("networking");
     let mut lab = Lab::start(LabOptions {
-        rules_controller: true,
+        rules_controller,
         ..LabOptions::default()
     })
     .expect("lab starts");
@@ -1403,14 +1415,23 @@ fn bookinfo_through_the_ingress_gateway() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let cm = lab
-        .api()
-        .object("configmaps", "istio-system", "remora-mesh-rules")
-        .expect("the controller wrote istio-system's rules");
-    let keys: Vec<String> = cm["data"]
-        .as_object()
-        .map(|d| d.keys().cloned().collect())
-        .unwrap_or_default();
+    let keys: Vec<String> = if rules_controller {
+        let cm = lab
+            .api()
+            .object("configmaps", "istio-system", "remora-mesh-rules")
+            .expect("the controller wrote istio-system's rules");
+        cm["data"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    } else {
+        let dir = lab.dir().join("ns/istio-system/remora-mesh-rules");
+        std::fs::read_dir(&dir)
+            .expect("the lab wrote istio-system's rules")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with(".."))
+            .collect()
+    };
     for k in [
         "bookinfo.gateway.bookinfo-gateway.yaml",
         "bookinfo.virtualservice.bookinfo.yaml",
