@@ -175,8 +175,20 @@ fn bookinfo(opts: LabOptions) -> Result<Lab> {
 }
 
 fn up(opts: LabOptions) -> Result<()> {
+    use remora_e2e::ingress;
     let cancel = opts.cancel.clone();
-    let lab = bookinfo(opts)?;
+    let mut lab = bookinfo(opts)?;
+    // The ingress gateway with Istio's bookinfo-gateway.yaml, and a pod outside the mesh.
+    let sample = ingress::bookinfo_sample("bookinfo-gateway.yaml");
+    if let Some(sample) = &sample {
+        let started = lab
+            .set_rules("bookinfo", &format!("{DESTINATION_RULES}---\n{sample}"))
+            .and_then(|()| lab.start_gateway())
+            .and_then(|()| lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE));
+        if let Err(e) = started {
+            bail!("{e:#}\n--- container logs:\n{}", lab.logs(20));
+        }
+    }
     print_pods(&lab);
     println!("\nThe lab runs until Ctrl-C. Try, from another shell:");
     let client = lab.pod("client")?;
@@ -184,6 +196,14 @@ fn up(opts: LabOptions) -> Result<()> {
         "  ip netns exec {} curl -s http://productpage:9080/productpage",
         client.netns.name()
     );
+    match (&sample, lab.pod("outside/visitor")) {
+        (Some(_), Ok(visitor)) => println!(
+            "  ip netns exec {} curl -s http://{}/productpage   # outside the mesh, through the ingress gateway",
+            visitor.netns.name(),
+            ingress::gateway_host()
+        ),
+        _ => println!("  (no ingress gateway: Istio's bookinfo-gateway.yaml is not in shared/anchors/istio/networking)"),
+    }
     println!(
         "  ip netns exec {} iptables-save -t nat",
         client.netns.name()
