@@ -35,6 +35,22 @@ pub fn get(lab: &Lab, from: &str, path: &str) -> Result<HttpReply> {
     lab.http(p, &gateway_host(), 80, path, &[])
 }
 
+/// `GET path` with `Host: host` from pod `from` to the gateway's Service port 80 (as a client
+/// that resolved `host` to the gateway's address).
+pub fn get_host(lab: &Lab, from: &str, host: &str, path: &str) -> Result<HttpReply> {
+    let p = lab.pod(from)?;
+    let vip = lab.service(GATEWAY_NAMESPACE, GATEWAY_SERVICE)?.vip;
+    lab.rt.block_on(crate::client::http(
+        &p.netns,
+        std::net::SocketAddr::from((vip, 80)),
+        host,
+        "GET",
+        path,
+        &[],
+        std::time::Duration::from_secs(15),
+    ))
+}
+
 /// Who built a product page: `productpage v1 ← reviews v3 ← ratings v1` (`?` for a missing
 /// part), from the lab app's JSON.
 pub fn page_chain(v: &Value) -> String {

@@ -1451,6 +1451,45 @@ fn gateway_scenario(rules_controller: bool) {
     }
     let r = must(&lab, ingress::get(&lab, "visitor", "/admin"));
     assert_eq!(r.status, 404, "{:?}", String::from_utf8_lossy(&r.body));
+
+    // A weighted route applied at the gateway (a second VirtualService bound to Istio's
+    // Gateway, another host): reviews v1 80 %, v2 20 % by bookinfo's DestinationRule subsets.
+    const EDGE: &str = "reviews.example.com";
+    let split = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews-edge}}\nspec:\n  hosts: [{EDGE}]\n  gateways: [bookinfo-gateway]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 80}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}\n");
+    let r = lab.apply(&rules(&[&bound, &split]), "bookinfo");
+    must(&lab, r);
+    let version = |r: &remora_e2e::client::HttpReply| -> Option<String> {
+        let v = r.json().ok()?;
+        (v["service"] == "reviews").then(|| v["version"].as_str().unwrap_or("?").to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = must(&lab, ingress::get_host(&lab, "visitor", EDGE, "/reviews/0"));
+        if r.status == 200 && version(&r).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not route {EDGE} within 30 s (last {} {:?})",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = 200;
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..n {
+        let r = must(&lab, ingress::get_host(&lab, "visitor", EDGE, "/reviews/0"));
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        *seen.entry(version(&r).unwrap_or_default()).or_default() += 1;
+    }
+    let v1 = seen.get("v1").copied().unwrap_or(0);
+    let v2 = seen.get("v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "only v1 and v2: {seen:?}");
+    within_4_sigma("reviews v1 through the gateway", v1, n, 0.8);
+    // The product page is still served (the first VirtualService, host "*").
+    let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+    assert_eq!(r.status, 200);
     // The gateway counted the pages as the source of the requests.
     let gw = lab.pod("istio-system/istio-ingressgateway").unwrap();
     eventually_metrics(&lab, &[gw], |m| {
