@@ -261,6 +261,96 @@ pub fn virtual_service_for<'a>(
     best.map(|(_, vs)| vs)
 }
 
+/// Route a connection on a listener of `TCP` servers, or of `TLS`/`HTTPS` servers with
+/// `tls.mode: PASSTHROUGH` (`sni`: the name in the client's ClientHello; the gateway does not
+/// terminate it), as Istio's gateway does: the servers whose hosts match the SNI (TCP: every
+/// server of the port, Istio matches TCP by port only); among the VirtualServices bound to
+/// their Gateways (at the top or in a `tls`/`tcp` match) through a server host that admits the
+/// VirtualService's namespace (and matches the SNI), with `tls` (or `tcp`) routes and, for TLS,
+/// a host of its own that matches the SNI, the most specific (the first loaded on a tie; TCP:
+/// the first loaded); its first route that holds (`sniHosts`, `port` = the Gateway port,
+/// `sourceLabels` of the gateway pod, ...). Nothing holds: `Deny` (the gateway closes the
+/// connection). Not served by the proxy yet: the plan leaves such servers out.
+pub fn route_l4(
+    snap: &Snapshot,
+    listener: &Listener,
+    sni: Option<&str>,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let dst = std::net::SocketAddr::new(
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+        listener.gateway_port,
+    );
+    let name = sni
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+    let deny = |reason: String| Decision::Deny {
+        status: 404,
+        reason,
+    };
+    let servers: Vec<&BoundServer> = listener
+        .servers
+        .iter()
+        .filter(|b| {
+            name.as_deref()
+                .is_none_or(|n| b.server.hosts.iter().any(|h| h.score(n).is_some()))
+        })
+        .collect();
+    if servers.is_empty() {
+        return deny(format!(
+            "no Gateway server on port {} has host {:?}",
+            listener.gateway_port,
+            name.as_deref().unwrap_or("")
+        ));
+    }
+    let mut best: Option<(usize, &VirtualService, &str)> = None;
+    for vs in &snap.gateway_virtual_services {
+        let routes = if name.is_some() { &vs.tls } else { &vs.tcp };
+        if routes.is_empty() {
+            continue;
+        }
+        let ns = vs.meta.namespace.as_str();
+        let through = servers.iter().find(|b| {
+            let gw = std::slice::from_ref(&b.gateway);
+            let names_it = bound_to(ns, &vs.gateways, gw)
+                || routes
+                    .iter()
+                    .flat_map(|r| r.matches.iter())
+                    .any(|m| bound_to(ns, &m.gateways, gw));
+            names_it
+                && b.server.hosts.iter().any(|sh| {
+                    sh.admits_namespace(&b.gateway_namespace, ns)
+                        && name.as_deref().is_none_or(|n| sh.score(n).is_some())
+                })
+        });
+        let Some(b) = through else { continue };
+        let score = match name.as_deref() {
+            Some(n) => vs.hosts.iter().filter_map(|h| match_score(h, n)).max(),
+            None => Some(0),
+        };
+        if let Some(score) = score {
+            if best.is_none_or(|(s, _, _)| score > s) {
+                best = Some((score, vs, b.gateway.as_str()));
+            }
+        }
+    }
+    let what = if name.is_some() { "tls" } else { "tcp" };
+    let Some((_, vs, gateway)) = best else {
+        return deny(format!(
+            "no VirtualService with {what} routes is bound to a Gateway server on port {} for {:?}",
+            listener.gateway_port,
+            name.as_deref().unwrap_or("")
+        ));
+    };
+    route::route_l4_bound(snap, vs, name.as_deref(), dst, gateway, rng).unwrap_or_else(|| {
+        deny(format!(
+            "no {what} route of VirtualService {} holds on port {}",
+            vs.meta.key(),
+            listener.gateway_port
+        ))
+    })
+}
+
 /// The headers a gateway sets on a request it forwards, as Envoy does at the edge
 /// (`use_remote_address`): `x-forwarded-proto` is the client's scheme, and the client's
 /// address is appended to `x-forwarded-for` (the list it sent, if any, kept before it).
@@ -681,6 +771,134 @@ spec:
     route:
     - destination: {host: productpage, port: {number: 9080}}
 ";
+
+    /// Istio's SNI passthrough and TCP at the ingress gateway: a `TLS` `PASSTHROUGH` server for
+    /// `*.example.com` and a `TCP` server, VirtualServices with `tls` and `tcp` routes.
+    const L4: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [api.example.com], port: 443}]
+    route: [{destination: {host: api.internal, port: {number: 8443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: default}
+spec:
+  hosts: ['*.example.com']
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: ['*.example.com']}]
+    route: [{destination: {host: other.internal, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: db.internal, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sidecars-only, namespace: default}
+spec:
+  hosts: [mesh.example.com]
+  tls:
+  - match: [{sniHosts: [mesh.example.com]}]
+    route: [{destination: {host: mesh.internal, port: {number: 443}}}]
+";
+
+    #[test]
+    fn passthrough_by_sni_and_tcp_route_at_the_gateway() {
+        let s = snap(L4);
+        // The plan leaves them out (not served by the proxy yet), one line each.
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert!(p.listeners.is_empty(), "{p:?}");
+        assert_eq!(p.not_served.len(), 2, "{:?}", p.not_served);
+        let gw = &s.gateways[0];
+        let listener = |i: usize| Listener {
+            port: gw.servers[i].port,
+            gateway_port: gw.servers[i].port,
+            bind: None,
+            kind: ListenerKind::Https,
+            servers: vec![BoundServer {
+                gateway: gw.meta.key(),
+                gateway_namespace: gw.meta.namespace.clone(),
+                server: gw.servers[i].clone(),
+            }],
+        };
+        let outcome = |l: &Listener, sni: Option<&str>| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            match route_l4(&s, l, sni, &mut rng) {
+                Decision::Forward(f) => format!(
+                    "forward {}:{}{} by {}",
+                    f.host,
+                    f.port,
+                    if f.resolve_by_dns { " dns" } else { "" },
+                    f.virtual_service.unwrap_or_default()
+                ),
+                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
+                other => format!("{other:?}"),
+            }
+        };
+        let tls = listener(0);
+        let cases: &[(Option<&str>, &str)] = &[
+            // The most specific VirtualService host wins.
+            (
+                Some("api.example.com"),
+                "forward api.internal:8443 dns by default/api",
+            ),
+            (
+                Some("API.example.com."),
+                "forward api.internal:8443 dns by default/api",
+            ),
+            (
+                Some("www.example.com"),
+                "forward other.internal:443 dns by default/wild",
+            ),
+            // No server host for the name.
+            (
+                Some("api.example.org"),
+                "deny 404: no Gateway server on port 443 has host \"api.example.org\"",
+            ),
+            // A server host matches, but only a VirtualService for sidecars routes it.
+            (
+                Some("mesh.example.com"),
+                "forward other.internal:443 dns by default/wild",
+            ),
+            // Without SNI only tcp routes apply, and none is bound to port 443.
+            (
+                None,
+                "deny 404: no tcp route of VirtualService default/db holds on port 443",
+            ),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(outcome(&tls, *sni), *want, "SNI {sni:?}");
+        }
+        let tcp = listener(1);
+        assert_eq!(
+            outcome(&tcp, None),
+            "forward db.internal:5432 dns by default/db"
+        );
+    }
 
     #[test]
     fn bookinfo_routes_at_the_gateway() {
