@@ -101,6 +101,11 @@ pub enum ListenerKind {
     /// TLS terminated with the certificate of the server the SNI names (HTTPS `SIMPLE`,
     /// `MUTUAL`, `OPTIONAL_MUTUAL`), then HTTP.
     Https,
+    /// TLS passed through, routed by the ClientHello's SNI with `tls` routes (`TLS` or `HTTPS`
+    /// servers with `tls.mode: PASSTHROUGH`).
+    Passthrough,
+    /// Opaque TCP routed with `tcp` routes (`TCP` servers).
+    Tcp,
 }
 
 /// One listening port of the gateway and the servers it serves.
@@ -142,13 +147,19 @@ fn kind_of(s: &Server) -> Result<ListenerKind, String> {
             ServerProtocol::Https,
             Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
         ) => Ok(ListenerKind::Https),
+        (ServerProtocol::Https | ServerProtocol::Tls, Some(TlsMode::Passthrough)) => {
+            Ok(ListenerKind::Passthrough)
+        }
+        (ServerProtocol::Tcp, _) => Ok(ListenerKind::Tcp),
         (ServerProtocol::Https, Some(m)) => Err(format!(
-            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
             m.as_str()
         )),
-        (p, _) => Err(format!(
-            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
-            p.as_str()
+        (p, m) => Err(format!(
+            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP and TLS with PASSTHROUGH are)",
+            p.as_str(),
+            m.map(|m| format!(" with tls.mode {}", m.as_str()))
+                .unwrap_or_default()
         )),
     }
 }
@@ -270,7 +281,7 @@ pub fn virtual_service_for<'a>(
 /// a host of its own that matches the SNI, the most specific (the first loaded on a tie; TCP:
 /// the first loaded); its first route that holds (`sniHosts`, `port` = the Gateway port,
 /// `sourceLabels` of the gateway pod, ...). Nothing holds: `Deny` (the gateway closes the
-/// connection). Not served by the proxy yet: the plan leaves such servers out.
+/// connection).
 pub fn route_l4(
     snap: &Snapshot,
     listener: &Listener,
@@ -698,6 +709,7 @@ mod tests {
                 // 80 (mapped) and 8080 (unmapped) land on one port.
                 (8080, 80, ListenerKind::Http, 2),
                 (8443, 443, ListenerKind::Https, 3),
+                (9443, 9443, ListenerKind::Passthrough, 1),
             ]
         );
         let not: Vec<&str> = p.not_served.iter().map(String::as_str).collect();
@@ -705,8 +717,7 @@ mod tests {
             not,
             [
                 "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
-                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
-                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
             ]
         );
         let https = p.listener(8443).unwrap();
@@ -829,22 +840,18 @@ spec:
     #[test]
     fn passthrough_by_sni_and_tcp_route_at_the_gateway() {
         let s = snap(L4);
-        // The plan leaves them out (not served by the proxy yet), one line each.
         let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
-        assert!(p.listeners.is_empty(), "{p:?}");
-        assert_eq!(p.not_served.len(), 2, "{:?}", p.not_served);
-        let gw = &s.gateways[0];
-        let listener = |i: usize| Listener {
-            port: gw.servers[i].port,
-            gateway_port: gw.servers[i].port,
-            bind: None,
-            kind: ListenerKind::Https,
-            servers: vec![BoundServer {
-                gateway: gw.meta.key(),
-                gateway_namespace: gw.meta.namespace.clone(),
-                server: gw.servers[i].clone(),
-            }],
-        };
+        assert!(p.not_served.is_empty(), "{:?}", p.not_served);
+        let kinds: Vec<(u16, ListenerKind)> =
+            p.listeners.iter().map(|l| (l.port, l.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (8443, ListenerKind::Passthrough),
+                (31400, ListenerKind::Tcp)
+            ]
+        );
+        let listener = |port: u16| p.listener(port).expect("planned").clone();
         let outcome = |l: &Listener, sni: Option<&str>| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             match route_l4(&s, l, sni, &mut rng) {
@@ -859,7 +866,8 @@ spec:
                 other => format!("{other:?}"),
             }
         };
-        let tls = listener(0);
+        // Gateway port 443 listens on 8443 (the default port map).
+        let tls = listener(8443);
         let cases: &[(Option<&str>, &str)] = &[
             // The most specific VirtualService host wins.
             (
@@ -893,7 +901,7 @@ spec:
         for (sni, want) in cases {
             assert_eq!(outcome(&tls, *sni), *want, "SNI {sni:?}");
         }
-        let tcp = listener(1);
+        let tcp = listener(31400);
         assert_eq!(
             outcome(&tcp, None),
             "forward db.internal:5432 dns by default/db"
