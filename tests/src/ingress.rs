@@ -4,7 +4,7 @@
 
 use crate::client::HttpReply;
 use crate::lab::{Lab, GATEWAY_NAMESPACE, GATEWAY_SERVICE};
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -49,6 +49,57 @@ pub fn get_host(lab: &Lab, from: &str, host: &str, path: &str) -> Result<HttpRep
         &[],
         std::time::Duration::from_secs(15),
     ))
+}
+
+/// `GET path` over TLS from pod `from` to the gateway's Service port 443 (the gateway listens on
+/// 8443), with SNI and `Host` `sni`, a real rustls client trusting only `root_pem`: the status
+/// and the body.
+pub fn get_tls(
+    lab: &Lab,
+    from: &str,
+    sni: &str,
+    root_pem: &str,
+    path: &str,
+) -> Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let p = lab.pod(from)?;
+    let vip = lab.service(GATEWAY_NAMESPACE, GATEWAY_SERVICE)?.vip;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name)?;
+    let timeout = std::time::Duration::from_secs(15);
+    let mut sock = p
+        .netns
+        .connect(std::net::SocketAddr::from((vip, 443)), timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    // A close without close_notify is fine here: the response is complete or it is not.
+    let read = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        anyhow!("no HTTP response over TLS from the gateway ({read:?}): {text:?}")
+    })?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP status line: {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 /// Who built a product page: `productpage v1 ← reviews v3 ← ratings v1` (`?` for a missing

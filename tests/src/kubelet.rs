@@ -28,6 +28,8 @@ pub struct PodCtx<'a> {
     pub bin_dir: &'a Path,
     /// ConfigMaps of the pod's namespace: name → directory in `..data` layout.
     pub configmaps: &'a BTreeMap<String, PathBuf>,
+    /// Secrets of the pod's namespace the lab made: name → directory in `..data` layout.
+    pub secrets: &'a BTreeMap<String, PathBuf>,
     /// How long to wait for a probe or an init container.
     pub timeout: Duration,
     /// The key projected service-account tokens are signed with (the lab's API checks them).
@@ -421,8 +423,20 @@ fn volumes(pod: &Value, ctx: &PodCtx) -> Result<BTreeMap<String, PathBuf>> {
                 files.push((path.to_string(), lab_token(pod, ctx, audience, seconds)));
             }
             write_atomic_dir(&dir, &files)?;
+        } else if let Some(secret) = str_at(v, "/secret/secretName") {
+            if let Some(d) = ctx.secrets.get(secret) {
+                out.insert(name.to_string(), d.clone());
+                continue;
+            }
+            if v.pointer("/secret/optional").and_then(Value::as_bool) != Some(true) {
+                bail!(
+                    "volume {name}: Secret {secret} does not exist in the lab namespace {}",
+                    ctx.namespace
+                );
+            }
+            write_atomic_dir(&dir, &[])?;
         } else {
-            // emptyDir, secrets: an empty directory the container may use.
+            // emptyDir: an empty directory the container may use.
             std::fs::create_dir_all(&dir)?;
             set_mode(&dir, 0o777)?;
         }
@@ -525,6 +539,36 @@ fn entrypoint_of_stage(dockerfile: &str, stage: &str) -> Option<String> {
     None
 }
 
+/// A directory whose entries are mounts (`/etc/remora/gateway-credentials/<Secret>`, one
+/// volume each): made at `at` with a symlink per mount, as the container sees it. `None` when
+/// no mount is directly under `path`.
+fn parent_of_mounts(
+    path: &str,
+    mounts: &[(String, PathBuf)],
+    at: &Path,
+) -> Result<Option<PathBuf>> {
+    let prefix = format!("{}/", path.trim_end_matches('/'));
+    let children: Vec<(&str, &PathBuf)> = mounts
+        .iter()
+        .filter_map(|(mp, dir)| {
+            let rest = mp.strip_prefix(&prefix)?;
+            (!rest.is_empty() && !rest.contains('/')).then_some((rest, dir))
+        })
+        .collect();
+    if children.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(at)?;
+    set_mode(at, 0o755)?;
+    for (name, dir) in children {
+        let link = at.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), dir.display()))?;
+    }
+    Ok(Some(at.to_path_buf()))
+}
+
 /// Path-valued settings of our programs with their in-container defaults (docs/architecture.md);
 /// the lab points them at the directories "mounted" there.
 const PATH_ENV: &[(&str, &str)] = &[
@@ -537,6 +581,10 @@ const PATH_ENV: &[(&str, &str)] = &[
     (
         "REMORA_CA_TOKEN_FILE",
         "/var/run/secrets/tokens/remora-ca-token",
+    ),
+    (
+        "REMORA_GATEWAY_CREDENTIALS_DIR",
+        "/etc/remora/gateway-credentials",
     ),
 ];
 
@@ -557,6 +605,9 @@ fn start_container(
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| default.to_string());
         if let Some(p) = map_path(&current, &mnt) {
+            env.push((var.to_string(), p.to_string_lossy().into_owned()));
+        } else if let Some(p) = parent_of_mounts(&current, &mnt, &ctx.dir.join("mounts").join(var))?
+        {
             env.push((var.to_string(), p.to_string_lossy().into_owned()));
         }
     }

@@ -131,6 +131,8 @@ impl Pod {
 struct Namespace {
     labels: BTreeMap<String, String>,
     configmaps: BTreeMap<String, PathBuf>,
+    /// Secrets the lab made ([`Lab::create_secret`]): name → directory in `..data` layout.
+    secrets: BTreeMap<String, PathBuf>,
     user_rules: BTreeMap<String, String>,
     written_rules: Option<Vec<(String, String)>>,
     /// Without the rules controller, in a namespace that runs a gateway: the gateway's view
@@ -367,6 +369,7 @@ impl Lab {
             Namespace {
                 labels: l,
                 configmaps,
+                secrets: BTreeMap::new(),
                 user_rules: BTreeMap::new(),
                 written_rules: None,
                 written_view: None,
@@ -389,6 +392,31 @@ impl Lab {
             all.entry(name).or_insert(dir);
         }
         all
+    }
+
+    /// The Secrets pods of `ns` mount ([`Lab::create_secret`]).
+    fn secrets_of(&self, ns: &str) -> BTreeMap<String, PathBuf> {
+        self.namespaces
+            .get(ns)
+            .map(|n| n.secrets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes Secret `name` in namespace `ns` with `files` (key → content), as its pods' Secret
+    /// volumes mount it (kubelet's `..data` layout).
+    pub fn create_secret(&mut self, ns: &str, name: &str, files: &[(&str, &str)]) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        let dir = self.dir().join("ns").join(ns).join("secrets").join(name);
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        kubelet::write_atomic_dir(&dir, &files)?;
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.secrets.insert(name.to_string(), dir);
+        }
+        self.say(format!("secret {ns}/{name}"));
+        Ok(())
     }
 
     /// [`Lab::configmaps_of`], once every ConfigMap volume of `pod` that is not optional
@@ -660,9 +688,44 @@ impl Lab {
     /// the rules controller (or, without it, the lab) write the namespace's `remora-mesh-rules`
     /// with what a gateway sees (every namespace's Gateways, what is exported to it).
     pub fn start_gateway(&mut self) -> Result<()> {
+        self.start_gateway_with_credentials(&[])
+    }
+
+    /// [`Lab::start_gateway`] with Secrets (made with [`Lab::create_secret`] in
+    /// [`GATEWAY_NAMESPACE`]) mounted for `credentialName`, as docs/gateways.md patches the
+    /// Deployment: a volume per Secret at `/etc/remora/gateway-credentials/<name>`.
+    pub fn start_gateway_with_credentials(&mut self, secrets: &[&str]) -> Result<()> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
-        let text = std::fs::read_to_string(&path)
+        let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
+        if !secrets.is_empty() {
+            let mut docs = Vec::new();
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                let mut v: Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if v.get("kind").and_then(Value::as_str) == Some("Deployment") {
+                    let spec = v.pointer_mut("/spec/template/spec").ok_or_else(|| {
+                        anyhow!("{}: Deployment without a pod spec", path.display())
+                    })?;
+                    for name in secrets {
+                        if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+                            vols.push(
+                                serde_json::json!({"name": name, "secret": {"secretName": name}}),
+                            );
+                        }
+                        if let Some(mounts) = spec
+                            .pointer_mut("/containers/0/volumeMounts")
+                            .and_then(Value::as_array_mut)
+                        {
+                            mounts.push(serde_json::json!({"name": name, "readOnly": true,
+                                "mountPath": format!("/etc/remora/gateway-credentials/{name}")}));
+                        }
+                    }
+                }
+                docs.push(serde_yaml_ng::to_string(&v)?);
+            }
+            text = docs.join("---\n");
+        }
         let label = remora_model::compile::GATEWAY_LABEL;
         let mut labels: Vec<(String, String)> = self
             .namespaces
@@ -829,6 +892,7 @@ impl Lab {
         ])?;
         let pod_dir = self.dir().join("pods").join(&name);
         let configmaps = self.wait_configmaps(ns, &obj)?;
+        let secrets = self.secrets_of(ns);
         let uid = obj["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -844,6 +908,7 @@ impl Lab {
             dir: &pod_dir,
             bin_dir: &self.opts.bin_dir,
             configmaps: &configmaps,
+            secrets: &secrets,
             timeout: self.opts.timeout,
             token_key: &self.token_key,
         };
@@ -1302,6 +1367,7 @@ impl Lab {
             let pod = &self.pods[idx];
             let ns = pod.namespace.clone();
             let configmaps = self.configmaps_of(&ns);
+            let secrets = self.secrets_of(&ns);
             let ctx = PodCtx {
                 name: &pod.name,
                 namespace: &ns,
@@ -1311,6 +1377,7 @@ impl Lab {
                 dir: &pod.dir,
                 bin_dir: &self.opts.bin_dir,
                 configmaps: &configmaps,
+                secrets: &secrets,
                 timeout: self.opts.timeout,
                 token_key: &self.token_key,
             };

@@ -1377,14 +1377,27 @@ fn gateway_scenario(rules_controller: bool) {
         .unwrap();
     let r = lab.apply(BOOKINFO, "bookinfo");
     must(&lab, r);
+    // HTTPS too: a Gateway server for bookinfo.example.com with a test certificate in the
+    // Secret bookinfo-credential (istio-system), mounted as docs/gateways.md says.
+    const SECURE: &str = "bookinfo.example.com";
+    let cert = rcgen::generate_simple_self_signed(vec![SECURE.to_string()]).unwrap();
+    let (crt, key) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+    let https = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bookinfo-https}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [{SECURE}]\n    tls: {{mode: SIMPLE, credentialName: bookinfo-credential}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bookinfo-secure}}\nspec:\n  hosts: [{SECURE}]\n  gateways: [bookinfo-https]\n  http:\n  - match: [{{uri: {{exact: /productpage}}}}]\n    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]\n");
     let bound = rules(&[
         &anchor("destination-rule-all.yaml"),
         &anchor("virtual-service-reviews-v3.yaml"),
         &anchor("bookinfo-gateway.yaml"),
+        &https,
     ]);
     let r = lab.apply(&bound, "bookinfo");
     must(&lab, r);
-    let r = lab.start_gateway();
+    let r = lab.create_secret(
+        "istio-system",
+        "bookinfo-credential",
+        &[("tls.crt", &crt), ("tls.key", &key)],
+    );
+    must(&lab, r);
+    let r = lab.start_gateway_with_credentials(&["bookinfo-credential"]);
     must(&lab, r);
     let r = lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE);
     must(&lab, r);
@@ -1451,6 +1464,24 @@ fn gateway_scenario(rules_controller: bool) {
     }
     let r = must(&lab, ingress::get(&lab, "visitor", "/admin"));
     assert_eq!(r.status, 404, "{:?}", String::from_utf8_lossy(&r.body));
+
+    // HTTPS: the gateway terminates TLS with the Secret's certificate (the client trusts only
+    // it) and routes by the VirtualService bound to the HTTPS server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        match ingress::get_tls(&lab, "visitor", SECURE, &crt, "/productpage") {
+            Ok(r) if r.0 == 200 => break r,
+            other if Instant::now() >= deadline => panic!(
+                "no product page over HTTPS within 30 s: {other:?}\n--- logs:\n{}",
+                lab.logs(25)
+            ),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(status, 200);
+    assert!(body.contains("\"service\":\"productpage\""), "{body}");
+    // A name no HTTPS server has: no handshake.
+    assert!(ingress::get_tls(&lab, "visitor", "other.example.com", &crt, "/productpage").is_err());
 
     // A weighted route applied at the gateway (a second VirtualService bound to Istio's
     // Gateway, another host): reviews v1 80 %, v2 20 % by bookinfo's DestinationRule subsets.
