@@ -24,6 +24,31 @@ pub fn bookinfo_sample(name: &str) -> Option<String> {
     std::fs::read_to_string(shared.join("anchors/istio/networking").join(name)).ok()
 }
 
+/// The host of the HTTPS server of [`https_rules`].
+pub const SECURE_HOST: &str = "bookinfo.example.com";
+/// The Secret (in the gateway's namespace) holding its certificate.
+pub const SECURE_CREDENTIAL: &str = "bookinfo-credential";
+
+/// A Gateway (`bookinfo-https`) with an HTTPS `SIMPLE` server for [`SECURE_HOST`], its
+/// certificate from the Secret [`SECURE_CREDENTIAL`], and a VirtualService bound to it routing
+/// `/productpage` to productpage (applied in Bookinfo's namespace).
+pub fn https_rules() -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bookinfo-https}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [{SECURE_HOST}]\n    tls: {{mode: SIMPLE, credentialName: {SECURE_CREDENTIAL}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bookinfo-secure}}\nspec:\n  hosts: [{SECURE_HOST}]\n  gateways: [bookinfo-https]\n  http:\n  - match: [{{uri: {{exact: /productpage}}}}]\n    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]\n")
+}
+
+/// A self-signed test certificate for [`SECURE_HOST`] (rcgen): PEM certificate and key, put
+/// into the Secret [`SECURE_CREDENTIAL`] in the gateway's namespace.
+pub fn secure_credential(lab: &mut Lab) -> Result<String> {
+    let cert = rcgen::generate_simple_self_signed(vec![SECURE_HOST.to_string()])?;
+    let (crt, key) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+    lab.create_secret(
+        GATEWAY_NAMESPACE,
+        SECURE_CREDENTIAL,
+        &[("tls.crt", &crt), ("tls.key", &key)],
+    )?;
+    Ok(crt)
+}
+
 /// The host the gateway's Service is reached by from another namespace.
 pub fn gateway_host() -> String {
     format!("{GATEWAY_SERVICE}.{GATEWAY_NAMESPACE}")

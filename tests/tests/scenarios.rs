@@ -1379,10 +1379,8 @@ fn gateway_scenario(rules_controller: bool) {
     must(&lab, r);
     // HTTPS too: a Gateway server for bookinfo.example.com with a test certificate in the
     // Secret bookinfo-credential (istio-system), mounted as docs/gateways.md says.
-    const SECURE: &str = "bookinfo.example.com";
-    let cert = rcgen::generate_simple_self_signed(vec![SECURE.to_string()]).unwrap();
-    let (crt, key) = (cert.cert.pem(), cert.key_pair.serialize_pem());
-    let https = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bookinfo-https}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [{SECURE}]\n    tls: {{mode: SIMPLE, credentialName: bookinfo-credential}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bookinfo-secure}}\nspec:\n  hosts: [{SECURE}]\n  gateways: [bookinfo-https]\n  http:\n  - match: [{{uri: {{exact: /productpage}}}}]\n    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]\n");
+    const SECURE: &str = ingress::SECURE_HOST;
+    let https = ingress::https_rules();
     let bound = rules(&[
         &anchor("destination-rule-all.yaml"),
         &anchor("virtual-service-reviews-v3.yaml"),
@@ -1391,13 +1389,9 @@ fn gateway_scenario(rules_controller: bool) {
     ]);
     let r = lab.apply(&bound, "bookinfo");
     must(&lab, r);
-    let r = lab.create_secret(
-        "istio-system",
-        "bookinfo-credential",
-        &[("tls.crt", &crt), ("tls.key", &key)],
-    );
-    must(&lab, r);
-    let r = lab.start_gateway_with_credentials(&["bookinfo-credential"]);
+    let r = ingress::secure_credential(&mut lab);
+    let crt = must(&lab, r);
+    let r = lab.start_gateway_with_credentials(&[ingress::SECURE_CREDENTIAL]);
     must(&lab, r);
     let r = lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE);
     must(&lab, r);

@@ -960,17 +960,23 @@ fn gateway_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) 
     println!(
         "   Applied in bookinfo as objects: Istio's bookinfo-gateway.yaml (a Gateway selecting"
     );
-    println!("   istio: ingressgateway, a VirtualService bound to it) and reviews → v3 (which calls ratings).\n");
+    println!("   istio: ingressgateway, a VirtualService bound to it), reviews → v3 (which calls ratings), and");
+    println!("   a Gateway with an HTTPS server for bookinfo.example.com whose certificate (made for the demo)");
+    println!(
+        "   is in the Secret istio-system/bookinfo-credential, mounted into the gateway's pod.\n"
+    );
     let started = std::time::Instant::now();
     lab.set_rules(
         "bookinfo",
         &format!(
-            "{}---\n{}",
+            "{}---\n{}---\n{}",
             reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n"),
-            sample
+            sample.trim_end().to_string() + "\n",
+            ingress::https_rules()
         ),
     )?;
-    lab.start_gateway()?;
+    let crt = ingress::secure_credential(lab)?;
+    lab.start_gateway_with_credentials(&[ingress::SECURE_CREDENTIAL])?;
     lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE)?;
     let gw = lab.pod("istio-system/istio-ingressgateway")?;
     let cmd = gw
@@ -1065,6 +1071,28 @@ fn gateway_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) 
             ok(is_ok),
         ]);
     }
+    // HTTPS: the gateway terminates TLS with the test certificate of the Secret.
+    let url = format!("https://{}/productpage", ingress::SECURE_HOST);
+    let (observed, good) =
+        match ingress::get_tls(lab, "visitor", ingress::SECURE_HOST, &crt, "/productpage") {
+            Ok((status, body)) => (
+                format!("HTTP {status} over TLS"),
+                status == 200 && body.contains("\"service\":\"productpage\""),
+            ),
+            Err(e) => (format!("error: {e:#}"), false),
+        };
+    if !good {
+        failures.push(format!(
+            "Scenario 6: visitor -> {url}: {observed}, expected HTTP 200 over TLS"
+        ));
+    }
+    rows.push(vec![
+        url,
+        "1".into(),
+        observed,
+        "HTTP 200 over TLS".into(),
+        ok(good),
+    ]);
     print!(
         "{}",
         table::text(
