@@ -249,6 +249,11 @@ pub enum RulesCmd {
         files: Vec<String>,
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
+        /// Render what a gateway running in `-n` sees (the controller's view of a namespace
+        /// labelled `remora.dev/gateway=enabled`): every namespace's Gateways, what is exported
+        /// there, no Sidecar.
+        #[arg(long)]
+        gateway: bool,
     },
     /// Print, as a ConfigMap to keep by hand, what the Istio objects in the cluster give
     /// namespace `-n` (the same selection `render` and the rules controller make). The
@@ -341,6 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 RulesCmd::Render {
                     files,
                     cluster_domain,
+                    gateway,
                 },
         } => {
             if args.output != Output::Yaml && args.output != Output::Text {
@@ -348,7 +354,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             print!(
                 "{}",
-                rules::render_command(files, args.namespace.as_deref(), cluster_domain)?
+                rules::render_command(files, args.namespace.as_deref(), cluster_domain, *gateway)?
             );
             return Ok(ExitCode::SUCCESS);
         }

@@ -107,6 +107,7 @@ pub fn render(
     inputs: &[(String, String)],
     namespace: &str,
     cluster_domain: &str,
+    view: compile::View,
 ) -> anyhow::Result<RenderOutput> {
     let mut checked = Vec::new();
     let mut notes = Vec::new();
@@ -137,8 +138,8 @@ pub fn render(
         cluster_domain: cluster_domain.to_string(),
         ..Settings::default()
     };
-    let rendered =
-        compile::render(&checked, namespace, &settings).map_err(|e| anyhow::anyhow!(e))?;
+    let rendered = compile::render_view(&checked, namespace, &settings, view)
+        .map_err(|e| anyhow::anyhow!(e))?;
     for (id, why) in &rendered.excluded {
         notes.push(format!("not in {namespace}: {id}: {why}"));
     }
@@ -153,6 +154,7 @@ pub fn render_command(
     files: &[String],
     namespace: Option<&str>,
     cluster_domain: &str,
+    gateway: bool,
 ) -> anyhow::Result<String> {
     let Some(ns) = namespace else {
         bail!("-n: missing: name the namespace whose ConfigMap to render");
@@ -164,7 +166,12 @@ pub fn render_command(
     for f in files {
         inputs.extend(expand(f)?);
     }
-    let out = render(&inputs, ns, cluster_domain)?;
+    let view = if gateway {
+        compile::View::Gateway
+    } else {
+        compile::View::Sidecars
+    };
+    let out = render(&inputs, ns, cluster_domain, view)?;
     for n in &out.notes {
         eprintln!("{n}");
     }
@@ -380,6 +387,7 @@ spec: {host: details, exportTo: ["."]}
             &[("o.yaml".into(), OBJECTS.into())],
             "frontend",
             "cluster.local",
+            compile::View::Sidecars,
         )
         .expect("renders");
         let data: BTreeMap<String, String> =
@@ -456,6 +464,7 @@ spec: {host: details, exportTo: ["."]}
             &[("objects.yaml".into(), OBJECTS.into())],
             "frontend",
             "cluster.local",
+            compile::View::Sidecars,
         )
         .expect("renders");
         let data = out.configmap["data"].as_object().expect("data");
@@ -490,6 +499,56 @@ spec: {host: details, exportTo: ["."]}
     }
 
     #[test]
+    fn renders_a_gateway_namespace_view() {
+        let objects = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: bookinfo}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: bookinfo}
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  http: [{route: [{destination: {host: productpage, port: {number: 9080}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec: {egress: [{hosts: ['./*']}]}
+";
+        let keys = |view| -> Vec<String> {
+            let out = render(
+                &[("gw.yaml".into(), objects.into())],
+                "istio-system",
+                "cluster.local",
+                view,
+            )
+            .expect("renders");
+            out.configmap["data"]
+                .as_object()
+                .expect("data")
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            keys(compile::View::Gateway),
+            [
+                "bookinfo.gateway.bookinfo-gateway.yaml",
+                "bookinfo.virtualservice.bookinfo.yaml"
+            ]
+        );
+        assert_eq!(
+            keys(compile::View::Sidecars),
+            ["istio-system.sidecar.default.yaml"]
+        );
+    }
+
+    #[test]
     fn an_object_defined_twice_is_the_later_one_as_kubectl_apply_does() {
         let one = |egress: &str| {
             format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s, namespace: a}}\nspec: {egress}\n")
@@ -501,6 +560,7 @@ spec: {host: details, exportTo: ["."]}
             ],
             "a",
             "cluster.local",
+            compile::View::Sidecars,
         )
         .expect("renders");
         assert_eq!(

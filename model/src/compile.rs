@@ -18,6 +18,12 @@
 //!    - Sidecar: the namespace's own, and the root namespace's selector-less default;
 //!    - Gateway and remora's RateLimit: the namespace's own.
 //!
+//!    A namespace that runs a gateway ([`View::Gateway`]) sees as an Istio gateway does: the
+//!    Gateways of every namespace (the gateway picks those whose `selector` matches its pod),
+//!    what is exported to it, and no Sidecar scoping (Sidecars configure sidecars, not
+//!    gateways). A namespace both meshed and running a gateway ([`View::Both`]) gets the
+//!    sidecars' view plus every namespace's Gateways.
+//!
 //! Output is deterministic: one key per object, `NAMESPACE.kind.NAME.yaml`, sorted; each value
 //! is a comment saying why the object is there, then the object with only what the proxy reads
 //! (`apiVersion`, `kind`, `metadata` name, namespace and annotations, `spec`), keys sorted. So
@@ -39,6 +45,9 @@ pub const CONFIGMAP: &str = "remora-mesh-rules";
 /// The label (and value) marking a ConfigMap as the controller's: one without it is the user's
 /// and is never overwritten.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "remora-rules-controller");
+/// The namespace label (and value) saying a gateway runs there (`remora-proxy gateway`): the
+/// rules controller writes that namespace's ConfigMap with a gateway's view ([`View`]).
+pub const GATEWAY_LABEL: (&str, &str) = ("remora.dev/gateway", "enabled");
 /// Kubernetes refuses a ConfigMap whose data (keys and values) exceeds 1 MiB.
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 /// The longest ConfigMap key Kubernetes accepts.
@@ -90,11 +99,12 @@ pub struct Checked {
 impl Checked {
     /// Can this object be seen only in its own namespace (so a change of it changes only that
     /// namespace's ConfigMap)? Sidecars scope what other namespaces see only in their own
-    /// namespace or, in the root namespace, everywhere.
+    /// namespace or, in the root namespace, everywhere; a Gateway is seen by every namespace
+    /// that runs a gateway too.
     pub fn only_in_own_namespace(&self, settings: &Settings) -> bool {
         let in_root = self.id.namespace == settings.root_namespace;
         match &self.reach {
-            Reach::Namespace => true,
+            Reach::Namespace => self.id.kind != "Gateway",
             Reach::NamespaceOrRoot | Reach::Sidecar(_) => !in_root,
             Reach::Exported { export_to, .. } => {
                 !export_to.is_empty() && export_to.iter().all(|e| e == "." || e == "~")
@@ -412,6 +422,17 @@ fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) ->
     })
 }
 
+/// Whose rules a namespace's ConfigMap carries (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Its sidecars' (a meshed namespace).
+    Sidecars,
+    /// A gateway's (a namespace that runs one and is not meshed).
+    Gateway,
+    /// Both (a meshed namespace that runs a gateway too).
+    Both,
+}
+
 /// Why `o` is in `namespace`'s ConfigMap, or `Err(why not)` when it is left out for a reason
 /// worth telling, `Err("")` when it simply belongs elsewhere.
 fn reason(
@@ -419,16 +440,23 @@ fn reason(
     namespace: &str,
     root: &str,
     sidecars: &[&Sidecar],
+    view: View,
 ) -> Result<String, String> {
     let own = o.id.namespace == namespace;
     match &o.reach {
         Reach::Namespace if own => Ok("in this namespace".into()),
+        Reach::Namespace if o.id.kind == "Gateway" && view != View::Sidecars => Ok(format!(
+            "from namespace {}: {namespace} runs a gateway, which sees every namespace's Gateways",
+            o.id.namespace
+        )),
         Reach::Namespace => Err(String::new()),
         Reach::NamespaceOrRoot if own => Ok("in this namespace".into()),
         Reach::NamespaceOrRoot if o.id.namespace == root => {
             Ok(format!("mesh-wide: in the root namespace {root}"))
         }
         Reach::NamespaceOrRoot => Err(String::new()),
+        // Sidecars configure sidecars, not gateways.
+        Reach::Sidecar(_) if view == View::Gateway => Err(String::new()),
         Reach::Sidecar(_) if own => Ok("in this namespace".into()),
         Reach::Sidecar(sc)
             if o.id.namespace == root
@@ -470,14 +498,25 @@ fn reason(
     }
 }
 
-/// Render `namespace`'s ConfigMap from checked objects (any order), and [`verify`] it.
+/// Render `namespace`'s ConfigMap (its sidecars' view) from checked objects (any order), and
+/// [`verify`] it.
 pub fn render(
     objects: &[Checked],
     namespace: &str,
     settings: &Settings,
 ) -> Result<Rendered, RenderError> {
+    render_view(objects, namespace, settings, View::Sidecars)
+}
+
+/// [`render`] for a [`View`].
+pub fn render_view(
+    objects: &[Checked],
+    namespace: &str,
+    settings: &Settings,
+    view: View,
+) -> Result<Rendered, RenderError> {
     let refs: Vec<&Checked> = objects.iter().collect();
-    let r = select(&refs, namespace, settings)?;
+    let r = select_view(&refs, namespace, settings, view)?;
     verify(&r, settings)?;
     Ok(r)
 }
@@ -489,14 +528,27 @@ pub fn select(
     namespace: &str,
     settings: &Settings,
 ) -> Result<Rendered, RenderError> {
+    select_view(objects, namespace, settings, View::Sidecars)
+}
+
+/// [`select`] for a [`View`].
+pub fn select_view(
+    objects: &[&Checked],
+    namespace: &str,
+    settings: &Settings,
+    view: View,
+) -> Result<Rendered, RenderError> {
     let root = settings.root_namespace.as_str();
-    let sidecars = scoping_sidecars(objects, namespace, root);
+    let sidecars = match view {
+        View::Gateway => Vec::new(),
+        View::Sidecars | View::Both => scoping_sidecars(objects, namespace, root),
+    };
     let mut data = BTreeMap::new();
     let mut included = Vec::new();
     let mut excluded = Vec::new();
     let mut bytes = 0usize;
     for o in objects {
-        match reason(o, namespace, root, &sidecars) {
+        match reason(o, namespace, root, &sidecars, view) {
             Ok(why) => {
                 let key = key_for(&o.id);
                 let value = format!("# {}: {why}\n{}", o.id, o.document);
@@ -761,6 +813,86 @@ mod tests {
         );
         let other = render(&objs, "bank", &Settings::default()).expect("renders");
         assert!(other.data.is_empty() && other.excluded.is_empty());
+    }
+
+    #[test]
+    fn a_gateway_namespace_sees_every_gateway_and_what_is_exported_to_it() {
+        let gw = |ns: &str, name: &str| {
+            obj(
+                "Gateway",
+                ns,
+                name,
+                json!({"selector": {"istio": "ingressgateway"},
+                       "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            )
+        };
+        let bound = |ns: &str, name: &str, export: Option<Value>| {
+            let mut spec = json!({"hosts": ["*"], "gateways": ["bookinfo-gateway"],
+                "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+            if let Some(e) = export {
+                spec["exportTo"] = e;
+            }
+            obj("VirtualService", ns, name, spec)
+        };
+        let objs = checked(&[
+            gw("bookinfo", "bookinfo-gateway"),
+            gw("shop", "shop-gateway"),
+            bound("bookinfo", "bookinfo", None),
+            bound("bookinfo", "private", Some(json!(["."]))),
+            dr("bookinfo", "reviews", "reviews", None),
+            // The root namespace's default Sidecar scopes sidecars to their own namespace.
+            obj(
+                "Sidecar",
+                "istio-system",
+                "default",
+                json!({"egress": [{"hosts": ["./*"]}]}),
+            ),
+            obj(
+                "RateLimit",
+                "shop",
+                "rl",
+                json!({"host": "cart", "requestsPerUnit": 10, "unit": "SECOND"}),
+            ),
+        ]);
+        let s = Settings::default();
+        let names =
+            |r: &Rendered| -> Vec<String> { r.included.iter().map(|i| i.id.to_string()).collect() };
+        // The gateway's namespace: both Gateways, what is exported to it, no Sidecar (neither
+        // the object nor its scoping), no other namespace's RateLimit.
+        let r = render_view(&objs, "istio-system", &s, View::Gateway).expect("renders");
+        assert_eq!(
+            names(&r),
+            [
+                "DestinationRule bookinfo/reviews",
+                "Gateway bookinfo/bookinfo-gateway",
+                "VirtualService bookinfo/bookinfo",
+                "Gateway shop/shop-gateway",
+            ]
+        );
+        assert!(r.data["bookinfo.gateway.bookinfo-gateway.yaml"].starts_with(
+            "# Gateway bookinfo/bookinfo-gateway: from namespace bookinfo: istio-system runs a gateway, which sees every namespace's Gateways\n"
+        ));
+        assert!(r
+            .excluded
+            .iter()
+            .any(|(id, why)| id.name == "private" && why.contains("not exported to istio-system")));
+        // A meshed namespace sees its own Gateways only, and its Sidecar scoping holds.
+        let r = render(&objs, "frontend", &s).expect("renders");
+        assert_eq!(names(&r), ["Sidecar istio-system/default"]);
+        // Meshed and running a gateway: the sidecars' view and every Gateway.
+        let r = render_view(&objs, "frontend", &s, View::Both).expect("renders");
+        assert_eq!(
+            names(&r),
+            [
+                "Gateway bookinfo/bookinfo-gateway",
+                "Sidecar istio-system/default",
+                "Gateway shop/shop-gateway",
+            ]
+        );
+        // A Gateway's change reaches other namespaces' ConfigMaps; a RateLimit's does not.
+        let by_name = |n: &str| objs.iter().find(|o| o.id.name == n).expect("object");
+        assert!(!by_name("bookinfo-gateway").only_in_own_namespace(&s));
+        assert!(by_name("rl").only_in_own_namespace(&s));
     }
 
     #[test]

@@ -101,6 +101,11 @@ pub enum ListenerKind {
     /// TLS terminated with the certificate of the server the SNI names (HTTPS `SIMPLE`,
     /// `MUTUAL`, `OPTIONAL_MUTUAL`), then HTTP.
     Https,
+    /// TLS passed through, routed by the ClientHello's SNI with `tls` routes (`TLS` or `HTTPS`
+    /// servers with `tls.mode: PASSTHROUGH`).
+    Passthrough,
+    /// Opaque TCP routed with `tcp` routes (`TCP` servers).
+    Tcp,
 }
 
 /// One listening port of the gateway and the servers it serves.
@@ -142,13 +147,19 @@ fn kind_of(s: &Server) -> Result<ListenerKind, String> {
             ServerProtocol::Https,
             Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
         ) => Ok(ListenerKind::Https),
+        (ServerProtocol::Https | ServerProtocol::Tls, Some(TlsMode::Passthrough)) => {
+            Ok(ListenerKind::Passthrough)
+        }
+        (ServerProtocol::Tcp, _) => Ok(ListenerKind::Tcp),
         (ServerProtocol::Https, Some(m)) => Err(format!(
-            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
             m.as_str()
         )),
-        (p, _) => Err(format!(
-            "protocol {} is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
-            p.as_str()
+        (p, m) => Err(format!(
+            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP and TLS with PASSTHROUGH are)",
+            p.as_str(),
+            m.map(|m| format!(" with tls.mode {}", m.as_str()))
+                .unwrap_or_default()
         )),
     }
 }
@@ -259,6 +270,96 @@ pub fn virtual_service_for<'a>(
         }
     }
     best.map(|(_, vs)| vs)
+}
+
+/// Route a connection on a listener of `TCP` servers, or of `TLS`/`HTTPS` servers with
+/// `tls.mode: PASSTHROUGH` (`sni`: the name in the client's ClientHello; the gateway does not
+/// terminate it), as Istio's gateway does: the servers whose hosts match the SNI (TCP: every
+/// server of the port, Istio matches TCP by port only); among the VirtualServices bound to
+/// their Gateways (at the top or in a `tls`/`tcp` match) through a server host that admits the
+/// VirtualService's namespace (and matches the SNI), with `tls` (or `tcp`) routes and, for TLS,
+/// a host of its own that matches the SNI, the most specific (the first loaded on a tie; TCP:
+/// the first loaded); its first route that holds (`sniHosts`, `port` = the Gateway port,
+/// `sourceLabels` of the gateway pod, ...). Nothing holds: `Deny` (the gateway closes the
+/// connection).
+pub fn route_l4(
+    snap: &Snapshot,
+    listener: &Listener,
+    sni: Option<&str>,
+    rng: &mut impl rand::Rng,
+) -> Decision {
+    let dst = std::net::SocketAddr::new(
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+        listener.gateway_port,
+    );
+    let name = sni
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+    let deny = |reason: String| Decision::Deny {
+        status: 404,
+        reason,
+    };
+    let servers: Vec<&BoundServer> = listener
+        .servers
+        .iter()
+        .filter(|b| {
+            name.as_deref()
+                .is_none_or(|n| b.server.hosts.iter().any(|h| h.score(n).is_some()))
+        })
+        .collect();
+    if servers.is_empty() {
+        return deny(format!(
+            "no Gateway server on port {} has host {:?}",
+            listener.gateway_port,
+            name.as_deref().unwrap_or("")
+        ));
+    }
+    let mut best: Option<(usize, &VirtualService, &str)> = None;
+    for vs in &snap.gateway_virtual_services {
+        let routes = if name.is_some() { &vs.tls } else { &vs.tcp };
+        if routes.is_empty() {
+            continue;
+        }
+        let ns = vs.meta.namespace.as_str();
+        let through = servers.iter().find(|b| {
+            let gw = std::slice::from_ref(&b.gateway);
+            let names_it = bound_to(ns, &vs.gateways, gw)
+                || routes
+                    .iter()
+                    .flat_map(|r| r.matches.iter())
+                    .any(|m| bound_to(ns, &m.gateways, gw));
+            names_it
+                && b.server.hosts.iter().any(|sh| {
+                    sh.admits_namespace(&b.gateway_namespace, ns)
+                        && name.as_deref().is_none_or(|n| sh.score(n).is_some())
+                })
+        });
+        let Some(b) = through else { continue };
+        let score = match name.as_deref() {
+            Some(n) => vs.hosts.iter().filter_map(|h| match_score(h, n)).max(),
+            None => Some(0),
+        };
+        if let Some(score) = score {
+            if best.is_none_or(|(s, _, _)| score > s) {
+                best = Some((score, vs, b.gateway.as_str()));
+            }
+        }
+    }
+    let what = if name.is_some() { "tls" } else { "tcp" };
+    let Some((_, vs, gateway)) = best else {
+        return deny(format!(
+            "no VirtualService with {what} routes is bound to a Gateway server on port {} for {:?}",
+            listener.gateway_port,
+            name.as_deref().unwrap_or("")
+        ));
+    };
+    route::route_l4_bound(snap, vs, name.as_deref(), dst, gateway, rng).unwrap_or_else(|| {
+        deny(format!(
+            "no {what} route of VirtualService {} holds on port {}",
+            vs.meta.key(),
+            listener.gateway_port
+        ))
+    })
 }
 
 /// The headers a gateway sets on a request it forwards, as Envoy does at the edge
@@ -608,6 +709,7 @@ mod tests {
                 // 80 (mapped) and 8080 (unmapped) land on one port.
                 (8080, 80, ListenerKind::Http, 2),
                 (8443, 443, ListenerKind::Https, 3),
+                (9443, 9443, ListenerKind::Passthrough, 1),
             ]
         );
         let not: Vec<&str> = p.not_served.iter().map(String::as_str).collect();
@@ -615,8 +717,7 @@ mod tests {
             not,
             [
                 "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
-                "Gateway shop/b spec.servers[2] (port 9443): protocol TLS is not served yet (HTTP, HTTP2, GRPC and HTTPS are)",
-                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
             ]
         );
         let https = p.listener(8443).unwrap();
@@ -681,6 +782,131 @@ spec:
     route:
     - destination: {host: productpage, port: {number: 9080}}
 ";
+
+    /// Istio's SNI passthrough and TCP at the ingress gateway: a `TLS` `PASSTHROUGH` server for
+    /// `*.example.com` and a `TCP` server, VirtualServices with `tls` and `tcp` routes.
+    const L4: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [api.example.com], port: 443}]
+    route: [{destination: {host: api.internal, port: {number: 8443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: default}
+spec:
+  hosts: ['*.example.com']
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: ['*.example.com']}]
+    route: [{destination: {host: other.internal, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: db.internal, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sidecars-only, namespace: default}
+spec:
+  hosts: [mesh.example.com]
+  tls:
+  - match: [{sniHosts: [mesh.example.com]}]
+    route: [{destination: {host: mesh.internal, port: {number: 443}}}]
+";
+
+    #[test]
+    fn passthrough_by_sni_and_tcp_route_at_the_gateway() {
+        let s = snap(L4);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert!(p.not_served.is_empty(), "{:?}", p.not_served);
+        let kinds: Vec<(u16, ListenerKind)> =
+            p.listeners.iter().map(|l| (l.port, l.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (8443, ListenerKind::Passthrough),
+                (31400, ListenerKind::Tcp)
+            ]
+        );
+        let listener = |port: u16| p.listener(port).expect("planned").clone();
+        let outcome = |l: &Listener, sni: Option<&str>| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            match route_l4(&s, l, sni, &mut rng) {
+                Decision::Forward(f) => format!(
+                    "forward {}:{}{} by {}",
+                    f.host,
+                    f.port,
+                    if f.resolve_by_dns { " dns" } else { "" },
+                    f.virtual_service.unwrap_or_default()
+                ),
+                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
+                other => format!("{other:?}"),
+            }
+        };
+        // Gateway port 443 listens on 8443 (the default port map).
+        let tls = listener(8443);
+        let cases: &[(Option<&str>, &str)] = &[
+            // The most specific VirtualService host wins.
+            (
+                Some("api.example.com"),
+                "forward api.internal:8443 dns by default/api",
+            ),
+            (
+                Some("API.example.com."),
+                "forward api.internal:8443 dns by default/api",
+            ),
+            (
+                Some("www.example.com"),
+                "forward other.internal:443 dns by default/wild",
+            ),
+            // No server host for the name.
+            (
+                Some("api.example.org"),
+                "deny 404: no Gateway server on port 443 has host \"api.example.org\"",
+            ),
+            // A server host matches, but only a VirtualService for sidecars routes it.
+            (
+                Some("mesh.example.com"),
+                "forward other.internal:443 dns by default/wild",
+            ),
+            // Without SNI only tcp routes apply, and none is bound to port 443.
+            (
+                None,
+                "deny 404: no tcp route of VirtualService default/db holds on port 443",
+            ),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(outcome(&tls, *sni), *want, "SNI {sni:?}");
+        }
+        let tcp = listener(31400);
+        assert_eq!(
+            outcome(&tcp, None),
+            "forward db.internal:5432 dns by default/db"
+        );
+    }
 
     #[test]
     fn bookinfo_routes_at_the_gateway() {

@@ -1028,6 +1028,40 @@ fn best_l4<'a>(
     Some((vs, route))
 }
 
+/// Route a TCP connection a gateway accepted (`sni`: a TLS one, passed through, by its
+/// ClientHello's name) by one given VirtualService (the gateway's choice): its first `tls` route
+/// (with `sni`) or `tcp` route whose match blocks are bound to `gateway` (`namespace/name`; a
+/// match without `gateways` takes the VirtualService's) and hold; a route without match blocks
+/// holds when the VirtualService is bound to it. `dst` carries the Gateway port. The
+/// destination is never "what the client addressed": with no endpoint list it is resolved by
+/// DNS. `None`: no route holds.
+pub fn route_l4_bound(
+    snap: &Snapshot,
+    vs: &VirtualService,
+    sni: Option<&str>,
+    dst: SocketAddr,
+    gateway: &str,
+    rng: &mut impl rand::Rng,
+) -> Option<Decision> {
+    let ns = vs.meta.namespace.as_str();
+    let gw = [gateway.to_string()];
+    let routes = if sni.is_some() { &vs.tls } else { &vs.tcp };
+    let r = routes.iter().find(|r| {
+        if r.matches.is_empty() {
+            return bound_to(ns, &vs.gateways, &gw);
+        }
+        r.matches.iter().any(|m| {
+            let g = if m.gateways.is_empty() {
+                &vs.gateways
+            } else {
+                &m.gateways
+            };
+            bound_to(ns, g, &gw) && l4_match_holds(snap, m, dst, sni)
+        })
+    })?;
+    Some(l4_forward(snap, vs, r, dst, &[], rng))
+}
+
 /// Do the conditions of one `tcp`/`tls` match block hold for this connection?
 fn l4_match_holds(
     snap: &Snapshot,

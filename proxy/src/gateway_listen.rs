@@ -103,6 +103,50 @@ impl GatewayApp {
     }
 }
 
+impl GatewayApp {
+    /// A connection on a `TCP` or `PASSTHROUGH` listener: on a passthrough one the ClientHello
+    /// is read (and put back) for its SNI; the model decides; the sidecar's TCP proxying copies
+    /// the bytes (TLS passed through untouched) and writes the metrics and the access log.
+    async fn l4(&self, stream: Stream, passthrough: bool, peer: Option<SocketAddr>) {
+        let local = crate::gateway::local_addr(stream.get_socket_digest().as_deref())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)));
+        let (stream, sni) = if passthrough {
+            let wait = self.router.shared.settings.http_first_byte_timeout;
+            match detect::sniff(stream, wait.max(HANDSHAKE_TIMEOUT), false).await {
+                Ok(s) if s.sni.is_some() => (s.stream, s.sni),
+                Ok(_) => {
+                    debug!(
+                        port = self.port,
+                        ?peer,
+                        "TLS passthrough: no ClientHello with a server name; closed"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    debug!(port = self.port, ?peer, "{e}");
+                    return;
+                }
+            }
+        } else {
+            (stream, None)
+        };
+        let decision = self.router.route_l4(self.port, sni.as_deref());
+        let idle = self.http.guard.limits.idle_timeout;
+        crate::tcp::proxy(
+            Direction::Outbound,
+            &self.router.shared,
+            &self.http.resolver,
+            idle,
+            stream,
+            local,
+            peer,
+            sni,
+            Some(decision),
+        )
+        .await;
+    }
+}
+
 #[async_trait]
 impl ServerApp for GatewayApp {
     async fn process_new(
@@ -137,6 +181,11 @@ impl ServerApp for GatewayApp {
             return None;
         };
         let stream = match l.kind {
+            ListenerKind::Passthrough | ListenerKind::Tcp => {
+                let passthrough = l.kind == ListenerKind::Passthrough;
+                self.l4(stream, passthrough, peer).await;
+                return None;
+            }
             ListenerKind::Http => stream,
             ListenerKind::Https => {
                 let tls = planned.tls.get(&self.port)?;

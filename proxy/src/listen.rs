@@ -157,6 +157,7 @@ impl ServerApp for CaptureApp {
                     dst,
                     peer,
                     sni,
+                    None,
                 )
                 .await;
                 None

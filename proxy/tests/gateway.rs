@@ -2,7 +2,8 @@
 //! (`samples/bookinfo/networking/bookinfo-gateway.yaml`, read in place from the corpus) served
 //! over a real socket to a real backend; HTTPS `SIMPLE` with two certificates chosen by SNI
 //! (made with rcgen, one per Secret layout), MUTUAL with client certificates, a Secret rotated
-//! as the kubelet does it, all checked with a real TLS client; `httpsRedirect`.
+//! as the kubelet does it, all checked with a real TLS client; `httpsRedirect`; TLS
+//! `PASSTHROUGH` by SNI and a `TCP` server.
 
 mod common;
 
@@ -462,5 +463,178 @@ spec:
             gw.stderr_text()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A ServiceEntry giving `name` (in testns) port `port` (`protocol`, its port name the protocol
+/// lower-cased) with one endpoint: the backend at `addr`.
+fn l4_endpoint(name: &str, port: u16, protocol: &str, addr: SocketAddr) -> String {
+    let pname = protocol.to_ascii_lowercase();
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: testns}}
+spec:
+  hosts: [{name}.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: {pname}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{{pname}: {}}}}}]
+",
+        addr.port()
+    )
+}
+
+/// A TLS server with its own certificate that answers each HTTP request with `name` and closes.
+async fn spawn_tls_http(cert_pem: String, key_pem: String, name: &'static str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Istio's SNI passthrough and TCP at the gateway: a `TLS` server with `tls.mode: PASSTHROUGH`
+/// routes by the ClientHello's SNI with `tls` routes — a real rustls client checks each
+/// backend's own certificate, so the gateway did not terminate — the most specific
+/// VirtualService host winning; a name no server has is closed; a `TCP` server's `tcp` route
+/// reaches an echo backend; both counted as TCP connections of the gateway.
+#[test]
+fn passthrough_by_sni_and_tcp_routes() {
+    use std::io::{Read, Write};
+    let rt = rt();
+    let (api_crt, api_key) = cert("api.example.com");
+    let (www_crt, www_key) = cert("www.example.com");
+    let api = rt.block_on(spawn_tls_http(api_crt.clone(), api_key, "api"));
+    let www = rt.block_on(spawn_tls_http(www_crt.clone(), www_key, "www"));
+    let echo = rt.block_on(spawn_tcp_echo());
+    let rules = RulesDir::new(&[
+        (
+            "gateway.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: testns}
+spec:
+  hosts: [api.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [api.example.com], port: 443}]
+    route: [{destination: {host: api-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: www, namespace: testns}
+spec:
+  hosts: ['*.example.com']
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: ['*.example.com']}]
+    route: [{destination: {host: www-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: testns}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: echo-backend, port: {number: 5000}}}]
+",
+        ),
+        (
+            "backends.yaml",
+            &[
+                l4_endpoint("api-backend", 443, "TLS", api),
+                l4_endpoint("www-backend", 443, "TLS", www),
+                l4_endpoint("echo-backend", 5000, "TCP", echo),
+            ]
+            .join("---\n"),
+        ),
+    ]);
+    let [tls_port, tcp_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={},443={tls_port},31400={tcp_port}", free_ports(1)[0]),
+        &[],
+    );
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let roots = format!("{api_crt}{www_crt}");
+    for (sni, body, crt) in [
+        ("api.example.com", "api", &api_crt),
+        ("www.example.com", "www", &www_crt),
+    ] {
+        let (r, shown) = https_try(tls_addr, sni, &roots, "/", None)
+            .unwrap_or_else(|e| panic!("{sni}: {e}\n{}", gw.stderr_text()));
+        assert_eq!((r.status, r.body_text()), (200, body.to_string()), "{sni}");
+        assert_eq!(shown, der(crt), "{sni}: the backend's own certificate");
+    }
+    // No server host for the name: the connection is closed, no handshake.
+    assert!(
+        https_try(tls_addr, "api.example.org", &roots, "/", None).is_err(),
+        "api.example.org has no server"
+    );
+    // TCP: the echo backend answers through the gateway.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"hello through the gateway\n").unwrap();
+    let mut got = vec![0u8; 26];
+    sock.read_exact(&mut got).unwrap();
+    assert_eq!(got, b"hello through the gateway\n");
+    drop(sock);
+    // The sidecar's TCP access log: one line per connection, to the backend routed to.
+    for backend in [api, www, echo] {
+        let line = gw.wait_log(|v| v["kind"] == "tcp" && v["upstream"] == backend.to_string());
+        assert_eq!(line["direction"], "outbound", "{line}");
     }
 }

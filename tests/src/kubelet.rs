@@ -28,6 +28,8 @@ pub struct PodCtx<'a> {
     pub bin_dir: &'a Path,
     /// ConfigMaps of the pod's namespace: name → directory in `..data` layout.
     pub configmaps: &'a BTreeMap<String, PathBuf>,
+    /// Secrets of the pod's namespace the lab made: name → directory in `..data` layout.
+    pub secrets: &'a BTreeMap<String, PathBuf>,
     /// How long to wait for a probe or an init container.
     pub timeout: Duration,
     /// The key projected service-account tokens are signed with (the lab's API checks them).
@@ -421,8 +423,20 @@ fn volumes(pod: &Value, ctx: &PodCtx) -> Result<BTreeMap<String, PathBuf>> {
                 files.push((path.to_string(), lab_token(pod, ctx, audience, seconds)));
             }
             write_atomic_dir(&dir, &files)?;
+        } else if let Some(secret) = str_at(v, "/secret/secretName") {
+            if let Some(d) = ctx.secrets.get(secret) {
+                out.insert(name.to_string(), d.clone());
+                continue;
+            }
+            if v.pointer("/secret/optional").and_then(Value::as_bool) != Some(true) {
+                bail!(
+                    "volume {name}: Secret {secret} does not exist in the lab namespace {}",
+                    ctx.namespace
+                );
+            }
+            write_atomic_dir(&dir, &[])?;
         } else {
-            // emptyDir, secrets: an empty directory the container may use.
+            // emptyDir: an empty directory the container may use.
             std::fs::create_dir_all(&dir)?;
             set_mode(&dir, 0o777)?;
         }
@@ -493,6 +507,68 @@ pub fn map_path(path: &str, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
     })
 }
 
+/// The program an image of remora's runs when a container names no `command`: the `ENTRYPOINT`
+/// of the Dockerfile stage named after the image (`ghcr.io/remora-mesh/remora-proxy:TAG` → stage
+/// `proxy`), as its file name (the lab's bin directory is first on PATH).
+pub fn image_entrypoint(image: &str) -> Option<String> {
+    let repo = image.rsplit('/').next()?;
+    let repo = repo.split([':', '@']).next()?;
+    let stage = repo.strip_prefix("remora-")?;
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
+    let text = std::fs::read_to_string(dockerfile).ok()?;
+    entrypoint_of_stage(&text, stage)
+}
+
+fn entrypoint_of_stage(dockerfile: &str, stage: &str) -> Option<String> {
+    let mut current = None::<String>;
+    for line in dockerfile.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let words: Vec<&str> = from.split_whitespace().collect();
+            current = match words.as_slice() {
+                [_, kw, name] if kw.eq_ignore_ascii_case("AS") => Some(name.to_string()),
+                _ => None,
+            };
+        } else if let Some(ep) = line.strip_prefix("ENTRYPOINT ") {
+            if current.as_deref() == Some(stage) {
+                let argv: Vec<String> = serde_json::from_str(ep).ok()?;
+                let first = argv.first()?;
+                return Some(first.rsplit('/').next().unwrap_or(first).to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A directory whose entries are mounts (`/etc/remora/gateway-credentials/<Secret>`, one
+/// volume each): made at `at` with a symlink per mount, as the container sees it. `None` when
+/// no mount is directly under `path`.
+fn parent_of_mounts(
+    path: &str,
+    mounts: &[(String, PathBuf)],
+    at: &Path,
+) -> Result<Option<PathBuf>> {
+    let prefix = format!("{}/", path.trim_end_matches('/'));
+    let children: Vec<(&str, &PathBuf)> = mounts
+        .iter()
+        .filter_map(|(mp, dir)| {
+            let rest = mp.strip_prefix(&prefix)?;
+            (!rest.is_empty() && !rest.contains('/')).then_some((rest, dir))
+        })
+        .collect();
+    if children.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(at)?;
+    set_mode(at, 0o755)?;
+    for (name, dir) in children {
+        let link = at.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), dir.display()))?;
+    }
+    Ok(Some(at.to_path_buf()))
+}
+
 /// Path-valued settings of our programs with their in-container defaults (docs/architecture.md);
 /// the lab points them at the directories "mounted" there.
 const PATH_ENV: &[(&str, &str)] = &[
@@ -505,6 +581,10 @@ const PATH_ENV: &[(&str, &str)] = &[
     (
         "REMORA_CA_TOKEN_FILE",
         "/var/run/secrets/tokens/remora-ca-token",
+    ),
+    (
+        "REMORA_GATEWAY_CREDENTIALS_DIR",
+        "/etc/remora/gateway-credentials",
     ),
 ];
 
@@ -526,9 +606,21 @@ fn start_container(
             .unwrap_or_else(|| default.to_string());
         if let Some(p) = map_path(&current, &mnt) {
             env.push((var.to_string(), p.to_string_lossy().into_owned()));
+        } else if let Some(p) = parent_of_mounts(&current, &mnt, &ctx.dir.join("mounts").join(var))?
+        {
+            env.push((var.to_string(), p.to_string_lossy().into_owned()));
         }
     }
     let mut argv: Vec<String> = Vec::new();
+    if c.get("command").is_none() {
+        // The image's ENTRYPOINT, as a container runtime takes it: known for remora's own
+        // images (from the Dockerfile), by the program's name (the bin directory is on PATH).
+        let image = str_at(c, "/image").unwrap_or_default();
+        let entrypoint = image_entrypoint(image).ok_or_else(|| {
+            anyhow!("container {name} has no command and image {image:?} is not one of remora's (the lab runs commands from the spec, not images)")
+        })?;
+        argv.push(entrypoint);
+    }
     for part in ["command", "args"] {
         for a in c.get(part).and_then(Value::as_array).into_iter().flatten() {
             let a = a
@@ -537,7 +629,7 @@ fn start_container(
             argv.push(expand(a, &env));
         }
     }
-    if c.get("command").is_none() || argv.is_empty() {
+    if argv.is_empty() {
         bail!("container {name} has no command: the lab runs commands from the spec, not images");
     }
     // Arguments naming a mounted path are pointed at the lab directory as well.
@@ -748,6 +840,23 @@ pub fn restart_containers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_of_remora_run_their_dockerfile_entrypoint() {
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-proxy:0.1.0").as_deref(),
+            Some("remora-proxy")
+        );
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-webhook:0.1.0").as_deref(),
+            Some("remora-webhook")
+        );
+        assert_eq!(image_entrypoint("docker.io/library/nginx:1"), None);
+        assert_eq!(
+            image_entrypoint("ghcr.io/remora-mesh/remora-nothing:1"),
+            None
+        );
+    }
 
     #[test]
     fn env_resolves_downward_api_and_expands() {

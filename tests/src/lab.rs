@@ -11,6 +11,8 @@ use crate::kubelet::{self, PodCtx, Running};
 use crate::labapi::LabApi;
 use crate::netns::Netns;
 use anyhow::{anyhow, bail, Context, Result};
+use remora_model::compile::View;
+use remora_webhook::rules_controller::plan::view as rules_view;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,6 +33,10 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// to [`NODE_IP`] in every pod.
 pub const CA_SERVICE: (&str, &str) = ("remora-ca", "remora-system");
 const GENERATED_RULES_FILE: &str = "lab-services.yaml";
+/// The namespace `manifests/gateway.yaml` installs the ingress gateway in.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+/// The ingress gateway's Service (and Deployment) in `manifests/gateway.yaml`.
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
 
 /// How a lab is built.
 #[derive(Debug, Clone)]
@@ -125,8 +131,13 @@ impl Pod {
 struct Namespace {
     labels: BTreeMap<String, String>,
     configmaps: BTreeMap<String, PathBuf>,
+    /// Secrets the lab made ([`Lab::create_secret`]): name → directory in `..data` layout.
+    secrets: BTreeMap<String, PathBuf>,
     user_rules: BTreeMap<String, String>,
     written_rules: Option<Vec<(String, String)>>,
+    /// Without the rules controller, in a namespace that runs a gateway: the gateway's view
+    /// the lab last wrote into its ConfigMap.
+    written_view: Option<Vec<(String, String)>>,
     /// With the rules controller: the objects the lab applied in this namespace
     /// (apiVersion, plural, name).
     applied: std::collections::BTreeSet<(String, String, String)>,
@@ -358,8 +369,10 @@ impl Lab {
             Namespace {
                 labels: l,
                 configmaps,
+                secrets: BTreeMap::new(),
                 user_rules: BTreeMap::new(),
                 written_rules: None,
+                written_view: None,
                 applied: Default::default(),
             },
         );
@@ -379,6 +392,31 @@ impl Lab {
             all.entry(name).or_insert(dir);
         }
         all
+    }
+
+    /// The Secrets pods of `ns` mount ([`Lab::create_secret`]).
+    fn secrets_of(&self, ns: &str) -> BTreeMap<String, PathBuf> {
+        self.namespaces
+            .get(ns)
+            .map(|n| n.secrets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes Secret `name` in namespace `ns` with `files` (key → content), as its pods' Secret
+    /// volumes mount it (kubelet's `..data` layout).
+    pub fn create_secret(&mut self, ns: &str, name: &str, files: &[(&str, &str)]) -> Result<()> {
+        self.ensure_namespace(ns)?;
+        let dir = self.dir().join("ns").join(ns).join("secrets").join(name);
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        kubelet::write_atomic_dir(&dir, &files)?;
+        if let Some(space) = self.namespaces.get_mut(ns) {
+            space.secrets.insert(name.to_string(), dir);
+        }
+        self.say(format!("secret {ns}/{name}"));
+        Ok(())
     }
 
     /// [`Lab::configmaps_of`], once every ConfigMap volume of `pod` that is not optional
@@ -476,6 +514,7 @@ impl Lab {
                 | "DestinationRule"
                 | "ServiceEntry"
                 | "Sidecar"
+                | "Gateway"
                 | "PeerAuthentication"
                 | "AuthorizationPolicy"
                 | "RequestAuthentication" => {
@@ -642,6 +681,67 @@ impl Lab {
             .collect()
     }
 
+    /// The ingress gateway as `manifests/gateway.yaml` ships it, applied unchanged: its
+    /// Deployment's pod (the container's command is the image's entrypoint, `remora-proxy`,
+    /// with the manifest's `args` and env, as uid 1337; not injected, so no capture) and its
+    /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled`: that label makes
+    /// the rules controller (or, without it, the lab) write the namespace's `remora-mesh-rules`
+    /// with what a gateway sees (every namespace's Gateways, what is exported to it).
+    pub fn start_gateway(&mut self) -> Result<()> {
+        self.start_gateway_with_credentials(&[])
+    }
+
+    /// [`Lab::start_gateway`] with Secrets (made with [`Lab::create_secret`] in
+    /// [`GATEWAY_NAMESPACE`]) mounted for `credentialName`, as docs/gateways.md patches the
+    /// Deployment: a volume per Secret at `/etc/remora/gateway-credentials/<name>`.
+    pub fn start_gateway_with_credentials(&mut self, secrets: &[&str]) -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
+        let mut text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !secrets.is_empty() {
+            let mut docs = Vec::new();
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                let mut v: Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if v.get("kind").and_then(Value::as_str) == Some("Deployment") {
+                    let spec = v.pointer_mut("/spec/template/spec").ok_or_else(|| {
+                        anyhow!("{}: Deployment without a pod spec", path.display())
+                    })?;
+                    for name in secrets {
+                        if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+                            vols.push(
+                                serde_json::json!({"name": name, "secret": {"secretName": name}}),
+                            );
+                        }
+                        if let Some(mounts) = spec
+                            .pointer_mut("/containers/0/volumeMounts")
+                            .and_then(Value::as_array_mut)
+                        {
+                            mounts.push(serde_json::json!({"name": name, "readOnly": true,
+                                "mountPath": format!("/etc/remora/gateway-credentials/{name}")}));
+                        }
+                    }
+                }
+                docs.push(serde_yaml_ng::to_string(&v)?);
+            }
+            text = docs.join("---\n");
+        }
+        let label = remora_model::compile::GATEWAY_LABEL;
+        let mut labels: Vec<(String, String)> = self
+            .namespaces
+            .get(GATEWAY_NAMESPACE)
+            .map(|n| n.labels.clone().into_iter().collect())
+            .unwrap_or_default();
+        labels.retain(|(k, _)| k != label.0 && k != "kubernetes.io/metadata.name");
+        labels.push((label.0.to_string(), label.1.to_string()));
+        let pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.create_namespace(GATEWAY_NAMESPACE, &pairs)?;
+        self.apply(&text, GATEWAY_NAMESPACE)
+    }
+
     /// Start the control plane (webhook, mesh CA, rules controller when asked) on the node,
     /// once.
     fn ensure_control_plane(&mut self) -> Result<()> {
@@ -792,6 +892,7 @@ impl Lab {
         ])?;
         let pod_dir = self.dir().join("pods").join(&name);
         let configmaps = self.wait_configmaps(ns, &obj)?;
+        let secrets = self.secrets_of(ns);
         let uid = obj["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -807,6 +908,7 @@ impl Lab {
             dir: &pod_dir,
             bin_dir: &self.opts.bin_dir,
             configmaps: &configmaps,
+            secrets: &secrets,
             timeout: self.opts.timeout,
             token_key: &self.token_key,
         };
@@ -896,16 +998,69 @@ impl Lab {
         } else {
             Vec::new()
         };
+        let gateway_only = rules_view(&space.labels) == Some(View::Gateway);
         if self.opts.rules_controller {
             self.apply_objects(ns, &files)?;
-        } else {
+        } else if !gateway_only {
             kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
         }
         if let Some(space) = self.namespaces.get_mut(ns) {
             space.written_rules = Some(files);
         }
+        if !self.opts.rules_controller {
+            self.write_gateway_views()?;
+        }
         if wait {
             self.wait_reloaded(ns, before)?;
+        }
+        Ok(())
+    }
+
+    /// Without the rules controller the lab stands in for it where a gateway runs: a namespace
+    /// labelled `remora.dev/gateway=enabled` (and not meshed) gets in its ConfigMap the
+    /// gateway's view of every namespace's rules (`remora_model::compile::render_view`), as the
+    /// controller writes it; objects the controller would leave out (invalid) are left out.
+    fn write_gateway_views(&mut self) -> Result<()> {
+        let gateways: Vec<String> = self
+            .namespaces
+            .iter()
+            .filter(|(_, n)| rules_view(&n.labels) == Some(View::Gateway))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if gateways.is_empty() {
+            return Ok(());
+        }
+        let mut checked = Vec::new();
+        for (ns, space) in &self.namespaces {
+            for (file, text) in space.written_rules.iter().flatten() {
+                for doc in serde_yaml_ng::Deserializer::from_str(text) {
+                    let mut v: Value = serde::Deserialize::deserialize(doc)
+                        .with_context(|| format!("namespace {ns}: rules file {file}"))?;
+                    if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        md.entry("namespace").or_insert_with(|| ns.clone().into());
+                    }
+                    if let Ok(c) = remora_model::compile::check(&v, "cluster.local") {
+                        checked.push(c);
+                    }
+                }
+            }
+        }
+        for g in gateways {
+            let view = remora_model::compile::render_view(
+                &checked,
+                &g,
+                &remora_model::compile::Settings::default(),
+                View::Gateway,
+            )
+            .map_err(|e| anyhow!("the gateway's rules for namespace {g}: {e}"))?;
+            let files: Vec<(String, String)> = view.data.into_iter().collect();
+            let Some(space) = self.namespaces.get_mut(&g) else {
+                continue;
+            };
+            if space.written_view.as_ref() != Some(&files) {
+                kubelet::write_atomic_dir(&space.configmaps[RULES_CONFIGMAP], &files)?;
+                space.written_view = Some(files);
+            }
         }
         Ok(())
     }
@@ -1212,6 +1367,7 @@ impl Lab {
             let pod = &self.pods[idx];
             let ns = pod.namespace.clone();
             let configmaps = self.configmaps_of(&ns);
+            let secrets = self.secrets_of(&ns);
             let ctx = PodCtx {
                 name: &pod.name,
                 namespace: &ns,
@@ -1221,6 +1377,7 @@ impl Lab {
                 dir: &pod.dir,
                 bin_dir: &self.opts.bin_dir,
                 configmaps: &configmaps,
+                secrets: &secrets,
                 timeout: self.opts.timeout,
                 token_key: &self.token_key,
             };

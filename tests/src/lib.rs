@@ -10,6 +10,7 @@ pub mod client;
 pub mod clitest;
 pub mod cluster;
 pub mod controller_bench;
+pub mod ingress;
 pub mod kubelet;
 pub mod lab;
 pub mod labapi;

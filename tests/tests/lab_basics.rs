@@ -529,12 +529,50 @@ fn lab_cli_tears_down_on_sigint() {
         "{seen:?}"
     );
     assert!(netns_exists(&node));
+    // The curl line it prints for the ingress gateway works (from a pod outside the mesh);
+    // the gateway reloads its rules a moment after they are written: bounded retries.
+    let mut gateway_line = None;
+    for l in lines.by_ref().take(4).map_while(Result::ok) {
+        if l.contains("ingress gateway") {
+            gateway_line = Some(l);
+            break;
+        }
+    }
+    // Checked after the lab is torn down, so a failure leaves nothing behind.
+    let gateway_check: Result<(), String> = match gateway_line.as_deref() {
+        Some(l) if l.trim_start().starts_with("ip netns exec") => {
+            let argv: Vec<&str> = l.split_whitespace().take_while(|w| *w != "#").collect();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let body = std::process::Command::new(argv[0])
+                    .args(&argv[1..])
+                    .args(["--max-time", "10"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| format!("{e}"));
+                if body.contains("\"service\":\"productpage\"") {
+                    break Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    break Err(format!("{l}: no product page within 30 s: {body}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        other => {
+            eprintln!("no ingress gateway line to try: {other:?}");
+            Ok(())
+        }
+    };
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
     let status = child.wait().unwrap();
+    if let Err(e) = gateway_check {
+        panic!("{e}");
+    }
     assert!(status.success(), "{status}");
     assert!(!netns_exists(&node), "node namespace deleted");
     assert!(

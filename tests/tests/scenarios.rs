@@ -4,6 +4,7 @@
 //! (`$REMORA_SHARED/anchors/istio/networking/`, read in place).
 
 use remora_e2e::client::{sum, Sample};
+use remora_e2e::ingress;
 use remora_e2e::{Lab, LabOptions, Pod};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -1343,4 +1344,189 @@ fn authorization_and_jwt_between_pods() {
     );
     assert_eq!(get("bookinfo/client", "details", "/secure/x", &[]).0, 403);
     assert_eq!(get("bookinfo/client", "details", "/details/0", &[]).0, 200);
+}
+
+/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied unchanged (its pod runs
+/// the Deployment's container — `remora-proxy gateway`, uid 1337, not injected, no capture),
+/// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied in `bookinfo`; `istio-system`
+/// (labelled `remora.dev/gateway=enabled`) gets in its ConfigMap bookinfo's Gateway, the
+/// VirtualService bound to it and the Services' entries — written by the rules controller from
+/// objects, as `kubectl apply` does. A client outside the mesh gets the product page through the
+/// gateway, built by productpage from reviews v3 and ratings; an unmatched path is the
+/// gateway's 404.
+#[test]
+fn bookinfo_through_the_ingress_gateway() {
+    gateway_scenario(true);
+}
+
+/// The same without the rules controller: the lab writes the gateway namespace's ConfigMap with
+/// the gateway's view (`remora_model::compile::render_view`), as `remora-lab up` runs it.
+#[test]
+fn bookinfo_through_the_ingress_gateway_without_the_controller() {
+    gateway_scenario(false);
+}
+
+fn gateway_scenario(rules_controller: bool) {
+    remora_corpus::require!("networking");
+    let mut lab = Lab::start(LabOptions {
+        rules_controller,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    lab.create_namespace("bookinfo", &[("istio-injection", "enabled")])
+        .unwrap();
+    let r = lab.apply(BOOKINFO, "bookinfo");
+    must(&lab, r);
+    // HTTPS too: a Gateway server for bookinfo.example.com with a test certificate in the
+    // Secret bookinfo-credential (istio-system), mounted as docs/gateways.md says.
+    const SECURE: &str = ingress::SECURE_HOST;
+    let https = ingress::https_rules();
+    let bound = rules(&[
+        &anchor("destination-rule-all.yaml"),
+        &anchor("virtual-service-reviews-v3.yaml"),
+        &anchor("bookinfo-gateway.yaml"),
+        &https,
+    ]);
+    let r = lab.apply(&bound, "bookinfo");
+    must(&lab, r);
+    let r = ingress::secure_credential(&mut lab);
+    let crt = must(&lab, r);
+    let r = lab.start_gateway_with_credentials(&[ingress::SECURE_CREDENTIAL]);
+    must(&lab, r);
+    let r = lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE);
+    must(&lab, r);
+    let gw = lab.pod("istio-system/istio-ingressgateway").unwrap();
+    assert!(!gw.reviewed && !gw.meshed, "the gateway is not injected");
+    let (_, containers) = gw.spec_containers();
+    assert_eq!(containers, ["istio-proxy"]);
+    assert!(
+        !must(&lab, lab.nat_rules(gw)).contains("REMORA"),
+        "no capture in the gateway's pod"
+    );
+    assert!(!lab.pod("outside/visitor").unwrap().meshed);
+
+    // The controller writes istio-system's ConfigMap a moment after the objects exist and the
+    // gateway reloads it: bounded wait for the first page.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no product page through the gateway within 30 s (last {} {:?})\n--- logs:\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            lab.logs(25)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let keys: Vec<String> = if rules_controller {
+        let cm = lab
+            .api()
+            .object("configmaps", "istio-system", "remora-mesh-rules")
+            .expect("the controller wrote istio-system's rules");
+        cm["data"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    } else {
+        let dir = lab.dir().join("ns/istio-system/remora-mesh-rules");
+        std::fs::read_dir(&dir)
+            .expect("the lab wrote istio-system's rules")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with(".."))
+            .collect()
+    };
+    for k in [
+        "bookinfo.gateway.bookinfo-gateway.yaml",
+        "bookinfo.virtualservice.bookinfo.yaml",
+    ] {
+        assert!(keys.contains(&k.to_string()), "{k} not in {keys:?}");
+    }
+    for _ in 0..10 {
+        let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        let v = r.json().unwrap();
+        assert_eq!(
+            ingress::page_chain(&v),
+            "productpage v1 ← reviews v3 ← ratings v1",
+            "{v}"
+        );
+        assert_eq!(v["details"]["service"], "details", "{v}");
+    }
+    let r = must(&lab, ingress::get(&lab, "visitor", "/admin"));
+    assert_eq!(r.status, 404, "{:?}", String::from_utf8_lossy(&r.body));
+
+    // HTTPS: the gateway terminates TLS with the Secret's certificate (the client trusts only
+    // it) and routes by the VirtualService bound to the HTTPS server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        match ingress::get_tls(&lab, "visitor", SECURE, &crt, "/productpage") {
+            Ok(r) if r.0 == 200 => break r,
+            other if Instant::now() >= deadline => panic!(
+                "no product page over HTTPS within 30 s: {other:?}\n--- logs:\n{}",
+                lab.logs(25)
+            ),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(status, 200);
+    assert!(body.contains("\"service\":\"productpage\""), "{body}");
+    // A name no HTTPS server has: no handshake.
+    assert!(ingress::get_tls(&lab, "visitor", "other.example.com", &crt, "/productpage").is_err());
+
+    // A weighted route applied at the gateway (a second VirtualService bound to Istio's
+    // Gateway, another host): reviews v1 80 %, v2 20 % by bookinfo's DestinationRule subsets.
+    const EDGE: &str = "reviews.example.com";
+    let split = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews-edge}}\nspec:\n  hosts: [{EDGE}]\n  gateways: [bookinfo-gateway]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 80}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 20}}\n");
+    let r = lab.apply(&rules(&[&bound, &split]), "bookinfo");
+    must(&lab, r);
+    let version = |r: &remora_e2e::client::HttpReply| -> Option<String> {
+        let v = r.json().ok()?;
+        (v["service"] == "reviews").then(|| v["version"].as_str().unwrap_or("?").to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = must(&lab, ingress::get_host(&lab, "visitor", EDGE, "/reviews/0"));
+        if r.status == 200 && version(&r).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not route {EDGE} within 30 s (last {} {:?})",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = 200;
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..n {
+        let r = must(&lab, ingress::get_host(&lab, "visitor", EDGE, "/reviews/0"));
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        *seen.entry(version(&r).unwrap_or_default()).or_default() += 1;
+    }
+    let v1 = seen.get("v1").copied().unwrap_or(0);
+    let v2 = seen.get("v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "only v1 and v2: {seen:?}");
+    within_4_sigma("reviews v1 through the gateway", v1, n, 0.8);
+    // The product page is still served (the first VirtualService, host "*").
+    let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+    assert_eq!(r.status, 200);
+    // The gateway counted the pages as the source of the requests.
+    let gw = lab.pod("istio-system/istio-ingressgateway").unwrap();
+    eventually_metrics(&lab, &[gw], |m| {
+        let n = sum(
+            &m[0],
+            REQ,
+            &[("reporter", "source"), ("response_code", "200")],
+        );
+        if n >= 11.0 {
+            Ok(())
+        } else {
+            Err(format!("gateway counted {n} pages, want at least 11"))
+        }
+    });
 }

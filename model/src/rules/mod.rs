@@ -505,6 +505,12 @@ pub fn build_snapshot(
                 .http
                 .iter()
                 .flat_map(|r| r.matches.iter())
+                .any(|m| to_gateway(&m.gateways))
+            || vs
+                .tls
+                .iter()
+                .chain(vs.tcp.iter())
+                .flat_map(|r| r.matches.iter())
                 .any(|m| to_gateway(&m.gateways)))
             && exported_to(&vs.export_to, &vs.meta.namespace, &ctx.namespace)
         {

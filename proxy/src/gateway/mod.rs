@@ -319,6 +319,29 @@ impl GatewayRouter {
     }
 }
 
+impl GatewayRouter {
+    /// Route a connection on the gateway's listening port `port` (a `TCP` or `PASSTHROUGH`
+    /// listener; `sni`: the ClientHello's name on a passthrough one): the model's decision.
+    pub fn route_l4(&self, port: u16, sni: Option<&str>) -> Decision {
+        let planned = self.current();
+        let Some(l) = planned.plan.listener(port) else {
+            return Decision::Deny {
+                status: 404,
+                reason: format!("no Gateway server on port {port}"),
+            };
+        };
+        let snap = self.shared.snapshot.load();
+        match model::route_l4(&snap, l, sni, &mut rand::thread_rng()) {
+            // Never the connection's own destination: that is the gateway itself.
+            Decision::Passthrough => Decision::Deny {
+                status: 404,
+                reason: format!("no destination for a connection on port {}", l.gateway_port),
+            },
+            d => d,
+        }
+    }
+}
+
 /// The client's address of a gateway connection.
 pub fn peer_ip(digest: Option<&pingora::protocols::SocketDigest>) -> Option<IpAddr> {
     digest

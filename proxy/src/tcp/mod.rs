@@ -63,11 +63,16 @@ async fn tcp_decision(
     dst: SocketAddr,
     sni: Option<&str>,
     peer: Option<SocketAddr>,
+    decided: Option<crate::route::Decision>,
 ) -> Result<TcpPlan, (&'static str, String)> {
     let (f, port, picked, dest, domain) = {
         let snap = shared.snapshot.load();
         let mut rng = rand::thread_rng();
-        let f = match crate::route::route_tcp(&snap, dst, sni, &mut rng) {
+        let decision = match decided {
+            Some(d) => d,
+            None => crate::route::route_tcp(&snap, dst, sni, &mut rng),
+        };
+        let f = match decision {
             crate::route::Decision::Forward(f) => f,
             crate::route::Decision::Passthrough => return Ok(TcpPlan::direct(dst)),
             crate::route::Decision::Deny { reason, .. } => return Err((flags::NO_ROUTE, reason)),
@@ -177,7 +182,8 @@ fn copy_outcome(
 }
 
 /// Copy bytes both ways between the downstream and the destination (closed when idle for
-/// `--idle-timeout-seconds`).
+/// `--idle-timeout-seconds`). `decided`: the routing decision when the caller made it (the
+/// gateway's, `remora_model::gateway::route_l4`); else the sidecar's `route_tcp` decides.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
     dir: Direction,
@@ -188,6 +194,7 @@ pub async fn proxy(
     dst: SocketAddr,
     peer: Option<SocketAddr>,
     sni: Option<String>,
+    decided: Option<crate::route::Decision>,
 ) {
     let s = &shared.settings;
     let start = Instant::now();
@@ -197,7 +204,9 @@ pub async fn proxy(
         Direction::Outbound => None,
     };
     let decided = match dir {
-        Direction::Outbound => tcp_decision(shared, resolver, dst, sni.as_deref(), peer).await,
+        Direction::Outbound => {
+            tcp_decision(shared, resolver, dst, sni.as_deref(), peer, decided).await
+        }
         Direction::Inbound => Ok(TcpPlan::direct(dst)),
     };
     // Inbound over mesh mTLS: the client's identity (the listener terminated its TLS).

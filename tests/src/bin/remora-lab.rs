@@ -1,7 +1,7 @@
 //! `remora-lab`: the mesh lab from the command line.
 //!   remora-lab up      Bookinfo in a meshed namespace; prints how to reach it; Ctrl-C tears down.
 //!   remora-lab demo    the narrated demo (scripts/demo): injection, capture rules, routing live,
-//!                      mutual TLS on the wire.
+//!                      mutual TLS on the wire, authorization, the ingress gateway.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
 //!   remora-lab bench-controller  the rules controller at scale (scripts/bench controller).
 //!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
@@ -175,8 +175,20 @@ fn bookinfo(opts: LabOptions) -> Result<Lab> {
 }
 
 fn up(opts: LabOptions) -> Result<()> {
+    use remora_e2e::ingress;
     let cancel = opts.cancel.clone();
-    let lab = bookinfo(opts)?;
+    let mut lab = bookinfo(opts)?;
+    // The ingress gateway with Istio's bookinfo-gateway.yaml, and a pod outside the mesh.
+    let sample = ingress::bookinfo_sample("bookinfo-gateway.yaml");
+    if let Some(sample) = &sample {
+        let started = lab
+            .set_rules("bookinfo", &format!("{DESTINATION_RULES}---\n{sample}"))
+            .and_then(|()| lab.start_gateway())
+            .and_then(|()| lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE));
+        if let Err(e) = started {
+            bail!("{e:#}\n--- container logs:\n{}", lab.logs(20));
+        }
+    }
     print_pods(&lab);
     println!("\nThe lab runs until Ctrl-C. Try, from another shell:");
     let client = lab.pod("client")?;
@@ -184,6 +196,14 @@ fn up(opts: LabOptions) -> Result<()> {
         "  ip netns exec {} curl -s http://productpage:9080/productpage",
         client.netns.name()
     );
+    match (&sample, lab.pod("outside/visitor")) {
+        (Some(_), Ok(visitor)) => println!(
+            "  ip netns exec {} curl -s http://{}/productpage   # outside the mesh, through the ingress gateway",
+            visitor.netns.name(),
+            ingress::gateway_host()
+        ),
+        _ => println!("  (no ingress gateway: Istio's bookinfo-gateway.yaml is not in shared/anchors/istio/networking)"),
+    }
     println!(
         "  ip netns exec {} iptables-save -t nat",
         client.netns.name()
@@ -461,6 +481,7 @@ fn demo(mut opts: LabOptions, requests: usize) -> Result<()> {
     fault_step(&mut lab, &cancel, &mut failures)?;
     mtls_step(&mut lab, &cancel, &mut failures)?;
     authz_step(&mut lab, &mut failures)?;
+    gateway_step(&mut lab, &cancel, &mut failures)?;
     println!(
         "-- Tearing down: stopping {} pods and deleting their namespaces",
         lab.pods().len()
@@ -917,6 +938,176 @@ fn authz_step(lab: &mut Lab, failures: &mut Vec<String>) -> Result<()> {
         )
     );
     println!("   (`remora proxy-config authz POD --principal ... --path ...` prints the same decision from a proxy's /config_dump)\n");
+    Ok(())
+}
+
+/// Scenario 6: the ingress gateway as `manifests/gateway.yaml` ships it, Istio's
+/// `bookinfo-gateway.yaml` applied as objects, a client outside the mesh.
+fn gateway_step(lab: &mut Lab, cancel: &AtomicBool, failures: &mut Vec<String>) -> Result<()> {
+    use remora_e2e::ingress;
+    println!("-- Scenario 6: the ingress gateway, with Istio's bookinfo-gateway.yaml");
+    let Some(sample) = ingress::bookinfo_sample("bookinfo-gateway.yaml") else {
+        println!("   skipped: Istio's Bookinfo samples (shared/anchors/istio/networking, or $REMORA_SHARED) are not here\n");
+        return Ok(());
+    };
+    println!("   manifests/gateway.yaml applied unchanged: the istio-ingressgateway Deployment's pod runs its");
+    println!("   container (the image's entrypoint remora-proxy, args [gateway], uid 1337, no capture, not");
+    println!(
+        "   injected) and its Service maps port 80 to 8080. Its namespace istio-system is labelled"
+    );
+    println!("   remora.dev/gateway=enabled, so the rules controller writes istio-system's remora-mesh-rules");
+    println!("   with what a gateway sees: every namespace's Gateways and what is exported to istio-system.");
+    println!(
+        "   Applied in bookinfo as objects: Istio's bookinfo-gateway.yaml (a Gateway selecting"
+    );
+    println!("   istio: ingressgateway, a VirtualService bound to it), reviews → v3 (which calls ratings), and");
+    println!("   a Gateway with an HTTPS server for bookinfo.example.com whose certificate (made for the demo)");
+    println!(
+        "   is in the Secret istio-system/bookinfo-credential, mounted into the gateway's pod.\n"
+    );
+    let started = std::time::Instant::now();
+    lab.set_rules(
+        "bookinfo",
+        &format!(
+            "{}---\n{}---\n{}",
+            reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n"),
+            sample.trim_end().to_string() + "\n",
+            ingress::https_rules()
+        ),
+    )?;
+    let crt = ingress::secure_credential(lab)?;
+    lab.start_gateway_with_credentials(&[ingress::SECURE_CREDENTIAL])?;
+    lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE)?;
+    let gw = lab.pod("istio-system/istio-ingressgateway")?;
+    let cmd = gw
+        .container("istio-proxy")
+        .map(|c| format!("{} (uid {})", c.argv.join(" "), c.uid))
+        .unwrap_or_default();
+    println!("   gateway pod {} {}: {cmd}", gw.name, gw.ip);
+    // The controller writes istio-system's ConfigMap a moment after the objects exist and the
+    // gateway reloads it: bounded wait for the first page.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        match ingress::get(lab, "visitor", "/productpage") {
+            Ok(r) if r.status == 200 => break,
+            _ if std::time::Instant::now() >= deadline => {
+                failures.push("Scenario 6: no product page through the gateway within 30 s".into());
+                println!("   UNEXPECTED: no product page through the gateway within 30 s\n");
+                return Ok(());
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    println!(
+        "   first page through the gateway {} ms after the apply",
+        started.elapsed().as_millis()
+    );
+    let keys: Vec<String> = lab
+        .api()
+        .object("configmaps", "istio-system", "remora-mesh-rules")
+        .and_then(|cm| cm["data"].as_object().map(|d| d.keys().cloned().collect()))
+        .unwrap_or_default();
+    println!(
+        "   istio-system/remora-mesh-rules as the controller wrote it: {}\n",
+        keys.join(", ")
+    );
+    let host = ingress::gateway_host();
+    // (path, status, chain expected)
+    let cases: [(&str, u16, &str); 3] = [
+        (
+            "/productpage",
+            200,
+            "productpage v1 ← reviews v3 ← ratings v1",
+        ),
+        ("/static/style.css", 200, ""),
+        ("/admin", 404, ""),
+    ];
+    let mut rows = Vec::new();
+    for (path, want, chain) in cases {
+        let n = if path == "/productpage" { 5 } else { 1 };
+        let mut good = 0;
+        let mut observed = String::new();
+        for _ in 0..n {
+            match ingress::get(lab, "visitor", path) {
+                Ok(r) => {
+                    let got_chain = if chain.is_empty() {
+                        String::new()
+                    } else {
+                        r.json()
+                            .map(|v| ingress::page_chain(&v))
+                            .unwrap_or_default()
+                    };
+                    if r.status == want && got_chain == chain {
+                        good += 1;
+                    }
+                    observed = if got_chain.is_empty() {
+                        format!("HTTP {}", r.status)
+                    } else {
+                        format!("HTTP {} {got_chain}", r.status)
+                    };
+                }
+                Err(e) => observed = format!("error: {e:#}"),
+            }
+        }
+        let expected = if chain.is_empty() {
+            format!("HTTP {want}")
+        } else {
+            format!("HTTP {want} {chain}")
+        };
+        let is_ok = good == n;
+        if !is_ok {
+            failures.push(format!(
+                "Scenario 6: visitor -> http://{host}{path}: {observed}, expected {expected} ({good} of {n})"
+            ));
+        }
+        rows.push(vec![
+            format!("http://{host}{path}"),
+            n.to_string(),
+            observed,
+            expected,
+            ok(is_ok),
+        ]);
+    }
+    // HTTPS: the gateway terminates TLS with the test certificate of the Secret.
+    let url = format!("https://{}/productpage", ingress::SECURE_HOST);
+    let (observed, good) =
+        match ingress::get_tls(lab, "visitor", ingress::SECURE_HOST, &crt, "/productpage") {
+            Ok((status, body)) => (
+                format!("HTTP {status} over TLS"),
+                status == 200 && body.contains("\"service\":\"productpage\""),
+            ),
+            Err(e) => (format!("error: {e:#}"), false),
+        };
+    if !good {
+        failures.push(format!(
+            "Scenario 6: visitor -> {url}: {observed}, expected HTTP 200 over TLS"
+        ));
+    }
+    rows.push(vec![
+        url,
+        "1".into(),
+        observed,
+        "HTTP 200 over TLS".into(),
+        ok(good),
+    ]);
+    print!(
+        "{}",
+        table::text(
+            &[
+                "FROM outside/visitor",
+                "N",
+                "OBSERVED",
+                "EXPECTED",
+                "RESULT"
+            ],
+            &rows
+        )
+    );
+    println!("   (/static is bound by the VirtualService and answered by productpage; /admin matches no route:");
+    println!("   the gateway's 404)\n");
     Ok(())
 }
 

@@ -1,15 +1,17 @@
 //! The rules controller (Pilot's job, the ConfigMap way): Istio objects applied with `kubectl`
 //! (or Argo CD, Flux, …) are compiled into each meshed namespace's `remora-mesh-rules`
-//! ConfigMap, which its sidecars already read (mounted, and through the API when allowed).
+//! ConfigMap, which its sidecars already read (mounted, and through the API when allowed), and
+//! into the ConfigMap of each namespace labelled `remora.dev/gateway=enabled` (where a
+//! `remora-proxy gateway` runs) with what a gateway sees ([`plan::view`]).
 //!
 //! - One replica leads ([`lease`]); the others wait and take over when its Lease expires.
 //! - The leader watches every kind proxies apply ([`KINDS`], each at the best version its CRD
 //!   serves: `v1`, else `v1beta1`, else `v1alpha3`) in all namespaces, and the namespaces (their
-//!   labels say which are meshed). Each object is checked once when it changes
+//!   labels say which are meshed or run a gateway). Each object is checked once when it changes
 //!   (`remora_model::compile::check`); an invalid one is left out with an Event on it and a log
 //!   line, so it never makes proxies keep stale rules.
 //! - Changes are batched: the first change starts a short window (`debounce`), then every
-//!   meshed namespace is rendered (`remora_model::compile::render`, Istio's visibility rules)
+//!   such namespace is rendered (`remora_model::compile::select_view`, Istio's visibility rules)
 //!   and its ConfigMap written only when its data differs ([`plan`]). A ConfigMap without the
 //!   controller's label is the user's and is left alone (logged and an Event, once); one over
 //!   1 MiB, or a set its proxies would reject, is not written (logged, Event on the namespace,

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use remora_model::compile::{self, Checked, Invalid, ObjectRef, RenderError, Settings};
+use remora_model::compile::{
+    self, Checked, Invalid, ObjectRef, RenderError, Settings, View, GATEWAY_LABEL,
+};
 
 /// An object's place in the cache: kind, namespace, name.
 pub type Key = ObjectRef;
@@ -66,6 +68,19 @@ pub fn meshed(labels: &BTreeMap<String, String>) -> bool {
     }
 }
 
+/// Whose rules a namespace gets, if any: meshed ([`meshed`]) → its sidecars'; labelled
+/// `remora.dev/gateway=enabled` (a gateway runs there) → a gateway's; both → both; neither →
+/// none.
+pub fn view(labels: &BTreeMap<String, String>) -> Option<View> {
+    let gateway = labels.get(GATEWAY_LABEL.0).map(String::as_str) == Some(GATEWAY_LABEL.1);
+    match (meshed(labels), gateway) {
+        (true, false) => Some(View::Sidecars),
+        (false, true) => Some(View::Gateway),
+        (true, true) => Some(View::Both),
+        (false, false) => None,
+    }
+}
+
 /// What to do in one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -92,12 +107,13 @@ pub struct Step {
     pub objects: usize,
 }
 
-/// The namespaces to plan: meshed, and in `only` when given; in name order.
+/// The namespaces to plan: meshed or running a gateway ([`view`]), and in `only` when given;
+/// in name order.
 pub fn namespaces(world: &World, only: Option<&BTreeSet<String>>) -> Vec<String> {
     world
         .namespaces
         .iter()
-        .filter(|(ns, labels)| meshed(labels) && only.is_none_or(|o| o.contains(*ns)))
+        .filter(|(ns, labels)| view(labels).is_some() && only.is_none_or(|o| o.contains(*ns)))
         .map(|(ns, _)| ns.clone())
         .collect()
 }
@@ -110,7 +126,12 @@ pub fn step(world: &World, idx: &Index, settings: &Settings, ns: &str) -> Step {
         objs.extend(own.iter().map(|c| c.as_ref()));
     }
     let existing = world.configmaps.get(ns);
-    let (action, objects) = match compile::select(&objs, ns, settings) {
+    let view = world
+        .namespaces
+        .get(ns)
+        .and_then(view)
+        .unwrap_or(View::Sidecars);
+    let (action, objects) = match compile::select_view(&objs, ns, settings, view) {
         Err(e) => (Action::Refused(e), 0),
         Ok(r) => {
             let n = r.included.len();
@@ -138,7 +159,7 @@ pub fn step(world: &World, idx: &Index, settings: &Settings, ns: &str) -> Step {
     }
 }
 
-/// The plan for the meshed namespaces (those in `only` when given), in name order.
+/// The plan for the meshed and gateway namespaces (those in `only` when given), in name order.
 pub fn plan(world: &World, settings: &Settings, only: Option<&BTreeSet<String>>) -> Vec<Step> {
     let idx = index(world, settings);
     namespaces(world, only)
@@ -238,6 +259,11 @@ mod tests {
                 labels(&[("istio-injection", "disabled"), ("istio.io/rev", "b")]),
             ),
             ("plain", labels(&[])),
+            ("istio-system", labels(&[("remora.dev/gateway", "enabled")])),
+            (
+                "gw-off",
+                labels(&[("remora.dev/gateway", "true"), ("istio-injection", "off")]),
+            ),
         ] {
             w.namespaces.insert(ns.to_string(), l);
         }
@@ -262,12 +288,55 @@ mod tests {
     }
 
     #[test]
+    fn gateway_namespaces_by_their_label() {
+        let cases = [
+            (vec![("remora.dev/gateway", "enabled")], Some(View::Gateway)),
+            (
+                vec![
+                    ("remora.dev/gateway", "enabled"),
+                    ("istio-injection", "enabled"),
+                ],
+                Some(View::Both),
+            ),
+            (vec![("istio-injection", "enabled")], Some(View::Sidecars)),
+            (vec![("remora.dev/gateway", "true")], None),
+            (vec![], None),
+        ];
+        for (l, want) in cases {
+            assert_eq!(view(&labels(&l)), want, "{l:?}");
+        }
+        // The gateway's namespace sees bookinfo's Gateway; a meshed namespace does not.
+        let mut w = world();
+        let gw = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                        "metadata": {"name": "bookinfo-gateway", "namespace": "bookinfo"},
+                        "spec": {"selector": {"istio": "ingressgateway"},
+                                 "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                                              "hosts": ["*"]}]}});
+        let c = compile::check(&gw, "cluster.local").map(Arc::new);
+        w.objects
+            .insert(c.as_ref().map(|c| c.id.clone()).expect("valid"), c);
+        let steps = plan(&w, &Settings::default(), None);
+        let data = |ns: &str| match &steps.iter().find(|s| s.namespace == ns).expect(ns).action {
+            Action::Create(d) => d.keys().cloned().collect::<Vec<_>>(),
+            other => panic!("{ns}: expected Create, got {other:?}"),
+        };
+        assert_eq!(
+            data("istio-system"),
+            [
+                "bookinfo.destinationrule.reviews.yaml",
+                "bookinfo.gateway.bookinfo-gateway.yaml"
+            ]
+        );
+        assert_eq!(data("frontend"), ["bookinfo.destinationrule.reviews.yaml"]);
+    }
+
+    #[test]
     fn create_keep_update_and_user_owned() {
         let mut w = world();
         let s = Settings::default();
         let steps = plan(&w, &s, None);
         let names: Vec<&str> = steps.iter().map(|s| s.namespace.as_str()).collect();
-        assert_eq!(names, ["bookinfo", "frontend"]);
+        assert_eq!(names, ["bookinfo", "frontend", "istio-system"]);
         let Action::Create(data) = &steps[0].action else {
             panic!("expected Create, got {:?}", steps[0].action)
         };
