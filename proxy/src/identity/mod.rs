@@ -12,6 +12,7 @@
 
 pub mod ca_client;
 pub mod material;
+pub mod server_ids;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,7 @@ pub struct Identity {
     status: Mutex<Status>,
     /// The SPIFFE ids outbound mTLS servers presented, by endpoint (for the metrics'
     /// `destination_principal` of requests on pooled connections).
-    pub servers: crate::mtls::outbound::ServerIds,
+    pub servers: server_ids::ServerIds,
 }
 
 impl Identity {
