@@ -15,26 +15,32 @@ pub fn qualify(host: &str, ns: &str, domain: &str) -> String {
 
 /// Split an authority (`host`, `host:port`, `[v6]:port`, `v6`) into a lower-cased host and port.
 pub fn split_authority(authority: &str) -> (String, Option<u16>) {
+    let (host, port) = split_authority_as_sent(authority);
+    (host.to_ascii_lowercase(), port)
+}
+
+/// [`split_authority`] without lower-casing, borrowed (for comparisons that ignore case and
+/// run per request).
+pub fn split_authority_as_sent(authority: &str) -> (&str, Option<u16>) {
     let a = authority.trim();
     if let Some(rest) = a.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
-            let host = rest[..end].to_ascii_lowercase();
             let port = rest[end + 1..]
                 .strip_prefix(':')
                 .and_then(|p| p.parse::<u16>().ok());
-            return (host, port);
+            return (&rest[..end], port);
         }
     }
     // A bare IPv6 address has several colons and no port.
     if a.matches(':').count() > 1 {
-        return (a.to_ascii_lowercase(), None);
+        return (a, None);
     }
     match a.rsplit_once(':') {
         Some((h, p)) => match p.parse::<u16>() {
-            Ok(port) => (h.trim_end_matches('.').to_ascii_lowercase(), Some(port)),
-            Err(_) => (a.trim_end_matches('.').to_ascii_lowercase(), None),
+            Ok(port) => (h.trim_end_matches('.'), Some(port)),
+            Err(_) => (a.trim_end_matches('.'), None),
         },
-        None => (a.trim_end_matches('.').to_ascii_lowercase(), None),
+        None => (a.trim_end_matches('.'), None),
     }
 }
 

@@ -208,7 +208,11 @@ fn egress_allows(snap: &Snapshot, meta: &crate::rules::Meta, hosts: &[String], p
 /// A path `normalize_path` leaves as it is, told without building its normal form: nothing to
 /// decode (`%`), no backslash, no `.` or `..` segment (each would start with `/.`).
 fn is_normal_path(full: &str) -> bool {
-    let (path, _) = split_path(full);
+    is_normal(split_path(full).0)
+}
+
+/// The same for a path without its query (authorization's path matching uses it too).
+pub(crate) fn is_normal(path: &str) -> bool {
     !path.bytes().any(|b| b == b'%' || b == b'\\') && !path.contains("/.")
 }
 

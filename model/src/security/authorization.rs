@@ -579,25 +579,10 @@ impl<'a> Facts<'a> {
 /// with `/` and has nothing to decode (`%`), no backslash and no `.`/`..` segment.
 fn normal_path(raw: &str) -> Cow<'_, str> {
     let p = raw.split(['?', '#']).next().unwrap_or("");
-    if p.starts_with('/') && !p.bytes().any(|b| b == b'%' || b == b'\\') && !p.contains("/.") {
+    if p.starts_with('/') && crate::route::is_normal(p) {
         Cow::Borrowed(p)
     } else {
         Cow::Owned(normalize_path(raw))
-    }
-}
-
-/// The host of a `Host`/`:authority` without its port, borrowed (case is ignored where it is
-/// compared): `[::1]:80` → `::1`, `a.b:80` → `a.b`, a bare IPv6 address as it is.
-fn bare_host(authority: &str) -> &str {
-    let a = authority.trim();
-    if let Some(rest) = a.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            return &rest[..end];
-        }
-    }
-    match a.rsplit_once(':') {
-        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => a,
     }
 }
 
@@ -805,7 +790,10 @@ fn operation_matches(o: &Operation, facts: &Facts) -> bool {
     let http = req.http.as_ref();
     let host = |pat: &String| -> Option<bool> {
         let h = &http?.host;
-        Some(string_match_ignore_case(pat, h) || string_match_ignore_case(pat, bare_host(h)))
+        Some(
+            string_match_ignore_case(pat, h)
+                || string_match_ignore_case(pat, crate::host::split_authority_as_sent(h).0),
+        )
     };
     let method = |m: &String| Some(string_match(m, http?.method));
     let path = |p: &String| Some(path_match(p, facts.path()?));
@@ -1047,7 +1035,11 @@ mod tests {
             ("host:notaport", "host:notaport"),
             (" a.b:1 ", "a.b"),
         ] {
-            assert_eq!(bare_host(authority), want, "{authority:?}");
+            assert_eq!(
+                crate::host::split_authority_as_sent(authority).0,
+                want,
+                "{authority:?}"
+            );
         }
     }
 
