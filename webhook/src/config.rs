@@ -142,6 +142,9 @@ pub struct Config {
     pub revision: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
+    /// Istio's `enablePrometheusMerge`: point the pod's `prometheus.io/*` annotations at the
+    /// proxy's `:15020/stats/prometheus`, which serves the proxy's metrics and the app's together.
+    pub enable_prometheus_merge: bool,
 }
 
 impl Default for Config {
@@ -191,6 +194,7 @@ impl Default for Config {
             },
             revision: None,
             identity: IdentityConfig::default(),
+            enable_prometheus_merge: true,
         }
     }
 }
