@@ -244,7 +244,7 @@ impl GatewayRouter {
                 ?hosts,
                 "gateway listener"
             );
-            if l.kind != ListenerKind::Https {
+            if !l.kind.terminates_tls() {
                 continue;
             }
             let dir = &self.flags.gateway_credentials_dir;
@@ -320,8 +320,8 @@ impl GatewayRouter {
 }
 
 impl GatewayRouter {
-    /// Route a connection on the gateway's listening port `port` (a `TCP` or `PASSTHROUGH`
-    /// listener; `sni`: the ClientHello's name on a passthrough one): the model's decision.
+    /// Route a connection on the gateway's listening port `port` (a `TCP`, `PASSTHROUGH` or
+    /// terminated `TLS` listener; `sni`: the ClientHello's name): the model's decision.
     pub fn route_l4(&self, port: u16, sni: Option<&str>) -> Decision {
         let planned = self.current();
         let Some(l) = planned.plan.listener(port) else {
