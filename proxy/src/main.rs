@@ -547,21 +547,19 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         }
         server.add_service(svc);
     }
-    let gateway_ports = match gateway {
+    let gateway_router = match gateway {
         None => None,
-        Some(flags) => Some(
-            remora_proxy::gateway_listen::add_services(
-                &mut server,
-                &pconf,
-                shared.clone(),
-                resolver.clone(),
-                guard.clone(),
-                flags,
-                labels.clone(),
-            )?
-            .ports(),
-        ),
+        Some(flags) => Some(remora_proxy::gateway_listen::add_services(
+            &mut server,
+            &pconf,
+            shared.clone(),
+            resolver.clone(),
+            guard.clone(),
+            flags,
+            labels.clone(),
+        )?),
     };
+    let gateway_ports = gateway_router.as_ref().map(|r| r.ports());
 
     // Admin servers and the rules watcher on their own runtime and thread.
     let mut admin_state = AdminState::new(
@@ -603,6 +601,9 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         }
         if let Some(id) = identity {
             tokio::spawn(id.run(metrics.clone()));
+        }
+        if let Some(router) = gateway_router {
+            tokio::spawn(router.refresh());
         }
         tokio::spawn(admin::watch_readiness(
             st.clone(),

@@ -417,6 +417,17 @@ spec:
     // The server whose Secret is missing is down, with one line naming it; the others serve.
     gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");
     assert!(https_try(tls_addr, "missing.example.com", &roots, "/", None).is_err());
+    let m = gw.metrics_when("remora_gateway_servers", &["state=\"down\""], 1.0);
+    assert_eq!(
+        metric_value(&m, "remora_gateway_servers", &["state=\"down\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "remora_gateway_servers", &["state=\"served\""]),
+        4.0,
+        "{m}"
+    );
 
     // MUTUAL: a client certificate from the Secret's ca.crt with the listed SAN is accepted;
     // none, one from another CA, or one without the SAN is refused.
@@ -464,6 +475,39 @@ spec:
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // The missing Secret appears: with no connection to the gateway, the plan is made again
+    // on its own and the metric says the server is up; then it serves.
+    let (late_crt, late_key) = cert("missing.example.com");
+    secret_volume(
+        &creds.path().join("no-such-secret"),
+        1,
+        &[("tls.crt", &late_crt), ("tls.key", &late_key)],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_S);
+    loop {
+        let m = gw.metrics();
+        if metric_value(&m, "remora_gateway_servers", &["state=\"down\""]) == 0.0 {
+            assert_eq!(
+                metric_value(&m, "remora_gateway_servers", &["state=\"served\""]),
+                5.0,
+                "{m}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new Secret was not picked up without traffic; stderr:\n{}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let roots = format!("{roots}{late_crt}");
+    // The handshake now succeeds with the new certificate (no VirtualService routes that host:
+    // the gateway's own 404).
+    let (r, shown) = https_get(tls_addr, "missing.example.com", &roots, "/late");
+    assert_eq!(shown, der(&late_crt));
+    assert_eq!(r.status, 404, "{}", r.body_text());
 }
 
 /// A ServiceEntry giving `name` (in testns) port `port` (`protocol`, its port name the protocol
