@@ -547,6 +547,12 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         }
         server.add_service(svc);
     }
+    if let Some(flags) = gateway
+        .as_ref()
+        .filter(|f| f.gateway_credentials_source == "api")
+    {
+        start_gateway_secrets(&args, flags.gateway_credentials_dir.clone())?;
+    }
     let gateway_router = match gateway {
         None => None,
         Some(flags) => Some(remora_proxy::gateway_listen::add_services(
@@ -666,4 +672,29 @@ fn app_metrics(
     let m = AppMetrics::new(scrape, shared.metrics.registry())
         .map_err(|e| anyhow::anyhow!("registering the app-metrics counter: {e}"))?;
     Ok(Some(m))
+}
+
+/// `--gateway-credentials-source api`: the Secrets of the gateway's namespace through the API,
+/// written into the credentials directory, on their own thread and runtime. Without API access
+/// (`--kube-api off`, no in-cluster configuration) it is an error naming why.
+fn start_gateway_secrets(args: &Args, dir: std::path::PathBuf) -> anyhow::Result<()> {
+    use remora_proxy::discovery::kube::{self as dk, ApiMode};
+    let (kube_api, namespace) = (args.kube_api.clone(), args.namespace.clone());
+    start_runtime_thread("gw-secrets", move |tx| async move {
+        let client = match dk::client_for(&kube_api, &namespace) {
+            Ok(ApiMode::Client(client, _)) => client,
+            Ok(ApiMode::Off(why)) => {
+                let _ = tx.send(Err(anyhow!(
+                    "--gateway-credentials-source api: the Kubernetes API is off ({why}); use --gateway-credentials-source files or give the gateway API access"
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(anyhow!(e)));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        remora_proxy::gateway::secrets::watch(client, namespace, dir).await
+    })
 }

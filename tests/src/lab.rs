@@ -681,7 +681,8 @@ impl Lab {
             .collect()
     }
 
-    /// The ingress gateway as `manifests/gateway.yaml` ships it, applied unchanged: its
+    /// The ingress gateway as `manifests/gateway.yaml` ships it, but with credentialName
+    /// Secrets mounted (`files`; the lab's pods cannot reach its API): its
     /// Deployment's pod (the container's command is the image's entrypoint, `remora-proxy`,
     /// with the manifest's `args` and env, as uid 1337; not injected, so no capture) and its
     /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled`: that label makes
@@ -698,7 +699,11 @@ impl Lab {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
         let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        if !secrets.is_empty() {
+        // The lab's pods cannot reach its API: the gateway gets its credentialName Secrets
+        // mounted (`REMORA_GATEWAY_CREDENTIALS_SOURCE=files`, each Secret a volume), as a user
+        // who prefers mounted Secrets patches the Deployment (docs/gateways.md); reading them
+        // through the API is tested against the recorded API (tests/tests/kube_gateway_secrets.rs).
+        {
             let mut docs = Vec::new();
             for doc in serde_yaml_ng::Deserializer::from_str(&text) {
                 let mut v: Value = serde::Deserialize::deserialize(doc)
@@ -707,6 +712,25 @@ impl Lab {
                     let spec = v.pointer_mut("/spec/template/spec").ok_or_else(|| {
                         anyhow!("{}: Deployment without a pod spec", path.display())
                     })?;
+                    if let Some(env) = spec
+                        .pointer_mut("/containers/0/env")
+                        .and_then(Value::as_array_mut)
+                    {
+                        for e in env.iter_mut() {
+                            if e["name"] == "REMORA_GATEWAY_CREDENTIALS_SOURCE" {
+                                e["value"] = serde_json::json!("files");
+                            }
+                        }
+                    }
+                    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+                        vols.retain(|v| v["name"] != "credentials");
+                    }
+                    if let Some(mounts) = spec
+                        .pointer_mut("/containers/0/volumeMounts")
+                        .and_then(Value::as_array_mut)
+                    {
+                        mounts.retain(|m| m["name"] != "credentials");
+                    }
                     for name in secrets {
                         if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
                             vols.push(

@@ -1346,7 +1346,8 @@ fn authorization_and_jwt_between_pods() {
     assert_eq!(get("bookinfo/client", "details", "/details/0", &[]).0, 200);
 }
 
-/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied unchanged (its pod runs
+/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied with its Secrets mounted
+/// (the lab's pods cannot reach its API; otherwise unchanged: its pod runs
 /// the Deployment's container — `remora-proxy gateway`, uid 1337, not injected, no capture),
 /// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied in `bookinfo`; `istio-system`
 /// (labelled `remora.dev/gateway=enabled`) gets in its ConfigMap bookinfo's Gateway, the

@@ -1,8 +1,8 @@
 //! `remora-proxy gateway`: the proxy as Istio's ingress gateway. No capture: it listens on the
 //! ports of the `Gateway` servers that select its pod (`--pod-labels-file`), each Gateway port
-//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS servers
+//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS and TLS servers
 //! (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`; certificates from `--gateway-credentials-dir`,
-//! [`certs`]), and routes HTTP by the
+//! [`certs`], filled by mounted Secrets or through the API, [`secrets`]), and routes HTTP by the
 //! VirtualServices bound to those Gateways, through the sidecar's request steps
 //! ([`crate::http::MeshHttp`] with a [`GatewayRouter`]), as an outbound request (`reporter`
 //! `source`).
@@ -13,6 +13,7 @@
 //! first connection or request after the change). Listening ports are bound at start-up.
 
 pub mod certs;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,11 @@ pub struct GatewayFlags {
         default_value = "/etc/remora/gateway-credentials"
     )]
     pub gateway_credentials_dir: PathBuf,
+    /// Where `credentialName` Secrets come from: `files` (mounted into
+    /// `--gateway-credentials-dir` by the Deployment) or `api` (the Secrets of the gateway's
+    /// namespace read through the Kubernetes API and written there, [`secrets`]).
+    #[arg(long, env = "REMORA_GATEWAY_CREDENTIALS_SOURCE", default_value = "files", value_parser = ["files", "api"])]
+    pub gateway_credentials_source: String,
 }
 
 /// The plan made from one snapshot, with the TLS settings of its servers.
@@ -308,8 +314,11 @@ impl GatewayRouter {
                 {
                     Ok(cfg) => Some(cfg),
                     Err(e) => {
-                        // A Secret caught mid-update keeps the settings read before, if any.
-                        let before = previous.and_then(|p| p.config_of(l.port, b));
+                        // A Secret caught mid-update keeps the settings read before, if any;
+                        // a Secret deleted (its directory gone) takes its server down.
+                        let before = previous
+                            .filter(|_| !certs::secret_gone(dir, &t))
+                            .and_then(|p| p.config_of(l.port, b));
                         warn!(
                             "{} (port {}): TLS settings not loaded, {}: {e}",
                             b.describe(),
