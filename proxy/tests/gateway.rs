@@ -24,13 +24,24 @@ fn rt() -> tokio::runtime::Runtime {
 /// `remora-proxy gateway` with the pod labels of Istio's ingress gateway, its Gateway ports
 /// mapped to `map` (`SERVICE=LISTEN,...`) on 127.0.0.1; admin ports from `ports`.
 fn start_gateway(rules: &Path, map: &str, extra: &[String]) -> (ProxyProc, tempfile::TempDir) {
+    start_gateway_as(
+        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
+        rules,
+        map,
+        extra,
+    )
+}
+
+/// [`start_gateway`] with the pod labels `labels` (downward-API lines).
+fn start_gateway_as(
+    labels_text: &str,
+    rules: &Path,
+    map: &str,
+    extra: &[String],
+) -> (ProxyProc, tempfile::TempDir) {
     let pod = tempfile::tempdir().unwrap();
     let labels = pod.path().join("labels");
-    std::fs::write(
-        &labels,
-        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
-    )
-    .unwrap();
+    std::fs::write(&labels, labels_text).unwrap();
     let p = Ports::free();
     let mut cmd = Command::new(proxy_bin());
     cmd.args([
@@ -816,4 +827,109 @@ spec:
     // The decrypted connections went to the echo backend as TCP.
     let line = gw.wait_log(|v| v["kind"] == "tcp" && v["upstream"] == echo.to_string());
     assert_eq!(line["direction"], "outbound", "{line}");
+}
+
+/// Istio's egress gateway pattern over HTTP, with two real proxies: a sidecar sends a request for
+/// an external host (a ServiceEntry) to the egress gateway (the VirtualService's `mesh` match),
+/// and the egress gateway (pod labels `istio: egressgateway`, selected by the Gateway) sends it
+/// on to the external host (the VirtualService's match bound to that Gateway); each hop is in its
+/// own proxy's access log, and a host the Gateway does not serve gets the gateway's 404.
+#[test]
+fn egress_gateway_pattern_over_http() {
+    let rt = rt();
+    let external = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "external"));
+    let gw_port = free_ports(1)[0];
+    let rules = RulesDir::new(&[(
+        "egress.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external, namespace: testns}}
+spec:
+  hosts: [edition.example.com]
+  ports: [{{number: 80, name: http-port, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http-port: {ext}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {gw_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: testns}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [edition.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-through-egress-gateway, namespace: testns}}
+spec:
+  hosts: [edition.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh]}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    route:
+    - destination: {{host: edition.example.com, port: {{number: 80}}}}
+",
+            ext = external.port()
+        ),
+    )]);
+    let (gw, _pod) = start_gateway_as(
+        "app=\"istio-egressgateway\"\nistio=\"egressgateway\"\n",
+        rules.path(),
+        &format!("80={gw_port},443={}", free_ports(1)[0]),
+        &[],
+    );
+    // The app's own destination must never be used: a port where nothing answers.
+    let nowhere = DeadPort::new();
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(nowhere.addr());
+    let mut sidecar = ProxyProc::start(o);
+    sidecar.wait_ready();
+
+    let r = http_get(
+        sidecar.ports.outbound_addr(),
+        "/politics",
+        &[("Host", "edition.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    let v = r.json();
+    assert_eq!(v["server"], "external", "{v}");
+    assert_eq!(v["path"], "/politics");
+    // The sidecar sent it to the egress gateway, which sent it to the external host.
+    let hop1 = sidecar.wait_log(|l| l["path"] == "/politics");
+    assert_eq!(
+        hop1["upstream"],
+        format!("127.0.0.1:{gw_port}"),
+        "sidecar → egress gateway: {hop1}"
+    );
+    let hop2 = gw.wait_log(|l| l["path"] == "/politics");
+    assert_eq!(
+        hop2["upstream"],
+        external.to_string(),
+        "egress gateway → external: {hop2}"
+    );
+    // Straight to the egress gateway, a host its Gateway does not serve: its 404.
+    let r = http_get(
+        SocketAddr::from(([127, 0, 0, 1], gw_port)),
+        "/",
+        &[("Host", "other.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body_text());
 }
