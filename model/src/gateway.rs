@@ -113,6 +113,17 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// The name `/config_dump` and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
+            ListenerKind::Passthrough => "passthrough",
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::TlsTerminated => "tls",
+        }
+    }
+
     /// Whether the gateway terminates TLS on this listener (certificates from `credentialName`).
     pub fn terminates_tls(self) -> bool {
         matches!(self, ListenerKind::Https | ListenerKind::TlsTerminated)
@@ -228,6 +239,52 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
     }
     out.listeners.sort_by_key(|l| l.port);
     out
+}
+
+/// The `/config_dump` of a gateway's plan; `down(port, i)`: whether server `i` of the listener
+/// on `port` is down (its TLS settings not loaded).
+pub fn dump(plan: &Plan, down: impl Fn(u16, usize) -> bool) -> crate::dump::GatewayDump {
+    use crate::dump::{GatewayDump, GatewayListenerDump, GatewayServerDump};
+    use crate::rules::gateway::HostNamespace;
+    GatewayDump {
+        gateways: plan.gateways.clone(),
+        not_served: plan.not_served.clone(),
+        listeners: plan
+            .listeners
+            .iter()
+            .map(|l| GatewayListenerDump {
+                port: l.port,
+                gateway_port: l.gateway_port,
+                kind: l.kind.as_str().to_string(),
+                bind: l.bind.clone(),
+                servers: l
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let tls = b.server.tls.as_ref();
+                        GatewayServerDump {
+                            server: b.describe(),
+                            protocol: b.server.protocol.as_str().to_string(),
+                            hosts: b
+                                .server
+                                .hosts
+                                .iter()
+                                .map(|h| match &h.namespace {
+                                    HostNamespace::Any => h.host.clone(),
+                                    HostNamespace::Gateway => format!("./{}", h.host),
+                                    HostNamespace::Named(ns) => format!("{ns}/{}", h.host),
+                                })
+                                .collect(),
+                            tls_mode: tls.and_then(|t| t.mode).map(|m| m.as_str().to_string()),
+                            credential_name: tls.and_then(|t| t.credential_name.clone()),
+                            state: if down(l.port, i) { "down" } else { "served" }.to_string(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 /// The server of `listener` for a request host or SNI name: the most specific host match; the

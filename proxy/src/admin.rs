@@ -66,6 +66,8 @@ pub struct AdminState {
     became_ready: AtomicBool,
     /// A gateway's listening ports, which readiness waits for instead of the capture ports.
     pub gateway_ports: Option<Vec<u16>>,
+    /// A gateway's router (`remora-proxy gateway`): its ports and plan for `/config_dump`.
+    pub gateway: Option<Arc<crate::gateway::GatewayRouter>>,
     /// The app's own metrics, merged into 15020's `/stats/prometheus` (metrics merging).
     pub app_metrics: Option<crate::telemetry::app_metrics::AppMetrics>,
 }
@@ -85,6 +87,7 @@ impl AdminState {
             became_ready: AtomicBool::new(false),
             gateway_ports: None,
             app_metrics: None,
+            gateway: None,
         }
     }
 
@@ -164,7 +167,7 @@ impl AdminState {
         let s = &self.shared.settings;
         let bound = self.listeners_bound();
         let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
-        ConfigDump {
+        let mut dump = ConfigDump {
             version: env!("CARGO_PKG_VERSION").to_string(),
             generation: snap.generation,
             hash: snap.hash.clone(),
@@ -241,7 +244,24 @@ impl AdminState {
                 .identity
                 .as_ref()
                 .map(|i| i.dump(self.shared.peers.len())),
+            gateway: self.gateway.as_ref().map(|g| g.dump()),
+        };
+        if let Some(g) = &self.gateway {
+            // A gateway has no capture listeners: its listening ports instead.
+            let address = g.flags.gateway_address;
+            dump.listeners = g
+                .ports()
+                .into_iter()
+                .map(|port| ListenerDump {
+                    name: format!("gateway {port}"),
+                    address: Some(std::net::SocketAddr::new(address, port).to_string()),
+                    bound: true,
+                    fixed_target: None,
+                    source_address: None,
+                })
+                .collect();
         }
+        dump
     }
 
     /// `/config_dump`'s `discovery` section: the watches and index, and what readiness waits for.

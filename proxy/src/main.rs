@@ -578,6 +578,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     // Uptime and "ready after" count from the process's start, as the discovery timeout does.
     admin_state.started = started;
     admin_state.gateway_ports = gateway_ports;
+    admin_state.gateway = gateway_router.clone();
     admin_state.app_metrics = app_metrics(&shared)?;
     let admin_state = Arc::new(admin_state);
     let mut phases = server.watch_execution_phase();

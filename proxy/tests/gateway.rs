@@ -439,6 +439,37 @@ spec:
         4.0,
         "{m}"
     );
+    // /config_dump shows the gateway's ports and servers (what `remora proxy-config
+    // listeners` prints), the one whose Secret is missing as down.
+    let r = http_get(gw.ports.admin_addr(), "/config_dump", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let dump: remora_model::dump::ConfigDump = serde_json::from_slice(&r.body).unwrap();
+    let g = dump.gateway.expect("a gateway section");
+    assert_eq!(g.gateways, ["testns/web-gateway"]);
+    let l = g.listeners.iter().find(|l| l.port == https_port).unwrap();
+    assert_eq!((l.gateway_port, l.kind.as_str()), (443, "https"));
+    let states: Vec<(&str, &str)> = l
+        .servers
+        .iter()
+        .map(|s| (s.hosts[0].as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("secure.example.com", "served"),
+            ("other.example.com", "served"),
+            ("missing.example.com", "down"),
+            ("mtls.example.com", "served"),
+        ]
+    );
+    assert!(dump
+        .listeners
+        .iter()
+        .any(|x| x.name == format!("gateway {https_port}") && x.bound));
+    assert!(dump
+        .listeners
+        .iter()
+        .all(|x| x.name.starts_with("gateway ")));
 
     // MUTUAL: a client certificate from the Secret's ca.crt with the listed SAN is accepted;
     // none, one from another CA, or one without the SAN is refused.

@@ -188,6 +188,17 @@ impl GatewayRouter {
         }
     }
 
+    /// `/config_dump`'s `gateway` section: the current plan and which servers are down.
+    pub fn dump(&self) -> remora_model::dump::GatewayDump {
+        let planned = self.current();
+        model::dump(&planned.plan, |port, i| {
+            planned
+                .tls
+                .get(&port)
+                .is_some_and(|t| t.configs.get(i).is_some_and(|c| c.is_none()))
+        })
+    }
+
     /// Make the plan again every [`REFRESH_EVERY`] when the rules or a certificate file
     /// changed (the same check a connection makes), for ever.
     pub async fn refresh(self: Arc<Self>) {
