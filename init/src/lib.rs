@@ -6,3 +6,5 @@
 pub mod apply;
 pub mod flags;
 pub mod plan;
+pub mod pod;
+pub mod program;
