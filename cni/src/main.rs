@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use remora_cni::plugin::{self, Report};
-use remora_cni::spec::{self, code, CniError, Command};
+use remora_cni::spec::{self, code, CniError};
 use remora_cni::{config, plugin::write_log};
 
 /// The largest configuration read from stdin.
@@ -18,7 +18,8 @@ const MAX_STDIN: u64 = 4 * 1024 * 1024;
 fn main() -> ExitCode {
     let inv = spec::invocation(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
-    if inv.as_ref().is_ok_and(|i| i.command != Command::Version) {
+    // Read even when the environment is wrong, so the error result carries the config's version.
+    if std::env::var("CNI_COMMAND").as_deref() != Ok("VERSION") {
         if let Err(e) = std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut stdin) {
             return fail(
                 &CniError::new(code::IO_FAILURE, format!("cannot read stdin: {e}")),
