@@ -667,3 +667,69 @@ fn version_lists_the_supported_versions() {
         json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
 }
+
+/// `remora-init validate` (the `remora-validation` container's check) run as the proxy uid in
+/// the pod's namespace, no capabilities.
+fn validate_as(netns: &Netns, uid: u32) -> Output {
+    let init = remora_init_bin();
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    netns.exec(
+        "setpriv",
+        &[
+            &reuid,
+            &regid,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            init.to_str().expect("path"),
+            "validate",
+            "--timeout-ms",
+            "2000",
+        ],
+    )
+}
+
+#[test]
+fn validation_passes_with_the_plugins_rules_and_fails_without() {
+    let with_rules = Netns::new("cval");
+    let without = Netns::new("cnoval");
+    let node = Node::new();
+    node.pod("shop", "cart", marked_pod(&[]));
+    ok(&cni(
+        "ADD",
+        &with_rules,
+        "ctr1",
+        ("shop", "cart"),
+        &node.config("1.0.0"),
+    ));
+
+    let out = validate_as(&with_rules, 1337);
+    assert!(
+        out.status.success(),
+        "validation failed with the rules in place: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("capture in place: a connection to 127.0.0.7:15002 as uid 1337 was redirected to the inbound capture port 15006"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = validate_as(&without, 1337);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("remora-init: error: the traffic capture is not in place: a connection to 127.0.0.7:15002 as uid 1337 was not redirected"),
+        "{stderr}"
+    );
+
+    // Run as another uid, the check would prove nothing: refused with the reason.
+    let out = validate_as(&with_rules, 1000);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("must run as the proxy uid 1337"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -5,7 +5,7 @@
 //! stderr), 2 on a command-line syntax error.
 
 use remora_init::flags::Flags;
-use remora_init::program;
+use remora_init::{program, validate};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -24,6 +24,10 @@ fn fail(msg: impl AsRef<str>) {
 }
 
 fn main() -> ExitCode {
+    // `remora-init validate ...`: the unprivileged check of CNI mode, not a capture flag.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "validate") {
+        return validate_main();
+    }
     let (flags, flag_lines) = match Flags::parse_with_sources() {
         Ok(f) => f,
         Err(e) => {
@@ -38,6 +42,27 @@ fn main() -> ExitCode {
             for e in errors {
                 fail(e);
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate_main() -> ExitCode {
+    use clap::Parser;
+    let flags = match validate::ValidateFlags::try_parse_from(std::env::args_os().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match validate::run(&flags) {
+        Ok(line_text) => {
+            line(format!("remora-init: {line_text}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            fail(e);
             ExitCode::FAILURE
         }
     }
