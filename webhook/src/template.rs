@@ -11,6 +11,8 @@ use crate::probes::PROBERS_ENV;
 
 pub use remora_init::pod::PROXY_CONTAINER as PROXY_NAME;
 pub const INIT_NAME: &str = "remora-init";
+/// CNI mode's init container: checks, unprivileged, that the node's plugin programmed the capture.
+pub const VALIDATION_NAME: &str = "remora-validation";
 pub const RULES_VOLUME: &str = "remora-rules";
 pub const PODINFO_VOLUME: &str = "remora-podinfo";
 pub const RULES_DIR: &str = "/etc/remora/rules";
@@ -88,6 +90,38 @@ pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
             "runAsGroup": 0,
             "runAsNonRoot": false,
             "runAsUser": 0
+        }
+    }))
+}
+
+/// CNI mode's `remora-validation` container, or `None` when interception is off: `remora-init
+/// validate` as the proxy's uid with no capabilities (it passes the `restricted` Pod Security
+/// profile), failing the pod with one line when the capture is not in place.
+pub fn validation_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
+    if o.capture.interception == Interception::None {
+        return None;
+    }
+    Some(json!({
+        "name": VALIDATION_NAME,
+        "image": cfg.init.image,
+        "imagePullPolicy": cfg.init.image_pull_policy,
+        "command": ["remora-init"],
+        "args": [
+            "validate",
+            "--inbound-capture-port",
+            INBOUND_PORT.to_string(),
+            "--proxy-uid",
+            cfg.proxy_uid.to_string()
+        ],
+        "resources": resources(&cfg.init.resources, &BTreeMap::new(), &BTreeMap::new()),
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": cfg.proxy_uid,
+            "runAsNonRoot": true,
+            "runAsUser": cfg.proxy_uid
         }
     }))
 }
