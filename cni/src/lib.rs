@@ -7,10 +7,13 @@
 //! (through the `PodSource` seam); `decide` (pure) says pass through or capture with which
 //! `remora-init` arguments — computed by `remora_init::pod`, the mapping the injector uses;
 //! `plugin` is the I/O shell: enter the pod's network namespace and run `remora_init::program`,
-//! the same code as the `remora-init` program.
+//! the same code as the `remora-init` program. The node agent (`remora-cni-node`): `conflist`
+//! (pure: the network configuration edited) and `node` (install, keep chained, remove).
 
 pub mod config;
+pub mod conflist;
 pub mod decide;
+pub mod node;
 pub mod plugin;
 pub mod podinfo;
 pub mod spec;
