@@ -127,7 +127,13 @@ fn write_record(path: &Path, record: &Record) -> Result<(), CniError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("cannot create the state directory of", e))?;
     }
-    let tmp = path.with_extension("tmp");
+    // Container ids never start with '.', so no record is named like this.
+    let tmp = path.with_file_name(format!(
+        ".tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
     let text = serde_json::to_vec(record)
         .map_err(|e| CniError::new(code::IO_FAILURE, format!("cannot encode the record: {e}")))?;
     std::fs::write(&tmp, text).map_err(|e| io("cannot write", e))?;

@@ -30,6 +30,10 @@ struct Cli {
     /// Print every lab step.
     #[arg(long, short, global = true)]
     verbose: bool,
+    /// CNI mode: the injector's `cni.enabled`, and the lab's kubelet calls the remora-cni plugin
+    /// (pods get the unprivileged remora-validation instead of remora-init).
+    #[arg(long, global = true)]
+    cni: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +107,7 @@ fn main() {
         cancel,
         ..LabOptions::default()
     };
+    opts.cni |= cli.cni;
     if let Some(d) = cli.bin_dir {
         opts.bin_dir = d;
     }
