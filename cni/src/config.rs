@@ -11,9 +11,13 @@ use crate::spec::{self, code, CniError};
 /// Where the plugin learns a pod's annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodInfoSource {
-    /// `{"source": "file", "dir": D}`: the pod object as JSON at `D/<namespace>/<name>.json`
-    /// (tests, the lab, and nodes where something else writes the files).
-    File { dir: PathBuf },
+    /// `{"source": "file", "dir": D, "waitMs": W}`: the pod object as JSON at
+    /// `D/<namespace>/<name>.json`, waited for up to W ms (default 2000, at most 30000) (tests,
+    /// the lab, and nodes where something else writes the files).
+    File {
+        dir: PathBuf,
+        wait: std::time::Duration,
+    },
 }
 
 /// The validated configuration.
@@ -34,6 +38,9 @@ pub struct PluginConfig {
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/remora-cni";
+/// How long a pod file is waited for by default, and at most (milliseconds).
+pub const DEFAULT_POD_WAIT_MS: u64 = 2000;
+pub const MAX_POD_WAIT_MS: u64 = 30_000;
 pub const DEFAULT_EXCLUDED: [&str; 1] = ["kube-system"];
 
 /// Fields the runtime or the conflist may add that the plugin does not use.
@@ -128,8 +135,29 @@ pub fn parse(stdin: &[u8], need_prev: bool) -> Result<PluginConfig, CniError> {
                 let dir = p
                     .get("dir")
                     .ok_or_else(|| invalid("podInfo.dir is missing (source \"file\")".into()))?;
+                let wait_ms = match p.get("waitMs") {
+                    None => DEFAULT_POD_WAIT_MS,
+                    Some(w) => match w.as_u64().filter(|n| *n <= MAX_POD_WAIT_MS) {
+                        Some(n) => n,
+                        None => {
+                            return Err(invalid(format!(
+                                "invalid podInfo.waitMs {w}: must be a whole number of milliseconds from 0 to {MAX_POD_WAIT_MS}"
+                            )))
+                        }
+                    },
+                };
+                if let Some(k) = p.as_object().and_then(|o| {
+                    o.keys()
+                        .find(|k| !["source", "dir", "waitMs"].contains(&k.as_str()))
+                }) {
+                    return Err(CniError::new(
+                        code::UNSUPPORTED_FIELD,
+                        format!("unknown field podInfo.{k} (known: source, dir, waitMs)"),
+                    ));
+                }
                 PodInfoSource::File {
                     dir: path_field(dir, "podInfo.dir")?,
+                    wait: std::time::Duration::from_millis(wait_ms),
                 }
             }
             Some("kube") => {
@@ -251,7 +279,8 @@ mod tests {
         assert_eq!(
             c.pod_info,
             PodInfoSource::File {
-                dir: "/run/pods".into()
+                dir: "/run/pods".into(),
+                wait: std::time::Duration::from_millis(2000)
             }
         );
     }
@@ -303,6 +332,19 @@ mod tests {
                 "invalid iptablesMode \"xt\"",
             ),
             (set("stateDir", json!("/a/../b")), 7, "invalid stateDir"),
+            (
+                set(
+                    "podInfo",
+                    json!({"source": "file", "dir": "/p", "waitMs": 40000}),
+                ),
+                7,
+                "invalid podInfo.waitMs 40000",
+            ),
+            (
+                set("podInfo", json!({"source": "file", "dir": "/p", "wait": 1})),
+                2,
+                "unknown field podInfo.wait ",
+            ),
             (set("podinfo", json!({})), 2, "unknown field \"podinfo\""),
         ];
         for (v, code, want) in cases {

@@ -56,7 +56,10 @@ pub fn run(inv: &Invocation, stdin: &[u8], report: &mut Report) -> Result<Option
 
 fn source(cfg: &PluginConfig) -> Box<dyn PodSource> {
     match &cfg.pod_info {
-        PodInfoSource::File { dir } => Box::new(FileSource { dir: dir.clone() }),
+        PodInfoSource::File { dir, wait } => Box::new(FileSource {
+            dir: dir.clone(),
+            wait: *wait,
+        }),
     }
 }
 

@@ -87,9 +87,11 @@ pub trait PodSource {
 /// The largest pod object read (a pod is far smaller; the API's own object limit is 1.5 MiB).
 pub const MAX_POD_BYTES: u64 = 2 * 1024 * 1024;
 
-/// Pods as JSON files: `<dir>/<namespace>/<name>.json`.
+/// Pods as JSON files: `<dir>/<namespace>/<name>.json`. A file not there yet is waited for, up
+/// to `wait` (whatever writes the files may lag behind the pod's creation).
 pub struct FileSource {
     pub dir: PathBuf,
+    pub wait: std::time::Duration,
 }
 
 impl PodSource for FileSource {
@@ -99,13 +101,33 @@ impl PodSource for FileSource {
             .dir
             .join(&pod.namespace)
             .join(format!("{}.json", pod.name));
-        let file = std::fs::File::open(&path).map_err(|e| {
+        let deadline = std::time::Instant::now() + self.wait;
+        // Bounded: polls every 50 ms until the deadline.
+        let opened = loop {
+            match std::fs::File::open(&path) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        let file = opened.map_err(|e| {
             let c = if e.kind() == std::io::ErrorKind::NotFound {
                 code::TRY_AGAIN_LATER
             } else {
                 code::IO_FAILURE
             };
-            CniError::new(c, format!("pod {pod}: cannot read {}: {e}", path.display()))
+            CniError::new(
+                c,
+                format!(
+                    "pod {pod}: cannot read {} (waited {} ms): {e}",
+                    path.display(),
+                    self.wait.as_millis()
+                ),
+            )
         })?;
         let mut text = Vec::new();
         file.take(MAX_POD_BYTES + 1)
@@ -195,6 +217,7 @@ mod tests {
         std::fs::write(dir.path().join("shop/bad.json"), "{").unwrap();
         let src = FileSource {
             dir: dir.path().to_path_buf(),
+            wait: std::time::Duration::ZERO,
         };
         let r = |name: &str| PodRef {
             namespace: "shop".into(),
@@ -202,6 +225,20 @@ mod tests {
         };
         assert!(src.pod(&r("cart")).unwrap().host_network);
         assert_eq!(src.pod(&r("gone")).unwrap_err().code, code::TRY_AGAIN_LATER);
+        // A file written while the plugin waits is read.
+        let waiting = FileSource {
+            dir: dir.path().to_path_buf(),
+            wait: std::time::Duration::from_secs(5),
+        };
+        let late = dir.path().join("shop/late.json");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::write(late, r#"{"spec": {"hostNetwork": true}}"#).unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert!(waiting.pod(&r("late")).unwrap().host_network);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+        writer.join().unwrap();
         let e = src.pod(&r("bad")).unwrap_err();
         assert_eq!(e.code, code::DECODE_FAILURE);
         assert!(

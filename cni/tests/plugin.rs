@@ -64,7 +64,7 @@ impl Node {
             "cniVersion": version,
             "name": "k8s-pod-network",
             "type": "remora-cni",
-            "podInfo": {"source": "file", "dir": self.pods()},
+            "podInfo": {"source": "file", "dir": self.pods(), "waitMs": 300},
             "stateDir": self.state(),
             "logFile": self.dir.path().join("remora-cni.log"),
             "prevResult": prev_result(version),
