@@ -9,6 +9,10 @@
 //!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
 //!
+//! With metrics merging (`ISTIO_PROMETHEUS_ANNOTATIONS`, set by the injector), 15020's
+//! `/stats/prometheus` adds the app's own metrics after the proxy's (`telemetry::app_metrics`);
+//! 15090's stays the proxy's alone.
+//!
 //! `/stats/prometheus` serializes the proxy's metrics handle (`Shared::metrics`).
 
 use crate::app_probe::AppProbers;
@@ -62,6 +66,8 @@ pub struct AdminState {
     became_ready: AtomicBool,
     /// A gateway's listening ports, which readiness waits for instead of the capture ports.
     pub gateway_ports: Option<Vec<u16>>,
+    /// The app's own metrics, merged into 15020's `/stats/prometheus` (metrics merging).
+    pub app_metrics: Option<crate::telemetry::app_metrics::AppMetrics>,
 }
 
 impl AdminState {
@@ -78,6 +84,7 @@ impl AdminState {
             ready_gate: None,
             became_ready: AtomicBool::new(false),
             gateway_ports: None,
+            app_metrics: None,
         }
     }
 
@@ -329,6 +336,26 @@ fn metrics_text(metrics: &crate::telemetry::Metrics) -> Response<Full<Bytes>> {
     }
 }
 
+/// The proxy's metrics followed by the app's (when the app answers; see `app_metrics`).
+async fn merged_metrics_text(state: &AdminState) -> Response<Full<Bytes>> {
+    let app = match &state.app_metrics {
+        Some(a) => a.fetch().await,
+        None => None,
+    };
+    match state.shared.metrics.text() {
+        Ok(s) => text(
+            StatusCode::OK,
+            crate::telemetry::app_metrics::merged(s, app),
+            "text/plain; version=0.0.4",
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
 /// Answer one admin request (pure apart from running app probes and `/quitquitquit`).
 pub async fn handle(
     state: &AdminState,
@@ -357,6 +384,9 @@ pub async fn handle(
                 );
             }
             text(StatusCode::OK, "OK\n", "text/plain")
+        }
+        (AdminKind::Admin, "/stats/prometheus") if state.app_metrics.is_some() => {
+            merged_metrics_text(state).await
         }
         (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => {
             metrics_text(&state.shared.metrics)

@@ -35,6 +35,8 @@ pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-con
 pub const PROM_SCRAPE: &str = "prometheus.io/scrape";
 pub const PROM_PORT: &str = "prometheus.io/port";
 pub const PROM_PATH: &str = "prometheus.io/path";
+/// `"false"`: the pod's metrics are not merged into the proxy's (Istio's annotation).
+pub const MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
 
 /// Every Istio annotation remora reads or writes.
 pub const SUPPORTED: &[&str] = &[
@@ -64,6 +66,7 @@ pub const SUPPORTED: &[&str] = &[
     USER_VOLUME,
     USER_VOLUME_MOUNT,
     OVERRIDES,
+    MERGE_METRICS,
 ];
 
 /// Istio-namespaced annotations on the pod that remora does not implement (each one a warning).

@@ -142,6 +142,9 @@ pub struct Config {
     pub revision: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
+    /// Istio's `enablePrometheusMerge`: point the pod's `prometheus.io/*` annotations at the
+    /// proxy's `:15020/stats/prometheus`, which serves the proxy's metrics and the app's together.
+    pub enable_prometheus_merge: bool,
     /// CNI mode (Istio's `istio_cni.enabled`): the node's CNI plugin programs the capture.
     #[serde(skip_serializing_if = "CniConfig::is_off")]
     pub cni: CniConfig,
@@ -209,6 +212,7 @@ impl Default for Config {
             },
             revision: None,
             identity: IdentityConfig::default(),
+            enable_prometheus_merge: true,
             cni: CniConfig::default(),
         }
     }

@@ -6,12 +6,10 @@ use std::sync::{LazyLock, Mutex};
 
 use serde_json::{json, Map, Value};
 
-use crate::annotations::{
-    PodOptions, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER, PROM_PATH, PROM_PORT, PROM_SCRAPE,
-    STATUS,
-};
+use crate::annotations::{PodOptions, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER, STATUS};
 use crate::config::Config;
 use crate::decide::{decide, string_map, Decision};
+use crate::metrics_merge;
 use crate::probes::{self, PROBERS_ENV};
 use crate::selectors::Selection;
 use crate::template::{self, INIT_NAME, PROXY_NAME, VALIDATION_NAME};
@@ -147,6 +145,17 @@ fn take_named(arr: &mut Vec<Value>, names: &[String]) -> Vec<Value> {
         !hit
     });
     removed
+}
+
+/// The value of the environment variable `name` in the first of `containers` that sets it.
+fn env_of(containers: &[Value], name: &str) -> Option<String> {
+    containers
+        .iter()
+        .filter_map(|c| c.get("env").and_then(Value::as_array))
+        .flatten()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|e| e.get("value").and_then(Value::as_str))
+        .map(str::to_string)
 }
 
 fn probers_of(containers: &[Value]) -> Map<String, Value> {
@@ -372,6 +381,15 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
     let mut proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    let metrics = metrics_merge::plan(
+        &annotations,
+        cfg.enable_prometheus_merge,
+        env_of(&removed, metrics_merge::APP_SCRAPE_ENV).as_deref(),
+    );
+    if let Some(app) = &metrics.app_scrape {
+        template::set_env(&mut proxy, metrics_merge::APP_SCRAPE_ENV, app);
+    }
+    notes.push(metrics.reason.clone());
     let pod_labels = string_map(pod.pointer("/metadata/labels"));
     let workload = workload_name(pod, &pod_labels);
     if let Some(w) = &workload {
@@ -567,10 +585,8 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     } else {
         ann[OVERRIDES] = json!(json!({"proxy": overrides, "init": init_overrides}).to_string());
     }
-    if ann.get(PROM_SCRAPE).is_none() {
-        ann[PROM_SCRAPE] = json!("true");
-        ann[PROM_PORT] = json!(template::PROM_PORT.to_string());
-        ann[PROM_PATH] = json!(template::PROM_PATH);
+    for (key, value) in &metrics.annotations {
+        ann[*key] = json!(value);
     }
     Outcome::Injected {
         pod: out,
@@ -582,6 +598,7 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotations::{PROM_PATH, PROM_PORT};
 
     fn hello() -> Value {
         json!({
@@ -895,7 +912,8 @@ mod tests {
         );
         let ann = &p["metadata"]["annotations"];
         assert_eq!(ann[DEFAULT_CONTAINER], "hello");
-        assert_eq!(ann[PROM_PORT], "15090");
+        assert_eq!(ann[PROM_PORT], "15020");
+        assert_eq!(ann[PROM_PATH], "/stats/prometheus");
         let status: Value = serde_json::from_str(ann[STATUS].as_str().unwrap()).unwrap();
         assert_eq!(
             status["initContainers"],
@@ -1163,11 +1181,38 @@ mod tests {
     }
 
     #[test]
-    fn user_prometheus_annotations_are_kept() {
+    fn the_apps_prometheus_annotations_move_to_the_proxy_and_survive_reinjection() {
         let mut p = hello();
         p["metadata"]["annotations"] =
             json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9000"});
-        let p = injected(&p);
-        assert_eq!(p["metadata"]["annotations"][PROM_PORT], "9000");
+        let once = injected(&p);
+        let proxy_env = |pod: &Value| {
+            pod["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == PROXY_NAME)
+                .and_then(|c| {
+                    c["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["name"] == metrics_merge::APP_SCRAPE_ENV)
+                        .map(|e| e["value"].clone())
+                })
+        };
+        assert_eq!(once["metadata"]["annotations"][PROM_PORT], "15020");
+        assert_eq!(
+            proxy_env(&once),
+            Some(json!(r#"{"port":"9000","scrape":"true"}"#))
+        );
+        let twice = injected(&once);
+        assert_eq!(twice["metadata"]["annotations"][PROM_PORT], "15020");
+        assert_eq!(proxy_env(&twice), proxy_env(&once));
+        // Opted out: the app's annotations are left as they were.
+        p["metadata"]["annotations"]["prometheus.istio.io/merge-metrics"] = json!("false");
+        let kept = injected(&p);
+        assert_eq!(kept["metadata"]["annotations"][PROM_PORT], "9000");
+        assert_eq!(proxy_env(&kept), None);
     }
 }

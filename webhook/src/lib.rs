@@ -23,6 +23,7 @@ pub mod inject;
 pub mod label_selector;
 pub mod manifest;
 pub mod metrics;
+pub mod metrics_merge;
 pub mod patch;
 pub mod probes;
 pub mod review;

@@ -132,7 +132,18 @@ pub struct GatewayRouter {
     current: ArcSwapOption<Planned>,
     /// One plan is made at a time (and logged once).
     building: Mutex<()>,
+    /// `remora_gateway_servers{state}`: the selected Gateways' servers of the current plan,
+    /// `served`, `down` (TLS settings not loaded: a missing or bad Secret) or `not_served`
+    /// (left out: a kind not served yet, a conflict).
+    servers: Option<prometheus::IntGaugeVec>,
 }
+
+/// The `state` label's whole set of `remora_gateway_servers`.
+pub const SERVER_STATES: [&str; 3] = ["served", "down", "not_served"];
+
+/// How often [`GatewayRouter::refresh`] makes the plan again if the rules or certificate files
+/// changed, so a Secret fixed or broken shows in the log and the metric without traffic.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 impl GatewayRouter {
     pub fn new(
@@ -140,6 +151,26 @@ impl GatewayRouter {
         labels: BTreeMap<String, String>,
         flags: GatewayFlags,
     ) -> GatewayRouter {
+        let servers = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "remora_gateway_servers",
+                "Servers of the Gateways selecting this gateway, by state: served, down (TLS \
+                 settings not loaded: a missing or invalid credentialName Secret) or not_served \
+                 (left out, see the log)",
+            ),
+            &["state"],
+        )
+        .and_then(|g| {
+            shared.metrics.registry().register(Box::new(g.clone()))?;
+            Ok(g)
+        });
+        let servers = match servers {
+            Ok(g) => Some(g),
+            Err(e) => {
+                warn!("remora_gateway_servers not registered: {e}");
+                None
+            }
+        };
         GatewayRouter {
             shared,
             labels,
@@ -147,6 +178,18 @@ impl GatewayRouter {
             bound: Mutex::new(BTreeSet::new()),
             current: ArcSwapOption::const_empty(),
             building: Mutex::new(()),
+            servers,
+        }
+    }
+
+    /// Make the plan again every [`REFRESH_EVERY`] when the rules or a certificate file
+    /// changed (the same check a connection makes), for ever.
+    pub async fn refresh(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            let me = self.clone();
+            // Reading certificate files blocks: off the runtime's thread.
+            let _ = tokio::task::spawn_blocking(move || me.current()).await;
         }
     }
 
@@ -244,7 +287,7 @@ impl GatewayRouter {
                 ?hosts,
                 "gateway listener"
             );
-            if l.kind != ListenerKind::Https {
+            if !l.kind.terminates_tls() {
                 continue;
             }
             let dir = &self.flags.gateway_credentials_dir;
@@ -290,6 +333,20 @@ impl GatewayRouter {
                 },
             );
         }
+        if let Some(g) = &self.servers {
+            let all: usize = plan.listeners.iter().map(|l| l.servers.len()).sum();
+            let down = tls
+                .values()
+                .map(|t: &TlsListener| t.configs.iter().filter(|c| c.is_none()).count())
+                .sum::<usize>();
+            for (state, n) in [
+                ("served", all - down),
+                ("down", down),
+                ("not_served", plan.not_served.len()),
+            ] {
+                g.with_label_values(&[state]).set(n as i64);
+            }
+        }
         Planned {
             snapshot: snap,
             plan,
@@ -320,8 +377,8 @@ impl GatewayRouter {
 }
 
 impl GatewayRouter {
-    /// Route a connection on the gateway's listening port `port` (a `TCP` or `PASSTHROUGH`
-    /// listener; `sni`: the ClientHello's name on a passthrough one): the model's decision.
+    /// Route a connection on the gateway's listening port `port` (a `TCP`, `PASSTHROUGH` or
+    /// terminated `TLS` listener; `sni`: the ClientHello's name): the model's decision.
     pub fn route_l4(&self, port: u16, sni: Option<&str>) -> Decision {
         let planned = self.current();
         let Some(l) = planned.plan.listener(port) else {
