@@ -403,7 +403,14 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     }
     let cni_mode = cfg.cni.enabled;
     let mut init = if cni_mode {
-        template::validation_container(cfg, &opts)
+        // The uid the proxy finally runs as (an override may change it): the node's plugin
+        // exempts that uid, so the check runs as it.
+        let proxy_uid = proxy
+            .pointer("/securityContext/runAsUser")
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .unwrap_or(cfg.proxy_uid);
+        template::validation_container(cfg, &opts, proxy_uid)
     } else {
         template::init_container(cfg, &opts)
     };
@@ -871,6 +878,33 @@ mod tests {
         assert!(
             reason.ends_with("; capture: init container remora-init (NET_ADMIN, NET_RAW; injector setting cni.enabled is off)"),
             "{reason}"
+        );
+        // The proxy's uid changed by an override: the check runs as that uid (the one the
+        // plugin exempts); the pod's own remora-init override is not applied, with a warning.
+        let mut p = hello();
+        p["spec"]["containers"].as_array_mut().unwrap().push(json!({
+            "name": "istio-proxy", "image": "auto", "securityContext": {"runAsUser": 1234}
+        }));
+        p["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+                "name": "remora-init", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}
+            }));
+        let Outcome::Injected { pod, notes, .. } = inject_pod(&p, "default", &cfg) else {
+            panic!("not injected");
+        };
+        let v = &pod["spec"]["initContainers"][0];
+        assert_eq!(v["securityContext"]["runAsUser"], 1234);
+        assert_eq!(v["args"][4], "1234");
+        assert_eq!(
+            v["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+        assert!(
+            notes.iter().any(|n| n
+                .starts_with("CNI mode: the pod's remora-init override container is not applied")),
+            "{notes:?}"
         );
         // No capture at all: no validation container, no mark.
         let mut none = hello();

@@ -95,9 +95,10 @@ pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
 }
 
 /// CNI mode's `remora-validation` container, or `None` when interception is off: `remora-init
-/// validate` as the proxy's uid with no capabilities (it passes the `restricted` Pod Security
-/// profile), failing the pod with one line when the capture is not in place.
-pub fn validation_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
+/// validate` as the proxy's uid (`proxy_uid`, the one the node's plugin exempts) with no
+/// capabilities (it passes the `restricted` Pod Security profile), failing the pod with one line
+/// when the capture is not in place.
+pub fn validation_container(cfg: &Config, o: &PodOptions, proxy_uid: u32) -> Option<Value> {
     if o.capture.interception == Interception::None {
         return None;
     }
@@ -111,7 +112,7 @@ pub fn validation_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
             "--inbound-capture-port",
             INBOUND_PORT.to_string(),
             "--proxy-uid",
-            cfg.proxy_uid.to_string()
+            proxy_uid.to_string()
         ],
         "resources": resources(&cfg.init.resources, &BTreeMap::new(), &BTreeMap::new()),
         "securityContext": {
@@ -119,9 +120,9 @@ pub fn validation_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
             "capabilities": {"drop": ["ALL"]},
             "privileged": false,
             "readOnlyRootFilesystem": true,
-            "runAsGroup": cfg.proxy_uid,
+            "runAsGroup": proxy_uid,
             "runAsNonRoot": true,
-            "runAsUser": cfg.proxy_uid
+            "runAsUser": proxy_uid
         }
     }))
 }
