@@ -66,6 +66,10 @@ pub struct LabOptions {
     /// The mesh CA's `--ca-max-cert-ttl` (`None`: its default, 24 h): short-lived workload
     /// certificates that the proxies renew while the lab runs.
     pub ca_max_cert_ttl: Option<String>,
+    /// CNI mode: the injector runs with `cni.enabled` (pods get `remora-validation` instead of
+    /// `remora-init`) and the kubelet calls the `remora-cni` plugin when it creates a pod's
+    /// network. Default: on when `REMORA_LAB_CNI` is set (so any scenario runs in CNI mode).
+    pub cni: bool,
 }
 
 impl Default for LabOptions {
@@ -80,6 +84,7 @@ impl Default for LabOptions {
             inject_ca_address: Some("auto".to_string()),
             rules_controller: false,
             ca_max_cert_ttl: None,
+            cni: std::env::var_os("REMORA_LAB_CNI").is_some(),
         }
     }
 }
@@ -774,10 +779,25 @@ impl Lab {
         }
         let dir = self.dir().join("webhook");
         std::fs::create_dir_all(&dir)?;
-        let config = match &self.opts.webhook_config {
+        let mut config = match &self.opts.webhook_config {
             Some(c) => Some(c.clone()),
             None => injector_config(&dir)?,
         };
+        if self.opts.cni {
+            // The same configuration with CNI mode on.
+            let mut text = match &config {
+                Some(c) => std::fs::read_to_string(c)
+                    .with_context(|| format!("reading {}", c.display()))?,
+                None => String::new(),
+            };
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("cni:\n  enabled: true\n");
+            let path = dir.join("config-cni.yaml");
+            std::fs::write(&path, text)?;
+            config = Some(path);
+        }
         let plane = ControlPlane {
             netns: &self.node,
             kube_url: self.api.url(),
@@ -950,6 +970,17 @@ impl Lab {
                 eprintln!("lab: {m}");
             }
         };
+        if self.opts.cni {
+            // The runtime's CNI call, before any container; the kube-proxy stand-in's jump then
+            // goes last again, as after an init container.
+            let cni =
+                kubelet::cni_add(&obj, &ctx, &self.dir().join("cni")).and_then(|()| after_init());
+            if let Err(e) = cni {
+                self.api.remove_pod(&uid);
+                return Err(e.context(format!("starting pod {ns}/{name}")));
+            }
+            log(format!("{name}: remora-cni ADD done"));
+        }
         let containers = match kubelet::start_pod(&obj, &ctx, &after_init, &mut log) {
             Ok(c) => c,
             Err(e) => {
