@@ -323,12 +323,29 @@ struct CaArgs {
     /// `--ca-addr off`. The injector config's `identity.caAddress` wins over it.
     #[arg(long, env = "REMORA_INJECT_CA_ADDRESS", default_value = "auto")]
     inject_ca_address: String,
+    /// `on` serves discovery (`remora.discovery.v1.Discovery`) on the CA's listener: one set of
+    /// watches of Services, EndpointSlices and Pods' metadata, streamed to sidecars started with
+    /// `--discovery-address` (then they need no API rights for discovery). Needs the CA.
+    #[arg(long, env = "REMORA_DISCOVERY_SERVE", default_value = "off", value_parser = ["on", "off"])]
+    discovery: String,
+    /// Most sidecars subscribed at once (more are refused and retry).
+    #[arg(long, env = "REMORA_DISCOVERY_MAX_SUBSCRIBERS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    discovery_max_subscribers: u64,
+    /// Messages queued for one sidecar; a sidecar that falls further behind is dropped and told
+    /// (it subscribes again for a fresh snapshot).
+    #[arg(long, env = "REMORA_DISCOVERY_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    discovery_queue: u64,
 }
 
 impl CaArgs {
     /// `None` when `--ca-addr off`.
     fn options(&self) -> anyhow::Result<Option<ca::Options>> {
         if self.ca_addr == "off" {
+            if self.discovery == "on" {
+                return Err(anyhow::anyhow!(
+                    "--discovery on: discovery is served on the CA's listener, which --ca-addr off disables"
+                ));
+            }
             return Ok(None);
         }
         let addr: SocketAddr = self.ca_addr.parse().map_err(|_| {
@@ -349,6 +366,11 @@ impl CaArgs {
             secret: self.ca_secret_name.clone(),
             service: self.ca_service.clone(),
             publish_interval: dur("ca-publish-interval", &self.ca_publish_interval)?,
+            discovery: (self.discovery == "on").then(|| remora_webhook::discovery::serve::Limits {
+                max_subscribers: self.discovery_max_subscribers as usize,
+                queue: self.discovery_queue as usize,
+                ..Default::default()
+            }),
         };
         if opts.publish_interval < Duration::from_secs(1) {
             return Err(anyhow::anyhow!(
@@ -402,7 +424,16 @@ impl CaArgs {
             remora_webhook::values::check_audience(aud)
                 .map_err(|why| anyhow::anyhow!("--ca-token-audience {aud:?}: {why}"))?;
         }
+        // Proxies subscribe to discovery where they get their certificate when this process
+        // serves both.
+        let discovery_address =
+            if self.discovery == "on" && local_ca && self.inject_ca_address == "auto" {
+                ca_address.clone()
+            } else {
+                config::OFF.to_string()
+            };
         Ok(config::IdentityDefaults {
+            discovery_address,
             local_ca: local_ca && self.inject_ca_address == "auto",
             ca_address,
             audience: self.ca_token_audience.clone(),

@@ -187,6 +187,9 @@ pub fn proxy_container(
         ] {
             env.push(json!({"name": name, "value": value}));
         }
+        if let Some(a) = &id.discovery_address {
+            env.push(json!({"name": "REMORA_DISCOVERY_ADDRESS", "value": a}));
+        }
     }
     if !probers.is_empty() {
         env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers.clone()).to_string()}));

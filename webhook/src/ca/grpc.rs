@@ -184,20 +184,33 @@ fn refused(r: &Refusal, peer: &str, id: Option<&sign::Identity>) -> Status {
 }
 
 /// The tonic service: routes CreateCertificate, answers UNIMPLEMENTED to anything else.
+/// With a discovery hub, `remora.discovery.v1.Discovery/Subscribe` is served too.
 #[derive(Clone)]
 pub struct CaService {
     ca: Arc<Ca>,
+    discovery: Option<Arc<crate::discovery::serve::Hub>>,
     peer: Option<SocketAddr>,
 }
 
 impl CaService {
     pub fn new(ca: Arc<Ca>) -> CaService {
-        CaService { ca, peer: None }
+        CaService {
+            ca,
+            discovery: None,
+            peer: None,
+        }
+    }
+
+    /// Serve the discovery service of `hub` on this listener too.
+    pub fn with_discovery(mut self, hub: Arc<crate::discovery::serve::Hub>) -> CaService {
+        self.discovery = Some(hub);
+        self
     }
 
     fn for_peer(&self, peer: SocketAddr) -> CaService {
         CaService {
             ca: self.ca.clone(),
+            discovery: self.discovery.clone(),
             peer: Some(peer),
         }
     }
@@ -246,6 +259,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(hub) = &self.discovery {
+            if req.uri().path() == remora_model::discovery_api::SUBSCRIBE {
+                let svc = crate::discovery::grpc::Subscribe {
+                    hub: hub.clone(),
+                    peer: self.peer,
+                };
+                let max = crate::discovery::grpc::MAX_REQUEST;
+                return Box::pin(async move {
+                    let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                        .apply_max_message_size_config(Some(max), None);
+                    Ok(grpc.streaming(svc, req).await)
+                });
+            }
+        }
         if req.uri().path() != CREATE_CERTIFICATE {
             let path = req.uri().path().to_string();
             return Box::pin(async move {
