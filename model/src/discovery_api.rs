@@ -17,7 +17,9 @@ pub const SERVICE: &str = "remora.discovery.v1.Discovery";
 /// The one method's path.
 pub const SUBSCRIBE: &str = "/remora.discovery.v1.Discovery/Subscribe";
 
-/// The proxy's request: the first names the subscriber, later ones acknowledge a version.
+/// The proxy's request: the first names the subscriber and what it needs; later ones
+/// acknowledge a version (only `ack_version` is read of them: a subscription's namespaces do
+/// not change, a proxy needing others subscribes again).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SubscribeRequest {
     /// The proxy's namespace (must be its token's).

@@ -322,7 +322,7 @@ pub struct WatchStatus {
     pub index_builds: u64,
     /// Discovery from the control plane (`--discovery-address`); absent in direct API mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control_plane: Option<ControlPlaneSync>,
+    pub control_plane: Option<Box<ControlPlaneSync>>,
 }
 
 /// Where the subscription to the control plane's discovery service stands.

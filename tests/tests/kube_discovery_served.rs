@@ -578,7 +578,7 @@ use futures::StreamExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused() {
     let a = SocketAddr::from(([127, 0, 0, 1], 18080));
-    let (_api, mut cp, ca, root, _dir) = control_plane(|api| {
+    let (_api, mut cp, ca, root, dir) = control_plane(|api| {
         serve_cluster(
             api,
             vec![
@@ -663,6 +663,34 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
     .await
     .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    // A proxy whose control plane does not answer is not ready, and says why.
+    let unused = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
+    let mut sc = start_proxy(dir.path(), unused, nowhere);
+    let t = Instant::now();
+    let (code, body) = loop {
+        let (code, body) = aget(sc.health, "x", "/healthz/ready").await;
+        if code != 0 {
+            break (code, body);
+        }
+        assert!(sc.proc.exited().is_none(), "{}", sc.proc.log_tail(30));
+        assert!(t.elapsed() < PATIENCE, "no readiness answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("discovery not synced"), "{body}");
+    let t = Instant::now();
+    loop {
+        let st = config_dump(sc.admin).await["discovery"]["status"]["control_plane"].clone();
+        if st["last_error"].is_string() {
+            assert_eq!(st["state"], "connecting", "{st:#}");
+            assert_eq!(st["version_acked"], 0, "{st:#}");
+            break;
+        }
+        assert!(t.elapsed() < PATIENCE, "no error recorded: {st:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // One log line names who asked.
     cp.stop(Duration::from_secs(5));

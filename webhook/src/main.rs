@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -366,11 +367,6 @@ impl CaArgs {
             secret: self.ca_secret_name.clone(),
             service: self.ca_service.clone(),
             publish_interval: dur("ca-publish-interval", &self.ca_publish_interval)?,
-            discovery: (self.discovery == "on").then(|| remora_webhook::discovery::serve::Limits {
-                max_subscribers: self.discovery_max_subscribers as usize,
-                queue: self.discovery_queue as usize,
-                ..Default::default()
-            }),
         };
         if opts.publish_interval < Duration::from_secs(1) {
             return Err(anyhow::anyhow!(
@@ -384,6 +380,16 @@ impl CaArgs {
 }
 
 impl CaArgs {
+    /// The discovery service's bounds, `None` for `--discovery off` (checked with the CA's
+    /// flags by [`CaArgs::options`]).
+    fn discovery_limits(&self) -> Option<remora_webhook::discovery::serve::Limits> {
+        (self.discovery == "on").then(|| remora_webhook::discovery::serve::Limits {
+            max_subscribers: self.discovery_max_subscribers as usize,
+            queue: self.discovery_queue as usize,
+            ..Default::default()
+        })
+    }
+
     /// What the injector gives proxies for their identity, unless its config file says
     /// otherwise (checked after [`CaArgs::options`], which checks the CA's own flags).
     fn identity_defaults(&self) -> anyhow::Result<config::IdentityDefaults> {
@@ -536,6 +542,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .then(|| cert_args.options())
                 .transpose()?;
             let ca_opts = ca_args.options()?;
+            let discovery_limits = ca_args.discovery_limits();
             let identity = ca_args.identity_defaults()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -582,12 +589,30 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     None => server::start(opts).await?,
                 };
+                let mut discovery_watches = Vec::new();
                 let mesh_ca = match ca_opts {
                     Some(o) => {
                         let client = cert_args
                             .client("mesh CA (--ca-addr off disables it)")
                             .await?;
-                        Some(ca::start(client, o).await?)
+                        let extra = match &discovery_limits {
+                            Some(limits) => {
+                                use remora_webhook::discovery;
+                                let authn = ca::authn::Authenticator::new(
+                                    client.clone(),
+                                    &o.audience,
+                                    Duration::from_secs(10),
+                                );
+                                let hub = discovery::serve::Hub::new(authn, limits.clone());
+                                discovery_watches = discovery::watch::start(client.clone(), hub.clone());
+                                tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
+                                    "discovery served on the CA's listener: watching services, endpointslices and pods (metadata) in all namespaces");
+                                Some(Arc::new(discovery::grpc::Service(hub))
+                                    as Arc<dyn ca::grpc::Extra>)
+                            }
+                            None => None,
+                        };
+                        Some(ca::start_with(client, o, extra).await?)
                     }
                     None => {
                         tracing::info!("mesh CA disabled (--ca-addr off)");
@@ -612,6 +637,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(c) = mesh_ca {
                     c.shutdown();
+                }
+                for w in discovery_watches {
+                    w.abort();
                 }
                 running.shutdown().await;
                 tracing::info!("stopped");

@@ -278,6 +278,9 @@ impl Discovery {
     }
 }
 
+/// A watch's id and task (`None` in remote mode: the one subscription's task is kept apart).
+type Watch = (u64, Option<tokio::task::JoinHandle<()>>);
+
 /// One store update from the watch or subscription with id `.0`.
 pub type Msg = (u64, Kind, Part, Update);
 
@@ -293,8 +296,7 @@ async fn run(
     let mut scope: Option<Scope> = None;
     // (kind, part) → (watch id, task); in remote mode every key holds the one subscription's
     // id, and its task (below).
-    let mut watches: HashMap<(Kind, Part), (u64, Option<tokio::task::JoinHandle<()>>)> =
-        HashMap::new();
+    let mut watches: HashMap<(Kind, Part), Watch> = HashMap::new();
     let mut subscription: Option<(Vec<Part>, tokio::task::JoinHandle<()>)> = None;
     let mut next_id = 0u64;
     let mut dirty = false;

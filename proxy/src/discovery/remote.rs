@@ -165,6 +165,7 @@ async fn session(
         // Acknowledge; a full queue only delays the next acknowledgement.
         let _ = ack_tx.try_send(SubscribeRequest {
             ack_version: version,
+            namespaces: Vec::new(),
             ..first.clone()
         });
     }

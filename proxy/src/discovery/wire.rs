@@ -143,7 +143,7 @@ pub fn updates(r: &api::DiscoveryResponse, parts: &[Part]) -> Vec<(Kind, Part, U
 
 /// The namespaces to ask for: empty (every namespace) when a part is the whole cluster.
 pub fn namespaces(parts: &[Part]) -> Vec<String> {
-    if parts.iter().any(|p| *p == Part::All) {
+    if parts.contains(&Part::All) {
         return Vec::new();
     }
     parts

@@ -59,9 +59,6 @@ pub struct Options {
     pub service: String,
     /// Time between root publication passes.
     pub publish_interval: Duration,
-    /// Serve discovery (`remora.discovery.v1.Discovery`) on this listener too, with these
-    /// bounds; `None`: the CA alone.
-    pub discovery: Option<crate::discovery::serve::Limits>,
 }
 
 /// Lifetime of a certificate when the request names none (capped by `max_ttl`).
@@ -431,6 +428,15 @@ impl Drop for Running {
 /// root (retrying with backoff while the API server or the Secret is not usable), publishes it,
 /// and serves. Requests are accepted only once the root is loaded.
 pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
+    start_with(client, opts, None).await
+}
+
+/// [`start`], also serving `extra` (another gRPC service, e.g. discovery) on the listener.
+pub async fn start_with(
+    client: Client,
+    opts: Options,
+    extra: Option<Arc<dyn grpc::Extra>>,
+) -> anyhow::Result<Running> {
     opts.validate().map_err(|e| anyhow::anyhow!(e))?;
     metrics::init();
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -503,28 +509,23 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
                 }
             }
         });
-        let authn =
-            authn::Authenticator::new(client.clone(), &opts.audience, Duration::from_secs(10));
+        let authn = authn::Authenticator::new(client, &opts.audience, Duration::from_secs(10));
         let limits = grpc::Limits::default();
         let ca = Arc::new(grpc::Ca::new(
             authority.clone(),
-            authn.clone(),
+            authn,
             opts.policy(),
             limits.clone(),
         ));
         let mut service = grpc::CaService::new(ca);
-        let mut discovery_watches = Vec::new();
-        if let Some(bounds) = opts.discovery.clone() {
-            let hub = crate::discovery::serve::Hub::new(authn, bounds);
-            discovery_watches = crate::discovery::watch::start(client, hub.clone());
-            tracing::info!(addr = %addr, "discovery service remora.discovery.v1.Discovery on {addr}: watching services, endpointslices and pods (metadata) in all namespaces");
-            service = service.with_discovery(hub);
+        if let Some(x) = extra {
+            tracing::info!(addr = %addr, path = x.path(), "serving {} on {addr} too", x.path());
+            service = service.with_extra(x);
         }
         tracing::info!(addr = %addr, origin = %authority.get().origin, server_name = %names[0],
             "mesh CA serving istio.v1.auth.IstioCertificateService on {addr}");
         // Aborting this task drops the guards, which end the helpers.
         let _guards = (AbortOnDrop(renew), AbortOnDrop(publisher));
-        let _watches: Vec<AbortOnDrop> = discovery_watches.into_iter().map(AbortOnDrop).collect();
         grpc::serve(listener, tls, service, limits).await;
     });
     Ok(Running { addr, task })

@@ -24,6 +24,32 @@ pub struct Subscribe {
     pub peer: Option<SocketAddr>,
 }
 
+/// The method as the CA's listener serves it ([`crate::ca::grpc::Extra`]).
+pub struct Service(pub Arc<Hub>);
+
+impl crate::ca::grpc::Extra for Service {
+    fn path(&self) -> &'static str {
+        remora_model::discovery_api::SUBSCRIBE
+    }
+
+    fn call(
+        &self,
+        peer: Option<SocketAddr>,
+        req: http::Request<tonic::body::Body>,
+    ) -> crate::ca::grpc::BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible>
+    {
+        let svc = Subscribe {
+            hub: self.0.clone(),
+            peer,
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .apply_max_message_size_config(Some(MAX_REQUEST), None);
+            Ok(grpc.streaming(svc, req).await)
+        })
+    }
+}
+
 impl tonic::server::StreamingService<SubscribeRequest> for Subscribe {
     type Response = DiscoveryResponse;
     type ResponseStream = ResponseStream;
@@ -60,14 +86,9 @@ impl tonic::server::StreamingService<SubscribeRequest> for Subscribe {
             let acks = tokio::spawn({
                 let hub = hub.clone();
                 async move {
-                    loop {
-                        match inbound.message().await {
-                            Ok(Some(r)) => {
-                                tracing::debug!(subscriber = %who, version = r.ack_version, "discovery: acknowledged");
-                                hub.ack(id, r.ack_version);
-                            }
-                            Ok(None) | Err(_) => break,
-                        }
+                    while let Ok(Some(r)) = inbound.message().await {
+                        tracing::debug!(subscriber = %who, version = r.ack_version, "discovery: acknowledged");
+                        hub.ack(id, r.ack_version);
                     }
                 }
             });

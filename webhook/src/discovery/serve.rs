@@ -72,7 +72,8 @@ pub struct Subscription {
     pub id: u64,
     pub who: String,
     rx: mpsc::Receiver<DiscoveryResponse>,
-    kill: oneshot::Receiver<Status>,
+    /// `None` once it fired (the stream has ended).
+    kill: Option<oneshot::Receiver<Status>>,
     hub: Arc<Hub>,
 }
 
@@ -230,46 +231,52 @@ impl Hub {
             id.pod.as_deref().unwrap_or(&req.pod_name),
             filter.describe()
         );
+        self.register(filter, who).map_err(|msg| {
+            refuse(
+                Code::ResourceExhausted,
+                "too_many_subscribers",
+                msg,
+                &token_id,
+            )
+        })
+    }
+
+    /// Register a subscriber that sees `filter` and queue its snapshot; `Err`: the cap is
+    /// reached (the message says so).
+    pub fn register(self: &Arc<Self>, filter: Filter, who: String) -> Result<Subscription, String> {
         let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
         let (kill_tx, kill) = oneshot::channel();
         let sid = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut st = locked(&self.state);
-            if st.subs.len() >= self.limits.max_subscribers {
-                drop(st);
-                return Err(refuse(
-                    Code::ResourceExhausted,
-                    "too_many_subscribers",
-                    format!(
-                        "{} subscribers already (the cap); retry later or another replica",
-                        self.limits.max_subscribers
-                    ),
-                    &token_id,
-                ));
-            }
-            let snap = st.cache.snapshot(&filter);
-            tracing::info!(subscriber = %who, version = snap.version, services = snap.services.len(),
-                endpoint_slices = snap.endpoint_slices.len(), pods = snap.pods.len(),
-                "discovery: new subscriber; snapshot queued");
-            // A fresh queue has room for the snapshot.
-            let _ = tx.try_send(snap);
-            st.subs.insert(
-                sid,
-                Sub {
-                    filter,
-                    tx,
-                    kill: Some(kill_tx),
-                    who: who.clone(),
-                    acked: 0,
-                },
-            );
-            super::metrics::subscribers(st.subs.len());
+        let mut st = locked(&self.state);
+        if st.subs.len() >= self.limits.max_subscribers {
+            return Err(format!(
+                "{} subscribers already (the cap); retry later or another replica",
+                self.limits.max_subscribers
+            ));
         }
+        let snap = st.cache.snapshot(&filter);
+        tracing::info!(subscriber = %who, version = snap.version, services = snap.services.len(),
+            endpoint_slices = snap.endpoint_slices.len(), pods = snap.pods.len(),
+            "discovery: new subscriber; snapshot queued");
+        // A fresh queue has room for the snapshot.
+        let _ = tx.try_send(snap);
+        st.subs.insert(
+            sid,
+            Sub {
+                filter,
+                tx,
+                kill: Some(kill_tx),
+                who: who.clone(),
+                acked: 0,
+            },
+        );
+        super::metrics::subscribers(st.subs.len());
+        drop(st);
         Ok(Subscription {
             id: sid,
             who,
             rx,
-            kill,
+            kill: Some(kill),
             hub: self.clone(),
         })
     }
@@ -282,10 +289,94 @@ impl Hub {
 impl Subscription {
     /// The next message, or the status the stream ends with; `None`: the end.
     pub async fn next(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+        let kill = self.kill.as_mut()?;
         tokio::select! {
             biased;
-            k = &mut self.kill => k.ok().map(Err),
+            k = kill => {
+                self.kill = None;
+                k.ok().map(Err)
+            }
             m = self.rx.recv() => m.map(Ok),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::cache::Obj;
+    use remora_model::discovery_api::{Kind, Service};
+
+    fn hub(limits: Limits) -> Arc<Hub> {
+        // Never called: these tests register subscribers directly.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        Hub::new(
+            Authenticator::new(client, "remora-ca", Duration::from_secs(1)),
+            limits,
+        )
+    }
+
+    fn svc(ns: &str, name: &str, port: u32) -> Event {
+        Event::Apply(Obj::Service(Service {
+            namespace: ns.into(),
+            name: name.into(),
+            ports: vec![remora_model::discovery_api::ServicePort {
+                port,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
+    #[tokio::test]
+    async fn snapshot_then_deltas_a_slow_subscriber_is_dropped_and_told_and_the_cap_holds() {
+        let h = hub(Limits {
+            max_subscribers: 2,
+            queue: 3,
+            ..Limits::default()
+        });
+        for k in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            h.apply(Event::Init(k));
+            h.apply(Event::InitDone(k));
+        }
+        h.apply(svc("shop", "a", 80));
+        let mut fast = h
+            .register(Filter::of(&["shop".into()]), "fast".into())
+            .unwrap();
+        let mut slow = h.register(Filter::of(&[]), "slow".into()).unwrap();
+        let third = h.register(Filter::of(&[]), "third".into()).err().unwrap();
+        assert!(third.contains("2 subscribers already"), "{third}");
+
+        let snap = fast.next().await.unwrap().unwrap();
+        assert!(snap.full);
+        assert_eq!(snap.services.len(), 1);
+        // books is not fast's: nothing queued for it; slow gets it (2 of 3 queued).
+        h.apply(svc("books", "b", 80));
+        h.apply(svc("shop", "a", 81));
+        let d = fast.next().await.unwrap().unwrap();
+        assert!(!d.full);
+        assert_eq!(d.services[0].ports[0].port, 81);
+        assert_eq!(d.version, h.stats().1);
+        // Slow reads nothing: the fourth message does not fit, it is dropped and told.
+        h.apply(svc("shop", "a", 82));
+        assert_eq!(h.stats().0, 1, "slow is gone");
+        let end = slow.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), Code::ResourceExhausted);
+        assert!(
+            end.message()
+                .contains("subscriber too slow: 3 messages unread"),
+            "{end:?}"
+        );
+        assert!(slow.next().await.is_none());
+        // Fast keeps its stream; with room again, another subscriber may come.
+        assert_eq!(
+            fast.next().await.unwrap().unwrap().services[0].ports[0].port,
+            82
+        );
+        let _again = h.register(Filter::of(&[]), "again".into()).unwrap();
+        drop(fast);
+        assert_eq!(h.stats().0, 1, "a dropped subscription unregisters");
     }
 }
