@@ -490,7 +490,6 @@ mod tests {
             row(&pod("Running"), Ok(&expiring), "shop/my-rules", Ok(&h)),
         ];
         let text = render_text(&rows);
-        println!("{text}");
         // A proxy fed by the control plane, which went away.
         let mut served = dump_at(12, &h, "", "");
         served.discovery.status =
@@ -507,7 +506,6 @@ mod tests {
         // Read back as the CLI reads a proxy's answer.
         let served = read(&serde_json::to_value(&served).unwrap(), "t", "w").unwrap();
         let text2 = render_text(&[row(&pod("Running"), Ok(&served), "shop/my-rules", Ok(&h))]);
-        println!("{text2}");
         let l2: Vec<&str> = text2.lines().collect();
         assert!(l2[0].ends_with("CERT   DISCOVERY"), "{}", l2[0]);
         assert!(l2[1].ends_with("-      STALE"), "{}", l2[1]);
@@ -518,19 +516,19 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS        CERT"
+            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS        CERT     DISCOVERY"
         );
         assert_eq!(
             lines[1],
-            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        -"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        -        -"
         );
         assert_eq!(
             lines[2],
-            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE   -"
+            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE   -        -"
         );
         assert_eq!(
             lines[3],
-            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        25m00s"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        25m00s   -"
         );
         assert!(
             lines[4].starts_with("shop/web-1: UNREACHABLE: cannot read"),

@@ -707,3 +707,133 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
         "{refusals:#?}"
     );
 }
+
+/// Many subscribers at once: every one gets its snapshot, then each EndpointSlice change
+/// reaches all of them; the time from the API event to each subscriber holding the change is
+/// measured (p50, p99, max) and must stay under a generous bound on a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_one_of_many_subscribers() {
+    const CONNECTIONS: usize = 20;
+    const PER_CONNECTION: usize = 10;
+    const CHANGES: usize = 10;
+    let a = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let (api, mut cp, ca, root, _dir) = control_plane(|api| {
+        serve_cluster(
+            api,
+            vec![service("default", "reviews", 9080)],
+            vec![slice("default", "reviews", a, "401")],
+            vec![],
+        )
+    })
+    .await;
+    // Each subscriber's stream, read by its own task: (change number, when it arrived).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, usize, Instant)>(4096);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let grpc = client(ca, &root).await;
+        for s in 0..PER_CONNECTION {
+            let mut grpc = grpc.clone();
+            let tx = tx.clone();
+            let id = c * PER_CONNECTION + s;
+            tasks.push(tokio::spawn(async move {
+                let first = SubscribeRequest {
+                    namespace: "default".into(),
+                    service_account: "httpbin".into(),
+                    namespaces: vec!["default".into()],
+                    ..Default::default()
+                };
+                let outbound =
+                    futures::stream::once(async move { first }).chain(futures::stream::pending());
+                let mut req = tonic::Request::new(outbound);
+                req.metadata_mut()
+                    .insert("authorization", "Bearer tok-httpbin".parse().unwrap());
+                grpc.ready().await.unwrap();
+                let codec =
+                    tonic_prost::ProstCodec::<SubscribeRequest, DiscoveryResponse>::default();
+                let mut stream = grpc
+                    .streaming(req, http::uri::PathAndQuery::from_static(SUBSCRIBE), codec)
+                    .await
+                    .unwrap()
+                    .into_inner();
+                while let Ok(Some(m)) = stream.message().await {
+                    let now = Instant::now();
+                    // The change number is the slice's port (first: the snapshot).
+                    let n = m
+                        .endpoint_slices
+                        .first()
+                        .and_then(|s| s.ports.first())
+                        .map_or(0, |p| p.port as usize);
+                    if tx.send((id, n, now)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+    }
+    drop(tx);
+    let total = CONNECTIONS * PER_CONNECTION;
+    // Every snapshot in.
+    let t = Instant::now();
+    let mut snapshots = std::collections::HashSet::new();
+    while snapshots.len() < total {
+        let (id, n, _) = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("snapshots")
+            .unwrap();
+        assert_eq!(n, 18080, "the snapshot's port");
+        snapshots.insert(id);
+    }
+    println!(
+        "{total} subscribers hold their snapshot after {:?}",
+        t.elapsed()
+    );
+    let mut delays = Vec::new();
+    for i in 1..=CHANGES {
+        let port = 20000 + i as u16;
+        let sent = Instant::now();
+        assert_eq!(
+            api.emit(
+                SLICES,
+                event(
+                    "MODIFIED",
+                    slice(
+                        "default",
+                        "reviews",
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        &format!("{}", 600 + i)
+                    )
+                )
+            ),
+            1
+        );
+        let mut got = std::collections::HashSet::new();
+        while got.len() < total {
+            let (id, n, at) = tokio::time::timeout(PATIENCE, rx.recv())
+                .await
+                .expect("the change at every subscriber")
+                .unwrap();
+            if n == port as usize {
+                got.insert(id);
+                delays.push(at - sent);
+            }
+        }
+    }
+    delays.sort();
+    let p = |q: f64| delays[((delays.len() as f64 * q) as usize).min(delays.len() - 1)];
+    println!(
+        "{CHANGES} EndpointSlice changes × {total} subscribers: p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        delays[delays.len() - 1]
+    );
+    assert!(p(0.99) < Duration::from_secs(5), "p99 {:?}", p(0.99));
+    for t in tasks {
+        t.abort();
+    }
+    cp.stop(Duration::from_secs(5));
+    let log = std::fs::read_to_string(&cp.log).unwrap();
+    assert!(
+        !log.contains("too slow"),
+        "no subscriber was dropped as too slow"
+    );
+}

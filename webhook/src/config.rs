@@ -627,6 +627,10 @@ mod tests {
                 r#"config field identity.trustDomain: invalid value "Example.org": a SPIFFE trust domain"#,
             ),
             ("identity: {caAdress: x:1}", "unknown field `caAdress`"),
+            (
+                "identity: {discoveryAddress: remora-ca}",
+                r#"config field identity.discoveryAddress: invalid value "remora-ca": no port"#,
+            ),
         ] {
             let err = format!("{:#}", Config::from_yaml(yaml).unwrap_err());
             assert!(err.contains(want), "{yaml}: {err}");
