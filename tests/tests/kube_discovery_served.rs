@@ -584,10 +584,17 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
             vec![
                 service("default", "reviews", 9080),
                 service("books", "ratings", 9080),
+                // Istio's exportTo: books' own; not for default's proxies.
+                {
+                    let mut s = service("books", "private", 9080);
+                    s["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": "."});
+                    s
+                },
             ],
             vec![
                 slice("default", "reviews", a, "401"),
                 slice("books", "ratings", a, "401"),
+                slice("books", "private", a, "401"),
             ],
             vec![pod("default", "reviews-pod"), pod("books", "ratings-pod")],
         )
@@ -635,7 +642,18 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
     let all = subscribe(&mut grpc, Some("tok-httpbin"), "default", "httpbin", &[])
         .await
         .unwrap();
-    assert_eq!(names(&all).len(), 6, "{:?}", names(&all));
+    assert_eq!(
+        names(&all),
+        [
+            "pod books/ratings-pod ratings-pod",
+            "pod default/reviews-pod reviews-pod",
+            "slice books/ratings-1",
+            "slice default/reviews-1",
+            "svc books/ratings",
+            "svc default/reviews"
+        ],
+        "books/private is exported to books only"
+    );
 
     // A token for default/httpbin claiming another namespace's identity.
     let forged = subscribe(&mut grpc, Some("tok-httpbin"), "books", "httpbin", &[])

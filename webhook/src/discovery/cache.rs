@@ -7,10 +7,55 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use remora_model::discovery_api::{DiscoveryResponse, EndpointSlice, Kind, Pod, Removed, Service};
 
+/// Which namespaces may see a Service (its `networking.istio.io/exportTo` annotation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Export {
+    /// `*`, or no annotation (Istio's default).
+    #[default]
+    All,
+    /// These namespaces (`.` is the Service's own; `~` or nothing: none).
+    Only(BTreeSet<String>),
+}
+
+/// The annotation's key.
+pub const EXPORT_TO: &str = "networking.istio.io/exportTo";
+
+impl Export {
+    /// The annotation's value for a Service of namespace `ns` (comma-separated `*`, `.`, `~` or
+    /// namespace names; absent or empty: everyone).
+    pub fn parse(ns: &str, value: Option<&str>) -> Export {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Export::All;
+        };
+        let mut set = BTreeSet::new();
+        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "*" => return Export::All,
+                "." => {
+                    set.insert(ns.to_string());
+                }
+                "~" => {}
+                other => {
+                    set.insert(other.to_string());
+                }
+            }
+        }
+        Export::Only(set)
+    }
+
+    pub fn visible_to(&self, ns: &str) -> bool {
+        match self {
+            Export::All => true,
+            Export::Only(s) => s.contains(ns),
+        }
+    }
+}
+
 /// One object of any kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Obj {
-    Service(Service),
+    /// A Service and who may see it.
+    Service(Service, Export),
     Slice(EndpointSlice),
     Pod(Pod),
 }
@@ -18,7 +63,7 @@ pub enum Obj {
 impl Obj {
     pub fn kind(&self) -> Kind {
         match self {
-            Obj::Service(_) => Kind::Service,
+            Obj::Service(..) => Kind::Service,
             Obj::Slice(_) => Kind::EndpointSlice,
             Obj::Pod(_) => Kind::Pod,
         }
@@ -26,7 +71,7 @@ impl Obj {
 
     pub fn key(&self) -> (String, String) {
         let (ns, name) = match self {
-            Obj::Service(s) => (&s.namespace, &s.name),
+            Obj::Service(s, _) => (&s.namespace, &s.name),
             Obj::Slice(s) => (&s.namespace, &s.name),
             Obj::Pod(p) => (&p.namespace, &p.name),
         };
@@ -46,11 +91,13 @@ pub enum Event {
     Delete(Kind, String, String),
 }
 
-/// What one event changed: objects added or changed, objects removed.
+/// What one event changed: objects added or changed, objects removed, and the Services whose
+/// visibility changed (`(namespace, name)`, the export before).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Change {
     pub put: Vec<Obj>,
     pub removed: Vec<Removed>,
+    pub exports: Vec<(Key, Export)>,
 }
 
 type Key = (String, String);
@@ -128,11 +175,46 @@ impl Cache {
     fn put(&mut self, obj: Obj, ch: &mut Change) {
         let m = self.objects.entry(obj.kind()).or_default();
         let key = obj.key();
-        if m.get(&key) == Some(&obj) {
+        let old = m.get(&key);
+        if old == Some(&obj) {
             return;
+        }
+        if let Obj::Service(_, new) = &obj {
+            let before = match old {
+                Some(Obj::Service(_, e)) => e.clone(),
+                _ => Export::All,
+            };
+            if before != *new {
+                ch.exports.push((key.clone(), before));
+            }
         }
         m.insert(key, obj.clone());
         ch.put.push(obj);
+    }
+
+    /// Who may see Service `ns/name` (everyone when it is not known).
+    fn export(&self, ns: &str, name: &str) -> Option<&Export> {
+        match self
+            .objects
+            .get(&Kind::Service)?
+            .get(&(ns.to_string(), name.to_string()))?
+        {
+            Obj::Service(_, e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The EndpointSlices of Service `ns/name`.
+    fn slices_of<'a>(&'a self, ns: &'a str, name: &'a str) -> impl Iterator<Item = &'a Obj> + 'a {
+        self.objects
+            .get(&Kind::EndpointSlice)
+            .into_iter()
+            .flat_map(move |m| {
+                m.range((ns.to_string(), String::new())..)
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, o)| o)
+            })
+            .filter(move |o| matches!(o, Obj::Slice(s) if s.service == name))
     }
 
     fn delete(&mut self, kind: Kind, ns: String, name: String, ch: &mut Change) {
@@ -157,7 +239,7 @@ impl Cache {
         };
         for m in self.objects.values() {
             for obj in m.values() {
-                if filter.covers(&obj.key().0) {
+                if filter.sees(self, obj) {
                     push(&mut r, obj.clone());
                 }
             }
@@ -168,22 +250,26 @@ impl Cache {
 
 fn push(r: &mut DiscoveryResponse, obj: Obj) {
     match obj {
-        Obj::Service(s) => r.services.push(s),
+        Obj::Service(s, _) => r.services.push(s),
         Obj::Slice(s) => r.endpoint_slices.push(s),
         Obj::Pod(p) => r.pods.push(p),
     }
 }
 
-/// What one subscriber sees: the namespaces it asked for (`None`: all).
+/// What one subscriber sees: the namespaces it asked for (`None`: all), and of their Services
+/// those exported to its own namespace (with their EndpointSlices).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
+    /// The subscriber's own namespace.
+    pub own: String,
     pub namespaces: Option<BTreeSet<String>>,
 }
 
 impl Filter {
-    /// From the request's list (empty: all).
-    pub fn of(namespaces: &[String]) -> Filter {
+    /// For a proxy of namespace `own`, from the request's list (empty: all).
+    pub fn of(own: &str, namespaces: &[String]) -> Filter {
         Filter {
+            own: own.to_string(),
             namespaces: (!namespaces.is_empty()).then(|| namespaces.iter().cloned().collect()),
         }
     }
@@ -192,9 +278,25 @@ impl Filter {
         self.namespaces.as_ref().is_none_or(|s| s.contains(ns))
     }
 
-    /// The part of `change` this subscriber sees, as a delta at `version`; `None` when it sees
-    /// nothing of it.
-    pub fn delta(&self, change: &Change, version: u64) -> Option<DiscoveryResponse> {
+    /// Does the subscriber see `obj` as `cache` now holds things?
+    fn sees(&self, cache: &Cache, obj: &Obj) -> bool {
+        let (ns, _) = obj.key();
+        if !self.covers(&ns) {
+            return false;
+        }
+        match obj {
+            Obj::Service(_, e) => e.visible_to(&self.own),
+            Obj::Slice(s) => cache
+                .export(&ns, &s.service)
+                .is_none_or(|e| e.visible_to(&self.own)),
+            Obj::Pod(_) => true,
+        }
+    }
+
+    /// The part of `change` this subscriber sees, as a delta at `version` (`cache`: the state
+    /// after the change); `None` when it sees nothing of it. A Service that became invisible to
+    /// it is removed with its EndpointSlices; one that became visible is sent with them.
+    pub fn delta(&self, cache: &Cache, change: &Change, version: u64) -> Option<DiscoveryResponse> {
         let mut r = DiscoveryResponse {
             version,
             full: false,
@@ -202,7 +304,7 @@ impl Filter {
         };
         let mut any = false;
         for obj in &change.put {
-            if self.covers(&obj.key().0) {
+            if self.sees(cache, obj) {
                 push(&mut r, obj.clone());
                 any = true;
             }
@@ -211,6 +313,38 @@ impl Filter {
             if self.covers(&rm.namespace) {
                 r.removed.push(rm.clone());
                 any = true;
+            }
+        }
+        for ((ns, name), before) in &change.exports {
+            if !self.covers(ns) {
+                continue;
+            }
+            let now = cache
+                .export(ns, name)
+                .is_none_or(|e| e.visible_to(&self.own));
+            let was = before.visible_to(&self.own);
+            if was == now {
+                continue;
+            }
+            any = true;
+            for o in cache.slices_of(ns, name) {
+                if now {
+                    push(&mut r, o.clone());
+                } else {
+                    let (ns, n) = o.key();
+                    r.removed.push(Removed {
+                        kind: Kind::EndpointSlice as i32,
+                        namespace: ns,
+                        name: n,
+                    });
+                }
+            }
+            if !now {
+                r.removed.push(Removed {
+                    kind: Kind::Service as i32,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                });
             }
         }
         any.then_some(r)
@@ -230,17 +364,123 @@ mod tests {
     use super::*;
 
     fn svc(ns: &str, name: &str, port: u32) -> Obj {
-        Obj::Service(Service {
+        svc_to(ns, name, port, None)
+    }
+
+    fn svc_to(ns: &str, name: &str, port: u32, export: Option<&str>) -> Obj {
+        Obj::Service(
+            Service {
+                namespace: ns.into(),
+                name: name.into(),
+                ports: vec![remora_model::discovery_api::ServicePort {
+                    port,
+                    name: "http".into(),
+                    app_protocol: String::new(),
+                }],
+                external_name: false,
+                cluster_ips: vec![],
+            },
+            Export::parse(ns, export),
+        )
+    }
+
+    fn slice(ns: &str, name: &str, service: &str) -> Obj {
+        Obj::Slice(EndpointSlice {
             namespace: ns.into(),
             name: name.into(),
-            ports: vec![remora_model::discovery_api::ServicePort {
-                port,
-                name: "http".into(),
-                app_protocol: String::new(),
-            }],
-            external_name: false,
-            cluster_ips: vec![],
+            service: service.into(),
+            ..Default::default()
         })
+    }
+
+    fn all_names(r: &DiscoveryResponse) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("svc {}/{}", s.namespace, s.name))
+            .chain(
+                r.endpoint_slices
+                    .iter()
+                    .map(|s| format!("slice {}/{}", s.namespace, s.name)),
+            )
+            .chain(
+                r.removed
+                    .iter()
+                    .map(|x| format!("-{:?} {}/{}", x.kind(), x.namespace, x.name)),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn export_to_annotations() {
+        let set = |v: &[&str]| Export::Only(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(Export::parse("shop", None), Export::All);
+        assert_eq!(Export::parse("shop", Some(" ")), Export::All);
+        assert_eq!(Export::parse("shop", Some("*")), Export::All);
+        assert_eq!(Export::parse("shop", Some(".")), set(&["shop"]));
+        assert_eq!(Export::parse("shop", Some("~")), set(&[]));
+        assert_eq!(
+            Export::parse("shop", Some(". , books")),
+            set(&["books", "shop"])
+        );
+        assert_eq!(Export::parse("shop", Some("books,*")), Export::All);
+        assert!(set(&["shop"]).visible_to("shop"));
+        assert!(!set(&["shop"]).visible_to("books"));
+    }
+
+    #[test]
+    fn a_service_exported_elsewhere_is_not_seen_and_visibility_changes_move_its_slices() {
+        let mut c = Cache::new();
+        for k in KINDS {
+            c.apply(Event::Init(k));
+            c.apply(Event::InitDone(k));
+        }
+        c.apply(Event::Apply(svc_to("books", "private", 80, Some("."))));
+        c.apply(Event::Apply(slice("books", "private-1", "private")));
+        c.apply(Event::Apply(svc("books", "public", 80)));
+        c.apply(Event::Apply(slice("books", "public-1", "public")));
+        let shop = Filter::of("shop", &[]);
+        let books = Filter::of("books", &[]);
+        assert_eq!(
+            all_names(&c.snapshot(&shop)),
+            ["slice books/public-1", "svc books/public"]
+        );
+        assert_eq!(c.snapshot(&books).services.len(), 2);
+        // A slice change of the private Service: not shop's.
+        let ch = c
+            .apply(Event::Apply(Obj::Slice(EndpointSlice {
+                endpoints: vec![Default::default()],
+                ..match slice("books", "private-1", "private") {
+                    Obj::Slice(s) => s,
+                    _ => unreachable!(),
+                }
+            })))
+            .unwrap();
+        assert_eq!(shop.delta(&c, &ch, c.version()), None);
+        assert!(books.delta(&c, &ch, c.version()).is_some());
+        // Exported to shop now: shop gets the Service and its slice.
+        let ch = c
+            .apply(Event::Apply(svc_to("books", "private", 80, Some(".,shop"))))
+            .unwrap();
+        assert_eq!(
+            all_names(&shop.delta(&c, &ch, c.version()).unwrap()),
+            ["slice books/private-1", "svc books/private"]
+        );
+        // No longer: both removed for shop; books keeps seeing it (an update only).
+        let ch = c
+            .apply(Event::Apply(svc_to("books", "private", 80, Some("~"))))
+            .unwrap();
+        assert_eq!(
+            all_names(&shop.delta(&c, &ch, c.version()).unwrap()),
+            ["-EndpointSlice books/private-1", "-Service books/private"]
+        );
+        assert_eq!(
+            all_names(&books.delta(&c, &ch, c.version()).unwrap()),
+            ["-EndpointSlice books/private-1", "-Service books/private"],
+            "~: not even its own namespace"
+        );
     }
 
     fn names(r: &DiscoveryResponse) -> Vec<String> {
@@ -274,8 +514,8 @@ mod tests {
         assert!(c.synced());
         assert_eq!(c.version(), 1, "empty lists change nothing");
 
-        let shop = Filter::of(&["shop".to_string()]);
-        let all = Filter::of(&[]);
+        let shop = Filter::of("shop", &["shop".to_string()]);
+        let all = Filter::of("shop", &[]);
         assert_eq!(names(&c.snapshot(&shop)), ["shop/a"]);
         assert_eq!(c.snapshot(&all).services.len(), 2);
         assert!(c.snapshot(&all).full);
@@ -284,10 +524,10 @@ mod tests {
         assert_eq!(c.apply(Event::Apply(svc("shop", "a", 80))), None);
         let ch = c.apply(Event::Apply(svc("shop", "a", 81))).unwrap();
         assert_eq!(c.version(), 2);
-        assert_eq!(names(&shop.delta(&ch, 2).unwrap()), ["shop/a"]);
+        assert_eq!(names(&shop.delta(&c, &ch, 2).unwrap()), ["shop/a"]);
         let ch = c.apply(Event::Apply(svc("books", "b", 81))).unwrap();
-        assert_eq!(shop.delta(&ch, 3), None, "books is not shop's");
-        assert_eq!(names(&all.delta(&ch, 3).unwrap()), ["books/b"]);
+        assert_eq!(shop.delta(&c, &ch, 3), None, "books is not shop's");
+        assert_eq!(names(&all.delta(&c, &ch, 3).unwrap()), ["books/b"]);
 
         // A re-list (after a 410) that no longer names books/b, and names shop/c: both reach
         // the subscribers as one change.
@@ -295,8 +535,11 @@ mod tests {
         c.apply(Event::InitApply(svc("shop", "a", 81)));
         c.apply(Event::InitApply(svc("shop", "c", 80)));
         let ch = c.apply(Event::InitDone(Kind::Service)).unwrap();
-        assert_eq!(names(&all.delta(&ch, 4).unwrap()), ["shop/c", "-books/b"]);
-        assert_eq!(names(&shop.delta(&ch, 4).unwrap()), ["shop/c"]);
+        assert_eq!(
+            names(&all.delta(&c, &ch, 4).unwrap()),
+            ["shop/c", "-books/b"]
+        );
+        assert_eq!(names(&shop.delta(&c, &ch, 4).unwrap()), ["shop/c"]);
         assert_eq!(c.counts(), (2, 0, 0));
 
         let ch = c

@@ -52,6 +52,17 @@ pub fn service(s: &KService) -> Service {
     }
 }
 
+/// Who may see a Service: its `networking.istio.io/exportTo` annotation.
+pub fn export(s: &KService) -> super::cache::Export {
+    let ns = s.namespace().unwrap_or_default();
+    super::cache::Export::parse(
+        &ns,
+        s.annotations()
+            .get(super::cache::EXPORT_TO)
+            .map(String::as_str),
+    )
+}
+
 /// An EndpointSlice as routing needs it; `None` for one without a service or with FQDN
 /// addresses.
 pub fn slice(s: &KSlice) -> Option<EndpointSlice> {
@@ -153,6 +164,12 @@ mod tests {
         }))
         .unwrap();
         assert!(service(&headless).cluster_ips.is_empty());
+        assert_eq!(export(&headless), crate::discovery::cache::Export::All);
+        let mut private = headless.clone();
+        private.metadata.annotations =
+            Some([("networking.istio.io/exportTo".to_string(), ".".to_string())].into());
+        assert!(!export(&private).visible_to("books"));
+        assert!(export(&private).visible_to("shop"));
 
         let es: KSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "reviews-x", "namespace": "shop",

@@ -108,7 +108,7 @@ impl Hub {
         let version = st.cache.version();
         let mut dropped = Vec::new();
         for (id, sub) in st.subs.iter() {
-            let Some(delta) = sub.filter.delta(&change, version) else {
+            let Some(delta) = sub.filter.delta(&st.cache, &change, version) else {
                 continue;
             };
             match sub.tx.try_send(delta) {
@@ -223,7 +223,7 @@ impl Hub {
                 self.limits.sync_wait.as_secs()
             )));
         }
-        let filter = Filter::of(&req.namespaces);
+        let filter = Filter::of(&id.namespace, &req.namespaces);
         let who = format!(
             "{}/{} pod {} ({}) at {peer_s}",
             id.namespace,
@@ -319,15 +319,18 @@ mod tests {
     }
 
     fn svc(ns: &str, name: &str, port: u32) -> Event {
-        Event::Apply(Obj::Service(Service {
-            namespace: ns.into(),
-            name: name.into(),
-            ports: vec![remora_model::discovery_api::ServicePort {
-                port,
+        Event::Apply(Obj::Service(
+            Service {
+                namespace: ns.into(),
+                name: name.into(),
+                ports: vec![remora_model::discovery_api::ServicePort {
+                    port,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        }))
+            },
+            Default::default(),
+        ))
     }
 
     #[tokio::test]
@@ -343,10 +346,13 @@ mod tests {
         }
         h.apply(svc("shop", "a", 80));
         let mut fast = h
-            .register(Filter::of(&["shop".into()]), "fast".into())
+            .register(Filter::of("shop", &["shop".into()]), "fast".into())
             .unwrap();
-        let mut slow = h.register(Filter::of(&[]), "slow".into()).unwrap();
-        let third = h.register(Filter::of(&[]), "third".into()).err().unwrap();
+        let mut slow = h.register(Filter::of("shop", &[]), "slow".into()).unwrap();
+        let third = h
+            .register(Filter::of("shop", &[]), "third".into())
+            .err()
+            .unwrap();
         assert!(third.contains("2 subscribers already"), "{third}");
 
         let snap = fast.next().await.unwrap().unwrap();
@@ -375,7 +381,7 @@ mod tests {
             fast.next().await.unwrap().unwrap().services[0].ports[0].port,
             82
         );
-        let _again = h.register(Filter::of(&[]), "again".into()).unwrap();
+        let _again = h.register(Filter::of("shop", &[]), "again".into()).unwrap();
         drop(fast);
         assert_eq!(h.stats().0, 1, "a dropped subscription unregisters");
     }

@@ -25,7 +25,7 @@ pub fn start(client: Client, hub: Arc<Hub>) -> Vec<tokio::task::JoinHandle<()>> 
             hub.clone(),
             Kind::Service,
             watcher::watcher(Api::<Service>::all(client.clone()), cfg()),
-            |s: &Service| Some(Obj::Service(convert::service(s))),
+            |s: &Service| Some(Obj::Service(convert::service(s), convert::export(s))),
         )),
         tokio::spawn(drive(
             hub.clone(),
