@@ -3,8 +3,10 @@
 //! (`tests/fixtures/kube-api/ca/` for its root and TokenReviews), and streams them over
 //! `remora.discovery.v1.Discovery/Subscribe` on the CA's TLS port. A real `remora-proxy` with
 //! `--discovery-address` and no Kubernetes API at all routes to an endpoint it learned only
-//! from that stream; an EndpointSlice change reaches it as a delta (timed); through a control
-//! plane restart it keeps routing from the last state and resynchronizes. A real tonic client
+//! from that stream; an EndpointSlice change reaches it as a delta (timed), and so does what a
+//! re-list after a 410 at the control plane finds changed; through a control-plane restart it
+//! keeps routing from the last state and resynchronizes. 200 subscribers get every change
+//! (timed). A real tonic client
 //! checks scoping by namespace and the refusal of a forged identity.
 
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use remora_e2e::apiserver::{event, RecordedApi, Reply};
+use remora_e2e::apiserver::{event, expired_event, RecordedApi, Reply};
 use remora_e2e::netns::Proc;
 use remora_model::discovery_api::{DiscoveryResponse, SubscribeRequest, SUBSCRIBE};
 use rustls_pki_types::pem::PemObject;
@@ -362,7 +364,8 @@ async fn routed_to(sc: &mut Sidecar, want: &str) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_survives_its_restart() {
+async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_a_relist_and_survives_its_restart(
+) {
     let a = backend("pod-a");
     let b = backend("pod-b");
     // The Service's ClusterIP:port: nothing listens there, so only discovery can route.
@@ -426,8 +429,10 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_survives_its_r
     assert!(st["control_plane"]["deltas"].as_u64() >= Some(1), "{st:#}");
     assert!(st["control_plane"]["version_acked"].as_u64() > Some(v1));
 
-    // The control plane goes away: the proxy keeps routing from the last state.
-    // The next list (the restarted control plane's) names pod a again.
+    // The watch expires (410): the control plane lists again, and what changed meanwhile
+    // (the list still names pod a) reaches the proxy as a delta. The recorded API serves a
+    // route's replies in order, the last repeating: the re-list gets the first list again, and
+    // the list queued now (pod b) is the next one, the restarted control plane's.
     api.on(
         "GET",
         SLICES,
@@ -437,12 +442,26 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_survives_its_r
                 "EndpointSliceList",
                 "discovery.k8s.io/v1",
                 vec![
-                    slice("default", "reviews", a, "520"),
+                    slice("default", "reviews", b, "530"),
                     slice("books", "ratings", b, "401"),
                 ],
             ),
         ),
     );
+    let sent = Instant::now();
+    assert_eq!(api.emit(SLICES, expired_event("510")), 1);
+    routed_to(&mut sc, "pod-a").await;
+    println!(
+        "410 at the control plane → re-list → the proxy routes by it: {:?}",
+        sent.elapsed()
+    );
+    let st = config_dump(sc.admin).await["discovery"]["status"].clone();
+    assert_eq!(
+        st["control_plane"]["snapshots"], 1,
+        "a delta, not a new snapshot: {st:#}"
+    );
+
+    // The control plane goes away: the proxy keeps routing from the last state (pod a).
     if let Some(mut p) = cp.take() {
         p.stop(Duration::from_secs(5));
     }
@@ -452,7 +471,7 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_survives_its_r
     loop {
         let (code, body) = aget(sc.outbound, "reviews", "/x").await;
         sent += 1;
-        if (code, body.as_str()) != (200, "pod-b") {
+        if (code, body.as_str()) != (200, "pod-a") {
             failed += 1;
         }
         let st = config_dump(sc.admin).await["discovery"]["status"].clone();
@@ -466,20 +485,21 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_survives_its_r
     assert_eq!(aget(sc.health, "x", "/healthz/ready").await.0, 200);
 
     // Back on the same address: the proxy resubscribes and gets the new state.
-    let _cp2 = start_control_plane(&api, ca, dir.path(), "control-plane-2");
+    let cp2 = start_control_plane(&api, ca, dir.path(), "control-plane-2");
     let t = Instant::now();
     loop {
         let (code, body) = aget(sc.outbound, "reviews", "/x").await;
         sent += 1;
         match (code, body.as_str()) {
-            (200, "pod-a") => break,
-            (200, "pod-b") => {}
+            (200, "pod-b") => break,
+            (200, "pod-a") => {}
             _ => failed += 1,
         }
         assert!(
             t.elapsed() < PATIENCE,
-            "never resynced:\n{}",
-            sc.proc.log_tail(30)
+            "never resynced:\n{}\ncontrol plane:\n{}",
+            sc.proc.log_tail(30),
+            cp2.log_tail(30)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
