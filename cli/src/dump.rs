@@ -64,6 +64,30 @@ pub struct Header {
     /// The workload certificate's state (proxies with a workload identity).
     #[serde(default)]
     pub identity: Option<CertState>,
+    /// The sync with the control plane's discovery service (`discovery.status.control_plane`;
+    /// proxies with `--discovery-address`).
+    #[serde(default, rename = "discovery", deserialize_with = "control_plane")]
+    pub control_plane: Option<remora_model::dump::ControlPlaneSync>,
+}
+
+fn control_plane<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<remora_model::dump::ControlPlaneSync>, D::Error> {
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        control_plane: Option<remora_model::dump::ControlPlaneSync>,
+    }
+    #[derive(Deserialize)]
+    struct Discovery {
+        #[serde(default)]
+        status: Option<serde_json::Value>,
+    }
+    // `status` is `"off"` or an object; only the object has a control plane.
+    let v = Option::<Discovery>::deserialize(d)?;
+    Ok(v.and_then(|d| d.status)
+        .and_then(|s| serde_json::from_value::<Status>(s).ok())
+        .and_then(|s| s.control_plane))
 }
 
 /// What `proxy-status` reads of a proxy's workload certificate.
@@ -118,6 +142,12 @@ impl Header {
                 state: i.state.clone(),
                 expires_in_seconds: i.expires_in_seconds,
             }),
+            control_plane: match &d.discovery.status {
+                remora_model::dump::DiscoveryStatus::Running(w) => {
+                    w.control_plane.as_deref().cloned()
+                }
+                remora_model::dump::DiscoveryStatus::Off(_) => None,
+            },
         }
     }
 }

@@ -60,6 +60,40 @@ pub struct ProxyRow {
     /// Why the certificate needs attention, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_warning: Option<String>,
+    /// Discovery from the control plane: `SYNCED`, `STALE`, `CONNECTING` (`None`: the proxy
+    /// watches the API itself, or says nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+    /// Why the discovery sync needs attention, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_warning: Option<String>,
+}
+
+/// The DISCOVERY column and, when not synced, why.
+pub fn discovery_state(c: &remora_model::dump::ControlPlaneSync) -> (String, Option<String>) {
+    let err = c
+        .last_error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    match c.state.as_str() {
+        "synced" => ("SYNCED".into(), None),
+        "stale" => (
+            "STALE".into(),
+            Some(format!(
+                "discovery STALE: not connected to the control plane at {}; serving the last state it sent (version {}){err}",
+                c.address, c.version_acked
+            )),
+        ),
+        other => (
+            other.to_ascii_uppercase(),
+            Some(format!(
+                "discovery {}: no snapshot from the control plane at {} yet{err}",
+                other.to_ascii_uppercase(),
+                c.address
+            )),
+        ),
+    }
 }
 
 /// The rules ConfigMap a pod mounts (its `remora-rules` volume), else `default`.
@@ -114,6 +148,8 @@ pub fn row(
         reason: String::new(),
         cert: None,
         cert_warning: None,
+        discovery: None,
+        discovery_warning: None,
     };
     let phase = objects::phase(pod).unwrap_or("Unknown");
     if phase != "Running" {
@@ -139,6 +175,11 @@ pub fn row(
     r.version = dump.version.clone();
     r.cert = dump.identity.as_ref().map(|c| c.column());
     r.cert_warning = dump.identity.as_ref().and_then(|c| c.warning());
+    if let Some(c) = &dump.control_plane {
+        let (col, warning) = discovery_state(c);
+        r.discovery = Some(col);
+        r.discovery_warning = warning;
+    }
     // `config_source.source` (api, files, none) when the proxy reports it, else the kind part
     // of the snapshot's `source` label (`files:/etc/remora/rules` -> files).
     r.source = dump
@@ -209,6 +250,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
                 table::short_hash(r.config_map_hash.as_deref().unwrap_or("")),
                 r.status.as_str().to_string(),
                 r.cert.clone().unwrap_or("-".into()),
+                r.discovery.clone().unwrap_or("-".into()),
             ]
         })
         .collect();
@@ -223,6 +265,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
             "CONFIGMAP HASH",
             "STATUS",
             "CERT",
+            "DISCOVERY",
         ],
         &cells,
     );
@@ -236,7 +279,7 @@ pub fn render_text(rows: &[ProxyRow]) -> String {
         ));
     }
     for r in rows {
-        if let Some(w) = &r.cert_warning {
+        for w in r.cert_warning.iter().chain(r.discovery_warning.iter()) {
             out.push_str(&format!("{}/{}: {w}\n", r.namespace, r.name));
         }
     }
@@ -448,22 +491,45 @@ mod tests {
             row(&pod("Running"), Ok(&expiring), "shop/my-rules", Ok(&h)),
         ];
         let text = render_text(&rows);
+        // A proxy fed by the control plane, which went away.
+        let mut served = dump_at(12, &h, "", "");
+        served.discovery.status =
+            remora_model::dump::DiscoveryStatus::Running(remora_model::dump::WatchStatus {
+                control_plane: Some(Box::new(remora_model::dump::ControlPlaneSync {
+                    address: "remora-ca.remora-system.svc:15012".into(),
+                    state: "stale".into(),
+                    version_acked: 41,
+                    last_error: Some("Unavailable: connection refused".into()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
+        // Read back as the CLI reads a proxy's answer.
+        let served = read(&serde_json::to_value(&served).unwrap(), "t", "w").unwrap();
+        let text2 = render_text(&[row(&pod("Running"), Ok(&served), "shop/my-rules", Ok(&h))]);
+        let l2: Vec<&str> = text2.lines().collect();
+        assert!(l2[0].ends_with("CERT   DISCOVERY"), "{}", l2[0]);
+        assert!(l2[1].ends_with("-      STALE"), "{}", l2[1]);
+        assert_eq!(
+            l2[2],
+            "shop/web-1: discovery STALE: not connected to the control plane at remora-ca.remora-system.svc:15012; serving the last state it sent (version 41): Unavailable: connection refused"
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS        CERT"
+            "NAME    NAMESPACE   VERSION   GENERATION   SOURCE   PROXY HASH     CONFIGMAP HASH   STATUS        CERT     DISCOVERY"
         );
         assert_eq!(
             lines[1],
-            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        -"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        -        -"
         );
         assert_eq!(
             lines[2],
-            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE   -"
+            "web-1   shop        -         -            -        -              aaaaaaaaaaaa     UNREACHABLE   -        -"
         );
         assert_eq!(
             lines[3],
-            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        25m00s"
+            "web-1   shop        0.1.0     12           -        aaaaaaaaaaaa   aaaaaaaaaaaa     SYNCED        25m00s   -"
         );
         assert!(
             lines[4].starts_with("shop/web-1: UNREACHABLE: cannot read"),

@@ -364,6 +364,29 @@ pub struct WatchStatus {
     /// `resource in part` → `listing`, `watching`, `forbidden`, `error: ...`.
     pub watches: BTreeMap<String, String>,
     pub index_builds: u64,
+    /// Discovery from the control plane (`--discovery-address`); absent in direct API mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<Box<ControlPlaneSync>>,
+}
+
+/// Where the subscription to the control plane's discovery service stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneSync {
+    /// `HOST:PORT` subscribed to.
+    pub address: String,
+    /// `connecting`, `synced` (the last response applied and acknowledged) or `stale`
+    /// (disconnected: serving the last state received).
+    pub state: String,
+    /// The version of the last response applied and acknowledged (0: none yet).
+    pub version_acked: u64,
+    /// Full snapshots and deltas applied since start.
+    pub snapshots: u64,
+    pub deltas: u64,
+    /// Subscriptions made since start (1 + reconnects).
+    pub connects: u64,
+    /// The last error (a refusal, a lost connection), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The discovered endpoint index, bounded per host and in all.

@@ -24,6 +24,7 @@
 
 pub mod ca_api;
 pub mod compile;
+pub mod discovery_api;
 pub mod dump;
 pub mod duration;
 pub mod gateway;

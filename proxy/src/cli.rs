@@ -142,6 +142,17 @@ pub struct RunArgs {
     /// Endpoint discovery (Services, EndpointSlices, Pods) through the API: on or off.
     #[arg(long, env = "REMORA_DISCOVERY", default_value = "on", value_parser = ["on", "off"])]
     pub discovery: String,
+    /// The control plane's discovery service (`HOST:PORT`, served on the CA's TLS port by
+    /// `remora-webhook serve --discovery on`): endpoints come from one subscription there
+    /// instead of watches of the Kubernetes API (which then needs no rights for discovery);
+    /// `off` = the direct API mode. Uses the CA's root and token files (`--ca-root-file`,
+    /// `--ca-token-file`) and the pod's identity.
+    #[arg(long, env = "REMORA_DISCOVERY_ADDRESS", default_value = "off")]
+    pub discovery_address: String,
+    /// The name the discovery server's certificate must carry (default: `--ca-server-name`
+    /// when the address is the CA's, else the host of the address).
+    #[arg(long, env = "REMORA_DISCOVERY_SERVER_NAME")]
+    pub discovery_server_name: Option<String>,
     /// How long readiness waits for discovery's first list of every watched kind and namespace
     /// (and the rules ConfigMap's first answer through the API) before turning ready anyway:
     /// `10s`, `1500ms`, `2m`, a number of seconds, or `0` = don't wait (at most 1h).
@@ -239,6 +250,50 @@ pub fn parse_rotate_at(v: &str) -> Result<f64, String> {
         return Err(format!("{v:?} is outside 0.1 to 0.9"));
     }
     Ok(f)
+}
+
+impl RunArgs {
+    /// The subscription settings of `--discovery-address`, or `None` for `off`; an error
+    /// names the flag, the value and the reason.
+    pub fn remote_discovery(
+        &self,
+    ) -> Result<Option<crate::discovery::remote::RemoteConfig>, String> {
+        let addr = self.discovery_address.trim();
+        if addr.is_empty() || addr == "off" {
+            return Ok(None);
+        }
+        let host = match addr.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
+                h.trim_start_matches('[').trim_end_matches(']')
+            }
+            _ => {
+                return Err(format!(
+                    "--discovery-address {addr:?}: not host:port or off"
+                ))
+            }
+        };
+        let id = &self.identity;
+        let server_name = match (&self.discovery_server_name, &id.ca_server_name) {
+            (Some(n), _) => n.clone(),
+            (None, Some(n)) if addr == id.ca_address.trim() => n.clone(),
+            _ => host.to_string(),
+        };
+        if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(format!(
+                "--discovery-server-name {server_name:?}: not a DNS name or IP address"
+            ));
+        }
+        Ok(Some(crate::discovery::remote::RemoteConfig {
+            address: addr.to_string(),
+            server_name,
+            root_file: id.ca_root_file.clone(),
+            token_file: id.ca_token_file.clone(),
+            namespace: self.namespace.clone(),
+            service_account: id.service_account.clone(),
+            pod_name: self.pod_name.clone().unwrap_or_default(),
+            timeout: Duration::from_secs(10),
+        }))
+    }
 }
 
 impl IdentityArgs {

@@ -199,7 +199,8 @@ type KubeParts = (
 
 /// The Kubernetes side (`--kube-api`): endpoint discovery and the rules ConfigMap through the
 /// API, on their own thread and runtime, counting in `metrics`. Always returns the rules sources
-/// (the files' hooks); discovery only when the API is used and `--discovery on`.
+/// (the files' hooks); discovery from the control plane with `--discovery-address`, else only
+/// when the API is used and `--discovery on`.
 fn start_kube(
     args: &Args,
     ctx: &LoadContext,
@@ -209,41 +210,57 @@ fn start_kube(
     use remora_proxy::discovery::kube::{self as dk, ApiMode, Discovery, Timing};
     let configmap = format!("{}/{}", args.namespace, args.rules_configmap);
     let (a, c) = (args.clone(), ctx.clone());
+    let remote = args.remote_discovery().map_err(|e| anyhow!(e))?;
     start_runtime_thread("kube", move |tx| async move {
         let client = match dk::client_for(&a.kube_api, &a.namespace) {
             Ok(ApiMode::Client(client, url)) => {
                 info!(
                     "Kubernetes API {url}: discovery {}, rules ConfigMap {}",
-                    a.discovery,
+                    if remote.is_some() {
+                        "from the control plane (--discovery-address)".to_string()
+                    } else {
+                        a.discovery.clone()
+                    },
                     if a.rules_configmap == "off" {
                         "off (files only)".to_string()
                     } else {
                         format!("{configmap} watched through the API when RBAC allows")
                     }
                 );
-                client
+                Some(client)
             }
             Ok(ApiMode::Off(why)) => {
-                info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
-                let _ = tx.send(Ok((
-                    Arc::new(RulesSources::new(store, c, configmap, None, metrics)),
-                    None,
-                )));
-                return;
+                if remote.is_some() {
+                    info!("Kubernetes API off ({why}): endpoints from the control plane's discovery service and ServiceEntries, rules from the files only");
+                } else {
+                    info!("Kubernetes API off ({why}): endpoints from ServiceEntries only, rules from the files only");
+                }
+                None
             }
             Err(e) => {
                 let _ = tx.send(Err(anyhow!(e)));
                 return;
             }
         };
-        let discovery = (a.discovery == "on").then(|| {
-            Discovery::start(
+        let discovery = match (&remote, &client) {
+            (Some(cfg), _) => {
+                info!(address = %cfg.address, server_name = %cfg.server_name,
+                    "discovery from the control plane at {} (no Kubernetes API rights needed for it)", cfg.address);
+                Some(Discovery::start_remote(
+                    cfg.clone(),
+                    &c.cluster_domain,
+                    Timing::default(),
+                    metrics.clone(),
+                ))
+            }
+            (None, Some(client)) if a.discovery == "on" => Some(Discovery::start(
                 client.clone(),
                 &c.cluster_domain,
                 Timing::default(),
                 metrics.clone(),
-            )
-        });
+            )),
+            _ => None,
+        };
         let sources = Arc::new(RulesSources::new(
             store.clone(),
             c,
@@ -251,15 +268,15 @@ fn start_kube(
             discovery.clone(),
             metrics,
         ));
-        // The first snapshot gets the discovered endpoints and sets the scope.
-        {
+        if discovery.is_some() || client.is_some() {
+            // The first snapshot gets the discovered endpoints and sets the scope.
             use rules::watch::Hooks;
             let _serial = sources.lock();
             let snap = Arc::new(sources.prepare((*store.load_full()).clone()));
             store.store(snap.clone());
             sources.applied(&snap);
         }
-        if a.rules_configmap != "off" {
+        if let Some(client) = client.filter(|_| a.rules_configmap != "off") {
             // Before the sources are handed out: readiness waits for its first answer.
             sources.await_api_answer();
             tokio::spawn(dk::watch_rules_configmap(

@@ -576,7 +576,8 @@ async fn proxy_status_synced_stale_unreachable() {
             "CONFIGMAP",
             "HASH",
             "STATUS",
-            "CERT"
+            "CERT",
+            "DISCOVERY"
         ],
         "{}",
         r.all()
@@ -591,7 +592,7 @@ async fn proxy_status_synced_stale_unreachable() {
     };
     assert_eq!(
         row("api-0"),
-        ["api-0", "shop", "0.1.0", "1", "files", old, cur, "STALE", "-"]
+        ["api-0", "shop", "0.1.0", "1", "files", old, cur, "STALE", "-", "-"]
     );
     assert_eq!(
         row("cart-58c9d-7hq2w"),
@@ -604,6 +605,7 @@ async fn proxy_status_synced_stale_unreachable() {
             "-",
             cur,
             "UNREACHABLE",
+            "-",
             "-"
         ]
     );
@@ -618,6 +620,7 @@ async fn proxy_status_synced_stale_unreachable() {
             "-",
             cur,
             "UNREACHABLE",
+            "-",
             "-"
         ]
     );
@@ -632,6 +635,7 @@ async fn proxy_status_synced_stale_unreachable() {
             cur,
             cur,
             "SYNCED",
+            "-",
             "-"
         ]
     );
@@ -742,6 +746,7 @@ async fn proxy_status_shows_the_api_source_and_version_skew() {
             &h[..12],
             &h[..12],
             "SYNCED",
+            "-",
             "-"
         ],
         "{}",

@@ -79,6 +79,11 @@ pub struct IdentityConfig {
     /// SPIFFE trust domain of the proxy's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_domain: Option<String>,
+    /// `HOST:PORT` of the control plane's discovery service the proxy subscribes to instead of
+    /// watching the API (`REMORA_DISCOVERY_ADDRESS`), or `off`. Unset: the serving process's
+    /// CA address when it serves discovery (`serve --discovery on`), else off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_address: Option<String>,
 }
 
 /// The identity settings one injection renders (identity injection is on).
@@ -87,6 +92,8 @@ pub struct Identity {
     pub ca_address: String,
     pub audience: String,
     pub trust_domain: String,
+    /// The discovery service's `HOST:PORT`; `None`: off (the proxy watches the API).
+    pub discovery_address: Option<String>,
 }
 
 /// What `serve`'s CA flags say about the injected identity: the values for the `identity`
@@ -100,6 +107,8 @@ pub struct IdentityDefaults {
     /// The mesh CA runs in this process and `ca_address` names it: a config file that sends
     /// proxies to it with another audience or trust domain than it checks is refused.
     pub local_ca: bool,
+    /// `HOST:PORT` of the discovery service proxies subscribe to, or `off`.
+    pub discovery_address: String,
 }
 
 impl Default for IdentityDefaults {
@@ -109,6 +118,7 @@ impl Default for IdentityDefaults {
             audience: DEFAULT_CA_AUDIENCE.to_string(),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             local_ca: false,
+            discovery_address: OFF.to_string(),
         }
     }
 }
@@ -284,6 +294,13 @@ impl Config {
                 })?;
             }
         }
+        if let Some(a) = id.discovery_address.as_ref().filter(|a| *a != OFF) {
+            check_host_port(a).map_err(|why| {
+                anyhow::anyhow!(
+                    "config field identity.discoveryAddress: invalid value {a:?}: {why}: expected {HOST_PORT_EXAMPLE} or off"
+                )
+            })?;
+        }
         if let Some(a) = &id.audience {
             check_audience(a).map_err(|why| {
                 anyhow::anyhow!("config field identity.audience: invalid value {a:?}: {why}")
@@ -349,6 +366,7 @@ impl Config {
                 .trust_domain
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            discovery_address: id.discovery_address.clone().filter(|a| a != OFF),
         })
     }
 
@@ -377,6 +395,15 @@ impl Config {
             }
         }
         id.ca_address.get_or_insert_with(|| d.ca_address.clone());
+        // Discovery is served where the local CA is: proxies sent to another CA are not sent
+        // to this process for discovery either, unless the file says so.
+        id.discovery_address.get_or_insert_with(|| {
+            if to_local_ca {
+                d.discovery_address.clone()
+            } else {
+                OFF.to_string()
+            }
+        });
         id.audience.get_or_insert_with(|| d.audience.clone());
         id.trust_domain
             .get_or_insert_with(|| d.trust_domain.clone());
@@ -595,7 +622,8 @@ mod tests {
             Some(Identity {
                 ca_address: "ca.example.com:443".into(),
                 audience: "mesh".into(),
-                trust_domain: "example.org".into()
+                trust_domain: "example.org".into(),
+                discovery_address: None,
             })
         );
         let off = Config::from_yaml("identity: {caAddress: \"off\"}\n").unwrap();
@@ -622,6 +650,10 @@ mod tests {
                 r#"config field identity.trustDomain: invalid value "Example.org": a SPIFFE trust domain"#,
             ),
             ("identity: {caAdress: x:1}", "unknown field `caAdress`"),
+            (
+                "identity: {discoveryAddress: remora-ca}",
+                r#"config field identity.discoveryAddress: invalid value "remora-ca": no port"#,
+            ),
         ] {
             let err = format!("{:#}", Config::from_yaml(yaml).unwrap_err());
             assert!(err.contains(want), "{yaml}: {err}");
@@ -635,6 +667,7 @@ mod tests {
             audience: "aud".into(),
             trust_domain: "td.example".into(),
             local_ca: true,
+            discovery_address: "remora-ca.mesh.svc:15012".into(),
         };
         let filled = Config::default().with_identity_defaults(&flags).unwrap();
         assert_eq!(
@@ -642,7 +675,8 @@ mod tests {
             Some(Identity {
                 ca_address: "remora-ca.mesh.svc:15012".into(),
                 audience: "aud".into(),
-                trust_domain: "td.example".into()
+                trust_domain: "td.example".into(),
+                discovery_address: Some("remora-ca.mesh.svc:15012".into()),
             })
         );
         // The CA in this process checks one audience and signs one trust domain.
@@ -673,6 +707,7 @@ mod tests {
         .unwrap();
         assert_eq!(elsewhere.identity().unwrap().trust_domain, "other.example");
         assert_eq!(elsewhere.identity().unwrap().audience, "aud");
+        assert_eq!(elsewhere.identity().unwrap().discovery_address, None);
         // Flags that say "no identity" (--ca-addr off): the file may still name a CA.
         let off = IdentityDefaults {
             ca_address: OFF.into(),

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod decide;
+pub mod discovery;
 pub mod inject;
 pub mod label_selector;
 pub mod manifest;

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -323,12 +324,29 @@ struct CaArgs {
     /// `--ca-addr off`. The injector config's `identity.caAddress` wins over it.
     #[arg(long, env = "REMORA_INJECT_CA_ADDRESS", default_value = "auto")]
     inject_ca_address: String,
+    /// `on` serves discovery (`remora.discovery.v1.Discovery`) on the CA's listener: one set of
+    /// watches of Services, EndpointSlices and Pods' metadata, streamed to sidecars started with
+    /// `--discovery-address` (then they need no API rights for discovery). Needs the CA.
+    #[arg(long, env = "REMORA_DISCOVERY_SERVE", default_value = "off", value_parser = ["on", "off"])]
+    discovery: String,
+    /// Most sidecars subscribed at once (more are refused and retry).
+    #[arg(long, env = "REMORA_DISCOVERY_MAX_SUBSCRIBERS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    discovery_max_subscribers: u64,
+    /// Messages queued for one sidecar; a sidecar that falls further behind is dropped and told
+    /// (it subscribes again for a fresh snapshot).
+    #[arg(long, env = "REMORA_DISCOVERY_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    discovery_queue: u64,
 }
 
 impl CaArgs {
     /// `None` when `--ca-addr off`.
     fn options(&self) -> anyhow::Result<Option<ca::Options>> {
         if self.ca_addr == "off" {
+            if self.discovery == "on" {
+                return Err(anyhow::anyhow!(
+                    "--discovery on: discovery is served on the CA's listener, which --ca-addr off disables"
+                ));
+            }
             return Ok(None);
         }
         let addr: SocketAddr = self.ca_addr.parse().map_err(|_| {
@@ -362,6 +380,16 @@ impl CaArgs {
 }
 
 impl CaArgs {
+    /// The discovery service's bounds, `None` for `--discovery off` (checked with the CA's
+    /// flags by [`CaArgs::options`]).
+    fn discovery_limits(&self) -> Option<remora_webhook::discovery::serve::Limits> {
+        (self.discovery == "on").then(|| remora_webhook::discovery::serve::Limits {
+            max_subscribers: self.discovery_max_subscribers as usize,
+            queue: self.discovery_queue as usize,
+            ..Default::default()
+        })
+    }
+
     /// What the injector gives proxies for their identity, unless its config file says
     /// otherwise (checked after [`CaArgs::options`], which checks the CA's own flags).
     fn identity_defaults(&self) -> anyhow::Result<config::IdentityDefaults> {
@@ -402,7 +430,16 @@ impl CaArgs {
             remora_webhook::values::check_audience(aud)
                 .map_err(|why| anyhow::anyhow!("--ca-token-audience {aud:?}: {why}"))?;
         }
+        // Proxies subscribe to discovery where they get their certificate when this process
+        // serves both.
+        let discovery_address =
+            if self.discovery == "on" && local_ca && self.inject_ca_address == "auto" {
+                ca_address.clone()
+            } else {
+                config::OFF.to_string()
+            };
         Ok(config::IdentityDefaults {
+            discovery_address,
             local_ca: local_ca && self.inject_ca_address == "auto",
             ca_address,
             audience: self.ca_token_audience.clone(),
@@ -505,6 +542,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .then(|| cert_args.options())
                 .transpose()?;
             let ca_opts = ca_args.options()?;
+            let discovery_limits = ca_args.discovery_limits();
             let identity = ca_args.identity_defaults()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -551,12 +589,30 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     None => server::start(opts).await?,
                 };
+                let mut discovery_watches = Vec::new();
                 let mesh_ca = match ca_opts {
                     Some(o) => {
                         let client = cert_args
                             .client("mesh CA (--ca-addr off disables it)")
                             .await?;
-                        Some(ca::start(client, o).await?)
+                        let extra = match &discovery_limits {
+                            Some(limits) => {
+                                use remora_webhook::discovery;
+                                let authn = ca::authn::Authenticator::new(
+                                    client.clone(),
+                                    &o.audience,
+                                    Duration::from_secs(10),
+                                );
+                                let hub = discovery::serve::Hub::new(authn, limits.clone());
+                                discovery_watches = discovery::watch::start(client.clone(), hub.clone());
+                                tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
+                                    "discovery served on the CA's listener: watching services, endpointslices and pods (metadata) in all namespaces");
+                                Some(Arc::new(discovery::grpc::Service(hub))
+                                    as Arc<dyn ca::grpc::Extra>)
+                            }
+                            None => None,
+                        };
+                        Some(ca::start_with(client, o, extra).await?)
                     }
                     None => {
                         tracing::info!("mesh CA disabled (--ca-addr off)");
@@ -581,6 +637,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(c) = mesh_ca {
                     c.shutdown();
+                }
+                for w in discovery_watches {
+                    w.abort();
                 }
                 running.shutdown().await;
                 tracing::info!("stopped");

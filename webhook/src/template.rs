@@ -176,6 +176,9 @@ pub fn proxy_container(
         ] {
             env.push(json!({"name": name, "value": value}));
         }
+        if let Some(a) = &id.discovery_address {
+            env.push(json!({"name": "REMORA_DISCOVERY_ADDRESS", "value": a}));
+        }
     }
     if !probers.is_empty() {
         env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers.clone()).to_string()}));
@@ -509,9 +512,36 @@ mod tests {
             json!({"name": "remora-ca-root", "configMap": {"name": "remora-ca-root-cert"}})
         );
 
+        // Discovery from the control plane: one more variable, nothing else changes.
+        let env_of = |c: &Value, name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(env_of(&c, "REMORA_DISCOVERY_ADDRESS"), None);
+        cfg.identity.discovery_address = Some("ca.example.com:443".into());
+        let d = proxy_container(&cfg, &opts(&[]), &Map::new(), None);
+        assert_eq!(
+            env_of(&d, "REMORA_DISCOVERY_ADDRESS"),
+            Some(json!("ca.example.com:443"))
+        );
+        assert_eq!(env(&d), env(&c));
+        cfg.identity.discovery_address = Some("off".into());
+        let d = proxy_container(&cfg, &opts(&[]), &Map::new(), None);
+        assert_eq!(env_of(&d, "REMORA_DISCOVERY_ADDRESS"), None);
+
         cfg.identity.ca_address = Some("off".into());
+        cfg.identity.discovery_address = Some("ca.example.com:443".into());
         let c = proxy_container(&cfg, &opts(&[]), &Map::new(), None);
         assert!(env(&c).is_empty(), "{:?}", env(&c));
+        assert_eq!(
+            env_of(&c, "REMORA_DISCOVERY_ADDRESS"),
+            None,
+            "no identity, no token to subscribe with"
+        );
         assert_eq!(c["volumeMounts"].as_array().unwrap().len(), 2);
         let vols = volumes(&cfg);
         let names: Vec<&str> = vols.iter().map(|v| v["name"].as_str().unwrap()).collect();

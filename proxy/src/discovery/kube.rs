@@ -140,11 +140,51 @@ impl Default for Timing {
     }
 }
 
+/// Where discovery reads from.
+enum Source {
+    /// Watches of the Kubernetes API, per kind and part.
+    Api(kube::Client),
+    /// One subscription to the control plane for every part.
+    Remote(Arc<super::remote::RemoteConfig>),
+}
+
 impl Discovery {
     /// Start the discovery task on the current tokio runtime, counting in `metrics` (its
     /// discovery families are registered now). Nothing is watched until the first `set_scope`.
     pub fn start(
         client: kube::Client,
+        domain: &str,
+        timing: Timing,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Discovery> {
+        Discovery::start_with(Source::Api(client), domain, timing, metrics)
+    }
+
+    /// Discovery from the control plane's discovery service instead of the API: the same
+    /// store, index, scope and readiness; one subscription for the scope's namespaces.
+    pub fn start_remote(
+        cfg: super::remote::RemoteConfig,
+        domain: &str,
+        timing: Timing,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Discovery> {
+        let address = cfg.address.clone();
+        let d = Discovery::start_with(Source::Remote(Arc::new(cfg)), domain, timing, metrics);
+        d.update_control_plane(|c| {
+            c.address = address;
+            c.state = "connecting".into();
+        });
+        d
+    }
+
+    /// Change the control-plane sync status (`/config_dump`'s `control_plane`).
+    pub fn update_control_plane(&self, f: impl FnOnce(&mut remora_model::dump::ControlPlaneSync)) {
+        let mut st = locked(&self.status);
+        f(st.control_plane.get_or_insert_with(Default::default));
+    }
+
+    fn start_with(
+        source: Source,
         domain: &str,
         timing: Timing,
         metrics: Arc<Metrics>,
@@ -158,7 +198,7 @@ impl Discovery {
             sync: Mutex::new(SyncState::default()),
             metrics,
         });
-        tokio::spawn(run(d.clone(), client, domain.to_string(), scope_rx, timing));
+        tokio::spawn(run(d.clone(), source, domain.to_string(), scope_rx, timing));
         d
     }
 
@@ -238,11 +278,15 @@ impl Discovery {
     }
 }
 
-type Msg = (u64, Kind, Part, Update);
+/// A watch's id and task (`None` in remote mode: the one subscription's task is kept apart).
+type Watch = (u64, Option<tokio::task::JoinHandle<()>>);
+
+/// One store update from the watch or subscription with id `.0`.
+pub type Msg = (u64, Kind, Part, Update);
 
 async fn run(
     d: Arc<Discovery>,
-    client: kube::Client,
+    source: Source,
     domain: String,
     mut scope_rx: tokio_watch::Receiver<Option<Scope>>,
     timing: Timing,
@@ -250,8 +294,10 @@ async fn run(
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     let mut store = Store::new();
     let mut scope: Option<Scope> = None;
-    // (kind, part) → (watch id, task)
-    let mut watches: HashMap<(Kind, Part), (u64, tokio::task::JoinHandle<()>)> = HashMap::new();
+    // (kind, part) → (watch id, task); in remote mode every key holds the one subscription's
+    // id, and its task (below).
+    let mut watches: HashMap<(Kind, Part), Watch> = HashMap::new();
+    let mut subscription: Option<(Vec<Part>, tokio::task::JoinHandle<()>)> = None;
     let mut next_id = 0u64;
     let mut dirty = false;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -271,23 +317,47 @@ async fn run(
                 tracing::info!("discovery: watching services/endpointslices/pods in namespaces {}", new.describe());
                 let gone: Vec<(Kind, Part)> = watches.keys().filter(|(_, p)| !parts.contains(p)).cloned().collect();
                 for key in gone {
-                    if let Some((_, task)) = watches.remove(&key) {
+                    if let Some((_, Some(task))) = watches.remove(&key) {
                         task.abort();
                     }
                     locked(&d.status).watches.remove(&format!("{} in {}", key.0.as_str(), key.1));
                     d.set_forbidden(key.0, &key.1, false);
                     store.drop_part(&key.1, &parts);
                 }
-                for p in &parts {
-                    for kind in [Kind::Services, Kind::EndpointSlices, Kind::Pods] {
-                        if watches.contains_key(&(kind, p.clone())) {
-                            continue;
+                match &source {
+                    Source::Api(client) => {
+                        for p in &parts {
+                            for kind in [Kind::Services, Kind::EndpointSlices, Kind::Pods] {
+                                if watches.contains_key(&(kind, p.clone())) {
+                                    continue;
+                                }
+                                next_id += 1;
+                                let task = tokio::spawn(watch_kind(
+                                    d.clone(), client.clone(), kind, p.clone(), next_id, tx.clone(), timing,
+                                ));
+                                watches.insert((kind, p.clone()), (next_id, Some(task)));
+                            }
                         }
-                        next_id += 1;
-                        let task = tokio::spawn(watch_kind(
-                            d.clone(), client.clone(), kind, p.clone(), next_id, tx.clone(), timing,
-                        ));
-                        watches.insert((kind, p.clone()), (next_id, task));
+                    }
+                    Source::Remote(cfg) => {
+                        if subscription.as_ref().is_none_or(|(cur, _)| *cur != parts) {
+                            if let Some((_, task)) = subscription.take() {
+                                task.abort();
+                            }
+                            next_id += 1;
+                            let task = tokio::spawn(super::remote::run(
+                                d.clone(), cfg.clone(), parts.clone(), next_id, tx.clone(), timing,
+                            ));
+                            subscription = Some((parts.clone(), task));
+                            // Updates of the old subscription still queued are dropped by id;
+                            // what it delivered stays until the new snapshot replaces it.
+                            watches.clear();
+                            for p in &parts {
+                                for kind in [Kind::Services, Kind::EndpointSlices, Kind::Pods] {
+                                    watches.insert((kind, p.clone()), (next_id, None));
+                                }
+                            }
+                        }
                     }
                 }
                 {
@@ -369,6 +439,11 @@ async fn run(
         }
     }
     for (_, (_, task)) in watches {
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+    if let Some((_, task)) = subscription {
         task.abort();
     }
 }

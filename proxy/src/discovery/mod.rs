@@ -10,13 +10,17 @@
 //!   (discovery.k8s.io/v1) and Pods (metadata only), per namespace, feeding the store.
 //! - `rules_api`: the rules ConfigMap watched through the API and arbitrated with the mounted
 //!   files (whichever has the newer content wins).
+//! - `remote`, `wire`: the same store fed by the control plane's discovery service instead
+//!   (`--discovery-address`): the subscription (I/O) and its messages as store updates (pure).
 //! - `ready`: readiness waits, bounded by `--discovery-ready-timeout`, for the first list of
 //!   every watch and the ConfigMap's first answer.
 
 pub mod kube;
 pub mod ready;
+pub mod remote;
 pub mod rules_api;
 pub mod store;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -184,20 +184,46 @@ fn refused(r: &Refusal, peer: &str, id: Option<&sign::Identity>) -> Status {
 }
 
 /// The tonic service: routes CreateCertificate, answers UNIMPLEMENTED to anything else.
+/// Another gRPC method served on the CA's listener (discovery): asked for its one path before
+/// the CA's.
+pub trait Extra: Send + Sync {
+    /// The method's path, e.g. `/remora.discovery.v1.Discovery/Subscribe`.
+    fn path(&self) -> &'static str;
+    /// Answer one request from `peer`.
+    fn call(
+        &self,
+        peer: Option<SocketAddr>,
+        req: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible>;
+}
+
+/// With an [`Extra`] service, its path is served too.
 #[derive(Clone)]
 pub struct CaService {
     ca: Arc<Ca>,
+    extra: Option<Arc<dyn Extra>>,
     peer: Option<SocketAddr>,
 }
 
 impl CaService {
     pub fn new(ca: Arc<Ca>) -> CaService {
-        CaService { ca, peer: None }
+        CaService {
+            ca,
+            extra: None,
+            peer: None,
+        }
+    }
+
+    /// Serve `extra` on this listener too.
+    pub fn with_extra(mut self, extra: Arc<dyn Extra>) -> CaService {
+        self.extra = Some(extra);
+        self
     }
 
     fn for_peer(&self, peer: SocketAddr) -> CaService {
         CaService {
             ca: self.ca.clone(),
+            extra: self.extra.clone(),
             peer: Some(peer),
         }
     }
@@ -207,7 +233,7 @@ impl tonic::server::NamedService for CaService {
     const NAME: &'static str = SERVICE;
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+pub type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 
 struct Unary(CaService);
 
@@ -246,6 +272,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(x) = self.extra.as_ref().filter(|x| req.uri().path() == x.path()) {
+            return x.call(self.peer, req.map(tonic::body::Body::new));
+        }
         if req.uri().path() != CREATE_CERTIFICATE {
             let path = req.uri().path().to_string();
             return Box::pin(async move {

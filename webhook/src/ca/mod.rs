@@ -428,6 +428,15 @@ impl Drop for Running {
 /// root (retrying with backoff while the API server or the Secret is not usable), publishes it,
 /// and serves. Requests are accepted only once the root is loaded.
 pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
+    start_with(client, opts, None).await
+}
+
+/// [`start`], also serving `extra` (another gRPC service, e.g. discovery) on the listener.
+pub async fn start_with(
+    client: Client,
+    opts: Options,
+    extra: Option<Arc<dyn grpc::Extra>>,
+) -> anyhow::Result<Running> {
     opts.validate().map_err(|e| anyhow::anyhow!(e))?;
     metrics::init();
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -508,11 +517,16 @@ pub async fn start(client: Client, opts: Options) -> anyhow::Result<Running> {
             opts.policy(),
             limits.clone(),
         ));
+        let mut service = grpc::CaService::new(ca);
+        if let Some(x) = extra {
+            tracing::info!(addr = %addr, path = x.path(), "serving {} on {addr} too", x.path());
+            service = service.with_extra(x);
+        }
         tracing::info!(addr = %addr, origin = %authority.get().origin, server_name = %names[0],
             "mesh CA serving istio.v1.auth.IstioCertificateService on {addr}");
         // Aborting this task drops the guards, which end the helpers.
         let _guards = (AbortOnDrop(renew), AbortOnDrop(publisher));
-        grpc::serve(listener, tls, grpc::CaService::new(ca), limits).await;
+        grpc::serve(listener, tls, service, limits).await;
     });
     Ok(Running { addr, task })
 }

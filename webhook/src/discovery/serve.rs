@@ -1,0 +1,388 @@
+//! The discovery service `remora.discovery.v1.Discovery/Subscribe` on the CA's listener: who
+//! asks (the projected token, checked by a TokenReview as the CA does), the subscribers and
+//! their bounded queues, and the stream each gets (a snapshot, then deltas).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use remora_model::discovery_api::{DiscoveryResponse, SubscribeRequest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Code, Status};
+
+use super::cache::{Cache, Event, Filter};
+use crate::ca::authn::{bearer, Authenticator};
+
+/// Bounds of the service.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Subscribers at once; more are refused (RESOURCE_EXHAUSTED).
+    pub max_subscribers: usize,
+    /// Messages queued for one subscriber; one more and it is dropped as too slow.
+    pub queue: usize,
+    /// How long a subscription waits for the control plane's first lists.
+    pub sync_wait: Duration,
+    /// How long the first request may take to arrive.
+    pub first_request: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_subscribers: 4096,
+            queue: 64,
+            sync_wait: Duration::from_secs(30),
+            first_request: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Sub {
+    filter: Filter,
+    tx: mpsc::Sender<DiscoveryResponse>,
+    /// Told why the stream ends when the control plane drops the subscriber.
+    kill: Option<oneshot::Sender<Status>>,
+    who: String,
+    acked: u64,
+}
+
+#[derive(Default)]
+struct State {
+    cache: Cache,
+    subs: HashMap<u64, Sub>,
+}
+
+/// The cache and its subscribers.
+pub struct Hub {
+    state: Mutex<State>,
+    synced: watch::Sender<bool>,
+    authn: Authenticator,
+    limits: Limits,
+    next_id: AtomicU64,
+}
+
+fn locked(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A subscription being served: its queue and the reason it may be ended with.
+pub struct Subscription {
+    pub id: u64,
+    pub who: String,
+    rx: mpsc::Receiver<DiscoveryResponse>,
+    /// `None` once it fired (the stream has ended).
+    kill: Option<oneshot::Receiver<Status>>,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(authn: Authenticator, limits: Limits) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            synced: watch::channel(false).0,
+            authn,
+            limits,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// One watch event: into the cache, and what changed to every subscriber that sees it. A
+    /// subscriber whose queue is full is dropped and told.
+    pub fn apply(&self, ev: Event) {
+        let mut st = locked(&self.state);
+        let Some(change) = st.cache.apply(ev) else {
+            if st.cache.synced() {
+                self.synced
+                    .send_if_modified(|s| !std::mem::replace(s, true));
+            }
+            return;
+        };
+        let version = st.cache.version();
+        let mut dropped = Vec::new();
+        for (id, sub) in st.subs.iter() {
+            let Some(delta) = sub.filter.delta(&st.cache, &change, version) else {
+                continue;
+            };
+            match sub.tx.try_send(delta) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => dropped.push((*id, true)),
+                Err(mpsc::error::TrySendError::Closed(_)) => dropped.push((*id, false)),
+            }
+        }
+        for (id, slow) in dropped {
+            if let Some(mut sub) = st.subs.remove(&id) {
+                if slow {
+                    tracing::warn!(subscriber = %sub.who, acked_version = sub.acked, version,
+                        "discovery: dropping a subscriber too slow to read: {} messages unread", self.limits.queue);
+                    if let Some(k) = sub.kill.take() {
+                        let _ = k.send(Status::resource_exhausted(format!(
+                            "discovery: subscriber too slow: {} messages unread; dropped at version {version}, subscribe again for a fresh snapshot",
+                            self.limits.queue
+                        )));
+                    }
+                }
+            }
+        }
+        super::metrics::subscribers(st.subs.len());
+        if st.cache.synced() {
+            self.synced
+                .send_if_modified(|s| !std::mem::replace(s, true));
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut st = locked(&self.state);
+        if let Some(sub) = st.subs.remove(&id) {
+            tracing::info!(subscriber = %sub.who, acked_version = sub.acked, "discovery: subscriber gone");
+        }
+        super::metrics::subscribers(st.subs.len());
+    }
+
+    /// Record the version a subscriber applied.
+    pub fn ack(&self, id: u64, version: u64) {
+        if let Some(sub) = locked(&self.state).subs.get_mut(&id) {
+            sub.acked = sub.acked.max(version);
+        }
+    }
+
+    /// (subscribers, version, services, slices, pods)
+    pub fn stats(&self) -> (usize, u64, (usize, usize, usize)) {
+        let st = locked(&self.state);
+        (st.subs.len(), st.cache.version(), st.cache.counts())
+    }
+
+    /// Authenticate the first request, wait for the first lists, register the subscriber and
+    /// queue its snapshot. Refusals are logged once, naming who asked.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+        authorization: Option<&str>,
+        req: &SubscribeRequest,
+    ) -> Result<Subscription, Status> {
+        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+        let claim = format!(
+            "{}/{} (pod {:?})",
+            req.namespace, req.service_account, req.pod_name
+        );
+        let refuse = |code: Code, reason: &'static str, msg: String, token_id: &str| {
+            super::metrics::refused(reason);
+            tracing::warn!(reason, claimed = %claim, token_identity = %token_id, peer = %peer_s,
+                "discovery subscription refused: {msg}");
+            Status::new(code, format!("discovery refused: {msg} (reason: {reason})"))
+        };
+        let token = bearer(authorization, &self.authn.audience)
+            .map_err(|r| refuse(Code::Unauthenticated, "unauthenticated", r.message, ""))?;
+        let id = self.authn.authenticate(token).await.map_err(|r| {
+            let code = crate::ca::grpc::status_of(&r).code();
+            refuse(code, r.reason.label(), r.message, "")
+        })?;
+        let token_id = format!("{}/{}", id.namespace, id.service_account);
+        let pod_ok = match (&id.pod, req.pod_name.as_str()) {
+            (Some(p), claimed) if !claimed.is_empty() => p == claimed,
+            _ => true,
+        };
+        if id.namespace != req.namespace || id.service_account != req.service_account || !pod_ok {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "identity_mismatch",
+                format!(
+                    "the request claims {claim} but its token is for {token_id}{}",
+                    id.pod
+                        .as_deref()
+                        .map(|p| format!(" (pod {p:?})"))
+                        .unwrap_or_default()
+                ),
+                &token_id,
+            ));
+        }
+        for ns in &req.namespaces {
+            if !super::is_namespace(ns) {
+                return Err(refuse(
+                    Code::InvalidArgument,
+                    "bad_request",
+                    format!("namespaces: {ns:?} is not a namespace name (DNS label)"),
+                    &token_id,
+                ));
+            }
+        }
+        let mut synced = self.synced.subscribe();
+        if tokio::time::timeout(self.limits.sync_wait, synced.wait_for(|s| *s))
+            .await
+            .is_err()
+        {
+            return Err(Status::unavailable(format!(
+                "discovery: the control plane has not listed services, endpointslices and pods yet (waited {}s); retry",
+                self.limits.sync_wait.as_secs()
+            )));
+        }
+        let filter = Filter::of(&id.namespace, &req.namespaces);
+        let who = format!(
+            "{}/{} pod {} ({}) at {peer_s}",
+            id.namespace,
+            id.service_account,
+            id.pod.as_deref().unwrap_or(&req.pod_name),
+            filter.describe()
+        );
+        self.register(filter, who).map_err(|msg| {
+            refuse(
+                Code::ResourceExhausted,
+                "too_many_subscribers",
+                msg,
+                &token_id,
+            )
+        })
+    }
+
+    /// Register a subscriber that sees `filter` and queue its snapshot; `Err`: the cap is
+    /// reached (the message says so).
+    pub fn register(self: &Arc<Self>, filter: Filter, who: String) -> Result<Subscription, String> {
+        let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
+        let (kill_tx, kill) = oneshot::channel();
+        let sid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut st = locked(&self.state);
+        if st.subs.len() >= self.limits.max_subscribers {
+            return Err(format!(
+                "{} subscribers already (the cap); retry later or another replica",
+                self.limits.max_subscribers
+            ));
+        }
+        let snap = st.cache.snapshot(&filter);
+        tracing::info!(subscriber = %who, version = snap.version, services = snap.services.len(),
+            endpoint_slices = snap.endpoint_slices.len(), pods = snap.pods.len(),
+            "discovery: new subscriber; snapshot queued");
+        // A fresh queue has room for the snapshot.
+        let _ = tx.try_send(snap);
+        st.subs.insert(
+            sid,
+            Sub {
+                filter,
+                tx,
+                kill: Some(kill_tx),
+                who: who.clone(),
+                acked: 0,
+            },
+        );
+        super::metrics::subscribers(st.subs.len());
+        drop(st);
+        Ok(Subscription {
+            id: sid,
+            who,
+            rx,
+            kill: Some(kill),
+            hub: self.clone(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl Subscription {
+    /// The next message, or the status the stream ends with; `None`: the end.
+    pub async fn next(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+        let kill = self.kill.as_mut()?;
+        tokio::select! {
+            biased;
+            k = kill => {
+                self.kill = None;
+                k.ok().map(Err)
+            }
+            m = self.rx.recv() => m.map(Ok),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::cache::Obj;
+    use remora_model::discovery_api::{Kind, Service};
+
+    fn hub(limits: Limits) -> Arc<Hub> {
+        // Never called: these tests register subscribers directly.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        Hub::new(
+            Authenticator::new(client, "remora-ca", Duration::from_secs(1)),
+            limits,
+        )
+    }
+
+    fn svc(ns: &str, name: &str, port: u32) -> Event {
+        Event::Apply(Obj::Service(
+            Service {
+                namespace: ns.into(),
+                name: name.into(),
+                ports: vec![remora_model::discovery_api::ServicePort {
+                    port,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            Default::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn snapshot_then_deltas_a_slow_subscriber_is_dropped_and_told_and_the_cap_holds() {
+        let h = hub(Limits {
+            max_subscribers: 2,
+            queue: 3,
+            ..Limits::default()
+        });
+        for k in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            h.apply(Event::Init(k));
+            h.apply(Event::InitDone(k));
+        }
+        h.apply(svc("shop", "a", 80));
+        let mut fast = h
+            .register(Filter::of("shop", &["shop".into()]), "fast".into())
+            .unwrap();
+        let mut slow = h.register(Filter::of("shop", &[]), "slow".into()).unwrap();
+        let third = h
+            .register(Filter::of("shop", &[]), "third".into())
+            .err()
+            .unwrap();
+        assert!(third.contains("2 subscribers already"), "{third}");
+
+        let snap = fast.next().await.unwrap().unwrap();
+        assert!(snap.full);
+        assert_eq!(snap.services.len(), 1);
+        // books is not fast's: nothing queued for it; slow gets it (2 of 3 queued).
+        h.apply(svc("books", "b", 80));
+        h.apply(svc("shop", "a", 81));
+        let d = fast.next().await.unwrap().unwrap();
+        assert!(!d.full);
+        assert_eq!(d.services[0].ports[0].port, 81);
+        assert_eq!(d.version, h.stats().1);
+        // Slow reads nothing: the fourth message does not fit, it is dropped and told.
+        h.apply(svc("shop", "a", 82));
+        assert_eq!(h.stats().0, 1, "slow is gone");
+        let end = slow.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), Code::ResourceExhausted);
+        assert!(
+            end.message()
+                .contains("subscriber too slow: 3 messages unread"),
+            "{end:?}"
+        );
+        assert!(slow.next().await.is_none());
+        // Fast keeps its stream; with room again, another subscriber may come.
+        assert_eq!(
+            fast.next().await.unwrap().unwrap().services[0].ports[0].port,
+            82
+        );
+        let _again = h.register(Filter::of("shop", &[]), "again".into()).unwrap();
+        drop(fast);
+        assert_eq!(h.stats().0, 1, "a dropped subscription unregisters");
+    }
+}
