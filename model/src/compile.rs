@@ -37,7 +37,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::kinds::{LoadContext, Sidecar, ROOT_NAMESPACE};
+use crate::kinds::{LoadContext, Sidecar, DEFAULT_ROOT_NAMESPACE};
 use crate::rules::{exported_to, in_egress_scope, load};
 
 /// The ConfigMap every namespace's proxies read.
@@ -162,11 +162,12 @@ fn trimmed(v: &Value, id: &ObjectRef, api_version: &str) -> Value {
     Value::Object(out)
 }
 
-fn ctx_for(namespace: &str, cluster_domain: &str) -> LoadContext {
+fn ctx_for(namespace: &str, cluster_domain: &str, root_namespace: &str) -> LoadContext {
     LoadContext {
         namespace: namespace.to_string(),
         cluster_domain: cluster_domain.to_string(),
         pod_labels: BTreeMap::new(),
+        root_namespace: root_namespace.to_string(),
     }
 }
 
@@ -180,6 +181,8 @@ fn inputs_of(files: Vec<(String, Vec<u8>)>) -> load::Inputs {
 }
 
 /// Check one cluster object (as the API returns it) alone, as the proxy's loader decodes it.
+/// (Whether an object is valid does not depend on the root namespace; where it is seen does,
+/// and [`render`] takes that from its [`Settings`].)
 pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
     let invalid = |id: Option<ObjectRef>, reason: String| Invalid {
         id,
@@ -226,7 +229,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         Ok(d) => d,
         Err(e) => return Err(invalid(Some(id), format!("cannot be written as YAML: {e}"))),
     };
-    let ctx = ctx_for(namespace, cluster_domain);
+    let ctx = ctx_for(namespace, cluster_domain, DEFAULT_ROOT_NAMESPACE);
     let file = key_for(&id);
     let inputs = inputs_of(vec![(file.clone(), document.clone().into_bytes())]);
     let decoded = load::decode_inputs(&inputs, &ctx);
@@ -319,7 +322,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            root_namespace: ROOT_NAMESPACE.to_string(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             cluster_domain: "cluster.local".to_string(),
             max_bytes: MAX_DATA_BYTES,
         }
@@ -593,7 +596,11 @@ pub fn select_view(
 /// clash only together): a set they would reject is refused.
 pub fn verify(r: &Rendered, settings: &Settings) -> Result<(), RenderError> {
     let namespace = r.namespace.as_str();
-    let ctx = ctx_for(namespace, &settings.cluster_domain);
+    let ctx = ctx_for(
+        namespace,
+        &settings.cluster_domain,
+        &settings.root_namespace,
+    );
     let inputs = inputs_of(
         r.data
             .iter()
@@ -724,33 +731,53 @@ mod tests {
             )
         };
         let objs = checked(&[
+            pa("remora-system", "mesh"),
             pa("istio-system", "mesh"),
             pa("shop", "shop"),
             pa("bank", "bank"),
         ]);
-        let r = render(&objs, "shop", &Settings::default()).expect("renders");
-        assert_eq!(
-            keys(&r),
-            [
-                "istio-system.peerauthentication.mesh.yaml",
-                "shop.peerauthentication.shop.yaml"
-            ]
-        );
-        assert!(r.data["istio-system.peerauthentication.mesh.yaml"]
-            .starts_with("# PeerAuthentication istio-system/mesh: mesh-wide: in the root namespace istio-system\n"));
-        // Another root namespace setting moves what is mesh-wide.
-        let s = Settings {
-            root_namespace: "bank".into(),
-            ..Settings::default()
-        };
-        let r = render(&objs, "shop", &s).expect("renders");
-        assert_eq!(
-            keys(&r),
-            [
-                "bank.peerauthentication.bank.yaml",
-                "shop.peerauthentication.shop.yaml"
-            ]
-        );
+        // (root namespace, what shop gets): the root's objects are mesh-wide, any other
+        // namespace's (Istio's root included, when it is not the setting) are not.
+        let cases = [
+            (
+                None,
+                vec![
+                    "remora-system.peerauthentication.mesh.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+            (
+                Some("istio-system"),
+                vec![
+                    "istio-system.peerauthentication.mesh.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+            (
+                Some("bank"),
+                vec![
+                    "bank.peerauthentication.bank.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+        ];
+        for (root, want) in cases {
+            let s = Settings {
+                root_namespace: root.unwrap_or(DEFAULT_ROOT_NAMESPACE).into(),
+                ..Settings::default()
+            };
+            let r = render(&objs, "shop", &s).expect("renders");
+            assert_eq!(keys(&r), want, "root {root:?}");
+            let root = s.root_namespace.as_str();
+            assert!(r.data[want[0]].starts_with(&format!(
+                "# {}: mesh-wide: in the root namespace {root}\n",
+                r.included[0].id
+            )));
+            // The root's PeerAuthentication reaches other namespaces; shop's does not.
+            let by = |ns: &str| objs.iter().find(|o| o.id.namespace == ns).expect("object");
+            assert!(!by(root).only_in_own_namespace(&s));
+            assert!(by("shop").only_in_own_namespace(&s));
+        }
     }
 
     #[test]
@@ -772,13 +799,13 @@ mod tests {
         // Without the namespace's own Sidecar the root default scopes it.
         objs.retain(|o| o.id.kind != "Sidecar");
         objs.extend(checked(&[sidecar(
-            "istio-system",
+            "remora-system",
             "default",
             json!(["payments/*"]),
         )]));
         let r = render(&objs, "frontend", &Settings::default()).expect("renders");
         let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
-        assert_eq!(got, ["own", "default", "pay"]);
+        assert_eq!(got, ["own", "pay", "default"]);
         // A Sidecar with no egress listeners admits everything.
         objs.retain(|o| o.id.kind != "Sidecar");
         objs.extend(checked(&[obj("Sidecar", "frontend", "open", json!({}))]));
@@ -843,7 +870,7 @@ mod tests {
             // The root namespace's default Sidecar scopes sidecars to their own namespace.
             obj(
                 "Sidecar",
-                "istio-system",
+                "remora-system",
                 "default",
                 json!({"egress": [{"hosts": ["./*"]}]}),
             ),
@@ -859,7 +886,7 @@ mod tests {
             |r: &Rendered| -> Vec<String> { r.included.iter().map(|i| i.id.to_string()).collect() };
         // The gateway's namespace: both Gateways, what is exported to it, no Sidecar (neither
         // the object nor its scoping), no other namespace's RateLimit.
-        let r = render_view(&objs, "istio-system", &s, View::Gateway).expect("renders");
+        let r = render_view(&objs, "remora-system", &s, View::Gateway).expect("renders");
         assert_eq!(
             names(&r),
             [
@@ -870,22 +897,24 @@ mod tests {
             ]
         );
         assert!(r.data["bookinfo.gateway.bookinfo-gateway.yaml"].starts_with(
-            "# Gateway bookinfo/bookinfo-gateway: from namespace bookinfo: istio-system runs a gateway, which sees every namespace's Gateways\n"
+            "# Gateway bookinfo/bookinfo-gateway: from namespace bookinfo: remora-system runs a gateway, which sees every namespace's Gateways\n"
         ));
-        assert!(r
-            .excluded
-            .iter()
-            .any(|(id, why)| id.name == "private" && why.contains("not exported to istio-system")));
+        assert!(
+            r.excluded
+                .iter()
+                .any(|(id, why)| id.name == "private"
+                    && why.contains("not exported to remora-system"))
+        );
         // A meshed namespace sees its own Gateways only, and its Sidecar scoping holds.
         let r = render(&objs, "frontend", &s).expect("renders");
-        assert_eq!(names(&r), ["Sidecar istio-system/default"]);
+        assert_eq!(names(&r), ["Sidecar remora-system/default"]);
         // Meshed and running a gateway: the sidecars' view and every Gateway.
         let r = render_view(&objs, "frontend", &s, View::Both).expect("renders");
         assert_eq!(
             names(&r),
             [
                 "Gateway bookinfo/bookinfo-gateway",
-                "Sidecar istio-system/default",
+                "Sidecar remora-system/default",
                 "Gateway shop/shop-gateway",
             ]
         );
@@ -924,8 +953,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let snap = crate::rules::snapshot_from_yaml(&files, &ctx_for("shop", "cluster.local"), 1)
-            .expect("the proxy loads it");
+        let snap = crate::rules::snapshot_from_yaml(
+            &files,
+            &ctx_for("shop", "cluster.local", DEFAULT_ROOT_NAMESPACE),
+            1,
+        )
+        .expect("the proxy loads it");
         assert_eq!(snap.files.len(), 2);
     }
 

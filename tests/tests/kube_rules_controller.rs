@@ -154,8 +154,17 @@ async fn objects_reach_the_namespaces_that_see_them() {
         "security.istio.io/v1",
         "peerauthentications",
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-               "metadata": {"name": "default", "namespace": "istio-system"},
+               "metadata": {"name": "default", "namespace": "remora-system"},
                "spec": {"mtls": {"mode": "STRICT"}}}),
+    );
+    // Istio's root namespace is an ordinary one under the default root (remora-system): its
+    // selector-less policy stays out of the other namespaces' ConfigMaps.
+    api.apply(
+        "security.istio.io/v1",
+        "peerauthentications",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": "istio-default", "namespace": "istio-system"},
+               "spec": {"mtls": {"mode": "DISABLE"}}}),
     );
     // The user's own ConfigMap in a meshed namespace.
     api.create_configmap(
@@ -176,7 +185,7 @@ async fn objects_reach_the_namespaces_that_see_them() {
         [
             "bookinfo.destinationrule.reviews.yaml",
             "frontend.virtualservice.reviews.yaml",
-            "istio-system.peerauthentication.default.yaml",
+            "remora-system.peerauthentication.default.yaml",
         ]
     );
     assert_eq!(
@@ -184,7 +193,7 @@ async fn objects_reach_the_namespaces_that_see_them() {
         [
             "bookinfo.destinationrule.private.yaml",
             "bookinfo.destinationrule.reviews.yaml",
-            "istio-system.peerauthentication.default.yaml",
+            "remora-system.peerauthentication.default.yaml",
         ]
     );
     let cm = api

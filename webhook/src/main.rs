@@ -42,6 +42,14 @@ enum Cmd {
         /// (`/inject/rev/<revision>/<entry>`), and names it in `sidecar.istio.io/status`.
         #[arg(long, env = "REMORA_REVISION", default_value = "default")]
         revision: String,
+        /// The mesh's root namespace: its Sidecar, PeerAuthentication, AuthorizationPolicy and
+        /// RequestAuthentication without selector are mesh-wide, its DestinationRules the last
+        /// fallback. The rules controller renders with it and the injector gives it to every
+        /// proxy (`REMORA_ROOT_NAMESPACE`), so both agree. Istio's default is `istio-system`.
+        #[arg(long, env = "REMORA_ROOT_NAMESPACE",
+              default_value = remora_model::kinds::DEFAULT_ROOT_NAMESPACE,
+              value_parser = remora_model::kinds::parse_root_namespace)]
+        root_namespace: String,
         /// Longest wait for in-flight reviews on SIGTERM, in seconds.
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
@@ -245,6 +253,7 @@ impl RulesArgs {
     fn options(
         &self,
         namespace: &str,
+        root_namespace: &str,
     ) -> anyhow::Result<Option<remora_webhook::rules_controller::Options>> {
         if self.rules_controller == "off" {
             return Ok(None);
@@ -262,6 +271,7 @@ impl RulesArgs {
         o.debounce = parse_short_duration(&self.rules_debounce)
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
         o.settings.cluster_domain = self.cluster_domain.clone();
+        o.settings.root_namespace = root_namespace.to_string();
         o.status = self.rules_status == "on";
         o.validate()
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
@@ -488,6 +498,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_key,
             config,
             revision,
+            root_namespace,
             drain_seconds,
             limits,
             certs: cert_args,
@@ -497,7 +508,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             remora_webhook::selectors::check_revision(&revision)
                 .map_err(|why| anyhow::anyhow!("--revision {revision:?}: {why}"))?;
             let limits = limits.limits()?;
-            let rules_opts = rules.options(&cert_args.namespace)?;
+            let rules_opts = rules.options(&cert_args.namespace, &root_namespace)?;
             init_logging(true);
             remora_webhook::tls::install_provider();
             let cert_opts = cert_args
@@ -510,7 +521,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let cfg = config::ConfigHandle::load_for(&config, identity, &revision)?;
+                let cfg =
+                    config::ConfigHandle::load_for(&config, identity, &revision, &root_namespace)?;
+                tracing::info!(root_namespace = %root_namespace,
+                    "root namespace {root_namespace}: its selector-less Sidecar and security policies are mesh-wide (rules controller and injected proxies)");
                 tracing::info!(revision = %revision,
                     "injector revision {revision}: injecting pods sent by the entries of MutatingWebhookConfiguration {} (path /inject/rev/{revision}/<entry>); pods sent for another revision are not injected",
                     remora_webhook::selectors::revision_name(remora_webhook::selectors::WEBHOOK_CONFIG, &revision));

@@ -232,6 +232,39 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
     assert!(code.success(), "exit status {code:?}");
 }
 
+/// `serve --root-namespace`: a bad name, or an injector config naming another root namespace
+/// (proxies and the rules controller would disagree), stops the start with one line.
+#[test]
+fn serve_refuses_a_bad_or_contradicted_root_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--root-namespace=mesh-"])
+        .env_remove("REMORA_ROOT_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--root-namespace <ROOT_NAMESPACE>': \"mesh-\" is not a namespace name"),
+        "{err}"
+    );
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "rootNamespace: istio-system\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--ca-addr", "off", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&cfg)
+        .env("REMORA_ROOT_NAMESPACE", "mesh-root")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config field rootNamespace: invalid value \"istio-system\": the rules controller and this injector use --root-namespace \"mesh-root\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn serve_without_cert_fails_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

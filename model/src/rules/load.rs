@@ -446,7 +446,7 @@ fn decode_object(
             .and_then(|a| a.get("istio.io/dry-run"))
             .and_then(Value::as_str)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        return decode_security(meta, spec, dry_run, out, unknown);
+        return decode_security(meta, spec, dry_run, &ctx.root_namespace, out, unknown);
     }
     match kind.as_str() {
         "VirtualService" => {
@@ -514,6 +514,7 @@ fn decode_security(
     meta: Meta,
     spec: &Value,
     dry_run: bool,
+    root_namespace: &str,
     out: &mut Decoded,
     unknown: &mut Vec<decode::Unknown>,
 ) -> decode::R<()> {
@@ -537,7 +538,7 @@ fn decode_security(
         "PeerAuthentication" => {
             dup(out.peer_authentications.iter().map(|p| &p.meta).find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = PeerAuthentication::new(meta.clone(), s)?;
+            let p = PeerAuthentication::new(meta.clone(), s, root_namespace)?;
             out.peer_authentications.push(p);
         }
         "AuthorizationPolicy" => {
@@ -547,7 +548,7 @@ fn decode_security(
                 .map(|p| &p.meta)
                 .find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run)?;
+            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run, root_namespace)?;
             out.authorization_policies.push(p);
         }
         "RequestAuthentication" => {
@@ -557,7 +558,7 @@ fn decode_security(
                 .map(|p| &p.meta)
                 .find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = RequestAuthentication::new(meta.clone(), s)?;
+            let p = RequestAuthentication::new(meta.clone(), s, root_namespace)?;
             out.request_authentications.push(p);
         }
         other => out.ignored.push(Ignored {

@@ -232,7 +232,7 @@ impl Snapshot {
     /// The effective mTLS mode of inbound `port` for this pod, and the PeerAuthentication
     /// that decided it (`crate::security::mtls_mode`).
     pub fn mtls_mode(&self, port: u16) -> crate::security::MtlsDecision {
-        crate::security::mtls_mode(&self.peer_authentications, port)
+        crate::security::mtls_mode(&self.peer_authentications, port, &self.ctx.root_namespace)
     }
 
     /// The protocol of destination `dst` (and `host`, when known) according to the
@@ -416,7 +416,7 @@ pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], ctx: &LoadContext) -> Option<
         })
         .or_else(|| {
             sidecars.iter().find(|s| {
-                s.meta.namespace == ROOT_NAMESPACE
+                s.meta.namespace == ctx.root_namespace
                     && s.workload_selector.as_ref().is_none_or(|s| s.is_empty())
             })
         })
@@ -612,7 +612,7 @@ pub fn build_snapshot(
     let rank = |dr: &DestinationRule| -> u8 {
         if dr.meta.namespace == ctx.namespace {
             0
-        } else if dr.meta.namespace != ROOT_NAMESPACE {
+        } else if dr.meta.namespace != ctx.root_namespace {
             1
         } else {
             2
@@ -822,6 +822,63 @@ mod tests {
         assert!(exported_to(&s(&["b"]), "a", "b"));
         assert!(!exported_to(&s(&["c"]), "a", "b"));
         assert!(!exported_to(&s(&["~"]), "a", "a"));
+    }
+
+    /// The root namespace decides the default Sidecar and the last DestinationRule fallback;
+    /// under another root the same namespace is an ordinary one.
+    #[test]
+    fn root_namespace_scoping() {
+        let doc = |kind: &str, ns: &str, spec: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: n, namespace: {ns}}}\nspec: {spec}\n"
+            )
+        };
+        let dr = |ns: &str, host: &str| doc("DestinationRule", ns, &format!("{{host: {host}}}"));
+        let files = [
+            doc("Sidecar", "istio-system", "{}"),
+            doc("Sidecar", "remora-system", "{}"),
+            dr("remora-system", "b.example.com"),
+            dr("istio-system", "a.example.com"),
+            dr("frontend", "c.example.com"),
+        ]
+        .join("---\n");
+        // (root, the Sidecar used, DestinationRule namespaces in precedence order)
+        let cases = [
+            (
+                DEFAULT_ROOT_NAMESPACE,
+                Some("remora-system"),
+                ["frontend", "istio-system", "remora-system"],
+            ),
+            (
+                "istio-system",
+                Some("istio-system"),
+                ["frontend", "remora-system", "istio-system"],
+            ),
+            (
+                "mesh-config",
+                None,
+                ["frontend", "remora-system", "istio-system"],
+            ),
+        ];
+        for (root, sidecar, order) in cases {
+            let ctx = LoadContext {
+                namespace: "frontend".into(),
+                root_namespace: root.into(),
+                ..LoadContext::default()
+            };
+            let s = snapshot_from_yaml(&[("r.yaml", &files)], &ctx, 1).expect("loads");
+            assert_eq!(
+                s.sidecar.as_ref().map(|sc| sc.meta.namespace.as_str()),
+                sidecar,
+                "root {root}"
+            );
+            let got: Vec<&str> = s
+                .destination_rules
+                .iter()
+                .map(|d| d.meta.namespace.as_str())
+                .collect();
+            assert_eq!(got, order, "root {root}");
+        }
     }
 
     #[test]
