@@ -104,14 +104,19 @@ enum Cmd {
     /// config, RBAC for them) named `<name>-<revision>`, and the shared ones.
     Manifest {
         /// The default revision's install manifest (manifests/install.yaml), `-` for stdin.
-        #[arg(short = 'f', long = "filename")]
-        file: String,
-        /// The revision to render.
+        #[arg(short = 'f', long = "filename", required_unless_present = "tag")]
+        file: Option<String>,
+        /// The revision to render (with --tag: the revision the tag points to).
         #[arg(long)]
         revision: String,
         /// Only the revision's own objects (e.g. to delete a revision: `| kubectl delete -f -`).
         #[arg(long)]
         revision_only: bool,
+        /// Render only revision tag TAG's MutatingWebhookConfiguration (`remora-revision-tag-TAG`,
+        /// as `istioctl tag generate`): namespaces and pods labelled `istio.io/rev=TAG` are
+        /// injected by --revision. Applying it again with another --revision moves the tag.
+        #[arg(long, conflicts_with_all = ["file", "revision_only"])]
+        tag: Option<String>,
     },
 }
 
@@ -637,7 +642,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
             revision,
             revision_only,
-        } => remora_webhook::manifest::manifest_command(&file, &revision, revision_only),
+            tag,
+        } => match (tag, file) {
+            (Some(tag), _) => remora_webhook::manifest::tag_command(&tag, &revision),
+            (None, Some(file)) => {
+                remora_webhook::manifest::manifest_command(&file, &revision, revision_only)
+            }
+            (None, None) => anyhow::bail!("-f: missing: the install manifest to render from"),
+        },
     }
 }
 
