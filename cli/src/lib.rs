@@ -128,6 +128,12 @@ pub enum Cmd {
         /// default): their webhook entries' selectors decide which injector is called.
         #[arg(long = "revision", requires = "file")]
         revisions: Vec<String>,
+        /// With -f: an installed revision tag, `TAG=REVISION` (repeat for several; as
+        /// `remora-webhook manifest --tag TAG --revision REVISION` installs it): a namespace or
+        /// pod labelled `istio.io/rev=TAG` is injected by REVISION. Against the cluster, the
+        /// tags' configurations are read like any other.
+        #[arg(long = "tag", requires = "file")]
+        tags: Vec<String>,
         /// The default revision's injector ConfigMap in the mesh namespace (key config.yaml);
         /// revision R's is NAME-R.
         #[arg(long, default_value = "remora-injector")]
@@ -335,6 +341,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace_labels,
             config,
             revisions,
+            tags,
             ..
         } => {
             if args.output != Output::Text {
@@ -346,6 +353,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.as_deref(),
                 offline_ns,
                 revisions,
+                tags,
             );
         }
         Cmd::Rules {

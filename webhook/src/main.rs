@@ -636,6 +636,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.as_deref(),
                 &namespace,
                 &revisions,
+                &[],
             )
         }
         Cmd::Manifest {
