@@ -76,7 +76,12 @@ enum Reach {
         export_to: Vec<String>,
         /// Its hosts, fully qualified, for the Sidecar egress scope.
         hosts: Vec<String>,
+        /// A ServiceEntry's `workloadSelector.labels`.
+        workload_selector: Option<BTreeMap<String, String>>,
     },
+    /// A WorkloadEntry (its labels): seen where a ServiceEntry of its namespace that selects it
+    /// is.
+    WorkloadEntry(BTreeMap<String, String>),
     /// A Sidecar (decoded, for its egress hosts).
     Sidecar(Box<Sidecar>),
     /// Its namespace, and every namespace when in the root namespace.
@@ -109,6 +114,7 @@ impl Checked {
             Reach::Exported { export_to, .. } => {
                 !export_to.is_empty() && export_to.iter().all(|e| e == "." || e == "~")
             }
+            Reach::WorkloadEntry(_) => false,
         }
     }
 }
@@ -210,6 +216,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         ("networking.istio.io", "VirtualService")
             | ("networking.istio.io", "DestinationRule")
             | ("networking.istio.io", "ServiceEntry")
+            | ("networking.istio.io", "WorkloadEntry")
             | ("networking.istio.io", "Sidecar")
             | ("networking.istio.io", "Gateway")
             | ("security.istio.io", "PeerAuthentication")
@@ -257,17 +264,35 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         "VirtualService" => {
             let vs = decoded.virtual_services.into_iter().next();
             let (export_to, hosts) = vs.map(|v| (v.export_to, v.hosts)).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector: None,
+            }
         }
         "DestinationRule" => {
             let dr = decoded.destination_rules.into_iter().next();
             let (export_to, hosts) = dr.map(|d| (d.export_to, vec![d.host])).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector: None,
+            }
         }
         "ServiceEntry" => {
             let se = decoded.service_entries.into_iter().next();
-            let (export_to, hosts) = se.map(|s| (s.export_to, s.hosts)).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            let (export_to, hosts, workload_selector) = se
+                .map(|s| (s.export_to, s.hosts, s.workload_selector))
+                .unwrap_or_default();
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector,
+            }
+        }
+        "WorkloadEntry" => {
+            let we = decoded.workload_entries.into_iter().next();
+            Reach::WorkloadEntry(we.map(|w| w.entry.labels).unwrap_or_default())
         }
         "Sidecar" => match decoded.sidecars.into_iter().next() {
             Some(sc) => Reach::Sidecar(Box::new(sc)),
@@ -470,7 +495,11 @@ fn reason(
             ))
         }
         Reach::Sidecar(_) => Err(String::new()),
-        Reach::Exported { export_to, hosts } => {
+        // Decided after the ServiceEntries ([`select_view`]).
+        Reach::WorkloadEntry(_) => Err(String::new()),
+        Reach::Exported {
+            export_to, hosts, ..
+        } => {
             if !exported_to(export_to, &o.id.namespace, namespace) {
                 return Err(format!(
                     "not exported to {namespace} (exportTo: {})",
@@ -567,6 +596,42 @@ pub fn select_view(
             }
             Err(why) if !why.is_empty() => excluded.push((o.id.clone(), why)),
             Err(_) => {}
+        }
+    }
+    // WorkloadEntries go where a ServiceEntry of their namespace that selects them went.
+    for o in objects {
+        let Reach::WorkloadEntry(labels) = &o.reach else {
+            continue;
+        };
+        let selector = objects.iter().find(|se| {
+            se.id.namespace == o.id.namespace
+                && included.iter().any(|i: &Included| i.id == se.id)
+                && matches!(&se.reach, Reach::Exported { workload_selector: Some(sel), .. }
+                    if sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        match selector {
+            Some(se) => {
+                let why = format!(
+                    "an endpoint of ServiceEntry {}/{} (its workloadSelector selects it)",
+                    se.id.namespace, se.id.name
+                );
+                let key = key_for(&o.id);
+                let value = format!("# {}: {why}\n{}", o.id, o.document);
+                let size = key.len() + value.len();
+                bytes += size;
+                included.push(Included {
+                    id: o.id.clone(),
+                    key: key.clone(),
+                    why,
+                    bytes: size,
+                });
+                data.insert(key, value);
+            }
+            None if o.id.namespace == namespace => excluded.push((
+                o.id.clone(),
+                format!("no ServiceEntry seen in {namespace} selects it (workloadSelector)"),
+            )),
+            None => {}
         }
     }
     included.sort_by(|a, b| a.key.cmp(&b.key));
@@ -814,6 +879,65 @@ mod tests {
     }
 
     #[test]
+    fn workload_entries_follow_the_service_entries_that_select_them() {
+        let se = |name: &str, export: Value| {
+            obj(
+                "ServiceEntry",
+                "shop",
+                name,
+                json!({"hosts": [format!("{name}.example.com")], "resolution": "STATIC",
+                       "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                       "workloadSelector": {"labels": {"app": name}}, "exportTo": export}),
+            )
+        };
+        let we = |name: &str, app: &str| {
+            obj(
+                "WorkloadEntry",
+                "shop",
+                name,
+                json!({"address": "127.0.0.11", "labels": {"app": app}}),
+            )
+        };
+        let objs = checked(&[
+            se("public", json!(["*"])),
+            se("private", json!(["."])),
+            we("vm-1", "public"),
+            we("vm-2", "private"),
+            we("stray", "nobody"),
+        ]);
+        let s = Settings::default();
+        let names =
+            |r: &Rendered| -> Vec<String> { r.included.iter().map(|i| i.id.to_string()).collect() };
+        let r = render(&objs, "frontend", &s).expect("renders");
+        assert_eq!(
+            names(&r),
+            ["ServiceEntry shop/public", "WorkloadEntry shop/vm-1"]
+        );
+        assert!(r.data["shop.workloadentry.vm-1.yaml"].starts_with(
+            "# WorkloadEntry shop/vm-1: an endpoint of ServiceEntry shop/public (its workloadSelector selects it)\n"
+        ));
+        let r = render(&objs, "shop", &s).expect("renders");
+        assert_eq!(r.included.len(), 4, "{:?}", names(&r));
+        assert!(r.excluded.iter().any(|(id, why)| id.name == "stray"
+            && why == "no ServiceEntry seen in shop selects it (workloadSelector)"));
+        // A WorkloadEntry's change may reach other namespaces.
+        let vm = objs.iter().find(|o| o.id.name == "vm-1").expect("vm-1");
+        assert!(!vm.only_in_own_namespace(&s));
+        // A bad one is left out with its reason.
+        let bad = obj(
+            "WorkloadEntry",
+            "shop",
+            "bad",
+            json!({"labels": {"app": "x"}}),
+        );
+        let bad = check(&bad, "cluster.local").expect_err("invalid");
+        assert_eq!(
+            bad.reason,
+            "spec.address: required field is missing or empty"
+        );
+    }
+
+    #[test]
     fn own_namespace_kinds_stay_home() {
         let objs = checked(&[
             obj(
@@ -977,7 +1101,7 @@ mod tests {
                 .starts_with("VirtualService shop/bad: spec.http[0].timeout"),
             "{e}"
         );
-        let we = json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        let we = json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "WorkloadGroup",
                         "metadata": {"name": "w", "namespace": "shop"}, "spec": {}});
         let e = check(&we, "cluster.local").expect_err("unsupported");
         assert!(e.unsupported, "{e}");

@@ -401,6 +401,15 @@ pub struct WorkloadEntry {
     pub weight: Option<u32>,
 }
 
+/// A `WorkloadEntry` object (networking.istio.io): a workload outside Kubernetes, an endpoint of
+/// the ServiceEntries of its namespace whose `workloadSelector` its labels match. `network`,
+/// `locality` and `serviceAccount` are accepted and not applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadEntryObject {
+    pub meta: Meta,
+    pub entry: WorkloadEntry,
+}
+
 /// A ServiceEntry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceEntry {
@@ -421,6 +430,10 @@ pub struct ServiceEntry {
     pub endpoints: Vec<WorkloadEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    /// `workloadSelector.labels`: the WorkloadEntries of the ServiceEntry's namespace with these
+    /// labels are its endpoints (filled in by the loader, [`crate::rules::load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 /// One `egress[].hosts` entry: `namespace/dnsName`.

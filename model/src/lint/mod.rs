@@ -169,6 +169,46 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} {}: {}", ig.kind, ig.name, ig.reason),
         ));
     }
+    // WorkloadEntries and the ServiceEntries selecting them (their namespace's, by labels).
+    let selects = |se: &crate::rules::ServiceEntry, w: &crate::kinds::WorkloadEntryObject| {
+        se.meta.namespace == w.meta.namespace
+            && se
+                .workload_selector
+                .as_ref()
+                .is_some_and(|sel| sel.iter().all(|(k, v)| w.entry.labels.get(k) == Some(v)))
+    };
+    for se in decoded
+        .service_entries
+        .iter()
+        .filter(|s| s.workload_selector.is_some())
+    {
+        if !decoded.workload_entries.iter().any(|w| selects(se, w)) {
+            report.warnings.push(at(
+                &se.meta.file,
+                se.meta.document,
+                "spec.workloadSelector.labels".to_string(),
+                format!(
+                    "ServiceEntry {} selects no WorkloadEntry of namespace {}: it has no endpoints",
+                    se.meta.key(),
+                    se.meta.namespace
+                ),
+            ));
+        }
+    }
+    for w in &decoded.workload_entries {
+        if !decoded.service_entries.iter().any(|se| selects(se, w)) {
+            report.warnings.push(at(
+                &w.meta.file,
+                w.meta.document,
+                "spec.labels".to_string(),
+                format!(
+                    "WorkloadEntry {} is selected by no ServiceEntry's workloadSelector in namespace {}: not used",
+                    w.meta.key(),
+                    w.meta.namespace
+                ),
+            ));
+        }
+    }
     // A Gateway is never an error for sidecars; remora's gateway leaves an invalid one out.
     for e in &decoded.gateway_errors {
         report.warnings.push(at(

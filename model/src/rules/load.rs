@@ -107,6 +107,9 @@ pub struct Decoded {
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
+    /// `WorkloadEntry` objects: endpoints of the ServiceEntries of their namespace that select
+    /// them (`build_snapshot` fills them in).
+    pub workload_entries: Vec<crate::kinds::WorkloadEntryObject>,
     pub sidecars: Vec<Sidecar>,
     /// The `security.istio.io` kinds, all of them (their scope is applied by `build_snapshot`).
     pub peer_authentications: Vec<PeerAuthentication>,
@@ -478,6 +481,15 @@ fn decode_object(
                 .find(|m| same(m)))?;
             out.service_entries
                 .push(decode::service_entry(meta, spec, &cx, unknown)?);
+        }
+        "WorkloadEntry" => {
+            dup(out
+                .workload_entries
+                .iter()
+                .map(|v| &v.meta)
+                .find(|m| same(m)))?;
+            out.workload_entries
+                .push(decode::workload_entry(meta, spec, unknown)?);
         }
         "Sidecar" => {
             dup(out.sidecars.iter().map(|v| &v.meta).find(|m| same(m)))?;
