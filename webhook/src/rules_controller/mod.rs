@@ -95,6 +95,12 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         group: "networking.istio.io",
+        kind: "WorkloadEntry",
+        plural: "workloadentries",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
         kind: "Sidecar",
         plural: "sidecars",
         versions: NETWORKING,
