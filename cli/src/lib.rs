@@ -1223,6 +1223,8 @@ async fn list_istio_objects(cluster: &Cluster, ns: Option<&str>) -> anyhow::Resu
                 );
                 cluster.list(&one).await
             }
+            // The group is served but not this kind (a CRD file from before it was added).
+            Err(e) if e.code() == Some(404) => continue,
             other => other,
         };
         let items = listed.map_err(|e| anyhow!(e).context(format!("listing {}", k.plural)))?;
