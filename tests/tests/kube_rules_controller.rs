@@ -394,8 +394,10 @@ async fn too_large_is_refused_and_a_missing_group_holds_nothing_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = LabApi::start_local(dir.path()).expect("api");
     setup(&api);
-    // No security.istio.io CRDs installed.
+    // No security.istio.io CRDs installed, and networking.istio.io without WorkloadEntry's (a
+    // CRD file from before that kind was watched).
     api.set_served("security.istio.io", &[]);
+    api.set_kind_missing("networking.istio.io", "workloadentries");
     api.apply(
         NET,
         "destinationrules",
