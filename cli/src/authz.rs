@@ -318,18 +318,18 @@ fn keys_text(r: &JwtRule) -> String {
     }
 }
 
-fn policy_row(p: &AuthorizationPolicy) -> PolicyRow {
+fn policy_row(p: &AuthorizationPolicy, root: &str) -> PolicyRow {
     PolicyRow {
         name: p.meta.key(),
         action: action_text(p.spec.action).to_string(),
         rules: p.spec.rules.len(),
         dry_run: p.dry_run,
-        applies: why_applies(&p.meta.namespace, p.spec.selector.as_ref()),
+        applies: why_applies(&p.meta.namespace, p.spec.selector.as_ref(), root),
     }
 }
 
-fn jwt_rows(r: &RequestAuthentication) -> Vec<JwtRow> {
-    let applies = why_applies(&r.meta.namespace, r.spec.selector.as_ref());
+fn jwt_rows(r: &RequestAuthentication, root: &str) -> Vec<JwtRow> {
+    let applies = why_applies(&r.meta.namespace, r.spec.selector.as_ref(), root);
     if r.spec.jwt_rules.is_empty() {
         return vec![JwtRow {
             name: r.meta.key(),
@@ -350,8 +350,8 @@ fn jwt_rows(r: &RequestAuthentication) -> Vec<JwtRow> {
         .collect()
 }
 
-fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>) -> MtlsRow {
-    let d = mtls_mode(pas, port.unwrap_or(0));
+fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>, root: &str) -> MtlsRow {
+    let d = mtls_mode(pas, port.unwrap_or(0), root);
     MtlsRow {
         port,
         mode: d.mode.to_string(),
@@ -362,7 +362,7 @@ fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>) -> MtlsRow {
                 format!(
                     "{}: {}",
                     p.meta.key(),
-                    why_applies(&p.meta.namespace, p.spec.selector.as_ref())
+                    why_applies(&p.meta.namespace, p.spec.selector.as_ref(), root)
                 )
             })
             .collect(),
@@ -384,16 +384,23 @@ pub fn view(dump: &ConfigDump, req: Option<&CheckRequest>) -> AuthzView {
             verdict,
         }
     });
+    // The root namespace the proxy itself scoped its policies with.
+    let root = r.root_namespace.as_str();
     AuthzView {
-        authorization_policies: r.authorization_policies.iter().map(policy_row).collect(),
+        authorization_policies: r
+            .authorization_policies
+            .iter()
+            .map(|p| policy_row(p, root))
+            .collect(),
         request_authentications: r
             .request_authentications
             .iter()
-            .flat_map(jwt_rows)
+            .flat_map(|a| jwt_rows(a, root))
             .collect(),
         mtls: mtls_row(
             &r.peer_authentications,
             req.map(|q| q.port).filter(|p| *p != 0),
+            root,
         ),
         check,
     }
@@ -515,6 +522,7 @@ pub struct SecurityView {
 pub fn selection(
     ns: &str,
     labels: &BTreeMap<String, String>,
+    root_namespace: &str,
     pas: &[PeerAuthentication],
     aps: &[AuthorizationPolicy],
     ras: &[RequestAuthentication],
@@ -522,6 +530,7 @@ pub fn selection(
     let ctx = LoadContext {
         namespace: ns.to_string(),
         pod_labels: labels.clone(),
+        root_namespace: root_namespace.to_string(),
         ..Default::default()
     };
     let mut rows = Vec::new();
@@ -530,7 +539,7 @@ pub fn selection(
                    sel: Option<&remora_model::security::WorkloadSelector>,
                    summary: String| {
         let (selected, reason) = match applies(&meta.namespace, sel, &ctx) {
-            Ok(_) => (true, why_applies(&meta.namespace, sel)),
+            Ok(_) => (true, why_applies(&meta.namespace, sel, root_namespace)),
             Err(why) => (false, why),
         };
         rows.push(SelectionRow {
@@ -582,7 +591,7 @@ pub fn selection(
         .filter(|p| applies(&p.meta.namespace, p.spec.selector.as_ref(), &ctx).is_ok())
         .cloned()
         .collect();
-    let d = mtls_mode(&selected, 0);
+    let d = mtls_mode(&selected, 0, root_namespace);
     let mtls = match d.policy {
         Some(p) => format!("{} (set by PeerAuthentication {p})", d.mode),
         None => format!(
@@ -710,9 +719,11 @@ spec: {mtls: {mode: STRICT}}
 "#;
 
     fn dump(num_trusted_proxies: u32) -> ConfigDump {
+        // Istio's layout: istio-system is the root namespace.
         let ctx = LoadContext {
             namespace: "bookinfo".into(),
             pod_labels: [("app".to_string(), "ratings".to_string())].into(),
+            root_namespace: "istio-system".into(),
             ..Default::default()
         };
         let snap = snapshot_from_yaml(&[("p.yaml", RULES)], &ctx, 1).unwrap();
@@ -890,6 +901,7 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
     fn describe_says_which_policies_select_the_pod_and_why() {
         let ctx = LoadContext {
             namespace: "bookinfo".into(),
+            root_namespace: "istio-system".into(),
             ..Default::default()
         };
         let decoded = remora_model::rules::load::decode_inputs(
@@ -906,6 +918,7 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
         let v = selection(
             "bookinfo",
             &labels,
+            "istio-system",
             &decoded.peer_authentications,
             &decoded.authorization_policies,
             &decoded.request_authentications,
@@ -921,7 +934,19 @@ Security:
   not applied: AuthorizationPolicy bookinfo/productpage-only (ALLOW): selector does not select this pod (label app=productpage is \"ratings\" here)
 ";
         assert_eq!(render_selection(&v), want);
-        let none = selection("bookinfo", &labels, &[], &[], &[]);
+        // Under another root namespace istio-system's policies select nothing here, and the
+        // mTLS mode falls back to Istio's default.
+        let other = render_selection(&selection(
+            "bookinfo",
+            &labels,
+            "remora-system",
+            &decoded.peer_authentications,
+            &decoded.authorization_policies,
+            &decoded.request_authentications,
+        ));
+        assert!(other.starts_with("Security:\n  mTLS mode: PERMISSIVE (Istio's default: no PeerAuthentication sets a mode)\n"), "{other}");
+        assert!(other.contains("  not applied: PeerAuthentication istio-system/default (mode STRICT): in namespace istio-system, not this pod's namespace (bookinfo) nor the root namespace (remora-system)\n"), "{other}");
+        let none = selection("bookinfo", &labels, "istio-system", &[], &[], &[]);
         assert_eq!(
             render_selection(&none),
             "Security:\n  mTLS mode: PERMISSIVE (Istio's default: no PeerAuthentication sets a mode)\n  no AuthorizationPolicy, RequestAuthentication or PeerAuthentication selects this pod\n"

@@ -930,6 +930,37 @@ mod tests {
         );
     }
 
+    /// The cluster check reads a tag's configuration (the definition's, as `manifest --tag`
+    /// prints it) like any other: a namespace labelled with the tag is injected by its revision.
+    #[test]
+    fn a_tag_is_injected_by_its_revision() {
+        let mut mwcs = revisions();
+        let mut tag = remora_webhook::selectors::tag_configuration("prod", "b");
+        for w in tag["webhooks"].as_array_mut().unwrap() {
+            w["clientConfig"]["caBundle"] = json!("Zm9v");
+        }
+        mwcs.push(typed(tag));
+        for (ns_l, pod_l, hook) in [
+            (json!({"istio.io/rev": "prod"}), json!({}), "rev.namespace"),
+            (json!({}), json!({"istio.io/rev": "prod"}), "rev.object"),
+        ] {
+            let v = eval(&mwcs, &pod(pod_l.clone(), json!({})), ns_l.clone());
+            let ctx = format!("ns {ns_l} pod {pod_l}: {v:#?}");
+            let w = the(
+                &v,
+                "remora-revision-tag-prod",
+                &format!("{hook}.sidecar-injector.remora.dev"),
+            );
+            assert_eq!(w.verdict, Verdict::Injected, "{ctx}");
+            assert_eq!(w.revision.as_deref(), Some("b"), "{ctx}");
+            assert_eq!(
+                v.iter().filter(|w| w.verdict == Verdict::Injected).count(),
+                1,
+                "{ctx}"
+            );
+        }
+    }
+
     #[test]
     fn a_revisions_entry_calling_another_revisions_service_does_not_inject() {
         let mut b = mutating_webhook_configuration("b");

@@ -494,8 +494,14 @@ fn no_dns(_: &str) -> Vec<IpAddr> {
 }
 
 /// Decodes the ConfigMap named `primary` among `cms` (the shared finder's result) with the
-/// proxy's loader.
-pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &str) -> Rules {
+/// proxy's loader, in a mesh whose root namespace is `root_namespace`.
+pub fn load_rules(
+    cms: &[ConfigMap],
+    ns: &str,
+    primary: &str,
+    cluster_domain: &str,
+    root_namespace: &str,
+) -> Rules {
     let key = format!("{ns}/{primary}");
     let cm = cms.iter().find(|c| {
         objects::name(&c.metadata) == Some(primary)
@@ -516,6 +522,7 @@ pub fn load_rules(cms: &[ConfigMap], ns: &str, primary: &str, cluster_domain: &s
         namespace: ns.to_string(),
         cluster_domain: cluster_domain.to_string(),
         pod_labels: BTreeMap::new(),
+        root_namespace: root_namespace.to_string(),
     };
     let mut errors = Vec::new();
     let files = match rules_files(cm) {
@@ -1264,6 +1271,7 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
     let security = super::authz::selection(
         &ns,
         &labels,
+        &rules.ctx.root_namespace,
         &rules.peer_authentications,
         &rules.authorization_policies,
         &rules.request_authentications,
@@ -1488,6 +1496,7 @@ pub async fn gather(
     mesh_ns: &str,
     config_map: Option<&str>,
     cluster_domain: &str,
+    root_namespace: &str,
 ) -> anyhow::Result<Description> {
     let ns = target
         .namespace
@@ -1513,7 +1522,7 @@ pub async fn gather(
         .list_as::<Service>(&paths::services(Some(&ns)))
         .await
         .context("listing Services")?;
-    let rules = load_rules(&cms, &ns, &primary, cluster_domain);
+    let rules = load_rules(&cms, &ns, &primary, cluster_domain, root_namespace);
     Ok(build(&pod, &services, &rules))
 }
 
@@ -1637,6 +1646,7 @@ spec:
             "shop",
             "remora-mesh-rules",
             "cluster.local",
+            "remora-system",
         );
         assert!(rules.source.errors.is_empty(), "{:?}", rules.source.errors);
         let p = pod(
@@ -1725,6 +1735,7 @@ spec:
             "shop",
             "remora-mesh-rules",
             "cluster.local",
+            "remora-system",
         );
         let p = pod(json!({"app": "reviews", "version": "v2"}), false, json!({}));
         let services = [svc(
@@ -1747,7 +1758,13 @@ spec:
         );
         assert_eq!(d.sidecar.name.as_deref(), Some("shop/reviews"));
 
-        let none = load_rules(&[], "shop", "remora-mesh-rules", "cluster.local");
+        let none = load_rules(
+            &[],
+            "shop",
+            "remora-mesh-rules",
+            "cluster.local",
+            "remora-system",
+        );
         assert!(!none.source.found);
         let d = build(&p, &services, &none);
         assert!(
@@ -1769,6 +1786,7 @@ spec:
             "shop",
             "remora-mesh-rules",
             "cluster.local",
+            "remora-system",
         );
         // Weights not summing to 100 are a linter error, not a load error: the set loads.
         assert!(rules.source.errors.is_empty(), "{:?}", rules.source.errors);
@@ -1778,6 +1796,7 @@ spec:
             "shop",
             "remora-mesh-rules",
             "cluster.local",
+            "remora-system",
         );
         assert_eq!(rules.source.errors.len(), 1, "{:?}", rules.source.errors);
         assert!(

@@ -88,6 +88,13 @@ pub struct Args {
     /// remora's own namespace (injector ConfigMap, webhook Service).
     #[arg(long, global = true, default_value = "remora-system")]
     pub mesh_namespace: String,
+    /// The mesh's root namespace (mesh-wide Sidecar and security policies; the rules
+    /// controller's and the proxies' `--root-namespace`), for `analyze`, `describe` and `rules
+    /// render`/`import`. `proxy-config` shows the one the proxy reports.
+    #[arg(long, global = true, env = "REMORA_ROOT_NAMESPACE",
+          default_value = remora_model::kinds::DEFAULT_ROOT_NAMESPACE,
+          value_parser = remora_model::kinds::parse_root_namespace)]
+    pub root_namespace: String,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -121,6 +128,12 @@ pub enum Cmd {
         /// default): their webhook entries' selectors decide which injector is called.
         #[arg(long = "revision", requires = "file")]
         revisions: Vec<String>,
+        /// With -f: an installed revision tag, `TAG=REVISION` (repeat for several; as
+        /// `remora-webhook manifest --tag TAG --revision REVISION` installs it): a namespace or
+        /// pod labelled `istio.io/rev=TAG` is injected by REVISION. Against the cluster, the
+        /// tags' configurations are read like any other.
+        #[arg(long = "tag", requires = "file")]
+        tags: Vec<String>,
         /// The default revision's injector ConfigMap in the mesh namespace (key config.yaml);
         /// revision R's is NAME-R.
         #[arg(long, default_value = "remora-injector")]
@@ -328,6 +341,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace_labels,
             config,
             revisions,
+            tags,
             ..
         } => {
             if args.output != Output::Text {
@@ -339,6 +353,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.as_deref(),
                 offline_ns,
                 revisions,
+                tags,
             );
         }
         Cmd::Rules {
@@ -354,7 +369,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             print!(
                 "{}",
-                rules::render_command(files, args.namespace.as_deref(), cluster_domain, *gateway)?
+                rules::render_command(
+                    files,
+                    args.namespace.as_deref(),
+                    &render_settings(cluster_domain, &args.root_namespace),
+                    *gateway
+                )?
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -463,7 +483,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!("-o: rules import prints YAML");
             }
             let objects = list_istio_objects(&cluster, None).await?;
-            let (text, notes) = rules::import(&objects, &ns, name, cluster_domain)?;
+            let settings = render_settings(cluster_domain, &args.root_namespace);
+            let (text, notes) = rules::import(&objects, &ns, name, &settings)?;
             for n in notes {
                 eprintln!("{n}");
             }
@@ -594,7 +615,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 scope,
                 &args.mesh_namespace,
                 config_map.as_deref(),
-                cluster_domain,
+                &render_settings(cluster_domain, &args.root_namespace),
             )
             .await?;
             match args.output {
@@ -627,6 +648,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &args.mesh_namespace,
                 config_map.as_deref(),
                 cluster_domain,
+                &args.root_namespace,
             )
             .await?;
             match args.output {
@@ -1058,12 +1080,21 @@ async fn proxy_status(
     Ok(rows)
 }
 
+/// The rules controller's render settings for a cluster domain and root namespace.
+fn render_settings(cluster_domain: &str, root_namespace: &str) -> remora_model::compile::Settings {
+    remora_model::compile::Settings {
+        cluster_domain: cluster_domain.to_string(),
+        root_namespace: root_namespace.to_string(),
+        ..remora_model::compile::Settings::default()
+    }
+}
+
 async fn analyze(
     cluster: &Cluster,
     ns: Option<&str>,
     mesh_ns: &str,
     config_map: Option<&str>,
-    cluster_domain: &str,
+    settings: &remora_model::compile::Settings,
 ) -> anyhow::Result<rules_lint::Analysis> {
     let (_, cms) = rules_config_maps(cluster, ns, mesh_ns, config_map).await?;
     // Rules name hosts in any namespace: all Services, else (RBAC) the namespace's own.
@@ -1090,9 +1121,14 @@ async fn analyze(
         services.iter().map(serde_json::to_value).collect(),
         "Services",
     )?;
-    let mut a = rules_lint::analyze(&cms, &services, cluster_domain);
+    let mut a = rules_lint::analyze(
+        &cms,
+        &services,
+        &settings.cluster_domain,
+        &settings.root_namespace,
+    );
     a.messages
-        .extend(controller_findings(cluster, ns, &cms, cluster_domain).await?);
+        .extend(controller_findings(cluster, ns, &cms, settings).await?);
     Ok(a)
 }
 
@@ -1103,7 +1139,7 @@ async fn controller_findings(
     cluster: &Cluster,
     ns: Option<&str>,
     cms: &[Value],
-    cluster_domain: &str,
+    settings: &remora_model::compile::Settings,
 ) -> anyhow::Result<Vec<rules_lint::Message>> {
     let objects = list_istio_objects(cluster, ns).await?;
     let namespaces: Vec<(String, BTreeMap<String, String>)> =
@@ -1149,13 +1185,7 @@ async fn controller_findings(
             ))
         })
         .collect();
-    Ok(rules::findings(
-        &objects,
-        &namespaces,
-        &views,
-        ns,
-        cluster_domain,
-    ))
+    Ok(rules::findings(&objects, &namespaces, &views, ns, settings))
 }
 
 /// Every object of the kinds the rules controller watches (each at the best version its API
@@ -1193,6 +1223,8 @@ async fn list_istio_objects(cluster: &Cluster, ns: Option<&str>) -> anyhow::Resu
                 );
                 cluster.list(&one).await
             }
+            // The group is served but not this kind (a CRD file from before it was added).
+            Err(e) if e.code() == Some(404) => continue,
             other => other,
         };
         let items = listed.map_err(|e| anyhow!(e).context(format!("listing {}", k.plural)))?;

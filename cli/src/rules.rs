@@ -106,7 +106,7 @@ pub struct RenderOutput {
 pub fn render(
     inputs: &[(String, String)],
     namespace: &str,
-    cluster_domain: &str,
+    settings: &Settings,
     view: compile::View,
 ) -> anyhow::Result<RenderOutput> {
     let mut checked = Vec::new();
@@ -114,7 +114,7 @@ pub fn render(
     let mut seen = BTreeMap::new();
     for (name, text) in inputs {
         for v in objects_of(name, text, namespace)? {
-            match compile::check(&v, cluster_domain) {
+            match compile::check(&v, &settings.cluster_domain) {
                 Ok(c) => {
                     if let Some(first) = seen.insert(c.id.clone(), name.clone()) {
                         // As `kubectl apply -f` does: the later definition replaces it.
@@ -134,11 +134,7 @@ pub fn render(
             }
         }
     }
-    let settings = Settings {
-        cluster_domain: cluster_domain.to_string(),
-        ..Settings::default()
-    };
-    let rendered = compile::render_view(&checked, namespace, &settings, view)
+    let rendered = compile::render_view(&checked, namespace, settings, view)
         .map_err(|e| anyhow::anyhow!(e))?;
     for (id, why) in &rendered.excluded {
         notes.push(format!("not in {namespace}: {id}: {why}"));
@@ -153,7 +149,7 @@ pub fn render(
 pub fn render_command(
     files: &[String],
     namespace: Option<&str>,
-    cluster_domain: &str,
+    settings: &Settings,
     gateway: bool,
 ) -> anyhow::Result<String> {
     let Some(ns) = namespace else {
@@ -171,7 +167,7 @@ pub fn render_command(
     } else {
         compile::View::Sidecars
     };
-    let out = render(&inputs, ns, cluster_domain, view)?;
+    let out = render(&inputs, ns, settings, view)?;
     for n in &out.notes {
         eprintln!("{n}");
     }
@@ -185,23 +181,19 @@ pub fn import(
     objects: &[Value],
     namespace: &str,
     name: &str,
-    cluster_domain: &str,
+    settings: &Settings,
 ) -> anyhow::Result<(String, Vec<String>)> {
     let mut checked = Vec::new();
     let mut notes = Vec::new();
     for v in objects {
-        match compile::check(v, cluster_domain) {
+        match compile::check(v, &settings.cluster_domain) {
             Ok(c) => checked.push(c),
             Err(e) if e.unsupported => {}
             Err(e) => notes.push(format!("left out (invalid): {e}")),
         }
     }
-    let settings = Settings {
-        cluster_domain: cluster_domain.to_string(),
-        ..Settings::default()
-    };
     let rendered =
-        compile::render(&checked, namespace, &settings).map_err(|e| anyhow::anyhow!(e))?;
+        compile::render(&checked, namespace, settings).map_err(|e| anyhow::anyhow!(e))?;
     let mut cm = rendered.configmap();
     cm["metadata"] = serde_json::json!({
         "name": name,
@@ -243,12 +235,12 @@ pub fn findings(
     namespaces: &[(String, BTreeMap<String, String>)],
     configmaps: &BTreeMap<String, ConfigMapView>,
     scope: Option<&str>,
-    cluster_domain: &str,
+    settings: &Settings,
 ) -> Vec<Message> {
     let mut out = Vec::new();
     let mut checked = Vec::new();
     for v in objects {
-        match compile::check(v, cluster_domain) {
+        match compile::check(v, &settings.cluster_domain) {
             Ok(c) => checked.push(c),
             Err(e) if e.unsupported => {}
             Err(e) => {
@@ -269,17 +261,13 @@ pub fn findings(
             }
         }
     }
-    let settings = Settings {
-        cluster_domain: cluster_domain.to_string(),
-        ..Settings::default()
-    };
     for (ns, labels) in namespaces {
         if !meshed(labels) || scope.is_some_and(|s| s != ns) {
             continue;
         }
         let cm_key = format!("{ns}/{}", compile::CONFIGMAP);
         let existing = configmaps.get(ns);
-        match compile::render(&checked, ns, &settings) {
+        match compile::render(&checked, ns, settings) {
             Err(e @ (RenderError::TooLarge(_) | RenderError::Rejected { .. })) => {
                 out.push(message("error", cm_key, String::new(), e.to_string()))
             }
@@ -372,7 +360,7 @@ spec: {host: details, exportTo: ["."]}
         // bookinfo: the user's own ConfigMap; frontend: none.
         let mut cms = BTreeMap::new();
         cms.insert("bookinfo".to_string(), ConfigMapView::default());
-        let f = findings(&objects, &namespaces, &cms, None, "cluster.local");
+        let f = findings(&objects, &namespaces, &cms, None, &Settings::default());
         let lines: Vec<String> = f
             .iter()
             .map(|m| format!("{} [{}|{}] {}", m.level, m.config_map, m.object, m.message))
@@ -386,7 +374,7 @@ spec: {host: details, exportTo: ["."]}
         let rendered = render(
             &[("o.yaml".into(), OBJECTS.into())],
             "frontend",
-            "cluster.local",
+            &Settings::default(),
             compile::View::Sidecars,
         )
         .expect("renders");
@@ -404,7 +392,7 @@ spec: {host: details, exportTo: ["."]}
             &namespaces,
             &cms,
             Some("frontend"),
-            "cluster.local",
+            &Settings::default(),
         );
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].object, "VirtualService frontend/broken");
@@ -423,7 +411,7 @@ spec: {host: details, exportTo: ["."]}
             &namespaces,
             &cms,
             Some("frontend"),
-            "cluster.local",
+            &Settings::default(),
         );
         assert_eq!(f.len(), 2);
         assert!(
@@ -436,8 +424,13 @@ spec: {host: details, exportTo: ["."]}
 
     #[test]
     fn import_is_the_render_without_the_controller_label() {
-        let (text, notes) =
-            import(&cluster_objects(), "frontend", "my-rules", "cluster.local").expect("imports");
+        let (text, notes) = import(
+            &cluster_objects(),
+            "frontend",
+            "my-rules",
+            &Settings::default(),
+        )
+        .expect("imports");
         let cm: Value = serde_yaml_ng::from_str(&text).expect("YAML");
         assert_eq!(cm["metadata"]["name"], "my-rules");
         assert_eq!(cm["metadata"]["namespace"], "frontend");
@@ -463,7 +456,7 @@ spec: {host: details, exportTo: ["."]}
         let out = render(
             &[("objects.yaml".into(), OBJECTS.into())],
             "frontend",
-            "cluster.local",
+            &Settings::default(),
             compile::View::Sidecars,
         )
         .expect("renders");
@@ -524,7 +517,7 @@ spec: {egress: [{hosts: ['./*']}]}
             let out = render(
                 &[("gw.yaml".into(), objects.into())],
                 "istio-system",
-                "cluster.local",
+                &Settings::default(),
                 view,
             )
             .expect("renders");
@@ -559,7 +552,7 @@ spec: {egress: [{hosts: ['./*']}]}
                 ("b.yaml".into(), one("{egress: [{hosts: [\"./*\"]}]}")),
             ],
             "a",
-            "cluster.local",
+            &Settings::default(),
             compile::View::Sidecars,
         )
         .expect("renders");

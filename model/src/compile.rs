@@ -37,7 +37,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::kinds::{LoadContext, Sidecar, ROOT_NAMESPACE};
+use crate::kinds::{LoadContext, Sidecar, DEFAULT_ROOT_NAMESPACE};
 use crate::rules::{exported_to, in_egress_scope, load};
 
 /// The ConfigMap every namespace's proxies read.
@@ -76,7 +76,12 @@ enum Reach {
         export_to: Vec<String>,
         /// Its hosts, fully qualified, for the Sidecar egress scope.
         hosts: Vec<String>,
+        /// A ServiceEntry's `workloadSelector.labels`.
+        workload_selector: Option<BTreeMap<String, String>>,
     },
+    /// A WorkloadEntry (its labels): seen where a ServiceEntry of its namespace that selects it
+    /// is.
+    WorkloadEntry(BTreeMap<String, String>),
     /// A Sidecar (decoded, for its egress hosts).
     Sidecar(Box<Sidecar>),
     /// Its namespace, and every namespace when in the root namespace.
@@ -109,6 +114,7 @@ impl Checked {
             Reach::Exported { export_to, .. } => {
                 !export_to.is_empty() && export_to.iter().all(|e| e == "." || e == "~")
             }
+            Reach::WorkloadEntry(_) => false,
         }
     }
 }
@@ -162,11 +168,12 @@ fn trimmed(v: &Value, id: &ObjectRef, api_version: &str) -> Value {
     Value::Object(out)
 }
 
-fn ctx_for(namespace: &str, cluster_domain: &str) -> LoadContext {
+fn ctx_for(namespace: &str, cluster_domain: &str, root_namespace: &str) -> LoadContext {
     LoadContext {
         namespace: namespace.to_string(),
         cluster_domain: cluster_domain.to_string(),
         pod_labels: BTreeMap::new(),
+        root_namespace: root_namespace.to_string(),
     }
 }
 
@@ -180,6 +187,8 @@ fn inputs_of(files: Vec<(String, Vec<u8>)>) -> load::Inputs {
 }
 
 /// Check one cluster object (as the API returns it) alone, as the proxy's loader decodes it.
+/// (Whether an object is valid does not depend on the root namespace; where it is seen does,
+/// and [`render`] takes that from its [`Settings`].)
 pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
     let invalid = |id: Option<ObjectRef>, reason: String| Invalid {
         id,
@@ -207,6 +216,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         ("networking.istio.io", "VirtualService")
             | ("networking.istio.io", "DestinationRule")
             | ("networking.istio.io", "ServiceEntry")
+            | ("networking.istio.io", "WorkloadEntry")
             | ("networking.istio.io", "Sidecar")
             | ("networking.istio.io", "Gateway")
             | ("security.istio.io", "PeerAuthentication")
@@ -226,7 +236,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         Ok(d) => d,
         Err(e) => return Err(invalid(Some(id), format!("cannot be written as YAML: {e}"))),
     };
-    let ctx = ctx_for(namespace, cluster_domain);
+    let ctx = ctx_for(namespace, cluster_domain, DEFAULT_ROOT_NAMESPACE);
     let file = key_for(&id);
     let inputs = inputs_of(vec![(file.clone(), document.clone().into_bytes())]);
     let decoded = load::decode_inputs(&inputs, &ctx);
@@ -254,17 +264,35 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
         "VirtualService" => {
             let vs = decoded.virtual_services.into_iter().next();
             let (export_to, hosts) = vs.map(|v| (v.export_to, v.hosts)).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector: None,
+            }
         }
         "DestinationRule" => {
             let dr = decoded.destination_rules.into_iter().next();
             let (export_to, hosts) = dr.map(|d| (d.export_to, vec![d.host])).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector: None,
+            }
         }
         "ServiceEntry" => {
             let se = decoded.service_entries.into_iter().next();
-            let (export_to, hosts) = se.map(|s| (s.export_to, s.hosts)).unwrap_or_default();
-            Reach::Exported { export_to, hosts }
+            let (export_to, hosts, workload_selector) = se
+                .map(|s| (s.export_to, s.hosts, s.workload_selector))
+                .unwrap_or_default();
+            Reach::Exported {
+                export_to,
+                hosts,
+                workload_selector,
+            }
+        }
+        "WorkloadEntry" => {
+            let we = decoded.workload_entries.into_iter().next();
+            Reach::WorkloadEntry(we.map(|w| w.entry.labels).unwrap_or_default())
         }
         "Sidecar" => match decoded.sidecars.into_iter().next() {
             Some(sc) => Reach::Sidecar(Box::new(sc)),
@@ -319,7 +347,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            root_namespace: ROOT_NAMESPACE.to_string(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             cluster_domain: "cluster.local".to_string(),
             max_bytes: MAX_DATA_BYTES,
         }
@@ -467,7 +495,11 @@ fn reason(
             ))
         }
         Reach::Sidecar(_) => Err(String::new()),
-        Reach::Exported { export_to, hosts } => {
+        // Decided after the ServiceEntries ([`select_view`]).
+        Reach::WorkloadEntry(_) => Err(String::new()),
+        Reach::Exported {
+            export_to, hosts, ..
+        } => {
             if !exported_to(export_to, &o.id.namespace, namespace) {
                 return Err(format!(
                     "not exported to {namespace} (exportTo: {})",
@@ -566,6 +598,42 @@ pub fn select_view(
             Err(_) => {}
         }
     }
+    // WorkloadEntries go where a ServiceEntry of their namespace that selects them went.
+    for o in objects {
+        let Reach::WorkloadEntry(labels) = &o.reach else {
+            continue;
+        };
+        let selector = objects.iter().find(|se| {
+            se.id.namespace == o.id.namespace
+                && included.iter().any(|i: &Included| i.id == se.id)
+                && matches!(&se.reach, Reach::Exported { workload_selector: Some(sel), .. }
+                    if sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        match selector {
+            Some(se) => {
+                let why = format!(
+                    "an endpoint of ServiceEntry {}/{} (its workloadSelector selects it)",
+                    se.id.namespace, se.id.name
+                );
+                let key = key_for(&o.id);
+                let value = format!("# {}: {why}\n{}", o.id, o.document);
+                let size = key.len() + value.len();
+                bytes += size;
+                included.push(Included {
+                    id: o.id.clone(),
+                    key: key.clone(),
+                    why,
+                    bytes: size,
+                });
+                data.insert(key, value);
+            }
+            None if o.id.namespace == namespace => excluded.push((
+                o.id.clone(),
+                format!("no ServiceEntry seen in {namespace} selects it (workloadSelector)"),
+            )),
+            None => {}
+        }
+    }
     included.sort_by(|a, b| a.key.cmp(&b.key));
     excluded.sort();
     if bytes > settings.max_bytes {
@@ -593,7 +661,11 @@ pub fn select_view(
 /// clash only together): a set they would reject is refused.
 pub fn verify(r: &Rendered, settings: &Settings) -> Result<(), RenderError> {
     let namespace = r.namespace.as_str();
-    let ctx = ctx_for(namespace, &settings.cluster_domain);
+    let ctx = ctx_for(
+        namespace,
+        &settings.cluster_domain,
+        &settings.root_namespace,
+    );
     let inputs = inputs_of(
         r.data
             .iter()
@@ -724,33 +796,53 @@ mod tests {
             )
         };
         let objs = checked(&[
+            pa("remora-system", "mesh"),
             pa("istio-system", "mesh"),
             pa("shop", "shop"),
             pa("bank", "bank"),
         ]);
-        let r = render(&objs, "shop", &Settings::default()).expect("renders");
-        assert_eq!(
-            keys(&r),
-            [
-                "istio-system.peerauthentication.mesh.yaml",
-                "shop.peerauthentication.shop.yaml"
-            ]
-        );
-        assert!(r.data["istio-system.peerauthentication.mesh.yaml"]
-            .starts_with("# PeerAuthentication istio-system/mesh: mesh-wide: in the root namespace istio-system\n"));
-        // Another root namespace setting moves what is mesh-wide.
-        let s = Settings {
-            root_namespace: "bank".into(),
-            ..Settings::default()
-        };
-        let r = render(&objs, "shop", &s).expect("renders");
-        assert_eq!(
-            keys(&r),
-            [
-                "bank.peerauthentication.bank.yaml",
-                "shop.peerauthentication.shop.yaml"
-            ]
-        );
+        // (root namespace, what shop gets): the root's objects are mesh-wide, any other
+        // namespace's (Istio's root included, when it is not the setting) are not.
+        let cases = [
+            (
+                None,
+                vec![
+                    "remora-system.peerauthentication.mesh.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+            (
+                Some("istio-system"),
+                vec![
+                    "istio-system.peerauthentication.mesh.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+            (
+                Some("bank"),
+                vec![
+                    "bank.peerauthentication.bank.yaml",
+                    "shop.peerauthentication.shop.yaml",
+                ],
+            ),
+        ];
+        for (root, want) in cases {
+            let s = Settings {
+                root_namespace: root.unwrap_or(DEFAULT_ROOT_NAMESPACE).into(),
+                ..Settings::default()
+            };
+            let r = render(&objs, "shop", &s).expect("renders");
+            assert_eq!(keys(&r), want, "root {root:?}");
+            let root = s.root_namespace.as_str();
+            assert!(r.data[want[0]].starts_with(&format!(
+                "# {}: mesh-wide: in the root namespace {root}\n",
+                r.included[0].id
+            )));
+            // The root's PeerAuthentication reaches other namespaces; shop's does not.
+            let by = |ns: &str| objs.iter().find(|o| o.id.namespace == ns).expect("object");
+            assert!(!by(root).only_in_own_namespace(&s));
+            assert!(by("shop").only_in_own_namespace(&s));
+        }
     }
 
     #[test]
@@ -772,18 +864,77 @@ mod tests {
         // Without the namespace's own Sidecar the root default scopes it.
         objs.retain(|o| o.id.kind != "Sidecar");
         objs.extend(checked(&[sidecar(
-            "istio-system",
+            "remora-system",
             "default",
             json!(["payments/*"]),
         )]));
         let r = render(&objs, "frontend", &Settings::default()).expect("renders");
         let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
-        assert_eq!(got, ["own", "default", "pay"]);
+        assert_eq!(got, ["own", "pay", "default"]);
         // A Sidecar with no egress listeners admits everything.
         objs.retain(|o| o.id.kind != "Sidecar");
         objs.extend(checked(&[obj("Sidecar", "frontend", "open", json!({}))]));
         let r = render(&objs, "frontend", &Settings::default()).expect("renders");
         assert_eq!(r.included.len(), 4);
+    }
+
+    #[test]
+    fn workload_entries_follow_the_service_entries_that_select_them() {
+        let se = |name: &str, export: Value| {
+            obj(
+                "ServiceEntry",
+                "shop",
+                name,
+                json!({"hosts": [format!("{name}.example.com")], "resolution": "STATIC",
+                       "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                       "workloadSelector": {"labels": {"app": name}}, "exportTo": export}),
+            )
+        };
+        let we = |name: &str, app: &str| {
+            obj(
+                "WorkloadEntry",
+                "shop",
+                name,
+                json!({"address": "127.0.0.11", "labels": {"app": app}}),
+            )
+        };
+        let objs = checked(&[
+            se("public", json!(["*"])),
+            se("private", json!(["."])),
+            we("vm-1", "public"),
+            we("vm-2", "private"),
+            we("stray", "nobody"),
+        ]);
+        let s = Settings::default();
+        let names =
+            |r: &Rendered| -> Vec<String> { r.included.iter().map(|i| i.id.to_string()).collect() };
+        let r = render(&objs, "frontend", &s).expect("renders");
+        assert_eq!(
+            names(&r),
+            ["ServiceEntry shop/public", "WorkloadEntry shop/vm-1"]
+        );
+        assert!(r.data["shop.workloadentry.vm-1.yaml"].starts_with(
+            "# WorkloadEntry shop/vm-1: an endpoint of ServiceEntry shop/public (its workloadSelector selects it)\n"
+        ));
+        let r = render(&objs, "shop", &s).expect("renders");
+        assert_eq!(r.included.len(), 4, "{:?}", names(&r));
+        assert!(r.excluded.iter().any(|(id, why)| id.name == "stray"
+            && why == "no ServiceEntry seen in shop selects it (workloadSelector)"));
+        // A WorkloadEntry's change may reach other namespaces.
+        let vm = objs.iter().find(|o| o.id.name == "vm-1").expect("vm-1");
+        assert!(!vm.only_in_own_namespace(&s));
+        // A bad one is left out with its reason.
+        let bad = obj(
+            "WorkloadEntry",
+            "shop",
+            "bad",
+            json!({"labels": {"app": "x"}}),
+        );
+        let bad = check(&bad, "cluster.local").expect_err("invalid");
+        assert_eq!(
+            bad.reason,
+            "spec.address: required field is missing or empty"
+        );
     }
 
     #[test]
@@ -843,7 +994,7 @@ mod tests {
             // The root namespace's default Sidecar scopes sidecars to their own namespace.
             obj(
                 "Sidecar",
-                "istio-system",
+                "remora-system",
                 "default",
                 json!({"egress": [{"hosts": ["./*"]}]}),
             ),
@@ -859,7 +1010,7 @@ mod tests {
             |r: &Rendered| -> Vec<String> { r.included.iter().map(|i| i.id.to_string()).collect() };
         // The gateway's namespace: both Gateways, what is exported to it, no Sidecar (neither
         // the object nor its scoping), no other namespace's RateLimit.
-        let r = render_view(&objs, "istio-system", &s, View::Gateway).expect("renders");
+        let r = render_view(&objs, "remora-system", &s, View::Gateway).expect("renders");
         assert_eq!(
             names(&r),
             [
@@ -870,22 +1021,24 @@ mod tests {
             ]
         );
         assert!(r.data["bookinfo.gateway.bookinfo-gateway.yaml"].starts_with(
-            "# Gateway bookinfo/bookinfo-gateway: from namespace bookinfo: istio-system runs a gateway, which sees every namespace's Gateways\n"
+            "# Gateway bookinfo/bookinfo-gateway: from namespace bookinfo: remora-system runs a gateway, which sees every namespace's Gateways\n"
         ));
-        assert!(r
-            .excluded
-            .iter()
-            .any(|(id, why)| id.name == "private" && why.contains("not exported to istio-system")));
+        assert!(
+            r.excluded
+                .iter()
+                .any(|(id, why)| id.name == "private"
+                    && why.contains("not exported to remora-system"))
+        );
         // A meshed namespace sees its own Gateways only, and its Sidecar scoping holds.
         let r = render(&objs, "frontend", &s).expect("renders");
-        assert_eq!(names(&r), ["Sidecar istio-system/default"]);
+        assert_eq!(names(&r), ["Sidecar remora-system/default"]);
         // Meshed and running a gateway: the sidecars' view and every Gateway.
         let r = render_view(&objs, "frontend", &s, View::Both).expect("renders");
         assert_eq!(
             names(&r),
             [
                 "Gateway bookinfo/bookinfo-gateway",
-                "Sidecar istio-system/default",
+                "Sidecar remora-system/default",
                 "Gateway shop/shop-gateway",
             ]
         );
@@ -924,8 +1077,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let snap = crate::rules::snapshot_from_yaml(&files, &ctx_for("shop", "cluster.local"), 1)
-            .expect("the proxy loads it");
+        let snap = crate::rules::snapshot_from_yaml(
+            &files,
+            &ctx_for("shop", "cluster.local", DEFAULT_ROOT_NAMESPACE),
+            1,
+        )
+        .expect("the proxy loads it");
         assert_eq!(snap.files.len(), 2);
     }
 
@@ -944,7 +1101,7 @@ mod tests {
                 .starts_with("VirtualService shop/bad: spec.http[0].timeout"),
             "{e}"
         );
-        let we = json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        let we = json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "WorkloadGroup",
                         "metadata": {"name": "w", "namespace": "shop"}, "spec": {}});
         let e = check(&we, "cluster.local").expect_err("unsupported");
         assert!(e.unsupported, "{e}");

@@ -134,6 +134,9 @@ pub struct RulesDump {
     pub source: String,
     pub namespace: String,
     pub cluster_domain: String,
+    /// The mesh's root namespace the proxy scoped its policies with (`--root-namespace`).
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
     pub pod_labels: BTreeMap<String, String>,
     pub files: Vec<String>,
     /// `name: why` per entry of the rules directory that was not read.
@@ -158,6 +161,10 @@ pub struct RulesDump {
     pub dns: BTreeMap<String, Vec<IpAddr>>,
 }
 
+fn default_root_namespace() -> String {
+    crate::kinds::DEFAULT_ROOT_NAMESPACE.to_string()
+}
+
 impl RulesDump {
     pub fn of(snap: &Snapshot) -> RulesDump {
         RulesDump {
@@ -166,6 +173,7 @@ impl RulesDump {
             source: snap.source.clone(),
             namespace: snap.ctx.namespace.clone(),
             cluster_domain: snap.ctx.cluster_domain.clone(),
+            root_namespace: snap.ctx.root_namespace.clone(),
             pod_labels: snap.ctx.pod_labels.clone(),
             files: snap.files.clone(),
             skipped_files: snap

@@ -401,6 +401,15 @@ pub struct WorkloadEntry {
     pub weight: Option<u32>,
 }
 
+/// A `WorkloadEntry` object (networking.istio.io): a workload outside Kubernetes, an endpoint of
+/// the ServiceEntries of its namespace whose `workloadSelector` its labels match. `network`,
+/// `locality` and `serviceAccount` are accepted and not applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadEntryObject {
+    pub meta: Meta,
+    pub entry: WorkloadEntry,
+}
+
 /// A ServiceEntry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceEntry {
@@ -421,6 +430,10 @@ pub struct ServiceEntry {
     pub endpoints: Vec<WorkloadEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    /// `workloadSelector.labels`: the WorkloadEntries of the ServiceEntry's namespace with these
+    /// labels are its endpoints (filled in by the loader, [`crate::rules::load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 /// One `egress[].hosts` entry: `namespace/dnsName`.
@@ -534,17 +547,46 @@ pub struct Mirror {
     pub percentage: f64,
 }
 
-/// The Istio root namespace: a Sidecar, PeerAuthentication, AuthorizationPolicy or
-/// RequestAuthentication without selector there is the mesh-wide default.
-pub const ROOT_NAMESPACE: &str = "istio-system";
+/// The root namespace when none is configured (remora's own namespace; Istio's default is
+/// `istio-system`): a Sidecar, PeerAuthentication, AuthorizationPolicy or RequestAuthentication
+/// without selector there is the mesh-wide default, and its DestinationRules are the last
+/// fallback. The one definition of the default: the controller's, the proxy's and the CLI's
+/// `--root-namespace` all start from it.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "remora-system";
 
-/// Where the proxy runs: its namespace (for short names), the cluster domain and its pod labels
-/// (for `sourceLabels`).
+/// Is `value` usable as a root namespace (a namespace name: a DNS-1123 label)? `Err` is the
+/// reason, for a line naming the flag or field and the value.
+pub fn check_root_namespace(value: &str) -> Result<(), String> {
+    let label = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if label {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a namespace name (a DNS label: lowercase letters, digits and '-', \
+             at most 63 characters, not starting or ending with '-')"
+        ))
+    }
+}
+
+/// [`check_root_namespace`] as a command-line value parser (`--root-namespace`).
+pub fn parse_root_namespace(value: &str) -> Result<String, String> {
+    check_root_namespace(value).map(|()| value.to_string())
+}
+
+/// Where the proxy runs: its namespace (for short names), the cluster domain, its pod labels
+/// (for `sourceLabels`) and the mesh's root namespace (mesh-wide policies and defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadContext {
     pub namespace: String,
     pub cluster_domain: String,
     pub pod_labels: BTreeMap<String, String>,
+    pub root_namespace: String,
 }
 
 impl Default for LoadContext {
@@ -553,6 +595,7 @@ impl Default for LoadContext {
             namespace: "default".to_string(),
             cluster_domain: "cluster.local".to_string(),
             pod_labels: BTreeMap::new(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
         }
     }
 }
@@ -603,6 +646,21 @@ mod tests {
         ];
         for (m, v, ic, want) in cases {
             assert_eq!(m.matches(v, ic), want, "{m:?} {v} {ic}");
+        }
+    }
+
+    #[test]
+    fn root_namespace_names() {
+        for ok in [DEFAULT_ROOT_NAMESPACE, "istio-system", "a", "mesh-1"] {
+            assert_eq!(check_root_namespace(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "Istio-System", "-a", "a-", "a.b", "a_b", long.as_str()] {
+            let err = check_root_namespace(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{bad:?} is not a namespace name")),
+                "{err}"
+            );
         }
     }
 }

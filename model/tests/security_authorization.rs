@@ -477,9 +477,11 @@ fn istio_authz_corpus_decisions() {
 /// lists the others as ignored with the reason; counts and the typed dump include them.
 #[test]
 fn loader_scope_counts_and_dump() {
+    // Istio's layout: the mesh-wide policy lives in istio-system, configured as the root.
     let ctx = LoadContext {
         namespace: "foo".into(),
         pod_labels: [("app".to_string(), "httpbin".to_string())].into(),
+        root_namespace: "istio-system".into(),
         ..Default::default()
     };
     let yaml = "\

@@ -47,6 +47,13 @@ pub struct ValidateArgs {
     pub namespace: String,
     #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The mesh's root namespace: its Sidecar and security policies without selector are
+    /// mesh-wide, its DestinationRules the last fallback (the injector sets it from its config,
+    /// the same value as the rules controller's).
+    #[arg(long, env = "REMORA_ROOT_NAMESPACE",
+          default_value = remora_model::kinds::DEFAULT_ROOT_NAMESPACE,
+          value_parser = remora_model::kinds::parse_root_namespace)]
+    pub root_namespace: String,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -92,6 +99,13 @@ pub struct RunArgs {
     pub instance_ip: Option<IpAddr>,
     #[arg(long, env = "REMORA_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The mesh's root namespace: its Sidecar and security policies without selector are
+    /// mesh-wide, its DestinationRules the last fallback (the injector sets it from its config,
+    /// the same value as the rules controller's).
+    #[arg(long, env = "REMORA_ROOT_NAMESPACE",
+          default_value = remora_model::kinds::DEFAULT_ROOT_NAMESPACE,
+          value_parser = remora_model::kinds::parse_root_namespace)]
+    pub root_namespace: String,
     /// Workload name for metrics (default: `ISTIO_META_WORKLOAD_NAME`, which the injector sets
     /// from the pod's controller; else the pod's canonical-name or `app` label, else the pod
     /// name).

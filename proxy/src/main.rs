@@ -54,6 +54,7 @@ fn validate(v: ValidateArgs) -> ExitCode {
         namespace: v.namespace,
         cluster_domain: v.cluster_domain,
         pod_labels: Default::default(),
+        root_namespace: v.root_namespace,
     };
     let report = remora_model::lint::run(&v.dir, &ctx);
     print!("{report}");
@@ -337,6 +338,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         cluster_domain: args.cluster_domain.clone(),
         pod_labels: labels.clone(),
+        root_namespace: args.root_namespace.clone(),
     };
     let default_probe_host = args
         .instance_ip

@@ -340,12 +340,12 @@ fn export_to_and_sidecar_scope() {
     write(
         d.path(),
         "sc.yaml",
-        &sidecar("default", "istio-system", "", "[\"prod/*\"]"),
+        &sidecar("default", "remora-system", "", "[\"prod/*\"]"),
     );
     let s = load_dir(d.path(), &ctx(), 4).unwrap();
     assert_eq!(
         s.sidecar.as_ref().unwrap().meta.key(),
-        "istio-system/default"
+        "remora-system/default"
     );
     assert_eq!(names(&s), vec!["prod/public", "prod/to-default"]);
 }
@@ -493,7 +493,7 @@ fn destination_rule_precedence_by_namespace() {
     write(
         d.path(),
         "a.yaml",
-        &(dr("istio-system", "root") + &dr("prod", "service") + &dr("default", "mine")),
+        &(dr("remora-system", "root") + &dr("prod", "service") + &dr("default", "mine")),
     );
     let s = load_dir(d.path(), &ctx(), 1).unwrap();
     let pick = |s: &Snapshot| {
@@ -507,10 +507,10 @@ fn destination_rule_precedence_by_namespace() {
     write(
         d.path(),
         "a.yaml",
-        &(dr("istio-system", "root") + &dr("prod", "service")),
+        &(dr("remora-system", "root") + &dr("prod", "service")),
     );
     assert_eq!(pick(&load_dir(d.path(), &ctx(), 2).unwrap()), "service");
-    write(d.path(), "a.yaml", &dr("istio-system", "root"));
+    write(d.path(), "a.yaml", &dr("remora-system", "root"));
     assert_eq!(pick(&load_dir(d.path(), &ctx(), 3).unwrap()), "root");
 }
 

@@ -131,9 +131,9 @@ fn single_file_findings() {
         (
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: one}\nspec: {egress: [{hosts: [\"./*\"]}]}\n---\n".to_string()
                 + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: two}\nspec: {egress: [{hosts: [\"*/*\"]}]}\n---\n"
-                + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: root, namespace: istio-system}\nspec: {workloadSelector: {labels: {app: x}}, egress: [{hosts: [\"*/*\"]}]}\n",
+                + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: root, namespace: remora-system}\nspec: {workloadSelector: {labels: {app: x}}, egress: [{hosts: [\"*/*\"]}]}\n",
             "warning: t.yaml doc 2: spec.workloadSelector: namespace default already has a Sidecar without workloadSelector (default/one in t.yaml doc 1); only that one is used\n\
-             warning: t.yaml doc 3: spec.workloadSelector: a Sidecar in the root namespace istio-system with a workloadSelector applies only to pods of that namespace, not mesh-wide\n",
+             warning: t.yaml doc 3: spec.workloadSelector: a Sidecar in the root namespace remora-system with a workloadSelector applies only to pods of that namespace, not mesh-wide\n",
         ),
         // A wildcard ServiceEntry defines the hosts under it.
         (
@@ -208,5 +208,48 @@ fn binary_exit_codes() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `--root-namespace` (`REMORA_ROOT_NAMESPACE`) reaches the loader: a mesh-wide policy of
+/// istio-system is one only when that is the root; a bad name is one line naming the flag.
+#[test]
+fn binary_root_namespace_flag() {
+    let bin = env!("CARGO_BIN_EXE_remora-proxy");
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("pa.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("validate")
+            .arg(d.path())
+            .args(args)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("REMORA_ROOT_NAMESPACE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, _) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("PeerAuthentication istio-system/default is not applied by proxies in namespace default: does not apply to this pod: in namespace istio-system, not this pod's namespace (default) nor the root namespace (remora-system)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["--root-namespace", "istio-system"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(!stdout.contains("not applied"), "{stdout}");
+    let (code, _, stderr) = run(&["--root-namespace", "Istio_System"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'Istio_System' for '--root-namespace <ROOT_NAMESPACE>': \"Istio_System\" is not a namespace name"),
+        "{stderr}"
     );
 }

@@ -66,6 +66,7 @@ fn clean_env(mut cmd: std::process::Command) -> std::process::Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("REMORA_CA")
             || k == "REMORA_TRUST_DOMAIN"
+            || k == "REMORA_ROOT_NAMESPACE"
             || k == "REMORA_INJECT_CA_ADDRESS"
             || k == "REMORA_KUBE_URL"
             || k == "POD_NAMESPACE"

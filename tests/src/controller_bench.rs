@@ -149,7 +149,7 @@ pub fn run(bin_dir: &Path, args: Args) -> Result<()> {
         "security.istio.io/v1",
         "peerauthentications",
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-               "metadata": {"name": "default", "namespace": "istio-system"},
+               "metadata": {"name": "default", "namespace": "remora-system"},
                "spec": {"mtls": {"mode": "PERMISSIVE"}}}),
     );
     eprintln!(

@@ -138,6 +138,8 @@ pub struct ClusterState {
     dir: PathBuf,
     /// API group → versions served (best first).
     pub served: BTreeMap<String, Vec<String>>,
+    /// `group/plural` of kinds whose CRD is missing in a served group (answered 404).
+    pub missing_kinds: std::collections::BTreeSet<String>,
     /// Recent changes: (resourceVersion, watch path without version, event), for replays.
     log: std::collections::VecDeque<(u64, String, Value)>,
     /// Changes not yet sent to held watches: (watch path without version, event).
@@ -166,6 +168,7 @@ impl ClusterState {
             .into_iter()
             .map(|(g, v)| (g.to_string(), v.iter().map(|s| s.to_string()).collect()))
             .collect(),
+            missing_kinds: Default::default(),
             log: std::collections::VecDeque::new(),
             pending: Vec::new(),
         }
@@ -479,6 +482,13 @@ fn other_api(
     }
     let api_version = format!("{group}/{version}");
     let store = format!("{group}/{plural}");
+    if st.missing_kinds.contains(&store) {
+        return Some(status(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource ({plural}.{group})"),
+        ));
+    }
     match (method, ns, name) {
         ("GET", _, None) if watching => Some(replay(st, &store, query, Some(&api_version))),
         ("GET", ns, None) => {
@@ -1187,6 +1197,13 @@ impl LabApi {
                 versions.iter().map(|v| v.to_string()).collect(),
             );
         }
+    }
+
+    /// Answer 404 for `plural` of a served `group`, as when that kind's CRD is not installed.
+    pub fn set_kind_missing(&self, group: &str, plural: &str) {
+        lock(&self.state)
+            .missing_kinds
+            .insert(format!("{group}/{plural}"));
     }
 
     /// The URL the control plane uses (`--kube-url`), valid inside the node's namespace.

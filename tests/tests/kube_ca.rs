@@ -123,6 +123,7 @@ impl CaProc {
         for (k, _) in std::env::vars() {
             if k.starts_with("REMORA_CA")
                 || k == "REMORA_TRUST_DOMAIN"
+                || k == "REMORA_ROOT_NAMESPACE"
                 || k == "REMORA_INJECT_CA_ADDRESS"
             {
                 cmd.env_remove(k);

@@ -154,8 +154,17 @@ async fn objects_reach_the_namespaces_that_see_them() {
         "security.istio.io/v1",
         "peerauthentications",
         json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-               "metadata": {"name": "default", "namespace": "istio-system"},
+               "metadata": {"name": "default", "namespace": "remora-system"},
                "spec": {"mtls": {"mode": "STRICT"}}}),
+    );
+    // Istio's root namespace is an ordinary one under the default root (remora-system): its
+    // selector-less policy stays out of the other namespaces' ConfigMaps.
+    api.apply(
+        "security.istio.io/v1",
+        "peerauthentications",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": "istio-default", "namespace": "istio-system"},
+               "spec": {"mtls": {"mode": "DISABLE"}}}),
     );
     // The user's own ConfigMap in a meshed namespace.
     api.create_configmap(
@@ -176,7 +185,7 @@ async fn objects_reach_the_namespaces_that_see_them() {
         [
             "bookinfo.destinationrule.reviews.yaml",
             "frontend.virtualservice.reviews.yaml",
-            "istio-system.peerauthentication.default.yaml",
+            "remora-system.peerauthentication.default.yaml",
         ]
     );
     assert_eq!(
@@ -184,7 +193,7 @@ async fn objects_reach_the_namespaces_that_see_them() {
         [
             "bookinfo.destinationrule.private.yaml",
             "bookinfo.destinationrule.reviews.yaml",
-            "istio-system.peerauthentication.default.yaml",
+            "remora-system.peerauthentication.default.yaml",
         ]
     );
     let cm = api
@@ -385,8 +394,10 @@ async fn too_large_is_refused_and_a_missing_group_holds_nothing_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = LabApi::start_local(dir.path()).expect("api");
     setup(&api);
-    // No security.istio.io CRDs installed.
+    // No security.istio.io CRDs installed, and networking.istio.io without WorkloadEntry's (a
+    // CRD file from before that kind was watched).
     api.set_served("security.istio.io", &[]);
+    api.set_kind_missing("networking.istio.io", "workloadentries");
     api.apply(
         NET,
         "destinationrules",
@@ -604,5 +615,71 @@ async fn sidecar_scope_and_batched_changes() {
         (1..=2).contains(&writes),
         "{writes} writes for five changes made together"
     );
+    ctl.shutdown().await;
+}
+
+/// A WorkloadEntry applied as an object reaches the namespaces that see the ServiceEntry
+/// selecting it (exported to all), and the proxy there loads it as that ServiceEntry's endpoint;
+/// one nothing selects stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_entries_travel_with_their_service_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = LabApi::start_local(dir.path()).expect("api");
+    setup(&api);
+    api.apply(
+        NET,
+        "serviceentries",
+        json!({"apiVersion": NET, "kind": "ServiceEntry",
+               "metadata": {"name": "vms", "namespace": "bookinfo"},
+               "spec": {"hosts": ["vms.example.internal"], "resolution": "STATIC",
+                        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                        "workloadSelector": {"labels": {"app": "vms"}}}}),
+    );
+    for (name, app, addr) in [("vm-1", "vms", "10.1.0.1"), ("stray", "other", "10.1.0.2")] {
+        api.apply(
+            NET,
+            "workloadentries",
+            json!({"apiVersion": NET, "kind": "WorkloadEntry",
+                   "metadata": {"name": name, "namespace": "bookinfo"},
+                   "spec": {"address": addr, "labels": {"app": app}}}),
+        );
+    }
+    let ctl = rules_controller::start(client(&api), options("replica-a"));
+    until("frontend's ConfigMap", Duration::from_secs(20), || {
+        keys(&api, "frontend").is_some()
+    })
+    .await;
+    assert_eq!(
+        keys(&api, "frontend").expect("frontend"),
+        [
+            "bookinfo.serviceentry.vms.yaml",
+            "bookinfo.workloadentry.vm-1.yaml"
+        ]
+    );
+    // What the proxy in frontend makes of it.
+    let cm = api
+        .object("configmaps", "frontend", "remora-mesh-rules")
+        .expect("cm");
+    let files: Vec<(String, String)> = cm["data"]
+        .as_object()
+        .expect("data")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ctx = remora_model::rules::LoadContext {
+        namespace: "frontend".into(),
+        ..Default::default()
+    };
+    let snap = remora_model::rules::snapshot_from_yaml(&refs, &ctx, 1).expect("loads");
+    let eps: Vec<&str> = snap.service_entries[0]
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(eps, ["10.1.0.1"]);
     ctl.shutdown().await;
 }

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::decide::string_map;
 use crate::inject::{inject_pod_as, Outcome};
-use crate::selectors::{check_revision, select, Entry, Selection, Source, DEFAULT_REVISION};
+use crate::selectors::{
+    check_revision, select_with_tags, Entry, Selection, Source, Tag, DEFAULT_REVISION,
+};
 use crate::workload::{describe, pod_from_template, template_pointer};
 
 /// What the offline commands know of the cluster: the installed revisions' injectors and, when
@@ -27,6 +29,8 @@ pub struct Offline {
     pub injectors: Vec<Config>,
     /// The namespace's labels; `None`: not given, the first revision is assumed to be called.
     pub ns_labels: Option<BTreeMap<String, String>>,
+    /// The installed revision tags (`--tag TAG=REVISION`).
+    pub tags: Vec<Tag>,
 }
 
 impl Offline {
@@ -55,7 +59,29 @@ impl Offline {
         Ok(Offline {
             injectors,
             ns_labels,
+            tags: Vec::new(),
         })
+    }
+
+    /// Adds the installed tags, each `TAG=REVISION` (`--tag`) of an installed revision. A bad
+    /// value, a tag given twice or a tag of a revision not installed is an error naming the flag.
+    pub fn with_tags(mut self, tags: &[String]) -> anyhow::Result<Offline> {
+        for t in tags {
+            let tag = Tag::parse(t).map_err(|why| anyhow!("--tag {t:?}: {why}"))?;
+            if self.tags.iter().any(|x| x.name == tag.name) {
+                bail!("--tag {t:?}: tag {} given twice", tag.name);
+            }
+            if !self.revisions().contains(&tag.revision) {
+                bail!(
+                    "--tag {t:?}: revision {} is not installed (installed: {}; add --revision {})",
+                    tag.revision,
+                    self.revisions().join(", "),
+                    tag.revision
+                );
+            }
+            self.tags.push(tag);
+        }
+        Ok(self)
     }
 
     /// One revision's injector, the namespace labels not known (what `inject_docs` assumes).
@@ -63,6 +89,7 @@ impl Offline {
         Offline {
             injectors: vec![cfg.clone()],
             ns_labels: None,
+            tags: Vec::new(),
         }
     }
 
@@ -81,7 +108,7 @@ impl Offline {
         pod_labels: &BTreeMap<String, String>,
     ) -> Result<(Selection, &Config), String> {
         let sel = match &self.ns_labels {
-            Some(l) => select(namespace, l, pod_labels, &self.revisions())?,
+            Some(l) => select_with_tags(namespace, l, pod_labels, &self.revisions(), &self.tags)?,
             None => {
                 let Some(first) = self.injectors.first() else {
                     return Err("no revision installed".into());
@@ -170,10 +197,11 @@ pub fn check_inject_command(
     config: Option<&Path>,
     namespace: &str,
     revisions: &[String],
+    tags: &[String],
 ) -> anyhow::Result<ExitCode> {
     let cfg = load_config(config)?;
     let labels = namespace_labels.map(parse_labels).transpose()?;
-    let offline = Offline::new(&cfg, revisions, labels)?;
+    let offline = Offline::new(&cfg, revisions, labels)?.with_tags(tags)?;
     let docs = parse_docs(&read_input(file)?).map_err(|e| anyhow!("-f {file}: {e}"))?;
     print!("{}", check_inject(&docs, namespace, &offline));
     Ok(ExitCode::SUCCESS)
@@ -614,6 +642,50 @@ spec:
         assert!(
             text.contains("; capture: CNI mode (injector setting cni.enabled): the node's remora-cni programs it, remora-validation checks it without privileges\n"),
             "{text}"
+        );
+    }
+
+    /// A namespace labelled with a tag: check-inject names the tag's configuration and the
+    /// revision that injects; bad tags are one line naming the flag.
+    #[test]
+    fn check_inject_understands_tags() {
+        let docs = parse_docs(MULTI).unwrap();
+        let tagged = offline(&["default", "b"], "istio.io/rev=prod")
+            .with_tags(&["prod=b".to_string()])
+            .unwrap();
+        let text = check_inject(&docs, "default", &tagged);
+        assert!(
+            text.contains("CronJob/nightly in namespace default: INJECTED\n  webhook: remora-revision-tag-prod/rev.namespace.sidecar-injector.remora.dev (revision b): namespace label istio.io/rev=prod (and no istio-injection label), prod being a tag of revision b\n"),
+            "{text}"
+        );
+        // Without the tag the label names nothing installed.
+        let text = check_inject(
+            &docs,
+            "default",
+            &offline(&["default", "b"], "istio.io/rev=prod"),
+        );
+        assert!(
+            text.contains("istio.io/rev=prod names no installed remora revision"),
+            "{text}"
+        );
+        let err = |tags: &[&str]| {
+            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+            offline(&["default", "b"], "")
+                .with_tags(&tags)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&["prod=c"]),
+            "--tag \"prod=c\": revision c is not installed (installed: default, b; add --revision c)"
+        );
+        assert_eq!(
+            err(&["prod=b", "prod=b"]),
+            "--tag \"prod=b\": tag prod given twice"
+        );
+        assert_eq!(
+            err(&["prod"]),
+            "--tag \"prod\": expected TAG=REVISION, e.g. prod=b"
         );
     }
 

@@ -20,6 +20,7 @@ use crate::values::{
     check_audience, check_host_port, check_trust_domain, parse_quantity, HOST_PORT_EXAMPLE,
     LOG_LEVELS,
 };
+use remora_model::kinds::{check_root_namespace, DEFAULT_ROOT_NAMESPACE};
 
 /// The CA address injected by default: the mesh CA's Service in the install.
 pub const DEFAULT_CA_ADDRESS: &str = "remora-ca.remora-system.svc:15012";
@@ -150,6 +151,12 @@ pub struct Config {
     /// it may be left out; if given it must equal the injector's (see [`Config::with_revision`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The mesh's root namespace, given to the proxy (`REMORA_ROOT_NAMESPACE`): mesh-wide
+    /// policies and defaults live there. `serve` fills it from its `--root-namespace` (which the
+    /// rules controller uses too); in a file it may be left out, and if given it must equal
+    /// that flag (see [`Config::with_root_namespace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
     /// Istio's `enablePrometheusMerge`: point the pod's `prometheus.io/*` annotations at the
@@ -221,6 +228,7 @@ impl Default for Config {
                 resources: init_resources,
             },
             revision: None,
+            root_namespace: None,
             identity: IdentityConfig::default(),
             enable_prometheus_merge: true,
             cni: CniConfig::default(),
@@ -284,6 +292,11 @@ impl Config {
                 anyhow::anyhow!("config field revision: invalid value {r:?}: {why}")
             })?;
         }
+        if let Some(r) = &self.root_namespace {
+            check_root_namespace(r).map_err(|why| {
+                anyhow::anyhow!("config field rootNamespace: invalid value: {why}")
+            })?;
+        }
         let id = &self.identity;
         if let Some(a) = &id.ca_address {
             if a != OFF {
@@ -344,6 +357,27 @@ impl Config {
             );
         }
         self.revision = Some(revision.to_string());
+        Ok(self)
+    }
+
+    /// The mesh's root namespace the proxy is given (the default unless set).
+    pub fn root_namespace(&self) -> &str {
+        self.root_namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_ROOT_NAMESPACE)
+    }
+
+    /// Sets the root namespace (`serve --root-namespace`, the rules controller's too). A file
+    /// that names another is an error naming the field: proxies and the controller would
+    /// disagree about which policies are mesh-wide.
+    pub fn with_root_namespace(mut self, root: &str) -> anyhow::Result<Config> {
+        check_root_namespace(root).map_err(|why| anyhow::anyhow!("--root-namespace: {why}"))?;
+        if let Some(r) = self.root_namespace.as_ref().filter(|r| *r != root) {
+            bail!(
+                "config field rootNamespace: invalid value {r:?}: the rules controller and this injector use --root-namespace {root:?} (REMORA_ROOT_NAMESPACE); leave the field out or set it to {root:?}"
+            );
+        }
+        self.root_namespace = Some(root.to_string());
         Ok(self)
     }
 
@@ -435,17 +469,21 @@ pub struct ConfigHandle {
     identity: IdentityDefaults,
     /// The injector's revision (`--revision`), checked against the file at every reload.
     revision: String,
+    /// The root namespace (`--root-namespace`), checked against the file at every reload.
+    root_namespace: String,
 }
 
 impl ConfigHandle {
     /// A handle with fixed contents (tests, CLI).
     pub fn fixed(cfg: Config) -> Self {
         let revision = cfg.revision().to_string();
+        let root_namespace = cfg.root_namespace().to_string();
         ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: None,
             identity: IdentityDefaults::default(),
             revision,
+            root_namespace,
         }
     }
 
@@ -457,15 +495,17 @@ impl ConfigHandle {
     /// [`ConfigHandle::load`], with the file's unset `identity` fields taken from `identity`
     /// (`serve`'s CA flags), now and at every reload.
     pub fn load_with(path: &Path, identity: IdentityDefaults) -> anyhow::Result<Self> {
-        Self::load_for(path, identity, DEFAULT_REVISION)
+        Self::load_for(path, identity, DEFAULT_REVISION, DEFAULT_ROOT_NAMESPACE)
     }
 
-    /// [`ConfigHandle::load_with`] for the injector of `revision` (`--revision`): a file naming
-    /// another revision is refused, at start and at every reload.
+    /// [`ConfigHandle::load_with`] for the injector of `revision` (`--revision`) in a mesh whose
+    /// root namespace is `root_namespace` (`--root-namespace`): a file naming another revision
+    /// or root namespace is refused, at start and at every reload.
     pub fn load_for(
         path: &Path,
         identity: IdentityDefaults,
         revision: &str,
+        root_namespace: &str,
     ) -> anyhow::Result<Self> {
         let cfg = match Config::from_file(path)? {
             Some(cfg) => {
@@ -480,12 +520,14 @@ impl ConfigHandle {
         let cfg = cfg
             .with_identity_defaults(&identity)
             .and_then(|c| c.with_revision(revision))
+            .and_then(|c| c.with_root_namespace(root_namespace))
             .with_context(|| format!("config file {}", path.display()))?;
         Ok(ConfigHandle {
             current: Arc::new(ArcSwap::from_pointee(cfg)),
             path: Some(path.to_path_buf()),
             identity,
             revision: revision.to_string(),
+            root_namespace: root_namespace.to_string(),
         })
     }
 
@@ -502,6 +544,7 @@ impl ConfigHandle {
             new.unwrap_or_default()
                 .with_identity_defaults(&self.identity)
                 .and_then(|c| c.with_revision(&self.revision))
+                .and_then(|c| c.with_root_namespace(&self.root_namespace))
                 .with_context(|| format!("config file {}", path.display()))
         });
         match read {
@@ -804,7 +847,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, "revision: b\n").unwrap();
-        let e = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a")
+        let e = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a", "remora-system")
             .err()
             .unwrap();
         assert!(
@@ -812,7 +855,8 @@ mod tests {
             "{e:#}"
         );
         std::fs::write(&path, "policy: enabled\n").unwrap();
-        let h = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a").unwrap();
+        let h = ConfigHandle::load_for(&path, IdentityDefaults::default(), "a", "remora-system")
+            .unwrap();
         assert_eq!(h.get().revision(), "a");
         std::fs::write(&path, "revision: b\npolicy: disabled\n").unwrap();
         assert!(!h.reload());
@@ -823,5 +867,60 @@ mod tests {
             (h.get().revision(), h.get().policy),
             ("a", Policy::Disabled)
         );
+    }
+
+    #[test]
+    fn root_namespace_from_the_flag_and_the_file() {
+        // Unset: the default, the same constant the controller and the proxy start from.
+        assert_eq!(Config::default().root_namespace(), DEFAULT_ROOT_NAMESPACE);
+        let c = Config::default()
+            .with_root_namespace("istio-system")
+            .unwrap();
+        assert_eq!(c.root_namespace(), "istio-system");
+        // A file may repeat the flag's value, not contradict it.
+        let c = Config::from_yaml("rootNamespace: istio-system\n").unwrap();
+        assert_eq!(
+            c.clone()
+                .with_root_namespace("istio-system")
+                .unwrap()
+                .root_namespace(),
+            "istio-system"
+        );
+        let e = c
+            .with_root_namespace("remora-system")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config field rootNamespace: invalid value \"istio-system\": the rules controller and this injector use --root-namespace \"remora-system\" (REMORA_ROOT_NAMESPACE); leave the field out or set it to \"remora-system\""
+        );
+        // Not a namespace name: one line naming the field and the value.
+        let e = Config::from_yaml("rootNamespace: Istio_System\n").unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "config field rootNamespace: invalid value: \"Istio_System\" is not a namespace name (a DNS label: lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-')"
+        );
+        let e = Config::default()
+            .with_root_namespace("")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--root-namespace: \"\" is not a namespace name"),
+            "{e}"
+        );
+        // serve: at start and at every reload.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "rootNamespace: istio-system\n").unwrap();
+        assert!(
+            ConfigHandle::load_for(&path, IdentityDefaults::default(), "default", "mesh").is_err()
+        );
+        std::fs::write(&path, "policy: enabled\n").unwrap();
+        let h =
+            ConfigHandle::load_for(&path, IdentityDefaults::default(), "default", "mesh").unwrap();
+        assert_eq!(h.get().root_namespace(), "mesh");
+        std::fs::write(&path, "rootNamespace: istio-system\npolicy: disabled\n").unwrap();
+        assert!(!h.reload());
+        assert_eq!(h.get().root_namespace(), "mesh");
     }
 }

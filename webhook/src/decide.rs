@@ -80,7 +80,7 @@ pub fn decide(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection) -> De
             sel.revision
         ));
     }
-    let object = sel.entry.object_selector(&sel.revision);
+    let object = sel.entry.object_selector(sel.label_value());
     let m = object.evaluate(&labels);
     if !m.matched {
         return Decision::Skip(format!(
@@ -115,7 +115,7 @@ pub fn decide(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection) -> De
     let again = if istio {
         format!(
             " (injected by Istio: its sidecar is replaced, namespace {namespace} is moved to remora by {REV_LABEL}={})",
-            sel.revision
+            sel.label_value()
         )
     } else if annotations.contains_key(STATUS) {
         " (already injected: re-injecting in place)".to_string()
@@ -370,6 +370,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A tag's entry: the tag's revision injects (the objectSelector names the tag), a pod Istio
+    /// injected in a namespace labelled with the tag is moved to remora, other revisions skip.
+    #[test]
+    fn a_tag_is_injected_by_its_revision() {
+        let b = Config::default().with_revision("b").unwrap();
+        let sel = Selection::tagged("b", "prod", Entry::RevObject, Source::Path);
+        let p = pod(json!({"istio.io/rev": "prod"}), json!({}));
+        assert!(matches!(decide(&p, "shop", &b, &sel), Decision::Inject(_)));
+        let d = decide(
+            &pod(json!({"istio.io/rev": "b"}), json!({})),
+            "shop",
+            &b,
+            &sel,
+        );
+        assert!(
+            matches!(&d, Decision::Skip(why) if why.contains("istio.io/rev=b does not satisfy istio.io/rev In [prod]")),
+            "{d:?}"
+        );
+        let c = Config::default().with_revision("c").unwrap();
+        let d = decide(&p, "shop", &c, &sel);
+        assert!(
+            matches!(&d, Decision::Skip(why) if why.contains("this injector is revision c")),
+            "{d:?}"
+        );
+        let ns_sel = Selection::tagged("b", "prod", Entry::RevNamespace, Source::Path);
+        assert!(ns_sel.namespace_moved());
+        let d = decide(&istio_injected(), "shop", &b, &ns_sel);
+        assert!(
+            matches!(&d, Decision::Inject(why) if why.contains("moved to remora by istio.io/rev=prod")),
+            "{d:?}"
+        );
     }
 
     /// A selection whose objectSelector the pod does not satisfy (an edited configuration) is

@@ -43,6 +43,14 @@ enum Cmd {
         /// (`/inject/rev/<revision>/<entry>`), and names it in `sidecar.istio.io/status`.
         #[arg(long, env = "REMORA_REVISION", default_value = "default")]
         revision: String,
+        /// The mesh's root namespace: its Sidecar, PeerAuthentication, AuthorizationPolicy and
+        /// RequestAuthentication without selector are mesh-wide, its DestinationRules the last
+        /// fallback. The rules controller renders with it and the injector gives it to every
+        /// proxy (`REMORA_ROOT_NAMESPACE`), so both agree. Istio's default is `istio-system`.
+        #[arg(long, env = "REMORA_ROOT_NAMESPACE",
+              default_value = remora_model::kinds::DEFAULT_ROOT_NAMESPACE,
+              value_parser = remora_model::kinds::parse_root_namespace)]
+        root_namespace: String,
         /// Longest wait for in-flight reviews on SIGTERM, in seconds.
         #[arg(long, default_value_t = 20)]
         drain_seconds: u64,
@@ -97,14 +105,19 @@ enum Cmd {
     /// config, RBAC for them) named `<name>-<revision>`, and the shared ones.
     Manifest {
         /// The default revision's install manifest (manifests/install.yaml), `-` for stdin.
-        #[arg(short = 'f', long = "filename")]
-        file: String,
-        /// The revision to render.
+        #[arg(short = 'f', long = "filename", required_unless_present = "tag")]
+        file: Option<String>,
+        /// The revision to render (with --tag: the revision the tag points to).
         #[arg(long)]
         revision: String,
         /// Only the revision's own objects (e.g. to delete a revision: `| kubectl delete -f -`).
         #[arg(long)]
         revision_only: bool,
+        /// Render only revision tag TAG's MutatingWebhookConfiguration (`remora-revision-tag-TAG`,
+        /// as `istioctl tag generate`): namespaces and pods labelled `istio.io/rev=TAG` are
+        /// injected by --revision. Applying it again with another --revision moves the tag.
+        #[arg(long, conflicts_with_all = ["file", "revision_only"])]
+        tag: Option<String>,
     },
 }
 
@@ -246,6 +259,7 @@ impl RulesArgs {
     fn options(
         &self,
         namespace: &str,
+        root_namespace: &str,
     ) -> anyhow::Result<Option<remora_webhook::rules_controller::Options>> {
         if self.rules_controller == "off" {
             return Ok(None);
@@ -263,6 +277,7 @@ impl RulesArgs {
         o.debounce = parse_short_duration(&self.rules_debounce)
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
         o.settings.cluster_domain = self.cluster_domain.clone();
+        o.settings.root_namespace = root_namespace.to_string();
         o.status = self.rules_status == "on";
         o.validate()
             .map_err(|e| anyhow::anyhow!("--rules-debounce {:?}: {e}", self.rules_debounce))?;
@@ -525,6 +540,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             tls_key,
             config,
             revision,
+            root_namespace,
             drain_seconds,
             limits,
             certs: cert_args,
@@ -534,7 +550,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             remora_webhook::selectors::check_revision(&revision)
                 .map_err(|why| anyhow::anyhow!("--revision {revision:?}: {why}"))?;
             let limits = limits.limits()?;
-            let rules_opts = rules.options(&cert_args.namespace)?;
+            let rules_opts = rules.options(&cert_args.namespace, &root_namespace)?;
             init_logging(true);
             remora_webhook::tls::install_provider();
             let cert_opts = cert_args
@@ -548,7 +564,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let cfg = config::ConfigHandle::load_for(&config, identity, &revision)?;
+                let cfg =
+                    config::ConfigHandle::load_for(&config, identity, &revision, &root_namespace)?;
+                tracing::info!(root_namespace = %root_namespace,
+                    "root namespace {root_namespace}: its selector-less Sidecar and security policies are mesh-wide (rules controller and injected proxies)");
                 tracing::info!(revision = %revision,
                     "injector revision {revision}: injecting pods sent by the entries of MutatingWebhookConfiguration {} (path /inject/rev/{revision}/<entry>); pods sent for another revision are not injected",
                     remora_webhook::selectors::revision_name(remora_webhook::selectors::WEBHOOK_CONFIG, &revision));
@@ -676,13 +695,21 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config.as_deref(),
                 &namespace,
                 &revisions,
+                &[],
             )
         }
         Cmd::Manifest {
             file,
             revision,
             revision_only,
-        } => remora_webhook::manifest::manifest_command(&file, &revision, revision_only),
+            tag,
+        } => match (tag, file) {
+            (Some(tag), _) => remora_webhook::manifest::tag_command(&tag, &revision),
+            (None, Some(file)) => {
+                remora_webhook::manifest::manifest_command(&file, &revision, revision_only)
+            }
+            (None, None) => anyhow::bail!("-f: missing: the install manifest to render from"),
+        },
     }
 }
 

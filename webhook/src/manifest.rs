@@ -289,6 +289,18 @@ pub fn manifest_command(file: &str, rev: &str, revision_only: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// `remora-webhook manifest --tag TAG --revision R`: tag `TAG`'s MutatingWebhookConfiguration
+/// ([`crate::selectors::tag_configuration`]), nothing else.
+pub fn tag_command(tag: &str, rev: &str) -> anyhow::Result<ExitCode> {
+    check_revision(rev).map_err(|why| anyhow!("--revision {rev:?}: {why}"))?;
+    crate::selectors::check_tag(tag, rev).map_err(|why| anyhow!("--tag {tag:?}: {why}"))?;
+    print!(
+        "# remora tag {tag} of revision {rev}: namespaces and pods labelled istio.io/rev={tag} are injected by revision {rev}; rendered by `remora-webhook manifest --tag {tag} --revision {rev}`\n{}",
+        to_stream(&[crate::selectors::tag_configuration(tag, rev)])?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

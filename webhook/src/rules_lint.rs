@@ -124,8 +124,14 @@ struct DecodedCm {
     decoded: Decoded,
 }
 
-/// Runs every check over `config_maps` against the cluster's `services`.
-pub fn analyze(config_maps: &[Value], services: &[Value], cluster_domain: &str) -> Analysis {
+/// Runs every check over `config_maps` against the cluster's `services`, for a mesh whose root
+/// namespace is `root_namespace`.
+pub fn analyze(
+    config_maps: &[Value],
+    services: &[Value],
+    cluster_domain: &str,
+    root_namespace: &str,
+) -> Analysis {
     let mut out = Analysis::default();
     let svcs = service_set(services);
     let mut decoded_all = Vec::new();
@@ -196,6 +202,7 @@ pub fn analyze(config_maps: &[Value], services: &[Value], cluster_domain: &str) 
         let ctx = LoadContext {
             namespace: ns.clone(),
             cluster_domain: cluster_domain.to_string(),
+            root_namespace: root_namespace.to_string(),
             ..LoadContext::default()
         };
         let report = validate::run_files(&texts, &ctx);
@@ -378,6 +385,7 @@ spec:
             &[cm("bookinfo", json!({"vs.yaml": VS, "dr.yaml": DR}))],
             &[svc("bookinfo", "reviews"), svc("bookinfo", "ratings")],
             "cluster.local",
+            "remora-system",
         );
         assert_eq!(a.messages, vec![], "{}", render_text(&a));
         assert_eq!(
@@ -395,6 +403,7 @@ spec:
             )],
             &[svc("bookinfo", "reviews"), svc("other", "ratings")],
             "cluster.local",
+            "remora-system",
         );
         let text = render_text(&a);
         assert_eq!(a.errors(), 0, "{text}");
@@ -416,6 +425,7 @@ spec:
             )],
             &[svc("bookinfo", "reviews")],
             "cluster.local",
+            "remora-system",
         );
         assert!(!render_text(&a).contains("IST0101"), "{}", render_text(&a));
     }
@@ -430,6 +440,7 @@ spec:
             &[cm("bookinfo", json!({"vs.yaml": bad}))],
             &[svc("bookinfo", "reviews"), svc("bookinfo", "ratings")],
             "cluster.local",
+            "remora-system",
         );
         let text = render_text(&a);
         assert!(text.contains("error: ConfigMap bookinfo/remora-mesh-rules: vs.yaml doc 1: spec.http[0].route: weights sum to 60, not 100"), "{text}");

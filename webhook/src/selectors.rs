@@ -18,7 +18,15 @@
 //!
 //! Each entry calls its revision's Service at the path `/inject/rev/<revision>/<entry>`, so the
 //! injector knows which entry sent the pod: it checks the revision is its own and the pod's labels
-//! against the entry's objectSelector ([`Selection`], used by `decide`). The same definition
+//! against the entry's objectSelector ([`Selection`], used by `decide`).
+//!
+//! Revision tags, as Istio's `istioctl tag set prod --revision b`: a tag is a second name for a
+//! revision. Its own configuration, `remora-revision-tag-<tag>` ([`tag_configuration`]), has
+//! the two `rev.` entries with the tag as the `istio.io/rev` value, calling revision `b`'s
+//! Service at `/inject/rev/b/tag/<tag>/<entry>`; so a namespace labelled `istio.io/rev=prod` is
+//! injected by `b`, and moving `prod` to another revision is one `manifest --tag` re-apply, no
+//! namespace relabelled. The tag `default` (Istio's, which also takes `istio-injection=enabled`)
+//! is not supported. The same definition
 //! renders the configurations ([`mutating_webhook_configuration`], `manifests/webhook.yaml` is
 //! tested against it), answers the offline `check-inject -f` ([`select`]) and picks the
 //! namespaces the mesh CA publishes its root to ([`namespace_may_be_selected`]).
@@ -57,6 +65,12 @@ pub const MAX_REVISION_LEN: usize = 32;
 /// read as one of Istio's revisions).
 pub const REVISION_LABEL: &str = "remora.dev/revision";
 
+/// Label on a tag's configuration naming the tag (its revision is in [`REVISION_LABEL`]).
+pub const TAG_LABEL: &str = "remora.dev/tag";
+/// A tag's MutatingWebhookConfiguration is `remora-revision-tag-<tag>` (Istio's is
+/// `istio-revision-tag-<tag>`).
+pub const TAG_CONFIG_PREFIX: &str = "remora-revision-tag";
+
 /// The default revision's object names; another revision's are these with `-<revision>` added
 /// ([`revision_name`]).
 pub const WEBHOOK_CONFIG: &str = "remora-sidecar-injector";
@@ -91,6 +105,45 @@ pub fn check_revision(rev: &str) -> Result<(), String> {
         return Err("must be lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. canary, 1-2-0)".into());
     }
     Ok(())
+}
+
+/// Checks a tag for `revision`: a revision name (it is an `istio.io/rev` value too), not
+/// `default` and not the revision's own name.
+pub fn check_tag(tag: &str, revision: &str) -> Result<(), String> {
+    check_revision(tag)?;
+    if tag == DEFAULT_REVISION {
+        return Err(format!(
+            "the tag {DEFAULT_REVISION} is not supported (istio-injection=enabled and {INJECT}=true select the default revision itself); name another tag"
+        ));
+    }
+    if tag == revision {
+        return Err(format!(
+            "is the revision's own name: {REV_LABEL}={revision} selects it already"
+        ));
+    }
+    Ok(())
+}
+
+/// A revision tag: `name` stands for `revision` in `istio.io/rev` labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub name: String,
+    pub revision: String,
+}
+
+impl Tag {
+    /// `TAG=REVISION` (a flag's value), checked with [`check_tag`].
+    pub fn parse(v: &str) -> Result<Tag, String> {
+        let Some((name, revision)) = v.split_once('=') else {
+            return Err("expected TAG=REVISION, e.g. prod=b".into());
+        };
+        check_revision(revision).map_err(|why| format!("revision {revision:?}: {why}"))?;
+        check_tag(name, revision).map_err(|why| format!("tag {name:?}: {why}"))?;
+        Ok(Tag {
+            name: name.to_string(),
+            revision: revision.to_string(),
+        })
+    }
 }
 
 /// One of Istio's four injector webhook entries.
@@ -151,6 +204,11 @@ impl Entry {
     /// The path of the revision's Service this entry calls.
     pub fn path(self, rev: &str) -> String {
         format!("{INJECT_PATH}/rev/{rev}/{}", self.id())
+    }
+
+    /// The path revision `rev`'s Service is called at by this entry of tag `tag`.
+    pub fn tag_path(self, rev: &str, tag: &str) -> String {
+        format!("{INJECT_PATH}/rev/{rev}/tag/{tag}/{}", self.id())
     }
 
     pub fn namespace_selector(self, rev: &str) -> Selector {
@@ -230,6 +288,8 @@ pub enum Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
     pub revision: String,
+    /// The tag whose configuration's entry it is (`None`: the revision's own).
+    pub tag: Option<String>,
     pub entry: Entry,
     pub source: Source,
 }
@@ -238,9 +298,23 @@ impl Selection {
     pub fn new(revision: &str, entry: Entry, source: Source) -> Selection {
         Selection {
             revision: revision.to_string(),
+            tag: None,
             entry,
             source,
         }
+    }
+
+    /// An entry of tag `tag`'s configuration, calling `revision`'s injector.
+    pub fn tagged(revision: &str, tag: &str, entry: Entry, source: Source) -> Selection {
+        Selection {
+            tag: Some(tag.to_string()),
+            ..Selection::new(revision, entry, source)
+        }
+    }
+
+    /// The `istio.io/rev` value the entry's selectors name: the tag, else the revision.
+    pub fn label_value(&self) -> &str {
+        self.tag.as_deref().unwrap_or(&self.revision)
     }
 
     /// What a webhook configuration from before revisions (path `/inject`) selected.
@@ -257,7 +331,7 @@ impl Selection {
         }
         let bad = |why: String| {
             Err(format!(
-                "request path {path:?}: {why}; expected {INJECT_PATH}/rev/<revision>/<entry> (entry: rev.namespace, rev.object, namespace, object), as the webhook configuration rendered for a revision calls it"
+                "request path {path:?}: {why}; expected {INJECT_PATH}/rev/<revision>/<entry> (entry: rev.namespace, rev.object, namespace, object) or {INJECT_PATH}/rev/<revision>/tag/<tag>/<entry> (entry: rev.namespace, rev.object), as the webhook configuration rendered for a revision or a tag calls it"
             ))
         };
         let Some(rest) = p.strip_prefix(&format!("{INJECT_PATH}/rev/")) else {
@@ -268,6 +342,23 @@ impl Selection {
         };
         if let Err(why) = check_revision(rev) {
             return bad(format!("revision {rev:?}: {why}"));
+        }
+        if let Some(tagged) = entry.strip_prefix("tag/") {
+            let Some((tag, entry)) = tagged.split_once('/') else {
+                return bad("no entry after the tag".into());
+            };
+            if let Err(why) = check_tag(tag, rev) {
+                return bad(format!("tag {tag:?}: {why}"));
+            }
+            return match Entry::parse(entry) {
+                Some(e @ (Entry::RevNamespace | Entry::RevObject)) => {
+                    Ok(Selection::tagged(rev, tag, e, Source::Path))
+                }
+                Some(e) => bad(format!(
+                    "entry {e} belongs to the default revision only, not to a tag"
+                )),
+                None => bad(format!("unknown entry {entry:?}")),
+            };
         }
         let Some(entry) = Entry::parse(entry) else {
             return bad(format!("unknown entry {entry:?}"));
@@ -284,17 +375,20 @@ impl Selection {
     /// revision other than `default`. `istio-injection=enabled`, `istio.io/rev=default` and the
     /// pod labels select Istio's default revision as well, so they move nothing.
     pub fn namespace_moved(&self) -> bool {
-        self.entry == Entry::RevNamespace && self.revision != DEFAULT_REVISION
+        self.entry == Entry::RevNamespace && self.label_value() != DEFAULT_REVISION
     }
 
     /// The entry and why it selects the pod, in words.
     pub fn why(&self) -> String {
-        let hook = format!(
-            "{}/{}",
-            revision_name(WEBHOOK_CONFIG, &self.revision),
-            self.entry.webhook_name()
-        );
-        let what = self.entry.why(&self.revision);
+        let config = match &self.tag {
+            Some(t) => tag_config_name(t),
+            None => revision_name(WEBHOOK_CONFIG, &self.revision),
+        };
+        let hook = format!("{config}/{}", self.entry.webhook_name());
+        let mut what = self.entry.why(self.label_value());
+        if let Some(t) = &self.tag {
+            what.push_str(&format!(", {t} being a tag of revision {}", self.revision));
+        }
         match self.source {
             Source::Path | Source::Labels => {
                 format!("{hook} (revision {}): {what}", self.revision)
@@ -326,6 +420,18 @@ pub fn select(
     pod_labels: &BTreeMap<String, String>,
     revisions: &[String],
 ) -> Result<Selection, String> {
+    select_with_tags(namespace, ns_labels, pod_labels, revisions, &[])
+}
+
+/// [`select`] with the installed `tags` too (a tag of a revision not installed calls no
+/// injector that answers; it is reported so).
+pub fn select_with_tags(
+    namespace: &str,
+    ns_labels: &BTreeMap<String, String>,
+    pod_labels: &BTreeMap<String, String>,
+    revisions: &[String],
+    tags: &[Tag],
+) -> Result<Selection, String> {
     let ns_l = with_name(namespace, ns_labels);
     for rev in revisions {
         for &e in Entry::of_revision(rev) {
@@ -336,8 +442,20 @@ pub fn select(
             }
         }
     }
+    for t in tags {
+        for &e in TAG_ENTRIES {
+            if e.namespace_selector(&t.name).matches(&ns_l)
+                && e.object_selector(&t.name).matches(pod_labels)
+            {
+                return Ok(Selection::tagged(&t.revision, &t.name, e, Source::Labels));
+            }
+        }
+    }
     Err(not_selected(namespace, &ns_l, pod_labels, revisions))
 }
+
+/// A tag's entries: Istio's `rev.` pair, with the tag as the `istio.io/rev` value.
+pub const TAG_ENTRIES: &[Entry] = &[Entry::RevNamespace, Entry::RevObject];
 
 /// Why no entry of `revisions` selects the pod (the selectors said so; this finds the words).
 fn not_selected(
@@ -409,33 +527,71 @@ pub fn namespace_may_be_selected(namespace: &str, ns_labels: &BTreeMap<String, S
 pub fn webhooks(rev: &str) -> Vec<Value> {
     Entry::of_revision(rev)
         .iter()
-        .map(|&e| {
-            json!({
-                "name": e.webhook_name(),
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 5,
-                "reinvocationPolicy": "IfNeeded",
-                "matchPolicy": "Equivalent",
-                "clientConfig": {"service": {
-                    "name": revision_name(WEBHOOK_SERVICE, rev),
-                    "namespace": MESH_NAMESPACE,
-                    "path": e.path(rev),
-                    "port": 443,
-                }},
-                "rules": [{
-                    "operations": ["CREATE"],
-                    "apiGroups": [""],
-                    "apiVersions": ["v1"],
-                    "resources": ["pods"],
-                    "scope": "Namespaced",
-                }],
-                "namespaceSelector": e.namespace_selector(rev).to_json(),
-                "objectSelector": e.object_selector(rev).to_json(),
-            })
-        })
+        .map(|&e| webhook(e, rev, rev, &e.path(rev)))
         .collect()
+}
+
+/// One entry: `e`'s selectors for the `istio.io/rev` value `value`, calling revision `rev`'s
+/// Service at `path`.
+fn webhook(e: Entry, value: &str, rev: &str, path: &str) -> Value {
+    json!({
+        "name": e.webhook_name(),
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+        "reinvocationPolicy": "IfNeeded",
+        "matchPolicy": "Equivalent",
+        "clientConfig": {"service": {
+            "name": revision_name(WEBHOOK_SERVICE, rev),
+            "namespace": MESH_NAMESPACE,
+            "path": path,
+            "port": 443,
+        }},
+        "rules": [{
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }],
+        "namespaceSelector": e.namespace_selector(value).to_json(),
+        "objectSelector": e.object_selector(value).to_json(),
+    })
+}
+
+/// The name of tag `tag`'s MutatingWebhookConfiguration.
+pub fn tag_config_name(tag: &str) -> String {
+    format!("{TAG_CONFIG_PREFIX}-{tag}")
+}
+
+/// The `webhooks` of tag `tag` of revision `rev`: [`TAG_ENTRIES`] selecting `istio.io/rev=tag`,
+/// calling `rev`'s Service at [`Entry::tag_path`].
+pub fn tag_webhooks(tag: &str, rev: &str) -> Vec<Value> {
+    TAG_ENTRIES
+        .iter()
+        .map(|&e| webhook(e, tag, rev, &e.tag_path(rev, tag)))
+        .collect()
+}
+
+/// Tag `tag`'s whole MutatingWebhookConfiguration (as `istioctl tag generate` prints Istio's),
+/// without `caBundle`: the webhook's `--manage-certs` does not fill it yet (docs/install.md says
+/// how to copy the revision's).
+pub fn tag_configuration(tag: &str, rev: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {
+            "name": tag_config_name(tag),
+            "labels": {
+                "app.kubernetes.io/name": revision_name(WEBHOOK_SERVICE, rev),
+                "app.kubernetes.io/part-of": "remora",
+                REVISION_LABEL: rev,
+                TAG_LABEL: tag,
+            },
+        },
+        "webhooks": tag_webhooks(tag, rev),
+    })
 }
 
 /// A revision's whole MutatingWebhookConfiguration (without `caBundle`, which the webhook
@@ -469,6 +625,144 @@ mod tests {
 
     fn revs(r: &[&str]) -> Vec<String> {
         r.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Tags: namespace or pod labels naming a tag select its configuration's entry, which calls
+    /// the tag's revision; the rendered configuration is this definition, and the path it calls
+    /// reads back as the same selection.
+    #[test]
+    fn tags_select_their_revision() {
+        let tags = [
+            Tag::parse("prod=b").unwrap(),
+            Tag::parse("canary=c").unwrap(),
+        ];
+        let installed = revs(&["default", "b", "c"]);
+        // (namespace labels, pod labels, (revision, tag, entry) or words of the reason)
+        type Row<'a> = (
+            Vec<(&'a str, &'a str)>,
+            Vec<(&'a str, &'a str)>,
+            Result<(&'a str, Option<&'a str>, Entry), &'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                vec![("istio.io/rev", "prod")],
+                vec![],
+                Ok(("b", Some("prod"), Entry::RevNamespace)),
+            ),
+            (
+                vec![],
+                vec![("istio.io/rev", "canary")],
+                Ok(("c", Some("canary"), Entry::RevObject)),
+            ),
+            // The revision's own name still selects it directly.
+            (
+                vec![("istio.io/rev", "b")],
+                vec![],
+                Ok(("b", None, Entry::RevNamespace)),
+            ),
+            // istio-injection wins over a tag, as over a revision.
+            (
+                vec![("istio-injection", "enabled"), ("istio.io/rev", "prod")],
+                vec![],
+                Ok(("default", None, Entry::Namespace)),
+            ),
+            (
+                vec![("istio.io/rev", "prod")],
+                vec![("sidecar.istio.io/inject", "false")],
+                Err("sidecar.istio.io/inject=false"),
+            ),
+            (
+                vec![("istio.io/rev", "staging")],
+                vec![],
+                Err("istio.io/rev=staging names no installed remora revision"),
+            ),
+        ];
+        for (ns, pod, want) in rows {
+            let got = select_with_tags("shop", &l(&ns), &l(&pod), &installed, &tags);
+            let ctx = format!("ns {ns:?} pod {pod:?}: {got:?}");
+            match (want, got) {
+                (Ok((rev, tag, entry)), Ok(sel)) => {
+                    assert_eq!(
+                        (sel.revision.as_str(), sel.tag.as_deref(), sel.entry),
+                        (rev, tag, entry),
+                        "{ctx}"
+                    );
+                    // The rendered entry selects the same labels and calls that path.
+                    let path = match tag {
+                        Some(t) => entry.tag_path(rev, t),
+                        None => entry.path(rev),
+                    };
+                    assert_eq!(
+                        Selection::from_path(&path),
+                        Ok(Selection {
+                            source: Source::Path,
+                            ..sel.clone()
+                        }),
+                        "{ctx}"
+                    );
+                    if let Some(t) = tag {
+                        assert!(
+                            sel.why().starts_with(&format!(
+                                "remora-revision-tag-{t}/{}",
+                                entry.webhook_name()
+                            )),
+                            "{}",
+                            sel.why()
+                        );
+                        assert!(
+                            sel.why()
+                                .ends_with(&format!("{t} being a tag of revision {rev}")),
+                            "{}",
+                            sel.why()
+                        );
+                    }
+                }
+                (Err(words), Err(why)) => assert!(why.contains(words), "{ctx}"),
+                _ => panic!("{ctx}"),
+            }
+        }
+        // The configuration: the two rev. entries, the tag as the label value, revision b's
+        // Service at the tag's path.
+        let c = tag_configuration("prod", "b");
+        assert_eq!(c["metadata"]["name"], "remora-revision-tag-prod");
+        assert_eq!(c["metadata"]["labels"][TAG_LABEL], "prod");
+        assert_eq!(c["metadata"]["labels"][REVISION_LABEL], "b");
+        let hooks = c["webhooks"].as_array().expect("webhooks");
+        assert_eq!(hooks.len(), TAG_ENTRIES.len());
+        for (w, &e) in hooks.iter().zip(TAG_ENTRIES) {
+            assert_eq!(w["name"], e.webhook_name());
+            assert_eq!(w["clientConfig"]["service"]["name"], "remora-webhook-b");
+            assert_eq!(
+                w["clientConfig"]["service"]["path"],
+                e.tag_path("b", "prod")
+            );
+            assert_eq!(
+                w["namespaceSelector"],
+                e.namespace_selector("prod").to_json()
+            );
+            assert_eq!(w["objectSelector"], e.object_selector("prod").to_json());
+        }
+        // Bad tags and paths: one line naming what is wrong.
+        assert_eq!(
+            Tag::parse("prod").unwrap_err(),
+            "expected TAG=REVISION, e.g. prod=b"
+        );
+        assert!(Tag::parse("default=b")
+            .unwrap_err()
+            .starts_with("tag \"default\": the tag default is not supported"));
+        assert!(Tag::parse("b=b")
+            .unwrap_err()
+            .contains("is the revision's own name"));
+        assert!(Tag::parse("Prod=b")
+            .unwrap_err()
+            .starts_with("tag \"Prod\": must be lowercase"));
+        let e = Selection::from_path("/inject/rev/b/tag/prod/namespace").unwrap_err();
+        assert!(
+            e.contains("entry namespace belongs to the default revision only, not to a tag"),
+            "{e}"
+        );
+        let e = Selection::from_path("/inject/rev/b/tag/default/rev.namespace").unwrap_err();
+        assert!(e.contains("tag \"default\""), "{e}");
     }
 
     /// Namespace labels × pod labels × installed revisions → the entry called, or a reason

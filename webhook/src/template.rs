@@ -159,6 +159,7 @@ pub fn proxy_container(
         field_env("INSTANCE_IP", "status.podIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         json!({"name": "REMORA_LOG_LEVEL", "value": o.log_level}),
+        json!({"name": "REMORA_ROOT_NAMESPACE", "value": cfg.root_namespace()}),
     ];
     let identity = cfg.identity();
     if let Some(id) = &identity {
@@ -426,6 +427,7 @@ mod tests {
                 "INSTANCE_IP",
                 "SERVICE_ACCOUNT",
                 "REMORA_LOG_LEVEL",
+                "REMORA_ROOT_NAMESPACE",
                 "REMORA_CA_ADDRESS",
                 "REMORA_CA_ROOT_FILE",
                 "REMORA_CA_TOKEN_FILE",

@@ -123,10 +123,11 @@ pub struct Findings {
 }
 
 /// Lints one rules ConfigMap (`metadata.namespace` must be set) as `remora analyze` does, minus
-/// the check against the cluster's Services; unknown fields count as errors.
-pub fn lint(cm: &Value) -> Findings {
+/// the check against the cluster's Services; unknown fields count as errors. `root_namespace`:
+/// the mesh's (the injector config's, which `serve --root-namespace` sets).
+pub fn lint(cm: &Value, root_namespace: &str) -> Findings {
     let domain = remora_model::rules::LoadContext::default().cluster_domain;
-    let analysis = analyze(std::slice::from_ref(cm), &[], &domain);
+    let analysis = analyze(std::slice::from_ref(cm), &[], &domain, root_namespace);
     let mut out = Findings::default();
     for m in &analysis.messages {
         // "No Service X in namespace Y (IST0101 ...)": with no Services given every cluster
@@ -271,7 +272,7 @@ pub fn handle(body: &[u8], cfg: &Config) -> Answer {
                 if let Some(md) = cm.get_mut("metadata").and_then(Value::as_object_mut) {
                     md.insert("namespace".into(), Value::String(log.namespace.clone()));
                 }
-                let found = lint(&cm);
+                let found = lint(&cm, cfg.root_namespace());
                 log.errors = found.errors.len();
                 log.warnings = found.warnings.len();
                 let mut resp = resp;

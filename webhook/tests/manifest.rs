@@ -340,3 +340,70 @@ fn the_binary_prints_the_revision() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `manifest --tag prod --revision b` prints the tag's configuration and nothing else: the
+/// definition in `selectors`, which the API server evaluates as `check-inject` does.
+#[test]
+fn the_binary_prints_a_tag() {
+    let out = Command::new(BIN)
+        .args(["manifest", "--tag", "prod", "--revision", "b"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("# remora tag prod of revision b: "),
+        "{text}"
+    );
+    let docs = cli::parse_docs(&text).unwrap();
+    assert_eq!(
+        docs,
+        [remora_webhook::selectors::tag_configuration("prod", "b")]
+    );
+    // Its entries select what the tag names and call revision b's Service.
+    let hooks = docs[0]["webhooks"].as_array().unwrap();
+    let prod_ns: BTreeMap<String, String> = [
+        ("istio.io/rev".to_string(), "prod".to_string()),
+        (
+            "kubernetes.io/metadata.name".to_string(),
+            "shop".to_string(),
+        ),
+    ]
+    .into();
+    assert!(label_selector(&hooks[0]["namespaceSelector"]).matches(&prod_ns));
+    assert_eq!(
+        hooks[0]["clientConfig"]["service"]["path"],
+        "/inject/rev/b/tag/prod/rev.namespace"
+    );
+    // Bad input: one line naming the flag.
+    for (args, words) in [
+        (
+            vec!["--tag", "default", "--revision", "b"],
+            "--tag \"default\": the tag default is not supported",
+        ),
+        (
+            vec!["--tag", "b", "--revision", "b"],
+            "--tag \"b\": is the revision's own name",
+        ),
+        (
+            vec!["--tag", "prod", "--revision", "B"],
+            "--revision \"B\": must be lowercase",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("manifest")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(words) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -232,6 +232,39 @@ async fn serve_logs_one_structured_line_per_review_and_drains_on_sigterm() {
     assert!(code.success(), "exit status {code:?}");
 }
 
+/// `serve --root-namespace`: a bad name, or an injector config naming another root namespace
+/// (proxies and the rules controller would disagree), stops the start with one line.
+#[test]
+fn serve_refuses_a_bad_or_contradicted_root_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--root-namespace=mesh-"])
+        .env_remove("REMORA_ROOT_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--root-namespace <ROOT_NAMESPACE>': \"mesh-\" is not a namespace name"),
+        "{err}"
+    );
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "rootNamespace: istio-system\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--ca-addr", "off", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&cfg)
+        .env("REMORA_ROOT_NAMESPACE", "mesh-root")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config field rootNamespace: invalid value \"istio-system\": the rules controller and this injector use --root-namespace \"mesh-root\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn serve_without_cert_fails_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -519,5 +552,81 @@ fn bad_identity_settings_fail_with_one_line_naming_them() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("");
         assert!(last.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// The canary upgrade with two real injector processes, revision `default` (the installed `a`)
+/// and `b`, the API server's part played by the webhook entries' selectors (the same definition
+/// the shipped configurations are rendered from): a namespace on the default revision, relabelled
+/// `istio.io/rev=b`, then labelled with a tag pointing to `b`, then moved back. Each pod goes to
+/// the process behind the selected entry's Service, at the entry's path; the injected pod's
+/// `sidecar.istio.io/status` names the revision that injected it, and an entry sent to the wrong
+/// revision's process is not injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_two_revisions_relabel_and_tag() {
+    use remora_webhook::selectors::{revision_name, select_with_tags, Tag, WEBHOOK_SERVICE};
+    let a = serve_with(&["--revision", "default"]).await;
+    let b = serve_with(&["--revision", "b"]).await;
+    let installed = vec!["default".to_string(), "b".to_string()];
+    let tags = [Tag::parse("prod=b").unwrap()];
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    // The process behind a revision's Service.
+    let by_service = |svc: &str| -> &Served {
+        if svc == revision_name(WEBHOOK_SERVICE, "b") {
+            &b
+        } else {
+            &a
+        }
+    };
+    let send = |to: &'static str, s: &Served, path: String| {
+        let cfg = client_config(&[s.cert_pem.as_bytes()]).unwrap();
+        let addr = s.addr;
+        let pod = pod.clone();
+        async move {
+            let mut c = Client::connect(addr, "localhost", cfg).await.unwrap();
+            let body = serde_json::to_vec(&review::review_for(&pod, "uid-1", "shop")).unwrap();
+            let (status, body) = c.post(&path, Bytes::from(body)).await.unwrap();
+            assert_eq!(status, 200, "{to}: {}", String::from_utf8_lossy(&body));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let status = review::response_patch(&v)
+                .unwrap()
+                .map(|p| serde_json::to_string(&p).unwrap())
+                .unwrap_or_default();
+            (v, status)
+        }
+    };
+    // (namespace labels, the revision that must inject)
+    for (labels, want) in [
+        (json!({"istio-injection": "enabled"}), "default"),
+        (json!({"istio.io/rev": "b"}), "b"),
+        (json!({"istio.io/rev": "prod"}), "b"),
+        (json!({"istio-injection": "enabled"}), "default"),
+    ] {
+        let ns_labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(labels.clone()).unwrap();
+        let sel = select_with_tags("shop", &ns_labels, &Default::default(), &installed, &tags)
+            .unwrap_or_else(|e| panic!("{labels}: {e}"));
+        assert_eq!(sel.revision, want, "{labels}");
+        let path = match &sel.tag {
+            Some(t) => sel.entry.tag_path(&sel.revision, t),
+            None => sel.entry.path(&sel.revision),
+        };
+        let target = by_service(&revision_name(WEBHOOK_SERVICE, &sel.revision));
+        let (v, patch) = send("selected", target, path.clone()).await;
+        assert_eq!(v["response"]["allowed"], true, "{labels}: {v}");
+        assert!(
+            patch.contains(&format!("\\\"revision\\\":\\\"{want}\\\"")),
+            "{labels}: injected by {want}: {patch}"
+        );
+        // The other revision's process, sent the same entry, injects nothing.
+        let other = if want == "b" { &a } else { &b };
+        let (v, patch) = send("other", other, path).await;
+        assert_eq!(v["response"]["allowed"], true, "{labels}: {v}");
+        assert!(
+            patch.is_empty(),
+            "{labels}: the other revision injected: {patch}"
+        );
     }
 }

@@ -169,6 +169,46 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} {}: {}", ig.kind, ig.name, ig.reason),
         ));
     }
+    // WorkloadEntries and the ServiceEntries selecting them (their namespace's, by labels).
+    let selects = |se: &crate::rules::ServiceEntry, w: &crate::kinds::WorkloadEntryObject| {
+        se.meta.namespace == w.meta.namespace
+            && se
+                .workload_selector
+                .as_ref()
+                .is_some_and(|sel| sel.iter().all(|(k, v)| w.entry.labels.get(k) == Some(v)))
+    };
+    for se in decoded
+        .service_entries
+        .iter()
+        .filter(|s| s.workload_selector.is_some())
+    {
+        if !decoded.workload_entries.iter().any(|w| selects(se, w)) {
+            report.warnings.push(at(
+                &se.meta.file,
+                se.meta.document,
+                "spec.workloadSelector.labels".to_string(),
+                format!(
+                    "ServiceEntry {} selects no WorkloadEntry of namespace {}: it has no endpoints",
+                    se.meta.key(),
+                    se.meta.namespace
+                ),
+            ));
+        }
+    }
+    for w in &decoded.workload_entries {
+        if !decoded.service_entries.iter().any(|se| selects(se, w)) {
+            report.warnings.push(at(
+                &w.meta.file,
+                w.meta.document,
+                "spec.labels".to_string(),
+                format!(
+                    "WorkloadEntry {} is selected by no ServiceEntry's workloadSelector in namespace {}: not used",
+                    w.meta.key(),
+                    w.meta.namespace
+                ),
+            ));
+        }
+    }
     // A Gateway is never an error for sidecars; remora's gateway leaves an invalid one out.
     for e in &decoded.gateway_errors {
         report.warnings.push(at(
@@ -309,14 +349,14 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
                     ),
                 ));
             }
-        } else if sc.meta.namespace == crate::rules::ROOT_NAMESPACE {
+        } else if sc.meta.namespace == ctx.root_namespace {
             report.warnings.push(at(
                 &sc.meta.file,
                 sc.meta.document,
                 "spec.workloadSelector".to_string(),
                 format!(
                     "a Sidecar in the root namespace {} with a workloadSelector applies only to pods of that namespace, not mesh-wide",
-                    crate::rules::ROOT_NAMESPACE
+                    ctx.root_namespace
                 ),
             ));
         }
@@ -672,10 +712,23 @@ mod tests {
             "warning: a.yaml doc 1: spec.rules[0]: principal rules cannot match plain-text traffic: AuthorizationPolicy foo/ap uses principals or namespaces, and the mTLS mode here is PERMISSIVE (no PeerAuthentication: Istio's default); plain-text requests are denied by it\n"
         );
         let strict = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: again, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
-        let r = run_files(&[("a.yaml", ap), ("pa.yaml", strict)], &ctx);
+        // With Istio's root namespace configured, they are mesh-wide (and the second unused).
+        let istio = LoadContext {
+            root_namespace: "istio-system".into(),
+            ..ctx.clone()
+        };
+        let r = run_files(&[("a.yaml", ap), ("pa.yaml", strict)], &istio);
         assert_eq!(
             r.to_string(),
             "warning: pa.yaml doc 2: metadata: PeerAuthentication istio-system/again is not used: istio-system/default (pa.yaml doc 1) applies at the same level (Mesh) first\n"
+        );
+        // Under the default root namespace istio-system is an ordinary namespace: the linter
+        // says they do not apply here, naming the root namespace.
+        let r = run_files(&[("pa.yaml", strict)], &ctx);
+        assert_eq!(
+            r.to_string(),
+            "warning: pa.yaml doc 1: metadata: PeerAuthentication istio-system/default is not applied by proxies in namespace foo: does not apply to this pod: in namespace istio-system, not this pod's namespace (foo) nor the root namespace (remora-system)\n\
+             warning: pa.yaml doc 2: metadata: PeerAuthentication istio-system/again is not applied by proxies in namespace foo: does not apply to this pod: in namespace istio-system, not this pod's namespace (foo) nor the root namespace (remora-system)\n"
         );
         let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}\n";
         let r = run_files(&[("p.yaml", bad)], &ctx);

@@ -1038,8 +1038,8 @@ struct ServiceEntrySpec {
     resolution: Option<String>,
     #[serde(default)]
     endpoints: Vec<WorkloadEntrySpec>,
-    /// Refused: WorkloadEntry selection is not supported.
-    workload_selector: Option<Value>,
+    /// Selects the WorkloadEntries of the namespace as endpoints.
+    workload_selector: Option<LabelsSpec>,
     #[serde(default)]
     export_to: Vec<String>,
     /// Accepted, not applied.
@@ -1167,36 +1167,32 @@ pub fn service_entry(
     let mut endpoints = Vec::new();
     for (i, e) in s.endpoints.into_iter().enumerate() {
         let f = format!("spec.endpoints[{i}]");
-        let address = required(e.address, &join(&f, "address"))?;
-        match resolution {
-            Resolution::Static => {
-                if address.parse::<IpAddr>().is_err() {
-                    return fail(
-                        &join(&f, "address"),
-                        format!("{address:?} is not an IP address (resolution STATIC needs IP endpoints)"),
-                    );
-                }
-            }
-            Resolution::Dns | Resolution::DnsRoundRobin => {
-                if address.parse::<IpAddr>().is_err() {
-                    check_host(&address).or_else(|e| fail(&join(&f, "address"), e))?;
-                }
-            }
-            Resolution::None => {
-                return fail(&f, "endpoints need resolution STATIC or DNS, not NONE");
-            }
-        }
-        endpoints.push(WorkloadEntry {
-            address,
-            ports: e
-                .ports
-                .into_iter()
-                .filter_map(|(k, p)| p.map(|p| (k, p.as_u16())))
-                .collect(),
-            labels: e.labels,
-            weight: e.weight.map(Int::as_u32),
-        });
+        let we = workload_entry_spec(e, &f)?;
+        check_endpoint_address(&we.address, resolution, &join(&f, "address"), &f)?;
+        endpoints.push(we);
     }
+    let workload_selector = match s.workload_selector {
+        None => None,
+        Some(_) if !endpoints.is_empty() => {
+            return fail(
+                "spec.workloadSelector",
+                "only one of workloadSelector or endpoints is allowed in a ServiceEntry",
+            )
+        }
+        Some(_) if resolution == Resolution::None => {
+            return fail(
+                "spec.workloadSelector",
+                "WorkloadEntries are endpoints: resolution must be STATIC or DNS, not NONE",
+            )
+        }
+        Some(w) if w.labels.is_empty() => {
+            return fail(
+                "spec.workloadSelector.labels",
+                "must not be empty (it selects the WorkloadEntries by label)",
+            )
+        }
+        Some(w) => Some(w.labels),
+    };
     if let Some(l) = &s.location {
         if l != "MESH_EXTERNAL" && l != "MESH_INTERNAL" {
             return fail(
@@ -1204,12 +1200,6 @@ pub fn service_entry(
                 format!("unknown location {l:?} (MESH_EXTERNAL, MESH_INTERNAL)"),
             );
         }
-    }
-    if s.workload_selector.is_some() {
-        return fail(
-            "spec.workloadSelector",
-            "workloadSelector (WorkloadEntry selection) is not supported; list endpoints instead",
-        );
     }
     let se = ServiceEntry {
         meta,
@@ -1220,8 +1210,76 @@ pub fn service_entry(
         resolution,
         endpoints,
         export_to: export_to(s.export_to)?,
+        workload_selector,
     };
     Ok(se)
+}
+
+/// Does an endpoint's address suit the ServiceEntry's resolution? (`field`: the address's path,
+/// `entry`: the endpoint's.)
+pub fn check_endpoint_address(
+    address: &str,
+    resolution: Resolution,
+    field: &str,
+    entry: &str,
+) -> R<()> {
+    match resolution {
+        Resolution::Static => {
+            if address.parse::<IpAddr>().is_err() {
+                return fail(
+                    field,
+                    format!(
+                        "{address:?} is not an IP address (resolution STATIC needs IP endpoints)"
+                    ),
+                );
+            }
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            if address.parse::<IpAddr>().is_err() {
+                check_host(address).or_else(|e| fail(field, e))?;
+            }
+        }
+        Resolution::None => {
+            return fail(entry, "endpoints need resolution STATIC or DNS, not NONE");
+        }
+    }
+    Ok(())
+}
+
+/// A `WorkloadEntry` spec (a ServiceEntry endpoint or the `WorkloadEntry` kind) at `f`.
+fn workload_entry_spec(e: WorkloadEntrySpec, f: &str) -> R<WorkloadEntry> {
+    let address = required(e.address, &join(f, "address"))?;
+    if address.starts_with("unix://") {
+        return fail(
+            &join(f, "address"),
+            format!("{address:?}: Unix domain socket endpoints are not supported"),
+        );
+    }
+    Ok(WorkloadEntry {
+        address,
+        ports: e
+            .ports
+            .into_iter()
+            .filter_map(|(k, p)| p.map(|p| (k, p.as_u16())))
+            .collect(),
+        labels: e.labels,
+        weight: e.weight.map(Int::as_u32),
+    })
+}
+
+/// Decode a `WorkloadEntry` object's `spec` (its address is an IP address or a host name; which
+/// one suits is checked against each ServiceEntry that selects it).
+pub fn workload_entry(
+    meta: Meta,
+    spec: &Value,
+    unknown: &mut Vec<Unknown>,
+) -> R<crate::kinds::WorkloadEntryObject> {
+    let s = crate::typed::decode::<WorkloadEntrySpec>(spec, "spec", unknown)?;
+    let entry = workload_entry_spec(s, "spec")?;
+    if entry.address.parse::<IpAddr>().is_err() {
+        check_host(&entry.address).or_else(|e| fail("spec.address", e))?;
+    }
+    Ok(crate::kinds::WorkloadEntryObject { meta, entry })
 }
 
 // ------------------------------------------------------------------------------ Sidecar
@@ -1689,7 +1747,11 @@ frobnicate: true
             ("hosts: [a.com]\naddresses: [nope]", "spec.addresses[0]", "\"nope\" is not an IP address or CIDR"),
             ("hosts: [a.com]\nresolution: STATIC\nendpoints: [{address: 1.2.3.4, ports: {http: 0}}]", "spec.endpoints[0].ports.http", "0 is out of range 1..=65535"),
             ("hosts: [a.com]\nworkloadSelector: {labels: {app: a}}", "spec.workloadSelector",
-             "workloadSelector (WorkloadEntry selection) is not supported; list endpoints instead"),
+             "WorkloadEntries are endpoints: resolution must be STATIC or DNS, not NONE"),
+            ("hosts: [a.com]\nresolution: STATIC\nworkloadSelector: {labels: {app: a}}\nendpoints: [{address: 1.2.3.4}]", "spec.workloadSelector",
+             "only one of workloadSelector or endpoints is allowed in a ServiceEntry"),
+            ("hosts: [a.com]\nresolution: STATIC\nworkloadSelector: {labels: {}}", "spec.workloadSelector.labels",
+             "must not be empty (it selects the WorkloadEntries by label)"),
         ];
         for (s, f, r) in cases {
             assert_eq!(se(s), Err((f.to_string(), r.to_string())), "{s}");

@@ -279,6 +279,7 @@ mod tests {
             resolution: res,
             endpoints: eps,
             export_to: vec![],
+            workload_selector: None,
         }
     }
 

@@ -107,6 +107,9 @@ pub struct Decoded {
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
+    /// `WorkloadEntry` objects: endpoints of the ServiceEntries of their namespace that select
+    /// them (`build_snapshot` fills them in).
+    pub workload_entries: Vec<crate::kinds::WorkloadEntryObject>,
     pub sidecars: Vec<Sidecar>,
     /// The `security.istio.io` kinds, all of them (their scope is applied by `build_snapshot`).
     pub peer_authentications: Vec<PeerAuthentication>,
@@ -446,7 +449,7 @@ fn decode_object(
             .and_then(|a| a.get("istio.io/dry-run"))
             .and_then(Value::as_str)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        return decode_security(meta, spec, dry_run, out, unknown);
+        return decode_security(meta, spec, dry_run, &ctx.root_namespace, out, unknown);
     }
     match kind.as_str() {
         "VirtualService" => {
@@ -478,6 +481,15 @@ fn decode_object(
                 .find(|m| same(m)))?;
             out.service_entries
                 .push(decode::service_entry(meta, spec, &cx, unknown)?);
+        }
+        "WorkloadEntry" => {
+            dup(out
+                .workload_entries
+                .iter()
+                .map(|v| &v.meta)
+                .find(|m| same(m)))?;
+            out.workload_entries
+                .push(decode::workload_entry(meta, spec, unknown)?);
         }
         "Sidecar" => {
             dup(out.sidecars.iter().map(|v| &v.meta).find(|m| same(m)))?;
@@ -514,6 +526,7 @@ fn decode_security(
     meta: Meta,
     spec: &Value,
     dry_run: bool,
+    root_namespace: &str,
     out: &mut Decoded,
     unknown: &mut Vec<decode::Unknown>,
 ) -> decode::R<()> {
@@ -537,7 +550,7 @@ fn decode_security(
         "PeerAuthentication" => {
             dup(out.peer_authentications.iter().map(|p| &p.meta).find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = PeerAuthentication::new(meta.clone(), s)?;
+            let p = PeerAuthentication::new(meta.clone(), s, root_namespace)?;
             out.peer_authentications.push(p);
         }
         "AuthorizationPolicy" => {
@@ -547,7 +560,7 @@ fn decode_security(
                 .map(|p| &p.meta)
                 .find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run)?;
+            let p = AuthorizationPolicy::new(meta.clone(), s, dry_run, root_namespace)?;
             out.authorization_policies.push(p);
         }
         "RequestAuthentication" => {
@@ -557,7 +570,7 @@ fn decode_security(
                 .map(|p| &p.meta)
                 .find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let p = RequestAuthentication::new(meta.clone(), s)?;
+            let p = RequestAuthentication::new(meta.clone(), s, root_namespace)?;
             out.request_authentications.push(p);
         }
         other => out.ignored.push(Ignored {

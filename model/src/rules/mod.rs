@@ -232,7 +232,7 @@ impl Snapshot {
     /// The effective mTLS mode of inbound `port` for this pod, and the PeerAuthentication
     /// that decided it (`crate::security::mtls_mode`).
     pub fn mtls_mode(&self, port: u16) -> crate::security::MtlsDecision {
-        crate::security::mtls_mode(&self.peer_authentications, port)
+        crate::security::mtls_mode(&self.peer_authentications, port, &self.ctx.root_namespace)
     }
 
     /// The protocol of destination `dst` (and `host`, when known) according to the
@@ -416,10 +416,59 @@ pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], ctx: &LoadContext) -> Option<
         })
         .or_else(|| {
             sidecars.iter().find(|s| {
-                s.meta.namespace == ROOT_NAMESPACE
+                s.meta.namespace == ctx.root_namespace
                     && s.workload_selector.as_ref().is_none_or(|s| s.is_empty())
             })
         })
+}
+
+/// The endpoints of a ServiceEntry with `workloadSelector` `sel`, as istiod selects them: the
+/// WorkloadEntries of its namespace whose labels include `sel`, in name order. One whose address
+/// does not suit the ServiceEntry's resolution (a host name for STATIC) is left out, noted in
+/// `ignored`.
+pub fn select_workload_entries(
+    se: &ServiceEntry,
+    sel: &BTreeMap<String, String>,
+    workload_entries: &[WorkloadEntryObject],
+    ignored: &mut Vec<Ignored>,
+) -> Vec<WorkloadEntry> {
+    let mut chosen: Vec<&WorkloadEntryObject> = workload_entries
+        .iter()
+        .filter(|w| {
+            w.meta.namespace == se.meta.namespace
+                && sel.iter().all(|(k, v)| w.entry.labels.get(k) == Some(v))
+        })
+        .collect();
+    chosen.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    chosen
+        .into_iter()
+        .filter(|w| {
+            match decode::check_endpoint_address(
+                &w.entry.address,
+                se.resolution,
+                "spec.address",
+                "spec",
+            ) {
+                Ok(()) => true,
+                Err(e) => {
+                    ignored.push(Ignored {
+                        file: w.meta.file.clone(),
+                        document: w.meta.document,
+                        kind: w.meta.kind.clone(),
+                        name: w.meta.key(),
+                        reason: format!(
+                            "selected by ServiceEntry {} but not used as its endpoint: {}: {}",
+                            se.meta.key(),
+                            e.field,
+                            e.reason
+                        ),
+                    });
+                    false
+                }
+            }
+        })
+        .map(|w| w.entry.clone())
+        .collect()
 }
 
 /// Is a resource (namespace, hosts) in the Sidecar's egress scope?
@@ -538,7 +587,11 @@ pub fn build_snapshot(
         }
     }
     let mut service_entries = Vec::new();
-    for se in decoded.service_entries {
+    let workload_entries = decoded.workload_entries;
+    for mut se in decoded.service_entries {
+        if let Some(sel) = &se.workload_selector {
+            se.endpoints = select_workload_entries(&se, sel, &workload_entries, &mut ignored);
+        }
         if !exported_to(&se.export_to, &se.meta.namespace, &ctx.namespace) {
             note(
                 &mut ignored,
@@ -612,7 +665,7 @@ pub fn build_snapshot(
     let rank = |dr: &DestinationRule| -> u8 {
         if dr.meta.namespace == ctx.namespace {
             0
-        } else if dr.meta.namespace != ROOT_NAMESPACE {
+        } else if dr.meta.namespace != ctx.root_namespace {
             1
         } else {
             2
@@ -822,6 +875,166 @@ mod tests {
         assert!(exported_to(&s(&["b"]), "a", "b"));
         assert!(!exported_to(&s(&["c"]), "a", "b"));
         assert!(!exported_to(&s(&["~"]), "a", "a"));
+    }
+
+    /// The root namespace decides the default Sidecar and the last DestinationRule fallback;
+    /// under another root the same namespace is an ordinary one.
+    #[test]
+    fn root_namespace_scoping() {
+        let doc = |kind: &str, ns: &str, spec: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: n, namespace: {ns}}}\nspec: {spec}\n"
+            )
+        };
+        let dr = |ns: &str, host: &str| doc("DestinationRule", ns, &format!("{{host: {host}}}"));
+        let files = [
+            doc("Sidecar", "istio-system", "{}"),
+            doc("Sidecar", "remora-system", "{}"),
+            dr("remora-system", "b.example.com"),
+            dr("istio-system", "a.example.com"),
+            dr("frontend", "c.example.com"),
+        ]
+        .join("---\n");
+        // (root, the Sidecar used, DestinationRule namespaces in precedence order)
+        let cases = [
+            (
+                DEFAULT_ROOT_NAMESPACE,
+                Some("remora-system"),
+                ["frontend", "istio-system", "remora-system"],
+            ),
+            (
+                "istio-system",
+                Some("istio-system"),
+                ["frontend", "remora-system", "istio-system"],
+            ),
+            (
+                "mesh-config",
+                None,
+                ["frontend", "remora-system", "istio-system"],
+            ),
+        ];
+        for (root, sidecar, order) in cases {
+            let ctx = LoadContext {
+                namespace: "frontend".into(),
+                root_namespace: root.into(),
+                ..LoadContext::default()
+            };
+            let s = snapshot_from_yaml(&[("r.yaml", &files)], &ctx, 1).expect("loads");
+            assert_eq!(
+                s.sidecar.as_ref().map(|sc| sc.meta.namespace.as_str()),
+                sidecar,
+                "root {root}"
+            );
+            let got: Vec<&str> = s
+                .destination_rules
+                .iter()
+                .map(|d| d.meta.namespace.as_str())
+                .collect();
+            assert_eq!(got, order, "root {root}");
+        }
+    }
+
+    /// A ServiceEntry with `workloadSelector` gets the WorkloadEntries of its namespace whose
+    /// labels include the selector, in name order; an address that does not suit its resolution
+    /// is left out with a note; the linter names selectors and entries that find nothing.
+    #[test]
+    fn workload_entries_are_service_entry_endpoints() {
+        let we = |ns: &str, name: &str, addr: &str, labels: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{address: {addr}, labels: {labels}, ports: {{http: 8080}}, network: vm-net, locality: r/z}}\n"
+            )
+        };
+        let se = |name: &str, res: &str, app: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{hosts: [{name}.example.com], ports: [{{number: 80, name: http, protocol: HTTP}}], resolution: {res}, workloadSelector: {{labels: {{app: {app}}}}}}}\n"
+            )
+        };
+        let files = [
+            se("vms", "STATIC", "vm"),
+            se("named", "DNS", "named"),
+            se("none", "STATIC", "nothing"),
+            we("shop", "vm-b", "127.0.0.12", "{app: vm, version: v2}"),
+            we("shop", "vm-a", "127.0.0.11", "{app: vm, version: v1}"),
+            we("shop", "vm-host", "vm.example.com", "{app: vm}"),
+            we("other", "vm-elsewhere", "127.0.0.13", "{app: vm}"),
+            we("shop", "db", "db.internal.example.com", "{app: named}"),
+            we("shop", "stray", "127.0.0.14", "{app: stray}"),
+        ]
+        .join("---\n");
+        let ctx = LoadContext {
+            namespace: "shop".into(),
+            ..LoadContext::default()
+        };
+        let s = snapshot_from_yaml(&[("r.yaml", &files)], &ctx, 1).expect("loads");
+        let eps = |name: &str| -> Vec<(String, Option<u16>)> {
+            s.service_entries
+                .iter()
+                .find(|se| se.meta.name == name)
+                .expect("service entry")
+                .endpoints
+                .iter()
+                .map(|e| (e.address.clone(), e.ports.get("http").copied()))
+                .collect()
+        };
+        assert_eq!(
+            eps("vms"),
+            [
+                ("127.0.0.11".to_string(), Some(8080)),
+                ("127.0.0.12".to_string(), Some(8080))
+            ]
+        );
+        assert_eq!(
+            eps("named"),
+            [("db.internal.example.com".to_string(), Some(8080))]
+        );
+        assert_eq!(eps("none"), []);
+        assert!(
+            s.ignored.iter().any(|i| i.name == "shop/vm-host"
+                && i.reason.contains("selected by ServiceEntry shop/vms but not used as its endpoint: spec.address: \"vm.example.com\" is not an IP address")),
+            "{:?}",
+            s.ignored
+        );
+        // The endpoints answer for the host, by the port's name.
+        let v2: BTreeMap<String, String> = [("version".to_string(), "v2".to_string())].into();
+        let got: Vec<String> = s
+            .endpoints
+            .endpoints("vms.example.com", 80, Some(&v2))
+            .expect("known host")
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(got, ["127.0.0.12:8080"]);
+        // The linter: a selector that finds nothing, an entry nothing selects.
+        let r = crate::lint::run_files(&[("r.yaml", &files)], &ctx);
+        let text = r.to_string();
+        assert!(text.contains("ServiceEntry shop/none selects no WorkloadEntry of namespace shop: it has no endpoints"), "{text}");
+        assert!(text.contains("WorkloadEntry shop/stray is selected by no ServiceEntry's workloadSelector in namespace shop: not used"), "{text}");
+        assert!(
+            text.contains("WorkloadEntry other/vm-elsewhere is selected by no ServiceEntry"),
+            "{text}"
+        );
+        assert!(r.errors.is_empty(), "{text}");
+        // Bad WorkloadEntries are errors naming the field.
+        for (spec, want) in [
+            (
+                "{labels: {app: vm}}",
+                "spec.address: required field is missing",
+            ),
+            (
+                "{address: 'unix:///sock'}",
+                "Unix domain socket endpoints are not supported",
+            ),
+            (
+                "{address: 127.0.0.1, ports: {http: 70000}}",
+                "spec.ports.http",
+            ),
+            ("{address: 127.0.0.1, weight: -1}", "spec.weight"),
+            ("{address: 'bad host!'}", "spec.address"),
+        ] {
+            let doc = format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w, namespace: shop}}\nspec: {spec}\n");
+            let e = snapshot_from_yaml(&[("w.yaml", &doc)], &ctx, 1).expect_err(spec);
+            assert!(e[0].to_string().contains(want), "{spec}: {}", e[0]);
+        }
     }
 
     #[test]

@@ -167,10 +167,11 @@ impl AuthorizationPolicy {
         meta: Meta,
         spec: AuthorizationPolicySpec,
         dry_run: bool,
+        root_namespace: &str,
     ) -> Result<Self, SpecError> {
         validate(&spec)?;
         Ok(AuthorizationPolicy {
-            scope: scope_of(&meta.namespace, spec.selector.as_ref()),
+            scope: scope_of(&meta.namespace, spec.selector.as_ref(), root_namespace),
             meta,
             dry_run,
             spec,

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kinds::{LoadContext, ROOT_NAMESPACE};
+use crate::kinds::LoadContext;
 
 pub mod authorization;
 pub mod decode;
@@ -46,11 +46,11 @@ pub enum Scope {
     Workload,
 }
 
-/// The level of a policy from its namespace and selector.
-pub fn scope_of(namespace: &str, selector: Option<&WorkloadSelector>) -> Scope {
+/// The level of a policy from its namespace and selector (`root`: the mesh's root namespace).
+pub fn scope_of(namespace: &str, selector: Option<&WorkloadSelector>, root: &str) -> Scope {
     match selector {
         Some(s) if !s.match_labels.is_empty() => Scope::Workload,
-        _ if namespace == ROOT_NAMESPACE => Scope::Mesh,
+        _ if namespace == root => Scope::Mesh,
         _ => Scope::Namespace,
     }
 }
@@ -63,13 +63,14 @@ pub fn applies(
     selector: Option<&WorkloadSelector>,
     ctx: &LoadContext,
 ) -> Result<Scope, String> {
-    if namespace != ctx.namespace && namespace != ROOT_NAMESPACE {
+    let root = ctx.root_namespace.as_str();
+    if namespace != ctx.namespace && namespace != root {
         return Err(format!(
-            "in namespace {namespace}, not this pod's namespace ({}) nor the root namespace ({ROOT_NAMESPACE})",
+            "in namespace {namespace}, not this pod's namespace ({}) nor the root namespace ({root})",
             ctx.namespace
         ));
     }
-    let scope = scope_of(namespace, selector);
+    let scope = scope_of(namespace, selector, root);
     if let Some(s) = selector {
         if let Some((k, v)) = s
             .match_labels
@@ -88,13 +89,13 @@ pub fn applies(
     Ok(scope)
 }
 
-/// Why a policy that [`applies`] to a pod applies, in words: `mesh-wide (root namespace
-/// istio-system, no selector)`, `namespace-wide (namespace shop, no selector)`, `selector
+/// Why a policy that [`applies`] to a pod applies, in words (`root`: the mesh's root
+/// namespace): `mesh-wide (root namespace remora-system, no selector)`, `namespace-wide (namespace shop, no selector)`, `selector
 /// app=reviews matches the pod's labels` (with ` (from the root namespace, for every
 /// namespace)` for a root-namespace policy with a selector).
-pub fn why_applies(namespace: &str, selector: Option<&WorkloadSelector>) -> String {
-    match scope_of(namespace, selector) {
-        Scope::Mesh => format!("mesh-wide (root namespace {ROOT_NAMESPACE}, no selector)"),
+pub fn why_applies(namespace: &str, selector: Option<&WorkloadSelector>, root: &str) -> String {
+    match scope_of(namespace, selector, root) {
+        Scope::Mesh => format!("mesh-wide (root namespace {root}, no selector)"),
         Scope::Namespace => format!("namespace-wide (namespace {namespace}, no selector)"),
         Scope::Workload => {
             let labels = selector
@@ -106,12 +107,12 @@ pub fn why_applies(namespace: &str, selector: Option<&WorkloadSelector>) -> Stri
                         .join(",")
                 })
                 .unwrap_or_default();
-            let root = if namespace == ROOT_NAMESPACE {
+            let from_root = if namespace == root {
                 " (from the root namespace, for every namespace)"
             } else {
                 ""
             };
-            format!("selector {labels} matches the pod's labels{root}")
+            format!("selector {labels} matches the pod's labels{from_root}")
         }
     }
 }
@@ -162,50 +163,74 @@ mod tests {
 
     #[test]
     fn scopes_and_selection() {
-        let ctx = LoadContext {
-            namespace: "foo".into(),
-            pod_labels: [("app".to_string(), "httpbin".to_string())].into(),
-            ..Default::default()
-        };
         let sel = |k: &str, v: &str| WorkloadSelector {
             match_labels: [(k.to_string(), v.to_string())].into(),
         };
-        assert_eq!(applies("foo", None, &ctx), Ok(Scope::Namespace));
-        assert_eq!(applies(ROOT_NAMESPACE, None, &ctx), Ok(Scope::Mesh));
-        assert_eq!(
-            applies("foo", Some(&sel("app", "httpbin")), &ctx),
-            Ok(Scope::Workload)
-        );
-        // A root-namespace policy with a selector selects pods of every namespace.
-        assert_eq!(
-            applies(ROOT_NAMESPACE, Some(&sel("app", "httpbin")), &ctx),
-            Ok(Scope::Workload)
-        );
-        assert_eq!(
-            applies("foo", Some(&sel("app", "other")), &ctx),
-            Err("selector does not select this pod (label app=other is \"httpbin\" here)".into())
-        );
-        assert!(applies("bar", None, &ctx).is_err());
-        assert_eq!(
-            why_applies("foo", Some(&sel("app", "httpbin"))),
-            "selector app=httpbin matches the pod's labels"
-        );
-        assert_eq!(
-            why_applies(ROOT_NAMESPACE, Some(&sel("app", "httpbin"))),
-            "selector app=httpbin matches the pod's labels (from the root namespace, for every namespace)"
-        );
-        assert_eq!(
-            why_applies(ROOT_NAMESPACE, None),
-            "mesh-wide (root namespace istio-system, no selector)"
-        );
-        assert_eq!(
-            why_applies("foo", Some(&WorkloadSelector::default())),
-            "namespace-wide (namespace foo, no selector)"
-        );
-        // An empty selector is namespace-wide.
-        assert_eq!(
-            applies("foo", Some(&WorkloadSelector::default()), &ctx),
-            Ok(Scope::Namespace)
-        );
+        let httpbin = sel("app", "httpbin");
+        // The same table with the default root namespace, Istio's, and a third: the scope
+        // follows the configured root, and the others are plain namespaces.
+        for root in [
+            crate::kinds::DEFAULT_ROOT_NAMESPACE,
+            "istio-system",
+            "mesh-config",
+        ] {
+            let ctx = LoadContext {
+                namespace: "foo".into(),
+                pod_labels: [("app".to_string(), "httpbin".to_string())].into(),
+                root_namespace: root.into(),
+                ..Default::default()
+            };
+            assert_eq!(applies("foo", None, &ctx), Ok(Scope::Namespace));
+            assert_eq!(applies(root, None, &ctx), Ok(Scope::Mesh), "{root}");
+            assert_eq!(applies("foo", Some(&httpbin), &ctx), Ok(Scope::Workload));
+            // A root-namespace policy with a selector selects pods of every namespace.
+            assert_eq!(applies(root, Some(&httpbin), &ctx), Ok(Scope::Workload));
+            assert_eq!(
+                applies("foo", Some(&sel("app", "other")), &ctx),
+                Err(
+                    "selector does not select this pod (label app=other is \"httpbin\" here)"
+                        .into()
+                )
+            );
+            assert_eq!(
+                applies("bar", None, &ctx),
+                Err(format!(
+                    "in namespace bar, not this pod's namespace (foo) nor the root namespace ({root})"
+                ))
+            );
+            // The other candidates are ordinary namespaces under this root.
+            for other in [
+                crate::kinds::DEFAULT_ROOT_NAMESPACE,
+                "istio-system",
+                "mesh-config",
+            ]
+            .into_iter()
+            .filter(|o| *o != root)
+            {
+                assert!(applies(other, None, &ctx).is_err(), "{other} under {root}");
+                assert_eq!(scope_of(other, None, root), Scope::Namespace);
+            }
+            assert_eq!(
+                why_applies("foo", Some(&httpbin), root),
+                "selector app=httpbin matches the pod's labels"
+            );
+            assert_eq!(
+                why_applies(root, Some(&httpbin), root),
+                "selector app=httpbin matches the pod's labels (from the root namespace, for every namespace)"
+            );
+            assert_eq!(
+                why_applies(root, None, root),
+                format!("mesh-wide (root namespace {root}, no selector)")
+            );
+            assert_eq!(
+                why_applies("foo", Some(&WorkloadSelector::default()), root),
+                "namespace-wide (namespace foo, no selector)"
+            );
+            // An empty selector is namespace-wide.
+            assert_eq!(
+                applies("foo", Some(&WorkloadSelector::default()), &ctx),
+                Ok(Scope::Namespace)
+            );
+        }
     }
 }

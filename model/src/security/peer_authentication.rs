@@ -78,10 +78,15 @@ pub struct PeerAuthentication {
 }
 
 impl PeerAuthentication {
-    pub fn new(meta: Meta, spec: PeerAuthenticationSpec) -> Result<Self, SpecError> {
+    /// `root_namespace`: the mesh's root namespace (it decides the policy's [`Scope`]).
+    pub fn new(
+        meta: Meta,
+        spec: PeerAuthenticationSpec,
+        root_namespace: &str,
+    ) -> Result<Self, SpecError> {
         validate(&spec)?;
         Ok(PeerAuthentication {
-            scope: scope_of(&meta.namespace, spec.selector.as_ref()),
+            scope: scope_of(&meta.namespace, spec.selector.as_ref(), root_namespace),
             meta,
             spec,
         })
@@ -144,15 +149,17 @@ pub struct MtlsDecision {
 ///   nothing set: `PERMISSIVE`.
 /// - the workload policy's `portLevelMtls` entry for `port` overrides last; its `UNSET`
 ///   keeps the inherited mode.
-pub fn mtls_mode(policies: &[PeerAuthentication], port: u16) -> MtlsDecision {
+///
+/// `root_namespace` is the mesh's root namespace (the policies' scopes were decided with it).
+pub fn mtls_mode(policies: &[PeerAuthentication], port: u16, root_namespace: &str) -> MtlsDecision {
     let first = |scope: Scope| policies.iter().find(|p| p.scope == scope);
     let mesh = policies
         .iter()
-        .find(|p| p.scope == Scope::Mesh && p.meta.namespace == crate::kinds::ROOT_NAMESPACE);
+        .find(|p| p.scope == Scope::Mesh && p.meta.namespace == root_namespace);
     let namespace = first(Scope::Namespace);
     let workload = policies
         .iter()
-        .find(|p| p.scope == Scope::Workload && p.meta.namespace != crate::kinds::ROOT_NAMESPACE);
+        .find(|p| p.scope == Scope::Workload && p.meta.namespace != root_namespace);
     let mut out = MtlsDecision {
         mode: MtlsMode::Permissive,
         policy: None,
@@ -190,9 +197,9 @@ pub fn mtls_mode(policies: &[PeerAuthentication], port: u16) -> MtlsDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::ROOT_NAMESPACE;
+    use crate::kinds::DEFAULT_ROOT_NAMESPACE;
 
-    fn pa(ns: &str, name: &str, yaml: &str) -> PeerAuthentication {
+    fn pa_in(ns: &str, name: &str, yaml: &str, root: &str) -> PeerAuthentication {
         let v: Value = serde_yaml_ng::from_str(yaml).unwrap();
         let mut unknown = Vec::new();
         let spec = super::super::decode::spec::<PeerAuthenticationSpec>(&v, &mut unknown).unwrap();
@@ -205,14 +212,24 @@ mod tests {
             file: "t.yaml".into(),
             document: 1,
         };
-        PeerAuthentication::new(meta, spec).unwrap()
+        PeerAuthentication::new(meta, spec, root).unwrap()
     }
 
     #[test]
     fn precedence_table() {
+        // The same table under the default root namespace and under Istio's.
+        for root in [DEFAULT_ROOT_NAMESPACE, "istio-system"] {
+            precedence_table_in(root);
+        }
+    }
+
+    fn precedence_table_in(root: &str) {
         use MtlsMode::*;
-        let mesh_strict = pa(ROOT_NAMESPACE, "mesh", "mtls: {mode: STRICT}");
-        let mesh_unset = pa(ROOT_NAMESPACE, "mesh", "mtls: {}");
+        let pa = |ns: &str, name: &str, yaml: &str| pa_in(ns, name, yaml, root);
+        let mesh_key = format!("{root}/mesh");
+        let mesh_key = mesh_key.as_str();
+        let mesh_strict = pa(root, "mesh", "mtls: {mode: STRICT}");
+        let mesh_unset = pa(root, "mesh", "mtls: {}");
         let ns_permissive = pa("foo", "ns", "mtls: {mode: PERMISSIVE}");
         let ns_unset = pa("foo", "ns", "{}");
         let wl_disable = pa(
@@ -226,7 +243,7 @@ mod tests {
             "selector: {matchLabels: {app: a}}\nmtls: {mode: UNSET}\nportLevelMtls:\n  \"8080\": {mode: DISABLE}\n  \"9090\": {mode: UNSET}\n  \"9443\": {mode: STRICT}",
         );
         let root_selector = pa(
-            ROOT_NAMESPACE,
+            root,
             "root-wl",
             "selector: {matchLabels: {app: a}}\nmtls: {mode: DISABLE}",
         );
@@ -246,7 +263,7 @@ mod tests {
                 vec![&mesh_strict],
                 80,
                 Strict,
-                Some("istio-system/mesh"),
+                Some(mesh_key),
                 false,
             ),
             (
@@ -270,7 +287,7 @@ mod tests {
                 vec![&mesh_strict, &ns_unset],
                 80,
                 Strict,
-                Some("istio-system/mesh"),
+                Some(mesh_key),
                 false,
             ),
             (
@@ -294,7 +311,7 @@ mod tests {
                 vec![&mesh_strict, &wl_ports],
                 9090,
                 Strict,
-                Some("istio-system/mesh"),
+                Some(mesh_key),
                 false,
             ),
             (
@@ -318,17 +335,17 @@ mod tests {
                 vec![&mesh_strict, &root_selector],
                 80,
                 Strict,
-                Some("istio-system/mesh"),
+                Some(mesh_key),
                 false,
             ),
         ];
         for (name, pols, port, mode, policy, port_level) in cases {
             let pols: Vec<PeerAuthentication> = pols.into_iter().cloned().collect();
-            let d = mtls_mode(&pols, port);
+            let d = mtls_mode(&pols, port, root);
             assert_eq!(
                 (d.mode, d.policy.as_deref(), d.port_level),
                 (mode, policy, port_level),
-                "{name}"
+                "{name} (root {root})"
             );
         }
     }

@@ -103,10 +103,15 @@ pub struct RequestAuthentication {
 }
 
 impl RequestAuthentication {
-    pub fn new(meta: Meta, spec: RequestAuthenticationSpec) -> Result<Self, SpecError> {
+    /// `root_namespace`: the mesh's root namespace (it decides the policy's [`Scope`]).
+    pub fn new(
+        meta: Meta,
+        spec: RequestAuthenticationSpec,
+        root_namespace: &str,
+    ) -> Result<Self, SpecError> {
         validate(&spec)?;
         Ok(RequestAuthentication {
-            scope: scope_of(&meta.namespace, spec.selector.as_ref()),
+            scope: scope_of(&meta.namespace, spec.selector.as_ref(), root_namespace),
             meta,
             spec,
         })

@@ -17,6 +17,7 @@ fn ctx() -> LoadContext {
         namespace: "default".into(),
         cluster_domain: "cluster.local".into(),
         pod_labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]),
+        ..LoadContext::default()
     }
 }
 

@@ -24,7 +24,7 @@ fn policy(name: &str, rules: Value) -> RequestAuthentication {
         file: "ra.yaml".into(),
         document: 1,
     };
-    RequestAuthentication::new(meta, spec).unwrap()
+    RequestAuthentication::new(meta, spec, remora_model::kinds::DEFAULT_ROOT_NAMESPACE).unwrap()
 }
 
 fn authn(rules: Value) -> Authn {

@@ -95,6 +95,12 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         group: "networking.istio.io",
+        kind: "WorkloadEntry",
+        plural: "workloadentries",
+        versions: NETWORKING,
+    },
+    Kind {
+        group: "networking.istio.io",
         kind: "Sidecar",
         plural: "sidecars",
         versions: NETWORKING,
@@ -414,7 +420,19 @@ async fn served_version(client: &Client, k: &Kind) -> Result<Option<&'static str
 async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
     let version = loop {
         match served_version(&client, &k).await {
-            Ok(Some(v)) => break v,
+            // The group is served; its CRD for this kind may still be missing (a CRD file from
+            // before the kind was watched): then it is none, as a missing group is.
+            Ok(Some(v)) => {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(&k, v));
+                match api.list(&ListParams::default().limit(1)).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => tracing::warn!(
+                        kind = k.kind, group = k.group,
+                        "rules controller: {} {v} is served but not {}: its CRD is not installed; treated as none, checked again every {:?}",
+                        k.group, k.plural, retry
+                    ),
+                    _ => break v,
+                }
+            }
             Ok(None) => {
                 tracing::warn!(kind = k.kind, group = k.group,
                     "rules controller: the API serves no {} ({} {:?}): its CRD is not installed; treated as none, checked again every {:?}",
