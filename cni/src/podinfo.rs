@@ -1,8 +1,8 @@
 //! What the plugin needs to know of a pod, and where it reads it.
 //!
 //! [`PodInfo::from_pod`] (pure) takes a Pod object as the API serves it; a [`PodSource`] finds
-//! the pod named in `CNI_ARGS`. Built: [`FileSource`] (a directory of pod objects). Not built
-//! yet: the node agent's narrow read of the pods on its node through the API.
+//! the pod named in `CNI_ARGS`: [`FileSource`] (a directory of pod objects, which the node
+//! agent writes from its watch of the pods on its node: `podwatch`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
