@@ -61,8 +61,7 @@ impl PodDir {
     /// Write `f` unless the same content is already there.
     pub fn put(&mut self, f: &PodFile) -> Result<Put, String> {
         let key = (f.namespace.clone(), f.name.clone());
-        if self.known.get(&key) == Some(&f.content) && self.path(&f.namespace, &f.name).is_file()
-        {
+        if self.known.get(&key) == Some(&f.content) && self.path(&f.namespace, &f.name).is_file() {
             return Ok(Put::Unchanged);
         }
         if !self.known.contains_key(&key) && self.known.len() >= self.max_files {
@@ -78,8 +77,7 @@ impl PodDir {
         std::fs::create_dir_all(&ns_dir)
             .map_err(|e| format!("cannot create {}: {e}", ns_dir.display()))?;
         let tmp = ns_dir.join(format!(".{}.json.tmp", f.name));
-        let mut text =
-            serde_json::to_vec(&f.content).map_err(|e| format!("cannot encode: {e}"))?;
+        let mut text = serde_json::to_vec(&f.content).map_err(|e| format!("cannot encode: {e}"))?;
         text.push(b'\n');
         std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         let dst = self.path(&f.namespace, &f.name);
@@ -197,8 +195,10 @@ mod tests {
         let mut d = PodDir::new(tmp.path().join("pods"), 2);
         let read = |ns: &str, n: &str| -> Value {
             serde_json::from_str(
-                &std::fs::read_to_string(tmp.path().join("pods").join(ns).join(format!("{n}.json")))
-                    .unwrap(),
+                &std::fs::read_to_string(
+                    tmp.path().join("pods").join(ns).join(format!("{n}.json")),
+                )
+                .unwrap(),
             )
             .unwrap()
         };
@@ -243,12 +243,20 @@ mod tests {
         assert_eq!(d.len(), 2);
         let r = d
             .resync(
-                &[file("a", "1", "x"), file("a", "2", "x"), file("a", "3", "x")],
+                &[
+                    file("a", "1", "x"),
+                    file("a", "2", "x"),
+                    file("a", "3", "x"),
+                ],
                 &mut |e| failures.push(e),
             )
             .unwrap();
         assert_eq!((r.written, r.removed, r.failed), (2, 2, 1));
         assert_eq!(failures.len(), 1);
-        assert!(failures[0].contains("pod a/3: not written"), "{}", failures[0]);
+        assert!(
+            failures[0].contains("pod a/3: not written"),
+            "{}",
+            failures[0]
+        );
     }
 }

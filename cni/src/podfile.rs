@@ -37,8 +37,7 @@ impl PodFile {
 pub fn check_label(field: &str, v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !v.starts_with('-')
         && !v.ends_with('-');
@@ -54,9 +53,8 @@ pub fn check_label(field: &str, v: &str) -> Result<(), String> {
 /// A DNS-1123 subdomain (a pod name): dot-separated labels, at most 253 characters, and short
 /// enough that `<name>.json` is a valid file name.
 pub fn check_subdomain(field: &str, v: &str) -> Result<(), String> {
-    let labels_ok = !v.is_empty()
-        && v.len() <= 253
-        && v.split('.').all(|l| check_label(field, l).is_ok());
+    let labels_ok =
+        !v.is_empty() && v.len() <= 253 && v.split('.').all(|l| check_label(field, l).is_ok());
     if !labels_ok {
         return Err(format!(
             "{field} {v:?} is not a DNS-1123 subdomain (dot-separated labels of a-z, 0-9, '-', at most 253 characters)"
@@ -86,9 +84,7 @@ fn string_map(pod: &Value, key: &str) -> Result<Map<String, Value>, String> {
         Some(Value::Object(m)) => {
             for (k, v) in m {
                 if !v.is_string() {
-                    return Err(format!(
-                        "metadata.{key}[{k:?}] is {v}: values are strings"
-                    ));
+                    return Err(format!("metadata.{key}[{k:?}] is {v}: values are strings"));
                 }
             }
             Ok(m.clone())
@@ -116,9 +112,8 @@ pub fn pod_file(pod: &Value) -> Result<PodFile, String> {
     }
     let marked = info.annotations.contains_key(CAPTURE_MARK);
     if marked {
-        meta["annotations"] = Value::Object(
-            string_map(pod, "annotations").map_err(|e| format!("{whom}: {e}"))?,
-        );
+        meta["annotations"] =
+            Value::Object(string_map(pod, "annotations").map_err(|e| format!("{whom}: {e}"))?);
         let labels = string_map(pod, "labels").map_err(|e| format!("{whom}: {e}"))?;
         if !labels.is_empty() {
             meta["labels"] = Value::Object(labels);
@@ -239,11 +234,27 @@ mod tests {
 
     #[test]
     fn bad_objects_are_refused_with_the_field() {
-        let long = "a".repeat(251);
+        // Four labels of 62: a valid subdomain of 251 characters, one too many for `<name>.json`.
+        let long = [
+            "a".repeat(62),
+            "b".repeat(62),
+            "c".repeat(62),
+            "d".repeat(62),
+        ]
+        .join(".");
         let cases = [
-            (json!({"metadata": {"namespace": "n"}}), "metadata.name is missing"),
-            (json!({"metadata": {"name": "p"}}), "pod \"p\": metadata.namespace is missing"),
-            (json!({"metadata": {"name": 3, "namespace": "n"}}), "metadata.name is 3"),
+            (
+                json!({"metadata": {"namespace": "n"}}),
+                "metadata.name is missing",
+            ),
+            (
+                json!({"metadata": {"name": "p"}}),
+                "pod \"p\": metadata.namespace is missing",
+            ),
+            (
+                json!({"metadata": {"name": 3, "namespace": "n"}}),
+                "metadata.name is 3",
+            ),
             (
                 json!({"metadata": {"name": "../x", "namespace": "n"}}),
                 "pod n/../x: metadata.name \"../x\" is not a DNS-1123 subdomain",

@@ -231,9 +231,13 @@ mod tests {
             wait: std::time::Duration::from_secs(5),
         };
         let late = dir.path().join("shop/late.json");
+        let tmp = dir.path().join("shop/.late.json.tmp");
+        // Written as the node agent writes (a temporary file and a rename): a plain write could
+        // be read half-done.
         let writer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            std::fs::write(late, r#"{"spec": {"hostNetwork": true}}"#).unwrap();
+            std::fs::write(&tmp, r#"{"spec": {"hostNetwork": true}}"#).unwrap();
+            std::fs::rename(&tmp, late).unwrap();
         });
         let started = std::time::Instant::now();
         assert!(waiting.pod(&r("late")).unwrap().host_network);

@@ -165,9 +165,17 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
     let web = pod("shop", "web", "6", json!({"team": "web"}));
     let dns = pod("kube-system", "dns", "7", mark.clone());
     // The first list, then (after the watch expires) a re-list without the pods deleted since.
-    api.on("GET", PODS, list("10", vec![cart.clone(), web.clone(), dns]));
+    api.on(
+        "GET",
+        PODS,
+        list("10", vec![cart.clone(), web.clone(), dns]),
+    );
     api.on("GET", PODS, list("20", vec![]));
-    api.on("GET", &format!("{PODS}?watch=true"), Reply::watch(vec![], true));
+    api.on(
+        "GET",
+        &format!("{PODS}?watch=true"),
+        Reply::watch(vec![], true),
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let (cni_bin, conf, pods, state) = (
@@ -223,8 +231,12 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
     );
     // An excluded namespace (kube-system by default) gets no file.
     assert!(!pods.join("kube-system").exists());
-    // The plugin is chained too.
-    assert!(cni_bin.join("remora-cni").is_file());
+    // The plugin is installed and chained too.
+    wait_until("the plugin chained", &agent, || {
+        cni_bin.join("remora-cni").is_file()
+            && std::fs::read_to_string(conf.join("10-bridge.conflist"))
+                .is_ok_and(|s| s.contains("remora-cni"))
+    });
 
     // Only the node's pods were asked for, in the list and in the watch.
     let reqs = api.requests();
@@ -250,7 +262,8 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
     );
     api.emit(PODS, event("MODIFIED", modified));
     wait_until("the modified file", &agent, || {
-        read(&cart_file).pointer("/metadata/annotations/traffic.sidecar.istio.io~1excludeOutboundPorts")
+        read(&cart_file)
+            .pointer("/metadata/annotations/traffic.sidecar.istio.io~1excludeOutboundPorts")
             == Some(&json!("5432"))
     });
 
@@ -307,7 +320,10 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
         log.contains("listed the pods on node node-a: 0 files (0 marked), 0 written, 0 unchanged, 1 removed, 0 not written"),
         "{log}"
     );
-    assert!(log.contains("debug: wrote shop/cart.json (marked)"), "{log}");
+    assert!(
+        log.contains("debug: wrote shop/cart.json (marked)"),
+        "{log}"
+    );
     assert!(
         log.contains("debug: removed shop/cart.json (pod deleted)"),
         "{log}"

@@ -120,16 +120,40 @@ fn uninstall(dirs: &Dirs) -> Result<(), String> {
     Ok(())
 }
 
-/// Start the pod watch on its own thread (a single-threaded tokio runtime); it runs until the
-/// process ends. Errors: the flags or the API client, one line.
-fn start_pod_watch(
+/// The pod watch, ready to start: flags checked, API client built.
+struct PodWatch {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    cfg: podwatch::WatchConfig,
+    dir: PodDir,
+}
+
+impl PodWatch {
+    /// Run it on its own thread (a single-threaded tokio runtime) until the process ends.
+    fn start(self) -> Result<(), String> {
+        let PodWatch {
+            rt,
+            client,
+            cfg,
+            dir,
+        } = self;
+        std::thread::Builder::new()
+            .name("pod-watch".into())
+            .spawn(move || rt.block_on(podwatch::run(client, cfg, dir)))
+            .map_err(|e| format!("cannot start the pod watch: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Check the pod watch's flags and build its API client. Errors: one line.
+fn pod_watch(
     node: &str,
     kube_api: &str,
     pod_dir: &std::path::Path,
     max_files: u64,
     excluded: &[&str],
     debug: bool,
-) -> Result<(), String> {
+) -> Result<PodWatch, String> {
     remora_cni::podfile::check_subdomain("--node-name", node)?;
     let config = if kube_api.is_empty() {
         kube::Config::incluster().map_err(|e| {
@@ -160,11 +184,12 @@ fn start_pod_watch(
         debug,
     };
     let dir = PodDir::new(pod_dir.to_path_buf(), max_files as usize);
-    std::thread::Builder::new()
-        .name("pod-watch".into())
-        .spawn(move || rt.block_on(podwatch::run(client, cfg, dir)))
-        .map_err(|e| format!("cannot start the pod watch: {e}"))?;
-    Ok(())
+    Ok(PodWatch {
+        rt,
+        client,
+        cfg,
+        dir,
+    })
 }
 
 fn main() -> ExitCode {
@@ -220,8 +245,10 @@ fn main() -> ExitCode {
                 }
                 entry["logFile"] = json!(plugin_log_file);
             }
-            if !node_name.is_empty() && !once {
-                if let Err(e) = start_pod_watch(
+            let watch = if node_name.is_empty() || once {
+                None
+            } else {
+                match pod_watch(
                     &node_name,
                     &kube_api,
                     &pod_dir,
@@ -229,11 +256,10 @@ fn main() -> ExitCode {
                     &excluded,
                     debug,
                 ) {
-                    return fail(e);
+                    Ok(w) => Some(w),
+                    Err(e) => return fail(e),
                 }
-            } else if !once {
-                say("no --node-name (NODE_NAME): not watching pods, no pod files written");
-            }
+            };
             let handler = SigAction::new(
                 SigHandler::Handler(on_signal),
                 SaFlags::empty(),
@@ -255,6 +281,13 @@ fn main() -> ExitCode {
                     dirs.cni_bin_dir.join(node::PLUGIN_FILE).display()
                 )),
                 Err(e) => return fail(e),
+            }
+            if let Some(watch) = watch {
+                if let Err(e) = watch.start() {
+                    return fail(e);
+                }
+            } else if !once {
+                say("no --node-name (NODE_NAME): not watching pods, no pod files written");
             }
             let mut last: Option<Result<Pass, String>> = None;
             loop {
