@@ -194,11 +194,44 @@ pub async fn run(client: kube::Client, cfg: WatchConfig, dir: PodDir) {
     let mut stream = watcher::watcher(api, wc).default_backoff().boxed();
     while let Some(ev) = stream.next().await {
         match ev {
+            // `Init` comes before the list is asked for: no proof the API answers.
+            Ok(Event::Init) => sync.on(Event::Init),
             Ok(ev) => {
                 sync.api.ok();
                 sync.on(ev);
             }
-            Err(e) => sync.api.fail(&e.to_string()),
+            Err(e) => match describe(&e) {
+                Failure::Expired => println!(
+                    "remora-cni-node: the watch of the pods expired (410): listing them again"
+                ),
+                Failure::Other(msg) => sync.api.fail(&msg),
+            },
         }
+    }
+}
+
+enum Failure {
+    /// The watch's resourceVersion is too old: routine, the watcher re-lists.
+    Expired,
+    Other(String),
+}
+
+fn status_line(s: &kube::core::Status) -> String {
+    format!("{} {}: {}", s.code, s.reason, s.message)
+}
+
+/// One short line for a watch failure (the API's own status, not its debug form).
+fn describe(e: &watcher::Error) -> Failure {
+    use watcher::Error as W;
+    match e {
+        W::WatchError(s) if s.code == 410 => Failure::Expired,
+        W::WatchError(s) => Failure::Other(format!("the watch failed: {}", status_line(s))),
+        W::InitialListFailed(kube::Error::Api(s)) => {
+            Failure::Other(format!("the list failed: {}", status_line(s)))
+        }
+        W::WatchStartFailed(kube::Error::Api(s)) | W::WatchFailed(kube::Error::Api(s)) => {
+            Failure::Other(format!("the watch failed: {}", status_line(s)))
+        }
+        other => Failure::Other(other.to_string()),
     }
 }

@@ -320,6 +320,12 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
         log.contains("listed the pods on node node-a: 0 files (0 marked), 0 written, 0 unchanged, 1 removed, 0 not written"),
         "{log}"
     );
+    // An expired watch is routine: no error line.
+    assert!(
+        log.contains("the watch of the pods expired (410): listing them again"),
+        "{log}"
+    );
+    assert!(!log.contains("error"), "{log}");
     assert!(
         log.contains("debug: wrote shop/cart.json (marked)"),
         "{log}"
@@ -330,4 +336,127 @@ fn the_agent_writes_pod_files_from_the_api_and_the_plugin_captures_from_them() {
     );
     drop(agent);
     drop(api);
+}
+
+#[test]
+fn an_api_failure_is_logged_once_until_it_recovers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(RecordedApi::start()).unwrap();
+    // No RBAC yet: the list is forbidden twice, then allowed.
+    let forbidden = Reply::status(
+        403,
+        "Forbidden",
+        "pods is forbidden: User \"system:serviceaccount:remora-system:remora-cni-node\" cannot list resource \"pods\" in API group \"\" at the cluster scope",
+    );
+    api.on("GET", PODS, forbidden.clone());
+    api.on("GET", PODS, forbidden);
+    api.on(
+        "GET",
+        PODS,
+        list(
+            "10",
+            vec![pod(
+                "shop",
+                "cart",
+                "5",
+                json!({"remora.dev/capture": "cni"}),
+            )],
+        ),
+    );
+    api.on(
+        "GET",
+        &format!("{PODS}?watch=true"),
+        Reply::watch(vec![], true),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cni_bin, conf, pods) = (
+        dir.path().join("bin"),
+        dir.path().join("net.d"),
+        dir.path().join("pods"),
+    );
+    std::fs::create_dir_all(&cni_bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let log = dir.path().join("agent.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin("remora-cni-node"))
+        .arg("run")
+        .arg(format!("--cni-bin-dir={}", cni_bin.display()))
+        .arg(format!("--cni-conf-dir={}", conf.display()))
+        .arg(format!("--plugin-binary={}", bin("remora-cni").display()))
+        .arg(format!("--pod-dir={}", pods.display()))
+        .arg("--poll-ms=50")
+        .arg(format!("--kube-api={}", api.url()))
+        .arg(format!("--node-name={NODE}"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn remora-cni-node");
+    let agent = Agent { child, log };
+    wait_until("the pod file after the API recovered", &agent, || {
+        pods.join("shop/cart.json").is_file()
+    });
+    wait_until("the recovery logged", &agent, || {
+        agent.log().contains("recovered")
+    });
+    let log = agent.log();
+    let forbidden_lines: Vec<&str> = log.lines().filter(|l| l.contains("forbidden")).collect();
+    assert_eq!(forbidden_lines.len(), 1, "{log}");
+    assert!(
+        forbidden_lines[0] == "remora-cni-node: error: watching the pods through the API: the list failed: 403 Forbidden: pods is forbidden: User \"system:serviceaccount:remora-system:remora-cni-node\" cannot list resource \"pods\" in API group \"\" at the cluster scope (logged once until it recovers)",
+        "{log}"
+    );
+    assert!(
+        log.contains("remora-cni-node: watching the pods through the API: recovered"),
+        "{log}"
+    );
+    let lists = api
+        .requests()
+        .iter()
+        .filter(|r| r.path() == PODS && !r.query().iter().any(|(k, _)| k == "watch"))
+        .count();
+    assert!(lists >= 3, "{lists} lists");
+    // Without --debug no per-file line.
+    assert!(!log.contains("debug:"), "{log}");
+    drop(agent);
+    drop(api);
+}
+
+#[test]
+fn bad_pod_watch_flags_fail_before_anything_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cni_bin = dir.path().join("bin");
+    std::fs::create_dir_all(&cni_bin).unwrap();
+    for (flags, want) in [
+        (
+            vec!["--node-name=Node_A", "--kube-api=http://127.0.0.1:1"],
+            "--node-name \"Node_A\" is not a DNS-1123 subdomain",
+        ),
+        (
+            vec!["--node-name=node-a", "--kube-api=127.0.0.1:6443"],
+            "invalid --kube-api \"127.0.0.1:6443\"",
+        ),
+    ] {
+        let out = Command::new(bin("remora-cni-node"))
+            .arg("run")
+            .arg(format!("--cni-bin-dir={}", cni_bin.display()))
+            .arg(format!("--cni-conf-dir={}", dir.path().display()))
+            .arg(format!("--plugin-binary={}", bin("remora-cni").display()))
+            .args(&flags)
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flags:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("remora-cni-node: error: ") && err.contains(want),
+            "{err}"
+        );
+        assert!(!cni_bin.join("remora-cni").exists(), "{flags:?}");
+    }
 }
