@@ -163,7 +163,7 @@ pub fn parse(stdin: &[u8], need_prev: bool) -> Result<PluginConfig, CniError> {
             Some("kube") => {
                 return Err(CniError::new(
                     code::UNSUPPORTED_FIELD,
-                    "podInfo.source \"kube\" is not built yet: use {\"source\": \"file\", \"dir\": ...}",
+                    "podInfo.source \"kube\" is not supported: the plugin reads the pod files remora-cni-node writes from the API; use {\"source\": \"file\", \"dir\": ...}",
                 ))
             }
             _ => {
@@ -309,7 +309,7 @@ mod tests {
             (
                 set("podInfo", json!({"source": "kube"})),
                 2,
-                "not built yet",
+                "is not supported: the plugin reads the pod files remora-cni-node writes",
             ),
             (
                 set("podInfo", json!({"source": "x"})),

@@ -8,12 +8,17 @@
 //! `remora-init` arguments — computed by `remora_init::pod`, the mapping the injector uses;
 //! `plugin` is the I/O shell: enter the pod's network namespace and run `remora_init::program`,
 //! the same code as the `remora-init` program. The node agent (`remora-cni-node`): `conflist`
-//! (pure: the network configuration edited) and `node` (install, keep chained, remove).
+//! (pure: the network configuration edited), `node` (install, keep chained, remove),
+//! `podfile` (pure: a Pod object → the file the plugin reads), `poddir` (those files on disk) and
+//! `podwatch` (the pods of the agent's node through the API, kept in the pod files).
 
 pub mod config;
 pub mod conflist;
 pub mod decide;
 pub mod node;
 pub mod plugin;
+pub mod poddir;
+pub mod podfile;
 pub mod podinfo;
+pub mod podwatch;
 pub mod spec;

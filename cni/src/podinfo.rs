@@ -1,8 +1,8 @@
 //! What the plugin needs to know of a pod, and where it reads it.
 //!
 //! [`PodInfo::from_pod`] (pure) takes a Pod object as the API serves it; a [`PodSource`] finds
-//! the pod named in `CNI_ARGS`. Built: [`FileSource`] (a directory of pod objects). Not built
-//! yet: the node agent's narrow read of the pods on its node through the API.
+//! the pod named in `CNI_ARGS`: [`FileSource`] (a directory of pod objects, which the node
+//! agent writes from its watch of the pods on its node: `podwatch`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -231,9 +231,13 @@ mod tests {
             wait: std::time::Duration::from_secs(5),
         };
         let late = dir.path().join("shop/late.json");
+        let tmp = dir.path().join("shop/.late.json.tmp");
+        // Written as the node agent writes (a temporary file and a rename): a plain write could
+        // be read half-done.
         let writer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            std::fs::write(late, r#"{"spec": {"hostNetwork": true}}"#).unwrap();
+            std::fs::write(&tmp, r#"{"spec": {"hostNetwork": true}}"#).unwrap();
+            std::fs::rename(&tmp, late).unwrap();
         });
         let started = std::time::Instant::now();
         assert!(waiting.pod(&r("late")).unwrap().host_network);

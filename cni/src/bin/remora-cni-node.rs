@@ -1,7 +1,9 @@
 //! `remora-cni-node`: the node agent of CNI mode (a DaemonSet). Installs the `remora-cni`
 //! plugin into the node's CNI bin directory, chains it last in the node's primary network
 //! configuration and keeps it there (checked every `--poll-ms`), and on SIGTERM/SIGINT removes
-//! both. `uninstall` removes them and exits.
+//! both. With `--node-name` (the DaemonSet sets `NODE_NAME` from the downward API) it also
+//! watches the pods of its node through the API and writes the pod files the plugin reads
+//! (`--pod-dir`). `uninstall` removes the plugin and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +14,8 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use remora_cni::conflist::PLUGIN_TYPE;
 use remora_cni::node::{self, Pass};
+use remora_cni::poddir::PodDir;
+use remora_cni::podwatch;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -55,6 +59,21 @@ enum Cmd {
         /// Install once and exit (no watching, nothing removed).
         #[arg(long)]
         once: bool,
+        /// This node's name: watch its pods through the API and write their files into
+        /// --pod-dir. Without it no pod file is written (marked pods' ADD then waits and fails
+        /// with "try again later").
+        #[arg(long, env = "NODE_NAME", default_value = "")]
+        node_name: String,
+        /// The API server's URL (plain HTTP or HTTPS, no credentials); default: in-cluster
+        /// (the service account token and KUBERNETES_SERVICE_HOST).
+        #[arg(long, default_value = "")]
+        kube_api: String,
+        /// The most pod files kept (pods on this node beyond it are logged, not written).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        max_pod_files: u64,
+        /// A log line per pod file written or removed.
+        #[arg(long)]
+        debug: bool,
     },
     /// Remove the plugin's entry and binary, then exit.
     Uninstall {
@@ -101,6 +120,78 @@ fn uninstall(dirs: &Dirs) -> Result<(), String> {
     Ok(())
 }
 
+/// The pod watch, ready to start: flags checked, API client built.
+struct PodWatch {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    cfg: podwatch::WatchConfig,
+    dir: PodDir,
+}
+
+impl PodWatch {
+    /// Run it on its own thread (a single-threaded tokio runtime) until the process ends.
+    fn start(self) -> Result<(), String> {
+        let PodWatch {
+            rt,
+            client,
+            cfg,
+            dir,
+        } = self;
+        std::thread::Builder::new()
+            .name("pod-watch".into())
+            .spawn(move || rt.block_on(podwatch::run(client, cfg, dir)))
+            .map_err(|e| format!("cannot start the pod watch: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Check the pod watch's flags and build its API client. Errors: one line.
+fn pod_watch(
+    node: &str,
+    kube_api: &str,
+    pod_dir: &std::path::Path,
+    max_files: u64,
+    excluded: &[&str],
+    debug: bool,
+) -> Result<PodWatch, String> {
+    remora_cni::podfile::check_subdomain("--node-name", node)?;
+    let config = if kube_api.is_empty() {
+        kube::Config::incluster().map_err(|e| {
+            format!("no --kube-api and not in a cluster (service account token, KUBERNETES_SERVICE_HOST): {e}")
+        })?
+    } else {
+        let uri: http::Uri = kube_api
+            .parse()
+            .map_err(|e| format!("invalid --kube-api {kube_api:?}: {e}"))?;
+        if uri.scheme().is_none() || uri.host().is_none() {
+            return Err(format!(
+                "invalid --kube-api {kube_api:?}: must be an http:// or https:// URL"
+            ));
+        }
+        kube::Config::new(uri)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the pod watch: {e}"))?;
+    let client = {
+        let _guard = rt.enter();
+        kube::Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))?
+    };
+    let cfg = podwatch::WatchConfig {
+        node: node.to_string(),
+        exclude_namespaces: excluded.iter().map(|s| s.to_string()).collect(),
+        debug,
+    };
+    let dir = PodDir::new(pod_dir.to_path_buf(), max_files as usize);
+    Ok(PodWatch {
+        rt,
+        client,
+        cfg,
+        dir,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -122,6 +213,10 @@ fn main() -> ExitCode {
             plugin_log_file,
             poll_ms,
             once,
+            node_name,
+            kube_api,
+            max_pod_files,
+            debug,
         } => {
             for (flag, p) in [
                 ("--cni-bin-dir", &dirs.cni_bin_dir),
@@ -150,6 +245,21 @@ fn main() -> ExitCode {
                 }
                 entry["logFile"] = json!(plugin_log_file);
             }
+            let watch = if node_name.is_empty() || once {
+                None
+            } else {
+                match pod_watch(
+                    &node_name,
+                    &kube_api,
+                    &pod_dir,
+                    max_pod_files,
+                    &excluded,
+                    debug,
+                ) {
+                    Ok(w) => Some(w),
+                    Err(e) => return fail(e),
+                }
+            };
             let handler = SigAction::new(
                 SigHandler::Handler(on_signal),
                 SaFlags::empty(),
@@ -171,6 +281,13 @@ fn main() -> ExitCode {
                     dirs.cni_bin_dir.join(node::PLUGIN_FILE).display()
                 )),
                 Err(e) => return fail(e),
+            }
+            if let Some(watch) = watch {
+                if let Err(e) = watch.start() {
+                    return fail(e);
+                }
+            } else if !once {
+                say("no --node-name (NODE_NAME): not watching pods, no pod files written");
             }
             let mut last: Option<Result<Pass, String>> = None;
             loop {
