@@ -79,6 +79,7 @@ fn peer_labels(dir: Direction, shared: &Shared, session: &Session, ctx: &ReqCtx)
 /// log.
 pub(super) fn record(
     dir: Direction,
+    gateway: bool,
     shared: &Shared,
     session: &Session,
     e: Option<&Error>,
@@ -132,6 +133,29 @@ pub(super) fn record(
         connection_security_policy: security,
     };
     metrics.record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
+    if let Some(tracer) = s.tracer.as_deref() {
+        super::trace::finish(
+            Some(tracer),
+            ctx,
+            &super::trace::Finished {
+                dir,
+                gateway,
+                status,
+                response_flags,
+                protocol: match protocol {
+                    "http2" | "grpc" if session.is_http2() => "HTTP/2",
+                    _ => "HTTP/1.1",
+                },
+                peer_address: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                request_size: req_bytes,
+                response_size: resp_bytes,
+                user_agent: super::header_str(session.req_header(), &http::header::USER_AGENT),
+            },
+        );
+    }
     s.access_log.write_http(
         metrics,
         &HttpLogEntry {
