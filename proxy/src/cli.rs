@@ -150,6 +150,10 @@ pub struct RunArgs {
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
+    /// Access-log encoding: `TEXT` (Istio's default line) or `JSON` (Istio's field names and
+    /// remora's own); Istio's `accessLogEncoding`.
+    #[arg(long, env = "REMORA_ACCESS_LOG_ENCODING", default_value = "TEXT", value_parser = ["TEXT", "JSON"])]
+    pub access_log_encoding: String,
     /// How often the keys of a RequestAuthentication's `jwksUri` are fetched again (Istio: 20m);
     /// `1s` to `24h`.
     #[arg(long, env = "REMORA_JWKS_REFRESH_INTERVAL", default_value = "20m", value_parser = parse_jwks_refresh)]

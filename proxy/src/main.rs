@@ -426,11 +426,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         inbound_upstream_read_timeout: limits.inbound_upstream_read_timeout,
         workload: workload.clone(),
-        access_log: if args.access_log == "off" {
-            AccessLog::Off
-        } else {
-            AccessLog::Stdout
-        },
+        access_log: AccessLog::from_flags(&args.access_log, &args.access_log_encoding),
         num_trusted_proxies: args.num_trusted_proxies,
         tracer: None,
     };

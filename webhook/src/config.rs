@@ -114,7 +114,7 @@ impl Default for IdentityDefaults {
 }
 
 /// The whole injector configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
     /// `enabled` (inject unless opted out) or `disabled` (inject only when opted in).
@@ -142,6 +142,8 @@ pub struct Config {
     pub revision: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
+    /// Mesh-wide telemetry in Istio's MeshConfig shape: tracing and the access log.
+    pub mesh: crate::mesh::MeshSettings,
 }
 
 impl Default for Config {
@@ -191,6 +193,7 @@ impl Default for Config {
             },
             revision: None,
             identity: IdentityConfig::default(),
+            mesh: crate::mesh::MeshSettings::default(),
         }
     }
 }
@@ -271,6 +274,9 @@ impl Config {
                 anyhow::anyhow!("config field identity.trustDomain: invalid value {t:?}: {why}")
             })?;
         }
+        self.mesh
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config field {e}"))?;
         for (name, res) in [
             ("proxy", &self.proxy.resources),
             ("init", &self.init.resources),

@@ -22,6 +22,7 @@ pub mod decide;
 pub mod inject;
 pub mod label_selector;
 pub mod manifest;
+pub mod mesh;
 pub mod metrics;
 pub mod patch;
 pub mod probes;

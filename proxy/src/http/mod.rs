@@ -96,6 +96,9 @@ pub struct ReqCtx {
     close_upstream: bool,
     /// The request's trace (tracing on): sampled or not, and the span's facts.
     trace: trace::Traced,
+    /// The port and subset the rules routed an outbound request to (Istio's cluster name).
+    route_port: u16,
+    subset: Option<String>,
 }
 
 /// The route's changes to the upstream request.
@@ -193,7 +196,8 @@ impl MeshHttp {
         ctx.route_name = f.route_name.clone();
         ctx.virtual_service = f.virtual_service.clone();
         ctx.destination_service = Cow::Owned(f.host.clone());
-        trace::on_forward(ctx, &f.host, f.subset.as_deref(), port);
+        ctx.route_port = port;
+        ctx.subset = f.subset.clone();
         let policies = &self.shared.policies;
         if ratelimit::check(session, ctx, policies, snap, &f).await? {
             return Ok(true);
@@ -271,6 +275,8 @@ impl ProxyHttp for MeshHttp {
             mirror_body: None,
             close_upstream: false,
             trace: trace::Traced::No,
+            route_port: 0,
+            subset: None,
         }
     }
 

@@ -28,10 +28,6 @@ pub(super) struct ReqTrace {
     /// The request came with a single `b3` header (rewritten too).
     b3_single: bool,
     tracestate: Option<String>,
-    /// Istio's `upstream_cluster` (`outbound|port|subset|host`, `inbound|port||`).
-    pub(super) cluster: Option<String>,
-    /// The span's service and port (its name).
-    pub(super) name_port: u16,
 }
 
 /// What the request path keeps of tracing.
@@ -72,8 +68,6 @@ pub(super) fn on_request(tracer: Option<&Tracer>, req: &RequestHeader, ctx: &mut
             start_unix_nanos: unix_nanos(),
             b3_single: h.b3.is_some(),
             tracestate: header_str(req, &TRACESTATE).map(str::to_string),
-            cluster: None,
-            name_port: ctx.dst.map_or(0, |d| d.port()),
         })),
     };
 }
@@ -90,17 +84,6 @@ fn unix_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Note the outbound destination the rules chose (sampled requests only).
-pub(super) fn on_forward(ctx: &mut ReqCtx, host: &str, subset: Option<&str>, port: u16) {
-    if let Traced::Sampled(t) = &mut ctx.trace {
-        t.cluster = Some(format!(
-            "outbound|{port}|{}|{host}",
-            subset.unwrap_or_default()
-        ));
-        t.name_port = port;
-    }
 }
 
 /// The next hop's trace headers.
@@ -141,6 +124,10 @@ pub(super) struct Finished<'a> {
     pub request_size: u64,
     pub response_size: u64,
     pub user_agent: Option<&'a str>,
+    /// Istio's `upstream_cluster` (`outbound|port|subset|host`, `inbound|port||`, ...).
+    pub cluster: String,
+    /// The port in the span's name (the routed port outbound, the app's inbound).
+    pub port: u16,
 }
 
 /// Report a sampled request's span (Istio's name and tags).
@@ -151,14 +138,11 @@ pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>
     let t = *t;
     let own = &tracer.own;
     let service: &str = &ctx.destination_service;
-    let cluster = t.cluster.unwrap_or_else(|| match f.dir {
-        Direction::Inbound => format!("inbound|{}||", t.name_port),
-        Direction::Outbound => service.to_string(),
-    });
+    let cluster = f.cluster.clone();
     let name = if service == crate::telemetry::UNKNOWN && f.dir == Direction::Inbound {
         format!("{cluster}/*")
     } else {
-        format!("{service}:{}/*", t.name_port)
+        format!("{service}:{}/*", f.port)
     };
     let scheme = "http";
     let mut tags: Vec<(&'static str, String)> = vec![

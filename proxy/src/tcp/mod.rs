@@ -228,7 +228,7 @@ pub async fn proxy(
         warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
         metrics.tcp_open(labels);
         metrics.tcp_close(labels, 0, 0);
-        s.access_log.write(
+        s.access_log.write_tcp(
             metrics,
             &TcpLogEntry {
                 start_time: started_at.clone(),
@@ -387,7 +387,7 @@ pub async fn proxy(
         Err(why) => (local, 0, 0, Some(why)),
     };
     metrics.tcp_close(&labels, received, sent);
-    s.access_log.write(
+    s.access_log.write_tcp(
         metrics,
         &TcpLogEntry {
             start_time: started_at,

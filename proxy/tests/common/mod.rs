@@ -189,6 +189,14 @@ impl ProxyProc {
         if let Some(t) = o.fixed_inbound {
             args.push(format!("--fixed-inbound-target={t}"));
         }
+        // The tests read the access log as JSON (the product default is Istio's TEXT line).
+        if !o
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--access-log-encoding"))
+        {
+            args.push("--access-log-encoding=JSON".into());
+        }
         args.extend(o.extra_args.iter().cloned());
         let mut cmd = match &o.netns {
             None => {
