@@ -46,6 +46,7 @@ fn start_gateway(rules: &Path, map: &str, extra: &[String]) -> (ProxyProc, tempf
         "--kube-api=off".into(),
         "--gateway-address=127.0.0.1".into(),
         format!("--gateway-port-map={map}"),
+        "--access-log-encoding=JSON".into(),
     ])
     .args(extra);
     for k in [

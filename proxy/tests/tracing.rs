@@ -269,3 +269,108 @@ fn a_stuck_collector_drops_and_counts_spans_without_slowing_requests() {
     );
     assert_eq!(col.spans().len(), 0);
 }
+
+/// A Telemetry rule in the workload's namespace sets the sampling percentage, adds custom tags
+/// and turns the access log off, each applied at the next rules reload.
+#[test]
+fn telemetry_rules_change_sampling_tags_and_access_log_on_reload() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let mut rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = tracing_args("zipkin", col.addr, "0");
+    o.env = vec![("TEAM_FROM_ENV".into(), "payments".into())];
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    for _ in 0..20 {
+        get(&a, &[]);
+    }
+    a.wait_log(|l| l["kind"] == "http");
+    let telemetry = |spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: testns}}\nspec:\n{spec}"
+        )
+    };
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry(
+            "  tracing:\n  - providers: [{name: zipkin}]\n    randomSamplingPercentage: 100\n    customTags:\n      team: {literal: {value: reviews}}\n      env: {environment: {name: TEAM_FROM_ENV}}\n      ua: {header: {name: user-agent, defaultValue: none}}\n",
+        ),
+    )]);
+    a.wait_stderr("applied rules generation 2");
+    get(&a, &[("user-agent", "ua-1")]);
+    let spans = col.wait_for("a span after the reload", |s| !s.is_empty());
+    assert_eq!(spans.len(), 1, "sampling 0 % before the rule: {spans:#?}");
+    let s = &spans[0];
+    assert_eq!(s.tags["team"], "reviews");
+    assert_eq!(s.tags["env"], "payments");
+    assert_eq!(s.tags["ua"], "ua-1");
+    // accessLogging disabled: requests go on, their lines do not.
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry("  accessLogging:\n  - disabled: true\n"),
+    )]);
+    a.wait_stderr("applied rules generation 3");
+    let before = a.access_log().len();
+    for _ in 0..5 {
+        get(&a, &[("x-marker", "after-off")]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        a.access_log().len(),
+        before,
+        "access log written while disabled"
+    );
+    // The rule no longer samples: back to the flag's 0 %.
+    let n = col.spans().len();
+    for _ in 0..20 {
+        get(&a, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(col.spans().len(), n);
+}
+
+/// The product's access log is Istio's TEXT line when no encoding is asked for.
+#[test]
+fn the_default_access_log_is_istios_text_line() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = vec!["--access-log-encoding=TEXT".into()];
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    get(
+        &a,
+        &[("user-agent", "text-test"), ("x-request-id", "rid-1")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let lines = a.stdout.lock().unwrap().clone();
+        if let Some(l) = lines.into_iter().find(|l| l.contains("rid-1")) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.starts_with('['), "{line}");
+    assert!(
+        line.contains("] \"GET /reviews/1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 "),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"-\" \"text-test\" \"rid-1\" \"reviews:9080\""),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "\"{app}\" outbound|{}||reviews.testns.svc.cluster.local",
+            app.port()
+        )),
+        "{line}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
+}

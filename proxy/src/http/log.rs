@@ -141,6 +141,8 @@ pub(super) fn record(
     } else {
         "HTTP/1.1"
     };
+    let snap = shared.snapshot.load();
+    let rules = &snap.telemetry;
     if let Some(tracer) = s.tracer.as_deref().filter(|_| sampled) {
         super::trace::finish(
             Some(tracer),
@@ -160,8 +162,13 @@ pub(super) fn record(
                 user_agent,
                 cluster: cluster.clone().unwrap_or_default(),
                 port: span_port(dir, ctx),
+                custom_tags: &rules.custom_tags,
+                request: session.req_header(),
             },
         );
+    }
+    if rules.access_log_disabled == Some(true) {
+        return;
     }
     let downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
     s.access_log.write_http(

@@ -299,11 +299,10 @@ impl ProxyHttp for MeshHttp {
         note_request(session.req_header(), ctx);
         exchange::on_request(self.dir, session.req_header(), ctx);
         request_id::ensure(session, ctx)?;
-        trace::on_request(
-            self.shared.settings.tracer.as_deref(),
-            session.req_header(),
-            ctx,
-        );
+        if let Some(tracer) = self.shared.settings.tracer.as_deref() {
+            let snap = self.shared.snapshot.load();
+            trace::on_request(Some(tracer), &snap.telemetry, session.req_header(), ctx);
+        }
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;
             return local_reply::send(session, ctx, 503, &[], "no original destination\n").await;

@@ -1,8 +1,9 @@
 //! Tracing of one request, as Envoy's tracer does it in Istio: the trace context decided when
 //! the request arrives (`telemetry::trace_context`), the W3C and B3 headers of the next hop
 //! rewritten to this proxy's span, and the finished span handed to the exporter with Istio's
-//! name and tags. With tracing off nothing here runs; a request that is not sampled costs no
-//! allocation (at most one static `x-b3-sampled: 0`, so that the next hops keep the decision).
+//! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
+//! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
+//! decision).
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;
@@ -28,6 +29,8 @@ pub(super) struct ReqTrace {
     /// The request came with a single `b3` header (rewritten too).
     b3_single: bool,
     tracestate: Option<String>,
+    /// Report the span (`false`: a Telemetry rule's `disableSpanReporting`).
+    report: bool,
 }
 
 /// What the request path keeps of tracing.
@@ -41,8 +44,15 @@ pub(super) enum Traced {
     Sampled(Box<ReqTrace>),
 }
 
-/// Decide the request's trace (tracing on).
-pub(super) fn on_request(tracer: Option<&Tracer>, req: &RequestHeader, ctx: &mut ReqCtx) {
+/// Decide the request's trace (tracing on); the Telemetry rules' `randomSamplingPercentage`
+/// replaces the configured percentage, `disableSpanReporting` keeps the decision and its
+/// headers but reports no span.
+pub(super) fn on_request(
+    tracer: Option<&Tracer>,
+    rules: &remora_model::telemetry::Effective,
+    req: &RequestHeader,
+    ctx: &mut ReqCtx,
+) {
     let Some(t) = tracer else { return };
     let h = Headers {
         traceparent: header_str(req, &TRACEPARENT),
@@ -55,7 +65,9 @@ pub(super) fn on_request(tracer: Option<&Tracer>, req: &RequestHeader, ctx: &mut
     let incoming = trace_context::incoming(&h);
     let d = trace_context::decide(
         incoming,
-        t.sampling(),
+        rules
+            .random_sampling_percentage
+            .unwrap_or_else(|| t.sampling()),
         rand::random::<f64>(),
         nonzero(rand::random()),
         nonzero(rand::random()),
@@ -68,6 +80,7 @@ pub(super) fn on_request(tracer: Option<&Tracer>, req: &RequestHeader, ctx: &mut
             start_unix_nanos: unix_nanos(),
             b3_single: h.b3.is_some(),
             tracestate: header_str(req, &TRACESTATE).map(str::to_string),
+            report: rules.disable_span_reporting != Some(true),
         })),
     };
 }
@@ -90,7 +103,9 @@ fn unix_nanos() -> u64 {
 pub(super) fn on_upstream_request(req: &mut RequestHeader, ctx: &ReqCtx) -> Result<()> {
     match &ctx.trace {
         Traced::No => Ok(()),
-        Traced::UnsampledRoot => req.insert_header(X_B3_SAMPLED.clone(), "0").map(|_| ()),
+        Traced::UnsampledRoot => req
+            .insert_header(X_B3_SAMPLED.clone(), http::HeaderValue::from_static("0"))
+            .map(|_| ()),
         Traced::Sampled(t) => {
             let o = t.ctx.outgoing();
             req.insert_header(TRACEPARENT.clone(), o.traceparent)?;
@@ -128,6 +143,9 @@ pub(super) struct Finished<'a> {
     pub cluster: String,
     /// The port in the span's name (the routed port outbound, the app's inbound).
     pub port: u16,
+    /// The Telemetry rules' `customTags`, and the request they read headers of.
+    pub custom_tags: &'a std::collections::BTreeMap<String, remora_model::telemetry::CustomTag>,
+    pub request: &'a RequestHeader,
 }
 
 /// Report a sampled request's span (Istio's name and tags).
@@ -136,6 +154,9 @@ pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>
         return;
     };
     let t = *t;
+    if !t.report {
+        return;
+    }
     let own = &tracer.own;
     let service: &str = &ctx.destination_service;
     let cluster = f.cluster.clone();
@@ -175,6 +196,11 @@ pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>
         (Direction::Inbound, _) | (Direction::Outbound, true) => Kind::Server,
         (Direction::Outbound, false) => Kind::Client,
     };
+    let custom_tags = f
+        .custom_tags
+        .iter()
+        .filter_map(|(name, tag)| Some((name.clone(), custom_tag_value(tag, f.request)?)))
+        .collect();
     tracer.report(Span {
         ctx: t.ctx,
         kind,
@@ -182,7 +208,31 @@ pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>
         start_unix_nanos: t.start_unix_nanos,
         duration_nanos: ctx.start.elapsed().as_nanos() as u64,
         tags,
+        custom_tags,
         error: f.status >= 500 || f.status == 0,
         tracestate: t.tracestate,
     });
+}
+
+/// A custom tag's value: the literal, the request header or the environment variable (its
+/// `defaultValue` when absent; no tag when there is neither).
+fn custom_tag_value(
+    tag: &remora_model::telemetry::CustomTag,
+    req: &RequestHeader,
+) -> Option<String> {
+    if let Some(l) = &tag.literal {
+        return Some(l.value.clone());
+    }
+    if let Some(h) = &tag.header {
+        return req
+            .headers
+            .get(h.name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| h.default_value.clone());
+    }
+    let e = tag.environment.as_ref()?;
+    std::env::var(&e.name)
+        .ok()
+        .or_else(|| e.default_value.clone())
 }

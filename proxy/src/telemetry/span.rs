@@ -25,6 +25,8 @@ pub struct Span {
     pub duration_nanos: u64,
     /// Envoy's and Istio's tags, in order.
     pub tags: Vec<(&'static str, String)>,
+    /// The Telemetry rules' `customTags`, after `tags`.
+    pub custom_tags: Vec<(String, String)>,
     /// A 5xx answer (or none): Zipkin's `error` tag, OTLP's status `ERROR`.
     pub error: bool,
     /// The incoming `tracestate`, kept for OTLP.
@@ -47,6 +49,9 @@ pub fn zipkin_json(reporter: &Reporter, spans: &[Span]) -> Vec<u8> {
             let mut tags = serde_json::Map::new();
             for (k, v) in &s.tags {
                 tags.insert((*k).to_string(), serde_json::Value::String(v.clone()));
+            }
+            for (k, v) in &s.custom_tags {
+                tags.insert(k.clone(), serde_json::Value::String(v.clone()));
             }
             if s.error {
                 tags.insert("error".into(), serde_json::Value::String("true".into()));
@@ -103,6 +108,11 @@ pub fn otlp_request(reporter: &Reporter, spans: &[Span]) -> otlp::ExportTraceSer
                 .tags
                 .iter()
                 .map(|(k, v)| otlp::KeyValue::string(k, v))
+                .chain(
+                    s.custom_tags
+                        .iter()
+                        .map(|(k, v)| otlp::KeyValue::string(k, v)),
+                )
                 .collect(),
             status: Some(otlp::Status {
                 message: String::new(),
@@ -156,6 +166,7 @@ mod tests {
             start_unix_nanos: 1_700_000_000_123_456_789,
             duration_nanos: 4_500_000,
             tags: vec![("http.method", "GET".into()), ("component", "proxy".into())],
+            custom_tags: vec![("team".into(), "reviews".into())],
             error,
             tracestate: Some("vendor=x".into()),
         }
@@ -184,6 +195,7 @@ mod tests {
         assert_eq!(a["localEndpoint"]["ipv4"], "10.0.0.5");
         assert_eq!(a["tags"]["http.method"], "GET");
         assert_eq!(a["tags"]["error"], "true");
+        assert_eq!(a["tags"]["team"], "reviews");
         assert!(v[1].get("parentId").is_none());
         assert!(v[1]["tags"].get("error").is_none());
     }
