@@ -127,8 +127,8 @@ pub fn validate(spec: &TelemetrySpec) -> Result<(), SpecError> {
         if let Some(p) = t.random_sampling_percentage {
             if !(0.0..=100.0).contains(&p) {
                 return Err(SpecError::new(
-                    &format!("spec.tracing[{i}].randomSamplingPercentage"),
-                    &format!("{p} is outside 0 to 100"),
+                    format!("spec.tracing[{i}].randomSamplingPercentage"),
+                    format!("{p} is outside 0 to 100"),
                 ));
             }
         }
@@ -136,8 +136,8 @@ pub fn validate(spec: &TelemetrySpec) -> Result<(), SpecError> {
             let field = format!("spec.tracing[{i}].customTags.{name}");
             if name.is_empty() || name.len() > 256 {
                 return Err(SpecError::new(
-                    &format!("spec.tracing[{i}].customTags"),
-                    &format!("tag name {name:?} is empty or longer than 256"),
+                    format!("spec.tracing[{i}].customTags"),
+                    format!("tag name {name:?} is empty or longer than 256"),
                 ));
             }
             let kinds = [
@@ -155,7 +155,7 @@ pub fn validate(spec: &TelemetrySpec) -> Result<(), SpecError> {
                 if let Some(s) = src {
                     if s.name.is_empty() {
                         return Err(SpecError::new(
-                            &format!("{field}.{kind}.name"),
+                            format!("{field}.{kind}.name"),
                             "empty value: a name is required",
                         ));
                     }

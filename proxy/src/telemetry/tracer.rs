@@ -103,7 +103,7 @@ impl std::fmt::Debug for Tracer {
 }
 
 impl Tracer {
-    /// Start the exporter thread; `None` (logged) when the thread cannot be made.
+    /// Start the exporter thread (an error when the thread cannot be made).
     pub fn start(
         config: ExportConfig,
         sampling: f64,

@@ -1,4 +1,4 @@
-//! A trace collector for the process tests: Zipkin v2 JSON (`POST /api/v2/spans`) and
+//! A trace collector for the process and lab tests (`proxy/tests` include this file): Zipkin v2 JSON (`POST /api/v2/spans`) and
 //! OTLP/HTTP protobuf (`POST /v1/traces`, decoded with the proxy's own OTLP structs) on one
 //! loopback port, keeping every span it received in one normalized form. `hang` makes it
 //! accept connections and never answer (a stuck collector).
@@ -111,14 +111,22 @@ fn from_otlp(body: &[u8]) -> Result<Vec<GotSpan>, String> {
 }
 
 impl Collector {
-    /// Start on the current tokio runtime.
+    /// Start on loopback, on the current tokio runtime.
     pub async fn start(hang: bool) -> Collector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind collector");
+        Collector::start_on(listener, hang)
+    }
+
+    /// Start on `listener` (bound anywhere, e.g. in a lab namespace), on the current tokio
+    /// runtime.
+    pub fn start_on(listener: std::net::TcpListener, hang: bool) -> Collector {
         use http_body_util::{BodyExt, Full};
         use hyper::service::service_fn;
         use hyper_util::rt::TokioIo;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind collector");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking collector");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("collector listener");
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let bad = Arc::new(Mutex::new(Vec::new()));
