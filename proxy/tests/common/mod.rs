@@ -26,6 +26,7 @@ pub fn unique(prefix: &str) -> String {
 // Ports for the proxies these tests start: outside the kernel's ephemeral range, so no client
 // socket of a parallel test can take one between choosing it and the proxy binding it. One
 // allocator for the whole workspace's tests (remora-e2e uses the same file as `ports`).
+#[path = "../../../tests/src/collector.rs"]
 pub mod collector;
 #[path = "../../../tests/src/ports.rs"]
 mod ports;
