@@ -170,7 +170,7 @@ fn incoming_not_sampled_decisions_are_honoured_and_forwarded_unchanged() {
         .as_str()
         .unwrap()
         .to_string();
-    let spans = col.wait_for("the sampled request's spans", |s| {
+    col.wait_for("the sampled request's spans", |s| {
         s.iter().filter(|x| x.trace_id == marker).count() == 2
     });
     std::thread::sleep(Duration::from_millis(700));

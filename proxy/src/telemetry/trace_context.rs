@@ -383,7 +383,7 @@ mod tests {
             format!("{T}-{S}-2"),
             format!("{T}-{S}-1-zz"),
             format!("{T}-{S}-1-{S}-x"),
-            format!("{T}"),
+            T.to_string(),
             "abc-def".to_string(),
             String::new(),
         ] {
