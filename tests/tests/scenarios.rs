@@ -1600,16 +1600,23 @@ fn bookinfo_request_is_one_trace_with_parent_child_spans() {
     let is = |s: &GotSpan, service: &str, kind: &str| {
         s.service == format!("{service}.bookinfo") && s.kind == kind
     };
-    let spans = col.wait_for("the ratings server span and its ancestors", |s| {
-        s.iter().any(|x| is(x, "ratings", "SERVER"))
-            && s.iter().any(|x| is(x, "client", "CLIENT"))
-            && s.iter().filter(|x| is(x, "productpage", "CLIENT")).count() >= 2
-    });
-    let ratings = spans.iter().find(|s| is(s, "ratings", "SERVER")).unwrap();
+    // The client's request is the root (the kubelet's probes make traces of their own).
+    let is_root =
+        |s: &GotSpan| is(s, "client", "CLIENT") && s.tags["http.url"].ends_with("/productpage");
+    let complete = |all: &[GotSpan]| {
+        all.iter().filter(|r| is_root(r)).any(|r| {
+            let t = all.iter().filter(|s| s.trace_id == r.trace_id);
+            t.clone().any(|x| is(x, "ratings", "SERVER"))
+                && t.filter(|x| is(x, "productpage", "CLIENT")).count() >= 2
+        })
+    };
+    let spans = col.wait_for("the request's trace down to ratings", complete);
+    let first_root = spans.iter().find(|s| is_root(s)).unwrap();
     let trace: Vec<&GotSpan> = spans
         .iter()
-        .filter(|s| s.trace_id == ratings.trace_id)
+        .filter(|s| s.trace_id == first_root.trace_id)
         .collect();
+    let ratings = *trace.iter().find(|s| is(s, "ratings", "SERVER")).unwrap();
     let by_id = |id: &Option<String>| -> &GotSpan {
         let id = id
             .as_deref()
