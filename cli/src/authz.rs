@@ -743,6 +743,7 @@ spec: {mtls: {mode: STRICT}}
             },
             discovery: DiscoveryDump::off(),
             identity: None,
+            gateway: None,
         }
     }
 

@@ -309,25 +309,52 @@ fn image_version(image: &str) -> Option<String> {
 }
 
 /// The capture the pod's `remora-init` container sets up, parsed and validated by remora-init's
-/// own flags (`CaptureConfig::summary`).
+/// own flags (`CaptureConfig::summary`); for a pod injected in CNI mode (no `remora-init`, the
+/// annotation `remora.dev/capture: cni`), the capture the node's plugin installs, from the same
+/// mapping of the pod's annotations the plugin uses (`remora_init::pod`).
 fn capture_of(pod: &Pod) -> Vec<String> {
-    let Some((init, _)) = objects::containers(pod).find(|(c, init)| *init && c.name == INIT_NAME)
-    else {
-        return Vec::new();
+    use remora_init::pod::{CaptureOptions, CAPTURE_BY_CNI, CAPTURE_MARK, DEFAULT_PROXY_UID};
+    let (args, mut out) = match objects::containers(pod)
+        .find(|(c, init)| *init && c.name == INIT_NAME)
+    {
+        Some((init, _)) => (init.args.clone().unwrap_or_default(), Vec::new()),
+        None => {
+            let ann = pod.metadata.annotations.clone().unwrap_or_default();
+            if ann.get(CAPTURE_MARK).map(String::as_str) != Some(CAPTURE_BY_CNI) {
+                return Vec::new();
+            }
+            let (opts, errors) = CaptureOptions::parse(&ann);
+            if !errors.is_empty() {
+                return vec![format!(
+                    "CNI mode: the node's plugin refuses this pod: {}",
+                    errors.join("; ")
+                )];
+            }
+            let uid = proxy_container(pod)
+                .and_then(|(c, _)| c.security_context.as_ref()?.run_as_user)
+                .and_then(|u| u32::try_from(u).ok())
+                .unwrap_or(DEFAULT_PROXY_UID);
+            (
+                opts.init_args(uid),
+                vec![format!(
+                    "by the node's CNI plugin remora-cni ({CAPTURE_MARK}: {CAPTURE_BY_CNI}), checked by the remora-validation container"
+                )],
+            )
+        }
     };
-    let args: Vec<String> = init.args.clone().unwrap_or_default();
     let parsed = remora_init::flags::Flags::try_parse_args_only(
         std::iter::once(INIT_NAME.to_string()).chain(args),
     )
     .map_err(|e| e.to_string())
     .and_then(|f| f.validate().map_err(|e| e.to_string()));
     match parsed {
-        Ok(c) => c.summary(),
-        Err(e) => vec![format!(
+        Ok(c) => out.extend(c.summary()),
+        Err(e) => out.push(format!(
             "the {INIT_NAME} arguments do not parse: {}",
             e.lines().next().unwrap_or("")
-        )],
+        )),
     }
+    out
 }
 
 fn injection_of(pod: &Pod, name: &str, ns: &str) -> Injection {
@@ -1573,6 +1600,34 @@ spec:
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
                "spec": {"selector": selector, "clusterIP": "10.96.0.10", "ports": ports}}),
         )
+    }
+
+    #[test]
+    fn a_cni_mode_pod_shows_the_plugins_capture() {
+        let p = pod(
+            json!({"app": "reviews"}),
+            true,
+            json!({"remora.dev/capture": "cni", "traffic.sidecar.istio.io/includeInboundPorts": "9080"}),
+        );
+        let c = capture_of(&p);
+        assert!(
+            c[0].starts_with("by the node's CNI plugin remora-cni"),
+            "{c:?}"
+        );
+        assert!(
+            c.iter().any(|l| l
+                == "inbound: TCP ports 9080 are redirected to 15006; other ports are not captured"),
+            "{c:?}"
+        );
+        // Without the mark and without remora-init: no capture to describe.
+        let p = pod(json!({"app": "reviews"}), true, json!({}));
+        assert!(capture_of(&p).is_empty());
+        let p = pod(
+            json!({"app": "reviews"}),
+            true,
+            json!({"remora.dev/capture": "cni", "traffic.sidecar.istio.io/includeInboundPorts": "x"}),
+        );
+        assert!(capture_of(&p)[0].starts_with("CNI mode: the node's plugin refuses this pod: annotation traffic.sidecar.istio.io/includeInboundPorts"));
     }
 
     #[test]

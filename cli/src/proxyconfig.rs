@@ -1504,15 +1504,82 @@ fn protocol_text(p: remora_model::rules::Protocol) -> &'static str {
     }
 }
 
+/// A gateway's listening ports (`remora-proxy gateway`): per port its Gateway port, what it does
+/// with connections, and each server with its hosts, TLS mode, credential and state.
+fn gateway_listeners(
+    g: &remora_model::dump::GatewayDump,
+    bound: &[remora_model::dump::ListenerDump],
+    f: &Filters,
+    out: &mut Listeners,
+) {
+    for l in &g.listeners {
+        if !f.port_ok(Some(l.port)) {
+            continue;
+        }
+        let does = match l.kind.as_str() {
+            "http" => "plain HTTP/1.1 and h2c",
+            "https" => "TLS terminated (the SNI picks the server), then HTTP",
+            "tls" => "TLS terminated (the SNI picks the server), then TCP by tcp routes",
+            "passthrough" => "TLS passed through, routed by SNI with tls routes",
+            _ => "TCP by tcp routes",
+        };
+        let servers: Vec<String> = l
+            .servers
+            .iter()
+            .map(|s| {
+                let mut t = format!("{} {} [{}]", s.server, s.protocol, s.hosts.join(","));
+                if let Some(m) = &s.tls_mode {
+                    t.push_str(&format!(" tls {m}"));
+                }
+                if let Some(c) = &s.credential_name {
+                    t.push_str(&format!(" credentialName {c}"));
+                }
+                if s.state != "served" {
+                    t.push_str(&format!(" ({})", s.state.to_uppercase()));
+                }
+                t
+            })
+            .collect();
+        let name = format!("gateway {}", l.port);
+        let address = bound
+            .iter()
+            .find(|b| b.name == name)
+            .and_then(|b| b.address.clone())
+            .unwrap_or_else(|| format!("{}:{}", l.bind.as_deref().unwrap_or("0.0.0.0"), l.port));
+        out.listeners.push(ListenerRow {
+            name,
+            address,
+            bound: bound
+                .iter()
+                .any(|b| b.name == format!("gateway {}", l.port) && b.bound),
+            handles: format!(
+                "Gateway port {}: {does}; servers: {}",
+                l.gateway_port,
+                servers.join("; ")
+            ),
+            destination: format!(
+                "routed by the VirtualServices bound to {}",
+                g.gateways.join(", ")
+            ),
+        });
+    }
+}
+
 fn listeners_view(rules: &Rules<'_>, f: &Filters) -> Listeners {
     let mut out = Listeners {
         sniff_timeout_ms: Some(rules.dump.sniff_timeout_ms),
         ..Default::default()
     };
+    if let Some(g) = &rules.dump.gateway {
+        gateway_listeners(g, &rules.dump.listeners, f, &mut out);
+    }
     for l in &rules.dump.listeners {
         let Some(address) = l.address.as_deref() else {
             continue; // e.g. IPv6 listeners turned off
         };
+        if rules.dump.gateway.is_some() {
+            break; // a gateway has no capture listeners: its ports are listed above
+        }
         let name = l.name.clone();
         let port = address
             .rsplit_once(':')
@@ -1608,6 +1675,25 @@ pub fn build(
     }
     for u in &dump.rules.unknown_fields {
         notes.push(format!("unknown field, accepted and ignored: {u}"));
+    }
+    if let Some(g) = &dump.gateway {
+        if g.gateways.is_empty() {
+            notes.push(
+                "gateway: no Gateway selects this gateway's pod labels; nothing is served"
+                    .to_string(),
+            );
+        }
+        for n in &g.not_served {
+            notes.push(format!("gateway server not served: {n}"));
+        }
+        for l in &g.listeners {
+            for s in l.servers.iter().filter(|s| s.state != "served") {
+                notes.push(format!(
+                    "gateway server {} on port {} is {}: its TLS settings are not loaded (see the gateway's log)",
+                    s.server, l.gateway_port, s.state
+                ));
+            }
+        }
     }
     for f in &dump.rules.skipped_files {
         notes.push(format!("file not read: {f}"));
@@ -2016,6 +2102,7 @@ mod tests {
             },
             discovery: DiscoveryDump::off(),
             identity: None,
+            gateway: None,
         }
     }
 
@@ -2175,6 +2262,98 @@ mod tests {
             .unwrap();
         assert_eq!(only.len(), 1, "{only:#?}");
         assert_eq!(only[0].subset.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn a_gateways_listeners_servers_and_down_servers() {
+        use remora_model::dump::{
+            GatewayDump, GatewayListenerDump, GatewayServerDump, ListenerDump,
+        };
+        let mut d = real_dump();
+        d.listeners = vec![ListenerDump {
+            name: "gateway 8443".into(),
+            address: Some("0.0.0.0:8443".into()),
+            bound: true,
+            fixed_target: None,
+            source_address: None,
+        }];
+        let server = |i: usize, host: &str, state: &str| GatewayServerDump {
+            server: format!("Gateway istio-system/web spec.servers[{i}]"),
+            protocol: "HTTPS".into(),
+            hosts: vec![host.into()],
+            tls_mode: Some("SIMPLE".into()),
+            credential_name: Some(format!("{host}-cert")),
+            state: state.into(),
+        };
+        d.gateway = Some(GatewayDump {
+            gateways: vec!["istio-system/web".into()],
+            listeners: vec![GatewayListenerDump {
+                port: 8443,
+                gateway_port: 443,
+                kind: "https".into(),
+                bind: None,
+                servers: vec![
+                    server(0, "shop.example.com", "served"),
+                    server(1, "old.example.com", "down"),
+                ],
+            }],
+            not_served: vec![
+                "Gateway istio-system/web spec.servers[2] (port 9000): protocol UDP …".into(),
+            ],
+        });
+        let c = all(&d, &Filters::default());
+        let l = c.listeners.unwrap();
+        assert_eq!(l.listeners.len(), 1, "{l:#?}");
+        let row = &l.listeners[0];
+        assert_eq!(
+            (row.name.as_str(), row.address.as_str(), row.bound),
+            ("gateway 8443", "0.0.0.0:8443", true)
+        );
+        assert!(
+            row.handles.starts_with("Gateway port 443: TLS terminated"),
+            "{}",
+            row.handles
+        );
+        assert!(
+            row.handles
+                .contains("[shop.example.com] tls SIMPLE credentialName shop.example.com-cert;"),
+            "{}",
+            row.handles
+        );
+        assert!(
+            row.handles.contains("old.example.com-cert (DOWN)"),
+            "{}",
+            row.handles
+        );
+        assert_eq!(
+            row.destination,
+            "routed by the VirtualServices bound to istio-system/web"
+        );
+        assert!(
+            c.notes.iter().any(|n| n.starts_with(
+                "gateway server not served: Gateway istio-system/web spec.servers[2]"
+            )),
+            "{:?}",
+            c.notes
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("spec.servers[1] on port 443 is down")),
+            "{:?}",
+            c.notes
+        );
+        // The port filter applies to gateway ports too.
+        let f = Filters {
+            port: Some(80),
+            ..Default::default()
+        };
+        assert!(build(&d, "t", View::Listeners, &f)
+            .unwrap()
+            .listeners
+            .unwrap()
+            .listeners
+            .is_empty());
     }
 
     #[test]

@@ -284,6 +284,7 @@ mod tests {
             },
             discovery: DiscoveryDump::off(),
             identity: None,
+            gateway: None,
         }
     }
 

@@ -42,6 +42,50 @@ pub struct ConfigDump {
     /// The workload certificate (`None`: the proxy has no workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityDump>,
+    /// A gateway's Gateways, listening ports and servers (`None`: a sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayDump>,
+}
+
+/// What `remora-proxy gateway` serves (`remora_model::gateway::dump` builds it from the plan).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayDump {
+    /// `namespace/name` of the Gateways that select this gateway.
+    pub gateways: Vec<String>,
+    pub listeners: Vec<GatewayListenerDump>,
+    /// Servers left out, one line each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_served: Vec<String>,
+}
+
+/// One listening port of a gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayListenerDump {
+    /// The port the proxy listens on.
+    pub port: u16,
+    /// The Gateway (Service) port.
+    pub gateway_port: u16,
+    /// `http`, `https`, `passthrough`, `tcp` or `tls` (terminated).
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    pub servers: Vec<GatewayServerDump>,
+}
+
+/// One server of a Gateway on a listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayServerDump {
+    /// `Gateway ns/name spec.servers[i]`.
+    pub server: String,
+    pub protocol: String,
+    /// As written (`ns/host`, `./host`, `host`).
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// `served`, or `down` (its TLS settings could not be loaded: see the log).
+    pub state: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -106,6 +106,28 @@ pub enum ListenerKind {
     Passthrough,
     /// Opaque TCP routed with `tcp` routes (`TCP` servers).
     Tcp,
+    /// TLS terminated with the certificate of the server the SNI names (`TLS` servers with
+    /// `tls.mode` `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`), then the decrypted bytes routed as
+    /// opaque TCP with `tcp` routes, as Istio's gateway does.
+    TlsTerminated,
+}
+
+impl ListenerKind {
+    /// The name `/config_dump` and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
+            ListenerKind::Passthrough => "passthrough",
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::TlsTerminated => "tls",
+        }
+    }
+
+    /// Whether the gateway terminates TLS on this listener (certificates from `credentialName`).
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, ListenerKind::Https | ListenerKind::TlsTerminated)
+    }
 }
 
 /// One listening port of the gateway and the servers it serves.
@@ -151,12 +173,16 @@ fn kind_of(s: &Server) -> Result<ListenerKind, String> {
             Ok(ListenerKind::Passthrough)
         }
         (ServerProtocol::Tcp, _) => Ok(ListenerKind::Tcp),
+        (
+            ServerProtocol::Tls,
+            Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
+        ) => Ok(ListenerKind::TlsTerminated),
         (ServerProtocol::Https, Some(m)) => Err(format!(
             "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
             m.as_str()
         )),
         (p, m) => Err(format!(
-            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP and TLS with PASSTHROUGH are)",
+            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP, and TLS with PASSTHROUGH, SIMPLE, MUTUAL or OPTIONAL_MUTUAL are)",
             p.as_str(),
             m.map(|m| format!(" with tls.mode {}", m.as_str()))
                 .unwrap_or_default()
@@ -213,6 +239,52 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
     }
     out.listeners.sort_by_key(|l| l.port);
     out
+}
+
+/// The `/config_dump` of a gateway's plan; `down(port, i)`: whether server `i` of the listener
+/// on `port` is down (its TLS settings not loaded).
+pub fn dump(plan: &Plan, down: impl Fn(u16, usize) -> bool) -> crate::dump::GatewayDump {
+    use crate::dump::{GatewayDump, GatewayListenerDump, GatewayServerDump};
+    use crate::rules::gateway::HostNamespace;
+    GatewayDump {
+        gateways: plan.gateways.clone(),
+        not_served: plan.not_served.clone(),
+        listeners: plan
+            .listeners
+            .iter()
+            .map(|l| GatewayListenerDump {
+                port: l.port,
+                gateway_port: l.gateway_port,
+                kind: l.kind.as_str().to_string(),
+                bind: l.bind.clone(),
+                servers: l
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let tls = b.server.tls.as_ref();
+                        GatewayServerDump {
+                            server: b.describe(),
+                            protocol: b.server.protocol.as_str().to_string(),
+                            hosts: b
+                                .server
+                                .hosts
+                                .iter()
+                                .map(|h| match &h.namespace {
+                                    HostNamespace::Any => h.host.clone(),
+                                    HostNamespace::Gateway => format!("./{}", h.host),
+                                    HostNamespace::Named(ns) => format!("{ns}/{}", h.host),
+                                })
+                                .collect(),
+                            tls_mode: tls.and_then(|t| t.mode).map(|m| m.as_str().to_string()),
+                            credential_name: tls.and_then(|t| t.credential_name.clone()),
+                            state: if down(l.port, i) { "down" } else { "served" }.to_string(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 /// The server of `listener` for a request host or SNI name: the most specific host match; the
@@ -272,16 +344,16 @@ pub fn virtual_service_for<'a>(
     best.map(|(_, vs)| vs)
 }
 
-/// Route a connection on a listener of `TCP` servers, or of `TLS`/`HTTPS` servers with
-/// `tls.mode: PASSTHROUGH` (`sni`: the name in the client's ClientHello; the gateway does not
-/// terminate it), as Istio's gateway does: the servers whose hosts match the SNI (TCP: every
-/// server of the port, Istio matches TCP by port only); among the VirtualServices bound to
-/// their Gateways (at the top or in a `tls`/`tcp` match) through a server host that admits the
-/// VirtualService's namespace (and matches the SNI), with `tls` (or `tcp`) routes and, for TLS,
-/// a host of its own that matches the SNI, the most specific (the first loaded on a tie; TCP:
-/// the first loaded); its first route that holds (`sniHosts`, `port` = the Gateway port,
-/// `sourceLabels` of the gateway pod, ...). Nothing holds: `Deny` (the gateway closes the
-/// connection).
+/// Route a connection on a listener of `TCP` servers, of `TLS`/`HTTPS` servers with
+/// `tls.mode: PASSTHROUGH`, or of `TLS` servers the gateway terminates (`sni`: the name in the
+/// client's ClientHello), as Istio's gateway does: the servers whose hosts match the SNI (TCP:
+/// every server of the port, Istio matches TCP by port only); among the VirtualServices bound
+/// to their Gateways (at the top or in a `tls`/`tcp` match) through a server host that admits
+/// the VirtualService's namespace (and matches the SNI), with `tls` routes (passthrough) or
+/// `tcp` routes (TCP, terminated TLS) and, with an SNI, a host of its own that matches it, the
+/// most specific (the first loaded on a tie; no SNI: the first loaded); its first route that
+/// holds (`sniHosts`, `port` = the Gateway port, `sourceLabels` of the gateway pod, ...).
+/// Nothing holds: `Deny` (the gateway closes the connection).
 pub fn route_l4(
     snap: &Snapshot,
     listener: &Listener,
@@ -315,8 +387,11 @@ pub fn route_l4(
         ));
     }
     let mut best: Option<(usize, &VirtualService, &str)> = None;
+    // Passed-through TLS routes by its SNI with `tls` routes; a connection without one (never
+    // routed by the proxy, which closes it first) and terminated TLS take `tcp` routes.
+    let tls_routes = listener.kind == ListenerKind::Passthrough && name.is_some();
     for vs in &snap.gateway_virtual_services {
-        let routes = if name.is_some() { &vs.tls } else { &vs.tcp };
+        let routes = if tls_routes { &vs.tls } else { &vs.tcp };
         if routes.is_empty() {
             continue;
         }
@@ -345,7 +420,7 @@ pub fn route_l4(
             }
         }
     }
-    let what = if name.is_some() { "tls" } else { "tcp" };
+    let what = if tls_routes { "tls" } else { "tcp" };
     let Some((_, vs, gateway)) = best else {
         return deny(format!(
             "no VirtualService with {what} routes is bound to a Gateway server on port {} for {:?}",
@@ -353,13 +428,15 @@ pub fn route_l4(
             name.as_deref().unwrap_or("")
         ));
     };
-    route::route_l4_bound(snap, vs, name.as_deref(), dst, gateway, rng).unwrap_or_else(|| {
-        deny(format!(
-            "no {what} route of VirtualService {} holds on port {}",
-            vs.meta.key(),
-            listener.gateway_port
-        ))
-    })
+    route::route_l4_bound(snap, vs, name.as_deref(), tls_routes, dst, gateway, rng).unwrap_or_else(
+        || {
+            deny(format!(
+                "no {what} route of VirtualService {} holds on port {}",
+                vs.meta.key(),
+                listener.gateway_port
+            ))
+        },
+    )
 }
 
 /// The headers a gateway sets on a request it forwards, as Envoy does at the edge
@@ -905,6 +982,99 @@ spec:
         assert_eq!(
             outcome(&tcp, None),
             "forward db.internal:5432 dns by default/db"
+        );
+    }
+
+    /// Istio's TLS termination of non-HTTP traffic: a `TLS` server with `tls.mode: SIMPLE`
+    /// (certificates from `credentialName`) and a VirtualService's `tcp` routes.
+    const TLS_TERMINATED: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9443, name: tls-db, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: SIMPLE, credentialName: db-cert}
+  - port: {number: 9443, name: tls-mq, protocol: TLS}
+    hosts: [mq.example.com]
+    tls: {mode: MUTUAL, credentialName: mq-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tcp:
+  - match: [{port: 9443}]
+    route: [{destination: {host: db.internal, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mq, namespace: default}
+spec:
+  hosts: [mq.example.com]
+  gateways: [edge]
+  tcp:
+  - route: [{destination: {host: mq.internal, port: {number: 5672}}}]
+  tls:
+  - match: [{sniHosts: [mq.example.com]}]
+    route: [{destination: {host: not-for-terminated.internal, port: {number: 443}}}]
+";
+
+    #[test]
+    fn terminated_tls_takes_tcp_routes_by_the_sni_server() {
+        let s = snap(TLS_TERMINATED);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert!(p.not_served.is_empty(), "{:?}", p.not_served);
+        let l = p.listener(9443).expect("planned").clone();
+        assert_eq!(l.kind, ListenerKind::TlsTerminated);
+        assert!(l.kind.terminates_tls() && ListenerKind::Https.terminates_tls());
+        assert!(!ListenerKind::Passthrough.terminates_tls());
+        assert_eq!(l.servers.len(), 2);
+        let outcome = |sni: Option<&str>| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            match route_l4(&s, &l, sni, &mut rng) {
+                Decision::Forward(f) => format!(
+                    "forward {}:{} by {}",
+                    f.host,
+                    f.port,
+                    f.virtual_service.unwrap_or_default()
+                ),
+                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
+                other => format!("{other:?}"),
+            }
+        };
+        let cases: &[(Option<&str>, &str)] = &[
+            (
+                Some("db.example.com"),
+                "forward db.internal:5432 by default/db",
+            ),
+            // The tcp route, never the tls one, once the gateway decrypted the stream.
+            (
+                Some("MQ.example.com."),
+                "forward mq.internal:5672 by default/mq",
+            ),
+            (
+                Some("www.example.com"),
+                "deny 404: no Gateway server on port 9443 has host \"www.example.com\"",
+            ),
+            // No SNI: every server of the port; the first VirtualService loaded with tcp routes.
+            (None, "forward db.internal:5432 by default/db"),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(outcome(*sni), *want, "SNI {sni:?}");
+        }
+        // A TLS server with another mode is still left out with its reason.
+        let other = TLS_TERMINATED.replacen("mode: SIMPLE", "mode: ISTIO_MUTUAL", 1);
+        let s = snap(&other);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.not_served.len(), 1, "{:?}", p.not_served);
+        assert!(
+            p.not_served[0].contains("protocol TLS with tls.mode ISTIO_MUTUAL is not served yet"),
+            "{:?}",
+            p.not_served
         );
     }
 

@@ -1032,9 +1032,9 @@ fn best_l4<'a>(
     Some((vs, route))
 }
 
-/// Route a TCP connection a gateway accepted (`sni`: a TLS one, passed through, by its
-/// ClientHello's name) by one given VirtualService (the gateway's choice): its first `tls` route
-/// (with `sni`) or `tcp` route whose match blocks are bound to `gateway` (`namespace/name`; a
+/// Route a TCP connection a gateway accepted (`sni`: the ClientHello's name of a TLS one) by one
+/// given VirtualService (the gateway's choice): its first `tls` route (`tls_routes`: TLS passed
+/// through) or `tcp` route (opaque TCP, or TLS the gateway terminated) whose match blocks are bound to `gateway` (`namespace/name`; a
 /// match without `gateways` takes the VirtualService's) and hold; a route without match blocks
 /// holds when the VirtualService is bound to it. `dst` carries the Gateway port. The
 /// destination is never "what the client addressed": with no endpoint list it is resolved by
@@ -1043,13 +1043,14 @@ pub fn route_l4_bound(
     snap: &Snapshot,
     vs: &VirtualService,
     sni: Option<&str>,
+    tls_routes: bool,
     dst: SocketAddr,
     gateway: &str,
     rng: &mut impl rand::Rng,
 ) -> Option<Decision> {
     let ns = vs.meta.namespace.as_str();
     let gw = [gateway.to_string()];
-    let routes = if sni.is_some() { &vs.tls } else { &vs.tcp };
+    let routes = if tls_routes { &vs.tls } else { &vs.tcp };
     let r = routes.iter().find(|r| {
         if r.matches.is_empty() {
             return bound_to(ns, &vs.gateways, &gw);

@@ -9,6 +9,10 @@
 //!   and discovery's first sync is in, or `--discovery-ready-timeout` passed: `discovery::ready`)
 //! - 15090: `/stats/prometheus`
 //!
+//! With metrics merging (`ISTIO_PROMETHEUS_ANNOTATIONS`, set by the injector), 15020's
+//! `/stats/prometheus` adds the app's own metrics after the proxy's (`telemetry::app_metrics`);
+//! 15090's stays the proxy's alone.
+//!
 //! `/stats/prometheus` serializes the proxy's metrics handle (`Shared::metrics`).
 
 use crate::app_probe::AppProbers;
@@ -62,6 +66,10 @@ pub struct AdminState {
     became_ready: AtomicBool,
     /// A gateway's listening ports, which readiness waits for instead of the capture ports.
     pub gateway_ports: Option<Vec<u16>>,
+    /// A gateway's router (`remora-proxy gateway`): its ports and plan for `/config_dump`.
+    pub gateway: Option<Arc<crate::gateway::GatewayRouter>>,
+    /// The app's own metrics, merged into 15020's `/stats/prometheus` (metrics merging).
+    pub app_metrics: Option<crate::telemetry::app_metrics::AppMetrics>,
 }
 
 impl AdminState {
@@ -78,6 +86,8 @@ impl AdminState {
             ready_gate: None,
             became_ready: AtomicBool::new(false),
             gateway_ports: None,
+            app_metrics: None,
+            gateway: None,
         }
     }
 
@@ -157,7 +167,7 @@ impl AdminState {
         let s = &self.shared.settings;
         let bound = self.listeners_bound();
         let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
-        ConfigDump {
+        let mut dump = ConfigDump {
             version: env!("CARGO_PKG_VERSION").to_string(),
             generation: snap.generation,
             hash: snap.hash.clone(),
@@ -234,7 +244,24 @@ impl AdminState {
                 .identity
                 .as_ref()
                 .map(|i| i.dump(self.shared.peers.len())),
+            gateway: self.gateway.as_ref().map(|g| g.dump()),
+        };
+        if let Some(g) = &self.gateway {
+            // A gateway has no capture listeners: its listening ports instead.
+            let address = g.flags.gateway_address;
+            dump.listeners = g
+                .ports()
+                .into_iter()
+                .map(|port| ListenerDump {
+                    name: format!("gateway {port}"),
+                    address: Some(std::net::SocketAddr::new(address, port).to_string()),
+                    bound: true,
+                    fixed_target: None,
+                    source_address: None,
+                })
+                .collect();
         }
+        dump
     }
 
     /// `/config_dump`'s `discovery` section: the watches and index, and what readiness waits for.
@@ -329,6 +356,26 @@ fn metrics_text(metrics: &crate::telemetry::Metrics) -> Response<Full<Bytes>> {
     }
 }
 
+/// The proxy's metrics followed by the app's (when the app answers; see `app_metrics`).
+async fn merged_metrics_text(state: &AdminState) -> Response<Full<Bytes>> {
+    let app = match &state.app_metrics {
+        Some(a) => a.fetch().await,
+        None => None,
+    };
+    match state.shared.metrics.text() {
+        Ok(s) => text(
+            StatusCode::OK,
+            crate::telemetry::app_metrics::merged(s, app),
+            "text/plain; version=0.0.4",
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+            "text/plain",
+        ),
+    }
+}
+
 /// Answer one admin request (pure apart from running app probes and `/quitquitquit`).
 pub async fn handle(
     state: &AdminState,
@@ -357,6 +404,9 @@ pub async fn handle(
                 );
             }
             text(StatusCode::OK, "OK\n", "text/plain")
+        }
+        (AdminKind::Admin, "/stats/prometheus") if state.app_metrics.is_some() => {
+            merged_metrics_text(state).await
         }
         (AdminKind::Admin | AdminKind::Prometheus, "/stats/prometheus") => {
             metrics_text(&state.shared.metrics)

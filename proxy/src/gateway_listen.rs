@@ -1,6 +1,7 @@
 //! The listening side of `remora-proxy gateway`: one Pingora service per gateway port, TLS
-//! termination on HTTPS ports (the SNI picks the server and its settings in the current plan,
-//! [`crate::gateway`]), then the sidecar's HTTP serving ([`CaptureApp`]'s HTTP/1 and h2c) with
+//! termination on HTTPS ports and terminated TLS ports (the SNI picks the server and its
+//! settings in the current plan, [`crate::gateway`]; a terminated TLS port then proxies the
+//! decrypted bytes as TCP), then the sidecar's HTTP serving ([`CaptureApp`]'s HTTP/1 and h2c) with
 //! [`MeshHttp`] routing through the [`GatewayRouter`].
 
 use std::collections::BTreeMap;
@@ -43,8 +44,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 impl GatewayApp {
     /// Terminate TLS on `stream`: the ClientHello's SNI picks the server of `tls` and its
     /// configuration; a client certificate is checked against the server's `subjectAltNames`
-    /// when it lists any.
-    async fn terminate(&self, stream: Stream, tls: &TlsListener) -> Result<Stream, String> {
+    /// when it lists any. Returns the decrypted stream and the SNI.
+    async fn terminate(
+        &self,
+        stream: Stream,
+        tls: &TlsListener,
+    ) -> Result<(Stream, Option<String>), String> {
         let digest = stream.get_socket_digest();
         let fd = stream
             .as_any()
@@ -87,30 +92,36 @@ impl GatewayApp {
                     }
                 }
             }
-            Ok(stream)
+            Ok((stream, sni))
         };
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let (tls, sni) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}")),
         };
         let digest = crate::mtls::socket::digest_of(fd, digest.as_deref());
-        Ok(Box::new(crate::mtls::socket::into_stream(
-            tls,
-            None,
-            Some(digest),
-        )))
+        let stream: Stream = Box::new(crate::mtls::socket::into_stream(tls, None, Some(digest)));
+        Ok((stream, sni))
     }
 }
 
 impl GatewayApp {
-    /// A connection on a `TCP` or `PASSTHROUGH` listener: on a passthrough one the ClientHello
-    /// is read (and put back) for its SNI; the model decides; the sidecar's TCP proxying copies
-    /// the bytes (TLS passed through untouched) and writes the metrics and the access log.
-    async fn l4(&self, stream: Stream, passthrough: bool, peer: Option<SocketAddr>) {
+    /// A connection on a `TCP`, `PASSTHROUGH` or terminated `TLS` listener: on a passthrough one
+    /// the ClientHello is read (and put back) for its SNI; a terminated one comes decrypted with
+    /// its SNI (`terminated`); the model decides; the sidecar's TCP proxying copies the bytes
+    /// (TLS passed through untouched) and writes the metrics and the access log.
+    async fn l4(
+        &self,
+        stream: Stream,
+        passthrough: bool,
+        terminated: Option<Option<String>>,
+        peer: Option<SocketAddr>,
+    ) {
         let local = crate::gateway::local_addr(stream.get_socket_digest().as_deref())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)));
-        let (stream, sni) = if passthrough {
+        let (stream, sni) = if let Some(sni) = terminated {
+            (stream, sni)
+        } else if passthrough {
             let wait = self.router.shared.settings.http_first_byte_timeout;
             match detect::sniff(stream, wait.max(HANDSHAKE_TIMEOUT), false).await {
                 Ok(s) if s.sni.is_some() => (s.stream, s.sni),
@@ -183,19 +194,24 @@ impl ServerApp for GatewayApp {
         let stream = match l.kind {
             ListenerKind::Passthrough | ListenerKind::Tcp => {
                 let passthrough = l.kind == ListenerKind::Passthrough;
-                self.l4(stream, passthrough, peer).await;
+                self.l4(stream, passthrough, None, peer).await;
                 return None;
             }
             ListenerKind::Http => stream,
-            ListenerKind::Https => {
+            ListenerKind::Https | ListenerKind::TlsTerminated => {
                 let tls = planned.tls.get(&self.port)?;
-                match self.terminate(stream, tls).await {
+                let (stream, sni) = match self.terminate(stream, tls).await {
                     Ok(s) => s,
                     Err(e) => {
                         debug!(port = self.port, ?peer, "TLS: {e}");
                         return None;
                     }
+                };
+                if l.kind == ListenerKind::TlsTerminated {
+                    self.l4(stream, false, Some(sni), peer).await;
+                    return None;
                 }
+                stream
             }
         };
         let wait = self.router.shared.settings.http_first_byte_timeout;

@@ -600,21 +600,25 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         }
         server.add_service(svc);
     }
-    let gateway_ports = match gateway {
+    if let Some(flags) = gateway
+        .as_ref()
+        .filter(|f| f.gateway_credentials_source == "api")
+    {
+        start_gateway_secrets(&args, flags.gateway_credentials_dir.clone())?;
+    }
+    let gateway_router = match gateway {
         None => None,
-        Some(flags) => Some(
-            remora_proxy::gateway_listen::add_services(
-                &mut server,
-                &pconf,
-                shared.clone(),
-                resolver.clone(),
-                guard.clone(),
-                flags,
-                labels.clone(),
-            )?
-            .ports(),
-        ),
+        Some(flags) => Some(remora_proxy::gateway_listen::add_services(
+            &mut server,
+            &pconf,
+            shared.clone(),
+            resolver.clone(),
+            guard.clone(),
+            flags,
+            labels.clone(),
+        )?),
     };
+    let gateway_ports = gateway_router.as_ref().map(|r| r.ports());
 
     // Admin servers and the rules watcher on their own runtime and thread.
     let mut admin_state = AdminState::new(
@@ -627,6 +631,8 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     // Uptime and "ready after" count from the process's start, as the discovery timeout does.
     admin_state.started = started;
     admin_state.gateway_ports = gateway_ports;
+    admin_state.gateway = gateway_router.clone();
+    admin_state.app_metrics = app_metrics(&shared)?;
     let admin_state = Arc::new(admin_state);
     let mut phases = server.watch_execution_phase();
     let admin_args = args.clone();
@@ -655,6 +661,9 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         }
         if let Some(id) = identity {
             tokio::spawn(id.run(metrics.clone()));
+        }
+        if let Some(router) = gateway_router {
+            tokio::spawn(router.refresh());
         }
         tokio::spawn(admin::watch_readiness(
             st.clone(),
@@ -692,4 +701,54 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     remora_proxy::telemetry::accesslog::flush(Duration::from_secs(2));
     info!("remora-proxy stopped");
     Ok(())
+}
+
+/// Metrics merging: the app's scrape settings the injector put in `ISTIO_PROMETHEUS_ANNOTATIONS`
+/// (none: 15020 serves the proxy's metrics alone). A malformed value stops the start with one line.
+fn app_metrics(
+    shared: &remora_proxy::state::Shared,
+) -> anyhow::Result<Option<remora_proxy::telemetry::app_metrics::AppMetrics>> {
+    use remora_proxy::telemetry::app_metrics::{AppMetrics, AppScrape, ENV};
+    let Ok(text) = std::env::var(ENV) else {
+        return Ok(None);
+    };
+    let Some(scrape) = AppScrape::parse(&text).map_err(anyhow::Error::msg)? else {
+        tracing::info!("{ENV} does not ask for the app to be scraped: /stats/prometheus serves the proxy's metrics alone");
+        return Ok(None);
+    };
+    tracing::info!(
+        port = scrape.port,
+        path = %scrape.path,
+        "metrics merging: :15020/stats/prometheus serves the proxy's metrics and the app's from 127.0.0.1:{}{}",
+        scrape.port,
+        scrape.path
+    );
+    let m = AppMetrics::new(scrape, shared.metrics.registry())
+        .map_err(|e| anyhow::anyhow!("registering the app-metrics counter: {e}"))?;
+    Ok(Some(m))
+}
+
+/// `--gateway-credentials-source api`: the Secrets of the gateway's namespace through the API,
+/// written into the credentials directory, on their own thread and runtime. Without API access
+/// (`--kube-api off`, no in-cluster configuration) it is an error naming why.
+fn start_gateway_secrets(args: &Args, dir: std::path::PathBuf) -> anyhow::Result<()> {
+    use remora_proxy::discovery::kube::{self as dk, ApiMode};
+    let (kube_api, namespace) = (args.kube_api.clone(), args.namespace.clone());
+    start_runtime_thread("gw-secrets", move |tx| async move {
+        let client = match dk::client_for(&kube_api, &namespace) {
+            Ok(ApiMode::Client(client, _)) => client,
+            Ok(ApiMode::Off(why)) => {
+                let _ = tx.send(Err(anyhow!(
+                    "--gateway-credentials-source api: the Kubernetes API is off ({why}); use --gateway-credentials-source files or give the gateway API access"
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(anyhow!(e)));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        remora_proxy::gateway::secrets::watch(client, namespace, dir).await
+    })
 }

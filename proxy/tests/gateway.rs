@@ -24,13 +24,24 @@ fn rt() -> tokio::runtime::Runtime {
 /// `remora-proxy gateway` with the pod labels of Istio's ingress gateway, its Gateway ports
 /// mapped to `map` (`SERVICE=LISTEN,...`) on 127.0.0.1; admin ports from `ports`.
 fn start_gateway(rules: &Path, map: &str, extra: &[String]) -> (ProxyProc, tempfile::TempDir) {
+    start_gateway_as(
+        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
+        rules,
+        map,
+        extra,
+    )
+}
+
+/// [`start_gateway`] with the pod labels `labels` (downward-API lines).
+fn start_gateway_as(
+    labels_text: &str,
+    rules: &Path,
+    map: &str,
+    extra: &[String],
+) -> (ProxyProc, tempfile::TempDir) {
     let pod = tempfile::tempdir().unwrap();
     let labels = pod.path().join("labels");
-    std::fs::write(
-        &labels,
-        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
-    )
-    .unwrap();
+    std::fs::write(&labels, labels_text).unwrap();
     let p = Ports::free();
     let mut cmd = Command::new(proxy_bin());
     cmd.args([
@@ -419,6 +430,48 @@ spec:
     // The server whose Secret is missing is down, with one line naming it; the others serve.
     gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");
     assert!(https_try(tls_addr, "missing.example.com", &roots, "/", None).is_err());
+    let m = gw.metrics_when("remora_gateway_servers", &["state=\"down\""], 1.0);
+    assert_eq!(
+        metric_value(&m, "remora_gateway_servers", &["state=\"down\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "remora_gateway_servers", &["state=\"served\""]),
+        4.0,
+        "{m}"
+    );
+    // /config_dump shows the gateway's ports and servers (what `remora proxy-config
+    // listeners` prints), the one whose Secret is missing as down.
+    let r = http_get(gw.ports.admin_addr(), "/config_dump", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let dump: remora_model::dump::ConfigDump = serde_json::from_slice(&r.body).unwrap();
+    let g = dump.gateway.expect("a gateway section");
+    assert_eq!(g.gateways, ["testns/web-gateway"]);
+    let l = g.listeners.iter().find(|l| l.port == https_port).unwrap();
+    assert_eq!((l.gateway_port, l.kind.as_str()), (443, "https"));
+    let states: Vec<(&str, &str)> = l
+        .servers
+        .iter()
+        .map(|s| (s.hosts[0].as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("secure.example.com", "served"),
+            ("other.example.com", "served"),
+            ("missing.example.com", "down"),
+            ("mtls.example.com", "served"),
+        ]
+    );
+    assert!(dump
+        .listeners
+        .iter()
+        .any(|x| x.name == format!("gateway {https_port}") && x.bound));
+    assert!(dump
+        .listeners
+        .iter()
+        .all(|x| x.name.starts_with("gateway ")));
 
     // MUTUAL: a client certificate from the Secret's ca.crt with the listed SAN is accepted;
     // none, one from another CA, or one without the SAN is refused.
@@ -466,6 +519,39 @@ spec:
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // The missing Secret appears: with no connection to the gateway, the plan is made again
+    // on its own and the metric says the server is up; then it serves.
+    let (late_crt, late_key) = cert("missing.example.com");
+    secret_volume(
+        &creds.path().join("no-such-secret"),
+        1,
+        &[("tls.crt", &late_crt), ("tls.key", &late_key)],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_S);
+    loop {
+        let m = gw.metrics();
+        if metric_value(&m, "remora_gateway_servers", &["state=\"down\""]) == 0.0 {
+            assert_eq!(
+                metric_value(&m, "remora_gateway_servers", &["state=\"served\""]),
+                5.0,
+                "{m}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new Secret was not picked up without traffic; stderr:\n{}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let roots = format!("{roots}{late_crt}");
+    // The handshake now succeeds with the new certificate (no VirtualService routes that host:
+    // the gateway's own 404).
+    let (r, shown) = https_get(tls_addr, "missing.example.com", &roots, "/late");
+    assert_eq!(shown, der(&late_crt));
+    assert_eq!(r.status, 404, "{}", r.body_text());
 }
 
 /// A ServiceEntry giving `name` (in testns) port `port` (`protocol`, its port name the protocol
@@ -639,4 +725,244 @@ spec:
         let line = gw.wait_log(|v| v["kind"] == "tcp" && v["upstream"] == backend.to_string());
         assert_eq!(line["direction"], "outbound", "{line}");
     }
+}
+
+/// A line sent over TLS (a real rustls client trusting `root`, with `sni` and optionally a
+/// client certificate) and what comes back before the server closes or 10 s pass: the bytes and
+/// the DER of the certificate the server showed, or what failed.
+fn tls_line(
+    addr: SocketAddr,
+    sni: &str,
+    root: &str,
+    client: Option<(&str, &str)>,
+    line: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(line).map_err(|e| format!("write: {e}"))?;
+    let mut got = vec![0u8; line.len()];
+    tls.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    let shown = conn.peer_certificates().ok_or("no server certificate")?[0]
+        .as_ref()
+        .to_vec();
+    Ok((got, shown))
+}
+
+/// Istio's TLS termination for non-HTTP traffic: `TLS` servers with `tls.mode: SIMPLE` and
+/// `MUTUAL` (certificates from their `credentialName`, chosen by SNI) decrypt, and the
+/// VirtualService's `tcp` routes carry the plain bytes to a TCP echo backend; the client sees
+/// the gateway's certificate; `MUTUAL` refuses a client without a certificate.
+#[test]
+fn terminated_tls_servers_take_tcp_routes() {
+    let rt = rt();
+    let echo = rt.block_on(spawn_tcp_echo());
+    let creds = tempfile::tempdir().unwrap();
+    let (db_crt, db_key) = cert("db.example.com");
+    let (mq_crt, mq_key) = cert("mq.example.com");
+    let (client_ca_pem, clients) = client_ca(&["client.example.com"]);
+    secret_volume(
+        &creds.path().join("db-cert"),
+        1,
+        &[("tls.crt", &db_crt), ("tls.key", &db_key)],
+    );
+    secret_volume(
+        &creds.path().join("mq-cert"),
+        1,
+        &[
+            ("tls.crt", &mq_crt),
+            ("tls.key", &mq_key),
+            ("ca.crt", &client_ca_pem),
+        ],
+    );
+    let rules = RulesDir::new(&[
+        (
+            "gateway.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9443, name: tls-db, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: SIMPLE, credentialName: db-cert}
+  - port: {number: 9443, name: tls-mq, protocol: TLS}
+    hosts: [mq.example.com]
+    tls: {mode: MUTUAL, credentialName: mq-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: testns}
+spec:
+  hosts: [db.example.com, mq.example.com]
+  gateways: [edge]
+  tcp:
+  - match: [{port: 9443}]
+    route: [{destination: {host: echo-backend, port: {number: 5000}}}]
+",
+        ),
+        (
+            "backends.yaml",
+            &l4_endpoint("echo-backend", 5000, "TCP", echo),
+        ),
+    ]);
+    let port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={},9443={port}", free_ports(1)[0]),
+        &[format!(
+            "--gateway-credentials-dir={}",
+            creds.path().display()
+        )],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (got, shown) = tls_line(addr, "db.example.com", &db_crt, None, b"select 1;\n")
+        .unwrap_or_else(|e| panic!("db: {e}\n{}", gw.stderr_text()));
+    assert_eq!(got, b"select 1;\n");
+    assert_eq!(shown, der(&db_crt), "the gateway's certificate for db");
+    let (c, k) = &clients[0];
+    let (got, shown) = tls_line(addr, "mq.example.com", &mq_crt, Some((c, k)), b"publish\n")
+        .unwrap_or_else(|e| panic!("mq: {e}\n{}", gw.stderr_text()));
+    assert_eq!(got, b"publish\n");
+    assert_eq!(shown, der(&mq_crt));
+    assert!(
+        tls_line(addr, "mq.example.com", &mq_crt, None, b"publish\n").is_err(),
+        "MUTUAL without a client certificate must fail"
+    );
+    // The decrypted connections went to the echo backend as TCP.
+    let line = gw.wait_log(|v| v["kind"] == "tcp" && v["upstream"] == echo.to_string());
+    assert_eq!(line["direction"], "outbound", "{line}");
+}
+
+/// Istio's egress gateway pattern over HTTP, with two real proxies: a sidecar sends a request for
+/// an external host (a ServiceEntry) to the egress gateway (the VirtualService's `mesh` match),
+/// and the egress gateway (pod labels `istio: egressgateway`, selected by the Gateway) sends it
+/// on to the external host (the VirtualService's match bound to that Gateway); each hop is in its
+/// own proxy's access log, and a host the Gateway does not serve gets the gateway's 404.
+#[test]
+fn egress_gateway_pattern_over_http() {
+    let rt = rt();
+    let external = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "external"));
+    let gw_port = free_ports(1)[0];
+    let rules = RulesDir::new(&[(
+        "egress.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external, namespace: testns}}
+spec:
+  hosts: [edition.example.com]
+  ports: [{{number: 80, name: http-port, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http-port: {ext}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {gw_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: testns}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [edition.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-through-egress-gateway, namespace: testns}}
+spec:
+  hosts: [edition.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh]}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    route:
+    - destination: {{host: edition.example.com, port: {{number: 80}}}}
+",
+            ext = external.port()
+        ),
+    )]);
+    let (gw, _pod) = start_gateway_as(
+        "app=\"istio-egressgateway\"\nistio=\"egressgateway\"\n",
+        rules.path(),
+        &format!("80={gw_port},443={}", free_ports(1)[0]),
+        &[],
+    );
+    // The app's own destination must never be used: a port where nothing answers.
+    let nowhere = DeadPort::new();
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(nowhere.addr());
+    let mut sidecar = ProxyProc::start(o);
+    sidecar.wait_ready();
+
+    let r = http_get(
+        sidecar.ports.outbound_addr(),
+        "/politics",
+        &[("Host", "edition.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    let v = r.json();
+    assert_eq!(v["server"], "external", "{v}");
+    assert_eq!(v["path"], "/politics");
+    // The sidecar sent it to the egress gateway, which sent it to the external host.
+    let hop1 = sidecar.wait_log(|l| l["path"] == "/politics");
+    assert_eq!(
+        hop1["upstream"],
+        format!("127.0.0.1:{gw_port}"),
+        "sidecar → egress gateway: {hop1}"
+    );
+    let hop2 = gw.wait_log(|l| l["path"] == "/politics");
+    assert_eq!(
+        hop2["upstream"],
+        external.to_string(),
+        "egress gateway → external: {hop2}"
+    );
+    // Straight to the egress gateway, a host its Gateway does not serve: its 404.
+    let r = http_get(
+        SocketAddr::from(([127, 0, 0, 1], gw_port)),
+        "/",
+        &[("Host", "other.example.com")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body_text());
 }

@@ -693,6 +693,70 @@ fn probe_of(c: &Value, kinds: &[&str]) -> Result<Option<Probe>> {
     Ok(None)
 }
 
+/// CNI mode: the container runtime's call of the chained `remora-cni` plugin once the pod's
+/// network exists (`ADD`, the pod object where the plugin's `podInfo` source reads it, a bridge
+/// plugin's result as `prevResult`). `dir` holds the plugin's pod files, state and log.
+pub fn cni_add(pod: &Value, ctx: &PodCtx, dir: &Path) -> Result<()> {
+    let pods = dir.join("pods").join(ctx.namespace);
+    std::fs::create_dir_all(&pods)?;
+    std::fs::write(pods.join(format!("{}.json", ctx.name)), pod.to_string())?;
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "lab",
+        "type": "remora-cni",
+        "podInfo": {"source": "file", "dir": dir.join("pods")},
+        "excludeNamespaces": ["kube-system"],
+        "stateDir": dir.join("state"),
+        "logFile": dir.join("remora-cni.log"),
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": ctx.netns.path()}],
+            "ips": [{"address": format!("{}/24", ctx.ip), "gateway": "10.244.0.1", "interface": 0}]
+        }
+    });
+    let plugin = ctx.bin_dir.join("remora-cni");
+    let mut child = Command::new(&plugin)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("CNI_COMMAND", "ADD")
+        .env(
+            "CNI_CONTAINERID",
+            format!("lab-{}-{}", ctx.namespace, ctx.name),
+        )
+        .env("CNI_NETNS", ctx.netns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", ctx.bin_dir)
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                ctx.namespace, ctx.name
+            ),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", plugin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(config.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "remora-cni ADD for pod {}/{} failed ({}): {}",
+            ctx.namespace,
+            ctx.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Starts the pod. `after_init` runs after each init container that ran to completion (the lab
 /// uses it to keep the kube-proxy stand-in's jump after the capture rules, as a re-sync would).
 /// Returns the running containers in start order (native sidecars first).

@@ -66,6 +66,10 @@ pub struct LabOptions {
     /// The mesh CA's `--ca-max-cert-ttl` (`None`: its default, 24 h): short-lived workload
     /// certificates that the proxies renew while the lab runs.
     pub ca_max_cert_ttl: Option<String>,
+    /// CNI mode: the injector runs with `cni.enabled` (pods get `remora-validation` instead of
+    /// `remora-init`) and the kubelet calls the `remora-cni` plugin when it creates a pod's
+    /// network. Default: on when `REMORA_LAB_CNI` is set (so any scenario runs in CNI mode).
+    pub cni: bool,
 }
 
 impl Default for LabOptions {
@@ -80,6 +84,7 @@ impl Default for LabOptions {
             inject_ca_address: Some("auto".to_string()),
             rules_controller: false,
             ca_max_cert_ttl: None,
+            cni: std::env::var_os("REMORA_LAB_CNI").is_some(),
         }
     }
 }
@@ -692,7 +697,8 @@ impl Lab {
             .collect()
     }
 
-    /// The ingress gateway as `manifests/gateway.yaml` ships it, applied unchanged: its
+    /// The ingress gateway as `manifests/gateway.yaml` ships it, but with credentialName
+    /// Secrets mounted (`files`; the lab's pods cannot reach its API): its
     /// Deployment's pod (the container's command is the image's entrypoint, `remora-proxy`,
     /// with the manifest's `args` and env, as uid 1337; not injected, so no capture) and its
     /// Service, in [`GATEWAY_NAMESPACE`] labelled `remora.dev/gateway=enabled`: that label makes
@@ -709,7 +715,11 @@ impl Lab {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
         let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        if !secrets.is_empty() {
+        // The lab's pods cannot reach its API: the gateway gets its credentialName Secrets
+        // mounted (`REMORA_GATEWAY_CREDENTIALS_SOURCE=files`, each Secret a volume), as a user
+        // who prefers mounted Secrets patches the Deployment (docs/gateways.md); reading them
+        // through the API is tested against the recorded API (tests/tests/kube_gateway_secrets.rs).
+        {
             let mut docs = Vec::new();
             for doc in serde_yaml_ng::Deserializer::from_str(&text) {
                 let mut v: Value = serde::Deserialize::deserialize(doc)
@@ -718,6 +728,25 @@ impl Lab {
                     let spec = v.pointer_mut("/spec/template/spec").ok_or_else(|| {
                         anyhow!("{}: Deployment without a pod spec", path.display())
                     })?;
+                    if let Some(env) = spec
+                        .pointer_mut("/containers/0/env")
+                        .and_then(Value::as_array_mut)
+                    {
+                        for e in env.iter_mut() {
+                            if e["name"] == "REMORA_GATEWAY_CREDENTIALS_SOURCE" {
+                                e["value"] = serde_json::json!("files");
+                            }
+                        }
+                    }
+                    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+                        vols.retain(|v| v["name"] != "credentials");
+                    }
+                    if let Some(mounts) = spec
+                        .pointer_mut("/containers/0/volumeMounts")
+                        .and_then(Value::as_array_mut)
+                    {
+                        mounts.retain(|m| m["name"] != "credentials");
+                    }
                     for name in secrets {
                         if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
                             vols.push(
@@ -761,10 +790,25 @@ impl Lab {
         }
         let dir = self.dir().join("webhook");
         std::fs::create_dir_all(&dir)?;
-        let config = match &self.opts.webhook_config {
+        let mut config = match &self.opts.webhook_config {
             Some(c) => Some(c.clone()),
             None => injector_config(&dir)?,
         };
+        if self.opts.cni {
+            // The same configuration with CNI mode on.
+            let mut text = match &config {
+                Some(c) => std::fs::read_to_string(c)
+                    .with_context(|| format!("reading {}", c.display()))?,
+                None => String::new(),
+            };
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("cni:\n  enabled: true\n");
+            let path = dir.join("config-cni.yaml");
+            std::fs::write(&path, text)?;
+            config = Some(path);
+        }
         let plane = ControlPlane {
             netns: &self.node,
             kube_url: self.api.url(),
@@ -937,6 +981,17 @@ impl Lab {
                 eprintln!("lab: {m}");
             }
         };
+        if self.opts.cni {
+            // The runtime's CNI call, before any container; the kube-proxy stand-in's jump then
+            // goes last again, as after an init container.
+            let cni =
+                kubelet::cni_add(&obj, &ctx, &self.dir().join("cni")).and_then(|()| after_init());
+            if let Err(e) = cni {
+                self.api.remove_pod(&uid);
+                return Err(e.context(format!("starting pod {ns}/{name}")));
+            }
+            log(format!("{name}: remora-cni ADD done"));
+        }
         let containers = match kubelet::start_pod(&obj, &ctx, &after_init, &mut log) {
             Ok(c) => c,
             Err(e) => {

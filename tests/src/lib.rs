@@ -17,6 +17,7 @@ pub mod lab;
 pub mod labapi;
 pub mod netns;
 pub mod ports;
+pub mod prometheus;
 pub mod security;
 pub mod soak;
 pub mod table;

@@ -75,6 +75,16 @@ fn within_4_sigma(what: &str, count: u32, n: u32, p: f64) {
     );
 }
 
+/// The init container that sets up or checks the capture: `remora-init`, or in CNI mode
+/// (`REMORA_LAB_CNI`) `remora-validation`.
+fn capture_container() -> &'static str {
+    if LabOptions::default().cni {
+        "remora-validation"
+    } else {
+        "remora-init"
+    }
+}
+
 fn metrics_of(lab: &Lab, pods: &[&Pod]) -> Vec<Vec<Sample>> {
     pods.iter().map(|p| must(lab, lab.metrics(p))).collect()
 }
@@ -105,12 +115,14 @@ fn bookinfo_routing_rules_and_metrics() {
     let dr = anchor("destination-rule-all.yaml");
     let mut lab = lab_with(&[("istio-injection", "enabled")], BOOKINFO, &dr);
 
-    // Injection as the webhook wired it: every pod reviewed and meshed, native sidecar.
+    // Injection as the webhook wired it: every pod reviewed and meshed, native sidecar; the
+    // capture container is remora-init, or in CNI mode (REMORA_LAB_CNI) remora-validation.
+    let capture = capture_container();
     for p in lab.pods() {
         assert!(p.reviewed && p.meshed, "pod {} injected", p.name);
         let (init, _) = p.spec_containers();
         assert!(
-            init.contains(&"remora-init".to_string()) && init.contains(&"remora-proxy".to_string()),
+            init.contains(&capture.to_string()) && init.contains(&"remora-proxy".to_string()),
             "{init:?}"
         );
     }
@@ -563,23 +575,26 @@ spec:
 "#;
     let lab = lab_with(&[("istio-injection", "enabled")], yaml, "");
     let (client, b) = (lab.pod("client").unwrap(), lab.pod("b").unwrap());
-    let init = client.object["spec"]["initContainers"]
+    // In CNI mode (REMORA_LAB_CNI) there is no remora-init: the plugin's rules below show it.
+    if let Some(init) = client.object["spec"]["initContainers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "remora-init")
-        .unwrap()
-        .clone();
-    let args: Vec<&str> = init["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .collect();
-    assert!(
-        args.windows(2).any(|w| w == ["-o", "9091"]),
-        "webhook renders -o 9091: {args:?}"
-    );
+    {
+        let args: Vec<&str> = init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w == ["-o", "9091"]),
+            "webhook renders -o 9091: {args:?}"
+        );
+    } else {
+        assert_eq!(capture_container(), "remora-validation");
+    }
     let nat = must(&lab, lab.nat_rules(client));
     assert!(
         nat.lines().any(|l| l.starts_with("-A REMORA_OUTPUT")
@@ -1346,7 +1361,8 @@ fn authorization_and_jwt_between_pods() {
     assert_eq!(get("bookinfo/client", "details", "/details/0", &[]).0, 200);
 }
 
-/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied unchanged (its pod runs
+/// Istio's ingress pattern in the lab: `manifests/gateway.yaml` applied with its Secrets mounted
+/// (the lab's pods cannot reach its API; otherwise unchanged: its pod runs
 /// the Deployment's container — `remora-proxy gateway`, uid 1337, not injected, no capture),
 /// Istio's own `bookinfo-gateway.yaml` and reviews → v3 applied in `bookinfo`; `istio-system`
 /// (labelled `remora.dev/gateway=enabled`) gets in its ConfigMap bookinfo's Gateway, the

@@ -7,6 +7,13 @@ use std::collections::BTreeMap;
 
 use crate::config::Config;
 pub use crate::values::{parse_quantity, INJECT, LOG_LEVELS};
+// The capture annotations are read by the injector and the CNI plugin alike: one definition.
+pub use remora_init::pod::{
+    parse_cidrs, parse_interfaces, parse_ports, CaptureOptions, Interception,
+    EXCLUDE_INBOUND_PORTS, EXCLUDE_INTERFACES, EXCLUDE_OUTBOUND_IP_RANGES, EXCLUDE_OUTBOUND_PORTS,
+    INCLUDE_INBOUND_PORTS, INCLUDE_OUTBOUND_IP_RANGES, INCLUDE_OUTBOUND_PORTS, INTERCEPTION_MODE,
+    KUBEVIRT_INTERFACES, REROUTE_VIRTUAL_INTERFACES,
+};
 
 pub const STATUS: &str = "sidecar.istio.io/status";
 pub const NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
@@ -17,17 +24,6 @@ pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
 pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
 pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
 pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
-pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
-pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
-pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
-pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
-pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
-pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
-/// Deprecated by Istio in favour of `istio.io/reroute-virtual-interfaces`, which wins.
-pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
-pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
 pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
 pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
 pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
@@ -39,6 +35,8 @@ pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-con
 pub const PROM_SCRAPE: &str = "prometheus.io/scrape";
 pub const PROM_PORT: &str = "prometheus.io/port";
 pub const PROM_PATH: &str = "prometheus.io/path";
+/// `"false"`: the pod's metrics are not merged into the proxy's (Istio's annotation).
+pub const MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
 
 /// Every Istio annotation remora reads or writes.
 pub const SUPPORTED: &[&str] = &[
@@ -68,6 +66,7 @@ pub const SUPPORTED: &[&str] = &[
     USER_VOLUME,
     USER_VOLUME_MOUNT,
     OVERRIDES,
+    MERGE_METRICS,
 ];
 
 /// Istio-namespaced annotations on the pod that remora does not implement (each one a warning).
@@ -290,101 +289,6 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
-/// A comma-separated list of ports 1-65535; `*` only where `allow_star`; empty is allowed.
-pub fn parse_ports(key: &str, v: &str, allow_star: bool) -> Result<Vec<String>, String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return Ok(vec![]);
-    }
-    if v == "*" {
-        if allow_star {
-            return Ok(vec!["*".to_string()]);
-        }
-        return Err(format!(
-            "annotation {key}: invalid value \"*\": a wildcard is not allowed here; list the ports"
-        ));
-    }
-    let mut out = Vec::new();
-    for item in v.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        match item.parse::<u32>() {
-            Ok(p) if (1..=65535).contains(&p) => out.push(p.to_string()),
-            Ok(p) => {
-                return Err(format!(
-                    "annotation {key}: invalid value {v:?}: port {p} is out of range 1-65535"
-                ))
-            }
-            Err(_) => {
-                return Err(format!(
-                    "annotation {key}: invalid value {v:?}: {item:?} is not a port number"
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A comma-separated list of CIDRs; `*` only where `allow_star`; empty is allowed.
-pub fn parse_cidrs(key: &str, v: &str, allow_star: bool) -> Result<Vec<String>, String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return Ok(vec![]);
-    }
-    if v == "*" {
-        if allow_star {
-            return Ok(vec!["*".to_string()]);
-        }
-        return Err(format!(
-            "annotation {key}: invalid value \"*\": a wildcard is not allowed here; list the CIDRs"
-        ));
-    }
-    let mut out = Vec::new();
-    for item in v.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        if item.parse::<ipnet::IpNet>().is_err() {
-            return Err(format!(
-                "annotation {key}: invalid value {v:?}: {item:?} is not a CIDR (like 10.0.0.0/8)"
-            ));
-        }
-        out.push(item.to_string());
-    }
-    Ok(out)
-}
-
-fn parse_interfaces(key: &str, v: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        let ok = item.len() <= 15
-            && item
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c));
-        if !ok {
-            return Err(format!(
-                "annotation {key}: invalid value {v:?}: {item:?} is not a network interface name"
-            ));
-        }
-        // remora-init would read it as a flag (found by fuzzing: the denial then carried
-        // clap's multi-line usage text instead of naming the annotation).
-        if item.starts_with('-') {
-            return Err(format!(
-                "annotation {key}: invalid value {v:?}: {item:?} starts with '-' (it would be read as a flag)"
-            ));
-        }
-        out.push(item.to_string());
-    }
-    Ok(out)
-}
-
 fn parse_seconds(key: &str, v: &str, min: i64) -> Result<i64, String> {
     match v.trim().parse::<i64>() {
         Ok(n) if n >= min && n <= 3600 => Ok(n),
@@ -392,15 +296,6 @@ fn parse_seconds(key: &str, v: &str, min: i64) -> Result<i64, String> {
             "annotation {key}: invalid value {v:?}: must be a whole number from {min} to 3600"
         )),
     }
-}
-
-/// How traffic is captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interception {
-    /// iptables REDIRECT (the default).
-    Redirect,
-    /// No capture: no init container.
-    None,
 }
 
 /// Everything the annotations ask of the injection, validated.
@@ -412,18 +307,11 @@ pub struct PodOptions {
     /// Always `None`: image choice by annotation (`sidecar.istio.io/proxyImage`) is refused; the
     /// proxy image comes from the injector config.
     pub proxy_image: Option<String>,
-    pub interception: Interception,
+    /// The capture settings (`remora-init`'s arguments), shared with the CNI plugin.
+    pub capture: CaptureOptions,
     /// Resource overrides from the proxy annotations: (requests|limits, cpu|memory) → value.
     pub requests: BTreeMap<String, String>,
     pub limits: BTreeMap<String, String>,
-    pub include_outbound_ip_ranges: Option<Vec<String>>,
-    pub exclude_outbound_ip_ranges: Vec<String>,
-    pub include_inbound_ports: Option<Vec<String>>,
-    pub exclude_inbound_ports: Vec<String>,
-    pub include_outbound_ports: Vec<String>,
-    pub exclude_outbound_ports: Vec<String>,
-    pub exclude_interfaces: Vec<String>,
-    pub virtual_interfaces: Vec<String>,
     /// Extra volumes for the pod and mounts for the proxy (name → definition).
     pub user_volumes: Vec<(String, serde_json::Value)>,
     pub user_volume_mounts: Vec<(String, serde_json::Value)>,
@@ -453,17 +341,9 @@ impl PodOptions {
             rewrite_probes: cfg.rewrite_app_probes,
             log_level: cfg.log_level.clone(),
             proxy_image: None,
-            interception: Interception::Redirect,
+            capture: CaptureOptions::default(),
             requests: BTreeMap::new(),
             limits: BTreeMap::new(),
-            include_outbound_ip_ranges: None,
-            exclude_outbound_ip_ranges: vec![],
-            include_inbound_ports: None,
-            exclude_inbound_ports: vec![],
-            include_outbound_ports: vec![],
-            exclude_outbound_ports: vec![],
-            exclude_interfaces: vec![],
-            virtual_interfaces: vec![],
             user_volumes: vec![],
             user_volume_mounts: vec![],
             readiness_initial_delay: None,
@@ -504,20 +384,9 @@ impl PodOptions {
         if let Some(v) = get(OVERRIDES) {
             errs.extend(check_override_record_in(v, proxy, init));
         }
-        if let Some(v) = get(INTERCEPTION_MODE) {
-            match v.trim() {
-                "REDIRECT" => opts.interception = Interception::Redirect,
-                "NONE" => opts.interception = Interception::None,
-                // Istio's TPROXY runs the proxy with NET_ADMIN (and the init with more rules):
-                // capabilities chosen by annotation, which remora refuses.
-                "TPROXY" => errs.push(format!(
-                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: remora supports REDIRECT and NONE, not TPROXY (it would give the proxy NET_ADMIN; capabilities by annotation are refused)"
-                )),
-                _ => errs.push(format!(
-                    "annotation {INTERCEPTION_MODE}: invalid value {v:?}: must be REDIRECT or NONE"
-                )),
-            }
-        }
+        let (capture, capture_errors) = CaptureOptions::parse(ann);
+        opts.capture = capture;
+        errs.extend(capture_errors);
         for (key, kind, res) in [
             (PROXY_CPU, "requests", "cpu"),
             (PROXY_MEMORY, "requests", "memory"),
@@ -554,42 +423,6 @@ impl PodOptions {
                 }
             }
         }
-        if let Some(v) = get(INCLUDE_OUTBOUND_IP_RANGES) {
-            match parse_cidrs(INCLUDE_OUTBOUND_IP_RANGES, v, true) {
-                Ok(l) => opts.include_outbound_ip_ranges = Some(l),
-                Err(e) => errs.push(e),
-            }
-        }
-        if let Some(v) = get(EXCLUDE_OUTBOUND_IP_RANGES) {
-            match parse_cidrs(EXCLUDE_OUTBOUND_IP_RANGES, v, false) {
-                Ok(l) => opts.exclude_outbound_ip_ranges = l,
-                Err(e) => errs.push(e),
-            }
-        }
-        if let Some(v) = get(INCLUDE_INBOUND_PORTS) {
-            match parse_ports(INCLUDE_INBOUND_PORTS, v, true) {
-                Ok(l) => opts.include_inbound_ports = Some(l),
-                Err(e) => errs.push(e),
-            }
-        }
-        for (key, slot) in [
-            (EXCLUDE_INBOUND_PORTS, &mut opts.exclude_inbound_ports),
-            (INCLUDE_OUTBOUND_PORTS, &mut opts.include_outbound_ports),
-            (EXCLUDE_OUTBOUND_PORTS, &mut opts.exclude_outbound_ports),
-        ] {
-            if let Some(v) = get(key) {
-                match parse_ports(key, v, false) {
-                    Ok(l) => *slot = l,
-                    Err(e) => errs.push(e),
-                }
-            }
-        }
-        if let Some(v) = get(EXCLUDE_INTERFACES) {
-            match parse_interfaces(EXCLUDE_INTERFACES, v) {
-                Ok(l) => opts.exclude_interfaces = l,
-                Err(e) => errs.push(e),
-            }
-        }
         if let Some(v) = get(USER_VOLUME) {
             match parse_named_objects(USER_VOLUME, v) {
                 Ok(l) => {
@@ -609,14 +442,6 @@ impl PodOptions {
             match parse_named_objects(USER_VOLUME_MOUNT, v) {
                 Ok(l) => opts.user_volume_mounts = l,
                 Err(e) => errs.push(e),
-            }
-        }
-        for key in [KUBEVIRT_INTERFACES, REROUTE_VIRTUAL_INTERFACES] {
-            if let Some(v) = get(key) {
-                match parse_interfaces(key, v) {
-                    Ok(l) => opts.virtual_interfaces = l,
-                    Err(e) => errs.push(e),
-                }
             }
         }
         for (key, min, slot) in [
@@ -667,8 +492,8 @@ mod tests {
         let o = PodOptions::parse(&ann(&[]), &Config::default()).unwrap();
         assert!(o.native_sidecar && o.rewrite_probes);
         assert_eq!(o.log_level, "info");
-        assert_eq!(o.interception, Interception::Redirect);
-        assert!(o.include_inbound_ports.is_none());
+        assert_eq!(o.capture.interception, Interception::Redirect);
+        assert!(o.capture.include_inbound_ports.is_none());
     }
 
     #[test]
@@ -878,9 +703,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.log_level, "warning");
-        assert_eq!(o.include_inbound_ports, Some(vec![]));
+        assert_eq!(o.capture.include_inbound_ports, Some(vec![]));
         assert_eq!(
-            o.include_outbound_ip_ranges,
+            o.capture.include_outbound_ip_ranges,
             Some(vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()])
         );
     }

@@ -597,6 +597,26 @@ spec:
         assert!(parse_labels("novalue").is_err());
     }
 
+    #[test]
+    fn check_inject_says_which_capture_mode_and_why() {
+        let docs = parse_docs(OPTED).unwrap();
+        let text = check_inject(&docs, "default", &offline(&["default", "b"], ""));
+        assert!(
+            text.contains("; capture: init container remora-init (NET_ADMIN, NET_RAW; injector setting cni.enabled is off)\n"),
+            "{text}"
+        );
+        let cni = Config {
+            cni: crate::config::CniConfig { enabled: true },
+            ..Config::default()
+        };
+        let off = Offline::new(&cni, &[], Some(BTreeMap::new())).unwrap();
+        let text = check_inject(&docs, "default", &off);
+        assert!(
+            text.contains("; capture: CNI mode (injector setting cni.enabled): the node's remora-cni programs it, remora-validation checks it without privileges\n"),
+            "{text}"
+        );
+    }
+
     const OPTED: &str = r#"
 apiVersion: apps/v1
 kind: Deployment

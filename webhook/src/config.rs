@@ -144,6 +144,27 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Mesh-wide telemetry in Istio's MeshConfig shape: tracing and the access log.
     pub mesh: crate::mesh::MeshSettings,
+    /// Istio's `enablePrometheusMerge`: point the pod's `prometheus.io/*` annotations at the
+    /// proxy's `:15020/stats/prometheus`, which serves the proxy's metrics and the app's together.
+    pub enable_prometheus_merge: bool,
+    /// CNI mode (Istio's `istio_cni.enabled`): the node's CNI plugin programs the capture.
+    #[serde(skip_serializing_if = "CniConfig::is_off")]
+    pub cni: CniConfig,
+}
+
+/// CNI mode: instead of the privileged `remora-init` container, pods get the unprivileged
+/// `remora-validation` container and the annotation `remora.dev/capture: cni`, and the node's
+/// `remora-cni` plugin programs their capture (docs/install.md, "CNI mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CniConfig {
+    pub enabled: bool,
+}
+
+impl CniConfig {
+    fn is_off(&self) -> bool {
+        !self.enabled
+    }
 }
 
 impl Default for Config {
@@ -194,6 +215,8 @@ impl Default for Config {
             revision: None,
             identity: IdentityConfig::default(),
             mesh: crate::mesh::MeshSettings::default(),
+            enable_prometheus_merge: true,
+            cni: CniConfig::default(),
         }
     }
 }

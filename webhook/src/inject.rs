@@ -6,21 +6,20 @@ use std::sync::{LazyLock, Mutex};
 
 use serde_json::{json, Map, Value};
 
-use crate::annotations::{
-    PodOptions, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER, PROM_PATH, PROM_PORT, PROM_SCRAPE,
-    STATUS,
-};
+use crate::annotations::{PodOptions, DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER, STATUS};
 use crate::config::Config;
 use crate::decide::{decide, string_map, Decision};
+use crate::metrics_merge;
 use crate::probes::{self, PROBERS_ENV};
 use crate::selectors::Selection;
-use crate::template::{self, INIT_NAME, PROXY_NAME};
+use crate::template::{self, INIT_NAME, PROXY_NAME, VALIDATION_NAME};
 use remora_model::workload::{
     canonical_revision, canonical_service, workload_of, Owner, CANONICAL_NAME_LABEL,
     CANONICAL_REVISION_LABEL,
 };
 
 pub use crate::annotations::OVERRIDES;
+use remora_init::pod::{CAPTURE_BY_CNI, CAPTURE_MARK};
 /// Container names whose fields override the rendered proxy.
 const PROXY_OVERRIDE_NAMES: [&str; 2] = [PROXY_NAME, "istio-proxy"];
 /// Container names whose fields override the rendered init container.
@@ -148,6 +147,17 @@ fn take_named(arr: &mut Vec<Value>, names: &[String]) -> Vec<Value> {
     removed
 }
 
+/// The value of the environment variable `name` in the first of `containers` that sets it.
+fn env_of(containers: &[Value], name: &str) -> Option<String> {
+    containers
+        .iter()
+        .filter_map(|c| c.get("env").and_then(Value::as_array))
+        .flatten()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|e| e.get("value").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
 fn probers_of(containers: &[Value]) -> Map<String, Value> {
     let mut out = Map::new();
     for c in containers {
@@ -238,7 +248,7 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     let prev = match previous(annotations.get(STATUS).map(String::as_str)) {
         Some(p) => p,
         None if annotations.contains_key(STATUS) => Previous {
-            init: vec![INIT_NAME.into(), PROXY_NAME.into()],
+            init: vec![INIT_NAME.into(), VALIDATION_NAME.into(), PROXY_NAME.into()],
             containers: vec![PROXY_NAME.into()],
             volumes: template::VOLUME_NAMES.map(String::from).to_vec(),
         },
@@ -371,6 +381,15 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
     let mut proxy = template::proxy_container(cfg, &opts, &probers, grace);
+    let metrics = metrics_merge::plan(
+        &annotations,
+        cfg.enable_prometheus_merge,
+        env_of(&removed, metrics_merge::APP_SCRAPE_ENV).as_deref(),
+    );
+    if let Some(app) = &metrics.app_scrape {
+        template::set_env(&mut proxy, metrics_merge::APP_SCRAPE_ENV, app);
+    }
+    notes.push(metrics.reason.clone());
     let pod_labels = string_map(pod.pointer("/metadata/labels"));
     let workload = workload_name(pod, &pod_labels);
     if let Some(w) = &workload {
@@ -382,16 +401,38 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     for o in &overrides {
         template::apply_override(&mut proxy, o);
     }
-    let mut init = template::init_container(cfg, &opts);
+    let cni_mode = cfg.cni.enabled;
+    let mut init = if cni_mode {
+        // The uid the proxy finally runs as (an override may change it): the node's plugin
+        // exempts that uid, so the check runs as it.
+        let proxy_uid = proxy
+            .pointer("/securityContext/runAsUser")
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .unwrap_or(cfg.proxy_uid);
+        template::validation_container(cfg, &opts, proxy_uid)
+    } else {
+        template::init_container(cfg, &opts)
+    };
+    let init_name = if cni_mode { VALIDATION_NAME } else { INIT_NAME };
     if let Some(i) = init.as_mut() {
         if !pod_seccomp {
             template::default_seccomp(i);
         }
-        for o in &init_overrides {
-            template::apply_override(i, o);
+        // The overrides are for the capture container; the validation container stays as
+        // rendered (an override could give it capabilities).
+        if !cni_mode {
+            for o in &init_overrides {
+                template::apply_override(i, o);
+            }
         }
     }
-    let args_overridden = init_overrides.iter().any(|o| o.get("args").is_some());
+    if cni_mode && !init_overrides.is_empty() {
+        notes.push(format!(
+            "CNI mode: the pod's {INIT_NAME} override container is not applied ({VALIDATION_NAME} runs as rendered)"
+        ));
+    }
+    let args_overridden = !cni_mode && init_overrides.iter().any(|o| o.get("args").is_some());
     if args_overridden {
         notes.push(
             "remora-init arguments come from the pod's own init override container, unchecked"
@@ -399,7 +440,8 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
         );
     }
     if init.is_some() && !args_overridden {
-        // The init program's own parser is the one definition of its flags: check against it.
+        // The init program's own parser is the one definition of its flags: check against it
+        // (in CNI mode the node's plugin runs the same arguments).
         let args = template::init_args(cfg, &opts);
         if let Err(es) = check_init_args(args) {
             return Outcome::Denied(format!(
@@ -407,22 +449,49 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
             ));
         }
     }
+    let init_present = init.is_some();
+    let capture = match (&init, cni_mode) {
+        (None, _) => "capture: none (sidecar.istio.io/interceptionMode is NONE)".to_string(),
+        (Some(_), true) => format!(
+            "capture: CNI mode (injector setting cni.enabled): the node's remora-cni programs it, {VALIDATION_NAME} checks it without privileges"
+        ),
+        (Some(_), false) => format!(
+            "capture: init container {INIT_NAME} (NET_ADMIN, NET_RAW; injector setting cni.enabled is off)"
+        ),
+    };
+    let reason = format!("{reason}; {capture}");
 
     let mut status_init: Vec<&str> = Vec::new();
     let mut status_containers: Vec<&str> = Vec::new();
-    if opts.native_sidecar {
+    if cni_mode {
+        // The validation runs first: before the proxy listens on the inbound capture port.
+        let mut new_inits = Vec::new();
+        if let Some(i) = init {
+            new_inits.push(i);
+            status_init.push(init_name);
+        }
+        if opts.native_sidecar {
+            new_inits.push(proxy);
+            status_init.push(PROXY_NAME);
+        } else {
+            containers.push(proxy);
+            status_containers.push(PROXY_NAME);
+        }
+        new_inits.extend(inits);
+        inits = new_inits;
+    } else if opts.native_sidecar {
         let mut new_inits = vec![proxy];
         status_init.push(PROXY_NAME);
         if let Some(i) = init {
             new_inits.push(i);
-            status_init.push(INIT_NAME);
+            status_init.push(init_name);
         }
         new_inits.extend(inits);
         inits = new_inits;
     } else {
         if let Some(i) = init {
             inits.push(i);
-            status_init.push(INIT_NAME);
+            status_init.push(init_name);
         }
         containers.push(proxy);
         status_containers.push(PROXY_NAME);
@@ -503,6 +572,12 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     }
     let ann = &mut meta["annotations"];
     ann[STATUS] = json!(status);
+    // The mark the node's CNI plugin looks for; only the injector sets it.
+    if cni_mode && init_name == VALIDATION_NAME && init_present {
+        ann[CAPTURE_MARK] = json!(CAPTURE_BY_CNI);
+    } else if let Some(a) = ann.as_object_mut() {
+        a.remove(CAPTURE_MARK);
+    }
     if let Some(app) = app {
         for key in [DEFAULT_CONTAINER, DEFAULT_LOGS_CONTAINER] {
             if ann.get(key).is_none() {
@@ -517,10 +592,8 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
     } else {
         ann[OVERRIDES] = json!(json!({"proxy": overrides, "init": init_overrides}).to_string());
     }
-    if ann.get(PROM_SCRAPE).is_none() {
-        ann[PROM_SCRAPE] = json!("true");
-        ann[PROM_PORT] = json!(template::PROM_PORT.to_string());
-        ann[PROM_PATH] = json!(template::PROM_PATH);
+    for (key, value) in &metrics.annotations {
+        ann[*key] = json!(value);
     }
     Outcome::Injected {
         pod: out,
@@ -532,6 +605,7 @@ pub fn inject_pod_as(pod: &Value, namespace: &str, cfg: &Config, sel: &Selection
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotations::{PROM_PATH, PROM_PORT};
 
     fn hello() -> Value {
         json!({
@@ -561,6 +635,291 @@ mod tests {
             .collect()
     }
 
+    /// The `restricted` Pod Security Standard (Kubernetes docs, "Pod Security Standards",
+    /// policies of `baseline` and `restricted`, v1.30+), encoded as checks of the pod's fields:
+    /// every violation, one line each.
+    fn restricted_violations(pod: &Value) -> Vec<String> {
+        const BASELINE_CAPS: [&str; 13] = [
+            "AUDIT_WRITE",
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "MKNOD",
+            "NET_BIND_SERVICE",
+            "SETFCAP",
+            "SETGID",
+            "SETPCAP",
+            "SETUID",
+            "SYS_CHROOT",
+        ];
+        const VOLUME_TYPES: [&str; 8] = [
+            "configMap",
+            "csi",
+            "downwardAPI",
+            "emptyDir",
+            "ephemeral",
+            "persistentVolumeClaim",
+            "projected",
+            "secret",
+        ];
+        let mut v = Vec::new();
+        let spec = &pod["spec"];
+        let psc = &spec["securityContext"];
+        // baseline: host namespaces
+        for f in ["hostNetwork", "hostPID", "hostIPC"] {
+            if spec[f] == json!(true) {
+                v.push(format!("spec.{f} must not be true"));
+            }
+        }
+        // restricted: volume types
+        for vol in spec["volumes"].as_array().into_iter().flatten() {
+            let kinds: Vec<&String> = vol
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .filter(|k| *k != "name")
+                .collect();
+            for k in kinds {
+                if !VOLUME_TYPES.contains(&k.as_str()) {
+                    v.push(format!("volume {}: type {k} is not allowed", vol["name"]));
+                }
+            }
+        }
+        let pod_non_root = psc["runAsNonRoot"] == json!(true);
+        let pod_seccomp = psc["seccompProfile"]["type"].as_str();
+        if matches!(pod_seccomp, Some(t) if t != "RuntimeDefault" && t != "Localhost") {
+            v.push(format!("pod seccompProfile {pod_seccomp:?} is not allowed"));
+        }
+        if psc["runAsUser"] == json!(0) {
+            v.push("pod runAsUser must not be 0".into());
+        }
+        for list in ["initContainers", "containers", "ephemeralContainers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                let name = c["name"].as_str().unwrap_or("?");
+                let sc = &c["securityContext"];
+                let mut bad = |why: String| v.push(format!("{list}[{name}]: {why}"));
+                if sc["privileged"] == json!(true) {
+                    bad("privileged must not be true".into());
+                }
+                for p in c["ports"].as_array().into_iter().flatten() {
+                    if p["hostPort"].as_i64().is_some_and(|h| h != 0) {
+                        bad("hostPort must not be set".into());
+                    }
+                }
+                let adds: Vec<&str> = sc["capabilities"]["add"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                for cap in &adds {
+                    if !BASELINE_CAPS.contains(cap) || *cap != "NET_BIND_SERVICE" {
+                        bad(format!("capability {cap} must not be added"));
+                    }
+                }
+                let drops_all = sc["capabilities"]["drop"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == "ALL"));
+                if !drops_all {
+                    bad("capabilities must drop ALL".into());
+                }
+                if sc["allowPrivilegeEscalation"] != json!(false) {
+                    bad("allowPrivilegeEscalation must be false".into());
+                }
+                let non_root = match &sc["runAsNonRoot"] {
+                    Value::Bool(b) => *b,
+                    _ => pod_non_root,
+                };
+                if !non_root {
+                    bad("runAsNonRoot must be true (container or pod)".into());
+                }
+                if sc["runAsUser"] == json!(0) {
+                    bad("runAsUser must not be 0".into());
+                }
+                match sc["seccompProfile"]["type"].as_str().or(pod_seccomp) {
+                    Some("RuntimeDefault") | Some("Localhost") => {}
+                    other => bad(format!(
+                        "seccompProfile must be RuntimeDefault or Localhost (container or pod), is {other:?}"
+                    )),
+                }
+                if let Some(pm) = sc["procMount"].as_str().filter(|p| *p != "Default") {
+                    bad(format!("procMount {pm} is not allowed"));
+                }
+            }
+        }
+        v
+    }
+
+    /// An application pod that itself meets the `restricted` profile.
+    fn restricted_app() -> Value {
+        json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "web",
+                    "image": "web:1",
+                    "ports": [{"containerPort": 8080}],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]},
+                        "runAsUser": 1000
+                    }
+                }]
+            }
+        })
+    }
+
+    fn cni_config() -> Config {
+        Config {
+            cni: crate::config::CniConfig { enabled: true },
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn cni_mode_pods_pass_the_restricted_profile_and_sidecar_mode_pods_do_not() {
+        assert_eq!(
+            restricted_violations(&restricted_app()),
+            Vec::<String>::new()
+        );
+        for native in [true, false] {
+            let cfg = Config {
+                native_sidecar: native,
+                ..cni_config()
+            };
+            let Outcome::Injected { pod, .. } = inject_pod(&restricted_app(), "default", &cfg)
+            else {
+                panic!("not injected");
+            };
+            assert_eq!(
+                restricted_violations(&pod),
+                Vec::<String>::new(),
+                "native {native}"
+            );
+            // Without the pod's own seccomp profile, the injected containers still comply.
+            let mut app = restricted_app();
+            app["spec"]["securityContext"] = json!({"runAsNonRoot": true});
+            app["spec"]["containers"][0]["securityContext"]["seccompProfile"] =
+                json!({"type": "RuntimeDefault"});
+            let Outcome::Injected { pod, .. } = inject_pod(&app, "default", &cfg) else {
+                panic!("not injected");
+            };
+            assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        }
+        // The checker does fail: the privileged init container of sidecar mode breaks the profile.
+        let Outcome::Injected { pod, .. } =
+            inject_pod(&restricted_app(), "default", &Config::default())
+        else {
+            panic!("not injected");
+        };
+        let v = restricted_violations(&pod);
+        for want in [
+            "initContainers[remora-init]: capability NET_ADMIN must not be added",
+            "initContainers[remora-init]: runAsNonRoot must be true (container or pod)",
+            "initContainers[remora-init]: runAsUser must not be 0",
+        ] {
+            assert!(v.iter().any(|x| x == want), "{want} not in {v:?}");
+        }
+    }
+
+    #[test]
+    fn cni_mode_layout_mark_and_reason() {
+        let cfg = cni_config();
+        let Outcome::Injected { pod, reason, .. } = inject_pod(&hello(), "default", &cfg) else {
+            panic!("not injected");
+        };
+        assert_eq!(
+            names(&pod["spec"]["initContainers"]),
+            ["remora-validation", "remora-proxy", "setup"]
+        );
+        let v = &pod["spec"]["initContainers"][0];
+        assert_eq!(
+            v["args"],
+            json!([
+                "validate",
+                "--inbound-capture-port",
+                "15006",
+                "--proxy-uid",
+                "1337"
+            ])
+        );
+        assert_eq!(
+            v["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+        let ann = &pod["metadata"]["annotations"];
+        assert_eq!(ann[CAPTURE_MARK], CAPTURE_BY_CNI);
+        let status: Value = serde_json::from_str(ann[STATUS].as_str().unwrap()).unwrap();
+        assert_eq!(
+            status["initContainers"],
+            json!(["remora-validation", "remora-proxy"])
+        );
+        assert!(
+            reason.ends_with("; capture: CNI mode (injector setting cni.enabled): the node's remora-cni programs it, remora-validation checks it without privileges"),
+            "{reason}"
+        );
+        // Re-injection (as by `remora inject` twice) changes nothing.
+        let Outcome::Injected { pod: again, .. } = inject_pod(&pod, "default", &cfg) else {
+            panic!("not injected");
+        };
+        assert_eq!(again, pod);
+        // Sidecar mode: the reason says so, and a mark the pod set itself is removed.
+        let mut marked = hello();
+        marked["metadata"]["annotations"] = json!({CAPTURE_MARK: CAPTURE_BY_CNI});
+        let Outcome::Injected { pod, reason, .. } =
+            inject_pod(&marked, "default", &Config::default())
+        else {
+            panic!("not injected");
+        };
+        assert!(pod["metadata"]["annotations"].get(CAPTURE_MARK).is_none());
+        assert!(
+            reason.ends_with("; capture: init container remora-init (NET_ADMIN, NET_RAW; injector setting cni.enabled is off)"),
+            "{reason}"
+        );
+        // The proxy's uid changed by an override: the check runs as that uid (the one the
+        // plugin exempts); the pod's own remora-init override is not applied, with a warning.
+        let mut p = hello();
+        p["spec"]["containers"].as_array_mut().unwrap().push(json!({
+            "name": "istio-proxy", "image": "auto", "securityContext": {"runAsUser": 1234}
+        }));
+        p["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+                "name": "remora-init", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}
+            }));
+        let Outcome::Injected { pod, notes, .. } = inject_pod(&p, "default", &cfg) else {
+            panic!("not injected");
+        };
+        let v = &pod["spec"]["initContainers"][0];
+        assert_eq!(v["securityContext"]["runAsUser"], 1234);
+        assert_eq!(v["args"][4], "1234");
+        assert_eq!(
+            v["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+        assert!(
+            notes.iter().any(|n| n
+                .starts_with("CNI mode: the pod's remora-init override container is not applied")),
+            "{notes:?}"
+        );
+        // No capture at all: no validation container, no mark.
+        let mut none = hello();
+        none["metadata"]["annotations"] = json!({"sidecar.istio.io/interceptionMode": "NONE"});
+        let Outcome::Injected { pod, reason, .. } = inject_pod(&none, "default", &cfg) else {
+            panic!("not injected");
+        };
+        assert_eq!(
+            names(&pod["spec"]["initContainers"]),
+            ["remora-proxy", "setup"]
+        );
+        assert!(pod["metadata"]["annotations"].get(CAPTURE_MARK).is_none());
+        assert!(reason.ends_with("; capture: none (sidecar.istio.io/interceptionMode is NONE)"));
+    }
+
     #[test]
     fn native_layout() {
         let p = injected(&hello());
@@ -587,7 +946,8 @@ mod tests {
         );
         let ann = &p["metadata"]["annotations"];
         assert_eq!(ann[DEFAULT_CONTAINER], "hello");
-        assert_eq!(ann[PROM_PORT], "15090");
+        assert_eq!(ann[PROM_PORT], "15020");
+        assert_eq!(ann[PROM_PATH], "/stats/prometheus");
         let status: Value = serde_json::from_str(ann[STATUS].as_str().unwrap()).unwrap();
         assert_eq!(
             status["initContainers"],
@@ -855,11 +1215,38 @@ mod tests {
     }
 
     #[test]
-    fn user_prometheus_annotations_are_kept() {
+    fn the_apps_prometheus_annotations_move_to_the_proxy_and_survive_reinjection() {
         let mut p = hello();
         p["metadata"]["annotations"] =
             json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9000"});
-        let p = injected(&p);
-        assert_eq!(p["metadata"]["annotations"][PROM_PORT], "9000");
+        let once = injected(&p);
+        let proxy_env = |pod: &Value| {
+            pod["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == PROXY_NAME)
+                .and_then(|c| {
+                    c["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["name"] == metrics_merge::APP_SCRAPE_ENV)
+                        .map(|e| e["value"].clone())
+                })
+        };
+        assert_eq!(once["metadata"]["annotations"][PROM_PORT], "15020");
+        assert_eq!(
+            proxy_env(&once),
+            Some(json!(r#"{"port":"9000","scrape":"true"}"#))
+        );
+        let twice = injected(&once);
+        assert_eq!(twice["metadata"]["annotations"][PROM_PORT], "15020");
+        assert_eq!(proxy_env(&twice), proxy_env(&once));
+        // Opted out: the app's annotations are left as they were.
+        p["metadata"]["annotations"]["prometheus.istio.io/merge-metrics"] = json!("false");
+        let kept = injected(&p);
+        assert_eq!(kept["metadata"]["annotations"][PROM_PORT], "9000");
+        assert_eq!(proxy_env(&kept), None);
     }
 }

@@ -24,6 +24,7 @@ pub mod label_selector;
 pub mod manifest;
 pub mod mesh;
 pub mod metrics;
+pub mod metrics_merge;
 pub mod patch;
 pub mod probes;
 pub mod review;

@@ -7,16 +7,17 @@ use serde_json::{json, Map, Value};
 use crate::annotations::{Interception, PodOptions};
 use crate::ca::publish::{CONFIGMAP as CA_ROOT_CONFIGMAP, KEY as CA_ROOT_KEY};
 use crate::config::{Config, Resources};
-use crate::probes::{PROBERS_ENV, STATUS_PORT};
+use crate::probes::PROBERS_ENV;
 
-pub const PROXY_NAME: &str = "remora-proxy";
+pub use remora_init::pod::PROXY_CONTAINER as PROXY_NAME;
 pub const INIT_NAME: &str = "remora-init";
+/// CNI mode's init container: checks, unprivileged, that the node's plugin programmed the capture.
+pub const VALIDATION_NAME: &str = "remora-validation";
 pub const RULES_VOLUME: &str = "remora-rules";
 pub const PODINFO_VOLUME: &str = "remora-podinfo";
 pub const RULES_DIR: &str = "/etc/remora/rules";
 pub const PODINFO_DIR: &str = "/etc/remora/pod";
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PORT: u16 = 15006;
+pub use remora_init::pod::{INBOUND_PORT, OUTBOUND_PORT};
 pub const HEALTH_PORT: u16 = 15021;
 pub const PROM_PORT: u16 = 15090;
 pub const PROM_PATH: &str = "/stats/prometheus";
@@ -41,55 +42,10 @@ pub const VOLUME_NAMES: [&str; 4] = [
     CA_ROOT_VOLUME,
 ];
 
-/// The `remora-init` arguments in istio-iptables form.
+/// The `remora-init` arguments in istio-iptables form (the shared mapping of the capture
+/// annotations, [`remora_init::pod::CaptureOptions::init_args`]).
 pub fn init_args(cfg: &Config, o: &PodOptions) -> Vec<String> {
-    let join = |v: &[String]| v.join(",");
-    let mut d = vec![
-        PROM_PORT.to_string(),
-        HEALTH_PORT.to_string(),
-        STATUS_PORT.to_string(),
-    ];
-    for p in &o.exclude_inbound_ports {
-        if !d.contains(p) {
-            d.push(p.clone());
-        }
-    }
-    let mut args: Vec<String> = vec![
-        "-p".into(),
-        OUTBOUND_PORT.to_string(),
-        "-z".into(),
-        INBOUND_PORT.to_string(),
-        "-u".into(),
-        cfg.proxy_uid.to_string(),
-        "-m".into(),
-        "REDIRECT".into(),
-        "-i".into(),
-        o.include_outbound_ip_ranges
-            .as_deref()
-            .map(join)
-            .unwrap_or_else(|| "*".into()),
-        "-x".into(),
-        join(&o.exclude_outbound_ip_ranges),
-        "-b".into(),
-        o.include_inbound_ports
-            .as_deref()
-            .map(join)
-            .unwrap_or_else(|| "*".into()),
-        "-d".into(),
-        d.join(","),
-    ];
-    for (flag, list) in [
-        ("-q", &o.include_outbound_ports),
-        ("-o", &o.exclude_outbound_ports),
-        ("-c", &o.exclude_interfaces),
-        ("-k", &o.virtual_interfaces),
-    ] {
-        if !list.is_empty() {
-            args.push(flag.into());
-            args.push(join(list));
-        }
-    }
-    args
+    o.capture.init_args(cfg.proxy_uid)
 }
 
 /// The configured resources, or (as in Istio) only the annotated ones when any is annotated.
@@ -115,7 +71,7 @@ fn resources(
 
 /// The `remora-init` container, or `None` when interception is off.
 pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
-    if o.interception == Interception::None {
+    if o.capture.interception == Interception::None {
         return None;
     }
     Some(json!({
@@ -134,6 +90,39 @@ pub fn init_container(cfg: &Config, o: &PodOptions) -> Option<Value> {
             "runAsGroup": 0,
             "runAsNonRoot": false,
             "runAsUser": 0
+        }
+    }))
+}
+
+/// CNI mode's `remora-validation` container, or `None` when interception is off: `remora-init
+/// validate` as the proxy's uid (`proxy_uid`, the one the node's plugin exempts) with no
+/// capabilities (it passes the `restricted` Pod Security profile), failing the pod with one line
+/// when the capture is not in place.
+pub fn validation_container(cfg: &Config, o: &PodOptions, proxy_uid: u32) -> Option<Value> {
+    if o.capture.interception == Interception::None {
+        return None;
+    }
+    Some(json!({
+        "name": VALIDATION_NAME,
+        "image": cfg.init.image,
+        "imagePullPolicy": cfg.init.image_pull_policy,
+        "command": ["remora-init"],
+        "args": [
+            "validate",
+            "--inbound-capture-port",
+            INBOUND_PORT.to_string(),
+            "--proxy-uid",
+            proxy_uid.to_string()
+        ],
+        "resources": resources(&cfg.init.resources, &BTreeMap::new(), &BTreeMap::new()),
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": proxy_uid,
+            "runAsNonRoot": true,
+            "runAsUser": proxy_uid
         }
     }))
 }
@@ -356,6 +345,15 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         PodOptions::parse(&ann, &Config::default()).unwrap()
+    }
+
+    #[test]
+    fn the_init_arguments_exclude_the_proxys_own_ports() {
+        // remora_init::pod keeps its own copy of the ports for the CNI plugin: same values.
+        assert_eq!(
+            remora_init::pod::PROXY_PORTS,
+            [PROM_PORT, HEALTH_PORT, crate::probes::STATUS_PORT]
+        );
     }
 
     #[test]

@@ -54,6 +54,14 @@ pub fn watched(dir: &Path, tls: &ServerTls) -> Vec<PathBuf> {
     out
 }
 
+/// Whether the `credentialName` Secret of `tls` is absent as a whole (its directory gone: a
+/// deleted Secret), as opposed to caught in the middle of an update.
+pub fn secret_gone(dir: &Path, tls: &ServerTls) -> bool {
+    tls.credential_name
+        .as_ref()
+        .is_some_and(|n| !dir.join(n).exists())
+}
+
 /// Where a server's certificate, key and client roots are, or why they cannot be found.
 pub fn files_for(dir: &Path, tls: &ServerTls) -> Result<TlsFiles, String> {
     let Some(name) = &tls.credential_name else {
@@ -78,7 +86,7 @@ pub fn files_for(dir: &Path, tls: &ServerTls) -> Result<TlsFiles, String> {
         .find(|(c, k, _)| c.exists() && k.exists())
     else {
         return Err(format!(
-            "credentialName {name:?}: no tls.crt and tls.key (or cert and key) in {} (mount the Secret there; Secrets are not read through the API yet)",
+            "credentialName {name:?}: no tls.crt and tls.key (or cert and key) in {} (no such Secret in the gateway's namespace, or not mounted there)",
             secret.display()
         ));
     };

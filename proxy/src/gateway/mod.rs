@@ -1,8 +1,8 @@
 //! `remora-proxy gateway`: the proxy as Istio's ingress gateway. No capture: it listens on the
 //! ports of the `Gateway` servers that select its pod (`--pod-labels-file`), each Gateway port
-//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS servers
+//! mapped to a listening port (`--gateway-port-map`), terminates TLS for HTTPS and TLS servers
 //! (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`; certificates from `--gateway-credentials-dir`,
-//! [`certs`]), and routes HTTP by the
+//! [`certs`], filled by mounted Secrets or through the API, [`secrets`]), and routes HTTP by the
 //! VirtualServices bound to those Gateways, through the sidecar's request steps
 //! ([`crate::http::MeshHttp`] with a [`GatewayRouter`]), as an outbound request (`reporter`
 //! `source`).
@@ -13,6 +13,7 @@
 //! first connection or request after the change). Listening ports are bound at start-up.
 
 pub mod certs;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,11 @@ pub struct GatewayFlags {
         default_value = "/etc/remora/gateway-credentials"
     )]
     pub gateway_credentials_dir: PathBuf,
+    /// Where `credentialName` Secrets come from: `files` (mounted into
+    /// `--gateway-credentials-dir` by the Deployment) or `api` (the Secrets of the gateway's
+    /// namespace read through the Kubernetes API and written there, [`secrets`]).
+    #[arg(long, env = "REMORA_GATEWAY_CREDENTIALS_SOURCE", default_value = "files", value_parser = ["files", "api"])]
+    pub gateway_credentials_source: String,
 }
 
 /// The plan made from one snapshot, with the TLS settings of its servers.
@@ -132,7 +138,18 @@ pub struct GatewayRouter {
     current: ArcSwapOption<Planned>,
     /// One plan is made at a time (and logged once).
     building: Mutex<()>,
+    /// `remora_gateway_servers{state}`: the selected Gateways' servers of the current plan,
+    /// `served`, `down` (TLS settings not loaded: a missing or bad Secret) or `not_served`
+    /// (left out: a kind not served yet, a conflict).
+    servers: Option<prometheus::IntGaugeVec>,
 }
+
+/// The `state` label's whole set of `remora_gateway_servers`.
+pub const SERVER_STATES: [&str; 3] = ["served", "down", "not_served"];
+
+/// How often [`GatewayRouter::refresh`] makes the plan again if the rules or certificate files
+/// changed, so a Secret fixed or broken shows in the log and the metric without traffic.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 impl GatewayRouter {
     pub fn new(
@@ -140,6 +157,26 @@ impl GatewayRouter {
         labels: BTreeMap<String, String>,
         flags: GatewayFlags,
     ) -> GatewayRouter {
+        let servers = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "remora_gateway_servers",
+                "Servers of the Gateways selecting this gateway, by state: served, down (TLS \
+                 settings not loaded: a missing or invalid credentialName Secret) or not_served \
+                 (left out, see the log)",
+            ),
+            &["state"],
+        )
+        .and_then(|g| {
+            shared.metrics.registry().register(Box::new(g.clone()))?;
+            Ok(g)
+        });
+        let servers = match servers {
+            Ok(g) => Some(g),
+            Err(e) => {
+                warn!("remora_gateway_servers not registered: {e}");
+                None
+            }
+        };
         GatewayRouter {
             shared,
             labels,
@@ -147,6 +184,29 @@ impl GatewayRouter {
             bound: Mutex::new(BTreeSet::new()),
             current: ArcSwapOption::const_empty(),
             building: Mutex::new(()),
+            servers,
+        }
+    }
+
+    /// `/config_dump`'s `gateway` section: the current plan and which servers are down.
+    pub fn dump(&self) -> remora_model::dump::GatewayDump {
+        let planned = self.current();
+        model::dump(&planned.plan, |port, i| {
+            planned
+                .tls
+                .get(&port)
+                .is_some_and(|t| t.configs.get(i).is_some_and(|c| c.is_none()))
+        })
+    }
+
+    /// Make the plan again every [`REFRESH_EVERY`] when the rules or a certificate file
+    /// changed (the same check a connection makes), for ever.
+    pub async fn refresh(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            let me = self.clone();
+            // Reading certificate files blocks: off the runtime's thread.
+            let _ = tokio::task::spawn_blocking(move || me.current()).await;
         }
     }
 
@@ -244,7 +304,7 @@ impl GatewayRouter {
                 ?hosts,
                 "gateway listener"
             );
-            if l.kind != ListenerKind::Https {
+            if !l.kind.terminates_tls() {
                 continue;
             }
             let dir = &self.flags.gateway_credentials_dir;
@@ -265,8 +325,11 @@ impl GatewayRouter {
                 {
                     Ok(cfg) => Some(cfg),
                     Err(e) => {
-                        // A Secret caught mid-update keeps the settings read before, if any.
-                        let before = previous.and_then(|p| p.config_of(l.port, b));
+                        // A Secret caught mid-update keeps the settings read before, if any;
+                        // a Secret deleted (its directory gone) takes its server down.
+                        let before = previous
+                            .filter(|_| !certs::secret_gone(dir, &t))
+                            .and_then(|p| p.config_of(l.port, b));
                         warn!(
                             "{} (port {}): TLS settings not loaded, {}: {e}",
                             b.describe(),
@@ -289,6 +352,20 @@ impl GatewayRouter {
                     configs,
                 },
             );
+        }
+        if let Some(g) = &self.servers {
+            let all: usize = plan.listeners.iter().map(|l| l.servers.len()).sum();
+            let down = tls
+                .values()
+                .map(|t: &TlsListener| t.configs.iter().filter(|c| c.is_none()).count())
+                .sum::<usize>();
+            for (state, n) in [
+                ("served", all - down),
+                ("down", down),
+                ("not_served", plan.not_served.len()),
+            ] {
+                g.with_label_values(&[state]).set(n as i64);
+            }
         }
         Planned {
             snapshot: snap,
@@ -320,8 +397,8 @@ impl GatewayRouter {
 }
 
 impl GatewayRouter {
-    /// Route a connection on the gateway's listening port `port` (a `TCP` or `PASSTHROUGH`
-    /// listener; `sni`: the ClientHello's name on a passthrough one): the model's decision.
+    /// Route a connection on the gateway's listening port `port` (a `TCP`, `PASSTHROUGH` or
+    /// terminated `TLS` listener; `sni`: the ClientHello's name): the model's decision.
     pub fn route_l4(&self, port: u16, sni: Option<&str>) -> Decision {
         let planned = self.current();
         let Some(l) = planned.plan.listener(port) else {

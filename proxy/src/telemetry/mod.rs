@@ -6,6 +6,7 @@
 //! unchanged. `reporter` is `source` on the outbound side and `destination` on the inbound side.
 
 pub mod accesslog;
+pub mod app_metrics;
 pub mod exchange;
 pub mod metrics;
 pub mod otlp;

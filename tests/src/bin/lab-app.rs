@@ -252,6 +252,20 @@ async fn handle(app: Arc<App>, req: http::Request<Incoming>) -> Result<http::Res
     if path == "/health" {
         return Ok(json_reply(200, serde_json::json!({"status": "ok"})));
     }
+    if path == "/metrics" {
+        // The app's own metrics in Prometheus' text format (what metrics merging adds to the
+        // proxy's): requests this app answered.
+        let text = format!(
+            "# HELP lab_app_requests_total Requests this app answered.\n# TYPE lab_app_requests_total counter\nlab_app_requests_total {}\n",
+            n - 1
+        );
+        let mut r = http::Response::new(Reply::new(Bytes::from(text)));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return Ok(r);
+    }
     if let Mode::Http { control: true, .. } = &app.mode {
         if path == "/control/fault" {
             if req.method() != http::Method::POST {

@@ -30,6 +30,10 @@ struct Cli {
     /// Print every lab step.
     #[arg(long, short, global = true)]
     verbose: bool,
+    /// CNI mode: the injector's `cni.enabled`, and the lab's kubelet calls the remora-cni plugin
+    /// (pods get the unprivileged remora-validation instead of remora-init).
+    #[arg(long, global = true)]
+    cni: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +107,7 @@ fn main() {
         cancel,
         ..LabOptions::default()
     };
+    opts.cni |= cli.cni;
     if let Some(d) = cli.bin_dir {
         opts.bin_dir = d;
     }
@@ -312,8 +317,16 @@ fn demo(mut opts: LabOptions, requests: usize) -> Result<()> {
     println!("The lab makes a \"node\" (a network namespace with a bridge and no route out) and one network");
     println!("namespace per pod. Pods come from Kubernetes YAML. Because the namespace `bookinfo` carries the");
     println!("label istio-injection=enabled, each pod is first sent to the real remora-webhook over HTTPS as an");
-    println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet: remora-init");
-    println!("programs iptables, remora-proxy starts as uid 1337 and must be ready (holding its certificate from");
+    let cni = opts.cni;
+    if cni {
+        println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet. CNI mode:");
+        println!("the kubelet calls the remora-cni plugin, which programs iptables in the pod's network; the pod's");
+        println!("unprivileged remora-validation container checks the capture, remora-proxy starts as uid 1337 and");
+        println!("must be ready (holding its certificate from");
+    } else {
+        println!("AdmissionReview; the lab applies the returned patch, then runs the pod like a kubelet: remora-init");
+        println!("programs iptables, remora-proxy starts as uid 1337 and must be ready (holding its certificate from");
+    }
     println!("the mesh CA that remora-webhook runs on the node) before the app starts. Istio rules are applied");
     println!("as objects, as `kubectl apply` does; the rules controller in remora-webhook compiles them into the");
     println!("namespace's remora-mesh-rules ConfigMap, which every sidecar there reloads.\n");
@@ -379,7 +392,12 @@ fn demo(mut opts: LabOptions, requests: usize) -> Result<()> {
     );
 
     println!(
-        "\n-- Its iptables rules (nat table, inside the pod), as remora-init installed them:\n"
+        "\n-- Its iptables rules (nat table, inside the pod), as {} installed them:\n",
+        if cni {
+            "the remora-cni plugin"
+        } else {
+            "remora-init"
+        }
     );
     let nat = lab.nat_rules(pod)?;
     for l in nat.lines().filter(|l| l.starts_with("-A")) {
