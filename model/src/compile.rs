@@ -222,6 +222,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
             | ("security.istio.io", "PeerAuthentication")
             | ("security.istio.io", "AuthorizationPolicy")
             | ("security.istio.io", "RequestAuthentication")
+            | ("telemetry.istio.io", "Telemetry")
             | ("remora.dev", "RateLimit")
     );
     if !known {
@@ -298,7 +299,7 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
             Some(sc) => Reach::Sidecar(Box::new(sc)),
             None => return Err(invalid(Some(id), "not decoded as a Sidecar".into())),
         },
-        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" | "Telemetry" => {
             Reach::NamespaceOrRoot
         }
         _ => Reach::Namespace,
@@ -719,6 +720,7 @@ mod tests {
             "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
                 "security.istio.io/v1"
             }
+            "Telemetry" => "telemetry.istio.io/v1",
             "RateLimit" => "remora.dev/v1alpha1",
             _ => "networking.istio.io/v1",
         };
@@ -783,6 +785,39 @@ mod tests {
             .excluded
             .iter()
             .any(|(id, why)| id.name == "none" && why.contains("not exported to other")));
+    }
+
+    #[test]
+    fn telemetry_rules_are_the_namespace_own_and_the_root_namespace() {
+        let t = |ns: &str, name: &str, pct: u32| {
+            obj(
+                "Telemetry",
+                ns,
+                name,
+                json!({"tracing": [{"randomSamplingPercentage": pct}]}),
+            )
+        };
+        let objs = checked(&[
+            t("istio-system", "mesh-default", 1),
+            t("shop", "shop", 10),
+            t("bank", "bank", 50),
+        ]);
+        let r = render(&objs, "shop", &Settings::default()).expect("renders");
+        assert_eq!(
+            keys(&r),
+            [
+                "istio-system.telemetry.mesh-default.yaml",
+                "shop.telemetry.shop.yaml"
+            ]
+        );
+        // A Telemetry the loader refuses is left out with the field named.
+        let bad = check(&t("shop", "bad", 101), "cluster.local").unwrap_err();
+        assert!(
+            bad.reason
+                .contains("spec.tracing[0].randomSamplingPercentage"),
+            "{}",
+            bad.reason
+        );
     }
 
     #[test]

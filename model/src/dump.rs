@@ -154,6 +154,12 @@ pub struct RulesDump {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_authentications: Vec<RequestAuthentication>,
+    /// The `telemetry.istio.io` Telemetry rules that apply to this pod, and what they say for
+    /// it (what the proxy applies); written only when present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub telemetries: Vec<crate::telemetry::Telemetry>,
+    #[serde(default, skip_serializing_if = "crate::telemetry::Effective::is_empty")]
+    pub telemetry: crate::telemetry::Effective,
     pub ignored: Vec<Ignored>,
     /// One line per field Istio's API does not define (accepted and ignored).
     pub unknown_fields: Vec<String>,
@@ -189,6 +195,8 @@ impl RulesDump {
             peer_authentications: snap.peer_authentications.clone(),
             authorization_policies: snap.authorization_policies.clone(),
             request_authentications: snap.request_authentications.clone(),
+            telemetries: snap.telemetries.clone(),
+            telemetry: snap.telemetry.clone(),
             ignored: snap.ignored.clone(),
             unknown_fields: snap.unknown_fields.iter().map(|e| e.to_string()).collect(),
             dns: snap.dns.clone(),

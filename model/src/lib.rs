@@ -36,5 +36,6 @@ pub mod route;
 pub mod rules;
 pub mod security;
 pub mod serde_util;
+pub mod telemetry;
 pub mod typed;
 pub mod workload;

@@ -175,6 +175,10 @@ pub struct RunArgs {
     /// Access log destination: stdout or off.
     #[arg(long, env = "REMORA_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
+    /// Access-log encoding: `TEXT` (Istio's default line) or `JSON` (Istio's field names and
+    /// remora's own); Istio's `accessLogEncoding`.
+    #[arg(long, env = "REMORA_ACCESS_LOG_ENCODING", default_value = "TEXT", value_parser = ["TEXT", "JSON"])]
+    pub access_log_encoding: String,
     /// How often the keys of a RequestAuthentication's `jwksUri` are fetched again (Istio: 20m);
     /// `1s` to `24h`.
     #[arg(long, env = "REMORA_JWKS_REFRESH_INTERVAL", default_value = "20m", value_parser = parse_jwks_refresh)]
@@ -193,6 +197,76 @@ pub struct RunArgs {
     /// The workload identity: where the certificate comes from (docs/security.md).
     #[command(flatten)]
     pub identity: IdentityArgs,
+    /// Tracing: the collector and the sampling percentage (docs/observability.md).
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+/// `--tracing-provider` and the other tracing settings; the injector sets them from the mesh
+/// configuration (`enableTracing`, `defaultConfig.tracing.sampling`, `extensionProviders`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TracingArgs {
+    /// The collector's protocol: `zipkin` (Zipkin v2 JSON over HTTP), `opentelemetry` (OTLP
+    /// over HTTP, protobuf), or `off`: no spans, trace headers forwarded unchanged.
+    #[arg(long, env = "REMORA_TRACING_PROVIDER", default_value = "off", value_parser = ["off", "zipkin", "opentelemetry"])]
+    pub tracing_provider: String,
+    /// The collector's `host:port` (e.g. `zipkin.istio-system.svc.cluster.local:9411`).
+    #[arg(long, env = "REMORA_TRACING_ADDRESS", value_parser = crate::telemetry::tracer::parse_address)]
+    pub tracing_address: Option<String>,
+    /// The collector's path (default: `/api/v2/spans` for zipkin, `/v1/traces` for
+    /// opentelemetry).
+    #[arg(long, env = "REMORA_TRACING_PATH")]
+    pub tracing_path: Option<String>,
+    /// Percentage of requests sampled when the request brings no decision of its own (0 to
+    /// 100; Istio's `defaultConfig.tracing.sampling`, default 1).
+    #[arg(long, env = "REMORA_TRACING_SAMPLING", default_value = "1", value_parser = crate::telemetry::tracer::parse_sampling)]
+    pub tracing_sampling: f64,
+    /// Spans that may wait for the exporter before new ones are dropped (1 to 65536).
+    #[arg(long, env = "REMORA_TRACING_QUEUE_SPANS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub tracing_queue_spans: u64,
+    /// The mesh id in spans (`istio.mesh_id`; Istio's default is the trust domain).
+    #[arg(long, env = "ISTIO_META_MESH_ID")]
+    pub mesh_id: Option<String>,
+}
+
+impl TracingArgs {
+    /// The exporter's settings, or `None` for `off`; an error names the flag.
+    pub fn config(&self) -> Result<Option<crate::telemetry::tracer::ExportConfig>, String> {
+        use crate::telemetry::tracer::{ExportConfig, Protocol};
+        if self.tracing_provider == "off" {
+            return Ok(None);
+        }
+        let protocol = Protocol::parse(&self.tracing_provider)
+            .map_err(|e| format!("--tracing-provider: {e}"))?;
+        let Some(address) = self.tracing_address.clone() else {
+            return Err(format!(
+                "--tracing-address (REMORA_TRACING_ADDRESS): missing; --tracing-provider {} needs the collector's host:port",
+                self.tracing_provider
+            ));
+        };
+        let path = match &self.tracing_path {
+            None => protocol.default_path().to_string(),
+            Some(p)
+                if p.starts_with('/')
+                    && !p
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
+            {
+                p.clone()
+            }
+            Some(p) => {
+                return Err(format!(
+                    "--tracing-path (REMORA_TRACING_PATH) {p:?}: not a path starting with /"
+                ))
+            }
+        };
+        Ok(Some(ExportConfig {
+            protocol,
+            address,
+            path,
+            queue_spans: self.tracing_queue_spans as usize,
+        }))
+    }
 }
 
 /// `--ca-address` and the other settings of the workload certificate.

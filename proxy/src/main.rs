@@ -324,6 +324,60 @@ where
         .map_err(|_| anyhow!("{what} thread exited during start-up"))?
 }
 
+/// Tracing's exporter when `--tracing-provider` is not `off` (a wrong setting stops start-up).
+fn start_tracer(
+    args: &Args,
+    workload: &Workload,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<remora_proxy::telemetry::tracer::Tracer>>> {
+    use remora_proxy::telemetry::span::Reporter;
+    use remora_proxy::telemetry::tracer::{OwnTags, Tracer};
+    let Some(config) = args.tracing.config().map_err(|e| anyhow!(e))? else {
+        return Ok(None);
+    };
+    let me = &workload.plain;
+    let pod = args.pod_name.as_deref().unwrap_or(&workload.name);
+    let ip = args
+        .instance_ip
+        .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
+    let own = OwnTags {
+        canonical_service: me.canonical_service.to_string(),
+        canonical_revision: me.canonical_revision.to_string(),
+        namespace: args.namespace.clone(),
+        mesh_id: args
+            .tracing
+            .mesh_id
+            .clone()
+            .unwrap_or_else(|| args.identity.trust_domain.clone()),
+        node_id: remora_proxy::telemetry::exchange::encode_id(
+            &ip,
+            pod,
+            &args.namespace,
+            &args.cluster_domain,
+        ),
+    };
+    let reporter = Reporter {
+        service_name: format!("{}.{}", me.canonical_service, args.namespace),
+        ip: args.instance_ip,
+    };
+    info!(
+        provider = config.protocol.as_str(),
+        collector = %config.address,
+        path = %config.path,
+        sampling_percent = args.tracing.tracing_sampling,
+        "tracing on"
+    );
+    let t = Tracer::start(
+        config,
+        args.tracing.tracing_sampling,
+        own,
+        reporter,
+        metrics.clone(),
+    )
+    .context("starting the trace exporter thread")?;
+    Ok(Some(t))
+}
+
 /// The sidecar (`gateway: None`) or the gateway (its flags): the same proxy, with capture
 /// listeners or with the Gateways' ports.
 fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
@@ -391,12 +445,9 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         inbound_upstream_read_timeout: limits.inbound_upstream_read_timeout,
         workload: workload.clone(),
-        access_log: if args.access_log == "off" {
-            AccessLog::Off
-        } else {
-            AccessLog::Stdout
-        },
+        access_log: AccessLog::from_flags(&args.access_log, &args.access_log_encoding),
         num_trusted_proxies: args.num_trusted_proxies,
+        tracer: None,
     };
     if settings.fixed_outbound_target.is_some() || settings.fixed_inbound_target.is_some() {
         warn!("TESTING MODE: fixed capture targets are set; original destinations are ignored");
@@ -481,6 +532,8 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
             ),
         ..settings
     };
+    let tracer = start_tracer(&args, &settings.workload, &metrics)?;
+    let settings = Settings { tracer, ..settings };
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),

@@ -64,6 +64,8 @@ pub struct Settings {
     /// Istio's `numTrustedProxies`: which `X-Forwarded-For` entry is `remote.ip` for
     /// AuthorizationPolicy (`--num-trusted-proxies`).
     pub num_trusted_proxies: u32,
+    /// Tracing (`None`: off, the request path untouched).
+    pub tracer: Option<Arc<crate::telemetry::tracer::Tracer>>,
 }
 
 /// State shared by the listeners, the HTTP proxies and the admin server.

@@ -283,7 +283,7 @@ fn grpc_unary_and_bidi_streaming_through_the_proxy() {
     });
 
     let line = p.wait_log(|v| v["path"] == "/remora.test.Echo/Chat");
-    assert_eq!(line["protocol"], "grpc");
+    assert_eq!(line["request_protocol"], "grpc");
     assert_eq!(line["status"], 200);
     // Each call is recorded when its stream ends, not in call order: wait (bounded) for all.
     for code in ["0", "5"] {
@@ -371,7 +371,7 @@ fn grpc_health_app_probe_and_inbound_grpc() {
         assert_eq!(r.into_inner().seq, 8);
     });
     let line = p.wait_log(|v| v["direction"] == "inbound");
-    assert_eq!(line["protocol"], "grpc");
+    assert_eq!(line["request_protocol"], "grpc");
 }
 
 async fn spawn_ws_echo() -> SocketAddr {

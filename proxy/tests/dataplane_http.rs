@@ -223,7 +223,7 @@ fn h2c_prior_knowledge_is_proxied_as_h2() {
     assert_eq!(v["path"], "/h2?q=1");
     assert_eq!(v["body_len"], 3);
     let line = p.wait_log(|l| l["path"] == "/h2?q=1");
-    assert_eq!(line["protocol"], "http2");
+    assert_eq!(line["request_protocol"], "http2");
     assert_eq!(line["authority"], "ratings.testns:9080");
 }
 

@@ -57,6 +57,7 @@ fn start_gateway_as(
         "--kube-api=off".into(),
         "--gateway-address=127.0.0.1".into(),
         format!("--gateway-port-map={map}"),
+        "--access-log-encoding=JSON".into(),
     ])
     .args(extra);
     for k in [
@@ -423,7 +424,8 @@ spec:
     assert_eq!((status, alpn.as_deref()), (200, Some(&b"h2"[..])));
     assert_eq!(h2_path, "/h2");
     let line = gw.wait_log(|l| l["path"] == "/h2");
-    assert_eq!(line["protocol"], "http2", "{line}");
+    assert_eq!(line["request_protocol"], "http2", "{line}");
+    assert_eq!(line["protocol"], "HTTP/2", "{line}");
 
     // The server whose Secret is missing is down, with one line naming it; the others serve.
     gw.wait_stderr("Gateway testns/web-gateway spec.servers[3] (port 443): TLS settings not loaded, this server is down: credentialName \"no-such-secret\"");

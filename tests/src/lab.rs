@@ -268,8 +268,19 @@ pub fn injector_config(dir: &Path) -> Result<Option<PathBuf>> {
         .pointer("/data/config.yaml")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("{} has no data.\"config.yaml\"", manifest.display()))?;
+    // The lab's tests read the access log as JSON (the shipped default is Istio's TEXT line).
+    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)
+        .with_context(|| format!("parsing data.\"config.yaml\" of {}", manifest.display()))?;
+    if let serde_yaml_ng::Value::Mapping(m) = &mut config {
+        let mesh = m
+            .entry("mesh".into())
+            .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
+        if let serde_yaml_ng::Value::Mapping(mesh) = mesh {
+            mesh.insert("accessLogEncoding".into(), "JSON".into());
+        }
+    }
     let path = dir.join("config.yaml");
-    std::fs::write(&path, config)?;
+    std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
     Ok(Some(path))
 }
 

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod client;
 pub mod clitest;
 pub mod cluster;
+pub mod collector;
 pub mod controller_bench;
 pub mod ingress;
 pub mod kubelet;

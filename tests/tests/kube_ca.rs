@@ -947,6 +947,7 @@ impl Sidecar {
         let a = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = std::process::Command::new(&bin);
         cmd.arg("run")
+            .arg("--access-log-encoding=JSON")
             .arg(format!("--outbound-addr={}", a(p[0])))
             .arg(format!("--inbound-addr={}", a(p[1])))
             .arg(format!("--admin-addr={}", a(p[2])))
@@ -1767,7 +1768,7 @@ async fn requests_between_sidecars_reuse_mutual_tls_connections() {
         assert_eq!(l["peer_principal"], want, "{l}");
         assert_eq!(l["connection_security_policy"], "mutual_tls", "{l}");
         let protocol = if proto == "h1" { "http" } else { "http2" };
-        assert_eq!(l["protocol"], protocol, "{l}");
+        assert_eq!(l["request_protocol"], protocol, "{l}");
         let conn = l["downstream"].as_str().unwrap_or_default().to_string();
         conns
             .entry((

@@ -474,6 +474,7 @@ async fn proxy_routes_to_an_endpoint_known_only_from_an_endpointslice() {
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let child = Command::new(process::proxy_bin())
         .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--access-log-encoding=JSON")
         .arg("--rules-dir")
         .arg(rules.path())
         .args(["--outbound-addr", &at(ports[0]).to_string()])
@@ -862,6 +863,7 @@ fn start_proxy_with(
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let child = Command::new(process::proxy_bin())
         .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--access-log-encoding=JSON")
         .arg("--rules-dir")
         .arg(rules_dir)
         .args(["--outbound-addr", &at(ports[0]).to_string()])

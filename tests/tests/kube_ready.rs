@@ -146,6 +146,7 @@ fn start_proxy(kube_api: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let mut cmd = Command::new(proxy_bin());
     cmd.args(["run", "--kube-api", kube_api, "--namespace", "shop"])
+        .arg("--access-log-encoding=JSON")
         .arg("--rules-dir")
         .arg(&rules)
         .args(["--outbound-addr", &at(ports[0]).to_string()])

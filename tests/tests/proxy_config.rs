@@ -776,6 +776,7 @@ spec: {host: reviews, requestsPerUnit: 100, unit: MINUTE, burst: 10}
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let child = Command::new(bin("remora-proxy"))
         .args(["run", "--kube-api", &api.url(), "--namespace", "shop"])
+        .arg("--access-log-encoding=JSON")
         .args(["--rules-configmap", "off", "--ipv6", "off"])
         .arg(format!("--rules-dir={}", rules.path().display()))
         .arg(format!("--outbound-addr={}", at(p[0])))

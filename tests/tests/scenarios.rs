@@ -1546,3 +1546,136 @@ fn gateway_scenario(rules_controller: bool) {
         }
     });
 }
+
+/// One Bookinfo request (client → productpage → reviews v2 → ratings) with tracing on in the
+/// injector's mesh settings (Zipkin provider, 100 %) is one trace at a Zipkin collector on the
+/// node: each sidecar's span is the child of the one before it, the apps only copying the
+/// headers as Bookinfo's do.
+#[test]
+fn bookinfo_request_is_one_trace_with_parent_child_spans() {
+    remora_corpus::require!("networking");
+    use remora_e2e::collector::{Collector, GotSpan};
+    let dir = tempfile::tempdir().unwrap();
+    let base = remora_e2e::lab::injector_config(dir.path())
+        .unwrap()
+        .expect("the install's injector config");
+    let mut cfg: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
+    let node = remora_e2e::lab::NODE_IP;
+    let mesh: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+        "{{accessLogEncoding: JSON, enableTracing: true, defaultConfig: {{tracing: {{sampling: 100}}}}, defaultProviders: {{tracing: [zipkin]}}, extensionProviders: [{{name: zipkin, zipkin: {{service: \"{node}\", port: 9411}}}}]}}"
+    ))
+    .unwrap();
+    cfg.as_mapping_mut()
+        .expect("config is a mapping")
+        .insert("mesh".into(), mesh);
+    let path = dir.path().join("tracing.yaml");
+    std::fs::write(&path, serde_yaml_ng::to_string(&cfg).unwrap()).unwrap();
+    let mut lab = Lab::start(LabOptions {
+        webhook_config: Some(path),
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = must(
+        &lab,
+        lab.node().listen(std::net::SocketAddr::from((node, 9411))),
+    );
+    let col = {
+        let _in = rt.enter();
+        Collector::start_on(listener, false)
+    };
+    lab.create_namespace("bookinfo", &[("istio-injection", "enabled")])
+        .unwrap();
+    let dr = anchor("destination-rule-all.yaml");
+    lab.set_rules(
+        "bookinfo",
+        &rules(&[&dr, &anchor("virtual-service-reviews-test-v2.yaml")]),
+    )
+    .unwrap();
+    let r = lab.apply(BOOKINFO, "bookinfo");
+    must(&lab, r);
+    let client = lab.pod("client").unwrap();
+    let r = must(
+        &lab,
+        lab.http(
+            client,
+            "productpage",
+            9080,
+            "/productpage",
+            &[("end-user", "jason")],
+        ),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = r.json().unwrap();
+    assert_eq!(body["reviews"]["version"], "v2", "{body}");
+    let is = |s: &GotSpan, service: &str, kind: &str| {
+        s.service == format!("{service}.bookinfo") && s.kind == kind
+    };
+    // The client's request is the root (the kubelet's probes make traces of their own).
+    let is_root =
+        |s: &GotSpan| is(s, "client", "CLIENT") && s.tags["http.url"].ends_with("/productpage");
+    let complete = |all: &[GotSpan]| {
+        all.iter().filter(|r| is_root(r)).any(|r| {
+            let t = all.iter().filter(|s| s.trace_id == r.trace_id);
+            // Each proxy sends its own batches: wait for all eight spans.
+            t.clone().any(|x| is(x, "ratings", "SERVER")) && t.count() >= 8
+        })
+    };
+    let spans = col.wait_for("the request's trace down to ratings", complete);
+    let first_root = spans.iter().find(|s| is_root(s)).unwrap();
+    let trace: Vec<&GotSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == first_root.trace_id)
+        .collect();
+    let ratings = *trace.iter().find(|s| is(s, "ratings", "SERVER")).unwrap();
+    let by_id = |id: &Option<String>| -> &GotSpan {
+        let id = id
+            .as_deref()
+            .unwrap_or_else(|| panic!("no parent: {trace:#?}"));
+        trace
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("parent {id} not in the trace: {trace:#?}"))
+    };
+    // ratings ← reviews (client) ← reviews (server) ← productpage (client) ← productpage
+    // (server) ← client (client, the root).
+    let reviews_out = by_id(&ratings.parent);
+    assert!(is(reviews_out, "reviews", "CLIENT"), "{reviews_out:#?}");
+    assert_eq!(
+        reviews_out.name,
+        "ratings.bookinfo.svc.cluster.local:9080/*"
+    );
+    let reviews_in = by_id(&reviews_out.parent);
+    assert!(is(reviews_in, "reviews", "SERVER"), "{reviews_in:#?}");
+    let product_out = by_id(&reviews_in.parent);
+    assert!(is(product_out, "productpage", "CLIENT"), "{product_out:#?}");
+    assert_eq!(
+        product_out.name,
+        "reviews.bookinfo.svc.cluster.local:9080/*"
+    );
+    assert!(
+        product_out.tags["upstream_cluster"].starts_with("outbound|9080|v2|reviews."),
+        "{product_out:#?}"
+    );
+    let product_in = by_id(&product_out.parent);
+    assert!(is(product_in, "productpage", "SERVER"), "{product_in:#?}");
+    let root = by_id(&product_in.parent);
+    assert!(is(root, "client", "CLIENT"), "{root:#?}");
+    assert_eq!(root.parent, None);
+    // details is productpage's other child; 8 spans in all, each a proxy's.
+    let details_in = trace
+        .iter()
+        .find(|s| is(s, "details", "SERVER"))
+        .expect("details span");
+    assert!(is(by_id(&details_in.parent), "productpage", "CLIENT"));
+    assert_eq!(trace.len(), 8, "{trace:#?}");
+    assert!(trace.iter().all(|s| s.tags["component"] == "proxy"
+        && s.tags["istio.namespace"] == "bookinfo"
+        && s.tags["guid:x-request-id"] == root.tags["guid:x-request-id"]));
+    drop(lab);
+}

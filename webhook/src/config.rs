@@ -125,7 +125,7 @@ impl Default for IdentityDefaults {
 }
 
 /// The whole injector configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
     /// `enabled` (inject unless opted out) or `disabled` (inject only when opted in).
@@ -159,6 +159,8 @@ pub struct Config {
     pub root_namespace: Option<String>,
     /// Workload identity settings given to the proxy (token, root, CA address, trust domain).
     pub identity: IdentityConfig,
+    /// Mesh-wide telemetry in Istio's MeshConfig shape: tracing and the access log.
+    pub mesh: crate::mesh::MeshSettings,
     /// Istio's `enablePrometheusMerge`: point the pod's `prometheus.io/*` annotations at the
     /// proxy's `:15020/stats/prometheus`, which serves the proxy's metrics and the app's together.
     pub enable_prometheus_merge: bool,
@@ -230,6 +232,7 @@ impl Default for Config {
             revision: None,
             root_namespace: None,
             identity: IdentityConfig::default(),
+            mesh: crate::mesh::MeshSettings::default(),
             enable_prometheus_merge: true,
             cni: CniConfig::default(),
         }
@@ -324,6 +327,9 @@ impl Config {
                 anyhow::anyhow!("config field identity.trustDomain: invalid value {t:?}: {why}")
             })?;
         }
+        self.mesh
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config field {e}"))?;
         for (name, res) in [
             ("proxy", &self.proxy.resources),
             ("init", &self.init.resources),

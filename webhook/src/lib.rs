@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod inject;
 pub mod label_selector;
 pub mod manifest;
+pub mod mesh;
 pub mod metrics;
 pub mod metrics_merge;
 pub mod patch;

@@ -181,6 +181,9 @@ pub fn proxy_container(
             env.push(json!({"name": "REMORA_DISCOVERY_ADDRESS", "value": a}));
         }
     }
+    for (name, value) in cfg.mesh.proxy_env() {
+        env.push(json!({"name": name, "value": value}));
+    }
     if !probers.is_empty() {
         env.push(json!({"name": PROBERS_ENV, "value": Value::Object(probers.clone()).to_string()}));
     }
@@ -431,7 +434,9 @@ mod tests {
                 "REMORA_CA_ADDRESS",
                 "REMORA_CA_ROOT_FILE",
                 "REMORA_CA_TOKEN_FILE",
-                "REMORA_TRUST_DOMAIN"
+                "REMORA_TRUST_DOMAIN",
+                "REMORA_ACCESS_LOG",
+                "REMORA_ACCESS_LOG_ENCODING"
             ]
         );
         let cpu = proxy_container(

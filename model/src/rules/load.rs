@@ -115,6 +115,8 @@ pub struct Decoded {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    /// `telemetry.istio.io` Telemetry rules, all of them (scoped like the security kinds).
+    pub telemetries: Vec<crate::telemetry::Telemetry>,
     /// `Gateway` objects (for gateway proxies; sidecars list them as not applied).
     pub gateways: Vec<crate::rules::gateway::Gateway>,
     /// Gateways that failed their checks: not applied by gateway proxies, and no error for
@@ -190,6 +192,8 @@ fn one_line(s: &str) -> String {
 
 const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// The `telemetry.istio.io` versions read.
+const TELEMETRY_VERSIONS: &[&str] = &["v1", "v1alpha1"];
 
 /// Decode every document of every file; collects all errors (one per document at most).
 pub fn decode_inputs(inputs: &Inputs, ctx: &LoadContext) -> Decoded {
@@ -390,19 +394,26 @@ fn decode_object(
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
-    let is_security = group == "security.istio.io";
+    let is_telemetry = group == "telemetry.istio.io";
+    let is_security = group == "security.istio.io" || is_telemetry;
     if group != "networking.istio.io" && !is_security {
         // Another API's object: its fields are not ours to check.
         unknown.clear();
         ignore(
             out,
             format!(
-                "{kind} ({api_version}) is not a networking.istio.io or security.istio.io resource; ignored"
+                "{kind} ({api_version}) is not a networking.istio.io, security.istio.io or telemetry.istio.io resource; ignored"
             ),
         );
         return Ok(());
     }
-    if is_security && !SECURITY_VERSIONS.contains(&version) {
+    if is_telemetry && !TELEMETRY_VERSIONS.contains(&version) {
+        return Err(err(
+            "apiVersion",
+            format!("unsupported version {api_version:?} (telemetry.istio.io/v1, v1alpha1)"),
+        ));
+    }
+    if is_security && !is_telemetry && !SECURITY_VERSIONS.contains(&version) {
         return Err(err(
             "apiVersion",
             format!("unsupported version {api_version:?} (security.istio.io/v1, v1beta1)"),
@@ -572,6 +583,12 @@ fn decode_security(
             let s = security::decode::spec(spec, unknown)?;
             let p = RequestAuthentication::new(meta.clone(), s, root_namespace)?;
             out.request_authentications.push(p);
+        }
+        "Telemetry" if meta.api_version.starts_with("telemetry.istio.io/") => {
+            dup(out.telemetries.iter().map(|p| &p.meta).find(same))?;
+            let s = security::decode::spec(spec, unknown)?;
+            let t = crate::telemetry::Telemetry::new(meta.clone(), s)?;
+            out.telemetries.push(t);
         }
         other => out.ignored.push(Ignored {
             file: meta.file.clone(),

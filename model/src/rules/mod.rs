@@ -62,6 +62,10 @@ pub struct Snapshot {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    /// The Telemetry rules that apply to this pod (scoped as the security kinds), and what
+    /// they say for it (the proxy applies `telemetry`).
+    pub telemetries: Vec<crate::telemetry::Telemetry>,
+    pub telemetry: crate::telemetry::Effective,
     /// Every valid `Gateway` in the set (a gateway proxy picks those selecting it; sidecars
     /// list them in `ignored`), and the invalid ones with the reason.
     pub gateways: Vec<gateway::Gateway>,
@@ -167,6 +171,8 @@ impl Snapshot {
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
+            telemetries: Vec::new(),
+            telemetry: Default::default(),
             gateways: Vec::new(),
             gateway_errors: Vec::new(),
             gateway_virtual_services: Vec::new(),
@@ -706,6 +712,15 @@ pub fn build_snapshot(
             scoped(&mut ignored, &p.meta, ok)
         })
         .collect();
+    let telemetries: Vec<crate::telemetry::Telemetry> = decoded
+        .telemetries
+        .into_iter()
+        .filter(|p| {
+            let ok = crate::security::applies(&p.meta.namespace, p.spec.selector.as_ref(), ctx);
+            scoped(&mut ignored, &p.meta, ok)
+        })
+        .collect();
+    let telemetry = crate::telemetry::effective(&telemetries);
     let answers = std::sync::Mutex::new(BTreeMap::new());
     let recording = |name: &str| -> Vec<std::net::IpAddr> {
         let ips = resolve(name);
@@ -728,6 +743,8 @@ pub fn build_snapshot(
         peer_authentications,
         authorization_policies,
         request_authentications,
+        telemetries,
+        telemetry,
         gateways: decoded.gateways,
         gateway_errors: decoded.gateway_errors,
         gateway_virtual_services,

@@ -122,6 +122,7 @@ fn start() -> Harness {
         workload: Workload::derive(Some("fuzz"), &Default::default(), None, "default"),
         access_log: AccessLog::Off,
         num_trusted_proxies: 0,
+        tracer: None,
     };
     let mut snap = Snapshot::empty(&ctx);
     snap.generation = 1;

@@ -3,7 +3,7 @@
 use super::ReqCtx;
 use crate::state::{Direction, Shared};
 use crate::telemetry::peer::{peer_of, security_policy, PeerFacts};
-use crate::telemetry::{flags, HttpLabelsRef, HttpLogEntry, Peer};
+use crate::telemetry::{flags, AccessLog, HttpLabelsRef, HttpLogEntry, Peer};
 use pingora::proxy::Session;
 use pingora::Error;
 use std::sync::Arc;
@@ -79,6 +79,7 @@ fn peer_labels(dir: Direction, shared: &Shared, session: &Session, ctx: &ReqCtx)
 /// log.
 pub(super) fn record(
     dir: Direction,
+    gateway: bool,
     shared: &Shared,
     session: &Session,
     e: Option<&Error>,
@@ -132,6 +133,44 @@ pub(super) fn record(
         connection_security_policy: security,
     };
     metrics.record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
+    let sampled = matches!(ctx.trace, super::trace::Traced::Sampled(_));
+    let cluster = (sampled || s.access_log != AccessLog::Off).then(|| cluster_name(dir, ctx));
+    let user_agent = super::header_str(session.req_header(), &http::header::USER_AGENT);
+    let istio_protocol = if session.is_http2() {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
+    let snap = shared.snapshot.load();
+    let rules = &snap.telemetry;
+    if let Some(tracer) = s.tracer.as_deref().filter(|_| sampled) {
+        super::trace::finish(
+            Some(tracer),
+            ctx,
+            &super::trace::Finished {
+                dir,
+                gateway,
+                status,
+                response_flags,
+                protocol: istio_protocol,
+                peer_address: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                request_size: req_bytes,
+                response_size: resp_bytes,
+                user_agent,
+                cluster: cluster.clone().unwrap_or_default(),
+                port: span_port(dir, ctx),
+                custom_tags: &rules.custom_tags,
+                request: session.req_header(),
+            },
+        );
+    }
+    if rules.access_log_disabled == Some(true) {
+        return;
+    }
+    let downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
     s.access_log.write_http(
         metrics,
         &HttpLogEntry {
@@ -141,12 +180,22 @@ pub(super) fn record(
             method: std::mem::take(&mut ctx.method),
             path: std::mem::take(&mut ctx.path),
             authority: std::mem::take(&mut ctx.authority),
-            protocol,
+            protocol: istio_protocol,
+            request_protocol: protocol,
             status,
+            response_code: status,
+            response_code_details: code_details(ctx.local_status.is_some(), response_flags),
             duration_ms,
+            duration: duration_ms as u64,
             upstream: ctx.upstream,
+            upstream_host: ctx.upstream,
+            upstream_cluster: cluster,
             original_dst: ctx.dst,
-            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            downstream,
+            downstream_local_address: ctx.dst,
+            downstream_remote_address: downstream,
+            x_forwarded_for: super::header_str(session.req_header(), &X_FORWARDED_FOR),
+            user_agent,
             route_name: ctx.route_name.take(),
             virtual_service: ctx.virtual_service.take(),
             destination_service: std::mem::take(&mut ctx.destination_service),
@@ -162,4 +211,78 @@ pub(super) fn record(
             tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
         },
     );
+}
+
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// Istio's cluster name of the request's upstream: `outbound|<port>|<subset>|<host>` for a
+/// routed outbound request, `inbound|<port>||` inbound, else the destination service
+/// (`PassthroughCluster`, `BlackHoleCluster`, `unknown`).
+fn cluster_name(dir: Direction, ctx: &ReqCtx) -> String {
+    let service: &str = &ctx.destination_service;
+    match dir {
+        Direction::Inbound => format!("inbound|{}||", ctx.dst.map_or(0, |d| d.port())),
+        Direction::Outbound if ctx.route_port != 0 => format!(
+            "outbound|{}|{}|{service}",
+            ctx.route_port,
+            ctx.subset.as_deref().unwrap_or_default()
+        ),
+        Direction::Outbound => service.to_string(),
+    }
+}
+
+/// The port of the span's name: the routed port outbound, the original destination's else.
+fn span_port(dir: Direction, ctx: &ReqCtx) -> u16 {
+    match dir {
+        Direction::Outbound if ctx.route_port != 0 => ctx.route_port,
+        _ => ctx.dst.map_or(0, |d| d.port()),
+    }
+}
+
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for what remora knows of the answer: `via_upstream` when
+/// the upstream answered, else the reason the proxy answered itself (by its response flag).
+fn code_details(local: bool, response_flags: &str) -> &'static str {
+    let last = response_flags.rsplit(',').next().unwrap_or(response_flags);
+    match (local, last) {
+        (_, flags::RETRY_LIMIT_EXCEEDED) | (false, flags::NONE | flags::DELAY_INJECTED) => {
+            "via_upstream"
+        }
+        (_, flags::NO_ROUTE) => "route_not_found",
+        (_, flags::UPSTREAM_CONNECT_FAILURE) => {
+            "upstream_reset_before_response_started{connection_failure}"
+        }
+        (_, flags::UPSTREAM_TIMEOUT) => "response_timeout",
+        (_, flags::UPSTREAM_TERMINATION) => {
+            "upstream_reset_before_response_started{connection_termination}"
+        }
+        (_, flags::UPSTREAM_PROTOCOL_ERROR) => {
+            "upstream_reset_before_response_started{protocol_error}"
+        }
+        (_, flags::DOWNSTREAM_TERMINATION) => "downstream_remote_disconnect",
+        (_, flags::NO_HEALTHY_UPSTREAM) => "no_healthy_upstream",
+        (_, flags::UPSTREAM_OVERFLOW) => "upstream_reset_before_response_started{overflow}",
+        (_, flags::FAULT_INJECTED) => "fault_filter_abort",
+        (_, flags::RATE_LIMITED) => "local_rate_limited",
+        (true, _) => "direct_response",
+        (false, _) => "via_upstream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_details;
+
+    #[test]
+    fn code_details_say_who_answered() {
+        assert_eq!(code_details(false, "-"), "via_upstream");
+        assert_eq!(code_details(false, "DI"), "via_upstream");
+        assert_eq!(code_details(true, "-"), "direct_response");
+        assert_eq!(code_details(true, "NR"), "route_not_found");
+        assert_eq!(
+            code_details(true, "DI,UF"),
+            "upstream_reset_before_response_started{connection_failure}"
+        );
+        assert_eq!(code_details(false, "URX"), "via_upstream");
+        assert_eq!(code_details(true, "RL"), "local_rate_limited");
+    }
 }

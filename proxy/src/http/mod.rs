@@ -27,6 +27,7 @@ mod ratelimit;
 mod request_id;
 mod retry;
 mod rewrite;
+mod trace;
 
 use crate::guard::stream_idle;
 use crate::policy::request::RequestPolicy;
@@ -93,6 +94,11 @@ pub struct ReqCtx {
     /// This request is the last its HTTP/1 upstream connection may carry
     /// (`connectionPool.http.maxRequestsPerConnection`): it goes out with `Connection: close`.
     close_upstream: bool,
+    /// The request's trace (tracing on): sampled or not, and the span's facts.
+    trace: trace::Traced,
+    /// The port and subset the rules routed an outbound request to (Istio's cluster name).
+    route_port: u16,
+    subset: Option<String>,
 }
 
 /// The route's changes to the upstream request.
@@ -190,6 +196,8 @@ impl MeshHttp {
         ctx.route_name = f.route_name.clone();
         ctx.virtual_service = f.virtual_service.clone();
         ctx.destination_service = Cow::Owned(f.host.clone());
+        ctx.route_port = port;
+        ctx.subset = f.subset.clone();
         let policies = &self.shared.policies;
         if ratelimit::check(session, ctx, policies, snap, &f).await? {
             return Ok(true);
@@ -266,6 +274,9 @@ impl ProxyHttp for MeshHttp {
             mirrors: Vec::new(),
             mirror_body: None,
             close_upstream: false,
+            trace: trace::Traced::No,
+            route_port: 0,
+            subset: None,
         }
     }
 
@@ -288,6 +299,10 @@ impl ProxyHttp for MeshHttp {
         note_request(session.req_header(), ctx);
         exchange::on_request(self.dir, session.req_header(), ctx);
         request_id::ensure(session, ctx)?;
+        if let Some(tracer) = self.shared.settings.tracer.as_deref() {
+            let snap = self.shared.snapshot.load();
+            trace::on_request(Some(tracer), &snap.telemetry, session.req_header(), ctx);
+        }
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;
             return local_reply::send(session, ctx, 503, &[], "no original destination\n").await;
@@ -390,6 +405,7 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         rewrite::upstream_request(upstream_request, ctx)?;
+        trace::on_upstream_request(upstream_request, ctx)?;
         exchange::on_upstream_request(
             self.dir,
             upstream_request,
@@ -489,6 +505,13 @@ impl ProxyHttp for MeshHttp {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
-        log::record(self.dir, &self.shared, session, e, ctx);
+        log::record(
+            self.dir,
+            self.gateway.is_some(),
+            &self.shared,
+            session,
+            e,
+            ctx,
+        );
     }
 }

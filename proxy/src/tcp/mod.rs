@@ -228,7 +228,7 @@ pub async fn proxy(
         warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
         metrics.tcp_open(labels);
         metrics.tcp_close(labels, 0, 0);
-        s.access_log.write(
+        access_log(shared).write_tcp(
             metrics,
             &TcpLogEntry {
                 start_time: started_at.clone(),
@@ -387,7 +387,7 @@ pub async fn proxy(
         Err(why) => (local, 0, 0, Some(why)),
     };
     metrics.tcp_close(&labels, received, sent);
-    s.access_log.write(
+    access_log(shared).write_tcp(
         metrics,
         &TcpLogEntry {
             start_time: started_at,
@@ -407,6 +407,15 @@ pub async fn proxy(
             peer_principal,
         },
     );
+}
+
+/// The access log, or `Off` for a workload a Telemetry rule's `accessLogging` disables.
+fn access_log(shared: &Shared) -> crate::telemetry::AccessLog {
+    if shared.snapshot.load().telemetry.access_log_disabled == Some(true) {
+        crate::telemetry::AccessLog::Off
+    } else {
+        shared.settings.access_log
+    }
 }
 
 /// What the access log says of the hop: `mutual_tls` or `none` (plain text), on both sides.

@@ -32,35 +32,57 @@ const POLL: Duration = Duration::from_millis(20);
 /// Empty rounds (of [`POLL`]) before the writer blocks on the queue until the next line.
 const IDLE_ROUNDS: u32 = 5;
 
-/// Where access-log lines go. `Stdout` is the product setting; `Off` disables them.
+/// Whether access-log lines go to stdout, and in which encoding: `Text` is Istio's default
+/// line (Envoy's format as Istio documents it), `Json` one object per line with Istio's field
+/// names and remora's own; `Off` disables them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessLog {
-    Stdout,
+    Text,
+    Json,
     Off,
 }
 
 impl AccessLog {
-    /// Queue one line (a serialized entry) for stdout; never blocks. A dropped line counts in
-    /// `metrics`.
-    pub fn write<T: Serialize>(&self, metrics: &Metrics, entry: &T) {
-        if *self == AccessLog::Off {
-            return;
+    /// `--access-log` (`stdout`, `off`) and `--access-log-encoding` (`TEXT`, `JSON`).
+    pub fn from_flags(file: &str, encoding: &str) -> AccessLog {
+        match (file, encoding) {
+            ("off", _) => AccessLog::Off,
+            (_, "JSON") => AccessLog::Json,
+            _ => AccessLog::Text,
         }
+    }
+}
+
+impl AccessLog {
+    /// Queue a TCP connection's line for stdout; never blocks. A dropped line counts in
+    /// `metrics`.
+    pub fn write_tcp(&self, metrics: &Metrics, entry: &TcpLogEntry) {
         let mut line = line_buffer();
-        if serde_json::to_writer(&mut line, entry).is_err() {
-            return;
+        match self {
+            AccessLog::Off => return,
+            AccessLog::Json => {
+                if serde_json::to_writer(&mut line, entry).is_err() {
+                    return;
+                }
+            }
+            AccessLog::Text => entry.write_text(&mut line),
         }
         line.push(b'\n');
-        let Some(tx) = writer() else {
-            // No writer thread (could not spawn): write in place.
-            let _ = std::io::stdout().lock().write_all(&line);
-            return;
-        };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                metrics.access_log_dropped().inc()
-            }
+        queue(metrics, line);
+    }
+}
+
+/// Hand a finished line to the writer thread (or write it in place without one).
+fn queue(metrics: &Metrics, line: Vec<u8>) {
+    let Some(tx) = writer() else {
+        // No writer thread (could not spawn): write in place.
+        let _ = std::io::stdout().lock().write_all(&line);
+        return;
+    };
+    match tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            metrics.access_log_dropped().inc()
         }
     }
 }
@@ -69,22 +91,14 @@ impl AccessLog {
     /// Queue an HTTP request's line; the same bytes as [`AccessLog::write`] would queue, written
     /// without serde's machinery (this runs once per request).
     pub fn write_http(&self, metrics: &Metrics, entry: &HttpLogEntry) {
-        if *self == AccessLog::Off {
-            return;
-        }
         let mut line = line_buffer();
-        entry.write_json(&mut line);
-        line.push(b'\n');
-        let Some(tx) = writer() else {
-            let _ = std::io::stdout().lock().write_all(&line);
-            return;
-        };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                metrics.access_log_dropped().inc()
-            }
+        match self {
+            AccessLog::Off => return,
+            AccessLog::Json => entry.write_json(&mut line),
+            AccessLog::Text => entry.write_text(&mut line),
         }
+        line.push(b'\n');
+        queue(metrics, line);
     }
 }
 
@@ -362,7 +376,9 @@ fn format_second(secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}")
 }
 
-/// An HTTP request's access-log entry.
+/// An HTTP request's access-log entry: Istio's fields (`start_time`, `method`, `path`,
+/// `protocol`, `response_code`, ... as Istio's JSON encoding names them) and remora's own
+/// (`kind`, `direction`, `status`, `duration_ms`, `upstream`, ...).
 #[derive(Debug, Serialize)]
 pub struct HttpLogEntry<'a> {
     pub start_time: String,
@@ -371,12 +387,28 @@ pub struct HttpLogEntry<'a> {
     pub method: String,
     pub path: String,
     pub authority: String,
+    /// Istio's `%PROTOCOL%`: `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
+    /// As the metrics label it: `http`, `http2` or `grpc`.
+    pub request_protocol: &'static str,
     pub status: u16,
+    pub response_code: u16,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for what remora knows (`via_upstream`, ...).
+    pub response_code_details: &'static str,
     pub duration_ms: f64,
+    /// Milliseconds, whole (Istio's `duration`).
+    pub duration: u64,
     pub upstream: Option<std::net::SocketAddr>,
+    pub upstream_host: Option<std::net::SocketAddr>,
+    /// Istio's cluster name: `outbound|port|subset|host`, `inbound|port||`,
+    /// `PassthroughCluster`, `BlackHoleCluster`.
+    pub upstream_cluster: Option<String>,
     pub original_dst: Option<std::net::SocketAddr>,
     pub downstream: Option<std::net::SocketAddr>,
+    pub downstream_local_address: Option<std::net::SocketAddr>,
+    pub downstream_remote_address: Option<std::net::SocketAddr>,
+    pub x_forwarded_for: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub route_name: Option<String>,
     pub virtual_service: Option<String>,
     pub destination_service: std::borrow::Cow<'static, str>,
@@ -394,9 +426,33 @@ pub struct HttpLogEntry<'a> {
     pub tls_version: Option<&'static str>,
 }
 
+/// Istio's fields remora does not know yet, always empty (`null` in JSON, `-` in TEXT):
+/// `upstream_service_time`, `upstream_local_address`, `requested_server_name`,
+/// `upstream_transport_failure_reason`, `connection_termination_details`.
+const NOT_KNOWN: [&str; 5] = [
+    "upstream_service_time",
+    "upstream_local_address",
+    "requested_server_name",
+    "upstream_transport_failure_reason",
+    "connection_termination_details",
+];
+
 impl HttpLogEntry<'_> {
-    /// The entry as one JSON object, byte for byte as `serde_json::to_writer` writes it.
+    /// The entry as one JSON object, byte for byte as `serde_json::to_writer` writes it, then
+    /// Istio's fields remora does not fill ([`NOT_KNOWN`], `null`).
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_known(out);
+        out.pop();
+        for k in NOT_KNOWN {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":null");
+        }
+        out.push(b'}');
+    }
+
+    /// The struct's own fields, as serde writes them.
+    fn write_json_known(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"start_time\":");
         push_json_str(out, &self.start_time);
         out.extend_from_slice(b",\"kind\":");
@@ -411,18 +467,38 @@ impl HttpLogEntry<'_> {
         push_json_str(out, &self.authority);
         out.extend_from_slice(b",\"protocol\":");
         push_json_str(out, self.protocol);
+        out.extend_from_slice(b",\"request_protocol\":");
+        push_json_str(out, self.request_protocol);
         out.extend_from_slice(b",\"status\":");
         push_decimal_bytes(out, u64::from(self.status));
+        out.extend_from_slice(b",\"response_code\":");
+        push_decimal_bytes(out, u64::from(self.response_code));
+        out.extend_from_slice(b",\"response_code_details\":");
+        push_json_str(out, self.response_code_details);
         out.extend_from_slice(b",\"duration_ms\":");
         if serde_json::to_writer(&mut *out, &self.duration_ms).is_err() {
             out.extend_from_slice(b"null");
         }
+        out.extend_from_slice(b",\"duration\":");
+        push_decimal_bytes(out, self.duration);
         out.extend_from_slice(b",\"upstream\":");
         push_json_opt_addr(out, self.upstream);
+        out.extend_from_slice(b",\"upstream_host\":");
+        push_json_opt_addr(out, self.upstream_host);
+        out.extend_from_slice(b",\"upstream_cluster\":");
+        push_json_opt_str(out, self.upstream_cluster.as_deref());
         out.extend_from_slice(b",\"original_dst\":");
         push_json_opt_addr(out, self.original_dst);
         out.extend_from_slice(b",\"downstream\":");
         push_json_opt_addr(out, self.downstream);
+        out.extend_from_slice(b",\"downstream_local_address\":");
+        push_json_opt_addr(out, self.downstream_local_address);
+        out.extend_from_slice(b",\"downstream_remote_address\":");
+        push_json_opt_addr(out, self.downstream_remote_address);
+        out.extend_from_slice(b",\"x_forwarded_for\":");
+        push_json_opt_str(out, self.x_forwarded_for);
+        out.extend_from_slice(b",\"user_agent\":");
+        push_json_opt_str(out, self.user_agent);
         out.extend_from_slice(b",\"route_name\":");
         push_json_opt_str(out, self.route_name.as_deref());
         out.extend_from_slice(b",\"virtual_service\":");
@@ -449,6 +525,80 @@ impl HttpLogEntry<'_> {
         push_json_opt_str(out, self.tls_version);
         out.push(b'}');
     }
+
+    /// Istio's default TEXT line (Envoy's operators as Istio's `accessLogFormat` default lists
+    /// them); an empty value is `-`:
+    /// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
+    /// %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
+    /// "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
+    /// %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
+    /// "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
+    /// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
+    /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%`.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let addr = |a: Option<std::net::SocketAddr>| a.map(addr_string);
+        out.push(b'[');
+        push_text(out, Some(&self.start_time));
+        out.extend_from_slice(b"] \"");
+        push_text(out, Some(&self.method));
+        out.push(b' ');
+        push_text(out, Some(&self.path));
+        out.push(b' ');
+        push_text(out, Some(self.protocol));
+        out.extend_from_slice(b"\" ");
+        push_decimal_bytes(out, u64::from(self.response_code));
+        out.push(b' ');
+        push_text(out, Some(self.response_flags));
+        out.push(b' ');
+        push_text(out, Some(self.response_code_details));
+        out.extend_from_slice(b" - \"-\" ");
+        push_decimal_bytes(out, self.bytes_received);
+        out.push(b' ');
+        push_decimal_bytes(out, self.bytes_sent);
+        out.push(b' ');
+        push_decimal_bytes(out, self.duration);
+        out.extend_from_slice(b" - \"");
+        push_text(out, self.x_forwarded_for);
+        out.extend_from_slice(b"\" \"");
+        push_text(out, self.user_agent);
+        out.extend_from_slice(b"\" \"");
+        push_text(out, Some(&self.request_id));
+        out.extend_from_slice(b"\" \"");
+        push_text(out, Some(&self.authority));
+        out.extend_from_slice(b"\" \"");
+        push_text(out, addr(self.upstream_host).as_deref());
+        out.extend_from_slice(b"\" ");
+        push_text(out, self.upstream_cluster.as_deref());
+        out.extend_from_slice(b" - ");
+        push_text(out, addr(self.downstream_local_address).as_deref());
+        out.push(b' ');
+        push_text(out, addr(self.downstream_remote_address).as_deref());
+        out.extend_from_slice(b" - ");
+        push_text(out, self.route_name.as_deref());
+    }
+}
+
+/// A TEXT field: `-` when empty; control bytes and `"` escaped so that a line stays one line and
+/// its quoted fields stay apart.
+fn push_text(out: &mut Vec<u8>, v: Option<&str>) {
+    let v = v.unwrap_or_default();
+    if v.is_empty() {
+        out.push(b'-');
+        return;
+    }
+    for &b in v.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f | 0x7f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0x0f)]);
+            }
+            _ => out.push(b),
+        }
+    }
 }
 
 /// A TCP connection's access-log entry.
@@ -471,6 +621,31 @@ pub struct TcpLogEntry {
     pub connection_security_policy: &'static str,
     /// The client's SPIFFE id (inbound mTLS).
     pub peer_principal: Option<String>,
+}
+
+impl TcpLogEntry {
+    /// Istio's TEXT line for a TCP connection: the same operators, the HTTP ones `-` (Envoy's
+    /// TCP proxy writes them so), response code `0`.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        push_text(out, Some(&self.start_time));
+        out.extend_from_slice(b"] \"- - -\" 0 ");
+        push_text(out, Some(&self.response_flags));
+        out.extend_from_slice(b" - - \"-\" ");
+        push_decimal_bytes(out, self.bytes_received);
+        out.push(b' ');
+        push_decimal_bytes(out, self.bytes_sent);
+        out.push(b' ');
+        push_decimal_bytes(out, self.duration_ms as u64);
+        out.extend_from_slice(b" - \"-\" \"-\" \"-\" \"-\" \"");
+        push_text(out, self.upstream.as_deref());
+        out.extend_from_slice(b"\" - - ");
+        push_text(out, self.original_dst.as_deref());
+        out.push(b' ');
+        push_text(out, self.downstream.as_deref());
+        out.extend_from_slice(b" - ");
+        push_text(out, self.route_name.as_deref());
+    }
 }
 
 #[cfg(test)]
@@ -584,12 +759,22 @@ mod tests {
             method: "GET".into(),
             path: "/a?b=c".into(),
             authority: "reviews:9080".into(),
-            protocol: "http",
+            protocol: "HTTP/1.1",
+            request_protocol: "http",
             status: 200,
+            response_code: 200,
+            response_code_details: "via_upstream",
             duration_ms: 241.500633,
+            duration: 241,
             upstream: Some("10.1.2.3:9080".parse().unwrap()),
+            upstream_host: Some("10.1.2.3:9080".parse().unwrap()),
+            upstream_cluster: Some("outbound|9080|v1|reviews.default.svc.cluster.local".into()),
             original_dst: Some("127.0.0.1:0".parse().unwrap()),
             downstream: Some("[fe80::1%2]:80".parse().unwrap()),
+            downstream_local_address: Some("127.0.0.1:0".parse().unwrap()),
+            downstream_remote_address: Some("[fe80::1%2]:80".parse().unwrap()),
+            x_forwarded_for: None,
+            user_agent: Some("curl/8.5.0"),
             route_name: Some("main".into()),
             virtual_service: None,
             destination_service: "reviews.default.svc.cluster.local".into(),
@@ -605,11 +790,17 @@ mod tests {
         };
         let check = |e: &HttpLogEntry| {
             let mut mine = Vec::new();
-            e.write_json(&mut mine);
+            e.write_json_known(&mut mine);
             assert_eq!(
                 String::from_utf8(mine).unwrap(),
                 serde_json::to_string(e).unwrap()
             );
+            let mut full = Vec::new();
+            e.write_json(&mut full);
+            let v: serde_json::Value = serde_json::from_slice(&full).unwrap();
+            for k in NOT_KNOWN {
+                assert_eq!(v[k], serde_json::Value::Null, "{k}");
+            }
         };
         check(&plain);
         let odd = HttpLogEntry {
@@ -618,8 +809,12 @@ mod tests {
             status: 0,
             duration_ms: f64::NAN,
             upstream: None,
+            upstream_host: None,
+            upstream_cluster: None,
             original_dst: Some("[::1]:15001".parse().unwrap()),
             downstream: None,
+            downstream_remote_address: None,
+            x_forwarded_for: Some("1.2.3.4, \"5\""),
             route_name: None,
             virtual_service: Some("ns/\"v\"".into()),
             response_flags: "DI,UF",
@@ -646,6 +841,86 @@ mod tests {
             e.upstream = Some(a.parse().unwrap());
             check(&e);
         }
+    }
+
+    #[test]
+    fn text_lines_follow_istios_default_format() {
+        let e = HttpLogEntry {
+            start_time: "2026-11-22T00:00:26.494Z".into(),
+            kind: "http",
+            direction: "outbound",
+            method: "GET".into(),
+            path: "/reviews/0".into(),
+            authority: "reviews:9080".into(),
+            protocol: "HTTP/1.1",
+            request_protocol: "http",
+            status: 200,
+            response_code: 200,
+            response_code_details: "via_upstream",
+            duration_ms: 4.6,
+            duration: 4,
+            upstream: Some("10.0.0.7:9080".parse().unwrap()),
+            upstream_host: Some("10.0.0.7:9080".parse().unwrap()),
+            upstream_cluster: Some("outbound|9080||reviews.bookinfo.svc.cluster.local".into()),
+            original_dst: Some("10.96.0.12:9080".parse().unwrap()),
+            downstream: Some("10.0.0.5:49278".parse().unwrap()),
+            downstream_local_address: Some("10.96.0.12:9080".parse().unwrap()),
+            downstream_remote_address: Some("10.0.0.5:49278".parse().unwrap()),
+            x_forwarded_for: None,
+            user_agent: Some("curl/8.5.0"),
+            route_name: Some("default".into()),
+            virtual_service: None,
+            destination_service: "reviews.bookinfo.svc.cluster.local".into(),
+            response_flags: "-",
+            bytes_received: 0,
+            bytes_sent: 295,
+            request_id: "a5a724be-a6fc-41c4-86f8-5bc351e75213".into(),
+            traceparent: None,
+            error: None,
+            connection_security_policy: "mutual_tls",
+            peer_principal: None,
+            tls_version: None,
+        };
+        let mut out = Vec::new();
+        e.write_text(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[2026-11-22T00:00:26.494Z] \"GET /reviews/0 HTTP/1.1\" 200 - via_upstream - \"-\" 0 295 4 - \"-\" \"curl/8.5.0\" \"a5a724be-a6fc-41c4-86f8-5bc351e75213\" \"reviews:9080\" \"10.0.0.7:9080\" outbound|9080||reviews.bookinfo.svc.cluster.local - 10.96.0.12:9080 10.0.0.5:49278 - default"
+        );
+        // A request cannot break the line or its quoting.
+        let odd = HttpLogEntry {
+            path: "/a\nb\"c".into(),
+            user_agent: Some(""),
+            ..e
+        };
+        let mut out = Vec::new();
+        odd.write_text(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains("\"GET /a\\x0ab\\\"c HTTP/1.1\""), "{line}");
+        assert!(line.contains("\"-\" \"-\" \"a5a7"), "{line}");
+        let t = TcpLogEntry {
+            start_time: "2026-11-22T00:00:26.494Z".into(),
+            kind: "tcp",
+            direction: "outbound",
+            protocol: "tcp",
+            duration_ms: 12.1,
+            upstream: Some("127.0.0.1:25".into()),
+            original_dst: Some("127.0.0.1:25".into()),
+            downstream: Some("127.0.0.1:50644".into()),
+            route_name: None,
+            response_flags: "-".into(),
+            bytes_received: 6,
+            bytes_sent: 42,
+            reason: None,
+            connection_security_policy: "none",
+            peer_principal: None,
+        };
+        let mut out = Vec::new();
+        t.write_text(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[2026-11-22T00:00:26.494Z] \"- - -\" 0 - - - \"-\" 6 42 12 - \"-\" \"-\" \"-\" \"-\" \"127.0.0.1:25\" - - 127.0.0.1:25 127.0.0.1:50644 - -"
+        );
     }
 
     #[test]

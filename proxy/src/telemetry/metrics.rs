@@ -157,6 +157,8 @@ pub struct Metrics {
     discovery: OnFirstUse<DiscoveryMetrics>,
     /// Access-log lines dropped (registered at the first drop).
     access_log_dropped: OnFirstUse<IntCounter>,
+    /// The span exporter's families (registered when tracing starts).
+    tracing: OnFirstUse<TracingMetrics>,
     /// `ISTIO_MUTUAL` settings sent in plain text (registered when a rule set is first noted).
     mesh_plaintext: OnFirstUse<MeshPlaintext>,
     /// The HTTP families' label sets (they share them) under the cap.
@@ -185,6 +187,17 @@ pub struct RulesMetrics {
     pub reloads: IntCounter,
     /// `remora_config_reload_errors_total`
     pub reload_errors: IntCounter,
+}
+
+/// The span exporter's metrics (`trace_export`), registered when tracing starts.
+#[derive(Debug)]
+pub struct TracingMetrics {
+    /// `remora_tracing_spans_dropped_total`: spans not queued (the queue was full).
+    pub dropped: IntCounter,
+    /// `remora_tracing_spans_exported_total`: spans the collector accepted.
+    pub exported: IntCounter,
+    /// `remora_tracing_export_failures_total`: batches the collector did not accept.
+    pub export_failures: IntCounter,
 }
 
 /// Kubernetes discovery's metrics (`discovery::kube`).
@@ -469,6 +482,20 @@ impl Metrics {
             "remora_access_log_dropped_total",
             "Access-log lines dropped because stdout could not keep up.",
         )?;
+        let tracing_families = TracingMetrics {
+            dropped: IntCounter::new(
+                "remora_tracing_spans_dropped_total",
+                "Spans dropped because the exporter's queue was full.",
+            )?,
+            exported: IntCounter::new(
+                "remora_tracing_spans_exported_total",
+                "Spans the trace collector accepted.",
+            )?,
+            export_failures: IntCounter::new(
+                "remora_tracing_export_failures_total",
+                "Span batches the trace collector did not accept (connection failed, timed out or answered other than 2xx); their spans are dropped.",
+            )?,
+        };
         let cert_expiry_seconds = Gauge::new(
             "remora_workload_cert_expiry_seconds",
             "Seconds of validity left on the workload certificate (negative once expired)",
@@ -626,6 +653,13 @@ impl Metrics {
             access_log_dropped: OnFirstUse::new(&reg, access_log_dropped, |c| {
                 vec![Box::new(c.clone())]
             }),
+            tracing: OnFirstUse::new(&reg, tracing_families, |t| {
+                vec![
+                    Box::new(t.dropped.clone()),
+                    Box::new(t.exported.clone()),
+                    Box::new(t.export_failures.clone()),
+                ]
+            }),
             mesh_plaintext: OnFirstUse::new(&reg, mesh_plaintext, |m| {
                 vec![Box::new(m.gauge.clone())]
             }),
@@ -656,6 +690,11 @@ impl Metrics {
     /// `remora_access_log_dropped_total` (registered at the first dropped line).
     pub fn access_log_dropped(&self) -> &IntCounter {
         self.access_log_dropped.get()
+    }
+
+    /// The span exporter's families (registered at the first call: tracing's start).
+    pub fn tracing(&self) -> &TracingMetrics {
+        self.tracing.get()
     }
 
     /// `remora_tls_mesh_plaintext_destinations` and the rule set it follows (registered when

@@ -1,5 +1,6 @@
 //! Telemetry: the proxy's metrics (Istio's standard families and the proxy's own, in one
-//! [`Metrics`] handle with its own registry, created at start-up) and JSON access logs.
+//! [`Metrics`] handle with its own registry, created at start-up), JSON access logs and
+//! tracing (the trace context of a request, its span, the exporter).
 //!
 //! The metric names and label names are Istio's, so Kiali and the Istio Grafana dashboards work
 //! unchanged. `reporter` is `source` on the outbound side and `destination` on the inbound side.
@@ -8,7 +9,11 @@ pub mod accesslog;
 pub mod app_metrics;
 pub mod exchange;
 pub mod metrics;
+pub mod otlp;
 pub mod peer;
+pub mod span;
+pub mod trace_context;
+pub mod tracer;
 
 pub use accesslog::{AccessLog, HttpLogEntry, TcpLogEntry};
 pub use metrics::{

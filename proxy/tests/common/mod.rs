@@ -26,6 +26,8 @@ pub fn unique(prefix: &str) -> String {
 // Ports for the proxies these tests start: outside the kernel's ephemeral range, so no client
 // socket of a parallel test can take one between choosing it and the proxy binding it. One
 // allocator for the whole workspace's tests (remora-e2e uses the same file as `ports`).
+#[path = "../../../tests/src/collector.rs"]
+pub mod collector;
 #[path = "../../../tests/src/ports.rs"]
 mod ports;
 pub use ports::free_ports;
@@ -187,6 +189,14 @@ impl ProxyProc {
         }
         if let Some(t) = o.fixed_inbound {
             args.push(format!("--fixed-inbound-target={t}"));
+        }
+        // The tests read the access log as JSON (the product default is Istio's TEXT line).
+        if !o
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--access-log-encoding"))
+        {
+            args.push("--access-log-encoding=JSON".into());
         }
         args.extend(o.extra_args.iter().cloned());
         let mut cmd = match &o.netns {

@@ -143,7 +143,9 @@ const FORWARD: &[&str] = &[
     "b3",
     "x-b3-traceid",
     "x-b3-spanid",
+    "x-b3-parentspanid",
     "x-b3-sampled",
+    "x-b3-flags",
 ];
 
 /// A response body: one data frame, then optional trailers (gRPC needs them).

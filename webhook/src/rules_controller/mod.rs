@@ -130,6 +130,12 @@ pub const KINDS: &[Kind] = &[
         versions: SECURITY,
     },
     Kind {
+        group: "telemetry.istio.io",
+        kind: "Telemetry",
+        plural: "telemetries",
+        versions: &["v1", "v1alpha1"],
+    },
+    Kind {
         group: "remora.dev",
         kind: "RateLimit",
         plural: "ratelimits",

@@ -1,0 +1,238 @@
+//! Tracing of one request, as Envoy's tracer does it in Istio: the trace context decided when
+//! the request arrives (`telemetry::trace_context`), the W3C and B3 headers of the next hop
+//! rewritten to this proxy's span, and the finished span handed to the exporter with Istio's
+//! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
+//! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
+//! decision).
+
+use super::{header_str, ReqCtx};
+use crate::state::Direction;
+use crate::telemetry::span::{Kind, Span};
+use crate::telemetry::trace_context::{self, Decision, Headers, TraceContext};
+use crate::telemetry::tracer::Tracer;
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+static B3: http::HeaderName = http::HeaderName::from_static("b3");
+static X_B3_TRACEID: http::HeaderName = http::HeaderName::from_static("x-b3-traceid");
+static X_B3_SPANID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
+static X_B3_PARENTSPANID: http::HeaderName = http::HeaderName::from_static("x-b3-parentspanid");
+static X_B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
+static X_B3_FLAGS: http::HeaderName = http::HeaderName::from_static("x-b3-flags");
+
+/// A sampled request's trace state.
+pub(super) struct ReqTrace {
+    ctx: TraceContext,
+    start_unix_nanos: u64,
+    /// The request came with a single `b3` header (rewritten too).
+    b3_single: bool,
+    tracestate: Option<String>,
+    /// Report the span (`false`: a Telemetry rule's `disableSpanReporting`).
+    report: bool,
+}
+
+/// What the request path keeps of tracing.
+#[derive(Default)]
+pub(super) enum Traced {
+    /// Tracing off, or not sampled with the headers already saying so.
+    #[default]
+    No,
+    /// Not sampled, and the next hop must be told.
+    UnsampledRoot,
+    Sampled(Box<ReqTrace>),
+}
+
+/// Decide the request's trace (tracing on); the Telemetry rules' `randomSamplingPercentage`
+/// replaces the configured percentage, `disableSpanReporting` keeps the decision and its
+/// headers but reports no span.
+pub(super) fn on_request(
+    tracer: Option<&Tracer>,
+    rules: &remora_model::telemetry::Effective,
+    req: &RequestHeader,
+    ctx: &mut ReqCtx,
+) {
+    let Some(t) = tracer else { return };
+    let h = Headers {
+        traceparent: header_str(req, &TRACEPARENT),
+        b3: header_str(req, &B3),
+        x_b3_traceid: header_str(req, &X_B3_TRACEID),
+        x_b3_spanid: header_str(req, &X_B3_SPANID),
+        x_b3_sampled: header_str(req, &X_B3_SAMPLED),
+        x_b3_flags: header_str(req, &X_B3_FLAGS),
+    };
+    let incoming = trace_context::incoming(&h);
+    let d = trace_context::decide(
+        incoming,
+        rules
+            .random_sampling_percentage
+            .unwrap_or_else(|| t.sampling()),
+        rand::random::<f64>(),
+        nonzero(rand::random()),
+        nonzero(rand::random()),
+    );
+    ctx.trace = match d {
+        Decision::Unsampled => Traced::No,
+        Decision::UnsampledRoot => Traced::UnsampledRoot,
+        Decision::Sampled(c) => Traced::Sampled(Box::new(ReqTrace {
+            ctx: c,
+            start_unix_nanos: unix_nanos(),
+            b3_single: h.b3.is_some(),
+            tracestate: header_str(req, &TRACESTATE).map(str::to_string),
+            report: rules.disable_span_reporting != Some(true),
+        })),
+    };
+}
+
+/// A random id is never all zero (an invalid id in both formats).
+fn nonzero<const N: usize>(mut b: [u8; N]) -> [u8; N] {
+    if b == [0u8; N] {
+        b[N - 1] = 1;
+    }
+    b
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The next hop's trace headers.
+pub(super) fn on_upstream_request(req: &mut RequestHeader, ctx: &ReqCtx) -> Result<()> {
+    match &ctx.trace {
+        Traced::No => Ok(()),
+        Traced::UnsampledRoot => req
+            .insert_header(X_B3_SAMPLED.clone(), http::HeaderValue::from_static("0"))
+            .map(|_| ()),
+        Traced::Sampled(t) => {
+            let o = t.ctx.outgoing();
+            req.insert_header(TRACEPARENT.clone(), o.traceparent)?;
+            req.insert_header(X_B3_TRACEID.clone(), o.x_b3_traceid)?;
+            req.insert_header(X_B3_SPANID.clone(), o.x_b3_spanid)?;
+            match o.x_b3_parentspanid {
+                Some(p) => {
+                    req.insert_header(X_B3_PARENTSPANID.clone(), p)?;
+                }
+                None => {
+                    req.remove_header(&X_B3_PARENTSPANID);
+                }
+            }
+            req.insert_header(X_B3_SAMPLED.clone(), o.x_b3_sampled)?;
+            if t.b3_single {
+                req.insert_header(B3.clone(), o.b3)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What the finished request says, for its span.
+pub(super) struct Finished<'a> {
+    pub dir: Direction,
+    pub gateway: bool,
+    pub status: u16,
+    pub response_flags: &'a str,
+    pub protocol: &'static str,
+    pub peer_address: Option<std::net::IpAddr>,
+    pub request_size: u64,
+    pub response_size: u64,
+    pub user_agent: Option<&'a str>,
+    /// Istio's `upstream_cluster` (`outbound|port|subset|host`, `inbound|port||`, ...).
+    pub cluster: String,
+    /// The port in the span's name (the routed port outbound, the app's inbound).
+    pub port: u16,
+    /// The Telemetry rules' `customTags`, and the request they read headers of.
+    pub custom_tags: &'a std::collections::BTreeMap<String, remora_model::telemetry::CustomTag>,
+    pub request: &'a RequestHeader,
+}
+
+/// Report a sampled request's span (Istio's name and tags).
+pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>) {
+    let (Some(tracer), Traced::Sampled(t)) = (tracer, std::mem::take(&mut ctx.trace)) else {
+        return;
+    };
+    let t = *t;
+    if !t.report {
+        return;
+    }
+    let own = &tracer.own;
+    let service: &str = &ctx.destination_service;
+    let cluster = f.cluster.clone();
+    let name = if service == crate::telemetry::UNKNOWN && f.dir == Direction::Inbound {
+        format!("{cluster}/*")
+    } else {
+        format!("{service}:{}/*", f.port)
+    };
+    let scheme = "http";
+    let mut tags: Vec<(&'static str, String)> = vec![
+        ("component", "proxy".into()),
+        ("node_id", own.node_id.clone()),
+        ("istio.canonical_service", own.canonical_service.clone()),
+        ("istio.canonical_revision", own.canonical_revision.clone()),
+        ("istio.mesh_id", own.mesh_id.clone()),
+        ("istio.namespace", own.namespace.clone()),
+        ("guid:x-request-id", ctx.request_id.clone()),
+        (
+            "http.url",
+            format!("{scheme}://{}{}", ctx.authority, ctx.path),
+        ),
+        ("http.method", ctx.method.clone()),
+        ("http.protocol", f.protocol.to_string()),
+        ("http.status_code", f.status.to_string()),
+        ("response_flags", f.response_flags.to_string()),
+        ("upstream_cluster", cluster.clone()),
+        ("upstream_cluster.name", cluster),
+        ("downstream_cluster", "-".into()),
+        ("request_size", f.request_size.to_string()),
+        ("response_size", f.response_size.to_string()),
+        ("user_agent", f.user_agent.unwrap_or("-").to_string()),
+    ];
+    if let Some(ip) = f.peer_address {
+        tags.push(("peer.address", ip.to_string()));
+    }
+    let kind = match (f.dir, f.gateway) {
+        (Direction::Inbound, _) | (Direction::Outbound, true) => Kind::Server,
+        (Direction::Outbound, false) => Kind::Client,
+    };
+    let custom_tags = f
+        .custom_tags
+        .iter()
+        .filter_map(|(name, tag)| Some((name.clone(), custom_tag_value(tag, f.request)?)))
+        .collect();
+    tracer.report(Span {
+        ctx: t.ctx,
+        kind,
+        name,
+        start_unix_nanos: t.start_unix_nanos,
+        duration_nanos: ctx.start.elapsed().as_nanos() as u64,
+        tags,
+        custom_tags,
+        error: f.status >= 500 || f.status == 0,
+        tracestate: t.tracestate,
+    });
+}
+
+/// A custom tag's value: the literal, the request header or the environment variable (its
+/// `defaultValue` when absent; no tag when there is neither).
+fn custom_tag_value(
+    tag: &remora_model::telemetry::CustomTag,
+    req: &RequestHeader,
+) -> Option<String> {
+    if let Some(l) = &tag.literal {
+        return Some(l.value.clone());
+    }
+    if let Some(h) = &tag.header {
+        return req
+            .headers
+            .get(h.name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| h.default_value.clone());
+    }
+    let e = tag.environment.as_ref()?;
+    std::env::var(&e.name)
+        .ok()
+        .or_else(|| e.default_value.clone())
+}

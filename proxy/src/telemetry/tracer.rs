@@ -1,0 +1,335 @@
+//! The tracer: what the request path asks (is tracing on, at what percentage, the proxy's own
+//! span tags) and the exporter it hands finished spans to.
+//!
+//! Spans go through a bounded queue to one exporter thread (its own single-threaded tokio
+//! runtime, apart from Pingora's worker runtimes), which sends them in batches — at most
+//! [`BATCH_MAX`] spans, at least every [`BATCH_INTERVAL`] while spans come — to the collector:
+//! Zipkin v2 JSON (`POST /api/v2/spans`) or OTLP/HTTP protobuf (`POST /v1/traces`). The request
+//! path never waits: a full queue drops the span and counts it in
+//! `remora_tracing_spans_dropped_total`. A batch the collector does not take is counted in
+//! `remora_tracing_export_failures_total` and logged at most once per [`LOG_EVERY`].
+
+use super::span::{otlp_protobuf, zipkin_json, Reporter, Span};
+use super::Metrics;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most spans in one export.
+pub const BATCH_MAX: usize = 512;
+/// How long a span may wait for its batch.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Export failures are logged at most this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+/// The default queue (spans waiting for the exporter).
+pub const DEFAULT_QUEUE_SPANS: usize = 4096;
+/// One export's connect-and-answer time limit.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The collector's wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Zipkin v2 JSON over HTTP (Istio's `zipkin` provider).
+    Zipkin,
+    /// OTLP over HTTP, protobuf (Istio's `opentelemetry` provider with `http`).
+    Otlp,
+}
+
+impl Protocol {
+    pub fn parse(v: &str) -> Result<Protocol, String> {
+        match v {
+            "zipkin" => Ok(Protocol::Zipkin),
+            "opentelemetry" | "otlp" => Ok(Protocol::Otlp),
+            _ => Err(format!(
+                "{v:?} is not a tracing provider (zipkin, opentelemetry)"
+            )),
+        }
+    }
+    /// The collector's path for this protocol.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Protocol::Zipkin => "/api/v2/spans",
+            Protocol::Otlp => "/v1/traces",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Zipkin => "zipkin",
+            Protocol::Otlp => "opentelemetry",
+        }
+    }
+}
+
+/// Where and how spans go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub protocol: Protocol,
+    /// The collector's `host:port` (a name is resolved at each export).
+    pub address: String,
+    pub path: String,
+    pub queue_spans: usize,
+}
+
+/// The proxy's own tags on every span (Istio's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnTags {
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub namespace: String,
+    pub mesh_id: String,
+    pub node_id: String,
+}
+
+/// Tracing's state: sampling, own tags and the exporter's queue.
+pub struct Tracer {
+    /// The sampling percentage (0–100) as `f64` bits; the rules may change it on reload.
+    sampling: AtomicU64,
+    /// The percentage start-up configured (what a reload without a Telemetry rule goes back to).
+    pub default_sampling: f64,
+    pub own: OwnTags,
+    pub config: ExportConfig,
+    tx: SyncSender<Span>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("sampling", &self.sampling())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// Start the exporter thread (an error when the thread cannot be made).
+    pub fn start(
+        config: ExportConfig,
+        sampling: f64,
+        own: OwnTags,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Tracer>> {
+        let (tx, rx) = sync_channel::<Span>(config.queue_spans.max(1));
+        let fams = metrics.clone();
+        fams.tracing();
+        let cfg = config.clone();
+        std::thread::Builder::new()
+            .name("remora-trace-export".into())
+            .spawn(move || export_loop(rx, cfg, reporter, fams))?;
+        Ok(Arc::new(Tracer {
+            sampling: AtomicU64::new(sampling.to_bits()),
+            default_sampling: sampling,
+            own,
+            config,
+            tx,
+            metrics,
+        }))
+    }
+
+    /// The sampling percentage now.
+    pub fn sampling(&self) -> f64 {
+        f64::from_bits(self.sampling.load(Ordering::Relaxed))
+    }
+
+    /// Set the sampling percentage (clamped to 0–100).
+    pub fn set_sampling(&self, percent: f64) {
+        let p = if percent.is_finite() {
+            percent.clamp(0.0, 100.0)
+        } else {
+            self.default_sampling
+        };
+        self.sampling.store(p.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Hand a finished span to the exporter; never blocks (a full queue drops and counts it).
+    pub fn report(&self, span: Span) {
+        match self.tx.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.tracing().dropped.inc()
+            }
+        }
+    }
+}
+
+/// Gather batches and send them, until the tracer is gone.
+fn export_loop(
+    rx: Receiver<Span>,
+    config: ExportConfig,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "tracing: no exporter runtime; spans are dropped");
+            return;
+        }
+    };
+    let mut failures = FailureLog::default();
+    let mut batch: Vec<Span> = Vec::with_capacity(BATCH_MAX);
+    loop {
+        match rx.recv() {
+            Ok(s) => batch.push(s),
+            Err(_) => return,
+        }
+        let deadline = Instant::now() + BATCH_INTERVAL;
+        while batch.len() < BATCH_MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(s) => batch.push(s),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let body = match config.protocol {
+            Protocol::Zipkin => zipkin_json(&reporter, &batch),
+            Protocol::Otlp => otlp_protobuf(&reporter, &batch),
+        };
+        let n = batch.len() as u64;
+        batch.clear();
+        let sent = rt.block_on(async {
+            tokio::time::timeout(EXPORT_TIMEOUT, post(&config, body))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_string()))
+        });
+        match sent {
+            Ok(()) => metrics.tracing().exported.inc_by(n),
+            Err(e) => {
+                metrics.tracing().export_failures.inc();
+                failures.note(&config, &e, Instant::now());
+            }
+        }
+    }
+}
+
+/// Export failures logged once per [`LOG_EVERY`], with how many there were since.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl FailureLog {
+    fn note(&mut self, config: &ExportConfig, error: &str, now: Instant) {
+        self.since += 1;
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            collector = %config.address,
+            provider = config.protocol.as_str(),
+            error,
+            failed_batches = self.since,
+            "tracing: spans not exported (logged once per minute)"
+        );
+        self.last = Some(now);
+        self.since = 0;
+    }
+}
+
+/// One `POST` of `body` to the collector; `Ok` on a 2xx answer.
+async fn post(config: &ExportConfig, body: Vec<u8>) -> Result<(), String> {
+    use http_body_util::Full;
+    let stream = tokio::net::TcpStream::connect(config.address.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let content_type = match config.protocol {
+        Protocol::Zipkin => "application/json",
+        Protocol::Otlp => "application/x-protobuf",
+    };
+    let req = hyper::Request::post(config.path.as_str())
+        .header(hyper::header::HOST, config.address.as_str())
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("collector answered {}", resp.status()))
+    }
+}
+
+/// Validate a collector address: `host:port` with a port from 1 to 65535.
+pub fn parse_address(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let (host, port) = v
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{v:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("{v:?} is not host:port"));
+    }
+    Ok(v.to_string())
+}
+
+/// Validate a sampling percentage: a number from 0 to 100.
+pub fn parse_sampling(v: &str) -> Result<f64, String> {
+    let p: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a number"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("{v:?} is outside 0 to 100"));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        assert_eq!(Protocol::parse("zipkin"), Ok(Protocol::Zipkin));
+        assert_eq!(Protocol::parse("opentelemetry"), Ok(Protocol::Otlp));
+        assert!(Protocol::parse("jaeger").unwrap_err().contains("jaeger"));
+        assert_eq!(
+            parse_address("zipkin.istio-system:9411").unwrap(),
+            "zipkin.istio-system:9411"
+        );
+        assert!(parse_address("zipkin").is_err());
+        assert!(parse_address("zipkin:0").is_err());
+        assert!(parse_address(":9411").is_err());
+        assert_eq!(parse_sampling("1").unwrap(), 1.0);
+        assert_eq!(parse_sampling("0.5").unwrap(), 0.5);
+        assert!(parse_sampling("101").is_err());
+        assert!(parse_sampling("-1").is_err());
+        assert!(parse_sampling("NaN").is_err());
+    }
+
+    #[test]
+    fn failures_are_logged_once_per_interval() {
+        let mut f = FailureLog::default();
+        let cfg = ExportConfig {
+            protocol: Protocol::Zipkin,
+            address: "a:1".into(),
+            path: "/".into(),
+            queue_spans: 1,
+        };
+        let t0 = Instant::now();
+        f.note(&cfg, "x", t0);
+        assert_eq!((f.last, f.since), (Some(t0), 0));
+        f.note(&cfg, "x", t0 + Duration::from_secs(1));
+        f.note(&cfg, "x", t0 + Duration::from_secs(2));
+        assert_eq!((f.last, f.since), (Some(t0), 2));
+        let t1 = t0 + LOG_EVERY;
+        f.note(&cfg, "x", t1);
+        assert_eq!((f.last, f.since), (Some(t1), 0));
+    }
+}

@@ -1,0 +1,383 @@
+//! Process tests of tracing: client → sidecar A (outbound) → sidecar B (inbound) → app, both
+//! sidecars exporting to a real collector in the test (Zipkin v2 JSON or OTLP/HTTP protobuf).
+//! One request makes one trace: A's client span is the parent of B's server span and the app
+//! sees B's span as its parent; incoming "not sampled" decisions are honoured; the sampling
+//! percentage holds over 1,000 requests; a stuck collector costs dropped spans, not requests.
+
+mod common;
+
+use common::collector::{Collector, GotSpan};
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tracing_args(provider: &str, collector: SocketAddr, sampling: &str) -> Vec<String> {
+    vec![
+        format!("--tracing-provider={provider}"),
+        format!("--tracing-address={collector}"),
+        format!("--tracing-sampling={sampling}"),
+        "--mesh-id=test-mesh".into(),
+    ]
+}
+
+/// Sidecar B (inbound → `app`) and sidecar A (outbound → B's inbound listener), both ready.
+fn pair(
+    rules: &RulesDir,
+    app: SocketAddr,
+    provider: &str,
+    collector: SocketAddr,
+    sampling: &str,
+) -> (ProxyProc, ProxyProc) {
+    let mut ob = ProxyOpts::new(rules.path());
+    ob.fixed_inbound = Some(app);
+    ob.extra_args = tracing_args(provider, collector, sampling);
+    let mut b = ProxyProc::start(ob);
+    b.wait_ready();
+    let mut oa = ProxyOpts::new(rules.path());
+    oa.fixed_outbound = Some(b.ports.inbound_addr());
+    oa.extra_args = tracing_args(provider, collector, sampling);
+    let mut a = ProxyProc::start(oa);
+    a.wait_ready();
+    (a, b)
+}
+
+fn get(a: &ProxyProc, headers: &[(&str, &str)]) -> HttpResp {
+    let mut h = vec![("host", "reviews:9080")];
+    h.extend_from_slice(headers);
+    let r = http_get(a.ports.outbound_addr(), "/reviews/1", &h).expect("request through A");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    r
+}
+
+fn one_trace(provider: &str) {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, b) = pair(&rules, app, provider, col.addr, "100");
+    let r = get(&a, &[("user-agent", "trace-test")]);
+    let seen = r.json()["headers"].clone();
+    let spans = col.wait_for("a client and a server span", |s| s.len() >= 2);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client = spans
+        .iter()
+        .find(|s| s.kind == "CLIENT")
+        .expect("client span");
+    let server = spans
+        .iter()
+        .find(|s| s.kind == "SERVER")
+        .expect("server span");
+    // One trace; A's span is the root and B's parent.
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(client.trace_id.len(), 32);
+    assert_eq!(client.parent, None);
+    assert_eq!(server.parent.as_deref(), Some(client.id.as_str()));
+    assert_ne!(client.id, server.id);
+    // The app sees B's span as the parent of whatever it does next, in both header families.
+    let h = |k: &str| seen[k].as_str().unwrap_or_default().to_string();
+    assert_eq!(h("x-b3-traceid"), client.trace_id);
+    assert_eq!(h("x-b3-spanid"), server.id);
+    assert_eq!(h("x-b3-parentspanid"), client.id);
+    assert_eq!(h("x-b3-sampled"), "1");
+    assert_eq!(
+        h("traceparent"),
+        format!("00-{}-{}-01", client.trace_id, server.id)
+    );
+    // Istio's names and tags.
+    for s in [client, server] {
+        assert_eq!(s.service, "testwl.testns", "{s:#?}");
+        let t = |k: &str| s.tags.get(k).map(String::as_str).unwrap_or("<none>");
+        assert_eq!(t("component"), "proxy");
+        assert_eq!(t("istio.canonical_service"), "testwl");
+        assert_eq!(t("istio.namespace"), "testns");
+        assert_eq!(t("istio.mesh_id"), "test-mesh");
+        assert!(t("node_id").starts_with("sidecar~127.0.0.1~"), "{s:#?}");
+        assert_eq!(t("guid:x-request-id"), h("x-request-id"));
+        assert_eq!(t("http.method"), "GET");
+        assert_eq!(t("http.url"), "http://reviews:9080/reviews/1");
+        assert_eq!(t("http.status_code"), "200");
+        assert_eq!(t("response_flags"), "-");
+        assert_eq!(t("user_agent"), "trace-test");
+        assert_eq!(t("peer.address"), "127.0.0.1");
+    }
+    // No rules: A routes to the host's default route (the original destination's port, B's
+    // inbound listener here); B names its inbound cluster by the app's port.
+    let b_port = b.ports.inbound;
+    assert_eq!(
+        client.tags["upstream_cluster"],
+        format!("outbound|{b_port}||reviews.testns.svc.cluster.local")
+    );
+    assert_eq!(
+        client.name,
+        format!("reviews.testns.svc.cluster.local:{b_port}/*")
+    );
+    assert_eq!(
+        server.tags["upstream_cluster"],
+        format!("inbound|{}||", app.port())
+    );
+    assert!(server.name.ends_with("/*"), "{}", server.name);
+    assert_eq!(col.bad.lock().unwrap().len(), 0);
+}
+
+#[test]
+fn zipkin_one_request_one_trace_client_span_parents_server_span() {
+    one_trace("zipkin");
+}
+
+#[test]
+fn otlp_one_request_one_trace_client_span_parents_server_span() {
+    one_trace("opentelemetry");
+}
+
+#[test]
+fn incoming_not_sampled_decisions_are_honoured_and_forwarded_unchanged() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, b) = pair(&rules, app, "zipkin", col.addr, "100");
+    let t1 = "11111111111111111111111111111111";
+    let tp = format!("00-{}-00f067aa0ba902b7-00", "22".repeat(16));
+    let b3_single = format!("{}-00f067aa0ba902b7-0", "33".repeat(16));
+    let r = get(
+        &a,
+        &[
+            ("x-b3-traceid", t1),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "0"),
+        ],
+    );
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-b3-traceid"], t1);
+    assert_eq!(seen["x-b3-spanid"], "00f067aa0ba902b7");
+    assert_eq!(seen["x-b3-sampled"], "0");
+    assert!(seen.get("traceparent").is_none(), "{seen}");
+    let r = get(&a, &[("traceparent", &tp)]);
+    assert_eq!(r.json()["headers"]["traceparent"], tp.as_str());
+    get(&a, &[("b3", &b3_single)]);
+    get(&a, &[("b3", "0")]);
+    // A sampled request after them: once its two spans are in, nothing else came.
+    let r = get(&a, &[("x-b3-sampled", "1")]);
+    let marker = r.json()["headers"]["x-b3-traceid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    col.wait_for("the sampled request's spans", |s| {
+        s.iter().filter(|x| x.trace_id == marker).count() == 2
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let spans: Vec<GotSpan> = col.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id == marker),
+        "unsampled requests made spans: {spans:#?}"
+    );
+    assert_eq!(spans.len(), 2);
+    let m = b.metrics();
+    assert_eq!(
+        metric_value(&m, "remora_tracing_spans_exported_total", &[]),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn ten_percent_sampling_over_1000_requests_is_within_three_sigma() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, _b) = pair(&rules, app, "zipkin", col.addr, "10");
+    let n = 1000;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for i in 0..n {
+        assert!(Instant::now() < deadline, "only {i} requests in 180 s");
+        get(&a, &[]);
+    }
+    // Every sampled root at A has exactly one child at B (B honours A's decision either way).
+    let exported =
+        |p: &ProxyProc| metric_value(&p.metrics(), "remora_tracing_spans_exported_total", &[]);
+    let wait = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < wait && (exported(&a) != exported(&_b) || exported(&a) == 0.0) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let spans = col.spans();
+    let clients: Vec<&GotSpan> = spans.iter().filter(|s| s.kind == "CLIENT").collect();
+    let servers: Vec<&GotSpan> = spans.iter().filter(|s| s.kind == "SERVER").collect();
+    let k = clients.len() as f64;
+    let (mean, sigma) = (100.0, (1000.0f64 * 0.1 * 0.9).sqrt());
+    eprintln!("sampled {k} of {n} (expected {mean} ± {:.1})", 3.0 * sigma);
+    assert!(
+        (k - mean).abs() <= 3.0 * sigma,
+        "{k} sampled of 1000 at 10 %"
+    );
+    assert_eq!(servers.len(), clients.len());
+    for s in &servers {
+        assert!(
+            clients
+                .iter()
+                .any(|c| Some(&c.id) == s.parent.as_ref() && c.trace_id == s.trace_id),
+            "server span without its client parent: {s:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_stuck_collector_drops_and_counts_spans_without_slowing_requests() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(true));
+    let rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = tracing_args("zipkin", col.addr, "100");
+    o.extra_args.push("--tracing-queue-spans=4".into());
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    // Requests until the exporter, stuck on a batch (5 s limit), has let the queue (4 spans)
+    // fill and dropped some; bounded in count and time.
+    let (max, started) = (2000, Instant::now());
+    let mut slowest = Duration::ZERO;
+    let dropped_now =
+        |a: &ProxyProc| metric_value(&a.metrics(), "remora_tracing_spans_dropped_total", &[]);
+    let mut sent = 0;
+    while sent < max && started.elapsed() < Duration::from_secs(60) {
+        let t = Instant::now();
+        get(&a, &[]);
+        slowest = slowest.max(t.elapsed());
+        sent += 1;
+        if sent % 50 == 0 && dropped_now(&a) >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a request took {slowest:?} with the collector stuck"
+    );
+    let m = a.metrics();
+    let dropped = metric_value(&m, "remora_tracing_spans_dropped_total", &[]);
+    assert!(
+        dropped >= 1.0 && dropped <= sent as f64,
+        "dropped {dropped} of {sent} in {:?}:\n{m}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric_value(&m, "remora_tracing_spans_exported_total", &[]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(col.spans().len(), 0);
+}
+
+/// A Telemetry rule in the workload's namespace sets the sampling percentage, adds custom tags
+/// and turns the access log off, each applied at the next rules reload.
+#[test]
+fn telemetry_rules_change_sampling_tags_and_access_log_on_reload() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let mut rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = tracing_args("zipkin", col.addr, "0");
+    o.env = vec![("TEAM_FROM_ENV".into(), "payments".into())];
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    for _ in 0..20 {
+        get(&a, &[]);
+    }
+    a.wait_log(|l| l["kind"] == "http");
+    let telemetry = |spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: testns}}\nspec:\n{spec}"
+        )
+    };
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry(
+            "  tracing:\n  - providers: [{name: zipkin}]\n    randomSamplingPercentage: 100\n    customTags:\n      team: {literal: {value: reviews}}\n      env: {environment: {name: TEAM_FROM_ENV}}\n      ua: {header: {name: user-agent, defaultValue: none}}\n",
+        ),
+    )]);
+    a.wait_stderr("applied rules generation 2");
+    get(&a, &[("user-agent", "ua-1")]);
+    let spans = col.wait_for("a span after the reload", |s| !s.is_empty());
+    assert_eq!(spans.len(), 1, "sampling 0 % before the rule: {spans:#?}");
+    let s = &spans[0];
+    assert_eq!(s.tags["team"], "reviews");
+    assert_eq!(s.tags["env"], "payments");
+    assert_eq!(s.tags["ua"], "ua-1");
+    // accessLogging disabled: requests go on, their lines do not.
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry("  accessLogging:\n  - disabled: true\n"),
+    )]);
+    a.wait_stderr("applied rules generation 3");
+    let before = a.access_log().len();
+    for _ in 0..5 {
+        get(&a, &[("x-marker", "after-off")]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        a.access_log().len(),
+        before,
+        "access log written while disabled"
+    );
+    // The rule no longer samples: back to the flag's 0 %.
+    let n = col.spans().len();
+    for _ in 0..20 {
+        get(&a, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(col.spans().len(), n);
+}
+
+/// The product's access log is Istio's TEXT line when no encoding is asked for.
+#[test]
+fn the_default_access_log_is_istios_text_line() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = vec!["--access-log-encoding=TEXT".into()];
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    get(
+        &a,
+        &[("user-agent", "text-test"), ("x-request-id", "rid-1")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let lines = a.stdout.lock().unwrap().clone();
+        if let Some(l) = lines.into_iter().find(|l| l.contains("rid-1")) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no access-log line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.starts_with('['), "{line}");
+    assert!(
+        line.contains("] \"GET /reviews/1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 "),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"-\" \"text-test\" \"rid-1\" \"reviews:9080\""),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "\"{app}\" outbound|{}||reviews.testns.svc.cluster.local",
+            app.port()
+        )),
+        "{line}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
+}

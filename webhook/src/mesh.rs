@@ -1,0 +1,376 @@
+//! The mesh-wide telemetry settings of the injector configuration, in Istio's MeshConfig shape
+//! (`enableTracing`, `defaultConfig.tracing.sampling`, `defaultConfig.tracing.zipkin.address`,
+//! `defaultProviders.tracing`, `extensionProviders` with `zipkin` / `opentelemetry`,
+//! `meshId`, `accessLogFile`, `accessLogEncoding`), checked, and turned into the proxy's
+//! environment (`REMORA_TRACING_*`, `ISTIO_META_MESH_ID`, `REMORA_ACCESS_LOG*`). Pure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::check_host_port;
+
+/// Istio's default sampling percentage (`defaultConfig.tracing.sampling`).
+pub const DEFAULT_SAMPLING: f64 = 1.0;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MeshSettings {
+    /// Spans from every sidecar (off by default in remora; Istio's default profile turns it
+    /// on, with a collector it expects at `zipkin.istio-system:9411`).
+    pub enable_tracing: bool,
+    pub default_config: DefaultConfig,
+    pub default_providers: DefaultProviders,
+    pub extension_providers: Vec<ExtensionProvider>,
+    /// `istio.mesh_id` in spans (the proxy uses the trust domain when unset, as Istio does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_id: Option<String>,
+    /// `/dev/stdout` (the access log on) or empty (off).
+    pub access_log_file: String,
+    /// `TEXT` (Istio's default line) or `JSON`.
+    pub access_log_encoding: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            enable_tracing: false,
+            default_config: DefaultConfig::default(),
+            default_providers: DefaultProviders::default(),
+            extension_providers: Vec::new(),
+            mesh_id: None,
+            access_log_file: "/dev/stdout".into(),
+            access_log_encoding: "TEXT".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct DefaultConfig {
+    pub tracing: TracingDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TracingDefaults {
+    /// Percentage of requests sampled (0–100).
+    pub sampling: f64,
+    /// The legacy Zipkin collector (`address: host:port`), used when no provider is named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ZipkinAddress>,
+}
+
+impl Default for TracingDefaults {
+    fn default() -> Self {
+        TracingDefaults {
+            sampling: DEFAULT_SAMPLING,
+            zipkin: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZipkinAddress {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct DefaultProviders {
+    /// The tracing provider every proxy uses (the first; Istio takes one).
+    pub tracing: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opentelemetry: Option<OtelProvider>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub service: String,
+    pub port: u16,
+    /// Istio's `maxTagLength` and the like are accepted and not used.
+    #[serde(flatten, default, skip_serializing)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OtelProvider {
+    pub service: String,
+    pub port: u16,
+    /// OTLP over HTTP (the only transport remora exports with): its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<OtelHttp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OtelHttp {
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The collector a proxy exports to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collector {
+    /// `zipkin` or `opentelemetry` (the proxy's `REMORA_TRACING_PROVIDER`).
+    pub provider: &'static str,
+    pub address: String,
+    pub path: Option<String>,
+}
+
+impl MeshSettings {
+    /// The collector tracing goes to (`None`: tracing off), or an error naming the field.
+    pub fn collector(&self) -> Result<Option<Collector>, String> {
+        if !self.enable_tracing {
+            return Ok(None);
+        }
+        let addr = |field: String, service: &str, port: u16| -> Result<String, String> {
+            let a = format!("{service}:{port}");
+            check_host_port(&a)
+                .map(|_| a.clone())
+                .map_err(|why| format!("mesh.{field}: invalid value {a:?}: {why}"))
+        };
+        if let Some(name) = self.default_providers.tracing.first() {
+            let Some((i, p)) = self
+                .extension_providers
+                .iter()
+                .enumerate()
+                .find(|(_, p)| &p.name == name)
+            else {
+                return Err(format!(
+                    "mesh.defaultProviders.tracing: invalid value {name:?}: no extensionProviders entry has that name"
+                ));
+            };
+            return match (&p.zipkin, &p.opentelemetry) {
+                (Some(z), None) => Ok(Some(Collector {
+                    provider: "zipkin",
+                    address: addr(format!("extensionProviders[{i}].zipkin"), &z.service, z.port)?,
+                    path: None,
+                })),
+                (None, Some(o)) => Ok(Some(Collector {
+                    provider: "opentelemetry",
+                    address: addr(
+                        format!("extensionProviders[{i}].opentelemetry"),
+                        &o.service,
+                        o.port,
+                    )?,
+                    path: o.http.as_ref().and_then(|h| h.path.clone()),
+                })),
+                _ => Err(format!(
+                    "mesh.extensionProviders[{i}] ({name:?}): invalid value: a tracing provider needs exactly one of zipkin, opentelemetry"
+                )),
+            };
+        }
+        match &self.default_config.tracing.zipkin {
+            Some(z) => {
+                check_host_port(&z.address).map_err(|why| {
+                    format!(
+                        "mesh.defaultConfig.tracing.zipkin.address: invalid value {:?}: {why}",
+                        z.address
+                    )
+                })?;
+                Ok(Some(Collector {
+                    provider: "zipkin",
+                    address: z.address.clone(),
+                    path: None,
+                }))
+            }
+            None => Err(
+                "mesh.enableTracing: invalid value true: no collector; set mesh.defaultProviders.tracing (naming an extensionProviders entry) or mesh.defaultConfig.tracing.zipkin.address"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Checks every field; the error names the field, the value and why.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = self.default_config.tracing.sampling;
+        if !(0.0..=100.0).contains(&s) {
+            return Err(format!(
+                "mesh.defaultConfig.tracing.sampling: invalid value {s}: must be 0 to 100"
+            ));
+        }
+        if let Some(p) = self
+            .extension_providers
+            .iter()
+            .filter_map(|p| p.opentelemetry.as_ref()?.http.as_ref()?.path.as_ref())
+            .find(|p| !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_whitespace()))
+        {
+            return Err(format!(
+                "mesh.extensionProviders[].opentelemetry.http.path: invalid value {p:?}: must start with /"
+            ));
+        }
+        if let Some(m) = &self.mesh_id {
+            if m.is_empty()
+                || m.len() > 253
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Err(format!(
+                    "mesh.meshId: invalid value {m:?}: letters, digits, '-', '.', '_' (at most 253)"
+                ));
+            }
+        }
+        match self.access_log_file.as_str() {
+            "" | "/dev/stdout" => {}
+            f => {
+                return Err(format!(
+                    "mesh.accessLogFile: invalid value {f:?}: only /dev/stdout or empty (off) are supported"
+                ))
+            }
+        }
+        match self.access_log_encoding.as_str() {
+            "TEXT" | "JSON" => {}
+            e => {
+                return Err(format!(
+                    "mesh.accessLogEncoding: invalid value {e:?}: must be TEXT or JSON"
+                ))
+            }
+        }
+        self.collector().map(|_| ())
+    }
+
+    /// The proxy's environment for these settings (after [`MeshSettings::validate`]).
+    pub fn proxy_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (
+                "REMORA_ACCESS_LOG",
+                if self.access_log_file.is_empty() {
+                    "off".to_string()
+                } else {
+                    "stdout".to_string()
+                },
+            ),
+            (
+                "REMORA_ACCESS_LOG_ENCODING",
+                self.access_log_encoding.clone(),
+            ),
+        ];
+        if let Ok(Some(c)) = self.collector() {
+            env.push(("REMORA_TRACING_PROVIDER", c.provider.to_string()));
+            env.push(("REMORA_TRACING_ADDRESS", c.address));
+            if let Some(p) = c.path {
+                env.push(("REMORA_TRACING_PATH", p));
+            }
+            env.push((
+                "REMORA_TRACING_SAMPLING",
+                self.default_config.tracing.sampling.to_string(),
+            ));
+        }
+        if let Some(m) = &self.mesh_id {
+            env.push(("ISTIO_META_MESH_ID", m.clone()));
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(yaml: &str) -> MeshSettings {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults_log_text_to_stdout_and_do_not_trace() {
+        let m = MeshSettings::default();
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(
+            m.proxy_env(),
+            vec![
+                ("REMORA_ACCESS_LOG", "stdout".to_string()),
+                ("REMORA_ACCESS_LOG_ENCODING", "TEXT".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn providers_become_the_proxys_collector() {
+        let m = from(
+            r#"
+enableTracing: true
+defaultConfig: {tracing: {sampling: 10}}
+defaultProviders: {tracing: [otel]}
+meshId: mesh1
+accessLogFile: ""
+accessLogEncoding: JSON
+extensionProviders:
+- name: zipkin
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, maxTagLength: 256}
+- name: otel
+  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4318, http: {path: /v1/traces}}
+"#,
+        );
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(
+            m.proxy_env(),
+            vec![
+                ("REMORA_ACCESS_LOG", "off".to_string()),
+                ("REMORA_ACCESS_LOG_ENCODING", "JSON".to_string()),
+                ("REMORA_TRACING_PROVIDER", "opentelemetry".to_string()),
+                (
+                    "REMORA_TRACING_ADDRESS",
+                    "otel.observability.svc.cluster.local:4318".to_string()
+                ),
+                ("REMORA_TRACING_PATH", "/v1/traces".to_string()),
+                ("REMORA_TRACING_SAMPLING", "10".to_string()),
+                ("ISTIO_META_MESH_ID", "mesh1".to_string()),
+            ]
+        );
+        let legacy = from(
+            "enableTracing: true\ndefaultConfig: {tracing: {zipkin: {address: zipkin.istio-system:9411}}}",
+        );
+        assert_eq!(
+            legacy.collector(),
+            Ok(Some(Collector {
+                provider: "zipkin",
+                address: "zipkin.istio-system:9411".into(),
+                path: None
+            }))
+        );
+        assert!(legacy
+            .proxy_env()
+            .contains(&("REMORA_TRACING_SAMPLING", "1".to_string())));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        for (yaml, field) in [
+            ("enableTracing: true", "mesh.enableTracing"),
+            (
+                "enableTracing: true\ndefaultProviders: {tracing: [nope]}",
+                "mesh.defaultProviders.tracing",
+            ),
+            (
+                "enableTracing: true\ndefaultProviders: {tracing: [z]}\nextensionProviders: [{name: z}]",
+                "mesh.extensionProviders[0]",
+            ),
+            (
+                "enableTracing: true\ndefaultProviders: {tracing: [z]}\nextensionProviders: [{name: z, zipkin: {service: 'bad host', port: 9411}}]",
+                "mesh.extensionProviders[0].zipkin",
+            ),
+            (
+                "defaultConfig: {tracing: {sampling: 101}}",
+                "mesh.defaultConfig.tracing.sampling",
+            ),
+            ("accessLogFile: /var/log/x", "mesh.accessLogFile"),
+            ("accessLogEncoding: XML", "mesh.accessLogEncoding"),
+            ("meshId: 'a b'", "mesh.meshId"),
+        ] {
+            let e = from(yaml).validate().unwrap_err();
+            assert!(e.starts_with(field), "{yaml}: {e}");
+        }
+        assert!(serde_yaml_ng::from_str::<MeshSettings>("enableTracin: true").is_err());
+    }
+}
