@@ -798,7 +798,8 @@ mod tests {
             )
         };
         let objs = checked(&[
-            t("istio-system", "mesh-default", 1),
+            t("remora-system", "mesh-default", 1),
+            t("istio-system", "not-the-root", 5),
             t("shop", "shop", 10),
             t("bank", "bank", 50),
         ]);
@@ -806,7 +807,7 @@ mod tests {
         assert_eq!(
             keys(&r),
             [
-                "istio-system.telemetry.mesh-default.yaml",
+                "remora-system.telemetry.mesh-default.yaml",
                 "shop.telemetry.shop.yaml"
             ]
         );

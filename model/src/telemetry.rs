@@ -109,10 +109,16 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(meta: Meta, spec: TelemetrySpec) -> Result<Telemetry, SpecError> {
+    /// `root_namespace`: the mesh's root namespace (a Telemetry there without a selector is
+    /// mesh-wide).
+    pub fn new(
+        meta: Meta,
+        spec: TelemetrySpec,
+        root_namespace: &str,
+    ) -> Result<Telemetry, SpecError> {
         validate(&spec)?;
         Ok(Telemetry {
-            scope: scope_of(&meta.namespace, spec.selector.as_ref()),
+            scope: scope_of(&meta.namespace, spec.selector.as_ref(), root_namespace),
             meta,
             spec,
         })
@@ -230,7 +236,7 @@ pub fn effective(applying: &[Telemetry]) -> Effective {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::ROOT_NAMESPACE;
+    use crate::kinds::DEFAULT_ROOT_NAMESPACE as ROOT_NAMESPACE;
 
     fn t(namespace: &str, name: &str, spec: serde_json::Value) -> Result<Telemetry, SpecError> {
         let mut unknown = Vec::new();
@@ -243,7 +249,7 @@ mod tests {
             file: "t.yaml".into(),
             document: 1,
         };
-        Telemetry::new(meta, spec)
+        Telemetry::new(meta, spec, ROOT_NAMESPACE)
     }
 
     #[test]

@@ -20,8 +20,12 @@
 # that allows the request last, so every request evaluates all ten. For the inbound cases the
 # instructions spent inside the authorization decision (`http::authz::decide`, inclusive: the
 # request's attributes, the evaluation, the log) are printed per request as well; it is not
-# called at all when no policy selects the workload. A run with non-2xx answers or socket errors fails instead of
-# printing a number.
+# called at all when no policy selects the workload. Tracing cases (outbound, no rules, like
+# `none`): `trace1` exports spans to a Zipkin collector (a second peer on 127.0.0.1:9411, answering
+# every POST) with 1 % of requests sampled, Istio's default; `trace100` samples every request;
+# `json` is `none` with the JSON access log (the format of measurements before the TEXT line
+# became the default). A run with non-2xx answers or socket errors fails instead of printing a
+# number.
 #
 #   PROXY_BIN               default ${CARGO_TARGET_DIR:-target}/release/remora-proxy, built first
 #                           when no PROXY_BIN is given (only flags that d949c51 already had are used)
@@ -30,7 +34,8 @@
 #   REMORA_BENCH_SECONDS    load window, and the idle window (default 20)
 #   REMORA_BENCH_RUNS       runs per case; every run and the median are printed (default 2)
 #   REMORA_BENCH_CASES      which cases, space-separated (default "none vs vs+dr"; the
-#                           authorization set is "in in+other in+authz")
+#                           authorization set is "in in+other in+authz"; tracing "none trace1
+#                           trace100 json")
 #   REMORA_BENCH_KEEP       a directory to copy the callgrind dumps into (for callgrind_annotate;
 #                           `.1` is the load window, `.2` the idle window)
 set -euo pipefail
@@ -102,6 +107,9 @@ nsx() { ip netns exec "$ns" "$@"; }
 nsx ip link set lo up
 nsx timeout 7200 "$peer" http 127.0.0.1:8080 bench >/dev/null 2>"$work/peer.err" &
 wrappers+=($!)
+# The trace collector of the tracing cases (answers every request 200).
+nsx timeout 7200 "$peer" http 127.0.0.1:9411 collector >/dev/null 2>"$work/collector.err" &
+wrappers+=($!)
 
 VS='apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -153,7 +161,8 @@ for c in "${cases[@]}"; do
     in) ;;
     in+other) authz other >"$work/rules-$c/authz.yaml" ;;
     in+authz) authz bench >"$work/rules-$c/authz.yaml" ;;
-    *) echo "bench callgrind: unknown case '$c' (have: none vs vs+dr in in+other in+authz)" >&2; exit 2 ;;
+    trace1 | trace100 | json) ;;
+    *) echo "bench callgrind: unknown case '$c' (have: none vs vs+dr in in+other in+authz trace1 trace100 json)" >&2; exit 2 ;;
   esac
   chmod -R a+rX "$work/rules-$c"
 done
@@ -188,6 +197,9 @@ measure() {
   local extra=(--pod-labels-file /nonexistent)
   case "$name" in
     in*) port=15006; extra=(--pod-labels-file "$work/labels" --fixed-inbound-target 127.0.0.1:8080) ;;
+    trace1) extra+=(--tracing-provider zipkin --tracing-address 127.0.0.1:9411 --tracing-sampling 1) ;;
+    trace100) extra+=(--tracing-provider zipkin --tracing-address 127.0.0.1:9411 --tracing-sampling 100) ;;
+    json) extra+=(--access-log-encoding JSON) ;;
   esac
   mkdir -p "$out"
   # The shell writes its pid and execs env, then valgrind: that pid is the proxy under callgrind.
@@ -259,7 +271,7 @@ measure() {
 echo "binary: $bin ($("$bin" --version 2>/dev/null | head -1 || true))" >&2
 for run in $(seq "$runs"); do
   for c in "${cases[@]}"; do
-    case "$c" in none | in*) host=127.0.0.1:8080 ;; *) host=reviews ;; esac
+    case "$c" in none | in* | trace* | json) host=127.0.0.1:8080 ;; *) host=reviews ;; esac
     measure "$c" "$host" "$run"
   done
 done
@@ -316,4 +328,12 @@ if [ -n "$base" ]; then
       d = 100 * (m - b) / b
       printf "target %s: at most +%d %% against no rules: %+.1f %%, %s\n", c, l, d, (d <= l ? "met" : "NOT MET") }'
   done
+fi
+# The tracing target: 1 % sampling costs at most 3 % against tracing off (`none`).
+base="$(med none)"
+m="$(med trace1)"
+if [ -n "$base" ] && [ -n "$m" ]; then
+  awk -v m="$m" -v b="$base" 'BEGIN {
+    d = 100 * (m - b) / b
+    printf "target trace1: at most +3 %% against tracing off: %+.1f %%, %s\n", d, (d <= 3 ? "met" : "NOT MET") }'
 fi

@@ -587,7 +587,7 @@ fn decode_security(
         "Telemetry" if meta.api_version.starts_with("telemetry.istio.io/") => {
             dup(out.telemetries.iter().map(|p| &p.meta).find(same))?;
             let s = security::decode::spec(spec, unknown)?;
-            let t = crate::telemetry::Telemetry::new(meta.clone(), s)?;
+            let t = crate::telemetry::Telemetry::new(meta.clone(), s, root_namespace)?;
             out.telemetries.push(t);
         }
         other => out.ignored.push(Ignored {
