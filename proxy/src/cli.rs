@@ -380,6 +380,7 @@ impl RunArgs {
             service_account: id.service_account.clone(),
             pod_name: self.pod_name.clone().unwrap_or_default(),
             timeout: Duration::from_secs(10),
+            certificate: None,
         }))
     }
 }

@@ -207,11 +207,19 @@ fn start_kube(
     ctx: &LoadContext,
     store: rules::SharedSnapshot,
     metrics: Arc<Metrics>,
+    identity: Option<Arc<remora_proxy::identity::Identity>>,
 ) -> anyhow::Result<KubeParts> {
     use remora_proxy::discovery::kube::{self as dk, ApiMode, Discovery, Timing};
     let configmap = format!("{}/{}", args.namespace, args.rules_configmap);
     let (a, c) = (args.clone(), ctx.clone());
-    let remote = args.remote_discovery().map_err(|e| anyhow!(e))?;
+    // With a workload certificate, the subscription presents it (the token before one).
+    let remote = args
+        .remote_discovery()
+        .map_err(|e| anyhow!(e))?
+        .map(|mut r| {
+            r.certificate = identity.map(remora_proxy::discovery::remote::ClientCert);
+            r
+        });
     start_runtime_thread("kube", move |tx| async move {
         let client = match dk::client_for(&a.kube_api, &a.namespace) {
             Ok(ApiMode::Client(client, url)) => {
@@ -494,7 +502,18 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         extra_roots: args.jwks_ca_file.clone(),
     };
     let store: rules::SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
-    let (rules_sources, discovery) = start_kube(&args, &ctx, store.clone(), metrics.clone())?;
+    let identity = args
+        .identity
+        .config(&args.namespace)
+        .map_err(|e| anyhow!(e))?
+        .map(|c| Arc::new(remora_proxy::identity::Identity::new(c)));
+    let (rules_sources, discovery) = start_kube(
+        &args,
+        &ctx,
+        store.clone(),
+        metrics.clone(),
+        identity.clone(),
+    )?;
     let ready_gate = Arc::new(ReadyGate::new(
         args.discovery_ready_timeout,
         started,
@@ -502,11 +521,6 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         Some(rules_sources.clone()),
     ));
     log_ready_gate(&ready_gate);
-    let identity = args
-        .identity
-        .config(&args.namespace)
-        .map_err(|e| anyhow!(e))?
-        .map(|c| Arc::new(remora_proxy::identity::Identity::new(c)));
     match &identity {
         Some(id) => info!(
             identity = %id.config.spiffe_id(),

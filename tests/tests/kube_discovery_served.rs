@@ -28,6 +28,7 @@ const CA_NAME: &str = "remora-ca.remora-system.svc";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const SERVICES: &str = "/api/v1/services";
 const PODS: &str = "/api/v1/pods";
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// Bound of every wait for something that takes a second or two on an idle machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -303,7 +304,7 @@ struct Sidecar {
 /// `remora-proxy run` in namespace `default` as service account `httpbin` (token
 /// `tok-httpbin`), no Kubernetes API, discovery from `ca`; its outbound capture fixed on
 /// `original_dst`.
-fn start_proxy(dir: &Path, ca: SocketAddr, original_dst: SocketAddr) -> Sidecar {
+fn start_proxy(dir: &Path, ca: SocketAddr, original_dst: SocketAddr, identity: bool) -> Sidecar {
     let bin = remora_e2e::admission::default_bin_dir().join("remora-proxy");
     assert!(bin.exists(), "{} is missing: build it first", bin.display());
     let d = dir.join("proxy");
@@ -329,6 +330,14 @@ fn start_proxy(dir: &Path, ca: SocketAddr, original_dst: SocketAddr) -> Sidecar 
         .arg(format!("--discovery-server-name={CA_NAME}"))
         .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
         .arg(format!("--ca-token-file={}", d.join("token").display()))
+        .args(if identity {
+            vec![
+                format!("--ca-address={ca}"),
+                format!("--ca-server-name={CA_NAME}"),
+            ]
+        } else {
+            vec![]
+        })
         .env("SERVICE_ACCOUNT", "httpbin")
         .env("POD_NAME", "httpbin-7d9c5b8f6-x2k4q")
         .env_remove("KUBERNETES_SERVICE_HOST");
@@ -386,12 +395,21 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_a_relist_and_s
     })
     .await;
     let mut cp = Some(cp);
-    let mut sc = start_proxy(dir.path(), ca, nowhere);
+    // With a workload identity: its certificate from the same CA.
+    let mut sc = start_proxy(dir.path(), ca, nowhere, true);
 
     // The snapshot: routed to the endpoint only the control plane knows.
     routed_to(&mut sc, "pod-a").await;
-    let (code, body) = aget(sc.health, "x", "/healthz/ready").await;
-    assert_eq!(code, 200, "{body}");
+    // Ready once it also holds its certificate.
+    let t = Instant::now();
+    loop {
+        let (code, body) = aget(sc.health, "x", "/healthz/ready").await;
+        if code == 200 {
+            break;
+        }
+        assert!(t.elapsed() < PATIENCE, "never ready: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let dump = config_dump(sc.admin).await;
     let st = &dump["discovery"]["status"];
     assert_eq!(st["control_plane"]["state"], "synced", "{st:#}");
@@ -461,6 +479,9 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_a_relist_and_s
         "a delta, not a new snapshot: {st:#}"
     );
 
+    // The proxy holds its certificate (it was ready): from now on it subscribes with it.
+    let reviews = posts_to(&api, TOKEN_REVIEWS).len();
+
     // The control plane goes away: the proxy keeps routing from the last state (pod a).
     if let Some(mut p) = cp.take() {
         p.stop(Duration::from_secs(5));
@@ -518,21 +539,56 @@ async fn a_proxy_routes_from_the_control_plane_follows_deltas_and_a_relist_and_s
         st["control_plane"]["snapshots"].as_u64() >= Some(2),
         "{st:#}"
     );
+    // It came back with its certificate: no TokenReview for it.
+    assert_eq!(
+        posts_to(&api, TOKEN_REVIEWS).len(),
+        reviews,
+        "the resubscription used the workload certificate"
+    );
+    assert!(
+        cp2.log_tail(200)
+            .contains("default/httpbin pod httpbin-7d9c5b8f6-x2k4q"),
+        "{}",
+        cp2.log_tail(30)
+    );
 }
 
 /// A tonic client of the discovery service trusting `root`.
 async fn client(addr: SocketAddr, root: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    client_with(addr, root, None).await
+}
+
+/// A client certificate: the chain (PEM, leaf first) and its key.
+type ClientAuth = (Vec<String>, rcgen::KeyPair);
+
+/// `client`, presenting `auth` as its TLS client certificate.
+async fn client_with(
+    addr: SocketAddr,
+    root: &str,
+    auth: Option<&ClientAuth>,
+) -> tonic::client::Grpc<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut tls = match auth {
+        Some((chain, key)) => {
+            let certs: Vec<CertificateDer<'static>> = chain
+                .iter()
+                .flat_map(|p| CertificateDer::pem_slice_iter(p.as_bytes()))
+                .map(|c| c.unwrap())
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let service = tower::service_fn(move |_: http::Uri| {
@@ -705,7 +761,7 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
     // A proxy whose control plane does not answer is not ready, and says why.
     let unused = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
     let nowhere = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
-    let mut sc = start_proxy(dir.path(), unused, nowhere);
+    let mut sc = start_proxy(dir.path(), unused, nowhere, false);
     let t = Instant::now();
     let (code, body) = loop {
         let (code, body) = aget(sc.health, "x", "/healthz/ready").await;
@@ -746,7 +802,8 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
     );
 }
 
-/// Many subscribers at once: every one gets its snapshot, then each EndpointSlice change
+/// Many subscribers at once, with one token (one TokenReview for all of them): every one gets
+/// its snapshot, then each EndpointSlice change
 /// reaches all of them; the time from the API event to each subscriber holding the change is
 /// measured (p50, p99, max) and must stay under a generous bound on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,6 +882,12 @@ async fn a_change_reaches_every_one_of_many_subscribers() {
         "{total} subscribers hold their snapshot after {:?}",
         t.elapsed()
     );
+    // They all came at once with one token: the API server saw one TokenReview.
+    assert_eq!(
+        posts_to(&api, TOKEN_REVIEWS).len(),
+        1,
+        "{total} subscribers with one token: one TokenReview"
+    );
     let mut delays = Vec::new();
     for i in 1..=CHANGES {
         let port = 20000 + i as u16;
@@ -874,4 +937,184 @@ async fn a_change_reaches_every_one_of_many_subscribers() {
         !log.contains("too slow"),
         "no subscriber was dropped as too slow"
     );
+}
+
+/// A certificate from the control plane's own CA for `id` (asked with `token`).
+async fn issued(ca: SocketAddr, root: &str, token: &str, id: &str) -> ClientAuth {
+    use remora_webhook::ca::grpc::{
+        IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE,
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().unwrap())];
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    let mut grpc = client(ca, root).await;
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<IstioCertificateRequest, IstioCertificateResponse>::default();
+    let chain = grpc
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE),
+            codec,
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    (chain, key)
+}
+
+/// A subscriber presenting its workload certificate (issued by the real CA) is authenticated by
+/// it, without a TokenReview; one claiming another identity than its certificate's is refused
+/// PERMISSION_DENIED with one log line naming who asked; a certificate of another CA is refused
+/// at the handshake; without a certificate the token still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_certificate_authenticates_a_subscriber_and_a_forged_one_is_refused() {
+    let a = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let (api, mut cp, ca, root, _dir) = control_plane(|api| {
+        serve_cluster(
+            api,
+            vec![service("default", "reviews", 9080)],
+            vec![slice("default", "reviews", a, "401")],
+            vec![],
+        )
+    })
+    .await;
+    let own = issued(
+        ca,
+        &root,
+        "tok-httpbin",
+        "spiffe://cluster.local/ns/default/sa/httpbin",
+    )
+    .await;
+    let reviews_before = posts_to(&api, TOKEN_REVIEWS).len();
+    assert_eq!(reviews_before, 1, "the certificate's TokenReview");
+
+    let mut grpc = client_with(ca, &root, Some(&own)).await;
+    let snap = subscribe(&mut grpc, None, "default", "httpbin", &["default"])
+        .await
+        .unwrap();
+    assert!(snap.full);
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(
+        posts_to(&api, TOKEN_REVIEWS).len(),
+        reviews_before,
+        "no TokenReview for a subscriber with a certificate"
+    );
+    // The certificate wins over a token for another identity.
+    let mismatch = subscribe(&mut grpc, Some("tok-httpbin"), "books", "httpbin", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        mismatch.code(),
+        tonic::Code::PermissionDenied,
+        "{mismatch:?}"
+    );
+    assert!(
+        mismatch
+            .message()
+            .contains("claims books/httpbin (pod \"\") but its certificate is for default/httpbin"),
+        "{}",
+        mismatch.message()
+    );
+
+    // A certificate for the same SPIFFE id from a CA of our own: the handshake fails.
+    let forger = rcgen::KeyPair::generate().unwrap();
+    let mut cp_params = rcgen::CertificateParams::default();
+    cp_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let forger_ca = cp_params.self_signed(&forger).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/default/sa/httpbin"
+            .to_string()
+            .try_into()
+            .unwrap(),
+    )];
+    let forged_cert = leaf.signed_by(&key, &forger_ca, &forger).unwrap();
+    let forged: ClientAuth = (vec![forged_cert.pem()], key);
+    // The server refuses the certificate after the client's side of the handshake completes
+    // (TLS 1.3): the connection, or the call on it, fails.
+    let r = tokio::time::timeout(PATIENCE, async {
+        let mut g = client_with_once(ca, &root, &forged).await?;
+        subscribe(&mut g, None, "default", "httpbin", &[])
+            .await
+            .map_err(|s| s.to_string())
+    })
+    .await
+    .expect("an answer");
+    let e = r.expect_err("a forged certificate was refused");
+    println!("forged certificate: {e}");
+
+    // Without a certificate, the token still authenticates.
+    let mut plain = client(ca, &root).await;
+    subscribe(&mut plain, Some("tok-httpbin"), "default", "httpbin", &[])
+        .await
+        .unwrap();
+
+    cp.stop(Duration::from_secs(5));
+    let log = std::fs::read_to_string(&cp.log).unwrap();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("discovery subscription refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert!(
+        refusals[0].contains("identity_mismatch")
+            && refusals[0].contains("books/httpbin")
+            && refusals[0].contains("default/httpbin"),
+        "{refusals:#?}"
+    );
+}
+
+/// One connection attempt presenting `auth` (no retries): the error as text.
+async fn client_with_once(
+    addr: SocketAddr,
+    root: &str,
+    auth: &ClientAuth,
+) -> Result<tonic::client::Grpc<tonic::transport::Channel>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<CertificateDer<'static>> = auth
+        .0
+        .iter()
+        .flat_map(|p| CertificateDer::pem_slice_iter(p.as_bytes()))
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(auth.1.serialize_der().into());
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let service = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from(CA_NAME).unwrap();
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://remora-ca.remora-system.svc:15012")
+        .connect_with_connector(service)
+        .await
+        .map(tonic::client::Grpc::new)
+        .map_err(|e| e.to_string())
 }

@@ -622,7 +622,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                                     &o.audience,
                                     Duration::from_secs(10),
                                 );
-                                let hub = discovery::serve::Hub::new(authn, limits.clone());
+                                let hub = discovery::serve::Hub::new(authn, &o.trust_domain, limits.clone());
                                 discovery_watches = discovery::watch::start(client.clone(), hub.clone());
                                 tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
                                     "discovery served on the CA's listener: watching services, endpointslices and pods (metadata) in all namespaces");

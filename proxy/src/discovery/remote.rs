@@ -1,6 +1,7 @@
 //! Discovery from the control plane (`--discovery-address`): one subscription to
 //! `remora.discovery.v1.Discovery/Subscribe` over TLS (the mesh root verifies the server),
-//! authenticated with the pod's projected token as the CA call is. Its responses feed the same
+//! authenticated with the workload certificate when the proxy holds one (presented as the TLS
+//! client certificate), else with the pod's projected token as the CA call is. Its responses feed the same
 //! store as the API watches (`wire.rs` turns them into store updates); each is acknowledged
 //! with its version. On a lost or refused stream the store is kept (the proxy serves the last
 //! state) and the subscription is made again with backoff and jitter. I/O only.
@@ -34,6 +35,18 @@ pub struct RemoteConfig {
     pub pod_name: String,
     /// Connect timeout.
     pub timeout: Duration,
+    /// The workload certificate, presented when there is one (then no token is sent).
+    pub certificate: Option<ClientCert>,
+}
+
+/// The workload identity whose current certificate the subscription presents.
+#[derive(Clone)]
+pub struct ClientCert(pub Arc<crate::identity::Identity>);
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientCert({})", self.0.config.spiffe_id())
+    }
 }
 
 /// Largest response accepted (a full snapshot of a large cluster).
@@ -98,9 +111,18 @@ async fn session(
     let early = |e: String| (e, false);
     let roots_pem = std::fs::read_to_string(&cfg.root_file)
         .map_err(|e| early(format!("mesh root {}: {e}", cfg.root_file.display())))?;
-    let token = std::fs::read_to_string(&cfg.token_file)
-        .map_err(|e| early(format!("token {}: {e}", cfg.token_file.display())))?;
-    let channel = connect(cfg, &roots_pem).await.map_err(early)?;
+    // The certificate when the proxy holds one, else the projected token.
+    let material = cfg.certificate.as_ref().and_then(|c| c.0.current());
+    let token = match &material {
+        Some(_) => None,
+        None => Some(
+            std::fs::read_to_string(&cfg.token_file)
+                .map_err(|e| early(format!("token {}: {e}", cfg.token_file.display())))?,
+        ),
+    };
+    let channel = connect(cfg, &roots_pem, material.as_deref())
+        .await
+        .map_err(early)?;
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE);
     let first = SubscribeRequest {
         namespace: cfg.namespace.clone(),
@@ -119,11 +141,13 @@ async fn session(
             |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
         );
     let mut req = tonic::Request::new(outbound);
-    let bearer = format!("Bearer {}", token.trim());
-    let value = bearer
-        .parse()
-        .map_err(|_| early("the token is not a valid header value".into()))?;
-    req.metadata_mut().insert("authorization", value);
+    if let Some(token) = token {
+        let bearer = format!("Bearer {}", token.trim());
+        let value = bearer
+            .parse()
+            .map_err(|_| early("the token is not a valid header value".into()))?;
+        req.metadata_mut().insert("authorization", value);
+    }
     grpc.ready()
         .await
         .map_err(|e| early(format!("{} not ready: {e}", cfg.address)))?;
@@ -175,20 +199,30 @@ fn describe(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-async fn connect(cfg: &RemoteConfig, roots_pem: &str) -> Result<tonic::transport::Channel, String> {
-    let roots = crate::identity::material::root_store(roots_pem)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS settings: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+async fn connect(
+    cfg: &RemoteConfig,
+    roots_pem: &str,
+    material: Option<&crate::identity::material::Material>,
+) -> Result<tonic::transport::Channel, String> {
+    let tls = match material {
+        Some(m) => m.control_plane.clone(),
+        None => {
+            let roots = crate::identity::material::root_store(roots_pem)?;
+            let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(tls)
+        }
+    };
     let name = ServerName::try_from(cfg.server_name.clone())
         .map_err(|e| format!("server name {:?}: {e}", cfg.server_name))?;
     let address = cfg.address.clone();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connector = tokio_rustls::TlsConnector::from(tls);
     let timeout = cfg.timeout;
     let service = tower::service_fn(move |_: http::Uri| {
         let (connector, name, address) = (connector.clone(), name.clone(), address.clone());

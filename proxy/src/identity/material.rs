@@ -56,6 +56,9 @@ pub struct Material {
     client_tcp: Arc<ClientConfig>,
     /// Inbound termination: a client certificate from the trust roots required.
     pub server: Arc<ServerConfig>,
+    /// The control plane's TLS port (discovery): its certificate verified by the trust roots
+    /// and its name (webpki), this certificate presented; ALPN h2.
+    pub control_plane: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for Material {
@@ -140,6 +143,13 @@ impl Material {
         let client_http1 = with_alpn(&[ALPN_PEER_EXCHANGE, ALPN_HTTP11, ALPN_TCP]);
         let client_h2 = with_alpn(&[ALPN_PEER_EXCHANGE, ALPN_H2, ALPN_TCP]);
         let client_tcp = with_alpn(&[ALPN_PEER_EXCHANGE, ALPN_TCP]);
+        let mut control_plane = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("client TLS settings: {e}"))?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(send.clone(), key.clone_key())
+            .map_err(|e| format!("client certificate: {e}"))?;
+        control_plane.alpn_protocols = vec![b"h2".to_vec()];
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| format!("client certificate verifier: {e}"))?;
@@ -171,6 +181,7 @@ impl Material {
             client_h2,
             client_tcp,
             server: Arc::new(server),
+            control_plane: Arc::new(control_plane),
         })
     }
 }

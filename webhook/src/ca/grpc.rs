@@ -203,6 +203,8 @@ pub struct CaService {
     ca: Arc<Ca>,
     extra: Option<Arc<dyn Extra>>,
     peer: Option<SocketAddr>,
+    /// The SPIFFE id of the connection's verified client certificate.
+    identity: Option<String>,
 }
 
 impl CaService {
@@ -211,6 +213,7 @@ impl CaService {
             ca,
             extra: None,
             peer: None,
+            identity: None,
         }
     }
 
@@ -220,11 +223,12 @@ impl CaService {
         self
     }
 
-    fn for_peer(&self, peer: SocketAddr) -> CaService {
+    fn for_peer(&self, peer: SocketAddr, identity: Option<String>) -> CaService {
         CaService {
             ca: self.ca.clone(),
             extra: self.extra.clone(),
             peer: Some(peer),
+            identity,
         }
     }
 }
@@ -271,7 +275,11 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(id) = &self.identity {
+            req.extensions_mut()
+                .insert(super::client_auth::PeerIdentity(id.clone()));
+        }
         if let Some(x) = self.extra.as_ref().filter(|x| req.uri().path() == x.path()) {
             return x.call(self.peer, req.map(tonic::body::Body::new));
         }
@@ -294,14 +302,21 @@ where
     }
 }
 
-/// A rustls server config for the CA listener: TLS 1.2/1.3, ALPN h2 only.
-pub fn tls_config(resolver: Arc<crate::tls::CertResolver>) -> anyhow::Result<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+/// A rustls server config for the CA listener: TLS 1.2/1.3, ALPN h2 only; with `clients`, a
+/// client certificate is asked for (optional) and verified by it.
+pub fn tls_config(
+    resolver: Arc<crate::tls::CertResolver>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
@@ -335,7 +350,7 @@ pub async fn serve(
             continue;
         };
         let acceptor = acceptor.clone();
-        let svc = svc.for_peer(peer);
+        let svc = svc.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -352,6 +367,14 @@ pub async fn serve(
                     return;
                 }
             };
+            // A verified client certificate's identity (the verifier checked the chain).
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| super::client_auth::spiffe_of(leaf));
+            let svc = svc.for_peer(peer, identity);
             let mut h2 =
                 hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
             h2.timer(hyper_util::rt::TokioTimer::new())

@@ -19,6 +19,7 @@
 //! Secret that does not load leaves the current CA in place, with the reason in the log.
 
 pub mod authn;
+pub mod client_auth;
 pub mod grpc;
 pub mod publish;
 pub mod root;
@@ -467,7 +468,13 @@ pub async fn start_with(
                 return;
             }
         };
-        let tls = match grpc::tls_config(resolver.clone()) {
+        // Client certificates are asked for (optional) when another method (discovery) uses
+        // them; certificate requests authenticate with the token only.
+        let clients = extra.as_ref().map(|_| {
+            Arc::new(client_auth::MeshClientVerifier::new(authority.clone()))
+                as Arc<dyn rustls::server::danger::ClientCertVerifier>
+        });
+        let tls = match grpc::tls_config(resolver.clone(), clients) {
             Ok(t) => Arc::new(t),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "mesh CA: TLS config; not serving");

@@ -63,6 +63,10 @@ impl tonic::server::StreamingService<SubscribeRequest> for Subscribe {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let certificate = request
+                .extensions()
+                .get::<crate::ca::client_auth::PeerIdentity>()
+                .map(|p| p.0.clone());
             let mut inbound = request.into_inner();
             let first =
                 match tokio::time::timeout(hub.limits().first_request, inbound.message()).await {
@@ -80,7 +84,9 @@ impl tonic::server::StreamingService<SubscribeRequest> for Subscribe {
                         )))
                     }
                 };
-            let sub = hub.subscribe(peer, auth.as_deref(), &first).await?;
+            let sub = hub
+                .subscribe(peer, certificate.as_deref(), auth.as_deref(), &first)
+                .await?;
             // The proxy's acknowledgements: recorded until its side of the stream ends.
             let (id, who) = (sub.id, sub.who.clone());
             let acks = tokio::spawn({

@@ -8,14 +8,18 @@
 //! - `cache`: what the control plane holds, the change each watch event makes, what one
 //!   subscriber sees of it (per-namespace filter), pure.
 //! - `watch`: the three watches (I/O).
+//! - `reviews`: the subscribers' TokenReviews, bounded in flight, one per token at once, kept
+//!   a short time (reconnect storms cost the API server one review per token).
 //! - `serve`: the hub: authentication of a subscriber (its projected token, a TokenReview as
-//!   the CA does, the claimed namespace and service account must be the token's), the cap on
+//!   the CA does through `reviews`, the claimed namespace and service account must be the
+//!   token's), the cap on
 //!   subscribers, bounded per-subscriber queues (a subscriber too slow is dropped and told).
 //! - `grpc`: the streaming method, served by the CA's listener (`ca::grpc`).
 
 pub mod cache;
 pub mod convert;
 pub mod grpc;
+pub mod reviews;
 pub mod serve;
 pub mod watch;
 

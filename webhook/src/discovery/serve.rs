@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
 use super::cache::{Cache, Event, Filter};
+use super::reviews::{Denied, Review, Reviews};
 use crate::ca::authn::{bearer, Authenticator};
+use crate::ca::sign::Identity;
 
 /// Bounds of the service.
 #[derive(Clone, Debug)]
@@ -26,6 +28,8 @@ pub struct Limits {
     pub sync_wait: Duration,
     /// How long the first request may take to arrive.
     pub first_request: Duration,
+    /// The subscribers' TokenReviews: in flight at once, kept how long.
+    pub reviews: super::reviews::Limits,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             queue: 64,
             sync_wait: Duration::from_secs(30),
             first_request: Duration::from_secs(10),
+            reviews: super::reviews::Limits::default(),
         }
     }
 }
@@ -58,7 +63,11 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     synced: watch::Sender<bool>,
-    authn: Authenticator,
+    /// The audience subscribers' tokens are for.
+    audience: String,
+    /// The mesh's trust domain: a client certificate's SPIFFE id must be in it.
+    trust_domain: String,
+    reviews: Reviews,
     limits: Limits,
     next_id: AtomicU64,
 }
@@ -84,11 +93,24 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(authn: Authenticator, limits: Limits) -> Arc<Hub> {
+    pub fn new(authn: Authenticator, trust_domain: &str, limits: Limits) -> Arc<Hub> {
+        let audience = authn.audience.clone();
+        Hub::with_reviewer(Arc::new(authn), &audience, trust_domain, limits)
+    }
+
+    /// A hub whose subscribers' tokens `reviewer` checks (for `audience`).
+    pub fn with_reviewer(
+        reviewer: Arc<dyn Review>,
+        audience: &str,
+        trust_domain: &str,
+        limits: Limits,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
             synced: watch::channel(false).0,
-            authn,
+            audience: audience.to_string(),
+            trust_domain: trust_domain.to_string(),
+            reviews: Reviews::new(reviewer, limits.reviews.clone()),
             limits,
             next_id: AtomicU64::new(1),
         })
@@ -153,17 +175,25 @@ impl Hub {
         }
     }
 
+    /// TokenReviews sent for subscribers so far.
+    pub fn reviews_made(&self) -> u64 {
+        self.reviews.made()
+    }
+
     /// (subscribers, version, services, slices, pods)
     pub fn stats(&self) -> (usize, u64, (usize, usize, usize)) {
         let st = locked(&self.state);
         (st.subs.len(), st.cache.version(), st.cache.counts())
     }
 
-    /// Authenticate the first request, wait for the first lists, register the subscriber and
-    /// queue its snapshot. Refusals are logged once, naming who asked.
+    /// Authenticate the first request (`certificate`: the SPIFFE id of the connection's
+    /// verified client certificate, which wins over a token), wait for the first lists,
+    /// register the subscriber and queue its snapshot. Refusals are logged once, naming who
+    /// asked.
     pub async fn subscribe(
         self: &Arc<Self>,
         peer: Option<SocketAddr>,
+        certificate: Option<&str>,
         authorization: Option<&str>,
         req: &SubscribeRequest,
     ) -> Result<Subscription, Status> {
@@ -174,16 +204,35 @@ impl Hub {
         );
         let refuse = |code: Code, reason: &'static str, msg: String, token_id: &str| {
             super::metrics::refused(reason);
-            tracing::warn!(reason, claimed = %claim, token_identity = %token_id, peer = %peer_s,
+            tracing::warn!(reason, claimed = %claim, identity = %token_id, peer = %peer_s,
                 "discovery subscription refused: {msg}");
             Status::new(code, format!("discovery refused: {msg} (reason: {reason})"))
         };
-        let token = bearer(authorization, &self.authn.audience)
-            .map_err(|r| refuse(Code::Unauthenticated, "unauthenticated", r.message, ""))?;
-        let id = self.authn.authenticate(token).await.map_err(|r| {
-            let code = crate::ca::grpc::status_of(&r).code();
-            refuse(code, r.reason.label(), r.message, "")
-        })?;
+        let (id, by) = match certificate {
+            Some(spiffe) => match cert_identity(spiffe, &self.trust_domain) {
+                Ok(id) => (id, "certificate"),
+                Err(msg) => {
+                    return Err(refuse(
+                        Code::PermissionDenied,
+                        "bad_certificate",
+                        msg,
+                        spiffe,
+                    ))
+                }
+            },
+            None => {
+                let token = bearer(authorization, &self.audience)
+                    .map_err(|r| refuse(Code::Unauthenticated, "unauthenticated", r.message, ""))?;
+                let id = self.reviews.identity(token).await.map_err(|d| match d {
+                    Denied::Refused(r) => {
+                        let code = crate::ca::grpc::status_of(&r).code();
+                        refuse(code, r.reason.label(), r.message, "")
+                    }
+                    Denied::Busy(msg) => refuse(Code::Unavailable, "reviews_busy", msg, ""),
+                })?;
+                (id, "token")
+            }
+        };
         let token_id = format!("{}/{}", id.namespace, id.service_account);
         let pod_ok = match (&id.pod, req.pod_name.as_str()) {
             (Some(p), claimed) if !claimed.is_empty() => p == claimed,
@@ -194,7 +243,7 @@ impl Hub {
                 Code::PermissionDenied,
                 "identity_mismatch",
                 format!(
-                    "the request claims {claim} but its token is for {token_id}{}",
+                    "the request claims {claim} but its {by} is for {token_id}{}",
                     id.pod
                         .as_deref()
                         .map(|p| format!(" (pod {p:?})"))
@@ -301,6 +350,27 @@ impl Subscription {
     }
 }
 
+/// The namespace and service account of a verified client certificate's SPIFFE id, which must
+/// be `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+pub fn cert_identity(spiffe: &str, trust_domain: &str) -> Result<Identity, String> {
+    let in_domain = spiffe
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(td, _)| td == trust_domain);
+    match remora_model::workload::spiffe_ns_sa(spiffe) {
+        Some((ns, sa)) if in_domain && super::is_namespace(ns) && !sa.contains(':') => {
+            Ok(Identity {
+                namespace: ns.to_string(),
+                service_account: sa.to_string(),
+                pod: None,
+            })
+        }
+        _ => Err(format!(
+            "client certificate identity {spiffe:?} is not spiffe://{trust_domain}/ns/<namespace>/sa/<service account>"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +384,7 @@ mod tests {
                 .unwrap();
         Hub::new(
             Authenticator::new(client, "remora-ca", Duration::from_secs(1)),
+            "cluster.local",
             limits,
         )
     }
@@ -331,6 +402,28 @@ mod tests {
             },
             Default::default(),
         ))
+    }
+
+    #[test]
+    fn certificate_identities() {
+        let id = cert_identity("spiffe://cluster.local/ns/shop/sa/web", "cluster.local").unwrap();
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("shop", "web")
+        );
+        for bad in [
+            "spiffe://other.td/ns/shop/sa/web",
+            "spiffe://cluster.local/ns/shop/sa/web/x",
+            "spiffe://cluster.local/ns/Shop/sa/web",
+            "spiffe://cluster.local/sa/web/ns/shop",
+            "https://cluster.local/ns/shop/sa/web",
+        ] {
+            let e = cert_identity(bad, "cluster.local").unwrap_err();
+            assert!(
+                e.contains("is not spiffe://cluster.local/ns/<namespace>/sa/<service account>"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[tokio::test]
