@@ -1247,12 +1247,19 @@ async fn sidecars_get_their_identity_from_the_ca_and_talk_mutual_tls() {
         &[("reason", "mtls_required")],
     );
     assert!(refused >= 1.0, "{m:?}");
-    let principal_lines = server
-        .log()
-        .lines()
-        .filter(|l| l.contains(&format!("\"peer_principal\":\"{SLEEP}\"")))
-        .count();
-    assert_eq!(principal_lines, 6, "{}", server.log());
+    // The access log is written in batches (every 20 ms): wait (bounded) for the lines.
+    let principal_lines = || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"peer_principal\":\"{SLEEP}\"")))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while principal_lines() < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(principal_lines(), 6, "{}", server.log());
     let cm = client.metrics().await;
     assert_eq!(
         remora_e2e::client::sum(

@@ -89,6 +89,23 @@ fn metrics_of(lab: &Lab, pods: &[&Pod]) -> Vec<Vec<Sample>> {
     pods.iter().map(|p| must(lab, lab.metrics(p))).collect()
 }
 
+/// The metrics once two reads 300 ms apart count the same requests (bounded: 10 s), so
+/// requests that finished just before are counted.
+fn settled_metrics(lab: &Lab, pods: &[&Pod]) -> Vec<Vec<Sample>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = metrics_of(lab, pods);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = metrics_of(lab, pods);
+        let requests =
+            |m: &[Vec<Sample>]| -> Vec<f64> { m.iter().map(|p| sum(p, REQ, &[])).collect() };
+        if requests(&now) == requests(&last) || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Waits (bounded) until `check` holds on fresh metrics; telemetry is recorded when a request
 /// completes, which can be a moment after the client saw the answer.
 fn eventually_metrics(
@@ -201,7 +218,9 @@ fn bookinfo_routing_rules_and_metrics() {
         "ratings",
     ];
     let pods: Vec<&Pod> = names.iter().map(|n| lab.pod(n).unwrap()).collect();
-    let before = metrics_of(&lab, &pods);
+    // A request's metrics are recorded when its proxy finishes it, a moment after the client
+    // has its answer: the counts before are taken once the earlier requests are all in.
+    let before = settled_metrics(&lab, &pods);
     let k = 40;
     let seen = review_versions(&lab, k, &[]);
     let with_ratings = seen
