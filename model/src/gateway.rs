@@ -817,6 +817,22 @@ mod tests {
     }
 
     /// What a request becomes: `forward host:port`, `redirect 301 URL` or `deny 404`.
+    /// A connection's decision on an L4 listener, as one line.
+    fn l4_outcome(s: &Snapshot, l: &Listener, sni: Option<&str>) -> String {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        match route_l4(s, l, sni, &mut rng) {
+            Decision::Forward(f) => format!(
+                "forward {}:{}{} by {}",
+                f.host,
+                f.port,
+                if f.resolve_by_dns { " dns" } else { "" },
+                f.virtual_service.unwrap_or_default()
+            ),
+            Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn outcome(s: &Snapshot, l: &Listener, authority: &str, path: &str, tls: bool) -> String {
         let h = http::HeaderMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -929,20 +945,7 @@ spec:
             ]
         );
         let listener = |port: u16| p.listener(port).expect("planned").clone();
-        let outcome = |l: &Listener, sni: Option<&str>| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            match route_l4(&s, l, sni, &mut rng) {
-                Decision::Forward(f) => format!(
-                    "forward {}:{}{} by {}",
-                    f.host,
-                    f.port,
-                    if f.resolve_by_dns { " dns" } else { "" },
-                    f.virtual_service.unwrap_or_default()
-                ),
-                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
-                other => format!("{other:?}"),
-            }
-        };
+        let outcome = |l: &Listener, sni: Option<&str>| l4_outcome(&s, l, sni);
         // Gateway port 443 listens on 8443 (the default port map).
         let tls = listener(8443);
         let cases: &[(Option<&str>, &str)] = &[
@@ -1033,35 +1036,23 @@ spec:
         assert!(l.kind.terminates_tls() && ListenerKind::Https.terminates_tls());
         assert!(!ListenerKind::Passthrough.terminates_tls());
         assert_eq!(l.servers.len(), 2);
-        let outcome = |sni: Option<&str>| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            match route_l4(&s, &l, sni, &mut rng) {
-                Decision::Forward(f) => format!(
-                    "forward {}:{} by {}",
-                    f.host,
-                    f.port,
-                    f.virtual_service.unwrap_or_default()
-                ),
-                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
-                other => format!("{other:?}"),
-            }
-        };
+        let outcome = |sni: Option<&str>| l4_outcome(&s, &l, sni);
         let cases: &[(Option<&str>, &str)] = &[
             (
                 Some("db.example.com"),
-                "forward db.internal:5432 by default/db",
+                "forward db.internal:5432 dns by default/db",
             ),
             // The tcp route, never the tls one, once the gateway decrypted the stream.
             (
                 Some("MQ.example.com."),
-                "forward mq.internal:5672 by default/mq",
+                "forward mq.internal:5672 dns by default/mq",
             ),
             (
                 Some("www.example.com"),
                 "deny 404: no Gateway server on port 9443 has host \"www.example.com\"",
             ),
             // No SNI: every server of the port; the first VirtualService loaded with tcp routes.
-            (None, "forward db.internal:5432 by default/db"),
+            (None, "forward db.internal:5432 dns by default/db"),
         ];
         for (sni, want) in cases {
             assert_eq!(outcome(*sni), *want, "SNI {sni:?}");

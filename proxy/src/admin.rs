@@ -64,9 +64,8 @@ pub struct AdminState {
     pub ready_gate: Option<Arc<ReadyGate>>,
     /// Set the first time readiness is 200 (logged once).
     became_ready: AtomicBool,
-    /// A gateway's listening ports, which readiness waits for instead of the capture ports.
-    pub gateway_ports: Option<Vec<u16>>,
-    /// A gateway's router (`remora-proxy gateway`): its ports and plan for `/config_dump`.
+    /// A gateway's router (`remora-proxy gateway`): its listening ports (which readiness waits
+    /// for instead of the capture ports) and its plan for `/config_dump`.
     pub gateway: Option<Arc<crate::gateway::GatewayRouter>>,
     /// The app's own metrics, merged into 15020's `/stats/prometheus` (metrics merging).
     pub app_metrics: Option<crate::telemetry::app_metrics::AppMetrics>,
@@ -85,7 +84,6 @@ impl AdminState {
             discovery: None,
             ready_gate: None,
             became_ready: AtomicBool::new(false),
-            gateway_ports: None,
             app_metrics: None,
             gateway: None,
         }
@@ -114,8 +112,8 @@ impl AdminState {
             return true;
         }
         let s = &self.shared.settings;
-        let ok = match &self.gateway_ports {
-            Some(ports) => ports.iter().all(|p| process_listens_on(*p)),
+        let ok = match &self.gateway {
+            Some(g) => g.ports().iter().all(|p| process_listens_on(*p)),
             None => [s.outbound_addr, s.inbound_addr]
                 .iter()
                 .all(|a| process_listens_on(a.port())),

@@ -651,7 +651,6 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
             labels.clone(),
         )?),
     };
-    let gateway_ports = gateway_router.as_ref().map(|r| r.ports());
 
     // Admin servers and the rules watcher on their own runtime and thread.
     let mut admin_state = AdminState::new(
@@ -663,7 +662,6 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     .with_ready_gate(ready_gate);
     // Uptime and "ready after" count from the process's start, as the discovery timeout does.
     admin_state.started = started;
-    admin_state.gateway_ports = gateway_ports;
     admin_state.gateway = gateway_router.clone();
     admin_state.app_metrics = app_metrics(&shared)?;
     let admin_state = Arc::new(admin_state);

@@ -194,19 +194,11 @@ fn client_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
     (ca.pem(), leaves)
 }
 
-/// One HTTPS GET through a real TLS client trusting `root`, with `sni` and optionally a client
-/// certificate (PEM certificate, PEM key): the response and the DER of the certificate the
-/// server showed, or what failed.
-fn https_try(
-    addr: SocketAddr,
-    sni: &str,
-    root: &str,
-    path: &str,
-    client: Option<(&str, &str)>,
-) -> Result<(HttpResp, Vec<u8>), String> {
+/// A rustls client trusting `root` (PEM), with a client certificate (PEM certificate, PEM key)
+/// when given.
+fn client_config(root: &str, client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -217,7 +209,7 @@ fn https_try(
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots);
-    let cfg = match client {
+    Arc::new(match client {
         None => b.with_no_client_auth(),
         Some((c, k)) => b
             .with_client_auth_cert(
@@ -227,9 +219,22 @@ fn https_try(
                 PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
             )
             .unwrap(),
-    };
+    })
+}
+
+/// One HTTPS GET through a real TLS client trusting `root`, with `sni` and optionally a client
+/// certificate (PEM certificate, PEM key): the response and the DER of the certificate the
+/// server showed, or what failed.
+fn https_try(
+    addr: SocketAddr,
+    sni: &str,
+    root: &str,
+    path: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(HttpResp, Vec<u8>), String> {
+    use std::io::{Read, Write};
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(client_config(root, client), name).unwrap();
     let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -737,32 +742,9 @@ fn tls_line(
     client: Option<(&str, &str)>,
     line: &[u8],
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let cfg = match client {
-        None => b.with_no_client_auth(),
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(c.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(client_config(root, client), name).unwrap();
     let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
