@@ -15,6 +15,7 @@ pub mod authz;
 pub mod check;
 pub mod describe;
 pub mod dump;
+pub mod gateways;
 pub mod kube;
 pub mod objects;
 pub mod proxyconfig;
@@ -1185,7 +1186,9 @@ async fn controller_findings(
             ))
         })
         .collect();
-    Ok(rules::findings(&objects, &namespaces, &views, ns, settings))
+    let mut out = rules::findings(&objects, &namespaces, &views, ns, settings);
+    out.extend(gateways::findings(cluster, ns, &objects, &settings.cluster_domain).await?);
+    Ok(out)
 }
 
 /// Every object of the kinds the rules controller watches (each at the best version its API

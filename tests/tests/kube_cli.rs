@@ -1127,6 +1127,44 @@ async fn analyze_istio_objects_for_the_rules_controller() {
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
 }
 
+/// Gateways: a VirtualService bound to a missing Gateway (error) or to one none of whose hosts
+/// it matches (warning), a Gateway whose selector matches no pod, a `credentialName` with no
+/// Secret where the gateway pods run, and the Kubernetes Gateway API's objects (not applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_gateways() {
+    let api = api_with("analyze-gateways.json").await;
+    let r = remora(&api, &["analyze", "-A"]).await;
+    assert_eq!(r.code, 1, "errors exit 1\n{}", r.all());
+    for line in [
+        "error: VirtualService bookinfo/bookinfo-typo: spec.gateways[0]: bound to Gateway istio-system/bookinfo-gateway, which does not exist: no gateway routes by this VirtualService there\n",
+        "warning: VirtualService bookinfo/bookinfo-edge: spec.hosts: none of the hosts reviews.example.org matches a host of Gateway bookinfo/bookinfo-https (its server hosts: bookinfo.example.com): the gateway never routes by this VirtualService\n",
+        "error: Gateway bookinfo/bookinfo-https: spec.servers[0].tls.credentialName: no Secret \"bookinfo-cert\" in namespace istio-system (where the gateway pods that serve this Gateway run): this server stays down until it exists\n",
+        "warning: Gateway shop/shop-gateway: spec.selector: no pod has the labels istio=shop-gateway: no gateway serves this Gateway\n",
+        "warning: Gateway shop/shop-edge: Kubernetes Gateway API (gateway.networking.k8s.io) objects are not applied by remora yet: no remora gateway or sidecar routes by this Gateway; use Istio's Gateway and VirtualService\n",
+        "warning: HTTPRoute shop/storefront: Kubernetes Gateway API (gateway.networking.k8s.io) objects are not applied by remora yet",
+    ] {
+        assert!(r.stdout.contains(line), "missing {line:?}\n{}", r.all());
+    }
+    // The VirtualService bound to an existing Gateway through a matching host: nothing said.
+    assert!(
+        !r.stdout.contains("VirtualService bookinfo/bookinfo:"),
+        "{}",
+        r.all()
+    );
+    // The Secret was looked up by name only where the gateway pod runs.
+    let secrets: Vec<String> = api
+        .requests()
+        .into_iter()
+        .map(|s| s.path_and_query)
+        .filter(|p| p.contains("/secrets"))
+        .collect();
+    assert_eq!(
+        secrets,
+        ["/api/v1/namespaces/istio-system/secrets/bookinfo-cert"]
+    );
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
+
 /// `rules import`: the namespace's objects from the cluster as a ConfigMap to keep by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_import_prints_a_users_configmap() {

@@ -1,6 +1,7 @@
 //! `remora-proxy validate DIR`: lint a rule set offline — schema errors, unknown subsets,
 //! undefined hosts, weights not summing to 100, unreachable (shadowed) routes.
 
+pub mod gateway;
 pub mod policy;
 
 use std::fmt;
