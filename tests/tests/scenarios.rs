@@ -1388,7 +1388,8 @@ fn authorization_and_jwt_between_pods() {
 /// VirtualService bound to it and the Services' entries — written by the rules controller from
 /// objects, as `kubectl apply` does. A client outside the mesh gets the product page through the
 /// gateway, built by productpage from reviews v3 and ratings; an unmatched path is the
-/// gateway's 404.
+/// gateway's 404. The gateway holds a workload identity from the lab's mesh CA, so under
+/// PeerAuthentication STRICT it still reaches productpage, over mutual TLS.
 #[test]
 fn bookinfo_through_the_ingress_gateway() {
     gateway_scenario(true);
@@ -1562,6 +1563,57 @@ fn gateway_scenario(rules_controller: bool) {
             Ok(())
         } else {
             Err(format!("gateway counted {n} pages, want at least 11"))
+        }
+    });
+
+    // The gateway has a workload identity (the manifest's CA settings, as the injector gives
+    // sidecars): under PeerAuthentication STRICT in bookinfo it still reaches productpage, over
+    // mutual TLS, and productpage names the gateway's principal as the source.
+    let strict = PEER_AUTHENTICATION.replace("MODE", "STRICT");
+    let r = lab.apply(&rules(&[&bound, &split, &strict]), "bookinfo");
+    must(&lab, r);
+    let outside = lab.pod("outside/visitor").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .http(outside, "productpage.bookinfo", 9080, "/productpage", &[])
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "STRICT not in effect at productpage within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..5 {
+        let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+        assert_eq!(
+            r.status,
+            200,
+            "through the gateway under STRICT: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let pp = lab.pod("bookinfo/productpage").unwrap();
+    eventually_metrics(&lab, &[pp], |m| {
+        let n = sum(
+            &m[0],
+            REQ,
+            &[
+                ("reporter", "destination"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
+                ),
+                ("source_workload", "istio-ingressgateway"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        );
+        if n >= 5.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "productpage counted {n} mutual-TLS requests from the gateway, want at least 5"
+            ))
         }
     });
 }
