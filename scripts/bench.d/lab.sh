@@ -3,9 +3,10 @@
 # load (1,000 req/s, 16 connections, 1 KiB responses, 30 s, latency corrected for coordinated
 # omission, oha) and a saturation load (64 connections) from a client pod to a server pod:
 # direct, through nginx and through HAProxy (one reverse-proxy hop in the server pod, same worker
-# count as remora-proxy), through one remora inbound hop, and through the remora sidecar pair.
+# count as remora-proxy; plain, and terminating TLS), through one remora inbound hop, through the
+# remora ingress gateway (plain, and terminating TLS) and through the remora sidecar pair.
 # Then the webhook and init benches. Writes the Markdown report to docs/benchmarks.md with the
-# machine and date. Bounded: 5 paths x (2 + 2 x duration) s of load, plus the other two benches.
+# machine and date. Bounded: 9 paths x (2 + 2 x duration) s of load, plus the other two benches.
 #
 #   LAB_BENCH_SECONDS   seconds per load run (default 30)
 #   LAB_BENCH_OTHERS    0 to skip the webhook and init benches (default 1)

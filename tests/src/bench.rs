@@ -1,7 +1,9 @@
 //! The data-plane benchmark in the lab (`remora-lab bench`, run by `scripts/bench lab`): the same
 //! fixed-rate and saturation loads (oha) from a client pod to a server pod, direct, through nginx
-//! and HAProxy (one reverse-proxy hop in the server pod), through one remora inbound hop, and
-//! through the remora sidecar pair. Prints a Markdown table.
+//! and HAProxy (one reverse-proxy hop in the server pod, plain and terminating TLS), through one
+//! remora inbound hop, through the remora ingress gateway (`manifests/gateway.yaml`, plain and
+//! terminating TLS) to the plain server, and through the remora sidecar pair. Prints a Markdown
+//! table.
 
 use crate::lab::{Lab, LabOptions};
 use crate::table;
@@ -172,15 +174,26 @@ struct Row {
     rss_load: Option<u64>,
 }
 
-fn write_configs(dir: &Path, args: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
+/// The host of the TLS rows' certificate (self-signed; the load generator does not verify it,
+/// as the peers' rows do not either).
+const TLS_HOST: &str = "bench.example.com";
+
+/// Writes nginx's and HAProxy's configurations and the TLS rows' certificate (`tls.crt`,
+/// `tls.key`, and HAProxy's `tls.pem`); returns the configurations and (certificate, key).
+fn write_configs(dir: &Path, args: &BenchArgs) -> Result<(PathBuf, PathBuf, (String, String))> {
     std::fs::create_dir_all(dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec![TLS_HOST.to_string()])?;
+    let (crt, key) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+    std::fs::write(dir.join("tls.crt"), &crt)?;
+    std::fs::write(dir.join("tls.key"), &key)?;
+    std::fs::write(dir.join("tls.pem"), format!("{crt}{key}"))?;
     std::fs::create_dir_all(dir.join("nginx-tmp"))?;
     let t = dir.join("nginx-tmp");
     let nginx = dir.join("nginx.conf");
     std::fs::write(
         &nginx,
         format!(
-            "worker_processes {w};\nuser root;\npid {d}/nginx.pid;\nerror_log stderr warn;\ndaemon off;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi; uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n  upstream app {{ server 127.0.0.1:8080; keepalive 128; }}\n  server {{\n    listen 8081 reuseport;\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            "worker_processes {w};\nuser root;\npid {d}/nginx.pid;\nerror_log stderr warn;\ndaemon off;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi; uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n  upstream app {{ server 127.0.0.1:8080; keepalive 128; }}\n  server {{\n    listen 8081 reuseport;\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n  server {{\n    listen 8443 ssl reuseport;\n    ssl_certificate {d}/tls.crt; ssl_certificate_key {d}/tls.key;\n    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
             w = args.workers,
             d = dir.display(),
             t = t.display()
@@ -190,11 +203,12 @@ fn write_configs(dir: &Path, args: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
     std::fs::write(
         &haproxy,
         format!(
-            "global\n  nbthread {w}\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind :8082\n  default_backend b\nbackend b\n  server app 127.0.0.1:8080\n",
-            w = args.workers
+            "global\n  nbthread {w}\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind :8082\n  default_backend b\nfrontend ftls\n  bind :8444 ssl crt {d}/tls.pem\n  default_backend b\nbackend b\n  server app 127.0.0.1:8080\n",
+            w = args.workers,
+            d = dir.display()
         ),
     )?;
-    Ok((nginx, haproxy))
+    Ok((nginx, haproxy, (crt, key)))
 }
 
 fn lab_yaml(args: &BenchArgs, nginx: &Path, haproxy: &Path) -> String {
@@ -221,6 +235,16 @@ apiVersion: v1
 kind: Service
 metadata: {{name: haproxy}}
 spec: {{selector: {{app: server-plain}}, ports: [{{name: http, port: 8082, targetPort: 8082}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: nginx-tls}}
+spec: {{selector: {{app: server-plain}}, ports: [{{name: https, port: 8443, targetPort: 8443}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: haproxy-tls}}
+spec: {{selector: {{app: server-plain}}, ports: [{{name: https, port: 8444, targetPort: 8444}}]}}
 ---
 apiVersion: v1
 kind: Service
@@ -288,10 +312,43 @@ fn oha(
     if let Some(q) = rate {
         argv.extend(["-q".into(), q.to_string(), "--latency-correction".into()]);
     }
+    if url.starts_with("https://") {
+        // The rows' self-signed certificate: no row verifies it.
+        argv.push("--insecure".into());
+    }
     argv.push(url.into());
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = crate::netns::run("ip", &refs)?;
     parse_oha(&out)
+}
+
+/// The ingress gateway as `manifests/gateway.yaml` ships it (its Secret mounted, as the lab's
+/// gateway scenario does), serving a Gateway with an HTTP server and an HTTPS server (`SIMPLE`,
+/// the rows' certificate) for every host, routed to the plain server; waits until both serve.
+fn start_gateway(lab: &mut Lab, crt: &str, key: &str) -> Result<()> {
+    const CREDENTIAL: &str = "bench-credential";
+    lab.create_secret(
+        crate::lab::GATEWAY_NAMESPACE,
+        CREDENTIAL,
+        &[("tls.crt", crt), ("tls.key", key)],
+    )?;
+    let rules = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bench-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: ['*']\n    tls: {{mode: SIMPLE, credentialName: {CREDENTIAL}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bench-gateway}}\nspec:\n  hosts: ['*']\n  gateways: [bench-gateway]\n  http:\n  - route: [{{destination: {{host: direct.plain.svc.cluster.local, port: {{number: 8080}}}}}}]\n"
+    );
+    lab.apply(&rules, "plain")?;
+    lab.start_gateway_with_credentials(&[CREDENTIAL])?;
+    let client = lab.pod("client-plain")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = lab.http(client, &crate::ingress::gateway_host(), 80, "/", &[]);
+        if matches!(&r, Ok(r) if r.status == 200) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("the gateway did not route to the server within 30 s: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn proxy_groups(lab: &Lab, proxies: &[(&str, &str)]) -> Result<Vec<u32>> {
@@ -325,8 +382,11 @@ pub fn run(opts: LabOptions, args: BenchArgs) -> Result<()> {
     let mut lab = Lab::start(opts)?;
     lab.create_namespace("plain", &[])?;
     let dir = lab.dir().join("bench");
-    let (nginx, haproxy) = write_configs(&dir, &args)?;
+    let (nginx, haproxy, (crt, key)) = write_configs(&dir, &args)?;
     if let Err(e) = lab.apply(&lab_yaml(&args, &nginx, &haproxy), "plain") {
+        bail!("{e:#}\n{}", lab.logs(20));
+    }
+    if let Err(e) = start_gateway(&mut lab, &crt, &key) {
         bail!("{e:#}\n{}", lab.logs(20));
     }
     let paths = vec![
@@ -353,6 +413,30 @@ pub fn run(opts: LabOptions, args: BenchArgs) -> Result<()> {
             client: "client-plain",
             url: "http://server.mesh:8080/",
             proxies: vec![("server-mesh", "remora-proxy")],
+        },
+        Path4 {
+            name: "nginx, TLS termination",
+            client: "client-plain",
+            url: "https://nginx-tls:8443/",
+            proxies: vec![("server-plain", "nginx")],
+        },
+        Path4 {
+            name: "HAProxy, TLS termination",
+            client: "client-plain",
+            url: "https://haproxy-tls:8444/",
+            proxies: vec![("server-plain", "haproxy")],
+        },
+        Path4 {
+            name: "remora gateway, HTTP",
+            client: "client-plain",
+            url: "http://istio-ingressgateway.istio-system/",
+            proxies: vec![("istio-system/istio-ingressgateway", "istio-proxy")],
+        },
+        Path4 {
+            name: "remora gateway, TLS termination",
+            client: "client-plain",
+            url: "https://istio-ingressgateway.istio-system/",
+            proxies: vec![("istio-system/istio-ingressgateway", "istio-proxy")],
         },
         Path4 {
             name: "remora sidecar pair",
