@@ -61,6 +61,10 @@ pub struct Description {
     /// The AuthorizationPolicies, RequestAuthentications and PeerAuthentications of the rules,
     /// and whether each selects the pod.
     pub security: super::authz::SecurityView,
+    /// For a gateway pod (`remora-proxy gateway`): its listeners, servers and bound routes as
+    /// the rules plan them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<remora_model::dump::GatewayDump>,
     pub annotations: Vec<AnnotationNote>,
     pub notes: Vec<String>,
 }
@@ -1290,6 +1294,7 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         services: services_v,
         sidecar: sidecar_of(rules, &labels),
         security,
+        gateway: super::gateway_view::of(pod, &labels, &rules.snapshot),
         annotations,
         notes,
     }
@@ -1444,6 +1449,9 @@ pub fn render_text(d: &Description) -> String {
         d.sidecar.outbound_traffic_policy
     );
     o.push_str(&super::authz::render_selection(&d.security));
+    if let Some(g) = &d.gateway {
+        super::gateway_view::render(g, &mut o);
+    }
     if !d.annotations.is_empty() {
         let _ = writeln!(o, "Annotations:");
         for a in &d.annotations {

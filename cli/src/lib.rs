@@ -15,6 +15,7 @@ pub mod authz;
 pub mod check;
 pub mod describe;
 pub mod dump;
+pub mod gateway_view;
 pub mod gateways;
 pub mod kube;
 pub mod objects;

@@ -641,7 +641,10 @@ fn unconditional(m: &HttpMatch) -> bool {
 
 fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
     let mut rows = Vec::new();
-    for vs in rules.vss {
+    // A gateway routes by the VirtualServices bound to its Gateways, and by nothing else.
+    let gateway = rules.dump.gateway.as_ref();
+    let vss = gateway.map_or(rules.vss, |g| g.virtual_services.as_slice());
+    for vs in vss {
         let key = key_of(&vs.meta);
         let name = vs.meta.name.as_str();
         let hosts = vs.hosts.clone();
@@ -680,7 +683,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
                     format!("{policy}; {limits}")
                 };
             }
-            if !mesh {
+            if !mesh && gateway.is_none() {
                 policy.push_str(" (gateways only: not applied by sidecars)");
             }
             vs_rows.push((
@@ -746,7 +749,7 @@ fn route_rows(rules: &Rules<'_>, f: &Filters) -> Vec<RouteRow> {
             rows.push(row);
         }
     }
-    if f.name.is_some() {
+    if f.name.is_some() || gateway.is_some() {
         return rows;
     }
     // Hosts without a VirtualService: ServiceEntries route to their endpoints.
@@ -1516,29 +1519,11 @@ fn gateway_listeners(
         if !f.port_ok(Some(l.port)) {
             continue;
         }
-        let does = match l.kind.as_str() {
-            "http" => "plain HTTP/1.1 and h2c",
-            "https" => "TLS terminated (the SNI picks the server), then HTTP",
-            "tls" => "TLS terminated (the SNI picks the server), then TCP by tcp routes",
-            "passthrough" => "TLS passed through, routed by SNI with tls routes",
-            _ => "TCP by tcp routes",
-        };
+        let does = super::gateway_view::listener_does(&l.kind);
         let servers: Vec<String> = l
             .servers
             .iter()
-            .map(|s| {
-                let mut t = format!("{} {} [{}]", s.server, s.protocol, s.hosts.join(","));
-                if let Some(m) = &s.tls_mode {
-                    t.push_str(&format!(" tls {m}"));
-                }
-                if let Some(c) = &s.credential_name {
-                    t.push_str(&format!(" credentialName {c}"));
-                }
-                if s.state != "served" {
-                    t.push_str(&format!(" ({})", s.state.to_uppercase()));
-                }
-                t
-            })
+            .map(super::gateway_view::server_text)
             .collect();
         let name = format!("gateway {}", l.port);
         let address = bound
@@ -2265,6 +2250,38 @@ mod tests {
     }
 
     #[test]
+    fn a_gateways_routes_are_its_bound_virtual_services_only() {
+        let mut d = real_dump();
+        let mut vs = d
+            .rules
+            .virtual_services
+            .iter()
+            .find(|v| key_of(&v.meta) == "bookinfo/reviews")
+            .cloned()
+            .expect("the real dump has bookinfo/reviews");
+        vs.gateways = vec!["istio-system/web".into()];
+        vs.applies_to_mesh = false;
+        d.gateway = Some(remora_model::dump::GatewayDump {
+            gateways: vec!["istio-system/web".into()],
+            virtual_services: vec![vs],
+            ..Default::default()
+        });
+        let sidecar_rows = all(&real_dump(), &Filters::default()).routes.unwrap();
+        assert!(sidecar_rows.iter().any(|r| r.kind == "implicit"));
+        let rows = all(&d, &Filters::default()).routes.unwrap();
+        assert!(!rows.is_empty());
+        for r in &rows {
+            assert_eq!(
+                r.virtual_service.as_deref(),
+                Some("bookinfo/reviews"),
+                "{r:#?}"
+            );
+            assert!(!r.policy.contains("gateways only"), "{r:#?}");
+        }
+        assert_eq!(rows[0].destination, "reviews.bookinfo.svc.cluster.local|v2");
+    }
+
+    #[test]
     fn a_gateways_listeners_servers_and_down_servers() {
         use remora_model::dump::{
             GatewayDump, GatewayListenerDump, GatewayServerDump, ListenerDump,
@@ -2300,6 +2317,7 @@ mod tests {
             not_served: vec![
                 "Gateway istio-system/web spec.servers[2] (port 9000): protocol UDP …".into(),
             ],
+            virtual_services: Vec::new(),
         });
         let c = all(&d, &Filters::default());
         let l = c.listeners.unwrap();

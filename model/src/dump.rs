@@ -48,7 +48,7 @@ pub struct ConfigDump {
 }
 
 /// What `remora-proxy gateway` serves (`remora_model::gateway::dump` builds it from the plan).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayDump {
     /// `namespace/name` of the Gateways that select this gateway.
     pub gateways: Vec<String>,
@@ -56,6 +56,10 @@ pub struct GatewayDump {
     /// Servers left out, one line each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_served: Vec<String>,
+    /// The VirtualServices bound (at the top or in a match) to one of `gateways`, as loaded:
+    /// what the gateway routes by (`remora proxy-config routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<crate::rules::VirtualService>,
 }
 
 /// One listening port of a gateway.

@@ -241,14 +241,42 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
     out
 }
 
+/// Is `vs` bound to one of `gateways` (`namespace/name`), at the top or in an `http`, `tls` or
+/// `tcp` match?
+pub fn vs_bound_to(vs: &VirtualService, gateways: &[String]) -> bool {
+    let ns = vs.meta.namespace.as_str();
+    bound_to(ns, &vs.gateways, gateways)
+        || vs
+            .http
+            .iter()
+            .flat_map(|r| r.matches.iter())
+            .any(|m| bound_to(ns, &m.gateways, gateways))
+        || vs
+            .tls
+            .iter()
+            .chain(vs.tcp.iter())
+            .flat_map(|r| r.matches.iter())
+            .any(|m| bound_to(ns, &m.gateways, gateways))
+}
+
 /// The `/config_dump` of a gateway's plan; `down(port, i)`: whether server `i` of the listener
-/// on `port` is down (its TLS settings not loaded).
-pub fn dump(plan: &Plan, down: impl Fn(u16, usize) -> bool) -> crate::dump::GatewayDump {
+/// on `port` is down (its TLS settings not loaded); `virtual_services`: the gateway-bound ones
+/// of the rule set (those bound to a selected Gateway are listed).
+pub fn dump(
+    plan: &Plan,
+    virtual_services: &[VirtualService],
+    down: impl Fn(u16, usize) -> bool,
+) -> crate::dump::GatewayDump {
     use crate::dump::{GatewayDump, GatewayListenerDump, GatewayServerDump};
     use crate::rules::gateway::HostNamespace;
     GatewayDump {
         gateways: plan.gateways.clone(),
         not_served: plan.not_served.clone(),
+        virtual_services: virtual_services
+            .iter()
+            .filter(|vs| vs_bound_to(vs, &plan.gateways))
+            .cloned()
+            .collect(),
         listeners: plan
             .listeners
             .iter()

@@ -453,6 +453,12 @@ spec:
     let dump: remora_model::dump::ConfigDump = serde_json::from_slice(&r.body).unwrap();
     let g = dump.gateway.expect("a gateway section");
     assert_eq!(g.gateways, ["testns/web-gateway"]);
+    // The VirtualServices it routes by (what `remora proxy-config routes` lists): bound to it.
+    assert!(!g.virtual_services.is_empty());
+    assert!(g
+        .virtual_services
+        .iter()
+        .all(|vs| remora_model::gateway::vs_bound_to(vs, &g.gateways)));
     let l = g.listeners.iter().find(|l| l.port == https_port).unwrap();
     assert_eq!((l.gateway_port, l.kind.as_str()), (443, "https"));
     let states: Vec<(&str, &str)> = l

@@ -191,12 +191,16 @@ impl GatewayRouter {
     /// `/config_dump`'s `gateway` section: the current plan and which servers are down.
     pub fn dump(&self) -> remora_model::dump::GatewayDump {
         let planned = self.current();
-        model::dump(&planned.plan, |port, i| {
-            planned
-                .tls
-                .get(&port)
-                .is_some_and(|t| t.configs.get(i).is_some_and(|c| c.is_none()))
-        })
+        model::dump(
+            &planned.plan,
+            &planned.snapshot.gateway_virtual_services,
+            |port, i| {
+                planned
+                    .tls
+                    .get(&port)
+                    .is_some_and(|t| t.configs.get(i).is_some_and(|c| c.is_none()))
+            },
+        )
     }
 
     /// Make the plan again every [`REFRESH_EVERY`] when the rules or a certificate file
