@@ -909,6 +909,100 @@ async fn the_plug_in_root_rotates_while_the_ca_runs() {
     );
 }
 
+/// A generated root due for renewal (here at once: `--ca-root-renew-when-left 0.99`) is renewed
+/// while the CA runs: written over the version read with the same key, a new certificate for
+/// the same subject and both roots in `root-cert.pem`; at the next pass the CA publishes both
+/// and signs with the renewed one, and a workload that still trusts only the old root accepts
+/// the new chains. Renewed once: the renewed root is not due.
+#[tokio::test]
+async fn a_generated_root_due_for_renewal_is_renewed_while_the_ca_runs() {
+    remora_webhook::tls::install_provider();
+    let now = remora_webhook::certs::OffsetDateTime::now_utc;
+    let data =
+        remora_webhook::ca::root::generate(now(), Duration::from_secs(3600), "cluster.local")
+            .unwrap();
+    let text = |k: &str| String::from_utf8(data[k].clone()).unwrap();
+    let (old_root, key) = (text("ca-cert.pem"), text("ca-key.pem"));
+    let api = api().await;
+    api.on(
+        "GET",
+        ROOT_SECRET,
+        Reply::json(
+            200,
+            secret_body(
+                "remora-ca",
+                &[
+                    ("ca-cert.pem", old_root.clone()),
+                    ("ca-key.pem", key.clone()),
+                    ("root-cert.pem", old_root.clone()),
+                ],
+                "1",
+            ),
+        ),
+    );
+    api.on(
+        "PUT",
+        ROOT_SECRET,
+        Reply::json(200, secret_body("remora-ca", &[], "2")),
+    );
+    let mut ca = CaProc::start_with(
+        &api,
+        &[
+            "--ca-publish-interval",
+            "1s",
+            "--ca-root-renew-when-left",
+            "0.99",
+        ],
+    );
+    ca.wait_for("the renewed root written", || {
+        !puts_to(&api, ROOT_SECRET).is_empty()
+    })
+    .await;
+    let put = puts_to(&api, ROOT_SECRET)[0].clone();
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "1",
+        "written over the version read"
+    );
+    let new_root = unb64(&put["data"]["ca-cert.pem"]);
+    assert_ne!(new_root, old_root);
+    assert_eq!(unb64(&put["data"]["ca-key.pem"]), key, "the key is kept");
+    let bundle = format!("{new_root}{old_root}");
+    assert_eq!(unb64(&put["data"]["root-cert.pem"]), bundle);
+
+    // The API holds it now: the CA takes it at its next pass.
+    let mut stored = put.clone();
+    stored["metadata"]["resourceVersion"] = json!("2");
+    api.on("GET", ROOT_SECRET, Reply::json(200, stored));
+    ca.wait_for("both roots published", || {
+        posts_to(&api, DEFAULT_CMS)
+            .last()
+            .and_then(|c| c["data"]["root-cert.pem"].as_str().map(String::from))
+            == Some(bundle.clone())
+    })
+    .await;
+    // A client trusting only the old root reaches the CA (its serving certificate comes from
+    // the renewed root) and gets a chain that verifies against either root.
+    let mut c = ca.client(&old_root).await;
+    let chain = c
+        .create(Some("tok-httpbin"), &csr(&[HTTPBIN]), 0)
+        .await
+        .unwrap();
+    assert_eq!(chain.last(), Some(&bundle), "both roots end the chain");
+    sign::verify(&chain, &der(&old_root), now()).unwrap();
+    sign::verify(&chain, &der(&new_root), now()).unwrap();
+    // Not renewed again: two more passes write nothing.
+    let writes = puts_to(&api, ROOT_SECRET).len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(puts_to(&api, ROOT_SECRET).len(), writes);
+    let log = ca.stop_and_log();
+    assert!(
+        log.iter().any(|l| l["message"].as_str().is_some_and(
+            |m| m.starts_with("mesh CA: renewed the generated root (same key and subject)")
+        )),
+        "{log:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sidecars the CA serves: two real `remora-proxy` processes get their workload certificates
 // from this CA (tokens answered by the recorded TokenReviews) and talk mTLS to each other.

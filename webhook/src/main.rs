@@ -332,6 +332,11 @@ struct CaArgs {
     /// before each: a rotation is taken then).
     #[arg(long, env = "REMORA_CA_PUBLISH_INTERVAL", default_value = "60s")]
     ca_publish_interval: String,
+    /// A generated root is renewed (the same key and subject, a new validity; the old and the
+    /// new one trusted together until the old one expires) when less than this fraction of its
+    /// lifetime is left, checked at every publication pass. Istio's self-signed CA uses 0.2.
+    #[arg(long, env = "REMORA_CA_ROOT_RENEW_WHEN_LEFT", default_value_t = ca::root::RENEW_WHEN_LEFT)]
+    ca_root_renew_when_left: f64,
     /// The CA address injected proxies call (their `REMORA_CA_ADDRESS`; with it they get the
     /// token and root volumes): `auto` = this process's CA,
     /// `<--ca-service>.<--ca-secret-namespace>.svc:<port of --ca-addr>`, and no identity when
@@ -382,6 +387,7 @@ impl CaArgs {
             secret: self.ca_secret_name.clone(),
             service: self.ca_service.clone(),
             publish_interval: dur("ca-publish-interval", &self.ca_publish_interval)?,
+            root_renew_when_left: self.ca_root_renew_when_left,
         };
         if opts.publish_interval < Duration::from_secs(1) {
             return Err(anyhow::anyhow!(

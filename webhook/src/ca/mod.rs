@@ -60,6 +60,8 @@ pub struct Options {
     pub service: String,
     /// Time between root publication passes.
     pub publish_interval: Duration,
+    /// A generated root is renewed when less than this fraction of its lifetime is left.
+    pub root_renew_when_left: f64,
 }
 
 /// Lifetime of a certificate when the request names none (capped by `max_ttl`).
@@ -105,6 +107,12 @@ impl Options {
                     "{flag} {v:?}: must be a DNS label (lowercase letters, digits, '-', at most 63)"
                 ));
             }
+        }
+        let left = self.root_renew_when_left;
+        if !(left > 0.0 && left < 1.0) {
+            return Err(format!(
+                "--ca-root-renew-when-left {left}: must be a fraction between 0 and 1 (e.g. 0.2)"
+            ));
         }
         if self.secret == PLUGIN_SECRET {
             return Err(format!(
@@ -309,6 +317,76 @@ pub async fn reload(
     }
 }
 
+/// Renews the generated root when the one in use (`loaded`) is due (`root::renewal_due`): reads
+/// its Secret again (the plug-in Secret, when it appeared, wins and nothing is renewed), writes
+/// the renewed root over it with the resourceVersion read (a replica that renewed it first wins
+/// the race; this one reads the winner's at the next reload). The next reload takes it.
+async fn renew_if_due(client: &Client, opts: &Options, loaded: &Loaded) {
+    let Some((Origin::Generated(id), in_use)) = loaded else {
+        return;
+    };
+    let now = OffsetDateTime::now_utc();
+    let why = match root::renewal_due(in_use, now, opts.root_renew_when_left) {
+        Ok(Some(why)) => why,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, secret = %id, "mesh CA: cannot tell whether the generated root is due for renewal");
+            return;
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    match secrets.get_opt(PLUGIN_SECRET).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "mesh CA: renewing the generated root: cannot read the plug-in Secret; not renewing now");
+            return;
+        }
+    }
+    let mut secret = match secrets.get_opt(&opts.secret).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, secret = %id, "mesh CA: renewing the generated root: cannot read its Secret; not renewing now");
+            return;
+        }
+    };
+    let data = data_of(&secret);
+    if data != *in_use {
+        // Changed since it was loaded (another replica renewed it): the reload takes that.
+        return;
+    }
+    let renewed = match root::renew(&data, now, root::ROOT_VALIDITY)
+        .and_then(|r| root::load(&r, Origin::Generated(id.clone()), now).map(|a| (r, a)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, secret = %id, "mesh CA: the generated root is due for renewal but renewing it failed; keeping it");
+            return;
+        }
+    };
+    let (renewed, a) = renewed;
+    secret.data = Some(
+        renewed
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+            .collect(),
+    );
+    match lost_on_conflict(
+        secrets
+            .replace(&opts.secret, &PostParams::default(), &secret)
+            .await,
+    ) {
+        Ok(Write::Done) => tracing::info!(secret = %id, reason = %why,
+            root_valid_until = %crate::certs::issue::fmt_time(a.ca_not_after),
+            "mesh CA: renewed the generated root (same key and subject); the old and the new root are published and trusted together until the old one expires"),
+        Ok(Write::Lost) => tracing::info!(secret = %id,
+            "mesh CA: another replica renewed the generated root first (409); taking theirs"),
+        Err(e) => tracing::warn!(error = %e, secret = %id,
+            "mesh CA: writing the renewed root failed; retrying at the next pass"),
+    }
+}
+
 /// At most this many read-decide-write rounds when settling the root (each lost race costs one).
 const ROUNDS: usize = 4;
 
@@ -510,6 +588,7 @@ pub async fn start_with(
                 loop {
                     publish::pass_and_log(&client, &current.get().root_pem).await;
                     tokio::time::sleep(opts.publish_interval).await;
+                    renew_if_due(&client, &opts, &loaded).await;
                     if reload(&client, &opts, &current, &mut loaded).await == Reload::Replaced {
                         reissue();
                     }

@@ -118,6 +118,77 @@ pub fn generate(
     ]))
 }
 
+/// A generated root is renewed when less than this fraction of its lifetime is left (Istio's
+/// self-signed CA renews at 20 %).
+pub const RENEW_WHEN_LEFT: f64 = 0.2;
+
+/// Is the generated root in `data` due for renewal at `now` (less than `left` of its lifetime
+/// to go)? `Some(why)` when due.
+pub fn renewal_due(
+    data: &BTreeMap<String, Vec<u8>>,
+    now: OffsetDateTime,
+    left: f64,
+) -> Result<Option<String>, String> {
+    let pem = data
+        .get(CA_CERT)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| format!("{CA_CERT}: missing or not UTF-8"))?;
+    let der = pem_certs(pem).map_err(|e| format!("{CA_CERT}: {e}"))?[0].clone();
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("{CA_CERT}: not an X.509 certificate ({e})"))?;
+    let (from, until) = (
+        c.validity().not_before.to_datetime(),
+        c.validity().not_after.to_datetime(),
+    );
+    let lifetime = (until - from).as_seconds_f64();
+    let remaining = (until - now).as_seconds_f64();
+    Ok((remaining < left * lifetime).then(|| {
+        format!(
+            "it expires at {} ({:.0} % of its lifetime left, renewed below {:.0} %)",
+            fmt_time(until),
+            (remaining / lifetime).max(0.0) * 100.0,
+            left * 100.0
+        )
+    }))
+}
+
+/// The generated root in `data` renewed at `now` for `validity`: the same key and subject with
+/// a new validity and serial, so that every certificate either one signs verifies against the
+/// other. `root-cert.pem` holds the new root then the old one (the old one drops out of the
+/// bundle once it expires); the key is unchanged.
+pub fn renew(
+    data: &BTreeMap<String, Vec<u8>>,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.clone()).ok())
+            .ok_or_else(|| format!("{k}: missing or not UTF-8"))
+    };
+    let (old_pem, key_pem) = (text(CA_CERT)?, text(CA_KEY)?);
+    let old_der = pem_certs(&old_pem).map_err(|e| format!("{CA_CERT}: {e}"))?[0].clone();
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("{CA_KEY}: {e}"))?;
+    let mut p = CertificateParams::from_ca_cert_der(&old_der)
+        .map_err(|e| format!("{CA_CERT}: cannot be renewed ({e})"))?;
+    p.not_before = now - BACKDATE;
+    p.not_after = now + validity;
+    p.serial_number = Some(crate::ca::sign::random_serial());
+    let new_pem = p
+        .self_signed(&key)
+        .map_err(|e| format!("signing the renewed root: {e}"))?
+        .pem();
+    let old_root = pem_of(&old_der);
+    Ok(BTreeMap::from([
+        (CA_CERT.to_string(), new_pem.clone().into_bytes()),
+        (CA_KEY.to_string(), key_pem.into_bytes()),
+        (
+            ROOT_CERT.to_string(),
+            format!("{new_pem}{old_root}").into_bytes(),
+        ),
+    ]))
+}
+
 /// Reads and checks a CA from Secret data at `now`: the key matches `ca-cert.pem`, which is a
 /// CA valid now, and a certificate it signs verifies against `root-cert.pem` through
 /// `cert-chain.pem`. Errors name the key and the reason.

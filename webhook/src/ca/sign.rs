@@ -684,6 +684,71 @@ mod tests {
         // so RSA is covered by the key checks' code path only.
     }
 
+    /// A generated root is due for renewal below 20 % of its lifetime; the renewed root has
+    /// the same key and subject, so a certificate signed by either verifies against the other
+    /// (workloads still trusting only the old root accept the new chains, and the reverse), and
+    /// the bundle trusts both until the old one expires.
+    #[test]
+    fn a_renewed_generated_root_keeps_trust_both_ways() {
+        let t0 = now();
+        let data = root::generate(t0, Duration::from_secs(100), "cluster.local").unwrap();
+        // Lifetime 160 s (backdated 60 s): due once less than 32 s are left.
+        assert_eq!(
+            root::renewal_due(&data, t0, root::RENEW_WHEN_LEFT).unwrap(),
+            None
+        );
+        assert_eq!(
+            root::renewal_due(&data, t0 + Duration::from_secs(60), root::RENEW_WHEN_LEFT).unwrap(),
+            None
+        );
+        let why = root::renewal_due(&data, t0 + Duration::from_secs(75), root::RENEW_WHEN_LEFT)
+            .unwrap()
+            .expect("due with 25 s of 160 left");
+        assert!(
+            why.contains("% of its lifetime left, renewed below 20 %"),
+            "{why}"
+        );
+        let origin = || Origin::Generated("remora-system/remora-ca".into());
+        let old = root::load(&data, origin(), t0).unwrap();
+        let renewed = root::renew(&data, t0, root::ROOT_VALIDITY).unwrap();
+        assert_eq!(renewed[root::CA_KEY], data[root::CA_KEY], "the key is kept");
+        let new = root::load(&renewed, origin(), t0).unwrap();
+        assert_eq!(new.roots, 2, "the new root and the old one");
+        assert!(new.ca_not_after > old.ca_not_after + Duration::from_secs(86_400));
+        assert_eq!(
+            root::renewal_due(
+                &renewed,
+                t0 + Duration::from_secs(75),
+                root::RENEW_WHEN_LEFT
+            )
+            .unwrap(),
+            None
+        );
+        let (old_root, new_root) = (
+            root::certs_of(std::str::from_utf8(&data[root::CA_CERT]).unwrap())[0].clone(),
+            root::certs_of(std::str::from_utf8(&renewed[root::CA_CERT]).unwrap())[0].clone(),
+        );
+        assert_ne!(old_root, new_root);
+        assert_eq!(
+            parse(&root::pem_of(&old_root)).subject().to_string(),
+            parse(&root::pem_of(&new_root)).subject().to_string()
+        );
+        let leaf = |a: &Authority| {
+            let checked = check_csr(&csr(&[ID]), ID).unwrap();
+            issue(a, checked, ID, H, t0).unwrap().chain
+        };
+        let (by_old, by_new) = (leaf(&old), leaf(&new));
+        verify(&by_old, &new_root, t0).unwrap();
+        verify(&by_new, &old_root, t0).unwrap();
+        verify(&by_new, &new_root, t0).unwrap();
+        // Once the old root has expired, the bundle drops it and the renewed root alone signs.
+        let later = t0 + Duration::from_secs(200);
+        let after = root::load(&renewed, origin(), later).unwrap();
+        assert_eq!(after.roots, 1);
+        assert_eq!(after.dropped.len(), 1, "{:?}", after.dropped);
+        verify(&leaf(&after), &new_root, later).unwrap();
+    }
+
     /// Certificates are backdated a minute, or a quarter of their lifetime when shorter: a
     /// one-minute certificate is valid 45 s ahead, not expired on arrival.
     #[test]
