@@ -622,10 +622,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                                     &o.audience,
                                     Duration::from_secs(10),
                                 );
-                                let hub = discovery::serve::Hub::new(authn, &o.trust_domain, limits.clone());
-                                discovery_watches = discovery::watch::start(client.clone(), hub.clone());
+                                let mesh = discovery::serve::Mesh {
+                                    root_namespace: root_namespace.clone(),
+                                    cluster_domain: rules.cluster_domain.clone(),
+                                };
+                                let hub = discovery::serve::Hub::new(authn, &o.trust_domain, mesh, limits.clone());
+                                discovery_watches = discovery::watch::start(client.clone(), hub.clone(), &rules.cluster_domain);
                                 tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
-                                    "discovery served on the CA's listener: watching services, endpointslices and pods (metadata) in all namespaces");
+                                    "discovery served on the CA's listener: watching services, endpointslices, pods and sidecars in all namespaces; each subscriber scoped by exportTo and its Sidecar's egress hosts");
                                 Some(Arc::new(discovery::grpc::Service(hub))
                                     as Arc<dyn ca::grpc::Extra>)
                             }
