@@ -340,8 +340,10 @@ struct CaArgs {
     #[arg(long, env = "REMORA_INJECT_CA_ADDRESS", default_value = "auto")]
     inject_ca_address: String,
     /// `on` serves discovery (`remora.discovery.v1.Discovery`) on the CA's listener: one set of
-    /// watches of Services, EndpointSlices and Pods' metadata, streamed to sidecars started with
-    /// `--discovery-address` (then they need no API rights for discovery). Needs the CA.
+    /// watches of Services, EndpointSlices, Pods (their metadata and service account kept) and
+    /// Sidecars, streamed to sidecars started with `--discovery-address`, each scoped by
+    /// exportTo and its Sidecar (then they need no API rights for discovery). Needs the CA; the
+    /// install turns it on.
     #[arg(long, env = "REMORA_DISCOVERY_SERVE", default_value = "off", value_parser = ["on", "off"])]
     discovery: String,
     /// Most sidecars subscribed at once (more are refused and retry).

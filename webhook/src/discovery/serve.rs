@@ -556,6 +556,94 @@ mod tests {
         ))
     }
 
+    fn pod(ns: &str, name: &str, app: &str) -> Event {
+        Event::Apply(Obj::Pod(remora_model::discovery_api::Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ..Default::default()
+        }))
+    }
+
+    fn sidecar(ns: &str, name: &str, app: Option<&str>, hosts: &[&str]) -> Sidecar {
+        let mut spec = serde_json::json!({"egress": [{"hosts": hosts}]});
+        if let Some(a) = app {
+            spec["workloadSelector"] = serde_json::json!({"labels": {"app": a}});
+        }
+        let v = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        remora_model::compile::check(&v, "cluster.local")
+            .unwrap()
+            .sidecar()
+            .unwrap()
+            .clone()
+    }
+
+    fn services(r: &DiscoveryResponse) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .chain(
+                r.removed
+                    .iter()
+                    .filter(|x| x.kind() == Kind::Service)
+                    .map(|x| format!("-{}/{}", x.namespace, x.name)),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The subscriber's Sidecar follows its pod's labels and the Sidecars: a label change that
+    /// makes another Sidecar select it, and a Sidecar deleted, each re-scope it with a delta; a
+    /// subscription waits for the Sidecars' first list.
+    #[tokio::test]
+    async fn a_subscriber_is_scoped_again_when_its_pod_or_its_sidecar_changes() {
+        let h = hub(Limits::default());
+        for k in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            h.apply(Event::Init(k));
+            h.apply(Event::InitDone(k));
+        }
+        assert!(
+            !locked(&h.state).synced(),
+            "the Sidecars are not listed yet"
+        );
+        h.apply_sidecars(SidecarEvent::Replace(vec![
+            sidecar("shop", "default", None, &["./*"]),
+            sidecar("shop", "web", Some("web"), &["./*", "books/*"]),
+        ]));
+        assert!(locked(&h.state).synced());
+        h.apply(svc("shop", "cart", 80));
+        h.apply(svc("books", "reviews", 80));
+        h.apply(pod("shop", "web-1", "other"));
+        let mut sub = h
+            .register(Filter::of("shop", &[]), "web-1", "web-1".into())
+            .unwrap();
+        let snap = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&snap), ["shop/cart"], "the namespace's default");
+        // Its pod is relabelled app=web: the workload's Sidecar selects it.
+        h.apply(pod("shop", "web-1", "web"));
+        // First the pod itself (a delta, as to every subscriber of shop), then the new scope.
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!((d.pods.len(), d.services.len()), (1, 0));
+        let d = sub.next().await.unwrap().unwrap();
+        assert!(!d.full);
+        assert_eq!(services(&d), ["books/reviews"]);
+        // That Sidecar is deleted: back to the default.
+        h.apply_sidecars(SidecarEvent::Delete("shop".into(), "web".into()));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&d), ["-books/reviews"]);
+        // Another pod's change concerns it not.
+        h.apply(pod("shop", "web-2", "web"));
+        h.apply(svc("shop", "cart", 81));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!((d.pods[0].name.as_str(), d.services.len()), ("web-2", 0));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&d), ["shop/cart"]);
+        assert_eq!(d.services[0].ports[0].port, 81);
+    }
+
     #[test]
     fn certificate_identities() {
         let id = cert_identity("spiffe://cluster.local/ns/shop/sa/web", "cluster.local").unwrap();
