@@ -102,6 +102,16 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// The decoded Sidecar, when this object is one (the control plane's discovery scopes its
+    /// subscribers by it, with [`crate::rules::select_sidecar`] and
+    /// [`crate::rules::in_egress_scope`], as this module scopes the ConfigMaps).
+    pub fn sidecar(&self) -> Option<&Sidecar> {
+        match &self.reach {
+            Reach::Sidecar(sc) => Some(sc),
+            _ => None,
+        }
+    }
+
     /// Can this object be seen only in its own namespace (so a change of it changes only that
     /// namespace's ConfigMap)? Sidecars scope what other namespaces see only in their own
     /// namespace or, in the root namespace, everywhere; a Gateway is seen by every namespace

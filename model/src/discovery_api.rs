@@ -131,7 +131,8 @@ pub struct Endpoint {
 }
 
 /// A pod's metadata as the mesh needs it: its labels (subsets, `security.istio.io/tlsMode`,
-/// the canonical service) and its workload (the controller, as Istio names it).
+/// the canonical service), its workload (the controller, as Istio names it) and its service
+/// account (the identity its sidecar's certificate carries, which clients check).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Pod {
     #[prost(string, tag = "1")]
@@ -142,6 +143,10 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     #[prost(string, tag = "4")]
     pub workload: String,
+    /// `spec.serviceAccountName`; empty when the sender does not know it (a proxy reading an
+    /// older control plane gets it empty, and an older proxy skips the field).
+    #[prost(string, tag = "5")]
+    pub service_account: String,
 }
 
 /// The kinds of object.
@@ -192,6 +197,7 @@ mod tests {
                 name: "reviews-1".into(),
                 labels: [("app".to_string(), "reviews".to_string())].into(),
                 workload: "reviews-v1".into(),
+                service_account: "bookinfo-reviews".into(),
             }],
             removed: vec![Removed {
                 kind: Kind::EndpointSlice as i32,
@@ -205,5 +211,40 @@ mod tests {
         let back = DiscoveryResponse::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.removed[0].kind(), Kind::EndpointSlice);
+    }
+
+    /// The Pod as the first release encoded it (no service account): what an older proxy and
+    /// a newer one exchange with each other.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct PodV1 {
+        #[prost(string, tag = "1")]
+        namespace: String,
+        #[prost(string, tag = "2")]
+        name: String,
+        #[prost(btree_map = "string, string", tag = "3")]
+        labels: BTreeMap<String, String>,
+        #[prost(string, tag = "4")]
+        workload: String,
+    }
+
+    #[test]
+    fn the_service_account_is_compatible_both_ways() {
+        let new = Pod {
+            namespace: "shop".into(),
+            name: "reviews-1".into(),
+            labels: [("app".to_string(), "reviews".to_string())].into(),
+            workload: "reviews-v1".into(),
+            service_account: "bookinfo-reviews".into(),
+        };
+        // An older proxy decodes a newer control plane's pod, skipping the field.
+        let old = PodV1::decode(new.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            (old.name.as_str(), old.workload.as_str()),
+            ("reviews-1", "reviews-v1")
+        );
+        // A newer proxy decodes an older control plane's pod: no service account known.
+        let back = Pod::decode(old.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back.service_account, "");
+        assert_eq!(back.labels, new.labels);
     }
 }

@@ -47,6 +47,7 @@ fn bench_peer_labels() {
         namespace: Arc::from("bookinfo"),
         workload: Arc::from("reviews-v2"),
         labels: Arc::new(labels.clone()),
+        service_account: None,
     };
     let principal = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews";
     let record = |src: &Arc<_>, dst: &Arc<_>| {

@@ -147,6 +147,11 @@ impl Webhook {
             .args(["--kube-url", &plane.kube_url])
             .args(["--ca-publish-interval", LAB_PUBLISH_INTERVAL])
             .args(["--inject-ca-address", inject_ca_address.unwrap_or("off")])
+            // The lab's API stand-in serves no Services, EndpointSlices or Pods (the lab's
+            // sidecars get their endpoints from the ServiceEntries the lab writes), so discovery
+            // is not served here, whatever the install's default: the injected proxies get no
+            // discovery address.
+            .args(["--discovery", "off"])
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--tls-cert")

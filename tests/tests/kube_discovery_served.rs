@@ -96,9 +96,28 @@ fn slice(ns: &str, svc: &str, backend: SocketAddr, rv: &str) -> Value {
 }
 
 fn pod(ns: &str, name: &str) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+    pod_as(
+        ns,
+        name,
+        "default",
+        &[("app", "reviews"), ("version", "v1")],
+    )
+}
+
+/// A Pod as the API server answers the control plane's watch (whole pods: it reads
+/// `spec.serviceAccountName`), running as `sa`, with `labels`, and a container whose
+/// environment must never reach a proxy.
+fn pod_as(ns: &str, name: &str, sa: &str, labels: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    json!({"kind": "Pod", "apiVersion": "v1",
         "metadata": {"name": name, "namespace": ns, "resourceVersion": "402",
-                     "labels": {"app": "reviews", "version": "v1"}}})
+                     "labels": labels},
+        "spec": {"serviceAccountName": sa,
+                 "containers": [{"name": "app", "image": "app:1",
+                                 "env": [{"name": "DB_PASSWORD", "value": "s3cr3t"}]}]}})
 }
 
 /// The cluster the control plane lists: these objects, then held watches.
@@ -126,21 +145,11 @@ fn serve_cluster(api: &RecordedApi, svcs: Vec<Value>, slices: Vec<Value>, pods: 
         &format!("{SLICES}?watch=true"),
         Reply::watch(vec![bookmark("discovery.k8s.io/v1", "EndpointSlice")], true),
     );
-    api.on(
-        "GET",
-        PODS,
-        Reply::json(
-            200,
-            list("PartialObjectMetadataList", "meta.k8s.io/v1", pods),
-        ),
-    );
+    api.on("GET", PODS, Reply::json(200, list("PodList", "v1", pods)));
     api.on(
         "GET",
         &format!("{PODS}?watch=true"),
-        Reply::watch(
-            vec![bookmark("meta.k8s.io/v1", "PartialObjectMetadata")],
-            true,
-        ),
+        Reply::watch(vec![bookmark("v1", "Pod")], true),
     );
 }
 
@@ -299,6 +308,7 @@ struct Sidecar {
     outbound: SocketAddr,
     admin: SocketAddr,
     health: SocketAddr,
+    prometheus: SocketAddr,
 }
 
 /// `remora-proxy run` in namespace `default` as service account `httpbin` (token
@@ -351,6 +361,7 @@ fn start_proxy(dir: &Path, ca: SocketAddr, original_dst: SocketAddr, identity: b
         outbound: a(p[0]),
         admin: a(p[2]),
         health: a(p[3]),
+        prometheus: a(p[4]),
     }
 }
 
@@ -707,6 +718,9 @@ async fn subscriptions_are_scoped_by_namespace_and_a_forged_identity_is_refused(
     .await
     .unwrap();
     assert!(own.full && own.version > 0);
+    // The pod's service account reaches subscribers; nothing else of its spec does.
+    assert_eq!(own.pods[0].service_account, "default");
+    assert!(!String::from_utf8_lossy(&prost::Message::encode_to_vec(&own)).contains("s3cr3t"));
     assert_eq!(
         names(&own),
         [
@@ -1117,4 +1131,444 @@ async fn client_with_once(
         .await
         .map(tonic::client::Grpc::new)
         .map_err(|e| e.to_string())
+}
+
+/// A stand-in for a server sidecar on `ip:port` (a loopback address of its own, so that
+/// discovery tells its pod apart by address): mutual TLS with `auth` (a certificate of the real
+/// CA), a client certificate from `root` required, Istio's ALPN values; every HTTP/1.1 request
+/// is answered 200 `body`.
+async fn mtls_server_on(
+    ip: [u8; 4],
+    port: u16,
+    root: &str,
+    auth: ClientAuth,
+    body: &'static str,
+) -> SocketAddr {
+    let (chain, key) = auth;
+    let certs: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .flat_map(|p| CertificateDer::pem_slice_iter(p.as_bytes()))
+        .map(|c| c.unwrap())
+        .collect();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs,
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"istio-http/1.1".to_vec(), b"istio".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, port)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(body)),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The control plane sends each endpoint's service account (the pod's
+/// `spec.serviceAccountName`), and the client sidecar's mutual TLS checks the server's SPIFFE id
+/// against it: two Services of namespace `default` whose servers both present the real CA's
+/// certificate for `default/httpbin`; `reviews`' pod runs as `httpbin` and is reached, `ratings`'
+/// pod runs as `ratings` and is refused (503, a warn line and
+/// `remora_mtls_failures_total{reason="server_service_account"}` naming why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_presenting_another_service_account_is_refused() {
+    const MESHED: (&str, &str) = ("security.istio.io/tlsMode", "istio");
+    // Known before the servers exist: their ports are picked now, on addresses of their own.
+    let (reviews_port, ratings_port) = (
+        remora_e2e::ports::free_port(),
+        remora_e2e::ports::free_port(),
+    );
+    let reviews_at = SocketAddr::from(([127, 0, 0, 2], reviews_port));
+    let ratings_at = SocketAddr::from(([127, 0, 0, 3], ratings_port));
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
+    let (_api, mut cp, ca, root, dir) = control_plane(|api| {
+        serve_cluster(
+            api,
+            vec![
+                service("default", "reviews", nowhere.port()),
+                service("default", "ratings", nowhere.port()),
+            ],
+            vec![
+                slice("default", "reviews", reviews_at, "401"),
+                slice("default", "ratings", ratings_at, "401"),
+            ],
+            vec![
+                pod_as("default", "reviews-pod", "httpbin", &[MESHED]),
+                pod_as("default", "ratings-pod", "ratings", &[MESHED]),
+            ],
+        )
+    })
+    .await;
+    let id = "spiffe://cluster.local/ns/default/sa/httpbin";
+    for (at, body) in [(reviews_at, "reviews"), (ratings_at, "ratings")] {
+        let auth = issued(ca, &root, "tok-httpbin", id).await;
+        let ip = match at.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets(),
+            other => panic!("{other}"),
+        };
+        let bound = mtls_server_on(ip, at.port(), &root, auth, body).await;
+        assert_eq!(bound, at);
+    }
+    let mut sc = start_proxy(dir.path(), ca, nowhere, true);
+    let t = Instant::now();
+    while aget(sc.health, "x", "/healthz/ready").await.0 != 200 {
+        assert!(sc.proc.exited().is_none(), "{}", sc.proc.log_tail(30));
+        assert!(
+            t.elapsed() < PATIENCE,
+            "never ready:\n{}",
+            sc.proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The right service account: reached over mutual TLS.
+    routed_to(&mut sc, "reviews").await;
+    let dump = config_dump(sc.admin).await;
+    assert_eq!(
+        dump["discovery"]["status"]["control_plane"]["state"],
+        "synced"
+    );
+
+    // Another service account than the pod's: refused, every time.
+    for _ in 0..3 {
+        let (code, body) = aget(sc.outbound, "ratings", "/x").await;
+        assert_eq!(code, 503, "{body}");
+        assert_ne!(body, "ratings");
+    }
+    let (code, metrics) = aget(sc.prometheus, "x", "/stats/prometheus").await;
+    assert_eq!(code, 200);
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("remora_mtls_failures_total{")
+                && l.contains(r#"direction="outbound""#)
+                && l.contains(r#"reason="server_service_account""#)
+        })
+        .filter_map(|l| l.rsplit(" ").next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 3.0, "{metrics}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("remora_mtls_failures_total{")
+                && l.contains(r#"reason="handshake""#)),
+        "the handshakes themselves succeeded: {metrics}"
+    );
+    let log = std::fs::read_to_string(&sc.proc.log).unwrap();
+    let why = format!(
+        "server {ratings_at} refused: {id} is not the service account of the endpoint's pod (default/ratings)"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("server_service_account")
+            && l.contains(&why)),
+        "{}",
+        sc.proc.log_tail(30)
+    );
+    // The right one still passes after the refusals.
+    assert_eq!(
+        aget(sc.outbound, "reviews", "/x").await,
+        (200, "reviews".into())
+    );
+    cp.stop(Duration::from_secs(5));
+}
+
+const SIDECARS: &str = "/apis/networking.istio.io/v1/sidecars";
+
+fn sidecar_obj(
+    ns: &str,
+    name: &str,
+    selector: Option<(&str, &str)>,
+    hosts: &[&str],
+    rv: &str,
+) -> Value {
+    let mut spec = json!({"egress": [{"hosts": hosts}]});
+    if let Some((k, v)) = selector {
+        spec["workloadSelector"] = json!({"labels": {k: v}});
+    }
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv,
+                     "uid": format!("uid-{ns}-{name}")},
+        "spec": spec})
+}
+
+/// The cluster's Sidecars (the group served at `networking.istio.io/v1`), then a held watch.
+fn serve_sidecars(api: &RecordedApi, sidecars: Vec<Value>) {
+    api.on(
+        "GET",
+        "/apis/networking.istio.io",
+        Reply::json(
+            200,
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": "networking.istio.io",
+                   "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
+                   "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}),
+        ),
+    );
+    api.on(
+        "GET",
+        SIDECARS,
+        Reply::json(200, list("SidecarList", "networking.istio.io/v1", sidecars)),
+    );
+    api.on(
+        "GET",
+        &format!("{SIDECARS}?watch=true"),
+        Reply::watch(vec![bookmark("networking.istio.io/v1", "Sidecar")], true),
+    );
+}
+
+/// Subscribe as `default/httpbin` (its token, bound to pod `httpbin-7d9c5b8f6-x2k4q`) for every
+/// namespace; the stream, kept open.
+async fn open_subscription(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+) -> tonic::Streaming<DiscoveryResponse> {
+    let first = SubscribeRequest {
+        namespace: "default".into(),
+        service_account: "httpbin".into(),
+        pod_name: "httpbin-7d9c5b8f6-x2k4q".into(),
+        namespaces: vec![],
+        ack_version: 0,
+    };
+    let outbound = futures::stream::once(async move { first }).chain(futures::stream::pending());
+    let mut req = tonic::Request::new(outbound);
+    req.metadata_mut()
+        .insert("authorization", "Bearer tok-httpbin".parse().unwrap());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<SubscribeRequest, DiscoveryResponse>::default();
+    grpc.streaming(req, http::uri::PathAndQuery::from_static(SUBSCRIBE), codec)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_message(s: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+    tokio::time::timeout(PATIENCE, s.message())
+        .await
+        .expect("a message in time")
+        .expect("no error")
+        .expect("the stream goes on")
+}
+
+/// `svc ns/name`, `slice ns/name`, `-Kind ns/name` of a response, sorted (pods left out).
+fn scope_names(r: &DiscoveryResponse) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .services
+        .iter()
+        .map(|s| format!("svc {}/{}", s.namespace, s.name))
+        .chain(
+            r.endpoint_slices
+                .iter()
+                .map(|s| format!("slice {}/{}", s.namespace, s.name)),
+        )
+        .chain(
+            r.removed
+                .iter()
+                .filter(|x| x.kind() != remora_model::discovery_api::Kind::Pod)
+                .map(|x| format!("-{:?} {}/{}", x.kind(), x.namespace, x.name)),
+        )
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sidecar egress scoping at the control plane: the real `remora-webhook serve --discovery on`
+/// watches Sidecars too; a subscriber asking for every namespace gets only what the Sidecar
+/// selecting its pod (by `workloadSelector`, over its namespace's default) admits, on top of
+/// `exportTo`; editing that Sidecar widens the subscription live (a delta adding books), and
+/// deleting it falls back to the namespace's default Sidecar (a delta removing books and adding
+/// logs). Each step is timed from the API event to the subscriber holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_scopes_a_subscriber_and_an_edit_rescopes_it_live() {
+    let a = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let (api, mut cp, ca, root, _dir) = control_plane(|api| {
+        serve_cluster(
+            api,
+            vec![
+                service("default", "reviews", 9080),
+                service("books", "ratings", 9080),
+                service("logs", "audit", 9080),
+            ],
+            vec![
+                slice("default", "reviews", a, "401"),
+                slice("books", "ratings", a, "401"),
+                slice("logs", "audit", a, "401"),
+            ],
+            vec![
+                pod_as(
+                    "default",
+                    "httpbin-7d9c5b8f6-x2k4q",
+                    "httpbin",
+                    &[("app", "httpbin")],
+                ),
+                pod("books", "ratings-pod"),
+                pod("logs", "audit-pod"),
+            ],
+        );
+        serve_sidecars(
+            api,
+            vec![
+                sidecar_obj("default", "default", None, &["./*", "logs/*"], "700"),
+                sidecar_obj(
+                    "default",
+                    "httpbin",
+                    Some(("app", "httpbin")),
+                    &["./*"],
+                    "701",
+                ),
+            ],
+        );
+    })
+    .await;
+    let mut grpc = client(ca, &root).await;
+    let mut stream = open_subscription(&mut grpc).await;
+    let snap = next_message(&mut stream).await;
+    assert!(snap.full);
+    assert_eq!(
+        scope_names(&snap),
+        ["slice default/reviews-1", "svc default/reviews"],
+        "the workload's own Sidecar (./*) wins over the namespace's default"
+    );
+    let pods: Vec<&str> = snap.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        pods,
+        ["httpbin-7d9c5b8f6-x2k4q"],
+        "pods of admitted namespaces only"
+    );
+
+    let t = Instant::now();
+    while api.open_watches(SIDECARS) == 0 {
+        assert!(t.elapsed() < PATIENCE, "the control plane's Sidecar watch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The workload's Sidecar now admits books too: books arrives as a delta.
+    let sent = Instant::now();
+    assert_eq!(
+        api.emit(
+            SIDECARS,
+            event(
+                "MODIFIED",
+                sidecar_obj(
+                    "default",
+                    "httpbin",
+                    Some(("app", "httpbin")),
+                    &["./*", "books/*"],
+                    "710"
+                )
+            )
+        ),
+        1
+    );
+    let d = next_message(&mut stream).await;
+    println!(
+        "Sidecar edit → the subscriber holds the wider scope: {:?}",
+        sent.elapsed()
+    );
+    assert!(!d.full, "a delta, not a new snapshot");
+    assert_eq!(
+        scope_names(&d),
+        ["slice books/ratings-1", "svc books/ratings"]
+    );
+    assert_eq!(d.pods.len(), 1, "books' pod");
+    // A change in books now reaches it; one in logs does not.
+    api.emit(
+        SLICES,
+        event(
+            "MODIFIED",
+            slice(
+                "logs",
+                "audit",
+                SocketAddr::from(([127, 0, 0, 1], 18081)),
+                "720",
+            ),
+        ),
+    );
+    api.emit(
+        SLICES,
+        event(
+            "MODIFIED",
+            slice(
+                "books",
+                "ratings",
+                SocketAddr::from(([127, 0, 0, 1], 18082)),
+                "721",
+            ),
+        ),
+    );
+    let d = next_message(&mut stream).await;
+    assert_eq!(scope_names(&d), ["slice books/ratings-1"]);
+    assert_eq!(d.endpoint_slices[0].ports[0].port, 18082);
+
+    // The workload's Sidecar is deleted: the namespace's default applies (./*, logs/*).
+    let sent = Instant::now();
+    api.emit(
+        SIDECARS,
+        event(
+            "DELETED",
+            sidecar_obj(
+                "default",
+                "httpbin",
+                Some(("app", "httpbin")),
+                &["./*", "books/*"],
+                "730",
+            ),
+        ),
+    );
+    let d = next_message(&mut stream).await;
+    println!(
+        "Sidecar deleted → the subscriber holds the default's scope: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        scope_names(&d),
+        [
+            "-EndpointSlice books/ratings-1",
+            "-Service books/ratings",
+            "slice logs/audit-1",
+            "svc logs/audit"
+        ]
+    );
+    assert_eq!(
+        d.endpoint_slices[0].ports[0].port, 18081,
+        "logs' latest state"
+    );
+    cp.stop(Duration::from_secs(5));
+    let log = std::fs::read_to_string(&cp.log).unwrap();
+    assert!(
+        log.contains("subscriber scoped again (its Sidecar changed)"),
+        "{log}"
+    );
 }

@@ -345,8 +345,10 @@ struct CaArgs {
     #[arg(long, env = "REMORA_INJECT_CA_ADDRESS", default_value = "auto")]
     inject_ca_address: String,
     /// `on` serves discovery (`remora.discovery.v1.Discovery`) on the CA's listener: one set of
-    /// watches of Services, EndpointSlices and Pods' metadata, streamed to sidecars started with
-    /// `--discovery-address` (then they need no API rights for discovery). Needs the CA.
+    /// watches of Services, EndpointSlices, Pods (their metadata and service account kept) and
+    /// Sidecars, streamed to sidecars started with `--discovery-address`, each scoped by
+    /// exportTo and its Sidecar (then they need no API rights for discovery). Needs the CA; the
+    /// install turns it on.
     #[arg(long, env = "REMORA_DISCOVERY_SERVE", default_value = "off", value_parser = ["on", "off"])]
     discovery: String,
     /// Most sidecars subscribed at once (more are refused and retry).
@@ -628,10 +630,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                                     &o.audience,
                                     Duration::from_secs(10),
                                 );
-                                let hub = discovery::serve::Hub::new(authn, &o.trust_domain, limits.clone());
-                                discovery_watches = discovery::watch::start(client.clone(), hub.clone());
+                                let mesh = discovery::serve::Mesh {
+                                    root_namespace: root_namespace.clone(),
+                                    cluster_domain: rules.cluster_domain.clone(),
+                                };
+                                let hub = discovery::serve::Hub::new(authn, &o.trust_domain, mesh, limits.clone());
+                                discovery_watches = discovery::watch::start(client.clone(), hub.clone(), &rules.cluster_domain);
                                 tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
-                                    "discovery served on the CA's listener: watching services, endpointslices and pods (metadata) in all namespaces");
+                                    "discovery served on the CA's listener: watching services, endpointslices, pods and sidecars in all namespaces; each subscriber scoped by exportTo and its Sidecar's egress hosts");
                                 Some(Arc::new(discovery::grpc::Service(hub))
                                     as Arc<dyn ca::grpc::Extra>)
                             }
@@ -727,5 +733,91 @@ fn main() -> ExitCode {
             eprintln!("remora-webhook: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install() -> Vec<serde_json::Value> {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/install.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        remora_webhook::cli::parse_docs(&text).unwrap()
+    }
+
+    /// The default install serves discovery, and its injector sends the sidecars there: the
+    /// webhook Deployment's own arguments, parsed by this program's parser, give the injected
+    /// proxies `REMORA_DISCOVERY_ADDRESS` (the mesh CA's Service address); and no binding of the
+    /// install grants the sidecars API rights (`manifests/proxy-rbac.yaml`'s ClusterRoles stay
+    /// unbound, the fallback for direct API mode).
+    #[test]
+    fn the_default_install_serves_discovery_and_grants_sidecars_no_api_rights() {
+        let docs = install();
+        let dep = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "remora-webhook")
+            .expect("the webhook Deployment");
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        let argv: Vec<String> = std::iter::once("remora-webhook".to_string())
+            .chain(
+                c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string()),
+            )
+            .collect();
+        let Cmd::Serve { ca, .. } = Args::try_parse_from(&argv).unwrap().cmd else {
+            panic!("not serve: {argv:?}");
+        };
+        assert!(ca.discovery_limits().is_some(), "--discovery=on: {argv:?}");
+        let id = ca.identity_defaults().unwrap();
+        assert_eq!(id.discovery_address, "remora-ca.remora-system.svc:15012");
+        assert_eq!(id.ca_address, id.discovery_address);
+        // The injector's config of the install leaves it so: the proxies get the address.
+        let cfg_map = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "remora-injector")
+            .expect("the injector ConfigMap");
+        let cfg = remora_webhook::config::Config::from_yaml(
+            cfg_map["data"]["config.yaml"].as_str().unwrap_or(""),
+        )
+        .unwrap()
+        .with_identity_defaults(&id)
+        .unwrap();
+        assert_eq!(
+            cfg.identity().and_then(|i| i.discovery_address).as_deref(),
+            Some("remora-ca.remora-system.svc:15012")
+        );
+
+        // Who may read Services, EndpointSlices and Pods: the webhook, not the sidecars.
+        let bindings: Vec<&serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+            .collect();
+        for b in &bindings {
+            let role = b["roleRef"]["name"].as_str().unwrap_or("");
+            assert!(
+                !role.starts_with("remora-proxy-"),
+                "the default install binds {role} (sidecars' API rights): {b}"
+            );
+            for s in b["subjects"].as_array().into_iter().flatten() {
+                assert_ne!(
+                    s["kind"], "Group",
+                    "a group of service accounts is bound: {b}"
+                );
+            }
+        }
+        let discovery = bindings
+            .iter()
+            .find(|b| b["roleRef"]["name"] == "remora-discovery")
+            .expect("the webhook's discovery binding");
+        assert_eq!(
+            discovery["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "remora-webhook",
+                                "namespace": "remora-system"}])
+        );
     }
 }

@@ -48,13 +48,17 @@ pub trait EndpointSource: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// What discovery knows of a pod: enough to name it in metrics.
+/// What discovery knows of a pod: enough to name it in metrics, and the service account its
+/// sidecar's certificate must carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodIdentity {
     pub namespace: std::sync::Arc<str>,
     /// The workload (`crate::workload::workload_of`): a Deployment's name, not its ReplicaSet's.
     pub workload: std::sync::Arc<str>,
     pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    /// `spec.serviceAccountName`, when discovery knows it (from the control plane; the proxy's
+    /// direct API mode reads pod metadata only and never knows it).
+    pub service_account: Option<std::sync::Arc<str>>,
 }
 
 /// Several sources asked in order: the first that knows a host answers (for example the

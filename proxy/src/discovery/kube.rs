@@ -543,7 +543,8 @@ fn pod_object(p: &kube::core::PartialObjectMeta<Pod>) -> Object {
     let generated = m.generate_name.as_deref().is_some_and(|g| !g.is_empty());
     let name = m.name.as_deref().unwrap_or("");
     let (_, workload) = remora_model::workload::workload_of(name, generated, owner, &labels);
-    Object::Pod(labels, workload.into_boxed_str())
+    // Metadata only: the service account is not known in this mode.
+    Object::Pod(labels, workload.into_boxed_str(), None)
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> Key {

@@ -124,8 +124,9 @@ impl std::fmt::Display for Part {
 pub enum Object {
     Service(Svc),
     Slice(Slice),
-    /// A pod's labels and workload name (`remora_model::workload::workload_of`).
-    Pod(BTreeMap<String, String>, Box<str>),
+    /// A pod's labels, workload name (`remora_model::workload::workload_of`) and service
+    /// account (`None`: not known, as in direct API mode, which reads metadata only).
+    Pod(BTreeMap<String, String>, Box<str>, Option<Box<str>>),
 }
 
 /// One change from a watcher of `kind` over `part`.
@@ -140,13 +141,22 @@ pub enum Update {
     Delete(Key),
 }
 
+/// What the store keeps of a pod.
+#[derive(Debug)]
+struct PodEntry {
+    labels: Labels,
+    workload: Arc<str>,
+    /// `None`: not known (direct API mode).
+    service_account: Option<Arc<str>>,
+}
+
 /// The mutable store, owned by the discovery task.
 #[derive(Debug, Default)]
 pub struct Store {
     services: HashMap<Key, Svc>,
     slices: HashMap<Key, Slice>,
-    /// Each pod's labels and workload name.
-    pods: HashMap<Key, (Labels, Arc<str>)>,
+    /// Each pod's labels, workload name and service account.
+    pods: HashMap<Key, PodEntry>,
     /// Buffers of lists in progress.
     pending: HashMap<(Kind, Part), Vec<(Key, Object)>>,
     /// Parts whose list completed at least once, per kind.
@@ -218,9 +228,16 @@ impl Store {
             (Kind::EndpointSlices, Object::Slice(s)) => {
                 self.slices.insert(key, s);
             }
-            (Kind::Pods, Object::Pod(labels, workload)) => {
+            (Kind::Pods, Object::Pod(labels, workload, account)) => {
                 let shared = self.intern(labels);
-                self.pods.insert(key, (shared, Arc::from(workload)));
+                self.pods.insert(
+                    key,
+                    PodEntry {
+                        labels: shared,
+                        workload: Arc::from(workload),
+                        service_account: account.map(Arc::from),
+                    },
+                );
             }
             _ => {}
         }
@@ -413,7 +430,7 @@ impl Index {
                                     namespace: k.namespace.clone(),
                                     name: Box::from(&**p),
                                 })
-                                .map(|(l, _)| l.clone())
+                                .map(|p| p.labels.clone())
                         });
                         eps.push(Ep {
                             addr,
@@ -568,13 +585,14 @@ fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Arc<PodIdentity>> {
                 namespace: k.namespace.clone(),
                 name: Box::from(&**pod),
             };
-            if let Some((labels, workload)) = store.pods.get(&key) {
+            if let Some(p) = store.pods.get(&key) {
                 out.insert(
                     e.ip,
                     Arc::new(PodIdentity {
                         namespace: k.namespace.clone(),
-                        workload: workload.clone(),
-                        labels: labels.clone(),
+                        workload: p.workload.clone(),
+                        labels: p.labels.clone(),
+                        service_account: p.service_account.clone(),
                     }),
                 );
             }
@@ -707,7 +725,7 @@ mod tests {
             .collect();
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let workload = format!("{}-{}", get("app"), get("version"));
-        Object::Pod(labels, workload.into_boxed_str())
+        Object::Pod(labels, workload.into_boxed_str(), None)
     }
 
     fn listed(store: &mut Store, kind: Kind, part: &Part, objs: Vec<(&str, &str, Object)>) {

@@ -85,7 +85,11 @@ fn objects(r: &api::DiscoveryResponse) -> Vec<(Kind, Key, Object)> {
         out.push((
             Kind::Pods,
             Key::new(&p.namespace, &p.name),
-            Object::Pod(p.labels.clone(), Box::from(p.workload.as_str())),
+            Object::Pod(
+                p.labels.clone(),
+                Box::from(p.workload.as_str()),
+                name(&p.service_account),
+            ),
         ));
     }
     out
@@ -208,6 +212,7 @@ mod tests {
                 name: "reviews-v1-a".into(),
                 labels: [("version".to_string(), "v1".to_string())].into(),
                 workload: "reviews-v1".into(),
+                service_account: "bookinfo-reviews".into(),
             }],
             removed: vec![],
         }
@@ -239,6 +244,12 @@ mod tests {
             idx.pod_of_ip("10.0.0.1".parse().unwrap())
                 .map(|p| p.workload.to_string()),
             Some("reviews-v1".to_string())
+        );
+        assert_eq!(
+            idx.pod_of_ip("10.0.0.1".parse().unwrap())
+                .and_then(|p| p.service_account.clone())
+                .as_deref(),
+            Some("bookinfo-reviews")
         );
         assert_eq!(
             idx.host_of_cluster_ip("10.96.0.10".parse().unwrap()),

@@ -157,8 +157,17 @@ fn mesh_connect(
     if how != crate::mtls::Upstream::Mesh {
         return None;
     }
-    let domain = shared.snapshot.load().ctx.cluster_domain.clone();
+    let snap = shared.snapshot.load();
+    let domain = snap.ctx.cluster_domain.clone();
     let identity = identity?;
+    // Who the server must be: the service accounts discovery knows of the endpoints' pods.
+    let chosen = snap.endpoints.pod_of_ip(addr.ip());
+    let accounts = crate::mtls::expect::accounts(
+        chosen.as_deref(),
+        rp.endpoints
+            .iter()
+            .map(|e| snap.endpoints.pod_of_ip(e.addr.ip())),
+    );
     Some(crate::mtls::outbound::MeshConnect {
         identity: identity.clone(),
         material: identity.current(),
@@ -173,7 +182,8 @@ fn mesh_connect(
             dest.port,
             dest.subset.as_deref(),
             &domain,
-        ),
+        )
+        .with_accounts(accounts),
         timeout: shared.settings.connect_timeout,
         metrics: shared.metrics.clone(),
     })

@@ -1,7 +1,7 @@
 //! Outbound mutual TLS between sidecars: connect, hand the server the workload certificate
 //! with Istio's ALPN values, verify the server's chain against the mesh roots and its SPIFFE
-//! id against the destination (trust domain, and the Service's namespace when the host is a
-//! cluster Service). For HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4
+//! id against the destination (trust domain, the Service's namespace when the host is a
+//! cluster Service, and the service accounts discovery knows of its endpoints: `expect`). For HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4
 //! connect whose stream Pingora gets through `relay`), so Pingora pools these connections like
 //! plain-text ones, in pool groups of their own; opaque TCP uses `handshake` directly.
 
@@ -16,7 +16,8 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::identity::material::{check_peer_id, spiffe_of};
+use super::expect::{Accounts, Refused};
+use crate::identity::material::spiffe_of;
 use crate::identity::{Carried, Identity, Material};
 
 /// What a mesh connection to one destination must be.
@@ -24,17 +25,32 @@ use crate::identity::{Carried, Identity, Material};
 pub struct Expect {
     /// The destination's namespace, when the host is a cluster Service.
     pub namespace: Option<String>,
+    /// The service accounts the server may present (`expect::accounts`).
+    pub accounts: Accounts,
     /// Istio's SNI for the destination: `outbound_.<port>_.<subset>_.<host>`.
     pub sni: String,
 }
 
 impl Expect {
-    /// For `host:port` (subset optional), `cluster_domain` naming cluster Services.
+    /// For `host:port` (subset optional), `cluster_domain` naming cluster Services; no service
+    /// account known yet ([`Expect::with_accounts`]).
     pub fn new(host: &str, port: u16, subset: Option<&str>, cluster_domain: &str) -> Expect {
         Expect {
             namespace: service_namespace(host, cluster_domain),
+            accounts: Accounts::Unknown,
             sni: format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or("")),
         }
+    }
+
+    pub fn with_accounts(self, accounts: Accounts) -> Expect {
+        Expect { accounts, ..self }
+    }
+}
+
+fn failed(message: String) -> Refused {
+    Refused {
+        label: "handshake",
+        message,
     }
 }
 
@@ -54,16 +70,16 @@ fn no_certificate(identity: &Identity) -> String {
 }
 
 /// The mTLS handshake on a connected `tcp` with the current workload certificate; the server's
-/// identity is returned.
+/// identity is returned, or why it failed (`label`: the metric's reason).
 pub async fn handshake(
     identity: &Identity,
     what: Carried,
     expect: &Expect,
     tcp: TcpStream,
     timeout: Duration,
-) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), Refused> {
     let Some(material) = identity.current() else {
-        return Err(no_certificate(identity));
+        return Err(failed(no_certificate(identity)));
     };
     handshake_with(
         &material,
@@ -77,7 +93,8 @@ pub async fn handshake(
 }
 
 /// The mTLS handshake on a connected `tcp` presenting `material`'s certificate; the server must
-/// be of `trust_domain` (and of the expected namespace). The server's identity is returned.
+/// be of `trust_domain`, of the expected namespace and one of the expected service accounts
+/// (`expect::check`). The server's identity is returned, or why it failed.
 pub async fn handshake_with(
     material: &Material,
     trust_domain: &str,
@@ -85,21 +102,21 @@ pub async fn handshake_with(
     expect: &Expect,
     tcp: TcpStream,
     timeout: Duration,
-) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+) -> std::result::Result<(tokio_rustls::client::TlsStream<TcpStream>, String), Refused> {
     let addr = tcp
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "the server".to_string());
     let name = ServerName::try_from(expect.sni.clone())
-        .map_err(|e| format!("SNI {:?}: {e}", expect.sni))?;
+        .map_err(|e| failed(format!("SNI {:?}: {e}", expect.sni)))?;
     let connector = tokio_rustls::TlsConnector::from(material.client(what));
     let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err(format!("mTLS handshake with {addr}: {e}")),
+        Ok(Err(e)) => return Err(failed(format!("mTLS handshake with {addr}: {e}"))),
         Err(_) => {
-            return Err(format!(
+            return Err(failed(format!(
                 "mTLS handshake with {addr} timed out after {timeout:?}"
-            ))
+            )))
         }
     };
     let server_id = tls
@@ -108,9 +125,17 @@ pub async fn handshake_with(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| spiffe_of(c.as_ref()))
-        .ok_or_else(|| format!("{addr} presented no SPIFFE id"))?;
-    check_peer_id(&server_id, trust_domain, expect.namespace.as_deref())
-        .map_err(|e| format!("server {addr}: {e}"))?;
+        .ok_or_else(|| failed(format!("{addr} presented no SPIFFE id")))?;
+    super::expect::check(
+        &server_id,
+        trust_domain,
+        expect.namespace.as_deref(),
+        &expect.accounts,
+    )
+    .map_err(|r| Refused {
+        label: r.label,
+        message: format!("server {addr} refused: {}", r.message),
+    })?;
     Ok((tls, server_id))
 }
 
@@ -160,13 +185,13 @@ impl MeshConnect {
 
     async fn connect_tls(
         &self,
-    ) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    ) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, Refused> {
         let Some(material) = &self.material else {
-            return Err(no_certificate(&self.identity));
+            return Err(failed(no_certificate(&self.identity)));
         };
         let tcp = crate::upstream::connect_tcp(self.addr, None, false, self.timeout)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| failed(format!("connect: {e}")))?;
         let trust_domain = &self.identity.config.trust_domain;
         let (tls, server) = handshake_with(
             material,
@@ -193,9 +218,13 @@ impl pingora::connectors::L4Connect for MeshConnect {
             Err(e) => {
                 self.metrics
                     .mtls_failures
-                    .with_label_values(&["outbound", "handshake"])
+                    .with_label_values(&["outbound", e.label])
                     .inc();
-                Error::e_explain(ErrorType::ConnectError, e)
+                if e.label != "handshake" {
+                    // A server that is not who the destination's endpoints are: worth a line.
+                    tracing::warn!(endpoint = %self.addr, reason = e.label, "mesh mTLS: {}", e.message);
+                }
+                Error::e_explain(ErrorType::ConnectError, e.message)
             }
         }
     }

@@ -110,8 +110,19 @@ async fn tcp_decision(
         meshed,
         shared.identity.is_some(),
     );
-    let mesh = (how == crate::mtls::Upstream::Mesh && sni.is_none())
-        .then(|| crate::mtls::outbound::Expect::new(&f.host, port, f.subset.as_deref(), &domain));
+    let mesh = (how == crate::mtls::Upstream::Mesh && sni.is_none()).then(|| {
+        // Who the server must be: the service accounts discovery knows of the endpoints' pods.
+        let snap = shared.snapshot.load();
+        let chosen = picked.and_then(|a| snap.endpoints.pod_of_ip(a.ip()));
+        let accounts = crate::mtls::expect::accounts(
+            chosen.as_deref(),
+            f.endpoints
+                .iter()
+                .map(|e| snap.endpoints.pod_of_ip(e.addr.ip())),
+        );
+        crate::mtls::outbound::Expect::new(&f.host, port, f.subset.as_deref(), &domain)
+            .with_accounts(accounts)
+    });
     // TLS passthrough (routed by SNI) is already TLS: never wrap it again.
     let tls = match dest.tcp_tls().filter(|_| sni.is_none()) {
         None => None,
@@ -322,7 +333,10 @@ pub async fn proxy(
                             )
                             .await
                         }
-                        None => Err("no workload identity".to_string()),
+                        None => Err(crate::mtls::expect::Refused {
+                            label: "handshake",
+                            message: "no workload identity".to_string(),
+                        }),
                     };
                     match handshake {
                         Ok((tls, server)) => {
@@ -331,7 +345,7 @@ pub async fn proxy(
                         Err(e) => {
                             metrics
                                 .mtls_failures
-                                .with_label_values(&["outbound", "handshake"])
+                                .with_label_values(&["outbound", e.label])
                                 .inc();
                             warn!(listener = dir.as_str(), %dst, %target, "tcp upstream mTLS failed: {e}");
                             (Err(format!("mtls: {e}")), None, local)

@@ -245,6 +245,7 @@ mod tests {
             namespace: Arc::from(ns),
             workload: Arc::from(wl),
             labels: Arc::new(labels(pairs)),
+            service_account: None,
         }
     }
 

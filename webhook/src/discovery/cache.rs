@@ -1,11 +1,14 @@
 //! The control plane's copy of what proxies need (Services, EndpointSlices, Pods' metadata, as
 //! the wire messages), the changes each watch event makes, and what one subscriber gets of
-//! them. Pure: the watches (`watch.rs`) feed [`Event`]s in, the service (`serve.rs`) sends what
-//! [`Cache::snapshot`] and [`Filter::delta`] return.
+//! them: the namespaces it asked for, the Services exported to it (`exportTo`) and, of those,
+//! the ones its Sidecar's egress hosts admit. Pure: the watches (`watch.rs`) feed [`Event`]s in,
+//! the service (`serve.rs`) sends what [`Cache::snapshot`], [`Filter::delta`] and
+//! [`Cache::rescope`] return.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use remora_model::discovery_api::{DiscoveryResponse, EndpointSlice, Kind, Pod, Removed, Service};
+use remora_model::kinds::{LoadContext, Sidecar};
 
 /// Which namespaces may see a Service (its `networking.istio.io/exportTo` annotation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -192,6 +195,48 @@ impl Cache {
         ch.put.push(obj);
     }
 
+    /// The labels of pod `ns/name`, when it is known.
+    pub fn pod_labels(&self, ns: &str, name: &str) -> Option<&BTreeMap<String, String>> {
+        match self
+            .objects
+            .get(&Kind::Pod)?
+            .get(&(ns.to_string(), name.to_string()))?
+        {
+            Obj::Pod(p) => Some(&p.labels),
+            _ => None,
+        }
+    }
+
+    /// What a subscriber seeing `old` must be sent to see `new` instead (a Sidecar of its
+    /// changed): the objects `new` sees and `old` did not, and the removal of those `old` saw
+    /// and `new` does not, as a delta at the current version; `None` when nothing differs.
+    pub fn rescope(&self, old: &Filter, new: &Filter) -> Option<DiscoveryResponse> {
+        let mut r = DiscoveryResponse {
+            version: self.version,
+            full: false,
+            ..DiscoveryResponse::default()
+        };
+        let mut any = false;
+        for m in self.objects.values() {
+            for obj in m.values() {
+                match (old.sees(self, obj), new.sees(self, obj)) {
+                    (false, true) => push(&mut r, obj.clone()),
+                    (true, false) => {
+                        let (namespace, name) = obj.key();
+                        r.removed.push(Removed {
+                            kind: obj.kind() as i32,
+                            namespace,
+                            name,
+                        });
+                    }
+                    _ => continue,
+                }
+                any = true;
+            }
+        }
+        any.then_some(r)
+    }
+
     /// Who may see Service `ns/name` (everyone when it is not known).
     fn export(&self, ns: &str, name: &str) -> Option<&Export> {
         match self
@@ -256,26 +301,82 @@ fn push(r: &mut DiscoveryResponse, obj: Obj) {
     }
 }
 
+/// The Sidecar that scopes a proxy of namespace `ns` whose pod has `labels`: one of its
+/// namespace whose `workloadSelector` matches, else its namespace's without selector, else the
+/// root namespace's default (`remora_model::rules::select_sidecar`, the choice the proxy makes
+/// of its own rules).
+pub fn sidecar_for(
+    sidecars: &[Sidecar],
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+    root_namespace: &str,
+) -> Option<Sidecar> {
+    let ctx = LoadContext {
+        namespace: ns.to_string(),
+        pod_labels: labels.clone(),
+        root_namespace: root_namespace.to_string(),
+        ..LoadContext::default()
+    };
+    remora_model::rules::select_sidecar(sidecars, &ctx).cloned()
+}
+
 /// What one subscriber sees: the namespaces it asked for (`None`: all), and of their Services
-/// those exported to its own namespace (with their EndpointSlices).
+/// those exported to its own namespace and admitted by its Sidecar's egress hosts (with their
+/// EndpointSlices); Pods of the namespaces an egress host names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     /// The subscriber's own namespace.
     pub own: String,
     pub namespaces: Option<BTreeSet<String>>,
+    /// The Sidecar that applies to the subscriber (`None`: none, everything exported is seen).
+    pub sidecar: Option<Sidecar>,
+    /// The cluster's DNS domain (a Service's host is `<name>.<namespace>.svc.<domain>`).
+    pub domain: String,
 }
 
 impl Filter {
-    /// For a proxy of namespace `own`, from the request's list (empty: all).
+    /// For a proxy of namespace `own`, from the request's list (empty: all); no Sidecar.
     pub fn of(own: &str, namespaces: &[String]) -> Filter {
         Filter {
             own: own.to_string(),
             namespaces: (!namespaces.is_empty()).then(|| namespaces.iter().cloned().collect()),
+            sidecar: None,
+            domain: "cluster.local".into(),
+        }
+    }
+
+    /// The same, scoped by `sidecar` (Services named `<name>.<ns>.svc.<domain>`).
+    pub fn with_sidecar(self, sidecar: Option<Sidecar>, domain: &str) -> Filter {
+        Filter {
+            sidecar,
+            domain: domain.to_string(),
+            ..self
         }
     }
 
     pub fn covers(&self, ns: &str) -> bool {
         self.namespaces.as_ref().is_none_or(|s| s.contains(ns))
+    }
+
+    /// Does the Sidecar admit Service `ns/name` (`remora_model::rules::in_egress_scope`, the
+    /// decision the rules controller and the proxy's routing make of egress hosts)?
+    fn admits(&self, ns: &str, name: &str) -> bool {
+        self.sidecar.as_ref().is_none_or(|sc| {
+            let host = format!("{name}.{ns}.svc.{}", self.domain);
+            remora_model::rules::in_egress_scope(sc, ns, std::slice::from_ref(&host))
+        })
+    }
+
+    /// Does some egress host of the Sidecar name namespace `ns` (its pods are sent)?
+    fn admits_namespace(&self, ns: &str) -> bool {
+        self.sidecar.as_ref().is_none_or(|sc| {
+            sc.egress.is_empty()
+                || sc
+                    .egress
+                    .iter()
+                    .flat_map(|l| l.hosts.iter())
+                    .any(|h| h.namespace == "*" || h.namespace == ns)
+        })
     }
 
     /// Does the subscriber see `obj` as `cache` now holds things?
@@ -285,11 +386,14 @@ impl Filter {
             return false;
         }
         match obj {
-            Obj::Service(_, e) => e.visible_to(&self.own),
-            Obj::Slice(s) => cache
-                .export(&ns, &s.service)
-                .is_none_or(|e| e.visible_to(&self.own)),
-            Obj::Pod(_) => true,
+            Obj::Service(s, e) => e.visible_to(&self.own) && self.admits(&ns, &s.name),
+            Obj::Slice(s) => {
+                cache
+                    .export(&ns, &s.service)
+                    .is_none_or(|e| e.visible_to(&self.own))
+                    && self.admits(&ns, &s.service)
+            }
+            Obj::Pod(_) => self.admits_namespace(&ns),
         }
     }
 
@@ -316,7 +420,7 @@ impl Filter {
             }
         }
         for ((ns, name), before) in &change.exports {
-            if !self.covers(ns) {
+            if !self.covers(ns) || !self.admits(ns, name) {
                 continue;
             }
             let now = cache
@@ -350,11 +454,16 @@ impl Filter {
         any.then_some(r)
     }
 
-    /// `[shop, remora-system]` or `all namespaces`, for logs.
+    /// `[shop, remora-system]` or `all namespaces`, and the Sidecar when one applies, for
+    /// logs.
     pub fn describe(&self) -> String {
-        match &self.namespaces {
+        let ns = match &self.namespaces {
             None => "all namespaces".into(),
             Some(s) => format!("[{}]", s.iter().cloned().collect::<Vec<_>>().join(", ")),
+        };
+        match &self.sidecar {
+            Some(sc) => format!("{ns}, Sidecar {}", sc.meta.key()),
+            None => ns,
         }
     }
 }
@@ -411,6 +520,226 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A Sidecar decoded by the model's one decoder (`.` is its own namespace, `~` none).
+    fn sidecar(ns: &str, name: &str, selector: Option<&[(&str, &str)]>, hosts: &[&str]) -> Sidecar {
+        let mut spec = serde_json::json!({"egress": [{"hosts": hosts}]});
+        if hosts.is_empty() {
+            spec = serde_json::json!({});
+        }
+        if let Some(sel) = selector {
+            let labels: serde_json::Map<String, serde_json::Value> = sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                .collect();
+            spec["workloadSelector"] = serde_json::json!({ "labels": labels });
+        }
+        let v = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        remora_model::compile::check(&v, "cluster.local")
+            .expect("a valid Sidecar")
+            .sidecar()
+            .expect("decoded as a Sidecar")
+            .clone()
+    }
+
+    fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Obj {
+        Obj::Pod(Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// A cluster of three namespaces, one Service (and slice) each plus a private one in books.
+    fn cluster() -> Cache {
+        let mut c = Cache::new();
+        for (ns, name) in [
+            ("shop", "cart"),
+            ("books", "reviews"),
+            ("books", "ratings"),
+            ("logs", "audit"),
+        ] {
+            c.apply(Event::Apply(svc(ns, name, 80)));
+            c.apply(Event::Apply(slice(ns, &format!("{name}-1"), name)));
+        }
+        c.apply(Event::Apply(svc_to("books", "private", 80, Some("."))));
+        c.apply(Event::Apply(slice("books", "private-1", "private")));
+        c.apply(Event::Apply(pod("shop", "web-1", &[("app", "web")])));
+        c.apply(Event::Apply(pod(
+            "books",
+            "reviews-1",
+            &[("app", "reviews")],
+        )));
+        c
+    }
+
+    fn services(r: &DiscoveryResponse) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn sidecar_egress_hosts_scope_a_subscriber_table() {
+        let c = cluster();
+        let shop = Filter::of("shop", &[]);
+        // (what, Sidecar egress hosts, Services seen by a proxy of shop)
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "no egress listener: everything exported",
+                &[],
+                &["books/ratings", "books/reviews", "logs/audit", "shop/cart"],
+            ),
+            ("./*: its own namespace", &["./*"], &["shop/cart"]),
+            (
+                "ns/*: that namespace (exportTo still applies)",
+                &["books/*"],
+                &["books/ratings", "books/reviews"],
+            ),
+            (
+                "*/host: that host in any namespace",
+                &["*/reviews.books.svc.cluster.local"],
+                &["books/reviews"],
+            ),
+            (
+                "ns/host",
+                &["./*", "books/ratings.books.svc.cluster.local"],
+                &["books/ratings", "shop/cart"],
+            ),
+            (
+                "ns/*.suffix",
+                &["*/*.logs.svc.cluster.local"],
+                &["logs/audit"],
+            ),
+            (
+                "a host in another namespace than named: not admitted",
+                &["logs/reviews.books.svc.cluster.local"],
+                &[],
+            ),
+            ("~/*: nothing", &["~/*"], &[]),
+            (
+                "*/*: everything exported",
+                &["*/*"],
+                &["books/ratings", "books/reviews", "logs/audit", "shop/cart"],
+            ),
+        ];
+        for (what, hosts, want) in cases {
+            let sc = sidecar("shop", "default", None, hosts);
+            let f = shop.clone().with_sidecar(Some(sc), "cluster.local");
+            let snap = c.snapshot(&f);
+            assert_eq!(services(&snap), *want, "{what}");
+            // EndpointSlices follow their Services.
+            let mut slices: Vec<String> = snap
+                .endpoint_slices
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace, s.service))
+                .collect();
+            slices.sort();
+            assert_eq!(slices, *want, "{what}: slices");
+        }
+        // Pods: of the namespaces an egress host names.
+        let f = shop.clone().with_sidecar(
+            Some(sidecar("shop", "default", None, &["./*"])),
+            "cluster.local",
+        );
+        let snap = c.snapshot(&f);
+        let pods: Vec<&str> = snap.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pods, ["web-1"]);
+    }
+
+    #[test]
+    fn the_sidecar_of_a_subscriber_is_the_proxy_s_own_choice() {
+        let root = "remora-system";
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let sidecars = vec![
+            sidecar(root, "default", None, &["./*"]),
+            sidecar("shop", "web", Some(&[("app", "web")]), &["books/*"]),
+            sidecar("shop", "default", None, &["logs/*"]),
+            sidecar("other", "scoped", Some(&[("app", "x")]), &["books/*"]),
+        ];
+        let name = |sc: Option<Sidecar>| sc.map(|s| s.meta.key());
+        // (namespace, pod labels, Sidecar chosen)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
+            ("shop", &[("app", "web")], Some("shop/web")),
+            ("shop", &[("app", "cart")], Some("shop/default")),
+            ("shop", &[], Some("shop/default")),
+            ("books", &[("app", "web")], Some("remora-system/default")),
+            // A namespace whose only Sidecar selects other pods: the root default.
+            ("other", &[("app", "y")], Some("remora-system/default")),
+            ("other", &[("app", "x")], Some("other/scoped")),
+        ];
+        for (ns, l, want) in cases {
+            assert_eq!(
+                name(sidecar_for(&sidecars, ns, &labels(l), root)).as_deref(),
+                *want,
+                "{ns} {l:?}"
+            );
+        }
+        assert_eq!(
+            sidecar_for(&sidecars[1..2], "books", &labels(&[]), root),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sidecar_change_rescopes_with_a_delta() {
+        let c = cluster();
+        let narrow = Filter::of("shop", &[]).with_sidecar(
+            Some(sidecar("shop", "default", None, &["./*"])),
+            "cluster.local",
+        );
+        let wide = Filter::of("shop", &[]).with_sidecar(
+            Some(sidecar("shop", "default", None, &["./*", "books/*"])),
+            "cluster.local",
+        );
+        let d = c.rescope(&narrow, &wide).unwrap();
+        assert!(!d.full);
+        assert_eq!(d.version, c.version(), "the current version");
+        assert_eq!(
+            all_names(&d),
+            [
+                "slice books/ratings-1",
+                "slice books/reviews-1",
+                "svc books/ratings",
+                "svc books/reviews"
+            ],
+            "books/private stays exported to books only"
+        );
+        assert_eq!(d.pods.len(), 1, "books' pod");
+        let back = c.rescope(&wide, &narrow).unwrap();
+        assert_eq!(
+            all_names(&back),
+            [
+                "-EndpointSlice books/ratings-1",
+                "-EndpointSlice books/reviews-1",
+                "-Pod books/reviews-1",
+                "-Service books/ratings",
+                "-Service books/reviews"
+            ]
+        );
+        assert_eq!(c.rescope(&wide, &wide), None, "nothing differs");
+        // Deltas of changes respect the Sidecar too.
+        let mut c = c;
+        let ch = c.apply(Event::Apply(svc("books", "reviews", 81))).unwrap();
+        assert_eq!(narrow.delta(&c, &ch, c.version()), None);
+        assert!(wide.delta(&c, &ch, c.version()).is_some());
+        assert_eq!(wide.describe(), "all namespaces, Sidecar shop/default");
     }
 
     #[test]

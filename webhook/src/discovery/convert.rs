@@ -1,11 +1,11 @@
 //! Kubernetes objects → the discovery service's wire messages (pure): the same reading of
 //! Services, EndpointSlices and Pods' metadata as the proxy's direct mode makes
 //! (`remora-proxy`'s `discovery::kube`): TCP ports only, an endpoint's first address, ready
-//! meaning ready and not terminating, the pod's workload as Istio names it.
+//! meaning ready and not terminating, the pod's workload as Istio names it. Of a Pod only its
+//! metadata and `spec.serviceAccountName` are kept (no containers, no environment).
 
 use k8s_openapi::api::core::v1::{Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
-use kube::core::PartialObjectMeta;
 use kube::ResourceExt;
 use remora_model::discovery_api::{Endpoint, EndpointSlice, Pod, Service, ServicePort, SlicePort};
 
@@ -113,8 +113,9 @@ pub fn slice(s: &KSlice) -> Option<EndpointSlice> {
     })
 }
 
-/// A pod's labels and its workload (its controller, as Istio names it); metadata only.
-pub fn pod(p: &PartialObjectMeta<KPod>) -> Pod {
+/// A pod's labels, its workload (its controller, as Istio names it) and its service account
+/// (`spec.serviceAccountName`, which the API server sets to `default` when the pod names none).
+pub fn pod(p: &KPod) -> Pod {
     let m = &p.metadata;
     let labels = p.labels().clone();
     let owner = m
@@ -134,6 +135,11 @@ pub fn pod(p: &PartialObjectMeta<KPod>) -> Pod {
         name: name.to_string(),
         labels: labels.into_iter().collect(),
         workload,
+        service_account: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -200,17 +206,27 @@ mod tests {
         fq.address_type = "FQDN".into();
         assert!(slice(&fq).is_none());
 
-        let p: PartialObjectMeta<KPod> = serde_json::from_value(serde_json::json!({
-            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+        let p: KPod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "reviews-v1-5d8f-abcde", "namespace": "shop",
                          "generateName": "reviews-v1-5d8f-",
                          "labels": {"app": "reviews", "pod-template-hash": "5d8f"},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                             "name": "reviews-v1-5d8f", "uid": "u", "controller": true}]}
+                             "name": "reviews-v1-5d8f", "uid": "u", "controller": true}]},
+            "spec": {"serviceAccountName": "bookinfo-reviews",
+                     "containers": [{"name": "app", "image": "reviews:v1",
+                                     "env": [{"name": "SECRET", "value": "s3cr3t"}]}]}
         }))
         .unwrap();
         let w = pod(&p);
         assert_eq!(w.workload, "reviews-v1");
         assert_eq!(w.labels["app"], "reviews");
+        assert_eq!(w.service_account, "bookinfo-reviews");
+        // Nothing of the spec but the service account is sent.
+        let bytes = prost::Message::encode_to_vec(&w);
+        assert!(!String::from_utf8_lossy(&bytes).contains("s3cr3t"));
+        let mut bare = p.clone();
+        bare.spec = None;
+        assert_eq!(pod(&bare).service_account, "", "not known: empty");
     }
 }

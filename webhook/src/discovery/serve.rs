@@ -1,8 +1,10 @@
 //! The discovery service `remora.discovery.v1.Discovery/Subscribe` on the CA's listener: who
 //! asks (the projected token, checked by a TokenReview as the CA does), the subscribers and
-//! their bounded queues, and the stream each gets (a snapshot, then deltas).
+//! their bounded queues, and the stream each gets (a snapshot, then deltas). Each subscriber is
+//! scoped by the Sidecar that applies to its pod (`cache::sidecar_for`); a Sidecar change, or a
+//! change of the subscriber's pod's labels, re-scopes it live with a delta (`Cache::rescope`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,10 +14,11 @@ use remora_model::discovery_api::{DiscoveryResponse, SubscribeRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
-use super::cache::{Cache, Event, Filter};
+use super::cache::{sidecar_for, Cache, Event, Filter};
 use super::reviews::{Denied, Review, Reviews};
 use crate::ca::authn::{bearer, Authenticator};
 use crate::ca::sign::Identity;
+use remora_model::kinds::Sidecar;
 
 /// Bounds of the service.
 #[derive(Clone, Debug)]
@@ -44,8 +47,37 @@ impl Default for Limits {
     }
 }
 
+/// The mesh settings subscribers are scoped with.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// Its default Sidecar (without `workloadSelector`) applies where a namespace has none.
+    pub root_namespace: String,
+    /// The cluster's DNS domain (Services' hosts in egress hosts).
+    pub cluster_domain: String,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh {
+            root_namespace: remora_model::kinds::DEFAULT_ROOT_NAMESPACE.into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// A change of the Sidecars the control plane knows.
+#[derive(Clone, Debug)]
+pub enum SidecarEvent {
+    /// Every Sidecar of the cluster (a list; also "none" when the kind is not installed).
+    Replace(Vec<Sidecar>),
+    Put(Sidecar),
+    Delete(String, String),
+}
+
 struct Sub {
     filter: Filter,
+    /// The subscriber's pod (its labels select its Sidecar), `(namespace, name)`.
+    pod: (String, String),
     tx: mpsc::Sender<DiscoveryResponse>,
     /// Told why the stream ends when the control plane drops the subscriber.
     kill: Option<oneshot::Sender<Status>>,
@@ -57,6 +89,31 @@ struct Sub {
 struct State {
     cache: Cache,
     subs: HashMap<u64, Sub>,
+    /// By `(namespace, name)`.
+    sidecars: BTreeMap<(String, String), Sidecar>,
+    /// The same, in that order, as the model's selection takes them.
+    sidecar_list: Vec<Sidecar>,
+    /// The Sidecars were listed (or are known not to exist) at least once.
+    sidecars_listed: bool,
+}
+
+impl State {
+    fn synced(&self) -> bool {
+        self.cache.synced() && self.sidecars_listed
+    }
+
+    /// The filter `sub`'s pod gets now.
+    fn scoped(&self, filter: &Filter, pod: &(String, String), mesh: &Mesh) -> Filter {
+        let none = BTreeMap::new();
+        let labels = self.cache.pod_labels(&pod.0, &pod.1).unwrap_or(&none);
+        let sc = sidecar_for(
+            &self.sidecar_list,
+            &filter.own,
+            labels,
+            &mesh.root_namespace,
+        );
+        filter.clone().with_sidecar(sc, &mesh.cluster_domain)
+    }
 }
 
 /// The cache and its subscribers.
@@ -67,6 +124,7 @@ pub struct Hub {
     audience: String,
     /// The mesh's trust domain: a client certificate's SPIFFE id must be in it.
     trust_domain: String,
+    mesh: Mesh,
     reviews: Reviews,
     limits: Limits,
     next_id: AtomicU64,
@@ -93,9 +151,9 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(authn: Authenticator, trust_domain: &str, limits: Limits) -> Arc<Hub> {
+    pub fn new(authn: Authenticator, trust_domain: &str, mesh: Mesh, limits: Limits) -> Arc<Hub> {
         let audience = authn.audience.clone();
-        Hub::with_reviewer(Arc::new(authn), &audience, trust_domain, limits)
+        Hub::with_reviewer(Arc::new(authn), &audience, trust_domain, mesh, limits)
     }
 
     /// A hub whose subscribers' tokens `reviewer` checks (for `audience`).
@@ -103,6 +161,7 @@ impl Hub {
         reviewer: Arc<dyn Review>,
         audience: &str,
         trust_domain: &str,
+        mesh: Mesh,
         limits: Limits,
     ) -> Arc<Hub> {
         Arc::new(Hub {
@@ -110,6 +169,7 @@ impl Hub {
             synced: watch::channel(false).0,
             audience: audience.to_string(),
             trust_domain: trust_domain.to_string(),
+            mesh,
             reviews: Reviews::new(reviewer, limits.reviews.clone()),
             limits,
             next_id: AtomicU64::new(1),
@@ -121,10 +181,7 @@ impl Hub {
     pub fn apply(&self, ev: Event) {
         let mut st = locked(&self.state);
         let Some(change) = st.cache.apply(ev) else {
-            if st.cache.synced() {
-                self.synced
-                    .send_if_modified(|s| !std::mem::replace(s, true));
-            }
+            self.mark_synced(&st);
             return;
         };
         let version = st.cache.version();
@@ -133,12 +190,90 @@ impl Hub {
             let Some(delta) = sub.filter.delta(&st.cache, &change, version) else {
                 continue;
             };
-            match sub.tx.try_send(delta) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => dropped.push((*id, true)),
-                Err(mpsc::error::TrySendError::Closed(_)) => dropped.push((*id, false)),
+            if let Some(d) = send(sub, delta) {
+                dropped.push((*id, d));
             }
         }
+        self.drop_subs(&mut st, dropped, version);
+        // A subscriber whose own pod changed (its labels select its Sidecar) is scoped again.
+        let pods: std::collections::HashSet<(String, String)> = change
+            .put
+            .iter()
+            .filter(|o| o.kind() == remora_model::discovery_api::Kind::Pod)
+            .map(super::cache::Obj::key)
+            .collect();
+        if !pods.is_empty() {
+            self.rescope(&mut st, |sub| pods.contains(&sub.pod));
+        }
+        super::metrics::subscribers(st.subs.len());
+        self.mark_synced(&st);
+    }
+
+    /// A change of the Sidecars: every subscriber whose Sidecar it changes is scoped again
+    /// (a delta adding what it now sees and removing what it no longer does).
+    pub fn apply_sidecars(&self, ev: SidecarEvent) {
+        let mut st = locked(&self.state);
+        match ev {
+            SidecarEvent::Replace(all) => {
+                st.sidecars = all
+                    .into_iter()
+                    .map(|sc| ((sc.meta.namespace.clone(), sc.meta.name.clone()), sc))
+                    .collect();
+                st.sidecars_listed = true;
+            }
+            SidecarEvent::Put(sc) => {
+                st.sidecars
+                    .insert((sc.meta.namespace.clone(), sc.meta.name.clone()), sc);
+            }
+            SidecarEvent::Delete(ns, name) => {
+                st.sidecars.remove(&(ns, name));
+            }
+        }
+        st.sidecar_list = st.sidecars.values().cloned().collect();
+        self.rescope(&mut st, |_| true);
+        super::metrics::subscribers(st.subs.len());
+        self.mark_synced(&st);
+    }
+
+    fn mark_synced(&self, st: &State) {
+        if st.synced() {
+            self.synced
+                .send_if_modified(|s| !std::mem::replace(s, true));
+        }
+    }
+
+    /// Scope the subscribers `which` selects again; send each whose view changes its delta.
+    fn rescope(&self, st: &mut State, which: impl Fn(&Sub) -> bool) {
+        let mut dropped = Vec::new();
+        let mut changed = Vec::new();
+        for (id, sub) in st.subs.iter() {
+            if !which(sub) {
+                continue;
+            }
+            let new = st.scoped(&sub.filter, &sub.pod, &self.mesh);
+            if new.sidecar == sub.filter.sidecar {
+                continue;
+            }
+            tracing::info!(subscriber = %sub.who, from = %sub.filter.describe(), to = %new.describe(),
+                "discovery: subscriber scoped again (its Sidecar changed)");
+            if let Some(delta) = st.cache.rescope(&sub.filter, &new) {
+                if let Some(d) = send(sub, delta) {
+                    dropped.push((*id, d));
+                }
+            }
+            changed.push((*id, new));
+        }
+        for (id, f) in changed {
+            if let Some(sub) = st.subs.get_mut(&id) {
+                sub.filter = f;
+            }
+        }
+        let version = st.cache.version();
+        self.drop_subs(st, dropped, version);
+    }
+
+    /// Remove the subscribers `dropped` names (`true`: too slow, told why).
+    fn drop_subs(&self, st: &mut State, dropped: Vec<(u64, bool)>, version: u64) {
         for (id, slow) in dropped {
             if let Some(mut sub) = st.subs.remove(&id) {
                 if slow {
@@ -152,11 +287,6 @@ impl Hub {
                     }
                 }
             }
-        }
-        super::metrics::subscribers(st.subs.len());
-        if st.cache.synced() {
-            self.synced
-                .send_if_modified(|s| !std::mem::replace(s, true));
         }
     }
 
@@ -273,14 +403,16 @@ impl Hub {
             )));
         }
         let filter = Filter::of(&id.namespace, &req.namespaces);
+        // The token's pod when it names one, else the pod the request names (its labels pick
+        // the Sidecar, as istiod reads a proxy's labels from its pod).
+        let pod = id.pod.as_deref().unwrap_or(&req.pod_name).to_string();
         let who = format!(
-            "{}/{} pod {} ({}) at {peer_s}",
+            "{}/{} pod {pod} ({}) at {peer_s}",
             id.namespace,
             id.service_account,
-            id.pod.as_deref().unwrap_or(&req.pod_name),
             filter.describe()
         );
-        self.register(filter, who).map_err(|msg| {
+        self.register(filter, &pod, who).map_err(|msg| {
             refuse(
                 Code::ResourceExhausted,
                 "too_many_subscribers",
@@ -290,9 +422,15 @@ impl Hub {
         })
     }
 
-    /// Register a subscriber that sees `filter` and queue its snapshot; `Err`: the cap is
-    /// reached (the message says so).
-    pub fn register(self: &Arc<Self>, filter: Filter, who: String) -> Result<Subscription, String> {
+    /// Register a subscriber of pod `pod` (of `filter.own`) that sees `filter`, scoped by the
+    /// Sidecar that applies to that pod, and queue its snapshot; `Err`: the cap is reached (the
+    /// message says so).
+    pub fn register(
+        self: &Arc<Self>,
+        filter: Filter,
+        pod: &str,
+        who: String,
+    ) -> Result<Subscription, String> {
         let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
         let (kill_tx, kill) = oneshot::channel();
         let sid = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -303,16 +441,19 @@ impl Hub {
                 self.limits.max_subscribers
             ));
         }
+        let pod = (filter.own.clone(), pod.to_string());
+        let filter = st.scoped(&filter, &pod, &self.mesh);
         let snap = st.cache.snapshot(&filter);
         tracing::info!(subscriber = %who, version = snap.version, services = snap.services.len(),
             endpoint_slices = snap.endpoint_slices.len(), pods = snap.pods.len(),
-            "discovery: new subscriber; snapshot queued");
+            scope = %filter.describe(), "discovery: new subscriber; snapshot queued");
         // A fresh queue has room for the snapshot.
         let _ = tx.try_send(snap);
         st.subs.insert(
             sid,
             Sub {
                 filter,
+                pod,
                 tx,
                 kill: Some(kill_tx),
                 who: who.clone(),
@@ -347,6 +488,16 @@ impl Subscription {
             }
             m = self.rx.recv() => m.map(Ok),
         }
+    }
+}
+
+/// Queue `delta` for `sub`; `Some(too slow)` when the subscriber must be dropped (its queue is
+/// full, or it is gone).
+fn send(sub: &Sub, delta: DiscoveryResponse) -> Option<bool> {
+    match sub.tx.try_send(delta) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => Some(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
     }
 }
 
@@ -385,6 +536,7 @@ mod tests {
         Hub::new(
             Authenticator::new(client, "remora-ca", Duration::from_secs(1)),
             "cluster.local",
+            Mesh::default(),
             limits,
         )
     }
@@ -402,6 +554,94 @@ mod tests {
             },
             Default::default(),
         ))
+    }
+
+    fn pod(ns: &str, name: &str, app: &str) -> Event {
+        Event::Apply(Obj::Pod(remora_model::discovery_api::Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ..Default::default()
+        }))
+    }
+
+    fn sidecar(ns: &str, name: &str, app: Option<&str>, hosts: &[&str]) -> Sidecar {
+        let mut spec = serde_json::json!({"egress": [{"hosts": hosts}]});
+        if let Some(a) = app {
+            spec["workloadSelector"] = serde_json::json!({"labels": {"app": a}});
+        }
+        let v = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        remora_model::compile::check(&v, "cluster.local")
+            .unwrap()
+            .sidecar()
+            .unwrap()
+            .clone()
+    }
+
+    fn services(r: &DiscoveryResponse) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .chain(
+                r.removed
+                    .iter()
+                    .filter(|x| x.kind() == Kind::Service)
+                    .map(|x| format!("-{}/{}", x.namespace, x.name)),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The subscriber's Sidecar follows its pod's labels and the Sidecars: a label change that
+    /// makes another Sidecar select it, and a Sidecar deleted, each re-scope it with a delta; a
+    /// subscription waits for the Sidecars' first list.
+    #[tokio::test]
+    async fn a_subscriber_is_scoped_again_when_its_pod_or_its_sidecar_changes() {
+        let h = hub(Limits::default());
+        for k in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            h.apply(Event::Init(k));
+            h.apply(Event::InitDone(k));
+        }
+        assert!(
+            !locked(&h.state).synced(),
+            "the Sidecars are not listed yet"
+        );
+        h.apply_sidecars(SidecarEvent::Replace(vec![
+            sidecar("shop", "default", None, &["./*"]),
+            sidecar("shop", "web", Some("web"), &["./*", "books/*"]),
+        ]));
+        assert!(locked(&h.state).synced());
+        h.apply(svc("shop", "cart", 80));
+        h.apply(svc("books", "reviews", 80));
+        h.apply(pod("shop", "web-1", "other"));
+        let mut sub = h
+            .register(Filter::of("shop", &[]), "web-1", "web-1".into())
+            .unwrap();
+        let snap = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&snap), ["shop/cart"], "the namespace's default");
+        // Its pod is relabelled app=web: the workload's Sidecar selects it.
+        h.apply(pod("shop", "web-1", "web"));
+        // First the pod itself (a delta, as to every subscriber of shop), then the new scope.
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!((d.pods.len(), d.services.len()), (1, 0));
+        let d = sub.next().await.unwrap().unwrap();
+        assert!(!d.full);
+        assert_eq!(services(&d), ["books/reviews"]);
+        // That Sidecar is deleted: back to the default.
+        h.apply_sidecars(SidecarEvent::Delete("shop".into(), "web".into()));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&d), ["-books/reviews"]);
+        // Another pod's change concerns it not.
+        h.apply(pod("shop", "web-2", "web"));
+        h.apply(svc("shop", "cart", 81));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!((d.pods[0].name.as_str(), d.services.len()), ("web-2", 0));
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(services(&d), ["shop/cart"]);
+        assert_eq!(d.services[0].ports[0].port, 81);
     }
 
     #[test]
@@ -437,13 +677,16 @@ mod tests {
             h.apply(Event::Init(k));
             h.apply(Event::InitDone(k));
         }
+        h.apply_sidecars(SidecarEvent::Replace(vec![]));
         h.apply(svc("shop", "a", 80));
         let mut fast = h
-            .register(Filter::of("shop", &["shop".into()]), "fast".into())
+            .register(Filter::of("shop", &["shop".into()]), "", "fast".into())
             .unwrap();
-        let mut slow = h.register(Filter::of("shop", &[]), "slow".into()).unwrap();
+        let mut slow = h
+            .register(Filter::of("shop", &[]), "", "slow".into())
+            .unwrap();
         let third = h
-            .register(Filter::of("shop", &[]), "third".into())
+            .register(Filter::of("shop", &[]), "", "third".into())
             .err()
             .unwrap();
         assert!(third.contains("2 subscribers already"), "{third}");
@@ -474,7 +717,9 @@ mod tests {
             fast.next().await.unwrap().unwrap().services[0].ports[0].port,
             82
         );
-        let _again = h.register(Filter::of("shop", &[]), "again".into()).unwrap();
+        let _again = h
+            .register(Filter::of("shop", &[]), "", "again".into())
+            .unwrap();
         drop(fast);
         assert_eq!(h.stats().0, 1, "a dropped subscription unregisters");
     }

@@ -306,8 +306,8 @@ async fn run(client: Client, opts: Options, mut stopped: tokio::sync::watch::Rec
     }
 }
 
-/// What the watchers report.
-enum Change {
+/// What the watchers report (the discovery service's Sidecar watch reads them too).
+pub(crate) enum Change {
     /// A kind's (or the namespaces', `kind` "Namespace") full list: replaces what was known.
     Replace(&'static str, Vec<Value>),
     Upsert(&'static str, Value),
@@ -423,7 +423,7 @@ async fn served_version(client: &Client, k: &Kind) -> Result<Option<&'static str
 }
 
 /// Watch one kind in all namespaces; report lists and changes to `tx`.
-async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
+pub(crate) async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
     let version = loop {
         match served_version(&client, &k).await {
             // The group is served; its CRD for this kind may still be missing (a CRD file from
