@@ -737,6 +737,10 @@ impl Lab {
                                 e["value"] = serde_json::json!("files");
                             }
                         }
+                        // The lab's control plane serves no discovery (its API stand-in holds
+                        // no Services or EndpointSlices): the gateway routes by the lab's
+                        // ServiceEntries, as the lab's sidecars do.
+                        env.retain(|e| e["name"] != "REMORA_DISCOVERY_ADDRESS");
                     }
                     if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
                         vols.retain(|v| v["name"] != "credentials");
