@@ -288,6 +288,12 @@ fn telemetry_rules_change_sampling_tags_and_access_log_on_reload() {
     let mut o = ProxyOpts::new(rules.path());
     o.fixed_outbound = Some(app);
     o.extra_args = tracing_args("zipkin", col.addr, "0");
+    // The rule names its provider: the proxy knows it by that name (the injector lists the
+    // mesh's providers so).
+    o.extra_args.push(format!(
+        r#"--tracing-providers=[{{"name":"zipkin","provider":"zipkin","address":"{}"}}]"#,
+        col.addr
+    ));
     o.env = vec![("TEAM_FROM_ENV".into(), "payments".into())];
     let mut a = ProxyProc::start(o);
     a.wait_ready();

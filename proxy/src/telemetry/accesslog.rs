@@ -302,43 +302,59 @@ fn push_json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 fn push_json_opt_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
     match a {
-        Some(std::net::SocketAddr::V4(a)) => {
-            // `"255.255.255.255:65535"` at most: built on the stack, appended at once.
-            let mut b = [0u8; 24];
-            let mut n = 0;
-            let mut put = |x: u8| {
-                b[n] = x;
-                n += 1;
-            };
-            put(b'"');
-            for (i, o) in a.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    put(b'.');
-                }
-                if *o >= 100 {
-                    put(b'0' + o / 100);
-                }
-                if *o >= 10 {
-                    put(b'0' + o / 10 % 10);
-                }
-                put(b'0' + o % 10);
-            }
-            put(b':');
-            let port = a.port();
-            let mut started = false;
-            for d in [10_000u16, 1000, 100, 10, 1] {
-                let digit = (port / d % 10) as u8;
-                if started || digit != 0 || d == 1 {
-                    put(b'0' + digit);
-                    started = true;
-                }
-            }
-            put(b'"');
-            out.extend_from_slice(&b[..n]);
-        }
+        Some(std::net::SocketAddr::V4(a)) => push_v4(out, a, true),
         Some(a) => push_json_str(out, &a.to_string()),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// A TEXT address field (`-` when absent), an IPv4 one written without a string.
+fn push_text_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    match a {
+        Some(std::net::SocketAddr::V4(a)) => push_v4(out, a, false),
+        Some(a) => push_text(out, Some(&a.to_string())),
+        None => out.push(b'-'),
+    }
+}
+
+/// `ip:port` of an IPv4 address as `Display` writes it, in quotes for JSON (`quoted`); at most
+/// `"255.255.255.255:65535"`, built on the stack and appended at once.
+fn push_v4(out: &mut Vec<u8>, a: std::net::SocketAddrV4, quoted: bool) {
+    let mut b = [0u8; 24];
+    let mut n = 0;
+    let mut put = |x: u8| {
+        b[n] = x;
+        n += 1;
+    };
+    if quoted {
+        put(b'"');
+    }
+    for (i, o) in a.ip().octets().iter().enumerate() {
+        if i > 0 {
+            put(b'.');
+        }
+        if *o >= 100 {
+            put(b'0' + o / 100);
+        }
+        if *o >= 10 {
+            put(b'0' + o / 10 % 10);
+        }
+        put(b'0' + o % 10);
+    }
+    put(b':');
+    let port = a.port();
+    let mut started = false;
+    for d in [10_000u16, 1000, 100, 10, 1] {
+        let digit = (port / d % 10) as u8;
+        if started || digit != 0 || d == 1 {
+            put(b'0' + digit);
+            started = true;
+        }
+    }
+    if quoted {
+        put(b'"');
+    }
+    out.extend_from_slice(&b[..n]);
 }
 
 fn push_decimal_bytes(out: &mut Vec<u8>, mut n: u64) {
@@ -728,7 +744,6 @@ impl HttpLogEntry<'_> {
     /// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
     /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%`.
     pub fn write_text(&self, out: &mut Vec<u8>) {
-        let addr = |a: Option<std::net::SocketAddr>| a.map(addr_string);
         out.push(b'[');
         push_text(out, Some(&self.start_time));
         out.extend_from_slice(b"] \"");
@@ -760,18 +775,18 @@ impl HttpLogEntry<'_> {
         out.extend_from_slice(b"\" \"");
         push_text(out, Some(&self.authority));
         out.extend_from_slice(b"\" \"");
-        push_text(out, addr(self.upstream_host).as_deref());
+        push_text_addr(out, self.upstream_host);
         out.extend_from_slice(b"\" ");
         match &self.upstream_cluster {
             Some(c) => c.write_text(out),
             None => out.push(b'-'),
         }
         out.push(b' ');
-        push_text(out, addr(self.upstream_local_address).as_deref());
+        push_text_addr(out, self.upstream_local_address);
         out.push(b' ');
-        push_text(out, addr(self.downstream_local_address).as_deref());
+        push_text_addr(out, self.downstream_local_address);
         out.push(b' ');
-        push_text(out, addr(self.downstream_remote_address).as_deref());
+        push_text_addr(out, self.downstream_remote_address);
         out.push(b' ');
         push_text(out, self.requested_server_name);
         out.push(b' ');
@@ -878,6 +893,9 @@ mod tests {
         ] {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             assert_eq!(addr_string(addr), addr.to_string());
+            let mut text = Vec::new();
+            push_text_addr(&mut text, Some(addr));
+            assert_eq!(String::from_utf8(text).unwrap(), addr.to_string());
         }
     }
 
