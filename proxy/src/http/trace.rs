@@ -95,7 +95,7 @@ pub(super) fn on_request(
         .random_sampling_percentage
         .unwrap_or_else(|| tracer.sampling());
     // The roll is drawn only when the request brings no decision; ids only when sampled.
-    let d = trace_context::decide_lazy(incoming, percent, || rand::random::<f64>(), new_ids);
+    let d = trace_context::decide_lazy(incoming, percent, rand::random::<f64>, new_ids);
     ctx.trace = match d {
         Decision::Unsampled => Traced::No,
         Decision::UnsampledRoot => Traced::UnsampledRoot,
