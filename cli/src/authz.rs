@@ -755,6 +755,7 @@ spec: {mtls: {mode: STRICT}}
             discovery: DiscoveryDump::off(),
             identity: None,
             gateway: None,
+            telemetry_providers: Default::default(),
         }
     }
 

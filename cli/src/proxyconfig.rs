@@ -2088,6 +2088,7 @@ mod tests {
             discovery: DiscoveryDump::off(),
             identity: None,
             gateway: None,
+            telemetry_providers: Default::default(),
         }
     }
 

@@ -328,6 +328,7 @@ mod tests {
             discovery: DiscoveryDump::off(),
             identity: None,
             gateway: None,
+            telemetry_providers: Default::default(),
         }
     }
 

@@ -45,6 +45,30 @@ pub struct ConfigDump {
     /// A gateway's Gateways, listening ports and servers (`None`: a sidecar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayDump>,
+    /// The telemetry providers the proxy has, which the Telemetry rules (`rules.telemetry`)
+    /// choose among.
+    #[serde(default)]
+    pub telemetry_providers: TelemetryProvidersDump,
+}
+
+/// The proxy's tracing and access-log providers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TelemetryProvidersDump {
+    /// The default tracing provider (`zipkin host:port` ...); `None`: no spans unless a rule
+    /// names a provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing_default: Option<String>,
+    /// `name: protocol host:port path` per named tracing provider.
+    pub tracing: Vec<String>,
+    /// The access log without a rule: `TEXT`, `JSON` or `off`.
+    pub access_log_default: String,
+    /// `name: TEXT|JSON` per access-log provider (`envoy` is the mesh's own format).
+    pub access_log: Vec<String>,
+    /// Provider names the rules give that the proxy does not have: that side writes no spans
+    /// (tracing) or no lines (access log) for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
 }
 
 /// What `remora-proxy gateway` serves (`remora_model::gateway::dump` builds it from the plan).

@@ -1,11 +1,17 @@
 //! Istio's `telemetry.istio.io` `Telemetry` kind: typed (the crate's one decoder, field paths in
-//! errors), validated, and its pure decision — what applies to one workload. Scoped as the
-//! security kinds are: in the root namespace without selector for the mesh, without selector for
-//! its namespace, with `selector.matchLabels` for the workloads it selects; the more specific
-//! level wins field by field (a workload's `randomSamplingPercentage` over its namespace's over
-//! the mesh's). The proxy applies `tracing[0].randomSamplingPercentage`,
-//! `disableSpanReporting`, `customTags` and `accessLogging[0].disabled`; `providers` are read
-//! but the proxy's one provider is the one its flags name; `metrics` is accepted and not applied.
+//! errors), validated, and its pure decision — what applies to one workload, for each side of
+//! its traffic. Scoped as the security kinds are: in the root namespace without selector for
+//! the mesh, without selector for its namespace, with `selector.matchLabels` for the workloads it
+//! selects; the more specific level wins field by field (a workload's
+//! `randomSamplingPercentage` over its namespace's over the mesh's).
+//!
+//! Each `tracing[]` and `accessLogging[]` entry applies to the sides its `match.mode` names
+//! (Istio's `WorkloadMode`: `CLIENT_AND_SERVER` when absent, `CLIENT` — the workload's outbound
+//! requests, and every request of a gateway —, `SERVER` — its inbound requests); within one
+//! rule, a later entry for a side replaces an earlier one's fields. The proxy applies, per side,
+//! the tracing `providers` (the one named provider among the mesh's), `randomSamplingPercentage`,
+//! `disableSpanReporting` and `customTags`, and the access log's `providers` and `disabled`;
+//! `accessLogging[].filter` and `metrics` are accepted and not applied.
 
 use std::collections::BTreeMap;
 
@@ -54,9 +60,52 @@ pub struct Tracing {
     pub disable_span_reporting: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_tags: BTreeMap<String, CustomTag>,
-    /// `match` (client/server mode): accepted, applies to both.
+    /// `match.mode`: the sides this entry applies to (both when absent).
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<Value>,
+    pub match_: Option<ModeSelector>,
+}
+
+/// Istio's `WorkloadMode`: which side of a workload's traffic an entry is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkloadMode {
+    #[default]
+    ClientAndServer,
+    /// The workload's outbound requests (and all of a gateway's).
+    Client,
+    /// The workload's inbound requests.
+    Server,
+}
+
+impl WorkloadMode {
+    fn covers(self, side: Side) -> bool {
+        matches!(
+            (self, side),
+            (WorkloadMode::ClientAndServer, _)
+                | (WorkloadMode::Client, Side::Client)
+                | (WorkloadMode::Server, Side::Server)
+        )
+    }
+}
+
+/// `match` of a `tracing[]` or `accessLogging[]` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModeSelector {
+    #[serde(default)]
+    pub mode: WorkloadMode,
+}
+
+/// The side of a workload's traffic a request is on: `Client` for a sidecar's outbound
+/// requests and every request of a gateway, `Server` for a sidecar's inbound requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+fn mode_of(m: &Option<ModeSelector>) -> WorkloadMode {
+    m.map(|m| m.mode).unwrap_or_default()
 }
 
 /// `customTags.<name>`: exactly one of a literal, a request header, an environment variable.
@@ -96,8 +145,9 @@ pub struct AccessLogging {
     /// `filter` (a CEL expression): accepted, not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Value>,
+    /// `match.mode`: the sides this entry applies to (both when absent).
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<Value>,
+    pub match_: Option<ModeSelector>,
 }
 
 /// One Telemetry as loaded.
@@ -130,6 +180,16 @@ pub fn validate(spec: &TelemetrySpec) -> Result<(), SpecError> {
     refuse_target_refs(&spec.target_ref, &spec.target_refs)?;
     check_selector(spec.selector.as_ref())?;
     for (i, t) in spec.tracing.iter().enumerate() {
+        check_providers(&format!("spec.tracing[{i}].providers"), &t.providers)?;
+        if t.providers.len() > 1 {
+            return Err(SpecError::new(
+                format!("spec.tracing[{i}].providers"),
+                format!(
+                    "{} providers: at most one tracing provider per entry (as Istio)",
+                    t.providers.len()
+                ),
+            ));
+        }
         if let Some(p) = t.random_sampling_percentage {
             if !(0.0..=100.0).contains(&p) {
                 return Err(SpecError::new(
@@ -169,25 +229,76 @@ pub fn validate(spec: &TelemetrySpec) -> Result<(), SpecError> {
             }
         }
     }
+    for (i, a) in spec.access_logging.iter().enumerate() {
+        check_providers(&format!("spec.accessLogging[{i}].providers"), &a.providers)?;
+    }
     Ok(())
 }
 
-/// What the Telemetry rules that apply to one workload say, the more specific level winning
-/// field by field.
+/// Provider names: not empty, a name at most once.
+fn check_providers(field: &str, providers: &[ProviderRef]) -> Result<(), SpecError> {
+    for (j, p) in providers.iter().enumerate() {
+        if p.name.trim().is_empty() {
+            return Err(SpecError::new(
+                format!("{field}[{j}].name"),
+                "empty value: a provider name is required",
+            ));
+        }
+        if providers[..j].iter().any(|q| q.name == p.name) {
+            return Err(SpecError::new(
+                format!("{field}[{j}].name"),
+                format!("{:?} is named twice", p.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the Telemetry rules that apply to one workload say for one side of its traffic.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct Effective {
+pub struct SideSettings {
+    /// The tracing provider named by the rules (`None`: the mesh's default provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing_provider: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_sampling_percentage: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disable_span_reporting: Option<bool>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_tags: BTreeMap<String, CustomTag>,
+    /// The access-log providers named by the rules (empty: the mesh's access log).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_log_providers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log_disabled: Option<bool>,
+}
+
+impl SideSettings {
+    /// The rules turn this side's access log off.
+    pub fn access_log_off(&self) -> bool {
+        self.access_log_disabled == Some(true)
+    }
+}
+
+/// What the Telemetry rules that apply to one workload say, for each side, the more specific
+/// level winning field by field.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Effective {
+    /// A sidecar's outbound requests, and every request of a gateway.
+    #[serde(skip_serializing_if = "is_default")]
+    pub client: SideSettings,
+    /// A sidecar's inbound requests.
+    #[serde(skip_serializing_if = "is_default")]
+    pub server: SideSettings,
     /// `namespace/name` of the rules that gave a value, most general first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<String>,
+}
+
+fn is_default(s: &SideSettings) -> bool {
+    *s == SideSettings::default()
 }
 
 impl Effective {
@@ -195,6 +306,55 @@ impl Effective {
     pub fn is_empty(&self) -> bool {
         *self == Effective::default()
     }
+
+    pub fn side(&self, side: Side) -> &SideSettings {
+        match side {
+            Side::Client => &self.client,
+            Side::Server => &self.server,
+        }
+    }
+}
+
+/// Apply one rule's entries for `side` over `s`; whether the rule said anything for it.
+fn apply(s: &mut SideSettings, spec: &TelemetrySpec, side: Side) -> bool {
+    let mut used = false;
+    for t in spec
+        .tracing
+        .iter()
+        .filter(|t| mode_of(&t.match_).covers(side))
+    {
+        if let Some(p) = t.providers.first() {
+            s.tracing_provider = Some(p.name.clone());
+            used = true;
+        }
+        if let Some(p) = t.random_sampling_percentage {
+            s.random_sampling_percentage = Some(p);
+            used = true;
+        }
+        if let Some(d) = t.disable_span_reporting {
+            s.disable_span_reporting = Some(d);
+            used = true;
+        }
+        for (k, v) in &t.custom_tags {
+            s.custom_tags.insert(k.clone(), v.clone());
+            used = true;
+        }
+    }
+    for a in spec
+        .access_logging
+        .iter()
+        .filter(|a| mode_of(&a.match_).covers(side))
+    {
+        if !a.providers.is_empty() {
+            s.access_log_providers = a.providers.iter().map(|p| p.name.clone()).collect();
+            used = true;
+        }
+        if let Some(d) = a.disabled {
+            s.access_log_disabled = Some(d);
+            used = true;
+        }
+    }
+    used
 }
 
 /// The effective settings of `applying` (the Telemetry rules that apply to this workload:
@@ -207,26 +367,9 @@ pub fn effective(applying: &[Telemetry]) -> Effective {
     });
     let mut e = Effective::default();
     for r in rules {
-        let mut used = false;
-        if let Some(t) = r.spec.tracing.first() {
-            if let Some(p) = t.random_sampling_percentage {
-                e.random_sampling_percentage = Some(p);
-                used = true;
-            }
-            if let Some(d) = t.disable_span_reporting {
-                e.disable_span_reporting = Some(d);
-                used = true;
-            }
-            for (k, v) in &t.custom_tags {
-                e.custom_tags.insert(k.clone(), v.clone());
-                used = true;
-            }
-        }
-        if let Some(d) = r.spec.access_logging.first().and_then(|a| a.disabled) {
-            e.access_log_disabled = Some(d);
-            used = true;
-        }
-        if used {
+        let client = apply(&mut e.client, &r.spec, Side::Client);
+        let server = apply(&mut e.server, &r.spec, Side::Server);
+        if client || server {
             e.from.push(format!("{}/{}", r.meta.namespace, r.meta.name));
         }
     }
@@ -298,6 +441,26 @@ mod tests {
                 serde_json::json!({"targetRef": {"kind": "Gateway"}}),
                 "spec.targetRef",
             ),
+            (
+                serde_json::json!({"tracing": [{"match": {"mode": "BOTH"}}]}),
+                "spec.tracing[0].match.mode",
+            ),
+            (
+                serde_json::json!({"accessLogging": [{"match": {"mode": "client"}}]}),
+                "spec.accessLogging[0].match.mode",
+            ),
+            (
+                serde_json::json!({"tracing": [{"providers": [{"name": "a"}, {"name": "b"}]}]}),
+                "spec.tracing[0].providers",
+            ),
+            (
+                serde_json::json!({"tracing": [{"providers": [{"name": ""}]}]}),
+                "spec.tracing[0].providers[0].name",
+            ),
+            (
+                serde_json::json!({"accessLogging": [{"providers": [{"name": "a"}, {"name": "a"}]}]}),
+                "spec.accessLogging[0].providers[1].name",
+            ),
         ] {
             let e = t("shop", "bad", spec.clone()).unwrap_err();
             assert_eq!(e.field, field, "{spec}: {e}");
@@ -330,10 +493,13 @@ mod tests {
         .unwrap();
         assert_eq!(effective(&[]), Effective::default());
         let e = effective(&[wl.clone(), ns.clone(), mesh.clone()]);
-        assert_eq!(e.random_sampling_percentage, Some(50.0));
-        assert_eq!(e.access_log_disabled, Some(false));
+        // No `match`: both sides alike.
+        assert_eq!(e.client, e.server);
+        let c = &e.client;
+        assert_eq!(c.random_sampling_percentage, Some(50.0));
+        assert_eq!(c.access_log_disabled, Some(false));
         assert_eq!(
-            e.custom_tags["team"].literal.as_ref().unwrap().value,
+            c.custom_tags["team"].literal.as_ref().unwrap().value,
             "reviews"
         );
         assert_eq!(
@@ -345,7 +511,62 @@ mod tests {
             ]
         );
         let e = effective(&[mesh]);
-        assert_eq!(e.random_sampling_percentage, Some(1.0));
-        assert_eq!(e.access_log_disabled, None);
+        assert_eq!(e.side(Side::Server).random_sampling_percentage, Some(1.0));
+        assert_eq!(e.side(Side::Client).access_log_disabled, None);
+    }
+
+    /// `match.mode` picks the side; providers are chosen by name, the more specific level's
+    /// list replacing the general one's; `disabled` of one side leaves the other on.
+    #[test]
+    fn modes_choose_the_side_and_providers_replace_by_level() {
+        let mesh = t(
+            ROOT_NAMESPACE,
+            "mesh-default",
+            serde_json::json!({
+                "tracing": [{"providers": [{"name": "zipkin"}]}],
+                "accessLogging": [{"providers": [{"name": "envoy"}]}]
+            }),
+        )
+        .unwrap();
+        let wl = t(
+            "shop",
+            "reviews",
+            serde_json::json!({"selector": {"matchLabels": {"app": "reviews"}},
+                "tracing": [
+                    {"match": {"mode": "SERVER"}, "providers": [{"name": "otel"}],
+                     "randomSamplingPercentage": 100},
+                    {"match": {"mode": "CLIENT"}, "disableSpanReporting": true}
+                ],
+                "accessLogging": [
+                    {"match": {"mode": "SERVER"}, "disabled": true},
+                    {"match": {"mode": "CLIENT_AND_SERVER"}, "providers": [{"name": "json-log"}, {"name": "envoy"}]}
+                ]}),
+        )
+        .unwrap();
+        let e = effective(&[wl, mesh.clone()]);
+        let (c, s) = (e.side(Side::Client), e.side(Side::Server));
+        assert_eq!(c.tracing_provider.as_deref(), Some("zipkin"));
+        assert_eq!(s.tracing_provider.as_deref(), Some("otel"));
+        assert_eq!(s.random_sampling_percentage, Some(100.0));
+        assert_eq!(c.random_sampling_percentage, None);
+        assert_eq!(c.disable_span_reporting, Some(true));
+        assert_eq!(s.disable_span_reporting, None);
+        assert!(s.access_log_off() && !c.access_log_off());
+        assert_eq!(c.access_log_providers, ["json-log", "envoy"]);
+        assert_eq!(s.access_log_providers, ["json-log", "envoy"]);
+        let m = effective(&[mesh]);
+        assert_eq!(m.client, m.server);
+        assert_eq!(m.client.access_log_providers, ["envoy"]);
+        // A rule for one side only names itself in `from` all the same.
+        let one = t(
+            "shop",
+            "server-only",
+            serde_json::json!({"accessLogging": [{"match": {"mode": "SERVER"}, "disabled": true}]}),
+        )
+        .unwrap();
+        let e = effective(&[one]);
+        assert_eq!(e.client, SideSettings::default());
+        assert!(e.server.access_log_off());
+        assert_eq!(e.from, ["shop/server-only"]);
     }
 }

@@ -243,6 +243,16 @@ impl AdminState {
                 .as_ref()
                 .map(|i| i.dump(self.shared.peers.len())),
             gateway: self.gateway.as_ref().map(|g| g.dump()),
+            telemetry_providers: crate::telemetry::providers_dump(
+                s.tracer.as_ref().map(|t| &t.config),
+                &s.tracers
+                    .iter()
+                    .map(|(n, t)| (n.clone(), &t.config))
+                    .collect::<Vec<_>>(),
+                s.access_log,
+                &s.access_log_providers,
+                &snap.telemetry,
+            ),
         };
         if let Some(g) = &self.gateway {
             // A gateway has no capture listeners: its listening ports instead.

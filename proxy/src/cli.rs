@@ -179,6 +179,11 @@ pub struct RunArgs {
     /// remora's own); Istio's `accessLogEncoding`.
     #[arg(long, env = "REMORA_ACCESS_LOG_ENCODING", default_value = "TEXT", value_parser = ["TEXT", "JSON"])]
     pub access_log_encoding: String,
+    /// The access-log providers a Telemetry rule may name besides `envoy` (the log above): a
+    /// JSON list `[{"name": "...", "encoding": "TEXT"|"JSON"}]`, lines on stdout; the injector
+    /// sets it from the mesh's `envoyFileAccessLog` providers.
+    #[arg(long, env = "REMORA_ACCESS_LOG_PROVIDERS", value_parser = crate::telemetry::accesslog::parse_providers)]
+    pub access_log_providers: Option<crate::telemetry::accesslog::NamedLogs>,
     /// How often the keys of a RequestAuthentication's `jwksUri` are fetched again (Istio: 20m);
     /// `1s` to `24h`.
     #[arg(long, env = "REMORA_JWKS_REFRESH_INTERVAL", default_value = "20m", value_parser = parse_jwks_refresh)]
@@ -221,6 +226,11 @@ pub struct TracingArgs {
     /// 100; Istio's `defaultConfig.tracing.sampling`, default 1).
     #[arg(long, env = "REMORA_TRACING_SAMPLING", default_value = "1", value_parser = crate::telemetry::tracer::parse_sampling)]
     pub tracing_sampling: f64,
+    /// The tracing providers a Telemetry rule may name: a JSON list `[{"name": "...",
+    /// "provider": "zipkin"|"opentelemetry", "address": "host:port", "path": "/..."}]`; the
+    /// injector sets it from the mesh's `extensionProviders`.
+    #[arg(long, env = "REMORA_TRACING_PROVIDERS", value_parser = crate::telemetry::tracer::parse_providers)]
+    pub tracing_providers: Option<crate::telemetry::tracer::NamedProviders>,
     /// Spans that may wait for the exporter before new ones are dropped (1 to 65536).
     #[arg(long, env = "REMORA_TRACING_QUEUE_SPANS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub tracing_queue_spans: u64,
@@ -246,14 +256,7 @@ impl TracingArgs {
         };
         let path = match &self.tracing_path {
             None => protocol.default_path().to_string(),
-            Some(p)
-                if p.starts_with('/')
-                    && !p
-                        .bytes()
-                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
-            {
-                p.clone()
-            }
+            Some(p) if crate::telemetry::tracer::valid_path(p) => p.clone(),
             Some(p) => {
                 return Err(format!(
                     "--tracing-path (REMORA_TRACING_PATH) {p:?}: not a path starting with /"

@@ -332,17 +332,30 @@ where
         .map_err(|_| anyhow!("{what} thread exited during start-up"))?
 }
 
-/// Tracing's exporter when `--tracing-provider` is not `off` (a wrong setting stops start-up).
-fn start_tracer(
+/// The tracers: the default one when `--tracing-provider` is not `off`, and one per
+/// `--tracing-providers` entry (sharing the default's exporter when it is the same collector);
+/// a wrong setting stops start-up.
+#[allow(clippy::type_complexity)]
+fn start_tracers(
     args: &Args,
     workload: &Workload,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<remora_proxy::telemetry::tracer::Tracer>>> {
+) -> anyhow::Result<(
+    Option<Arc<remora_proxy::telemetry::tracer::Tracer>>,
+    Vec<(String, Arc<remora_proxy::telemetry::tracer::Tracer>)>,
+)> {
     use remora_proxy::telemetry::span::Reporter;
     use remora_proxy::telemetry::tracer::{OwnTags, Tracer};
-    let Some(config) = args.tracing.config().map_err(|e| anyhow!(e))? else {
-        return Ok(None);
-    };
+    let default = args.tracing.config().map_err(|e| anyhow!(e))?;
+    let named = args
+        .tracing
+        .tracing_providers
+        .as_ref()
+        .map(|n| n.0.as_slice())
+        .unwrap_or_default();
+    if default.is_none() && named.is_empty() {
+        return Ok((None, Vec::new()));
+    }
     let me = &workload.plain;
     let pod = args.pod_name.as_deref().unwrap_or(&workload.name);
     let ip = args
@@ -368,22 +381,63 @@ fn start_tracer(
         service_name: format!("{}.{}", me.canonical_service, args.namespace),
         ip: args.instance_ip,
     };
-    info!(
-        provider = config.protocol.as_str(),
-        collector = %config.address,
-        path = %config.path,
-        sampling_percent = args.tracing.tracing_sampling,
-        "tracing on"
-    );
-    let t = Tracer::start(
-        config,
-        args.tracing.tracing_sampling,
-        own,
-        reporter,
-        metrics.clone(),
-    )
-    .context("starting the trace exporter thread")?;
-    Ok(Some(t))
+    let sampling = args.tracing.tracing_sampling;
+    let start = |config: remora_proxy::telemetry::tracer::ExportConfig, name: &str| {
+        info!(
+            provider = config.protocol.as_str(),
+            name,
+            collector = %config.address,
+            path = %config.path,
+            sampling_percent = sampling,
+            "tracing provider"
+        );
+        Tracer::start(
+            config,
+            sampling,
+            own.clone(),
+            reporter.clone(),
+            metrics.clone(),
+        )
+        .context("starting the trace exporter thread")
+    };
+    let default = match default {
+        Some(c) => Some(start(c, "default")?),
+        None => None,
+    };
+    let queue = args.tracing.tracing_queue_spans as usize;
+    let mut tracers = Vec::new();
+    for p in named {
+        let config = p
+            .export_config(queue)
+            .map_err(|e| anyhow!("--tracing-providers {:?}: {e}", p.name))?;
+        let t = match &default {
+            Some(d) if d.config == config => d.clone(),
+            _ => start(config, &p.name)?,
+        };
+        tracers.push((p.name.clone(), t));
+    }
+    if default.is_some() {
+        info!("tracing on");
+    }
+    Ok((default, tracers))
+}
+
+/// The access-log providers a Telemetry rule may name: Istio's built-in `envoy` (the mesh's
+/// log in `--access-log-encoding`, even when `--access-log off`), then the named ones.
+fn access_log_providers(args: &Args) -> Vec<(String, AccessLog)> {
+    let mut v = vec![(
+        "envoy".to_string(),
+        AccessLog::from_flags("stdout", &args.access_log_encoding),
+    )];
+    if let Some(named) = &args.access_log_providers {
+        for (name, enc) in &named.0 {
+            match v.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 = *enc,
+                None => v.push((name.clone(), *enc)),
+            }
+        }
+    }
+    v
 }
 
 /// The sidecar (`gateway: None`) or the gateway (its flags): the same proxy, with capture
@@ -456,6 +510,8 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         access_log: AccessLog::from_flags(&args.access_log, &args.access_log_encoding),
         num_trusted_proxies: args.num_trusted_proxies,
         tracer: None,
+        tracers: Vec::new(),
+        access_log_providers: access_log_providers(&args),
     };
     if settings.fixed_outbound_target.is_some() || settings.fixed_inbound_target.is_some() {
         warn!("TESTING MODE: fixed capture targets are set; original destinations are ignored");
@@ -546,8 +602,12 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
             ),
         ..settings
     };
-    let tracer = start_tracer(&args, &settings.workload, &metrics)?;
-    let settings = Settings { tracer, ..settings };
+    let (tracer, tracers) = start_tracers(&args, &settings.workload, &metrics)?;
+    let settings = Settings {
+        tracer,
+        tracers,
+        ..settings
+    };
     let shared = Arc::new(Shared {
         settings,
         snapshot: store.clone(),

@@ -64,8 +64,15 @@ pub struct Settings {
     /// Istio's `numTrustedProxies`: which `X-Forwarded-For` entry is `remote.ip` for
     /// AuthorizationPolicy (`--num-trusted-proxies`).
     pub num_trusted_proxies: u32,
-    /// Tracing (`None`: off, the request path untouched).
+    /// Tracing's default provider (`None`: off, the request path untouched unless a Telemetry
+    /// rule names one of `tracers`).
     pub tracer: Option<Arc<crate::telemetry::tracer::Tracer>>,
+    /// The mesh's tracing providers by name, which a Telemetry rule may choose
+    /// (`--tracing-providers`).
+    pub tracers: Vec<(String, Arc<crate::telemetry::tracer::Tracer>)>,
+    /// The access-log providers by name, which a Telemetry rule may choose: `envoy` (the
+    /// mesh's own log, in the `--access-log-encoding`), then `--access-log-providers`.
+    pub access_log_providers: Vec<(String, AccessLog)>,
 }
 
 /// State shared by the listeners, the HTTP proxies and the admin server.

@@ -288,6 +288,12 @@ fn telemetry_rules_change_sampling_tags_and_access_log_on_reload() {
     let mut o = ProxyOpts::new(rules.path());
     o.fixed_outbound = Some(app);
     o.extra_args = tracing_args("zipkin", col.addr, "0");
+    // The rule names its provider: the proxy knows it by that name (the injector lists the
+    // mesh's providers so).
+    o.extra_args.push(format!(
+        r#"--tracing-providers=[{{"name":"zipkin","provider":"zipkin","address":"{}"}}]"#,
+        col.addr
+    ));
     o.env = vec![("TEAM_FROM_ENV".into(), "payments".into())];
     let mut a = ProxyProc::start(o);
     a.wait_ready();
@@ -380,4 +386,124 @@ fn the_default_access_log_is_istios_text_line() {
         "{line}"
     );
     assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
+}
+
+/// Telemetry rules choose among the mesh's providers by name and by side, at reload:
+/// `tracing[].providers` moves both sidecars' spans to another collector (and protocol),
+/// `accessLogging` with `match: {mode: SERVER}` and `disabled: true` stops the inbound side's
+/// lines and leaves the outbound side's, `accessLogging[].providers` writes the named
+/// provider's encoding, and a provider the proxy does not have means no spans, said by
+/// /config_dump.
+#[test]
+fn telemetry_rules_choose_providers_and_sides_on_reload() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let alpha = rt.block_on(Collector::start(false));
+    let beta = rt.block_on(Collector::start(false));
+    let mut rules = RulesDir::new(&[]);
+    let providers = format!(
+        r#"--tracing-providers=[{{"name":"alpha","provider":"zipkin","address":"{}"}},{{"name":"beta","provider":"opentelemetry","address":"{}"}}]"#,
+        alpha.addr, beta.addr
+    );
+    let extra = || {
+        let mut v = tracing_args("zipkin", alpha.addr, "100");
+        v.push(providers.clone());
+        v.push(r#"--access-log-providers=[{"name":"text-log","encoding":"TEXT"}]"#.into());
+        v
+    };
+    let mut ob = ProxyOpts::new(rules.path());
+    ob.fixed_inbound = Some(app);
+    ob.extra_args = extra();
+    let mut b = ProxyProc::start(ob);
+    b.wait_ready();
+    let mut oa = ProxyOpts::new(rules.path());
+    oa.fixed_outbound = Some(b.ports.inbound_addr());
+    oa.extra_args = extra();
+    let mut a = ProxyProc::start(oa);
+    a.wait_ready();
+    let logged = |p: &ProxyProc, rid: &str| {
+        p.access_log()
+            .iter()
+            .filter(|l| l["request_id"] == rid)
+            .count()
+    };
+    // No rule: the default provider (alpha) on both sides, both sides logged.
+    get(&a, &[("x-request-id", "rid-1")]);
+    alpha.wait_for("a client and a server span", |s| s.len() >= 2);
+    a.wait_log(|l| l["request_id"] == "rid-1");
+    b.wait_log(|l| l["request_id"] == "rid-1");
+    let telemetry = |spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: testns}}\nspec:\n{spec}"
+        )
+    };
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry(
+            "  tracing:\n  - providers: [{name: beta}]\n  accessLogging:\n  - match: {mode: SERVER}\n    disabled: true\n",
+        ),
+    )]);
+    a.wait_stderr("applied rules generation 2");
+    b.wait_stderr("applied rules generation 2");
+    let at_alpha = alpha.spans().len();
+    get(&a, &[("x-request-id", "rid-2")]);
+    let spans = beta.wait_for("both spans at the OTLP collector", |s| s.len() >= 2);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(spans[0].trace_id, spans[1].trace_id);
+    a.wait_log(|l| l["request_id"] == "rid-2");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(alpha.spans().len(), at_alpha, "spans still sent to alpha");
+    assert_eq!(logged(&b, "rid-2"), 0, "server side logged while disabled");
+    assert_eq!(logged(&a, "rid-2"), 1, "client side not logged");
+    let dump = |p: &ProxyProc| {
+        let r = http_get(p.ports.admin_addr(), "/config_dump", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        r.json()
+    };
+    let d = dump(&b);
+    let t = &d["rules"]["telemetry"];
+    assert_eq!(t["server"]["accessLogDisabled"], true, "{t}");
+    assert_eq!(t["server"]["tracingProvider"], "beta", "{t}");
+    assert_eq!(
+        t["client"]["accessLogDisabled"],
+        serde_json::Value::Null,
+        "{t}"
+    );
+    let providers = &d["telemetry_providers"];
+    assert_eq!(
+        providers["tracing"][1],
+        format!("beta: opentelemetry {} /v1/traces", beta.addr),
+        "{providers}"
+    );
+    assert_eq!(providers["accessLog"][1], "text-log: TEXT", "{providers}");
+    // A provider the proxy does not have: no spans, and the dump says so; the client side's
+    // lines in the named provider's TEXT encoding.
+    rules.swap(&[(
+        "telemetry.yaml",
+        &telemetry(
+            "  tracing:\n  - providers: [{name: nope}]\n  accessLogging:\n  - match: {mode: CLIENT}\n    providers: [{name: text-log}]\n",
+        ),
+    )]);
+    a.wait_stderr("applied rules generation 3");
+    b.wait_stderr("applied rules generation 3");
+    let (n_alpha, n_beta) = (alpha.spans().len(), beta.spans().len());
+    get(&a, &[("x-request-id", "rid-3")]);
+    b.wait_log(|l| l["request_id"] == "rid-3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let lines = a.stdout.lock().unwrap().clone();
+        if let Some(l) = lines.into_iter().find(|l| l.contains("rid-3")) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no TEXT line for rid-3");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.starts_with('['), "{line}");
+    assert_eq!(logged(&a, "rid-3"), 0, "a JSON line besides the TEXT one");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!((alpha.spans().len(), beta.spans().len()), (n_alpha, n_beta));
+    assert_eq!(
+        dump(&a)["telemetry_providers"]["unknown"][0],
+        "tracing: nope"
+    );
 }

@@ -1,8 +1,10 @@
 //! The mesh-wide telemetry settings of the injector configuration, in Istio's MeshConfig shape
 //! (`enableTracing`, `defaultConfig.tracing.sampling`, `defaultConfig.tracing.zipkin.address`,
 //! `defaultProviders.tracing`, `extensionProviders` with `zipkin` / `opentelemetry`,
-//! `meshId`, `accessLogFile`, `accessLogEncoding`), checked, and turned into the proxy's
-//! environment (`REMORA_TRACING_*`, `ISTIO_META_MESH_ID`, `REMORA_ACCESS_LOG*`). Pure.
+//! `envoyFileAccessLog`, `meshId`, `accessLogFile`, `accessLogEncoding`), checked, and turned
+//! into the proxy's environment (`REMORA_TRACING_*`, `ISTIO_META_MESH_ID`, `REMORA_ACCESS_LOG*`).
+//! Every tracing and access-log provider goes to the proxy by name, so that a Telemetry rule can
+//! choose among them. Pure.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +91,48 @@ pub struct ExtensionProvider {
     pub zipkin: Option<ServicePort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opentelemetry: Option<OtelProvider>,
+    /// An access log on a file: only `/dev/stdout`, in Istio's default TEXT line or its default
+    /// JSON (`logFormat.labels: {}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileAccessLogProvider {
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `logFormat`: `text` (a format string) or `labels` (JSON fields); remora writes Istio's
+/// defaults only, so both must be empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogFormat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+/// A named tracing provider, as the proxy's `REMORA_TRACING_PROVIDERS` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedCollector {
+    pub name: String,
+    pub provider: &'static str,
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A named access-log provider, as the proxy's `REMORA_ACCESS_LOG_PROVIDERS` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedAccessLog {
+    pub name: String,
+    /// `TEXT` or `JSON`.
+    pub encoding: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,18 +171,106 @@ pub struct Collector {
     pub path: Option<String>,
 }
 
+/// What one extension provider is.
+enum ProviderKind {
+    Tracing(Collector),
+    AccessLog(&'static str),
+}
+
+/// Extension provider `i` checked: its kind, or an error naming the field.
+fn provider_kind(i: usize, p: &ExtensionProvider) -> Result<ProviderKind, String> {
+    let addr = |field: String, service: &str, port: u16| -> Result<String, String> {
+        let a = format!("{service}:{port}");
+        check_host_port(&a)
+            .map(|_| a.clone())
+            .map_err(|why| format!("mesh.{field}: invalid value {a:?}: {why}"))
+    };
+    match (&p.zipkin, &p.opentelemetry, &p.envoy_file_access_log) {
+        (Some(z), None, None) => Ok(ProviderKind::Tracing(Collector {
+            provider: "zipkin",
+            address: addr(format!("extensionProviders[{i}].zipkin"), &z.service, z.port)?,
+            path: None,
+        })),
+        (None, Some(o), None) => Ok(ProviderKind::Tracing(Collector {
+            provider: "opentelemetry",
+            address: addr(
+                format!("extensionProviders[{i}].opentelemetry"),
+                &o.service,
+                o.port,
+            )?,
+            path: o.http.as_ref().and_then(|h| h.path.clone()),
+        })),
+        (None, None, Some(f)) => {
+            let field = format!("mesh.extensionProviders[{i}].envoyFileAccessLog");
+            if f.path != "/dev/stdout" {
+                return Err(format!(
+                    "{field}.path: invalid value {:?}: only /dev/stdout is supported",
+                    f.path
+                ));
+            }
+            let format = f.log_format.as_ref();
+            if let Some(t) = format.and_then(|l| l.text.as_ref()).filter(|t| !t.is_empty()) {
+                return Err(format!(
+                    "{field}.logFormat.text: invalid value {t:?}: custom formats are not supported yet (leave it empty for Istio's default line)"
+                ));
+            }
+            let labels = format.and_then(|l| l.labels.as_ref());
+            if labels.is_some_and(|l| !l.is_empty()) {
+                return Err(format!(
+                    "{field}.logFormat.labels: invalid value: custom JSON fields are not supported yet (use {{}} for Istio's default JSON)"
+                ));
+            }
+            Ok(ProviderKind::AccessLog(if labels.is_some() {
+                "JSON"
+            } else {
+                "TEXT"
+            }))
+        }
+        _ => Err(format!(
+            "mesh.extensionProviders[{i}] ({:?}): invalid value: a provider needs exactly one of zipkin, opentelemetry, envoyFileAccessLog",
+            p.name
+        )),
+    }
+}
+
 impl MeshSettings {
+    /// Every tracing provider by name (whether or not tracing is on by default: a Telemetry
+    /// rule may name one), or an error naming the field.
+    pub fn tracing_providers(&self) -> Result<Vec<NamedCollector>, String> {
+        let mut out = Vec::new();
+        for (i, p) in self.extension_providers.iter().enumerate() {
+            if let ProviderKind::Tracing(c) = provider_kind(i, p)? {
+                out.push(NamedCollector {
+                    name: p.name.clone(),
+                    provider: c.provider,
+                    address: c.address,
+                    path: c.path,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every access-log provider by name (`envoyFileAccessLog` entries), or an error naming the
+    /// field.
+    pub fn access_log_providers(&self) -> Result<Vec<NamedAccessLog>, String> {
+        let mut out = Vec::new();
+        for (i, p) in self.extension_providers.iter().enumerate() {
+            if let ProviderKind::AccessLog(encoding) = provider_kind(i, p)? {
+                out.push(NamedAccessLog {
+                    name: p.name.clone(),
+                    encoding,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The collector tracing goes to (`None`: tracing off), or an error naming the field.
     pub fn collector(&self) -> Result<Option<Collector>, String> {
         if !self.enable_tracing {
             return Ok(None);
         }
-        let addr = |field: String, service: &str, port: u16| -> Result<String, String> {
-            let a = format!("{service}:{port}");
-            check_host_port(&a)
-                .map(|_| a.clone())
-                .map_err(|why| format!("mesh.{field}: invalid value {a:?}: {why}"))
-        };
         if let Some(name) = self.default_providers.tracing.first() {
             let Some((i, p)) = self
                 .extension_providers
@@ -150,23 +282,10 @@ impl MeshSettings {
                     "mesh.defaultProviders.tracing: invalid value {name:?}: no extensionProviders entry has that name"
                 ));
             };
-            return match (&p.zipkin, &p.opentelemetry) {
-                (Some(z), None) => Ok(Some(Collector {
-                    provider: "zipkin",
-                    address: addr(format!("extensionProviders[{i}].zipkin"), &z.service, z.port)?,
-                    path: None,
-                })),
-                (None, Some(o)) => Ok(Some(Collector {
-                    provider: "opentelemetry",
-                    address: addr(
-                        format!("extensionProviders[{i}].opentelemetry"),
-                        &o.service,
-                        o.port,
-                    )?,
-                    path: o.http.as_ref().and_then(|h| h.path.clone()),
-                })),
-                _ => Err(format!(
-                    "mesh.extensionProviders[{i}] ({name:?}): invalid value: a tracing provider needs exactly one of zipkin, opentelemetry"
+            return match provider_kind(i, p)? {
+                ProviderKind::Tracing(c) => Ok(Some(c)),
+                ProviderKind::AccessLog(_) => Err(format!(
+                    "mesh.defaultProviders.tracing: invalid value {name:?}: extensionProviders[{i}] is an access-log provider, not a tracing one"
                 )),
             };
         }
@@ -208,6 +327,29 @@ impl MeshSettings {
             return Err(format!(
                 "mesh.extensionProviders[].opentelemetry.http.path: invalid value {p:?}: must start with /"
             ));
+        }
+        for (i, p) in self.extension_providers.iter().enumerate() {
+            if p.name.is_empty()
+                || p.name.len() > 253
+                || p.name
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(format!(
+                    "mesh.extensionProviders[{i}].name: invalid value {:?}: a name without spaces is required (at most 253)",
+                    p.name
+                ));
+            }
+            if self.extension_providers[..i]
+                .iter()
+                .any(|q| q.name == p.name)
+            {
+                return Err(format!(
+                    "mesh.extensionProviders[{i}].name: invalid value {:?}: the name of another entry",
+                    p.name
+                ));
+            }
+            provider_kind(i, p)?;
         }
         if let Some(m) = &self.mesh_id {
             if m.is_empty()
@@ -256,12 +398,30 @@ impl MeshSettings {
                 self.access_log_encoding.clone(),
             ),
         ];
-        if let Ok(Some(c)) = self.collector() {
-            env.push(("REMORA_TRACING_PROVIDER", c.provider.to_string()));
-            env.push(("REMORA_TRACING_ADDRESS", c.address));
-            if let Some(p) = c.path {
-                env.push(("REMORA_TRACING_PATH", p));
+        if let Ok(logs) = self.access_log_providers() {
+            if !logs.is_empty() {
+                env.push((
+                    "REMORA_ACCESS_LOG_PROVIDERS",
+                    serde_json::to_string(&logs).unwrap_or_default(),
+                ));
             }
+        }
+        let collector = self.collector().ok().flatten();
+        let named = self.tracing_providers().unwrap_or_default();
+        if let Some(c) = &collector {
+            env.push(("REMORA_TRACING_PROVIDER", c.provider.to_string()));
+            env.push(("REMORA_TRACING_ADDRESS", c.address.clone()));
+            if let Some(p) = &c.path {
+                env.push(("REMORA_TRACING_PATH", p.clone()));
+            }
+        }
+        if !named.is_empty() {
+            env.push((
+                "REMORA_TRACING_PROVIDERS",
+                serde_json::to_string(&named).unwrap_or_default(),
+            ));
+        }
+        if collector.is_some() || !named.is_empty() {
             env.push((
                 "REMORA_TRACING_SAMPLING",
                 self.default_config.tracing.sampling.to_string(),
@@ -324,6 +484,14 @@ extensionProviders:
                     "otel.observability.svc.cluster.local:4318".to_string()
                 ),
                 ("REMORA_TRACING_PATH", "/v1/traces".to_string()),
+                (
+                    "REMORA_TRACING_PROVIDERS",
+                    concat!(
+                        r#"[{"name":"zipkin","provider":"zipkin","address":"zipkin.istio-system.svc.cluster.local:9411"},"#,
+                        r#"{"name":"otel","provider":"opentelemetry","address":"otel.observability.svc.cluster.local:4318","path":"/v1/traces"}]"#
+                    )
+                    .to_string()
+                ),
                 ("REMORA_TRACING_SAMPLING", "10".to_string()),
                 ("ISTIO_META_MESH_ID", "mesh1".to_string()),
             ]
@@ -342,6 +510,43 @@ extensionProviders:
         assert!(legacy
             .proxy_env()
             .contains(&("REMORA_TRACING_SAMPLING", "1".to_string())));
+    }
+
+    /// Tracing off by default, the providers still go to the proxy by name (a Telemetry rule
+    /// may choose one), and the file access-log providers with their encoding.
+    #[test]
+    fn named_providers_go_to_the_proxy_without_default_tracing() {
+        let m = from(
+            r#"
+extensionProviders:
+- name: zipkin
+  zipkin: {service: zipkin.istio-system, port: 9411}
+- name: stdout-json
+  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {}}}
+- name: stdout-text
+  envoyFileAccessLog: {path: /dev/stdout}
+"#,
+        );
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(m.collector(), Ok(None));
+        assert_eq!(
+            m.proxy_env(),
+            vec![
+                ("REMORA_ACCESS_LOG", "stdout".to_string()),
+                ("REMORA_ACCESS_LOG_ENCODING", "TEXT".to_string()),
+                (
+                    "REMORA_ACCESS_LOG_PROVIDERS",
+                    r#"[{"name":"stdout-json","encoding":"JSON"},{"name":"stdout-text","encoding":"TEXT"}]"#
+                        .to_string()
+                ),
+                (
+                    "REMORA_TRACING_PROVIDERS",
+                    r#"[{"name":"zipkin","provider":"zipkin","address":"zipkin.istio-system:9411"}]"#
+                        .to_string()
+                ),
+                ("REMORA_TRACING_SAMPLING", "1".to_string()),
+            ]
+        );
     }
 
     #[test]
@@ -365,6 +570,30 @@ extensionProviders:
                 "mesh.defaultConfig.tracing.sampling",
             ),
             ("accessLogFile: /var/log/x", "mesh.accessLogFile"),
+            (
+                "extensionProviders: [{name: f, envoyFileAccessLog: {path: /var/log/a}}]",
+                "mesh.extensionProviders[0].envoyFileAccessLog.path",
+            ),
+            (
+                "extensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout, logFormat: {text: '%START_TIME%'}}}]",
+                "mesh.extensionProviders[0].envoyFileAccessLog.logFormat.text",
+            ),
+            (
+                "extensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {a: b}}}}]",
+                "mesh.extensionProviders[0].envoyFileAccessLog.logFormat.labels",
+            ),
+            (
+                "extensionProviders: [{name: z, zipkin: {service: z, port: 1}}, {name: z, zipkin: {service: y, port: 1}}]",
+                "mesh.extensionProviders[1].name",
+            ),
+            (
+                "extensionProviders: [{name: '', zipkin: {service: z, port: 1}}]",
+                "mesh.extensionProviders[0].name",
+            ),
+            (
+                "enableTracing: true\ndefaultProviders: {tracing: [f]}\nextensionProviders: [{name: f, envoyFileAccessLog: {path: /dev/stdout}}]",
+                "mesh.defaultProviders.tracing",
+            ),
             ("accessLogEncoding: XML", "mesh.accessLogEncoding"),
             ("meshId: 'a b'", "mesh.meshId"),
         ] {

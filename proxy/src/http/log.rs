@@ -2,10 +2,12 @@
 
 use super::ReqCtx;
 use crate::state::{Direction, Shared};
+use crate::telemetry::accesslog::ClusterName;
 use crate::telemetry::peer::{peer_of, security_policy, PeerFacts};
-use crate::telemetry::{flags, AccessLog, HttpLabelsRef, HttpLogEntry, Peer};
+use crate::telemetry::{flags, HttpLabelsRef, HttpLogEntry, Peer};
 use pingora::proxy::Session;
 use pingora::Error;
+use remora_model::telemetry::Side;
 use std::sync::Arc;
 
 /// The other side's labels: inbound, the client (its mTLS principal, its pod by address,
@@ -133,19 +135,33 @@ pub(super) fn record(
         connection_security_policy: security,
     };
     metrics.record_http_ref(&labels, duration_ms, req_bytes, resp_bytes);
+    let targets = std::mem::take(&mut ctx.log_to);
     let sampled = matches!(ctx.trace, super::trace::Traced::Sampled(_));
-    let cluster = (sampled || s.access_log != AccessLog::Off).then(|| cluster_name(dir, ctx));
+    let log = !targets.none(s.access_log);
+    if !sampled && !log {
+        return;
+    }
     let user_agent = super::header_str(session.req_header(), &http::header::USER_AGENT);
     let istio_protocol = if session.is_http2() {
         "HTTP/2"
     } else {
         "HTTP/1.1"
     };
-    let snap = shared.snapshot.load();
-    let rules = &snap.telemetry;
-    if let Some(tracer) = s.tracer.as_deref().filter(|_| sampled) {
+    if sampled {
+        let snap = shared.snapshot.load();
+        let side = match dir {
+            Direction::Outbound => Side::Client,
+            Direction::Inbound => Side::Server,
+        };
+        let cluster = cluster_name(
+            dir,
+            ctx.dst,
+            ctx.route_port,
+            ctx.subset.as_deref(),
+            &ctx.destination_service,
+        )
+        .to_string();
         super::trace::finish(
-            Some(tracer),
             ctx,
             &super::trace::Finished {
                 dir,
@@ -160,57 +176,68 @@ pub(super) fn record(
                 request_size: req_bytes,
                 response_size: resp_bytes,
                 user_agent,
-                cluster: cluster.clone().unwrap_or_default(),
+                cluster,
                 port: span_port(dir, ctx),
-                custom_tags: &rules.custom_tags,
+                custom_tags: &snap.telemetry.side(side).custom_tags,
                 request: session.req_header(),
             },
         );
     }
-    if rules.access_log_disabled == Some(true) {
+    if !log {
         return;
     }
     let downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
-    s.access_log.write_http(
-        metrics,
-        &HttpLogEntry {
-            start_time: std::mem::take(&mut ctx.started_at),
-            kind: "http",
-            direction: dir.as_str(),
-            method: std::mem::take(&mut ctx.method),
-            path: std::mem::take(&mut ctx.path),
-            authority: std::mem::take(&mut ctx.authority),
-            protocol: istio_protocol,
-            request_protocol: protocol,
-            status,
-            response_code: status,
-            response_code_details: code_details(ctx.local_status.is_some(), response_flags),
-            duration_ms,
-            duration: duration_ms as u64,
-            upstream: ctx.upstream,
-            upstream_host: ctx.upstream,
-            upstream_cluster: cluster,
-            original_dst: ctx.dst,
-            downstream,
-            downstream_local_address: ctx.dst,
-            downstream_remote_address: downstream,
-            x_forwarded_for: super::header_str(session.req_header(), &X_FORWARDED_FOR),
-            user_agent,
-            route_name: ctx.route_name.take(),
-            virtual_service: ctx.virtual_service.take(),
-            destination_service: std::mem::take(&mut ctx.destination_service),
-            response_flags,
-            bytes_received: req_bytes,
-            bytes_sent: resp_bytes,
-            request_id: std::mem::take(&mut ctx.request_id),
-            traceparent: ctx.traceparent.take(),
-            error: ctx.error.take(),
-            // The log says what the hop was (`none`: plain text), on both sides.
-            connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
-            peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
-            tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
-        },
-    );
+    let destination_service = std::mem::take(&mut ctx.destination_service);
+    let subset = ctx.subset.take();
+    let entry = HttpLogEntry {
+        start_time: std::mem::take(&mut ctx.started_at),
+        kind: "http",
+        direction: dir.as_str(),
+        method: std::mem::take(&mut ctx.method),
+        path: std::mem::take(&mut ctx.path),
+        authority: std::mem::take(&mut ctx.authority),
+        protocol: istio_protocol,
+        request_protocol: protocol,
+        status,
+        response_code: status,
+        response_code_details: code_details(ctx.local_status.is_some(), response_flags),
+        duration_ms,
+        duration: duration_ms as u64,
+        upstream: ctx.upstream,
+        upstream_host: ctx.upstream,
+        upstream_cluster: Some(cluster_name(
+            dir,
+            ctx.dst,
+            ctx.route_port,
+            subset.as_deref(),
+            &destination_service,
+        )),
+        original_dst: ctx.dst,
+        downstream,
+        downstream_local_address: ctx.dst,
+        downstream_remote_address: downstream,
+        x_forwarded_for: super::header_str(session.req_header(), &X_FORWARDED_FOR),
+        user_agent,
+        route_name: ctx.route_name.take(),
+        virtual_service: ctx.virtual_service.take(),
+        destination_service: &destination_service,
+        response_flags,
+        bytes_received: req_bytes,
+        bytes_sent: resp_bytes,
+        request_id: std::mem::take(&mut ctx.request_id),
+        traceparent: ctx.traceparent.take(),
+        error: ctx.error.take(),
+        // The log says what the hop was (`none`: plain text), on both sides.
+        connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
+        peer_principal: ctx.peer_identity.as_ref().map(|p| p.principal.as_str()),
+        tls_version: ctx.peer_identity.as_ref().map(|p| p.tls_version),
+        upstream_local_address: ctx.upstream_local,
+        requested_server_name: ctx.peer_identity.as_ref().and_then(|p| p.sni.as_deref()),
+        upstream_transport_failure_reason: ctx.transport_failure.as_deref(),
+    };
+    for a in targets.encodings(&s.access_log) {
+        a.write_http(metrics, &entry);
+    }
 }
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -218,16 +245,21 @@ static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forw
 /// Istio's cluster name of the request's upstream: `outbound|<port>|<subset>|<host>` for a
 /// routed outbound request, `inbound|<port>||` inbound, else the destination service
 /// (`PassthroughCluster`, `BlackHoleCluster`, `unknown`).
-fn cluster_name(dir: Direction, ctx: &ReqCtx) -> String {
-    let service: &str = &ctx.destination_service;
+fn cluster_name<'a>(
+    dir: Direction,
+    dst: Option<std::net::SocketAddr>,
+    route_port: u16,
+    subset: Option<&'a str>,
+    service: &'a str,
+) -> ClusterName<'a> {
     match dir {
-        Direction::Inbound => format!("inbound|{}||", ctx.dst.map_or(0, |d| d.port())),
-        Direction::Outbound if ctx.route_port != 0 => format!(
-            "outbound|{}|{}|{service}",
-            ctx.route_port,
-            ctx.subset.as_deref().unwrap_or_default()
-        ),
-        Direction::Outbound => service.to_string(),
+        Direction::Inbound => ClusterName::Inbound(dst.map_or(0, |d| d.port())),
+        Direction::Outbound if route_port != 0 => ClusterName::Outbound {
+            port: route_port,
+            subset: subset.unwrap_or_default(),
+            host: service,
+        },
+        Direction::Outbound => ClusterName::Named(service),
     }
 }
 

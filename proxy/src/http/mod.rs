@@ -42,6 +42,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
+use remora_model::telemetry::Side;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,12 @@ pub struct ReqCtx {
     /// A gRPC status code (`0`..=`16`) as its label value.
     grpc_status: Option<&'static str>,
     error: Option<String>,
+    /// Why the last upstream connection attempt failed (Envoy's
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    transport_failure: Option<String>,
+    /// The local address of the upstream connection (plain TCP or TLS origination; a mesh mTLS
+    /// connection goes through a local relay, whose address says nothing).
+    upstream_local: Option<SocketAddr>,
     /// Traffic policies of this request (outbound requests with a route decision).
     policy: Option<RequestPolicy>,
     /// The address to use when the destination has no endpoint list.
@@ -96,6 +103,9 @@ pub struct ReqCtx {
     close_upstream: bool,
     /// The request's trace (tracing on): sampled or not, and the span's facts.
     trace: trace::Traced,
+    /// Where its access-log lines go (the Telemetry rules of its side, read with the rules
+    /// the request is routed by).
+    log_to: telemetry::accesslog::LogTargets,
     /// The port and subset the rules routed an outbound request to (Istio's cluster name).
     route_port: u16,
     subset: Option<String>,
@@ -266,6 +276,8 @@ impl ProxyHttp for MeshHttp {
             grpc: false,
             grpc_status: None,
             error: None,
+            transport_failure: None,
+            upstream_local: None,
             policy: None,
             fixed_upstream: None,
             retry_pending: false,
@@ -275,6 +287,7 @@ impl ProxyHttp for MeshHttp {
             mirror_body: None,
             close_upstream: false,
             trace: trace::Traced::No,
+            log_to: telemetry::accesslog::LogTargets::Default,
             route_port: 0,
             subset: None,
         }
@@ -299,9 +312,18 @@ impl ProxyHttp for MeshHttp {
         note_request(session.req_header(), ctx);
         exchange::on_request(self.dir, session.req_header(), ctx);
         request_id::ensure(session, ctx)?;
-        if let Some(tracer) = self.shared.settings.tracer.as_deref() {
-            let snap = self.shared.snapshot.load();
-            trace::on_request(Some(tracer), &snap.telemetry, session.req_header(), ctx);
+        // One snapshot for the whole request: its Telemetry settings, then its route or its
+        // inbound policies.
+        let snap = self.shared.snapshot.load_full();
+        let side = match self.dir {
+            Direction::Outbound => Side::Client,
+            Direction::Inbound => Side::Server,
+        };
+        let rules = snap.telemetry.side(side);
+        let s = &self.shared.settings;
+        ctx.log_to = telemetry::accesslog::log_targets(&s.access_log_providers, rules);
+        if let Some(tracer) = trace::tracer_for(s, rules) {
+            trace::on_request(tracer, rules, session.req_header(), ctx);
         }
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;
@@ -309,7 +331,6 @@ impl ProxyHttp for MeshHttp {
         };
         if self.dir == Direction::Inbound {
             ctx.upstream = Some(dst);
-            let snap = self.shared.snapshot.load();
             ctx.destination_service =
                 inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
             let metrics = &self.shared.metrics;
@@ -328,7 +349,6 @@ impl ProxyHttp for MeshHttp {
             )
             .await;
         }
-        let snap = self.shared.snapshot.load_full();
         let decision = {
             let req = session.req_header();
             let info = RequestInfo {
@@ -386,6 +406,13 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         let connect_timeout = self.shared.settings.connect_timeout;
+        if !ctx.mesh_upstream {
+            ctx.upstream_local = digest
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|s| s.local_addr())
+                .and_then(|a| a.as_inet())
+                .copied();
+        }
         peer::check_new_connection(reused, peer, digest, ctx, connect_timeout).await?;
         let max = ctx
             .policy

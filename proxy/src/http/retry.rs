@@ -83,6 +83,7 @@ pub(super) fn on_connect_failure(
 ) -> Box<Error> {
     ctx.flags = flags::UPSTREAM_CONNECT_FAILURE;
     debug!(peer = %peer_name(peer, ctx), "upstream connect failed: {e}");
+    ctx.transport_failure = Some(transport_failure_reason(&e));
     let mut e = e;
     let replayable = !session.retry_buffer_truncated();
     if let Some(rp) = ctx.policy.as_mut() {
@@ -155,4 +156,44 @@ pub(super) fn on_proxy_error(
         }
     }
     e
+}
+
+/// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` for a failed connection attempt: the cause
+/// the system or TLS gave (`Connection refused (os error 111)`, a certificate check), else the
+/// kind of failure; at most 256 bytes.
+fn transport_failure_reason(e: &pingora::Error) -> String {
+    let mut why = match &e.cause {
+        Some(c) => format!("{}: {c}", e.etype().as_str()),
+        None => e.etype().as_str().to_string(),
+    };
+    if why.len() > 256 {
+        let mut end = 256;
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        why.truncate(end);
+    }
+    why
+}
+
+#[cfg(test)]
+mod failure_reason_tests {
+    use super::transport_failure_reason;
+    use pingora::{Error, ErrorType};
+
+    #[test]
+    fn the_reason_names_the_kind_and_the_cause_bounded() {
+        let e = Error::because(
+            ErrorType::ConnectRefused,
+            "connecting",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        let r = transport_failure_reason(&e);
+        assert!(r.starts_with("ConnectRefused: "), "{r}");
+        assert!(r.to_lowercase().contains("refused"), "{r}");
+        let plain = Error::new(ErrorType::ConnectTimedout);
+        assert_eq!(transport_failure_reason(&plain), "ConnectTimedout");
+        let long = Error::because(ErrorType::TLSHandshakeFailure, "tls", "é".repeat(300));
+        assert!(transport_failure_reason(&long).len() <= 256);
+    }
 }

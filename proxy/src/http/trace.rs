@@ -3,7 +3,8 @@
 //! rewritten to this proxy's span, and the finished span handed to the exporter with Istio's
 //! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
 //! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
-//! decision).
+//! decision). On that unsampled path nothing is allocated: the trace headers are found in one
+//! pass over the request's headers, and span ids are drawn only for a sampled request.
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;
@@ -12,6 +13,8 @@ use crate::telemetry::trace_context::{self, Decision, Headers, TraceContext};
 use crate::telemetry::tracer::Tracer;
 use pingora::http::RequestHeader;
 use pingora::Result;
+use remora_model::telemetry::SideSettings;
+use std::sync::Arc;
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
@@ -20,10 +23,11 @@ static X_B3_TRACEID: http::HeaderName = http::HeaderName::from_static("x-b3-trac
 static X_B3_SPANID: http::HeaderName = http::HeaderName::from_static("x-b3-spanid");
 static X_B3_PARENTSPANID: http::HeaderName = http::HeaderName::from_static("x-b3-parentspanid");
 static X_B3_SAMPLED: http::HeaderName = http::HeaderName::from_static("x-b3-sampled");
-static X_B3_FLAGS: http::HeaderName = http::HeaderName::from_static("x-b3-flags");
 
 /// A sampled request's trace state.
 pub(super) struct ReqTrace {
+    /// The tracer of the provider the request's side uses.
+    tracer: Arc<Tracer>,
     ctx: TraceContext,
     start_unix_nanos: u64,
     /// The request came with a single `b3` header (rewritten too).
@@ -44,45 +48,79 @@ pub(super) enum Traced {
     Sampled(Box<ReqTrace>),
 }
 
-/// Decide the request's trace (tracing on); the Telemetry rules' `randomSamplingPercentage`
-/// replaces the configured percentage, `disableSpanReporting` keeps the decision and its
-/// headers but reports no span.
+/// The tracer for a request whose side has `rules`: the provider a Telemetry rule names (none
+/// when the proxy has no provider of that name), else the default one.
+pub(super) fn tracer_for<'a>(
+    s: &'a crate::state::Settings,
+    rules: &SideSettings,
+) -> Option<&'a Arc<Tracer>> {
+    match &rules.tracing_provider {
+        None => s.tracer.as_ref(),
+        Some(name) => s.tracers.iter().find(|(n, _)| n == name).map(|(_, t)| t),
+    }
+}
+
+/// The trace headers of `req`, in one pass over its headers (the first value of each name).
+fn trace_headers(req: &RequestHeader) -> Headers<'_> {
+    let mut h = Headers::default();
+    for (name, value) in req.headers.iter() {
+        let slot = match name.as_str() {
+            "traceparent" => &mut h.traceparent,
+            "b3" => &mut h.b3,
+            "x-b3-traceid" => &mut h.x_b3_traceid,
+            "x-b3-spanid" => &mut h.x_b3_spanid,
+            "x-b3-sampled" => &mut h.x_b3_sampled,
+            "x-b3-flags" => &mut h.x_b3_flags,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = value.to_str().ok();
+        }
+    }
+    h
+}
+
+/// Decide the request's trace with `tracer` (its side's); the Telemetry rules'
+/// `randomSamplingPercentage` replaces the configured percentage, `disableSpanReporting` keeps
+/// the decision and its headers but reports no span.
 pub(super) fn on_request(
-    tracer: Option<&Tracer>,
-    rules: &remora_model::telemetry::Effective,
+    tracer: &Arc<Tracer>,
+    rules: &SideSettings,
     req: &RequestHeader,
     ctx: &mut ReqCtx,
 ) {
-    let Some(t) = tracer else { return };
-    let h = Headers {
-        traceparent: header_str(req, &TRACEPARENT),
-        b3: header_str(req, &B3),
-        x_b3_traceid: header_str(req, &X_B3_TRACEID),
-        x_b3_spanid: header_str(req, &X_B3_SPANID),
-        x_b3_sampled: header_str(req, &X_B3_SAMPLED),
-        x_b3_flags: header_str(req, &X_B3_FLAGS),
-    };
+    let h = trace_headers(req);
     let incoming = trace_context::incoming(&h);
-    let d = trace_context::decide(
-        incoming,
-        rules
-            .random_sampling_percentage
-            .unwrap_or_else(|| t.sampling()),
-        rand::random::<f64>(),
-        nonzero(rand::random()),
-        nonzero(rand::random()),
-    );
+    let percent = rules
+        .random_sampling_percentage
+        .unwrap_or_else(|| tracer.sampling());
+    // The roll is drawn only when the request brings no decision; ids only when sampled.
+    let d = trace_context::decide_lazy(incoming, percent, rand::random::<f64>, new_ids);
     ctx.trace = match d {
         Decision::Unsampled => Traced::No,
         Decision::UnsampledRoot => Traced::UnsampledRoot,
         Decision::Sampled(c) => Traced::Sampled(Box::new(ReqTrace {
+            tracer: tracer.clone(),
             ctx: c,
             start_unix_nanos: unix_nanos(),
             b3_single: h.b3.is_some(),
-            tracestate: header_str(req, &TRACESTATE).map(str::to_string),
+            tracestate: h_tracestate(req),
             report: rules.disable_span_reporting != Some(true),
         })),
     };
+}
+
+fn h_tracestate(req: &RequestHeader) -> Option<String> {
+    header_str(req, &TRACESTATE).map(str::to_string)
+}
+
+/// A new trace id and span id.
+fn new_ids() -> (trace_context::TraceId, trace_context::SpanId) {
+    let (a, b, c): (u64, u64, u64) = rand::random();
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&a.to_ne_bytes());
+    t[8..].copy_from_slice(&b.to_ne_bytes());
+    (nonzero(t), nonzero(c.to_ne_bytes()))
 }
 
 /// A random id is never all zero (an invalid id in both formats).
@@ -103,8 +141,12 @@ fn unix_nanos() -> u64 {
 pub(super) fn on_upstream_request(req: &mut RequestHeader, ctx: &ReqCtx) -> Result<()> {
     match &ctx.trace {
         Traced::No => Ok(()),
+        // A static name: the header's case-preserving copy is not allocated.
         Traced::UnsampledRoot => req
-            .insert_header(X_B3_SAMPLED.clone(), http::HeaderValue::from_static("0"))
+            .insert_header(
+                bytes::Bytes::from_static(b"x-b3-sampled"),
+                http::HeaderValue::from_static("0"),
+            )
             .map(|_| ()),
         Traced::Sampled(t) => {
             let o = t.ctx.outgoing();
@@ -148,15 +190,16 @@ pub(super) struct Finished<'a> {
     pub request: &'a RequestHeader,
 }
 
-/// Report a sampled request's span (Istio's name and tags).
-pub(super) fn finish(tracer: Option<&Tracer>, ctx: &mut ReqCtx, f: &Finished<'_>) {
-    let (Some(tracer), Traced::Sampled(t)) = (tracer, std::mem::take(&mut ctx.trace)) else {
+/// Report a sampled request's span (Istio's name and tags) to its tracer.
+pub(super) fn finish(ctx: &mut ReqCtx, f: &Finished<'_>) {
+    let Traced::Sampled(t) = std::mem::take(&mut ctx.trace) else {
         return;
     };
     let t = *t;
     if !t.report {
         return;
     }
+    let tracer = &*t.tracer;
     let own = &tracer.own;
     let service: &str = &ctx.destination_service;
     let cluster = f.cluster.clone();

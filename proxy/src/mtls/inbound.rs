@@ -25,6 +25,8 @@ pub struct PeerInfo {
     pub tls_version: &'static str,
     /// The ALPN value agreed.
     pub alpn: Option<String>,
+    /// The server name the client asked for (SNI; Envoy's `%REQUESTED_SERVER_NAME%`).
+    pub sni: Option<String>,
     /// The client's labels in metrics, decided at the connection's first request
     /// (`telemetry::peer::peer_of`) and kept for its life.
     pub labels: std::sync::OnceLock<Arc<crate::telemetry::Peer>>,
@@ -126,6 +128,7 @@ pub async fn terminate(
         alpn: conn
             .alpn_protocol()
             .map(|a| String::from_utf8_lossy(a).into_owned()),
+        sni: conn.server_name().map(str::to_string),
         labels: Default::default(),
     });
     let entry = client.map(|c| peers.insert(c, info.clone()));
@@ -142,6 +145,7 @@ mod tests {
             principal: principal.to_string(),
             tls_version: "TLSv1_3",
             alpn: None,
+            sni: None,
             labels: Default::default(),
         })
     }

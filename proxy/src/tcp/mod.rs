@@ -239,7 +239,9 @@ pub async fn proxy(
         warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
         metrics.tcp_open(labels);
         metrics.tcp_close(labels, 0, 0);
-        access_log(shared).write_tcp(
+        write_log(
+            shared,
+            dir,
             metrics,
             &TcpLogEntry {
                 start_time: started_at.clone(),
@@ -401,7 +403,9 @@ pub async fn proxy(
         Err(why) => (local, 0, 0, Some(why)),
     };
     metrics.tcp_close(&labels, received, sent);
-    access_log(shared).write_tcp(
+    write_log(
+        shared,
+        dir,
         metrics,
         &TcpLogEntry {
             start_time: started_at,
@@ -423,12 +427,20 @@ pub async fn proxy(
     );
 }
 
-/// The access log, or `Off` for a workload a Telemetry rule's `accessLogging` disables.
-fn access_log(shared: &Shared) -> crate::telemetry::AccessLog {
-    if shared.snapshot.load().telemetry.access_log_disabled == Some(true) {
-        crate::telemetry::AccessLog::Off
-    } else {
-        shared.settings.access_log
+/// Write a connection's line where the Telemetry rules of its side say (`dir`'s: outbound is
+/// the client side, inbound the server side).
+fn write_log(shared: &Shared, dir: Direction, metrics: &Metrics, entry: &TcpLogEntry) {
+    let side = match dir {
+        Direction::Outbound => remora_model::telemetry::Side::Client,
+        Direction::Inbound => remora_model::telemetry::Side::Server,
+    };
+    let snap = shared.snapshot.load();
+    let targets = telemetry::accesslog::log_targets(
+        &shared.settings.access_log_providers,
+        snap.telemetry.side(side),
+    );
+    for a in targets.encodings(&shared.settings.access_log) {
+        a.write_tcp(metrics, entry);
     }
 }
 

@@ -53,6 +53,180 @@ impl AccessLog {
     }
 }
 
+/// `--access-log-providers`: the named access-log providers (`[{"name":…,"encoding":"TEXT"}]`,
+/// the injector's `envoyFileAccessLog` entries), each checked; an error names the entry.
+pub fn parse_providers(v: &str) -> Result<NamedLogs, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        name: String,
+        encoding: String,
+    }
+    let list: Vec<Entry> = serde_json::from_str(v)
+        .map_err(|e| format!("not a JSON list of access-log providers: {e}"))?;
+    if list.len() > 64 {
+        return Err(format!("{} providers: at most 64", list.len()));
+    }
+    let mut out: Vec<(String, AccessLog)> = Vec::new();
+    for (i, e) in list.into_iter().enumerate() {
+        if e.name.is_empty() || out.iter().any(|(n, _)| *n == e.name) {
+            return Err(format!(
+                "[{i}].name {:?}: empty or the name of an earlier entry",
+                e.name
+            ));
+        }
+        let enc = match e.encoding.as_str() {
+            "TEXT" => AccessLog::Text,
+            "JSON" => AccessLog::Json,
+            other => return Err(format!("[{i}].encoding {other:?}: must be TEXT or JSON")),
+        };
+        out.push((e.name, enc));
+    }
+    Ok(NamedLogs(out))
+}
+
+/// The named access-log providers of `--access-log-providers`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedLogs(pub Vec<(String, AccessLog)>);
+
+/// Where a request's (or connection's) access-log lines go, as the Telemetry rules of its side
+/// say: the proxy's own log (`Default`, the flags' setting), none, or the named providers'.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogTargets {
+    #[default]
+    Default,
+    Off,
+    Named(Vec<AccessLog>),
+}
+
+impl LogTargets {
+    /// The encodings to write a line in (`default`: the flags' log).
+    pub fn encodings<'a>(&'a self, default: &'a AccessLog) -> &'a [AccessLog] {
+        match self {
+            LogTargets::Default => std::slice::from_ref(default),
+            LogTargets::Off => &[],
+            LogTargets::Named(v) => v,
+        }
+    }
+
+    /// No line is written.
+    pub fn none(&self, default: AccessLog) -> bool {
+        self.encodings(&default)
+            .iter()
+            .all(|a| *a == AccessLog::Off)
+    }
+}
+
+/// The targets for a side whose Telemetry settings are `rules`, with the proxy's named
+/// providers `named` (`envoy`, the mesh's own, first): `disabled` turns the log off, named
+/// providers replace the default (a name the proxy does not know writes nothing), else the
+/// default. Nothing is allocated unless a rule names providers.
+pub fn log_targets(
+    named: &[(String, AccessLog)],
+    rules: &remora_model::telemetry::SideSettings,
+) -> LogTargets {
+    if rules.access_log_off() {
+        return LogTargets::Off;
+    }
+    if rules.access_log_providers.is_empty() {
+        return LogTargets::Default;
+    }
+    LogTargets::Named(
+        rules
+            .access_log_providers
+            .iter()
+            .filter_map(|p| named.iter().find(|(n, _)| n == p).map(|(_, a)| *a))
+            .collect(),
+    )
+}
+
+/// Istio's cluster name of a request's upstream, written into the line where it goes (no
+/// string is made for it per request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterName<'a> {
+    /// `inbound|<port>||`
+    Inbound(u16),
+    /// `outbound|<port>|<subset>|<host>`
+    Outbound {
+        port: u16,
+        subset: &'a str,
+        host: &'a str,
+    },
+    /// A name as it is (`PassthroughCluster`, `BlackHoleCluster`, `unknown`).
+    Named(&'a str),
+}
+
+impl<'a> From<&'a str> for ClusterName<'a> {
+    fn from(s: &'a str) -> Self {
+        ClusterName::Named(s)
+    }
+}
+
+impl std::fmt::Display for ClusterName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterName::Inbound(port) => write!(f, "inbound|{port}||"),
+            ClusterName::Outbound { port, subset, host } => {
+                write!(f, "outbound|{port}|{subset}|{host}")
+            }
+            ClusterName::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+impl Serialize for ClusterName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl ClusterName<'_> {
+    /// The pieces of the name in order (the port in decimal after the prefix).
+    fn pieces(&self) -> (&str, Option<u16>, &str, &str) {
+        match *self {
+            ClusterName::Inbound(port) => ("inbound|", Some(port), "||", ""),
+            ClusterName::Outbound { port, subset, host } => ("outbound|", Some(port), subset, host),
+            ClusterName::Named(n) => (n, None, "", ""),
+        }
+    }
+
+    /// Append the name (the pieces, with `write` escaping the configured ones).
+    fn write_with(&self, out: &mut Vec<u8>, write: fn(&mut Vec<u8>, &str)) {
+        let (prefix, port, a, b) = self.pieces();
+        match port {
+            None => write(out, prefix),
+            Some(port) => {
+                out.extend_from_slice(prefix.as_bytes());
+                push_decimal_bytes(out, u64::from(port));
+                match self {
+                    ClusterName::Outbound { .. } => {
+                        out.push(b'|');
+                        write(out, a);
+                        out.push(b'|');
+                        write(out, b);
+                    }
+                    _ => out.extend_from_slice(a.as_bytes()),
+                }
+            }
+        }
+    }
+
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let (name, _, a, b) = self.pieces();
+        if [name, a, b].iter().all(|p| json_plain(p)) {
+            out.push(b'"');
+            self.write_with(out, |o, p| o.extend_from_slice(p.as_bytes()));
+            out.push(b'"');
+        } else {
+            push_json_str(out, &self.to_string());
+        }
+    }
+
+    fn write_text(&self, out: &mut Vec<u8>) {
+        self.write_with(out, push_text_escaped);
+    }
+}
+
 impl AccessLog {
     /// Queue a TCP connection's line for stdout; never blocks. A dropped line counts in
     /// `metrics`.
@@ -102,10 +276,15 @@ impl AccessLog {
     }
 }
 
+/// `s` needs no escaping in a JSON string.
+fn json_plain(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// A JSON string as serde_json writes it: the bytes as they are unless one needs escaping
 /// (then serde_json itself writes it).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json_plain(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -123,43 +302,59 @@ fn push_json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 fn push_json_opt_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
     match a {
-        Some(std::net::SocketAddr::V4(a)) => {
-            // `"255.255.255.255:65535"` at most: built on the stack, appended at once.
-            let mut b = [0u8; 24];
-            let mut n = 0;
-            let mut put = |x: u8| {
-                b[n] = x;
-                n += 1;
-            };
-            put(b'"');
-            for (i, o) in a.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    put(b'.');
-                }
-                if *o >= 100 {
-                    put(b'0' + o / 100);
-                }
-                if *o >= 10 {
-                    put(b'0' + o / 10 % 10);
-                }
-                put(b'0' + o % 10);
-            }
-            put(b':');
-            let port = a.port();
-            let mut started = false;
-            for d in [10_000u16, 1000, 100, 10, 1] {
-                let digit = (port / d % 10) as u8;
-                if started || digit != 0 || d == 1 {
-                    put(b'0' + digit);
-                    started = true;
-                }
-            }
-            put(b'"');
-            out.extend_from_slice(&b[..n]);
-        }
+        Some(std::net::SocketAddr::V4(a)) => push_v4(out, a, true),
         Some(a) => push_json_str(out, &a.to_string()),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// A TEXT address field (`-` when absent), an IPv4 one written without a string.
+fn push_text_addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    match a {
+        Some(std::net::SocketAddr::V4(a)) => push_v4(out, a, false),
+        Some(a) => push_text(out, Some(&a.to_string())),
+        None => out.push(b'-'),
+    }
+}
+
+/// `ip:port` of an IPv4 address as `Display` writes it, in quotes for JSON (`quoted`); at most
+/// `"255.255.255.255:65535"`, built on the stack and appended at once.
+fn push_v4(out: &mut Vec<u8>, a: std::net::SocketAddrV4, quoted: bool) {
+    let mut b = [0u8; 24];
+    let mut n = 0;
+    let mut put = |x: u8| {
+        b[n] = x;
+        n += 1;
+    };
+    if quoted {
+        put(b'"');
+    }
+    for (i, o) in a.ip().octets().iter().enumerate() {
+        if i > 0 {
+            put(b'.');
+        }
+        if *o >= 100 {
+            put(b'0' + o / 100);
+        }
+        if *o >= 10 {
+            put(b'0' + o / 10 % 10);
+        }
+        put(b'0' + o % 10);
+    }
+    put(b':');
+    let port = a.port();
+    let mut started = false;
+    for d in [10_000u16, 1000, 100, 10, 1] {
+        let digit = (port / d % 10) as u8;
+        if started || digit != 0 || d == 1 {
+            put(b'0' + digit);
+            started = true;
+        }
+    }
+    if quoted {
+        put(b'"');
+    }
+    out.extend_from_slice(&b[..n]);
 }
 
 fn push_decimal_bytes(out: &mut Vec<u8>, mut n: u64) {
@@ -402,7 +597,7 @@ pub struct HttpLogEntry<'a> {
     pub upstream_host: Option<std::net::SocketAddr>,
     /// Istio's cluster name: `outbound|port|subset|host`, `inbound|port||`,
     /// `PassthroughCluster`, `BlackHoleCluster`.
-    pub upstream_cluster: Option<String>,
+    pub upstream_cluster: Option<ClusterName<'a>>,
     pub original_dst: Option<std::net::SocketAddr>,
     pub downstream: Option<std::net::SocketAddr>,
     pub downstream_local_address: Option<std::net::SocketAddr>,
@@ -411,7 +606,7 @@ pub struct HttpLogEntry<'a> {
     pub user_agent: Option<&'a str>,
     pub route_name: Option<String>,
     pub virtual_service: Option<String>,
-    pub destination_service: std::borrow::Cow<'static, str>,
+    pub destination_service: &'a str,
     pub response_flags: &'a str,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -424,18 +619,22 @@ pub struct HttpLogEntry<'a> {
     pub peer_principal: Option<&'a str>,
     /// The TLS version of the inbound mTLS connection.
     pub tls_version: Option<&'static str>,
+    /// Envoy's `%UPSTREAM_LOCAL_ADDRESS%`: this side of the upstream connection (plain TCP or
+    /// TLS origination).
+    pub upstream_local_address: Option<std::net::SocketAddr>,
+    /// Envoy's `%REQUESTED_SERVER_NAME%`: the server name (SNI) the client asked for on an
+    /// inbound mTLS connection.
+    pub requested_server_name: Option<&'a str>,
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the last upstream connection attempt
+    /// failed.
+    pub upstream_transport_failure_reason: Option<&'a str>,
 }
 
-/// Istio's fields remora does not know yet, always empty (`null` in JSON, `-` in TEXT):
-/// `upstream_service_time`, `upstream_local_address`, `requested_server_name`,
-/// `upstream_transport_failure_reason`, `connection_termination_details`.
-const NOT_KNOWN: [&str; 5] = [
-    "upstream_service_time",
-    "upstream_local_address",
-    "requested_server_name",
-    "upstream_transport_failure_reason",
-    "connection_termination_details",
-];
+/// Istio's fields remora does not fill, always empty (`null` in JSON, `-` in TEXT):
+/// `upstream_service_time` (Envoy's `x-envoy-upstream-service-time`, which remora does not
+/// add), `connection_termination_details` (set by Envoy's network filters, e.g. a TCP
+/// authorization denial; an HTTP request never has one).
+const NOT_KNOWN: [&str; 2] = ["upstream_service_time", "connection_termination_details"];
 
 impl HttpLogEntry<'_> {
     /// The entry as one JSON object, byte for byte as `serde_json::to_writer` writes it, then
@@ -486,7 +685,10 @@ impl HttpLogEntry<'_> {
         out.extend_from_slice(b",\"upstream_host\":");
         push_json_opt_addr(out, self.upstream_host);
         out.extend_from_slice(b",\"upstream_cluster\":");
-        push_json_opt_str(out, self.upstream_cluster.as_deref());
+        match &self.upstream_cluster {
+            Some(c) => c.write_json(out),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"original_dst\":");
         push_json_opt_addr(out, self.original_dst);
         out.extend_from_slice(b",\"downstream\":");
@@ -504,7 +706,7 @@ impl HttpLogEntry<'_> {
         out.extend_from_slice(b",\"virtual_service\":");
         push_json_opt_str(out, self.virtual_service.as_deref());
         out.extend_from_slice(b",\"destination_service\":");
-        push_json_str(out, &self.destination_service);
+        push_json_str(out, self.destination_service);
         out.extend_from_slice(b",\"response_flags\":");
         push_json_str(out, self.response_flags);
         out.extend_from_slice(b",\"bytes_received\":");
@@ -523,6 +725,12 @@ impl HttpLogEntry<'_> {
         push_json_opt_str(out, self.peer_principal);
         out.extend_from_slice(b",\"tls_version\":");
         push_json_opt_str(out, self.tls_version);
+        out.extend_from_slice(b",\"upstream_local_address\":");
+        push_json_opt_addr(out, self.upstream_local_address);
+        out.extend_from_slice(b",\"requested_server_name\":");
+        push_json_opt_str(out, self.requested_server_name);
+        out.extend_from_slice(b",\"upstream_transport_failure_reason\":");
+        push_json_opt_str(out, self.upstream_transport_failure_reason);
         out.push(b'}');
     }
 
@@ -536,7 +744,6 @@ impl HttpLogEntry<'_> {
     /// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
     /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%`.
     pub fn write_text(&self, out: &mut Vec<u8>) {
-        let addr = |a: Option<std::net::SocketAddr>| a.map(addr_string);
         out.push(b'[');
         push_text(out, Some(&self.start_time));
         out.extend_from_slice(b"] \"");
@@ -551,7 +758,9 @@ impl HttpLogEntry<'_> {
         push_text(out, Some(self.response_flags));
         out.push(b' ');
         push_text(out, Some(self.response_code_details));
-        out.extend_from_slice(b" - \"-\" ");
+        out.extend_from_slice(b" - \"");
+        push_text(out, self.upstream_transport_failure_reason);
+        out.extend_from_slice(b"\" ");
         push_decimal_bytes(out, self.bytes_received);
         out.push(b' ');
         push_decimal_bytes(out, self.bytes_sent);
@@ -566,14 +775,21 @@ impl HttpLogEntry<'_> {
         out.extend_from_slice(b"\" \"");
         push_text(out, Some(&self.authority));
         out.extend_from_slice(b"\" \"");
-        push_text(out, addr(self.upstream_host).as_deref());
+        push_text_addr(out, self.upstream_host);
         out.extend_from_slice(b"\" ");
-        push_text(out, self.upstream_cluster.as_deref());
-        out.extend_from_slice(b" - ");
-        push_text(out, addr(self.downstream_local_address).as_deref());
+        match &self.upstream_cluster {
+            Some(c) => c.write_text(out),
+            None => out.push(b'-'),
+        }
         out.push(b' ');
-        push_text(out, addr(self.downstream_remote_address).as_deref());
-        out.extend_from_slice(b" - ");
+        push_text_addr(out, self.upstream_local_address);
+        out.push(b' ');
+        push_text_addr(out, self.downstream_local_address);
+        out.push(b' ');
+        push_text_addr(out, self.downstream_remote_address);
+        out.push(b' ');
+        push_text(out, self.requested_server_name);
+        out.push(b' ');
         push_text(out, self.route_name.as_deref());
     }
 }
@@ -586,6 +802,11 @@ fn push_text(out: &mut Vec<u8>, v: Option<&str>) {
         out.push(b'-');
         return;
     }
+    push_text_escaped(out, v);
+}
+
+/// A TEXT value's bytes, escaped as [`push_text`] does (nothing for an empty one).
+fn push_text_escaped(out: &mut Vec<u8>, v: &str) {
     for &b in v.as_bytes() {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -672,6 +893,9 @@ mod tests {
         ] {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             assert_eq!(addr_string(addr), addr.to_string());
+            let mut text = Vec::new();
+            push_text_addr(&mut text, Some(addr));
+            assert_eq!(String::from_utf8(text).unwrap(), addr.to_string());
         }
     }
 
@@ -777,7 +1001,7 @@ mod tests {
             user_agent: Some("curl/8.5.0"),
             route_name: Some("main".into()),
             virtual_service: None,
-            destination_service: "reviews.default.svc.cluster.local".into(),
+            destination_service: "reviews.default.svc.cluster.local",
             response_flags: "-",
             bytes_received: 0,
             bytes_sent: u64::MAX,
@@ -787,6 +1011,9 @@ mod tests {
             connection_security_policy: "none",
             peer_principal: None,
             tls_version: None,
+            upstream_local_address: Some("10.1.2.9:41000".parse().unwrap()),
+            requested_server_name: None,
+            upstream_transport_failure_reason: None,
         };
         let check = |e: &HttpLogEntry| {
             let mut mine = Vec::new();
@@ -823,6 +1050,9 @@ mod tests {
             connection_security_policy: "mutual_tls",
             peer_principal: Some("spiffe://cluster.local/ns/shop/sa/\"web\""),
             tls_version: Some("TLSv1_3"),
+            upstream_local_address: None,
+            requested_server_name: Some("outbound_.9080_._.reviews.shop.svc.cluster.local"),
+            upstream_transport_failure_reason: Some("ConnectRefused: \"x\"\n"),
             ..plain
         };
         check(&odd);
@@ -870,7 +1100,7 @@ mod tests {
             user_agent: Some("curl/8.5.0"),
             route_name: Some("default".into()),
             virtual_service: None,
-            destination_service: "reviews.bookinfo.svc.cluster.local".into(),
+            destination_service: "reviews.bookinfo.svc.cluster.local",
             response_flags: "-",
             bytes_received: 0,
             bytes_sent: 295,
@@ -880,6 +1110,9 @@ mod tests {
             connection_security_policy: "mutual_tls",
             peer_principal: None,
             tls_version: None,
+            upstream_local_address: None,
+            requested_server_name: None,
+            upstream_transport_failure_reason: None,
         };
         let mut out = Vec::new();
         e.write_text(&mut out);
@@ -898,6 +1131,28 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         assert!(line.contains("\"GET /a\\x0ab\\\"c HTTP/1.1\""), "{line}");
         assert!(line.contains("\"-\" \"-\" \"a5a7"), "{line}");
+        // The fields remora fills beyond the plain request: the upstream's local address, the
+        // SNI of an inbound mTLS connection, why connecting failed.
+        let filled = HttpLogEntry {
+            upstream_local_address: Some("10.0.0.5:41000".parse().unwrap()),
+            requested_server_name: Some("outbound_.9080_._.reviews.bookinfo.svc.cluster.local"),
+            upstream_transport_failure_reason: Some("ConnectRefused: Connection refused"),
+            response_code: 503,
+            response_flags: "UF",
+            response_code_details: "upstream_reset_before_response_started{connection_failure}",
+            ..odd
+        };
+        let mut out = Vec::new();
+        filled.write_text(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.contains(" 503 UF upstream_reset_before_response_started{connection_failure} - \"ConnectRefused: Connection refused\" 0 295 "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" outbound|9080||reviews.bookinfo.svc.cluster.local 10.0.0.5:41000 10.96.0.12:9080 10.0.0.5:49278 outbound_.9080_._.reviews.bookinfo.svc.cluster.local default"),
+            "{line}"
+        );
         let t = TcpLogEntry {
             start_time: "2026-11-22T00:00:26.494Z".into(),
             kind: "tcp",
@@ -921,6 +1176,108 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "[2026-11-22T00:00:26.494Z] \"- - -\" 0 - - - \"-\" 6 42 12 - \"-\" \"-\" \"-\" \"-\" \"127.0.0.1:25\" - - 127.0.0.1:25 127.0.0.1:50644 - -"
         );
+    }
+
+    /// Cluster names are written in place, as their `Display` says, in both encodings.
+    #[test]
+    fn cluster_names_write_like_their_display() {
+        for c in [
+            ClusterName::Inbound(9080),
+            ClusterName::Outbound {
+                port: 9080,
+                subset: "v1",
+                host: "reviews.default.svc.cluster.local",
+            },
+            ClusterName::Outbound {
+                port: 80,
+                subset: "",
+                host: "a\"b\\c\n",
+            },
+            ClusterName::Named("PassthroughCluster"),
+        ] {
+            let mut json = Vec::new();
+            c.write_json(&mut json);
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                serde_json::to_string(&c.to_string()).unwrap()
+            );
+            let mut text = Vec::new();
+            c.write_text(&mut text);
+            let mut want = Vec::new();
+            push_text(&mut want, Some(&c.to_string()));
+            assert_eq!(text, want, "{c}");
+        }
+        assert_eq!(ClusterName::Inbound(8080).to_string(), "inbound|8080||");
+        assert_eq!(
+            ClusterName::Outbound {
+                port: 9080,
+                subset: "",
+                host: "r"
+            }
+            .to_string(),
+            "outbound|9080||r"
+        );
+    }
+
+    #[test]
+    fn named_log_providers_are_checked() {
+        let ok =
+            parse_providers(r#"[{"name":"a","encoding":"JSON"},{"name":"b","encoding":"TEXT"}]"#)
+                .unwrap();
+        assert_eq!(
+            ok.0,
+            vec![
+                ("a".to_string(), AccessLog::Json),
+                ("b".to_string(), AccessLog::Text)
+            ]
+        );
+        for (bad, want) in [
+            ("[1]", "not a JSON list"),
+            (r#"[{"name":"","encoding":"TEXT"}]"#, "[0].name"),
+            (
+                r#"[{"name":"a","encoding":"TEXT"},{"name":"a","encoding":"JSON"}]"#,
+                "[1].name",
+            ),
+            (r#"[{"name":"a","encoding":"XML"}]"#, "[0].encoding"),
+        ] {
+            let e = parse_providers(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    /// A side's access-log targets: off, the default, or the named providers it knows.
+    #[test]
+    fn telemetry_rules_choose_the_log_targets() {
+        use remora_model::telemetry::SideSettings;
+        let named = [
+            ("envoy".to_string(), AccessLog::Text),
+            ("json".to_string(), AccessLog::Json),
+        ];
+        let side = |providers: &[&str], disabled: Option<bool>| SideSettings {
+            access_log_providers: providers.iter().map(|p| p.to_string()).collect(),
+            access_log_disabled: disabled,
+            ..Default::default()
+        };
+        assert_eq!(log_targets(&named, &side(&[], None)), LogTargets::Default);
+        assert_eq!(
+            log_targets(&named, &side(&[], Some(false))),
+            LogTargets::Default
+        );
+        assert_eq!(
+            log_targets(&named, &side(&["json"], Some(true))),
+            LogTargets::Off
+        );
+        assert_eq!(
+            log_targets(&named, &side(&["json", "nope", "envoy"], None)),
+            LogTargets::Named(vec![AccessLog::Json, AccessLog::Text])
+        );
+        let off = AccessLog::Off;
+        assert_eq!(LogTargets::Default.encodings(&off), &[AccessLog::Off]);
+        assert!(LogTargets::Default.none(AccessLog::Off));
+        assert!(!LogTargets::Default.none(AccessLog::Json));
+        assert!(LogTargets::Off.none(AccessLog::Json));
+        assert!(LogTargets::Named(vec![]).none(AccessLog::Json));
+        assert!(!LogTargets::Named(vec![AccessLog::Text]).none(AccessLog::Off));
     }
 
     #[test]

@@ -21,6 +21,53 @@ pub use metrics::{
 };
 pub use peer::Peer;
 
+/// What `/config_dump` says of the telemetry providers: the default tracer, the named tracers
+/// and access-log providers, and the names the Telemetry rules `rules` give that are none of
+/// them (`tracing: NAME` or `accessLogging: NAME`, once each).
+pub fn providers_dump(
+    default_tracer: Option<&tracer::ExportConfig>,
+    tracers: &[(String, &tracer::ExportConfig)],
+    access_log: AccessLog,
+    logs: &[(String, AccessLog)],
+    rules: &remora_model::telemetry::Effective,
+) -> remora_model::dump::TelemetryProvidersDump {
+    let export =
+        |c: &tracer::ExportConfig| format!("{} {} {}", c.protocol.as_str(), c.address, c.path);
+    let enc = |a: AccessLog| match a {
+        AccessLog::Text => "TEXT",
+        AccessLog::Json => "JSON",
+        AccessLog::Off => "off",
+    };
+    let mut unknown = Vec::new();
+    for side in [&rules.client, &rules.server] {
+        if let Some(t) = &side.tracing_provider {
+            if !tracers.iter().any(|(n, _)| n == t) {
+                unknown.push(format!("tracing: {t}"));
+            }
+        }
+        for l in &side.access_log_providers {
+            if !logs.iter().any(|(n, _)| n == l) {
+                unknown.push(format!("accessLogging: {l}"));
+            }
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    remora_model::dump::TelemetryProvidersDump {
+        tracing_default: default_tracer.map(export),
+        tracing: tracers
+            .iter()
+            .map(|(n, c)| format!("{n}: {}", export(c)))
+            .collect(),
+        access_log_default: enc(access_log).to_string(),
+        access_log: logs
+            .iter()
+            .map(|(n, a)| format!("{n}: {}", enc(*a)))
+            .collect(),
+        unknown,
+    }
+}
+
 /// `destination_service` of a request or connection the rules leave to its original
 /// destination (Istio's `PassthroughCluster`).
 pub const PASSTHROUGH: &str = "PassthroughCluster";

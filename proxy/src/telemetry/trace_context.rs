@@ -204,24 +204,38 @@ pub fn decide(
     new_trace: TraceId,
     new_span: SpanId,
 ) -> Decision {
-    let by_rate = roll * 100.0 < percent;
+    decide_lazy(incoming, percent, || roll, || (new_trace, new_span))
+}
+
+/// [`decide`] drawing what it needs only when it needs it: `roll` when the request brings no
+/// decision and `percent` is neither 0 nor 100, `ids` (a new trace id and span id; the trace id
+/// is used only for a new trace) when the request is sampled.
+pub fn decide_lazy(
+    incoming: Incoming,
+    percent: f64,
+    roll: impl FnOnce() -> f64,
+    ids: impl FnOnce() -> (TraceId, SpanId),
+) -> Decision {
+    let by_rate = || percent >= 100.0 || percent > 0.0 && roll() * 100.0 < percent;
+    let root = |ids: (TraceId, SpanId)| {
+        Decision::Sampled(TraceContext {
+            trace_id: ids.0,
+            span_id: ids.1,
+            parent: None,
+            sampled: true,
+            short: false,
+        })
+    };
     match incoming {
         Incoming::Decision(false) => Decision::Unsampled,
-        Incoming::Decision(true) => Decision::Sampled(TraceContext {
-            trace_id: new_trace,
-            span_id: new_span,
-            parent: None,
-            sampled: true,
-            short: false,
-        }),
-        Incoming::None if !by_rate => Decision::UnsampledRoot,
-        Incoming::None => Decision::Sampled(TraceContext {
-            trace_id: new_trace,
-            span_id: new_span,
-            parent: None,
-            sampled: true,
-            short: false,
-        }),
+        Incoming::Decision(true) => root(ids()),
+        Incoming::None => {
+            if by_rate() {
+                root(ids())
+            } else {
+                Decision::UnsampledRoot
+            }
+        }
         Incoming::Parent {
             trace_id,
             span_id,
@@ -229,24 +243,28 @@ pub fn decide(
             short,
         } => match sampled {
             Some(false) => Decision::Unsampled,
-            Some(true) => Decision::Sampled(TraceContext {
-                trace_id,
-                span_id: new_span,
-                parent: Some(span_id),
-                sampled: true,
-                short,
-            }),
             // Ids without a decision: this proxy decides (the next hops follow it).
-            None if by_rate => Decision::Sampled(TraceContext {
-                trace_id,
-                span_id: new_span,
-                parent: Some(span_id),
-                sampled: true,
-                short,
-            }),
-            None => Decision::UnsampledRoot,
+            Some(true) => child(trace_id, span_id, short, ids().1),
+            None => {
+                if by_rate() {
+                    child(trace_id, span_id, short, ids().1)
+                } else {
+                    Decision::UnsampledRoot
+                }
+            }
         },
     }
+}
+
+/// This proxy's span under an incoming one.
+fn child(trace_id: TraceId, parent: SpanId, short: bool, span_id: SpanId) -> Decision {
+    Decision::Sampled(TraceContext {
+        trace_id,
+        span_id,
+        parent: Some(parent),
+        sampled: true,
+        short,
+    })
 }
 
 /// Lowercase hex of `b`.
@@ -509,6 +527,46 @@ mod tests {
         assert_eq!(d(Incoming::None, 100.0, 0.999), root);
         assert_eq!(d(parent(None), 50.0, 0.2), child);
         assert_eq!(d(parent(None), 50.0, 0.7), Decision::UnsampledRoot);
+    }
+
+    /// The unsampled path draws no ids, and no roll when the headers or the percentage decide.
+    #[test]
+    fn lazy_decisions_draw_only_what_they_use() {
+        let no_roll = || -> f64 { panic!("rolled") };
+        let no_ids = || -> (TraceId, SpanId) { panic!("ids drawn") };
+        let ids = || (NEW_T, NEW_S);
+        assert_eq!(
+            decide_lazy(Incoming::None, 1.0, || 0.5, no_ids),
+            Decision::UnsampledRoot
+        );
+        assert_eq!(
+            decide_lazy(Incoming::None, 0.0, no_roll, no_ids),
+            Decision::UnsampledRoot
+        );
+        assert_eq!(
+            decide_lazy(parent(Some(false)), 50.0, no_roll, no_ids),
+            Decision::Unsampled
+        );
+        assert_eq!(
+            decide_lazy(Incoming::Decision(false), 50.0, no_roll, no_ids),
+            Decision::Unsampled
+        );
+        assert!(matches!(
+            decide_lazy(Incoming::None, 100.0, no_roll, ids),
+            Decision::Sampled(TraceContext {
+                trace_id: NEW_T,
+                span_id: NEW_S,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decide_lazy(parent(Some(true)), 0.0, no_roll, ids),
+            Decision::Sampled(TraceContext {
+                span_id: NEW_S,
+                parent: Some(_),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -278,6 +278,71 @@ pub fn parse_address(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
+/// A collector path: starts with `/`, no spaces or control bytes.
+pub fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+/// One named tracing provider of `--tracing-providers` (the injector writes the mesh's
+/// `extensionProviders` so).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedProvider {
+    pub name: String,
+    /// `zipkin` or `opentelemetry`.
+    pub provider: String,
+    pub address: String,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl NamedProvider {
+    /// Its exporter's settings (after [`parse_providers`]).
+    pub fn export_config(&self, queue_spans: usize) -> Result<ExportConfig, String> {
+        let protocol = Protocol::parse(&self.provider)?;
+        Ok(ExportConfig {
+            protocol,
+            address: self.address.clone(),
+            path: self
+                .path
+                .clone()
+                .unwrap_or_else(|| protocol.default_path().to_string()),
+            queue_spans,
+        })
+    }
+}
+
+/// `--tracing-providers`: a JSON list of named providers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedProviders(pub Vec<NamedProvider>);
+
+/// Parse and check `--tracing-providers` (`[{"name":…,"provider":…,"address":…,"path":…}]`);
+/// an error names the entry, the field, the value and why.
+pub fn parse_providers(v: &str) -> Result<NamedProviders, String> {
+    let list: Vec<NamedProvider> =
+        serde_json::from_str(v).map_err(|e| format!("not a JSON list of providers: {e}"))?;
+    if list.len() > 64 {
+        return Err(format!("{} providers: at most 64", list.len()));
+    }
+    for (i, p) in list.iter().enumerate() {
+        if p.name.is_empty() || list[..i].iter().any(|q| q.name == p.name) {
+            return Err(format!(
+                "[{i}].name {:?}: empty or the name of an earlier entry",
+                p.name
+            ));
+        }
+        Protocol::parse(&p.provider).map_err(|e| format!("[{i}].provider: {e}"))?;
+        parse_address(&p.address).map_err(|e| format!("[{i}].address: {e}"))?;
+        if let Some(path) = p.path.as_deref().filter(|p| !valid_path(p)) {
+            return Err(format!("[{i}].path {path:?}: not a path starting with /"));
+        }
+    }
+    Ok(NamedProviders(list))
+}
+
 /// Validate a sampling percentage: a number from 0 to 100.
 pub fn parse_sampling(v: &str) -> Result<f64, String> {
     let p: f64 = v
@@ -311,6 +376,52 @@ mod tests {
         assert!(parse_sampling("101").is_err());
         assert!(parse_sampling("-1").is_err());
         assert!(parse_sampling("NaN").is_err());
+    }
+
+    #[test]
+    fn named_providers_are_checked_naming_the_entry() {
+        let ok = parse_providers(
+            r#"[{"name":"zipkin","provider":"zipkin","address":"zipkin.istio-system:9411"},
+                {"name":"otel","provider":"opentelemetry","address":"otel:4318","path":"/v1/traces"}]"#,
+        )
+        .unwrap();
+        assert_eq!(ok.0.len(), 2);
+        let c = ok.0[1].export_config(8).unwrap();
+        assert_eq!(
+            (c.protocol, c.path.as_str()),
+            (Protocol::Otlp, "/v1/traces")
+        );
+        assert_eq!(ok.0[0].export_config(8).unwrap().path, "/api/v2/spans");
+        for (bad, want) in [
+            ("{}", "not a JSON list"),
+            (
+                r#"[{"name":"","provider":"zipkin","address":"a:1"}]"#,
+                "[0].name",
+            ),
+            (
+                r#"[{"name":"a","provider":"zipkin","address":"a:1"},{"name":"a","provider":"zipkin","address":"b:1"}]"#,
+                "[1].name",
+            ),
+            (
+                r#"[{"name":"a","provider":"jaeger","address":"a:1"}]"#,
+                "[0].provider",
+            ),
+            (
+                r#"[{"name":"a","provider":"zipkin","address":"a"}]"#,
+                "[0].address",
+            ),
+            (
+                r#"[{"name":"a","provider":"zipkin","address":"a:1","path":"x"}]"#,
+                "[0].path",
+            ),
+            (
+                r#"[{"name":"a","provider":"zipkin","address":"a:1","port":1}]"#,
+                "unknown field",
+            ),
+        ] {
+            let e = parse_providers(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]
