@@ -119,6 +119,10 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["file", "revision_only"])]
         tag: Option<String>,
     },
+    /// Print the CustomResourceDefinitions of the kinds the rules controller reads
+    /// (manifests/istio-crds.yaml), their schemas generated from remora's typed rule structs.
+    /// For clusters without Istio's CRDs.
+    Crds,
 }
 
 /// `serve`: what one client may hold of the server (see `server::Limits`).
@@ -710,6 +714,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             (None, None) => anyhow::bail!("-f: missing: the install manifest to render from"),
         },
+        Cmd::Crds => {
+            let text = remora_model::crd::manifest().map_err(anyhow::Error::msg)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
