@@ -602,10 +602,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                             &co.secret,
                             &co.webhook_config,
                             &cert_args.validating_webhook_config,
-                        );
+                        )
+                        .with_tags_of(&revision);
                         tracing::info!(secret = %format!("{}/{}", co.policy.namespace, co.secret),
                             webhook_config = %co.webhook_config,
                             validating_webhook_config = %cert_args.validating_webhook_config, server_name = %co.policy.server_name(),
+                            tag_configs = %remora_webhook::selectors::tag_configs_selector(&revision),
                             "managing the webhook certificate (--manage-certs)");
                         let managed = certs::start(store, co).await?;
                         server::start_with_resolver(opts, managed.resolver).await?
