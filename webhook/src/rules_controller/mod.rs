@@ -306,12 +306,17 @@ async fn run(client: Client, opts: Options, mut stopped: tokio::sync::watch::Rec
     }
 }
 
-/// What the watchers report.
+/// What the watchers report. A list is streamed, one object at a time, not collected: a kind's
+/// full list at a thousand namespaces is tens of megabytes as JSON values.
 enum Change {
-    /// A kind's (or the namespaces', `kind` "Namespace") full list: replaces what was known.
-    Replace(&'static str, Vec<Value>),
+    /// A kind's (or the namespaces', `kind` "Namespace") full list begins: the objects that
+    /// follow (as `Upsert`s) up to [`Change::Listed`] replace what was known, which is kept
+    /// until then (a reconcile meanwhile misses no object).
+    Relist(&'static str),
     Upsert(&'static str, Value),
     Delete(&'static str, Value),
+    /// The list [`Change::Relist`] began is complete: what it did not name is gone.
+    Listed(&'static str),
 }
 
 /// Lead until the Lease is lost (false) or the process stops (true).
@@ -352,7 +357,7 @@ async fn lead(
         tokio::select! {
             ch = rx.recv() => {
                 let Some(ch) = ch else { break false };
-                if let Change::Replace(k, _) = &ch {
+                if let Change::Listed(k) = &ch {
                     synced.insert(k);
                 }
                 ctl.apply(ch);
@@ -449,14 +454,24 @@ async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Du
             }
         }
         // None known meanwhile: the other kinds are not held back.
-        if tx.send(Change::Replace(k.kind, Vec::new())).await.is_err() {
-            return;
+        for ch in [Change::Relist(k.kind), Change::Listed(k.kind)] {
+            if tx.send(ch).await.is_err() {
+                return;
+            }
         }
         tokio::time::sleep(retry).await;
     };
     let ar = resource(&k, version);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let typed = |o: DynamicObject| -> Value {
+    let typed = |mut o: DynamicObject| -> Value {
+        // Not read, and often the larger part of an object: its managed fields and kubectl's
+        // copy of it (the check leaves them out anyway).
+        o.metadata.managed_fields = None;
+        if let Some(a) = o.metadata.annotations.as_mut() {
+            for k in compile::DROPPED_ANNOTATIONS {
+                a.remove(*k);
+            }
+        }
         let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
         if let Some(m) = v.as_object_mut() {
             m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
@@ -469,7 +484,8 @@ async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Du
 
 async fn watch_namespaces(client: Client, tx: mpsc::Sender<Change>) {
     let api: Api<Namespace> = Api::all(client);
-    let value = |n: Namespace| serde_json::to_value(&n).unwrap_or(Value::Null);
+    // Only what the controller reads of a namespace: its name and labels.
+    let value = |n: Namespace| serde_json::json!({"metadata": {"name": n.metadata.name, "labels": n.metadata.labels}});
     forward(
         watcher(api, watcher::Config::default()),
         "Namespace",
@@ -492,21 +508,14 @@ async fn forward<K, S>(
     use kube::runtime::WatchStreamExt;
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
-    let mut init: Vec<Value> = Vec::new();
     let mut last_error = None;
     while let Some(ev) = stream.next().await {
         let change = match ev {
-            Ok(watcher::Event::Init) => {
-                init.clear();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(o)) => {
-                init.push(to_value(o));
-                continue;
-            }
+            Ok(watcher::Event::Init) => Change::Relist(kind),
+            Ok(watcher::Event::InitApply(o)) => Change::Upsert(kind, to_value(o)),
             Ok(watcher::Event::InitDone) => {
                 last_error = None;
-                Change::Replace(kind, std::mem::take(&mut init))
+                Change::Listed(kind)
             }
             Ok(watcher::Event::Apply(o)) => Change::Upsert(kind, to_value(o)),
             Ok(watcher::Event::Delete(o)) => Change::Delete(kind, to_value(o)),
@@ -561,6 +570,9 @@ struct Controller {
     dirty: Option<BTreeSet<String>>,
     /// Objects' identity (for Events and status writes).
     refs: BTreeMap<ObjectRef, Ref>,
+    /// The kinds being listed again, with the (namespace, name) of each object listed so far
+    /// (namespaces: (name, "")).
+    relisting: BTreeMap<&'static str, BTreeSet<(String, String)>>,
     /// Write status conditions.
     status: bool,
     /// Until when the Lease surely is ours (renewed at the last election round, minus a margin):
@@ -585,6 +597,7 @@ impl Controller {
             listed: false,
             dirty: None,
             refs: BTreeMap::new(),
+            relisting: BTreeMap::new(),
             status: opts.status,
             lease_valid_until: Instant::now() + opts.lease_duration / 2,
             reported: BTreeMap::new(),
@@ -633,15 +646,32 @@ impl Controller {
     fn apply(&mut self, ch: Change) {
         let domain = self.settings.cluster_domain.clone();
         match ch {
-            Change::Replace("Namespace", list) => {
+            Change::Relist(kind) => {
+                self.relisting.insert(kind, BTreeSet::new());
+            }
+            Change::Listed("Namespace") => {
                 self.dirty_all();
-                self.world.namespaces = list
-                    .iter()
-                    .filter_map(|n| Some((name_of(n)?, labels_of(n))))
-                    .collect();
+                if let Some(seen) = self.relisting.remove("Namespace") {
+                    let gone = |ns: &String| !seen.contains(&(ns.clone(), String::new()));
+                    self.world.namespaces.retain(|ns, _| !gone(ns));
+                    self.world.configmaps.retain(|ns, _| !gone(ns));
+                }
+            }
+            Change::Listed(kind) => {
+                self.dirty_all();
+                if let Some(seen) = self.relisting.remove(kind) {
+                    let kept = |k: &ObjectRef| {
+                        k.kind != kind || seen.contains(&(k.namespace.clone(), k.name.clone()))
+                    };
+                    self.world.objects.retain(|k, _| kept(k));
+                    self.refs.retain(|k, _| kept(k));
+                }
             }
             Change::Upsert("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
+                    if let Some(seen) = self.relisting.get_mut("Namespace") {
+                        seen.insert((name.clone(), String::new()));
+                    }
                     self.dirty_ns(&name);
                     self.world.namespaces.insert(name, labels_of(&n));
                 }
@@ -653,15 +683,12 @@ impl Controller {
                     self.world.configmaps.remove(&name);
                 }
             }
-            Change::Replace(kind, list) => {
-                self.dirty_all();
-                self.world.objects.retain(|k, _| k.kind != kind);
-                self.refs.retain(|k, _| k.kind != kind);
-                for v in list {
-                    self.upsert(kind, &v, &domain);
+            Change::Upsert(kind, v) => {
+                if let (Some(seen), Some(k)) = (self.relisting.get_mut(kind), key_of(kind, &v)) {
+                    seen.insert((k.namespace, k.name));
                 }
+                self.upsert(kind, &v, &domain)
             }
-            Change::Upsert(kind, v) => self.upsert(kind, &v, &domain),
             Change::Delete(kind, v) => {
                 if let Some(k) = key_of(kind, &v) {
                     self.dirty_object(&k, None);
@@ -1028,7 +1055,7 @@ impl Controller {
 fn existing(cm: &ConfigMap) -> Existing {
     Existing {
         managed: compile::is_managed(cm.metadata.labels.as_ref()),
-        data: cm.data.clone().unwrap_or_default(),
+        digest: plan::digest(cm.data.as_ref().unwrap_or(&BTreeMap::new())),
         resource_version: cm.metadata.resource_version.clone(),
     }
 }
