@@ -306,17 +306,12 @@ async fn run(client: Client, opts: Options, mut stopped: tokio::sync::watch::Rec
     }
 }
 
-/// What the watchers report. A list is streamed, one object at a time, not collected: a kind's
-/// full list at a thousand namespaces is tens of megabytes as JSON values.
-enum Change {
-    /// A kind's (or the namespaces', `kind` "Namespace") full list begins: the objects that
-    /// follow (as `Upsert`s) up to [`Change::Listed`] replace what was known, which is kept
-    /// until then (a reconcile meanwhile misses no object).
-    Relist(&'static str),
+/// What the watchers report (the discovery service's Sidecar watch reads them too).
+pub(crate) enum Change {
+    /// A kind's (or the namespaces', `kind` "Namespace") full list: replaces what was known.
+    Replace(&'static str, Vec<Value>),
     Upsert(&'static str, Value),
     Delete(&'static str, Value),
-    /// The list [`Change::Relist`] began is complete: what it did not name is gone.
-    Listed(&'static str),
 }
 
 /// Lead until the Lease is lost (false) or the process stops (true).
@@ -357,7 +352,7 @@ async fn lead(
         tokio::select! {
             ch = rx.recv() => {
                 let Some(ch) = ch else { break false };
-                if let Change::Listed(k) = &ch {
+                if let Change::Replace(k, _) = &ch {
                     synced.insert(k);
                 }
                 ctl.apply(ch);
@@ -428,7 +423,7 @@ async fn served_version(client: &Client, k: &Kind) -> Result<Option<&'static str
 }
 
 /// Watch one kind in all namespaces; report lists and changes to `tx`.
-async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
+pub(crate) async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Duration) {
     let version = loop {
         match served_version(&client, &k).await {
             // The group is served; its CRD for this kind may still be missing (a CRD file from
@@ -454,10 +449,8 @@ async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>, retry: Du
             }
         }
         // None known meanwhile: the other kinds are not held back.
-        for ch in [Change::Relist(k.kind), Change::Listed(k.kind)] {
-            if tx.send(ch).await.is_err() {
-                return;
-            }
+        if tx.send(Change::Replace(k.kind, Vec::new())).await.is_err() {
+            return;
         }
         tokio::time::sleep(retry).await;
     };
@@ -508,14 +501,21 @@ async fn forward<K, S>(
     use kube::runtime::WatchStreamExt;
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
+    let mut init: Vec<Value> = Vec::new();
     let mut last_error = None;
     while let Some(ev) = stream.next().await {
         let change = match ev {
-            Ok(watcher::Event::Init) => Change::Relist(kind),
-            Ok(watcher::Event::InitApply(o)) => Change::Upsert(kind, to_value(o)),
+            Ok(watcher::Event::Init) => {
+                init.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                init.push(to_value(o));
+                continue;
+            }
             Ok(watcher::Event::InitDone) => {
                 last_error = None;
-                Change::Listed(kind)
+                Change::Replace(kind, std::mem::take(&mut init))
             }
             Ok(watcher::Event::Apply(o)) => Change::Upsert(kind, to_value(o)),
             Ok(watcher::Event::Delete(o)) => Change::Delete(kind, to_value(o)),
@@ -570,9 +570,6 @@ struct Controller {
     dirty: Option<BTreeSet<String>>,
     /// Objects' identity (for Events and status writes).
     refs: BTreeMap<ObjectRef, Ref>,
-    /// The kinds being listed again, with the (namespace, name) of each object listed so far
-    /// (namespaces: (name, "")).
-    relisting: BTreeMap<&'static str, BTreeSet<(String, String)>>,
     /// Write status conditions.
     status: bool,
     /// Until when the Lease surely is ours (renewed at the last election round, minus a margin):
@@ -597,7 +594,6 @@ impl Controller {
             listed: false,
             dirty: None,
             refs: BTreeMap::new(),
-            relisting: BTreeMap::new(),
             status: opts.status,
             lease_valid_until: Instant::now() + opts.lease_duration / 2,
             reported: BTreeMap::new(),
@@ -646,32 +642,15 @@ impl Controller {
     fn apply(&mut self, ch: Change) {
         let domain = self.settings.cluster_domain.clone();
         match ch {
-            Change::Relist(kind) => {
-                self.relisting.insert(kind, BTreeSet::new());
-            }
-            Change::Listed("Namespace") => {
+            Change::Replace("Namespace", list) => {
                 self.dirty_all();
-                if let Some(seen) = self.relisting.remove("Namespace") {
-                    let gone = |ns: &String| !seen.contains(&(ns.clone(), String::new()));
-                    self.world.namespaces.retain(|ns, _| !gone(ns));
-                    self.world.configmaps.retain(|ns, _| !gone(ns));
-                }
-            }
-            Change::Listed(kind) => {
-                self.dirty_all();
-                if let Some(seen) = self.relisting.remove(kind) {
-                    let kept = |k: &ObjectRef| {
-                        k.kind != kind || seen.contains(&(k.namespace.clone(), k.name.clone()))
-                    };
-                    self.world.objects.retain(|k, _| kept(k));
-                    self.refs.retain(|k, _| kept(k));
-                }
+                self.world.namespaces = list
+                    .iter()
+                    .filter_map(|n| Some((name_of(n)?, labels_of(n))))
+                    .collect();
             }
             Change::Upsert("Namespace", n) => {
                 if let Some(name) = name_of(&n) {
-                    if let Some(seen) = self.relisting.get_mut("Namespace") {
-                        seen.insert((name.clone(), String::new()));
-                    }
                     self.dirty_ns(&name);
                     self.world.namespaces.insert(name, labels_of(&n));
                 }
@@ -683,12 +662,15 @@ impl Controller {
                     self.world.configmaps.remove(&name);
                 }
             }
-            Change::Upsert(kind, v) => {
-                if let (Some(seen), Some(k)) = (self.relisting.get_mut(kind), key_of(kind, &v)) {
-                    seen.insert((k.namespace, k.name));
+            Change::Replace(kind, list) => {
+                self.dirty_all();
+                self.world.objects.retain(|k, _| k.kind != kind);
+                self.refs.retain(|k, _| k.kind != kind);
+                for v in list {
+                    self.upsert(kind, &v, &domain);
                 }
-                self.upsert(kind, &v, &domain)
             }
+            Change::Upsert(kind, v) => self.upsert(kind, &v, &domain),
             Change::Delete(kind, v) => {
                 if let Some(k) = key_of(kind, &v) {
                     self.dirty_object(&k, None);
