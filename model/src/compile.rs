@@ -53,7 +53,7 @@ pub const MAX_DATA_BYTES: usize = 1 << 20;
 /// The longest ConfigMap key Kubernetes accepts.
 const MAX_KEY: usize = 253;
 /// Annotations never copied: the API server's own bookkeeping, as large as the object.
-const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+pub const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
 /// An object's identity: kind, namespace, name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -281,15 +281,22 @@ pub fn check(v: &Value, cluster_domain: &str) -> Result<Checked, Invalid> {
                 workload_selector: None,
             }
         }
-        "DestinationRule" => {
-            let dr = decoded.destination_rules.into_iter().next();
-            let (export_to, hosts) = dr.map(|d| (d.export_to, vec![d.host])).unwrap_or_default();
-            Reach::Exported {
-                export_to,
-                hosts,
-                workload_selector: None,
+        "DestinationRule" => match decoded.destination_rules.into_iter().next() {
+            // Istio: a workloadSelector selects pods of the rule's own namespace only, whatever
+            // its exportTo.
+            Some(d) if d.workload_selector.as_ref().is_some_and(|s| !s.is_empty()) => {
+                Reach::Namespace
             }
-        }
+            dr => {
+                let (export_to, hosts) =
+                    dr.map(|d| (d.export_to, vec![d.host])).unwrap_or_default();
+                Reach::Exported {
+                    export_to,
+                    hosts,
+                    workload_selector: None,
+                }
+            }
+        },
         "ServiceEntry" => {
             let se = decoded.service_entries.into_iter().next();
             let (export_to, hosts, workload_selector) = se
@@ -441,7 +448,11 @@ impl fmt::Display for RenderError {
     }
 }
 
-/// The Sidecars that scope what `namespace` sees: its own, else the root namespace's default.
+/// The Sidecars that scope what `namespace` sees: every Sidecar one of its pods may get
+/// (the proxy picks one by its pod's labels, `rules::select_sidecar`). Those of the namespace,
+/// and, unless one of them has no `workloadSelector` (the namespace's default), what a pod none
+/// of them selects gets: the root namespace's default Sidecar, or none. Empty: some pod may
+/// have no Sidecar, so nothing is scoped out.
 fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
     let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&'a Sidecar> {
         objects
@@ -452,13 +463,17 @@ fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) ->
             })
             .collect()
     };
-    let own = sidecars(&|sc| sc.meta.namespace == namespace);
-    if !own.is_empty() {
-        return own;
+    let no_selector = |sc: &Sidecar| sc.workload_selector.as_ref().is_none_or(|s| s.is_empty());
+    let mut scope = sidecars(&|sc| sc.meta.namespace == namespace);
+    if scope.iter().any(|sc| no_selector(sc)) {
+        return scope;
     }
-    sidecars(&|sc| {
-        sc.meta.namespace == root && sc.workload_selector.as_ref().is_none_or(|s| s.is_empty())
-    })
+    let fallback = sidecars(&|sc| sc.meta.namespace == root && no_selector(sc));
+    if fallback.is_empty() {
+        return Vec::new();
+    }
+    scope.extend(fallback);
+    scope
 }
 
 /// Whose rules a namespace's ConfigMap carries (see the module docs).
@@ -922,6 +937,59 @@ mod tests {
         objs.extend(checked(&[obj("Sidecar", "frontend", "open", json!({}))]));
         let r = render(&objs, "frontend", &Settings::default()).expect("renders");
         assert_eq!(r.included.len(), 4);
+        // A Sidecar with a workloadSelector scopes only the pods it selects: the others get
+        // the root namespace's default (then what either admits is carried) or no Sidecar
+        // (then everything is).
+        let selecting = obj(
+            "Sidecar",
+            "frontend",
+            "web-only",
+            json!({"workloadSelector": {"labels": {"app": "web"}},
+                   "egress": [{"hosts": ["./*"]}]}),
+        );
+        objs.retain(|o| o.id.kind != "Sidecar");
+        objs.extend(checked(&[selecting]));
+        let r = render(&objs, "frontend", &Settings::default()).expect("renders");
+        assert_eq!(
+            r.included.len(),
+            4,
+            "pods it does not select see everything"
+        );
+        objs.extend(checked(&[sidecar(
+            "remora-system",
+            "default",
+            json!(["payments/*"]),
+        )]));
+        let r = render(&objs, "frontend", &Settings::default()).expect("renders");
+        let got: Vec<&str> = r.included.iter().map(|i| i.id.name.as_str()).collect();
+        assert_eq!(got, ["web-only", "own", "pay", "default"]);
+        assert!(r.excluded.iter().any(|(id, _)| id.name == "reviews"));
+    }
+
+    /// A DestinationRule with a workloadSelector applies to pods of its own namespace only
+    /// (Istio's rule, whatever its exportTo), so only that namespace's ConfigMap carries it.
+    #[test]
+    fn a_destination_rule_with_a_workload_selector_stays_in_its_namespace() {
+        let objs = checked(&[obj(
+            "DestinationRule",
+            "bookinfo",
+            "for-web",
+            json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "web"}},
+                   "exportTo": ["*"]}),
+        )]);
+        let s = Settings::default();
+        assert!(objs[0].only_in_own_namespace(&s));
+        assert_eq!(
+            render(&objs, "bookinfo", &s)
+                .expect("renders")
+                .included
+                .len(),
+            1
+        );
+        assert!(render(&objs, "frontend", &s)
+            .expect("renders")
+            .included
+            .is_empty());
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   mode of a port, the authorization verdict of a request), which the proxy enforces (the
 //!   JWT checks of RequestAuthentication are the proxy's own).
 //! - `ca_api`: the wire messages of Istio's certificate service (the CA and the sidecar's client).
+//! - `crd`: the CustomResourceDefinitions of the kinds, their schemas generated from the typed
+//!   structs `typed` decodes them with.
 //! - `lint`: the one rule linter that `remora-proxy validate`, the validating webhook and
 //!   `remora analyze` call.
 //!
@@ -24,6 +26,7 @@
 
 pub mod ca_api;
 pub mod compile;
+pub mod crd;
 pub mod discovery_api;
 pub mod dump;
 pub mod duration;

@@ -126,6 +126,24 @@ impl<T: IstioShape> serde::Serialize for Setting<T> {
     }
 }
 
+/// Written in Istio's shape: the schema of `spec`.
+impl<T: IstioShape> schemars::JsonSchema for Setting<T>
+where
+    T::Spec: schemars::JsonSchema,
+{
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::Spec::schema_name()
+    }
+
+    fn inline_schema() -> bool {
+        T::Spec::inline_schema()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::Spec::json_schema(g)
+    }
+}
+
 impl<'de, T: IstioShape> serde::Deserialize<'de> for Setting<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spec = <T::Spec as serde::Deserialize>::deserialize(d)?;

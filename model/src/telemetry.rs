@@ -23,7 +23,7 @@ use crate::security::decode::{check_selector, refuse_target_refs, SpecError};
 use crate::security::{scope_of, Scope, WorkloadSelector};
 
 /// `spec` of a Telemetry.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,15 +42,17 @@ pub struct TelemetrySpec {
 }
 
 /// A provider reference (`name` of a MeshConfig extension provider).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRef {
     pub name: String,
 }
 
 /// `spec.tracing[]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Istio's fields remora does not read (`disableContextPropagation`, ...) are kept.
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct Tracing {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<ProviderRef>,
@@ -109,8 +111,10 @@ fn mode_of(m: &Option<ModeSelector>) -> WorkloadMode {
 }
 
 /// `customTags.<name>`: exactly one of a literal, a request header, an environment variable.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Istio's `formatter` is not read (kept).
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct CustomTag {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub literal: Option<Literal>,
@@ -120,13 +124,13 @@ pub struct CustomTag {
     pub environment: Option<NamedSource>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Literal {
     pub value: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamedSource {
     pub name: String,
@@ -135,7 +139,7 @@ pub struct NamedSource {
 }
 
 /// `spec.accessLogging[]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessLogging {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

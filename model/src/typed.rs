@@ -641,6 +641,20 @@ impl<const MIN: i64, const MAX: i64> Serialize for Int<MIN, MAX> {
     }
 }
 
+impl<const MIN: i64, const MAX: i64> schemars::JsonSchema for Int<MIN, MAX> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Int_{MIN}_{MAX}").into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "minimum": MIN, "maximum": MAX})
+    }
+}
+
 /// An Istio duration (`"1.5s"`, `"100ms"`, `"1m30s"`); a bare number is refused with the form
 /// to write. Written back as seconds (`"1.5s"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -703,6 +717,20 @@ impl Serialize for Dur {
     }
 }
 
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string"})
+    }
+}
+
 /// A percentage, 0..=100 (fractions allowed).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Percent(pub f64);
@@ -731,6 +759,20 @@ impl Serialize for Percent {
     }
 }
 
+impl schemars::JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "number", "minimum": 0, "maximum": 100})
+    }
+}
+
 /// A string naming one of `names`; any other is an error listing `listed` (`"X" is not A, B or
 /// C`), which may leave out accepted aliases.
 pub fn one_of<'de, D: Deserializer<'de>, T: Copy>(
@@ -749,6 +791,37 @@ pub fn pick<T: Copy>(s: &str, names: &[(&str, T)], listed: &str) -> Result<T, St
         .find(|(n, _)| *n == s)
         .map(|(_, t)| *t)
         .ok_or_else(|| format!("{s:?} is not {listed}"))
+}
+
+/// The schema of a string naming one of `names` (what [`one_of`] reads).
+pub fn names_schema<T>(names: &[(&str, T)]) -> schemars::Schema {
+    let names: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+    schemars::json_schema!({"type": "string", "enum": names})
+}
+
+/// A string schema (a value type read from a string and checked by its own parser).
+pub fn string_schema() -> schemars::Schema {
+    schemars::json_schema!({"type": "string"})
+}
+
+/// `JsonSchema` for a type read from a string: `$schema` is the expression giving its schema.
+#[macro_export]
+macro_rules! string_schema {
+    ($t:ty, $name:literal, $schema:expr) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                $schema
+            }
+        }
+    };
 }
 
 /// A number as a message shows it (`1.5`, `1e99`).

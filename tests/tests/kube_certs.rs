@@ -1,9 +1,9 @@
 //! Contract tests of `remora-webhook serve --manage-certs` against recorded Kubernetes API
 //! responses (`tests/fixtures/kube-api/certs/`): the Secret is created, kept, raced for,
 //! rotated and repaired with the requests the API expects; the CA bundle the webhook PATCHes
-//! into the MutatingWebhookConfiguration and the ValidatingWebhookConfiguration (rules
-//! validation; a missing one is logged once and not fatal) verifies the certificate the server
-//! really serves.
+//! into the MutatingWebhookConfiguration, the ValidatingWebhookConfiguration (rules
+//! validation; a missing one is logged once and not fatal) and the revision's tag
+//! configurations verifies the certificate the server really serves.
 //!
 //! Status bodies, the webhook configuration and the garbage Secret are recorded files; Secrets
 //! holding certificates are built here (their keys are generated per run) in the same shape.
@@ -148,6 +148,45 @@ fn vwc_absent(api: &RecordedApi) {
 
 fn store(api: &RecordedApi) -> Store {
     Store::new(api.client().unwrap(), NS, SECRET, MWC, VWC)
+}
+
+const MWCS_PATH: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+/// The list of the default revision's tag configurations (the selector's `,` and `=` escaped
+/// as kube's client sends them).
+const TAG_LIST: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?labelSelector=remora.dev%2Ftag%2Cremora.dev%2Frevision%3Ddefault";
+
+fn tag_path(tag: &str) -> String {
+    format!(
+        "{MWCS_PATH}/{}",
+        remora_webhook::selectors::tag_config_name(tag)
+    )
+}
+
+/// Tag `tag`'s configuration of the default revision as the API server returns
+/// `remora-webhook manifest --tag TAG --revision default` after `kubectl apply` (server-set
+/// metadata added), with `bundle` in its webhooks when given.
+fn tag_config(tag: &str, rv: &str, bundle: Option<&[u8]>) -> Value {
+    let mut c = remora_webhook::selectors::tag_configuration(tag, "default");
+    c["metadata"]["uid"] = json!(format!("6b1a7c52-0d0e-4d7e-9c43-{rv:0>12}"));
+    c["metadata"]["resourceVersion"] = json!(rv);
+    c["metadata"]["generation"] = json!(1);
+    c["metadata"]["creationTimestamp"] = json!("2026-11-22T00:00:00Z");
+    for w in c["webhooks"].as_array_mut().unwrap() {
+        if let Some(b) = bundle {
+            w["clientConfig"]["caBundle"] = json!(b64(b));
+        }
+    }
+    c
+}
+
+/// A `MutatingWebhookConfigurationList` of `items`, as the API server answers a LIST.
+fn config_list(items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfigurationList",
+        "metadata": {"resourceVersion": "5120"},
+        "items": items,
+    })
 }
 
 /// The PATCH requests sent to `path`.
@@ -889,14 +928,49 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         bin.display()
     );
     let api = RecordedApi::start().await.unwrap();
-    api.load(&fixture("secret-absent.json")).unwrap();
-    api.on(
-        "POST",
-        SECRETS_PATH,
-        Reply::json(201, secret_body(&issued_at(t0()), "9001")),
-    );
     api.load(&fixture("webhook-config.json")).unwrap();
     api.load(&fixture("validating-config.json")).unwrap();
+    // The default revision's (the binary's) tag configurations: `prod` at start, `canary`
+    // applied later (listed from then on, and announced on the held watch).
+    let prod = tag_config("prod", "3001", None);
+    let canary = tag_config("canary", "3002", None);
+    let tags = Arc::new(std::sync::Mutex::new(vec![prod.clone()]));
+    let listed = tags.clone();
+    // The Secret: absent (the recorded 404) until the webhook creates it, then what it stored
+    // (later checks keep it).
+    let absent: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("secret-absent.json")).unwrap())
+            .unwrap();
+    let absent = absent["exchanges"][0]["body"].clone();
+    let stored_secret = Arc::new(std::sync::Mutex::new(None::<Value>));
+    api.fallback(Arc::new(move |seen: &Seen| {
+        match (seen.method.as_str(), seen.path()) {
+            ("GET", MWCS_PATH) if !seen.query().iter().any(|(k, _)| k == "watch") => Some(
+                Reply::json(200, config_list(listed.lock().unwrap().clone())),
+            ),
+            ("POST", SECRETS_PATH) => {
+                let body = secret_body(&material_of(seen.body.as_ref()?), "9001");
+                *stored_secret.lock().unwrap() = Some(body.clone());
+                Some(Reply::json(201, body))
+            }
+            ("GET", SECRET_PATH) => Some(match stored_secret.lock().unwrap().clone() {
+                Some(b) => Reply::json(200, b),
+                None => Reply::json(404, absent.clone()),
+            }),
+            _ => None,
+        }
+    }));
+    api.on(
+        "GET",
+        &format!("{TAG_LIST}&watch=true"),
+        Reply::watch(Vec::new(), true),
+    );
+    api.on("PATCH", &tag_path("prod"), Reply::json(200, prod));
+    api.on(
+        "PATCH",
+        &tag_path("canary"),
+        Reply::json(200, canary.clone()),
+    );
     // Outside the ephemeral range: a released port 0 could be taken by a parallel test's client
     // socket before the webhook binds it.
     let port = remora_e2e::ports::free_port();
@@ -925,9 +999,10 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
     let mut bundle = None;
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
-        if let (Some(p), Some(v)) = (
+        if let (Some(p), Some(v), Some(t)) = (
             patches_to(&api, MWC_PATH).first(),
             patches_to(&api, VWC_PATH).first(),
+            patches_to(&api, &tag_path("prod")).first(),
         ) {
             bundle = patched_bundles(p).pop();
             assert_eq!(
@@ -935,6 +1010,7 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
                 bundle,
                 "both configurations get the same bundle"
             );
+            assert_eq!(patched_bundles(t).pop(), bundle, "and the revision's tag");
             break;
         }
         assert!(
@@ -945,6 +1021,35 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let bundle = bundle.unwrap_or_else(|| panic!("no caBundle PATCH:\n{}", proc.log_tail(20)));
+    // A tag applied while it runs gets the bundle from the watch, not the next check (1h).
+    let deadline = Instant::now() + PATIENCE;
+    while api.open_watches(MWCS_PATH) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no tag watch:\n{}",
+            proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tags.lock().unwrap().push(canary.clone());
+    let applied = Instant::now();
+    api.emit(MWCS_PATH, remora_e2e::apiserver::event("ADDED", canary));
+    let mut canary_bundle = None;
+    while Instant::now() < applied + PATIENCE {
+        if let Some(p) = patches_to(&api, &tag_path("canary")).first() {
+            canary_bundle = patched_bundles(p).pop();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = applied.elapsed();
+    assert_eq!(
+        canary_bundle.as_ref(),
+        Some(&bundle),
+        "the applied tag gets the bundle:\n{}",
+        proc.log_tail(20)
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = client_config(&[&bundle]).unwrap();
     let mut client = None;
@@ -980,6 +1085,10 @@ async fn the_binary_with_manage_certs_serves_what_it_patched() {
     );
     assert!(
         text.contains("caBundle updated on 2 webhook(s) of ValidatingWebhookConfiguration remora-rules-validator"),
+        "{text}"
+    );
+    assert!(
+        text.contains("of revision tag configuration remora-revision-tag-prod"),
         "{text}"
     );
 }
@@ -1206,4 +1315,98 @@ async fn an_empty_validating_name_is_not_managed() {
         calls(&api),
         [format!("GET {SECRET_PATH}"), format!("GET {MWC_PATH}")]
     );
+}
+
+/// Revision tags (`remora-webhook manifest --tag`): every configuration labelled with a tag and
+/// the webhook's revision gets the bundle, by the same guarded patch, only where it differs; a
+/// tag whose bundle is current is not written; a failed patch is reported (the manager retries
+/// sooner) without stopping the others.
+#[tokio::test]
+async fn revision_tag_configurations_get_the_bundle() {
+    remora_webhook::tls::install_provider();
+    let api = RecordedApi::start().await.unwrap();
+    let m = issued_at(t0());
+    api.on(
+        "GET",
+        SECRET_PATH,
+        Reply::json(200, secret_body(&m, "2001")),
+    );
+    api.on(
+        "GET",
+        MWC_PATH,
+        Reply::json(200, mwc_with_bundle(m.ca_crt.as_bytes())),
+    );
+    api.on(
+        "GET",
+        VWC_PATH,
+        Reply::json(200, vwc_with_bundle(m.ca_crt.as_bytes())),
+    );
+    let prod = tag_config("prod", "3001", None);
+    let canary = tag_config("canary", "3002", Some(m.ca_crt.as_bytes()));
+    let old = tag_config("old", "3003", Some(b"an older CA"));
+    api.on(
+        "GET",
+        TAG_LIST,
+        Reply::json(200, config_list(vec![prod.clone(), canary, old])),
+    );
+    api.on("PATCH", &tag_path("prod"), Reply::json(200, prod.clone()));
+    api.on(
+        "PATCH",
+        &tag_path("old"),
+        Reply::status(
+            403,
+            "Forbidden",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io \"remora-revision-tag-old\" is forbidden",
+        ),
+    );
+
+    let r = certs::reconcile(&store(&api).with_tags_of("default"), &options(DAY), t0())
+        .await
+        .unwrap();
+    assert_eq!(r.settled, Settled::Kept);
+    assert_eq!(r.bundle, Ok(0));
+    let err = r.tag_bundle.clone().unwrap_err();
+    assert!(
+        err.contains("MutatingWebhookConfiguration remora-revision-tag-old: patch failed"),
+        "{err}"
+    );
+    assert!(r.bundle_failed(), "a failed tag patch is retried sooner");
+    assert_eq!(
+        calls(&api),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("GET {VWC_PATH}"),
+            format!("GET {MWCS_PATH}"),
+            format!("PATCH {}", tag_path("prod")),
+            format!("PATCH {}", tag_path("old")),
+        ]
+    );
+    let seen = api.requests();
+    assert!(seen.iter().all(|s| s.matched), "{:?}", calls(&api));
+    let list = seen.iter().find(|s| s.path() == MWCS_PATH).unwrap();
+    assert!(
+        list.query().contains(&(
+            "labelSelector".to_string(),
+            "remora.dev/tag,remora.dev/revision=default".to_string()
+        )),
+        "{:?}",
+        list.query()
+    );
+    let body = patches_to(&api, &tag_path("prod")).pop().unwrap();
+    let n = prod["webhooks"].as_array().unwrap().len();
+    assert!(n >= 2, "a tag has its namespace and object entries");
+    assert_eq!(
+        patched_bundles(&body),
+        vec![m.ca_crt.as_bytes().to_vec(); n]
+    );
+    // Applied to the tag's configuration, the bundle is current: the next check writes nothing.
+    let patch: json_patch::Patch = serde_json::from_value(body).unwrap();
+    let mut after = prod;
+    json_patch::patch(&mut after, &patch).unwrap();
+    let after: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(after).unwrap();
+    assert!(certs::ca_bundle_patch(&after, m.ca_crt.as_bytes())
+        .unwrap()
+        .is_none());
 }

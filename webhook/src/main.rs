@@ -119,6 +119,10 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["file", "revision_only"])]
         tag: Option<String>,
     },
+    /// Print the CustomResourceDefinitions of the kinds the rules controller reads
+    /// (manifests/istio-crds.yaml), their schemas generated from remora's typed rule structs.
+    /// For clusters without Istio's CRDs.
+    Crds,
 }
 
 /// `serve`: what one client may hold of the server (see `server::Limits`).
@@ -606,10 +610,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                             &co.secret,
                             &co.webhook_config,
                             &cert_args.validating_webhook_config,
-                        );
+                        )
+                        .with_tags_of(&revision);
                         tracing::info!(secret = %format!("{}/{}", co.policy.namespace, co.secret),
                             webhook_config = %co.webhook_config,
                             validating_webhook_config = %cert_args.validating_webhook_config, server_name = %co.policy.server_name(),
+                            tag_configs = %remora_webhook::selectors::tag_configs_selector(&revision),
                             "managing the webhook certificate (--manage-certs)");
                         let managed = certs::start(store, co).await?;
                         server::start_with_resolver(opts, managed.resolver).await?
@@ -722,6 +728,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             (None, None) => anyhow::bail!("-f: missing: the install manifest to render from"),
         },
+        Cmd::Crds => {
+            let text = remora_model::crd::manifest().map_err(anyhow::Error::msg)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -560,6 +560,12 @@ fn webhook(e: Entry, value: &str, rev: &str, path: &str) -> Value {
     })
 }
 
+/// The label selector of revision `rev`'s tag configurations (the labels
+/// [`tag_configuration`] gives them): the webhook fills their `caBundle` as its own.
+pub fn tag_configs_selector(rev: &str) -> String {
+    format!("{TAG_LABEL},{REVISION_LABEL}={rev}")
+}
+
 /// The name of tag `tag`'s MutatingWebhookConfiguration.
 pub fn tag_config_name(tag: &str) -> String {
     format!("{TAG_CONFIG_PREFIX}-{tag}")
@@ -575,8 +581,8 @@ pub fn tag_webhooks(tag: &str, rev: &str) -> Vec<Value> {
 }
 
 /// Tag `tag`'s whole MutatingWebhookConfiguration (as `istioctl tag generate` prints Istio's),
-/// without `caBundle`: the webhook's `--manage-certs` does not fill it yet (docs/install.md says
-/// how to copy the revision's).
+/// without `caBundle`: revision `rev`'s webhook with `--manage-certs` fills it (it patches every
+/// configuration [`tag_configs_selector`] selects).
 pub fn tag_configuration(tag: &str, rev: &str) -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",

@@ -221,9 +221,12 @@ fn a_second_revision_runs_beside_the_default_one() {
         .contains(&format!("\"{}\"", flag("--cert-secret"))));
     assert!(!role.to_string().contains("\"remora-webhook-certs\""));
     let cr = find(&own, "ClusterRole", "remora-webhook-cabundle-b");
-    let names: BTreeSet<&str> = cr["rules"]
+    let (named, unnamed): (Vec<&Value>, Vec<&Value>) = cr["rules"]
         .as_array()
         .unwrap()
+        .iter()
+        .partition(|r| r.get("resourceNames").is_some());
+    let names: BTreeSet<&str> = named
         .iter()
         .flat_map(|r| {
             r["resourceNames"]
@@ -233,6 +236,15 @@ fn a_second_revision_runs_beside_the_default_one() {
                 .map(|n| n.as_str().unwrap())
         })
         .collect();
+    // The one rule without names: the revision's tag configurations, found by label.
+    assert_eq!(
+        unnamed,
+        [
+            &serde_json::json!({"apiGroups": ["admissionregistration.k8s.io"],
+                              "resources": ["mutatingwebhookconfigurations"],
+                              "verbs": ["list", "watch", "patch"]})
+        ]
+    );
     assert_eq!(
         names,
         [

@@ -50,7 +50,7 @@ pub struct Cors {
 }
 
 /// `corsPolicy` as Istio writes it (decoded with its VirtualService); `Cors` is what it means.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CorsSpec {
     /// The deprecated exact origins (`*`: any).
@@ -70,7 +70,7 @@ pub struct CorsSpec {
 }
 
 /// One `allowOrigins` entry (a `StringMatch`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct OriginSpec {
     pub exact: Option<String>,
     pub prefix: Option<String>,

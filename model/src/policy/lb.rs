@@ -37,7 +37,7 @@ pub enum LbPolicy {
 }
 
 /// `loadBalancer` as Istio writes it; `LbPolicy` is what it means.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +77,8 @@ const SIMPLE: [(&str, SimpleLb); 6] = [
     ("LEAST_REQUEST", SimpleLb::LeastRequest),
 ];
 
+crate::string_schema!(SimpleLb, "SimpleLb", crate::typed::names_schema(&SIMPLE));
+
 impl<'de> Deserialize<'de> for SimpleLb {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         crate::typed::one_of(
@@ -98,7 +100,7 @@ impl Serialize for SimpleLb {
 }
 
 /// `loadBalancer.consistentHash`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistentHashSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +121,7 @@ pub struct ConsistentHashSpec {
 }
 
 /// `consistentHash.httpCookie`: the cookie is read, never generated, so only `name` is used.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpCookieSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

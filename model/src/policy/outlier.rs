@@ -52,7 +52,7 @@ impl Default for OutlierConfig {
 }
 
 /// `outlierDetection` as Istio writes it; `OutlierConfig` is what it means.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetectionSpec {
     #[serde(

@@ -47,6 +47,22 @@ impl RateLimitRule {
     }
 }
 
+/// A `RateLimit`'s `spec` as written (`requests_per_unit` is accepted for `requestsPerUnit`,
+/// and the unit in any case: kept for the API server, which knows neither).
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub(crate) struct RateLimitSpec {
+    host: Option<String>,
+    route: Option<String>,
+    #[serde(alias = "requests_per_unit")]
+    #[schemars(range(min = 1))]
+    requests_per_unit: Option<u64>,
+    unit: Option<String>,
+    #[schemars(range(min = 1))]
+    burst: Option<u64>,
+}
+
 /// Parse the `RateLimit` documents of one rules file; other kinds are skipped. An invalid
 /// `RateLimit` is an error naming file, document, field, value and reason.
 pub fn parse_file(
@@ -84,33 +100,30 @@ pub fn parse_file(
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
             .unwrap_or(default_ns);
-        let spec = v
-            .get("spec")
-            .and_then(Value::as_object)
-            .ok_or_else(|| at("spec", "required mapping".into()))?;
+        let spec = match v.get("spec") {
+            Some(spec @ Value::Object(_)) => spec,
+            _ => return Err(at("spec", "required mapping".into())),
+        };
+        let spec: RateLimitSpec = crate::typed::decode(spec, "spec", &mut Vec::new())
+            .map_err(|e| format!("{file} doc {n}: {e}"))?;
         let host = spec
-            .get("host")
-            .and_then(Value::as_str)
+            .host
+            .as_deref()
             .filter(|h| !h.trim().is_empty())
             .ok_or_else(|| at("spec.host", "required string".into()))?;
-        let route = match spec.get("route") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => return Err(at("spec.route", format!("{other} is not a string"))),
-        };
-        let rpu_v = spec
-            .get("requestsPerUnit")
-            .or_else(|| spec.get("requests_per_unit"))
+        let route = spec.route;
+        let rpu = spec
+            .requests_per_unit
             .ok_or_else(|| at("spec.requestsPerUnit", "required".into()))?;
-        let rpu = rpu_v.as_u64().filter(|x| *x > 0).ok_or_else(|| {
-            at(
+        if rpu == 0 {
+            return Err(at(
                 "spec.requestsPerUnit",
-                format!("{rpu_v} is not a positive integer"),
-            )
-        })?;
+                format!("{rpu} is not a positive integer"),
+            ));
+        }
         let unit_name = spec
-            .get("unit")
-            .and_then(Value::as_str)
+            .unit
+            .as_deref()
             .unwrap_or("SECOND")
             .to_ascii_uppercase();
         let unit = match unit_name.as_str() {
@@ -124,12 +137,10 @@ pub fn parse_file(
                 ))
             }
         };
-        let burst = match spec.get("burst") {
-            None | Some(Value::Null) => rpu,
-            Some(b) => b
-                .as_u64()
-                .filter(|x| *x > 0)
-                .ok_or_else(|| at("spec.burst", format!("{b} is not a positive integer")))?,
+        let burst = match spec.burst {
+            None => rpu,
+            Some(0) => return Err(at("spec.burst", "0 is not a positive integer".into())),
+            Some(b) => b,
         };
         out.push(RateLimitRule {
             key: format!("{ns}/{name}"),
@@ -197,6 +208,18 @@ spec: {host: ratings.example.com, route: r1, requests_per_unit: 7, burst: 2}
             (
                 "spec: {host: a}",
                 "f.yaml doc 1: spec.requestsPerUnit: required",
+            ),
+            (
+                "spec: {host: a, requestsPerUnit: \"5\"}",
+                "f.yaml doc 1: spec.requestsPerUnit: expected an integer, found the string \"5\" (remove the quotes)",
+            ),
+            (
+                "spec: {host: a, requestsPerUnit: 1, burst: 0}",
+                "f.yaml doc 1: spec.burst: 0 is not a positive integer",
+            ),
+            (
+                "spec: {host: a, requestsPerUnit: 1, route: 5}",
+                "f.yaml doc 1: spec.route: expected a string, found the number 5 (write it in quotes: \"5\")",
             ),
         ];
         for (spec, want) in bad {

@@ -16,7 +16,7 @@ use crate::kinds::Meta;
 use crate::serde_util::{IstioShape, Setting};
 
 /// A DestinationRule subset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -43,7 +43,7 @@ pub struct DestinationRule {
 
 /// A `trafficPolicy` (a DestinationRule's or a subset's): each setting as written and what it
 /// means, interpreted when the rule is decoded; read and written in Istio's shape.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +67,7 @@ pub struct TrafficPolicySpec {
 }
 
 /// One `portLevelSettings` entry: the settings of `trafficPolicy` for one destination port.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +83,9 @@ pub struct PortTrafficPolicy {
 }
 
 /// `port` of a `portLevelSettings` entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct PortSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u16>,
@@ -188,6 +190,8 @@ const TLS_MODES: [(&str, TlsKind); 4] = [
 
 const TLS_LISTED: &str = "DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL";
 
+crate::string_schema!(TlsKind, "TlsMode", crate::typed::names_schema(&TLS_MODES));
+
 impl<'de> Deserialize<'de> for TlsKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         crate::typed::one_of(d, &TLS_MODES, TLS_LISTED)
@@ -260,7 +264,7 @@ impl TlsSettings {
 }
 
 /// `tls` as Istio writes it (`ClientTLSSettings`); `TlsSettings` is what it means.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientTlsSpec {
     #[serde(

@@ -55,7 +55,7 @@ fn required(v: Option<String>, field: &str) -> R<String> {
 // ------------------------------------------------------------------------------ shared shapes
 
 /// `StringMatch`: one of `exact`, `prefix`, `regex`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct StringMatchSpec {
     exact: Option<String>,
     prefix: Option<String>,
@@ -63,7 +63,7 @@ struct StringMatchSpec {
 }
 
 /// Istio's `Percent`: `{value: 0..=100}` (an absent value is 0).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct PercentSpec {
     value: Option<Percent>,
 }
@@ -75,13 +75,13 @@ impl PercentSpec {
 }
 
 /// `PortSelector`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct PortSelectorSpec {
     number: Option<Port>,
 }
 
 /// `Destination`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct DestinationSpec {
     host: Option<String>,
     subset: Option<String>,
@@ -89,7 +89,7 @@ struct DestinationSpec {
 }
 
 /// `HeaderOperations`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct HeaderOpsSpec {
     #[serde(default)]
     set: BTreeMap<String, String>,
@@ -100,7 +100,7 @@ struct HeaderOpsSpec {
 }
 
 /// `Headers`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct HeadersSpec {
     request: Option<HeaderOpsSpec>,
     response: Option<HeaderOpsSpec>,
@@ -108,9 +108,9 @@ struct HeadersSpec {
 
 // ------------------------------------------------------------------------------ VirtualService
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct VirtualServiceSpec {
+pub(crate) struct VirtualServiceSpec {
     #[serde(default)]
     hosts: Vec<String>,
     #[serde(default)]
@@ -126,7 +126,7 @@ struct VirtualServiceSpec {
 }
 
 /// `HTTPRoute`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct HttpRouteSpec {
     name: Option<String>,
@@ -148,12 +148,15 @@ struct HttpRouteSpec {
     mirror_percentage: Option<PercentSpec>,
     /// The deprecated integer form of `mirrorPercentage.value`.
     mirror_percent: Option<Int<0, 100>>,
+    /// The same, as Istio's API also spells it.
+    #[serde(rename = "mirror_percent")]
+    mirror_percent_snake: Option<Int<0, 100>>,
     cors_policy: Option<CorsSpec>,
     headers: Option<HeadersSpec>,
 }
 
 /// `HTTPMatchRequest`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct HttpMatchSpec {
     name: Option<String>,
@@ -181,7 +184,7 @@ struct HttpMatchSpec {
 }
 
 /// `HTTPRouteDestination`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct HttpRouteDestinationSpec {
     destination: Option<DestinationSpec>,
     weight: Option<Int<0, 2147483647>>,
@@ -189,8 +192,10 @@ struct HttpRouteDestinationSpec {
 }
 
 /// `HTTPRedirect`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Istio's schema also has `prefixRewrite`, which remora does not read (kept).
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 struct RedirectSpec {
     uri: Option<String>,
     authority: Option<String>,
@@ -201,14 +206,14 @@ struct RedirectSpec {
 }
 
 /// `HTTPDirectResponse`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct DirectResponseSpec {
     status: Option<Int<200, 599>>,
     body: Option<BodySpec>,
 }
 
 /// `HTTPBody`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct BodySpec {
     string: Option<String>,
     /// Refused: use `string`.
@@ -216,7 +221,7 @@ struct BodySpec {
 }
 
 /// `HTTPRewrite`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RewriteSpec {
     uri: Option<String>,
@@ -225,7 +230,7 @@ struct RewriteSpec {
 }
 
 /// `RegexRewrite`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct RegexRewriteSpec {
     #[serde(rename = "match")]
     pattern: Option<String>,
@@ -233,7 +238,7 @@ struct RegexRewriteSpec {
 }
 
 /// `HTTPRetry`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RetriesSpec {
     attempts: Option<Int<0, 1000>>,
@@ -248,14 +253,14 @@ struct RetriesSpec {
 }
 
 /// `HTTPFaultInjection`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct FaultSpec {
     delay: Option<DelaySpec>,
     abort: Option<AbortSpec>,
 }
 
 /// `HTTPFaultInjection.Delay`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct DelaySpec {
     fixed_delay: Option<Dur>,
@@ -267,7 +272,7 @@ struct DelaySpec {
 }
 
 /// `HTTPFaultInjection.Abort`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct AbortSpec {
     http_status: Option<Int<200, 599>>,
@@ -275,19 +280,21 @@ struct AbortSpec {
     /// Refused: use `httpStatus` or `grpcStatus`.
     http2_error: Option<Value>,
     percentage: Option<PercentSpec>,
-    /// The deprecated integer form of `percentage.value`.
+    /// The deprecated integer form of `percentage.value` (read, but not in Istio's schema: the
+    /// API server refuses it there, as with Istio's CRDs).
+    #[schemars(skip)]
     percent: Option<Int<0, 100>>,
 }
 
 /// `HTTPMirrorPolicy`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct MirrorSpec {
     destination: Option<DestinationSpec>,
     percentage: Option<PercentSpec>,
 }
 
 /// A `tcp` or `tls` route (`TCPRoute`, `TLSRoute`).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct L4RouteSpec {
     #[serde(rename = "match", default)]
     matches: Vec<L4MatchSpec>,
@@ -296,8 +303,10 @@ struct L4RouteSpec {
 }
 
 /// `L4MatchAttributes` / `TLSMatchAttributes`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Istio's `sourceSubnet` is not read (kept).
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 struct L4MatchSpec {
     #[serde(default)]
     sni_hosts: Vec<String>,
@@ -312,7 +321,7 @@ struct L4MatchSpec {
 }
 
 /// `RouteDestination`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct RouteDestinationSpec {
     destination: Option<DestinationSpec>,
     weight: Option<Int<0, 2147483647>>,
@@ -762,7 +771,10 @@ fn http_route(r: HttpRouteSpec, path: &str, cx: &DocCtx<'_>) -> R<(HttpRoute, Op
     let single = r.mirror.is_some();
     if let Some(m) = r.mirror {
         // `mirrorPercent` (an integer) is the deprecated form of `mirrorPercentage.value`.
-        let pct = match (&r.mirror_percentage, r.mirror_percent) {
+        let pct = match (
+            &r.mirror_percentage,
+            r.mirror_percent.or(r.mirror_percent_snake),
+        ) {
             (Some(p), _) => Some(p.get()),
             (None, p) => p.map(|p| p.0 as f64),
         };
@@ -959,9 +971,9 @@ pub fn virtual_service(
 
 // ------------------------------------------------------------------------------ DestinationRule
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct DestinationRuleSpec {
+pub(crate) struct DestinationRuleSpec {
     host: Option<String>,
     traffic_policy: Option<TrafficPolicySpec>,
     #[serde(default)]
@@ -971,7 +983,7 @@ struct DestinationRuleSpec {
     workload_selector: Option<MatchLabelsSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct SubsetSpec {
     name: Option<String>,
@@ -981,7 +993,7 @@ struct SubsetSpec {
 }
 
 /// `WorkloadSelector` of a DestinationRule.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct MatchLabelsSpec {
     #[serde(default)]
@@ -1025,9 +1037,9 @@ pub fn destination_rule(
 
 // ------------------------------------------------------------------------------ ServiceEntry
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct ServiceEntrySpec {
+pub(crate) struct ServiceEntrySpec {
     #[serde(default)]
     hosts: Vec<String>,
     #[serde(default)]
@@ -1048,7 +1060,7 @@ struct ServiceEntrySpec {
 }
 
 /// `ServicePort`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ServicePortSpec {
     number: Option<Port>,
@@ -1058,9 +1070,9 @@ struct ServicePortSpec {
 }
 
 /// `WorkloadEntry`, as a ServiceEntry endpoint.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct WorkloadEntrySpec {
+pub(crate) struct WorkloadEntrySpec {
     address: Option<String>,
     /// Port name → port number (`null`: no port).
     #[serde(default)]
@@ -1284,9 +1296,9 @@ pub fn workload_entry(
 
 // ------------------------------------------------------------------------------ Sidecar
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct SidecarSpec {
+pub(crate) struct SidecarSpec {
     workload_selector: Option<LabelsSpec>,
     /// Accepted, not applied (the proxy's inbound side is not configured by a Sidecar).
     #[allow(dead_code)]
@@ -1299,14 +1311,14 @@ struct SidecarSpec {
 }
 
 /// `WorkloadSelector` of a Sidecar.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct LabelsSpec {
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
 
 /// `IstioEgressListener`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct EgressSpec {
     port: Option<SidecarPortSpec>,
@@ -1320,7 +1332,7 @@ struct EgressSpec {
 }
 
 /// `SidecarPort`: only `number` is used.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 struct SidecarPortSpec {
@@ -1331,7 +1343,7 @@ struct SidecarPortSpec {
 }
 
 /// `OutboundTrafficPolicy`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct OutboundTrafficPolicySpec {
     mode: Option<String>,

@@ -122,16 +122,16 @@ impl TlsMode {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct GatewaySpec {
+pub(crate) struct GatewaySpec {
     #[serde(default)]
     selector: BTreeMap<String, String>,
     #[serde(default)]
     servers: Vec<ServerSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ServerSpec {
     port: Option<PortSpec>,
@@ -143,7 +143,7 @@ struct ServerSpec {
     default_endpoint: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct PortSpec {
     number: Option<Port>,
@@ -152,8 +152,10 @@ struct PortSpec {
     target_port: Option<Port>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Istio's TLS fields remora does not read (`caCertCredentialName`, `ecdhCurves`, ...) are kept.
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 struct TlsSpec {
     #[serde(default)]
     https_redirect: bool,

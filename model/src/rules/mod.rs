@@ -615,10 +615,12 @@ pub fn build_snapshot(
     }
     let mut destination_rules = Vec::new();
     for dr in decoded.destination_rules {
-        let selects = dr
-            .workload_selector
-            .as_ref()
-            .is_none_or(|sel| sel.iter().all(|(k, v)| ctx.pod_labels.get(k) == Some(v)));
+        // Istio: a workloadSelector selects pods of the rule's own namespace only.
+        let selects = dr.workload_selector.as_ref().is_none_or(|sel| {
+            sel.is_empty()
+                || (dr.meta.namespace == ctx.namespace
+                    && sel.iter().all(|(k, v)| ctx.pod_labels.get(k) == Some(v)))
+        });
         if !exported_to(&dr.export_to, &dr.meta.namespace, &ctx.namespace) {
             note(
                 &mut ignored,
@@ -948,6 +950,38 @@ mod tests {
                 .map(|d| d.meta.namespace.as_str())
                 .collect();
             assert_eq!(got, order, "root {root}");
+        }
+    }
+
+    /// A DestinationRule's `workloadSelector` picks the pods of its own namespace by their
+    /// labels; pods of other namespaces never get it, whatever its exportTo (Istio's rule).
+    #[test]
+    fn destination_rule_workload_selector_is_labels_within_its_namespace() {
+        let files = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: for-web, namespace: bookinfo}\nspec: {host: reviews, exportTo: ['*'], workloadSelector: {matchLabels: {app: web}}}\n";
+        let web: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        // (pod namespace, pod labels, applied)
+        let cases = [
+            ("bookinfo", web.clone(), true),
+            ("bookinfo", BTreeMap::new(), false),
+            ("frontend", web, false),
+        ];
+        for (ns, labels, applied) in cases {
+            let ctx = LoadContext {
+                namespace: ns.into(),
+                pod_labels: labels.clone(),
+                ..LoadContext::default()
+            };
+            let s = snapshot_from_yaml(&[("r.yaml", files)], &ctx, 1).expect("loads");
+            assert_eq!(s.destination_rules.len() == 1, applied, "{ns} {labels:?}");
+            if !applied {
+                assert!(
+                    s.ignored
+                        .iter()
+                        .any(|i| i.reason == "workloadSelector does not select this pod"),
+                    "{ns} {labels:?}: {:?}",
+                    s.ignored
+                );
+            }
         }
     }
 

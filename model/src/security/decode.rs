@@ -69,9 +69,13 @@ impl<'de> Deserialize<'de> for IpBlock {
     }
 }
 
+crate::string_schema!(IpBlock, "IpBlock", crate::typed::string_schema());
+
 /// A port written as a string (`ports: ["8080"]`), as Istio's AuthorizationPolicy has them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortString(pub u16);
+
+crate::string_schema!(PortString, "PortString", crate::typed::string_schema());
 
 /// Parse a port number 1..=65535 from its text.
 pub fn parse_port(s: &str) -> Result<u16, String> {

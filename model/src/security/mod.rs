@@ -27,7 +27,7 @@ pub use peer_authentication::{mtls_mode, MtlsDecision, MtlsMode, PeerAuthenticat
 pub use request_authentication::RequestAuthentication;
 
 /// `spec.selector` of the three kinds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]

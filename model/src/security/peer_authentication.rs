@@ -10,7 +10,9 @@ use super::{scope_of, Scope, WorkloadSelector};
 use crate::kinds::Meta;
 
 /// `mtls.mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent level (the default when `mode` is not set).
@@ -43,7 +45,7 @@ impl MtlsMode {
 }
 
 /// `spec.mtls` and the values of `spec.portLevelMtls`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Mtls {
     #[serde(default)]
@@ -51,7 +53,7 @@ pub struct Mtls {
 }
 
 /// `spec` of a PeerAuthentication.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,10 +64,13 @@ pub struct PeerAuthenticationSpec {
     /// selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_level_mtls: Option<BTreeMap<String, Mtls>>,
-    /// Refused (gateway/waypoint attachment); kept only to name it in the error.
+    /// Refused (gateway/waypoint attachment); kept only to name it in the error (not in
+    /// Istio's schema either).
     #[serde(default, skip_serializing)]
+    #[schemars(skip)]
     pub target_ref: Option<Value>,
     #[serde(default, skip_serializing)]
+    #[schemars(skip)]
     pub target_refs: Option<Value>,
 }
 

@@ -9,7 +9,7 @@ use super::{scope_of, Scope, WorkloadSelector};
 use crate::kinds::Meta;
 
 /// `jwtRules[].fromHeaders[]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtHeader {
     #[serde(default)]
@@ -20,7 +20,7 @@ pub struct JwtHeader {
 }
 
 /// `jwtRules[].outputClaimToHeaders[]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimToHeader {
     #[serde(default)]
@@ -30,7 +30,9 @@ pub struct ClaimToHeader {
 }
 
 /// `jwtRules[].presence`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Presence {
     #[default]
@@ -39,7 +41,7 @@ pub enum Presence {
 }
 
 /// `jwtRules[]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct JwtRule {
     pub issuer: String,
@@ -81,7 +83,7 @@ impl JwtRule {
 }
 
 /// `spec` of a RequestAuthentication.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,8 +7,10 @@
 //! (`POST` for a missing Secret, `PUT` with the read `resourceVersion` otherwise); a 409 means
 //! another replica won, so the Secret is read again and the winner's certificates are served.
 //! Then every webhook of the MutatingWebhookConfiguration (`--webhook-config`) and of the
-//! ValidatingWebhookConfiguration (`--validating-webhook-config`, rules validation) gets `ca.crt`
-//! as its `caBundle` (one JSON patch per configuration, only where it differs), and the
+//! ValidatingWebhookConfiguration (`--validating-webhook-config`, rules validation), and of each
+//! of the revision's tag configurations (`remora-webhook manifest --tag`: labelled
+//! `remora.dev/tag` and the revision's `remora.dev/revision`), gets `ca.crt` as its `caBundle`
+//! (one JSON patch per configuration, only where it differs), and the
 //! resolver serves the certificate to new TLS connections without a restart. A missing
 //! ValidatingWebhookConfiguration is logged once and is not an error (rules validation is
 //! optional; the proxies keep their last good rules anyway). This repeats every
@@ -99,12 +101,15 @@ pub struct Reconciled {
     /// The same for the ValidatingWebhookConfiguration: `Ok(None)` when it does not exist or
     /// is not managed (empty `--validating-webhook-config`), which is not an error.
     pub validating_bundle: Result<Option<usize>, String>,
+    /// The same for the revision's tag configurations: how many webhooks changed in all;
+    /// `Ok(0)` when tags are not managed or there are none.
+    pub tag_bundle: Result<usize, String>,
 }
 
 impl Reconciled {
     /// Whether a caBundle could not be written (the manager retries sooner).
     pub fn bundle_failed(&self) -> bool {
-        self.bundle.is_err() || self.validating_bundle.is_err()
+        self.bundle.is_err() || self.validating_bundle.is_err() || self.tag_bundle.is_err()
     }
 }
 
@@ -217,12 +222,102 @@ pub async fn reconcile(
             "caBundle updated on {n} webhook(s) of ValidatingWebhookConfiguration {vname}"),
         Err(e) => tracing::warn!(config = %vname, error = %e, "caBundle not written"),
     }
+    let tag_bundle = ensure_tag_bundles(store, material.ca_crt.as_bytes()).await;
+    if let Err(e) = &tag_bundle {
+        tracing::warn!(error = %e, "caBundle not written on every revision tag");
+    }
     Ok(Reconciled {
         material,
         settled,
         bundle,
         validating_bundle,
+        tag_bundle,
     })
+}
+
+/// How long after a tag configuration's change the bundle is written (changes within it are
+/// one check).
+pub const TAG_SETTLE: Duration = Duration::from_millis(500);
+
+/// Waits for the next added or changed tag configuration (a watch event, or the end of the
+/// watch's first list); never, without a watch.
+async fn tag_changed(tags: &mut Option<store::TagEvents>) {
+    use futures::StreamExt;
+    let Some(stream) = tags.as_mut() else {
+        return std::future::pending().await;
+    };
+    let mut last_error: Option<String> = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(kube::runtime::watcher::Event::Apply(_))
+            | Ok(kube::runtime::watcher::Event::InitDone) => return,
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg,
+                        "watching the revision's tag configurations failed; retrying with backoff (their caBundle is still written at every check)");
+                    last_error = Some(msg);
+                }
+            }
+        }
+    }
+    // The stream ended (it does not with a backoff): wait for the checks.
+    *tags = None;
+    std::future::pending().await
+}
+
+/// At most this many tag configurations are read per check (a revision has a few tags).
+pub const MAX_TAG_CONFIGS: u32 = 100;
+
+/// Writes `bundle` into the webhooks of every tag configuration of the store's revision
+/// (labelled as `remora-webhook manifest --tag` renders them) where it differs; returns how
+/// many webhooks changed. Every configuration is tried; the first error is returned.
+async fn ensure_tag_bundles(store: &Store, bundle: &[u8]) -> Result<usize, String> {
+    let Some(selector) = &store.tag_selector else {
+        return Ok(0);
+    };
+    let (configs, more) = store
+        .list_configs(selector, MAX_TAG_CONFIGS)
+        .await
+        .map_err(|e| format!("MutatingWebhookConfigurations {selector}: listing failed: {e}"))?;
+    if more {
+        tracing::warn!(selector = %selector,
+            "more than {MAX_TAG_CONFIGS} revision tag configurations; the caBundle of the first {MAX_TAG_CONFIGS} is managed");
+    }
+    let mut changed = 0;
+    let mut first_error = None;
+    for cfg in &configs {
+        let name = cfg.metadata.name.as_deref().unwrap_or_default();
+        if name == store.webhook_config {
+            continue; // patched above
+        }
+        let done = match ca_bundle_patch(cfg, bundle) {
+            Ok(None) => Ok(0),
+            Ok(Some((patch, n))) => store
+                .patch_config(name, patch)
+                .await
+                .map(|()| n)
+                .map_err(|e| format!("MutatingWebhookConfiguration {name}: patch failed: {e}")),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(config = %name, webhooks = n,
+                    "caBundle updated on {n} webhook(s) of revision tag configuration {name}");
+                changed += n;
+            }
+            Err(e) => {
+                tracing::warn!(config = %name, error = %e, "caBundle not written");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(changed),
+    }
 }
 
 /// Writes `bundle` into the ValidatingWebhookConfiguration's webhooks where it differs;
@@ -392,8 +487,16 @@ pub async fn start(store: Store, opts: Options) -> anyhow::Result<Managed> {
     let mut retry = first.bundle_failed().then_some(first_retry);
     let r = resolver.clone();
     let task = tokio::spawn(async move {
+        let mut tags = store.watch_tag_configs();
         loop {
-            tokio::time::sleep(retry.unwrap_or(opts.check_interval)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(retry.unwrap_or(opts.check_interval)) => {}
+                () = tag_changed(&mut tags) => {
+                    // A tag configuration was applied (or moved to this revision): its
+                    // caBundle now, not at the next check. Changes close together are one.
+                    tokio::time::sleep(TAG_SETTLE).await;
+                }
+            }
             let failed = |retry: Option<Duration>| {
                 Some(retry.map_or(first_retry, |d| (d * 2).min(opts.check_interval)))
             };

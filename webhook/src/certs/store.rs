@@ -1,20 +1,28 @@
 //! The kube calls of the certificate manager, and nothing else: read, create and replace the
 //! Secret (optimistic concurrency: a 409 is reported as a lost race, not an error), read the
 //! MutatingWebhookConfiguration and the ValidatingWebhookConfiguration and JSON-patch their
-//! `caBundle`s.
+//! `caBundle`s, list and watch the revision's tag configurations and patch theirs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Api, Client};
+
+/// The events of [`Store::watch_tag_configs`].
+pub type TagEvents = futures::stream::BoxStream<
+    'static,
+    Result<watcher::Event<MutatingWebhookConfiguration>, watcher::Error>,
+>;
 
 /// A Secret as read: its data and the version a replace must name.
 #[derive(Clone, Debug)]
@@ -56,6 +64,9 @@ pub struct Store {
     pub webhook_config: String,
     /// The ValidatingWebhookConfiguration (rules validation); empty: not managed.
     pub validating_config: String,
+    /// The label selector of this revision's tag configurations (`remora-webhook manifest
+    /// --tag`); `None`: tags are not managed ([`Store::with_tags_of`]).
+    pub tag_selector: Option<String>,
     /// Set while the ValidatingWebhookConfiguration is known to be absent, so that is logged
     /// once, not at every check (shared by clones of this store).
     pub(crate) validating_missing: Arc<AtomicBool>,
@@ -79,7 +90,16 @@ impl Store {
             webhook_config: webhook_config.to_string(),
             validating_config: validating_config.to_string(),
             validating_missing: Arc::new(AtomicBool::new(false)),
+            tag_selector: None,
         }
+    }
+
+    /// Also manage the `caBundle` of revision `revision`'s tag configurations: the
+    /// MutatingWebhookConfigurations labelled with a tag and this revision
+    /// (`crate::selectors::tag_configs_selector`).
+    pub fn with_tags_of(mut self, revision: &str) -> Store {
+        self.tag_selector = Some(crate::selectors::tag_configs_selector(revision));
+        self
     }
 
     /// `GET` the Secret; `None` on 404.
@@ -164,6 +184,46 @@ impl Store {
                 &PatchParams::default(),
                 &Patch::Json::<()>(patch),
             )
+            .await
+            .map(|_| ())
+    }
+
+    /// `LIST` the MutatingWebhookConfigurations matching `selector` (at most `limit`; the
+    /// answer says whether there were more).
+    pub async fn list_configs(
+        &self,
+        selector: &str,
+        limit: u32,
+    ) -> Result<(Vec<MutatingWebhookConfiguration>, bool), kube::Error> {
+        let list = self
+            .configs
+            .list(&ListParams::default().labels(selector).limit(limit))
+            .await?;
+        let more = list
+            .metadata
+            .continue_
+            .as_deref()
+            .is_some_and(|c| !c.is_empty());
+        Ok((list.items, more))
+    }
+
+    /// A watch of the revision's tag configurations (with a backoff on errors), when tags are
+    /// managed.
+    pub fn watch_tag_configs(&self) -> Option<TagEvents> {
+        use kube::runtime::WatchStreamExt;
+        let selector = self.tag_selector.as_ref()?;
+        let cfg = watcher::Config::default().labels(selector);
+        Some(watcher(self.configs.clone(), cfg).default_backoff().boxed())
+    }
+
+    /// `PATCH` (RFC 6902 JSON patch) the MutatingWebhookConfiguration `name`.
+    pub async fn patch_config(
+        &self,
+        name: &str,
+        patch: json_patch::Patch,
+    ) -> Result<(), kube::Error> {
+        self.configs
+            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
             .map(|_| ())
     }

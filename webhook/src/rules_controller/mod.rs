@@ -456,7 +456,15 @@ pub(crate) async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>
     };
     let ar = resource(&k, version);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let typed = |o: DynamicObject| -> Value {
+    let typed = |mut o: DynamicObject| -> Value {
+        // Not read, and often the larger part of an object: its managed fields and kubectl's
+        // copy of it (the check leaves them out anyway).
+        o.metadata.managed_fields = None;
+        if let Some(a) = o.metadata.annotations.as_mut() {
+            for k in compile::DROPPED_ANNOTATIONS {
+                a.remove(*k);
+            }
+        }
         let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
         if let Some(m) = v.as_object_mut() {
             m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
@@ -469,7 +477,8 @@ pub(crate) async fn watch_kind(client: Client, k: Kind, tx: mpsc::Sender<Change>
 
 async fn watch_namespaces(client: Client, tx: mpsc::Sender<Change>) {
     let api: Api<Namespace> = Api::all(client);
-    let value = |n: Namespace| serde_json::to_value(&n).unwrap_or(Value::Null);
+    // Only what the controller reads of a namespace: its name and labels.
+    let value = |n: Namespace| serde_json::json!({"metadata": {"name": n.metadata.name, "labels": n.metadata.labels}});
     forward(
         watcher(api, watcher::Config::default()),
         "Namespace",
@@ -1028,7 +1037,7 @@ impl Controller {
 fn existing(cm: &ConfigMap) -> Existing {
     Existing {
         managed: compile::is_managed(cm.metadata.labels.as_ref()),
-        data: cm.data.clone().unwrap_or_default(),
+        digest: plan::digest(cm.data.as_ref().unwrap_or(&BTreeMap::new())),
         resource_version: cm.metadata.resource_version.clone(),
     }
 }

@@ -12,13 +12,33 @@ use remora_model::compile::{
 /// An object's place in the cache: kind, namespace, name.
 pub type Key = ObjectRef;
 
-/// The rules ConfigMap of a namespace as last seen or written.
+/// The rules ConfigMap of a namespace as last seen or written: its data only as a digest
+/// ([`digest`]), which is all a comparison with the render needs (a thousand namespaces'
+/// ConfigMaps are megabytes of text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Existing {
     /// Carries the controller's `managed-by` label.
     pub managed: bool,
-    pub data: BTreeMap<String, String>,
+    pub digest: Digest,
     pub resource_version: Option<String>,
+}
+
+/// SHA-256 of a ConfigMap's data.
+pub type Digest = [u8; 32];
+
+/// The digest of `data`: each key and value, length-prefixed, in key order (so no two
+/// different maps give the same input).
+pub fn digest(data: &BTreeMap<String, String>) -> Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (k, v) in data {
+        for part in [k, v] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// What the controller knows.
@@ -137,7 +157,7 @@ pub fn step(world: &World, idx: &Index, settings: &Settings, ns: &str) -> Step {
             let n = r.included.len();
             let action = match existing {
                 Some(e) if !e.managed => Action::UserOwned,
-                Some(e) if e.data == r.data => Action::Keep,
+                Some(e) if e.digest == digest(&r.data) => Action::Keep,
                 _ => match compile::verify(&r, settings) {
                     Err(e) => Action::Refused(e),
                     Ok(()) => match existing {
@@ -346,7 +366,7 @@ mod tests {
             "bookinfo".into(),
             Existing {
                 managed: true,
-                data: data.clone(),
+                digest: digest(data),
                 resource_version: Some("5".into()),
             },
         );
@@ -355,7 +375,7 @@ mod tests {
             "frontend".into(),
             Existing {
                 managed: false,
-                data: BTreeMap::new(),
+                digest: digest(&BTreeMap::new()),
                 resource_version: Some("9".into()),
             },
         );
@@ -364,7 +384,9 @@ mod tests {
         assert_eq!(steps[1].action, Action::UserOwned);
         // An edit of the controller's ConfigMap by hand is put back.
         if let Some(e) = w.configmaps.get_mut("bookinfo") {
-            e.data.insert("extra.yaml".into(), "{}".into());
+            let mut edited = data.clone();
+            edited.insert("extra.yaml".into(), "{}".into());
+            e.digest = digest(&edited);
         }
         match &plan(&w, &s, None)[0].action {
             Action::Update {
@@ -375,6 +397,28 @@ mod tests {
                 assert_eq!(resource_version.as_deref(), Some("5"));
             }
             other => panic!("expected Update, got {other:?}"),
+        }
+    }
+
+    /// Different data, different digests (keys and values cannot trade bytes); equal data,
+    /// equal digests.
+    #[test]
+    fn digests_tell_data_apart() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = m(&[("a.yaml", "x: 1\n"), ("b.yaml", "y: 2\n")]);
+        assert_eq!(digest(&a), digest(&a.clone()));
+        for other in [
+            m(&[("a.yaml", "x: 1\n")]),
+            m(&[("a.yamlx", ": 1\n"), ("b.yaml", "y: 2\n")]),
+            m(&[("a.yaml", "x: 1\nb.yaml"), ("", "y: 2\n")]),
+            m(&[]),
+        ] {
+            assert_ne!(digest(&a), digest(&other), "{other:?}");
         }
     }
 
