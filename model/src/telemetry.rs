@@ -68,7 +68,9 @@ pub struct Tracing {
 }
 
 /// Istio's `WorkloadMode`: which side of a workload's traffic an entry is for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkloadMode {
     #[default]
@@ -91,7 +93,9 @@ impl WorkloadMode {
 }
 
 /// `match` of a `tracing[]` or `accessLogging[]` entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ModeSelector {
     #[serde(default)]
