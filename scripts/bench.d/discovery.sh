@@ -1,5 +1,25 @@
 #!/usr/bin/env bash
-# Memory of remora-proxy's Kubernetes discovery (run via `scripts/bench discovery`): the release
+# Discovery benchmarks (run via `scripts/bench discovery`); REMORA_BENCH_DISCOVERY picks them:
+#
+#   served (default)  discovery at scale (tests/src/discovery_bench.rs, `remora-lab
+#     bench-discovery`): the recorded API serving a generated cluster of
+#     $REMORA_BENCH_NAMESPACES namespaces, $REMORA_BENCH_SERVICES Services (one EndpointSlice
+#     each) and $REMORA_BENCH_PODS pods; the release `remora-webhook serve --discovery on`
+#     watching it and serving $REMORA_BENCH_SUBSCRIBERS simulated subscribers (one run per
+#     number: the API server's requests, watches and bytes, control-plane CPU and RSS, bytes per
+#     subscriber, EndpointSlice change → every subscriber p50/p99); then
+#     $REMORA_BENCH_PROXIES real release proxies per mode (Sidecar scoped to 10 Services):
+#     discovery from the control plane, from the API (watch per sidecar), none: their RSS and the
+#     API requests and watches of the direct ones, extrapolated to N. Prints the targets met or
+#     NOT MET. Everything on 127.0.0.1; the open-files limit is raised for 1,000 subscribers.
+#   direct  remora-proxy's own Kubernetes discovery memory (below).
+#   all     both.
+#
+#   served: REMORA_BENCH_NAMESPACES (100), REMORA_BENCH_SERVICES (2000), REMORA_BENCH_PODS
+#           (10000), REMORA_BENCH_SUBSCRIBERS (100,1000), REMORA_BENCH_CHANGES (20),
+#           REMORA_BENCH_PROXIES (3)
+#
+# direct: memory of remora-proxy's Kubernetes discovery: the release
 # proxy watches a recorded API (tests/src/bin/kube-api-fixture.rs) serving one namespace of
 # $REMORA_BENCH_SERVICES Services × $REMORA_BENCH_ENDPOINTS endpoints (one EndpointSlice per
 # Service, two ports each, pod metadata for subsets; lists paged by 500 as an API server pages
@@ -12,7 +32,42 @@
 #   REMORA_BENCH_RUNS       runs per case, the median is reported (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+mode="${REMORA_BENCH_DISCOVERY:-served}"
+case "$mode" in
+  served | direct | all) ;;
+  *)
+    echo "bench discovery: REMORA_BENCH_DISCOVERY=$mode: expected served, direct or all" >&2
+    exit 2
+    ;;
+esac
 
+served() {
+  echo "building remora-webhook, remora-proxy and remora-lab (release)..." >&2
+  cargo build -q --release --locked -p remora-webhook --bin remora-webhook \
+    -p remora-proxy --bin remora-proxy -p remora-e2e --bin remora-lab
+  # 1,000 subscribers: 1,000 connections in the simulator and as many in the control plane.
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+    echo "bench discovery: the open-files limit is $(ulimit -n) and cannot be raised to 4096" >&2
+    exit 1
+  fi
+  # Its children get SIGKILL when it dies; it is stopped on exit and bounded to 30 minutes.
+  timeout --kill-after=30 1800 "$target/release/remora-lab" --bin-dir "$target/release" \
+    bench-discovery \
+    --namespaces "${REMORA_BENCH_NAMESPACES:-100}" \
+    --services "${REMORA_BENCH_SERVICES:-2000}" \
+    --pods "${REMORA_BENCH_PODS:-10000}" \
+    --subscribers "${REMORA_BENCH_SUBSCRIBERS:-100,1000}" \
+    --changes "${REMORA_BENCH_CHANGES:-20}" \
+    --proxies "${REMORA_BENCH_PROXIES:-3}" &
+  lab=$!
+  trap 'kill "$lab" 2>/dev/null || true' EXIT
+  wait "$lab"
+  trap - EXIT
+}
+
+direct() {
 if [ "$(id -u)" != 0 ]; then
   echo "bench discovery: must run as root (creates a network namespace)" >&2
   exit 1
@@ -24,8 +79,8 @@ runs="${REMORA_BENCH_RUNS:-3}"
 echo "building remora-proxy (release) and kube-api-fixture..." >&2
 cargo build -q -p remora-proxy --release --locked --bin remora-proxy
 cargo build -q -p remora-e2e --locked --bin kube-api-fixture
-bin="$PWD/target/release/remora-proxy"
-fixture="$PWD/target/debug/kube-api-fixture"
+bin="$target/release/remora-proxy"
+fixture="$target/debug/kube-api-fixture"
 
 ns="rmp-disc-$$"
 work="$(mktemp -d)"
@@ -97,3 +152,13 @@ echo "remora-proxy discovery: ${services} services x ${endpoints} endpoints (2 p
 echo "  API on : RSS $(mib "$on_rss") MiB, peak (VmHWM) $(mib "$on_hwm") MiB, index complete after ${on_sync} ms from start"
 echo "  API off: RSS $(mib "$off_rss") MiB, peak (VmHWM) $(mib "$off_hwm") MiB"
 echo "  discovery costs $(mib $((on_rss - off_rss))) MiB RSS ($(awk -v a="$on_rss" -v b="$off_rss" 'BEGIN {printf "%.2f", a / b}')x); target RSS <= 40 MiB: $([ "$on_rss" -le $((40 * 1024)) ] && echo met || echo MISSED)"
+}
+
+case "$mode" in
+  served) served ;;
+  direct) direct ;;
+  all)
+    served
+    direct
+    ;;
+esac

@@ -16,6 +16,9 @@
 //! answer different TokenReviews by token). Replies for one route are served in order and the
 //! last one repeats. Every request is recorded
 //! ([`RecordedApi::requests`]), unmatched ones are answered 404 and marked `matched: false`.
+//! For benchmarks it counts the requests ([`RecordedApi::request_count`]) and the body bytes it
+//! sends, by path ([`RecordedApi::bytes_sent_by_path`]: JSON answers, and each watch event line
+//! as it goes out).
 //!
 //! A watch route whose last reply closes the stream makes a client re-watch at once, again and
 //! again: end watch sequences with a held reply (`hold: true`).
@@ -61,6 +64,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -252,6 +256,9 @@ struct State {
     seen: Vec<Seen>,
     watchers: Vec<(String, mpsc::UnboundedSender<Value>)>,
     fallback: Option<Fallback>,
+    /// Response body bytes sent (JSON answers and watch event lines) by request path (no
+    /// query), for benchmarks.
+    sent: BTreeMap<String, Arc<AtomicU64>>,
 }
 
 /// Emits events to a [`RecordedApi`]'s held watches ([`RecordedApi::emitter`]).
@@ -434,6 +441,26 @@ impl RecordedApi {
     pub fn requests(&self) -> Vec<Seen> {
         lock(&self.state).seen.clone()
     }
+
+    /// How many requests were seen so far (without copying them).
+    pub fn request_count(&self) -> usize {
+        lock(&self.state).seen.len()
+    }
+
+    /// Response body bytes sent so far: JSON answers and watch event lines (not headers, not
+    /// port-forward frames).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent_by_path().values().sum()
+    }
+
+    /// [`RecordedApi::bytes_sent`] by request path (without the query).
+    pub fn bytes_sent_by_path(&self) -> BTreeMap<String, u64> {
+        lock(&self.state)
+            .sent
+            .iter()
+            .map(|(p, n)| (p.clone(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 impl Drop for RecordedApi {
@@ -517,6 +544,7 @@ async fn serve(
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     });
     let (path, query) = split_query(&path_and_query);
+    let sent = lock(&state).sent.entry(path.clone()).or_default().clone();
 
     let mut reply = pick(
         &state,
@@ -538,7 +566,8 @@ async fn serve(
                 reply = Some(*inner);
                 continue;
             }
-            None => json_response(
+            None => counted_json(
+                &sent,
                 404,
                 &status_body(
                     404,
@@ -546,7 +575,7 @@ async fn serve(
                     &format!("recorded API: no recorded reply for {path_and_query}"),
                 ),
             ),
-            Some(Reply::Json { status, body }) => json_response(status, &body),
+            Some(Reply::Json { status, body }) => counted_json(&sent, status, &body),
             Some(Reply::PortForward(port)) => port_forward(upgrade.take(), &path, &query, port),
             Some(Reply::Watch { events, hold }) => {
                 let (tx, rx) = mpsc::unbounded_channel::<Value>();
@@ -556,11 +585,15 @@ async fn serve(
                 if hold {
                     lock(&state).watchers.push((path, tx));
                 }
-                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                let stream = futures::stream::unfold((rx, sent), |(mut rx, sent)| async move {
                     let v = rx.recv().await?;
                     let mut line = serde_json::to_vec(&v).unwrap_or_default();
                     line.push(b'\n');
-                    Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+                    sent.fetch_add(line.len() as u64, Ordering::Relaxed);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                        (rx, sent),
+                    ))
                 });
                 Response::builder()
                     .status(200)
@@ -883,8 +916,18 @@ fn empty() -> Body {
     BodyExt::boxed(Full::new(Bytes::new()))
 }
 
-fn json_response(status: u16, body: &Value) -> Response<Body> {
+/// [`json_response`], its body's size added to `sent`.
+fn counted_json(sent: &AtomicU64, status: u16, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
+    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    json_bytes(status, bytes)
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes(status: u16, bytes: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -1016,6 +1059,68 @@ mod tests {
             "{}",
             watch.path_and_query
         );
+    }
+
+    /// The counters benchmarks read: requests seen, and the body bytes of JSON answers (404s
+    /// included) and of each watch event line as it goes out.
+    #[tokio::test]
+    async fn counts_requests_and_the_body_bytes_it_sends() {
+        let api = RecordedApi::start().await.unwrap();
+        api.on(
+            "GET",
+            "/api/v1/namespaces/ns/secrets/s",
+            Reply::json(200, secret("7")),
+        );
+        let cms = "/api/v1/namespaces/ns/configmaps";
+        let mark = bookmark("v1", "ConfigMap", "11");
+        api.on(
+            "GET",
+            &format!("{cms}?watch=true"),
+            Reply::watch(vec![mark.clone()], true),
+        );
+        let secrets: Api<Secret> = Api::namespaced(api.client().unwrap(), "ns");
+        secrets.get("s").await.unwrap();
+        assert!(secrets.get("missing").await.is_err());
+        let len = |v: &Value| serde_json::to_vec(v).unwrap().len() as u64;
+        let missing = status_body(
+            404,
+            "NotFound",
+            "recorded API: no recorded reply for /api/v1/namespaces/ns/secrets/missing",
+        );
+        let mut want = len(&secret("7")) + len(&missing);
+        assert_eq!(api.bytes_sent(), want);
+
+        // A watch: each line with its newline, counted as it is sent.
+        let mut tcp = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+        tcp.write_all(format!("GET {cms}?watch=true HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let changed = event(
+            "ADDED",
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "b", "namespace": "ns", "resourceVersion": "12"}}),
+        );
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for (i, needle) in ["BOOKMARK", "\"name\":\"b\""].into_iter().enumerate() {
+            if i == 1 {
+                assert_eq!(api.emit(cms, changed.clone()), 1);
+            }
+            while !String::from_utf8_lossy(&got).contains(needle) {
+                let n =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+                        .await
+                        .expect("the watch line in time")
+                        .unwrap();
+                assert!(n > 0, "the watch closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        let watched = len(&mark) + 1 + len(&changed) + 1;
+        want += watched;
+        assert_eq!(api.bytes_sent(), want);
+        assert_eq!(api.bytes_sent_by_path()[cms], watched);
+        assert_eq!(api.request_count(), 3);
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@ pub mod clitest;
 pub mod cluster;
 pub mod collector;
 pub mod controller_bench;
+pub mod discovery_bench;
+pub mod discovery_cluster;
 pub mod ingress;
 pub mod kubelet;
 pub mod lab;

@@ -4,6 +4,8 @@
 //!                      mutual TLS on the wire, authorization, the ingress gateway.
 //!   remora-lab bench   the data-plane benchmark (scripts/bench lab): Markdown table on stdout.
 //!   remora-lab bench-controller  the rules controller at scale (scripts/bench controller).
+//!   remora-lab bench-discovery   discovery served by the control plane at scale, against
+//!                                watch-per-sidecar (scripts/bench discovery).
 //!   remora-lab soak    the fault-injecting soak (scripts/soak): report in target/soak/.
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +54,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// The rules controller at scale (the real control plane against the lab's API).
     BenchController(remora_e2e::controller_bench::Args),
+    /// Discovery at scale: the real control plane serving simulated subscribers and real
+    /// proxies from a generated cluster, against proxies watching the API themselves.
+    BenchDiscovery(remora_e2e::discovery_bench::Args),
     /// The fault-injecting soak: fixed-rate load while rules reload, backends hang, fail, die
     /// and drain, and the webhook's certificate rotates. Exits 1 when it fails.
     Soak {
@@ -116,6 +121,9 @@ fn main() {
         Cmd::Demo { requests } => demo(opts, requests),
         Cmd::Bench(args) => bench::run(opts, args),
         Cmd::BenchController(args) => remora_e2e::controller_bench::run(&opts.bin_dir, args),
+        Cmd::BenchDiscovery(args) => {
+            remora_e2e::discovery_bench::run(&opts.bin_dir, args, opts.cancel.clone())
+        }
         Cmd::Soak {
             seconds,
             rate,
