@@ -133,11 +133,14 @@ pub fn slice(ns: &str, name: &str, i: usize, pods: &[usize], grpc_port: u16, rv:
         "endpoints": eps})
 }
 
-/// Pod metadata as a metadata-only list answers it (`PartialObjectMetadata`).
+/// A pod as the API answers it, with what the mesh reads (metadata, the service account in its
+/// spec; the control plane watches whole pods for that account, a direct-mode proxy reads the
+/// metadata only).
 fn pod(ns: &str, svc: &str, e: usize, k: usize) -> Value {
     let name = pod_name(svc, e);
     let rs = format!("{svc}-v{}-7d9c5b8f6", e % 2 + 1);
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+    json!({"kind": "Pod", "apiVersion": "v1",
+        "spec": {"serviceAccountName": svc, "containers": [{"name": "app", "image": "app:1"}]},
         "metadata": {"name": name, "namespace": ns, "uid": format!("00000000-0000-4000-9000-{k:012}"),
                      "resourceVersion": format!("{}", 200_000 + k),
                      "creationTimestamp": "2026-11-20T10:00:00Z", "generateName": format!("{rs}-"),
@@ -217,12 +220,12 @@ impl Cluster {
                 "discovery.k8s.io/v1",
                 &self.slices,
             ),
-            ("/api/v1", "pods", "meta.k8s.io/v1", &self.pods),
+            ("/api/v1", "pods", "v1", &self.pods),
         ];
         let list_kind = |res: &str| match res {
             "services" => ("ServiceList", "Service"),
             "endpointslices" => ("EndpointSliceList", "EndpointSlice"),
-            _ => ("PartialObjectMetadataList", "PartialObjectMetadata"),
+            _ => ("PodList", "Pod"),
         };
         let mut namespaces: Vec<String> = (0..self.shape.namespaces).map(ns_name).collect();
         namespaces.push("remora-system".into());
