@@ -453,8 +453,8 @@ impl fmt::Display for RenderError {
 /// and, unless one of them has no `workloadSelector` (the namespace's default), what a pod none
 /// of them selects gets: the root namespace's default Sidecar, or none. Empty: some pod may
 /// have no Sidecar, so nothing is scoped out.
-fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) -> Vec<&'a Sidecar> {
-    let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&'a Sidecar> {
+fn scoping_sidecars(objects: &[&Checked], namespace: &str, root: &str) -> Vec<Sidecar> {
+    let sidecars = |f: &dyn Fn(&Sidecar) -> bool| -> Vec<&Sidecar> {
         objects
             .iter()
             .filter_map(|o| match &o.reach {
@@ -465,15 +465,18 @@ fn scoping_sidecars<'a>(objects: &[&'a Checked], namespace: &str, root: &str) ->
     };
     let no_selector = |sc: &Sidecar| sc.workload_selector.as_ref().is_none_or(|s| s.is_empty());
     let mut scope = sidecars(&|sc| sc.meta.namespace == namespace);
-    if scope.iter().any(|sc| no_selector(sc)) {
-        return scope;
+    if !scope.iter().any(|sc| no_selector(sc)) {
+        let fallback = sidecars(&|sc| sc.meta.namespace == root && no_selector(sc));
+        if fallback.is_empty() {
+            return Vec::new();
+        }
+        scope.extend(fallback);
     }
-    let fallback = sidecars(&|sc| sc.meta.namespace == root && no_selector(sc));
-    if fallback.is_empty() {
-        return Vec::new();
-    }
-    scope.extend(fallback);
+    // As they apply to this namespace's pods (`.` is their namespace).
     scope
+        .into_iter()
+        .map(|sc| sc.for_namespace(namespace))
+        .collect()
 }
 
 /// Whose rules a namespace's ConfigMap carries (see the module docs).
@@ -493,7 +496,7 @@ fn reason(
     o: &Checked,
     namespace: &str,
     root: &str,
-    sidecars: &[&Sidecar],
+    sidecars: &[Sidecar],
     view: View,
 ) -> Result<String, String> {
     let own = o.id.namespace == namespace;
@@ -783,6 +786,47 @@ mod tests {
             spec["exportTo"] = e;
         }
         obj("DestinationRule", ns, name, spec)
+    }
+
+    /// The mesh's default Sidecar with `./*` scopes each namespace to itself: another
+    /// namespace's and the root namespace's exported objects are left out of a namespace's
+    /// ConfigMap, unless an egress host names their namespace.
+    #[test]
+    fn dot_in_the_mesh_default_sidecar_scopes_each_namespace_to_itself() {
+        let objs = |hosts: Value| {
+            checked(&[
+                obj(
+                    "Sidecar",
+                    "remora-system",
+                    "default",
+                    json!({"egress": [{"hosts": hosts}]}),
+                ),
+                dr("remora-system", "mesh-wide", "*.svc.cluster.local", None),
+                dr(
+                    "bookinfo",
+                    "reviews",
+                    "reviews.bookinfo.svc.cluster.local",
+                    None,
+                ),
+                dr("shop", "cart", "cart.shop.svc.cluster.local", None),
+            ])
+        };
+        let s = Settings::default();
+        let r = render(&objs(json!(["./*"])), "shop", &s).expect("renders");
+        assert_eq!(
+            keys(&r),
+            [
+                "remora-system.sidecar.default.yaml",
+                "shop.destinationrule.cart.yaml"
+            ]
+        );
+        let r = render(&objs(json!(["./*", "bookinfo/*"])), "shop", &s).expect("renders");
+        assert!(
+            keys(&r).contains(&"bookinfo.destinationrule.reviews.yaml"),
+            "{:?}",
+            keys(&r)
+        );
+        assert!(!keys(&r).contains(&"remora-system.destinationrule.mesh-wide.yaml"));
     }
 
     #[test]

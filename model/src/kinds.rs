@@ -439,10 +439,27 @@ pub struct ServiceEntry {
 /// One `egress[].hosts` entry: `namespace/dnsName`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressHost {
-    /// `.` already replaced by the Sidecar's namespace; `*` any; `~` none.
+    /// A namespace, `*` any, `~` none, or `.`: the namespace of the workload the Sidecar applies
+    /// to (Istio's meaning, also for the root namespace's default Sidecar); [`Sidecar::for_namespace`]
+    /// replaces it.
     pub namespace: String,
     /// `*`, `*.suffix` or a FQDN.
     pub dns: String,
+}
+
+impl Sidecar {
+    /// This Sidecar as it applies to a workload of namespace `ns`: `.` in its egress hosts means
+    /// `ns` (for a Sidecar of the workload's own namespace that is the Sidecar's namespace; for
+    /// the root namespace's default, each workload's own).
+    pub fn for_namespace(&self, ns: &str) -> Sidecar {
+        let mut sc = self.clone();
+        for h in sc.egress.iter_mut().flat_map(|l| l.hosts.iter_mut()) {
+            if h.namespace == "." {
+                h.namespace = ns.to_string();
+            }
+        }
+        sc
+    }
 }
 
 /// A Sidecar `egress` listener.

@@ -1377,11 +1377,9 @@ pub fn sidecar(meta: Meta, spec: &Value, unknown: &mut Vec<Unknown>) -> R<Sideca
                 return shape();
             }
             check_host(dns).or_else(|e| fail(&hf, e))?;
-            let namespace = if ns == "." {
-                meta.namespace.clone()
-            } else {
-                ns.to_string()
-            };
+            // `.` stays: it means the namespace of each workload the Sidecar applies to
+            // (`Sidecar::for_namespace`), which for the root namespace's default is not its own.
+            let namespace = ns.to_string();
             hosts.push(EgressHost {
                 namespace,
                 dns: dns.trim_end_matches('.').to_ascii_lowercase(),
@@ -1792,7 +1790,14 @@ frobnicate: true
         assert_eq!(
             ok.egress[0].hosts[0],
             EgressHost {
-                namespace: "default".into(),
+                namespace: ".".into(),
+                dns: "*".into()
+            }
+        );
+        assert_eq!(
+            ok.for_namespace("shop").egress[0].hosts[0],
+            EgressHost {
+                namespace: "shop".into(),
                 dns: "*".into()
             }
         );

@@ -403,8 +403,9 @@ pub fn exported_to(export_to: &[String], resource_ns: &str, proxy_ns: &str) -> b
 }
 
 /// The Sidecar that applies to a pod: one in the pod's namespace whose selector matches its
-/// labels, else one in the namespace without selector, else the root namespace's default.
-pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], ctx: &LoadContext) -> Option<&'a Sidecar> {
+/// labels, else one in the namespace without selector, else the root namespace's default; as
+/// it applies to the pod (`.` in its egress hosts is the pod's namespace).
+pub fn select_sidecar(sidecars: &[Sidecar], ctx: &LoadContext) -> Option<Sidecar> {
     let in_ns = |s: &&Sidecar| s.meta.namespace == ctx.namespace;
     sidecars
         .iter()
@@ -426,6 +427,7 @@ pub fn select_sidecar<'a>(sidecars: &'a [Sidecar], ctx: &LoadContext) -> Option<
                     && s.workload_selector.as_ref().is_none_or(|s| s.is_empty())
             })
         })
+        .map(|s| s.for_namespace(&ctx.namespace))
 }
 
 /// The endpoints of a ServiceEntry with `workloadSelector` `sel`, as istiod selects them: the
@@ -529,7 +531,7 @@ pub fn build_snapshot(
     let mut ignored = decoded.ignored;
     let unknown_fields = decoded.unknown_fields;
     let cors = decoded.cors;
-    let sidecar = select_sidecar(&decoded.sidecars, ctx).cloned();
+    let sidecar = select_sidecar(&decoded.sidecars, ctx);
     for sc in &decoded.sidecars {
         if sidecar.as_ref().is_none_or(|s| s.meta != sc.meta) {
             ignored.push(Ignored {
@@ -835,6 +837,33 @@ pub fn snapshot_from_yaml(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `./*` in the root namespace's default Sidecar means each workload's own namespace (as
+    /// Istio reads it), not the root namespace; in a namespace's own Sidecar, that namespace.
+    #[test]
+    fn dot_in_the_mesh_default_sidecar_is_the_workloads_namespace() {
+        let files = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: remora-system}\nspec:\n  egress: [{hosts: [\"./*\", \"remora-system/*\"]}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+        let ctx = |ns: &str| LoadContext {
+            namespace: ns.into(),
+            root_namespace: "remora-system".into(),
+            ..LoadContext::default()
+        };
+        for ns in ["shop", "bookinfo"] {
+            let s = snapshot_from_yaml(&[("r.yaml", files)], &ctx(ns), 1).expect("loads");
+            let sc = s.sidecar.as_ref().expect("the mesh default applies");
+            let host = |n: &str| vec![format!("svc.{n}.svc.cluster.local")];
+            assert!(
+                in_egress_scope(sc, ns, &host(ns)),
+                "{ns}: its own namespace"
+            );
+            assert!(in_egress_scope(sc, "remora-system", &host("remora-system")));
+            let other = if ns == "shop" { "bookinfo" } else { "shop" };
+            assert!(
+                !in_egress_scope(sc, other, &host(other)),
+                "{ns}: not {other}"
+            );
+        }
+    }
 
     fn port(number: u16, protocol: Option<&str>, name: Option<&str>) -> ServicePort {
         ServicePort {

@@ -317,7 +317,7 @@ pub fn sidecar_for(
         root_namespace: root_namespace.to_string(),
         ..LoadContext::default()
     };
-    remora_model::rules::select_sidecar(sidecars, &ctx).cloned()
+    remora_model::rules::select_sidecar(sidecars, &ctx)
 }
 
 /// What one subscriber sees: the namespaces it asked for (`None`: all), and of their Services
