@@ -345,10 +345,11 @@ impl Filter {
         }
     }
 
-    /// The same, scoped by `sidecar` (Services named `<name>.<ns>.svc.<domain>`).
+    /// The same, scoped by `sidecar` as it applies to the subscriber's namespace (`.` in its
+    /// egress hosts is `own`; Services named `<name>.<ns>.svc.<domain>`).
     pub fn with_sidecar(self, sidecar: Option<Sidecar>, domain: &str) -> Filter {
         Filter {
-            sidecar,
+            sidecar: sidecar.map(|s| s.for_namespace(&self.own)),
             domain: domain.to_string(),
             ..self
         }
