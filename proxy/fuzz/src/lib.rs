@@ -123,6 +123,8 @@ fn start() -> Harness {
         access_log: AccessLog::Off,
         num_trusted_proxies: 0,
         tracer: None,
+        tracers: Vec::new(),
+        access_log_providers: Vec::new(),
     };
     let mut snap = Snapshot::empty(&ctx);
     snap.generation = 1;
