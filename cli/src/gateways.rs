@@ -119,12 +119,7 @@ async fn pod_namespaces(
     if gw.selector.is_empty() {
         return Ok(None);
     }
-    let selector = gw
-        .selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = gateway::labels_text(&gw.selector);
     let pods = match cluster
         .list_as::<Pod>(&paths::pods(None, Some(&selector)))
         .await

@@ -352,7 +352,8 @@ fn port_conflicts(gateways: &[Gateway]) -> Vec<GatewayFinding> {
     out
 }
 
-fn labels_text(labels: &BTreeMap<String, String>) -> String {
+/// Labels as a Kubernetes label selector and as messages write them: `k=v,k2=v2`.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
     labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
