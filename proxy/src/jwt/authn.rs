@@ -149,7 +149,7 @@ impl Authn {
                 let keys = match (&r.jwks, r.jwks_url()) {
                     (Some(j), _) => KeySource::Inline(KeySet::parse(j).map(Arc::new)),
                     (None, Some(u)) => KeySource::Uri(u.to_string()),
-                    (None, None) => KeySource::Discovery(super::jwks::discovery_url(&r.issuer)),
+                    (None, None) => KeySource::Discovery(super::oidc::discovery_url(&r.issuer)),
                 };
                 let fetch_timeout = r
                     .timeout

@@ -1,9 +1,11 @@
 //! RequestAuthentication (JWT) on the inbound side: `authn` holds the pure decisions (token
-//! locations, reading and checking a token, the outcome of a request), `jwks` the keys of
-//! `jwksUri` (fetch and cache). The request step that uses them is `http::jwt`.
+//! locations, reading and checking a token, the outcome of a request), `oidc` where an issuer's
+//! keys are named (OpenID discovery), `jwks` the keys themselves (fetch and cache). The request
+//! step that uses them is `http::jwt`.
 
 pub mod authn;
 pub mod jwks;
+pub mod oidc;
 
 use std::sync::{Arc, Mutex};
 

@@ -63,7 +63,7 @@ impl MeshClientVerifier {
             }
         }
         let mut roots = RootCertStore::empty();
-        for c in super::root::certs_of(&roots_pem) {
+        for c in super::authority::certs_of(&roots_pem) {
             roots.add(c)?;
         }
         let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())

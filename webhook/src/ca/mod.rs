@@ -19,6 +19,7 @@
 //! Secret that does not load leaves the current CA in place, with the reason in the log.
 
 pub mod authn;
+pub mod authority;
 pub mod client_auth;
 pub mod grpc;
 pub mod publish;
@@ -38,7 +39,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use crate::certs::store::{lost_on_conflict, Write};
-use root::Origin;
+use authority::Origin;
 
 /// The plug-in CA Secret's name (Istio's).
 pub const PLUGIN_SECRET: &str = "cacerts";
@@ -210,21 +211,21 @@ pub mod metrics {
 /// The signing CA in use, shared by the service, the publisher and the serving certificate;
 /// replaced as a whole when the root Secret changes.
 #[derive(Clone, Debug)]
-pub struct Current(Arc<RwLock<Arc<root::Authority>>>);
+pub struct Current(Arc<RwLock<Arc<authority::Authority>>>);
 
 impl Current {
-    pub fn new(a: root::Authority) -> Current {
+    pub fn new(a: authority::Authority) -> Current {
         Current(Arc::new(RwLock::new(Arc::new(a))))
     }
 
-    pub fn get(&self) -> Arc<root::Authority> {
+    pub fn get(&self) -> Arc<authority::Authority> {
         match self.0.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    fn set(&self, a: Arc<root::Authority>) {
+    fn set(&self, a: Arc<authority::Authority>) {
         match self.0.write() {
             Ok(mut g) => *g = a,
             Err(p) => *p.into_inner() = a,
@@ -405,7 +406,7 @@ fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 pub async fn load_authority(
     client: &Client,
     opts: &Options,
-) -> anyhow::Result<(root::Authority, Loaded)> {
+) -> anyhow::Result<(authority::Authority, Loaded)> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let ns = &opts.namespace;
     let plug_id = format!("{ns}/{PLUGIN_SECRET}");
@@ -626,7 +627,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn serving_key(
-    a: &root::Authority,
+    a: &authority::Authority,
     names: &[String],
 ) -> Result<rustls::sign::CertifiedKey, String> {
     let (chain, key) = sign::serving(a, names, SERVING_TTL, OffsetDateTime::now_utc())?;

@@ -24,7 +24,7 @@ use x509_parser::oid_registry as oids;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use super::root::{pem_of, Authority, BACKDATE};
+use super::authority::{certs_of, Authority, BACKDATE};
 
 /// Largest CSR read (PEM text); Istio's are under 1 KiB.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -484,7 +484,7 @@ pub fn serving(
     let cert = signed(p, &key, a).map_err(|e| format!("signing the serving certificate: {e}"))?;
     let mut chain = vec![cert.der().clone()];
     for pem in &a.intermediates {
-        chain.extend(super::root::certs_of(pem));
+        chain.extend(certs_of(pem));
     }
     Ok((chain, key))
 }
@@ -496,10 +496,7 @@ pub fn verify(
     root: &CertificateDer<'_>,
     now: OffsetDateTime,
 ) -> Result<(), String> {
-    let certs: Vec<CertificateDer<'static>> = chain
-        .iter()
-        .flat_map(|p| super::root::certs_of(p))
-        .collect();
+    let certs: Vec<CertificateDer<'static>> = chain.iter().flat_map(|p| certs_of(p)).collect();
     let Some((leaf, rest)) = certs.split_first() else {
         return Err("empty chain".into());
     };
@@ -523,15 +520,11 @@ pub fn verify(
         .map_err(|e| e.to_string())
 }
 
-/// PEM of a DER certificate (re-exported for callers).
-pub fn pem(der: &CertificateDer<'_>) -> String {
-    pem_of(der)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::root::{self, Origin};
+    use crate::ca::authority::{pem_of, Origin};
+    use crate::ca::root;
     use rcgen::{CustomExtension, DnType};
     use std::collections::BTreeMap;
 
@@ -725,13 +718,13 @@ mod tests {
             None
         );
         let (old_root, new_root) = (
-            root::certs_of(std::str::from_utf8(&data[root::CA_CERT]).unwrap())[0].clone(),
-            root::certs_of(std::str::from_utf8(&renewed[root::CA_CERT]).unwrap())[0].clone(),
+            certs_of(std::str::from_utf8(&data[root::CA_CERT]).unwrap())[0].clone(),
+            certs_of(std::str::from_utf8(&renewed[root::CA_CERT]).unwrap())[0].clone(),
         );
         assert_ne!(old_root, new_root);
         assert_eq!(
-            parse(&root::pem_of(&old_root)).subject().to_string(),
-            parse(&root::pem_of(&new_root)).subject().to_string()
+            parse(&pem_of(&old_root)).subject().to_string(),
+            parse(&pem_of(&new_root)).subject().to_string()
         );
         let leaf = |a: &Authority| {
             let checked = check_csr(&csr(&[ID]), ID).unwrap();
@@ -914,7 +907,7 @@ mod tests {
         );
         assert_eq!(
             a.root_der,
-            root::certs_of(&own_root)[0],
+            certs_of(&own_root)[0],
             "the anchor is the signing root"
         );
         assert!(
@@ -930,7 +923,7 @@ mod tests {
         verify(&issued.chain, &a.root_der, at).unwrap();
         // A leaf of the other root verifies against that root of the bundle.
         let other = probe(&new, at).unwrap();
-        verify(&other.chain, &root::certs_of(&new.root_pem)[0], at).unwrap();
+        verify(&other.chain, &certs_of(&new.root_pem)[0], at).unwrap();
 
         // An expired root in the bundle is left out, named.
         let key = KeyPair::generate().unwrap();
