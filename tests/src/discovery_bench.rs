@@ -226,6 +226,18 @@ fn usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
 }
 
+/// RssAnon of `pid` (KiB): its private memory, without the pages of its binary and libraries
+/// (RssFile), which every process of the same binary on a node shares through the page cache.
+fn anon(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -793,6 +805,8 @@ fn served_run(
     }
     let changes_secs = changes_start.elapsed().as_secs_f64();
     let (cpu2, _, _) = usage(pid)?;
+    // The deltas of the timed changes (the churn's come after).
+    let delta_bytes_changes = t.delta_bytes.clone();
     let churn = if args.churn_secs > 0 {
         let first = args.changes as u32 + 1;
         let c = churn(
@@ -840,7 +854,7 @@ fn served_run(
         subscribe_all,
         failed: t.failed.len(),
         snapshot_bytes: live.iter().map(|i| t.snapshot_bytes[*i]).collect(),
-        delta_bytes: live.iter().map(|i| t.delta_bytes[*i]).collect(),
+        delta_bytes: live.iter().map(|i| delta_bytes_changes[*i]).collect(),
         to_all,
         each,
         missing,
@@ -1147,7 +1161,7 @@ fn proxies(
     api: &RecordedApi,
     cp: Option<&ControlPlane>,
     cancel: &AtomicBool,
-) -> Result<(Vec<RealProxy>, Vec<u64>, Duration)> {
+) -> Result<(Vec<RealProxy>, Vec<(u64, u64)>, Duration)> {
     let mut ps = Vec::new();
     let scoped = if mode == Mode::ServedEmpty { 0 } else { scoped };
     for i in 0..count {
@@ -1176,8 +1190,8 @@ fn proxies(
     std::thread::sleep(Duration::from_millis(2500));
     let rss = ps
         .iter()
-        .map(|p| usage(p.proc.pid()).map(|u| u.1))
-        .collect::<Result<Vec<u64>>>()?;
+        .map(|p| Ok((usage(p.proc.pid())?.1, anon(p.proc.pid())?)))
+        .collect::<Result<Vec<(u64, u64)>>>()?;
     Ok((ps, rss, took))
 }
 
@@ -1192,6 +1206,11 @@ struct Proxies {
     received: Vec<Option<(u64, u64, u64)>>,
     received_empty: Vec<Option<(u64, u64, u64)>>,
     rss_direct: u64,
+    /// RssAnon (private memory) medians of the same proxies.
+    anon_off: u64,
+    anon_served: u64,
+    anon_empty: u64,
+    anon_direct: u64,
     direct_startup: Traffic,
     direct_window: Traffic,
     window_secs: f64,
@@ -1328,12 +1347,16 @@ fn proxies_run(
     Ok(Proxies {
         count,
         scoped,
-        rss_off: median(rss_off),
-        rss_served: median(rss_served),
-        rss_empty: median(rss_empty),
+        rss_off: median(rss_off.iter().map(|r| r.0).collect()),
+        rss_served: median(rss_served.iter().map(|r| r.0).collect()),
+        rss_empty: median(rss_empty.iter().map(|r| r.0).collect()),
+        anon_off: median(rss_off.iter().map(|r| r.1).collect()),
+        anon_served: median(rss_served.iter().map(|r| r.1).collect()),
+        anon_empty: median(rss_empty.iter().map(|r| r.1).collect()),
+        anon_direct: median(rss_direct.iter().map(|r| r.1).collect()),
         received,
         received_empty,
-        rss_direct: median(rss_direct),
+        rss_direct: median(rss_direct.iter().map(|r| r.0).collect()),
         direct_startup,
         direct_window,
         window_secs,
@@ -1504,6 +1527,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             "discovery",
             "RSS MiB",
             "discovery's RSS MiB",
+            "RssAnon MiB (private)",
+            "discovery's RssAnon MiB",
             "synced after (ms)",
             "API requests at start per proxy",
             "API kB at start per proxy",
@@ -1514,6 +1539,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "none (--kube-api=off)".into(),
                 mib(px.rss_off),
                 "-".into(),
+                mib(px.anon_off),
+                "-".into(),
                 "-".into(),
                 "0".into(),
                 "0".into(),
@@ -1523,6 +1550,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "from the control plane (--discovery-address)".into(),
                 mib(px.rss_served),
                 mib(px.rss_served.saturating_sub(px.rss_off)),
+                mib(px.anon_served),
+                mib(px.anon_served.saturating_sub(px.anon_off)),
                 ms(px.sync_served),
                 format!(
                     "{:.1} (TokenReviews)",
@@ -1535,6 +1564,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "from the control plane, Sidecar admitting no Service".into(),
                 mib(px.rss_empty),
                 mib(px.rss_empty.saturating_sub(px.rss_off)),
+                mib(px.anon_empty),
+                mib(px.anon_empty.saturating_sub(px.anon_off)),
                 "-".into(),
                 format!(
                     "{:.1} (TokenReviews)",
@@ -1547,6 +1578,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "from the API (--kube-api, watch per sidecar)".into(),
                 mib(px.rss_direct),
                 mib(px.rss_direct.saturating_sub(px.rss_off)),
+                mib(px.anon_direct),
+                mib(px.anon_direct.saturating_sub(px.anon_off)),
                 ms(px.sync_direct),
                 format!(
                     "{:.1} ({:.1} watches) + {:.1} ConfigMap",
@@ -1638,6 +1671,11 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
         px.scoped,
         mib(rss),
         verdict(rss <= 2048)
+    ));
+    let private = px.anon_served.saturating_sub(px.anon_off);
+    out.push_str(&format!(
+        "  (of it private, RssAnon: {} MiB; the rest is the binary's pages the subscription's code touches, shared by every proxy of the same binary on a node)\n",
+        mib(private)
     ));
     for s in served.iter().filter(|s| s.subscribers >= 1000) {
         let p99 = quantile(&s.to_all, 0.99);

@@ -699,8 +699,10 @@ mod tests {
         assert!(!services(&snap).contains(&"books/ratings".to_string()));
         // Routing: reviews on 9080 only, cart on the other ports only (the port's listener
         // replaces the catch-all there).
+        // (`.` is the proxy's own namespace, as the proxy applies its Sidecar.)
+        let own = sc.for_namespace("shop");
         let on = |ns: &str, host: &str, port: u16| {
-            remora_model::rules::in_egress_scope_on_port(&sc, ns, &[host.to_string()], port)
+            remora_model::rules::in_egress_scope_on_port(&own, ns, &[host.to_string()], port)
         };
         assert!(on("books", "reviews.books.svc.cluster.local", 9080));
         assert!(!on("books", "reviews.books.svc.cluster.local", 80));
