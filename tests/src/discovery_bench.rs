@@ -935,7 +935,7 @@ fn churn(
             tokio::select! {
                 _ = tick.tick(), if !done_sending => {
                     let rv = format!("{}", 6000 + c);
-                    if c % 2 == 0 {
+                    if c.is_multiple_of(2) {
                         let Ok(port) = u16::try_from(CHANGE_BASE + c) else { break };
                         if api.emit(gen::SLICES, event("MODIFIED", cluster.changed_slice(port, &rv))) != 1 {
                             break;
@@ -995,6 +995,9 @@ enum Mode {
     Direct,
     Off,
 }
+
+/// A proxy's VmRSS and RssAnon (KiB).
+type Memory = (u64, u64);
 
 struct RealProxy {
     proc: Proc,
@@ -1161,7 +1164,7 @@ fn proxies(
     api: &RecordedApi,
     cp: Option<&ControlPlane>,
     cancel: &AtomicBool,
-) -> Result<(Vec<RealProxy>, Vec<(u64, u64)>, Duration)> {
+) -> Result<(Vec<RealProxy>, Vec<Memory>, Duration)> {
     let mut ps = Vec::new();
     let scoped = if mode == Mode::ServedEmpty { 0 } else { scoped };
     for i in 0..count {
@@ -1191,7 +1194,7 @@ fn proxies(
     let rss = ps
         .iter()
         .map(|p| Ok((usage(p.proc.pid())?.1, anon(p.proc.pid())?)))
-        .collect::<Result<Vec<(u64, u64)>>>()?;
+        .collect::<Result<Vec<Memory>>>()?;
     Ok((ps, rss, took))
 }
 

@@ -797,6 +797,25 @@ mod tests {
             panic!("not serve: {argv:?}");
         };
         assert!(ca.discovery_limits().is_some(), "--discovery=on: {argv:?}");
+        // Memory for the subscribers its listener admits: the bench's control plane held
+        // 54 MiB synced (10,000 pods) and about 0.09 MiB per subscriber, peaking at 171 MiB
+        // with 1,000 under churn (docs/benchmarks.md); the limit leaves room for the
+        // --ca-max-connections subscribers of a reconnect storm, the request for ~1,000.
+        let mib = |q: &serde_json::Value| {
+            remora_webhook::values::parse_quantity(q.as_str().unwrap_or("0")).unwrap()
+                / (1024.0 * 1024.0)
+        };
+        let (request, limit) = (
+            mib(&c["resources"]["requests"]["memory"]),
+            mib(&c["resources"]["limits"]["memory"]),
+        );
+        let per_subscriber = 0.09;
+        assert!(request >= 171.0, "memory request {request} MiB");
+        assert!(
+            limit >= 2.0 * (54.0 + per_subscriber * ca.ca_max_connections as f64),
+            "memory limit {limit} MiB for {} connections",
+            ca.ca_max_connections
+        );
         let id = ca.identity_defaults().unwrap();
         assert_eq!(id.discovery_address, "remora-ca.remora-system.svc:15012");
         assert_eq!(id.ca_address, id.discovery_address);
