@@ -17,7 +17,11 @@
 #
 #   served: REMORA_BENCH_NAMESPACES (100), REMORA_BENCH_SERVICES (2000), REMORA_BENCH_PODS
 #           (10000), REMORA_BENCH_SUBSCRIBERS (100,1000), REMORA_BENCH_CHANGES (20),
-#           REMORA_BENCH_PROXIES (3)
+#           REMORA_BENCH_PROXIES (3), REMORA_BENCH_CONNECTING (100 subscribers connecting at a
+#           time; 0: all at once, a reconnect storm), REMORA_BENCH_CHURN_SECS (0: no churn;
+#           else slice and pod changes at REMORA_BENCH_CHURN_RATE, 20 a second, for that long),
+#           REMORA_BENCH_CA_MAX_CONNECTIONS (the control plane's --ca-max-connections, default
+#           1024: raise it for more than 1,000 subscribers)
 #
 # direct: memory of remora-proxy's Kubernetes discovery: the release
 # proxy watches a recorded API (tests/src/bin/kube-api-fixture.rs) serving one namespace of
@@ -60,7 +64,11 @@ served() {
     --pods "${REMORA_BENCH_PODS:-10000}" \
     --subscribers "${REMORA_BENCH_SUBSCRIBERS:-100,1000}" \
     --changes "${REMORA_BENCH_CHANGES:-20}" \
-    --proxies "${REMORA_BENCH_PROXIES:-3}" &
+    --proxies "${REMORA_BENCH_PROXIES:-3}" \
+    --connecting "${REMORA_BENCH_CONNECTING:-100}" \
+    --churn-secs "${REMORA_BENCH_CHURN_SECS:-0}" \
+    --churn-rate "${REMORA_BENCH_CHURN_RATE:-20}" \
+    ${REMORA_BENCH_CA_MAX_CONNECTIONS:+--ca-max-connections "$REMORA_BENCH_CA_MAX_CONNECTIONS"} &
   lab=$!
   trap 'kill "$lab" 2>/dev/null || true' EXIT
   wait "$lab"

@@ -14,7 +14,12 @@
 //!   `--scoped-services` Services of their namespace, each with discovery from the control
 //!   plane (`--discovery-address`, no API), from the API directly (`--kube-api`, today's
 //!   watch-per-sidecar mode), and with neither: their memory, and the API requests and
-//!   watches the direct ones make (per proxy, then extrapolated linearly to N).
+//!   watches the direct ones make (per proxy, then extrapolated linearly to N). The API
+//!   serves the same Sidecars (`networking.istio.io/v1`), so the control plane scopes each
+//!   subscription by them; a fourth set subscribes with a Sidecar admitting no Service (the
+//!   subscription's own cost);
+//! - optionally a reconnect storm (`--connecting 0`: every subscriber at once) and churn
+//!   (`--churn-secs`: slice and pod changes at a steady rate, not waited for).
 //!
 //! Every wait is bounded; child processes get SIGKILL when this process dies (and are stopped
 //! when it ends); everything listens on 127.0.0.1. Prints Markdown tables and the targets,
@@ -66,6 +71,20 @@ pub struct Args {
     /// Seconds the direct-mode proxies are watched after they synced (API requests per minute).
     #[arg(long, default_value_t = 20)]
     pub window: u64,
+    /// Subscribers connecting at once (the rest wait their turn); 0: all at once, a reconnect
+    /// storm (every subscriber at a freshly started control plane, as after a restart).
+    #[arg(long, default_value_t = 100)]
+    pub connecting: usize,
+    /// Seconds of churn after the timed changes (0: none): EndpointSlice and Pod changes of
+    /// `ns-000`, which every subscriber sees, at `--churn-rate` per second.
+    #[arg(long, default_value_t = 0)]
+    pub churn_secs: u64,
+    /// Changes per second during the churn (slices and pods alternately).
+    #[arg(long, default_value_t = 20)]
+    pub churn_rate: u32,
+    /// The control plane's `--ca-max-connections` (its default, 1024, when not given).
+    #[arg(long)]
+    pub ca_max_connections: Option<u64>,
 }
 
 /// The bound of every wait.
@@ -76,14 +95,16 @@ const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const CA_NAME: &str = "remora-ca.remora-system.svc";
 /// A change's number `c` is carried as the changed slice's `grpc` port `CHANGE_BASE + c`.
 const CHANGE_BASE: u32 = 20_000;
-/// Subscribers connecting at once (the rest wait their turn).
-const CONNECTING: usize = 100;
 
 // ---- pure: the API server's traffic, percentiles, targets ----
 
 /// What a request to the API server is for.
 pub fn category(path: &str) -> &'static str {
-    if path.ends_with("/services") || path.ends_with("/endpointslices") || path.ends_with("/pods") {
+    if path.ends_with("/services")
+        || path.ends_with("/endpointslices")
+        || path.ends_with("/pods")
+        || path.ends_with("/sidecars")
+    {
         "discovery"
     } else if path.ends_with("/configmaps") {
         "configmaps"
@@ -205,6 +226,18 @@ fn usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
 }
 
+/// RssAnon of `pid` (KiB): its private memory, without the pages of its binary and libraries
+/// (RssFile), which every process of the same binary on a node shares through the page cache.
+fn anon(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -281,11 +314,16 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The recorded API with the cluster, the CA's Secrets and namespaces, and TokenReviews of
-/// simulated tokens.
-fn api_for(rt: &tokio::runtime::Runtime, cluster: &Cluster) -> Result<RecordedApi> {
+/// The recorded API with the cluster, `sidecars` (Sidecar objects), the CA's Secrets and
+/// namespaces, and TokenReviews of simulated tokens.
+fn api_for(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    sidecars: Vec<Value>,
+) -> Result<RecordedApi> {
     let api = rt.block_on(RecordedApi::start())?;
     cluster.serve(&api);
+    gen::serve_sidecars(&api, sidecars);
     api.load(&fixture("secrets-absent.json"))?;
     api.load(&fixture("root-publication.json"))?;
     api.on("POST", SECRETS, Reply::json(201, secret_body(&[], "90100")));
@@ -330,6 +368,7 @@ fn start_control_plane(
     bin_dir: &Path,
     api: &RecordedApi,
     dir: &Path,
+    max_connections: Option<u64>,
     cancel: &AtomicBool,
 ) -> Result<(ControlPlane, Duration)> {
     let bin = bin_dir.join("remora-webhook");
@@ -353,6 +392,9 @@ fn start_control_plane(
         .arg(dir.join("absent.yaml"))
         .args(["--kube-url", &api.url(), "--discovery", "on"])
         .env("REMORA_LOG", "warn");
+    if let Some(m) = max_connections {
+        cmd.arg(format!("--ca-max-connections={m}"));
+    }
     let started = Instant::now();
     let mut proc = spawn("control plane", cmd, dir.join("control-plane.log"))?;
     let posted = |api: &RecordedApi| {
@@ -387,12 +429,12 @@ fn start_control_plane(
         Reply::json(200, secret_body(&data, "90101")),
     );
     std::fs::write(dir.join("root.pem"), &root)?;
-    // Synced: its three watches are open (each after its list).
-    wait_until("the control plane's three watches", cancel, || {
+    // Synced: its watches are open (each after its list), the Sidecars' too.
+    wait_until("the control plane's four watches", cancel, || {
         if proc.exited().is_some() {
             bail!("the control plane exited:\n{}", proc.log_tail(20));
         }
-        Ok([gen::SERVICES, gen::SLICES, gen::PODS]
+        Ok([gen::SERVICES, gen::SLICES, gen::PODS, gen::SIDECARS]
             .iter()
             .all(|p| api.open_watches(p) >= 1))
     })?;
@@ -609,6 +651,8 @@ struct Served {
     rss_subscribed: u64,
     hwm: u64,
     load: String,
+    connecting: usize,
+    churn: Option<Churn>,
 }
 
 /// The `timeoutSeconds` kube-runtime asked its watches for (how often a real API server would
@@ -634,9 +678,10 @@ fn served_run(
 ) -> Result<Served> {
     eprintln!("served: {n} subscribers...");
     let dir = tempfile::tempdir()?;
-    let api = api_for(rt, cluster)?;
+    let api = api_for(rt, cluster, Vec::new())?;
     let before = Traffic::read(&api);
-    let (mut cp, sync) = start_control_plane(bin_dir, &api, dir.path(), cancel)?;
+    let (mut cp, sync) =
+        start_control_plane(bin_dir, &api, dir.path(), args.ca_max_connections, cancel)?;
     let pid = cp.proc.pid();
     std::thread::sleep(Duration::from_millis(500));
     let startup = Traffic::read(&api).since(&before);
@@ -645,7 +690,12 @@ fn served_run(
     let (cpu0, rss_sync, _) = usage(pid)?;
 
     let tls = tls_config(&cp.root)?;
-    let gate = Arc::new(Semaphore::new(CONNECTING));
+    let connecting = if args.connecting == 0 {
+        n
+    } else {
+        args.connecting
+    };
+    let gate = Arc::new(Semaphore::new(connecting));
     let changed = {
         let (ns, svc) = gen::service_key(&cluster.shape, 0);
         Arc::new((ns, gen::slice_name(&svc)))
@@ -754,10 +804,31 @@ fn served_run(
         std::thread::sleep(Duration::from_millis(200));
     }
     let changes_secs = changes_start.elapsed().as_secs_f64();
-    let (cpu2, _, hwm) = usage(pid)?;
+    let (cpu2, _, _) = usage(pid)?;
+    // The deltas of the timed changes (the churn's come after).
+    let delta_bytes_changes = t.delta_bytes.clone();
+    let churn = if args.churn_secs > 0 {
+        let first = args.changes as u32 + 1;
+        let c = churn(
+            rt,
+            &api,
+            cluster,
+            args,
+            first,
+            &mut t,
+            &mut rx,
+            &mut got_change,
+            n,
+            pid,
+        )?;
+        Some(c)
+    } else {
+        None
+    };
+    let (_, _, hwm) = usage(pid)?;
     let after_startup = Traffic::read(&api).since(&at_startup);
     let after_secs = startup_done.elapsed().as_secs_f64();
-    let open_watches = [gen::SERVICES, gen::SLICES, gen::PODS]
+    let open_watches = [gen::SERVICES, gen::SLICES, gen::PODS, gen::SIDECARS]
         .iter()
         .map(|p| api.open_watches(p))
         .sum();
@@ -783,7 +854,7 @@ fn served_run(
         subscribe_all,
         failed: t.failed.len(),
         snapshot_bytes: live.iter().map(|i| t.snapshot_bytes[*i]).collect(),
-        delta_bytes: live.iter().map(|i| t.delta_bytes[*i]).collect(),
+        delta_bytes: live.iter().map(|i| delta_bytes_changes[*i]).collect(),
         to_all,
         each,
         missing,
@@ -795,6 +866,122 @@ fn served_run(
         rss_subscribed,
         hwm,
         load: load(),
+        connecting,
+        churn,
+    })
+}
+
+/// What the churn measured.
+struct Churn {
+    secs: f64,
+    slice_changes: usize,
+    pod_changes: usize,
+    cpu: f64,
+    /// Each slice change → each subscriber holding it (or a later one).
+    each: Vec<Duration>,
+    /// Subscribers that did not hold the last slice change 10 s after the churn.
+    behind: usize,
+    rss: u64,
+}
+
+/// Emit changes of `ns-000` for `--churn-secs` at `--churn-rate` per second, slices and pods
+/// alternately, without waiting for the subscribers; time each slice change to each subscriber
+/// (a subscriber may skip one when a later one reached it first: it counts once, for the
+/// later). Ends 10 s after the last change at most.
+#[allow(clippy::too_many_arguments)]
+fn churn(
+    rt: &tokio::runtime::Runtime,
+    api: &RecordedApi,
+    cluster: &Cluster,
+    args: &Args,
+    first: u32,
+    t: &mut Tallies,
+    rx: &mut mpsc::UnboundedReceiver<Got>,
+    got_change: &mut [u32],
+    n: usize,
+    pid: u32,
+) -> Result<Churn> {
+    let total = (args.churn_secs * u64::from(args.churn_rate)) as u32;
+    eprintln!("served: churn, {total} changes in {} s...", args.churn_secs);
+    let (cpu0, _, _) = usage(pid)?;
+    let mut pod = cluster
+        .pods
+        .iter()
+        .find(|p| p["metadata"]["namespace"] == "ns-000")
+        .cloned()
+        .ok_or_else(|| anyhow!("no pod in ns-000"))?;
+    let mut sent: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut each = Vec::new();
+    let (mut slices, mut pods) = (0usize, 0usize);
+    let mut last_slice = 0u32;
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(
+            1.0 / f64::from(args.churn_rate.max(1)),
+        ));
+        let mut c = first;
+        let end = first + total;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let done_sending = c >= end;
+            if done_sending {
+                let d = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(10));
+                let live = (0..n).filter(|i| !t.failed.contains(i));
+                if live.clone().all(|i| got_change[i] >= last_slice) || tokio::time::Instant::now() >= d {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tick.tick(), if !done_sending => {
+                    let rv = format!("{}", 6000 + c);
+                    if c.is_multiple_of(2) {
+                        let Ok(port) = u16::try_from(CHANGE_BASE + c) else { break };
+                        if api.emit(gen::SLICES, event("MODIFIED", cluster.changed_slice(port, &rv))) != 1 {
+                            break;
+                        }
+                        sent.insert(c, Instant::now());
+                        last_slice = c;
+                        slices += 1;
+                    } else {
+                        pod["metadata"]["labels"]["churn"] = json!(c.to_string());
+                        pod["metadata"]["resourceVersion"] = json!(rv);
+                        if api.emit(gen::PODS, event("MODIFIED", pod.clone())) != 1 {
+                            break;
+                        }
+                        pods += 1;
+                    }
+                    c += 1;
+                }
+                g = rx.recv() => {
+                    let Some(g) = g else { break };
+                    if let Some((sub, got, at)) = t.apply(g) {
+                        if got > got_change[sub] {
+                            got_change[sub] = got;
+                            if let Some(s) = sent.get(&got) {
+                                each.push(at - *s);
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let (cpu1, rss, _) = usage(pid)?;
+    let behind = (0..n)
+        .filter(|i| !t.failed.contains(i) && got_change[*i] < last_slice)
+        .count();
+    each.sort();
+    Ok(Churn {
+        secs,
+        slice_changes: slices,
+        pod_changes: pods,
+        cpu: cpu1 - cpu0,
+        each,
+        behind,
+        rss,
     })
 }
 
@@ -803,28 +990,79 @@ fn served_run(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Served,
+    /// Served, with a Sidecar that admits no Service (the subscription's own cost).
+    ServedEmpty,
     Direct,
     Off,
 }
 
+/// A proxy's VmRSS and RssAnon (KiB).
+type Memory = (u64, u64);
+
 struct RealProxy {
     proc: Proc,
     prometheus: SocketAddr,
+    health: SocketAddr,
 }
 
+/// The egress hosts of a bench proxy's Sidecar: the first `services` Services of `ns`; with 0,
+/// a host no Service has (nothing admitted).
+fn sidecar_hosts(ns: &str, services: usize) -> Vec<String> {
+    if services == 0 {
+        return vec![format!("{ns}/none.{ns}.svc.cluster.local")];
+    }
+    (0..services)
+        .map(|j| format!("{ns}/{}.{ns}.svc.cluster.local", gen::svc_name(j)))
+        .collect()
+}
+
+/// The Sidecar of a bench proxy, as its rules file.
 fn sidecar_yaml(ns: &str, services: usize) -> String {
-    let hosts: Vec<String> = (0..services)
-        .map(|j| {
-            format!(
-                "    - \"{ns}/{}.{ns}.svc.cluster.local\"\n",
-                gen::svc_name(j)
-            )
-        })
+    let hosts: Vec<String> = sidecar_hosts(ns, services)
+        .iter()
+        .map(|h| format!("    - \"{h}\"\n"))
         .collect();
     format!(
         "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: {ns}}}\nspec:\n  egress:\n  - hosts:\n{}",
         hosts.concat()
     )
+}
+
+/// The same Sidecar as the API serves it (the control plane scopes the subscription by it).
+fn sidecar_object(ns: &str, services: usize) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": ns, "resourceVersion": "5000",
+                     "uid": format!("uid-sidecar-{ns}")},
+        "spec": {"egress": [{"hosts": sidecar_hosts(ns, services)}]}})
+}
+
+/// The namespace of real proxy `i` of `mode`: not `ns-000` (the served runs' shared one) when
+/// there are others; the empty-scope proxies after the others (their own Sidecars).
+fn proxy_ns(mode: Mode, i: usize, count: usize, ns_count: usize) -> String {
+    if ns_count <= 1 {
+        return gen::ns_name(0);
+    }
+    let k = if mode == Mode::ServedEmpty {
+        count + i
+    } else {
+        i
+    };
+    gen::ns_name(1 + k % (ns_count - 1))
+}
+
+/// The counts the proxy logs when the control plane's first snapshot is applied: (Services,
+/// EndpointSlices, Pods), read from `services=N endpoint_slices=N pods=N`.
+pub fn snapshot_counts(log: &str) -> Option<(u64, u64, u64)> {
+    let line = log.lines().find(|l| l.contains("snapshot applied"))?;
+    let field = |k: &str| {
+        line.split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+    };
+    Some((
+        field("services")?,
+        field("endpoint_slices")?,
+        field("pods")?,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -869,14 +1107,14 @@ fn start_proxy(
         .env("SERVICE_ACCOUNT", &sa)
         .env("POD_NAME", format!("{sa}-7d9c5b8f6-x2k4q"));
     match (mode, cp) {
-        (Mode::Served, Some(cp)) => {
+        (Mode::Served | Mode::ServedEmpty, Some(cp)) => {
             cmd.arg("--kube-api=off")
                 .arg(format!("--discovery-address={}", cp.ca))
                 .arg(format!("--discovery-server-name={CA_NAME}"))
                 .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
                 .arg(format!("--ca-token-file={}", d.join("token").display()));
         }
-        (Mode::Served, None) => bail!("served mode needs the control plane"),
+        (Mode::Served | Mode::ServedEmpty, None) => bail!("served mode needs the control plane"),
         (Mode::Direct, _) => {
             cmd.arg(format!("--kube-api={}", api.url()));
         }
@@ -888,6 +1126,7 @@ fn start_proxy(
     Ok(RealProxy {
         proc,
         prometheus: a(p[4]),
+        health: a(p[3]),
     })
 }
 
@@ -925,15 +1164,11 @@ fn proxies(
     api: &RecordedApi,
     cp: Option<&ControlPlane>,
     cancel: &AtomicBool,
-) -> Result<(Vec<RealProxy>, Vec<u64>, Duration)> {
+) -> Result<(Vec<RealProxy>, Vec<Memory>, Duration)> {
     let mut ps = Vec::new();
+    let scoped = if mode == Mode::ServedEmpty { 0 } else { scoped };
     for i in 0..count {
-        // Namespaces other than ns-000 (the served runs' shared one) when there are others.
-        let ns = gen::ns_name(if ns_count > 1 {
-            1 + i % (ns_count - 1)
-        } else {
-            0
-        });
+        let ns = proxy_ns(mode, i, count, ns_count);
         ps.push(start_proxy(bin_dir, dir, i, mode, &ns, scoped, api, cp)?);
     }
     let took = wait_until(&format!("{count} {mode:?} proxies synced"), cancel, || {
@@ -946,6 +1181,8 @@ fn proxies(
             let ok = match (mode, text) {
                 (_, None) => false,
                 (Mode::Off, Some(_)) => true,
+                // Nothing to index: ready once the first snapshot is in.
+                (Mode::ServedEmpty, Some(_)) => http_get(p.health, "/healthz/ready").is_some(),
                 (_, Some(t)) => metric(&t, "remora_discovery_services") == Some(scoped as u64),
             };
             all &= ok;
@@ -956,8 +1193,8 @@ fn proxies(
     std::thread::sleep(Duration::from_millis(2500));
     let rss = ps
         .iter()
-        .map(|p| usage(p.proc.pid()).map(|u| u.1))
-        .collect::<Result<Vec<u64>>>()?;
+        .map(|p| Ok((usage(p.proc.pid())?.1, anon(p.proc.pid())?)))
+        .collect::<Result<Vec<Memory>>>()?;
     Ok((ps, rss, took))
 }
 
@@ -966,7 +1203,17 @@ struct Proxies {
     scoped: usize,
     rss_off: u64,
     rss_served: u64,
+    /// Served, the Sidecar admitting no Service.
+    rss_empty: u64,
+    /// What each served proxy's first snapshot held: (Services, slices, Pods).
+    received: Vec<Option<(u64, u64, u64)>>,
+    received_empty: Vec<Option<(u64, u64, u64)>>,
     rss_direct: u64,
+    /// RssAnon (private memory) medians of the same proxies.
+    anon_off: u64,
+    anon_served: u64,
+    anon_empty: u64,
+    anon_direct: u64,
     direct_startup: Traffic,
     direct_window: Traffic,
     window_secs: f64,
@@ -993,7 +1240,16 @@ fn proxies_run(
         );
     }
     eprintln!("real proxies: {count} without discovery...");
-    let api = api_for(rt, cluster)?;
+    // The API serves each proxy's Sidecar as its rules directory holds it.
+    let sidecars: Vec<Value> = (0..count)
+        .flat_map(|i| {
+            [
+                sidecar_object(&proxy_ns(Mode::Served, i, count, nss), scoped),
+                sidecar_object(&proxy_ns(Mode::ServedEmpty, i, count, nss), 0),
+            ]
+        })
+        .collect();
+    let api = api_for(rt, cluster, sidecars.clone())?;
     let (mut off, rss_off, _) = proxies(
         bin_dir,
         dir.path(),
@@ -1010,7 +1266,7 @@ fn proxies_run(
     }
 
     eprintln!("real proxies: {count} with discovery from the control plane...");
-    let (cp, _) = start_control_plane(bin_dir, &api, dir.path(), cancel)?;
+    let (cp, _) = start_control_plane(bin_dir, &api, dir.path(), None, cancel)?;
     let before = Traffic::read(&api);
     let (mut served, rss_served, sync_served) = proxies(
         bin_dir,
@@ -1024,14 +1280,37 @@ fn proxies_run(
         cancel,
     )?;
     let served_startup = Traffic::read(&api).since(&before);
+    let received: Vec<Option<(u64, u64, u64)>> = served
+        .iter()
+        .map(|p| snapshot_counts(&p.proc.log_tail(400)))
+        .collect();
     for p in served.iter_mut() {
+        p.proc.stop(Duration::from_secs(3));
+    }
+    eprintln!("real proxies: {count} with discovery from the control plane, a Sidecar admitting no Service...");
+    let (mut empty, rss_empty, _) = proxies(
+        bin_dir,
+        dir.path(),
+        Mode::ServedEmpty,
+        count,
+        scoped,
+        nss,
+        &api,
+        Some(&cp),
+        cancel,
+    )?;
+    let received_empty: Vec<Option<(u64, u64, u64)>> = empty
+        .iter()
+        .map(|p| snapshot_counts(&p.proc.log_tail(400)))
+        .collect();
+    for p in empty.iter_mut() {
         p.proc.stop(Duration::from_secs(3));
     }
     let mut cp = cp;
     cp.proc.stop(Duration::from_secs(5));
 
     eprintln!("real proxies: {count} watching the API themselves...");
-    let api = api_for(rt, cluster)?;
+    let api = api_for(rt, cluster, sidecars)?;
     let before = Traffic::read(&api);
     let (mut direct, rss_direct, sync_direct) = proxies(
         bin_dir,
@@ -1071,9 +1350,16 @@ fn proxies_run(
     Ok(Proxies {
         count,
         scoped,
-        rss_off: median(rss_off),
-        rss_served: median(rss_served),
-        rss_direct: median(rss_direct),
+        rss_off: median(rss_off.iter().map(|r| r.0).collect()),
+        rss_served: median(rss_served.iter().map(|r| r.0).collect()),
+        rss_empty: median(rss_empty.iter().map(|r| r.0).collect()),
+        anon_off: median(rss_off.iter().map(|r| r.1).collect()),
+        anon_served: median(rss_served.iter().map(|r| r.1).collect()),
+        anon_empty: median(rss_empty.iter().map(|r| r.1).collect()),
+        anon_direct: median(rss_direct.iter().map(|r| r.1).collect()),
+        received,
+        received_empty,
+        rss_direct: median(rss_direct.iter().map(|r| r.0).collect()),
         direct_startup,
         direct_window,
         window_secs,
@@ -1122,7 +1408,12 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             s.open_watches.to_string(),
             format!("{:.1} req, {} kB", per_min(ar), kb(per_min(ab) as u64)),
             s.after_startup.get("tokenreviews").0.to_string(),
-            format!("{} ms ({} failed)", ms(s.subscribe_all), s.failed),
+            format!(
+                "{} ms ({} at once; {} failed)",
+                ms(s.subscribe_all),
+                s.connecting,
+                s.failed
+            ),
             format!(
                 "{} / {}",
                 kb(quantile(&snap, 0.5).unwrap_or(0)),
@@ -1158,7 +1449,7 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
     out.push_str(&table::markdown(
         &[
             "subscribers",
-            "API requests at start (lists + watches)",
+            "API requests at start (lists + watches, the Sidecars' too)",
             "API kB at start",
             "start → synced (ms)",
             "watches open at the API",
@@ -1174,6 +1465,48 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
         ],
         &rows,
     ));
+    let churned: Vec<&Served> = served.iter().filter(|s| s.churn.is_some()).collect();
+    if !churned.is_empty() {
+        let mut rows = Vec::new();
+        for s in churned {
+            let Some(c) = &s.churn else { continue };
+            let p = |q| quantile(&c.each, q).map_or("-".into(), ms);
+            rows.push(vec![
+                s.subscribers.to_string(),
+                format!(
+                    "{} slices + {} pods in {:.1} s",
+                    c.slice_changes, c.pod_changes, c.secs
+                ),
+                format!(
+                    "{:.2} s ({:.0} %)",
+                    c.cpu,
+                    100.0 * c.cpu / c.secs.max(0.001)
+                ),
+                format!("{} / {} / {}", p(0.5), p(0.99), p(1.0)),
+                c.each.len().to_string(),
+                c.behind.to_string(),
+                mib(c.rss),
+                s.load.clone(),
+            ]);
+        }
+        out.push_str(&format!(
+            "\nChurn (after the timed changes; {} changes per second of ns-000, which every subscriber sees; not waited for):\n\n",
+            args.churn_rate
+        ));
+        out.push_str(&table::markdown(
+            &[
+                "subscribers",
+                "changes",
+                "control-plane CPU",
+                "slice change → a subscriber p50 / p99 / max (ms)",
+                "deliveries timed",
+                "subscribers behind the last change after 10 s",
+                "control-plane RSS MiB after",
+                "load (1 min)",
+            ],
+            &rows,
+        ));
+    }
     // Real proxies and the direct mode.
     let (dr, dw, db) = d(&px.direct_startup);
     let (wr, ww, wb) = d(&px.direct_window);
@@ -1197,6 +1530,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             "discovery",
             "RSS MiB",
             "discovery's RSS MiB",
+            "RssAnon MiB (private)",
+            "discovery's RssAnon MiB",
             "synced after (ms)",
             "API requests at start per proxy",
             "API kB at start per proxy",
@@ -1207,6 +1542,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "none (--kube-api=off)".into(),
                 mib(px.rss_off),
                 "-".into(),
+                mib(px.anon_off),
+                "-".into(),
                 "-".into(),
                 "0".into(),
                 "0".into(),
@@ -1216,7 +1553,23 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "from the control plane (--discovery-address)".into(),
                 mib(px.rss_served),
                 mib(px.rss_served.saturating_sub(px.rss_off)),
+                mib(px.anon_served),
+                mib(px.anon_served.saturating_sub(px.anon_off)),
                 ms(px.sync_served),
+                format!(
+                    "{:.1} (TokenReviews)",
+                    per(px.served_startup.get("tokenreviews").0)
+                ),
+                "0".into(),
+                "0".into(),
+            ],
+            vec![
+                "from the control plane, Sidecar admitting no Service".into(),
+                mib(px.rss_empty),
+                mib(px.rss_empty.saturating_sub(px.rss_off)),
+                mib(px.anon_empty),
+                mib(px.anon_empty.saturating_sub(px.anon_off)),
+                "-".into(),
                 format!(
                     "{:.1} (TokenReviews)",
                     per(px.served_startup.get("tokenreviews").0)
@@ -1228,6 +1581,8 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 "from the API (--kube-api, watch per sidecar)".into(),
                 mib(px.rss_direct),
                 mib(px.rss_direct.saturating_sub(px.rss_off)),
+                mib(px.anon_direct),
+                mib(px.anon_direct.saturating_sub(px.anon_off)),
                 ms(px.sync_direct),
                 format!(
                     "{:.1} ({:.1} watches) + {:.1} ConfigMap",
@@ -1243,6 +1598,17 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
                 format!("{direct_watches_per_proxy:.1} (with the rules ConfigMap's)"),
             ],
         ],
+    ));
+    let counts = |v: &[Option<(u64, u64, u64)>]| {
+        v.iter()
+            .map(|c| c.map_or("?".into(), |(s, e, p)| format!("{s}/{e}/{p}")))
+            .collect::<Vec<String>>()
+            .join(", ")
+    };
+    out.push_str(&format!(
+        "\nThe served proxies' first snapshot (Services/EndpointSlices/Pods, from their logs): {}; with the Sidecar admitting no Service: {}.\n",
+        counts(&px.received),
+        counts(&px.received_empty)
     ));
     out.push_str(&format!(
         "\nDirect mode over {:.0} s after sync: {} discovery requests ({} watches), {} kB for {} proxies (held watches: a real API server ends each after timeoutSeconds={}, so it is made again: {} watch requests per minute per proxy).\n",
@@ -1294,11 +1660,25 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
         served.iter().map(|s| s.subscribers).collect::<Vec<_>>(),
         verdict(independent)
     ));
+    let scoped_sent = px
+        .received
+        .iter()
+        .all(|c| c.is_some_and(|(s, e, _)| s == px.scoped as u64 && e == px.scoped as u64));
+    out.push_str(&format!(
+        "- the control plane sends a proxy only its Sidecar's {} Services (and their slices): {}\n",
+        px.scoped,
+        verdict(scoped_sent)
+    ));
     out.push_str(&format!(
         "- per-proxy discovery RSS <= 2 MiB with a Sidecar of {} Services: {} MiB: {}\n",
         px.scoped,
         mib(rss),
         verdict(rss <= 2048)
+    ));
+    let private = px.anon_served.saturating_sub(px.anon_off);
+    out.push_str(&format!(
+        "  (of it private, RssAnon: {} MiB; the rest is the binary's pages the subscription's code touches, shared by every proxy of the same binary on a node)\n",
+        mib(private)
     ));
     for s in served.iter().filter(|s| s.subscribers >= 1000) {
         let p99 = quantile(&s.to_all, 0.99);
@@ -1330,10 +1710,28 @@ pub fn run(bin_dir: &Path, args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
         pods: args.pods,
     };
     shape.check()?;
-    if args.subscribers.is_empty() || args.subscribers.iter().any(|n| *n == 0 || *n > 4000) {
+    let max_conns = args.ca_max_connections.unwrap_or(1024) as usize;
+    if args.subscribers.is_empty()
+        || args
+            .subscribers
+            .iter()
+            .any(|n| *n == 0 || *n > 4000 || *n > max_conns)
+    {
         bail!(
-            "--subscribers {:?}: each must be 1 to 4000 (the control plane's CA listener takes 1024 connections: more than 1000 are refused)",
+            "--subscribers {:?}: each must be 1 to 4000 and at most the control plane's --ca-max-connections ({max_conns}: one connection per subscriber)",
             args.subscribers
+        );
+    }
+    if args.churn_secs > 300 || args.churn_rate == 0 || args.churn_rate > 1000 {
+        bail!(
+            "--churn-secs {} / --churn-rate {}: at most 300 seconds, 1 to 1000 changes per second",
+            args.churn_secs,
+            args.churn_rate
+        );
+    }
+    if args.changes as u64 + args.churn_secs * u64::from(args.churn_rate) > 45_000 {
+        bail!(
+            "--changes plus the churn's changes: at most 45000 (each is carried as a port number)"
         );
     }
     if args.changes == 0 || args.changes > 1000 {
@@ -1487,6 +1885,43 @@ mod tests {
             None
         );
         assert_eq!(change_of(&msg(vec![]), &key), None);
+    }
+
+    #[test]
+    fn the_snapshot_counts_are_read_from_the_proxy_log() {
+        let log = "2026-12-07T19:00:00Z  INFO remora_proxy::discovery::remote: discovery from the control plane: snapshot applied address=127.0.0.1:4000 version=7 services=10 endpoint_slices=10 pods=100\n";
+        assert_eq!(snapshot_counts(log), Some((10, 10, 100)));
+        assert_eq!(snapshot_counts("subscribed\n"), None);
+        // A field missing: no counts rather than wrong ones.
+        assert_eq!(snapshot_counts("snapshot applied services=10 pods=3"), None);
+    }
+
+    #[test]
+    fn the_api_serves_the_sidecar_the_proxy_reads() {
+        let o = sidecar_object("ns-002", 2);
+        assert_eq!(o["metadata"]["namespace"], "ns-002");
+        assert_eq!(
+            o["spec"]["egress"][0]["hosts"],
+            json!([
+                "ns-002/svc-000.ns-002.svc.cluster.local",
+                "ns-002/svc-001.ns-002.svc.cluster.local"
+            ])
+        );
+        // The control plane decodes it as its rules controller does, to the same hosts.
+        let c = remora_model::compile::check(&o, "cluster.local").unwrap();
+        let sc = c.sidecar().expect("a Sidecar");
+        assert_eq!(sc.egress[0].hosts.len(), 2);
+        // The empty scope names a host no Service has.
+        assert_eq!(
+            sidecar_hosts("ns-002", 0),
+            ["ns-002/none.ns-002.svc.cluster.local"]
+        );
+        // Scoped and empty-scope proxies live in namespaces of their own, never ns-000.
+        let all: HashSet<String> = (0..3)
+            .flat_map(|i| [Mode::Served, Mode::ServedEmpty].map(|m| proxy_ns(m, i, 3, 100)))
+            .collect();
+        assert_eq!(all.len(), 6);
+        assert!(!all.contains("ns-000"));
     }
 
     #[test]

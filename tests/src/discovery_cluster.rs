@@ -18,6 +18,7 @@ pub const PAGE: usize = 500;
 pub const SERVICES: &str = "/api/v1/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const PODS: &str = "/api/v1/pods";
+pub const SIDECARS: &str = "/apis/networking.istio.io/v1/sidecars";
 
 /// The cluster's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +271,30 @@ impl Cluster {
             );
         }
     }
+}
+
+/// Serve Istio's `networking.istio.io` group (version `v1`) and `sidecars` (Sidecar objects)
+/// in all namespaces, as the API server does with Istio's CRDs installed: the control plane
+/// watches them to scope its subscribers.
+pub fn serve_sidecars(api: &RecordedApi, sidecars: Vec<Value>) {
+    api.on(
+        "GET",
+        "/apis/networking.istio.io",
+        Reply::json(
+            200,
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": "networking.istio.io",
+                   "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
+                   "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}),
+        ),
+    );
+    paged(
+        api,
+        SIDECARS,
+        "SidecarList",
+        "Sidecar",
+        "networking.istio.io/v1",
+        sidecars,
+    );
 }
 
 /// Serve `items` as a paged list at `path`, then a held watch starting with a BOOKMARK.

@@ -171,7 +171,8 @@ fn start_control_plane(api: &RecordedApi, ca: SocketAddr, dir: &Path, name: &str
         .arg("--tls-key")
         .arg(d.join("tls.key"))
         .arg("--config")
-        .arg(d.join("absent.yaml"))
+        // Absent (the defaults) unless the test wrote it.
+        .arg(d.join("config.yaml"))
         .args(["--kube-url", &api.url(), "--discovery", "on"])
         .env_remove("POD_NAMESPACE")
         .env("REMORA_LOG", "info");
@@ -188,6 +189,14 @@ fn start_control_plane(api: &RecordedApi, ca: SocketAddr, dir: &Path, name: &str
 async fn control_plane(
     cluster: impl FnOnce(&RecordedApi),
 ) -> (RecordedApi, Proc, SocketAddr, String, tempfile::TempDir) {
+    control_plane_configured("", cluster).await
+}
+
+/// [`control_plane`] with its injector config file holding `config` (none when empty).
+async fn control_plane_configured(
+    config: &str,
+    cluster: impl FnOnce(&RecordedApi),
+) -> (RecordedApi, Proc, SocketAddr, String, tempfile::TempDir) {
     remora_webhook::tls::install_provider();
     let api = RecordedApi::start().await.unwrap();
     api.load(&fixture("tokenreviews.json")).unwrap();
@@ -202,6 +211,11 @@ async fn control_plane(
     );
     cluster(&api);
     let dir = tempfile::tempdir().unwrap();
+    if !config.is_empty() {
+        let d = dir.path().join("control-plane");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.yaml"), config).unwrap();
+    }
     let ca = SocketAddr::from(([127, 0, 0, 1], remora_e2e::ports::free_port()));
     let mut cp = start_control_plane(&api, ca, dir.path(), "control-plane");
     let t = Instant::now();
@@ -1571,4 +1585,65 @@ async fn a_sidecar_scopes_a_subscriber_and_an_edit_rescopes_it_live() {
         log.contains("subscriber scoped again (its Sidecar changed)"),
         "{log}"
     );
+}
+
+/// The mesh's `defaultServiceExportTo` in the control plane's config file: a Service without
+/// the `exportTo` annotation is exported as it says (here `.`: its own namespace only), one
+/// with the annotation as the annotation says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_default_export_scopes_services_without_an_annotation() {
+    let a = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let config = "mesh:\n  defaultServiceExportTo: [\".\"]\n";
+    let (_api, mut cp, ca, root, _dir) = control_plane_configured(config, |api| {
+        serve_cluster(
+            api,
+            vec![
+                service("default", "reviews", 9080),
+                service("books", "ratings", 9080),
+                {
+                    let mut s = service("books", "public", 9080);
+                    s["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": "*"});
+                    s
+                },
+            ],
+            vec![
+                slice("default", "reviews", a, "401"),
+                slice("books", "ratings", a, "401"),
+                slice("books", "public", a, "401"),
+            ],
+            vec![],
+        )
+    })
+    .await;
+    let mut grpc = client(ca, &root).await;
+    let all = subscribe(&mut grpc, Some("tok-httpbin"), "default", "httpbin", &[])
+        .await
+        .unwrap();
+    let mut names: Vec<String> = all
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .chain(
+            all.endpoint_slices
+                .iter()
+                .map(|s| format!("slice {}/{}", s.namespace, s.name)),
+        )
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "books/public",
+            "default/reviews",
+            "slice books/public-1",
+            "slice default/reviews-1"
+        ],
+        "books/ratings has no annotation: exported to books only"
+    );
+    assert!(
+        cp.log_tail(200).contains("mesh.defaultServiceExportTo"),
+        "{}",
+        cp.log_tail(30)
+    );
+    cp.stop(Duration::from_secs(5));
 }

@@ -341,6 +341,11 @@ struct CaArgs {
     /// lifetime is left, checked at every publication pass. Istio's self-signed CA uses 0.2.
     #[arg(long, env = "REMORA_CA_ROOT_RENEW_WHEN_LEFT", default_value_t = ca::root::RENEW_WHEN_LEFT)]
     ca_root_renew_when_left: f64,
+    /// Connections the CA's listener holds open at once: each proxy holds one for its discovery
+    /// subscription (and opens one for each certificate), so this bounds the sidecars one
+    /// replica serves. More are closed at accept (the proxy retries, with backoff, any replica).
+    #[arg(long, env = "REMORA_CA_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    ca_max_connections: u64,
     /// The CA address injected proxies call (their `REMORA_CA_ADDRESS`; with it they get the
     /// token and root volumes): `auto` = this process's CA,
     /// `<--ca-service>.<--ca-secret-namespace>.svc:<port of --ca-addr>`, and no identity when
@@ -394,6 +399,7 @@ impl CaArgs {
             service: self.ca_service.clone(),
             publish_interval: dur("ca-publish-interval", &self.ca_publish_interval)?,
             root_renew_when_left: self.ca_root_renew_when_left,
+            max_connections: self.ca_max_connections as usize,
         };
         if opts.publish_interval < Duration::from_secs(1) {
             return Err(anyhow::anyhow!(
@@ -592,6 +598,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "not injecting workload identity: the injected CA address is off (--ca-addr off with --inject-ca-address auto, --inject-ca-address off, or identity.caAddress: off in the config file)"
                     ),
                 }
+                // The discovery service's exportTo default (read once, at start-up).
+                let default_export = cfg.get().mesh.default_service_export_to.clone();
                 let opts = server::ServeOptions {
                     listen,
                     cert: tls_cert,
@@ -641,7 +649,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                                     cluster_domain: rules.cluster_domain.clone(),
                                 };
                                 let hub = discovery::serve::Hub::new(authn, &o.trust_domain, mesh, limits.clone());
-                                discovery_watches = discovery::watch::start(client.clone(), hub.clone(), &rules.cluster_domain);
+                                let default_export = default_export.clone();
+                                if !default_export.is_empty() {
+                                    tracing::info!(default_service_export_to = ?default_export,
+                                        "discovery: Services without an exportTo annotation are exported to {:?} (mesh.defaultServiceExportTo, read at start-up)", default_export);
+                                }
+                                discovery_watches = discovery::watch::start(client.clone(), hub.clone(), &rules.cluster_domain, default_export);
                                 tracing::info!(addr = %o.addr, max_subscribers = limits.max_subscribers, queue = limits.queue,
                                     "discovery served on the CA's listener: watching services, endpointslices, pods and sidecars in all namespaces; each subscriber scoped by exportTo and its Sidecar's egress hosts");
                                 Some(Arc::new(discovery::grpc::Service(hub))
@@ -784,6 +797,25 @@ mod tests {
             panic!("not serve: {argv:?}");
         };
         assert!(ca.discovery_limits().is_some(), "--discovery=on: {argv:?}");
+        // Memory for the subscribers its listener admits: the bench's control plane held
+        // 54 MiB synced (10,000 pods) and about 0.09 MiB per subscriber, peaking at 171 MiB
+        // with 1,000 under churn (docs/benchmarks.md); the limit leaves room for the
+        // --ca-max-connections subscribers of a reconnect storm, the request for ~1,000.
+        let mib = |q: &serde_json::Value| {
+            remora_webhook::values::parse_quantity(q.as_str().unwrap_or("0")).unwrap()
+                / (1024.0 * 1024.0)
+        };
+        let (request, limit) = (
+            mib(&c["resources"]["requests"]["memory"]),
+            mib(&c["resources"]["limits"]["memory"]),
+        );
+        let per_subscriber = 0.09;
+        assert!(request >= 171.0, "memory request {request} MiB");
+        assert!(
+            limit >= 2.0 * (54.0 + per_subscriber * ca.ca_max_connections as f64),
+            "memory limit {limit} MiB for {} connections",
+            ca.ca_max_connections
+        );
         let id = ca.identity_defaults().unwrap();
         assert_eq!(id.discovery_address, "remora-ca.remora-system.svc:15012");
         assert_eq!(id.ca_address, id.discovery_address);

@@ -29,6 +29,11 @@ pub struct MeshSettings {
     pub access_log_file: String,
     /// `TEXT` (Istio's default line) or `JSON`.
     pub access_log_encoding: String,
+    /// Who sees a Service without a `networking.istio.io/exportTo` annotation (`*`, `.`, `~`
+    /// or namespace names; empty: everyone, Istio's default): the discovery service's scoping
+    /// reads it at start-up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub default_service_export_to: Vec<String>,
 }
 
 impl Default for MeshSettings {
@@ -41,6 +46,7 @@ impl Default for MeshSettings {
             mesh_id: None,
             access_log_file: "/dev/stdout".into(),
             access_log_encoding: "TEXT".into(),
+            default_service_export_to: Vec::new(),
         }
     }
 }
@@ -312,6 +318,13 @@ impl MeshSettings {
 
     /// Checks every field; the error names the field, the value and why.
     pub fn validate(&self) -> Result<(), String> {
+        for (i, v) in self.default_service_export_to.iter().enumerate() {
+            if !matches!(v.as_str(), "*" | "." | "~") && !crate::discovery::is_namespace(v) {
+                return Err(format!(
+                    "mesh.defaultServiceExportTo[{i}]: invalid value {v:?}: must be *, ., ~ or a namespace name"
+                ));
+            }
+        }
         let s = self.default_config.tracing.sampling;
         if !(0.0..=100.0).contains(&s) {
             return Err(format!(
@@ -453,6 +466,23 @@ mod tests {
                 ("REMORA_ACCESS_LOG_ENCODING", "TEXT".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn the_default_service_export_is_checked() {
+        let m = from("defaultServiceExportTo: [\".\", shop]\n");
+        assert_eq!(m.default_service_export_to, [".", "shop"]);
+        assert_eq!(m.validate(), Ok(()));
+        for bad in ["Shop", "a/b", ""] {
+            let m = MeshSettings {
+                default_service_export_to: vec!["*".into(), bad.into()],
+                ..MeshSettings::default()
+            };
+            assert_eq!(
+                m.validate(),
+                Err(format!("mesh.defaultServiceExportTo[1]: invalid value {bad:?}: must be *, ., ~ or a namespace name"))
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct Options {
     pub publish_interval: Duration,
     /// A generated root is renewed when less than this fraction of its lifetime is left.
     pub root_renew_when_left: f64,
+    /// Connections the listener holds open at once (certificate callers and discovery
+    /// subscribers, one each); more are closed at accept.
+    pub max_connections: usize,
 }
 
 /// Lifetime of a certificate when the request names none (capped by `max_ttl`).
@@ -597,7 +600,10 @@ pub async fn start_with(
             }
         });
         let authn = authn::Authenticator::new(client, &opts.audience, Duration::from_secs(10));
-        let limits = grpc::Limits::default();
+        let limits = grpc::Limits {
+            max_connections: opts.max_connections,
+            ..grpc::Limits::default()
+        };
         let ca = Arc::new(grpc::Ca::new(
             authority.clone(),
             authn,

@@ -46,6 +46,16 @@ impl Export {
         Export::Only(set)
     }
 
+    /// The annotation's value as [`Export::parse`] reads it, with the mesh's
+    /// `defaultServiceExportTo` (`default`; empty: everyone) for a Service without one.
+    pub fn parse_or(ns: &str, value: Option<&str>, default: &[String]) -> Export {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            Some(v) => Export::parse(ns, Some(v)),
+            None if default.is_empty() => Export::All,
+            None => Export::parse(ns, Some(&default.join(","))),
+        }
+    }
+
     pub fn visible_to(&self, ns: &str) -> bool {
         match self {
             Export::All => true,
@@ -656,6 +666,93 @@ mod tests {
         let snap = c.snapshot(&f);
         let pods: Vec<&str> = snap.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(pods, ["web-1"]);
+    }
+
+    /// A Sidecar with an egress listener on a port: the control plane sends a Service admitted
+    /// by any listener (all its ports, with its slices); the proxy's routing applies each
+    /// listener to its own port (`in_egress_scope_on_port`), as Istio's listeners do.
+    #[test]
+    fn a_port_s_egress_listener_admits_its_hosts_and_routing_keeps_them_to_that_port() {
+        let c = cluster();
+        let v = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "default", "namespace": "shop"},
+            "spec": {"egress": [
+                {"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                 "hosts": ["books/reviews.books.svc.cluster.local"]},
+                {"hosts": ["./*"]}]}});
+        let sc = remora_model::compile::check(&v, "cluster.local")
+            .expect("a valid Sidecar")
+            .sidecar()
+            .expect("decoded as a Sidecar")
+            .clone();
+        assert_eq!(sc.egress[0].port, Some(9080));
+        let f = Filter::of("shop", &[]).with_sidecar(Some(sc.clone()), "cluster.local");
+        let snap = c.snapshot(&f);
+        assert_eq!(services(&snap), ["books/reviews", "shop/cart"]);
+        let slices: Vec<&str> = snap
+            .endpoint_slices
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(slices, ["reviews-1", "cart-1"]);
+        // Not admitted by either listener: not sent.
+        assert!(!services(&snap).contains(&"books/ratings".to_string()));
+        // Routing: reviews on 9080 only, cart on the other ports only (the port's listener
+        // replaces the catch-all there).
+        // (`.` is the proxy's own namespace, as the proxy applies its Sidecar.)
+        let own = sc.for_namespace("shop");
+        let on = |ns: &str, host: &str, port: u16| {
+            remora_model::rules::in_egress_scope_on_port(&own, ns, &[host.to_string()], port)
+        };
+        assert!(on("books", "reviews.books.svc.cluster.local", 9080));
+        assert!(!on("books", "reviews.books.svc.cluster.local", 80));
+        assert!(on("shop", "cart.shop.svc.cluster.local", 80));
+        assert!(!on("shop", "cart.shop.svc.cluster.local", 9080));
+    }
+
+    /// The mesh's `defaultServiceExportTo` for Services without the annotation.
+    #[test]
+    fn the_mesh_default_export_applies_to_services_without_an_annotation() {
+        let d = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let only = |v: &[&str]| Export::Only(v.iter().map(|s| s.to_string()).collect());
+        // (annotation, mesh default, export of a Service of books)
+        let cases: Vec<(Option<&str>, Vec<String>, Export)> = vec![
+            (None, d(&[]), Export::All),
+            (None, d(&["."]), only(&["books"])),
+            (None, d(&[".", "shop"]), only(&["books", "shop"])),
+            (None, d(&["~"]), only(&[])),
+            (None, d(&["*"]), Export::All),
+            (Some(""), d(&["."]), only(&["books"])),
+            // The annotation wins over the default.
+            (Some("*"), d(&["."]), Export::All),
+            (Some("shop"), d(&["*"]), only(&["shop"])),
+        ];
+        for (ann, default, want) in cases {
+            assert_eq!(
+                Export::parse_or("books", ann, &default),
+                want,
+                "{ann:?} {default:?}"
+            );
+        }
+        // In the cache: a subscriber of shop sees books' Service only when exported to it.
+        let mut c = Cache::new();
+        let svc = |e: Export| {
+            Obj::Service(
+                Service {
+                    namespace: "books".into(),
+                    name: "reviews".into(),
+                    ..Default::default()
+                },
+                e,
+            )
+        };
+        c.apply(Event::Apply(svc(Export::parse_or(
+            "books",
+            None,
+            &d(&["."]),
+        ))));
+        assert!(c.snapshot(&Filter::of("shop", &[])).services.is_empty());
+        assert_eq!(c.snapshot(&Filter::of("books", &[])).services.len(), 1);
     }
 
     #[test]

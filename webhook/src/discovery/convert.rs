@@ -53,13 +53,14 @@ pub fn service(s: &KService) -> Service {
 }
 
 /// Who may see a Service: its `networking.istio.io/exportTo` annotation.
-pub fn export(s: &KService) -> super::cache::Export {
+pub fn export(s: &KService, default: &[String]) -> super::cache::Export {
     let ns = s.namespace().unwrap_or_default();
-    super::cache::Export::parse(
+    super::cache::Export::parse_or(
         &ns,
         s.annotations()
             .get(super::cache::EXPORT_TO)
             .map(String::as_str),
+        default,
     )
 }
 
@@ -170,12 +171,16 @@ mod tests {
         }))
         .unwrap();
         assert!(service(&headless).cluster_ips.is_empty());
-        assert_eq!(export(&headless), crate::discovery::cache::Export::All);
+        assert_eq!(export(&headless, &[]), crate::discovery::cache::Export::All);
+        // Without the annotation, the mesh's defaultServiceExportTo.
+        assert!(!export(&headless, &[".".to_string()]).visible_to("books"));
         let mut private = headless.clone();
         private.metadata.annotations =
             Some([("networking.istio.io/exportTo".to_string(), ".".to_string())].into());
-        assert!(!export(&private).visible_to("books"));
-        assert!(export(&private).visible_to("shop"));
+        assert!(!export(&private, &[]).visible_to("books"));
+        assert!(export(&private, &[]).visible_to("shop"));
+        // The annotation wins over the mesh's default.
+        assert!(!export(&private, &["*".to_string()]).visible_to("books"));
 
         let es: KSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "reviews-x", "namespace": "shop",

@@ -21,12 +21,14 @@ use crate::rules_controller::Change;
 /// How often a missing Sidecar CRD is looked for again.
 const SIDECAR_CRD_RETRY: Duration = Duration::from_secs(60);
 
-/// Start the three watches and the Sidecars' (decoded with `cluster_domain`); they run until
-/// the returned tasks are aborted.
+/// Start the three watches and the Sidecars' (decoded with `cluster_domain`); a Service without
+/// an `exportTo` annotation is exported to `default_export` (the mesh's
+/// `defaultServiceExportTo`; empty: everyone). They run until the returned tasks are aborted.
 pub fn start(
     client: Client,
     hub: Arc<Hub>,
     cluster_domain: &str,
+    default_export: Vec<String>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let cfg = watcher::Config::default;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -49,7 +51,12 @@ pub fn start(
             hub.clone(),
             Kind::Service,
             watcher::watcher(Api::<Service>::all(client.clone()), cfg()),
-            |s: &Service| Some(Obj::Service(convert::service(s), convert::export(s))),
+            move |s: &Service| {
+                Some(Obj::Service(
+                    convert::service(s),
+                    convert::export(s, &default_export),
+                ))
+            },
         )),
         tokio::spawn(drive(
             hub.clone(),
