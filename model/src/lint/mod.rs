@@ -219,6 +219,19 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} (the gateway leaves this Gateway out)", e.reason),
         ));
     }
+    for gw in &decoded.gateways {
+        for (field, reason) in crate::gateway::cipher_suite_problems(gw) {
+            report.warnings.push(at(
+                &gw.meta.file,
+                gw.meta.document,
+                field,
+                format!(
+                    "Gateway {}: {reason} (the gateway keeps this server down)",
+                    gw.meta.key()
+                ),
+            ));
+        }
+    }
     // What a proxy in `ctx.namespace` would not apply (exportTo, Sidecar scope, selectors):
     // build the snapshot as the proxy does (without resolving DNS names).
     if decoded.errors.is_empty() {
