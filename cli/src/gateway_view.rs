@@ -41,6 +41,7 @@ pub fn of(pod: &Pod, labels: &BTreeMap<String, String>, snap: &Snapshot) -> Opti
         &plan,
         &snap.gateway_virtual_services,
         |_, _| false,
+        |_, _| None,
     ))
 }
 
@@ -65,6 +66,16 @@ pub fn server_text(s: &GatewayServerDump) -> String {
     }
     if let Some(c) = &s.credential_name {
         let _ = write!(t, " credentialName {c}");
+    }
+    if let Some(c) = &s.certificate {
+        let _ = write!(
+            t,
+            " certificate {} [{}] serial {} expires {}",
+            c.subject,
+            c.dns_names.join(","),
+            c.serial,
+            crate::secret::rfc3339(c.not_after)
+        );
     }
     if s.state != "served" {
         let _ = write!(t, " ({})", s.state.to_uppercase());

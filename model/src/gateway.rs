@@ -312,12 +312,14 @@ pub fn vs_bound_to(vs: &VirtualService, gateways: &[String]) -> bool {
 }
 
 /// The `/config_dump` of a gateway's plan; `down(port, i)`: whether server `i` of the listener
-/// on `port` is down (its TLS settings not loaded); `virtual_services`: the gateway-bound ones
-/// of the rule set (those bound to a selected Gateway are listed).
+/// on `port` is down (its TLS settings not loaded); `certificate(port, i)`: the certificate it
+/// shows, as loaded; `virtual_services`: the gateway-bound ones of the rule set (those bound to
+/// a selected Gateway are listed).
 pub fn dump(
     plan: &Plan,
     virtual_services: &[VirtualService],
     down: impl Fn(u16, usize) -> bool,
+    certificate: impl Fn(u16, usize) -> Option<crate::dump::ServedCertificateDump>,
 ) -> crate::dump::GatewayDump {
     use crate::dump::{GatewayDump, GatewayListenerDump, GatewayServerDump};
     use crate::rules::gateway::HostNamespace;
@@ -359,6 +361,7 @@ pub fn dump(
                             tls_mode: tls.and_then(|t| t.mode).map(|m| m.as_str().to_string()),
                             credential_name: tls.and_then(|t| t.credential_name.clone()),
                             state: if down(l.port, i) { "down" } else { "served" }.to_string(),
+                            certificate: certificate(l.port, i),
                         }
                     })
                     .collect(),

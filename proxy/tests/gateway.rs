@@ -475,6 +475,21 @@ spec:
             ("mtls.example.com", "served"),
         ]
     );
+    // The certificate each server shows, as loaded (none for the one down).
+    let shown: Vec<Option<Vec<String>>> = l
+        .servers
+        .iter()
+        .map(|s| s.certificate.as_ref().map(|c| c.dns_names.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            Some(vec!["secure.example.com".to_string()]),
+            Some(vec!["other.example.com".to_string()]),
+            None,
+            Some(vec!["mtls.example.com".to_string()]),
+        ]
+    );
     assert!(dump
         .listeners
         .iter()

@@ -141,6 +141,27 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The public facts of the leaf certificate in `files.cert` (for `/config_dump`); `None` when
+/// it cannot be read or parsed (the configuration built from it says why).
+pub fn served_certificate(files: &TlsFiles) -> Option<remora_model::dump::ServedCertificateDump> {
+    let der = certificates(&files.cert).ok()?.into_iter().next()?;
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(ext)) = c.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                dns_names.push(d.to_string());
+            }
+        }
+    }
+    Some(remora_model::dump::ServedCertificateDump {
+        subject: c.subject().to_string(),
+        dns_names,
+        serial: c.raw_serial_as_string().replace(':', ""),
+        not_after: u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0),
+    })
+}
+
 /// The TLS versions of `minProtocolVersion`/`maxProtocolVersion` (rustls has TLS 1.2 and 1.3;
 /// an older minimum means 1.2).
 pub fn versions(tls: &ServerTls) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
@@ -342,6 +363,23 @@ mod tests {
         );
         // Not listed: ring's defaults (TLS 1.3 and 1.2).
         assert_eq!(p(&[]).unwrap().len(), 9);
+        // What /config_dump shows of the certificate served.
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, _) = pem_pair("shop.example.com");
+        std::fs::write(dir.path().join("tls.crt"), &crt).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            ca: None,
+        };
+        let c = served_certificate(&files).unwrap();
+        assert_eq!(c.dns_names, ["shop.example.com"]);
+        assert!(
+            c.subject.contains("CN=rcgen self signed cert"),
+            "{}",
+            c.subject
+        );
+        assert!(!c.serial.is_empty() && c.not_after > 1_700_000_000, "{c:?}");
         let e = p(&["ECDHE-RSA-AES128-GCM-SHA256", "AES256-SHA"]).unwrap_err();
         assert!(
             e.starts_with("tls.cipherSuites[1]: \"AES256-SHA\" is not supported"),

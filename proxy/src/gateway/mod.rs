@@ -91,6 +91,17 @@ impl Planned {
         t.configs.get(i).cloned().flatten()
     }
 
+    /// The certificate this plan shows for the same server on listening port `port`.
+    fn cert_of(
+        &self,
+        port: u16,
+        server: &BoundServer,
+    ) -> Option<remora_model::dump::ServedCertificateDump> {
+        let t = self.tls.get(&port)?;
+        let i = t.listener.servers.iter().position(|b| b == server)?;
+        t.certs.get(i).cloned().flatten()
+    }
+
     /// Are the certificate files still those the plan read? Looked at once a second at most.
     fn files_unchanged(&self) -> bool {
         let Ok(mut checked) = self.checked.try_lock() else {
@@ -111,6 +122,8 @@ pub struct TlsListener {
     pub listener: Listener,
     pub configs: Vec<Option<Arc<rustls::ServerConfig>>>,
     pub down: Vec<bool>,
+    /// The certificate each server shows, as loaded (for `/config_dump`).
+    pub certs: Vec<Option<remora_model::dump::ServedCertificateDump>>,
 }
 
 /// How a server of a TLS listener gets its rustls configuration.
@@ -228,6 +241,12 @@ impl GatewayRouter {
                     .get(&port)
                     .is_some_and(|t| t.down.get(i).copied().unwrap_or(false))
             },
+            |port, i| {
+                planned
+                    .tls
+                    .get(&port)
+                    .and_then(|t| t.certs.get(i).cloned().flatten())
+            },
         )
     }
 
@@ -342,11 +361,13 @@ impl GatewayRouter {
             let dir = &self.flags.gateway_credentials_dir;
             let mut configs = Vec::new();
             let mut down = Vec::new();
+            let mut served = Vec::new();
             for b in &l.servers {
                 match ServerCerts::of(b) {
                     ServerCerts::None => {
                         configs.push(None);
                         down.push(false);
+                        served.push(None);
                         continue;
                     }
                     ServerCerts::Workload => {
@@ -360,6 +381,7 @@ impl GatewayRouter {
                         }
                         configs.push(None);
                         down.push(no_identity);
+                        served.push(None);
                         continue;
                     }
                     ServerCerts::Own => {}
@@ -369,15 +391,25 @@ impl GatewayRouter {
                     let s = stamp(&p);
                     (p, s)
                 }));
-                let cfg = match certs::files_for(dir, &t).and_then(|f| certs::server_config(&t, &f))
-                {
-                    Ok(cfg) => Some(cfg),
+                let loaded = certs::files_for(dir, &t).and_then(|f| {
+                    Ok((certs::server_config(&t, &f)?, certs::served_certificate(&f)))
+                });
+                let cfg = match loaded {
+                    Ok((cfg, cert)) => {
+                        served.push(cert);
+                        Some(cfg)
+                    }
                     Err(e) => {
                         // A Secret caught mid-update keeps the settings read before, if any;
                         // a Secret deleted (its directory gone) takes its server down.
                         let before = previous
                             .filter(|_| !certs::secret_gone(dir, &t))
                             .and_then(|p| p.config_of(l.port, b));
+                        served.push(
+                            previous
+                                .filter(|_| before.is_some())
+                                .and_then(|p| p.cert_of(l.port, b)),
+                        );
                         warn!(
                             "{} (port {}): TLS settings not loaded, {}: {e}",
                             b.describe(),
@@ -400,6 +432,7 @@ impl GatewayRouter {
                     listener: l.clone(),
                     configs,
                     down,
+                    certs: served,
                 },
             );
         }
