@@ -275,12 +275,20 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
 }
 
 /// The servers of `gw` whose `tls.cipherSuites` cannot be offered (the gateway keeps them
-/// down): `(field, reason)`, the field `spec.servers[i].tls.cipherSuites[j]`.
+/// down): `(field, reason)`, the field `spec.servers[i].tls.cipherSuites[j]`. Only servers that
+/// terminate with certificates of their own (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`) apply the
+/// list.
 pub fn cipher_suite_problems(gw: &Gateway) -> Vec<(String, String)> {
     gw.servers
         .iter()
         .filter_map(|s| {
             let t = s.tls.as_ref()?;
+            if !matches!(
+                t.mode,
+                Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual)
+            ) {
+                return None;
+            }
             crate::cipher_suites::tls12_suites(&t.cipher_suites)
                 .err()
                 .map(|(j, why)| {

@@ -641,6 +641,14 @@ mod tests {
                 Some("spec.servers[1].tls.cipherSuites[0]: \"NOT-A-SUITE\" is not a cipher suite name Envoy knows"),
             ),
         ];
+        // Not applied where the gateway does not terminate with its own certificate.
+        let pass = gateway(
+            "istio-system",
+            "pass",
+            "selector: {istio: ingressgateway}\nservers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['a.example.com']\n  tls: {mode: PASSTHROUGH, cipherSuites: [AES128-SHA]}\n",
+        );
+        let one = std::slice::from_ref(&pass);
+        assert_eq!(check(one, &[], &cx(one)), []);
         for (suites, want) in cases {
             let gws = [g(suites)];
             let f = check(&gws, &[], &cx(&gws));
