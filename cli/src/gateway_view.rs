@@ -41,6 +41,7 @@ pub fn of(pod: &Pod, labels: &BTreeMap<String, String>, snap: &Snapshot) -> Opti
         &plan,
         &snap.gateway_virtual_services,
         |_, _| false,
+        |_, _| None,
     ))
 }
 
@@ -50,7 +51,8 @@ pub fn listener_does(kind: &str) -> &'static str {
         "http" => "plain HTTP/1.1 and h2c",
         "https" => "TLS terminated (the SNI picks the server), then HTTP",
         "tls" => "TLS terminated (the SNI picks the server), then TCP by tcp routes",
-        "passthrough" => "TLS passed through, routed by SNI with tls routes",
+        "passthrough" => "TLS passed through, routed by SNI (tls routes; AUTO_PASSTHROUGH: to the service the SNI names)",
+        "tls-by-sni" => "TLS servers of several modes: the SNI picks the server, which passes the connection through or terminates it (then HTTP or TCP)",
         _ => "TCP by tcp routes",
     }
 }
@@ -64,6 +66,16 @@ pub fn server_text(s: &GatewayServerDump) -> String {
     }
     if let Some(c) = &s.credential_name {
         let _ = write!(t, " credentialName {c}");
+    }
+    if let Some(c) = &s.certificate {
+        let _ = write!(
+            t,
+            " certificate {} [{}] serial {} expires {}",
+            c.subject,
+            c.dns_names.join(","),
+            c.serial,
+            crate::secret::rfc3339(c.not_after)
+        );
     }
     if s.state != "served" {
         let _ = write!(t, " ({})", s.state.to_uppercase());
@@ -149,7 +161,14 @@ mod tests {
             .iter()
             .map(|l| (l.port, l.gateway_port, l.kind.as_str()))
             .collect();
-        assert_eq!(ports, [(8080, 80, "http"), (9443, 443, "https")]);
+        assert_eq!(
+            ports,
+            [
+                (8080, 80, "http"),
+                (9443, 443, "https"),
+                (15443, 15443, "passthrough")
+            ]
+        );
         let names: Vec<&str> = g
             .virtual_services
             .iter()
@@ -163,7 +182,8 @@ mod tests {
             "  port 9443 (Gateway port 443): TLS terminated (the SNI picks the server), then HTTP\n",
             "    Gateway bookinfo/web spec.servers[1] HTTPS [shop.example.com] tls SIMPLE credentialName shop-cert\n",
             "  routes by VirtualService bookinfo/pages (hosts *)\n",
-            "  not served: Gateway bookinfo/web spec.servers[2] (port 15443): protocol TLS with tls.mode AUTO_PASSTHROUGH is not served yet",
+            "  port 15443 (Gateway port 15443): TLS passed through, routed by SNI (tls routes; AUTO_PASSTHROUGH: to the service the SNI names)\n",
+            "    Gateway bookinfo/web spec.servers[2] TLS [*.local] tls AUTO_PASSTHROUGH\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

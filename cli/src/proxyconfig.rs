@@ -2302,6 +2302,12 @@ mod tests {
             tls_mode: Some("SIMPLE".into()),
             credential_name: Some(format!("{host}-cert")),
             state: state.into(),
+            certificate: (state == "served").then(|| remora_model::dump::ServedCertificateDump {
+                subject: format!("CN={host}"),
+                dns_names: vec![host.into()],
+                serial: "0a1b".into(),
+                not_after: 1_796_601_600,
+            }),
         };
         d.gateway = Some(GatewayDump {
             gateways: vec!["istio-system/web".into()],
@@ -2334,8 +2340,7 @@ mod tests {
             row.handles
         );
         assert!(
-            row.handles
-                .contains("[shop.example.com] tls SIMPLE credentialName shop.example.com-cert;"),
+            row.handles.contains("[shop.example.com] tls SIMPLE credentialName shop.example.com-cert certificate CN=shop.example.com [shop.example.com] serial 0a1b expires 2026-12-07T00:00:00Z;"),
             "{}",
             row.handles
         );

@@ -149,7 +149,7 @@ fn certs(pem: &str) -> Vec<Cert> {
 }
 
 /// `2026-12-07T04:02:10Z` from Unix seconds.
-fn rfc3339(secs: u64) -> String {
+pub fn rfc3339(secs: u64) -> String {
     let Ok(t) = remora_webhook::certs::OffsetDateTime::from_unix_timestamp(secs as i64) else {
         return secs.to_string();
     };

@@ -114,6 +114,22 @@ pub struct GatewayServerDump {
     pub credential_name: Option<String>,
     /// `served`, or `down` (its TLS settings could not be loaded: see the log).
     pub state: String,
+    /// The certificate it shows (from `credentialName` or `serverCertificate`), as loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<ServedCertificateDump>,
+}
+
+/// The leaf certificate a gateway server shows: public facts only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCertificateDump {
+    /// The subject, as `CN=shop.example.com, O=...`.
+    pub subject: String,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// Hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: u64,
 }
 
 fn is_zero(n: &u32) -> bool {

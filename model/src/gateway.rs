@@ -110,6 +110,11 @@ pub enum ListenerKind {
     /// `tls.mode` `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`), then the decrypted bytes routed as
     /// opaque TCP with `tcp` routes, as Istio's gateway does.
     TlsTerminated,
+    /// TLS servers of different modes on one port (Istio allows a `PASSTHROUGH` server for one
+    /// host beside a `SIMPLE` one for another): the ClientHello's SNI picks the server
+    /// ([`tls_action`]), whose kind ([`ListenerKind::Passthrough`], [`ListenerKind::Https`] or
+    /// [`ListenerKind::TlsTerminated`]) says what happens to the connection.
+    TlsBySni,
 }
 
 impl ListenerKind {
@@ -121,12 +126,29 @@ impl ListenerKind {
             ListenerKind::Passthrough => "passthrough",
             ListenerKind::Tcp => "tcp",
             ListenerKind::TlsTerminated => "tls",
+            ListenerKind::TlsBySni => "tls-by-sni",
         }
     }
 
-    /// Whether the gateway terminates TLS on this listener (certificates from `credentialName`).
+    /// Whether the gateway terminates TLS on this listener, for some servers at least
+    /// (certificates from `credentialName`).
     pub fn terminates_tls(self) -> bool {
-        matches!(self, ListenerKind::Https | ListenerKind::TlsTerminated)
+        matches!(
+            self,
+            ListenerKind::Https | ListenerKind::TlsTerminated | ListenerKind::TlsBySni
+        )
+    }
+
+    /// Whether the ClientHello decides what happens to a connection of this kind: the kinds
+    /// that can share a port as [`ListenerKind::TlsBySni`].
+    fn by_sni(self) -> bool {
+        matches!(
+            self,
+            ListenerKind::Https
+                | ListenerKind::TlsTerminated
+                | ListenerKind::Passthrough
+                | ListenerKind::TlsBySni
+        )
     }
 }
 
@@ -161,28 +183,26 @@ impl Plan {
 
 /// The kind of listener a server needs, or why it is not served yet.
 fn kind_of(s: &Server) -> Result<ListenerKind, String> {
+    use TlsMode::{AutoPassthrough, IstioMutual, Mutual, OptionalMutual, Passthrough, Simple};
     match (s.protocol, s.tls.as_ref().and_then(|t| t.mode)) {
         (ServerProtocol::Http | ServerProtocol::Http2 | ServerProtocol::Grpc, _) => {
             Ok(ListenerKind::Http)
         }
-        (
-            ServerProtocol::Https,
-            Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
-        ) => Ok(ListenerKind::Https),
-        (ServerProtocol::Https | ServerProtocol::Tls, Some(TlsMode::Passthrough)) => {
-            Ok(ListenerKind::Passthrough)
+        (ServerProtocol::Https, Some(Simple | Mutual | OptionalMutual | IstioMutual)) => {
+            Ok(ListenerKind::Https)
         }
+        (ServerProtocol::Https | ServerProtocol::Tls, Some(Passthrough))
+        | (ServerProtocol::Tls, Some(AutoPassthrough)) => Ok(ListenerKind::Passthrough),
         (ServerProtocol::Tcp, _) => Ok(ListenerKind::Tcp),
-        (
-            ServerProtocol::Tls,
-            Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual),
-        ) => Ok(ListenerKind::TlsTerminated),
+        (ServerProtocol::Tls, Some(Simple | Mutual | OptionalMutual | IstioMutual)) => {
+            Ok(ListenerKind::TlsTerminated)
+        }
         (ServerProtocol::Https, Some(m)) => Err(format!(
-            "HTTPS with tls.mode {} is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
+            "HTTPS with tls.mode {} is not served (AUTO_PASSTHROUGH needs protocol TLS, as in Istio)",
             m.as_str()
         )),
         (p, m) => Err(format!(
-            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP, and TLS with PASSTHROUGH, SIMPLE, MUTUAL or OPTIONAL_MUTUAL are)",
+            "protocol {}{} is not served yet (HTTP, HTTP2, GRPC, HTTPS, TCP, and TLS with a tls.mode are)",
             p.as_str(),
             m.map(|m| format!(" with tls.mode {}", m.as_str()))
                 .unwrap_or_default()
@@ -190,10 +210,17 @@ fn kind_of(s: &Server) -> Result<ListenerKind, String> {
     }
 }
 
+/// What a server does with its connections ([`ListenerKind::TlsBySni`] never: that is a port's);
+/// `None` for a server not served.
+pub fn server_kind(s: &Server) -> Option<ListenerKind> {
+    kind_of(s).ok()
+}
+
 /// Plan the listeners of a gateway pod with `pod_labels`: the Gateways that select it (in
 /// order), their servers grouped by listening port. Servers on one port must agree on plain
-/// HTTP or TLS termination and on `bind`; a server that does not is left out with the reason,
-/// as is a server of a kind not served yet.
+/// HTTP, TCP or TLS and on `bind` — TLS servers of different modes (passed through, terminated
+/// then HTTP, terminated then TCP) share a port as [`ListenerKind::TlsBySni`]; a server that
+/// does not is left out with the reason, as is a server of a kind not served yet.
 pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: &PortMap) -> Plan {
     let mut out = Plan::default();
     for gw in gateways.iter().filter(|g| selects(g, pod_labels)) {
@@ -221,6 +248,12 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
                     kind,
                     servers: vec![bound],
                 }),
+                Some(l)
+                    if l.bind == s.bind && l.kind != kind && l.kind.by_sni() && kind.by_sni() =>
+                {
+                    l.kind = ListenerKind::TlsBySni;
+                    l.servers.push(bound);
+                }
                 Some(l) if l.kind != kind || l.bind != s.bind => {
                     let first = &l.servers[0];
                     out.not_served.push(format!(
@@ -239,6 +272,33 @@ pub fn plan(gateways: &[Gateway], pod_labels: &BTreeMap<String, String>, ports: 
     }
     out.listeners.sort_by_key(|l| l.port);
     out
+}
+
+/// The servers of `gw` whose `tls.cipherSuites` cannot be offered (the gateway keeps them
+/// down): `(field, reason)`, the field `spec.servers[i].tls.cipherSuites[j]`. Only servers that
+/// terminate with certificates of their own (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`) apply the
+/// list.
+pub fn cipher_suite_problems(gw: &Gateway) -> Vec<(String, String)> {
+    gw.servers
+        .iter()
+        .filter_map(|s| {
+            let t = s.tls.as_ref()?;
+            if !matches!(
+                t.mode,
+                Some(TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual)
+            ) {
+                return None;
+            }
+            crate::cipher_suites::tls12_suites(&t.cipher_suites)
+                .err()
+                .map(|(j, why)| {
+                    (
+                        format!("spec.servers[{}].tls.cipherSuites[{j}]", s.index),
+                        why,
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Is `vs` bound to one of `gateways` (`namespace/name`), at the top or in an `http`, `tls` or
@@ -260,12 +320,14 @@ pub fn vs_bound_to(vs: &VirtualService, gateways: &[String]) -> bool {
 }
 
 /// The `/config_dump` of a gateway's plan; `down(port, i)`: whether server `i` of the listener
-/// on `port` is down (its TLS settings not loaded); `virtual_services`: the gateway-bound ones
-/// of the rule set (those bound to a selected Gateway are listed).
+/// on `port` is down (its TLS settings not loaded); `certificate(port, i)`: the certificate it
+/// shows, as loaded; `virtual_services`: the gateway-bound ones of the rule set (those bound to
+/// a selected Gateway are listed).
 pub fn dump(
     plan: &Plan,
     virtual_services: &[VirtualService],
     down: impl Fn(u16, usize) -> bool,
+    certificate: impl Fn(u16, usize) -> Option<crate::dump::ServedCertificateDump>,
 ) -> crate::dump::GatewayDump {
     use crate::dump::{GatewayDump, GatewayListenerDump, GatewayServerDump};
     use crate::rules::gateway::HostNamespace;
@@ -307,6 +369,7 @@ pub fn dump(
                             tls_mode: tls.and_then(|t| t.mode).map(|m| m.as_str().to_string()),
                             credential_name: tls.and_then(|t| t.credential_name.clone()),
                             state: if down(l.port, i) { "down" } else { "served" }.to_string(),
+                            certificate: certificate(l.port, i),
                         }
                     })
                     .collect(),
@@ -330,6 +393,80 @@ pub fn server_for<'a>(listener: &'a Listener, name: Option<&str>) -> Option<&'a 
         }
     }
     best.map(|(_, b)| b)
+}
+
+/// What the gateway does with a TLS connection whose ClientHello names a server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TlsAction<'a> {
+    /// Pass the bytes through untouched (a `PASSTHROUGH` or `AUTO_PASSTHROUGH` server);
+    /// [`route_l4`] says where.
+    PassThrough(&'a BoundServer),
+    /// Terminate TLS with the server's settings, then serve HTTP (`http`: an `HTTPS` server)
+    /// or route the decrypted bytes with `tcp` routes (a `TLS` server).
+    Terminate { server: &'a BoundServer, http: bool },
+    /// No server has the name: the connection is closed.
+    Close(String),
+}
+
+/// The server of a TLS listener (of any kind but plain HTTP and TCP) for the ClientHello's
+/// `sni` and what it does: an `outbound_.PORT_.SUBSET_.HOST` name whose host an
+/// `AUTO_PASSTHROUGH` server has goes to that server; otherwise the most specific host
+/// ([`server_for`]; no SNI: the first server).
+pub fn tls_action<'a>(listener: &'a Listener, sni: Option<&str>) -> TlsAction<'a> {
+    if let Some((b, _)) = sni.and_then(|n| auto_passthrough(listener, n)) {
+        return TlsAction::PassThrough(b);
+    }
+    let Some(b) = server_for(listener, sni) else {
+        return TlsAction::Close(format!(
+            "no Gateway server on port {} has host {:?}",
+            listener.gateway_port,
+            sni.unwrap_or("")
+        ));
+    };
+    match kind_of(&b.server) {
+        Ok(ListenerKind::Passthrough) => TlsAction::PassThrough(b),
+        Ok(ListenerKind::Https) => TlsAction::Terminate {
+            server: b,
+            http: true,
+        },
+        Ok(ListenerKind::TlsTerminated) => TlsAction::Terminate {
+            server: b,
+            http: false,
+        },
+        _ => TlsAction::Close(format!("{} takes no TLS", b.describe())),
+    }
+}
+
+fn is_auto(b: &BoundServer) -> bool {
+    b.server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == Some(TlsMode::AutoPassthrough))
+}
+
+/// The `AUTO_PASSTHROUGH` server of `listener` for an SNI of Istio's cluster form whose host
+/// (not the whole name) matches one of its hosts, the most specific, and the destination the
+/// name carries.
+pub fn auto_passthrough<'a>(
+    listener: &'a Listener,
+    sni: &str,
+) -> Option<(&'a BoundServer, crate::cluster_sni::ClusterSni)> {
+    let target = crate::cluster_sni::parse(sni).ok()?;
+    let mut best: Option<(usize, &BoundServer)> = None;
+    for b in listener.servers.iter().filter(|b| is_auto(b)) {
+        if let Some(score) = b
+            .server
+            .hosts
+            .iter()
+            .filter_map(|h| h.score(&target.host))
+            .max()
+        {
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, b));
+            }
+        }
+    }
+    best.map(|(_, b)| (b, target))
 }
 
 // ---------------------------------------------------------------------------------- routing
@@ -399,12 +536,49 @@ pub fn route_l4(
         status: 404,
         reason,
     };
+    // What the SNI's server does: passed through (by an AUTO_PASSTHROUGH server to the
+    // service its name carries, without VirtualService), or terminated as TCP; on a port of
+    // several TLS modes, only the servers of that kind route.
+    let mut kind = listener.kind;
+    if kind == ListenerKind::TlsBySni || (kind == ListenerKind::Passthrough && name.is_some()) {
+        match tls_action(listener, name.as_deref()) {
+            TlsAction::PassThrough(b) if is_auto(b) => {
+                return match name.as_deref().and_then(|n| auto_passthrough(listener, n)) {
+                    Some((_, t)) => {
+                        route::forward_to_known(snap, &t.host, t.subset.as_deref(), t.port)
+                    }
+                    None => deny(format!(
+                        "{} is AUTO_PASSTHROUGH: {}",
+                        b.describe(),
+                        crate::cluster_sni::parse(name.as_deref().unwrap_or(""))
+                            .err()
+                            .unwrap_or_else(|| "its hosts do not have the name's host".into())
+                    )),
+                };
+            }
+            TlsAction::PassThrough(_) if name.is_none() => {
+                return deny(format!(
+                    "a connection passed through on port {} needs a server name (SNI)",
+                    listener.gateway_port
+                ))
+            }
+            TlsAction::PassThrough(_) => kind = ListenerKind::Passthrough,
+            TlsAction::Terminate { http: false, .. } => kind = ListenerKind::TlsTerminated,
+            TlsAction::Terminate { server, http: true } => {
+                return deny(format!("{} serves HTTP, not TCP", server.describe()))
+            }
+            TlsAction::Close(why) => return deny(why),
+        }
+    }
     let servers: Vec<&BoundServer> = listener
         .servers
         .iter()
         .filter(|b| {
-            name.as_deref()
-                .is_none_or(|n| b.server.hosts.iter().any(|h| h.score(n).is_some()))
+            !is_auto(b)
+                && (listener.kind != ListenerKind::TlsBySni || kind_of(&b.server) == Ok(kind))
+                && name
+                    .as_deref()
+                    .is_none_or(|n| b.server.hosts.iter().any(|h| h.score(n).is_some()))
         })
         .collect();
     if servers.is_empty() {
@@ -417,7 +591,7 @@ pub fn route_l4(
     let mut best: Option<(usize, &VirtualService, &str)> = None;
     // Passed-through TLS routes by its SNI with `tls` routes; a connection without one (never
     // routed by the proxy, which closes it first) and terminated TLS take `tcp` routes.
-    let tls_routes = listener.kind == ListenerKind::Passthrough && name.is_some();
+    let tls_routes = kind == ListenerKind::Passthrough && name.is_some();
     for vs in &snap.gateway_virtual_services {
         let routes = if tls_routes { &vs.tls } else { &vs.tcp };
         if routes.is_empty() {
@@ -518,10 +692,15 @@ pub fn route(
         dst: std::net::SocketAddr::new(req.dst.ip(), listener.gateway_port),
     };
     let (host, _) = split_authority(req.authority);
+    // On a port of several TLS modes, requests come only through its HTTPS servers.
     let servers: Vec<&BoundServer> = listener
         .servers
         .iter()
-        .filter(|b| b.server.hosts.iter().any(|h| h.score(&host).is_some()))
+        .filter(|b| {
+            (listener.kind != ListenerKind::TlsBySni
+                || kind_of(&b.server) == Ok(ListenerKind::Https))
+                && b.server.hosts.iter().any(|h| h.score(&host).is_some())
+        })
         .collect();
     if servers.is_empty() {
         return Decision::Deny {
@@ -796,7 +975,7 @@ mod tests {
     fn plan_groups_servers_by_listening_port() {
         let yaml = [
             gw_yaml("a", "istio-system", &format!("  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n{HTTPS}\n  - port: {{number: 443, name: https-2, protocol: HTTPS}}\n    hosts: [other.com]\n    tls: {{mode: SIMPLE, credentialName: other-cert}}")),
-            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: ISTIO_MUTUAL}\n  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [mtls.shop.com]\n    tls: {mode: MUTUAL, credentialName: c}"),
+            gw_yaml("b", "shop", "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [shop/shop.com]\n  - port: {number: 8443, name: plain, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 9443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 443, name: m, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: AUTO_PASSTHROUGH}\n  - port: {number: 443, name: mtls, protocol: HTTPS}\n    hosts: [mtls.shop.com]\n    tls: {mode: MUTUAL, credentialName: c}"),
             "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: istio-system}\nspec:\n  selector: {istio: egressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n".to_string(),
         ]
         .join("---\n");
@@ -822,7 +1001,7 @@ mod tests {
             not,
             [
                 "Gateway shop/b spec.servers[1] (port 8443, listening on 8443): conflicts with Gateway istio-system/a spec.servers[1] there (HTTP against HTTPS); left out",
-                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode ISTIO_MUTUAL is not served yet (SIMPLE, MUTUAL, OPTIONAL_MUTUAL and PASSTHROUGH are)",
+                "Gateway shop/b spec.servers[3] (port 443): HTTPS with tls.mode AUTO_PASSTHROUGH is not served (AUTO_PASSTHROUGH needs protocol TLS, as in Istio)",
             ]
         );
         let https = p.listener(8443).unwrap();
@@ -1085,16 +1264,216 @@ spec:
         for (sni, want) in cases {
             assert_eq!(outcome(*sni), *want, "SNI {sni:?}");
         }
-        // A TLS server with another mode is still left out with its reason.
-        let other = TLS_TERMINATED.replacen("mode: SIMPLE", "mode: ISTIO_MUTUAL", 1);
+        // ISTIO_MUTUAL terminates too (with the gateway's workload certificate).
+        let other = TLS_TERMINATED.replacen(
+            "mode: SIMPLE, credentialName: db-cert",
+            "mode: ISTIO_MUTUAL",
+            1,
+        );
         let s = snap(&other);
         let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
-        assert_eq!(p.not_served.len(), 1, "{:?}", p.not_served);
-        assert!(
-            p.not_served[0].contains("protocol TLS with tls.mode ISTIO_MUTUAL is not served yet"),
-            "{:?}",
-            p.not_served
+        assert!(p.not_served.is_empty(), "{:?}", p.not_served);
+        assert_eq!(p.listeners[0].kind, ListenerKind::TlsTerminated);
+    }
+
+    /// Istio's gateway with servers of several TLS modes on one port: PASSTHROUGH for one host,
+    /// SIMPLE (HTTPS) for another, a terminated TLS (TCP) server, ISTIO_MUTUAL, and
+    /// AUTO_PASSTHROUGH for the mesh's services by their cluster name in the SNI.
+    const MIXED: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls-pass, protocol: TLS}
+    hosts: [pass.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: https-web, protocol: HTTPS}
+    hosts: ['*.example.com']
+    tls: {mode: SIMPLE, credentialName: web-cert}
+  - port: {number: 443, name: tls-db, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: SIMPLE, credentialName: db-cert}
+  - port: {number: 443, name: mesh, protocol: HTTPS}
+    hosts: [mesh.example.org]
+    tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 443, name: auto, protocol: TLS}
+    hosts: ['*.local']
+    tls: {mode: AUTO_PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: default}
+spec:
+  hosts: [pass.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [pass.example.com]}]
+    route: [{destination: {host: pass.internal, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: ['*.example.com', mesh.example.org]
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: web.internal, port: {number: 80}}}]
+  tcp:
+  - route: [{destination: {host: db.internal, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.1.0.1, labels: {version: v1}}
+  - {address: 10.1.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+";
+
+    #[test]
+    fn tls_modes_share_a_port_by_sni() {
+        let s = snap(MIXED);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert!(p.not_served.is_empty(), "{:?}", p.not_served);
+        assert_eq!(p.listeners.len(), 1);
+        let l = &p.listeners[0];
+        assert_eq!(
+            (l.port, l.kind, l.servers.len()),
+            (8443, ListenerKind::TlsBySni, 5)
         );
+        assert!(l.kind.terminates_tls());
+        let action = |sni: Option<&str>| match tls_action(l, sni) {
+            TlsAction::PassThrough(b) => format!("pass {}", b.server.port_name),
+            TlsAction::Terminate { server, http } => format!(
+                "terminate {} {}",
+                server.server.port_name,
+                if http { "http" } else { "tcp" }
+            ),
+            TlsAction::Close(why) => format!("close: {why}"),
+        };
+        let l4 = |sni: Option<&str>| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            match route_l4(&s, l, sni, &mut rng) {
+                Decision::Forward(f) => format!(
+                    "forward {}:{} subset {:?} by {:?} to {:?}",
+                    f.host,
+                    f.port,
+                    f.subset,
+                    f.virtual_service,
+                    f.endpoints
+                        .iter()
+                        .map(|e| e.addr.to_string())
+                        .collect::<Vec<_>>()
+                ),
+                Decision::Deny { status, reason } => format!("deny {status}: {reason}"),
+                other => format!("{other:?}"),
+            }
+        };
+        let v1 = "outbound_.9080_.v1_.reviews.default.svc.cluster.local";
+        let all = "outbound_.9080_._.reviews.default.svc.cluster.local";
+        let cases: &[(Option<&str>, &str, &str)] = &[
+            // The most specific host: passed through by its tls route.
+            (
+                Some("pass.example.com"),
+                "pass tls-pass",
+                "forward pass.internal:443 subset None by Some(\"default/pass\") to []",
+            ),
+            // Terminated, then HTTP: not for route_l4.
+            (
+                Some("www.example.com"),
+                "terminate https-web http",
+                "deny 404: Gateway default/edge spec.servers[1] serves HTTP, not TCP",
+            ),
+            // Terminated, then TCP: the tcp route.
+            (
+                Some("db.example.com"),
+                "terminate tls-db tcp",
+                "forward db.internal:5432 subset None by Some(\"default/web\") to []",
+            ),
+            (
+                Some("mesh.example.org"),
+                "terminate mesh http",
+                "deny 404: Gateway default/edge spec.servers[3] serves HTTP, not TCP",
+            ),
+            // AUTO_PASSTHROUGH: the service, subset and port of the name; no VirtualService.
+            (
+                Some(v1),
+                "pass auto",
+                "forward reviews.default.svc.cluster.local:9080 subset Some(\"v1\") by None to [\"10.1.0.1:9080\"]",
+            ),
+            (
+                Some(all),
+                "pass auto",
+                "forward reviews.default.svc.cluster.local:9080 subset None by None to [\"10.1.0.1:9080\", \"10.1.0.2:9080\"]",
+            ),
+            // A service the registry does not know is never resolved by DNS.
+            (
+                Some("outbound_.9080_._.ratings.default.svc.cluster.local"),
+                "pass auto",
+                "deny 404: host ratings.default.svc.cluster.local port 9080 is not known to the registry",
+            ),
+            // A subset no DestinationRule defines.
+            (
+                Some("outbound_.9080_.v3_.reviews.default.svc.cluster.local"),
+                "pass auto",
+                "deny 503: subset \"v3\" of host reviews.default.svc.cluster.local is not defined by any DestinationRule",
+            ),
+            // A name of the AUTO_PASSTHROUGH server's hosts that is no cluster name.
+            (
+                Some("reviews.default.svc.cluster.local"),
+                "pass auto",
+                "deny 404: Gateway default/edge spec.servers[4] is AUTO_PASSTHROUGH: server name \"reviews.default.svc.cluster.local\" is not Istio's outbound_.PORT_.SUBSET_.HOST: no outbound_. prefix",
+            ),
+            (
+                Some("nowhere.org"),
+                "close: no Gateway server on port 443 has host \"nowhere.org\"",
+                "deny 404: no Gateway server on port 443 has host \"nowhere.org\"",
+            ),
+            // No SNI: the first server (passthrough), which needs a name to route.
+            (
+                None,
+                "pass tls-pass",
+                "deny 404: a connection passed through on port 443 needs a server name (SNI)",
+            ),
+        ];
+        for (sni, want_action, want_l4) in cases {
+            assert_eq!(action(*sni), *want_action, "action for {sni:?}");
+            assert_eq!(l4(*sni), *want_l4, "route_l4 for {sni:?}");
+        }
+        // HTTP requests come only through the HTTPS servers of the port.
+        assert_eq!(
+            outcome(&s, l, "www.example.com", "/", true),
+            "forward web.internal:80 dns"
+        );
+        assert_eq!(
+            outcome(&s, l, "mesh.example.org", "/", true),
+            "forward web.internal:80 dns"
+        );
+        // Not through the AUTO_PASSTHROUGH server's hosts.
+        assert_eq!(outcome(&s, l, "x.local", "/", true), "deny 404");
+        // Plain HTTP and TLS on one port still conflict.
+        let http = MIXED.replacen(
+            "  - port: {number: 443, name: tls-pass, protocol: TLS}\n    hosts: [pass.example.com]\n    tls: {mode: PASSTHROUGH}",
+            "  - port: {number: 443, name: plain, protocol: HTTP}\n    hosts: [pass.example.com]",
+            1,
+        );
+        let s = snap(&http);
+        let p = plan(&s.gateways, &s.ctx.pod_labels, &PortMap::default());
+        assert_eq!(p.not_served.len(), 4, "{:?}", p.not_served);
+        assert_eq!(p.listeners[0].kind, ListenerKind::Http);
     }
 
     #[test]

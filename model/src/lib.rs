@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 pub mod ca_api;
+pub mod cipher_suites;
+pub mod cluster_sni;
 pub mod compile;
 pub mod crd;
 pub mod discovery_api;

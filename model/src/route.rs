@@ -1067,6 +1067,42 @@ pub fn route_l4_bound(
     Some(l4_forward(snap, vs, r, dst, &[], rng))
 }
 
+/// A connection sent to a service the registry knows (a gateway's `AUTO_PASSTHROUGH`: the
+/// destination named by the client's SNI, no VirtualService): `host`'s endpoints on `port`,
+/// narrowed to `subset`'s labels. A host no endpoint source knows is refused (never resolved by
+/// DNS: the client must not make the gateway connect anywhere it names).
+pub fn forward_to_known(snap: &Snapshot, host: &str, subset: Option<&str>, port: u16) -> Decision {
+    let d = crate::kinds::Destination {
+        host: host.to_string(),
+        subset: subset.map(str::to_string),
+        port: Some(port),
+    };
+    match destination_endpoints(snap, &d, port) {
+        Ok(eps) if eps.is_empty() => Decision::Deny {
+            status: 404,
+            reason: format!("host {host} port {port} is not known to the registry"),
+        },
+        Ok(endpoints) => Decision::Forward(Forward {
+            route_name: None,
+            virtual_service: None,
+            host: d.host,
+            subset: d.subset,
+            port,
+            resolve_by_dns: false,
+            endpoints,
+            authority_rewrite: None,
+            uri_rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            policy: Policy::default(),
+        }),
+        Err(reason) => Decision::Deny {
+            status: 503,
+            reason,
+        },
+    }
+}
+
 /// Do the conditions of one `tcp`/`tls` match block hold for this connection?
 fn l4_match_holds(
     snap: &Snapshot,

@@ -18,11 +18,11 @@ use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
-use remora_model::gateway::ListenerKind;
+use remora_model::gateway::{self as model, ListenerKind, TlsAction};
 use tracing::{debug, info};
 
 use crate::detect::{self, Detected, SniffEnd};
-use crate::gateway::{GatewayFlags, GatewayRouter, TlsListener};
+use crate::gateway::{GatewayFlags, GatewayRouter, ServerCerts, TlsListener};
 use crate::guard::stream_idle::StreamIdleApp;
 use crate::guard::{self, Guard};
 use crate::http::MeshHttp;
@@ -49,6 +49,7 @@ impl GatewayApp {
         &self,
         stream: Stream,
         tls: &TlsListener,
+        peer: Option<SocketAddr>,
     ) -> Result<(Stream, Option<String>), String> {
         let digest = stream.get_socket_digest();
         let fd = stream
@@ -62,15 +63,43 @@ impl GatewayApp {
                     .await
                     .map_err(|e| format!("ClientHello: {e}"))?;
             let sni = start.client_hello().server_name().map(str::to_string);
-            let Some((server, cfg)) = tls.config_for(sni.as_deref()) else {
-                return Err(format!(
-                    "no server with a certificate for SNI {sni:?} on this port"
-                ));
+            let Some((server, own)) = tls.config_for(sni.as_deref()) else {
+                return Err(format!("no server for SNI {sni:?} on this port"));
+            };
+            let (cfg, workload) = match (ServerCerts::of(server), own) {
+                (ServerCerts::Own, Some(cfg)) => (cfg, false),
+                (ServerCerts::Workload, _) => {
+                    let m = self
+                        .router
+                        .shared
+                        .identity
+                        .as_ref()
+                        .and_then(|i| i.current())
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: ISTIO_MUTUAL, and this gateway has no workload certificate",
+                                server.describe()
+                            )
+                        })?;
+                    (m.server.clone(), true)
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: its TLS settings are not loaded (SNI {sni:?})",
+                        server.describe()
+                    ))
+                }
             };
             let stream = start
                 .into_stream(cfg)
                 .await
                 .map_err(|e| format!("handshake (SNI {sni:?}): {e}"))?;
+            if workload {
+                // A mesh client: its SPIFFE id from the mesh roots (checked by the handshake)
+                // in this trust domain, recorded for the connection's requests.
+                let entry = self.mesh_peer(&stream, peer)?;
+                return Ok((stream, sni, Some(entry)));
+            }
             let wanted = server
                 .server
                 .tls
@@ -92,34 +121,63 @@ impl GatewayApp {
                     }
                 }
             }
-            Ok((stream, sni))
+            Ok((stream, sni, None))
         };
-        let (tls, sni) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let (tls, sni, entry) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(format!("handshake timed out after {HANDSHAKE_TIMEOUT:?}")),
         };
         let digest = crate::mtls::socket::digest_of(fd, digest.as_deref());
-        let stream: Stream = Box::new(crate::mtls::socket::into_stream(tls, None, Some(digest)));
+        let stream: Stream = Box::new(crate::mtls::socket::into_stream(tls, entry, Some(digest)));
         Ok((stream, sni))
+    }
+
+    /// The client of an `ISTIO_MUTUAL` server: the SPIFFE id of its certificate (which the
+    /// handshake checked against the mesh roots), of this trust domain, recorded in the peers
+    /// of the gateway's mTLS connections for as long as the connection is open.
+    fn mesh_peer(
+        &self,
+        stream: &tokio_rustls::server::TlsStream<Stream>,
+        peer: Option<SocketAddr>,
+    ) -> Result<crate::mtls::inbound::PeerEntry, String> {
+        use crate::identity::material::{check_peer_id, spiffe_of};
+        let shared = &self.router.shared;
+        let conn = stream.get_ref().1;
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or("ISTIO_MUTUAL: the client sent no certificate")?;
+        let principal = spiffe_of(leaf.as_ref())
+            .ok_or("ISTIO_MUTUAL: the client certificate carries no SPIFFE id")?;
+        let trust_domain = shared
+            .identity
+            .as_ref()
+            .map(|i| i.config.trust_domain.as_str())
+            .unwrap_or_default();
+        check_peer_id(&principal, trust_domain, None)?;
+        let peer = peer.ok_or("ISTIO_MUTUAL: the client's address is unknown")?;
+        debug!(port = self.port, %peer, %principal, "ISTIO_MUTUAL client");
+        Ok(shared.peers.record(peer, &principal, conn))
     }
 }
 
 impl GatewayApp {
     /// A connection on a `TCP`, `PASSTHROUGH` or terminated `TLS` listener: on a passthrough one
-    /// the ClientHello is read (and put back) for its SNI; a terminated one comes decrypted with
-    /// its SNI (`terminated`); the model decides; the sidecar's TCP proxying copies the bytes
+    /// the ClientHello is read (and put back) for its SNI; a terminated one comes decrypted
+    /// with its SNI, and one whose ClientHello was read already with it (`known`); the model
+    /// decides; the sidecar's TCP proxying copies the bytes
     /// (TLS passed through untouched) and writes the metrics and the access log.
     async fn l4(
         &self,
         stream: Stream,
         passthrough: bool,
-        terminated: Option<Option<String>>,
+        known: Option<Option<String>>,
         peer: Option<SocketAddr>,
     ) {
         let local = crate::gateway::local_addr(stream.get_socket_digest().as_deref())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)));
-        let (stream, sni) = if let Some(sni) = terminated {
+        let (stream, sni) = if let Some(sni) = known {
             (stream, sni)
         } else if passthrough {
             let wait = self.router.shared.settings.http_first_byte_timeout;
@@ -198,16 +256,51 @@ impl ServerApp for GatewayApp {
                 return None;
             }
             ListenerKind::Http => stream,
-            ListenerKind::Https | ListenerKind::TlsTerminated => {
+            ListenerKind::Https | ListenerKind::TlsTerminated | ListenerKind::TlsBySni => {
+                let (stream, http) = if l.kind == ListenerKind::TlsBySni {
+                    // The ClientHello first (read and put back): its SNI's server passes the
+                    // connection through or terminates it.
+                    let wait = self.router.shared.settings.http_first_byte_timeout;
+                    let sniffed =
+                        match detect::sniff(stream, wait.max(HANDSHAKE_TIMEOUT), false).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!(port = self.port, ?peer, "{e}");
+                                return None;
+                            }
+                        };
+                    match model::tls_action(l, sniffed.sni.as_deref()) {
+                        TlsAction::PassThrough(_) if sniffed.sni.is_none() => {
+                            debug!(
+                                port = self.port,
+                                ?peer,
+                                "TLS passthrough: no ClientHello with a server name; closed"
+                            );
+                            return None;
+                        }
+                        TlsAction::PassThrough(_) => {
+                            self.l4(sniffed.stream, false, Some(sniffed.sni), peer)
+                                .await;
+                            return None;
+                        }
+                        TlsAction::Terminate { http, .. } => (sniffed.stream, http),
+                        TlsAction::Close(why) => {
+                            debug!(port = self.port, ?peer, "TLS: {why}; closed");
+                            return None;
+                        }
+                    }
+                } else {
+                    (stream, l.kind == ListenerKind::Https)
+                };
                 let tls = planned.tls.get(&self.port)?;
-                let (stream, sni) = match self.terminate(stream, tls).await {
+                let (stream, sni) = match self.terminate(stream, tls, peer).await {
                     Ok(s) => s,
                     Err(e) => {
                         debug!(port = self.port, ?peer, "TLS: {e}");
                         return None;
                     }
                 };
-                if l.kind == ListenerKind::TlsTerminated {
+                if !http {
                     self.l4(stream, false, Some(sni), peer).await;
                     return None;
                 }

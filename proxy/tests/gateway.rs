@@ -475,6 +475,21 @@ spec:
             ("mtls.example.com", "served"),
         ]
     );
+    // The certificate each server shows, as loaded (none for the one down).
+    let shown: Vec<Option<Vec<String>>> = l
+        .servers
+        .iter()
+        .map(|s| s.certificate.as_ref().map(|c| c.dns_names.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            Some(vec!["secure.example.com".to_string()]),
+            Some(vec!["other.example.com".to_string()]),
+            None,
+            Some(vec!["mtls.example.com".to_string()]),
+        ]
+    );
     assert!(dump
         .listeners
         .iter()
@@ -953,4 +968,337 @@ spec:
     )
     .unwrap();
     assert_eq!(r.status, 404, "{}", r.body_text());
+}
+
+/// [`https_try`] with a given client configuration.
+fn https_try_with(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<(HttpResp, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    let read = tls.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return Err(format!("no response: {read:?}"));
+    }
+    let shown = conn.peer_certificates().ok_or("no server certificate")?[0]
+        .as_ref()
+        .to_vec();
+    Ok((parse_response(&raw).map_err(|e| e.to_string())?, shown))
+}
+
+/// A TLS 1.2-only client trusting `root` that offers the one cipher suite `suite`.
+fn one_suite_client(root: &str, suite: rustls::SupportedCipherSuite) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Istio's TLS modes side by side on one gateway port, the ClientHello's SNI deciding: a
+/// `PASSTHROUGH` server (the client sees the backend's own certificate), a `SIMPLE` HTTPS
+/// server (the client sees the gateway's certificate and gets the HTTP backend's answer), an
+/// `AUTO_PASSTHROUGH` server (Istio's `outbound_.PORT_._.HOST` name reaches that service's
+/// endpoint without a VirtualService; a service the registry does not know is closed), and
+/// `cipherSuites`: the listed suite is accepted, a client offering only another is refused, and
+/// a server listing a suite rustls does not have is down with its line while the others serve.
+#[test]
+fn tls_modes_share_a_port_by_sni_and_cipher_suites() {
+    let rt = rt();
+    let creds = tempfile::tempdir().unwrap();
+    let (pass_crt, pass_key) = cert("pass.example.com");
+    let auto_name = "outbound_.9443_._.auto-backend.testns.svc.cluster.local";
+    let (auto_crt, auto_key) = cert(auto_name);
+    let (web_crt, web_key) = cert("web.example.com");
+    let (suites_crt, suites_key) = cert("suites.example.com");
+    secret_volume(
+        &creds.path().join("web-cert"),
+        1,
+        &[("tls.crt", &web_crt), ("tls.key", &web_key)],
+    );
+    secret_volume(
+        &creds.path().join("suites-cert"),
+        1,
+        &[("tls.crt", &suites_crt), ("tls.key", &suites_key)],
+    );
+    let pass = rt.block_on(spawn_tls_http(pass_crt.clone(), pass_key, "pass"));
+    let auto = rt.block_on(spawn_tls_http(auto_crt.clone(), auto_key, "auto"));
+    let web = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "web"));
+    let rules = RulesDir::new(&[
+        (
+            "gateway.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls-pass, protocol: TLS}
+    hosts: [pass.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: https-web, protocol: HTTPS}
+    hosts: [web.example.com]
+    tls: {mode: SIMPLE, credentialName: web-cert}
+  - port: {number: 443, name: auto, protocol: TLS}
+    hosts: ['*.local']
+    tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 443, name: https-suites, protocol: HTTPS}
+    hosts: [suites.example.com]
+    tls: {mode: SIMPLE, credentialName: suites-cert, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]}
+  - port: {number: 443, name: https-bad, protocol: HTTPS}
+    hosts: [bad.example.com]
+    tls: {mode: SIMPLE, credentialName: web-cert, cipherSuites: [AES128-SHA]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: testns}
+spec:
+  hosts: [pass.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [pass.example.com]}]
+    route: [{destination: {host: pass-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: testns}
+spec:
+  hosts: [web.example.com, suites.example.com, bad.example.com]
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: web-backend, port: {number: 8080}}}]
+",
+        ),
+        (
+            "backends.yaml",
+            &[
+                l4_endpoint("pass-backend", 443, "TLS", pass),
+                l4_endpoint("auto-backend", 9443, "TLS", auto),
+                endpoint("web-backend", 8080, web),
+            ]
+            .join("---\n"),
+        ),
+    ]);
+    let port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={},443={port}", free_ports(1)[0]),
+        &[format!(
+            "--gateway-credentials-dir={}",
+            creds.path().display()
+        )],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Passed through: the backend's own certificate and answer.
+    let (r, shown) = https_try(addr, "pass.example.com", &pass_crt, "/", None)
+        .unwrap_or_else(|e| panic!("pass: {e}\n{}", gw.stderr_text()));
+    assert_eq!((r.status, r.body_text()), (200, "pass".to_string()));
+    assert_eq!(shown, der(&pass_crt), "the backend's certificate");
+    // Terminated by the gateway: its certificate, the HTTP backend's answer.
+    let (r, shown) = https_try(addr, "web.example.com", &web_crt, "/web", None)
+        .unwrap_or_else(|e| panic!("web: {e}\n{}", gw.stderr_text()));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["server"], "web");
+    assert_eq!(shown, der(&web_crt), "the gateway's certificate");
+    // AUTO_PASSTHROUGH: the service the name carries, untouched.
+    let (r, shown) = https_try(addr, auto_name, &auto_crt, "/", None)
+        .unwrap_or_else(|e| panic!("auto: {e}\n{}", gw.stderr_text()));
+    assert_eq!((r.status, r.body_text()), (200, "auto".to_string()));
+    assert_eq!(shown, der(&auto_crt));
+    let unknown = "outbound_.9443_._.nobody.testns.svc.cluster.local";
+    let (nobody_crt, _) = cert(unknown);
+    assert!(
+        https_try(addr, unknown, &nobody_crt, "/", None).is_err(),
+        "a service the registry does not know is closed"
+    );
+    // cipherSuites: the listed TLS 1.2 suite is accepted, another is refused.
+    use rustls::crypto::ring::cipher_suite as cs;
+    let ok = one_suite_client(&suites_crt, cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    let (r, shown) = https_try_with(addr, "suites.example.com", ok, "/suites")
+        .unwrap_or_else(|e| panic!("suites: {e}\n{}", gw.stderr_text()));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(shown, der(&suites_crt));
+    let other = one_suite_client(
+        &suites_crt,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    );
+    let e = https_try_with(addr, "suites.example.com", other, "/suites").unwrap_err();
+    assert!(!e.is_empty());
+    // A suite rustls does not have: that server is down, with its line naming the field.
+    assert!(
+        https_try(addr, "bad.example.com", &web_crt, "/", None).is_err(),
+        "bad.example.com's server is down"
+    );
+    let log = gw.stderr_text();
+    assert!(
+        log.contains("Gateway testns/edge spec.servers[4] (port 443): TLS settings not loaded, this server is down: tls.cipherSuites[0]: \"AES128-SHA\" is not supported by remora's TLS library (rustls)"),
+        "{log}"
+    );
+    gw.metrics_when("remora_gateway_servers", &["state=\"down\""], 1.0);
+}
+
+/// A TLS server for `name` with a certificate signed by a test CA (returned, PEM) that answers
+/// each HTTP request with 200 and the server name the client asked for (its SNI).
+async fn spawn_https_origin(name: &str) -> (SocketAddr, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ca_pem, leaves) = client_ca(&[name]);
+    let (crt, key) = &leaves[0];
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(crt.as_bytes()).unwrap()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("sni={sni}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, ca_pem)
+}
+
+/// Istio's egress gateway with TLS origination: the mesh sends plain HTTP to the egress
+/// gateway, whose VirtualService routes it to the external host's port 443, and the
+/// DestinationRule's `tls.mode: SIMPLE` for that host (the sidecar's own TLS origination code)
+/// makes the gateway's upstream connection HTTPS: the external host (a local rustls server with
+/// a test CA) sees the DestinationRule's `sni`, and the gateway checks its certificate against
+/// `caCertificates` and `subjectAltNames` (a name the certificate does not carry: 503).
+#[test]
+fn egress_gateway_originates_tls() {
+    let rt = rt();
+    let (origin, ca_pem) = rt.block_on(spawn_https_origin("external.example.com"));
+    let pki = tempfile::tempdir().unwrap();
+    let ca_path = pki.path().join("external-ca.pem");
+    std::fs::write(&ca_path, &ca_pem).unwrap();
+    let gw_port = free_ports(1)[0];
+    let entry = |host: &str, sans: &str| {
+        let name = host.split('.').next().unwrap();
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: testns}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 443, name: https, protocol: HTTPS}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{https: {o}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: testns}}
+spec:
+  hosts: [{host}]
+  gateways: [istio-egressgateway]
+  http:
+  - match: [{{port: 80}}]
+    route:
+    - destination: {{host: {host}, port: {{number: 443}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: testns}}
+spec:
+  host: {host}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: SIMPLE, sni: external.example.com, caCertificates: {ca}, subjectAltNames: [{sans}]}}
+",
+            o = origin.port(),
+            ca = ca_path.display(),
+        )
+    };
+    let rules = RulesDir::new(&[
+        (
+            "gateway.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway, namespace: testns}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [external.example.com, pinned.example.com]
+",
+        ),
+        (
+            "external.yaml",
+            &entry("external.example.com", "external.example.com"),
+        ),
+        (
+            "pinned.yaml",
+            &entry("pinned.example.com", "someone-else.example.com"),
+        ),
+    ]);
+    let (gw, _pod) = start_gateway_as(
+        "app=\"istio-egressgateway\"\nistio=\"egressgateway\"\n",
+        rules.path(),
+        &format!("80={gw_port},443={}", free_ports(1)[0]),
+        &[],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
+    let r = http_get(addr, "/news", &[("Host", "external.example.com")]).unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    assert_eq!(r.body_text(), "sni=external.example.com");
+    let line = gw.wait_log(|l| l["path"] == "/news");
+    assert_eq!(line["upstream"], origin.to_string(), "{line}");
+    // The certificate does not carry the DestinationRule's subjectAltNames: refused.
+    let r = http_get(addr, "/pinned", &[("Host", "pinned.example.com")]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body_text());
 }

@@ -712,7 +712,20 @@ impl Lab {
     /// [`GATEWAY_NAMESPACE`]) mounted for `credentialName`, as docs/gateways.md patches the
     /// Deployment: a volume per Secret at `/etc/remora/gateway-credentials/<name>`.
     pub fn start_gateway_with_credentials(&mut self, secrets: &[&str]) -> Result<()> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway.yaml");
+        self.start_gateway_manifest("gateway.yaml", secrets)
+    }
+
+    /// The egress gateway as `manifests/egress-gateway.yaml` ships it (`istio-egressgateway`,
+    /// label `istio: egressgateway`), changed as [`Lab::start_gateway`] changes the ingress
+    /// gateway's, in [`GATEWAY_NAMESPACE`].
+    pub fn start_egress_gateway(&mut self) -> Result<()> {
+        self.start_gateway_manifest("egress-gateway.yaml", &[])
+    }
+
+    fn start_gateway_manifest(&mut self, manifest: &str, secrets: &[&str]) -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests")
+            .join(manifest);
         let mut text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         // The lab's pods cannot reach its API: the gateway gets its credentialName Secrets

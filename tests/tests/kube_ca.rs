@@ -1119,6 +1119,159 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// `remora-proxy gateway` with identity `namespace`/`service_account` (`token`), the pod
+    /// labels of Istio's ingress gateway, Gateway port 443 listened on at `outbound` (the
+    /// returned `outbound`; `inbound` is the same, unused).
+    fn start_gateway(
+        dir: &Path,
+        ca: std::net::SocketAddr,
+        (namespace, service_account, token): (&str, &str, &str),
+        rules: &str,
+    ) -> Sidecar {
+        let name = "ingressgateway";
+        let bin = remora_e2e::admission::default_bin_dir().join("remora-proxy");
+        assert!(bin.exists(), "{} is missing: build it first", bin.display());
+        let d = dir.join(name);
+        std::fs::create_dir_all(d.join("rules")).unwrap();
+        std::fs::write(d.join("rules/rules.yaml"), rules).unwrap();
+        std::fs::write(d.join("token"), token).unwrap();
+        std::fs::write(
+            d.join("labels"),
+            "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
+        )
+        .unwrap();
+        let p = remora_e2e::ports::free_ports(5);
+        let a = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("gateway")
+            .arg("--access-log-encoding=JSON")
+            .arg("--gateway-address=127.0.0.1")
+            .arg(format!("--gateway-port-map=443={},80={}", p[0], p[1]))
+            .arg(format!("--admin-addr={}", a(p[2])))
+            .arg(format!("--health-addr={}", a(p[3])))
+            .arg(format!("--prometheus-addr={}", a(p[4])))
+            .arg(format!("--rules-dir={}", d.join("rules").display()))
+            .args(["--rules-rescan-seconds=1", "--kube-api=off"])
+            .arg(format!("--pod-labels-file={}", d.join("labels").display()))
+            .arg(format!("--namespace={namespace}"))
+            .arg(format!("--workload-name={name}"))
+            .arg("--drain-seconds=1")
+            .arg(format!("--ca-address={ca}"))
+            .arg(format!("--ca-server-name={CA_NAME}"))
+            .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
+            .arg(format!("--ca-token-file={}", d.join("token").display()))
+            .env("SERVICE_ACCOUNT", service_account)
+            .env("POD_NAMESPACE", namespace);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REMORA_") {
+                cmd.env_remove(k);
+            }
+        }
+        let proc = Proc::spawn(name, cmd, d.join("proxy.log")).unwrap();
+        Sidecar {
+            proc,
+            outbound: a(p[0]),
+            inbound: a(p[0]),
+            admin: a(p[2]),
+            health: a(p[3]),
+            prometheus: a(p[4]),
+        }
+    }
+}
+
+/// Istio's `ISTIO_MUTUAL` gateway server: the gateway (its workload certificate from the CA)
+/// terminates a client sidecar's mesh mTLS — the client checked by the mesh roots, its SPIFFE
+/// id in the gateway's access log — and routes the request by the VirtualService bound to the
+/// Gateway; a client without a mesh certificate gets no answer.
+#[tokio::test]
+async fn gateway_istio_mutual_server_takes_mesh_clients() {
+    let (_api, ca, _root, dir) = ca_with_root().await;
+    let (_app, app_addr) = start_app(dir.path(), &["http", "--service", "httpbin"]);
+    let rules = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https-mesh, protocol: HTTPS}}
+    hosts: ['*']
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: default}}
+spec:
+  hosts: [gw.example.com]
+  gateways: [edge]
+  http:
+  - route: [{{destination: {{host: httpbin-app, port: {{number: 8000}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin-app, namespace: default}}
+spec:
+  hosts: [httpbin-app.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+",
+        app_addr.port()
+    );
+    let mut gw = Sidecar::start_gateway(
+        dir.path(),
+        ca.ca,
+        ("default", "httpbin", "tok-httpbin"),
+        &rules,
+    );
+    gw.ready().await;
+    // The client knows the gateway as a mesh endpoint: automatic mTLS to it.
+    let client_rules = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: gw, namespace: other}}\nspec:\n  hosts: [gw.example.com]\n  location: MESH_INTERNAL\n  ports: [{{number: {p}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {p}}}\n    labels: {{app: istio-ingressgateway, security.istio.io/tlsMode: istio}}\n",
+        p = gw.outbound.port()
+    );
+    let mut client = Sidecar::start(
+        "sleep",
+        dir.path(),
+        ca.ca,
+        "other",
+        "sleep",
+        "tok-other-ns",
+        &client_rules,
+        ("fixed-outbound-target", gw.outbound),
+        &[],
+    );
+    client.ready().await;
+    let (code, body) = get(client.outbound, "gw.example.com", "/get/through-gateway")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}\n{}\n{}", client.log(), gw.log());
+    assert!(body.contains("httpbin"), "{body}");
+    // The gateway recorded the client's identity.
+    let deadline = Instant::now() + PATIENCE;
+    let line = loop {
+        let log = gw.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.starts_with('{') && l.contains("/get/through-gateway"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access-log line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        v["peer_principal"], "spiffe://cluster.local/ns/other/sa/sleep",
+        "{line}"
+    );
+    // Plain text (no mesh certificate): no answer.
+    let plain = get(gw.outbound, "gw.example.com", "/plain").await;
+    assert!(plain.is_err(), "{plain:?}");
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self.proc.stop(Duration::from_secs(5));

@@ -531,39 +531,53 @@ fn lab_cli_tears_down_on_sigint() {
     assert!(netns_exists(&node));
     // The curl line it prints for the ingress gateway works (from a pod outside the mesh);
     // the gateway reloads its rules a moment after they are written: bounded retries.
-    let mut gateway_line = None;
-    for l in lines.by_ref().take(4).map_while(Result::ok) {
-        if l.contains("ingress gateway") {
-            gateway_line = Some(l);
+    // HTTP, and HTTPS with the gateway's test certificate.
+    let mut gateway_lines = Vec::new();
+    for l in lines.by_ref().take(5).map_while(Result::ok) {
+        if l.contains("ingress gateway") || l.contains("HTTPS, the gateway") {
+            gateway_lines.push(l);
+        }
+        if gateway_lines.len() == 2 {
             break;
         }
     }
+    if gateway_lines.len() == 1 {
+        gateway_lines.push("(no HTTPS line printed)".into());
+    }
     // Checked after the lab is torn down, so a failure leaves nothing behind.
-    let gateway_check: Result<(), String> = match gateway_line.as_deref() {
-        Some(l) if l.trim_start().starts_with("ip netns exec") => {
-            let argv: Vec<&str> = l.split_whitespace().take_while(|w| *w != "#").collect();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let body = std::process::Command::new(argv[0])
-                    .args(&argv[1..])
-                    .args(["--max-time", "10"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_else(|e| format!("{e}"));
-                if body.contains("\"service\":\"productpage\"") {
-                    break Ok(());
+    let check = |line: Option<&str>| -> Result<(), String> {
+        match line {
+            Some(l) if l.trim_start().starts_with("ip netns exec") => {
+                let argv: Vec<&str> = l.split_whitespace().take_while(|w| *w != "#").collect();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    let body = std::process::Command::new(argv[0])
+                        .args(&argv[1..])
+                        .args(["--max-time", "10"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_else(|e| format!("{e}"));
+                    if body.contains("\"service\":\"productpage\"") {
+                        break Ok(());
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        break Err(format!("{l}: no product page within 30 s: {body}"));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
                 }
-                if std::time::Instant::now() >= deadline {
-                    break Err(format!("{l}: no product page within 30 s: {body}"));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Some(other) => Err(format!("not a command line: {other}")),
+            None => {
+                eprintln!("no ingress gateway line to try");
+                Ok(())
             }
         }
-        other => {
-            eprintln!("no ingress gateway line to try: {other:?}");
-            Ok(())
-        }
     };
+    let gateway_check = gateway_lines
+        .iter()
+        .map(|l| check(Some(l)))
+        .collect::<Result<Vec<()>, String>>()
+        .and_then(|v| if v.is_empty() { check(None) } else { Ok(()) });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGINT,

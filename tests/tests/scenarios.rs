@@ -1750,3 +1750,129 @@ fn bookinfo_request_is_one_trace_with_parent_child_spans() {
         && s.tags["guid:x-request-id"] == root.tags["guid:x-request-id"]));
     drop(lab);
 }
+
+/// Istio's egress gateway pattern in the mesh lab: `manifests/egress-gateway.yaml` applied (as
+/// the lab applies the ingress gateway's manifest), an "external host" that is a plain pod of an
+/// unmeshed namespace (a network namespace on the lab bridge, reached by its address through a
+/// ServiceEntry), and Istio's Gateway and VirtualService bound to the egress gateway and to
+/// `mesh`: a meshed pod's request for the external host leaves through the egress gateway — the
+/// external host answers, the sidecar counts its request to the egress gateway's service, the
+/// egress gateway counts its own to the external host — and the app's own destination (the
+/// external host's port 80, where nothing listens) is never used.
+#[test]
+fn egress_through_the_egress_gateway() {
+    let mut lab = Lab::start(LabOptions {
+        rules_controller: true,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    lab.create_namespace("external", &[]).unwrap();
+    lab.create_namespace("shop", &[("istio-injection", "enabled")])
+        .unwrap();
+    let site = "apiVersion: v1\nkind: Pod\nmetadata: {name: site, labels: {app: site}}\nspec:\n  containers:\n  - name: site\n    image: lab/lab-app:latest\n    command: [lab-app]\n    args: [http, --service, external-site, --port, \"9080\"]\n    readinessProbe: {tcpSocket: {port: 9080}}\n";
+    let r = lab.apply(site, "external");
+    must(&lab, r);
+    let sleep = "apiVersion: v1\nkind: Pod\nmetadata: {name: sleep, labels: {app: sleep}}\nspec:\n  containers:\n  - name: sleep\n    image: lab/lab-app:latest\n    command: [lab-app]\n    args: [http, --service, sleep, --port, \"9080\"]\n    readinessProbe: {tcpSocket: {port: 9080}}\n";
+    let r = lab.apply(sleep, "shop");
+    must(&lab, r);
+    let site_ip = lab.pod("external/site").unwrap().ip;
+    let pattern = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-site}}
+spec:
+  hosts: [external.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {site_ip}, ports: {{http: 9080}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [external.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-through-egress-gateway}}
+spec:
+  hosts: [external.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: 80}}]
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    route:
+    - destination: {{host: external.example.com, port: {{number: 80}}}}
+"
+    );
+    let r = lab.apply(&pattern, "shop");
+    must(&lab, r);
+    let r = lab.start_egress_gateway();
+    must(&lab, r);
+    let egress = lab.pod("istio-system/istio-egressgateway").unwrap();
+    assert!(!egress.meshed, "the egress gateway is not injected");
+    // The app addresses the external host itself (its port 80: nothing listens there).
+    let get = |lab: &Lab| {
+        let p = lab.pod("shop/sleep")?;
+        lab.rt.block_on(remora_e2e::client::http(
+            &p.netns,
+            std::net::SocketAddr::from((site_ip, 80)),
+            "external.example.com",
+            "GET",
+            "/news",
+            &[],
+            Duration::from_secs(15),
+        ))
+    };
+    // The controller writes the ConfigMaps a moment after the objects exist: bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let r = get(&lab);
+        if let Ok(r) = &r {
+            if r.status == 200 {
+                break r.json().unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from the external host through the egress gateway within 30 s (last {:?})\n--- logs:\n{}",
+            r.map(|r| (r.status, String::from_utf8_lossy(&r.body).to_string())),
+            lab.logs(25)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply["service"], "external-site", "{reply}");
+    // Each hop counted its request: the sidecar to the egress gateway's service, the egress
+    // gateway to the external host.
+    let sidecar = must(&lab, lab.metrics(lab.pod("shop/sleep").unwrap()));
+    let to_gateway = sum(
+        &sidecar,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            (
+                "destination_service",
+                "istio-egressgateway.istio-system.svc.cluster.local",
+            ),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(to_gateway >= 1.0, "{sidecar:?}");
+    let gw = must(&lab, lab.metrics(egress));
+    let to_site = sum(
+        &gw,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "external.example.com"),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(to_site >= 1.0, "{gw:?}");
+}

@@ -241,6 +241,16 @@ pub fn check(
             _ => {}
         }
     }
+    for gw in gateways {
+        for (field, reason) in crate::gateway::cipher_suite_problems(gw) {
+            out.push(GatewayFinding {
+                level: "error",
+                object: format!("Gateway {}", gw.meta.key()),
+                field,
+                message: format!("{reason}: the gateway keeps this server down"),
+            });
+        }
+    }
     out.extend(port_conflicts(gateways));
     out
 }
@@ -609,6 +619,55 @@ mod tests {
         for g in &gws {
             let one = std::slice::from_ref(g);
             assert_eq!(check(one, &[], &cx(one)), []);
+        }
+    }
+    #[test]
+    fn cipher_suites_that_cannot_be_offered() {
+        let g = |suites: &str| {
+            gateway(
+                "istio-system",
+                "edge",
+                &format!("selector: {{istio: ingressgateway}}\nservers:\n- port: {{number: 443, name: a, protocol: HTTPS}}\n  hosts: ['a.example.com']\n  tls: {{mode: SIMPLE, credentialName: a}}\n- port: {{number: 443, name: b, protocol: HTTPS}}\n  hosts: ['b.example.com']\n  tls: {{mode: SIMPLE, credentialName: b, cipherSuites: [{suites}]}}\n"),
+            )
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            ("ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-CHACHA20-POLY1305", None),
+            (
+                "ECDHE-RSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA",
+                Some("spec.servers[1].tls.cipherSuites[1]: \"ECDHE-RSA-AES128-SHA\" is not supported by remora's TLS library (rustls)"),
+            ),
+            (
+                "NOT-A-SUITE",
+                Some("spec.servers[1].tls.cipherSuites[0]: \"NOT-A-SUITE\" is not a cipher suite name Envoy knows"),
+            ),
+        ];
+        // Not applied where the gateway does not terminate with its own certificate.
+        let pass = gateway(
+            "istio-system",
+            "pass",
+            "selector: {istio: ingressgateway}\nservers:\n- port: {number: 443, name: a, protocol: TLS}\n  hosts: ['a.example.com']\n  tls: {mode: PASSTHROUGH, cipherSuites: [AES128-SHA]}\n",
+        );
+        let one = std::slice::from_ref(&pass);
+        assert_eq!(check(one, &[], &cx(one)), []);
+        for (suites, want) in cases {
+            let gws = [g(suites)];
+            let f = check(&gws, &[], &cx(&gws));
+            match want {
+                None => assert_eq!(f, [], "{suites}"),
+                Some(w) => {
+                    assert_eq!(f.len(), 1, "{f:?}");
+                    assert_eq!(
+                        (f[0].level, f[0].object.as_str()),
+                        ("error", "Gateway istio-system/edge")
+                    );
+                    let line = format!("{}: {}", f[0].field, f[0].message);
+                    assert!(line.starts_with(w), "{line}");
+                    assert!(
+                        line.ends_with("the gateway keeps this server down"),
+                        "{line}"
+                    );
+                }
+            }
         }
     }
 }

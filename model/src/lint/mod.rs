@@ -219,6 +219,19 @@ fn check_decoded(decoded: Decoded, ctx: &LoadContext, report: &mut ValidationRep
             format!("{} (the gateway leaves this Gateway out)", e.reason),
         ));
     }
+    for gw in &decoded.gateways {
+        for (field, reason) in crate::gateway::cipher_suite_problems(gw) {
+            report.warnings.push(at(
+                &gw.meta.file,
+                gw.meta.document,
+                field,
+                format!(
+                    "Gateway {}: {reason} (the gateway keeps this server down)",
+                    gw.meta.key()
+                ),
+            ));
+        }
+    }
     // What a proxy in `ctx.namespace` would not apply (exportTo, Sidecar scope, selectors):
     // build the snapshot as the proxy does (without resolving DNS names).
     if decoded.errors.is_empty() {
@@ -748,5 +761,27 @@ mod tests {
             r.to_string().contains("warning: g.yaml doc 1: spec.servers[0].tls.credentialName: SIMPLE needs credentialName, or serverCertificate and privateKey (the gateway leaves this Gateway out)"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_cipher_suite_the_gateway_cannot_offer_is_a_warning() {
+        let gw = |suites: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: 443, name: https, protocol: HTTPS}}, hosts: ['*'], tls: {{mode: SIMPLE, credentialName: c, cipherSuites: [{suites}]}}}}]\n")
+        };
+        let r = run_files(
+            &[("g.yaml", &gw("ECDHE-RSA-AES128-GCM-SHA256, DES-CBC3-SHA"))],
+            &LoadContext::default(),
+        );
+        assert!(r.errors.is_empty(), "{r}");
+        assert!(
+            r.to_string().contains(
+            "warning: g.yaml doc 1: spec.servers[0].tls.cipherSuites[1]: Gateway default/g: \"DES-CBC3-SHA\" is not supported by remora's TLS library (rustls); supported: ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-RSA-AES256-GCM-SHA384, ECDHE-ECDSA-CHACHA20-POLY1305, ECDHE-RSA-CHACHA20-POLY1305 (the gateway keeps this server down)\n"),
+            "{r}"
+        );
+        let r = run_files(
+            &[("g.yaml", &gw("ECDHE-RSA-AES128-GCM-SHA256"))],
+            &LoadContext::default(),
+        );
+        assert!(!r.to_string().contains("cipherSuites"), "{r}");
     }
 }

@@ -141,6 +141,27 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The public facts of the leaf certificate in `files.cert` (for `/config_dump`); `None` when
+/// it cannot be read or parsed (the configuration built from it says why).
+pub fn served_certificate(files: &TlsFiles) -> Option<remora_model::dump::ServedCertificateDump> {
+    let der = certificates(&files.cert).ok()?.into_iter().next()?;
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(ext)) = c.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                dns_names.push(d.to_string());
+            }
+        }
+    }
+    Some(remora_model::dump::ServedCertificateDump {
+        subject: c.subject().to_string(),
+        dns_names,
+        serial: c.raw_serial_as_string().replace(':', ""),
+        not_after: u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0),
+    })
+}
+
 /// The TLS versions of `minProtocolVersion`/`maxProtocolVersion` (rustls has TLS 1.2 and 1.3;
 /// an older minimum means 1.2).
 pub fn versions(tls: &ServerTls) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
@@ -163,14 +184,44 @@ pub fn versions(tls: &ServerTls) -> Result<Vec<&'static rustls::SupportedProtoco
     }
 }
 
-/// The rustls configuration of one server: its certificate, its versions, client certificates
+/// The cryptography of one server: ring's, with `cipherSuites` (Envoy's names) as its TLS 1.2
+/// suites in that order when given (TLS 1.3's suites stay, as in Envoy). Err names the entry
+/// (`tls.cipherSuites[j]`) and why it cannot be offered.
+pub fn provider(tls: &ServerTls) -> Result<rustls::crypto::CryptoProvider, String> {
+    use remora_model::cipher_suites::{check, Tls12Suite};
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    if tls.cipher_suites.is_empty() {
+        return Ok(p);
+    }
+    let tls12 = check(&tls.cipher_suites, "tls")?;
+    let mut suites: Vec<rustls::SupportedCipherSuite> = p
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .copied()
+        .collect();
+    suites.extend(tls12.iter().map(|s| match s {
+        Tls12Suite::EcdheEcdsaAes128GcmSha256 => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        Tls12Suite::EcdheRsaAes128GcmSha256 => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        Tls12Suite::EcdheEcdsaAes256GcmSha384 => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        Tls12Suite::EcdheRsaAes256GcmSha384 => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        Tls12Suite::EcdheEcdsaChacha20Poly1305 => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        Tls12Suite::EcdheRsaChacha20Poly1305 => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    }));
+    p.cipher_suites = suites;
+    Ok(p)
+}
+
+/// The rustls configuration of one server: its certificate, its versions and cipher suites
+/// ([`provider`]), client certificates
 /// for MUTUAL (required) and OPTIONAL_MUTUAL (checked when sent), ALPN h2 and http/1.1.
 pub fn server_config(
     tls: &ServerTls,
     files: &TlsFiles,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(provider(tls)?);
     let key = load(&files.cert, &files.key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(tls)?)
         .map_err(|e| format!("TLS settings: {e}"))?;
@@ -275,6 +326,65 @@ mod tests {
         std::fs::write(d.path().join("kube/tls.crt"), "junk").unwrap();
         let e = load(&f.cert, &f.key).unwrap_err();
         assert!(e.contains("no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn cipher_suites_configure_tls12_only() {
+        use rustls::CipherSuite::*;
+        let p = |names: &[&str]| {
+            let t = ServerTls {
+                cipher_suites: names.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            provider(&t).map(|p| {
+                p.cipher_suites
+                    .iter()
+                    .map(|s| s.suite())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let tls13 = [
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ];
+        let got = p(&[
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ])
+        .unwrap();
+        assert_eq!(got[..3], tls13);
+        assert_eq!(
+            got[3..],
+            [
+                TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            ]
+        );
+        // Not listed: ring's defaults (TLS 1.3 and 1.2).
+        assert_eq!(p(&[]).unwrap().len(), 9);
+        // What /config_dump shows of the certificate served.
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, _) = pem_pair("shop.example.com");
+        std::fs::write(dir.path().join("tls.crt"), &crt).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            ca: None,
+        };
+        let c = served_certificate(&files).unwrap();
+        assert_eq!(c.dns_names, ["shop.example.com"]);
+        assert!(
+            c.subject.contains("CN=rcgen self signed cert"),
+            "{}",
+            c.subject
+        );
+        assert!(!c.serial.is_empty() && c.not_after > 1_700_000_000, "{c:?}");
+        let e = p(&["ECDHE-RSA-AES128-GCM-SHA256", "AES256-SHA"]).unwrap_err();
+        assert!(
+            e.starts_with("tls.cipherSuites[1]: \"AES256-SHA\" is not supported"),
+            "{e}"
+        );
     }
 
     #[test]

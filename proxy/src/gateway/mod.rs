@@ -91,6 +91,17 @@ impl Planned {
         t.configs.get(i).cloned().flatten()
     }
 
+    /// The certificate this plan shows for the same server on listening port `port`.
+    fn cert_of(
+        &self,
+        port: u16,
+        server: &BoundServer,
+    ) -> Option<remora_model::dump::ServedCertificateDump> {
+        let t = self.tls.get(&port)?;
+        let i = t.listener.servers.iter().position(|b| b == server)?;
+        t.certs.get(i).cloned().flatten()
+    }
+
     /// Are the certificate files still those the plan read? Looked at once a second at most.
     fn files_unchanged(&self) -> bool {
         let Ok(mut checked) = self.checked.try_lock() else {
@@ -104,27 +115,57 @@ impl Planned {
     }
 }
 
-/// A TLS listener: one rustls configuration per server (`None`: that server is down).
+/// A TLS listener: one rustls configuration per server that terminates with certificates of
+/// its own (`None`: that server is down, or it needs none: passed through, or `ISTIO_MUTUAL`
+/// with the workload certificate), and which servers are down.
 pub struct TlsListener {
     pub listener: Listener,
     pub configs: Vec<Option<Arc<rustls::ServerConfig>>>,
+    pub down: Vec<bool>,
+    /// The certificate each server shows, as loaded (for `/config_dump`).
+    pub certs: Vec<Option<remora_model::dump::ServedCertificateDump>>,
+}
+
+/// How a server of a TLS listener gets its rustls configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCerts {
+    /// Passed through: none.
+    None,
+    /// `credentialName` or the file paths.
+    Own,
+    /// `ISTIO_MUTUAL`: the gateway's workload certificate, mesh client certificates required.
+    Workload,
+}
+
+impl ServerCerts {
+    pub fn of(b: &BoundServer) -> ServerCerts {
+        let mode = b.server.tls.as_ref().and_then(|t| t.mode);
+        match model::server_kind(&b.server) {
+            Some(ListenerKind::Https | ListenerKind::TlsTerminated)
+                if mode == Some(model::TlsMode::IstioMutual) =>
+            {
+                ServerCerts::Workload
+            }
+            Some(ListenerKind::Https | ListenerKind::TlsTerminated) => ServerCerts::Own,
+            _ => ServerCerts::None,
+        }
+    }
 }
 
 impl TlsListener {
-    /// The server an SNI name reaches and its configuration (`None`: no server has that name,
-    /// or its certificate is missing).
+    /// The server an SNI name reaches and its own configuration (`None`: no server has that
+    /// name; `Some((server, None))`: it has no configuration of its own, see [`ServerCerts`]).
     pub fn config_for(
         &self,
         sni: Option<&str>,
-    ) -> Option<(&BoundServer, Arc<rustls::ServerConfig>)> {
+    ) -> Option<(&BoundServer, Option<Arc<rustls::ServerConfig>>)> {
         let chosen = model::server_for(&self.listener, sni)?;
         let i = self
             .listener
             .servers
             .iter()
             .position(|b| std::ptr::eq(b, chosen))?;
-        let cfg = self.configs.get(i).cloned().flatten()?;
-        Some((chosen, cfg))
+        Some((chosen, self.configs.get(i).cloned().flatten()))
     }
 }
 
@@ -198,7 +239,13 @@ impl GatewayRouter {
                 planned
                     .tls
                     .get(&port)
-                    .is_some_and(|t| t.configs.get(i).is_some_and(|c| c.is_none()))
+                    .is_some_and(|t| t.down.get(i).copied().unwrap_or(false))
+            },
+            |port, i| {
+                planned
+                    .tls
+                    .get(&port)
+                    .and_then(|t| t.certs.get(i).cloned().flatten())
             },
         )
     }
@@ -313,27 +360,56 @@ impl GatewayRouter {
             }
             let dir = &self.flags.gateway_credentials_dir;
             let mut configs = Vec::new();
+            let mut down = Vec::new();
+            let mut served = Vec::new();
             for b in &l.servers {
+                match ServerCerts::of(b) {
+                    ServerCerts::None => {
+                        configs.push(None);
+                        down.push(false);
+                        served.push(None);
+                        continue;
+                    }
+                    ServerCerts::Workload => {
+                        let no_identity = self.shared.identity.is_none();
+                        if no_identity {
+                            warn!(
+                                "{} (port {}): ISTIO_MUTUAL needs the gateway's workload certificate, and this gateway has no workload identity (--ca-address off): this server is down",
+                                b.describe(),
+                                b.server.port
+                            );
+                        }
+                        configs.push(None);
+                        down.push(no_identity);
+                        served.push(None);
+                        continue;
+                    }
+                    ServerCerts::Own => {}
+                }
                 let t = b.server.tls.clone().unwrap_or_default();
                 stamps.extend(certs::watched(dir, &t).into_iter().map(|p| {
                     let s = stamp(&p);
                     (p, s)
                 }));
-                if !t.cipher_suites.is_empty() {
-                    warn!(
-                        "{}: tls.cipherSuites not applied yet (rustls' default suites)",
-                        b.describe()
-                    );
-                }
-                let cfg = match certs::files_for(dir, &t).and_then(|f| certs::server_config(&t, &f))
-                {
-                    Ok(cfg) => Some(cfg),
+                let loaded = certs::files_for(dir, &t).and_then(|f| {
+                    Ok((certs::server_config(&t, &f)?, certs::served_certificate(&f)))
+                });
+                let cfg = match loaded {
+                    Ok((cfg, cert)) => {
+                        served.push(cert);
+                        Some(cfg)
+                    }
                     Err(e) => {
                         // A Secret caught mid-update keeps the settings read before, if any;
                         // a Secret deleted (its directory gone) takes its server down.
                         let before = previous
                             .filter(|_| !certs::secret_gone(dir, &t))
                             .and_then(|p| p.config_of(l.port, b));
+                        served.push(
+                            previous
+                                .filter(|_| before.is_some())
+                                .and_then(|p| p.cert_of(l.port, b)),
+                        );
                         warn!(
                             "{} (port {}): TLS settings not loaded, {}: {e}",
                             b.describe(),
@@ -347,6 +423,7 @@ impl GatewayRouter {
                         before
                     }
                 };
+                down.push(cfg.is_none());
                 configs.push(cfg);
             }
             tls.insert(
@@ -354,6 +431,8 @@ impl GatewayRouter {
                 TlsListener {
                     listener: l.clone(),
                     configs,
+                    down,
+                    certs: served,
                 },
             );
         }
@@ -361,7 +440,7 @@ impl GatewayRouter {
             let all: usize = plan.listeners.iter().map(|l| l.servers.len()).sum();
             let down = tls
                 .values()
-                .map(|t: &TlsListener| t.configs.iter().filter(|c| c.is_none()).count())
+                .map(|t: &TlsListener| t.down.iter().filter(|d| **d).count())
                 .sum::<usize>();
             for (state, n) in [
                 ("served", all - down),
@@ -395,7 +474,8 @@ impl GatewayRouter {
                 reason: format!("no Gateway server on port {}", info.dst.port()),
             };
         };
-        let tls = l.kind == ListenerKind::Https;
+        // A port of several TLS modes serves HTTP only after terminating TLS.
+        let tls = matches!(l.kind, ListenerKind::Https | ListenerKind::TlsBySni);
         model::route(snap, l, info, tls, client, &mut rand::thread_rng())
     }
 }

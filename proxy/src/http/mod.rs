@@ -302,7 +302,10 @@ impl ProxyHttp for MeshHttp {
             Some(_) => crate::gateway::local_addr(socket.as_deref()),
             None => self.shared.original_dst(self.dir, socket.as_deref()),
         };
-        if self.dir == Direction::Inbound && self.shared.identity.is_some() {
+        // Inbound mTLS, or a gateway's ISTIO_MUTUAL server: the client's checked identity.
+        if (self.dir == Direction::Inbound || self.gateway.is_some())
+            && self.shared.identity.is_some()
+        {
             ctx.peer_identity = socket
                 .as_ref()
                 .and_then(|d| d.peer_addr())

@@ -84,6 +84,36 @@ impl Drop for PeerEntry {
     }
 }
 
+/// What a terminated connection tells of its client, `principal` checked by the caller.
+fn peer_info(principal: String, conn: &rustls::ServerConnection) -> Arc<PeerInfo> {
+    Arc::new(PeerInfo {
+        principal,
+        tls_version: match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
+            _ => "TLS",
+        },
+        alpn: conn
+            .alpn_protocol()
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+        sni: conn.server_name().map(str::to_string),
+        labels: Default::default(),
+    })
+}
+
+impl Peers {
+    /// Record the checked identity `principal` of a connection another listener terminated
+    /// (the gateway's `ISTIO_MUTUAL` servers) for as long as the entry lives.
+    pub fn record(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        principal: &str,
+        conn: &rustls::ServerConnection,
+    ) -> PeerEntry {
+        self.insert(client, peer_info(principal.to_string(), conn))
+    }
+}
+
 /// Terminate a mesh client's TLS on `stream` (the ClientHello still unread in it).
 /// Returns the decrypted stream (same socket digest) and the client's identity.
 pub async fn terminate(
@@ -118,19 +148,7 @@ pub async fn terminate(
     let principal = spiffe_of(leaf.as_ref())
         .ok_or_else(|| "the client certificate carries no SPIFFE id".to_string())?;
     check_peer_id(&principal, trust_domain, None)?;
-    let info = Arc::new(PeerInfo {
-        principal,
-        tls_version: match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
-            _ => "TLS",
-        },
-        alpn: conn
-            .alpn_protocol()
-            .map(|a| String::from_utf8_lossy(a).into_owned()),
-        sni: conn.server_name().map(str::to_string),
-        labels: Default::default(),
-    });
+    let info = peer_info(principal, conn);
     let entry = client.map(|c| peers.insert(c, info.clone()));
     let digest = super::socket::digest_of(fd, digest.as_deref());
     Ok((super::socket::into_stream(tls, entry, Some(digest)), info))

@@ -192,11 +192,24 @@ fn up(opts: LabOptions) -> Result<()> {
     let cancel = opts.cancel.clone();
     let mut lab = bookinfo(opts)?;
     // The ingress gateway with Istio's bookinfo-gateway.yaml, and a pod outside the mesh.
+    // HTTPS too: a test certificate for bookinfo.example.com in the Secret the gateway mounts,
+    // written to the lab's directory for curl's --cacert.
     let sample = ingress::bookinfo_sample("bookinfo-gateway.yaml");
+    let mut ca_file = None;
     if let Some(sample) = &sample {
+        let https = ingress::https_rules();
         let started = lab
-            .set_rules("bookinfo", &format!("{DESTINATION_RULES}---\n{sample}"))
-            .and_then(|()| lab.start_gateway())
+            .set_rules(
+                "bookinfo",
+                &format!("{DESTINATION_RULES}---\n{sample}---\n{https}"),
+            )
+            .and_then(|()| ingress::secure_credential(&mut lab))
+            .and_then(|crt| {
+                let path = lab.dir().join("bookinfo-example-com.pem");
+                std::fs::write(&path, crt)?;
+                ca_file = Some(path);
+                lab.start_gateway_with_credentials(&[ingress::SECURE_CREDENTIAL])
+            })
             .and_then(|()| lab.apply(ingress::VISITOR, ingress::OUTSIDE_NAMESPACE));
         if let Err(e) = started {
             bail!("{e:#}\n--- container logs:\n{}", lab.logs(20));
@@ -216,6 +229,19 @@ fn up(opts: LabOptions) -> Result<()> {
             ingress::gateway_host()
         ),
         _ => println!("  (no ingress gateway: Istio's bookinfo-gateway.yaml is not in shared/anchors/istio/networking)"),
+    }
+    let gateway = lab.service(
+        remora_e2e::lab::GATEWAY_NAMESPACE,
+        remora_e2e::lab::GATEWAY_SERVICE,
+    );
+    if let (Some(ca), Ok(visitor), Ok(gw)) = (&ca_file, lab.pod("outside/visitor"), gateway) {
+        println!(
+            "  ip netns exec {} curl -s --cacert {} --resolve {host}:443:{} https://{host}/productpage   # HTTPS, the gateway's test certificate",
+            visitor.netns.name(),
+            ca.display(),
+            gw.vip,
+            host = ingress::SECURE_HOST,
+        );
     }
     println!(
         "  ip netns exec {} iptables-save -t nat",
