@@ -4,7 +4,10 @@
 //! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
 //! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
 //! decision). On that unsampled path nothing is allocated: the trace headers are found in one
-//! pass over the request's headers, and span ids are drawn only for a sampled request.
+//! pass over the request's headers, and span ids are drawn only for a sampled request. The
+//! not-sampled header is added to the downstream request when it arrives (as Envoy injects the
+//! trace context before its HTTP filters), where Pingora's parser left room for it, not to the
+//! upstream request, whose header maps are copies sized to their entries and would grow.
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;
@@ -86,9 +89,21 @@ fn trace_headers(req: &RequestHeader) -> Headers<'_> {
 pub(super) fn on_request(
     tracer: &Arc<Tracer>,
     rules: &SideSettings,
-    req: &RequestHeader,
+    req: &mut RequestHeader,
     ctx: &mut ReqCtx,
-) {
+) -> Result<()> {
+    ctx.trace = decide(tracer, rules, req);
+    if let Traced::UnsampledRoot = ctx.trace {
+        // A static name: the header's case-preserving copy is not allocated.
+        req.insert_header(
+            bytes::Bytes::from_static(b"x-b3-sampled"),
+            http::HeaderValue::from_static("0"),
+        )?;
+    }
+    Ok(())
+}
+
+fn decide(tracer: &Arc<Tracer>, rules: &SideSettings, req: &RequestHeader) -> Traced {
     let h = trace_headers(req);
     let incoming = trace_context::incoming(&h);
     let percent = rules
@@ -96,7 +111,7 @@ pub(super) fn on_request(
         .unwrap_or_else(|| tracer.sampling());
     // The roll is drawn only when the request brings no decision; ids only when sampled.
     let d = trace_context::decide_lazy(incoming, percent, rand::random::<f64>, new_ids);
-    ctx.trace = match d {
+    match d {
         Decision::Unsampled => Traced::No,
         Decision::UnsampledRoot => Traced::UnsampledRoot,
         Decision::Sampled(c) => Traced::Sampled(Box::new(ReqTrace {
@@ -107,7 +122,7 @@ pub(super) fn on_request(
             tracestate: h_tracestate(req),
             report: rules.disable_span_reporting != Some(true),
         })),
-    };
+    }
 }
 
 fn h_tracestate(req: &RequestHeader) -> Option<String> {
@@ -137,17 +152,10 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The next hop's trace headers.
+/// The next hop's trace headers (an unsampled request's are in it already: [`on_request`]).
 pub(super) fn on_upstream_request(req: &mut RequestHeader, ctx: &ReqCtx) -> Result<()> {
     match &ctx.trace {
-        Traced::No => Ok(()),
-        // A static name: the header's case-preserving copy is not allocated.
-        Traced::UnsampledRoot => req
-            .insert_header(
-                bytes::Bytes::from_static(b"x-b3-sampled"),
-                http::HeaderValue::from_static("0"),
-            )
-            .map(|_| ()),
+        Traced::No | Traced::UnsampledRoot => Ok(()),
         Traced::Sampled(t) => {
             let o = t.ctx.outgoing();
             req.insert_header(TRACEPARENT.clone(), o.traceparent)?;
