@@ -212,14 +212,15 @@ pub struct RunArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct TracingArgs {
     /// The collector's protocol: `zipkin` (Zipkin v2 JSON over HTTP), `opentelemetry` (OTLP
-    /// over HTTP, protobuf), or `off`: no spans, trace headers forwarded unchanged.
-    #[arg(long, env = "REMORA_TRACING_PROVIDER", default_value = "off", value_parser = ["off", "zipkin", "opentelemetry"])]
+    /// over HTTP, protobuf), `opentelemetry-grpc` (OTLP over gRPC), or `off`: no spans, trace
+    /// headers forwarded unchanged.
+    #[arg(long, env = "REMORA_TRACING_PROVIDER", default_value = "off", value_parser = ["off", "zipkin", "opentelemetry", "opentelemetry-grpc"])]
     pub tracing_provider: String,
     /// The collector's `host:port` (e.g. `zipkin.istio-system.svc.cluster.local:9411`).
     #[arg(long, env = "REMORA_TRACING_ADDRESS", value_parser = crate::telemetry::tracer::parse_address)]
     pub tracing_address: Option<String>,
     /// The collector's path (default: `/api/v2/spans` for zipkin, `/v1/traces` for
-    /// opentelemetry).
+    /// opentelemetry; opentelemetry-grpc has none to choose).
     #[arg(long, env = "REMORA_TRACING_PATH")]
     pub tracing_path: Option<String>,
     /// Percentage of requests sampled when the request brings no decision of its own (0 to
@@ -227,7 +228,7 @@ pub struct TracingArgs {
     #[arg(long, env = "REMORA_TRACING_SAMPLING", default_value = "1", value_parser = crate::telemetry::tracer::parse_sampling)]
     pub tracing_sampling: f64,
     /// The tracing providers a Telemetry rule may name: a JSON list `[{"name": "...",
-    /// "provider": "zipkin"|"opentelemetry", "address": "host:port", "path": "/..."}]`; the
+    /// "provider": "zipkin"|"opentelemetry"|"opentelemetry-grpc", "address": "host:port", "path": "/..."}]`; the
     /// injector sets it from the mesh's `extensionProviders`.
     #[arg(long, env = "REMORA_TRACING_PROVIDERS", value_parser = crate::telemetry::tracer::parse_providers)]
     pub tracing_providers: Option<crate::telemetry::tracer::NamedProviders>,
@@ -256,12 +257,10 @@ impl TracingArgs {
         };
         let path = match &self.tracing_path {
             None => protocol.default_path().to_string(),
-            Some(p) if crate::telemetry::tracer::valid_path(p) => p.clone(),
-            Some(p) => {
-                return Err(format!(
-                    "--tracing-path (REMORA_TRACING_PATH) {p:?}: not a path starting with /"
-                ))
-            }
+            Some(p) => match crate::telemetry::tracer::check_path(protocol, p) {
+                Ok(()) => p.clone(),
+                Err(e) => return Err(format!("--tracing-path (REMORA_TRACING_PATH) {p:?}: {e}")),
+            },
         };
         Ok(Some(ExportConfig {
             protocol,

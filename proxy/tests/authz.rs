@@ -1,7 +1,8 @@
 //! Process tests: AuthorizationPolicy enforced by the sidecar on inbound requests, with
 //! Istio's semantics (DENY first, then ALLOW; an ALLOW policy that applies and matches nothing
 //! denies; `spec: {}` allows nothing) and Istio's answer (403 `RBAC: access denied`, gRPC
-//! PERMISSION_DENIED). Each case is a real proxy in front of a real HTTP server, driven by
+//! PERMISSION_DENIED; on opaque TCP a closed connection whose log line carries Envoy's RBAC
+//! termination details). Each case is a real proxy in front of a real HTTP server, driven by
 //! plain-text clients (no peer principal: policies on principals deny them).
 
 mod common;
@@ -190,4 +191,31 @@ fn remote_ip_from_x_forwarded_for() {
     assert_eq!(got, 200, "numTrustedProxies 1: the entry before the last");
     let (got, _) = status(&p, "GET", "/", &[("x-forwarded-for", "203.0.113.7")]);
     assert_eq!(got, 403, "too few entries: the peer's address");
+}
+
+/// An opaque TCP connection an AuthorizationPolicy denies is closed, and its access-log line
+/// says why in Envoy's connection termination details (its RBAC network filter's words).
+#[test]
+fn a_denied_tcp_connection_logs_envoys_termination_details() {
+    use std::io::{Read, Write};
+    let rt = rt();
+    let backend = rt.block_on(spawn_tcp_echo());
+    let (p, _rules) = start(
+        backend,
+        &policy("deny-all", "spec: {action: DENY, rules: [{}]}"),
+    );
+    let mut c = std::net::TcpStream::connect(p.ports.inbound_addr()).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(b"\x00\x01not http\n").unwrap();
+    // Closed without an echo.
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "echoed {got:?}");
+    let line = p.wait_log(|v| v["kind"] == "tcp");
+    assert_eq!(
+        line["connection_termination_details"],
+        "rbac_access_denied_matched_policy[ns[testns]-policy[deny-all]-rule[0]]",
+        "{line}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Process tests of tracing: client → sidecar A (outbound) → sidecar B (inbound) → app, both
-//! sidecars exporting to a real collector in the test (Zipkin v2 JSON or OTLP/HTTP protobuf).
+//! sidecars exporting to a real collector in the test (Zipkin v2 JSON, OTLP/HTTP protobuf or
+//! OTLP/gRPC).
 //! One request makes one trace: A's client span is the parent of B's server span and the app
 //! sees B's span as its parent; incoming "not sampled" decisions are honoured; the sampling
 //! percentage holds over 1,000 requests; a stuck collector costs dropped spans, not requests.
@@ -124,6 +125,13 @@ fn one_trace(provider: &str) {
         format!("inbound|{}||", app.port())
     );
     assert!(server.name.ends_with("/*"), "{}", server.name);
+    // Each came over the provider's wire format.
+    let format = match provider {
+        "zipkin" => "zipkin",
+        "opentelemetry" => "otlp",
+        _ => "otlp-grpc",
+    };
+    assert!(spans.iter().all(|s| s.format == format), "{spans:#?}");
     assert_eq!(col.bad.lock().unwrap().len(), 0);
 }
 
@@ -135,6 +143,90 @@ fn zipkin_one_request_one_trace_client_span_parents_server_span() {
 #[test]
 fn otlp_one_request_one_trace_client_span_parents_server_span() {
     one_trace("opentelemetry");
+}
+
+#[test]
+fn otlp_grpc_one_request_one_trace_client_span_parents_server_span() {
+    one_trace("opentelemetry-grpc");
+}
+
+/// OTLP/gRPC to a collector that is not there: requests go on, each failed export is counted,
+/// and the failures are logged once (per minute), as with the HTTP exporters.
+#[test]
+fn otlp_grpc_export_failures_are_counted_and_logged_once() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    // A free port nothing listens on: every connection is refused.
+    let nobody: SocketAddr = format!("127.0.0.1:{}", common::free_ports(1)[0])
+        .parse()
+        .unwrap();
+    let rules = RulesDir::new(&[]);
+    let mut o = ProxyOpts::new(rules.path());
+    o.fixed_outbound = Some(app);
+    o.extra_args = tracing_args("opentelemetry-grpc", nobody, "100");
+    let mut a = ProxyProc::start(o);
+    a.wait_ready();
+    // Batches go out at least every 500 ms while spans come: three rounds, three batches.
+    for _ in 0..3 {
+        get(&a, &[]);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failures = loop {
+        let m = a.metrics();
+        let f = metric_value(&m, "remora_tracing_export_failures_total", &[]);
+        if f >= 2.0 {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "export failures not counted:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let m = a.metrics();
+    assert_eq!(
+        metric_value(&m, "remora_tracing_spans_exported_total", &[]),
+        0.0,
+        "{m}"
+    );
+    a.wait_stderr("tracing: spans not exported");
+    let log = a.stderr_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("tracing: spans not exported"))
+        .count();
+    assert_eq!(warned, 1, "{failures} failures, logged:\n{log}");
+    assert!(log.contains("opentelemetry-grpc"), "{log}");
+}
+
+/// Not sampled by this proxy's own roll: the next hops are told so (`x-b3-sampled: 0`, once),
+/// the inbound sidecar keeps the decision, and no span is made anywhere.
+#[test]
+fn an_unsampled_root_request_tells_the_next_hops() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, b) = pair(&rules, app, "zipkin", col.addr, "0");
+    for _ in 0..5 {
+        let r = get(&a, &[]);
+        let seen = &r.json()["headers"];
+        assert_eq!(seen["x-b3-sampled"], "0", "{seen}");
+        for k in ["x-b3-traceid", "x-b3-spanid", "traceparent", "b3"] {
+            assert!(seen.get(k).is_none(), "{k}: {seen}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(col.spans().len(), 0);
+    for p in [&a, &b] {
+        let m = p.metrics();
+        assert_eq!(
+            metric_value(&m, "remora_tracing_spans_exported_total", &[]),
+            0.0,
+            "{m}"
+        );
+    }
 }
 
 #[test]
@@ -377,6 +469,21 @@ fn the_default_access_log_is_istios_text_line() {
     assert!(
         line.contains("\"-\" \"text-test\" \"rid-1\" \"reviews:9080\""),
         "{line}"
+    );
+    // Bytes received, bytes sent, duration and the upstream's service time (Envoy's
+    // x-envoy-upstream-service-time), whole numbers, the last at most the duration.
+    let counts = line
+        .split(" via_upstream - \"-\" ")
+        .nth(1)
+        .and_then(|rest| rest.split(" \"-\" \"text-test\"").next())
+        .unwrap_or_default();
+    let n: Vec<u64> = counts
+        .split(' ')
+        .map(|v| v.parse().unwrap_or(u64::MAX))
+        .collect();
+    assert!(
+        n.len() == 4 && n[0] == 0 && n[1] > 0 && n[3] <= n[2],
+        "{counts:?} in {line}"
     );
     assert!(
         line.contains(&format!(

@@ -36,6 +36,8 @@
 #   REMORA_BENCH_CASES      which cases, space-separated (default "none vs vs+dr"; the
 #                           authorization set is "in in+other in+authz"; tracing "none trace1
 #                           trace100 json")
+#   REMORA_BENCH_HEADERS    more request headers for wrk, `|`-separated (e.g. curl's
+#                           "User-Agent: curl/8.5.0|Accept: */*"; default none: wrk sends Host only)
 #   REMORA_BENCH_KEEP       a directory to copy the callgrind dumps into (for callgrind_annotate;
 #                           `.1` is the load window, `.2` the idle window)
 set -euo pipefail
@@ -183,7 +185,12 @@ cgctl() { nsx timeout 60 callgrind_control --vgdb-prefix="$work/vgdb" "$@" >>"$w
 # wrk SECONDS HOST OUT PORT: keep-alive load through the proxy's listener on PORT (15001
 # outbound, 15006 inbound); fails on non-2xx/errors.
 wrk_run() {
-  nsx timeout $(($1 + 60)) wrk -t1 -c4 -d"$1s" -H "Host: $2" "http://127.0.0.1:$4/" >"$3"
+  local more=() h
+  if [ -n "${REMORA_BENCH_HEADERS:-}" ]; then
+    IFS='|' read -r -a hs <<<"$REMORA_BENCH_HEADERS"
+    for h in "${hs[@]}"; do more+=(-H "$h"); done
+  fi
+  nsx timeout $(($1 + 60)) wrk -t1 -c4 -d"$1s" -H "Host: $2" "${more[@]}" "http://127.0.0.1:$4/" >"$3"
   if grep -q 'Non-2xx or 3xx responses\|Socket errors' "$3"; then
     echo "bench callgrind: wrk saw errors:" >&2
     cat "$3" >&2

@@ -1,5 +1,7 @@
-//! A trace collector for the process and lab tests (`proxy/tests` include this file): Zipkin v2 JSON (`POST /api/v2/spans`) and
-//! OTLP/HTTP protobuf (`POST /v1/traces`, decoded with the proxy's own OTLP structs) on one
+//! A trace collector for the process and lab tests (`proxy/tests` include this file): Zipkin v2 JSON (`POST /api/v2/spans`),
+//! OTLP/HTTP protobuf (`POST /v1/traces`) and OTLP/gRPC (HTTP/2 without TLS,
+//! `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gRPC's length-prefixed message
+//! answered with `grpc-status` in trailers), decoded with the proxy's own OTLP structs, on one
 //! loopback port, keeping every span it received in one normalized form. `hang` makes it
 //! accept connections and never answer (a stuck collector).
 
@@ -64,6 +66,29 @@ fn from_zipkin(body: &[u8]) -> Result<Vec<GotSpan>, String> {
             })
         })
         .collect()
+}
+
+/// OTLP/gRPC's method path.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// One gRPC message (uncompressed: flag 0, then its length, big-endian) → its spans.
+fn from_otlp_grpc(body: &[u8]) -> Result<Vec<GotSpan>, String> {
+    let (head, msg) = body
+        .split_at_checked(5)
+        .ok_or("gRPC body shorter than its prefix")?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if head[0] != 0 || len != msg.len() {
+        return Err(format!(
+            "gRPC prefix: compressed {}, length {len}, {} bytes follow",
+            head[0],
+            msg.len()
+        ));
+    }
+    let mut spans = from_otlp(msg)?;
+    for s in &mut spans {
+        s.format = "otlp-grpc";
+    }
+    Ok(spans)
 }
 
 fn from_otlp(body: &[u8]) -> Result<Vec<GotSpan>, String> {
@@ -162,32 +187,55 @@ impl Collector {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
+                            let grpc = ctype.starts_with("application/grpc");
                             let parsed = match (path.as_str(), ctype.as_str()) {
                                 ("/api/v2/spans", "application/json") => from_zipkin(&body),
                                 ("/v1/traces", "application/x-protobuf") => from_otlp(&body),
+                                (GRPC_EXPORT, "application/grpc" | "application/grpc+proto") => {
+                                    from_otlp_grpc(&body)
+                                }
                                 _ => Err(format!("unexpected {path} {ctype}")),
                             };
-                            let status = match parsed {
+                            let ok = match parsed {
                                 Ok(s) => {
                                     got.lock().unwrap().extend(s);
-                                    202
+                                    true
                                 }
                                 Err(e) => {
                                     bad.lock().unwrap().push(e);
-                                    400
+                                    false
                                 }
                             };
-                            Ok::<_, std::convert::Infallible>(
+                            let resp = if grpc {
+                                // An empty ExportTraceServiceResponse; the status in trailers
+                                // (3: INVALID_ARGUMENT for a body that did not decode).
+                                let mut trailers = hyper::HeaderMap::new();
+                                let status = if ok { "0" } else { "3" };
+                                trailers.insert("grpc-status", status.parse().unwrap());
                                 hyper::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
+                                    .status(200)
+                                    .header("content-type", "application/grpc")
+                                    .body(
+                                        Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+                                            .with_trailers(async move { Some(Ok(trailers)) })
+                                            .boxed(),
+                                    )
+                                    .unwrap()
+                            } else {
+                                hyper::Response::builder()
+                                    .status(if ok { 202 } else { 400 })
+                                    .body(Full::new(bytes::Bytes::new()).boxed())
+                                    .unwrap()
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    // HTTP/1.1 (Zipkin, OTLP/HTTP) or HTTP/2 without TLS (OTLP/gRPC).
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
                 });
             }
         });

@@ -156,7 +156,7 @@ pub struct ServicePort {
 pub struct OtelProvider {
     pub service: String,
     pub port: u16,
-    /// OTLP over HTTP (the only transport remora exports with): its path.
+    /// OTLP over HTTP, with its path; without it, OTLP over gRPC (Istio's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<OtelHttp>,
 }
@@ -171,7 +171,8 @@ pub struct OtelHttp {
 /// The collector a proxy exports to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collector {
-    /// `zipkin` or `opentelemetry` (the proxy's `REMORA_TRACING_PROVIDER`).
+    /// `zipkin`, `opentelemetry` (OTLP/HTTP) or `opentelemetry-grpc` (the proxy's
+    /// `REMORA_TRACING_PROVIDER`).
     pub provider: &'static str,
     pub address: String,
     pub path: Option<String>,
@@ -197,8 +198,12 @@ fn provider_kind(i: usize, p: &ExtensionProvider) -> Result<ProviderKind, String
             address: addr(format!("extensionProviders[{i}].zipkin"), &z.service, z.port)?,
             path: None,
         })),
+        // Istio's opentelemetry provider: OTLP/HTTP with `http`, OTLP/gRPC without (its default).
         (None, Some(o), None) => Ok(ProviderKind::Tracing(Collector {
-            provider: "opentelemetry",
+            provider: match o.http {
+                Some(_) => "opentelemetry",
+                None => "opentelemetry-grpc",
+            },
             address: addr(
                 format!("extensionProviders[{i}].opentelemetry"),
                 &o.service,
@@ -540,6 +545,22 @@ extensionProviders:
         assert!(legacy
             .proxy_env()
             .contains(&("REMORA_TRACING_SAMPLING", "1".to_string())));
+        // Without `http`, Istio's opentelemetry provider exports over gRPC.
+        let grpc = from(
+            "enableTracing: true\ndefaultProviders: {tracing: [otel]}\nextensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}",
+        );
+        assert_eq!(
+            grpc.collector(),
+            Ok(Some(Collector {
+                provider: "opentelemetry-grpc",
+                address: "otel.observability.svc.cluster.local:4317".into(),
+                path: None
+            }))
+        );
+        assert_eq!(
+            grpc.tracing_providers().unwrap()[0].provider,
+            "opentelemetry-grpc"
+        );
     }
 
     /// Tracing off by default, the providers still go to the proxy by name (a Telemetry rule

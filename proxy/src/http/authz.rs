@@ -167,13 +167,20 @@ fn istio_details(v: &Verdict) -> String {
     }
 }
 
-/// Decide an inbound opaque TCP connection (no HTTP attributes); the reason when denied.
+/// Why a TCP connection was denied: remora's words, and Envoy's connection termination details
+/// (its RBAC network filter's `rbac_access_denied_matched_policy[...]`).
+pub struct TcpDenied {
+    pub reason: String,
+    pub details: String,
+}
+
+/// Decide an inbound opaque TCP connection (no HTTP attributes); why, when denied.
 pub fn check_tcp(
     snap: &Snapshot,
     principal: Option<&str>,
     source: Option<SocketAddr>,
     dst: SocketAddr,
-) -> Option<String> {
+) -> Option<TcpDenied> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
         return None;
@@ -191,7 +198,10 @@ pub fn check_tcp(
         info!(%dst, principal = ?principal, "dry-run authorization (tcp): {}", describe(&shadow));
     }
     let v = evaluate(policies, &req);
-    (!v.is_allow()).then(|| describe(&v))
+    (!v.is_allow()).then(|| TcpDenied {
+        reason: describe(&v),
+        details: istio_details(&v),
+    })
 }
 
 #[cfg(test)]

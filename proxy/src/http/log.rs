@@ -234,6 +234,7 @@ pub(super) fn record(
         upstream_local_address: ctx.upstream_local,
         requested_server_name: ctx.peer_identity.as_ref().and_then(|p| p.sni.as_deref()),
         upstream_transport_failure_reason: ctx.transport_failure.as_deref(),
+        upstream_service_time: ctx.upstream_service_ms,
     };
     for a in targets.encodings(&s.access_log) {
         a.write_http(metrics, &entry);

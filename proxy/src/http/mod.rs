@@ -85,6 +85,12 @@ pub struct ReqCtx {
     /// The local address of the upstream connection (plain TCP or TLS origination; a mesh mTLS
     /// connection goes through a local relay, whose address says nothing).
     upstream_local: Option<SocketAddr>,
+    /// When the request was sent upstream (its headers, or the end of its body; the first
+    /// attempt's, as Envoy measures from the end of the downstream request across retries).
+    upstream_sent: Option<Instant>,
+    /// Envoy's `x-envoy-upstream-service-time`: from `upstream_sent` to the upstream's response
+    /// headers, whole milliseconds.
+    upstream_service_ms: Option<u64>,
     /// Traffic policies of this request (outbound requests with a route decision).
     policy: Option<RequestPolicy>,
     /// The address to use when the destination has no endpoint list.
@@ -278,6 +284,8 @@ impl ProxyHttp for MeshHttp {
             error: None,
             transport_failure: None,
             upstream_local: None,
+            upstream_sent: None,
+            upstream_service_ms: None,
             policy: None,
             fixed_upstream: None,
             retry_pending: false,
@@ -434,6 +442,7 @@ impl ProxyHttp for MeshHttp {
         upstream_request: &mut RequestHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        ctx.upstream_sent.get_or_insert_with(Instant::now);
         rewrite::upstream_request(upstream_request, ctx)?;
         trace::on_upstream_request(upstream_request, ctx)?;
         exchange::on_upstream_request(
@@ -452,6 +461,9 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         stream_idle::touch();
+        if end_of_stream && ctx.upstream_sent.is_some() {
+            ctx.upstream_sent = Some(Instant::now());
+        }
         mirror::on_body(session, ctx, body, end_of_stream, &self.shared.metrics);
         Ok(())
     }
@@ -463,6 +475,9 @@ impl ProxyHttp for MeshHttp {
         ctx: &mut ReqCtx,
     ) -> Result<()> {
         stream_idle::touch();
+        ctx.upstream_service_ms = ctx
+            .upstream_sent
+            .map(|t| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
         retry::on_status(session, upstream_response, ctx)
     }
 

@@ -4,7 +4,10 @@
 //! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
 //! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
 //! decision). On that unsampled path nothing is allocated: the trace headers are found in one
-//! pass over the request's headers, and span ids are drawn only for a sampled request.
+//! pass over the request's headers, and span ids are drawn only for a sampled request. The
+//! not-sampled header goes on the upstream request: adding it to the downstream request when it
+//! arrives instead measured 1.8 k instructions more per request with wrk's one-header requests
+//! (docs/benchmarks.md); Pingora grows a header map either way.
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;

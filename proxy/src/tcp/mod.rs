@@ -233,7 +233,7 @@ pub async fn proxy(
     };
     let mut labels = tcp_labels(dir, s, dst, other, peer_info.is_some());
     let metrics = &*shared.metrics;
-    let refuse = |labels: &mut TcpLabels, flag: &str, reason: String| {
+    let refuse = |labels: &mut TcpLabels, flag: &str, reason: String, details: Option<String>| {
         // Refused by the rules (e.g. REGISTRY_ONLY) or a connection limit: close, count, log.
         labels.response_flags = flag.to_string();
         warn!(listener = dir.as_str(), %dst, "tcp connection refused: {reason}");
@@ -259,17 +259,20 @@ pub async fn proxy(
                 reason: Some(reason),
                 connection_security_policy: hop_security(labels.connection_security_policy),
                 peer_principal: peer_principal.clone(),
+                connection_termination_details: details,
             },
         );
     };
     // Inbound: AuthorizationPolicy on what a TCP connection shows (peer identity, addresses).
+    let mut termination = None;
     let decided = match (dir, decided) {
         (Direction::Inbound, Ok(plan)) => {
             let snap = shared.snapshot.load();
             match crate::http::authz::check_tcp(&snap, peer_principal.as_deref(), peer, dst) {
-                Some(why) => {
+                Some(denied) => {
                     metrics.authz_denied.with_label_values(&["tcp"]).inc();
-                    Err((flags::NONE, format!("connection {why}")))
+                    termination = Some(denied.details);
+                    Err((flags::NONE, format!("connection {}", denied.reason)))
                 }
                 None => Ok(plan),
             }
@@ -283,7 +286,7 @@ pub async fn proxy(
             if reason.starts_with(crate::route::BLACK_HOLE) {
                 labels.destination_service = crate::route::BLACK_HOLE.to_string();
             }
-            return refuse(&mut labels, flag, reason);
+            return refuse(&mut labels, flag, reason, termination);
         }
     };
     match &plan.service {
@@ -301,7 +304,7 @@ pub async fn proxy(
         Some(Ok(Some(permit))) => Some(permit),
         Some(Err(o)) => {
             let reason = format!("{} for {}", o.reason(), labels.destination_service);
-            return refuse(&mut labels, flags::UPSTREAM_OVERFLOW, reason);
+            return refuse(&mut labels, flags::UPSTREAM_OVERFLOW, reason, None);
         }
     };
     let connect_timeout = plan.dest.as_ref().map_or(s.connect_timeout, |(d, _)| {
@@ -423,6 +426,7 @@ pub async fn proxy(
             reason: reason.or_else(|| upstream.map(|u| format!("upstream source {u}"))),
             connection_security_policy: hop_security(labels.connection_security_policy),
             peer_principal,
+            connection_termination_details: None,
         },
     );
 }

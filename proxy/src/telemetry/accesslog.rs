@@ -628,13 +628,17 @@ pub struct HttpLogEntry<'a> {
     /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the last upstream connection attempt
     /// failed.
     pub upstream_transport_failure_reason: Option<&'a str>,
+    /// Envoy's `x-envoy-upstream-service-time` (`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`):
+    /// whole milliseconds from the request sent upstream (its end, with a body) to the
+    /// upstream's response headers; `None` when no upstream answered.
+    pub upstream_service_time: Option<u64>,
 }
 
-/// Istio's fields remora does not fill, always empty (`null` in JSON, `-` in TEXT):
-/// `upstream_service_time` (Envoy's `x-envoy-upstream-service-time`, which remora does not
-/// add), `connection_termination_details` (set by Envoy's network filters, e.g. a TCP
-/// authorization denial; an HTTP request never has one).
-const NOT_KNOWN: [&str; 2] = ["upstream_service_time", "connection_termination_details"];
+/// Istio's fields an HTTP line never fills (`null` in JSON, `-` in TEXT):
+/// `connection_termination_details`, which Envoy sets only when a network filter closes a
+/// connection (the RBAC network filter's TCP authorization denial, which remora's TCP lines
+/// carry); an HTTP request's denials are in `response_code_details`.
+const NOT_KNOWN: [&str; 1] = ["connection_termination_details"];
 
 impl HttpLogEntry<'_> {
     /// The entry as one JSON object, byte for byte as `serde_json::to_writer` writes it, then
@@ -731,6 +735,11 @@ impl HttpLogEntry<'_> {
         push_json_opt_str(out, self.requested_server_name);
         out.extend_from_slice(b",\"upstream_transport_failure_reason\":");
         push_json_opt_str(out, self.upstream_transport_failure_reason);
+        out.extend_from_slice(b",\"upstream_service_time\":");
+        match self.upstream_service_time {
+            Some(ms) => push_decimal_bytes(out, ms),
+            None => out.extend_from_slice(b"null"),
+        }
         out.push(b'}');
     }
 
@@ -766,7 +775,12 @@ impl HttpLogEntry<'_> {
         push_decimal_bytes(out, self.bytes_sent);
         out.push(b' ');
         push_decimal_bytes(out, self.duration);
-        out.extend_from_slice(b" - \"");
+        out.push(b' ');
+        match self.upstream_service_time {
+            Some(ms) => push_decimal_bytes(out, ms),
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b" \"");
         push_text(out, self.x_forwarded_for);
         out.extend_from_slice(b"\" \"");
         push_text(out, self.user_agent);
@@ -842,6 +856,10 @@ pub struct TcpLogEntry {
     pub connection_security_policy: &'static str,
     /// The client's SPIFFE id (inbound mTLS).
     pub peer_principal: Option<String>,
+    /// Envoy's `%CONNECTION_TERMINATION_DETAILS%`: why the proxy closed the connection itself,
+    /// in Envoy's words where Envoy has them (an AuthorizationPolicy denial:
+    /// `rbac_access_denied_matched_policy[...]`, as Envoy's RBAC network filter says it).
+    pub connection_termination_details: Option<String>,
 }
 
 impl TcpLogEntry {
@@ -852,7 +870,9 @@ impl TcpLogEntry {
         push_text(out, Some(&self.start_time));
         out.extend_from_slice(b"] \"- - -\" 0 ");
         push_text(out, Some(&self.response_flags));
-        out.extend_from_slice(b" - - \"-\" ");
+        out.extend_from_slice(b" - ");
+        push_text(out, self.connection_termination_details.as_deref());
+        out.extend_from_slice(b" \"-\" ");
         push_decimal_bytes(out, self.bytes_received);
         out.push(b' ');
         push_decimal_bytes(out, self.bytes_sent);
@@ -1014,6 +1034,7 @@ mod tests {
             upstream_local_address: Some("10.1.2.9:41000".parse().unwrap()),
             requested_server_name: None,
             upstream_transport_failure_reason: None,
+            upstream_service_time: Some(239),
         };
         let check = |e: &HttpLogEntry| {
             let mut mine = Vec::new();
@@ -1053,6 +1074,7 @@ mod tests {
             upstream_local_address: None,
             requested_server_name: Some("outbound_.9080_._.reviews.shop.svc.cluster.local"),
             upstream_transport_failure_reason: Some("ConnectRefused: \"x\"\n"),
+            upstream_service_time: None,
             ..plain
         };
         check(&odd);
@@ -1113,12 +1135,13 @@ mod tests {
             upstream_local_address: None,
             requested_server_name: None,
             upstream_transport_failure_reason: None,
+            upstream_service_time: Some(3),
         };
         let mut out = Vec::new();
         e.write_text(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "[2026-11-22T00:00:26.494Z] \"GET /reviews/0 HTTP/1.1\" 200 - via_upstream - \"-\" 0 295 4 - \"-\" \"curl/8.5.0\" \"a5a724be-a6fc-41c4-86f8-5bc351e75213\" \"reviews:9080\" \"10.0.0.7:9080\" outbound|9080||reviews.bookinfo.svc.cluster.local - 10.96.0.12:9080 10.0.0.5:49278 - default"
+            "[2026-11-22T00:00:26.494Z] \"GET /reviews/0 HTTP/1.1\" 200 - via_upstream - \"-\" 0 295 4 3 \"-\" \"curl/8.5.0\" \"a5a724be-a6fc-41c4-86f8-5bc351e75213\" \"reviews:9080\" \"10.0.0.7:9080\" outbound|9080||reviews.bookinfo.svc.cluster.local - 10.96.0.12:9080 10.0.0.5:49278 - default"
         );
         // A request cannot break the line or its quoting.
         let odd = HttpLogEntry {
@@ -1140,13 +1163,14 @@ mod tests {
             response_code: 503,
             response_flags: "UF",
             response_code_details: "upstream_reset_before_response_started{connection_failure}",
+            upstream_service_time: None,
             ..odd
         };
         let mut out = Vec::new();
         filled.write_text(&mut out);
         let line = String::from_utf8(out).unwrap();
         assert!(
-            line.contains(" 503 UF upstream_reset_before_response_started{connection_failure} - \"ConnectRefused: Connection refused\" 0 295 "),
+            line.contains(" 503 UF upstream_reset_before_response_started{connection_failure} - \"ConnectRefused: Connection refused\" 0 295 4 - \""),
             "{line}"
         );
         assert!(
@@ -1169,12 +1193,28 @@ mod tests {
             reason: None,
             connection_security_policy: "none",
             peer_principal: None,
+            connection_termination_details: None,
         };
         let mut out = Vec::new();
         t.write_text(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[2026-11-22T00:00:26.494Z] \"- - -\" 0 - - - \"-\" 6 42 12 - \"-\" \"-\" \"-\" \"-\" \"127.0.0.1:25\" - - 127.0.0.1:25 127.0.0.1:50644 - -"
+        );
+        // Closed by an AuthorizationPolicy: Envoy's RBAC network filter's words, in place.
+        let denied = TcpLogEntry {
+            connection_termination_details: Some(
+                "rbac_access_denied_matched_policy[ns[shop]-policy[deny-db]-rule[0]]".into(),
+            ),
+            upstream: None,
+            ..t
+        };
+        let mut out = Vec::new();
+        denied.write_text(&mut out);
+        assert!(
+            String::from_utf8(out).unwrap().starts_with(
+                "[2026-11-22T00:00:26.494Z] \"- - -\" 0 - - rbac_access_denied_matched_policy[ns[shop]-policy[deny-db]-rule[0]] \"-\" 6 42 12 "
+            )
         );
     }
 
@@ -1316,6 +1356,7 @@ mod tests {
             reason: None,
             connection_security_policy: "mutual_tls",
             peer_principal: Some("spiffe://cluster.local/ns/a/sa/b".into()),
+            connection_termination_details: None,
         };
         let s = serde_json::to_string(&e).unwrap();
         assert!(!s.contains('\n'));

@@ -10,6 +10,10 @@ pub struct ExportTraceServiceRequest {
     pub resource_spans: Vec<ResourceSpans>,
 }
 
+/// `ExportTraceServiceResponse`: the gRPC answer (its `partial_success` is not read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTraceServiceResponse {}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResourceSpans {
     #[prost(message, optional, tag = "1")]

@@ -4,12 +4,14 @@
 //! Spans go through a bounded queue to one exporter thread (its own single-threaded tokio
 //! runtime, apart from Pingora's worker runtimes), which sends them in batches — at most
 //! [`BATCH_MAX`] spans, at least every [`BATCH_INTERVAL`] while spans come — to the collector:
-//! Zipkin v2 JSON (`POST /api/v2/spans`) or OTLP/HTTP protobuf (`POST /v1/traces`). The request
+//! Zipkin v2 JSON (`POST /api/v2/spans`), OTLP/HTTP protobuf (`POST /v1/traces`) or OTLP/gRPC
+//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`, one HTTP/2 connection kept and
+//! made again when lost, through tonic). The request
 //! path never waits: a full queue drops the span and counts it in
 //! `remora_tracing_spans_dropped_total`. A batch the collector does not take is counted in
 //! `remora_tracing_export_failures_total` and logged at most once per [`LOG_EVERY`].
 
-use super::span::{otlp_protobuf, zipkin_json, Reporter, Span};
+use super::span::{otlp_protobuf, otlp_request, zipkin_json, Reporter, Span};
 use super::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -34,29 +36,37 @@ pub enum Protocol {
     Zipkin,
     /// OTLP over HTTP, protobuf (Istio's `opentelemetry` provider with `http`).
     Otlp,
+    /// OTLP over gRPC (Istio's `opentelemetry` provider without `http`, its default).
+    OtlpGrpc,
 }
+
+/// OTLP/gRPC's export method.
+pub const OTLP_GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 impl Protocol {
     pub fn parse(v: &str) -> Result<Protocol, String> {
         match v {
             "zipkin" => Ok(Protocol::Zipkin),
             "opentelemetry" | "otlp" => Ok(Protocol::Otlp),
+            "opentelemetry-grpc" => Ok(Protocol::OtlpGrpc),
             _ => Err(format!(
-                "{v:?} is not a tracing provider (zipkin, opentelemetry)"
+                "{v:?} is not a tracing provider (zipkin, opentelemetry, opentelemetry-grpc)"
             )),
         }
     }
-    /// The collector's path for this protocol.
+    /// The collector's path for this protocol (gRPC's is its method, always).
     pub fn default_path(self) -> &'static str {
         match self {
             Protocol::Zipkin => "/api/v2/spans",
             Protocol::Otlp => "/v1/traces",
+            Protocol::OtlpGrpc => OTLP_GRPC_EXPORT,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Zipkin => "zipkin",
             Protocol::Otlp => "opentelemetry",
+            Protocol::OtlpGrpc => "opentelemetry-grpc",
         }
     }
 }
@@ -172,6 +182,21 @@ fn export_loop(
         }
     };
     let mut failures = FailureLog::default();
+    // gRPC: one channel for the exporter's life (tonic connects when first used and again after
+    // a lost connection; the name is resolved at each connect).
+    let grpc = match config.protocol {
+        Protocol::OtlpGrpc => {
+            let _in_rt = rt.enter();
+            match grpc_channel(&config.address) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(collector = %config.address, error = %e, "tracing: no gRPC channel; spans are dropped");
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH_MAX);
     loop {
         match rx.recv() {
@@ -187,17 +212,23 @@ fn export_loop(
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let body = match config.protocol {
-            Protocol::Zipkin => zipkin_json(&reporter, &batch),
-            Protocol::Otlp => otlp_protobuf(&reporter, &batch),
-        };
         let n = batch.len() as u64;
-        batch.clear();
+        let export = async {
+            match (&config.protocol, &grpc) {
+                (Protocol::OtlpGrpc, Some(channel)) => {
+                    let msg = otlp_request(&reporter, &batch);
+                    export_grpc(channel.clone(), msg).await
+                }
+                (Protocol::Zipkin, _) => post(&config, zipkin_json(&reporter, &batch)).await,
+                _ => post(&config, otlp_protobuf(&reporter, &batch)).await,
+            }
+        };
         let sent = rt.block_on(async {
-            tokio::time::timeout(EXPORT_TIMEOUT, post(&config, body))
+            tokio::time::timeout(EXPORT_TIMEOUT, export)
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_string()))
         });
+        batch.clear();
         match sent {
             Ok(()) => metrics.tracing().exported.inc_by(n),
             Err(e) => {
@@ -233,6 +264,38 @@ impl FailureLog {
     }
 }
 
+/// The collector's gRPC channel (not connected yet; needs the runtime entered).
+fn grpc_channel(address: &str) -> Result<tonic::transport::Channel, String> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("{address:?} is not a gRPC address: {e}"))?
+        .connect_timeout(EXPORT_TIMEOUT)
+        .timeout(EXPORT_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(ep.connect_lazy())
+}
+
+/// One `TraceService/Export` call; `Ok` on an OK status (spans the collector says it rejected,
+/// `partial_success`, are not retried, as OpenTelemetry's exporters do).
+async fn export_grpc(
+    channel: tonic::transport::Channel,
+    msg: super::otlp::ExportTraceServiceRequest,
+) -> Result<(), String> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| format!("connect: {e}"))?;
+    let codec = tonic_prost::ProstCodec::<
+        super::otlp::ExportTraceServiceRequest,
+        super::otlp::ExportTraceServiceResponse,
+    >::default();
+    grpc.unary(
+        tonic::Request::new(msg),
+        http::uri::PathAndQuery::from_static(OTLP_GRPC_EXPORT),
+        codec,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|s| format!("collector answered {:?}: {}", s.code(), s.message()))
+}
+
 /// One `POST` of `body` to the collector; `Ok` on a 2xx answer.
 async fn post(config: &ExportConfig, body: Vec<u8>) -> Result<(), String> {
     use http_body_util::Full;
@@ -247,7 +310,7 @@ async fn post(config: &ExportConfig, body: Vec<u8>) -> Result<(), String> {
     tokio::spawn(conn);
     let content_type = match config.protocol {
         Protocol::Zipkin => "application/json",
-        Protocol::Otlp => "application/x-protobuf",
+        Protocol::Otlp | Protocol::OtlpGrpc => "application/x-protobuf",
     };
     let req = hyper::Request::post(config.path.as_str())
         .header(hyper::header::HOST, config.address.as_str())
@@ -276,6 +339,18 @@ pub fn parse_address(v: &str) -> Result<String, String> {
         return Err(format!("{v:?} is not host:port"));
     }
     Ok(v.to_string())
+}
+
+/// A collector path for `protocol`: gRPC's is its method (no other), the others' any
+/// [`valid_path`].
+pub fn check_path(protocol: Protocol, path: &str) -> Result<(), String> {
+    match protocol {
+        Protocol::OtlpGrpc if path != OTLP_GRPC_EXPORT => Err(format!(
+            "OTLP over gRPC has no path to choose (its method is {OTLP_GRPC_EXPORT})"
+        )),
+        _ if !valid_path(path) => Err("not a path starting with /".to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// A collector path: starts with `/`, no spaces or control bytes.
@@ -334,10 +409,10 @@ pub fn parse_providers(v: &str) -> Result<NamedProviders, String> {
                 p.name
             ));
         }
-        Protocol::parse(&p.provider).map_err(|e| format!("[{i}].provider: {e}"))?;
+        let protocol = Protocol::parse(&p.provider).map_err(|e| format!("[{i}].provider: {e}"))?;
         parse_address(&p.address).map_err(|e| format!("[{i}].address: {e}"))?;
-        if let Some(path) = p.path.as_deref().filter(|p| !valid_path(p)) {
-            return Err(format!("[{i}].path {path:?}: not a path starting with /"));
+        if let Some(path) = p.path.as_deref() {
+            check_path(protocol, path).map_err(|e| format!("[{i}].path {path:?}: {e}"))?;
         }
     }
     Ok(NamedProviders(list))
@@ -363,6 +438,14 @@ mod tests {
     fn settings_are_checked() {
         assert_eq!(Protocol::parse("zipkin"), Ok(Protocol::Zipkin));
         assert_eq!(Protocol::parse("opentelemetry"), Ok(Protocol::Otlp));
+        assert_eq!(
+            Protocol::parse("opentelemetry-grpc"),
+            Ok(Protocol::OtlpGrpc)
+        );
+        assert_eq!(Protocol::OtlpGrpc.default_path(), OTLP_GRPC_EXPORT);
+        assert!(check_path(Protocol::OtlpGrpc, "/v1/traces").is_err());
+        assert!(check_path(Protocol::OtlpGrpc, OTLP_GRPC_EXPORT).is_ok());
+        assert!(check_path(Protocol::Otlp, "v1/traces").is_err());
         assert!(Protocol::parse("jaeger").unwrap_err().contains("jaeger"));
         assert_eq!(
             parse_address("zipkin.istio-system:9411").unwrap(),
@@ -401,6 +484,10 @@ mod tests {
             (
                 r#"[{"name":"a","provider":"zipkin","address":"a:1"},{"name":"a","provider":"zipkin","address":"b:1"}]"#,
                 "[1].name",
+            ),
+            (
+                r#"[{"name":"a","provider":"opentelemetry-grpc","address":"a:1","path":"/v1/traces"}]"#,
+                "[0].path \"/v1/traces\": OTLP over gRPC has no path",
             ),
             (
                 r#"[{"name":"a","provider":"jaeger","address":"a:1"}]"#,
