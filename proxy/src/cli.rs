@@ -118,6 +118,11 @@ pub struct RunArgs {
     /// Proxy worker threads.
     #[arg(long, env = "REMORA_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub threads: u64,
+    /// One work-stealing runtime per listener (`true`) or, per listener, one single-threaded
+    /// runtime per worker thread with each connection kept on the thread that accepted it
+    /// (`false`). The default is the cheaper one by measurement (docs/benchmarks.md).
+    #[arg(long, env = "REMORA_WORK_STEALING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub work_stealing: bool,
     /// Graceful drain on SIGTERM, seconds.
     #[arg(long, env = "REMORA_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_seconds: u64,
@@ -691,6 +696,7 @@ mod tests {
         assert_eq!(r.health_addr.port(), 15021);
         assert_eq!(r.prometheus_addr.port(), 15090);
         assert_eq!(r.threads, 2);
+        assert!(r.work_stealing);
         assert_eq!(r.jwks_refresh_interval, Duration::from_secs(1200));
         assert_eq!(r.jwks_ca_file, None);
         assert_eq!(parse_jwks_refresh("90s"), Ok(Duration::from_secs(90)));
@@ -700,5 +706,12 @@ mod tests {
         assert!(parse_jwks_refresh("soon").is_err());
         let e = Cli::try_parse_from(["remora-proxy", "run", "--threads", "0"]).unwrap_err();
         assert!(e.to_string().contains("--threads"), "{e}");
+        let cli = Cli::try_parse_from(["remora-proxy", "run", "--work-stealing", "false"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert!(!r.work_stealing);
+        let e = Cli::try_parse_from(["remora-proxy", "run", "--work-stealing", "no"]).unwrap_err();
+        assert!(e.to_string().contains("--work-stealing"), "{e}");
     }
 }

@@ -530,6 +530,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         workload = %workload.name,
         namespace = %workload.namespace,
         threads = args.threads,
+        work_stealing = args.work_stealing,
         drain_seconds = args.drain_seconds,
         app_probes = probers.probes.len(),
         "remora-proxy starting"
@@ -626,6 +627,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
     // Pingora server.
     let conf = ServerConf {
         threads: args.threads as usize,
+        work_stealing: args.work_stealing,
         grace_period_seconds: Some(args.drain_seconds),
         graceful_shutdown_timeout_seconds: Some(2),
         upstream_keepalive_pool_size: 128,

@@ -9,14 +9,19 @@
 # Per proxy and run: 2 s of warm-up, then REMORA_BENCH_SECONDS of load while the proxy's CPU
 # time (utime + stime from /proc) is read before and after: CPU µs per request. Then the same
 # load under `strace -f -c` (which slows the proxy, so only its counts are used): system calls
-# per request, in total and the largest ones. remora runs as the sidecar does (access log on
-# stdout, to /dev/null here), HAProxy and nginx without access logs. Medians of the runs.
+# per request, in total and the largest ones. Context switches per request (voluntary and
+# involuntary, summed over the process's threads from /proc/PID/task/*/status before and after
+# the load window; a thread that exits in between is not counted) and the process's thread
+# count under load. remora runs as the sidecar does (access log on stdout, to /dev/null here),
+# HAProxy and nginx without access logs. Medians of the runs.
 #
 #   PROXY_BIN              default ${CARGO_TARGET_DIR:-target}/release/remora-proxy, built first
 #   REMORA_BENCH_SECONDS   load window per measurement (default 10)
 #   REMORA_BENCH_RUNS      runs per proxy (default 3)
 #   REMORA_BENCH_PROXIES   which proxies (default "remora haproxy nginx"; missing ones are
 #                          installed by scripts/setup)
+#   REMORA_BENCH_ARGS      extra flags for remora-proxy run (e.g. "--work-stealing false")
+#   REMORA_BENCH_THREADS   remora's worker threads (default 1, as HAProxy's and nginx's here)
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -30,7 +35,9 @@ cd "$(dirname "$0")/../.."
 secs="${REMORA_BENCH_SECONDS:-10}"
 runs="${REMORA_BENCH_RUNS:-3}"
 read -r -a proxies <<<"${REMORA_BENCH_PROXIES:-remora haproxy nginx}"
-case "$secs$runs" in *[!0-9]*) echo "bench syscalls: REMORA_BENCH_SECONDS and REMORA_BENCH_RUNS are whole numbers" >&2; exit 2 ;; esac
+read -r -a extra_args <<<"${REMORA_BENCH_ARGS:-}"
+threads_n="${REMORA_BENCH_THREADS:-1}"
+case "$secs$runs$threads_n" in *[!0-9]*) echo "bench syscalls: REMORA_BENCH_SECONDS, REMORA_BENCH_RUNS and REMORA_BENCH_THREADS are whole numbers" >&2; exit 2 ;; esac
 [ "$secs" -ge 1 ] && [ "$runs" -ge 1 ] || { echo "bench syscalls: seconds and runs must be >= 1" >&2; exit 2; }
 for p in "${proxies[@]}"; do
   case "$p" in remora | haproxy | nginx) ;; *) echo "bench syscalls: unknown proxy '$p' (have: remora haproxy nginx)" >&2; exit 2 ;; esac
@@ -108,9 +115,9 @@ start() {
   case "$1" in
     remora)
       nsx env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$bin" run --rules-dir "$work/rules" \
-        --pod-labels-file /nonexistent --kube-api off --threads 1 --ipv6 off --drain-seconds 0 \
+        --pod-labels-file /nonexistent --kube-api off --threads "$threads_n" --ipv6 off --drain-seconds 0 \
         --namespace default --fixed-outbound-target 127.0.0.1:8080 --access-log stdout \
-        >/dev/null 2>"$work/remora.err" &
+        ${extra_args[@]+"${extra_args[@]}"} >/dev/null 2>"$work/remora.err" &
       ;;
     haproxy) nsx haproxy -f "$work/haproxy.cfg" >/dev/null 2>"$work/haproxy.err" & ;;
     nginx) nsx nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>"$work/nginx.err" & ;;
@@ -135,6 +142,12 @@ stop() {
   sleep 0.5
 }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all the process's threads: "voluntary involuntary".
+ctxt() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
+threads() { ls "/proc/$1/task" | wc -l; }
 load() {
   nsx timeout $(($1 + 30)) wrk -t1 -c16 -d"$1s" -H "Host: 127.0.0.1:8080" http://127.0.0.1:15001/ >"$2"
   if grep -q 'Non-2xx or 3xx responses\|Socket errors' "$2"; then
@@ -152,8 +165,11 @@ for run in $(seq "$runs"); do
     [ -n "$pid" ] || { echo "bench syscalls: $p did not start: $(tail -3 "$work/$p.err" 2>/dev/null)" >&2; exit 1; }
     load 2 "$work/warm.txt" >/dev/null
     c0="$(cpu "$pid")"
+    read -r v0 n0 <<<"$(ctxt "$pid")"
     reqs="$(load "$secs" "$work/wrk.txt")"
     c1="$(cpu "$pid")"
+    read -r v1 n1 <<<"$(ctxt "$pid")"
+    nthreads="$(threads "$pid")"
     timeout $((secs + 60)) strace -f -c -o "$work/strace.txt" -p "$pid" 2>/dev/null &
     sp=$!
     sleep 0.5
@@ -163,28 +179,31 @@ for run in $(seq "$runs"); do
     calls="$(awk '$NF == "total" {print $4}' "$work/strace.txt")"
     top="$(awk -v r="$sreqs" 'NR > 2 && $4 ~ /^[0-9]+$/ && $NF != "total" && $4 / r >= 0.1 {printf "%s %.2f\n", $NF, $4 / r}' "$work/strace.txt" | sort -k2 -rn | head -6 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2}')"
     awk -v p="$p" -v run="$run" -v r="$reqs" -v c=$((c1 - c0)) -v h="$tck" -v s="$sreqs" -v k="$calls" -v top="$top" \
-      'BEGIN { printf "%s\t%d\t%d\t%.1f\t%.2f\t%s\n", p, run, r, c / h / r * 1e6, k / s, top }' >>"$work/results"
-    tail -1 "$work/results" | awk -F'\t' '{printf "%s run %s: %s requests, %s us CPU/request, %s syscalls/request (%s)\n", $1, $2, $3, $4, $5, $6}' >&2
+      -v vol=$((v1 - v0)) -v inv=$((n1 - n0)) -v th="$nthreads" \
+      'BEGIN { printf "%s\t%d\t%d\t%.1f\t%.2f\t%s\t%.3f\t%.3f\t%d\n", p, run, r, c / h / r * 1e6, k / s, top, vol / r, inv / r, th }' >>"$work/results"
+    tail -1 "$work/results" | awk -F'\t' '{printf "%s run %s: %s requests, %s us CPU/request, %s syscalls/request (%s), context switches/request %s voluntary %s involuntary, %s threads\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' >&2
     stop
   done
 done
 
-echo "One proxy hop, loopback, wrk -t1 -c16 keep-alive, ${secs} s per measurement, runs: $runs, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the end"
+echo "One proxy hop, loopback, wrk -t1 -c16 keep-alive, ${secs} s per measurement, runs: $runs, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the end; remora: $threads_n worker thread(s) ${extra_args[*]+${extra_args[*]}}"
 echo "remora: $bin"
 echo
-echo "| proxy | requests/s (each run) | CPU µs / request (each run) | median | syscalls / request (median) | largest, per request (last run) |"
-echo "|---|---|---|---|---|---|"
+echo "| proxy | requests/s (each run) | CPU µs / request (each run) | median | syscalls / request (median) | largest, per request (last run) | context switches / request, voluntary + involuntary (median) | threads |"
+echo "|---|---|---|---|---|---|---|---|"
 for p in "${proxies[@]}"; do
   awk -F'\t' -v p="$p" -v secs="$secs" '$1 == p {
-      n++; u[n] = $4; sc[n] = $5; top = $6
+      n++; u[n] = $4; sc[n] = $5; top = $6; vo[n] = $7; iv[n] = $8; th = $9
       rps = rps (n > 1 ? ", " : "") int($3 / secs); each = each (n > 1 ? ", " : "") $4
     }
     END {
       for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) {
         if (u[j] < u[i]) { t = u[i]; u[i] = u[j]; u[j] = t }
         if (sc[j] < sc[i]) { t = sc[i]; sc[i] = sc[j]; sc[j] = t }
+        if (vo[j] < vo[i]) { t = vo[i]; vo[i] = vo[j]; vo[j] = t }
+        if (iv[j] < iv[i]) { t = iv[i]; iv[i] = iv[j]; iv[j] = t }
       }
       m = (n + 1) / 2; m = int(m)
-      printf "| %s | %s | %s | %.1f | %.2f | %s |\n", p, rps, each, u[m], sc[m], top
+      printf "| %s | %s | %s | %.1f | %.2f | %s | %.3f + %.3f | %d |\n", p, rps, each, u[m], sc[m], top, vo[m], iv[m], th
     }' "$work/results"
 done
