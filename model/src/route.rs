@@ -123,6 +123,33 @@ pub struct Forward {
     pub resolve_by_dns: bool,
 }
 
+impl Forward {
+    /// To `host:port` (its `subset`) at `endpoints`, with no route, VirtualService, rewrite,
+    /// header operation or policy of its own, and no DNS resolution: the host's default route
+    /// and the L4 forwards start from it.
+    pub fn plain(
+        host: String,
+        subset: Option<String>,
+        port: u16,
+        endpoints: Vec<Endpoint>,
+    ) -> Forward {
+        Forward {
+            route_name: None,
+            virtual_service: None,
+            host,
+            subset,
+            port,
+            endpoints,
+            authority_rewrite: None,
+            uri_rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            policy: Policy::default(),
+            resolve_by_dns: false,
+        }
+    }
+}
+
 /// Route one request: the most specific VirtualService for its authority, its first matching
 /// `http` route, a weighted destination; when no VirtualService applies, the host's default
 /// route (a ServiceEntry host or a cluster Service: a `Forward` without route or VirtualService
@@ -899,21 +926,8 @@ fn default_route(snap: &Snapshot, fqdn: String, dst: SocketAddr, headless_aware:
     if headless_aware && endpoints.iter().any(|e| e.addr == dst) {
         endpoints.retain(|e| e.addr == dst);
     }
-    Decision::Forward(Forward {
-        route_name: None,
-        virtual_service: None,
-        host: d.host,
-        subset: None,
-        port,
-        endpoints,
-        authority_rewrite: None,
-        uri_rewrite: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-        policy: Policy::default(),
-        // The client addressed this host and port: without endpoints, its original destination.
-        resolve_by_dns: false,
-    })
+    // The client addressed this host and port: without endpoints, its original destination.
+    Decision::Forward(Forward::plain(d.host, None, port, endpoints))
 }
 
 /// Route an opaque TCP connection (or a TLS one, when the data plane has read its SNI) by the
@@ -1082,20 +1096,7 @@ pub fn forward_to_known(snap: &Snapshot, host: &str, subset: Option<&str>, port:
             status: 404,
             reason: format!("host {host} port {port} is not known to the registry"),
         },
-        Ok(endpoints) => Decision::Forward(Forward {
-            route_name: None,
-            virtual_service: None,
-            host: d.host,
-            subset: d.subset,
-            port,
-            resolve_by_dns: false,
-            endpoints,
-            authority_rewrite: None,
-            uri_rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-            policy: Policy::default(),
-        }),
+        Ok(endpoints) => Decision::Forward(Forward::plain(d.host, d.subset, port, endpoints)),
         Err(reason) => Decision::Deny {
             status: 503,
             reason,
@@ -1149,18 +1150,9 @@ fn l4_forward(
     };
     let addressed = cands.iter().any(|c| c == &d.host) && port == dst.port();
     Decision::Forward(Forward {
-        route_name: None,
         virtual_service: Some(vs.meta.key()),
-        host: d.host.clone(),
-        subset: d.subset.clone(),
-        port,
         resolve_by_dns: endpoints.is_empty() && !addressed,
-        endpoints,
-        authority_rewrite: None,
-        uri_rewrite: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-        policy: Policy::default(),
+        ..Forward::plain(d.host.clone(), d.subset.clone(), port, endpoints)
     })
 }
 
