@@ -162,8 +162,15 @@ fn kiali_and_grafana_queries_on_a_real_prometheus() {
     let security = format!(
         "sum(rate(istio_requests_total{{reporter=\"destination\",destination_workload_namespace=\"{NS}\"}}[1m])) by (source_workload,destination_workload,connection_security_policy,source_principal,destination_principal) > 0"
     );
-    let sec = must(&lab, prom.query(&lab, &security));
-    assert_eq!(edges(&sec), want, "{sec:?}");
+    // The server sides are scraped on their own schedule: wait until each edge has two samples.
+    let r = prom.wait_for(&lab, &security, Duration::from_secs(30), |s| {
+        if edges(s) == want {
+            Ok(())
+        } else {
+            Err(format!("edges {:?}", edges(s)))
+        }
+    });
+    let sec = must(&lab, r);
     for s in &sec {
         assert_eq!(s.label("connection_security_policy"), "mutual_tls", "{s:?}");
         assert!(
