@@ -110,6 +110,33 @@ pub fn parse_oha(json: &str) -> Result<Load> {
     })
 }
 
+/// CPU seconds (user + system) and VmRSS / VmHWM (KiB) of `pid`.
+pub fn process_usage(pid: u32) -> Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, a)| a)
+        .context("/proc/PID/stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state is field 3; utime 14 and stime 15 (1-based in proc(5)).
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
+}
+
 /// `VmRSS` of a process in kB (`None` when it is gone).
 pub fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

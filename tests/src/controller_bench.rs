@@ -56,33 +56,6 @@ fn vs(ns: &str, name: &str, host: &str) -> Value {
                              {"route": [{"destination": {"host": host}}]}]}})
 }
 
-/// CPU seconds (user + system) and VmRSS / VmHWM (KiB) of `pid`.
-fn usage(pid: u32) -> Result<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, a)| a)
-        .context("/proc/PID/stat")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state is field 3; utime 14 and stime 15 (1-based in proc(5)).
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
-}
-
 fn wait_until(what: &str, f: impl Fn() -> bool) -> Result<Duration> {
     let start = Instant::now();
     while !f() {
@@ -190,7 +163,7 @@ pub fn run(bin_dir: &Path, args: Args) -> Result<()> {
         let sync = wait_until("every namespace's ConfigMap", || {
             api.objects("configmaps").len() >= n
         })?;
-        let (cpu_sync, rss_sync, hwm_sync) = usage(pid)?;
+        let (cpu_sync, rss_sync, hwm_sync) = crate::bench::process_usage(pid)?;
         let bytes: usize = api
             .objects("configmaps")
             .iter()
@@ -237,10 +210,10 @@ pub fn run(bin_dir: &Path, args: Args) -> Result<()> {
             })
         })?;
         let all = t.elapsed();
-        let (cpu_end, rss_end, hwm_end) = usage(pid)?;
+        let (cpu_end, rss_end, hwm_end) = crate::bench::process_usage(pid)?;
         // Idle: nothing changes for 10 s (resyncs only).
         std::thread::sleep(Duration::from_secs(10));
-        let (cpu_idle, _, _) = usage(pid)?;
+        let (cpu_idle, _, _) = crate::bench::process_usage(pid)?;
         let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1000.0);
         println!(
             "| namespaces × objects | first full write | one-namespace change → write (median of {}, max) | mesh-wide change → first / all {n} written | controller CPU-s: start-up / changes / 10 s idle | RSS after start-up / at end (HWM) |",

@@ -199,33 +199,6 @@ fn ms(d: Duration) -> String {
 
 // ---- processes and the API ----
 
-/// CPU seconds (user + system) and VmRSS / VmHWM (KiB) of `pid`.
-fn usage(pid: u32) -> Result<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, a)| a)
-        .context("/proc/PID/stat")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state is field 3; utime 14 and stime 15 (1-based in proc(5)).
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
-}
-
 /// RssAnon of `pid` (KiB): its private memory, without the pages of its binary and libraries
 /// (RssFile), which every process of the same binary on a node shares through the page cache.
 fn anon(pid: u32) -> Result<u64> {
@@ -687,7 +660,7 @@ fn served_run(
     let startup = Traffic::read(&api).since(&before);
     let at_startup = Traffic::read(&api);
     let startup_done = Instant::now();
-    let (cpu0, rss_sync, _) = usage(pid)?;
+    let (cpu0, rss_sync, _) = crate::bench::process_usage(pid)?;
 
     let tls = tls_config(&cp.root)?;
     let connecting = if args.connecting == 0 {
@@ -761,7 +734,7 @@ fn served_run(
         );
     }
     std::thread::sleep(Duration::from_secs(1));
-    let (cpu1, rss_subscribed, _) = usage(pid)?;
+    let (cpu1, rss_subscribed, _) = crate::bench::process_usage(pid)?;
 
     // The changes: each emitted at the API, then waited for at every live subscriber.
     let mut to_all = Vec::new();
@@ -804,7 +777,7 @@ fn served_run(
         std::thread::sleep(Duration::from_millis(200));
     }
     let changes_secs = changes_start.elapsed().as_secs_f64();
-    let (cpu2, _, _) = usage(pid)?;
+    let (cpu2, _, _) = crate::bench::process_usage(pid)?;
     // The deltas of the timed changes (the churn's come after).
     let delta_bytes_changes = t.delta_bytes.clone();
     let churn = if args.churn_secs > 0 {
@@ -825,7 +798,7 @@ fn served_run(
     } else {
         None
     };
-    let (_, _, hwm) = usage(pid)?;
+    let (_, _, hwm) = crate::bench::process_usage(pid)?;
     let after_startup = Traffic::read(&api).since(&at_startup);
     let after_secs = startup_done.elapsed().as_secs_f64();
     let open_watches = [gen::SERVICES, gen::SLICES, gen::PODS, gen::SIDECARS]
@@ -903,7 +876,7 @@ fn churn(
 ) -> Result<Churn> {
     let total = (args.churn_secs * u64::from(args.churn_rate)) as u32;
     eprintln!("served: churn, {total} changes in {} s...", args.churn_secs);
-    let (cpu0, _, _) = usage(pid)?;
+    let (cpu0, _, _) = crate::bench::process_usage(pid)?;
     let mut pod = cluster
         .pods
         .iter()
@@ -969,7 +942,7 @@ fn churn(
         }
     });
     let secs = start.elapsed().as_secs_f64();
-    let (cpu1, rss, _) = usage(pid)?;
+    let (cpu1, rss, _) = crate::bench::process_usage(pid)?;
     let behind = (0..n)
         .filter(|i| !t.failed.contains(i) && got_change[*i] < last_slice)
         .count();
@@ -1193,7 +1166,12 @@ fn proxies(
     std::thread::sleep(Duration::from_millis(2500));
     let rss = ps
         .iter()
-        .map(|p| Ok((usage(p.proc.pid())?.1, anon(p.proc.pid())?)))
+        .map(|p| {
+            Ok((
+                crate::bench::process_usage(p.proc.pid())?.1,
+                anon(p.proc.pid())?,
+            ))
+        })
         .collect::<Result<Vec<Memory>>>()?;
     Ok((ps, rss, took))
 }
