@@ -297,8 +297,9 @@ pub fn serve_sidecars(api: &RecordedApi, sidecars: Vec<Value>) {
     );
 }
 
-/// Serve `items` as a paged list at `path`, then a held watch starting with a BOOKMARK.
-fn paged(
+/// Serve `items` as a paged list at `path` (pages of `PAGE`, with `continue` tokens as an API
+/// server answers), then a held watch starting with a BOOKMARK.
+pub fn paged(
     api: &RecordedApi,
     path: &str,
     list: &str,

@@ -8,9 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use remora_e2e::apiserver::{RecordedApi, Reply};
-use serde_json::{json, Value};
-
-const PAGE: usize = 500;
+use remora_e2e::discovery_cluster::paged;
+use serde_json::json;
 
 struct Opts {
     services: usize,
@@ -40,39 +39,6 @@ fn parse() -> Result<Opts> {
         bail!("--services at most 60000 and --endpoints at most 62500 (addresses are 10.S.E.E)");
     }
     Ok(o)
-}
-
-/// Serve `items` as a paged list at `path` (pages of `PAGE`, as the proxy asks `limit=500`).
-fn paged(api: &RecordedApi, path: &str, kind: &str, api_version: &str, items: Vec<Value>) {
-    let pages: Vec<Vec<Value>> = if items.is_empty() {
-        vec![vec![]]
-    } else {
-        items.chunks(PAGE).map(|c| c.to_vec()).collect()
-    };
-    let n = pages.len();
-    let total = items.len();
-    for (i, page) in pages.into_iter().enumerate() {
-        let mut meta = json!({"resourceVersion": "5000"});
-        if i + 1 < n {
-            meta["continue"] = json!(format!("page{}", i + 1));
-            meta["remainingItemCount"] = json!(total - (i + 1) * PAGE);
-        }
-        let body =
-            json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": page});
-        let route = if i == 0 {
-            path.to_string()
-        } else {
-            format!("{path}?continue=page{i}")
-        };
-        api.on("GET", &route, Reply::json(200, body));
-    }
-    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.trim_end_matches("List"),
-        "apiVersion": api_version, "metadata": {"resourceVersion": "5001"}}});
-    api.on(
-        "GET",
-        &format!("{path}?watch=true"),
-        Reply::watch(vec![bookmark], true),
-    );
 }
 
 fn namespace(api: &RecordedApi, ns: &str, services: usize, endpoints: usize) {
@@ -127,6 +93,7 @@ fn namespace(api: &RecordedApi, ns: &str, services: usize, endpoints: usize) {
         api,
         &format!("/api/v1/namespaces/{ns}/services"),
         "ServiceList",
+        "Service",
         "v1",
         svcs,
     );
@@ -134,6 +101,7 @@ fn namespace(api: &RecordedApi, ns: &str, services: usize, endpoints: usize) {
         api,
         &format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
         "EndpointSliceList",
+        "EndpointSlice",
         "discovery.k8s.io/v1",
         slices,
     );
@@ -141,6 +109,7 @@ fn namespace(api: &RecordedApi, ns: &str, services: usize, endpoints: usize) {
         api,
         &format!("/api/v1/namespaces/{ns}/pods"),
         "PartialObjectMetadataList",
+        "PartialObjectMetadata",
         "meta.k8s.io/v1",
         pods,
     );
