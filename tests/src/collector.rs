@@ -211,7 +211,10 @@ impl Collector {
                                 // (3: INVALID_ARGUMENT for a body that did not decode).
                                 let mut trailers = hyper::HeaderMap::new();
                                 let status = if ok { "0" } else { "3" };
-                                trailers.insert("grpc-status", status.parse().unwrap());
+                                trailers.insert(
+                                    "grpc-status",
+                                    hyper::header::HeaderValue::from_static(status),
+                                );
                                 hyper::Response::builder()
                                     .status(200)
                                     .header("content-type", "application/grpc")
