@@ -712,6 +712,39 @@ fn remote_ip_from_x_forwarded_for() {
     assert!(!allowed(spec, &req));
 }
 
+/// At a gateway (Envoy's `use_remote_address: true`), `X-Forwarded-For` is not trusted unless
+/// `numTrustedProxies` says proxies sit in front: then the N-th entry from the right.
+#[test]
+fn remote_ip_at_the_gateway() {
+    let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    type Case<'a> = (&'a [&'a str], u32, Option<std::net::IpAddr>);
+    let cases: &[Case] = &[
+        (&[], 0, None),
+        // The default: the client's own address, whatever it claims.
+        (&["203.0.113.7"], 0, None),
+        (&["198.51.100.1, 203.0.113.7"], 0, None),
+        // One trusted proxy (a cloud load balancer): the entry it appended, the last.
+        (&["198.51.100.1, 203.0.113.7"], 1, ip("203.0.113.7")),
+        (&["198.51.100.1, 203.0.113.7"], 2, ip("198.51.100.1")),
+        (
+            &["198.51.100.1", "203.0.113.7, 192.0.2.9"],
+            3,
+            ip("198.51.100.1"),
+        ),
+        // Too few entries, or not an address: the peer's address.
+        (&["203.0.113.7"], 2, None),
+        (&[], 1, None),
+        (&["unknown"], 1, None),
+    ];
+    for (xff, n, want) in cases {
+        assert_eq!(
+            remote_ip_at_gateway(xff.iter().copied(), *n),
+            *want,
+            "{xff:?} numTrustedProxies {n}"
+        );
+    }
+}
+
 #[test]
 fn verdict_wording() {
     let r = |p: &str, i| RuleRef {

@@ -210,7 +210,7 @@ impl GatewayApp {
             local,
             peer,
             sni,
-            Some(decision),
+            Some(crate::tcp::AtGateway(decision)),
         )
         .await;
     }

@@ -1302,3 +1302,433 @@ spec:
     let r = http_get(addr, "/pinned", &[("Host", "pinned.example.com")]).unwrap();
     assert_eq!(r.status, 503, "{}", r.body_text());
 }
+
+/// A Gateway `edge` (HTTP on port 80, every host) and a VirtualService sending everything to
+/// the echo backend `app` at `backend`.
+fn http_edge(backend: SocketAddr) -> String {
+    "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: testns}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: app, port: {number: 9080}}}]
+---
+"
+    .to_string()
+        + &endpoint("app", 9080, backend)
+}
+
+/// A `security.istio.io/v1` object.
+fn security(kind: &str, ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+/// A TCP connection to `addr` from the local address `src` (any 127.0.0.0/8 address: the
+/// loopback interface holds them all), blocking, with 10 s timeouts.
+fn connect_from(src: &str, addr: SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let src: std::net::IpAddr = src.parse().unwrap();
+    let s = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(src, 0))?;
+            tokio::time::timeout(std::time::Duration::from_secs(5), sock.connect(addr))
+                .await
+                .map_err(|_| std::io::Error::other("connect timed out"))?
+                .and_then(|c| c.into_std())
+        })
+        .unwrap();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s
+}
+
+/// One HTTP/1.1 GET (`Connection: close`) to `addr` from the local address `src`.
+fn get_from(src: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResp {
+    use std::io::{Read, Write};
+    let mut s = connect_from(src, addr);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw).unwrap()
+}
+
+/// AuthorizationPolicy at the gateway, as Istio applies it: the policies of the gateway's
+/// namespace whose `selector` matches the gateway pod's labels (`istio: ingressgateway`), the
+/// namespace's selector-less ones and the root namespace's, decided before routing (403 `RBAC:
+/// access denied`); `ipBlocks` is the client's address; `remoteIpBlocks` is too by default
+/// (Envoy's `use_remote_address` at the edge: a client cannot claim an address in
+/// `X-Forwarded-For`), and the entry the trusted proxy appended with `--num-trusted-proxies`.
+/// A policy selecting other pods, or of another namespace, leaves the gateway alone.
+#[test]
+fn authorization_policies_select_the_gateway_pod() {
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let to_gateway = "  selector: {matchLabels: {istio: ingressgateway}}\n";
+    let policies = [
+        security(
+            "AuthorizationPolicy",
+            "testns",
+            "deny-admin",
+            &format!("{to_gateway}  action: DENY\n  rules: [{{to: [{{operation: {{paths: ['/admin*']}}}}]}}]"),
+        ),
+        security(
+            "AuthorizationPolicy",
+            "testns",
+            "deny-client",
+            &format!("{to_gateway}  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [127.0.0.2/32]}}}}]}}]"),
+        ),
+        // Namespace-wide (no selector): the gateway's namespace's policies apply to it.
+        security(
+            "AuthorizationPolicy",
+            "testns",
+            "deny-remote",
+            "  action: DENY\n  rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24, 127.0.0.3/32]}}]}]",
+        ),
+        // The root namespace's, selecting the gateway.
+        security(
+            "AuthorizationPolicy",
+            "remora-system",
+            "deny-internal",
+            &format!("{to_gateway}  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/internal]}}}}]}}]"),
+        ),
+        // Neither selects the gateway: another pod's, another namespace's.
+        security(
+            "AuthorizationPolicy",
+            "testns",
+            "reviews-deny-all",
+            "  selector: {matchLabels: {app: reviews}}\n  action: DENY\n  rules: [{}]",
+        ),
+        security(
+            "AuthorizationPolicy",
+            "shop",
+            "shop-allow-nothing",
+            "  {}",
+        ),
+    ]
+    .concat();
+    let rules = RulesDir::new(&[
+        ("edge.yaml", &http_edge(backend)),
+        ("policies.yaml", &policies),
+    ]);
+    let port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(rules.path(), &format!("80={port}"), &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        ("127.0.0.1", "/productpage", &[], 200),
+        ("127.0.0.1", "/admin/users", &[], 403),
+        ("127.0.0.1", "/internal", &[], 403),
+        // Only the client's own address counts at the edge by default.
+        (
+            "127.0.0.1",
+            "/productpage",
+            &[("x-forwarded-for", "203.0.113.7")],
+            200,
+        ),
+        ("127.0.0.2", "/productpage", &[], 403),
+        ("127.0.0.3", "/productpage", &[], 403),
+        ("127.0.0.4", "/productpage", &[], 200),
+    ];
+    for (src, path, headers, want) in cases {
+        let r = get_from(src, addr, path, headers);
+        assert_eq!(
+            r.status,
+            *want,
+            "{src} {path} {headers:?}: {}\n{}",
+            r.body_text(),
+            gw.stderr_text()
+        );
+        if *want == 403 {
+            assert_eq!(r.body_text(), "RBAC: access denied", "{src} {path}");
+        } else {
+            assert_eq!(r.json()["server"], "app", "{src} {path}");
+        }
+    }
+    gw.wait_stderr("request denied: denied by DENY policy testns/deny-admin rule 0");
+    gw.wait_stderr("request denied: denied by DENY policy remora-system/deny-internal rule 0");
+    let line = gw.wait_log(|v| v["path"] == "/admin/users");
+    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(
+        line["error"], "rbac_access_denied_matched_policy[ns[testns]-policy[deny-admin]-rule[0]]",
+        "{line}"
+    );
+    let m = gw.metrics_when("remora_authz_denied_total", &["kind=\"http\""], 4.0);
+    assert_eq!(
+        metric_value(&m, "remora_authz_denied_total", &["kind=\"http\""]),
+        4.0,
+        "{m}"
+    );
+    // The policies that do not select the gateway are said so, once each.
+    let log = gw.wait_stderr("testns/reviews-deny-all");
+    assert!(
+        log.contains("selector does not select this pod (label app=reviews is \"istio-ingressgateway\" here)"),
+        "{log}"
+    );
+    drop(gw);
+
+    // One trusted proxy in front (a cloud load balancer): the address it appended.
+    let port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={port}"),
+        &["--num-trusted-proxies=1".into()],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for (xff, want) in [
+        ("198.51.100.1, 203.0.113.7", 403),
+        ("203.0.113.7, 198.51.100.1", 200),
+        ("", 200),
+    ] {
+        let headers: &[(&str, &str)] = if xff.is_empty() {
+            &[]
+        } else {
+            &[("x-forwarded-for", xff)]
+        };
+        let r = get_from("127.0.0.1", addr, "/productpage", headers);
+        assert_eq!(
+            r.status,
+            want,
+            "XFF {xff:?}: {}\n{}",
+            r.body_text(),
+            gw.stderr_text()
+        );
+    }
+}
+
+/// RequestAuthentication at the gateway with Istio's own sample JWKS and tokens, and Istio's
+/// "require a JWT at the ingress" pattern (ALLOW `requestPrincipals: ["*"]`, both selecting
+/// `istio: ingressgateway`): no token → 403, an invalid token → 401 with Envoy's
+/// `www-authenticate`, Istio's demo token → 200 (the token header not passed on).
+#[test]
+fn request_authentication_and_request_principals_at_the_gateway() {
+    let Some(dir) = remora_corpus::istio("jwt") else {
+        return;
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (jwks, demo, groups) = (
+        read("jwks.json"),
+        read("demo.jwt"),
+        read("groups-scope.jwt"),
+    );
+    // The demo token's claims with the other token's signature: not a valid signature.
+    let forged = format!(
+        "{}.{}",
+        demo.rsplit_once('.').unwrap().0,
+        groups.rsplit_once('.').unwrap().1
+    );
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let to_gateway = "  selector: {matchLabels: {istio: ingressgateway}}\n";
+    let policies = security(
+        "RequestAuthentication",
+        "testns",
+        "ingress-jwt",
+        &format!("{to_gateway}  jwtRules:\n  - issuer: testing@secure.istio.io\n    jwks: '{jwks}'"),
+    ) + &security(
+        "AuthorizationPolicy",
+        "testns",
+        "ingress-require-jwt",
+        &format!("{to_gateway}  action: ALLOW\n  rules: [{{from: [{{source: {{requestPrincipals: ['*']}}}}]}}]"),
+    );
+    let rules = RulesDir::new(&[
+        ("edge.yaml", &http_edge(backend)),
+        ("policies.yaml", &policies),
+    ]);
+    let port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(rules.path(), &format!("80={port}"), &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = get_from("127.0.0.1", addr, "/productpage", &[]);
+    assert_eq!(
+        r.status,
+        403,
+        "no token: {}\n{}",
+        r.body_text(),
+        gw.stderr_text()
+    );
+    assert_eq!(r.body_text(), "RBAC: access denied");
+    let bad = format!("Bearer {forged}");
+    let r = get_from(
+        "127.0.0.1",
+        addr,
+        "/productpage",
+        &[("authorization", &bad)],
+    );
+    assert_eq!(r.status, 401, "forged token: {}", r.body_text());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer realm=") && h.contains("invalid_token")),
+        "{:?}",
+        r.headers
+    );
+    let good = format!("Bearer {demo}");
+    let r = get_from(
+        "127.0.0.1",
+        addr,
+        "/productpage",
+        &[("authorization", &good)],
+    );
+    assert_eq!(r.status, 200, "demo token: {}", r.body_text());
+    let seen = r.json();
+    assert_eq!(seen["server"], "app");
+    assert!(
+        seen["headers"].get("authorization").is_none(),
+        "the verified token is not forwarded: {seen}"
+    );
+    gw.wait_stderr("refused by RequestAuthentication testns/ingress-jwt");
+    let m = gw.metrics();
+    assert!(
+        metric_value(&m, "remora_jwt_rejected_total", &[]) >= 1.0,
+        "{m}"
+    );
+}
+
+/// AuthorizationPolicy on the gateway's `TCP` and TLS `PASSTHROUGH` servers: a connection the
+/// policy denies (by client address and the gateway's listening port; by the ClientHello's
+/// server name, `connection.sni`) is closed unanswered, counted, and logged with Envoy's
+/// connection termination details; the others are served.
+#[test]
+fn tcp_and_passthrough_servers_are_authorized() {
+    use std::io::{Read, Write};
+    let rt = rt();
+    let echo = rt.block_on(spawn_tcp_echo());
+    let (api_crt, api_key) = cert("api.example.com");
+    let (www_crt, www_key) = cert("www.example.com");
+    let api = rt.block_on(spawn_tls_http(api_crt.clone(), api_key, "api"));
+    let www = rt.block_on(spawn_tls_http(www_crt.clone(), www_key, "www"));
+    let [tls_port, tcp_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let gateway = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls, namespace: testns}
+spec:
+  hosts: ['*.example.com']
+  gateways: [edge]
+  tls:
+  - match: [{sniHosts: [api.example.com]}]
+    route: [{destination: {host: api-backend, port: {number: 443}}}]
+  - match: [{sniHosts: [www.example.com]}]
+    route: [{destination: {host: www-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: testns}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  tcp:
+  - route: [{destination: {host: echo-backend, port: {number: 5000}}}]
+";
+    let policies = security(
+        "AuthorizationPolicy",
+        "testns",
+        "tcp-guard",
+        &format!(
+            "  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: DENY\n  rules:\n  - from: [{{source: {{ipBlocks: [127.0.0.2/32]}}}}]\n    to: [{{operation: {{ports: ['{tcp_port}']}}}}]\n  - when: [{{key: connection.sni, values: [www.example.com]}}]"
+        ),
+    );
+    let rules = RulesDir::new(&[
+        ("edge.yaml", gateway),
+        (
+            "backends.yaml",
+            &[
+                l4_endpoint("api-backend", 443, "TLS", api),
+                l4_endpoint("www-backend", 443, "TLS", www),
+                l4_endpoint("echo-backend", 5000, "TCP", echo),
+            ]
+            .join("---\n"),
+        ),
+        ("policies.yaml", &policies),
+    ]);
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={},443={tls_port},31400={tcp_port}", free_ports(1)[0]),
+        &[],
+    );
+    let tcp = SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let echoed = |src: &str| -> Vec<u8> {
+        let mut s = connect_from(src, tcp);
+        s.write_all(b"hello\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while got.len() < 6 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    };
+    assert_eq!(echoed("127.0.0.1"), b"hello\n", "{}", gw.stderr_text());
+    assert_eq!(echoed("127.0.0.2"), b"", "denied by source address: closed");
+    let line = gw.wait_log(|v| {
+        v["kind"] == "tcp"
+            && v["downstream"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("127.0.0.2:"))
+    });
+    assert_eq!(
+        line["connection_termination_details"],
+        "rbac_access_denied_matched_policy[ns[testns]-policy[tcp-guard]-rule[0]]",
+        "{line}"
+    );
+    // PASSTHROUGH: the SNI the gateway read decides.
+    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let roots = format!("{api_crt}{www_crt}");
+    let (r, _) = https_try(tls, "api.example.com", &roots, "/", None)
+        .unwrap_or_else(|e| panic!("api: {e}\n{}", gw.stderr_text()));
+    assert_eq!((r.status, r.body_text()), (200, "api".to_string()));
+    assert!(
+        https_try(tls, "www.example.com", &roots, "/", None).is_err(),
+        "www.example.com is denied by connection.sni"
+    );
+    gw.wait_log(|v| {
+        v["kind"] == "tcp"
+            && v["connection_termination_details"]
+                == "rbac_access_denied_matched_policy[ns[testns]-policy[tcp-guard]-rule[1]]"
+    });
+    let m = gw.metrics_when("remora_authz_denied_total", &["kind=\"tcp\""], 2.0);
+    assert_eq!(
+        metric_value(&m, "remora_authz_denied_total", &["kind=\"tcp\""]),
+        2.0,
+        "{m}"
+    );
+}

@@ -537,6 +537,20 @@ pub fn remote_ip_from_xff<'a>(
     entries[i].parse().ok()
 }
 
+/// `remote.ip` and `remoteIpBlocks` at a gateway, as Envoy computes them on Istio's gateway
+/// listeners (`use_remote_address: true`, `xff_num_trusted_hops` = `num_trusted_proxies`): with
+/// the default 0 the client's own address (`None`: the peer's address stands, whatever
+/// `X-Forwarded-For` says, since the gateway is the mesh's edge); with N the N-th entry from
+/// the right of `X-Forwarded-For` (the one the outermost trusted proxy appended), the peer's
+/// address when there are fewer entries or that one is not an IP address.
+pub fn remote_ip_at_gateway<'a>(
+    xff: impl IntoIterator<Item = &'a str>,
+    num_trusted_proxies: u32,
+) -> Option<IpAddr> {
+    let n = num_trusted_proxies.checked_sub(1)?;
+    remote_ip_from_xff(xff, n)
+}
+
 /// Evaluate `req` against the enforced (not dry-run) policies that apply to the workload, in
 /// Istio's order: CUSTOM (refused at load) → DENY → ALLOW. A matching DENY rule denies; with
 /// no ALLOW policy the request is allowed; else it needs one matching ALLOW rule (an ALLOW

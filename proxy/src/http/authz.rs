@@ -1,7 +1,9 @@
-//! Inbound authorization: the AuthorizationPolicies that apply to this workload, decided by the
-//! model's `security::evaluate` (Istio's order: DENY, then ALLOW) on what the sidecar knows of
-//! the request — the client's SPIFFE id from mTLS, its address, the destination port, the host,
-//! method, path and headers, and the verified JWT of RequestAuthentication (`http::jwt`). A denial is Istio's answer: 403 `RBAC: access denied` (gRPC:
+//! Authorization on the sidecar's inbound side and at the gateway: the AuthorizationPolicies
+//! that apply to this workload (the gateway's pod, for `remora-proxy gateway`), decided by the
+//! model's `security::evaluate` (Istio's order: DENY, then ALLOW) on what the proxy knows of
+//! the request — the client's SPIFFE id from mTLS, its address, the destination port (the
+//! gateway's own listening port), the host, method, path and headers, and the verified JWT of
+//! RequestAuthentication (`http::jwt`). A denial is Istio's answer: 403 `RBAC: access denied` (gRPC:
 //! PERMISSION_DENIED), and the access log's `error` names the policy and rule that decided.
 //! Dry-run policies (`istio.io/dry-run`) are evaluated too and only logged.
 
@@ -12,7 +14,7 @@ use http::HeaderName;
 use pingora::proxy::Session;
 use pingora::Result;
 use remora_model::security::authorization::{
-    evaluate_dry_run, reads, remote_ip_from_xff, HttpRequest, JwtAuth,
+    evaluate_dry_run, reads, remote_ip_at_gateway, remote_ip_from_xff, HttpRequest, JwtAuth,
 };
 use remora_model::security::{evaluate, Request, Verdict};
 use tracing::info;
@@ -23,6 +25,18 @@ use crate::telemetry::Metrics;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Where the request is decided, which says how `remote.ip` is read from `X-Forwarded-For`
+/// (Envoy's `use_remote_address`: false on Istio's sidecar inbound listener, true at its
+/// gateways), with Istio's `numTrustedProxies` (`--num-trusted-proxies`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum At {
+    /// The sidecar's inbound side: the last entry, or the one `num_trusted_proxies` before it.
+    Inbound { num_trusted_proxies: u32 },
+    /// The gateway: the client's own address, or the `num_trusted_proxies`-th entry from the
+    /// right when proxies in front of it are trusted.
+    Gateway { num_trusted_proxies: u32 },
+}
+
 /// Decide the request; `Ok(true)` when it was denied (and answered). `auth`: the verified
 /// JWT's facts from RequestAuthentication (`http::jwt`), if the request carried one.
 pub(super) async fn check(
@@ -32,13 +46,13 @@ pub(super) async fn check(
     dst: SocketAddr,
     auth: Option<JwtAuth>,
     metrics: &Metrics,
-    num_trusted_proxies: u32,
+    at: At,
 ) -> Result<bool> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
         return Ok(false);
     }
-    if !decide(session, ctx, snap, dst, auth, num_trusted_proxies) {
+    if !decide(session, ctx, snap, dst, auth, at) {
         return Ok(false);
     }
     // Denied (and logged): the request borrowed the session, which now answers.
@@ -53,10 +67,10 @@ fn decide(
     snap: &Snapshot,
     dst: SocketAddr,
     auth: Option<JwtAuth>,
-    num_trusted_proxies: u32,
+    at: At,
 ) -> bool {
     let policies = &snap.authorization_policies;
-    let req = request(session, ctx, snap, dst, auth, num_trusted_proxies);
+    let req = request(session, ctx, snap, dst, auth, at);
     if let Some(shadow) = evaluate_dry_run(policies, &req) {
         info!(
             path = %ctx.path,
@@ -94,29 +108,33 @@ fn decide(
     }
 }
 
-/// What the sidecar knows of the request, as the model's input. `remote.ip` comes from
+/// What the proxy knows of the request, as the model's input. `remote.ip` comes from
 /// `X-Forwarded-For` as Envoy reads it on Istio's sidecar inbound listener
-/// (`remote_ip_from_xff`).
+/// (`remote_ip_from_xff`) or at its gateway (`remote_ip_at_gateway`).
 fn request<'a>(
     session: &'a Session,
     ctx: &'a ReqCtx,
     snap: &Snapshot,
     dst: SocketAddr,
     auth: Option<JwtAuth>,
-    num_trusted_proxies: u32,
+    at: At,
 ) -> Request<'a> {
     let head = &session.req_header().headers;
     // Only what a rule will read is derived and copied.
     let reads = reads(&snap.authorization_policies);
-    let remote_ip = if reads.remote_ip {
-        remote_ip_from_xff(
-            head.get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
+    let xff = || {
+        head.get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    let remote_ip = match at {
+        _ if !reads.remote_ip => None,
+        At::Inbound {
             num_trusted_proxies,
-        )
-    } else {
-        None
+        } => remote_ip_from_xff(xff(), num_trusted_proxies),
+        At::Gateway {
+            num_trusted_proxies,
+        } => remote_ip_at_gateway(xff(), num_trusted_proxies),
     };
     let headers = if reads.headers {
         head.iter()
@@ -174,12 +192,15 @@ pub struct TcpDenied {
     pub details: String,
 }
 
-/// Decide an inbound opaque TCP connection (no HTTP attributes); why, when denied.
+/// Decide an opaque TCP connection (no HTTP attributes) on the sidecar's inbound side or at
+/// the gateway (`dst`: the gateway's own listening address; `sni`: the ClientHello's server
+/// name when the gateway read one, Istio's `connection.sni`); why, when denied.
 pub fn check_tcp(
     snap: &Snapshot,
     principal: Option<&str>,
     source: Option<SocketAddr>,
     dst: SocketAddr,
+    sni: Option<&str>,
 ) -> Option<TcpDenied> {
     let policies = &snap.authorization_policies;
     if policies.is_empty() {
@@ -191,7 +212,7 @@ pub fn check_tcp(
         remote_ip: None,
         destination_ip: Some(dst.ip()),
         destination_port: dst.port(),
-        sni: None,
+        sni: sni.map(str::to_string),
         http: None,
     };
     if let Some(shadow) = evaluate_dry_run(policies, &req) {

@@ -7,7 +7,7 @@
 //! [`peer`] and the request rewritten by [`rewrite`]; failures are retried by [`retry`] and
 //! answered by [`failure`]; [`log`] records it. An inbound request goes through
 //! RequestAuthentication ([`jwt`]) and AuthorizationPolicy ([`authz`]), then to the original
-//! destination.
+//! destination; at the gateway, the same two steps come before the gateway's routing.
 
 mod admission;
 pub mod authz;
@@ -198,6 +198,24 @@ fn inbound_service(
 }
 
 impl MeshHttp {
+    /// RequestAuthentication ([`jwt`]), then AuthorizationPolicy ([`authz`]): on the sidecar's
+    /// inbound side, and at the gateway before routing. `Ok(true)` when refused (and answered).
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        snap: &Snapshot,
+        dst: SocketAddr,
+        at: authz::At,
+    ) -> Result<bool> {
+        let metrics = &self.shared.metrics;
+        let auth = match jwt::check(session, ctx, snap, &self.shared.jwt, metrics).await? {
+            jwt::Step::Answered => return Ok(true),
+            jwt::Step::Continue(auth) => auth,
+        };
+        authz::check(session, ctx, snap, dst, auth, metrics, at).await
+    }
+
     /// A request the rules forward: the request steps in order, each of which may answer it
     /// (`Ok(true)`, as `request_filter` returns it).
     async fn forward(
@@ -344,21 +362,21 @@ impl ProxyHttp for MeshHttp {
             ctx.upstream = Some(dst);
             ctx.destination_service =
                 inbound_service(&snap, &self.shared.settings, &ctx.authority, dst);
-            let metrics = &self.shared.metrics;
-            let auth = match jwt::check(session, ctx, &snap, &self.shared.jwt, metrics).await? {
-                jwt::Step::Answered => return Ok(true),
-                jwt::Step::Continue(auth) => auth,
+            let num_trusted_proxies = self.shared.settings.num_trusted_proxies;
+            let at = authz::At::Inbound {
+                num_trusted_proxies,
             };
-            return authz::check(
-                session,
-                ctx,
-                &snap,
-                dst,
-                auth,
-                metrics,
-                self.shared.settings.num_trusted_proxies,
-            )
-            .await;
+            return self.authenticate(session, ctx, &snap, dst, at).await;
+        }
+        if self.gateway.is_some() {
+            // The gateway's pod is the workload: its policies, before routing.
+            let num_trusted_proxies = self.shared.settings.num_trusted_proxies;
+            let at = authz::At::Gateway {
+                num_trusted_proxies,
+            };
+            if self.authenticate(session, ctx, &snap, dst, at).await? {
+                return Ok(true);
+            }
         }
         let decision = {
             let req = session.req_header();

@@ -192,9 +192,14 @@ fn copy_outcome(
     }
 }
 
+/// A connection at the gateway (`remora-proxy gateway`): the gateway's routing decision
+/// (`remora_model::gateway::route_l4`). It is authorized (AuthorizationPolicy, as on a
+/// sidecar's inbound side) before it is routed.
+pub struct AtGateway(pub crate::route::Decision);
+
 /// Copy bytes both ways between the downstream and the destination (closed when idle for
-/// `--idle-timeout-seconds`). `decided`: the routing decision when the caller made it (the
-/// gateway's, `remora_model::gateway::route_l4`); else the sidecar's `route_tcp` decides.
+/// `--idle-timeout-seconds`). `gateway`: a gateway's connection, with the decision the gateway
+/// made; else the sidecar's `route_tcp` decides (outbound).
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
     dir: Direction,
@@ -205,7 +210,7 @@ pub async fn proxy(
     dst: SocketAddr,
     peer: Option<SocketAddr>,
     sni: Option<String>,
-    decided: Option<crate::route::Decision>,
+    gateway: Option<AtGateway>,
 ) {
     let s = &shared.settings;
     let start = Instant::now();
@@ -213,12 +218,6 @@ pub async fn proxy(
     let bind = match dir {
         Direction::Inbound => s.inbound_bind,
         Direction::Outbound => None,
-    };
-    let decided = match dir {
-        Direction::Outbound => {
-            tcp_decision(shared, resolver, dst, sni.as_deref(), peer, decided).await
-        }
-        Direction::Inbound => Ok(TcpPlan::direct(dst)),
     };
     // Inbound over mesh mTLS: the client's identity (the listener terminated its TLS).
     let peer_info = match (dir, peer) {
@@ -263,21 +262,38 @@ pub async fn proxy(
             },
         );
     };
-    // Inbound: AuthorizationPolicy on what a TCP connection shows (peer identity, addresses).
-    let mut termination = None;
-    let decided = match (dir, decided) {
-        (Direction::Inbound, Ok(plan)) => {
-            let snap = shared.snapshot.load();
-            match crate::http::authz::check_tcp(&snap, peer_principal.as_deref(), peer, dst) {
-                Some(denied) => {
-                    metrics.authz_denied.with_label_values(&["tcp"]).inc();
-                    termination = Some(denied.details);
-                    Err((flags::NONE, format!("connection {}", denied.reason)))
-                }
-                None => Ok(plan),
+    // Inbound and at the gateway: AuthorizationPolicy on what a TCP connection shows (peer
+    // identity, addresses, the SNI of TLS the gateway read), before it is routed. At the
+    // gateway the client has a principal only on an ISTIO_MUTUAL server (its handshake
+    // recorded it).
+    if dir == Direction::Inbound || gateway.is_some() {
+        let principal = match (&gateway, peer) {
+            (None, _) => peer_principal.clone(),
+            (Some(_), Some(p)) if shared.identity.is_some() => {
+                shared.peers.get(p).map(|i| i.principal.clone())
             }
+            (Some(_), _) => None,
+        };
+        let snap = shared.snapshot.load();
+        let denied = crate::http::authz::check_tcp(
+            &snap,
+            principal.as_deref(),
+            peer,
+            dst,
+            sni.as_deref().filter(|_| gateway.is_some()),
+        );
+        if let Some(denied) = denied {
+            metrics.authz_denied.with_label_values(&["tcp"]).inc();
+            let reason = format!("connection {}", denied.reason);
+            return refuse(&mut labels, flags::NONE, reason, Some(denied.details));
         }
-        (_, d) => d,
+    }
+    let decided = match dir {
+        Direction::Outbound => {
+            let decided = gateway.map(|g| g.0);
+            tcp_decision(shared, resolver, dst, sni.as_deref(), peer, decided).await
+        }
+        Direction::Inbound => Ok(TcpPlan::direct(dst)),
     };
     let plan = match decided {
         Ok(plan) => plan,
@@ -286,7 +302,7 @@ pub async fn proxy(
             if reason.starts_with(crate::route::BLACK_HOLE) {
                 labels.destination_service = crate::route::BLACK_HOLE.to_string();
             }
-            return refuse(&mut labels, flag, reason, termination);
+            return refuse(&mut labels, flag, reason, None);
         }
     };
     match &plan.service {
