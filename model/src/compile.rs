@@ -1206,6 +1206,64 @@ mod tests {
         assert!(by_name("rl").only_in_own_namespace(&s));
     }
 
+    /// A gateway's ConfigMap carries the security policies that can apply to its pod: its own
+    /// namespace's (a `selector` picks the gateway's pod labels) and the root namespace's
+    /// (mesh-wide); another namespace's stay there.
+    #[test]
+    fn a_gateway_namespace_gets_its_own_and_the_root_security_policies() {
+        let to_gateway = json!({"matchLabels": {"istio": "ingressgateway"}});
+        let objs = checked(&[
+            obj(
+                "AuthorizationPolicy",
+                "istio-system",
+                "ingress-allow-list",
+                json!({"selector": to_gateway, "action": "ALLOW",
+                       "rules": [{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}]}]}),
+            ),
+            obj(
+                "RequestAuthentication",
+                "istio-system",
+                "ingress-jwt",
+                json!({"selector": to_gateway,
+                       "jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/jwks"}]}),
+            ),
+            obj(
+                "AuthorizationPolicy",
+                "remora-system",
+                "mesh-deny-debug",
+                json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]}),
+            ),
+            obj(
+                "AuthorizationPolicy",
+                "bookinfo",
+                "productpage-viewer",
+                json!({"action": "ALLOW", "rules": [{}]}),
+            ),
+        ]);
+        let r = render_view(&objs, "istio-system", &Settings::default(), View::Gateway)
+            .expect("renders");
+        let names: Vec<String> = r.included.iter().map(|i| i.id.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "AuthorizationPolicy istio-system/ingress-allow-list",
+                "RequestAuthentication istio-system/ingress-jwt",
+                "AuthorizationPolicy remora-system/mesh-deny-debug",
+            ]
+        );
+        let why = |n: &str| {
+            r.included
+                .iter()
+                .find(|i| i.id.name == n)
+                .map(|i| i.why.clone())
+        };
+        assert_eq!(why("ingress-jwt").as_deref(), Some("in this namespace"));
+        assert_eq!(
+            why("mesh-deny-debug").as_deref(),
+            Some("mesh-wide: in the root namespace remora-system")
+        );
+    }
+
     #[test]
     fn documents_keep_only_what_the_proxy_reads_and_are_deterministic() {
         let a = checked(&[vs("shop", "cart", "cart", None)]);

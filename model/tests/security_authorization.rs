@@ -267,7 +267,7 @@ fn decoder_errors_name_field_value_and_reason() {
         ),
         (
             "spec: {targetRefs: [{kind: Gateway, name: gw}]}\n",
-            "p.yaml doc 1: spec.targetRefs: gateway/waypoint attachment is not supported (remora applies security policies to sidecars by selector, namespace or mesh)",
+            "p.yaml doc 1: spec.targetRefs: gateway/waypoint attachment is not supported (remora has no Kubernetes Gateway API gateways or waypoints; it applies security policies to sidecars and gateway pods by selector, namespace or mesh)",
         ),
         (
             "spec: {provider: {name: x}}\n",

@@ -168,7 +168,7 @@ pub fn refuse_target_refs(
     target_ref: &Option<Value>,
     target_refs: &Option<Value>,
 ) -> Result<(), SpecError> {
-    let reason = "gateway/waypoint attachment is not supported (remora applies security policies to sidecars by selector, namespace or mesh)";
+    let reason = "gateway/waypoint attachment is not supported (remora has no Kubernetes Gateway API gateways or waypoints; it applies security policies to sidecars and gateway pods by selector, namespace or mesh)";
     if target_ref.is_some() {
         return Err(SpecError::new("spec.targetRef", reason));
     }

@@ -381,7 +381,7 @@ mod tests {
         );
         assert_eq!(
             check("targetRef: {kind: Gateway, name: g}"),
-            "spec.targetRef: gateway/waypoint attachment is not supported (remora applies security policies to sidecars by selector, namespace or mesh)"
+            "spec.targetRef: gateway/waypoint attachment is not supported (remora has no Kubernetes Gateway API gateways or waypoints; it applies security policies to sidecars and gateway pods by selector, namespace or mesh)"
         );
         assert_eq!(
             check("selector: {matchLabels: {app: \"a*\"}}"),
