@@ -6,7 +6,7 @@
 //! calls on every inbound request, over the policies the proxy's `/config_dump` lists: the CLI
 //! and the proxy cannot disagree on the same policies and request. `remote.ip` comes from an
 //! `X-Forwarded-For` header given with `--header` as the proxy computes it (its
-//! `num_trusted_proxies`, from the dump).
+//! `num_trusted_proxies`, from the dump; a gateway's dump, read as at Istio's gateways).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use remora_model::dump::ConfigDump;
 use remora_model::kinds::LoadContext;
 use remora_model::security::authorization::{
-    evaluate_dry_run, remote_ip_from_xff, Action, HttpRequest, JwtAuth,
+    evaluate_dry_run, remote_ip_at_gateway, remote_ip_from_xff, Action, HttpRequest, JwtAuth,
 };
 use remora_model::security::request_authentication::JwtRule;
 use remora_model::security::{
@@ -169,8 +169,9 @@ impl RequestArgs {
 }
 
 impl CheckRequest {
-    /// The model's input, `remote.ip` computed from `x-forwarded-for` as the proxy does.
-    pub fn to_model(&self, num_trusted_proxies: u32) -> Request<'_> {
+    /// The model's input, `remote.ip` computed from `x-forwarded-for` as the proxy does (a
+    /// sidecar's inbound side, or a `gateway`).
+    pub fn to_model(&self, num_trusted_proxies: u32, gateway: bool) -> Request<'_> {
         let xff = self
             .headers
             .iter()
@@ -179,7 +180,11 @@ impl CheckRequest {
         Request {
             source_principal: self.principal.as_deref(),
             source_ip: self.source_ip,
-            remote_ip: remote_ip_from_xff(xff, num_trusted_proxies),
+            remote_ip: if gateway {
+                remote_ip_at_gateway(xff, num_trusted_proxies)
+            } else {
+                remote_ip_from_xff(xff, num_trusted_proxies)
+            },
             destination_ip: None,
             destination_port: self.port,
             sni: None,
@@ -373,7 +378,7 @@ fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>, root: &str) -> MtlsRo
 pub fn view(dump: &ConfigDump, req: Option<&CheckRequest>) -> AuthzView {
     let r = &dump.rules;
     let check = req.map(|q| {
-        let model = q.to_model(dump.num_trusted_proxies);
+        let model = q.to_model(dump.num_trusted_proxies, dump.gateway.is_some());
         let verdict = evaluate(&r.authorization_policies, &model);
         CheckResult {
             request: q.clone(),
@@ -831,6 +836,21 @@ spec: {mtls: {mode: STRICT}}
             .unwrap();
         let v = view(&dump(1), Some(&req));
         let c = v.check.unwrap();
+        assert_eq!(c.remote_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(c.decision, "ALLOW");
+        // A gateway's dump: X-Forwarded-For is the client's claim unless proxies are trusted
+        // (Envoy's use_remote_address at Istio's gateways); with 1, the last entry.
+        let req = args(&[("header", "x-forwarded-for=198.51.100.1, 203.0.113.7")])
+            .request(Some(9080))
+            .unwrap();
+        let at_gateway = |n| {
+            let mut d = dump(n);
+            d.gateway = Some(Default::default());
+            view(&d, Some(&req)).check.unwrap()
+        };
+        let c = at_gateway(0);
+        assert_eq!((c.remote_ip, c.decision.as_str()), (None, "DENY"));
+        let c = at_gateway(1);
         assert_eq!(c.remote_ip, Some("203.0.113.7".parse().unwrap()));
         assert_eq!(c.decision, "ALLOW");
     }

@@ -36,7 +36,8 @@ pub struct ConfigDump {
     pub config_source: ConfigSourceDump,
     pub discovery: DiscoveryDump,
     /// Istio's `numTrustedProxies` as the proxy runs with it: which `X-Forwarded-For` entry
-    /// is `remote.ip` (`security::authorization::remote_ip_from_xff`); written when not 0.
+    /// is `remote.ip` (`security::authorization::remote_ip_from_xff`, at a gateway
+    /// `remote_ip_at_gateway`); written when not 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub num_trusted_proxies: u32,
     /// The workload certificate (`None`: the proxy has no workload identity).

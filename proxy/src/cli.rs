@@ -195,7 +195,9 @@ pub struct RunArgs {
     pub jwks_refresh_interval: Duration,
     /// Istio's `numTrustedProxies` (`gatewayTopology`): AuthorizationPolicy's `remote.ip` and
     /// `remoteIpBlocks` are the entry of `X-Forwarded-For` this many places left of the last
-    /// one (0: the last entry); without such an entry, the peer's address. At most 64.
+    /// one (0: the last entry); without such an entry, the peer's address. At the gateway
+    /// (Envoy's `use_remote_address`): the client's own address with 0, else the entry this
+    /// many places from the right (1: the last). At most 64.
     #[arg(long, env = "REMORA_NUM_TRUSTED_PROXIES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub num_trusted_proxies: u32,
     /// Extra trusted roots (PEM) for HTTPS `jwksUri` servers, besides the system's.
