@@ -1388,7 +1388,8 @@ fn authorization_and_jwt_between_pods() {
 /// VirtualService bound to it and the Services' entries — written by the rules controller from
 /// objects, as `kubectl apply` does. A client outside the mesh gets the product page through the
 /// gateway, built by productpage from reviews v3 and ratings; an unmatched path is the
-/// gateway's 404. The gateway holds a workload identity from the lab's mesh CA, so under
+/// gateway's 404. An AuthorizationPolicy in `istio-system` selecting the gateway's pod denies a
+/// path there (403). The gateway holds a workload identity from the lab's mesh CA, so under
 /// PeerAuthentication STRICT it still reaches productpage, over mutual TLS.
 #[test]
 fn bookinfo_through_the_ingress_gateway() {
@@ -1565,6 +1566,31 @@ fn gateway_scenario(rules_controller: bool) {
             Err(format!("gateway counted {n} pages, want at least 11"))
         }
     });
+
+    // AuthorizationPolicy at the gateway, as Istio applies it: a policy in the gateway's
+    // namespace selecting `istio: ingressgateway` denies the reviews paths before routing
+    // (403 `RBAC: access denied`); the product page still passes.
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ingress-deny-reviews}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules: [{to: [{operation: {paths: ['/reviews/*']}}]}]\n";
+    let r = lab.apply(deny, remora_e2e::lab::GATEWAY_NAMESPACE);
+    must(&lab, r);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = must(&lab, ingress::get_host(&lab, "visitor", EDGE, "/reviews/0"));
+        if r.status == 403 {
+            assert_eq!(String::from_utf8_lossy(&r.body), "RBAC: access denied");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not apply its AuthorizationPolicy within 30 s (last {} {:?})\n--- logs:\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            lab.logs(25)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = must(&lab, ingress::get(&lab, "visitor", "/productpage"));
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
 
     // The gateway has a workload identity (the manifest's CA settings, as the injector gives
     // sidecars): under PeerAuthentication STRICT in bookinfo it still reaches productpage, over
