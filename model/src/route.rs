@@ -105,6 +105,9 @@ pub struct Forward {
     /// `namespace/name` of the VirtualService that routed the request; `None` for the host's
     /// default route (no VirtualService applies: a ServiceEntry host or a cluster Service).
     pub virtual_service: Option<String>,
+    /// The `http` route of `virtual_service` that decided (`spec.http[i]`): the key of its
+    /// per-route policies (`corsPolicy`), at a sidecar and at a gateway alike.
+    pub route_path: Option<String>,
     /// Destination host (FQDN), e.g. `reviews.default.svc.cluster.local`.
     pub host: String,
     pub subset: Option<String>,
@@ -136,6 +139,7 @@ impl Forward {
         Forward {
             route_name: None,
             virtual_service: None,
+            route_path: None,
             host,
             subset,
             port,
@@ -666,6 +670,7 @@ fn route_virtual_service(
     Decision::Forward(Forward {
         route_name: route_name(r, m),
         virtual_service: Some(meta_key(&vs.meta)),
+        route_path: Some(r.path.clone()),
         host: d.host.clone(),
         subset: d.subset.clone(),
         port,

@@ -1732,3 +1732,145 @@ spec:
         "{m}"
     );
 }
+
+/// The sidecar's route features at the gateway, from the same code: a fault abort, a route
+/// `timeout` against a backend that never answers (504), header operations both ways, a
+/// `corsPolicy` preflight answered at the gateway; and a `GRPC` server taking HTTP/2 with prior
+/// knowledge (h2c), as gRPC clients send it.
+#[test]
+fn sidecar_route_features_at_the_gateway_and_h2c() {
+    use http_body_util::{BodyExt, Empty};
+    let rt = rt();
+    let backend = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    // Accepts and never answers (the connections held until the test ends).
+    let hang = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                if held.len() < 64 {
+                    held.push(s);
+                }
+            }
+        });
+        addr
+    });
+    let rules = RulesDir::new(&[
+        (
+            "edge.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: testns}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+  - port: {number: 9090, name: grpc, protocol: GRPC}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: testns}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: app, port: {number: 9080}}}]
+  - match: [{uri: {prefix: /slow}}]
+    timeout: 0.5s
+    route: [{destination: {host: hang, port: {number: 9080}}}]
+  - route: [{destination: {host: app, port: {number: 9080}}}]
+    headers:
+      request: {set: {x-gateway: edge}}
+      response: {add: {x-served-by: gateway}}
+    corsPolicy:
+      allowOrigins: [{exact: 'https://shop.example.com'}]
+      allowMethods: [GET]
+",
+        ),
+        (
+            "backends.yaml",
+            &[endpoint("app", 9080, backend), endpoint("hang", 9080, hang)].join("---\n"),
+        ),
+    ]);
+    let [http_port, grpc_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let (gw, _pod) = start_gateway(
+        rules.path(),
+        &format!("80={http_port},9090={grpc_port}"),
+        &[],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let r = http_get(addr, "/teapot", &[]).unwrap();
+    assert_eq!(
+        r.status,
+        418,
+        "fault abort: {}\n{}",
+        r.body_text(),
+        gw.stderr_text()
+    );
+    let t = std::time::Instant::now();
+    let r = http_get(addr, "/slow", &[]).unwrap();
+    assert_eq!(r.status, 504, "route timeout: {}", r.body_text());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = http_get(addr, "/page", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        r.json()["headers"]["x-gateway"],
+        "edge",
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(r.header("x-served-by"), Some("gateway"), "{:?}", r.headers);
+    let r = http_request(
+        addr,
+        "OPTIONS",
+        "/page",
+        &[
+            ("origin", "https://shop.example.com"),
+            ("access-control-request-method", "GET"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com"),
+        "CORS preflight: {} {:?}",
+        r.status,
+        r.headers
+    );
+    assert!(
+        !r.body_text().contains("\"server\""),
+        "the preflight is answered at the gateway, not by the app: {}",
+        r.body_text()
+    );
+    // h2c with prior knowledge on the GRPC server's port.
+    let grpc = SocketAddr::from(([127, 0, 0, 1], grpc_port));
+    let (status, path) = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(grpc).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("http://grpc.example.com/h2c")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (status, v["path"].as_str().unwrap_or("").to_string())
+    });
+    assert_eq!((status, path.as_str()), (200, "/h2c"));
+}

@@ -4,11 +4,10 @@
 
 use super::{local_reply, ReqCtx};
 use crate::policy::{self, Policies};
-use crate::route::{self, Forward, RequestInfo};
+use crate::route::Forward;
 use crate::rules::Snapshot;
 use pingora::proxy::Session;
 use pingora::Result;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Apply the route's `corsPolicy`, if any; `Ok(true)` when the request was answered here.
@@ -18,12 +17,11 @@ pub(super) async fn apply(
     policies: &Policies,
     snap: &Snapshot,
     f: &Forward,
-    dst: SocketAddr,
 ) -> Result<bool> {
-    if f.virtual_service.is_none() || !policies.has_cors(snap) {
+    if !policies.has_cors(snap) {
         return Ok(false);
     }
-    let Some(c) = route_cors(session, ctx, policies, snap, dst) else {
+    let Some(c) = route_cors(policies, snap, f) else {
         return Ok(false);
     };
     match c.decide(&ctx.method, &session.req_header().headers) {
@@ -41,26 +39,14 @@ pub(super) async fn apply(
     }
 }
 
-/// The `corsPolicy` of the route this request takes (looked up again: the route decision
-/// does not carry it).
+/// The `corsPolicy` of the route that decided the request (its VirtualService and
+/// `spec.http[i]`, as the sidecar's or the gateway's routing chose them).
 fn route_cors(
-    session: &Session,
-    ctx: &ReqCtx,
     policies: &Policies,
     snap: &Snapshot,
-    dst: SocketAddr,
+    f: &Forward,
 ) -> Option<Arc<policy::cors::Cors>> {
-    let (name, _) = crate::rules::host::split_authority(&ctx.authority);
-    let cands =
-        crate::rules::host::candidates(&name, &snap.ctx.namespace, &snap.ctx.cluster_domain);
-    let vs = route::best_virtual_service(snap, &cands)?;
-    let info = RequestInfo {
-        authority: &ctx.authority,
-        method: &ctx.method,
-        path: &ctx.path,
-        headers: &session.req_header().headers,
-        dst,
-    };
-    let (r, _) = route::select_route(snap, vs, &info)?;
-    policies.cors(snap, &vs.meta.key(), &r.path)
+    let vs = f.virtual_service.as_deref()?;
+    let route = f.route_path.as_deref()?;
+    policies.cors(snap, vs, route)
 }

@@ -236,7 +236,7 @@ impl MeshHttp {
         if ratelimit::check(session, ctx, policies, snap, &f).await? {
             return Ok(true);
         }
-        if cors::apply(session, ctx, policies, snap, &f, dst).await? {
+        if cors::apply(session, ctx, policies, snap, &f).await? {
             return Ok(true);
         }
         if fault::inject(session, ctx, &f).await? {
