@@ -1182,8 +1182,9 @@ impl Sidecar {
 
 /// Istio's `ISTIO_MUTUAL` gateway server: the gateway (its workload certificate from the CA)
 /// terminates a client sidecar's mesh mTLS — the client checked by the mesh roots, its SPIFFE
-/// id in the gateway's access log — and routes the request by the VirtualService bound to the
-/// Gateway; a client without a mesh certificate gets no answer.
+/// id in the gateway's access log and seen by AuthorizationPolicy (a DENY for that principal on
+/// one path: 403) — and routes the request by the VirtualService bound to the Gateway; a client
+/// without a mesh certificate gets no answer.
 #[tokio::test]
 async fn gateway_istio_mutual_server_takes_mesh_clients() {
     let (_api, ca, _root, dir) = ca_with_root().await;
@@ -1217,6 +1218,15 @@ spec:
   ports: [{{number: 8000, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: gateway-principals, namespace: default}}
+spec:
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/other/sa/sleep]}}}}]
+    to: [{{operation: {{paths: ['/denied*']}}}}]
 ",
         app_addr.port()
     );
@@ -1267,6 +1277,13 @@ spec:
         v["peer_principal"], "spiffe://cluster.local/ns/other/sa/sleep",
         "{line}"
     );
+    // AuthorizationPolicy at the gateway sees that principal (ISTIO_MUTUAL): its DENY rule
+    // for the client's principal holds on its path only.
+    let (code, body) = get(client.outbound, "gw.example.com", "/denied/x")
+        .await
+        .unwrap();
+    assert_eq!(code, 403, "{body}\n{}", gw.log());
+    assert_eq!(body, "RBAC: access denied");
     // Plain text (no mesh certificate): no answer.
     let plain = get(gw.outbound, "gw.example.com", "/plain").await;
     assert!(plain.is_err(), "{plain:?}");
