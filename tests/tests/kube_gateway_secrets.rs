@@ -3,7 +3,8 @@
 //! and watches the Secrets of its own namespace only, serves the certificate of a Secret that
 //! exists at start, the new one after a MODIFIED event, a Secret ADDED later, and takes a server
 //! down when its Secret is DELETED (handshakes by a real rustls client, the metric); a Secret
-//! without TLS material is never written.
+//! without TLS material is never written. And the gateway's rules ConfigMap through the API, an
+//! AuthorizationPolicy selecting the gateway among them.
 
 use remora_e2e::admission::default_bin_dir;
 use remora_e2e::apiserver::{event, RecordedApi, Reply};
@@ -275,5 +276,198 @@ spec:
     assert!(
         secret_calls.iter().all(|p| p.starts_with(SECRETS)),
         "{secret_calls:?}"
+    );
+}
+
+const CONFIGMAPS_PATH: &str = "/api/v1/namespaces/istio-system/configmaps";
+const CONFIGMAPS: &str =
+    "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Dremora-mesh-rules";
+
+/// The gateway's rules ConfigMap (`remora-mesh-rules` of its namespace) with a Gateway, a
+/// VirtualService to the HTTP server at `backend`, and an AuthorizationPolicy selecting the
+/// gateway's pod that denies `denied` paths.
+fn gateway_rules(rv: &str, backend: SocketAddr, denied: &str) -> Value {
+    let rules = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: ['*']
+  gateways: [edge]
+  http:
+  - route: [{{destination: {{host: web-app, port: {{number: 8000}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web-app, namespace: {NS}}}
+spec:
+  hosts: [web-app.{NS}.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-deny, namespace: {NS}}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ['{denied}']}}}}]}}]
+",
+        port = backend.port()
+    );
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "remora-mesh-rules", "namespace": NS, "resourceVersion": rv,
+                        "uid": "uid-rules"},
+           "data": {"gateway.yaml": rules}})
+}
+
+/// An HTTP/1.1 server answering every request `200 app` and closing.
+async fn spawn_app() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\napp",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The status of one `GET path` to the gateway, or 0 when it did not answer.
+fn status(addr: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: web.example.com\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The gateway's rules through the API, as the sidecar's: the real gateway binary, with no
+/// mounted rules, lists and watches its namespace's `remora-mesh-rules` ConfigMap (that one
+/// name only) and serves its Gateway, route and the AuthorizationPolicy selecting its pod; a
+/// MODIFIED event changes what the policy denies within the watch, no restart.
+#[test]
+fn gateway_rules_and_policies_come_through_the_api() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(RecordedApi::start()).unwrap();
+    let app = rt.block_on(spawn_app());
+    api.on(
+        "GET",
+        CONFIGMAPS,
+        Reply::json(
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "10"},
+                   "items": [gateway_rules("5", app, "/admin*")]}),
+        ),
+    );
+    api.on(
+        "GET",
+        &format!("{CONFIGMAPS}&watch=true"),
+        Reply::watch(vec![], true),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let labels = dir.path().join("labels");
+    std::fs::write(&labels, "istio=\"ingressgateway\"\n").unwrap();
+    let p = free_ports(4);
+    let log = dir.path().join("gateway.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(default_bin_dir().join("remora-proxy"));
+    cmd.args([
+        "gateway".to_string(),
+        format!("--admin-addr=127.0.0.1:{}", p[0]),
+        format!("--health-addr=127.0.0.1:{}", p[1]),
+        format!("--prometheus-addr=127.0.0.1:{}", p[2]),
+        format!("--rules-dir={}", rules.display()),
+        format!("--pod-labels-file={}", labels.display()),
+        format!("--namespace={NS}"),
+        "--drain-seconds=1".into(),
+        format!("--kube-api={}", api.url()),
+        "--discovery=off".into(),
+        "--gateway-address=127.0.0.1".into(),
+        format!("--gateway-port-map=80={}", p[3]),
+    ])
+    .env_remove("REMORA_LOG_LEVEL")
+    .env_remove("REMORA_RULES_CONFIGMAP")
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
+    let gw = Gateway {
+        child: cmd.spawn().expect("remora-proxy gateway"),
+        log,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], p[3]));
+    wait_until("the API's rules served", &gw, || {
+        status(addr, "/page") == 200
+    });
+    assert_eq!(status(addr, "/admin/users"), 403);
+
+    // MODIFIED: the policy now denies /page*, and /admin is routed again.
+    wait_until("the watch held", &gw, || {
+        api.open_watches(CONFIGMAPS_PATH) > 0
+    });
+    api.emit(
+        CONFIGMAPS_PATH,
+        event("MODIFIED", gateway_rules("11", app, "/page*")),
+    );
+    wait_until("the modified policy applied", &gw, || {
+        status(addr, "/page") == 403
+    });
+    assert_eq!(status(addr, "/admin/users"), 200);
+    // Only that ConfigMap was asked for.
+    let reqs = api.requests();
+    let cm_calls: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.path_and_query.as_str())
+        .filter(|p| p.contains("configmaps"))
+        .collect();
+    assert!(!cm_calls.is_empty());
+    assert!(
+        cm_calls
+            .iter()
+            .all(|p| p.contains("fieldSelector=metadata.name%3Dremora-mesh-rules")),
+        "{cm_calls:?}"
     );
 }
