@@ -280,6 +280,9 @@ pub enum RulesCmd {
         name: String,
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
+        /// Import what a gateway running in `-n` sees (as `render --gateway`).
+        #[arg(long)]
+        gateway: bool,
     },
 }
 
@@ -479,6 +482,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 RulesCmd::Import {
                     name,
                     cluster_domain,
+                    gateway,
                 },
         } => {
             if args.output != Output::Yaml && args.output != Output::Text {
@@ -486,7 +490,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             let objects = list_istio_objects(&cluster, None).await?;
             let settings = render_settings(cluster_domain, &args.root_namespace);
-            let (text, notes) = rules::import(&objects, &ns, name, &settings)?;
+            let view = if *gateway {
+                remora_model::compile::View::Gateway
+            } else {
+                remora_model::compile::View::Sidecars
+            };
+            let (text, notes) = rules::import(&objects, &ns, name, &settings, view)?;
             for n in notes {
                 eprintln!("{n}");
             }

@@ -174,14 +174,15 @@ pub fn render_command(
     Ok(serde_yaml_ng::to_string(&out.configmap)?)
 }
 
-/// `remora rules import`: the ConfigMap (YAML) `namespace` gets from the cluster's `objects`,
-/// named `name` and without the controller's label (the user's from then on), and lines for
-/// stderr.
+/// `remora rules import`: the ConfigMap (YAML) `namespace` gets from the cluster's `objects`
+/// (its sidecars' or a gateway's `view`), named `name` and without the controller's label (the
+/// user's from then on), and lines for stderr.
 pub fn import(
     objects: &[Value],
     namespace: &str,
     name: &str,
     settings: &Settings,
+    view: compile::View,
 ) -> anyhow::Result<(String, Vec<String>)> {
     let mut checked = Vec::new();
     let mut notes = Vec::new();
@@ -192,8 +193,8 @@ pub fn import(
             Err(e) => notes.push(format!("left out (invalid): {e}")),
         }
     }
-    let rendered =
-        compile::render(&checked, namespace, settings).map_err(|e| anyhow::anyhow!(e))?;
+    let rendered = compile::render_view(&checked, namespace, settings, view)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let mut cm = rendered.configmap();
     cm["metadata"] = serde_json::json!({
         "name": name,
@@ -429,6 +430,7 @@ spec: {host: details, exportTo: ["."]}
             "frontend",
             "my-rules",
             &Settings::default(),
+            compile::View::Sidecars,
         )
         .expect("imports");
         let cm: Value = serde_yaml_ng::from_str(&text).expect("YAML");
@@ -538,6 +540,25 @@ spec: {egress: [{hosts: ['./*']}]}
         assert_eq!(
             keys(compile::View::Sidecars),
             ["istio-system.sidecar.default.yaml"]
+        );
+        // `rules import --gateway`: the same view from the cluster's objects.
+        let cluster = objects_of("gw.yaml", objects, "istio-system").expect("objects");
+        let (text, _) = import(
+            &cluster,
+            "istio-system",
+            "remora-mesh-rules",
+            &Settings::default(),
+            compile::View::Gateway,
+        )
+        .expect("imports");
+        let cm: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let keys: Vec<&String> = cm["data"].as_object().expect("data").keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "bookinfo.gateway.bookinfo-gateway.yaml",
+                "bookinfo.virtualservice.bookinfo.yaml"
+            ]
         );
     }
 
