@@ -1735,8 +1735,8 @@ spec:
 
 /// The sidecar's route features at the gateway, from the same code: a fault abort, a route
 /// `timeout` against a backend that never answers (504), header operations both ways, a
-/// `corsPolicy` preflight answered at the gateway; and a `GRPC` server taking HTTP/2 with prior
-/// knowledge (h2c), as gRPC clients send it.
+/// `corsPolicy` preflight answered at the gateway; and `GRPC` and `HTTP2` servers taking HTTP/2
+/// with prior knowledge (h2c), as gRPC clients send it.
 #[test]
 fn sidecar_route_features_at_the_gateway_and_h2c() {
     use http_body_util::{BodyExt, Empty};
@@ -1769,6 +1769,8 @@ spec:
     hosts: ['*']
   - port: {number: 9090, name: grpc, protocol: GRPC}
     hosts: ['*']
+  - port: {number: 8081, name: http2, protocol: HTTP2}
+    hosts: ['*']
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1797,10 +1799,10 @@ spec:
             &[endpoint("app", 9080, backend), endpoint("hang", 9080, hang)].join("---\n"),
         ),
     ]);
-    let [http_port, grpc_port] = [free_ports(1)[0], free_ports(1)[0]];
+    let [http_port, grpc_port, h2_port] = [free_ports(1)[0], free_ports(1)[0], free_ports(1)[0]];
     let (gw, _pod) = start_gateway(
         rules.path(),
-        &format!("80={http_port},9090={grpc_port}"),
+        &format!("80={http_port},9090={grpc_port},8081={h2_port}"),
         &[],
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
@@ -1852,25 +1854,27 @@ spec:
         "the preflight is answered at the gateway, not by the app: {}",
         r.body_text()
     );
-    // h2c with prior knowledge on the GRPC server's port.
-    let grpc = SocketAddr::from(([127, 0, 0, 1], grpc_port));
-    let (status, path) = rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(grpc).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("http://grpc.example.com/h2c")
-            .body(Empty::<bytes::Bytes>::new())
+    // h2c with prior knowledge on the GRPC and HTTP2 servers' ports.
+    for port in [grpc_port, h2_port] {
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let (status, path) = rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
             .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        (status, v["path"].as_str().unwrap_or("").to_string())
-    });
-    assert_eq!((status, path.as_str()), (200, "/h2c"));
+            tokio::spawn(conn);
+            let req = http::Request::get("http://grpc.example.com/h2c")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (status, v["path"].as_str().unwrap_or("").to_string())
+        });
+        assert_eq!((status, path.as_str()), (200, "/h2c"), "port {port}");
+    }
 }
