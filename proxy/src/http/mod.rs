@@ -334,7 +334,7 @@ impl ProxyHttp for MeshHttp {
         let s = &self.shared.settings;
         ctx.log_to = telemetry::accesslog::log_targets(&s.access_log_providers, rules);
         if let Some(tracer) = trace::tracer_for(s, rules) {
-            trace::on_request(tracer, rules, session.req_header(), ctx);
+            trace::on_request(tracer, rules, session.req_header_mut(), ctx)?;
         }
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;

@@ -1,7 +1,9 @@
 //! Request ids: the client's `x-request-id`, or a new UUID v4 set on the request when it has
-//! none.
+//! none. With tracing on, the id is also the request's sampling roll and carries a sampled
+//! decision (`telemetry::trace_context`).
 
 use super::ReqCtx;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -19,6 +21,17 @@ pub(super) fn ensure(session: &mut Session, ctx: &mut ReqCtx) -> Result<()> {
         session
             .req_header_mut()
             .insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    Ok(())
+}
+
+/// Mark the request's id sampled (Envoy's trace nibble, `telemetry::trace_context`), in `ctx`
+/// and on the request; an id without UUID length is left as it is.
+pub(super) fn mark_sampled(req: &mut RequestHeader, ctx: &mut ReqCtx) -> Result<()> {
+    if let Some(marked) = crate::telemetry::trace_context::mark_sampled(&ctx.request_id) {
+        // The name is already in both of the request's header maps: replaced, not grown.
+        req.insert_header(X_REQUEST_ID.clone(), marked.as_str())?;
+        ctx.request_id = marked;
     }
     Ok(())
 }
