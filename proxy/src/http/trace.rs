@@ -8,8 +8,9 @@
 //! and that this proxy's random roll left unsampled gets `x-b3-sampled: 0`. The header cost
 //! about 3 k instructions per request, mostly growing Pingora's two header maps of the upstream
 //! request (docs/benchmarks.md). A request sampled by its id's roll has the id marked (Envoy's
-//! trace nibble). On the unsampled path nothing is allocated: the trace headers are found in one
-//! pass over the request's headers, and span ids are drawn only for a sampled request.
+//! trace nibble); a generated id is marked before it is set on the request, at no cost. On the
+//! unsampled path nothing is allocated: the trace headers are found in one pass over the
+//! request's headers, and span ids are drawn only for a sampled request.
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;
@@ -88,12 +89,14 @@ fn trace_headers(req: &RequestHeader) -> Headers<'_> {
 /// Decide the request's trace with `tracer` (its side's); the Telemetry rules'
 /// `randomSamplingPercentage` replaces the configured percentage, `disableSpanReporting` keeps
 /// the decision and its headers but reports no span. `ctx.request_id` is the request's id
-/// (`request_id::ensure` ran); sampled by that id's roll, the id is marked sampled.
+/// (`request_id::take` ran; `new_id`: generated, not on the request yet); sampled by that id's
+/// roll, the id is marked sampled.
 pub(super) fn on_request(
     tracer: &Arc<Tracer>,
     rules: &SideSettings,
     req: &mut RequestHeader,
     ctx: &mut ReqCtx,
+    new_id: bool,
 ) -> Result<()> {
     let h = trace_headers(req);
     let incoming = trace_context::incoming(&h);
@@ -117,7 +120,7 @@ pub(super) fn on_request(
     };
     if matches!(ctx.trace, Traced::Sampled(_)) && trace_context::rolled_on_request_id(incoming, id)
     {
-        super::request_id::mark_sampled(req, ctx)?;
+        super::request_id::mark_sampled(req, ctx, new_id)?;
     }
     Ok(())
 }
