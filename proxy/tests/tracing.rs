@@ -2,8 +2,9 @@
 //! sidecars exporting to a real collector in the test (Zipkin v2 JSON, OTLP/HTTP protobuf or
 //! OTLP/gRPC).
 //! One request makes one trace: A's client span is the parent of B's server span and the app
-//! sees B's span as its parent; incoming "not sampled" decisions are honoured; the sampling
-//! percentage holds over 1,000 requests; a stuck collector costs dropped spans, not requests.
+//! sees B's span as its parent; incoming "not sampled" decisions are honoured, and so are the
+//! request id's roll and mark; the sampling percentage holds over 1,000 requests; a stuck
+//! collector costs dropped spans, not requests.
 
 mod common;
 
@@ -200,22 +201,99 @@ fn otlp_grpc_export_failures_are_counted_and_logged_once() {
     assert!(log.contains("opentelemetry-grpc"), "{log}");
 }
 
-/// Not sampled by this proxy's own roll: the next hops are told so (`x-b3-sampled: 0`, once),
-/// the inbound sidecar keeps the decision, and no span is made anywhere.
+/// The request id's roll (its first 8 hex digits modulo 10,000 against the percentage × 100) is
+/// each hop's: at 50 % in both sidecars, A samples exactly the requests whose generated id rolls
+/// below 5,000 and marks their ids (Envoy's trace nibble `9`); the others get no trace header at
+/// all, and B, rolling the same id, samples none of them (every server span has A's client span
+/// as its parent).
 #[test]
-fn an_unsampled_root_request_tells_the_next_hops() {
+fn an_unsampled_request_carries_its_decision_in_its_request_id() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, b) = pair(&rules, app, "zipkin", col.addr, "50");
+    let (mut sampled, mut unsampled) = (Vec::new(), 0);
+    for _ in 0..40 {
+        let r = get(&a, &[]);
+        let seen = &r.json()["headers"];
+        let id = seen["x-request-id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(id.len(), 36, "{seen}");
+        let roll = u32::from_str_radix(&id[..8], 16).unwrap() % 10_000;
+        if roll < 5000 {
+            assert_eq!(&id[14..15], "9", "sampled, marked: {seen}");
+            assert_eq!(seen["x-b3-sampled"], "1", "{seen}");
+            sampled.push(id);
+        } else {
+            assert_eq!(&id[14..15], "4", "not sampled, not marked: {seen}");
+            for k in [
+                "x-b3-sampled",
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "traceparent",
+                "b3",
+            ] {
+                assert!(seen.get(k).is_none(), "{k}: {seen}");
+            }
+            unsampled += 1;
+        }
+    }
+    assert!(
+        !sampled.is_empty() && unsampled > 0,
+        "{sampled:?} {unsampled}"
+    );
+    let n = sampled.len();
+    col.wait_for("a client and a server span per sampled request", |s| {
+        s.len() >= 2 * n
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let spans = col.spans();
+    assert_eq!(spans.len(), 2 * n, "{spans:#?}");
+    for id in &sampled {
+        let of = |kind: &str| {
+            spans
+                .iter()
+                .find(|s| s.kind == kind && s.tags["guid:x-request-id"] == *id)
+                .unwrap_or_else(|| panic!("no {kind} span for {id}: {spans:#?}"))
+        };
+        let (client, server) = (of("CLIENT"), of("SERVER"));
+        assert_eq!(server.parent.as_deref(), Some(client.id.as_str()));
+    }
+    for p in [&a, &b] {
+        let m = p.metrics();
+        assert_eq!(
+            metric_value(&m, "remora_tracing_spans_exported_total", &[]),
+            n as f64,
+            "{m}"
+        );
+    }
+}
+
+/// An id that carries no roll (not starting with 8 hex digits) is rolled at random; when that
+/// roll says no, the next hops are told so (`x-b3-sampled: 0`, once), the inbound sidecar keeps
+/// the decision, and no span is made anywhere. A generated id's "no" needs no header.
+#[test]
+fn an_unsampled_request_with_an_opaque_id_tells_the_next_hops() {
     let rt = rt();
     let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
     let col = rt.block_on(Collector::start(false));
     let rules = RulesDir::new(&[]);
     let (a, b) = pair(&rules, app, "zipkin", col.addr, "0");
-    for _ in 0..5 {
-        let r = get(&a, &[]);
+    for i in 0..5 {
+        let rid = format!("rid-{i}");
+        let r = get(&a, &[("x-request-id", &rid)]);
         let seen = &r.json()["headers"];
+        assert_eq!(seen["x-request-id"], rid.as_str(), "{seen}");
         assert_eq!(seen["x-b3-sampled"], "0", "{seen}");
         for k in ["x-b3-traceid", "x-b3-spanid", "traceparent", "b3"] {
             assert!(seen.get(k).is_none(), "{k}: {seen}");
         }
+        let r = get(&a, &[]);
+        let seen = &r.json()["headers"];
+        assert!(seen.get("x-b3-sampled").is_none(), "{seen}");
     }
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(col.spans().len(), 0);
@@ -227,6 +305,68 @@ fn an_unsampled_root_request_tells_the_next_hops() {
             "{m}"
         );
     }
+}
+
+/// Incoming ids at 50 % in both sidecars: an unmarked id that rolls 5,000 is sampled nowhere;
+/// one that rolls 4,999 is sampled and marked; a marked one (`9`) is sampled although it rolls
+/// 5,000; and an inbound sidecar alone honours a mark (`a`, forced) without any B3 or W3C header,
+/// as the root of its trace.
+#[test]
+fn request_id_marks_and_rolls_are_honoured_at_each_hop() {
+    let rt = rt();
+    let app = rt.block_on(spawn_http_echo("127.0.0.1:0".parse().unwrap(), "app"));
+    let col = rt.block_on(Collector::start(false));
+    let rules = RulesDir::new(&[]);
+    let (a, b) = pair(&rules, app, "zipkin", col.addr, "50");
+    let no = "00001388-0000-4000-8000-000000000001";
+    let yes = "00001387-0000-4000-8000-000000000002";
+    let marked = "00001388-0000-9000-8000-000000000003";
+    let forced = "00001388-0000-a000-8000-000000000004";
+    let r = get(&a, &[("x-request-id", no)]);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-request-id"], no);
+    assert!(seen.get("x-b3-sampled").is_none(), "{seen}");
+    let r = get(&a, &[("x-request-id", yes)]);
+    let seen = &r.json()["headers"];
+    let yes_marked = "00001387-0000-9000-8000-000000000002";
+    assert_eq!(seen["x-request-id"], yes_marked, "{seen}");
+    assert_eq!(seen["x-b3-sampled"], "1", "{seen}");
+    let r = get(&a, &[("x-request-id", marked)]);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-request-id"], marked);
+    assert_eq!(seen["x-b3-sampled"], "1", "{seen}");
+    // Straight to B's inbound listener, no trace headers.
+    let direct = |rid: &str| {
+        let h = [("host", "reviews:9080"), ("x-request-id", rid)];
+        let r = http_get(b.ports.inbound_addr(), "/reviews/1", &h).expect("request to B");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        r
+    };
+    let seen = direct(no).json()["headers"].clone();
+    assert!(seen.get("x-b3-sampled").is_none(), "{seen}");
+    let seen = direct(forced).json()["headers"].clone();
+    assert_eq!(seen["x-b3-sampled"], "1", "{seen}");
+    assert_eq!(seen["x-request-id"], forced);
+    col.wait_for("five spans", |s| s.len() >= 5);
+    std::thread::sleep(Duration::from_millis(700));
+    let spans = col.spans();
+    let of = |rid: &str, kind: &str| {
+        spans
+            .iter()
+            .filter(|s| s.tags["guid:x-request-id"] == rid && s.kind == kind)
+            .count()
+    };
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert_eq!((of(yes_marked, "CLIENT"), of(yes_marked, "SERVER")), (1, 1));
+    assert_eq!((of(marked, "CLIENT"), of(marked, "SERVER")), (1, 1));
+    let root = spans
+        .iter()
+        .find(|s| s.tags["guid:x-request-id"] == forced)
+        .expect("B's span for the forced id");
+    assert_eq!(
+        (root.kind.as_str(), root.parent.as_deref()),
+        ("SERVER", None)
+    );
 }
 
 #[test]

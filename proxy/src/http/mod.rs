@@ -340,7 +340,7 @@ impl ProxyHttp for MeshHttp {
         }
         note_request(session.req_header(), ctx);
         exchange::on_request(self.dir, session.req_header(), ctx);
-        request_id::ensure(session, ctx)?;
+        let new_id = request_id::take(session.req_header(), ctx);
         // One snapshot for the whole request: its Telemetry settings, then its route or its
         // inbound policies.
         let snap = self.shared.snapshot.load_full();
@@ -352,7 +352,10 @@ impl ProxyHttp for MeshHttp {
         let s = &self.shared.settings;
         ctx.log_to = telemetry::accesslog::log_targets(&s.access_log_providers, rules);
         if let Some(tracer) = trace::tracer_for(s, rules) {
-            trace::on_request(tracer, rules, session.req_header(), ctx);
+            trace::on_request(tracer, rules, session.req_header_mut(), ctx, new_id)?;
+        }
+        if new_id {
+            request_id::put(session, ctx)?;
         }
         let Some(dst) = ctx.dst else {
             ctx.flags = flags::NO_ROUTE;

@@ -1,24 +1,46 @@
 //! Request ids: the client's `x-request-id`, or a new UUID v4 set on the request when it has
-//! none.
+//! none. With tracing on, the id is also the request's sampling roll and carries a sampled
+//! decision (`telemetry::trace_context`).
 
 use super::ReqCtx;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
 /// Parsed once (a `&str` name is parsed per lookup).
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// Take the request's `x-request-id` into `ctx`, or give the request a new one.
-pub(super) fn ensure(session: &mut Session, ctx: &mut ReqCtx) -> Result<()> {
-    ctx.request_id = super::header_str(session.req_header(), &X_REQUEST_ID)
+/// Take the request's `x-request-id` into `ctx`, or a new one into `ctx` alone: `true` when new
+/// (then [`put`] sets it on the request, after the trace decision may have marked it).
+pub(super) fn take(req: &RequestHeader, ctx: &mut ReqCtx) -> bool {
+    ctx.request_id = super::header_str(req, &X_REQUEST_ID)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .unwrap_or_default();
     if ctx.request_id.is_empty() {
         ctx.request_id = new_request_id();
-        session
-            .req_header_mut()
-            .insert_header("x-request-id", ctx.request_id.as_str())?;
+        return true;
+    }
+    false
+}
+
+/// Give the request its new id (`take` returned `true`).
+pub(super) fn put(session: &mut Session, ctx: &ReqCtx) -> Result<()> {
+    session
+        .req_header_mut()
+        .insert_header("x-request-id", ctx.request_id.as_str())
+}
+
+/// Mark the request's id sampled (Envoy's trace nibble, `telemetry::trace_context`) in `ctx`,
+/// and on the request unless the id is `new` (not on it yet: [`put`] sets the marked one); an id
+/// without UUID length is left as it is.
+pub(super) fn mark_sampled(req: &mut RequestHeader, ctx: &mut ReqCtx, new: bool) -> Result<()> {
+    if let Some(marked) = crate::telemetry::trace_context::mark_sampled(&ctx.request_id) {
+        if !new {
+            // The name is already in both of the request's header maps: replaced, not grown.
+            req.insert_header(X_REQUEST_ID.clone(), marked.as_str())?;
+        }
+        ctx.request_id = marked;
     }
     Ok(())
 }

@@ -1,13 +1,16 @@
 //! Tracing of one request, as Envoy's tracer does it in Istio: the trace context decided when
-//! the request arrives (`telemetry::trace_context`), the W3C and B3 headers of the next hop
-//! rewritten to this proxy's span, and the finished span handed to the exporter with Istio's
-//! name and tags. With tracing off nothing here runs; a request that is not sampled makes no
-//! span and gets at most one header (`x-b3-sampled: 0`, so that the next hops keep the
-//! decision). On that unsampled path nothing is allocated: the trace headers are found in one
-//! pass over the request's headers, and span ids are drawn only for a sampled request. The
-//! not-sampled header goes on the upstream request: adding it to the downstream request when it
-//! arrives instead measured 1.8 k instructions more per request with wrk's one-header requests
-//! (docs/benchmarks.md); Pingora grows a header map either way.
+//! the request arrives (`telemetry::trace_context`: the W3C and B3 headers, else the request's
+//! `x-request-id`), the W3C and B3 headers of the next hop rewritten to this proxy's span, and the
+//! finished span handed to the exporter with Istio's name and tags. With tracing off nothing
+//! here runs. A request that is not sampled makes no span and, on its usual path, gets no header:
+//! its `x-request-id` (the client's or the one `request_id` gave it) is its roll, which the next
+//! hops roll the same; only a request whose id carries no roll (not starting with 8 hex digits)
+//! and that this proxy's random roll left unsampled gets `x-b3-sampled: 0`. The header cost
+//! about 3 k instructions per request, mostly growing Pingora's two header maps of the upstream
+//! request (docs/benchmarks.md). A request sampled by its id's roll has the id marked (Envoy's
+//! trace nibble); a generated id is marked before it is set on the request, at no cost. On the
+//! unsampled path nothing is allocated: the trace headers are found in one pass over the
+//! request's headers, and span ids are drawn only for a sampled request.
 
 use super::{header_str, ReqCtx};
 use crate::state::Direction;
@@ -43,10 +46,10 @@ pub(super) struct ReqTrace {
 /// What the request path keeps of tracing.
 #[derive(Default)]
 pub(super) enum Traced {
-    /// Tracing off, or not sampled with the headers already saying so.
+    /// Tracing off, or not sampled with the headers or the request id already saying so.
     #[default]
     No,
-    /// Not sampled, and the next hop must be told.
+    /// Not sampled by a random roll, and the next hop must be told.
     UnsampledRoot,
     Sampled(Box<ReqTrace>),
 }
@@ -85,20 +88,24 @@ fn trace_headers(req: &RequestHeader) -> Headers<'_> {
 
 /// Decide the request's trace with `tracer` (its side's); the Telemetry rules'
 /// `randomSamplingPercentage` replaces the configured percentage, `disableSpanReporting` keeps
-/// the decision and its headers but reports no span.
+/// the decision and its headers but reports no span. `ctx.request_id` is the request's id
+/// (`request_id::take` ran; `new_id`: generated, not on the request yet); sampled by that id's
+/// roll, the id is marked sampled.
 pub(super) fn on_request(
     tracer: &Arc<Tracer>,
     rules: &SideSettings,
-    req: &RequestHeader,
+    req: &mut RequestHeader,
     ctx: &mut ReqCtx,
-) {
+    new_id: bool,
+) -> Result<()> {
     let h = trace_headers(req);
     let incoming = trace_context::incoming(&h);
+    let id = trace_context::request_id_trace(&ctx.request_id);
     let percent = rules
         .random_sampling_percentage
         .unwrap_or_else(|| tracer.sampling());
-    // The roll is drawn only when the request brings no decision; ids only when sampled.
-    let d = trace_context::decide_lazy(incoming, percent, rand::random::<f64>, new_ids);
+    // The roll is drawn only when neither the headers nor the id decide; ids only when sampled.
+    let d = trace_context::decide_lazy(incoming, id, percent, rand::random::<f64>, new_ids);
     ctx.trace = match d {
         Decision::Unsampled => Traced::No,
         Decision::UnsampledRoot => Traced::UnsampledRoot,
@@ -111,6 +118,11 @@ pub(super) fn on_request(
             report: rules.disable_span_reporting != Some(true),
         })),
     };
+    if matches!(ctx.trace, Traced::Sampled(_)) && trace_context::rolled_on_request_id(incoming, id)
+    {
+        super::request_id::mark_sampled(req, ctx, new_id)?;
+    }
+    Ok(())
 }
 
 fn h_tracestate(req: &RequestHeader) -> Option<String> {

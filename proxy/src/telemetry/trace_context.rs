@@ -7,6 +7,14 @@
 //! `x-b3-*` headers (an app may propagate only one family; the proxy writes both). A header that
 //! does not parse is ignored as if absent, as Envoy does. A B3 sampling decision without ids
 //! (`b3: 0`, `x-b3-sampled: 0` alone) is honoured and starts no trace of its own.
+//!
+//! When those headers make no decision, the request's `x-request-id` does, as Envoy's UUID
+//! request ids do: an id of UUID length whose trace nibble (position 14) is `9` (sampled), `a`
+//! (forced) or `b` (client) is sampled; otherwise an id starting with 8 hex digits is its own roll
+//! (those digits as a number, modulo 10,000, against the percentage × 100), so every hop with the
+//! same percentage reaches the same decision from the same id and an unsampled request needs no
+//! header of its own; an id without that form is rolled at random, and when that roll says no,
+//! `x-b3-sampled: 0` tells the next hops.
 
 /// A 128-bit trace id (a 64-bit B3 id has its high half zero).
 pub type TraceId = [u8; 16];
@@ -54,14 +62,81 @@ pub struct TraceContext {
     pub short: bool,
 }
 
+/// What a request's `x-request-id` says about its trace (Envoy's UUID request ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestIdTrace {
+    /// A UUID-length id marked traced: trace nibble `9`, `a` or `b`.
+    Traced,
+    /// Not marked, and its first 8 characters are hex digits: the roll, in `[0, 10000)`.
+    Roll(u16),
+    /// No such id (empty, shorter, not hex): the roll is random.
+    Opaque,
+}
+
+/// Envoy's UUID request ids: the trace nibble's position and values.
+const TRACE_NIBBLE: usize = 14;
+const UUID_LEN: usize = 36;
+const NIBBLE_SAMPLED: u8 = b'9';
+const NIBBLE_FORCED: u8 = b'a';
+const NIBBLE_CLIENT: u8 = b'b';
+
+/// What `id` (the request's `x-request-id`, empty when none) says: see [`RequestIdTrace`].
+pub fn request_id_trace(id: &str) -> RequestIdTrace {
+    let b = id.as_bytes();
+    if b.len() == UUID_LEN
+        && matches!(
+            b[TRACE_NIBBLE],
+            NIBBLE_SAMPLED | NIBBLE_FORCED | NIBBLE_CLIENT
+        )
+    {
+        return RequestIdTrace::Traced;
+    }
+    let Some(head) = b.get(..8) else {
+        return RequestIdTrace::Opaque;
+    };
+    let mut v: u32 = 0;
+    for &c in head {
+        let Some(d) = (c as char).to_digit(16) else {
+            return RequestIdTrace::Opaque;
+        };
+        v = v << 4 | d;
+    }
+    // Below 10,000: fits.
+    RequestIdTrace::Roll((v % 10_000) as u16)
+}
+
+/// `id` marked sampled (its trace nibble set to `9`), when it has UUID length; `None` otherwise
+/// (the id is left as it is).
+pub fn mark_sampled(id: &str) -> Option<String> {
+    if id.len() != UUID_LEN || !id.is_ascii() {
+        return None;
+    }
+    let mut s = String::with_capacity(UUID_LEN);
+    s.push_str(&id[..TRACE_NIBBLE]);
+    s.push(NIBBLE_SAMPLED as char);
+    s.push_str(&id[TRACE_NIBBLE + 1..]);
+    Some(s)
+}
+
+/// Whether the decision for a request with these headers and this id is the id's own roll (the
+/// headers decide nothing and the id is not marked): then a sampled request's id is marked, so
+/// that hops with another percentage keep the decision, as Envoy does.
+pub fn rolled_on_request_id(incoming: Incoming, id: RequestIdTrace) -> bool {
+    let undecided = matches!(
+        incoming,
+        Incoming::None | Incoming::Parent { sampled: None, .. }
+    );
+    undecided && matches!(id, RequestIdTrace::Roll(_))
+}
+
 /// How a request's trace goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Not sampled, and the headers already say so (or say nothing a next hop would read
-    /// differently): forwarded unchanged, no span.
+    /// Not sampled, and the headers already say so, or the request id's roll does (a next hop
+    /// with the same percentage rolls the same): forwarded unchanged, no span.
     Unsampled,
-    /// Not sampled and nothing said so: `x-b3-sampled: 0` is added so that the next hops
-    /// honour the decision; no span.
+    /// Not sampled by a random roll and nothing said so: `x-b3-sampled: 0` is added so that
+    /// the next hops honour the decision; no span.
     UnsampledRoot,
     /// Sampled: a span with this context; the headers are rewritten to it.
     Sampled(TraceContext),
@@ -194,29 +269,56 @@ pub fn incoming(h: &Headers<'_>) -> Incoming {
         .unwrap_or(Incoming::None)
 }
 
-/// The decision for a request: `percent` is the sampling percentage (0–100) for requests that
-/// bring no decision, `roll` a uniform number in `[0, 1)`, `new_trace` and `new_span` fresh
-/// random ids (used as needed).
+/// The decision for a request: `id` what its `x-request-id` says, `percent` the sampling
+/// percentage (0–100) for requests that bring no decision, `roll` a uniform number in `[0, 1)`
+/// (used when the id is no roll), `new_trace` and `new_span` fresh random ids (used as needed).
 pub fn decide(
     incoming: Incoming,
+    id: RequestIdTrace,
     percent: f64,
     roll: f64,
     new_trace: TraceId,
     new_span: SpanId,
 ) -> Decision {
-    decide_lazy(incoming, percent, || roll, || (new_trace, new_span))
+    decide_lazy(incoming, id, percent, || roll, || (new_trace, new_span))
 }
 
-/// [`decide`] drawing what it needs only when it needs it: `roll` when the request brings no
-/// decision and `percent` is neither 0 nor 100, `ids` (a new trace id and span id; the trace id
-/// is used only for a new trace) when the request is sampled.
+/// [`decide`] drawing what it needs only when it needs it: `roll` when neither the request's
+/// headers nor its id decide and `percent` is neither 0 nor 100, `ids` (a new trace id and span
+/// id; the trace id is used only for a new trace) when the request is sampled.
 pub fn decide_lazy(
     incoming: Incoming,
+    id: RequestIdTrace,
     percent: f64,
     roll: impl FnOnce() -> f64,
     ids: impl FnOnce() -> (TraceId, SpanId),
 ) -> Decision {
-    let by_rate = || percent >= 100.0 || percent > 0.0 && roll() * 100.0 < percent;
+    // A marked id is a decision when the headers bring none.
+    let incoming = match (incoming, id) {
+        (Incoming::None, RequestIdTrace::Traced) => Incoming::Decision(true),
+        (
+            Incoming::Parent {
+                trace_id,
+                span_id,
+                sampled: None,
+                short,
+            },
+            RequestIdTrace::Traced,
+        ) => Incoming::Parent {
+            trace_id,
+            span_id,
+            sampled: Some(true),
+            short,
+        },
+        (i, _) => i,
+    };
+    // An id's roll is the next hop's too: its "no" needs no header.
+    let (roll_of_id, unsampled) = match id {
+        RequestIdTrace::Roll(r) => (Some(f64::from(r) / 10_000.0), Decision::Unsampled),
+        _ => (None, Decision::UnsampledRoot),
+    };
+    let by_rate =
+        || percent >= 100.0 || percent > 0.0 && roll_of_id.unwrap_or_else(roll) * 100.0 < percent;
     let root = |ids: (TraceId, SpanId)| {
         Decision::Sampled(TraceContext {
             trace_id: ids.0,
@@ -233,7 +335,7 @@ pub fn decide_lazy(
             if by_rate() {
                 root(ids())
             } else {
-                Decision::UnsampledRoot
+                unsampled
             }
         }
         Incoming::Parent {
@@ -249,7 +351,7 @@ pub fn decide_lazy(
                 if by_rate() {
                     child(trace_id, span_id, short, ids().1)
                 } else {
-                    Decision::UnsampledRoot
+                    unsampled
                 }
             }
         },
@@ -497,7 +599,9 @@ mod tests {
 
     #[test]
     fn decisions_honour_the_incoming_one_else_the_rate() {
-        let d = |i: Incoming, pct: f64, roll: f64| decide(i, pct, roll, NEW_T, NEW_S);
+        let d = |i: Incoming, pct: f64, roll: f64| {
+            decide(i, RequestIdTrace::Opaque, pct, roll, NEW_T, NEW_S)
+        };
         // An incoming decision wins over any rate.
         assert_eq!(d(parent(Some(false)), 100.0, 0.0), Decision::Unsampled);
         assert_eq!(
@@ -536,23 +640,35 @@ mod tests {
         let no_ids = || -> (TraceId, SpanId) { panic!("ids drawn") };
         let ids = || (NEW_T, NEW_S);
         assert_eq!(
-            decide_lazy(Incoming::None, 1.0, || 0.5, no_ids),
+            decide_lazy(Incoming::None, RequestIdTrace::Opaque, 1.0, || 0.5, no_ids),
             Decision::UnsampledRoot
         );
         assert_eq!(
-            decide_lazy(Incoming::None, 0.0, no_roll, no_ids),
+            decide_lazy(Incoming::None, RequestIdTrace::Opaque, 0.0, no_roll, no_ids),
             Decision::UnsampledRoot
         );
         assert_eq!(
-            decide_lazy(parent(Some(false)), 50.0, no_roll, no_ids),
+            decide_lazy(
+                parent(Some(false)),
+                RequestIdTrace::Opaque,
+                50.0,
+                no_roll,
+                no_ids
+            ),
             Decision::Unsampled
         );
         assert_eq!(
-            decide_lazy(Incoming::Decision(false), 50.0, no_roll, no_ids),
+            decide_lazy(
+                Incoming::Decision(false),
+                RequestIdTrace::Opaque,
+                50.0,
+                no_roll,
+                no_ids
+            ),
             Decision::Unsampled
         );
         assert!(matches!(
-            decide_lazy(Incoming::None, 100.0, no_roll, ids),
+            decide_lazy(Incoming::None, RequestIdTrace::Opaque, 100.0, no_roll, ids),
             Decision::Sampled(TraceContext {
                 trace_id: NEW_T,
                 span_id: NEW_S,
@@ -560,13 +676,146 @@ mod tests {
             })
         ));
         assert!(matches!(
-            decide_lazy(parent(Some(true)), 0.0, no_roll, ids),
+            decide_lazy(
+                parent(Some(true)),
+                RequestIdTrace::Opaque,
+                0.0,
+                no_roll,
+                ids
+            ),
             Decision::Sampled(TraceContext {
                 span_id: NEW_S,
                 parent: Some(_),
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn request_ids_say_traced_roll_or_nothing() {
+        use RequestIdTrace::*;
+        for (id, want) in [
+            // Envoy's trace nibble (position 14): sampled, forced, client.
+            ("9f4c1a2b-7d3e-9a1b-8c2d-0123456789ab", Traced),
+            ("9f4c1a2b-7d3e-aa1b-8c2d-0123456789ab", Traced),
+            ("9f4c1a2b-7d3e-ba1b-8c2d-0123456789ab", Traced),
+            // A fresh UUID v4 (nibble 4): its first 8 hex digits, modulo 10,000.
+            ("00000000-7d3e-4a1b-8c2d-0123456789ab", Roll(0)),
+            ("00001388-7d3e-4a1b-8c2d-0123456789ab", Roll(5000)),
+            ("ffffffff-7d3e-4a1b-8c2d-0123456789ab", Roll(7295)),
+            ("0000270F-7d3e-4a1b-8c2d-0123456789ab", Roll(9999)),
+            // Another nibble (or length) is not a mark; 8 hex digits still roll.
+            ("00000063-7d3e-ca1b-8c2d-0123456789ab", Roll(99)),
+            ("00000063-9", Roll(99)),
+            ("00000063", Roll(99)),
+            // Nothing to roll on: a random roll.
+            ("", Opaque),
+            ("rid-1", Opaque),
+            ("0000006", Opaque),
+            ("0000006x-7d3e-4a1b-8c2d-0123456789ab", Opaque),
+            ("+0000063-7d3e-4a1b-8c2d-0123456789ab", Opaque),
+        ] {
+            assert_eq!(request_id_trace(id), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn marking_sets_the_nibble_of_uuid_length_ids_only() {
+        let id = "00001388-7d3e-4a1b-8c2d-0123456789ab";
+        let marked = mark_sampled(id).unwrap();
+        assert_eq!(marked, "00001388-7d3e-9a1b-8c2d-0123456789ab");
+        assert_eq!(request_id_trace(&marked), RequestIdTrace::Traced);
+        assert_eq!(mark_sampled("rid-1"), None);
+        assert_eq!(mark_sampled(&format!("{id}0")), None);
+        // 36 bytes, not ASCII: left alone.
+        assert_eq!(mark_sampled("é0001388-7d3e-4a1b-8c2d-0123456789a"), None);
+    }
+
+    /// The id decides when the headers do not: a mark samples, a roll is the id's own (an
+    /// unsampled one needs no header: a next hop with the same percentage rolls the same), no
+    /// roll is random (and an unsampled one says so to the next hops).
+    #[test]
+    fn the_request_id_decides_when_the_headers_do_not() {
+        use RequestIdTrace::*;
+        let d = |i: Incoming, id: RequestIdTrace, pct: f64, roll: f64| {
+            decide(i, id, pct, roll, NEW_T, NEW_S)
+        };
+        let root = Decision::Sampled(TraceContext {
+            trace_id: NEW_T,
+            span_id: NEW_S,
+            parent: None,
+            sampled: true,
+            short: false,
+        });
+        let child = Decision::Sampled(TraceContext {
+            trace_id: tid(T),
+            span_id: NEW_S,
+            parent: Some(sid(S)),
+            sampled: true,
+            short: false,
+        });
+        // A marked id samples at any percentage; the headers' decision still wins over it.
+        assert_eq!(d(Incoming::None, Traced, 0.0, 0.99), root);
+        assert_eq!(d(parent(None), Traced, 0.0, 0.99), child);
+        assert_eq!(
+            d(parent(Some(false)), Traced, 100.0, 0.0),
+            Decision::Unsampled
+        );
+        assert_eq!(
+            d(Incoming::Decision(false), Traced, 100.0, 0.0),
+            Decision::Unsampled
+        );
+        // The id's roll, not the random one: r < percent × 100.
+        assert_eq!(d(Incoming::None, Roll(99), 1.0, 0.99), root);
+        assert_eq!(d(Incoming::None, Roll(100), 1.0, 0.0), Decision::Unsampled);
+        assert_eq!(d(Incoming::None, Roll(4999), 50.0, 0.99), root);
+        assert_eq!(
+            d(Incoming::None, Roll(5000), 50.0, 0.0),
+            Decision::Unsampled
+        );
+        assert_eq!(d(parent(None), Roll(5000), 50.0, 0.0), Decision::Unsampled);
+        assert_eq!(d(parent(None), Roll(0), 50.0, 0.99), child);
+        assert_eq!(d(Incoming::None, Roll(9999), 100.0, 0.99), root);
+        assert_eq!(d(Incoming::None, Roll(0), 0.0, 0.0), Decision::Unsampled);
+        // Headers that decide are not overruled by the roll.
+        assert_eq!(d(parent(Some(true)), Roll(9999), 0.0, 0.99), child);
+        assert_eq!(
+            d(parent(Some(false)), Roll(0), 100.0, 0.0),
+            Decision::Unsampled
+        );
+        // No roll in the id: the random one, and an unsampled root says so.
+        assert_eq!(d(Incoming::None, Opaque, 1.0, 0.0), root);
+        assert_eq!(d(Incoming::None, Opaque, 1.0, 0.5), Decision::UnsampledRoot);
+        assert_eq!(d(parent(None), Opaque, 50.0, 0.7), Decision::UnsampledRoot);
+        // Only an undecided request rolled on an unmarked id has its id marked when sampled.
+        assert!(rolled_on_request_id(Incoming::None, Roll(1)));
+        assert!(rolled_on_request_id(parent(None), Roll(1)));
+        assert!(!rolled_on_request_id(parent(Some(true)), Roll(1)));
+        assert!(!rolled_on_request_id(Incoming::Decision(true), Roll(1)));
+        assert!(!rolled_on_request_id(Incoming::None, Traced));
+        assert!(!rolled_on_request_id(Incoming::None, Opaque));
+    }
+
+    /// The id's roll draws nothing at random, so hops with the same percentage agree on every id;
+    /// a hop with a higher percentage samples all that a lower one did; 1 % is 100 of 10,000.
+    #[test]
+    fn hops_agree_on_the_ids_roll() {
+        let no_roll = || -> f64 { panic!("rolled at random") };
+        let ids = || (NEW_T, NEW_S);
+        let sampled = |r: u16, pct: f64| {
+            matches!(
+                decide_lazy(Incoming::None, RequestIdTrace::Roll(r), pct, no_roll, ids),
+                Decision::Sampled(_)
+            )
+        };
+        let pcts = [0.0, 0.5, 1.0, 10.0, 50.0, 99.99, 100.0];
+        for r in 0..10_000 {
+            for w in pcts.windows(2) {
+                assert!(!sampled(r, w[0]) || sampled(r, w[1]), "{r} {w:?}");
+            }
+        }
+        let k = (0..10_000).filter(|&r| sampled(r, 1.0)).count();
+        assert_eq!(k, 100);
     }
 
     #[test]
