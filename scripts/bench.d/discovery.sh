@@ -8,10 +8,12 @@
 #     watching it and serving $REMORA_BENCH_SUBSCRIBERS simulated subscribers (one run per
 #     number: the API server's requests, watches and bytes, control-plane CPU and RSS, bytes per
 #     subscriber, EndpointSlice change → every subscriber p50/p99); then
-#     $REMORA_BENCH_PROXIES real release proxies per mode (Sidecar scoped to 10 Services):
-#     discovery from the control plane, from the API (watch per sidecar), none: their RSS and the
-#     API requests and watches of the direct ones, extrapolated to N. Prints the targets met or
-#     NOT MET. Everything on 127.0.0.1; the open-files limit is raised for 1,000 subscribers.
+#     $REMORA_BENCH_PROXIES real release proxies per mode (Sidecar scoped to 10 Services), each
+#     with its workload certificate from the control plane's CA as an installed sidecar:
+#     discovery from the control plane, from the API (watch per sidecar), none: their VmRSS,
+#     RssAnon and PSS (discovery's share: a mode's median minus the identity-only median) and
+#     the API requests and watches of the direct ones, extrapolated to N. Prints the targets met
+#     or NOT MET. Everything on 127.0.0.1; the open-files limit is raised for 1,000 subscribers.
 #   direct  remora-proxy's own Kubernetes discovery memory (below).
 #   all     both.
 #
@@ -21,7 +23,8 @@
 #           time; 0: all at once, a reconnect storm), REMORA_BENCH_CHURN_SECS (0: no churn;
 #           else slice and pod changes at REMORA_BENCH_CHURN_RATE, 20 a second, for that long),
 #           REMORA_BENCH_CA_MAX_CONNECTIONS (the control plane's --ca-max-connections, default
-#           1024: raise it for more than 1,000 subscribers)
+#           1024: raise it for more than 1,000 subscribers), REMORA_BENCH_PROXIES_ONLY (1: only
+#           the real proxies, no simulated subscribers)
 #
 # direct: memory of remora-proxy's Kubernetes discovery: the release
 # proxy watches a recorded API (tests/src/bin/kube-api-fixture.rs) serving one namespace of
@@ -68,7 +71,8 @@ served() {
     --connecting "${REMORA_BENCH_CONNECTING:-100}" \
     --churn-secs "${REMORA_BENCH_CHURN_SECS:-0}" \
     --churn-rate "${REMORA_BENCH_CHURN_RATE:-20}" \
-    ${REMORA_BENCH_CA_MAX_CONNECTIONS:+--ca-max-connections "$REMORA_BENCH_CA_MAX_CONNECTIONS"} &
+    ${REMORA_BENCH_CA_MAX_CONNECTIONS:+--ca-max-connections "$REMORA_BENCH_CA_MAX_CONNECTIONS"} \
+    $([ "${REMORA_BENCH_PROXIES_ONLY:-0}" = 1 ] && echo --proxies-only) &
   lab=$!
   trap 'kill "$lab" 2>/dev/null || true' EXIT
   wait "$lab"

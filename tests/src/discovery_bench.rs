@@ -11,13 +11,15 @@
 //!   control plane's CPU and memory, the bytes each subscriber receives, and the time from an
 //!   EndpointSlice change at the API to every subscriber holding it;
 //! - real proxies: a few `remora-proxy` processes whose Sidecar scopes them to
-//!   `--scoped-services` Services of their namespace, each with discovery from the control
-//!   plane (`--discovery-address`, no API), from the API directly (`--kube-api`, today's
-//!   watch-per-sidecar mode), and with neither: their memory, and the API requests and
-//!   watches the direct ones make (per proxy, then extrapolated linearly to N). The API
-//!   serves the same Sidecars (`networking.istio.io/v1`), so the control plane scopes each
-//!   subscription by them; a fourth set subscribes with a Sidecar admitting no Service (the
-//!   subscription's own cost);
+//!   `--scoped-services` Services of their namespace, each with its workload identity from the
+//!   control plane's CA (`--ca-address`, as an installed sidecar: the same TLS and gRPC client
+//!   runs in every mode) and with discovery from the control plane (`--discovery-address`, no
+//!   API), from the API directly (`--kube-api`, today's watch-per-sidecar mode), or neither:
+//!   their memory (VmRSS, RssAnon, PSS; discovery's share is a mode's median minus the
+//!   identity-only median), and the API requests and watches the direct ones make (per proxy,
+//!   then extrapolated linearly to N). The API serves the same Sidecars
+//!   (`networking.istio.io/v1`), so the control plane scopes each subscription by them; a
+//!   fourth set subscribes with a Sidecar admitting no Service (the subscription's own cost);
 //! - optionally a reconnect storm (`--connecting 0`: every subscriber at once) and churn
 //!   (`--churn-secs`: slice and pod changes at a steady rate, not waited for).
 //!
@@ -85,6 +87,12 @@ pub struct Args {
     /// The control plane's `--ca-max-connections` (its default, 1024, when not given).
     #[arg(long)]
     pub ca_max_connections: Option<u64>,
+    /// Only the real proxies (no simulated subscribers).
+    #[arg(long)]
+    pub proxies_only: bool,
+    /// Copy each real proxy's `/proc/PID/smaps` here when its memory is read (MODE-N.smaps).
+    #[arg(long)]
+    pub smaps_dir: Option<PathBuf>,
 }
 
 /// The bound of every wait.
@@ -969,8 +977,56 @@ enum Mode {
     Off,
 }
 
-/// A proxy's VmRSS and RssAnon (KiB).
-type Memory = (u64, u64);
+/// A proxy's memory (KiB): VmRSS; RssAnon (its private memory, without the pages of its
+/// binary and libraries); PSS from `smaps_rollup` (every page it maps, a shared one divided by
+/// the number of processes mapping it: with the proxies of one mode running side by side, what
+/// each costs a node running several).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss: u64,
+    pub anon: u64,
+    pub pss: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Memory> {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        Ok(Memory {
+            rss: crate::bench::process_usage(pid)?.1,
+            anon: anon(pid)?,
+            pss: pss(&rollup).ok_or_else(|| anyhow!("/proc/{pid}/smaps_rollup has no Pss"))?,
+        })
+    }
+
+    /// The median of each field on its own.
+    fn median(v: &[Memory]) -> Memory {
+        Memory {
+            rss: median(v.iter().map(|m| m.rss).collect()),
+            anon: median(v.iter().map(|m| m.anon).collect()),
+            pss: median(v.iter().map(|m| m.pss).collect()),
+        }
+    }
+
+    /// What `self` costs over `base`, field by field (0 when less).
+    fn over(&self, base: &Memory) -> Memory {
+        Memory {
+            rss: self.rss.saturating_sub(base.rss),
+            anon: self.anon.saturating_sub(base.anon),
+            pss: self.pss.saturating_sub(base.pss),
+        }
+    }
+}
+
+/// The `Pss:` of a `/proc/PID/smaps_rollup` (KiB; not `Pss_Anon:` and the other parts).
+pub fn pss(rollup: &str) -> Option<u64> {
+    rollup.lines().find_map(|l| {
+        l.strip_prefix("Pss:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
 
 struct RealProxy {
     proc: Proc,
@@ -1047,7 +1103,7 @@ fn start_proxy(
     ns: &str,
     scoped: usize,
     api: &RecordedApi,
-    cp: Option<&ControlPlane>,
+    cp: &ControlPlane,
 ) -> Result<RealProxy> {
     let bin = bin_dir.join("remora-proxy");
     if !bin.exists() {
@@ -1078,20 +1134,24 @@ fn start_proxy(
         .arg(format!("--namespace={ns}"))
         .arg(format!("--workload-name={sa}"))
         .env("SERVICE_ACCOUNT", &sa)
-        .env("POD_NAME", format!("{sa}-7d9c5b8f6-x2k4q"));
-    match (mode, cp) {
-        (Mode::Served | Mode::ServedEmpty, Some(cp)) => {
+        .env("POD_NAME", format!("{sa}-7d9c5b8f6-x2k4q"))
+        // Every mode has its workload identity from the control plane's CA, as an installed
+        // sidecar has (its projected token reviewed by the recorded API): the TLS, HTTP/2 and
+        // gRPC client of the certificate call is then in every mode, not only with discovery.
+        .arg(format!("--ca-address={}", cp.ca))
+        .arg(format!("--ca-server-name={CA_NAME}"))
+        .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
+        .arg(format!("--ca-token-file={}", d.join("token").display()));
+    match mode {
+        Mode::Served | Mode::ServedEmpty => {
             cmd.arg("--kube-api=off")
                 .arg(format!("--discovery-address={}", cp.ca))
-                .arg(format!("--discovery-server-name={CA_NAME}"))
-                .arg(format!("--ca-root-file={}", dir.join("root.pem").display()))
-                .arg(format!("--ca-token-file={}", d.join("token").display()));
+                .arg(format!("--discovery-server-name={CA_NAME}"));
         }
-        (Mode::Served | Mode::ServedEmpty, None) => bail!("served mode needs the control plane"),
-        (Mode::Direct, _) => {
+        Mode::Direct => {
             cmd.arg(format!("--kube-api={}", api.url()));
         }
-        (Mode::Off, _) => {
+        Mode::Off => {
             cmd.arg("--kube-api=off");
         }
     }
@@ -1124,8 +1184,10 @@ fn metric(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Start `count` proxies of `mode`, wait until each indexed `scoped` Services (or, with
-/// discovery off, answers its metrics), let them settle, and read their RSS (KiB).
+/// Start `count` proxies of `mode`, wait until each is ready (its workload certificate issued;
+/// with discovery, its first sync) and indexed `scoped` Services, let them settle, and read
+/// their memory while all of them run (copying each one's `/proc/PID/smaps` into `smaps_dir`
+/// when given).
 #[allow(clippy::too_many_arguments)]
 fn proxies(
     bin_dir: &Path,
@@ -1135,7 +1197,8 @@ fn proxies(
     scoped: usize,
     ns_count: usize,
     api: &RecordedApi,
-    cp: Option<&ControlPlane>,
+    cp: &ControlPlane,
+    smaps_dir: Option<&Path>,
     cancel: &AtomicBool,
 ) -> Result<(Vec<RealProxy>, Vec<Memory>, Duration)> {
     let mut ps = Vec::new();
@@ -1150,13 +1213,16 @@ fn proxies(
             if p.proc.exited().is_some() {
                 bail!("{} exited:\n{}", p.proc.name, p.proc.log_tail(20));
             }
+            // Ready: the certificate issued (and discovery's first sync, with discovery).
+            let ready = http_get(p.health, "/healthz/ready").is_some();
             let text = http_get(p.prometheus, "/stats/prometheus");
             let ok = match (mode, text) {
                 (_, None) => false,
-                (Mode::Off, Some(_)) => true,
-                // Nothing to index: ready once the first snapshot is in.
-                (Mode::ServedEmpty, Some(_)) => http_get(p.health, "/healthz/ready").is_some(),
-                (_, Some(t)) => metric(&t, "remora_discovery_services") == Some(scoped as u64),
+                // Nothing to index.
+                (Mode::Off | Mode::ServedEmpty, Some(_)) => ready,
+                (_, Some(t)) => {
+                    ready && metric(&t, "remora_discovery_services") == Some(scoped as u64)
+                }
             };
             all &= ok;
         }
@@ -1164,42 +1230,42 @@ fn proxies(
     })?;
     // The proxy returns freed pages to the kernel within a second of its last index build.
     std::thread::sleep(Duration::from_millis(2500));
-    let rss = ps
+    let mem = ps
         .iter()
-        .map(|p| {
-            Ok((
-                crate::bench::process_usage(p.proc.pid())?.1,
-                anon(p.proc.pid())?,
-            ))
-        })
+        .map(|p| Memory::of(p.proc.pid()))
         .collect::<Result<Vec<Memory>>>()?;
-    Ok((ps, rss, took))
+    if let Some(out) = smaps_dir {
+        std::fs::create_dir_all(out)?;
+        for (i, p) in ps.iter().enumerate() {
+            let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", p.proc.pid()))?;
+            std::fs::write(out.join(format!("{mode:?}-{i}.smaps")), smaps)?;
+        }
+    }
+    Ok((ps, mem, took))
 }
 
 struct Proxies {
     count: usize,
     scoped: usize,
-    rss_off: u64,
-    rss_served: u64,
-    /// Served, the Sidecar admitting no Service.
-    rss_empty: u64,
+    /// Medians of each mode's proxies: identity without discovery, served, served with the
+    /// Sidecar admitting no Service, direct (watch per sidecar).
+    off: Memory,
+    served: Memory,
+    empty: Memory,
+    direct: Memory,
     /// What each served proxy's first snapshot held: (Services, slices, Pods).
     received: Vec<Option<(u64, u64, u64)>>,
     received_empty: Vec<Option<(u64, u64, u64)>>,
-    rss_direct: u64,
-    /// RssAnon (private memory) medians of the same proxies.
-    anon_off: u64,
-    anon_served: u64,
-    anon_empty: u64,
-    anon_direct: u64,
     direct_startup: Traffic,
     direct_window: Traffic,
     window_secs: f64,
     direct_open_watches: usize,
     direct_timeout: Option<u64>,
     served_startup: Traffic,
+    sync_off: Duration,
     sync_served: Duration,
     sync_direct: Duration,
+    load: String,
 }
 
 fn proxies_run(
@@ -1217,7 +1283,7 @@ fn proxies_run(
             cluster.shape.services_in(nss.saturating_sub(1))
         );
     }
-    eprintln!("real proxies: {count} without discovery...");
+    let smaps = args.smaps_dir.as_deref();
     // The API serves each proxy's Sidecar as its rules directory holds it.
     let sidecars: Vec<Value> = (0..count)
         .flat_map(|i| {
@@ -1227,80 +1293,56 @@ fn proxies_run(
             ]
         })
         .collect();
-    let api = api_for(rt, cluster, sidecars.clone())?;
-    let (mut off, rss_off, _) = proxies(
-        bin_dir,
-        dir.path(),
-        Mode::Off,
-        count,
-        scoped,
-        nss,
-        &api,
-        None,
-        cancel,
-    )?;
-    for p in off.iter_mut() {
-        p.proc.stop(Duration::from_secs(3));
-    }
+    let api = api_for(rt, cluster, sidecars)?;
+    // One control plane for every mode: its CA issues each proxy's certificate.
+    let (mut cp, _) = start_control_plane(bin_dir, &api, dir.path(), None, cancel)?;
+    let run_mode = |mode: Mode| {
+        proxies(
+            bin_dir,
+            dir.path(),
+            mode,
+            count,
+            scoped,
+            nss,
+            &api,
+            &cp,
+            smaps,
+            cancel,
+        )
+    };
+    let stop = |ps: &mut Vec<RealProxy>| {
+        for p in ps.iter_mut() {
+            p.proc.stop(Duration::from_secs(3));
+        }
+    };
+
+    eprintln!("real proxies: {count} with a workload identity, without discovery...");
+    let (mut off, mem_off, sync_off) = run_mode(Mode::Off)?;
+    stop(&mut off);
 
     eprintln!("real proxies: {count} with discovery from the control plane...");
-    let (cp, _) = start_control_plane(bin_dir, &api, dir.path(), None, cancel)?;
     let before = Traffic::read(&api);
-    let (mut served, rss_served, sync_served) = proxies(
-        bin_dir,
-        dir.path(),
-        Mode::Served,
-        count,
-        scoped,
-        nss,
-        &api,
-        Some(&cp),
-        cancel,
-    )?;
+    let (mut served, mem_served, sync_served) = run_mode(Mode::Served)?;
     let served_startup = Traffic::read(&api).since(&before);
     let received: Vec<Option<(u64, u64, u64)>> = served
         .iter()
         .map(|p| snapshot_counts(&p.proc.log_tail(400)))
         .collect();
-    for p in served.iter_mut() {
-        p.proc.stop(Duration::from_secs(3));
-    }
+    stop(&mut served);
     eprintln!("real proxies: {count} with discovery from the control plane, a Sidecar admitting no Service...");
-    let (mut empty, rss_empty, _) = proxies(
-        bin_dir,
-        dir.path(),
-        Mode::ServedEmpty,
-        count,
-        scoped,
-        nss,
-        &api,
-        Some(&cp),
-        cancel,
-    )?;
+    let (mut empty, mem_empty, _) = run_mode(Mode::ServedEmpty)?;
     let received_empty: Vec<Option<(u64, u64, u64)>> = empty
         .iter()
         .map(|p| snapshot_counts(&p.proc.log_tail(400)))
         .collect();
-    for p in empty.iter_mut() {
-        p.proc.stop(Duration::from_secs(3));
-    }
-    let mut cp = cp;
-    cp.proc.stop(Duration::from_secs(5));
+    stop(&mut empty);
 
     eprintln!("real proxies: {count} watching the API themselves...");
-    let api = api_for(rt, cluster, sidecars)?;
+    // The control plane's own requests and watches stay out of the direct mode's: only the
+    // requests made from here on count.
+    let seen_before = api.request_count();
     let before = Traffic::read(&api);
-    let (mut direct, rss_direct, sync_direct) = proxies(
-        bin_dir,
-        dir.path(),
-        Mode::Direct,
-        count,
-        scoped,
-        nss,
-        &api,
-        None,
-        cancel,
-    )?;
+    let (mut direct, mem_direct, sync_direct) = run_mode(Mode::Direct)?;
     let direct_startup = Traffic::read(&api).since(&before);
     let w0 = Traffic::read(&api);
     let t = Instant::now();
@@ -1312,7 +1354,7 @@ fn proxies_run(
     }
     let direct_window = Traffic::read(&api).since(&w0);
     let window_secs = t.elapsed().as_secs_f64();
-    let seen = api.requests();
+    let seen: Vec<Seen> = api.requests().into_iter().skip(seen_before).collect();
     let mut watched: Vec<String> = seen
         .iter()
         .filter(|s| is_watch(&s.path_and_query))
@@ -1322,30 +1364,28 @@ fn proxies_run(
     watched.dedup();
     let direct_open_watches = watched.iter().map(|p| api.open_watches(p)).sum();
     let direct_timeout = watch_timeout(&seen);
-    for p in direct.iter_mut() {
-        p.proc.stop(Duration::from_secs(3));
-    }
+    let load = load();
+    stop(&mut direct);
+    cp.proc.stop(Duration::from_secs(5));
     Ok(Proxies {
         count,
         scoped,
-        rss_off: median(rss_off.iter().map(|r| r.0).collect()),
-        rss_served: median(rss_served.iter().map(|r| r.0).collect()),
-        rss_empty: median(rss_empty.iter().map(|r| r.0).collect()),
-        anon_off: median(rss_off.iter().map(|r| r.1).collect()),
-        anon_served: median(rss_served.iter().map(|r| r.1).collect()),
-        anon_empty: median(rss_empty.iter().map(|r| r.1).collect()),
-        anon_direct: median(rss_direct.iter().map(|r| r.1).collect()),
+        off: Memory::median(&mem_off),
+        served: Memory::median(&mem_served),
+        empty: Memory::median(&mem_empty),
+        direct: Memory::median(&mem_direct),
         received,
         received_empty,
-        rss_direct: median(rss_direct.iter().map(|r| r.0).collect()),
         direct_startup,
         direct_window,
         window_secs,
         direct_open_watches,
         direct_timeout,
         served_startup,
+        sync_off,
         sync_served,
         sync_direct,
+        load,
     })
 }
 
@@ -1420,29 +1460,31 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             s.load.clone(),
         ]);
     }
-    out.push_str(&format!(
-        "Served mode (remora-webhook serve --discovery on; each run a fresh control plane; {} EndpointSlice changes per run):\n\n",
-        args.changes
-    ));
-    out.push_str(&table::markdown(
-        &[
-            "subscribers",
-            "API requests at start (lists + watches, the Sidecars' too)",
-            "API kB at start",
-            "start → synced (ms)",
-            "watches open at the API",
-            "API after start, per minute",
-            "TokenReviews",
-            "all subscribed",
-            "kB per subscriber: snapshot / deltas (median)",
-            "change → every subscriber p50 / p99 / max (ms)",
-            "change → one subscriber p50 / p99 (ms)",
-            "control-plane CPU: start / subscribe / changes",
-            "control-plane RSS MiB: synced / subscribed / peak",
-            "load (1 min)",
-        ],
-        &rows,
-    ));
+    if !served.is_empty() {
+        out.push_str(&format!(
+            "Served mode (remora-webhook serve --discovery on; each run a fresh control plane; {} EndpointSlice changes per run):\n\n",
+            args.changes
+        ));
+        out.push_str(&table::markdown(
+            &[
+                "subscribers",
+                "API requests at start (lists + watches, the Sidecars' too)",
+                "API kB at start",
+                "start → synced (ms)",
+                "watches open at the API",
+                "API after start, per minute",
+                "TokenReviews",
+                "all subscribed",
+                "kB per subscriber: snapshot / deltas (median)",
+                "change → every subscriber p50 / p99 / max (ms)",
+                "change → one subscriber p50 / p99 (ms)",
+                "control-plane CPU: start / subscribe / changes",
+                "control-plane RSS MiB: synced / subscribed / peak",
+                "load (1 min)",
+            ],
+            &rows,
+        ));
+    }
     let churned: Vec<&Served> = served.iter().filter(|s| s.churn.is_some()).collect();
     if !churned.is_empty() {
         let mut rows = Vec::new();
@@ -1500,81 +1542,90 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
     };
     let direct_watches_per_proxy = px.direct_open_watches as f64 / px.count.max(1) as f64;
     out.push_str(&format!(
-        "\nReal proxies ({} per mode, Sidecar egress: {} Services of its namespace; RSS median after sync):\n\n",
-        px.count, px.scoped
+        "\nReal proxies ({} per mode, each with its workload certificate from the control plane's CA; Sidecar egress: {} Services of its namespace; medians, read 2.5 s after every proxy of the mode was ready and synced, all of them running; discovery's share = the mode's median minus the median without discovery; load (1 min) {}):\n\n",
+        px.count, px.scoped, px.load
     ));
+    let tokenreviews = format!(
+        "{:.1} (TokenReviews)",
+        per(px.served_startup.get("tokenreviews").0)
+    );
+    let mem = |m: &Memory| {
+        let o = m.over(&px.off);
+        [
+            mib(m.rss),
+            mib(o.rss),
+            mib(m.anon),
+            mib(o.anon),
+            mib(m.pss),
+            mib(o.pss),
+        ]
+    };
+    let row = |name: &str, m: &Memory, rest: [String; 4]| {
+        let mut r = vec![name.to_string()];
+        r.extend(mem(m));
+        r.extend(rest);
+        r
+    };
+    let mut off_row = vec!["identity, no discovery (--kube-api=off)".to_string()];
+    off_row.extend([
+        mib(px.off.rss),
+        "-".into(),
+        mib(px.off.anon),
+        "-".into(),
+        mib(px.off.pss),
+        "-".into(),
+    ]);
+    off_row.extend([ms(px.sync_off), "0".into(), "0".into(), "0".into()]);
     out.push_str(&table::markdown(
         &[
             "discovery",
-            "RSS MiB",
-            "discovery's RSS MiB",
+            "VmRSS MiB",
+            "discovery's VmRSS MiB",
             "RssAnon MiB (private)",
             "discovery's RssAnon MiB",
-            "synced after (ms)",
+            "PSS MiB",
+            "discovery's PSS MiB",
+            "ready (and synced) after (ms)",
             "API requests at start per proxy",
             "API kB at start per proxy",
             "API watches open per proxy",
         ],
         &[
-            vec![
-                "none (--kube-api=off)".into(),
-                mib(px.rss_off),
-                "-".into(),
-                mib(px.anon_off),
-                "-".into(),
-                "-".into(),
-                "0".into(),
-                "0".into(),
-                "0".into(),
-            ],
-            vec![
-                "from the control plane (--discovery-address)".into(),
-                mib(px.rss_served),
-                mib(px.rss_served.saturating_sub(px.rss_off)),
-                mib(px.anon_served),
-                mib(px.anon_served.saturating_sub(px.anon_off)),
-                ms(px.sync_served),
-                format!(
-                    "{:.1} (TokenReviews)",
-                    per(px.served_startup.get("tokenreviews").0)
-                ),
-                "0".into(),
-                "0".into(),
-            ],
-            vec![
-                "from the control plane, Sidecar admitting no Service".into(),
-                mib(px.rss_empty),
-                mib(px.rss_empty.saturating_sub(px.rss_off)),
-                mib(px.anon_empty),
-                mib(px.anon_empty.saturating_sub(px.anon_off)),
-                "-".into(),
-                format!(
-                    "{:.1} (TokenReviews)",
-                    per(px.served_startup.get("tokenreviews").0)
-                ),
-                "0".into(),
-                "0".into(),
-            ],
-            vec![
-                "from the API (--kube-api, watch per sidecar)".into(),
-                mib(px.rss_direct),
-                mib(px.rss_direct.saturating_sub(px.rss_off)),
-                mib(px.anon_direct),
-                mib(px.anon_direct.saturating_sub(px.anon_off)),
-                ms(px.sync_direct),
-                format!(
-                    "{:.1} ({:.1} watches) + {:.1} ConfigMap",
-                    per(dr),
-                    per(dw),
-                    per(cm.0)
-                ),
-                format!(
-                    "{} + {} ConfigMap",
-                    kb(per(db) as u64),
-                    kb(per(cm.2) as u64)
-                ),
-                format!("{direct_watches_per_proxy:.1} (with the rules ConfigMap's)"),
-            ],
+            off_row,
+            row(
+                "identity + from the control plane (--discovery-address)",
+                &px.served,
+                [
+                    ms(px.sync_served),
+                    tokenreviews.clone(),
+                    "0".into(),
+                    "0".into(),
+                ],
+            ),
+            row(
+                "identity + from the control plane, Sidecar admitting no Service",
+                &px.empty,
+                ["-".into(), tokenreviews, "0".into(), "0".into()],
+            ),
+            row(
+                "identity + from the API (--kube-api, watch per sidecar)",
+                &px.direct,
+                [
+                    ms(px.sync_direct),
+                    format!(
+                        "{:.1} ({:.1} watches) + {:.1} ConfigMap",
+                        per(dr),
+                        per(dw),
+                        per(cm.0)
+                    ),
+                    format!(
+                        "{} + {} ConfigMap",
+                        kb(per(db) as u64),
+                        kb(per(cm.2) as u64)
+                    ),
+                    format!("{direct_watches_per_proxy:.1} (with the rules ConfigMap's)"),
+                ],
+            ),
         ],
     ));
     let counts = |v: &[Option<(u64, u64, u64)>]| {
@@ -1612,32 +1663,38 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             ),
         ]);
     }
-    out.push_str(&format!(
-        "\nWatch per sidecar (measured with {} proxies, extrapolated linearly) versus served (measured):\n\n",
-        px.count
-    ));
-    out.push_str(&table::markdown(
-        &[
-            "proxies",
-            "API watches, watch per sidecar",
-            "API watches, served",
-            "API requests at start: per sidecar / served",
-            "API MB at start: per sidecar / served",
-            "watch requests per minute: per sidecar / served",
-        ],
-        &rows,
-    ));
+    if !rows.is_empty() {
+        out.push_str(&format!(
+            "\nWatch per sidecar (measured with {} proxies, extrapolated linearly) versus served (measured):\n\n",
+            px.count
+        ));
+        out.push_str(&table::markdown(
+            &[
+                "proxies",
+                "API watches, watch per sidecar",
+                "API watches, served",
+                "API requests at start: per sidecar / served",
+                "API MB at start: per sidecar / served",
+                "watch requests per minute: per sidecar / served",
+            ],
+            &rows,
+        ));
+    }
     // Targets.
     let watches: Vec<usize> = served.iter().map(|s| s.open_watches).collect();
     let independent = !watches.is_empty() && watches.iter().all(|w| *w == watches[0]);
-    let rss = px.rss_served.saturating_sub(px.rss_off);
+    let share = px.served.over(&px.off);
     out.push_str("\nTargets:\n");
-    out.push_str(&format!(
-        "- API-server watch count independent of the number of proxies: {:?} at {:?} subscribers: {}\n",
-        watches,
-        served.iter().map(|s| s.subscribers).collect::<Vec<_>>(),
-        verdict(independent)
-    ));
+    if served.is_empty() {
+        out.push_str("- API-server watch count independent of the number of proxies: not run (--proxies-only)\n");
+    } else {
+        out.push_str(&format!(
+            "- API-server watch count independent of the number of proxies: {:?} at {:?} subscribers: {}\n",
+            watches,
+            served.iter().map(|s| s.subscribers).collect::<Vec<_>>(),
+            verdict(independent)
+        ));
+    }
     let scoped_sent = px
         .received
         .iter()
@@ -1648,15 +1705,16 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
         verdict(scoped_sent)
     ));
     out.push_str(&format!(
-        "- per-proxy discovery RSS <= 2 MiB with a Sidecar of {} Services: {} MiB: {}\n",
+        "- per-proxy discovery RSS <= 2 MiB with a Sidecar of {} Services (served minus identity-only, VmRSS medians): {} MiB: {}\n",
         px.scoped,
-        mib(rss),
-        verdict(rss <= 2048)
+        mib(share.rss),
+        verdict(share.rss <= 2048)
     ));
-    let private = px.anon_served.saturating_sub(px.anon_off);
     out.push_str(&format!(
-        "  (of it private, RssAnon: {} MiB; the rest is the binary's pages the subscription's code touches, shared by every proxy of the same binary on a node)\n",
-        mib(private)
+        "  (private, RssAnon: {} MiB; PSS with {} proxies of the mode running: {} MiB)\n",
+        mib(share.anon),
+        px.count,
+        mib(share.pss)
     ));
     for s in served.iter().filter(|s| s.subscribers >= 1000) {
         let p99 = quantile(&s.to_all, 0.99);
@@ -1674,7 +1732,11 @@ fn report(args: &Args, shape: &Shape, served: &[Served], px: &Proxies) -> String
             verdict(ok)
         ));
     }
-    if !served.iter().any(|s| s.subscribers >= 1000) {
+    if served.is_empty() {
+        out.push_str(
+            "- change propagation p99 <= 1 s at 1,000 subscribers: not run (--proxies-only)\n",
+        );
+    } else if !served.iter().any(|s| s.subscribers >= 1000) {
         out.push_str("- change propagation p99 <= 1 s at 1,000 subscribers: not run (no run with 1,000 or more)\n");
     }
     out
@@ -1729,7 +1791,7 @@ pub fn run(bin_dir: &Path, args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
     let cluster = Cluster::generate(shape);
     let load_before = load();
     let mut served = Vec::new();
-    for n in &args.subscribers {
+    for n in args.subscribers.iter().filter(|_| !args.proxies_only) {
         served.push(served_run(&rt, bin_dir, &cluster, *n, &args, &cancel)?);
     }
     let px = proxies_run(&rt, bin_dir, &cluster, &args, &cancel)?;
@@ -1863,6 +1925,21 @@ mod tests {
             None
         );
         assert_eq!(change_of(&msg(vec![]), &key), None);
+    }
+
+    #[test]
+    fn pss_is_read_from_smaps_rollup_and_shares_are_medians_apart() {
+        let rollup = "55d0c0a1e000-7ffc9e5f7000 ---p 00000000 00:00 0                          [rollup]\nRss:               20480 kB\nPss:                6738 kB\nPss_Anon:           3900 kB\nPss_File:           2838 kB\nPss_Shmem:             0 kB\n";
+        assert_eq!(pss(rollup), Some(6738));
+        // Pss_Anon alone is not the PSS.
+        assert_eq!(pss("Pss_Anon: 3900 kB\n"), None);
+        assert_eq!(pss(""), None);
+        let m = |rss, anon, pss| Memory { rss, anon, pss };
+        // Each field's median on its own (not the row of the median RSS).
+        let v = [m(100, 9, 50), m(300, 1, 40), m(200, 5, 60)];
+        assert_eq!(Memory::median(&v), m(200, 5, 50));
+        // A share is never negative.
+        assert_eq!(m(200, 5, 50).over(&m(150, 7, 20)), m(50, 0, 30));
     }
 
     #[test]
