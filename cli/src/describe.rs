@@ -1277,7 +1277,7 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
     }
     let annotations = annotations_of(pod);
     let gateway = super::gateway_view::of(pod, &labels, &rules.snapshot);
-    let security = super::authz::selection(
+    let mut security = super::authz::selection(
         &ns,
         &labels,
         &rules.ctx.root_namespace,
@@ -1285,6 +1285,9 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         &rules.authorization_policies,
         &rules.request_authentications,
     );
+    if gateway.is_some() {
+        super::authz::at_gateway(&mut security);
+    }
     if !annotations.is_empty() {
         notes.push("annotations take effect when the pod is created (injection); changing them on a running pod changes nothing until it is re-created".to_string());
     }

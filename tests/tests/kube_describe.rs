@@ -763,7 +763,7 @@ fn gateway_config_dump() -> Value {
 /// `describe` of a gateway pod: its servers with the certificate each serves, from the
 /// gateway's own `/config_dump` through a port-forward, in `proxy-config listeners`' words
 /// (which now reads a gateway pod too); when the gateway cannot be asked, whether each
-/// `credentialName` Secret exists.
+/// `credentialName` Secret exists. No PeerAuthentication mode is shown as applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_gateway_pod_shows_its_certificates() {
     let api = api().await;
@@ -810,6 +810,8 @@ async fn describe_gateway_pod_shows_its_certificates() {
         &r,
         "    Gateway istio-system/bookinfo-gateway spec.servers[0] HTTP [*]\n",
     );
+    has(&r, "  mTLS mode: none: PeerAuthentication does not apply to a gateway: its TLS comes from its Gateway servers");
+    has(&r, "  not applied: PeerAuthentication istio-system/default (mode STRICT): namespace-wide (namespace istio-system, no selector), but a gateway takes no PeerAuthentication\n");
     assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
     // The same certificate line as proxy-config listeners prints, from the same dump.
     let r2 = run(
