@@ -954,14 +954,14 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
         assert_eq!(r.principal.as_deref(), Some("cluster.local/ns/a/sa/b"));
     }
 
-    #[test]
-    fn describe_says_which_policies_select_the_pod_and_why() {
+    /// [`RULES`] decoded as the proxies of namespace `ns` decode them (root istio-system).
+    fn decoded_in(ns: &str) -> remora_model::rules::load::Decoded {
         let ctx = LoadContext {
-            namespace: "bookinfo".into(),
+            namespace: ns.into(),
             root_namespace: "istio-system".into(),
             ..Default::default()
         };
-        let decoded = remora_model::rules::load::decode_inputs(
+        remora_model::rules::load::decode_inputs(
             &remora_model::rules::load::Inputs {
                 dir: "t".into(),
                 files: vec![("p.yaml".into(), RULES.into())],
@@ -969,7 +969,12 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
                 hash: String::new(),
             },
             &ctx,
-        );
+        )
+    }
+
+    #[test]
+    fn describe_says_which_policies_select_the_pod_and_why() {
+        let decoded = decoded_in("bookinfo");
         assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
         let labels = [("app".to_string(), "ratings".to_string())].into();
         let v = selection(
@@ -1035,20 +1040,7 @@ Security:
         assert_eq!((v.mtls.mode.as_str(), v.mtls.not_applied), ("STRICT", None));
 
         // describe pod of a gateway pod: the PeerAuthentication its labels match is not applied.
-        let ctx = LoadContext {
-            namespace: "istio-system".into(),
-            root_namespace: "istio-system".into(),
-            ..Default::default()
-        };
-        let decoded = remora_model::rules::load::decode_inputs(
-            &remora_model::rules::load::Inputs {
-                dir: "t".into(),
-                files: vec![("p.yaml".into(), RULES.into())],
-                skipped: Vec::new(),
-                hash: String::new(),
-            },
-            &ctx,
-        );
+        let decoded = decoded_in("istio-system");
         let labels = [("istio".to_string(), "ingressgateway".to_string())].into();
         let mut s = selection(
             "istio-system",

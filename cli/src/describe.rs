@@ -1518,13 +1518,14 @@ pub struct AdminAccess {
 
 /// A gateway pod's servers as it serves them: states and certificates from its own
 /// `/config_dump` (through a port-forward to its admin port); when that cannot be read, whether
-/// each `credentialName` Secret is in its namespace (looked up by name, the data never shown).
+/// each `credentialName` Secret is in its namespace (looked up by name, the data never shown;
+/// `None` when that fails too).
 async fn gateway_tls(
     cluster: &Cluster,
     pod: &Pod,
     g: &mut remora_model::dump::GatewayDump,
     admin: AdminAccess,
-) -> anyhow::Result<super::gateway_view::TlsSource> {
+) -> super::gateway_view::TlsSource {
     use super::gateway_view::{credential_names, take_live, TlsSource};
     let name = objects::name(&pod.metadata).unwrap_or("?");
     let ns = objects::namespace(&pod.metadata).unwrap_or("default");
@@ -1556,11 +1557,11 @@ async fn gateway_tls(
                             missing.join(", ")
                         );
                     }
-                    return Ok(TlsSource {
+                    return TlsSource {
                         live: true,
                         note,
                         secrets: BTreeMap::new(),
-                    });
+                    };
                 }
                 None => "its proxy runs as a sidecar, not remora-proxy gateway".to_string(),
             },
@@ -1569,18 +1570,19 @@ async fn gateway_tls(
     };
     let mut secrets = BTreeMap::new();
     for c in credential_names(g).into_iter().take(MAX_SECRET_LOOKUPS) {
-        let found = match cluster.get_opt(&paths::secret(ns, &c)).await {
-            Ok(s) => Some(s.is_some()),
-            Err(e) if e.code() == Some(403) => None,
-            Err(e) => return Err(anyhow!(e).context(format!("reading Secret {ns}/{c}"))),
-        };
+        // Forbidden or failing: not known, said per server; the report goes on.
+        let found = cluster
+            .get_opt(&paths::secret(ns, &c))
+            .await
+            .ok()
+            .map(|s| s.is_some());
         secrets.insert(c, found);
     }
-    Ok(TlsSource {
+    TlsSource {
         live: false,
         note: format!("planned from the rules; states and certificates not known ({why_not})"),
         secrets,
-    })
+    }
 }
 
 /// Reads the pod, the Services of its namespace and its rules, and builds the report; for a
@@ -1623,7 +1625,7 @@ pub async fn gather(
     let rules = load_rules(&cms, &ns, &primary, cluster_domain, root_namespace);
     let mut d = build(&pod, &services, &rules);
     if let Some(g) = d.gateway.as_mut() {
-        d.gateway_tls = Some(gateway_tls(cluster, &pod, g, admin).await?);
+        d.gateway_tls = Some(gateway_tls(cluster, &pod, g, admin).await);
     }
     Ok(d)
 }

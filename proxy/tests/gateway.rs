@@ -1303,29 +1303,34 @@ spec:
     assert_eq!(r.status, 503, "{}", r.body_text());
 }
 
-/// A Gateway `edge` (HTTP on port 80, every host) and a VirtualService sending everything to
-/// the echo backend `app` at `backend`.
-fn http_edge(backend: SocketAddr) -> String {
-    "apiVersion: networking.istio.io/v1
+/// A Gateway `edge` (HTTP on port 80, every host) and the VirtualService `app` bound to it with
+/// these `http` routes (YAML at the list's indentation), then `---`.
+fn edge_with_routes(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {name: edge, namespace: testns}
+metadata: {{name: edge, namespace: testns}}
 spec:
-  selector: {istio: ingressgateway}
+  selector: {{istio: ingressgateway}}
   servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+  - port: {{number: 80, name: http, protocol: HTTP}}
     hosts: ['*']
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: app, namespace: testns}
+metadata: {{name: app, namespace: testns}}
 spec:
   hosts: ['*']
   gateways: [edge]
   http:
-  - route: [{destination: {host: app, port: {number: 9080}}}]
----
+{http}---
 "
-    .to_string()
+    )
+}
+
+/// [`edge_with_routes`] sending everything to the echo backend `app` at `backend`.
+fn http_edge(backend: SocketAddr) -> String {
+    edge_with_routes("  - route: [{destination: {host: app, port: {number: 9080}}}]\n")
         + &endpoint("app", 9080, backend)
 }
 
@@ -1991,23 +1996,8 @@ spec:
     let rules = RulesDir::new(&[
         (
             "edge.yaml",
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: edge, namespace: testns}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ['*']
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: app, namespace: testns}
-spec:
-  hosts: ['*']
-  gateways: [edge]
-  http:
-  - name: retried
+            &(edge_with_routes(
+                "  - name: retried
     match: [{uri: {prefix: /retry}}]
     retries: {attempts: 3, retryOn: '503'}
     route: [{destination: {host: flaky, port: {number: 9080}}}]
@@ -2027,12 +2017,12 @@ spec:
     match: [{uri: {prefix: /pool}}]
     retries: {attempts: 0}
     route: [{destination: {host: pool, port: {number: 9080}}}]
----
-apiVersion: remora.dev/v1alpha1
+",
+            ) + "apiVersion: remora.dev/v1alpha1
 kind: RateLimit
 metadata: {name: limited, namespace: testns}
 spec: {host: app, route: limited, requestsPerUnit: 1, unit: MINUTE, burst: 3}
-",
+"),
         ),
         (
             "backends.yaml",
