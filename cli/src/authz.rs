@@ -277,7 +277,14 @@ pub struct MtlsRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     pub peer_authentications: Vec<String>,
+    /// Why no mode applies: a gateway's TLS is its Gateway servers' ([`GATEWAY_MTLS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_applied: Option<String>,
 }
+
+/// Why PeerAuthentication sets nothing at a gateway (`remora-proxy gateway` terminates TLS
+/// by its Gateway servers' `tls` and never applies a PeerAuthentication mode).
+pub const GATEWAY_MTLS: &str = "PeerAuthentication does not apply to a gateway: its TLS comes from its Gateway servers (each server's tls.mode: SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH; remora proxy-config listeners shows them)";
 
 /// The decision for the request given.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -355,22 +362,30 @@ fn jwt_rows(r: &RequestAuthentication, root: &str) -> Vec<JwtRow> {
         .collect()
 }
 
-fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>, root: &str) -> MtlsRow {
+/// The mTLS mode of `port` (every port: `None`) by `pas`; at a `gateway`, none applies.
+fn mtls_row(pas: &[PeerAuthentication], port: Option<u16>, root: &str, gateway: bool) -> MtlsRow {
     let d = mtls_mode(pas, port.unwrap_or(0), root);
+    let (mode, policy) = if gateway {
+        ("NONE".to_string(), None)
+    } else {
+        (d.mode.to_string(), d.policy)
+    };
     MtlsRow {
         port,
-        mode: d.mode.to_string(),
-        policy: d.policy,
+        mode,
+        policy,
         peer_authentications: pas
             .iter()
             .map(|p| {
-                format!(
-                    "{}: {}",
-                    p.meta.key(),
-                    why_applies(&p.meta.namespace, p.spec.selector.as_ref(), root)
-                )
+                let why = why_applies(&p.meta.namespace, p.spec.selector.as_ref(), root);
+                if gateway {
+                    format!("{}: {why}; not applied at a gateway", p.meta.key())
+                } else {
+                    format!("{}: {why}", p.meta.key())
+                }
             })
             .collect(),
+        not_applied: gateway.then(|| GATEWAY_MTLS.to_string()),
     }
 }
 
@@ -406,6 +421,7 @@ pub fn view(dump: &ConfigDump, req: Option<&CheckRequest>) -> AuthzView {
             &r.peer_authentications,
             req.map(|q| q.port).filter(|p| *p != 0),
             root,
+            dump.gateway.is_some(),
         ),
         check,
     }
@@ -463,11 +479,17 @@ pub fn render(v: &AuthzView) -> String {
         .port
         .map(|p| format!(" on port {p}"))
         .unwrap_or_default();
-    let by = match &v.mtls.policy {
-        Some(p) => format!("set by PeerAuthentication {p}"),
-        None => "Istio's default: no PeerAuthentication sets a mode".to_string(),
-    };
-    out.push_str(&format!("mTLS{port}: {} ({by})\n", v.mtls.mode));
+    match (&v.mtls.not_applied, &v.mtls.policy) {
+        (Some(why), _) => out.push_str(&format!("mTLS{port}: {why}\n")),
+        (None, Some(p)) => out.push_str(&format!(
+            "mTLS{port}: {} (set by PeerAuthentication {p})\n",
+            v.mtls.mode
+        )),
+        (None, None) => out.push_str(&format!(
+            "mTLS{port}: {} (Istio's default: no PeerAuthentication sets a mode)\n",
+            v.mtls.mode
+        )),
+    }
     for p in &v.mtls.peer_authentications {
         out.push_str(&format!("  PeerAuthentication {p}\n"));
     }
@@ -607,6 +629,20 @@ pub fn selection(
     SecurityView {
         policies: rows,
         mtls,
+    }
+}
+
+/// `describe pod` of a gateway pod: no PeerAuthentication applies there ([`GATEWAY_MTLS`]),
+/// however its selector matches.
+pub fn at_gateway(v: &mut SecurityView) {
+    v.mtls = format!("none: {GATEWAY_MTLS}");
+    for r in v
+        .policies
+        .iter_mut()
+        .filter(|r| r.kind == "PeerAuthentication" && r.selected)
+    {
+        r.selected = false;
+        r.reason = format!("{}, but a gateway takes no PeerAuthentication", r.reason);
     }
 }
 
@@ -918,14 +954,14 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
         assert_eq!(r.principal.as_deref(), Some("cluster.local/ns/a/sa/b"));
     }
 
-    #[test]
-    fn describe_says_which_policies_select_the_pod_and_why() {
+    /// [`RULES`] decoded as the proxies of namespace `ns` decode them (root istio-system).
+    fn decoded_in(ns: &str) -> remora_model::rules::load::Decoded {
         let ctx = LoadContext {
-            namespace: "bookinfo".into(),
+            namespace: ns.into(),
             root_namespace: "istio-system".into(),
             ..Default::default()
         };
-        let decoded = remora_model::rules::load::decode_inputs(
+        remora_model::rules::load::decode_inputs(
             &remora_model::rules::load::Inputs {
                 dir: "t".into(),
                 files: vec![("p.yaml".into(), RULES.into())],
@@ -933,7 +969,12 @@ dry-run: the dry-run policies alone would DENY: denied by DENY policy istio-syst
                 hash: String::new(),
             },
             &ctx,
-        );
+        )
+    }
+
+    #[test]
+    fn describe_says_which_policies_select_the_pod_and_why() {
+        let decoded = decoded_in("bookinfo");
         assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
         let labels = [("app".to_string(), "ratings".to_string())].into();
         let v = selection(
@@ -971,6 +1012,49 @@ Security:
         assert_eq!(
             render_selection(&none),
             "Security:\n  mTLS mode: PERMISSIVE (Istio's default: no PeerAuthentication sets a mode)\n  no AuthorizationPolicy, RequestAuthentication or PeerAuthentication selects this pod\n"
+        );
+    }
+
+    #[test]
+    fn no_peer_authentication_mode_at_a_gateway() {
+        // The same STRICT mesh-wide PeerAuthentication: a sidecar enforces it, a gateway not.
+        let mut d = dump(0);
+        d.gateway = Some(Default::default());
+        let req = args(&[]).request(Some(8443)).unwrap();
+        let v = view(&d, Some(&req));
+        assert_eq!(
+            (v.mtls.mode.as_str(), v.mtls.policy.as_deref()),
+            ("NONE", None)
+        );
+        assert_eq!(v.mtls.not_applied.as_deref(), Some(GATEWAY_MTLS));
+        let text = render(&v);
+        assert!(
+            text.contains("\nmTLS on port 8443: PeerAuthentication does not apply to a gateway: its TLS comes from its Gateway servers (each server's tls.mode: SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH; remora proxy-config listeners shows them)\n  PeerAuthentication istio-system/default: mesh-wide (root namespace istio-system, no selector); not applied at a gateway\n"),
+            "{text}"
+        );
+        assert!(!text.contains("STRICT"), "{text}");
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["mtls"]["not_applied"], GATEWAY_MTLS);
+        // A sidecar's dump keeps its mode and says nothing of gateways.
+        let v = view(&dump(0), Some(&req));
+        assert_eq!((v.mtls.mode.as_str(), v.mtls.not_applied), ("STRICT", None));
+
+        // describe pod of a gateway pod: the PeerAuthentication its labels match is not applied.
+        let decoded = decoded_in("istio-system");
+        let labels = [("istio".to_string(), "ingressgateway".to_string())].into();
+        let mut s = selection(
+            "istio-system",
+            &labels,
+            "istio-system",
+            &decoded.peer_authentications,
+            &[],
+            &[],
+        );
+        assert!(s.mtls.starts_with("STRICT"), "{s:?}");
+        at_gateway(&mut s);
+        assert_eq!(
+            render_selection(&s),
+            format!("Security:\n  mTLS mode: none: {GATEWAY_MTLS}\n  no AuthorizationPolicy, RequestAuthentication or PeerAuthentication selects this pod\n  not applied: PeerAuthentication istio-system/default (mode STRICT): mesh-wide (root namespace istio-system, no selector), but a gateway takes no PeerAuthentication\n")
         );
     }
 }

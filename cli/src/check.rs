@@ -431,6 +431,13 @@ pub fn has_proxy(pod: &Pod) -> bool {
     objects::containers(pod).any(|(c, _)| c.name == PROXY_NAME)
 }
 
+/// Whether the pod runs remora's proxy: injected ([`has_proxy`]) or as a gateway
+/// (`remora-proxy gateway`, whatever its container is called: the shipped gateway's is
+/// `istio-proxy`, as Istio's).
+pub fn runs_proxy(pod: &Pod) -> bool {
+    has_proxy(pod) || super::gateway_view::gateway_container(pod).is_some()
+}
+
 /// The overall verdict for a pod created now, from the per-webhook verdicts.
 pub fn overall(webhooks: &[WebhookVerdict], remora: &ServiceRef) -> (Verdict, String) {
     let ours: Vec<&WebhookVerdict> = webhooks.iter().filter(|w| w.remora).collect();

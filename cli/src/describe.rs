@@ -65,6 +65,10 @@ pub struct Description {
     /// the rules plan them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<remora_model::dump::GatewayDump>,
+    /// For a gateway pod: where its servers' states and certificates come from (the gateway's
+    /// own `/config_dump`, else whether each `credentialName` Secret exists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_tls: Option<super::gateway_view::TlsSource>,
     pub annotations: Vec<AnnotationNote>,
     pub notes: Vec<String>,
 }
@@ -1272,7 +1276,8 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         ));
     }
     let annotations = annotations_of(pod);
-    let security = super::authz::selection(
+    let gateway = super::gateway_view::of(pod, &labels, &rules.snapshot);
+    let mut security = super::authz::selection(
         &ns,
         &labels,
         &rules.ctx.root_namespace,
@@ -1280,6 +1285,9 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         &rules.authorization_policies,
         &rules.request_authentications,
     );
+    if gateway.is_some() {
+        super::authz::at_gateway(&mut security);
+    }
     if !annotations.is_empty() {
         notes.push("annotations take effect when the pod is created (injection); changing them on a running pod changes nothing until it is re-created".to_string());
     }
@@ -1294,7 +1302,8 @@ pub fn build(pod: &Pod, services: &[Service], rules: &Rules) -> Description {
         services: services_v,
         sidecar: sidecar_of(rules, &labels),
         security,
-        gateway: super::gateway_view::of(pod, &labels, &rules.snapshot),
+        gateway,
+        gateway_tls: None,
         annotations,
         notes,
     }
@@ -1450,7 +1459,7 @@ pub fn render_text(d: &Description) -> String {
     );
     o.push_str(&super::authz::render_selection(&d.security));
     if let Some(g) = &d.gateway {
-        super::gateway_view::render(g, &mut o);
+        super::gateway_view::render(g, d.gateway_tls.as_ref(), &mut o);
     }
     if !d.annotations.is_empty() {
         let _ = writeln!(o, "Annotations:");
@@ -1496,7 +1505,89 @@ fn unreachable_or(e: GetError, url: &str) -> anyhow::Error {
     }
 }
 
-/// Reads the pod, the Services of its namespace and its rules, and builds the report.
+/// At most this many `credentialName` Secrets are looked up (one GET each) for a gateway pod.
+const MAX_SECRET_LOOKUPS: usize = 32;
+
+/// Where `describe` reaches a gateway pod's proxy: its admin port (through a port-forward) and
+/// how long it waits for it.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminAccess {
+    pub port: u16,
+    pub timeout: std::time::Duration,
+}
+
+/// A gateway pod's servers as it serves them: states and certificates from its own
+/// `/config_dump` (through a port-forward to its admin port); when that cannot be read, whether
+/// each `credentialName` Secret is in its namespace (looked up by name, the data never shown;
+/// `None` when that fails too).
+async fn gateway_tls(
+    cluster: &Cluster,
+    pod: &Pod,
+    g: &mut remora_model::dump::GatewayDump,
+    admin: AdminAccess,
+) -> super::gateway_view::TlsSource {
+    use super::gateway_view::{credential_names, take_live, TlsSource};
+    let name = objects::name(&pod.metadata).unwrap_or("?");
+    let ns = objects::namespace(&pod.metadata).unwrap_or("default");
+    let phase = objects::phase(pod).unwrap_or("Unknown");
+    let why_not = if phase != "Running" {
+        format!("pod is {phase}, not Running")
+    } else {
+        let port = admin.port;
+        let read = cluster
+            .pod_config_dump(ns, name, port, admin.timeout)
+            .await
+            .map_err(|e| format!("cannot read its /config_dump through a port-forward to its admin port {port}: {e}"))
+            .and_then(|v| {
+                super::dump::read(&v, &format!("{ns}/{name}"), &format!("gateway {ns}/{name}"))
+                    .map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(d) => match d.gateway {
+                Some(live) => {
+                    let missing = take_live(g, &live);
+                    let mut note = format!(
+                        "as the gateway serves them (its /config_dump, rules generation {})",
+                        d.generation
+                    );
+                    if !missing.is_empty() {
+                        let _ = write!(
+                            note,
+                            "; not served by it (its rules differ): {}",
+                            missing.join(", ")
+                        );
+                    }
+                    return TlsSource {
+                        live: true,
+                        note,
+                        secrets: BTreeMap::new(),
+                    };
+                }
+                None => "its proxy runs as a sidecar, not remora-proxy gateway".to_string(),
+            },
+            Err(e) => e,
+        }
+    };
+    let mut secrets = BTreeMap::new();
+    for c in credential_names(g).into_iter().take(MAX_SECRET_LOOKUPS) {
+        // Forbidden or failing: not known, said per server; the report goes on.
+        let found = cluster
+            .get_opt(&paths::secret(ns, &c))
+            .await
+            .ok()
+            .map(|s| s.is_some());
+        secrets.insert(c, found);
+    }
+    TlsSource {
+        live: false,
+        note: format!("planned from the rules; states and certificates not known ({why_not})"),
+        secrets,
+    }
+}
+
+/// Reads the pod, the Services of its namespace and its rules, and builds the report; for a
+/// gateway pod, its servers' states and certificates through `admin` ([`gateway_tls`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn gather(
     cluster: &Cluster,
     target: &Target,
@@ -1505,6 +1596,7 @@ pub async fn gather(
     config_map: Option<&str>,
     cluster_domain: &str,
     root_namespace: &str,
+    admin: AdminAccess,
 ) -> anyhow::Result<Description> {
     let ns = target
         .namespace
@@ -1531,7 +1623,11 @@ pub async fn gather(
         .await
         .context("listing Services")?;
     let rules = load_rules(&cms, &ns, &primary, cluster_domain, root_namespace);
-    Ok(build(&pod, &services, &rules))
+    let mut d = build(&pod, &services, &rules);
+    if let Some(g) = d.gateway.as_mut() {
+        d.gateway_tls = Some(gateway_tls(cluster, &pod, g, admin).await);
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

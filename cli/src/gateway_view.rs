@@ -1,31 +1,41 @@
 //! What a gateway pod (`remora-proxy gateway`) serves, as `remora describe pod` and `remora
 //! proxy-config listeners` show it: the model's own plan of its listeners
 //! (`remora_model::gateway::plan`) from the rules its namespace's proxies load, the servers on
-//! each port, the VirtualServices bound to the selected Gateways, and the servers left out.
+//! each port, the VirtualServices bound to the selected Gateways, and the servers left out; for
+//! `describe`, each server's state and certificate as the gateway's own `/config_dump` reports
+//! them ([`take_live`]), or, without it, whether each `credentialName` Secret exists
+//! ([`TlsSource`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use remora_model::dump::{GatewayDump, GatewayServerDump};
 use remora_model::gateway::{self, PortMap};
 use remora_model::rules::Snapshot;
+use serde::Serialize;
 
 /// The environment variable of `--gateway-port-map`.
 const PORT_MAP_ENV: &str = "REMORA_GATEWAY_PORT_MAP";
 
-/// The gateway view of `pod` with `labels`: `Some` when the pod runs `remora-proxy gateway`
-/// (a container whose arguments start with `gateway`) or a Gateway of `snap` selects it. The
-/// port map is the container's `REMORA_GATEWAY_PORT_MAP` (the default when unset or not
-/// readable). Offline, no server is known to be down (the gateway's own `/config_dump` says).
-pub fn of(pod: &Pod, labels: &BTreeMap<String, String>, snap: &Snapshot) -> Option<GatewayDump> {
+/// The container running `remora-proxy gateway` (its arguments start with `gateway`, or its
+/// command names it), if the pod has one.
+pub fn gateway_container(pod: &Pod) -> Option<&Container> {
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
-    let runs_gateway = containers.into_iter().flatten().find(|c| {
+    containers.into_iter().flatten().find(|c| {
         c.args.as_ref().and_then(|a| a.first()).map(String::as_str) == Some("gateway")
             || c.command
                 .as_ref()
                 .is_some_and(|cmd| cmd.iter().any(|w| w == "gateway"))
-    });
+    })
+}
+
+/// The gateway view of `pod` with `labels`: `Some` when the pod runs `remora-proxy gateway`
+/// ([`gateway_container`]) or a Gateway of `snap` selects it. The port map is the container's
+/// `REMORA_GATEWAY_PORT_MAP` (the default when unset or not readable). Offline, no server is
+/// known to be down and no certificate is known: [`take_live`] adds them from the gateway.
+pub fn of(pod: &Pod, labels: &BTreeMap<String, String>, snap: &Snapshot) -> Option<GatewayDump> {
+    let runs_gateway = gateway_container(pod);
     let selected = snap.gateways.iter().any(|g| gateway::selects(g, labels));
     if runs_gateway.is_none() && !selected {
         return None;
@@ -43,6 +53,52 @@ pub fn of(pod: &Pod, labels: &BTreeMap<String, String>, snap: &Snapshot) -> Opti
         |_, _| false,
         |_, _| None,
     ))
+}
+
+/// Where `describe` took the servers' states and certificates from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TlsSource {
+    /// From the gateway's own `/config_dump` (the states and certificates it serves).
+    pub live: bool,
+    /// What was read, or why the gateway could not be asked.
+    pub note: String,
+    /// Without the live dump: per `credentialName`, whether its Secret is in the gateway pod's
+    /// namespace (`None`: it could not be read).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Option<bool>>,
+}
+
+/// The `credentialName`s of `g`'s servers, each once.
+pub fn credential_names(g: &GatewayDump) -> Vec<String> {
+    let mut names: Vec<String> = g
+        .listeners
+        .iter()
+        .flat_map(|l| &l.servers)
+        .filter_map(|s| s.credential_name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Each server of `view` (planned from the rules) takes the state and certificate that the
+/// gateway's own dump `live` reports for the same server on the same port. Returns the servers
+/// of `view` the gateway does not report (its rules differ from these).
+pub fn take_live(view: &mut GatewayDump, live: &GatewayDump) -> Vec<String> {
+    let mut missing = Vec::new();
+    for l in &mut view.listeners {
+        let live_l = live.listeners.iter().find(|x| x.port == l.port);
+        for s in &mut l.servers {
+            match live_l.and_then(|x| x.servers.iter().find(|y| y.server == s.server)) {
+                Some(y) => {
+                    s.state = y.state.clone();
+                    s.certificate = y.certificate.clone();
+                }
+                None => missing.push(format!("{} on port {}", s.server, l.port)),
+            }
+        }
+    }
+    missing
 }
 
 /// What a listener of `kind` does with a connection.
@@ -83,8 +139,27 @@ pub fn server_text(s: &GatewayServerDump) -> String {
     t
 }
 
-/// The `Gateway:` section of `describe pod`.
-pub fn render(g: &GatewayDump, o: &mut String) {
+/// Without a certificate from the gateway: what the Secret of the server's `credentialName`
+/// says, in `tls`'s words.
+fn secret_text(s: &GatewayServerDump, tls: &TlsSource) -> Option<String> {
+    if tls.live || s.certificate.is_some() {
+        return None;
+    }
+    let name = s.credential_name.as_ref()?;
+    Some(match tls.secrets.get(name) {
+        Some(Some(true)) => {
+            format!("Secret {name} exists: the certificate it serves is the gateway's to say")
+        }
+        Some(Some(false)) => format!(
+            "no Secret {name} in the gateway's namespace: this server is down until it exists"
+        ),
+        _ => format!("Secret {name} not readable: whether it is loaded is not known"),
+    })
+}
+
+/// The `Gateway:` section of `describe pod`; `tls`: where the servers' states and certificates
+/// come from (`None`: not asked).
+pub fn render(g: &GatewayDump, tls: Option<&TlsSource>, o: &mut String) {
     let _ = writeln!(o, "Gateway (remora-proxy gateway):");
     if g.gateways.is_empty() {
         let _ = writeln!(
@@ -93,6 +168,9 @@ pub fn render(g: &GatewayDump, o: &mut String) {
         );
     } else {
         let _ = writeln!(o, "  selected by: {}", g.gateways.join(", "));
+    }
+    if let Some(t) = tls {
+        let _ = writeln!(o, "  servers and certificates: {}", t.note);
     }
     for l in &g.listeners {
         let _ = writeln!(
@@ -104,6 +182,9 @@ pub fn render(g: &GatewayDump, o: &mut String) {
         );
         for s in &l.servers {
             let _ = writeln!(o, "    {}", server_text(s));
+            if let Some(t) = tls.and_then(|t| secret_text(s, t)) {
+                let _ = writeln!(o, "      {t}");
+            }
         }
     }
     if !g.gateways.is_empty() {
@@ -176,7 +257,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["pages"]);
         let mut text = String::new();
-        render(&g, &mut text);
+        render(&g, None, &mut text);
         for line in [
             "  selected by: bookinfo/web\n",
             "  port 9443 (Gateway port 443): TLS terminated (the SNI picks the server), then HTTP\n",
@@ -186,6 +267,77 @@ mod tests {
             "    Gateway bookinfo/web spec.servers[2] TLS [*.local] tls AUTO_PASSTHROUGH\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn describe_shows_the_certificates_the_gateway_serves_or_what_its_secrets_say() {
+        let snap = snapshot(RULES);
+        let gw = pod("metadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec:\n  containers:\n  - name: istio-proxy\n    args: [gateway]\n    env: [{name: REMORA_GATEWAY_PORT_MAP, value: '80=8080,443=9443'}]\n");
+        let labels = BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]);
+        let planned = of(&gw, &labels, &snap).expect("a gateway");
+        assert_eq!(credential_names(&planned), ["shop-cert"]);
+        // The gateway's own dump: the HTTPS server with its certificate; the plain server
+        // down (as a live dump may say), and one server of other rules.
+        let mut live = planned.clone();
+        for l in &mut live.listeners {
+            for s in &mut l.servers {
+                if s.credential_name.is_some() {
+                    s.certificate = Some(remora_model::dump::ServedCertificateDump {
+                        subject: "CN=shop.example.com".into(),
+                        dns_names: vec!["shop.example.com".into(), "www.shop.example.com".into()],
+                        serial: "0a1b".into(),
+                        not_after: 1_796_601_600,
+                    });
+                }
+            }
+        }
+        live.listeners[2].servers[0].state = "down".into();
+        live.listeners.remove(0);
+        let mut g = planned.clone();
+        let missing = take_live(&mut g, &live);
+        assert_eq!(
+            missing,
+            ["Gateway bookinfo/web spec.servers[0] on port 8080"]
+        );
+        let tls = TlsSource {
+            live: true,
+            note: "as the gateway serves them".into(),
+            secrets: BTreeMap::new(),
+        };
+        let mut text = String::new();
+        render(&g, Some(&tls), &mut text);
+        for line in [
+            "  servers and certificates: as the gateway serves them\n",
+            // The same words as `proxy-config listeners` (`server_text`).
+            "    Gateway bookinfo/web spec.servers[1] HTTPS [shop.example.com] tls SIMPLE credentialName shop-cert certificate CN=shop.example.com [shop.example.com,www.shop.example.com] serial 0a1b expires 2026-12-07T00:00:00Z\n",
+            "    Gateway bookinfo/web spec.servers[2] TLS [*.local] tls AUTO_PASSTHROUGH (DOWN)\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("      "),
+            "no Secret line with the live dump: {text}"
+        );
+
+        // Without the live dump: whether the Secret exists, in three cases.
+        for (found, want) in [
+            (Some(true), "      Secret shop-cert exists: the certificate it serves is the gateway's to say\n"),
+            (Some(false), "      no Secret shop-cert in the gateway's namespace: this server is down until it exists\n"),
+            (None, "      Secret shop-cert not readable: whether it is loaded is not known\n"),
+        ] {
+            let tls = TlsSource {
+                live: false,
+                note: "planned from the rules".into(),
+                secrets: BTreeMap::from([("shop-cert".to_string(), found)]),
+            };
+            let mut text = String::new();
+            render(&planned, Some(&tls), &mut text);
+            let at = text
+                .find("credentialName shop-cert\n")
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(text[at..].contains(want), "{want:?} in\n{text}");
+            assert!(!text.contains("certificate CN="), "{text}");
         }
     }
 
@@ -200,7 +352,7 @@ mod tests {
         let g = of(&gw, &labels, &snap).expect("runs the gateway");
         assert!(g.gateways.is_empty() && g.listeners.is_empty());
         let mut text = String::new();
-        render(&g, &mut text);
+        render(&g, None, &mut text);
         assert!(
             text.contains("no Gateway in the rules selects this pod's labels"),
             "{text}"

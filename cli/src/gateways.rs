@@ -74,7 +74,7 @@ pub async fn findings(
     }
     let wanted = gateway::secrets_to_look_up(&gateways, &cx.pod_namespaces);
     for (ns, name) in wanted.into_iter().take(MAX_SECRET_LOOKUPS) {
-        let path = format!("/api/v1/namespaces/{ns}/secrets/{name}");
+        let path = paths::secret(&ns, &name);
         let found = match cluster.get_opt(&path).await {
             Ok(s) => Some(s.is_some()),
             Err(e) if e.code() == Some(403) => {

@@ -436,6 +436,9 @@ pub mod paths {
             _ => base,
         }
     }
+    pub fn secret(ns: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{ns}/secrets/{name}")
+    }
     pub fn config_map(ns: &str, name: &str) -> String {
         format!("/api/v1/namespaces/{ns}/configmaps/{name}")
     }

@@ -248,6 +248,13 @@ pub enum Cmd {
         config_map: Option<String>,
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
+        /// A gateway pod's admin port (its servers' certificates, from its /config_dump),
+        /// reached through a port-forward (pods/portforward).
+        #[arg(long, default_value_t = 15020, value_parser = clap::value_parser!(u16).range(1..))]
+        admin_port: u16,
+        /// Seconds to wait for a gateway pod's proxy.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
     },
 }
 
@@ -644,6 +651,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             target,
             config_map,
             cluster_domain,
+            admin_port,
+            timeout,
         } => {
             let target = target::parse(
                 target,
@@ -660,6 +669,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config_map.as_deref(),
                 cluster_domain,
                 &args.root_namespace,
+                describe::AdminAccess {
+                    port: *admin_port,
+                    timeout: Duration::from_secs(*timeout),
+                },
             )
             .await?;
             match args.output {
@@ -780,7 +793,7 @@ async fn pod_config_dump(
         .await
         .with_context(|| format!("reading pod {ns}/{name}"))?
         .ok_or_else(|| anyhow!("pod {name:?} not found in namespace {ns}"))?;
-    if !check::has_proxy(&pod) {
+    if !check::runs_proxy(&pod) {
         bail!(
             "pod {ns}/{name} is not meshed: it has no remora-proxy container (inject it: label namespace {ns} istio-injection=enabled and re-create the pod; remora check-inject pod {name} -n {ns} says why it was not injected)"
         );

@@ -120,7 +120,7 @@ pub fn split_namespace(
 
 /// Whether the pod runs and has the proxy.
 pub fn running_meshed(p: &Pod) -> bool {
-    running(p) && check::has_proxy(p)
+    running(p) && check::runs_proxy(p)
 }
 
 fn running(p: &Pod) -> bool {

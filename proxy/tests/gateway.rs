@@ -1303,29 +1303,34 @@ spec:
     assert_eq!(r.status, 503, "{}", r.body_text());
 }
 
-/// A Gateway `edge` (HTTP on port 80, every host) and a VirtualService sending everything to
-/// the echo backend `app` at `backend`.
-fn http_edge(backend: SocketAddr) -> String {
-    "apiVersion: networking.istio.io/v1
+/// A Gateway `edge` (HTTP on port 80, every host) and the VirtualService `app` bound to it with
+/// these `http` routes (YAML at the list's indentation), then `---`.
+fn edge_with_routes(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {name: edge, namespace: testns}
+metadata: {{name: edge, namespace: testns}}
 spec:
-  selector: {istio: ingressgateway}
+  selector: {{istio: ingressgateway}}
   servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+  - port: {{number: 80, name: http, protocol: HTTP}}
     hosts: ['*']
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: app, namespace: testns}
+metadata: {{name: app, namespace: testns}}
 spec:
   hosts: ['*']
   gateways: [edge]
   http:
-  - route: [{destination: {host: app, port: {number: 9080}}}]
----
+{http}---
 "
-    .to_string()
+    )
+}
+
+/// [`edge_with_routes`] sending everything to the echo backend `app` at `backend`.
+fn http_edge(backend: SocketAddr) -> String {
+    edge_with_routes("  - route: [{destination: {host: app, port: {number: 9080}}}]\n")
         + &endpoint("app", 9080, backend)
 }
 
@@ -1877,4 +1882,233 @@ spec:
         });
         assert_eq!((status, path.as_str()), (200, "/h2c"), "port {port}");
     }
+}
+
+/// A plain HTTP/1.1 backend that counts its requests by path and answers each with the status
+/// `answer(path, n)` gives for the path's `n`th request (from 1), `x-server` its name and the
+/// name as the body.
+struct Counted {
+    addr: SocketAddr,
+    hits: Arc<Mutex<std::collections::BTreeMap<String, u32>>>,
+}
+
+impl Counted {
+    /// Requests whose path starts with `prefix`.
+    fn hits(&self, prefix: &str) -> u32 {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+async fn spawn_counted(name: &'static str, answer: fn(&str, u32) -> u16) -> Counted {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_string();
+                    let n = {
+                        let mut m = seen.lock().unwrap();
+                        let n = m.entry(path.clone()).or_insert(0u32);
+                        *n += 1;
+                        *n
+                    };
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        hyper::Response::builder()
+                            .status(answer(&path, n))
+                            .header("x-server", name)
+                            .body(Full::new(bytes::Bytes::from(name)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    Counted { addr, hits }
+}
+
+/// Waits (bounded) until `f` holds.
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_S);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The traffic policies of the sidecar at the gateway, from the same request steps: `retries`
+/// (an upstream failing the first three tries of a path with 503: 200 at the fourth, which
+/// Istio's default of two retries would not reach; `attempts: 0` leaves one try), `mirror`
+/// with `mirrorPercentage` (the shadow gets a copy of each request), the local `RateLimit` of
+/// one route (429 `RL` once its bucket of 3 is empty, the other routes to the same host not
+/// limited), and a DestinationRule's `ROUND_ROBIN` alternating over two endpoints until
+/// `outlierDetection` ejects the one failing with 500.
+#[test]
+fn sidecar_traffic_policies_at_the_gateway() {
+    let rt = rt();
+    let flaky = rt.block_on(spawn_counted(
+        "flaky",
+        |_, n| if n <= 3 { 503 } else { 200 },
+    ));
+    let app = rt.block_on(spawn_counted("app", |_, _| 200));
+    let shadow = rt.block_on(spawn_counted("shadow", |_, _| 200));
+    let good = rt.block_on(spawn_counted("good", |_, _| 200));
+    let bad = rt.block_on(spawn_counted("bad", |_, _| 500));
+    let pool = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: pool, namespace: testns}}
+spec:
+  hosts: [pool.testns.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool, namespace: testns}}
+spec:
+  host: pool
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+",
+        good.addr.port(),
+        bad.addr.port()
+    );
+    let rules = RulesDir::new(&[
+        (
+            "edge.yaml",
+            &(edge_with_routes(
+                "  - name: retried
+    match: [{uri: {prefix: /retry}}]
+    retries: {attempts: 3, retryOn: '503'}
+    route: [{destination: {host: flaky, port: {number: 9080}}}]
+  - name: once
+    match: [{uri: {prefix: /once}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: flaky, port: {number: 9080}}}]
+  - name: mirrored
+    match: [{uri: {prefix: /mirror}}]
+    route: [{destination: {host: app, port: {number: 9080}}}]
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 100}
+  - name: limited
+    match: [{uri: {prefix: /limited}}]
+    route: [{destination: {host: app, port: {number: 9080}}}]
+  - name: pool
+    match: [{uri: {prefix: /pool}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: pool, port: {number: 9080}}}]
+",
+            ) + "apiVersion: remora.dev/v1alpha1
+kind: RateLimit
+metadata: {name: limited, namespace: testns}
+spec: {host: app, route: limited, requestsPerUnit: 1, unit: MINUTE, burst: 3}
+"),
+        ),
+        (
+            "backends.yaml",
+            &[
+                endpoint("flaky", 9080, flaky.addr),
+                endpoint("app", 9080, app.addr),
+                endpoint("shadow", 9080, shadow.addr),
+                pool,
+            ]
+            .join("---\n"),
+        ),
+    ]);
+    let http_port = free_ports(1)[0];
+    let (gw, _pod) = start_gateway(rules.path(), &format!("80={http_port}"), &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+
+    // retries: three 503s, then the fourth try answers.
+    let r = http_get(addr, "/retry/a", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.stderr_text());
+    assert_eq!(flaky.hits("/retry/a"), 4, "1 try + 3 retries");
+    // attempts: 0: one try, its 503 is the answer.
+    let r = http_get(addr, "/once/a", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(flaky.hits("/once/a"), 1, "no retry");
+
+    // mirror: each request's copy reaches the shadow; the caller's answer is the app's.
+    for i in 0..5 {
+        let r = http_request(addr, "POST", &format!("/mirror/{i}"), &[], b"copy me").unwrap();
+        assert_eq!((r.status, r.header("x-server")), (200, Some("app")));
+    }
+    wait_until("5 mirror copies at the shadow", || {
+        shadow.hits("/mirror/") == 5
+    });
+    assert_eq!(app.hits("/mirror/"), 5);
+
+    // The route's bucket of 3 (1 a minute): the 4th is refused here, not at the app.
+    for i in 0..3 {
+        let r = http_get(addr, &format!("/limited/{i}"), &[]).unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_text());
+        assert_eq!(r.header("x-ratelimit-limit"), Some("3"), "{:?}", r.headers);
+    }
+    let r = http_get(addr, "/limited/3", &[]).unwrap();
+    assert_eq!(r.status, 429, "{}", r.body_text());
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("0"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(app.hits("/limited/"), 3);
+    let line = gw.wait_log(|v| v["path"] == "/limited/3");
+    assert_eq!(line["response_flags"], "RL", "{line}");
+    // Another route to the same host is not limited.
+    assert_eq!(http_get(addr, "/mirror/x", &[]).unwrap().status, 200);
+
+    // ROUND_ROBIN: 6 requests alternate, 3 each; the third 500 ejects the bad endpoint.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(http_get(addr, &format!("/pool/{i}"), &[]).unwrap().status);
+    }
+    assert_eq!(
+        (good.hits("/pool/"), bad.hits("/pool/")),
+        (3, 3),
+        "{statuses:?}"
+    );
+    // Ejected for 60 s: every request now goes to the good endpoint.
+    for i in 6..16 {
+        let r = http_get(addr, &format!("/pool/{i}"), &[]).unwrap();
+        assert_eq!(
+            (r.status, r.header("x-server")),
+            (200, Some("good")),
+            "request {i} after the ejection"
+        );
+    }
+    assert_eq!(
+        bad.hits("/pool/"),
+        3,
+        "the ejected endpoint got nothing more"
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metric_value(
+            &metrics,
+            "remora_outlier_ejections_total",
+            &["pool.testns.svc.cluster.local", "consecutive 5xx"]
+        ) >= 1.0,
+        "{metrics}"
+    );
 }

@@ -658,3 +658,215 @@ async fn describe_errors_are_one_line() {
         r.all()
     );
 }
+
+const GATEWAY_POD: &str = "istio-ingressgateway-6c8d9f7b5-x2k4p";
+
+/// Ours, modelled on Istio's bookinfo-gateway.yaml with an HTTPS server: the ingress gateway's
+/// Gateway (HTTP on 80, HTTPS on 443 with the Secret `bookinfo-cert`), the VirtualService bound
+/// to it, and a namespace-wide STRICT PeerAuthentication, which sidecars enforce and a gateway
+/// does not.
+const GATEWAY_RULES: &str = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: SIMPLE, credentialName: bookinfo-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - route: [{destination: {host: productpage.bookinfo.svc.cluster.local, port: {number: 9080}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"#;
+
+/// The ingress gateway's pod as `manifests/gateway.yaml` makes it: container `istio-proxy`
+/// running `remora-proxy gateway`, Gateway ports 80 and 443 on 8080 and 8443.
+fn gateway_pod() -> Value {
+    let mut p = pod(
+        "istio-system",
+        GATEWAY_POD,
+        json!({"app": "istio-ingressgateway", "istio": "ingressgateway", "pod-template-hash": "6c8d9f7b5"}),
+        Some(("ReplicaSet", "istio-ingressgateway-6c8d9f7b5")),
+        false,
+    );
+    p["spec"]["containers"] = json!([{
+        "name": "istio-proxy",
+        "image": "ghcr.io/remora-mesh/remora-proxy:0.1.0",
+        "args": ["gateway"],
+        "env": [{"name": "REMORA_GATEWAY_PORT_MAP", "value": "80=8080,443=8443"}],
+        "ports": [{"containerPort": 8080, "protocol": "TCP"}, {"containerPort": 8443, "protocol": "TCP"}],
+    }]);
+    p
+}
+
+/// The gateway's `/config_dump`: the dump a real proxy wrote (the proxy-config fixture's),
+/// with the gateway section the model's own `gateway::dump` makes of these rules, the HTTPS
+/// server showing its certificate.
+fn gateway_config_dump() -> Value {
+    use remora_model::dump::{ConfigDump, ServedCertificateDump};
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("tests/fixtures/kube-api/cli/proxy-config.json"))
+            .expect("the proxy-config fixture"),
+    )
+    .expect("JSON");
+    let body = fixture["exchanges"]
+        .as_array()
+        .expect("exchanges")
+        .iter()
+        .find_map(|x| {
+            x["port_forward"]["http"]["/config_dump"]["body"]
+                .as_object()
+                .cloned()
+        })
+        .expect("a recorded /config_dump");
+    let mut dump: ConfigDump = serde_json::from_value(Value::Object(body)).expect("a ConfigDump");
+    let ctx = remora_model::rules::LoadContext {
+        namespace: "istio-system".into(),
+        cluster_domain: "cluster.local".into(),
+        pod_labels: Default::default(),
+        root_namespace: "remora-system".into(),
+    };
+    let snap = remora_model::rules::snapshot_from_yaml(&[("rules.yaml", GATEWAY_RULES)], &ctx, 1)
+        .expect("rules load");
+    let labels = [("istio".to_string(), "ingressgateway".to_string())].into();
+    let ports = remora_model::gateway::PortMap::parse("80=8080,443=8443").expect("port map");
+    let plan = remora_model::gateway::plan(&snap.gateways, &labels, &ports);
+    dump.gateway = Some(remora_model::gateway::dump(
+        &plan,
+        &snap.gateway_virtual_services,
+        |_, _| false,
+        |port, _| {
+            (port == 8443).then(|| ServedCertificateDump {
+                subject: "CN=bookinfo.example.com, O=Bookinfo".into(),
+                dns_names: vec!["bookinfo.example.com".into()],
+                serial: "5c1e0f27a9".into(),
+                not_after: 1_798_675_200,
+            })
+        },
+    ));
+    serde_json::to_value(dump).expect("serializes")
+}
+
+/// `describe` of a gateway pod: its servers with the certificate each serves, from the
+/// gateway's own `/config_dump` through a port-forward, in `proxy-config listeners`' words
+/// (which now reads a gateway pod too); when the gateway cannot be asked, whether each
+/// `credentialName` Secret exists. No PeerAuthentication mode is shown as applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_gateway_pod_shows_its_certificates() {
+    let api = api().await;
+    let get = |path: &str, body: Value| api.on("GET", path, Reply::json(200, body));
+    get(
+        &format!("/api/v1/namespaces/istio-system/pods/{GATEWAY_POD}"),
+        gateway_pod(),
+    );
+    get(
+        "/api/v1/namespaces/istio-system/services",
+        list("ServiceList", vec![]),
+    );
+    get(
+        "/api/v1/namespaces/istio-system/configmaps/remora-mesh-rules",
+        config_map(
+            "istio-system",
+            "remora-mesh-rules",
+            None,
+            json!({"gateway.yaml": GATEWAY_RULES}),
+        ),
+    );
+    get(
+        &format!("/api/v1/namespaces/istio-system/configmaps?{LABELLED}"),
+        list("ConfigMapList", vec![]),
+    );
+    api.on_port_forward(
+        "istio-system",
+        GATEWAY_POD,
+        15020,
+        remora_e2e::apiserver::PodPort::Http(
+            [("/config_dump".to_string(), (200, gateway_config_dump()))].into(),
+        ),
+    );
+    let cert = "certificate CN=bookinfo.example.com, O=Bookinfo [bookinfo.example.com] serial 5c1e0f27a9 expires 2026-12-31T00:00:00Z";
+    let r = run(
+        &api,
+        &["describe", "pod", GATEWAY_POD, "-n", "istio-system"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    has(&r, "Gateway (remora-proxy gateway):\n  selected by: istio-system/bookinfo-gateway\n  servers and certificates: as the gateway serves them (its /config_dump, rules generation 1)\n");
+    has(&r, &format!("  port 8443 (Gateway port 443): TLS terminated (the SNI picks the server), then HTTP\n    Gateway istio-system/bookinfo-gateway spec.servers[1] HTTPS [bookinfo.example.com] tls SIMPLE credentialName bookinfo-cert {cert}\n"));
+    has(
+        &r,
+        "    Gateway istio-system/bookinfo-gateway spec.servers[0] HTTP [*]\n",
+    );
+    has(&r, "  mTLS mode: none: PeerAuthentication does not apply to a gateway: its TLS comes from its Gateway servers");
+    has(&r, "  not applied: PeerAuthentication istio-system/default (mode STRICT): namespace-wide (namespace istio-system, no selector), but a gateway takes no PeerAuthentication\n");
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+    // The same certificate line as proxy-config listeners prints, from the same dump.
+    let r2 = run(
+        &api,
+        &[
+            "proxy-config",
+            "listeners",
+            &format!("{GATEWAY_POD}.istio-system"),
+        ],
+    )
+    .await;
+    assert_eq!(r2.code, 0, "{}", r2.all());
+    assert!(r2.stdout.contains(cert), "{}", r2.all());
+    // JSON: the certificate in the gateway section, and where it came from.
+    let r3 = run(
+        &api,
+        &["describe", GATEWAY_POD, "-n", "istio-system", "-o", "json"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&r3.stdout).expect("JSON output");
+    assert_eq!(v["gateway_tls"]["live"], true, "{v:#}");
+    assert_eq!(
+        v["gateway"]["listeners"][1]["servers"][0]["certificate"]["serial"],
+        "5c1e0f27a9"
+    );
+
+    // The gateway cannot be asked (another admin port the kubelet cannot reach): the Secret
+    // is looked up by name; it is missing, so the server is down until it exists.
+    api.on_port_forward(
+        "istio-system",
+        GATEWAY_POD,
+        15999,
+        remora_e2e::apiserver::PodPort::Refused("error forwarding port 15999 to pod 7a1d, uid : failed to connect to localhost:15999 inside namespace \"7a1d\", IPv4: dial tcp4 127.0.0.1:15999: connect: connection refused".into()),
+    );
+    api.on(
+        "GET",
+        "/api/v1/namespaces/istio-system/secrets/bookinfo-cert",
+        not_found("secrets", "bookinfo-cert"),
+    );
+    let r = run(
+        &api,
+        &[
+            "describe",
+            "pod",
+            GATEWAY_POD,
+            "-n",
+            "istio-system",
+            "--admin-port",
+            "15999",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    has(&r, "  servers and certificates: planned from the rules; states and certificates not known (cannot read its /config_dump through a port-forward to its admin port 15999: ");
+    has(&r, "    Gateway istio-system/bookinfo-gateway spec.servers[1] HTTPS [bookinfo.example.com] tls SIMPLE credentialName bookinfo-cert\n      no Secret bookinfo-cert in the gateway's namespace: this server is down until it exists\n");
+    assert!(!r.stdout.contains("certificate CN="), "{}", r.all());
+    assert!(unmatched(&api).is_empty(), "{:?}", unmatched(&api));
+}
