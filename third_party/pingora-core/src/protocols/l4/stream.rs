@@ -140,7 +140,8 @@ impl AsRawFd for RawStream {
         match self {
             RawStream::Tcp(s) => s.as_raw_fd(),
             RawStream::Unix(s) => s.as_raw_fd(),
-            RawStream::Virtual(_) => -1, // Virtual stream does not have a real fd
+            // The OS socket under the virtual one, or -1 (`VirtualSocketStream::with_raw_fd`)
+            RawStream::Virtual(s) => s.raw_fd,
         }
     }
 }

@@ -27,11 +27,32 @@ pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt
 #[derive(Debug)]
 pub struct VirtualSocketStream {
     pub(crate) socket: Box<dyn VirtualSocket>,
+    /// The descriptor of the OS socket carrying this virtual socket's bytes, if any (see
+    /// [`VirtualSocketStream::with_raw_fd`]); -1 when there is none.
+    #[cfg(unix)]
+    pub(crate) raw_fd: std::os::unix::io::RawFd,
 }
 
 impl VirtualSocketStream {
+    /// A virtual socket with no OS socket under it: its stream's id (and raw fd) is -1, so
+    /// such connections are never handed out again from a connection pool.
     pub fn new(socket: Box<dyn VirtualSocket>) -> Self {
-        Self { socket }
+        Self {
+            socket,
+            #[cfg(unix)]
+            raw_fd: -1,
+        }
+    }
+
+    /// A virtual socket whose bytes travel over the OS socket `raw_fd` (e.g. a TLS stream of
+    /// the caller's own over a TCP connection). The [`Stream`](super::stream::Stream) made
+    /// from it reports `raw_fd` as its raw fd and unique id, so the connection can be pooled
+    /// and checked like a TCP one, and its socket digest (addresses, TCP info) describes that
+    /// socket. Pingora never reads or writes `raw_fd` itself (bytes go through `socket`); the
+    /// caller guarantees it stays open for as long as `socket` lives, i.e. `socket` owns it.
+    #[cfg(unix)]
+    pub fn with_raw_fd(socket: Box<dyn VirtualSocket>, raw_fd: std::os::unix::io::RawFd) -> Self {
+        Self { socket, raw_fd }
     }
 
     #[inline]
@@ -157,5 +178,29 @@ mod tests {
 
         stream.write_all(content).await.unwrap();
         assert_eq!(write_buf.lock().unwrap().as_slice(), content);
+    }
+
+    /// A virtual socket over an OS socket has that socket's fd as its id; one without has -1.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_stream_virtual_raw_fd() {
+        use crate::protocols::UniqueID;
+        use std::os::unix::io::AsRawFd;
+
+        let socket = || {
+            Box::new(StaticVirtualSocket {
+                content: vec![],
+                read_pos: 0,
+                write_buf: Arc::new(Mutex::new(Vec::new())),
+            })
+        };
+        let (under, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = under.as_raw_fd();
+        let stream = Stream::from(VirtualSocketStream::with_raw_fd(socket(), fd));
+        assert_eq!(stream.id(), fd);
+        assert_eq!(stream.as_raw_fd(), fd);
+
+        let stream = Stream::from(VirtualSocketStream::new(socket()));
+        assert_eq!(stream.id(), -1);
     }
 }
