@@ -273,6 +273,29 @@ pub(crate) trait ConnFdReusable {
     fn check_fd_match<V: AsRawFd>(&self, fd: V) -> bool;
 }
 
+/// Whether a connection that was made to `recorded` (the peer address kept in its socket digest
+/// when it was connected) may serve a peer whose address is `addr`. The same rule as
+/// [`ConnFdReusable::check_fd_match`] (including "0.0.0.0 matches any"), without asking the
+/// kernel: a pooled connection's reuse check then costs no getpeername(2). A connection that
+/// has closed meanwhile is caught by the pool's other checks (a read of end-of-file or an
+/// error on the idle stream, the closed flag of an HTTP/2 connection), not by this one.
+pub(crate) fn recorded_addr_matches(addr: &SocketAddr, recorded: &SocketAddr) -> bool {
+    if let SocketAddr::Inet(inet) = addr {
+        const ZERO: IpAddr = IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0));
+        if inet.ip() == ZERO {
+            // As in `check_fd_match`: 0.0.0.0 is no real destination, skip the comparison.
+            return true;
+        }
+    }
+    if addr == recorded {
+        debug!("connection to: {addr} is reusable");
+        true
+    } else {
+        error!("Crit: connection mismatch: addr: {addr}, recorded peer: {recorded}");
+        false
+    }
+}
+
 #[cfg(windows)]
 pub(crate) trait ConnSockReusable {
     fn check_sock_match<V: AsRawSocket>(&self, sock: V) -> bool;
@@ -397,6 +420,51 @@ impl ConnSockReusable for InetSocketAddr {
                 debug!("Idle connection is broken: {e:?}");
                 false
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod recorded_addr_tests {
+    use super::l4::socket::SocketAddr;
+    use super::recorded_addr_matches;
+
+    #[test]
+    fn recorded_addr_table() {
+        let inet = |s: &str| SocketAddr::Inet(s.parse().unwrap());
+        let cases = [
+            ("10.0.0.1:80", "10.0.0.1:80", true),
+            ("10.0.0.1:80", "10.0.0.2:80", false),
+            ("10.0.0.1:80", "10.0.0.1:81", false),
+            ("[::1]:80", "[::1]:80", true),
+            ("[::1]:80", "127.0.0.1:80", false),
+            // 0.0.0.0 is no destination: like check_fd_match, any connection matches it.
+            ("0.0.0.0:80", "10.0.0.1:80", true),
+        ];
+        for (addr, recorded, want) in cases {
+            assert_eq!(
+                recorded_addr_matches(&inet(addr), &inet(recorded)),
+                want,
+                "{addr} vs {recorded}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            let uds = |p: &str| {
+                SocketAddr::Unix(std::os::unix::net::SocketAddr::from_pathname(p).unwrap())
+            };
+            assert!(recorded_addr_matches(
+                &uds("/tmp/a.sock"),
+                &uds("/tmp/a.sock")
+            ));
+            assert!(!recorded_addr_matches(
+                &uds("/tmp/a.sock"),
+                &uds("/tmp/b.sock")
+            ));
+            assert!(!recorded_addr_matches(
+                &uds("/tmp/a.sock"),
+                &inet("10.0.0.1:80")
+            ));
         }
     }
 }

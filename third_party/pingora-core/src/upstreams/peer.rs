@@ -261,6 +261,30 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Whether a pooled connection may serve this peer, from what was recorded when it was
+    /// made: `id` is its unique id (its fd) and `digest` its socket digest. When the digest
+    /// holds the peer address the connection was made to (Pingora's connector records it at
+    /// connect) and no proxy is involved, that address is compared with this peer's (the rule of
+    /// [`Peer::matches_fd`]), asking nothing of the kernel; otherwise this is
+    /// [`Peer::matches_fd`] on `id` (a getpeername(2)). Peers that override `matches_fd` with
+    /// other rules should override this too.
+    #[cfg(unix)]
+    fn matches_connection(
+        &self,
+        id: crate::protocols::UniqueIDType,
+        digest: Option<&crate::protocols::SocketDigest>,
+    ) -> bool {
+        let recorded = digest
+            .and_then(|d| d.peer_addr.get())
+            .and_then(|a| a.as_ref());
+        match recorded {
+            Some(recorded) if self.get_proxy().is_none() => {
+                crate::protocols::recorded_addr_matches(self.address(), recorded)
+            }
+            _ => self.matches_fd(id),
+        }
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -916,5 +940,29 @@ mod tests {
         assert!(!policy.strip_connection_nominated);
         assert!(!policy.reject_malformed_connection_nominations);
         assert_eq!(policy.h1_upgrade, H1UpgradePolicy::Preserve);
+    }
+
+    /// A pooled connection is matched against the peer address recorded when it was made:
+    /// no descriptor is looked at (here -1, on which getpeername(2) would fail).
+    #[cfg(unix)]
+    #[test]
+    fn matches_connection_uses_the_recorded_peer_address() {
+        use crate::protocols::SocketDigest;
+        let recorded = |addr: &str| {
+            let d = SocketDigest::from_raw_fd(-1);
+            d.peer_addr
+                .set(Some(SocketAddr::Inet(addr.parse().unwrap())))
+                .unwrap();
+            d
+        };
+        let peer = HttpPeer::new("10.0.0.1:80", false, String::new());
+        assert!(peer.matches_connection(-1, Some(&recorded("10.0.0.1:80"))));
+        assert!(!peer.matches_connection(-1, Some(&recorded("10.0.0.2:80"))));
+        // Nothing recorded: the descriptor is asked, and -1 is no connection.
+        assert!(!peer.matches_connection(-1, Some(&SocketDigest::from_raw_fd(-1))));
+        assert!(!peer.matches_connection(-1, None));
+        // 0.0.0.0 matches any connection, as with matches_fd.
+        let any = HttpPeer::new("0.0.0.0:80", false, String::new());
+        assert!(any.matches_connection(-1, Some(&recorded("10.0.0.2:80"))));
     }
 }

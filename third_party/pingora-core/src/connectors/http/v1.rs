@@ -192,6 +192,14 @@ ZZ\r\n",
             fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
                 false
             }
+
+            fn matches_connection(
+                &self,
+                _id: crate::protocols::UniqueIDType,
+                _digest: Option<&crate::protocols::SocketDigest>,
+            ) -> bool {
+                false
+            }
         }
 
         let connector = Connector::new(None);

@@ -421,7 +421,7 @@ impl Connector {
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
             #[cfg(unix)]
-            if !peer.matches_fd(conn.id()) {
+            if !peer.matches_connection(conn.id(), conn.digest().socket_digest.as_deref()) {
                 return Ok(None);
             }
             #[cfg(windows)]
@@ -931,6 +931,14 @@ mod tests {
             }
 
             fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
+                false
+            }
+
+            fn matches_connection(
+                &self,
+                _id: crate::protocols::UniqueIDType,
+                _digest: Option<&crate::protocols::SocketDigest>,
+            ) -> bool {
                 false
             }
         }
