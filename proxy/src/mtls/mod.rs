@@ -13,12 +13,6 @@ pub mod outbound;
 pub mod pooled;
 pub mod socket;
 
-/// The name `pooled` had while outbound connections went through a socket-pair relay; the
-/// request path (`http::peer`) still names the mesh peer's address through it.
-pub mod relay {
-    pub use super::pooled::peer_addr;
-}
-
 use remora_model::policy::traffic::TlsKind;
 
 /// The label Istio's injector puts on pods with a sidecar; clients originate mTLS to them.
