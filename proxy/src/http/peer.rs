@@ -41,10 +41,10 @@ pub(super) fn build(
         (_, Some(m)) => {
             // Mesh mTLS: remora's own handshake (Istio ALPN, SPIFFE check) under a plain
             // Pingora peer whose address is a stand-in so that Pingora pools the connections
-            // (`mtls::relay`); the pool group names the endpoint and keeps these apart from
+            // (`mtls::pooled`); the pool group names the endpoint and keeps these apart from
             // plain connections.
             let mut p = HttpPeer::new(
-                crate::mtls::relay::peer_addr(addr.port()),
+                crate::mtls::pooled::peer_addr(addr.port()),
                 false,
                 String::new(),
             );

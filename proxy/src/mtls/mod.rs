@@ -3,14 +3,14 @@
 //! - `decide` (here, pure): does a connection to an upstream go as mesh mTLS?
 //! - `expect`: who its server must be (the destination's service accounts), pure.
 //! - `outbound`: originate it (Pingora's custom connect for HTTP, a direct call for TCP).
-//! - `relay`: an outbound mTLS connection handed to Pingora so that Pingora pools it.
+//! - `pooled`: an outbound mTLS connection handed to Pingora so that Pingora pools it.
 //! - `inbound`: terminate it on the capture listener, and remember the client's identity.
 //! - `socket`: a terminated inbound TLS stream handed to Pingora as a plain stream.
 
 pub mod expect;
 pub mod inbound;
 pub mod outbound;
-pub mod relay;
+pub mod pooled;
 pub mod socket;
 
 use remora_model::policy::traffic::TlsKind;

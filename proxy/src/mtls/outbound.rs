@@ -1,9 +1,11 @@
 //! Outbound mutual TLS between sidecars: connect, hand the server the workload certificate
 //! with Istio's ALPN values, verify the server's chain against the mesh roots and its SPIFFE
 //! id against the destination (trust domain, the Service's namespace when the host is a
-//! cluster Service, and the service accounts discovery knows of its endpoints: `expect`). For HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4
-//! connect whose stream Pingora gets through `relay`), so Pingora pools these connections like
-//! plain-text ones, in pool groups of their own; opaque TCP uses `handshake` directly.
+//! cluster Service, and the service accounts discovery knows of its endpoints: `expect`). For
+//! HTTP the connector plugs into Pingora (`MeshConnect`, a custom L4 connect whose TLS stream
+//! Pingora gets as a virtual socket over the TCP connection, `pooled`), so Pingora pools these
+//! connections like plain-text ones, in pool groups of their own; opaque TCP uses `handshake`
+//! directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::{Error, ErrorType, OrErr, Result};
+use pingora::{Error, ErrorType, Result};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -150,7 +152,7 @@ pub struct MeshConnect {
     pub material: Option<Arc<Material>>,
     pub what: Carried,
     pub expect: Expect,
-    /// The endpoint. The peer's own address is `relay::peer_addr`'s stand-in.
+    /// The endpoint. The peer's own address is `pooled::peer_addr`'s stand-in.
     pub addr: SocketAddr,
     pub timeout: Duration,
     /// Where a failed handshake is counted (`remora_mtls_failures_total`).
@@ -212,9 +214,7 @@ impl pingora::connectors::L4Connect for MeshConnect {
     /// `_peer_addr` is the stand-in address of mesh peers; the endpoint is `self.addr`.
     async fn connect(&self, _peer_addr: &PSocketAddr) -> Result<L4Stream> {
         match self.connect_tls().await {
-            Ok(tls) => super::relay::into_stream(tls).or_err_with(ErrorType::ConnectError, || {
-                format!("mesh mTLS to {}: no socket pair", self.addr)
-            }),
+            Ok(tls) => Ok(super::pooled::into_stream(tls)),
             Err(e) => {
                 self.metrics
                     .mtls_failures

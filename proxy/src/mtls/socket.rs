@@ -2,9 +2,9 @@
 //! socket" carries the decrypted bytes, so the HTTP proxy, the head limits and the sniffer work
 //! on it unchanged, while the socket digest (original destination, addresses) still comes from
 //! the TCP socket underneath. The socket also holds the inbound peer-table entry, so a
-//! connection's peer identity is forgotten when the connection closes. (A virtual socket has no
-//! file descriptor, which Pingora needs only to pool upstream connections: outbound mTLS goes
-//! through `relay` instead.)
+//! connection's peer identity is forgotten when the connection closes. (These virtual sockets
+//! carry no file descriptor, which Pingora needs only to pool upstream connections; outbound
+//! mTLS streams carry theirs: `pooled`.)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

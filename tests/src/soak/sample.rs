@@ -20,8 +20,8 @@ pub struct Sample {
     pub rss_kb: u64,
     /// All open fds.
     pub fds: u64,
-    /// Open fds that are not an established TCP connection nor a connected Unix stream socket
-    /// (the socket pairs that carry pooled mTLS connections between sidecars): listeners,
+    /// Open fds that are not an established TCP connection nor a connected Unix stream socket:
+    /// listeners,
     /// files, pipes, epoll, and any socket whose connection ended but was never closed — what a
     /// leak grows. The total also follows the number of live connections, which moves with the
     /// load (and, with mTLS, with each certificate renewal, whose new connections pool apart).

@@ -1,73 +1,151 @@
-//! An outbound mesh mTLS connection handed to Pingora through a Unix socket pair, so that
-//! Pingora pools it (HTTP/1.1 keep-alive and HTTP/2 alike) the way it pools plain-text ones.
+//! An outbound mesh mTLS connection as a Pingora stream that Pingora pools (HTTP/1.1 keep-alive
+//! and HTTP/2 alike) the way it pools plain-text ones.
 //!
-//! Why a socket pair: Pingora 0.9 hands out a pooled connection (or an HTTP/2 connection) again
-//! only after `Peer::matches_fd` accepted the stream's id, which is its file descriptor: it
-//! asks getpeername(2) for it and compares the answer with the peer's address. The TLS stream
-//! is remora's own (Istio's handshake, below), and a stream that is not Pingora's TCP or Unix
-//! socket can only be given to Pingora as a "virtual socket", whose id is always -1: such
-//! connections were never reused, and every request paid a new connection and a (resumed) TLS
-//! handshake on both sidecars. Pingora's own TLS connector cannot make Istio's handshake: it
-//! offers at most one custom ALPN value (Istio's client offers several, and a custom value
-//! switches Pingora to its custom-protocol connector), has no hook to check the server's SPIFFE
-//! id, and builds a new rustls configuration (so no session cache) per connection with a client
-//! certificate. Changing Pingora's virtual socket would mean carrying a patched copy of
-//! pingora-core.
+//! The TLS stream is remora's own (Istio's handshake, `outbound`): Pingora's TLS connector cannot
+//! make it (it offers at most one custom ALPN value where Istio's client offers several, has no
+//! hook to check the server's SPIFFE id, and builds a new rustls configuration, so no session
+//! cache, per connection with a client certificate). So Pingora gets it as a "virtual socket".
+//! Pingora hands a pooled (or HTTP/2) connection out again only if its id passes the pool's
+//! peer check, and upstream Pingora 0.9 gives every virtual socket the id -1, which never passes:
+//! such connections were never reused. remora's patched pingora-core
+//! (`third_party/pingora-core/REMORA.md`) lets a virtual socket carry the descriptor of the TCP
+//! connection under it (`VirtualSocketStream::with_raw_fd`): that is the stream's id, its socket
+//! digest describes that TCP connection, and the pool checks a connection against the peer
+//! address recorded when it was made (no getpeername(2)). Bytes go straight between Pingora and
+//! the TLS stream; nothing else reads or writes the descriptor.
 //!
-//! So Pingora gets one end of a socket pair, a real descriptor, and a task copies between the
-//! other end and the TLS stream. getpeername on a socket pair answers a Unix address, which
-//! equals no IP address; but Pingora accepts any live socket for a peer whose address is
-//! `0.0.0.0` without comparing (it does not take 0.0.0.0 for a real destination). Mesh peers are
-//! therefore built with the address `0.0.0.0:<port>` ([`peer_addr`]) and carry the endpoint in
-//! their `MeshConnect`, whose pool group also names the endpoint, the expected identity, the
-//! protocol and the client certificate; plain-text peers use the endpoint's own address and
-//! never share a group with them. Pingora's other check of a pooled connection is unchanged: a
-//! connection that reads end-of-file or unexpected bytes is not handed out. The 0.0.0.0 case is
-//! Pingora's behaviour, not its documented interface: should an upgrade change it, connections
-//! would silently stop being reused (never be shared wrongly), which the tests below and
-//! `tests/tests/kube_ca.rs` (connections per request at the server sidecar) report.
+//! Pool groups: mesh peers are built with the address `0.0.0.0:<port>` ([`peer_addr`]), which
+//! the pool's address check accepts for any connection (Pingora's rule: 0.0.0.0 is no real
+//! destination), and carry the endpoint in their `MeshConnect`, whose pool group (`group_key`)
+//! names the endpoint, the expected identity, the protocol and the client certificate; plain
+//! peers use the endpoint's own address and never share a group with them. Pingora's other
+//! checks of a pooled connection are unchanged: one that reads end-of-file, an error or
+//! unexpected bytes is not handed out (the tests below and `tests/tests/kube_ca.rs`, which counts
+//! connections per request at the server sidecar, report it if reuse stops).
 //!
-//! Hot path (hand-written, why): every byte between sidecars crosses the pair once more. The
-//! copy is tokio's `copy_bidirectional` (8 KiB buffers each way, the write side flushed whenever
-//! the read side has nothing more for now), one task per connection; it costs two more system
-//! calls per chunk each way, two more descriptors and 16 KiB per open connection — against a
-//! TCP connection and a TLS handshake on both sidecars per request without pooling.
+//! Socket options: Pingora's no-delay and keep-alive settings (a DestinationRule's
+//! `tcpKeepalive`) are applied to the TCP connection under the TLS.
 //!
-//! Closing: when Pingora closes its end (not reusable, idle timeout, evicted), the copy sends
-//! the server `close_notify` and closes the TCP write side, then ends when the server closes
-//! its side in turn (sidecars do on `close_notify`), or at once if the server sends anything
-//! more (nobody reads it). When the server closes, Pingora's end reads end-of-file, which drops
-//! an idle connection from Pingora's pool. A TLS error ends the copy and closes both.
+//! Closing: when Pingora shuts a connection down, the TLS stream sends the server `close_notify`
+//! and closes the TCP write side; when Pingora drops one without that (idle timeout, evicted,
+//! not reusable), `close_notify` is written without waiting if the socket takes it at once
+//! (an idle connection's send buffer is empty), then the TCP connection closes. When the server
+//! closes, Pingora's read of the idle connection sees it, which drops it from the pool.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::io::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-/// The address of a mesh peer for `port`: `0.0.0.0`, which Pingora's reuse check accepts for a
-/// socket pair (the port only shows in Pingora's messages).
+/// The address of a mesh peer for `port`: `0.0.0.0`, which the pool's address check accepts for
+/// any connection (the port only shows in Pingora's messages).
 pub fn peer_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
 }
 
-/// Give `tls` to Pingora: the returned stream is one end of a socket pair, and a task copies
-/// between the other end and `tls` until either side is done.
-pub fn into_stream<S>(tls: S) -> std::io::Result<L4Stream>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (pingora_end, relay_end) = UnixStream::pair()?;
-    tokio::spawn(copy(tls, relay_end));
-    Ok(L4Stream::from(pingora_end))
+/// Give `tls` to Pingora as a virtual socket over its TCP connection's descriptor.
+pub fn into_stream(tls: TlsStream<TcpStream>) -> L4Stream {
+    let fd = tls.get_ref().0.as_raw_fd();
+    L4Stream::from(VirtualSocketStream::with_raw_fd(
+        Box::new(MeshSocket { tls }),
+        fd,
+    ))
 }
 
-async fn copy<S>(mut tls: S, mut pair: UnixStream)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Err(e) = tokio::io::copy_bidirectional(&mut pair, &mut tls).await {
-        tracing::debug!("mesh mTLS connection ended: {e}");
+/// A client mTLS stream as Pingora's virtual socket.
+struct MeshSocket {
+    tls: TlsStream<TcpStream>,
+}
+
+impl std::fmt::Debug for MeshSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSocket")
+            .field("tcp", self.tls.get_ref().0)
+            .finish()
+    }
+}
+
+impl AsyncRead for MeshSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+}
+
+impl VirtualSocket for MeshSocket {
+    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
+        let tcp = self.tls.get_ref().0;
+        match opt {
+            VirtualSockOpt::NoDelay => tcp.set_nodelay(true),
+            VirtualSockOpt::KeepAlive(ka) => {
+                pingora::protocols::l4::ext::set_tcp_keepalive(tcp, &ka)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }
+            // Options a later Pingora may add: nothing to do for them here.
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes only what the socket takes without waiting.
+struct NoWait<'a>(&'a TcpStream);
+
+impl std::io::Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MeshSocket {
+    fn drop(&mut self) {
+        // close_notify, unless sent already (a shutdown) or the connection failed; best effort,
+        // never waiting: a drop cannot.
+        let (tcp, conn) = self.tls.get_mut();
+        conn.send_close_notify();
+        while conn.wants_write() {
+            match conn.write_tls(&mut NoWait(tcp)) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 }
 
@@ -99,7 +177,7 @@ mod tests {
             let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             p.distinguished_name = rcgen::DistinguishedName::new();
             p.distinguished_name
-                .push(rcgen::DnType::CommonName, "relay test mesh root");
+                .push(rcgen::DnType::CommonName, "pooled test mesh root");
             p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             p.key_usages = vec![
                 rcgen::KeyUsagePurpose::KeyCertSign,
@@ -256,8 +334,17 @@ mod tests {
             let (mut s, reused) = connector.get_stream(&p).await.unwrap();
             reuses += usize::from(reused);
             assert!(
-                p.matches_fd(s.id()),
-                "use {i}: the stream has a descriptor Pingora accepts"
+                p.matches_connection(s.id(), s.get_socket_digest().as_deref()),
+                "use {i}: the stream passes the pool's peer check"
+            );
+            // The stream's id is the TCP connection to the server itself (no relay between).
+            let to: nix::sys::socket::SockaddrStorage = nix::sys::socket::getpeername(s.id())
+                .unwrap_or_else(|e| panic!("use {i}: id {} is no socket: {e}", s.id()));
+            assert_eq!(
+                to.as_sockaddr_in()
+                    .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a))),
+                Some(addr),
+                "use {i}"
             );
             ping(&mut s, &format!("use {i}")).await;
             connector.release_stream(s, p.reuse_hash(), idle);
@@ -342,5 +429,34 @@ mod tests {
         assert!(!reused, "a closed connection was handed out again");
         ping(&mut s, "twice").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Pingora's socket options reach the TCP connection under the TLS: a DestinationRule's
+    /// `tcpKeepalive` turns on keep-alive probes with its timings.
+    #[tokio::test]
+    #[allow(unsafe_code)] // borrowing the stream's descriptor for getsockopt(2)
+    async fn keepalive_settings_reach_the_tcp_connection() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        use std::os::fd::BorrowedFd;
+        let pki = Pki::new();
+        let (addr, _seen, _closed) = echo_server(&pki.material(SERVER_ID)).await;
+        let client = identity(pki.material(CLIENT_ID));
+        let connector = TransportConnector::new(None);
+        let mut p = peer(&client, addr);
+        p.options.tcp_keepalive = Some(pingora::protocols::TcpKeepalive {
+            idle: Duration::from_secs(61),
+            interval: Duration::from_secs(7),
+            count: 4,
+            user_timeout: Duration::ZERO,
+        });
+        let (mut s, _) = connector.get_stream(&p).await.unwrap();
+        ping(&mut s, "probe").await;
+        // SAFETY: the descriptor belongs to `s`, alive for the whole borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(s.id()) };
+        assert!(getsockopt(&fd, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepIdle).unwrap(), 61);
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepInterval).unwrap(), 7);
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepCount).unwrap(), 4);
+        assert!(getsockopt(&fd, sockopt::TcpNoDelay).unwrap());
     }
 }
