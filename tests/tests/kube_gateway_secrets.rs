@@ -92,6 +92,42 @@ impl Gateway {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// `remora-proxy gateway` in namespace NS with the gateway's pod labels, the rules in
+    /// `dir/rules`, admin/health/metrics on `ports[0..3]`, the API at `api_url`, discovery off,
+    /// plus `extra` arguments; its log in `dir/gateway.log`.
+    fn start(dir: &std::path::Path, ports: &[u16], api_url: &str, extra: &[String]) -> Gateway {
+        let rules = dir.join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        let labels = dir.join("labels");
+        std::fs::write(&labels, "istio=\"ingressgateway\"\n").unwrap();
+        let log = dir.join("gateway.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(default_bin_dir().join("remora-proxy"));
+        cmd.args([
+            "gateway".to_string(),
+            format!("--admin-addr=127.0.0.1:{}", ports[0]),
+            format!("--health-addr=127.0.0.1:{}", ports[1]),
+            format!("--prometheus-addr=127.0.0.1:{}", ports[2]),
+            format!("--rules-dir={}", rules.display()),
+            format!("--pod-labels-file={}", labels.display()),
+            format!("--namespace={NS}"),
+            "--drain-seconds=1".into(),
+            format!("--kube-api={api_url}"),
+            "--discovery=off".into(),
+            "--gateway-address=127.0.0.1".into(),
+        ])
+        .args(extra)
+        .env_remove("REMORA_LOG_LEVEL")
+        .env_remove("REMORA_RULES_CONFIGMAP")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+        Gateway {
+            child: cmd.spawn().expect("remora-proxy gateway"),
+            log,
+        }
+    }
 }
 
 fn wait_until(what: &str, gw: &Gateway, mut f: impl FnMut() -> bool) {
@@ -156,37 +192,18 @@ spec:
 ",
     )
     .unwrap();
-    let labels = dir.path().join("labels");
-    std::fs::write(&labels, "istio=\"ingressgateway\"\n").unwrap();
     let p = free_ports(5);
-    let log = dir.path().join("gateway.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(default_bin_dir().join("remora-proxy"));
-    cmd.args([
-        "gateway".to_string(),
-        format!("--admin-addr=127.0.0.1:{}", p[0]),
-        format!("--health-addr=127.0.0.1:{}", p[1]),
-        format!("--prometheus-addr=127.0.0.1:{}", p[2]),
-        format!("--rules-dir={}", rules.display()),
-        format!("--pod-labels-file={}", labels.display()),
-        format!("--namespace={NS}"),
-        "--drain-seconds=1".into(),
-        format!("--kube-api={}", api.url()),
-        "--discovery=off".into(),
-        "--rules-configmap=off".into(),
-        "--gateway-address=127.0.0.1".into(),
-        format!("--gateway-port-map=80={},443={}", p[3], p[4]),
-        "--gateway-credentials-source=api".into(),
-        format!("--gateway-credentials-dir={}", creds.display()),
-    ])
-    .env_remove("REMORA_LOG_LEVEL")
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out);
-    let gw = Gateway {
-        child: cmd.spawn().expect("remora-proxy gateway"),
-        log,
-    };
+    let gw = Gateway::start(
+        dir.path(),
+        &p,
+        &api.url(),
+        &[
+            "--rules-configmap=off".into(),
+            format!("--gateway-port-map=80={},443={}", p[3], p[4]),
+            "--gateway-credentials-source=api".into(),
+            format!("--gateway-credentials-dir={}", creds.display()),
+        ],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], p[4]));
     let roots = format!("{web1}{web2}{late}");
 
@@ -407,37 +424,13 @@ fn gateway_rules_and_policies_come_through_the_api() {
         Reply::watch(vec![], true),
     );
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    let labels = dir.path().join("labels");
-    std::fs::write(&labels, "istio=\"ingressgateway\"\n").unwrap();
     let p = free_ports(4);
-    let log = dir.path().join("gateway.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(default_bin_dir().join("remora-proxy"));
-    cmd.args([
-        "gateway".to_string(),
-        format!("--admin-addr=127.0.0.1:{}", p[0]),
-        format!("--health-addr=127.0.0.1:{}", p[1]),
-        format!("--prometheus-addr=127.0.0.1:{}", p[2]),
-        format!("--rules-dir={}", rules.display()),
-        format!("--pod-labels-file={}", labels.display()),
-        format!("--namespace={NS}"),
-        "--drain-seconds=1".into(),
-        format!("--kube-api={}", api.url()),
-        "--discovery=off".into(),
-        "--gateway-address=127.0.0.1".into(),
-        format!("--gateway-port-map=80={}", p[3]),
-    ])
-    .env_remove("REMORA_LOG_LEVEL")
-    .env_remove("REMORA_RULES_CONFIGMAP")
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out);
-    let gw = Gateway {
-        child: cmd.spawn().expect("remora-proxy gateway"),
-        log,
-    };
+    let gw = Gateway::start(
+        dir.path(),
+        &p,
+        &api.url(),
+        &[format!("--gateway-port-map=80={}", p[3])],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], p[3]));
     wait_until("the API's rules served", &gw, || {
         status(addr, "/page") == 200
