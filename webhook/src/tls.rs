@@ -210,14 +210,16 @@ impl CertResolver {
     }
 }
 
-/// Watches `dir` (non-recursively) and sends `()` on any event. `None` when watching fails
-/// (the caller's poll still catches changes).
+/// Watches `dir` (non-recursively) and sends `()` on every change in it (reads are not
+/// changes). `None` when watching fails (the caller's poll still catches changes).
 pub fn watch_dir(
     dir: &Path,
     tx: tokio::sync::mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reading the files (each reload does) is an `Access` event, not a change: reacting to
+        // it would reload again and again.
+        if res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
             let _ = tx.try_send(());
         }
     })
@@ -233,6 +235,28 @@ pub fn watch_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading the certificate files (as every reload does) is not a change; writing one is.
+    #[tokio::test]
+    async fn reads_of_a_watched_directory_are_not_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tls.crt");
+        std::fs::write(&f, "x").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let _w = watch_dir(dir.path(), tx).expect("inotify");
+        for _ in 0..3 {
+            std::fs::read(&f).unwrap();
+            let _ = std::fs::read_dir(dir.path()).unwrap().count();
+        }
+        let woke = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(woke.is_err(), "a read woke the watcher");
+        std::fs::write(&f, "y").unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(woke, Ok(Some(()))),
+            "a write did not wake the watcher"
+        );
+    }
 
     fn cert(from: (i32, u8, u8), until: (i32, u8, u8)) -> CertificateDer<'static> {
         let mut p =

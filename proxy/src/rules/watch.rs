@@ -300,7 +300,8 @@ pub fn spawn_watcher_with(
     })
 }
 
-/// Start watching `dir`; the first failure is logged (later retries stay quiet until one works).
+/// Start watching `dir` for changes (not reads); the first failure is logged (later retries stay
+/// quiet until one works).
 fn start_notify(
     dir: &Path,
     tx: tokio::sync::mpsc::Sender<()>,
@@ -314,7 +315,9 @@ fn start_notify(
         }
     };
     let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reading the files (each reload does) is an `Access` event: reacting to it would
+        // reload again and again, dozens of times a second.
+        if res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
             let _ = tx.try_send(());
         }
     }) {
@@ -386,6 +389,28 @@ pub fn note_applied(snap: &crate::rules::Snapshot, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading the directory (as every reload does) is not a change; writing a file is.
+    #[tokio::test]
+    async fn reads_of_the_directory_do_not_wake_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("rules.yaml");
+        std::fs::write(&f, "a: 1\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let mut warned = false;
+        let _w = start_notify(dir.path(), tx, &mut warned).expect("inotify");
+        for _ in 0..3 {
+            load::read_inputs(dir.path()).unwrap();
+        }
+        let woke = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(woke.is_err(), "a read woke the watcher");
+        std::fs::write(&f, "a: 2\n").unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(woke, Ok(Some(()))),
+            "a write did not wake the watcher"
+        );
+    }
 
     #[test]
     fn files_written_in_place_are_loaded_only_once_they_stop_changing() {
