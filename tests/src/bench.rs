@@ -4,6 +4,16 @@
 //! remora inbound hop, through the remora ingress gateway (`manifests/gateway.yaml`, plain and
 //! terminating TLS) to the plain server, and through the remora sidecar pair. Prints a Markdown
 //! table.
+//!
+//! Every figure is the median of `--runs` runs (default 3) with its spread (lowest–highest);
+//! the runs go round the paths in turn, so that a change in the machine's load spreads over all
+//! paths alike. Per proxy path and run, during the fixed-rate load: CPU time (utime + stime of
+//! the proxies' process groups, from /proc), context switches (voluntary + involuntary, summed
+//! over every thread of those processes, from /proc/PID/task/*/status), each divided by the
+//! requests answered and by the number of proxies on the path. System calls per request are
+//! counted in a separate fixed-rate window of up to 5 s after the saturation load (`perf stat -e
+//! raw_syscalls:sys_enter` attached to the proxies' processes; the tracepoint slows every system
+//! call, so it must not overlap the other windows; "–" without perf).
 
 use crate::lab::{Lab, LabOptions};
 use crate::table;
@@ -39,7 +49,31 @@ pub struct BenchArgs {
     /// Also write the Markdown report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Runs per path; each figure is their median, shown with the spread.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
+    /// Only these paths (comma-separated keys: direct, nginx, haproxy, inbound, nginx-tls,
+    /// haproxy-tls, gateway, gateway-tls, pair); all by default. `direct` is always measured
+    /// (the added p99 and the saturation ratio are relative to it).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<String>,
+    /// The perf binary used to count system calls (`perf stat -e raw_syscalls:sys_enter`).
+    #[arg(long, default_value = "perf")]
+    pub perf: PathBuf,
 }
+
+/// The paths' keys for `--paths`, in the report's order.
+pub const PATH_KEYS: [&str; 9] = [
+    "direct",
+    "nginx",
+    "haproxy",
+    "inbound",
+    "nginx-tls",
+    "haproxy-tls",
+    "gateway",
+    "gateway-tls",
+    "pair",
+];
 
 /// One load result.
 #[derive(Debug, Clone, Default)]
@@ -147,17 +181,12 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// CPU seconds (user+system) and RSS bytes of every process in a process group.
-pub fn group_usage(pgid: u32) -> (f64, u64) {
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let mut cpu = 0.0;
-    let mut rss = 0u64;
+/// Pids of every process in a process group.
+pub fn group_pids(pgid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (0.0, 0);
+        return Vec::new();
     };
+    let mut pids = Vec::new();
     for e in dir.flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -166,12 +195,40 @@ pub fn group_usage(pgid: u32) -> (f64, u64) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ... utime(14) stime(15).
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        // Fields after the parenthesised command: state(3) ppid(4) pgrp(5) ...
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
             continue;
         };
+        if rest
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(pgid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// CPU seconds (user+system) and RSS bytes of every process in a process group.
+pub fn group_usage(pgid: u32) -> (f64, u64) {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut cpu = 0.0;
+    let mut rss = 0u64;
+    for pid in group_pids(pgid) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+            continue;
+        };
+        // utime(14) and stime(15) in proc(5), counted from the state field (3).
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() < 13 || f[2].parse::<u32>().ok() != Some(pgid) {
+        if f.len() < 13 {
             continue;
         }
         let ut: f64 = f[11].parse().unwrap_or(0.0);
@@ -184,7 +241,84 @@ pub fn group_usage(pgid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// Context switches (voluntary + involuntary) of every thread of every process in the groups.
+pub fn context_switches(groups: &[u32]) -> u64 {
+    let mut n = 0;
+    for pid in groups.iter().flat_map(|g| group_pids(*g)) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+                continue;
+            };
+            n += status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    n
+}
+
+/// `perf stat` counting the system calls of the groups' processes (all their threads) until
+/// [`SyscallCount::stop`]; `None` when perf cannot be started.
+struct SyscallCount {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl SyscallCount {
+    fn start(perf: &Path, groups: &[u32], out: PathBuf) -> Option<SyscallCount> {
+        let pids: Vec<String> = groups
+            .iter()
+            .flat_map(|g| group_pids(*g))
+            .map(|p| p.to_string())
+            .collect();
+        if pids.is_empty() {
+            return None;
+        }
+        let _ = std::fs::remove_file(&out);
+        let child = std::process::Command::new(perf)
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-o"])
+            .arg(&out)
+            .args(["-p", &pids.join(",")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf attaches before it counts; give it a moment so the window is covered.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(SyscallCount { child, out })
+    }
+
+    /// Stops perf (SIGINT, as a user would) and returns the count.
+    fn stop(mut self) -> Option<f64> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        parse_perf_count(
+            &std::fs::read_to_string(&self.out).ok()?,
+            "raw_syscalls:sys_enter",
+        )
+    }
+}
+
+/// The count of `event` in `perf stat -x ,` output (`value,unit,event,...`).
+pub fn parse_perf_count(out: &str, event: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        (f.len() >= 3 && f[2] == event).then(|| f[0].trim().parse::<f64>().ok())?
+    })
+}
+
 struct Path4 {
+    key: &'static str,
     name: &'static str,
     client: &'static str,
     url: &'static str,
@@ -192,13 +326,18 @@ struct Path4 {
     proxies: Vec<(&'static str, &'static str)>,
 }
 
-struct Row {
-    name: &'static str,
-    fixed: Load,
-    sat: Load,
-    cpu_per_k: Option<f64>,
-    rss_idle: Option<u64>,
-    rss_load: Option<u64>,
+/// One run of one path.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub fixed: Load,
+    pub sat: Load,
+    /// Per proxy: CPU µs, context switches and system calls per request of the fixed load.
+    pub cpu_us: Option<f64>,
+    pub switches: Option<f64>,
+    pub syscalls: Option<f64>,
+    /// Per proxy, bytes.
+    pub rss_idle: Option<u64>,
+    pub rss_load: Option<u64>,
 }
 
 /// The host of the TLS rows' certificate (self-signed; the load generator does not verify it,
@@ -418,54 +557,63 @@ pub fn run(opts: LabOptions, args: BenchArgs) -> Result<()> {
     }
     let paths = vec![
         Path4 {
+            key: "direct",
             name: "direct (no proxy)",
             client: "client-plain",
             url: "http://direct:8080/",
             proxies: vec![],
         },
         Path4 {
+            key: "nginx",
             name: "nginx, one hop",
             client: "client-plain",
             url: "http://nginx:8081/",
             proxies: vec![("server-plain", "nginx")],
         },
         Path4 {
+            key: "haproxy",
             name: "HAProxy, one hop",
             client: "client-plain",
             url: "http://haproxy:8082/",
             proxies: vec![("server-plain", "haproxy")],
         },
         Path4 {
+            key: "inbound",
             name: "remora inbound, one hop",
             client: "client-plain",
             url: "http://server.mesh:8080/",
             proxies: vec![("server-mesh", "remora-proxy")],
         },
         Path4 {
+            key: "nginx-tls",
             name: "nginx, TLS termination",
             client: "client-plain",
             url: "https://nginx-tls:8443/",
             proxies: vec![("server-plain", "nginx")],
         },
         Path4 {
+            key: "haproxy-tls",
             name: "HAProxy, TLS termination",
             client: "client-plain",
             url: "https://haproxy-tls:8444/",
             proxies: vec![("server-plain", "haproxy")],
         },
         Path4 {
+            key: "gateway",
             name: "remora gateway, HTTP",
             client: "client-plain",
             url: "http://istio-ingressgateway.istio-system/",
             proxies: vec![("istio-system/istio-ingressgateway", "istio-proxy")],
         },
         Path4 {
+            key: "gateway-tls",
             name: "remora gateway, TLS termination",
             client: "client-plain",
             url: "https://istio-ingressgateway.istio-system/",
             proxies: vec![("istio-system/istio-ingressgateway", "istio-proxy")],
         },
         Path4 {
+            key: "pair",
             name: "remora sidecar pair",
             client: "client-mesh",
             url: "http://server:8080/",
@@ -475,71 +623,33 @@ pub fn run(opts: LabOptions, args: BenchArgs) -> Result<()> {
             ],
         },
     ];
-    let mut rows: Vec<Row> = Vec::new();
-    for p in &paths {
-        if cancel.load(Ordering::Relaxed) {
-            bail!("interrupted");
+    let paths: Vec<Path4> = paths
+        .into_iter()
+        .filter(|p| {
+            p.key == "direct" || args.paths.is_empty() || args.paths.iter().any(|k| k == p.key)
+        })
+        .collect();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); paths.len()];
+    let mut loads: Vec<(String, String)> = Vec::new();
+    for run in 1..=args.runs {
+        let before = loadavg();
+        for (i, p) in paths.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            eprintln!("bench: run {run}/{}: {} ...", args.runs, p.name);
+            let s =
+                measure(&lab, &args, p, &dir).with_context(|| format!("run {run}, {}", p.name))?;
+            samples[i].push(s);
         }
-        eprintln!("bench: {} ...", p.name);
-        let groups = proxy_groups(&lab, &p.proxies)?;
-        // Warm-up (connections, pools), not measured.
-        oha(
-            &lab,
-            &args,
-            p.client,
-            p.url,
-            Some(args.rate),
-            args.connections,
-            2,
-        )?;
-        let (_, rss_idle) = usage(&groups);
-        let (cpu0, _) = usage(&groups);
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, stop, groups) = (peak.clone(), stop.clone(), groups.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let (_, rss) = usage(&groups);
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            })
-        };
-        let fixed = oha(
-            &lab,
-            &args,
-            p.client,
-            p.url,
-            Some(args.rate),
-            args.connections,
-            args.duration,
-        );
-        let (cpu1, _) = usage(&groups);
-        let sat = oha(
-            &lab,
-            &args,
-            p.client,
-            p.url,
-            None,
-            args.saturation_connections,
-            args.duration,
-        );
-        stop.store(true, Ordering::Relaxed);
-        let _ = sampler.join();
-        let (fixed, sat) = (fixed?, sat?);
-        let n = groups.len();
-        rows.push(Row {
-            name: p.name,
-            cpu_per_k: (n > 0 && fixed.requests > 0.0)
-                .then(|| (cpu1 - cpu0) / fixed.requests * 1000.0 / n as f64),
-            rss_idle: (n > 0).then(|| rss_idle / n as u64),
-            rss_load: (n > 0).then(|| peak.load(Ordering::Relaxed) / n as u64),
-            fixed,
-            sat,
-        });
+        loads.push((before, loadavg()));
     }
-    let report = render(&args, &rows);
+    let rows: Vec<(&str, &[Sample])> = paths
+        .iter()
+        .zip(&samples)
+        .map(|(p, s)| (p.name, s.as_slice()))
+        .collect();
+    let report = render(&args, &rows, &loads);
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -547,45 +657,200 @@ pub fn run(opts: LabOptions, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn render(args: &BenchArgs, rows: &[Row]) -> String {
-    let direct = rows
+/// The machine's load average (1, 5, 15 minutes).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One run of one path: warm-up, the fixed-rate load (CPU, context switches and system calls
+/// counted around it), then the saturation load; RSS idle before and peak during the loads.
+fn measure(lab: &Lab, args: &BenchArgs, p: &Path4, dir: &Path) -> Result<Sample> {
+    let groups = proxy_groups(lab, &p.proxies)?;
+    // Warm-up (connections, pools), not measured.
+    oha(
+        lab,
+        args,
+        p.client,
+        p.url,
+        Some(args.rate),
+        args.connections,
+        2,
+    )?;
+    let (_, rss_idle) = usage(&groups);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, groups) = (peak.clone(), stop.clone(), groups.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (_, rss) = usage(&groups);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let (cpu0, _) = usage(&groups);
+    let cs0 = context_switches(&groups);
+    let fixed = oha(
+        lab,
+        args,
+        p.client,
+        p.url,
+        Some(args.rate),
+        args.connections,
+        args.duration,
+    );
+    let (cpu1, _) = usage(&groups);
+    let cs1 = context_switches(&groups);
+    let sat = oha(
+        lab,
+        args,
+        p.client,
+        p.url,
+        None,
+        args.saturation_connections,
+        args.duration,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let (fixed, sat) = (fixed?, sat?);
+    // System calls in a window of their own: the tracepoint perf counts with slows every system
+    // call of the counted processes, so it must not overlap the latency and CPU windows.
+    let syscalls = if groups.is_empty() {
+        None
+    } else {
+        let secs = args.duration.clamp(1, 5);
+        SyscallCount::start(&args.perf, &groups, dir.join("perf-stat.txt")).and_then(|c| {
+            let load = oha(
+                lab,
+                args,
+                p.client,
+                p.url,
+                Some(args.rate),
+                args.connections,
+                secs,
+            );
+            let n = c.stop();
+            Some((n?, load.ok()?.requests))
+        })
+    };
+    let n = groups.len() as f64;
+    let per_req = |v: f64| (n > 0.0 && fixed.requests > 0.0).then(|| v / fixed.requests / n);
+    Ok(Sample {
+        cpu_us: per_req((cpu1 - cpu0) * 1e6),
+        switches: per_req(cs1.saturating_sub(cs0) as f64),
+        syscalls: syscalls
+            .and_then(|(calls, reqs)| (reqs > 0.0).then(|| calls / reqs / groups.len() as f64)),
+        rss_idle: (n > 0.0).then(|| rss_idle / groups.len() as u64),
+        rss_load: (n > 0.0).then(|| peak.load(Ordering::Relaxed) / groups.len() as u64),
+        fixed,
+        sat,
+    })
+}
+
+/// Median and (lowest, highest) of some values; `None` when there are none.
+pub fn spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    };
+    Some((median, v[0], v[v.len() - 1]))
+}
+
+fn render(args: &BenchArgs, rows: &[(&str, &[Sample])], loads: &[(String, String)]) -> String {
+    // Per run, the direct path's p99 and saturation: the added p99 and the ratio of each run
+    // are against the same run's direct path.
+    let direct: Vec<(f64, f64)> = rows
         .first()
-        .map(|r| (r.fixed.p99_ms, r.sat.rps))
-        .unwrap_or((0.0, 1.0));
-    let mib = |b: Option<u64>| {
-        b.map(|b| format!("{:.1}", b as f64 / 1048576.0))
-            .unwrap_or_else(|| "–".into())
+        .map(|(_, s)| {
+            s.iter()
+                .map(|s| (s.fixed.p99_ms, s.sat.rps.max(1.0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fmt = |v: Vec<f64>, prec: usize, sign: bool, with_spread: bool| match spread(v) {
+        None => "–".to_string(),
+        Some((m, lo, hi)) => {
+            let f = |x: f64| {
+                if sign {
+                    format!("{x:+.prec$}")
+                } else {
+                    format!("{x:.prec$}")
+                }
+            };
+            if with_spread && lo != hi {
+                format!("{} ({}…{})", f(m), f(lo), f(hi))
+            } else {
+                f(m)
+            }
+        }
+    };
+    let mib = |v: Vec<Option<u64>>| {
+        let v: Vec<f64> = v
+            .into_iter()
+            .flatten()
+            .map(|b| b as f64 / 1048576.0)
+            .collect();
+        fmt(v, 1, false, false)
     };
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, (name, s))| {
+            let col = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
+                s.iter().filter_map(f).collect()
+            };
+            let proxied = s.iter().any(|s| s.rss_idle.is_some());
+            let by_run = |f: &dyn Fn(&Sample, (f64, f64)) -> f64| -> Vec<f64> {
+                s.iter().zip(&direct).map(|(s, d)| f(s, *d)).collect()
+            };
             vec![
-                r.name.to_string(),
-                format!("{:.3}", r.fixed.p50_ms),
-                format!("{:.3}", r.fixed.p90_ms),
-                format!("{:.3}", r.fixed.p99_ms),
-                if r.rss_idle.is_some() {
-                    format!("{:+.3}", r.fixed.p99_ms - direct.0)
+                name.to_string(),
+                fmt(col(&|s| Some(s.fixed.p50_ms)), 3, false, false),
+                fmt(col(&|s| Some(s.fixed.p90_ms)), 3, false, false),
+                fmt(col(&|s| Some(s.fixed.p99_ms)), 3, false, true),
+                if proxied && i > 0 {
+                    fmt(by_run(&|s, d| s.fixed.p99_ms - d.0), 3, true, true)
                 } else {
                     "–".into()
                 },
-                format!("{:.0}", r.sat.rps),
-                format!("{:.2}", r.sat.rps / direct.1.max(1.0)),
-                r.cpu_per_k
-                    .map(|c| format!("{c:.4}"))
-                    .unwrap_or_else(|| "–".into()),
-                mib(r.rss_idle),
-                mib(r.rss_load),
+                fmt(col(&|s| Some(s.sat.rps)), 0, false, true),
+                fmt(by_run(&|s, d| s.sat.rps / d.1), 2, false, false),
+                fmt(col(&|s| s.cpu_us), 1, false, true),
+                fmt(col(&|s| s.syscalls), 2, false, true),
+                fmt(col(&|s| s.switches), 2, false, true),
+                format!(
+                    "{} / {}",
+                    mib(s.iter().map(|s| s.rss_idle).collect()),
+                    mib(s.iter().map(|s| s.rss_load).collect())
+                ),
                 // `+ 0.0` turns an empty sum (-0.0) into 0.
-                format!("{:.0}", r.fixed.errors + r.sat.errors + 0.0),
+                format!(
+                    "{:.0}",
+                    s.iter().map(|s| s.fixed.errors + s.sat.errors).sum::<f64>() + 0.0
+                ),
             ]
         })
         .collect();
     let mut out = format!(
         "Fixed load: {} req/s, {} connections, {} s, latency corrected for coordinated omission (oha \
          `--latency-correction`); saturation: {} connections, {} s; responses {} B; {} worker threads per \
-         proxy. Client pod → server pod on the lab bridge. CPU and RSS are per proxy process (group).\n\n",
-        args.rate, args.connections, args.duration, args.saturation_connections, args.duration, args.body_bytes, args.workers
+         proxy. Client pod → server pod on the lab bridge. Each figure is the median of {} runs, with the \
+         lowest and highest in brackets where they differ; the added p99 and the ratio to direct are per \
+         run against the same run's direct path. CPU µs, system calls and context switches are per \
+         request and per proxy (the pair's are the mean of its two proxies), counted over the fixed load; \
+         RSS is per proxy process (group), idle before the loads / highest during them; errors are the \
+         sum over all runs.\n\n",
+        args.rate, args.connections, args.duration, args.saturation_connections, args.duration, args.body_bytes, args.workers, args.runs
     );
     out.push_str(&table::markdown(
         &[
@@ -596,13 +861,24 @@ fn render(args: &BenchArgs, rows: &[Row]) -> String {
             "added p99 ms",
             "saturation req/s",
             "vs direct",
-            "CPU-s / 1k req",
-            "RSS idle MiB",
-            "RSS load MiB",
+            "CPU µs / req",
+            "syscalls / req",
+            "ctx switches / req",
+            "RSS idle / load MiB",
             "errors",
         ],
         &body,
     ));
+    out.push_str("\nLoad average (1, 5, 15 min) at the start → end of each run: ");
+    out.push_str(
+        &loads
+            .iter()
+            .enumerate()
+            .map(|(i, (a, b))| format!("run {}: {a} → {b}", i + 1))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    out.push_str(".\n");
     out
 }
 
@@ -622,6 +898,41 @@ mod tests {
         assert_eq!(l.requests, 29990.0);
         assert_eq!(l.errors, 5.0);
         assert!(parse_oha("{}").is_err());
+    }
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(spread(vec![3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(vec![4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(vec![f64::NAN]), None);
+        assert_eq!(spread(vec![]), None);
+    }
+
+    #[test]
+    fn perf_stat_csv_count_parses() {
+        let out = "# started on Tue Dec  8 01:20:00 2026\n\n123456,,raw_syscalls:sys_enter,2001234,100.00,,\n";
+        assert_eq!(
+            parse_perf_count(out, "raw_syscalls:sys_enter"),
+            Some(123456.0)
+        );
+        assert_eq!(
+            parse_perf_count(
+                "<not counted>,,raw_syscalls:sys_enter,0,0.00,,",
+                "raw_syscalls:sys_enter"
+            ),
+            None
+        );
+        assert_eq!(parse_perf_count(out, "context-switches"), None);
+    }
+
+    #[test]
+    fn context_switches_of_own_threads_grow() {
+        let pgid = nix::unistd::getpgid(None).unwrap().as_raw() as u32;
+        let a = context_switches(&[pgid]);
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(context_switches(&[pgid]) >= a + 5, "{a}");
     }
 
     #[test]
