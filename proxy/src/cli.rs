@@ -121,8 +121,14 @@ pub struct RunArgs {
     /// One work-stealing runtime per listener (`true`) or, per listener, one single-threaded
     /// runtime per worker thread with each connection kept on the thread that accepted it
     /// (`false`). The default is the cheaper one by measurement (docs/benchmarks.md).
-    #[arg(long, env = "REMORA_WORK_STEALING", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "REMORA_WORK_STEALING", default_value_t = false, action = clap::ArgAction::Set)]
     pub work_stealing: bool,
+    /// How idle upstream connections in the keep-alive pool are watched: `false` (default)
+    /// checks a connection when it is taken and closes timed-out or server-closed ones in one
+    /// sweep every 5 s; `true` is Pingora's own pool, a task per idle connection, woken on every
+    /// reuse (kept for measuring the two, docs/benchmarks.md).
+    #[arg(long, env = "REMORA_POOL_IDLE_WATCH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pool_idle_watch: bool,
     /// Graceful drain on SIGTERM, seconds.
     #[arg(long, env = "REMORA_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_seconds: u64,
@@ -698,7 +704,8 @@ mod tests {
         assert_eq!(r.health_addr.port(), 15021);
         assert_eq!(r.prometheus_addr.port(), 15090);
         assert_eq!(r.threads, 2);
-        assert!(r.work_stealing);
+        assert!(!r.work_stealing);
+        assert!(!r.pool_idle_watch);
         assert_eq!(r.jwks_refresh_interval, Duration::from_secs(1200));
         assert_eq!(r.jwks_ca_file, None);
         assert_eq!(parse_jwks_refresh("90s"), Ok(Duration::from_secs(90)));
@@ -708,11 +715,11 @@ mod tests {
         assert!(parse_jwks_refresh("soon").is_err());
         let e = Cli::try_parse_from(["remora-proxy", "run", "--threads", "0"]).unwrap_err();
         assert!(e.to_string().contains("--threads"), "{e}");
-        let cli = Cli::try_parse_from(["remora-proxy", "run", "--work-stealing", "false"]).unwrap();
+        let cli = Cli::try_parse_from(["remora-proxy", "run", "--work-stealing", "true"]).unwrap();
         let Command::Run(r) = cli.command else {
             panic!()
         };
-        assert!(!r.work_stealing);
+        assert!(r.work_stealing);
         let e = Cli::try_parse_from(["remora-proxy", "run", "--work-stealing", "no"]).unwrap_err();
         assert!(e.to_string().contains("--work-stealing"), "{e}");
     }

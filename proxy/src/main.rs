@@ -531,6 +531,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         namespace = %workload.namespace,
         threads = args.threads,
         work_stealing = args.work_stealing,
+        pool_idle_watch = args.pool_idle_watch,
         drain_seconds = args.drain_seconds,
         app_probes = probers.probes.len(),
         "remora-proxy starting"
@@ -631,6 +632,7 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
         grace_period_seconds: Some(args.drain_seconds),
         graceful_shutdown_timeout_seconds: Some(2),
         upstream_keepalive_pool_size: 128,
+        upstream_keepalive_idle_watch: args.pool_idle_watch,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

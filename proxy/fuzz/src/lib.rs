@@ -152,6 +152,7 @@ fn start() -> Harness {
         threads: 1,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_idle_watch: false,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod lazy_pool;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -110,6 +111,10 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Whether every idle connection in the keep-alive pool gets a task watching it (`true`,
+    /// the default), or the pool checks a connection when it is taken and one sweeper task
+    /// closes timed-out and server-closed ones (`false`: no task spawn and wake-up per reuse).
+    pub keepalive_idle_watch: bool,
 }
 
 impl ConnectorOptions {
@@ -147,6 +152,7 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            keepalive_idle_watch: server_conf.upstream_keepalive_idle_watch,
         }
     }
 
@@ -163,6 +169,7 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            keepalive_idle_watch: true,
         }
     }
 }
@@ -179,6 +186,8 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    /// The pool used instead of `connection_pool` when idle connections are not watched.
+    lazy_pool: Option<Arc<lazy_pool::LazyPool>>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +210,17 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let unexpected_data_conn_count = Arc::new(AtomicU64::new(0));
+        let lazy_pool = options
+            .as_ref()
+            .is_some_and(|o| !o.keepalive_idle_watch)
+            .then(|| {
+                Arc::new(lazy_pool::LazyPool::new(
+                    pool_size,
+                    unexpected_data_conn_count.clone(),
+                    keepalive_pool_callback.clone(),
+                ))
+            });
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -208,8 +228,9 @@ impl TransportConnector {
             bind_to_v4,
             bind_to_v6,
             preferred_http_version: PreferredHttpVersion::new(),
-            unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
+            unexpected_data_conn_count,
             keepalive_pool_callback,
+            lazy_pool,
         }
     }
 
@@ -249,6 +270,18 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        #[cfg(unix)]
+        if let Some(pool) = &self.lazy_pool {
+            let key = peer.reuse_hash();
+            while let Some(mut stream) = pool.take(key) {
+                if peer.matches_connection(stream.id(), stream.get_socket_digest().as_deref())
+                    && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                {
+                    return Some(stream);
+                }
+            }
+            return None;
+        }
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
@@ -317,6 +350,11 @@ impl TransportConnector {
         idle_timeout: Option<Duration>,
     ) {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+            return;
+        }
+        #[cfg(unix)]
+        if let Some(pool) = &self.lazy_pool {
+            pool.put(key, stream, idle_timeout);
             return;
         }
         let id = stream.id();
