@@ -1,7 +1,7 @@
 //! remora-proxy: the sidecar. Capture listeners, config model and loader, routing, telemetry.
 
-// No unsafe code, but for one call into the C library that has no safe wrapper (malloc_trim in
-// `discovery::kube`), allowed there alone.
+// No unsafe code, but for two calls into the C library that have no safe wrapper (malloc_trim
+// and mallinfo2, in `heap`), allowed there alone.
 #![deny(unsafe_code)]
 
 // The rule model, routing decisions and the linter live in `remora-model`; `rules` adds the
@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod gateway_listen;
 // Abuse limits and the start-up privilege check.
 pub mod guard;
+pub mod heap;
 // The HTTP side: Pingora's `ProxyHttp` and the steps of a request.
 pub mod http;
 pub mod identity;

@@ -764,6 +764,8 @@ fn run(args: Args, gateway: Option<GatewayFlags>) -> anyhow::Result<()> {
             st.clone(),
             Duration::from_millis(100),
         ));
+        // Freed memory back to the kernel after a burst of load (remora_proxy::heap).
+        tokio::spawn(remora_proxy::heap::return_after_bursts());
         let _watcher = rules::watch::spawn_watcher_with(
             admin_args.rules_dir.clone(),
             ctx,

@@ -432,7 +432,7 @@ async fn run(
             // pages back (at most once a second, after the last rebuild too) so RSS reflects
             // the compact store.
             _ = tokio::time::sleep_until(last_trim + Duration::from_secs(1)), if trim_pending => {
-                release_free_memory();
+                crate::heap::release_free_memory();
                 last_trim = tokio::time::Instant::now();
                 trim_pending = false;
             }
@@ -445,17 +445,6 @@ async fn run(
     }
     if let Some((_, task)) = subscription {
         task.abort();
-    }
-}
-
-/// Return freed heap pages to the kernel (glibc keeps them per arena otherwise).
-// malloc_trim(3) has no safe wrapper in libc or nix: the one unsafe call of the crate.
-#[allow(unsafe_code)]
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointers are passed.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
