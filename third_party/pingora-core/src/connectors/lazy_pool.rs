@@ -236,7 +236,7 @@ mod tests {
         let (a, _sa) = pair(&l).await;
         let (b, _sb) = pair(&l).await;
         let (c, _sc) = pair(&l).await;
-        let (ia, ib, ic) = (a.id(), b.id(), c.id());
+        let (ib, ic) = (b.id(), c.id());
         pool.put(7, a, None);
         pool.put(7, b, None);
         pool.put(7, c, None); // full: the oldest (a) is closed
@@ -246,7 +246,6 @@ mod tests {
         assert!(pool.take(7).is_none());
         assert!(pool.take(8).is_none());
         assert_eq!(pool.len(), 0);
-        let _ = ia;
     }
 
     #[tokio::test]
